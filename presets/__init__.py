@@ -1,0 +1,1 @@
+"""Sampling presets (TOML data) and their loader."""

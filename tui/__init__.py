@@ -1,0 +1,1 @@
+"""tiankong.tui: the typer CLI and the Textual playground."""
