@@ -1,2 +1,347 @@
+"""The `tiankong` command line: a thin typer layer over the engine's public API.
+
+Each command parses its flags, builds the engine objects and calls one function. Every user
+mistake surfaces as a TiankongError, printed here as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="tiankong (填空): watch a language model fill in the blank, one token at a time.")
+err = Console(stderr=True)
+
+MODEL_HELP = "Hugging Face model folder (config.json, safetensors, tokenizer). Env: TIANKONG_MODEL."
+ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
+DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
+DtypeOpt = typer.Option("auto", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU).")
+
+
+def _model_dir(model: Optional[Path]) -> Path:
+    if model is None:
+        raise InputError("no model given: pass --model DIR (a local Hugging Face model folder) or set TIANKONG_MODEL")
+    return model
+
+
+def _load(model: Optional[Path], device: str = "auto", dtype: str = "auto"):
+    from tiankong.engine.engine import Engine
+
+    return Engine.load(_model_dir(model), device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------- generate
+
+def _read_jobs(prompts: List[str], input: Optional[str]) -> list[dict[str, Any]]:
+    """Prompt records from --prompt flags or an input file (JSON lines or plain text lines).
+
+    Every line is checked before anything runs: one bad line stops the run with its line number
+    and nothing is written, so a fixed file can simply be run again.
+    """
+    if prompts and input:
+        raise InputError("give prompts with --prompt or --input, not both")
+    if prompts:
+        return [{"prompt": p} for p in prompts]
+    if input is None:
+        raise InputError("nothing to generate from: pass --prompt TEXT or --input FILE (- for stdin)")
+    if input == "-":
+        lines = sys.stdin.read().splitlines()
+        name = "stdin"
+    else:
+        path = Path(input)
+        if not path.is_file():
+            raise InputError(f"input file {input} does not exist; give a JSONL or text file, or - for stdin")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InputError(f"{input} is not UTF-8 text; convert it to UTF-8") from None
+        name = input
+    from tiankong.engine.chat import validate_messages
+
+    jobs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{name} line {n}: invalid JSON ({e.msg}); fix the line or make it plain text") from None
+            if "messages" in obj:
+                try:
+                    obj["messages"] = validate_messages(obj["messages"])
+                except InputError as e:
+                    raise InputError(f"{name} line {n}: {e}") from None
+            elif not isinstance(obj.get("prompt"), str):
+                raise InputError(f"{name} line {n}: a JSON line needs a string \"prompt\" or a \"messages\" list")
+            jobs.append(obj)
+        else:
+            jobs.append({"prompt": line})
+    if not jobs:
+        raise InputError(f"{name} has no prompts; put one prompt (or JSON object) per line")
+    return jobs
+
+
+def _record(job: dict, preset: str, params, ev_finished, tokens: list | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    if "id" in job:
+        rec["id"] = job["id"]
+    rec["prompt"] = job.get("prompt", "") if "messages" not in job else None
+    if "messages" in job:
+        rec["messages"] = job["messages"]
+    rec.update(preset=preset, params=params.to_dict(), seed=params.seed, text=ev_finished.text,
+               finish_reason=ev_finished.finish_reason,
+               usage={"prompt_tokens": ev_finished.usage.prompt_tokens,
+                      "completion_tokens": ev_finished.usage.completion_tokens},
+               timing={"prefill_s": round(ev_finished.timing.prefill_s, 6),
+                       "decode_s": round(ev_finished.timing.decode_s, 6),
+                       "decode_tokens_per_s": round(ev_finished.timing.decode_tokens_per_s, 3)})
+    if tokens is not None:
+        rec["tokens"] = tokens
+    return rec
+
+
+def _token_json(ev) -> dict[str, Any]:
+    return {"id": ev.id, "text": ev.text, "logprob": ev.logprob, "p_sample": ev.p_sample,
+            "top": [{"id": c.id, "text": c.text, "logprob": c.logprob, "p_sample": c.p_sample}
+                    for c in ev.candidates]}
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong generate -m ../shared/models/stories260K --raw --prompt "Once upon a time"
+
+  tiankong generate -m ./TinyLlama --preset precise --prompt "Name three primes." --top-logprobs 5
+
+  tiankong generate -m ./SmolLM2 --input prompts.jsonl --n 4 --batch-size 8 --output out.jsonl
+
+Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text.
+A bad line stops the run before anything is generated, naming the line.""")
+def generate(
+    model: Optional[Path] = ModelOpt,
+    prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt; repeat for several."),
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="File of prompts (JSONL or text lines); - reads stdin."),
+    preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset (see `tiankong presets`)."),
+    temperature: Optional[float] = typer.Option(None, help="Overrides the preset; 0 is greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens; 0 = off."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus mass to keep; 1 = off."),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Drop tokens below min-p x the top probability; 0 = off."),
+    repetition_penalty: Optional[float] = typer.Option(None, help="Divide logits of tokens already seen; 1 = off."),
+    presence_penalty: Optional[float] = typer.Option(None, help="Subtract for each generated token already present; 0 = off."),
+    frequency_penalty: Optional[float] = typer.Option(None, help="Subtract per occurrence among generated tokens; 0 = off."),
+    seed: Optional[int] = typer.Option(None, help="Seed; sample i of each prompt uses seed + i. Default: the preset's, else random (recorded)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Stop after this many tokens."),
+    stop: List[str] = typer.Option([], "--stop", help="Stop string; repeat for several."),
+    n: int = typer.Option(1, "--n", min=1, help="Independent samples per prompt."),
+    top_logprobs: int = typer.Option(0, "--top-logprobs", min=0, help="Record every token with its top K candidates."),
+    raw: bool = typer.Option(False, "--raw", help="Plain completion: skip the chat template."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows generated together in one forward pass."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    format: str = typer.Option("jsonl", "--format", help="jsonl (one record per sample) or text."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates."""
+    from tiankong.engine.engine import draw_seed
+
+    if format not in ("jsonl", "text"):
+        raise InputError(f"unknown --format {format!r}; use jsonl or text")
+    jobs = _read_jobs(prompt, input)
+    base = get_preset(preset).params
+    overrides = {k: v for k, v in dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, seed=seed, max_new_tokens=max_new_tokens).items() if v is not None}
+    if stop:
+        overrides["stop"] = tuple(stop)
+    params = base.replace(**overrides)
+    eng = _load(model, device, dtype)
+
+    # One row per (prompt, sample): the seed depends only on the sample index, never on batching.
+    rows = []
+    for job in jobs:
+        ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
+        for i in range(n):
+            s = params.seed + i if params.seed is not None else draw_seed()
+            rows.append((job, ids, params.replace(seed=s)))
+
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout
+    stream_text = format == "text" and len(rows) == 1 and output is None
+    try:
+        with _progress(len(rows), enabled=input is not None) as advance:
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start:start + batch_size]
+                tokens: list[list] = [[] for _ in batch]
+                done: dict[int, Any] = {}
+                events = eng.generate([r[1] for r in batch], [r[2] for r in batch], top_logprobs=top_logprobs)
+                for ev in events:
+                    if hasattr(ev, "finish_reason"):
+                        done[ev.row] = ev
+                        advance()
+                        continue
+                    if top_logprobs:
+                        tokens[ev.row].append(_token_json(ev))
+                    if stream_text:
+                        out.write(ev.text)
+                        out.flush()
+                for b, (job, _, p) in enumerate(batch):
+                    fin = done[b]
+                    if format == "jsonl":
+                        rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None)
+                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    elif stream_text:
+                        out.write("\n")
+                    else:
+                        out.write(fin.text + "\n\n")
+                out.flush()
+    finally:
+        if output:
+            out.close()
+
+
+class _progress:
+    """A rich progress bar on stderr for file inputs; a no-op otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err, transient=False)
+        self.bar.start()
+        task = self.bar.add_task("gen", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------- tokenize / info / presets
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong tokenize -m ../shared/models/stories260K "Once upon a time"
+
+  tiankong tokenize -m ./Qwen2 --format jsonl "你好, world"
+""")
+def tokenize(
+    text: str = typer.Argument(..., help="Text to tokenize."),
+    model: Optional[Path] = ModelOpt,
+    format: str = typer.Option("table", "--format", help="table or jsonl ({\"ids\": [...], \"pieces\": [...]})."),
+) -> None:
+    """Show how TEXT splits into tokens (ids and pieces), with the special tokens the model adds."""
+    from tiankong.engine.tokenizer import load_tokenizer
+
+    if format not in ("table", "jsonl"):
+        raise InputError(f"unknown --format {format!r}; use table or jsonl")
+    folder = _model_dir(model)
+    if not folder.is_dir():
+        raise InputError(f"model folder {folder} does not exist; pass --model with a local model folder")
+    tok = load_tokenizer(folder)
+    ids = tok.encode(text, add_special_tokens=True)
+    pieces = [tok.id_to_piece(i) for i in ids]
+    if format == "jsonl":
+        print(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(ids)} tokens", show_edge=False)
+    for col in ("#", "id", "piece", "text"):
+        table.add_column(col, justify="right" if col in ("#", "id") else "left")
+    for n, (i, p) in enumerate(zip(ids, pieces)):
+        special = " [dim](special)[/dim]" if i in tok.special_ids else ""
+        table.add_row(str(n), str(i), repr(p)[1:-1] + special, repr(tok.token_text(i)))
+    Console().print(table)
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong info -m ../shared/models/stories260K
+
+  tiankong info -m ./TinyLlama --format json
+""")
+def info(model: Optional[Path] = ModelOpt,
+         format: str = typer.Option("table", "--format", help="table or json."),
+         device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
+    """What a model is made of: architecture, parameters, positions, context, vocabulary, dtype, chat template."""
+    if format not in ("table", "json"):
+        raise InputError(f"unknown --format {format!r}; use table or json")
+    facts = _load(model, device, dtype).info()
+    if format == "json":
+        print(json.dumps(facts))
+        return
+    table = Table(show_header=False, show_edge=False)
+    for k, v in facts.items():
+        if k == "parameters":
+            v = f"{v:,} ({v / 1e6:.2f} M)"
+        table.add_row(k.replace("_", " "), "yes" if v is True else "no" if v is False else str(v))
+    Console().print(table)
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong presets
+
+  tiankong presets creative
+""")
+def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in full.")) -> None:
+    """List the sampling presets (bundled and your own), or show one with its recommended ranges."""
+    from tiankong.engine.sampling import SAMPLER_CHAIN
+    from tiankong.presets import user_presets_dir
+
+    con = Console()
+    if name is None:
+        table = Table(title=f"presets (yours go in {user_presets_dir()})", show_edge=False)
+        for col in ("name", "use", "temperature", "top_k", "top_p", "min_p", "rep. penalty", "seed"):
+            table.add_column(col)
+        for p in load_presets().values():
+            s = p.params
+            default = " [dim](default)[/dim]" if p.name == DEFAULT_PRESET else ""
+            table.add_row(p.name + default, p.use, f"{s.temperature:g}", str(s.top_k), f"{s.top_p:g}",
+                          f"{s.min_p:g}", f"{s.repetition_penalty:g}", str(s.seed))
+        con.print(table)
+        con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
+        return
+    p = get_preset(name)
+    con.print(f"[bold]{p.name}[/bold]: {p.description}\n[dim]use:[/dim] {p.use}   [dim]file:[/dim] {p.source}")
+    table = Table(show_edge=False)
+    for col in ("parameter", "value", "recommended"):
+        table.add_column(col)
+    for key, value in p.params.to_dict().items():
+        rec = p.recommended.get(key)
+        table.add_row(key, str(value), f"{rec[0]:g} – {rec[1]:g}" if rec else "")
+    con.print(table)
+    con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
+
+
 def main() -> None:
-    print("tiankong")
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except TiankongError as e:
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `tiankong generate ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

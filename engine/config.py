@@ -1,0 +1,177 @@
+"""Model configuration: one dataclass for every supported architecture, read from `config.json`.
+
+`config.json` has changed shape across transformers releases (4.x puts `rope_theta` and
+`rope_scaling` at the top level; 5.x nests them in `rope_parameters`; `torch_dtype` became
+`dtype`; GPT-2 uses its own names such as `n_embd`). `ModelConfig.from_hf_config` is the one
+place that knows those spellings, so the model code reads a single, plain set of fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ModelLoadError
+
+# architecture name in config.json -> model family implemented in this package
+ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+    "GPT2LMHeadModel": "gpt2",
+}
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = "LlamaForCausalLM"  # the name from config.json's "architectures"
+    family: str = "llama"  # "llama" (RoPE, RMSNorm, SwiGLU) or "gpt2" (learned positions, LayerNorm, GELU)
+    vocab_size: int = 32000  # rows of the embedding and the output layer
+    dim: int = 4096  # hidden size
+    n_layers: int = 32  # transformer blocks
+    n_heads: int = 32  # query heads
+    n_kv_heads: int = 32  # key/value heads (fewer than n_heads: grouped-query attention)
+    head_dim: int = 0  # per-head size; 0 means dim // n_heads
+    ffn_dim: int = 11008  # feed-forward hidden size
+    norm_eps: float = 1e-5  # RMSNorm / LayerNorm epsilon
+    max_seq_len: int = 2048  # context length the model was trained for
+    rope_theta: float = 10000.0  # RoPE base
+    rope_scaling: dict[str, Any] | None = None  # e.g. {"rope_type": "llama3", "factor": 8.0, ...}
+    qkv_bias: bool = False  # Qwen2 has biases on q/k/v projections
+    sliding_window: int | None = None  # Mistral: a key is visible only within this many positions
+    tie_embeddings: bool = False  # output layer shares the embedding matrix
+    activation: str = "silu"  # SwiGLU gate (llama) or "gelu_new" (gpt2)
+    torch_dtype: str | None = None  # dtype the checkpoint was saved in, if it says
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # the rest of config.json, for reference
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0:
+            self.head_dim = self.dim // self.n_heads
+        assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
+
+    @property
+    def positional(self) -> str:
+        """How position enters the model, in words (for `tiankong info`)."""
+        if self.family == "gpt2":
+            return "learned absolute embeddings"
+        scaling = f", {self.rope_scaling.get('rope_type', 'scaled')} scaling" if self.rope_scaling else ""
+        return f"rotary (RoPE, theta {self.rope_theta:g}{scaling})"
+
+    @classmethod
+    def from_hf_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
+        """Map a transformers `config.json` dict to a ModelConfig (4.x and 5.x spellings)."""
+        archs = cfg.get("architectures") or []
+        arch = next((a for a in archs if a in ARCHITECTURES), None)
+        if arch is None:
+            # Older or hand-written configs may only have model_type.
+            by_type = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                       "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+            arch = by_type.get(cfg.get("model_type", ""))
+        if arch is None:
+            named = ", ".join(archs) or cfg.get("model_type") or "none given"
+            raise ModelLoadError(
+                f"unsupported architecture ({named}); tiankong supports {', '.join(ARCHITECTURES)}")
+        family = ARCHITECTURES[arch]
+        dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+        common = dict(architecture=arch, family=family, torch_dtype=dtype,
+                      bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"),
+                      extra=dict(cfg))
+        try:
+            if family == "gpt2":
+                dim = int(cfg["n_embd"])
+                act = cfg.get("activation_function", "gelu_new")
+                if act not in ("gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast"):
+                    raise ModelLoadError(f"unsupported GPT-2 activation {act!r}; expected gelu_new or gelu")
+                return cls(vocab_size=int(cfg["vocab_size"]), dim=dim, n_layers=int(cfg["n_layer"]),
+                           n_heads=int(cfg["n_head"]), n_kv_heads=int(cfg["n_head"]),
+                           ffn_dim=int(cfg.get("n_inner") or 4 * dim),
+                           norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+                           max_seq_len=int(cfg.get("n_positions", 1024)),
+                           tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                           activation=act, **common)
+            act = cfg.get("hidden_act", "silu")
+            if act != "silu":
+                raise ModelLoadError(f"unsupported hidden_act {act!r} for {arch}; expected silu")
+            rope = _rope_parameters(cfg)
+            window = cfg.get("sliding_window")
+            if arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window", False):
+                window = None  # Qwen2 lists a window but only uses it when asked to
+            n_heads = int(cfg["num_attention_heads"])
+            return cls(vocab_size=int(cfg["vocab_size"]), dim=int(cfg["hidden_size"]),
+                       n_layers=int(cfg["num_hidden_layers"]), n_heads=n_heads,
+                       n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+                       head_dim=int(cfg.get("head_dim") or 0),
+                       ffn_dim=int(cfg["intermediate_size"]),
+                       norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                       max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+                       rope_theta=float(rope.pop("rope_theta", 10000.0)),
+                       rope_scaling=rope or None,
+                       qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+                       sliding_window=int(window) if window else None,
+                       tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                       activation=act, **common)
+        except KeyError as e:
+            raise ModelLoadError(f"config.json lacks {e.args[0]!r}, which {arch} needs; "
+                                 "re-save the model with transformers") from None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ModelConfig:
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            raise ModelLoadError(f"no config.json in {folder}; point --model at a Hugging Face model folder")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{path} is not valid JSON ({e}); restore the file from the model's source") from None
+        if not isinstance(cfg, dict):
+            raise ModelLoadError(f"{path} is not a JSON object; restore the file from the model's source")
+        return cls.from_hf_config(cfg)
+
+
+def _rope_parameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Gather RoPE settings from either spelling; returns {"rope_theta": ..., plus any scaling}."""
+    params: dict[str, Any] = {}
+    nested = cfg.get("rope_parameters")
+    if isinstance(nested, dict):  # transformers 5: theta and scaling together
+        params.update(nested)
+    if cfg.get("rope_scaling"):  # transformers 4: scaling separate
+        params.update(cfg["rope_scaling"])
+    if "rope_theta" in cfg and "rope_theta" not in params:
+        params["rope_theta"] = cfg["rope_theta"]
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    if kind == "default":
+        return {"rope_theta": params.get("rope_theta", 10000.0)}
+    if kind not in ("llama3", "linear"):
+        raise ModelLoadError(f"unsupported rope scaling {kind!r}; tiankong supports default, linear and llama3")
+    params["rope_type"] = kind
+    return params
+
+
+def rope_inv_freq(cfg: ModelConfig) -> "torch.Tensor":
+    """Inverse frequencies (head_dim/2,) for RoPE, with the checkpoint's scaling applied."""
+    import torch
+
+    # float32 on purpose: transformers computes it so, and logits parity depends on it.
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
+    s = cfg.rope_scaling
+    if not s:
+        return inv
+    factor = float(s.get("factor", 1.0))
+    if s["rope_type"] == "linear":
+        return inv / factor
+    # llama3: leave high frequencies alone, divide low frequencies by `factor`, blend between.
+    low = float(s.get("low_freq_factor", 1.0))
+    high = float(s.get("high_freq_factor", 4.0))
+    orig = float(s.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = orig / low, orig / high
+    scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (orig / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, scaled)

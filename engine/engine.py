@@ -1,0 +1,124 @@
+"""`Engine`: a loaded model with its tokenizer and chat template, and the one generation API.
+
+    eng = Engine.load("path/to/model")                 # config.json + safetensors + tokenizer
+    ids = eng.encode(messages=[{"role": "user", "content": "Hi"}])
+    for ev in eng.generate([ids], [SamplingParams(temperature=0.7, seed=1)], top_logprobs=5):
+        ...                                            # TokenEvent per token, Finished per row
+
+The CLI, the TUI and the trainers all go through this class.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .chat import ChatTemplate, render_prompt
+from .config import ModelConfig
+from .errors import InputError
+from .events import Event
+from .generate import generate
+from .model import load_model
+from .sampling import SamplingParams
+from .tokenizer import Tokenizer, load_tokenizer
+
+
+def draw_seed() -> int:
+    """A fresh seed for a row that has none; reported back so the run can be repeated."""
+    return random.SystemRandom().randrange(2**31)
+
+
+def with_seeds(params: Sequence[SamplingParams]) -> list[SamplingParams]:
+    return [p if p.seed is not None else p.replace(seed=draw_seed()) for p in params]
+
+
+@dataclass
+class Engine:
+    model: nn.Module
+    cfg: ModelConfig
+    tokenizer: Tokenizer
+    template: ChatTemplate | None
+    folder: Path
+    _texts: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "auto",
+             dtype: str | torch.dtype | None = "auto") -> Engine:
+        """Load a local Hugging Face model folder. Raises ModelLoadError with a one-line reason."""
+        folder = Path(folder).expanduser()
+        model, cfg = load_model(folder, device, dtype)
+        tokenizer = load_tokenizer(folder)
+        return cls(model, cfg, tokenizer, ChatTemplate.from_folder(folder, tokenizer), folder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def encode(self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None,
+               raw: bool = False) -> list[int]:
+        """Prompt text or chat messages -> ids, through the chat template unless raw (or none)."""
+        ids = render_prompt(self.template, self.tokenizer, prompt=prompt, messages=messages, raw=raw)
+        if not ids:
+            # Tokenizers that add no BOS (GPT-2) still have a start-of-text token to begin from.
+            start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else next(iter(sorted(self.tokenizer.eos_ids)), None)
+            if start is None:
+                raise InputError("empty prompt and the model has no BOS token to start from; give some text")
+            ids = [start]
+        return ids
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], *,
+                 top_logprobs: int = 0, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Stream TokenEvents and one Finished per row. Rows without a seed get a fresh one."""
+        for p in params:
+            p.validate()
+        if top_logprobs < 0 or top_logprobs > self.cfg.vocab_size:
+            raise InputError(f"top_logprobs must be in [0, {self.cfg.vocab_size}], got {top_logprobs}")
+        return generate(self.model, self.cfg, self.tokenizer, prompts, with_seeds(params),
+                        top_logprobs=top_logprobs, cancel=cancel, text_of=self.token_text)
+
+    def token_text(self, id: int) -> str:
+        """Readable text of one token (cached: candidate lists ask for the same ids again and again)."""
+        text = self._texts.get(id)
+        if text is None:
+            text = self._texts[id] = self.tokenizer.token_text(id)
+        return text
+
+    def info(self) -> dict[str, Any]:
+        """What the model is made of, for `tiankong info` and the TUI."""
+        c = self.cfg
+        return {
+            "folder": str(self.folder),
+            "architecture": c.architecture,
+            "parameters": self.n_params,
+            "layers": c.n_layers,
+            "hidden_size": c.dim,
+            "heads": c.n_heads,
+            "kv_heads": c.n_kv_heads,
+            "head_dim": c.head_dim,
+            "ffn_size": c.ffn_dim,
+            "positional_encoding": c.positional,
+            "context_length": c.max_seq_len,
+            "vocab_size": c.vocab_size,
+            "tied_embeddings": c.tie_embeddings,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "checkpoint_dtype": c.torch_dtype,
+            "device": str(self.device),
+            "chat_template": self.template is not None,
+            "bos_id": self.tokenizer.bos_id,
+            "eos_ids": sorted(self.tokenizer.eos_ids),
+        }
+

@@ -1,0 +1,63 @@
+"""What generation yields: one `TokenEvent` per chosen token, one `Finished` per row.
+
+These plain, frozen dataclasses are the whole contract between the engine and its consumers:
+the CLI writes them as JSONL, the TUI draws them, the trainers keep their ids and log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    text: str  # readable rendering of the token (leading space kept, bytes as <0xNN>)
+    logprob: float  # under the model's own distribution (temperature 1, before any processing)
+    p_sample: float  # probability under the final sampling distribution; 0.0 = filtered out
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    row: int  # which prompt/row of the request this token belongs to
+    index: int  # 0 for the first generated token of the row
+    id: int
+    text: str  # the text this token adds to the answer ("" while a multi-byte character is incomplete)
+    logprob: float  # of the chosen token under the model's own distribution
+    p_sample: float  # of the chosen token under the sampling distribution
+    entropy: float  # of the model's own distribution, in nats
+    candidates: tuple[Candidate, ...] = ()  # top-K by model probability, when asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int  # includes the EOS token when generation ended on one
+
+
+@dataclass(frozen=True)
+class Timing:
+    prefill_s: float  # prompt processing up to the first token (time to first token)
+    decode_s: float  # the remaining tokens
+    decode_tokens_per_s: float  # (completion_tokens - 1) / decode_s, 0 when undefined
+
+
+@dataclass(frozen=True)
+class Finished:
+    row: int
+    text: str  # the whole answer, stop string and EOS removed
+    finish_reason: str  # "eos" | "stop" (a stop string) | "length" | "cancelled"
+    usage: Usage
+    timing: Timing
+    token_ids: tuple[int, ...] = field(default=())  # generated ids, EOS included
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Event = TokenEvent | Finished
+FINISH_REASONS = ("eos", "stop", "length", "cancelled")

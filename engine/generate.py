@@ -1,0 +1,165 @@
+"""Autoregressive generation: prefill, then one-token decode steps, yielding token events.
+
+A batch holds one row per prompt; each row has its own SamplingParams (so several presets run
+side by side in one forward pass), its own seeded generator and its own stopping rules. Rows
+are left-padded to a common length so that all rows write the KV cache at the same slot; each
+row's positions start at 0 at its first real token, and the mask hides the padding. A finished
+row leaves the batch, so the others do not pay for it.
+
+The path of one step (see SAMPLER_CHAIN in sampling.py for the processing order):
+    logits (B, V) -> raw log-probs (for the events) -> BatchSampler.process (penalties,
+    temperature, top-k, top-p, min-p) -> probs (B, V) -> per-row draw -> TokenEvent per row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import InputError
+from .events import Candidate, Event, Finished, Timing, TokenEvent, Usage
+from .kv_cache import KVCache, build_mask
+from .sampling import BatchSampler, SamplingParams
+from .tokenizer import IncrementalDecoder, Tokenizer
+
+
+@dataclass
+class _Row:
+    """Book-keeping for one row of the batch (Python side; tensors live in the batch)."""
+
+    index: int  # position in the caller's request
+    prompt_len: int
+    params: SamplingParams
+    max_new: int  # max_new_tokens, clipped to the context
+    decoder: IncrementalDecoder
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    first_token_at: float = 0.0
+
+
+def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
+             params: Sequence[SamplingParams], *, top_logprobs: int = 0,
+             cancel: threading.Event | None = None, text_of=None) -> Iterator[Event]:
+    """Generate a continuation for every prompt; yields TokenEvents as they come, one Finished per row.
+
+    prompts: token ids per row (already templated). params: one SamplingParams per row, with its
+    seed set. top_logprobs: how many candidates each TokenEvent carries (0 = none). cancel: set it
+    from another thread to stop all rows after the current token ("cancelled"). text_of: optional
+    id -> readable text function for candidates (defaults to tokenizer.token_text).
+    """
+    if len(prompts) != len(params):
+        raise InputError(f"{len(prompts)} prompts but {len(params)} parameter sets; give one per prompt")
+    if not prompts:
+        return
+    device = next(model.parameters()).device
+    ctx = cfg.max_seq_len
+    rows: list[_Row] = []
+    for i, (ids, p) in enumerate(zip(prompts, params)):
+        if len(ids) == 0:
+            raise InputError("empty prompt: the model has no BOS token to start from; give some text")
+        if len(ids) >= ctx:
+            raise InputError(f"prompt is {len(ids)} tokens but the model's context is {ctx}; "
+                             f"shorten it to at most {ctx - 1} tokens")
+        assert p.seed is not None, "the caller draws a seed for rows that have none"
+        rows.append(_Row(i, len(ids), p, min(p.max_new_tokens, ctx - len(ids)),
+                         IncrementalDecoder(tokenizer, ids)))
+    text_of = text_of or tokenizer.token_text
+    eos = torch.tensor(sorted(tokenizer.eos_ids), dtype=torch.long)
+    B, P = len(rows), max(r.prompt_len for r in rows)
+    total = P + max(r.max_new for r in rows)
+
+    with torch.inference_mode():
+        tokens = torch.zeros(B, P, dtype=torch.long)
+        for b, ids in enumerate(prompts):
+            tokens[b, P - len(ids):] = torch.as_tensor(list(ids), dtype=torch.long)
+        pad = torch.tensor([P - r.prompt_len for r in rows], device=device)  # (B,)
+        positions = (torch.arange(P, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, P)
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, total, cfg.head_dim, dtype, device)
+        sampler = BatchSampler([r.params for r in rows], cfg.vocab_size, device, prompts)
+        t0 = time.perf_counter()
+        mask = build_mask(pad, 0, P, P, cfg.sliding_window)
+        logits = model(tokens.to(device), positions, mask, cache, 0, last_only=True)[:, -1]  # (B, V)
+    slot = P  # next cache slot to write
+    t_prefill = 0.0
+
+    while rows:
+        with torch.inference_mode():
+            logits = logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)  # (B, V), the model's own distribution
+            probs = sampler.process(logits)  # (B, V), the sampling distribution
+            chosen = sampler.sample(probs)  # (B,)
+            sampler.update(chosen)
+            chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
+            chosen_ps = probs.gather(1, chosen[:, None])[:, 0]
+            entropy = -(logprobs.exp() * logprobs).nan_to_num().sum(-1)  # (B,); 0*log 0 -> 0
+            stats = torch.stack([chosen.float(), chosen_lp, chosen_ps, entropy], 1).cpu().tolist()
+            if top_logprobs:
+                top_lp, top_id = logprobs.topk(min(top_logprobs, logprobs.shape[-1]), dim=-1)  # (B, K)
+                top_ps = probs.gather(1, top_id)
+                top = list(zip(top_id.cpu().tolist(), top_lp.cpu().tolist(), top_ps.cpu().tolist()))
+            is_eos = torch.isin(chosen.cpu(), eos).tolist()
+        now = time.perf_counter()
+        if not t_prefill:
+            t_prefill = now - t0
+        keep: list[int] = []
+        cancelled = cancel is not None and cancel.is_set()
+        for b, r in enumerate(rows):
+            tok = int(stats[b][0])
+            r.ids.append(tok)
+            piece = "" if is_eos[b] else r.decoder.push(tok)
+            cands: tuple[Candidate, ...] = ()
+            if top_logprobs:
+                ids_b, lps_b, ps_b = top[b]
+                cands = tuple(Candidate(i, text_of(i), lp, ps) for i, lp, ps in zip(ids_b, lps_b, ps_b))
+            yield TokenEvent(r.index, len(r.ids) - 1, tok, piece, stats[b][1], stats[b][2], stats[b][3], cands)
+            r.text += piece
+            reason = None
+            if is_eos[b]:
+                reason = "eos"
+            elif r.params.stop and (cut := _find_stop(r.text, piece, r.params.stop)) is not None:
+                r.text, reason = r.text[:cut], "stop"
+            elif len(r.ids) >= r.max_new:
+                reason = "length"
+            elif cancelled:
+                reason = "cancelled"
+            if reason is None:
+                keep.append(b)
+                continue
+            if reason in ("length", "cancelled"):
+                r.text += r.decoder.flush()
+            yield _finished(r, reason, t_prefill, time.perf_counter() - t0 - t_prefill)
+        if len(keep) < len(rows):
+            if not keep:
+                return
+            rows = [rows[b] for b in keep]
+            sel = torch.tensor(keep, device=device)
+            cache.select(sel)
+            pad, chosen = pad[sel], chosen[sel.to(chosen.device)]
+            sampler = sampler.select(keep)
+        with torch.inference_mode():
+            # One decode step: the chosen tokens go in at cache slot `slot`.
+            positions = (slot - pad)[:, None]  # (B, 1)
+            mask = build_mask(pad, slot, 1, slot + 1, cfg.sliding_window)
+            logits = model(chosen[:, None].to(device), positions, mask, cache, slot)[:, -1]
+        slot += 1
+
+
+def _find_stop(text: str, piece: str, stops: Sequence[str]) -> int | None:
+    """Index in `text` where the earliest stop string starts, if the new piece completed one."""
+    longest = max(len(s) for s in stops)
+    tail_from = max(0, len(text) - len(piece) - longest + 1)
+    hits = [i for s in stops if s and (i := text.find(s, tail_from)) >= 0]
+    return min(hits) if hits else None
+
+
+def _finished(r: _Row, reason: str, prefill_s: float, decode_s: float) -> Finished:
+    n = len(r.ids)
+    rate = (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0
+    return Finished(r.index, r.text, reason, Usage(r.prompt_len, n), Timing(prefill_s, decode_s, rate), tuple(r.ids))

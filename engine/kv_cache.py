@@ -1,0 +1,55 @@
+"""A preallocated key/value cache.
+
+All rows of a batch share one write position: prompts are left-padded to the same length, so
+after prefill every row's next token goes to the same slot, and a decode step is one tensor write
+per layer instead of a Python loop over rows. Padding slots are hidden by the attention mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class KVCache(nn.Module):
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        # persistent=False: a cache is scratch space, never part of a checkpoint.
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, T, hd) at positions start..start+T; return views of slots 0..start+T."""
+        end = start + k.shape[2]
+        assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len}"
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (finished rows leave the batch so they cost nothing)."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+
+
+def build_mask(pad: torch.Tensor, q_start: int, q_len: int, kv_len: int,
+               window: int | None = None) -> torch.Tensor | None:
+    """Boolean attention mask (B, 1, q_len, kv_len): True where a query may attend a key.
+
+    pad: (B,) left-padding per row. Queries sit at slots q_start..q_start+q_len. A key is
+    visible if it is not padding, not in the future and (with a sliding window) not too old.
+    Returns None when plain causal attention is exact (no padding, no window in reach).
+    """
+    if not bool(pad.any()) and (window is None or kv_len <= window):
+        return None
+    q = torch.arange(q_start, q_start + q_len, device=pad.device)[:, None]  # (q_len, 1)
+    k = torch.arange(kv_len, device=pad.device)[None, :]  # (1, kv_len)
+    allowed = (k <= q)[None] & (k[None] >= pad[:, None, None])  # (B, q_len, kv_len)
+    if window is not None:
+        allowed &= (q - k < window)[None]
+    # A padding query sees no key at all; let it see itself so softmax stays finite (its output is unused).
+    allowed |= (k == q)[None]
+    return allowed[:, None]

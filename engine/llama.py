@@ -1,0 +1,143 @@
+"""The Llama family: Llama 2/3, TinyLlama, SmolLM, Mistral and Qwen2.
+
+RoPE positions, RMSNorm, SwiGLU feed-forward, grouped-query attention; Qwen2 adds biases on the
+q/k/v projections and Mistral may limit attention to a sliding window (applied by the mask that
+`generate` builds). Read top-down: attention, feed-forward, block, model, then the weight table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, rope_inv_freq
+from .kv_cache import KVCache, build_mask
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    # HF checkpoints store q/k in the "rotate half" layout: pairs are (i, i + hd/2), not (2i, 2i+1).
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int, start: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin  # cos, sin: (B, 1, T, hd)
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
+        # No mask: plain causal attention over the whole sequence (training, or one unpadded row).
+        causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # up
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 and scale after casting back, as transformers does (matters in bf16).
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, mask, cache, layer, start):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer, start)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_emb.weight
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)  # (hd/2,)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0, last_only: bool = False,
+                hidden: bool = False) -> torch.Tensor:
+        """tokens, positions: (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
+
+        mask: (B, 1, T, S) bool, True where a query may see a key (S = start + T), or None for
+        plain causal attention. cache/start: write keys and values at slots start..start+T.
+        hidden=True returns the final normalised hidden states (B, T, D) instead of logits
+        (reward and value heads sit on them).
+        """
+        x = self.tok_emb(tokens)  # (B, T, D)
+        window = self.cfg.sliding_window
+        if mask is None and window is not None and start + tokens.shape[1] > window:
+            # Mistral: keys older than the window are hidden even without padding.
+            pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+            mask = build_mask(pad, start, tokens.shape[1], start + tokens.shape[1], window)
+        freqs = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i, start)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        return x if hidden else self.output(x)
+
+
+# checkpoint tensor name (transformers' naming) -> module name here; "{}" is the layer index.
+WEIGHT_MAP: dict[str, str] = {
+    "model.embed_tokens.weight": "tok_emb.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attn_norm.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attn.wq.weight",
+    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attn.wk.weight",
+    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attn.wv.weight",
+    "model.layers.{}.self_attn.q_proj.bias": "layers.{}.attn.wq.bias",
+    "model.layers.{}.self_attn.k_proj.bias": "layers.{}.attn.wk.bias",
+    "model.layers.{}.self_attn.v_proj.bias": "layers.{}.attn.wv.bias",
+    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attn.wo.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
+    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.ffn.w1.weight",
+    "model.layers.{}.mlp.up_proj.weight": "layers.{}.ffn.w3.weight",
+    "model.layers.{}.mlp.down_proj.weight": "layers.{}.ffn.w2.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+# Tensors some checkpoints carry that hold nothing we need (recomputed buffers).
+IGNORED: tuple[str, ...] = ("model.layers.{}.self_attn.rotary_emb.inv_freq",)

@@ -1,0 +1,84 @@
+"""Build a model from a folder: config.json -> architecture -> weights on the chosen device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import gpt2, llama
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .weights import NameTable, load_weights
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise ModelLoadError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device cuda requested but no CUDA GPU is visible; use --device cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device mps requested but Metal is not available; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto': float32 on CPU (fast and exact there), bfloat16 on GPUs that have it, else float16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+    return DTYPES[dtype]
+
+
+def family_module(cfg: ModelConfig):
+    return gpt2 if cfg.family == "gpt2" else llama
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A model with freshly initialised weights (trainers start here; loading goes via meta)."""
+    return (gpt2.GPT2 if cfg.family == "gpt2" else llama.Llama)(cfg)
+
+
+def name_table(cfg: ModelConfig) -> NameTable:
+    mod = family_module(cfg)
+    return NameTable(mod.WEIGHT_MAP, getattr(mod, "IGNORED", ()), getattr(mod, "TRANSPOSED", frozenset()),
+                     getattr(mod, "PREFIX", ""))
+
+
+def load_model(folder: str | Path, device: str | torch.device = "auto",
+               dtype: str | torch.dtype | None = "auto") -> tuple[nn.Module, ModelConfig]:
+    """Load a Hugging Face model folder; returns (model in eval mode, its config)."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise ModelLoadError(f"model folder {folder} does not exist; pass --model with a local model folder")
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder} is a file, not a model folder; pass the folder that holds config.json")
+    cfg = ModelConfig.from_folder(folder)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    load_weights(model, cfg, folder, name_table(cfg), dt, dev)
+    # Buffers (RoPE frequencies) were made on meta: recompute them for real, kept in float32.
+    if cfg.family == "llama":
+        model.inv_freq = llama.rope_inv_freq(cfg).to(dev)
+    return model.eval(), cfg

@@ -1,0 +1,160 @@
+"""Checkpoint files -> model parameters, one tensor at a time.
+
+The model is built on the meta device (no memory), then each checkpoint tensor is read, renamed
+through the architecture's literal WEIGHT_MAP, shape-checked, cast to the requested dtype, moved to
+the device and installed as the parameter itself. So at no point are there two copies of the
+weights in memory: the peak is the model plus the one tensor being converted.
+
+Nothing in a model folder is executed: safetensors is plain data, and pickled `.bin` weights are
+read only with `torch.load(weights_only=True)`, which refuses anything but tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ModelLoadError
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(name).replace(r"\{\}", r"(\d+)") + "$")
+
+
+class NameTable:
+    """Compiled form of an architecture's WEIGHT_MAP: checkpoint name -> module name."""
+
+    def __init__(self, weight_map: dict[str, str], ignored: tuple[str, ...] = (),
+                 transposed: frozenset[str] = frozenset(), prefix: str = "") -> None:
+        self.rules = [(_pattern(src), dst, src in transposed) for src, dst in weight_map.items()]
+        self.ignored = [_pattern(p) for p in ignored]
+        self.prefix = prefix
+
+    def target(self, name: str) -> tuple[str, bool] | None:
+        """(module name, transpose?) for a checkpoint name; None if it is not ours."""
+        if self.prefix and name.startswith(self.prefix):
+            name = name[len(self.prefix):]
+        for pat, dst, transpose in self.rules:
+            m = pat.match(name)
+            if m:
+                return (dst.replace("{}", m.group(1)) if m.groups() else dst), transpose
+        return None
+
+    def is_ignored(self, name: str) -> bool:
+        if self.prefix and name.startswith(self.prefix):
+            name = name[len(self.prefix):]
+        return any(p.match(name) for p in self.ignored)
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder, safetensors preferred, in loading order."""
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        return _indexed_files(index)
+    others = sorted(folder.glob("*.safetensors"))
+    if others:
+        return others
+    bin_index = folder / "pytorch_model.bin.index.json"
+    if (folder / "pytorch_model.bin").is_file():
+        return [folder / "pytorch_model.bin"]
+    if bin_index.is_file():
+        return _indexed_files(bin_index)
+    raise ModelLoadError(f"no weights in {folder}: expected model.safetensors or "
+                         "model.safetensors.index.json (save the model with transformers' save_pretrained)")
+
+
+def _indexed_files(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{index} is not a valid shard index ({e}); restore it from the model's source") from None
+    files = [index.parent / f for f in dict.fromkeys(weight_map.values())]
+    for f in files:
+        if not f.is_file():
+            raise ModelLoadError(f"shard {f.name} listed in {index.name} is missing; download it into {index.parent}")
+    return files
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], "callable"]]:
+    """Yield (name, shape, read) for each tensor of one file; read() returns the tensor on CPU."""
+    if path.suffix == ".bin":
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # unpickling refused or file damaged
+            raise ModelLoadError(f"cannot read {path.name} safely ({type(e).__name__}); "
+                                 "convert the model to safetensors") from None
+        for name, t in sd.items():
+            yield name, tuple(t.shape), (lambda t=t: t)
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names = list(f.keys())
+            for name in names:
+                shape = tuple(f.get_slice(name).get_shape())
+                yield name, shape, (lambda name=name: f.get_tensor(name))
+    except SafetensorError as e:
+        raise ModelLoadError(f"{path.name} is truncated or corrupt ({e}); download it again") from None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
+
+
+def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTable,
+                 dtype: torch.dtype, device: torch.device) -> None:
+    """Fill a meta-device `model` from the checkpoint in `folder` (see the module docstring)."""
+    expected = {n: p for n, p in model.named_parameters(remove_duplicate=True)}
+    tied = cfg.tie_embeddings
+    if tied:
+        expected.pop("output.weight", None)
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for path in checkpoint_files(folder):
+        for name, shape, read in iter_tensors(path):
+            hit = table.target(name)
+            if hit is None:
+                if not table.is_ignored(name):
+                    unexpected.append(name)
+                continue
+            target, transpose = hit
+            if target == "output.weight" and tied:
+                continue  # some tied checkpoints still store lm_head; the embedding is used
+            if target not in expected:
+                unexpected.append(name)
+                continue
+            want = tuple(expected[target].shape)
+            got = shape[::-1] if transpose else shape
+            if got != want:
+                raise ModelLoadError(f"tensor {name} in {path.name} has shape {list(shape)}, but config.json "
+                                     f"implies {list(want)}; the weights do not match the config")
+            try:
+                t = read()
+            except Exception as e:  # safetensors reads lazily: a short file fails here
+                raise ModelLoadError(f"{path.name} is truncated or corrupt (reading {name}: {e}); "
+                                     "download it again") from None
+            if transpose:
+                t = t.t()
+            t = t.to(device=device, dtype=dtype).contiguous()
+            module_name, _, param_name = target.rpartition(".")
+            module = model.get_submodule(module_name)
+            module._parameters[param_name] = nn.Parameter(t, requires_grad=False)
+            loaded.add(target)
+    missing = sorted(set(expected) - loaded)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelLoadError(f"checkpoint in {folder} lacks {len(missing)} tensor(s) the model needs: {shown}")
+    if unexpected:
+        shown = ", ".join(unexpected[:4]) + (f" and {len(unexpected) - 4} more" if len(unexpected) > 4 else "")
+        raise ModelLoadError(f"checkpoint in {folder} has tensors this {cfg.architecture} does not use: "
+                             f"{shown}; config.json may not match the weights")
+    if tied:
+        model.output.weight = model.tok_emb.weight
