@@ -90,6 +90,13 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
     t_prefill = 0.0
 
     while rows:
+        if cancel is not None and cancel.is_set():
+            # Cancelled between tokens: every row keeps exactly what it had streamed.
+            t_prefill = t_prefill or time.perf_counter() - t0
+            for r in rows:
+                r.text += r.decoder.flush()
+                yield _finished(r, "cancelled", t_prefill, time.perf_counter() - t0 - t_prefill)
+            return
         with torch.inference_mode():
             logits = logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)  # (B, V), the model's own distribution
@@ -109,7 +116,6 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
         if not t_prefill:
             t_prefill = now - t0
         keep: list[int] = []
-        cancelled = cancel is not None and cancel.is_set()
         for b, r in enumerate(rows):
             tok = int(stats[b][0])
             r.ids.append(tok)
@@ -127,12 +133,10 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
                 r.text, reason = r.text[:cut], "stop"
             elif len(r.ids) >= r.max_new:
                 reason = "length"
-            elif cancelled:
-                reason = "cancelled"
             if reason is None:
                 keep.append(b)
                 continue
-            if reason in ("length", "cancelled"):
+            if reason == "length":
                 r.text += r.decoder.flush()
             yield _finished(r, reason, t_prefill, time.perf_counter() - t0 - t_prefill)
         if len(keep) < len(rows):
