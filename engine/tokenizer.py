@@ -1,0 +1,496 @@
+"""Tokenizers for local Hugging Face model folders, matching `transformers` token for token.
+
+Both file formats end up in the same place, a `tokenizers.Tokenizer`:
+
+* `tokenizer.json` is loaded as-is by the `tokenizers` library (GPT-2 byte-level BPE, Llama-3, Qwen, ...).
+* `tokenizer.model` alone (SentencePiece, e.g. Llama-2 era checkpoints) is converted the way transformers 5 does
+  for `LlamaTokenizer`: the pieces become a byte-fallback BPE whose merge order is the piece id, with a
+  Metaspace pre-tokenizer. Running it through `tokenizers` rather than `sentencepiece.encode` is what keeps
+  us identical to transformers around special tokens and leading spaces, where the two libraries differ.
+
+The special-token settings come from `tokenizer_config.json`, `special_tokens_map.json` and
+`generation_config.json`. Nothing in the folder is executed: only JSON and the SentencePiece model are read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as _Backend
+from tokenizers import decoders, models, pre_tokenizers, processors
+
+from .errors import TokenizerError
+
+# The special-token attributes transformers knows by name; chat templates see these as variables.
+NAMED_SPECIAL_TOKENS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class Tokenizer(ABC):
+    """Text <-> ids for one model, plus the special tokens generation and chat templates need."""
+
+    vocab_size: int  # every id the tokenizer can produce, added tokens included
+    bos_id: int | None
+    eos_ids: frozenset[int]
+    pad_id: int | None
+    bos_token: str | None
+    eos_token: str | None
+    add_bos: bool  # whether encode(add_special_tokens=True) prepends BOS
+    special_ids: frozenset[int]
+    named_special_tokens: dict[str, str]  # e.g. {"bos_token": "<s>", ...}, as templates receive them
+
+    @abstractmethod
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+
+    @abstractmethod
+    def id_to_piece(self, id: int) -> str:
+        """The raw vocabulary entry, e.g. "▁the", "<0x0A>", "Ġthe"."""
+
+    @abstractmethod
+    def token_text(self, id: int) -> str:
+        """One token as a person should see it in a candidate list: " the", "\\n", "<0xE4>"."""
+
+
+class HFTokenizer(Tokenizer):
+    """A tokenizer backed by the `tokenizers` library, loaded from a model folder's tokenizer.json."""
+
+    def __init__(self, backend: _Backend, settings: _FolderSettings) -> None:
+        self._backend = backend
+        self._cleanup = settings.cleanup_spaces and type(backend.model).__name__ != "BPE"
+        _register_special_tokens(backend, settings.special_tokens, settings.plain_added_tokens)
+
+        named = {key: value for key, value in settings.named.items() if value is not None}
+        self.named_special_tokens = named
+        self.bos_token = named.get("bos_token")
+        self.eos_token = named.get("eos_token")
+        self.bos_id = self._id_of(self.bos_token)
+        if self.bos_id is None and settings.gen_bos_id is not None:
+            self.bos_id = settings.gen_bos_id
+            self.bos_token = backend.id_to_token(settings.gen_bos_id)
+
+        if settings.flags_rule_post_processor or backend.post_processor is None:
+            backend.post_processor = _template_processor(
+                self.bos_token if settings.add_bos_flag else None,
+                self.eos_token if settings.add_eos_flag else None,
+                backend,
+            )
+        lead = self._probe_leading_special()
+        if self.bos_id is None and lead is not None:
+            # No bos_token configured, but the post-processor prepends one (tokenizer.json alone): that is BOS.
+            self.bos_id, self.bos_token = lead, backend.id_to_token(lead)
+        self.add_bos = lead is not None and lead == self.bos_id
+
+        eos = {self._id_of(self.eos_token)} | set(settings.gen_eos_ids)
+        self.eos_ids = frozenset(i for i in eos if i is not None)
+        self.pad_id = self._id_of(named.get("pad_token"))
+        if self.pad_id is None:
+            self.pad_id = settings.gen_pad_id
+        added = backend.get_added_tokens_decoder()
+        self.special_ids = frozenset(i for i, token in added.items() if token.special)
+        self._added_ids = frozenset(added)
+        self.vocab_size = max([backend.get_vocab_size(with_added_tokens=True), *(i + 1 for i in added)])
+        self._style = _piece_style(backend)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        text = self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return _clean_up_spaces(text) if self._cleanup else text
+
+    def id_to_piece(self, id: int) -> str:
+        piece = self._backend.id_to_token(id)
+        if piece is None:
+            raise IndexError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
+        return piece
+
+    def token_text(self, id: int) -> str:
+        piece = self.id_to_piece(id)
+        if id in self._added_ids:
+            return piece  # added tokens are stored as their literal text
+        if self._style == "byte_level":
+            raw = _byte_level_bytes(piece)
+            if raw is not None:
+                return _render_bytes(raw)
+        elif self._style == "metaspace":
+            match = _BYTE_PIECE.fullmatch(piece)
+            if match:
+                return _render_bytes(bytes([int(match.group(1), 16)]))
+            return piece.replace("▁", " ")
+        return self._backend.decode([id], skip_special_tokens=False)
+
+    def _id_of(self, token: str | None) -> int | None:
+        return None if token is None else self._backend.token_to_id(token)
+
+    def _probe_leading_special(self) -> int | None:
+        """The id encode(add_special_tokens=True) puts before the text, if any.
+
+        The post-processor decides what encode() adds; ask it rather than re-deriving its rules.
+        """
+        plain = self.encode("a", add_special_tokens=False)
+        full = self.encode("a", add_special_tokens=True)
+        return full[0] if len(full) > len(plain) and full[: len(plain)] != plain else None
+
+
+class SentencePieceTokenizer(HFTokenizer):
+    """A folder with only tokenizer.model, converted to a `tokenizers` pipeline like transformers' LlamaTokenizer."""
+
+    @classmethod
+    def from_model_file(cls, path: Path, settings: _FolderSettings) -> SentencePieceTokenizer:
+        try:
+            import sentencepiece
+        except ImportError as error:  # pragma: no cover - sentencepiece is a dependency
+            raise TokenizerError(
+                f"{path} needs the sentencepiece package; install it with `pip install sentencepiece`"
+            ) from error
+        processor = sentencepiece.SentencePieceProcessor()
+        try:
+            processor.Load(str(path))
+        except (OSError, RuntimeError) as error:
+            raise TokenizerError(
+                f"{path} is not a readable SentencePiece model; re-copy tokenizer.model from the original model"
+            ) from error
+
+        pieces = [processor.IdToPiece(i) for i in range(processor.GetPieceSize())]
+        vocab = {piece: i for i, piece in enumerate(pieces)}
+        bpe = models.BPE(
+            vocab=vocab, merges=_merges_by_rank(vocab), fuse_unk=True, byte_fallback=True, dropout=None
+        )
+        backend = _Backend(bpe)
+        # legacy=False (transformers' default) prefixes only the very start of the text, not each chunk
+        # between special tokens; add_prefix_space=False turns the prefix off entirely.
+        if settings.add_prefix_space:
+            scheme = "always" if settings.legacy else "first"
+        else:
+            scheme = "never"
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if settings.add_prefix_space:
+            steps.append(decoders.Strip(content=" ", left=1, right=0))
+        backend.decoder = decoders.Sequence(steps)
+
+        control = [pieces[i] for i in range(len(pieces)) if processor.IsControl(i)]
+        settings.special_tokens = [*control, *settings.special_tokens]
+        # Without tokenizer.json there is no post-processor, so add_bos_token/add_eos_token decide.
+        settings.flags_rule_post_processor = True
+        return cls(backend, settings)
+
+
+def load_tokenizer(folder: str | Path) -> Tokenizer:
+    """Load the tokenizer of a model folder: tokenizer.json if present, else tokenizer.model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TokenizerError(f"{folder} is not a folder; pass the model folder that holds tokenizer.json")
+    settings = _FolderSettings.read(folder)
+    json_path = folder / "tokenizer.json"
+    if json_path.is_file():
+        try:
+            backend = _Backend.from_file(str(json_path))
+        except Exception as error:  # the Rust side raises a bare Exception for malformed files
+            raise TokenizerError(
+                f"{json_path} cannot be parsed ({_first_line(error)}); re-copy it from the original model"
+            ) from error
+        # transformers drops add_bos_token/add_eos_token when tokenizer.json exists: its post-processor rules
+        settings.flags_rule_post_processor = False
+        settings.add_bos_flag = settings.add_eos_flag = False
+        return HFTokenizer(backend, settings)
+    model_path = folder / "tokenizer.model"
+    if model_path.is_file():
+        return SentencePieceTokenizer.from_model_file(model_path, settings)
+    raise TokenizerError(
+        f"no tokenizer in {folder}: looked for {' and '.join(_TOKENIZER_FILES)}; "
+        "copy the tokenizer files from the original model into the folder"
+    )
+
+
+class IncrementalDecoder:
+    """Turns generated ids into text one token at a time, never splitting a character.
+
+    Decoding a token on its own is wrong twice over: a byte token may hold part of a UTF-8 character, and
+    SentencePiece-style decoders drop the leading space of whatever they decode first. So we decode a short
+    window of recent ids twice, up to the last emitted token and up to the new one, and emit the difference
+    once it no longer ends in U+FFFD (the mark of an incomplete character). The window restarts after each
+    emission, so each push costs a bounded amount of work however long the text grows.
+    """
+
+    # Window of prompt ids that gives the first generated token its left context (e.g. its leading space).
+    _PROMPT_CONTEXT = 6
+    # A UTF-8 character spans at most 4 byte tokens; more pending than this means the bytes are invalid
+    # and holding them back longer would only stall the stream.
+    _MAX_PENDING = 8
+
+    def __init__(
+        self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
+        self._ids: list[int] = list(prompt_ids[-self._PROMPT_CONTEXT :]) if prompt_ids else []
+        self._read = len(self._ids)  # ids before this have been emitted
+        self._emitted_text = self._decode(self._ids)  # text of ids[:read], the window's left context
+
+    def push(self, id: int) -> str:
+        """Add one generated id; return the text it completes ("" while a character is still partial)."""
+        self._ids.append(id)
+        text = self._decode(self._ids)
+        pending = len(self._ids) - self._read
+        ready = len(text) > len(self._emitted_text) and not text.endswith("\ufffd")
+        if not ready and pending < self._MAX_PENDING:
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        """Return whatever is still held back (an unfinished character at the very end)."""
+        if self._read == len(self._ids):
+            return ""
+        return self._advance(self._decode(self._ids))
+
+    def _advance(self, text: str) -> str:
+        # Decoding more ids only appends text, so the context's text is a prefix of the window's.
+        new = text[len(self._emitted_text) :]
+        # The tokens just emitted become the next window's context; older ones are no longer needed.
+        self._ids = self._ids[self._read :]
+        self._read = len(self._ids)
+        self._emitted_text = self._decode(self._ids)
+        return new
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip) if ids else ""
+
+
+# --- folder settings ---------------------------------------------------------------------------------
+
+
+class _FolderSettings:
+    """The special-token facts of a model folder, read from its JSON files."""
+
+    def __init__(self) -> None:
+        self.named: dict[str, str | None] = {}
+        self.special_tokens: list[str | AddedToken] = []
+        self.plain_added_tokens: list[AddedToken] = []
+        self.add_bos_flag = False
+        self.add_eos_flag = False
+        self.flags_rule_post_processor = False
+        self.add_prefix_space = True
+        self.legacy = False
+        self.cleanup_spaces = False
+        self.gen_eos_ids: list[int] = []
+        self.gen_bos_id: int | None = None
+        self.gen_pad_id: int | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> _FolderSettings:
+        settings = cls()
+        config = _read_json(folder / "tokenizer_config.json")
+        token_map = _read_json(folder / "special_tokens_map.json")
+        generation = _read_json(folder / "generation_config.json")
+        if not generation:
+            generation = _read_json(folder / "config.json")  # older models keep eos_token_id only here
+
+        for key in NAMED_SPECIAL_TOKENS:
+            if key in config:
+                settings.named[key] = _token_content(config[key])
+        # Like transformers: special_tokens_map.json only counts for configs without added_tokens_decoder.
+        if "added_tokens_decoder" not in config:
+            for key in NAMED_SPECIAL_TOKENS:
+                if key in token_map:
+                    settings.named[key] = _token_content(token_map[key])
+        if not (folder / "tokenizer.json").is_file():
+            # transformers' LlamaTokenizer defaults, used when building from tokenizer.model
+            for key, default in (("unk_token", "<unk>"), ("bos_token", "<s>"), ("eos_token", "</s>")):
+                settings.named.setdefault(key, default)
+
+        for entry in (config.get("added_tokens_decoder") or {}).values():
+            token = _added_token(entry)
+            if token is not None:
+                (settings.special_tokens if token.special else settings.plain_added_tokens).append(token)
+        settings.special_tokens += [v for v in settings.named.values() if v is not None]
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            for source in (config, token_map):
+                extras = source.get(key) or []
+                extras = list(extras.values()) if isinstance(extras, dict) else extras
+                settings.special_tokens += [t for t in map(_token_content, extras) if t]
+
+        settings.add_bos_flag = bool(config.get("add_bos_token", False))
+        settings.add_eos_flag = bool(config.get("add_eos_token", False))
+        settings.add_prefix_space = config.get("add_prefix_space") is not False
+        settings.legacy = bool(config.get("legacy", False))
+        settings.cleanup_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+
+        eos = generation.get("eos_token_id")
+        settings.gen_eos_ids = [i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int)]
+        settings.gen_bos_id = _int_or_none(generation.get("bos_token_id"))
+        settings.gen_pad_id = _int_or_none(generation.get("pad_token_id"))
+        return settings
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TokenizerError(f"{path} is not valid JSON ({_first_line(error)}); fix or re-copy the file") from error
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} should hold a JSON object; fix or re-copy the file")
+    return data
+
+
+def _token_content(value: Any) -> str | None:
+    """Special tokens are stored as a string or as an AddedToken dict with "content"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _added_token(entry: Any) -> AddedToken | None:
+    content = _token_content(entry)
+    if content is None:
+        return None
+    flags = entry if isinstance(entry, Mapping) else {}
+    return AddedToken(
+        content,
+        single_word=bool(flags.get("single_word", False)),
+        lstrip=bool(flags.get("lstrip", False)),
+        rstrip=bool(flags.get("rstrip", False)),
+        normalized=bool(flags.get("normalized", False)),
+        special=bool(flags.get("special", True)),
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) else None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+# --- building the backend ----------------------------------------------------------------------------
+
+
+def _register_special_tokens(
+    backend: _Backend, special: Sequence[str | AddedToken], plain: Sequence[AddedToken]
+) -> None:
+    """Make special-token strings in text match as single tokens, as transformers does on load.
+
+    Tokens tokenizer.json already lists are left alone, so their flags (lstrip, normalized, ...) stay.
+    """
+    known = {token.content for token in backend.get_added_tokens_decoder().values()}
+    missing: list[AddedToken] = []
+    for token in special:
+        if isinstance(token, str):
+            token = AddedToken(token, special=True, normalized=False)
+        if token.content not in known:
+            known.add(token.content)
+            missing.append(token)
+    if missing:
+        backend.add_special_tokens(missing)
+    plain_missing = [token for token in plain if token.content not in known]
+    if plain_missing:
+        backend.add_tokens(plain_missing)
+
+
+def _template_processor(bos: str | None, eos: str | None, backend: _Backend) -> processors.TemplateProcessing:
+    """The post-processor transformers builds from add_bos_token / add_eos_token."""
+    bos_id = backend.token_to_id(bos) if bos is not None else None
+    eos_id = backend.token_to_id(eos) if eos is not None else None
+    head = f"{bos}:0 " if bos_id is not None else ""
+    tail = f" {eos}:0" if eos_id is not None else ""
+    special = [(token, i) for token, i in ((bos, bos_id), (eos, eos_id)) if i is not None]
+    return processors.TemplateProcessing(
+        single=f"{head}$A:0{tail}",
+        pair=f"{head}$A:0{tail} {head.replace(':0', ':1')}$B:1{tail.replace(':0', ':1')}",
+        special_tokens=special,
+    )
+
+
+def _merges_by_rank(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """BPE merges for a SentencePiece vocabulary, ranked the way transformers derives them.
+
+    SentencePiece BPE has no merge list: a piece's id is its rank. Every split of a piece into two known
+    pieces is a merge, ordered by the merged piece's id, then by the lengths of the halves.
+    """
+    merges: list[tuple[int, int, int, int, int, str, str]] = []
+    for piece, rank in vocab.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((rank, len(left), len(right), vocab[left], vocab[right], left, right))
+    merges.sort(key=lambda m: m[:5])
+    return [(m[5], m[6]) for m in merges]
+
+
+def _clean_up_spaces(text: str) -> str:
+    # transformers' clean_up_tokenization, applied only to non-BPE tokenizers that ask for it
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
+
+
+# --- showing single tokens ---------------------------------------------------------------------------
+
+
+def _piece_style(backend: _Backend) -> str:
+    """How vocabulary pieces encode text: "byte_level" (GPT-2 "Ġ"), "metaspace" ("▁", <0xNN>), or "other"."""
+    decoder = backend.decoder
+    if decoder is None:
+        return "other"
+    state = decoder.__getstate__()
+    description = state.decode("utf-8") if isinstance(state, bytes) else str(state)
+    if '"ByteLevel"' in description:
+        return "byte_level"
+    if "▁" in description or '"ByteFallback"' in description:
+        return "metaspace"
+    return "other"
+
+
+def _gpt2_byte_table() -> dict[str, int]:
+    """GPT-2's reversible byte -> printable character table, inverted: printable character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table: dict[str, int] = {chr(b): b for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + shift)] = b  # bytes without a printable form are moved past U+00FF
+            shift += 1
+    return table
+
+
+_GPT2_BYTES = _gpt2_byte_table()
+
+
+def _byte_level_bytes(piece: str) -> bytes | None:
+    try:
+        return bytes(_GPT2_BYTES[char] for char in piece)
+    except KeyError:
+        return None
+
+
+def _render_bytes(raw: bytes) -> str:
+    """Decode what is valid UTF-8 and show each stray byte (part of a split character) as <0xNN>."""
+    text = raw.decode("utf-8", errors="surrogateescape")
+    return "".join(f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
