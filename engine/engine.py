@@ -94,7 +94,11 @@ class Engine:
         """Readable text of one token (cached: candidate lists ask for the same ids again and again)."""
         text = self._texts.get(id)
         if text is None:
-            text = self._texts[id] = self.tokenizer.token_text(id)
+            try:
+                text = self.tokenizer.token_text(id)
+            except IndexError:  # embedding rows padded past the tokenizer's vocabulary (e.g. Qwen2)
+                text = f"<unused {id}>"
+            self._texts[id] = text
         return text
 
     def info(self) -> dict[str, Any]:
