@@ -1,0 +1,539 @@
+"""Sampling: turn one step of model logits into the next token, per row of a batch.
+
+The chain runs in a fixed, documented order (`SAMPLER_CHAIN`), the same order transformers uses:
+
+    penalties -> temperature -> top_k -> top_p -> min_p -> sample
+
+* penalties: the repetition penalty (transformers semantics, over prompt + generated tokens: a
+  seen token's logit is divided by the penalty when positive and multiplied when negative), then
+  the presence and frequency penalties (OpenAI semantics, over generated tokens only:
+  ``logit -= presence * (count > 0) + frequency * count``).
+* temperature 0 means greedy: the row's probabilities are a one-hot on the argmax of the
+  penalised logits, and drawing from it consumes no randomness.
+* every filter keeps at least one token, keeps all tokens tied with the last kept one, and sets
+  the logits it removes to -inf, so filtered tokens get probability exactly 0.
+
+`BatchSampler` holds the per-row settings of one batch as tensors and applies the pure functions
+below to all rows at once; a stage no row uses is skipped. Each row draws from its own
+`torch.Generator`, so a row's tokens depend only on its seed and its logits, never on which other
+rows share the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from tiankong.engine.errors import InputError
+
+SAMPLER_CHAIN: tuple[str, ...] = ("penalties", "temperature", "top_k", "top_p", "min_p", "sample")
+
+_NEG_INF = float("-inf")
+
+
+class ParamRange(NamedTuple):
+    """The allowed closed interval [lo, hi] of one sampling parameter, and what it does."""
+
+    lo: float
+    hi: float
+    description: str
+
+
+def _fmt(x: float) -> str:
+    # "2" rather than "2.0" in messages and help text.
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+_FLOAT_FIELDS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
+_INT_FIELDS = ("top_k", "max_new_tokens", "seed")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens for one generation. Immutable; construction validates."""
+
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+
+    # One table drives validation, CLI help and the TUI editor. All intervals are closed.
+    RANGES: ClassVar[Mapping[str, ParamRange]] = MappingProxyType(
+        {
+            "temperature": ParamRange(
+                0.0, 2.0, "randomness; 0 = greedy (always the most likely token)"
+            ),
+            "top_k": ParamRange(0, 1_000_000, "keep only the k most likely tokens; 0 = off"),
+            "top_p": ParamRange(
+                0.0, 1.0, "keep the most likely tokens whose mass reaches p; 1 = off"
+            ),
+            "min_p": ParamRange(
+                0.0, 1.0, "drop tokens below p times the top token's probability; 0 = off"
+            ),
+            "repetition_penalty": ParamRange(
+                0.1, 2.0, "penalise tokens already in prompt or output; 1 = off, >1 repeats less"
+            ),
+            "presence_penalty": ParamRange(
+                -2.0, 2.0, "subtract from tokens already generated; 0 = off"
+            ),
+            "frequency_penalty": ParamRange(
+                -2.0, 2.0, "subtract per earlier occurrence in the output; 0 = off"
+            ),
+            "seed": ParamRange(0, 2**64 - 1, "random seed; unset = a fresh one, reported"),
+            "max_new_tokens": ParamRange(1, 1_000_000, "stop after this many generated tokens"),
+        }
+    )
+
+    def __post_init__(self) -> None:
+        # Normalise what TOML, JSON and the CLI hand us (1 for 1.0, 40.0 for 40, lists for
+        # tuples), then check ranges, so every instance that exists is valid.
+        for name in _FLOAT_FIELDS:
+            object.__setattr__(self, name, _as_float(name, getattr(self, name)))
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if name == "seed" and value is None:
+                continue
+            object.__setattr__(self, name, _as_int(name, value))
+        object.__setattr__(self, "stop", _as_stop(self.stop))
+        self.validate()
+
+    def validate(self) -> SamplingParams:
+        """Raise InputError naming the first parameter outside its range; return self."""
+        for name, (lo, hi, _) in self.RANGES.items():
+            value = getattr(self, name)
+            if value is None and name == "seed":
+                continue
+            if not lo <= value <= hi:  # also rejects NaN
+                raise InputError(f"{name} must be in [{_fmt(lo)}, {_fmt(hi)}], got {value!r}")
+        _as_stop(self.stop)
+        return self
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        """A validated copy with some fields changed."""
+        valid = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(valid))
+        if unknown:
+            raise InputError(
+                f"unknown sampling parameter {unknown[0]!r}; valid names: {', '.join(valid)}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: plain numbers, None for an unset seed, stop as a list."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["stop"] = list(self.stop)
+        return out
+
+
+def _range_text(name: str) -> str:
+    lo, hi, _ = SamplingParams.RANGES[name]
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number in {_range_text(name)}, got {value!r}")
+    return float(value)
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer in {_range_text(name)}, got {value!r}")
+    return value
+
+
+def _as_stop(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # a lone string would otherwise become one stop per character
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
+        raise InputError(f"stop must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure stages. Each takes (B, V) float logits and per-row parameters, given as a (B,) or (B, 1)
+# tensor or as one number for every row, and returns new (B, V) logits; inputs are not modified.
+
+
+def _column(x: Tensor | float, like: Tensor) -> Tensor:
+    """Per-row parameter as a (B, 1) tensor on like's device (a number applies to every row)."""
+    if isinstance(x, Tensor):
+        return x.to(device=like.device).reshape(-1, 1)
+    return torch.full((like.shape[0], 1), x, device=like.device)
+
+
+def apply_penalties(
+    logits: Tensor,
+    seen: Tensor | None,
+    counts: Tensor | None,
+    repetition: Tensor | float,
+    presence: Tensor | float,
+    frequency: Tensor | float,
+) -> Tensor:
+    """Repetition penalty on `seen` (B, V) bool, then presence/frequency on `counts` (B, V).
+
+    Either state may be None to skip that penalty. A penalty of 1 (repetition) or 0 (presence,
+    frequency) leaves its row bit-for-bit unchanged.
+    """
+    out = logits
+    if seen is not None:
+        rep = _column(repetition, logits).to(logits.dtype)  # (B, 1)
+        penalised = torch.where(out < 0, out * rep, out / rep)  # (B, V)
+        out = torch.where(seen, penalised, out)
+    if counts is not None:
+        counts = counts.to(logits.dtype)
+        pres = _column(presence, logits).to(logits.dtype)  # (B, 1)
+        freq = _column(frequency, logits).to(logits.dtype)  # (B, 1)
+        out = out - freq * counts - pres * (counts > 0).to(logits.dtype)
+    return out
+
+
+def apply_temperature(logits: Tensor, temperature: Tensor | float) -> Tensor:
+    """logits / T per row; rows with T = 0 are left unchanged (greedy is handled later)."""
+    t = _column(temperature, logits).to(logits.dtype)  # (B, 1)
+    return logits / torch.where(t > 0, t, torch.ones_like(t))
+
+
+def _kth_threshold(head: Tensor, k: Tensor) -> Tensor:
+    """(B, 1) value of each row's k-th largest logit, -inf where k = 0 (off).
+
+    head: (B, n) the n largest logits per row, descending, with n >= every k that is on.
+    k: (B, 1) int; k >= n keeps the whole head.
+    """
+    idx = k.clamp(1, head.shape[1]) - 1  # (B, 1)
+    kth = head.gather(1, idx)  # (B, 1)
+    return torch.where(k > 0, kth, torch.full_like(kth, _NEG_INF))
+
+
+def _top_p_threshold(head: Tensor, lse: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 1) value of the last token top-p keeps (-inf where p >= 1, off), and (B, 1) bool:
+    whether that answer is final for the row, i.e. the head was long enough.
+
+    head: (B, n) the largest logits, descending; lse: (B, 1) logsumexp of the whole row, so
+    probabilities are normalised over the full vocabulary even when head is truncated.
+    A token is kept while the mass of the tokens above it is below p: the token that crosses p is
+    kept, the one after it is not. That is transformers' rule (it removes, in ascending order,
+    tokens whose cumulative mass is <= 1 - p).
+    """
+    probs = (head - lse).exp()  # (B, n)
+    cum = probs.cumsum(dim=-1)  # (B, n), non-decreasing
+    n_keep = (cum < p).sum(dim=-1, keepdim=True) + 1  # (B, 1): tokens before the crossing, +1
+    cut = head.gather(1, n_keep.clamp(max=head.shape[1]) - 1)  # (B, 1)
+    off = p >= 1
+    # Final when p is reached inside the head, or when the head already ends in filtered tokens
+    # (everything still kept is in it).
+    complete = off | (cum[:, -1:] >= p) | (head[:, -1:] == _NEG_INF)
+    return torch.where(off, torch.full_like(cut, _NEG_INF), cut), complete
+
+
+# On CPU a full sort of a 50k-150k vocabulary costs milliseconds while topk(256) costs tens of
+# microseconds, and p is almost always reached within the first few hundred tokens; so on CPU
+# top-p tries a partial head first and grows it when some row needs more. On accelerators the
+# full sort is cheap and checking would force a host sync every step, so top-p sorts once.
+_CPU_TOP_P_HEAD = 256
+_HEAD_GROWTH = 16
+
+
+def _top_k_top_p(
+    x: Tensor, k: Tensor | None, p: Tensor | None, head_size: int | None, max_k: int | None = None
+) -> Tensor:
+    """Top-k then top-p from one descending pass (topk or sort) over the logits.
+
+    x: (B, V); k: (B, 1) long, 0 = off; p: (B, 1) float, >= 1 = off; either may be None.
+    head_size: how many of the largest logits to look at first on CPU (the largest k, when every
+    top-p row also has a top-k), or None for a small default. max_k: the largest k, if the caller
+    knows it (reading it from k is a host sync on accelerators).
+    """
+    V = x.shape[-1]
+    if max_k is None:
+        max_k = 0 if k is None else int(k.max())
+    max_k = min(max_k, V)
+    if p is not None and x.device.type != "cpu":
+        n = V
+    else:
+        n = min(max(_CPU_TOP_P_HEAD if head_size is None else head_size, max_k, 1), V)
+    while True:
+        if n < V:
+            head = x.topk(n, dim=-1).values  # (B, n) descending
+        else:
+            head = x.sort(dim=-1, descending=True).values  # (B, V)
+        y = x
+        if max_k:
+            kth = _kth_threshold(head, k)  # (B, 1)
+            y = x.masked_fill(x < kth, _NEG_INF)
+            head = head.masked_fill(head < kth, _NEG_INF)
+        if p is None:
+            return y
+        cut, complete = _top_p_threshold(head, _logsumexp(y, head[:, :1]), p)
+        if n == V or bool(complete.all()):
+            return y.masked_fill(y < cut, _NEG_INF)
+        n = min(n * _HEAD_GROWTH, V)
+
+
+def _logsumexp(x: Tensor, row_max: Tensor) -> Tensor:
+    """(B, 1) log of the sum of exp(x) per row, given each row's (B, 1) maximum (finite).
+
+    log_softmax at the maximum is row_max - logsumexp. On CPU this is several times faster than
+    torch.logsumexp or exp().sum() on rows full of -inf, which every filtered row is.
+    """
+    return row_max - x.log_softmax(dim=-1).amax(dim=-1, keepdim=True)
+
+
+def top_k_filter(logits: Tensor, k: Tensor | int) -> Tensor:
+    """Keep each row's k largest logits and all ties with the k-th; k = 0 is off."""
+    k_col = _column(k, logits).long()  # (B, 1)
+    max_k = int(k_col.max())
+    if max_k == 0:
+        return logits
+    return _top_k_top_p(logits, k_col, None, head_size=max_k, max_k=max_k)
+
+
+def top_p_filter(logits: Tensor, p: Tensor | float) -> Tensor:
+    """Keep the fewest most likely tokens whose mass reaches p (at least one, plus ties with the
+    last one kept); p >= 1 is off."""
+    p_col = _column(p, logits).to(logits.dtype)  # (B, 1)
+    return _top_k_top_p(logits, None, p_col, head_size=None)
+
+
+def min_p_filter(logits: Tensor, p: Tensor | float) -> Tensor:
+    """Keep tokens with probability >= p * the row's top probability; p = 0 is off."""
+    p_col = _column(p, logits).to(logits.dtype)  # (B, 1)
+    probs = logits.softmax(dim=-1)  # (B, V)
+    threshold = p_col * probs.amax(dim=-1, keepdim=True)  # (B, 1); p <= 1 keeps the top token
+    return logits.masked_fill(probs < threshold, _NEG_INF)
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """(B,) index i per row with cum[i-1] <= u * total < cum[i]; u (B,) float64 in [0, 1).
+
+    The cumulative sum is float64 so tokens far down the tail keep their own width; a token with
+    probability 0 has zero width and can never be picked.
+    """
+    work = probs.cpu() if probs.device.type == "mps" else probs  # MPS has no float64
+    cum = work.to(torch.float64).cumsum(dim=-1)  # (B, V)
+    total = cum[:, -1:]  # (B, 1)
+    target = u.to(cum.device).reshape(-1, 1) * total  # (B, 1)
+    # u * total may round up to total; the largest value below it still selects the last token
+    # with nonzero probability.
+    target = torch.minimum(target, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cum, target, right=True).squeeze(1).to(probs.device)  # (B,)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchSampler:
+    """Per-row sampling settings and penalty state for one batch, reused every decode step.
+
+    Per step: ``probs = s.process(logits); ids = s.sample(probs); s.update(ids)``.
+    Draws use one CPU `torch.Generator` per row, seeded with that row's seed: each draw takes one
+    float64 uniform from the row's generator and inverts the row's cumulative distribution (on the
+    logits' device), so no probabilities leave the device and a row's draws never depend on the
+    other rows. Greedy rows take the argmax and leave their generator untouched.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[SamplingParams],
+        vocab_size: int,
+        device: torch.device,
+        prompt_ids: Sequence[Sequence[int]],
+    ) -> None:
+        if len(params) == 0 or len(params) != len(prompt_ids):
+            raise ValueError(
+                f"need one prompt per row and at least one row, got {len(params)} params "
+                f"and {len(prompt_ids)} prompts"
+            )
+        for row, p in enumerate(params):
+            p.validate()
+            if p.seed is None:
+                raise ValueError(f"row {row} has no seed; draw one before building the sampler")
+        self.params: tuple[SamplingParams, ...] = tuple(params)
+        self.vocab_size = vocab_size
+        self.device = torch.device(device)
+        V = vocab_size
+
+        def column(values: Sequence[float], dtype: torch.dtype = torch.float32) -> Tensor:
+            return torch.tensor(values, dtype=dtype, device=self.device).reshape(-1, 1)
+
+        self.temperature = column([p.temperature for p in params])  # (B, 1)
+        # k >= V keeps everything, the same as off; storing 0 keeps max_k meaningful.
+        self.top_k = column([p.top_k if p.top_k < V else 0 for p in params], torch.long)  # (B, 1)
+        self.top_p = column([p.top_p for p in params])  # (B, 1)
+        self.min_p = column([p.min_p for p in params])  # (B, 1)
+        self.repetition = column([p.repetition_penalty for p in params])  # (B, 1)
+        self.presence = column([p.presence_penalty for p in params])  # (B, 1)
+        self.frequency = column([p.frequency_penalty for p in params])  # (B, 1)
+        self.generators = [torch.Generator().manual_seed(p.seed) for p in params]
+
+        # Penalty state exists only when some row uses it: (B, V) each.
+        self.seen: Tensor | None = None  # prompt + generated tokens, for the repetition penalty
+        self.counts: Tensor | None = None  # generated-token counts, for presence/frequency
+        if any(p.repetition_penalty != 1 for p in params):
+            self.seen = torch.zeros((len(params), V), dtype=torch.bool, device=self.device)
+            rows = [r for r, ids in enumerate(prompt_ids) for _ in ids]
+            cols = [int(t) for ids in prompt_ids for t in ids]
+            if cols:
+                r = torch.tensor(rows, dtype=torch.long, device=self.device)
+                c = torch.tensor(cols, dtype=torch.long, device=self.device)
+                inside = (c >= 0) & (c < V)  # ids the model cannot emit carry no penalty
+                self.seen[r[inside], c[inside]] = True
+        if any(p.presence_penalty != 0 or p.frequency_penalty != 0 for p in params):
+            self.counts = torch.zeros((len(params), V), dtype=torch.float32, device=self.device)
+        self._plan()
+
+    def _plan(self) -> None:
+        """Decide once which stages run, from the rows' settings (Python values, no syncs)."""
+        ps, V = self.params, self.vocab_size
+        self._greedy = [p.greedy for p in ps]
+        self._greedy_mask = torch.tensor(self._greedy, device=self.device).unsqueeze(1)  # (B, 1)
+        self._any_greedy = any(self._greedy)
+        self._all_greedy = all(self._greedy)
+        self._use_temperature = any(p.temperature not in (0.0, 1.0) for p in ps)
+        k_on = [0 < p.top_k < V for p in ps]
+        self._max_k = max((p.top_k for p, on in zip(ps, k_on, strict=True) if on), default=0)
+        self._use_top_p = any(p.top_p < 1 for p in ps)
+        self._use_min_p = any(p.min_p > 0 for p in ps)
+        # Top-p after top-k only looks at the top-k survivors, so when every top-p row also has a
+        # top-k, a partial topk(max_k) is enough; otherwise let top-p size its own head.
+        self._use_top_k = self._max_k > 0
+        if self._use_top_p and not all(on for p, on in zip(ps, k_on, strict=True) if p.top_p < 1):
+            self._head: int | None = None
+        else:
+            self._head = self._max_k
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def process(self, logits: Tensor) -> Tensor:
+        """(B, V) raw logits, any float dtype -> (B, V) float32 sampling probabilities."""
+        x = logits.float()  # (B, V); every op below is out of place, so logits stay untouched
+        if self.seen is not None or self.counts is not None:
+            x = apply_penalties(
+                x, self.seen, self.counts, self.repetition, self.presence, self.frequency
+            )
+        greedy_ids = x.argmax(dim=-1, keepdim=True) if self._any_greedy else None  # (B, 1)
+        if self._all_greedy:
+            return torch.zeros_like(x).scatter_(1, greedy_ids, 1.0)
+        if self._use_temperature:
+            x = apply_temperature(x, self.temperature)
+        if self._use_top_k or self._use_top_p:
+            k = self.top_k if self._use_top_k else None
+            p = self.top_p if self._use_top_p else None
+            x = _top_k_top_p(x, k, p, self._head, self._max_k)
+        if self._use_min_p:
+            x = min_p_filter(x, self.min_p)
+        probs = x.softmax(dim=-1)  # (B, V) float32, exactly 0 where x = -inf
+        if greedy_ids is not None:
+            one_hot = torch.zeros_like(probs).scatter_(1, greedy_ids, 1.0)
+            probs = torch.where(self._greedy_mask, one_hot, probs)
+        return probs
+
+    def sample(self, probs: Tensor, rows: Sequence[int] | None = None) -> Tensor:
+        """(B, V) probabilities -> (B,) int64 token ids on probs' device.
+
+        Only `rows` (default: all) are drawn; the others get -1 and their generators are not
+        advanced.
+        """
+        batch = probs.shape[0]
+        wanted = range(batch) if rows is None else rows
+        greedy_rows = [r for r in wanted if self._greedy[r]]
+        random_rows = [r for r in wanted if not self._greedy[r]]
+        if len(greedy_rows) == batch:
+            return probs.argmax(dim=-1)
+        out = torch.full((batch,), -1, dtype=torch.long, device=probs.device)
+        if greedy_rows:
+            idx = torch.tensor(greedy_rows, device=probs.device)
+            out[idx] = probs[idx].argmax(dim=-1)
+        if random_rows:
+            # The only per-row Python loop: one uniform from each row's own generator.
+            u = torch.tensor(
+                [
+                    torch.rand((), generator=self.generators[r], dtype=torch.float64).item()
+                    for r in random_rows
+                ],
+                dtype=torch.float64,
+            )  # (R,)
+            if len(random_rows) == batch:
+                out = _inverse_cdf(probs, u)
+            else:
+                idx = torch.tensor(random_rows, device=probs.device)
+                out[idx] = _inverse_cdf(probs[idx], u)
+        return out
+
+    def update(self, tokens: Tensor, active: Tensor | None = None) -> None:
+        """Record the chosen (B,) tokens in the penalty state; rows where active is False skip."""
+        if self.seen is None and self.counts is None:
+            return
+        t = tokens.to(device=self.device, dtype=torch.long).clamp(min=0).unsqueeze(1)  # (B, 1)
+        if active is None:
+            on = torch.ones_like(t, dtype=torch.bool)
+        else:
+            on = active.to(device=self.device, dtype=torch.bool).reshape(-1, 1)  # (B, 1)
+        # Scatter with a mask instead of indexing active rows: no host sync on the device.
+        if self.seen is not None:
+            self.seen.scatter_(1, t, self.seen.gather(1, t) | on)
+        if self.counts is not None:
+            self.counts.scatter_add_(1, t, on.to(self.counts.dtype))
+
+    def select(self, rows: Sequence[int]) -> BatchSampler:
+        """A sampler for only these rows, in this order; their generators and state carry over."""
+        rows = list(rows)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        new = object.__new__(BatchSampler)
+        new.params = tuple(self.params[r] for r in rows)
+        new.vocab_size = self.vocab_size
+        new.device = self.device
+        for name in (
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "repetition",
+            "presence",
+            "frequency",
+        ):
+            setattr(new, name, getattr(self, name).index_select(0, idx))
+        new.seen = None if self.seen is None else self.seen.index_select(0, idx)
+        new.counts = None if self.counts is None else self.counts.index_select(0, idx)
+        new.generators = [self.generators[r] for r in rows]
+        new._plan()
+        return new
+
+
+__all__ = [
+    "SAMPLER_CHAIN",
+    "BatchSampler",
+    "ParamRange",
+    "SamplingParams",
+    "apply_penalties",
+    "apply_temperature",
+    "min_p_filter",
+    "top_k_filter",
+    "top_p_filter",
+]
