@@ -307,15 +307,17 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
     con = Console()
     if name is None:
         table = Table(title=f"presets (yours go in {user_presets_dir()})", show_edge=False)
-        for col in ("name", "use", "temperature", "top_k", "top_p", "min_p", "rep. penalty", "seed"):
-            table.add_column(col)
+        table.add_column("name", no_wrap=True)
+        table.add_column("use", ratio=1)
+        for col in ("temp", "top-k", "top-p", "min-p", "rep.pen", "seed"):
+            table.add_column(col, no_wrap=True, justify="right")
         for p in load_presets().values():
             s = p.params
-            default = " [dim](default)[/dim]" if p.name == DEFAULT_PRESET else ""
+            default = " [dim]*[/dim]" if p.name == DEFAULT_PRESET else ""
             table.add_row(p.name + default, p.use, f"{s.temperature:g}", str(s.top_k), f"{s.top_p:g}",
-                          f"{s.min_p:g}", f"{s.repetition_penalty:g}", str(s.seed))
+                          f"{s.min_p:g}", f"{s.repetition_penalty:g}", "random" if s.seed is None else str(s.seed))
         con.print(table)
-        con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
+        con.print(f"* the default.  sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
         return
     p = get_preset(name)
     con.print(f"[bold]{p.name}[/bold]: {p.description}\n[dim]use:[/dim] {p.use}   [dim]file:[/dim] {p.source}")

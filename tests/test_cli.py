@@ -1,0 +1,140 @@
+"""The `tiankong` CLI: JSONL records, batching invariance, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tiankong.tui.cli import main
+from tiny_models import STORIES, make_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("cli-llama"), "llama")
+
+
+def cli(monkeypatch, capsys, *args):
+    """Run `tiankong ARGS` in-process through the console-script entry point; (code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["tiankong", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def records(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_generate_jsonl_record(monkeypatch, capsys, model_dir):
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-p", "Once upon",
+                         "--preset", "creative", "--seed", "5", "--max-new-tokens", "6", "--top-logprobs", "3")
+    assert code == 0, err
+    (rec,) = records(out)
+    assert rec["prompt"] == "Once upon" and rec["preset"] == "creative" and rec["seed"] == 5
+    assert rec["params"]["temperature"] == 1.0 and rec["params"]["max_new_tokens"] == 6
+    assert rec["usage"]["completion_tokens"] == len(rec["tokens"]) <= 6
+    assert rec["finish_reason"] in ("eos", "length")
+    assert set(rec["timing"]) == {"prefill_s", "decode_s", "decode_tokens_per_s"}
+    tok = rec["tokens"][0]
+    assert set(tok) == {"id", "text", "logprob", "p_sample", "top"} and len(tok["top"]) == 3
+    assert set(tok["top"][0]) == {"id", "text", "logprob", "p_sample"}
+    assert "".join(t["text"] for t in rec["tokens"]) == rec["text"]
+
+
+def test_same_seed_same_text_whatever_the_batch(monkeypatch, capsys, model_dir, tmp_path):
+    lines = ["Once upon a time", json.dumps({"id": "q2", "prompt": "The quick brown fox"}),
+             json.dumps({"messages": [{"role": "user", "content": "def add(a, b):"}]}), "Emoji are fun"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    runs = []
+    for bs in (1, 3, 8):
+        out = tmp_path / f"out{bs}.jsonl"
+        code, _, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-i", src, "--n", "2",
+                           "--seed", "100", "--max-new-tokens", "10", "--batch-size", bs, "-o", out)
+        assert code == 0, err
+        runs.append(records(out.read_text()))
+    assert len(runs[0]) == 8
+    assert [r["seed"] for r in runs[0]] == [100, 101] * 4
+    assert runs[0][2]["id"] == "q2" and runs[0][4]["messages"][0]["content"] == "def add(a, b):"
+    for other in runs[1:]:
+        assert [r["text"] for r in other] == [r["text"] for r in runs[0]]
+    assert runs[0][0]["text"] != runs[0][1]["text"]  # the two samples differ
+
+
+def test_overrides_switch_filters_off(monkeypatch, capsys, model_dir):
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-p", "A",
+                         "--top-k", "0", "--top-p", "1", "--min-p", "0", "--temperature", "0",
+                         "--max-new-tokens", "3")
+    assert code == 0, err
+    p = records(out)[0]["params"]
+    assert (p["top_k"], p["top_p"], p["min_p"], p["temperature"]) == (0, 1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "-p", "hi"], "no model given: pass --model DIR"),
+    (["generate", "-m", "/nonexistent/model", "-p", "hi"], "does not exist"),
+    (["generate", "-m", "{model}", "-p", "hi", "--temperature", "7"], "temperature must be in [0, 2], got 7"),
+    (["generate", "-m", "{model}", "-p", "hi", "--preset", "nope"], "nope"),
+    (["generate", "-m", "{model}", "-i", "{badfile}"], "line 2: invalid JSON"),
+    (["generate", "-m", "{model}", "-p", "x" * 2000, "--raw"], "the model's context is 256"),
+    (["info", "-m", "{model}/config.json"], "is a file, not a model folder"),
+    (["tokenize", "-m", "/nonexistent", "hi"], "does not exist"),
+    (["presets", "nope"], "nope"),
+])
+def test_errors_are_one_line_exit_2(monkeypatch, capsys, model_dir, tmp_path, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
+    monkeypatch.delenv("TIANKONG_MODEL", raising=False)
+    args = [a.format(model=model_dir, badfile=bad) for a in args]
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and message in err
+    assert out == ""
+
+
+def test_bad_input_line_writes_nothing(monkeypatch, capsys, model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"messages": [{"role": "user"}]}\n')
+    out = tmp_path / "out.jsonl"
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "-i", bad, "-o", out)
+    assert code == 2 and "line 2" in err and not out.exists()
+
+
+def test_tokenize_info_presets(monkeypatch, capsys, model_dir):
+    code, out, _ = cli(monkeypatch, capsys, "tokenize", "-m", model_dir, "--format", "jsonl", "Once upon")
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(model_dir)
+    got = json.loads(out)
+    assert code == 0 and got["ids"] == ref.encode("Once upon")
+    assert got["pieces"] == ref.convert_ids_to_tokens(got["ids"])
+    code, out, _ = cli(monkeypatch, capsys, "info", "-m", model_dir, "--format", "json")
+    facts = json.loads(out)
+    assert code == 0 and facts["architecture"] == "LlamaForCausalLM" and facts["layers"] == 2
+    assert facts["context_length"] == 256 and facts["chat_template"] is False
+    code, out, _ = cli(monkeypatch, capsys, "presets")
+    assert code == 0 and all(n in out for n in ("balanced", "precise", "creative", "chat", "deterministic"))
+
+
+def test_console_script_help_has_examples():
+    out = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", "generate", "--help"],
+                         capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
+    assert "Examples" in out and "--top-logprobs" in out
+
+
+@pytest.mark.skipif(not STORIES.exists(), reason="../shared is absent")
+def test_stories_from_bos(monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", STORIES, "--raw", "-p", "", "--preset",
+                         "deterministic", "--max-new-tokens", "40")
+    assert code == 0, err
+    rec = records(out)[0]
+    assert rec["usage"]["prompt_tokens"] == 1 and "Lily" in rec["text"]
