@@ -331,6 +331,72 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
     con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
 
 
+# ---------------------------------------------------------------- the playground
+
+DataDirOpt = typer.Option(None, "--data-dir", help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
+                          envvar="TIANKONG_DATA_DIR", show_default=False)
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong chat -m ../shared/models/stories260K --preset creative
+
+  tiankong chat -m ./SmolLM2-135M-Instruct --data-dir ~/tiankong-data
+""")
+def chat(model: Optional[Path] = ModelOpt,
+         preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset to start with."),
+         data_dir: Optional[Path] = DataDirOpt,
+         rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+         device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
+    """Chat with a model and watch every token's candidates stream in."""
+    from tiankong.tui.app import run_app
+
+    get_preset(preset)  # fail fast, before the screen opens
+    run_app(_model_dir(model), preset=preset, data_dir=data_dir, device=device, dtype=dtype, mode="chat", rater=rater)
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong compare -m ../shared/models/stories260K --presets balanced,creative
+
+  tiankong compare --models ./sft,./ppo --presets balanced
+""")
+def compare(model: Optional[Path] = ModelOpt,
+            presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
+            models: Optional[str] = typer.Option(None, help="Two model folders, comma-separated, to compare instead."),
+            data_dir: Optional[Path] = DataDirOpt,
+            rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+            device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
+    """Run presets (or two models) side by side on one prompt and rank the answers."""
+    from tiankong.tui.app import run_app
+
+    names = [p.strip() for p in presets.split(",") if p.strip()]
+    for name in names:
+        get_preset(name)
+    model_dirs = [Path(m.strip()) for m in models.split(",") if m.strip()] if models else None
+    if model_dirs is not None:
+        if len(model_dirs) != 2:
+            raise InputError(f"--models takes two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
+        if len(names) != 1:
+            names = names[:1]
+    elif not 2 <= len(names) <= 4:
+        raise InputError(f"--presets takes 2 to 4 presets, got {len(names)}; e.g. --presets balanced,creative")
+    first = model_dirs[0] if model_dirs else _model_dir(model)
+    run_app(first, preset=names[0], data_dir=data_dir, device=device, dtype=dtype, mode="compare",
+            compare_presets=names, compare_models=model_dirs, rater=rater)
+
+
+def _register_prefs() -> None:
+    try:
+        from tiankong.tui.prefs import prefs_app
+    except ImportError:  # while the playground is being built
+        return
+    app.add_typer(prefs_app, name="prefs", help="Export, import and summarise preference votes.")
+
+
+_register_prefs()
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
     try:
