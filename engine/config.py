@@ -175,3 +175,37 @@ def rope_inv_freq(cfg: ModelConfig) -> "torch.Tensor":
     blended = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return torch.where(medium, blended, scaled)
+
+
+_MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                "Qwen2ForCausalLM": "qwen2", "GPT2LMHeadModel": "gpt2"}
+
+
+def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    """The config.json transformers expects for `cfg` (the original's other keys are kept)."""
+    out = {k: v for k, v in cfg.extra.items() if k not in ("torch_dtype", "dtype", "rope_scaling", "rope_parameters")}
+    out.update(architectures=[cfg.architecture], model_type=_MODEL_TYPES[cfg.architecture],
+               vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings, torch_dtype=dtype)
+    if cfg.bos_token_id is not None:
+        out["bos_token_id"] = cfg.bos_token_id
+    if cfg.eos_token_id is not None:
+        out["eos_token_id"] = cfg.eos_token_id
+    if cfg.family == "gpt2":
+        out.update(n_embd=cfg.dim, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_dim,
+                   n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps, activation_function=cfg.activation)
+        return out
+    out.update(hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+               num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.ffn_dim,
+               rms_norm_eps=cfg.norm_eps, max_position_embeddings=cfg.max_seq_len, hidden_act=cfg.activation,
+               rope_theta=cfg.rope_theta)
+    if cfg.rope_scaling:  # the 4.x spelling, which transformers 5 still reads
+        out["rope_scaling"] = dict(cfg.rope_scaling)
+    if cfg.architecture == "Qwen2ForCausalLM":
+        out["use_sliding_window"] = cfg.sliding_window is not None
+    if cfg.sliding_window is not None:
+        out["sliding_window"] = cfg.sliding_window
+    elif cfg.architecture == "MistralForCausalLM":
+        out["sliding_window"] = None
+    if cfg.architecture == "LlamaForCausalLM":
+        out["attention_bias"] = cfg.qkv_bias
+    return out

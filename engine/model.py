@@ -82,3 +82,11 @@ def load_model(folder: str | Path, device: str | torch.device = "auto",
     if cfg.family == "llama":
         model.inv_freq = llama.rope_inv_freq(cfg).to(dev)
     return model.eval(), cfg
+
+
+def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path,
+                    tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write `model` as a Hugging Face folder that tiankong and transformers both load (atomic)."""
+    from .weights import save_model
+
+    return save_model(model, cfg, folder, name_table(cfg), tokenizer_from, extra_files)

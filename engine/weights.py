@@ -12,14 +12,17 @@ read only with `torch.load(weights_only=True)`, which refuses anything but tenso
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, to_hf_config
 from .errors import ModelLoadError
 
 
@@ -32,7 +35,8 @@ class NameTable:
 
     def __init__(self, weight_map: dict[str, str], ignored: tuple[str, ...] = (),
                  transposed: frozenset[str] = frozenset(), prefix: str = "") -> None:
-        self.rules = [(_pattern(src), dst, src in transposed) for src, dst in weight_map.items()]
+        self.entries = [(src, dst, src in transposed) for src, dst in weight_map.items()]
+        self.rules = [(_pattern(src), dst, t) for src, dst, t in self.entries]
         self.ignored = [_pattern(p) for p in ignored]
         self.prefix = prefix
 
@@ -158,3 +162,63 @@ def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTa
                              f"{shown}; config.json may not match the weights")
     if tied:
         model.output.weight = model.tok_emb.weight
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json", "chat_template.jinja", "chat_template.json", "added_tokens.json")
+
+
+def save_model(model: nn.Module, cfg: ModelConfig, folder: str | Path, table: NameTable,
+               tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer files) atomically.
+
+    Everything is written into a temporary sibling folder first and then moved into place, so a
+    crash mid-save leaves either the old checkpoint or the new one, never half of each. The
+    result loads in tiankong and in transformers alike.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = model.state_dict()
+        dtype = next(model.parameters()).dtype
+        tensors = {}
+        for hf_name, (target, transpose) in _hf_names(table, state, cfg).items():
+            t = state[target].detach()
+            tensors[hf_name] = (t.t() if transpose else t).contiguous().cpu()
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        hf = to_hf_config(cfg, str(dtype).removeprefix("torch."))
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
+        if tokenizer_from is not None:
+            for name in TOKENIZER_FILES:
+                if (Path(tokenizer_from) / name).is_file():
+                    shutil.copy2(Path(tokenizer_from) / name, tmp / name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _hf_names(table: NameTable, state: dict, cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
+    """checkpoint name -> (module name, transpose?) for every tensor of `state` (the table read backwards)."""
+    out: dict[str, tuple[str, bool]] = {}
+    for src, dst, transpose in table.entries:
+        for i in (range(cfg.n_layers) if "{}" in dst else [0]):
+            target, name = dst.replace("{}", str(i)), src.replace("{}", str(i))
+            if target not in state or (target == "output.weight" and cfg.tie_embeddings):
+                continue
+            if table.prefix and not name.startswith("lm_head"):
+                name = table.prefix + name  # GPT-2: transformers saves the body under "transformer."
+            out[name] = (target, transpose)
+    return out

@@ -179,3 +179,24 @@ def test_bad_folders(tmp_path, folders):
     (misshapen / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="mlp.*has shape .* but config.json implies"):
         load_model(misshapen)
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-tied-headdim-llama3", "qwen2-bias", "gpt2"])
+def test_save_pretrained_round_trip(tmp_path, folders, name):
+    """A saved folder (what the trainers write) loads back exactly, and transformers reads it too."""
+    from tiankong.engine.model import save_pretrained
+
+    model, cfg = load_model(folders[name])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # so we are not just re-reading the original file
+    out = save_pretrained(model, cfg, tmp_path / "saved", tokenizer_from=folders[name])
+    assert (out / "tokenizer.json").exists() and not list(tmp_path.glob(".saved*"))
+    again, cfg2 = load_model(out)
+    assert cfg2.rope_scaling == cfg.rope_scaling and cfg2.tie_embeddings == cfg.tie_embeddings
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    tokens = torch.arange(12)[None]
+    with torch.no_grad():
+        ours = again(tokens, torch.arange(12)[None])
+    torch.testing.assert_close(ours, hf_logits(out, tokens), atol=2e-5, rtol=1e-5)
