@@ -85,8 +85,9 @@ def load_model(folder: str | Path, device: str | torch.device = "auto",
 
 
 def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path,
-                    tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None) -> Path:
-    """Write `model` as a Hugging Face folder that tiankong and transformers both load (atomic)."""
+                    tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write `model` as a Hugging Face folder that tiankong and transformers both load (atomic files)."""
     from .weights import save_model
 
-    return save_model(model, cfg, folder, name_table(cfg), tokenizer_from, extra_files)
+    return save_model(model, cfg, folder, name_table(cfg), tokenizer_from, extra_files, metadata)

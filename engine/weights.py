@@ -169,45 +169,49 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 
 
 def save_model(model: nn.Module, cfg: ModelConfig, folder: str | Path, table: NameTable,
-               tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None) -> Path:
-    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer files) atomically.
+               tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None,
+               metadata: dict[str, str] | None = None) -> Path:
+    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer files).
 
-    Everything is written into a temporary sibling folder first and then moved into place, so a
-    crash mid-save leaves either the old checkpoint or the new one, never half of each. The
-    result loads in tiankong and in transformers alike.
+    Each file is written under a temporary name in the same folder and then renamed over the old
+    one (atomic on POSIX), weights last; a crash mid-save leaves every file whole. Other files in
+    the folder (a trainer's metrics and state) are left alone. The result loads in tiankong and in
+    transformers alike. `metadata` goes into the safetensors header (e.g. the training step).
     """
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        state = model.state_dict()
-        dtype = next(model.parameters()).dtype
-        tensors = {}
-        for hf_name, (target, transpose) in _hf_names(table, state, cfg).items():
-            t = state[target].detach()
-            tensors[hf_name] = (t.t() if transpose else t).contiguous().cpu()
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        hf = to_hf_config(cfg, str(dtype).removeprefix("torch."))
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
-        if tokenizer_from is not None:
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer_from) / name).is_file():
-                    shutil.copy2(Path(tokenizer_from) / name, tmp / name)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    folder.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    dtype = next(model.parameters()).dtype
+    tensors = {}
+    for hf_name, (target, transpose) in _hf_names(table, state, cfg).items():
+        t = state[target].detach()
+        tensors[hf_name] = (t.t() if transpose else t).contiguous().cpu()
+    texts = {"config.json": json.dumps(to_hf_config(cfg, str(dtype).removeprefix("torch.")), indent=2) + "\n"}
+    texts.update(extra_files or {})
+    for name, text in texts.items():
+        _atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+    if tokenizer_from is not None and Path(tokenizer_from).resolve() != folder.resolve():
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_from) / name
+            if src.is_file() and name not in texts:
+                _atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    meta = {"format": "pt", **(metadata or {})}
+    _atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
     return folder
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename over `path`; the temporary file never outlives a failure."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _hf_names(table: NameTable, state: dict, cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
