@@ -397,6 +397,16 @@ def _register_prefs() -> None:
 _register_prefs()
 
 
+def _register_training() -> None:
+    from tiankong.tui.train_cli import reward_app, train_app
+
+    app.add_typer(train_app, name="train")
+    app.add_typer(reward_app, name="reward")
+
+
+_register_training()
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,298 @@
+"""What every trainer shares: the config base, the optimisation loop, checkpoints and resume.
+
+A trainer subclasses `Trainer` and supplies four things: `setup()` (models and data),
+`global_batches()` (the deterministic list of items for each optimisation step), `loss(items)`
+(the algorithm: one readable function) and `save(folder)`. The loop here does the rest the same
+way for all of them:
+
+* data-parallel: under `torchrun --nproc_per_node N` every rank sees the same global batch and
+  takes its slice; losses are scaled so that N processes produce exactly the gradient of one
+  process with the same global batch (DDP averages gradients, so each rank's loss is multiplied
+  by N / total weight);
+* gradient accumulation over micro-batches, clipping, AdamW, linear warmup + cosine decay;
+* metrics as JSONL per step (`metrics.jsonl`), a rich progress bar on rank 0;
+* checkpoints written atomically into the output folder (a Hugging Face folder that tiankong and
+  transformers load) plus `trainer_state.pt` (optimizer, scheduler, step, RNG); `resume=True`
+  continues from there to the same result an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from tiankong.engine.errors import InputError
+
+from .distributed import Dist, init_distributed
+from .metrics import MetricsWriter
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A config field with its help text (shown by `tiankong train NAME --help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # --- where
+    output: str = opt("runs/model", "Output folder: a Hugging Face model folder plus metrics.jsonl and trainer state.")
+    model: str = opt("", "Starting checkpoint (a Hugging Face model folder).")
+    data: str = opt("", "Training data file.")
+    # --- optimisation
+    steps: int = opt(100, "Optimisation steps.")
+    batch_size: int = opt(8, "Global batch size (items per step, over all processes).")
+    micro_batch_size: int = opt(0, "Items per forward pass; 0 = the whole per-process batch.")
+    lr: float = opt(1e-4, "Peak learning rate.")
+    warmup_steps: int = opt(0, "Linear warmup steps.")
+    min_lr_ratio: float = opt(0.1, "Cosine decay floor as a fraction of lr.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Clip gradients to this norm; 0 = off.")
+    seed: int = opt(0, "Seed for data order and initialisation.")
+    # --- runtime
+    device: str = opt("auto", "cpu, cuda, mps or auto.")
+    dtype: str = opt("float32", "Parameter dtype: float32 or bfloat16.")
+    save_every: int = opt(0, "Checkpoint every N steps; 0 = only at the end.")
+    eval_every: int = opt(0, "Evaluate on the held-out split every N steps; 0 = only at the end.")
+    resume: bool = opt(False, "Continue an interrupted run from the output folder's last checkpoint.")
+    progress: bool = opt(True, "Show a progress bar.")
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch_size < 0:
+            raise InputError(f"micro_batch_size must be >= 0, got {self.micro_batch_size}")
+        if not self.lr > 0:
+            raise InputError(f"lr must be > 0, got {self.lr}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise InputError(f"dtype must be float32 or bfloat16 for training, got {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to lr, then cosine decay to lr * min_lr_ratio at the last step."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A deterministic shuffle of range(n) for one epoch (same on every rank and on resume)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def global_batches(n_items: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[list[int]]:
+    """Item indices for each step: epochs of shuffled data, cut into global batches; resumable."""
+    if n_items == 0:
+        raise InputError("the training data is empty; give a file with at least one valid row")
+    step = 0
+    epoch = 0
+    while True:
+        order = epoch_order(n_items, seed, epoch)
+        for i in range(0, n_items - batch_size + 1 if n_items >= batch_size else 1, batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) < batch_size:  # tiny data sets: wrap around rather than shrink the batch
+                idx = (idx * math.ceil(batch_size / len(idx)))[:batch_size]
+            if step >= start_step:
+                yield idx
+            step += 1
+        epoch += 1
+
+
+class Trainer:
+    """The shared loop; see the module docstring for what a subclass provides."""
+
+    name = "train"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.output)
+        self.dist: Dist = init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.step = 0
+
+    # ---- what subclasses provide
+    def setup(self) -> None:
+        """Build models and load data; set self.model (the module being optimised)."""
+        raise NotImplementedError
+
+    def n_items(self) -> int:
+        raise NotImplementedError
+
+    def item_weight(self, index: int) -> float:
+        """How much one item counts in the global mean (1 per item; SFT: answer tokens)."""
+        return 1.0
+
+    def loss(self, items: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed (not averaged) loss over `items` and metrics (sums too, averaged by the loop)."""
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # ---- the loop
+    def train(self) -> Path:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.setup()
+        params = self.parameters()
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+        if cfg.resume:
+            self._load_state()
+        self.ddp_model = self.dist.wrap(self.model)
+        metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=self.step)
+        batches = global_batches(self.n_items(), cfg.batch_size, cfg.seed, start_step=self.step)
+        with _progress(cfg.steps, self.step, self.name, enabled=cfg.progress and self.dist.is_main) as advance:
+            while self.step < cfg.steps:
+                row = self.train_step(next(batches))
+                self.step += 1
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    row.update(self.evaluate())
+                if self.step == cfg.steps:
+                    row.update(self.evaluate())
+                metrics.write({"step": self.step, **row})
+                advance(row)
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                    self.checkpoint()
+        metrics.close()
+        self.dist.barrier()
+        return self.out
+
+    def train_step(self, batch: list[int]) -> dict[str, float]:
+        """One optimisation step over a global batch; returns the step's metrics."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        mine = batch[self.dist.rank::self.dist.world]  # this process's slice
+        total = sum(self.item_weight(i) for i in batch)  # the same on every rank
+        micro = cfg.micro_batch_size or len(mine)
+        self.model.train()
+        sums: dict[str, float] = {}
+        chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)] or [[]]
+        for k, chunk in enumerate(chunks):
+            with self.dist.no_sync(self.ddp_model, last=k == len(chunks) - 1):
+                loss_sum, m = self.loss(chunk) if chunk else (self._zero(), {})
+                (loss_sum * self.dist.world / total).backward()
+            for key, v in m.items():
+                sums[key] = sums.get(key, 0.0) + float(v)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
+        grad_norm = 0.0
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = self.dist.all_reduce_sum(sums)
+        row = {k: v / total for k, v in sums.items()}
+        row.update(lr=lr_at(self.step, cfg), grad_norm=grad_norm)
+        return row
+
+    def _zero(self) -> torch.Tensor:
+        # A rank with no items this step still joins DDP's gradient all-reduce.
+        return sum(p.sum() * 0.0 for p in self.parameters())
+
+    # ---- checkpoints
+    def checkpoint(self) -> None:
+        """Model files (atomic) then trainer state (atomic), on rank 0 only."""
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.save(self.out)
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                     "config": self.cfg.to_dict(), "extra": self.extra_state()}
+            atomic_torch_save(state, self.out / "trainer_state.pt")
+            (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        self.dist.barrier()
+
+    def extra_state(self) -> dict[str, Any]:
+        """Anything else a trainer must restore on resume (e.g. PPO's KL controller)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def resume_model_path(self) -> Path | None:
+        """Where setup() should load the model from: the output folder when resuming."""
+        if self.cfg.resume and (self.out / "trainer_state.pt").exists():
+            return self.out
+        return None
+
+    def _load_state(self) -> None:
+        path = self.out / "trainer_state.pt"
+        if not path.exists():
+            raise InputError(f"--resume: no checkpoint in {self.out} (no trainer_state.pt); run without --resume")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+        random.setstate(state["python_rng"])
+        self.load_extra_state(state.get("extra", {}))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _progress:
+    """rich progress bar for the step loop (rank 0), showing the latest loss."""
+
+    def __init__(self, total: int, done: int, name: str, enabled: bool) -> None:
+        self.total, self.done, self.name, self.enabled = total, done, name, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda row: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+        self.bar.start()
+        task = self.bar.add_task(self.name, total=self.total, completed=self.done, info="")
+
+        def advance(row: dict[str, float]) -> None:
+            info = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k in ("loss", "accuracy", "reward", "kl"))
+            self.bar.update(task, advance=1, info=info)
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()

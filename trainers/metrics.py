@@ -1,0 +1,68 @@
+"""Training metrics: one JSON object per step in `metrics.jsonl`, and terminal plots of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from tiankong.engine.errors import InputError
+
+
+class MetricsWriter:
+    """Appends rows to metrics.jsonl; on resume, rows past the restored step are dropped first."""
+
+    def __init__(self, path: Path, enabled: bool = True, truncate_after: int | None = None) -> None:
+        self.enabled = enabled
+        self.f = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_after is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= truncate_after]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.f is not None:
+            self.f.write(json.dumps(row) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    path = Path(run)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise InputError(f"no metrics at {path}; pass a training output folder or its metrics.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int = 100, height: int = 12) -> str:
+    """The curves of a run as terminal text (one small plot per metric)."""
+    import plotext as plt
+
+    rows = read_metrics(run)
+    if not rows:
+        raise InputError(f"{run} has no metric rows yet")
+    skip = {"step", "lr", "grad_norm"}
+    keys = list(keys or [k for k in rows[-1] if k not in skip and isinstance(rows[-1][k], (int, float))])
+    out = []
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if not pts:
+            continue
+        plt.clear_figure()
+        plt.plotsize(width, height)
+        plt.theme("clear")
+        plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille")
+        plt.title(f"{key}  (last {pts[-1][1]:.4g} at step {pts[-1][0]})")
+        plt.xlabel("step")
+        out.append(plt.build())
+    return "\n".join(out)

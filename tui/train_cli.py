@@ -1,0 +1,156 @@
+"""`tiankong train NAME` and `tiankong reward score`: flags generated from each trainer's config.
+
+Every field of a trainer's config dataclass becomes a `--flag` with the field's help text; a
+`--config FILE.toml` supplies any of them too. Precedence: the dataclass default, then the TOML
+file, then flags given on the command line. This is also where the playground's database meets
+the trainers: reward and dpo read the votes when no --data is given.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from tiankong.engine.errors import InputError
+
+# name -> (module, config class, trainer class, one-line help)
+TRAINERS: dict[str, tuple[str, str, str, str]] = {
+    "pretrain": ("tiankong.trainers.pretrain", "PretrainConfig", "PretrainTrainer",
+                 "Next-token prediction on text files (trains a tokenizer for a new model)."),
+    "sft": ("tiankong.trainers.sft", "SFTConfig", "SFTTrainer",
+            "Instruction tuning: loss on the answer tokens only."),
+    "reward": ("tiankong.trainers.reward", "RewardConfig", "RewardTrainer",
+               "Bradley-Terry reward model from rankings (default: the playground's votes)."),
+    "ppo": ("tiankong.trainers.ppo", "PPOConfig", "PPOTrainer",
+            "PPO against a reward model, with a KL penalty to the reference policy."),
+    "dpo": ("tiankong.trainers.dpo", "DPOConfig", "DPOTrainer",
+            "Direct preference optimisation (sigmoid loss) on rankings."),
+}
+EXAMPLES = {
+    "pretrain": "tiankong train pretrain --data corpus.txt --size tiny --output runs/base",
+    "sft": "tiankong train sft --model runs/base --data instructions.jsonl --output runs/sft",
+    "reward": "tiankong train reward --model runs/sft --output runs/rm            # votes from the playground",
+    "ppo": "tiankong train ppo --model runs/sft --reward runs/rm --prompts prompts.txt --output runs/ppo",
+    "dpo": "tiankong train dpo --model runs/sft --data prefs.jsonl --output runs/dpo",
+}
+PREFERENCE_TRAINERS = ("reward", "dpo")
+
+train_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
+                        help="Train: pretrain -> sft -> (rank in the playground) -> reward -> ppo, or dpo.")
+reward_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", help="Use a trained reward model.")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path} is not valid TOML ({e})") from None
+    return data
+
+
+def build_config(cfg_cls: type, config_file: Path | None, flags: dict[str, Any]) -> Any:
+    """Defaults < TOML file < flags given (None means "not given")."""
+    names = {f.name for f in fields(cfg_cls)}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        data = _read_toml(config_file)
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"{config_file}: unknown setting(s) {', '.join(unknown)}; see --help for the valid ones")
+        values.update(data)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return cfg_cls(**values)
+    except TypeError as e:
+        raise InputError(f"bad training setting: {e}") from None
+
+
+def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str) -> Callable:
+    """A typer command whose options are the config dataclass's fields."""
+    mod = importlib.import_module(module)
+    cfg_cls, trainer_cls = getattr(mod, cfg_name), getattr(mod, trainer_name)
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                default=typer.Option(None, "--config", help="TOML file with any of these settings."))]
+    for f in fields(cfg_cls):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        kind = type(default) if isinstance(default, (bool, int, float, str)) else str
+        flag = "--" + f.name.replace("_", "-")
+        decl = [f"{flag}/--no-{f.name.replace('_', '-')}"] if kind is bool else [flag]
+        params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+            default=typer.Option(None, *decl, help=f"{f.metadata.get('help', '')} [default: {default!r}]",
+                                 show_default=False)))
+
+    def run(config: Optional[Path] = None, **flags: Any) -> None:
+        cfg = build_config(cfg_cls, config, flags)
+        if name in PREFERENCE_TRAINERS and not cfg.data:
+            cfg.data = str(_votes_file(Path(cfg.output)))
+        out = trainer_cls(cfg).train()
+        from tiankong.trainers.metrics import plot_metrics
+
+        try:
+            print(plot_metrics(out))
+        except InputError:
+            pass
+        print(f"saved to {out}", file=sys.stderr)
+
+    run.__signature__ = inspect.Signature(params)  # typer reads the options from here
+    run.__name__ = name
+    run.__doc__ = help
+    return run
+
+
+def _votes_file(output: Path) -> Path:
+    """Export the playground's votes (TRL format) next to the run, for a trainer to read."""
+    import json
+
+    from tiankong.tui.prefs import export_records
+    from tiankong.tui.store import Store
+
+    store = Store()
+    records = export_records(store)
+    if not records:
+        raise InputError(f"no usable votes in {store.path}; rank answers in `tiankong compare` or pass --data FILE")
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "preferences.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+for _name, (_module, _cfg, _trainer, _help) in TRAINERS.items():
+    try:
+        _cmd = _command(_name, _module, _cfg, _trainer, _help)
+    except (ImportError, AttributeError):  # a trainer still being written
+        continue
+    train_app.command(_name, epilog=f"[bold]Example[/bold]\n\n  {EXAMPLES[_name]}")(_cmd)
+
+
+@train_app.command("plot", epilog="[bold]Example[/bold]\n\n  tiankong train plot runs/rm --key loss --key accuracy")
+def plot(run: Path = typer.Argument(..., help="A training output folder (or its metrics.jsonl)."),
+         key: list[str] = typer.Option([], "--key", help="Metric to plot; repeat. Default: all."),
+         width: int = typer.Option(100, help="Plot width in characters.")) -> None:
+    """Plot a run's metric curves in the terminal."""
+    from tiankong.trainers.metrics import plot_metrics
+
+    print(plot_metrics(run, key or None, width=width))
+
+
+@reward_app.command("score", epilog="[bold]Example[/bold]\n\n  tiankong reward score --model runs/rm --input answers.jsonl -o scored.jsonl")
+def score(model: Path = typer.Option(..., "--model", "-m", help="Reward model folder (from `tiankong train reward`)."),
+          input: str = typer.Option(..., "--input", "-i", help="JSONL lines with prompt and response; - for stdin."),
+          output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+          device: str = typer.Option("auto", help="cpu, cuda, mps or auto.")) -> None:
+    """Score responses: each input line comes back with a "score"."""
+    from tiankong.trainers.reward import score_file
+
+    score_file(model, input, output, device=device)
