@@ -1,0 +1,274 @@
+"""The SQLite store: chats, votes, migrations, durability under SIGKILL, thread safety, open-time errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.tui.store import DB_NAME, MIGRATIONS, Response, Store, StoreError, Vote, data_dir
+
+
+def resp(label: str, preset: str, text: str = "", model: str = "m") -> Response:
+    return Response(label, model, preset, {"temperature": 0.7}, 1, text or f"answer from {preset}", "eos")
+
+
+def vote(presets=("balanced", "creative"), outcome="ranked", ranking=None, prompt="Hi?", source="playground"):
+    responses = [resp("ABCDE"[i], p) for i, p in enumerate(presets)]
+    if ranking is None:
+        ranking = list(range(len(presets))) if outcome == "ranked" else []
+    return Vote(None, prompt, [{"role": "user", "content": prompt}], responses, outcome, ranking, "ann", True,
+                source=source)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "data" / DB_NAME)
+    yield s
+    s.close()
+
+
+def test_data_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("TIANKONG_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert data_dir() == tmp_path / "env"
+    monkeypatch.setenv("TIANKONG_DATA_DIR", "")  # empty counts as unset
+    assert data_dir() == tmp_path / "xdg" / "tiankong"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert data_dir() == Path.home() / ".local" / "share" / "tiankong"
+
+
+def test_open_sets_wal_foreign_keys_and_schema_version(tmp_path):
+    (tmp_path / "d").mkdir()
+    with Store(tmp_path / "d") as s:  # an existing folder: the database goes inside it
+        assert s.path == tmp_path / "d" / DB_NAME
+        conn = s._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL between votes
+    with Store(tmp_path / "d") as s:  # reopening runs no migration twice
+        assert s.list_chats() == []
+
+
+def test_unwritable_folder_fails_at_open_naming_path_and_fix(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError) as e:
+        Store(blocker / "sub" / DB_NAME)  # mkdir fails whoever we are, root included
+    msg = str(e.value)
+    assert isinstance(e.value, TiankongError) and "\n" not in msg
+    assert str(blocker) in msg and "--data-dir" in msg and "TIANKONG_DATA_DIR" in msg
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through chmod")
+def test_read_only_folder_fails_at_open(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(StoreError, match="--data-dir"):
+            Store(folder / DB_NAME)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_not_a_database_and_newer_schema(tmp_path):
+    bad = tmp_path / "junk.db"
+    bad.write_bytes(b"this is no sqlite file" * 100)
+    with pytest.raises(StoreError, match="not a tiankong database"):
+        Store(bad)
+    newer = tmp_path / "newer.db"
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer tiankong"):
+        Store(newer)
+
+
+def test_chat_lifecycle(store):
+    cid = store.create_chat("SmolLM2", "balanced", system_prompt="Be brief.", title="primes")
+    other = store.create_chat("SmolLM2", "creative")
+    time.sleep(0.002)  # so cid's next change is strictly later than other's creation
+    u = store.add_message(cid, "user", "Name a prime.")
+    a = store.add_message(cid, "assistant", "2", preset="balanced", params={"temperature": 0.7}, seed=42,
+                          finish_reason="eos", tokens=[{"id": 17, "text": "2", "logprob": -0.1, "p_sample": 0.9,
+                                                        "entropy": 0.3, "top": []}])
+    assert [c.id for c in store.list_chats()] == [cid, other]  # cid changed last
+    (summary,) = [c for c in store.list_chats() if c.id == cid]
+    assert summary.n_messages == 2 and summary.title == "primes"
+    chat = store.get_chat(cid)
+    assert chat.system_prompt == "Be brief." and [m.id for m in chat.messages] == [u, a]
+    m = chat.messages[1]
+    assert (m.params, m.seed, m.finish_reason, m.tokens[0]["id"]) == ({"temperature": 0.7}, 42, "eos", 17)
+    assert m.created_at.endswith("Z") and "T" in m.created_at
+
+    store.update_message(a, "3", finish_reason="length")
+    m = store.get_chat(cid).messages[1]
+    assert (m.content, m.finish_reason, m.seed) == ("3", "length", 42)  # unset fields are kept
+    store.update_chat(cid, title="odd primes", system_prompt="")
+    assert store.get_chat(cid).title == "odd primes" and store.get_chat(cid).system_prompt == ""
+
+    a2 = store.add_message(cid, "user", "Another?")
+    store.delete_messages_from(cid, a)
+    assert [m.id for m in store.get_chat(cid).messages] == [u]
+    with pytest.raises(StoreError, match="not in chat"):
+        store.delete_messages_from(other, u)
+    with pytest.raises(StoreError, match="does not exist"):
+        store.update_message(a2, "gone")
+    with pytest.raises(InputError, match="role"):
+        store.add_message(cid, "robot", "beep")
+
+    store.delete_chat(cid)
+    with pytest.raises(StoreError, match=f"chat {cid} does not exist"):
+        store.get_chat(cid)
+    n = store._conn.execute("SELECT COUNT(*) FROM messages WHERE chat_id = ?", (cid,)).fetchone()[0]
+    assert n == 0  # cascaded
+
+
+def test_failed_write_leaves_nothing(store):
+    with pytest.raises(StoreError):
+        store.add_message(9999, "user", "to a chat that does not exist")
+    assert store._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    bad = [vote(), vote(outcome="ranked", ranking=[0, 0])]
+    with pytest.raises(InputError):
+        store.add_votes(bad)
+    assert store.list_votes() == []
+
+
+def test_exports(store):
+    cid = store.create_chat("SmolLM2", "precise", system_prompt="You are terse.", title="Math")
+    store.add_message(cid, "user", "2+2?")
+    store.add_message(cid, "assistant", "4", preset="precise", params={"temperature": 0.3}, seed=7,
+                      finish_reason="eos")
+    md = store.export_chat_markdown(cid)
+    assert md.startswith("# Math\n")
+    for part in ("`SmolLM2`", "`precise`", "You are terse.", "**User**\n\n2+2?", "**Assistant**", "seed 7"):
+        assert part in md
+    assert md.index("You are terse.") < md.index("**User**") < md.index("**Assistant**")
+    lines = [json.loads(line) for line in store.export_chat_jsonl(cid).splitlines()]
+    assert [(x["role"], x["content"]) for x in lines] == [("system", "You are terse."), ("user", "2+2?"),
+                                                          ("assistant", "4")]
+    assert lines[2] == {"role": "assistant", "content": "4", "preset": "precise", "params": {"temperature": 0.3},
+                        "seed": 7, "finish_reason": "eos"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(outcome="won"), "outcome 'won' is unknown"),
+    (dict(ranking=[0]), "permutation"),
+    (dict(ranking=[1, 1]), "permutation"),
+    (dict(outcome="tie", ranking=[0, 1]), "no ranking"),
+    (dict(presets=("a",)), "2 to 4 responses"),
+    (dict(presets=("a", "b", "c", "d", "e"), ranking=[0, 1, 2, 3, 4]), "2 to 4 responses"),
+])
+def test_add_vote_validates(store, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        store.add_vote(vote(**kwargs))
+    assert store.list_votes() == []
+
+
+def test_votes_round_trip_filter_and_undo(store):
+    v1 = store.add_vote(vote(("balanced", "creative")))
+    v2 = store.add_vote(vote(("precise", "creative"), outcome="tie"))
+    v3 = store.add_vote(vote(("a", "b"), source="import:x.jsonl"))
+    got = store.list_votes()
+    assert [v.id for v in got] == [v3, v2, v1]  # newest first
+    first = got[-1]
+    assert first.responses[0] == resp("A", "balanced") and first.ranking == [0, 1] and first.blind is True
+    assert first.conversation == [{"role": "user", "content": "Hi?"}] and first.created_at.endswith("Z")
+    assert [v.id for v in store.list_votes(preset="creative")] == [v2, v1]
+    assert [v.id for v in store.list_votes(outcome="tie")] == [v2]
+    assert store.list_votes(model="nope") == [] and len(store.list_votes(limit=1)) == 1
+    undone = store.undo_last_vote()  # skips the imported one
+    assert undone.id == v2 and undone.outcome == "tie"
+    assert [v.id for v in store.list_votes()] == [v3, v1]
+    assert store.undo_last_vote().id == v1 and store.undo_last_vote() is None
+
+
+def test_vote_stats_counts_pairs(store):
+    store.add_vote(vote(("balanced", "creative", "precise"), ranking=[2, 0, 1]))  # precise > balanced > creative
+    store.add_vote(vote(("balanced", "creative"), ranking=[1, 0]))
+    store.add_vote(vote(("balanced", "precise"), outcome="tie"))
+    store.add_vote(vote(("creative", "creative"), outcome="both_bad"))
+    store.add_vote(vote(("precise", "precise"), ranking=[0, 1]))  # same preset: no pair to count
+    assert store.vote_stats() == {
+        "balanced": {"votes": 3, "wins": 1, "losses": 2, "ties": 1, "both_bad": 0},
+        "creative": {"votes": 3, "wins": 1, "losses": 2, "ties": 0, "both_bad": 1},
+        "precise": {"votes": 3, "wins": 2, "losses": 0, "ties": 1, "both_bad": 0},
+    }
+
+
+def test_threads_share_one_store(store):
+    cid = store.create_chat("m", "balanced")
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(25):
+                store.add_message(cid, "user", f"{n}-{i}")
+                store.add_vote(vote(prompt=f"{n}-{i}"))
+                store.list_votes(limit=5)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.get_chat(cid).messages) == 100 and len(store.list_votes(limit=None)) == 100
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from tiankong.tui.store import Store, Vote, Response
+    store = Store(sys.argv[1])
+    i = 0
+    while True:
+        rs = [Response(l, "m", p, {"i": i}, i, f"{p} answer {i} " + "x" * 2000, "eos")
+              for l, p in (("A", "balanced"), ("B", "creative"), ("C", "precise"))]
+        vid = store.add_vote(Vote(None, f"prompt {i}", [{"role": "user", "content": f"prompt {i}"}], rs,
+                                  "ranked", [i % 3, (i + 1) % 3, (i + 2) % 3], "child", False))
+        print(i, vid, flush=True)
+        i += 1
+""")
+
+
+def test_votes_survive_sigkill_mid_write(tmp_path):
+    db = tmp_path / DB_NAME
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True)
+    committed = {}
+    try:
+        for line in child.stdout:
+            i, vid = map(int, line.split())
+            committed[vid] = i
+            if len(committed) >= 40:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)  # while it is in the middle of its next writes
+        child.wait(10)
+    assert len(committed) >= 40
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    with Store(db) as s:
+        stored = {v.id: v for v in s.list_votes(limit=None)}
+        assert set(committed) <= set(stored)
+        for vid, i in committed.items():
+            v = stored[vid]
+            assert v.prompt == f"prompt {i}" and v.ranking == [i % 3, (i + 1) % 3, (i + 2) % 3]
+            assert [r.text for r in v.responses] == [f"{p} answer {i} " + "x" * 2000
+                                                     for p in ("balanced", "creative", "precise")]
+        s.add_vote(vote())  # and the database is still writable

@@ -1,0 +1,359 @@
+"""Preference votes in and out: TRL preference datasets, Anthropic HH files, and per-preset stats.
+
+Export follows TRL's "preference" dataset type (https://huggingface.co/docs/trl/dataset_formats):
+
+* standard, for a single user prompt without a system prompt:
+  {"prompt": str, "chosen": str, "rejected": str}
+* conversational, when the vote had a system prompt or earlier turns:
+  {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}]}
+
+A K-way ranking becomes all K(K-1)/2 (better, worse) pairs. Every record also carries chosen_preset,
+rejected_preset, chosen_model, rejected_model and vote_id, which TRL's trainers ignore. Ties and
+both-bad votes say nothing about which answer is better, so they are left out unless asked for; then
+each pair of their responses is exported with "tie": true or "both_bad": true, and "chosen"/"rejected"
+merely name the two sides.
+
+Import reads those records back (standard, conversational, or the implicit-prompt variants where
+chosen/rejected hold the whole conversation) and Anthropic HH rows. Import is all-or-nothing: every
+row is checked first, one bad row stops it with its line number, and the votes go in as a single
+transaction, so a fixed file can simply be imported again without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tiankong.engine.errors import InputError
+from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
+
+IMPORTED_PRESET, IMPORTED_MODEL = "imported", "unknown"
+HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+# ---------------------------------------------------------------- export
+
+
+def _conversational(vote: Vote) -> bool:
+    """The contract's rule: more than one message of context, or a system prompt."""
+    return len(vote.conversation) > 1 or any(m.get("role") == "system" for m in vote.conversation)
+
+
+def vote_pairs(vote: Vote, include_ties: bool = False, include_both_bad: bool = False) -> list[dict]:
+    """The vote as TRL preference records: (better, worse) pairs of a ranking, best pairs first;
+    for an included tie or both-bad vote, every pair of its responses with a "tie"/"both_bad" flag."""
+    n = len(vote.responses)
+    if vote.outcome == "ranked":
+        pairs = [(vote.ranking[a], vote.ranking[b]) for a, b in combinations(range(n), 2)]
+        flag = None
+    elif (vote.outcome == "tie" and include_ties) or (vote.outcome == "both_bad" and include_both_bad):
+        pairs, flag = list(combinations(range(n), 2)), vote.outcome
+    else:
+        return []
+    conv = _conversational(vote)
+    prompt: Any = [{"role": m["role"], "content": m["content"]} for m in vote.conversation] if conv else vote.prompt
+
+    def side(r: Response) -> Any:
+        return [{"role": "assistant", "content": r.text}] if conv else r.text
+
+    records = []
+    for i, j in pairs:
+        good, bad = vote.responses[i], vote.responses[j]
+        rec = {"prompt": prompt, "chosen": side(good), "rejected": side(bad),
+               "chosen_preset": good.preset, "rejected_preset": bad.preset,
+               "chosen_model": good.model, "rejected_model": bad.model, "vote_id": vote.id}
+        if flag:
+            rec[flag] = True
+        records.append(rec)
+    return records
+
+
+def export_records(store: Store, include_ties: bool = False, include_both_bad: bool = False) -> list[dict]:
+    """Every vote's TRL records, oldest vote first."""
+    return [rec for vote in reversed(store.list_votes(limit=None))
+            for rec in vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)]
+
+
+# ---------------------------------------------------------------- import
+
+
+def import_file(store: Store, path: Path, rater: str = "import") -> int:
+    """Add every row of a TRL preference or Anthropic HH file (JSONL or a JSON array) as a ranked
+    2-response vote, chosen first. All rows or none: returns how many votes were added."""
+    path = Path(path)
+    rows = _read_rows(path)
+    source = f"import:{path.name}"
+    votes = []
+    for where, row in rows:
+        try:
+            votes.append(_row_vote(row, rater, source))
+        except InputError as e:
+            raise InputError(f"{path} {where}: {e}; fix that row (nothing was imported)") from None
+    store.add_votes(votes)  # one transaction
+    return len(votes)
+
+
+def _read_rows(path: Path) -> list[tuple[str, Any]]:
+    """(where, parsed row) pairs; where is "line N" for JSONL, "item N" for a JSON array."""
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; give a JSONL (or JSON array) file of preference pairs")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); fix the file") from None
+        rows = [(f"item {i}", item) for i, item in enumerate(items, 1)]
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); "
+                                 "fix that line (nothing was imported)") from None
+    if not rows:
+        raise InputError(f"{path} has no rows; put one preference pair (a JSON object) per line")
+    return rows
+
+
+def _row_vote(row: Any, rater: str, source: str) -> Vote:
+    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+        raise InputError('expected a JSON object with "chosen" and "rejected" (TRL preference or Anthropic HH)')
+    conversation, chosen, rejected = _split_row(row.get("prompt"), row["chosen"], row["rejected"])
+    users = [m["content"] for m in conversation if m["role"] == "user"]
+
+    def meta(key: str, default: str) -> str:
+        value = row.get(key)
+        return value if isinstance(value, str) and value else default
+
+    responses = [Response("A", meta("chosen_model", IMPORTED_MODEL), meta("chosen_preset", IMPORTED_PRESET),
+                          {}, None, chosen, ""),
+                 Response("B", meta("rejected_model", IMPORTED_MODEL), meta("rejected_preset", IMPORTED_PRESET),
+                          {}, None, rejected, "")]
+    # Our own tie/both-bad exports come back as such; everything else is "chosen beats rejected".
+    outcome = "tie" if row.get("tie") is True else "both_bad" if row.get("both_bad") is True else "ranked"
+    return Vote(id=None, prompt=users[-1] if users else "", conversation=conversation, responses=responses,
+                outcome=outcome, ranking=[0, 1] if outcome == "ranked" else [], rater=rater, blind=False,
+                source=source)
+
+
+def _split_row(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[dict], str, str]:
+    """(conversation ending with the user prompt, chosen text, rejected text) from any supported row."""
+    if prompt is not None:
+        if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str):
+            return [{"role": "user", "content": prompt}], chosen, rejected  # TRL standard
+        if isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list):
+            return _messages(prompt, "prompt"), _reply(chosen, "chosen"), _reply(rejected, "rejected")
+        raise InputError('"prompt", "chosen" and "rejected" must all be strings (standard) or all message lists '
+                         "(conversational)")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if HH_ASSISTANT in chosen and "Human:" in chosen:
+            return _hh(chosen, rejected)
+        return _implicit_text(chosen, rejected)
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        return _implicit_messages(chosen, rejected)
+    raise InputError('"chosen" and "rejected" must both be strings or both be message lists')
+
+
+def _messages(value: Any, what: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise InputError(f'"{what}" must be a non-empty list of {{"role", "content"}} messages')
+    out = []
+    for i, m in enumerate(value, 1):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise InputError(f'"{what}" message {i} must be {{"role": str, "content": str}}')
+        if m["role"] not in ("system", "user", "assistant"):
+            raise InputError(f'"{what}" message {i} has role {m["role"]!r}; use system, user or assistant')
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _reply(value: Any, what: str) -> str:
+    msgs = _messages(value, what)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise InputError(f'"{what}" must be exactly one assistant message')
+    return msgs[0]["content"]
+
+
+def _implicit_text(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
+    """TRL standard with an implicit prompt: the shared start is the prompt. The cut moves back to
+    the last whitespace so no word is split, and the answers keep their leading space (as TRL does)."""
+    n = len(os.path.commonprefix([chosen, rejected]))
+    if n == len(chosen) and n == len(rejected):
+        raise InputError('"chosen" and "rejected" are identical; there is no preference to learn')
+    space = max(chosen.rfind(" ", 0, n), chosen.rfind("\n", 0, n))
+    cut = space if space > 0 else n
+    return [{"role": "user", "content": chosen[:cut]}], chosen[cut:], rejected[cut:]
+
+
+def _implicit_messages(chosen: list, rejected: list) -> tuple[list[dict], str, str]:
+    """TRL conversational with an implicit prompt: the shared leading messages are the prompt."""
+    c, r = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+    k = 0
+    while k < min(len(c), len(r)) and c[k] == r[k]:
+        k += 1
+    if k == 0:
+        raise InputError('"chosen" and "rejected" share no leading messages, so there is no prompt')
+    return c[:k], _reply(c[k:], "chosen"), _reply(r[k:], "rejected")
+
+
+def _hh(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
+    """Anthropic HH: both are transcripts "\\n\\nHuman: ...\\n\\nAssistant: ..."; everything up to the
+    last "\\n\\nAssistant:" is the shared prompt, the rest is the answer."""
+    cut = chosen.rfind(HH_ASSISTANT) + len(HH_ASSISTANT)
+    head = chosen[:cut]
+    if not rejected.startswith(head):
+        raise InputError('HH row: "chosen" and "rejected" differ before the last "\\n\\nAssistant:" turn')
+    text = head[:-len(HH_ASSISTANT)]
+    if not text.startswith("\n\n"):  # some HH-style files start with "Human:" directly
+        text = "\n\n" + text
+    parts = re.split(r"\n\n(Human|Assistant):", text)
+    conversation = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
+    for speaker, said in zip(parts[1::2], parts[2::2]):
+        conversation.append({"role": "user" if speaker == "Human" else "assistant", "content": said.strip()})
+    if not conversation or conversation[-1]["role"] != "user":
+        raise InputError('HH row: the turn before the last "\\n\\nAssistant:" must be a "Human:" turn')
+    return conversation, chosen[cut:].strip(), rejected[cut:].strip()
+
+
+# ---------------------------------------------------------------- stats
+
+
+def stats_report(store: Store) -> dict[str, Any]:
+    """vote_stats() plus each preset's win rate (wins / decided pairs) and vote totals."""
+    presets = {}
+    for name, s in store.vote_stats().items():
+        decided = s["wins"] + s["losses"]
+        presets[name] = {**s, "win_rate": s["wins"] / decided if decided else None}
+    votes = store.list_votes(limit=None)
+    totals = {"votes": len(votes)}
+    for outcome in ("ranked", "tie", "both_bad"):
+        totals[outcome] = sum(v.outcome == outcome for v in votes)
+    totals["pairs"] = sum(s["wins"] for s in presets.values())
+    return {"presets": presets, "totals": totals}
+
+
+# ---------------------------------------------------------------- CLI
+
+prefs_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                        help="Export, import and summarise preference votes.")
+err = Console(stderr=True)
+
+# Defined here rather than imported from cli.py: cli.py imports this module while it is loading.
+DataDirOpt = typer.Option(None, "--data-dir", help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
+                          envvar="TIANKONG_DATA_DIR", show_default=False)
+
+
+def _store(folder: Optional[Path]) -> Store:
+    return Store(data_dir(folder) / DB_NAME)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file next to PATH, then rename it over PATH: readers never see half a file."""
+    if not path.parent.is_dir():
+        raise InputError(f"folder {path.parent} does not exist; create it or pick another --output")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path} ({e.strerror or e}); pick another --output") from None
+
+
+@prefs_app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong prefs export > prefs.jsonl
+
+  tiankong prefs export --output prefs.jsonl --include-ties
+
+  tiankong prefs export --data-dir ~/tiankong-data -o prefs.jsonl
+
+Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs.""")
+def export(format: str = typer.Option("trl", "--format", help="trl (TRL preference JSONL)."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+           include_ties: bool = typer.Option(False, "--include-ties", help='Add ties, flagged "tie": true.'),
+           include_both_bad: bool = typer.Option(False, "--include-both-bad",
+                                                 help='Add both-bad votes, flagged "both_bad": true.'),
+           data_dir: Optional[Path] = DataDirOpt) -> None:
+    """Write your votes as a TRL preference dataset (JSONL), ready for DPO or reward-model training."""
+    if format != "trl":
+        raise InputError(f"unknown --format {format!r}; use trl")
+    with _store(data_dir) as store:
+        records = export_records(store, include_ties=include_ties, include_both_bad=include_both_bad)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    _write_atomic(output, text)
+    err.print(f"wrote {len(records)} preference pairs to {output}", highlight=False)
+
+
+@prefs_app.command("import", epilog="""[bold]Examples[/bold]
+
+  tiankong prefs import prefs.jsonl
+
+  tiankong prefs import hh-rlhf-test.jsonl --rater anthropic
+
+Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows. Each row becomes a ranked vote of two answers, chosen first.
+One bad row stops the import with its line number, and nothing is imported.""")
+def import_(file: Path = typer.Argument(..., help="JSONL (or JSON array) of preference rows.", show_default=False),
+            data_dir: Optional[Path] = DataDirOpt,
+            rater: str = typer.Option("import", help="Name recorded as the rater of these votes.")) -> None:
+    """Add preference pairs from a file as votes."""
+    if not file.is_file():  # checked before opening (and perhaps creating) the database
+        raise InputError(f"{file} does not exist; give a JSONL (or JSON array) file of preference pairs")
+    with _store(data_dir) as store:
+        n = import_file(store, file, rater=rater)
+        err.print(f"imported {n} votes from {file} into {store.path}", highlight=False)
+
+
+@prefs_app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong prefs stats
+
+  tiankong prefs stats --format json
+
+Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses).
+The total row counts votes, decided pairs (as wins and as losses), tie votes and both-bad votes.""")
+def stats(data_dir: Optional[Path] = DataDirOpt,
+          format: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """How each preset fares in your votes: wins, losses, ties, both-bad and win rate."""
+    if format not in ("table", "json"):
+        raise InputError(f"unknown --format {format!r}; use table or json")
+    with _store(data_dir) as store:
+        report = stats_report(store)
+    if format == "json":
+        print(json.dumps(report))
+        return
+    t = report["totals"]
+    table = Table(show_edge=False)
+    table.add_column("preset", no_wrap=True)
+    for col in ("votes", "wins", "losses", "ties", "both bad", "win rate"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, s in sorted(report["presets"].items(), key=lambda kv: -(kv[1]["win_rate"] or 0)):
+        rate = "–" if s["win_rate"] is None else f"{100 * s['win_rate']:.1f}%"
+        table.add_row(name, str(s["votes"]), str(s["wins"]), str(s["losses"]), str(s["ties"]),
+                      str(s["both_bad"]), rate)
+    table.add_section()
+    table.add_row("total", str(t["votes"]), str(t["pairs"]), str(t["pairs"]), str(t["tie"]), str(t["both_bad"]), "")
+    Console().print(table)

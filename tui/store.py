@@ -1,0 +1,545 @@
+"""Chats and preference votes in one SQLite file.
+
+Durability choices:
+
+* WAL journal: readers (an export in another terminal) never block the playground's writes, and a
+  commit is one append to the WAL, so a crash or a kill at any moment leaves either the whole
+  transaction or none of it.
+* synchronous=NORMAL for chats: in WAL mode a committed transaction survives the process being
+  killed (the WAL write has reached the OS before the call returns); only a power cut can roll back
+  the last few commits, and a chat message can be regenerated. Votes are a person's judgement and
+  cannot be regenerated, so `add_vote`/`add_votes` switch to synchronous=FULL for their commit, which
+  also syncs the WAL to disk before returning.
+* Every write method is exactly one transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any
+  error), so nothing is ever half-written.
+* Schema changes are a list of migration functions; `PRAGMA user_version` records how many ran.
+
+Threads: the Textual app calls the store from the UI thread and from generation workers. The store
+keeps ONE connection (check_same_thread=False) and serialises every use of it with a lock. Calls are
+short (no call waits on a model), so the lock is never held long, and one connection means one
+transaction order, no per-thread connections to track or close.
+
+Timestamps are ISO-8601 UTC with microseconds ("2025-01-31T12:00:00.000000Z"), so they sort as text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tiankong.engine.errors import InputError, TiankongError
+
+DB_NAME = "tiankong.db"
+ROLES = ("system", "user", "assistant")
+OUTCOMES = ("ranked", "tie", "both_bad")
+MIN_RESPONSES, MAX_RESPONSES = 2, 4
+_FIX = "choose another folder with --data-dir DIR or TIANKONG_DATA_DIR"
+
+
+class StoreError(TiankongError):
+    """The database cannot be opened or written, or a chat/message it was asked for does not exist."""
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class ChatSummary:
+    id: int
+    title: str
+    model: str
+    preset: str
+    created_at: str
+    updated_at: str
+    n_messages: int
+
+
+@dataclass
+class Message:
+    id: int
+    chat_id: int
+    role: str
+    content: str
+    preset: str | None
+    params: dict | None
+    seed: int | None
+    finish_reason: str | None
+    tokens: list[dict] | None
+    created_at: str
+
+
+@dataclass
+class Chat:
+    id: int
+    title: str
+    model: str
+    preset: str
+    system_prompt: str
+    created_at: str
+    updated_at: str
+    messages: list[Message] = field(default_factory=list)
+
+
+@dataclass
+class Response:
+    label: str
+    model: str
+    preset: str
+    params: dict
+    seed: int | None  # None only for imported responses, whose seed is unknown
+    text: str
+    finish_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "model": self.model, "preset": self.preset, "params": self.params,
+                "seed": self.seed, "text": self.text, "finish_reason": self.finish_reason}
+
+
+@dataclass
+class Vote:
+    id: int | None
+    prompt: str
+    conversation: list[dict]  # the chat so far, system prompt included, ending with the user prompt
+    responses: list[Response]
+    outcome: str  # "ranked" | "tie" | "both_bad"
+    ranking: list[int]  # indices into responses, best first; all of them for "ranked", [] otherwise
+    rater: str
+    blind: bool
+    created_at: str = ""  # "" = now, filled in by add_vote
+    source: str = "playground"  # "import:FILE" for imported votes
+
+
+def now() -> str:
+    """The current time as ISO-8601 UTC text that sorts chronologically."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def data_dir(override: Path | None = None) -> Path:
+    """override > $TIANKONG_DATA_DIR > $XDG_DATA_HOME/tiankong > ~/.local/share/tiankong.
+    Empty variables count as unset."""
+    if override is not None:
+        return Path(override).expanduser()
+    if os.environ.get("TIANKONG_DATA_DIR"):
+        return Path(os.environ["TIANKONG_DATA_DIR"]).expanduser()
+    if os.environ.get("XDG_DATA_HOME"):
+        return Path(os.environ["XDG_DATA_HOME"]) / "tiankong"
+    return Path.home() / ".local" / "share" / "tiankong"
+
+
+# ---------------------------------------------------------------- schema
+
+
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE chats (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL,
+        preset TEXT NOT NULL,
+        system_prompt TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""")
+    conn.execute("""CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content TEXT NOT NULL,
+        preset TEXT,
+        params TEXT,          -- JSON object
+        seed INTEGER,
+        finish_reason TEXT,
+        tokens TEXT,          -- JSON list of per-token dicts
+        created_at TEXT NOT NULL)""")
+    conn.execute("CREATE INDEX messages_by_chat ON messages(chat_id, id)")
+    # Responses stay JSON inside the vote row: a vote is written and read whole, never in parts.
+    conn.execute("""CREATE TABLE votes (
+        id INTEGER PRIMARY KEY,
+        prompt TEXT NOT NULL,
+        conversation TEXT NOT NULL,   -- JSON list of {"role", "content"}
+        responses TEXT NOT NULL,      -- JSON list of Response dicts
+        outcome TEXT NOT NULL CHECK (outcome IN ('ranked', 'tie', 'both_bad')),
+        ranking TEXT NOT NULL,        -- JSON list of indices, best first
+        rater TEXT NOT NULL,
+        blind INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        created_at TEXT NOT NULL)""")
+
+
+# MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+
+
+# ---------------------------------------------------------------- the store
+
+
+class Store:
+    """The playground's database. Open it once per process; every method is thread-safe."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        path = Path(path).expanduser() if path is not None else data_dir() / DB_NAME
+        if path.is_dir():  # a data folder was given: the database lives inside it
+            path = path / DB_NAME
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = self._open(path)
+
+    # -- opening: every failure names the path and the fix, before any vote can be lost
+
+    def _unwritable(self, what: Path, reason: str) -> StoreError:
+        return StoreError(f"cannot write the tiankong database at {self.path}: {what} {reason}; "
+                          f"make it writable or {_FIX}")
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        folder = path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._unwritable(folder, f"cannot be created ({e.strerror or e})") from None
+        # os.access catches the common case cheaply; root passes it, so the write probe below is what counts.
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise self._unwritable(folder, "is not writable")
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise self._unwritable(path, "is not writable")
+        try:
+            # isolation_level=None: no implicit transactions; _tx() opens and ends each one explicitly.
+            conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise self._unwritable(path, f"cannot be opened ({e})") from None
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(conn)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if "not a database" in str(e) or "malformed" in str(e):
+                raise StoreError(f"{path} is not a tiankong database ({e}); move it away or {_FIX}") from None
+            raise self._unwritable(path, f"refused a write ({e})") from None
+        except StoreError:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(f"{self.path} was written by a newer tiankong (schema {version}, this one knows "
+                                 f"{len(MIGRATIONS)}); upgrade tiankong or {_FIX}")
+            for migration in MIGRATIONS[version:]:
+                migration(conn)
+            # Written even when unchanged: a real write, so a read-only database fails here, at open time.
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions
+
+    @contextmanager
+    def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; rolled back on any error. durable=True syncs it to disk."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"the database {self.path} is closed; open a new Store")
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")  # applies to the next commit
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if not _environmental(e):
+                    raise  # a bug in the SQL: keep the traceback
+                raise StoreError(f"could not write {self.path} ({e}); check free disk space and that no other "
+                                 f"program holds it locked") from None
+            finally:
+                if durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"the database {self.path} is closed; open a new Store")
+            cur = self._conn.execute(sql, tuple(args))
+            cur.row_factory = sqlite3.Row
+            return cur.fetchall()
+
+    # ---------------------------------------------------------------- chats
+
+    def create_chat(self, model: str, preset: str, system_prompt: str = "", title: str = "") -> int:
+        t = now()
+        with self._tx() as conn:
+            cur = conn.execute("INSERT INTO chats (title, model, preset, system_prompt, created_at, updated_at) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", (title, model, preset, system_prompt, t, t))
+            return int(cur.lastrowid)
+
+    def list_chats(self, limit: int = 500) -> list[ChatSummary]:
+        """Newest (most recently changed) first."""
+        rows = self._read("SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id) AS n "
+                          "FROM chats c ORDER BY c.updated_at DESC, c.id DESC LIMIT ?", (limit,))
+        return [ChatSummary(r["id"], r["title"], r["model"], r["preset"], r["created_at"], r["updated_at"], r["n"])
+                for r in rows]
+
+    def get_chat(self, chat_id: int) -> Chat:
+        with self._lock:  # one consistent snapshot of chat and messages
+            rows = self._read("SELECT * FROM chats WHERE id = ?", (chat_id,))
+            if not rows:
+                raise StoreError(f"chat {chat_id} does not exist; list chats to pick one that does")
+            msgs = self._read("SELECT * FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,))
+        r = rows[0]
+        return Chat(r["id"], r["title"], r["model"], r["preset"], r["system_prompt"], r["created_at"],
+                    r["updated_at"], [_message(m) for m in msgs])
+
+    def add_message(self, chat_id: int, role: str, content: str, *, preset: str | None = None,
+                    params: dict | None = None, seed: int | None = None, finish_reason: str | None = None,
+                    tokens: list[dict] | None = None) -> int:
+        if role not in ROLES:
+            raise InputError(f"message role {role!r} is unknown; use one of {', '.join(ROLES)}")
+        t = now()
+        with self._tx() as conn:
+            self._touch(conn, chat_id, t)
+            cur = conn.execute(
+                "INSERT INTO messages (chat_id, role, content, preset, params, seed, finish_reason, tokens, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (chat_id, role, content, preset, _dumps(params), seed, finish_reason, _dumps(tokens), t))
+            return int(cur.lastrowid)
+
+    def update_message(self, message_id: int, content: str, *, preset: str | None = None,
+                       params: dict | None = None, seed: int | None = None, finish_reason: str | None = None,
+                       tokens: list[dict] | None = None) -> None:
+        """Replace the content; optional fields given as None keep their stored value."""
+        sets, args = ["content = ?"], [content]
+        for name, value in (("preset", preset), ("params", _dumps(params)), ("seed", seed),
+                            ("finish_reason", finish_reason), ("tokens", _dumps(tokens))):
+            if value is not None:
+                sets.append(f"{name} = ?")
+                args.append(value)
+        with self._tx() as conn:
+            row = conn.execute("SELECT chat_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"message {message_id} does not exist; it may have been deleted")
+            conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE id = ?", (*args, message_id))
+            self._touch(conn, row[0], now())
+
+    def delete_messages_from(self, chat_id: int, message_id: int) -> None:
+        """Delete that message and every later one in the chat (regenerate, edit-and-resend)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT chat_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None or row[0] != chat_id:
+                raise StoreError(f"message {message_id} is not in chat {chat_id}; reload the chat")
+            conn.execute("DELETE FROM messages WHERE chat_id = ? AND id >= ?", (chat_id, message_id))
+            self._touch(conn, chat_id, now())
+
+    def update_chat(self, chat_id: int, *, title: str | None = None, preset: str | None = None,
+                    system_prompt: str | None = None) -> None:
+        with self._tx() as conn:
+            self._touch(conn, chat_id, now())
+            for name, value in (("title", title), ("preset", preset), ("system_prompt", system_prompt)):
+                if value is not None:
+                    conn.execute(f"UPDATE chats SET {name} = ? WHERE id = ?", (value, chat_id))
+
+    def delete_chat(self, chat_id: int) -> None:
+        with self._tx() as conn:  # messages go with it (ON DELETE CASCADE)
+            conn.execute("DELETE FROM chats WHERE id = ?", (chat_id,))
+
+    @staticmethod
+    def _touch(conn: sqlite3.Connection, chat_id: int, t: str) -> None:
+        if conn.execute("UPDATE chats SET updated_at = ? WHERE id = ?", (t, chat_id)).rowcount == 0:
+            raise StoreError(f"chat {chat_id} does not exist; it may have been deleted")
+
+    # -- exports
+
+    def export_chat_markdown(self, chat_id: int) -> str:
+        chat = self.get_chat(chat_id)
+        out = [f"# {chat.title or f'Chat {chat.id}'}", "",
+               f"- model: `{chat.model}`", f"- preset: `{chat.preset}`", f"- created: {chat.created_at}", ""]
+        if chat.system_prompt:
+            out += ["**System**", "", chat.system_prompt, ""]
+        for m in chat.messages:
+            head = f"**{m.role.capitalize()}**"
+            if m.role == "assistant":  # enough to reproduce the answer
+                notes = [f"preset `{m.preset}`" if m.preset else "", f"seed {m.seed}" if m.seed is not None else "",
+                         f"finish: {m.finish_reason}" if m.finish_reason else ""]
+                notes = [n for n in notes if n]
+                if notes:
+                    head += f" _({', '.join(notes)})_"
+            out += [head, "", m.content, ""]
+        return "\n".join(out)
+
+    def export_chat_jsonl(self, chat_id: int) -> str:
+        """One JSON object per message; the chat's system prompt, if any, comes first as a "system" line."""
+        chat = self.get_chat(chat_id)
+        lines = []
+        if chat.system_prompt:
+            lines.append({"role": "system", "content": chat.system_prompt, "preset": None, "params": None,
+                          "seed": None, "finish_reason": None})
+        for m in chat.messages:
+            lines.append({"role": m.role, "content": m.content, "preset": m.preset, "params": m.params,
+                          "seed": m.seed, "finish_reason": m.finish_reason})
+        return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+    # ---------------------------------------------------------------- votes
+
+    def add_vote(self, vote: Vote) -> int:
+        """Validate and store one vote; it is on disk (fsynced) when this returns."""
+        return self.add_votes([vote])[0]
+
+    def add_votes(self, votes: list[Vote]) -> list[int]:
+        """Store several votes in ONE transaction: all of them or, on any error, none."""
+        for vote in votes:
+            validate_vote(vote)
+        t = now()
+        with self._tx(durable=True) as conn:
+            ids = []
+            for v in votes:
+                cur = conn.execute(
+                    "INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (v.prompt, _dumps(v.conversation), _dumps([r.to_dict() for r in v.responses]), v.outcome,
+                     _dumps(list(v.ranking)), v.rater, int(bool(v.blind)), v.source, v.created_at or t))
+                ids.append(int(cur.lastrowid))
+            return ids
+
+    def undo_last_vote(self) -> Vote | None:
+        """Delete and return the newest vote cast in the playground (imported votes are never undone)."""
+        with self._tx(durable=True) as conn:
+            cur = conn.execute("SELECT * FROM votes WHERE source NOT LIKE 'import:%' ORDER BY id DESC LIMIT 1")
+            cur.row_factory = sqlite3.Row
+            row = cur.fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM votes WHERE id = ?", (row["id"],))
+            return _vote(row)
+
+    def list_votes(self, *, preset: str | None = None, model: str | None = None, outcome: str | None = None,
+                   limit: int | None = 1000) -> list[Vote]:
+        """Newest first. preset/model keep votes where any response used it; limit=None returns all."""
+        sql, args = "SELECT * FROM votes", []
+        if outcome is not None:
+            sql, args = sql + " WHERE outcome = ?", [outcome]
+        votes = []
+        # Preset and model live in the responses' JSON, so they are filtered here rather than in SQL
+        # (votes are human-paced: thousands, not millions).
+        for row in self._read(sql + " ORDER BY id DESC", args):
+            v = _vote(row)
+            if preset is not None and all(r.preset != preset for r in v.responses):
+                continue
+            if model is not None and all(r.model != model for r in v.responses):
+                continue
+            votes.append(v)
+            if limit is not None and len(votes) >= limit:
+                break
+        return votes
+
+    def vote_stats(self) -> dict[str, dict[str, int]]:
+        """Per preset: votes it took part in, wins, losses, ties, both_bad.
+
+        A ranked vote over K responses is read as its K(K-1)/2 pairs: for each pair, the better-ranked
+        response's preset gets a win and the other's a loss. So in a 3-way ranking the first gets 2
+        wins, the second 1 win and 1 loss, the last 2 losses. A pair of two responses with the same
+        preset (e.g. two models compared under one preset) says nothing about presets and is skipped.
+        A tie or both_bad vote counts once for each preset in it, however many responses used it.
+        """
+        stats: dict[str, dict[str, int]] = {}
+
+        def entry(preset: str) -> dict[str, int]:
+            return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
+
+        for v in self.list_votes(limit=None):
+            presets = {r.preset for r in v.responses}
+            for p in presets:
+                entry(p)["votes"] += 1
+            if v.outcome == "ranked":
+                order = [v.responses[i].preset for i in v.ranking]
+                for a in range(len(order)):
+                    for b in range(a + 1, len(order)):
+                        if order[a] != order[b]:
+                            entry(order[a])["wins"] += 1
+                            entry(order[b])["losses"] += 1
+            else:
+                key = "ties" if v.outcome == "tie" else "both_bad"
+                for p in presets:
+                    entry(p)[key] += 1
+        return dict(sorted(stats.items()))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def validate_vote(v: Vote) -> None:
+    """Raise InputError unless the vote is storable: 2-4 responses, a known outcome, a matching ranking."""
+    if v.outcome not in OUTCOMES:
+        raise InputError(f"vote outcome {v.outcome!r} is unknown; use one of {', '.join(OUTCOMES)}")
+    n = len(v.responses)
+    if not MIN_RESPONSES <= n <= MAX_RESPONSES:
+        raise InputError(f"a vote needs {MIN_RESPONSES} to {MAX_RESPONSES} responses, got {n}")
+    if not all(isinstance(r, Response) for r in v.responses):
+        raise InputError("vote responses must be Response objects")
+    if v.outcome == "ranked":
+        if sorted(v.ranking) != list(range(n)):
+            raise InputError(f"a ranked vote's ranking must order all {n} responses once each "
+                             f"(a permutation of 0..{n - 1}), got {list(v.ranking)}")
+    elif list(v.ranking):
+        raise InputError(f"a {v.outcome} vote has no ranking; pass ranking=[], got {list(v.ranking)}")
+    if not isinstance(v.prompt, str):
+        raise InputError(f"vote prompt must be a string, got {type(v.prompt).__name__}")
+    for i, m in enumerate(v.conversation):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise InputError(f"vote conversation message {i + 1} must be {{\"role\": str, \"content\": str}}")
+
+
+def _environmental(e: sqlite3.OperationalError) -> bool:
+    """True when the failure is the disk's or another process's doing (full, locked, read-only, I/O)."""
+    name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
+    if name:
+        return name.split("_")[1] in ("BUSY", "LOCKED", "FULL", "READONLY", "IOERR", "CANTOPEN", "PERM")
+    return any(w in str(e) for w in ("locked", "full", "readonly", "disk I/O", "unable to open"))
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _message(r: sqlite3.Row) -> Message:
+    return Message(r["id"], r["chat_id"], r["role"], r["content"], r["preset"], _loads(r["params"]), r["seed"],
+                   r["finish_reason"], _loads(r["tokens"]), r["created_at"])
+
+
+def _vote(r: sqlite3.Row) -> Vote:
+    return Vote(id=r["id"], prompt=r["prompt"], conversation=_loads(r["conversation"]),
+                responses=[Response(**d) for d in _loads(r["responses"])], outcome=r["outcome"],
+                ranking=_loads(r["ranking"]), rater=r["rater"], blind=bool(r["blind"]),
+                created_at=r["created_at"], source=r["source"])
