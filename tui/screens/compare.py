@@ -1,0 +1,607 @@
+"""Compare screen: one prompt, 2–4 answers streaming side by side, then an Arena-style vote.
+
+Columns come from one engine with 2–4 presets (all rows in ONE batched `engine.generate` call, so
+the presets share every forward pass) or from 2–4 engines with one preset (one batched call per
+engine, interleaved token by token in the same worker thread). Seeds are filled before generation
+so every stored response can be reproduced.
+
+Blind mode (the default) labels the columns A, B, C, D in a seeded random order and reveals which
+preset or model wrote each one only after the vote. Voting (keys in `HELP`) stores one `Vote` per
+round in the `Store` at once — one transaction — and shows any store error instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+from textual import events, on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from tiankong.engine.engine import Engine, draw_seed, with_seeds
+from tiankong.engine.events import Finished, TokenEvent
+from tiankong.engine.sampling import SamplingParams
+from tiankong.presets import Preset
+from tiankong.tui.screens.votes import can_go_back
+from tiankong.tui.store import Response, Store, Vote
+
+LABELS = "ABCD"
+MIN_COLUMN_WIDTH = 26  # below this many cells per column the columns stack vertically
+FRAME_S = 1 / 30  # at most this often the worker posts streamed text to the UI
+OUTCOME_TEXT = {"tie": "tie", "both_bad": "both bad"}
+
+
+def model_name(engine: Engine) -> str:
+    """How a model is shown: its folder's name."""
+    return Path(engine.folder).name or str(engine.folder)
+
+
+def model_identity(engine: Engine) -> str:
+    """How a model is stored in a vote: its resolved folder path."""
+    return str(Path(engine.folder).expanduser().resolve())
+
+
+@dataclass
+class Entrant:
+    """What writes one column: a model and a preset."""
+
+    engine: Engine
+    preset: Preset
+
+
+@dataclass
+class Round:
+    """One prompt and its K answers, in column (label) order."""
+
+    number: int
+    prompt: str
+    conversation: list[dict]  # history + the user prompt; what the vote stores
+    entrants: list[Entrant]
+    params: list[SamplingParams]  # seeds filled
+    blind: bool
+    shuffle_seed: int | None  # None when not blind (columns in the given order)
+    texts: list[str] = field(default_factory=list)
+    finish: list[str | None] = field(default_factory=list)
+    stats: list[str] = field(default_factory=list)
+    done: bool = False
+    revealed: bool = False
+    vote_id: int | None = None
+    error: str | None = None  # generation failed: nothing to vote on
+    verdict: str = ""  # the stored vote, in words ("A better", "B > A > C", "tie")
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        k = len(self.entrants)
+        self.texts, self.finish, self.stats = [""] * k, [None] * k, [""] * k
+
+
+def build_entrants(engines: list[Engine], presets: list[Preset]) -> list[Entrant]:
+    """Columns in the given order: one engine x N presets, N engines x one preset, or pairs."""
+    if not engines or not presets:
+        raise ValueError("compare needs at least one engine and one preset")
+    if len(engines) == 1:
+        entrants = [Entrant(engines[0], p) for p in presets]
+    elif len(presets) == 1:
+        entrants = [Entrant(e, presets[0]) for e in engines]
+    elif len(engines) == len(presets):
+        entrants = [Entrant(e, p) for e, p in zip(engines, presets)]
+    else:
+        raise ValueError(f"compare {len(engines)} models with one preset or one model with several presets, "
+                         f"got {len(engines)} models and {len(presets)} presets")
+    if not 2 <= len(entrants) <= len(LABELS):
+        raise ValueError(f"compare needs 2 to {len(LABELS)} columns, got {len(entrants)}")
+    return entrants
+
+
+def fill_seeds(entrants: list[Entrant], fresh: bool) -> list[SamplingParams]:
+    """Each column's params with a seed; `fresh` replaces the presets' own seeds.
+
+    Different models under one preset share the seed (a fair model comparison samples with the same
+    random numbers); columns of one model always get different seeds, so "balanced vs balanced" shows
+    two samples rather than the same one twice."""
+    shared: dict[str, tuple[int, set[int]]] = {}  # preset name -> (seed, engines that used it)
+    out = []
+    for ent in entrants:
+        p = ent.preset.params.replace(seed=None) if fresh else ent.preset.params
+        if p.seed is None:
+            seed, users = shared.get(ent.preset.name, (None, set()))
+            if seed is None or id(ent.engine) in users:
+                seed, users = with_seeds([p])[0].seed, set()
+                shared[ent.preset.name] = (seed, users)
+            users.add(id(ent.engine))
+            p = p.replace(seed=seed)
+        out.append(p)
+    return out
+
+
+class AnswerColumn(Vertical):
+    """One answer: a label line, the streaming text (scrollable), a status line."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(classes="answer-title")
+        with VerticalScroll(classes="answer-scroll"):
+            yield Static(classes="answer-body")
+        yield Static(classes="answer-foot")
+
+    def set_title(self, title: str) -> None:
+        self.query_one(".answer-title", Static).update(Text(title))
+
+    def set_text(self, text: str) -> None:
+        scroll = self.query_one(".answer-scroll", VerticalScroll)
+        following = scroll.scroll_y >= scroll.max_scroll_y  # at the end: keep up with the stream
+        # Text, never markup: model output may contain "[" and friends.
+        self.query_one(".answer-body", Static).update(Text(text))
+        if following:
+            scroll.call_after_refresh(scroll.scroll_end, animate=False)
+
+    def set_foot(self, foot: str) -> None:
+        self.query_one(".answer-foot", Static).update(Text(foot))
+
+
+class CompareScreen(Screen):
+    """Side-by-side answers to one prompt and a vote on them."""
+
+    CSS_PATH = "compare.tcss"
+    AUTO_FOCUS = None
+
+    # The footer shows what applies now (see ACTIVE), so it fits 80 columns in every state.
+    BINDINGS = [
+        Binding("escape", "stop", "stop", tooltip="stop generating (every column keeps its text and can be voted on)"),
+        Binding("escape", "back", "back", tooltip="back to the previous screen (or to the prompt)"),
+        Binding("1", "pick(1)", "rank", key_display="1-4",
+                tooltip="rank: press column numbers best first (1 = A, 2 = B, ...), then enter"),
+        Binding("2", "pick(2)", "rank", show=False, tooltip="rank column B next"),
+        Binding("3", "pick(3)", "rank", show=False, tooltip="rank column C next"),
+        Binding("4", "pick(4)", "rank", show=False, tooltip="rank column D next"),
+        Binding("backspace", "unpick", "unpick", show=False, tooltip="take back the last column number"),
+        Binding("enter", "submit_ranking", "vote",
+                tooltip="store the ranking (unpressed columns follow in order): 1 enter = A better"),
+        Binding("t", "vote_tie", "tie", tooltip="vote: a tie"),
+        Binding("0", "vote_both_bad", "both bad", tooltip="vote: both (all) answers are bad"),
+        Binding("ctrl+z", "undo_vote", "undo", tooltip="undo the last stored vote (removes it from the database)"),
+        Binding("n", "new_prompt", "new", tooltip="type a new prompt"),
+        Binding("r", "rerun", "rerun", tooltip="run the same prompt again with new seeds"),
+        Binding("b", "toggle_blind", "blind", tooltip="blind mode on/off for the next prompt (labels hide presets)"),
+        Binding("f1", "keys", "keys", tooltip="every key"),
+    ]
+    ACTIVE = {  # state -> the actions its keys run
+        "idle": {"back", "undo_vote", "toggle_blind", "keys"},
+        "generating": {"stop", "undo_vote", "toggle_blind", "keys"},
+        "voting": {"back", "pick", "unpick", "submit_ranking", "vote_tie", "vote_both_bad", "undo_vote",
+                   "new_prompt", "rerun", "keys"},
+        "voted": {"back", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
+        "failed": {"back", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
+    }
+
+    HELP = """\
+## Compare and vote
+
+Type a prompt and press **enter**: every column answers it at once.
+Blind mode labels the columns A–D in random order; the presets (or models)
+are revealed after you vote.
+
+When every column has finished:
+
+- **1–4**: press column numbers best first, then **enter**
+  (`1` enter = A better; `2` `1` `3` enter ranks B > A > C; unpressed columns follow in order)
+- **backspace** takes back the last number
+- **t** tie · **0** both (all) bad
+- **ctrl+z** undoes the last stored vote
+
+**esc** stops generating (or goes back) · **n** new prompt · **r** the same
+prompt again with new seeds · **b** blind mode on/off for the next prompt · **f1** every key.
+"""
+
+    class Streamed(Message):
+        """The worker's latest text for every column (coalesced to ~30 per second)."""
+
+        def __init__(self, number: int, texts: list[str], finish: list[str | None], stats: list[str]) -> None:
+            super().__init__()
+            self.number, self.texts, self.finish, self.stats = number, texts, finish, stats
+
+    class Ended(Message):
+        """The worker is done with a round; `error` is set when generation failed."""
+
+        def __init__(self, number: int, error: str | None = None) -> None:
+            super().__init__()
+            self.number, self.error = number, error
+
+    def __init__(self, engines: list[Engine], presets: list[Preset], store: Store, rater: str,
+                 blind: bool = True, conversation: list[dict] | None = None, prompt: str | None = None,
+                 *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.entrants = build_entrants(list(engines), list(presets))
+        self.store = store
+        self.rater = rater
+        self.blind = blind  # applies to the next round
+        history = [dict(m) for m in conversation or []]
+        if prompt is None and history and history[-1].get("role") == "user":
+            prompt = history.pop()["content"]  # a conversation that already ends with the prompt
+        self.history = history
+        self.initial_prompt = prompt
+        self.round: Round | None = None
+        self.picks: list[int] = []  # column indices pressed so far, best first
+        self._rounds = 0
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="compare-head")
+        with VerticalScroll(id="columns"):
+            for _ in self.entrants:
+                yield AnswerColumn(classes="answer")
+        yield Static(id="vote-bar")
+        yield Input(placeholder="Prompt — Enter runs every column", id="prompt-input")
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self._relayout()
+        self._show_idle_columns()
+        if self.initial_prompt is not None:
+            self.query_one("#prompt-input", Input).value = self.initial_prompt
+            self._start(self.initial_prompt, fresh=False)
+        else:
+            self.query_one("#prompt-input", Input).focus()
+        self._refresh_bars()
+
+    def on_unmount(self) -> None:
+        if self.round is not None:
+            self.round.cancel.set()  # never leave a generation thread running behind a closed screen
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._relayout()
+
+    def _relayout(self) -> None:
+        stacked = self.size.width and self.size.width // len(self.entrants) < MIN_COLUMN_WIDTH
+        self.query_one("#columns").set_class(bool(stacked), "-stacked")
+
+    @property
+    def columns(self) -> list[AnswerColumn]:
+        return list(self.query(AnswerColumn))
+
+    @property
+    def state(self) -> str:
+        """idle (no round yet) | generating | failed | voting | voted."""
+        r = self.round
+        if r is None:
+            return "idle"
+        if not r.done:
+            return "generating"
+        if r.error is not None:
+            return "failed"
+        return "voted" if r.vote_id is not None else "voting"
+
+    # ------------------------------------------------------------------ rounds
+
+    @on(Input.Submitted, "#prompt-input")
+    def _prompt_submitted(self, event: Input.Submitted) -> None:
+        if self.state == "generating":
+            self.notify("Still generating — Esc stops it first.", severity="warning")
+            return
+        self._start(event.value, fresh=False)
+
+    def _start(self, prompt: str, fresh: bool) -> None:
+        """Begin a round: shuffle (blind), fill seeds, clear the columns, start the worker."""
+        if self.round is not None:
+            self.round.cancel.set()
+        self._rounds += 1
+        order = list(range(len(self.entrants)))
+        shuffle_seed = None
+        if self.blind:
+            shuffle_seed = draw_seed()
+            random.Random(shuffle_seed).shuffle(order)
+        entrants = [self.entrants[i] for i in order]
+        conversation = self.history + [{"role": "user", "content": prompt}]
+        self.round = Round(self._rounds, prompt, conversation, entrants, fill_seeds(entrants, fresh),
+                           self.blind, shuffle_seed)
+        self.picks = []
+        for col in self.columns:
+            col.set_text("")
+            col.set_foot("generating…")
+        prompt_input = self.query_one("#prompt-input", Input)
+        prompt_input.disabled = True
+        self.query_one("#columns").focus()
+        self._refresh_bars()
+        self._generate(self.round)
+
+    @work(thread=True, exclusive=True, group="compare-generate")
+    def _generate(self, rnd: Round) -> None:
+        """Stream every column; one batched generate call per distinct engine, interleaved."""
+        try:
+            streams = []
+            by_engine: dict[int, list[int]] = {}
+            for c, ent in enumerate(rnd.entrants):
+                by_engine.setdefault(id(ent.engine), []).append(c)
+            for cols in by_engine.values():
+                engine = rnd.entrants[cols[0]].engine
+                ids = engine.encode(messages=rnd.conversation)
+                events_ = engine.generate([ids] * len(cols), [rnd.params[c] for c in cols],
+                                          top_logprobs=0, cancel=rnd.cancel)
+                streams.append((cols, iter(events_)))
+            texts, finish, stats = list(rnd.texts), list(rnd.finish), list(rnd.stats)
+            last_post = 0.0
+            while streams:
+                for stream in list(streams):
+                    cols, it = stream
+                    ev = next(it, None)
+                    if ev is None:
+                        streams.remove(stream)
+                    elif isinstance(ev, TokenEvent):
+                        texts[cols[ev.row]] += ev.text
+                    elif isinstance(ev, Finished):
+                        c = cols[ev.row]
+                        texts[c], finish[c] = ev.text, ev.finish_reason
+                        stats[c] = f"{ev.usage.completion_tokens} tokens"
+                now = time.monotonic()
+                if now - last_post >= FRAME_S or not streams:
+                    self.post_message(self.Streamed(rnd.number, list(texts), list(finish), list(stats)))
+                    last_post = now
+            self.post_message(self.Ended(rnd.number))
+        except Exception as exc:  # a bad prompt or a model error: show it, keep the app alive
+            self.post_message(self.Ended(rnd.number, f"{type(exc).__name__}: {exc}"
+                                         if not str(exc).strip() else str(exc)))
+
+    def on_compare_screen_streamed(self, message: Streamed) -> None:
+        rnd = self.round
+        if rnd is None or message.number != rnd.number:
+            return  # a late update from a round that was replaced
+        rnd.texts, rnd.finish, rnd.stats = message.texts, message.finish, message.stats
+        for c, col in enumerate(self.columns):
+            col.set_text(rnd.texts[c])
+            col.set_foot(self._foot(c))
+
+    def on_compare_screen_ended(self, message: Ended) -> None:
+        rnd = self.round
+        if rnd is None or message.number != rnd.number:
+            return
+        rnd.done = True
+        prompt_input = self.query_one("#prompt-input", Input)
+        prompt_input.disabled = False
+        if message.error:
+            rnd.error = message.error  # nothing to vote on; n / r start again
+            self.notify(message.error, title="Generation failed", severity="error")
+        rnd.finish = [f or "cancelled" for f in rnd.finish]
+        for c, col in enumerate(self.columns):
+            col.set_foot(self._foot(c))
+        if not self.query_one("#prompt-input", Input).has_focus:
+            self.query_one("#columns").focus()
+        self._refresh_bars()
+
+    # ------------------------------------------------------------------ voting
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in {a for actions in self.ACTIVE.values() for a in actions}:
+            return True  # not ours (scrolling, focus, ...)
+        if action not in self.ACTIVE[self.state]:
+            return False
+        if action == "pick":
+            return int(parameters[0]) <= len(self.entrants)
+        if action == "back":
+            return can_go_back(self) or self.focused is not self.query_one("#prompt-input")
+        return True
+
+    def _can_vote(self) -> bool:
+        return self.state == "voting"
+
+    def action_pick(self, n: int) -> None:
+        if not self._can_vote():
+            return
+        c = n - 1
+        if c in self.picks:
+            self.notify(f"{LABELS[c]} is already ranked; Backspace takes back the last number.")
+            return
+        self.picks.append(c)
+        self._refresh_bars()
+
+    def action_unpick(self) -> None:
+        if self.picks:
+            self.picks.pop()
+            self._refresh_bars()
+
+    def action_submit_ranking(self) -> None:
+        if not self._can_vote():
+            return
+        if not self.picks:
+            self.notify("Press column numbers best first (1 = A, 2 = B, …), or t for a tie, 0 for both bad.")
+            return
+        ranking = self.picks + [c for c in range(len(self.entrants)) if c not in self.picks]
+        self._cast("ranked", ranking)
+
+    def action_vote_tie(self) -> None:
+        if self._can_vote():
+            self._cast("tie", [])
+
+    def action_vote_both_bad(self) -> None:
+        if self._can_vote():
+            self._cast("both_bad", [])
+
+    def _cast(self, outcome: str, ranking: list[int]) -> None:
+        """Store the vote (one transaction), then reveal. A store error keeps the vote on screen."""
+        rnd = self.round
+        assert rnd is not None
+        responses = [
+            Response(label=LABELS[c], model=model_identity(ent.engine), preset=ent.preset.name,
+                     params=rnd.params[c].to_dict(), seed=rnd.params[c].seed, text=rnd.texts[c],
+                     finish_reason=rnd.finish[c] or "cancelled")
+            for c, ent in enumerate(rnd.entrants)
+        ]
+        vote = Vote(id=None, prompt=rnd.prompt, conversation=[dict(m) for m in rnd.conversation],
+                    responses=responses, outcome=outcome, ranking=list(ranking), rater=self.rater,
+                    blind=rnd.blind and not rnd.revealed, created_at="")  # "": the store stamps it
+        try:
+            rnd.vote_id = self.store.add_vote(vote)
+        except Exception as exc:  # unwritable, locked, full disk...: say so, keep the vote to retry
+            self._set_bar(Text.assemble(("Vote NOT saved: ", "bold red"), (str(exc), "red"),
+                                        ("  — fix it and vote again", "")))
+            self.notify(str(exc), title="Vote not saved", severity="error", timeout=10)
+            return
+        rnd.revealed = True
+        rnd.verdict = self._describe(outcome, ranking)
+        self.picks = []
+        self._refresh_bars()
+        self.notify(f"Vote #{rnd.vote_id} saved: {self._describe(outcome, ranking)}", title="Saved")
+
+    def action_undo_vote(self) -> None:
+        try:
+            undone = self.store.undo_last_vote()
+        except Exception as exc:
+            self.notify(str(exc), title="Undo failed", severity="error", timeout=10)
+            return
+        if undone is None:
+            self.notify("No votes to undo.")
+            return
+        rnd = self.round
+        if rnd is not None and undone.id == rnd.vote_id:
+            rnd.vote_id = None  # vote again on the same answers (no longer blind: they were revealed)
+            self._refresh_bars()
+        self.notify(f"Removed vote #{undone.id} ({undone.outcome}): {_excerpt(undone.prompt, 40)}")
+
+    # ------------------------------------------------------------------ other actions
+
+    def action_stop(self) -> None:
+        if self.round is not None:
+            self.round.cancel.set()
+            self._set_bar(Text("Stopping…"))
+
+    def action_back(self) -> None:
+        """Close the screen when it was pushed over another; else go to the prompt."""
+        if can_go_back(self):
+            self.dismiss()
+        else:
+            self.query_one("#prompt-input", Input).focus()
+            self.refresh_bindings()
+
+    def action_new_prompt(self) -> None:
+        prompt_input = self.query_one("#prompt-input", Input)
+        prompt_input.disabled = False
+        prompt_input.value = ""
+        prompt_input.focus()
+        self.picks = []
+        self._refresh_bars()
+
+    def action_rerun(self) -> None:
+        if self.round is not None and self.state != "generating":
+            self._start(self.round.prompt, fresh=True)
+
+    def action_toggle_blind(self) -> None:
+        self.blind = not self.blind
+        self.notify(f"Blind mode {'on' if self.blind else 'off'} from the next prompt.")
+        self._refresh_bars()
+
+    def action_keys(self) -> None:
+        """The app's help screen when it has one, else Textual's keys-and-help panel."""
+        if hasattr(self.app, "action_help"):
+            self.app.action_help()
+        elif self.query("HelpPanel"):
+            self.app.action_hide_help_panel()
+        else:
+            self.app.action_show_help_panel()
+
+    # ------------------------------------------------------------------ drawing
+
+    def _column_name(self, c: int) -> str:
+        """What wrote column c, as revealed: the preset, the model, or both."""
+        assert self.round is not None
+        ent = self.round.entrants[c]
+        if len({id(e.engine) for e in self.entrants}) == 1:
+            return ent.preset.name
+        if len({e.preset.name for e in self.entrants}) == 1:
+            return model_name(ent.engine)
+        return f"{model_name(ent.engine)} ({ent.preset.name})"
+
+    def _hidden(self) -> bool:
+        return self.round is not None and self.round.blind and not self.round.revealed
+
+    def _foot(self, c: int) -> str:
+        rnd = self.round
+        assert rnd is not None
+        if rnd.finish[c] is None:
+            return "generating…"
+        parts = [rnd.finish[c], rnd.stats[c]] if rnd.stats[c] else [rnd.finish[c]]
+        if not self._hidden():
+            parts.append(f"seed {rnd.params[c].seed}")
+        return " · ".join(p for p in parts if p)
+
+    def _show_idle_columns(self) -> None:
+        for c, col in enumerate(self.columns):
+            col.set_title(LABELS[c])
+            col.set_text("")
+            col.set_foot("")
+
+    def _describe(self, outcome: str, ranking: list[int]) -> str:
+        if outcome != "ranked":
+            return OUTCOME_TEXT[outcome]
+        if len(ranking) == 2:
+            return f"{LABELS[ranking[0]]} better"
+        return " > ".join(LABELS[c] for c in ranking)
+
+    def _set_bar(self, text: Text) -> None:
+        self.query_one("#vote-bar", Static).update(text)
+
+    def _refresh_bars(self) -> None:
+        """Head line, column titles and the vote bar, from the current state."""
+        rnd, state, k = self.round, self.state, len(self.entrants)
+        hidden = self._hidden()
+        engines = {id(e.engine): e.engine for e in self.entrants}
+        what = (f"{k} models" if len(engines) > 1 else f"{k} presets") + (" (hidden until you vote)" if hidden else "")
+        if not hidden and rnd is not None:
+            what = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(k))
+        elif not hidden:
+            what = ", ".join(e.preset.name if len(engines) == 1 else model_name(e.engine) for e in self.entrants)
+        head = Text.assemble(("Compare ", "bold"), what)
+        if len(engines) == 1:
+            head.append(f" · {model_name(next(iter(engines.values())))}", style="dim")
+        if self.history:
+            head.append(f" · after {len(self.history)} chat messages", style="dim")
+        head.append(" · blind" if self.blind else " · open", style="dim")
+        if rnd is not None and rnd.blind != self.blind:
+            head.append(" (next prompt)", style="dim")
+        self.query_one("#compare-head", Static).update(head)
+
+        if rnd is not None:
+            for c, col in enumerate(self.columns):
+                col.set_title(LABELS[c] if hidden else f"{LABELS[c]} · {self._column_name(c)}")
+                col.set_foot(self._foot(c))
+        self._set_bar(self._bar_text(state, k))
+        self.refresh_bindings()
+
+    def _bar_text(self, state: str, k: int) -> Text:
+        keys = "1–2" if k == 2 else f"1–{k}"
+        if state == "idle":
+            return Text("Type a prompt and press enter. f1 shows every key.", style="dim")
+        if state == "generating":
+            return Text("Generating… Esc stops. Voting opens when every column has finished.", style="dim")
+        rnd = self.round
+        assert rnd is not None
+        if state == "failed":
+            return Text.assemble(("Generation failed: ", "bold red"), (rnd.error or "", "red"),
+                                 " · n new prompt · r retry")
+        if state == "voted":
+            return Text.assemble(("✓ ", "bold green"), (f"Vote #{rnd.vote_id} saved: {rnd.verdict}", "green"),
+                                 " · n new prompt · r rerun, new seeds · ctrl+z undo")
+        if self.picks:
+            ranked = " > ".join(LABELS[c] for c in self.picks)
+            rest = [LABELS[c] for c in range(k) if c not in self.picks]
+            line = Text.assemble(("Your ranking: ", "bold"), (ranked, "bold cyan"))
+            if rest:
+                line.append(" > …", style="bold cyan")
+                line.append(f"  (then {', '.join(rest)})", style="dim")
+            line.append("  Enter saves · Backspace undoes a number")
+            return line
+        if k == 2:
+            return Text.assemble(("Vote: ", "bold"), "1 Enter = A better · 2 Enter = B better · t tie · 0 both bad")
+        return Text.assemble(("Rank: ", "bold"), f"press {keys} best first, then Enter · t tie · 0 all bad")
+
+
+def _excerpt(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
