@@ -253,11 +253,28 @@ class Trainer:
         if not path.exists():
             raise InputError(f"--resume: no checkpoint in {self.out} (no trainer_state.pt); run without --resume")
         state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = _weights_step(self.out / "model.safetensors")
+        if saved is not None and saved != int(state["step"]):
+            # The model files are written before trainer_state.pt: a run stopped between the two
+            # left weights and optimizer from different steps, and resuming would silently mix them.
+            raise InputError(f"--resume: {self.out} holds weights from step {saved} but trainer state from step "
+                             f"{state['step']} (a checkpoint save was interrupted); start the run again without --resume")
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"])
         random.setstate(state["python_rng"])
         self.load_extra_state(state.get("extra", {}))
+
+
+def _weights_step(path: Path) -> int | None:
+    """The training step a trainer recorded in model.safetensors' metadata ("step"), if any."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        step = (f.metadata() or {}).get("step")
+    return int(step) if step is not None and str(step).isdigit() else None
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -48,9 +48,16 @@ class Dist:
         return contextlib.nullcontext()
 
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
-        if not self.enabled or not values:
+        if not self.enabled:
             return values
-        keys = sorted(values)
+        # Ranks may report different keys (one with no items this step has only "loss"): agree on
+        # the union first, or the all_reduce below would get tensors of different sizes and hang.
+        gathered: list[list[str] | None] = [None] * self.world
+        dist.all_gather_object(gathered, sorted(values))
+        keys = sorted({k for ks in gathered for k in ks or ()})
+        if not keys:
+            return values
+        values = {k: values.get(k, 0.0) for k in keys}
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return dict(zip(keys, t.tolist()))

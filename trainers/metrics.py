@@ -58,11 +58,27 @@ def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int 
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if not pts:
             continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        title = f"{key}  (last {pts[-1][1]:.4g} at step {pts[-1][0]})"
+        out.append(_plot(plt, xs, ys, title, width, height))
+    return "\n".join(out)
+
+
+def _plot(plt, xs: list, ys: list, title: str, width: int, height: int) -> str:
+    """One line plot as text; plotext 5's module-level API, or plotext 6's figure object."""
+    if hasattr(plt, "clear_figure"):  # plotext 5
         plt.clear_figure()
         plt.plotsize(width, height)
         plt.theme("clear")
-        plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille")
-        plt.title(f"{key}  (last {pts[-1][1]:.4g} at step {pts[-1][0]})")
+        plt.plot(xs, ys, marker="braille")
+        plt.title(title)
         plt.xlabel("step")
-        out.append(plt.build())
-    return "\n".join(out)
+        return plt.build()
+    fig = plt.figure  # plotext 6: signals are drawn onto the figure explicitly
+    fig.clear()
+    fig.plot_size(width, height)
+    fig.theme("colorless")
+    fig.draw(fig.signal(xs, ys, marker="braille").lines())
+    fig.title(title)
+    fig.label("step", axis="x")
+    return plt.uncolorize(fig.build())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 
 from tiankong.engine.errors import InputError
 
@@ -88,7 +89,7 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
         decl = [f"{flag}/--no-{f.name.replace('_', '-')}"] if kind is bool else [flag]
         params.append(inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-            default=typer.Option(None, *decl, help=f"{f.metadata.get('help', '')} [default: {default!r}]",
+            default=typer.Option(None, *decl, help=f"{escape(f.metadata.get('help', ''))} \\[default: {escape(repr(default))}]",
                                  show_default=False)))
 
     def run(config: Optional[Path] = None, **flags: Any) -> None:

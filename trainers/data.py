@@ -1,0 +1,160 @@
+"""Training data on disk -> checked Python records, every problem named by file and line.
+
+Two kinds of data live here (preference pairs are `preferences.py`'s):
+
+* text for pretraining: a .txt file, a folder of .txt files, or JSONL lines with a "text" field;
+* conversations for SFT: JSONL lines with "messages" or "prompt"/"completion".
+
+Policy for bad rows: the whole file is refused at the first bad line, with that line's number and
+what is wrong with it. Nothing is skipped silently, so a fixed file can simply be run again and
+trains on exactly the rows it holds (and two runs never disagree on what was dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from tiankong.engine.chat import validate_messages
+from tiankong.engine.errors import InputError
+
+# A line holding only this marker separates documents inside a .txt file (TinyStories' convention).
+DOC_SEPARATOR = "<|endoftext|>"
+_SEPARATOR_LINE = re.compile(r"^[ \t]*" + re.escape(DOC_SEPARATOR) + r"[ \t]*$", re.MULTILINE)
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    if not str(path):
+        raise InputError(f"no training data given; pass --data with {what}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"data {p} does not exist; pass --data with {what}")
+    return p
+
+
+def _read_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise InputError(f"{path} line {line}: not UTF-8 text; convert the file to UTF-8") from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object stops here."""
+    path = Path(path)
+    for n, line in enumerate(_read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix or delete the line") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path} line {n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
+
+
+# ---- pretraining text
+
+def split_documents(text: str) -> list[str]:
+    """A text file's documents: separated by lines holding only <|endoftext|>; blank ones dropped."""
+    docs = (d.strip("\n") for d in _SEPARATOR_LINE.split(text))
+    return [d for d in docs if d.strip()]
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """Documents for pretraining, in a fixed order.
+
+    A .jsonl/.json file: one {"text": ...} object per line. A folder: every *.txt file below it,
+    sorted by path. Any other file: plain UTF-8 text, split into documents by DOC_SEPARATOR lines.
+    """
+    p = _existing(path, "a .txt file, a folder of .txt files or JSONL with a \"text\" field")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+        if not files:
+            raise InputError(f"{p} holds no .txt files; put the training text in .txt files")
+        docs = [d for f in files for d in split_documents(_read_utf8(f))]
+    elif p.suffix.lower() in JSONL_SUFFIXES:
+        docs = []
+        for n, obj in iter_jsonl(p):
+            text = obj.get("text")
+            if not isinstance(text, str):
+                got = "no \"text\" field" if text is None else f"\"text\" is {type(text).__name__}"
+                raise InputError(f"{p} line {n}: {got}; every line needs a string \"text\"")
+            if text.strip():
+                docs.append(text)
+    else:
+        docs = split_documents(_read_utf8(p))
+    if not docs:
+        raise InputError(f"{p} has no text to train on")
+    return docs
+
+
+# ---- SFT conversations
+
+@dataclass
+class Conversation:
+    line: int  # 1-based line in the data file, for error messages later on (e.g. from the template)
+    messages: list[dict[str, Any]]
+
+
+def _as_messages(value: Any, role: str, key: str) -> list[dict[str, Any]]:
+    """A prompt or completion: a string (one `role` message) or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list):
+        return validate_messages(value)
+    raise InputError(f"\"{key}\" must be a string or a list of messages, got {type(value).__name__}")
+
+
+def parse_conversation(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """One SFT row -> its messages; raises InputError (without the line number) when it is bad."""
+    if "messages" in obj:
+        messages = validate_messages(obj["messages"])
+    elif "prompt" in obj and "completion" in obj:
+        messages = _as_messages(obj["prompt"], "user", "prompt") + _as_messages(obj["completion"], "assistant",
+                                                                                   "completion")
+    else:
+        raise InputError("needs \"messages\" (a list of {\"role\", \"content\"}) or \"prompt\" and \"completion\"")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise InputError("has no assistant message, so there is no answer to learn")
+    return messages
+
+
+def load_conversations(path: str | Path) -> list[Conversation]:
+    """SFT rows from JSONL; the first bad line refuses the file (see the module docstring)."""
+    p = _existing(path, "a JSONL file of {\"messages\": [...]} or {\"prompt\": ..., \"completion\": ...} lines")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; pass the JSONL file itself")
+    rows = []
+    for n, obj in iter_jsonl(p):
+        try:
+            rows.append(Conversation(n, parse_conversation(obj)))
+        except InputError as e:
+            raise InputError(f"{p} line {n}: {e}") from None
+    if not rows:
+        raise InputError(f"{p} has no rows; put one JSON object per line")
+    return rows
+
+
+# ---- held-out split
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) item indices, both sorted: a seeded random `fraction` of range(n) held out.
+
+    At least one item is held out when fraction > 0, and at least one is always left to train on.
+    """
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    k = min(n - 1, max(1, round(fraction * n)))
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    held = set(torch.randperm(n, generator=g)[:k].tolist())
+    return [i for i in range(n) if i not in held], sorted(held)

@@ -1,0 +1,192 @@
+"""Supervised fine-tuning: learn to answer, with the loss on the answer tokens only.
+
+    tiankong train sft --model runs/base --data instructions.jsonl --output runs/sft
+
+Each conversation is rendered with the model's chat template and tokenized as one sequence. Which
+tokens are "answer" is found by rendering prefixes, so it works for any template: for every
+assistant message i,
+
+    before = tokens of render(messages[:i],   add_generation_prompt=True)   # up to "<|assistant|>\\n"
+    upto   = tokens of render(messages[:i+1], add_generation_prompt=False)  # ... + the answer + its end
+
+and the answer is the tokens of the whole conversation from len(before) to len(upto): the reply and
+whatever the template closes it with (the EOS, or ChatML's <|im_end|>), so the model learns to stop.
+Every assistant turn of a multi-turn chat counts; system and user turns and the template's own
+markup never do. Templates whose rendering of a prefix is not a prefix of the whole (a token merged
+across the boundary, an earlier turn rewritten) are handled by taking the common prefix of the two
+token lists instead of its length, i.e. a boundary token shared by prompt and answer is not counted.
+
+A model without a template gets DEFAULT_CHAT_TEMPLATE, and the output saves it in
+tokenizer_config.json ("chat_template") so that `tiankong chat`/`generate` and transformers'
+apply_chat_template use the format the model was tuned on.
+
+`item_weight` is an example's answer-token count, so the loss is the mean over all answer tokens of
+the global batch, however they are spread over examples, micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tiankong.engine.chat import ChatTemplate
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.model import save_pretrained
+from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
+
+from .common import Trainer, TrainConfig, opt
+from .data import load_conversations, split_holdout
+from .pretrain import AUTOCAST_HELP, evaluate_held_out, load_trainable, token_loss
+
+# tiankong's chat format for models that have none:
+#   <s><|system|>\n{system}\n<|user|>\n{question}\n<|assistant|>\n{answer}</s><|user|>\n...
+# Role markers are plain text (no new tokens to learn), each message ends with a newline except the
+# assistant's, which ends with the EOS token: the answer is "{answer}</s>".
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    # --- where (overrides)
+    output: str = opt("runs/sft", "Output folder: a Hugging Face model folder plus metrics.jsonl and trainer state.")
+    model: str = opt("", "Model to fine-tune (a Hugging Face model folder); required.")
+    data: str = opt("", "JSONL, one conversation per line: {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} "
+                        "or {\"prompt\": ..., \"completion\": ...} (strings become a user and an assistant message). "
+                        "The first bad line stops the run with its line number; nothing is skipped.")
+    # --- data
+    chat_template: str = opt("", "A Jinja chat template file to tune with instead of the model's own (saved as "
+                                 "chat_template.jinja). Empty: the model's template, or tiankong's default "
+                                 "(<|user|>\\n...\\n<|assistant|>\\n...</s>) for a model without one.")
+    max_len: int = opt(1024, "Longest conversation in tokens, at most the model's context length (0 = that); "
+                             "longer ones are cut at the end. A row with no answer token left is an error.")
+    eval_fraction: float = opt(0.0, "Fraction of conversations held out for eval_loss and eval_ppl (0 = none).")
+    autocast: bool = opt(False, AUTOCAST_HELP)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise InputError("sft needs a model to fine-tune: pass --model DIR")
+        if self.max_len < 0:
+            raise InputError(f"max_len must be >= 0, got {self.max_len}")
+        if not 0 <= self.eval_fraction < 1:
+            raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def tokenize_conversation(template: ChatTemplate, tokenizer: Tokenizer,
+                          messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+    """(ids, answer mask) for one conversation; see the module docstring for how the mask is found."""
+    def encode(msgs: Sequence[dict[str, Any]], generation_prompt: bool) -> list[int]:
+        # As render_prompt does: the template writes the special tokens itself.
+        return tokenizer.encode(template.render(msgs, add_generation_prompt=generation_prompt),
+                                add_special_tokens=False)
+
+    ids = encode(messages, False)
+    mask = [False] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = _common_prefix(encode(messages[:i], True), ids)
+        end = _common_prefix(encode(messages[:i + 1], False), ids)
+        for j in range(start, end):
+            mask[j] = True
+    return ids, mask
+
+
+def resolve_template(folder: Path, tokenizer: Tokenizer, override: str) -> tuple[ChatTemplate, str]:
+    """The template to tune with and where it comes from: "file", "model" or "default"."""
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise InputError(f"chat template file {path} does not exist; pass a .jinja file or leave --chat-template empty")
+        return ChatTemplate(path.read_text(encoding="utf-8"), tokenizer.bos_token, tokenizer.eos_token), "file"
+    found = ChatTemplate.from_folder(folder, tokenizer)
+    if found is not None:
+        return found, "model"
+    if tokenizer.eos_token is None:
+        raise InputError(f"{folder} has no chat template and no EOS token for tiankong's default one; "
+                         "pass --chat-template FILE")
+    return ChatTemplate(DEFAULT_CHAT_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token), "default"
+
+
+class SFTTrainer(Trainer):
+    name = "sft"
+    cfg: SFTConfig
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.source = self.resume_model_path() or Path(cfg.model)
+        self.tokenizer = load_tokenizer(self.source)
+        self.model, self.model_cfg = load_trainable(self.source, self.device, cfg.dtype)
+        self.template, self.template_from = resolve_template(self.source, self.tokenizer, cfg.chat_template)
+        max_len = min(cfg.max_len or self.model_cfg.max_seq_len, self.model_cfg.max_seq_len)
+        self.examples: list[tuple[list[int], list[bool]]] = []
+        for conv in load_conversations(cfg.data):
+            try:
+                ids, mask = tokenize_conversation(self.template, self.tokenizer, conv.messages)
+            except TiankongError as e:  # the template refused these messages
+                raise InputError(f"{cfg.data} line {conv.line}: {e}") from None
+            ids, mask = ids[:max_len], mask[:max_len]
+            if not any(mask[1:]):
+                raise InputError(f"{cfg.data} line {conv.line}: no answer token within the first {max_len} tokens; "
+                                 "raise --max-len or shorten the conversation")
+            self.examples.append((ids, mask))
+        self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+        self.train_ids, self.eval_ids = split_holdout(len(self.examples), cfg.eval_fraction, cfg.seed)
+
+    def _batch(self, examples: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (B, L) ids and (B, L-1) weights: 1 where the target token is an answer token."""
+        rows = [self.examples[e] for e in examples]
+        L = max(len(ids) for ids, _ in rows)
+        tokens = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
+        weights = torch.zeros(len(rows), L - 1)
+        for r, (ids, mask) in enumerate(rows):
+            tokens[r, :len(ids)] = torch.tensor(ids)
+            weights[r, :len(ids) - 1] = torch.tensor(mask[1:], dtype=torch.float32)
+        return tokens.to(self.device), weights.to(self.device)
+
+    def n_items(self) -> int:
+        return len(self.train_ids)
+
+    def item_weight(self, index: int) -> float:
+        return float(sum(self.examples[self.train_ids[index]][1][1:]))  # answer tokens that are targets
+
+    def loss(self, items: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        tokens, weights = self._batch([self.train_ids[i] for i in items])
+        loss, correct = token_loss(self.ddp_model, tokens, weights, self.cfg.autocast)
+        return loss, {"accuracy": float(correct)}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_held_out(self, self.eval_ids, self._batch, self.cfg.micro_batch_size or self.cfg.batch_size)
+
+    def save(self, folder: Path) -> None:
+        files: dict[str, str] = {}
+        if self.template_from == "file":
+            files["chat_template.jinja"] = self.template.source
+        elif self.template_from == "default":
+            config: dict[str, Any] = {}
+            path = self.source / "tokenizer_config.json"
+            if path.is_file():
+                config = json.loads(path.read_text(encoding="utf-8"))
+            config["chat_template"] = self.template.source
+            files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        save_pretrained(self.model, self.model_cfg, folder, tokenizer_from=self.source, extra_files=files,
+                        metadata={"trainer": self.name, "step": str(self.step)})
