@@ -1,0 +1,187 @@
+"""The playground app: loads the model in a worker, holds the app-wide keys and the command
+palette, and opens the chat screen (and the compare screen for `tiankong compare`).
+
+The store is opened by `run_app` before the UI starts: a database that cannot be written stops
+the command with its one-line message (the CLI prints it, exit code 2) rather than letting anyone
+chat or vote into something that is not being saved. A model that fails to load does not stop the
+app: the message shows in a notification and the status line, and stored chats can still be
+opened, read and exported.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
+from tiankong.tui.screens.chat import ChatScreen
+from tiankong.tui.screens.help import HelpScreen
+
+
+def default_rater() -> str:
+    """Who signs votes when --rater is not given: $TIANKONG_RATER, else the login name."""
+    if os.environ.get("TIANKONG_RATER"):
+        return os.environ["TIANKONG_RATER"]
+    try:
+        return getpass.getuser() or "anonymous"
+    except (KeyError, OSError):
+        return "anonymous"
+
+
+class TiankongApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "tiankong 填空"
+    BINDINGS = [
+        Binding("f1", "help", "keys", tooltip="this list of keys"),
+        Binding("ctrl+g", "votes", "votes", show=False, tooltip="the stored preference votes and their stats"),
+    ]
+
+    def __init__(self, model_dir: Path | str | None, *, store: Any, preset: str = DEFAULT_PRESET,
+                 device: str = "auto", dtype: str = "auto", mode: str = "chat",
+                 compare_presets: list[str] | None = None, compare_models: list[Path] | None = None,
+                 rater: str | None = None, export_dir: Path | None = None, show_timing: bool = True,
+                 presets: dict[str, Preset] | None = None) -> None:
+        super().__init__()
+        self.presets = presets if presets is not None else load_presets()
+        if preset not in self.presets:
+            raise InputError(f"preset must be one of {', '.join(sorted(self.presets))}, got {preset!r}")
+        if mode not in ("chat", "compare"):
+            raise InputError(f"mode must be chat or compare, got {mode!r}")
+        self.store, self.mode, self.device, self.dtype = store, mode, device, dtype
+        self.model_dirs = [Path(m) for m in compare_models] if compare_models else (
+            [Path(model_dir)] if model_dir is not None else [])
+        self.model_id = str(self.model_dirs[0].expanduser().resolve()) if self.model_dirs else "no model"
+        self.start_preset = preset
+        names = list(self.presets)
+        self.compare_presets = compare_presets or [preset, names[(names.index(preset) + 1) % len(names)]]
+        self.rater = rater or default_rater()
+        self.export_dir = Path(export_dir) if export_dir is not None else Path.cwd()
+        self.show_timing = show_timing
+        self.engines: list[Any] = []
+        self.engine_error: str | None = None
+
+    @property
+    def engine(self) -> Any:
+        return self.engines[0] if self.engines else None
+
+    def on_mount(self) -> None:
+        # Pushed rather than returned from get_default_screen: Textual loads a screen's CSS_PATH on push.
+        self.chat = ChatScreen(store=self.store, presets=self.presets, preset=self.start_preset,
+                               model_id=self.model_id, export_dir=self.export_dir, show_timing=self.show_timing)
+        self.push_screen(self.chat)
+        self._load()
+
+    # ------------------------------------------------------------------ loading the model
+
+    @work(thread=True, exclusive=True, group="load")
+    def _load(self) -> None:
+        from tiankong.engine.engine import Engine
+
+        if not self.model_dirs:
+            self.call_from_thread(self._load_failed, "no model given: pass --model DIR or set TIANKONG_MODEL")
+            return
+        engines = []
+        for folder in self.model_dirs:
+            try:
+                engines.append(Engine.load(folder, device=self.device, dtype=self.dtype))
+            except TiankongError as e:
+                self.call_from_thread(self._load_failed, str(e))
+                return
+            except Exception as e:  # not a user error, but the app stays up to say so
+                self.call_from_thread(self._load_failed, f"could not load {folder}: {type(e).__name__}: {e}")
+                return
+        self.call_from_thread(self._loaded, engines)
+
+    async def _loaded(self, engines: list[Any]) -> None:
+        self.engines, self.engine_error = engines, None
+        await self.chat.engine_ready(engines[0])
+        if self.mode == "compare":
+            self.open_compare(self.compare_presets, engines=engines)
+
+    def _load_failed(self, message: str) -> None:
+        self.engine_error = message
+        self.chat.engine_failed(message)
+        self.notify(message, title="model not loaded", severity="error", timeout=30)
+
+    # ------------------------------------------------------------------ other screens
+
+    def open_compare(self, preset_names: list[str], conversation: list[dict] | None = None,
+                     engines: list[Any] | None = None) -> None:
+        """Push the compare screen: one engine with these presets (or several engines, one preset)."""
+        try:
+            from tiankong.tui.screens.compare import CompareScreen
+        except ImportError as e:
+            self.notify(f"compare is not available in this build ({e})", severity="error")
+            return
+        if self.engine is None:
+            self.notify(self.engine_error or "the model is still loading", severity="warning")
+            return
+        engines = engines or [self.engine]
+        presets = [self.presets[n] for n in preset_names]
+        if len(engines) > 1:
+            presets = presets[:1]
+        try:
+            screen = CompareScreen(engines, presets, self.store, self.rater, blind=True, conversation=conversation)
+        except ValueError as e:  # TiankongError included
+            self.notify(str(e), severity="error")
+            return
+        self.push_screen(screen)
+
+    def action_votes(self) -> None:
+        try:
+            from tiankong.tui.screens.votes import VotesScreen
+        except ImportError as e:
+            self.notify(f"the votes view is not available in this build ({e})", severity="error")
+            return
+        self.push_screen(VotesScreen(self.store))
+
+    def action_help(self) -> None:
+        screen = self.screen
+        if isinstance(screen, ChatScreen):
+            sections = screen.help_sections()
+        else:
+            rows = [(self.get_key_display(b), b.tooltip or b.description)
+                    for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
+            sections = [("this screen", rows),
+                        ("everywhere", [(self.get_key_display(b), b.tooltip or b.description) for b in self.BINDINGS])]
+        self.push_screen(HelpScreen(sections))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The command palette (ctrl+p): every chat action by name, each preset, the app's own."""
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Keys and help", "every key, grouped (f1)", self.action_help)
+        yield SystemCommand("Votes", "the stored preference votes (ctrl+g)", self.action_votes)
+        if isinstance(screen, ChatScreen):
+            for b in ChatScreen.BINDINGS:
+                if isinstance(b, Binding):
+                    title = b.description[:1].upper() + b.description[1:]
+                    yield SystemCommand(title, f"{b.tooltip} ({self.get_key_display(b)})",
+                                        partial(screen.run_action, b.action))
+            for name, p in self.presets.items():
+                yield SystemCommand(f"Preset: {name}", p.use, partial(screen.action_use_preset, name))
+
+
+def run_app(model_dir: Path | None, *, preset: str = DEFAULT_PRESET, data_dir: Path | None = None,
+            device: str = "auto", dtype: str = "auto", mode: str = "chat",
+            compare_presets: list[str] | None = None, compare_models: list[Path] | None = None,
+            rater: str | None = None) -> None:
+    """Open the store (a StoreError stops here, before the UI), then run the playground."""
+    from tiankong.tui.store import DB_NAME, Store
+    from tiankong.tui.store import data_dir as resolve_data_dir
+
+    store = Store(resolve_data_dir(data_dir) / DB_NAME)
+    try:
+        TiankongApp(model_dir, store=store, preset=preset, device=device, dtype=dtype, mode=mode,
+                    compare_presets=compare_presets, compare_models=compare_models, rater=rater).run()
+    finally:
+        store.close()

@@ -1,0 +1,697 @@
+"""The chat screen: talk to the model and watch every token's candidates stream in.
+
+Layout: a status line; the transcript (system prompt on top) beside the candidates panel; the
+message input; the footer. Generation runs in a thread worker that batches tokens and posts them
+to the UI at most every FRAME_S seconds, so a fast model never floods the event loop.
+
+Every message is stored the moment it exists: the user's when sent, the answer when it finishes
+(also when stopped with Esc: finish_reason "cancelled"), with preset, params, seed and every
+token's candidates. The transcript widgets and the store are kept in step; the prompt for the next
+answer is always rebuilt from the transcript (system prompt + messages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
+
+from tiankong.engine.engine import with_seeds
+from tiankong.engine.errors import TiankongError
+from tiankong.engine.events import Finished
+from tiankong.engine.sampling import SamplingParams
+from tiankong.presets import Preset
+from tiankong.tui.store import StoreError
+from tiankong.tui.screens.help import Section
+from tiankong.tui.screens.preset_editor import PresetEditor
+from tiankong.tui.screens.tokens import TokensScreen
+from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
+from tiankong.tui.widgets.message import AssistantMessage, UserMessage, heat_legend
+from tiankong.tui.widgets.status import StatusBar, params_summary
+
+TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
+FRAME_S = 1 / 30  # the worker hands tokens to the UI at most this often
+TITLE_CHARS = 60  # a new chat is titled with the start of its first message
+INTRO = ("Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
+         "model weighed at each step and what your preset made of them. Afterwards f5 steps through the "
+         "answer token by token (why this word?) and f6 colours it by probability. f1 lists every key.")
+
+
+class ChatListScreen(ModalScreen[int | None]):
+    """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes."""
+
+    BINDINGS = [Binding("escape", "dismiss_none", "close"), Binding("d", "delete", "delete")]
+    DEFAULT_CSS = """
+    ChatListScreen { align: center middle; }
+    ChatListScreen > Vertical { width: 90%; max-width: 100; height: 80%; border: round $accent; background: $surface; }
+    ChatListScreen OptionList, ChatListScreen OptionList:focus { height: 1fr; border: none; }
+    """
+
+    def __init__(self, store: Any) -> None:
+        super().__init__()
+        self.store = store
+        self._armed: int | None = None  # a chat id that the next `d` deletes
+
+    def compose(self) -> ComposeResult:
+        with Vertical() as box:
+            box.border_title = "chats"
+            box.border_subtitle = "enter open · d d delete · esc close"
+            yield OptionList(id="chat-list")
+
+    def on_mount(self) -> None:
+        self._fill()
+
+    def _fill(self) -> None:
+        options = self.query_one(OptionList)
+        options.clear_options()
+        chats = self.store.list_chats()
+        for c in chats:
+            line = Text(c.title or f"chat {c.id}", style="bold")
+            line.append(f"  {c.preset} · {c.n_messages} messages · {Path(c.model).name} · "
+                        f"{c.updated_at[:16].replace('T', ' ')}", style="dim")
+            options.add_option(Option(line, id=str(c.id)))
+        if not chats:
+            options.add_option(Option(Text("no chats yet", style="dim"), id="none", disabled=True))
+        else:
+            options.highlighted = 0
+        options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id and event.option.id != "none":
+            self.dismiss(int(event.option.id))
+
+    def action_delete(self) -> None:
+        options = self.query_one(OptionList)
+        if options.highlighted is None:
+            return
+        option = options.get_option_at_index(options.highlighted)
+        if not option.id or option.id == "none":
+            return
+        chat_id = int(option.id)
+        if self._armed != chat_id:
+            self._armed = chat_id
+            self.notify("press d again to delete this chat")
+            return
+        try:
+            self.store.delete_chat(chat_id)
+        except StoreError as e:
+            self.notify(str(e), title="not deleted", severity="error")
+            return
+        self._armed = None
+        self.notify("chat deleted")
+        self._fill()
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class ChatScreen(Screen[None]):
+    CSS_PATH = "chat.tcss"
+    AUTO_FOCUS = "#prompt"
+
+    BINDINGS = [
+        Binding("escape", "escape", "stop", tooltip="stop the answer (keeps what was generated), leave inspect mode, cancel an edit"),
+        Binding("f1", "app.help", "keys", tooltip="every key, grouped"),
+        Binding("f2", "next_preset", "preset", tooltip="switch to the next preset (shift+f2: previous)"),
+        Binding("shift+f2", "prev_preset", "previous preset", show=False, tooltip="switch to the previous preset"),
+        Binding("f3", "edit_preset", "settings", tooltip="edit temperature, top-k, top-p, min-p, penalties, seed, max tokens"),
+        Binding("f4", "toggle_candidates", "candidates", show=False, tooltip="show or hide the candidates panel"),
+        Binding("f5", "inspect", "inspect", tooltip="step through the answer token by token (← → or [ ]): why this word?"),
+        Binding("f6", "heatmap", "heatmap", tooltip="colour every answer's tokens by their model probability"),
+        Binding("ctrl+r", "regenerate", "regenerate", tooltip="answer the last message again (replaces the last answer)"),
+        Binding("ctrl+l", "edit_last", "edit last", show=False, tooltip="edit your last message and resend it (answers after it are replaced)"),
+        Binding("ctrl+n", "new_chat", "new", tooltip="start a new chat"),
+        Binding("ctrl+o", "open_chats", "chats", tooltip="list past chats and open one"),
+        Binding("ctrl+s", "export", "export", show=False, tooltip="export this chat to Markdown and JSONL in the export folder"),
+        Binding("ctrl+y", "copy_last", "copy answer", show=False, tooltip="copy the last answer (c copies a focused message)"),
+        Binding("ctrl+t", "tokens", "tokens", show=False, tooltip="how the current prompt tokenizes, and the model's info"),
+        Binding("ctrl+b", "compare", "compare", show=False, tooltip="compare your last prompt under this preset and the next one, side by side, and vote"),
+    ]
+
+    def __init__(self, *, store: Any, presets: dict[str, Preset], preset: str, model_id: str,
+                 export_dir: Path, show_timing: bool = True) -> None:
+        super().__init__()
+        self.store, self.presets, self.model_id = store, presets, model_id
+        self.model_name = Path(model_id).name or model_id
+        self.export_dir, self.show_timing = export_dir, show_timing
+        self.preset: Preset = presets[preset]
+        self.params: SamplingParams = self.preset.params
+        self.engine: Any = None
+        self.engine_error: str | None = None
+        self.chat_id: int | None = None
+        self.generating = False
+        self._cancel: threading.Event | None = None
+        self._saved_system = ""
+        self.editing_id: int | None = None  # the user message being edited (ctrl+l)
+        self._queued: str | None = None  # sent while the model was loading: sent once it is ready
+        self.inspected: AssistantMessage | None = None
+        self.heatmap = False
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                with Horizontal(id="system-row"):
+                    yield Label("system", id="system-label")
+                    yield Input(placeholder="system prompt (optional)", id="system", compact=True)
+                with VerticalScroll(id="transcript"):
+                    yield Static(Text(INTRO), id="intro")
+            panel = CandidatesPanel(id="candidates")
+            panel.border_title = "candidates"
+            panel.border_subtitle = "▶ chosen · ✗ cut by preset"
+            yield panel
+        yield Static(heat_legend(), id="heat-legend")
+        yield Input(placeholder="message · enter sends · esc stops · f1 keys", id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#heat-legend").display = False
+        self.query_one("#transcript", VerticalScroll).anchor()
+        self.query_one(CandidatesPanel).loading = self.engine is None and self.engine_error is None
+        self._status()
+
+    @property
+    def transcript(self) -> VerticalScroll:
+        return self.query_one("#transcript", VerticalScroll)
+
+    @property
+    def candidates(self) -> CandidatesPanel:
+        return self.query_one(CandidatesPanel)
+
+    @property
+    def messages(self) -> list[UserMessage | AssistantMessage]:
+        return [w for w in self.transcript.children if isinstance(w, (UserMessage, AssistantMessage))]
+
+    def _status(self, state: str | None = None, error: bool = False) -> None:
+        if state is None:
+            if self.engine_error:
+                state, error = f"model not loaded: {self.engine_error}", True
+            elif self.engine is None:
+                state = "loading model…"
+            elif self.generating:
+                state = "answering…"
+            else:
+                state = "ready"
+        edited = " (edited)" if self.params != self.preset.params else ""
+        self.query_one(StatusBar).set(model=self.model_name, preset=self.preset.name + edited,
+                                      settings=params_summary(self.params), state=state, error=error)
+
+    def _save(self, write: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one store call; a StoreError (disk full, database locked) is shown, never a crash.
+        Returns the call's result, or None when it failed."""
+        try:
+            return write(*args, **kwargs)
+        except StoreError as e:
+            self.notify(str(e), title="not saved", severity="error", timeout=15)
+            return None
+
+    # ------------------------------------------------------------------ engine (called by the app)
+
+    async def engine_ready(self, engine: Any) -> None:
+        self.engine, self.engine_error = engine, None
+        self.candidates.loading = False
+        self._status()
+        if self._queued is not None:
+            text, self._queued = self._queued, None
+            await self.send(text)
+
+    def engine_failed(self, message: str) -> None:
+        self.engine, self.engine_error = None, message
+        self._queued = None
+        self.candidates.loading = False
+        self.candidates.hint("no model: chats can still be opened, read and exported")
+        self._status()
+
+    # ------------------------------------------------------------------ sending
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The system prompt and the transcript as chat messages: what the next answer sees."""
+        msgs = []
+        system = self.query_one("#system", Input).value.strip()
+        if system:
+            msgs.append({"role": "system", "content": system})
+        for w in self.messages:
+            if isinstance(w, UserMessage):
+                msgs.append({"role": w.role, "content": w.content})
+            elif not w.streaming:
+                msgs.append({"role": "assistant", "content": w.content})
+        return msgs
+
+    @on(Input.Submitted, "#prompt")
+    async def _prompt_submitted(self, event: Input.Submitted) -> None:
+        await self.send(event.value)
+
+    @on(Input.Submitted, "#system")
+    def _system_submitted(self, event: Input.Submitted) -> None:
+        self._save_system()
+        self.query_one("#prompt", Input).focus()
+
+    def _save_system(self) -> None:
+        system = self.query_one("#system", Input).value.strip()
+        if self.chat_id is not None and system != self._saved_system:
+            self._save(self.store.update_chat, self.chat_id, system_prompt=system)
+        self._saved_system = system
+
+    def _can_generate(self) -> bool:
+        if self.generating:
+            self.notify("still answering: esc stops it", severity="warning")
+            return False
+        if self.engine is None:
+            self.notify(f"no model: {self.engine_error}" if self.engine_error else "the model is still loading",
+                        severity="error" if self.engine_error else "warning")
+            return False
+        return True
+
+    async def send(self, text: str) -> None:
+        """Store and show the user's message, then answer it."""
+        if not text.strip():
+            return
+        if self.engine is None and self.engine_error is None:
+            self._queued = text
+            self.query_one("#prompt", Input).value = ""
+            self.notify("the model is still loading: your message goes out as soon as it is ready")
+            return
+        if not self._can_generate():
+            return
+        if self.editing_id is not None:
+            if not await self._truncate_from(self.editing_id):
+                return
+            self._end_edit()
+            if self.chat_id is not None and not self.messages:  # the first message changed: so does the title
+                self._save(self.store.update_chat, self.chat_id, title=" ".join(text.split())[:TITLE_CHARS])
+        if self.chat_id is None:
+            self._saved_system = self.query_one("#system", Input).value.strip()
+            title = " ".join(text.split())[:TITLE_CHARS]
+            self.chat_id = self._save(self.store.create_chat, self.model_id, self.preset.name,
+                                      self._saved_system, title)
+        message_id = self._save(self.store.add_message, self.chat_id, "user", text) if self.chat_id else None
+        if message_id is None:  # nothing is answered that could not be kept; the text stays in the box
+            return
+        self.query_one("#prompt", Input).value = ""
+        await self.transcript.query("#intro").remove()
+        await self.transcript.mount(UserMessage(text, message_id))
+        await self._answer()
+
+    async def _answer(self) -> None:
+        """Start answering the transcript as it stands."""
+        self._save_system()
+        self._leave_inspect()
+        try:
+            ids = self.engine.encode(messages=self.conversation())
+        except TiankongError as e:
+            self.notify(str(e), severity="error")
+            return
+        params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
+        edited = " (edited)" if self.params != self.preset.params else ""
+        answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
+        await self.transcript.mount(answer)
+        answer.start_stream()
+        self.transcript.scroll_end(animate=False)
+        self.transcript.anchor()
+        self.generating = True
+        self._cancel = threading.Event()
+        self._status()
+        self._generate(ids, params, self.preset.name, answer, self._cancel)
+
+    class Streamed(Message):
+        """A batch of tokens from the generation worker."""
+
+        def __init__(self, answer: AssistantMessage, text: str, tokens: list[dict[str, Any]]) -> None:
+            super().__init__()
+            self.answer, self.text, self.tokens = answer, text, tokens
+
+    class Done(Message):
+        """The generation worker is finished: `finished` is None when it failed with `error`."""
+
+        def __init__(self, answer: AssistantMessage, text: str, tokens: list[dict[str, Any]],
+                     finished: Finished | None, params: SamplingParams, preset: str, error: str | None) -> None:
+            super().__init__()
+            self.answer, self.text, self.tokens, self.finished = answer, text, tokens, finished
+            self.params, self.preset, self.error = params, preset, error
+
+    @work(thread=True, exclusive=True, group="generate")
+    def _generate(self, ids: list[int], params: SamplingParams, preset: str, answer: AssistantMessage,
+                  cancel: threading.Event) -> None:
+        """Runs in a thread: stream tokens, posting them in batches (at most one post every FRAME_S).
+
+        post_message never waits for the UI, so drawing never slows the model down; the
+        MarkdownStream in the answer merges batches the UI has not caught up with yet.
+        """
+        worker = get_current_worker()
+        text: list[str] = []
+        toks: list[dict[str, Any]] = []
+        finished: Finished | None = None
+        error: str | None = None
+        last = time.monotonic()
+        try:
+            for ev in self.engine.generate([ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel):
+                if worker.is_cancelled:
+                    cancel.set()
+                if isinstance(ev, Finished):
+                    finished = ev
+                    continue
+                text.append(ev.text)
+                toks.append(token_dict(ev))
+                now = time.monotonic()
+                if now - last >= FRAME_S:
+                    self.post_message(self.Streamed(answer, "".join(text), toks))
+                    text, toks, last = [], [], now
+        except TiankongError as e:
+            error = str(e)
+        except Exception as e:  # a bug must not take the playground down: show it instead
+            error = f"{type(e).__name__}: {e}"
+        self.post_message(self.Done(answer, "".join(text), toks, finished, params, preset, error))
+
+    @on(Streamed)
+    async def _streamed(self, event: Streamed) -> None:
+        await event.answer.append(event.text, event.tokens)
+        if event.tokens:
+            n = len(event.answer.tokens)
+            self.candidates.show(event.tokens[-1], f"streaming · token {n}")
+            self._status(f"answering · {n} tokens")
+
+    @on(Done)
+    async def _done(self, event: Done) -> None:
+        answer, fin, params = event.answer, event.finished, event.params
+        await answer.append(event.text, event.tokens)
+        self.generating, self._cancel = False, None
+        if fin is None:
+            await answer.finish(answer.content, "")
+            await answer.remove()
+            self.notify(f"generation failed: {event.error}", severity="error", timeout=10)
+            self._status()
+            return
+        await answer.finish(fin.text, self._info(fin, params))
+        answer.message_id = self._save(
+            self.store.add_message, self.chat_id, "assistant", fin.text, preset=event.preset, params=params.to_dict(), seed=params.seed,
+            finish_reason=fin.finish_reason, tokens=answer.tokens)
+        answer.set_view(heatmap=self.heatmap)
+        if answer.tokens:
+            self.candidates.show(answer.tokens[-1], f"last of {len(answer.tokens)} tokens · f5 inspects all")
+        self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
+
+    def _info(self, fin: Finished, params: SamplingParams) -> str:
+        reason = {"eos": "end of text", "stop": "stop string", "length": "max tokens",
+                  "cancelled": "stopped (esc)"}.get(fin.finish_reason, fin.finish_reason)
+        info = f"{reason} · {fin.usage.completion_tokens} tokens · seed {params.seed}"
+        if self.show_timing:
+            info += f" · {fin.timing.decode_tokens_per_s:.0f} tok/s"
+        return info
+
+    # ------------------------------------------------------------------ editing the transcript
+
+    async def _truncate_from(self, message_id: int) -> bool:
+        """Remove that message and everything after it, from the store and the transcript.
+        False (and nothing removed) when the store refused."""
+        msgs = self.messages
+        index = next((i for i, w in enumerate(msgs) if w.message_id == message_id), None)
+        if index is None:
+            return True
+        if self.chat_id is not None:
+            try:
+                self.store.delete_messages_from(self.chat_id, message_id)
+            except StoreError as e:
+                self.notify(str(e), title="not changed", severity="error", timeout=15)
+                return False
+        for w in msgs[index:]:
+            if w is self.inspected:
+                self.inspected = None
+            await w.remove()
+        return True
+
+    async def action_regenerate(self) -> None:
+        if not self._can_generate():
+            return
+        msgs = self.messages
+        if not msgs:
+            self.notify("nothing to regenerate yet: send a message first")
+            return
+        last = msgs[-1]
+        if isinstance(last, AssistantMessage):
+            if last.message_id is None:
+                await last.remove()
+            elif not await self._truncate_from(last.message_id):
+                return
+        if not any(isinstance(w, UserMessage) for w in self.messages):
+            return
+        await self._answer()
+
+    def action_edit_last(self) -> None:
+        if self.generating:
+            self.notify("still answering: esc stops it first", severity="warning")
+            return
+        user = next((w for w in reversed(self.messages) if isinstance(w, UserMessage)), None)
+        if user is None or user.message_id is None:
+            self.notify("no message of yours to edit yet")
+            return
+        prompt = self.query_one("#prompt", Input)
+        prompt.value = user.content
+        prompt.cursor_position = len(user.content)
+        prompt.border_title = "editing your last message · enter resends · esc cancels"
+        prompt.add_class("-editing")
+        prompt.focus()
+        self.editing_id = user.message_id
+
+    def _end_edit(self) -> None:
+        self.editing_id = None
+        prompt = self.query_one("#prompt", Input)
+        prompt.border_title = None
+        prompt.remove_class("-editing")
+
+    # ------------------------------------------------------------------ chats
+
+    async def action_new_chat(self) -> None:
+        if self.generating:
+            self.notify("still answering: esc stops it first", severity="warning")
+            return
+        await self._clear()
+        self.notify("new chat")
+
+    async def _clear(self) -> None:
+        self._leave_inspect()
+        self._end_edit()
+        await self.transcript.remove_children()
+        await self.transcript.mount(Static(Text(INTRO), id="intro"))
+        self.chat_id = None
+        self.candidates.show(None)
+        self._status()
+
+    def action_open_chats(self) -> None:
+        if self.generating:
+            self.notify("still answering: esc stops it first", severity="warning")
+            return
+        self.app.push_screen(ChatListScreen(self.store), self._open_picked)
+
+    async def _open_picked(self, chat_id: int | None) -> None:
+        if chat_id is not None:
+            await self.open_chat(chat_id)
+        elif self.chat_id is not None and self.chat_id not in {c.id for c in self._save(self.store.list_chats) or []}:
+            await self._clear()  # the open chat was just deleted in the list
+
+    async def open_chat(self, chat_id: int) -> None:
+        chat = self._save(self.store.get_chat, chat_id)
+        if chat is None:
+            return
+        await self._clear()
+        self.chat_id = chat.id
+        self.query_one("#system", Input).value = chat.system_prompt
+        self._saved_system = chat.system_prompt
+        widgets: list[UserMessage | AssistantMessage] = []
+        for m in chat.messages:
+            if m.role == "assistant":
+                model = Path(chat.model).name or chat.model
+                title = f"{model} · {m.preset}" if m.preset else model
+                info = f"{m.finish_reason} · {len(m.tokens or [])} tokens · seed {m.seed}" if m.finish_reason else ""
+                widgets.append(AssistantMessage(m.content, m.tokens, title=title, info=info, message_id=m.id))
+            else:
+                w = UserMessage(m.content, m.id)
+                if m.role == "system":
+                    w.role, w.border_title = "system", "system"
+                widgets.append(w)
+        await self.transcript.query("#intro").remove()
+        await self.transcript.mount_all(widgets)
+        for w in widgets:
+            if isinstance(w, AssistantMessage):
+                w.set_view(heatmap=self.heatmap)
+        if chat.preset in self.presets and chat.preset != self.preset.name:
+            self._use_preset(chat.preset, quiet=True)
+        self.transcript.scroll_end(animate=False)
+        note = f"opened “{chat.title or chat.id}”"
+        if chat.model != self.model_id:
+            note += f" (written by {Path(chat.model).name}; new answers come from {self.model_name})"
+        self.notify(note)
+        self._status()
+
+    def action_export(self) -> None:
+        if self.chat_id is None:
+            self.notify("nothing to export yet: send a message first")
+            return
+        base = self.export_dir / f"tiankong-chat-{self.chat_id}"
+        try:
+            md, jsonl = base.with_suffix(".md"), base.with_suffix(".jsonl")
+            md.write_text(self.store.export_chat_markdown(self.chat_id), encoding="utf-8")
+            jsonl.write_text(self.store.export_chat_jsonl(self.chat_id), encoding="utf-8")
+        except OSError as e:
+            self.notify(f"could not export to {self.export_dir}: {e.strerror or e}", severity="error")
+            return
+        self.notify(f"exported {md} and {jsonl}", timeout=8)
+
+    def action_copy_last(self) -> None:
+        answer = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)
+        if answer is None:
+            self.notify("no answer to copy yet")
+            return
+        answer.action_copy()
+
+    # ------------------------------------------------------------------ presets
+
+    def _use_preset(self, name: str, quiet: bool = False) -> None:
+        self.preset = self.presets[name]
+        self.params = self.preset.params
+        self._status()
+        if self.chat_id is not None:
+            self._save(self.store.update_chat, self.chat_id, preset=name)
+        if not quiet:
+            self.notify(f"{self.preset.description}", title=f"preset {name}")
+
+    def _step_preset(self, step: int) -> None:
+        names = list(self.presets)
+        self._use_preset(names[(names.index(self.preset.name) + step) % len(names)])
+
+    def action_next_preset(self) -> None:
+        self._step_preset(1)
+
+    def action_prev_preset(self) -> None:
+        self._step_preset(-1)
+
+    def action_use_preset(self, name: str) -> None:
+        self._use_preset(name)
+
+    def action_edit_preset(self) -> None:
+        def edited(params: SamplingParams | None) -> None:
+            if params is not None and params != self.params:
+                self.params = params
+                self._status()
+                self.notify(f"the next answer uses {params_summary(params)}", title=f"preset {self.preset.name} edited")
+
+        self.app.push_screen(PresetEditor(self.preset, self.params), edited)
+
+    # ------------------------------------------------------------------ token views
+
+    def action_toggle_candidates(self) -> None:
+        self.candidates.display = not self.candidates.display
+
+    def action_heatmap(self) -> None:
+        self.heatmap = not self.heatmap
+        for w in self.messages:
+            if isinstance(w, AssistantMessage):
+                w.set_view(heatmap=self.heatmap)
+        self.query_one("#heat-legend").display = self.heatmap
+
+    def action_inspect(self) -> None:
+        if self.inspected is not None:
+            self._leave_inspect()
+            return
+        answers = [w for w in self.messages if isinstance(w, AssistantMessage) and w.tokens and not w.streaming]
+        if not answers:
+            self.notify("no finished answer to inspect yet")
+            return
+        target = self.focused if self.focused in answers else answers[-1]
+        target.cursor = min(target.cursor, len(target.tokens) - 1)
+        target.focus()
+        target.set_view(inspecting=True)
+
+    def on_assistant_message_token_selected(self, event: AssistantMessage.TokenSelected) -> None:
+        if self.inspected is not None and self.inspected is not event.answer:
+            self.inspected.set_view(inspecting=False)
+        self.inspected = event.answer
+        n = len(event.answer.tokens)
+        self.candidates.display = True
+        self.candidates.show(event.answer.tokens[event.index], f"token {event.index + 1} of {n} · ← → move · esc back")
+        self._status("inspecting: ← → (or [ ]) move, home/end, esc returns")
+
+    def _leave_inspect(self) -> None:
+        if self.inspected is not None:
+            answer, self.inspected = self.inspected, None
+            answer.set_view(inspecting=False)
+            if answer.tokens and self.candidates.token is answer.tokens[answer.cursor]:
+                self.candidates.show(self.candidates.token,
+                                     f"token {answer.cursor + 1} of {len(answer.tokens)} · f5 inspects")
+            self.query_one("#prompt", Input).focus()
+            self._status()
+
+    # ------------------------------------------------------------------ other screens
+
+    def action_tokens(self) -> None:
+        if self.engine is None:
+            self.notify("the tokens view needs a loaded model", severity="warning")
+            return
+        msgs = self.conversation()
+        pending = self.query_one("#prompt", Input).value
+        if pending.strip():
+            msgs.append({"role": "user", "content": pending})
+        self.app.push_screen(TokensScreen(self.engine, msgs))
+
+    def action_compare(self) -> None:
+        user = next((w for w in reversed(self.messages) if isinstance(w, UserMessage) and w.role == "user"), None)
+        if user is None:
+            self.notify("send a message first: compare runs your last prompt under two presets")
+            return
+        names = list(self.presets)
+        other = names[(names.index(self.preset.name) + 1) % len(names)]
+        msgs = self.conversation()
+        # The conversation up to and including that prompt.
+        cut = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == user.content)
+        self.app.open_compare([self.preset.name, other], conversation=msgs[:cut + 1])
+
+    def action_escape(self) -> None:
+        if self.generating and self._cancel is not None:
+            self._cancel.set()
+            self._status("stopping…")
+        elif self.inspected is not None:
+            self._leave_inspect()
+        elif self.editing_id is not None:
+            self._end_edit()
+            self.query_one("#prompt", Input).value = ""
+        else:
+            self.query_one("#prompt", Input).focus()
+
+    def on_resize(self) -> None:
+        # Narrow terminals (80 columns) give the transcript more room.
+        self.candidates.styles.width = 34 if self.size.width < 96 else 42
+
+    def on_unmount(self) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def help_sections(self) -> list[Section]:
+        """Every key of this screen, of answers (inspect mode) and of the app, for the help screen."""
+        def keys(b: Binding) -> str:  # every key of a multi-key binding ("left,[" -> "← / [")
+            return " / ".join(self.app.get_key_display(dataclasses.replace(b, key=k)) for k in b.key.split(","))
+
+        def rows(bindings: list[Binding]) -> list[tuple[str, str]]:
+            return [(keys(b), b.tooltip or b.description) for b in bindings]
+
+        chat = [("enter", "send the message (in the system prompt: save it)")] + rows(self.BINDINGS)
+        return [
+            ("chat", chat),
+            ("an answer (inspect mode, or a focused message)",
+             rows(AssistantMessage.BINDINGS) + [("tab / shift+tab", "move focus between the inputs and messages")]),
+            ("everywhere", rows([b for b in self.app.BINDINGS if b.key not in {c.key for c in self.BINDINGS}])
+             + [("ctrl+p", "command palette: every action by name"), ("ctrl+q", "quit")]),
+        ]

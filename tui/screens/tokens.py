@@ -1,0 +1,99 @@
+"""The tokens view: how the current prompt splits into tokens, and what the model is made of.
+
+"The current prompt" is exactly what the next answer would be conditioned on: the system
+prompt, the chat so far and the text in the input box, through the chat template when the model
+has one (plain text joined by blank lines otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tiankong.engine.errors import TiankongError
+from tiankong.tui.widgets.candidates import show_token
+
+_PARITY = ("on #253048", "on #3a2a48")  # alternating backgrounds: each token is one coloured run
+
+
+def prompt_pieces(eng: Any, ids: list[int]) -> Text:
+    """The prompt drawn token by token (specials in magenta brackets)."""
+    out = Text()
+    for n, i in enumerate(ids):
+        if i in eng.tokenizer.special_ids:
+            out.append(f"[{eng.tokenizer.id_to_piece(i)}]", style="bold magenta")
+            continue
+        text = eng.token_text(i)
+        out.append(text.replace("\n", "↵\n") or "∅", style=_PARITY[n % 2])
+    return out
+
+
+def info_table(info: dict[str, Any]) -> Table:
+    table = Table(show_header=False, show_edge=False, box=None, padding=(0, 1))
+    table.add_column("fact", style="dim", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in info.items():
+        if key == "folder":
+            continue  # long; the status bar names the model
+        if key == "parameters":
+            value = f"{value:,} ({value / 1e6:.2f} M)"
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        table.add_row(key.replace("_", " "), str(value))
+    return table
+
+
+class TokensScreen(Screen[None]):
+    CSS_PATH = "tokens.tcss"
+    BINDINGS = [Binding("escape,ctrl+t", "app.pop_screen", "back to chat")]
+
+    def __init__(self, eng: Any, messages: list[dict[str, str]]) -> None:
+        super().__init__()
+        self.eng, self.messages = eng, messages
+
+    def compose(self) -> ComposeResult:
+        try:
+            ids = self.eng.encode(messages=self.messages) if self.messages else self.eng.encode(prompt="")
+            error = ""
+        except TiankongError as e:
+            ids, error = [], str(e)
+        self.ids = ids
+        template = "chat template" if self.eng.template is not None else "plain text (no chat template)"
+        head = Text.assemble((f" {len(ids)} tokens ", "bold reverse"), f"  the next answer's prompt, as {template}")
+        if error:
+            head = Text(error, style="bold red")
+        yield Static(head, id="tokens-head")
+        with Horizontal():
+            with Vertical(id="tokens-left"):
+                with VerticalScroll(id="tokens-inline"):
+                    yield Static(prompt_pieces(self.eng, ids))
+                yield DataTable(id="tokens-table", cursor_type="row", zebra_stripes=True)
+            info = VerticalScroll(Static(info_table(self.eng.info())), id="tokens-info")
+            info.border_title = "model"
+            yield info
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column("#", key="n")
+        table.add_column("id", key="id")
+        table.add_column("piece", key="piece")
+        table.add_column("text", key="text")
+        specials = self.eng.tokenizer.special_ids
+        for n, i in enumerate(self.ids):
+            piece = self.eng.tokenizer.id_to_piece(i)
+            special = i in specials
+            table.add_row(Text(str(n), justify="right"), Text(str(i), justify="right"),
+                          Text(piece, style="bold magenta" if special else ""),
+                          Text("special" if special else show_token(self.eng.token_text(i)),
+                               style="dim" if special else ""))
+        table.focus()

@@ -1,0 +1,170 @@
+"""The candidates panel: the tokens the model weighed for one position, and what the preset did.
+
+Each row is one candidate with two bars: its probability under the model's own distribution
+(exp(logprob), temperature 1, nothing filtered) and under the preset's final sampling
+distribution (p_sample). A candidate the preset filtered out (p_sample == 0) is marked ✗; the
+token that was actually chosen is marked ▶ (and appended below when it came from outside the
+top-K, which sampling allows).
+
+Tokens are plain dicts, the same shape the store keeps:
+{"id", "text", "logprob", "p_sample", "entropy", "top": [{"id", "text", "logprob", "p_sample"}]}.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.cells import cell_len, set_cell_size
+from rich.text import Text
+from textual.widget import Widget
+
+MODEL_STYLE = "dodger_blue1"
+SAMPLE_STYLE = "spring_green2"
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def token_dict(ev: Any) -> dict[str, Any]:
+    """A TokenEvent as the plain dict the store keeps (cheap: called once per token in the worker)."""
+    return {"id": ev.id, "text": ev.text, "logprob": ev.logprob, "p_sample": ev.p_sample, "entropy": ev.entropy,
+            "top": [{"id": c.id, "text": c.text, "logprob": c.logprob, "p_sample": c.p_sample}
+                    for c in ev.candidates]}
+
+
+def show_token(text: str) -> str:
+    """A token's text made visible: spaces as ␣, newlines as ↵, tabs as →, nothing as ∅."""
+    if text == "":
+        return "∅"
+    out = []
+    for ch in text:
+        if ch == " ":
+            out.append("␣")
+        elif ch == "\n":
+            out.append("↵")
+        elif ch == "\t":
+            out.append("→")
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def bar(p: float, width: int) -> str:
+    """A horizontal bar of `width` cells filled to p (eighth-cell resolution; any p > 0 shows)."""
+    p = min(max(p, 0.0), 1.0)
+    eighths = round(p * width * 8)
+    if p > 0 and eighths == 0:
+        eighths = 1
+    full, rem = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[rem] if rem else "")).ljust(width)[:width]
+
+
+def pct(p: float) -> str:
+    """Four cells: '100%', ' 41%', ' <1%', '  0%'."""
+    if p <= 0:
+        return "  0%"
+    if p < 0.005:
+        return " <1%"
+    return f"{p * 100:3.0f}%"
+
+
+def candidate_rows(token: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
+    """(candidate, is_chosen) rows: the top-K, plus the chosen token when it is not among them."""
+    rows = [(c, c["id"] == token["id"]) for c in token.get("top") or []]
+    if not any(chosen for _, chosen in rows):
+        rows.append(({"id": token["id"], "text": token["text"], "logprob": token["logprob"],
+                      "p_sample": token["p_sample"]}, True))
+    return rows
+
+
+def chosen_text(token: dict[str, Any]) -> str:
+    """What to show for the chosen token: its text, or its readable name when it adds no text (EOS)."""
+    if token["text"]:
+        return token["text"]
+    for c in token.get("top") or []:
+        if c["id"] == token["id"]:
+            return c["text"] or ""
+    return ""
+
+
+class CandidatesPanel(Widget):
+    """Shows one token's candidates; `show(token, label)` changes it."""
+
+    DEFAULT_CSS = """
+    CandidatesPanel { width: 42; height: 1fr; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._token: dict[str, Any] | None = None
+        self._label = ""
+        self._hint = "send a message: each token's candidates show here as it streams"
+
+    def show(self, token: dict[str, Any] | None, label: str = "") -> None:
+        self._token, self._label = token, label
+        self.refresh()
+
+    def hint(self, text: str) -> None:
+        """Shown while there is no token (e.g. before the first answer)."""
+        self._hint = text
+        if self._token is None:
+            self.refresh()
+
+    @property
+    def token(self) -> dict[str, Any] | None:
+        return self._token
+
+    def render(self) -> Text:
+        width = max(self.content_size.width, 24)
+        tok = self._token
+        if tok is None:
+            return Text(self._hint, style="dim")
+        out = Text(no_wrap=True, overflow="ellipsis")
+        if self._label:
+            out.append(self._label + "\n", style="bold")
+        p_model = math.exp(tok["logprob"])
+        out.append("chosen ", style="dim")
+        out.append(show_token(chosen_text(tok)), style="bold reverse")
+        out.append(f"  id {tok['id']}\n", style="dim")
+        out.append("model ", style="dim")
+        out.append(f"{p_model * 100:.1f}%", style=MODEL_STYLE)
+        out.append("  sample ", style="dim")
+        out.append(f"{tok['p_sample'] * 100:.1f}%\n", style=SAMPLE_STYLE)
+        ent = tok.get("entropy")
+        if ent is not None:
+            out.append("entropy ", style="dim")
+            out.append(f"{ent:.2f} nats", style="bold")
+            choices = f" ≈ {math.exp(ent):.1f} choices"
+            out.append((choices if len(f"entropy {ent:.2f} nats{choices}") <= width else "") + "\n", style="dim")
+        # Columns: marker(2) token(tw), then twice: ' ' bar(bw) ' ' pct(4)
+        bw = 6 if width >= 34 else 4 if width >= 28 else 3
+        tw = max(4, width - 2 - 2 * (bw + 6))
+        out.append("\n")
+        out.append(set_cell_size("  token", 2 + tw), style="dim")
+        out.append(set_cell_size(" model", bw + 6), style=f"dim {MODEL_STYLE}")
+        out.append(set_cell_size(" sample", bw + 6) + "\n", style=f"dim {SAMPLE_STYLE}")
+        rows = candidate_rows(tok)
+        top_ids = {c["id"] for c in tok.get("top") or []}
+        for c, chosen in rows:
+            if chosen and c["id"] not in top_ids:
+                out.append("  … sampled from outside the top list\n", style="dim")
+            cut = c["p_sample"] <= 0
+            marker = "▶ " if chosen else ("✗ " if cut else "  ")
+            out.append(marker, style="bold yellow" if chosen else "red" if cut else "")
+            name = show_token(c["text"])
+            if cell_len(name) > tw:
+                name = set_cell_size(name, tw - 1) + "…"
+            out.append(set_cell_size(name, tw), style="bold" if chosen else "dim" if cut else "")
+            p = math.exp(c["logprob"])
+            out.append(" " + bar(p, bw), style=MODEL_STYLE)
+            out.append(" " + pct(p), style="bold" if chosen else "")
+            out.append(" ")
+            if cut:
+                out.append(" " * bw + "  cut", style="dim red")
+            else:
+                out.append(bar(c["p_sample"], bw), style=SAMPLE_STYLE)
+                out.append(" " + pct(c["p_sample"]), style="bold" if chosen else "")
+            out.append("\n")
+        out.rstrip()
+        return out
