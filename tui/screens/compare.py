@@ -126,25 +126,34 @@ def fill_seeds(entrants: list[Entrant], fresh: bool) -> list[SamplingParams]:
 class AnswerColumn(Vertical):
     """One answer: a label line, the streaming text (scrollable), a status line."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Children exist from construction, so the screen may fill them before they are mounted
+        # (querying for them in the screen's on_mount raced their mounting under load).
+        self._title = Static(classes="answer-title")
+        self._scroll = VerticalScroll(classes="answer-scroll")
+        self._body = Static(classes="answer-body")
+        self._foot = Static(classes="answer-foot")
+
     def compose(self) -> ComposeResult:
-        yield Static(classes="answer-title")
-        with VerticalScroll(classes="answer-scroll"):
-            yield Static(classes="answer-body")
-        yield Static(classes="answer-foot")
+        yield self._title
+        with self._scroll:
+            yield self._body
+        yield self._foot
 
     def set_title(self, title: str) -> None:
-        self.query_one(".answer-title", Static).update(Text(title))
+        self._title.update(Text(title))
 
     def set_text(self, text: str) -> None:
-        scroll = self.query_one(".answer-scroll", VerticalScroll)
+        scroll = self._scroll
         following = scroll.scroll_y >= scroll.max_scroll_y  # at the end: keep up with the stream
         # Text, never markup: model output may contain "[" and friends.
-        self.query_one(".answer-body", Static).update(Text(text))
-        if following:
+        self._body.update(Text(text))
+        if following and scroll.is_mounted:
             scroll.call_after_refresh(scroll.scroll_end, animate=False)
 
     def set_foot(self, foot: str) -> None:
-        self.query_one(".answer-foot", Static).update(Text(foot))
+        self._foot.update(Text(foot))
 
 
 class CompareScreen(Screen):
