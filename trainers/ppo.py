@@ -1,0 +1,487 @@
+"""PPO against a reward model, with a per-token KL penalty to the starting policy.
+
+    tiankong train ppo --model runs/sft --reward runs/rm --prompts prompts.txt --output runs/ppo
+
+Four models: the policy (trained, from --model), a frozen reference copy of it, a value model
+(trained; starts as the reward model, base + head, with the head's normalisation folded in) and the
+frozen reward model. One step of the shared loop is one PPO iteration, following TRL's PPO trainer
+and "The N Implementation Details of RLHF with PPO":
+
+1. Rollouts: --batch-size prompts (over all processes) answered by the engine's KV-cached, batched
+   generation around the live policy, sampling at --temperature with no other filter, up to
+   --response-length tokens; each row gets a seed derived from (--seed, step, row), so a resumed
+   run draws the same answers.
+2. One forward pass each of policy and reference over prompt + answer gives the log-probs of the
+   sampled tokens at the sampling temperature (logits / T); the value model gives V(s_t) for the
+   state before each answer token; the reward model scores the whole sequence at its last token.
+   Its training answers all end with EOS, so an answer cut off by --response-length is scored with
+   an EOS appended (for the reward model only) and loses --missing-eos-penalty instead.
+3. Rewards per answer token: r_t = -kl_coef * (log pi(a_t) - log pi_ref(a_t)), plus the score at
+   the last real token (optionally whitened, --whiten-rewards). GAE (gamma 1, lambda 0.95 by
+   default) gives advantages, whitened over the batch, and returns = advantages + values.
+4. --ppo-epochs passes over the rollouts in --num-mini-batches shuffled minibatches, one optimiser
+   step each, minimising  clipped policy loss + vf_coef * clipped value loss  (token means).
+   Our models have no dropout, so log-probs in training equal those of the rollout before the
+   first update (ratio 1), as the implementation-details paper requires.
+
+Prompts (--prompts): text lines, or JSONL lines with "prompt" (text) or "messages"; a malformed line
+stops the run with its number, a prompt too long for context - response_length is skipped and
+reported. They are cycled through in shuffled order, --batch-size per iteration.
+
+--kl-target > 0 turns on the adaptive KL controller of Ziegler et al. (2019); its coefficient is
+part of the trainer state, so --resume continues with it. Output: the policy as a Hugging Face
+folder (`tiankong generate -m OUTPUT` and transformers load it) and the value model in OUTPUT/value
+(a reward-model folder: base + value head).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.events import Finished
+from tiankong.engine.generate import generate
+from tiankong.engine.model import load_model, save_pretrained
+from tiankong.engine.sampling import SamplingParams
+
+from .common import Trainer, TrainConfig, lr_at, opt
+from .preferences import Encoder, _messages, pad_right
+from .reward import RewardModel
+
+Reduce = Callable[[dict[str, float]], dict[str, float]]
+
+
+# ---------------------------------------------------------------- the algorithm, as pure functions
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  reduce: Reduce | None = None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (unbiased variance, as TRL); shift_mean=False keeps
+    the mean. `reduce` sums statistics over processes, so N ranks whiten like one."""
+    reduce = reduce or (lambda d: d)
+    s = reduce({"sum": float((x * mask).sum()), "n": float(mask.sum())})
+    n = max(s["n"], 1.0)
+    mean = s["sum"] / n
+    var = reduce({"sq": float((((x - mean) * mask) ** 2).sum())})["sq"] / n
+    if n > 1:
+        var *= n / (n - 1)
+    out = (x - mean) * torch.rsqrt(torch.tensor(var + 1e-8, dtype=x.dtype, device=x.device))
+    return out if shift_mean else out + mean
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over answer tokens: (B, R) -> advantages, returns.
+
+    delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1}, V and A past the end 0.
+    Padding (mask 0) after an answer's last token contributes nothing."""
+    rewards, values = rewards * mask, values * mask
+    R = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(R)):
+        next_v = values[:, t + 1] if t + 1 < R else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = delta + gamma * lam * last
+        adv[:, t] = last
+    adv = adv * mask
+    return adv, adv + values
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi/pi_old; also whether
+    the clipped term was the one taken, and the ratio."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).float(), ratio
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token 0.5 max((V - G)^2, (V_clip - G)^2), V_clip = V_old + clip(V - V_old, -eps, eps)."""
+    step = values - old_values
+    v_clip = old_values + torch.clamp(step, -cliprange_value, cliprange_value)
+    a, b = (values - returns) ** 2, (v_clip - returns) ** 2
+    # "clipped" = the clip was active and its loss was the larger (v_clip != v by rounding alone must not count)
+    return 0.5 * torch.maximum(a, b), ((step.abs() > cliprange_value) & (b > a)).float()
+
+
+def token_logprobs(logits: torch.Tensor, at: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                   entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, R) of `tokens` under softmax(logits / T) read at positions `at` (B, R), and the
+    entropy of that distribution (when asked). logits: (B, L, V)."""
+    V = logits.shape[-1]
+    lg = logits.gather(1, at[..., None].expand(-1, -1, V)).float() / temperature  # (B, R, V)
+    logp = torch.log_softmax(lg, dim=-1)
+    ent = -(logp.exp() * logp).sum(-1) if entropy else None
+    return logp.gather(-1, tokens[..., None]).squeeze(-1), ent
+
+
+# ---------------------------------------------------------------- modules and data
+
+
+class PolicyAndValue(nn.Module):
+    """The two trained models as one module, so one optimiser and one DDP wrapper cover both."""
+
+    def __init__(self, policy: nn.Module, value: RewardModel) -> None:
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy(tokens, positions), self.value(tokens, positions)  # (B, L, V), (B, L)
+
+
+@dataclass
+class Rollout:
+    tokens: torch.Tensor  # (B, L) prompt + answer, right-padded
+    at: torch.Tensor  # (B, R) position whose logits predict answer token t (= prompt_len + t - 1)
+    answer: torch.Tensor  # (B, R) answer tokens
+    mask: torch.Tensor  # (B, R) 1.0 on real answer tokens
+    lengths: torch.Tensor  # (B,) prompt + answer lengths
+    logprobs: torch.Tensor  # (B, R) under the policy that sampled them (at temperature)
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def read_prompts(path: str | Path) -> list[tuple[int, str | list[dict]]]:
+    """(line, prompt) from text lines or JSONL lines with "prompt" (text) or "messages"."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompts file {path} does not exist; give text lines or JSONL with \"prompt\"/\"messages\"")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            out.append((n, line))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix the line or make it plain text") from None
+        try:
+            if isinstance(obj.get("messages"), list):
+                out.append((n, _messages(obj["messages"], "messages")))
+            elif isinstance(obj.get("prompt"), list):
+                out.append((n, _messages(obj["prompt"], "prompt")))
+            elif isinstance(obj.get("prompt"), str):
+                out.append((n, obj["prompt"]))
+            else:
+                raise InputError("a JSON line needs a text \"prompt\" or a \"messages\" list")
+        except InputError as e:
+            raise InputError(f"{path} line {n}: {e}") from None
+    if not out:
+        raise InputError(f"{path} has no prompts; put one prompt (or JSON object) per line")
+    return out
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    output: str = opt("runs/ppo", "Output folder: the policy as a Hugging Face folder, the value model in value/.")
+    model: str = opt("", "Starting policy (usually the SFT model); also the frozen reference.")
+    reward: str = opt("", "Reward model folder (from `tiankong train reward`); the value model starts from it.")
+    prompts: str = opt("", "Prompts: text lines, or JSONL with \"prompt\" or \"messages\" (default: --data).")
+    data: str = opt("", "Same as --prompts.")
+    steps: int = opt(100, "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it).")
+    batch_size: int = opt(16, "Rollouts per iteration, over all processes (prompts are cycled through).")
+    micro_batch_size: int = opt(0, "Rollouts per forward pass (generation and updates); 0 = all at once.")
+    lr: float = opt(3e-6, "Peak learning rate (policy and value model).")
+    # --- rollouts
+    response_length: int = opt(64, "Answer length limit in tokens.")
+    temperature: float = opt(0.7, "Sampling temperature of the rollouts (log-probs use the same).")
+    raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
+    # --- reward
+    kl_coef: float = opt(0.05, "KL penalty per token: reward -= kl_coef * (log pi - log pi_ref).")
+    kl_target: float = opt(0.0, "Adapt kl_coef towards this KL per answer (nats); 0 = fixed kl_coef.")
+    kl_horizon: int = opt(10000, "Adaptive KL controller horizon (in rollouts).")
+    missing_eos_penalty: float = opt(0.0, "Subtracted from the score of answers that did not end with EOS.")
+    whiten_rewards: bool = opt(False, "Whiten the per-token rewards over the batch (keeping their mean).")
+    # --- PPO
+    ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
+    num_mini_batches: int = opt(1, "Minibatches (optimiser steps) per pass.")
+    cliprange: float = opt(0.2, "Policy ratio clip epsilon.")
+    cliprange_value: float = opt(0.2, "Value clip around the rollout's values.")
+    vf_coef: float = opt(0.1, "Weight of the value loss.")
+    gamma: float = opt(1.0, "Discount factor.")
+    lam: float = opt(0.95, "GAE lambda.")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise InputError("no starting policy: pass --model DIR (a Hugging Face model folder)")
+        if not self.reward:
+            raise InputError("no reward model: pass --reward DIR (the output of `tiankong train reward`)")
+        if not (self.prompts or self.data):
+            raise InputError("no prompts: pass --prompts FILE (text lines or JSONL with \"prompt\"/\"messages\")")
+        if not 0 < self.temperature <= 2:
+            raise InputError(f"temperature must be in (0, 2] for PPO (log-probs are taken at it), got {self.temperature}")
+        for name in ("response_length", "ppo_epochs", "num_mini_batches", "kl_horizon"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_mini_batches > self.batch_size:
+            raise InputError(f"num_mini_batches ({self.num_mini_batches}) cannot exceed batch_size ({self.batch_size})")
+        for name in ("kl_coef", "kl_target", "missing_eos_penalty", "vf_coef"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("cliprange", "cliprange_value"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+class PPOTrainer(Trainer):
+    name = "ppo"
+    cfg: PPOConfig
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.batch_size < self.dist.world:
+            raise InputError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world} processes; raise it")
+        resume = self.resume_model_path()
+        policy, self.mcfg = load_model(resume or cfg.model, self.device, cfg.dtype)
+        policy.requires_grad_(True)
+        self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen
+        self.reward_model = RewardModel.load(cfg.reward, self.device, cfg.dtype).requires_grad_(False)
+        if self.reward_model.cfg.vocab_size != self.mcfg.vocab_size:
+            raise InputError(f"the reward model's vocabulary ({self.reward_model.cfg.vocab_size}) differs from the "
+                             f"policy's ({self.mcfg.vocab_size}); train the reward model on the policy's base")
+        if resume is not None:
+            value = RewardModel.load(resume / "value", self.device, cfg.dtype)
+        else:
+            value = self.value_from_reward(RewardModel.load(cfg.reward, self.device, cfg.dtype))
+        value.requires_grad_(True)
+        if not value.cfg.tie_embeddings:
+            value.base.output.requires_grad_(False)  # its LM head is not used
+        self.model = PolicyAndValue(policy, value)
+        self.encoder = Encoder.from_folder(cfg.model, raw=cfg.raw)
+        probe = "Once upon a time, 1 2 3."
+        if self.reward_model.encoder.tokenizer.encode(probe) != self.encoder.tokenizer.encode(probe):
+            raise InputError("the reward model's tokenizer differs from the policy's; train the reward model "
+                             "on the policy's base model")
+        self.load_prompts()
+        self.kl_coef = cfg.kl_coef
+
+    @staticmethod
+    def value_from_reward(rm: RewardModel) -> RewardModel:
+        """The value model starts as the reward model; its head gets the normalisation folded in
+        (w' = scale w, b' = bias), so its first predictions are on the scale of the scores."""
+        value = RewardModel(rm.base, rm.cfg, bias=True, encoder=rm.encoder, meta={"role": "PPO value model"})
+        with torch.no_grad():
+            value.head.weight.copy_(rm.head.weight * rm.normalization["scale"])
+            value.head.bias.fill_(rm.normalization["bias"] + (float(rm.head.bias) if rm.head.bias is not None else 0.0)
+                                  * rm.normalization["scale"])
+        return value
+
+    def load_prompts(self) -> None:
+        cfg = self.cfg
+        path = cfg.prompts or cfg.data
+        limit = self.mcfg.max_seq_len - cfg.response_length
+        self.prompts: list[list[int]] = []
+        too_long = []
+        for n, prompt in read_prompts(path):
+            try:
+                ids = self.encoder.prompt(prompt)
+            except TiankongError as e:
+                raise InputError(f"{path} line {n}: {e}") from None
+            if len(ids) > limit:
+                too_long.append(n)
+            else:
+                self.prompts.append(ids)
+        if too_long and self.dist.is_main:
+            print(f"{path}: skipped {len(too_long)} prompt(s) longer than context - response_length = {limit} "
+                  f"tokens (lines {', '.join(map(str, too_long[:5]))}{' ...' if len(too_long) > 5 else ''})",
+                  file=sys.stderr)
+        if not self.prompts:
+            raise InputError(f"{path}: every prompt is longer than {limit} tokens; "
+                             "shorten them or lower --response-length")
+
+    def n_items(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def policy(self) -> nn.Module:
+        return self.model.policy
+
+    @property
+    def value(self) -> RewardModel:
+        return self.model.value
+
+    def _reduce(self, d: dict[str, float]) -> dict[str, float]:
+        return self.dist.all_reduce_sum(d)
+
+    # ---- 1-3: rollouts, rewards, advantages
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[int]], seeds: list[int]) -> tuple[Rollout, dict[str, float]]:
+        cfg, dev = self.cfg, self.device
+        tok = self.encoder.tokenizer
+        params = [SamplingParams(temperature=cfg.temperature, top_k=0, top_p=1.0, min_p=0.0,
+                                 max_new_tokens=cfg.response_length, seed=s) for s in seeds]
+        answers: list[tuple[int, ...]] = [()] * len(prompts)
+        chunk = cfg.micro_batch_size or len(prompts)
+        self.policy.eval()
+        for i in range(0, len(prompts), chunk):
+            for ev in generate(self.policy, self.mcfg, tok, prompts[i:i + chunk], params[i:i + chunk]):
+                if isinstance(ev, Finished):
+                    answers[i + ev.row] = ev.token_ids
+        self.policy.train()
+
+        seqs = [p + list(a) for p, a in zip(prompts, answers)]
+        tokens, positions, lengths = pad_right(seqs, dev, pad_id=self.encoder.eos_id)
+        B, L = tokens.shape
+        q_len = torch.tensor([len(p) for p in prompts], device=dev)
+        r_len = torch.tensor([len(a) for a in answers], device=dev)
+        t = torch.arange(int(r_len.max()), device=dev)[None]  # (1, R)
+        mask = (t < r_len[:, None]).float()  # (B, R)
+        at = (q_len[:, None] + t - 1).clamp(max=L - 2)  # logits at `at` predict the token at `at + 1`
+        answer = tokens.gather(1, at + 1)
+
+        # The reward model was trained on answers that end with EOS (see preferences.py), so it reads
+        # every answer that way: one cut off by --response-length gets an EOS for scoring only (the
+        # policy is charged for it through --missing-eos-penalty, not through an unfamiliar input).
+        has_eos = [any(x in tok.eos_ids for x in a) for a in answers]
+        eos, ctx = self.encoder.eos_id, self.mcfg.max_seq_len
+        scored = [q if e else q + [eos] if len(q) < ctx else q[:-1] + [eos] for q, e in zip(seqs, has_eos)]
+        rm_tokens, rm_positions, rm_lengths = pad_right(scored, dev, pad_id=self.encoder.eos_id)
+
+        logprobs, ref_logprobs, entropy, values, raw = [], [], [], [], []
+        for i in range(0, B, chunk):
+            s = slice(i, i + chunk)
+            lp, ent = token_logprobs(self.policy(tokens[s], positions[s]), at[s], answer[s], cfg.temperature)
+            ref_lp, _ = token_logprobs(self.ref(tokens[s], positions[s]), at[s], answer[s], cfg.temperature,
+                                       entropy=False)
+            logprobs.append(lp), entropy.append(ent), ref_logprobs.append(ref_lp)
+            values.append(self.value(tokens[s], positions[s]).gather(1, at[s]))
+            rewards_s = self.reward_model(rm_tokens[s], rm_positions[s])  # (b, L'), raw
+            raw.append(rewards_s.gather(1, (rm_lengths[s] - 1)[:, None]).squeeze(1))
+        logprobs, ref_logprobs = torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask
+        entropy, values = torch.cat(entropy), torch.cat(values) * mask
+        scores = self.reward_model.normalize(torch.cat(raw))  # (B,)
+        has_eos = torch.tensor(has_eos, device=dev)
+        scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
+
+        kl = logprobs - ref_logprobs  # (B, R), 0 on padding
+        rewards = -self.kl_coef * kl
+        rewards[torch.arange(B, device=dev), r_len - 1] += scores  # the score lands on the last real token
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._reduce) * mask
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask, reduce=self._reduce) * mask
+        stats = {"reward": float(scores.sum()), "kl": float(kl.sum()),
+                 "non_score_reward": float((-self.kl_coef * kl).sum()), "entropy": float((entropy * mask).sum()),
+                 "response_length": float(r_len.sum()), "eos_rate": float(has_eos.float().sum()),
+                 "value_mean": float(values.sum()), "rollouts": float(B), "tokens": float(mask.sum())}
+        return Rollout(tokens, at, answer, mask, lengths, logprobs, ref_logprobs, values, advantages, returns), stats
+
+    def rollout_seeds(self, n: int) -> list[int]:
+        """A seed per row of this step's global batch: the same on every rank and on resume."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        return torch.randint(0, 2**31 - 1, (n,), generator=g).tolist()
+
+    # ---- 4: the PPO loss on a few rows of the current rollout
+    def loss(self, rows: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed (over answer tokens) clipped policy loss + vf_coef * clipped value loss."""
+        cfg, ro = self.cfg, self._ro
+        idx = torch.as_tensor(list(rows), device=self.device)
+        L = int(ro.lengths[idx].max())
+        logits, values = self.ddp_model(ro.tokens[idx, :L], torch.arange(L, device=self.device).expand(len(idx), L))
+        at, mask = ro.at[idx].clamp(max=L - 1), ro.mask[idx]  # padding entries may point past this chunk
+        logp, _ = token_logprobs(logits, at, ro.answer[idx], cfg.temperature, entropy=False)
+        v = values.gather(1, at)
+        pg, pg_clipped, ratio = policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], cfg.cliprange)
+        vf, vf_clipped = value_loss(v, ro.values[idx], ro.returns[idx], cfg.cliprange_value)
+        loss = ((pg + cfg.vf_coef * vf) * mask).sum()
+        d = (logp - ro.logprobs[idx]).detach()
+
+        def total(x: torch.Tensor) -> float:
+            return float((x.detach() * mask).sum())
+
+        return loss, {"policy_loss": total(pg), "value_loss": total(vf), "clipfrac": total(pg_clipped),
+                      "value_clipfrac": total(vf_clipped), "approx_kl": total(0.5 * d ** 2), "ratio": total(ratio)}
+
+    def train_step(self, batch: list[int]) -> dict[str, float]:
+        cfg, dist = self.cfg, self.dist
+        seeds = self.rollout_seeds(len(batch))
+        mine = list(range(dist.rank, len(batch), dist.world))
+        self._ro, stats = self.rollout([self.prompts[batch[j]] for j in mine], [seeds[j] for j in mine])
+        stats = dist.all_reduce_sum(stats)
+        n_rows, n_tokens = stats.pop("rollouts"), stats.pop("tokens")
+        row = {k: v / (n_tokens if k in ("entropy", "value_mean") else n_rows) for k, v in stats.items()}
+        row["rlhf_reward"] = row["reward"] + row["non_score_reward"]
+
+        sums: dict[str, float] = {}
+        seen = 0.0
+        grad_norm = 0.0
+        self.model.train()
+        for epoch in range(cfg.ppo_epochs):
+            # Shuffle the *global* batch the same way on every rank, then each rank takes its own rows of
+            # each minibatch: N processes make exactly the minibatches one process would.
+            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + self.step) * 1009 + epoch)
+            order = torch.randperm(len(batch), generator=g)
+            for global_mb in order.tensor_split(cfg.num_mini_batches):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr_at(self.step, cfg)
+                mb = [j // dist.world for j in global_mb.tolist() if j % dist.world == dist.rank]
+                n_tok = dist.all_reduce_sum({"n": float(self._ro.mask[mb].sum()) if mb else 0.0})["n"]
+                micro = cfg.micro_batch_size or max(1, len(mb))
+                chunks = [mb[i:i + micro] for i in range(0, len(mb), micro)] or [[]]
+                for k, chunk in enumerate(chunks):
+                    with dist.no_sync(self.ddp_model, last=k == len(chunks) - 1):
+                        if chunk:
+                            loss_sum, m = self.loss(chunk)
+                        else:  # none of this minibatch's rows live here: join DDP's all-reduce with weight 0
+                            loss_sum, m = self.loss([0])[0] * 0.0, {}
+                        (loss_sum * dist.world / max(n_tok, 1.0)).backward()
+                    for key, v in m.items():
+                        sums[key] = sums.get(key, 0.0) + v
+                seen += n_tok
+                if cfg.max_grad_norm > 0:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        sums = dist.all_reduce_sum(sums)
+        row.update({k: v / max(seen, 1.0) for k, v in sums.items()})
+        row["loss"] = row["policy_loss"] + cfg.vf_coef * row["value_loss"]
+        row.update(kl_coef=self.kl_coef, lr=lr_at(self.step, cfg), grad_norm=grad_norm)
+        if cfg.kl_target > 0:  # Ziegler et al.: proportional control of the KL, clipped at +-20%
+            err = max(-0.2, min(0.2, row["kl"] / cfg.kl_target - 1))
+            self.kl_coef *= 1 + err * len(batch) / cfg.kl_horizon
+        self._ro = None
+        return row
+
+    # ---- files and state
+    def save(self, folder: Path) -> None:
+        # The value model first: the policy's weights (with the step in their metadata) are what
+        # --resume checks against trainer_state.pt, so they must be the last model file written.
+        self.value.save(folder / "value", tokenizer_from=self.cfg.model, step=self.step)
+        save_pretrained(self.policy, self.mcfg, folder, tokenizer_from=self.cfg.model,
+                        metadata={"step": str(self.step), "trainer": "ppo"})
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl_coef": self.kl_coef}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.kl_coef = float(state.get("kl_coef", self.cfg.kl_coef))

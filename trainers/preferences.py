@@ -1,0 +1,404 @@
+"""Preference data for the reward and DPO trainers: TRL records -> token ids, grouped by ranking.
+
+Accepted records, one JSON object per line (a JSON array of them works too), as TRL defines them
+(https://huggingface.co/docs/trl/dataset_formats, "preference") and `tiankong prefs export` writes:
+
+* standard:            {"prompt": str, "chosen": str, "rejected": str}
+* conversational:      {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [...]}
+* implicit prompt:     {"chosen": str, "rejected": str}, the shared start being the prompt (cut back to
+                       the last whitespace, so no word is split); or {"chosen": [messages], "rejected":
+                       [messages]}, the shared leading messages being the prompt.
+
+Other keys are metadata and ignored, except "margin" (a number: the Bradley-Terry margin of this pair)
+and the playground's "tie": true / "both_bad": true, which say the two sides are equally good (or bad).
+
+Refuse or skip. A row that is *malformed* (not JSON, not an object, no "chosen"/"rejected", wrong
+types, a broken message list, a non-numeric margin, a chat template that rejects it) stops loading
+with an InputError naming the file and line: training on whatever happened to parse would silently
+learn from a different data set than the one given. A row that is well-formed but *carries no usable
+preference* is skipped and reported (by line number) in `PreferenceData.summary()`: ties and both-bad
+rows under tie_mode "drop" (the default), pairs whose two sides are identical (after tokenization and
+truncation), and rows whose prompt alone fills max_length. A file with no usable pair is refused.
+
+Token ids. A prompt is rendered exactly as the engine renders it (`render_prompt`: the chat template
+when the model has one, else plain text with the tokenizer's BOS), so the trainers see what generation
+sees. A response is tokenized *together with* its prompt and split where the two token lists part (a
+merge across the boundary counts as response), and it ends with one EOS token, as a finished generation
+does; text after the last EOS a template writes (e.g. a newline after <|im_end|>) is dropped.
+
+Grouping. The pairs of one K-way ranking (K(K-1)/2 of them, sharing their K responses) form one group:
+a group is a connected set of pairs under the same prompt, found by the responses they share. The
+trainers take whole groups as batch items, so each response of a ranking goes through the model once
+per step and its pairs are always in the same batch (InstructGPT); independent pairs are groups of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from tiankong.engine.chat import RAW_MESSAGE_SEPARATOR, ChatTemplate, render_prompt
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
+
+from .common import Trainer, TrainConfig, opt
+
+TIE_MODES = ("drop", "soft")
+Prompt = str | list[dict]
+
+
+# ---------------------------------------------------------------- text -> ids
+
+
+class Encoder:
+    """Prompts and (prompt, response) pairs -> token ids, the way the engine renders prompts."""
+
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate | None, raw: bool = False,
+                 max_length: int = 0) -> None:
+        self.tokenizer, self.template = tokenizer, template
+        self.raw = raw or template is None
+        self.max_length = max_length  # 0 = no limit
+        eos = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False) if tokenizer.eos_token else []
+        if len(eos) == 1 and eos[0] in tokenizer.eos_ids:
+            self.eos_id = eos[0]
+        elif tokenizer.eos_ids:
+            self.eos_id = min(tokenizer.eos_ids)
+        else:
+            raise InputError("the model's tokenizer has no EOS token, which marks where an answer ends; "
+                             "set eos_token in tokenizer_config.json")
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, raw: bool = False, max_length: int = 0) -> Encoder:
+        tokenizer = load_tokenizer(folder)
+        return cls(tokenizer, ChatTemplate.from_folder(folder, tokenizer), raw, max_length)
+
+    def prompt(self, prompt: Prompt) -> list[int]:
+        """Same ids as Engine.encode(prompt=...) / Engine.encode(messages=...)."""
+        kw = {"prompt": prompt} if isinstance(prompt, str) else {"messages": prompt}
+        ids = render_prompt(self.template, self.tokenizer, raw=self.raw, **kw)
+        if not ids:  # tokenizers without BOS still start from a start-of-text token (as Engine.encode)
+            start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.eos_id
+            ids = [start]
+        return ids
+
+    def pair(self, prompt: Prompt, response: str) -> tuple[list[int], int] | None:
+        """(prompt + response ids ending in EOS, index where the response starts), or None when the
+        prompt alone reaches max_length."""
+        tok = self.tokenizer
+        p_ids = self.prompt(prompt)
+        if self.raw:
+            text = prompt if isinstance(prompt, str) else RAW_MESSAGE_SEPARATOR.join(m["content"] for m in prompt)
+            if tok.encode(text, add_special_tokens=True):
+                full = tok.encode(text + response, add_special_tokens=True)
+            else:  # empty prompt: the start token, then the response
+                full = p_ids + tok.encode(response, add_special_tokens=False)
+        else:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            rendered = self.template.render(messages + [{"role": "assistant", "content": response}],
+                                            add_generation_prompt=False)
+            full = tok.encode(rendered, add_special_tokens=False)
+        start = 0
+        while start < min(len(p_ids), len(full)) and p_ids[start] == full[start]:
+            start += 1
+        start = max(start, 1)  # the first response token needs a token before it
+        ends = [i for i in range(start, len(full)) if full[i] in tok.eos_ids]
+        full = full[:ends[-1] + 1] if ends else full + [self.eos_id]
+        if self.max_length:
+            if start >= self.max_length:
+                return None
+            full = full[:self.max_length]
+        return full, start
+
+
+# ---------------------------------------------------------------- records
+
+
+def parse_record(row: Any) -> tuple[Prompt, str, str]:
+    """(prompt, chosen text, rejected text) from one TRL preference record; InputError if malformed.
+
+    Identical sides come back as they are (the caller skips them)."""
+    if not isinstance(row, Mapping):
+        raise InputError(f"expected a JSON object with \"chosen\" and \"rejected\", got {type(row).__name__}")
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise InputError(f"no \"{key}\"; a preference record needs \"chosen\" and \"rejected\" "
+                             "(and usually \"prompt\")")
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if prompt is not None:
+        if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str):
+            return prompt, chosen, rejected  # standard
+        if isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list):
+            return _messages(prompt, "prompt"), _reply(chosen, "chosen"), _reply(rejected, "rejected")
+        raise InputError("\"prompt\", \"chosen\" and \"rejected\" must all be strings (standard format) "
+                         "or all message lists (conversational format)")
+    if isinstance(chosen, str) and isinstance(rejected, str):  # implicit prompt, text
+        n = len(os.path.commonprefix([chosen, rejected]))
+        if n == len(chosen) == len(rejected):
+            return chosen, "", ""
+        space = max(chosen.rfind(" ", 0, n), chosen.rfind("\n", 0, n))
+        cut = space if space > 0 else n
+        return chosen[:cut], chosen[cut:], rejected[cut:]
+    if isinstance(chosen, list) and isinstance(rejected, list):  # implicit prompt, messages
+        c, r = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+        if c == r:
+            return c[:-1], c[-1]["content"], r[-1]["content"]
+        k = 0
+        while k < min(len(c), len(r)) and c[k] == r[k]:
+            k += 1
+        if k == 0:
+            raise InputError("\"chosen\" and \"rejected\" share no leading messages, so there is no prompt; "
+                             "add a \"prompt\"")
+        return c[:k], _reply(c[k:], "chosen"), _reply(r[k:], "rejected")
+    raise InputError("\"chosen\" and \"rejected\" must both be strings or both be message lists")
+
+
+def _messages(value: Any, what: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise InputError(f"\"{what}\" must be a non-empty list of {{\"role\", \"content\"}} messages")
+    out = []
+    for i, m in enumerate(value, 1):
+        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise InputError(f"\"{what}\" message {i} must be {{\"role\": str, \"content\": str}}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _reply(value: Any, what: str) -> str:
+    msgs = _messages(value, what)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise InputError(f"\"{what}\" must be exactly one assistant message")
+    return msgs[0]["content"]
+
+
+def read_rows(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, parsed JSON) for every non-blank line; InputError naming the line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data file {path} does not exist; give a JSONL file of preference records")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
+    if text.lstrip().startswith("["):  # a JSON array of records
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); fix the file") from None
+        return list(enumerate(items, 1))
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix that line") from None
+    return rows
+
+
+# ---------------------------------------------------------------- the data set
+
+
+@dataclass
+class Pair:
+    better: int  # index into the group's seqs
+    worse: int
+    target: float  # P(better beats worse): 1.0, or 0.5 for a tie kept by tie_mode "soft"
+    margin: float | None  # the record's "margin", if it has one
+    line: int
+
+
+@dataclass
+class Group:
+    """The pairs of one ranking: distinct sequences (prompt + response ids) and pairs among them."""
+
+    seqs: list[list[int]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # where each sequence's response starts
+    pairs: list[Pair] = field(default_factory=list)
+
+
+@dataclass
+class PreferenceData:
+    path: Path
+    groups: list[Group]
+    skipped: dict[str, list[int]]  # reason -> line numbers
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(g.pairs) for g in self.groups)
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.n_pairs} pairs in {len(self.groups)} groups"
+        if self.skipped:
+            parts = []
+            for reason, lines in self.skipped.items():
+                shown = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+                parts.append(f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} {shown})")
+            text += "; skipped " + "; ".join(parts)
+        return text
+
+
+def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop") -> PreferenceData:
+    """Read, validate and tokenize a preference file; see the module docstring for what is refused."""
+    if tie_mode not in TIE_MODES:
+        raise InputError(f"tie_mode must be one of {', '.join(TIE_MODES)}, got {tie_mode!r}")
+    path = Path(path)
+    skipped: dict[str, list[int]] = {}
+    by_key: dict[tuple, tuple[int, list[int], int]] = {}  # sequence -> (node id, ids, start)
+    parent: list[int] = []  # union-find over sequences
+    edges: list[tuple[int, int, float, float | None, int]] = []
+
+    def node(ids: list[int], start: int) -> int:
+        key = tuple(ids)
+        if key not in by_key:
+            by_key[key] = (len(parent), ids, start)
+            parent.append(len(parent))
+        return by_key[key][0]
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for n, row in read_rows(path):
+        try:
+            prompt, chosen, rejected = parse_record(row)
+            margin = row.get("margin")
+            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+                raise InputError(f"\"margin\" must be a number, got {margin!r}")
+            tie = row.get("tie") is True or row.get("both_bad") is True
+            if tie and tie_mode == "drop":
+                skipped.setdefault("ties/both-bad (tie_mode drop)", []).append(n)
+                continue
+            c, r = encoder.pair(prompt, chosen), encoder.pair(prompt, rejected)
+        except TiankongError as e:
+            raise InputError(f"{path} line {n}: {e}; fix that line") from None
+        if c is None or r is None:
+            skipped.setdefault(f"prompt longer than max_length {encoder.max_length}", []).append(n)
+            continue
+        if c[0] == r[0]:
+            skipped.setdefault("identical chosen and rejected", []).append(n)
+            continue
+        a, b = node(*c), node(*r)
+        edges.append((a, b, 0.5 if tie else 1.0, None if tie or margin is None else float(margin), n))
+        parent[find(a)] = find(b)
+
+    nodes = sorted(by_key.values())
+    groups: dict[int, Group] = {}
+    local: dict[int, int] = {}
+    for i, ids, start in nodes:
+        g = groups.setdefault(find(i), Group())
+        local[i] = len(g.seqs)
+        g.seqs.append(ids)
+        g.starts.append(start)
+    for a, b, target, margin, n in edges:
+        groups[find(a)].pairs.append(Pair(local[a], local[b], target, margin, n))
+    data = PreferenceData(path, [g for g in groups.values() if g.pairs], skipped)
+    if not data.groups:
+        raise InputError(f"{path} has no usable preference pairs ({data.summary()}); "
+                         "give records with different \"chosen\" and \"rejected\"")
+    return data
+
+
+def split_groups(groups: Sequence[Group], eval_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
+    """(train, held-out): whole groups are held out, so held-out prompts and answers are unseen."""
+    if eval_fraction <= 0 or len(groups) < 2:
+        return list(groups), []
+    n_eval = min(len(groups) - 1, max(1, round(eval_fraction * len(groups))))
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    held = set(order[:n_eval])
+    return [g for i, g in enumerate(groups) if i not in held], [g for i, g in enumerate(groups) if i in held]
+
+
+@dataclass
+class Batch:
+    """Several groups flattened: one row per distinct sequence, pairs indexing those rows."""
+
+    seqs: list[list[int]]
+    starts: list[int]
+    better: torch.Tensor  # (P,) row indices
+    worse: torch.Tensor
+    target: torch.Tensor  # (P,) float
+    margin: torch.Tensor  # (P,) float, the record's margin or the config's
+
+
+def collate(groups: Sequence[Group], default_margin: float = 0.0) -> Batch:
+    seqs, starts, better, worse, target, margin = [], [], [], [], [], []
+    for g in groups:
+        off = len(seqs)
+        seqs += g.seqs
+        starts += g.starts
+        for p in g.pairs:
+            better.append(off + p.better)
+            worse.append(off + p.worse)
+            target.append(p.target)
+            margin.append(p.margin if p.margin is not None else (default_margin if p.target == 1.0 else 0.0))
+    return Batch(seqs, starts, torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long),
+                 torch.tensor(target), torch.tensor(margin))
+
+
+def pad_right(seqs: Sequence[Sequence[int]], device: torch.device | str,
+              pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """tokens (B, L) right-padded, positions (B, L), lengths (B,).
+
+    Right padding needs no attention mask: under causal attention a real token never sees the
+    padding after it, so every real position computes exactly what it would alone."""
+    L = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    positions = torch.arange(L).expand(len(seqs), L)
+    lengths = torch.tensor([len(s) for s in seqs])
+    return tokens.to(device), positions.to(device), lengths.to(device)
+
+
+# ---------------------------------------------------------------- what both preference trainers share
+
+
+@dataclass
+class PreferenceConfig(TrainConfig):
+    data: str = opt("", "Preference records (TRL JSONL: prompt/chosen/rejected). Default: the playground's votes.")
+    batch_size: int = opt(8, "Global batch size in rankings (groups of pairs sharing responses; a lone pair is one).")
+    # --- data
+    tie_mode: str = opt("drop", "Rows marked \"tie\" or \"both_bad\": drop, or soft (both sides equally likely to win).")
+    eval_fraction: float = opt(0.1, "Fraction of rankings held out for evaluation (0 = none).")
+    max_length: int = opt(0, "Truncate prompt+response to this many tokens; 0 = the model's context.")
+    raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.tie_mode not in TIE_MODES:
+            raise InputError(f"tie_mode must be one of {', '.join(TIE_MODES)}, got {self.tie_mode!r}")
+        if not 0 <= self.eval_fraction < 1:
+            raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_length < 0:
+            raise InputError(f"max_length must be >= 0, got {self.max_length}")
+        if not self.data:
+            raise InputError("no preference data: pass --data FILE (TRL JSONL with prompt/chosen/rejected)")
+
+
+class PreferenceTrainer(Trainer):
+    """Loads the preference file and hands whole groups (rankings) to the loop as items."""
+
+    cfg: PreferenceConfig
+
+    def load_data(self, tokenizer_folder: str | Path, context: int) -> None:
+        cfg = self.cfg
+        self.encoder = Encoder.from_folder(tokenizer_folder, raw=cfg.raw, max_length=cfg.max_length or context)
+        self.data = load_preferences(cfg.data, self.encoder, cfg.tie_mode)
+        self.train_groups, self.eval_groups = split_groups(self.data.groups, cfg.eval_fraction, cfg.seed)
+        if self.dist.is_main and cfg.progress:
+            print(f"{self.data.summary()}; {len(self.eval_groups)} groups held out", file=sys.stderr)
+
+    def n_items(self) -> int:
+        return len(self.train_groups)
+
+    def item_weight(self, index: int) -> float:
+        return float(len(self.train_groups[index].pairs))  # the loss is a mean over pairs

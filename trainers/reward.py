@@ -1,0 +1,359 @@
+"""Reward model: a base model plus a scalar head, trained with the Bradley-Terry loss on rankings.
+
+    tiankong train reward --model runs/sft --data prefs.jsonl --output runs/rm
+    tiankong reward score --model runs/rm --input answers.jsonl
+
+The head reads the final-norm hidden state of the last real token of prompt + response (the EOS
+that ends the response). For a pair where `better` beat `worse`:
+
+    loss = -log sigmoid(r_better - r_worse - margin)
+
+(margin 0 by default; Llama 2 uses a margin that grows with how strongly the rater preferred the
+answer: a record's "margin" key, else --margin). Ties kept with --tie-mode soft use the target
+1/2: -(log sigmoid(d) + log sigmoid(-d)) / 2, which pulls the two rewards together.
+
+After training the scores are normalised ("N implementation details of RLHF", detail on reward
+normalisation): the raw rewards of the reference answers, i.e. every distinct chosen and rejected
+response of the training split, get mean 0 and standard deviation 1. `score = scale * raw + bias`,
+with both numbers stored in reward_config.json. PPO then sees rewards on a known scale.
+
+Output folder: the (fine-tuned) base model as a Hugging Face causal-LM folder, loadable by
+transformers and tiankong (its LM head is untouched unless tied to the embeddings), plus
+`reward_head.safetensors` (weight (1, hidden) [, bias (1,)]) and `reward_config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tiankong.engine.config import ModelConfig
+from tiankong.engine.errors import InputError, ModelLoadError, TiankongError
+from tiankong.engine.model import load_model, save_pretrained
+
+from .common import opt
+from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right, parse_record
+
+HEAD_FILE = "reward_head.safetensors"
+CONFIG_FILE = "reward_config.json"
+FORMAT = "tiankong-reward-model"
+
+
+def bradley_terry_loss(r_better: torch.Tensor, r_worse: torch.Tensor, target: torch.Tensor | float = 1.0,
+                       margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Per-pair loss: -[t log sigmoid(d) + (1 - t) log sigmoid(-d)], d = r_better - r_worse - margin."""
+    d = r_better - r_worse - margin
+    return -(target * F.logsigmoid(d) + (1 - target) * F.logsigmoid(-d))
+
+
+class RewardModel(nn.Module):
+    """base (a causal LM of the engine) + a linear head on its final hidden states.
+
+    forward gives a raw reward at every position (B, T); the score of a sequence is the one at its
+    last token. PPO's value model is the same module with a bias, read at every response position.
+    """
+
+    def __init__(self, base: nn.Module, cfg: ModelConfig, bias: bool = False,
+                 normalization: dict[str, float] | None = None, encoder: Encoder | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.base, self.cfg = base, cfg
+        self.head = nn.Linear(cfg.dim, 1, bias=bias, device=next(base.parameters()).device)  # float32
+        # "N implementation details": init the head with std 1/sqrt(d_model + 1).
+        nn.init.normal_(self.head.weight, std=1 / (cfg.dim + 1) ** 0.5)
+        if bias:
+            nn.init.zeros_(self.head.bias)
+        self.normalization = dict(normalization or {"scale": 1.0, "bias": 0.0})
+        self.encoder = encoder
+        self.meta = dict(meta or {})
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.base(tokens, positions, mask, hidden=True)  # (B, T, D)
+        return self.head(h.float()).squeeze(-1)  # (B, T), raw rewards
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def raw_scores(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(B,) raw reward of each full sequence, read at its last token."""
+        tokens, positions, lengths = pad_right(seqs, self.device)
+        return self(tokens, positions).gather(1, (lengths - 1)[:, None]).squeeze(1)
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.normalization["scale"] * raw + self.normalization["bias"]
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str | list[dict]], responses: Sequence[str], batch_size: int = 16) -> list[float]:
+        """Normalised scores of (prompt, response) pairs; prompts are text or chat messages."""
+        if len(prompts) != len(responses):
+            raise InputError(f"{len(prompts)} prompts but {len(responses)} responses; give one response per prompt")
+        if self.encoder is None:
+            raise InputError("this reward model has no tokenizer attached; load it with RewardModel.load(folder)")
+        seqs = []
+        for p, r in zip(prompts, responses):
+            pair = self.encoder.pair(p, r)
+            if pair is None:
+                raise InputError(f"a prompt is longer than the reward model's max_length {self.encoder.max_length}")
+            seqs.append(pair[0])
+        out: list[float] = []
+        for i in range(0, len(seqs), batch_size):
+            out += self.normalize(self.raw_scores(seqs[i:i + batch_size])).tolist()
+        return out
+
+    # ---- files
+    def save(self, folder: str | Path, tokenizer_from: str | Path | None = None, step: int | None = None,
+             **meta: Any) -> Path:
+        """Head and its config, then the base as a Hugging Face folder, weights last (each file atomic;
+        model.safetensors carries the training step, which --resume checks against the trainer state)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        head = {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        info = {
+            "format": FORMAT, "version": 1,
+            "head": {"file": HEAD_FILE, "in_features": self.cfg.dim, "out_features": 1,
+                     "bias": self.head.bias is not None, "dtype": "float32",
+                     "reads": "final-norm hidden state of the last real token (the response's EOS)"},
+            "normalization": {**self.normalization, "formula": "score = scale * raw + bias"},
+            "base": {"architecture": self.cfg.architecture, "family": self.cfg.family,
+                     "hidden_size": self.cfg.dim, "vocab_size": self.cfg.vocab_size},
+            "prompt_format": {"raw": bool(self.encoder.raw) if self.encoder else False,
+                              "max_length": self.encoder.max_length if self.encoder else 0},
+            **self.meta, **meta, **({"step": step} if step is not None else {}),
+        }
+        _atomic(folder / HEAD_FILE, lambda tmp: save_file(head, tmp, metadata={"format": "pt"}))
+        _atomic(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+        save_pretrained(self.base, self.cfg, folder, tokenizer_from=tokenizer_from,
+                        metadata={"step": str(step)} if step is not None else None)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "auto",
+             dtype: str | torch.dtype | None = "auto") -> RewardModel:
+        folder = Path(folder).expanduser()
+        info = read_reward_config(folder)
+        base, cfg = load_model(folder, device, dtype)
+        head = info["head"]
+        if head.get("in_features") != cfg.dim:
+            raise ModelLoadError(f"{folder / CONFIG_FILE}: head expects hidden size {head.get('in_features')} "
+                                 f"but the model has {cfg.dim}; the head belongs to another base model")
+        from safetensors.torch import load_file
+
+        path = folder / head.get("file", HEAD_FILE)
+        if not path.is_file():
+            raise ModelLoadError(f"{folder} has no {path.name}; re-run `tiankong train reward` to write it")
+        state = load_file(str(path))
+        fmt = info.get("prompt_format", {})
+        encoder = Encoder.from_folder(folder, raw=bool(fmt.get("raw", False)), max_length=int(fmt.get("max_length", 0)))
+        meta = {k: v for k, v in info.items()
+                if k not in ("format", "version", "head", "normalization", "base", "prompt_format", "step")}
+        norm = {"scale": float(info["normalization"]["scale"]), "bias": float(info["normalization"]["bias"])}
+        model = cls(base, cfg, bias="bias" in state, normalization=norm, encoder=encoder, meta=meta)
+        try:
+            model.head.load_state_dict({k: v.to(model.device) for k, v in state.items()})
+        except RuntimeError as e:
+            reason = str(e).splitlines()[-1].strip()
+            raise ModelLoadError(f"{path} does not match a ({cfg.dim} -> 1) head: {reason}") from None
+        return model.eval()
+
+
+def read_reward_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{folder} is not a reward model (no {CONFIG_FILE}); train one with "
+                             "`tiankong train reward` or pass its output folder")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); re-run `tiankong train reward`") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT or "head" not in info or "normalization" not in info:
+        raise ModelLoadError(f"{path} is not a tiankong reward model config; re-run `tiankong train reward`")
+    return info
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class RewardConfig(PreferenceConfig):
+    output: str = opt("runs/rm", "Output folder: base model files + reward_head.safetensors + reward_config.json.")
+    model: str = opt("", "Base model (a Hugging Face folder, usually the SFT model) the reward head sits on.")
+    lr: float = opt(1e-5, "Peak learning rate.")
+    # --- reward model
+    margin: float = opt(0.0, "Margin subtracted from r_better - r_worse for pairs without their own \"margin\".")
+    normalize: bool = opt(True, "After training, shift and scale scores so the training answers have mean 0, std 1.")
+    norm_samples: int = opt(2048, "At most this many training answers (a fixed sample) set the normalisation.")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise InputError("no base model: pass --model DIR (a Hugging Face model folder, e.g. your SFT model)")
+
+
+class RewardTrainer(PreferenceTrainer):
+    name = "reward"
+    cfg: RewardConfig
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        resume = self.resume_model_path()
+        if resume is not None:
+            self.model = RewardModel.load(resume, self.device, cfg.dtype)
+        else:
+            base, mcfg = load_model(cfg.model, self.device, cfg.dtype)
+            self.model = RewardModel(base, mcfg)
+        self.model.requires_grad_(True)
+        mcfg = self.model.cfg
+        if not mcfg.tie_embeddings:
+            self.model.base.output.requires_grad_(False)  # the LM head plays no part in the reward
+        self.load_data(cfg.model, mcfg.max_seq_len)
+        self.model.encoder = self.encoder
+        self.last_eval: dict[str, float] = {}
+
+    def group_loss(self, model: nn.Module, groups: Sequence[Group]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed loss over the groups' pairs; each distinct response goes through the model once."""
+        b = collate(groups, self.cfg.margin)
+        tokens, positions, lengths = pad_right(b.seqs, self.device)
+        r = model(tokens, positions).gather(1, (lengths - 1)[:, None]).squeeze(1)  # (B,) raw rewards
+        dev = r.device
+        r_better, r_worse = r[b.better.to(dev)], r[b.worse.to(dev)]
+        target = b.target.to(dev)
+        loss = bradley_terry_loss(r_better, r_worse, target, b.margin.to(dev)).sum()
+        d = (r_better - r_worse).detach()
+        # A decided pair is right when the better answer scores higher; a kept tie counts one half.
+        right = torch.where(target == 1.0, (d > 0).float(), torch.full_like(d, 0.5))
+        return loss, {"accuracy": float(right.sum()), "margin": float(d.sum())}
+
+    def loss(self, items: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.group_loss(self.ddp_model, [self.train_groups[i] for i in items])
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_groups:
+            return {}
+        self.model.eval()
+        total, sums = 0, {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+        chunk = self.cfg.micro_batch_size or self.cfg.batch_size
+        for i in range(0, len(self.eval_groups), chunk):
+            groups = self.eval_groups[i:i + chunk]
+            loss, m = self.group_loss(self.model, groups)
+            sums["loss"] += float(loss)
+            sums["accuracy"] += m["accuracy"]
+            sums["margin"] += m["margin"]
+            total += sum(len(g.pairs) for g in groups)
+        self.model.train()
+        self.last_eval = {f"eval_{k}": v / total for k, v in sums.items()}
+        return self.last_eval
+
+    @torch.no_grad()
+    def normalization(self) -> dict[str, float]:
+        """scale and bias giving the training answers' raw rewards mean 0 and std 1."""
+        seqs = [s for g in self.train_groups for s in g.seqs]
+        if len(seqs) > self.cfg.norm_samples:
+            keep = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(self.cfg.seed))
+            seqs = [seqs[i] for i in keep[:self.cfg.norm_samples].tolist()]
+        chunk = max(1, self.cfg.micro_batch_size or self.cfg.batch_size)
+        raw = torch.cat([self.model.raw_scores(seqs[i:i + chunk]) for i in range(0, len(seqs), chunk)]).double()
+        mean = float(raw.mean())
+        std = float(raw.std()) if len(raw) > 1 else 0.0
+        scale = 1.0 / std if std > 1e-6 else 1.0
+        return {"scale": scale, "bias": -mean * scale, "reference": "distinct chosen and rejected answers "
+                "of the training split", "count": len(seqs), "raw_mean": mean, "raw_std": std}
+
+    def save(self, folder: Path) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        if self.cfg.normalize:
+            norm = self.normalization()
+            self.model.normalization = {"scale": norm.pop("scale"), "bias": norm.pop("bias")}
+        else:
+            norm = {}
+        self.model.save(folder, tokenizer_from=self.cfg.model, step=self.step,
+                        normalization_reference=norm, **self.last_eval)
+        self.model.train(was_training)
+
+
+# ---------------------------------------------------------------- tiankong reward score
+
+
+def score_file(model: Path, input: str, output: Path | None, device: str = "auto") -> None:
+    """Score JSONL lines {"prompt": str | messages, "response": str, ...}; each line comes back with
+    "score" added. Every line is checked before the model loads; a bad one stops it with its number."""
+    if input == "-":
+        lines, name = sys.stdin.read().splitlines(), "stdin"
+    else:
+        path = Path(input)
+        if not path.is_file():
+            raise InputError(f"input file {input} does not exist; give a JSONL file with prompt and response, or -")
+        try:
+            lines, name = path.read_text(encoding="utf-8").splitlines(), input
+        except UnicodeDecodeError:
+            raise InputError(f"{input} is not UTF-8 text; convert it to UTF-8") from None
+    rows: list[tuple[int, dict]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{name} line {n}: invalid JSON ({e.msg}); fix that line") from None
+        if not isinstance(obj, dict) or "response" not in obj or ("prompt" not in obj and "messages" not in obj):
+            raise InputError(f"{name} line {n}: expected an object with \"prompt\" (or \"messages\") and \"response\"")
+        prompt = obj["prompt"] if "prompt" in obj else obj["messages"]
+        try:
+            if isinstance(prompt, list):  # messages: check them the way preference records are checked
+                parse_record({"prompt": prompt, "chosen": [{"role": "assistant", "content": ""}],
+                              "rejected": [{"role": "assistant", "content": ""}]})
+            elif not isinstance(prompt, str):
+                raise InputError(f"\"prompt\" must be text or a list of messages, got {type(prompt).__name__}")
+            if not isinstance(obj["response"], str):
+                raise InputError(f"\"response\" must be text, got {type(obj['response']).__name__}")
+        except InputError as e:
+            raise InputError(f"{name} line {n}: {e}") from None
+        rows.append((n, obj))
+    if not rows:
+        raise InputError(f"{name} has no lines to score; put one JSON object with prompt and response per line")
+    rm = RewardModel.load(model, device)
+    scores: list[float] = []
+    batch = 16
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        try:
+            scores += rm.score([o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk],
+                               [o["response"] for _, o in chunk])
+        except TiankongError as e:  # e.g. a template that rejects the messages: find the line
+            for n, o in chunk:
+                try:
+                    rm.score([o["prompt"] if "prompt" in o else o["messages"]], [o["response"]])
+                except TiankongError as e1:
+                    raise InputError(f"{name} line {n}: {e1}") from None
+            raise e
+    text = "".join(json.dumps({**o, "score": s}, ensure_ascii=False) + "\n" for (_, o), s in zip(rows, scores))
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text, encoding="utf-8")
