@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tiankong.tui.cli import main
 from tiny_models import STORIES, make_model
+from helpers import cli
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +17,6 @@ def model_dir(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("cli-llama"), "llama")
 
 
-def cli(monkeypatch, capsys, *args):
-    """Run `tiankong ARGS` in-process through the console-script entry point; (code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["tiankong", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def records(text):
@@ -79,7 +69,6 @@ def test_overrides_switch_filters_off(monkeypatch, capsys, model_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "-p", "hi"], "no model given: pass --model DIR"),
     (["generate", "-m", "/nonexistent/model", "-p", "hi"], "does not exist"),
     (["generate", "-m", "{model}", "-p", "hi", "--temperature", "7"], "temperature must be in [0, 2], got 7"),
     (["generate", "-m", "{model}", "-p", "hi", "--preset", "nope"], "nope"),
@@ -138,3 +127,10 @@ def test_stories_from_bos(monkeypatch, capsys):
     assert code == 0, err
     rec = records(out)[0]
     assert rec["usage"]["prompt_tokens"] == 1 and "Lily" in rec["text"]
+
+
+def test_bundled_model_is_the_default(monkeypatch, capsys):
+    monkeypatch.delenv("TIANKONG_MODEL", raising=False)
+    code, out, err = cli(monkeypatch, capsys, "info", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["folder"].endswith("tiankong-mini")

@@ -10,6 +10,7 @@ import pytest
 from tiankong.engine.errors import InputError
 from tiankong.tui.prefs import export_records, import_file, vote_pairs
 from tiankong.tui.store import DB_NAME, Response, Store, Vote
+from helpers import cli
 
 
 def resp(label, preset, text, model="smol"):
@@ -163,18 +164,6 @@ def test_bad_line_named_and_nothing_imported(store, tmp_path, bad, message):
 # ---------------------------------------------------------------- CLI
 
 
-def cli(monkeypatch, capsys, *args):
-    """Run `tiankong ARGS` in-process through the console-script entry point; (code, stdout, stderr)."""
-    from tiankong.tui.cli import main  # imported here: the CLI pulls in torch, the rest of this file does not
-
-    monkeypatch.setattr(sys, "argv", ["tiankong", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_import_export_stats(monkeypatch, capsys, tmp_path):

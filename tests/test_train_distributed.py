@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from tiankong.trainers.pretrain import PretrainConfig, PretrainTrainer
 from tiankong.trainers.sft import SFTConfig, SFTTrainer
 from tiny_models import CORPUS, make_model
+from helpers import one_thread  # noqa: F401 (one_thread is an autouse fixture)
 
 CHAT = [
     {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
@@ -34,12 +35,6 @@ CHAT = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def torchrun(args, timeout=240):

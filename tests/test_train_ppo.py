@@ -20,15 +20,9 @@ from tiankong.trainers.ppo import (PPOConfig, PPOTrainer, gae, masked_whiten, po
                                    token_logprobs, value_loss)
 from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer
 from tiny_models import STORIES, make_model
+from helpers import one_thread  # noqa: F401 (one_thread is an autouse fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core box: one thread avoids oversubscription (and is ~10x faster there).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

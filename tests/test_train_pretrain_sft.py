@@ -19,6 +19,7 @@ from tiankong.trainers.data import load_conversations, load_texts, split_holdout
 from tiankong.trainers.pretrain import SIZES, PretrainConfig, PretrainTrainer
 from tiankong.trainers.sft import DEFAULT_CHAT_TEMPLATE, SFTConfig, SFTTrainer, tokenize_conversation
 from tiny_models import CORPUS, STORIES, make_model
+from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
 
 CHAT = [
     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
@@ -30,12 +31,6 @@ CHAT = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -446,19 +441,6 @@ def test_pretrain_checks_seq_len_against_the_checkpoint(tmp_path, corpus, llama_
         PretrainTrainer(pretrain_cfg(tmp_path, corpus, model=str(llama_dir), seq_len=1000)).setup()
 
 
-# ---- the CLI
-
-def cli(monkeypatch, capsys, *args):
-    from tiankong.tui.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tiankong", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_pretrain_help_lists_the_flags(monkeypatch, capsys):

@@ -16,15 +16,9 @@ from tiankong.trainers.dpo import DPOConfig, DPOTrainer, dpo_loss, sequence_logp
 from tiankong.trainers.preferences import Encoder, load_preferences, parse_record, split_groups
 from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer, bradley_terry_loss
 from tiny_models import make_model
+from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core box: one thread avoids oversubscription (and is ~10x faster there).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -260,17 +254,6 @@ def test_dpo_moves_every_weight_and_prefers_chosen(llama_dir, tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
-def cli(monkeypatch, capsys, *args):
-    from tiankong.tui.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tiankong", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_train_reward_then_score(monkeypatch, capsys, llama_dir, tmp_path):

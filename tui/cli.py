@@ -24,16 +24,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="tiankong (填空): watch a language model fill in the blank, one token at a time.")
 err = Console(stderr=True)
 
-MODEL_HELP = "Hugging Face model folder (config.json, safetensors, tokenizer). Env: TIANKONG_MODEL."
+MODEL_HELP = "Hugging Face model folder (config.json, safetensors, tokenizer). Env: TIANKONG_MODEL. Default: the bundled tiankong-mini."
 ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
 DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
 DtypeOpt = typer.Option("auto", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU).")
 
 
 def _model_dir(model: Optional[Path]) -> Path:
-    if model is None:
-        raise InputError("no model given: pass --model DIR (a local Hugging Face model folder) or set TIANKONG_MODEL")
-    return model
+    """--model, else $TIANKONG_MODEL (typer reads it), else the bundled tiankong-mini."""
+    if model is not None:
+        return model
+    from tiankong.models import default_model_dir
+
+    bundled = default_model_dir()
+    if not (bundled / "model.safetensors").is_file():
+        raise InputError("no model given and the bundled model is missing: pass --model DIR "
+                         "(a local Hugging Face model folder) or set TIANKONG_MODEL")
+    return bundled
 
 
 def _load(model: Optional[Path], device: str = "auto", dtype: str = "auto"):
