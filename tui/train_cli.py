@@ -94,6 +94,10 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
 
     def run(config: Optional[Path] = None, **flags: Any) -> None:
         cfg = build_config(cfg_cls, config, flags)
+        if name != "pretrain" and not cfg.model:
+            from tiankong.models import default_model_dir
+
+            cfg.model = str(default_model_dir())  # fine-tune the bundled model unless told otherwise
         if name in PREFERENCE_TRAINERS and not cfg.data:
             cfg.data = str(_votes_file(Path(cfg.output)))
         out = trainer_cls(cfg).train()
