@@ -367,10 +367,13 @@ def chat(model: Optional[Path] = ModelOpt,
   tiankong compare -m ../shared/models/stories260K --presets balanced,creative
 
   tiankong compare --models ./sft,./ppo --presets balanced
+
+  tiankong compare --models runs/ppo          # the bundled model against your PPO policy
 """)
 def compare(model: Optional[Path] = ModelOpt,
             presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
-            models: Optional[str] = typer.Option(None, help="Two model folders, comma-separated, to compare instead."),
+            models: Optional[str] = typer.Option(None, help="Two model folders, comma-separated, to compare instead "
+                                                 "(one folder: compared with --model, by default the bundled model)."),
             data_dir: Optional[Path] = DataDirOpt,
             rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
             device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
@@ -382,8 +385,10 @@ def compare(model: Optional[Path] = ModelOpt,
         get_preset(name)
     model_dirs = [Path(m.strip()) for m in models.split(",") if m.strip()] if models else None
     if model_dirs is not None:
+        if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
+            model_dirs.insert(0, _model_dir(model))
         if len(model_dirs) != 2:
-            raise InputError(f"--models takes two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
+            raise InputError(f"--models takes one or two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
         if len(names) != 1:
             names = names[:1]
     elif not 2 <= len(names) <= 4:
