@@ -90,8 +90,8 @@ def render(r: dict) -> str:
     c = data["corpus"]
     w("| set | generator | size | licence |")
     w("| --- | --- | --- | --- |")
-    w(f"| pretraining corpus | `corpus.py --docs {c['docs']} --seed 1`: stories (10 plots, English 40%, "
-      f"Chinese 34%), facts (16%), animal descriptions (10%) | {c['docs']:,} documents, {_mb(c['bytes'])}, "
+    w(f"| pretraining corpus | `corpus.py --docs {c['docs']} --seed 1`: stories (10 plots; English 36%, "
+      f"Chinese 30%), facts (16%), animal descriptions (8%), memory games (10%) | {c['docs']:,} documents, {_mb(c['bytes'])}, "
       f"{r.get('corpus_tokens', 0):,} tokens | MIT (generated) |")
     w(f"| held-out text | `corpus.py --docs {data['corpus_eval']['docs']} --seed 101` | "
       f"{data['corpus_eval']['docs']:,} documents | MIT (generated) |")
@@ -103,7 +103,9 @@ def render(r: dict) -> str:
     w(f"| held-out conversations | `sft_data.py --seed 3`, exact duplicates of training rows removed | "
       f"{data['sft_eval']['rows']} conversations | MIT (generated) |")
     w("")
-    w("Stories are assembled from a cast (30 animals and children, 50 English and 54 Chinese names, 15 traits), "
+    w("Stories are assembled from a cast (30 animals and children; 50 English and 54 Chinese names, and for 40% "
+      "of the characters a made-up name such as Kibaly or 琳天, so that a name can only be predicted by copying it "
+      "from earlier in the story; 15 traits), "
       "18 places, 28 objects, 12 colours, 20 foods, 18 activities, 12 skills, feelings, weather and grown-ups, with "
       "two to four phrasings for every sentence, dialogue, and simple cause and effect (\"It was cold outside, so "
       "she put on a warm scarf\"). Some stories carry a fact in their dialogue (why thunder follows lightning, why "

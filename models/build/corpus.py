@@ -6,8 +6,9 @@ Writes plain UTF-8 text, one document after another separated by lines holding o
 (the separator `tiankong train pretrain` reads). The same --seed and --docs give the same bytes on
 any machine: every choice comes from one random.Random(seed), walked in a fixed order.
 
-Mix (per document, drawn at random): English stories 40%, Chinese stories 34%, English facts 8%,
-Chinese facts 8%, English animal descriptions 5%, Chinese animal descriptions 5%.
+Mix (per document, drawn at random): English stories 36%, Chinese stories 30%, English facts 8%,
+Chinese facts 8%, English animal descriptions 4%, Chinese animal descriptions 4%, memory games (one
+child says a list of words, the other says it back) 5% in each language.
 """
 
 from __future__ import annotations
