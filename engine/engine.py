@@ -25,6 +25,7 @@ from .errors import InputError
 from .events import Event
 from .generate import generate
 from .model import load_model
+from .packed import prepare_for_inference
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -45,16 +46,24 @@ class Engine:
     tokenizer: Tokenizer
     template: ChatTemplate | None
     folder: Path
+    n_params: int = 0
     _texts: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "auto",
-             dtype: str | torch.dtype | None = "auto") -> Engine:
-        """Load a local Hugging Face model folder. Raises ModelLoadError with a one-line reason."""
+             dtype: str | torch.dtype | None = "auto", pack: bool = True) -> Engine:
+        """Load a local Hugging Face model folder. Raises ModelLoadError with a one-line reason.
+
+        pack: on CPU, fuse projections and pre-pack weights for oneDNN (engine/packed.py); the
+        model then runs forward only, in inference mode. False keeps the plain modules.
+        """
         folder = Path(folder).expanduser()
         model, cfg = load_model(folder, device, dtype)
+        n_params = sum(p.numel() for p in model.parameters())
+        if pack:
+            prepare_for_inference(model)
         tokenizer = load_tokenizer(folder)
-        return cls(model, cfg, tokenizer, ChatTemplate.from_folder(folder, tokenizer), folder)
+        return cls(model, cfg, tokenizer, ChatTemplate.from_folder(folder, tokenizer), folder, n_params)
 
     @property
     def device(self) -> torch.device:
@@ -63,10 +72,6 @@ class Engine:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     def encode(self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None,
                raw: bool = False) -> list[int]:

@@ -29,13 +29,36 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wqkv: nn.Linear | None = None  # set by fuse(): inference only
+
+    def fuse(self) -> None:
+        """Inference only: q, k and v from one matmul (one call and one pass over x instead of three).
+
+        The separate weights are dropped; training and saving use unfused models.
+        """
+        parts = (self.wq, self.wk, self.wv)
+        fused = nn.Linear(self.wq.in_features, sum(p.out_features for p in parts), bias=self.wq.bias is not None,
+                          device=self.wq.weight.device, dtype=self.wq.weight.dtype)
+        fused.weight.data = torch.cat([p.weight.data for p in parts])
+        if fused.bias is not None:
+            fused.bias.data = torch.cat([p.bias.data for p in parts])
+        self.wqkv = fused.requires_grad_(False)
+        del self.wq, self.wk, self.wv
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) -> q (B, T, H*hd), k and v (B, T, H_kv*hd)."""
+        if self.wqkv is None:
+            return self.wq(x), self.wk(x), self.wv(x)
+        kv = self.n_kv_heads * self.head_dim
+        return self.wqkv(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, start: int) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin  # cos, sin: (B, 1, T, hd)
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
@@ -53,9 +76,21 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
+        self.w13: nn.Linear | None = None  # set by fuse(): inference only
+
+    def fuse(self) -> None:
+        """Inference only: gate and up from one matmul; the separate weights are dropped."""
+        fused = nn.Linear(self.w1.in_features, 2 * self.w1.out_features, bias=False,
+                          device=self.w1.weight.device, dtype=self.w1.weight.dtype)
+        fused.weight.data = torch.cat([self.w1.weight.data, self.w3.weight.data])
+        self.w13 = fused.requires_grad_(False)
+        del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)  # (B, T, F) each
+        return self.w2(F.silu(gate) * up)
 
 
 class RMSNorm(nn.Module):
@@ -65,6 +100,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # Same arithmetic as below in one fused call (a decode step runs 2 norms per layer).
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         # Normalise in float32 and scale after casting back, as transformers does (matters in bf16).
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 

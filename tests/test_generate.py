@@ -164,3 +164,32 @@ def test_stories260k_greedy_story():
     text = done[0].text
     assert "Lily" in text and text.count(" ") > 20  # a story about Lily, in words
     assert text == eng.tokenizer.decode(ours, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gpt2"])
+def test_packed_inference_layout_equals_transformers(engines, arch):
+    # Engine.load fuses q/k/v and gate/up and pre-packs every linear weight for oneDNN on CPU;
+    # the logits must still be transformers' own, on a batch with padding and on one-token steps.
+    from transformers import AutoModelForCausalLM
+
+    from tiankong.engine.packed import PackedLinear, can_pack
+
+    eng = engines[arch]
+    if not can_pack(torch.device("cpu"), torch.float32):
+        pytest.skip("this torch build has no oneDNN")
+    linears = [m for m in eng.model.modules() if isinstance(m, torch.nn.Linear)]
+    packed = [m for m in eng.model.modules() if isinstance(m, PackedLinear)]
+    # Four matmuls per block (fused q/k/v, output, fused gate/up or fc, down) and the vocabulary head.
+    assert not linears and len(packed) == 4 * eng.cfg.n_layers + 1
+    hf = AutoModelForCausalLM.from_pretrained(eng.folder, dtype=torch.float32).eval()
+    ids = torch.tensor([eng.encode("Once upon a time there was a", raw=True)])
+    with torch.inference_mode():
+        ours = eng.model(ids, torch.arange(ids.shape[1])[None])
+        ref = hf(ids).logits
+    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_unpacked_engine_keeps_plain_modules(tmp_path):
+    eng = Engine.load(make_model(tmp_path / "m", "llama"), device="cpu", dtype="float32", pack=False)
+    assert all(m.__class__.__name__ != "PackedLinear" for m in eng.model.modules())
+    assert eng.model.layers[0].attn.wqkv is None and eng.model.layers[0].ffn.w13 is None
