@@ -14,6 +14,10 @@ only runs forward under inference mode; trainers load models without it.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
+
 import torch
 from torch import nn
 
@@ -51,6 +55,45 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
+def _file_mapped(t: torch.Tensor) -> bool:
+    """True if t's memory lies in a mapping of a regular file (Linux /proc/self/maps)."""
+    ptr = t.data_ptr()
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                lo, hi = (int(a, 16) for a in fields[0].split("-"))
+                if lo <= ptr < hi:
+                    return len(fields) == 6 and fields[5].startswith("/")
+    except OSError:
+        pass
+    return False
+
+
+def _release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) -> None:
+    """Let the OS take back the memory of weights that were just packed.
+
+    Loaded weights are views of the checkpoint file mapped into memory (safetensors mmap): every page
+    read while packing stays resident, and counted in the process's memory, for as long as any
+    tensor of the file is alive (the token embedding is). MADV_DONTNEED on the whole pages inside
+    a weight gives them back at once. For a file mapping the tensor stays valid (a later read faults
+    the page in again from the page cache), which is how the tied embedding can give its pages back
+    and still serve lookups. For anonymous memory the pages would read back as zeros, so that is
+    only done to tensors about to be dropped, and only_file_mapped=True refuses it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    for t in tensors:
+        if t.device.type != "cpu" or (only_file_mapped and not _file_mapped(t)):
+            continue
+        start = t.data_ptr()
+        lo, hi = -(-start // page) * page, (start + t.numel() * t.element_size()) // page * page
+        if hi > lo:
+            libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
+
+
 def prepare_for_inference(model: nn.Module, pack_tied: bool = True) -> int:
     """Fuse and pack `model`'s linear layers in place; returns how many were packed (0: left dense).
 
@@ -61,20 +104,26 @@ def prepare_for_inference(model: nn.Module, pack_tied: bool = True) -> int:
     p = next(model.parameters())
     if not can_pack(p.device, p.dtype):
         return 0
-    for layer in getattr(model, "layers", ()):
-        for part in layer.children():
-            if hasattr(part, "fuse"):
-                part.fuse()
-    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    embedded = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
     count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, nn.Linear):
+    # Module by module, so that at most one block's weights exist twice (dense and packed) at a time.
+    for part in list(model.modules()):
+        linears = [(n, c) for n, c in part.named_children() if isinstance(c, nn.Linear)]
+        if not linears:
+            continue
+        dense = [c.weight.detach() for _, c in linears]
+        if hasattr(part, "fuse"):
+            part.fuse()
+            linears = [(n, c) for n, c in part.named_children() if isinstance(c, nn.Linear)]
+        for name, child in linears:
+            if child.weight.data_ptr() in embedded and not pack_tied:
                 continue
-            if id(child.weight) in tied and not pack_tied:
-                continue
-            setattr(parent, name, PackedLinear(child))  # the dense weight goes with `child`
+            setattr(part, name, PackedLinear(child))
             count += 1
+        _release_pages([w for w in dense if w.data_ptr() not in embedded])
+        if any(w.data_ptr() in embedded for w in dense):
+            # Packing a tied output projection read the whole embedding; lookups need a few rows.
+            _release_pages([w for w in dense if w.data_ptr() in embedded], only_file_mapped=True)
     return count
 
 

@@ -193,3 +193,24 @@ def test_unpacked_engine_keeps_plain_modules(tmp_path):
     eng = Engine.load(make_model(tmp_path / "m", "llama"), device="cpu", dtype="float32", pack=False)
     assert all(m.__class__.__name__ != "PackedLinear" for m in eng.model.modules())
     assert eng.model.layers[0].attn.wqkv is None and eng.model.layers[0].ffn.w13 is None
+
+
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+def test_packing_keeps_a_tied_embedding_intact(tmp_path, stored):
+    # Packing gives the pages of packed weights back to the OS (madvise); the tied embedding stays
+    # in use, so its rows must still read exactly what the file holds, whether they are a view of the
+    # mapped file (float32 checkpoint) or a converted copy in ordinary memory (bfloat16 on disk).
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    folder = make_model(tmp_path / "m", "llama", tie_word_embeddings=True, vocab_size=2048)
+    if stored == "bfloat16":
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
+    eng = Engine.load(folder, device="cpu", dtype="float32")
+    want = load_file(folder / "model.safetensors")["model.embed_tokens.weight"].float()
+    assert torch.equal(eng.model.tok_emb.weight, want)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([eng.encode("Once upon a time", raw=True)])
+    with torch.inference_mode():
+        torch.testing.assert_close(eng.model(ids, torch.arange(ids.shape[1])[None]), hf(ids).logits,
+                                   atol=2e-5, rtol=1e-4)
