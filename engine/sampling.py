@@ -251,12 +251,24 @@ def _top_p_threshold(head: Tensor, lse: Tensor, p: Tensor) -> tuple[Tensor, Tens
     return torch.where(off, torch.full_like(cut, _NEG_INF), cut), complete
 
 
-# On CPU a full sort of a 50k-150k vocabulary costs milliseconds while topk(256) costs tens of
-# microseconds, and p is almost always reached within the first few hundred tokens; so on CPU
-# top-p tries a partial head first and grows it when some row needs more. On accelerators the
-# full sort is cheap and checking would force a host sync every step, so top-p sorts once.
+# On CPU p is almost always reached within the first few hundred tokens, so top-p looks at a
+# partial head (topk(256): tens of microseconds) first and sorts the whole row only when some row
+# needs more (a flat distribution). On accelerators the full sort is cheap and checking would
+# force a host sync every step, so top-p sorts once.
 _CPU_TOP_P_HEAD = 256
-_HEAD_GROWTH = 16
+
+
+def _sort_descending(x: Tensor) -> Tensor:
+    """(B, V) values sorted descending per row.
+
+    On CPU numpy's vectorised sort is ~30x faster than torch.sort here (0.09 vs 3 ms for a
+    49k vocabulary row); only the values are needed, not the indices.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        import numpy as np
+
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1)[:, ::-1].copy())
+    return x.sort(dim=-1, descending=True).values
 
 
 def _top_k_top_p(
@@ -281,7 +293,7 @@ def _top_k_top_p(
         if n < V:
             head = x.topk(n, dim=-1).values  # (B, n) descending
         else:
-            head = x.sort(dim=-1, descending=True).values  # (B, V)
+            head = _sort_descending(x)  # (B, V)
         y = x
         if max_k:
             kth = _kth_threshold(head, k)  # (B, 1)
@@ -292,7 +304,7 @@ def _top_k_top_p(
         cut, complete = _top_p_threshold(head, _logsumexp(y, head[:, :1]), p)
         if n == V or bool(complete.all()):
             return y.masked_fill(y < cut, _NEG_INF)
-        n = min(n * _HEAD_GROWTH, V)
+        n = V
 
 
 def _logsumexp(x: Tensor, row_max: Tensor) -> Tensor:
