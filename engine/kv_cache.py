@@ -25,9 +25,10 @@ class KVCache(nn.Module):
         """Write k, v (B, H_kv, T, hd) at positions start..start+T; return views of slots 0..start+T."""
         end = start + k.shape[2]
         assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len}"
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all, v_all = self.k[layer], self.v[layer]  # (B, H_kv, max_len, hd) views
+        k_all[:, :, start:end].copy_(k)
+        v_all[:, :, start:end].copy_(v)
+        return k_all[:, :, :end], v_all[:, :, :end]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (finished rows leave the batch so they cost nothing)."""

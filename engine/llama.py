@@ -21,6 +21,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding: x (B, heads, T, hd); cos, sin (B, 1, T, hd)."""
+    return x * cos + rotate_half(x) * sin
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -45,22 +50,21 @@ class Attention(nn.Module):
         self.wqkv = fused.requires_grad_(False)
         del self.wq, self.wk, self.wv
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, D) -> q (B, T, H*hd), k and v (B, T, H_kv*hd)."""
-        if self.wqkv is None:
-            return self.wq(x), self.wk(x), self.wv(x)
-        kv = self.n_kv_heads * self.head_dim
-        return self.wqkv(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
-
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, start: int) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.project(x)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin  # cos, sin: (B, 1, T, hd)
-        k = k * cos + rotate_half(k) * sin
+        H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.wqkv is None:
+            q = self.wq(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+            k = self.wk(x).view(B, T, H_kv, hd).transpose(1, 2)  # (B, H_kv, T, hd)
+            v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
+        else:
+            # Fused: rotate q and k as one tensor; a decode step runs a few dozen tiny ops per
+            # layer, so every op saved shows.
+            qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, hd).transpose(1, 2)  # (B, H + 2 H_kv, T, hd)
+            qk = rope(qkv[:, : H + H_kv], cos, sin)
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + H_kv:]
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
         # No mask: plain causal attention over the whole sequence (training, or one unpadded row).
