@@ -52,7 +52,8 @@ from tiankong.engine.model import load_model, save_pretrained
 from tiankong.engine.sampling import SamplingParams
 
 from .common import Trainer, TrainConfig, lr_at, opt
-from .preferences import Encoder, _messages, pad_right
+from .preferences import Encoder, pad_right
+from .records import messages_field
 from .reward import RewardModel
 
 Reduce = Callable[[dict[str, float]], dict[str, float]]
@@ -180,9 +181,9 @@ def read_prompts(path: str | Path) -> list[tuple[int, str | list[dict]]]:
             raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix the line or make it plain text") from None
         try:
             if isinstance(obj.get("messages"), list):
-                out.append((n, _messages(obj["messages"], "messages")))
+                out.append((n, messages_field(obj["messages"], "messages")))
             elif isinstance(obj.get("prompt"), list):
-                out.append((n, _messages(obj["prompt"], "prompt")))
+                out.append((n, messages_field(obj["prompt"], "prompt")))
             elif isinstance(obj.get("prompt"), str):
                 out.append((n, obj["prompt"]))
             else:

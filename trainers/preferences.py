@@ -48,9 +48,9 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from .common import Trainer, TrainConfig, opt
+from .records import Prompt, parse_record
 
 TIE_MODES = ("drop", "soft")
-Prompt = str | list[dict]
 
 
 # ---------------------------------------------------------------- text -> ids
@@ -117,63 +117,6 @@ class Encoder:
 
 
 # ---------------------------------------------------------------- records
-
-
-def parse_record(row: Any) -> tuple[Prompt, str, str]:
-    """(prompt, chosen text, rejected text) from one TRL preference record; InputError if malformed.
-
-    Identical sides come back as they are (the caller skips them)."""
-    if not isinstance(row, Mapping):
-        raise InputError(f"expected a JSON object with \"chosen\" and \"rejected\", got {type(row).__name__}")
-    for key in ("chosen", "rejected"):
-        if key not in row:
-            raise InputError(f"no \"{key}\"; a preference record needs \"chosen\" and \"rejected\" "
-                             "(and usually \"prompt\")")
-    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
-    if prompt is not None:
-        if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str):
-            return prompt, chosen, rejected  # standard
-        if isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list):
-            return _messages(prompt, "prompt"), _reply(chosen, "chosen"), _reply(rejected, "rejected")
-        raise InputError("\"prompt\", \"chosen\" and \"rejected\" must all be strings (standard format) "
-                         "or all message lists (conversational format)")
-    if isinstance(chosen, str) and isinstance(rejected, str):  # implicit prompt, text
-        n = len(os.path.commonprefix([chosen, rejected]))
-        if n == len(chosen) == len(rejected):
-            return chosen, "", ""
-        space = max(chosen.rfind(" ", 0, n), chosen.rfind("\n", 0, n))
-        cut = space if space > 0 else n
-        return chosen[:cut], chosen[cut:], rejected[cut:]
-    if isinstance(chosen, list) and isinstance(rejected, list):  # implicit prompt, messages
-        c, r = _messages(chosen, "chosen"), _messages(rejected, "rejected")
-        if c == r:
-            return c[:-1], c[-1]["content"], r[-1]["content"]
-        k = 0
-        while k < min(len(c), len(r)) and c[k] == r[k]:
-            k += 1
-        if k == 0:
-            raise InputError("\"chosen\" and \"rejected\" share no leading messages, so there is no prompt; "
-                             "add a \"prompt\"")
-        return c[:k], _reply(c[k:], "chosen"), _reply(r[k:], "rejected")
-    raise InputError("\"chosen\" and \"rejected\" must both be strings or both be message lists")
-
-
-def _messages(value: Any, what: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise InputError(f"\"{what}\" must be a non-empty list of {{\"role\", \"content\"}} messages")
-    out = []
-    for i, m in enumerate(value, 1):
-        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError(f"\"{what}\" message {i} must be {{\"role\": str, \"content\": str}}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
-def _reply(value: Any, what: str) -> str:
-    msgs = _messages(value, what)
-    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
-        raise InputError(f"\"{what}\" must be exactly one assistant message")
-    return msgs[0]["content"]
 
 
 def read_rows(path: str | Path) -> list[tuple[int, Any]]:

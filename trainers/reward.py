@@ -41,7 +41,8 @@ from tiankong.engine.errors import InputError, ModelLoadError, TiankongError
 from tiankong.engine.model import load_model, save_pretrained
 
 from .common import opt
-from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right, parse_record
+from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
+from .records import parse_record
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tiankong.engine.errors import InputError
+from tiankong.trainers.records import parse_record
 from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
 
 IMPORTED_PRESET, IMPORTED_MODEL = "imported", "unknown"
@@ -154,62 +155,14 @@ def _row_vote(row: Any, rater: str, source: str) -> Vote:
 
 def _split_row(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[dict], str, str]:
     """(conversation ending with the user prompt, chosen text, rejected text) from any supported row."""
-    if prompt is not None:
-        if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str):
-            return [{"role": "user", "content": prompt}], chosen, rejected  # TRL standard
-        if isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list):
-            return _messages(prompt, "prompt"), _reply(chosen, "chosen"), _reply(rejected, "rejected")
-        raise InputError('"prompt", "chosen" and "rejected" must all be strings (standard) or all message lists '
-                         "(conversational)")
-    if isinstance(chosen, str) and isinstance(rejected, str):
-        if HH_ASSISTANT in chosen and "Human:" in chosen:
-            return _hh(chosen, rejected)
-        return _implicit_text(chosen, rejected)
-    if isinstance(chosen, list) and isinstance(rejected, list):
-        return _implicit_messages(chosen, rejected)
-    raise InputError('"chosen" and "rejected" must both be strings or both be message lists')
-
-
-def _messages(value: Any, what: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise InputError(f'"{what}" must be a non-empty list of {{"role", "content"}} messages')
-    out = []
-    for i, m in enumerate(value, 1):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError(f'"{what}" message {i} must be {{"role": str, "content": str}}')
-        if m["role"] not in ("system", "user", "assistant"):
-            raise InputError(f'"{what}" message {i} has role {m["role"]!r}; use system, user or assistant')
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
-def _reply(value: Any, what: str) -> str:
-    msgs = _messages(value, what)
-    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
-        raise InputError(f'"{what}" must be exactly one assistant message')
-    return msgs[0]["content"]
-
-
-def _implicit_text(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
-    """TRL standard with an implicit prompt: the shared start is the prompt. The cut moves back to
-    the last whitespace so no word is split, and the answers keep their leading space (as TRL does)."""
-    n = len(os.path.commonprefix([chosen, rejected]))
-    if n == len(chosen) and n == len(rejected):
+    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str) \
+            and HH_ASSISTANT in chosen and "Human:" in chosen:
+        return _hh(chosen, rejected)
+    head, chosen, rejected = parse_record({"prompt": prompt, "chosen": chosen, "rejected": rejected}
+                                          if prompt is not None else {"chosen": chosen, "rejected": rejected})
+    if prompt is None and chosen == rejected:  # the implicit prompt swallowed both answers
         raise InputError('"chosen" and "rejected" are identical; there is no preference to learn')
-    space = max(chosen.rfind(" ", 0, n), chosen.rfind("\n", 0, n))
-    cut = space if space > 0 else n
-    return [{"role": "user", "content": chosen[:cut]}], chosen[cut:], rejected[cut:]
-
-
-def _implicit_messages(chosen: list, rejected: list) -> tuple[list[dict], str, str]:
-    """TRL conversational with an implicit prompt: the shared leading messages are the prompt."""
-    c, r = _messages(chosen, "chosen"), _messages(rejected, "rejected")
-    k = 0
-    while k < min(len(c), len(r)) and c[k] == r[k]:
-        k += 1
-    if k == 0:
-        raise InputError('"chosen" and "rejected" share no leading messages, so there is no prompt')
-    return c[:k], _reply(c[k:], "chosen"), _reply(r[k:], "rejected")
+    return ([{"role": "user", "content": head}] if isinstance(head, str) else head), chosen, rejected
 
 
 def _hh(chosen: str, rejected: str) -> tuple[list[dict], str, str]:

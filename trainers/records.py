@@ -1,0 +1,94 @@
+"""TRL preference records, parsed without torch: shared by the trainers and `tiankong prefs import`.
+
+The formats are listed in `preferences.py`. Everything here raises InputError with a message that
+names the field; callers add the file name and line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from tiankong.engine.errors import InputError
+
+Prompt = str | list[dict]
+ROLES = ("system", "user", "assistant")
+
+
+def messages_field(value: Any, what: str) -> list[dict]:
+    """A non-empty list of {"role", "content"} messages with known roles -> plain copies."""
+    if not isinstance(value, list) or not value:
+        raise InputError(f"\"{what}\" must be a non-empty list of {{\"role\", \"content\"}} messages")
+    out = []
+    for i, m in enumerate(value, 1):
+        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise InputError(f"\"{what}\" message {i} must be {{\"role\": str, \"content\": str}}")
+        if m["role"] not in ROLES:
+            raise InputError(f"\"{what}\" message {i} has role {m['role']!r}; use system, user or assistant")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def reply_field(value: Any, what: str) -> str:
+    """The text of a one-message assistant list (TRL conversational "chosen"/"rejected")."""
+    msgs = messages_field(value, what)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise InputError(f"\"{what}\" must be exactly one assistant message")
+    return msgs[0]["content"]
+
+
+def implicit_text(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Implicit-prompt text pair: the shared start is the prompt, cut back to the last whitespace so
+    no word is split (the answers keep their leading space, as TRL does). Identical sides give
+    (chosen, "", "")."""
+    n = len(os.path.commonprefix([chosen, rejected]))
+    if n == len(chosen) == len(rejected):
+        return chosen, "", ""
+    space = max(chosen.rfind(" ", 0, n), chosen.rfind("\n", 0, n))
+    cut = space if space > 0 else n
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def implicit_messages(chosen: Any, rejected: Any) -> tuple[list[dict], str, str]:
+    """Implicit-prompt message lists: the shared leading messages are the prompt. Identical sides
+    give (all but the last message, its text, its text)."""
+    c, r = messages_field(chosen, "chosen"), messages_field(rejected, "rejected")
+    if c == r:
+        return c[:-1], c[-1]["content"], r[-1]["content"]
+    k = 0
+    while k < min(len(c), len(r)) and c[k] == r[k]:
+        k += 1
+    if k == 0:
+        raise InputError("\"chosen\" and \"rejected\" share no leading messages, so there is no prompt; "
+                         "add a \"prompt\"")
+    return c[:k], reply_field(c[k:], "chosen"), reply_field(r[k:], "rejected")
+
+
+def explicit(prompt: Any, chosen: Any, rejected: Any) -> tuple[Prompt, str, str]:
+    """A record with a "prompt": all strings (standard) or all message lists (conversational)."""
+    if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str):
+        return prompt, chosen, rejected
+    if isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list):
+        return messages_field(prompt, "prompt"), reply_field(chosen, "chosen"), reply_field(rejected, "rejected")
+    raise InputError("\"prompt\", \"chosen\" and \"rejected\" must all be strings (standard format) "
+                     "or all message lists (conversational format)")
+
+
+def parse_record(row: Any) -> tuple[Prompt, str, str]:
+    """(prompt, chosen text, rejected text) from one TRL preference record; InputError if malformed.
+
+    Identical sides come back as they are (the caller skips or refuses them)."""
+    if not isinstance(row, Mapping):
+        raise InputError(f"expected a JSON object with \"chosen\" and \"rejected\", got {type(row).__name__}")
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise InputError(f"no \"{key}\"; a preference record needs \"chosen\" and \"rejected\" "
+                             "(and usually \"prompt\")")
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if prompt is not None:
+        return explicit(prompt, chosen, rejected)
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        return implicit_text(chosen, rejected)
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        return implicit_messages(chosen, rejected)
+    raise InputError("\"chosen\" and \"rejected\" must both be strings or both be message lists")
