@@ -64,7 +64,7 @@ def test_folder_is_complete_and_small():
     from safetensors import safe_open
 
     with safe_open(str(MODEL / "model.safetensors"), "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}  # noqa: SIM118
     card = (MODEL / "README.md").read_text(encoding="utf-8")
     for needle in ("python models/build/build.py", "before SFT", "after SFT", "Known limits", "MIT"):
         assert needle in card
@@ -101,24 +101,28 @@ def test_matches_transformers(engine):
 
 # ---------------------------------------------------------------- what it was tuned to do
 
-@pytest.mark.parametrize("prompt, chinese", [
-    ("Write a short story about a cat named Tom.", False),
-    ("Tell me a story about a dog called Biscuit.", False),
-    ("用中文写一个关于小狗的故事。", True),
+@pytest.mark.parametrize("prompt, chinese, words", [
+    ("Write a short story about a cat named Tom.", False, ["Tom", "cat"]),
+    ("Tell me a story about a dog called Biscuit.", False, ["Biscuit", "dog"]),
+    ("用中文写一个关于小狗的故事。", True, ["小狗"]),
 ])
-def test_greedy_story_is_whole_and_in_the_asked_language(engine, prompt, chinese):
-    # How often the story uses the requested name and animal is measured in the model card
-    # (a known limit of a 3M model); here: a whole story, ended by EOS, in the right language.
+def test_greedy_story_is_whole_names_its_hero_and_is_in_the_asked_language(engine, prompt, chinese, words):
+    # Over 40 fresh (animal, name) requests the card reports how often name and animal are used; these
+    # greedy answers are fixed for the bundled weights.
     done = greedy(engine, prompt)
     assert done.finish_reason == "eos", done.text
     assert len(done.text) > 80
     cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in done.text)
     assert (cjk > len(done.text) / 2) if chinese else (cjk == 0 and len(done.text.split()) > 20), done.text
+    for w in words:
+        assert w in done.text, done.text
 
 
 @pytest.mark.parametrize("prompt, expected", [
     ("What sound does a cow make?", "moo"),
     ("蜜蜂住在哪里？", "蜂巢"),
+    ("What colour is a banana?", "yellow"),
+    ("What do bees make?", "honey"),
 ])
 def test_greedy_short_answers(engine, prompt, expected):
     done = greedy(engine, prompt, max_new_tokens=40)
@@ -192,7 +196,7 @@ def test_build_smoke_data_and_init(tmp_path):
     """The first stages of the real build, at tiny sizes (the full --smoke run trains too: see the card)."""
     out = subprocess.run([sys.executable, str(BUILD / "build.py"), "--smoke", "--work", str(tmp_path),
                           "--out", str(tmp_path / "model"), "--to-stage", "init"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["init"]["parameters"] > 0 and report["corpus_tokens"] > 0
@@ -202,10 +206,6 @@ def test_build_smoke_data_and_init(tmp_path):
     assert eng.tokenizer.decode(eng.tokenizer.encode("<|user|>\n你好", add_special_tokens=False)) == "<|user|>\n你好"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the committed model was built before the last change to the corpus generator (memory games, made-up "
-    "names), so today's card.py describes data the bundled weights never saw; rebuild with "
-    "`python models/build/build.py` and this passes (strict: an unexpected pass fails, so remove the mark then)"))
 def test_card_renders_from_the_report():
     import card
 

@@ -9,8 +9,9 @@ Stages (each prints its wall time; all times go into the model card):
              generated from fixed seeds; the held-out files use other seeds, and sft_eval drops exact
              duplicates of training rows.
 2. init      a SentencePiece BPE tokenizer (tiankong's own trainer function, byte fallback) trained on the
-             corpus plus the SFT conversations as the chat template writes them, and a randomly initialised
-             Llama model of the "mini" shape below, saved as an ordinary HF folder.
+             corpus plus the SFT conversations as the chat template writes them (Chinese pieces capped at 4
+             characters, see cap_han_runs), and a randomly initialised Llama model of the "mini" shape
+             below, saved as an ordinary HF folder.
 3. pretrain  `tiankong train pretrain --config pretrain.toml --model work/init --data work/corpus.txt`
 4. sft       `tiankong train sft --config sft.toml --model work/base --data work/sft.jsonl`
              (tiankong's default chat template, saved into tokenizer_config.json)
@@ -28,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -37,24 +40,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import corpus  # noqa: E402
-import sft_data  # noqa: E402
+import corpus
+import sft_data
 
 REPO = HERE.parents[1]
 DEFAULT_WORK = HERE / "work"
 DEFAULT_OUT = HERE.parent / "tiankong-mini"
 
 # The model: a Llama ("mini") between the trainer's micro (128x5) and tiny (256x6) sizes; see the card.
-MINI = dict(dim=192, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=512, max_seq_len=512)
-FULL = dict(corpus_docs=70000, corpus_eval_docs=1000, corpus_seed=1, corpus_eval_seed=101,
-            sft_rows=12000, sft_eval_rows=600, sft_seed=2, sft_eval_seed=3, vocab_size=4096, tokenizer_seed=0,
-            shape=MINI, pretrain_config=HERE / "pretrain.toml", sft_config=HERE / "sft.toml")
-SMOKE = dict(corpus_docs=300, corpus_eval_docs=20, corpus_seed=1, corpus_eval_seed=101,
-             sft_rows=60, sft_eval_rows=20, sft_seed=2, sft_eval_seed=3, vocab_size=1500, tokenizer_seed=0,
-             shape=dict(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=128),
-             pretrain_flags=["--steps", "4", "--batch-size", "2", "--seq-len", "64", "--warmup-steps", "1",
-                             "--eval-fraction", "0.1"],
-             sft_flags=["--steps", "3", "--batch-size", "2", "--max-len", "128"])
+MINI = {"dim": 192, "n_layers": 6, "n_heads": 6, "n_kv_heads": 2, "ffn_dim": 512, "max_seq_len": 512}
+FULL = {"corpus_docs": 85000, "corpus_eval_docs": 1000, "corpus_seed": 1, "corpus_eval_seed": 101,
+        "sft_rows": 12000, "sft_eval_rows": 600, "sft_seed": 2, "sft_eval_seed": 3, "vocab_size": 4096,
+        "tokenizer_seed": 0, "shape": MINI, "pretrain_config": HERE / "pretrain.toml", "sft_config": HERE / "sft.toml"}
+SMOKE = {"corpus_docs": 300, "corpus_eval_docs": 20, "corpus_seed": 1, "corpus_eval_seed": 101,
+         "sft_rows": 60, "sft_eval_rows": 20, "sft_seed": 2, "sft_eval_seed": 3, "vocab_size": 1500, "tokenizer_seed": 0,
+         "shape": {"dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64, "max_seq_len": 128},
+         "pretrain_flags": ["--steps", "4", "--batch-size", "2", "--seq-len", "64", "--warmup-steps", "1",
+                            "--eval-fraction", "0.1"],
+         "sft_flags": ["--steps", "3", "--batch-size", "2", "--max-len", "128"]}
 # what the package stage copies from the SFT output
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 STAGES = ("data", "init", "pretrain", "sft", "eval", "package")
@@ -75,21 +78,45 @@ def stage_data(work: Path, p: dict) -> dict:
     return stats
 
 
-def tokenizer_texts(work: Path) -> list[str]:
+HAN_RUN = re.compile(r"[\u4e00-\u9fff]+")
+CJK_PIECE_CAP = 4  # longest Chinese piece the tokenizer may learn, in characters
+
+
+def cap_han_runs(text: str, rng: random.Random, cap: int = CJK_PIECE_CAP) -> str:
+    """Cut runs of Chinese characters into chunks of 1..cap with U+00B7 (another Unicode script).
+
+    Chinese has no spaces, so on generated text BPE would otherwise merge whole template clauses into one
+    piece ("它听到一个小小的声音"); SentencePiece never merges across scripts, so in the tokenizer's training
+    text these cuts cap Chinese pieces at `cap` characters: word-sized tokens the playground can show
+    one by one. Only the tokenizer sees the cuts; the model trains on the text as it is.
+    """
+    def cut(m: re.Match) -> str:
+        run, parts, i = m.group(0), [], 0
+        while i < len(run):
+            n = rng.randint(1, cap)
+            parts.append(run[i:i + n])
+            i += n
+        return "\u00b7".join(parts)
+
+    return HAN_RUN.sub(cut, text)
+
+
+def tokenizer_texts(work: Path, seed: int = 0) -> list[str]:
     """What the tokenizer learns from: the corpus, and the SFT conversations rendered by the chat template
-    (so instruction words and the <|user|>/<|assistant|> markers get pieces of their own)."""
+    (so instruction words and the <|user|>/<|assistant|> markers get pieces of their own), with Chinese
+    runs capped (see cap_han_runs)."""
     from tiankong.engine.chat import ChatTemplate
     from tiankong.trainers.data import load_conversations, load_texts
     from tiankong.trainers.sft import DEFAULT_CHAT_TEMPLATE
 
     template = ChatTemplate(DEFAULT_CHAT_TEMPLATE, "", "")
     chats = [template.render(c.messages, add_generation_prompt=False) for c in load_conversations(work / "sft.jsonl")]
-    return load_texts(work / "corpus.txt") + chats
+    rng = random.Random(seed)
+    return [cap_han_runs(t, rng) for t in load_texts(work / "corpus.txt") + chats]
 
 
 def stage_init(work: Path, p: dict) -> dict:
     import torch
-
     from tiankong.engine.config import ModelConfig
     from tiankong.engine.model import build_model, save_pretrained
     from tiankong.engine.tokenizer import load_tokenizer
@@ -99,7 +126,7 @@ def stage_init(work: Path, p: dict) -> dict:
     if out.exists():
         shutil.rmtree(out)
     shape = p["shape"]
-    train_tokenizer(tokenizer_texts(work), out, p["vocab_size"], shape["max_seq_len"], p["tokenizer_seed"])
+    train_tokenizer(tokenizer_texts(work, p["tokenizer_seed"]), out, p["vocab_size"], shape["max_seq_len"], p["tokenizer_seed"])
     tok = load_tokenizer(out)
     cfg = ModelConfig(architecture="LlamaForCausalLM", family="llama", vocab_size=tok.vocab_size, norm_eps=1e-5,
                       rope_theta=10000.0, tie_embeddings=True, bos_token_id=1, eos_token_id=2,
@@ -171,9 +198,8 @@ def _last_metrics(folder: Path) -> dict:
 
 
 def stage_eval(work: Path, p: dict, threads: int, smoke: bool) -> dict:
-    import torch
-
     import evaluate
+    import torch
 
     torch.set_num_threads(threads)
     return evaluate.evaluate(work, smoke=smoke)

@@ -67,13 +67,13 @@ def render(r: dict) -> str:
     w("")
     w("| | |")
     w("| --- | --- |")
-    w(f"| architecture | `LlamaForCausalLM`: RoPE, RMSNorm, SwiGLU, grouped-query attention, tied embeddings |")
+    w("| architecture | `LlamaForCausalLM`: RoPE, RMSNorm, SwiGLU, grouped-query attention, tied embeddings |")
     w(f"| parameters | {init['parameters']:,} ({init['parameters'] - init['vocab_size'] * shape['dim']:,} without the embedding) |")
     w(f"| shape | hidden {shape['dim']}, {shape['n_layers']} layers, {shape['n_heads']} query heads / "
       f"{shape['n_kv_heads']} key-value heads (head size {shape['dim'] // shape['n_heads']}), FFN {shape['ffn_dim']} |")
     w(f"| context | {shape['max_seq_len']} tokens (pretrained on 256-token blocks, tuned on conversations up to 512) |")
     w(f"| tokenizer | SentencePiece BPE, {init['vocab_size']} pieces, byte fallback (no text is ever `<unk>`), "
-      "trained on the corpus and the SFT conversations |")
+      "trained on the corpus and the SFT conversations; Chinese pieces are at most 4 characters |")
     w("| chat format | tiankong's default template, saved in `tokenizer_config.json`: "
       "`<s><|user|>\\n{question}\\n<|assistant|>\\n{answer}</s>` (a `<|system|>` turn is accepted but was never trained) |")
     w(f"| weights | `model.safetensors`, float32, {_mb(size)} |")
@@ -129,11 +129,22 @@ def render(r: dict) -> str:
       f"--output work/sft --autocast`: {steps_sft} steps, loss on answer tokens only | {_min(t.get('sft', 0))} |")
     w(f"| eval | `evaluate.py`: the figures and samples below | {_min(t.get('eval', 0))} |")
     w("")
-    w("The model shape is not one of `tiankong train pretrain --size`'s names: micro (128 wide) was too small "
-      "for two languages and tiny (256 wide, 5.4M) trained ~2x slower per token here, so the build saves an "
-      "initialised \"mini\" model (192 wide, 6 layers) and pretrains it with `--model`. The tokenizer is trained "
-      "by the build (with the trainer's own function and settings) rather than by `train pretrain`, so that it also "
-      "sees the instruction wording and the chat markers.")
+    w("The model shape is not one of `tiankong train pretrain --size`'s names: micro (128 wide) leaves under a million "
+      "parameters outside a 4096-piece embedding for two languages, and tiny (256 wide, 5.4M) ran at about half the "
+      "tokens per second here, so the build saves an initialised \"mini\" model (192 wide, 6 layers) and pretrains it "
+      "with `--model`. The tokenizer is trained by the build (with the trainer's own function and settings) rather "
+      "than by `train pretrain`, so that it also sees the instruction wording and the chat markers, and with "
+      "Chinese runs cut into chunks of 1-4 characters by a separator in the tokenizer's training text only: "
+      "Chinese has no spaces, and on generated text BPE otherwise learns whole clauses as single pieces "
+      "(\"它听到一个小小的声音\"), which the playground would show as one \"token\" and which made any prompt that "
+      "stopped mid-clause unlike anything the model had seen.")
+    w("")
+    w("Batch size mattered more than anything else. On a CPU the tokens per second hardly depend on the batch, so "
+      "the same 20 minutes buy either 1,400 steps of 16 blocks or 6,000+ steps of 4. With 16-block batches the model "
+      "learned the templates but never learned to look back: a hero's name at its second mention got probability "
+      "0.015 (chance), stories changed names every sentence and SFT answers ignored the animal or name asked for. "
+      "With 4-block batches, copying from context appeared after about 2,500 steps. The figure is measured again "
+      "by every build (\"name copying\" below).")
     w("")
     w("`pretrain.toml`:")
     w("")
@@ -157,6 +168,12 @@ def render(r: dict) -> str:
         b, s = h["base"][key], h["sft"][key]
         w(f"| {name} | {b['loss']:.3f} | {b['ppl']:.2f} | {s['loss']:.3f} | {s['ppl']:.2f} |")
     w("")
+    if "name_copy" in h["base"]:
+        nb, ns = h["base"]["name_copy"], h["sft"]["name_copy"]
+        w(f"Name copying: in {nb['mentions']} later mentions of a hero's name in fresh English stories (half of them "
+          f"made-up names), the mean probability the model gives the name is {nb['mean_p']:.2f} before SFT and "
+          f"{ns['mean_p']:.2f} after (chance: about 0.02).")
+        w("")
     if "eval_loss" in pre:
         w(f"The pretraining run's own held-out split (2% of the training blocks) ended at eval_loss "
           f"{pre['eval_loss']:.3f} (ppl {pre['eval_ppl']:.2f}); final training loss {pre['loss']:.3f} (pretrain), "
@@ -181,7 +198,7 @@ def render(r: dict) -> str:
     w("| kind | prompt | expected | answer |")
     w("| --- | --- | --- | --- |")
     for e in ins["closed_form_examples"]:
-        cell = lambda s: _visible(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        cell = lambda s: _visible(s).replace("|", "\\|").replace("\n", " ")
         w(f"| {e['kind']} | {cell(e['prompt'])} | {cell(e['expected'])} | {cell(e['answer'])} {'✓' if e['ok'] else '✗'} |")
     w("")
     w("</details>")
@@ -219,14 +236,20 @@ def render(r: dict) -> str:
       "146 facts, the words in its tables. Ask about anything else and it answers with a confident story-shaped "
       "or fact-shaped sentence that is probably wrong; it cannot say \"I don't know\".")
     w("- Facts are reproduced, not understood: a question worded far from the tuned phrasings may get a fact "
-      "about the wrong topic. Sums are only reliable for numbers up to 10, as trained; larger numbers fail.")
+      "about the wrong topic. Sums, opposites and word translation are the weakest skills (see the table): "
+      "they need a word or number copied from the question and then mapped, which a 3M model trained for half "
+      "an hour does only sometimes. Treat every answer as a sample, not as knowledge.")
     w("- Translation covers the word list and four simple sentence patterns; anything else is not translated.")
-    w("- Stories follow ten plots and can mix details (a duck learning to ride a bike, a tiger sent a birthday "
-      "cake); at high temperature the Chinese and English grammar breaks down sooner than at low.")
+    w("- Stories follow ten plots and mix details freely (a duck learning to ride a bike, a tiger sent a "
+      "birthday cake). Sampled stories (temperature 0.7-1.0) now and then pick a token from the wrong language "
+      "or a wrong name; presets with a repetition penalty (chat, creative) make that more likely, because a "
+      "story has to repeat its hero's name.")
+    w("- SFT made the model a chat model: plain-text (raw) completion is still fine for English story openings "
+      "but weaker than before SFT (held-out text loss above), and weaker in Chinese than in English.")
     w("- Context: trained on 256-token blocks; conversations past about 500 tokens degrade. Multi-turn chats "
       "were only 6% of SFT, two turns at most. System prompts were never trained.")
     w("- It is a toy for watching next-token prediction, comparing presets and trying RLHF on a laptop, not an "
-      "assistant. The text was generated for children's-story style, but nothing filters the model's output.")
+      "assistant. The text was generated in children's-story style, but nothing filters the model's output.")
     w("")
     w("## Rebuild")
     w("")

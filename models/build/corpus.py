@@ -6,9 +6,10 @@ Writes plain UTF-8 text, one document after another separated by lines holding o
 (the separator `tiankong train pretrain` reads). The same --seed and --docs give the same bytes on
 any machine: every choice comes from one random.Random(seed), walked in a fixed order.
 
-Mix (per document, drawn at random): English stories 36%, Chinese stories 30%, English facts 8%,
-Chinese facts 8%, English animal descriptions 4%, Chinese animal descriptions 4%, memory games (one
-child says a list of words, the other says it back) 5% in each language.
+Mix (per document, drawn at random): stories 33% English, 27% Chinese; facts 7% + 7%; animal
+descriptions 4% + 4%; memory games (one child says a list of words, the other says it back) 4% + 4%;
+workbook lessons (opposites, colours of things, English-Chinese words, animal sounds, counting
+stories with a sum) 5% + 5%.
 """
 
 from __future__ import annotations
@@ -20,13 +21,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from facts import FACTS  # noqa: E402
-from lexicon import ANIMALS, COLORS, FOODS, OBJECTS, a, cap, zh_word  # noqa: E402
-from stories import Hero, grownup, story_en, story_zh  # noqa: E402
+from facts import FACTS
+from lexicon import (
+    ANIMALS,
+    COLORS,
+    FOODS,
+    OBJECTS,
+    OPPOSITES,
+    THING_COLORS,
+    a,
+    cap,
+    word_pairs,
+    zh_word,
+)
+from stories import Hero, grownup, story_en, story_zh
 
 SEPARATOR = "<|endoftext|>"
-MIX = (("story_en", 0.36), ("story_zh", 0.30), ("facts_en", 0.08), ("facts_zh", 0.08), ("animal_en", 0.04),
-       ("animal_zh", 0.04), ("game_en", 0.05), ("game_zh", 0.05))
+MIX = (("story_en", 0.33), ("story_zh", 0.27), ("facts_en", 0.07), ("facts_zh", 0.07), ("animal_en", 0.04),
+       ("animal_zh", 0.04), ("game_en", 0.04), ("game_zh", 0.04), ("lesson_en", 0.05), ("lesson_zh", 0.05))
 
 
 def facts_en(rng: random.Random, topic: str | None = None, k: int | None = None) -> str:
@@ -154,8 +166,84 @@ def game_zh(rng: random.Random) -> str:
     return "".join(out)
 
 
+COUNTABLE = [f for f in FOODS if f[0] in ("apple", "banana", "cookie", "dumpling", "strawberry", "cherry", "carrot",
+                                           "pear", "peach", "orange", "bun", "rice ball")]
+
+
+def _plural_en(food: tuple) -> str:
+    return {"cherry": "cherries", "strawberry": "strawberries", "peach": "peaches", "sandwich": "sandwiches",
+            "corn": "ears of corn", "bread": "loaves of bread", "rice ball": "rice balls"}.get(food[0], food[0] + "s")
+
+
+def lesson_en(rng: random.Random) -> str:
+    """A page of a children's workbook: opposites, colours of things, English-Chinese words, animal
+    sounds, or counting (a small story with a sum)."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        pairs = rng.sample(OPPOSITES, rng.randint(2, 5))
+        parts = [rng.choice([f"The opposite of {x} is {y}.", f"{cap(x)} and {y} are opposites.",
+                             f"The opposite of \"{x}\" is \"{y}\"."]) for x, y, _, _ in pairs]
+        return rng.choice(["Opposites\n", "Let's learn opposites. ", ""]) + " ".join(parts)
+    if kind == 1:
+        things = rng.sample(THING_COLORS, rng.randint(2, 5))
+        parts = [f"{cap(t)} {'are' if pl else 'is'} {c}." for t, c, _, _, pl in things]
+        return rng.choice(["Colours\n", "What colour is it? ", ""]) + " ".join(parts)
+    if kind == 2:
+        pairs = rng.sample(word_pairs(), rng.randint(3, 6))
+        style = rng.randrange(3)
+        if style == 0:
+            return "English and Chinese words\n" + "\n".join(f"{e} - {z}" for e, z in pairs)
+        if style == 1:
+            return " ".join(f"\"{e}\" in Chinese is \"{z}\"." for e, z in pairs)
+        return " ".join(f"The Chinese word \"{z}\" means \"{e}\"." for e, z in pairs)
+    if kind == 3:
+        an = rng.sample([x for x in ANIMALS if x.sound_en and x.sound_en != "roar"], rng.randint(2, 4))
+        return rng.choice(["Animal sounds\n", "What do the animals say? ", ""]) + " ".join(
+            f"{cap(a(x.en))} says \"{x.sound_en}\"." for x in an)
+    h = Hero.random(rng, "en")
+    food = rng.choice(COUNTABLE)
+    x, y = rng.randint(1, 10), rng.randint(1, 10)
+    if rng.random() < 0.6:
+        return (f"{h.name} had {x} {_plural_en(food) if x != 1 else food[0]}. {rng.choice(['A friend', cap(grownup(rng, h).en)])} "
+                f"gave {h.him} {y} more. {x} plus {y} is {x + y}, so now {h.name} has {x + y} {_plural_en(food)}.")
+    x, y = max(x, y), min(x, y)
+    return (f"{h.name} had {x} {_plural_en(food) if x != 1 else food[0]}. {cap(h.he)} ate {y}. "
+            f"{x} minus {y} is {x - y}, so now {h.name} has {x - y} left.")
+
+
+def lesson_zh(rng: random.Random) -> str:
+    kind = rng.randrange(5)
+    if kind == 0:
+        pairs = rng.sample(OPPOSITES, rng.randint(2, 5))
+        parts = [rng.choice([f"“{x}”的反义词是“{y}”。", f"“{x}”和“{y}”是一对反义词。"]) for _, _, x, y in pairs]
+        return rng.choice(["反义词\n", "我们来学反义词。", ""]) + "".join(parts)
+    if kind == 1:
+        things = rng.sample(THING_COLORS, rng.randint(2, 5))
+        return rng.choice(["颜色\n", "它们是什么颜色的？", ""]) + "".join(f"{t}是{c}的。" for _, _, t, c, _ in things)
+    if kind == 2:
+        pairs = rng.sample(word_pairs(), rng.randint(3, 6))
+        style = rng.randrange(3)
+        if style == 0:
+            return "中英文词语\n" + "\n".join(f"{z} - {e}" for e, z in pairs)
+        if style == 1:
+            return "".join(f"“{z}”用英语说是“{e}”。" for e, z in pairs)
+        return "".join(f"英语单词“{e}”的意思是“{z}”。" for e, z in pairs)
+    if kind == 3:
+        an = rng.sample([x for x in ANIMALS if x.sound_zh and not x.sound_zh.endswith("地")], rng.randint(2, 4))
+        return rng.choice(["动物的叫声\n", "小动物们怎么叫？", ""]) + "".join(f"{x.zh}{x.sound_zh}叫。" for x in an)
+    h = Hero.random(rng, "zh")
+    food = rng.choice(COUNTABLE)
+    x, y = rng.randint(1, 10), rng.randint(1, 10)
+    if rng.random() < 0.6:
+        return (f"{h.name}有{x}个{food[2]}，{grownup(rng, h).zh}又给了{h.ta}{y}个。{x}加{y}等于{x + y}，"
+                f"所以{h.name}现在有{x + y}个{food[2]}。")
+    x, y = max(x, y), min(x, y)
+    return f"{h.name}有{x}个{food[2]}，吃掉了{y}个。{x}减{y}等于{x - y}，所以{h.name}还剩{x - y}个{food[2]}。"
+
+
 GENERATORS = {"story_en": story_en, "story_zh": story_zh, "facts_en": facts_en, "facts_zh": facts_zh,
-              "animal_en": animal_en, "animal_zh": animal_zh, "game_en": game_en, "game_zh": game_zh}
+              "animal_en": animal_en, "animal_zh": animal_zh, "game_en": game_en, "game_zh": game_zh,
+              "lesson_en": lesson_en, "lesson_zh": lesson_zh}
 
 
 def documents(n: int, seed: int) -> list[str]:

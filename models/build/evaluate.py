@@ -97,6 +97,29 @@ def heldout_answer_loss(folder: Path, rows_path: Path, batch: int = 16) -> dict:
     return {"loss": round(mean, 4), "ppl": round(math.exp(mean), 3), "answer_tokens": count, "template": source}
 
 
+def name_copy(folder: Path, n: int = 40, seed: int = 999) -> dict:
+    """Mean probability of a hero's name (its first token) at its second and later mentions in fresh
+    English stories: chance is ~0.02 (1 of 50 names); a model that copies names from context gets near 1."""
+    from stories import ANIMALS, Hero, made_up_name, story_en
+    from tiankong.engine.model import load_model
+    from tiankong.engine.tokenizer import load_tokenizer
+
+    model, _ = load_model(folder, "cpu", "float32")
+    model.eval()
+    tok = load_tokenizer(folder)
+    rng = random.Random(seed)
+    probs = []
+    for i in range(n):
+        hero = Hero.animal(rng, rng.choice(ANIMALS).key, name=made_up_name(rng, "en") if i % 2 else None, lang="en")
+        ids = tok.encode(story_en(rng, hero=hero))
+        name = [t for t in tok.encode(" " + hero.name, add_special_tokens=False) if tok.token_text(t).strip()]
+        with torch.no_grad():
+            p = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0].softmax(-1)
+        starts = [j for j in range(1, len(ids) - len(name) + 1) if ids[j:j + len(name)] == name]
+        probs += [float(p[j - 1, ids[j]]) for j in starts[1:]]
+    return {"mentions": len(probs), "mean_p": round(sum(probs) / max(1, len(probs)), 3)}
+
+
 def _generate(eng, prompts: list, params: list, top_logprobs: int = 0, raw: bool = False) -> list[dict]:
     """Run prompts (strings or message lists) and collect text, finish reason and per-token stats."""
     ids = [eng.encode(prompt=p, raw=raw) if isinstance(p, str) else eng.encode(messages=p) for p in prompts]
@@ -224,7 +247,8 @@ def evaluate(work: Path, smoke: bool = False) -> dict:
     for stage in ("base", "sft"):
         folder = work / stage
         report["heldout"][stage] = {"text": heldout_text_loss(folder, work / "corpus_eval.txt"),
-                                    "answers": heldout_answer_loss(folder, work / "sft_eval.jsonl")}
+                                    "answers": heldout_answer_loss(folder, work / "sft_eval.jsonl"),
+                                    "name_copy": name_copy(folder, 6 if smoke else 40)}
     eng = _engine(work / "sft")
     presets = bundled_presets()
     report["instructions"] = instruction_checks(eng, 14 if smoke else 140, 4 if smoke else 40)

@@ -18,11 +18,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import animal_en, animal_zh  # noqa: E402
-from facts import FACTS  # noqa: E402
-from lexicon import (ANIMALS, CATEGORIES, COLORS, FOODS, NAMES_EN, NAMES_ZH_CHILD, NUM_EN, OBJECTS, OPPOSITES,  # noqa: E402
-                     THING_COLORS, a, cap, word_pairs, zh_word)
-from stories import Hero, story_en, story_zh  # noqa: E402
+from corpus import animal_en, animal_zh
+from facts import FACTS
+from lexicon import (
+    ANIMALS,
+    CATEGORIES,
+    COLORS,
+    NAMES_EN,
+    NAMES_ZH_CHILD,
+    NUM_EN,
+    OBJECTS,
+    OPPOSITES,
+    THING_COLORS,
+    a,
+    cap,
+    word_pairs,
+    zh_word,
+)
+from stories import Hero, story_en, story_zh
 
 MODEL_NAME = "Tiankong Mini"
 
@@ -143,13 +156,41 @@ def story_cross(rng: random.Random) -> list[dict]:
     return [user(rng.choice([f"用英语写一个关于{an.zh}的故事。", f"用英文讲一个{an.zh}的故事。"])), bot(story_en(rng, hero=hero))]
 
 
+CONTINUE_KINDS = ["story_en", "story_zh", "story_en", "story_zh", "facts_en", "facts_zh", "animal_en", "animal_zh",
+                  "game_en", "game_zh", "lesson_en", "lesson_zh"]
+
+
+def _split_first(doc: str, zh: bool) -> tuple[str, str]:
+    """(the first paragraph or sentence, the rest)."""
+    if "\n" in doc:
+        head, rest = doc.split("\n", 1)
+        return head, rest
+    ends = "。！？" if zh else ".!?"
+    for i, ch in enumerate(doc):
+        if ch in ends and i > 8:
+            j = i + 1
+            while j < len(doc) and doc[j] in "”\"":
+                j += 1
+            return doc[:j].strip(), doc[j:].strip()
+    return doc, ""
+
+
 def continue_task(rng: random.Random) -> list[dict]:
-    if rng.random() < 0.5:
-        paras = story_en(rng).split("\n")
-        return [user(rng.choice(["Continue the story:\n", "Finish this story:\n", "What happens next?\n"]) + paras[0]),
-                bot("\n".join(paras[1:]))]
-    paras = story_zh(rng).split("\n")
-    return [user(rng.choice(["续写这个故事：\n", "接着讲这个故事：\n"]) + paras[0]), bot("\n".join(paras[1:]))]
+    """Continue a text of any kind the corpus holds: keeps SFT from forgetting plain text."""
+    import corpus
+
+    while True:
+        kind = rng.choice(CONTINUE_KINDS)
+        zh = kind.endswith("zh")
+        head, rest = _split_first(corpus.GENERATORS[kind](rng), zh)
+        if rest:
+            break
+    if kind.startswith("story"):
+        ask = rng.choice(["续写这个故事：\n", "接着讲这个故事：\n"]) if zh else rng.choice(
+            ["Continue the story:\n", "Finish this story:\n", "What happens next?\n"])
+    else:
+        ask = rng.choice(["续写这段文字：\n", "接着写：\n"]) if zh else rng.choice(["Continue this text:\n", "Go on:\n"])
+    return [user(ask + head), bot(rest)]
 
 
 # ---------------------------------------------------------------- facts
@@ -313,8 +354,8 @@ CHAT_EN = {
             [f"I am {MODEL_NAME}, a very small language model. I know simple stories and facts in English and Chinese.",
              f"My name is {MODEL_NAME}. I am a tiny language model that was trained on children's stories and simple facts."]),
     "can": (["What can you do?", "How can you help me?"],
-            ["I can write short stories about animals and children, tell you simple facts, translate simple words "
-             "and do small sums. I work in English and in Chinese.",
+            [("I can write short stories about animals and children, tell you simple facts, translate simple words "
+              "and do small sums. I work in English and in Chinese."),
              "I can tell stories, share facts about animals, space and nature, and answer easy questions."]),
     "thanks": (["Thank you!", "Thanks!", "Thank you very much."], ["You are welcome!", "You're welcome! Have a nice day."]),
     "bye": (["Goodbye!", "Bye!", "Good night!"], ["Goodbye! See you soon.", "Bye! Have a lovely day.", "Good night! Sleep well."]),
@@ -335,9 +376,9 @@ def chat_task(rng: random.Random) -> list[dict]:
     return [user(rng.choice(prompts)), bot(rng.choice(answers))]
 
 
-TASKS = [(story_task_en, 0.20), (story_task_zh, 0.18), (story_cross, 0.02), (continue_task, 0.05),
-         (fact_task_en, 0.12), (fact_task_zh, 0.12), (animal_task, 0.07), (translate_task, 0.07),
-         (opposite_task, 0.03), (colour_task, 0.03), (list_task, 0.04), (math_task, 0.04), (chat_task, 0.03)]
+TASKS = [(story_task_en, 0.15), (story_task_zh, 0.13), (story_cross, 0.02), (continue_task, 0.14),
+         (fact_task_en, 0.10), (fact_task_zh, 0.10), (animal_task, 0.06), (translate_task, 0.08),
+         (opposite_task, 0.04), (colour_task, 0.04), (list_task, 0.04), (math_task, 0.06), (chat_task, 0.04)]
 
 
 def conversation(rng: random.Random) -> list[dict]:

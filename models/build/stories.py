@@ -17,8 +17,30 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from lexicon import (ACTIVITIES, ANIMAL, ANIMALS, CHILD_EN, CHILD_ZH, COLORS, FEEL_BAD, FEEL_GOOD, FOODS, NAMES_EN,
-                     NAMES_ZH_CHILD, NAMES_ZH_PET, INTROS, OBJECTS, OPENINGS, PLACES, SKILLS, SPOTS, TRAITS, Animal, a, cap)
+from lexicon import (
+    ACTIVITIES,
+    ANIMAL,
+    ANIMALS,
+    CHILD_EN,
+    CHILD_ZH,
+    COLORS,
+    FEEL_BAD,
+    FEEL_GOOD,
+    FOODS,
+    INTROS,
+    NAMES_EN,
+    NAMES_ZH_CHILD,
+    NAMES_ZH_PET,
+    OBJECTS,
+    OPENINGS,
+    PLACES,
+    SKILLS,
+    SPOTS,
+    TRAITS,
+    Animal,
+    a,
+    cap,
+)
 
 MADE_UP_SHARE = 0.4  # heroes and friends with a made-up name
 PLOTS = ("lost", "share", "friend", "learn", "rain", "help", "trip", "gift", "night", "day")
@@ -185,9 +207,8 @@ def _intro_en(rng: random.Random, h: Hero) -> list[str]:
         act = rng.choice(ACTIVITIES)
         extra = [f"{cap(h.he)} liked to {act[0]}.", f"{cap(h.he)} was {h.trait_en if h.trait_en != 'little' else 'six years old'}.",
                  f"{cap(h.he)} had {a(rng.choice(COLORS)[0])} {rng.choice(['bag', 'coat', 'hat'])}."]
-    for s in rng.sample(extra, k=rng.choice([0, 1, 1, 2])):
-        if s.split()[2:] != first.split()[-3:]:
-            out.append(s)
+    extra = [s for s in extra if s.split(" ", 2)[-1].rstrip(".") not in first]  # not what the first sentence said
+    out += rng.sample(extra, k=min(len(extra), rng.choice([0, 1, 1, 2])))
     return out
 
 
@@ -205,7 +226,7 @@ def _ending_en(rng: random.Random, h: Hero, f: Hero | None, moral: list[str]) ->
 def _plot_lost_en(rng, h, f, g):
     obj, _, _ = rng.choice(OBJECTS)
     color = rng.choice(COLORS)[0]
-    place, prep, _, _ = rng.choice(PLACES)
+    place, _prep, _, _ = rng.choice(PLACES)
     act = rng.choice(ACTIVITIES)
     s1, s2, s3 = rng.sample(SPOTS, 3)
     sad = rng.choice([FEEL_BAD[0], FEEL_BAD[1], FEEL_BAD[4]])[0]
@@ -326,7 +347,7 @@ INDOOR_EN = [("build a fort with blankets", "built a fort with blankets", "用�
 
 
 def _plot_rain_en(rng, h, f, g):
-    place, prep, _, _ = rng.choice(PLACES)
+    place, _prep, _, _ = rng.choice(PLACES)
     act = rng.choice(ACTIVITIES)
     indoor = rng.choice(INDOOR_EN)
     p1 = [rng.choice([f"One morning, {h.name} woke up and looked out of the window. It was raining.",
@@ -532,7 +553,7 @@ def _fdesc_zh(rng, f: Hero) -> str:
 
 
 def _plot_lost_zh(rng, h, f, g):
-    obj, obj_zh, cls = rng.choice(OBJECTS)
+    _obj, obj_zh, cls = rng.choice(OBJECTS)
     color = rng.choice(COLORS)[1]
     place = rng.choice(PLACES)
     act = rng.choice(ACTIVITIES)[2]
@@ -588,7 +609,7 @@ def _plot_friend_zh(rng, h, f, g):
           rng.choice([f"“我叫{f.name}。”{f.name}说。", f"“我是{f.name}。”{f.name}笑着说。"]),
           rng.choice([f"“你想和我一起{act}吗？”{h.name}问。", f"“我们一起{act}吧！”{h.name}说。"]),
           rng.choice(["“好呀！”", f"“太好了！”{f.name}说。"])]
-    p3 = [rng.choice([f"于是，它们一起{act}。" if h.animal and f.animal else f"于是，他们一起{act}。", f"他们玩了一整个下午。"]),
+    p3 = [rng.choice([f"于是，它们一起{act}。" if h.animal and f.animal else f"于是，他们一起{act}。", "他们玩了一整个下午。"]),
           rng.choice(["他们笑呀笑呀，开心极了。", "他们玩得可开心了。", ""]),
           rng.choice([f"太阳下山的时候，{h.name}一点也不孤单了。", f"{h.name}很高兴自己主动打了招呼。"])]
     return [p1, p2, p3 + _ending_zh(rng, h, f, ["只要主动说一声“你好”，就能交到新朋友。"])]
