@@ -301,6 +301,136 @@ def test_export_writes_markdown_and_jsonl_matching_the_store(tiny, store, tmp_pa
     assert [(r["role"], r["content"]) for r in lines] == [(m.role, m.content) for m in store.get_chat(chat_id).messages]
 
 
+def _stored_long_chat(store, model: Path, n: int = 200) -> tuple[int, list[str], list[list[dict]]]:
+    """A chat of n messages (user, assistant, ...): Markdown answers (paragraphs, a list, a code
+    block) with per-token candidates, stored as the app stores them."""
+    chat_id = store.create_chat(str(Path(model).resolve()), "balanced", "", "a long chat")
+    contents, tokens = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            text, toks = f"question {i // 2}: what happens next in story {i}?", None
+            store.add_message(chat_id, "user", text)
+        else:
+            text = (f"Answer **{i}**, first paragraph with `code` and a few more words to wrap around.\n\n"
+                    f"Second paragraph of answer {i}.\n\n- one point\n- another point\n\n"
+                    + ("```python\nprint('hello')\n```\n\nAfter the code." if i % 3 == 0 else "The end."))
+            pieces = [text[j:j + 5] for j in range(0, len(text), 5)]
+            toks = [{"id": k, "text": piece, "logprob": math.log(0.5), "p_sample": 0.6, "entropy": 1.0,
+                     "top": [{"id": k, "text": piece, "logprob": math.log(0.5), "p_sample": 0.6},
+                             {"id": k + 1, "text": " x", "logprob": math.log(0.2), "p_sample": 0.0}]}
+                    for k, piece in enumerate(pieces)]
+            store.add_message(chat_id, "assistant", text, preset="balanced", params={"seed": i}, seed=i,
+                              finish_reason="eos", tokens=toks)
+        contents.append(text)
+        tokens.append(toks)
+    return chat_id, contents, tokens
+
+
+def test_a_200_message_chat_opens_at_its_end_scrolls_home_and_old_answers_still_work(tiny, store, tmp_path):
+    from textual.widgets import Markdown
+
+    chat_id, contents, tokens = _stored_long_chat(store, tiny)
+
+    async def go():
+        app = make_app(tiny, store, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            chat = await loaded(pilot)
+            await pilot.press("ctrl+o")
+            await pilot.pause()
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: len(chat.messages) == 200)
+            await pilot.pause()
+            transcript, msgs = chat.transcript, chat.messages
+            out = {"shown": [w.content for w in msgs]}
+            # Opened at the end: the last answer is on screen, at the bottom.
+            out["at_end"] = transcript.max_scroll_y > 0 and transcript.scroll_y == transcript.max_scroll_y
+            last, view = msgs[-1].region, transcript.region
+            out["last_visible"] = last.height > 0 and view.y <= last.y and last.bottom <= view.bottom
+            # Old answers wait as lightweight placeholders: far fewer Markdown widgets than answers.
+            out["markdowns"] = len(chat.query(Markdown))
+            # home (in the transcript) reaches the first message.
+            transcript.focus()
+            await pilot.press("home")
+            await pilot.pause()
+            first = msgs[0].region
+            out["at_home"] = transcript.scroll_y == 0 and first.height > 0 and first.y >= view.y
+            # The 4th message (an old answer) is the real Markdown now it is on screen, and still
+            # copies, inspects (its stored tokens, in order) and shows its heatmap.
+            old = msgs[3]
+            await wait_for(pilot, lambda: bool(old.query(Markdown)) and old.query_one(Markdown).display)
+            out["old_markdown"] = old.query_one(Markdown).source
+            old.focus()
+            await pilot.press("c")
+            out["copied"] = app.clipboard
+            await pilot.press("f5")
+            await pilot.pause()
+            out["inspected"] = [chat.candidates.token]
+            await pilot.press("right", "right")
+            await pilot.pause()
+            out["inspected"].append(chat.candidates.token)
+            out["tokens_view"] = str(old.query_one(".answer-tokens").render())
+            await pilot.press("escape", "f6")
+            await pilot.pause()
+            out["heat"] = old.query_one(".answer-tokens").display and not old.query_one(Markdown).display
+            far = msgs[151]  # an answer nobody scrolled to: the heatmap switches it all the same
+            out["far_heat"] = far.heatmap and far.content == contents[151]
+            await pilot.press("f6")
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            out["roles"] = [type(w).__name__ for w in chat.messages]
+            return out
+
+    out = run(go())
+    assert out["shown"] == contents
+    assert out["at_end"] and out["last_visible"]
+    assert out["markdowns"] < 20
+    assert out["at_home"]
+    assert out["old_markdown"] == contents[3] and out["copied"] == contents[3]
+    assert out["inspected"] == [tokens[3][0], tokens[3][2]]
+    assert out["tokens_view"].replace("[", "").startswith(contents[3][:10].replace("[", ""))
+    assert out["heat"] and out["far_heat"]
+    assert out["roles"] == ["UserMessage", "AssistantMessage"] * 100
+    md = (tmp_path / f"tiankong-chat-{chat_id}.md").read_text(encoding="utf-8")
+    assert md == store.export_chat_markdown(chat_id) and contents[3] in md
+
+
+def test_an_opened_chat_regenerates_and_edits_its_last_message(tmp_path, store):
+    # Context enough for the whole stored chat (the shared `tiny` model has 256 positions).
+    model = make_model(tmp_path / "tiny-long", "llama", max_position_embeddings=2048)
+    chat_id, contents, _ = _stored_long_chat(store, model, n=24)
+
+    async def go():
+        app = make_app(model, store, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            chat = await loaded(pilot)
+            chat.params = chat.params.replace(max_new_tokens=4)
+            await chat.open_chat(chat_id)
+            await pilot.pause()
+            before = chat.messages
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: chat.messages[-1] is not before[-1])
+            regenerated = await answered(pilot, chat)
+            after_regen = store.get_chat(chat_id).messages
+            await pilot.press("ctrl+l")
+            prompt = app.screen.query_one("#prompt", Input)
+            editing = prompt.value
+            prompt.value = "a new last question"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: chat.messages[-2].content == "a new last question")
+            await answered(pilot, chat)
+            return after_regen, regenerated, editing, [w.content for w in chat.messages]
+
+    after_regen, regenerated, editing, shown = run(go())
+    # Regenerate replaced the last stored answer (and nothing else) with the new one.
+    assert [m.content for m in after_regen[:23]] == contents[:23] and len(after_regen) == 24
+    assert (after_regen[23].id, after_regen[23].content) == (regenerated.message_id, regenerated.content)
+    # Edit-and-resend replaced the last question and its answer.
+    stored = store.get_chat(chat_id).messages
+    assert editing == contents[22]
+    assert [m.content for m in stored] == shown and len(stored) == 24
+    assert shown[:22] == contents[:22] and shown[22] == "a new last question" and stored[23].role == "assistant"
+
+
 # ---------------------------------------------------------------- failures
 
 def test_a_bad_model_folder_is_shown_and_the_app_stays_usable(store, tmp_path):

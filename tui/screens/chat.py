@@ -13,6 +13,7 @@ answer is always rebuilt from the transcript (system prompt + messages).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Label, OptionList, Static
@@ -41,6 +42,7 @@ from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage, heat_legend
 from tiankong.tui.widgets.status import StatusBar, params_summary
+from tiankong.tui.widgets.transcript import Transcript
 
 TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
 FRAME_S = 1 / 30  # the worker hands tokens to the UI at most this often
@@ -48,6 +50,33 @@ TITLE_CHARS = 60  # a new chat is titled with the start of its first message
 INTRO = ("Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
          "model weighed at each step and what your preset made of them. Afterwards f5 steps through the "
          "answer token by token (why this word?) and f6 colours it by probability. f1 lists every key.")
+
+
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Exempt what exists once the model is loaded (torch, Textual, the model, the app: some 330k
+    objects, all of them there to stay) from Python's cyclic garbage collector, for as long as the
+    chat screen lives; objects made later (chats, widgets) are collected as usual.
+
+    Otherwise every full collection walks all of them, 200-450 ms with the UI stopped: a few times
+    while a long chat opens, and now and then while it scrolls (bench/tui_scroll.py shows this in
+    its "in gc" column). No collection runs first: it would cost that much once more, for the few
+    hundred unreachable objects there are at that point, which `_unfreeze` (when the screen goes,
+    i.e. the app quits) hands back to the collector with everything else.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+
+
+def _unfreeze() -> None:
+    global _frozen
+    if _frozen:
+        _frozen = False
+        gc.unfreeze()
 
 
 class ChatListScreen(ModalScreen[int | None]):
@@ -169,7 +198,7 @@ class ChatScreen(Screen[None]):
                 with Horizontal(id="system-row"):
                     yield Label("system", id="system-label")
                     yield Input(placeholder="system prompt (optional)", id="system", compact=True)
-                with VerticalScroll(id="transcript"):
+                with Transcript(id="transcript"):
                     yield Static(Text(INTRO), id="intro")
             panel = CandidatesPanel(id="candidates")
             panel.border_title = "candidates"
@@ -181,13 +210,13 @@ class ChatScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#heat-legend").display = False
-        self.query_one("#transcript", VerticalScroll).anchor()
+        self.query_one("#transcript", Transcript).anchor()
         self.query_one(CandidatesPanel).loading = self.engine is None and self.engine_error is None
         self._status()
 
     @property
-    def transcript(self) -> VerticalScroll:
-        return self.query_one("#transcript", VerticalScroll)
+    def transcript(self) -> Transcript:
+        return self.query_one("#transcript", Transcript)
 
     @property
     def candidates(self) -> CandidatesPanel:
@@ -223,6 +252,7 @@ class ChatScreen(Screen[None]):
     # ------------------------------------------------------------------ engine (called by the app)
 
     async def engine_ready(self, engine: Any) -> None:
+        _freeze_startup_objects()
         self.engine, self.engine_error = engine, None
         self.candidates.loading = False
         self._status()
@@ -511,13 +541,17 @@ class ChatScreen(Screen[None]):
         self.chat_id = chat.id
         self.query_one("#system", Input).value = chat.system_prompt
         self._saved_system = chat.system_prompt
+        # Answers start lazy (a one-widget preview at the height the Markdown will have); the
+        # transcript realizes those on and near the screen, in the background: a long chat opens
+        # in a fraction of the time, never showing an empty answer.
         widgets: list[UserMessage | AssistantMessage] = []
         for m in chat.messages:
             if m.role == "assistant":
                 model = Path(chat.model).name or chat.model
                 title = f"{model} · {m.preset}" if m.preset else model
                 info = f"{m.finish_reason} · {len(m.tokens or [])} tokens · seed {m.seed}" if m.finish_reason else ""
-                widgets.append(AssistantMessage(m.content, m.tokens, title=title, info=info, message_id=m.id))
+                widgets.append(AssistantMessage(m.content, m.tokens, title=title, info=info, message_id=m.id,
+                                                lazy=True))
             else:
                 w = UserMessage(m.content, m.id)
                 if m.role == "system":
@@ -678,6 +712,7 @@ class ChatScreen(Screen[None]):
     def on_unmount(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
+        _unfreeze()
 
     def help_sections(self) -> list[Section]:
         """Every key of this screen, of answers (inspect mode) and of the app, for the help screen."""

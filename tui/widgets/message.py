@@ -1,20 +1,31 @@
 """Transcript messages: a user's message, and an assistant answer that streams as Markdown and,
 once finished, can show its tokens (a probability heatmap, or a cursor to step through them).
+
+Answers of a stored chat are mounted *lazily*. A Markdown widget is a tree of block widgets (each
+paragraph, list item and code fence is one), so a 200-message chat mounted whole is well over a
+thousand widgets, every one styled, laid out, and walked on every layout. A lazy answer is a
+single widget that draws a `MarkdownPreview` of its text (the blocks, margins, bullets and word
+wrapping of the Markdown widget, as one Rich renderable: the same height) and its info line; it
+becomes the real thing (`realize`, then `swap_in`) when the transcript scrolls near it.
+Everything else (tokens, inspect, heatmap, copy) works on a lazy answer as on any other.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, ClassVar
 
+from markdown_it import MarkdownIt
+from rich.console import Group
 from rich.text import Text
 from textual import events
-from textual.app import ComposeResult
+from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.geometry import Region
+from textual.geometry import Region, Size
 from textual.message import Message
-from textual.widget import Widget
+from textual.widget import AwaitMount, Widget
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
@@ -79,6 +90,183 @@ def cursor_line(text: str, offset: int, width: int, console: Any) -> int:
     return max(line - 1, 0)
 
 
+# ---------------------------------------------------------------- a cheap stand-in for the Markdown widget
+
+_PARSER: MarkdownIt | None = None
+_BULLETS = ("• ", "▪ ", "‣ ", "⭑ ", "◦ ")  # Textual's Markdown.BULLETS, by depth of unordered items
+_INLINE_STYLES = {"em_open": "italic", "strong_open": "bold", "s_open": "strike", "link_open": "underline"}
+# Vertical margins (top, bottom) of Textual's Markdown blocks under this app's CSS (chat.tcss sets
+# paragraphs to margin 0); adjacent margins collapse to the larger one, as Textual lays them out.
+_HEADING_MARGINS = {"h1": (2, 1), "h2": (2, 1)}
+_CODE_STYLE = "grey82"
+
+# A block: (kind, payload, top margin, bottom margin); kinds: "text" (Text), "center" (Text),
+# "code" (str), "list" ([(bullet, [blocks])]), "quote" ([blocks]), "table" ([[Text]]), "rule" (None).
+_Block = tuple[str, Any, int, int]
+
+
+def _inline(token: Any) -> Text:
+    out = Text()
+    styles: list[str] = []
+    for child in token.children or ():
+        kind = child.type
+        style = " ".join(styles) or None
+        if kind == "text":
+            out.append(re.sub(r"\s+", " ", child.content), style)
+        elif kind == "softbreak":
+            out.append(" ", style)
+        elif kind == "hardbreak":
+            out.append("\n")
+        elif kind == "code_inline":
+            out.append(child.content, f"bold {style or ''}")
+        elif kind == "image":
+            out.append("🖼  " + (f"({child.attrs['alt']})" if child.attrs.get("alt") else ""), style)
+        elif kind in _INLINE_STYLES:
+            styles.append(_INLINE_STYLES[kind])
+        elif kind.endswith("_close"):
+            if styles:
+                styles.pop()
+        elif child.content:
+            out.append(child.content, style)
+    return out
+
+
+def _parse_blocks(tokens: list[Any], i: int, depth: int, in_list: bool) -> tuple[list[_Block], int]:
+    """The blocks from tokens[i] up to the token closing the enclosing block; (blocks, next index)."""
+    blocks: list[_Block] = []
+    while i < len(tokens):
+        tok = tokens[i]
+        kind = tok.type
+        if kind.endswith("_close"):
+            return blocks, i + 1
+        if kind == "paragraph_open":
+            blocks.append(("text", _inline(tokens[i + 1]), 0, 0))
+            i += 3
+        elif kind == "heading_open":
+            text = _inline(tokens[i + 1])
+            text.stylize("bold")
+            top, bottom = _HEADING_MARGINS.get(tok.tag, (1, 1))
+            blocks.append(("center" if tok.tag == "h1" else "text", text, top, bottom))
+            i += 3
+        elif kind in ("fence", "code_block"):
+            blocks.append(("code", tok.content.rstrip(), 1, 1))
+            i += 1
+        elif kind in ("bullet_list_open", "ordered_list_open"):
+            ordered = kind == "ordered_list_open"
+            i += 1
+            start = 1
+            if ordered and i < len(tokens):
+                try:
+                    start = int(tokens[i].info or 1)
+                except ValueError:
+                    pass
+            items: list[list[_Block]] = []
+            while i < len(tokens) and tokens[i].type == "list_item_open":
+                item, i = _parse_blocks(tokens, i + 1, depth + (not ordered), True)
+                items.append(item)
+            i += 1  # the list's close
+            if ordered:
+                size = max((len(f"{n}. ") for n in range(start, start + len(items))), default=3) + 1
+                bullets = [f"{n}. ".rjust(size) for n in range(start, start + len(items))]
+            else:
+                bullets = [_BULLETS[depth % len(_BULLETS)]] * len(items)
+            blocks.append(("list", list(zip(bullets, items)), 0, 0 if in_list else 1))
+        elif kind == "blockquote_open":
+            inner, i = _parse_blocks(tokens, i + 1, depth, in_list)
+            blocks.append(("quote", inner, 1, 1))
+        elif kind == "table_open":
+            rows: list[list[Text]] = []
+            i += 1
+            while i < len(tokens) and tokens[i].type != "table_close":
+                if tokens[i].type == "tr_open":
+                    rows.append([])
+                elif tokens[i].type == "inline" and rows:
+                    rows[-1].append(_inline(tokens[i]))
+                i += 1
+            i += 1
+            if rows:
+                blocks.append(("table", rows, 0, 1))
+        elif kind == "hr":
+            blocks.append(("rule", None, 0, 1))
+            i += 1
+        else:  # anything else Textual's Markdown draws nothing for
+            i += 1
+    return blocks, i
+
+
+def _fit(text: Text, width: int) -> Text:
+    """`text` cut or padded to exactly `width` cells (one line)."""
+    line = text.copy()
+    line.truncate(width, overflow="ellipsis", pad=True)
+    return line
+
+
+def _layout(blocks: list[_Block], console: Any, width: int) -> list[Text]:
+    """The blocks as lines `width` cells wide, one under the other with collapsed margins (the
+    first top and last bottom margins kept, as Textual does inside a container)."""
+    width = max(width, 1)
+    out: list[Text] = []
+    bottom: int | None = None
+    for kind, payload, top, low in blocks:
+        out.extend(Text() for _ in range(top if bottom is None else max(bottom, top)))
+        bottom = low
+        if kind in ("text", "center"):
+            out.extend(payload.wrap(console, width, justify="center" if kind == "center" else "default"))
+        elif kind == "code":  # MarkdownFence: padding 1 2, no wrapping (it scrolls sideways)
+            out.append(Text())
+            out.extend(Text("  " + line, _CODE_STYLE) for line in payload.split("\n"))
+            out.append(Text())
+        elif kind == "list":  # each item: a bullet beside the item's blocks
+            for bullet, item in payload:
+                lines = _layout(item, console, width - len(bullet)) or [Text()]
+                out.append(Text(bullet) + lines[0])
+                out.extend(Text(" " * len(bullet)) + line for line in lines[1:])
+        elif kind == "quote":  # MarkdownBlockQuote: a left border and padding 0 1
+            out.extend(Text("▌ ", "dim") + line for line in _layout(payload, console, width - 3))
+        elif kind == "rule":  # MarkdownHorizontalRule: padding-top 1, a bottom border
+            out.extend((Text(), Text("─" * width, "dim")))
+        elif kind == "table":  # MarkdownTable: a grid of cells in a box, a line between rows
+            columns = max(len(row) for row in payload)
+            cell = max((width - 1) // columns - 1, 1)
+            rule = ["─" * cell] * columns
+            out.append(Text("┌" + "┬".join(rule) + "┐", "dim"))
+            for n, row in enumerate(payload):
+                if n:
+                    out.append(Text("├" + "┼".join(rule) + "┤", "dim"))
+                line = Text("│", "dim")
+                for c in range(columns):
+                    line += Text(" ") + _fit(row[c] if c < len(row) else Text(), cell - 1) + Text("│", "dim")
+                out.append(line)
+            out.append(Text("└" + "┴".join(rule) + "┘", "dim"))
+    out.extend(Text() for _ in range(bottom or 0))
+    return out
+
+
+class MarkdownPreview:
+    """Markdown drawn the way Textual's Markdown widget lays it out in an answer (same blocks,
+    margins, bullets, indents and word wrapping, so the same height for what answers contain;
+    tables only roughly) but as one Rich renderable: plain styles, no syntax highlighting, no
+    widgets. A lazy answer shows this until it is realized."""
+
+    def __init__(self, markdown: str) -> None:
+        global _PARSER
+        if _PARSER is None:
+            _PARSER = MarkdownIt("gfm-like")
+        self.blocks, _ = _parse_blocks(_PARSER.parse(markdown), 0, 0, False)
+        self._cache: tuple[int, Text] | None = None
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        width = options.max_width
+        if self._cache is None or self._cache[0] != width:
+            lines = _layout(self.blocks, console, width)
+            text = Text("\n").join(lines) if lines else None  # (no blocks: no lines, like the widget)
+            if text is not None:
+                text.no_wrap, text.overflow = True, "crop"
+            self._cache = (width, text)
+        if self._cache[1] is not None:
+            yield self._cache[1]
+
+
 class UserMessage(Static, can_focus=True):
     """A user's message (or the chat's opening prompt). `c` copies it."""
 
@@ -98,7 +286,14 @@ class UserMessage(Static, can_focus=True):
 
 class AssistantMessage(Vertical, can_focus=True):
     """An answer. While streaming: Markdown fed through a MarkdownStream. When finished: the same
-    Markdown, or its tokens (heatmap / inspect), switched with `set_view`."""
+    Markdown, or its tokens (heatmap / inspect), switched with `set_view`.
+
+    A lazy answer (`lazy=True`: a stored one, opened with its chat) has no child widgets: it draws
+    itself, a `MarkdownPreview` of its text (or its heatmap) and its info line, at the height the
+    widgets will have. `realize()` mounts the widgets (Markdown, tokens view, info) and swaps them
+    in (`swap_in`); the transcript does both as the answer nears the screen, and inspecting it
+    does it at once.
+    """
 
     BINDINGS = [
         Binding("left,[", "move(-1)", "◀ token", show=True),
@@ -107,6 +302,7 @@ class AssistantMessage(Vertical, can_focus=True):
         Binding("end", "jump(-1)", "last", show=False),
         Binding("c", "copy", "copy"),
     ]
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"assistant-message--info"}  # a lazy answer's info line
 
     class TokenSelected(Message):
         """The inspect cursor moved to `index` of this answer."""
@@ -116,7 +312,8 @@ class AssistantMessage(Vertical, can_focus=True):
             self.answer, self.index = answer, index
 
     def __init__(self, content: str = "", tokens: list[dict[str, Any]] | None = None, *,
-                 title: str = "assistant", info: str = "", message_id: int | None = None) -> None:
+                 title: str = "assistant", info: str = "", message_id: int | None = None,
+                 lazy: bool = False) -> None:
         super().__init__(classes="message assistant")
         self.content = content
         self.tokens: list[dict[str, Any]] = list(tokens or [])
@@ -127,15 +324,75 @@ class AssistantMessage(Vertical, can_focus=True):
         self.heatmap = False
         self.inspecting = False
         self.cursor = 0
+        self.lazy = lazy  # drawing itself; False once its widgets are in
+        self._widgets_added = False
+        self._preview: MarkdownPreview | None = None
+        self._lazy_height: tuple[Any, int] = (None, 0)
 
     def compose(self) -> ComposeResult:
-        yield Markdown(self.content, classes="answer-md")
-        yield Static(classes="answer-tokens")
-        yield Static(self._info, classes="answer-info")
+        if not self.lazy:
+            yield from self._widgets()
 
-    def on_mount(self) -> None:
-        self.query_one(".answer-tokens").display = False
+    def _widgets(self) -> list[Widget]:
+        self._widgets_added = True
+        view = Static(classes="answer-tokens")
+        view.display = False
+        info = Static(self._info, classes="answer-info")
+        info.display = bool(self._info)
+        return [Markdown(self.content, classes="answer-md"), view, info]
+
+    # -- a lazy answer
+
+    def render(self) -> RenderResult:
+        if not self.lazy:
+            return super().render()
+        if self._show_tokens():
+            body: Any = tokens_text(self.tokens, heatmap=self.heatmap, cursor=None)
+        else:
+            if self._preview is None:
+                self._preview = MarkdownPreview(self.content)
+            body = self._preview
+        if not self._info:
+            return body
+        return Group(body, Text(self._info, self.get_component_rich_style("assistant-message--info", partial=True)))
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        if not self.lazy:
+            return super().get_content_height(container, viewport, width)
+        # What render() draws (a container's height would come from its children, and it has none).
+        key = (width, self._show_tokens(), self.heatmap, self._info)
+        if self._lazy_height[0] != key:
+            self._lazy_height = (key, self._render().get_height(self.styles, width) if width else 0)
+        return self._lazy_height[1]
+
+    def realize(self) -> AwaitMount | None:
+        """Mount the widgets, hidden: the answer still draws itself until `swap_in`. Returns what to
+        await (they are mounted, and the Markdown's blocks too), or None when there is nothing to do."""
+        if not self.lazy or self._widgets_added or not self.is_attached:
+            return None
+        widgets = self._widgets()
+        for widget in widgets:
+            widget.display = False
+        return self.mount_all(widgets)
+
+    def swap_in(self) -> None:
+        """Show the widgets (mounted by `realize`) in place of the preview."""
+        if self.lazy and self._widgets_added and self.is_attached:
+            self._swap_in()
+
+    def _materialize(self) -> None:
+        """Swap the widgets in now (they finish mounting in the background)."""
+        if self.lazy:
+            if not self._widgets_added:
+                self.mount_all(self._widgets())
+            self._swap_in()
+
+    def _swap_in(self) -> None:
+        self.lazy = False
+        self._preview = None
         self.query_one(".answer-info").display = bool(self._info)
+        self._apply_view()
+        self.refresh(layout=True)
 
     # -- streaming
 
@@ -164,11 +421,17 @@ class AssistantMessage(Vertical, can_focus=True):
 
     def set_info(self, info: str) -> None:
         self._info = info
-        widget = self.query_one(".answer-info", Static)
-        widget.update(info)
-        widget.display = bool(info)
+        if self.lazy:
+            self.refresh(layout=True)
+        else:
+            widget = self.query_one(".answer-info", Static)
+            widget.update(info)
+            widget.display = bool(info)
 
     # -- token views
+
+    def _show_tokens(self) -> bool:
+        return bool(self.tokens) and not self.streaming and (self.heatmap or self.inspecting)
 
     def set_view(self, *, heatmap: bool | None = None, inspecting: bool | None = None) -> None:
         """Markdown, or the tokens (heatmap colours and/or the inspect cursor)."""
@@ -177,23 +440,34 @@ class AssistantMessage(Vertical, can_focus=True):
         if inspecting is not None:
             self.inspecting = inspecting
             self.set_class(inspecting, "-inspecting")
-        show_tokens = bool(self.tokens) and not self.streaming and (self.heatmap or self.inspecting)
+        if self.inspecting:
+            self._materialize()  # the cursor lives in the tokens view
+        self._apply_view()
+        if self.inspecting:
+            self.post_message(self.TokenSelected(self, self.cursor))
+            if self._show_tokens():
+                self.call_after_refresh(self._scroll_to_cursor)
+
+    def _apply_view(self) -> None:
+        show_tokens = self._show_tokens()
+        if self.lazy:
+            self.refresh(layout=True)
+            return
         self.query_one(Markdown).display = not show_tokens
         view = self.query_one(".answer-tokens", Static)
         view.display = show_tokens
         if show_tokens:
             cursor = self.cursor if self.inspecting else None
             view.update(tokens_text(self.tokens, heatmap=self.heatmap, cursor=cursor))
-        if self.inspecting:
-            self.post_message(self.TokenSelected(self, self.cursor))
-            if show_tokens:
-                self.call_after_refresh(self._scroll_to_cursor)
 
-    def _scroll_to_cursor(self) -> None:
+    def _scroll_to_cursor(self, retry: bool = True) -> None:
         """Keep the cursor's line visible in the scrolling transcript around this answer."""
         view = self.query_one(".answer-tokens", Static)
         scroller = self.parent
         width = view.content_size.width
+        if not width and retry:  # just swapped in, not laid out yet
+            self.call_after_refresh(self._scroll_to_cursor, False)
+            return
         if not isinstance(scroller, Widget) or not width or not self.tokens:
             return
         line = cursor_line("".join(t["text"] for t in self.tokens),
