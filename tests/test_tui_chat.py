@@ -348,6 +348,11 @@ def test_a_200_message_chat_opens_at_its_end_scrolls_home_and_old_answers_still_
             out["last_visible"] = last.height > 0 and view.y <= last.y and last.bottom <= view.bottom
             # Old answers wait as lightweight placeholders: far fewer Markdown widgets than answers.
             out["markdowns"] = len(chat.query(Markdown))
+            # pageup scrolls the transcript while the prompt keeps the focus.
+            assert chat.focused is chat.query_one("#prompt")
+            await pilot.press("pageup")
+            await pilot.pause()
+            out["paged_up"] = transcript.scroll_y < transcript.max_scroll_y
             # home (in the transcript) reaches the first message.
             transcript.focus()
             await pilot.press("home")
@@ -384,7 +389,7 @@ def test_a_200_message_chat_opens_at_its_end_scrolls_home_and_old_answers_still_
     assert out["shown"] == contents
     assert out["at_end"] and out["last_visible"]
     assert out["markdowns"] < 20
-    assert out["at_home"]
+    assert out["paged_up"] and out["at_home"]
     assert out["old_markdown"] == contents[3] and out["copied"] == contents[3]
     assert out["inspected"] == [tokens[3][0], tokens[3][2]]
     assert out["tokens_view"].replace("[", "").startswith(contents[3][:10].replace("[", ""))

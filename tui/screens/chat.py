@@ -168,6 +168,11 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+y", "copy_last", "copy answer", show=False, tooltip="copy the last answer (c copies a focused message)"),
         Binding("ctrl+t", "tokens", "tokens", show=False, tooltip="how the current prompt tokenizes, and the model's info"),
         Binding("ctrl+b", "compare", "compare", show=False, tooltip="compare your last prompt under this preset and the next one, side by side, and vote"),
+        # The prompt keeps the focus while you read, so the transcript scrolls from here too.
+        Binding("pageup", "scroll_transcript('page_up')", "page up", show=False, tooltip="scroll the chat up a page"),
+        Binding("pagedown", "scroll_transcript('page_down')", "page down", show=False, tooltip="scroll the chat down a page"),
+        Binding("ctrl+home", "scroll_transcript('home')", "top", show=False, tooltip="go to the start of the chat"),
+        Binding("ctrl+end", "scroll_transcript('end')", "bottom", show=False, tooltip="go to the end of the chat"),
     ]
 
     def __init__(self, *, store: Any, presets: dict[str, Preset], preset: str, model_id: str,
@@ -570,6 +575,11 @@ class ChatScreen(Screen[None]):
             note += f" (written by {Path(chat.model).name}; new answers come from {self.model_name})"
         self.notify(note)
         self._status()
+
+    def action_scroll_transcript(self, where: str) -> None:
+        t = self.transcript
+        {"page_up": t.scroll_page_up, "page_down": t.scroll_page_down,
+         "home": t.scroll_home, "end": t.scroll_end}[where](animate=False)
 
     def action_export(self) -> None:
         if self.chat_id is None:
