@@ -211,3 +211,20 @@ def test_card_renders_from_the_report():
 
     report = json.loads((MODEL / "build_report.json").read_text(encoding="utf-8"))
     assert card.render(report) == (MODEL / "README.md").read_text(encoding="utf-8")
+
+
+def test_sampled_english_stories_stay_in_english(engine):
+    # A tuned model that has lost its languages' separation shows it first under sampling: a story that
+    # switches to Chinese pieces mid-sentence (an SFT with 4-conversation batches did that to 8 of these 48).
+    from tiankong.engine.events import Finished
+    from tiankong.presets import load_presets
+
+    balanced = load_presets()["balanced"].params
+    asks = ["Write a short story about a cat.", "Tell me a story about a fox.", "Write a story about a bear named Ben.",
+            "Tell me a short story about a rabbit.", "Write a story about a little bird.",
+            "Tell me a story about a dog called Max."]
+    prompts = [engine.encode(messages=[{"role": "user", "content": q}]) for q in asks for _ in range(8)]
+    params = [balanced.replace(seed=s, max_new_tokens=200) for _ in asks for s in range(8)]
+    done = [ev for ev in engine.generate(prompts, params) if isinstance(ev, Finished)]
+    mixed = [d.text for d in done if any("\u4e00" <= ch <= "\u9fff" for ch in d.text)]
+    assert len(done) == 48 and len(mixed) <= 1, mixed
