@@ -156,8 +156,11 @@ def rope_inv_freq(cfg: ModelConfig) -> "torch.Tensor":
     """Inverse frequencies (head_dim/2,) for RoPE, with the checkpoint's scaling applied."""
     import torch
 
-    # float32 on purpose: transformers computes it so, and logits parity depends on it.
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
+    # float32 on purpose: transformers computes it so, and logits parity depends on it. Always on
+    # the CPU (callers move it): under a meta-device context these few ops would import ~70 MB of
+    # torch's meta kernels, written in Python, for nothing.
+    arange = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device="cpu")
+    inv = 1.0 / (cfg.rope_theta ** (arange.float() / cfg.head_dim))
     s = cfg.rope_scaling
     if not s:
         return inv

@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .kv_cache import KVCache
+from .weights import embedding
 
 
 class Attention(nn.Module):
@@ -62,8 +63,8 @@ class GPT2(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim)
+        self.tok_emb = embedding(cfg.vocab_size, cfg.dim)
+        self.pos_emb = embedding(cfg.max_seq_len, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)

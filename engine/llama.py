@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import ModelConfig, rope_inv_freq
 from .kv_cache import KVCache, build_mask
+from .weights import embedding
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -128,13 +129,14 @@ class Llama(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_emb = embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_emb.weight
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)  # (hd/2,)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg).to(self.tok_emb.weight.device),
+                             persistent=False)  # (hd/2,)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,

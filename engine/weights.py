@@ -26,6 +26,19 @@ from .config import ModelConfig, to_hf_config
 from .errors import ModelLoadError
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding(num, dim), without initialising it when built on the meta device for loading.
+
+    nn.Embedding initialises with normal_, and torch's meta normal_ imports about 70 MB of Python
+    the first time it runs (more than all of an inference process's own overhead): so on meta the
+    weight is left empty, to be filled by the checkpoint; elsewhere it gets nn.Embedding's N(0, 1).
+    """
+    weight = torch.empty(num, dim)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight)
+    return nn.Embedding(num, dim, _weight=weight)
+
+
 def _pattern(name: str) -> re.Pattern[str]:
     return re.compile(re.escape(name).replace(r"\{\}", r"(\d+)") + "$")
 
