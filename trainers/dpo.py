@@ -114,27 +114,6 @@ class DPOTrainer(PreferenceTrainer):
                       "reward_margin": float((chosen - rejected).sum()), "reward_accuracy": float(right.sum()),
                       "logp_chosen": float(pi[w].detach().sum()), "logp_rejected": float(pi[l].detach().sum())}
 
-    def loss(self, items: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.group_loss(self.ddp_model, [self.train_groups[i] for i in items])
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        if not self.eval_groups:
-            return {}
-        self.model.eval()
-        sums: dict[str, float] = {}
-        total = 0
-        chunk = self.cfg.micro_batch_size or self.cfg.batch_size
-        for i in range(0, len(self.eval_groups), chunk):
-            groups = self.eval_groups[i:i + chunk]
-            loss, m = self.group_loss(self.model, groups)
-            for k, v in {"loss": float(loss), **m}.items():
-                sums[k] = sums.get(k, 0.0) + v
-            total += sum(len(g.pairs) for g in groups)
-        self.model.train()
-        self.last_eval = {f"eval_{k}": v / total for k, v in sums.items()}
-        return self.last_eval
-
     def save(self, folder: Path) -> None:
         save_pretrained(self.model, self.mcfg, folder, tokenizer_from=self.cfg.model,
                         metadata={"step": str(self.step), "trainer": "dpo"})

@@ -34,21 +34,20 @@ per step and its pairs are always in the same batch (InstructGPT); independent p
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
+from torch import nn
 
 from tiankong.engine.chat import RAW_MESSAGE_SEPARATOR, ChatTemplate, render_prompt
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from .common import Trainer, TrainConfig, opt
-from .records import Prompt, parse_record
+from .records import Prompt, parse_record, read_rows
 
 TIE_MODES = ("drop", "soft")
 
@@ -116,35 +115,6 @@ class Encoder:
         return full, start
 
 
-# ---------------------------------------------------------------- records
-
-
-def read_rows(path: str | Path) -> list[tuple[int, Any]]:
-    """(line number, parsed JSON) for every non-blank line; InputError naming the line otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"data file {path} does not exist; give a JSONL file of preference records")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
-    if text.lstrip().startswith("["):  # a JSON array of records
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); fix the file") from None
-        return list(enumerate(items, 1))
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix that line") from None
-    return rows
-
-
 # ---------------------------------------------------------------- the data set
 
 
@@ -210,7 +180,7 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
             i = parent[i]
         return i
 
-    for n, row in read_rows(path):
+    for n, _, row in read_rows(path):
         try:
             prompt, chosen, rejected = parse_record(row)
             margin = row.get("margin")
@@ -345,3 +315,29 @@ class PreferenceTrainer(Trainer):
 
     def item_weight(self, index: int) -> float:
         return float(len(self.train_groups[index].pairs))  # the loss is a mean over pairs
+
+    def group_loss(self, model: nn.Module, groups: Sequence[Group]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed loss over the groups' pairs, and metrics summed over pairs (the algorithm)."""
+        raise NotImplementedError
+
+    def loss(self, items: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.group_loss(self.ddp_model, [self.train_groups[i] for i in items])
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and metrics per pair over the held-out groups, as eval_*."""
+        if not self.eval_groups:
+            return {}
+        self.model.eval()
+        sums: dict[str, float] = {}
+        total = 0
+        chunk = self.cfg.micro_batch_size or self.cfg.batch_size
+        for i in range(0, len(self.eval_groups), chunk):
+            groups = self.eval_groups[i:i + chunk]
+            loss, m = self.group_loss(self.model, groups)
+            for k, v in {"loss": float(loss), **m}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            total += sum(len(g.pairs) for g in groups)
+        self.model.train()
+        self.last_eval = {f"eval_{k}": v / total for k, v in sums.items()}
+        return self.last_eval

@@ -6,7 +6,9 @@ names the field; callers add the file name and line.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from tiankong.engine.errors import InputError
@@ -92,3 +94,31 @@ def parse_record(row: Any) -> tuple[Prompt, str, str]:
     if isinstance(chosen, list) and isinstance(rejected, list):
         return implicit_messages(chosen, rejected)
     raise InputError("\"chosen\" and \"rejected\" must both be strings or both be message lists")
+
+
+def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, str, Any]]:
+    """(number, "line N" or "item N", parsed JSON) for every record of a JSONL file (blank lines
+    skipped) or a JSON array; InputError naming the file and line otherwise. `fix` ends the message
+    for a line that is not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; give a JSONL file (or a JSON array) of preference records")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
+    if text.lstrip().startswith("["):  # a JSON array of records
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); fix the file") from None
+        return [(i, f"item {i}", item) for i, item in enumerate(items, 1)]
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, f"line {n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); {fix}") from None
+    return rows

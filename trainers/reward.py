@@ -247,27 +247,6 @@ class RewardTrainer(PreferenceTrainer):
         right = torch.where(target == 1.0, (d > 0).float(), torch.full_like(d, 0.5))
         return loss, {"accuracy": float(right.sum()), "margin": float(d.sum())}
 
-    def loss(self, items: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.group_loss(self.ddp_model, [self.train_groups[i] for i in items])
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        if not self.eval_groups:
-            return {}
-        self.model.eval()
-        total, sums = 0, {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-        chunk = self.cfg.micro_batch_size or self.cfg.batch_size
-        for i in range(0, len(self.eval_groups), chunk):
-            groups = self.eval_groups[i:i + chunk]
-            loss, m = self.group_loss(self.model, groups)
-            sums["loss"] += float(loss)
-            sums["accuracy"] += m["accuracy"]
-            sums["margin"] += m["margin"]
-            total += sum(len(g.pairs) for g in groups)
-        self.model.train()
-        self.last_eval = {f"eval_{k}": v / total for k, v in sums.items()}
-        return self.last_eval
-
     @torch.no_grad()
     def normalization(self) -> dict[str, float]:
         """scale and bias giving the training answers' raw rewards mean 0 and std 1."""

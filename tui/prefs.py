@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tiankong.engine.errors import InputError
-from tiankong.trainers.records import parse_record
+from tiankong.trainers.records import parse_record, read_rows
 from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
 
 IMPORTED_PRESET, IMPORTED_MODEL = "imported", "unknown"
@@ -105,28 +105,7 @@ def import_file(store: Store, path: Path, rater: str = "import") -> int:
 
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
     """(where, parsed row) pairs; where is "line N" for JSONL, "item N" for a JSON array."""
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; give a JSONL (or JSON array) file of preference pairs")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); fix the file") from None
-        rows = [(f"item {i}", item) for i, item in enumerate(items, 1)]
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"line {n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); "
-                                 "fix that line (nothing was imported)") from None
+    rows = [(where, row) for _, where, row in read_rows(path, fix="fix that line (nothing was imported)")]
     if not rows:
         raise InputError(f"{path} has no rows; put one preference pair (a JSON object) per line")
     return rows
