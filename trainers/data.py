@@ -50,15 +50,20 @@ def _read_utf8(path: Path) -> str:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object stops here."""
     path = Path(path)
-    for n, line in enumerate(_read_utf8(path).splitlines(), 1):
+    return jsonl_objects(_read_utf8(path).splitlines(), str(path))
+
+
+def jsonl_objects(lines: list[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of `name`; InputError naming the line otherwise."""
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix or delete the line") from None
+            raise InputError(f"{name} line {n}: invalid JSON ({e.msg}); fix or delete the line") from None
         if not isinstance(obj, dict):
-            raise InputError(f"{path} line {n}: expected a JSON object, got {type(obj).__name__}")
+            raise InputError(f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
         yield n, obj
 
 

@@ -42,7 +42,8 @@ from tiankong.engine.model import load_model, save_pretrained
 
 from .common import opt
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
-from .records import parse_record
+from .data import jsonl_objects
+from .records import messages_field
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -292,20 +293,13 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
         except UnicodeDecodeError:
             raise InputError(f"{input} is not UTF-8 text; convert it to UTF-8") from None
     rows: list[tuple[int, dict]] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{name} line {n}: invalid JSON ({e.msg}); fix that line") from None
-        if not isinstance(obj, dict) or "response" not in obj or ("prompt" not in obj and "messages" not in obj):
+    for n, obj in jsonl_objects(lines, name):
+        if "response" not in obj or ("prompt" not in obj and "messages" not in obj):
             raise InputError(f"{name} line {n}: expected an object with \"prompt\" (or \"messages\") and \"response\"")
         prompt = obj["prompt"] if "prompt" in obj else obj["messages"]
         try:
-            if isinstance(prompt, list):  # messages: check them the way preference records are checked
-                parse_record({"prompt": prompt, "chosen": [{"role": "assistant", "content": ""}],
-                              "rejected": [{"role": "assistant", "content": ""}]})
+            if isinstance(prompt, list):  # messages: checked as preference records' prompts are
+                messages_field(prompt, "prompt")
             elif not isinstance(prompt, str):
                 raise InputError(f"\"prompt\" must be text or a list of messages, got {type(prompt).__name__}")
             if not isinstance(obj["response"], str):
