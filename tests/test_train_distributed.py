@@ -12,9 +12,6 @@ and the logged metrics.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,7 +20,7 @@ from safetensors.torch import load_file
 from tiankong.trainers.pretrain import PretrainConfig, PretrainTrainer
 from tiankong.trainers.sft import SFTConfig, SFTTrainer
 from tiny_models import CORPUS, make_model
-from helpers import one_thread  # noqa: F401 (one_thread is an autouse fixture)
+from helpers import one_thread, torchrun  # noqa: F401 (one_thread is an autouse fixture)
 
 CHAT = [
     {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
@@ -33,18 +30,6 @@ CHAT = [
     {"prompt": "Say hi in Chinese.", "completion": "你好 😀"},
     {"prompt": "What does a language model do?", "completion": "It predicts the next token."},
 ]
-
-
-
-
-def torchrun(args, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tiankong.tui.cli", "train", *map(str, args)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
 
 
 def compare(single, ddp):

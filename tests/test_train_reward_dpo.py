@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from tiankong.trainers.dpo import DPOConfig, DPOTrainer, dpo_loss, sequence_logp
 from tiankong.trainers.preferences import Encoder, load_preferences, parse_record, split_groups
 from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer, bradley_terry_loss
 from tiny_models import make_model
-from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
+from helpers import cli, one_thread, torchrun  # noqa: F401 (one_thread is an autouse fixture)
 
 
 
@@ -300,18 +299,6 @@ def test_cli_help_lists_trainer_flags(monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- data parallel
-
-
-def torchrun(args, timeout=240):
-    import os
-    import subprocess
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tiankong.tui.cli", "train", *map(str, args)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def test_reward_two_processes_match_one(llama_dir, tmp_path):
