@@ -62,9 +62,10 @@ def sample(folder: Path, n: int, seed: int, length: int, prompts: list[str], cha
 
 
 def has_chat_template(folder: Path) -> bool:
-    from tiankong.engine.engine import Engine
+    from tiankong.engine.chat import ChatTemplate
+    from tiankong.engine.tokenizer import load_tokenizer
 
-    return Engine.load(folder, device="cpu", pack=False).template is not None
+    return ChatTemplate.from_folder(folder, load_tokenizer(folder)) is not None
 
 
 def main() -> None:

@@ -45,7 +45,6 @@ class PackedLinear(nn.Module):
         self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT), persistent=False)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone(),
                              persistent=False)
-        self.nbytes = w.numel() * w.element_size()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x (..., in) -> (..., out); oneDNN flattens the leading dims itself.
@@ -94,12 +93,12 @@ def _release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) 
             libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
 
 
-def prepare_for_inference(model: nn.Module, pack_tied: bool = True) -> int:
+def prepare_for_inference(model: nn.Module) -> int:
     """Fuse and pack `model`'s linear layers in place; returns how many were packed (0: left dense).
 
-    pack_tied: also pack an output projection that shares its weight with the token embedding.
-    That costs one extra copy of the embedding matrix (the lookup still needs the dense rows), in
-    exchange for the fastest output projection; False keeps memory at one copy.
+    An output projection tied to the token embedding is packed too: lookups keep reading the dense
+    embedding, whose pages (when mapped from the checkpoint) are handed back after packing, so only
+    the rows looked up come back into memory.
     """
     p = next(model.parameters())
     if not can_pack(p.device, p.dtype):
@@ -116,20 +115,12 @@ def prepare_for_inference(model: nn.Module, pack_tied: bool = True) -> int:
             part.fuse()
             linears = [(n, c) for n, c in part.named_children() if isinstance(c, nn.Linear)]
         for name, child in linears:
-            if child.weight.data_ptr() in embedded and not pack_tied:
-                continue
             setattr(part, name, PackedLinear(child))
             count += 1
         _release_pages([w for w in dense if w.data_ptr() not in embedded])
-        if any(w.data_ptr() in embedded for w in dense):
-            # Packing a tied output projection read the whole embedding; lookups need a few rows.
-            _release_pages([w for w in dense if w.data_ptr() in embedded], only_file_mapped=True)
+        # Packing a tied output projection read the whole embedding; its lookups need a few rows.
+        _release_pages([w for w in dense if w.data_ptr() in embedded], only_file_mapped=True)
     return count
 
 
-def packed_bytes(model: nn.Module) -> int:
-    """Bytes of weight held in packed form (mkldnn tensors report no storage of their own)."""
-    return sum(m.nbytes for m in model.modules() if isinstance(m, PackedLinear))
-
-
-__all__ = ["PackedLinear", "ROWS_HINT", "can_pack", "packed_bytes", "prepare_for_inference"]
+__all__ = ["PackedLinear", "ROWS_HINT", "can_pack", "prepare_for_inference"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -265,8 +266,6 @@ def _sort_descending(x: Tensor) -> Tensor:
     49k vocabulary row); only the values are needed, not the indices.
     """
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        import numpy as np
-
         return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1)[:, ::-1].copy())
     return x.sort(dim=-1, descending=True).values
 

@@ -10,6 +10,7 @@ opened, read and exported.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import os
 from collections.abc import Iterable
@@ -69,6 +70,7 @@ class TiankongApp(App[None]):
         self.show_timing = show_timing
         self.engines: list[Any] = []
         self.engine_error: str | None = None
+        self._gc_frozen = False
 
     @property
     def engine(self) -> Any:
@@ -103,10 +105,23 @@ class TiankongApp(App[None]):
         self.call_from_thread(self._loaded, engines)
 
     async def _loaded(self, engines: list[Any]) -> None:
+        # Exempt what exists now (torch, Textual, the models: some 330k objects, all there to stay)
+        # from the cyclic garbage collector until the app ends; later objects are collected as usual.
+        # Otherwise every full collection walks them all, 200-450 ms with the UI stopped: a few times
+        # while a long chat opens and now and then while it scrolls (bench/tui_scroll.py, "in gc").
+        # No collection first: it would cost as much again for a few hundred unreachable objects.
+        if not self._gc_frozen:
+            self._gc_frozen = True
+            gc.freeze()
         self.engines, self.engine_error = engines, None
         await self.chat.engine_ready(engines[0])
         if self.mode == "compare":
             self.open_compare(self.compare_presets, engines=engines)
+
+    def on_unmount(self) -> None:
+        if self._gc_frozen:
+            self._gc_frozen = False
+            gc.unfreeze()
 
     def _load_failed(self, message: str) -> None:
         self.engine_error = message

@@ -13,7 +13,6 @@ answer is always rebuilt from the transcript (system prompt + messages).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import threading
 import time
 from pathlib import Path
@@ -50,33 +49,6 @@ TITLE_CHARS = 60  # a new chat is titled with the start of its first message
 INTRO = ("Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
          "model weighed at each step and what your preset made of them. Afterwards f5 steps through the "
          "answer token by token (why this word?) and f6 colours it by probability. f1 lists every key.")
-
-
-_frozen = False
-
-
-def _freeze_startup_objects() -> None:
-    """Exempt what exists once the model is loaded (torch, Textual, the model, the app: some 330k
-    objects, all of them there to stay) from Python's cyclic garbage collector, for as long as the
-    chat screen lives; objects made later (chats, widgets) are collected as usual.
-
-    Otherwise every full collection walks all of them, 200-450 ms with the UI stopped: a few times
-    while a long chat opens, and now and then while it scrolls (bench/tui_scroll.py shows this in
-    its "in gc" column). No collection runs first: it would cost that much once more, for the few
-    hundred unreachable objects there are at that point, which `_unfreeze` (when the screen goes,
-    i.e. the app quits) hands back to the collector with everything else.
-    """
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.freeze()
-
-
-def _unfreeze() -> None:
-    global _frozen
-    if _frozen:
-        _frozen = False
-        gc.unfreeze()
 
 
 class ChatListScreen(ModalScreen[int | None]):
@@ -257,7 +229,6 @@ class ChatScreen(Screen[None]):
     # ------------------------------------------------------------------ engine (called by the app)
 
     async def engine_ready(self, engine: Any) -> None:
-        _freeze_startup_objects()
         self.engine, self.engine_error = engine, None
         self.candidates.loading = False
         self._status()
@@ -722,7 +693,6 @@ class ChatScreen(Screen[None]):
     def on_unmount(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
-        _unfreeze()
 
     def help_sections(self) -> list[Section]:
         """Every key of this screen, of answers (inspect mode) and of the app, for the help screen."""
