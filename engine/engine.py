@@ -24,8 +24,7 @@ from .config import ModelConfig
 from .errors import InputError
 from .events import Event
 from .generate import generate
-from .model import load_model
-from .packed import prepare_for_inference
+from .model import load_model, prepare_for_inference
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -54,14 +53,14 @@ class Engine:
              dtype: str | torch.dtype | None = "auto", pack: bool = True) -> Engine:
         """Load a local Hugging Face model folder. Raises ModelLoadError with a one-line reason.
 
-        pack: on CPU, fuse projections and pre-pack weights for oneDNN (engine/packed.py); the
+        pack: on CPU, rearrange and pre-pack the weights for oneDNN (model.prepare_for_inference); the
         model then runs forward only, in inference mode. False keeps the plain modules.
         """
         folder = Path(folder).expanduser()
         model, cfg = load_model(folder, device, dtype)
         n_params = sum(p.numel() for p in model.parameters())
         if pack:
-            prepare_for_inference(model)
+            model = prepare_for_inference(model)
         tokenizer = load_tokenizer(folder)
         return cls(model, cfg, tokenizer, ChatTemplate.from_folder(folder, tokenizer), folder, n_params)
 

@@ -35,37 +35,15 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.wqkv: nn.Linear | None = None  # set by fuse(): inference only
-
-    def fuse(self) -> None:
-        """Inference only: q, k and v from one matmul (one call and one pass over x instead of three).
-
-        The separate weights are dropped; training and saving use unfused models.
-        """
-        parts = (self.wq, self.wk, self.wv)
-        fused = nn.Linear(self.wq.in_features, sum(p.out_features for p in parts), bias=self.wq.bias is not None,
-                          device=self.wq.weight.device, dtype=self.wq.weight.dtype)
-        fused.weight.data = torch.cat([p.weight.data for p in parts])
-        if fused.bias is not None:
-            fused.bias.data = torch.cat([p.bias.data for p in parts])
-        self.wqkv = fused.requires_grad_(False)
-        del self.wq, self.wk, self.wv
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, start: int) -> torch.Tensor:
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        if self.wqkv is None:
-            q = self.wq(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-            k = self.wk(x).view(B, T, H_kv, hd).transpose(1, 2)  # (B, H_kv, T, hd)
-            v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
-            q, k = rope(q, cos, sin), rope(k, cos, sin)
-        else:
-            # Fused: rotate q and k as one tensor; a decode step runs a few dozen tiny ops per
-            # layer, so every op saved shows.
-            qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, hd).transpose(1, 2)  # (B, H + 2 H_kv, T, hd)
-            qk = rope(qkv[:, : H + H_kv], cos, sin)
-            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + H_kv:]
+        q = self.wq(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, T, H_kv, hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
         # No mask: plain causal attention over the whole sequence (training, or one unpadded row).
@@ -81,21 +59,9 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
-        self.w13: nn.Linear | None = None  # set by fuse(): inference only
-
-    def fuse(self) -> None:
-        """Inference only: gate and up from one matmul; the separate weights are dropped."""
-        fused = nn.Linear(self.w1.in_features, 2 * self.w1.out_features, bias=False,
-                          device=self.w1.weight.device, dtype=self.w1.weight.dtype)
-        fused.weight.data = torch.cat([self.w1.weight.data, self.w3.weight.data])
-        self.w13 = fused.requires_grad_(False)
-        del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w13 is None:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        gate, up = self.w13(x).chunk(2, dim=-1)  # (B, T, F) each
-        return self.w2(F.silu(gate) * up)
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class RMSNorm(nn.Module):

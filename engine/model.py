@@ -10,6 +10,8 @@ from torch import nn
 from . import gpt2, llama
 from .config import ModelConfig
 from .errors import ModelLoadError
+from .llama_packed import PackedLlama
+from .packed import can_pack, pack_linears
 from .weights import NameTable, load_weights
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -82,6 +84,18 @@ def load_model(folder: str | Path, device: str | torch.device = "auto",
     if cfg.family == "llama":
         model.inv_freq = llama.rope_inv_freq(cfg).to(dev)
     return model.eval(), cfg
+
+
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """The fastest forward-only form of a loaded model on its device; consumes `model`.
+
+    On CPU (float32, or bfloat16 where the CPU has it) the Llama family becomes a PackedLlama and
+    other models get oneDNN-packed linears (packed.py); elsewhere the model comes back as it is.
+    """
+    p = next(model.parameters())
+    if not can_pack(p.device, p.dtype):
+        return model
+    return PackedLlama(model) if isinstance(model, llama.Llama) else pack_linears(model)
 
 
 def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path,

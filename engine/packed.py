@@ -1,15 +1,15 @@
-"""Inference layout for CPU: fused projections and oneDNN pre-packed linear weights.
+"""oneDNN pre-packed linear weights for CPU inference, and handing their source pages back.
 
 Decoding one token is a chain of matrix-vector products, so its speed is how fast the weights
-stream from memory. torch's dense `F.linear` reaches about half the machine's bandwidth at
-batch 1 and gets slower per row at 2-4 rows (the batch of a side-by-side comparison). oneDNN
-with weights reordered once into its blocked layout streams them at close to full bandwidth for
-any row count, and also speeds up prefill; `bench/decode.py` measures the difference.
+stream from memory. torch's dense `F.linear` reaches about a third of the machine's bandwidth at
+batch 1 (it runs on one thread) and gets slower per row at 2-4 rows (the batch of a side-by-side
+comparison). oneDNN with weights reordered once into its blocked layout streams them at close to
+full bandwidth for any row count, and also speeds up prefill; `bench/decode.py` measures it.
 
-`prepare_for_inference` rewrites a loaded model in place: q/k/v and gate/up projections become
-one matmul each (Llama family), then every linear layer's weight is replaced by its packed copy
-(never duplicated: the dense weight is dropped as soon as its packed copy exists). The result
-only runs forward under inference mode; trainers load models without it.
+The Llama family gets a whole inference form built on these (llama_packed.py); other models have
+their linear layers swapped for `PackedLinear` in place (`pack_linears`). Either way a dense
+weight is dropped as soon as its packed copy exists, and the result only runs forward under
+inference mode; trainers load models without it. `model.prepare_for_inference` picks the form.
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
+def pack_weight(w: torch.Tensor) -> torch.Tensor:
+    """A dense (out, in) weight as an opaque oneDNN tensor in its blocked layout, for _linear_pointwise."""
+    return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), ROWS_HINT)
+
+
 class PackedLinear(nn.Module):
     """`y = x W^T + b` with W held in oneDNN's blocked layout (an opaque mkldnn tensor)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        w = linear.weight.detach()
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(w, ROWS_HINT), persistent=False)
+        self.register_buffer("packed", pack_weight(linear.weight.detach()), persistent=False)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone(),
                              persistent=False)
 
@@ -69,7 +73,7 @@ def _file_mapped(t: torch.Tensor) -> bool:
     return False
 
 
-def _release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) -> None:
+def release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) -> None:
     """Let the OS take back the memory of weights that were just packed.
 
     Loaded weights are views of the checkpoint file mapped into memory (safetensors mmap): every page
@@ -93,34 +97,25 @@ def _release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) 
             libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
 
 
-def prepare_for_inference(model: nn.Module) -> int:
-    """Fuse and pack `model`'s linear layers in place; returns how many were packed (0: left dense).
+def pack_linears(model: nn.Module) -> nn.Module:
+    """Swap every nn.Linear of `model` for a PackedLinear, in place; returns the model.
 
     An output projection tied to the token embedding is packed too: lookups keep reading the dense
     embedding, whose pages (when mapped from the checkpoint) are handed back after packing, so only
     the rows looked up come back into memory.
     """
-    p = next(model.parameters())
-    if not can_pack(p.device, p.dtype):
-        return 0
     embedded = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
-    count = 0
     # Module by module, so that at most one block's weights exist twice (dense and packed) at a time.
     for part in list(model.modules()):
         linears = [(n, c) for n, c in part.named_children() if isinstance(c, nn.Linear)]
         if not linears:
             continue
         dense = [c.weight.detach() for _, c in linears]
-        if hasattr(part, "fuse"):
-            part.fuse()
-            linears = [(n, c) for n, c in part.named_children() if isinstance(c, nn.Linear)]
         for name, child in linears:
             setattr(part, name, PackedLinear(child))
-            count += 1
-        _release_pages([w for w in dense if w.data_ptr() not in embedded])
-        # Packing a tied output projection read the whole embedding; its lookups need a few rows.
-        _release_pages([w for w in dense if w.data_ptr() in embedded], only_file_mapped=True)
-    return count
+        release_pages([w for w in dense if w.data_ptr() not in embedded])
+        release_pages([w for w in dense if w.data_ptr() in embedded], only_file_mapped=True)
+    return model
 
 
-__all__ = ["PackedLinear", "ROWS_HINT", "can_pack", "prepare_for_inference"]
+__all__ = ["PackedLinear", "ROWS_HINT", "can_pack", "pack_linears", "pack_weight", "release_pages"]
