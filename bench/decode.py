@@ -1,14 +1,16 @@
 """Decode benchmark: tiankong against transformers and llama.cpp on the same weights, in one run.
 
     python bench/decode.py                       # everything; builds the test model on first use
-    python bench/decode.py --skip-llamacpp --runs 5
+    python bench/decode.py --skip-llamacpp --rounds 2 --runs 5
 
 What it does, top to bottom:
   1. setup   — a Llama shaped like SmolLM-135M with random weights (float32, saved with
                transformers), a byte-level BPE tokenizer of the same vocabulary size, and the
                same weights converted to a GGUF F32 file for llama.cpp. All cached in bench/out/.
   2. workers — each framework runs in its own subprocess, so its peak RSS is its own and no
-               framework's thread pools or caches leak into another's numbers.
+               framework's thread pools or caches leak into another's numbers. The frameworks
+               take turns for --rounds rounds: a shared machine's memory bandwidth drifts by
+               a third over minutes, and taking turns lets the drift hit every framework alike.
   3. report  — a table, the ratios against their targets, and bench/out/decode.json.
 
 Every worker: batch 1, greedy, the same fixed prompt ids, float32, the same thread count; one
@@ -453,6 +455,42 @@ def summarize(samples: dict[str, list[dict]], rss_before: int) -> dict:
     return out
 
 
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One framework's rounds as one result: every run of every round, best over all of them."""
+    good = [r for r in rounds if "error" not in r]
+    if not good:
+        return rounds[0]
+    out = dict(good[0], peak_rss_bytes=max(r["peak_rss_bytes"] for r in good), modes={})
+    for name, first in good[0]["modes"].items():
+        measured = [run for r in good for run in r["modes"][name]["runs"]]
+        runs = [r for r in measured if not r["disturbed"]] or measured
+        n = first["counts"][0]
+        out["modes"][name] = dict(
+            first,  # counts, reasons and tokens: the same in every round (greedy, fixed prompt)
+            ttft_s=min(r["ttft_s"] for r in runs), decode_s=min(r["decode_s"] for r in runs),
+            wall_s=min(r["wall_s"] for r in runs), decode_tok_s=(n - 1) / min(r["decode_s"] for r in runs),
+            decode_s_median=statistics.median(r["decode_s"] for r in runs),
+            wall_s_median=statistics.median(r["wall_s"] for r in runs),
+            all_counts_full=all(r["modes"][name]["all_counts_full"] for r in good),
+            clean_runs=sum(not r["disturbed"] for r in measured), runs=measured)
+    return out
+
+
+def round_ratios(rounds: dict[str, list[dict]], console) -> dict:
+    """tiankong / peer decode speed within each round: neighbours in time, so drift cancels."""
+    out = {}
+    for peer in ("transformers", "llama.cpp"):
+        pairs = [(a, b) for a, b in zip(rounds.get("tiankong", []), rounds.get(peer, []))
+                 if "error" not in a and "error" not in b]
+        if not pairs:
+            continue
+        per_round = [a["modes"]["single"]["decode_tok_s"] / b["modes"]["single"]["decode_tok_s"] for a, b in pairs]
+        out[f"tiankong_over_{peer.replace('.', '')}_decode_per_round"] = per_round
+        console.print(f"tiankong / {peer} decode, round by round: "
+                      + "  ".join(f"{r:.2f}x" for r in per_round) + f"   (median {statistics.median(per_round):.2f}x)")
+    return out
+
+
 WORKERS = {"tiankong": worker_tiankong, "transformers": worker_transformers, "llama.cpp": worker_llamacpp}
 
 
@@ -499,7 +537,7 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
     from rich.table import Table
 
     table = Table(title=f"decode: batch 1, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
-                        f"tokens, float32, {args.threads} threads, best of {args.runs}")
+                        f"tokens, float32, {args.threads} threads, best of {args.rounds} x {args.runs}")
     # "load/weights" leaves out what the interpreter and the framework's import held before the
     # weights were loaded (torch alone is ~220 MB), so it shows the cost of the model itself.
     # "clean runs": runs that other processes did not disturb / runs made (see collect()).
@@ -524,7 +562,7 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
         clean_runs = f"{m['clean_runs']}/{len(m['runs'])}"
         table.add_row(label, f"{m['decode_tok_s']:.1f}", f"{m['ttft_s'] * 1e3:.1f}",
                       f"{rss / 2**20:.0f}", f"{rss / weight_bytes:.2f}x", f"{grown / weight_bytes:.2f}x", counts,
-                      clean_runs if m["clean_runs"] >= args.runs else f"[red]{clean_runs}[/]")
+                      clean_runs if m["clean_runs"] >= args.runs * args.rounds else f"[red]{clean_runs}[/]")
     console.print(table)
     console.print(f"weights: {weight_bytes / 2**20:.0f} MB float32 "
                   f"({weight_bytes // 4 / 1e6:.1f} M parameters, embedding tied)")
@@ -580,8 +618,8 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
         good = check["same_argmax"] and check["max_abs_diff"] < 0.01 * check["logit_std"]
         console.print(f"GGUF conversion: prefill logits max |llama.cpp - transformers| = {check['max_abs_diff']:.1e} "
                       f"(logit std {check['logit_std']:.2f}), same argmax: {check['same_argmax']} {ok(good)}")
-    if any(m["clean_runs"] < args.runs for r in results.values() for m in r.get("modes", {}).values()):
-        console.print(f"[yellow]other processes kept the machine busy: fewer than {args.runs} undisturbed runs "
+    if any(m["clean_runs"] < args.runs * args.rounds for r in results.values() for m in r.get("modes", {}).values()):
+        console.print(f"[yellow]other processes kept the machine busy: fewer than {args.runs * args.rounds} undisturbed runs "
                       "where marked red, so those numbers are not to be trusted; rerun on a quiet machine[/]")
     for fw, r in results.items():
         for name, m in r.get("modes", {}).items():
@@ -596,7 +634,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5, help="measured runs per mode (best reported)")
+    ap.add_argument("--runs", type=int, default=3, help="measured runs per mode and round (best reported)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds in which the frameworks take turns")
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-tiankong", action="store_true")
@@ -629,18 +668,23 @@ def main() -> None:
         console.print("[yellow]llama.cpp skipped: llama-cpp-python (or gguf) is not installed; "
                       "pip install llama-cpp-python gguf[/]")
         chosen.remove("llama.cpp")
-    results = {}
-    for name in chosen:
-        console.print(f"[dim]running {name}...[/]")
-        results[name] = run_worker(name, job, args.timeout)
-        if "error" in results[name]:
-            console.print(f"[red]{name} failed: {results[name]['error']}[/]")
+    rounds: dict[str, list[dict]] = {name: [] for name in chosen}
+    for i in range(args.rounds):
+        for name in chosen:
+            if rounds[name] and "error" in rounds[name][-1]:
+                continue  # failed once: it will fail again
+            console.print(f"[dim]round {i + 1}/{args.rounds}: running {name}...[/]")
+            rounds[name].append(run_worker(name, job, args.timeout))
+            if "error" in rounds[name][-1]:
+                console.print(f"[red]{name} failed: {rounds[name][-1]['error']}[/]")
+    results = {name: merge_rounds(r) for name, r in rounds.items()}
     ratios = report(results, weight_bytes, args, console)
+    ratios.update(round_ratios(rounds, console))
 
     RESULT_JSON.write_text(json.dumps(dict(
         settings=dict(vars(args), prompt=job["prompt"], weight_bytes=weight_bytes,
                       torch_threads=args.threads, presets=PRESETS, targets=TARGETS),
-        results=results, ratios=ratios), indent=1))
+        results=results, rounds=rounds, ratios=ratios), indent=1))
     console.print(f"[dim]wrote {RESULT_JSON.relative_to(Path.cwd()) if RESULT_JSON.is_relative_to(Path.cwd()) else RESULT_JSON}[/]")
 
 

@@ -12,28 +12,40 @@ from torch import nn
 
 
 class KVCache(nn.Module):
+    """Keys and values of every layer in one buffer (n_layers, B, 2 H_kv, max_len, hd).
+
+    A layer's keys are heads 0..H_kv-1 of its slice and its values heads H_kv..2 H_kv-1, so a
+    model that computes keys and values side by side (PackedLlama) stores both with one copy.
+    """
+
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        shape = (n_layers, batch, 2 * n_kv_heads, max_len, head_dim)
         # persistent=False: a cache is scratch space, never part of a checkpoint.
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.max_len = max_len
+        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.n_kv_heads, self.max_len = n_kv_heads, max_len
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, T, hd) at positions start..start+T; return views of slots 0..start+T."""
         end = start + k.shape[2]
         assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len}"
-        k_all, v_all = self.k[layer], self.v[layer]  # (B, H_kv, max_len, hd) views
-        k_all[:, :, start:end].copy_(k)
-        v_all[:, :, start:end].copy_(v)
-        return k_all[:, :, :end], v_all[:, :, :end]
+        kv, h = self.kv[layer], self.n_kv_heads  # (B, 2 H_kv, max_len, hd)
+        kv[:, :h, start:end] = k
+        kv[:, h:, start:end] = v
+        return kv[:, :h, :end], kv[:, h:, :end]
+
+    def update_kv(self, layer: int, start: int, kv_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same for keys and values side by side: kv_new (B, 2 H_kv, T, hd), keys first."""
+        end = start + kv_new.shape[2]
+        assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len}"
+        kv, h = self.kv[layer], self.n_kv_heads
+        kv[:, :, start:end] = kv_new
+        return kv[:, :h, :end], kv[:, h:, :end]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (finished rows leave the batch so they cost nothing)."""
-        self.k = self.k.index_select(1, rows)
-        self.v = self.v.index_select(1, rows)
+        self.kv = self.kv.index_select(1, rows)
 
 
 def build_mask(pad: torch.Tensor, q_start: int, q_len: int, kv_len: int,

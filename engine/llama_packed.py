@@ -32,7 +32,7 @@ from torch import nn
 from .config import ModelConfig
 from .kv_cache import KVCache, build_mask
 from .llama import Llama
-from .packed import pack_weight, release_pages
+from .packed import pack_weight, release_pages, trim_heap
 
 _linear = torch.ops.mkldnn._linear_pointwise  # (x, packed W, bias, "none", [], "") -> x W^T + b
 _linear_add = torch.ops.mkldnn._linear_pointwise.binary  # (x, other, packed W, bias, "add") -> x W^T + b + other
@@ -58,18 +58,20 @@ class PackedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
                 layer: int, start: int) -> torch.Tensor:
-        """x (B, T, D); freqs (B, T, 1, hd/2) complex64 rotations; mask (B, 1, T, S) bool or None."""
+        """x (B, T, D); freqs (B, T, H + 2 H_kv, hd/2) complex64; mask (B, 1, T, S) bool or None."""
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         h = F.rms_norm(x, (self.dim,), None, self.eps)  # the gain lives in wqkv's columns
         qkv = _linear(h, self.wqkv, self.bqkv, "none", [], "").view(B, T, H + 2 * H_kv, hd)
-        # RoPE on q and k at once: pairs (2i, 2i+1) as complex numbers times e^{i pos theta_i}.
-        qk = qkv[:, :, : H + H_kv]
-        rot = torch.view_as_complex(qk.float().unflatten(-1, (hd // 2, 2))) * freqs  # (B, T, H + H_kv, hd/2)
-        qk = torch.view_as_real(rot).flatten(-2).to(x.dtype)  # (B, T, H + H_kv, hd)
-        q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + H_kv:].transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
+        # RoPE as one complex multiply over all heads in place: pairs (2i, 2i+1) of q and k heads
+        # times e^{i pos theta_i}, v heads times exactly 1.
+        if qkv.dtype == torch.float32:
+            torch.view_as_complex(qkv.view(B, T, H + 2 * H_kv, hd // 2, 2)).mul_(freqs)
+        else:  # no complex bfloat16: rotate in float32 (v round-trips exactly)
+            rot = torch.view_as_complex(qkv.float().view(B, T, H + 2 * H_kv, hd // 2, 2)) * freqs
+            qkv = torch.view_as_real(rot).view(B, T, H + 2 * H_kv, hd).to(x.dtype)
+        q, kv = qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:].transpose(1, 2)  # (B, H, T, hd), (B, 2 H_kv, T, hd)
+        k, v = (kv[:, :H_kv], kv[:, H_kv:]) if cache is None else cache.update_kv(layer, start, kv)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            scale=1.0, enable_gqa=H_kv != H)  # (B, H, T, hd)
         x = _linear_add(y.transpose(1, 2).reshape(B, T, H * hd), x, self.wo, None, "add")
@@ -85,39 +87,41 @@ class PackedLlama(nn.Module):
     def __init__(self, model: Llama) -> None:
         super().__init__()
         cfg = self.cfg = model.cfg
-        H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.tok_emb = model.tok_emb  # stays dense: lookups read a few rows
         self.register_buffer("inv_freq", model.inv_freq, persistent=False)  # (hd/2,)
         self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)  # (D,)
-        embedded = model.tok_emb.weight.detach()
-        blocks = []
         with torch.no_grad():
-            # Layer by layer, handing each layer's checkpoint pages back once its packed copy
-            # exists, so that at most one layer is held twice.
-            for layer in model.layers:
-                a, f = layer.attn, layer.ffn
-                scale = 1.0 / math.sqrt(hd)
-                g1, g2 = layer.attn_norm.weight.float(), layer.ffn_norm.weight.float()
-                wqkv = torch.cat([_pairs_adjacent(a.wq.weight.float(), H, hd) * scale,
-                                  _pairs_adjacent(a.wk.weight.float(), H_kv, hd), a.wv.weight.float()]) * g1
-                bqkv = None
-                if a.wq.bias is not None:
-                    bqkv = torch.cat([_pairs_adjacent(a.wq.bias.float(), H, hd) * scale,
-                                      _pairs_adjacent(a.wk.bias.float(), H_kv, hd), a.wv.bias.float()])
-                    bqkv = bqkv.to(a.wq.bias.dtype)
-                w13 = torch.cat([f.w1.weight.float(), f.w3.weight.float()]) * g2
-                dt = a.wq.weight.dtype
-                blocks.append(PackedBlock(cfg, pack_weight(wqkv.to(dt)), bqkv, pack_weight(a.wo.weight),
-                                          pack_weight(w13.to(dt)), pack_weight(f.w2.weight)))
-                release_pages([p for p in layer.parameters() if p.dim() == 2])
-            self.layers = nn.ModuleList(blocks)
-            # The vocabulary head is packed straight from the checkpoint (its norm gain is applied
-            # to the one vector it reads instead of folded in): a folded copy would be one more
-            # embedding-sized tensor at load when the head is tied.
+            # The vocabulary head first, while nothing else is packed: packing a tied head reads
+            # the whole embedding, whose pages go back right after (lookups need a few rows), so
+            # the load's peak memory is not the packed model plus an embedding's worth of pages.
+            # Its norm gain is applied to the one vector it reads rather than folded in, which
+            # would take one more embedding-sized copy.
             out = model.output.weight.detach()
             self.output = pack_weight(out)
-            # Packing a tied head read the whole embedding; lookups need a few rows.
-            release_pages([out], only_file_mapped=out.data_ptr() == embedded.data_ptr())
+            release_pages([out], only_file_mapped=out.data_ptr() == model.tok_emb.weight.data_ptr())
+            # Then layer by layer, handing each layer's checkpoint pages back once its packed copy
+            # exists, so that at most one layer is held twice.
+            self.layers = nn.ModuleList(self._pack_layer(cfg, layer) for layer in model.layers)
+
+    @staticmethod
+    def _pack_layer(cfg: ModelConfig, layer: nn.Module) -> PackedBlock:
+        H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        a, f = layer.attn, layer.ffn
+        dt, scale = a.wq.weight.dtype, 1.0 / math.sqrt(hd)
+        # Folding works in float32 (a no-op copy-wise for float32 weights), in place where it can.
+        wqkv = torch.cat([_pairs_adjacent(a.wq.weight.float(), H, hd).mul_(scale),
+                          _pairs_adjacent(a.wk.weight.float(), H_kv, hd), a.wv.weight.float()])
+        wqkv = wqkv.mul_(layer.attn_norm.weight.float()).to(dt)  # (H + 2 H_kv) hd x D
+        bqkv = None
+        if a.wq.bias is not None:
+            bqkv = torch.cat([_pairs_adjacent(a.wq.bias.float(), H, hd).mul_(scale),
+                              _pairs_adjacent(a.wk.bias.float(), H_kv, hd), a.wv.bias.float()]).to(dt)
+        w13 = torch.cat([f.w1.weight, f.w3.weight]).float().mul_(layer.ffn_norm.weight.float()).to(dt)  # 2F x D
+        block = PackedBlock(cfg, pack_weight(wqkv), bqkv, pack_weight(a.wo.weight), pack_weight(w13),
+                            pack_weight(f.w2.weight))
+        release_pages([p for p in layer.parameters() if p.dim() == 2])
+        trim_heap()  # the fused float32 temporaries
+        return block
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,
@@ -130,7 +134,10 @@ class PackedLlama(nn.Module):
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, T, start + T, window)
         angles = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
-        freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None]  # (B, T, 1, hd/2) complex64
+        # Rotations for every head of a fused q/k/v row: e^{i pos theta} for q and k, 1 for v.
+        B, H, H_kv = tokens.shape[0], self.cfg.n_heads, self.cfg.n_kv_heads
+        freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None].expand(B, T, H + H_kv, -1)
+        freqs = torch.cat([freqs, torch.ones_like(freqs[:, :, :H_kv])], dim=2)  # (B, T, H + 2 H_kv, hd/2)
         for i, layer in enumerate(self.layers):
             x = layer(x, freqs, mask, cache, i, start)
         if last_only:

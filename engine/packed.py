@@ -97,6 +97,19 @@ def release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) -
             libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
 
 
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc's malloc_trim), e.g. the temporaries of packing.
+
+    glibc keeps freed chunks for reuse; between the long-lived packed weights they can never be
+    reused by anything the size of a weight, and would stay in the process's memory for good.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except AttributeError:  # not glibc (musl has no malloc_trim)
+            pass
+
+
 def pack_linears(model: nn.Module) -> nn.Module:
     """Swap every nn.Linear of `model` for a PackedLinear, in place; returns the model.
 
@@ -115,7 +128,8 @@ def pack_linears(model: nn.Module) -> nn.Module:
             setattr(part, name, PackedLinear(child))
         release_pages([w for w in dense if w.data_ptr() not in embedded])
         release_pages([w for w in dense if w.data_ptr() in embedded], only_file_mapped=True)
+        trim_heap()
     return model
 
 
-__all__ = ["PackedLinear", "ROWS_HINT", "can_pack", "pack_linears", "pack_weight", "release_pages"]
+__all__ = ["PackedLinear", "ROWS_HINT", "can_pack", "pack_linears", "pack_weight", "release_pages", "trim_heap"]
