@@ -288,22 +288,23 @@ def _top_k_top_p(
         n = V
     else:
         n = min(max(_CPU_TOP_P_HEAD if head_size is None else head_size, max_k, 1), V)
-    while True:
-        if n < V:
-            head = x.topk(n, dim=-1).values  # (B, n) descending
-        else:
-            head = _sort_descending(x)  # (B, V)
-        y = x
-        if max_k:
-            kth = _kth_threshold(head, k)  # (B, 1)
-            y = x.masked_fill(x < kth, _NEG_INF)
-            head = head.masked_fill(head < kth, _NEG_INF)
-        if p is None:
-            return y
-        cut, complete = _top_p_threshold(head, _logsumexp(y, head[:, :1]), p)
-        if n == V or bool(complete.all()):
-            return y.masked_fill(y < cut, _NEG_INF)
-        n = V
+    head = x.topk(n, dim=-1).values if n < V else _sort_descending(x)  # (B, n) descending
+    y = x
+    if max_k:
+        kth = _kth_threshold(head, k)  # (B, 1)
+        y = x.masked_fill(x < kth, _NEG_INF)
+        head = head.masked_fill(head < kth, _NEG_INF)
+    if p is None:
+        return y
+    lse = _logsumexp(y, head[:, :1])  # (B, 1)
+    cut, complete = _top_p_threshold(head, lse, p)
+    if n < V:
+        # Rows whose mass p lies beyond the head (flat distributions) sort their whole row; y is
+        # already top-k filtered, so its sorted row is the complete head.
+        rows = (~complete[:, 0]).nonzero()[:, 0]
+        if len(rows):
+            cut[rows] = _top_p_threshold(_sort_descending(y[rows]), lse[rows], p[rows])[0]
+    return y.masked_fill(y < cut, _NEG_INF)
 
 
 def _logsumexp(x: Tensor, row_max: Tensor) -> Tensor:
@@ -334,9 +335,10 @@ def top_p_filter(logits: Tensor, p: Tensor | float) -> Tensor:
 def min_p_filter(logits: Tensor, p: Tensor | float) -> Tensor:
     """Keep tokens with probability >= p * the row's top probability; p = 0 is off."""
     p_col = _column(p, logits).to(logits.dtype)  # (B, 1)
-    probs = logits.softmax(dim=-1)  # (B, V)
-    threshold = p_col * probs.amax(dim=-1, keepdim=True)  # (B, 1); p <= 1 keeps the top token
-    return logits.masked_fill(probs < threshold, _NEG_INF)
+    # prob_i < p * prob_max  <=>  x_i - x_max < log p: softmax's normaliser cancels, so the test
+    # runs on the logits (one pass instead of four); p = 0 gives -inf, which keeps everything.
+    threshold = logits.amax(dim=-1, keepdim=True) + p_col.log()  # (B, 1); p <= 1 keeps the top token
+    return logits.masked_fill(logits < threshold, _NEG_INF)
 
 
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
