@@ -15,7 +15,8 @@ class KVCache(nn.Module):
     """Keys and values of every layer in one buffer (n_layers, B, 2 H_kv, max_len, hd).
 
     A layer's keys are heads 0..H_kv-1 of its slice and its values heads H_kv..2 H_kv-1, so a
-    model that computes keys and values side by side (PackedLlama) stores both with one copy.
+    model that computes keys and values side by side (PackedLlama) writes `kv[layer]` with one
+    copy; `update` serves models that compute them apart.
     """
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
@@ -33,14 +34,6 @@ class KVCache(nn.Module):
         kv, h = self.kv[layer], self.n_kv_heads  # (B, 2 H_kv, max_len, hd)
         kv[:, :h, start:end] = k
         kv[:, h:, start:end] = v
-        return kv[:, :h, :end], kv[:, h:, :end]
-
-    def update_kv(self, layer: int, start: int, kv_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same for keys and values side by side: kv_new (B, 2 H_kv, T, hd), keys first."""
-        end = start + kv_new.shape[2]
-        assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len}"
-        kv, h = self.kv[layer], self.n_kv_heads
-        kv[:, :, start:end] = kv_new
         return kv[:, :h, :end], kv[:, h:, :end]
 
     def select(self, rows: torch.Tensor) -> None:

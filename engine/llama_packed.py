@@ -14,11 +14,12 @@ needs about a dozen calls:
   q . k, which is unchanged when both are permuted alike, and RoPE on adjacent pairs is one
   complex multiply instead of slice, negate, concatenate, two multiplies and an add.
   (Keys therefore sit in the KV cache in this permuted layout; only this module reads them.)
-- q/k/v and gate/up are one matmul each; the residual adds ride on the output and down
-  matmuls as oneDNN post-ops; every weight is pre-packed for oneDNN (packed.py).
+- q/k/v and gate/up are one matmul each, and every weight is pre-packed for oneDNN (packed.py).
+- Keys and values leave the fused q/k/v row side by side and go into the KV cache, whose
+  layers hold them side by side too (kv_cache.py), with one copy.
 
 The forward signature is Llama's, so `generate` runs either; tests pin this form's logits to
-transformers'. Built by `packed.prepare_for_inference`; forward only, under inference mode.
+transformers'. Built by `model.prepare_for_inference`; forward only, under inference mode.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from .llama import Llama
 from .packed import pack_weight, release_pages, trim_heap
 
 _linear = torch.ops.mkldnn._linear_pointwise  # (x, packed W, bias, "none", [], "") -> x W^T + b
-_linear_add = torch.ops.mkldnn._linear_pointwise.binary  # (x, other, packed W, bias, "add") -> x W^T + b + other
 
 
 def _pairs_adjacent(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
@@ -56,9 +56,10 @@ class PackedBlock(nn.Module):
         for name, t in (("wqkv", wqkv), ("bqkv", bqkv), ("wo", wo), ("w13", w13), ("w2", w2)):
             self.register_buffer(name, t, persistent=False)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
-                layer: int, start: int) -> torch.Tensor:
-        """x (B, T, D); freqs (B, T, H + 2 H_kv, hd/2) complex64; mask (B, 1, T, S) bool or None."""
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None,
+                start: int) -> torch.Tensor:
+        """x (B, T, D); freqs (B, T, H + 2 H_kv, hd/2) complex64; mask (B, 1, T, S) bool or None;
+        kv: this layer's slice of the KV cache (B, 2 H_kv, max_len, hd), or None."""
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         h = F.rms_norm(x, (self.dim,), None, self.eps)  # the gain lives in wqkv's columns
@@ -70,15 +71,22 @@ class PackedBlock(nn.Module):
         else:  # no complex bfloat16: rotate in float32 (v round-trips exactly)
             rot = torch.view_as_complex(qkv.float().view(B, T, H + 2 * H_kv, hd // 2, 2)) * freqs
             qkv = torch.view_as_real(rot).view(B, T, H + 2 * H_kv, hd).to(x.dtype)
-        q, kv = qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:].transpose(1, 2)  # (B, H, T, hd), (B, 2 H_kv, T, hd)
-        k, v = (kv[:, :H_kv], kv[:, H_kv:]) if cache is None else cache.update_kv(layer, start, kv)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                           scale=1.0, enable_gqa=H_kv != H)  # (B, H, T, hd)
-        x = _linear_add(y.transpose(1, 2).reshape(B, T, H * hd), x, self.wo, None, "add")
+        new_kv = qkv[:, :, H:].transpose(1, 2)  # (B, 2 H_kv, T, hd): keys, then values
+        if kv is None:
+            kv = new_kv
+        else:  # one copy into the cache, then attend over slots 0..start+T
+            kv[:, :, start:start + T] = new_kv
+            kv = kv[:, :, :start + T]
+        y = F.scaled_dot_product_attention(qkv[:, :, :H].transpose(1, 2), kv[:, :H_kv], kv[:, H_kv:],
+                                           attn_mask=mask, is_causal=mask is None and T > 1, scale=1.0,
+                                           enable_gqa=H_kv != H)  # (B, H, T, hd)
+        # The residual adds go in place: measured, oneDNN's fused "add" post-op costs more (~5 us
+        # a call) than a separate add.
+        x = _linear(y.transpose(1, 2).reshape(B, T, H * hd), self.wo, None, "none", [], "").add_(x)
         h = F.rms_norm(x, (self.dim,), None, self.eps)
         gate_up = _linear(h, self.w13, None, "none", [], "")  # (B, T, 2F)
         act = torch.mul(F.silu(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim:])
-        return _linear_add(act, x, self.w2, None, "add")
+        return _linear(act, self.w2, None, "none", [], "").add_(x)
 
 
 class PackedLlama(nn.Module):
@@ -138,8 +146,10 @@ class PackedLlama(nn.Module):
         B, H, H_kv = tokens.shape[0], self.cfg.n_heads, self.cfg.n_kv_heads
         freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None].expand(B, T, H + H_kv, -1)
         freqs = torch.cat([freqs, torch.ones_like(freqs[:, :, :H_kv])], dim=2)  # (B, T, H + 2 H_kv, hd/2)
+        if cache is not None:
+            assert start + T <= cache.max_len, f"KV cache overflow: {start + T} > {cache.max_len}"
         for i, layer in enumerate(self.layers):
-            x = layer(x, freqs, mask, cache, i, start)
+            x = layer(x, freqs, mask, None if cache is None else cache.kv[i], start)
         if last_only:
             x = x[:, -1:]
         x = F.rms_norm(x, (x.shape[-1],), self.norm_weight, self.cfg.norm_eps)
