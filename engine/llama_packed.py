@@ -12,7 +12,7 @@ needs about a dozen calls:
 - Query and key rows are permuted within each head from transformers' "rotate half" layout
   (dimension i pairs with i + hd/2) to adjacent pairs (2i, 2i+1). Attention only ever sees
   q . k, which is unchanged when both are permuted alike, and RoPE on adjacent pairs is one
-  complex multiply instead of slice, negate, concatenate, two multiplies and an add.
+  in-place complex multiply instead of slice, negate, concatenate, two multiplies and an add.
   (Keys therefore sit in the KV cache in this permuted layout; only this module reads them.)
 - q/k/v and gate/up are one matmul each, and every weight is pre-packed for oneDNN (packed.py).
 - Keys and values leave the fused q/k/v row side by side and go into the KV cache, whose
@@ -58,19 +58,19 @@ class PackedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None,
                 start: int) -> torch.Tensor:
-        """x (B, T, D); freqs (B, T, H + 2 H_kv, hd/2) complex64; mask (B, 1, T, S) bool or None;
+        """x (B, T, D); freqs (B, T, 1, hd/2) complex64; mask (B, 1, T, S) bool or None;
         kv: this layer's slice of the KV cache (B, 2 H_kv, max_len, hd), or None."""
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         h = F.rms_norm(x, (self.dim,), None, self.eps)  # the gain lives in wqkv's columns
         qkv = _linear(h, self.wqkv, self.bqkv, "none", [], "").view(B, T, H + 2 * H_kv, hd)
-        # RoPE as one complex multiply over all heads in place: pairs (2i, 2i+1) of q and k heads
-        # times e^{i pos theta_i}, v heads times exactly 1.
+        # RoPE as one complex multiply, in place, of the q and k heads' pairs (2i, 2i+1) by
+        # e^{i pos theta_i}.
+        qk = qkv[:, :, : H + H_kv].unflatten(-1, (hd // 2, 2))  # (B, T, H + H_kv, hd/2, 2), a view
         if qkv.dtype == torch.float32:
-            torch.view_as_complex(qkv.view(B, T, H + 2 * H_kv, hd // 2, 2)).mul_(freqs)
-        else:  # no complex bfloat16: rotate in float32 (v round-trips exactly)
-            rot = torch.view_as_complex(qkv.float().view(B, T, H + 2 * H_kv, hd // 2, 2)) * freqs
-            qkv = torch.view_as_real(rot).view(B, T, H + 2 * H_kv, hd).to(x.dtype)
+            torch.view_as_complex(qk).mul_(freqs)
+        else:  # no complex bfloat16: rotate in float32
+            qk.copy_(torch.view_as_real(torch.view_as_complex(qk.float()) * freqs))
         new_kv = qkv[:, :, H:].transpose(1, 2)  # (B, 2 H_kv, T, hd): keys, then values
         if kv is None:
             kv = new_kv
@@ -142,10 +142,7 @@ class PackedLlama(nn.Module):
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, T, start + T, window)
         angles = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
-        # Rotations for every head of a fused q/k/v row: e^{i pos theta} for q and k, 1 for v.
-        B, H, H_kv = tokens.shape[0], self.cfg.n_heads, self.cfg.n_kv_heads
-        freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None].expand(B, T, H + H_kv, -1)
-        freqs = torch.cat([freqs, torch.ones_like(freqs[:, :, :H_kv])], dim=2)  # (B, T, H + 2 H_kv, hd/2)
+        freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None]  # (B, T, 1, hd/2) complex64
         if cache is not None:
             assert start + T <= cache.max_len, f"KV cache overflow: {start + T} > {cache.max_len}"
         for i, layer in enumerate(self.layers):
