@@ -429,29 +429,33 @@ def worker_llamacpp(job: dict) -> dict:
     return summarize(collect({"single": run}, job["runs"]), rss_before)
 
 
+def best_of(measured: list[dict]) -> dict:
+    """Best (shortest) times over runs, medians beside them, from the undisturbed runs only (all of
+    them if the machine never went quiet: the report warns)."""
+    runs = [r for r in measured if not r["disturbed"]] or measured
+    n = runs[0]["counts"][0]
+    return {
+        "ttft_s": min(r["ttft_s"] for r in runs),
+        "decode_s": min(r["decode_s"] for r in runs),
+        "wall_s": min(r["wall_s"] for r in runs),
+        # the first token comes out of prefill; the remaining n - 1 are the decode steps
+        "decode_tok_s": (n - 1) / min(r["decode_s"] for r in runs),
+        "decode_s_median": statistics.median(r["decode_s"] for r in runs),
+        "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+        "all_counts_full": all(c == n for r in measured for c in r["counts"]),
+        "clean_runs": sum(not r["disturbed"] for r in measured),
+    }
+
+
 def summarize(samples: dict[str, list[dict]], rss_before: int) -> dict:
-    """Best (shortest) time over runs per mode, medians beside it; raw runs kept for the JSON file."""
+    """best_of() per mode; the last good run's tokens, and every run (without tokens) for the JSON file."""
     out = {"rss_before_load_bytes": rss_before, "peak_rss_bytes": peak_rss_bytes(),
            "load_average_1min": os.getloadavg()[0], "modes": {}}
     for name, measured in samples.items():
-        # Undisturbed runs only; if the machine never went quiet, all of them (the report warns).
-        runs = [r for r in measured if not r["disturbed"]] or measured
-        n = runs[0]["counts"][0]
-        out["modes"][name] = {
-            "ttft_s": min(r["ttft_s"] for r in runs),
-            "decode_s": min(r["decode_s"] for r in runs),
-            "wall_s": min(r["wall_s"] for r in runs),
-            # the first token comes out of prefill; the remaining n - 1 are the decode steps
-            "decode_tok_s": (n - 1) / min(r["decode_s"] for r in runs),
-            "decode_s_median": statistics.median(r["decode_s"] for r in runs),
-            "wall_s_median": statistics.median(r["wall_s"] for r in runs),
-            "counts": runs[-1]["counts"],
-            "reasons": runs[-1]["reasons"],
-            "tokens": runs[-1]["tokens"],
-            "all_counts_full": all(c == n for r in measured for c in r["counts"]),
-            "clean_runs": sum(not r["disturbed"] for r in measured),
-            "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in measured],
-        }
+        last = ([r for r in measured if not r["disturbed"]] or measured)[-1]
+        out["modes"][name] = {**best_of(measured), "counts": last["counts"], "reasons": last["reasons"],
+                              "tokens": last["tokens"],
+                              "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in measured]}
     return out
 
 
@@ -463,16 +467,8 @@ def merge_rounds(rounds: list[dict]) -> dict:
     out = dict(good[0], peak_rss_bytes=max(r["peak_rss_bytes"] for r in good), modes={})
     for name, first in good[0]["modes"].items():
         measured = [run for r in good for run in r["modes"][name]["runs"]]
-        runs = [r for r in measured if not r["disturbed"]] or measured
-        n = first["counts"][0]
-        out["modes"][name] = dict(
-            first,  # counts, reasons and tokens: the same in every round (greedy, fixed prompt)
-            ttft_s=min(r["ttft_s"] for r in runs), decode_s=min(r["decode_s"] for r in runs),
-            wall_s=min(r["wall_s"] for r in runs), decode_tok_s=(n - 1) / min(r["decode_s"] for r in runs),
-            decode_s_median=statistics.median(r["decode_s"] for r in runs),
-            wall_s_median=statistics.median(r["wall_s"] for r in runs),
-            all_counts_full=all(r["modes"][name]["all_counts_full"] for r in good),
-            clean_runs=sum(not r["disturbed"] for r in measured), runs=measured)
+        # counts, reasons and tokens: the same in every round (greedy, fixed prompt)
+        out["modes"][name] = {**first, **best_of(measured), "runs": measured}
     return out
 
 

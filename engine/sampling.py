@@ -253,8 +253,8 @@ def _top_p_threshold(head: Tensor, lse: Tensor, p: Tensor) -> tuple[Tensor, Tens
 
 
 # On CPU p is almost always reached within the first few hundred tokens, so top-p looks at a
-# partial head (topk(256): tens of microseconds) first and sorts the whole row only when some row
-# needs more (a flat distribution). On accelerators the full sort is cheap and checking would
+# partial head (topk(256): tens of microseconds) first and sorts the whole row only for the rows
+# that need more (flat distributions). On accelerators the full sort is cheap and checking would
 # force a host sync every step, so top-p sorts once.
 _CPU_TOP_P_HEAD = 256
 

@@ -72,6 +72,14 @@ async def answered(pilot, chat: ChatScreen) -> AssistantMessage:
     return chat.messages[-1]
 
 
+async def open_newest_chat(pilot, chat: ChatScreen, n_messages: int) -> None:
+    """ctrl+o, enter: open the newest stored chat, and wait until its messages are shown."""
+    await pilot.press("ctrl+o")
+    await pilot.pause()
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: len(chat.messages) == n_messages)
+
+
 def slow_down(engine, delay: float) -> None:
     """Make the engine yield more slowly, so a test can act while an answer streams."""
     generate = engine.generate
@@ -264,10 +272,7 @@ def test_chats_persist_across_restarts_and_reopen_with_their_tokens(tiny, tmp_pa
             app = make_app(tiny, store, tmp_path)
             async with app.run_test(size=SIZE) as pilot:
                 chat = await loaded(pilot)
-                await pilot.press("ctrl+o")
-                await pilot.pause()
-                await pilot.press("enter")
-                await wait_for(pilot, lambda: len(chat.messages) == 2)
+                await open_newest_chat(pilot, chat, 2)
                 await pilot.press("f5")
                 await pilot.pause()
                 shown = [(type(w).__name__, w.content) for w in chat.messages]
@@ -335,10 +340,7 @@ def test_a_200_message_chat_opens_at_its_end_scrolls_home_and_old_answers_still_
         app = make_app(tiny, store, tmp_path)
         async with app.run_test(size=SIZE) as pilot:
             chat = await loaded(pilot)
-            await pilot.press("ctrl+o")
-            await pilot.pause()
-            await pilot.press("enter")
-            await wait_for(pilot, lambda: len(chat.messages) == 200)
+            await open_newest_chat(pilot, chat, 200)
             await pilot.pause()
             transcript, msgs = chat.transcript, chat.messages
             out = {"shown": [w.content for w in msgs]}
