@@ -24,7 +24,10 @@ from .config import ModelConfig
 from .errors import InputError
 from .events import Event
 from .generate import generate
+from .llama_packed import PackedLlama
 from .model import load_model, prepare_for_inference
+from .native import reason as native_reason
+from .packed import PackedLinear
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -53,8 +56,10 @@ class Engine:
              dtype: str | torch.dtype | None = "auto", pack: bool = True) -> Engine:
         """Load a local Hugging Face model folder. Raises ModelLoadError with a one-line reason.
 
-        pack: on CPU, rearrange and pre-pack the weights for oneDNN (model.prepare_for_inference); the
-        model then runs forward only, in inference mode. False keeps the plain modules.
+        pack: on CPU, rearrange the weights for inference (model.prepare_for_inference): the Llama
+        family decodes through the compiled step where it builds (native.py), otherwise with
+        oneDNN-packed weights; the model then runs forward only, in inference mode. False keeps the
+        plain modules.
         """
         folder = Path(folder).expanduser()
         model, cfg = load_model(folder, device, dtype)
@@ -105,6 +110,16 @@ class Engine:
             self._texts[id] = text
         return text
 
+    @property
+    def decode_path(self) -> str:
+        """How decode steps run: the compiled step, or torch (and why not compiled, when it was tried)."""
+        if getattr(self.model, "native", False):
+            return "compiled step (csrc/decode.c)"
+        packed = any(isinstance(m, (PackedLlama, PackedLinear)) for m in self.model.modules())
+        path = "torch, oneDNN-packed weights" if packed else "torch"
+        why = native_reason()
+        return f"{path}; compiled step unavailable: {why}" if why and isinstance(self.model, PackedLlama) else path
+
     def info(self) -> dict[str, Any]:
         """What the model is made of, for `tiankong info` and the TUI."""
         c = self.cfg
@@ -125,6 +140,7 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "checkpoint_dtype": c.torch_dtype,
             "device": str(self.device),
+            "decode": self.decode_path,
             "chat_template": self.template is not None,
             "bos_id": self.tokenizer.bos_id,
             "eos_ids": sorted(self.tokenizer.eos_ids),

@@ -24,6 +24,7 @@ transformers'. Built by `model.prepare_for_inference`; forward only, under infer
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
@@ -33,9 +34,14 @@ from torch import nn
 from .config import ModelConfig
 from .kv_cache import KVCache, build_mask
 from .llama import Llama
+from .native import Model as NativeModel
+from .native import library as native_lib
+from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
 
-_linear = torch.ops.mkldnn._linear_pointwise  # (x, packed W, bias, "none", [], "") -> x W^T + b
+# (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured at a
+# 32-token prefill: 250 us packed, 430 us plain (oneDNN reorders it per call), 790 us F.linear.
+_linear = torch.ops.mkldnn._linear_pointwise
 
 
 def _pairs_adjacent(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
@@ -56,6 +62,10 @@ class PackedBlock(nn.Module):
         for name, t in (("wqkv", wqkv), ("bqkv", bqkv), ("wo", wo), ("w13", w13), ("w2", w2)):
             self.register_buffer(name, t, persistent=False)
 
+    @staticmethod
+    def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        return _linear(x, w, b, "none", [], "")
+
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None,
                 start: int) -> torch.Tensor:
         """x (B, T, D); freqs (B, T, 1, hd/2) complex64; mask (B, 1, T, S) bool or None;
@@ -63,7 +73,7 @@ class PackedBlock(nn.Module):
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         h = F.rms_norm(x, (self.dim,), None, self.eps)  # the gain lives in wqkv's columns
-        qkv = _linear(h, self.wqkv, self.bqkv, "none", [], "").view(B, T, H + 2 * H_kv, hd)
+        qkv = self._mm(h, self.wqkv, self.bqkv).view(B, T, H + 2 * H_kv, hd)
         # RoPE as one complex multiply, in place, of the q and k heads' pairs (2i, 2i+1) by
         # e^{i pos theta_i}.
         qk = qkv[:, :, : H + H_kv].unflatten(-1, (hd // 2, 2))  # (B, T, H + H_kv, hd/2, 2), a view
@@ -82,37 +92,49 @@ class PackedBlock(nn.Module):
                                            enable_gqa=H_kv != H)  # (B, H, T, hd)
         # The residual adds go in place: measured, oneDNN's fused "add" post-op costs more (~5 us
         # a call) than a separate add.
-        x = _linear(y.transpose(1, 2).reshape(B, T, H * hd), self.wo, None, "none", [], "").add_(x)
+        x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), self.wo).add_(x)
         h = F.rms_norm(x, (self.dim,), None, self.eps)
-        gate_up = _linear(h, self.w13, None, "none", [], "")  # (B, T, 2F)
+        gate_up = self._mm(h, self.w13)  # (B, T, 2F)
         act = torch.mul(F.silu(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim:])
-        return _linear(act, self.w2, None, "none", [], "").add_(x)
+        return self._mm(act, self.w2).add_(x)
 
 
 class PackedLlama(nn.Module):
     """Inference-only Llama/Mistral/Qwen2 with folded, permuted, fused and packed weights."""
 
-    def __init__(self, model: Llama) -> None:
+    def __init__(self, model: Llama, native: bool | None = None) -> None:
+        """native: decode steps through the compiled step (native.py) with plain weights; None uses
+        it when it builds and the weights are float32, False never (weights packed for oneDNN)."""
         super().__init__()
         cfg = self.cfg = model.cfg
         self.tok_emb = model.tok_emb  # stays dense: lookups read a few rows
         self.register_buffer("inv_freq", model.inv_freq, persistent=False)  # (hd/2,)
         self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)  # (D,)
+        float32 = model.tok_emb.weight.dtype == torch.float32 and model.tok_emb.weight.device.type == "cpu"
+        lib = native_lib() if (native is None and float32) or native else None
+        if native and lib is None:
+            raise ValueError(f"the native decode step is unavailable: {native_reason()}")
+        packed = lib is None
         with torch.no_grad():
-            # The vocabulary head first, while nothing else is packed: packing a tied head reads
-            # the whole embedding, whose pages go back right after (lookups need a few rows), so
-            # the load's peak memory is not the packed model plus an embedding's worth of pages.
-            # Its norm gain is applied to the one vector it reads rather than folded in, which
-            # would take one more embedding-sized copy.
             out = model.output.weight.detach()
-            self.output = pack_weight(out)
-            release_pages([out], only_file_mapped=out.data_ptr() == model.tok_emb.weight.data_ptr())
+            tied = out.data_ptr() == model.tok_emb.weight.data_ptr()
+            if packed:
+                # The vocabulary head first, while nothing else is packed: packing a tied head
+                # reads the whole embedding, whose pages go back right after (lookups need a few
+                # rows), so the load's peak memory is not the packed model plus an embedding's
+                # worth of pages. Its norm gain is applied to the one vector it reads rather than
+                # folded in, which would take one more embedding-sized copy.
+                self.output = pack_weight(out)
+                release_pages([out], only_file_mapped=tied)
+            else:  # the plain head; a tied one is the embedding itself, no copy at all
+                self.output = out.contiguous()
             # Then layer by layer, handing each layer's checkpoint pages back once its packed copy
             # exists, so that at most one layer is held twice.
-            self.layers = nn.ModuleList(self._pack_layer(cfg, layer) for layer in model.layers)
+            self.layers = nn.ModuleList(self._pack_layer(cfg, layer, packed) for layer in model.layers)
+        self._native = None if packed else _NativeStep(lib, self)
 
     @staticmethod
-    def _pack_layer(cfg: ModelConfig, layer: nn.Module) -> PackedBlock:
+    def _pack_layer(cfg: ModelConfig, layer: nn.Module, packed: bool = True) -> PackedBlock:
         H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         a, f = layer.attn, layer.ffn
         dt, scale = a.wq.weight.dtype, 1.0 / math.sqrt(hd)
@@ -125,8 +147,10 @@ class PackedLlama(nn.Module):
             bqkv = torch.cat([_pairs_adjacent(a.wq.bias.float(), H, hd).mul_(scale),
                               _pairs_adjacent(a.wk.bias.float(), H_kv, hd), a.wv.bias.float()]).to(dt)
         w13 = torch.cat([f.w1.weight, f.w3.weight]).float().mul_(layer.ffn_norm.weight.float()).to(dt)  # 2F x D
-        block = PackedBlock(cfg, pack_weight(wqkv), bqkv, pack_weight(a.wo.weight), pack_weight(w13),
-                            pack_weight(f.w2.weight))
+        # Own copies either way (packed, or plain and contiguous), so the checkpoint's pages can go.
+        own = pack_weight if packed else (lambda w: w.detach().contiguous().clone())
+        block = PackedBlock(cfg, own(wqkv) if packed else wqkv, bqkv, own(a.wo.weight),
+                            own(w13) if packed else w13, own(f.w2.weight))
         release_pages([p for p in layer.parameters() if p.dim() == 2])
         trim_heap()  # the fused float32 temporaries
         return block
@@ -135,6 +159,8 @@ class PackedLlama(nn.Module):
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,
                 hidden: bool = False) -> torch.Tensor:
         """Same contract as Llama.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
+        if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden:
+            return self._native(tokens, positions, mask, cache, start)
         x = self.tok_emb(tokens)  # (B, T, D)
         T = tokens.shape[1]
         window = self.cfg.sliding_window
@@ -150,7 +176,57 @@ class PackedLlama(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = F.rms_norm(x, (x.shape[-1],), self.norm_weight, self.cfg.norm_eps)
-        return x if hidden else _linear(x, self.output, None, "none", [], "")
+        if hidden:
+            return x
+        return _linear(x, self.output, None, "none", [], "")
+
+    @property
+    def native(self) -> bool:
+        """Whether decode steps run through the compiled step."""
+        return self._native is not None
+
+
+class _NativeStep:
+    """Calls csrc/decode.c's tk_decode_step with a PackedLlama's plain float32 weights."""
+
+    def __init__(self, lib, model: PackedLlama) -> None:
+        cfg, layers = model.cfg, model.layers
+        self.lib, self.model = lib, model  # the model owns every tensor the pointers point into
+
+        def pointers(name: str):
+            tensors = [getattr(layer, name) for layer in layers]
+            for t in tensors:
+                assert t is None or (t.is_contiguous() and t.dtype == torch.float32)
+            return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
+
+        self.arrays = {name: pointers(name) for name in ("wqkv", "bqkv", "wo", "w13", "w2")}
+        as_pp = lambda arr: ctypes.cast(arr, ctypes.POINTER(ctypes.c_void_p))  # noqa: E731
+        self.inv_freq = model.inv_freq.float().contiguous()
+        self.norm = model.norm_weight.float().contiguous()
+        self.struct = NativeModel(
+            cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size,
+            cfg.sliding_window or 0, cfg.norm_eps, as_pp(self.arrays["wqkv"]),
+            as_pp(self.arrays["bqkv"]) if layers[0].bqkv is not None else None, as_pp(self.arrays["wo"]),
+            as_pp(self.arrays["w13"]), as_pp(self.arrays["w2"]), self.norm.data_ptr(),
+            model.output.data_ptr(), self.inv_freq.data_ptr())
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                 cache: KVCache, start: int) -> torch.Tensor:
+        """tokens, positions (B, 1) -> logits (B, 1, V); writes slot `start` of the cache."""
+        B = tokens.shape[0]
+        assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
+        assert cache.kv.is_contiguous() and cache.kv.dtype == torch.float32
+        x = self.model.tok_emb(tokens[:, 0]).contiguous()  # (B, D), a fresh tensor the step overwrites
+        pos = positions[:, 0].to(torch.int64).contiguous()
+        logits = torch.empty(B, self.model.cfg.vocab_size)
+        m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
+        assert m is None or m.shape[1] == start + 1
+        rc = self.lib.tk_decode_step(ctypes.byref(self.struct), B, x.data_ptr(), pos.data_ptr(), cache.kv.data_ptr(),
+                                     cache.max_len, start, None if m is None else m.data_ptr(),
+                                     0 if m is None else m.shape[1], logits.data_ptr(), torch.get_num_threads())
+        if rc != 0:
+            raise MemoryError("the native decode step could not allocate its scratch memory")
+        return logits[:, None]
 
 
 __all__ = ["PackedBlock", "PackedLlama"]

@@ -40,8 +40,8 @@ def info_table(info: dict[str, Any]) -> Table:
     table.add_column("fact", style="dim", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in info.items():
-        if key == "folder":
-            continue  # long; the status bar names the model
+        if key in ("folder", "decode"):
+            continue  # the folder is long (the status bar names the model); the decode path is this machine's, `tiankong info` says it
         if key == "parameters":
             value = f"{value:,} ({value / 1e6:.2f} M)"
         elif isinstance(value, bool):

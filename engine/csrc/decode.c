@@ -1,0 +1,275 @@
+/* One decode step of the Llama family (Llama, Mistral, Qwen2) on CPU, float32, for B rows.
+ *
+ * Why this exists: at batch 1 a decode step is ~120 matrix-vector products whose speed is how
+ * fast the weights stream from memory. Through torch each product is a separate call with a fixed
+ * cost (oneDNN creates its primitive descriptor every call, ~10 us) and every tiny op around them
+ * (norms, RoPE, cache writes, attention) costs a few microseconds more; together about a fifth of
+ * the step. Here the whole step is one call: one OpenMP parallel region (torch's own OpenMP
+ * runtime: libgomp is already loaded, so no second thread pool competes for the cores), rows of
+ * every weight split between the threads, barriers between the phases of a layer.
+ *
+ * The weights are the ones llama_packed.py prepares, in plain row-major (out, in) float32:
+ *   wqkv ((H + 2 H_kv) hd, D)  norm gain folded into columns, 1/sqrt(hd) into the q rows,
+ *                              q/k rows of each head in adjacent RoPE pairs (2i, 2i+1)
+ *   bqkv ((H + 2 H_kv) hd)     or NULL (Qwen2 has q/k/v biases)
+ *   wo (D, H hd), w13 (2F, D) (gate rows then up rows, norm gain folded), w2 (D, F)
+ *   out (V, D) the vocabulary head; norm (D,) the final norm gain, applied here.
+ * The KV cache is kv_cache.KVCache's buffer (n_layers, B, 2 H_kv, max_len, hd): keys, then values.
+ *
+ * Numbers agree with the torch path to float32 rounding (tests pin both to transformers).
+ * Built at first use by native.py with the machine's C compiler; nothing here is required: without
+ * a compiler the torch path runs.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+/* 16 floats: one AVX-512 register, two AVX2 ones, four NEON ones; GCC lowers it to what -march has. */
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 load16(const float *p) {
+    v16 v;
+    memcpy(&v, p, sizeof v); /* an unaligned vector load */
+    return v;
+}
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+static inline float hsum(v16 v) {
+    v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+static inline float dot(const float *a, const float *b, int n) {
+    v16 s0 = {0}, s1 = {0}; /* two chains hide the multiply-add latency */
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 += load16(a + i) * load16(b + i);
+        s1 += load16(a + i + 16) * load16(b + i + 16);
+    }
+    for (; i + 16 <= n; i += 16)
+        s0 += load16(a + i) * load16(b + i);
+    float s = hsum(s0 + s1);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* out[b] = w . x[b] for nb (2..4) rows of x (nb, n): each 16-float chunk of w is loaded once for
+ * all of them. Measured (2 threads, AVX-512, SmolLM-135M shape): one weight row at a time is
+ * fastest; tiles of 2 or 4 weight rows were 12% slower at one x row and up to a third slower at
+ * 2-4 (and one x row is best served by dot()'s two sums). */
+static inline __attribute__((always_inline)) void tile(const float *w, const float *x, int n, const int nb,
+                                                       float *out) {
+    v16 acc[4] = {{0}};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v16 wv = load16(w + i);
+        for (int b = 0; b < nb; b++)
+            acc[b] += wv * load16(x + (int64_t)b * n + i);
+    }
+    for (int b = 0; b < nb; b++) {
+        float s = hsum(acc[b]);
+        for (int k = i; k < n; k++)
+            s += w[k] * x[(int64_t)b * n + k];
+        out[b] = s;
+    }
+}
+
+/* out[b] = w . x[b] for all B rows of x (B, n), in groups of up to four. */
+static inline void dot_rows(const float *w, const float *x, int n, int B, float *out) {
+    for (int b = 0; b < B; b += 4, x += (int64_t)4 * n, out += 4) {
+        switch (B - b < 4 ? B - b : 4) {
+        case 1: out[0] = dot(w, x, n); break;
+        case 2: tile(w, x, n, 2, out); break;
+        case 3: tile(w, x, n, 3, out); break;
+        default: tile(w, x, n, 4, out);
+        }
+    }
+}
+
+/* y += a * x over n floats */
+static inline void axpy(float *y, float a, const float *x, int n) {
+    int i = 0;
+    v16 av = {0};
+    av += a;
+    for (; i + 16 <= n; i += 16) {
+        v16 r = load16(y + i) + av * load16(x + i);
+        memcpy(y + i, &r, sizeof r);
+    }
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+typedef struct {
+    int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
+    int window; /* sliding window (Mistral), 0 for none */
+    float eps;
+    const float *const *wqkv, *const *bqkv, *const *wo, *const *w13, *const *w2;
+    const float *norm, *out, *inv_freq;
+} Model;
+
+/* This thread's share [lo, hi) of n items split in contiguous blocks. */
+static inline void share(int n, int t, int nt, int *lo, int *hi) {
+    *lo = (int)((int64_t)n * t / nt);
+    *hi = (int)((int64_t)n * (t + 1) / nt);
+}
+
+/* y[b, r] = W[r] . x[b] (+ bias[r]) (+ y[b, r] when accumulate) for this thread's rows r.
+ * W (O, I) row-major; x (B, I); y (B, O). Each weight row is read once for all B rows. */
+static void matvec(const float *W, const float *bias, const float *x, float *y, int B, int O, int I,
+                   int accumulate, int t, int nt) {
+    int lo, hi;
+    share(O, t, nt, &lo, &hi);
+    float v[B];
+    for (int r = lo; r < hi; r++) {
+        dot_rows(W + (int64_t)r * I, x, I, B, v);
+        for (int b = 0; b < B; b++) {
+            float *dst = y + (int64_t)b * O + r;
+            float u = bias ? v[b] + bias[r] : v[b];
+            *dst = accumulate ? *dst + u : u;
+        }
+    }
+}
+
+/* h = x / rms(x) (* gain); every thread computes all of it into its own buffer (no barrier). */
+static void rms_norm(const float *x, const float *gain, float *h, int B, int D, float eps) {
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (int64_t)b * D;
+        float *hb = h + (int64_t)b * D;
+        float ss = dot(xb, xb, D);
+        float r = 1.0f / sqrtf(ss / D + eps);
+        for (int i = 0; i < D; i++)
+            hb[i] = xb[i] * r * (gain ? gain[i] : 1.0f);
+    }
+}
+
+/* Rotate n_heads heads of hd floats, adjacent pairs (2i, 2i+1), by angle pos * inv_freq[i]. */
+static void rope(float *v, int n_heads, int hd, const float *cs, const float *sn) {
+    for (int h = 0; h < n_heads; h++) {
+        float *p = v + (int64_t)h * hd;
+        for (int i = 0; i < hd / 2; i++) {
+            float a = p[2 * i], b = p[2 * i + 1];
+            p[2 * i] = a * cs[i] - b * sn[i];
+            p[2 * i + 1] = a * sn[i] + b * cs[i];
+        }
+    }
+}
+
+/*
+ * x (B, D): the embeddings of the B new tokens; overwritten with the final residual stream.
+ * pos (B,): each row's position (for RoPE). kv: the cache buffer; max_len its slot count; the new
+ * keys/values go to slot `slot`, and row b attends to slots j <= slot with mask[b * mask_stride + j]
+ * (mask NULL: all) and, with a window, slot - j < window. logits (B, V) out.
+ * Returns 0, or -1 when scratch memory could not be allocated.
+ */
+int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, float *kv, int max_len, int slot,
+                   const uint8_t *mask, int64_t mask_stride, float *logits, int n_threads) {
+    const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
+    const int Q = (H + 2 * Hkv) * hd, S = slot + 1, group = H / Hkv;
+    const int64_t layer_stride = (int64_t)B * 2 * Hkv * max_len * hd, head_stride = (int64_t)max_len * hd;
+    /* Shared scratch: qkv (B, Q), attention output (B, H hd), activations (B, F), cos/sin (B, hd/2). */
+    float *qkv = malloc(sizeof(float) * ((size_t)B * Q + (size_t)B * H * hd + (size_t)B * F + (size_t)B * hd));
+    if (!qkv)
+        return -1;
+    float *att = qkv + (size_t)B * Q, *act = att + (size_t)B * H * hd, *cs = act + (size_t)B * F;
+    float *sn = cs + (size_t)B * hd / 2;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < hd / 2; i++) {
+            float a = (float)pos[b] * m->inv_freq[i]; /* float32 angle, as torch computes it */
+            cs[b * hd / 2 + i] = cosf(a);
+            sn[b * hd / 2 + i] = sinf(a);
+        }
+    int failed = 0;
+
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        /* Private scratch: the normalised input (B, D) and one head's attention scores (S,). */
+        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)S));
+        if (!h) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp barrier
+        if (!failed) {
+            float *scores = h + (size_t)B * D;
+            for (int l = 0; l < m->n_layers; l++) {
+                float *kvl = kv + l * layer_stride;
+                rms_norm(x, NULL, h, B, D, m->eps); /* the gain lives in wqkv */
+                matvec(m->wqkv[l], m->bqkv ? m->bqkv[l] : NULL, h, qkv, B, Q, D, 0, t, nt);
+#pragma omp barrier
+                /* RoPE on keys, keys and values into the cache: one (row, kv head) per item. */
+                int lo, hi;
+                share(B * Hkv, t, nt, &lo, &hi);
+                for (int it = lo; it < hi; it++) {
+                    int b = it / Hkv, g = it % Hkv;
+                    float *k = qkv + (int64_t)b * Q + (int64_t)(H + g) * hd, *v = k + (int64_t)Hkv * hd;
+                    rope(k, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
+                    float *kvb = kvl + (int64_t)b * 2 * Hkv * head_stride;
+                    memcpy(kvb + g * head_stride + (int64_t)slot * hd, k, sizeof(float) * hd);
+                    memcpy(kvb + (Hkv + g) * head_stride + (int64_t)slot * hd, v, sizeof(float) * hd);
+                }
+#pragma omp barrier
+                /* Attention: one (row, query head) per item; q already carries 1/sqrt(hd). */
+                share(B * H, t, nt, &lo, &hi);
+                for (int it = lo; it < hi; it++) {
+                    int b = it / H, hh = it % H, g = hh / group;
+                    float *q = qkv + (int64_t)b * Q + (int64_t)hh * hd;
+                    rope(q, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
+                    const float *keys = kvl + (int64_t)b * 2 * Hkv * head_stride + g * head_stride;
+                    const float *vals = keys + (int64_t)Hkv * head_stride;
+                    const uint8_t *mb = mask ? mask + b * mask_stride : NULL;
+                    int j0 = m->window > 0 && slot - m->window + 1 > 0 ? slot - m->window + 1 : 0;
+                    float mx = -INFINITY;
+                    for (int j = j0; j < S; j++) {
+                        if (mb && !mb[j]) {
+                            scores[j] = -INFINITY;
+                            continue;
+                        }
+                        scores[j] = dot(q, keys + (int64_t)j * hd, hd);
+                        if (scores[j] > mx)
+                            mx = scores[j];
+                    }
+                    float sum = 0.f;
+                    for (int j = j0; j < S; j++) {
+                        scores[j] = scores[j] == -INFINITY ? 0.f : expf(scores[j] - mx);
+                        sum += scores[j];
+                    }
+                    float *y = att + (int64_t)b * H * hd + (int64_t)hh * hd;
+                    memset(y, 0, sizeof(float) * hd);
+                    for (int j = j0; j < S; j++)
+                        if (scores[j] != 0.f)
+                            axpy(y, scores[j] / sum, vals + (int64_t)j * hd, hd);
+                }
+#pragma omp barrier
+                matvec(m->wo[l], NULL, att, x, B, D, H * hd, 1, t, nt); /* x += attention out */
+#pragma omp barrier
+                rms_norm(x, NULL, h, B, D, m->eps); /* the gain lives in w13 */
+                /* act[b, r] = silu(gate_r . h) * (up_r . h): gate row r and up row F + r together. */
+                share(F, t, nt, &lo, &hi);
+                const float *w13 = m->w13[l];
+                float gt[B], up[B];
+                for (int r = lo; r < hi; r++) {
+                    dot_rows(w13 + (int64_t)r * D, h, D, B, gt);
+                    dot_rows(w13 + (int64_t)(F + r) * D, h, D, B, up);
+                    for (int b = 0; b < B; b++)
+                        act[(int64_t)b * F + r] = gt[b] / (1.0f + expf(-gt[b])) * up[b];
+                }
+#pragma omp barrier
+                matvec(m->w2[l], NULL, act, x, B, D, F, 1, t, nt); /* x += feed-forward out */
+#pragma omp barrier
+            }
+            rms_norm(x, m->norm, h, B, D, m->eps);
+            matvec(m->out, NULL, h, logits, B, m->vocab, D, 0, t, nt);
+        }
+        free(h);
+    }
+    free(qkv);
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,157 @@
+"""The compiled decode step (engine/csrc/decode.c) against transformers, and its fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiankong.engine import native
+from tiankong.engine.engine import Engine
+from tiankong.engine.kv_cache import KVCache, build_mask
+from tiny_models import make_model
+
+STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
+
+
+def need_native() -> None:
+    if native.library() is None:
+        pytest.skip(f"no compiled decode step here: {native.reason()}")
+
+
+# Five rows: one group of four plus a single row inside the kernel, different prompt lengths
+# (left padding), and for Mistral a window that the decode steps run past.
+@pytest.mark.parametrize("arch,overrides", [("llama", {}), ("mistral", dict(sliding_window=8)),
+                                            ("qwen2", {}), ("llama", dict(tie_word_embeddings=True))])
+def test_native_decode_steps_equal_transformers(tmp_path, arch, overrides):
+    from transformers import AutoModelForCausalLM
+
+    need_native()
+    folder = make_model(tmp_path / "m", arch, **overrides)
+    eng = Engine.load(folder, device="cpu", dtype="float32")
+    assert eng.model.native and eng.decode_path.startswith("compiled step")
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    texts = ["Once upon a time", "The dog", "A little cat sat on the mat and looked", "Hi", "Tom and Sue went"]
+    seqs = [eng.encode(t, raw=True) for t in texts]
+    cfg, B, P, steps = eng.cfg, len(seqs), max(len(s) for s in seqs), 12
+    tokens = torch.zeros(B, P, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        tokens[b, P - len(s):] = torch.tensor(s)
+    pad = torch.tensor([P - len(s) for s in seqs])
+    cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, torch.float32, "cpu")
+    with torch.inference_mode():
+        positions = (torch.arange(P)[None] - pad[:, None]).clamp(min=0)
+        logits = eng.model(tokens, positions, build_mask(pad, 0, P, P, cfg.sliding_window), cache, 0,
+                           last_only=True)[:, -1]
+        for slot in range(P, P + steps):
+            for b, s in enumerate(seqs):  # transformers recomputes each row's whole sequence, unpadded
+                ref = hf(torch.tensor([s])).logits[0, -1]
+                # Summation orders differ (16-wide partial sums here); measured up to 3.5e-5 after
+                # ten steps, while a wrong mask, position or cache slot is off by ~1e-1.
+                torch.testing.assert_close(logits[b], ref, atol=1e-4, rtol=1e-4, msg=f"row {b}, slot {slot}")
+            chosen = logits.argmax(-1)
+            for b, s in enumerate(seqs):
+                s.append(int(chosen[b]))
+            mask = build_mask(pad, slot, 1, slot + 1, cfg.sliding_window)
+            logits = eng.model(chosen[:, None], (slot - pad)[:, None], mask, cache, slot)[:, -1]
+
+
+def test_native_sliding_window_without_a_mask(tmp_path):
+    # One unpadded row and mask=None: the step itself must hide the keys that left the window.
+    from transformers import AutoModelForCausalLM
+
+    need_native()
+    folder = make_model(tmp_path / "m", "mistral", sliding_window=4)
+    eng = Engine.load(folder, device="cpu", dtype="float32")
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    seq = eng.encode("Once upon a time", raw=True)
+    cfg, P = eng.cfg, len(seq)
+    cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, P + 8, cfg.head_dim, torch.float32, "cpu")
+    with torch.inference_mode():
+        logits = eng.model(torch.tensor([seq]), torch.arange(P)[None], None, cache, 0, last_only=True)[:, -1]
+        for slot in range(P, P + 8):
+            seq.append(int(logits.argmax()))
+            logits = eng.model(torch.tensor([[seq[-1]]]), torch.tensor([[slot]]), None, cache, slot)[:, -1]
+            ref = hf(torch.tensor([seq])).logits[0, -1]
+            torch.testing.assert_close(logits[0], ref, atol=1e-4, rtol=1e-4, msg=f"slot {slot}")
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="shared stories260K model folder is absent")
+def test_native_and_onednn_paths_agree_on_the_real_checkpoint():
+    # stories260K: head_dim 8, so every q.k is shorter than one vector (the kernels' scalar tails).
+    need_native()
+    folder = STORIES
+    fast = Engine.load(folder, device="cpu", dtype="float32")
+    from tiankong.engine.llama_packed import PackedLlama
+    from tiankong.engine.model import load_model
+
+    torch_only = PackedLlama(load_model(folder, "cpu", "float32")[0], native=False)
+    assert fast.model.native and not torch_only.native
+    cfg = fast.cfg
+    ids = torch.tensor([fast.encode("Once upon a time", raw=True)])
+    T = ids.shape[1]
+    out = []
+    for model in (fast.model, torch_only):
+        cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, T + 40, cfg.head_dim, torch.float32, "cpu")
+        with torch.inference_mode():
+            logits = model(ids, torch.arange(T)[None], None, cache, 0, last_only=True)[:, -1]
+            steps = [logits]
+            for slot in range(T, T + 40):
+                nxt = logits.argmax(-1)[:, None]
+                logits = model(nxt, torch.tensor([[slot]]), None, cache, slot)[:, -1]
+                steps.append(logits)
+        out.append(torch.cat(steps))
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
+
+
+def test_without_a_compiler_the_torch_path_runs(tmp_path):
+    # A fresh process with no compiler on PATH and an empty cache: the engine says why and still
+    # generates the same greedy text as with the compiled step.
+    need_native()
+    script = """
+import sys
+from tiankong.engine.engine import Engine
+from tiankong.engine.sampling import SamplingParams
+from tiankong.engine.events import TokenEvent
+e = Engine.load(sys.argv[1], device="cpu", dtype="float32")
+print(e.decode_path)
+evs = e.generate([e.encode("The dog", raw=True)], [SamplingParams(temperature=0, max_new_tokens=16, seed=0)])
+print([ev.id for ev in evs if isinstance(ev, TokenEvent)])
+"""
+    folder = make_model(tmp_path / "m", "llama")
+    env = {**os.environ, "PATH": str(tmp_path / "nothing"), "CC": "", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    bare = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert bare.returncode == 0, bare.stderr
+    path, ids = bare.stdout.strip().splitlines()
+    assert path == "torch, oneDNN-packed weights; compiled step unavailable: no C compiler found (set CC, or install gcc)"
+    assert not (tmp_path / "cache" / "tiankong").exists()
+    built = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True,
+                           env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip().splitlines() == ["compiled step (csrc/decode.c)", ids]
+    # The build landed in the cache under one name, with no temporary file left beside it.
+    assert [p.suffix for p in (tmp_path / "cache" / "tiankong" / "native").iterdir()] == [".so"]
+
+
+def test_switched_off_by_environment(tmp_path):
+    env = {**os.environ, "TIANKONG_NATIVE": "0"}
+    folder = make_model(tmp_path / "m", "llama")
+    out = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", "info", "--model", str(folder), "--format",
+                          "json"], capture_output=True, text=True, env=env, timeout=300)
+    import json
+
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["decode"] == ("torch, oneDNN-packed weights; compiled step unavailable: "
+                                                "switched off by TIANKONG_NATIVE=0")
+
+
+def test_the_source_ships_with_the_package():
+    # native.py compiles the C file from the installed package, so it must be package data.
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"tiankong.engine" = ["csrc/*.c"]' in pyproject
+    assert native.SOURCE.is_file()
