@@ -345,6 +345,8 @@ def worker_tiankong(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     rss_before = peak_rss_bytes()
     eng = Engine.load(job["model_dir"], device="cpu", dtype="float32")
+    torch_path = os.environ.get("TIANKONG_NATIVE") == "0"  # the "tiankong-torch" worker
+    assert eng.decode_path.startswith("torch" if torch_path else "compiled step"), eng.decode_path
     prompt, n_new = job["prompt"], job["new_tokens"]
     greedy = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, max_new_tokens=n_new, seed=0)
     presets = [SamplingParams(**p, max_new_tokens=n_new) for p in PRESETS]
@@ -367,9 +369,11 @@ def worker_tiankong(job: dict) -> dict:
 
     modes = {"single": (lambda: run([greedy], 0)), "top20": (lambda: run([greedy], 20)),
              "batch4": (lambda: run(presets, 0))}
+    if torch_path:  # only the main figure: the other modes are the default engine's
+        modes = {"single": modes["single"]}
     for fn in modes.values():  # warm-up: first-call allocations, lazy kernels, page faults
         fn()
-    return summarize(collect(modes, job["runs"]), rss_before)
+    return dict(summarize(collect(modes, job["runs"]), rss_before), decode_path=eng.decode_path)
 
 
 def worker_transformers(job: dict) -> dict:
@@ -475,19 +479,22 @@ def merge_rounds(rounds: list[dict]) -> dict:
 def round_ratios(rounds: dict[str, list[dict]], console) -> dict:
     """tiankong / peer decode speed within each round: neighbours in time, so drift cancels."""
     out = {}
-    for peer in ("transformers", "llama.cpp"):
-        pairs = [(a, b) for a, b in zip(rounds.get("tiankong", []), rounds.get(peer, []))
+    for ours, peer in (("tiankong", "transformers"), ("tiankong", "llama.cpp"), ("tiankong-torch", "llama.cpp")):
+        pairs = [(a, b) for a, b in zip(rounds.get(ours, []), rounds.get(peer, []))
                  if "error" not in a and "error" not in b]
         if not pairs:
             continue
         per_round = [a["modes"]["single"]["decode_tok_s"] / b["modes"]["single"]["decode_tok_s"] for a, b in pairs]
-        out[f"tiankong_over_{peer.replace('.', '')}_decode_per_round"] = per_round
-        console.print(f"tiankong / {peer} decode, round by round: "
+        out[f"{ours.replace('-', '_')}_over_{peer.replace('.', '')}_decode_per_round"] = per_round
+        console.print(f"{ours} / {peer} decode, round by round: "
                       + "  ".join(f"{r:.2f}x" for r in per_round) + f"   (median {statistics.median(per_round):.2f}x)")
     return out
 
 
-WORKERS = {"tiankong": worker_tiankong, "transformers": worker_transformers, "llama.cpp": worker_llamacpp}
+# "tiankong-torch" is the engine without its compiled step (TIANKONG_NATIVE=0): what runs where
+# no C compiler is found.
+WORKERS = {"tiankong": worker_tiankong, "tiankong-torch": worker_tiankong, "transformers": worker_transformers,
+           "llama.cpp": worker_llamacpp}
 
 
 def run_worker(name: str, job: dict, timeout: float) -> dict:
@@ -500,6 +507,9 @@ def run_worker(name: str, job: dict, timeout: float) -> dict:
     # Pin OpenMP/BLAS pools too: torch.set_num_threads covers torch, not every library it loads.
     env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MKL_NUM_THREADS=str(job["threads"]),
                TOKENIZERS_PARALLELISM="false")
+    env.pop("TIANKONG_NATIVE", None)
+    if name == "tiankong-torch":
+        env["TIANKONG_NATIVE"] = "0"
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -541,7 +551,8 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
                 "clean runs"):
         table.add_column(col, justify="left" if col == "framework" else "right")
     rows = [("tiankong", "tiankong", "single"), ("tiankong top-20", "tiankong", "top20"),
-            ("tiankong 4 presets", "tiankong", "batch4"), ("transformers", "transformers", "single"),
+            ("tiankong 4 presets", "tiankong", "batch4"), ("tiankong, torch path", "tiankong-torch", "single"),
+            ("transformers", "transformers", "single"),
             ("llama.cpp", "llama.cpp", "single")]
     for label, fw, mode in rows:
         r = results.get(fw)
@@ -562,6 +573,9 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
     console.print(table)
     console.print(f"weights: {weight_bytes / 2**20:.0f} MB float32 "
                   f"({weight_bytes // 4 / 1e6:.1f} M parameters, embedding tied)")
+    for fw in ("tiankong", "tiankong-torch"):
+        if "decode_path" in results.get(fw, {}):
+            console.print(f"{fw} decode path: {results[fw]['decode_path']}")
 
     def ok(good: bool) -> str:
         return "[green]ok[/]" if good else "[red]MISSED[/]"
@@ -602,7 +616,7 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
     # flip a near-tie late in the run, so the count of leading equal tokens is what is shown).
     reference = mode("transformers")
     if reference:
-        for fw in ("tiankong", "llama.cpp"):
+        for fw in ("tiankong", "tiankong-torch", "llama.cpp"):
             if mode(fw):
                 n = leading_agreement(mode(fw)["tokens"], reference["tokens"])
                 ratios[f"{fw}_greedy_agreement_with_transformers"] = n
@@ -635,6 +649,8 @@ def main() -> None:
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-tiankong", action="store_true")
+    ap.add_argument("--skip-torch-path", action="store_true",
+                    help="skip the engine's torch path (TIANKONG_NATIVE=0), measured beside its compiled step")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per framework")
     # internal: run one framework in this process
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -658,8 +674,9 @@ def main() -> None:
     job = dict(model_dir=str(MODEL_DIR), gguf=str(GGUF_PATH), prompt=prompt_ids(args.prompt_tokens),
                new_tokens=args.new_tokens, threads=args.threads, runs=args.runs)
 
-    chosen = [n for n, skip in (("tiankong", args.skip_tiankong), ("transformers", args.skip_transformers),
-                                ("llama.cpp", args.skip_llamacpp)) if not skip]
+    chosen = [n for n, skip in (("tiankong", args.skip_tiankong),
+                                ("tiankong-torch", args.skip_tiankong or args.skip_torch_path),
+                                ("transformers", args.skip_transformers), ("llama.cpp", args.skip_llamacpp)) if not skip]
     if "llama.cpp" in chosen and not (importable("llama_cpp") and GGUF_PATH.is_file()):
         console.print("[yellow]llama.cpp skipped: llama-cpp-python (or gguf) is not installed; "
                       "pip install llama-cpp-python gguf[/]")
