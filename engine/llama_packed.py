@@ -14,9 +14,15 @@ needs about a dozen calls:
   q . k, which is unchanged when both are permuted alike, and RoPE on adjacent pairs is one
   in-place complex multiply instead of slice, negate, concatenate, two multiplies and an add.
   (Keys therefore sit in the KV cache in this permuted layout; only this module reads them.)
-- q/k/v and gate/up are one matmul each, and every weight is pre-packed for oneDNN (packed.py).
+- q/k/v and gate/up are one matmul each.
 - Keys and values leave the fused q/k/v row side by side and go into the KV cache, whose
   layers hold them side by side too (kv_cache.py), with one copy.
+
+Two ways to run it. In float32, where the machine can build it (native.py), the weights stay plain
+(out, in) matrices in one buffer and every one-token decode step is one call into the compiled step
+(csrc/decode.c), which does all of the above for all layers in one OpenMP region; prefill, which is
+compute-bound, stays here in torch (oneDNN on the plain weights). Otherwise (bfloat16, or no C
+compiler) every weight is pre-packed for oneDNN (packed.py) and every step runs here.
 
 The forward signature is Llama's, so `generate` runs either; tests pin this form's logits to
 transformers'. Built by `model.prepare_for_inference`; forward only, under inference mode.

@@ -6,7 +6,8 @@ batch 1 (it runs on one thread) and gets slower per row at 2-4 rows (the batch o
 comparison). oneDNN with weights reordered once into its blocked layout streams them at close to
 full bandwidth for any row count, and also speeds up prefill; `bench/decode.py` measures it.
 
-The Llama family gets a whole inference form built on these (llama_packed.py); other models have
+The Llama family gets a whole inference form built on these (llama_packed.py; in float32 it
+decodes through a compiled step instead, where one builds: native.py); other models have
 their linear layers swapped for `PackedLinear` in place (`pack_linears`). Either way a dense
 weight is dropped as soon as its packed copy exists, and the result only runs forward under
 inference mode; trainers load models without it. `model.prepare_for_inference` picks the form.
