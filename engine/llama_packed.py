@@ -18,11 +18,12 @@ needs about a dozen calls:
 - Keys and values leave the fused q/k/v row side by side and go into the KV cache, whose
   layers hold them side by side too (kv_cache.py), with one copy.
 
-Two ways to run it. In float32, where the machine can build it (native.py), the weights stay plain
-(out, in) matrices in one buffer and every one-token decode step is one call into the compiled step
-(csrc/decode.c), which does all of the above for all layers in one OpenMP region; prefill, which is
-compute-bound, stays here in torch (oneDNN on the plain weights). Otherwise (bfloat16, or no C
-compiler) every weight is pre-packed for oneDNN (packed.py) and every step runs here.
+Two ways to run it. Where the machine can build it (native.py), the weights stay plain (out, in)
+matrices (float32 or bfloat16) in one buffer and every one-token decode step is one call into the
+compiled step (csrc/decode.c), which does all of the above for all layers in one OpenMP region;
+prefill, which is compute-bound, stays here in torch (oneDNN on the plain weights). Otherwise (no
+C compiler, or TIANKONG_NATIVE=0) every weight is pre-packed for oneDNN (packed.py) and every step
+runs here.
 
 The forward signature is Llama's, so `generate` runs either; tests pin this form's logits to
 transformers'. Built by `model.prepare_for_inference`; forward only, under inference mode.
@@ -110,14 +111,16 @@ class PackedLlama(nn.Module):
 
     def __init__(self, model: Llama, native: bool | None = None) -> None:
         """native: decode steps through the compiled step (native.py) with plain weights; None uses
-        it when it builds and the weights are float32, False never (weights packed for oneDNN)."""
+        it when it builds (weights on CPU, float32 or bfloat16), False never (weights packed for
+        oneDNN)."""
         super().__init__()
         cfg = self.cfg = model.cfg
         self.tok_emb = model.tok_emb  # stays dense: lookups read a few rows
         self.register_buffer("inv_freq", model.inv_freq, persistent=False)  # (hd/2,)
         self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)  # (D,)
-        float32 = model.tok_emb.weight.dtype == torch.float32 and model.tok_emb.weight.device.type == "cpu"
-        lib = native_lib() if (native is None and float32) or native else None
+        w = model.tok_emb.weight
+        fits = w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
+        lib = native_lib() if (native is None and fits) or native else None
         if native and lib is None:
             raise ValueError(f"the native decode step is unavailable: {native_reason()}")
         packed = lib is None
@@ -138,7 +141,7 @@ class PackedLlama(nn.Module):
                 # read (measured: 4% faster steps than separate tensors, the head among them read
                 # from the checkpoint's file pages). Pages of the buffer only become memory as they
                 # are filled, layer by layer, so the load still holds at most one layer twice.
-                arena = torch.empty(self._arena_size(cfg), dtype=torch.float32)
+                arena = torch.empty(self._arena_size(cfg), dtype=w.dtype)
                 offset = 0
 
                 def own(w: torch.Tensor) -> torch.Tensor:
@@ -218,36 +221,41 @@ class PackedLlama(nn.Module):
 
 
 class _NativeStep:
-    """Calls csrc/decode.c's tk_decode_step with a PackedLlama's plain float32 weights."""
+    """Calls csrc/decode.c's tk_decode_step with a PackedLlama's plain weights (float32 or
+    bfloat16; the step's activations are float32 either way)."""
 
     def __init__(self, lib, model: PackedLlama) -> None:
         cfg, layers = model.cfg, model.layers
         self.lib, self.model = lib, model  # the model owns every tensor the pointers point into
-
-        def pointers(name: str):
-            tensors = [getattr(layer, name) for layer in layers]
-            for t in tensors:
-                assert t is None or (t.is_contiguous() and t.dtype == torch.float32)
-            return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
-
-        self.arrays = {name: pointers(name) for name in ("wqkv", "bqkv", "wo", "w13", "w2")}
-        as_pp = lambda arr: ctypes.cast(arr, ctypes.POINTER(ctypes.c_void_p))  # noqa: E731
+        self.dtype = model.output.dtype
+        # Small vectors in float32: the biases (the weights' dtype in the torch prefill), norm gain, RoPE.
+        self.biases = None if layers[0].bqkv is None else [layer.bqkv.float().contiguous() for layer in layers]
         self.inv_freq = model.inv_freq.float().contiguous()
         self.norm = model.norm_weight.float().contiguous()
+
+        def pointers(tensors: list[torch.Tensor]):
+            return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]),
+                               ctypes.POINTER(ctypes.c_void_p))
+
+        weights = {name: [getattr(layer, name) for layer in layers] for name in ("wqkv", "wo", "w13", "w2")}
+        for t in [model.output, *(t for ts in weights.values() for t in ts)]:
+            assert t.is_contiguous() and t.dtype == self.dtype
+        self.arrays = {name: pointers(ts) for name, ts in weights.items()}  # kept alive with the struct
+        self.arrays["bqkv"] = None if self.biases is None else pointers(self.biases)
         self.struct = NativeModel(
             cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size,
-            cfg.sliding_window or 0, cfg.norm_eps, as_pp(self.arrays["wqkv"]),
-            as_pp(self.arrays["bqkv"]) if layers[0].bqkv is not None else None, as_pp(self.arrays["wo"]),
-            as_pp(self.arrays["w13"]), as_pp(self.arrays["w2"]), self.norm.data_ptr(),
-            model.output.data_ptr(), self.inv_freq.data_ptr())
+            cfg.sliding_window or 0, int(self.dtype == torch.bfloat16), cfg.norm_eps, self.arrays["wqkv"],
+            self.arrays["wo"], self.arrays["w13"], self.arrays["w2"], self.arrays["bqkv"], model.output.data_ptr(),
+            self.norm.data_ptr(), self.inv_freq.data_ptr())
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                  cache: KVCache, start: int) -> torch.Tensor:
         """tokens, positions (B, 1) -> logits (B, 1, V); writes slot `start` of the cache."""
         B = tokens.shape[0]
         assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
-        assert cache.kv.is_contiguous() and cache.kv.dtype == torch.float32
-        x = self.model.tok_emb(tokens[:, 0]).contiguous()  # (B, D), a fresh tensor the step overwrites
+        assert cache.kv.is_contiguous() and cache.kv.dtype == self.dtype
+        # (B, D) float32, a fresh tensor (the embedding's output, or its float32 copy) the step overwrites
+        x = self.model.tok_emb(tokens[:, 0]).float().contiguous()
         pos = positions[:, 0].to(torch.int64).contiguous()
         logits = torch.empty(B, self.model.cfg.vocab_size)
         m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)

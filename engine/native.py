@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
+HEADERS = [SOURCE.parent / "kernels.h"]  # included by decode.c; part of the cache key
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fPIC", "-shared"]
 
 _lib: ctypes.CDLL | None = None
@@ -33,10 +34,10 @@ class Model(ctypes.Structure):
     """Mirror of decode.c's `Model` (field order and types must match)."""
 
     _fields_ = [(name, ctypes.c_int) for name in
-                ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab", "window")]
+                ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab", "window", "bf16")]
     _fields_ += [("eps", ctypes.c_float)]
-    _fields_ += [(name, ctypes.POINTER(ctypes.c_void_p)) for name in ("wqkv", "bqkv", "wo", "w13", "w2")]
-    _fields_ += [(name, ctypes.c_void_p) for name in ("norm", "out", "inv_freq")]
+    _fields_ += [(name, ctypes.POINTER(ctypes.c_void_p)) for name in ("wqkv", "wo", "w13", "w2", "bqkv")]
+    _fields_ += [(name, ctypes.c_void_p) for name in ("out", "norm", "inv_freq")]
 
 
 def _cache_dir() -> Path:
@@ -68,7 +69,7 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), platform.machine(),
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *(h.read_text() for h in HEADERS), cc, version, " ".join(FLAGS), platform.machine(),
                                     _cpu_signature(), torch.__version__]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"decode-{key}.so"
     if not target.exists():

@@ -60,6 +60,38 @@ def test_native_decode_steps_equal_transformers(tmp_path, arch, overrides):
             logits = eng.model(chosen[:, None], (slot - pad)[:, None], mask, cache, slot)[:, -1]
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_native_bfloat16_decode_is_as_close_to_float32_as_transformers_bfloat16(tmp_path, arch):
+    # bfloat16 weights and cache, float32 activations: the decode steps' logits must be no further
+    # from the float32 truth than transformers' own bfloat16 run (which rounds activations too).
+    from transformers import AutoModelForCausalLM
+
+    need_native()
+    from tiankong.engine.packed import can_pack
+
+    if not can_pack(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("this CPU or torch build has no oneDNN bfloat16 (the prefill needs it)")
+    folder = make_model(tmp_path / "m", arch)
+    eng = Engine.load(folder, device="cpu", dtype="bfloat16")
+    assert eng.model.native and eng.dtype == torch.bfloat16
+    seq = eng.encode("Once upon a time there was a little dog who liked to run in the park", raw=True)
+    P, cfg = 6, eng.cfg  # prefill the first 6 tokens, then feed the rest one step at a time
+    cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(seq), cfg.head_dim, torch.bfloat16, "cpu")
+    ids = torch.tensor([seq])
+    with torch.inference_mode():
+        ours = [eng.model(ids[:, :P], torch.arange(P)[None], None, cache, 0, last_only=True)[0, -1].float()]
+        for slot in range(P, len(seq) - 1):
+            ours.append(eng.model(ids[:, slot:slot + 1], torch.tensor([[slot]]), None, cache, slot)[0, -1].float())
+        ours = torch.stack(ours)  # logits at positions P-1 .. len-2
+        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(ids).logits[0, P - 1:-1]
+        hf16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()(ids).logits[0, P - 1:-1].float()
+    ours_err, hf_err = (ours - ref).abs(), (hf16 - ref).abs()
+    assert ours_err.mean() <= 1.5 * hf_err.mean(), (ours_err.mean(), hf_err.mean())
+    assert ours_err.max() <= 1.5 * hf_err.max(), (ours_err.max(), hf_err.max())
+    # and bfloat16 is not silently float32: the weights were rounded
+    assert ours_err.max() > 1e-4
+
+
 def test_native_sliding_window_without_a_mask(tmp_path):
     # One unpadded row and mask=None: the step itself must hide the keys that left the window.
     from transformers import AutoModelForCausalLM
@@ -153,5 +185,5 @@ def test_switched_off_by_environment(tmp_path):
 def test_the_source_ships_with_the_package():
     # native.py compiles the C file from the installed package, so it must be package data.
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert '"tiankong.engine" = ["csrc/*.c"]' in pyproject
-    assert native.SOURCE.is_file()
+    assert '"tiankong.engine" = ["csrc/*.c", "csrc/*.h"]' in pyproject
+    assert native.SOURCE.is_file() and all(h.is_file() for h in native.HEADERS)

@@ -1,4 +1,5 @@
-/* One decode step of the Llama family (Llama, Mistral, Qwen2) on CPU, float32, for B rows.
+/* One decode step of the Llama family (Llama, Mistral, Qwen2) on CPU for B rows: weights and KV
+ * cache in float32 or bfloat16, activations in float32.
  *
  * Why this exists: at batch 1 a decode step is ~120 matrix-vector products whose speed is how
  * fast the weights stream from memory. Through torch each product is a separate call with a fixed
@@ -8,15 +9,18 @@
  * runtime: libgomp is already loaded, so no second thread pool competes for the cores), rows of
  * every weight split between the threads, barriers between the phases of a layer.
  *
- * The weights are the ones llama_packed.py prepares, in plain row-major (out, in) float32:
+ * The weights are the ones llama_packed.py prepares, in plain row-major (out, in) matrices:
  *   wqkv ((H + 2 H_kv) hd, D)  norm gain folded into columns, 1/sqrt(hd) into the q rows,
  *                              q/k rows of each head in adjacent RoPE pairs (2i, 2i+1)
- *   bqkv ((H + 2 H_kv) hd)     or NULL (Qwen2 has q/k/v biases)
+ *   bqkv ((H + 2 H_kv) hd)     float32, or NULL (Qwen2 has q/k/v biases)
  *   wo (D, H hd), w13 (2F, D) (gate rows then up rows, norm gain folded), w2 (D, F)
  *   out (V, D) the vocabulary head; norm (D,) the final norm gain, applied here.
  * The KV cache is kv_cache.KVCache's buffer (n_layers, B, 2 H_kv, max_len, hd): keys, then values.
  *
- * Numbers agree with the torch path to float32 rounding (tests pin both to transformers).
+ * bfloat16 halves the bytes a step streams, so it runs nearly twice as fast; widening bf16 to
+ * float32 is a 16-bit shift, so no bf16 instructions are needed. In float32 the numbers agree with
+ * the torch path to rounding (tests pin both to transformers); in bfloat16 they are closer to the
+ * float32 truth than transformers' bfloat16 (whose activations are bfloat16 too).
  * Built at first use by native.py with the machine's C compiler; nothing here is required: without
  * a compiler the torch path runs.
  */
@@ -109,76 +113,63 @@ static inline float hsum(v16 v) {
     return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-static inline float dot(const float *a, const float *b, int n) {
-    v16 s0 = {0}, s1 = {0}; /* two chains hide the multiply-add latency */
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __builtin_prefetch(a + i + PREFETCH);
-        __builtin_prefetch(a + i + PREFETCH + 16);
-        s0 += load16(a + i) * load16(b + i);
-        s1 += load16(a + i + 16) * load16(b + i + 16);
-    }
-    for (; i + 16 <= n; i += 16)
-        s0 += load16(a + i) * load16(b + i);
-    float s = hsum(s0 + s1);
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
+/* bfloat16 is the upper half of a float32: widening is a shift (no CPU support needed). */
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+
+static inline v16 load16_bf16(const uint16_t *p) {
+    v16h h;
+    memcpy(&h, p, sizeof h);
+    return (v16)(__builtin_convertvector(h, v16u) << 16);
 }
 
-/* out[b] = w . x[b] for nb (2..4) rows of x (nb, n): each 16-float chunk of w is loaded once for
- * all of them. Measured (2 threads, AVX-512, SmolLM-135M shape): one weight row at a time is
- * fastest; tiles of 2 or 4 weight rows were 12% slower at one x row and up to a third slower at
- * 2-4 (and one x row is best served by dot()'s two sums). */
-static inline __attribute__((always_inline)) void tile(const float *w, const float *x, int n, const int nb,
-                                                       float *out) {
-    v16 acc[4] = {{0}};
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __builtin_prefetch(w + i + PREFETCH);
-        v16 wv = load16(w + i);
-        for (int b = 0; b < nb; b++)
-            acc[b] += wv * load16(x + (int64_t)b * n + i);
-    }
-    for (int b = 0; b < nb; b++) {
-        float s = hsum(acc[b]);
-        for (int k = i; k < n; k++)
-            s += w[k] * x[(int64_t)b * n + k];
-        out[b] = s;
-    }
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
-/* out[b] = w . x[b] for all B rows of x (B, n), in groups of up to four. */
-static inline void dot_rows(const float *w, const float *x, int n, int B, float *out) {
-    for (int b = 0; b < B; b += 4, x += (int64_t)4 * n, out += 4) {
-        switch (B - b < 4 ? B - b : 4) {
-        case 1: out[0] = dot(w, x, n); break;
-        case 2: tile(w, x, n, 2, out); break;
-        case 3: tile(w, x, n, 3, out); break;
-        default: tile(w, x, n, 4, out);
-        }
-    }
+/* Round to nearest even, as torch converts (NaN stays NaN). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* y += a * x over n floats */
-static inline void axpy(float *y, float a, const float *x, int n) {
-    int i = 0;
-    v16 av = {0};
-    av += a;
-    for (; i + 16 <= n; i += 16) {
-        v16 r = load16(y + i) + av * load16(x + i);
-        memcpy(y + i, &r, sizeof r);
-    }
-    for (; i < n; i++)
-        y[i] += a * x[i];
-}
+/* The kernels that read weights or cached keys/values, once for float32 and once for bfloat16
+ * elements (activations are float32 either way): dot_f32, tile_f32, dot_rows_f32, axpy_f32, and
+ * the same with _bf16. */
+#define T float
+#define SUF _f32
+#define LOAD(p) load16(p)
+#define GET(p, i) ((p)[i])
+#include "kernels.h"
+#undef T
+#undef SUF
+#undef LOAD
+#undef GET
+#define T uint16_t
+#define SUF _bf16
+#define LOAD(p) load16_bf16(p)
+#define GET(p, i) bf16_to_f32((p)[i])
+#include "kernels.h"
+#undef T
+#undef SUF
+#undef LOAD
+#undef GET
 
 typedef struct {
     int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
     int window; /* sliding window (Mistral), 0 for none */
+    int bf16;   /* weights and KV cache in bfloat16 (else float32); activations are float32 */
     float eps;
-    const float *const *wqkv, *const *bqkv, *const *wo, *const *w13, *const *w2;
-    const float *norm, *out, *inv_freq;
+    const void *const *wqkv, *const *wo, *const *w13, *const *w2; /* per layer */
+    const float *const *bqkv;                                     /* per layer, or NULL */
+    const void *out;
+    const float *norm, *inv_freq;
 } Model;
 
 /* This thread's share [lo, hi) of n items split in contiguous blocks. */
@@ -187,15 +178,21 @@ static inline void share(int n, int t, int nt, int *lo, int *hi) {
     *hi = (int)((int64_t)n * (t + 1) / nt);
 }
 
+/* p + n elements of float32 or bfloat16 */
+static inline const void *advance(const void *p, int bf16, int64_t n) { return (const char *)p + n * (bf16 ? 2 : 4); }
+
 /* y[b, r] = W[r] . x[b] (+ bias[r]) (+ y[b, r] when accumulate) for this thread's rows r.
  * W (O, I) row-major; x (B, I); y (B, O). Each weight row is read once for all B rows. */
-static void matvec(const float *W, const float *bias, const float *x, float *y, int B, int O, int I,
+static void matvec(const void *W, int bf16, const float *bias, const float *x, float *y, int B, int O, int I,
                    int accumulate, int t, int nt) {
     int lo, hi;
     share(O, t, nt, &lo, &hi);
     float v[B];
     for (int r = lo; r < hi; r++) {
-        dot_rows(W + (int64_t)r * I, x, I, B, v);
+        if (bf16)
+            dot_rows_bf16((const uint16_t *)W + (int64_t)r * I, x, I, B, v);
+        else
+            dot_rows_f32((const float *)W + (int64_t)r * I, x, I, B, v);
         for (int b = 0; b < B; b++) {
             float *dst = y + (int64_t)b * O + r;
             float u = bias ? v[b] + bias[r] : v[b];
@@ -209,7 +206,7 @@ static void rms_norm(const float *x, const float *gain, float *h, int B, int D, 
     for (int b = 0; b < B; b++) {
         const float *xb = x + (int64_t)b * D;
         float *hb = h + (int64_t)b * D;
-        float ss = dot(xb, xb, D);
+        float ss = dot_f32(xb, xb, D);
         float r = 1.0f / sqrtf(ss / D + eps);
         for (int i = 0; i < D; i++)
             hb[i] = xb[i] * r * (gain ? gain[i] : 1.0f);
@@ -228,18 +225,31 @@ static void rope(float *v, int n_heads, int hd, const float *cs, const float *sn
     }
 }
 
+/* n floats into the cache at dst (float32 or bfloat16 elements). */
+static void cache_write(void *dst, int bf16, const float *src, int n) {
+    if (!bf16) {
+        memcpy(dst, src, sizeof(float) * n);
+        return;
+    }
+    uint16_t *d = dst;
+    for (int i = 0; i < n; i++)
+        d[i] = f32_to_bf16(src[i]);
+}
+
 /*
- * x (B, D): the embeddings of the B new tokens; overwritten with the final residual stream.
- * pos (B,): each row's position (for RoPE). kv: the cache buffer; max_len its slot count; the new
- * keys/values go to slot `slot`, and row b attends to slots j <= slot with mask[b * mask_stride + j]
- * (mask NULL: all) and, with a window, slot - j < window. logits (B, V) out.
- * Returns 0, or -1 when scratch memory could not be allocated.
+ * x (B, D) float32: the embeddings of the B new tokens; overwritten with the final residual
+ * stream. pos (B,): each row's position (for RoPE). kv: the cache buffer (the weights' dtype);
+ * max_len its slot count; the new keys/values go to slot `slot`, and row b attends to slots
+ * j <= slot with mask[b * mask_stride + j] (mask NULL: all) and, with a window, slot - j < window.
+ * logits (B, V) float32 out. Returns 0, or -1 when scratch memory could not be allocated.
  */
-int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, float *kv, int max_len, int slot,
+int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv, int max_len, int slot,
                    const uint8_t *mask, int64_t mask_stride, float *logits, int n_threads) {
-    const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
+    const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim, bf = m->bf16;
     const int Q = (H + 2 * Hkv) * hd, S = slot + 1, group = H / Hkv;
-    const int64_t layer_stride = (int64_t)B * 2 * Hkv * max_len * hd, head_stride = (int64_t)max_len * hd;
+    /* Cache offsets in elements: (layer, row, head, slot, dim). */
+    const int64_t head_stride = (int64_t)max_len * hd, row_stride = 2 * Hkv * head_stride;
+    const int64_t layer_stride = B * row_stride;
     /* Shared scratch: qkv (B, Q), attention output (B, H hd), activations and up projections
      * (B, F) each, cos/sin (B, hd/2) each. */
     float *qkv = malloc(sizeof(float) * ((size_t)B * Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd));
@@ -269,9 +279,9 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, float *k
         if (!failed) {
             float *scores = h + (size_t)B * D;
             for (int l = 0; l < m->n_layers; l++) {
-                float *kvl = kv + l * layer_stride;
+                const int64_t kvl = l * layer_stride;
                 rms_norm(x, NULL, h, B, D, m->eps); /* the gain lives in wqkv */
-                matvec(m->wqkv[l], m->bqkv ? m->bqkv[l] : NULL, h, qkv, B, Q, D, 0, t, nt);
+                matvec(m->wqkv[l], bf, m->bqkv ? m->bqkv[l] : NULL, h, qkv, B, Q, D, 0, t, nt);
 #pragma omp barrier
                 /* RoPE on keys, keys and values into the cache: one (row, kv head) per item. */
                 int lo, hi;
@@ -280,9 +290,9 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, float *k
                     int b = it / Hkv, g = it % Hkv;
                     float *k = qkv + (int64_t)b * Q + (int64_t)(H + g) * hd, *v = k + (int64_t)Hkv * hd;
                     rope(k, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
-                    float *kvb = kvl + (int64_t)b * 2 * Hkv * head_stride;
-                    memcpy(kvb + g * head_stride + (int64_t)slot * hd, k, sizeof(float) * hd);
-                    memcpy(kvb + (Hkv + g) * head_stride + (int64_t)slot * hd, v, sizeof(float) * hd);
+                    int64_t at = kvl + b * row_stride + g * head_stride + (int64_t)slot * hd;
+                    cache_write((void *)advance(kv, bf, at), bf, k, hd);
+                    cache_write((void *)advance(kv, bf, at + Hkv * head_stride), bf, v, hd);
                 }
 #pragma omp barrier
                 /* Attention: one (row, query head) per item; q already carries 1/sqrt(hd). */
@@ -291,8 +301,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, float *k
                     int b = it / H, hh = it % H, g = hh / group;
                     float *q = qkv + (int64_t)b * Q + (int64_t)hh * hd;
                     rope(q, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
-                    const float *keys = kvl + (int64_t)b * 2 * Hkv * head_stride + g * head_stride;
-                    const float *vals = keys + (int64_t)Hkv * head_stride;
+                    const int64_t keys = kvl + b * row_stride + g * head_stride, vals = keys + Hkv * head_stride;
                     const uint8_t *mb = mask ? mask + b * mask_stride : NULL;
                     int j0 = m->window > 0 && slot - m->window + 1 > 0 ? slot - m->window + 1 : 0;
                     float mx = -INFINITY;
@@ -301,7 +310,8 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, float *k
                             scores[j] = -INFINITY;
                             continue;
                         }
-                        scores[j] = dot(q, keys + (int64_t)j * hd, hd);
+                        const void *key = advance(kv, bf, keys + (int64_t)j * hd);
+                        scores[j] = bf ? dot_bf16(key, q, hd) : dot_f32(key, q, hd);
                         if (scores[j] > mx)
                             mx = scores[j];
                     }
@@ -309,35 +319,33 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, float *k
                     float sum = exp_shifted(scores + j0, S - j0, mx);
                     float *y = att + (int64_t)b * H * hd + (int64_t)hh * hd;
                     memset(y, 0, sizeof(float) * hd);
-                    for (int j = j0; j < S; j++)
-                        if (scores[j] != 0.f)
-                            axpy(y, scores[j] / sum, vals + (int64_t)j * hd, hd);
+                    for (int j = j0; j < S; j++) {
+                        if (scores[j] == 0.f)
+                            continue;
+                        const void *val = advance(kv, bf, vals + (int64_t)j * hd);
+                        if (bf)
+                            axpy_bf16(y, scores[j] / sum, val, hd);
+                        else
+                            axpy_f32(y, scores[j] / sum, val, hd);
+                    }
                 }
 #pragma omp barrier
-                matvec(m->wo[l], NULL, att, x, B, D, H * hd, 1, t, nt); /* x += attention out */
+                matvec(m->wo[l], bf, NULL, att, x, B, D, H * hd, 1, t, nt); /* x += attention out */
 #pragma omp barrier
                 rms_norm(x, NULL, h, B, D, m->eps); /* the gain lives in w13 */
-                /* act[b, r] = silu(gate_r . h) * (up_r . h): gate row r and up row F + r together. */
+                /* Gate rows (0..F) into act, up rows (F..2F) into upb, then act = silu(gate) * up
+                 * over this thread's share, which both matvecs split alike. */
+                matvec(m->w13[l], bf, NULL, h, act, B, F, D, 0, t, nt);
+                matvec(advance(m->w13[l], bf, (int64_t)F * D), bf, NULL, h, upb, B, F, D, 0, t, nt);
                 share(F, t, nt, &lo, &hi);
-                const float *w13 = m->w13[l];
-                /* gate rows r into act, up rows F + r into upb, then act = silu(gate) * up. */
-                float v[B];
-                for (int r = lo; r < hi; r++) {
-                    dot_rows(w13 + (int64_t)r * D, h, D, B, v);
-                    for (int b = 0; b < B; b++)
-                        act[(int64_t)b * F + r] = v[b];
-                    dot_rows(w13 + (int64_t)(F + r) * D, h, D, B, v);
-                    for (int b = 0; b < B; b++)
-                        upb[(int64_t)b * F + r] = v[b];
-                }
                 for (int b = 0; b < B; b++)
                     silu_mul(act + (int64_t)b * F + lo, act + (int64_t)b * F + lo, upb + (int64_t)b * F + lo, hi - lo);
 #pragma omp barrier
-                matvec(m->w2[l], NULL, act, x, B, D, F, 1, t, nt); /* x += feed-forward out */
+                matvec(m->w2[l], bf, NULL, act, x, B, D, F, 1, t, nt); /* x += feed-forward out */
 #pragma omp barrier
             }
             rms_norm(x, m->norm, h, B, D, m->eps);
-            matvec(m->out, NULL, h, logits, B, m->vocab, D, 0, t, nt);
+            matvec(m->out, bf, NULL, h, logits, B, m->vocab, D, 0, t, nt);
         }
         free(h);
     }
