@@ -120,9 +120,12 @@ class PackedLlama(nn.Module):
         self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)  # (D,)
         w = model.tok_emb.weight
         fits = w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
-        lib = native_lib() if (native is None and fits) or native else None
+        if native and not fits:
+            raise ValueError(f"the compiled decode step needs float32 or bfloat16 weights on CPU, not {w.dtype} "
+                             f"on {w.device.type}")
+        lib = native_lib() if fits and native is not False else None
         if native and lib is None:
-            raise ValueError(f"the native decode step is unavailable: {native_reason()}")
+            raise ValueError(f"the compiled decode step is unavailable: {native_reason()}")
         packed = lib is None
         with torch.no_grad():
             out = model.output.weight.detach()
