@@ -6,6 +6,8 @@ then says why (`tiankong info` shows it). The build is cached under $XDG_CACHE_H
 ~/.cache/tiankong) keyed by the source, the compiler, the flags and this CPU, because -march=native
 code from one CPU may not run on another; it is written to a temporary name and renamed into
 place, so two processes building at once, or one killed mid-build, never leave a broken library.
+A failed build leaves its error message beside it, so later processes say why without compiling
+again (delete the .failed file to retry).
 """
 
 from __future__ import annotations
@@ -69,9 +71,13 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *(h.read_text() for h in HEADERS), cc, version, " ".join(FLAGS), platform.machine(),
-                                    _cpu_signature(), torch.__version__]).encode()).hexdigest()[:16]
+    parts = [SOURCE.read_text(), *(h.read_text() for h in HEADERS), cc, version, " ".join(FLAGS),
+             platform.machine(), _cpu_signature(), torch.__version__]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = _cache_dir() / f"decode-{key}.so"
+    failed = target.with_suffix(".failed")  # a failed build is not retried by every process
+    if failed.exists():
+        raise RuntimeError(f"{failed.read_text().strip()} (delete {failed} to try again)")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -80,8 +86,11 @@ def _build() -> ctypes.CDLL:
             done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                                   timeout=300)
             if done.returncode != 0:
-                first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
-                raise RuntimeError(f"compiling {SOURCE.name} failed: {first}")
+                lines = done.stderr.strip().splitlines() or ["(no message)"]
+                first = next((ln for ln in lines if "error" in ln), lines[0])
+                why = f"compiling {SOURCE.name} with {Path(cc).name} failed: {first}"
+                failed.write_text(why + "\n")
+                raise RuntimeError(why)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

@@ -170,6 +170,29 @@ print([ev.id for ev in evs if isinstance(ev, TokenEvent)])
     assert [p.suffix for p in (tmp_path / "cache" / "tiankong" / "native").iterdir()] == [".so"]
 
 
+def test_a_failing_build_is_reported_and_not_retried(tmp_path):
+    # A compiler that fails: the engine says so, runs the torch path, and the next process reads
+    # the failure from the cache instead of compiling again.
+    need_native()
+    fake = tmp_path / "fakecc"
+    calls = tmp_path / "calls"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && {{ echo fakecc 1.0; exit 0; }}\n"
+                    f"echo x >> {calls}\necho 'decode.c:1:1: error: boom' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    folder = make_model(tmp_path / "m", "llama")
+    env = {**os.environ, "CC": str(fake), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    script = ("import sys\nfrom tiankong.engine.engine import Engine\n"
+              "print(Engine.load(sys.argv[1], device='cpu', dtype='float32').decode_path)")
+    outs = [subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env,
+                           timeout=300) for _ in range(2)]
+    assert [o.returncode for o in outs] == [0, 0], outs[0].stderr
+    first, second = (o.stdout.strip() for o in outs)
+    assert first == ("torch, oneDNN-packed weights; compiled step unavailable: compiling decode.c with fakecc "
+                     "failed: decode.c:1:1: error: boom")
+    assert second.startswith(first) and "to try again)" in second
+    assert calls.read_text() == "x\n"  # compiled once
+
+
 def test_switched_off_by_environment(tmp_path):
     env = {**os.environ, "TIANKONG_NATIVE": "0"}
     folder = make_model(tmp_path / "m", "llama")
