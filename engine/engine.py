@@ -117,8 +117,8 @@ class Engine:
             return "compiled step (csrc/decode.c)"
         packed = any(isinstance(m, (PackedLlama, PackedLinear)) for m in self.model.modules())
         path = "torch, oneDNN-packed weights" if packed else "torch"
-        why = native_reason()
-        return f"{path}; compiled step unavailable: {why}" if why and isinstance(self.model, PackedLlama) else path
+        why = native_reason()  # set when the step was wanted (a packed model) and did not build
+        return f"{path}; compiled step unavailable: {why}" if why and packed else path
 
     def info(self) -> dict[str, Any]:
         """What the model is made of, for `tiankong info` and the TUI."""

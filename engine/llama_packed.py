@@ -31,7 +31,6 @@ transformers'. Built by `model.prepare_for_inference`; forward only, under infer
 
 from __future__ import annotations
 
-import ctypes
 import math
 
 import torch
@@ -41,13 +40,14 @@ from torch import nn
 from .config import ModelConfig
 from .kv_cache import KVCache, build_mask
 from .llama import Llama
-from .native import Model as NativeModel
+from .native import NativeStep
 from .native import library as native_lib
 from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
 
-# (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured at a
-# 32-token prefill: 250 us packed, 430 us plain (oneDNN reorders it per call), 790 us F.linear.
+# (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured on 32
+# rows through a 3072 x 576 weight: 250 us packed, 430 us plain (oneDNN reorders it per call),
+# 790 us with F.linear.
 _linear = torch.ops.mkldnn._linear_pointwise
 
 
@@ -161,7 +161,7 @@ class PackedLlama(nn.Module):
             # exists, so that at most one layer is held twice.
             self.layers = nn.ModuleList(self._pack_layer(cfg, layer, own) for layer in model.layers)
             assert packed or offset == arena.numel()
-        self._native = None if packed else _NativeStep(lib, self)
+        self._native = None if packed else NativeStep(lib, self)
 
     @staticmethod
     def _arena_size(cfg: ModelConfig) -> int:
@@ -197,7 +197,7 @@ class PackedLlama(nn.Module):
                 hidden: bool = False) -> torch.Tensor:
         """Same contract as Llama.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
         if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden:
-            return self._native(tokens, positions, mask, cache, start)
+            return self._native(self.tok_emb(tokens[:, 0]), positions, mask, cache, start)
         x = self.tok_emb(tokens)  # (B, T, D)
         T = tokens.shape[1]
         window = self.cfg.sliding_window
@@ -221,54 +221,6 @@ class PackedLlama(nn.Module):
     def native(self) -> bool:
         """Whether decode steps run through the compiled step."""
         return self._native is not None
-
-
-class _NativeStep:
-    """Calls csrc/decode.c's tk_decode_step with a PackedLlama's plain weights (float32 or
-    bfloat16; the step's activations are float32 either way)."""
-
-    def __init__(self, lib, model: PackedLlama) -> None:
-        cfg, layers = model.cfg, model.layers
-        self.lib, self.model = lib, model  # the model owns every tensor the pointers point into
-        self.dtype = model.output.dtype
-        # Small vectors in float32: the biases (the weights' dtype in the torch prefill), norm gain, RoPE.
-        self.biases = None if layers[0].bqkv is None else [layer.bqkv.float().contiguous() for layer in layers]
-        self.inv_freq = model.inv_freq.float().contiguous()
-        self.norm = model.norm_weight.float().contiguous()
-
-        def pointers(tensors: list[torch.Tensor]):
-            return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]),
-                               ctypes.POINTER(ctypes.c_void_p))
-
-        weights = {name: [getattr(layer, name) for layer in layers] for name in ("wqkv", "wo", "w13", "w2")}
-        for t in [model.output, *(t for ts in weights.values() for t in ts)]:
-            assert t.is_contiguous() and t.dtype == self.dtype
-        self.arrays = {name: pointers(ts) for name, ts in weights.items()}  # kept alive with the struct
-        self.arrays["bqkv"] = None if self.biases is None else pointers(self.biases)
-        self.struct = NativeModel(
-            cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size,
-            cfg.sliding_window or 0, int(self.dtype == torch.bfloat16), cfg.norm_eps, self.arrays["wqkv"],
-            self.arrays["wo"], self.arrays["w13"], self.arrays["w2"], self.arrays["bqkv"], model.output.data_ptr(),
-            self.norm.data_ptr(), self.inv_freq.data_ptr())
-
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                 cache: KVCache, start: int) -> torch.Tensor:
-        """tokens, positions (B, 1) -> logits (B, 1, V); writes slot `start` of the cache."""
-        B = tokens.shape[0]
-        assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
-        assert cache.kv.is_contiguous() and cache.kv.dtype == self.dtype
-        # (B, D) float32, a fresh tensor (the embedding's output, or its float32 copy) the step overwrites
-        x = self.model.tok_emb(tokens[:, 0]).float().contiguous()
-        pos = positions[:, 0].to(torch.int64).contiguous()
-        logits = torch.empty(B, self.model.cfg.vocab_size)
-        m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
-        assert m is None or m.shape[1] == start + 1
-        rc = self.lib.tk_decode_step(ctypes.byref(self.struct), B, x.data_ptr(), pos.data_ptr(), cache.kv.data_ptr(),
-                                     cache.max_len, start, None if m is None else m.data_ptr(),
-                                     0 if m is None else m.shape[1], logits.data_ptr(), torch.get_num_threads())
-        if rc != 0:
-            raise MemoryError("the native decode step could not allocate its scratch memory")
-        return logits[:, None]
 
 
 __all__ = ["PackedBlock", "PackedLlama"]

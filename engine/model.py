@@ -10,7 +10,9 @@ from torch import nn
 from . import gpt2, llama
 from .config import ModelConfig
 from .errors import ModelLoadError
+from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
+from .native import library as native_library
 from .packed import can_pack, pack_linears
 from .weights import NameTable, load_weights
 
@@ -89,13 +91,17 @@ def load_model(folder: str | Path, device: str | torch.device = "auto",
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """The fastest forward-only form of a loaded model on its device; consumes `model`.
 
-    On CPU (float32, or bfloat16 where the CPU has it) the Llama family becomes a PackedLlama and
-    other models get oneDNN-packed linears (packed.py); elsewhere the model comes back as it is.
+    On CPU (float32, or bfloat16 where the CPU has it) the Llama family becomes a PackedLlama, and
+    GPT-2 a PackedGPT2 where the compiled decode step builds (native.py) or else gets oneDNN-packed
+    linears (packed.py); elsewhere the model comes back as it is.
     """
     p = next(model.parameters())
     if not can_pack(p.device, p.dtype):
         return model
-    return PackedLlama(model) if isinstance(model, llama.Llama) else pack_linears(model)
+    if isinstance(model, llama.Llama):
+        return PackedLlama(model)
+    lib = native_library() if isinstance(model, gpt2.GPT2) else None
+    return PackedGPT2(model, lib) if lib is not None else pack_linears(model)
 
 
 def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path,

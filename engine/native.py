@@ -35,11 +35,12 @@ _reason: str | None = None  # why the library is unavailable, once that is known
 class Model(ctypes.Structure):
     """Mirror of decode.c's `Model` (field order and types must match)."""
 
-    _fields_ = [(name, ctypes.c_int) for name in
-                ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab", "window", "bf16")]
+    _fields_ = [(name, ctypes.c_int) for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
+                                                  "vocab", "window", "bf16", "gpt2", "gelu_tanh")]
     _fields_ += [("eps", ctypes.c_float)]
-    _fields_ += [(name, ctypes.POINTER(ctypes.c_void_p)) for name in ("wqkv", "wo", "w13", "w2", "bqkv")]
-    _fields_ += [(name, ctypes.c_void_p) for name in ("out", "norm", "inv_freq")]
+    _fields_ += [(name, ctypes.POINTER(ctypes.c_void_p))
+                 for name in ("wqkv", "wo", "w13", "w2", "bqkv", "bo", "b13", "b2")]
+    _fields_ += [(name, ctypes.c_void_p) for name in ("out", "norm", "norm_bias", "inv_freq")]
 
 
 def _cache_dir() -> Path:
@@ -122,3 +123,65 @@ def library() -> ctypes.CDLL | None:
 def reason() -> str | None:
     """Why the native step is unavailable (None when it is available or was never asked for)."""
     return _reason
+
+
+class NativeStep:
+    """A prepared model's weights bound to tk_decode_step: one call per one-token decode step.
+
+    The model (PackedLlama or PackedGPT2) provides `cfg`, `output` (V, D), `norm_weight` (D,),
+    optionally `norm_bias` and `inv_freq`, and `layers` whose blocks hold plain (out, in) weights
+    `wqkv`, `wo`, `w13`, `w2` (all float32 or all bfloat16) and optional biases `bqkv`, `bo`, `b13`,
+    `b2`; see csrc/decode.c for their layout. It owns every tensor the pointers point into.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, model: torch.nn.Module, gpt2: bool = False) -> None:
+        cfg, layers = model.cfg, model.layers
+        self.lib, self.model, self.cfg = lib, model, cfg
+        self.dtype = model.output.dtype
+
+        def f32(t: torch.Tensor | None) -> torch.Tensor | None:  # small vectors go to the step as float32
+            return None if t is None else t.detach().float().contiguous()
+
+        def pointers(tensors: list[torch.Tensor]):
+            return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]),
+                               ctypes.POINTER(ctypes.c_void_p))
+
+        self.keep: list = []  # the float32 copies and pointer arrays the struct refers to
+        arrays = {}
+        for name in ("wqkv", "wo", "w13", "w2"):
+            ts = [getattr(layer, name) for layer in layers]
+            for t in ts:
+                assert t.is_contiguous() and t.dtype == self.dtype, (name, t.dtype)
+            arrays[name] = pointers(ts)
+        for name in ("bqkv", "bo", "b13", "b2"):
+            ts = [f32(getattr(layer, name, None)) for layer in layers]
+            arrays[name] = None if ts[0] is None else pointers(ts)
+            self.keep.append(ts)
+        assert model.output.is_contiguous() and model.output.dtype == self.dtype
+        vectors = [f32(model.norm_weight), f32(getattr(model, "norm_bias", None)), f32(getattr(model, "inv_freq", None))]
+        self.keep += [arrays, vectors]
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        self.struct = Model(
+            cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size,
+            cfg.sliding_window or 0, int(self.dtype == torch.bfloat16), int(gpt2), int(cfg.activation != "gelu"),
+            cfg.norm_eps, arrays["wqkv"], arrays["wo"], arrays["w13"], arrays["w2"], arrays["bqkv"], arrays["bo"],
+            arrays["b13"], arrays["b2"], model.output.data_ptr(), *(ptr(v) for v in vectors))
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache,
+                 start: int) -> torch.Tensor:
+        """x (B, D): the new tokens' input vectors; positions (B, 1); mask (B, 1, 1, start + 1) bool or
+        None; writes slot `start` of the KV cache -> logits (B, 1, V) float32."""
+        B = x.shape[0]
+        assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
+        assert cache.kv.is_contiguous() and cache.kv.dtype == self.dtype
+        x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the step overwrites it
+        pos = positions[:, 0].to(torch.int64).contiguous()
+        logits = torch.empty(B, self.cfg.vocab_size)
+        m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
+        assert m is None or m.shape[1] == start + 1
+        rc = self.lib.tk_decode_step(ctypes.byref(self.struct), B, x.data_ptr(), pos.data_ptr(), cache.kv.data_ptr(),
+                                     cache.max_len, start, None if m is None else m.data_ptr(),
+                                     0 if m is None else m.shape[1], logits.data_ptr(), torch.get_num_threads())
+        if rc != 0:
+            raise MemoryError("the compiled decode step could not allocate its scratch memory")
+        return logits[:, None]

@@ -26,7 +26,8 @@ def need_native() -> None:
 # Five rows: one group of four plus a single row inside the kernel, different prompt lengths
 # (left padding), and for Mistral a window that the decode steps run past.
 @pytest.mark.parametrize("arch,overrides", [("llama", {}), ("mistral", dict(sliding_window=8)),
-                                            ("qwen2", {}), ("llama", dict(tie_word_embeddings=True))])
+                                            ("qwen2", {}), ("llama", dict(tie_word_embeddings=True)),
+                                            ("gpt2", {}), ("gpt2", dict(activation_function="gelu"))])
 def test_native_decode_steps_equal_transformers(tmp_path, arch, overrides):
     from transformers import AutoModelForCausalLM
 
@@ -60,7 +61,7 @@ def test_native_decode_steps_equal_transformers(tmp_path, arch, overrides):
             logits = eng.model(chosen[:, None], (slot - pad)[:, None], mask, cache, slot)[:, -1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_native_bfloat16_decode_is_as_close_to_float32_as_transformers_bfloat16(tmp_path, arch):
     # bfloat16 weights and cache, float32 activations: the decode steps' logits must be no further
     # from the float32 truth than transformers' own bfloat16 run (which rounds activations too).

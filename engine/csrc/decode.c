@@ -106,6 +106,23 @@ static void silu_mul(float *act, const float *gate, const float *up, int n) {
         act[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+/* v[i] = gelu(v[i]) in place: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), tanh(u) = 1 - 2 / (1 + e^2u);
+ * or the exact x/2 (1 + erf(x / sqrt 2)). */
+static void gelu(float *v, int n, int tanh_approx) {
+    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+    int i = 0;
+    if (tanh_approx)
+        for (; i + 16 <= n; i += 16) {
+            v16 x = load16(v + i);
+            v16 u = splat(c) * (x + splat(0.044715f) * x * x * x);
+            v16 th = splat(1.f) - splat(2.f) / (splat(1.f) + exp16(u + u));
+            store16(v + i, splat(0.5f) * x * (splat(1.f) + th));
+        }
+    for (; i < n; i++)
+        v[i] = tanh_approx ? 0.5f * v[i] * (1.f + tanhf(c * (v[i] + 0.044715f * v[i] * v[i] * v[i])))
+                           : 0.5f * v[i] * (1.f + erff(v[i] * 0.7071067811865476f));
+}
+
 static inline float hsum(v16 v) {
     v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
            __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -163,13 +180,15 @@ static inline uint16_t f32_to_bf16(float f) {
 
 typedef struct {
     int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
-    int window; /* sliding window (Mistral), 0 for none */
-    int bf16;   /* weights and KV cache in bfloat16 (else float32); activations are float32 */
+    int window;    /* sliding window (Mistral), 0 for none */
+    int bf16;      /* weights and KV cache in bfloat16 (else float32); activations are float32 */
+    int gpt2;      /* GPT-2: LayerNorm, no RoPE (positions are in x already), fc -> GELU -> proj */
+    int gelu_tanh; /* GPT-2's GELU: the tanh approximation (else the exact one) */
     float eps;
     const void *const *wqkv, *const *wo, *const *w13, *const *w2; /* per layer */
-    const float *const *bqkv;                                     /* per layer, or NULL */
+    const float *const *bqkv, *const *bo, *const *b13, *const *b2; /* per layer biases, or NULL */
     const void *out;
-    const float *norm, *inv_freq;
+    const float *norm, *norm_bias, *inv_freq; /* norm_bias (GPT-2) and inv_freq (RoPE) may be NULL */
 } Model;
 
 /* This thread's share [lo, hi) of n items split in contiguous blocks. */
@@ -201,15 +220,25 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
     }
 }
 
-/* h = x / rms(x) (* gain); every thread computes all of it into its own buffer (no barrier). */
-static void rms_norm(const float *x, const float *gain, float *h, int B, int D, float eps) {
+/* h = x / rms(x), or (x - mean) / std with layernorm, then * gain + bias where given; every
+ * thread computes all of it into its own buffer (no barrier). */
+static void norm(const float *x, const float *gain, const float *bias, float *h, int B, int D, float eps,
+                 int layernorm) {
     for (int b = 0; b < B; b++) {
         const float *xb = x + (int64_t)b * D;
         float *hb = h + (int64_t)b * D;
-        float ss = dot_f32(xb, xb, D);
-        float r = 1.0f / sqrtf(ss / D + eps);
+        float mean = 0.f;
+        if (layernorm) {
+            for (int i = 0; i < D; i++)
+                mean += xb[i];
+            mean /= D;
+            for (int i = 0; i < D; i++)
+                hb[i] = xb[i] - mean;
+            xb = hb;
+        }
+        float r = 1.0f / sqrtf(dot_f32(xb, xb, D) / D + eps);
         for (int i = 0; i < D; i++)
-            hb[i] = xb[i] * r * (gain ? gain[i] : 1.0f);
+            hb[i] = xb[i] * r * (gain ? gain[i] : 1.0f) + (bias ? bias[i] : 0.0f);
     }
 }
 
@@ -260,7 +289,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
     float *sn = cs + (size_t)B * hd / 2;
     for (int b = 0; b < B; b++)
         for (int i = 0; i < hd / 2; i++) {
-            float a = (float)pos[b] * m->inv_freq[i]; /* float32 angle, as torch computes it */
+            float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
             cs[b * hd / 2 + i] = cosf(a);
             sn[b * hd / 2 + i] = sinf(a);
         }
@@ -280,7 +309,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
             float *scores = h + (size_t)B * D;
             for (int l = 0; l < m->n_layers; l++) {
                 const int64_t kvl = l * layer_stride;
-                rms_norm(x, NULL, h, B, D, m->eps); /* the gain lives in wqkv */
+                norm(x, NULL, NULL, h, B, D, m->eps, m->gpt2); /* gain (and bias) live in wqkv (bqkv) */
                 matvec(m->wqkv[l], bf, m->bqkv ? m->bqkv[l] : NULL, h, qkv, B, Q, D, 0, t, nt);
 #pragma omp barrier
                 /* RoPE on keys, keys and values into the cache: one (row, kv head) per item. */
@@ -289,7 +318,8 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                 for (int it = lo; it < hi; it++) {
                     int b = it / Hkv, g = it % Hkv;
                     float *k = qkv + (int64_t)b * Q + (int64_t)(H + g) * hd, *v = k + (int64_t)Hkv * hd;
-                    rope(k, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
+                    if (!m->gpt2)
+                        rope(k, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
                     int64_t at = kvl + b * row_stride + g * head_stride + (int64_t)slot * hd;
                     cache_write((void *)advance(kv, bf, at), bf, k, hd);
                     cache_write((void *)advance(kv, bf, at + Hkv * head_stride), bf, v, hd);
@@ -300,7 +330,8 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                 for (int it = lo; it < hi; it++) {
                     int b = it / H, hh = it % H, g = hh / group;
                     float *q = qkv + (int64_t)b * Q + (int64_t)hh * hd;
-                    rope(q, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
+                    if (!m->gpt2)
+                        rope(q, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
                     const int64_t keys = kvl + b * row_stride + g * head_stride, vals = keys + Hkv * head_stride;
                     const uint8_t *mb = mask ? mask + b * mask_stride : NULL;
                     int j0 = m->window > 0 && slot - m->window + 1 > 0 ? slot - m->window + 1 : 0;
@@ -330,21 +361,28 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                     }
                 }
 #pragma omp barrier
-                matvec(m->wo[l], bf, NULL, att, x, B, D, H * hd, 1, t, nt); /* x += attention out */
+                matvec(m->wo[l], bf, m->bo ? m->bo[l] : NULL, att, x, B, D, H * hd, 1, t, nt); /* x += attention */
 #pragma omp barrier
-                rms_norm(x, NULL, h, B, D, m->eps); /* the gain lives in w13 */
-                /* Gate rows (0..F) into act, up rows (F..2F) into upb, then act = silu(gate) * up
-                 * over this thread's share, which both matvecs split alike. */
-                matvec(m->w13[l], bf, NULL, h, act, B, F, D, 0, t, nt);
-                matvec(advance(m->w13[l], bf, (int64_t)F * D), bf, NULL, h, upb, B, F, D, 0, t, nt);
-                share(F, t, nt, &lo, &hi);
-                for (int b = 0; b < B; b++)
-                    silu_mul(act + (int64_t)b * F + lo, act + (int64_t)b * F + lo, upb + (int64_t)b * F + lo, hi - lo);
+                norm(x, NULL, NULL, h, B, D, m->eps, m->gpt2); /* gain (and bias) live in w13 (b13) */
+                share(F, t, nt, &lo, &hi); /* the share of F rows that matvec gives this thread */
+                if (m->gpt2) {
+                    /* act = gelu(fc h + b) */
+                    matvec(m->w13[l], bf, m->b13 ? m->b13[l] : NULL, h, act, B, F, D, 0, t, nt);
+                    for (int b = 0; b < B; b++)
+                        gelu(act + (int64_t)b * F + lo, hi - lo, m->gelu_tanh);
+                } else {
+                    /* Gate rows (0..F) into act, up rows (F..2F) into upb, act = silu(gate) * up. */
+                    matvec(m->w13[l], bf, NULL, h, act, B, F, D, 0, t, nt);
+                    matvec(advance(m->w13[l], bf, (int64_t)F * D), bf, NULL, h, upb, B, F, D, 0, t, nt);
+                    for (int b = 0; b < B; b++)
+                        silu_mul(act + (int64_t)b * F + lo, act + (int64_t)b * F + lo, upb + (int64_t)b * F + lo,
+                                 hi - lo);
+                }
 #pragma omp barrier
-                matvec(m->w2[l], bf, NULL, act, x, B, D, F, 1, t, nt); /* x += feed-forward out */
+                matvec(m->w2[l], bf, m->b2 ? m->b2[l] : NULL, act, x, B, D, F, 1, t, nt); /* x += MLP out */
 #pragma omp barrier
             }
-            rms_norm(x, m->norm, h, B, D, m->eps);
+            norm(x, m->norm, m->norm_bias, h, B, D, m->eps, m->gpt2);
             matvec(m->out, bf, NULL, h, logits, B, m->vocab, D, 0, t, nt);
         }
         free(h);

@@ -41,7 +41,9 @@ def info_table(info: dict[str, Any]) -> Table:
     table.add_column("value", overflow="fold")
     for key, value in info.items():
         if key in ("folder", "decode"):
-            continue  # the folder is long (the status bar names the model); the decode path is this machine's, `tiankong info` says it
+            # The folder is long (the status bar names the model); the decode path depends on this
+            # machine's compiler, not on the model (`tiankong info` shows it).
+            continue
         if key == "parameters":
             value = f"{value:,} ({value / 1e6:.2f} M)"
         elif isinstance(value, bool):
