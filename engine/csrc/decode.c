@@ -1,5 +1,5 @@
-/* One decode step of the Llama family (Llama, Mistral, Qwen2) on CPU for B rows: weights and KV
- * cache in float32 or bfloat16, activations in float32.
+/* One decode step of the Llama family (Llama, Mistral, Qwen2) or GPT-2 on CPU for B rows: weights
+ * and KV cache in float32 or bfloat16, activations in float32.
  *
  * Why this exists: at batch 1 a decode step is ~120 matrix-vector products whose speed is how
  * fast the weights stream from memory. Through torch each product is a separate call with a fixed
@@ -15,6 +15,9 @@
  *   bqkv ((H + 2 H_kv) hd)     float32, or NULL (Qwen2 has q/k/v biases)
  *   wo (D, H hd), w13 (2F, D) (gate rows then up rows, norm gain folded), w2 (D, F)
  *   out (V, D) the vocabulary head; norm (D,) the final norm gain, applied here.
+ * GPT-2 (gpt2_packed.py, m->gpt2): LayerNorm instead of RMSNorm (gain and shift folded into the next
+ * matmul's columns and bias), no RoPE (the caller adds the position embedding to x), w13 holds
+ * the fc rows only (F, D) and the MLP is GELU(fc h + b13); wo, w13 and w2 have biases.
  * The KV cache is kv_cache.KVCache's buffer (n_layers, B, 2 H_kv, max_len, hd): keys, then values.
  *
  * bfloat16 halves the bytes a step streams, so it runs nearly twice as fast; widening bf16 to
