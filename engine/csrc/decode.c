@@ -283,13 +283,15 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
     const int64_t head_stride = (int64_t)max_len * hd, row_stride = 2 * Hkv * head_stride;
     const int64_t layer_stride = B * row_stride;
     /* Shared scratch: qkv (B, Q), attention output (B, H hd), activations and up projections
-     * (B, F) each, cos/sin (B, hd/2) each. */
-    float *qkv = malloc(sizeof(float) * ((size_t)B * Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd));
+     * (B, F) each, cos/sin (B, hd/2) each, and each thread's partial attention per (row, head):
+     * max, sum and hd weighted values. */
+    float *qkv = malloc(sizeof(float) * ((size_t)B * Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd +
+                                         (size_t)n_threads * B * H * (hd + 2)));
     if (!qkv)
         return -1;
     float *att = qkv + (size_t)B * Q, *act = att + (size_t)B * H * hd, *upb = act + (size_t)B * F;
     float *cs = upb + (size_t)B * F;
-    float *sn = cs + (size_t)B * hd / 2;
+    float *sn = cs + (size_t)B * hd / 2, *partial = sn + (size_t)B * hd / 2;
     for (int b = 0; b < B; b++)
         for (int i = 0; i < hd / 2; i++) {
             float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
@@ -301,8 +303,8 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp parallel num_threads(n_threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        /* Private scratch: the normalised input (B, D) and one head's attention scores (S,). */
-        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)S));
+        /* Private scratch: the normalised input (B, D) and a group's attention scores (group, S). */
+        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)group * S));
         if (!h) {
 #pragma omp atomic write
             failed = 1;
@@ -315,53 +317,95 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                 norm(x, NULL, NULL, h, B, D, m->eps, m->gpt2); /* gain (and bias) live in wqkv (bqkv) */
                 matvec(m->wqkv[l], bf, m->bqkv ? m->bqkv[l] : NULL, h, qkv, B, Q, D, 0, t, nt);
 #pragma omp barrier
-                /* RoPE on keys, keys and values into the cache: one (row, kv head) per item. */
+                /* RoPE on the query and key heads; keys and values into the cache. One (row, head)
+                 * per item, heads 0..H-1 the queries, H..H+H_kv-1 the keys (with their values). */
                 int lo, hi;
-                share(B * Hkv, t, nt, &lo, &hi);
+                share(B * (H + Hkv), t, nt, &lo, &hi);
                 for (int it = lo; it < hi; it++) {
-                    int b = it / Hkv, g = it % Hkv;
-                    float *k = qkv + (int64_t)b * Q + (int64_t)(H + g) * hd, *v = k + (int64_t)Hkv * hd;
+                    int b = it / (H + Hkv), hh = it % (H + Hkv);
+                    float *head = qkv + (int64_t)b * Q + (int64_t)hh * hd;
                     if (!m->gpt2)
-                        rope(k, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
-                    int64_t at = kvl + b * row_stride + g * head_stride + (int64_t)slot * hd;
-                    cache_write((void *)advance(kv, bf, at), bf, k, hd);
-                    cache_write((void *)advance(kv, bf, at + Hkv * head_stride), bf, v, hd);
+                        rope(head, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
+                    if (hh >= H) {
+                        int64_t at = kvl + b * row_stride + (hh - H) * head_stride + (int64_t)slot * hd;
+                        cache_write((void *)advance(kv, bf, at), bf, head, hd);
+                        cache_write((void *)advance(kv, bf, at + Hkv * head_stride), bf, head + (int64_t)Hkv * hd, hd);
+                    }
                 }
 #pragma omp barrier
-                /* Attention: one (row, query head) per item; q already carries 1/sqrt(hd). */
+                /* Attention, split by cache slots: each thread takes a share of the visible slots
+                 * for every (row, query head) and leaves a partial softmax (its max, sum and
+                 * weighted values); then each (row, head) merges the threads' parts. Splitting by
+                 * slots rather than heads keeps every thread busy at any head count, and each key
+                 * and value is read once for its whole group of query heads (GQA). */
+                const int j0 = m->window > 0 && slot - m->window + 1 > 0 ? slot - m->window + 1 : 0;
+                share(S - j0, t, nt, &lo, &hi);
+                const int ja = j0 + lo, n = hi - lo;
+                for (int b = 0; b < B; b++) {
+                    const uint8_t *mb = mask ? mask + b * mask_stride : NULL;
+                    for (int g = 0; g < Hkv; g++) {
+                        const int64_t keys = kvl + b * row_stride + g * head_stride, vals = keys + Hkv * head_stride;
+                        const float *qg = qkv + (int64_t)b * Q + (int64_t)g * group * hd; /* the group's queries */
+                        for (int j = 0; j < n; j++) {
+                            const int visible = !mb || mb[ja + j];
+                            const void *key = advance(kv, bf, keys + (int64_t)(ja + j) * hd);
+                            for (int k = 0; k < group; k++)
+                                scores[(int64_t)k * n + j] = !visible ? -INFINITY
+                                                             : bf ? dot_bf16(key, qg + (int64_t)k * hd, hd)
+                                                                  : dot_f32(key, qg + (int64_t)k * hd, hd);
+                        }
+                        for (int k = 0; k < group; k++) {
+                            float *sc = scores + (int64_t)k * n, *part = partial + ((int64_t)t * B * H + (int64_t)b * H +
+                                                                                    (int64_t)g * group + k) * (hd + 2);
+                            float mx = -INFINITY;
+                            for (int j = 0; j < n; j++)
+                                mx = sc[j] > mx ? sc[j] : mx;
+                            part[0] = mx;
+                            /* Masked slots hold -inf and come out of the exponential as exactly 0;
+                             * a share with no visible slot (or none at all) weighs nothing. */
+                            if (mx == -INFINITY) {
+                                memset(sc, 0, sizeof(float) * n);
+                                part[1] = 0.f;
+                            } else {
+                                part[1] = exp_shifted(sc, n, mx);
+                            }
+                            memset(part + 2, 0, sizeof(float) * hd);
+                        }
+                        float *acc0 = partial + ((int64_t)t * B * H + (int64_t)b * H + (int64_t)g * group) * (hd + 2) + 2;
+                        for (int j = 0; j < n; j++) {
+                            const void *val = advance(kv, bf, vals + (int64_t)(ja + j) * hd);
+                            for (int k = 0; k < group; k++) {
+                                float p = scores[(int64_t)k * n + j], *acc = acc0 + (int64_t)k * (hd + 2);
+                                if (p == 0.f)
+                                    continue;
+                                if (bf)
+                                    axpy_bf16(acc, p, val, hd);
+                                else
+                                    axpy_f32(acc, p, val, hd);
+                            }
+                        }
+                    }
+                }
+#pragma omp barrier
+                /* Merge: y = sum_t e^(m_t - M) acc_t / sum_t e^(m_t - M) l_t over the threads' parts. */
                 share(B * H, t, nt, &lo, &hi);
                 for (int it = lo; it < hi; it++) {
-                    int b = it / H, hh = it % H, g = hh / group;
-                    float *q = qkv + (int64_t)b * Q + (int64_t)hh * hd;
-                    if (!m->gpt2)
-                        rope(q, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
-                    const int64_t keys = kvl + b * row_stride + g * head_stride, vals = keys + Hkv * head_stride;
-                    const uint8_t *mb = mask ? mask + b * mask_stride : NULL;
-                    int j0 = m->window > 0 && slot - m->window + 1 > 0 ? slot - m->window + 1 : 0;
-                    float mx = -INFINITY;
-                    for (int j = j0; j < S; j++) {
-                        if (mb && !mb[j]) {
-                            scores[j] = -INFINITY;
-                            continue;
-                        }
-                        const void *key = advance(kv, bf, keys + (int64_t)j * hd);
-                        scores[j] = bf ? dot_bf16(key, q, hd) : dot_f32(key, q, hd);
-                        if (scores[j] > mx)
-                            mx = scores[j];
+                    float M = -INFINITY, den = 0.f, *y = att + (int64_t)it * hd;
+                    for (int u = 0; u < nt; u++) {
+                        const float mu = partial[((int64_t)u * B * H + it) * (hd + 2)];
+                        M = mu > M ? mu : M;
                     }
-                    /* Masked slots hold -inf and come out of the exponential as exactly 0. */
-                    float sum = exp_shifted(scores + j0, S - j0, mx);
-                    float *y = att + (int64_t)b * H * hd + (int64_t)hh * hd;
                     memset(y, 0, sizeof(float) * hd);
-                    for (int j = j0; j < S; j++) {
-                        if (scores[j] == 0.f)
+                    for (int u = 0; u < nt; u++) {
+                        const float *part = partial + ((int64_t)u * B * H + it) * (hd + 2);
+                        if (part[0] == -INFINITY)
                             continue;
-                        const void *val = advance(kv, bf, vals + (int64_t)j * hd);
-                        if (bf)
-                            axpy_bf16(y, scores[j] / sum, val, hd);
-                        else
-                            axpy_f32(y, scores[j] / sum, val, hd);
+                        float w = expf(part[0] - M);
+                        den += w * part[1];
+                        axpy_f32(y, w, part + 2, hd);
                     }
+                    for (int i = 0; i < hd; i++)
+                        y[i] /= den;
                 }
 #pragma omp barrier
                 matvec(m->wo[l], bf, m->bo ? m->bo[l] : NULL, att, x, B, D, H * hd, 1, t, nt); /* x += attention */
