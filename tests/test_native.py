@@ -93,6 +93,32 @@ def test_native_bfloat16_decode_is_as_close_to_float32_as_transformers_bfloat16(
     assert ours_err.max() > 1e-4
 
 
+def test_more_threads_than_cache_slots(tmp_path):
+    # 7 threads over a 3-token prompt: attention splits the slots between threads, so some get none
+    # and must weigh nothing in the merge; results must not depend on the thread count.
+    need_native()
+    folder = make_model(tmp_path / "m", "llama")
+    eng = Engine.load(folder, device="cpu", dtype="float32")
+    cfg, ids = eng.cfg, torch.tensor([eng.encode("The dog", raw=True)[:3]])
+
+    def steps(threads: int) -> torch.Tensor:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, 8, cfg.head_dim, torch.float32, "cpu")
+            with torch.inference_mode():
+                logits = eng.model(ids, torch.arange(3)[None], None, cache, 0, last_only=True)[:, -1]
+                out = []
+                for slot in range(3, 8):
+                    logits = eng.model(logits.argmax(-1)[:, None], torch.tensor([[slot]]), None, cache, slot)[:, -1]
+                    out.append(logits)
+            return torch.cat(out)
+        finally:
+            torch.set_num_threads(before)
+
+    torch.testing.assert_close(steps(7), steps(1), atol=1e-5, rtol=1e-5)
+
+
 def test_native_sliding_window_without_a_mask(tmp_path):
     # One unpadded row and mask=None: the step itself must hide the keys that left the window.
     from transformers import AutoModelForCausalLM
