@@ -158,9 +158,13 @@ class NativeStep:
             arrays[name] = None if ts[0] is None else pointers(ts)
             self.keep.append(ts)
         assert model.output.is_contiguous() and model.output.dtype == self.dtype
-        vectors = [f32(model.norm_weight), f32(getattr(model, "norm_bias", None)), f32(getattr(model, "inv_freq", None))]
+        vectors = [f32(model.norm_weight), f32(getattr(model, "norm_bias", None)),
+                   f32(getattr(model, "inv_freq", None))]
         self.keep += [arrays, vectors]
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            return None if t is None else t.data_ptr()
+
         self.struct = Model(
             cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size,
             cfg.sliding_window or 0, int(self.dtype == torch.bfloat16), int(gpt2), int(cfg.activation != "gelu"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,9 +14,7 @@ import torch
 from tiankong.engine import native
 from tiankong.engine.engine import Engine
 from tiankong.engine.kv_cache import KVCache, build_mask
-from tiny_models import make_model
-
-STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
+from tiny_models import STORIES, make_model
 
 
 def need_native() -> None:
@@ -85,7 +84,8 @@ def test_native_bfloat16_decode_is_as_close_to_float32_as_transformers_bfloat16(
             ours.append(eng.model(ids[:, slot:slot + 1], torch.tensor([[slot]]), None, cache, slot)[0, -1].float())
         ours = torch.stack(ours)  # logits at positions P-1 .. len-2
         ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(ids).logits[0, P - 1:-1]
-        hf16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()(ids).logits[0, P - 1:-1].float()
+        hf16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+        hf16 = hf16(ids).logits[0, P - 1:-1].float()
     ours_err, hf_err = (ours - ref).abs(), (hf16 - ref).abs()
     assert ours_err.mean() <= 1.5 * hf_err.mean(), (ours_err.mean(), hf_err.mean())
     assert ours_err.max() <= 1.5 * hf_err.max(), (ours_err.max(), hf_err.max())
@@ -187,7 +187,8 @@ print([ev.id for ev in evs if isinstance(ev, TokenEvent)])
                           timeout=300)
     assert bare.returncode == 0, bare.stderr
     path, ids = bare.stdout.strip().splitlines()
-    assert path == "torch, oneDNN-packed weights; compiled step unavailable: no C compiler found (set CC, or install gcc)"
+    assert path == ("torch, oneDNN-packed weights; compiled step unavailable: "
+                    "no C compiler found (set CC, or install gcc)")
     assert not (tmp_path / "cache" / "tiankong").exists()
     built = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True,
                            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=300)
@@ -225,8 +226,6 @@ def test_switched_off_by_environment(tmp_path):
     folder = make_model(tmp_path / "m", "llama")
     out = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", "info", "--model", str(folder), "--format",
                           "json"], capture_output=True, text=True, env=env, timeout=300)
-    import json
-
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["decode"] == ("torch, oneDNN-packed weights; compiled step unavailable: "
                                                 "switched off by TIANKONG_NATIVE=0")

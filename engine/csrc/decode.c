@@ -346,6 +346,8 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                     for (int g = 0; g < Hkv; g++) {
                         const int64_t keys = kvl + b * row_stride + g * head_stride, vals = keys + Hkv * head_stride;
                         const float *qg = qkv + (int64_t)b * Q + (int64_t)g * group * hd; /* the group's queries */
+                        /* This thread's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
+                        float *parts = partial + ((int64_t)t * B * H + (int64_t)b * H + (int64_t)g * group) * (hd + 2);
                         for (int j = 0; j < n; j++) {
                             const int visible = !mb || mb[ja + j];
                             const void *key = advance(kv, bf, keys + (int64_t)(ja + j) * hd);
@@ -355,8 +357,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                                                                   : dot_f32(key, qg + (int64_t)k * hd, hd);
                         }
                         for (int k = 0; k < group; k++) {
-                            float *sc = scores + (int64_t)k * n, *part = partial + ((int64_t)t * B * H + (int64_t)b * H +
-                                                                                    (int64_t)g * group + k) * (hd + 2);
+                            float *sc = scores + (int64_t)k * n, *part = parts + (int64_t)k * (hd + 2);
                             float mx = -INFINITY;
                             for (int j = 0; j < n; j++)
                                 mx = sc[j] > mx ? sc[j] : mx;
@@ -371,11 +372,10 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                             }
                             memset(part + 2, 0, sizeof(float) * hd);
                         }
-                        float *acc0 = partial + ((int64_t)t * B * H + (int64_t)b * H + (int64_t)g * group) * (hd + 2) + 2;
                         for (int j = 0; j < n; j++) {
                             const void *val = advance(kv, bf, vals + (int64_t)(ja + j) * hd);
                             for (int k = 0; k < group; k++) {
-                                float p = scores[(int64_t)k * n + j], *acc = acc0 + (int64_t)k * (hd + 2);
+                                float p = scores[(int64_t)k * n + j], *acc = parts + (int64_t)k * (hd + 2) + 2;
                                 if (p == 0.f)
                                     continue;
                                 if (bf)
