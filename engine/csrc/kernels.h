@@ -46,6 +46,45 @@ static inline __attribute__((always_inline)) void NAME(tile)(const T *w, const f
     }
 }
 
+/* out[r nb + b] = w_r . x[b] for the four consecutive weight rows w_r = w + r n and nb (2..4) rows
+ * of x: each 16-float chunk of x is loaded once for the four rows. For long rows, where tile()
+ * would stream all nb rows of x again for every weight row (they no longer fit in L1 beside it). */
+static inline __attribute__((always_inline)) void NAME(tile4)(const T *w, const float *x, int n, const int nb,
+                                                              float *out) {
+    v16 acc[4][4] = {{{0}}};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v16 xv[4];
+        for (int b = 0; b < nb; b++)
+            xv[b] = load16(x + (int64_t)b * n + i);
+        for (int r = 0; r < 4; r++) {
+            __builtin_prefetch(w + (int64_t)r * n + i + PREFETCH);
+            v16 wv = LOAD(w + (int64_t)r * n + i);
+            for (int b = 0; b < nb; b++)
+                acc[r][b] += wv * xv[b];
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < nb; b++) {
+            float s = hsum(acc[r][b]);
+            for (int k = i; k < n; k++)
+                s += GET(w, (int64_t)r * n + k) * x[(int64_t)b * n + k];
+            out[r * nb + b] = s;
+        }
+}
+
+/* out[r nb + b] for 4 consecutive weight rows and nb (1..4) rows of x: tile4, or per row. */
+static inline void NAME(rows4)(const T *w, const float *x, int n, int nb, float *out) {
+    switch (nb) {
+    case 2: NAME(tile4)(w, x, n, 2, out); break;
+    case 3: NAME(tile4)(w, x, n, 3, out); break;
+    case 4: NAME(tile4)(w, x, n, 4, out); break;
+    default:
+        for (int r = 0; r < 4; r++)
+            out[r] = NAME(dot)(w + (int64_t)r * n, x, n);
+    }
+}
+
 /* out[b] = w . x[b] for all B rows of x (B, n), in groups of up to four. */
 static inline void NAME(dot_rows)(const T *w, const float *x, int n, int B, float *out) {
     for (int b = 0; b < B; b += 4, x += (int64_t)4 * n, out += 4) {
