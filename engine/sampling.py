@@ -36,6 +36,7 @@ from tiankong.engine.errors import InputError
 SAMPLER_CHAIN: tuple[str, ...] = ("penalties", "temperature", "top_k", "top_p", "min_p", "sample")
 
 _NEG_INF = float("-inf")
+_INF = torch.tensor(float("inf"))  # 0-dim: broadcasts in _drop_below
 
 
 class ParamRange(NamedTuple):
@@ -292,8 +293,8 @@ def _top_k_top_p(
     y = x
     if max_k:
         kth = _kth_threshold(head, k)  # (B, 1)
-        y = x.masked_fill(x < kth, _NEG_INF)
-        head = head.masked_fill(head < kth, _NEG_INF)
+        y = _drop_below(x, kth)
+        head = _drop_below(head, kth)
     if p is None:
         return y
     lse = _logsumexp(y, head[:, :1])  # (B, 1)
@@ -304,7 +305,21 @@ def _top_k_top_p(
         rows = (~complete[:, 0]).nonzero()[:, 0]
         if len(rows):
             cut[rows] = _top_p_threshold(_sort_descending(y[rows]), lse[rows], p[rows])[0]
-    return y.masked_fill(y < cut, _NEG_INF)
+    return _drop_below(y, cut)
+
+
+def _drop_below(x: Tensor, threshold: Tensor) -> Tensor:
+    """x with every value below its row's (B, 1) threshold set to -inf (ties kept).
+
+    Same result as x.masked_fill(x < threshold, -inf), without its per-element branch: on a row
+    whose threshold cuts through the middle of its values (a flat distribution) that branch is
+    unpredictable, and masked_fill took 150-240 us on 4 x 49k logits against 45 us here.
+    min(x, +inf) = x where x - threshold >= 0 (+0 included) and min(x, -inf) = -inf where it is
+    negative; a -inf threshold keeps everything, -inf values stay -inf, NaN stays NaN.
+    """
+    if x.device.type != "cpu":  # GPU kernels have no such branch
+        return x.masked_fill(x < threshold, _NEG_INF)
+    return torch.minimum(x, torch.copysign(_INF, x - threshold))
 
 
 def _logsumexp(x: Tensor, row_max: Tensor) -> Tensor:
@@ -338,7 +353,7 @@ def min_p_filter(logits: Tensor, p: Tensor | float) -> Tensor:
     # prob_i < p * prob_max  <=>  x_i - x_max < log p: softmax's normaliser cancels, so the test
     # runs on the logits (one pass instead of four); p = 0 gives -inf, which keeps everything.
     threshold = logits.amax(dim=-1, keepdim=True) + p_col.log()  # (B, 1); p <= 1 keeps the top token
-    return logits.masked_fill(logits < threshold, _NEG_INF)
+    return _drop_below(logits, threshold)
 
 
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:

@@ -386,3 +386,20 @@ def test_inverse_cdf_never_picks_a_zero_probability_token():
 def test_sampler_needs_a_seed_per_row():
     with pytest.raises(ValueError, match="seed"):
         sampler(SamplingParams(), vocab=10)
+
+
+def test_drop_below_equals_masked_fill():
+    # The branch-free filter must give exactly masked_fill's result: ties with the threshold kept,
+    # -inf thresholds keeping everything, -inf and NaN values passing through.
+    from tiankong.engine.sampling import _drop_below
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 1000, generator=g)
+    x[0, :10] = float("-inf")
+    x[1, 5] = float("nan")
+    thr = torch.tensor([[0.3], [float("-inf")], [0.0], [float("inf")], [0.0]])
+    thr[4, 0] = x[4, 17]  # an exact tie
+    expected = x.masked_fill(x < thr, float("-inf"))
+    got = _drop_below(x, thr)
+    torch.testing.assert_close(got, expected, equal_nan=True, rtol=0, atol=0)
+    assert got[4, 17] == x[4, 17] and torch.isinf(got[3]).all()
