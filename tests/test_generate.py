@@ -95,6 +95,35 @@ def test_batched_equals_one_by_one(engines):
             assert a.p_sample == pytest.approx(b.p_sample, abs=1e-4)
 
 
+def test_rows_with_one_prompt_share_its_prefill(engines):
+    # Presets side by side: one prefill per distinct prompt, and every row as if it ran alone.
+    eng = engines["mistral"]
+    a, b = eng.encode("Once upon a time there", raw=True), eng.encode("The dog", raw=True)
+    prompts = [a, b, a, a]
+    params = [GREEDY.replace(max_new_tokens=10), SamplingParams(temperature=0.9, max_new_tokens=10, seed=1),
+              SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=10, seed=2),
+              SamplingParams(temperature=1.2, top_k=5, max_new_tokens=10, seed=3)]
+    prefill_rows = []
+    forward = eng.model.forward
+
+    def spy(tokens, *args, **kw):
+        if tokens.shape[1] > 1:
+            prefill_rows.append(tokens.shape[0])
+        return forward(tokens, *args, **kw)
+
+    eng.model.forward = spy
+    try:
+        batched, _ = run(eng, prompts, params)
+    finally:
+        del eng.model.forward
+    assert prefill_rows == [2]
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        alone, _ = run(eng, [p], [sp])
+        assert [e.id for e in batched[i]] == [e.id for e in alone[0]], i
+        for x, y in zip(batched[i], alone[0]):
+            assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
+
+
 def test_seeded_sampling_is_reproducible(engines):
     eng = engines["qwen2"]
     ids = eng.encode("Emoji are fun", raw=True)
