@@ -81,22 +81,26 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
         pad = torch.tensor([P - r.prompt_len for r in rows], device=device)  # (B,)
         positions = (torch.arange(P, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, P)
         dtype = next(model.parameters()).dtype
-        # Rows with the same prompt (presets side by side) share one prefill: the unique prompts
-        # run, then their cache rows and logits are copied out to every row that has them.
+        cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, total, cfg.head_dim, dtype, device)
+        sampler = BatchSampler([r.params for r in rows], cfg.vocab_size, device, prompts)
+        # Rows with the same prompt (presets side by side) share one prefill: the distinct prompts
+        # run into a prompt-sized cache, whose rows then go to every row that has that prompt.
         firsts: dict[tuple[int, ...], int] = {}
         for b, ids in enumerate(prompts):
             firsts.setdefault(tuple(ids), b)
-        unique = torch.tensor(list(firsts.values()), device=device)  # (U,) a row for each prompt
-        cache = KVCache(cfg.n_layers, len(firsts), cfg.n_kv_heads, total, cfg.head_dim, dtype, device)
-        sampler = BatchSampler([r.params for r in rows], cfg.vocab_size, device, prompts)
         t0 = time.perf_counter()
-        mask = build_mask(pad[unique], 0, P, P, cfg.sliding_window)
-        logits = model(tokens.to(device)[unique], positions[unique], mask, cache, 0, last_only=True)[:, -1]  # (U, V)
-        if len(firsts) < B:
-            position = {ids: u for u, ids in enumerate(firsts)}
-            which = torch.tensor([position[tuple(ids)] for ids in prompts], device=device)  # (B,)
-            cache.select(which)
-            logits = logits[which]  # (B, V)
+        if len(firsts) == B:
+            mask = build_mask(pad, 0, P, P, cfg.sliding_window)
+            logits = model(tokens.to(device), positions, mask, cache, 0, last_only=True)[:, -1]  # (B, V)
+        else:
+            unique = torch.tensor(list(firsts.values()), device=device)  # (U,) one row per prompt
+            shared = KVCache(cfg.n_layers, len(firsts), cfg.n_kv_heads, P, cfg.head_dim, dtype, device)
+            mask = build_mask(pad[unique], 0, P, P, cfg.sliding_window)
+            logits = model(tokens.to(device)[unique], positions[unique], mask, shared, 0, last_only=True)[:, -1]
+            index = {ids: u for u, ids in enumerate(firsts)}
+            which = torch.tensor([index[tuple(ids)] for ids in prompts], device=device)  # (B,)
+            cache.kv[:, :, :, :P] = shared.kv.index_select(1, which)  # (n_layers, B, 2 H_kv, P, hd)
+            logits = logits[which]  # (U, V) -> (B, V)
     slot = P  # next cache slot to write
     t_prefill = 0.0
 
