@@ -26,7 +26,7 @@ from torch import nn
 from .config import ModelConfig
 from .gpt2 import GPT2
 from .kv_cache import KVCache
-from .native import NativeStep
+from .native import NativeStep, WeightBuffer
 from .packed import release_pages, trim_heap
 
 _linear = torch.ops.mkldnn._linear_pointwise  # (x, W, bias, "none", [], "") -> x W^T + b; W plain here
@@ -76,24 +76,11 @@ class PackedGPT2(nn.Module):
         self.register_buffer("norm_bias", model.norm.bias.detach(), persistent=False)
         dt = model.tok_emb.weight.dtype
         D, F_ = cfg.dim, cfg.ffn_dim
-        buffer = torch.empty(cfg.vocab_size * D + cfg.n_layers * (4 * D * D + 2 * F_ * D), dtype=dt)
-        offset = 0
-
-        def own(w: torch.Tensor) -> torch.Tensor:
-            nonlocal offset
-            dest = buffer[offset:offset + w.numel()].view(w.shape)
-            offset += w.numel()
-            return dest.copy_(w)
-
+        own = WeightBuffer(cfg.vocab_size * D + cfg.n_layers * (4 * D * D + 2 * F_ * D), dt)
         with torch.no_grad():
-            out = model.output.weight.detach()
-            tied = out.data_ptr() == model.tok_emb.weight.data_ptr()
-            self.output = own(out)
-            if tied:  # lookups read the buffer's copy; the checkpoint's embedding can go
-                self.tok_emb = nn.Embedding.from_pretrained(self.output, freeze=True)
-            release_pages([out], only_file_mapped=True)
+            self.output, self.tok_emb = own.head(model.output.weight, self.tok_emb)
             self.layers = nn.ModuleList(self._fold_layer(cfg, block, own) for block in model.layers)
-        assert offset == buffer.numel()
+        assert own.used == own.data.numel()
         self._native = NativeStep(lib, self, gpt2=True)
 
     @staticmethod

@@ -40,7 +40,7 @@ from torch import nn
 from .config import ModelConfig
 from .kv_cache import KVCache, build_mask
 from .llama import Llama
-from .native import NativeStep
+from .native import NativeStep, WeightBuffer
 from .native import library as native_lib
 from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
@@ -129,7 +129,6 @@ class PackedLlama(nn.Module):
         packed = lib is None
         with torch.no_grad():
             out = model.output.weight.detach()
-            tied = out.data_ptr() == model.tok_emb.weight.data_ptr()
             if packed:
                 # The vocabulary head first, while nothing else is packed: packing a tied head
                 # reads the whole embedding, whose pages go back right after (lookups need a few
@@ -137,35 +136,20 @@ class PackedLlama(nn.Module):
                 # worth of pages. Its norm gain is applied to the one vector it reads rather than
                 # folded in, which would take one more embedding-sized copy.
                 self.output = pack_weight(out)
-                release_pages([out], only_file_mapped=tied)
+                release_pages([out], only_file_mapped=out.data_ptr() == model.tok_emb.weight.data_ptr())
                 own = pack_weight
             else:
-                # Every weight the compiled step streams goes into one buffer, in the order it is
-                # read (measured: 4% faster steps than separate tensors, the head among them read
-                # from the checkpoint's file pages). Pages of the buffer only become memory as they
-                # are filled, layer by layer, so the load still holds at most one layer twice.
-                arena = torch.empty(self._arena_size(cfg), dtype=w.dtype)
-                offset = 0
-
-                def own(w: torch.Tensor) -> torch.Tensor:
-                    nonlocal offset
-                    dest = arena[offset:offset + w.numel()].view(w.shape)
-                    offset += w.numel()
-                    return dest.copy_(w)
-
-                self.output = own(out)
-                if tied:  # lookups read the buffer's copy; the checkpoint's embedding can go
-                    self.tok_emb = nn.Embedding.from_pretrained(self.output, freeze=True)
-                release_pages([out], only_file_mapped=True)
+                own = WeightBuffer(self._arena_size(cfg), w.dtype)
+                self.output, self.tok_emb = own.head(out, self.tok_emb)
             # Then layer by layer, handing each layer's checkpoint pages back once its packed copy
             # exists, so that at most one layer is held twice.
             self.layers = nn.ModuleList(self._pack_layer(cfg, layer, own) for layer in model.layers)
-            assert packed or offset == arena.numel()
+            assert packed or own.used == own.data.numel()
         self._native = None if packed else NativeStep(lib, self)
 
     @staticmethod
     def _arena_size(cfg: ModelConfig) -> int:
-        """Floats in the compiled step's weight buffer: the head, then per layer wqkv, wo, w13, w2."""
+        """Elements in the compiled step's weight buffer: the head, then per layer wqkv, wo, w13, w2."""
         D, q = cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         return cfg.vocab_size * D + cfg.n_layers * (q * D + D * cfg.n_heads * cfg.head_dim + 3 * cfg.ffn_dim * D)
 

@@ -125,6 +125,35 @@ def reason() -> str | None:
     return _reason
 
 
+class WeightBuffer:
+    """One buffer for every weight the compiled step streams, filled in the order a step reads them
+    (measured: 4 % faster steps than separate tensors, the head among them read from the
+    checkpoint's file pages). Its pages only become memory as they are filled, so a model copied
+    in layer by layer never holds much more than one copy of its weights."""
+
+    def __init__(self, numel: int, dtype: torch.dtype) -> None:
+        self.data = torch.empty(numel, dtype=dtype)
+        self.used = 0
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        """A copy of w in the next free part of the buffer."""
+        dest = self.data[self.used:self.used + w.numel()].view(w.shape)
+        self.used += w.numel()
+        return dest.copy_(w)
+
+    def head(self, out: torch.Tensor, tok_emb: torch.nn.Embedding) -> tuple[torch.Tensor, torch.nn.Embedding]:
+        """Copy the vocabulary head in; a tied head's lookups then read the copy, so the
+        checkpoint's embedding pages can go back. Returns (head, embedding to use)."""
+        from .packed import release_pages
+
+        tied = out.data_ptr() == tok_emb.weight.data_ptr()
+        head = self(out.detach())
+        if tied:
+            tok_emb = torch.nn.Embedding.from_pretrained(head, freeze=True)
+        release_pages([out], only_file_mapped=True)
+        return head, tok_emb
+
+
 class NativeStep:
     """A prepared model's weights bound to tk_decode_step: one call per one-token decode step.
 
