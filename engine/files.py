@@ -1,0 +1,253 @@
+"""Files from strangers in, files for people out: the two rules every reader and writer follows.
+
+Reading a model folder (`model_file`, `read_model_text`, `read_model_json`):
+  * only regular files: a FIFO or a device given as `model.safetensors` would hang or never end;
+  * only files inside the folder: a symlinked `added_tokens.json -> ~/.ssh/id_rsa` must not be
+    read, and so cannot be copied into a training output the person later publishes. The one
+    exception is the Hugging Face cache layout (`snapshots/<rev>/x -> ../../blobs/<sha>`), whose
+    links stay inside the cached repository;
+  * JSON bounded in size, and a file nested thousands deep is a clear error, not a traceback.
+
+Writing (`atomic_write`, `atomic_open`, `atomic_write_text`, `atomic_write_bytes`):
+  * the data goes to a temporary file beside the target, is flushed and fsync'ed, then renamed over
+    the target and the folder is fsync'ed: a crash, Ctrl+C or full disk leaves the old file whole;
+  * a target that is a symlink is written through (the link stays, its target gets the data);
+    a device, FIFO or folder is refused, never replaced by a regular file;
+  * every OS error (full disk, read-only mount, permission, file-size limit) becomes one line
+    naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from .errors import InputError, ModelLoadError
+
+# A JSON file of a model folder larger than this is not a config (tokenizer.json of a 256k vocabulary
+# is ~35 MB); refusing it bounds memory before parsing.
+MAX_JSON_BYTES = 256 * 1024 * 1024
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _allowed_roots(folder: Path) -> list[Path]:
+    root = folder.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots":  # Hugging Face hub cache: links point into ../../blobs
+        roots.append(root.parent.parent)
+    return roots
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def model_file(folder: str | Path, name: str) -> Path | None:
+    """`folder/name` if it exists; None if it does not.
+
+    Raises ModelLoadError when it is not a regular file or is a link leading out of the folder.
+    """
+    folder = Path(folder)
+    path = folder / name
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the model folder") from None
+    real = Path(os.path.realpath(path))
+    if not any(real == r or r in real.parents for r in _allowed_roots(folder)):
+        raise ModelLoadError(f"{path} is a link to {real}, outside the model folder; "
+                             "copy the real file into the folder instead of linking it")
+    try:
+        mode = real.stat().st_mode
+    except OSError:  # a dangling link
+        raise ModelLoadError(f"{path} is a broken link; copy the real file into the folder") from None
+    if not stat.S_ISREG(mode):
+        raise ModelLoadError(f"{path} is {_kind(mode)}, not a regular file; put the real file there")
+    return path
+
+
+def read_model_text(folder: str | Path, name: str, limit: int = MAX_JSON_BYTES) -> str | None:
+    """The UTF-8 text of a model-folder file (None if absent), checked by `model_file` and bounded."""
+    path = model_file(folder, name)
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the file's permissions") from None
+    if len(data) > limit:
+        raise ModelLoadError(f"{path} is larger than {limit >> 20} MB, too large for this kind of file; "
+                             "restore it from the model's source")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                             "restore it from the model's source") from None
+
+
+def parse_json(text: str, where: str, error: type[Exception] = ModelLoadError) -> Any:
+    """json.loads raising `error` with one line naming `where` (deep nesting included)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                    "fix or re-copy the file") from None
+    except RecursionError:
+        raise error(f"{where} is nested too deeply to be a real file; restore it from its source") from None
+    except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
+        raise error(f"{where} cannot be read as JSON ({e}); fix or re-copy the file") from None
+
+
+def read_model_json(folder: str | Path, name: str, error: type[Exception] = ModelLoadError) -> Any:
+    """Parsed JSON of a model-folder file, None if absent; every failure is one line."""
+    try:
+        text = read_model_text(folder, name)
+    except ModelLoadError as e:
+        raise error(str(e)) from None
+    if text is None:
+        return None
+    return parse_json(text, str(Path(folder) / name), error)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _why(e: OSError) -> str:
+    import errno
+
+    hints = {
+        errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+        errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
+        errno.EFBIG: "the file is larger than this process may write (ulimit -f); raise the limit or write less",
+        errno.EROFS: "the file system is read-only; choose a writable folder",
+        errno.EACCES: "permission denied; choose a folder you can write to",
+        errno.EPERM: "permission denied; choose a folder you can write to",
+    }
+    return hints.get(e.errno, f"{e.strerror or e}; check the path")
+
+
+def write_target(path: str | Path) -> Path:
+    """Where writing `path` really goes: itself, or the file a symlink points to.
+
+    Raises InputError when that is a folder, a device or a FIFO, or its folder does not exist.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {_why(e)}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise InputError(f"cannot write {path}: it is {_kind(mode)}; give the path of a regular file")
+    if not target.parent.is_dir():
+        raise InputError(f"cannot write {path}: the folder {target.parent} does not exist; create it first")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temporary file that replaces `path` (whole, fsync'ed) when the block ends without error.
+
+    On an exception (Ctrl+C included) the temporary file is removed and `path` is untouched.
+    """
+    assert mode in ("w", "wb"), mode
+    target = write_target(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {_why(e)}") from None
+    try:
+        try:
+            f = os.fdopen(fd, mode, encoding=None if "b" in mode else encoding)
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _commit(Path(tmp), target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {_why(e)}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp_path)` fills a temporary file (any library may write it); it then replaces `path`."""
+    target = write_target(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {_why(e)}") from None
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _commit(Path(tmp), target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {_why(e)}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """Give the temporary file the target's permissions (or the umask's), rename it, sync the folder."""
+    try:
+        perm = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        perm = 0o666 & ~umask
+    os.chmod(tmp, perm)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in `folder` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
