@@ -7,7 +7,8 @@ Export follows TRL's "preference" dataset type (https://huggingface.co/docs/trl/
 * conversational, when the vote had a system prompt or earlier turns:
   {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}]}
 
-A K-way ranking becomes all K(K-1)/2 (better, worse) pairs. Every record also carries chosen_preset,
+A K-way ranking becomes all K(K-1)/2 (better, worse) pairs; a partial one (`3 1 enter` on four answers)
+only the pairs it expressed: C > A, and C and A over B and D, never B against D. Every record also carries chosen_preset,
 rejected_preset, chosen_model, rejected_model and vote_id, which TRL's trainers ignore. Ties and
 both-bad votes say nothing about which answer is better, so they are left out unless asked for; then
 each pair of their responses is exported with "tie": true or "both_bad": true, and "chosen"/"rejected"
@@ -54,8 +55,7 @@ def vote_pairs(vote: Vote, include_ties: bool = False, include_both_bad: bool = 
     for an included tie or both-bad vote, every pair of its responses with a "tie"/"both_bad" flag."""
     n = len(vote.responses)
     if vote.outcome == "ranked":
-        pairs = [(vote.ranking[a], vote.ranking[b]) for a, b in combinations(range(n), 2)]
-        flag = None
+        pairs, flag = vote.pairs(), None  # only what was expressed: an unranked tail stays unordered
     elif (vote.outcome == "tie" and include_ties) or (vote.outcome == "both_bad" and include_both_bad):
         pairs, flag = list(combinations(range(n), 2)), vote.outcome
     else:

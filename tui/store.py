@@ -115,6 +115,27 @@ class Vote:
     blind: bool
     created_at: str = ""  # "" = now, filled in by add_vote
     source: str = "playground"  # "import:FILE" for imported votes
+    # How many leading entries of `ranking` the rater put in order; the rest is one unordered group
+    # (pressing `3 1 enter` on four answers: C > A > {B, D}). None = the whole ranking is ordered.
+    n_ranked: int | None = None
+    prompt_id: str | None = None  # which prompt of a prompt file or answers file this vote is about
+
+    def tiers(self) -> list[list[int]]:
+        """The ranking as groups of response indices, best first; responses within a group are unordered.
+        A ranked vote: one group per ranked response, then the unranked rest; a tie or both-bad: one group."""
+        if self.outcome != "ranked":
+            return [list(range(len(self.responses)))]
+        k = len(self.ranking) if self.n_ranked is None else self.n_ranked
+        tiers = [[i] for i in self.ranking[:k]]
+        return tiers + [list(self.ranking[k:])] if self.ranking[k:] else tiers
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(better, worse) response indices the rater expressed: every response beats those in lower
+        groups; responses in one group (the unranked tail, a tie) are never paired with each other."""
+        if self.outcome != "ranked":
+            return []
+        tiers = self.tiers()
+        return [(i, j) for a, tier in enumerate(tiers) for i in tier for lower in tiers[a + 1:] for j in lower]
 
 
 def now() -> str:
@@ -172,8 +193,20 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
         created_at TEXT NOT NULL)""")
 
 
+def _v2_partial_rankings_and_queues(conn: sqlite3.Connection) -> None:
+    """Partial rankings (n_ranked), prompt ids, and where each prompt/answers file's queue stands."""
+    conn.execute("ALTER TABLE votes ADD COLUMN n_ranked INTEGER")  # NULL: the whole ranking is ordered
+    conn.execute("ALTER TABLE votes ADD COLUMN prompt_id TEXT")
+    conn.execute("""CREATE TABLE queues (
+        key TEXT PRIMARY KEY,         -- "compare:" or "rank:" + the file's content hash
+        source TEXT NOT NULL,         -- the file's path when last used
+        position INTEGER NOT NULL,    -- rounds done (voted or skipped): the next one to show
+        total INTEGER NOT NULL,
+        updated_at TEXT NOT NULL)""")
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_partial_rankings_and_queues]
 
 
 # ---------------------------------------------------------------- the store
@@ -423,9 +456,10 @@ class Store:
             for v in votes:
                 cur = conn.execute(
                     "INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "created_at, n_ranked, prompt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (v.prompt, _dumps(v.conversation), _dumps([r.to_dict() for r in v.responses]), v.outcome,
-                     _dumps(list(v.ranking)), v.rater, int(bool(v.blind)), v.source, v.created_at or t))
+                     _dumps(list(v.ranking)), v.rater, int(bool(v.blind)), v.source, v.created_at or t,
+                     v.n_ranked, v.prompt_id))
                 ids.append(int(cur.lastrowid))
             return ids
 
@@ -463,8 +497,9 @@ class Store:
     def vote_stats(self) -> dict[str, dict[str, int]]:
         """Per preset: votes it took part in, wins, losses, ties, both_bad.
 
-        A ranked vote over K responses is read as its K(K-1)/2 pairs: for each pair, the better-ranked
-        response's preset gets a win and the other's a loss. So in a 3-way ranking the first gets 2
+        A ranked vote over K responses is read as its expressed pairs (`Vote.pairs`; all K(K-1)/2 of
+        them for a full ranking): for each pair, the better-ranked response's preset gets a win and
+        the other's a loss. So in a 3-way ranking the first gets 2
         wins, the second 1 win and 1 loss, the last 2 losses. A pair of two responses with the same
         preset (e.g. two models compared under one preset) says nothing about presets and is skipped.
         A tie or both_bad vote counts once for each preset in it, however many responses used it.
@@ -479,17 +514,29 @@ class Store:
             for p in presets:
                 entry(p)["votes"] += 1
             if v.outcome == "ranked":
-                order = [v.responses[i].preset for i in v.ranking]
-                for a in range(len(order)):
-                    for b in range(a + 1, len(order)):
-                        if order[a] != order[b]:
-                            entry(order[a])["wins"] += 1
-                            entry(order[b])["losses"] += 1
+                for i, j in v.pairs():  # only the pairs the rater expressed (see Vote.pairs)
+                    if v.responses[i].preset != v.responses[j].preset:
+                        entry(v.responses[i].preset)["wins"] += 1
+                        entry(v.responses[j].preset)["losses"] += 1
             else:
                 key = "ties" if v.outcome == "tie" else "both_bad"
                 for p in presets:
                     entry(p)[key] += 1
         return dict(sorted(stats.items()))
+
+    # ---------------------------------------------------------------- prompt queues
+
+    def queue_position(self, key: str) -> int:
+        """How many rounds of the queue `key` are done (0 for a queue never seen)."""
+        rows = self._read("SELECT position FROM queues WHERE key = ?", (key,))
+        return int(rows[0]["position"]) if rows else 0
+
+    def set_queue_position(self, key: str, position: int, total: int, source: str = "") -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO queues (key, source, position, total, updated_at) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET source = excluded.source, position = excluded.position, "
+                         "total = excluded.total, updated_at = excluded.updated_at",
+                         (key, source, position, total, now()))
 
 
 # ---------------------------------------------------------------- helpers
@@ -508,6 +555,9 @@ def validate_vote(v: Vote) -> None:
         if sorted(v.ranking) != list(range(n)):
             raise InputError(f"a ranked vote's ranking must order all {n} responses once each "
                              f"(a permutation of 0..{n - 1}), got {list(v.ranking)}")
+        if v.n_ranked is not None and not (isinstance(v.n_ranked, int) and 1 <= v.n_ranked <= n):
+            raise InputError(f"a ranked vote's n_ranked (responses put in order) must be 1 to {n} or None, "
+                             f"got {v.n_ranked!r}")
     elif list(v.ranking):
         raise InputError(f"a {v.outcome} vote has no ranking; pass ranking=[], got {list(v.ranking)}")
     if not isinstance(v.prompt, str):
@@ -542,4 +592,4 @@ def _vote(r: sqlite3.Row) -> Vote:
     return Vote(id=r["id"], prompt=r["prompt"], conversation=_loads(r["conversation"]),
                 responses=[Response(**d) for d in _loads(r["responses"])], outcome=r["outcome"],
                 ranking=_loads(r["ranking"]), rater=r["rater"], blind=bool(r["blind"]),
-                created_at=r["created_at"], source=r["source"])
+                created_at=r["created_at"], source=r["source"], n_ranked=r["n_ranked"], prompt_id=r["prompt_id"])
