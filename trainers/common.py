@@ -11,18 +11,20 @@ way for all of them:
   by N / total weight);
 * gradient accumulation over micro-batches, clipping, AdamW, linear warmup + cosine decay;
 * metrics as JSONL per step (`metrics.jsonl`), a rich progress bar on rank 0;
-* checkpoints written atomically into the output folder (a Hugging Face folder that tiankong and
-  transformers load) plus `trainer_state.pt` (optimizer, scheduler, step, RNG); `resume=True`
-  continues from there to the same result an uninterrupted run gives.
+* checkpoints as one unit (`checkpoint.py`): every few minutes, at the end, and on Ctrl+C or
+  SIGTERM; `resume=True` continues from the newest one to the same result an uninterrupted run
+  gives. The output folder itself always holds the newest checkpoint's model as a plain Hugging
+  Face folder that tiankong and transformers load.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
+import signal
+import threading
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -31,7 +33,9 @@ import torch
 from torch import nn
 
 from tiankong.engine.errors import InputError
+from tiankong.engine.files import atomic_write_text
 
+from . import checkpoint as ckpt
 from .distributed import Dist, init_distributed
 from .metrics import MetricsWriter
 
@@ -62,9 +66,11 @@ class TrainConfig:
     # --- runtime
     device: str = opt("auto", "cpu, cuda, mps or auto.")
     dtype: str = opt("float32", "Parameter dtype: float32 or bfloat16.")
-    save_every: int = opt(0, "Checkpoint every N steps; 0 = only at the end.")
+    save_every: int = opt(0, "Checkpoint every N steps; 0 = by time only (--save-minutes).")
+    save_minutes: float = opt(5.0, "Checkpoint when this many minutes have passed since the last one; 0 = off.")
     eval_every: int = opt(0, "Evaluate on the held-out split every N steps; 0 = only at the end.")
     resume: bool = opt(False, "Continue an interrupted run from the output folder's last checkpoint.")
+    overwrite: bool = opt(False, "Replace what an existing, non-empty output folder holds (else it is refused).")
     progress: bool = opt(True, "Show a progress bar.")
 
     def validate(self) -> None:
@@ -75,6 +81,10 @@ class TrainConfig:
             raise InputError(f"micro_batch_size must be >= 0, got {self.micro_batch_size}")
         if not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
+        if not self.save_minutes >= 0:
+            raise InputError(f"save_minutes must be >= 0, got {self.save_minutes}")
+        if self.resume and self.overwrite:
+            raise InputError("--resume continues the run in the output folder and --overwrite replaces it; give one")
         if self.dtype not in ("float32", "bfloat16"):
             raise InputError(f"dtype must be float32 or bfloat16 for training, got {self.dtype!r}")
 
@@ -164,7 +174,10 @@ class Trainer:
 
     # ---- the loop
     def train(self) -> Path:
+        """Run to cfg.steps; on Ctrl+C or SIGTERM checkpoint and raise TrainingStopped."""
         cfg = self.cfg
+        ckpt.check_output(self.out, cfg.resume, cfg.overwrite)
+        self.dist.barrier()
         seed_everything(cfg.seed)
         self.setup()
         params = self.parameters()
@@ -174,7 +187,11 @@ class Trainer:
         self.ddp_model = self.dist.wrap(self.model)
         metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=self.step)
         batches = global_batches(self.n_items(), cfg.batch_size, cfg.seed, start_step=self.step)
-        with _progress(cfg.steps, self.step, self.name, enabled=cfg.progress and self.dist.is_main) as advance:
+        last_save = time.monotonic()
+        with _StopRequests() as stop, _progress(cfg.steps, self.step, self.name,
+                                                enabled=cfg.progress and self.dist.is_main) as advance:
+            if self.step >= cfg.steps:  # resumed a finished run: make sure its files are published
+                self.checkpoint()
             while self.step < cfg.steps:
                 row = self.train_step(next(batches))
                 self.step += 1
@@ -184,11 +201,24 @@ class Trainer:
                     row.update(self.evaluate())
                 metrics.write({"step": self.step, **row})
                 advance(row)
-                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                due = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or \
+                    (cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
+                stopping = self._agree(stop.requested)
+                if due or stopping:
                     self.checkpoint()
+                    last_save = time.monotonic()
+                if stopping and self.step < cfg.steps:
+                    metrics.close()
+                    raise TrainingStopped(self.step, cfg.steps, self.out, stop.signal_name)
         metrics.close()
         self.dist.barrier()
         return self.out
+
+    def _agree(self, flag: bool) -> bool:
+        """Whether any process was asked to stop (all ranks must stop after the same step)."""
+        if not self.dist.enabled:
+            return flag
+        return self.dist.all_reduce_sum({"stop": float(flag)})["stop"] > 0
 
     def train_step(self, batch: list[int]) -> dict[str, float]:
         """One optimisation step over a global batch; returns the step's metrics."""
@@ -224,15 +254,13 @@ class Trainer:
 
     # ---- checkpoints
     def checkpoint(self) -> None:
-        """Model files (atomic) then trainer state (atomic), on rank 0 only."""
+        """One complete checkpoint folder (model files + trainer state), then published; rank 0 only."""
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.save(self.out)
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "rng": torch.get_rng_state(), "python_rng": random.getstate(),
                      "config": self.cfg.to_dict(), "extra": self.extra_state()}
-            atomic_torch_save(state, self.out / "trainer_state.pt")
-            (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            ckpt.write(self.out, self.step, self.save, state)
+            atomic_write_text(self.out / "train_config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.dist.barrier()
 
     def extra_state(self) -> dict[str, Any]:
@@ -243,38 +271,58 @@ class Trainer:
         pass
 
     def resume_model_path(self) -> Path | None:
-        """Where setup() should load the model from: the output folder when resuming."""
-        if self.cfg.resume and (self.out / "trainer_state.pt").exists():
-            return self.out
-        return None
+        """Where setup() should load the model from: the newest checkpoint when resuming."""
+        return ckpt.latest(self.out) if self.cfg.resume else None
 
     def _load_state(self) -> None:
-        path = self.out / "trainer_state.pt"
-        if not path.exists():
-            raise InputError(f"--resume: no checkpoint in {self.out} (no trainer_state.pt); run without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        saved = _weights_step(self.out / "model.safetensors")
-        if saved is not None and saved != int(state["step"]):
-            # The model files are written before trainer_state.pt: a run stopped between the two
-            # left weights and optimizer from different steps, and resuming would silently mix them.
-            raise InputError(f"--resume: {self.out} holds weights from step {saved} but trainer state from step "
-                             f"{state['step']} (a checkpoint save was interrupted); start the run again without --resume")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        torch.set_rng_state(state["rng"])
-        random.setstate(state["python_rng"])
-        self.load_extra_state(state.get("extra", {}))
+        folder = ckpt.latest(self.out)
+        assert folder is not None  # check_output refused a resume without one
+        state = ckpt.load_state(folder)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            torch.set_rng_state(state["rng"])
+            rng = state["python_rng"]
+            random.setstate((rng[0], tuple(rng[1]), rng[2]))
+            self.load_extra_state(state.get("extra", {}))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise InputError(f"--resume: the trainer state in {folder} does not fit this run "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                             "start the run again without --resume") from None
 
 
-def _weights_step(path: Path) -> int | None:
-    """The training step a trainer recorded in model.safetensors' metadata ("step"), if any."""
-    if not path.is_file():
-        return None
-    from safetensors import safe_open
+class TrainingStopped(Exception):
+    """Ctrl+C or SIGTERM: the run stopped after a checkpoint at `step`."""
 
-    with safe_open(str(path), "pt") as f:
-        step = (f.metadata() or {}).get("step")
-    return int(step) if step is not None and str(step).isdigit() else None
+    def __init__(self, step: int, steps: int, out: Path, signal_name: str) -> None:
+        super().__init__(f"{signal_name}: stopped at step {step} of {steps}; checkpoint saved in {out}")
+        self.step, self.steps, self.out, self.signal_name = step, steps, out, signal_name
+
+
+class _StopRequests:
+    """While training, the first Ctrl+C / SIGTERM asks for a checkpoint and a clean stop after the
+    current step; a second Ctrl+C interrupts at once (the last complete checkpoint stays)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def make_adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
@@ -288,19 +336,12 @@ def make_adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(params, **kw)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _progress:
-    """rich progress bar for the step loop (rank 0), showing the latest loss."""
+    """rich progress bar for the step loop (rank 0): the latest loss and a true ETA.
+
+    The ETA is the mean time of the steps this process ran times the steps left (rich's own
+    estimate looks at the last 30 s only, which for steps of many seconds is one or two samples).
+    """
 
     def __init__(self, total: int, done: int, name: str, enabled: bool) -> None:
         self.total, self.done, self.name, self.enabled = total, done, name, enabled
@@ -308,19 +349,29 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda row: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+                            TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[info]}"),
+                            transient=False)
         self.bar.start()
-        task = self.bar.add_task(self.name, total=self.total, completed=self.done, info="")
+        task = self.bar.add_task(self.name, total=self.total, completed=self.done, info="", eta="eta -")
+        start, first = time.monotonic(), self.done
 
         def advance(row: dict[str, float]) -> None:
+            self.done += 1
+            per_step = (time.monotonic() - start) / max(1, self.done - first)
+            eta = f"eta {_clock(per_step * (self.total - self.done))}"
             info = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k in ("loss", "accuracy", "reward", "kl"))
-            self.bar.update(task, advance=1, info=info)
+            self.bar.update(task, advance=1, info=info, eta=eta)
 
         return advance
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
             self.bar.stop()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tiankong.engine.errors import InputError
+from tiankong.engine.files import atomic_write_text
 
 
 class MetricsWriter:
@@ -20,8 +21,8 @@ class MetricsWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after is not None and path.exists():
             kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= truncate_after]
-            path.write_text("".join(line + "\n" for line in kept))
+                    if (row := _row(line)) is not None and row.get("step", 0) <= truncate_after]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
         self.f = open(path, "a", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
@@ -35,13 +36,22 @@ class MetricsWriter:
             self.f = None
 
 
+def _row(line: str) -> dict[str, Any] | None:
+    """One metrics row; None for a blank line or the torn last line of a killed run."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     path = Path(run)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise InputError(f"no metrics at {path}; pass a training output folder or its metrics.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for line in path.read_text().splitlines() if (row := _row(line)) is not None]
 
 
 def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int = 100, height: int = 12) -> str:

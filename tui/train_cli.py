@@ -98,9 +98,19 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
             from tiankong.models import default_model_dir
 
             cfg.model = str(default_model_dir())  # fine-tune the bundled model unless told otherwise
+        from tiankong.trainers.checkpoint import check_output
+        from tiankong.trainers.common import TrainingStopped
+
+        check_output(Path(cfg.output), cfg.resume, cfg.overwrite)  # before anything is written there
         if name in PREFERENCE_TRAINERS and not cfg.data:
-            cfg.data = str(_votes_file(Path(cfg.output)))
-        out = trainer_cls(cfg).train()
+            votes = Path(cfg.output) / "preferences.jsonl"
+            # A resumed run trains on the votes it started with, not on those added since.
+            cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(Path(cfg.output)))
+        try:
+            out = trainer_cls(cfg).train()
+        except TrainingStopped as stop:
+            print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
+            raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
         from tiankong.trainers.metrics import plot_metrics
 
         try:
@@ -113,6 +123,16 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
     run.__name__ = name
     run.__doc__ = help
     return run
+
+
+def _resume_command() -> str:
+    """The command line that was run, with --resume (and without --overwrite)."""
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--no-resume")]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["tiankong", *args])
 
 
 def _votes_file(output: Path) -> Path:
