@@ -8,13 +8,13 @@ place that knows those spellings, so the model code reads a single, plain set of
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ModelLoadError
+from .files import model_file, read_model_object
 
 # architecture name in config.json -> model family implemented in this package
 ARCHITECTURES: dict[str, str] = {
@@ -50,9 +50,19 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # the rest of config.json, for reference
 
     def __post_init__(self) -> None:
+        # Checked before any tensor exists: a bad pair is one line naming the fields, not a torch error.
+        heads, hidden = ("n_head", "n_embd") if self.family == "gpt2" else ("num_attention_heads", "hidden_size")
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ModelLoadError(f"config.json: {heads} ({self.n_heads}) must be a multiple of "
+                                 f"num_key_value_heads ({self.n_kv_heads}); fix the values")
         if self.head_dim == 0:
+            if self.dim % self.n_heads:
+                raise ModelLoadError(f"config.json: {hidden} ({self.dim}) must be divisible by {heads} "
+                                     f"({self.n_heads}), or head_dim must be given; fix the values")
             self.head_dim = self.dim // self.n_heads
-        assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
+        if self.family == "llama" and self.head_dim % 2:
+            raise ModelLoadError(f"config.json: the head size ({self.head_dim}) must be even for rotary "
+                                 "positions; fix head_dim or hidden_size")
 
     @property
     def positional(self) -> str:
@@ -65,6 +75,7 @@ class ModelConfig:
     @classmethod
     def from_hf_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
         """Map a transformers `config.json` dict to a ModelConfig (4.x and 5.x spellings)."""
+        check_values(cfg)
         archs = cfg.get("architectures") or []
         arch = next((a for a in archs if a in ARCHITECTURES), None)
         if arch is None:
@@ -121,35 +132,81 @@ class ModelConfig:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ModelConfig:
-        path = Path(folder) / "config.json"
-        if not path.is_file():
+        if model_file(folder, "config.json") is None:
             raise ModelLoadError(f"no config.json in {folder}; point --model at a Hugging Face model folder")
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{path} is not valid JSON ({e}); restore the file from the model's source") from None
-        if not isinstance(cfg, dict):
-            raise ModelLoadError(f"{path} is not a JSON object; restore the file from the model's source")
-        return cls.from_hf_config(cfg)
+        return cls.from_hf_config(read_model_object(folder, "config.json"))
 
 
 def _rope_parameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Gather RoPE settings from either spelling; returns {"rope_theta": ..., plus any scaling}."""
     params: dict[str, Any] = {}
-    nested = cfg.get("rope_parameters")
-    if isinstance(nested, dict):  # transformers 5: theta and scaling together
-        params.update(nested)
-    if cfg.get("rope_scaling"):  # transformers 4: scaling separate
-        params.update(cfg["rope_scaling"])
+    for key in ("rope_parameters", "rope_scaling"):  # transformers 5: theta and scaling together; 4: scaling
+        if cfg.get(key) is not None:
+            params.update(cfg[key])
     if "rope_theta" in cfg and "rope_theta" not in params:
         params["rope_theta"] = cfg["rope_theta"]
+    check_values(params, "config.json rope_scaling")
     kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
     if kind == "default":
         return {"rope_theta": params.get("rope_theta", 10000.0)}
     if kind not in ("llama3", "linear"):
-        raise ModelLoadError(f"unsupported rope scaling {kind!r}; tiankong supports default, linear and llama3")
+        raise ModelLoadError(f"unsupported rope scaling {_show(kind)}; tiankong supports default, linear and llama3")
+    if kind == "llama3" and params.get("low_freq_factor", 1.0) == params.get("high_freq_factor", 4.0):
+        raise ModelLoadError("config.json rope_scaling: low_freq_factor and high_freq_factor must differ; fix them")
     params["rope_type"] = kind
     return params
+
+
+# What each config.json value must be: (type, smallest, largest). Checked before anything is built, so
+# a hostile or damaged value (a string, null, NaN, 1e300, -4) is one line naming the field instead of a
+# torch traceback, a hang or gigabytes allocated. The bounds are far beyond any real model; sizes are
+# also checked against the checkpoint's tensor shapes before building (weights.check_checkpoint).
+# Floats must be above `smallest`, ints at least it.
+_LIMITS: dict[str, tuple[type, float, float]] = {
+    "vocab_size": (int, 1, 1 << 24),
+    **dict.fromkeys(("hidden_size", "n_embd"), (int, 1, 1 << 17)),
+    **dict.fromkeys(("intermediate_size", "n_inner"), (int, 1, 1 << 20)),
+    **dict.fromkeys(("num_hidden_layers", "n_layer"), (int, 1, 1 << 12)),
+    **dict.fromkeys(("num_attention_heads", "n_head", "num_key_value_heads"), (int, 1, 1 << 12)),
+    "head_dim": (int, 1, 1 << 14),
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "sliding_window",
+                     "original_max_position_embeddings"), (int, 1, 1 << 27)),
+    "rope_theta": (float, 0, 1e12),
+    **dict.fromkeys(("rms_norm_eps", "layer_norm_epsilon"), (float, 0, 1)),
+    **dict.fromkeys(("factor", "low_freq_factor", "high_freq_factor"), (float, 0, 1e6)),
+}
+_NULLABLE = {"num_key_value_heads", "head_dim", "n_inner", "sliding_window"}
+# Values that must be of a JSON type (or null) for the code above to read them at all.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "architectures": ((list,), "a list of names such as [\"LlamaForCausalLM\"]"),
+    "model_type": ((str,), "a name such as \"llama\""),
+    **dict.fromkeys(("rope_scaling", "rope_parameters"),
+                    ((dict,), "an object such as {\"rope_type\": \"linear\", \"factor\": 2.0}, or null")),
+}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_values(cfg: Mapping[str, Any], where: str = "config.json") -> None:
+    """Raise ModelLoadError naming the first value of `cfg` that breaks _LIMITS or _TYPES."""
+    for key, (types, want) in _TYPES.items():
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, types) or key == "architectures"
+                                  and not all(isinstance(a, str) for a in value)):
+            raise ModelLoadError(f"{where}: {key} is {_show(value)}, but it must be {want}; fix the value")
+    for key, (kind, lo, hi) in _LIMITS.items():
+        value = cfg.get(key)
+        if key not in cfg or value is None and key in _NULLABLE:
+            continue
+        if kind is int:  # bool is not int here: `true` is no size
+            ok, want = type(value) is int and lo <= value <= hi, f"a whole number from {lo} to {hi}"
+        else:  # NaN and inf fail the comparison
+            ok, want = type(value) in (int, float) and lo < value <= hi, f"a number above {lo:g} and at most {hi:g}"
+        if not ok:
+            raise ModelLoadError(f"{where}: {key} is {_show(value)}, but it must be {want}; fix the value")
 
 
 def rope_inv_freq(cfg: ModelConfig) -> "torch.Tensor":

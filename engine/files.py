@@ -60,9 +60,13 @@ def _kind(mode: int) -> str:
 def model_file(folder: str | Path, name: str) -> Path | None:
     """`folder/name` if it exists; None if it does not.
 
-    Raises ModelLoadError when it is not a regular file or is a link leading out of the folder.
+    Raises ModelLoadError when it is not a regular file, is a link leading out of the folder, or
+    `name` itself leads out of it (an absolute path or `..`, e.g. a shard name in an index).
     """
     folder = Path(folder)
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ModelLoadError(f"{folder}: the file name {name!r} leads outside the model folder; "
+                             "name files inside the folder only")
     path = folder / name
     try:
         path.lstat()
@@ -83,37 +87,79 @@ def model_file(folder: str | Path, name: str) -> Path | None:
     return path
 
 
+def read_regular_bytes(path: str | Path, limit: int, error: type[Exception] = ModelLoadError) -> bytes:
+    """At most `limit` bytes of a regular file, else `error` in one line.
+
+    Opened non-blocking and checked after opening (fstat), so a FIFO or device swapped in after a
+    check still never blocks or streams forever.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise error(f"cannot read {path} ({e.strerror}); check the file and its permissions") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{path} is {_kind(mode)}, not a regular file; give the path of a real file")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise error(f"cannot read {path} ({e.strerror}); check the file and its permissions") from None
+    if len(data) > limit:
+        raise error(f"{path} is larger than {limit >> 20} MB, too large for this kind of file; "
+                    "restore it from its source")
+    return data
+
+
+def read_model_bytes(folder: str | Path, name: str, limit: int = MAX_JSON_BYTES) -> bytes | None:
+    """The bytes of a model-folder file (None if absent), checked by `model_file` and bounded."""
+    path = model_file(folder, name)
+    return None if path is None else read_regular_bytes(path, limit)
+
+
 def read_model_text(folder: str | Path, name: str, limit: int = MAX_JSON_BYTES) -> str | None:
     """The UTF-8 text of a model-folder file (None if absent), checked by `model_file` and bounded."""
-    path = model_file(folder, name)
-    if path is None:
+    data = read_model_bytes(folder, name, limit)
+    if data is None:
         return None
-    try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the file's permissions") from None
-    if len(data) > limit:
-        raise ModelLoadError(f"{path} is larger than {limit >> 20} MB, too large for this kind of file; "
-                             "restore it from the model's source")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ModelLoadError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+        raise ModelLoadError(f"{Path(folder) / name} is not UTF-8 text ({e.reason} at byte {e.start}); "
                              "restore it from the model's source") from None
+
+
+# Deeper than this is no config or index (transformers' own nest 3-4 levels); refusing it up front
+# keeps every later walk over the data (json.dumps when a trainer saves it, say) from recursing.
+MAX_JSON_DEPTH = 64
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:  # iterative: the point is not to recurse
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 def parse_json(text: str, where: str, error: type[Exception] = ModelLoadError) -> Any:
     """json.loads raising `error` with one line naming `where` (deep nesting included)."""
+    too_deep = error(f"{where} is nested too deeply to be a real file; restore it from its source")
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                     "fix or re-copy the file") from None
     except RecursionError:
-        raise error(f"{where} is nested too deeply to be a real file; restore it from its source") from None
+        raise too_deep from None
     except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
         raise error(f"{where} cannot be read as JSON ({e}); fix or re-copy the file") from None
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise too_deep
+    return data
 
 
 def read_model_json(folder: str | Path, name: str, error: type[Exception] = ModelLoadError) -> Any:
@@ -125,6 +171,17 @@ def read_model_json(folder: str | Path, name: str, error: type[Exception] = Mode
     if text is None:
         return None
     return parse_json(text, str(Path(folder) / name), error)
+
+
+def read_model_object(folder: str | Path, name: str, error: type[Exception] = ModelLoadError) -> dict[str, Any]:
+    """A model-folder JSON file that must hold an object; {} if absent."""
+    data = read_model_json(folder, name, error)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{Path(folder) / name} should hold a JSON object, not {type(data).__name__}; "
+                    "fix or re-copy the file")
+    return data
 
 
 # --- writing ---------------------------------------------------------------------------------------
