@@ -8,6 +8,11 @@ so every stored response can be reproduced.
 Blind mode (the default) labels the columns A, B, C, D in a seeded random order and reveals which
 preset or model wrote each one only after the vote. Voting (keys in `HELP`) stores one `Vote` per
 round in the `Store` at once — one transaction — and shows any store error instead of dropping it.
+
+With a `PromptQueue` (tiankong.tui.queue) the screen runs through a file's prompts one round after
+another (`tiankong compare --prompts`), or through answers made earlier, which it shows without
+generating (`tiankong rank`): a vote or `s` (skip) moves to the next round, and the store keeps the
+position, so the same file reopens where it was left. The voting keys are the same either way.
 """
 
 from __future__ import annotations
@@ -31,13 +36,13 @@ from tiankong.engine.engine import Engine, draw_seed, with_seeds
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
-from tiankong.tui.screens.votes import can_go_back
+from tiankong.tui.queue import Answer, Item, PromptQueue
+from tiankong.tui.screens.votes import can_go_back, tiers_text, verdict
 from tiankong.tui.store import Response, Store, Vote
 
 LABELS = "ABCD"
 MIN_COLUMN_WIDTH = 26  # below this many cells per column the columns stack vertically
 FRAME_S = 1 / 30  # at most this often the worker posts streamed text to the UI
-OUTCOME_TEXT = {"tie": "tie", "both_bad": "both bad"}
 
 
 def model_name(engine: Engine) -> str:
@@ -65,10 +70,13 @@ class Round:
     number: int
     prompt: str
     conversation: list[dict]  # history + the user prompt; what the vote stores
-    entrants: list[Entrant]
-    params: list[SamplingParams]  # seeds filled
+    entrants: list[Entrant]  # what generates each column ([] for answers read from a file)
+    params: list[SamplingParams]  # seeds filled ([] for answers read from a file)
     blind: bool
     shuffle_seed: int | None  # None when not blind (columns in the given order)
+    answers: list[Answer] = field(default_factory=list)  # who wrote each column, as the vote stores it
+    prompt_id: str | None = None
+    position: int | None = None  # the round's place in the queue, if any
     texts: list[str] = field(default_factory=list)
     finish: list[str | None] = field(default_factory=list)
     stats: list[str] = field(default_factory=list)
@@ -80,7 +88,10 @@ class Round:
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        k = len(self.entrants)
+        if not self.answers:
+            self.answers = [Answer(model_identity(e.engine), model_name(e.engine), e.preset.name, p.to_dict(), p.seed)
+                            for e, p in zip(self.entrants, self.params)]
+        k = len(self.answers)
         self.texts, self.finish, self.stats = [""] * k, [None] * k, [""] * k
 
 
@@ -157,7 +168,7 @@ class AnswerColumn(Vertical):
 
 
 class CompareScreen(Screen):
-    """Side-by-side answers to one prompt and a vote on them."""
+    """Side-by-side answers to one prompt (or to each prompt of a queue) and a vote on them."""
 
     CSS_PATH = "compare.tcss"
     AUTO_FOCUS = None
@@ -173,9 +184,10 @@ class CompareScreen(Screen):
         Binding("4", "pick(4)", "rank", show=False, tooltip="rank column D next"),
         Binding("backspace", "unpick", "unpick", show=False, tooltip="take back the last column number"),
         Binding("enter", "submit_ranking", "vote",
-                tooltip="store the ranking (unpressed columns follow in order): 1 enter = A better"),
+                tooltip="store the ranking (unpressed columns stay unranked, below the pressed ones): 1 enter = A better"),
         Binding("t", "vote_tie", "tie", tooltip="vote: a tie"),
         Binding("0", "vote_both_bad", "both bad", tooltip="vote: both (all) answers are bad"),
+        Binding("s", "skip", "skip", tooltip="skip this round of the queue without voting"),
         Binding("ctrl+z", "undo_vote", "undo", tooltip="undo the last stored vote (removes it from the database)"),
         Binding("n", "new_prompt", "new", tooltip="type a new prompt"),
         Binding("r", "rerun", "rerun", tooltip="run the same prompt again with new seeds"),
@@ -184,11 +196,11 @@ class CompareScreen(Screen):
     ]
     ACTIVE = {  # state -> the actions its keys run
         "idle": {"back", "undo_vote", "toggle_blind", "keys"},
-        "generating": {"stop", "undo_vote", "toggle_blind", "keys"},
-        "voting": {"back", "pick", "unpick", "submit_ranking", "vote_tie", "vote_both_bad", "undo_vote",
+        "generating": {"stop", "skip", "undo_vote", "toggle_blind", "keys"},
+        "voting": {"back", "pick", "unpick", "submit_ranking", "vote_tie", "vote_both_bad", "skip", "undo_vote",
                    "new_prompt", "rerun", "keys"},
         "voted": {"back", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
-        "failed": {"back", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
+        "failed": {"back", "skip", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
     }
 
     HELP = """\
@@ -196,15 +208,18 @@ class CompareScreen(Screen):
 
 Type a prompt and press **enter**: every column answers it at once.
 Blind mode labels the columns A–D in random order; the presets (or models)
-are revealed after you vote.
+are revealed after you vote. With a prompt file (`--prompts`) or an answers
+file (`tiankong rank`) the rounds come one after another, "37 / 300" shows
+where you are, and the file reopens there next time.
 
 When every column has finished:
 
 - **1–4**: press column numbers best first, then **enter**
-  (`1` enter = A better; `2` `1` `3` enter ranks B > A > C; unpressed columns follow in order)
+  (`1` enter = A better; `2` `1` `3` enter ranks B > A > C; `3` `1` enter on
+  four answers says C > A > the rest, and nothing about B against D)
 - **backspace** takes back the last number
-- **t** tie · **0** both (all) bad
-- **ctrl+z** undoes the last stored vote
+- **t** tie · **0** both (all) bad · **s** skip (queue)
+- **ctrl+z** undoes the last stored vote (in a queue: back to that round)
 
 **esc** stops generating (or goes back) · **n** new prompt · **r** the same
 prompt again with new seeds · **b** blind mode on/off for the next prompt · **f1** every key.
@@ -226,9 +241,14 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
 
     def __init__(self, engines: list[Engine], presets: list[Preset], store: Store, rater: str,
                  blind: bool = True, conversation: list[dict] | None = None, prompt: str | None = None,
-                 *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+                 *, queue: PromptQueue | None = None,
+                 name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self.entrants = build_entrants(list(engines), list(presets))
+        # Answers read from a file need no engine; everything else does.
+        self.answers_only = queue is not None and all(item.answers is not None for item in queue.items)
+        self.entrants = [] if self.answers_only else build_entrants(list(engines), list(presets))
+        self.n_columns = (max(len(item.answers or ()) for item in queue.items) if self.answers_only
+                          else len(self.entrants))
         self.store = store
         self.rater = rater
         self.blind = blind  # applies to the next round
@@ -237,6 +257,9 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             prompt = history.pop()["content"]  # a conversation that already ends with the prompt
         self.history = history
         self.initial_prompt = prompt
+        self.queue = queue
+        self.position = 0  # rounds of the queue done (voted or skipped)
+        self.previous: Round | None = None  # the queue's last round, for ctrl+z
         self.round: Round | None = None
         self.picks: list[int] = []  # column indices pressed so far, best first
         self._rounds = 0
@@ -246,7 +269,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
     def compose(self) -> ComposeResult:
         yield Static(id="compare-head")
         with VerticalScroll(id="columns"):
-            for _ in self.entrants:
+            for _ in range(self.n_columns):
                 yield AnswerColumn(classes="answer")
         yield Static(id="vote-bar")
         yield Input(placeholder="Prompt — Enter runs every column", id="prompt-input")
@@ -255,11 +278,21 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
     def on_mount(self) -> None:
         self._relayout()
         self._show_idle_columns()
-        if self.initial_prompt is not None:
-            self.query_one("#prompt-input", Input).value = self.initial_prompt
+        prompt_input = self.query_one("#prompt-input", Input)
+        prompt_input.display = not self.answers_only
+        if self.queue is not None:
+            self.position = self.store.queue_position(self.queue.key)
+            if self.queue_active:
+                self._start_queued()
+            else:
+                self.notify(f"All {self.queue.total} rounds of {self.queue.source} are done; "
+                            "--restart starts them again.", timeout=10)
+                prompt_input.focus()
+        elif self.initial_prompt is not None:
+            prompt_input.value = self.initial_prompt
             self._start(self.initial_prompt, fresh=False)
         else:
-            self.query_one("#prompt-input", Input).focus()
+            prompt_input.focus()
         self._refresh_bars()
 
     def on_unmount(self) -> None:
@@ -269,13 +302,23 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
     def on_resize(self, event: events.Resize) -> None:
         self._relayout()
 
+    @property
+    def k(self) -> int:
+        """Columns in use: the round's answers (an answers file may have 2 to 4 per prompt)."""
+        return len(self.round.answers) if self.round is not None else self.n_columns
+
     def _relayout(self) -> None:
-        stacked = self.size.width and self.size.width // len(self.entrants) < MIN_COLUMN_WIDTH
+        stacked = self.size.width and self.size.width // self.k < MIN_COLUMN_WIDTH
         self.query_one("#columns").set_class(bool(stacked), "-stacked")
 
     @property
     def columns(self) -> list[AnswerColumn]:
-        return list(self.query(AnswerColumn))
+        return list(self.query(AnswerColumn))[: self.k]
+
+    @property
+    def queue_active(self) -> bool:
+        """A queue with rounds left: its rounds come one after another (no free prompts meanwhile)."""
+        return self.queue is not None and self.position < self.queue.total
 
     @property
     def state(self) -> str:
@@ -298,29 +341,88 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             return
         self._start(event.value, fresh=False)
 
-    def _start(self, prompt: str, fresh: bool) -> None:
-        """Begin a round: shuffle (blind), fill seeds, clear the columns, start the worker."""
+    def _shuffled(self, k: int) -> tuple[list[int], int | None]:
+        """The next round's column order (a seeded shuffle when blind) and its seed."""
         if self.round is not None:
             self.round.cancel.set()
         self._rounds += 1
-        order = list(range(len(self.entrants)))
-        shuffle_seed = None
-        if self.blind:
-            shuffle_seed = draw_seed()
-            random.Random(shuffle_seed).shuffle(order)
-        entrants = [self.entrants[i] for i in order]
-        conversation = self.history + [{"role": "user", "content": prompt}]
-        self.round = Round(self._rounds, prompt, conversation, entrants, fill_seeds(entrants, fresh),
-                           self.blind, shuffle_seed)
-        self.picks = []
-        for col in self.columns:
-            col.set_text("")
-            col.set_foot("generating…")
+        order = list(range(k))
+        if not self.blind:
+            return order, None
+        shuffle_seed = draw_seed()
+        random.Random(shuffle_seed).shuffle(order)
+        return order, shuffle_seed
+
+    def _show_round(self, rnd: Round) -> None:
+        """Make `rnd` the current round: columns sized to it and filled, the prompt input locked."""
+        self.round, self.picks = rnd, []
+        for c, col in enumerate(self.query(AnswerColumn)):
+            col.display = c < len(rnd.answers)
+        self._relayout()
+        for c, col in enumerate(self.columns):
+            col.set_text(rnd.texts[c])
+            col.set_foot(self._foot(c))
         prompt_input = self.query_one("#prompt-input", Input)
-        prompt_input.disabled = True
-        self.query_one("#columns").focus()
+        prompt_input.disabled = not rnd.done or self.queue_active
+        if not rnd.done:
+            self.query_one("#columns").focus()
         self._refresh_bars()
-        self._generate(self.round)
+
+    def _start(self, prompt: str, fresh: bool, history: list[dict] | None = None, prompt_id: str | None = None,
+               position: int | None = None) -> None:
+        """Begin a round: shuffle (blind), fill seeds, clear the columns, start the worker."""
+        order, shuffle_seed = self._shuffled(len(self.entrants))
+        entrants = [self.entrants[i] for i in order]
+        conversation = (self.history if history is None else history) + [{"role": "user", "content": prompt}]
+        rnd = Round(self._rounds, prompt, conversation, entrants, fill_seeds(entrants, fresh), self.blind,
+                    shuffle_seed, prompt_id=prompt_id, position=position)
+        self._show_round(rnd)
+        self.query_one("#columns").focus()
+        self._generate(rnd)
+
+    def _start_queued(self) -> None:
+        """The queue's round at `position`: generated (a prompt file) or read (an answers file)."""
+        assert self.queue is not None
+        item, repeat = self.queue.at(self.position)
+        if item.answers is None:  # later repeats of a prompt always draw new seeds
+            self._start(item.prompt, fresh=repeat > 0, history=item.conversation[:-1], prompt_id=item.prompt_id,
+                        position=self.position)
+        else:
+            self._show_given(item)
+
+    def _show_given(self, item: Item) -> None:
+        """A round of answers made earlier: nothing to generate, voting opens at once."""
+        assert item.answers is not None
+        order, shuffle_seed = self._shuffled(len(item.answers))
+        given = [item.answers[i] for i in order]
+        rnd = Round(self._rounds, item.prompt, [dict(m) for m in item.conversation], [], [], self.blind,
+                    shuffle_seed, answers=[g.answer for g in given], prompt_id=item.prompt_id,
+                    position=self.position)
+        rnd.texts, rnd.finish, rnd.stats = [g.text for g in given], [g.finish_reason for g in given], \
+            [g.stats for g in given]
+        rnd.done = True
+        self._show_round(rnd)
+        self.query_one("#columns").focus()
+
+    def _advance(self) -> None:
+        """The queue's current round is done (voted or skipped): store the position, show the next."""
+        assert self.queue is not None and self.round is not None
+        self.previous = self.round
+        self.position = self.round.position + 1
+        self._save_position()
+        if self.queue_active:
+            self._start_queued()
+        else:
+            self.query_one("#prompt-input", Input).disabled = False
+            self._refresh_bars()
+            self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10)
+
+    def _save_position(self) -> None:
+        assert self.queue is not None
+        try:
+            self.store.set_queue_position(self.queue.key, self.position, self.queue.total, self.queue.source)
+        except Exception as exc:  # the votes are saved; only where to resume is not
+            self.notify(str(exc), title="Queue position not saved", severity="error", timeout=10)
 
     @work(thread=True, exclusive=True, group="compare-generate")
     def _generate(self, rnd: Round) -> None:
@@ -374,7 +476,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             return
         rnd.done = True
         prompt_input = self.query_one("#prompt-input", Input)
-        prompt_input.disabled = False
+        prompt_input.disabled = self.queue_active
         if message.error:
             rnd.error = message.error  # nothing to vote on; n / r start again
             self.notify(message.error, title="Generation failed", severity="error")
@@ -393,9 +495,15 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if action not in self.ACTIVE[self.state]:
             return False
         if action == "pick":
-            return int(parameters[0]) <= len(self.entrants)
+            return int(parameters[0]) <= self.k
         if action == "back":
             return can_go_back(self) or self.focused is not self.query_one("#prompt-input")
+        if action == "skip":
+            return self.round is not None and self.queue_active and self.round.position == self.position
+        if action == "new_prompt":
+            return not self.answers_only and not self.queue_active
+        if action == "rerun":
+            return not self.answers_only
         return True
 
     def _can_vote(self) -> bool:
@@ -422,8 +530,10 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if not self.picks:
             self.notify("Press column numbers best first (1 = A, 2 = B, …), or t for a tie, 0 for both bad.")
             return
-        ranking = self.picks + [c for c in range(len(self.entrants)) if c not in self.picks]
-        self._cast("ranked", ranking)
+        k = self.k
+        ranking = self.picks + [c for c in range(k) if c not in self.picks]
+        # Only what was pressed is ordered: with two or more columns left, they stay unordered.
+        self._cast("ranked", ranking, len(self.picks) if len(self.picks) < k - 1 else None)
 
     def action_vote_tie(self) -> None:
         if self._can_vote():
@@ -433,19 +543,20 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if self._can_vote():
             self._cast("both_bad", [])
 
-    def _cast(self, outcome: str, ranking: list[int]) -> None:
+    def _cast(self, outcome: str, ranking: list[int], n_ranked: int | None = None) -> None:
         """Store the vote (one transaction), then reveal. A store error keeps the vote on screen."""
         rnd = self.round
         assert rnd is not None
         responses = [
-            Response(label=LABELS[c], model=model_identity(ent.engine), preset=ent.preset.name,
-                     params=rnd.params[c].to_dict(), seed=rnd.params[c].seed, text=rnd.texts[c],
-                     finish_reason=rnd.finish[c] or "cancelled")
-            for c, ent in enumerate(rnd.entrants)
+            Response(label=LABELS[c], model=a.model, preset=a.preset, params=dict(a.params), seed=a.seed,
+                     text=rnd.texts[c], finish_reason=rnd.finish[c] if rnd.finish[c] is not None else "cancelled")
+            for c, a in enumerate(rnd.answers)
         ]
         vote = Vote(id=None, prompt=rnd.prompt, conversation=[dict(m) for m in rnd.conversation],
                     responses=responses, outcome=outcome, ranking=list(ranking), rater=self.rater,
-                    blind=rnd.blind and not rnd.revealed, created_at="")  # "": the store stamps it
+                    blind=rnd.blind and not rnd.revealed, created_at="",  # "": the store stamps it
+                    n_ranked=n_ranked, prompt_id=rnd.prompt_id,
+                    source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground")
         try:
             rnd.vote_id = self.store.add_vote(vote)
         except Exception as exc:  # unwritable, locked, full disk...: say so, keep the vote to retry
@@ -454,10 +565,19 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             self.notify(str(exc), title="Vote not saved", severity="error", timeout=10)
             return
         rnd.revealed = True
-        rnd.verdict = self._describe(outcome, ranking)
+        rnd.verdict = verdict(vote)
         self.picks = []
-        self._refresh_bars()
-        self.notify(f"Vote #{rnd.vote_id} saved: {self._describe(outcome, ranking)}", title="Saved")
+        names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
+        self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved")
+        if self.queue_active and rnd.position == self.position:
+            self._advance()
+        else:
+            self._refresh_bars()
+
+    def action_skip(self) -> None:
+        if self.round is not None and self.queue_active and self.round.position == self.position:
+            self.round.cancel.set()
+            self._advance()
 
     def action_undo_vote(self) -> None:
         try:
@@ -468,10 +588,18 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if undone is None:
             self.notify("No votes to undo.")
             return
-        rnd = self.round
+        rnd, prev = self.round, self.previous
         if rnd is not None and undone.id == rnd.vote_id:
             rnd.vote_id = None  # vote again on the same answers (no longer blind: they were revealed)
             self._refresh_bars()
+        elif prev is not None and undone.id == prev.vote_id and prev.position is not None:
+            # In a queue the next round has started: go back to the undone one, answers as they were.
+            if rnd is not None:
+                rnd.cancel.set()
+            prev.vote_id, self.previous = None, None
+            self.position = prev.position
+            self._save_position()
+            self._show_round(prev)
         self.notify(f"Removed vote #{undone.id} ({undone.outcome}): {_excerpt(undone.prompt, 40)}")
 
     # ------------------------------------------------------------------ other actions
@@ -498,8 +626,10 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         self._refresh_bars()
 
     def action_rerun(self) -> None:
-        if self.round is not None and self.state != "generating":
-            self._start(self.round.prompt, fresh=True)
+        rnd = self.round
+        if rnd is not None and self.state != "generating" and not self.answers_only:
+            self._start(rnd.prompt, fresh=True, history=rnd.conversation[:-1], prompt_id=rnd.prompt_id,
+                        position=rnd.position)
 
     def action_toggle_blind(self) -> None:
         self.blind = not self.blind
@@ -518,14 +648,18 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
     # ------------------------------------------------------------------ drawing
 
     def _column_name(self, c: int) -> str:
-        """What wrote column c, as revealed: the preset, the model, or both."""
+        """What wrote column c, as revealed: the preset, the model, both, or (all alike) the seed."""
         assert self.round is not None
-        ent = self.round.entrants[c]
-        if len({id(e.engine) for e in self.entrants}) == 1:
-            return ent.preset.name
-        if len({e.preset.name for e in self.entrants}) == 1:
-            return model_name(ent.engine)
-        return f"{model_name(ent.engine)} ({ent.preset.name})"
+        answers = self.round.answers
+        a = answers[c]
+        one_model, one_preset = len({x.model for x in answers}) == 1, len({x.preset for x in answers}) == 1
+        if one_model and one_preset and self.answers_only:  # e.g. generate --n 4: samples told apart by seed
+            return f"{a.preset} · seed {'?' if a.seed is None else a.seed}"
+        if one_model:
+            return a.preset
+        if one_preset:
+            return a.model_name
+        return f"{a.model_name} ({a.preset})"
 
     def _hidden(self) -> bool:
         return self.round is not None and self.round.blind and not self.round.revealed
@@ -536,8 +670,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if rnd.finish[c] is None:
             return "generating…"
         parts = [rnd.finish[c], rnd.stats[c]] if rnd.stats[c] else [rnd.finish[c]]
-        if not self._hidden():
-            parts.append(f"seed {rnd.params[c].seed}")
+        if not self._hidden() and rnd.answers[c].seed is not None:
+            parts.append(f"seed {rnd.answers[c].seed}")
         return " · ".join(p for p in parts if p)
 
     def _show_idle_columns(self) -> None:
@@ -546,31 +680,38 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             col.set_text("")
             col.set_foot("")
 
-    def _describe(self, outcome: str, ranking: list[int]) -> str:
-        if outcome != "ranked":
-            return OUTCOME_TEXT[outcome]
-        if len(ranking) == 2:
-            return f"{LABELS[ranking[0]]} better"
-        return " > ".join(LABELS[c] for c in ranking)
-
     def _set_bar(self, text: Text) -> None:
         self.query_one("#vote-bar", Static).update(text)
 
     def _refresh_bars(self) -> None:
         """Head line, column titles and the vote bar, from the current state."""
-        rnd, state, k = self.round, self.state, len(self.entrants)
+        rnd, state, k = self.round, self.state, self.k
         hidden = self._hidden()
-        engines = {id(e.engine): e.engine for e in self.entrants}
-        what = (f"{k} models" if len(engines) > 1 else f"{k} presets") + (" (hidden until you vote)" if hidden else "")
-        if not hidden and rnd is not None:
+        head = Text()
+        if self.queue is not None:
+            shown = min(self.position + 1, self.queue.total) if self.queue_active else self.queue.total
+            head.append(f"{shown} / {self.queue.total}", style="bold reverse")
+            if self.queue.repeat > 1 and self.queue_active:
+                head.append(f" round {self.queue.at(self.position)[1] + 1}/{self.queue.repeat}", style="bold")
+            head.append(" ")
+        answers = rnd.answers if rnd is not None else []
+        models = {a.model: a.model_name for a in answers} or {
+            model_identity(e.engine): model_name(e.engine) for e in self.entrants}
+        if rnd is not None and not hidden:
             what = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(k))
+        elif self.answers_only:
+            what = f"{k} answers" + (" (hidden until you vote)" if hidden else "")
         elif not hidden:
-            what = ", ".join(e.preset.name if len(engines) == 1 else model_name(e.engine) for e in self.entrants)
-        head = Text.assemble(("Compare ", "bold"), what)
-        if len(engines) == 1:
-            head.append(f" · {model_name(next(iter(engines.values())))}", style="dim")
-        if self.history:
-            head.append(f" · after {len(self.history)} chat messages", style="dim")
+            what = ", ".join(e.preset.name if len(models) == 1 else model_name(e.engine) for e in self.entrants)
+        else:
+            what = (f"{k} models" if len(models) > 1 else f"{k} presets") + " (hidden until you vote)"
+        head.append("Rank " if self.answers_only else "Compare ", style="bold")
+        head.append(what)
+        if len(models) == 1:
+            head.append(f" · {next(iter(models.values()))}", style="dim")
+        context = len(rnd.conversation) - 1 if rnd is not None else len(self.history)
+        if context:
+            head.append(f" · after {context} chat messages", style="dim")
         head.append(" · blind" if self.blind else " · open", style="dim")
         if rnd is not None and rnd.blind != self.blind:
             head.append(" (next prompt)", style="dim")
@@ -585,30 +726,34 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
 
     def _bar_text(self, state: str, k: int) -> Text:
         keys = "1–2" if k == 2 else f"1–{k}"
+        skip = " · s skip" if self.queue_active else ""
+        if self.queue is not None and not self.queue_active and state in ("idle", "voted"):
+            more = " · n new prompt" if not self.answers_only else " · esc leaves"
+            return Text.assemble(("✓ ", "bold green"), (f"All {self.queue.total} rounds done", "green"),
+                                 more + " · ctrl+z undo")
         if state == "idle":
             return Text("Type a prompt and press enter. f1 shows every key.", style="dim")
         if state == "generating":
-            return Text("Generating… Esc stops. Voting opens when every column has finished.", style="dim")
+            return Text(f"Generating… Esc stops{skip}. Voting opens when every column has finished.", style="dim")
         rnd = self.round
         assert rnd is not None
         if state == "failed":
             return Text.assemble(("Generation failed: ", "bold red"), (rnd.error or "", "red"),
-                                 " · n new prompt · r retry")
+                                 (" · n new prompt" if not self.queue_active else "") + " · r retry" + skip)
         if state == "voted":
             return Text.assemble(("✓ ", "bold green"), (f"Vote #{rnd.vote_id} saved: {rnd.verdict}", "green"),
                                  " · n new prompt · r rerun, new seeds · ctrl+z undo")
         if self.picks:
-            ranked = " > ".join(LABELS[c] for c in self.picks)
             rest = [LABELS[c] for c in range(k) if c not in self.picks]
-            line = Text.assemble(("Your ranking: ", "bold"), (ranked, "bold cyan"))
-            if rest:
-                line.append(" > …", style="bold cyan")
-                line.append(f"  (then {', '.join(rest)})", style="dim")
+            tiers = [[LABELS[c]] for c in self.picks] + ([rest] if rest else [])
+            line = Text.assemble(("Your ranking: ", "bold"), (tiers_text(tiers), "bold cyan"))
+            if len(rest) > 1:
+                line.append(f"  ({', '.join(rest)} stay unranked)", style="dim")
             line.append("  Enter saves · Backspace undoes a number")
             return line
         if k == 2:
-            return Text.assemble(("Vote: ", "bold"), "1 Enter = A better · 2 Enter = B better · t tie · 0 both bad")
-        return Text.assemble(("Rank: ", "bold"), f"press {keys} best first, then Enter · t tie · 0 all bad")
+            return Text.assemble(("Vote: ", "bold"), f"1 Enter = A better · 2 Enter = B better · t tie · 0 both bad{skip}")
+        return Text.assemble(("Rank: ", "bold"), f"press {keys} best first, then Enter · t tie · 0 all bad{skip}")
 
 
 def _excerpt(text: str, n: int) -> str:

@@ -69,14 +69,20 @@ def winner(vote: Vote) -> str:
     return who(vote, vote.ranking[0])
 
 
+def tiers_text(tiers: list[list[str]]) -> str:
+    """Labels best first: 'A better' (two answers), 'B > A > C', an unordered group in braces: 'C > A > {B, D}'."""
+    if len(tiers) == 2 and all(len(t) == 1 for t in tiers):
+        return f"{tiers[0][0]} better"
+    return " > ".join(t[0] if len(t) == 1 else "{" + ", ".join(t) + "}" for t in tiers)
+
+
 def verdict(vote: Vote) -> str:
-    """The outcome in words: 'A better', 'B > A > C', 'tie', 'both bad'."""
+    """The outcome in words: 'A better', 'B > A > C', 'C > A > {B, D}' (partial), 'tie', 'both bad'."""
     if vote.outcome == "tie":
         return "tie"
     if vote.outcome == "both_bad":
         return "both bad" if len(vote.responses) == 2 else "all bad"
-    labels = [vote.responses[i].label for i in vote.ranking]
-    return f"{labels[0]} better" if len(labels) == 2 else " > ".join(labels)
+    return tiers_text([[vote.responses[i].label for i in tier] for tier in vote.tiers()])
 
 
 def win_rate(s: dict[str, int]) -> float | None:

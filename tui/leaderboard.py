@@ -1,0 +1,223 @@
+"""A leaderboard from votes: Bradley-Terry strengths with bootstrap confidence intervals.
+
+Bradley-Terry: entry i beats entry j with probability p_i / (p_i + p_j). The strengths are fitted
+to the pairwise win counts by Hunter's (2004) MM iterations,
+
+    p_i <- W_i / sum_j N_ij / (p_i + p_j)      (W_i: i's wins, N_ij: games between i and j)
+
+which raise the likelihood at every step and converge to the maximum-likelihood strengths. They are
+shown on an Elo-like scale, 1000 + 400 log10(p_i / geometric mean of p), as Chatbot Arena does: 400
+points apart means 10:1 odds, and the average entry sits at 1000.
+
+What counts as a game: every pair a vote expressed (`Vote.pairs`, so a partial ranking's unranked
+tail gives none), and every pair of a tie or both-bad vote as half a win each way (as Chatbot Arena
+counts ties). Pairs of two responses with the same name (two samples of one preset) say nothing about
+that name and are skipped. `prior` adds that many virtual games, half won each way, to every pair that
+met, so an entry that never lost (or never won) keeps a finite strength; 0 gives the plain maximum-
+likelihood fit.
+
+Confidence intervals: the votes are resampled with replacement (`rounds` times, with a seeded
+generator, so the same votes always give the same intervals), the strengths refitted on each resample,
+and the 2.5th and 97.5th percentiles kept. Resampling whole votes keeps the pairs of one ranking together.
+
+Pure functions on numpy; rendering is a rich Table (no Textual), shared by `tiankong prefs stats` and
+the vote browser.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from tiankong.tui.store import Response, Vote
+
+SCALE, BASE = 400 / math.log(10), 1000.0  # natural-log strength -> Elo-like points
+PRIOR = 0.5  # virtual games per pair that met (half won each way): keeps unbeaten entries finite
+
+
+@dataclass(frozen=True)
+class Standing:
+    name: str
+    strength: float  # Elo-like: 1000 + 400 log10(p / geometric mean of p)
+    lo: float  # bootstrap confidence interval (nan without bootstrap rounds)
+    hi: float
+    wins: float  # ties count as half a win
+    losses: float
+    ties: int
+    n: int  # games (pairs) the entry took part in
+
+    @property
+    def win_rate(self) -> float | None:
+        """Wins over decided games, ties excluded (the stats table's win rate)."""
+        decided = self.wins + self.losses - self.ties  # each tie added half to both
+        return (self.wins - self.ties / 2) / decided if decided else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "win_rate": self.win_rate}
+
+
+# ---------------------------------------------------------------- games
+
+
+def games(votes: Iterable[Vote], key: Callable[[Response], str]) -> tuple[list[str], np.ndarray]:
+    """Every game in the votes: (names sorted, array (G, 4) of [vote index, i, j, score of i]) where
+    i and j index names and the score is 1 (i won) or 0.5 (a tie)."""
+    rows, names = [], {}
+    for v, vote in enumerate(votes):
+        if vote.outcome == "ranked":
+            pairs, score = vote.pairs(), 1.0
+        else:
+            k = len(vote.responses)
+            pairs, score = [(a, b) for a in range(k) for b in range(a + 1, k)], 0.5
+        for a, b in pairs:
+            na, nb = key(vote.responses[a]), key(vote.responses[b])
+            if na != nb:
+                rows.append((v, names.setdefault(na, len(names)), names.setdefault(nb, len(names)), score))
+    order = sorted(names)
+    remap = np.array([order.index(n) for n in names], dtype=np.int64) if names else np.zeros(0, np.int64)
+    g = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    if len(g):
+        g[:, 1], g[:, 2] = remap[g[:, 1].astype(np.int64)], remap[g[:, 2].astype(np.int64)]
+    return order, g
+
+
+def win_matrix(g: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """W[i, j] = (weighted) wins of i over j; a tie adds half to both. weights: per game."""
+    w = np.ones(len(g)) if weights is None else weights
+    i, j, s = g[:, 1].astype(np.int64), g[:, 2].astype(np.int64), g[:, 3]
+    wins = np.zeros((n, n))
+    np.add.at(wins, (i, j), w * s)
+    np.add.at(wins, (j, i), w * (1 - s))
+    return wins
+
+
+# ---------------------------------------------------------------- the fit
+
+
+def bradley_terry(wins: np.ndarray, prior: float = 0.0, tol: float = 1e-10, max_iter: int = 100_000) -> np.ndarray:
+    """Maximum-likelihood log-strengths (natural log, mean 0 over entries that played) from W[i, j] =
+    wins of i over j, by MM iterations. Entries with no games get nan; with prior 0, an entry with no
+    wins gets -inf (and one with no losses +inf, as the likelihood has no maximum then)."""
+    wins = np.asarray(wins, dtype=np.float64)
+    games_ = wins + wins.T  # (K, K) games between i and j
+    if prior:
+        wins = wins + (prior / 2) * (games_ > 0)
+        games_ = wins + wins.T
+    played = games_.sum(1) > 0
+    total = wins.sum(1)
+    theta = np.full(len(wins), np.nan)
+    if not played.any():
+        return theta
+    w, n = total[played], games_[np.ix_(played, played)]
+    p = np.ones(len(w))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(max_iter):
+            new = w / (n / (p[:, None] + p[None, :])).sum(1)
+            alive = new > 0
+            if not alive.any():
+                break
+            new = new / np.exp(np.log(new[alive]).mean())  # fix the scale: geometric mean 1
+            done = np.nanmax(np.abs(np.log(new[alive]) - np.log(p[alive]))) < tol
+            p = new
+            if done:
+                break
+        t = np.log(p)
+    finite = np.isfinite(t)
+    t = t - t[finite].mean() if finite.any() else t
+    # An unbeaten entry's p keeps growing relative to the rest: report it as +inf rather than "large".
+    unbeaten = (wins.sum(0)[played] == 0) & (w > 0) & (prior == 0) & (len(w) > 1)
+    t[unbeaten] = np.inf
+    theta[played] = t
+    return theta
+
+
+def elo(theta: np.ndarray) -> np.ndarray:
+    """Natural-log strengths (mean 0) on the Elo-like scale."""
+    return BASE + SCALE * np.asarray(theta)
+
+
+def bootstrap(g: np.ndarray, n: int, n_votes: int, rounds: int = 200, seed: int = 0, prior: float = PRIOR,
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) Elo-like bounds per entry: refit on `rounds` resamples of the votes (with replacement)."""
+    if rounds <= 0 or n_votes == 0:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    rng = np.random.default_rng(seed)
+    vote_of = g[:, 0].astype(np.int64)
+    fits = np.empty((rounds, n))
+    for r in range(rounds):
+        counts = np.bincount(rng.integers(0, n_votes, n_votes), minlength=n_votes)  # times each vote drawn
+        fits[r] = elo(bradley_terry(win_matrix(g, n, counts[vote_of].astype(np.float64)), prior=prior))
+    tail = 100 * (1 - level) / 2
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanpercentile(fits, [tail, 100 - tail], axis=0) if rounds else (fits[0], fits[0])
+    return lo, hi
+
+
+def leaderboard(votes: list[Vote], key: Callable[[Response], str], rounds: int = 200, seed: int = 0,
+                prior: float = PRIOR, level: float = 0.95) -> list[Standing]:
+    """Standings of every name `key` gives the votes' responses, strongest first."""
+    names, g = games(votes, key)
+    if not names:
+        return []
+    wins = win_matrix(g, len(names))
+    strength = elo(bradley_terry(wins, prior=prior))
+    lo, hi = bootstrap(g, len(names), len(votes), rounds=rounds, seed=seed, prior=prior, level=level)
+    tie_count = np.zeros(len(names), dtype=np.int64)
+    for _, i, j, s in g[g[:, 3] == 0.5]:
+        tie_count[int(i)] += 1
+        tie_count[int(j)] += 1
+    out = [Standing(name, float(strength[k]), float(lo[k]), float(hi[k]), float(wins[k].sum()),
+                    float(wins[:, k].sum()), int(tie_count[k]), int(round(wins[k].sum() + wins[:, k].sum())))
+           for k, name in enumerate(names)]
+    return sorted(out, key=lambda s: (-s.strength, s.name))
+
+
+def by_preset(r: Response) -> str:
+    return r.preset
+
+
+def by_model(r: Response) -> str:
+    return r.model
+
+
+def leaderboards(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[str, list[Standing]]:
+    """The preset and the model leaderboards of the same votes."""
+    return {"presets": leaderboard(votes, by_preset, rounds, seed), "models": leaderboard(votes, by_model, rounds, seed)}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def short_names(names: list[str]) -> dict[str, str]:
+    """Model paths by their folder name, unless two share it (then the whole path)."""
+    tails = [Path(n).name or n for n in names]
+    return {n: (t if tails.count(t) == 1 else n) for n, t in zip(names, tails)}
+
+
+def standings_table(standings: list[Standing], title: str, paths: bool = False, level: float = 0.95) -> Table:
+    """name, strength, confidence interval, win rate, games; `paths` shortens model paths to folder names."""
+    shown = short_names([s.name for s in standings]) if paths else {s.name: s.name for s in standings}
+    table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 1),
+                  caption=f"Bradley-Terry strength (Elo-like); {level:.0%} bootstrap interval; "
+                          "win rate excludes ties; n = games", caption_justify="left", caption_style="dim")
+    table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=24)
+    for col in ("strength", f"{level:.0%} CI", "win rate", "n"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for s in standings:
+        rate = s.win_rate
+        table.add_row(shown[s.name], _points(s.strength), f"{_points(s.lo)} – {_points(s.hi)}",
+                      "–" if rate is None else f"{rate:.0%}", str(s.n))
+    return table
+
+
+def _points(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return f"{x:.0f}"
