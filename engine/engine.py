@@ -29,7 +29,7 @@ from .model import load_model, prepare_for_inference
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .sampling import SamplingParams
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer, check_fits, load_tokenizer
 
 
 def draw_seed() -> int:
@@ -67,6 +67,7 @@ class Engine:
         if pack:
             model = prepare_for_inference(model)
         tokenizer = load_tokenizer(folder)
+        check_fits(tokenizer, cfg.vocab_size, folder)
         return cls(model, cfg, tokenizer, ChatTemplate.from_folder(folder, tokenizer), folder, n_params)
 
     @property

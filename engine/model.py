@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
 from .native import library as native_library
 from .packed import can_pack, pack_linears
-from .weights import NameTable, load_weights
+from .weights import NameTable, check_checkpoint, load_weights
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
@@ -79,9 +80,13 @@ def load_model(folder: str | Path, device: str | torch.device = "auto",
     cfg = ModelConfig.from_folder(folder)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    table = name_table(cfg)
+    with torch.device("meta"):  # a one-layer model gives every tensor's expected shape, for nothing
+        one_layer = build_model(replace(cfg, n_layers=1))
+    check_checkpoint(folder, cfg, table, one_layer)
     with torch.device("meta"):
         model = build_model(cfg)
-    load_weights(model, cfg, folder, name_table(cfg), dt, dev)
+    load_weights(model, cfg, folder, table, dt, dev)
     # Buffers (RoPE frequencies) were made on meta: recompute them for real, kept in float32.
     if cfg.family == "llama":
         model.inv_freq = llama.rope_inv_freq(cfg).to(dev)

@@ -14,7 +14,6 @@ The special-token settings come from `tokenizer_config.json`, `special_tokens_ma
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from .errors import TokenizerError
+from .files import model_file, read_model_bytes, read_model_object, read_model_text
 
 # The special-token attributes transformers knows by name; chat templates see these as variables.
 NAMED_SPECIAL_TOKENS = (
@@ -110,7 +110,15 @@ class HFTokenizer(Tokenizer):
         self._style = _piece_style(backend)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except BaseException as error:  # Rust: a bare Exception (a WordLevel model with no unk_token), or a
+            # panic, a BaseException (a pre-tokenizer regex that hits Oniguruma's backtracking limit)
+            if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            shown = text[:20] + ("..." if len(text) > 20 else "")
+            raise TokenizerError(f"the tokenizer cannot encode {shown!r} ({_first_line(error)}); fix its "
+                                 "tokenizer.json (e.g. give the model an unk_token) or change the text") from None
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         text = self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -154,7 +162,7 @@ class SentencePieceTokenizer(HFTokenizer):
     """A folder with only tokenizer.model, converted to a `tokenizers` pipeline like transformers' LlamaTokenizer."""
 
     @classmethod
-    def from_model_file(cls, path: Path, settings: _FolderSettings) -> SentencePieceTokenizer:
+    def from_model_bytes(cls, path: Path, data: bytes, settings: _FolderSettings) -> SentencePieceTokenizer:
         try:
             import sentencepiece
         except ImportError as error:  # pragma: no cover - sentencepiece is a dependency
@@ -163,8 +171,8 @@ class SentencePieceTokenizer(HFTokenizer):
             ) from error
         processor = sentencepiece.SentencePieceProcessor()
         try:
-            processor.Load(str(path))
-        except (OSError, RuntimeError) as error:
+            processor.LoadFromSerializedProto(data)
+        except (OSError, RuntimeError, TypeError) as error:
             raise TokenizerError(
                 f"{path} is not a readable SentencePiece model; re-copy tokenizer.model from the original model"
             ) from error
@@ -200,25 +208,42 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     if not folder.is_dir():
         raise TokenizerError(f"{folder} is not a folder; pass the model folder that holds tokenizer.json")
     settings = _FolderSettings.read(folder)
-    json_path = folder / "tokenizer.json"
-    if json_path.is_file():
+    text = read_model_text(folder, "tokenizer.json")  # bounded, and only a regular file inside the folder
+    if text is not None:
         try:
-            backend = _Backend.from_file(str(json_path))
+            backend = _Backend.from_str(text)
         except Exception as error:  # the Rust side raises a bare Exception for malformed files
             raise TokenizerError(
-                f"{json_path} cannot be parsed ({_first_line(error)}); re-copy it from the original model"
-            ) from error
+                f"{folder / 'tokenizer.json'} cannot be parsed ({_first_line(error)}); re-copy it from the original model"
+            ) from None
         # transformers drops add_bos_token/add_eos_token when tokenizer.json exists: its post-processor rules
         settings.flags_rule_post_processor = False
         settings.add_bos_flag = settings.add_eos_flag = False
         return HFTokenizer(backend, settings)
-    model_path = folder / "tokenizer.model"
-    if model_path.is_file():
-        return SentencePieceTokenizer.from_model_file(model_path, settings)
+    model_bytes = read_model_bytes(folder, "tokenizer.model")
+    if model_bytes is not None:
+        return SentencePieceTokenizer.from_model_bytes(folder / "tokenizer.model", model_bytes, settings)
     raise TokenizerError(
         f"no tokenizer in {folder}: looked for {' and '.join(_TOKENIZER_FILES)}; "
         "copy the tokenizer files from the original model into the folder"
     )
+
+
+def check_fits(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None:
+    """Every id the tokenizer can produce, and its BOS/EOS, must be a row of the model's embedding.
+
+    A token added beyond the embedding (tokenizer_config.json listing one more special token, say)
+    would otherwise fail deep inside the model with an index error the first time it is used.
+    """
+    ids = {tokenizer.vocab_size - 1, tokenizer.bos_id, *tokenizer.eos_ids} - {None}
+    bad = sorted(i for i in ids if not 0 <= i < rows)
+    if bad:
+        try:
+            token = repr(tokenizer.id_to_piece(bad[-1]))
+        except IndexError:
+            token = "a token"
+        raise TokenizerError(f"{folder}: {token} has id {bad[-1]}, beyond the model's {rows} embedding rows "
+                             "(config.json vocab_size); remove it from the tokenizer files or use the model's own")
 
 
 class IncrementalDecoder:
@@ -298,11 +323,11 @@ class _FolderSettings:
     @classmethod
     def read(cls, folder: Path) -> _FolderSettings:
         settings = cls()
-        config = _read_json(folder / "tokenizer_config.json")
-        token_map = _read_json(folder / "special_tokens_map.json")
-        generation = _read_json(folder / "generation_config.json")
+        config, token_map, generation, added = (
+            read_model_object(folder, name, TokenizerError) for name in _SETTINGS_FILES)
         if not generation:
-            generation = _read_json(folder / "config.json")  # older models keep eos_token_id only here
+            generation = read_model_object(folder, "config.json", TokenizerError)  # older models keep eos_token_id only here
+        _check_types(folder, config, token_map, added)
 
         for key in NAMED_SPECIAL_TOKENS:
             if key in config:
@@ -312,7 +337,7 @@ class _FolderSettings:
             for key in NAMED_SPECIAL_TOKENS:
                 if key in token_map:
                     settings.named[key] = _token_content(token_map[key])
-        if not (folder / "tokenizer.json").is_file():
+        if model_file(folder, "tokenizer.json") is None:
             # transformers' LlamaTokenizer defaults, used when building from tokenizer.model
             for key, default in (("unk_token", "<unk>"), ("bos_token", "<s>"), ("eos_token", "</s>")):
                 settings.named.setdefault(key, default)
@@ -341,16 +366,24 @@ class _FolderSettings:
         return settings
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TokenizerError(f"{path} is not valid JSON ({_first_line(error)}); fix or re-copy the file") from error
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} should hold a JSON object; fix or re-copy the file")
-    return data
+_SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json")
+# tokenizer_config.json / special_tokens_map.json keys whose JSON type the reading code relies on
+_LIST_OR_OBJECT = ("additional_special_tokens", "extra_special_tokens")
+
+
+def _check_types(folder: Path, config: dict, token_map: dict, added: dict) -> None:
+    """One line naming the file and key when a settings value has a type no tokenizer uses."""
+    def bad(name: str, key: str, want: str) -> TokenizerError:
+        return TokenizerError(f"{folder / name}: {key} must be {want}; fix or re-copy the file")
+
+    if not isinstance(config.get("added_tokens_decoder") or {}, dict):
+        raise bad("tokenizer_config.json", "added_tokens_decoder", 'an object of id -> {"content": ...}')
+    for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", token_map)):
+        for key in _LIST_OR_OBJECT:
+            if not isinstance(data.get(key) or [], (list, dict)):
+                raise bad(name, key, "a list of tokens")
+    if not all(isinstance(i, int) and i >= 0 for i in added.values()):
+        raise bad("added_tokens.json", "every value", "a token id (a whole number)")
 
 
 def _token_content(value: Any) -> str | None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import ModelConfig, to_hf_config
 from .errors import ModelLoadError
+from .files import model_file, read_model_object
 
 
 def embedding(num: int, dim: int) -> nn.Embedding:
@@ -40,7 +41,8 @@ def embedding(num: int, dim: int) -> nn.Embedding:
 
 
 def _pattern(name: str) -> re.Pattern[str]:
-    return re.compile(re.escape(name).replace(r"\{\}", r"(\d+)") + "$")
+    # A layer number of 10+ digits is no real layer: the name stays unmatched and is reported.
+    return re.compile(re.escape(name).replace(r"\{\}", r"(\d{1,9})") + "$")
 
 
 class NameTable:
@@ -53,15 +55,23 @@ class NameTable:
         self.ignored = [_pattern(p) for p in ignored]
         self.prefix = prefix
 
-    def target(self, name: str) -> tuple[str, bool] | None:
-        """(module name, transpose?) for a checkpoint name; None if it is not ours."""
+    def match(self, name: str) -> tuple[str, int | None, bool] | None:
+        """(module name pattern, layer number or None, transpose?) for a checkpoint name; None if not ours."""
         if self.prefix and name.startswith(self.prefix):
             name = name[len(self.prefix):]
         for pat, dst, transpose in self.rules:
             m = pat.match(name)
             if m:
-                return (dst.replace("{}", m.group(1)) if m.groups() else dst), transpose
+                return dst, (int(m.group(1)) if m.groups() else None), transpose
         return None
+
+    def target(self, name: str) -> tuple[str, bool] | None:
+        """(module name, transpose?) for a checkpoint name; None if it is not ours."""
+        hit = self.match(name)
+        if hit is None:
+            return None
+        dst, layer, transpose = hit
+        return (dst if layer is None else dst.replace("{}", str(layer))), transpose
 
     def is_ignored(self, name: str) -> bool:
         if self.prefix and name.startswith(self.prefix):
@@ -70,34 +80,42 @@ class NameTable:
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
-    """The weight files of a model folder, safetensors preferred, in loading order."""
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.is_file():
+    """The weight files of a model folder, safetensors preferred, in loading order.
+
+    Every file goes through `model_file`: a FIFO or device named model.safetensors, or a link out of
+    the folder, is refused before it is opened.
+    """
+    single = model_file(folder, "model.safetensors")
+    if single is not None:
         return [single]
-    if index.is_file():
-        return _indexed_files(index)
-    others = sorted(folder.glob("*.safetensors"))
+    if model_file(folder, "model.safetensors.index.json") is not None:
+        return _indexed_files(folder, "model.safetensors.index.json")
+    others = [model_file(folder, p.name) for p in sorted(folder.glob("*.safetensors"))]
     if others:
         return others
-    bin_index = folder / "pytorch_model.bin.index.json"
-    if (folder / "pytorch_model.bin").is_file():
-        return [folder / "pytorch_model.bin"]
-    if bin_index.is_file():
-        return _indexed_files(bin_index)
+    pickled = model_file(folder, "pytorch_model.bin")
+    if pickled is not None:
+        return [pickled]
+    if model_file(folder, "pytorch_model.bin.index.json") is not None:
+        return _indexed_files(folder, "pytorch_model.bin.index.json")
     raise ModelLoadError(f"no weights in {folder}: expected model.safetensors or "
                          "model.safetensors.index.json (save the model with transformers' save_pretrained)")
 
 
-def _indexed_files(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"{index} is not a valid shard index ({e}); restore it from the model's source") from None
-    files = [index.parent / f for f in dict.fromkeys(weight_map.values())]
-    for f in files:
-        if not f.is_file():
-            raise ModelLoadError(f"shard {f.name} listed in {index.name} is missing; download it into {index.parent}")
+def _indexed_files(folder: Path, name: str) -> list[Path]:
+    weight_map = read_model_object(folder, name).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(f"{folder / name}: weight_map must be an object of tensor name -> shard file; "
+                             "restore the file from the model's source")
+    files = []
+    for shard in dict.fromkeys(weight_map.values()):
+        if Path(shard).name != shard:  # "../x", "/etc/x", "sub/x": shards sit beside the index
+            raise ModelLoadError(f"{folder / name}: shard {shard[:80]!r} is not a file name in the folder; "
+                                 "restore the file from the model's source")
+        path = model_file(folder, shard)
+        if path is None:
+            raise ModelLoadError(f"shard {shard} listed in {name} is missing; download it into {folder}")
+        files.append(path)
     return files
 
 
@@ -126,6 +144,35 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], "callable"]
         raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
 
 
+def check_checkpoint(folder: Path, cfg: ModelConfig, table: NameTable, one_layer: nn.Module) -> None:
+    """Check the checkpoint's tensor shapes and layer count against `cfg`, reading headers only.
+
+    Runs before the model is built: a config.json claiming 10^5 layers or a vocabulary the
+    embedding does not have fails here in milliseconds, not after minutes and gigabytes of modules.
+    `one_layer` is the model built with one layer (on meta), whose shapes every layer shares.
+    """
+    shapes = {n: tuple(p.shape) for n, p in one_layer.named_parameters()}
+    layers: set[int] = set()
+    for path in checkpoint_files(folder):
+        for name, shape, _ in iter_tensors(path):
+            hit = table.match(name)
+            if hit is None:
+                continue  # not ours: load_weights names it
+            dst, layer, transpose = hit
+            if layer is not None:
+                layers.add(layer)
+            want = shapes.get(dst.replace("{}", "0"))
+            got = shape[::-1] if transpose else shape
+            if want is not None and got != want:
+                raise ModelLoadError(f"tensor {name} in {path.name} has shape {list(shape)}, but config.json "
+                                     f"implies {list(want)}; the weights do not match the config")
+    found = max(layers) + 1 if layers else 0
+    if found != cfg.n_layers:
+        key = "n_layer" if cfg.family == "gpt2" else "num_hidden_layers"
+        raise ModelLoadError(f"config.json: {key} is {cfg.n_layers}, but the checkpoint in {folder} has "
+                             f"{found} layers; set {key} to {found} or use the matching weights")
+
+
 def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTable,
                  dtype: torch.dtype, device: torch.device) -> None:
     """Fill a meta-device `model` from the checkpoint in `folder` (see the module docstring)."""
@@ -148,12 +195,7 @@ def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTa
             if target not in expected:
                 unexpected.append(name)
                 continue
-            want = tuple(expected[target].shape)
-            got = shape[::-1] if transpose else shape
-            if got != want:
-                raise ModelLoadError(f"tensor {name} in {path.name} has shape {list(shape)}, but config.json "
-                                     f"implies {list(want)}; the weights do not match the config")
-            try:
+            try:  # shapes were checked by check_checkpoint, before the model was built
                 t = read()
             except Exception as e:  # safetensors reads lazily: a short file fails here
                 raise ModelLoadError(f"{path.name} is truncated or corrupt (reading {name}: {e}); "
@@ -194,6 +236,13 @@ def save_model(model: nn.Module, cfg: ModelConfig, folder: str | Path, table: Na
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    copies: dict[str, Path] = {}
+    if tokenizer_from is not None and Path(tokenizer_from).resolve() != folder.resolve():
+        # Through model_file, before anything is written: a tokenizer file that is a link out of the
+        # source folder (added_tokens.json -> ~/.ssh/id_rsa) is refused, never copied into an output.
+        skip = {"config.json", *(extra_files or {})}
+        copies = {name: src for name in TOKENIZER_FILES
+                  if name not in skip and (src := model_file(tokenizer_from, name)) is not None}
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     dtype = next(model.parameters()).dtype
@@ -205,11 +254,8 @@ def save_model(model: nn.Module, cfg: ModelConfig, folder: str | Path, table: Na
     texts.update(extra_files or {})
     for name, text in texts.items():
         _atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
-    if tokenizer_from is not None and Path(tokenizer_from).resolve() != folder.resolve():
-        for name in TOKENIZER_FILES:
-            src = Path(tokenizer_from) / name
-            if src.is_file() and name not in texts:
-                _atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    for name, src in copies.items():
+        _atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     meta = {"format": "pt", **(metadata or {})}
     _atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
     return folder
