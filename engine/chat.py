@@ -22,6 +22,7 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ChatTemplateError, InputError
+from .files import read_model_object, read_model_text
 from .tokenizer import Tokenizer
 
 # How raw mode (no template) joins several messages into one completion prompt: contents only, in
@@ -246,15 +247,14 @@ def _template_message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _find_template_source(folder: Path) -> str | None:
-    jinja_file = folder / "chat_template.jinja"
-    if jinja_file.is_file():
-        return _read_text(jinja_file)
-    config = _read_json(folder / "tokenizer_config.json")
-    if config.get("chat_template") is not None:
-        return _pick_template(config["chat_template"], folder / "tokenizer_config.json")
-    legacy = _read_json(folder / "chat_template.json")
-    if legacy.get("chat_template") is not None:
-        return _pick_template(legacy["chat_template"], folder / "chat_template.json")
+    # Read through engine/files: regular files inside the folder only, bounded, one-line errors.
+    text = read_model_text(folder, "chat_template.jinja")
+    if text is not None:
+        return text
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        config = read_model_object(folder, name, ChatTemplateError)
+        if config.get("chat_template") is not None:
+            return _pick_template(config["chat_template"], folder / name)
     return None
 
 
@@ -270,20 +270,3 @@ def _pick_template(value: Any, path: Path) -> str:
             "rename the one to use to \"default\" or use raw mode"
         )
     raise ChatTemplateError(f"{path}: \"chat_template\" must be a string or a list of named templates")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ChatTemplateError(f"cannot read {path} ({error}); fix or re-copy the file") from error
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as error:
-        raise ChatTemplateError(f"{path} is not valid JSON ({error}); fix or re-copy the file") from error
-    return data if isinstance(data, dict) else {}
