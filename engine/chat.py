@@ -9,14 +9,22 @@ inside the immutable sandbox.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import re
+import string
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.compiler
 import jinja2.ext
+import jinja2.runtime
 import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -57,6 +65,12 @@ class ChatTemplate:
                 f"chat template has a syntax error on line {error.lineno}: {error.message}; "
                 "fix the template or use raw mode"
             ) from error
+        except (RecursionError, MemoryError, SyntaxError, ValueError, OverflowError) as error:
+            # Blocks or expressions nested too deeply for the parser or for Python's compiler.
+            raise ChatTemplateError(
+                f"chat template cannot be compiled ({type(error).__name__}: {error}); "
+                "it is nested too deeply; fix the template or use raw mode"
+            ) from error
 
     @classmethod
     def from_folder(cls, folder: str | Path, tokenizer: Tokenizer) -> ChatTemplate | None:
@@ -82,19 +96,43 @@ class ChatTemplate:
         variables["add_generation_prompt"] = add_generation_prompt
         variables.setdefault("tools", None)
         variables.setdefault("documents", None)
+        _BUDGET.deadline, _BUDGET.chars = time.monotonic() + TEMPLATE_MAX_SECONDS, 0
         try:
-            return self._template.render(**variables)
+            return self._render(variables)
         except _TemplateRaised as error:
             raise ChatTemplateError(f"the chat template rejected the messages: {error.message}") from error
+        except _TemplateLimit as error:
+            raise ChatTemplateError(f"chat template failed: {error.message}; fix the template or use raw mode") from error
         except jinja2.TemplateError as error:
             raise ChatTemplateError(
                 f"chat template failed: {error.message or type(error).__name__}; "
                 "check the messages or use raw mode"
             ) from error
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+        except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError, RuntimeError,
+                MemoryError) as error:  # RuntimeError includes RecursionError (a macro calling itself)
             raise ChatTemplateError(
-                f"chat template failed: {type(error).__name__}: {error}; check the messages or use raw mode"
+                f"chat template failed: {type(error).__name__}: {_first_line(error)}; check the messages or use raw mode"
             ) from error
+        finally:
+            _BUDGET.deadline = math.inf
+
+    def _render(self, variables: dict[str, Any]) -> str:
+        # Streamed, so that a template writing a huge prompt stops at the limit instead of at the
+        # end; each piece is checked against the clock too (loops that only write text).
+        pieces: list[str] = []
+        size = 0
+        for piece in self._template.generate(**variables):
+            size += len(piece)
+            if size > TEMPLATE_MAX_CHARS:
+                raise _TemplateLimit(f"the rendered prompt exceeds {TEMPLATE_MAX_CHARS} characters")
+            _tick()
+            pieces.append(piece)
+        return "".join(pieces)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def validate_messages(messages: Any) -> list[dict]:
@@ -216,20 +254,291 @@ class _GenerationTag(jinja2.ext.Extension):
         return jinja2.nodes.Scope(body).set_lineno(lineno)
 
 
+# --- limits: templates come from strangers, so rendering is bounded in size, work and time ---------
+#
+# Every string or list a template builds, and the rendered prompt, stay under these sizes; the
+# operations that could build a bigger one (`*`, `+`, `%`, `~`, padding and replace methods and
+# filters, str.format widths, lipsum) are refused before they allocate, and every call, operator
+# and loop iteration checks the clock. Breaking a limit is a "chat template failed: ..." error.
+
+TEMPLATE_MAX_CHARS = 2_000_000  # any one string, and the rendered prompt (far beyond any context)
+TEMPLATE_MAX_ITEMS = 100_000  # any list, tuple or range (Jinja's own sandbox range limit)
+TEMPLATE_MAX_SECONDS = 2.0  # wall time of one render; real templates take milliseconds
+TEMPLATE_MAX_TOTAL_CHARS = 100_000_000  # all strings built by checked operations in one render
+_MAX_INT_BITS = 1 << 16  # integers up to ~20,000 digits
+
+
+class _TemplateLimit(jinja2.exceptions.TemplateRuntimeError):
+    """The template exceeded a size, work or time limit."""
+
+
+class _Budget(threading.local):
+    """Per-thread state of the render in progress (the environment is shared by threads)."""
+
+    deadline = math.inf  # time.monotonic() past which the render stops; inf outside render()
+    chars = 0  # characters built by checked operations so far
+
+
+_BUDGET = _Budget()
+
+
+def _tick() -> None:
+    if time.monotonic() > _BUDGET.deadline:
+        raise _TemplateLimit(f"took longer than {TEMPLATE_MAX_SECONDS:g} s (a runaway loop or recursion)")
+
+
+def _limit_chars(n: int, what: str) -> None:
+    if n > TEMPLATE_MAX_CHARS:
+        raise _TemplateLimit(f"{what} would build a string of {n} characters (limit {TEMPLATE_MAX_CHARS})")
+
+
+def _limit_items(n: int, what: str) -> None:
+    if n > TEMPLATE_MAX_ITEMS:
+        raise _TemplateLimit(f"{what} would build {n} items (limit {TEMPLATE_MAX_ITEMS})")
+
+
+def _int(x: Any, default: int = 0) -> int:
+    """x when it is an int (bools count), else default: checks must not raise on wrong types."""
+    return x if isinstance(x, int) else default
+
+
+def _checked(value: Any, what: str) -> Any:
+    """value, after checking the size of what an operation built and charging it to the budget."""
+    if isinstance(value, str):
+        _limit_chars(len(value), what)
+        _BUDGET.chars += len(value)
+        if _BUDGET.chars > TEMPLATE_MAX_TOTAL_CHARS:
+            raise _TemplateLimit(f"built more than {TEMPLATE_MAX_TOTAL_CHARS} characters in all")
+    elif isinstance(value, (list, tuple, dict, set)):
+        _limit_items(len(value), what)
+    elif isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        raise _TemplateLimit(f"{what} built an integer of {value.bit_length()} bits (limit {_MAX_INT_BITS})")
+    return value
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse an operation whose result would be too big, before computing it."""
+    what = f"the operator {operator!r}"
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, str) and isinstance(n, int):
+                _limit_chars(len(seq) * n, what)
+            elif isinstance(seq, (list, tuple)) and isinstance(n, int):
+                _limit_items(len(seq) * n, what)
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+            raise _TemplateLimit(f"{what} would build an integer over {_MAX_INT_BITS} bits")
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int):
+        if abs(left) > 1 and right > 0 and left.bit_length() * right > _MAX_INT_BITS:
+            raise _TemplateLimit(f"{what} would build an integer over {_MAX_INT_BITS} bits")
+    elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        if isinstance(left, str):
+            _limit_chars(len(left) + len(right), what)
+        else:
+            _limit_items(len(left) + len(right), what)
+    elif operator == "%" and isinstance(left, str):
+        _check_percent(left, right)
+
+
+# A printf-style conversion's width and precision: numbers, or * taken from the arguments.
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_percent(fmt: str, args: Any) -> None:
+    """Refuse `fmt % args` when a width or precision (written or given by *) is too big."""
+    star_args = args if isinstance(args, tuple) else (args,)
+    for match in _PERCENT_SPEC.finditer(fmt):
+        for number in match.groups():
+            if number and number != "*":
+                _limit_chars(int(number), "a % width")
+            elif number == "*":
+                _limit_chars(max((_int(a) for a in star_args), default=0), "a % width")
+
+
+def _check_format_string(fmt: str) -> None:
+    """Refuse str.format widths that are too big, and nested {} widths that cannot be checked."""
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # the real call raises the same error
+    for _, _, spec, _ in fields:
+        if spec and "{" in spec:
+            raise _TemplateLimit("str.format with a computed width is not allowed in chat templates")
+        for number in re.findall(r"\d+", spec or ""):
+            _limit_chars(int(number), "a str.format width")
+
+
+def _check_str_method(text: str, name: str, args: tuple, kwargs: dict) -> None:
+    """Refuse the str methods that can build big strings from small arguments, before they run."""
+    what = f"str.{name}"
+    if name in ("center", "ljust", "rjust", "zfill"):
+        _limit_chars(_int(args[0] if args else kwargs.get("width")), what)
+    elif name == "expandtabs":
+        _limit_chars(len(text) * max(_int(args[0] if args else kwargs.get("tabsize", 8)), 1), what)
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        _check_replace(text, args[0], args[1], _int(args[2] if len(args) > 2 else kwargs.get("count", -1), -1))
+    elif name == "join" and isinstance(args[0] if args else None, (list, tuple)):
+        items = args[0]
+        _limit_chars(sum(len(x) for x in items if isinstance(x, str)) + len(text) * len(items), what)
+
+
+def _check_replace(text: str, old: str, new: str, count: int) -> None:
+    hits = text.count(old) if old else len(text) + 1
+    if count is not None and count >= 0:
+        hits = min(hits, count)
+    _limit_chars(len(text) + hits * (len(new) - len(old)), "replace")
+
+
+def _bounded_filter(fn: Any, check: Any = None) -> Any:
+    """A Jinja filter that runs check(*args) on its own arguments first and checks its result."""
+    skip = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0  # context/env comes first
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        if check is not None:
+            check(*args[skip:], **kwargs)
+        return _checked(fn(*args, **kwargs), f"the filter {fn.__name__.removeprefix('do_')!r}")
+
+    return wrapper
+
+
+def _check_center(value: Any = "", width: Any = 80, *_: Any, **kw: Any) -> None:
+    _limit_chars(_int(kw.get("width", width)), "center")
+
+
+def _check_indent(s: Any = "", width: Any = 4, *_: Any, **kw: Any) -> None:
+    width = kw.get("width", width)
+    size = len(width) if isinstance(width, str) else _int(width)
+    lines = s.count("\n") + 2 if isinstance(s, str) else 1
+    _limit_chars((len(s) if isinstance(s, str) else 0) + lines * size, "indent")
+
+
+def _check_count_arg(name: str) -> Any:
+    def check(value: Any = None, count: Any = 0, *_: Any, **kw: Any) -> None:
+        _limit_items(_int(kw.get("linecount", kw.get("slices", count))), name)
+    return check
+
+
+def _check_format_filter(value: Any = "", *args: Any, **kwargs: Any) -> None:
+    if isinstance(value, str):
+        _check_percent(value, args or kwargs)
+
+
+def _check_replace_filter(s: Any = "", old: Any = "", new: Any = "", count: Any = None, **kw: Any) -> None:
+    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
+        _check_replace(s, old, new, _int(kw.get("count", count), -1))
+
+
+def _check_join_filter(value: Any = (), d: Any = "", *_: Any, **kw: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        d = kw.get("d", d)
+        sep = len(d) if isinstance(d, str) else 0
+        _limit_chars(sum(len(x) for x in value if isinstance(x, str)) + sep * len(value), "join")
+
+
+def _check_tojson(value: Any = None, *args: Any, indent: Any = None, **kw: Any) -> None:
+    indent = args[1] if len(args) > 1 else indent
+    if _int(indent) > 64 or (isinstance(indent, str) and len(indent) > 64):
+        raise _TemplateLimit("tojson indent is limited to 64")
+
+
+# Filters with a check of their own; every other filter is wrapped with the result check only.
+_FILTER_CHECKS: dict[str, Any] = {
+    "center": _check_center,
+    "indent": _check_indent,
+    "batch": _check_count_arg("batch"),
+    "slice": _check_count_arg("slice"),
+    "format": _check_format_filter,
+    "replace": _check_replace_filter,
+    "join": _check_join_filter,
+    "tojson": _check_tojson,
+}
+
+
+def _range(*args: Any) -> range:
+    rng = range(*args)
+    _limit_items(len(rng), "range")
+    return rng
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002 - Jinja's names
+    if _int(n) > 100 or _int(max) > 1000:
+        raise _TemplateLimit("lipsum is limited to 100 paragraphs of at most 1000 words")
+    return jinja2.utils.generate_lorem_ipsum(n, html, min, max)
+
+
+class _BoundedCodeGenerator(jinja2.compiler.CodeGenerator):
+    """Compiles `~` and every for loop through the environment, so that they are checked too."""
+
+    @jinja2.compiler.optimizeconst
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
+        escape = "context.eval_ctx.autoescape" if frame.eval_ctx.volatile else repr(bool(frame.eval_ctx.autoescape))
+        self.write(f"environment.checked_concat({escape}, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+    def visit_For(self, node: jinja2.nodes.For, frame: jinja2.compiler.Frame) -> None:
+        # `for x in xs` becomes `for x in environment.checked_iter(xs)`: one clock check per item.
+        checked = jinja2.nodes.EnvironmentAttribute("checked_iter", lineno=node.lineno)
+        node.iter = jinja2.nodes.Call(checked, [node.iter], [], None, None, lineno=node.lineno)
+        super().visit_For(node, frame)
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, plus limits on size, work and time (see TEMPLATE_MAX_*)."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%", "/", "//"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's names
+        _tick()
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            _check_str_method(owner, getattr(__obj, "__name__", ""), args, kwargs)
+        return _checked(super().call(__context, __obj, *args, **kwargs), "a call")
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _tick()
+        _check_binop(operator, left, right)
+        return _checked(super().call_binop(context, operator, left, right), f"the operator {operator!r}")
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapper = super().wrap_str_format(value)
+        if wrapper is None:
+            return None
+        _check_format_string(value.__self__)
+        return lambda *args, **kwargs: _checked(wrapper(*args, **kwargs), "str.format")
+
+    def checked_concat(self, autoescape: bool, parts: tuple) -> str:
+        joined = jinja2.runtime.markup_join(parts) if autoescape else jinja2.runtime.str_join(parts)
+        return _checked(joined, "the operator '~'")
+
+    def checked_iter(self, iterable: Any) -> Any:
+        for item in iterable:
+            _tick()
+            yield item
+
+
 _ENVIRONMENT: ImmutableSandboxedEnvironment | None = None
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
     global _ENVIRONMENT
     if _ENVIRONMENT is None:
-        env = ImmutableSandboxedEnvironment(
+        env = _BoundedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
         )
         env.filters["tojson"] = _tojson
+        for name, fn in list(env.filters.items()):
+            env.filters[name] = _bounded_filter(fn, _FILTER_CHECKS.get(name))
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         env.globals["dict"] = _TemplateDict()
         env.globals["namespace"] = _Namespace
+        env.globals["range"] = _range
+        env.globals["lipsum"] = _lipsum
         _ENVIRONMENT = env
     return _ENVIRONMENT
 
