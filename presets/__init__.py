@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tiankong.engine.errors import InputError
+from tiankong.engine.files import read_regular_bytes
 from tiankong.engine.sampling import SamplingParams
 
 if sys.version_info >= (3, 11):
@@ -40,6 +41,7 @@ BUNDLED_DIR = Path(__file__).parent
 RECOMMENDED_FIELDS: tuple[str, ...] = tuple(f for f in SamplingParams.RANGES if f != "seed")
 _KEYS = ("name", "description", "use", "params", "recommended")
 _DEFAULTS = SamplingParams()
+_MAX_PRESET_BYTES = 1 << 20  # a preset is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,16 @@ def get_preset(name: str, user_dir: Path | None = None) -> Preset:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    # A regular file only (a FIFO or device named *.toml would block or never end), and bounded.
+    data = read_regular_bytes(path, _MAX_PRESET_BYTES, InputError)
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read preset: {exc.strerror}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be a preset; fix the file") from None
 
 
 def _parse(path: Path, data: dict[str, Any], base: Preset | None) -> Preset:
