@@ -35,6 +35,7 @@ import torch
 
 from tiankong.engine.chat import ChatTemplate
 from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.files import read_model_object
 from tiankong.engine.model import save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
@@ -182,10 +183,7 @@ class SFTTrainer(Trainer):
         if self.template_from == "file":
             files["chat_template.jinja"] = self.template.source
         elif self.template_from == "default":
-            config: dict[str, Any] = {}
-            path = self.source / "tokenizer_config.json"
-            if path.is_file():
-                config = json.loads(path.read_text(encoding="utf-8"))
+            config = read_model_object(self.source, "tokenizer_config.json")  # no link out, bounded
             config["chat_template"] = self.template.source
             files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         save_pretrained(self.model, self.model_cfg, folder, tokenizer_from=self.source, extra_files=files,
