@@ -12,10 +12,8 @@ read only with `torch.load(weights_only=True)`, which refuses anything but tenso
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +22,7 @@ from torch import nn
 
 from .config import ModelConfig, to_hf_config
 from .errors import ModelLoadError
-from .files import model_file, read_model_object
+from .files import atomic_write, model_file, read_model_object
 
 
 def embedding(num: int, dim: int) -> nn.Embedding:
@@ -253,24 +251,12 @@ def save_model(model: nn.Module, cfg: ModelConfig, folder: str | Path, table: Na
     texts = {"config.json": json.dumps(to_hf_config(cfg, str(dtype).removeprefix("torch.")), indent=2) + "\n"}
     texts.update(extra_files or {})
     for name, text in texts.items():
-        _atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
     for name, src in copies.items():
-        _atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     meta = {"format": "pt", **(metadata or {})}
-    _atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
     return folder
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over `path`; the temporary file never outlives a failure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _hf_names(table: NameTable, state: dict, cfg: ModelConfig) -> dict[str, tuple[str, bool]]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiankong.engine.config import ModelConfig, rope_inv_freq
+from tiankong.engine.files import atomic_write_bytes
 from tiankong.engine.errors import InputError
 from tiankong.engine.model import build_model, load_model, resolve_dtype, save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
@@ -127,17 +126,6 @@ def train_tokenizer(docs: Sequence[str], folder: Path, vocab_size: int, model_ma
     for name, text in texts.items():
         atomic_write_bytes(folder / name, text.encode("utf-8"))
     atomic_write_bytes(folder / "tokenizer.model", buf.getvalue())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def new_model_config(size: str, vocab_size: int, seq_len: int, dtype: str) -> ModelConfig:
