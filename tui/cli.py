@@ -369,6 +369,8 @@ def chat(model: Optional[Path] = ModelOpt,
   tiankong compare --models ./sft,./ppo --presets balanced
 
   tiankong compare --models runs/ppo          # the bundled model against your PPO policy
+
+  tiankong compare --prompts prompts.txt --repeat 2   # one prompt after another; reopens where you stopped
 """)
 def compare(model: Optional[Path] = ModelOpt,
             presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
@@ -376,8 +378,12 @@ def compare(model: Optional[Path] = ModelOpt,
                                                  "(one folder: compared with --model, by default the bundled model)."),
             data_dir: Optional[Path] = DataDirOpt,
             rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+            prompts: Optional[Path] = typer.Option(None, "--prompts", help="A queue of prompts (text lines, or JSONL "
+                                                   "with \"prompt\" or \"messages\"), one round after another."),
+            repeat: int = typer.Option(1, "--repeat", min=1, help="Rounds per prompt of --prompts, each with new seeds."),
+            restart: bool = typer.Option(False, "--restart", help="Start --prompts from its first prompt again."),
             device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
-    """Run presets (or two models) side by side on one prompt and rank the answers."""
+    """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers."""
     from tiankong.tui.app import run_app
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
@@ -394,8 +400,42 @@ def compare(model: Optional[Path] = ModelOpt,
     elif not 2 <= len(names) <= 4:
         raise InputError(f"--presets takes 2 to 4 presets, got {len(names)}; e.g. --presets balanced,creative")
     first = model_dirs[0] if model_dirs else _model_dir(model)
-    run_app(first, preset=names[0], data_dir=data_dir, device=device, dtype=dtype, mode="compare",
-            compare_presets=names, compare_models=model_dirs, rater=rater)
+    if prompts is None:
+        if repeat != 1 or restart:
+            raise InputError("--repeat and --restart apply to a prompt file; add --prompts FILE")
+        run_app(first, preset=names[0], data_dir=data_dir, device=device, dtype=dtype, mode="compare",
+                compare_presets=names, compare_models=model_dirs, rater=rater)
+        return
+    from tiankong.tui.arena import run_compare_queue
+    from tiankong.tui.queue import prompt_queue
+
+    if not prompts.is_file():
+        raise InputError(f"prompt file {prompts} does not exist; give a text file (one prompt a line) or JSONL")
+    queue = prompt_queue(prompts, _read_jobs([], str(prompts)), repeat)
+    run_compare_queue(first, queue, presets=names, models=model_dirs, data_dir=data_dir, device=device,
+                      dtype=dtype, rater=rater, restart=restart)
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  tiankong generate --input prompts.txt --n 4 -o answers.jsonl && tiankong rank --input answers.jsonl
+
+  tiankong rank --input big-model-answers.jsonl --model llama-70b --rater alice
+
+Lines are generate's records (prompt or messages, text, preset, params, seed, finish_reason; optional
+model and id), grouped by prompt; a prompt with more than 4 answers is ranked in groups of up to 4.""")
+def rank(input: Path = typer.Option(..., "--input", "-i", help="JSONL of answers, e.g. from `tiankong generate --n K`.",
+                                    show_default=False),
+         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name stored for lines without a "
+                                             "\"model\" field (generate's own output has none). Default: unknown."),
+         data_dir: Optional[Path] = DataDirOpt,
+         rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+         restart: bool = typer.Option(False, "--restart", help="Start from the file's first prompt again.")) -> None:
+    """Rank, blind, answers made earlier: the compare screen's keys, no model needed."""
+    from tiankong.tui.arena import run_rank
+    from tiankong.tui.queue import answers_queue
+
+    run_rank(answers_queue(input, model=model), data_dir=data_dir, rater=rater, restart=restart)
 
 
 def _register_prefs() -> None:

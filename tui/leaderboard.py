@@ -58,7 +58,9 @@ class Standing:
         return (self.wins - self.ties / 2) / decided if decided else None
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "win_rate": self.win_rate}
+        """JSON-ready: infinite or missing figures become None."""
+        d = {**asdict(self), "win_rate": self.win_rate}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 # ---------------------------------------------------------------- games
@@ -203,8 +205,8 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
     """name, strength, confidence interval, win rate, games; `paths` shortens model paths to folder names."""
     shown = short_names([s.name for s in standings]) if paths else {s.name: s.name for s in standings}
     table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 1),
-                  caption=f"Bradley-Terry strength (Elo-like); {level:.0%} bootstrap interval; "
-                          "win rate excludes ties; n = games", caption_justify="left", caption_style="dim")
+                  caption="Bradley-Terry, Elo-like; CI by bootstrap; n = games",
+                  caption_justify="left", caption_style="dim")
     table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=24)
     for col in ("strength", f"{level:.0%} CI", "win rate", "n"):
         table.add_column(col, justify="right", no_wrap=True)

@@ -268,6 +268,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-head")
+        yield Static(id="queue-prompt")  # a queue's prompt (free prompts show in the input below)
         with VerticalScroll(id="columns"):
             for _ in range(self.n_columns):
                 yield AnswerColumn(classes="answer")
@@ -280,6 +281,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         self._show_idle_columns()
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.display = not self.answers_only
+        self.query_one("#queue-prompt").display = self.queue is not None
         if self.queue is not None:
             self.position = self.store.queue_position(self.queue.key)
             if self.queue_active:
@@ -364,6 +366,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             col.set_foot(self._foot(c))
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = not rnd.done or self.queue_active
+        prompt_input.display = not self.answers_only and not self.queue_active  # a queue brings its prompts
         if not rnd.done:
             self.query_one("#columns").focus()
         self._refresh_bars()
@@ -413,7 +416,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if self.queue_active:
             self._start_queued()
         else:
-            self.query_one("#prompt-input", Input).disabled = False
+            prompt_input = self.query_one("#prompt-input", Input)
+            prompt_input.disabled, prompt_input.display = False, not self.answers_only
             self._refresh_bars()
             self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10)
 
@@ -497,7 +501,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if action == "pick":
             return int(parameters[0]) <= self.k
         if action == "back":
-            return can_go_back(self) or self.focused is not self.query_one("#prompt-input")
+            return can_go_back(self) or self.answers_only or self.focused is not self.query_one("#prompt-input")
         if action == "skip":
             return self.round is not None and self.queue_active and self.round.position == self.position
         if action == "new_prompt":
@@ -610,9 +614,11 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             self._set_bar(Text("Stopping…"))
 
     def action_back(self) -> None:
-        """Close the screen when it was pushed over another; else go to the prompt."""
+        """Close the screen when it was pushed over another (`tiankong rank`: leave); else go to the prompt."""
         if can_go_back(self):
             self.dismiss()
+        elif self.answers_only:
+            self.app.exit()
         else:
             self.query_one("#prompt-input", Input).focus()
             self.refresh_bindings()
@@ -716,6 +722,11 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if rnd is not None and rnd.blind != self.blind:
             head.append(" (next prompt)", style="dim")
         self.query_one("#compare-head", Static).update(head)
+        if self.queue is not None:
+            prompt = Text.assemble(("Prompt: ", "bold"), rnd.prompt if rnd is not None else "")
+            if rnd is not None and rnd.prompt_id is not None:
+                prompt.append(f"  ({rnd.prompt_id})", style="dim")
+            self.query_one("#queue-prompt", Static).update(prompt)
 
         if rnd is not None:
             for c, col in enumerate(self.columns):

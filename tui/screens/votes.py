@@ -2,7 +2,9 @@
 
 Top: filters (preset, outcome). Middle: a table of votes, newest first. Bottom: the highlighted
 vote with every response, and the per-preset counts from `Store.vote_stats()` with a bar per win
-rate. Below `WIDE` columns the bottom shows one of the two at a time (`s` switches).
+rate, then the Bradley-Terry leaderboards of presets and models (tiankong.tui.leaderboard; worked out
+in a thread, once per set of votes). Below `WIDE` columns the bottom shows one of the two at a time
+(`s` switches).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
-from textual import events, on
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static
 
+from tiankong.tui.leaderboard import leaderboards, standings_table
 from tiankong.tui.store import Store, Vote
 
 WIDE = 120  # from this many columns on, vote detail and statistics sit side by side
@@ -166,6 +169,7 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         self.votes: dict[int, Vote] = {}  # shown rows by vote id
         self._preset_names: list[str] = []  # the preset filter's options
         self.shown: Vote | None = None  # the vote shown in full
+        self._boards: tuple[tuple[str, int | None], list[RenderableType]] | None = None  # (votes key, tables)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="votes-filters"):
@@ -218,7 +222,7 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         except Exception as exc:  # a locked or vanished database: say so rather than show nothing
             detail.update(Text(f"Cannot read votes: {exc}", style="bold red"))
             return
-        self.query_one("#votes-stats", Static).update(stats_table(stats))
+        self._show_stats(stats)
         select = self.query_one("#filter-preset", Select)
         names = sorted(stats)
         if names != self._preset_names:
@@ -246,6 +250,34 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
             self.shown = None
             detail.update(Text("No votes here yet. Compare answers (tiankong compare) and vote; "
                                "they show up here.", style="dim"))
+
+    def _show_stats(self, stats: dict[str, dict[str, int]]) -> None:
+        """Counts now; the leaderboards when the thread has them (at once if the votes are unchanged)."""
+        newest = self.store.list_votes(limit=1)
+        key = (repr(stats), newest[0].id if newest else 0)  # the same counts and newest vote: the same votes
+        panel = self.query_one("#votes-stats", Static)
+        if self._boards is not None and self._boards[0] == key:
+            panel.update(Group(stats_table(stats), *self._boards[1]))
+            return
+        panel.update(Group(stats_table(stats), Text("\nWorking out the leaderboard…", style="dim")))
+        self._work_out_boards(stats, key)
+
+    @work(thread=True, exclusive=True, group="leaderboard")
+    def _work_out_boards(self, stats: dict[str, dict[str, int]], key: tuple[str, int | None]) -> None:
+        try:
+            boards = leaderboards(self.store.list_votes(limit=None))
+        except Exception as exc:  # a locked database: the counts above still stand
+            tables: list[RenderableType] = [Text(f"\nNo leaderboard: {exc}", style="red")]
+        else:
+            tables = [standings_table(rows, title=f"Leaderboard: {kind}", paths=kind == "models")
+                      for kind, rows in boards.items() if rows]
+        tables = [item for t in tables for item in (Text(""), t)]
+        self.app.call_from_thread(self._boards_ready, stats, key, tables)
+
+    def _boards_ready(self, stats: dict[str, dict[str, int]], key: tuple[str, int | None],
+                      tables: list[RenderableType]) -> None:
+        self._boards = (key, tables)
+        self.query_one("#votes-stats", Static).update(Group(stats_table(stats), *tables))
 
     def _show(self, vote: Vote) -> None:
         self.shown = vote
