@@ -1,0 +1,251 @@
+"""Labelling at arena speed: partial rankings stored and exported as expressed, prompt queues that
+resume where they stopped, and `tiankong rank` on the real output of `tiankong generate`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+
+import pytest
+from textual.app import App
+from textual.widgets import Static
+
+from helpers import cli
+from tiny_models import make_model
+from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError
+from tiankong.models import default_model_dir
+from tiankong.presets import get_preset
+from tiankong.tui.prefs import export_records, ranking_records, vote_pairs
+from tiankong.tui.queue import answers_queue, prompt_id, prompt_queue
+from tiankong.tui.screens.compare import CompareScreen
+from tiankong.tui.store import Response, Store, Vote
+
+
+class Host(App):
+    def __init__(self, screen) -> None:
+        super().__init__()
+        self.shown = screen
+
+    def compose(self):
+        yield Static("home")
+
+    def on_mount(self) -> None:
+        self.push_screen(self.shown)
+
+
+async def settle(pilot, screen: CompareScreen, timeout: float = 60) -> None:
+    """Until the current round has finished generating."""
+    deadline = time.monotonic() + timeout
+    await pilot.pause()
+    while screen.round is None or screen.state == "generating":
+        assert time.monotonic() < deadline, "generation did not finish"
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "t.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Engine:
+    return Engine.load(make_model(tmp_path_factory.mktemp("tiny"), "llama"), device="cpu", dtype="float32")
+
+
+def short(name: str):
+    p = get_preset(name)
+    return dataclasses.replace(p, params=p.params.replace(max_new_tokens=4))
+
+
+def answers_file(path, n_prompts=1, k=4):
+    """An answers file as generate writes it: k samples per prompt, seeds 10, 11, ..."""
+    lines = [{"prompt": f"prompt {p}", "preset": "balanced", "params": {"temperature": 0.7, "seed": 10 + i},
+              "seed": 10 + i, "text": f"answer {p}.{i}", "finish_reason": "eos",
+              "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+             for p in range(n_prompts) for i in range(k)]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+# ---------------------------------------------------------------- partial rankings
+
+
+def test_partial_ranking_exports_exactly_the_expressed_pairs(store):
+    # `3 1 enter` on four answers: C > A, and C, A > {B, D}; nothing about B against D.
+    rs = [Response(label, "m", "balanced", {}, 1, f"text {label}", "eos") for label in "ABCD"]
+    v = Vote(None, "q", [{"role": "user", "content": "q"}], rs, "ranked", [2, 0, 1, 3], "me", True, n_ranked=2)
+    v.id = store.add_vote(v)
+    [stored] = store.list_votes()
+    assert stored.n_ranked == 2 and stored.tiers() == [[2], [0], [1, 3]]
+    pairs = [(r["chosen"], r["rejected"]) for r in export_records(store)]
+    assert sorted(pairs) == sorted([("text C", "text A"), ("text C", "text B"), ("text C", "text D"),
+                                    ("text A", "text B"), ("text A", "text D")])
+    assert [(r["chosen"], r["rejected"]) for r in vote_pairs(stored)] == pairs
+    [raw] = ranking_records(store)
+    assert raw["ranking"] == [[2], [0], [1, 3]] and raw["outcome"] == "ranked" and raw["vote_id"] == v.id
+    # A full ranking still gives all six pairs.
+    full = Vote(None, "q", [], rs, "ranked", [2, 0, 1, 3], "me", True)
+    assert len(vote_pairs(full)) == 6
+
+
+def test_pressing_3_1_enter_on_four_answers_stores_a_partial_ranking(tmp_path, store):
+    queue = answers_queue(answers_file(tmp_path / "a.jsonl", k=4))
+    screen = CompareScreen([], [], store, "ann", blind=False, queue=queue)
+
+    async def run():
+        async with Host(screen).run_test(size=(120, 30)) as pilot:
+            await pilot.pause()
+            assert screen.state == "voting" and len(screen.columns) == 4
+            await pilot.press("3", "1")
+            assert "C > A > {B, D}" in str(screen.query_one("#vote-bar", Static).content)
+            await pilot.press("enter")
+
+    asyncio.run(run())
+    [vote] = store.list_votes()
+    assert (vote.ranking, vote.n_ranked) == ([2, 0, 1, 3], 2)
+    texts = [(r["chosen"], r["rejected"]) for r in export_records(store)]
+    assert ("answer 0.1", "answer 0.3") not in texts and ("answer 0.3", "answer 0.1") not in texts
+    assert len(texts) == 5
+    assert store.vote_stats() == {"balanced": {"votes": 1, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0}}
+
+
+# ---------------------------------------------------------------- prompt queues
+
+
+def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('Tell me a story.\n{"prompt": "Name a colour.", "id": "colour"}\n'
+                    '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}\n')
+    jobs = [{"prompt": "Tell me a story."}, {"prompt": "Name a colour.", "id": "colour"},
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}]
+    queue = prompt_queue(path, jobs, repeat=2)
+    assert queue.total == 6
+    presets = [short("balanced"), short("creative")]
+
+    async def first_session():
+        screen = CompareScreen([tiny], presets, store, "ann", queue=queue)
+        async with Host(screen).run_test(size=(100, 30)) as pilot:
+            await settle(pilot, screen)
+            head = str(screen.query_one("#compare-head", Static).content)
+            assert head.startswith("1 / 6 round 1/2")
+            assert "Tell me a story." in str(screen.query_one("#queue-prompt", Static).content)
+            seeds = [a.seed for a in screen.round.answers]
+            await pilot.press("1", "enter")  # round 1: voted, the next starts by itself
+            await settle(pilot, screen)
+            assert screen.round.prompt == "Tell me a story." and screen.position == 1
+            assert {a.seed for a in screen.round.answers}.isdisjoint(seeds)  # the repeat draws new seeds
+            await pilot.press("t")  # round 2: a tie
+            await settle(pilot, screen)
+            assert screen.round.prompt == "Name a colour."
+            await pilot.press("s")  # round 3: skipped, no vote
+            await settle(pilot, screen)
+            assert screen.position == 3 and "4 / 6" in str(screen.query_one("#compare-head", Static).content)
+        # the app quits here, in the middle of round 4
+
+    asyncio.run(first_session())
+    votes = store.list_votes()
+    assert [v.outcome for v in votes] == ["tie", "ranked"]
+    assert {v.prompt_id for v in votes} == {prompt_id([{"role": "user", "content": "Tell me a story."}])}
+    assert store.queue_position(queue.key) == 3
+
+    async def second_session():
+        screen = CompareScreen([tiny], presets, store, "ann", queue=prompt_queue(path, jobs, repeat=2))
+        async with Host(screen).run_test(size=(100, 30)) as pilot:
+            await settle(pilot, screen)
+            assert screen.position == 3 and screen.round.prompt == "Name a colour."  # round 4 = colour, again
+            assert str(screen.query_one("#compare-head", Static).content).startswith("4 / 6 round 2/2")
+            await pilot.press("2", "enter")
+            await settle(pilot, screen)
+            assert screen.round.conversation == [{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": "Hi"}]
+            await pilot.press("ctrl+z")  # undo: back to round 4, its answers as they were
+            await pilot.pause()
+            assert screen.position == 3 and screen.round.prompt == "Name a colour." and screen.state == "voting"
+
+    asyncio.run(second_session())
+    assert [v.outcome for v in store.list_votes()] == ["tie", "ranked"]
+    assert store.queue_position(queue.key) == 3
+
+
+def test_prompt_queue_refuses_a_conversation_not_ending_with_the_user(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("x\n")
+    with pytest.raises(InputError, match="prompt 1: .*must end with a user message"):
+        prompt_queue(path, [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+
+
+# ---------------------------------------------------------------- tiankong rank
+
+
+def test_rank_reads_generates_jsonl_and_stores_the_metadata(tmp_path, monkeypatch, capsys, store):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "answers.jsonl"
+    prompts.write_text("Tell me a story about a cat.\n用中文写一个关于小猫的故事。\n")
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", default_model_dir(), "--input", prompts, "--n", "2",
+                       "--max-new-tokens", "4", "--preset", "creative", "--seed", "7", "-o", out)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4
+    queue = answers_queue(out, model="tiankong-mini")
+    assert len(queue.items) == 2 and [len(i.answers) for i in queue.items] == [2, 2]
+    screen = CompareScreen([], [], store, "rita", queue=queue)
+
+    async def run():
+        async with Host(screen).run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            assert screen.state == "voting" and "1 / 2" in str(screen.query_one("#compare-head", Static).content)
+            shown = list(screen.round.texts)
+            await pilot.press("2", "enter")
+            await pilot.pause()
+            assert screen.round.prompt == "用中文写一个关于小猫的故事。"
+            return shown
+
+    shown = asyncio.run(run())
+    [vote] = store.list_votes()
+    assert vote.rater == "rita" and vote.ranking == [1, 0] and vote.source == "rank:answers.jsonl"
+    assert vote.prompt == "Tell me a story about a cat." and vote.blind
+    assert vote.prompt_id == prompt_id([{"role": "user", "content": vote.prompt}])
+    assert [r.text for r in vote.responses] == shown
+    by_seed = {r["seed"]: r for r in records if r["prompt"] == vote.prompt}
+    assert sorted(by_seed) == [7, 8]
+    for r in vote.responses:  # the answers' metadata, as generate wrote it
+        rec = by_seed[r.seed]
+        assert (r.text, r.preset, r.params, r.finish_reason, r.model) == (
+            rec["text"], "creative", rec["params"], rec["finish_reason"], "tiankong-mini")
+    assert store.queue_position(queue.key) == 1
+    # Reopened, the same file starts at its second prompt.
+    again = CompareScreen([], [], store, "rita", queue=answers_queue(out))
+
+    async def reopen():
+        async with Host(again).run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            return again.round.prompt
+
+    assert asyncio.run(reopen()) == "用中文写一个关于小猫的故事。"
+
+
+def test_answers_queue_groups_and_splits(tmp_path):
+    queue = answers_queue(answers_file(tmp_path / "six.jsonl", n_prompts=2, k=6))
+    assert [len(i.answers) for i in queue.items] == [3, 3, 3, 3]  # six answers: two rounds of three
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text(json.dumps({"prompt": "a", "text": "x"}) + "\n")
+    with pytest.raises(InputError, match="no prompt with two or more answers"):
+        answers_queue(lone)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "text": "x"}) + "\n" + json.dumps({"prompt": "a"}) + "\n")
+    with pytest.raises(InputError, match='line 2: needs the answer as a string "text"'):
+        answers_queue(bad)
+
+
+def test_cli_rank_and_compare_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    code, _, err = cli(monkeypatch, capsys, "rank", "--input", tmp_path / "missing.jsonl")
+    assert code == 2 and "missing.jsonl does not exist" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(monkeypatch, capsys, "compare", "--prompts", tmp_path / "nope.txt")
+    assert code == 2 and "nope.txt does not exist" in err
+    code, _, err = cli(monkeypatch, capsys, "compare", "--repeat", "2")
+    assert code == 2 and "add --prompts FILE" in err
