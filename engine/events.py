@@ -50,14 +50,15 @@ class Timing:
 class Finished:
     row: int
     text: str  # the whole answer, stop string and EOS removed
-    finish_reason: str  # "eos" | "stop" (a stop string) | "length" | "cancelled"
+    finish_reason: str  # "eos" | "stop" (a stop string) | "length" | "cancelled" | "error" (see message)
     usage: Usage
     timing: Timing
     token_ids: tuple[int, ...] = field(default=())  # generated ids, EOS included
+    message: str = ""  # with "error": one line naming what went wrong (non-finite logits) and the fix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 Event = TokenEvent | Finished
-FINISH_REASONS = ("eos", "stop", "length", "cancelled")
+FINISH_REASONS = ("eos", "stop", "length", "cancelled", "error")

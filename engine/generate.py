@@ -9,10 +9,17 @@ row leaves the batch, so the others do not pay for it.
 The path of one step (see SAMPLER_CHAIN in sampling.py for the processing order):
     logits (B, V) -> raw log-probs (for the events) -> BatchSampler.process (penalties,
     temperature, top-k, top-p, min-p) -> probs (B, V) -> per-row draw -> TokenEvent per row.
+
+Non-finite logits (NaN or inf weights, a float16 overflow, a bad rope config) make that row's
+log-probs NaN; the sampler still returns an index in range, and the row ends with finish_reason
+"error" and a one-line message (naming the first weight tensor that is not finite, if any) while
+the other rows go on. The check reads the chosen token's log-prob, which is fetched anyway.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -103,6 +110,7 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
             logits = logits[which]  # (U, V) -> (B, V)
     slot = P  # next cache slot to write
     t_prefill = 0.0
+    why_nonfinite: str | None = None  # worked out once, when a row first has non-finite logits
 
     while rows:
         if cancel is not None and cancel.is_set():
@@ -121,7 +129,8 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
             chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
             chosen_ps = probs.gather(1, chosen[:, None])[:, 0]
             # (B,) nats: -sum p log p as one dot product per row (3x faster than special.entr on a
-            # 49k vocabulary); model logits are finite, so no 0 * -inf terms arise.
+            # 49k vocabulary); model logits are finite, so no 0 * -inf terms arise (a row whose
+            # logits are not has a NaN chosen_lp and ends below).
             entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs)
             stats = torch.stack([chosen.float(), chosen_lp, chosen_ps, entropy], 1).cpu().tolist()
             if top_logprobs:
@@ -134,6 +143,13 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
             t_prefill = now - t0
         keep: list[int] = []
         for b, r in enumerate(rows):
+            if not math.isfinite(stats[b][1]):
+                # Non-finite logits: every log-prob of the row is NaN. Drop the token, end the row.
+                why_nonfinite = why_nonfinite or _nonfinite_reason(model)
+                r.text += r.decoder.flush()
+                yield _finished(r, "error", t_prefill, time.perf_counter() - t0 - t_prefill,
+                                f"the model's logits are not finite (NaN or inf) at answer token {len(r.ids) + 1}; {why_nonfinite}")
+                continue
             tok = int(stats[b][0])
             r.ids.append(tok)
             piece = "" if is_eos[b] else r.decoder.push(tok)
@@ -180,7 +196,20 @@ def _find_stop(text: str, piece: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def _finished(r: _Row, reason: str, prefill_s: float, decode_s: float) -> Finished:
+def _finished(r: _Row, reason: str, prefill_s: float, decode_s: float, message: str = "") -> Finished:
     n = len(r.ids)
     rate = (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0
-    return Finished(r.index, r.text, reason, Usage(r.prompt_len, n), Timing(prefill_s, decode_s, rate), tuple(r.ids))
+    return Finished(r.index, r.text, reason, Usage(r.prompt_len, n), Timing(prefill_s, decode_s, rate), tuple(r.ids),
+                    message)
+
+
+def _nonfinite_reason(model: nn.Module) -> str:
+    """Why logits went non-finite: the first weight (in layer order) holding NaN or inf, else the
+    likely causes. One pass over the weights, only when a row has failed."""
+    with torch.inference_mode():
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+                return f"weight {name} holds {kind} values; re-download or re-convert the checkpoint"
+    return ("the weights are finite, so an activation overflowed (common in float16: try --dtype float32) "
+            "or a config value such as rope_theta or rope_scaling is wrong")

@@ -369,7 +369,10 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     # u * total may round up to total; the largest value below it still selects the last token
     # with nonzero probability.
     target = torch.minimum(target, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cum, target, right=True).squeeze(1).to(probs.device)  # (B,)
+    idx = torch.searchsorted(cum, target, right=True).squeeze(1)  # (B,)
+    # A row of NaN probabilities (non-finite logits) has a NaN target, found past the end: keep it
+    # in range, so the caller can look the row up and end it ("error") instead of crashing.
+    return idx.clamp_(max=probs.shape[-1] - 1).to(probs.device)
 
 
 # ---------------------------------------------------------------------------------------------
