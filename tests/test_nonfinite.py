@@ -111,3 +111,25 @@ def test_sampler_never_picks_out_of_range(params):
         ids = sampler.sample(sampler.process(logits))
         assert ((ids >= 0) & (ids < V)).all()
         sampler.update(ids)
+
+
+def test_cli_generate_reports_the_error_and_exits_2_when_every_row_failed(monkeypatch, capsys, tmp_path,
+                                                                          clean_folder):
+    import json
+
+    from helpers import cli
+
+    folder = poison(copy_model(clean_folder, tmp_path / "m"), "model.layers.0.self_attn.q_proj.weight",
+                    lambda t: t.fill_(float("nan")))
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", folder, "--raw", "-p", "Once", "-p", "The",
+                         "--max-new-tokens", "4")
+    assert code == 2
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert [r["finish_reason"] for r in recs] == ["error", "error"] and "not finite" in recs[0]["error"]
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: row 1: the model's logits are not finite")
+    assert "layers.0." in lines[0] and "Traceback" not in err
+    # A healthy model: no error key, exit 0.
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", clean_folder, "--raw", "-p", "Once",
+                         "--max-new-tokens", "2")
+    assert code == 0 and "error" not in json.loads(out) and err == ""

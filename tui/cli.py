@@ -115,6 +115,8 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None) ->
                timing={"prefill_s": round(ev_finished.timing.prefill_s, 6),
                        "decode_s": round(ev_finished.timing.decode_s, 6),
                        "decode_tokens_per_s": round(ev_finished.timing.decode_tokens_per_s, 3)})
+    if ev_finished.finish_reason == "error":
+        rec["error"] = ev_finished.message
     if tokens is not None:
         rec["tokens"] = tokens
     return rec
@@ -186,6 +188,7 @@ def generate(
 
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     stream_text = format == "text" and len(rows) == 1 and output is None
+    failed = 0
     try:
         with _progress(len(rows), enabled=input is not None) as advance:
             for start in range(0, len(rows), batch_size):
@@ -205,6 +208,11 @@ def generate(
                         out.flush()
                 for b, (job, _, p) in enumerate(batch):
                     fin = done[b]
+                    if fin.finish_reason == "error":  # this row failed (non-finite logits); the others go on
+                        failed += 1
+                        where = f"id {job['id']}" if "id" in job else f"row {start + b + 1}"
+                        err.print(f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}",
+                                  highlight=False, soft_wrap=True)
                     if format == "jsonl":
                         rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None)
                         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -216,6 +224,8 @@ def generate(
     finally:
         if output:
             out.close()
+    if failed == len(rows):  # every row failed: the model is broken, not one prompt (errors above)
+        raise typer.Exit(2)
 
 
 class _progress:
