@@ -36,6 +36,7 @@ from rich.table import Table
 
 from tiankong.engine.errors import InputError
 from tiankong.trainers.records import parse_record, read_rows
+from tiankong.tui.leaderboard import leaderboards, standings_table
 from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
 
 IMPORTED_PRESET, IMPORTED_MODEL = "imported", "unknown"
@@ -82,6 +83,19 @@ def export_records(store: Store, include_ties: bool = False, include_both_bad: b
     """Every vote's TRL records, oldest vote first."""
     return [rec for vote in reversed(store.list_votes(limit=None))
             for rec in vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)]
+
+
+def ranking_record(vote: Vote) -> dict:
+    """The vote as cast: "ranking" lists groups of response indices, best first, each group unordered
+    (a partial ranking's unranked tail is one group; a tie or both-bad vote is a single group)."""
+    return {"vote_id": vote.id, "prompt_id": vote.prompt_id, "prompt": vote.prompt, "conversation": vote.conversation,
+            "responses": [r.to_dict() for r in vote.responses], "outcome": vote.outcome, "ranking": vote.tiers(),
+            "rater": vote.rater, "blind": vote.blind, "source": vote.source, "created_at": vote.created_at}
+
+
+def ranking_records(store: Store) -> list[dict]:
+    """Every vote as a raw K-way ranking with ties (`ranking_record`), oldest vote first."""
+    return [ranking_record(v) for v in reversed(store.list_votes(limit=None))]
 
 
 # ---------------------------------------------------------------- import
@@ -219,25 +233,30 @@ def _write_atomic(path: Path, text: str) -> None:
 
   tiankong prefs export --data-dir ~/tiankong-data -o prefs.jsonl
 
-Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs.""")
-def export(format: str = typer.Option("trl", "--format", help="trl (TRL preference JSONL)."),
+  tiankong prefs export --format rankings -o rankings.jsonl
+
+Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs; a partial one only the pairs it expressed.
+--format rankings writes each vote whole instead: its responses (model, preset, params, seed, text), "ranking" as groups of response indices best first (a group is unordered: the unranked rest, or a tie), outcome, rater, prompt_id.""")
+def export(format: str = typer.Option("trl", "--format", help="trl (TRL preference pairs) or rankings (K-way, with ties)."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
            include_ties: bool = typer.Option(False, "--include-ties", help='Add ties, flagged "tie": true.'),
            include_both_bad: bool = typer.Option(False, "--include-both-bad",
                                                  help='Add both-bad votes, flagged "both_bad": true.'),
            data_dir: Optional[Path] = DataDirOpt) -> None:
     """Write your votes as a TRL preference dataset (JSONL), ready for DPO or reward-model training."""
-    if format != "trl":
-        raise InputError(f"unknown --format {format!r}; use trl")
+    if format not in ("trl", "rankings"):
+        raise InputError(f"unknown --format {format!r}; use trl or rankings")
     with _store(data_dir) as store:
-        records = export_records(store, include_ties=include_ties, include_both_bad=include_both_bad)
+        records = ranking_records(store) if format == "rankings" else export_records(
+            store, include_ties=include_ties, include_both_bad=include_both_bad)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
     _write_atomic(output, text)
-    err.print(f"wrote {len(records)} preference pairs to {output}", highlight=False)
+    what = "rankings" if format == "rankings" else "preference pairs"
+    err.print(f"wrote {len(records)} {what} to {output}", highlight=False)
 
 
 @prefs_app.command("import", epilog="""[bold]Examples[/bold]
@@ -265,15 +284,22 @@ def import_(file: Path = typer.Argument(..., help="JSONL (or JSON array) of pref
 
   tiankong prefs stats --format json
 
+  tiankong prefs stats --bootstrap 1000 --seed 1
+
 Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses).
-The total row counts votes, decided pairs (as wins and as losses), tie votes and both-bad votes.""")
+The total row counts votes, decided pairs (as wins and as losses), tie votes and both-bad votes.
+The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes.""")
 def stats(data_dir: Optional[Path] = DataDirOpt,
-          format: str = typer.Option("table", "--format", help="table or json.")) -> None:
+          format: str = typer.Option("table", "--format", help="table or json."),
+          bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Resamples for the confidence intervals (0: none)."),
+          seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the same votes and seed give the same intervals).")) -> None:
     """How each preset fares in your votes: wins, losses, ties, both-bad and win rate."""
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
     with _store(data_dir) as store:
         report = stats_report(store)
+        boards = leaderboards(store.list_votes(limit=None), rounds=bootstrap, seed=seed)
+    report["leaderboard"] = {kind: [s.to_dict() for s in rows] for kind, rows in boards.items()}
     if format == "json":
         print(json.dumps(report))
         return
@@ -288,4 +314,9 @@ def stats(data_dir: Optional[Path] = DataDirOpt,
                       str(s["both_bad"]), rate)
     table.add_section()
     table.add_row("total", str(t["votes"]), str(t["pairs"]), str(t["pairs"]), str(t["tie"]), str(t["both_bad"]), "")
-    Console().print(table)
+    con = Console()
+    con.print(table)
+    for kind, rows in boards.items():
+        if rows:
+            con.print()
+            con.print(standings_table(rows, title=kind, paths=kind == "models"))
