@@ -249,3 +249,31 @@ def test_cli_rank_and_compare_errors_are_one_line(tmp_path, monkeypatch, capsys)
     assert code == 2 and "nope.txt does not exist" in err
     code, _, err = cli(monkeypatch, capsys, "compare", "--repeat", "2")
     assert code == 2 and "add --prompts FILE" in err
+
+
+def test_prefs_stats_leaderboard_and_rankings_export(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    with Store(data / "tiankong.db") as s:
+        rs = [Response(label, f"/runs/{m}", p, {"seed": 1}, 1, label, "eos")
+              for label, m, p in (("A", "sft", "balanced"), ("B", "ppo", "creative"), ("C", "ppo", "precise"))]
+        for _ in range(3):
+            s.add_vote(Vote(None, "q", [{"role": "user", "content": "q"}], rs, "ranked", [1, 0, 2], "me", True,
+                            n_ranked=1, prompt_id="q1"))
+    code, out, err = cli(monkeypatch, capsys, "prefs", "stats", "--data-dir", data, "--format", "json",
+                         "--bootstrap", "20", "--seed", "3")
+    assert code == 0, err
+    board = json.loads(out)["leaderboard"]
+    presets = {s["name"]: s for s in board["presets"]}
+    assert board["presets"][0]["name"] == "creative" and presets["creative"]["n"] == 6
+    assert presets["balanced"]["n"] == 3 and presets["precise"]["n"] == 3  # no balanced-precise games
+    assert presets["creative"]["lo"] <= presets["creative"]["strength"] <= presets["creative"]["hi"]
+    assert [s["name"] for s in board["models"]] == ["/runs/ppo", "/runs/sft"]
+    code, out, _ = cli(monkeypatch, capsys, "prefs", "stats", "--data-dir", data)
+    assert code == 0 and "presets" in out and "models" in out and "95% CI" in out and "ppo" in out
+    code, _, err = cli(monkeypatch, capsys, "prefs", "export", "--data-dir", data, "--format", "rankings",
+                       "-o", tmp_path / "r.jsonl")
+    assert code == 0 and "wrote 3 rankings" in err
+    rec = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert rec["ranking"] == [[1], [0, 2]] and rec["prompt_id"] == "q1" and rec["rater"] == "me"
+    assert rec["responses"][0] == {"label": "A", "model": "/runs/sft", "preset": "balanced", "params": {"seed": 1},
+                                   "seed": 1, "text": "A", "finish_reason": "eos"}
