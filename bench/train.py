@@ -1,23 +1,30 @@
-"""RLHF end to end on a real checkpoint: a hidden preference rule, a reward model, PPO and DPO.
+"""The README's "Training: closing the loop", run verbatim, with a script voting for a hidden taste.
 
-    python bench/train.py                       # stories260K, rule "boy"; a few minutes on 2 cores
-    python bench/train.py --word dog --ppo-steps 60
-    python bench/train.py --model models/tiankong-mini --word friend   # the bundled chat model
+    python bench/train.py                                             # tiankong-mini, taste "happy"
+    python bench/train.py --model ../shared/models/stories260K --taste dog
 
-What it does, top to bottom (the test suite runs a reduced copy of steps 1-3):
-  1. data    — stories sampled by the engine (temperature 1, no filters): from "Once upon a time"
-               for a plain model, or, for a model with a chat template, as answers to a few story
-               requests (CHAT_PROMPTS) through the template. Under each prompt, those that mention
-               --word are preferred to those that do not, paired off one to one (each pair its own
-               ranking), written as TRL preference records (conversational for chat models).
-  2. reward  — a reward model on the checkpoint, trained on 80% of the pairs; the held-out 20% give
-               its accuracy.
-  3. ppo     — PPO from the checkpoint against that reward model; the rule's rate in fresh samples
-               (same seeds, before and after) and the KL to the starting model.
-  4. dpo     — DPO from the checkpoint on the same pairs, with the same before/after rate.
+It acts as the person of the README, with the README's commands and their default flags:
+  1. answers — the model answers story requests (the engine, pure sampling at temperature 1, room
+               to end), as `tiankong compare` would show them to a person;
+  2. votes   — a hidden taste (answers that mention --taste win; for "happy" also 开心/高兴 in
+               Chinese answers) ranks them: under each prompt an answer with the taste is preferred
+               to one without, paired off one to one, --pairs rankings in all; the votes go into the
+               playground's store through `tiankong prefs import` (a fresh TIANKONG_DATA_DIR);
+  3. reward  — `tiankong train reward --output runs/rm`                                  (verbatim)
+  4. ppo     — the README's prompts.txt, then
+               `tiankong train ppo --reward runs/rm --prompts prompts.txt --output runs/ppo` (verbatim)
+  5. measure — fresh answers (new seeds, same sampling) to prompts.txt from the starting model and
+               from runs/ppo: the share showing the taste, distinct answers, EOS rate, language kept;
+  6. dpo     — `tiankong train dpo --output runs/dpo` on the same votes, measured the same way.
 
-Figures go to the terminal and to bench/out/train.json. Everything is seeded; on a busy machine
-only the times change.
+Flags that differ from the README: only `--model` for a model other than the bundled one (the
+README says --model defaults to it), and, for a model without a chat template (stories260K, a base
+model that continues text), prompts.txt holds story openings instead of requests. Every training
+setting is the CLI's default ("auto", resolved from model size and data; see trainers/auto.py).
+
+Figures go to the terminal and to bench/out/train-<model>-<taste>.json. Everything is seeded; on a
+busy machine only the times change. Run it with one thread, as the README's figures were:
+`taskset -c 0 python bench/train.py` (it sets OMP_NUM_THREADS=1 for the CLI runs).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import json
 import os
 import random
 import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,30 +44,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
-STORIES = ROOT.parent / "shared" / "models" / "stories260K"
-PROMPT = "Once upon a time"
-CHAT_PROMPTS = ["Write a short story about a cat.", "Tell me a story about a dog.", "Write a story about a bear.",
-                "Tell me a short story about a rabbit.", "Write a story about a little bird.",
-                "Tell me a story about a fox.", "Write a short story about a duck.", "Tell me a story about a mouse."]
-
-
-def sample(folder: Path, n: int, seed: int, length: int, prompts: list[str], chat: bool) -> list[tuple[int, str]]:
-    """n samples as (prompt index, text), the prompts taken in turn."""
-    from tiankong.engine.engine import Engine
-    from tiankong.engine.events import Finished
-    from tiankong.engine.sampling import SamplingParams
-
-    eng = Engine.load(folder, device="cpu")
-    ids = [eng.encode(prompt=p, raw=not chat) for p in prompts]
-    texts = [""] * n
-    for i in range(0, n, 256):  # rows per batch
-        k = min(256, n - i)
-        params = [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=seed + i + j, max_new_tokens=length)
-                  for j in range(k)]
-        for ev in eng.generate([ids[(i + j) % len(ids)] for j in range(k)], params):
-            if isinstance(ev, Finished):
-                texts[i + ev.row] = ev.text
-    return [(j % len(prompts), t) for j, t in enumerate(texts)]
+BUNDLED = ROOT / "models" / "tiankong-mini"
+README_PROMPTS = ["Tell me a story about a cat.", "Write a short story about a dog named Max.", "用中文写一个关于小猫的故事。"]
+# What the person asks in `tiankong compare` (the README's prompts among them).
+CHAT_PROMPTS = README_PROMPTS + ["Write a short story about a rabbit.", "Tell me a story about a bear.",
+                                 "Write a story about a little bird.", "用中文写一个关于小狗的故事。",
+                                 "Tell me a story about a girl named Lily."]
+OPENINGS = ["Once upon a time", "One day", "Once upon a time, there was a little girl"]
+TASTE_WORDS = {"happy": ["开心", "高兴"]}  # the taste's words in Chinese answers
+ANSWER_LIMIT = 256  # room for the answers to end, as a chat would give
 
 
 def has_chat_template(folder: Path) -> bool:
@@ -68,104 +62,115 @@ def has_chat_template(folder: Path) -> bool:
     return ChatTemplate.from_folder(folder, load_tokenizer(folder)) is not None
 
 
+def answers(folder: Path, prompts: list[str], n: int, seed: int, chat: bool) -> list[dict]:
+    """n answers, prompts taken in turn: {"prompt", "text", "eos"}."""
+    from tiankong.engine.engine import Engine
+    from tiankong.engine.events import Finished
+    from tiankong.engine.sampling import SamplingParams
+
+    eng = Engine.load(folder, device="cpu")
+    ids = [eng.encode(prompt=p, raw=not chat) for p in prompts]
+    out: list[dict] = [{}] * n
+    for i in range(0, n, 128):  # rows per batch
+        k = min(128, n - i)
+        params = [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed + i + j,
+                                 max_new_tokens=ANSWER_LIMIT) for j in range(k)]
+        for ev in eng.generate([ids[(i + j) % len(ids)] for j in range(k)], params):
+            if isinstance(ev, Finished):
+                out[i + ev.row] = {"prompt": prompts[(i + ev.row) % len(prompts)], "text": ev.text,
+                                   "eos": ev.finish_reason == "eos"}
+    return out
+
+
+def measure(rows: list[dict], taste: re.Pattern) -> dict:
+    zh = [r for r in rows if re.search(r"[\u4e00-\u9fff]", r["prompt"])]
+    return {"answers": len(rows), "taste_share": sum(bool(taste.search(r["text"])) for r in rows) / len(rows),
+            "distinct_share": len({(r["prompt"], r["text"]) for r in rows}) / len(rows),
+            "eos_rate": sum(r["eos"] for r in rows) / len(rows),
+            "chinese_kept": (sum(bool(re.search(r"[\u4e00-\u9fff]", r["text"])) and not re.search("[A-Za-z]{3,}", r["text"])
+                                 for r in zh) / len(zh)) if zh else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=STORIES)
-    ap.add_argument("--word", default="boy", help="the hidden rule: stories with this word are preferred")
-    ap.add_argument("--candidates", type=int, default=1024)
-    ap.add_argument("--length", type=int, default=40, help="story length in tokens (data, rollouts, samples)")
-    ap.add_argument("--rm-steps", type=int, default=150)
-    ap.add_argument("--ppo-steps", type=int, default=30)
-    ap.add_argument("--ppo-batch", type=int, default=32)
-    ap.add_argument("--ppo-lr", type=float, default=2e-4)
-    ap.add_argument("--kl-coef", type=float, default=0.05)
-    ap.add_argument("--dpo-steps", type=int, default=60)
-    ap.add_argument("--dpo-lr", type=float, default=3e-4)
-    ap.add_argument("--samples", type=int, default=256, help="fresh samples for each before/after rate")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", type=Path, default=BUNDLED)
+    ap.add_argument("--taste", default="happy", help="the hidden taste: answers that mention this word win")
+    ap.add_argument("--pairs", type=int, default=300, help="rankings the script votes")
+    ap.add_argument("--candidates", type=int, default=3072, help="answers sampled to vote on (at most)")
+    ap.add_argument("--samples", type=int, default=240, help="fresh answers for each before/after share")
     ap.add_argument("--skip-dpo", action="store_true")
-    ap.add_argument("--raw", action="store_true", help="plain-text prompts even if the model has a chat template")
     args = ap.parse_args()
     if not args.model.is_dir():
         sys.exit(f"no model at {args.model}; pass --model")
-    torch.set_num_threads(args.threads)
-    from tiankong.trainers.dpo import DPOConfig, DPOTrainer
-    from tiankong.trainers.ppo import PPOConfig, PPOTrainer
-    from tiankong.trainers.reward import RewardConfig, RewardTrainer
+    torch.set_num_threads(1)
+    model = args.model.resolve()
+    bundled = model == BUNDLED.resolve()
+    chat = has_chat_template(model)
+    work = OUT / f"loop-{model.name}-{args.taste}"
+    shutil.rmtree(work, ignore_errors=True)  # the CLI refuses to write into a used output folder
+    work.mkdir(parents=True)
+    env = {**os.environ, "TIANKONG_DATA_DIR": str(work / "data"), "OMP_NUM_THREADS": "1"}
+    words = [args.taste] + TASTE_WORDS.get(args.taste, [])
+    taste = re.compile("|".join(rf"\b{re.escape(w)}\b" if w.isascii() else re.escape(w) for w in words), re.I)
+    vote_prompts = CHAT_PROMPTS if chat else OPENINGS
+    ppo_prompts = README_PROMPTS if chat else OPENINGS
+    model_flag = [] if bundled else ["--model", str(model)]
 
-    work = OUT / f"train-{args.model.name}-{args.word}"
-    work.mkdir(parents=True, exist_ok=True)
-    rule = re.compile(rf"\b{re.escape(args.word)}\b", re.I)
+    def tiankong(*argv: str) -> float:
+        """Run a README command (cwd = the work folder); returns its minutes."""
+        cmd = ["tiankong", *argv]
+        print("$ " + " ".join(cmd), flush=True)
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=work, env=env, check=True)
+        return round((time.perf_counter() - t) / 60, 2)
 
-    chat = not args.raw and has_chat_template(args.model)
-    prompts = CHAT_PROMPTS if chat else [PROMPT]
-
-    def rate(samples: list[tuple[int, str]]) -> float:
-        return sum(bool(rule.search(t)) for _, t in samples) / len(samples)
-
-    def rows(folder: Path) -> list[dict]:
-        return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-
-    def record(prompt: str, chosen: str, rejected: str) -> dict:
-        if not chat:
-            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}]}
-
-    report: dict = {"model": str(args.model), "word": args.word, "chat": chat,
-                    "settings": vars(args) | {"model": str(args.model)}, "load_average": os.getloadavg()[0]}
+    report: dict = {"model": str(model), "taste": words, "chat": chat, "load_average": os.getloadavg()[0]}
+    # 1-2. answers and votes
     t = time.perf_counter()
-    stories = sample(args.model, args.candidates, 0, args.length, prompts, chat)
+    cands = answers(model, vote_prompts, args.candidates, 0, chat)
     records = []
-    for i, prompt in enumerate(prompts):
-        yes = [s for j, s in stories if j == i and rule.search(s)]
-        no = [s for j, s in stories if j == i and not rule.search(s)]
-        random.Random(i).shuffle(no)
-        records += [record(prompt, a, b) for a, b in zip(yes, no)]
-    random.Random(0).shuffle(records)  # the reward model's held-out split takes the tail
-    prefs = work / "prefs.jsonl"
-    prefs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    report["data"] = {"candidates": len(stories), "prompts": len(prompts), "rule_rate": rate(stories),
-                      "pairs": len(records), "seconds": round(time.perf_counter() - t, 1)}
-    print(f"data: {report['data']}", flush=True)
+    for p in vote_prompts:
+        yes = [a["text"] for a in cands if a["prompt"] == p and taste.search(a["text"])]
+        no = [a["text"] for a in cands if a["prompt"] == p and not taste.search(a["text"])]
+        random.Random(p).shuffle(no)
+        records += [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": a}],
+                     "rejected": [{"role": "assistant", "content": b}]} if chat else
+                    {"prompt": p, "chosen": a, "rejected": b} for a, b in zip(yes, no)]
+    random.Random(0).shuffle(records)
+    records = records[:args.pairs]
+    (work / "votes.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    report["votes"] = {"candidates": len(cands), "taste_share": measure(cands, taste)["taste_share"],
+                       "pairs": len(records), "minutes": round((time.perf_counter() - t) / 60, 2)}
+    report["votes"]["minutes"] += tiankong("prefs", "import", "votes.jsonl")
+    print(f"votes: {report['votes']}", flush=True)
 
-    t = time.perf_counter()
-    rm = RewardTrainer(RewardConfig(model=str(args.model), data=str(prefs), output=str(work / "rm"),
-                                    steps=args.rm_steps, batch_size=16, lr=3e-3, warmup_steps=5, eval_fraction=0.2,
-                                    eval_every=max(1, args.rm_steps // 5), device="cpu", progress=False, raw=not chat)).train()
-    last = rows(rm)[-1]
-    report["reward_model"] = {"eval_accuracy": last["eval_accuracy"], "eval_loss": last["eval_loss"],
-                              "train_accuracy": last["accuracy"], "seconds": round(time.perf_counter() - t, 1)}
-    print(f"reward model: {report['reward_model']}", flush=True)
+    # 3. reward model
+    minutes = tiankong("train", "reward", *model_flag, "--output", "runs/rm")
+    report["reward"] = {"minutes": minutes, **json.loads((work / "runs/rm/verdict.json").read_text())["figures"]}
+    print(f"reward: {report['reward']}", flush=True)
 
-    before = rate(sample(args.model, args.samples, 10_000, args.length, prompts, chat))
-    t = time.perf_counter()
-    (work / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
-    ppo = PPOTrainer(PPOConfig(model=str(args.model), reward=str(rm), prompts=str(work / "prompts.txt"),
-                               output=str(work / "ppo"), steps=args.ppo_steps, batch_size=args.ppo_batch,
-                               num_mini_batches=2, response_length=args.length, temperature=1.0, lr=args.ppo_lr,
-                               kl_coef=args.kl_coef, device="cpu", progress=False, raw=not chat)).train()
-    m = rows(ppo)
-    report["ppo"] = {"rule_rate_before": before, "rule_rate_after": rate(sample(ppo, args.samples, 10_000, args.length, prompts, chat)),
-                     "kl_last": m[-1]["kl"], "kl_max": max(r["kl"] for r in m),
-                     "reward_first": m[0]["reward"], "reward_last": m[-1]["reward"],
-                     "entropy_first": m[0]["entropy"], "entropy_last": m[-1]["entropy"],
-                     "seconds": round(time.perf_counter() - t, 1)}
+    # 4. PPO
+    (work / "prompts.txt").write_text("".join(p + "\n" for p in ppo_prompts))
+    minutes = tiankong("train", "ppo", *model_flag, "--reward", "runs/rm", "--prompts", "prompts.txt",
+                       "--output", "runs/ppo")
+    verdict = json.loads((work / "runs/ppo/verdict.json").read_text())
+    # 5. measure
+    before = measure(answers(model, ppo_prompts, args.samples, 10_000, chat), taste)
+    after_rows = answers(work / "runs/ppo", ppo_prompts, args.samples, 10_000, chat)
+    report["ppo"] = {"minutes": minutes, "settings": verdict["settings"], "before": before,
+                     "after": measure(after_rows, taste), "kl_to_reference": verdict["figures"]["kl_to_reference"],
+                     "examples": [r["text"][:200] for r in after_rows[:len(ppo_prompts)]]}
     print(f"ppo: {report['ppo']}", flush=True)
 
+    # 6. DPO on the same votes
     if not args.skip_dpo:
-        t = time.perf_counter()
-        dpo = DPOTrainer(DPOConfig(model=str(args.model), data=str(prefs), output=str(work / "dpo"),
-                                   steps=args.dpo_steps, batch_size=16, lr=args.dpo_lr, beta=0.1, eval_fraction=0.2,
-                                   device="cpu", progress=False, raw=not chat)).train()
-        m = rows(dpo)
-        report["dpo"] = {"rule_rate_before": before,
-                         "rule_rate_after": rate(sample(dpo, args.samples, 10_000, args.length, prompts, chat)),
-                         "eval_reward_accuracy": m[-1]["eval_reward_accuracy"], "loss_last": m[-1]["loss"],
-                         "seconds": round(time.perf_counter() - t, 1)}
+        minutes = tiankong("train", "dpo", *model_flag, "--output", "runs/dpo")
+        report["dpo"] = {"minutes": minutes, "before": before,
+                         "after": measure(answers(work / "runs/dpo", ppo_prompts, args.samples, 10_000, chat), taste)}
         print(f"dpo: {report['dpo']}", flush=True)
-    (OUT / "train.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {OUT / 'train.json'}")
+    path = OUT / f"train-{model.name}-{args.taste}.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

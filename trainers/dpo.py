@@ -30,6 +30,7 @@ from torch import nn
 from tiankong.engine.errors import InputError
 from tiankong.engine.model import load_model, save_pretrained
 
+from .auto import n_parameters
 from .common import opt
 from .preferences import Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 
@@ -57,7 +58,7 @@ def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, starts: torch.
 class DPOConfig(PreferenceConfig):
     output: str = opt("runs/dpo", "Output folder: the tuned model as a Hugging Face folder, plus metrics.")
     model: str = opt("", "Starting model (usually the SFT model); also the frozen reference.")
-    lr: float = opt(1e-6, "Peak learning rate (DPO wants small ones).")
+    lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (3e-4 at 3M parameters, 1e-6 at 1B).")
     # --- DPO
     beta: float = opt(0.1, "How far from the reference the policy may move: higher = stay closer.")
     label_smoothing: float = opt(0.0, "Assumed fraction of flipped labels (conservative DPO); 0 = plain DPO.")
@@ -83,6 +84,7 @@ class DPOTrainer(PreferenceTrainer):
         self.model.requires_grad_(True)
         self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen: requires_grad stays False
         self.load_data(cfg.model, self.mcfg.max_seq_len)
+        self.resolve_auto(n_parameters(self.model))
         self._ref_cache: dict[tuple[int, ...], float] = {}
         self.last_eval: dict[str, float] = {}
 

@@ -68,6 +68,9 @@ def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int 
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if not pts:
             continue
+        if len(pts) == 1:  # one point (e.g. an eval at the end only) is a figure, not a curve
+            out.append(f"{key}: {pts[0][1]:.4g} at step {pts[0][0]} (one point, nothing to plot)")
+            continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         title = f"{key}  (last {pts[-1][1]:.4g} at step {pts[-1][0]})"
         out.append(_plot(plt, xs, ys, title, width, height))

@@ -51,6 +51,7 @@ from tiankong.engine.generate import generate
 from tiankong.engine.model import load_model, save_pretrained
 from tiankong.engine.sampling import SamplingParams
 
+from . import auto
 from .common import Trainer, TrainConfig, lr_at, opt
 from .preferences import Encoder, pad_right
 from .records import messages_field
@@ -195,6 +196,25 @@ def read_prompts(path: str | Path) -> list[tuple[int, str | list[dict]]]:
     return out
 
 
+@torch.no_grad()
+def sample(model: nn.Module, mcfg: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
+           temperature: float, max_new_tokens: int, chunk: int = 0) -> list[tuple[int, ...]]:
+    """Answer token ids (EOS included when the answer ended) by the engine's batched generation,
+    pure sampling at `temperature`, one seed per row, `chunk` rows at a time (0 = all)."""
+    params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0,
+                             max_new_tokens=max_new_tokens, seed=s) for s in seeds]
+    answers: list[tuple[int, ...]] = [()] * len(prompts)
+    chunk = chunk or len(prompts)
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(prompts), chunk):
+        for ev in generate(model, mcfg, tokenizer, [list(p) for p in prompts[i:i + chunk]], params[i:i + chunk]):
+            if isinstance(ev, Finished):
+                answers[i + ev.row] = ev.token_ids
+    model.train(was_training)
+    return answers
+
+
 # ---------------------------------------------------------------- the trainer
 
 
@@ -205,13 +225,17 @@ class PPOConfig(TrainConfig):
     reward: str = opt("", "Reward model folder (from `tiankong train reward`); the value model starts from it.")
     prompts: str = opt("", "Prompts: text lines, or JSONL with \"prompt\" or \"messages\" (default: --data).")
     data: str = opt("", "Same as --prompts.")
-    steps: int = opt(100, "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it).")
-    batch_size: int = opt(16, "Rollouts per iteration, over all processes (prompts are cycled through).")
+    steps: int = opt(0, "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it); "
+                        "0 = auto: 30, or one pass over the prompts if that is more.")
+    batch_size: int = opt(0, "Rollouts per iteration, over all processes (prompts are cycled through); "
+                             "0 = auto: 32 (64 from 100M parameters).")
     micro_batch_size: int = opt(0, "Rollouts per forward pass (generation and updates); 0 = all at once.")
-    lr: float = opt(3e-6, "Peak learning rate (policy and value model).")
+    lr: float = opt(0.0, "Peak learning rate (policy and value model); 0 = auto from the model size "
+                         "(2e-4 at 3M parameters, 3e-6 at 1B).")
     # --- rollouts
-    response_length: int = opt(64, "Answer length limit in tokens.")
-    temperature: float = opt(0.7, "Sampling temperature of the rollouts (log-probs use the same).")
+    response_length: int = opt(0, "Answer length limit in tokens; 0 = auto: long enough for 90% of the "
+                                  "starting policy's answers to end (probed on the prompts), 64 if they never end.")
+    temperature: float = opt(1.0, "Sampling temperature of the rollouts (log-probs use the same).")
     raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
     # --- reward
     kl_coef: float = opt(0.05, "KL penalty per token: reward -= kl_coef * (log pi - log pi_ref).")
@@ -221,7 +245,7 @@ class PPOConfig(TrainConfig):
     whiten_rewards: bool = opt(False, "Whiten the per-token rewards over the batch (keeping their mean).")
     # --- PPO
     ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
-    num_mini_batches: int = opt(1, "Minibatches (optimiser steps) per pass.")
+    num_mini_batches: int = opt(0, "Minibatches (optimiser steps) per pass; 0 = auto: one per 16 rollouts.")
     cliprange: float = opt(0.2, "Policy ratio clip epsilon.")
     cliprange_value: float = opt(0.2, "Value clip around the rollout's values.")
     vf_coef: float = opt(0.1, "Weight of the value loss.")
@@ -229,7 +253,7 @@ class PPOConfig(TrainConfig):
     lam: float = opt(0.95, "GAE lambda.")
 
     def validate(self) -> None:
-        super().validate()
+        auto.validate_auto(self, super().validate)
         if not self.model:
             raise InputError("no starting policy: pass --model DIR (a Hugging Face model folder)")
         if not self.reward:
@@ -238,10 +262,13 @@ class PPOConfig(TrainConfig):
             raise InputError("no prompts: pass --prompts FILE (text lines or JSONL with \"prompt\"/\"messages\")")
         if not 0 < self.temperature <= 2:
             raise InputError(f"temperature must be in (0, 2] for PPO (log-probs are taken at it), got {self.temperature}")
-        for name in ("response_length", "ppo_epochs", "num_mini_batches", "kl_horizon"):
+        for name in ("ppo_epochs", "kl_horizon"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_mini_batches > self.batch_size:
+        for name in ("response_length", "num_mini_batches"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be at least 1 (or 0 = auto), got {getattr(self, name)}")
+        if self.batch_size and self.num_mini_batches > self.batch_size:
             raise InputError(f"num_mini_batches ({self.num_mini_batches}) cannot exceed batch_size ({self.batch_size})")
         for name in ("kl_coef", "kl_target", "missing_eos_penalty", "vf_coef"):
             if getattr(self, name) < 0:
@@ -260,8 +287,6 @@ class PPOTrainer(Trainer):
 
     def setup(self) -> None:
         cfg = self.cfg
-        if cfg.batch_size < self.dist.world:
-            raise InputError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world} processes; raise it")
         resume = self.resume_model_path()
         policy, self.mcfg = load_model(resume or cfg.model, self.device, cfg.dtype)
         policy.requires_grad_(True)
@@ -298,20 +323,22 @@ class PPOTrainer(Trainer):
         return value
 
     def load_prompts(self) -> None:
+        """Encode the prompts, resolve the auto settings (they need the prompts), then drop prompts
+        too long for context - response_length."""
         cfg = self.cfg
         path = cfg.prompts or cfg.data
-        limit = self.mcfg.max_seq_len - cfg.response_length
-        self.prompts: list[list[int]] = []
-        too_long = []
+        encoded: list[tuple[int, list[int]]] = []
         for n, prompt in read_prompts(path):
             try:
-                ids = self.encoder.prompt(prompt)
+                encoded.append((n, self.encoder.prompt(prompt)))
             except TiankongError as e:
                 raise InputError(f"{path} line {n}: {e}") from None
-            if len(ids) > limit:
-                too_long.append(n)
-            else:
-                self.prompts.append(ids)
+        self.resolve_auto([ids for _, ids in encoded])
+        if cfg.batch_size < self.dist.world:
+            raise InputError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world} processes; raise it")
+        limit = self.mcfg.max_seq_len - cfg.response_length
+        self.prompts = [ids for _, ids in encoded if len(ids) <= limit]
+        too_long = [n for n, ids in encoded if len(ids) > limit]
         if too_long and self.dist.is_main:
             print(f"{path}: skipped {len(too_long)} prompt(s) longer than context - response_length = {limit} "
                   f"tokens (lines {', '.join(map(str, too_long[:5]))}{' ...' if len(too_long) > 5 else ''})",
@@ -319,6 +346,31 @@ class PPOTrainer(Trainer):
         if not self.prompts:
             raise InputError(f"{path}: every prompt is longer than {limit} tokens; "
                              "shorten them or lower --response-length")
+
+    def resolve_auto(self, prompts: list[list[int]]) -> None:
+        """Fill in the settings left at 0; response_length from a probe of the starting policy."""
+        cfg = self.cfg
+        n_params = auto.n_parameters(self.policy)
+
+        def probe() -> int:
+            # 32 answers of the starting policy (the same on --resume; prompts in turn, fixed seeds)
+            # with room to end: where do they stop?
+            cap = max(16, min(256, self.mcfg.max_seq_len - max(len(p) for p in prompts)))
+            rows = [prompts[i % len(prompts)] for i in range(32)]
+            seeds = [cfg.seed * 7919 + i for i in range(32)]
+            answers = sample(self.ref, self.mcfg, self.encoder.tokenizer, rows, seeds, cfg.temperature, cap,
+                             cfg.micro_batch_size)
+            ended = [any(x in self.encoder.tokenizer.eos_ids for x in a) for a in answers]
+            return auto.auto_response_length([len(a) for a in answers], ended, cap)
+
+        self.auto = auto.fill(cfg, self.name, n_params, len(prompts), "prompts", {
+            "lr": lambda: auto.auto_lr("ppo", n_params),
+            "batch_size": lambda: auto.auto_ppo_batch(n_params),
+            "num_mini_batches": lambda: max(1, cfg.batch_size // 16),
+            "steps": lambda: auto.auto_ppo_steps(len(prompts), cfg.batch_size),
+            "response_length": probe})
+        if self.auto.values and self.dist.is_main and cfg.progress:
+            print(self.auto.line(), file=sys.stderr)
 
     def n_items(self) -> int:
         return len(self.prompts)
@@ -339,16 +391,8 @@ class PPOTrainer(Trainer):
     def rollout(self, prompts: list[list[int]], seeds: list[int]) -> tuple[Rollout, dict[str, float]]:
         cfg, dev = self.cfg, self.device
         tok = self.encoder.tokenizer
-        params = [SamplingParams(temperature=cfg.temperature, top_k=0, top_p=1.0, min_p=0.0,
-                                 max_new_tokens=cfg.response_length, seed=s) for s in seeds]
-        answers: list[tuple[int, ...]] = [()] * len(prompts)
         chunk = cfg.micro_batch_size or len(prompts)
-        self.policy.eval()
-        for i in range(0, len(prompts), chunk):
-            for ev in generate(self.policy, self.mcfg, tok, prompts[i:i + chunk], params[i:i + chunk]):
-                if isinstance(ev, Finished):
-                    answers[i + ev.row] = ev.token_ids
-        self.policy.train()
+        answers = sample(self.policy, self.mcfg, tok, prompts, seeds, cfg.temperature, cfg.response_length, chunk)
 
         seqs = [p + list(a) for p, a in zip(prompts, answers)]
         tokens, positions, lengths = pad_right(seqs, dev, pad_id=self.encoder.eos_id)

@@ -46,6 +46,7 @@ from tiankong.engine.chat import RAW_MESSAGE_SEPARATOR, ChatTemplate, render_pro
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
+from . import auto
 from .common import Trainer, TrainConfig, opt
 from .records import Prompt, parse_record, read_rows
 
@@ -278,7 +279,9 @@ def pad_right(seqs: Sequence[Sequence[int]], device: torch.device | str,
 @dataclass
 class PreferenceConfig(TrainConfig):
     data: str = opt("", "Preference records (TRL JSONL: prompt/chosen/rejected). Default: the playground's votes.")
-    batch_size: int = opt(8, "Global batch size in rankings (groups of pairs sharing responses; a lone pair is one).")
+    steps: int = opt(0, "Optimisation steps; 0 = auto: enough passes over the rankings (see trainers/auto.py).")
+    batch_size: int = opt(0, "Global batch size in rankings (groups of pairs sharing responses; a lone pair is one); "
+                             "0 = auto from the number of rankings.")
     # --- data
     tie_mode: str = opt("drop", "Rows marked \"tie\" or \"both_bad\": drop, or soft (both sides equally likely to win).")
     eval_fraction: float = opt(0.1, "Fraction of rankings held out for evaluation (0 = none).")
@@ -286,7 +289,7 @@ class PreferenceConfig(TrainConfig):
     raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
 
     def validate(self) -> None:
-        super().validate()
+        auto.validate_auto(self, super().validate)
         if self.tie_mode not in TIE_MODES:
             raise InputError(f"tie_mode must be one of {', '.join(TIE_MODES)}, got {self.tie_mode!r}")
         if not 0 <= self.eval_fraction < 1:
@@ -309,6 +312,17 @@ class PreferenceTrainer(Trainer):
         self.train_groups, self.eval_groups = split_groups(self.data.groups, cfg.eval_fraction, cfg.seed)
         if self.dist.is_main and cfg.progress:
             print(f"{self.data.summary()}; {len(self.eval_groups)} groups held out", file=sys.stderr)
+
+    def resolve_auto(self, n_params: int) -> None:
+        """Fill in lr, batch_size and steps left at 0 from the model size and the training pairs."""
+        cfg, n = self.cfg, len(self.train_groups)
+        pairs = sum(len(g.pairs) for g in self.train_groups)
+        self.auto = auto.fill(cfg, self.name, n_params, pairs, "training pairs", {
+            "lr": lambda: auto.auto_lr(self.name, n_params),
+            "batch_size": lambda: auto.auto_batch(n),
+            "steps": lambda: auto.auto_steps(self.name, n, cfg.batch_size, pairs)})
+        if self.auto.values and self.dist.is_main and cfg.progress:
+            print(self.auto.line(), file=sys.stderr)
 
     def n_items(self) -> int:
         return len(self.train_groups)

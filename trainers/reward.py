@@ -39,6 +39,7 @@ from torch import nn
 from tiankong.engine.config import ModelConfig
 from tiankong.engine.errors import InputError, ModelLoadError, TiankongError
 from tiankong.engine.model import load_model, save_pretrained
+from .auto import n_parameters
 
 from .common import opt
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
@@ -202,7 +203,7 @@ def _atomic(path: Path, write) -> None:
 class RewardConfig(PreferenceConfig):
     output: str = opt("runs/rm", "Output folder: base model files + reward_head.safetensors + reward_config.json.")
     model: str = opt("", "Base model (a Hugging Face folder, usually the SFT model) the reward head sits on.")
-    lr: float = opt(1e-5, "Peak learning rate.")
+    lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (3e-3 at 3M parameters, 1e-5 at 1B).")
     # --- reward model
     margin: float = opt(0.0, "Margin subtracted from r_better - r_worse for pairs without their own \"margin\".")
     normalize: bool = opt(True, "After training, shift and scale scores so the training answers have mean 0, std 1.")
@@ -219,6 +220,7 @@ class RewardTrainer(PreferenceTrainer):
     cfg: RewardConfig
 
     def setup(self) -> None:
+        self.resolve_auto(n_parameters(self.model))
         cfg = self.cfg
         resume = self.resume_model_path()
         if resume is not None:

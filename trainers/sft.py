@@ -27,6 +27,7 @@ the global batch, however they are spread over examples, micro-batches and proce
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +40,7 @@ from tiankong.engine.files import read_model_object
 from tiankong.engine.model import save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
+from . import auto
 from .common import Trainer, TrainConfig, opt
 from .data import load_conversations, split_holdout
 from .pretrain import AUTOCAST_HELP, evaluate_held_out, load_trainable, token_loss
@@ -65,6 +67,10 @@ class SFTConfig(TrainConfig):
     data: str = opt("", "JSONL, one conversation per line: {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} "
                         "or {\"prompt\": ..., \"completion\": ...} (strings become a user and an assistant message). "
                         "The first bad line stops the run with its line number; nothing is skipped.")
+    # --- optimisation (0 = auto, see trainers/auto.py)
+    steps: int = opt(0, "Optimisation steps; 0 = auto: up to 3 passes over the conversations.")
+    batch_size: int = opt(0, "Conversations per step (over all processes); 0 = auto from the number of conversations.")
+    lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (5e-4 at 3M parameters, 2e-5 at 1B).")
     # --- data
     chat_template: str = opt("", "A Jinja chat template file to tune with instead of the model's own (saved as "
                                  "chat_template.jinja). Empty: the model's template, or tiankong's default "
@@ -75,7 +81,7 @@ class SFTConfig(TrainConfig):
     autocast: bool = opt(False, AUTOCAST_HELP)
 
     def validate(self) -> None:
-        super().validate()
+        auto.validate_auto(self, super().validate)
         if not self.model:
             raise InputError("sft needs a model to fine-tune: pass --model DIR")
         if self.max_len < 0:
@@ -152,6 +158,13 @@ class SFTTrainer(Trainer):
             self.examples.append((ids, mask))
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         self.train_ids, self.eval_ids = split_holdout(len(self.examples), cfg.eval_fraction, cfg.seed)
+        n, n_params = len(self.train_ids), auto.n_parameters(self.model)
+        self.auto = auto.fill(cfg, self.name, n_params, n, "conversations", {
+            "lr": lambda: auto.auto_lr("sft", n_params),
+            "batch_size": lambda: auto.auto_batch(n),
+            "steps": lambda: auto.auto_steps("sft", n, cfg.batch_size)})
+        if self.auto.values and self.dist.is_main and cfg.progress:
+            print(self.auto.line(), file=sys.stderr)
 
     def _batch(self, examples: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded (B, L) ids and (B, L-1) weights: 1 where the target token is an answer token."""

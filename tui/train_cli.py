@@ -106,23 +106,41 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
             votes = Path(cfg.output) / "preferences.jsonl"
             # A resumed run trains on the votes it started with, not on those added since.
             cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(Path(cfg.output)))
+        trainer = trainer_cls(cfg)
         try:
-            out = trainer_cls(cfg).train()
+            out = trainer.train()
         except TrainingStopped as stop:
             print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
             raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
         from tiankong.trainers.metrics import plot_metrics
 
+        if not trainer.dist.is_main:
+            return
         try:
             print(plot_metrics(out))
         except InputError:
             pass
+        _print_verdict(trainer, out)
         print(f"saved to {out}", file=sys.stderr)
 
     run.__signature__ = inspect.Signature(params)  # typer reads the options from here
     run.__name__ = name
     run.__doc__ = help
     return run
+
+
+def _print_verdict(trainer: Any, out: Path) -> None:
+    """Did it work? In words and figures (see trainers/verdict.py), also written to verdict.json."""
+    from rich.console import Console
+
+    from tiankong.trainers.verdict import verdict_for
+
+    verdict = verdict_for(trainer)
+    path = verdict.write(out)
+    console = Console(stderr=True)
+    for part in verdict.render():
+        console.print(part)
+    console.print(f"verdict written to {path}")
 
 
 def _resume_command() -> str:

@@ -1,0 +1,256 @@
+"""Did the run work? A verdict in words and figures after every training run (and verdict.json).
+
+    reward  held-out pairwise accuracy with a 95% Wilson interval and the number of pairs; warns
+            when there are too few votes or the interval includes 0.5 (at chance).
+    ppo/dpo fresh answers of the starting model (before) and the trained one (after), same prompts
+            and seeds: reward-model score (PPO) or DPO's implicit reward beta * log(pi / pi_ref),
+            the KL to the reference (mean over answers of log pi(y) - log pi_ref(y), y from pi),
+            answer length, EOS rate and the share of distinct answers; warns when the score rises
+            while the answers collapse (repeats, lengths at the limit), or when nothing moved; and
+            shows a few answers side by side.
+    sft     first and last training loss, and the held-out loss when there is one.
+
+`verdict_for(trainer)` computes it from the trainer object the run leaves (models still loaded);
+`Verdict.render()` gives rich renderables, `Verdict.to_dict()` what verdict.json holds. Library
+code: no printing here (tui/train_cli.py prints).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .metrics import read_metrics
+
+FEW_VOTES = 50  # fewer pairs than this: say so
+N_FRESH = 32  # fresh answers before and after, for the policy verdicts
+N_SHOWN = 3  # answers shown side by side
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (successes may be fractional: ties count 1/2)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Verdict:
+    trainer: str
+    summary: str  # one or two sentences in words
+    figures: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    examples: list[dict[str, str]] = field(default_factory=list)  # prompt, before, after
+    settings: dict[str, Any] = field(default_factory=dict)  # what "auto" resolved to
+
+    @property
+    def ok(self) -> bool:
+        return not self.warnings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / "verdict.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    def render(self) -> list[Any]:
+        """rich renderables: the words, the figures, the warnings, the answers side by side."""
+        from rich.table import Table
+        from rich.text import Text
+
+        out: list[Any] = [Text(f"Verdict ({self.trainer}): {self.summary}", style="bold")]
+        figures = Table(show_header=False, box=None, padding=(0, 2))
+        for k, v in self.figures.items():
+            figures.add_row(k.replace("_", " "), _fmt(v))
+        out.append(figures)
+        for w in self.warnings:
+            out.append(Text(f"warning: {w}", style="bold yellow"))
+        if self.examples:
+            table = Table(title="fresh answers, same prompt and seed", show_lines=True, expand=True)
+            for col in ("prompt", "before", "after"):
+                table.add_column(col, overflow="fold", ratio=1 if col == "prompt" else 3)
+            for ex in self.examples:
+                table.add_row(ex["prompt"], ex["before"], ex["after"])
+            out.append(table)
+        return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, tuple)) and all(isinstance(x, float) for x in v):
+        return " - ".join(f"{x:.3g}" for x in v)
+    return str(v)
+
+
+def verdict_for(trainer: Any) -> Verdict:
+    """The verdict of a finished run, from its trainer (see the module docstring)."""
+    kind = {"reward": reward_verdict, "ppo": policy_verdict, "dpo": policy_verdict}.get(trainer.name, loss_verdict)
+    v = kind(trainer)
+    resolved = getattr(trainer, "auto", None)
+    if resolved is not None:
+        v.settings = dict(resolved.values)
+    return v
+
+
+# ---------------------------------------------------------------- reward
+
+
+def reward_verdict(trainer: Any) -> Verdict:
+    n_pairs = trainer.data.n_pairs
+    n_eval = sum(len(g.pairs) for g in trainer.eval_groups)
+    ev = getattr(trainer, "last_eval", {}) or {}
+    return accuracy_verdict(n_pairs, n_eval, ev.get("eval_accuracy"), ev.get("eval_margin"))
+
+
+def accuracy_verdict(n_pairs: int, n_eval: int, accuracy: float | None, margin: float | None = None) -> Verdict:
+    """Held-out pairwise accuracy with its interval, in words, and the warnings."""
+    figures: dict[str, Any] = {"pairs": n_pairs, "held_out_pairs": n_eval}
+    warnings = []
+    if n_pairs < FEW_VOTES:
+        warnings.append(f"only {n_pairs} pairs: too few votes to learn or to judge a taste; rank a few hundred")
+    if not n_eval or accuracy is None:
+        warnings.append("no held-out pairs (--eval-fraction 0, or a single ranking), so nothing says whether "
+                        "the reward model learned your taste")
+        return Verdict("reward", "accuracy unknown: nothing was held out.", figures, warnings)
+    lo, hi = wilson(accuracy * n_eval, n_eval)
+    figures.update(held_out_accuracy=float(accuracy), ci95=[lo, hi])
+    if margin is not None:
+        figures["held_out_margin"] = float(margin)
+    right = accuracy * n_eval
+    words = f"the reward model ranks {right:.3g} of {n_eval} held-out pairs right (accuracy {accuracy:.2f}, " \
+            f"95% CI {lo:.2f}-{hi:.2f})"
+    if lo <= 0.5:
+        warnings.append(f"at chance: the 95% interval {lo:.2f}-{hi:.2f} includes 0.5, so this reward model may "
+                        "rank answers no better than a coin; give more (or more consistent) votes")
+        summary = words + "; that is not distinguishable from chance."
+    elif lo >= 0.7:
+        summary = words + "; it has learned the taste in these votes."
+    else:
+        summary = words + "; better than chance, but not reliable yet (more votes would tell)."
+    return Verdict("reward", summary, figures, warnings)
+
+
+# ---------------------------------------------------------------- ppo and dpo
+
+
+@torch.no_grad()
+def policy_verdict(trainer: Any) -> Verdict:
+    from .ppo import sample
+    from .preferences import pad_right
+
+    cfg, name = trainer.cfg, trainer.name
+    tok = trainer.encoder.tokenizer
+    eos_ids = tok.eos_ids
+    if name == "ppo":
+        prompts, where = trainer.prompts, "the training prompts (PPO holds none out)"
+        temperature, limit = cfg.temperature, cfg.response_length
+        policy, mcfg = trainer.policy, trainer.mcfg
+    else:
+        groups = trainer.eval_groups or trainer.train_groups
+        where = "held-out prompts" if trainer.eval_groups else "training prompts (none held out)"
+        prompts = list({tuple(g.seqs[0][:g.starts[0]]): None for g in groups})
+        temperature, policy, mcfg = 1.0, trainer.model, trainer.mcfg
+        limit = max(16, min(256, mcfg.max_seq_len - max(len(p) for p in prompts)))
+    rows = [list(prompts[i % len(prompts)]) for i in range(N_FRESH)]
+    seeds = [1_000_000 + cfg.seed * 7919 + i for i in range(N_FRESH)]  # not the training seeds
+    chunk = cfg.micro_batch_size or 16
+    before = sample(trainer.ref, mcfg, tok, rows, seeds, temperature, limit, chunk)
+    after = sample(policy, mcfg, tok, rows, seeds, temperature, limit, chunk)
+
+    def logps(model: Any, answers: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(N,) log pi(answer | prompt) at the sampling temperature, summed over answer tokens."""
+        from .dpo import sequence_logprobs
+
+        out = []
+        for i in range(0, N_FRESH, chunk):
+            seqs = [r + list(a) for r, a in zip(rows[i:i + chunk], answers[i:i + chunk])]
+            tokens, positions, lengths = pad_right(seqs, trainer.device)
+            starts = torch.tensor([len(r) for r in rows[i:i + chunk]], device=trainer.device)
+            out.append(sequence_logprobs(model(tokens, positions).float() / temperature, tokens, starts, lengths))
+        return torch.cat(out)
+
+    def stats(answers: Sequence[Sequence[int]]) -> dict[str, float]:
+        texts = [tok.decode([x for x in a if x not in eos_ids], skip_special_tokens=True) for a in answers]
+        ended = [any(x in eos_ids for x in a) for a in answers]
+        return {"length": sum(map(len, answers)) / len(answers), "eos_rate": sum(ended) / len(ended),
+                "at_limit": sum(len(a) >= limit and not e for a, e in zip(answers, ended)) / len(answers),
+                "distinct": len(set(texts)) / len(texts)}
+
+    if name == "ppo":
+        score = lambda answers: _ppo_scores(trainer, rows, answers)  # noqa: E731
+        score_name = "reward-model score"
+    else:
+        score = lambda answers: cfg.beta * (logps(policy, answers) - logps(trainer.ref, answers))  # noqa: E731
+        score_name = "implicit reward"
+    s_before, s_after = score(before), score(after)
+    kl = float((logps(policy, after) - logps(trainer.ref, after)).mean())
+    b, a = stats(before), stats(after)
+    key = "score" if name == "ppo" else "implicit_reward"
+    figures = {f"{key}_before": float(s_before.mean()), f"{key}_after": float(s_after.mean()),
+               "kl_to_reference": kl, "answers": N_FRESH, "response_limit": limit,
+               **{f"{k}_before": v for k, v in b.items()}, **{f"{k}_after": v for k, v in a.items()}}
+    rise = float(s_after.mean() - s_before.mean())
+    spread = float(torch.cat([s_before, s_after]).std()) or 1.0
+    summary = (f"on {N_FRESH} fresh answers to {where}, the mean {score_name} went from "
+               f"{figures[f'{key}_before']:.3g} to {figures[f'{key}_after']:.3g} with KL {kl:.3g} nats to the "
+               f"starting model; {a['distinct']:.0%} of answers distinct, {a['eos_rate']:.0%} ended (EOS).")
+    warnings = []
+    collapsed = a["distinct"] < min(0.8, b["distinct"] - 0.1) or a["at_limit"] > max(0.5, b["at_limit"] + 0.2)
+    if rise > 0 and collapsed:
+        warnings.append(f"the {score_name} rose while the policy collapsed: {a['distinct']:.0%} of answers distinct "
+                        f"(before {b['distinct']:.0%}), {a['at_limit']:.0%} cut at the {limit}-token limit (before "
+                        f"{b['at_limit']:.0%}); it may be gaming the reward. Lower --lr or raise --kl-coef.")
+    if abs(rise) < 0.1 * spread and kl < 0.05:
+        warnings.append(f"the policy hardly moved (KL {kl:.3g} nats, {score_name} change {rise:.3g}); "
+                        "raise --lr or --steps")
+    elif rise <= 0:
+        warnings.append(f"the {score_name} did not rise ({rise:.3g}) on fresh answers")
+    decode = lambda a: tok.decode([x for x in a if x not in eos_ids], skip_special_tokens=True)  # noqa: E731
+    prompt_text = lambda r: tok.decode(r, skip_special_tokens=True)  # noqa: E731
+    shown = [i for i in range(min(len(prompts), N_SHOWN))] or [0]
+    examples = [{"prompt": prompt_text(rows[i]), "before": decode(before[i]), "after": decode(after[i])} for i in shown]
+    return Verdict(name, summary, figures, warnings, examples)
+
+
+def _ppo_scores(trainer: Any, rows: list[list[int]], answers: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Normalised reward-model scores, an answer without EOS read with one appended (as in rollouts)."""
+    eos, ctx = trainer.encoder.eos_id, trainer.mcfg.max_seq_len
+    seqs = []
+    for r, a in zip(rows, answers):
+        s = r + list(a)
+        if not any(x in trainer.encoder.tokenizer.eos_ids for x in a):
+            s = s + [eos] if len(s) < ctx else s[:-1] + [eos]
+        seqs.append(s)
+    rm = trainer.reward_model
+    return torch.cat([rm.normalize(rm.raw_scores(seqs[i:i + 16])) for i in range(0, len(seqs), 16)])
+
+
+# ---------------------------------------------------------------- sft and the rest
+
+
+def loss_verdict(trainer: Any) -> Verdict:
+    rows = [r for r in read_metrics(trainer.out) if "loss" in r] if (trainer.out / "metrics.jsonl").exists() else []
+    if not rows:
+        return Verdict(trainer.name, "no metrics were written.")
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    figures: dict[str, Any] = {"steps": rows[-1].get("step"), "loss_first": first, "loss_last": last}
+    evals = [r for r in rows if "eval_loss" in r]
+    if evals:
+        figures["held_out_loss"] = evals[-1]["eval_loss"]
+    warnings = [] if last < first else [f"the training loss did not fall ({first:.3g} -> {last:.3g}); "
+                                        "raise --lr or --steps, or check the data"]
+    summary = f"training loss {first:.3g} -> {last:.3g} over {rows[-1].get('step')} steps" + (
+        f"; held-out loss {figures['held_out_loss']:.3g}." if evals else ".")
+    return Verdict(trainer.name, summary, figures, warnings)
