@@ -277,3 +277,19 @@ def test_prefs_stats_leaderboard_and_rankings_export(tmp_path, monkeypatch, caps
     assert rec["ranking"] == [[1], [0, 2]] and rec["prompt_id"] == "q1" and rec["rater"] == "me"
     assert rec["responses"][0] == {"label": "A", "model": "/runs/sft", "preset": "balanced", "params": {"seed": 1},
                                    "seed": 1, "text": "A", "finish_reason": "eos"}
+
+
+def test_vote_browser_shows_a_partial_ranking_as_expressed():
+    from rich.console import Console
+
+    from tiankong.tui.screens.votes import verdict, vote_detail
+
+    rs = [Response(label, "m", p, {}, 1, f"text {label}", "eos")
+          for label, p in zip("ABCD", ("balanced", "creative", "precise", "chat"))]
+    v = Vote(7, "q", [{"role": "user", "content": "q"}], rs, "ranked", [2, 0, 1, 3], "me", True, n_ranked=2)
+    assert verdict(v) == "C > A > {B, D}"
+    console = Console(width=100, record=True)
+    console.print(vote_detail(v))
+    text = console.export_text()
+    assert "(precise > balanced > {creative, chat})" in text
+    assert "C · precise · 1st" in text and "B · creative · unranked" in text and "D · chat · unranked" in text

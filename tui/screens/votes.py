@@ -72,9 +72,10 @@ def winner(vote: Vote) -> str:
     return who(vote, vote.ranking[0])
 
 
-def tiers_text(tiers: list[list[str]]) -> str:
-    """Labels best first: 'A better' (two answers), 'B > A > C', an unordered group in braces: 'C > A > {B, D}'."""
-    if len(tiers) == 2 and all(len(t) == 1 for t in tiers):
+def tiers_text(tiers: list[list[str]], better: bool = True) -> str:
+    """Labels best first: 'A better' (two answers, when `better`), 'B > A > C', an unordered group in
+    braces: 'C > A > {B, D}'."""
+    if better and len(tiers) == 2 and all(len(t) == 1 for t in tiers):
         return f"{tiers[0][0]} better"
     return " > ".join(t[0] if len(t) == 1 else "{" + ", ".join(t) + "}" for t in tiers)
 
@@ -122,16 +123,18 @@ def vote_detail(vote: Vote) -> RenderableType:
                          ("blind" if vote.blind else "not blind"), f" · {vote.source}")
     result = Text.assemble(("Outcome: ", "bold"), (verdict(vote), "bold cyan"))
     if vote.outcome == "ranked":
-        result.append("  (" + " > ".join(who(vote, i) for i in vote.ranking) + ")", style="dim")
+        result.append("  (" + tiers_text([[who(vote, i) for i in tier] for tier in vote.tiers()], better=False) + ")", style="dim")
     parts: list[RenderableType] = [head, result]
     for m in vote.conversation[:-1]:  # the context before the prompt
         parts.append(Text.assemble((f"{m.get('role', '?')}: ", "bold dim"), (str(m.get("content", "")), "dim")))
     parts.append(Text.assemble(("Prompt: ", "bold"), vote.prompt))
-    rank = {i: n for n, i in enumerate(vote.ranking)} if vote.outcome == "ranked" else {}
+    tiers = vote.tiers() if vote.outcome == "ranked" else []
+    rank = {i: n for n, tier in enumerate(tiers) for i in tier}
+    place = {i: ORDINALS[n] if len(tier) == 1 else "unranked" for n, tier in enumerate(tiers) for i in tier}
     order = list(vote.ranking) if rank else list(range(len(vote.responses)))
     for i in order:
         r = vote.responses[i]
-        title = f"{r.label} · {r.preset}" + (f" · {ORDINALS[rank[i]]}" if i in rank else "")
+        title = f"{r.label} · {r.preset}" + (f" · {place[i]}" if i in place else "")
         seed = "?" if r.seed is None else r.seed
         sub = f"{Path(r.model).name or r.model} · seed {seed} · {r.finish_reason}"
         parts.append(Panel(Text(r.text), title=Text(title, style="bold"), title_align="left",
