@@ -396,11 +396,12 @@ class ChatScreen(Screen[None]):
         answer, fin, params = event.answer, event.finished, event.params
         await answer.append(event.text, event.tokens)
         self.generating, self._cancel = False, None
-        if fin is None:
+        if fin is None or (fin.finish_reason == "error" and not fin.text):
+            # Nothing to keep: the worker failed, or the model's first logits were not finite.
             await answer.finish(answer.content, "")
             await answer.remove()
-            self.notify(f"generation failed: {event.error}", severity="error", timeout=10)
-            self._status()
+            self.notify(f"generation failed: {event.error or fin.message}", severity="error", timeout=10)
+            self._status(None if fin is None else f"generation failed: {fin.message}", error=fin is not None)
             return
         await answer.finish(fin.text, self._info(fin, params))
         answer.message_id = self._save(
@@ -409,6 +410,10 @@ class ChatScreen(Screen[None]):
         answer.set_view(heatmap=self.heatmap)
         if answer.tokens:
             self.candidates.show(answer.tokens[-1], f"last of {len(answer.tokens)} tokens · f5 inspects all")
+        if fin.finish_reason == "error":  # non-finite logits part-way: keep what came before
+            self.notify(f"generation failed: {fin.message}", severity="error", timeout=10)
+            self._status(f"generation failed (kept the partial answer): {fin.message}", error=True)
+            return
         self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
 
     def _info(self, fin: Finished, params: SamplingParams) -> str:

@@ -455,7 +455,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
                     elif isinstance(ev, Finished):
                         c = cols[ev.row]
                         texts[c], finish[c] = ev.text, ev.finish_reason
-                        stats[c] = f"{ev.usage.completion_tokens} tokens"
+                        stats[c] = (ev.message if ev.finish_reason == "error"  # non-finite logits: say why
+                                    else f"{ev.usage.completion_tokens} tokens")
                 now = time.monotonic()
                 if now - last_post >= FRAME_S or not streams:
                     self.post_message(self.Streamed(rnd.number, list(texts), list(finish), list(stats)))
