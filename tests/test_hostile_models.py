@@ -1,0 +1,221 @@
+"""Hostile model folders (issue 16): each case runs the real CLI and ends with exit code 2 and one
+stderr line naming the file or field, never a traceback or a hang, within a bounded time.
+
+Every folder is a copy of the real stories260K checkpoint with one thing broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import cli
+from tiny_models import STORIES
+
+pytestmark = pytest.mark.skipif(not STORIES.exists(), reason="../shared is absent")
+SECRET = "TOP SECRET: the key to everything"
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def tiankong(*args, timeout=20):
+    """`tiankong ARGS` as a subprocess: (exit code, stderr lines, seconds)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RUST_BACKTRACE": "0"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stderr.strip().splitlines(), time.monotonic() - start
+
+
+def in_process(monkeypatch, capsys, *args):
+    """The real CLI entry point in-process (a subprocess costs seconds): (exit code, stderr lines)."""
+    code, _, err = cli(monkeypatch, capsys, *args)
+    return code, err.strip().splitlines()
+
+
+def assert_one_line(code, lines, *words):
+    assert "Traceback" not in "\n".join(lines)
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return shutil.copytree(STORIES, tmp_path / "model")
+
+
+# --- ways to break a folder ------------------------------------------------------------------------
+
+
+def edit(name, **changes):
+    def apply(folder):
+        path = folder / name
+        data = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**data, **changes}))  # NaN and Infinity are written as such
+    return apply
+
+
+def write(name, text):
+    def apply(folder):
+        (folder / name).write_text(text)
+    return apply
+
+
+def link_out(name):
+    """`name` becomes a link to a secret file beside the folder."""
+    def apply(folder):
+        secret = folder.parent / f"secret-{name}"
+        secret.write_text(SECRET)
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(secret)
+    return apply
+
+
+def fifo(name):
+    def apply(folder):
+        (folder / name).unlink(missing_ok=True)
+        os.mkfifo(folder / name)
+    return apply
+
+
+def index(content):
+    """Sharded instead of single: model.safetensors moves to a shard, the index says `content`."""
+    def apply(folder):
+        (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+        (folder / "model.safetensors.index.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    return apply
+
+
+def wordlevel_without_unk(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, **{f"w{i}": i for i in range(4, 512)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[NONE]"))  # not in the vocabulary: "zzz" has no id
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+# --- config.json values ----------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("hidden_size", "64"), ("hidden_size", [64]), ("hidden_size", -64), ("hidden_size", True),
+    ("hidden_size", 60),  # not divisible by 8 heads
+    ("vocab_size", None), ("vocab_size", 10**30), ("vocab_size", 600),  # 600: not the embedding's 512 rows
+    ("intermediate_size", float("inf")), ("intermediate_size", 0),
+    ("num_attention_heads", 0), ("num_attention_heads", float("nan")), ("num_key_value_heads", 3),
+    ("num_key_value_heads", -4), ("max_position_embeddings", "512"), ("max_position_embeddings", 10**40),
+    ("rope_theta", 0), ("rope_theta", float("nan")), ("rope_theta", "1e4"), ("rope_theta", float("-inf")),
+    ("sliding_window", "x"), ("rms_norm_eps", -1), ("rms_norm_eps", float("inf")), ("rms_norm_eps", None),
+    ("rope_scaling", "linear"), ("rope_scaling", [1, 2]),
+    ("rope_scaling", {"rope_type": "linear", "factor": 0}),
+    ("rope_scaling", {"rope_type": "linear", "factor": float("nan")}),
+    ("rope_scaling", {"rope_type": "llama3", "factor": 8, "low_freq_factor": 2, "high_freq_factor": 2}),
+    ("architectures", 5), ("architectures", [5]), ("model_type", ["llama"]),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES, ids=[f"{k}={str(v)[:12]}" for k, v in BAD_VALUES])
+def test_bad_config_value_is_one_line(folder, key, value, monkeypatch, capsys):
+    edit("config.json", **{key: value})(folder)
+    code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
+    assert_one_line(code, lines, "config.json")
+    assert key in lines[0] or (key == "vocab_size" and "embed_tokens" in lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("layers", [10**6, 4000])
+def test_absurd_layer_count_fails_fast(folder, layers):
+    # 10**6 is out of range; 4000 is in range but not the checkpoint's 5: caught from the headers,
+    # before 4000 layers of modules are built.
+    edit("config.json", num_hidden_layers=layers)(folder)
+    code, lines, seconds = tiankong("info", "-m", folder)
+    assert_one_line(code, lines, "num_hidden_layers")
+    assert seconds < 10
+
+
+# --- files: links out, FIFOs, deep JSON, bad shard indexes, tokenizer settings ---------------------
+
+FOLDERS = {
+    "link-added_tokens": (link_out("added_tokens.json"), "added_tokens.json"),
+    "link-tokenizer.json": (link_out("tokenizer.json"), "tokenizer.json"),
+    "link-tokenizer.model": (link_out("tokenizer.model"), "tokenizer.model"),
+    "link-config": (link_out("config.json"), "config.json"),
+    "link-weights": (link_out("model.safetensors"), "model.safetensors"),
+    "fifo-weights": (fifo("model.safetensors"), "model.safetensors"),
+    "fifo-config": (fifo("config.json"), "config.json"),
+    "fifo-tokenizer_config": (fifo("tokenizer_config.json"), "tokenizer_config.json"),
+    "deep-config": (write("config.json", DEEP), "config.json"),
+    "deep-generation_config": (write("generation_config.json", DEEP), "generation_config.json"),
+    "deep-tokenizer_config": (write("tokenizer_config.json", DEEP), "tokenizer_config.json"),
+    "deep-special_tokens_map": (write("special_tokens_map.json", DEEP), "special_tokens_map.json"),
+    "deep-index": (index(DEEP), "model.safetensors.index.json"),
+    "config-not-object": (write("config.json", "[1, 2]"), "config.json"),
+    "index-weight_map-list": (index({"weight_map": ["a", "b"]}), "weight_map"),
+    "index-weight_map-ints": (index({"weight_map": {"model.norm.weight": 1}}), "weight_map"),
+    "index-no-weight_map": (index({"metadata": {}}), "weight_map"),
+    "index-shard-dotdot": (index({"weight_map": {"x": "../model/model-00001-of-00001.safetensors"}}), "shard"),
+    "index-shard-absolute": (index({"weight_map": {"x": "/etc/passwd"}}), "shard"),
+    "index-shard-missing": (index({"weight_map": {"x": "model-00002-of-00002.safetensors"}}), "missing"),
+    "added_tokens_decoder-list": (edit("tokenizer_config.json", added_tokens_decoder=[1]), "added_tokens_decoder"),
+    "additional_special_tokens-int": (edit("tokenizer_config.json", additional_special_tokens=5),
+                                      "additional_special_tokens"),
+    "added_tokens.json-values": (write("added_tokens.json", '{"<x>": "y"}'), "added_tokens.json"),
+    "token-beyond-embedding": (edit("tokenizer_config.json", additional_special_tokens=["<extra_0>"]), "512"),
+    "generation-eos-beyond-embedding": (edit("generation_config.json", eos_token_id=[2, 10**6]), "1000000"),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLDERS))
+def test_hostile_folder_is_one_line(folder, case, monkeypatch, capsys):
+    mutate, word = FOLDERS[case]
+    mutate(folder)
+    if case.startswith(("link-", "fifo-")):  # a subprocess: a regression must time out, not hang the suite
+        code, lines, _ = tiankong("info", "-m", folder)
+    else:
+        code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
+    assert_one_line(code, lines, word)
+    assert SECRET not in lines[0]
+
+
+def test_wordlevel_without_unk_on_unknown_text(folder):
+    wordlevel_without_unk(folder)
+    code, lines, _ = tiankong("generate", "-m", folder, "--raw", "--prompt", "a zzz", "--max-new-tokens", 2)
+    assert_one_line(code, lines, "zzz")
+
+
+def test_generate_refuses_fifo_weights_without_hanging(folder):
+    fifo("model.safetensors")(folder)
+    code, lines, _ = tiankong("generate", "-m", folder, "--raw", "--prompt", "x", "--max-new-tokens", 2)
+    assert_one_line(code, lines, "FIFO")
+
+
+def test_training_output_never_gets_a_linked_secret(folder, tmp_path):
+    from tiankong.engine.errors import ModelLoadError
+    from tiankong.engine.model import load_model, save_pretrained
+
+    model, cfg = load_model(STORIES, device="cpu", dtype="float32")
+    link_out("added_tokens.json")(folder)
+    out = tmp_path / "run"
+    with pytest.raises(ModelLoadError, match="added_tokens.json"):
+        save_pretrained(model, cfg, out, tokenizer_from=folder)
+    assert not (out / "added_tokens.json").exists()
+    assert all(SECRET not in p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
+
+
+def test_hf_cache_layout_loads(tmp_path):
+    """snapshots/<rev>/<file> -> ../../blobs/<sha>: links that stay inside the cached repository."""
+    repo = tmp_path / "models--tiny--stories"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    for i, src in enumerate(sorted(STORIES.iterdir())):
+        shutil.copyfile(src, repo / "blobs" / f"blob{i}")
+        (snap / src.name).symlink_to(f"../../blobs/blob{i}")
+    code, lines, _ = tiankong("info", "-m", snap, "--format", "json")
+    assert code == 0, lines
