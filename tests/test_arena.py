@@ -9,10 +9,10 @@ import json
 import time
 
 import pytest
-from textual.app import App
 from textual.widgets import Static
 
 from helpers import cli
+from tui_host import Host
 from tiny_models import make_model
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
@@ -22,18 +22,6 @@ from tiankong.tui.prefs import export_records, ranking_records, vote_pairs
 from tiankong.tui.queue import answers_queue, prompt_id, prompt_queue
 from tiankong.tui.screens.compare import CompareScreen
 from tiankong.tui.store import Response, Store, Vote
-
-
-class Host(App):
-    def __init__(self, screen) -> None:
-        super().__init__()
-        self.shown = screen
-
-    def compose(self):
-        yield Static("home")
-
-    def on_mount(self) -> None:
-        self.push_screen(self.shown)
 
 
 async def settle(pilot, screen: CompareScreen, timeout: float = 60) -> None:

@@ -16,9 +16,9 @@ import time
 
 import pytest
 from rich.console import Console
-from textual.app import App
 from textual.widgets import DataTable, Select, Static
 
+from tui_host import Host
 from tiny_models import STORIES, make_model
 from tiankong.engine.engine import Engine
 from tiankong.engine.events import Finished
@@ -30,20 +30,6 @@ from tiankong.tui.store import Response, Store, StoreError, Vote
 
 needs_stories = pytest.mark.skipif(not STORIES.parent.parent.exists(), reason="../shared is absent")
 PROMPT = "Once upon a time"
-
-
-class Host(App):
-    """A bare app that pushes one screen over a home screen: the tests do not depend on the real app."""
-
-    def __init__(self, screen) -> None:
-        super().__init__()
-        self.shown = screen
-
-    def compose(self):
-        yield Static("home")
-
-    def on_mount(self) -> None:
-        self.push_screen(self.shown)
 
 
 def preset(name: str, max_new_tokens: int = 16, **params) -> Preset:
@@ -448,7 +434,7 @@ def test_snapshot_compare_finished(stories, store, snap_compare):
 
 
 @needs_stories
-def test_snapshot_compare_four_columns_stack_when_narrow(stories, store, snap_compare):
+def test_snapshot_compare_four_columns_two_by_two_when_narrow(stories, store, snap_compare):
     presets = [preset("deterministic", 12), preset("balanced", 12, seed=1), preset("precise", 12, seed=2),
                preset("creative", 12, seed=3)]
     screen = CompareScreen([stories], presets, store, rater="snap", blind=False, prompt=PROMPT)
