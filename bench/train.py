@@ -52,7 +52,9 @@ CHAT_PROMPTS = README_PROMPTS + ["Write a short story about a rabbit.", "Tell me
                                  "Tell me a story about a girl named Lily."]
 OPENINGS = ["Once upon a time", "One day", "Once upon a time, there was a little girl"]
 TASTE_WORDS = {"happy": ["开心", "高兴"]}  # the taste's words in Chinese answers
-ANSWER_LIMIT = 256  # room for the answers to end, as a chat would give
+# Answer length: room for a chat model's answers to end; a base model (no chat template) writes on, so
+# its answers are cut at 64 tokens, the length `train ppo` resolves for a model whose answers do not end.
+ANSWER_LIMIT = {True: 256, False: 64}
 
 
 def has_chat_template(folder: Path) -> bool:
@@ -74,7 +76,7 @@ def answers(folder: Path, prompts: list[str], n: int, seed: int, chat: bool) -> 
     for i in range(0, n, 128):  # rows per batch
         k = min(128, n - i)
         params = [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed + i + j,
-                                 max_new_tokens=ANSWER_LIMIT) for j in range(k)]
+                                 max_new_tokens=ANSWER_LIMIT[chat]) for j in range(k)]
         for ev in eng.generate([ids[(i + j) % len(ids)] for j in range(k)], params):
             if isinstance(ev, Finished):
                 out[i + ev.row] = {"prompt": prompts[(i + ev.row) % len(prompts)], "text": ev.text,
@@ -96,7 +98,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=BUNDLED)
     ap.add_argument("--taste", default="happy", help="the hidden taste: answers that mention this word win")
     ap.add_argument("--pairs", type=int, default=300, help="rankings the script votes")
-    ap.add_argument("--candidates", type=int, default=3072, help="answers sampled to vote on (at most)")
+    ap.add_argument("--candidates", type=int, default=1536, help="answers sampled to vote on")
     ap.add_argument("--samples", type=int, default=240, help="fresh answers for each before/after share")
     ap.add_argument("--skip-dpo", action="store_true")
     args = ap.parse_args()

@@ -59,10 +59,10 @@ def test_learning_rates_fall_with_model_size():
 def test_steps_and_batch_scale_with_data():
     assert auto.auto_batch(40) == 8 and auto.auto_batch(300) == 16 and auto.auto_batch(100_000) == 64
     few, many = auto.auto_steps("reward", 270, 16), auto.auto_steps("reward", 20_000, 32)
-    assert few == 152  # a few hundred rankings: 9 passes (2400 pair visits)
+    assert few == 68  # a few hundred rankings: 4 passes
     assert many == 625  # large data: one pass
-    assert auto.auto_steps("reward", 100, 8, n_pairs=300) == 8 * 100 // 8  # epochs from pairs, steps from groups
-    assert auto.auto_ppo_steps(3, 32) == 30 and auto.auto_ppo_steps(10_000, 64) == 157
+    assert auto.auto_steps("reward", 100, 8, n_pairs=300) == 38  # 3 passes (pairs), over 100 groups of 8
+    assert auto.auto_ppo_steps(3, 32) == 20 and auto.auto_ppo_steps(10_000, 64) == 157
     assert auto.auto_ppo_batch(3_000_000) == 32 and auto.auto_ppo_batch(1_000_000_000) == 64
 
 

@@ -16,8 +16,8 @@ and PPO, Zephyr-style DPO, Llama-style SFT). Below 3M the small-model rate is ke
 learns with it); above 1B the rate falls as N^-1/2.
 
 Steps: enough passes over the data for a few hundred rankings to be learned (reward and DPO see
-each training pair up to 10 and 5 times; SFT up to 3), one pass for large data sets; PPO runs at
-least 30 iterations or one pass over the prompts.
+each training pair up to 4 and 5 times; SFT up to 3), one pass for large data sets; PPO runs at
+least 20 iterations or one pass over the prompts.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ LR_ANCHORS: dict[str, tuple[float, float]] = {
 
 # trainer -> (item visits aimed at, most epochs): steps = epochs * n / batch
 EPOCHS: dict[str, tuple[int, int]] = {
-    "reward": (2400, 10),
+    "reward": (900, 4),
     "dpo": (1000, 5),
     "sft": (2000, 3),
 }
-PPO_MIN_STEPS = 30
+PPO_MIN_STEPS = 20
 
 
 def auto_lr(trainer: str, n_params: int) -> float:

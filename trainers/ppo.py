@@ -226,7 +226,7 @@ class PPOConfig(TrainConfig):
     prompts: str = opt("", "Prompts: text lines, or JSONL with \"prompt\" or \"messages\" (default: --data).")
     data: str = opt("", "Same as --prompts.")
     steps: int = opt(0, "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it); "
-                        "0 = auto: 30, or one pass over the prompts if that is more.")
+                        "0 = auto: 20, or one pass over the prompts if that is more.")
     batch_size: int = opt(0, "Rollouts per iteration, over all processes (prompts are cycled through); "
                              "0 = auto: 32 (64 from 100M parameters).")
     micro_batch_size: int = opt(0, "Rollouts per forward pass (generation and updates); 0 = all at once.")
