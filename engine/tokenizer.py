@@ -117,8 +117,8 @@ class HFTokenizer(Tokenizer):
             if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
             shown = text[:20] + ("..." if len(text) > 20 else "")
-            raise TokenizerError(f"the tokenizer cannot encode {shown!r} ({_first_line(error)}); fix its "
-                                 "tokenizer.json (e.g. give the model an unk_token) or change the text") from None
+            raise TokenizerError(f"the tokenizer cannot encode {shown!r} ({_first_line(error)}); change the "
+                                 "text, or fix tokenizer.json (its unk_token, pre-tokenizer regex)") from None
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         text = self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
