@@ -11,6 +11,7 @@ The CLI, the TUI and the trainers all go through this class.
 from __future__ import annotations
 
 import random
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_fits, load_tokenizer
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only in strings decoded from bytes that were not UTF-8
+
+
 def draw_seed() -> int:
     """A fresh seed for a row that has none; reported back so the run can be repeated."""
     return random.SystemRandom().randrange(2**31)
@@ -50,6 +54,7 @@ class Engine:
     folder: Path
     n_params: int = 0
     _texts: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+    _longest_token: int = field(default=0, init=False, repr=False)  # characters; 0 = not measured yet
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "auto",
@@ -80,7 +85,14 @@ class Engine:
 
     def encode(self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None,
                raw: bool = False) -> list[int]:
-        """Prompt text or chat messages -> ids, through the chat template unless raw (or none)."""
+        """Prompt text or chat messages -> ids, through the chat template unless raw (or none).
+
+        Text that is not text (lone surrogates: bytes that were not UTF-8) is refused, and so is a
+        prompt too long in characters for any tokenization of it to fit the context: that is counted
+        before the template and the tokenizer run, so a 50 MB prompt costs no gigabytes to refuse.
+        """
+        self._check_text([prompt] if messages is None else
+                         [m.get("content") for m in messages if isinstance(m, Mapping)])
         ids = render_prompt(self.template, self.tokenizer, prompt=prompt, messages=messages, raw=raw)
         if not ids:
             # Tokenizers that add no BOS (GPT-2) still have a start-of-text token to begin from.
@@ -89,6 +101,39 @@ class Engine:
                 raise InputError("empty prompt and the model has no BOS token to start from; give some text")
             ids = [start]
         return ids
+
+    def check_fits(self, ids: Sequence[int]) -> None:
+        """Raise InputError unless the prompt leaves room for at least one new token in the context."""
+        ctx = self.cfg.max_seq_len
+        if len(ids) >= ctx:
+            raise InputError(f"prompt is {len(ids)} tokens but the model's context is {ctx}; "
+                             f"shorten it to at most {ctx - 1} tokens")
+
+    def _check_text(self, texts: Sequence[Any]) -> None:
+        ctx = self.cfg.max_seq_len
+        chars = sum(len(t) for t in texts if isinstance(t, str))
+        # No token stands for more characters than its longest vocabulary entry (x2: a normalizer may
+        # merge characters), so past that the prompt cannot fit. Shorter ones are cheap to tokenize.
+        if chars > 16 * ctx and chars > 2 * ctx * self._max_token_chars():
+            raise InputError(f"the prompt is {chars:,} characters, far more than the model's context of {ctx} "
+                             f"tokens can hold; shorten it")
+        for t in texts:
+            bad = _SURROGATE.search(t) if isinstance(t, str) else None
+            if bad:
+                raise InputError(f"the prompt is not valid text at character {bad.start() + 1}: bytes that are not "
+                                 "UTF-8 (or a lone surrogate escape such as \\ud800); give UTF-8 text")
+
+    def _max_token_chars(self) -> int:
+        """The longest vocabulary entry in characters (measured once; an upper bound on a token's text)."""
+        if not self._longest_token:
+            longest = 1
+            for i in range(self.tokenizer.vocab_size):
+                try:
+                    longest = max(longest, len(self.tokenizer.id_to_piece(i)))
+                except (IndexError, KeyError, TypeError):  # ids the tokenizer leaves unassigned
+                    continue
+            self._longest_token = longest
+        return self._longest_token
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], *,
                  top_logprobs: int = 0, cancel: threading.Event | None = None) -> Iterator[Event]:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -187,7 +189,15 @@ def read_model_object(folder: str | Path, name: str, error: type[Exception] = Mo
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def _why(e: OSError) -> str:
+class WriteError(InputError):
+    """A file could not be written; `reason` says why and what to do."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def why(e: OSError) -> str:
     import errno
 
     hints = {
@@ -213,7 +223,7 @@ def write_target(path: str | Path) -> Path:
     except FileNotFoundError:
         mode = None
     except OSError as e:
-        raise InputError(f"cannot write {path}: {_why(e)}") from None
+        raise WriteError(path, why(e)) from None
     if mode is not None and not stat.S_ISREG(mode):
         raise InputError(f"cannot write {path}: it is {_kind(mode)}; give the path of a regular file")
     if not target.parent.is_dir():
@@ -222,17 +232,19 @@ def write_target(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
+                partial: str | Path | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces `path` (whole, fsync'ed) when the block ends without error.
 
-    On an exception (Ctrl+C included) the temporary file is removed and `path` is untouched.
+    On an exception (Ctrl+C included) the temporary file is removed and `path` is untouched; with
+    `partial`, a Ctrl+C (KeyboardInterrupt) instead keeps what was written so far under that name.
     """
     assert mode in ("w", "wb"), mode
     target = write_target(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
-        raise InputError(f"cannot write {path}: {_why(e)}") from None
+        raise WriteError(path, why(e)) from None
     try:
         try:
             f = os.fdopen(fd, mode, encoding=None if "b" in mode else encoding)
@@ -246,10 +258,55 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         _commit(Path(tmp), target)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {_why(e)}") from None
+        raise WriteError(path, why(e)) from None
+    except KeyboardInterrupt:
+        if partial is not None:
+            try:
+                _commit(Path(tmp), write_target(partial))
+            except (OSError, InputError):
+                pass
+        Path(tmp).unlink(missing_ok=True)
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def stdout_errors() -> Iterator[None]:
+    """Turn a failed write to standard output (`> /dev/full`, a full disk) into one InputError line.
+    A closed pipe (`| head`) stays a BrokenPipeError, which the CLI ends quietly."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        raise InputError(f"cannot write to standard output: {why(e)}") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first string inside `value` (str, or lists/dicts of them) holding a lone surrogate, else None.
+
+    Such a string is not text: it comes from bytes that are not UTF-8 (`--prompt $'\\xff'`) or from a
+    JSON escape like "\\ud800"; no tokenizer, file or database can take it.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return v
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return None
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -259,7 +316,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as e:
-        raise InputError(f"cannot write {path}: {_why(e)}") from None
+        raise WriteError(path, why(e)) from None
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
@@ -267,7 +324,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         _commit(Path(tmp), target)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {_why(e)}") from None
+        raise WriteError(path, why(e)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

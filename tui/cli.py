@@ -6,6 +6,7 @@ mistake surfaces as a TiankongError, printed here as one line with exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors, write_target
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -51,8 +53,9 @@ def _load(model: Optional[Path], device: str = "auto", dtype: str = "auto"):
 
 # ---------------------------------------------------------------- generate
 
-def _read_jobs(prompts: List[str], input: Optional[str]) -> list[dict[str, Any]]:
-    """Prompt records from --prompt flags or an input file (JSON lines or plain text lines).
+def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, prompt record) pairs from --prompt flags or an input file (JSON lines or plain text lines);
+    where names the flag or line for errors.
 
     Every line is checked before anything runs: one bad line stops the run with its line number
     and nothing is written, so a fixed file can simply be run again.
@@ -60,11 +63,15 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[dict[str, Any]]
     if prompts and input:
         raise InputError("give prompts with --prompt or --input, not both")
     if prompts:
-        return [{"prompt": p} for p in prompts]
+        return [("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p})
+                for i, p in enumerate(prompts, 1)]
     if input is None:
         raise InputError("nothing to generate from: pass --prompt TEXT or --input FILE (- for stdin)")
     if input == "-":
-        lines = sys.stdin.read().splitlines()
+        try:
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InputError("stdin is not UTF-8 text; convert it to UTF-8") from None
         name = "stdin"
     else:
         path = Path(input)
@@ -86,6 +93,11 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[dict[str, Any]]
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{name} line {n}: invalid JSON ({e.msg}); fix the line or make it plain text") from None
+            except (RecursionError, ValueError):
+                raise InputError(f"{name} line {n}: JSON nested too deeply or too large to read; fix the line") from None
+            if lone_surrogate(obj) is not None:
+                raise InputError(f"{name} line {n}: a lone surrogate (a \\ud800-\\udfff escape that is not half of "
+                                 "a pair) is not text; fix the line")
             if "messages" in obj:
                 try:
                     obj["messages"] = validate_messages(obj["messages"])
@@ -93,9 +105,9 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[dict[str, Any]]
                     raise InputError(f"{name} line {n}: {e}") from None
             elif not isinstance(obj.get("prompt"), str):
                 raise InputError(f"{name} line {n}: a JSON line needs a string \"prompt\" or a \"messages\" list")
-            jobs.append(obj)
+            jobs.append((f"{name} line {n}", obj))
         else:
-            jobs.append({"prompt": line})
+            jobs.append((f"{name} line {n}", {"prompt": line}))
     if not jobs:
         raise InputError(f"{name} has no prompts; put one prompt (or JSON object) per line")
     return jobs
@@ -137,7 +149,9 @@ def _token_json(ev) -> dict[str, Any]:
   tiankong generate -m ./SmolLM2 --input prompts.jsonl --n 4 --batch-size 8 --output out.jsonl
 
 Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text.
-A bad line stops the run before anything is generated, naming the line.""")
+A bad line (or a prompt longer than the context) stops the run before anything is generated, naming the line.
+--output is replaced only when the run ends: on an error it is left as it was. Ctrl+C also leaves it
+as it was and keeps the records already finished in OUTPUT.partial.""")
 def generate(
     model: Optional[Path] = ModelOpt,
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt; repeat for several."),
@@ -167,6 +181,8 @@ def generate(
 
     if format not in ("jsonl", "text"):
         raise InputError(f"unknown --format {format!r}; use jsonl or text")
+    if output is not None:
+        write_target(output)  # a missing folder, a folder or a device: said before the model loads
     jobs = _read_jobs(prompt, input)
     base = get_preset(preset).params
     overrides = {k: v for k, v in dict(
@@ -180,17 +196,20 @@ def generate(
 
     # One row per (prompt, sample): the seed depends only on the sample index, never on batching.
     rows = []
-    for job in jobs:
-        ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
+    for where, job in jobs:  # every prompt encoded and checked against the context before any output
+        try:
+            ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
+            eng.check_fits(ids)
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
         for i in range(n):
             s = params.seed + i if params.seed is not None else draw_seed()
             rows.append((job, ids, params.replace(seed=s)))
 
-    out = open(output, "w", encoding="utf-8") if output else sys.stdout
     stream_text = format == "text" and len(rows) == 1 and output is None
-    failed = 0
+    failed = written = 0
     try:
-        with _progress(len(rows), enabled=input is not None) as advance:
+        with _output(output) as out, _progress(len(rows), enabled=input is not None) as advance:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start:start + batch_size]
                 tokens: list[list] = [[] for _ in batch]
@@ -220,12 +239,35 @@ def generate(
                         out.write("\n")
                     else:
                         out.write(fin.text + "\n\n")
+                    written += 1
                 out.flush()
-    finally:
-        if output:
-            out.close()
+    except KeyboardInterrupt:
+        if output is None:
+            raise
+        partial = _partial(output)
+        if written == 0:
+            partial.unlink(missing_ok=True)
+        kept = f"the {written} finished record{'s' if written != 1 else ''} are in {partial}" if written else "nothing had finished"
+        err.print(f"interrupted: {output} is unchanged; {kept}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     if failed == len(rows):  # every row failed: the model is broken, not one prompt (errors above)
         raise typer.Exit(2)
+
+
+def _partial(output: Path) -> Path:
+    return output.with_name(output.name + ".partial")
+
+
+@contextlib.contextmanager
+def _output(output: Optional[Path]):
+    """stdout (a failed write is one error line), or a temporary file that replaces OUTPUT whole when
+    the run ends well; on an error OUTPUT is untouched, on Ctrl+C what finished is kept in OUTPUT.partial."""
+    if output is None:
+        with stdout_errors():
+            yield sys.stdout
+        return
+    with atomic_open(output, partial=_partial(output)) as f:
+        yield f
 
 
 class _progress:

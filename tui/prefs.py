@@ -15,15 +15,18 @@ each pair of their responses is exported with "tie": true or "both_bad": true, a
 merely name the two sides.
 
 Import reads those records back (standard, conversational, or the implicit-prompt variants where
-chosen/rejected hold the whole conversation) and Anthropic HH rows. Import is all-or-nothing: every
-row is checked first, one bad row stops it with its line number, and the votes go in as a single
-transaction, so a fixed file can simply be imported again without duplicates.
+chosen/rejected hold the whole conversation) and Anthropic HH rows. Every row is checked first: one
+bad row stops the import with its line number and nothing is imported. Each imported vote carries a
+content hash, so rows already in the store (importing a file twice, or one that overlaps) are skipped
+and reported as duplicates. The votes go in as transactions of 1000, so a playground voting meanwhile
+is never locked out for long; an import cut short is finished by importing the same file again.
+
+A vote row damaged outside tiankong is skipped by export and stats, with one warning line naming it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from itertools import combinations
@@ -35,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tiankong.engine.errors import InputError
+from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors
 from tiankong.trainers.records import parse_record, read_rows
 from tiankong.tui.leaderboard import leaderboards, standings_table
 from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
@@ -79,9 +83,10 @@ def vote_pairs(vote: Vote, include_ties: bool = False, include_both_bad: bool = 
     return records
 
 
-def export_records(store: Store, include_ties: bool = False, include_both_bad: bool = False) -> list[dict]:
-    """Every vote's TRL records, oldest vote first."""
-    return [rec for vote in reversed(store.list_votes(limit=None))
+def export_records(store: Store, include_ties: bool = False, include_both_bad: bool = False,
+                   skipped: list[tuple[int, str]] | None = None) -> list[dict]:
+    """Every vote's TRL records, oldest vote first. Unreadable vote rows are left out (listed in `skipped`)."""
+    return [rec for vote in reversed(store.list_votes(limit=None, skipped=skipped))
             for rec in vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)]
 
 
@@ -93,9 +98,9 @@ def ranking_record(vote: Vote) -> dict:
             "rater": vote.rater, "blind": vote.blind, "source": vote.source, "created_at": vote.created_at}
 
 
-def ranking_records(store: Store) -> list[dict]:
+def ranking_records(store: Store, skipped: list[tuple[int, str]] | None = None) -> list[dict]:
     """Every vote as a raw K-way ranking with ties (`ranking_record`), oldest vote first."""
-    return [ranking_record(v) for v in reversed(store.list_votes(limit=None))]
+    return [ranking_record(v) for v in reversed(store.list_votes(limit=None, skipped=skipped))]
 
 
 # ---------------------------------------------------------------- import
@@ -103,23 +108,34 @@ def ranking_records(store: Store) -> list[dict]:
 
 def import_file(store: Store, path: Path, rater: str = "import") -> int:
     """Add every row of a TRL preference or Anthropic HH file (JSONL or a JSON array) as a ranked
-    2-response vote, chosen first. All rows or none: returns how many votes were added."""
+    2-response vote, chosen first; rows already stored are skipped. Returns how many votes were added."""
+    return store.import_votes(read_votes(path, rater))[0]
+
+
+def read_votes(path: Path, rater: str = "import") -> list[Vote]:
+    """Every row of the file as a vote; one bad row raises InputError naming it (nothing is imported)."""
     path = Path(path)
     rows = _read_rows(path)
     source = f"import:{path.name}"
     votes = []
     for where, row in rows:
         try:
+            if lone_surrogate(row) is not None:
+                raise InputError("it holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a "
+                                 "pair), which is not text")
             votes.append(_row_vote(row, rater, source))
         except InputError as e:
             raise InputError(f"{path} {where}: {e}; fix that row (nothing was imported)") from None
-    store.add_votes(votes)  # one transaction
-    return len(votes)
+    return votes
 
 
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
     """(where, parsed row) pairs; where is "line N" for JSONL, "item N" for a JSON array."""
-    rows = [(where, row) for _, where, row in read_rows(path, fix="fix that line (nothing was imported)")]
+    try:
+        rows = [(where, row) for _, where, row in read_rows(path, fix="fix that line (nothing was imported)")]
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be preference data; fix the file "
+                         "(nothing was imported)") from None
     if not rows:
         raise InputError(f"{path} has no rows; put one preference pair (a JSON object) per line")
     return rows
@@ -180,16 +196,16 @@ def _hh(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
 # ---------------------------------------------------------------- stats
 
 
-def stats_report(store: Store) -> dict[str, Any]:
-    """vote_stats() plus each preset's win rate (wins / decided pairs) and vote totals."""
+def stats_report(store: Store, skipped: list[tuple[int, str]] | None = None) -> dict[str, Any]:
+    """vote_stats() plus each preset's win rate (wins / decided pairs) and vote totals (counted in SQL)."""
     presets = {}
-    for name, s in store.vote_stats().items():
+    per_preset, per_outcome = store.vote_summary(skipped)
+    for name, s in per_preset.items():
         decided = s["wins"] + s["losses"]
         presets[name] = {**s, "win_rate": s["wins"] / decided if decided else None}
-    votes = store.list_votes(limit=None)
-    totals = {"votes": len(votes)}
+    totals = {"votes": sum(per_outcome.values())}
     for outcome in ("ranked", "tie", "both_bad"):
-        totals[outcome] = sum(v.outcome == outcome for v in votes)
+        totals[outcome] = per_outcome[outcome]
     totals["pairs"] = sum(s["wins"] for s in presets.values())
     return {"presets": presets, "totals": totals}
 
@@ -209,20 +225,15 @@ def _store(folder: Optional[Path]) -> Store:
     return Store(data_dir(folder) / DB_NAME)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file next to PATH, then rename it over PATH: readers never see half a file."""
-    if not path.parent.is_dir():
-        raise InputError(f"folder {path.parent} does not exist; create it or pick another --output")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path} ({e.strerror or e}); pick another --output") from None
+def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
+    """One warning line naming the vote rows that could not be read (ids, and the first reason)."""
+    if not skipped:
+        return
+    ids = sorted({i for i, _ in skipped})
+    shown = ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    err.print(f"warning: skipped {len(ids)} damaged vote row{'s' if len(ids) > 1 else ''} in {store.path} "
+              f"(id {shown}; id {skipped[0][0]}: {skipped[0][1]}); repair or delete them with sqlite3",
+              highlight=False, markup=False, soft_wrap=True)
 
 
 @prefs_app.command(epilog="""[bold]Examples[/bold]
@@ -236,7 +247,8 @@ def _write_atomic(path: Path, text: str) -> None:
   tiankong prefs export --format rankings -o rankings.jsonl
 
 Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs; a partial one only the pairs it expressed.
---format rankings writes each vote whole instead: its responses (model, preset, params, seed, text), "ranking" as groups of response indices best first (a group is unordered: the unranked rest, or a tie), outcome, rater, prompt_id.""")
+--format rankings writes each vote whole instead: its responses (model, preset, params, seed, text), "ranking" as groups of response indices best first (a group is unordered: the unranked rest, or a tie), outcome, rater, prompt_id.
+--output is written whole or not at all (a temporary file renamed over it); a symlink is written through, a folder or device is refused.""")
 def export(format: str = typer.Option("trl", "--format", help="trl (TRL preference pairs) or rankings (K-way, with ties)."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
            include_ties: bool = typer.Option(False, "--include-ties", help='Add ties, flagged "tie": true.'),
@@ -246,15 +258,18 @@ def export(format: str = typer.Option("trl", "--format", help="trl (TRL preferen
     """Write your votes as a TRL preference dataset (JSONL), ready for DPO or reward-model training."""
     if format not in ("trl", "rankings"):
         raise InputError(f"unknown --format {format!r}; use trl or rankings")
+    skipped: list[tuple[int, str]] = []
     with _store(data_dir) as store:
-        records = ranking_records(store) if format == "rankings" else export_records(
-            store, include_ties=include_ties, include_both_bad=include_both_bad)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        records = ranking_records(store, skipped) if format == "rankings" else export_records(
+            store, include_ties=include_ties, include_both_bad=include_both_bad, skipped=skipped)
+        warn_skipped(store, skipped)
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        with stdout_errors():
+            sys.stdout.writelines(lines)
         return
-    _write_atomic(output, text)
+    with atomic_open(output) as f:
+        f.writelines(lines)
     what = "rankings" if format == "rankings" else "preference pairs"
     err.print(f"wrote {len(records)} {what} to {output}", highlight=False)
 
@@ -266,16 +281,18 @@ def export(format: str = typer.Option("trl", "--format", help="trl (TRL preferen
   tiankong prefs import hh-rlhf-test.jsonl --rater anthropic
 
 Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows. Each row becomes a ranked vote of two answers, chosen first.
-One bad row stops the import with its line number, and nothing is imported.""")
+One bad row stops the import with its line number, and nothing is imported. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing.""")
 def import_(file: Path = typer.Argument(..., help="JSONL (or JSON array) of preference rows.", show_default=False),
             data_dir: Optional[Path] = DataDirOpt,
             rater: str = typer.Option("import", help="Name recorded as the rater of these votes.")) -> None:
     """Add preference pairs from a file as votes."""
     if not file.is_file():  # checked before opening (and perhaps creating) the database
         raise InputError(f"{file} does not exist; give a JSONL (or JSON array) file of preference pairs")
+    votes = read_votes(file, rater=rater)  # every row checked before the database is opened
     with _store(data_dir) as store:
-        n = import_file(store, file, rater=rater)
-        err.print(f"imported {n} votes from {file} into {store.path}", highlight=False)
+        added, duplicates = store.import_votes(votes)
+        dup = f"; {duplicates} duplicate{'' if duplicates == 1 else 's'} skipped" if duplicates else ""
+        err.print(f"imported {added} votes from {file} into {store.path}{dup}", highlight=False)
 
 
 @prefs_app.command(epilog="""[bold]Examples[/bold]
@@ -296,9 +313,11 @@ def stats(data_dir: Optional[Path] = DataDirOpt,
     """How each preset fares in your votes: wins, losses, ties, both-bad and win rate."""
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
+    skipped: list[tuple[int, str]] = []
     with _store(data_dir) as store:
-        report = stats_report(store)
+        report = stats_report(store, skipped)
         boards = leaderboards(store.list_votes(limit=None), rounds=bootstrap, seed=seed)
+        warn_skipped(store, skipped)
     report["leaderboard"] = {kind: [s.to_dict() for s in rows] for kind, rows in boards.items()}
     if format == "json":
         print(json.dumps(report))

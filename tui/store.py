@@ -24,6 +24,7 @@ Timestamps are ISO-8601 UTC with microseconds ("2025-01-31T12:00:00.000000Z"), s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -60,6 +61,14 @@ class ChatSummary:
     created_at: str
     updated_at: str
     n_messages: int
+
+
+@dataclass
+class ChatMatch:
+    """A chat found by Store.search_chats: its summary and its newest message containing the query."""
+    chat: ChatSummary
+    message_id: int
+    snippet: str  # that message on one line, cut around the first match
 
 
 @dataclass
@@ -205,8 +214,57 @@ def _v2_partial_rankings_and_queues(conn: sqlite3.Connection) -> None:
         updated_at TEXT NOT NULL)""")
 
 
+# The columns a vote's content hash covers, read as bytes (a row with text that is not UTF-8 still hashes).
+_HASHED = ("CAST(prompt AS BLOB), CAST(conversation AS BLOB), CAST(responses AS BLOB), CAST(outcome AS BLOB), "
+           "CAST(ranking AS BLOB), CAST(n_ranked AS BLOB)")
+
+
+def _v3_import_hashes(conn: sqlite3.Connection) -> None:
+    """Imported votes carry a content hash (indexed), so importing the same rows again adds nothing.
+    Votes imported before this version get theirs here."""
+    conn.execute("ALTER TABLE votes ADD COLUMN content_hash TEXT")  # NULL for votes cast in the playground
+    rows = conn.execute(f"SELECT id, {_HASHED} FROM votes WHERE source LIKE 'import:%'").fetchall()
+    conn.executemany("UPDATE votes SET content_hash = ? WHERE id = ?",
+                     [(_content_hash(parts), vote_id) for vote_id, *parts in rows])
+    conn.execute("CREATE INDEX votes_by_content ON votes(content_hash)")
+
+
+def _has_fts5_trigram(conn: sqlite3.Connection) -> bool:
+    """Whether this sqlite3 has FTS5 with the trigram tokenizer (SQLite >= 3.34)."""
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.fts5_probe USING fts5(x, tokenize='trigram')")
+    except sqlite3.OperationalError:
+        return False
+    conn.execute("DROP TABLE temp.fts5_probe")
+    return True
+
+
+def _v4_message_search(conn: sqlite3.Connection) -> None:
+    """Full-text search over messages (Store.search_chats): an FTS5 index of messages.content with the
+    trigram tokenizer, which finds any substring of three or more characters in any script (Chinese has
+    no spaces to split words at). Triggers keep it in step, so each message write updates it in the
+    same transaction; the messages written before this version are indexed here.
+
+    A sqlite3 without FTS5 or trigram creates nothing, and search_chats falls back to LIKE (a scan of
+    every message: fine for a person's chats). A database indexed here then needs FTS5 to write
+    messages: the triggers use it."""
+    if not _has_fts5_trigram(conn):
+        return
+    conn.execute("CREATE VIRTUAL TABLE messages_fts USING fts5("
+                 "content, content='messages', content_rowid='id', tokenize='trigram')")
+    conn.execute("""CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END""")
+    conn.execute("""CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content); END""")
+    conn.execute("""CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END""")
+    conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")  # the messages already stored
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_partial_rankings_and_queues]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_partial_rankings_and_queues,
+                                                          _v3_import_hashes, _v4_message_search]
 
 
 # ---------------------------------------------------------------- the store
@@ -339,8 +397,30 @@ class Store:
         """Newest (most recently changed) first."""
         rows = self._read("SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id) AS n "
                           "FROM chats c ORDER BY c.updated_at DESC, c.id DESC LIMIT ?", (limit,))
-        return [ChatSummary(r["id"], r["title"], r["model"], r["preset"], r["created_at"], r["updated_at"], r["n"])
-                for r in rows]
+        return [_summary(r) for r in rows]
+
+    def search_chats(self, query: str, limit: int = 500) -> list[ChatMatch]:
+        """Chats with a message containing `query` (case-insensitive), newest first, each with its newest
+        matching message as a one-line snippet.
+
+        Uses the FTS5 trigram index (see _v4_message_search) for queries of three or more characters;
+        shorter queries, and a sqlite3 without FTS5 (then only ASCII letters ignore case), use LIKE over
+        every message."""
+        q = " ".join(query.split())
+        if not q:
+            return []
+        if len(q) >= 3 and self._read("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'"):
+            phrase = q.replace('"', '""')  # one FTS5 phrase: q's trigrams in order, i.e. q as a substring
+            cond, arg = "id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)", f'"{phrase}"'
+        else:
+            escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            cond, arg = "content LIKE ? ESCAPE '\\'", f"%{escaped}%"
+        rows = self._read(
+            "SELECT c.*, (SELECT COUNT(*) FROM messages x WHERE x.chat_id = c.id) AS n, m.id AS mid, m.content AS hit "
+            f"FROM (SELECT chat_id, MAX(id) AS mid FROM messages WHERE {cond} GROUP BY chat_id) h "
+            "JOIN chats c ON c.id = h.chat_id JOIN messages m ON m.id = h.mid "
+            "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?", (arg, limit))
+        return [ChatMatch(_summary(r), r["mid"], snippet(r["hit"], q)) for r in rows]
 
     def get_chat(self, chat_id: int) -> Chat:
         with self._lock:  # one consistent snapshot of chat and messages
@@ -452,16 +532,31 @@ class Store:
             validate_vote(vote)
         t = now()
         with self._tx(durable=True) as conn:
-            ids = []
-            for v in votes:
-                cur = conn.execute(
-                    "INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
-                    "created_at, n_ranked, prompt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (v.prompt, _dumps(v.conversation), _dumps([r.to_dict() for r in v.responses]), v.outcome,
-                     _dumps(list(v.ranking)), v.rater, int(bool(v.blind)), v.source, v.created_at or t,
-                     v.n_ranked, v.prompt_id))
-                ids.append(int(cur.lastrowid))
-            return ids
+            return [int(conn.execute(_INSERT_VOTE, _vote_row(v, t)).lastrowid) for v in votes]
+
+    def import_votes(self, votes: list[Vote], batch_size: int = 1000) -> tuple[int, int]:
+        """Store imported votes, skipping each whose content (`vote_hash`) was already stored when the
+        import began; votes repeated within `votes` all go in, as the file says. Returns (added,
+        duplicates skipped).
+
+        Every vote is validated before the first is written. They go in as durable transactions of
+        `batch_size` votes, so a playground voting meanwhile waits for one batch, never for the whole
+        import; an import stopped half-way (a full disk, Ctrl+C) is finished by importing the same
+        file again, the votes already in being skipped as duplicates.
+        """
+        for vote in votes:
+            validate_vote(vote)
+        t, added = now(), 0
+        before = self._read("SELECT COALESCE(MAX(id), 0) FROM votes")[0][0]  # votes stored before this import
+        for start in range(0, len(votes), batch_size):
+            with self._tx(durable=True) as conn:
+                for v in votes[start:start + batch_size]:
+                    h = vote_hash(v)
+                    if conn.execute("SELECT 1 FROM votes WHERE content_hash = ? AND id <= ? LIMIT 1",
+                                    (h, before)).fetchone() is None:
+                        conn.execute(_INSERT_VOTE, _vote_row(v, t, h))
+                        added += 1
+        return added, len(votes) - added
 
     def undo_last_vote(self) -> Vote | None:
         """Delete and return the newest vote cast in the playground (imported votes are never undone)."""
@@ -475,16 +570,15 @@ class Store:
             return _vote(row)
 
     def list_votes(self, *, preset: str | None = None, model: str | None = None, outcome: str | None = None,
-                   limit: int | None = 1000) -> list[Vote]:
-        """Newest first. preset/model keep votes where any response used it; limit=None returns all."""
-        sql, args = "SELECT * FROM votes", []
-        if outcome is not None:
-            sql, args = sql + " WHERE outcome = ?", [outcome]
+                   limit: int | None = 1000, skipped: list[tuple[int, str]] | None = None) -> list[Vote]:
+        """Newest first. preset/model keep votes where any response used it; limit=None returns all.
+
+        A row that is not a readable vote (changed outside tiankong: bad JSON, text that is not UTF-8,
+        an impossible ranking) is left out and, when `skipped` is a list, added to it as (id, reason).
+        """
         votes = []
-        # Preset and model live in the responses' JSON, so they are filtered here rather than in SQL
-        # (votes are human-paced: thousands, not millions).
-        for row in self._read(sql + " ORDER BY id DESC", args):
-            v = _vote(row)
+        # Preset and model live in the responses' JSON, so they are filtered here rather than in SQL.
+        for v in self._iter_votes(outcome, skipped):
             if preset is not None and all(r.preset != preset for r in v.responses):
                 continue
             if model is not None and all(r.model != model for r in v.responses):
@@ -494,8 +588,76 @@ class Store:
                 break
         return votes
 
-    def vote_stats(self) -> dict[str, dict[str, int]]:
-        """Per preset: votes it took part in, wins, losses, ties, both_bad.
+    def _iter_votes(self, outcome: str | None, skipped: list[tuple[int, str]] | None,
+                    page: int = 500) -> Iterator[Vote]:
+        """Every readable vote, newest first, read a page at a time (the lock is held per page)."""
+        where, args = ("outcome = ? AND ", [outcome]) if outcome is not None else ("", [])
+        below = 1 << 62
+        while True:
+            ids = [r[0] for r in self._read(f"SELECT id FROM votes WHERE {where}id < ? ORDER BY id DESC LIMIT ?",
+                                            (*args, below, page))]
+            if not ids:
+                return
+            below = ids[-1]
+            try:
+                rows = self._read(f"SELECT * FROM votes WHERE {where}id <= ? AND id >= ? ORDER BY id DESC",
+                                  (*args, ids[0], ids[-1]))
+            except sqlite3.OperationalError:  # text that is not UTF-8 somewhere in the page: row by row
+                rows = []
+                for vote_id in ids:
+                    try:
+                        rows += self._read("SELECT * FROM votes WHERE id = ?", (vote_id,))
+                    except sqlite3.OperationalError as e:
+                        _skip(skipped, vote_id, f"unreadable text ({e})")
+            for row in rows:
+                try:
+                    v = _vote(row)
+                    validate_vote(v)
+                except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+                    _skip(skipped, row["id"], f"{type(e).__name__}: {e}")
+                    continue
+                yield v
+
+    def vote_summary(self, skipped: list[tuple[int, str]] | None = None
+                     ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """(vote_stats(), votes per outcome), counted in SQL: one scan of the table that groups votes
+        by (outcome, ranking, presets) without reading their texts into Python, so a million votes take
+        seconds and little memory. Rows that are not well-formed votes (see _WELL_FORMED) are left out
+        and, when `skipped` is a list, added to it as (id, reason)."""
+        stats: dict[str, dict[str, int]] = {}
+        totals = {o: 0 for o in OUTCOMES}
+
+        def entry(preset: str) -> dict[str, int]:
+            return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
+
+        groups = self._read(
+            "SELECT outcome, CAST(ranking AS BLOB), n_ranked, CAST((SELECT json_group_array("
+            "json_extract(r.value, '$.preset')) FROM json_each(responses) r) AS BLOB), COUNT(*) "
+            f"FROM votes WHERE {_WELL_FORMED} GROUP BY 1, 2, 3, 4")
+        for outcome, ranking, n_ranked, presets, count in groups:
+            presets = json.loads(presets.decode("utf-8", "replace"))
+            ranking = json.loads(ranking.decode("utf-8", "replace"))
+            totals[outcome] += count
+            for p in set(presets):
+                entry(p)["votes"] += count
+            if outcome == "ranked":  # the same pairs as Vote.pairs, counted once per group
+                shape = Vote(None, "", [], [Response("", "", p, {}, None, "", "") for p in presets], outcome,
+                             ranking, "", False, n_ranked=n_ranked)
+                for i, j in shape.pairs():
+                    if presets[i] != presets[j]:
+                        entry(presets[i])["wins"] += count
+                        entry(presets[j])["losses"] += count
+            else:
+                key = "ties" if outcome == "tie" else "both_bad"
+                for p in set(presets):
+                    entry(p)[key] += count
+        if skipped is not None:
+            for (vote_id,) in self._read(f"SELECT id FROM votes WHERE NOT ({_WELL_FORMED}) ORDER BY id"):
+                _skip(skipped, vote_id, "not a well-formed vote (responses, ranking or n_ranked)")
+        return dict(sorted(stats.items())), totals
+
+    def vote_stats(self, skipped: list[tuple[int, str]] | None = None) -> dict[str, dict[str, int]]:
+        """Per preset: votes it took part in, wins, losses, ties, both_bad (see vote_summary).
 
         A ranked vote over K responses is read as its expressed pairs (`Vote.pairs`; all K(K-1)/2 of
         them for a full ranking): for each pair, the better-ranked response's preset gets a win and
@@ -504,25 +666,7 @@ class Store:
         preset (e.g. two models compared under one preset) says nothing about presets and is skipped.
         A tie or both_bad vote counts once for each preset in it, however many responses used it.
         """
-        stats: dict[str, dict[str, int]] = {}
-
-        def entry(preset: str) -> dict[str, int]:
-            return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
-
-        for v in self.list_votes(limit=None):
-            presets = {r.preset for r in v.responses}
-            for p in presets:
-                entry(p)["votes"] += 1
-            if v.outcome == "ranked":
-                for i, j in v.pairs():  # only the pairs the rater expressed (see Vote.pairs)
-                    if v.responses[i].preset != v.responses[j].preset:
-                        entry(v.responses[i].preset)["wins"] += 1
-                        entry(v.responses[j].preset)["losses"] += 1
-            else:
-                key = "ties" if v.outcome == "tie" else "both_bad"
-                for p in presets:
-                    entry(p)[key] += 1
-        return dict(sorted(stats.items()))
+        return self.vote_summary(skipped)[0]
 
     # ---------------------------------------------------------------- prompt queues
 
@@ -567,6 +711,53 @@ def validate_vote(v: Vote) -> None:
             raise InputError(f"vote conversation message {i + 1} must be {{\"role\": str, \"content\": str}}")
 
 
+# A vote row that stats can count: JSON lists of 2-4 responses with a text preset, a ranking of indices
+# into them (all of them for "ranked", none otherwise), n_ranked NULL or 1..K. Every JSON function sits
+# behind a CASE, so a corrupt row is just not well-formed instead of aborting the query.
+_WELL_FORMED = """(CASE WHEN typeof(responses) = 'text' AND typeof(ranking) = 'text'
+                      AND json_valid(responses) AND json_valid(ranking) THEN
+    json_type(responses) = 'array' AND json_type(ranking) = 'array'
+    AND json_array_length(responses) BETWEEN 2 AND 4
+    AND NOT EXISTS (SELECT 1 FROM json_each(responses) r
+                    WHERE (CASE WHEN r.type = 'object' THEN json_type(r.value, '$.preset') END) IS NOT 'text')
+    AND NOT EXISTS (SELECT 1 FROM json_each(ranking) k
+                    WHERE k.type != 'integer' OR k.value < 0 OR k.value >= json_array_length(responses))
+    AND json_array_length(ranking) = (CASE outcome WHEN 'ranked' THEN json_array_length(responses) ELSE 0 END)
+    AND (n_ranked IS NULL OR (typeof(n_ranked) = 'integer' AND n_ranked BETWEEN 1 AND json_array_length(responses)))
+  ELSE 0 END)"""
+
+_INSERT_VOTE = ("INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
+                "created_at, n_ranked, prompt_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _vote_row(v: Vote, t: str, content_hash: str | None = None) -> tuple:
+    """The values of _INSERT_VOTE for `v`; t is the time for a vote without created_at."""
+    return (v.prompt, _dumps(v.conversation), _dumps([r.to_dict() for r in v.responses]), v.outcome,
+            _dumps(list(v.ranking)), v.rater, int(bool(v.blind)), v.source, v.created_at or t,
+            v.n_ranked, v.prompt_id, content_hash)
+
+
+def vote_hash(v: Vote) -> str:
+    """The content hash of an imported vote: prompt, conversation, responses, outcome and ranking, as
+    stored (rater, source and time are not content: the same pair imported under another name is a duplicate)."""
+    row = _vote_row(v, "")
+    parts = [row[0], row[1], row[2], row[3], row[4], None if v.n_ranked is None else str(v.n_ranked)]
+    return _content_hash(None if x is None else x.encode("utf-8", "surrogatepass") for x in parts)
+
+
+def _content_hash(parts: Iterable[bytes | None]) -> str:
+    h = hashlib.sha256()
+    for part in parts:  # length-prefixed, so no two different rows hash the same bytes
+        h.update(b"\xff" * 8 if part is None else len(part).to_bytes(8, "little"))
+        h.update(part or b"")
+    return h.hexdigest()
+
+
+def _skip(skipped: list[tuple[int, str]] | None, vote_id: int, reason: str) -> None:
+    if skipped is not None:
+        skipped.append((vote_id, reason.splitlines()[0][:160] if reason else "unreadable"))
+
+
 def _environmental(e: sqlite3.OperationalError) -> bool:
     """True when the failure is the disk's or another process's doing (full, locked, read-only, I/O)."""
     name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
@@ -581,6 +772,20 @@ def _dumps(value: Any) -> str | None:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _summary(r: sqlite3.Row) -> ChatSummary:
+    return ChatSummary(r["id"], r["title"], r["model"], r["preset"], r["created_at"], r["updated_at"], r["n"])
+
+
+def snippet(text: str, query: str, before: int = 30, width: int = 90) -> str:
+    """`text` on one line, cut to about `width` characters around the first case-insensitive match of
+    `query` (from the start when there is none), with "…" where it was cut."""
+    line = " ".join(text.split())
+    at = max(line.lower().find(query.lower()), 0)
+    start = max(0, min(at - before, len(line) - width))
+    end = start + width
+    return ("…" if start > 0 else "") + line[start:end] + ("…" if end < len(line) else "")
 
 
 def _message(r: sqlite3.Row) -> Message:
