@@ -30,7 +30,7 @@ from .model import load_model, prepare_for_inference
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .sampling import SamplingParams
-from .tokenizer import Tokenizer, check_fits, load_tokenizer
+from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only in strings decoded from bytes that were not UTF-8
@@ -72,7 +72,7 @@ class Engine:
         if pack:
             model = prepare_for_inference(model)
         tokenizer = load_tokenizer(folder)
-        check_fits(tokenizer, cfg.vocab_size, folder)
+        check_token_ids(tokenizer, cfg.vocab_size, folder)
         return cls(model, cfg, tokenizer, ChatTemplate.from_folder(folder, tokenizer), folder, n_params)
 
     @property

@@ -229,7 +229,7 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     )
 
 
-def check_fits(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None:
+def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None:
     """Every id the tokenizer can produce, and its BOS/EOS, must be a row of the model's embedding.
 
     A token added beyond the embedding (tokenizer_config.json listing one more special token, say)
