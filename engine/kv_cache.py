@@ -7,8 +7,12 @@ per layer instead of a Python loop over rows. Padding slots are hidden by the at
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+from .errors import InputError
 
 
 class KVCache(nn.Module):
@@ -23,6 +27,14 @@ class KVCache(nn.Module):
                  dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
         shape = (n_layers, batch, 2 * n_kv_heads, max_len, head_dim)
+        need = n_layers * batch * 2 * n_kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
+        free = free_memory(torch.device(device))
+        if free is not None and need > free:
+            # Checked before allocating: a context of 10^9 positions must fail at once, not after
+            # swapping the machine to a halt.
+            raise InputError(f"the KV cache for {batch} row(s) of {max_len} tokens needs {need / 2**30:.1f} GiB but "
+                             f"{free / 2**30:.1f} GiB are free; lower max_new_tokens (--max-new-tokens) or the "
+                             "number of rows (--n)")
         # persistent=False: a cache is scratch space, never part of a checkpoint.
         self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.n_kv_heads, self.max_len = n_kv_heads, max_len
@@ -59,3 +71,22 @@ def build_mask(pad: torch.Tensor, q_start: int, q_len: int, kv_len: int,
     # A padding query sees no key at all; let it see itself so softmax stays finite (its output is unused).
     allowed |= (k == q)[None]
     return allowed[:, None]
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that a new tensor on `device` can take without swapping; None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

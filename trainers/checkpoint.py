@@ -26,13 +26,14 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from tiankong.engine.errors import InputError
-from tiankong.engine.files import atomic_write_text, fsync_dir, parse_json
+from tiankong.engine.files import WriteError, atomic_write_text, fsync_dir, parse_json, why
 
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "trainer_state.json"
@@ -53,6 +54,7 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--output {out} is a file; give a folder path")
     if resume:
+        _check_writable(out)
         if latest(out) is None:
             if (out / "trainer_state.pt").exists():
                 raise InputError(f"--resume: {out} was written by an older tiankong (trainer_state.pt, a pickle, "
@@ -61,6 +63,7 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         return
     held = sorted(p.name for p in out.iterdir() if p.name not in PREPARED) if out.is_dir() else []
     if not held:
+        _check_writable(out)
         return
     if not overwrite:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
@@ -71,6 +74,20 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     for name in ("metrics.jsonl", "verdict.json", "trainer_state.pt"):
         (out / name).unlink(missing_ok=True)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training, not at the first checkpoint an hour later."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"cannot write into --output {out}: {why(e)}") from None
 
 
 def latest(out: Path) -> Path | None:
@@ -89,11 +106,14 @@ def latest(out: Path) -> Path | None:
 def write(out: Path, step: int, save_model: Callable[[Path], None], state: dict[str, Any]) -> Path:
     """Stage, seal and publish one checkpoint; returns its folder."""
     root = out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     stage = root / f".step-{step:06d}.tmp"
-    shutil.rmtree(stage, ignore_errors=True)  # left by a kill during an earlier save
-    stage.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)  # left by a kill during an earlier save
+        stage.mkdir()
+    except OSError as e:
+        raise InputError(f"cannot write a checkpoint into {root}: {why(e)}") from None
     try:
         save_model(stage)
         save_state(stage, state)
@@ -102,10 +122,17 @@ def write(out: Path, step: int, save_model: Callable[[Path], None], state: dict[
             shutil.rmtree(final)
         os.replace(stage, final)
         fsync_dir(root)
+    except (OSError, WriteError) as e:  # a full disk: the previous checkpoint stays whole
+        shutil.rmtree(stage, ignore_errors=True)
+        reason = e.reason if isinstance(e, WriteError) else why(e)
+        raise InputError(f"cannot write a checkpoint into {root}: {reason}; the previous checkpoint is kept") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    publish(final, out)
+    try:
+        publish(final, out)
+    except OSError as e:
+        raise InputError(f"checkpoint {final.name} is saved, but publishing it into {out} failed: {why(e)}") from None
     for old in root.iterdir():
         if old != final and (_STEP_DIR.match(old.name) or old.name.endswith(".tmp")):
             shutil.rmtree(old, ignore_errors=True)

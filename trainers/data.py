@@ -12,7 +12,6 @@ trains on exactly the rows it holds (and two runs never disagree on what was dro
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ import torch
 
 from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError
+
+from .records import parse_line
 
 # A line holding only this marker separates documents inside a .txt file (TinyStories' convention).
 DOC_SEPARATOR = "<|endoftext|>"
@@ -58,10 +59,7 @@ def jsonl_objects(lines: list[str], name: str) -> Iterator[tuple[int, dict[str, 
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{name} line {n}: invalid JSON ({e.msg}); fix or delete the line") from None
+        obj = parse_line(line, f"{name} line {n}", "fix or delete the line")
         if not isinstance(obj, dict):
             raise InputError(f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
         yield n, obj

@@ -36,7 +36,6 @@ folder (`tiankong generate -m OUTPUT` and transformers load it) and the value mo
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from tiankong.engine.sampling import SamplingParams
 from . import auto
 from .common import Trainer, TrainConfig, lr_at, opt
 from .preferences import Encoder, pad_right
-from .records import messages_field
+from .records import messages_field, parse_line
 from .reward import RewardModel
 
 Reduce = Callable[[dict[str, float]], dict[str, float]]
@@ -176,10 +175,7 @@ def read_prompts(path: str | Path) -> list[tuple[int, str | list[dict]]]:
         if not line.lstrip().startswith("{"):
             out.append((n, line))
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix the line or make it plain text") from None
+        obj = parse_line(line, f"{path} line {n}", "fix the line or make it plain text")
         try:
             if isinstance(obj.get("messages"), list):
                 out.append((n, messages_field(obj["messages"], "messages")))

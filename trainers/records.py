@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tiankong.engine.errors import InputError
+from tiankong.engine.files import lone_surrogate
 
 Prompt = str | list[dict]
 ROLES = ("system", "user", "assistant")
@@ -96,6 +97,23 @@ def parse_record(row: Any) -> tuple[Prompt, str, str]:
     raise InputError("\"chosen\" and \"rejected\" must both be strings or both be message lists")
 
 
+def parse_line(text: str, where: str, fix: str = "fix that line") -> Any:
+    """One JSON document of a data file; every way it can be bad is one InputError naming `where`
+    ("data.jsonl line 3"): invalid JSON, nesting too deep to parse, a number too long to convert,
+    or a string with a lone surrogate ("\\ud800"), which no tokenizer can take."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: invalid JSON ({e.msg}); {fix}") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to be a record; {fix}") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise InputError(f"{where}: {e}; {fix}") from None
+    if lone_surrogate(value) is not None:
+        raise InputError(f"{where}: a string holds a lone surrogate escape (like \"\\ud800\"), which is not text; {fix}")
+    return value
+
+
 def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, str, Any]]:
     """(number, "line N" or "item N", parsed JSON) for every record of a JSONL file (blank lines
     skipped) or a JSON array; InputError naming the file and line otherwise. `fix` ends the message
@@ -108,17 +126,13 @@ def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, s
     except UnicodeDecodeError:
         raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
     if text.lstrip().startswith("["):  # a JSON array of records
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); fix the file") from None
+        items = parse_line(text, str(path), "fix the file")
+        if not isinstance(items, list):
+            raise InputError(f"{path}: expected a JSON array of records; fix the file")
         return [(i, f"item {i}", item) for i, item in enumerate(items, 1)]
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            rows.append((n, f"line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); {fix}") from None
+        rows.append((n, f"line {n}", parse_line(line, f"{path} line {n}", fix)))
     return rows

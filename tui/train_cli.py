@@ -63,6 +63,7 @@ def build_config(cfg_cls: type, config_file: Path | None, flags: dict[str, Any])
     """Defaults < TOML file < flags given (None means "not given")."""
     names = {f.name for f in fields(cfg_cls)}
     values: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     if config_file is not None:
         data = _read_toml(config_file)
         unknown = sorted(set(data) - names)
@@ -70,10 +71,33 @@ def build_config(cfg_cls: type, config_file: Path | None, flags: dict[str, Any])
             raise InputError(f"{config_file}: unknown setting(s) {', '.join(unknown)}; see --help for the valid ones")
         values.update(data)
     values.update({k: v for k, v in flags.items() if v is not None})
+    for f in fields(cfg_cls):  # the file's values are checked even where a flag overrides them
+        for source, given in ((config_file, data), (None, flags)):
+            if given.get(f.name) is not None:
+                _check_type(f.name, given[f.name], _default(f), source)
     try:
         return cfg_cls(**values)
     except TypeError as e:
         raise InputError(f"bad training setting: {e}") from None
+
+
+def _default(f: Any) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _check_type(name: str, value: Any, default: Any, source: Path | None) -> None:
+    """A setting must have its default's type (an int may stand for a float) and be finite."""
+    import math
+
+    want = type(default)
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    where = f"{source}: " if source is not None else ""
+    if not ok:
+        raise InputError(f"{where}{name} must be {want.__name__} (like {default!r}), got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}{name} must be a finite number, got {value!r}")
 
 
 def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str) -> Callable:
@@ -83,7 +107,7 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                 default=typer.Option(None, "--config", help="TOML file with any of these settings."))]
     for f in fields(cfg_cls):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        default = _default(f)
         kind = type(default) if isinstance(default, (bool, int, float, str)) else str
         flag = "--" + f.name.replace("_", "-")
         decl = [f"{flag}/--no-{f.name.replace('_', '-')}"] if kind is bool else [flag]
@@ -157,16 +181,22 @@ def _votes_file(output: Path) -> Path:
     """Export the playground's votes (TRL format) next to the run, for a trainer to read."""
     import json
 
-    from tiankong.tui.prefs import export_records
+    from tiankong.engine.files import atomic_write_text
+    from tiankong.tui.prefs import export_records, warn_skipped
     from tiankong.tui.store import Store
 
     store = Store()
-    records = export_records(store)
+    skipped: list[tuple[int, str]] = []
+    records = export_records(store, skipped=skipped)
+    warn_skipped(store, skipped)
     if not records:
         raise InputError(f"no usable votes in {store.path}; rank answers in `tiankong compare` or pass --data FILE")
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder {output} ({e.strerror or e}); choose another --output") from None
     path = output / "preferences.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
 
 

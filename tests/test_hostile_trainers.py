@@ -1,0 +1,106 @@
+"""Hostile inputs to the trainers and to generation sizes: one line, exit code 2, nothing half-written.
+
+Each case runs the real CLI in-process (`helpers.cli`) on a tiny model and asserts exit code 2,
+exactly one stderr line that names the problem, and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from tiankong.trainers import checkpoint as ckpt
+from tiny_models import make_model
+from helpers import cli, one_thread  # noqa: F401 (autouse)
+
+CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("hostile-llama"), "llama")
+
+
+def sft(llama_dir, data, out, *extra):
+    return ["train", "sft", "--model", llama_dir, "--data", data, "--output", out, "--steps", "2",
+            "--batch-size", "2", "--device", "cpu", "--no-progress", *extra]
+
+
+def one_line_error(code, err, *needles):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+BAD_ROWS = {
+    "deep": ("[" * 100_000 + "]" * 100_000, ["line 2", "nested too deeply"]),
+    "surrogate": (json.dumps({"messages": [{"role": "user", "content": "\ud800"},
+                                           {"role": "assistant", "content": "x"}]}), ["line 2", "surrogate"]),
+    "huge int": ('{"messages": ' + "9" * 5000 + "}", ["line 2"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+def test_bad_training_rows_are_one_line_naming_the_line(llama_dir, tmp_path, monkeypatch, capsys, case):
+    row, needles = BAD_ROWS[case]
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps(CHAT) + "\n" + row + "\n", encoding="utf-8")
+    code, _, err = cli(monkeypatch, capsys, *sft(llama_dir, data, tmp_path / "out"))
+    one_line_error(code, err, str(data), *needles)
+
+
+@pytest.mark.parametrize("toml,needle", [('steps = "abc"', "steps must be int"), ("lr = nan", "lr must be a finite"),
+                                         ("batch_size = true", "batch_size must be int"),
+                                         ("lr = [1, 2]", "lr must be float")])
+def test_config_values_of_the_wrong_type(llama_dir, tmp_path, monkeypatch, capsys, toml, needle):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps(CHAT) + "\n")
+    config = tmp_path / "bad.toml"
+    config.write_text(toml + "\n")
+    code, _, err = cli(monkeypatch, capsys, *sft(llama_dir, data, tmp_path / "out", "--config", config))
+    one_line_error(code, err, str(config), needle)
+
+
+def test_output_that_is_a_file(llama_dir, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps(CHAT) + "\n")
+    (tmp_path / "out").write_text("not a folder")
+    code, _, err = cli(monkeypatch, capsys, *sft(llama_dir, data, tmp_path / "out"))
+    one_line_error(code, err, "is a file")
+    assert (tmp_path / "out").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("limit,needle", [(0, "cannot write into --output"), (40_000, "cannot write a checkpoint")])
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(llama_dir, tmp_path, limit, needle):
+    """RLIMIT_FSIZE stands in for a full disk (EFBIG, as ENOSPC would): at 0 bytes nothing can be
+    written and the run refuses before training; at 40 kB the metrics fit but no checkpoint does."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps(CHAT) + "\n")
+    out = tmp_path / "out"
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = [str(a) for a in sft(llama_dir, data, out)]
+    proc = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", *args], preexec_fn=small_files,
+                          capture_output=True, text=True, timeout=120)
+    one_line_error(proc.returncode, proc.stderr, needle)
+    assert ckpt.latest(out) is None and not list((out / "checkpoints").glob(".*")) if out.exists() else True
+
+
+def test_a_huge_context_does_not_preallocate_gigabytes(llama_dir, tmp_path, monkeypatch, capsys):
+    big = tmp_path / "big"
+    big.mkdir()
+    for f in llama_dir.iterdir():
+        (big / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((big / "config.json").read_text())
+    cfg["max_position_embeddings"] = 10**8
+    (big / "config.json").write_text(json.dumps(cfg))
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", big, "--raw", "--prompt", "a", "--n", "256",
+                       "--max-new-tokens", "1000000", "--format", "jsonl")
+    one_line_error(code, err, "KV cache", "GiB")
