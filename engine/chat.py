@@ -376,9 +376,14 @@ def _check_str_method(text: str, name: str, args: tuple, kwargs: dict) -> None:
         _limit_chars(len(text) * max(_int(args[0] if args else kwargs.get("tabsize", 8)), 1), what)
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         _check_replace(text, args[0], args[1], _int(args[2] if len(args) > 2 else kwargs.get("count", -1), -1))
-    elif name == "join" and isinstance(args[0] if args else None, (list, tuple)):
-        items = args[0]
-        _limit_chars(sum(len(x) for x in items if isinstance(x, str)) + len(text) * len(items), what)
+    elif name == "join" and args:
+        _check_join(args[0], text)
+
+
+def _check_join(items: Any, separator: Any) -> None:
+    if isinstance(items, (list, tuple)):
+        sep = len(separator) if isinstance(separator, str) else 0
+        _limit_chars(sum(len(x) for x in items if isinstance(x, str)) + sep * len(items), "join")
 
 
 def _check_replace(text: str, old: str, new: str, count: int) -> None:
@@ -430,10 +435,7 @@ def _check_replace_filter(s: Any = "", old: Any = "", new: Any = "", count: Any 
 
 
 def _check_join_filter(value: Any = (), d: Any = "", *_: Any, **kw: Any) -> None:
-    if isinstance(value, (list, tuple)):
-        d = kw.get("d", d)
-        sep = len(d) if isinstance(d, str) else 0
-        _limit_chars(sum(len(x) for x in value if isinstance(x, str)) + sep * len(value), "join")
+    _check_join(value, kw.get("d", d))
 
 
 def _check_tojson(value: Any = None, *args: Any, indent: Any = None, **kw: Any) -> None:
