@@ -442,6 +442,7 @@ def test_snapshot_compare_four_columns_two_by_two_when_narrow(stories, store, sn
     async def wait(pilot):
         await finish(pilot, screen)
         await pilot.press("3", "1")
+        await pilot.pause(0.3)  # the vote bar grows a line: the grid's rows settle
 
     assert snap_compare(Host(screen), terminal_size=(80, 24), run_before=wait)
 

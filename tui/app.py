@@ -66,7 +66,8 @@ class TiankongApp(App[None]):
         names = list(self.presets)
         self.compare_presets = compare_presets or [preset, names[(names.index(preset) + 1) % len(names)]]
         self.rater = rater or default_rater()
-        self.export_dir = Path(export_dir) if export_dir is not None else Path.cwd()
+        # ctrl+s exports go to the data folder's exports/ (beside tiankong.db), never the current directory.
+        self.export_dir = Path(export_dir) if export_dir is not None else Path(store.path).parent.absolute() / "exports"
         self.show_timing = show_timing
         self.engines: list[Any] = []
         self.engine_error: str | None = None

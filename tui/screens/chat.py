@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Input, Label, OptionList, Static
+from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
@@ -39,8 +39,9 @@ from tiankong.tui.screens.help import Section
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
+from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage, heat_legend
-from tiankong.tui.widgets.status import StatusBar, params_summary
+from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary
 from tiankong.tui.widgets.transcript import Transcript
 
 TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
@@ -52,13 +53,16 @@ INTRO = ("Type below and press enter. While the answer streams, the candidates p
 
 
 class ChatListScreen(ModalScreen[int | None]):
-    """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes."""
+    """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes. `/` goes to the search
+    box, which keeps the chats with a message containing its text (Store.search_chats) and shows where."""
 
-    BINDINGS = [Binding("escape", "dismiss_none", "close"), Binding("d", "delete", "delete")]
+    BINDINGS = [Binding("escape", "dismiss_none", "close"), Binding("d", "delete", "delete"),
+                Binding("slash", "search", "search", show=False)]
     DEFAULT_CSS = """
     ChatListScreen { align: center middle; }
     ChatListScreen > Vertical { width: 90%; max-width: 100; height: 80%; border: round $accent; background: $surface; }
     ChatListScreen OptionList, ChatListScreen OptionList:focus { height: 1fr; border: none; }
+    ChatListScreen #chat-search { margin: 0 0 1 0; }
     """
 
     def __init__(self, store: Any) -> None:
@@ -69,26 +73,48 @@ class ChatListScreen(ModalScreen[int | None]):
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = "chats"
-            box.border_subtitle = "enter open · d d delete · esc close"
+            box.border_subtitle = "enter open · / search · d d delete · esc close"
+            yield Input(placeholder="/ search messages", id="chat-search", compact=True)
             yield OptionList(id="chat-list")
 
     def on_mount(self) -> None:
         self._fill()
+        self.query_one(OptionList).focus()
 
     def _fill(self) -> None:
         options = self.query_one(OptionList)
         options.clear_options()
-        chats = self.store.list_chats()
-        for c in chats:
+        query = " ".join(self.query_one("#chat-search", Input).value.split())
+        if query:
+            chats = [(m.chat, m.snippet) for m in self.store.search_chats(query)]
+        else:
+            chats = [(c, "") for c in self.store.list_chats()]
+        for c, where in chats:
             line = Text(c.title or f"chat {c.id}", style="bold")
             line.append(f"  {c.preset} · {c.n_messages} messages · {Path(c.model).name} · "
                         f"{c.updated_at[:16].replace('T', ' ')}", style="dim")
+            if where:  # the message that matched, the query highlighted
+                snip = Text(f"\n  {where}", style="italic")
+                snip.highlight_words([query], "bold reverse", case_sensitive=False)
+                line.append_text(snip)
             options.add_option(Option(line, id=str(c.id)))
         if not chats:
-            options.add_option(Option(Text("no chats yet", style="dim"), id="none", disabled=True))
+            empty = f"no message contains “{query}”" if query else "no chats yet"
+            options.add_option(Option(Text(empty, style="dim"), id="none", disabled=True))
         else:
             options.highlighted = 0
-        options.focus()
+
+    @on(Input.Changed, "#chat-search")
+    def _search_changed(self) -> None:
+        self._armed = None
+        self._fill()
+
+    @on(Input.Submitted, "#chat-search")
+    def _search_submitted(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def action_search(self) -> None:
+        self.query_one("#chat-search", Input).focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id and event.option.id != "none":
@@ -183,7 +209,8 @@ class ChatScreen(Screen[None]):
             yield panel
         yield Static(heat_legend(), id="heat-legend")
         yield Input(placeholder="message · enter sends · esc stops · f1 keys", id="prompt")
-        yield Footer()
+        # Narrow terminals leave out these keys, first to last, until the footer fits (f1 lists them all).
+        yield FittingFooter(drop=("heatmap", "next_preset", "edit_preset", "inspect", "regenerate"))
 
     def on_mount(self) -> None:
         self.query_one("#heat-legend").display = False
@@ -417,9 +444,7 @@ class ChatScreen(Screen[None]):
         self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
 
     def _info(self, fin: Finished, params: SamplingParams) -> str:
-        reason = {"eos": "end of text", "stop": "stop string", "length": "max tokens",
-                  "cancelled": "stopped (esc)"}.get(fin.finish_reason, fin.finish_reason)
-        info = f"{reason} · {fin.usage.completion_tokens} tokens · seed {params.seed}"
+        info = f"{finish_words(fin.finish_reason)} · {fin.usage.completion_tokens} tokens · seed {params.seed}"
         if self.show_timing:
             info += f" · {fin.timing.decode_tokens_per_s:.0f} tok/s"
         return info
@@ -530,7 +555,8 @@ class ChatScreen(Screen[None]):
             if m.role == "assistant":
                 model = Path(chat.model).name or chat.model
                 title = f"{model} · {m.preset}" if m.preset else model
-                info = f"{m.finish_reason} · {len(m.tokens or [])} tokens · seed {m.seed}" if m.finish_reason else ""
+                info = (f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"
+                        if m.finish_reason else "")
                 widgets.append(AssistantMessage(m.content, m.tokens, title=title, info=info, message_id=m.id,
                                                 lazy=True))
             else:
@@ -563,13 +589,14 @@ class ChatScreen(Screen[None]):
             return
         base = self.export_dir / f"tiankong-chat-{self.chat_id}"
         try:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
             md, jsonl = base.with_suffix(".md"), base.with_suffix(".jsonl")
             md.write_text(self.store.export_chat_markdown(self.chat_id), encoding="utf-8")
             jsonl.write_text(self.store.export_chat_jsonl(self.chat_id), encoding="utf-8")
         except OSError as e:
             self.notify(f"could not export to {self.export_dir}: {e.strerror or e}", severity="error")
             return
-        self.notify(f"exported {md} and {jsonl}", timeout=8)
+        self.notify(f"{md}\n{jsonl}", title="exported", timeout=10)
 
     def action_copy_last(self) -> None:
         answer = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)

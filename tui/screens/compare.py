@@ -39,9 +39,10 @@ from tiankong.presets import Preset
 from tiankong.tui.queue import Answer, Item, PromptQueue
 from tiankong.tui.screens.votes import can_go_back, tiers_text, verdict
 from tiankong.tui.store import Response, Store, Vote
+from tiankong.tui.widgets.status import finish_words
 
 LABELS = "ABCD"
-MIN_COLUMN_WIDTH = 26  # below this many cells per column the columns stack vertically
+MIN_COLUMN_WIDTH = 26  # below this many cells per column, 3-4 columns go two by two (or all stack)
 FRAME_S = 1 / 30  # at most this often the worker posts streamed text to the UI
 
 
@@ -186,7 +187,8 @@ class CompareScreen(Screen):
         Binding("enter", "submit_ranking", "vote",
                 tooltip="store the ranking (unpressed columns stay unranked, below the pressed ones): 1 enter = A better"),
         Binding("t", "vote_tie", "tie", tooltip="vote: a tie"),
-        Binding("0", "vote_both_bad", "both bad", tooltip="vote: both (all) answers are bad"),
+        Binding("0", "vote_both_bad", "both bad", tooltip="vote: both answers are bad"),
+        Binding("0", "vote_all_bad", "all bad", tooltip="vote: all the answers are bad (three or four columns)"),
         Binding("s", "skip", "skip", tooltip="skip this round of the queue without voting"),
         Binding("ctrl+z", "undo_vote", "undo", tooltip="undo the last stored vote (removes it from the database)"),
         Binding("n", "new_prompt", "new", tooltip="type a new prompt"),
@@ -197,8 +199,8 @@ class CompareScreen(Screen):
     ACTIVE = {  # state -> the actions its keys run
         "idle": {"back", "undo_vote", "toggle_blind", "keys"},
         "generating": {"stop", "skip", "undo_vote", "toggle_blind", "keys"},
-        "voting": {"back", "pick", "unpick", "submit_ranking", "vote_tie", "vote_both_bad", "skip", "undo_vote",
-                   "new_prompt", "rerun", "keys"},
+        "voting": {"back", "pick", "unpick", "submit_ranking", "vote_tie", "vote_both_bad", "vote_all_bad", "skip",
+                   "undo_vote", "new_prompt", "rerun", "keys"},
         "voted": {"back", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
         "failed": {"back", "skip", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
     }
@@ -310,8 +312,13 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         return len(self.round.answers) if self.round is not None else self.n_columns
 
     def _relayout(self) -> None:
-        stacked = self.size.width and self.size.width // self.k < MIN_COLUMN_WIDTH
-        self.query_one("#columns").set_class(bool(stacked), "-stacked")
+        """Columns side by side when they fit; else three or four in a 2x2 grid; else one under another."""
+        width, k = self.size.width, self.k
+        fits = not width or width // k >= MIN_COLUMN_WIDTH
+        grid = not fits and k > 2 and width // 2 >= MIN_COLUMN_WIDTH
+        columns = self.query_one("#columns")
+        columns.set_class(grid, "-grid")
+        columns.set_class(not fits and not grid, "-stacked")
 
     @property
     def columns(self) -> list[AnswerColumn]:
@@ -501,6 +508,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             return False
         if action == "pick":
             return int(parameters[0]) <= self.k
+        if action in ("vote_both_bad", "vote_all_bad"):  # one key, named by the count (as the vote bar does)
+            return (action == "vote_both_bad") == (self.k == 2)
         if action == "back":
             return can_go_back(self) or self.answers_only or self.focused is not self.query_one("#prompt-input")
         if action == "skip":
@@ -533,7 +542,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if not self._can_vote():
             return
         if not self.picks:
-            self.notify("Press column numbers best first (1 = A, 2 = B, …), or t for a tie, 0 for both bad.")
+            self.notify("Press column numbers best first (1 = A, 2 = B, …), or t for a tie, "
+                        f"0 for {'both' if self.k == 2 else 'all'} bad.")
             return
         k = self.k
         ranking = self.picks + [c for c in range(k) if c not in self.picks]
@@ -547,6 +557,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
     def action_vote_both_bad(self) -> None:
         if self._can_vote():
             self._cast("both_bad", [])
+
+    action_vote_all_bad = action_vote_both_bad  # the same vote; the footer names it by the count
 
     def _cast(self, outcome: str, ranking: list[int], n_ranked: int | None = None) -> None:
         """Store the vote (one transaction), then reveal. A store error keeps the vote on screen."""
@@ -676,7 +688,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         assert rnd is not None
         if rnd.finish[c] is None:
             return "generating…"
-        parts = [rnd.finish[c], rnd.stats[c]] if rnd.stats[c] else [rnd.finish[c]]
+        parts = [finish_words(rnd.finish[c]), rnd.stats[c]]
         if not self._hidden() and rnd.answers[c].seed is not None:
             parts.append(f"seed {rnd.answers[c].seed}")
         return " · ".join(p for p in parts if p)
@@ -713,15 +725,20 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         else:
             what = (f"{k} models" if len(models) > 1 else f"{k} presets") + " (hidden until you vote)"
         head.append("Rank " if self.answers_only else "Compare ", style="bold")
+        # This round's mode first (a narrow terminal cuts the end); the next round's when it differs.
+        if rnd is None:
+            mode = "blind" if self.blind else "open"
+        else:
+            mode = "open" if not rnd.blind else "revealed" if rnd.revealed else "blind"
+        head.append(f"({mode}) ", style="dim")
         head.append(what)
         if len(models) == 1:
             head.append(f" · {next(iter(models.values()))}", style="dim")
         context = len(rnd.conversation) - 1 if rnd is not None else len(self.history)
         if context:
             head.append(f" · after {context} chat messages", style="dim")
-        head.append(" · blind" if self.blind else " · open", style="dim")
         if rnd is not None and rnd.blind != self.blind:
-            head.append(" (next prompt)", style="dim")
+            head.append(f" · next prompt {'blind' if self.blind else 'open'}", style="dim")
         self.query_one("#compare-head", Static).update(head)
         if self.queue is not None:
             prompt = Text.assemble(("Prompt: ", "bold"), rnd.prompt if rnd is not None else "")

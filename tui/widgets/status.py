@@ -28,8 +28,24 @@ def params_summary(params: Any) -> str:
     return " · ".join(parts)
 
 
+# Shorter names for the settings, for a status line that does not fit: "T 0.7 top-k 40" -> "T0.7 k40".
+_SHORT = [("top-k ", "k"), ("top-p ", "p"), ("min-p ", "min-p"), ("T ", "T"), ("max ", "max"),
+          ("rep ", "rep"), ("pres ", "pres"), ("freq ", "freq")]
+
+FINISH_WORDS = {"eos": "end of text", "stop": "stop string", "length": "max tokens", "cancelled": "stopped (esc)"}
+
+
+def finish_words(reason: str) -> str:
+    """How an answer's finish_reason reads on screen, the same live and reopened, in chat and compare."""
+    return FINISH_WORDS.get(reason, reason)
+
+
 class StatusBar(Static):
-    """`set(model=..., preset=..., settings=..., state=..., error=...)` changes any part."""
+    """`set(model=..., preset=..., settings=..., state=..., error=...)` changes any part.
+
+    Everything is kept at any width: when the line does not fit, the settings lose their separators,
+    then the model name goes, then the settings take their short names ("T0.7 k40 p0.9 max512
+    seed random"); only then is the end cut with "…"."""
 
     DEFAULT_CSS = "StatusBar { height: 1; width: 1fr; }"
 
@@ -39,13 +55,27 @@ class StatusBar(Static):
 
     def set(self, **parts: Any) -> None:
         self._parts.update(parts)
+        self.refresh()
+
+    def _line(self, model: bool, settings: str, state: str) -> Text:
         p = self._parts
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append(" 填空 ", style="bold reverse")
-        out.append(f" {p['model']} ", style="bold")
-        out.append("│ ", style="dim")
-        out.append(p["state"], style="bold red" if p["error"] else "")
+        if model:
+            out.append(f" {p['model']} ", style="bold")
+        out.append("│ " if model else " ", style="dim")
+        out.append(state, style="bold red" if p["error"] else "")
         out.append(" │ ", style="dim")
         out.append(p["preset"], style="bold")
-        out.append(f" {p['settings']}", style="dim")
-        self.update(out)
+        out.append(f" {settings}", style="dim")
+        return out
+
+    def render(self) -> Text:
+        settings, state = self._parts["settings"], self._parts["state"]
+        compact = settings.replace(" · ", " ")
+        short = compact
+        for long, abbreviation in _SHORT:
+            short = short.replace(long, abbreviation)
+        lines = [self._line(True, settings, state), self._line(True, compact, state),
+                 self._line(False, compact, state), self._line(False, short, state)]
+        return next((line for line in lines if line.cell_len <= self.size.width), lines[-1])
