@@ -148,3 +148,35 @@ def test_default_ppo_config_resolves_and_moves_the_policy(llama_dir, tmp_path):
     v = verdict_for(trainer)
     assert v.figures["kl_to_reference"] > 0 and len(v.examples) == 2
     assert {"score_before", "score_after", "distinct_after", "eos_rate_after"} <= set(v.figures)
+
+
+def test_default_sft_and_dpo_configs_train(llama_dir, tmp_path):
+    from tiankong.trainers.dpo import DPOConfig, DPOTrainer
+    from tiankong.trainers.sft import SFTConfig, SFTTrainer
+
+    convs = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"Name animal {i}.", "completion": f"The {a} and the fox."}
+                                                 for i, a in enumerate(ANIMALS * 3)])
+    sft = SFTTrainer(SFTConfig(model=str(llama_dir), data=str(convs), output=str(tmp_path / "sft"), device="cpu",
+                               progress=False))
+    out = sft.train()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sft.cfg.batch_size == 8 and sft.cfg.steps == 9 and rows[-1]["loss"] < 0.9 * rows[0]["loss"]  # 3 passes
+    assert verdict_for(sft).ok
+
+    data = write_jsonl(tmp_path / "p.jsonl", taste_pairs(40))
+    dpo = DPOTrainer(DPOConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "dpo"), steps=15,
+                               eval_fraction=0.25, device="cpu", progress=False, raw=True))
+    out = dpo.train()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert dpo.cfg.lr == 3e-4 and rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["eval_reward_accuracy"] > 0.5
+    v = verdict_for(dpo)
+    assert v.figures["implicit_reward_before"] < v.figures["implicit_reward_after"] and v.examples
+
+
+def test_plot_of_a_single_point_says_so(tmp_path):
+    from tiankong.trainers.metrics import plot_metrics
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n"
+                                            + json.dumps({"step": 2, "loss": 0.4, "eval_accuracy": 0.9}) + "\n")
+    text = plot_metrics(tmp_path)
+    assert "eval_accuracy: 0.9 at step 2 (one point, nothing to plot)" in text and "loss  (last 0.4" in text
