@@ -93,10 +93,11 @@ class ChatListScreen(ModalScreen[int | None]):
             line = Text(c.title or f"chat {c.id}", style="bold")
             line.append(f"  {c.preset} · {c.n_messages} messages · {Path(c.model).name} · "
                         f"{c.updated_at[:16].replace('T', ' ')}", style="dim")
-            if where:  # the message that matched, the query highlighted
-                snip = Text(f"\n  {where}", style="italic")
+            if where:  # the message that matched, on one line (Chinese is two cells a character), query highlighted
+                snip = Text(where, style="italic")
+                snip.truncate(max(20, options.size.width - 4), overflow="ellipsis")
                 snip.highlight_words([query], "bold reverse", case_sensitive=False)
-                line.append_text(snip)
+                line.append_text(Text("\n  ").append_text(snip))
             options.add_option(Option(line, id=str(c.id)))
         if not chats:
             empty = f"no message contains “{query}”" if query else "no chats yet"
