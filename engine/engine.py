@@ -22,6 +22,7 @@ from torch import nn
 
 from .chat import ChatTemplate, render_prompt
 from .config import ModelConfig
+from .context import PromptCache, answer_room, fit_messages
 from .errors import InputError
 from .events import Event
 from .generate import generate
@@ -102,6 +103,14 @@ class Engine:
             ids = [start]
         return ids
 
+    def fit(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int, *, at_least: int = 0,
+            slack: int = 0, raw: bool = False) -> tuple[list[int], int]:
+        """Chat messages -> (ids, oldest turns dropped) so that the prompt leaves the answer its room
+        (context.answer_room); see context.fit_messages for at_least and slack."""
+        ctx = self.cfg.max_seq_len
+        return fit_messages(lambda m: self.encode(messages=m, raw=raw), messages,
+                            ctx - answer_room(max_new_tokens, ctx), at_least=at_least, slack=slack)
+
     def check_fits(self, ids: Sequence[int]) -> None:
         """Raise InputError unless the prompt leaves room for at least one new token in the context."""
         ctx = self.cfg.max_seq_len
@@ -136,14 +145,17 @@ class Engine:
         return self._longest_token
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], *,
-                 top_logprobs: int = 0, cancel: threading.Event | None = None) -> Iterator[Event]:
-        """Stream TokenEvents and one Finished per row. Rows without a seed get a fresh one."""
+                 top_logprobs: int = 0, cancel: threading.Event | None = None,
+                 prompt_cache: PromptCache | None = None) -> Iterator[Event]:
+        """Stream TokenEvents and one Finished per row. Rows without a seed get a fresh one.
+        prompt_cache: one row's conversation cache (context.PromptCache), kept across calls."""
         for p in params:
             p.validate()
         if top_logprobs < 0 or top_logprobs > self.cfg.vocab_size:
             raise InputError(f"top_logprobs must be in [0, {self.cfg.vocab_size}], got {top_logprobs}")
         return generate(self.model, self.cfg, self.tokenizer, prompts, with_seeds(params),
-                        top_logprobs=top_logprobs, cancel=cancel, text_of=self.token_text)
+                        top_logprobs=top_logprobs, cancel=cancel, text_of=self.token_text,
+                        prompt_cache=prompt_cache)
 
     def token_text(self, id: int) -> str:
         """Readable text of one token (cached: candidate lists ask for the same ids again and again)."""

@@ -50,7 +50,8 @@ class Timing:
 class Finished:
     row: int
     text: str  # the whole answer, stop string and EOS removed
-    finish_reason: str  # "eos" | "stop" (a stop string) | "length" | "cancelled" | "error" (see message)
+    finish_reason: str  # "eos" | "stop" (a stop string) | "length" (max_new_tokens) | "context" (the context is full)
+    #                     | "cancelled" | "error" (see message)
     usage: Usage
     timing: Timing
     token_ids: tuple[int, ...] = field(default=())  # generated ids, EOS included
@@ -61,4 +62,4 @@ class Finished:
 
 
 Event = TokenEvent | Finished
-FINISH_REASONS = ("eos", "stop", "length", "cancelled", "error")
+FINISH_REASONS = ("eos", "stop", "length", "context", "cancelled", "error")

@@ -14,6 +14,10 @@ Non-finite logits (NaN or inf weights, a float16 overflow, a bad rope config) ma
 log-probs NaN; the sampler still returns an index in range, and the row ends with finish_reason
 "error" and a one-line message (naming the first weight tensor that is not finite, if any) while
 the other rows go on. The check reads the chosen token's log-prob, which is fetched anyway.
+
+A row that stops because the context is full ends with "context", not "length" (the preset's
+max_new_tokens). With a PromptCache (context.py), one row reuses the keys and values of the
+conversation's earlier turns and prefills only what is new.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .context import PromptCache
 from .errors import InputError
 from .events import Candidate, Event, Finished, Timing, TokenEvent, Usage
 from .kv_cache import KVCache, build_mask
@@ -52,18 +57,23 @@ class _Row:
 
 def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
              params: Sequence[SamplingParams], *, top_logprobs: int = 0,
-             cancel: threading.Event | None = None, text_of=None) -> Iterator[Event]:
+             cancel: threading.Event | None = None, text_of=None,
+             prompt_cache: PromptCache | None = None) -> Iterator[Event]:
     """Generate a continuation for every prompt; yields TokenEvents as they come, one Finished per row.
 
     prompts: token ids per row (already templated). params: one SamplingParams per row, with its
     seed set. top_logprobs: how many candidates each TokenEvent carries (0 = none). cancel: set it
     from another thread to stop all rows after the current token ("cancelled"). text_of: optional
-    id -> readable text function for candidates (defaults to tokenizer.token_text).
+    id -> readable text function for candidates (defaults to tokenizer.token_text). prompt_cache:
+    for one row, the conversation's cache: the prompt's cached prefix is not read again, and the
+    cache holds the prompt and the answer afterwards.
     """
     if len(prompts) != len(params):
         raise InputError(f"{len(prompts)} prompts but {len(params)} parameter sets; give one per prompt")
     if not prompts:
         return
+    if prompt_cache is not None and len(prompts) != 1:
+        raise InputError(f"a prompt cache serves one row, not {len(prompts)}")
     device = next(model.parameters()).device
     ctx = cfg.max_seq_len
     rows: list[_Row] = []
@@ -96,7 +106,9 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
         for b, ids in enumerate(prompts):
             firsts.setdefault(tuple(ids), b)
         t0 = time.perf_counter()
-        if len(firsts) == B:
+        if prompt_cache is not None:
+            cache, logits = _prefill_cached(model, cfg, prompt_cache, prompts[0], total)
+        elif len(firsts) == B:
             mask = build_mask(pad, 0, P, P, cfg.sliding_window)
             logits = model(tokens.to(device), positions, mask, cache, 0, last_only=True)[:, -1]  # (B, V)
         else:
@@ -165,11 +177,11 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
             elif r.params.stop and (cut := _find_stop(r.text, piece, r.params.stop)) is not None:
                 r.text, reason = r.text[:cut], "stop"
             elif len(r.ids) >= r.max_new:
-                reason = "length"
+                reason = "length" if r.max_new == r.params.max_new_tokens else "context"
             if reason is None:
                 keep.append(b)
                 continue
-            if reason == "length":
+            if reason in ("length", "context"):
                 r.text += r.decoder.flush()
             yield _finished(r, reason, t_prefill, time.perf_counter() - t0 - t_prefill)
         if len(keep) < len(rows):
@@ -185,7 +197,24 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
             positions = (slot - pad)[:, None]  # (B, 1)
             mask = build_mask(pad, slot, 1, slot + 1, cfg.sliding_window)
             logits = model(chosen[:, None].to(device), positions, mask, cache, slot)[:, -1]
+            if prompt_cache is not None:
+                prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it
         slot += 1
+
+
+def _prefill_cached(model: nn.Module, cfg: ModelConfig, pc: PromptCache, ids: Sequence[int],
+                    total: int) -> tuple[KVCache, torch.Tensor]:
+    """One row's prefill into its PromptCache, from the end of the prefix already cached ->
+    (cache, logits (1, V) of the last prompt token)."""
+    cache, start = pc.prepare(model, cfg, ids, total)
+    device = cache.kv.device
+    tokens = torch.as_tensor(list(ids[start:]), dtype=torch.long, device=device)[None]  # (1, T)
+    positions = torch.arange(start, len(ids), device=device)[None]  # (1, T)
+    mask = build_mask(torch.zeros(1, dtype=torch.long, device=device), start, len(ids) - start, len(ids),
+                      cfg.sliding_window)
+    logits = model(tokens, positions, mask, cache, start, last_only=True)[:, -1]
+    pc.ids = list(ids)
+    return cache, logits
 
 
 def _find_stop(text: str, piece: str, stops: Sequence[str]) -> int | None:

@@ -59,9 +59,11 @@ def build_mask(pad: torch.Tensor, q_start: int, q_len: int, kv_len: int,
 
     pad: (B,) left-padding per row. Queries sit at slots q_start..q_start+q_len. A key is
     visible if it is not padding, not in the future and (with a sliding window) not too old.
-    Returns None when plain causal attention is exact (no padding, no window in reach).
+    Returns None when plain causal attention is exact (no padding, no window in reach, and the
+    queries start at slot 0 or are one: torch's is_causal aligns a block of queries with the first
+    keys, which is wrong for a block prefilled after cached slots).
     """
-    if not bool(pad.any()) and (window is None or kv_len <= window):
+    if not bool(pad.any()) and (window is None or kv_len <= window) and (q_start == 0 or q_len == 1):
         return None
     q = torch.arange(q_start, q_start + q_len, device=pad.device)[:, None]  # (q_len, 1)
     k = torch.arange(kv_len, device=pad.device)[None, :]  # (1, kv_len)

@@ -1,0 +1,132 @@
+"""What of a conversation the model sees (`fit_messages`), and what it has already read (`PromptCache`).
+
+The context window is finite. When a conversation no longer fits, with room left for an answer,
+`fit_messages` drops its oldest turns (a turn: a user message and the replies after it), never the
+system message and never the last turn; the TUI chat, `tiankong generate --context-overflow
+truncate` and the PPO trainer's prompts all go through it. How much room an answer needs is
+`answer_room`: its max_new_tokens, but at most a quarter of the context, so that a preset asking
+for 512 tokens on a 512-token model still leaves the conversation three quarters.
+
+A chat re-reads its whole history every turn unless the keys and values of what it read last time
+are kept: `PromptCache` holds one row's KV cache and the ids whose keys and values it holds, and
+`generate(..., prompt_cache=...)` prefills only the part of the new prompt after the longest common
+prefix. Keys and values depend only on the tokens before them, so this is exact (a sliding window
+too: the cache keeps every position and the mask hides the old ones). A prompt whose start changed
+(a turn dropped, the system prompt edited) shares only what precedes the change, and is read once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .config import ModelConfig
+from .errors import InputError
+from .kv_cache import KVCache
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+def answer_room(max_new_tokens: int, context: int) -> int:
+    """Tokens kept free for the answer: max_new_tokens, at most a quarter of the context."""
+    return max(1, min(max_new_tokens, context // 4))
+
+
+def turn_starts(messages: Messages) -> list[int]:
+    """Index of the first message of every turn: each user message (and anything before the first
+    one that is not a system message) starts a turn."""
+    starts = []
+    for i, m in enumerate(messages):
+        if m.get("role") == "system" and not starts:
+            continue
+        if m.get("role") == "user" or not starts:
+            starts.append(i)
+    return starts
+
+
+def fit_messages(encode: Callable[[list[Mapping[str, Any]]], list[int]], messages: Messages, budget: int, *,
+                 at_least: int = 0, slack: int = 0) -> tuple[list[int], int]:
+    """Messages -> (prompt ids of at most `budget` tokens, number of oldest turns dropped).
+
+    encode renders messages to ids (the chat template and tokenizer). The system messages at the
+    start and the last turn always stay; the turns between go oldest first. at_least: drop at least
+    this many (a chat keeps dropped turns dropped, so its prompt keeps one prefix and its cache stays
+    valid). slack: when more turns must go than at_least, free this many tokens more, so that the
+    next few turns fit without dropping again (each drop re-reads the whole prompt once).
+    Raises InputError when the system messages and the last turn alone do not fit.
+    """
+    messages = list(messages)
+    starts = turn_starts(messages)
+    head = messages[:starts[0]] if starts else messages  # the system messages
+    droppable = max(0, len(starts) - 1)
+    at_least = min(at_least, droppable)
+
+    def without(k: int) -> list[int]:  # the prompt without the k oldest turns
+        return encode(head + messages[starts[k]:] if starts else head)
+
+    ids = without(at_least)
+    if len(ids) <= budget:
+        return ids, at_least
+    # Dropping more turns never lengthens the prompt: binary search for the fewest that fit,
+    # first within budget - slack, else within the budget.
+    for limit in dict.fromkeys((budget - slack, budget)):
+        lo, hi, best = at_least + 1, droppable, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = without(mid)
+            if len(cand) <= limit:
+                best, hi = (cand, mid), mid - 1
+            else:
+                lo = mid + 1
+        if best is not None:
+            return best
+    last = without(droppable)
+    kept = "the system message and the last message are" if head else "the last message is"
+    raise InputError(f"{kept} {len(last)} tokens, but the context leaves {budget} for the prompt "
+                     f"(room kept for the answer); shorten the last message")
+
+
+class PromptCache:
+    """The KV cache of one conversation (one row) kept between `generate` calls.
+
+    `ids` are the tokens whose keys and values sit in cache slots 0..len(ids)-1: a prompt and the
+    answer tokens that were fed back. `generate` keeps that true at every step, so a cancelled or
+    failed answer leaves a cache that is still valid up to where it got. The buffer grows (doubling,
+    up to the context) as the conversation does, and is rebuilt for another model.
+    """
+
+    def __init__(self) -> None:
+        self.kv: KVCache | None = None
+        self.ids: list[int] = []
+        self._model_id = 0
+
+    def clear(self) -> None:
+        self.ids = []
+
+    def reuse(self, prompt: Sequence[int]) -> int:
+        """How many leading tokens of `prompt` are cached: the longest common prefix, less one, as
+        the last prompt token must run again to give the first answer token's logits."""
+        n = 0
+        for a, b in zip(self.ids, prompt):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(prompt) - 1)
+
+    def prepare(self, model: torch.nn.Module, cfg: ModelConfig, prompt: Sequence[int], total: int) -> tuple[KVCache, int]:
+        """A cache of at least `total` slots holding `prompt`'s longest cached prefix -> (cache, its length)."""
+        p = next(model.parameters())
+        kv = self.kv
+        if kv is not None and (self._model_id != id(model) or kv.kv.dtype != p.dtype or kv.kv.device != p.device):
+            kv, self.ids = None, []  # another model: nothing cached applies
+        keep = self.reuse(prompt)
+        self.ids = self.ids[:keep]  # slots past here are about to be overwritten
+        if kv is None or kv.max_len < total:
+            size = min(cfg.max_seq_len, max(total, 2 * kv.max_len if kv is not None else 0))
+            grown = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, size, cfg.head_dim, p.dtype, p.device)
+            if kv is not None and keep:
+                grown.kv[:, :, :, :keep] = kv.kv[:, :, :, :keep]
+            kv, self._model_id = grown, id(model)
+        self.kv = kv
+        return kv, keep

@@ -1,0 +1,206 @@
+"""Prompt cache across turns (engine/context.py PromptCache) and context fitting (fit_messages).
+
+A cached turn must equal a cold run of the same prompt: the same greedy tokens, the same log-probs
+and candidates, on every architecture and on each way a model runs (compiled decode step, torch
+with packed weights, plain modules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tiankong.engine import native
+from tiankong.engine.context import PromptCache, answer_room, fit_messages, turn_starts
+from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError
+from tiankong.engine.events import Finished, TokenEvent
+from tiankong.engine.gpt2 import GPT2
+from tiankong.engine.llama_packed import PackedLlama
+from tiankong.engine.model import load_model
+from tiankong.engine.packed import can_pack, pack_linears
+from tiankong.engine.sampling import SamplingParams
+from tiny_models import make_model
+
+GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=12, seed=0)
+ARCHS = [("llama", {}), ("mistral", dict(sliding_window=8)), ("qwen2", {}), ("gpt2", {})]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return {arch: make_model(tmp_path_factory.mktemp(arch), arch, **ov) for arch, ov in ARCHS}
+
+
+def engine(folder, path: str) -> Engine:
+    """The model run one way: "native" (compiled step), "torch" (packed weights, no compiled step),
+    "plain" (the training modules)."""
+    if path == "native" and native.library() is None:
+        pytest.skip(f"no compiled decode step here: {native.reason()}")
+    if path == "plain":
+        return Engine.load(folder, device="cpu", dtype="float32", pack=False)
+    eng = Engine.load(folder, device="cpu", dtype="float32")
+    if path == "torch":
+        if not can_pack(torch.device("cpu"), torch.float32):
+            pytest.skip("oneDNN packing is unavailable here")
+        model = load_model(folder, "cpu", "float32")[0]
+        model = pack_linears(model) if isinstance(model, GPT2) else PackedLlama(model, native=False)
+        eng = replace(eng, model=model)
+    assert getattr(eng.model, "native", False) == (path == "native")
+    return eng
+
+
+def run(eng, ids, cache=None, n=12):
+    events = list(eng.generate([ids], [GREEDY.replace(max_new_tokens=n)], top_logprobs=5, prompt_cache=cache))
+    fin = events[-1]
+    assert isinstance(fin, Finished)
+    return [e for e in events if isinstance(e, TokenEvent)], fin
+
+
+def assert_same(cached, cold):
+    (toks, fin), (ref, ref_fin) = cached, cold
+    assert [e.id for e in toks] == [e.id for e in ref]
+    assert fin.finish_reason == ref_fin.finish_reason and fin.text == ref_fin.text
+    for a, b in zip(toks, ref):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [c.id for c in a.candidates] == [c.id for c in b.candidates]
+        assert [c.logprob for c in a.candidates] == pytest.approx([c.logprob for c in b.candidates], abs=1e-4)
+
+
+def count_prefill(eng):
+    """Wrap the model's forward to record how many tokens each call reads."""
+    seen, forward = [], eng.model.forward
+
+    def spy(tokens, *args, **kw):
+        seen.append(tokens.shape[1])
+        return forward(tokens, *args, **kw)
+
+    eng.model.forward = spy
+    return seen
+
+
+@pytest.mark.parametrize("path", ["native", "torch", "plain"])
+@pytest.mark.parametrize("arch", [a for a, _ in ARCHS])
+def test_cached_turns_equal_cold_runs(folders, arch, path):
+    eng = engine(folders[arch], path)
+    cache = PromptCache()
+    enc = lambda text: eng.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    turn1 = eng.encode("Once upon a time there was a little girl named Lily.", raw=True)
+    first = run(eng, turn1, cache)
+    assert_same(first, run(eng, turn1))
+    assert cache.ids == turn1 + [e.id for e in first[0]][:-1]  # the last token was never fed back
+
+    # Turn 2: the whole of turn 1 (prompt and answer) plus a new message; only the new part is read.
+    turn2 = turn1 + list(first[1].token_ids) + enc(" The quick brown fox jumps over the lazy dog.")
+    seen = count_prefill(eng)
+    second = run(eng, turn2, cache)
+    assert seen[0] == len(turn2) - len(turn1) - len(first[0]) + 1
+    del eng.model.forward
+    assert_same(second, run(eng, turn2))
+
+    # Regenerate: the same prompt again reads one token (its last), and answers the same.
+    seen = count_prefill(eng)
+    assert_same(run(eng, turn2, cache), second)
+    assert seen[0] == 1
+    del eng.model.forward
+
+    # The prompt diverges mid-way through what is cached (an edited message).
+    mid = len(turn2) // 2
+    edited = turn2[:mid] + enc(" Emoji are fun and so is text. Numbers: 1234567890.")
+    assert_same(run(eng, edited, cache), run(eng, edited))
+
+    # Dropped turns: only the first token is shared, so everything else is read again, once.
+    dropped = turn1[:1] + turn2[len(turn1) + 5:]
+    assert_same(run(eng, dropped, cache), run(eng, dropped))
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_cache_grows_past_its_first_size_and_hits_the_context(folders, arch):
+    eng = engine(folders[arch], "plain")
+    cache = PromptCache()
+    ids = eng.encode("Once upon a time", raw=True)
+    run(eng, ids, cache, n=4)
+    first = cache.kv.max_len
+    ctx = eng.cfg.max_seq_len
+    long = (ids * 200)[: ctx - 3]
+    toks, fin = run(eng, long, cache, n=12)
+    assert cache.kv.max_len > first and cache.kv.max_len <= ctx
+    assert fin.finish_reason == "context" and len(toks) == 3  # cut by the context, not by max_new_tokens
+    cold_toks, cold_fin = run(eng, long, None, n=12)
+    assert [e.id for e in toks] == [e.id for e in cold_toks] and cold_fin.finish_reason == "context"
+
+
+def test_length_is_the_presets_limit(folders):
+    eng = engine(folders["llama"], "plain")
+    _, fin = run(eng, eng.encode("Once upon a time", raw=True), n=3)
+    assert fin.finish_reason in ("length", "eos")
+
+
+def test_one_cache_serves_one_row(folders):
+    eng = engine(folders["llama"], "plain")
+    ids = eng.encode("Once", raw=True)
+    with pytest.raises(InputError, match="one row"):
+        list(eng.generate([ids, ids], [GREEDY, GREEDY], prompt_cache=PromptCache()))
+
+
+def test_a_cancelled_answer_leaves_a_valid_cache(folders):
+    import threading
+
+    eng = engine(folders["llama"], "plain")
+    cache, cancel = PromptCache(), threading.Event()
+    ids = eng.encode("Once upon a time there was", raw=True)
+    for ev in eng.generate([ids], [GREEDY], prompt_cache=cache, cancel=cancel):
+        if isinstance(ev, TokenEvent) and ev.index == 2:
+            cancel.set()
+    assert cache.ids[: len(ids)] == ids and len(cache.ids) == len(ids) + 3  # tokens 0-2, each fed back
+    nxt = cache.ids + eng.tokenizer.encode(" The dog.", add_special_tokens=False)
+    assert_same(run(eng, nxt, cache), run(eng, nxt))
+
+
+# ---------------------------------------------------------------- fitting a conversation
+
+
+def chat(n_turns: int, system: bool = True) -> list[dict]:
+    msgs = [{"role": "system", "content": "sys"}] if system else []
+    for i in range(n_turns):
+        msgs += [{"role": "user", "content": f"question {i} " * 3}, {"role": "assistant", "content": f"answer {i} " * 5}]
+    return msgs[:-1]  # ends with the last question
+
+
+def words(msgs):  # a stand-in tokenizer: one id per word
+    return [0 for m in msgs for _ in m["content"].split()]
+
+
+def test_turn_starts():
+    assert turn_starts(chat(3)) == [1, 3, 5]
+    assert turn_starts(chat(2, system=False)) == [0, 2]
+    assert turn_starts([{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]) == [0, 1]
+
+
+def test_fit_drops_oldest_turns_and_keeps_the_system_message():
+    msgs = chat(5)  # sys 1 word, each turn 6 + 10 words, the last 6
+    assert fit_messages(words, msgs, 1000) == (words(msgs), 0)
+    ids, dropped = fit_messages(words, msgs, 40)
+    assert dropped == 2 and len(ids) == 1 + 2 * 16 + 6  # sys + two whole turns + the last question
+    kept = msgs[:1] + msgs[1 + 2 * dropped:]
+    assert ids == words(kept)
+    # at_least keeps earlier drops; slack frees more room than needed, once.
+    assert fit_messages(words, msgs, 1000, at_least=2)[1] == 2
+    assert fit_messages(words, msgs, 40, slack=10)[1] == 3
+    assert fit_messages(words, msgs, 40, slack=1000)[1] == 2  # slack that cannot be had is skipped
+    with pytest.raises(InputError, match="system message and the last message are 7 tokens"):
+        fit_messages(words, msgs, 6)
+
+
+def test_answer_room():
+    assert answer_room(100, 512) == 100 and answer_room(1000, 512) == 128 and answer_room(5, 2) == 1
+
+
+def test_engine_fit_uses_the_chat_template(folders):
+    eng = engine(folders["qwen2"], "plain")
+    msgs = chat(40)
+    ids, dropped = eng.fit(msgs, max_new_tokens=32)
+    ctx = eng.cfg.max_seq_len
+    assert dropped > 0 and len(ids) <= ctx - 32
+    assert ids == eng.encode(messages=msgs[:1] + msgs[1 + 2 * dropped:])
