@@ -620,40 +620,44 @@ class Store:
 
     def vote_summary(self, skipped: list[tuple[int, str]] | None = None
                      ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
-        """(vote_stats(), votes per outcome), counted in SQL: one scan of the table that groups votes
-        by (outcome, ranking, presets) without reading their texts into Python, so a million votes take
-        seconds and little memory. Rows that are not well-formed votes (see _WELL_FORMED) are left out
-        and, when `skipped` is a list, added to it as (id, reason)."""
+        """(vote_stats(), votes per outcome), counted in SQL: one scan that groups the votes by their
+        shape (outcome, ranking, n_ranked, the responses' presets) without reading any text into
+        Python, so a million votes take seconds and a few MB. Each shape is then checked once, by
+        validate_vote; rows of a shape that is not a vote (damaged outside tiankong) are left out and,
+        when `skipped` is a list, added to it as (id, reason).
+        """
         stats: dict[str, dict[str, int]] = {}
         totals = {o: 0 for o in OUTCOMES}
 
         def entry(preset: str) -> dict[str, int]:
             return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
 
-        groups = self._read(
-            "SELECT outcome, CAST(ranking AS BLOB), n_ranked, CAST((SELECT json_group_array("
-            "json_extract(r.value, '$.preset')) FROM json_each(responses) r) AS BLOB), COUNT(*) "
-            f"FROM votes WHERE {_WELL_FORMED} GROUP BY 1, 2, 3, 4")
-        for outcome, ranking, n_ranked, presets, count in groups:
-            presets = json.loads(presets.decode("utf-8", "replace"))
-            ranking = json.loads(ranking.decode("utf-8", "replace"))
+        bad = []
+        for outcome, ranking, n_ranked, presets, count in self._read(
+                f"SELECT outcome, CAST(ranking AS BLOB), n_ranked, {_PRESETS}, COUNT(*) FROM votes GROUP BY 1, 2, 3, 4"):
+            shape = _shape(outcome, ranking, n_ranked, presets)
+            if shape is None:
+                bad.append((outcome, ranking, n_ranked, presets))
+                continue
+            names = [r.preset for r in shape.responses]
             totals[outcome] += count
-            for p in set(presets):
+            for p in set(names):
                 entry(p)["votes"] += count
-            if outcome == "ranked":  # the same pairs as Vote.pairs, counted once per group
-                shape = Vote(None, "", [], [Response("", "", p, {}, None, "", "") for p in presets], outcome,
-                             ranking, "", False, n_ranked=n_ranked)
-                for i, j in shape.pairs():
-                    if presets[i] != presets[j]:
-                        entry(presets[i])["wins"] += count
-                        entry(presets[j])["losses"] += count
+            if outcome == "ranked":
+                for i, j in shape.pairs():  # only the pairs the rater expressed (see Vote.pairs)
+                    if names[i] != names[j]:
+                        entry(names[i])["wins"] += count
+                        entry(names[j])["losses"] += count
             else:
                 key = "ties" if outcome == "tie" else "both_bad"
-                for p in set(presets):
+                for p in set(names):
                     entry(p)[key] += count
         if skipped is not None:
-            for (vote_id,) in self._read(f"SELECT id FROM votes WHERE NOT ({_WELL_FORMED}) ORDER BY id"):
-                _skip(skipped, vote_id, "not a well-formed vote (responses, ranking or n_ranked)")
+            for key in bad:  # rare: one more scan per damaged shape, cheap columns compared first
+                for (vote_id,) in self._read(
+                        "SELECT id FROM votes WHERE outcome IS ? AND CAST(ranking AS BLOB) IS ? AND n_ranked IS ? "
+                        f"AND {_PRESETS} IS ? ORDER BY id", key):
+                    _skip(skipped, vote_id, "its responses, ranking or n_ranked do not form a vote")
         return dict(sorted(stats.items())), totals
 
     def vote_stats(self, skipped: list[tuple[int, str]] | None = None) -> dict[str, dict[str, int]]:
@@ -711,20 +715,27 @@ def validate_vote(v: Vote) -> None:
             raise InputError(f"vote conversation message {i + 1} must be {{\"role\": str, \"content\": str}}")
 
 
-# A vote row that stats can count: JSON lists of 2-4 responses with a text preset, a ranking of indices
-# into them (all of them for "ranked", none otherwise), n_ranked NULL or 1..K. Every JSON function sits
-# behind a CASE, so a corrupt row is just not well-formed instead of aborting the query.
-_WELL_FORMED = """(CASE WHEN typeof(responses) = 'text' AND typeof(ranking) = 'text'
-                      AND json_valid(responses) AND json_valid(ranking) THEN
-    json_type(responses) = 'array' AND json_type(ranking) = 'array'
-    AND json_array_length(responses) BETWEEN 2 AND 4
-    AND NOT EXISTS (SELECT 1 FROM json_each(responses) r
-                    WHERE (CASE WHEN r.type = 'object' THEN json_type(r.value, '$.preset') END) IS NOT 'text')
-    AND NOT EXISTS (SELECT 1 FROM json_each(ranking) k
-                    WHERE k.type != 'integer' OR k.value < 0 OR k.value >= json_array_length(responses))
-    AND json_array_length(ranking) = (CASE outcome WHEN 'ranked' THEN json_array_length(responses) ELSE 0 END)
-    AND (n_ranked IS NULL OR (typeof(n_ranked) = 'integer' AND n_ranked BETWEEN 1 AND json_array_length(responses)))
-  ELSE 0 END)"""
+# [number of responses, [presets of the first four]] as JSON bytes, parsing `responses` twice at most (one
+# json_extract with four paths): null for a response that is not an object with a preset, NULL when
+# `responses` is not JSON at all. Per-element json_each would parse every response again.
+_PRESETS = """CAST(CASE WHEN json_valid(responses) THEN json_array(json_array_length(responses), json_extract(
+    responses, '$[0].preset', '$[1].preset', '$[2].preset', '$[3].preset')) END AS BLOB)"""
+
+
+def _shape(outcome: Any, ranking: Any, n_ranked: Any, presets: Any) -> Vote | None:
+    """A vote with these columns and blank responses of these presets, if it is a valid vote; else None."""
+    try:
+        ranking, (n, first4) = json.loads(ranking), json.loads(presets)
+        if not (isinstance(n, int) and MIN_RESPONSES <= n <= MAX_RESPONSES):
+            return None
+        presets = first4[:n]
+        v = Vote(None, "", [], [Response("", "", p, {}, None, "", "") for p in presets], outcome, ranking, "",
+                 False, n_ranked=n_ranked)
+        validate_vote(v)
+    except (ValueError, TypeError, RecursionError):  # not JSON (or not UTF-8), not lists, not a vote
+        return None
+    return v if all(isinstance(r.preset, str) for r in v.responses) and isinstance(outcome, str) else None
+
 
 _INSERT_VOTE = ("INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
                 "created_at, n_ranked, prompt_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
