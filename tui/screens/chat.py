@@ -29,6 +29,7 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
+from tiankong.engine.context import PromptCache
 from tiankong.engine.engine import with_seeds
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.events import Finished
@@ -53,6 +54,17 @@ INTRO = ("Type below and press enter. While the answer streams, the candidates p
 
 
 class ChatListScreen(ModalScreen[int | None]):
+class ContextNotice(Static):
+    """A line in the transcript: from here on the model no longer sees the chat's first `dropped` turns."""
+
+    def __init__(self, dropped: int, context: int) -> None:
+        turns = "turn" if dropped == 1 else f"{dropped} turns"
+        super().__init__(Text(f"⋯ the first {turns} of this chat no longer fit the model's {context}-token "
+                              "context: it does not see them now (ctrl+n starts a new chat)", style="dim italic"),
+                         classes="context-notice")
+        self.dropped = dropped
+
+
     """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes. `/` goes to the search
     box, which keeps the chats with a message containing its text (Store.search_chats) and shows where."""
 
@@ -193,6 +205,12 @@ class ChatScreen(Screen[None]):
         self.inspected: AssistantMessage | None = None
         self.heatmap = False
 
+        # The conversation's keys and values, kept between answers (a new chat or another one
+        # shares only the template's start with it, and is read once); and how many of the chat's
+        # oldest turns no longer fit the context. Those stay dropped, so the prompt keeps one
+        # start and the cache stays valid until the context fills again.
+        self.prompt_cache = PromptCache()
+        self.dropped_turns = 0
     # ------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
@@ -242,6 +260,8 @@ class ChatScreen(Screen[None]):
             else:
                 state = "ready"
         edited = " (edited)" if self.params != self.preset.params else ""
+            if self.dropped_turns and self.engine is not None:
+                state += f" · {self.dropped_turns} turns out of context"
         self.query_one(StatusBar).set(model=self.model_name, preset=self.preset.name + edited,
                                       settings=params_summary(self.params), state=state, error=error)
 
@@ -346,11 +366,18 @@ class ChatScreen(Screen[None]):
         self._save_system()
         self._leave_inspect()
         try:
-            ids = self.engine.encode(messages=self.conversation())
+        ctx = self.engine.cfg.max_seq_len
+            # Oldest turns go when the chat and room for an answer no longer fit; an eighth of the
+            # context more, so that the next turns fit without dropping (and re-reading) again.
+            ids, dropped = self.engine.fit(self.conversation(), self.params.max_new_tokens,
+                                           at_least=self.dropped_turns, slack=ctx // 8)
         except TiankongError as e:
             self.notify(str(e), severity="error")
             return
         params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
+        if dropped > self.dropped_turns:
+            await self.transcript.mount(ContextNotice(dropped, ctx))
+        self.dropped_turns = dropped
         edited = " (edited)" if self.params != self.preset.params else ""
         answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
         await self.transcript.mount(answer)
@@ -393,7 +420,8 @@ class ChatScreen(Screen[None]):
         error: str | None = None
         last = time.monotonic()
         try:
-            for ev in self.engine.generate([ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel):
+            for ev in self.engine.generate([ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel,
+                                           prompt_cache=self.prompt_cache):
                 if worker.is_cancelled:
                     cancel.set()
                 if isinstance(ev, Finished):
@@ -470,6 +498,10 @@ class ChatScreen(Screen[None]):
                 self.inspected = None
             await w.remove()
         return True
+        children = list(self.transcript.children)  # context notices after the last message kept go too
+        kept = children.index(msgs[index - 1]) if index else -1
+        await self.transcript.remove_children([w for w in children[kept + 1:] if isinstance(w, ContextNotice)])
+        self.dropped_turns = max((w.dropped for w in self.transcript.query(ContextNotice)), default=0)
 
     async def action_regenerate(self) -> None:
         if not self._can_generate():
@@ -526,6 +558,7 @@ class ChatScreen(Screen[None]):
         await self.transcript.mount(Static(Text(INTRO), id="intro"))
         self.chat_id = None
         self.candidates.show(None)
+        self.dropped_turns = 0
         self._status()
 
     def action_open_chats(self) -> None:

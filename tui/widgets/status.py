@@ -32,7 +32,8 @@ def params_summary(params: Any) -> str:
 _SHORT = [("top-k ", "k"), ("top-p ", "p"), ("min-p ", "min-p"), ("T ", "T"), ("max ", "max"),
           ("rep ", "rep"), ("pres ", "pres"), ("freq ", "freq")]
 
-FINISH_WORDS = {"eos": "end of text", "stop": "stop string", "length": "max tokens", "cancelled": "stopped (esc)"}
+FINISH_WORDS = {"eos": "end of text", "stop": "stop string", "length": "max tokens", "context": "context full",
+                "cancelled": "stopped (esc)"}
 
 
 def finish_words(reason: str) -> str:
