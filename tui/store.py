@@ -29,6 +29,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -549,6 +550,8 @@ class Store:
         t, added = now(), 0
         before = self._read("SELECT COALESCE(MAX(id), 0) FROM votes")[0][0]  # votes stored before this import
         for start in range(0, len(votes), batch_size):
+            if start:
+                time.sleep(0.02)  # a gap between batches, in which a vote waiting for the lock gets in
             with self._tx(durable=True) as conn:
                 for v in votes[start:start + batch_size]:
                     h = vote_hash(v)
