@@ -204,3 +204,25 @@ def test_engine_fit_uses_the_chat_template(folders):
     ctx = eng.cfg.max_seq_len
     assert dropped > 0 and len(ids) <= ctx - 32
     assert ids == eng.encode(messages=msgs[:1] + msgs[1 + 2 * dropped:])
+
+
+def test_generate_context_overflow_flag(monkeypatch, capsys, folders, tmp_path):
+    import json
+
+    from helpers import cli
+
+    long = {"id": "long", "messages": chat(40)}
+    short = {"id": "short", "messages": chat(1)}
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(short) + "\n" + json.dumps(long) + "\n")
+    args = ("generate", "-m", folders["llama"], "-i", src, "--seed", "1", "--max-new-tokens", "8")
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and "line 2" in err and out == ""  # error (the default): named, nothing generated
+    code, out, err = cli(monkeypatch, capsys, *args, "--context-overflow", "truncate")
+    assert code == 0, err
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert "dropped_turns" not in recs[0] and recs[1]["dropped_turns"] > 0
+    assert recs[1]["usage"]["prompt_tokens"] <= 256 - 8 and recs[1]["finish_reason"] in ("eos", "length")
+    assert recs[1]["messages"] == long["messages"]  # the record keeps the conversation as given
+    code, _, err = cli(monkeypatch, capsys, *args, "--context-overflow", "drop")
+    assert code == 2 and "use error or truncate" in err

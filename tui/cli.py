@@ -113,7 +113,7 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict
     return jobs
 
 
-def _record(job: dict, preset: str, params, ev_finished, tokens: list | None) -> dict[str, Any]:
+def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dropped: int = 0) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     if "id" in job:
         rec["id"] = job["id"]
@@ -129,6 +129,8 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None) ->
                        "decode_tokens_per_s": round(ev_finished.timing.decode_tokens_per_s, 3)})
     if ev_finished.finish_reason == "error":
         rec["error"] = ev_finished.message
+    if dropped:
+        rec["dropped_turns"] = dropped  # --context-overflow truncate: the oldest turns the model did not see
     if tokens is not None:
         rec["tokens"] = tokens
     return rec
@@ -150,6 +152,10 @@ def _token_json(ev) -> dict[str, Any]:
 
 Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text.
 A bad line (or a prompt longer than the context) stops the run before anything is generated, naming the line.
+--context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
+message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
+context), and records how many in "dropped_turns". An answer cut short by the context ends with
+finish_reason "context" (the max-new-tokens limit is "length").
 --output is replaced only when the run ends: on an error it is left as it was. Ctrl+C also leaves it
 as it was and keeps the records already finished in OUTPUT.partial.""")
 def generate(
@@ -171,6 +177,7 @@ def generate(
     top_logprobs: int = typer.Option(0, "--top-logprobs", min=0, help="Record every token with its top K candidates."),
     raw: bool = typer.Option(False, "--raw", help="Plain completion: skip the chat template."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows generated together in one forward pass."),
+    context_overflow: str = typer.Option("error", "--context-overflow", help="A conversation longer than the context: error (stop before generating, naming the line) or truncate (drop its oldest turns, recorded as dropped_turns)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     format: str = typer.Option("jsonl", "--format", help="jsonl (one record per sample) or text."),
     device: str = DeviceOpt,
@@ -181,6 +188,8 @@ def generate(
 
     if format not in ("jsonl", "text"):
         raise InputError(f"unknown --format {format!r}; use jsonl or text")
+    if context_overflow not in ("error", "truncate"):
+        raise InputError(f"unknown --context-overflow {context_overflow!r}; use error or truncate")
     if output is not None:
         write_target(output)  # a missing folder, a folder or a device: said before the model loads
     jobs = _read_jobs(prompt, input)
@@ -197,14 +206,18 @@ def generate(
     # One row per (prompt, sample): the seed depends only on the sample index, never on batching.
     rows = []
     for where, job in jobs:  # every prompt encoded and checked against the context before any output
+        dropped = 0
         try:
-            ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
-            eng.check_fits(ids)
+            if context_overflow == "truncate" and job.get("messages") is not None:
+                ids, dropped = eng.fit(job["messages"], params.max_new_tokens, raw=raw)
+            else:
+                ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
+                eng.check_fits(ids)
         except InputError as e:
             raise InputError(f"{where}: {e}") from None
         for i in range(n):
             s = params.seed + i if params.seed is not None else draw_seed()
-            rows.append((job, ids, params.replace(seed=s)))
+            rows.append((job, ids, params.replace(seed=s), dropped))
 
     stream_text = format == "text" and len(rows) == 1 and output is None
     failed = written = 0
@@ -225,7 +238,7 @@ def generate(
                     if stream_text:
                         out.write(ev.text)
                         out.flush()
-                for b, (job, _, p) in enumerate(batch):
+                for b, (job, _, p, dropped) in enumerate(batch):
                     fin = done[b]
                     if fin.finish_reason == "error":  # this row failed (non-finite logits); the others go on
                         failed += 1
@@ -233,7 +246,7 @@ def generate(
                         err.print(f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}",
                                   highlight=False, soft_wrap=True)
                     if format == "jsonl":
-                        rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None)
+                        rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None, dropped)
                         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     elif stream_text:
                         out.write("\n")
