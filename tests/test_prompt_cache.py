@@ -226,3 +226,28 @@ def test_generate_context_overflow_flag(monkeypatch, capsys, folders, tmp_path):
     assert recs[1]["messages"] == long["messages"]  # the record keeps the conversation as given
     code, _, err = cli(monkeypatch, capsys, *args, "--context-overflow", "drop")
     assert code == 2 and "use error or truncate" in err
+
+
+def test_ppo_prompts_drop_oldest_turns(tmp_path, capsys):
+    import json
+
+    from test_train_ppo import ppo_config
+    from tiankong.trainers.ppo import PPOTrainer
+    from tiankong.trainers.preferences import Encoder
+    from tiankong.trainers.reward import RewardModel
+
+    lam = make_model(tmp_path / "llama", "llama")
+    base, cfg = load_model(lam, "cpu", "float32")
+    reward = RewardModel(base, cfg)
+    reward.encoder = Encoder.from_folder(lam, raw=True)
+    rm = reward.save(tmp_path / "rm", tokenizer_from=lam)
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join([json.dumps({"messages": chat(1, system=False)}), "word " * 400,
+                              json.dumps({"messages": chat(40)})]) + "\n")
+    trainer = PPOTrainer(ppo_config(lam, rm, src, tmp_path / "out"))
+    trainer.setup()
+    limit = trainer.mcfg.max_seq_len - trainer.cfg.response_length
+    assert len(trainer.prompts) == 2 and max(map(len, trainer.prompts)) <= limit
+    err = capsys.readouterr().err
+    assert "dropped the oldest turns of 1 conversation(s)" in err and "(lines 3)" in err
+    assert "skipped 1 prompt(s)" in err and "(lines 2)" in err

@@ -25,8 +25,9 @@ and "The N Implementation Details of RLHF with PPO":
    first update (ratio 1), as the implementation-details paper requires.
 
 Prompts (--prompts): text lines, or JSONL lines with "prompt" (text) or "messages"; a malformed line
-stops the run with its number, a prompt too long for context - response_length is skipped and
-reported. They are cycled through in shuffled order, --batch-size per iteration.
+stops the run with its number. A conversation too long for context - response_length loses its
+oldest turns (engine/context.py fit_messages, as in the chat); any other prompt too long is skipped;
+both are reported with their line numbers. They are cycled through in shuffled order, --batch-size per iteration.
 
 --kl-target > 0 turns on the adaptive KL controller of Ziegler et al. (2019); its coefficient is
 part of the trainer state, so --resume continues with it. Output: the policy as a Hugging Face
@@ -47,6 +48,7 @@ from torch import nn
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Finished
 from tiankong.engine.generate import generate
+from tiankong.engine.context import fit_messages
 from tiankong.engine.model import load_model, save_pretrained
 from tiankong.engine.sampling import SamplingParams
 
@@ -324,7 +326,8 @@ class PPOTrainer(Trainer):
         cfg = self.cfg
         path = cfg.prompts or cfg.data
         encoded: list[tuple[int, list[int]]] = []
-        for n, prompt in read_prompts(path):
+        read = read_prompts(path)
+        for n, prompt in read:
             try:
                 encoded.append((n, self.encoder.prompt(prompt)))
             except TiankongError as e:
@@ -333,6 +336,18 @@ class PPOTrainer(Trainer):
         if cfg.batch_size < self.dist.world:
             raise InputError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world} processes; raise it")
         limit = self.mcfg.max_seq_len - cfg.response_length
+        cut = []  # conversations that keep only their latest turns
+        for i, ((n, ids), (_, prompt)) in enumerate(zip(encoded, read)):
+            if len(ids) > limit and isinstance(prompt, list):
+                try:
+                    encoded[i] = (n, fit_messages(self.encoder.prompt, prompt, limit)[0])
+                    cut.append(n)
+                except InputError:  # the last turn alone is too long: skipped below
+                    pass
+        if cut and self.dist.is_main:
+            print(f"{path}: dropped the oldest turns of {len(cut)} conversation(s) longer than context - "
+                  f"response_length = {limit} tokens (lines {', '.join(map(str, cut[:5]))}"
+                  f"{' ...' if len(cut) > 5 else ''})", file=sys.stderr)
         self.prompts = [ids for _, ids in encoded if len(ids) <= limit]
         too_long = [n for n, ids in encoded if len(ids) > limit]
         if too_long and self.dist.is_main:
