@@ -32,6 +32,7 @@ from textual.worker import get_current_worker
 from tiankong.engine.context import PromptCache
 from tiankong.engine.engine import with_seeds
 from tiankong.engine.errors import TiankongError
+from tiankong.engine.files import atomic_write_text
 from tiankong.engine.events import Finished
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
@@ -53,7 +54,6 @@ INTRO = ("Type below and press enter. While the answer streams, the candidates p
          "answer token by token (why this word?) and f6 colours it by probability. f1 lists every key.")
 
 
-class ChatListScreen(ModalScreen[int | None]):
 class ContextNotice(Static):
     """A line in the transcript: from here on the model no longer sees the chat's first `dropped` turns."""
 
@@ -65,6 +65,7 @@ class ContextNotice(Static):
         self.dropped = dropped
 
 
+class ChatListScreen(ModalScreen[int | None]):
     """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes. `/` goes to the search
     box, which keeps the chats with a message containing its text (Store.search_chats) and shows where."""
 
@@ -204,13 +205,13 @@ class ChatScreen(Screen[None]):
         self._queued: str | None = None  # sent while the model was loading: sent once it is ready
         self.inspected: AssistantMessage | None = None
         self.heatmap = False
-
         # The conversation's keys and values, kept between answers (a new chat or another one
         # shares only the template's start with it, and is read once); and how many of the chat's
         # oldest turns no longer fit the context. Those stay dropped, so the prompt keeps one
         # start and the cache stays valid until the context fills again.
         self.prompt_cache = PromptCache()
         self.dropped_turns = 0
+
     # ------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
@@ -259,9 +260,9 @@ class ChatScreen(Screen[None]):
                 state = "answering…"
             else:
                 state = "ready"
-        edited = " (edited)" if self.params != self.preset.params else ""
             if self.dropped_turns and self.engine is not None:
                 state += f" · {self.dropped_turns} turns out of context"
+        edited = " (edited)" if self.params != self.preset.params else ""
         self.query_one(StatusBar).set(model=self.model_name, preset=self.preset.name + edited,
                                       settings=params_summary(self.params), state=state, error=error)
 
@@ -365,8 +366,8 @@ class ChatScreen(Screen[None]):
         """Start answering the transcript as it stands."""
         self._save_system()
         self._leave_inspect()
-        try:
         ctx = self.engine.cfg.max_seq_len
+        try:
             # Oldest turns go when the chat and room for an answer no longer fit; an eighth of the
             # context more, so that the next turns fit without dropping (and re-reading) again.
             ids, dropped = self.engine.fit(self.conversation(), self.params.max_new_tokens,
@@ -374,10 +375,10 @@ class ChatScreen(Screen[None]):
         except TiankongError as e:
             self.notify(str(e), severity="error")
             return
-        params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
         if dropped > self.dropped_turns:
             await self.transcript.mount(ContextNotice(dropped, ctx))
         self.dropped_turns = dropped
+        params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
         edited = " (edited)" if self.params != self.preset.params else ""
         answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
         await self.transcript.mount(answer)
@@ -497,11 +498,11 @@ class ChatScreen(Screen[None]):
             if w is self.inspected:
                 self.inspected = None
             await w.remove()
-        return True
         children = list(self.transcript.children)  # context notices after the last message kept go too
         kept = children.index(msgs[index - 1]) if index else -1
         await self.transcript.remove_children([w for w in children[kept + 1:] if isinstance(w, ContextNotice)])
         self.dropped_turns = max((w.dropped for w in self.transcript.query(ContextNotice)), default=0)
+        return True
 
     async def action_regenerate(self) -> None:
         if not self._can_generate():
@@ -557,8 +558,8 @@ class ChatScreen(Screen[None]):
         await self.transcript.remove_children()
         await self.transcript.mount(Static(Text(INTRO), id="intro"))
         self.chat_id = None
-        self.candidates.show(None)
         self.dropped_turns = 0
+        self.candidates.show(None)
         self._status()
 
     def action_open_chats(self) -> None:
@@ -622,13 +623,17 @@ class ChatScreen(Screen[None]):
             self.notify("nothing to export yet: send a message first")
             return
         base = self.export_dir / f"tiankong-chat-{self.chat_id}"
+        md, jsonl = base.with_suffix(".md"), base.with_suffix(".jsonl")
         try:
             self.export_dir.mkdir(parents=True, exist_ok=True)
-            md, jsonl = base.with_suffix(".md"), base.with_suffix(".jsonl")
-            md.write_text(self.store.export_chat_markdown(self.chat_id), encoding="utf-8")
-            jsonl.write_text(self.store.export_chat_jsonl(self.chat_id), encoding="utf-8")
+            # Each file whole or not at all (temp + fsync + rename); a full disk leaves the old export.
+            atomic_write_text(md, self.store.export_chat_markdown(self.chat_id))
+            atomic_write_text(jsonl, self.store.export_chat_jsonl(self.chat_id))
         except OSError as e:
             self.notify(f"could not export to {self.export_dir}: {e.strerror or e}", severity="error")
+            return
+        except TiankongError as e:  # one line from atomic_write_text or the store
+            self.notify(str(e), severity="error")
             return
         self.notify(f"{md}\n{jsonl}", title="exported", timeout=10)
 
