@@ -243,15 +243,23 @@ def _top_p_threshold(head: Tensor, lse: Tensor, p: Tensor) -> tuple[Tensor, Tens
     tokens whose cumulative mass is <= 1 - p).
     """
     probs = (head - lse).exp()  # (B, n)
-    cum = probs.cumsum(dim=-1)  # (B, n), non-decreasing
-    n_keep = (cum < p).sum(dim=-1, keepdim=True) + 1  # (B, 1): tokens before the crossing, +1
+    # float64 running mass, so a long row adds no rounding of its own (MPS has no float64).
+    cum = probs.cumsum(dim=-1, dtype=torch.float32 if head.device.type == "mps" else torch.float64)
+    # A mass within _TOP_P_SLACK of p has reached it: [0.5, 0.3] sums to a hair under 0.8 in
+    # float32, and must stop there as in transformers and llama.cpp (tests/test_peer_cases.py).
+    reached = p.to(cum.dtype) - _TOP_P_SLACK  # (B, 1)
+    n_keep = (cum < reached).sum(dim=-1, keepdim=True) + 1  # (B, 1): tokens before the crossing, +1
     cut = head.gather(1, n_keep.clamp(max=head.shape[1]) - 1)  # (B, 1)
     off = p >= 1
     # Final when p is reached inside the head, or when the head already ends in filtered tokens
     # (everything still kept is in it).
-    complete = off | (cum[:, -1:] >= p) | (head[:, -1:] == _NEG_INF)
+    complete = off | (cum[:, -1:] >= reached) | (head[:, -1:] == _NEG_INF)
     return torch.where(off, torch.full_like(cut, _NEG_INF), cut), complete
 
+
+# Probability mass below which two running sums count as equal in top-p: far above float32's
+# rounding of a sum of probabilities (~1e-7), far below any mass that changes what is sampled.
+_TOP_P_SLACK = 1e-6
 
 # On CPU p is almost always reached within the first few hundred tokens, so top-p looks at a
 # partial head (topk(256): tens of microseconds) first and sorts the whole row only for the rows
