@@ -245,8 +245,8 @@ def _top_p_threshold(head: Tensor, lse: Tensor, p: Tensor) -> tuple[Tensor, Tens
     probs = (head - lse).exp()  # (B, n)
     # float64 running mass, so a long row adds no rounding of its own (MPS has no float64).
     cum = probs.cumsum(dim=-1, dtype=torch.float32 if head.device.type == "mps" else torch.float64)
-    # A mass within _TOP_P_SLACK of p has reached it: [0.5, 0.3] sums to a hair under 0.8 in
-    # float32, and must stop there as in transformers and llama.cpp (tests/test_peer_cases.py).
+    # [0.5, 0.3] sums to a hair under 0.8 in float32 and must stop there, as transformers and
+    # llama.cpp do (tests/test_peer_cases.py): hence the slack.
     reached = p.to(cum.dtype) - _TOP_P_SLACK  # (B, 1)
     n_keep = (cum < reached).sum(dim=-1, keepdim=True) + 1  # (B, 1): tokens before the crossing, +1
     cut = head.gather(1, n_keep.clamp(max=head.shape[1]) - 1)  # (B, 1)
@@ -257,9 +257,9 @@ def _top_p_threshold(head: Tensor, lse: Tensor, p: Tensor) -> tuple[Tensor, Tens
     return torch.where(off, torch.full_like(cut, _NEG_INF), cut), complete
 
 
-# Probability mass below which two running sums count as equal in top-p: far above float32's
-# rounding of a sum of probabilities (~1e-7), far below any mass that changes what is sampled.
-_TOP_P_SLACK = 1e-6
+# Running masses within float32's epsilon of p (1.2e-7) count as having reached it: probabilities
+# computed in float32 are only that exact, and a smaller mass never changes what is sampled.
+_TOP_P_SLACK = torch.finfo(torch.float32).eps
 
 # On CPU p is almost always reached within the first few hundred tokens, so top-p looks at a
 # partial head (topk(256): tens of microseconds) first and sorts the whole row only for the rows
