@@ -71,6 +71,19 @@ class NameTable:
         dst, layer, transpose = hit
         return (dst if layer is None else dst.replace("{}", str(layer))), transpose
 
+    def checkpoint_name(self, target: str) -> str:
+        """The checkpoint's own name for a module name (the table read backwards), so errors name
+        what the person can find in their file; the module name itself if no rule makes it."""
+        for src, dst, _ in self.entries:
+            m = _pattern(dst).match(target)
+            if m:
+                return self.saved_name(src.replace("{}", m.group(1)) if m.groups() else src)
+        return target
+
+    def saved_name(self, name: str) -> str:
+        """A table name as checkpoints store it: GPT-2's body sits under "transformer.", lm_head not."""
+        return self.prefix + name if self.prefix and not name.startswith("lm_head") else name
+
     def is_ignored(self, name: str) -> bool:
         if self.prefix and name.startswith(self.prefix):
             name = name[len(self.prefix):]
@@ -205,7 +218,7 @@ def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTa
             module = model.get_submodule(module_name)
             module._parameters[param_name] = nn.Parameter(t, requires_grad=False)
             loaded.add(target)
-    missing = sorted(set(expected) - loaded)
+    missing = sorted(table.checkpoint_name(target) for target in set(expected) - loaded)
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ModelLoadError(f"checkpoint in {folder} lacks {len(missing)} tensor(s) the model needs: {shown}")
@@ -267,7 +280,5 @@ def _hf_names(table: NameTable, state: dict, cfg: ModelConfig) -> dict[str, tupl
             target, name = dst.replace("{}", str(i)), src.replace("{}", str(i))
             if target not in state or (target == "output.weight" and cfg.tie_embeddings):
                 continue
-            if table.prefix and not name.startswith("lm_head"):
-                name = table.prefix + name  # GPT-2: transformers saves the body under "transformer."
-            out[name] = (target, transpose)
+            out[table.saved_name(name)] = (target, transpose)
     return out
