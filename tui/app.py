@@ -134,11 +134,8 @@ class TiankongApp(App[None]):
     def open_compare(self, preset_names: list[str], conversation: list[dict] | None = None,
                      engines: list[Any] | None = None) -> None:
         """Push the compare screen: one engine with these presets (or several engines, one preset)."""
-        try:
-            from tiankong.tui.screens.compare import CompareScreen
-        except ImportError as e:
-            self.notify(f"compare is not available in this build ({e})", severity="error")
-            return
+        from tiankong.tui.screens.compare import CompareScreen
+
         if self.engine is None:
             self.notify(self.engine_error or "the model is still loading", severity="warning")
             return
@@ -154,11 +151,8 @@ class TiankongApp(App[None]):
         self.push_screen(screen)
 
     def action_votes(self) -> None:
-        try:
-            from tiankong.tui.screens.votes import VotesScreen
-        except ImportError as e:
-            self.notify(f"the votes view is not available in this build ({e})", severity="error")
-            return
+        from tiankong.tui.screens.votes import VotesScreen
+
         self.push_screen(VotesScreen(self.store))
 
     def action_help(self) -> None:

@@ -503,25 +503,16 @@ def rank(input: Path = typer.Option(..., "--input", "-i", help="JSONL of answers
     run_rank(answers_queue(input, model=model), data_dir=data_dir, rater=rater, restart=restart)
 
 
-def _register_prefs() -> None:
-    try:
-        from tiankong.tui.prefs import prefs_app
-    except ImportError:  # while the playground is being built
-        return
-    app.add_typer(prefs_app, name="prefs", help="Export, import and summarise preference votes.")
-
-
-_register_prefs()
-
-
-def _register_training() -> None:
+def _register_subcommands() -> None:
+    from tiankong.tui.prefs import prefs_app
     from tiankong.tui.train_cli import reward_app, train_app
 
+    app.add_typer(prefs_app, name="prefs", help="Export, import and summarise preference votes.")
     app.add_typer(train_app, name="train")
     app.add_typer(reward_app, name="reward")
 
 
-_register_training()
+_register_subcommands()
 
 
 def main() -> None:

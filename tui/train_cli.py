@@ -201,10 +201,7 @@ def _votes_file(output: Path) -> Path:
 
 
 for _name, (_module, _cfg, _trainer, _help) in TRAINERS.items():
-    try:
-        _cmd = _command(_name, _module, _cfg, _trainer, _help)
-    except (ImportError, AttributeError):  # a trainer still being written
-        continue
+    _cmd = _command(_name, _module, _cfg, _trainer, _help)
     train_app.command(_name, epilog=f"[bold]Example[/bold]\n\n  {EXAMPLES[_name]}")(_cmd)
 
 
