@@ -1,9 +1,10 @@
 """What every trainer shares: the config base, the optimisation loop, checkpoints and resume.
 
 A trainer subclasses `Trainer` and supplies four things: `setup()` (models and data),
-`global_batches()` (the deterministic list of items for each optimisation step), `loss(items)`
-(the algorithm: one readable function) and `save(folder)`. The loop here does the rest the same
-way for all of them:
+`n_items()` (how many items one epoch has; `global_batches` here draws the deterministic items of
+each optimisation step from it), `loss(items)` (the algorithm: one readable function) and
+`save(folder)`; optionally `item_weight(index)`, `evaluate()`, `extra_state()` and
+`load_extra_state(state)`. The loop here does the rest the same way for all of them:
 
 * data-parallel: under `torchrun --nproc_per_node N` every rank sees the same global batch and
   takes its slice; losses are scaled so that N processes produce exactly the gradient of one
