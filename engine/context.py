@@ -104,6 +104,10 @@ class PromptCache:
     def clear(self) -> None:
         self.ids = []
 
+    def reset(self) -> None:
+        """Forget the buffer too (after non-finite values may have been written into it)."""
+        self.kv, self.ids = None, []
+
     def reuse(self, prompt: Sequence[int]) -> int:
         """How many leading tokens of `prompt` are cached: the longest common prefix, less one, as
         the last prompt token must run again to give the first answer token's logits."""

@@ -159,6 +159,10 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
                 # Non-finite logits: every log-prob of the row is NaN. Drop the token, end the row.
                 why_nonfinite = why_nonfinite or _nonfinite_reason(model)
                 r.text += r.decoder.flush()
+                if prompt_cache is not None:
+                    # Its slots may now hold NaN: masked attention weighs stale slots by 0, and 0 * NaN
+                    # is NaN, so the next prompt would fail too. Read the next one from scratch.
+                    prompt_cache.reset()
                 yield _finished(r, "error", t_prefill, time.perf_counter() - t0 - t_prefill,
                                 f"the model's logits are not finite (NaN or inf) at answer token {len(r.ids) + 1}; {why_nonfinite}")
                 continue
