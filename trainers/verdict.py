@@ -218,9 +218,16 @@ def policy_verdict(trainer: Any) -> Verdict:
     elif rise <= 0:
         warnings.append(f"the {score_name} did not rise ({rise:.3g}) on fresh answers")
     decode = lambda a: tok.decode([x for x in a if x not in eos_ids], skip_special_tokens=True)  # noqa: E731
-    prompt_text = lambda r: tok.decode(r, skip_special_tokens=True)  # noqa: E731
-    shown = [i for i in range(min(len(prompts), N_SHOWN))] or [0]
-    examples = [{"prompt": prompt_text(rows[i]), "before": decode(before[i]), "after": decode(after[i])} for i in shown]
+    texts = getattr(trainer, "prompt_texts", None) if name == "ppo" else None
+
+    def prompt_text(i: int) -> str:
+        if texts:  # as written in the prompts file (a messages list: its last message)
+            p = texts[i % len(texts)]
+            return p if isinstance(p, str) else str(p[-1].get("content", ""))
+        return tok.decode(rows[i], skip_special_tokens=True)
+
+    shown = range(min(len(prompts), N_SHOWN))
+    examples = [{"prompt": prompt_text(i), "before": decode(before[i]), "after": decode(after[i])} for i in shown]
     return Verdict(name, summary, figures, warnings, examples)
 
 
