@@ -349,6 +349,7 @@ class PPOTrainer(Trainer):
                   f"response_length = {limit} tokens (lines {', '.join(map(str, cut[:5]))}"
                   f"{' ...' if len(cut) > 5 else ''})", file=sys.stderr)
         self.prompts = [ids for _, ids in encoded if len(ids) <= limit]
+        self.prompt_texts = [p for (_, ids), (_, p) in zip(encoded, read) if len(ids) <= limit]  # as written
         too_long = [n for n, ids in encoded if len(ids) > limit]
         if too_long and self.dist.is_main:
             print(f"{path}: skipped {len(too_long)} prompt(s) longer than context - response_length = {limit} "
