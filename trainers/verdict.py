@@ -159,7 +159,7 @@ def policy_verdict(trainer: Any) -> Verdict:
         policy, mcfg = trainer.policy, trainer.mcfg
     else:
         groups = trainer.eval_groups or trainer.train_groups
-        where = "held-out prompts" if trainer.eval_groups else "training prompts (none held out)"
+        where = "the prompts of held-out rankings" if trainer.eval_groups else "training prompts (none held out)"
         prompts = list({tuple(g.seqs[0][:g.starts[0]]): None for g in groups})
         temperature, policy, mcfg = 1.0, trainer.model, trainer.mcfg
         limit = max(16, min(256, mcfg.max_seq_len - max(len(p) for p in prompts)))
