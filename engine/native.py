@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import platformdirs
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
@@ -44,8 +45,8 @@ class Model(ctypes.Structure):
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tiankong" / "native"
+    # $XDG_CACHE_HOME/tiankong or ~/.cache/tiankong on Linux, the platform's own elsewhere.
+    return Path(platformdirs.user_cache_dir("tiankong", appauthor=False)) / "native"
 
 
 def _cpu_signature() -> str:

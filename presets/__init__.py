@@ -25,6 +25,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import platformdirs
+
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import read_regular_bytes
 from tiankong.engine.sampling import SamplingParams
@@ -55,13 +57,12 @@ class Preset:
 
 
 def user_presets_dir() -> Path:
-    """$TIANKONG_CONFIG_DIR/presets, else $XDG_CONFIG_HOME/tiankong/presets, else
-    ~/.config/tiankong/presets. Empty variables count as unset."""
+    """$TIANKONG_CONFIG_DIR/presets, else the platform's config folder: on Linux
+    $XDG_CONFIG_HOME/tiankong/presets or ~/.config/tiankong/presets (platformdirs). Empty variables
+    count as unset."""
     if os.environ.get("TIANKONG_CONFIG_DIR"):
         return Path(os.environ["TIANKONG_CONFIG_DIR"]) / "presets"
-    if os.environ.get("XDG_CONFIG_HOME"):
-        return Path(os.environ["XDG_CONFIG_HOME"]) / "tiankong" / "presets"
-    return Path.home() / ".config" / "tiankong" / "presets"
+    return Path(platformdirs.user_config_dir("tiankong", appauthor=False)) / "presets"
 
 
 def load_presets(user_dir: Path | None = None) -> dict[str, Preset]:

@@ -34,7 +34,7 @@ def test_generate_jsonl_record(monkeypatch, capsys, model_dir):
     assert rec["finish_reason"] in ("eos", "length")
     assert set(rec["timing"]) == {"prefill_s", "decode_s", "decode_tokens_per_s"}
     tok = rec["tokens"][0]
-    assert set(tok) == {"id", "text", "logprob", "p_sample", "top"} and len(tok["top"]) == 3
+    assert set(tok) == {"id", "text", "logprob", "p_sample", "entropy", "top"} and len(tok["top"]) == 3
     assert set(tok["top"][0]) == {"id", "text", "logprob", "p_sample"}
     assert "".join(t["text"] for t in rec["tokens"]) == rec["text"]
 

@@ -111,9 +111,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Spreads (run seed, step or epoch) pairs over generator seeds: a prime above any step count keeps
+# seed s at step t from meeting seed s + 1 at step t - SEED_STRIDE.
+SEED_STRIDE = 1_000_003
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """A deterministic shuffle of range(n) for one epoch (same on every rank and on resume)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(seed * SEED_STRIDE + epoch)
     return torch.randperm(n, generator=g).tolist()
 
 

@@ -53,9 +53,9 @@ from tiankong.engine.model import load_model, save_pretrained
 from tiankong.engine.sampling import SamplingParams
 
 from . import auto
-from .common import Trainer, TrainConfig, lr_at, opt
+from .common import SEED_STRIDE, Trainer, TrainConfig, lr_at, opt
 from .preferences import Encoder, pad_right
-from .records import messages_field, parse_line
+from .records import messages_field, read_prompt_records
 from .reward import RewardModel
 
 Reduce = Callable[[dict[str, float]], dict[str, float]]
@@ -163,34 +163,15 @@ class Rollout:
 
 def read_prompts(path: str | Path) -> list[tuple[int, str | list[dict]]]:
     """(line, prompt) from text lines or JSONL lines with "prompt" (text) or "messages"."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"prompts file {path} does not exist; give text lines or JSONL with \"prompt\"/\"messages\"")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
+    out: list[tuple[int, str | list[dict]]] = []
+    for n, where, record in read_prompt_records(path):
+        if "messages" not in record:
+            out.append((n, record["prompt"]))
             continue
-        if not line.lstrip().startswith("{"):
-            out.append((n, line))
-            continue
-        obj = parse_line(line, f"{path} line {n}", "fix the line or make it plain text")
         try:
-            if isinstance(obj.get("messages"), list):
-                out.append((n, messages_field(obj["messages"], "messages")))
-            elif isinstance(obj.get("prompt"), list):
-                out.append((n, messages_field(obj["prompt"], "prompt")))
-            elif isinstance(obj.get("prompt"), str):
-                out.append((n, obj["prompt"]))
-            else:
-                raise InputError("a JSON line needs a text \"prompt\" or a \"messages\" list")
+            out.append((n, messages_field(record["messages"], "messages")))
         except InputError as e:
-            raise InputError(f"{path} line {n}: {e}") from None
-    if not out:
-        raise InputError(f"{path} has no prompts; put one prompt (or JSON object) per line")
+            raise InputError(f"{where}: {e}") from None
     return out
 
 
@@ -447,7 +428,10 @@ class PPOTrainer(Trainer):
             rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self._reduce) * mask
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask, reduce=self._reduce) * mask
-        stats = {"reward": float(scores.sum()), "kl": float(kl.sum()),
+        # Reported KL: the k3 estimator (ratio - 1 - log ratio, ratio = pi_ref / pi per sampled token)
+        # is never negative and unbiased, unlike the k1 sum in the penalty, which dips below 0 by chance.
+        k3 = ((-kl).exp() - 1 + kl) * mask
+        stats = {"reward": float(scores.sum()), "kl": float(k3.sum()), "kl_k1": float(kl.sum()),
                  "non_score_reward": float((-self.kl_coef * kl).sum()), "entropy": float((entropy * mask).sum()),
                  "response_length": float(r_len.sum()), "eos_rate": float(has_eos.float().sum()),
                  "value_mean": float(values.sum()), "rollouts": float(B), "tokens": float(mask.sum())}
@@ -455,7 +439,7 @@ class PPOTrainer(Trainer):
 
     def rollout_seeds(self, n: int) -> list[int]:
         """A seed per row of this step's global batch: the same on every rank and on resume."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        g = torch.Generator().manual_seed(self.cfg.seed * SEED_STRIDE + self.step)
         return torch.randint(0, 2**31 - 1, (n,), generator=g).tolist()
 
     # ---- 4: the PPO loss on a few rows of the current rollout
@@ -496,7 +480,7 @@ class PPOTrainer(Trainer):
         for epoch in range(cfg.ppo_epochs):
             # Shuffle the *global* batch the same way on every rank, then each rank takes its own rows of
             # each minibatch: N processes make exactly the minibatches one process would.
-            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + self.step) * 1009 + epoch)
+            g = torch.Generator().manual_seed((cfg.seed * SEED_STRIDE + self.step) * 1009 + epoch)
             order = torch.randperm(len(batch), generator=g)
             for global_mb in order.tensor_split(cfg.num_mini_batches):
                 for group in self.optimizer.param_groups:
@@ -524,7 +508,7 @@ class PPOTrainer(Trainer):
         row["loss"] = row["policy_loss"] + cfg.vf_coef * row["value_loss"]
         row.update(kl_coef=self.kl_coef, lr=lr_at(self.step, cfg), grad_norm=grad_norm)
         if cfg.kl_target > 0:  # Ziegler et al.: proportional control of the KL, clipped at +-20%
-            err = max(-0.2, min(0.2, row["kl"] / cfg.kl_target - 1))
+            err = max(-0.2, min(0.2, row["kl_k1"] / cfg.kl_target - 1))
             self.kl_coef *= 1 + err * len(batch) / cfg.kl_horizon
         self._ro = None
         return row

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -136,3 +137,41 @@ def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, s
             continue
         rows.append((n, f"line {n}", parse_line(line, f"{path} line {n}", fix)))
     return rows
+
+
+def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, Any]]]:
+    """(number, "NAME line N", record) for every prompt of a prompts file, "-" for stdin.
+
+    A plain text line is {"prompt": line}; a JSON line is an object with a text "prompt" or a
+    "messages" list (TRL's conversational "prompt" list becomes "messages"), kept whole so its
+    other fields (an "id") travel along. Callers check the messages. Every line is read before
+    anything runs: a bad one is one InputError naming the file and line. Blank lines are skipped.
+    """
+    name = "stdin" if str(source) == "-" else str(source)
+    try:
+        if name == "stdin":
+            text = sys.stdin.buffer.read().decode("utf-8-sig")
+        elif not Path(source).is_file():
+            raise InputError(f"prompts file {source} does not exist; give text lines or JSONL with "
+                             "\"prompt\" or \"messages\" (or - for stdin)")
+        else:
+            text = Path(source).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{name} is not UTF-8 text; convert it to UTF-8") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{name} line {n}"
+        if not line.lstrip().startswith("{"):
+            out.append((n, where, {"prompt": line}))
+            continue
+        record = parse_line(line, where, "fix the line or make it plain text")
+        if isinstance(record.get("prompt"), list) and "messages" not in record:
+            record["messages"] = record.pop("prompt")
+        if "messages" not in record and not isinstance(record.get("prompt"), str):
+            raise InputError(f"{where}: a JSON line needs a text \"prompt\" or a \"messages\" list")
+        out.append((n, where, record))
+    if not out:
+        raise InputError(f"{name} has no prompts; put one prompt (or JSON object) per line")
+    return out

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tiankong.engine.errors import InputError, TiankongError
-from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors, write_target
+from tiankong.engine.files import atomic_open, stdout_errors, write_target
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -67,49 +67,17 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict
                 for i, p in enumerate(prompts, 1)]
     if input is None:
         raise InputError("nothing to generate from: pass --prompt TEXT or --input FILE (- for stdin)")
-    if input == "-":
-        try:
-            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise InputError("stdin is not UTF-8 text; convert it to UTF-8") from None
-        name = "stdin"
-    else:
-        path = Path(input)
-        if not path.is_file():
-            raise InputError(f"input file {input} does not exist; give a JSONL or text file, or - for stdin")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise InputError(f"{input} is not UTF-8 text; convert it to UTF-8") from None
-        name = input
     from tiankong.engine.chat import validate_messages
+    from tiankong.trainers.records import read_prompt_records
 
     jobs = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
+    for _, where, job in read_prompt_records(input):
+        if "messages" in job:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{name} line {n}: invalid JSON ({e.msg}); fix the line or make it plain text") from None
-            except (RecursionError, ValueError):
-                raise InputError(f"{name} line {n}: JSON nested too deeply or too large to read; fix the line") from None
-            if lone_surrogate(obj) is not None:
-                raise InputError(f"{name} line {n}: a lone surrogate (a \\ud800-\\udfff escape that is not half of "
-                                 "a pair) is not text; fix the line")
-            if "messages" in obj:
-                try:
-                    obj["messages"] = validate_messages(obj["messages"])
-                except InputError as e:
-                    raise InputError(f"{name} line {n}: {e}") from None
-            elif not isinstance(obj.get("prompt"), str):
-                raise InputError(f"{name} line {n}: a JSON line needs a string \"prompt\" or a \"messages\" list")
-            jobs.append((f"{name} line {n}", obj))
-        else:
-            jobs.append((f"{name} line {n}", {"prompt": line}))
-    if not jobs:
-        raise InputError(f"{name} has no prompts; put one prompt (or JSON object) per line")
+                job["messages"] = validate_messages(job["messages"])
+            except InputError as e:
+                raise InputError(f"{where}: {e}") from None
+        jobs.append((where, job))
     return jobs
 
 
@@ -134,12 +102,6 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
     if tokens is not None:
         rec["tokens"] = tokens
     return rec
-
-
-def _token_json(ev) -> dict[str, Any]:
-    return {"id": ev.id, "text": ev.text, "logprob": ev.logprob, "p_sample": ev.p_sample,
-            "top": [{"id": c.id, "text": c.text, "logprob": c.logprob, "p_sample": c.p_sample}
-                    for c in ev.candidates]}
 
 
 @app.command(epilog="""[bold]Examples[/bold]
@@ -234,7 +196,7 @@ def generate(
                         advance()
                         continue
                     if top_logprobs:
-                        tokens[ev.row].append(_token_json(ev))
+                        tokens[ev.row].append(ev.to_dict())
                     if stream_text:
                         out.write(ev.text)
                         out.flush()

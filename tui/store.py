@@ -37,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 from tiankong.engine.errors import InputError, TiankongError
 
 DB_NAME = "tiankong.db"
@@ -154,15 +156,13 @@ def now() -> str:
 
 
 def data_dir(override: Path | None = None) -> Path:
-    """override > $TIANKONG_DATA_DIR > $XDG_DATA_HOME/tiankong > ~/.local/share/tiankong.
-    Empty variables count as unset."""
+    """override > $TIANKONG_DATA_DIR > the platform's data folder: $XDG_DATA_HOME/tiankong or
+    ~/.local/share/tiankong on Linux (platformdirs). Empty variables count as unset."""
     if override is not None:
         return Path(override).expanduser()
     if os.environ.get("TIANKONG_DATA_DIR"):
         return Path(os.environ["TIANKONG_DATA_DIR"]).expanduser()
-    if os.environ.get("XDG_DATA_HOME"):
-        return Path(os.environ["XDG_DATA_HOME"]) / "tiankong"
-    return Path.home() / ".local" / "share" / "tiankong"
+    return Path(platformdirs.user_data_dir("tiankong", appauthor=False))
 
 
 # ---------------------------------------------------------------- schema

@@ -25,10 +25,8 @@ _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
 def token_dict(ev: Any) -> dict[str, Any]:
-    """A TokenEvent as the plain dict the store keeps (cheap: called once per token in the worker)."""
-    return {"id": ev.id, "text": ev.text, "logprob": ev.logprob, "p_sample": ev.p_sample, "entropy": ev.entropy,
-            "top": [{"id": c.id, "text": c.text, "logprob": c.logprob, "p_sample": c.p_sample}
-                    for c in ev.candidates]}
+    """A TokenEvent as the plain dict the store keeps (TokenEvent.to_dict)."""
+    return ev.to_dict()
 
 
 def show_token(text: str) -> str:
