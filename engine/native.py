@@ -33,15 +33,21 @@ _lib: ctypes.CDLL | None = None
 _reason: str | None = None  # why the library is unavailable, once that is known
 
 
-class Model(ctypes.Structure):
-    """Mirror of decode.c's `Model` (field order and types must match)."""
+# ctypes for each field kind of decode.c's MODEL_FIELDS.
+_KINDS = {"INT": ctypes.c_int, "FLOAT": ctypes.c_float, "PTRS": ctypes.POINTER(ctypes.c_void_p),
+          "FPTRS": ctypes.POINTER(ctypes.c_void_p), "PTR": ctypes.c_void_p, "FPTR": ctypes.c_void_p}
 
-    _fields_ = [(name, ctypes.c_int) for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
-                                                  "vocab", "window", "bf16", "gpt2", "gelu_tanh")]
-    _fields_ += [("eps", ctypes.c_float)]
-    _fields_ += [(name, ctypes.POINTER(ctypes.c_void_p))
-                 for name in ("wqkv", "wo", "w13", "w2", "bqkv", "bo", "b13", "b2")]
-    _fields_ += [(name, ctypes.c_void_p) for name in ("out", "norm", "norm_bias", "inv_freq")]
+
+def model_struct(layout: str) -> type[ctypes.Structure]:
+    """The ctypes mirror of decode.c's `Model`, built from the library's own description of it
+    (tk_model_layout); a layout ctypes would place differently is refused."""
+    *fields, size = layout.split(";")
+    parsed = [f.split() for f in fields]
+    struct = type("Model", (ctypes.Structure,), {"_fields_": [(name, _KINDS[kind]) for name, kind, _ in parsed]})
+    placed = [(name, getattr(struct, name).offset) for name, _, _ in parsed]
+    if placed != [(name, int(off)) for name, _, off in parsed] or ctypes.sizeof(struct) != int(size.split()[1]):
+        raise RuntimeError(f"the compiled step's Model layout ({layout}) does not map onto ctypes")
+    return struct
 
 
 def _cache_dir() -> Path:
@@ -100,8 +106,10 @@ def _build() -> ctypes.CDLL:
     # torch is imported, so its libgomp is loaded; the library's libgomp.so.1 resolves to that
     # same runtime (one thread pool for both).
     lib = ctypes.CDLL(str(target))
+    lib.tk_model_layout.restype = ctypes.c_char_p
+    lib.Model = model_struct(lib.tk_model_layout().decode())
     lib.tk_decode_step.restype = ctypes.c_int
-    lib.tk_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+    lib.tk_decode_step.argtypes = [ctypes.POINTER(lib.Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
                                    ctypes.c_void_p, ctypes.c_int]
     return lib
@@ -195,11 +203,15 @@ class NativeStep:
         def ptr(t: torch.Tensor | None) -> int | None:
             return None if t is None else t.data_ptr()
 
-        self.struct = Model(
-            cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size,
-            cfg.sliding_window or 0, int(self.dtype == torch.bfloat16), int(gpt2), int(cfg.activation != "gelu"),
-            cfg.norm_eps, arrays["wqkv"], arrays["wo"], arrays["w13"], arrays["w2"], arrays["bqkv"], arrays["bo"],
-            arrays["b13"], arrays["b2"], model.output.data_ptr(), *(ptr(v) for v in vectors))
+        values = dict(n_layers=cfg.n_layers, dim=cfg.dim, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                      head_dim=cfg.head_dim, ffn_dim=cfg.ffn_dim, vocab=cfg.vocab_size, window=cfg.sliding_window or 0,
+                      bf16=int(self.dtype == torch.bfloat16), gpt2=int(gpt2), gelu_tanh=int(cfg.activation != "gelu"),
+                      eps=cfg.norm_eps, out=model.output.data_ptr(), **arrays,
+                      **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors))))
+        # Every field of the C struct is set by name: a field added in decode.c and not here fails now.
+        missing = {name for name, _ in lib.Model._fields_} ^ set(values)
+        assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
+        self.struct = lib.Model(**values)
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache,
                  start: int) -> torch.Tensor:

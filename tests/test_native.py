@@ -247,3 +247,31 @@ def test_the_source_ships_with_the_package():
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"tiankong.engine" = ["csrc/*.c", "csrc/*.h"]' in pyproject
     assert native.SOURCE.is_file() and all(h.is_file() for h in native.HEADERS)
+
+
+def test_the_struct_is_described_once_and_the_binding_sets_every_field(tmp_path):
+    """decode.c's MODEL_FIELDS declares `Model` and describes it (tk_model_layout); the ctypes mirror
+    is built from that description, so the two cannot drift. What can still go wrong fails here."""
+    lib = native.library()
+    if lib is None:
+        pytest.skip(f"no compiled step: {native.reason()}")
+    layout = lib.tk_model_layout().decode()
+    names = [f.split()[0] for f in layout.split(";")[:-1]]
+    assert [n for n, _ in lib.Model._fields_] == names and "inv_freq" in names
+    for name, _, offset in (f.split() for f in layout.split(";")[:-1]):
+        assert getattr(lib.Model, name).offset == int(offset)
+    # A layout ctypes would place differently (a C compiler packing a field elsewhere) is refused.
+    shifted = layout.replace("dim INT 4;", "dim INT 8;", 1)
+    with pytest.raises(RuntimeError, match="does not map"):
+        native.model_struct(shifted)
+    # A field that C gained but the binding does not set: NativeStep must refuse to bind.
+    grown = layout.replace("size ", "extra INT 999;size ", 1)
+    fields = [(f.split()[0], native._KINDS[f.split()[1]]) for f in grown.split(";")[:-1]]
+    eng = Engine.load(make_model(tmp_path, "llama"), device="cpu", dtype="float32")
+
+    class Grown:
+        Model = type("Model", (native.ctypes.Structure,), {"_fields_": fields})
+        tk_decode_step = None
+
+    with pytest.raises(AssertionError, match="extra"):
+        native.NativeStep(Grown, eng.model)

@@ -28,6 +28,8 @@
  * a compiler the torch path runs.
  */
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,18 +188,47 @@ static inline uint16_t f32_to_bf16(float f) {
 #undef LOAD
 #undef GET
 
+/* The model as the step sees it. One list, MODEL_FIELDS, declares the struct and describes it to
+ * Python (tk_model_layout: each field's name, kind and offset), so native.py builds its ctypes mirror
+ * from this list and refuses a library whose layout it cannot map: the two can never drift apart.
+ * Kinds: INT, FLOAT, PTRS (one pointer per layer), PTR (one pointer); F = float32 data. */
+#define MODEL_FIELDS(X)                                                                             \
+    X(INT, n_layers) X(INT, dim) X(INT, n_heads) X(INT, n_kv_heads) X(INT, head_dim) X(INT, ffn_dim)  \
+    X(INT, vocab)                                                                                   \
+    X(INT, window)    /* sliding window (Mistral), 0 for none */                                    \
+    X(INT, bf16)      /* weights and KV cache in bfloat16 (else float32); activations are float32 */\
+    X(INT, gpt2)      /* GPT-2: LayerNorm, no RoPE (positions are in x already), fc -> GELU -> proj */\
+    X(INT, gelu_tanh) /* GPT-2's GELU: the tanh approximation (else the exact one) */               \
+    X(FLOAT, eps)                                                                                   \
+    X(PTRS, wqkv) X(PTRS, wo) X(PTRS, w13) X(PTRS, w2)     /* per layer */                          \
+    X(FPTRS, bqkv) X(FPTRS, bo) X(FPTRS, b13) X(FPTRS, b2) /* per layer biases, or NULL */          \
+    X(PTR, out)                                                                                     \
+    X(FPTR, norm) X(FPTR, norm_bias) X(FPTR, inv_freq) /* norm_bias (GPT-2), inv_freq (RoPE): or NULL */
+
+#define KIND_INT int
+#define KIND_FLOAT float
+#define KIND_PTRS const void *const *
+#define KIND_FPTRS const float *const *
+#define KIND_PTR const void *
+#define KIND_FPTR const float *
+#define DECLARE(kind, name) KIND_##kind name;
 typedef struct {
-    int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
-    int window;    /* sliding window (Mistral), 0 for none */
-    int bf16;      /* weights and KV cache in bfloat16 (else float32); activations are float32 */
-    int gpt2;      /* GPT-2: LayerNorm, no RoPE (positions are in x already), fc -> GELU -> proj */
-    int gelu_tanh; /* GPT-2's GELU: the tanh approximation (else the exact one) */
-    float eps;
-    const void *const *wqkv, *const *wo, *const *w13, *const *w2; /* per layer */
-    const float *const *bqkv, *const *bo, *const *b13, *const *b2; /* per layer biases, or NULL */
-    const void *out;
-    const float *norm, *norm_bias, *inv_freq; /* norm_bias (GPT-2) and inv_freq (RoPE) may be NULL */
+    MODEL_FIELDS(DECLARE)
 } Model;
+
+/* "name kind offset;..." for every field, then "size N": what native.py mirrors. */
+const char *tk_model_layout(void) {
+    static char text[1024];
+    if (!text[0]) {
+        int n = 0;
+#define DESCRIBE(kind, name) \
+    n += snprintf(text + n, sizeof text - n, "%s %s %zu;", #name, #kind, offsetof(Model, name));
+        MODEL_FIELDS(DESCRIBE)
+#undef DESCRIBE
+        snprintf(text + n, sizeof text - n, "size %zu", sizeof(Model));
+    }
+    return text;
+}
 
 /* This thread's share [lo, hi) of n items split in contiguous blocks. */
 static inline void share(int n, int t, int nt, int *lo, int *hi) {
