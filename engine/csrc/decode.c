@@ -323,6 +323,169 @@ static void cache_write(void *dst, int bf16, const float *src, int n) {
         d[i] = f32_to_bf16(src[i]);
 }
 
+/* What every stage of one step shares: the model, the batch, the cache and the scratch buffers. */
+typedef struct {
+    const Model *m;
+    int B, D, H, Hkv, hd, F, Q, S, group, bf, slot;
+    float *x;                         /* (B, D) the residual stream, updated in place */
+    void *kv;                         /* the KV cache, (layer, row, 2 Hkv, max_len, hd) */
+    int64_t head_stride, row_stride, layer_stride; /* cache offsets in elements */
+    const uint8_t *mask;              /* (B, mask_stride) visible slots, or NULL */
+    int64_t mask_stride;
+    float *qkv, *att, *act, *upb;     /* (B, Q), (B, H hd), (B, F), (B, F) */
+    float *cs, *sn;                   /* (B, hd/2) each: RoPE's cos and sin at each row's position */
+    float *partial;                   /* (threads, B, H, hd + 2): each thread's partial softmax */
+} Step;
+
+/* RoPE on the query and key heads; keys and values into the cache. One (row, head) per item, heads
+ * 0..H-1 the queries, H..H+Hkv-1 the keys (with their values). */
+static void rope_and_cache(const Step *s, int l, int t, int nt) {
+    int lo, hi;
+    share(s->B * (s->H + s->Hkv), t, nt, &lo, &hi);
+    for (int it = lo; it < hi; it++) {
+        const int b = it / (s->H + s->Hkv), hh = it % (s->H + s->Hkv), hd = s->hd;
+        float *head = s->qkv + (int64_t)b * s->Q + (int64_t)hh * hd;
+        if (!s->m->gpt2)
+            rope(head, 1, hd, s->cs + b * hd / 2, s->sn + b * hd / 2);
+        if (hh >= s->H) {
+            int64_t at = l * s->layer_stride + b * s->row_stride + (hh - s->H) * s->head_stride + (int64_t)s->slot * hd;
+            cache_write((void *)advance(s->kv, s->bf, at), s->bf, head, hd);
+            cache_write((void *)advance(s->kv, s->bf, at + s->Hkv * s->head_stride), s->bf, head + (int64_t)s->Hkv * hd,
+                        hd);
+        }
+    }
+}
+
+/* Attention over this thread's share of the visible cache slots, for every (row, query head): it
+ * leaves a partial softmax (its max, sum and weighted values) for merge_attention. Splitting by
+ * slots rather than heads keeps every thread busy at any head count, and each key and value is
+ * read once for its whole group of query heads (GQA). `scores` is (group, share) scratch. */
+static void attention_share(const Step *s, int l, int t, int nt, float *scores) {
+    const Model *m = s->m;
+    const int hd = s->hd, group = s->group, bf = s->bf;
+    const int j0 = m->window > 0 && s->slot - m->window + 1 > 0 ? s->slot - m->window + 1 : 0;
+    int lo, hi;
+    share(s->S - j0, t, nt, &lo, &hi);
+    const int ja = j0 + lo, n = hi - lo;
+    for (int b = 0; b < s->B; b++) {
+        const uint8_t *mb = s->mask ? s->mask + b * s->mask_stride : NULL;
+        for (int g = 0; g < s->Hkv; g++) {
+            const int64_t keys = l * s->layer_stride + b * s->row_stride + g * s->head_stride;
+            const int64_t vals = keys + s->Hkv * s->head_stride;
+            const float *qg = s->qkv + (int64_t)b * s->Q + (int64_t)g * group * hd; /* the group's queries */
+            /* This thread's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
+            float *parts = s->partial + ((int64_t)t * s->B * s->H + (int64_t)b * s->H + (int64_t)g * group) * (hd + 2);
+            for (int j = 0; j < n; j++) {
+                const int visible = !mb || mb[ja + j];
+                const void *key = advance(s->kv, bf, keys + (int64_t)(ja + j) * hd);
+                for (int k = 0; k < group; k++)
+                    scores[(int64_t)k * n + j] = !visible ? -INFINITY
+                                                 : bf ? dot_bf16(key, qg + (int64_t)k * hd, hd)
+                                                      : dot_f32(key, qg + (int64_t)k * hd, hd);
+            }
+            for (int k = 0; k < group; k++) {
+                float *sc = scores + (int64_t)k * n, *part = parts + (int64_t)k * (hd + 2);
+                float mx = -INFINITY;
+                for (int j = 0; j < n; j++)
+                    mx = sc[j] > mx ? sc[j] : mx;
+                part[0] = mx;
+                /* Masked slots hold -inf and come out of the exponential as exactly 0; a share
+                 * with no visible slot (or none at all) weighs nothing. */
+                if (mx == -INFINITY) {
+                    memset(sc, 0, sizeof(float) * n);
+                    part[1] = 0.f;
+                } else {
+                    part[1] = exp_shifted(sc, n, mx);
+                }
+                memset(part + 2, 0, sizeof(float) * hd);
+            }
+            for (int j = 0; j < n; j++) {
+                const void *val = advance(s->kv, bf, vals + (int64_t)(ja + j) * hd);
+                for (int k = 0; k < group; k++) {
+                    float p = scores[(int64_t)k * n + j], *acc = parts + (int64_t)k * (hd + 2) + 2;
+                    if (p == 0.f)
+                        continue;
+                    if (bf)
+                        axpy_bf16(acc, p, val, hd);
+                    else
+                        axpy_f32(acc, p, val, hd);
+                }
+            }
+        }
+    }
+}
+
+/* att[row, head] = sum_t e^(m_t - M) acc_t / sum_t e^(m_t - M) l_t over the threads' parts. */
+static void merge_attention(const Step *s, int t, int nt, int n_parts) {
+    const int hd = s->hd, BH = s->B * s->H;
+    int lo, hi;
+    share(BH, t, nt, &lo, &hi);
+    for (int it = lo; it < hi; it++) {
+        float M = -INFINITY, den = 0.f, *y = s->att + (int64_t)it * hd;
+        for (int u = 0; u < n_parts; u++) {
+            const float mu = s->partial[((int64_t)u * BH + it) * (hd + 2)];
+            M = mu > M ? mu : M;
+        }
+        memset(y, 0, sizeof(float) * hd);
+        for (int u = 0; u < n_parts; u++) {
+            const float *part = s->partial + ((int64_t)u * BH + it) * (hd + 2);
+            if (part[0] == -INFINITY)
+                continue;
+            float w = expf(part[0] - M);
+            den += w * part[1];
+            axpy_f32(y, w, part + 2, hd);
+        }
+        for (int i = 0; i < hd; i++)
+            y[i] /= den;
+    }
+}
+
+/* act = gelu(fc h + b) (GPT-2), or silu(gate h) * (up h) with gate rows 0..F and up rows F..2F of w13. */
+static void feed_forward_in(const Step *s, int l, const float *h, int t, int nt) {
+    const Model *m = s->m;
+    const int B = s->B, F = s->F, D = s->D, bf = s->bf;
+    int lo, hi;
+    share(F, t, nt, &lo, &hi); /* the share of F rows that matvec gives this thread */
+    if (m->gpt2) {
+        matvec(m->w13[l], bf, m->b13 ? m->b13[l] : NULL, h, s->act, B, F, D, 0, t, nt);
+        for (int b = 0; b < B; b++)
+            gelu(s->act + (int64_t)b * F + lo, hi - lo, m->gelu_tanh);
+    } else {
+        matvec(m->w13[l], bf, NULL, h, s->act, B, F, D, 0, t, nt);
+        matvec(advance(m->w13[l], bf, (int64_t)F * D), bf, NULL, h, s->upb, B, F, D, 0, t, nt);
+        for (int b = 0; b < B; b++)
+            silu_mul(s->act + (int64_t)b * F + lo, s->act + (int64_t)b * F + lo, s->upb + (int64_t)b * F + lo, hi - lo);
+    }
+}
+
+/* The shared scratch (one allocation, freed by the caller via s->qkv) and RoPE's angles. */
+static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *pos, void *kv, int max_len, int slot,
+                      const uint8_t *mask, int64_t mask_stride, int n_threads) {
+    const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
+    *s = (Step){.m = m, .B = B, .D = D, .H = H, .Hkv = Hkv, .hd = hd, .F = F, .Q = (H + 2 * Hkv) * hd,
+                .S = slot + 1, .group = H / Hkv, .bf = m->bf16, .slot = slot, .x = x, .kv = kv,
+                .head_stride = (int64_t)max_len * hd, .mask = mask, .mask_stride = mask_stride};
+    s->row_stride = 2 * Hkv * s->head_stride;
+    s->layer_stride = B * s->row_stride;
+    s->qkv = malloc(sizeof(float) * ((size_t)B * s->Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd +
+                                     (size_t)n_threads * B * H * (hd + 2)));
+    if (!s->qkv)
+        return -1;
+    s->att = s->qkv + (size_t)B * s->Q;
+    s->act = s->att + (size_t)B * H * hd;
+    s->upb = s->act + (size_t)B * F;
+    s->cs = s->upb + (size_t)B * F;
+    s->sn = s->cs + (size_t)B * hd / 2;
+    s->partial = s->sn + (size_t)B * hd / 2;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < hd / 2; i++) {
+            float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
+            s->cs[b * hd / 2 + i] = cosf(a);
+            s->sn[b * hd / 2 + i] = sinf(a);
+        }
+    return 0;
+}
+
 /*
  * x (B, D) float32: the embeddings of the B new tokens; overwritten with the final residual
  * stream. pos (B,): each row's position (for RoPE). kv: the cache buffer (the weights' dtype);
@@ -332,34 +495,17 @@ static void cache_write(void *dst, int bf16, const float *src, int n) {
  */
 int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv, int max_len, int slot,
                    const uint8_t *mask, int64_t mask_stride, float *logits, int n_threads) {
-    const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim, bf = m->bf16;
-    const int Q = (H + 2 * Hkv) * hd, S = slot + 1, group = H / Hkv;
-    /* Cache offsets in elements: (layer, row, head, slot, dim). */
-    const int64_t head_stride = (int64_t)max_len * hd, row_stride = 2 * Hkv * head_stride;
-    const int64_t layer_stride = B * row_stride;
-    /* Shared scratch: qkv (B, Q), attention output (B, H hd), activations and up projections
-     * (B, F) each, cos/sin (B, hd/2) each, and each thread's partial attention per (row, head):
-     * max, sum and hd weighted values. */
-    float *qkv = malloc(sizeof(float) * ((size_t)B * Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd +
-                                         (size_t)n_threads * B * H * (hd + 2)));
-    if (!qkv)
+    Step s;
+    if (step_setup(&s, m, B, x, pos, kv, max_len, slot, mask, mask_stride, n_threads) != 0)
         return -1;
-    float *att = qkv + (size_t)B * Q, *act = att + (size_t)B * H * hd, *upb = act + (size_t)B * F;
-    float *cs = upb + (size_t)B * F;
-    float *sn = cs + (size_t)B * hd / 2, *partial = sn + (size_t)B * hd / 2;
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < hd / 2; i++) {
-            float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
-            cs[b * hd / 2 + i] = cosf(a);
-            sn[b * hd / 2 + i] = sinf(a);
-        }
+    const int D = s.D, bf = s.bf;
     int failed = 0;
 
 #pragma omp parallel num_threads(n_threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         /* Private scratch: the normalised input (B, D) and a group's attention scores (group, S). */
-        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)group * S));
+        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)s.group * s.S));
         if (!h) {
 #pragma omp atomic write
             failed = 1;
@@ -368,120 +514,22 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
         if (!failed) {
             float *scores = h + (size_t)B * D;
             for (int l = 0; l < m->n_layers; l++) {
-                const int64_t kvl = l * layer_stride;
+                /* Each stage reads what the one before wrote for other threads: a barrier between. */
                 norm(x, NULL, NULL, h, B, D, m->eps, m->gpt2); /* gain (and bias) live in wqkv (bqkv) */
-                matvec(m->wqkv[l], bf, m->bqkv ? m->bqkv[l] : NULL, h, qkv, B, Q, D, 0, t, nt);
+                matvec(m->wqkv[l], bf, m->bqkv ? m->bqkv[l] : NULL, h, s.qkv, B, s.Q, D, 0, t, nt);
 #pragma omp barrier
-                /* RoPE on the query and key heads; keys and values into the cache. One (row, head)
-                 * per item, heads 0..H-1 the queries, H..H+H_kv-1 the keys (with their values). */
-                int lo, hi;
-                share(B * (H + Hkv), t, nt, &lo, &hi);
-                for (int it = lo; it < hi; it++) {
-                    int b = it / (H + Hkv), hh = it % (H + Hkv);
-                    float *head = qkv + (int64_t)b * Q + (int64_t)hh * hd;
-                    if (!m->gpt2)
-                        rope(head, 1, hd, cs + b * hd / 2, sn + b * hd / 2);
-                    if (hh >= H) {
-                        int64_t at = kvl + b * row_stride + (hh - H) * head_stride + (int64_t)slot * hd;
-                        cache_write((void *)advance(kv, bf, at), bf, head, hd);
-                        cache_write((void *)advance(kv, bf, at + Hkv * head_stride), bf, head + (int64_t)Hkv * hd, hd);
-                    }
-                }
+                rope_and_cache(&s, l, t, nt);
 #pragma omp barrier
-                /* Attention, split by cache slots: each thread takes a share of the visible slots
-                 * for every (row, query head) and leaves a partial softmax (its max, sum and
-                 * weighted values); then each (row, head) merges the threads' parts. Splitting by
-                 * slots rather than heads keeps every thread busy at any head count, and each key
-                 * and value is read once for its whole group of query heads (GQA). */
-                const int j0 = m->window > 0 && slot - m->window + 1 > 0 ? slot - m->window + 1 : 0;
-                share(S - j0, t, nt, &lo, &hi);
-                const int ja = j0 + lo, n = hi - lo;
-                for (int b = 0; b < B; b++) {
-                    const uint8_t *mb = mask ? mask + b * mask_stride : NULL;
-                    for (int g = 0; g < Hkv; g++) {
-                        const int64_t keys = kvl + b * row_stride + g * head_stride, vals = keys + Hkv * head_stride;
-                        const float *qg = qkv + (int64_t)b * Q + (int64_t)g * group * hd; /* the group's queries */
-                        /* This thread's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
-                        float *parts = partial + ((int64_t)t * B * H + (int64_t)b * H + (int64_t)g * group) * (hd + 2);
-                        for (int j = 0; j < n; j++) {
-                            const int visible = !mb || mb[ja + j];
-                            const void *key = advance(kv, bf, keys + (int64_t)(ja + j) * hd);
-                            for (int k = 0; k < group; k++)
-                                scores[(int64_t)k * n + j] = !visible ? -INFINITY
-                                                             : bf ? dot_bf16(key, qg + (int64_t)k * hd, hd)
-                                                                  : dot_f32(key, qg + (int64_t)k * hd, hd);
-                        }
-                        for (int k = 0; k < group; k++) {
-                            float *sc = scores + (int64_t)k * n, *part = parts + (int64_t)k * (hd + 2);
-                            float mx = -INFINITY;
-                            for (int j = 0; j < n; j++)
-                                mx = sc[j] > mx ? sc[j] : mx;
-                            part[0] = mx;
-                            /* Masked slots hold -inf and come out of the exponential as exactly 0;
-                             * a share with no visible slot (or none at all) weighs nothing. */
-                            if (mx == -INFINITY) {
-                                memset(sc, 0, sizeof(float) * n);
-                                part[1] = 0.f;
-                            } else {
-                                part[1] = exp_shifted(sc, n, mx);
-                            }
-                            memset(part + 2, 0, sizeof(float) * hd);
-                        }
-                        for (int j = 0; j < n; j++) {
-                            const void *val = advance(kv, bf, vals + (int64_t)(ja + j) * hd);
-                            for (int k = 0; k < group; k++) {
-                                float p = scores[(int64_t)k * n + j], *acc = parts + (int64_t)k * (hd + 2) + 2;
-                                if (p == 0.f)
-                                    continue;
-                                if (bf)
-                                    axpy_bf16(acc, p, val, hd);
-                                else
-                                    axpy_f32(acc, p, val, hd);
-                            }
-                        }
-                    }
-                }
+                attention_share(&s, l, t, nt, scores);
 #pragma omp barrier
-                /* Merge: y = sum_t e^(m_t - M) acc_t / sum_t e^(m_t - M) l_t over the threads' parts. */
-                share(B * H, t, nt, &lo, &hi);
-                for (int it = lo; it < hi; it++) {
-                    float M = -INFINITY, den = 0.f, *y = att + (int64_t)it * hd;
-                    for (int u = 0; u < nt; u++) {
-                        const float mu = partial[((int64_t)u * B * H + it) * (hd + 2)];
-                        M = mu > M ? mu : M;
-                    }
-                    memset(y, 0, sizeof(float) * hd);
-                    for (int u = 0; u < nt; u++) {
-                        const float *part = partial + ((int64_t)u * B * H + it) * (hd + 2);
-                        if (part[0] == -INFINITY)
-                            continue;
-                        float w = expf(part[0] - M);
-                        den += w * part[1];
-                        axpy_f32(y, w, part + 2, hd);
-                    }
-                    for (int i = 0; i < hd; i++)
-                        y[i] /= den;
-                }
+                merge_attention(&s, t, nt, nt);
 #pragma omp barrier
-                matvec(m->wo[l], bf, m->bo ? m->bo[l] : NULL, att, x, B, D, H * hd, 1, t, nt); /* x += attention */
+                matvec(m->wo[l], bf, m->bo ? m->bo[l] : NULL, s.att, x, B, D, s.H * s.hd, 1, t, nt); /* x += attn */
 #pragma omp barrier
                 norm(x, NULL, NULL, h, B, D, m->eps, m->gpt2); /* gain (and bias) live in w13 (b13) */
-                share(F, t, nt, &lo, &hi); /* the share of F rows that matvec gives this thread */
-                if (m->gpt2) {
-                    /* act = gelu(fc h + b) */
-                    matvec(m->w13[l], bf, m->b13 ? m->b13[l] : NULL, h, act, B, F, D, 0, t, nt);
-                    for (int b = 0; b < B; b++)
-                        gelu(act + (int64_t)b * F + lo, hi - lo, m->gelu_tanh);
-                } else {
-                    /* Gate rows (0..F) into act, up rows (F..2F) into upb, act = silu(gate) * up. */
-                    matvec(m->w13[l], bf, NULL, h, act, B, F, D, 0, t, nt);
-                    matvec(advance(m->w13[l], bf, (int64_t)F * D), bf, NULL, h, upb, B, F, D, 0, t, nt);
-                    for (int b = 0; b < B; b++)
-                        silu_mul(act + (int64_t)b * F + lo, act + (int64_t)b * F + lo, upb + (int64_t)b * F + lo,
-                                 hi - lo);
-                }
+                feed_forward_in(&s, l, h, t, nt);
 #pragma omp barrier
-                matvec(m->w2[l], bf, m->b2 ? m->b2[l] : NULL, act, x, B, D, F, 1, t, nt); /* x += MLP out */
+                matvec(m->w2[l], bf, m->b2 ? m->b2[l] : NULL, s.act, x, B, D, s.F, 1, t, nt); /* x += MLP out */
 #pragma omp barrier
             }
             norm(x, m->norm, m->norm_bias, h, B, D, m->eps, m->gpt2);
@@ -489,6 +537,6 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
         }
         free(h);
     }
-    free(qkv);
+    free(s.qkv);
     return failed ? -1 : 0;
 }
