@@ -79,9 +79,15 @@ class Encoder:
         return cls(tokenizer, ChatTemplate.from_folder(folder, tokenizer), raw, max_length)
 
     def prompt(self, prompt: Prompt) -> list[int]:
-        """Same ids as Engine.encode(prompt=...) / Engine.encode(messages=...)."""
+        """Same ids as Engine.encode(prompt=...) / Engine.encode(messages=...). Messages that end with
+        an assistant message (a vote at the token where two branches of an answer part) are the
+        messages before it, then that message's text: the start the two answers share."""
+        prompt, start = _split_start(prompt)
         kw = {"prompt": prompt} if isinstance(prompt, str) else {"messages": prompt}
         ids = render_prompt(self.template, self.tokenizer, raw=self.raw, **kw)
+        if start:  # encoded with what precedes it, as the answer is (a space or merge at the seam comes out the same)
+            text = _raw_text(prompt) if self.raw else self.template.render(prompt, add_generation_prompt=True)
+            ids = self.tokenizer.encode(text + start, add_special_tokens=self.raw)
         if not ids:  # tokenizers without BOS still start from a start-of-text token (as Engine.encode)
             start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.eos_id
             ids = [start]
@@ -92,8 +98,10 @@ class Encoder:
         prompt alone reaches max_length."""
         tok = self.tokenizer
         p_ids = self.prompt(prompt)
+        prompt, start = _split_start(prompt)
+        response = start + response  # a shared start and the continuation: one assistant message
         if self.raw:
-            text = prompt if isinstance(prompt, str) else RAW_MESSAGE_SEPARATOR.join(m["content"] for m in prompt)
+            text = _raw_text(prompt)
             if tok.encode(text, add_special_tokens=True):
                 full = tok.encode(text + response, add_special_tokens=True)
             else:  # empty prompt: the start token, then the response
@@ -156,6 +164,18 @@ class PreferenceData:
                 parts.append(f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} {shown})")
             text += "; skipped " + "; ".join(parts)
         return text
+
+
+def _split_start(prompt: Prompt) -> tuple[Prompt, str]:
+    """(the prompt, "") or, for messages ending with an assistant message, (the messages before it, its text)."""
+    if not isinstance(prompt, str) and prompt and prompt[-1].get("role") == "assistant":
+        return list(prompt[:-1]), prompt[-1]["content"]
+    return prompt, ""
+
+
+def _raw_text(prompt: Prompt) -> str:
+    """The prompt as plain completion text, as render_prompt writes it in raw mode."""
+    return prompt if isinstance(prompt, str) else RAW_MESSAGE_SEPARATOR.join(m["content"] for m in prompt)
 
 
 def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop") -> PreferenceData:

@@ -86,6 +86,8 @@ class Message:
     finish_reason: str | None
     tokens: list[dict] | None
     created_at: str
+    parent_id: int | None = None  # the message this one follows (None: the chat's first)
+    siblings: list[int] = field(default_factory=list)  # ids of the branches at this point, itself included, oldest first
 
 
 @dataclass
@@ -97,7 +99,7 @@ class Chat:
     system_prompt: str
     created_at: str
     updated_at: str
-    messages: list[Message] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # the active branch, first to last
 
 
 @dataclass
@@ -263,9 +265,21 @@ def _v4_message_search(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")  # the messages already stored
 
 
+def _v5_branches(conn: sqlite3.Connection) -> None:
+    """Messages form a tree: each has a parent (the message it answers or follows), so regenerating
+    or editing adds a sibling branch instead of replacing. The active branch follows, from the root
+    down, the most recently selected child (selected_at, then the newest id). A chat written before
+    this version becomes a chain, each message the child of the one before it."""
+    conn.execute("ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages(id)")
+    conn.execute("ALTER TABLE messages ADD COLUMN selected_at TEXT")
+    conn.execute("UPDATE messages SET selected_at = created_at, parent_id = (SELECT MAX(p.id) FROM messages p "
+                 "WHERE p.chat_id = messages.chat_id AND p.id < messages.id)")
+    conn.execute("CREATE INDEX messages_by_parent ON messages(parent_id)")
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_partial_rankings_and_queues,
-                                                          _v3_import_hashes, _v4_message_search]
+                                                          _v3_import_hashes, _v4_message_search, _v5_branches]
 
 
 # ---------------------------------------------------------------- the store
@@ -424,28 +438,77 @@ class Store:
         return [ChatMatch(_summary(r), r["mid"], snippet(r["hit"], q)) for r in rows]
 
     def get_chat(self, chat_id: int) -> Chat:
+        """The chat with its active branch (each message knows its siblings, the other branches there)."""
         with self._lock:  # one consistent snapshot of chat and messages
             rows = self._read("SELECT * FROM chats WHERE id = ?", (chat_id,))
             if not rows:
                 raise StoreError(f"chat {chat_id} does not exist; list chats to pick one that does")
             msgs = self._read("SELECT * FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,))
         r = rows[0]
+        children = _children(msgs)
+        path = [_message(m) for m in _active_path(children)]
+        for m in path:
+            m.siblings = [c["id"] for c in children.get(m.parent_id, [])]
         return Chat(r["id"], r["title"], r["model"], r["preset"], r["system_prompt"], r["created_at"],
-                    r["updated_at"], [_message(m) for m in msgs])
+                    r["updated_at"], path)
 
     def add_message(self, chat_id: int, role: str, content: str, *, preset: str | None = None,
                     params: dict | None = None, seed: int | None = None, finish_reason: str | None = None,
-                    tokens: list[dict] | None = None) -> int:
+                    tokens: list[dict] | None = None, parent_id: int | None | str = "active") -> int:
+        """Add a message after `parent_id` ("active": after the active branch's last message; None:
+        a new first message) and make it the active branch. A parent that already has children gets
+        one more: a sibling branch (regenerate, edit, a branch from another token)."""
         if role not in ROLES:
             raise InputError(f"message role {role!r} is unknown; use one of {', '.join(ROLES)}")
         t = now()
         with self._tx() as conn:
             self._touch(conn, chat_id, t)
+            if parent_id == "active":
+                cur = conn.execute("SELECT id, parent_id, selected_at FROM messages WHERE chat_id = ? ORDER BY id",
+                                   (chat_id,))
+                cur.row_factory = sqlite3.Row
+                path = _active_path(_children(cur.fetchall()))
+                parent_id = path[-1]["id"] if path else None
+            elif parent_id is not None:
+                row = conn.execute("SELECT chat_id FROM messages WHERE id = ?", (parent_id,)).fetchone()
+                if row is None or row[0] != chat_id:
+                    raise StoreError(f"message {parent_id} is not in chat {chat_id}; reload the chat")
+                self._select(conn, parent_id, t)
             cur = conn.execute(
                 "INSERT INTO messages (chat_id, role, content, preset, params, seed, finish_reason, tokens, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (chat_id, role, content, preset, _dumps(params), seed, finish_reason, _dumps(tokens), t))
+                "created_at, parent_id, selected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (chat_id, role, content, preset, _dumps(params), seed, finish_reason, _dumps(tokens), t, parent_id, t))
             return int(cur.lastrowid)
+
+    def get_message(self, message_id: int) -> Message:
+        """One message, with its siblings (the branches at its place, itself included)."""
+        with self._lock:
+            rows = self._read("SELECT * FROM messages WHERE id = ?", (message_id,))
+            if not rows:
+                raise StoreError(f"message {message_id} does not exist; it may have been deleted")
+            sibs = self._read("SELECT id FROM messages WHERE chat_id = ? AND parent_id IS ? ORDER BY id",
+                              (rows[0]["chat_id"], rows[0]["parent_id"]))
+        m = _message(rows[0])
+        m.siblings = [r["id"] for r in sibs]
+        return m
+
+    def select_message(self, message_id: int) -> None:
+        """Make the branch through this message the active one (below it, its own most recently
+        selected branch)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT chat_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"message {message_id} does not exist; it may have been deleted")
+            t = now()
+            self._touch(conn, row[0], t)
+            self._select(conn, message_id, t)
+
+    @staticmethod
+    def _select(conn: sqlite3.Connection, message_id: int, t: str) -> None:
+        """Mark the message and its ancestors selected at `t`, so the active path runs through it."""
+        conn.execute("WITH RECURSIVE up(id) AS (SELECT ? UNION ALL SELECT m.parent_id FROM messages m JOIN up "
+                     "ON m.id = up.id WHERE m.parent_id IS NOT NULL) "
+                     "UPDATE messages SET selected_at = ? WHERE id IN (SELECT id FROM up)", (message_id, t))
 
     def update_message(self, message_id: int, content: str, *, preset: str | None = None,
                        params: dict | None = None, seed: int | None = None, finish_reason: str | None = None,
@@ -465,12 +528,14 @@ class Store:
             self._touch(conn, row[0], now())
 
     def delete_messages_from(self, chat_id: int, message_id: int) -> None:
-        """Delete that message and every later one in the chat (regenerate, edit-and-resend)."""
+        """Delete that message and every message after it on its branches (its subtree)."""
         with self._tx() as conn:
             row = conn.execute("SELECT chat_id FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is None or row[0] != chat_id:
                 raise StoreError(f"message {message_id} is not in chat {chat_id}; reload the chat")
-            conn.execute("DELETE FROM messages WHERE chat_id = ? AND id >= ?", (chat_id, message_id))
+            conn.execute("WITH RECURSIVE down(id) AS (SELECT ? UNION ALL SELECT m.id FROM messages m JOIN down "
+                         "ON m.parent_id = down.id) DELETE FROM messages WHERE id IN (SELECT id FROM down)",
+                         (message_id,))
             self._touch(conn, chat_id, now())
 
     def update_chat(self, chat_id: int, *, title: str | None = None, preset: str | None = None,
@@ -804,7 +869,26 @@ def snippet(text: str, query: str, before: int = 30, width: int = 90) -> str:
 
 def _message(r: sqlite3.Row) -> Message:
     return Message(r["id"], r["chat_id"], r["role"], r["content"], r["preset"], _loads(r["params"]), r["seed"],
-                   r["finish_reason"], _loads(r["tokens"]), r["created_at"])
+                   r["finish_reason"], _loads(r["tokens"]), r["created_at"], r["parent_id"])
+
+
+def _children(rows: Iterable[sqlite3.Row]) -> dict[int | None, list[sqlite3.Row]]:
+    """Message rows (in id order) grouped by parent id: each message's branches, oldest first."""
+    children: dict[int | None, list[sqlite3.Row]] = {}
+    for r in rows:
+        children.setdefault(r["parent_id"], []).append(r)
+    return children
+
+
+def _active_path(children: dict[int | None, list[sqlite3.Row]]) -> list[sqlite3.Row]:
+    """From the root down, the most recently selected child at each step (the newest on a tie)."""
+    path: list[sqlite3.Row] = []
+    parent: int | None = None
+    while children.get(parent):
+        best = max(children[parent], key=lambda r: (r["selected_at"] or "", r["id"]))
+        path.append(best)
+        parent = best["id"]
+    return path
 
 
 def _vote(r: sqlite3.Row) -> Vote:

@@ -37,12 +37,13 @@ from tiankong.engine.events import Finished
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
 from tiankong.tui.store import StoreError
+from tiankong.tui.screens.branch import CandidatePicker, branch_vote, forced_token
 from tiankong.tui.screens.help import Section
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.footer import FittingFooter
-from tiankong.tui.widgets.message import AssistantMessage, UserMessage, heat_legend
+from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage, heat_legend
 from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary
 from tiankong.tui.widgets.transcript import Transcript
 
@@ -172,8 +173,8 @@ class ChatScreen(Screen[None]):
         Binding("f4", "toggle_candidates", "candidates", show=False, tooltip="show or hide the candidates panel"),
         Binding("f5", "inspect", "inspect", tooltip="step through the answer token by token (← → or [ ]): why this word?"),
         Binding("f6", "heatmap", "heatmap", tooltip="colour every answer's tokens by their model probability"),
-        Binding("ctrl+r", "regenerate", "regenerate", tooltip="answer the last message again (replaces the last answer)"),
-        Binding("ctrl+l", "edit_last", "edit last", show=False, tooltip="edit your last message and resend it (answers after it are replaced)"),
+        Binding("ctrl+r", "regenerate", "regenerate", tooltip="answer the last message again (the old answer stays, as a branch: ctrl+← ctrl+→ on it)"),
+        Binding("ctrl+l", "edit_last", "edit last", show=False, tooltip="edit your last message and resend it (the old one and its answer stay, as a branch)"),
         Binding("ctrl+n", "new_chat", "new", tooltip="start a new chat"),
         Binding("ctrl+o", "open_chats", "chats", tooltip="list past chats and open one"),
         Binding("ctrl+s", "export", "export", show=False, tooltip="export this chat to Markdown and JSONL in the export folder"),
@@ -343,9 +344,8 @@ class ChatScreen(Screen[None]):
             return
         if not self._can_generate():
             return
-        if self.editing_id is not None:
-            if not await self._truncate_from(self.editing_id):
-                return
+        if self.editing_id is not None:  # the edited message and what followed stay, as a branch
+            await self._remove_from(self.editing_id)
             self._end_edit()
             if self.chat_id is not None and not self.messages:  # the first message changed: so does the title
                 self._save(self.store.update_chat, self.chat_id, title=" ".join(text.split())[:TITLE_CHARS])
@@ -354,16 +354,31 @@ class ChatScreen(Screen[None]):
             title = " ".join(text.split())[:TITLE_CHARS]
             self.chat_id = self._save(self.store.create_chat, self.model_id, self.preset.name,
                                       self._saved_system, title)
-        message_id = self._save(self.store.add_message, self.chat_id, "user", text) if self.chat_id else None
+        message_id = (self._save(self.store.add_message, self.chat_id, "user", text, parent_id=self._last_id())
+                      if self.chat_id else None)
         if message_id is None:  # nothing is answered that could not be kept; the text stays in the box
             return
         self.query_one("#prompt", Input).value = ""
         await self.transcript.query("#intro").remove()
-        await self.transcript.mount(UserMessage(text, message_id))
+        user = UserMessage(text, message_id)
+        await self.transcript.mount(user)
+        self._show_siblings(user)
         await self._answer()
 
-    async def _answer(self) -> None:
-        """Start answering the transcript as it stands."""
+    def _last_id(self) -> int | None:
+        """The stored message the next one follows: the transcript's last (None: the chat's first)."""
+        return next((w.message_id for w in reversed(self.messages) if w.message_id is not None), None)
+
+    def _show_siblings(self, widget: UserMessage | AssistantMessage) -> None:
+        """Label the message with its branch ("‹ 2/3 ›") when it has siblings."""
+        if widget.message_id is not None:
+            message = self._save(self.store.get_message, widget.message_id)
+            if message is not None:
+                widget.set_branches(message.siblings)
+
+    async def _answer(self, branch: tuple[list[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """Start answering the transcript as it stands. branch: (the old answer's tokens before the
+        branch point, the candidate picked there): the answer starts with those and continues."""
         self._save_system()
         self._leave_inspect()
         ctx = self.engine.cfg.max_seq_len
@@ -381,8 +396,17 @@ class ChatScreen(Screen[None]):
         params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
         edited = " (edited)" if self.params != self.preset.params else ""
         answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
+        answer.parent_id = self._last_id()
         await self.transcript.mount(answer)
         answer.start_stream()
+        if branch is not None:  # the forced tokens are part of the prompt; the answer's length limit counts them
+            before, (picked, at) = branch
+            forced = [t["id"] for t in before]
+            tokens = before + [forced_token(self.engine.tokenizer, ids + forced, at, picked)]
+            ids = ids + forced + [picked["id"]]
+            params = params.replace(max_new_tokens=max(1, params.max_new_tokens - len(tokens)))
+            answer.forced_text = "".join(t["text"] for t in tokens)
+            await answer.append(answer.forced_text, tokens)
         self.transcript.scroll_end(animate=False)
         self.transcript.anchor()
         self.generating = True
@@ -460,10 +484,12 @@ class ChatScreen(Screen[None]):
             self.notify(f"generation failed: {event.error or fin.message}", severity="error", timeout=10)
             self._status(None if fin is None else f"generation failed: {fin.message}", error=fin is not None)
             return
-        await answer.finish(fin.text, self._info(fin, params))
+        text = answer.forced_text + fin.text
+        await answer.finish(text, self._info(fin, params, len(answer.tokens)))
         answer.message_id = self._save(
-            self.store.add_message, self.chat_id, "assistant", fin.text, preset=event.preset, params=params.to_dict(), seed=params.seed,
-            finish_reason=fin.finish_reason, tokens=answer.tokens)
+            self.store.add_message, self.chat_id, "assistant", text, preset=event.preset, params=params.to_dict(),
+            seed=params.seed, finish_reason=fin.finish_reason, tokens=answer.tokens, parent_id=answer.parent_id)
+        self._show_siblings(answer)
         answer.set_view(heatmap=self.heatmap)
         if answer.tokens:
             self.candidates.show(answer.tokens[-1], f"last of {len(answer.tokens)} tokens · f5 inspects all")
@@ -473,27 +499,21 @@ class ChatScreen(Screen[None]):
             return
         self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
 
-    def _info(self, fin: Finished, params: SamplingParams) -> str:
-        info = f"{finish_words(fin.finish_reason)} · {fin.usage.completion_tokens} tokens · seed {params.seed}"
+    def _info(self, fin: Finished, params: SamplingParams, n_tokens: int) -> str:
+        info = f"{finish_words(fin.finish_reason)} · {n_tokens} tokens · seed {params.seed}"
         if self.show_timing:
             info += f" · {fin.timing.decode_tokens_per_s:.0f} tok/s"
         return info
 
     # ------------------------------------------------------------------ editing the transcript
 
-    async def _truncate_from(self, message_id: int) -> bool:
-        """Remove that message and everything after it, from the store and the transcript.
-        False (and nothing removed) when the store refused."""
+    async def _remove_from(self, message_id: int | None) -> None:
+        """Take that message and everything after it out of the transcript (the store keeps them:
+        they stay a branch, reachable with ctrl+← ctrl+→)."""
         msgs = self.messages
         index = next((i for i, w in enumerate(msgs) if w.message_id == message_id), None)
         if index is None:
-            return True
-        if self.chat_id is not None:
-            try:
-                self.store.delete_messages_from(self.chat_id, message_id)
-            except StoreError as e:
-                self.notify(str(e), title="not changed", severity="error", timeout=15)
-                return False
+            return
         for w in msgs[index:]:
             if w is self.inspected:
                 self.inspected = None
@@ -502,7 +522,6 @@ class ChatScreen(Screen[None]):
         kept = children.index(msgs[index - 1]) if index else -1
         await self.transcript.remove_children([w for w in children[kept + 1:] if isinstance(w, ContextNotice)])
         self.dropped_turns = max((w.dropped for w in self.transcript.query(ContextNotice)), default=0)
-        return True
 
     async def action_regenerate(self) -> None:
         if not self._can_generate():
@@ -512,11 +531,11 @@ class ChatScreen(Screen[None]):
             self.notify("nothing to regenerate yet: send a message first")
             return
         last = msgs[-1]
-        if isinstance(last, AssistantMessage):
+        if isinstance(last, AssistantMessage):  # the stored answer stays, as a branch
             if last.message_id is None:
                 await last.remove()
-            elif not await self._truncate_from(last.message_id):
-                return
+            else:
+                await self._remove_from(last.message_id)
         if not any(isinstance(w, UserMessage) for w in self.messages):
             return
         await self._answer()
@@ -582,28 +601,8 @@ class ChatScreen(Screen[None]):
         self.chat_id = chat.id
         self.query_one("#system", Input).value = chat.system_prompt
         self._saved_system = chat.system_prompt
-        # Answers start lazy (a one-widget preview at the height the Markdown will have); the
-        # transcript realizes those on and near the screen, in the background: a long chat opens
-        # in a fraction of the time, never showing an empty answer.
-        widgets: list[UserMessage | AssistantMessage] = []
-        for m in chat.messages:
-            if m.role == "assistant":
-                model = Path(chat.model).name or chat.model
-                title = f"{model} · {m.preset}" if m.preset else model
-                info = (f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"
-                        if m.finish_reason else "")
-                widgets.append(AssistantMessage(m.content, m.tokens, title=title, info=info, message_id=m.id,
-                                                lazy=True))
-            else:
-                w = UserMessage(m.content, m.id)
-                if m.role == "system":
-                    w.role, w.border_title = "system", "system"
-                widgets.append(w)
         await self.transcript.query("#intro").remove()
-        await self.transcript.mount_all(widgets)
-        for w in widgets:
-            if isinstance(w, AssistantMessage):
-                w.set_view(heatmap=self.heatmap)
+        await self._mount_messages(chat, chat.messages)
         if chat.preset in self.presets and chat.preset != self.preset.name:
             self._use_preset(chat.preset, quiet=True)
         self.transcript.scroll_end(animate=False)
@@ -612,6 +611,98 @@ class ChatScreen(Screen[None]):
             note += f" (written by {Path(chat.model).name}; new answers come from {self.model_name})"
         self.notify(note)
         self._status()
+
+    async def _mount_messages(self, chat: Any, messages: list[Any]) -> list[UserMessage | AssistantMessage]:
+        """Show stored messages at the end of the transcript, each labelled with its branch.
+
+        Answers start lazy (a one-widget preview at the height the Markdown will have); the
+        transcript realizes those on and near the screen, in the background: a long chat opens
+        in a fraction of the time, never showing an empty answer."""
+        widgets: list[UserMessage | AssistantMessage] = []
+        for m in messages:
+            if m.role == "assistant":
+                model = Path(chat.model).name or chat.model
+                title = f"{model} · {m.preset}" if m.preset else model
+                info = (f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"
+                        if m.finish_reason else "")
+                w: UserMessage | AssistantMessage = AssistantMessage(m.content, m.tokens, title=title, info=info,
+                                                                     message_id=m.id, lazy=True)
+                w.parent_id = m.parent_id
+            else:
+                w = UserMessage(m.content, m.id)
+                if m.role == "system":
+                    w.role, w.border_title = "system", "system"
+            w.set_branches(m.siblings)
+            widgets.append(w)
+        await self.transcript.mount_all(widgets)
+        for w in widgets:
+            if isinstance(w, AssistantMessage):
+                w.set_view(heatmap=self.heatmap)
+        return widgets
+
+    # ------------------------------------------------------------------ branches
+
+    @on(SwitchBranch)
+    async def _switch_branch(self, event: SwitchBranch) -> None:
+        """Show the sibling branch `step` places away at the focused message, and what follows it there."""
+        w = event.widget
+        if self.generating:
+            self.notify("still answering: esc stops it first", severity="warning")
+            return
+        if len(w.branches) < 2 or w.message_id not in w.branches or self.chat_id is None:
+            self.notify("no other branch here: ctrl+r, ctrl+l or b in f5 make one")
+            return
+        at = w.branches.index(w.message_id) + event.step
+        if not 0 <= at < len(w.branches):
+            return
+        try:
+            self.store.select_message(w.branches[at])
+            chat = self.store.get_chat(self.chat_id)
+        except StoreError as e:
+            self.notify(str(e), title="not switched", severity="error", timeout=15)
+            return
+        index = self.messages.index(w)
+        await self._remove_from(w.message_id)
+        shown = await self._mount_messages(chat, chat.messages[index:])
+        if shown:
+            shown[0].focus()
+            shown[0].scroll_visible(animate=False)
+
+    def on_assistant_message_branch_requested(self, event: AssistantMessage.BranchRequested) -> None:
+        answer, index = event.answer, event.index
+        if not self._can_generate():
+            return
+        if answer.message_id is None:
+            self.notify("this answer was not stored: regenerate it first")
+            return
+
+        async def picked(candidate: dict[str, Any] | None) -> None:
+            if candidate is not None and answer.is_attached and self._can_generate():
+                at = answer.tokens[index]
+                before = [dict(t) for t in answer.tokens[:index]]
+                await self._remove_from(answer.message_id)  # it stays, as a sibling of the new branch
+                await self._answer((before, (candidate, at)))
+
+        self.app.push_screen(CandidatePicker(answer.tokens[index], index), picked)
+
+    def on_assistant_message_branch_vote(self, event: AssistantMessage.BranchVote) -> None:
+        """A vote that this branch beats each sibling answer, at the token where the two part."""
+        answer = event.answer
+        others = [i for i in answer.branches if i != answer.message_id]
+        if answer.message_id is None or not others:
+            self.notify("no other branch to compare with here: ctrl+r or b in f5 make one")
+            return
+        index = self.messages.index(answer)
+        conversation = self.conversation()
+        conversation = conversation[:len(conversation) - (len(self.messages) - index)]  # up to the user's message
+        chosen = self._save(self.store.get_message, answer.message_id)
+        rejected = [m for m in (self._save(self.store.get_message, i) for i in others) if m is not None]
+        if chosen is None or not rejected:
+            return
+        votes = [branch_vote(conversation, chosen, r, self.model_id, getattr(self.app, "rater", "")) for r in rejected]
+        if self._save(self.store.add_votes, votes) is not None:
+            n = "a vote" if len(votes) == 1 else f"{len(votes)} votes"
+            self.notify(f"stored {n}: this branch is better (ctrl+g lists votes)", title="voted")
 
     def action_scroll_transcript(self, where: str) -> None:
         t = self.transcript

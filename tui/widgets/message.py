@@ -267,10 +267,48 @@ class MarkdownPreview:
             yield self._cache[1]
 
 
-class UserMessage(Static, can_focus=True):
+# Regenerate, edit and branch keep the old message as a sibling; a focused message switches among them.
+BRANCH_BINDINGS = [
+    Binding("ctrl+left,alt+left", "switch_branch(-1)", "◀ branch", show=False,
+            tooltip="show the previous branch here (the answer before a regenerate, edit or branch)"),
+    Binding("ctrl+right,alt+right", "switch_branch(1)", "branch ▶", show=False, tooltip="show the next branch here"),
+]
+
+
+class SwitchBranch(Message):
+    """Show the sibling `step` places from `widget`'s message (a UserMessage or AssistantMessage)."""
+
+    def __init__(self, widget: Widget, step: int) -> None:
+        super().__init__()
+        self.widget, self.step = widget, step
+
+
+def branch_label(siblings: list[int], message_id: int | None) -> str:
+    """"‹ 2/3 ›": which of the branches at this place is shown; "" when there is only one."""
+    if len(siblings) < 2 or message_id not in siblings:
+        return ""
+    return f"‹ {siblings.index(message_id) + 1}/{len(siblings)} ›"
+
+
+class Branched:
+    """What a message in the transcript knows of its branches (mixed into both message widgets,
+    which also add BRANCH_BINDINGS to their own)."""
+
+    message_id: int | None
+    branches: list[int]  # ids of the messages at this place in the chat's tree, itself included, oldest first
+
+    def set_branches(self, siblings: list[int]) -> None:
+        self.branches = list(siblings)
+        self.border_subtitle = branch_label(self.branches, self.message_id)
+
+    def action_switch_branch(self, step: int) -> None:
+        self.post_message(SwitchBranch(self, step))  # type: ignore[attr-defined]
+
+
+class UserMessage(Branched, Static, can_focus=True):
     """A user's message (or the chat's opening prompt). `c` copies it."""
 
-    BINDINGS = [Binding("c", "copy", "copy")]
+    BINDINGS = [Binding("c", "copy", "copy")] + BRANCH_BINDINGS
 
     def __init__(self, content: str, message_id: int | None = None) -> None:
         super().__init__(Text(content), classes="message user")
@@ -278,13 +316,14 @@ class UserMessage(Static, can_focus=True):
         self.message_id = message_id
         self.role = "user"  # "system" for a system message kept in a stored chat
         self.border_title = "you"
+        self.branches: list[int] = []
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.content)
         self.notify(f"copied your message ({len(self.content)} characters)")
 
 
-class AssistantMessage(Vertical, can_focus=True):
+class AssistantMessage(Branched, Vertical, can_focus=True):
     """An answer. While streaming: Markdown fed through a MarkdownStream. When finished: the same
     Markdown, or its tokens (heatmap / inspect), switched with `set_view`.
 
@@ -301,7 +340,11 @@ class AssistantMessage(Vertical, can_focus=True):
         Binding("home", "jump(0)", "first", show=False),
         Binding("end", "jump(-1)", "last", show=False),
         Binding("c", "copy", "copy"),
-    ]
+        Binding("b", "branch", "branch here", tooltip="pick another candidate for the token at the cursor and "
+                "continue the answer from it (what if the model had said that?)"),
+        Binding("v", "vote_branch", "vote branch", show=False,
+                tooltip="vote this branch better than the others here, at the token where they part"),
+    ] + BRANCH_BINDINGS
     COMPONENT_CLASSES: ClassVar[set[str]] = {"assistant-message--info"}  # a lazy answer's info line
 
     class TokenSelected(Message):
@@ -310,6 +353,20 @@ class AssistantMessage(Vertical, can_focus=True):
         def __init__(self, answer: AssistantMessage, index: int) -> None:
             super().__init__()
             self.answer, self.index = answer, index
+
+    class BranchRequested(Message):
+        """Continue this answer from another candidate for its token `index`."""
+
+        def __init__(self, answer: AssistantMessage, index: int) -> None:
+            super().__init__()
+            self.answer, self.index = answer, index
+
+    class BranchVote(Message):
+        """This answer is better than its sibling branches."""
+
+        def __init__(self, answer: AssistantMessage) -> None:
+            super().__init__()
+            self.answer = answer
 
     def __init__(self, content: str = "", tokens: list[dict[str, Any]] | None = None, *,
                  title: str = "assistant", info: str = "", message_id: int | None = None,
@@ -328,6 +385,16 @@ class AssistantMessage(Vertical, can_focus=True):
         self._widgets_added = False
         self._preview: MarkdownPreview | None = None
         self._lazy_height: tuple[Any, int] = (None, 0)
+        self.parent_id: int | None = None  # the message it answers (set when it is generated)
+        self.branches: list[int] = []
+        self.forced_text = ""  # a branch: the text of its tokens up to and including the one picked in f5
+
+    def action_branch(self) -> None:
+        if self.tokens and not self.streaming:
+            self.post_message(self.BranchRequested(self, min(self.cursor, len(self.tokens) - 1)))
+
+    def action_vote_branch(self) -> None:
+        self.post_message(self.BranchVote(self))
 
     def compose(self) -> ComposeResult:
         if not self.lazy:
