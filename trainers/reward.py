@@ -25,9 +25,7 @@ transformers and tiankong (its LM head is untouched unless tied to the embedding
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,9 +36,10 @@ from torch import nn
 
 from tiankong.engine.config import ModelConfig
 from tiankong.engine.errors import InputError, ModelLoadError, TiankongError
+from tiankong.engine.files import atomic_write, atomic_write_text, stdout_errors
 from tiankong.engine.model import load_model, save_pretrained
-from .auto import n_parameters
 
+from .auto import n_parameters
 from .common import opt
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 from .data import jsonl_objects
@@ -135,8 +134,8 @@ class RewardModel(nn.Module):
                               "max_length": self.encoder.max_length if self.encoder else 0},
             **self.meta, **meta, **({"step": step} if step is not None else {}),
         }
-        _atomic(folder / HEAD_FILE, lambda tmp: save_file(head, tmp, metadata={"format": "pt"}))
-        _atomic(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+        atomic_write(folder / HEAD_FILE, lambda tmp: save_file(head, str(tmp), metadata={"format": "pt"}))
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(info, indent=2) + "\n")
         save_pretrained(self.base, self.cfg, folder, tokenizer_from=tokenizer_from,
                         metadata={"step": str(step)} if step is not None else None)
         return folder
@@ -185,17 +184,6 @@ def read_reward_config(folder: Path) -> dict[str, Any]:
     return info
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -220,7 +208,6 @@ class RewardTrainer(PreferenceTrainer):
     cfg: RewardConfig
 
     def setup(self) -> None:
-        self.resolve_auto(n_parameters(self.model))
         cfg = self.cfg
         resume = self.resume_model_path()
         if resume is not None:
@@ -233,6 +220,7 @@ class RewardTrainer(PreferenceTrainer):
         if not mcfg.tie_embeddings:
             self.model.base.output.requires_grad_(False)  # the LM head plays no part in the reward
         self.load_data(cfg.model, mcfg.max_seq_len)
+        self.resolve_auto(n_parameters(self.model))
         self.model.encoder = self.encoder
         self.last_eval: dict[str, float] = {}
 
@@ -328,8 +316,11 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
             raise e
     text = "".join(json.dumps({**o, "score": s}, ensure_ascii=False) + "\n" for (_, o), s in zip(rows, scores))
     if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
+        with stdout_errors():
+            sys.stdout.write(text)
+        return
+    try:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text, encoding="utf-8")
+    except OSError:
+        pass  # atomic_write_text names what is wrong with the folder, in one line
+    atomic_write_text(output, text)  # whole or not at all; a symlink is written through
