@@ -39,9 +39,19 @@ GGUF_CHECK = OUT / "gguf-check.json"  # written once, when the GGUF file is made
 
 # SmolLM-135M's shape. Only the weights are random.
 VOCAB = 49152
-SHAPE = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-             intermediate_size=1536, vocab_size=VOCAB, max_position_embeddings=2048,
-             tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-5, initializer_range=0.02)
+SHAPE = dict(
+    hidden_size=576,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    intermediate_size=1536,
+    vocab_size=VOCAB,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    initializer_range=0.02,
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 as in SmolLM
 EOS_ID = 0  # "<|endoftext|>" is BOS and EOS, as in SmolLM
 
@@ -54,8 +64,7 @@ PRESETS = [
 ]
 
 # Targets the engine is held to; the report marks each ratio as met or not.
-TARGETS = dict(vs_transformers=2.0, vs_llamacpp=1.0, top20_overhead_pct=5.0, batch4_ratio=1.5,
-               rss_over_weights=1.3)
+TARGETS = dict(vs_transformers=2.0, vs_llamacpp=1.0, top20_overhead_pct=5.0, batch4_ratio=1.5, rss_over_weights=1.3)
 
 
 def prompt_ids(n: int) -> list[int]:
@@ -72,6 +81,7 @@ def peak_rss_bytes() -> int:
 # --------------------------------------------------------------------------------------------
 # 1. Setup: tokenizer, model, GGUF
 # --------------------------------------------------------------------------------------------
+
 
 def build_tokenizer():
     """A byte-level BPE trained on the Python standard library, padded to exactly VOCAB ids.
@@ -91,8 +101,9 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(corpus, trainer)
 
     spec = json.loads(tok.to_str())
@@ -117,13 +128,21 @@ def build_model(seed: int) -> None:
 
     logging.disable_progress_bar()
     torch.manual_seed(seed)
-    config = LlamaConfig(**SHAPE, bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=None,
-                         hidden_act="silu", attention_bias=False, mlp_bias=False)
+    config = LlamaConfig(
+        **SHAPE,
+        bos_token_id=EOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=None,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+    )
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     MODEL_DIR.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(MODEL_DIR)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), bos_token=SPECIAL_TOKENS[0],
-                                      eos_token=SPECIAL_TOKENS[0], unk_token=None)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=build_tokenizer(), bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[0], unk_token=None
+    )
     wrapped.save_pretrained(MODEL_DIR)
 
 
@@ -186,18 +205,24 @@ def convert_to_gguf() -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")  # llama.cpp's name for the GPT-2 split regex, which we trained with
     w.add_token_list([t for t, _ in by_id])
-    w.add_token_types([int(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL)
-                       for _, i in by_id])
+    w.add_token_types([int(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL) for _, i in by_id])
     w.add_token_merges(merges)
     w.add_bos_token_id(EOS_ID)
     w.add_eos_token_id(EOS_ID)
     w.add_add_bos_token(False)
 
     tensors = load_file(str(MODEL_DIR / "model.safetensors"))
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
-             "post_attention_layernorm": "ffn_norm"}
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
     w.add_tensor("token_embd.weight", tensors.pop("model.embed_tokens.weight"))
     for i in range(cfg["num_hidden_layers"]):
         for hf, ours in names.items():
@@ -237,8 +262,12 @@ def verify_gguf(n_prompt: int) -> dict:
     llm = Llama(model_path=str(GGUF_PATH), n_ctx=512, logits_all=True, verbose=False)
     llm.eval(ids)
     got = np.asarray(llm.scores[len(ids) - 1])
-    return dict(max_abs_diff=float(np.abs(got - ref).max()), logit_std=float(ref.std()),
-                same_argmax=bool(got.argmax() == ref.argmax()), prompt_tokens=n_prompt)
+    return dict(
+        max_abs_diff=float(np.abs(got - ref).max()),
+        logit_std=float(ref.std()),
+        same_argmax=bool(got.argmax() == ref.argmax()),
+        prompt_tokens=n_prompt,
+    )
 
 
 def setup(args, console) -> None:
@@ -265,7 +294,6 @@ def importable(name: str) -> bool:
 # --------------------------------------------------------------------------------------------
 # 2. Workers: one subprocess per framework. Each returns a dict of measurements.
 # --------------------------------------------------------------------------------------------
-
 
 
 # Other processes on the machine (tests, builds) would land in the timings. Each run is therefore
@@ -362,13 +390,21 @@ def worker_tiankong(job: dict) -> dict:
                 finished[ev.row] = ev
         end = time.perf_counter()
         counts = [len(finished[r].token_ids) for r in range(len(params))]
-        return dict(ttft_s=first - t0, decode_s=end - first, wall_s=end - t0, counts=counts,
-                    reasons=[finished[r].finish_reason for r in range(len(params))],
-                    engine_decode_tps=finished[0].timing.decode_tokens_per_s,
-                    tokens=list(finished[0].token_ids))
+        return dict(
+            ttft_s=first - t0,
+            decode_s=end - first,
+            wall_s=end - t0,
+            counts=counts,
+            reasons=[finished[r].finish_reason for r in range(len(params))],
+            engine_decode_tps=finished[0].timing.decode_tokens_per_s,
+            tokens=list(finished[0].token_ids),
+        )
 
-    modes = {"single": (lambda: run([greedy], 0)), "top20": (lambda: run([greedy], 20)),
-             "batch4": (lambda: run(presets, 0))}
+    modes = {
+        "single": (lambda: run([greedy], 0)),
+        "top20": (lambda: run([greedy], 20)),
+        "batch4": (lambda: run(presets, 0)),
+    }
     if torch_path:  # only the main figure: the other modes are the default engine's
         modes = {"single": modes["single"]}
     for fn in modes.values():  # warm-up: first-call allocations, lazy kernels, page faults
@@ -390,15 +426,15 @@ def worker_transformers(job: dict) -> dict:
     def gen(n: int) -> tuple[float, list[int]]:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                                 pad_token_id=EOS_ID)
-        return time.perf_counter() - t0, out[0, ids.shape[1]:].tolist()
+            out = model.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=EOS_ID)
+        return time.perf_counter() - t0, out[0, ids.shape[1] :].tolist()
 
     def run() -> dict:
         ttft, _ = gen(1)
         wall, tokens = gen(n_new)
-        return dict(ttft_s=ttft, decode_s=wall - ttft, wall_s=wall, counts=[len(tokens)],
-                    reasons=["length"], tokens=tokens)
+        return dict(
+            ttft_s=ttft, decode_s=wall - ttft, wall_s=wall, counts=[len(tokens)], reasons=["length"], tokens=tokens
+        )
 
     run()  # warm-up
     return summarize(collect({"single": run}, job["runs"]), rss_before)
@@ -409,8 +445,14 @@ def worker_llamacpp(job: dict) -> dict:
     from llama_cpp import Llama
 
     rss_before = peak_rss_bytes()
-    llm = Llama(model_path=job["gguf"], n_threads=job["threads"], n_threads_batch=job["threads"],
-                n_ctx=512, logits_all=False, verbose=False)
+    llm = Llama(
+        model_path=job["gguf"],
+        n_threads=job["threads"],
+        n_threads_batch=job["threads"],
+        n_ctx=512,
+        logits_all=False,
+        verbose=False,
+    )
     prompt, n_new = job["prompt"], job["new_tokens"]
 
     def run() -> dict:
@@ -426,8 +468,14 @@ def worker_llamacpp(job: dict) -> dict:
                 break
         end = time.perf_counter()
         reason = "eos" if EOS_ID in tokens else "length"
-        return dict(ttft_s=first - t0, decode_s=end - first, wall_s=end - t0, counts=[len(tokens)],
-                    reasons=[reason], tokens=tokens)
+        return dict(
+            ttft_s=first - t0,
+            decode_s=end - first,
+            wall_s=end - t0,
+            counts=[len(tokens)],
+            reasons=[reason],
+            tokens=tokens,
+        )
 
     run()  # warm-up
     return summarize(collect({"single": run}, job["runs"]), rss_before)
@@ -453,13 +501,21 @@ def best_of(measured: list[dict]) -> dict:
 
 def summarize(samples: dict[str, list[dict]], rss_before: int) -> dict:
     """best_of() per mode; the last good run's tokens, and every run (without tokens) for the JSON file."""
-    out = {"rss_before_load_bytes": rss_before, "peak_rss_bytes": peak_rss_bytes(),
-           "load_average_1min": os.getloadavg()[0], "modes": {}}
+    out = {
+        "rss_before_load_bytes": rss_before,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "load_average_1min": os.getloadavg()[0],
+        "modes": {},
+    }
     for name, measured in samples.items():
         last = ([r for r in measured if not r["disturbed"]] or measured)[-1]
-        out["modes"][name] = {**best_of(measured), "counts": last["counts"], "reasons": last["reasons"],
-                              "tokens": last["tokens"],
-                              "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in measured]}
+        out["modes"][name] = {
+            **best_of(measured),
+            "counts": last["counts"],
+            "reasons": last["reasons"],
+            "tokens": last["tokens"],
+            "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in measured],
+        }
     return out
 
 
@@ -480,21 +536,31 @@ def round_ratios(rounds: dict[str, list[dict]], console) -> dict:
     """tiankong / peer decode speed within each round: neighbours in time, so drift cancels."""
     out = {}
     for ours, peer in (("tiankong", "transformers"), ("tiankong", "llama.cpp"), ("tiankong-torch", "llama.cpp")):
-        pairs = [(a, b) for a, b in zip(rounds.get(ours, []), rounds.get(peer, []))
-                 if "error" not in a and "error" not in b]
+        pairs = [
+            (a, b)
+            for a, b in zip(rounds.get(ours, []), rounds.get(peer, []), strict=False)
+            if "error" not in a and "error" not in b
+        ]
         if not pairs:
             continue
         per_round = [a["modes"]["single"]["decode_tok_s"] / b["modes"]["single"]["decode_tok_s"] for a, b in pairs]
         out[f"{ours.replace('-', '_')}_over_{peer.replace('.', '')}_decode_per_round"] = per_round
-        console.print(f"{ours} / {peer} decode, round by round: "
-                      + "  ".join(f"{r:.2f}x" for r in per_round) + f"   (median {statistics.median(per_round):.2f}x)")
+        console.print(
+            f"{ours} / {peer} decode, round by round: "
+            + "  ".join(f"{r:.2f}x" for r in per_round)
+            + f"   (median {statistics.median(per_round):.2f}x)"
+        )
     return out
 
 
 # "tiankong-torch" is the engine without its compiled step (TIANKONG_NATIVE=0): what runs where
 # no C compiler is found.
-WORKERS = {"tiankong": worker_tiankong, "tiankong-torch": worker_tiankong, "transformers": worker_transformers,
-           "llama.cpp": worker_llamacpp}
+WORKERS = {
+    "tiankong": worker_tiankong,
+    "tiankong-torch": worker_tiankong,
+    "transformers": worker_transformers,
+    "llama.cpp": worker_llamacpp,
+}
 
 
 def run_worker(name: str, job: dict, timeout: float) -> dict:
@@ -505,8 +571,12 @@ def run_worker(name: str, job: dict, timeout: float) -> dict:
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--worker", name, "--job", str(job_path), "--result", str(result_path)]
     # Pin OpenMP/BLAS pools too: torch.set_num_threads covers torch, not every library it loads.
-    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MKL_NUM_THREADS=str(job["threads"]),
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(job["threads"]),
+        MKL_NUM_THREADS=str(job["threads"]),
+        TOKENIZERS_PARALLELISM="false",
+    )
     env.pop("TIANKONG_NATIVE", None)
     if name == "tiankong-torch":
         env["TIANKONG_NATIVE"] = "0"
@@ -529,10 +599,11 @@ def worker_main(name: str, job_path: str, result_path: str) -> None:
 # 3. Report
 # --------------------------------------------------------------------------------------------
 
+
 def leading_agreement(a: list[int], b: list[int]) -> int:
     """How many tokens two greedy runs share before they first differ."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -542,18 +613,32 @@ def leading_agreement(a: list[int], b: list[int]) -> int:
 def report(results: dict, weight_bytes: int, args, console) -> dict:
     from rich.table import Table
 
-    table = Table(title=f"decode: batch 1, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
-                        f"tokens, float32, {args.threads} threads, best of {args.rounds} x {args.runs}")
+    table = Table(
+        title=f"decode: batch 1, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
+        f"tokens, float32, {args.threads} threads, best of {args.rounds} x {args.runs}"
+    )
     # "load/weights" leaves out what the interpreter and the framework's import held before the
     # weights were loaded (torch alone is ~220 MB), so it shows the cost of the model itself.
     # "clean runs": runs that other processes did not disturb / runs made (see collect()).
-    for col in ("framework", "decode tok/s", "TTFT ms", "peak RSS MB", "RSS/weights", "load/weights", "tokens",
-                "clean runs"):
+    for col in (
+        "framework",
+        "decode tok/s",
+        "TTFT ms",
+        "peak RSS MB",
+        "RSS/weights",
+        "load/weights",
+        "tokens",
+        "clean runs",
+    ):
         table.add_column(col, justify="left" if col == "framework" else "right")
-    rows = [("tiankong", "tiankong", "single"), ("tiankong top-20", "tiankong", "top20"),
-            ("tiankong 4 presets", "tiankong", "batch4"), ("tiankong, torch path", "tiankong-torch", "single"),
-            ("transformers", "transformers", "single"),
-            ("llama.cpp", "llama.cpp", "single")]
+    rows = [
+        ("tiankong", "tiankong", "single"),
+        ("tiankong top-20", "tiankong", "top20"),
+        ("tiankong 4 presets", "tiankong", "batch4"),
+        ("tiankong, torch path", "tiankong-torch", "single"),
+        ("transformers", "transformers", "single"),
+        ("llama.cpp", "llama.cpp", "single"),
+    ]
     for label, fw, mode in rows:
         r = results.get(fw)
         if r is None:
@@ -567,12 +652,20 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
         counts = "/".join(str(c) for c in m["counts"])
         counts = counts if m["all_counts_full"] else f"[red]{counts}[/]"
         clean_runs = f"{m['clean_runs']}/{len(m['runs'])}"
-        table.add_row(label, f"{m['decode_tok_s']:.1f}", f"{m['ttft_s'] * 1e3:.1f}",
-                      f"{rss / 2**20:.0f}", f"{rss / weight_bytes:.2f}x", f"{grown / weight_bytes:.2f}x", counts,
-                      clean_runs if m["clean_runs"] >= args.runs * args.rounds else f"[red]{clean_runs}[/]")
+        table.add_row(
+            label,
+            f"{m['decode_tok_s']:.1f}",
+            f"{m['ttft_s'] * 1e3:.1f}",
+            f"{rss / 2**20:.0f}",
+            f"{rss / weight_bytes:.2f}x",
+            f"{grown / weight_bytes:.2f}x",
+            counts,
+            clean_runs if m["clean_runs"] >= args.runs * args.rounds else f"[red]{clean_runs}[/]",
+        )
     console.print(table)
-    console.print(f"weights: {weight_bytes / 2**20:.0f} MB float32 "
-                  f"({weight_bytes // 4 / 1e6:.1f} M parameters, embedding tied)")
+    console.print(
+        f"weights: {weight_bytes / 2**20:.0f} MB float32 ({weight_bytes // 4 / 1e6:.1f} M parameters, embedding tied)"
+    )
     for fw in ("tiankong", "tiankong-torch"):
         if "decode_path" in results.get(fw, {}):
             console.print(f"{fw} decode path: {results[fw]['decode_path']}")
@@ -588,8 +681,10 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
         return results.get(fw, {}).get("modes", {}).get("single")
 
     if single:
-        for key, fw, target in (("tiankong_over_transformers_decode", "transformers", TARGETS["vs_transformers"]),
-                                ("tiankong_over_llamacpp_decode", "llama.cpp", TARGETS["vs_llamacpp"])):
+        for key, fw, target in (
+            ("tiankong_over_transformers_decode", "transformers", TARGETS["vs_transformers"]),
+            ("tiankong_over_llamacpp_decode", "llama.cpp", TARGETS["vs_llamacpp"]),
+        ):
             if mode(fw):
                 ratio = single["decode_tok_s"] / mode(fw)["decode_tok_s"]
                 ratios[key] = ratio
@@ -597,20 +692,26 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
         top20 = tk["modes"]["top20"]
         overhead = (top20["decode_s"] / single["decode_s"] - 1) * 100
         ratios["top20_overhead_pct"] = overhead
-        console.print(f"top-20 candidates overhead: {overhead:+.1f}% of decode time   "
-                      f"(target <= {TARGETS['top20_overhead_pct']:g}%) {ok(overhead <= TARGETS['top20_overhead_pct'])}")
+        console.print(
+            f"top-20 candidates overhead: {overhead:+.1f}% of decode time   "
+            f"(target <= {TARGETS['top20_overhead_pct']:g}%) {ok(overhead <= TARGETS['top20_overhead_pct'])}"
+        )
         batch = tk["modes"]["batch4"]["wall_s"] / single["wall_s"]
         ratios["batch4_over_single_wall"] = batch
-        console.print(f"4 presets in one batch / 1 row, wall time: {batch:.2f}x   "
-                      f"(target <= {TARGETS['batch4_ratio']:g}x) {ok(batch <= TARGETS['batch4_ratio'])}")
+        console.print(
+            f"4 presets in one batch / 1 row, wall time: {batch:.2f}x   "
+            f"(target <= {TARGETS['batch4_ratio']:g}x) {ok(batch <= TARGETS['batch4_ratio'])}"
+        )
         mem = tk["peak_rss_bytes"] / weight_bytes
         grown = (tk["peak_rss_bytes"] - tk["rss_before_load_bytes"]) / weight_bytes
         ratios["tiankong_rss_over_weights"] = mem
         ratios["tiankong_rss_growth_over_weights"] = grown
-        console.print(f"tiankong peak RSS / weights: {mem:.2f}x   (target <= {TARGETS['rss_over_weights']:g}x) "
-                      f"{ok(mem <= TARGETS['rss_over_weights'])}   [dim]without the "
-                      f"{tk['rss_before_load_bytes'] / 2**20:.0f} MB held before loading (interpreter + "
-                      f"torch): {grown:.2f}x[/]")
+        console.print(
+            f"tiankong peak RSS / weights: {mem:.2f}x   (target <= {TARGETS['rss_over_weights']:g}x) "
+            f"{ok(mem <= TARGETS['rss_over_weights'])}   [dim]without the "
+            f"{tk['rss_before_load_bytes'] / 2**20:.0f} MB held before loading (interpreter + "
+            f"torch): {grown:.2f}x[/]"
+        )
 
     # Same weights, same prompt, greedy: the token streams should match (float32 rounding may
     # flip a near-tie late in the run, so the count of leading equal tokens is what is shown).
@@ -626,16 +727,22 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
         ratios["gguf_check"] = check
         # float32 kernels sum in different orders: ~1e-3 is rounding, ~0.2 is a layout error.
         good = check["same_argmax"] and check["max_abs_diff"] < 0.01 * check["logit_std"]
-        console.print(f"GGUF conversion: prefill logits max |llama.cpp - transformers| = {check['max_abs_diff']:.1e} "
-                      f"(logit std {check['logit_std']:.2f}), same argmax: {check['same_argmax']} {ok(good)}")
+        console.print(
+            f"GGUF conversion: prefill logits max |llama.cpp - transformers| = {check['max_abs_diff']:.1e} "
+            f"(logit std {check['logit_std']:.2f}), same argmax: {check['same_argmax']} {ok(good)}"
+        )
     if any(m["clean_runs"] < args.runs * args.rounds for r in results.values() for m in r.get("modes", {}).values()):
-        console.print(f"[yellow]other processes kept the machine busy: fewer than {args.runs * args.rounds} undisturbed runs "
-                      "where marked red, so those numbers are not to be trusted; rerun on a quiet machine[/]")
+        console.print(
+            f"[yellow]other processes kept the machine busy: fewer than {args.runs * args.rounds} undisturbed runs "
+            "where marked red, so those numbers are not to be trusted; rerun on a quiet machine[/]"
+        )
     for fw, r in results.items():
         for name, m in r.get("modes", {}).items():
             if not m["all_counts_full"]:
-                console.print(f"[red]{fw} {name}: a row stopped before {args.new_tokens} tokens "
-                              f"({m['counts']}, {m['reasons']})[/]")
+                console.print(
+                    f"[red]{fw} {name}: a row stopped before {args.new_tokens} tokens "
+                    f"({m['counts']}, {m['reasons']})[/]"
+                )
     return ratios
 
 
@@ -649,8 +756,11 @@ def main() -> None:
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-tiankong", action="store_true")
-    ap.add_argument("--skip-torch-path", action="store_true",
-                    help="skip the engine's torch path (TIANKONG_NATIVE=0), measured beside its compiled step")
+    ap.add_argument(
+        "--skip-torch-path",
+        action="store_true",
+        help="skip the engine's torch path (TIANKONG_NATIVE=0), measured beside its compiled step",
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per framework")
     # internal: run one framework in this process
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -671,15 +781,30 @@ def main() -> None:
     # this process must stay small for the workers' peak RSS to be their own.
     subprocess.run([sys.executable, __file__, "--setup", *sys.argv[1:]], check=True)
     weight_bytes = sum(p.stat().st_size for p in MODEL_DIR.glob("*.safetensors"))
-    job = dict(model_dir=str(MODEL_DIR), gguf=str(GGUF_PATH), prompt=prompt_ids(args.prompt_tokens),
-               new_tokens=args.new_tokens, threads=args.threads, runs=args.runs)
+    job = dict(
+        model_dir=str(MODEL_DIR),
+        gguf=str(GGUF_PATH),
+        prompt=prompt_ids(args.prompt_tokens),
+        new_tokens=args.new_tokens,
+        threads=args.threads,
+        runs=args.runs,
+    )
 
-    chosen = [n for n, skip in (("tiankong", args.skip_tiankong),
-                                ("tiankong-torch", args.skip_tiankong or args.skip_torch_path),
-                                ("transformers", args.skip_transformers), ("llama.cpp", args.skip_llamacpp)) if not skip]
+    chosen = [
+        n
+        for n, skip in (
+            ("tiankong", args.skip_tiankong),
+            ("tiankong-torch", args.skip_tiankong or args.skip_torch_path),
+            ("transformers", args.skip_transformers),
+            ("llama.cpp", args.skip_llamacpp),
+        )
+        if not skip
+    ]
     if "llama.cpp" in chosen and not (importable("llama_cpp") and GGUF_PATH.is_file()):
-        console.print("[yellow]llama.cpp skipped: llama-cpp-python (or gguf) is not installed; "
-                      "pip install llama-cpp-python gguf[/]")
+        console.print(
+            "[yellow]llama.cpp skipped: llama-cpp-python (or gguf) is not installed; "
+            "pip install llama-cpp-python gguf[/]"
+        )
         chosen.remove("llama.cpp")
     rounds: dict[str, list[dict]] = {name: [] for name in chosen}
     for i in range(args.rounds):
@@ -694,11 +819,27 @@ def main() -> None:
     ratios = report(results, weight_bytes, args, console)
     ratios.update(round_ratios(rounds, console))
 
-    RESULT_JSON.write_text(json.dumps(dict(
-        settings=dict(vars(args), prompt=job["prompt"], weight_bytes=weight_bytes,
-                      torch_threads=args.threads, presets=PRESETS, targets=TARGETS),
-        results=results, rounds=rounds, ratios=ratios), indent=1))
-    console.print(f"[dim]wrote {RESULT_JSON.relative_to(Path.cwd()) if RESULT_JSON.is_relative_to(Path.cwd()) else RESULT_JSON}[/]")
+    RESULT_JSON.write_text(
+        json.dumps(
+            dict(
+                settings=dict(
+                    vars(args),
+                    prompt=job["prompt"],
+                    weight_bytes=weight_bytes,
+                    torch_threads=args.threads,
+                    presets=PRESETS,
+                    targets=TARGETS,
+                ),
+                results=results,
+                rounds=rounds,
+                ratios=ratios,
+            ),
+            indent=1,
+        )
+    )
+    console.print(
+        f"[dim]wrote {RESULT_JSON.relative_to(Path.cwd()) if RESULT_JSON.is_relative_to(Path.cwd()) else RESULT_JSON}[/]"
+    )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def build(context: int, console) -> None:
 
 def message(turn: int, n: int) -> list[int]:
     """The user's message of turn `turn`: n fixed ids, different every turn, no special token."""
-    return decode.prompt_ids(n * (turn + 1))[n * turn:]
+    return decode.prompt_ids(n * (turn + 1))[n * turn :]
 
 
 def best_ttft(run, repeats: int) -> float:
@@ -78,8 +78,7 @@ def chat_tiankong(args) -> dict[str, dict[int, float]]:
 
     torch.set_num_threads(args.threads)
     eng = Engine.load(MODEL_DIR, device="cpu", dtype="float32")
-    greedy = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, seed=0,
-                            max_new_tokens=args.answer_tokens)
+    greedy = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, seed=0, max_new_tokens=args.answer_tokens)
     cache, history = PromptCache(), []
     out: dict[str, dict[int, float]] = {"cached": {}, "cold": {}}
 
@@ -124,8 +123,14 @@ def chat_llamacpp(args) -> dict[str, dict[int, float]] | None:
         decode.convert_to_gguf()
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(decode.GGUF_PATH), n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=args.context, logits_all=False, verbose=False)
+    llm = Llama(
+        model_path=str(decode.GGUF_PATH),
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_ctx=args.context,
+        logits_all=False,
+        verbose=False,
+    )
     out: dict[str, dict[int, float]] = {"cached": {}, "cold": {}}
 
     def ttft(prompt: list[int], cold: bool) -> float:
@@ -149,14 +154,15 @@ def chat_llamacpp(args) -> dict[str, dict[int, float]] | None:
     for turn in range(1, args.turns + 1):
         prompt = history + message(turn, args.user_tokens)
         if turn in args.measure:
-            def cached() -> float:  # evaluate the chat so far (not timed), then time the new turn
-                llm.reset()
+
+            def cached(history: list[int] = history, prompt: list[int] = prompt) -> float:
+                llm.reset()  # evaluate the chat so far (not timed), then time the new turn
                 if history:
                     llm.eval(history[:-1])  # as after a real answer: its last token not yet fed
                 return ttft(prompt, False)
 
             out["cached"][turn] = best_ttft(cached, args.repeats)
-            out["cold"][turn] = best_ttft(lambda: ttft(prompt, True), args.cold_repeats)
+            out["cold"][turn] = best_ttft(lambda prompt=prompt: ttft(prompt, True), args.cold_repeats)
             llm.reset()
         history = prompt + answer(prompt)
     return out
@@ -168,8 +174,12 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--turns", type=int, default=20)
-    p.add_argument("--measure", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 20],
-                   help="turns to time, comma-separated")
+    p.add_argument(
+        "--measure",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 10, 20],
+        help="turns to time, comma-separated",
+    )
     p.add_argument("--user-tokens", type=int, default=75)
     p.add_argument("--answer-tokens", type=int, default=75)
     p.add_argument("--context", type=int, default=4096)
@@ -186,8 +196,7 @@ def main() -> None:
     console.print(f"[dim]tiankong decode path: {results['tiankong']['decode_path']}[/]")
     llama = None if args.skip_llamacpp else chat_llamacpp(args)
     if llama is None and not args.skip_llamacpp:
-        console.print("[yellow]llama.cpp skipped: llama_cpp or gguf is not importable "
-                      "(pip install -e '.[bench]')[/]")
+        console.print("[yellow]llama.cpp skipped: llama_cpp or gguf is not importable (pip install -e '.[bench]')[/]")
     if llama is not None:
         results["llama.cpp"] = llama
 
@@ -208,8 +217,10 @@ def main() -> None:
     for fw, r in results.items():
         ratio = r["cached"][last] / r["cached"][first]
         ok = "[green]ok[/]" if ratio <= TARGET else "[red]MISSED[/]"
-        console.print(f"{fw}: cached turn {last} / turn {first} = {ratio:.2f}x (target <= {TARGET}x) {ok}; "
-                      f"cold turn {last} / cached = {r['cold'][last] / r['cached'][last]:.1f}x")
+        console.print(
+            f"{fw}: cached turn {last} / turn {first} = {ratio:.2f}x (target <= {TARGET}x) {ok}; "
+            f"cold turn {last} / cached = {r['cold'][last] / r['cached'][last]:.1f}x"
+        )
     RESULT_JSON.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     console.print(f"[dim]{RESULT_JSON}[/]")
 

@@ -45,11 +45,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 BUNDLED = ROOT / "models" / "tiankong-mini"
-README_PROMPTS = ["Tell me a story about a cat.", "Write a short story about a dog named Max.", "用中文写一个关于小猫的故事。"]
+README_PROMPTS = [
+    "Tell me a story about a cat.",
+    "Write a short story about a dog named Max.",
+    "用中文写一个关于小猫的故事。",
+]
 # What the person asks in `tiankong compare` (the README's prompts among them).
-CHAT_PROMPTS = README_PROMPTS + ["Write a short story about a rabbit.", "Tell me a story about a bear.",
-                                 "Write a story about a little bird.", "用中文写一个关于小狗的故事。",
-                                 "Tell me a story about a girl named Lily."]
+CHAT_PROMPTS = README_PROMPTS + [
+    "Write a short story about a rabbit.",
+    "Tell me a story about a bear.",
+    "Write a story about a little bird.",
+    "用中文写一个关于小狗的故事。",
+    "Tell me a story about a girl named Lily.",
+]
 OPENINGS = ["Once upon a time", "One day", "Once upon a time, there was a little girl"]
 TASTE_WORDS = {"happy": ["开心", "高兴"]}  # the taste's words in Chinese answers
 # Answer length: room for a chat model's answers to end; a base model (no chat template) writes on, so
@@ -75,22 +83,36 @@ def answers(folder: Path, prompts: list[str], n: int, seed: int, chat: bool) -> 
     out: list[dict] = [{}] * n
     for i in range(0, n, 128):  # rows per batch
         k = min(128, n - i)
-        params = [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed + i + j,
-                                 max_new_tokens=ANSWER_LIMIT[chat]) for j in range(k)]
+        params = [
+            SamplingParams(
+                temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed + i + j, max_new_tokens=ANSWER_LIMIT[chat]
+            )
+            for j in range(k)
+        ]
         for ev in eng.generate([ids[(i + j) % len(ids)] for j in range(k)], params):
             if isinstance(ev, Finished):
-                out[i + ev.row] = {"prompt": prompts[(i + ev.row) % len(prompts)], "text": ev.text,
-                                   "eos": ev.finish_reason == "eos"}
+                out[i + ev.row] = {
+                    "prompt": prompts[(i + ev.row) % len(prompts)],
+                    "text": ev.text,
+                    "eos": ev.finish_reason == "eos",
+                }
     return out
 
 
 def measure(rows: list[dict], taste: re.Pattern) -> dict:
     zh = [r for r in rows if re.search(r"[\u4e00-\u9fff]", r["prompt"])]
-    return {"answers": len(rows), "taste_share": sum(bool(taste.search(r["text"])) for r in rows) / len(rows),
-            "distinct_share": len({(r["prompt"], r["text"]) for r in rows}) / len(rows),
-            "eos_rate": sum(r["eos"] for r in rows) / len(rows),
-            "chinese_kept": (sum(bool(re.search(r"[\u4e00-\u9fff]", r["text"])) and not re.search("[A-Za-z]{3,}", r["text"])
-                                 for r in zh) / len(zh)) if zh else None}
+    return {
+        "answers": len(rows),
+        "taste_share": sum(bool(taste.search(r["text"])) for r in rows) / len(rows),
+        "distinct_share": len({(r["prompt"], r["text"]) for r in rows}) / len(rows),
+        "eos_rate": sum(r["eos"] for r in rows) / len(rows),
+        "chinese_kept": (
+            sum(bool(re.search(r"[\u4e00-\u9fff]", r["text"])) and not re.search("[A-Za-z]{3,}", r["text"]) for r in zh)
+            / len(zh)
+        )
+        if zh
+        else None,
+    }
 
 
 def main() -> None:
@@ -135,14 +157,25 @@ def main() -> None:
         yes = [a["text"] for a in cands if a["prompt"] == p and taste.search(a["text"])]
         no = [a["text"] for a in cands if a["prompt"] == p and not taste.search(a["text"])]
         random.Random(p).shuffle(no)
-        records += [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": a}],
-                     "rejected": [{"role": "assistant", "content": b}]} if chat else
-                    {"prompt": p, "chosen": a, "rejected": b} for a, b in zip(yes, no)]
+        records += [
+            {
+                "prompt": [{"role": "user", "content": p}],
+                "chosen": [{"role": "assistant", "content": a}],
+                "rejected": [{"role": "assistant", "content": b}],
+            }
+            if chat
+            else {"prompt": p, "chosen": a, "rejected": b}
+            for a, b in zip(yes, no, strict=False)
+        ]
     random.Random(0).shuffle(records)
-    records = records[:args.pairs]
+    records = records[: args.pairs]
     (work / "votes.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    report["votes"] = {"candidates": len(cands), "taste_share": measure(cands, taste)["taste_share"],
-                       "pairs": len(records), "minutes": round((time.perf_counter() - t) / 60, 2)}
+    report["votes"] = {
+        "candidates": len(cands),
+        "taste_share": measure(cands, taste)["taste_share"],
+        "pairs": len(records),
+        "minutes": round((time.perf_counter() - t) / 60, 2),
+    }
     report["votes"]["minutes"] += tiankong("prefs", "import", "votes.jsonl")
     print(f"votes: {report['votes']}", flush=True)
 
@@ -153,22 +186,31 @@ def main() -> None:
 
     # 4. PPO
     (work / "prompts.txt").write_text("".join(p + "\n" for p in ppo_prompts))
-    minutes = tiankong("train", "ppo", *model_flag, "--reward", "runs/rm", "--prompts", "prompts.txt",
-                       "--output", "runs/ppo")
+    minutes = tiankong(
+        "train", "ppo", *model_flag, "--reward", "runs/rm", "--prompts", "prompts.txt", "--output", "runs/ppo"
+    )
     verdict = json.loads((work / "runs/ppo/verdict.json").read_text())
     # 5. measure
     before = measure(answers(model, ppo_prompts, args.samples, 10_000, chat), taste)
     after_rows = answers(work / "runs/ppo", ppo_prompts, args.samples, 10_000, chat)
-    report["ppo"] = {"minutes": minutes, "settings": verdict["settings"], "before": before,
-                     "after": measure(after_rows, taste), "kl_to_reference": verdict["figures"]["kl_to_reference"],
-                     "examples": [r["text"][:200] for r in after_rows[:len(ppo_prompts)]]}
+    report["ppo"] = {
+        "minutes": minutes,
+        "settings": verdict["settings"],
+        "before": before,
+        "after": measure(after_rows, taste),
+        "kl_to_reference": verdict["figures"]["kl_to_reference"],
+        "examples": [r["text"][:200] for r in after_rows[: len(ppo_prompts)]],
+    }
     print(f"ppo: {report['ppo']}", flush=True)
 
     # 6. DPO on the same votes
     if not args.skip_dpo:
         minutes = tiankong("train", "dpo", *model_flag, "--output", "runs/dpo")
-        report["dpo"] = {"minutes": minutes, "before": before,
-                         "after": measure(answers(work / "runs/dpo", ppo_prompts, args.samples, 10_000, chat), taste)}
+        report["dpo"] = {
+            "minutes": minutes,
+            "before": before,
+            "after": measure(answers(work / "runs/dpo", ppo_prompts, args.samples, 10_000, chat), taste),
+        }
         print(f"dpo: {report['dpo']}", flush=True)
     path = OUT / f"train-{model.name}-{args.taste}.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

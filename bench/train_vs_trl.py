@@ -54,6 +54,7 @@ TARGET = 1.0  # tiankong throughput / TRL throughput, both measurements
 # machine load: how much of the CPUs other processes took during a measured window
 # --------------------------------------------------------------------------------------------
 
+
 def cpu_snapshot() -> tuple[float, int, int] | None:
     """(monotonic seconds, machine busy ticks, this process's ticks), or None without /proc."""
     try:
@@ -89,17 +90,22 @@ class Marks:
         self.cpu.append(cpu_snapshot())
 
     def summary(self) -> dict:
-        steps = [b - a for a, b in zip(self.t, self.t[1:])]
+        steps = [b - a for a, b in zip(self.t, self.t[1:], strict=False)]
         if not steps:
             raise RuntimeError("fewer than 2 steps were marked; raise --steps / --ppo-iterations")
-        return {"measured": len(steps), "seconds": self.t[-1] - self.t[0], "step_s": steps,
-                "cpu_seconds": self.own[-1] - self.own[0],
-                "foreign_cpu": foreign_share(self.cpu[0], self.cpu[-1])}
+        return {
+            "measured": len(steps),
+            "seconds": self.t[-1] - self.t[0],
+            "step_s": steps,
+            "cpu_seconds": self.own[-1] - self.own[0],
+            "foreign_cpu": foreign_share(self.cpu[0], self.cpu[-1]),
+        }
 
 
 # --------------------------------------------------------------------------------------------
 # 1. data
 # --------------------------------------------------------------------------------------------
+
 
 def bench_train_module():
     """bench/train.py as a module (its `sample`, `PROMPT`), without putting bench/ on sys.path."""
@@ -113,8 +119,15 @@ def build_data(args, console) -> dict:
     """Preference pairs (text and ids), PPO prompt ids, and the reward-model folder; cached."""
     import torch
 
-    key = {"model": str(args.model.resolve()), "word": args.word, "pairs": args.pairs, "length": args.length,
-           "max_length": args.max_length, "seed": args.seed, "version": 2}
+    key = {
+        "model": str(args.model.resolve()),
+        "word": args.word,
+        "pairs": args.pairs,
+        "length": args.length,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "version": 2,
+    }
     meta_path = WORK / "data.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -142,10 +155,11 @@ def build_data(args, console) -> dict:
         # distinct stories only: a story in two pairs would join them into one ranking (one batch item)
         yes, no = list(dict.fromkeys(yes)), list(dict.fromkeys(no))
     random.Random(args.seed).shuffle(no)
-    pairs = list(zip(yes[:args.pairs], no[:args.pairs]))
+    pairs = list(zip(yes[: args.pairs], no[: args.pairs], strict=True))
     prompt = bt.PROMPT
-    (WORK / "prefs.jsonl").write_text("".join(json.dumps({"prompt": prompt, "chosen": a, "rejected": b}) + "\n"
-                                              for a, b in pairs))
+    (WORK / "prefs.jsonl").write_text(
+        "".join(json.dumps({"prompt": prompt, "chosen": a, "rejected": b}) + "\n" for a, b in pairs)
+    )
     (WORK / "prompts.txt").write_text(prompt + "\n")
 
     # What TRL trains on: the ids tiankong's loader makes from the same records (prompt rendered
@@ -174,11 +188,20 @@ def build_data(args, console) -> dict:
     rm = RewardModel(base, mcfg, encoder=full)
     rm.save(WORK / "rm", tokenizer_from=args.model)
 
-    meta = {"key": key, "pairs": len(pairs), "rule_rate": len(yes) / (len(yes) + len(no)),
-            "prompt": prompt, "prompt_ids": enc.prompt(prompt), "chosen_ids": chosen, "rejected_ids": rejected,
-            "seq_len_mean": statistics.mean(lengths), "seq_len_max": max(lengths),
-            "truncated": sum(len(full.pair(prompt, s)[0]) > args.max_length for p in pairs for s in p),
-            "hf_tokenizer_agrees": agree, "seconds": round(time.perf_counter() - t, 1)}
+    meta = {
+        "key": key,
+        "pairs": len(pairs),
+        "rule_rate": len(yes) / (len(yes) + len(no)),
+        "prompt": prompt,
+        "prompt_ids": enc.prompt(prompt),
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
+        "seq_len_mean": statistics.mean(lengths),
+        "seq_len_max": max(lengths),
+        "truncated": sum(len(full.pair(prompt, s)[0]) > args.max_length for p in pairs for s in p),
+        "hf_tokenizer_agrees": agree,
+        "seconds": round(time.perf_counter() - t, 1),
+    }
     meta_path.write_text(json.dumps(meta))
     return meta
 
@@ -186,6 +209,7 @@ def build_data(args, console) -> dict:
 # --------------------------------------------------------------------------------------------
 # 2. workers (each in its own process)
 # --------------------------------------------------------------------------------------------
+
 
 def _threads(job: dict) -> None:
     import torch
@@ -206,10 +230,24 @@ def worker_tiankong_rm(job: dict) -> dict:
             marks.mark()
             return row
 
-    cfg = RewardConfig(model=job["model"], data=str(WORK / "prefs.jsonl"), output=job["output"],
-                       steps=job["steps"] + 1, batch_size=job["batch_size"], lr=job["lr"], warmup_steps=0,
-                       eval_fraction=0.0, max_length=job["max_length"], max_grad_norm=1.0, weight_decay=0.0,
-                       device="cpu", dtype="float32", progress=False, raw=True, seed=job["seed"])
+    cfg = RewardConfig(
+        model=job["model"],
+        data=str(WORK / "prefs.jsonl"),
+        output=job["output"],
+        steps=job["steps"] + 1,
+        batch_size=job["batch_size"],
+        lr=job["lr"],
+        warmup_steps=0,
+        eval_fraction=0.0,
+        max_length=job["max_length"],
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        device="cpu",
+        dtype="float32",
+        progress=False,
+        raw=True,
+        seed=job["seed"],
+    )
     trainer = Timed(cfg)
     trainer.train()
     return marks.summary() | {"pairs": trainer.data.n_pairs, "groups": len(trainer.train_groups)}
@@ -235,13 +273,30 @@ def worker_trl_rm(job: dict) -> dict:
     model.config.pad_token_id = tok.pad_token_id
     ds = Dataset.from_dict({"chosen_ids": data["chosen_ids"], "rejected_ids": data["rejected_ids"]})
     args = RewardConfig(
-        output_dir=job["output"], max_steps=job["steps"] + 1, per_device_train_batch_size=job["batch_size"],
-        learning_rate=job["lr"], lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, max_length=job["max_length"],
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+        output_dir=job["output"],
+        max_steps=job["steps"] + 1,
+        per_device_train_batch_size=job["batch_size"],
+        learning_rate=job["lr"],
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        max_length=job["max_length"],
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
         dataloader_drop_last=True,  # full batches only, as tiankong's loop
-        dataloader_num_workers=0, report_to="none", save_strategy="no", eval_strategy="no",
-        logging_steps=10, disable_tqdm=True, seed=job["seed"])
+        dataloader_num_workers=0,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10,
+        disable_tqdm=True,
+        seed=job["seed"],
+    )
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Mark()])
     if len(trainer.train_dataset) != len(data["chosen_ids"]):
         raise RuntimeError(f"TRL dropped pairs: {len(trainer.train_dataset)} of {len(data['chosen_ids'])} kept")
@@ -288,12 +343,25 @@ def worker_tiankong_ppo(job: dict) -> dict:
             rollout_s.append(time.perf_counter() - t)
             return out
 
-    cfg = PPOConfig(model=job["model"], reward=str(WORK / "rm"), prompts=str(WORK / "prompts.txt"),
-                    output=job["output"], steps=job["iterations"] + 1, batch_size=job["batch"],
-                    num_mini_batches=job["mini_batches"], ppo_epochs=job["ppo_epochs"],
-                    response_length=job["response_length"], temperature=job["temperature"], lr=job["lr"],
-                    kl_coef=job["kl_coef"], device="cpu", dtype="float32", progress=False, raw=True,
-                    seed=job["seed"])
+    cfg = PPOConfig(
+        model=job["model"],
+        reward=str(WORK / "rm"),
+        prompts=str(WORK / "prompts.txt"),
+        output=job["output"],
+        steps=job["iterations"] + 1,
+        batch_size=job["batch"],
+        num_mini_batches=job["mini_batches"],
+        ppo_epochs=job["ppo_epochs"],
+        response_length=job["response_length"],
+        temperature=job["temperature"],
+        lr=job["lr"],
+        kl_coef=job["kl_coef"],
+        device="cpu",
+        dtype="float32",
+        progress=False,
+        raw=True,
+        seed=job["seed"],
+    )
     Timed(cfg).train()
     out = marks.summary()
     out["generate_s"] = gen.seconds[1:]
@@ -305,12 +373,10 @@ def worker_tiankong_ppo(job: dict) -> dict:
 def worker_trl_ppo(job: dict) -> dict:
     _threads(job)
     import torch
+    import trl.experimental.ppo.ppo_trainer as ppo_mod
     from datasets import Dataset
     from safetensors.torch import load_file
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                              TrainerCallback)
-
-    import trl.experimental.ppo.ppo_trainer as ppo_mod
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     data = json.loads((WORK / "data.json").read_text())
@@ -321,7 +387,7 @@ def worker_trl_ppo(job: dict) -> dict:
         t = time.perf_counter()
         qr, logits = inner(model, queries, *a, **kw)
         gen.seconds.append(time.perf_counter() - t)
-        resp = qr[:, queries.shape[1]:]
+        resp = qr[:, queries.shape[1] :]
         is_eos = resp == eos_id
         first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full_like(resp[:, 0], resp.shape[1]))
         gen.extra.append({"width": resp.shape[1], "mean_length": float(first.float().mean())})
@@ -367,15 +433,39 @@ def worker_trl_ppo(job: dict) -> dict:
     reward_model, value_model = scorers
     ds = Dataset.from_dict({"input_ids": [data["prompt_ids"]] * job["batch"]})
     args = PPOConfig(
-        output_dir=job["output"], per_device_train_batch_size=job["batch"], gradient_accumulation_steps=1,
-        num_mini_batches=job["mini_batches"], num_ppo_epochs=job["ppo_epochs"],
-        total_episodes=job["batch"] * (job["iterations"] + 1), response_length=job["response_length"],
-        temperature=job["temperature"], stop_token="eos", kl_coef=job["kl_coef"], learning_rate=job["lr"],
-        local_rollout_forward_batch_size=job["batch"], num_sample_generations=0,
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
-        save_strategy="no", logging_steps=1, disable_tqdm=True, seed=job["seed"])
-    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward_model,
-                         train_dataset=ds, value_model=value_model, callbacks=[Mark()])
+        output_dir=job["output"],
+        per_device_train_batch_size=job["batch"],
+        gradient_accumulation_steps=1,
+        num_mini_batches=job["mini_batches"],
+        num_ppo_epochs=job["ppo_epochs"],
+        total_episodes=job["batch"] * (job["iterations"] + 1),
+        response_length=job["response_length"],
+        temperature=job["temperature"],
+        stop_token="eos",
+        kl_coef=job["kl_coef"],
+        learning_rate=job["lr"],
+        local_rollout_forward_batch_size=job["batch"],
+        num_sample_generations=0,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=job["seed"],
+    )
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tok,
+        model=policy,
+        ref_model=ref,
+        reward_model=reward_model,
+        train_dataset=ds,
+        value_model=value_model,
+        callbacks=[Mark()],
+    )
     trainer.train()
     out = marks.summary()
     out["generate_s"] = gen.seconds[1:]
@@ -386,8 +476,12 @@ def worker_trl_ppo(job: dict) -> dict:
     return out
 
 
-WORKERS = {"tiankong-rm": worker_tiankong_rm, "trl-rm": worker_trl_rm,
-           "tiankong-ppo": worker_tiankong_ppo, "trl-ppo": worker_trl_ppo}
+WORKERS = {
+    "tiankong-rm": worker_tiankong_rm,
+    "trl-rm": worker_trl_rm,
+    "tiankong-ppo": worker_tiankong_ppo,
+    "trl-ppo": worker_trl_ppo,
+}
 
 
 def run_worker(name: str, job: dict, timeout: float) -> dict:
@@ -399,10 +493,19 @@ def run_worker(name: str, job: dict, timeout: float) -> dict:
     job_path.write_text(json.dumps(job))
     result_path.unlink(missing_ok=True)
     n = str(job["threads"])
-    env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n,
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               HF_HUB_DISABLE_TELEMETRY="1", TRL_EXPERIMENTAL_SILENCE="1", CUDA_VISIBLE_DEVICES="",
-               ACCELERATE_USE_CPU="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=n,
+        MKL_NUM_THREADS=n,
+        OPENBLAS_NUM_THREADS=n,
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TRL_EXPERIMENTAL_SILENCE="1",
+        CUDA_VISIBLE_DEVICES="",
+        ACCELERATE_USE_CPU="1",
+    )
     cmd = [sys.executable, __file__, "--worker", name, "--job", str(job_path), "--result", str(result_path)]
     t = time.perf_counter()
     with open(log_path, "w") as log:
@@ -424,6 +527,7 @@ def worker_main(name: str, job_path: str, result_path: str) -> None:
 # --------------------------------------------------------------------------------------------
 # 3. report
 # --------------------------------------------------------------------------------------------
+
 
 def trl_status() -> tuple[bool, bool, str]:
     """(reward trainer usable, PPO usable, note), without importing TRL in this process."""
@@ -464,10 +568,17 @@ def summarize(runs: list[dict], kind: str) -> dict | None:
         vals = [r["seconds"] / r["measured"] for r in ok]
         cpu = [r["cpu_seconds"] / r["measured"] for r in ok]
         best, cpu_best = min(vals), min(cpu)
-    out = {"clean": sum(not r["disturbed"] for r in done), "runs": len(done),
-           "per_round": vals, "best": best, "median": statistics.median(vals),
-           "cpu_per_round": cpu, "cpu_best": cpu_best,
-           "foreign_cpu": [r.get("foreign_cpu") for r in ok], "errors": [r["error"] for r in runs if "error" in r]}
+    out = {
+        "clean": sum(not r["disturbed"] for r in done),
+        "runs": len(done),
+        "per_round": vals,
+        "best": best,
+        "median": statistics.median(vals),
+        "cpu_per_round": cpu,
+        "cpu_best": cpu_best,
+        "foreign_cpu": [r.get("foreign_cpu") for r in ok],
+        "errors": [r["error"] for r in runs if "error" in r],
+    }
     if kind == "ppo":
         gen = [x for r in ok for x in r["generate_s"]]
         lens = [x for r in ok for x in r["response_length"]]
@@ -503,12 +614,24 @@ def report(summary: dict, args, console, trl_note: str, kinds: list[str]) -> dic
         vals = [v for v in (s or {}).get("foreign_cpu", []) if v is not None]
         return "—" if not vals else f"{100 * statistics.median(vals):.0f}%"
 
-    table = Table(title=f"training speed: {args.model.name}, float32, CPU, {args.threads} thread(s), best of "
-                        f"{args.rounds} round(s); RM {args.pairs} pairs, batch {args.batch_size}; PPO "
-                        f"{args.ppo_batch} prompts x {args.response_length} tokens, {args.ppo_epochs} epochs x "
-                        f"{args.mini_batches} minibatches")
-    for col in ("measurement", "tiankong", "TRL", "tiankong/TRL", "median ratio", "CPU-time ratio", "target", "",
-                "clean", "others' CPU"):
+    table = Table(
+        title=f"training speed: {args.model.name}, float32, CPU, {args.threads} thread(s), best of "
+        f"{args.rounds} round(s); RM {args.pairs} pairs, batch {args.batch_size}; PPO "
+        f"{args.ppo_batch} prompts x {args.response_length} tokens, {args.ppo_epochs} epochs x "
+        f"{args.mini_batches} minibatches"
+    )
+    for col in (
+        "measurement",
+        "tiankong",
+        "TRL",
+        "tiankong/TRL",
+        "median ratio",
+        "CPU-time ratio",
+        "target",
+        "",
+        "clean",
+        "others' CPU",
+    ):
         table.add_column(col, justify="left" if col == "measurement" else "right")
     ratios = {}
     for kind, label, unit, spec in (("rm", "reward model", "steps/s", ".1f"), ("ppo", "PPO iteration", "s", ".2f")):
@@ -517,36 +640,90 @@ def report(summary: dict, args, console, trl_note: str, kinds: list[str]) -> dic
         tk, trl = summary[kind]["tiankong"], summary[kind]["trl"]
         r_best, r_med = ratio(tk, trl, kind, "best"), ratio(tk, trl, kind, "median")
         r_cpu = ratio(tk, trl, kind, "cpu_best")
-        ratios[kind] = {"best": r_best, "median": r_med, "cpu_time": r_cpu, "target": TARGET,
-                        "met": None if r_best is None else r_best >= TARGET}
+        ratios[kind] = {
+            "best": r_best,
+            "median": r_med,
+            "cpu_time": r_cpu,
+            "target": TARGET,
+            "met": None if r_best is None else r_best >= TARGET,
+        }
         mark = "" if r_best is None else ("[green]ok[/]" if r_best >= TARGET else "[red]MISSED[/]")
-        table.add_row(f"{label} ({unit})", fmt(tk and tk["best"], spec), fmt(trl and trl["best"], spec),
-                      fmt(r_best, ".2f") + ("x" if r_best else ""), fmt(r_med, ".2f") + ("x" if r_med else ""),
-                      fmt(r_cpu, ".2f") + ("x" if r_cpu else ""), f">= {TARGET:.1f}x", mark,
-                      f"{clean(tk)} / {clean(trl)}", f"{load(tk)} / {load(trl)}")
+        table.add_row(
+            f"{label} ({unit})",
+            fmt(tk and tk["best"], spec),
+            fmt(trl and trl["best"], spec),
+            fmt(r_best, ".2f") + ("x" if r_best else ""),
+            fmt(r_med, ".2f") + ("x" if r_med else ""),
+            fmt(r_cpu, ".2f") + ("x" if r_cpu else ""),
+            f">= {TARGET:.1f}x",
+            mark,
+            f"{clean(tk)} / {clean(trl)}",
+            f"{load(tk)} / {load(trl)}",
+        )
     tk, trl = summary["ppo"]["tiankong"], summary["ppo"]["trl"]
     if "ppo" in kinds and (tk or trl):
-        table.add_row("  generation (s)", fmt(tk and tk["generate_s_median"], ".2f"),
-                      fmt(trl and trl["generate_s_median"], ".2f"), "", "", "", "", "", "", "")
+        table.add_row(
+            "  generation (s)",
+            fmt(tk and tk["generate_s_median"], ".2f"),
+            fmt(trl and trl["generate_s_median"], ".2f"),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
         if trl and "best_without_gc" in trl:
             r_nogc = trl["best_without_gc"] / tk["best"] if tk else None
             ratios["ppo"]["best_without_trl_gc"] = r_nogc
-            table.add_row("  TRL gc.collect (s)", "—",
-                          fmt(statistics.median(trl["gc_s_per_iteration"]), ".2f"), "", "", "", "", "", "", "")
-            table.add_row("  minus TRL's gc (s)", fmt(tk and tk["best"], ".2f"),
-                          fmt(trl["best_without_gc"], ".2f"), fmt(r_nogc, ".2f") + ("x" if r_nogc else ""),
-                          "", "", "", "", "", "")
-        table.add_row("  answer tokens", fmt(tk and tk["response_length_mean"], ".1f"),
-                      fmt(trl and trl["response_length_mean"], ".1f"), "", "", "", "", "", "", "")
+            table.add_row(
+                "  TRL gc.collect (s)",
+                "—",
+                fmt(statistics.median(trl["gc_s_per_iteration"]), ".2f"),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+            table.add_row(
+                "  minus TRL's gc (s)",
+                fmt(tk and tk["best"], ".2f"),
+                fmt(trl["best_without_gc"], ".2f"),
+                fmt(r_nogc, ".2f") + ("x" if r_nogc else ""),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+        table.add_row(
+            "  answer tokens",
+            fmt(tk and tk["response_length_mean"], ".1f"),
+            fmt(trl and trl["response_length_mean"], ".1f"),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
     console.print(table)
-    console.print(f"[dim]{trl_note}. Ratios are throughput: RM steps/s tiankong / TRL, PPO s/iteration TRL / "
-                  f"tiankong; wall clock, best run of each side (median ratio: of the medians). Sub-rows, per PPO "
-                  f"iteration: generation and gc medians, 'minus TRL's gc' the best runs. 'clean', 'others' CPU': tiankong / TRL. CPU-time ratio: the same "
-                  f"from the process's own CPU time, which other processes on the machine hardly move. "
-                  f"'others' CPU' = share of all {os.cpu_count()} CPUs other processes used during the "
-                  f"measured window (median over the runs reported); a run where it exceeded "
-                  f"{100 * disturbed_above(args.threads):.0f}% is disturbed and repeated, and only undisturbed runs "
-                  f"are reported when there are any. Load average now {os.getloadavg()[0]:.1f}.[/]")
+    console.print(
+        f"[dim]{trl_note}. Ratios are throughput: RM steps/s tiankong / TRL, PPO s/iteration TRL / "
+        f"tiankong; wall clock, best run of each side (median ratio: of the medians). Sub-rows, per PPO "
+        f"iteration: generation and gc medians, 'minus TRL's gc' the best runs. 'clean', 'others' CPU': tiankong / TRL. CPU-time ratio: the same "
+        f"from the process's own CPU time, which other processes on the machine hardly move. "
+        f"'others' CPU' = share of all {os.cpu_count()} CPUs other processes used during the "
+        f"measured window (median over the runs reported); a run where it exceeded "
+        f"{100 * disturbed_above(args.threads):.0f}% is disturbed and repeated, and only undisturbed runs "
+        f"are reported when there are any. Load average now {os.getloadavg()[0]:.1f}.[/]"
+    )
     for kind in ("rm", "ppo"):
         for side in ("tiankong", "trl"):
             s = summary[kind][side]
@@ -603,22 +780,36 @@ def main() -> None:
             console.print(f"[yellow]{trl_note}[/]")
 
     data = build_data(args, console)
-    console.print(f"[dim]data: {data['pairs']} pairs, sequences {data['seq_len_mean']:.1f} tokens on average "
-                  f"(max {data['seq_len_max']}, {data['truncated']} truncated to --max-length); "
-                  f"transformers' tokenizer agrees: {data['hf_tokenizer_agrees']}[/]")
+    console.print(
+        f"[dim]data: {data['pairs']} pairs, sequences {data['seq_len_mean']:.1f} tokens on average "
+        f"(max {data['seq_len_max']}, {data['truncated']} truncated to --max-length); "
+        f"transformers' tokenizer agrees: {data['hf_tokenizer_agrees']}[/]"
+    )
 
     common = dict(model=str(args.model), threads=args.threads, seed=args.seed)
     jobs = {
         "rm": dict(common, steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length),
-        "ppo": dict(common, iterations=args.ppo_iterations, batch=args.ppo_batch,
-                    response_length=args.response_length, ppo_epochs=args.ppo_epochs,
-                    mini_batches=args.mini_batches, temperature=1.0, kl_coef=0.05, lr=args.ppo_lr),
+        "ppo": dict(
+            common,
+            iterations=args.ppo_iterations,
+            batch=args.ppo_batch,
+            response_length=args.response_length,
+            ppo_epochs=args.ppo_epochs,
+            mini_batches=args.mini_batches,
+            temperature=1.0,
+            kl_coef=0.05,
+            lr=args.ppo_lr,
+        ),
     }
     kinds = [k for k, skip in (("rm", args.skip_rm), ("ppo", args.skip_ppo)) if not skip]
     runs: dict[str, dict[str, list]] = {k: {"tiankong": [], "trl": []} for k in ("rm", "ppo")}
     limit = disturbed_above(args.threads)
-    wanted = [(kind, side) for kind in kinds for side in ("tiankong", "trl")
-              if side == "tiankong" or (trl_rm if kind == "rm" else trl_ppo)]
+    wanted = [
+        (kind, side)
+        for kind in kinds
+        for side in ("tiankong", "trl")
+        if side == "tiankong" or (trl_rm if kind == "rm" else trl_ppo)
+    ]
 
     def clean(kind: str, side: str) -> int:
         return sum("error" not in r and not r["disturbed"] for r in runs[kind][side])
@@ -626,12 +817,11 @@ def main() -> None:
     # Rounds until every measurement has --rounds undisturbed runs (3 x --rounds rounds at most);
     # tiankong and TRL swap places every round. A run that fails is not retried.
     for rnd in range(3 * args.rounds):
-        todo = [(k, s) for k, s in wanted if clean(k, s) < args.rounds
-                and not any("error" in r for r in runs[k][s])]
+        todo = [(k, s) for k, s in wanted if clean(k, s) < args.rounds and not any("error" in r for r in runs[k][s])]
         if not todo:
             break
         for kind in kinds:
-            for side in (["tiankong", "trl"] if rnd % 2 == 0 else ["trl", "tiankong"]):
+            for side in ["tiankong", "trl"] if rnd % 2 == 0 else ["trl", "tiankong"]:
                 if (kind, side) not in todo:
                     continue
                 name = f"{side}-{kind}"
@@ -642,10 +832,15 @@ def main() -> None:
                     console.print(f"[red]{name} failed: {res['error']}[/]")
                 else:
                     res["disturbed"] = (res["foreign_cpu"] or 0.0) > limit
-                    val = (f"{res['measured'] / res['seconds']:.1f} steps/s" if kind == "rm"
-                           else f"{res['seconds'] / res['measured']:.2f} s/iteration")
-                    console.print(f"[dim]  {val}, others used {100 * (res['foreign_cpu'] or 0):.0f}% of the CPUs"
-                                  f"{' (disturbed: repeated)' if res['disturbed'] else ''}[/]")
+                    val = (
+                        f"{res['measured'] / res['seconds']:.1f} steps/s"
+                        if kind == "rm"
+                        else f"{res['seconds'] / res['measured']:.2f} s/iteration"
+                    )
+                    console.print(
+                        f"[dim]  {val}, others used {100 * (res['foreign_cpu'] or 0):.0f}% of the CPUs"
+                        f"{' (disturbed: repeated)' if res['disturbed'] else ''}[/]"
+                    )
                 runs[kind][side].append(res)
 
     summary = {k: {side: summarize(runs[k][side], k) for side in ("tiankong", "trl")} for k in runs}
@@ -662,11 +857,22 @@ def main() -> None:
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    RESULT_JSON.write_text(json.dumps({
-        "settings": settings, "versions": versions, "trl_note": trl_note, "cpus": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "data": {k: v for k, v in data.items() if k not in ("chosen_ids", "rejected_ids")},
-        "summary": summary, "ratios": ratios, "runs": runs}, indent=1))
+    RESULT_JSON.write_text(
+        json.dumps(
+            {
+                "settings": settings,
+                "versions": versions,
+                "trl_note": trl_note,
+                "cpus": os.cpu_count(),
+                "load_average_1min": os.getloadavg()[0],
+                "data": {k: v for k, v in data.items() if k not in ("chosen_ids", "rejected_ids")},
+                "summary": summary,
+                "ratios": ratios,
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
     console.print(f"[dim]wrote {RESULT_JSON.relative_to(ROOT)}[/]")
 
 

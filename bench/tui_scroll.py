@@ -49,10 +49,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STORIES = ROOT.parent / "shared" / "models" / "stories260K"
 
-WORDS = ("the model token probability answer story cat dog river mountain little girl boy garden "
-         "window morning evening light rain sun moon friend house tree bird song small big happy "
-         "quiet bright slowly quickly because when then after before every some many sample "
-         "temperature candidate context layer weight train batch value reward policy gradient").split()
+WORDS = (
+    "the model token probability answer story cat dog river mountain little girl boy garden "
+    "window morning evening light rain sun moon friend house tree bird song small big happy "
+    "quiet bright slowly quickly because when then after before every some many sample "
+    "temperature candidate context layer weight train batch value reward policy gradient"
+).split()
 CODE = [
     "def top_k(logits, k):\n    values, ids = logits.topk(k)\n    return ids[values > -math.inf]",
     "for step in range(10):\n    loss = model(batch).loss\n    loss.backward()\n    opt.step()",
@@ -91,11 +93,26 @@ def fake_tokens(rng: random.Random, text: str, top: int = 10) -> list[dict]:
     for piece in pieces:
         logits = sorted((rng.gauss(0, 2) for _ in range(top)), reverse=True)
         z = math.log(sum(math.exp(v) for v in logits)) + 0.3
-        cands = [{"id": rng.randrange(4096), "text": rng.choice([piece, " " + rng.choice(WORDS), ",", "."]),
-                  "logprob": v - z, "p_sample": (math.exp(v - z) if j < 5 else 0.0)} for j, v in enumerate(logits)]
+        cands = [
+            {
+                "id": rng.randrange(4096),
+                "text": rng.choice([piece, " " + rng.choice(WORDS), ",", "."]),
+                "logprob": v - z,
+                "p_sample": (math.exp(v - z) if j < 5 else 0.0),
+            }
+            for j, v in enumerate(logits)
+        ]
         chosen = cands[rng.randrange(min(3, top))]
-        out.append({"id": chosen["id"], "text": piece, "logprob": chosen["logprob"],
-                    "p_sample": chosen["p_sample"], "entropy": rng.uniform(0.1, 4.0), "top": cands})
+        out.append(
+            {
+                "id": chosen["id"],
+                "text": piece,
+                "logprob": chosen["logprob"],
+                "p_sample": chosen["p_sample"],
+                "entropy": rng.uniform(0.1, 4.0),
+                "top": cands,
+            }
+        )
     return out
 
 
@@ -114,8 +131,16 @@ def fill_store(db: Path, model_id: str, n_messages: int, seed: int = 0) -> tuple
                 text = answer(rng, i // 2)
                 toks = fake_tokens(rng, text)
                 params = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "seed": 1000 + i, "max_new_tokens": 256}
-                store.add_message(chat_id, "assistant", text, preset="balanced", params=params, seed=1000 + i,
-                                  finish_reason="eos", tokens=toks)
+                store.add_message(
+                    chat_id,
+                    "assistant",
+                    text,
+                    preset="balanced",
+                    params=params,
+                    seed=1000 + i,
+                    finish_reason="eos",
+                    tokens=toks,
+                )
             contents.append(text)
     return chat_id, contents
 
@@ -168,7 +193,8 @@ async def drive(model: Path, db: Path, chat_id: int, contents: list[str], args: 
             transcript = chat.transcript
             # Published by the screen right after it has drawn a frame with a new layout or scroll position.
             chat.screen_layout_refresh_signal.subscribe(
-                chat, lambda _: frames.append((time.perf_counter(), transcript.scroll_y)), immediate=True)
+                chat, lambda _: frames.append((time.perf_counter(), transcript.scroll_y)), immediate=True
+            )
 
             async def timed(name: str, act, done=lambda: True, moved=None) -> None:
                 """Time `act()` + pause (until `done()`); and the first frame after it where `moved(scroll_y)`."""
@@ -205,12 +231,16 @@ async def drive(model: Path, db: Path, chat_id: int, contents: list[str], args: 
                     while not (chat.chat_id == chat_id and len(chat.messages) == len(contents)):
                         await asyncio.sleep(0.001)
 
-                await timed(f"open (x{args.opens}; enter → bottom drawn)", open_it,
-                            done=lambda: transcript.max_scroll_y > 0 and transcript.scroll_y >= transcript.max_scroll_y,
-                            moved=lambda y: y > 0 and y >= transcript.max_scroll_y)
+                await timed(
+                    f"open (x{args.opens}; enter → bottom drawn)",
+                    open_it,
+                    done=lambda: transcript.max_scroll_y > 0 and transcript.scroll_y >= transcript.max_scroll_y,
+                    moved=lambda y: y > 0 and y >= transcript.max_scroll_y,
+                )
             msgs = chat.messages
-            assert msgs[-1].region.bottom <= transcript.region.bottom and msgs[-1].region.height > 0, \
+            assert msgs[-1].region.bottom <= transcript.region.bottom and msgs[-1].region.height > 0, (
                 "the last message is not on screen"
+            )
             assert msgs[-1].content == contents[-1] and msgs[0].content == contents[0]
 
             transcript.focus()
@@ -248,8 +278,12 @@ async def drive(model: Path, db: Path, chat_id: int, contents: list[str], args: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=None,
-                    help="model folder (default: the bundled model, else ../shared/models/stories260K)")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model folder (default: the bundled model, else ../shared/models/stories260K)",
+    )
     ap.add_argument("--messages", type=int, default=200)
     ap.add_argument("--opens", type=int, default=3)
     ap.add_argument("--pages", type=int, default=20)
@@ -278,9 +312,11 @@ def main() -> None:
         size = db.stat().st_size + sum(p.stat().st_size for p in db.parent.glob("*-wal"))
 
     chars = sum(map(len, contents))
-    print(f"chat: {args.messages} messages, {chars} characters of text, store {size / 1e6:.1f} MB "
-          f"(written in {setup:.1f} s); model {Path(args.model).name}; {args.width}x{args.height}; "
-          f"{result['widgets']} widgets on the screen after the run")
+    print(
+        f"chat: {args.messages} messages, {chars} characters of text, store {size / 1e6:.1f} MB "
+        f"(written in {setup:.1f} s); model {Path(args.model).name}; {args.width}x{args.height}; "
+        f"{result['widgets']} widgets on the screen after the run"
+    )
     print(f"{'ms':38} {'frame':>8} | {'settled: median':>17} {'mean':>8} {'max':>8} | {'in gc':>7}")
     for name, ms in result["settled"].items():
         frame = statistics.median(result["first"][name]) if result["first"][name] else None

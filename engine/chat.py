@@ -24,8 +24,8 @@ from typing import Any
 import jinja2
 import jinja2.compiler
 import jinja2.ext
-import jinja2.runtime
 import jinja2.nodes
+import jinja2.runtime
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -83,13 +83,12 @@ class ChatTemplate:
         source = _find_template_source(Path(folder))
         if source is None:
             return None
-        extra = {key: value for key, value in tokenizer.named_special_tokens.items()
-                 if key not in ("bos_token", "eos_token")}
+        extra = {
+            key: value for key, value in tokenizer.named_special_tokens.items() if key not in ("bos_token", "eos_token")
+        }
         return cls(source, tokenizer.bos_token, tokenizer.eos_token, extra)
 
-    def render(
-        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
-    ) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """Render messages to prompt text; kwargs become template variables (e.g. enable_thinking)."""
         variables = {**self._variables, **kwargs}  # caller kwargs win, as in transformers
         variables["messages"] = [_template_message(message) for message in messages]
@@ -102,14 +101,22 @@ class ChatTemplate:
         except _TemplateRaised as error:
             raise ChatTemplateError(f"the chat template rejected the messages: {error.message}") from error
         except _TemplateLimit as error:
-            raise ChatTemplateError(f"chat template failed: {error.message}; fix the template or use raw mode") from error
+            raise ChatTemplateError(
+                f"chat template failed: {error.message}; fix the template or use raw mode"
+            ) from error
         except jinja2.TemplateError as error:
             raise ChatTemplateError(
-                f"chat template failed: {error.message or type(error).__name__}; "
-                "check the messages or use raw mode"
+                f"chat template failed: {error.message or type(error).__name__}; check the messages or use raw mode"
             ) from error
-        except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError, RuntimeError,
-                MemoryError) as error:  # RuntimeError includes RecursionError (a macro calling itself)
+        except (
+            TypeError,
+            ValueError,
+            LookupError,
+            AttributeError,
+            ArithmeticError,
+            RuntimeError,
+            MemoryError,
+        ) as error:  # RuntimeError includes RecursionError (a macro calling itself)
             raise ChatTemplateError(
                 f"chat template failed: {type(error).__name__}: {_first_line(error)}; check the messages or use raw mode"
             ) from error
@@ -139,22 +146,22 @@ def validate_messages(messages: Any) -> list[dict]:
     """Check that messages is a non-empty list of {"role": str, "content": str, ...}; return copies."""
     if not isinstance(messages, (list, tuple)):
         raise InputError(
-            f"messages must be a list of {{\"role\": ..., \"content\": ...}} objects, got {type(messages).__name__}"
+            f'messages must be a list of {{"role": ..., "content": ...}} objects, got {type(messages).__name__}'
         )
     if not messages:
-        raise InputError("messages is empty; give at least one {\"role\": \"user\", \"content\": ...} message")
+        raise InputError('messages is empty; give at least one {"role": "user", "content": ...} message')
     checked: list[dict] = []
     for index, message in enumerate(messages):
         where = f"message {index + 1}"
         if not isinstance(message, Mapping):
-            raise InputError(f"{where} must be an object with \"role\" and \"content\", got {type(message).__name__}")
+            raise InputError(f'{where} must be an object with "role" and "content", got {type(message).__name__}')
         for key in ("role", "content"):
             if key not in message:
-                raise InputError(f"{where} has no \"{key}\"; every message needs \"role\" and \"content\"")
+                raise InputError(f'{where} has no "{key}"; every message needs "role" and "content"')
             if not isinstance(message[key], str):
-                raise InputError(f"{where}: \"{key}\" must be a string, got {type(message[key]).__name__}")
+                raise InputError(f'{where}: "{key}" must be a string, got {type(message[key]).__name__}')
         if not message["role"].strip():
-            raise InputError(f"{where}: \"role\" is empty; use e.g. \"system\", \"user\" or \"assistant\"")
+            raise InputError(f'{where}: "role" is empty; use e.g. "system", "user" or "assistant"')
         checked.append(dict(message))
     return checked
 
@@ -421,6 +428,7 @@ def _check_indent(s: Any = "", width: Any = 4, *_: Any, **kw: Any) -> None:
 def _check_count_arg(name: str) -> Any:
     def check(value: Any = None, count: Any = 0, *_: Any, **kw: Any) -> None:
         _limit_items(_int(kw.get("linecount", kw.get("slices", count))), name)
+
     return check
 
 
@@ -577,7 +585,7 @@ def _pick_template(value: Any, path: Path) -> str:
         if isinstance(named.get("default"), str):
             return named["default"]
         raise ChatTemplateError(
-            f"{path} has several chat templates ({', '.join(map(str, named))}) but none named \"default\"; "
-            "rename the one to use to \"default\" or use raw mode"
+            f'{path} has several chat templates ({", ".join(map(str, named))}) but none named "default"; '
+            'rename the one to use to "default" or use raw mode'
         )
-    raise ChatTemplateError(f"{path}: \"chat_template\" must be a string or a list of named templates")
+    raise ChatTemplateError(f'{path}: "chat_template" must be a string or a list of named templates')

@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import ModelLoadError
 from .files import model_file, read_model_object
+
+if TYPE_CHECKING:  # torch is imported where needed: reading a config needs no torch
+    import torch
 
 # architecture name in config.json -> model family implemented in this package
 ARCHITECTURES: dict[str, str] = {
@@ -53,16 +56,22 @@ class ModelConfig:
         # Checked before any tensor exists: a bad pair is one line naming the fields, not a torch error.
         heads, hidden = ("n_head", "n_embd") if self.family == "gpt2" else ("num_attention_heads", "hidden_size")
         if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
-            raise ModelLoadError(f"config.json: {heads} ({self.n_heads}) must be a multiple of "
-                                 f"num_key_value_heads ({self.n_kv_heads}); fix the values")
+            raise ModelLoadError(
+                f"config.json: {heads} ({self.n_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.n_kv_heads}); fix the values"
+            )
         if self.head_dim == 0:
             if self.dim % self.n_heads:
-                raise ModelLoadError(f"config.json: {hidden} ({self.dim}) must be divisible by {heads} "
-                                     f"({self.n_heads}), or head_dim must be given; fix the values")
+                raise ModelLoadError(
+                    f"config.json: {hidden} ({self.dim}) must be divisible by {heads} "
+                    f"({self.n_heads}), or head_dim must be given; fix the values"
+                )
             self.head_dim = self.dim // self.n_heads
         if self.family == "llama" and self.head_dim % 2:
-            raise ModelLoadError(f"config.json: the head size ({self.head_dim}) must be even for rotary "
-                                 "positions; fix head_dim or hidden_size")
+            raise ModelLoadError(
+                f"config.json: the head size ({self.head_dim}) must be even for rotary "
+                "positions; fix head_dim or hidden_size"
+            )
 
     @property
     def positional(self) -> str:
@@ -80,31 +89,45 @@ class ModelConfig:
         arch = next((a for a in archs if a in ARCHITECTURES), None)
         if arch is None:
             # Older or hand-written configs may only have model_type.
-            by_type = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                       "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+            by_type = {
+                "llama": "LlamaForCausalLM",
+                "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM",
+                "gpt2": "GPT2LMHeadModel",
+            }
             arch = by_type.get(cfg.get("model_type", ""))
         if arch is None:
             named = ", ".join(archs) or cfg.get("model_type") or "none given"
-            raise ModelLoadError(
-                f"unsupported architecture ({named}); tiankong supports {', '.join(ARCHITECTURES)}")
+            raise ModelLoadError(f"unsupported architecture ({named}); tiankong supports {', '.join(ARCHITECTURES)}")
         family = ARCHITECTURES[arch]
         dtype = cfg.get("dtype") or cfg.get("torch_dtype")
-        common = dict(architecture=arch, family=family, torch_dtype=dtype,
-                      bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"),
-                      extra=dict(cfg))
+        common = dict(
+            architecture=arch,
+            family=family,
+            torch_dtype=dtype,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_id=cfg.get("eos_token_id"),
+            extra=dict(cfg),
+        )
         try:
             if family == "gpt2":
                 dim = int(cfg["n_embd"])
                 act = cfg.get("activation_function", "gelu_new")
                 if act not in ("gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast"):
                     raise ModelLoadError(f"unsupported GPT-2 activation {act!r}; expected gelu_new or gelu")
-                return cls(vocab_size=int(cfg["vocab_size"]), dim=dim, n_layers=int(cfg["n_layer"]),
-                           n_heads=int(cfg["n_head"]), n_kv_heads=int(cfg["n_head"]),
-                           ffn_dim=int(cfg.get("n_inner") or 4 * dim),
-                           norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
-                           max_seq_len=int(cfg.get("n_positions", 1024)),
-                           tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-                           activation=act, **common)
+                return cls(
+                    vocab_size=int(cfg["vocab_size"]),
+                    dim=dim,
+                    n_layers=int(cfg["n_layer"]),
+                    n_heads=int(cfg["n_head"]),
+                    n_kv_heads=int(cfg["n_head"]),
+                    ffn_dim=int(cfg.get("n_inner") or 4 * dim),
+                    norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+                    max_seq_len=int(cfg.get("n_positions", 1024)),
+                    tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                    activation=act,
+                    **common,
+                )
             act = cfg.get("hidden_act", "silu")
             if act != "silu":
                 raise ModelLoadError(f"unsupported hidden_act {act!r} for {arch}; expected silu")
@@ -113,22 +136,28 @@ class ModelConfig:
             if arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window", False):
                 window = None  # Qwen2 lists a window but only uses it when asked to
             n_heads = int(cfg["num_attention_heads"])
-            return cls(vocab_size=int(cfg["vocab_size"]), dim=int(cfg["hidden_size"]),
-                       n_layers=int(cfg["num_hidden_layers"]), n_heads=n_heads,
-                       n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-                       head_dim=int(cfg.get("head_dim") or 0),
-                       ffn_dim=int(cfg["intermediate_size"]),
-                       norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                       max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
-                       rope_theta=float(rope.pop("rope_theta", 10000.0)),
-                       rope_scaling=rope or None,
-                       qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
-                       sliding_window=int(window) if window else None,
-                       tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                       activation=act, **common)
+            return cls(
+                vocab_size=int(cfg["vocab_size"]),
+                dim=int(cfg["hidden_size"]),
+                n_layers=int(cfg["num_hidden_layers"]),
+                n_heads=n_heads,
+                n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+                head_dim=int(cfg.get("head_dim") or 0),
+                ffn_dim=int(cfg["intermediate_size"]),
+                norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+                rope_theta=float(rope.pop("rope_theta", 10000.0)),
+                rope_scaling=rope or None,
+                qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+                sliding_window=int(window) if window else None,
+                tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                activation=act,
+                **common,
+            )
         except KeyError as e:
-            raise ModelLoadError(f"config.json lacks {e.args[0]!r}, which {arch} needs; "
-                                 "re-save the model with transformers") from None
+            raise ModelLoadError(
+                f"config.json lacks {e.args[0]!r}, which {arch} needs; re-save the model with transformers"
+            ) from None
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ModelConfig:
@@ -169,8 +198,10 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     **dict.fromkeys(("num_hidden_layers", "n_layer"), (int, 1, 1 << 12)),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_key_value_heads"), (int, 1, 1 << 12)),
     "head_dim": (int, 1, 1 << 14),
-    **dict.fromkeys(("max_position_embeddings", "n_positions", "sliding_window",
-                     "original_max_position_embeddings"), (int, 1, 1 << 27)),
+    **dict.fromkeys(
+        ("max_position_embeddings", "n_positions", "sliding_window", "original_max_position_embeddings"),
+        (int, 1, 1 << 27),
+    ),
     "rope_theta": (float, 0, 1e12),
     **dict.fromkeys(("rms_norm_eps", "layer_norm_epsilon"), (float, 0, 1)),
     **dict.fromkeys(("factor", "low_freq_factor", "high_freq_factor"), (float, 0, 1e6)),
@@ -178,10 +209,12 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
 _NULLABLE = {"num_key_value_heads", "head_dim", "n_inner", "sliding_window"}
 # Values that must be of a JSON type (or null) for the code above to read them at all.
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "architectures": ((list,), "a list of names such as [\"LlamaForCausalLM\"]"),
-    "model_type": ((str,), "a name such as \"llama\""),
-    **dict.fromkeys(("rope_scaling", "rope_parameters"),
-                    ((dict,), "an object such as {\"rope_type\": \"linear\", \"factor\": 2.0}, or null")),
+    "architectures": ((list,), 'a list of names such as ["LlamaForCausalLM"]'),
+    "model_type": ((str,), 'a name such as "llama"'),
+    **dict.fromkeys(
+        ("rope_scaling", "rope_parameters"),
+        ((dict,), 'an object such as {"rope_type": "linear", "factor": 2.0}, or null'),
+    ),
 }
 
 
@@ -194,8 +227,9 @@ def check_values(cfg: Mapping[str, Any], where: str = "config.json") -> None:
     """Raise ModelLoadError naming the first value of `cfg` that breaks _LIMITS or _TYPES."""
     for key, (types, want) in _TYPES.items():
         value = cfg.get(key)
-        if value is not None and (not isinstance(value, types) or key == "architectures"
-                                  and not all(isinstance(a, str) for a in value)):
+        if value is not None and (
+            not isinstance(value, types) or key == "architectures" and not all(isinstance(a, str) for a in value)
+        ):
             raise ModelLoadError(f"{where}: {key} is {_show(value)}, but it must be {want}; fix the value")
     for key, (kind, lo, hi) in _LIMITS.items():
         value = cfg.get(key)
@@ -209,7 +243,7 @@ def check_values(cfg: Mapping[str, Any], where: str = "config.json") -> None:
             raise ModelLoadError(f"{where}: {key} is {_show(value)}, but it must be {want}; fix the value")
 
 
-def rope_inv_freq(cfg: ModelConfig) -> "torch.Tensor":
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     """Inverse frequencies (head_dim/2,) for RoPE, with the checkpoint's scaling applied."""
     import torch
 
@@ -237,27 +271,51 @@ def rope_inv_freq(cfg: ModelConfig) -> "torch.Tensor":
     return torch.where(medium, blended, scaled)
 
 
-_MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
-                "Qwen2ForCausalLM": "qwen2", "GPT2LMHeadModel": "gpt2"}
+_MODEL_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "GPT2LMHeadModel": "gpt2",
+}
 
 
 def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     """The config.json transformers expects for `cfg` (the original's other keys are kept)."""
     out = {k: v for k, v in cfg.extra.items() if k not in ("torch_dtype", "dtype", "rope_scaling", "rope_parameters")}
-    out.update(architectures=[cfg.architecture], model_type=_MODEL_TYPES[cfg.architecture],
-               vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings, torch_dtype=dtype)
+    out.update(
+        architectures=[cfg.architecture],
+        model_type=_MODEL_TYPES[cfg.architecture],
+        vocab_size=cfg.vocab_size,
+        tie_word_embeddings=cfg.tie_embeddings,
+        torch_dtype=dtype,
+    )
     if cfg.bos_token_id is not None:
         out["bos_token_id"] = cfg.bos_token_id
     if cfg.eos_token_id is not None:
         out["eos_token_id"] = cfg.eos_token_id
     if cfg.family == "gpt2":
-        out.update(n_embd=cfg.dim, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_dim,
-                   n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps, activation_function=cfg.activation)
+        out.update(
+            n_embd=cfg.dim,
+            n_layer=cfg.n_layers,
+            n_head=cfg.n_heads,
+            n_inner=cfg.ffn_dim,
+            n_positions=cfg.max_seq_len,
+            layer_norm_epsilon=cfg.norm_eps,
+            activation_function=cfg.activation,
+        )
         return out
-    out.update(hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-               num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.ffn_dim,
-               rms_norm_eps=cfg.norm_eps, max_position_embeddings=cfg.max_seq_len, hidden_act=cfg.activation,
-               rope_theta=cfg.rope_theta)
+    out.update(
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        intermediate_size=cfg.ffn_dim,
+        rms_norm_eps=cfg.norm_eps,
+        max_position_embeddings=cfg.max_seq_len,
+        hidden_act=cfg.activation,
+        rope_theta=cfg.rope_theta,
+    )
     if cfg.rope_scaling:  # the 4.x spelling, which transformers 5 still reads
         out["rope_scaling"] = dict(cfg.rope_scaling)
     if cfg.architecture == "Qwen2ForCausalLM":

@@ -45,8 +45,14 @@ def turn_starts(messages: Messages) -> list[int]:
     return starts
 
 
-def fit_messages(encode: Callable[[list[Mapping[str, Any]]], list[int]], messages: Messages, budget: int, *,
-                 at_least: int = 0, slack: int = 0) -> tuple[list[int], int]:
+def fit_messages(
+    encode: Callable[[list[Mapping[str, Any]]], list[int]],
+    messages: Messages,
+    budget: int,
+    *,
+    at_least: int = 0,
+    slack: int = 0,
+) -> tuple[list[int], int]:
     """Messages -> (prompt ids of at most `budget` tokens, number of oldest turns dropped).
 
     encode renders messages to ids (the chat template and tokenizer). The system messages at the
@@ -58,12 +64,12 @@ def fit_messages(encode: Callable[[list[Mapping[str, Any]]], list[int]], message
     """
     messages = list(messages)
     starts = turn_starts(messages)
-    head = messages[:starts[0]] if starts else messages  # the system messages
+    head = messages[: starts[0]] if starts else messages  # the system messages
     droppable = max(0, len(starts) - 1)
     at_least = min(at_least, droppable)
 
     def without(k: int) -> list[int]:  # the prompt without the k oldest turns
-        return encode(head + messages[starts[k]:] if starts else head)
+        return encode(head + messages[starts[k] :] if starts else head)
 
     ids = without(at_least)
     if len(ids) <= budget:
@@ -83,8 +89,10 @@ def fit_messages(encode: Callable[[list[Mapping[str, Any]]], list[int]], message
             return best
     last = without(droppable)
     kept = "the system message and the last message are" if head else "the last message is"
-    raise InputError(f"{kept} {len(last)} tokens, but the context leaves {budget} for the prompt "
-                     f"(room kept for the answer); shorten the last message")
+    raise InputError(
+        f"{kept} {len(last)} tokens, but the context leaves {budget} for the prompt "
+        f"(room kept for the answer); shorten the last message"
+    )
 
 
 class PromptCache:
@@ -112,13 +120,15 @@ class PromptCache:
         """How many leading tokens of `prompt` are cached: the longest common prefix, less one, as
         the last prompt token must run again to give the first answer token's logits."""
         n = 0
-        for a, b in zip(self.ids, prompt):
+        for a, b in zip(self.ids, prompt, strict=False):
             if a != b:
                 break
             n += 1
         return min(n, len(prompt) - 1)
 
-    def prepare(self, model: torch.nn.Module, cfg: ModelConfig, prompt: Sequence[int], total: int) -> tuple[KVCache, int]:
+    def prepare(
+        self, model: torch.nn.Module, cfg: ModelConfig, prompt: Sequence[int], total: int
+    ) -> tuple[KVCache, int]:
         """A cache of at least `total` slots holding `prompt`'s longest cached prefix -> (cache, its length)."""
         p = next(model.parameters())
         kv = self.kv

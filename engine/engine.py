@@ -33,7 +33,6 @@ from .packed import PackedLinear
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
 
-
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only in strings decoded from bytes that were not UTF-8
 
 
@@ -58,8 +57,13 @@ class Engine:
     _longest_token: int = field(default=0, init=False, repr=False)  # characters; 0 = not measured yet
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "auto",
-             dtype: str | torch.dtype | None = "auto", pack: bool = True) -> Engine:
+    def load(
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        pack: bool = True,
+    ) -> Engine:
         """Load a local Hugging Face model folder. Raises ModelLoadError with a one-line reason.
 
         pack: on CPU, rearrange the weights for inference (model.prepare_for_inference): the Llama
@@ -84,39 +88,58 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def encode(self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None,
-               raw: bool = False) -> list[int]:
+    def encode(
+        self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None, raw: bool = False
+    ) -> list[int]:
         """Prompt text or chat messages -> ids, through the chat template unless raw (or none).
 
         Text that is not text (lone surrogates: bytes that were not UTF-8) is refused, and so is a
         prompt too long in characters for any tokenization of it to fit the context: that is counted
         before the template and the tokenizer run, so a 50 MB prompt costs no gigabytes to refuse.
         """
-        self._check_text([prompt] if messages is None else
-                         [m.get("content") for m in messages if isinstance(m, Mapping)])
+        self._check_text(
+            [prompt] if messages is None else [m.get("content") for m in messages if isinstance(m, Mapping)]
+        )
         ids = render_prompt(self.template, self.tokenizer, prompt=prompt, messages=messages, raw=raw)
         if not ids:
             # Tokenizers that add no BOS (GPT-2) still have a start-of-text token to begin from.
-            start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else next(iter(sorted(self.tokenizer.eos_ids)), None)
+            start = (
+                self.tokenizer.bos_id
+                if self.tokenizer.bos_id is not None
+                else next(iter(sorted(self.tokenizer.eos_ids)), None)
+            )
             if start is None:
                 raise InputError("empty prompt and the model has no BOS token to start from; give some text")
             ids = [start]
         return ids
 
-    def fit(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int, *, at_least: int = 0,
-            slack: int = 0, raw: bool = False) -> tuple[list[int], int]:
+    def fit(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        max_new_tokens: int,
+        *,
+        at_least: int = 0,
+        slack: int = 0,
+        raw: bool = False,
+    ) -> tuple[list[int], int]:
         """Chat messages -> (ids, oldest turns dropped) so that the prompt leaves the answer its room
         (context.answer_room); see context.fit_messages for at_least and slack."""
         ctx = self.cfg.max_seq_len
-        return fit_messages(lambda m: self.encode(messages=m, raw=raw), messages,
-                            ctx - answer_room(max_new_tokens, ctx), at_least=at_least, slack=slack)
+        return fit_messages(
+            lambda m: self.encode(messages=m, raw=raw),
+            messages,
+            ctx - answer_room(max_new_tokens, ctx),
+            at_least=at_least,
+            slack=slack,
+        )
 
     def check_fits(self, ids: Sequence[int]) -> None:
         """Raise InputError unless the prompt leaves room for at least one new token in the context."""
         ctx = self.cfg.max_seq_len
         if len(ids) >= ctx:
-            raise InputError(f"prompt is {len(ids)} tokens but the model's context is {ctx}; "
-                             f"shorten it to at most {ctx - 1} tokens")
+            raise InputError(
+                f"prompt is {len(ids)} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens"
+            )
 
     def _check_text(self, texts: Sequence[Any]) -> None:
         ctx = self.cfg.max_seq_len
@@ -124,13 +147,17 @@ class Engine:
         # No token stands for more characters than its longest vocabulary entry (x2: a normalizer may
         # merge characters), so past that the prompt cannot fit. Shorter ones are cheap to tokenize.
         if chars > 16 * ctx and chars > 2 * ctx * self._max_token_chars():
-            raise InputError(f"the prompt is {chars:,} characters, far more than the model's context of {ctx} "
-                             f"tokens can hold; shorten it")
+            raise InputError(
+                f"the prompt is {chars:,} characters, far more than the model's context of {ctx} "
+                f"tokens can hold; shorten it"
+            )
         for t in texts:
             bad = _SURROGATE.search(t) if isinstance(t, str) else None
             if bad:
-                raise InputError(f"the prompt is not valid text at character {bad.start() + 1}: bytes that are not "
-                                 "UTF-8 (or a lone surrogate escape such as \\ud800); give UTF-8 text")
+                raise InputError(
+                    f"the prompt is not valid text at character {bad.start() + 1}: bytes that are not "
+                    "UTF-8 (or a lone surrogate escape such as \\ud800); give UTF-8 text"
+                )
 
     def _max_token_chars(self) -> int:
         """The longest vocabulary entry in characters (measured once; an upper bound on a token's text)."""
@@ -144,18 +171,32 @@ class Engine:
             self._longest_token = longest
         return self._longest_token
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], *,
-                 top_logprobs: int = 0, cancel: threading.Event | None = None,
-                 prompt_cache: PromptCache | None = None) -> Iterator[Event]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        *,
+        top_logprobs: int = 0,
+        cancel: threading.Event | None = None,
+        prompt_cache: PromptCache | None = None,
+    ) -> Iterator[Event]:
         """Stream TokenEvents and one Finished per row. Rows without a seed get a fresh one.
         prompt_cache: one row's conversation cache (context.PromptCache), kept across calls."""
         for p in params:
             p.validate()
         if top_logprobs < 0 or top_logprobs > self.cfg.vocab_size:
             raise InputError(f"top_logprobs must be in [0, {self.cfg.vocab_size}], got {top_logprobs}")
-        return generate(self.model, self.cfg, self.tokenizer, prompts, with_seeds(params),
-                        top_logprobs=top_logprobs, cancel=cancel, text_of=self.token_text,
-                        prompt_cache=prompt_cache)
+        return generate(
+            self.model,
+            self.cfg,
+            self.tokenizer,
+            prompts,
+            with_seeds(params),
+            top_logprobs=top_logprobs,
+            cancel=cancel,
+            text_of=self.token_text,
+            prompt_cache=prompt_cache,
+        )
 
     def token_text(self, id: int) -> str:
         """Readable text of one token (cached: candidate lists ask for the same ids again and again)."""
@@ -203,4 +244,3 @@ class Engine:
             "bos_id": self.tokenizer.bos_id,
             "eos_ids": sorted(self.tokenizer.eos_ids),
         }
-

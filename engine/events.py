@@ -33,10 +33,16 @@ class TokenEvent:
         """The token as the CLI writes it and the store keeps it: {"id", "text", "logprob",
         "p_sample", "entropy", "top": [{"id", "text", "logprob", "p_sample"}]}. Built by hand, not
         with asdict: it runs once per generated token."""
-        return {"id": self.id, "text": self.text, "logprob": self.logprob, "p_sample": self.p_sample,
-                "entropy": self.entropy,
-                "top": [{"id": c.id, "text": c.text, "logprob": c.logprob, "p_sample": c.p_sample}
-                        for c in self.candidates]}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "logprob": self.logprob,
+            "p_sample": self.p_sample,
+            "entropy": self.entropy,
+            "top": [
+                {"id": c.id, "text": c.text, "logprob": c.logprob, "p_sample": c.p_sample} for c in self.candidates
+            ],
+        }
 
 
 @dataclass(frozen=True)

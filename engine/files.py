@@ -67,8 +67,9 @@ def model_file(folder: str | Path, name: str) -> Path | None:
     """
     folder = Path(folder)
     if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ModelLoadError(f"{folder}: the file name {name!r} leads outside the model folder; "
-                             "name files inside the folder only")
+        raise ModelLoadError(
+            f"{folder}: the file name {name!r} leads outside the model folder; name files inside the folder only"
+        )
     path = folder / name
     try:
         path.lstat()
@@ -78,8 +79,10 @@ def model_file(folder: str | Path, name: str) -> Path | None:
         raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the model folder") from None
     real = Path(os.path.realpath(path))
     if not any(real == r or r in real.parents for r in _allowed_roots(folder)):
-        raise ModelLoadError(f"{path} is a link to {real}, outside the model folder; "
-                             "copy the real file into the folder instead of linking it")
+        raise ModelLoadError(
+            f"{path} is a link to {real}, outside the model folder; "
+            "copy the real file into the folder instead of linking it"
+        )
     try:
         mode = real.stat().st_mode
     except OSError:  # a dangling link
@@ -108,8 +111,9 @@ def read_regular_bytes(path: str | Path, limit: int, error: type[Exception] = Mo
         except OSError as e:
             raise error(f"cannot read {path} ({e.strerror}); check the file and its permissions") from None
     if len(data) > limit:
-        raise error(f"{path} is larger than {limit >> 20} MB, too large for this kind of file; "
-                    "restore it from its source")
+        raise error(
+            f"{path} is larger than {limit >> 20} MB, too large for this kind of file; restore it from its source"
+        )
     return data
 
 
@@ -127,8 +131,10 @@ def read_model_text(folder: str | Path, name: str, limit: int = MAX_JSON_BYTES) 
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ModelLoadError(f"{Path(folder) / name} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                             "restore it from the model's source") from None
+        raise ModelLoadError(
+            f"{Path(folder) / name} is not UTF-8 text ({e.reason} at byte {e.start}); "
+            "restore it from the model's source"
+        ) from None
 
 
 # Deeper than this is no config or index (transformers' own nest 3-4 levels); refusing it up front
@@ -153,8 +159,9 @@ def parse_json(text: str, where: str, error: type[Exception] = ModelLoadError) -
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                    "fix or re-copy the file") from None
+        raise error(
+            f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix or re-copy the file"
+        ) from None
     except RecursionError:
         raise too_deep from None
     except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
@@ -181,8 +188,9 @@ def read_model_object(folder: str | Path, name: str, error: type[Exception] = Mo
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise error(f"{Path(folder) / name} should hold a JSON object, not {type(data).__name__}; "
-                    "fix or re-copy the file")
+        raise error(
+            f"{Path(folder) / name} should hold a JSON object, not {type(data).__name__}; fix or re-copy the file"
+        )
     return data
 
 
@@ -232,8 +240,9 @@ def write_target(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
-                partial: str | Path | None = None) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", partial: str | Path | None = None
+) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces `path` (whole, fsync'ed) when the block ends without error.
 
     On an exception (Ctrl+C included) the temporary file is removed and `path` is untouched; with

@@ -55,10 +55,18 @@ class _Row:
     first_token_at: float = 0.0
 
 
-def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
-             params: Sequence[SamplingParams], *, top_logprobs: int = 0,
-             cancel: threading.Event | None = None, text_of=None,
-             prompt_cache: PromptCache | None = None) -> Iterator[Event]:
+def generate(
+    model: nn.Module,
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+    *,
+    top_logprobs: int = 0,
+    cancel: threading.Event | None = None,
+    text_of=None,
+    prompt_cache: PromptCache | None = None,
+) -> Iterator[Event]:
     """Generate a continuation for every prompt; yields TokenEvents as they come, one Finished per row.
 
     prompts: token ids per row (already templated). params: one SamplingParams per row, with its
@@ -77,15 +85,15 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
     device = next(model.parameters()).device
     ctx = cfg.max_seq_len
     rows: list[_Row] = []
-    for i, (ids, p) in enumerate(zip(prompts, params)):
+    for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
         if len(ids) == 0:
             raise InputError("empty prompt: the model has no BOS token to start from; give some text")
         if len(ids) >= ctx:
-            raise InputError(f"prompt is {len(ids)} tokens but the model's context is {ctx}; "
-                             f"shorten it to at most {ctx - 1} tokens")
+            raise InputError(
+                f"prompt is {len(ids)} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens"
+            )
         assert p.seed is not None, "the caller draws a seed for rows that have none"
-        rows.append(_Row(i, len(ids), p, min(p.max_new_tokens, ctx - len(ids)),
-                         IncrementalDecoder(tokenizer, ids)))
+        rows.append(_Row(i, len(ids), p, min(p.max_new_tokens, ctx - len(ids)), IncrementalDecoder(tokenizer, ids)))
     text_of = text_of or tokenizer.token_text
     eos = torch.tensor(sorted(tokenizer.eos_ids), dtype=torch.long)
     B, P = len(rows), max(r.prompt_len for r in rows)
@@ -94,7 +102,7 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
     with torch.inference_mode():
         tokens = torch.zeros(B, P, dtype=torch.long)
         for b, ids in enumerate(prompts):
-            tokens[b, P - len(ids):] = torch.as_tensor(list(ids), dtype=torch.long)
+            tokens[b, P - len(ids) :] = torch.as_tensor(list(ids), dtype=torch.long)
         pad = torch.tensor([P - r.prompt_len for r in rows], device=device)  # (B,)
         positions = (torch.arange(P, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, P)
         dtype = next(model.parameters()).dtype
@@ -148,7 +156,7 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
             if top_logprobs:
                 top_lp, top_id = logprobs.topk(min(top_logprobs, logprobs.shape[-1]), dim=-1)  # (B, K)
                 top_ps = probs.gather(1, top_id)
-                top = list(zip(top_id.cpu().tolist(), top_lp.cpu().tolist(), top_ps.cpu().tolist()))
+                top = list(zip(top_id.cpu().tolist(), top_lp.cpu().tolist(), top_ps.cpu().tolist(), strict=True))
             is_eos = torch.isin(chosen.cpu(), eos).tolist()
         now = time.perf_counter()
         if not t_prefill:
@@ -163,8 +171,13 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
                     # Its slots may now hold NaN: masked attention weighs stale slots by 0, and 0 * NaN
                     # is NaN, so the next prompt would fail too. Read the next one from scratch.
                     prompt_cache.reset()
-                yield _finished(r, "error", t_prefill, time.perf_counter() - t0 - t_prefill,
-                                f"the model's logits are not finite (NaN or inf) at answer token {len(r.ids) + 1}; {why_nonfinite}")
+                yield _finished(
+                    r,
+                    "error",
+                    t_prefill,
+                    time.perf_counter() - t0 - t_prefill,
+                    f"the model's logits are not finite (NaN or inf) at answer token {len(r.ids) + 1}; {why_nonfinite}",
+                )
                 continue
             tok = int(stats[b][0])
             r.ids.append(tok)
@@ -172,7 +185,7 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
             cands: tuple[Candidate, ...] = ()
             if top_logprobs:
                 ids_b, lps_b, ps_b = top[b]
-                cands = tuple(Candidate(i, text_of(i), lp, ps) for i, lp, ps in zip(ids_b, lps_b, ps_b))
+                cands = tuple(Candidate(i, text_of(i), lp, ps) for i, lp, ps in zip(ids_b, lps_b, ps_b, strict=True))
             yield TokenEvent(r.index, len(r.ids) - 1, tok, piece, stats[b][1], stats[b][2], stats[b][3], cands)
             r.text += piece
             reason = None
@@ -206,16 +219,18 @@ def generate(model: nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, prompts: 
         slot += 1
 
 
-def _prefill_cached(model: nn.Module, cfg: ModelConfig, pc: PromptCache, ids: Sequence[int],
-                    total: int) -> tuple[KVCache, torch.Tensor]:
+def _prefill_cached(
+    model: nn.Module, cfg: ModelConfig, pc: PromptCache, ids: Sequence[int], total: int
+) -> tuple[KVCache, torch.Tensor]:
     """One row's prefill into its PromptCache, from the end of the prefix already cached ->
     (cache, logits (1, V) of the last prompt token)."""
     cache, start = pc.prepare(model, cfg, ids, total)
     device = cache.kv.device
     tokens = torch.as_tensor(list(ids[start:]), dtype=torch.long, device=device)[None]  # (1, T)
     positions = torch.arange(start, len(ids), device=device)[None]  # (1, T)
-    mask = build_mask(torch.zeros(1, dtype=torch.long, device=device), start, len(ids) - start, len(ids),
-                      cfg.sliding_window)
+    mask = build_mask(
+        torch.zeros(1, dtype=torch.long, device=device), start, len(ids) - start, len(ids), cfg.sliding_window
+    )
     logits = model(tokens, positions, mask, cache, start, last_only=True)[:, -1]
     pc.ids = list(ids)
     return cache, logits
@@ -232,8 +247,9 @@ def _find_stop(text: str, piece: str, stops: Sequence[str]) -> int | None:
 def _finished(r: _Row, reason: str, prefill_s: float, decode_s: float, message: str = "") -> Finished:
     n = len(r.ids)
     rate = (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0
-    return Finished(r.index, r.text, reason, Usage(r.prompt_len, n), Timing(prefill_s, decode_s, rate), tuple(r.ids),
-                    message)
+    return Finished(
+        r.index, r.text, reason, Usage(r.prompt_len, n), Timing(prefill_s, decode_s, rate), tuple(r.ids), message
+    )
 
 
 def _nonfinite_reason(model: nn.Module) -> str:
@@ -244,5 +260,7 @@ def _nonfinite_reason(model: nn.Module) -> str:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
                 return f"weight {name} holds {kind} values; re-download or re-convert the checkpoint"
-    return ("the weights are finite, so an activation overflowed (common in float16: try --dtype float32) "
-            "or a config value such as rope_theta or rope_scaling is wrong")
+    return (
+        "the weights are finite, so an activation overflowed (common in float16: try --dtype float32) "
+        "or a config value such as rope_theta or rope_scaling is wrong"
+    )

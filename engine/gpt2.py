@@ -23,8 +23,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)  # q, k and v in one matmul
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
-                layer: int, start: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int
+    ) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=-1)
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
@@ -71,9 +72,16 @@ class GPT2(nn.Module):
         if cfg.tie_embeddings:
             self.output.weight = self.tok_emb.weight
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, last_only: bool = False,
-                hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+        last_only: bool = False,
+        hidden: bool = False,
+    ) -> torch.Tensor:
         """Same contract as `Llama.forward`: (B, T) tokens and positions -> (B, T, V) logits."""
         x = self.tok_emb(tokens) + self.pos_emb(positions)  # (B, T, D)
         for i, layer in enumerate(self.layers):
@@ -105,7 +113,8 @@ WEIGHT_MAP: dict[str, str] = {
 }
 # Conv1D weights are stored (in, out).
 TRANSPOSED: frozenset[str] = frozenset(
-    k for k in WEIGHT_MAP if k.endswith(".weight") and (".c_attn." in k or ".c_proj." in k or ".c_fc." in k))
+    k for k in WEIGHT_MAP if k.endswith(".weight") and (".c_attn." in k or ".c_proj." in k or ".c_fc." in k)
+)
 # Old checkpoints store the causal mask as buffers; we build masks ourselves.
 IGNORED: tuple[str, ...] = ("h.{}.attn.bias", "h.{}.attn.masked_bias")
 # transformers >= 4.x saves GPT2LMHeadModel with this prefix; the original gpt2 repo has none.

@@ -53,10 +53,16 @@ class PackedGPT2Block(nn.Module):
         if kv is None:
             kv = new_kv
         else:
-            kv[:, :, start:start + T] = new_kv
-            kv = kv[:, :, :start + T]
-        y = F.scaled_dot_product_attention(qkv[:, :, :H].transpose(1, 2), kv[:, :H], kv[:, H:], attn_mask=mask,
-                                           is_causal=mask is None and T > 1, scale=1.0)  # (B, H, T, hd)
+            kv[:, :, start : start + T] = new_kv
+            kv = kv[:, :, : start + T]
+        y = F.scaled_dot_product_attention(
+            qkv[:, :, :H].transpose(1, 2),
+            kv[:, :H],
+            kv[:, H:],
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            scale=1.0,
+        )  # (B, H, T, hd)
         x = _linear(y.transpose(1, 2).reshape(B, T, D), self.wo, self.bo, "none", [], "").add_(x)
         h = F.layer_norm(x, (D,), None, None, self.eps)  # gain and shift live in w13, b13
         act = F.gelu(_linear(h, self.w13, self.b13, "none", [], ""), approximate=self.approximate)
@@ -98,16 +104,30 @@ class PackedGPT2(nn.Module):
         wqkv[:D] *= scale
         bqkv[:D] *= scale
         w13, b13 = fold(m.fc, block.ln2)  # (F, D), (F,)
-        weights = dict(wqkv=own(wqkv.to(dt)), bqkv=bqkv.to(dt), wo=own(a.proj.weight.detach()),
-                       bo=a.proj.bias.detach().clone(), w13=own(w13.to(dt)), b13=b13.to(dt),
-                       w2=own(m.proj.weight.detach()), b2=m.proj.bias.detach().clone())
+        weights = dict(
+            wqkv=own(wqkv.to(dt)),
+            bqkv=bqkv.to(dt),
+            wo=own(a.proj.weight.detach()),
+            bo=a.proj.bias.detach().clone(),
+            w13=own(w13.to(dt)),
+            b13=b13.to(dt),
+            w2=own(m.proj.weight.detach()),
+            b2=m.proj.bias.detach().clone(),
+        )
         release_pages([p for p in block.parameters() if p.dim() == 2])
         trim_heap()
         return PackedGPT2Block(cfg, weights)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, last_only: bool = False,
-                hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+        last_only: bool = False,
+        hidden: bool = False,
+    ) -> torch.Tensor:
         """Same contract as GPT2.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
         if tokens.shape[1] == 1 and cache is not None and not hidden:
             x = self.tok_emb(tokens[:, 0]) + self.pos_emb(positions[:, 0])  # (B, D)

@@ -23,8 +23,16 @@ class KVCache(nn.Module):
     copy; `update` serves models that compute them apart.
     """
 
-    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
         super().__init__()
         shape = (n_layers, batch, 2 * n_kv_heads, max_len, head_dim)
         need = n_layers * batch * 2 * n_kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
@@ -32,9 +40,11 @@ class KVCache(nn.Module):
         if free is not None and need > free:
             # Checked before allocating: a context of 10^9 positions must fail at once, not after
             # swapping the machine to a halt.
-            raise InputError(f"the KV cache for {batch} row(s) of {max_len} tokens needs {need / 2**30:.1f} GiB but "
-                             f"{free / 2**30:.1f} GiB are free; lower max_new_tokens (--max-new-tokens) or the "
-                             "number of rows (--n)")
+            raise InputError(
+                f"the KV cache for {batch} row(s) of {max_len} tokens needs {need / 2**30:.1f} GiB but "
+                f"{free / 2**30:.1f} GiB are free; lower max_new_tokens (--max-new-tokens) or the "
+                "number of rows (--n)"
+            )
         # persistent=False: a cache is scratch space, never part of a checkpoint.
         self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.n_kv_heads, self.max_len = n_kv_heads, max_len
@@ -53,8 +63,9 @@ class KVCache(nn.Module):
         self.kv = self.kv.index_select(1, rows)
 
 
-def build_mask(pad: torch.Tensor, q_start: int, q_len: int, kv_len: int,
-               window: int | None = None) -> torch.Tensor | None:
+def build_mask(
+    pad: torch.Tensor, q_start: int, q_len: int, kv_len: int, window: int | None = None
+) -> torch.Tensor | None:
     """Boolean attention mask (B, 1, q_len, kv_len): True where a query may attend a key.
 
     pad: (B,) left-padding per row. Queries sit at slots q_start..q_start+q_len. A key is

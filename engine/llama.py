@@ -36,8 +36,16 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int, start: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+        start: int,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.wq(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
@@ -48,8 +56,9 @@ class Attention(nn.Module):
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
         # No mask: plain causal attention over the whole sequence (training, or one unpadded row).
         causal = mask is None and T > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -101,12 +110,18 @@ class Llama(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_emb.weight
-        self.register_buffer("inv_freq", rope_inv_freq(cfg).to(self.tok_emb.weight.device),
-                             persistent=False)  # (hd/2,)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg).to(self.tok_emb.weight.device), persistent=False)  # (hd/2,)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, last_only: bool = False,
-                hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+        last_only: bool = False,
+        hidden: bool = False,
+    ) -> torch.Tensor:
         """tokens, positions: (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
         mask: (B, 1, T, S) bool, True where a query may see a key (S = start + T), or None for

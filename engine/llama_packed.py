@@ -61,8 +61,15 @@ def _pairs_adjacent(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tenso
 class PackedBlock(nn.Module):
     """One transformer block; weights are oneDNN-packed opaque tensors (see module docstring)."""
 
-    def __init__(self, cfg: ModelConfig, wqkv: torch.Tensor, bqkv: torch.Tensor | None, wo: torch.Tensor,
-                 w13: torch.Tensor, w2: torch.Tensor) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        wqkv: torch.Tensor,
+        bqkv: torch.Tensor | None,
+        wo: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+    ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.dim, self.ffn_dim, self.eps = cfg.dim, cfg.ffn_dim, cfg.norm_eps
@@ -73,8 +80,9 @@ class PackedBlock(nn.Module):
     def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         return _linear(x, w, b, "none", [], "")
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None,
-                start: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None, start: int
+    ) -> torch.Tensor:
         """x (B, T, D); freqs (B, T, 1, hd/2) complex64; mask (B, 1, T, S) bool or None;
         kv: this layer's slice of the KV cache (B, 2 H_kv, max_len, hd), or None."""
         B, T, _ = x.shape
@@ -92,17 +100,23 @@ class PackedBlock(nn.Module):
         if kv is None:
             kv = new_kv
         else:  # one copy into the cache, then attend over slots 0..start+T
-            kv[:, :, start:start + T] = new_kv
-            kv = kv[:, :, :start + T]
-        y = F.scaled_dot_product_attention(qkv[:, :, :H].transpose(1, 2), kv[:, :H_kv], kv[:, H_kv:],
-                                           attn_mask=mask, is_causal=mask is None and T > 1, scale=1.0,
-                                           enable_gqa=H_kv != H)  # (B, H, T, hd)
+            kv[:, :, start : start + T] = new_kv
+            kv = kv[:, :, : start + T]
+        y = F.scaled_dot_product_attention(
+            qkv[:, :, :H].transpose(1, 2),
+            kv[:, :H_kv],
+            kv[:, H_kv:],
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            scale=1.0,
+            enable_gqa=H_kv != H,
+        )  # (B, H, T, hd)
         # The residual adds go in place: measured, oneDNN's fused "add" post-op costs more (~5 us
         # a call) than a separate add.
         x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), self.wo).add_(x)
         h = F.rms_norm(x, (self.dim,), None, self.eps)
         gate_up = self._mm(h, self.w13)  # (B, T, 2F)
-        act = torch.mul(F.silu(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim:])
+        act = torch.mul(F.silu(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim :])
         return self._mm(act, self.w2).add_(x)
 
 
@@ -121,8 +135,9 @@ class PackedLlama(nn.Module):
         w = model.tok_emb.weight
         fits = w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
         if native and not fits:
-            raise ValueError(f"the compiled decode step needs float32 or bfloat16 weights on CPU, not {w.dtype} "
-                             f"on {w.device.type}")
+            raise ValueError(
+                f"the compiled decode step needs float32 or bfloat16 weights on CPU, not {w.dtype} on {w.device.type}"
+            )
         lib = native_lib() if fits and native is not False else None
         if native and lib is None:
             raise ValueError(f"the compiled decode step is unavailable: {native_reason()}")
@@ -161,13 +176,23 @@ class PackedLlama(nn.Module):
         a, f = layer.attn, layer.ffn
         dt, scale = a.wq.weight.dtype, 1.0 / math.sqrt(hd)
         # Folding works in float32 (a no-op copy-wise for float32 weights), in place where it can.
-        wqkv = torch.cat([_pairs_adjacent(a.wq.weight.float(), H, hd).mul_(scale),
-                          _pairs_adjacent(a.wk.weight.float(), H_kv, hd), a.wv.weight.float()])
+        wqkv = torch.cat(
+            [
+                _pairs_adjacent(a.wq.weight.float(), H, hd).mul_(scale),
+                _pairs_adjacent(a.wk.weight.float(), H_kv, hd),
+                a.wv.weight.float(),
+            ]
+        )
         wqkv = wqkv.mul_(layer.attn_norm.weight.float()).to(dt)  # (H + 2 H_kv) hd x D
         bqkv = None
         if a.wq.bias is not None:
-            bqkv = torch.cat([_pairs_adjacent(a.wq.bias.float(), H, hd).mul_(scale),
-                              _pairs_adjacent(a.wk.bias.float(), H_kv, hd), a.wv.bias.float()]).to(dt)
+            bqkv = torch.cat(
+                [
+                    _pairs_adjacent(a.wq.bias.float(), H, hd).mul_(scale),
+                    _pairs_adjacent(a.wk.bias.float(), H_kv, hd),
+                    a.wv.bias.float(),
+                ]
+            ).to(dt)
         w13 = torch.cat([f.w1.weight, f.w3.weight]).float().mul_(layer.ffn_norm.weight.float()).to(dt)  # 2F x D
         # In the order the step reads them (the buffer's order).
         wqkv, wo, w13, w2 = own(wqkv), own(a.wo.weight), own(w13), own(f.w2.weight)
@@ -176,9 +201,16 @@ class PackedLlama(nn.Module):
         trim_heap()  # the fused float32 temporaries
         return block
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, last_only: bool = False,
-                hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+        last_only: bool = False,
+        hidden: bool = False,
+    ) -> torch.Tensor:
         """Same contract as Llama.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
         if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden:
             return self._native(self.tok_emb(tokens[:, 0]), positions, mask, cache, start)

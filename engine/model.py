@@ -17,8 +17,15 @@ from .native import library as native_library
 from .packed import can_pack, pack_linears
 from .weights import NameTable, check_checkpoint, load_weights
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -65,12 +72,14 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 def name_table(cfg: ModelConfig) -> NameTable:
     mod = family_module(cfg)
-    return NameTable(mod.WEIGHT_MAP, getattr(mod, "IGNORED", ()), getattr(mod, "TRANSPOSED", frozenset()),
-                     getattr(mod, "PREFIX", ""))
+    return NameTable(
+        mod.WEIGHT_MAP, getattr(mod, "IGNORED", ()), getattr(mod, "TRANSPOSED", frozenset()), getattr(mod, "PREFIX", "")
+    )
 
 
-def load_model(folder: str | Path, device: str | torch.device = "auto",
-               dtype: str | torch.dtype | None = "auto") -> tuple[nn.Module, ModelConfig]:
+def load_model(
+    folder: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto"
+) -> tuple[nn.Module, ModelConfig]:
     """Load a Hugging Face model folder; returns (model in eval mode, its config)."""
     folder = Path(folder).expanduser()
     if not folder.exists():
@@ -109,9 +118,14 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     return PackedGPT2(model, lib) if lib is not None else pack_linears(model)
 
 
-def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path,
-                    tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None,
-                    metadata: dict[str, str] | None = None) -> Path:
+def save_pretrained(
+    model: nn.Module,
+    cfg: ModelConfig,
+    folder: str | Path,
+    tokenizer_from: str | Path | None = None,
+    extra_files: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write `model` as a Hugging Face folder that tiankong and transformers both load (atomic files)."""
     from .weights import save_model
 

@@ -34,8 +34,14 @@ _reason: str | None = None  # why the library is unavailable, once that is known
 
 
 # ctypes for each field kind of decode.c's MODEL_FIELDS.
-_KINDS = {"INT": ctypes.c_int, "FLOAT": ctypes.c_float, "PTRS": ctypes.POINTER(ctypes.c_void_p),
-          "FPTRS": ctypes.POINTER(ctypes.c_void_p), "PTR": ctypes.c_void_p, "FPTR": ctypes.c_void_p}
+_KINDS = {
+    "INT": ctypes.c_int,
+    "FLOAT": ctypes.c_float,
+    "PTRS": ctypes.POINTER(ctypes.c_void_p),
+    "FPTRS": ctypes.POINTER(ctypes.c_void_p),
+    "PTR": ctypes.c_void_p,
+    "FPTR": ctypes.c_void_p,
+}
 
 
 def model_struct(layout: str) -> type[ctypes.Structure]:
@@ -79,8 +85,16 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    parts = [SOURCE.read_text(), *(h.read_text() for h in HEADERS), cc, version, " ".join(FLAGS),
-             platform.machine(), _cpu_signature(), torch.__version__]
+    parts = [
+        SOURCE.read_text(),
+        *(h.read_text() for h in HEADERS),
+        cc,
+        version,
+        " ".join(FLAGS),
+        platform.machine(),
+        _cpu_signature(),
+        torch.__version__,
+    ]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = _cache_dir() / f"decode-{key}.so"
     failed = target.with_suffix(".failed")  # a failed build is not retried by every process
@@ -91,8 +105,9 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run(
+                [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300
+            )
             if done.returncode != 0:
                 lines = done.stderr.strip().splitlines() or ["(no message)"]
                 first = next((ln for ln in lines if "error" in ln), lines[0])
@@ -109,9 +124,19 @@ def _build() -> ctypes.CDLL:
     lib.tk_model_layout.restype = ctypes.c_char_p
     lib.Model = model_struct(lib.tk_model_layout().decode())
     lib.tk_decode_step.restype = ctypes.c_int
-    lib.tk_decode_step.argtypes = [ctypes.POINTER(lib.Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                   ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
-                                   ctypes.c_void_p, ctypes.c_int]
+    lib.tk_decode_step.argtypes = [
+        ctypes.POINTER(lib.Model),
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
     return lib
 
 
@@ -146,7 +171,7 @@ class WeightBuffer:
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         """A copy of w in the next free part of the buffer."""
-        dest = self.data[self.used:self.used + w.numel()].view(w.shape)
+        dest = self.data[self.used : self.used + w.numel()].view(w.shape)
         self.used += w.numel()
         return dest.copy_(w)
 
@@ -181,8 +206,9 @@ class NativeStep:
             return None if t is None else t.detach().float().contiguous()
 
         def pointers(tensors: list[torch.Tensor]):
-            return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]),
-                               ctypes.POINTER(ctypes.c_void_p))
+            return ctypes.cast(
+                (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), ctypes.POINTER(ctypes.c_void_p)
+            )
 
         self.keep: list = []  # the float32 copies and pointer arrays the struct refers to
         arrays = {}
@@ -196,25 +222,41 @@ class NativeStep:
             arrays[name] = None if ts[0] is None else pointers(ts)
             self.keep.append(ts)
         assert model.output.is_contiguous() and model.output.dtype == self.dtype
-        vectors = [f32(model.norm_weight), f32(getattr(model, "norm_bias", None)),
-                   f32(getattr(model, "inv_freq", None))]
+        vectors = [
+            f32(model.norm_weight),
+            f32(getattr(model, "norm_bias", None)),
+            f32(getattr(model, "inv_freq", None)),
+        ]
         self.keep += [arrays, vectors]
 
         def ptr(t: torch.Tensor | None) -> int | None:
             return None if t is None else t.data_ptr()
 
-        values = dict(n_layers=cfg.n_layers, dim=cfg.dim, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                      head_dim=cfg.head_dim, ffn_dim=cfg.ffn_dim, vocab=cfg.vocab_size, window=cfg.sliding_window or 0,
-                      bf16=int(self.dtype == torch.bfloat16), gpt2=int(gpt2), gelu_tanh=int(cfg.activation != "gelu"),
-                      eps=cfg.norm_eps, out=model.output.data_ptr(), **arrays,
-                      **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors))))
+        values = dict(
+            n_layers=cfg.n_layers,
+            dim=cfg.dim,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            head_dim=cfg.head_dim,
+            ffn_dim=cfg.ffn_dim,
+            vocab=cfg.vocab_size,
+            window=cfg.sliding_window or 0,
+            bf16=int(self.dtype == torch.bfloat16),
+            gpt2=int(gpt2),
+            gelu_tanh=int(cfg.activation != "gelu"),
+            eps=cfg.norm_eps,
+            out=model.output.data_ptr(),
+            **arrays,
+            **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors), strict=True)),
+        )
         # Every field of the C struct is set by name: a field added in decode.c and not here fails now.
         missing = {name for name, _ in lib.Model._fields_} ^ set(values)
         assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
         self.struct = lib.Model(**values)
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache,
-                 start: int) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache, start: int
+    ) -> torch.Tensor:
         """x (B, D): the new tokens' input vectors; positions (B, 1); mask (B, 1, 1, start + 1) bool or
         None; writes slot `start` of the KV cache -> logits (B, 1, V) float32."""
         B = x.shape[0]
@@ -225,9 +267,19 @@ class NativeStep:
         logits = torch.empty(B, self.cfg.vocab_size)
         m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
         assert m is None or m.shape[1] == start + 1
-        rc = self.lib.tk_decode_step(ctypes.byref(self.struct), B, x.data_ptr(), pos.data_ptr(), cache.kv.data_ptr(),
-                                     cache.max_len, start, None if m is None else m.data_ptr(),
-                                     0 if m is None else m.shape[1], logits.data_ptr(), torch.get_num_threads())
+        rc = self.lib.tk_decode_step(
+            ctypes.byref(self.struct),
+            B,
+            x.data_ptr(),
+            pos.data_ptr(),
+            cache.kv.data_ptr(),
+            cache.max_len,
+            start,
+            None if m is None else m.data_ptr(),
+            0 if m is None else m.shape[1],
+            logits.data_ptr(),
+            torch.get_num_threads(),
+        )
         if rc != 0:
             raise MemoryError("the compiled decode step could not allocate its scratch memory")
         return logits[:, None]

@@ -48,8 +48,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("packed", pack_weight(linear.weight.detach()), persistent=False)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone(),
-                             persistent=False)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x (..., in) -> (..., out); oneDNN flattens the leading dims itself.

@@ -81,25 +81,15 @@ class SamplingParams:
     # One table drives validation, CLI help and the TUI editor. All intervals are closed.
     RANGES: ClassVar[Mapping[str, ParamRange]] = MappingProxyType(
         {
-            "temperature": ParamRange(
-                0.0, 2.0, "randomness; 0 = greedy (always the most likely token)"
-            ),
+            "temperature": ParamRange(0.0, 2.0, "randomness; 0 = greedy (always the most likely token)"),
             "top_k": ParamRange(0, 1_000_000, "keep only the k most likely tokens; 0 = off"),
-            "top_p": ParamRange(
-                0.0, 1.0, "keep the most likely tokens whose mass reaches p; 1 = off"
-            ),
-            "min_p": ParamRange(
-                0.0, 1.0, "drop tokens below p times the top token's probability; 0 = off"
-            ),
+            "top_p": ParamRange(0.0, 1.0, "keep the most likely tokens whose mass reaches p; 1 = off"),
+            "min_p": ParamRange(0.0, 1.0, "drop tokens below p times the top token's probability; 0 = off"),
             "repetition_penalty": ParamRange(
                 0.1, 2.0, "penalise tokens already in prompt or output; 1 = off, >1 repeats less"
             ),
-            "presence_penalty": ParamRange(
-                -2.0, 2.0, "subtract from tokens already generated; 0 = off"
-            ),
-            "frequency_penalty": ParamRange(
-                -2.0, 2.0, "subtract per earlier occurrence in the output; 0 = off"
-            ),
+            "presence_penalty": ParamRange(-2.0, 2.0, "subtract from tokens already generated; 0 = off"),
+            "frequency_penalty": ParamRange(-2.0, 2.0, "subtract per earlier occurrence in the output; 0 = off"),
             "seed": ParamRange(0, 2**64 - 1, "random seed; unset = a fresh one, reported"),
             "max_new_tokens": ParamRange(1, 1_000_000, "stop after this many generated tokens"),
         }
@@ -134,9 +124,7 @@ class SamplingParams:
         valid = [f.name for f in dataclasses.fields(self)]
         unknown = sorted(set(changes) - set(valid))
         if unknown:
-            raise InputError(
-                f"unknown sampling parameter {unknown[0]!r}; valid names: {', '.join(valid)}"
-            )
+            raise InputError(f"unknown sampling parameter {unknown[0]!r}; valid names: {', '.join(valid)}")
         return dataclasses.replace(self, **changes)
 
     @property
@@ -405,8 +393,7 @@ class BatchSampler:
     ) -> None:
         if len(params) == 0 or len(params) != len(prompt_ids):
             raise ValueError(
-                f"need one prompt per row and at least one row, got {len(params)} params "
-                f"and {len(prompt_ids)} prompts"
+                f"need one prompt per row and at least one row, got {len(params)} params and {len(prompt_ids)} prompts"
             )
         for row, p in enumerate(params):
             p.validate()
@@ -473,9 +460,7 @@ class BatchSampler:
         """(B, V) raw logits, any float dtype -> (B, V) float32 sampling probabilities."""
         x = logits.float()  # (B, V); every op below is out of place, so logits stay untouched
         if self.seen is not None or self.counts is not None:
-            x = apply_penalties(
-                x, self.seen, self.counts, self.repetition, self.presence, self.frequency
-            )
+            x = apply_penalties(x, self.seen, self.counts, self.repetition, self.presence, self.frequency)
         greedy_ids = x.argmax(dim=-1, keepdim=True) if self._any_greedy else None  # (B, 1)
         if self._all_greedy:
             return torch.zeros_like(x).scatter_(1, greedy_ids, 1.0)
@@ -512,10 +497,7 @@ class BatchSampler:
         if random_rows:
             # The only per-row Python loop: one uniform from each row's own generator.
             u = torch.tensor(
-                [
-                    torch.rand((), generator=self.generators[r], dtype=torch.float64).item()
-                    for r in random_rows
-                ],
+                [torch.rand((), generator=self.generators[r], dtype=torch.float64).item() for r in random_rows],
                 dtype=torch.float64,
             )  # (R,)
             if len(random_rows) == batch:

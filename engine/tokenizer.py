@@ -20,9 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _Backend
-from tokenizers import decoders, models, pre_tokenizers, processors
 
 from .errors import TokenizerError
 from .files import model_file, read_model_bytes, read_model_object, read_model_text
@@ -117,8 +116,10 @@ class HFTokenizer(Tokenizer):
             if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
             shown = text[:20] + ("..." if len(text) > 20 else "")
-            raise TokenizerError(f"the tokenizer cannot encode {shown!r} ({_first_line(error)}); change the "
-                                 "text, or fix tokenizer.json (its unk_token, pre-tokenizer regex)") from None
+            raise TokenizerError(
+                f"the tokenizer cannot encode {shown!r} ({_first_line(error)}); change the "
+                "text, or fix tokenizer.json (its unk_token, pre-tokenizer regex)"
+            ) from None
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         text = self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -179,9 +180,7 @@ class SentencePieceTokenizer(HFTokenizer):
 
         pieces = [processor.IdToPiece(i) for i in range(processor.GetPieceSize())]
         vocab = {piece: i for i, piece in enumerate(pieces)}
-        bpe = models.BPE(
-            vocab=vocab, merges=_merges_by_rank(vocab), fuse_unk=True, byte_fallback=True, dropout=None
-        )
+        bpe = models.BPE(vocab=vocab, merges=_merges_by_rank(vocab), fuse_unk=True, byte_fallback=True, dropout=None)
         backend = _Backend(bpe)
         # legacy=False (transformers' default) prefixes only the very start of the text, not each chunk
         # between special tokens; add_prefix_space=False turns the prefix off entirely.
@@ -242,8 +241,10 @@ def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None
             token = repr(tokenizer.id_to_piece(bad[-1]))
         except IndexError:
             token = "a token"
-        raise TokenizerError(f"{folder}: {token} has id {bad[-1]}, beyond the model's {rows} embedding rows "
-                             "(config.json vocab_size); remove it from the tokenizer files or use the model's own")
+        raise TokenizerError(
+            f"{folder}: {token} has id {bad[-1]}, beyond the model's {rows} embedding rows "
+            "(config.json vocab_size); remove it from the tokenizer files or use the model's own"
+        )
 
 
 class IncrementalDecoder:
@@ -262,9 +263,7 @@ class IncrementalDecoder:
     # and holding them back longer would only stall the stream.
     _MAX_PENDING = 8
 
-    def __init__(
-        self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True
-    ) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
         self._skip = skip_special_tokens
         self._ids: list[int] = list(prompt_ids[-self._PROMPT_CONTEXT :]) if prompt_ids else []
@@ -324,9 +323,12 @@ class _FolderSettings:
     def read(cls, folder: Path) -> _FolderSettings:
         settings = cls()
         config, token_map, generation, added = (
-            read_model_object(folder, name, TokenizerError) for name in _SETTINGS_FILES)
+            read_model_object(folder, name, TokenizerError) for name in _SETTINGS_FILES
+        )
         if not generation:
-            generation = read_model_object(folder, "config.json", TokenizerError)  # older models keep eos_token_id only here
+            generation = read_model_object(
+                folder, "config.json", TokenizerError
+            )  # older models keep eos_token_id only here
         _check_types(folder, config, token_map, added)
 
         for key in NAMED_SPECIAL_TOKENS:
@@ -373,6 +375,7 @@ _LIST_OR_OBJECT = ("additional_special_tokens", "extra_special_tokens")
 
 def _check_types(folder: Path, config: dict, token_map: dict, added: dict) -> None:
     """One line naming the file and key when a settings value has a type no tokenizer uses."""
+
     def bad(name: str, key: str, want: str) -> TokenizerError:
         return TokenizerError(f"{folder / name}: {key} must be {want}; fix or re-copy the file")
 
@@ -478,8 +481,18 @@ def _merges_by_rank(vocab: dict[str, int]) -> list[tuple[str, str]]:
 
 def _clean_up_spaces(text: str) -> str:
     # transformers' clean_up_tokenization, applied only to non-BPE tokenizers that ask for it
-    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for before, after in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(before, after)
     return text
 

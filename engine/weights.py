@@ -46,8 +46,13 @@ def _pattern(name: str) -> re.Pattern[str]:
 class NameTable:
     """Compiled form of an architecture's WEIGHT_MAP: checkpoint name -> module name."""
 
-    def __init__(self, weight_map: dict[str, str], ignored: tuple[str, ...] = (),
-                 transposed: frozenset[str] = frozenset(), prefix: str = "") -> None:
+    def __init__(
+        self,
+        weight_map: dict[str, str],
+        ignored: tuple[str, ...] = (),
+        transposed: frozenset[str] = frozenset(),
+        prefix: str = "",
+    ) -> None:
         self.entries = [(src, dst, src in transposed) for src, dst in weight_map.items()]
         self.rules = [(_pattern(src), dst, t) for src, dst, t in self.entries]
         self.ignored = [_pattern(p) for p in ignored]
@@ -56,7 +61,7 @@ class NameTable:
     def match(self, name: str) -> tuple[str, int | None, bool] | None:
         """(module name pattern, layer number or None, transpose?) for a checkpoint name; None if not ours."""
         if self.prefix and name.startswith(self.prefix):
-            name = name[len(self.prefix):]
+            name = name[len(self.prefix) :]
         for pat, dst, transpose in self.rules:
             m = pat.match(name)
             if m:
@@ -86,7 +91,7 @@ class NameTable:
 
     def is_ignored(self, name: str) -> bool:
         if self.prefix and name.startswith(self.prefix):
-            name = name[len(self.prefix):]
+            name = name[len(self.prefix) :]
         return any(p.match(name) for p in self.ignored)
 
 
@@ -109,20 +114,26 @@ def checkpoint_files(folder: Path) -> list[Path]:
         return [pickled]
     if model_file(folder, "pytorch_model.bin.index.json") is not None:
         return _indexed_files(folder, "pytorch_model.bin.index.json")
-    raise ModelLoadError(f"no weights in {folder}: expected model.safetensors or "
-                         "model.safetensors.index.json (save the model with transformers' save_pretrained)")
+    raise ModelLoadError(
+        f"no weights in {folder}: expected model.safetensors or "
+        "model.safetensors.index.json (save the model with transformers' save_pretrained)"
+    )
 
 
 def _indexed_files(folder: Path, name: str) -> list[Path]:
     weight_map = read_model_object(folder, name).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise ModelLoadError(f"{folder / name}: weight_map must be an object of tensor name -> shard file; "
-                             "restore the file from the model's source")
+        raise ModelLoadError(
+            f"{folder / name}: weight_map must be an object of tensor name -> shard file; "
+            "restore the file from the model's source"
+        )
     files = []
     for shard in dict.fromkeys(weight_map.values()):
         if Path(shard).name != shard:  # "../x", "/etc/x", "sub/x": shards sit beside the index
-            raise ModelLoadError(f"{folder / name}: shard {shard[:80]!r} is not a file name in the folder; "
-                                 "restore the file from the model's source")
+            raise ModelLoadError(
+                f"{folder / name}: shard {shard[:80]!r} is not a file name in the folder; "
+                "restore the file from the model's source"
+            )
         path = model_file(folder, shard)
         if path is None:
             raise ModelLoadError(f"shard {shard} listed in {name} is missing; download it into {folder}")
@@ -136,8 +147,9 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], "callable"]
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # unpickling refused or file damaged
-            raise ModelLoadError(f"cannot read {path.name} safely ({type(e).__name__}); "
-                                 "convert the model to safetensors") from None
+            raise ModelLoadError(
+                f"cannot read {path.name} safely ({type(e).__name__}); convert the model to safetensors"
+            ) from None
         for name, t in sd.items():
             yield name, tuple(t.shape), (lambda t=t: t)
         return
@@ -175,17 +187,22 @@ def check_checkpoint(folder: Path, cfg: ModelConfig, table: NameTable, one_layer
             want = shapes.get(dst.replace("{}", "0"))
             got = shape[::-1] if transpose else shape
             if want is not None and got != want:
-                raise ModelLoadError(f"tensor {name} in {path.name} has shape {list(shape)}, but config.json "
-                                     f"implies {list(want)}; the weights do not match the config")
+                raise ModelLoadError(
+                    f"tensor {name} in {path.name} has shape {list(shape)}, but config.json "
+                    f"implies {list(want)}; the weights do not match the config"
+                )
     found = max(layers) + 1 if layers else 0
     if found != cfg.n_layers:
         key = "n_layer" if cfg.family == "gpt2" else "num_hidden_layers"
-        raise ModelLoadError(f"config.json: {key} is {cfg.n_layers}, but the checkpoint in {folder} has "
-                             f"{found} layers; set {key} to {found} or use the matching weights")
+        raise ModelLoadError(
+            f"config.json: {key} is {cfg.n_layers}, but the checkpoint in {folder} has "
+            f"{found} layers; set {key} to {found} or use the matching weights"
+        )
 
 
-def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTable,
-                 dtype: torch.dtype, device: torch.device) -> None:
+def load_weights(
+    model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTable, dtype: torch.dtype, device: torch.device
+) -> None:
     """Fill a meta-device `model` from the checkpoint in `folder` (see the module docstring)."""
     expected = {n: p for n, p in model.named_parameters(remove_duplicate=True)}
     tied = cfg.tie_embeddings
@@ -194,7 +211,7 @@ def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTa
     loaded: set[str] = set()
     unexpected: list[str] = []
     for path in checkpoint_files(folder):
-        for name, shape, read in iter_tensors(path):
+        for name, _shape, read in iter_tensors(path):
             hit = table.target(name)
             if hit is None:
                 if not table.is_ignored(name):
@@ -209,8 +226,9 @@ def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTa
             try:  # shapes were checked by check_checkpoint, before the model was built
                 t = read()
             except Exception as e:  # safetensors reads lazily: a short file fails here
-                raise ModelLoadError(f"{path.name} is truncated or corrupt (reading {name}: {e}); "
-                                     "download it again") from None
+                raise ModelLoadError(
+                    f"{path.name} is truncated or corrupt (reading {name}: {e}); download it again"
+                ) from None
             if transpose:
                 t = t.t()
             t = t.to(device=device, dtype=dtype).contiguous()
@@ -224,19 +242,35 @@ def load_weights(model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTa
         raise ModelLoadError(f"checkpoint in {folder} lacks {len(missing)} tensor(s) the model needs: {shown}")
     if unexpected:
         shown = ", ".join(unexpected[:4]) + (f" and {len(unexpected) - 4} more" if len(unexpected) > 4 else "")
-        raise ModelLoadError(f"checkpoint in {folder} has tensors this {cfg.architecture} does not use: "
-                             f"{shown}; config.json may not match the weights")
+        raise ModelLoadError(
+            f"checkpoint in {folder} has tensors this {cfg.architecture} does not use: "
+            f"{shown}; config.json may not match the weights"
+        )
     if tied:
         model.output.weight = model.tok_emb.weight
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json", "chat_template.jinja", "chat_template.json", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "added_tokens.json",
+)
 
 
-def save_model(model: nn.Module, cfg: ModelConfig, folder: str | Path, table: NameTable,
-               tokenizer_from: str | Path | None = None, extra_files: dict[str, str] | None = None,
-               metadata: dict[str, str] | None = None) -> Path:
+def save_model(
+    model: nn.Module,
+    cfg: ModelConfig,
+    folder: str | Path,
+    table: NameTable,
+    tokenizer_from: str | Path | None = None,
+    extra_files: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write a Hugging Face folder (config.json, model.safetensors, tokenizer files).
 
     Each file is written under a temporary name in the same folder and then renamed over the old
@@ -252,8 +286,11 @@ def save_model(model: nn.Module, cfg: ModelConfig, folder: str | Path, table: Na
         # Through model_file, before anything is written: a tokenizer file that is a link out of the
         # source folder (added_tokens.json -> ~/.ssh/id_rsa) is refused, never copied into an output.
         skip = {"config.json", *(extra_files or {})}
-        copies = {name: src for name in TOKENIZER_FILES
-                  if name not in skip and (src := model_file(tokenizer_from, name)) is not None}
+        copies = {
+            name: src
+            for name in TOKENIZER_FILES
+            if name not in skip and (src := model_file(tokenizer_from, name)) is not None
+        }
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     dtype = next(model.parameters()).dtype
@@ -276,7 +313,7 @@ def _hf_names(table: NameTable, state: dict, cfg: ModelConfig) -> dict[str, tupl
     """checkpoint name -> (module name, transpose?) for every tensor of `state` (the table read backwards)."""
     out: dict[str, tuple[str, bool]] = {}
     for src, dst, transpose in table.entries:
-        for i in (range(cfg.n_layers) if "{}" in dst else [0]):
+        for i in range(cfg.n_layers) if "{}" in dst else [0]:
             target, name = dst.replace("{}", str(i)), src.replace("{}", str(i))
             if target not in state or (target == "output.weight" and cfg.tie_embeddings):
                 continue

@@ -137,19 +137,13 @@ def _table(path: Path, data: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _recommended(
-    path: Path, table: dict[str, Any], base: Preset | None
-) -> Mapping[str, tuple[float, float]]:
+def _recommended(path: Path, table: dict[str, Any], base: Preset | None) -> Mapping[str, tuple[float, float]]:
     # Start from the bundled preset's ranges, or the full allowed range, then apply the file's.
-    ranges = {
-        f: base.recommended[f] if base else tuple(SamplingParams.RANGES[f][:2])
-        for f in RECOMMENDED_FIELDS
-    }
+    ranges = {f: base.recommended[f] if base else tuple(SamplingParams.RANGES[f][:2]) for f in RECOMMENDED_FIELDS}
     for field, value in table.items():
         if field not in RECOMMENDED_FIELDS:
             raise InputError(
-                f"{path}: [recommended] unknown parameter {field!r}; "
-                f"valid names: {', '.join(RECOMMENDED_FIELDS)}"
+                f"{path}: [recommended] unknown parameter {field!r}; valid names: {', '.join(RECOMMENDED_FIELDS)}"
             )
         lo, hi, _ = SamplingParams.RANGES[field]
         ok = (

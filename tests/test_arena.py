@@ -9,11 +9,11 @@ import json
 import time
 
 import pytest
-from textual.widgets import Static
-
 from helpers import cli
-from tui_host import Host
+from textual.widgets import Static
 from tiny_models import make_model
+from tui_host import Host
+
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
 from tiankong.models import default_model_dir
@@ -34,13 +34,6 @@ async def settle(pilot, screen: CompareScreen, timeout: float = 60) -> None:
     await pilot.pause()
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "t.db")
-    yield s
-    s.close()
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Engine:
     return Engine.load(make_model(tmp_path_factory.mktemp("tiny"), "llama"), device="cpu", dtype="float32")
@@ -53,10 +46,19 @@ def short(name: str):
 
 def answers_file(path, n_prompts=1, k=4):
     """An answers file as generate writes it: k samples per prompt, seeds 10, 11, ..."""
-    lines = [{"prompt": f"prompt {p}", "preset": "balanced", "params": {"temperature": 0.7, "seed": 10 + i},
-              "seed": 10 + i, "text": f"answer {p}.{i}", "finish_reason": "eos",
-              "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
-             for p in range(n_prompts) for i in range(k)]
+    lines = [
+        {
+            "prompt": f"prompt {p}",
+            "preset": "balanced",
+            "params": {"temperature": 0.7, "seed": 10 + i},
+            "seed": 10 + i,
+            "text": f"answer {p}.{i}",
+            "finish_reason": "eos",
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+        for p in range(n_prompts)
+        for i in range(k)
+    ]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
 
@@ -72,8 +74,9 @@ def test_partial_ranking_exports_exactly_the_expressed_pairs(store):
     [stored] = store.list_votes()
     assert stored.n_ranked == 2 and stored.tiers() == [[2], [0], [1, 3]]
     pairs = [(r["chosen"], r["rejected"]) for r in export_records(store)]
-    assert sorted(pairs) == sorted([("text C", "text A"), ("text C", "text B"), ("text C", "text D"),
-                                    ("text A", "text B"), ("text A", "text D")])
+    assert sorted(pairs) == sorted(
+        [("text C", "text A"), ("text C", "text B"), ("text C", "text D"), ("text A", "text B"), ("text A", "text D")]
+    )
     assert [(r["chosen"], r["rejected"]) for r in vote_pairs(stored)] == pairs
     [raw] = ranking_records(store)
     assert raw["ranking"] == [[2], [0], [1, 3]] and raw["outcome"] == "ranked" and raw["vote_id"] == v.id
@@ -108,10 +111,15 @@ def test_pressing_3_1_enter_on_four_answers_stores_a_partial_ranking(tmp_path, s
 
 def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
     path = tmp_path / "prompts.jsonl"
-    path.write_text('Tell me a story.\n{"prompt": "Name a colour.", "id": "colour"}\n'
-                    '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}\n')
-    jobs = [{"prompt": "Tell me a story."}, {"prompt": "Name a colour.", "id": "colour"},
-            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}]
+    path.write_text(
+        'Tell me a story.\n{"prompt": "Name a colour.", "id": "colour"}\n'
+        '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}\n'
+    )
+    jobs = [
+        {"prompt": "Tell me a story."},
+        {"prompt": "Name a colour.", "id": "colour"},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+    ]
     queue = prompt_queue(path, jobs, repeat=2)
     assert queue.total == 6
     presets = [short("balanced"), short("creative")]
@@ -150,8 +158,10 @@ def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
             assert str(screen.query_one("#compare-head", Static).content).startswith("4 / 6 round 2/2")
             await pilot.press("2", "enter")
             await settle(pilot, screen)
-            assert screen.round.conversation == [{"role": "system", "content": "Be brief."},
-                                                 {"role": "user", "content": "Hi"}]
+            assert screen.round.conversation == [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ]
             await pilot.press("ctrl+z")  # undo: back to round 4, its answers as they were
             await pilot.pause()
             assert screen.position == 3 and screen.round.prompt == "Name a colour." and screen.state == "voting"
@@ -174,8 +184,25 @@ def test_prompt_queue_refuses_a_conversation_not_ending_with_the_user(tmp_path):
 def test_rank_reads_generates_jsonl_and_stores_the_metadata(tmp_path, monkeypatch, capsys, store):
     prompts, out = tmp_path / "prompts.txt", tmp_path / "answers.jsonl"
     prompts.write_text("Tell me a story about a cat.\n用中文写一个关于小猫的故事。\n")
-    code, _, err = cli(monkeypatch, capsys, "generate", "-m", default_model_dir(), "--input", prompts, "--n", "2",
-                       "--max-new-tokens", "4", "--preset", "creative", "--seed", "7", "-o", out)
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "-m",
+        default_model_dir(),
+        "--input",
+        prompts,
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--preset",
+        "creative",
+        "--seed",
+        "7",
+        "-o",
+        out,
+    )
     assert code == 0, err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 4
@@ -204,7 +231,12 @@ def test_rank_reads_generates_jsonl_and_stores_the_metadata(tmp_path, monkeypatc
     for r in vote.responses:  # the answers' metadata, as generate wrote it
         rec = by_seed[r.seed]
         assert (r.text, r.preset, r.params, r.finish_reason, r.model) == (
-            rec["text"], "creative", rec["params"], rec["finish_reason"], "tiankong-mini")
+            rec["text"],
+            "creative",
+            rec["params"],
+            rec["finish_reason"],
+            "tiankong-mini",
+        )
     assert store.queue_position(queue.key) == 1
     # Reopened, the same file starts at its second prompt.
     again = CompareScreen([], [], store, "rita", queue=answers_queue(out))
@@ -242,13 +274,39 @@ def test_cli_rank_and_compare_errors_are_one_line(tmp_path, monkeypatch, capsys)
 def test_prefs_stats_leaderboard_and_rankings_export(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     with Store(data / "tiankong.db") as s:
-        rs = [Response(label, f"/runs/{m}", p, {"seed": 1}, 1, label, "eos")
-              for label, m, p in (("A", "sft", "balanced"), ("B", "ppo", "creative"), ("C", "ppo", "precise"))]
+        rs = [
+            Response(label, f"/runs/{m}", p, {"seed": 1}, 1, label, "eos")
+            for label, m, p in (("A", "sft", "balanced"), ("B", "ppo", "creative"), ("C", "ppo", "precise"))
+        ]
         for _ in range(3):
-            s.add_vote(Vote(None, "q", [{"role": "user", "content": "q"}], rs, "ranked", [1, 0, 2], "me", True,
-                            n_ranked=1, prompt_id="q1"))
-    code, out, err = cli(monkeypatch, capsys, "prefs", "stats", "--data-dir", data, "--format", "json",
-                         "--bootstrap", "20", "--seed", "3")
+            s.add_vote(
+                Vote(
+                    None,
+                    "q",
+                    [{"role": "user", "content": "q"}],
+                    rs,
+                    "ranked",
+                    [1, 0, 2],
+                    "me",
+                    True,
+                    n_ranked=1,
+                    prompt_id="q1",
+                )
+            )
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "prefs",
+        "stats",
+        "--data-dir",
+        data,
+        "--format",
+        "json",
+        "--bootstrap",
+        "20",
+        "--seed",
+        "3",
+    )
     assert code == 0, err
     board = json.loads(out)["leaderboard"]
     presets = {s["name"]: s for s in board["presets"]}
@@ -258,13 +316,21 @@ def test_prefs_stats_leaderboard_and_rankings_export(tmp_path, monkeypatch, caps
     assert [s["name"] for s in board["models"]] == ["/runs/ppo", "/runs/sft"]
     code, out, _ = cli(monkeypatch, capsys, "prefs", "stats", "--data-dir", data)
     assert code == 0 and "presets" in out and "models" in out and "95% CI" in out and "ppo" in out
-    code, _, err = cli(monkeypatch, capsys, "prefs", "export", "--data-dir", data, "--format", "rankings",
-                       "-o", tmp_path / "r.jsonl")
+    code, _, err = cli(
+        monkeypatch, capsys, "prefs", "export", "--data-dir", data, "--format", "rankings", "-o", tmp_path / "r.jsonl"
+    )
     assert code == 0 and "wrote 3 rankings" in err
     rec = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
     assert rec["ranking"] == [[1], [0, 2]] and rec["prompt_id"] == "q1" and rec["rater"] == "me"
-    assert rec["responses"][0] == {"label": "A", "model": "/runs/sft", "preset": "balanced", "params": {"seed": 1},
-                                   "seed": 1, "text": "A", "finish_reason": "eos"}
+    assert rec["responses"][0] == {
+        "label": "A",
+        "model": "/runs/sft",
+        "preset": "balanced",
+        "params": {"seed": 1},
+        "seed": 1,
+        "text": "A",
+        "finish_reason": "eos",
+    }
 
 
 def test_vote_browser_shows_a_partial_ranking_as_expressed():
@@ -272,8 +338,10 @@ def test_vote_browser_shows_a_partial_ranking_as_expressed():
 
     from tiankong.tui.screens.votes import verdict, vote_detail
 
-    rs = [Response(label, "m", p, {}, 1, f"text {label}", "eos")
-          for label, p in zip("ABCD", ("balanced", "creative", "precise", "chat"))]
+    rs = [
+        Response(label, "m", p, {}, 1, f"text {label}", "eos")
+        for label, p in zip("ABCD", ("balanced", "creative", "precise", "chat"), strict=True)
+    ]
     v = Vote(7, "q", [{"role": "user", "content": "q"}], rs, "ranked", [2, 0, 1, 3], "me", True, n_ranked=2)
     assert verdict(v) == "C > A > {B, D}"
     console = Console(width=100, record=True)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from test_tui_chat import SIZE, answered, loaded, make_app, open_newest_chat, run, send, wait_for
+from tiny_models import make_model
 
 from tiankong.engine.sampling import SamplingParams
 from tiankong.tui.screens.branch import branch_vote, common_tokens
 from tiankong.tui.store import DB_NAME, MIGRATIONS, Message, Store
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
-from test_tui_chat import answered, loaded, make_app, open_newest_chat, run, send, wait_for, SIZE
-from tiny_models import make_model
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,10 @@ def test_old_database_migrates_to_a_chain(tmp_path):
     conn.execute("PRAGMA user_version = 4")
     conn.execute("INSERT INTO chats VALUES (1, 't', 'm', 'balanced', '', '2025-01-01', '2025-01-01')")
     for i, (role, text) in enumerate([("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")], 1):
-        conn.execute("INSERT INTO messages (id, chat_id, role, content, created_at) VALUES (?, 1, ?, ?, ?)",
-                     (i * 10, role, text, f"2025-01-01T00:00:0{i}"))
+        conn.execute(
+            "INSERT INTO messages (id, chat_id, role, content, created_at) VALUES (?, 1, ?, ?, ?)",
+            (i * 10, role, text, f"2025-01-01T00:00:0{i}"),
+        )
     conn.commit()
     conn.close()
     with Store(path) as store:
@@ -62,7 +64,10 @@ def test_siblings_select_and_export_follow_the_active_branch(tmp_path):
 
 
 def _msg(i: int, ids: list[int], texts: list[str], content: str) -> Message:
-    tokens = [{"id": t, "text": x, "logprob": -1.0, "p_sample": 0.5, "entropy": 1.0, "top": []} for t, x in zip(ids, texts)]
+    tokens = [
+        {"id": t, "text": x, "logprob": -1.0, "p_sample": 0.5, "entropy": 1.0, "top": []}
+        for t, x in zip(ids, texts, strict=True)
+    ]
     return Message(i, 1, "assistant", content, "balanced", {"temperature": 0.7}, 7, "eos", tokens, "")
 
 
@@ -117,7 +122,7 @@ def test_branch_from_a_candidate_continues_from_that_token(tiny, tmp_path):
     (vote,) = votes
     start = old.tokens[0]["text"] + old.tokens[1]["text"]
     assert vote.conversation[-1] == {"role": "assistant", "content": start} or not start
-    assert vote.responses[0].text == new.content[len(start):] and vote.responses[1].text == old.content[len(start):]
+    assert vote.responses[0].text == new.content[len(start) :] and vote.responses[1].text == old.content[len(start) :]
     store.close()
 
 
@@ -186,8 +191,15 @@ def test_trainers_read_a_branch_vote_as_a_pair_at_the_fork():
     enc = Encoder.from_folder(Path(__file__).parent.parent / "models" / "tiankong-mini")
     conv = [{"role": "user", "content": "Tell me a story."}]
     whole, at_start = enc.pair(conv, "Once upon a time there was a cat.")
-    (record,) = vote_pairs(branch_vote(conv, _msg(2, [1, 2], ["Once upon a time", " there was a cat."], ""),
-                                       _msg(3, [1, 3], ["Once upon a time", " a dog"], ""), "m", "me"))
+    (record,) = vote_pairs(
+        branch_vote(
+            conv,
+            _msg(2, [1, 2], ["Once upon a time", " there was a cat."], ""),
+            _msg(3, [1, 3], ["Once upon a time", " a dog"], ""),
+            "m",
+            "me",
+        )
+    )
     assert record["prompt"][-1] == {"role": "assistant", "content": "Once upon a time"}
     forked, at_fork = enc.pair(record["prompt"], record["chosen"][0]["content"])
     assert forked == whole and at_fork > at_start  # the same sequence, the response starting at the fork

@@ -53,10 +53,17 @@ def greedy(engine, prompt: str, max_new_tokens: int = 300, raw: bool = False):
 
 # ---------------------------------------------------------------- the folder
 
+
 def test_folder_is_complete_and_small():
     assert MODEL.name == "tiankong-mini" and MODEL.is_dir()
-    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
-                 "special_tokens_map.json", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "README.md",
+    ):
         assert (MODEL / name).is_file(), name
     assert (MODEL / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
     config = json.loads((MODEL / "config.json").read_text())
@@ -101,11 +108,15 @@ def test_matches_transformers(engine):
 
 # ---------------------------------------------------------------- what it was tuned to do
 
-@pytest.mark.parametrize("prompt, chinese, words", [
-    ("Write a short story about a cat named Tom.", False, ["Tom", "cat"]),
-    ("Tell me a story about a dog called Biscuit.", False, ["Biscuit", "dog"]),
-    ("用中文写一个关于小狗的故事。", True, ["小狗"]),
-])
+
+@pytest.mark.parametrize(
+    "prompt, chinese, words",
+    [
+        ("Write a short story about a cat named Tom.", False, ["Tom", "cat"]),
+        ("Tell me a story about a dog called Biscuit.", False, ["Biscuit", "dog"]),
+        ("用中文写一个关于小狗的故事。", True, ["小狗"]),
+    ],
+)
 def test_greedy_story_is_whole_names_its_hero_and_is_in_the_asked_language(engine, prompt, chinese, words):
     # Over 40 fresh (animal, name) requests the card reports how often name and animal are used; these
     # greedy answers are fixed for the bundled weights.
@@ -118,12 +129,15 @@ def test_greedy_story_is_whole_names_its_hero_and_is_in_the_asked_language(engin
         assert w in done.text, done.text
 
 
-@pytest.mark.parametrize("prompt, expected", [
-    ("What sound does a cow make?", "moo"),
-    ("蜜蜂住在哪里？", "蜂巢"),
-    ("What colour is a banana?", "yellow"),
-    ("What do bees make?", "honey"),
-])
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("What sound does a cow make?", "moo"),
+        ("蜜蜂住在哪里？", "蜂巢"),
+        ("What colour is a banana?", "yellow"),
+        ("What do bees make?", "honey"),
+    ],
+)
 def test_greedy_short_answers(engine, prompt, expected):
     done = greedy(engine, prompt, max_new_tokens=40)
     assert done.finish_reason == "eos", done.text
@@ -148,6 +162,7 @@ def test_presets_give_different_samples(engine):
 
 # ---------------------------------------------------------------- the build scripts
 
+
 def test_generators_are_deterministic_and_bilingual():
     import corpus
     import sft_data
@@ -166,6 +181,7 @@ def test_generators_are_deterministic_and_bilingual():
 def test_written_files_are_what_the_trainers_read(tmp_path):
     import corpus
     import sft_data
+
     from tiankong.trainers.data import load_conversations, load_texts
 
     corpus.write_corpus(tmp_path / "c.txt", 30, seed=1)
@@ -186,17 +202,40 @@ def test_sft_answers_are_correct():
     rng = random.Random(0)
     for _ in range(200):
         q, a = (m["content"] for m in sft_data.math_task(rng))
-        nums = [int(t) for t in q.replace("?", " ").replace("？", " ").replace("加", " + ").replace("减", " - ")
-                .replace("等于几", "").replace("等于多少", "").split() if t.isdigit()]
+        nums = [
+            int(t)
+            for t in q.replace("?", " ")
+            .replace("？", " ")
+            .replace("加", " + ")
+            .replace("减", " - ")
+            .replace("等于几", "")
+            .replace("等于多少", "")
+            .split()
+            if t.isdigit()
+        ]
         result = nums[0] - nums[1] if ("minus" in q or "-" in q or "减" in q) else nums[0] + nums[1]
         assert str(result) in a.replace(str(nums[0]), "", 1).replace(str(nums[1]), "", 1), (q, a)
 
 
 def test_build_smoke_data_and_init(tmp_path):
     """The first stages of the real build, at tiny sizes (the full --smoke run trains too: see the card)."""
-    out = subprocess.run([sys.executable, str(BUILD / "build.py"), "--smoke", "--work", str(tmp_path),
-                          "--out", str(tmp_path / "model"), "--to-stage", "init"],
-                         capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BUILD / "build.py"),
+            "--smoke",
+            "--work",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "model"),
+            "--to-stage",
+            "init",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["init"]["parameters"] > 0 and report["corpus_tokens"] > 0
@@ -220,9 +259,14 @@ def test_sampled_english_stories_stay_in_english(engine):
     from tiankong.presets import load_presets
 
     balanced = load_presets()["balanced"].params
-    asks = ["Write a short story about a cat.", "Tell me a story about a fox.", "Write a story about a bear named Ben.",
-            "Tell me a short story about a rabbit.", "Write a story about a little bird.",
-            "Tell me a story about a dog called Max."]
+    asks = [
+        "Write a short story about a cat.",
+        "Tell me a story about a fox.",
+        "Write a story about a bear named Ben.",
+        "Tell me a short story about a rabbit.",
+        "Write a story about a little bird.",
+        "Tell me a story about a dog called Max.",
+    ]
     prompts = [engine.encode(messages=[{"role": "user", "content": q}]) for q in asks for _ in range(8)]
     params = [balanced.replace(seed=s, max_new_tokens=200) for _ in asks for s in range(8)]
     done = [ev for ev in engine.generate(prompts, params) if isinstance(ev, Finished)]

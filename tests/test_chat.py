@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from test_tokenizer import bytelevel_folder, llama_folder  # noqa: F401 - shared session fixtures
 from tiankong.engine.chat import ChatTemplate, render_prompt, validate_messages
 from tiankong.engine.errors import ChatTemplateError, InputError
 from tiankong.engine.tokenizer import load_tokenizer
@@ -72,7 +71,7 @@ CONVERSATIONS = [
         {"role": "system", "content": "Be brief. 简洁一点。"},
         {"role": "user", "content": "  What is <b>2+2</b>?  "},
         {"role": "assistant", "content": "4 😀"},
-        {"role": "user", "content": "And \"3+3\"?\n"},
+        {"role": "user", "content": 'And "3+3"?\n'},
     ],
 ]
 
@@ -153,8 +152,8 @@ def test_template_errors(llama_folder):
         ("hello", "must be a list"),
         ([], "empty"),
         (["hi"], "message 1 must be an object"),
-        ([{"content": "hi"}], "no \"role\""),
-        ([{"role": "user"}], "no \"content\""),
+        ([{"content": "hi"}], 'no "role"'),
+        ([{"role": "user"}], 'no "content"'),
         ([{"role": "user", "content": 3}], "must be a string"),
         ([{"role": "user", "content": "ok"}, {"role": None, "content": "x"}], "message 2"),
     ],

@@ -7,7 +7,6 @@ import asyncio
 import sqlite3
 import time
 
-import pytest
 from textual.widgets import Input, OptionList
 
 import tiankong.tui.store as store_module
@@ -22,9 +21,15 @@ def _search_version() -> int:
 def _fill(store: Store) -> tuple[int, int, int]:
     """An old chat whose third message says "lighthouse" and "小猫很开心", then a newer chat without them."""
     old = store.create_chat("m", "balanced", title="old chat")
-    ids = [store.add_message(old, role, text) for role, text in [
-        ("user", "Tell me a story."), ("assistant", "Once there was a boat."),
-        ("user", "Now add a LightHouse keeper, and 小猫很开心。"), ("assistant", "The keeper waved.")]]
+    ids = [
+        store.add_message(old, role, text)
+        for role, text in [
+            ("user", "Tell me a story."),
+            ("assistant", "Once there was a boat."),
+            ("user", "Now add a LightHouse keeper, and 小猫很开心。"),
+            ("assistant", "The keeper waved."),
+        ]
+    ]
     time.sleep(0.002)
     new = store.create_chat("m", "creative", title="new chat")
     store.add_message(new, "user", "What is 2 + 2?")
@@ -55,14 +60,18 @@ def test_search_finds_a_word_in_an_old_chat_after_reopening(tmp_path):
 def test_an_old_schema_database_migrates_and_its_messages_are_searchable(tmp_path):
     db = tmp_path / DB_NAME
     conn = sqlite3.connect(db, isolation_level=None)
-    for migration in MIGRATIONS[:_search_version()]:  # the schema before the index, with data in it
+    for migration in MIGRATIONS[: _search_version()]:  # the schema before the index, with data in it
         migration(conn)
     conn.execute(f"PRAGMA user_version = {_search_version()}")
-    conn.execute("INSERT INTO chats (id, title, model, preset, created_at, updated_at) "
-                 "VALUES (7, 'before search', 'm', 'balanced', '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')")
+    conn.execute(
+        "INSERT INTO chats (id, title, model, preset, created_at, updated_at) "
+        "VALUES (7, 'before search', 'm', 'balanced', '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')"
+    )
     for i, text in enumerate(["hi", "hello", "the ancient lighthouse", "bye"]):
-        conn.execute("INSERT INTO messages (chat_id, role, content, created_at) VALUES (7, ?, ?, '2024')",
-                     ("user" if i % 2 == 0 else "assistant", text))
+        conn.execute(
+            "INSERT INTO messages (chat_id, role, content, created_at) VALUES (7, ?, ?, '2024')",
+            ("user" if i % 2 == 0 else "assistant", text),
+        )
     conn.close()
     with Store(db) as s:
         (hit,) = s.search_chats("lighthouse")
@@ -90,6 +99,7 @@ def test_snippet_cuts_around_the_first_match():
 
 
 # ---------------------------------------------------------------- the chat list's search box (Pilot)
+
 
 def test_chat_list_search_filters_by_message_content_and_opens_the_match(tmp_path):
     from test_tui_chat import loaded, make_app

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
-from tiny_models import STORIES, make_model
 from helpers import cli
+from tiny_models import STORIES, make_model
 
 
 @pytest.fixture(scope="module")
@@ -17,15 +16,29 @@ def model_dir(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("cli-llama"), "llama")
 
 
-
-
 def records(text):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_generate_jsonl_record(monkeypatch, capsys, model_dir):
-    code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-p", "Once upon",
-                         "--preset", "creative", "--seed", "5", "--max-new-tokens", "6", "--top-logprobs", "3")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "-m",
+        model_dir,
+        "--raw",
+        "-p",
+        "Once upon",
+        "--preset",
+        "creative",
+        "--seed",
+        "5",
+        "--max-new-tokens",
+        "6",
+        "--top-logprobs",
+        "3",
+    )
     assert code == 0, err
     (rec,) = records(out)
     assert rec["prompt"] == "Once upon" and rec["preset"] == "creative" and rec["seed"] == 5
@@ -40,15 +53,37 @@ def test_generate_jsonl_record(monkeypatch, capsys, model_dir):
 
 
 def test_same_seed_same_text_whatever_the_batch(monkeypatch, capsys, model_dir, tmp_path):
-    lines = ["Once upon a time", json.dumps({"id": "q2", "prompt": "The quick brown fox"}),
-             json.dumps({"messages": [{"role": "user", "content": "def add(a, b):"}]}), "Emoji are fun"]
+    lines = [
+        "Once upon a time",
+        json.dumps({"id": "q2", "prompt": "The quick brown fox"}),
+        json.dumps({"messages": [{"role": "user", "content": "def add(a, b):"}]}),
+        "Emoji are fun",
+    ]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
     runs = []
     for bs in (1, 3, 8):
         out = tmp_path / f"out{bs}.jsonl"
-        code, _, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-i", src, "--n", "2",
-                           "--seed", "100", "--max-new-tokens", "10", "--batch-size", bs, "-o", out)
+        code, _, err = cli(
+            monkeypatch,
+            capsys,
+            "generate",
+            "-m",
+            model_dir,
+            "--raw",
+            "-i",
+            src,
+            "--n",
+            "2",
+            "--seed",
+            "100",
+            "--max-new-tokens",
+            "10",
+            "--batch-size",
+            bs,
+            "-o",
+            out,
+        )
         assert code == 0, err
         runs.append(records(out.read_text()))
     assert len(runs[0]) == 8
@@ -60,24 +95,44 @@ def test_same_seed_same_text_whatever_the_batch(monkeypatch, capsys, model_dir, 
 
 
 def test_overrides_switch_filters_off(monkeypatch, capsys, model_dir):
-    code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-p", "A",
-                         "--top-k", "0", "--top-p", "1", "--min-p", "0", "--temperature", "0",
-                         "--max-new-tokens", "3")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "-m",
+        model_dir,
+        "--raw",
+        "-p",
+        "A",
+        "--top-k",
+        "0",
+        "--top-p",
+        "1",
+        "--min-p",
+        "0",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "3",
+    )
     assert code == 0, err
     p = records(out)[0]["params"]
     assert (p["top_k"], p["top_p"], p["min_p"], p["temperature"]) == (0, 1.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["generate", "-m", "/nonexistent/model", "-p", "hi"], "does not exist"),
-    (["generate", "-m", "{model}", "-p", "hi", "--temperature", "7"], "temperature must be in [0, 2], got 7"),
-    (["generate", "-m", "{model}", "-p", "hi", "--preset", "nope"], "nope"),
-    (["generate", "-m", "{model}", "-i", "{badfile}"], "line 2: invalid JSON"),
-    (["generate", "-m", "{model}", "-p", "x" * 2000, "--raw"], "the model's context is 256"),
-    (["info", "-m", "{model}/config.json"], "is a file, not a model folder"),
-    (["tokenize", "-m", "/nonexistent", "hi"], "does not exist"),
-    (["presets", "nope"], "nope"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "-m", "/nonexistent/model", "-p", "hi"], "does not exist"),
+        (["generate", "-m", "{model}", "-p", "hi", "--temperature", "7"], "temperature must be in [0, 2], got 7"),
+        (["generate", "-m", "{model}", "-p", "hi", "--preset", "nope"], "nope"),
+        (["generate", "-m", "{model}", "-i", "{badfile}"], "line 2: invalid JSON"),
+        (["generate", "-m", "{model}", "-p", "x" * 2000, "--raw"], "the model's context is 256"),
+        (["info", "-m", "{model}/config.json"], "is a file, not a model folder"),
+        (["tokenize", "-m", "/nonexistent", "hi"], "does not exist"),
+        (["presets", "nope"], "nope"),
+    ],
+)
 def test_errors_are_one_line_exit_2(monkeypatch, capsys, model_dir, tmp_path, args, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
@@ -115,15 +170,32 @@ def test_tokenize_info_presets(monkeypatch, capsys, model_dir):
 
 
 def test_console_script_help_has_examples():
-    out = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", "generate", "--help"],
-                         capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tiankong.tui.cli", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": ""},
+        check=True,
+    ).stdout
     assert "Examples" in out and "--top-logprobs" in out
 
 
 @pytest.mark.skipif(not STORIES.exists(), reason="../shared is absent")
 def test_stories_from_bos(monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "generate", "-m", STORIES, "--raw", "-p", "", "--preset",
-                         "deterministic", "--max-new-tokens", "40")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "-m",
+        STORIES,
+        "--raw",
+        "-p",
+        "",
+        "--preset",
+        "deterministic",
+        "--max-new-tokens",
+        "40",
+    )
     assert code == 0, err
     rec = records(out)[0]
     assert rec["usage"]["prompt_tokens"] == 1 and "Lily" in rec["text"]

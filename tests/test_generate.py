@@ -6,12 +6,12 @@ import threading
 
 import pytest
 import torch
+from tiny_models import STORIES, make_model
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.sampling import SamplingParams
-from tiny_models import STORIES, make_model
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=24, seed=0)
 
@@ -43,9 +43,10 @@ def hf_greedy(folder, ids, n):
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    out = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                      pad_token_id=0, eos_token_id=None)
-    return out[0, len(ids):].tolist()
+    out = hf.generate(
+        torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=None
+    )
+    return out[0, len(ids) :].tolist()
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gpt2"])
@@ -81,16 +82,18 @@ def test_cached_decoding_equals_recomputation(engines, arch):
 def test_batched_equals_one_by_one(engines):
     eng = engines["llama"]
     prompts = [eng.encode(t, raw=True) for t in ("Once", "The quick brown fox jumps over", "def add(a, b):", "A")]
-    params = [GREEDY.replace(max_new_tokens=12),
-              SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=20, seed=7),
-              SamplingParams(temperature=1.2, top_k=20, min_p=0.05, repetition_penalty=1.3, max_new_tokens=8, seed=3),
-              SamplingParams(temperature=0.7, presence_penalty=0.5, frequency_penalty=0.5, max_new_tokens=16, seed=11)]
+    params = [
+        GREEDY.replace(max_new_tokens=12),
+        SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=20, seed=7),
+        SamplingParams(temperature=1.2, top_k=20, min_p=0.05, repetition_penalty=1.3, max_new_tokens=8, seed=3),
+        SamplingParams(temperature=0.7, presence_penalty=0.5, frequency_penalty=0.5, max_new_tokens=16, seed=11),
+    ]
     batched, bdone = run(eng, prompts, params, top_logprobs=3)
-    for i, (p, sp) in enumerate(zip(prompts, params)):
+    for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
         alone, adone = run(eng, [p], [sp], top_logprobs=3)
         assert [e.id for e in batched[i]] == [e.id for e in alone[0]]
         assert bdone[i].text == adone[0].text and bdone[i].finish_reason == adone[0].finish_reason
-        for a, b in zip(batched[i], alone[0]):
+        for a, b in zip(batched[i], alone[0], strict=True):
             assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
             assert a.p_sample == pytest.approx(b.p_sample, abs=1e-4)
 
@@ -100,9 +103,12 @@ def test_rows_with_one_prompt_share_its_prefill(engines):
     eng = engines["mistral"]
     a, b = eng.encode("Once upon a time there", raw=True), eng.encode("The dog", raw=True)
     prompts = [a, b, a, a]
-    params = [GREEDY.replace(max_new_tokens=10), SamplingParams(temperature=0.9, max_new_tokens=10, seed=1),
-              SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=10, seed=2),
-              SamplingParams(temperature=1.2, top_k=5, max_new_tokens=10, seed=3)]
+    params = [
+        GREEDY.replace(max_new_tokens=10),
+        SamplingParams(temperature=0.9, max_new_tokens=10, seed=1),
+        SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=10, seed=2),
+        SamplingParams(temperature=1.2, top_k=5, max_new_tokens=10, seed=3),
+    ]
     prefill_rows = []
     forward = eng.model.forward
 
@@ -117,10 +123,10 @@ def test_rows_with_one_prompt_share_its_prefill(engines):
     finally:
         del eng.model.forward
     assert prefill_rows == [2]
-    for i, (p, sp) in enumerate(zip(prompts, params)):
+    for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
         alone, _ = run(eng, [p], [sp])
         assert [e.id for e in batched[i]] == [e.id for e in alone[0]], i
-        for x, y in zip(batched[i], alone[0]):
+        for x, y in zip(batched[i], alone[0], strict=True):
             assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
 
 
@@ -274,5 +280,6 @@ def test_packing_keeps_a_tied_embedding_intact(tmp_path, stored):
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = torch.tensor([eng.encode("Once upon a time", raw=True)])
     with torch.inference_mode():
-        torch.testing.assert_close(eng.model(ids, torch.arange(ids.shape[1])[None]), hf(ids).logits,
-                                   atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            eng.model(ids, torch.arange(ids.shape[1])[None]), hf(ids).logits, atol=2e-5, rtol=1e-4
+        )

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 from tiankong.tui.store import DB_NAME, Response, Store, Vote
-from helpers import cli
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "tiankong-mini"
 GEN = ["generate", "-m", MODEL, "--max-new-tokens", "2", "--seed", "1", "--device", "cpu"]
@@ -41,15 +41,33 @@ def one_line_error(code: int, err: str, *needles: str) -> None:
 def run(args, timeout=120, **kw) -> subprocess.CompletedProcess:
     """`tiankong ARGS` in a child process (for resource limits, FIFOs and stdout devices)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tiankong.tui.cli", *map(str, args)], env=env,
-                          capture_output="stdout" not in kw, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "tiankong.tui.cli", *map(str, args)],
+        env=env,
+        capture_output="stdout" not in kw,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def votes(n: int, text: str = "Blue.") -> list[Vote]:
-    return [Vote(None, f"prompt {i}", [{"role": "user", "content": f"prompt {i}"}],
-                 [Response("A", "m", "balanced", {}, 1, f"{text} {i}", "eos"),
-                  Response("B", "m", "creative", {}, 2, f"Red. {i}", "eos")], "ranked", [0, 1], "ann", True)
-            for i in range(n)]
+    return [
+        Vote(
+            None,
+            f"prompt {i}",
+            [{"role": "user", "content": f"prompt {i}"}],
+            [
+                Response("A", "m", "balanced", {}, 1, f"{text} {i}", "eos"),
+                Response("B", "m", "creative", {}, 2, f"Red. {i}", "eos"),
+            ],
+            "ranked",
+            [0, 1],
+            "ann",
+            True,
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -73,8 +91,9 @@ def test_export_on_a_full_file_system_reports_it_and_keeps_the_old_file(data, tm
     old = tmp_path / "prefs.jsonl"
     old.write_text("the old export\n")
     limit = 64 * 1024  # the database needs less; the export (~120 kB) fails with EFBIG, as on a full disk
-    proc = run(["prefs", "export", "-o", old],
-               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    proc = run(
+        ["prefs", "export", "-o", old], preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    )
     one_line_error(proc.returncode, proc.stderr, f"cannot write {old}", "ulimit")
     assert old.read_text() == "the old export\n" and leftovers(tmp_path) == []
 
@@ -127,8 +146,10 @@ def test_export_into_a_read_only_folder_is_one_line(data, tmp_path, monkeypatch,
     (ro / "prefs.jsonl").write_text("old\n")
     mounted = _read_only_folder(ro)
     if not mounted:  # no mounting here: the rename fails as it would on a read-only file system
+
         def refuse(*a, **k):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
         monkeypatch.setattr(os, "replace", refuse)
     try:
         code, out, err = cli(monkeypatch, capsys, "prefs", "export", "-o", ro / "prefs.jsonl")
@@ -162,8 +183,9 @@ def test_generate_megabyte_prompt_is_refused_before_tokenizing(tmp_path, monkeyp
     assert time.perf_counter() - started < 30
 
 
-@pytest.mark.parametrize("target, needle", [("missing/out.jsonl", "does not exist"), ("folder", "folder"),
-                                            ("/dev/full", "device")])
+@pytest.mark.parametrize(
+    "target, needle", [("missing/out.jsonl", "does not exist"), ("folder", "folder"), ("/dev/full", "device")]
+)
 def test_generate_output_that_cannot_be_a_file_is_one_line(tmp_path, monkeypatch, capsys, target, needle):
     (tmp_path / "folder").mkdir()
     out_path = target if target.startswith("/") else tmp_path / target
@@ -224,9 +246,11 @@ def test_imports_before_the_hash_column_are_recognised_after_the_migration(tmp_p
         for migration in store_module.MIGRATIONS[:2]:
             migration(conn)
         conn.execute("PRAGMA user_version = 2")
-        conn.executemany("INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, "
-                         "source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         [store_module._vote_row(v, "2025-01-01T00:00:00.000000Z")[:9] for v in read_votes(src)])
+        conn.executemany(
+            "INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, "
+            "source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [store_module._vote_row(v, "2025-01-01T00:00:00.000000Z")[:9] for v in read_votes(src)],
+        )
     conn.close()
     with Store(path) as s:  # migrates: the old imports get their hashes
         assert s.import_votes(read_votes(src)) == (0, 3)
@@ -243,13 +267,22 @@ def test_large_imports_commit_in_batches(tmp_path):
 
 def test_surrogate_in_an_imported_row_is_one_line(tmp_path, monkeypatch, capsys):
     src = tmp_path / "pairs.jsonl"
-    src.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "\\udc80", "chosen": "a", "rejected": "b"}\n')
+    src.write_text(
+        '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "\\udc80", "chosen": "a", "rejected": "b"}\n'
+    )
     code, out, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")
     one_line_error(code, err, "line 2", "surrogate", "nothing was imported")
 
 
-@pytest.mark.parametrize("column, garbage", [("responses", "not json at all"), ("ranking", "[0, 7]"),
-                                             ("responses", "[1, 2]"), ("prompt", b"\xff\xfe not utf-8")])
+@pytest.mark.parametrize(
+    "column, garbage",
+    [
+        ("responses", "not json at all"),
+        ("ranking", "[0, 7]"),
+        ("responses", "[1, 2]"),
+        ("prompt", b"\xff\xfe not utf-8"),
+    ],
+)
 def test_a_damaged_vote_row_is_skipped_and_named(data, monkeypatch, capsys, column, garbage):
     with sqlite3.connect(data / DB_NAME) as conn:
         value = "CAST(? AS TEXT)" if isinstance(garbage, bytes) else "?"

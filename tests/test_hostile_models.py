@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import cli
 from tiny_models import STORIES
 
@@ -27,8 +26,13 @@ def tiankong(*args, timeout=20):
     """`tiankong ARGS` as a subprocess: (exit code, stderr lines, seconds)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RUST_BACKTRACE": "0"}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tiankong.tui.cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc.returncode, proc.stderr.strip().splitlines(), time.monotonic() - start
 
 
@@ -59,22 +63,26 @@ def edit(name, **changes):
         path = folder / name
         data = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps({**data, **changes}))  # NaN and Infinity are written as such
+
     return apply
 
 
 def write(name, text):
     def apply(folder):
         (folder / name).write_text(text)
+
     return apply
 
 
 def link_out(name):
     """`name` becomes a link to a secret file beside the folder."""
+
     def apply(folder):
         secret = folder.parent / f"secret-{name}"
         secret.write_text(SECRET)
         (folder / name).unlink(missing_ok=True)
         (folder / name).symlink_to(secret)
+
     return apply
 
 
@@ -82,14 +90,19 @@ def fifo(name):
     def apply(folder):
         (folder / name).unlink(missing_ok=True)
         os.mkfifo(folder / name)
+
     return apply
 
 
 def index(content):
     """Sharded instead of single: model.safetensors moves to a shard, the index says `content`."""
+
     def apply(folder):
         (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
-        (folder / "model.safetensors.index.json").write_text(content if isinstance(content, str) else json.dumps(content))
+        (folder / "model.safetensors.index.json").write_text(
+            content if isinstance(content, str) else json.dumps(content)
+        )
+
     return apply
 
 
@@ -105,19 +118,38 @@ def wordlevel_without_unk(folder):
 # --- config.json values ----------------------------------------------------------------------------
 
 BAD_VALUES = [
-    ("hidden_size", "64"), ("hidden_size", [64]), ("hidden_size", -64), ("hidden_size", True),
+    ("hidden_size", "64"),
+    ("hidden_size", [64]),
+    ("hidden_size", -64),
+    ("hidden_size", True),
     ("hidden_size", 60),  # not divisible by 8 heads
-    ("vocab_size", None), ("vocab_size", 10**30), ("vocab_size", 600),  # 600: not the embedding's 512 rows
-    ("intermediate_size", float("inf")), ("intermediate_size", 0),
-    ("num_attention_heads", 0), ("num_attention_heads", float("nan")), ("num_key_value_heads", 3),
-    ("num_key_value_heads", -4), ("max_position_embeddings", "512"), ("max_position_embeddings", 10**40),
-    ("rope_theta", 0), ("rope_theta", float("nan")), ("rope_theta", "1e4"), ("rope_theta", float("-inf")),
-    ("sliding_window", "x"), ("rms_norm_eps", -1), ("rms_norm_eps", float("inf")), ("rms_norm_eps", None),
-    ("rope_scaling", "linear"), ("rope_scaling", [1, 2]),
+    ("vocab_size", None),
+    ("vocab_size", 10**30),
+    ("vocab_size", 600),  # 600: not the embedding's 512 rows
+    ("intermediate_size", float("inf")),
+    ("intermediate_size", 0),
+    ("num_attention_heads", 0),
+    ("num_attention_heads", float("nan")),
+    ("num_key_value_heads", 3),
+    ("num_key_value_heads", -4),
+    ("max_position_embeddings", "512"),
+    ("max_position_embeddings", 10**40),
+    ("rope_theta", 0),
+    ("rope_theta", float("nan")),
+    ("rope_theta", "1e4"),
+    ("rope_theta", float("-inf")),
+    ("sliding_window", "x"),
+    ("rms_norm_eps", -1),
+    ("rms_norm_eps", float("inf")),
+    ("rms_norm_eps", None),
+    ("rope_scaling", "linear"),
+    ("rope_scaling", [1, 2]),
     ("rope_scaling", {"rope_type": "linear", "factor": 0}),
     ("rope_scaling", {"rope_type": "linear", "factor": float("nan")}),
     ("rope_scaling", {"rope_type": "llama3", "factor": 8, "low_freq_factor": 2, "high_freq_factor": 2}),
-    ("architectures", 5), ("architectures", [5]), ("model_type", ["llama"]),
+    ("architectures", 5),
+    ("architectures", [5]),
+    ("model_type", ["llama"]),
 ]
 
 
@@ -165,8 +197,10 @@ FOLDERS = {
     "index-shard-absolute": (index({"weight_map": {"x": "/etc/passwd"}}), "shard"),
     "index-shard-missing": (index({"weight_map": {"x": "model-00002-of-00002.safetensors"}}), "missing"),
     "added_tokens_decoder-list": (edit("tokenizer_config.json", added_tokens_decoder=[1]), "added_tokens_decoder"),
-    "additional_special_tokens-int": (edit("tokenizer_config.json", additional_special_tokens=5),
-                                      "additional_special_tokens"),
+    "additional_special_tokens-int": (
+        edit("tokenizer_config.json", additional_special_tokens=5),
+        "additional_special_tokens",
+    ),
     "added_tokens.json-values": (write("added_tokens.json", '{"<x>": "y"}'), "added_tokens.json"),
     "token-beyond-embedding": (edit("tokenizer_config.json", additional_special_tokens=["<extra_0>"]), "512"),
     "generation-eos-beyond-embedding": (edit("generation_config.json", eos_token_id=[2, 10**6]), "1000000"),

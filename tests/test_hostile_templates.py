@@ -22,9 +22,9 @@ BOMBS = {
     "replace_bomb": "{% set s = 'a' * 1000 %}{{ s.replace('a', s).replace('a', s).replace('a', s) }}",
     "replace_filter_bomb": "{% set s = 'a' * 1000 %}{{ s|replace('a', s)|replace('a', s)|replace('a', s) }}",
     "nested_range_loops": "{% for i in range(10**5) %}{% for j in range(10**5) %}{% for k in range(10**5) %}"
-                          "{% endfor %}{% endfor %}{% endfor %}",
+    "{% endfor %}{% endfor %}{% endfor %}",
     "nested_loops_one_range": "{% set r = range(10**5) %}{% for i in r %}{% for j in r %}{% for k in r %}"
-                              "{% endfor %}{% endfor %}{% endfor %}",
+    "{% endfor %}{% endfor %}{% endfor %}",
     "nested_loops_over_string": "{% set s = 'a' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
     "loops_writing_output": "{% for i in range(10**5) %}{% for j in range(10**5) %}x{% endfor %}{% endfor %}",
     "huge_range": "{{ range(10**10)|length }}",
@@ -57,13 +57,13 @@ BOMBS = {
     "format_filter_width": "{{ '%1000000000s'|format('a') }}",
     "tojson_indent": "{{ [[[[1]]]]|tojson(indent=10**8) }}",
     "tilde_doubling": "{% set ns = namespace(s='a') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}"
-                      "{% endfor %}{{ ns.s|length }}",
+    "{% endfor %}{{ ns.s|length }}",
     "plus_doubling": "{% set ns = namespace(s='a') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}"
-                     "{% endfor %}{{ ns.s|length }}",
+    "{% endfor %}{{ ns.s|length }}",
     "join_big_parts": "{% set s = 'a' * 1000000 %}{{ [s, s, s, s, s]|join }}",
     "huge_output": "{% set s = 'a' * 1000000 %}{% for i in range(100) %}{{ s }}{% endfor %}",
     "many_distinct_strings": "{% set s = 'a' * 1000000 %}{% set ns = namespace(l=[]) %}"
-                             "{% for i in range(100000) %}{% set ns.l = ns.l + [s ~ i] %}{% endfor %}",
+    "{% for i in range(100000) %}{% set ns.l = ns.l + [s ~ i] %}{% endfor %}",
 }
 
 _CHILD = """
@@ -86,8 +86,7 @@ print(json.dumps({"error": error, "seconds": time.monotonic() - start, "grown_mb
 
 @pytest.mark.parametrize("name", BOMBS)
 def test_bomb_fails_cleanly_in_bounded_time_and_memory(name):
-    run = subprocess.run([sys.executable, "-c", _CHILD], input=BOMBS[name], capture_output=True, text=True,
-                         timeout=60)
+    run = subprocess.run([sys.executable, "-c", _CHILD], input=BOMBS[name], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout)
     error = result["error"]
@@ -102,8 +101,9 @@ def test_limits_are_what_the_error_names():
     with pytest.raises(ChatTemplateError, match=r"^chat template failed: the operator '\*' would build a string"):
         ChatTemplate("{{ 'a' * 10**8 }}", None, None).render([{"role": "user", "content": "hi"}])
     with pytest.raises(ChatTemplateError, match="took longer than"):
-        ChatTemplate("{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}{% endfor %}",
-                     None, None).render([{"role": "user", "content": "hi"}])
+        ChatTemplate(
+            "{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}{% endfor %}", None, None
+        ).render([{"role": "user", "content": "hi"}])
 
 
 def test_ordinary_uses_of_the_checked_operations_still_work():
@@ -118,14 +118,14 @@ def test_ordinary_uses_of_the_checked_operations_still_work():
     out = ChatTemplate(source, None, None).render(messages)
     assert out == (
         "ababab|[1, 2, 1, 2]|  x  |a+b|1024|a   |  7|   1|l1\n  l2|[0, 1, 2]|[[1, 2], [3]]|a1b|a, b|3 3 3.5|1/1|"
-        + __import__("json").dumps(messages, indent=1) + "|True"
+        + __import__("json").dumps(messages, indent=1)
+        + "|True"
     )
 
 
 def test_a_thousand_message_chat_renders_fast():
     from test_chat import LLAMA3
 
-    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20}
-                for i in range(1000)]
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20} for i in range(1000)]
     out = ChatTemplate(LLAMA3, "<s>", "</s>").render(messages)
     assert out.count("<|eot_id|>") == 1000

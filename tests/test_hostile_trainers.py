@@ -12,10 +12,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import cli, one_thread  # noqa: F401 (autouse)
+from tiny_models import make_model
 
 from tiankong.trainers import checkpoint as ckpt
-from tiny_models import make_model
-from helpers import cli, one_thread  # noqa: F401 (autouse)
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}
 
@@ -26,8 +26,24 @@ def llama_dir(tmp_path_factory):
 
 
 def sft(llama_dir, data, out, *extra):
-    return ["train", "sft", "--model", llama_dir, "--data", data, "--output", out, "--steps", "2",
-            "--batch-size", "2", "--device", "cpu", "--no-progress", *extra]
+    return [
+        "train",
+        "sft",
+        "--model",
+        llama_dir,
+        "--data",
+        data,
+        "--output",
+        out,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def one_line_error(code, err, *needles):
@@ -39,8 +55,10 @@ def one_line_error(code, err, *needles):
 
 BAD_ROWS = {
     "deep": ("[" * 100_000 + "]" * 100_000, ["line 2", "nested too deeply"]),
-    "surrogate": (json.dumps({"messages": [{"role": "user", "content": "\ud800"},
-                                           {"role": "assistant", "content": "x"}]}), ["line 2", "surrogate"]),
+    "surrogate": (
+        json.dumps({"messages": [{"role": "user", "content": "\ud800"}, {"role": "assistant", "content": "x"}]}),
+        ["line 2", "surrogate"],
+    ),
     "huge int": ('{"messages": ' + "9" * 5000 + "}", ["line 2"]),
 }
 
@@ -54,9 +72,15 @@ def test_bad_training_rows_are_one_line_naming_the_line(llama_dir, tmp_path, mon
     one_line_error(code, err, str(data), *needles)
 
 
-@pytest.mark.parametrize("toml,needle", [('steps = "abc"', "steps must be int"), ("lr = nan", "lr must be a finite"),
-                                         ("batch_size = true", "batch_size must be int"),
-                                         ("lr = [1, 2]", "lr must be float")])
+@pytest.mark.parametrize(
+    "toml,needle",
+    [
+        ('steps = "abc"', "steps must be int"),
+        ("lr = nan", "lr must be a finite"),
+        ("batch_size = true", "batch_size must be int"),
+        ("lr = [1, 2]", "lr must be float"),
+    ],
+)
 def test_config_values_of_the_wrong_type(llama_dir, tmp_path, monkeypatch, capsys, toml, needle):
     data = tmp_path / "chat.jsonl"
     data.write_text(json.dumps(CHAT) + "\n")
@@ -87,8 +111,13 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(llama_dir, tmp_pa
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     args = [str(a) for a in sft(llama_dir, data, out)]
-    proc = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", *args], preexec_fn=small_files,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tiankong.tui.cli", *args],
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     one_line_error(proc.returncode, proc.stderr, needle)
     assert ckpt.latest(out) is None and not list((out / "checkpoints").glob(".*")) if out.exists() else True
 
@@ -107,6 +136,20 @@ def test_a_huge_context_does_not_preallocate_gigabytes(llama_dir, tmp_path, monk
     cfg = json.loads((big / "config.json").read_text())
     cfg["max_position_embeddings"] = 10**8
     (big / "config.json").write_text(json.dumps(cfg))
-    code, _, err = cli(monkeypatch, capsys, "generate", "-m", big, "--raw", "--prompt", "a", "--n", "8",
-                       "--max-new-tokens", "1000000", "--format", "jsonl")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        "-m",
+        big,
+        "--raw",
+        "--prompt",
+        "a",
+        "--n",
+        "8",
+        "--max-new-tokens",
+        "1000000",
+        "--format",
+        "jsonl",
+    )
     one_line_error(code, err, "KV cache", "GiB")

@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from tiankong.tui.leaderboard import (BASE, SCALE, bradley_terry, by_model, by_preset, elo, games,
-                                      leaderboard, win_matrix)
+from tiankong.tui.leaderboard import (
+    BASE,
+    SCALE,
+    bradley_terry,
+    by_model,
+    by_preset,
+    elo,
+    games,
+    leaderboard,
+    win_matrix,
+)
 from tiankong.tui.store import Response, Vote
 
 

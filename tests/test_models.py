@@ -8,14 +8,20 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import STORIES, make_model
 
 from tiankong.engine.config import ModelConfig
 from tiankong.engine.errors import ModelLoadError
 from tiankong.engine.model import load_model
-from tiny_models import STORIES, make_model
 
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
 VARIANTS = {
     "llama": ("llama", {}),
     "llama-tied-headdim-llama3": ("llama", dict(tie_word_embeddings=True, head_dim=32, rope_parameters=LLAMA3_ROPE)),
@@ -61,14 +67,22 @@ def test_stories260k_logits_match_transformers():
 
 
 def test_config_variants():
-    base = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100}
+    base = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+    }
     # transformers 4.x: rope_theta and rope_scaling at top level, torch_dtype
-    v4 = ModelConfig.from_hf_config({**base, "rope_theta": 5e5, "torch_dtype": "bfloat16",
-                                     "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    v4 = ModelConfig.from_hf_config(
+        {**base, "rope_theta": 5e5, "torch_dtype": "bfloat16", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
+    )
     # transformers 5.x: rope_parameters, dtype
-    v5 = ModelConfig.from_hf_config({**base, "dtype": "bfloat16",
-                                     "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}})
+    v5 = ModelConfig.from_hf_config(
+        {**base, "dtype": "bfloat16", "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}
+    )
     assert v4.rope_theta == v5.rope_theta == 5e5
     assert v4.rope_scaling == v5.rope_scaling == {"rope_type": "llama3", "factor": 8.0}
     assert v4.torch_dtype == v5.torch_dtype == "bfloat16"
@@ -89,7 +103,7 @@ def test_sharded_checkpoint(tmp_path, folders):
     assert (out / "model.safetensors.index.json").exists() and not (out / "model.safetensors").exists()
     a, _ = load_model(src)
     b, _ = load_model(out)
-    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert na == nb and torch.equal(pa, pb)
 
 
@@ -114,7 +128,7 @@ def test_bin_weights_read_safely(tmp_path, folders):
     torch.save(load_file(src / "model.safetensors"), out / "pytorch_model.bin")
     a, _ = load_model(src)
     b, _ = load_model(out)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
     class Evil:  # a pickle that would run code when unpickled without weights_only
         def __reduce__(self):
@@ -170,7 +184,9 @@ def test_bad_folders(tmp_path, folders):
     sd = load_file(missing / "model.safetensors")
     del sd["model.layers.1.mlp.up_proj.weight"]
     save_file(sd, missing / "model.safetensors")
-    with pytest.raises(ModelLoadError, match=r"lacks 1 tensor\(s\) the model needs: model\.layers\.1\.mlp\.up_proj\.weight$"):
+    with pytest.raises(
+        ModelLoadError, match=r"lacks 1 tensor\(s\) the model needs: model\.layers\.1\.mlp\.up_proj\.weight$"
+    ):
         load_model(missing)
 
     misshapen = _copy(src, tmp_path / "misshapen")
@@ -194,7 +210,7 @@ def test_save_pretrained_round_trip(tmp_path, folders, name):
     assert (out / "tokenizer.json").exists() and not list(out.glob(".*"))
     again, cfg2 = load_model(out)
     assert cfg2.rope_scaling == cfg.rope_scaling and cfg2.tie_embeddings == cfg.tie_embeddings
-    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     tokens = torch.arange(12)[None]
     with torch.no_grad():

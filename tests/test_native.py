@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import STORIES, make_model
 
 from tiankong.engine import native
 from tiankong.engine.engine import Engine
 from tiankong.engine.kv_cache import KVCache, build_mask
-from tiny_models import STORIES, make_model
 
 
 def need_native() -> None:
@@ -26,10 +26,18 @@ def need_native() -> None:
 # (left padding), and for Mistral a window that the decode steps run past. A 1100-wide FFN makes
 # the down projection's rows of x too long for L1, so it goes through four weight rows at a time
 # (tile4), and 3 threads give shares of rows that are not multiples of four.
-@pytest.mark.parametrize("arch,overrides,threads", [
-    ("llama", {}, None), ("mistral", dict(sliding_window=8), None), ("qwen2", {}, None),
-    ("llama", dict(tie_word_embeddings=True), None), ("gpt2", {}, None),
-    ("gpt2", dict(activation_function="gelu"), None), ("llama", dict(intermediate_size=1100), 3)])
+@pytest.mark.parametrize(
+    "arch,overrides,threads",
+    [
+        ("llama", {}, None),
+        ("mistral", dict(sliding_window=8), None),
+        ("qwen2", {}, None),
+        ("llama", dict(tie_word_embeddings=True), None),
+        ("gpt2", {}, None),
+        ("gpt2", dict(activation_function="gelu"), None),
+        ("llama", dict(intermediate_size=1100), 3),
+    ],
+)
 def test_native_decode_steps_equal_transformers(tmp_path, arch, overrides, threads):
     from transformers import AutoModelForCausalLM
 
@@ -51,13 +59,14 @@ def check_decode_steps(AutoModelForCausalLM, folder) -> None:
     cfg, B, P, steps = eng.cfg, len(seqs), max(len(s) for s in seqs), 12
     tokens = torch.zeros(B, P, dtype=torch.long)
     for b, s in enumerate(seqs):
-        tokens[b, P - len(s):] = torch.tensor(s)
+        tokens[b, P - len(s) :] = torch.tensor(s)
     pad = torch.tensor([P - len(s) for s in seqs])
     cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, torch.float32, "cpu")
     with torch.inference_mode():
         positions = (torch.arange(P)[None] - pad[:, None]).clamp(min=0)
-        logits = eng.model(tokens, positions, build_mask(pad, 0, P, P, cfg.sliding_window), cache, 0,
-                           last_only=True)[:, -1]
+        logits = eng.model(tokens, positions, build_mask(pad, 0, P, P, cfg.sliding_window), cache, 0, last_only=True)[
+            :, -1
+        ]
         for slot in range(P, P + steps):
             for b, s in enumerate(seqs):  # transformers recomputes each row's whole sequence, unpadded
                 ref = hf(torch.tensor([s])).logits[0, -1]
@@ -92,11 +101,11 @@ def test_native_bfloat16_decode_is_as_close_to_float32_as_transformers_bfloat16(
     with torch.inference_mode():
         ours = [eng.model(ids[:, :P], torch.arange(P)[None], None, cache, 0, last_only=True)[0, -1].float()]
         for slot in range(P, len(seq) - 1):
-            ours.append(eng.model(ids[:, slot:slot + 1], torch.tensor([[slot]]), None, cache, slot)[0, -1].float())
+            ours.append(eng.model(ids[:, slot : slot + 1], torch.tensor([[slot]]), None, cache, slot)[0, -1].float())
         ours = torch.stack(ours)  # logits at positions P-1 .. len-2
-        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(ids).logits[0, P - 1:-1]
+        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(ids).logits[0, P - 1 : -1]
         hf16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
-        hf16 = hf16(ids).logits[0, P - 1:-1].float()
+        hf16 = hf16(ids).logits[0, P - 1 : -1].float()
     ours_err, hf_err = (ours - ref).abs(), (hf16 - ref).abs()
     assert ours_err.mean() <= 1.5 * hf_err.mean(), (ours_err.mean(), hf_err.mean())
     assert ours_err.max() <= 1.5 * hf_err.max(), (ours_err.max(), hf_err.max())
@@ -194,15 +203,22 @@ print([ev.id for ev in evs if isinstance(ev, TokenEvent)])
 """
     folder = make_model(tmp_path / "m", "llama")
     env = {**os.environ, "PATH": str(tmp_path / "nothing"), "CC": "", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    bare = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    bare = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert bare.returncode == 0, bare.stderr
     path, ids = bare.stdout.strip().splitlines()
-    assert path == ("torch, oneDNN-packed weights; compiled step unavailable: "
-                    "no C compiler found (set CC, or install gcc)")
+    assert path == (
+        "torch, oneDNN-packed weights; compiled step unavailable: no C compiler found (set CC, or install gcc)"
+    )
     assert not (tmp_path / "cache" / "tiankong").exists()
-    built = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True,
-                           env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-c", script, str(folder)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     assert built.stdout.strip().splitlines() == ["compiled step (csrc/decode.c)", ids]
     # The build landed in the cache under one name, with no temporary file left beside it.
@@ -215,19 +231,29 @@ def test_a_failing_build_is_reported_and_not_retried(tmp_path):
     need_native()
     fake = tmp_path / "fakecc"
     calls = tmp_path / "calls"
-    fake.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && {{ echo fakecc 1.0; exit 0; }}\n"
-                    f"echo x >> {calls}\necho 'decode.c:1:1: error: boom' >&2\nexit 1\n")
+    fake.write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && {{ echo fakecc 1.0; exit 0; }}\n'
+        f"echo x >> {calls}\necho 'decode.c:1:1: error: boom' >&2\nexit 1\n"
+    )
     fake.chmod(0o755)
     folder = make_model(tmp_path / "m", "llama")
     env = {**os.environ, "CC": str(fake), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    script = ("import sys\nfrom tiankong.engine.engine import Engine\n"
-              "print(Engine.load(sys.argv[1], device='cpu', dtype='float32').decode_path)")
-    outs = [subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env,
-                           timeout=300) for _ in range(2)]
+    script = (
+        "import sys\nfrom tiankong.engine.engine import Engine\n"
+        "print(Engine.load(sys.argv[1], device='cpu', dtype='float32').decode_path)"
+    )
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env, timeout=300
+        )
+        for _ in range(2)
+    ]
     assert [o.returncode for o in outs] == [0, 0], outs[0].stderr
     first, second = (o.stdout.strip() for o in outs)
-    assert first == ("torch, oneDNN-packed weights; compiled step unavailable: compiling decode.c with fakecc "
-                     "failed: decode.c:1:1: error: boom")
+    assert first == (
+        "torch, oneDNN-packed weights; compiled step unavailable: compiling decode.c with fakecc "
+        "failed: decode.c:1:1: error: boom"
+    )
     assert second.startswith(first) and "to try again)" in second
     assert calls.read_text() == "x\n"  # compiled once
 
@@ -235,11 +261,17 @@ def test_a_failing_build_is_reported_and_not_retried(tmp_path):
 def test_switched_off_by_environment(tmp_path):
     env = {**os.environ, "TIANKONG_NATIVE": "0"}
     folder = make_model(tmp_path / "m", "llama")
-    out = subprocess.run([sys.executable, "-m", "tiankong.tui.cli", "info", "--model", str(folder), "--format",
-                          "json"], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "tiankong.tui.cli", "info", "--model", str(folder), "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["decode"] == ("torch, oneDNN-packed weights; compiled step unavailable: "
-                                                "switched off by TIANKONG_NATIVE=0")
+    assert json.loads(out.stdout)["decode"] == (
+        "torch, oneDNN-packed weights; compiled step unavailable: switched off by TIANKONG_NATIVE=0"
+    )
 
 
 def test_the_source_ships_with_the_package():

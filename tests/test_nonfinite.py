@@ -8,15 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import make_model
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.sampling import BatchSampler, SamplingParams
-from tiny_models import make_model
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12, seed=0)
-SAMPLED = SamplingParams(temperature=0.9, top_p=0.9, top_k=40, min_p=0.02, repetition_penalty=1.2,
-                         presence_penalty=0.3, max_new_tokens=12, seed=5)
+SAMPLED = SamplingParams(
+    temperature=0.9,
+    top_p=0.9,
+    top_k=40,
+    min_p=0.02,
+    repetition_penalty=1.2,
+    presence_penalty=0.3,
+    max_new_tokens=12,
+    seed=5,
+)
 
 
 def poison(folder: Path, name: str, edit) -> Path:
@@ -57,8 +65,11 @@ def run(eng, prompts, params):
 @pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize("value, kind", [(float("nan"), "NaN"), (float("inf"), "infinite")])
 def test_poisoned_layer_ends_rows_with_error(tmp_path, clean_folder, pack, value, kind):
-    folder = poison(copy_model(clean_folder, tmp_path / "m"), "model.layers.1.mlp.down_proj.weight",
-                    lambda t: t.__setitem__((0, 0), value))
+    folder = poison(
+        copy_model(clean_folder, tmp_path / "m"),
+        "model.layers.1.mlp.down_proj.weight",
+        lambda t: t.__setitem__((0, 0), value),
+    )
     eng = Engine.load(folder, device="cpu", dtype="float32", pack=pack)
     prompts = [eng.encode("Once upon a time", raw=True), eng.encode("The quick brown fox", raw=True)]
     tokens, done = run(eng, prompts, [GREEDY, SAMPLED])
@@ -87,8 +98,9 @@ def test_a_nan_row_leaves_the_good_row_untouched(tmp_path, clean_folder, pack, p
     used = set(good) | {e.id for e in alone[0]} | {0}  # 0 pads the shorter rows
     bad = clean.encode("def add(a, b): return a + b", raw=True)
     token = next(t for t in bad if t not in used)  # only the bad prompt reads this embedding row
-    folder = poison(copy_model(clean_folder, tmp_path / "m"), "model.embed_tokens.weight",
-                    lambda t: t[token].fill_(float("nan")))
+    folder = poison(
+        copy_model(clean_folder, tmp_path / "m"), "model.embed_tokens.weight", lambda t: t[token].fill_(float("nan"))
+    )
     eng = Engine.load(folder, device="cpu", dtype="float32", pack=pack)
     tokens, done = run(eng, [bad, good, bad], [params, params, SAMPLED])
     assert done[0].finish_reason == done[2].finish_reason == "error"
@@ -97,8 +109,9 @@ def test_a_nan_row_leaves_the_good_row_untouched(tmp_path, clean_folder, pack, p
     assert done[1].text == alone_done[0].text and done[1].finish_reason == alone_done[0].finish_reason
 
 
-@pytest.mark.parametrize("params", [GREEDY, SAMPLED, SamplingParams(temperature=1.0, seed=1)],
-                         ids=["greedy", "filters", "plain"])
+@pytest.mark.parametrize(
+    "params", [GREEDY, SAMPLED, SamplingParams(temperature=1.0, seed=1)], ids=["greedy", "filters", "plain"]
+)
 def test_sampler_never_picks_out_of_range(params):
     V = 384
     logits = torch.randn(4, V)
@@ -113,16 +126,19 @@ def test_sampler_never_picks_out_of_range(params):
         sampler.update(ids)
 
 
-def test_cli_generate_reports_the_error_and_exits_2_when_every_row_failed(monkeypatch, capsys, tmp_path,
-                                                                          clean_folder):
+def test_cli_generate_reports_the_error_and_exits_2_when_every_row_failed(monkeypatch, capsys, tmp_path, clean_folder):
     import json
 
     from helpers import cli
 
-    folder = poison(copy_model(clean_folder, tmp_path / "m"), "model.layers.0.self_attn.q_proj.weight",
-                    lambda t: t.fill_(float("nan")))
-    code, out, err = cli(monkeypatch, capsys, "generate", "-m", folder, "--raw", "-p", "Once", "-p", "The",
-                         "--max-new-tokens", "4")
+    folder = poison(
+        copy_model(clean_folder, tmp_path / "m"),
+        "model.layers.0.self_attn.q_proj.weight",
+        lambda t: t.fill_(float("nan")),
+    )
+    code, out, err = cli(
+        monkeypatch, capsys, "generate", "-m", folder, "--raw", "-p", "Once", "-p", "The", "--max-new-tokens", "4"
+    )
     assert code == 2
     recs = [json.loads(line) for line in out.splitlines()]
     assert [r["finish_reason"] for r in recs] == ["error", "error"] and "not finite" in recs[0]["error"]
@@ -130,6 +146,7 @@ def test_cli_generate_reports_the_error_and_exits_2_when_every_row_failed(monkey
     assert len(lines) == 2 and lines[0].startswith("error: row 1: the model's logits are not finite")
     assert "layers.0." in lines[0] and "Traceback" not in err
     # A healthy model: no error key, exit 0.
-    code, out, err = cli(monkeypatch, capsys, "generate", "-m", clean_folder, "--raw", "-p", "Once",
-                         "--max-new-tokens", "2")
+    code, out, err = cli(
+        monkeypatch, capsys, "generate", "-m", clean_folder, "--raw", "-p", "Once", "--max-new-tokens", "2"
+    )
     assert code == 0 and "error" not in json.loads(out) and err == ""

@@ -12,9 +12,9 @@ import json
 import math
 from pathlib import Path
 
-import torch
 import numpy as np  # after torch: importing numpy first crashes this torch build
 import pytest
+import torch
 
 from tiankong.engine.chat import ChatTemplate
 from tiankong.engine.errors import InputError
@@ -67,9 +67,7 @@ def _llama_stage(case: dict, x: torch.Tensor) -> torch.Tensor:
         seen = torch.zeros(1, V, dtype=torch.bool)
         seen[0, tokens] = True
         counts = torch.bincount(tokens, minlength=V).reshape(1, V)
-        return apply_penalties(
-            x, seen, counts, case["repeat_penalty"], case["alpha_presence"], case["alpha_frequency"]
-        )
+        return apply_penalties(x, seen, counts, case["repeat_penalty"], case["alpha_presence"], case["alpha_frequency"])
     raise AssertionError(f"no tiankong stage for {test}")
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from helpers import cli
 
 from tiankong.engine.errors import InputError
 from tiankong.tui.prefs import export_records, import_file, vote_pairs
 from tiankong.tui.store import DB_NAME, Response, Store, Vote
-from helpers import cli
 
 
 def resp(label, preset, text, model="smol"):
@@ -25,15 +24,7 @@ def vote(responses, outcome="ranked", ranking=None, conversation=None, prompt="N
     return Vote(None, prompt, conversation, responses, outcome, ranking, "ann", True)
 
 
-THREE = [resp("A", "balanced", "Blue."), resp("B", "creative", "Ultraviolet dreams."),
-         resp("C", "precise", "Red.")]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "data" / DB_NAME)
-    yield s
-    s.close()
+THREE = [resp("A", "balanced", "Blue."), resp("B", "creative", "Ultraviolet dreams."), resp("C", "precise", "Red.")]
 
 
 def trl_fields(records):
@@ -49,15 +40,24 @@ def test_three_way_ranking_gives_three_pairs(store):
         {"prompt": "Name a colour.", "chosen": "Red.", "rejected": "Ultraviolet dreams."},
         {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Ultraviolet dreams."},
     ]
-    assert recs[0] == {**trl_fields(recs)[0], "chosen_preset": "precise", "rejected_preset": "balanced",
-                            "chosen_model": "smol", "rejected_model": "smol", "vote_id": v.id}
+    assert recs[0] == {
+        **trl_fields(recs)[0],
+        "chosen_preset": "precise",
+        "rejected_preset": "balanced",
+        "chosen_model": "smol",
+        "rejected_model": "smol",
+        "vote_id": v.id,
+    }
     assert "tie" not in recs[0] and "both_bad" not in recs[0]
 
 
 def test_conversational_when_system_prompt_or_turns():
     system = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a colour."}]
-    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-             {"role": "user", "content": "Name a colour."}]
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
     for conversation in (system, turns):
         (rec,) = vote_pairs(vote(THREE[:2], conversation=conversation))
         assert rec["prompt"] == conversation
@@ -73,14 +73,21 @@ def test_ties_and_both_bad_excluded_unless_asked(store):
     with_ties = export_records(store, include_ties=True)
     assert len(with_ties) == 1 + 3 and all(r["tie"] is True for r in with_ties[1:])
     assert {(r["chosen"], r["rejected"]) for r in with_ties[1:]} == {
-        ("Blue.", "Ultraviolet dreams."), ("Blue.", "Red."), ("Ultraviolet dreams.", "Red.")}
+        ("Blue.", "Ultraviolet dreams."),
+        ("Blue.", "Red."),
+        ("Ultraviolet dreams.", "Red."),
+    }
     everything = export_records(store, include_ties=True, include_both_bad=True)
     assert len(everything) == 5 and everything[-1]["both_bad"] is True and "tie" not in everything[-1]
 
 
 def test_round_trip_export_import_export(store, tmp_path):
-    turns = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
-             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."}]
+    turns = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
     store.add_vote(vote(THREE, ranking=[1, 2, 0]))
     store.add_vote(vote(THREE[:2], conversation=turns, ranking=[1, 0]))
     store.add_vote(vote(THREE[1:], outcome="tie"))
@@ -102,31 +109,46 @@ def test_import_trl_variants_without_metadata(store, tmp_path):
     rows = [
         {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
         {"chosen": "The sky is blue.", "rejected": "The sky is green."},  # implicit prompt
-        {"prompt": [{"role": "user", "content": "What colour is the sky?"}],
-         "chosen": [{"role": "assistant", "content": "Blue."}],
-         "rejected": [{"role": "assistant", "content": "Green."}]},
-        {"chosen": [{"role": "user", "content": "What colour is the sky?"},
-                    {"role": "assistant", "content": "Blue."}],
-         "rejected": [{"role": "user", "content": "What colour is the sky?"},
-                      {"role": "assistant", "content": "Green."}]},
+        {
+            "prompt": [{"role": "user", "content": "What colour is the sky?"}],
+            "chosen": [{"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "assistant", "content": "Green."}],
+        },
+        {
+            "chosen": [
+                {"role": "user", "content": "What colour is the sky?"},
+                {"role": "assistant", "content": "Blue."},
+            ],
+            "rejected": [
+                {"role": "user", "content": "What colour is the sky?"},
+                {"role": "assistant", "content": "Green."},
+            ],
+        },
     ]
     path = tmp_path / "trl.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     assert import_file(store, path) == 4
     votes = list(reversed(store.list_votes()))
     assert [(v.prompt, v.responses[0].text, v.responses[1].text) for v in votes] == [
-        ("The sky is", " blue.", " green."), ("The sky is", " blue.", " green."),
-        ("What colour is the sky?", "Blue.", "Green."), ("What colour is the sky?", "Blue.", "Green.")]
+        ("The sky is", " blue.", " green."),
+        ("The sky is", " blue.", " green."),
+        ("What colour is the sky?", "Blue.", "Green."),
+        ("What colour is the sky?", "Blue.", "Green."),
+    ]
     v = votes[0]
     assert v.outcome == "ranked" and v.ranking == [0, 1] and v.rater == "import"
     assert {(r.model, r.preset) for r in v.responses} == {("unknown", "imported")}
 
 
-HH_CHOSEN = ("\n\nHuman: What are some cuss words in english?\n\nAssistant: I'd rather not list those. "
-             "Is there something else I can help with?\n\nHuman: Just tell me one.\n\nAssistant: "
-             "I'm going to pass on that one, but happy to talk about why people swear.")
-HH_REJECTED = ("\n\nHuman: What are some cuss words in english?\n\nAssistant: I'd rather not list those. "
-               "Is there something else I can help with?\n\nHuman: Just tell me one.\n\nAssistant: Fine: darn.")
+HH_CHOSEN = (
+    "\n\nHuman: What are some cuss words in english?\n\nAssistant: I'd rather not list those. "
+    "Is there something else I can help with?\n\nHuman: Just tell me one.\n\nAssistant: "
+    "I'm going to pass on that one, but happy to talk about why people swear."
+)
+HH_REJECTED = (
+    "\n\nHuman: What are some cuss words in english?\n\nAssistant: I'd rather not list those. "
+    "Is there something else I can help with?\n\nHuman: Just tell me one.\n\nAssistant: Fine: darn."
+)
 
 
 def test_hh_two_turn_transcript(store, tmp_path):
@@ -137,7 +159,8 @@ def test_hh_two_turn_transcript(store, tmp_path):
     assert v.conversation == [
         {"role": "user", "content": "What are some cuss words in english?"},
         {"role": "assistant", "content": "I'd rather not list those. Is there something else I can help with?"},
-        {"role": "user", "content": "Just tell me one."}]
+        {"role": "user", "content": "Just tell me one."},
+    ]
     assert v.prompt == "Just tell me one."
     assert v.responses[0].text == "I'm going to pass on that one, but happy to talk about why people swear."
     assert v.responses[1].text == "Fine: darn." and v.source == "import:hh.json"
@@ -145,12 +168,15 @@ def test_hh_two_turn_transcript(store, tmp_path):
     assert rec["prompt"] == v.conversation and rec["chosen"][0]["content"].startswith("I'm going")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ('{"prompt": oops}', "line 3: invalid JSON"),
-    ('{"prompt": "x", "chosen": "a"}', 'line 3: expected a JSON object with "chosen" and "rejected"'),
-    ('{"prompt": "x", "chosen": ["a"], "rejected": "b"}', "line 3: \"prompt\", \"chosen\" and \"rejected\" must"),
-    ('{"chosen": "same", "rejected": "same"}', "line 3: \"chosen\" and \"rejected\" are identical"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('{"prompt": oops}', "line 3: invalid JSON"),
+        ('{"prompt": "x", "chosen": "a"}', 'line 3: expected a JSON object with "chosen" and "rejected"'),
+        ('{"prompt": "x", "chosen": ["a"], "rejected": "b"}', 'line 3: "prompt", "chosen" and "rejected" must'),
+        ('{"chosen": "same", "rejected": "same"}', 'line 3: "chosen" and "rejected" are identical'),
+    ],
+)
 def test_bad_line_named_and_nothing_imported(store, tmp_path, bad, message):
     good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
     path = tmp_path / "bad.jsonl"
@@ -164,17 +190,39 @@ def test_bad_line_named_and_nothing_imported(store, tmp_path, bad, message):
 # ---------------------------------------------------------------- CLI
 
 
-
-
 def test_cli_import_export_stats(monkeypatch, capsys, tmp_path):
     data = tmp_path / "data"
     src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in [
-        {"prompt": "p1", "chosen": "a", "rejected": "b", "chosen_preset": "precise", "rejected_preset": "creative"},
-        {"prompt": "p2", "chosen": "c", "rejected": "d", "chosen_preset": "creative", "rejected_preset": "precise"},
-        {"prompt": "p3", "chosen": "e", "rejected": "f", "chosen_preset": "precise", "rejected_preset": "creative",
-         "tie": True},
-    ]) + "\n")
+    src.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {
+                    "prompt": "p1",
+                    "chosen": "a",
+                    "rejected": "b",
+                    "chosen_preset": "precise",
+                    "rejected_preset": "creative",
+                },
+                {
+                    "prompt": "p2",
+                    "chosen": "c",
+                    "rejected": "d",
+                    "chosen_preset": "creative",
+                    "rejected_preset": "precise",
+                },
+                {
+                    "prompt": "p3",
+                    "chosen": "e",
+                    "rejected": "f",
+                    "chosen_preset": "precise",
+                    "rejected_preset": "creative",
+                    "tie": True,
+                },
+            ]
+        )
+        + "\n"
+    )
     code, out, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", data, "--rater", "bo")
     assert code == 0 and "imported 3 votes" in err
 
@@ -188,19 +236,28 @@ def test_cli_import_export_stats(monkeypatch, capsys, tmp_path):
 
     code, out, err = cli(monkeypatch, capsys, "prefs", "stats", "--format", "json")
     report = json.loads(out)
-    assert report["presets"]["precise"] == {"votes": 3, "wins": 1, "losses": 1, "ties": 1, "both_bad": 0,
-                                            "win_rate": 0.5}
+    assert report["presets"]["precise"] == {
+        "votes": 3,
+        "wins": 1,
+        "losses": 1,
+        "ties": 1,
+        "both_bad": 0,
+        "win_rate": 0.5,
+    }
     assert report["totals"] == {"votes": 3, "ranked": 2, "tie": 1, "both_bad": 0, "pairs": 2}
     code, out, err = cli(monkeypatch, capsys, "prefs", "stats")
     assert code == 0 and "precise" in out and "50.0%" in out and "total" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["prefs", "import", "{tmp}/missing.jsonl"], "missing.jsonl does not exist"),
-    (["prefs", "import", "{tmp}/bad.jsonl"], "line 2: invalid JSON"),
-    (["prefs", "export", "--format", "csv"], "unknown --format 'csv'; use trl"),
-    (["prefs", "stats", "--data-dir", "{tmp}/bad.jsonl/sub"], "--data-dir"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prefs", "import", "{tmp}/missing.jsonl"], "missing.jsonl does not exist"),
+        (["prefs", "import", "{tmp}/bad.jsonl"], "line 2: invalid JSON"),
+        (["prefs", "export", "--format", "csv"], "unknown --format 'csv'; use trl"),
+        (["prefs", "stats", "--data-dir", "{tmp}/bad.jsonl/sub"], "--data-dir"),
+    ],
+)
 def test_cli_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{nope\n')
     monkeypatch.setenv("TIANKONG_DATA_DIR", str(tmp_path / "data"))

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tiny_models import make_model
 
 from tiankong.engine import native
 from tiankong.engine.context import PromptCache, answer_room, fit_messages, turn_starts
@@ -22,7 +23,6 @@ from tiankong.engine.llama_packed import PackedLlama
 from tiankong.engine.model import load_model
 from tiankong.engine.packed import can_pack, pack_linears
 from tiankong.engine.sampling import SamplingParams
-from tiny_models import make_model
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=12, seed=0)
 ARCHS = [("llama", {}), ("mistral", dict(sliding_window=8)), ("qwen2", {}), ("gpt2", {})]
@@ -62,7 +62,7 @@ def assert_same(cached, cold):
     (toks, fin), (ref, ref_fin) = cached, cold
     assert [e.id for e in toks] == [e.id for e in ref]
     assert fin.finish_reason == ref_fin.finish_reason and fin.text == ref_fin.text
-    for a, b in zip(toks, ref):
+    for a, b in zip(toks, ref, strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
         assert [c.id for c in a.candidates] == [c.id for c in b.candidates]
         assert [c.logprob for c in a.candidates] == pytest.approx([c.logprob for c in b.candidates], abs=1e-4)
@@ -111,7 +111,7 @@ def test_cached_turns_equal_cold_runs(folders, arch, path):
     assert_same(run(eng, edited, cache), run(eng, edited))
 
     # Dropped turns: only the first token is shared, so everything else is read again, once.
-    dropped = turn1[:1] + turn2[len(turn1) + 5:]
+    dropped = turn1[:1] + turn2[len(turn1) + 5 :]
     assert_same(run(eng, dropped, cache), run(eng, dropped))
 
 
@@ -164,7 +164,10 @@ def test_a_cancelled_answer_leaves_a_valid_cache(folders):
 def chat(n_turns: int, system: bool = True) -> list[dict]:
     msgs = [{"role": "system", "content": "sys"}] if system else []
     for i in range(n_turns):
-        msgs += [{"role": "user", "content": f"question {i} " * 3}, {"role": "assistant", "content": f"answer {i} " * 5}]
+        msgs += [
+            {"role": "user", "content": f"question {i} " * 3},
+            {"role": "assistant", "content": f"answer {i} " * 5},
+        ]
     return msgs[:-1]  # ends with the last question
 
 
@@ -183,7 +186,7 @@ def test_fit_drops_oldest_turns_and_keeps_the_system_message():
     assert fit_messages(words, msgs, 1000) == (words(msgs), 0)
     ids, dropped = fit_messages(words, msgs, 40)
     assert dropped == 2 and len(ids) == 1 + 2 * 16 + 6  # sys + two whole turns + the last question
-    kept = msgs[:1] + msgs[1 + 2 * dropped:]
+    kept = msgs[:1] + msgs[1 + 2 * dropped :]
     assert ids == words(kept)
     # at_least keeps earlier drops; slack frees more room than needed, once.
     assert fit_messages(words, msgs, 1000, at_least=2)[1] == 2
@@ -203,7 +206,7 @@ def test_engine_fit_uses_the_chat_template(folders):
     ids, dropped = eng.fit(msgs, max_new_tokens=32)
     ctx = eng.cfg.max_seq_len
     assert dropped > 0 and len(ids) <= ctx - 32
-    assert ids == eng.encode(messages=msgs[:1] + msgs[1 + 2 * dropped:])
+    assert ids == eng.encode(messages=msgs[:1] + msgs[1 + 2 * dropped :])
 
 
 def test_generate_context_overflow_flag(monkeypatch, capsys, folders, tmp_path):
@@ -232,6 +235,7 @@ def test_ppo_prompts_drop_oldest_turns(tmp_path, capsys):
     import json
 
     from test_train_ppo import ppo_config
+
     from tiankong.trainers.ppo import PPOTrainer
     from tiankong.trainers.preferences import Encoder
     from tiankong.trainers.reward import RewardModel
@@ -242,8 +246,10 @@ def test_ppo_prompts_drop_oldest_turns(tmp_path, capsys):
     reward.encoder = Encoder.from_folder(lam, raw=True)
     rm = reward.save(tmp_path / "rm", tokenizer_from=lam)
     src = tmp_path / "prompts.jsonl"
-    src.write_text("\n".join([json.dumps({"messages": chat(1, system=False)}), "word " * 400,
-                              json.dumps({"messages": chat(40)})]) + "\n")
+    src.write_text(
+        "\n".join([json.dumps({"messages": chat(1, system=False)}), "word " * 400, json.dumps({"messages": chat(40)})])
+        + "\n"
+    )
     trainer = PPOTrainer(ppo_config(lam, rm, src, tmp_path / "out"))
     trainer.setup()
     limit = trainer.mcfg.max_seq_len - trainer.cfg.response_length

@@ -213,9 +213,7 @@ def test_sampler_tracks_prompt_and_generated_tokens():
 
 def test_greedy_is_one_hot_on_penalised_argmax_and_consumes_no_randomness():
     logits = torch.tensor([[3.0, 2.9, 0.0, -1.0]])
-    s = sampler(
-        SamplingParams(temperature=0, repetition_penalty=1.5, seed=0), vocab=4, prompts=[[0]]
-    )
+    s = sampler(SamplingParams(temperature=0, repetition_penalty=1.5, seed=0), vocab=4, prompts=[[0]])
     probs = s.process(logits)
     assert probs.tolist() == [[0.0, 1.0, 0.0, 0.0]]  # 3 / 1.5 = 2 < 2.9
     state = s.generators[0].get_state()

@@ -27,15 +27,9 @@ def vote(presets=("balanced", "creative"), outcome="ranked", ranking=None, promp
     responses = [resp("ABCDE"[i], p) for i, p in enumerate(presets)]
     if ranking is None:
         ranking = list(range(len(presets))) if outcome == "ranked" else []
-    return Vote(None, prompt, [{"role": "user", "content": prompt}], responses, outcome, ranking, "ann", True,
-                source=source)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "data" / DB_NAME)
-    yield s
-    s.close()
+    return Vote(
+        None, prompt, [{"role": "user", "content": prompt}], responses, outcome, ranking, "ann", True, source=source
+    )
 
 
 def test_data_dir_precedence(monkeypatch, tmp_path):
@@ -102,9 +96,16 @@ def test_chat_lifecycle(store):
     other = store.create_chat("SmolLM2", "creative")
     time.sleep(0.002)  # so cid's next change is strictly later than other's creation
     u = store.add_message(cid, "user", "Name a prime.")
-    a = store.add_message(cid, "assistant", "2", preset="balanced", params={"temperature": 0.7}, seed=42,
-                          finish_reason="eos", tokens=[{"id": 17, "text": "2", "logprob": -0.1, "p_sample": 0.9,
-                                                        "entropy": 0.3, "top": []}])
+    a = store.add_message(
+        cid,
+        "assistant",
+        "2",
+        preset="balanced",
+        params={"temperature": 0.7},
+        seed=42,
+        finish_reason="eos",
+        tokens=[{"id": 17, "text": "2", "logprob": -0.1, "p_sample": 0.9, "entropy": 0.3, "top": []}],
+    )
     assert [c.id for c in store.list_chats()] == [cid, other]  # cid changed last
     (summary,) = [c for c in store.list_chats() if c.id == cid]
     assert summary.n_messages == 2 and summary.title == "primes"
@@ -150,28 +151,39 @@ def test_failed_write_leaves_nothing(store):
 def test_exports(store):
     cid = store.create_chat("SmolLM2", "precise", system_prompt="You are terse.", title="Math")
     store.add_message(cid, "user", "2+2?")
-    store.add_message(cid, "assistant", "4", preset="precise", params={"temperature": 0.3}, seed=7,
-                      finish_reason="eos")
+    store.add_message(cid, "assistant", "4", preset="precise", params={"temperature": 0.3}, seed=7, finish_reason="eos")
     md = store.export_chat_markdown(cid)
     assert md.startswith("# Math\n")
     for part in ("`SmolLM2`", "`precise`", "You are terse.", "**User**\n\n2+2?", "**Assistant**", "seed 7"):
         assert part in md
     assert md.index("You are terse.") < md.index("**User**") < md.index("**Assistant**")
     lines = [json.loads(line) for line in store.export_chat_jsonl(cid).splitlines()]
-    assert [(x["role"], x["content"]) for x in lines] == [("system", "You are terse."), ("user", "2+2?"),
-                                                          ("assistant", "4")]
-    assert lines[2] == {"role": "assistant", "content": "4", "preset": "precise", "params": {"temperature": 0.3},
-                        "seed": 7, "finish_reason": "eos"}
+    assert [(x["role"], x["content"]) for x in lines] == [
+        ("system", "You are terse."),
+        ("user", "2+2?"),
+        ("assistant", "4"),
+    ]
+    assert lines[2] == {
+        "role": "assistant",
+        "content": "4",
+        "preset": "precise",
+        "params": {"temperature": 0.3},
+        "seed": 7,
+        "finish_reason": "eos",
+    }
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(outcome="won"), "outcome 'won' is unknown"),
-    (dict(ranking=[0]), "permutation"),
-    (dict(ranking=[1, 1]), "permutation"),
-    (dict(outcome="tie", ranking=[0, 1]), "no ranking"),
-    (dict(presets=("a",)), "2 to 4 responses"),
-    (dict(presets=("a", "b", "c", "d", "e"), ranking=[0, 1, 2, 3, 4]), "2 to 4 responses"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(outcome="won"), "outcome 'won' is unknown"),
+        (dict(ranking=[0]), "permutation"),
+        (dict(ranking=[1, 1]), "permutation"),
+        (dict(outcome="tie", ranking=[0, 1]), "no ranking"),
+        (dict(presets=("a",)), "2 to 4 responses"),
+        (dict(presets=("a", "b", "c", "d", "e"), ranking=[0, 1, 2, 3, 4]), "2 to 4 responses"),
+    ],
+)
 def test_add_vote_validates(store, kwargs, message):
     with pytest.raises(InputError, match=message):
         store.add_vote(vote(**kwargs))
@@ -269,6 +281,7 @@ def test_votes_survive_sigkill_mid_write(tmp_path):
         for vid, i in committed.items():
             v = stored[vid]
             assert v.prompt == f"prompt {i}" and v.ranking == [i % 3, (i + 1) % 3, (i + 2) % 3]
-            assert [r.text for r in v.responses] == [f"{p} answer {i} " + "x" * 2000
-                                                     for p in ("balanced", "creative", "precise")]
+            assert [r.text for r in v.responses] == [
+                f"{p} answer {i} " + "x" * 2000 for p in ("balanced", "creative", "precise")
+            ]
         s.add_vote(vote())  # and the database is still writable

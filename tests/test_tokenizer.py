@@ -19,6 +19,8 @@ from tiankong.engine.tokenizer import IncrementalDecoder, SentencePieceTokenizer
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 STORIES = SHARED / "models" / "stories260K"
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="shared stories260K model folder is absent")
+
+
 # transformers reads tokenizer.model through protobuf; without it AutoTokenizer cannot load such a folder.
 def _has_protobuf() -> bool:
     try:
@@ -67,7 +69,9 @@ def make_bytelevel_folder(folder: Path) -> Path:
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=420, special_tokens=CHATML_SPECIALS, show_progress=False,
+        vocab_size=420,
+        special_tokens=CHATML_SPECIALS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer)
@@ -103,21 +107,14 @@ def make_llama_folder(folder: Path) -> Path:
         single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1", special_tokens=[("<s>", 1)]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
         extra_special_tokens=LLAMA_SPECIALS,
     )
     fast.save_pretrained(folder)
     return folder
-
-
-@pytest.fixture(scope="session")
-def bytelevel_folder(tmp_path_factory) -> Path:
-    return make_bytelevel_folder(tmp_path_factory.mktemp("bytelevel"))
-
-
-@pytest.fixture(scope="session")
-def llama_folder(tmp_path_factory) -> Path:
-    return make_llama_folder(tmp_path_factory.mktemp("llama"))
 
 
 def _folders(request) -> list[tuple[str, Path]]:
@@ -157,7 +154,7 @@ def test_llama_style_matches_transformers(llama_folder):
 @needs_stories
 @needs_protobuf
 def test_sentencepiece_matches_transformers():
-    _assert_parity(STORIES, TEXTS + ["hi</s> there<s>x", "<s>Once", "a  <s>  b", "Lily said: \"Tom!\""])
+    _assert_parity(STORIES, TEXTS + ["hi</s> there<s>x", "<s>Once", "a  <s>  b", 'Lily said: "Tom!"'])
 
 
 @needs_stories
@@ -166,8 +163,12 @@ def test_sentencepiece_config_flags_match_transformers(tmp_path):
     # Same model, different tokenizer_config: no BOS, an extra special token, add_eos_token.
     shutil.copy(STORIES / "tokenizer.model", tmp_path / "tokenizer.model")
     config = {
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": False, "add_eos_token": True,
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": False,
+        "add_eos_token": True,
         "added_tokens_decoder": {"512": {"content": "<|end|>", "special": True}},
     }
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
@@ -286,7 +287,7 @@ def test_stream_after_prompt_has_right_boundary(request):
                 if not full_text.startswith(prompt_text) or prompt_text.endswith("\ufffd"):
                     continue  # the cut splits a character; a real prompt always ends on a boundary
                 chunks = _stream(tok, ids[cut:], prompt_ids=ids[:cut])
-                assert "".join(chunks) == full_text[len(prompt_text):], (name, text, cut)
+                assert "".join(chunks) == full_text[len(prompt_text) :], (name, text, cut)
                 assert not any("\ufffd" in chunk for chunk in chunks), (name, text, cut)
 
 
@@ -341,7 +342,6 @@ def test_tokenizer_json_post_processor_beats_config_flags(tmp_path, llama_folder
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     _assert_parity(folder, ["hi", ""])
     assert not load_tokenizer(folder).add_bos
-
 
 
 def test_bare_tokenizer_json_takes_bos_from_post_processor(tmp_path, llama_folder):

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401 (autouse)
 from safetensors.torch import load_file
+from tiny_models import make_model
 
 from tiankong.engine.errors import InputError
 from tiankong.trainers import checkpoint as ckpt
 from tiankong.trainers.reward import RewardConfig, RewardTrainer
-from tiny_models import make_model
-from helpers import one_thread  # noqa: F401 (autouse)
 
 PAIRS = [{"prompt": f"Story {i}:", "chosen": " a happy fox ran", "rejected": " a sad dog sat"} for i in range(8)]
 
@@ -38,13 +38,28 @@ def prefs(tmp_path_factory):
 
 
 def reward_cfg(llama_dir, prefs, out, **kw):
-    return RewardConfig(model=str(llama_dir), data=str(prefs), output=str(out), steps=3, batch_size=4, lr=1e-3,
-                        save_every=1, eval_fraction=0, device="cpu", progress=False, raw=True, **kw)
+    return RewardConfig(
+        model=str(llama_dir),
+        data=str(prefs),
+        output=str(out),
+        steps=3,
+        batch_size=4,
+        lr=1e-3,
+        save_every=1,
+        eval_fraction=0,
+        device="cpu",
+        progress=False,
+        raw=True,
+        **kw,
+    )
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
-    return {f"{sub}:{k}": v for sub in ("model.safetensors", "reward_head.safetensors")
-            for k, v in load_file(out / sub).items()}
+    return {
+        f"{sub}:{k}": v
+        for sub in ("model.safetensors", "reward_head.safetensors")
+        for k, v in load_file(out / sub).items()
+    }
 
 
 def same_run(a: Path, b: Path) -> None:
@@ -162,22 +177,48 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def signal_args(llama_dir, prefs):
-    return ["train", "reward", "--model", str(llama_dir), "--data", str(prefs), "--steps", "60", "--batch-size", "4",
-            "--lr", "1e-3", "--eval-fraction", "0", "--device", "cpu", "--raw", "--no-progress", "--save-minutes", "0"]
+    return [
+        "train",
+        "reward",
+        "--model",
+        str(llama_dir),
+        "--data",
+        str(prefs),
+        "--steps",
+        "60",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--eval-fraction",
+        "0",
+        "--device",
+        "cpu",
+        "--raw",
+        "--no-progress",
+        "--save-minutes",
+        "0",
+    ]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(llama_dir, prefs, tmp_path_factory):
     out = tmp_path_factory.mktemp("ck-whole") / "run"
-    whole = subprocess.run([*TIANKONG, *signal_args(llama_dir, prefs), "--output", str(out)], env=ENV,
-                           capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        [*TIANKONG, *signal_args(llama_dir, prefs), "--output", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr
     return out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_checkpoints_and_the_printed_command_resumes_to_the_same_result(llama_dir, prefs, tmp_path, sig,
-                                                                                uninterrupted):
+def test_a_signal_checkpoints_and_the_printed_command_resumes_to_the_same_result(
+    llama_dir, prefs, tmp_path, sig, uninterrupted
+):
     args, env, tiankong = signal_args(llama_dir, prefs), ENV, TIANKONG
     out = tmp_path / "cut"
     proc = subprocess.Popen([*tiankong, *args, "--output", str(out)], env=env, stderr=subprocess.PIPE, text=True)
@@ -195,7 +236,12 @@ def test_a_signal_checkpoints_and_the_printed_command_resumes_to_the_same_result
     assert command.startswith("resume with: tiankong train reward") and command.endswith("--resume")
     import shlex
 
-    resumed = subprocess.run([*tiankong, *shlex.split(command.removeprefix("resume with: tiankong "))], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*tiankong, *shlex.split(command.removeprefix("resume with: tiankong "))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     same_run(uninterrupted, out)

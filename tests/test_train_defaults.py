@@ -7,13 +7,13 @@ import json
 import random
 
 import pytest
+from helpers import one_thread  # noqa: F401 (autouse: one torch thread)
+from tiny_models import make_model
 
 from tiankong.trainers import auto
 from tiankong.trainers.ppo import PPOConfig, PPOTrainer
 from tiankong.trainers.reward import RewardConfig, RewardTrainer
 from tiankong.trainers.verdict import accuracy_verdict, verdict_for, wilson
-from tiny_models import make_model
-from helpers import one_thread  # noqa: F401 (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_learning_rates_fall_with_model_size():
         assert auto.auto_lr(trainer, 1_000_000_000) == pytest.approx(large)
         sizes = [3e6, 3e7, 1.2e8, 1e9, 7e9]
         lrs = [auto.auto_lr(trainer, int(n)) for n in sizes]
-        assert all(a > b for a, b in zip(lrs, lrs[1:])), (trainer, lrs)
+        assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)), (trainer, lrs)
         assert large / 10 < lrs[-1] < large  # 7B: below the 1B rate, not absurdly so
 
 
@@ -75,8 +75,15 @@ def test_response_length_lets_most_answers_end():
 
 def test_auto_values_are_resolved_printed_and_recorded(llama_dir, tmp_path, capsys):
     data = write_jsonl(tmp_path / "p.jsonl", taste_pairs(40))
-    cfg = RewardConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "rm"), steps=3,
-                       eval_fraction=0.25, device="cpu", raw=True)
+    cfg = RewardConfig(
+        model=str(llama_dir),
+        data=str(data),
+        output=str(tmp_path / "rm"),
+        steps=3,
+        eval_fraction=0.25,
+        device="cpu",
+        raw=True,
+    )
     trainer = RewardTrainer(cfg)
     out = trainer.train()
     line = [x for x in capsys.readouterr().err.splitlines() if "auto settings" in x]
@@ -100,8 +107,17 @@ def test_negative_settings_are_still_refused(llama_dir):
 
 def test_default_reward_config_learns_and_the_verdict_says_so(llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", taste_pairs(60))
-    trainer = RewardTrainer(RewardConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "rm"),
-                                         eval_fraction=0.34, device="cpu", progress=False, raw=True))
+    trainer = RewardTrainer(
+        RewardConfig(
+            model=str(llama_dir),
+            data=str(data),
+            output=str(tmp_path / "rm"),
+            eval_fraction=0.34,
+            device="cpu",
+            progress=False,
+            raw=True,
+        )
+    )
     out = trainer.train()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] / 2
@@ -114,8 +130,18 @@ def test_default_reward_config_learns_and_the_verdict_says_so(llama_dir, tmp_pat
 
 def test_verdict_warns_on_random_labels(llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", taste_pairs(40, shuffle_labels=True))
-    trainer = RewardTrainer(RewardConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "rm"), steps=20,
-                                         eval_fraction=0.5, device="cpu", progress=False, raw=True))
+    trainer = RewardTrainer(
+        RewardConfig(
+            model=str(llama_dir),
+            data=str(data),
+            output=str(tmp_path / "rm"),
+            steps=20,
+            eval_fraction=0.5,
+            device="cpu",
+            progress=False,
+            raw=True,
+        )
+    )
     trainer.train()
     v = verdict_for(trainer)
     assert any("at chance" in w for w in v.warnings) and any("too few votes" in w for w in v.warnings)
@@ -134,13 +160,33 @@ def test_accuracy_verdict_and_wilson_interval():
 
 def test_default_ppo_config_resolves_and_moves_the_policy(llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", taste_pairs(24))
-    rm = RewardTrainer(RewardConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "rm"), steps=10,
-                                    eval_fraction=0, device="cpu", progress=False, raw=True)).train()
+    rm = RewardTrainer(
+        RewardConfig(
+            model=str(llama_dir),
+            data=str(data),
+            output=str(tmp_path / "rm"),
+            steps=10,
+            eval_fraction=0,
+            device="cpu",
+            progress=False,
+            raw=True,
+        )
+    ).train()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Story 1 about a cat:\nStory 2 about a pig:\n")
-    trainer = PPOTrainer(PPOConfig(model=str(llama_dir), reward=str(rm), prompts=str(prompts),
-                                   output=str(tmp_path / "ppo"), steps=3, batch_size=8, device="cpu",
-                                   progress=False, raw=True))
+    trainer = PPOTrainer(
+        PPOConfig(
+            model=str(llama_dir),
+            reward=str(rm),
+            prompts=str(prompts),
+            output=str(tmp_path / "ppo"),
+            steps=3,
+            batch_size=8,
+            device="cpu",
+            progress=False,
+            raw=True,
+        )
+    )
     trainer.train()
     cfg = trainer.cfg
     assert cfg.lr == 2e-4 and cfg.num_mini_batches == 1 and 16 <= cfg.response_length <= 256
@@ -154,18 +200,31 @@ def test_default_sft_and_dpo_configs_train(llama_dir, tmp_path):
     from tiankong.trainers.dpo import DPOConfig, DPOTrainer
     from tiankong.trainers.sft import SFTConfig, SFTTrainer
 
-    convs = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"Name animal {i}.", "completion": f"The {a} and the fox."}
-                                                 for i, a in enumerate(ANIMALS * 3)])
-    sft = SFTTrainer(SFTConfig(model=str(llama_dir), data=str(convs), output=str(tmp_path / "sft"), device="cpu",
-                               progress=False))
+    convs = write_jsonl(
+        tmp_path / "sft.jsonl",
+        [{"prompt": f"Name animal {i}.", "completion": f"The {a} and the fox."} for i, a in enumerate(ANIMALS * 3)],
+    )
+    sft = SFTTrainer(
+        SFTConfig(model=str(llama_dir), data=str(convs), output=str(tmp_path / "sft"), device="cpu", progress=False)
+    )
     out = sft.train()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sft.cfg.batch_size == 8 and sft.cfg.steps == 9 and rows[-1]["loss"] < 0.9 * rows[0]["loss"]  # 3 passes
     assert verdict_for(sft).ok
 
     data = write_jsonl(tmp_path / "p.jsonl", taste_pairs(40))
-    dpo = DPOTrainer(DPOConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "dpo"), steps=15,
-                               eval_fraction=0.25, device="cpu", progress=False, raw=True))
+    dpo = DPOTrainer(
+        DPOConfig(
+            model=str(llama_dir),
+            data=str(data),
+            output=str(tmp_path / "dpo"),
+            steps=15,
+            eval_fraction=0.25,
+            device="cpu",
+            progress=False,
+            raw=True,
+        )
+    )
     out = dpo.train()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert dpo.cfg.lr == 3e-4 and rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["eval_reward_accuracy"] > 0.5
@@ -176,7 +235,8 @@ def test_default_sft_and_dpo_configs_train(llama_dir, tmp_path):
 def test_plot_of_a_single_point_says_so(tmp_path):
     from tiankong.trainers.metrics import plot_metrics
 
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n"
-                                            + json.dumps({"step": 2, "loss": 0.4, "eval_accuracy": 0.9}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "loss": 0.5}) + "\n" + json.dumps({"step": 2, "loss": 0.4, "eval_accuracy": 0.9}) + "\n"
+    )
     text = plot_metrics(tmp_path)
     assert "eval_accuracy: 0.9 at step 2 (one point, nothing to plot)" in text and "loss  (last 0.4" in text

@@ -15,16 +15,22 @@ import json
 
 import pytest
 import torch
+from helpers import one_thread, torchrun  # noqa: F401 (one_thread is an autouse fixture)
 from safetensors.torch import load_file
+from tiny_models import CORPUS, make_model
 
 from tiankong.trainers.pretrain import PretrainConfig, PretrainTrainer
 from tiankong.trainers.sft import SFTConfig, SFTTrainer
-from tiny_models import CORPUS, make_model
-from helpers import one_thread, torchrun  # noqa: F401 (one_thread is an autouse fixture)
 
 CHAT = [
-    {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
-                  {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Red, like a fox."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Another?"},
+            {"role": "assistant", "content": "Red, like a fox."},
+        ]
+    },
     {"prompt": "Who is Lily?", "completion": "Lily is a little girl who loves to play in the park."},
     {"prompt": "Add 2 and 3.", "completion": "5"},
     {"prompt": "Say hi in Chinese.", "completion": "你好 😀"},
@@ -40,7 +46,7 @@ def compare(single, ddp):
     ra = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
-    for x, y in zip(ra, rb):
+    for x, y in zip(ra, rb, strict=True):
         for k in ("loss", "accuracy", "eval_loss"):
             if k in x:
                 assert y[k] == pytest.approx(x[k], rel=1e-5), (x["step"], k)
@@ -51,8 +57,19 @@ def test_pretrain_two_processes_match_one(tmp_path):
     """A new model: rank 0 trains the tokenizer, both ranks then build the same model; 2 + 2 blocks a step."""
     data = tmp_path / "corpus.txt"
     data.write_text("\n<|endoftext|>\n".join(CORPUS[:5] * 4), encoding="utf-8")
-    settings = dict(data=str(data), size="nano", vocab_size=400, seq_len=32, steps=5, batch_size=4, lr=1e-3,
-                    warmup_steps=1, eval_fraction=0.1, device="cpu", save_every=2)
+    settings = dict(
+        data=str(data),
+        size="nano",
+        vocab_size=400,
+        seq_len=32,
+        steps=5,
+        batch_size=4,
+        lr=1e-3,
+        warmup_steps=1,
+        eval_fraction=0.1,
+        device="cpu",
+        save_every=2,
+    )
     ddp = tmp_path / "ddp"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     torchrun(["pretrain", *flags, "--micro-batch-size=1", "--no-progress", f"--output={ddp}"])
@@ -67,8 +84,7 @@ def test_sft_two_processes_match_one(tmp_path):
     model = make_model(tmp_path / "m", "llama")
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in CHAT), encoding="utf-8")
-    settings = dict(model=str(model), data=str(data), steps=4, batch_size=3, lr=3e-3, device="cpu",
-                    eval_fraction=0.2)
+    settings = dict(model=str(model), data=str(data), steps=4, batch_size=3, lr=3e-3, device="cpu", eval_fraction=0.2)
     ddp = tmp_path / "ddp"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     torchrun(["sft", *flags, "--no-progress", f"--output={ddp}"])

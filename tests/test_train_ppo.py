@@ -10,19 +10,25 @@ import sys
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401 (one_thread is an autouse fixture)
+from tiny_models import STORIES, make_model
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.model import load_model
 from tiankong.engine.sampling import SamplingParams
-from tiankong.trainers.ppo import (PPOConfig, PPOTrainer, gae, masked_whiten, policy_loss, read_prompts,
-                                   token_logprobs, value_loss)
+from tiankong.trainers.ppo import (
+    PPOConfig,
+    PPOTrainer,
+    gae,
+    masked_whiten,
+    policy_loss,
+    read_prompts,
+    token_logprobs,
+    value_loss,
+)
 from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer
-from tiny_models import STORIES, make_model
-from helpers import one_thread  # noqa: F401 (one_thread is an autouse fixture)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +92,9 @@ def test_masked_whiten():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     w = masked_whiten(x, mask)  # mean 2, unbiased std 1
     torch.testing.assert_close(w[0, :3], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(masked_whiten(x, mask, shift_mean=False)[0, :3], torch.tensor([1.0, 2.0, 3.0]),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        masked_whiten(x, mask, shift_mean=False)[0, :3], torch.tensor([1.0, 2.0, 3.0]), atol=1e-6, rtol=0
+    )
 
 
 def test_token_logprobs_at_temperature():
@@ -104,24 +111,42 @@ def test_token_logprobs_at_temperature():
 
 
 def ppo_config(llama_dir, rm_dir, prompts, out, **kw):
-    base = dict(model=str(llama_dir), reward=str(rm_dir), prompts=str(prompts), output=str(out), steps=2,
-                batch_size=4, num_mini_batches=2, ppo_epochs=2, response_length=6, temperature=1.0, lr=1e-3,
-                device="cpu", progress=False, raw=True)
+    base = dict(
+        model=str(llama_dir),
+        reward=str(rm_dir),
+        prompts=str(prompts),
+        output=str(out),
+        steps=2,
+        batch_size=4,
+        num_mini_batches=2,
+        ppo_epochs=2,
+        response_length=6,
+        temperature=1.0,
+        lr=1e-3,
+        device="cpu",
+        progress=False,
+        raw=True,
+    )
     return PPOConfig(**{**base, **kw})
 
 
 @pytest.fixture
 def prompts(tmp_path):
     path = tmp_path / "prompts.txt"
-    path.write_text("Once upon a time\n\n" + json.dumps({"prompt": "The quick brown fox"}) + "\n"
-                    + json.dumps({"messages": [{"role": "user", "content": "Emoji are fun"}]}) + "\n")
+    path.write_text(
+        "Once upon a time\n\n"
+        + json.dumps({"prompt": "The quick brown fox"})
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Emoji are fun"}]})
+        + "\n"
+    )
     return path
 
 
 def test_prompt_file(tmp_path, prompts):
     assert [n for n, _ in read_prompts(prompts)] == [1, 3, 4]
     bad = tmp_path / "bad.txt"
-    bad.write_text("fine\n{\"prompt\": 3}\n")
+    bad.write_text('fine\n{"prompt": 3}\n')
     with pytest.raises(InputError, match="line 2"):
         read_prompts(bad)
 
@@ -134,8 +159,11 @@ def test_rollout_logprobs_match_the_engine(llama_dir, rm_dir, prompts, tmp_path)
     seeds = [11, 12, 13]
     ro, stats = trainer.rollout(ids, seeds)
     eng = Engine.load(llama_dir, device="cpu")
-    events = list(eng.generate(ids, [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=s, max_new_tokens=6)
-                                     for s in seeds]))
+    events = list(
+        eng.generate(
+            ids, [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=s, max_new_tokens=6) for s in seeds]
+        )
+    )
     for row in range(3):
         toks = [e for e in events if isinstance(e, TokenEvent) and e.row == row]
         n = len(toks)
@@ -145,7 +173,7 @@ def test_rollout_logprobs_match_the_engine(llama_dir, rm_dir, prompts, tmp_path)
     # the value model starts as the normalised reward model: at the last answer token it predicts the score
     rm = RewardModel.load(rm_dir, "cpu")
     with torch.no_grad():
-        seq = ro.tokens[0, :int(ro.lengths[0])][None]
+        seq = ro.tokens[0, : int(ro.lengths[0])][None]
         pos = torch.arange(seq.shape[1])[None]
         torch.testing.assert_close(trainer.value(seq, pos)[0, -1], rm.normalize(rm(seq, pos)[0, -1]))
 
@@ -213,8 +241,10 @@ def sample(folder, n, seed, length=40):
     eng = Engine.load(folder, device="cpu")
     ids = eng.encode(prompt=PROMPT, raw=True)
     texts = [""] * n
-    for ev in eng.generate([ids] * n, [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=seed + i,
-                                                      max_new_tokens=length) for i in range(n)]):
+    for ev in eng.generate(
+        [ids] * n,
+        [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=seed + i, max_new_tokens=length) for i in range(n)],
+    ):
         if isinstance(ev, Finished):
             texts[ev.row] = ev.text
     return texts
@@ -231,26 +261,58 @@ def test_rlhf_chain_on_stories260k(tmp_path, monkeypatch, capsys):
     yes, no = [t for t in stories if WORD.search(t)], [t for t in stories if not WORD.search(t)]
     random.Random(0).shuffle(no)
     prefs = tmp_path / "prefs.jsonl"
-    prefs.write_text("".join(json.dumps({"prompt": PROMPT, "chosen": a, "rejected": b}) + "\n" for a, b in zip(yes, no)))
+    prefs.write_text(
+        "".join(
+            json.dumps({"prompt": PROMPT, "chosen": a, "rejected": b}) + "\n" for a, b in zip(yes, no, strict=False)
+        )
+    )
     assert len(yes) >= 40
 
     # 2. the reward model finds the rule on held-out pairs
-    rm = RewardTrainer(RewardConfig(model=str(STORIES), data=str(prefs), output=str(tmp_path / "rm"), steps=50,
-                                    batch_size=16, lr=3e-3, warmup_steps=5, eval_fraction=0.25, device="cpu",
-                                    progress=False, raw=True)).train()
+    rm = RewardTrainer(
+        RewardConfig(
+            model=str(STORIES),
+            data=str(prefs),
+            output=str(tmp_path / "rm"),
+            steps=50,
+            batch_size=16,
+            lr=3e-3,
+            warmup_steps=5,
+            eval_fraction=0.25,
+            device="cpu",
+            progress=False,
+            raw=True,
+        )
+    ).train()
     rm_rows = [json.loads(x) for x in (rm / "metrics.jsonl").read_text().splitlines()]
     assert rm_rows[-1]["eval_accuracy"] >= 0.75, rm_rows[-1]
 
     # 3. PPO makes the rule more common in fresh samples while the KL to the start stays bounded
     (tmp_path / "prompts.txt").write_text(PROMPT + "\n")
-    ppo = PPOTrainer(PPOConfig(model=str(STORIES), reward=str(rm), prompts=str(tmp_path / "prompts.txt"),
-                               output=str(tmp_path / "ppo"), steps=10, batch_size=32, num_mini_batches=2,
-                               response_length=40, temperature=1.0, lr=2e-4, kl_coef=0.05, device="cpu",
-                               progress=False, raw=True)).train()
+    ppo = PPOTrainer(
+        PPOConfig(
+            model=str(STORIES),
+            reward=str(rm),
+            prompts=str(tmp_path / "prompts.txt"),
+            output=str(tmp_path / "ppo"),
+            steps=10,
+            batch_size=32,
+            num_mini_batches=2,
+            response_length=40,
+            temperature=1.0,
+            lr=2e-4,
+            kl_coef=0.05,
+            device="cpu",
+            progress=False,
+            raw=True,
+        )
+    ).train()
     rows = [json.loads(x) for x in (ppo / "metrics.jsonl").read_text().splitlines()]
     before, after = rate(sample(STORIES, 96, seed=10_000)), rate(sample(ppo, 96, seed=10_000))
-    figures = (f"RM held-out accuracy {rm_rows[-1]['eval_accuracy']:.3f}; rule rate {before:.3f} -> {after:.3f}; "
-               f"KL {rows[-1]['kl']:.2f} nats; reward {rows[0]['reward']:.3f} -> {rows[-1]['reward']:.3f}")
+    figures = (
+        f"RM held-out accuracy {rm_rows[-1]['eval_accuracy']:.3f}; rule rate {before:.3f} -> {after:.3f}; "
+        f"KL {rows[-1]['kl']:.2f} nats; reward {rows[0]['reward']:.3f} -> {rows[-1]['reward']:.3f}"
+    )
     assert after >= before + 0.2, (before, after)
     assert sum(r["reward"] for r in rows[-3:]) > sum(r["reward"] for r in rows[:3])
     assert all(r["kl"] < 20 for r in rows), [r["kl"] for r in rows]
@@ -258,8 +320,25 @@ def test_rlhf_chain_on_stories260k(tmp_path, monkeypatch, capsys):
     # 4. the result is an ordinary model folder for `tiankong generate`
     from tiankong.tui.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["tiankong", "generate", "-m", str(ppo), "--raw", "-p", PROMPT,
-                                      "--max-new-tokens", "20", "--seed", "1", "--device", "cpu"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "tiankong",
+            "generate",
+            "-m",
+            str(ppo),
+            "--raw",
+            "-p",
+            PROMPT,
+            "--max-new-tokens",
+            "20",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     try:
         main()
     except SystemExit as e:
@@ -284,9 +363,25 @@ def test_ppo_two_processes_match_one(llama_dir, rm_dir, prompts, tmp_path):
     args += ["--raw", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tiankong.tui.cli", "train", "ppo", *args], env=env, capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "tiankong.tui.cli",
+            "train",
+            "ppo",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name in ("model.safetensors", "value/model.safetensors", "value/reward_head.safetensors"):
         a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
@@ -294,6 +389,6 @@ def test_ppo_two_processes_match_one(llama_dir, rm_dir, prompts, tmp_path):
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5, msg=f"{name}:{k}")
     ra = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(ra, rb):
+    for a, b in zip(ra, rb, strict=True):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k

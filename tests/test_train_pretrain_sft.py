@@ -8,30 +8,33 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
 import torch
+from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
 from safetensors.torch import load_file
+from tiny_models import CORPUS, STORIES, make_model
 
 from tiankong.engine.errors import InputError
 from tiankong.trainers.checkpoint import latest, load_state
 from tiankong.trainers.data import load_conversations, load_texts, split_holdout
 from tiankong.trainers.pretrain import SIZES, PretrainConfig, PretrainTrainer
 from tiankong.trainers.sft import DEFAULT_CHAT_TEMPLATE, SFTConfig, SFTTrainer, tokenize_conversation
-from tiny_models import CORPUS, STORIES, make_model
-from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
 
 CHAT = [
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
-                  {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"},
-                  {"role": "assistant", "content": "Red, like a fox."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Another?"},
+            {"role": "assistant", "content": "Red, like a fox."},
+        ]
+    },
     {"prompt": "Who is Lily?", "completion": "Lily is a little girl who loves the park."},
     {"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "2 + 3 = 5"}]},
     {"prompt": "Say hi in Chinese.", "completion": "你好 😀"},
 ]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +57,34 @@ def chat_file(tmp_path_factory):
 
 
 def pretrain_cfg(tmp_path, corpus, **kw):
-    base = dict(output=str(tmp_path / "pre"), data=str(corpus), size="nano", vocab_size=400, seq_len=32,
-                steps=12, batch_size=8, lr=3e-3, warmup_steps=2, eval_fraction=0.1, device="cpu", progress=False)
+    base = dict(
+        output=str(tmp_path / "pre"),
+        data=str(corpus),
+        size="nano",
+        vocab_size=400,
+        seq_len=32,
+        steps=12,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_fraction=0.1,
+        device="cpu",
+        progress=False,
+    )
     return PretrainConfig(**{**base, **kw})
 
 
 def sft_cfg(tmp_path, model, data, **kw):
-    base = dict(output=str(tmp_path / "sft"), model=str(model), data=str(data), steps=8, batch_size=4,
-                lr=3e-3, device="cpu", progress=False)
+    base = dict(
+        output=str(tmp_path / "sft"),
+        model=str(model),
+        data=str(data),
+        steps=8,
+        batch_size=4,
+        lr=3e-3,
+        device="cpu",
+        progress=False,
+    )
     return SFTConfig(**{**base, **kw})
 
 
@@ -109,6 +132,7 @@ def hand_nll(target, vocab):
 
 # ---- data files
 
+
 def test_text_data_forms_and_line_numbers(tmp_path):
     txt = tmp_path / "a.txt"
     txt.write_text("first doc\nline two\n<|endoftext|>\n\nsecond 中文\n<|endoftext|>\n", encoding="utf-8")
@@ -135,14 +159,16 @@ def test_sft_data_refuses_the_file_at_the_first_bad_line(tmp_path):
     path.write_text(good + "\n" + json.dumps(CHAT[1]) + "\n")
     convs = load_conversations(path)
     assert [c.line for c in convs] == [1, 2]
-    assert convs[1].messages == [{"role": "user", "content": "Who is Lily?"},
-                                 {"role": "assistant", "content": "Lily is a little girl who loves the park."}]
+    assert convs[1].messages == [
+        {"role": "user", "content": "Who is Lily?"},
+        {"role": "assistant", "content": "Lily is a little girl who loves the park."},
+    ]
     bad = {
         '{"messages": [{"role": "user", "content": "hi"}]}': "no assistant message",
-        '{"messages": [{"role": "user"}]}': "has no \"content\"",
-        '{"prompt": "hi"}': "needs \"messages\"",
-        '{"prompt": "hi", "completion": 3}': "\"completion\" must be a string",
-        '[1, 2]': "expected a JSON object",
+        '{"messages": [{"role": "user"}]}': 'has no "content"',
+        '{"prompt": "hi"}': 'needs "messages"',
+        '{"prompt": "hi", "completion": 3}': '"completion" must be a string',
+        "[1, 2]": "expected a JSON object",
         '{"messages": ': "invalid JSON",
     }
     for line, why in bad.items():
@@ -162,6 +188,7 @@ def test_holdout_split():
 
 # ---- losses against hand-computed values
 
+
 def test_pretrain_loss_by_hand(tmp_path, corpus):
     tr = PretrainTrainer(pretrain_cfg(tmp_path, corpus))
     tr.setup()
@@ -170,14 +197,14 @@ def test_pretrain_loss_by_hand(tmp_path, corpus):
     T = tr.cfg.seq_len
     items = [0, 3]
     loss, m = tr.loss(items)
-    targets = [int(t) for i in items for t in tr.tokens[tr.train_blocks[i] * T + 1:tr.train_blocks[i] * T + T + 1]]
+    targets = [int(t) for i in items for t in tr.tokens[tr.train_blocks[i] * T + 1 : tr.train_blocks[i] * T + T + 1]]
     assert len(targets) == 2 * T
     assert float(loss) == pytest.approx(sum(hand_nll(t, V) for t in targets), rel=1e-6)
     assert m["accuracy"] == targets.count(0)  # argmax is always token 0
     assert tr.item_weight(0) == T  # so the logged loss is per token
     # Documents are [BOS] text [EOS], back to back.
     assert tr.tokens[0] == 1 and int((tr.tokens == 2).sum()) == 20 and int((tr.tokens == 1).sum()) == 20
-    held = [int(t) for b in tr.eval_blocks for t in tr.tokens[b * T + 1:b * T + T + 1]]
+    held = [int(t) for b in tr.eval_blocks for t in tr.tokens[b * T + 1 : b * T + T + 1]]
     ev = tr.evaluate()
     mean = sum(hand_nll(t, V) for t in held) / len(held)
     assert ev["eval_loss"] == pytest.approx(mean, rel=1e-6) and ev["eval_ppl"] == pytest.approx(math.exp(mean))
@@ -223,9 +250,10 @@ def test_sft_logged_loss_is_the_mean_over_answer_tokens(tmp_path, llama_dir, cha
 
 # ---- the SFT answer mask
 
+
 def spans(ids, mask):
     out, cur = [], []
-    for i, m in zip(ids, mask):
+    for i, m in zip(ids, mask, strict=True):
         if m:
             cur.append(i)
         elif cur:
@@ -234,8 +262,12 @@ def spans(ids, mask):
     return out + ([cur] if cur else [])
 
 
-TWO_TURNS = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
-             {"role": "user", "content": "Tell a joke."}, {"role": "assistant", "content": "No."}]
+TWO_TURNS = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "Tell a joke."},
+    {"role": "assistant", "content": "No."},
+]
 
 
 def test_sft_mask_default_template(llama_dir):
@@ -246,16 +278,20 @@ def test_sft_mask_default_template(llama_dir):
     ids, mask = tokenize_conversation(ChatTemplate(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"), tok, TWO_TURNS)
     # This test tokenizer (legacy Llama style) puts "▁" before the text after each special token,
     # hence the " " after <s> and </s>.
-    assert tok.decode(ids) == ("<s> <|user|>\nHi there\n<|assistant|>\nHello! How can I help?</s>"
-                               " <|user|>\nTell a joke.\n<|assistant|>\nNo.</s>")
+    assert tok.decode(ids) == (
+        "<s> <|user|>\nHi there\n<|assistant|>\nHello! How can I help?</s>"
+        " <|user|>\nTell a joke.\n<|assistant|>\nNo.</s>"
+    )
     assert [tok.decode(s) for s in spans(ids, mask)] == ["Hello! How can I help?</s>", "No.</s>"]
-    prompt_part = [i for i, m in zip(ids, mask) if not m]
+    prompt_part = [i for i, m in zip(ids, mask, strict=True) if not m]
     assert tok.decode(prompt_part) == "<s> <|user|>\nHi there\n<|assistant|>\n <|user|>\nTell a joke.\n<|assistant|>\n"
 
 
 def test_sft_mask_chatml_template_from_file(tmp_path, llama_dir):
-    chatml = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-              "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    chatml = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     (tmp_path / "chatml.jinja").write_text(chatml)
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"messages": TWO_TURNS}) + "\n")
@@ -263,8 +299,10 @@ def test_sft_mask_chatml_template_from_file(tmp_path, llama_dir):
     tr.setup()
     ids, mask = tr.examples[0]
     # (" \n": this tokenizer puts "▁" before the text after a special token, see above)
-    assert [tr.tokenizer.decode(s) for s in spans(ids, mask)] == ["Hello! How can I help?<|im_end|> \n",
-                                                                  "No.<|im_end|> \n"]
+    assert [tr.tokenizer.decode(s) for s in spans(ids, mask)] == [
+        "Hello! How can I help?<|im_end|> \n",
+        "No.<|im_end|> \n",
+    ]
     tr.step = 1
     tr.save(tmp_path / "saved")
     assert (tmp_path / "saved" / "chat_template.jinja").read_text() == chatml
@@ -276,14 +314,17 @@ def test_sft_truncation_and_template_errors_name_the_line(tmp_path, llama_dir):
     with pytest.raises(InputError, match=r"d.jsonl line 2: no answer token within the first 64 tokens"):
         SFTTrainer(sft_cfg(tmp_path, llama_dir, data, max_len=64)).setup()
     strict = tmp_path / "strict.jinja"
-    strict.write_text("{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
-                      "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    strict.write_text(
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
     data.write_text(json.dumps(CHAT[1]) + "\n" + json.dumps(CHAT[0]) + "\n")
     with pytest.raises(InputError, match=r"d.jsonl line 2: .*user first"):
         SFTTrainer(sft_cfg(tmp_path, llama_dir, data, chat_template=str(strict))).setup()
 
 
 # ---- learning, and the outputs load elsewhere
+
 
 def test_pretrain_new_model_learns_and_loads_in_tiankong_and_transformers(tmp_path, corpus):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -353,8 +394,9 @@ def test_sft_learns_and_saves_the_default_template(tmp_path, llama_dir, chat_fil
     ours = engine.template.render(msgs, add_generation_prompt=True)
     assert ours == hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert ours.endswith("<|user|>\nTell a joke.\n<|assistant|>\n")
-    assert engine.encode(messages=msgs) == list(hf_tok.apply_chat_template(msgs, add_generation_prompt=True,
-                                                                            return_dict=True)["input_ids"])
+    assert engine.encode(messages=msgs) == list(
+        hf_tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=True)["input_ids"]
+    )
 
 
 @pytest.mark.skipif(not STORIES.exists(), reason="stories260K checkpoint not present")
@@ -372,6 +414,7 @@ def test_sft_smoke_on_stories260k(tmp_path, chat_file):
 
 
 # ---- resume
+
 
 class Interrupted(Exception):
     pass
@@ -397,7 +440,7 @@ def assert_same_run(a, b):
         assert torch.equal(wa[k], wb[k]), k
     ra, rb = rows(a), rows(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
-    for x, y in zip(ra, rb):
+    for x, y in zip(ra, rb, strict=True):
         assert x.keys() == y.keys()
         for k in x:
             assert x[k] == pytest.approx(y[k], rel=1e-6, abs=1e-9), (x["step"], k)
@@ -411,8 +454,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, corpus, llama_dir, chat_f
         if kind == "pretrain":
             cfg = pretrain_cfg(tmp_path, corpus, output=str(out), steps=N, save_every=K, eval_every=3, resume=resume)
             return PretrainTrainer(cfg)
-        cfg = sft_cfg(tmp_path, llama_dir, chat_file, output=str(out), steps=N, batch_size=3, save_every=K,
-                      micro_batch_size=2, resume=resume)
+        cfg = sft_cfg(
+            tmp_path,
+            llama_dir,
+            chat_file,
+            output=str(out),
+            steps=N,
+            batch_size=3,
+            save_every=K,
+            micro_batch_size=2,
+            resume=resume,
+        )
         return SFTTrainer(cfg)
 
     whole = make(tmp_path / "whole").train()
@@ -431,13 +483,23 @@ def test_pretrain_checks_seq_len_against_the_checkpoint(tmp_path, corpus, llama_
         PretrainTrainer(pretrain_cfg(tmp_path, corpus, model=str(llama_dir), seq_len=1000)).setup()
 
 
-
-
 def test_cli_pretrain_help_lists_the_flags(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "train", "pretrain", "--help")
     assert code == 0
-    for flag in ("--data", "--model", "--size", "--vocab-size", "--seq-len", "--eval-fraction", "--steps",
-                 "--batch-size", "--lr", "--resume", "--save-every", "--output"):
+    for flag in (
+        "--data",
+        "--model",
+        "--size",
+        "--vocab-size",
+        "--seq-len",
+        "--eval-fraction",
+        "--steps",
+        "--batch-size",
+        "--lr",
+        "--resume",
+        "--save-every",
+        "--output",
+    ):
         assert flag in out, flag
     code, out, _ = cli(monkeypatch, capsys, "train", "sft", "--help")
     assert code == 0 and "--chat-template" in out and "--max-len" in out
@@ -445,16 +507,48 @@ def test_cli_pretrain_help_lists_the_flags(monkeypatch, capsys):
 
 def test_cli_sft_run_and_bad_line(monkeypatch, capsys, tmp_path, llama_dir, chat_file):
     out_dir = tmp_path / "cli-sft"
-    code, out, err = cli(monkeypatch, capsys, "train", "sft", "--model", llama_dir, "--data", chat_file,
-                         "--output", out_dir, "--steps", "3", "--batch-size", "2", "--device", "cpu", "--no-progress")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "sft",
+        "--model",
+        llama_dir,
+        "--data",
+        chat_file,
+        "--output",
+        out_dir,
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 0, err
     assert len(rows(out_dir)) == 3 and (out_dir / "model.safetensors").exists()
     assert f"saved to {out_dir}" in err
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(chat_file.read_text() + '{"prompt": "no completion"}\n')
-    code, out, err = cli(monkeypatch, capsys, "train", "sft", "--model", llama_dir, "--data", bad,
-                         "--output", tmp_path / "never", "--steps", "3", "--device", "cpu", "--no-progress")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "sft",
+        "--model",
+        llama_dir,
+        "--data",
+        bad,
+        "--output",
+        tmp_path / "never",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "line 5" in lines[0] and "bad.jsonl" in lines[0], err

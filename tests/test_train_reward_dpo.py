@@ -8,16 +8,14 @@ import shutil
 
 import pytest
 import torch
+from helpers import cli, one_thread, torchrun  # noqa: F401 (one_thread is an autouse fixture)
+from tiny_models import make_model
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
 from tiankong.trainers.dpo import DPOConfig, DPOTrainer, dpo_loss, sequence_logprobs
 from tiankong.trainers.preferences import Encoder, load_preferences, parse_record, split_groups
 from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer, bradley_terry_loss
-from tiny_models import make_model
-from helpers import cli, one_thread, torchrun  # noqa: F401 (one_thread is an autouse fixture)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +34,10 @@ def write_jsonl(path, rows):
 
 # Twelve independent pairs with an easy rule (foxes beat dogs) plus a 3-way ranking.
 PAIRS = [{"prompt": f"Story {i}:", "chosen": " a happy fox ran", "rejected": " a sad dog sat"} for i in range(12)]
-RANKING = [{"prompt": "Best pet?", "chosen": a, "rejected": b, "vote_id": 7}
-           for a, b in [(" fox", " cat"), (" fox", " dog"), (" cat", " dog")]]
+RANKING = [
+    {"prompt": "Best pet?", "chosen": a, "rejected": b, "vote_id": 7}
+    for a, b in [(" fox", " cat"), (" fox", " dog"), (" cat", " dog")]
+]
 
 
 # ---------------------------------------------------------------- losses by hand
@@ -69,8 +69,10 @@ def test_sequence_logprobs_sum_the_response_tokens_only():
     tokens = torch.tensor([[1, 2, 3, 4, 5], [6, 5, 4, 0, 0]])
     starts, lengths = torch.tensor([2, 1]), torch.tensor([5, 3])
     lp = torch.log_softmax(logits, -1)
-    want = [sum(float(lp[0, j - 1, tokens[0, j]]) for j in (2, 3, 4)),
-            sum(float(lp[1, j - 1, tokens[1, j]]) for j in (1, 2))]
+    want = [
+        sum(float(lp[0, j - 1, tokens[0, j]]) for j in (2, 3, 4)),
+        sum(float(lp[1, j - 1, tokens[1, j]]) for j in (1, 2)),
+    ]
     torch.testing.assert_close(sequence_logprobs(logits, tokens, starts, lengths), torch.tensor(want))
 
 
@@ -81,14 +83,17 @@ def test_records_formats_groups_and_skips(llama_dir, tmp_path):
     enc = Encoder.from_folder(llama_dir, raw=True)
     eng = Engine.load(llama_dir, device="cpu")
     rows = [
-        PAIRS[0],                                                                          # 1 standard
-        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": " fox"}],
-         "rejected": [{"role": "assistant", "content": " dog"}]},                           # 2 conversational
-        {"chosen": "The sky is blue.", "rejected": "The sky is green."},                   # 3 implicit prompt
-        {"prompt": "A", "chosen": " x", "rejected": " y", "tie": True},                     # 4 tie: skipped
-        {"prompt": "A", "chosen": " same", "rejected": " same"},                           # 5 identical: skipped
-        *RANKING,                                                                          # 6-8 one 3-way ranking
-        {"prompt": "M", "chosen": " up", "rejected": " down", "margin": 2.5},              # 9 margin
+        PAIRS[0],  # 1 standard
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": " fox"}],
+            "rejected": [{"role": "assistant", "content": " dog"}],
+        },  # 2 conversational
+        {"chosen": "The sky is blue.", "rejected": "The sky is green."},  # 3 implicit prompt
+        {"prompt": "A", "chosen": " x", "rejected": " y", "tie": True},  # 4 tie: skipped
+        {"prompt": "A", "chosen": " same", "rejected": " same"},  # 5 identical: skipped
+        *RANKING,  # 6-8 one 3-way ranking
+        {"prompt": "M", "chosen": " up", "rejected": " down", "margin": 2.5},  # 9 margin
     ]
     data = load_preferences(write_jsonl(tmp_path / "p.jsonl", rows), enc)
     assert data.n_pairs == 7 and len(data.groups) == 5
@@ -104,9 +109,12 @@ def test_records_formats_groups_and_skips(llama_dir, tmp_path):
     assert parse_record(rows[2]) == ("The sky is", " blue.", " green.")  # the implicit prompt, cut at a space
     implicit = data.groups[2]
     assert eng.tokenizer.decode(implicit.seqs[0][:-1], skip_special_tokens=True) == "The sky is blue."
-    assert parse_record({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
-                         "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}) \
-        == ([{"role": "user", "content": "Q"}], "A", "B")
+    assert parse_record(
+        {
+            "chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+            "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}],
+        }
+    ) == ([{"role": "user", "content": "Q"}], "A", "B")
     assert [p.margin for g in data.groups for p in g.pairs][-1] == 2.5
     # soft ties keep the tie as a target-1/2 pair
     soft = load_preferences(tmp_path / "p.jsonl", enc, tie_mode="soft")
@@ -121,7 +129,8 @@ def test_chat_template_rendering(llama_dir, tmp_path):
     shutil.copytree(llama_dir, folder)
     (folder / "chat_template.jinja").write_text(
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{{ eos_token }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     enc, eng = Encoder.from_folder(folder), Engine.load(folder, device="cpu")
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     seq, start = enc.pair(msgs, "Hello there")
@@ -129,13 +138,16 @@ def test_chat_template_rendering(llama_dir, tmp_path):
     assert seq[-1] == enc.eos_id and eng.tokenizer.decode(seq[start:-1]) == "Hello there"  # "\n" after EOS dropped
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "line 2: invalid JSON"),
-    ('{"prompt": "x", "chosen": "a"}', 'line 2: no "rejected"'),
-    ('{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}', "line 2: \"prompt\""),
-    ('{"prompt": "x", "chosen": "a", "rejected": "b", "margin": "big"}', "line 2: \"margin\" must be a number"),
-    ('[1, 2]', "line 2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "line 2: invalid JSON"),
+        ('{"prompt": "x", "chosen": "a"}', 'line 2: no "rejected"'),
+        ('{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}', 'line 2: "prompt"'),
+        ('{"prompt": "x", "chosen": "a", "rejected": "b", "margin": "big"}', 'line 2: "margin" must be a number'),
+        ("[1, 2]", "line 2: expected a JSON object"),
+    ],
+)
 def test_bad_rows_are_refused_with_their_line(llama_dir, tmp_path, line, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [PAIRS[0], line])
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace('"', '"')):
@@ -179,8 +191,18 @@ def losses(out):
 
 def test_reward_training_moves_every_weight_and_saves_a_normalised_model(llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", PAIRS + RANKING)
-    cfg = RewardConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "rm"), steps=8, batch_size=4,
-                       lr=2e-3, eval_fraction=0.25, device="cpu", progress=False, raw=True)
+    cfg = RewardConfig(
+        model=str(llama_dir),
+        data=str(data),
+        output=str(tmp_path / "rm"),
+        steps=8,
+        batch_size=4,
+        lr=2e-3,
+        eval_fraction=0.25,
+        device="cpu",
+        progress=False,
+        raw=True,
+    )
     trainer = SpyReward(cfg)
     out = trainer.train()
     assert "head.weight" in trainer.initial and "base.output.weight" not in trainer.initial  # untied LM head: unused
@@ -212,8 +234,20 @@ def test_reward_resume_matches_uninterrupted(llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", PAIRS + RANKING)
 
     def cfg(out, **kw):
-        return RewardConfig(model=str(llama_dir), data=str(data), output=str(out), steps=4, batch_size=4, lr=1e-3,
-                            save_every=2, eval_fraction=0, device="cpu", progress=False, raw=True, **kw)
+        return RewardConfig(
+            model=str(llama_dir),
+            data=str(data),
+            output=str(out),
+            steps=4,
+            batch_size=4,
+            lr=1e-3,
+            save_every=2,
+            eval_fraction=0,
+            device="cpu",
+            progress=False,
+            raw=True,
+            **kw,
+        )
 
     class Stop(Exception):
         pass
@@ -229,15 +263,26 @@ def test_reward_resume_matches_uninterrupted(llama_dir, tmp_path):
         Interrupted(cfg(tmp_path / "b")).train()
     RewardTrainer(cfg(tmp_path / "b", resume=True)).train()
     a, b = RewardModel.load(tmp_path / "a", "cpu"), RewardModel.load(tmp_path / "b", "cpu")
-    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(q, p, msg=n)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
 
 
 def test_dpo_moves_every_weight_and_prefers_chosen(llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", PAIRS + RANKING)
-    cfg = DPOConfig(model=str(llama_dir), data=str(data), output=str(tmp_path / "dpo"), steps=6, batch_size=4,
-                    lr=1e-3, beta=0.1, eval_fraction=0.25, device="cpu", progress=False, raw=True)
+    cfg = DPOConfig(
+        model=str(llama_dir),
+        data=str(data),
+        output=str(tmp_path / "dpo"),
+        steps=6,
+        batch_size=4,
+        lr=1e-3,
+        beta=0.1,
+        eval_fraction=0.25,
+        device="cpu",
+        progress=False,
+        raw=True,
+    )
     trainer = SpyDPO(cfg)
     out = trainer.train()
     assert_all_changed(trainer)
@@ -253,20 +298,43 @@ def test_dpo_moves_every_weight_and_prefers_chosen(llama_dir, tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
-
-
 def test_cli_train_reward_then_score(monkeypatch, capsys, llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", PAIRS)
     rm = tmp_path / "rm"
-    code, _, err = cli(monkeypatch, capsys, "train", "reward", "--model", llama_dir, "--data", data, "--output", rm,
-                       "--steps", 3, "--batch-size", 4, "--lr", 1e-3, "--device", "cpu", "--raw", "--no-progress",
-                       "--tie-mode", "soft")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "reward",
+        "--model",
+        llama_dir,
+        "--data",
+        data,
+        "--output",
+        rm,
+        "--steps",
+        3,
+        "--batch-size",
+        4,
+        "--lr",
+        1e-3,
+        "--device",
+        "cpu",
+        "--raw",
+        "--no-progress",
+        "--tie-mode",
+        "soft",
+    )
     assert code == 0, err
     assert (rm / "reward_head.safetensors").is_file() and len(losses(rm)) == 3
 
-    answers = write_jsonl(tmp_path / "answers.jsonl", [
-        {"id": 1, "prompt": "Story 1:", "response": " a happy fox ran"},
-        {"id": 2, "messages": [{"role": "user", "content": "Story 1:"}], "response": " a sad dog sat"}])
+    answers = write_jsonl(
+        tmp_path / "answers.jsonl",
+        [
+            {"id": 1, "prompt": "Story 1:", "response": " a happy fox ran"},
+            {"id": 2, "messages": [{"role": "user", "content": "Story 1:"}], "response": " a sad dog sat"},
+        ],
+    )
     code, out, err = cli(monkeypatch, capsys, "reward", "score", "--model", rm, "--input", answers, "--device", "cpu")
     assert code == 0, err
     recs = [json.loads(x) for x in out.splitlines()]
@@ -283,16 +351,40 @@ def test_cli_train_reward_then_score(monkeypatch, capsys, llama_dir, tmp_path):
 
 def test_cli_bad_preference_line_exits_2(monkeypatch, capsys, llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [PAIRS[0], PAIRS[1], "{oops"])
-    code, _, err = cli(monkeypatch, capsys, "train", "dpo", "--model", llama_dir, "--data", data, "--output",
-                       tmp_path / "o", "--device", "cpu", "--no-progress")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "dpo",
+        "--model",
+        llama_dir,
+        "--data",
+        data,
+        "--output",
+        tmp_path / "o",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2 and "line 3: invalid JSON" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_help_lists_trainer_flags(monkeypatch, capsys):
-    for name, flags in {"reward": ["--margin", "--tie-mode", "--eval-fraction", "--normalize"],
-                        "dpo": ["--beta", "--label-smoothing", "--tie-mode"],
-                        "ppo": ["--reward", "--prompts", "--kl-coef", "--response-length", "--temperature",
-                                "--missing-eos-penalty", "--whiten-rewards", "--ppo-epochs", "--num-mini-batches"]}.items():
+    for name, flags in {
+        "reward": ["--margin", "--tie-mode", "--eval-fraction", "--normalize"],
+        "dpo": ["--beta", "--label-smoothing", "--tie-mode"],
+        "ppo": [
+            "--reward",
+            "--prompts",
+            "--kl-coef",
+            "--response-length",
+            "--temperature",
+            "--missing-eos-penalty",
+            "--whiten-rewards",
+            "--ppo-epochs",
+            "--num-mini-batches",
+        ],
+    }.items():
         monkeypatch.setenv("COLUMNS", "200")
         code, out, _ = cli(monkeypatch, capsys, "train", name, "--help")
         assert code == 0 and all(f in out for f in flags), (name, out)
@@ -307,17 +399,31 @@ def test_reward_two_processes_match_one(llama_dir, tmp_path):
     from safetensors.torch import load_file
 
     data = write_jsonl(tmp_path / "p.jsonl", PAIRS + RANKING)
-    settings = dict(model=llama_dir, data=data, steps=3, batch_size=5, micro_batch_size=1, lr=1e-3,
-                    eval_fraction=0.2, device="cpu")
-    RewardTrainer(RewardConfig(**{k: str(v) if k in ("model", "data") else v for k, v in settings.items()},
-                               output=str(tmp_path / "one"), raw=True, progress=False)).train()
-    torchrun(["reward", *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()], "--raw", "--no-progress",
-              f"--output={tmp_path / 'two'}"])
+    settings = dict(
+        model=llama_dir, data=data, steps=3, batch_size=5, micro_batch_size=1, lr=1e-3, eval_fraction=0.2, device="cpu"
+    )
+    RewardTrainer(
+        RewardConfig(
+            **{k: str(v) if k in ("model", "data") else v for k, v in settings.items()},
+            output=str(tmp_path / "one"),
+            raw=True,
+            progress=False,
+        )
+    ).train()
+    torchrun(
+        [
+            "reward",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()],
+            "--raw",
+            "--no-progress",
+            f"--output={tmp_path / 'two'}",
+        ]
+    )
     for name in ("model.safetensors", "reward_head.safetensors"):
         a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5, msg=k)
-    for ra, rb in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+    for ra, rb in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
         assert ra.keys() == rb.keys()
         for k in ra:
             assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-5), k

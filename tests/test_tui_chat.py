@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Input
+from tiny_models import STORIES, make_model
 
 from tiankong.tui.app import TiankongApp, run_app
 from tiankong.tui.screens.chat import ChatScreen
@@ -24,7 +25,6 @@ from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.store import DB_NAME, Store, StoreError
 from tiankong.tui.widgets.candidates import bar, candidate_rows, pct, show_token
 from tiankong.tui.widgets.message import AssistantMessage, cursor_line
-from tiny_models import STORIES, make_model
 
 SIZE = (100, 32)
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models/stories260K is absent")
@@ -33,13 +33,6 @@ needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/model
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama")
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "data" / DB_NAME)
-    yield s
-    s.close()
 
 
 def make_app(model, store, tmp_path, **kw) -> TiankongApp:
@@ -67,8 +60,14 @@ async def send(pilot, text: str) -> None:
 
 
 async def answered(pilot, chat: ChatScreen) -> AssistantMessage:
-    await wait_for(pilot, lambda: not chat.generating and isinstance(chat.messages[-1], AssistantMessage)
-                   and chat.messages[-1].message_id is not None)
+    await wait_for(
+        pilot,
+        lambda: (
+            not chat.generating
+            and isinstance(chat.messages[-1], AssistantMessage)
+            and chat.messages[-1].message_id is not None
+        ),
+    )
     return chat.messages[-1]
 
 
@@ -98,6 +97,7 @@ def run(coro):
 
 # ---------------------------------------------------------------- sending, streaming, storing
 
+
 def test_send_streams_the_answer_and_stores_both_messages(tiny, store, tmp_path):
     async def go():
         app = make_app(tiny, store, tmp_path)
@@ -107,8 +107,10 @@ def test_send_streams_the_answer_and_stores_both_messages(tiny, store, tmp_path)
             slow_down(app.engine, 0.01)
             seen = []  # (label, tokens shown so far) at every candidates-panel update
             show = chat.candidates.show
-            chat.candidates.show = lambda tok, label="": (seen.append((label, len(chat.messages[-1].tokens))),
-                                                           show(tok, label))
+            chat.candidates.show = lambda tok, label="": (
+                seen.append((label, len(chat.messages[-1].tokens))),
+                show(tok, label),
+            )
             await send(pilot, "hello there")
             answer = await answered(pilot, chat)
             stored = store.get_chat(chat.chat_id)
@@ -199,6 +201,7 @@ def test_edit_last_message_and_resend(tiny, store, tmp_path):
 
 # ---------------------------------------------------------------- presets
 
+
 def test_preset_editor_refuses_bad_values_and_the_next_answer_uses_good_ones(tiny, store, tmp_path):
     async def go():
         app = make_app(tiny, store, tmp_path)
@@ -252,6 +255,7 @@ def test_f2_cycles_presets(tiny, store, tmp_path):
 
 
 # ---------------------------------------------------------------- persistence and export
+
 
 def test_chats_persist_across_restarts_and_reopen_with_their_tokens(tiny, tmp_path):
     db = tmp_path / "data" / DB_NAME
@@ -316,16 +320,36 @@ def _stored_long_chat(store, model: Path, n: int = 200) -> tuple[int, list[str],
             text, toks = f"question {i // 2}: what happens next in story {i}?", None
             store.add_message(chat_id, "user", text)
         else:
-            text = (f"Answer **{i}**, first paragraph with `code` and a few more words to wrap around.\n\n"
-                    f"Second paragraph of answer {i}.\n\n- one point\n- another point\n\n"
-                    + ("```python\nprint('hello')\n```\n\nAfter the code." if i % 3 == 0 else "The end."))
-            pieces = [text[j:j + 5] for j in range(0, len(text), 5)]
-            toks = [{"id": k, "text": piece, "logprob": math.log(0.5), "p_sample": 0.6, "entropy": 1.0,
-                     "top": [{"id": k, "text": piece, "logprob": math.log(0.5), "p_sample": 0.6},
-                             {"id": k + 1, "text": " x", "logprob": math.log(0.2), "p_sample": 0.0}]}
-                    for k, piece in enumerate(pieces)]
-            store.add_message(chat_id, "assistant", text, preset="balanced", params={"seed": i}, seed=i,
-                              finish_reason="eos", tokens=toks)
+            text = (
+                f"Answer **{i}**, first paragraph with `code` and a few more words to wrap around.\n\n"
+                f"Second paragraph of answer {i}.\n\n- one point\n- another point\n\n"
+                + ("```python\nprint('hello')\n```\n\nAfter the code." if i % 3 == 0 else "The end.")
+            )
+            pieces = [text[j : j + 5] for j in range(0, len(text), 5)]
+            toks = [
+                {
+                    "id": k,
+                    "text": piece,
+                    "logprob": math.log(0.5),
+                    "p_sample": 0.6,
+                    "entropy": 1.0,
+                    "top": [
+                        {"id": k, "text": piece, "logprob": math.log(0.5), "p_sample": 0.6},
+                        {"id": k + 1, "text": " x", "logprob": math.log(0.2), "p_sample": 0.0},
+                    ],
+                }
+                for k, piece in enumerate(pieces)
+            ]
+            store.add_message(
+                chat_id,
+                "assistant",
+                text,
+                preset="balanced",
+                params={"seed": i},
+                seed=i,
+                finish_reason="eos",
+                tokens=toks,
+            )
         contents.append(text)
         tokens.append(toks)
     return chat_id, contents, tokens
@@ -440,6 +464,7 @@ def test_an_opened_chat_regenerates_and_edits_its_last_message(tmp_path, store):
 
 # ---------------------------------------------------------------- failures
 
+
 def test_a_bad_model_folder_is_shown_and_the_app_stays_usable(store, tmp_path):
     async def go():
         app = make_app(tmp_path / "no-such-model", store, tmp_path)
@@ -472,8 +497,13 @@ def test_a_store_that_refuses_a_write_is_shown_and_nothing_is_answered(tiny, sto
             monkeypatch.setattr(store, "add_message", refuse)
             await send(pilot, "keep me")
             await pilot.pause()
-            return (app.is_running, chat.generating, len(chat.messages),
-                    chat.query_one("#prompt", Input).value, [n.message for n in app._notifications])
+            return (
+                app.is_running,
+                chat.generating,
+                len(chat.messages),
+                chat.query_one("#prompt", Input).value,
+                [n.message for n in app._notifications],
+            )
 
     alive, generating, shown, prompt, notes = run(go())
     assert alive and not generating and shown == 0
@@ -518,6 +548,7 @@ def test_run_app_stops_before_the_ui_when_the_store_cannot_be_written(tmp_path):
 
 # ---------------------------------------------------------------- token views
 
+
 def test_inspect_heatmap_and_tokens_view(tiny, store, tmp_path):
     async def go():
         app = make_app(tiny, store, tmp_path)
@@ -554,9 +585,17 @@ def test_inspect_heatmap_and_tokens_view(tiny, store, tmp_path):
 
 
 def test_candidate_rows_bars_and_token_display():
-    tok = {"id": 9, "text": " z", "logprob": math.log(0.01), "p_sample": 0.2, "entropy": 1.0,
-           "top": [{"id": 1, "text": " a", "logprob": math.log(0.6), "p_sample": 0.8},
-                   {"id": 2, "text": "\n", "logprob": math.log(0.3), "p_sample": 0.0}]}
+    tok = {
+        "id": 9,
+        "text": " z",
+        "logprob": math.log(0.01),
+        "p_sample": 0.2,
+        "entropy": 1.0,
+        "top": [
+            {"id": 1, "text": " a", "logprob": math.log(0.6), "p_sample": 0.8},
+            {"id": 2, "text": "\n", "logprob": math.log(0.3), "p_sample": 0.0},
+        ],
+    }
     rows = candidate_rows(tok)
     assert [(c["id"], chosen) for c, chosen in rows] == [(1, False), (2, False), (9, True)]  # sampled from the tail
     assert bar(1.0, 4) == "████" and bar(0.0, 4) == "    " and bar(0.001, 4) == "▏   "
@@ -566,6 +605,7 @@ def test_candidate_rows_bars_and_token_display():
 
 
 # ---------------------------------------------------------------- the compare screen, from chat
+
 
 def test_ctrl_b_compares_the_last_prompt_under_two_presets(tiny, store, tmp_path):
     compare = pytest.importorskip("tiankong.tui.screens.compare")
@@ -590,6 +630,7 @@ def test_ctrl_b_compares_the_last_prompt_under_two_presets(tiny, store, tmp_path
 
 # ---------------------------------------------------------------- snapshots (stories260K, deterministic)
 
+
 @pytest.fixture
 def snapshot_app(tmp_path):
     """stories260K with the deterministic preset, on a fresh store."""
@@ -613,8 +654,9 @@ def test_snapshot_chat_after_a_deterministic_answer(snap_compare, snapshot_app):
 
 @needs_stories
 def test_snapshot_inspect_mode_candidates(snap_compare, snapshot_app):
-    assert snap_compare(snapshot_app, terminal_size=SIZE, run_before=_answer_once_upon,
-                        press=["f5", "right", "right", "right", "right"])
+    assert snap_compare(
+        snapshot_app, terminal_size=SIZE, run_before=_answer_once_upon, press=["f5", "right", "right", "right", "right"]
+    )
 
 
 @needs_stories
@@ -628,6 +670,7 @@ def test_snapshot_tokens_view(snap_compare, snapshot_app):
 
 
 # ---------------------------------------------------------------- app-wide: compare mode, votes, help, palette
+
 
 def test_compare_mode_opens_the_compare_screen_once_the_models_load(tiny, store, tmp_path):
     compare = pytest.importorskip("tiankong.tui.screens.compare")
@@ -667,6 +710,7 @@ def test_help_palette_and_votes_keys(tiny, store, tmp_path):
     assert all(f"Preset: {p}" in commands for p in presets)
     try:
         import tiankong.tui.screens.votes  # noqa: F401  (built alongside; the key says so when absent)
+
         assert votes == "VotesScreen"
     except ImportError:
         assert votes == "ChatScreen"

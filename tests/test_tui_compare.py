@@ -17,9 +17,9 @@ import time
 import pytest
 from rich.console import Console
 from textual.widgets import DataTable, Select, Static
-
-from tui_host import Host
 from tiny_models import STORIES, make_model
+from tui_host import Host
+
 from tiankong.engine.engine import Engine
 from tiankong.engine.events import Finished
 from tiankong.engine.sampling import SamplingParams
@@ -121,7 +121,7 @@ def test_blind_two_presets_ranked_vote(stories, store):
     assert [r.label for r in vote.responses] == ["A", "B"]
     assert sorted(r.preset for r in vote.responses) == ["creative", "deterministic"]
     assert [r.text for r in vote.responses] == shown
-    for r, title in zip(vote.responses, titles):
+    for r, title in zip(vote.responses, titles, strict=True):
         assert title == f"{r.label} · {r.preset}"  # revealed after the vote
         assert r.params["seed"] == r.seed is not None and r.params["max_new_tokens"] == 16
         assert r.model == str(STORIES.resolve()) and r.finish_reason in ("eos", "length")
@@ -141,7 +141,10 @@ def test_three_way_ranking_shown_live(stories, store):
         async with Host(screen).run_test(size=(120, 30)) as pilot:
             await finish(pilot, screen)
             assert [shown_text(c, ".answer-title") for c in screen.columns] == [
-                "A · deterministic", "B · balanced", "C · creative"]
+                "A · deterministic",
+                "B · balanced",
+                "C · creative",
+            ]
             await pilot.press("2", "1")
             bar = str(screen.query_one("#vote-bar", Static).content)
             assert "B > A > C" in bar  # the one left is implied
@@ -166,10 +169,12 @@ def test_tie_rerun_both_bad_and_undo(stories, store):
         async with Host(screen).run_test(size=(80, 24)) as pilot:
             await finish(pilot, screen)
             await pilot.press("t")
-            first_seeds = {e.preset.name: p.seed for e, p in zip(screen.round.entrants, screen.round.params)}
+            first_seeds = {
+                e.preset.name: p.seed for e, p in zip(screen.round.entrants, screen.round.params, strict=True)
+            }
             await pilot.press("r")  # same prompt, new seeds
             await finish(pilot, screen)
-            seeds = {e.preset.name: p.seed for e, p in zip(screen.round.entrants, screen.round.params)}
+            seeds = {e.preset.name: p.seed for e, p in zip(screen.round.entrants, screen.round.params, strict=True)}
             assert seeds["creative"] != first_seeds["creative"]
             await pilot.press("0")
             assert [v.outcome for v in store.list_votes()] == ["both_bad", "tie"]
@@ -212,8 +217,7 @@ def test_keys_while_generating_and_escape_cancels(stories, store):
 
 
 def test_store_error_is_shown_and_the_vote_kept(stories, store, monkeypatch):
-    screen = CompareScreen([stories], [preset("deterministic"), preset("creative")], store, rater="erin",
-                           prompt=PROMPT)
+    screen = CompareScreen([stories], [preset("deterministic"), preset("creative")], store, rater="erin", prompt=PROMPT)
 
     def broken(vote):
         raise StoreError("cannot write the tiankong database at /nowhere: disk full")
@@ -235,11 +239,15 @@ def test_store_error_is_shown_and_the_vote_kept(stories, store, monkeypatch):
 
 
 def test_two_models_one_preset_with_conversation(stories, tiny, store):
-    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": "Hello 👋"}]
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello 👋"},
+    ]
     prompt = "写一首诗 😀 about 北京"
-    screen = CompareScreen([stories, tiny], [preset("deterministic", 24)], store, rater="frank",
-                           conversation=conversation, prompt=prompt)
+    screen = CompareScreen(
+        [stories, tiny], [preset("deterministic", 24)], store, rater="frank", conversation=conversation, prompt=prompt
+    )
 
     async def run():
         async with Host(screen).run_test(size=(80, 24)) as pilot:
@@ -274,14 +282,15 @@ def test_seeds_shared_across_models_never_within_one():
 def test_conversation_ending_with_the_prompt_starts_from_it(store):
     # The chat screen passes its conversation up to and including the prompt to compare.
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    screen = CompareScreen([object()], [get_preset("balanced"), get_preset("creative")], store, "gus",
-                           conversation=conversation)
+    screen = CompareScreen(
+        [object()], [get_preset("balanced"), get_preset("creative")], store, "gus", conversation=conversation
+    )
     assert screen.initial_prompt == "Hi" and screen.history == conversation[:1]
     with pytest.raises(ValueError, match="2 to 4 columns"):
         CompareScreen([object()], [get_preset("balanced")], store, "gus")
 
 
-KILL_SCRIPT = r'''
+KILL_SCRIPT = r"""
 import asyncio, dataclasses, sys
 from pathlib import Path
 from textual.app import App
@@ -320,14 +329,15 @@ async def main():
         await pilot.pause(120)
 
 asyncio.run(main())
-'''
+"""
 
 
 def test_votes_survive_a_kill_mid_generation(stories, tmp_path):
     script, db = tmp_path / "kill.py", tmp_path / "kill.db"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(STORIES), str(db)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(STORIES), str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     watchdog = threading.Timer(90, proc.kill)
     watchdog.start()
     try:
@@ -353,23 +363,62 @@ def test_votes_survive_a_kill_mid_generation(stories, tmp_path):
 
 def fixed_votes(store: Store) -> None:
     """Four votes with fixed times: a 2-way and a 3-way ranking, a tie, a two-model both-bad."""
+
     def r(label, preset, text, model="/models/stories260K", seed=1):
         return Response(label, model, preset, {"temperature": 0.7, "seed": seed}, seed, text, "eos")
 
-    store.add_vote(Vote(None, "Once upon a time", [{"role": "user", "content": "Once upon a time"}],
-                        [r("A", "balanced", "Lily went to the park."), r("B", "creative", "A dragon 🐉 flew.")],
-                        "ranked", [1, 0], "me", True, "2025-01-31T12:00:00.000Z"))
-    store.add_vote(Vote(None, "写一首诗", [{"role": "system", "content": "Be short."},
-                                       {"role": "user", "content": "写一首诗"}],
-                        [r("A", "precise", "床前明月光"), r("B", "balanced", "疑是地上霜"),
-                         r("C", "creative", "举头望明月")], "ranked", [2, 0, 1], "me", True,
-                        "2025-02-01T08:30:00.000Z"))
-    store.add_vote(Vote(None, "Tell a joke", [{"role": "user", "content": "Tell a joke"}],
-                        [r("A", "balanced", "No."), r("B", "creative", "Why did the token cross the road?")],
-                        "tie", [], "me", False, "2025-02-02T09:00:00.000Z"))
-    store.add_vote(Vote(None, "Hi", [{"role": "user", "content": "Hi"}],
-                        [r("A", "balanced", "x", model="/models/sft"), r("B", "balanced", "y", model="/models/ppo")],
-                        "both_bad", [], "me", True, "2025-02-03T10:00:00.000Z"))
+    store.add_vote(
+        Vote(
+            None,
+            "Once upon a time",
+            [{"role": "user", "content": "Once upon a time"}],
+            [r("A", "balanced", "Lily went to the park."), r("B", "creative", "A dragon 🐉 flew.")],
+            "ranked",
+            [1, 0],
+            "me",
+            True,
+            "2025-01-31T12:00:00.000Z",
+        )
+    )
+    store.add_vote(
+        Vote(
+            None,
+            "写一首诗",
+            [{"role": "system", "content": "Be short."}, {"role": "user", "content": "写一首诗"}],
+            [r("A", "precise", "床前明月光"), r("B", "balanced", "疑是地上霜"), r("C", "creative", "举头望明月")],
+            "ranked",
+            [2, 0, 1],
+            "me",
+            True,
+            "2025-02-01T08:30:00.000Z",
+        )
+    )
+    store.add_vote(
+        Vote(
+            None,
+            "Tell a joke",
+            [{"role": "user", "content": "Tell a joke"}],
+            [r("A", "balanced", "No."), r("B", "creative", "Why did the token cross the road?")],
+            "tie",
+            [],
+            "me",
+            False,
+            "2025-02-02T09:00:00.000Z",
+        )
+    )
+    store.add_vote(
+        Vote(
+            None,
+            "Hi",
+            [{"role": "user", "content": "Hi"}],
+            [r("A", "balanced", "x", model="/models/sft"), r("B", "balanced", "y", model="/models/ppo")],
+            "both_bad",
+            [],
+            "me",
+            True,
+            "2025-02-03T10:00:00.000Z",
+        )
+    )
 
 
 @pytest.fixture
@@ -416,7 +465,10 @@ def test_votes_screen_lists_filters_and_counts(store, utc):
     assert row["creative"][1:7] == ["3", "3", "0", "1", "0", "100%"]  # votes wins losses ties bad rate
     assert row["precise"][6] == "50%" and row["balanced"][6] == "0%"
     assert [line.split()[0] for line in lines if line.split() and line.split()[0] in stats] == [
-        "creative", "precise", "balanced"]  # best win rate first
+        "creative",
+        "precise",
+        "balanced",
+    ]  # best win rate first
 
 
 # ---------------------------------------------------------------- snapshots
@@ -435,8 +487,12 @@ def test_snapshot_compare_finished(stories, store, snap_compare):
 
 @needs_stories
 def test_snapshot_compare_four_columns_two_by_two_when_narrow(stories, store, snap_compare):
-    presets = [preset("deterministic", 12), preset("balanced", 12, seed=1), preset("precise", 12, seed=2),
-               preset("creative", 12, seed=3)]
+    presets = [
+        preset("deterministic", 12),
+        preset("balanced", 12, seed=1),
+        preset("precise", 12, seed=2),
+        preset("creative", 12, seed=3),
+    ]
     screen = CompareScreen([stories], presets, store, rater="snap", blind=False, prompt=PROMPT)
 
     async def wait(pilot):

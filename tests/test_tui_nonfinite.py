@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from test_nonfinite import copy_model, poison
-from test_tui_chat import SIZE, answered, loaded, make_app, run, send, store, wait_for  # noqa: F401 - store is a fixture
+from test_tui_chat import SIZE, answered, loaded, make_app, run, send, wait_for
+from tiny_models import make_model
+
 from tiankong.engine.engine import Engine
 from tiankong.engine.events import Finished
 from tiankong.engine.sampling import SamplingParams
-from tiny_models import make_model
 
 GOOD, BAD = "Once upon a time", "def add(a, b): return a + b"
 
@@ -22,8 +21,9 @@ def test_a_nan_answer_is_shown_and_the_next_prompt_works(store, tmp_path):
     good_answer = [ev for ev in clean.generate([good], [params]) if isinstance(ev, Finished)][0]
     used = set(good) | set(good_answer.token_ids) | {0}
     token = next(t for t in clean.encode(messages=[{"role": "user", "content": BAD}]) if t not in used)
-    nan_folder = poison(copy_model(folder, tmp_path / "nan"), "model.embed_tokens.weight",
-                        lambda t: t[token].fill_(float("nan")))
+    nan_folder = poison(
+        copy_model(folder, tmp_path / "nan"), "model.embed_tokens.weight", lambda t: t[token].fill_(float("nan"))
+    )
 
     async def go():
         app = make_app(nan_folder, store, tmp_path)
@@ -33,8 +33,11 @@ def test_a_nan_answer_is_shown_and_the_next_prompt_works(store, tmp_path):
             await send(pilot, BAD)
             await wait_for(pilot, lambda: any("not finite" in str(n.message) for n in app._notifications))
             await wait_for(pilot, lambda: not chat.generating)
-            failed = (str(chat.query_one("#status").render()), [str(n.message) for n in app._notifications],
-                      len(chat.messages))
+            failed = (
+                str(chat.query_one("#status").render()),
+                [str(n.message) for n in app._notifications],
+                len(chat.messages),
+            )
             await pilot.press("ctrl+n")  # a new chat: the poisoned prompt is not in its history
             await pilot.pause()
             await send(pilot, GOOD)
@@ -43,7 +46,9 @@ def test_a_nan_answer_is_shown_and_the_next_prompt_works(store, tmp_path):
 
     (status, notes, shown), content, status_after, alive = run(go())
     assert "generation failed" in status
-    assert any(n.startswith("generation failed: the model's logits are not finite") and "emb" in n for n in notes), notes
+    assert any(n.startswith("generation failed: the model's logits are not finite") and "emb" in n for n in notes), (
+        notes
+    )
     assert shown == 1  # the question stays, the empty failed answer is not shown
     assert alive and content == good_answer.text and "failed" not in status_after
 
@@ -52,11 +57,13 @@ def test_compare_shows_the_failed_column_and_the_round_can_be_voted(store, tmp_p
     import asyncio
 
     from test_tui_compare import Host, finish, preset
+
     from tiankong.tui.screens.compare import CompareScreen
 
     folder = make_model(tmp_path / "good", "llama")
-    bad = poison(copy_model(folder, tmp_path / "nan"), "model.layers.0.self_attn.q_proj.weight",
-                 lambda t: t.fill_(float("nan")))
+    bad = poison(
+        copy_model(folder, tmp_path / "nan"), "model.layers.0.self_attn.q_proj.weight", lambda t: t.fill_(float("nan"))
+    )
     engines = [Engine.load(f, device="cpu", dtype="float32") for f in (folder, bad)]
     screen = CompareScreen(engines, [preset("deterministic", 8)], store, rater="ann", prompt=GOOD)
 

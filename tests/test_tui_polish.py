@@ -11,14 +11,14 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from screen_text import screen_lines
+from test_tui_chat import answered, loaded, make_app, send, slow_down, wait_for
 from textual.geometry import Region
 from textual.widgets import Input
 from textual.widgets._footer import FooterKey
 from textual.widgets._toast import Toast, ToastRack
-
-from screen_text import screen_lines
-from test_tui_chat import answered, loaded, make_app, send, slow_down, wait_for
 from tiny_models import make_model
+
 from tiankong.presets import load_presets
 from tiankong.tui.screens.compare import CompareScreen
 from tiankong.tui.screens.preset_editor import PresetEditor
@@ -27,8 +27,10 @@ from tiankong.tui.widgets.kinsoku import NO_LINE_START
 from tiankong.tui.widgets.status import StatusBar
 
 SIZES = [(80, 24), (100, 30), (160, 45)]
-CHINESE = ("从前有一只小猫，它住在一个很大的花园里。每天早上，它都会去找它的好朋友小狗玩！"
-           "它们一起跑，一起跳，一起唱歌。小猫说：“我们永远是好朋友吗？”小狗说：“当然！”") * 3
+CHINESE = (
+    "从前有一只小猫，它住在一个很大的花园里。每天早上，它都会去找它的好朋友小狗玩！"
+    "它们一起跑，一起跳，一起唱歌。小猫说：“我们永远是好朋友吗？”小狗说：“当然！”"
+) * 3
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,10 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def short_presets(max_new_tokens: int = 10) -> dict:
-    return {n: dataclasses.replace(p, params=p.params.replace(max_new_tokens=max_new_tokens))
-            for n, p in load_presets().items()}
+    return {
+        n: dataclasses.replace(p, params=p.params.replace(max_new_tokens=max_new_tokens))
+        for n, p in load_presets().items()
+    }
 
 
 def toasts(app) -> list[Region]:
@@ -59,8 +63,9 @@ def test_chat_footer_header_wording_kinsoku_export_and_toasts(tiny, tmp_path, si
     with Store(tmp_path / "data" / DB_NAME) as store:
         old = store.create_chat(str(tiny.resolve()), "balanced", title="小猫")
         store.add_message(old, "user", "讲一个故事。")
-        store.add_message(old, "assistant", CHINESE, preset="balanced", params={}, seed=3, finish_reason="eos",
-                          tokens=[])
+        store.add_message(
+            old, "assistant", CHINESE, preset="balanced", params={}, seed=3, finish_reason="eos", tokens=[]
+        )
 
         async def go():
             app = make_app(tiny, store, None, presets=short_presets(40))  # no export_dir: the default folder
@@ -92,8 +97,9 @@ def test_chat_footer_header_wording_kinsoku_export_and_toasts(tiny, tmp_path, si
                 await pilot.press("ctrl+s")
                 await pilot.pause(0.3)
                 folder = store.path.parent.absolute() / "exports"
-                assert (folder / f"tiankong-chat-{old}.md").read_text(encoding="utf-8") == \
-                    store.export_chat_markdown(old)
+                assert (folder / f"tiankong-chat-{old}.md").read_text(encoding="utf-8") == store.export_chat_markdown(
+                    old
+                )
                 (note,) = [n for n in app._notifications if n.title == "exported"]
                 assert str(folder / f"tiankong-chat-{old}.jsonl") in note.message
                 # Toasts sit top right, under the status line, off the message box.
@@ -120,6 +126,7 @@ def test_compare_four_columns_fit_toasts_blind_head_and_none_good(tiny, tmp_path
     width, height = size
     names = ["deterministic", "balanced", "precise", "creative"]
     with Store(tmp_path / DB_NAME) as store:
+
         async def go():
             app = make_app(tiny, store, tmp_path, presets=short_presets(), mode="compare", compare_presets=names)
             async with app.run_test(size=size, notifications=True) as pilot:
@@ -135,7 +142,9 @@ def test_compare_four_columns_fit_toasts_blind_head_and_none_good(tiny, tmp_path
                 if width >= 4 * 26:
                     assert len({r.y for r in cols}) == 1  # four across
                 else:
-                    assert columns.has_class("-grid") and len({r.y for r in cols}) == 2 and len({r.x for r in cols}) == 2
+                    assert (
+                        columns.has_class("-grid") and len({r.y for r in cols}) == 2 and len({r.x for r in cols}) == 2
+                    )
                 # One name for "0" with four answers, in the footer and the vote bar.
                 lines = screen_lines(app)
                 assert "0 all bad" in lines[-1] and "both bad" not in lines[-1]
@@ -157,9 +166,16 @@ def test_compare_four_columns_fit_toasts_blind_head_and_none_good(tiny, tmp_path
 
 def test_two_answers_name_zero_both_bad(tiny, tmp_path):
     with Store(tmp_path / DB_NAME) as store:
+
         async def go():
-            app = make_app(tiny, store, tmp_path, presets=short_presets(), mode="compare",
-                           compare_presets=["deterministic", "balanced"])
+            app = make_app(
+                tiny,
+                store,
+                tmp_path,
+                presets=short_presets(),
+                mode="compare",
+                compare_presets=["deterministic", "balanced"],
+            )
             async with app.run_test(size=(80, 24)) as pilot:
                 await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
                 screen = app.screen

@@ -36,20 +36,24 @@ def train_tokenizer(folder: Path, kind: str = "bytelevel", vocab_size: int = 384
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
         tok.train_from_iterator(CORPUS, trainer)
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     else:
         tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
         tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
-                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials
-                                      + [f"<0x{i:02X}>" for i in range(256)])
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials + [f"<0x{i:02X}>" for i in range(256)]
+        )
         tok.train_from_iterator(CORPUS, trainer)
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                           special_tokens=[("<s>", 1)])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+        )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(folder)
     return fast
@@ -57,16 +61,31 @@ def train_tokenizer(folder: Path, kind: str = "bytelevel", vocab_size: int = 384
 
 def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = None, **overrides) -> Path:
     """Write a tiny random `arch` model (plus a tokenizer) to folder; returns folder."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                              MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(folder, tokenizer or ("bytelevel" if arch in ("gpt2", "qwen2") else "metaspace"))
     V = len(tok)
     common = dict(vocab_size=V, initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    llama_like = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    llama_like = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
     if arch == "gpt2":
         cfg = GPT2Config(**{**dict(n_embd=64, n_layer=2, n_head=4, n_positions=256), **common, **overrides})
         cls = GPT2LMHeadModel

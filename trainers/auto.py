@@ -85,7 +85,7 @@ def auto_response_length(lengths: list[int], ended: list[bool], cap: int) -> int
     model that writes on), since then no limit lets them end."""
     if not lengths or sum(ended) < len(ended) / 2:
         return min(cap, 64)
-    done = sorted(n for n, e in zip(lengths, ended) if e)
+    done = sorted(n for n, e in zip(lengths, ended, strict=True) if e)
     p90 = done[min(len(done) - 1, math.ceil(0.9 * len(done)) - 1)]
     return max(16, min(cap, 16 * math.ceil(p90 / 16)))
 
@@ -108,12 +108,15 @@ class Resolved:
         if not self.values:
             return ""
         vals = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.values.items())
-        return (f"{self.trainer}: auto settings for {self.n_params / 1e6:.3g}M parameters and "
-                f"{self.n_items} {self.what}: {vals} (give a flag to override)")
+        return (
+            f"{self.trainer}: auto settings for {self.n_params / 1e6:.3g}M parameters and "
+            f"{self.n_items} {self.what}: {vals} (give a flag to override)"
+        )
 
 
-def fill(cfg: Any, trainer: str, n_params: int, n_items: int, what: str,
-         choose: dict[str, Callable[[], Any]]) -> Resolved:
+def fill(
+    cfg: Any, trainer: str, n_params: int, n_items: int, what: str, choose: dict[str, Callable[[], Any]]
+) -> Resolved:
     """Set each field of `choose` that is 0 on cfg, in order (later choices may read earlier ones)."""
     done: dict[str, Any] = {}
     for name, pick in choose.items():
@@ -123,7 +126,9 @@ def fill(cfg: Any, trainer: str, n_params: int, n_items: int, what: str,
     return Resolved(trainer, n_params, n_items, what, done)
 
 
-def validate_auto(cfg: Any, base_validate: Callable[[], None], names: tuple[str, ...] = ("steps", "batch_size", "lr")) -> None:
+def validate_auto(
+    cfg: Any, base_validate: Callable[[], None], names: tuple[str, ...] = ("steps", "batch_size", "lr")
+) -> None:
     """Run the base config's checks with 0 ("auto") fields standing in as 1; negatives still fail."""
     saved = {n: getattr(cfg, n) for n in names if getattr(cfg, n) == 0}
     for n in saved:

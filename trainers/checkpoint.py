@@ -57,18 +57,27 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         _check_writable(out)
         if latest(out) is None:
             if (out / "trainer_state.pt").exists():
-                raise InputError(f"--resume: {out} was written by an older tiankong (trainer_state.pt, a pickle, "
-                                 "is never loaded: it could run code); start the run again without --resume")
+                raise InputError(
+                    f"--resume: {out} was written by an older tiankong (trainer_state.pt, a pickle, "
+                    "is never loaded: it could run code); start the run again without --resume"
+                )
             raise InputError(f"--resume: no checkpoint in {out} (no {CHECKPOINTS}/step-*); run without --resume")
         return
-    held = sorted(p.name for p in out.iterdir() if p.name not in PREPARED) if out.is_dir() else []
+    # Hidden files do not count: another process of the same run may be probing the folder right now.
+    held = (
+        sorted(p.name for p in out.iterdir() if p.name not in PREPARED and not p.name.startswith("."))
+        if out.is_dir()
+        else []
+    )
     if not held:
         _check_writable(out)
         return
     if not overwrite:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise InputError(f"--output {out} already holds {shown}; choose a new folder, add --resume to continue "
-                         "its run, or --overwrite to replace it")
+        raise InputError(
+            f"--output {out} already holds {shown}; choose a new folder, add --resume to continue "
+            "its run, or --overwrite to replace it"
+        )
     # --overwrite: forget the old run's checkpoints and records now, so that a --resume after an
     # early interruption can never continue the old run. Its model files go at the first publish.
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
@@ -95,8 +104,11 @@ def latest(out: Path) -> Path | None:
     folder = out / CHECKPOINTS
     if not folder.is_dir():
         return None
-    steps = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()]
+    steps = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()
+    ]
     return max(steps)[1] if steps else None
 
 
@@ -209,8 +221,9 @@ def load_state(folder: Path) -> dict[str, Any]:
     try:
         tensors = load_file(str(folder / STATE_TENSORS))
     except (SafetensorError, OSError) as e:
-        raise InputError(f"--resume: {folder / STATE_TENSORS} is damaged ({e}); start the run again "
-                         "without --resume") from None
+        raise InputError(
+            f"--resume: {folder / STATE_TENSORS} is damaged ({e}); start the run again without --resume"
+        ) from None
     try:
         state = _decode(doc["state"], tensors)
     except (KeyError, TypeError, ValueError) as e:
@@ -226,8 +239,12 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
         tensors[key] = obj
         return {"$tensor": key}
     if isinstance(obj, dict):
-        return {"$items": [[_encode(k, tensors, f"{key}.k{i}"), _encode(v, tensors, f"{key}.{i}")]
-                           for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "$items": [
+                [_encode(k, tensors, f"{key}.k{i}"), _encode(v, tensors, f"{key}.{i}")]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if isinstance(obj, (list, tuple)):
         items = [_encode(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
         return {"$tuple": items} if isinstance(obj, tuple) else items

@@ -131,7 +131,7 @@ def global_batches(n_items: int, batch_size: int, seed: int, start_step: int = 0
     while True:
         order = epoch_order(n_items, seed, epoch)
         for i in range(0, n_items - batch_size + 1 if n_items >= batch_size else 1, batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             if len(idx) < batch_size:  # tiny data sets: wrap around rather than shrink the batch
                 idx = (idx * math.ceil(batch_size / len(idx)))[:batch_size]
             if step >= start_step:
@@ -194,8 +194,10 @@ class Trainer:
         metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=self.step)
         batches = global_batches(self.n_items(), cfg.batch_size, cfg.seed, start_step=self.step)
         last_save = time.monotonic()
-        with _StopRequests() as stop, _progress(cfg.steps, self.step, self.name,
-                                                enabled=cfg.progress and self.dist.is_main) as advance:
+        with (
+            _StopRequests() as stop,
+            _progress(cfg.steps, self.step, self.name, enabled=cfg.progress and self.dist.is_main) as advance,
+        ):
             if self.step >= cfg.steps:  # resumed a finished run: make sure its files are published
                 self.checkpoint()
             while self.step < cfg.steps:
@@ -207,8 +209,11 @@ class Trainer:
                     row.update(self.evaluate())
                 metrics.write({"step": self.step, **row})
                 advance(row)
-                due = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or \
-                    (cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
+                due = (
+                    (cfg.save_every and self.step % cfg.save_every == 0)
+                    or self.step == cfg.steps
+                    or (cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
+                )
                 stopping = self._agree(stop.requested)
                 if due or stopping:
                     self.checkpoint()
@@ -231,12 +236,12 @@ class Trainer:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg)
-        mine = batch[self.dist.rank::self.dist.world]  # this process's slice
+        mine = batch[self.dist.rank :: self.dist.world]  # this process's slice
         total = sum(self.item_weight(i) for i in batch)  # the same on every rank
         micro = cfg.micro_batch_size or len(mine)
         self.model.train()
         sums: dict[str, float] = {}
-        chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)] or [[]]
+        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)] or [[]]
         for k, chunk in enumerate(chunks):
             with self.dist.no_sync(self.ddp_model, last=k == len(chunks) - 1):
                 loss_sum, m = self.loss(chunk) if chunk else (self._zero(), {})
@@ -262,9 +267,14 @@ class Trainer:
     def checkpoint(self) -> None:
         """One complete checkpoint folder (model files + trainer state), then published; rank 0 only."""
         if self.dist.is_main:
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                     "config": self.cfg.to_dict(), "extra": self.extra_state()}
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+                "config": self.cfg.to_dict(),
+                "extra": self.extra_state(),
+            }
             ckpt.write(self.out, self.step, self.save, state)
             atomic_write_text(self.out / "train_config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.dist.barrier()
@@ -292,9 +302,11 @@ class Trainer:
             random.setstate((rng[0], tuple(rng[1]), rng[2]))
             self.load_extra_state(state.get("extra", {}))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            raise InputError(f"--resume: the trainer state in {folder} does not fit this run "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                             "start the run again without --resume") from None
+            raise InputError(
+                f"--resume: the trainer state in {folder} does not fit this run "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "start the run again without --resume"
+            ) from None
 
 
 class TrainingStopped(Exception):
@@ -357,9 +369,15 @@ class _progress:
             return lambda row: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[info]}"),
-                            transient=False)
+        self.bar = Progress(
+            TextColumn(f"[bold]{self.name}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
         self.bar.start()
         task = self.bar.add_task(self.name, total=self.total, completed=self.done, info="", eta="eta -")
         start, first = time.monotonic(), self.done

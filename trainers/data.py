@@ -44,7 +44,7 @@ def _read_utf8(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise InputError(f"{path} line {line}: not UTF-8 text; convert the file to UTF-8") from None
 
 
@@ -67,6 +67,7 @@ def jsonl_objects(lines: list[str], name: str) -> Iterator[tuple[int, dict[str, 
 
 # ---- pretraining text
 
+
 def split_documents(text: str) -> list[str]:
     """A text file's documents: separated by lines holding only <|endoftext|>; blank ones dropped."""
     docs = (d.strip("\n") for d in _SEPARATOR_LINE.split(text))
@@ -79,7 +80,7 @@ def load_texts(path: str | Path) -> list[str]:
     A .jsonl/.json file: one {"text": ...} object per line. A folder: every *.txt file below it,
     sorted by path. Any other file: plain UTF-8 text, split into documents by DOC_SEPARATOR lines.
     """
-    p = _existing(path, "a .txt file, a folder of .txt files or JSONL with a \"text\" field")
+    p = _existing(path, 'a .txt file, a folder of .txt files or JSONL with a "text" field')
     if p.is_dir():
         files = sorted(f for f in p.rglob("*.txt") if f.is_file())
         if not files:
@@ -90,8 +91,8 @@ def load_texts(path: str | Path) -> list[str]:
         for n, obj in iter_jsonl(p):
             text = obj.get("text")
             if not isinstance(text, str):
-                got = "no \"text\" field" if text is None else f"\"text\" is {type(text).__name__}"
-                raise InputError(f"{p} line {n}: {got}; every line needs a string \"text\"")
+                got = 'no "text" field' if text is None else f'"text" is {type(text).__name__}'
+                raise InputError(f'{p} line {n}: {got}; every line needs a string "text"')
             if text.strip():
                 docs.append(text)
     else:
@@ -102,6 +103,7 @@ def load_texts(path: str | Path) -> list[str]:
 
 
 # ---- SFT conversations
+
 
 @dataclass
 class Conversation:
@@ -115,7 +117,7 @@ def _as_messages(value: Any, role: str, key: str) -> list[dict[str, Any]]:
         return [{"role": role, "content": value}]
     if isinstance(value, list):
         return validate_messages(value)
-    raise InputError(f"\"{key}\" must be a string or a list of messages, got {type(value).__name__}")
+    raise InputError(f'"{key}" must be a string or a list of messages, got {type(value).__name__}')
 
 
 def parse_conversation(obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,10 +125,11 @@ def parse_conversation(obj: dict[str, Any]) -> list[dict[str, Any]]:
     if "messages" in obj:
         messages = validate_messages(obj["messages"])
     elif "prompt" in obj and "completion" in obj:
-        messages = _as_messages(obj["prompt"], "user", "prompt") + _as_messages(obj["completion"], "assistant",
-                                                                                   "completion")
+        messages = _as_messages(obj["prompt"], "user", "prompt") + _as_messages(
+            obj["completion"], "assistant", "completion"
+        )
     else:
-        raise InputError("needs \"messages\" (a list of {\"role\", \"content\"}) or \"prompt\" and \"completion\"")
+        raise InputError('needs "messages" (a list of {"role", "content"}) or "prompt" and "completion"')
     if not any(m["role"] == "assistant" for m in messages):
         raise InputError("has no assistant message, so there is no answer to learn")
     return messages
@@ -134,7 +137,7 @@ def parse_conversation(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 def load_conversations(path: str | Path) -> list[Conversation]:
     """SFT rows from JSONL; the first bad line refuses the file (see the module docstring)."""
-    p = _existing(path, "a JSONL file of {\"messages\": [...]} or {\"prompt\": ..., \"completion\": ...} lines")
+    p = _existing(path, 'a JSONL file of {"messages": [...]} or {"prompt": ..., "completion": ...} lines')
     if p.is_dir():
         raise InputError(f"{p} is a folder; pass the JSONL file itself")
     rows = []
@@ -149,6 +152,7 @@ def load_conversations(path: str | Path) -> list[Conversation]:
 
 
 # ---- held-out split
+
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, held-out) item indices, both sorted: a seeded random `fraction` of range(n) held out.

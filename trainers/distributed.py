@@ -60,7 +60,7 @@ class Dist:
         values = {k: values.get(k, 0.0) for k in keys}
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return dict(zip(keys, t.tolist()))
+        return dict(zip(keys, t.tolist(), strict=True))
 
     def barrier(self) -> None:
         if self.enabled:

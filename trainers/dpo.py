@@ -35,17 +35,24 @@ from .common import opt
 from .preferences import Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, target: torch.Tensor | float = 1.0,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    target: torch.Tensor | float = 1.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Per-pair sigmoid DPO loss from sequence log-probs (see the module docstring)."""
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     t = target * (1 - label_smoothing) + (1 - target) * label_smoothing  # probability that chosen wins
     return -(t * F.logsigmoid(beta * h) + (1 - t) * F.logsigmoid(-beta * h))
 
 
-def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, starts: torch.Tensor,
-                      lengths: torch.Tensor) -> torch.Tensor:
+def sequence_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
     """sum of log p(token_j | tokens_<j) over the response, j in [start, length): (B, L, V) -> (B,)."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V): predicts tokens[:, 1:]
     tok_lp = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, L-1)
@@ -96,7 +103,7 @@ class DPOTrainer(PreferenceTrainer):
             st = torch.tensor([starts[i] for i in missing], device=self.device)
             positions = torch.arange(tokens.shape[1], device=self.device).expand_as(tokens)
             lp = sequence_logprobs(self.ref(tokens, positions), tokens, st, lengths).tolist()
-            for i, v in zip(missing, lp):
+            for i, v in zip(missing, lp, strict=True):
                 self._ref_cache[tuple(seqs[i])] = v
         return torch.tensor([self._ref_cache[tuple(s)] for s in seqs], device=self.device)
 
@@ -107,15 +114,25 @@ class DPOTrainer(PreferenceTrainer):
         starts = torch.tensor(b.starts, device=self.device)
         pi = sequence_logprobs(model(tokens, positions), tokens, starts, lengths)  # (B,)
         ref = self.ref_logprobs(b.seqs, b.starts)
-        w, l, target = b.better.to(self.device), b.worse.to(self.device), b.target.to(self.device)
-        loss = dpo_loss(pi[w], pi[l], ref[w], ref[l], cfg.beta, target, cfg.label_smoothing).sum()
+        w, lo, target = b.better.to(self.device), b.worse.to(self.device), b.target.to(self.device)
+        loss = dpo_loss(pi[w], pi[lo], ref[w], ref[lo], cfg.beta, target, cfg.label_smoothing).sum()
         chosen = (cfg.beta * (pi[w] - ref[w])).detach()
-        rejected = (cfg.beta * (pi[l] - ref[l])).detach()
+        rejected = (cfg.beta * (pi[lo] - ref[lo])).detach()
         right = torch.where(target == 1.0, (chosen > rejected).float(), torch.full_like(chosen, 0.5))
-        return loss, {"reward_chosen": float(chosen.sum()), "reward_rejected": float(rejected.sum()),
-                      "reward_margin": float((chosen - rejected).sum()), "reward_accuracy": float(right.sum()),
-                      "logp_chosen": float(pi[w].detach().sum()), "logp_rejected": float(pi[l].detach().sum())}
+        return loss, {
+            "reward_chosen": float(chosen.sum()),
+            "reward_rejected": float(rejected.sum()),
+            "reward_margin": float((chosen - rejected).sum()),
+            "reward_accuracy": float(right.sum()),
+            "logp_chosen": float(pi[w].detach().sum()),
+            "logp_rejected": float(pi[lo].detach().sum()),
+        }
 
     def save(self, folder: Path) -> None:
-        save_pretrained(self.model, self.mcfg, folder, tokenizer_from=self.cfg.model,
-                        metadata={"step": str(self.step), "trainer": "dpo"})
+        save_pretrained(
+            self.model,
+            self.mcfg,
+            folder,
+            tokenizer_from=self.cfg.model,
+            metadata={"step": str(self.step), "trainer": "dpo"},
+        )

@@ -20,8 +20,11 @@ class MetricsWriter:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if (row := _row(line)) is not None and row.get("step", 0) <= truncate_after]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if (row := _row(line)) is not None and row.get("step", 0) <= truncate_after
+            ]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         self.f = open(path, "a", encoding="utf-8")
 

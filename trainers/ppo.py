@@ -45,15 +45,15 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from tiankong.engine.context import fit_messages
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Finished
 from tiankong.engine.generate import generate
-from tiankong.engine.context import fit_messages
 from tiankong.engine.model import load_model, save_pretrained
 from tiankong.engine.sampling import SamplingParams
 
 from . import auto
-from .common import SEED_STRIDE, Trainer, TrainConfig, lr_at, opt
+from .common import SEED_STRIDE, TrainConfig, Trainer, lr_at, opt
 from .preferences import Encoder, pad_right
 from .records import messages_field, read_prompt_records
 from .reward import RewardModel
@@ -68,8 +68,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  reduce: Reduce | None = None) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce: Reduce | None = None
+) -> torch.Tensor:
     """(x - mean) / std over the masked entries (unbiased variance, as TRL); shift_mean=False keeps
     the mean. `reduce` sums statistics over processes, so N ranks whiten like one."""
     reduce = reduce or (lambda d: d)
@@ -83,8 +84,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     return out if shift_mean else out + mean
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over answer tokens: (B, R) -> advantages, returns.
 
     delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1}, V and A past the end 0.
@@ -102,8 +104,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, adv + values
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi/pi_old; also whether
     the clipped term was the one taken, and the ratio."""
     ratio = torch.exp(logp - old_logp)
@@ -112,8 +115,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     return torch.maximum(unclipped, clipped), (clipped > unclipped).float(), ratio
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token 0.5 max((V - G)^2, (V_clip - G)^2), V_clip = V_old + clip(V - V_old, -eps, eps)."""
     step = values - old_values
     v_clip = old_values + torch.clamp(step, -cliprange_value, cliprange_value)
@@ -122,8 +126,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return 0.5 * torch.maximum(a, b), ((step.abs() > cliprange_value) & (b > a)).float()
 
 
-def token_logprobs(logits: torch.Tensor, at: torch.Tensor, tokens: torch.Tensor, temperature: float,
-                   entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def token_logprobs(
+    logits: torch.Tensor, at: torch.Tensor, tokens: torch.Tensor, temperature: float, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, R) of `tokens` under softmax(logits / T) read at positions `at` (B, R), and the
     entropy of that distribution (when asked). logits: (B, L, V)."""
     V = logits.shape[-1]
@@ -176,18 +181,28 @@ def read_prompts(path: str | Path) -> list[tuple[int, str | list[dict]]]:
 
 
 @torch.no_grad()
-def sample(model: nn.Module, mcfg: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
-           temperature: float, max_new_tokens: int, chunk: int = 0) -> list[tuple[int, ...]]:
+def sample(
+    model: nn.Module,
+    mcfg: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    temperature: float,
+    max_new_tokens: int,
+    chunk: int = 0,
+) -> list[tuple[int, ...]]:
     """Answer token ids (EOS included when the answer ended) by the engine's batched generation,
     pure sampling at `temperature`, one seed per row, `chunk` rows at a time (0 = all)."""
-    params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0,
-                             max_new_tokens=max_new_tokens, seed=s) for s in seeds]
+    params = [
+        SamplingParams(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=max_new_tokens, seed=s)
+        for s in seeds
+    ]
     answers: list[tuple[int, ...]] = [()] * len(prompts)
     chunk = chunk or len(prompts)
     was_training = model.training
     model.eval()
     for i in range(0, len(prompts), chunk):
-        for ev in generate(model, mcfg, tokenizer, [list(p) for p in prompts[i:i + chunk]], params[i:i + chunk]):
+        for ev in generate(model, mcfg, tokenizer, [list(p) for p in prompts[i : i + chunk]], params[i : i + chunk]):
             if isinstance(ev, Finished):
                 answers[i + ev.row] = ev.token_ids
     model.train(was_training)
@@ -202,18 +217,30 @@ class PPOConfig(TrainConfig):
     output: str = opt("runs/ppo", "Output folder: the policy as a Hugging Face folder, the value model in value/.")
     model: str = opt("", "Starting policy (usually the SFT model); also the frozen reference.")
     reward: str = opt("", "Reward model folder (from `tiankong train reward`); the value model starts from it.")
-    prompts: str = opt("", "Prompts: text lines, or JSONL with \"prompt\" or \"messages\" (default: --data).")
+    prompts: str = opt("", 'Prompts: text lines, or JSONL with "prompt" or "messages" (default: --data).')
     data: str = opt("", "Same as --prompts.")
-    steps: int = opt(0, "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it); "
-                        "0 = auto: 20, or one pass over the prompts if that is more.")
-    batch_size: int = opt(0, "Rollouts per iteration, over all processes (prompts are cycled through); "
-                             "0 = auto: 32 (64 from 100M parameters).")
+    steps: int = opt(
+        0,
+        "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it); "
+        "0 = auto: 20, or one pass over the prompts if that is more.",
+    )
+    batch_size: int = opt(
+        0,
+        "Rollouts per iteration, over all processes (prompts are cycled through); "
+        "0 = auto: 32 (64 from 100M parameters).",
+    )
     micro_batch_size: int = opt(0, "Rollouts per forward pass (generation and updates); 0 = all at once.")
-    lr: float = opt(0.0, "Peak learning rate (policy and value model); 0 = auto from the model size "
-                         "(2e-4 at 3M parameters, 3e-6 at 1B).")
+    lr: float = opt(
+        0.0,
+        "Peak learning rate (policy and value model); 0 = auto from the model size "
+        "(2e-4 at 3M parameters, 3e-6 at 1B).",
+    )
     # --- rollouts
-    response_length: int = opt(0, "Answer length limit in tokens; 0 = auto: long enough for 90% of the "
-                                  "starting policy's answers to end (probed on the prompts), 64 if they never end.")
+    response_length: int = opt(
+        0,
+        "Answer length limit in tokens; 0 = auto: long enough for 90% of the "
+        "starting policy's answers to end (probed on the prompts), 64 if they never end.",
+    )
     temperature: float = opt(1.0, "Sampling temperature of the rollouts (log-probs use the same).")
     raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
     # --- reward
@@ -238,9 +265,11 @@ class PPOConfig(TrainConfig):
         if not self.reward:
             raise InputError("no reward model: pass --reward DIR (the output of `tiankong train reward`)")
         if not (self.prompts or self.data):
-            raise InputError("no prompts: pass --prompts FILE (text lines or JSONL with \"prompt\"/\"messages\")")
+            raise InputError('no prompts: pass --prompts FILE (text lines or JSONL with "prompt"/"messages")')
         if not 0 < self.temperature <= 2:
-            raise InputError(f"temperature must be in (0, 2] for PPO (log-probs are taken at it), got {self.temperature}")
+            raise InputError(
+                f"temperature must be in (0, 2] for PPO (log-probs are taken at it), got {self.temperature}"
+            )
         for name in ("ppo_epochs", "kl_horizon"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -272,8 +301,10 @@ class PPOTrainer(Trainer):
         self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen
         self.reward_model = RewardModel.load(cfg.reward, self.device, cfg.dtype).requires_grad_(False)
         if self.reward_model.cfg.vocab_size != self.mcfg.vocab_size:
-            raise InputError(f"the reward model's vocabulary ({self.reward_model.cfg.vocab_size}) differs from the "
-                             f"policy's ({self.mcfg.vocab_size}); train the reward model on the policy's base")
+            raise InputError(
+                f"the reward model's vocabulary ({self.reward_model.cfg.vocab_size}) differs from the "
+                f"policy's ({self.mcfg.vocab_size}); train the reward model on the policy's base"
+            )
         if resume is not None:
             value = RewardModel.load(resume / "value", self.device, cfg.dtype)
         else:
@@ -285,8 +316,10 @@ class PPOTrainer(Trainer):
         self.encoder = Encoder.from_folder(cfg.model, raw=cfg.raw)
         probe = "Once upon a time, 1 2 3."
         if self.reward_model.encoder.tokenizer.encode(probe) != self.encoder.tokenizer.encode(probe):
-            raise InputError("the reward model's tokenizer differs from the policy's; train the reward model "
-                             "on the policy's base model")
+            raise InputError(
+                "the reward model's tokenizer differs from the policy's; train the reward model "
+                "on the policy's base model"
+            )
         self.load_prompts()
         self.kl_coef = cfg.kl_coef
 
@@ -297,8 +330,10 @@ class PPOTrainer(Trainer):
         value = RewardModel(rm.base, rm.cfg, bias=True, encoder=rm.encoder, meta={"role": "PPO value model"})
         with torch.no_grad():
             value.head.weight.copy_(rm.head.weight * rm.normalization["scale"])
-            value.head.bias.fill_(rm.normalization["bias"] + (float(rm.head.bias) if rm.head.bias is not None else 0.0)
-                                  * rm.normalization["scale"])
+            value.head.bias.fill_(
+                rm.normalization["bias"]
+                + (float(rm.head.bias) if rm.head.bias is not None else 0.0) * rm.normalization["scale"]
+            )
         return value
 
     def load_prompts(self) -> None:
@@ -318,7 +353,7 @@ class PPOTrainer(Trainer):
             raise InputError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world} processes; raise it")
         limit = self.mcfg.max_seq_len - cfg.response_length
         cut = []  # conversations that keep only their latest turns
-        for i, ((n, ids), (_, prompt)) in enumerate(zip(encoded, read)):
+        for i, ((n, ids), (_, prompt)) in enumerate(zip(encoded, read, strict=True)):
             if len(ids) > limit and isinstance(prompt, list):
                 try:
                     encoded[i] = (n, fit_messages(self.encoder.prompt, prompt, limit)[0])
@@ -326,19 +361,27 @@ class PPOTrainer(Trainer):
                 except InputError:  # the last turn alone is too long: skipped below
                     pass
         if cut and self.dist.is_main:
-            print(f"{path}: dropped the oldest turns of {len(cut)} conversation(s) longer than context - "
-                  f"response_length = {limit} tokens (lines {', '.join(map(str, cut[:5]))}"
-                  f"{' ...' if len(cut) > 5 else ''})", file=sys.stderr)
+            print(
+                f"{path}: dropped the oldest turns of {len(cut)} conversation(s) longer than context - "
+                f"response_length = {limit} tokens (lines {', '.join(map(str, cut[:5]))}"
+                f"{' ...' if len(cut) > 5 else ''})",
+                file=sys.stderr,
+            )
         self.prompts = [ids for _, ids in encoded if len(ids) <= limit]
-        self.prompt_texts = [p for (_, ids), (_, p) in zip(encoded, read) if len(ids) <= limit]  # as written
+        self.prompt_texts = [
+            p for (_, ids), (_, p) in zip(encoded, read, strict=True) if len(ids) <= limit
+        ]  # as written
         too_long = [n for n, ids in encoded if len(ids) > limit]
         if too_long and self.dist.is_main:
-            print(f"{path}: skipped {len(too_long)} prompt(s) longer than context - response_length = {limit} "
-                  f"tokens (lines {', '.join(map(str, too_long[:5]))}{' ...' if len(too_long) > 5 else ''})",
-                  file=sys.stderr)
+            print(
+                f"{path}: skipped {len(too_long)} prompt(s) longer than context - response_length = {limit} "
+                f"tokens (lines {', '.join(map(str, too_long[:5]))}{' ...' if len(too_long) > 5 else ''})",
+                file=sys.stderr,
+            )
         if not self.prompts:
-            raise InputError(f"{path}: every prompt is longer than {limit} tokens; "
-                             "shorten them or lower --response-length")
+            raise InputError(
+                f"{path}: every prompt is longer than {limit} tokens; shorten them or lower --response-length"
+            )
 
     def resolve_auto(self, prompts: list[list[int]]) -> None:
         """Fill in the settings left at 0; response_length from a probe of the starting policy."""
@@ -351,17 +394,26 @@ class PPOTrainer(Trainer):
             cap = max(16, min(256, self.mcfg.max_seq_len - max(len(p) for p in prompts)))
             rows = [prompts[i % len(prompts)] for i in range(32)]
             seeds = [cfg.seed * 7919 + i for i in range(32)]
-            answers = sample(self.ref, self.mcfg, self.encoder.tokenizer, rows, seeds, cfg.temperature, cap,
-                             cfg.micro_batch_size)
+            answers = sample(
+                self.ref, self.mcfg, self.encoder.tokenizer, rows, seeds, cfg.temperature, cap, cfg.micro_batch_size
+            )
             ended = [any(x in self.encoder.tokenizer.eos_ids for x in a) for a in answers]
             return auto.auto_response_length([len(a) for a in answers], ended, cap)
 
-        self.auto = auto.fill(cfg, self.name, n_params, len(prompts), "prompts", {
-            "lr": lambda: auto.auto_lr("ppo", n_params),
-            "batch_size": lambda: auto.auto_ppo_batch(n_params),
-            "num_mini_batches": lambda: max(1, cfg.batch_size // 16),
-            "steps": lambda: auto.auto_ppo_steps(len(prompts), cfg.batch_size),
-            "response_length": probe})
+        self.auto = auto.fill(
+            cfg,
+            self.name,
+            n_params,
+            len(prompts),
+            "prompts",
+            {
+                "lr": lambda: auto.auto_lr("ppo", n_params),
+                "batch_size": lambda: auto.auto_ppo_batch(n_params),
+                "num_mini_batches": lambda: max(1, cfg.batch_size // 16),
+                "steps": lambda: auto.auto_ppo_steps(len(prompts), cfg.batch_size),
+                "response_length": probe,
+            },
+        )
         if self.auto.values and self.dist.is_main and cfg.progress:
             print(self.auto.line(), file=sys.stderr)
 
@@ -387,7 +439,7 @@ class PPOTrainer(Trainer):
         chunk = cfg.micro_batch_size or len(prompts)
         answers = sample(self.policy, self.mcfg, tok, prompts, seeds, cfg.temperature, cfg.response_length, chunk)
 
-        seqs = [p + list(a) for p, a in zip(prompts, answers)]
+        seqs = [p + list(a) for p, a in zip(prompts, answers, strict=True)]
         tokens, positions, lengths = pad_right(seqs, dev, pad_id=self.encoder.eos_id)
         B, L = tokens.shape
         q_len = torch.tensor([len(p) for p in prompts], device=dev)
@@ -402,15 +454,16 @@ class PPOTrainer(Trainer):
         # policy is charged for it through --missing-eos-penalty, not through an unfamiliar input).
         has_eos = [any(x in tok.eos_ids for x in a) for a in answers]
         eos, ctx = self.encoder.eos_id, self.mcfg.max_seq_len
-        scored = [q if e else q + [eos] if len(q) < ctx else q[:-1] + [eos] for q, e in zip(seqs, has_eos)]
+        scored = [q if e else q + [eos] if len(q) < ctx else q[:-1] + [eos] for q, e in zip(seqs, has_eos, strict=True)]
         rm_tokens, rm_positions, rm_lengths = pad_right(scored, dev, pad_id=self.encoder.eos_id)
 
         logprobs, ref_logprobs, entropy, values, raw = [], [], [], [], []
         for i in range(0, B, chunk):
             s = slice(i, i + chunk)
             lp, ent = token_logprobs(self.policy(tokens[s], positions[s]), at[s], answer[s], cfg.temperature)
-            ref_lp, _ = token_logprobs(self.ref(tokens[s], positions[s]), at[s], answer[s], cfg.temperature,
-                                       entropy=False)
+            ref_lp, _ = token_logprobs(
+                self.ref(tokens[s], positions[s]), at[s], answer[s], cfg.temperature, entropy=False
+            )
             logprobs.append(lp), entropy.append(ent), ref_logprobs.append(ref_lp)
             values.append(self.value(tokens[s], positions[s]).gather(1, at[s]))
             rewards_s = self.reward_model(rm_tokens[s], rm_positions[s])  # (b, L'), raw
@@ -431,10 +484,18 @@ class PPOTrainer(Trainer):
         # Reported KL: the k3 estimator (ratio - 1 - log ratio, ratio = pi_ref / pi per sampled token)
         # is never negative and unbiased, unlike the k1 sum in the penalty, which dips below 0 by chance.
         k3 = ((-kl).exp() - 1 + kl) * mask
-        stats = {"reward": float(scores.sum()), "kl": float(k3.sum()), "kl_k1": float(kl.sum()),
-                 "non_score_reward": float((-self.kl_coef * kl).sum()), "entropy": float((entropy * mask).sum()),
-                 "response_length": float(r_len.sum()), "eos_rate": float(has_eos.float().sum()),
-                 "value_mean": float(values.sum()), "rollouts": float(B), "tokens": float(mask.sum())}
+        stats = {
+            "reward": float(scores.sum()),
+            "kl": float(k3.sum()),
+            "kl_k1": float(kl.sum()),
+            "non_score_reward": float((-self.kl_coef * kl).sum()),
+            "entropy": float((entropy * mask).sum()),
+            "response_length": float(r_len.sum()),
+            "eos_rate": float(has_eos.float().sum()),
+            "value_mean": float(values.sum()),
+            "rollouts": float(B),
+            "tokens": float(mask.sum()),
+        }
         return Rollout(tokens, at, answer, mask, lengths, logprobs, ref_logprobs, values, advantages, returns), stats
 
     def rollout_seeds(self, n: int) -> list[int]:
@@ -460,8 +521,14 @@ class PPOTrainer(Trainer):
         def total(x: torch.Tensor) -> float:
             return float((x.detach() * mask).sum())
 
-        return loss, {"policy_loss": total(pg), "value_loss": total(vf), "clipfrac": total(pg_clipped),
-                      "value_clipfrac": total(vf_clipped), "approx_kl": total(0.5 * d ** 2), "ratio": total(ratio)}
+        return loss, {
+            "policy_loss": total(pg),
+            "value_loss": total(vf),
+            "clipfrac": total(pg_clipped),
+            "value_clipfrac": total(vf_clipped),
+            "approx_kl": total(0.5 * d**2),
+            "ratio": total(ratio),
+        }
 
     def train_step(self, batch: list[int]) -> dict[str, float]:
         cfg, dist = self.cfg, self.dist
@@ -488,7 +555,7 @@ class PPOTrainer(Trainer):
                 mb = [j // dist.world for j in global_mb.tolist() if j % dist.world == dist.rank]
                 n_tok = dist.all_reduce_sum({"n": float(self._ro.mask[mb].sum()) if mb else 0.0})["n"]
                 micro = cfg.micro_batch_size or max(1, len(mb))
-                chunks = [mb[i:i + micro] for i in range(0, len(mb), micro)] or [[]]
+                chunks = [mb[i : i + micro] for i in range(0, len(mb), micro)] or [[]]
                 for k, chunk in enumerate(chunks):
                     with dist.no_sync(self.ddp_model, last=k == len(chunks) - 1):
                         if chunk:
@@ -518,8 +585,13 @@ class PPOTrainer(Trainer):
         # The value model first: the policy's weights (with the step in their metadata) are what
         # --resume checks against trainer_state.pt, so they must be the last model file written.
         self.value.save(folder / "value", tokenizer_from=self.cfg.model, step=self.step)
-        save_pretrained(self.policy, self.mcfg, folder, tokenizer_from=self.cfg.model,
-                        metadata={"step": str(self.step), "trainer": "ppo"})
+        save_pretrained(
+            self.policy,
+            self.mcfg,
+            folder,
+            tokenizer_from=self.cfg.model,
+            metadata={"step": str(self.step), "trainer": "ppo"},
+        )
 
     def extra_state(self) -> dict[str, Any]:
         return {"kl_coef": self.kl_coef}

@@ -47,7 +47,7 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from . import auto
-from .common import Trainer, TrainConfig, opt
+from .common import TrainConfig, Trainer, opt
 from .records import Prompt, parse_record, read_rows
 
 TIE_MODES = ("drop", "soft")
@@ -59,8 +59,9 @@ TIE_MODES = ("drop", "soft")
 class Encoder:
     """Prompts and (prompt, response) pairs -> token ids, the way the engine renders prompts."""
 
-    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate | None, raw: bool = False,
-                 max_length: int = 0) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, template: ChatTemplate | None, raw: bool = False, max_length: int = 0
+    ) -> None:
         self.tokenizer, self.template = tokenizer, template
         self.raw = raw or template is None
         self.max_length = max_length  # 0 = no limit
@@ -70,8 +71,10 @@ class Encoder:
         elif tokenizer.eos_ids:
             self.eos_id = min(tokenizer.eos_ids)
         else:
-            raise InputError("the model's tokenizer has no EOS token, which marks where an answer ends; "
-                             "set eos_token in tokenizer_config.json")
+            raise InputError(
+                "the model's tokenizer has no EOS token, which marks where an answer ends; "
+                "set eos_token in tokenizer_config.json"
+            )
 
     @classmethod
     def from_folder(cls, folder: str | Path, raw: bool = False, max_length: int = 0) -> Encoder:
@@ -108,19 +111,20 @@ class Encoder:
                 full = p_ids + tok.encode(response, add_special_tokens=False)
         else:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            rendered = self.template.render(messages + [{"role": "assistant", "content": response}],
-                                            add_generation_prompt=False)
+            rendered = self.template.render(
+                messages + [{"role": "assistant", "content": response}], add_generation_prompt=False
+            )
             full = tok.encode(rendered, add_special_tokens=False)
         start = 0
         while start < min(len(p_ids), len(full)) and p_ids[start] == full[start]:
             start += 1
         start = max(start, 1)  # the first response token needs a token before it
         ends = [i for i in range(start, len(full)) if full[i] in tok.eos_ids]
-        full = full[:ends[-1] + 1] if ends else full + [self.eos_id]
+        full = full[: ends[-1] + 1] if ends else full + [self.eos_id]
         if self.max_length:
             if start >= self.max_length:
                 return None
-            full = full[:self.max_length]
+            full = full[: self.max_length]
         return full, start
 
 
@@ -206,7 +210,7 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
             prompt, chosen, rejected = parse_record(row)
             margin = row.get("margin")
             if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-                raise InputError(f"\"margin\" must be a number, got {margin!r}")
+                raise InputError(f'"margin" must be a number, got {margin!r}')
             tie = row.get("tie") is True or row.get("both_bad") is True
             if tie and tie_mode == "drop":
                 skipped.setdefault("ties/both-bad (tie_mode drop)", []).append(n)
@@ -236,8 +240,10 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
         groups[find(a)].pairs.append(Pair(local[a], local[b], target, margin, n))
     data = PreferenceData(path, [g for g in groups.values() if g.pairs], skipped)
     if not data.groups:
-        raise InputError(f"{path} has no usable preference pairs ({data.summary()}); "
-                         "give records with different \"chosen\" and \"rejected\"")
+        raise InputError(
+            f"{path} has no usable preference pairs ({data.summary()}); "
+            'give records with different "chosen" and "rejected"'
+        )
     return data
 
 
@@ -274,12 +280,19 @@ def collate(groups: Sequence[Group], default_margin: float = 0.0) -> Batch:
             worse.append(off + p.worse)
             target.append(p.target)
             margin.append(p.margin if p.margin is not None else (default_margin if p.target == 1.0 else 0.0))
-    return Batch(seqs, starts, torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long),
-                 torch.tensor(target), torch.tensor(margin))
+    return Batch(
+        seqs,
+        starts,
+        torch.tensor(better, dtype=torch.long),
+        torch.tensor(worse, dtype=torch.long),
+        torch.tensor(target),
+        torch.tensor(margin),
+    )
 
 
-def pad_right(seqs: Sequence[Sequence[int]], device: torch.device | str,
-              pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_right(
+    seqs: Sequence[Sequence[int]], device: torch.device | str, pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """tokens (B, L) right-padded, positions (B, L), lengths (B,).
 
     Right padding needs no attention mask: under causal attention a real token never sees the
@@ -287,7 +300,7 @@ def pad_right(seqs: Sequence[Sequence[int]], device: torch.device | str,
     L = max(len(s) for s in seqs)
     tokens = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        tokens[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
     positions = torch.arange(L).expand(len(seqs), L)
     lengths = torch.tensor([len(s) for s in seqs])
     return tokens.to(device), positions.to(device), lengths.to(device)
@@ -300,10 +313,13 @@ def pad_right(seqs: Sequence[Sequence[int]], device: torch.device | str,
 class PreferenceConfig(TrainConfig):
     data: str = opt("", "Preference records (TRL JSONL: prompt/chosen/rejected). Default: the playground's votes.")
     steps: int = opt(0, "Optimisation steps; 0 = auto: enough passes over the rankings (see trainers/auto.py).")
-    batch_size: int = opt(0, "Global batch size in rankings (groups of pairs sharing responses; a lone pair is one); "
-                             "0 = auto from the number of rankings.")
+    batch_size: int = opt(
+        0,
+        "Global batch size in rankings (groups of pairs sharing responses; a lone pair is one); "
+        "0 = auto from the number of rankings.",
+    )
     # --- data
-    tie_mode: str = opt("drop", "Rows marked \"tie\" or \"both_bad\": drop, or soft (both sides equally likely to win).")
+    tie_mode: str = opt("drop", 'Rows marked "tie" or "both_bad": drop, or soft (both sides equally likely to win).')
     eval_fraction: float = opt(0.1, "Fraction of rankings held out for evaluation (0 = none).")
     max_length: int = opt(0, "Truncate prompt+response to this many tokens; 0 = the model's context.")
     raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
@@ -337,10 +353,18 @@ class PreferenceTrainer(Trainer):
         """Fill in lr, batch_size and steps left at 0 from the model size and the training pairs."""
         cfg, n = self.cfg, len(self.train_groups)
         pairs = sum(len(g.pairs) for g in self.train_groups)
-        self.auto = auto.fill(cfg, self.name, n_params, pairs, "training pairs", {
-            "lr": lambda: auto.auto_lr(self.name, n_params),
-            "batch_size": lambda: auto.auto_batch(n),
-            "steps": lambda: auto.auto_steps(self.name, n, cfg.batch_size, pairs)})
+        self.auto = auto.fill(
+            cfg,
+            self.name,
+            n_params,
+            pairs,
+            "training pairs",
+            {
+                "lr": lambda: auto.auto_lr(self.name, n_params),
+                "batch_size": lambda: auto.auto_batch(n),
+                "steps": lambda: auto.auto_steps(self.name, n, cfg.batch_size, pairs),
+            },
+        )
         if self.auto.values and self.dist.is_main and cfg.progress:
             print(self.auto.line(), file=sys.stderr)
 
@@ -367,7 +391,7 @@ class PreferenceTrainer(Trainer):
         total = 0
         chunk = self.cfg.micro_batch_size or self.cfg.batch_size
         for i in range(0, len(self.eval_groups), chunk):
-            groups = self.eval_groups[i:i + chunk]
+            groups = self.eval_groups[i : i + chunk]
             loss, m = self.group_loss(self.model, groups)
             for k, v in {"loss": float(loss), **m}.items():
                 sums[k] = sums.get(k, 0.0) + v

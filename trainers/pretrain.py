@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiankong.engine.config import ModelConfig, rope_inv_freq
-from tiankong.engine.files import atomic_write_bytes
 from tiankong.engine.errors import InputError
+from tiankong.engine.files import atomic_write_bytes
 from tiankong.engine.model import build_model, load_model, resolve_dtype, save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
-from .common import Trainer, TrainConfig, opt
+from .common import TrainConfig, Trainer, opt
 from .data import load_texts, split_holdout
 
 # name -> architecture of a new model. Parameter counts include the (tied) embedding at the
@@ -48,8 +48,10 @@ SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=688, vocab_size=4096, max_seq_len=1024),  # 5.4M
     "small": dict(dim=384, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1024, vocab_size=8192, max_seq_len=2048),  # 16M
 }
-AUTOCAST_HELP = ("Compute in bfloat16 (torch.autocast) with float32 weights and optimizer: about 2-3x faster "
-                 "on CPUs with AVX512-bf16 or AMX and on recent GPUs, at slightly lower precision.")
+AUTOCAST_HELP = (
+    "Compute in bfloat16 (torch.autocast) with float32 weights and optimizer: about 2-3x faster "
+    "on CPUs with AVX512-bf16 or AMX and on recent GPUs, at slightly lower precision."
+)
 # Special tokens of a new tokenizer, at SentencePiece's (and Llama's) usual ids.
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 
@@ -58,16 +60,28 @@ UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 class PretrainConfig(TrainConfig):
     # --- where (overrides)
     output: str = opt("runs/base", "Output folder: a Hugging Face model folder plus metrics.jsonl and trainer state.")
-    model: str = opt("", "Checkpoint to continue pretraining, with its own tokenizer. Empty: a new model of "
-                         "--size and a SentencePiece tokenizer trained on --data.")
-    data: str = opt("", "Training text: a .txt file (documents separated by lines holding only <|endoftext|>), "
-                        "a folder of .txt files, or JSONL with a \"text\" field per line (first bad line stops "
-                        "the run with its number).")
+    model: str = opt(
+        "",
+        "Checkpoint to continue pretraining, with its own tokenizer. Empty: a new model of "
+        "--size and a SentencePiece tokenizer trained on --data.",
+    )
+    data: str = opt(
+        "",
+        "Training text: a .txt file (documents separated by lines holding only <|endoftext|>), "
+        'a folder of .txt files, or JSONL with a "text" field per line (first bad line stops '
+        "the run with its number).",
+    )
     # --- a new model
-    size: str = opt("tiny", "Size of a new model (ignored with --model): nano (64 wide, 5 layers, ~0.26M params), micro (128x5, ~1M), "
-                            "tiny (256x6, ~5.4M), small (384x8, ~16M); counts at the default vocabulary.")
-    vocab_size: int = opt(0, "Vocabulary of a new tokenizer (at most: small data gives fewer). 0: the size's "
-                             "default (nano 512, micro 1024, tiny 4096, small 8192).")
+    size: str = opt(
+        "tiny",
+        "Size of a new model (ignored with --model): nano (64 wide, 5 layers, ~0.26M params), micro (128x5, ~1M), "
+        "tiny (256x6, ~5.4M), small (384x8, ~16M); counts at the default vocabulary.",
+    )
+    vocab_size: int = opt(
+        0,
+        "Vocabulary of a new tokenizer (at most: small data gives fewer). 0: the size's "
+        "default (nano 512, micro 1024, tiny 4096, small 8192).",
+    )
     # --- data
     seq_len: int = opt(256, "Tokens per training block.")
     eval_fraction: float = opt(0.02, "Fraction of blocks held out for eval_loss and eval_ppl (0 = none).")
@@ -88,10 +102,13 @@ class PretrainConfig(TrainConfig):
         if not 0 <= self.eval_fraction < 1:
             raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.vocab_size and self.vocab_size < 300:
-            raise InputError(f"vocab_size must be 0 or at least 300 (256 byte tokens come first), got {self.vocab_size}")
+            raise InputError(
+                f"vocab_size must be 0 or at least 300 (256 byte tokens come first), got {self.vocab_size}"
+            )
 
 
 # ---- a new model and its tokenizer
+
 
 def train_tokenizer(docs: Sequence[str], folder: Path, vocab_size: int, model_max_length: int, seed: int = 0) -> None:
     """Train a SentencePiece BPE tokenizer on `docs`; write tokenizer.model and its JSON files.
@@ -107,21 +124,51 @@ def train_tokenizer(docs: Sequence[str], folder: Path, vocab_size: int, model_ma
     spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=lines, model_writer=buf, model_type="bpe", vocab_size=vocab_size,
-            hard_vocab_limit=False, byte_fallback=True, character_coverage=0.9995, split_digits=True,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
-            allow_whitespace_only_pieces=True, max_sentence_length=1 << 16,
-            input_sentence_size=2_000_000, shuffle_input_sentence=True,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece=UNK, bos_piece=BOS, eos_piece=EOS,
-            num_threads=max(1, torch.get_num_threads()), minloglevel=2)
+            sentence_iterator=lines,
+            model_writer=buf,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            byte_fallback=True,
+            character_coverage=0.9995,
+            split_digits=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            allow_whitespace_only_pieces=True,
+            max_sentence_length=1 << 16,
+            input_sentence_size=2_000_000,
+            shuffle_input_sentence=True,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            unk_piece=UNK,
+            bos_piece=BOS,
+            eos_piece=EOS,
+            num_threads=max(1, torch.get_num_threads()),
+            minloglevel=2,
+        )
     except RuntimeError as e:
-        raise InputError(f"cannot train a tokenizer on the data ({str(e).strip().splitlines()[-1]}); "
-                         "give more text or a smaller --vocab-size") from None
-    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": BOS, "eos_token": EOS, "unk_token": UNK,
-              "add_bos_token": True, "add_eos_token": False, "legacy": False,
-              "clean_up_tokenization_spaces": False, "model_max_length": model_max_length}
-    texts = {"tokenizer_config.json": json.dumps(config, indent=2) + "\n",
-             "special_tokens_map.json": json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": UNK}, indent=2) + "\n"}
+        raise InputError(
+            f"cannot train a tokenizer on the data ({str(e).strip().splitlines()[-1]}); "
+            "give more text or a smaller --vocab-size"
+        ) from None
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": UNK,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length,
+    }
+    texts = {
+        "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": UNK}, indent=2) + "\n",
+    }
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
         atomic_write_bytes(folder / name, text.encode("utf-8"))
@@ -132,9 +179,18 @@ def new_model_config(size: str, vocab_size: int, seq_len: int, dtype: str) -> Mo
     shape = dict(SIZES[size])
     shape.pop("vocab_size")
     shape["max_seq_len"] = max(shape["max_seq_len"], seq_len)
-    return ModelConfig(architecture="LlamaForCausalLM", family="llama", vocab_size=vocab_size, norm_eps=1e-5,
-                       rope_theta=10000.0, tie_embeddings=True, bos_token_id=1, eos_token_id=2,
-                       torch_dtype=dtype, **shape)
+    return ModelConfig(
+        architecture="LlamaForCausalLM",
+        family="llama",
+        vocab_size=vocab_size,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype=dtype,
+        **shape,
+    )
 
 
 def init_weights(model: nn.Module, n_layers: int) -> None:
@@ -151,6 +207,7 @@ def init_weights(model: nn.Module, n_layers: int) -> None:
 
 # ---- shared by pretrain and sft
 
+
 def load_trainable(folder: str | Path, device: torch.device, dtype: str) -> tuple[nn.Module, ModelConfig]:
     """A checkpoint ready to train: on `device` in `dtype`, every parameter requiring grad."""
     model, cfg = load_model(folder, device, dtype)
@@ -164,8 +221,9 @@ def to_device(model: nn.Module, cfg: ModelConfig, device: torch.device, dtype: s
     return model
 
 
-def token_loss(model: nn.Module, tokens: torch.Tensor, weights: torch.Tensor,
-               autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def token_loss(
+    model: nn.Module, tokens: torch.Tensor, weights: torch.Tensor, autocast: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy and the count of correct argmax guesses.
 
     tokens: (B, T+1) ids; weights: (B, T) 0/1, whether target tokens[:, t+1] counts. Padding at the
@@ -182,17 +240,18 @@ def token_loss(model: nn.Module, tokens: torch.Tensor, weights: torch.Tensor,
     return (nll * w).sum(), correct.detach()
 
 
-def evaluate_held_out(trainer: Trainer, items: Sequence[int], batch: Callable[[Sequence[int]], tuple],
-                      batch_size: int) -> dict[str, float]:
+def evaluate_held_out(
+    trainer: Trainer, items: Sequence[int], batch: Callable[[Sequence[int]], tuple], batch_size: int
+) -> dict[str, float]:
     """Mean loss and perplexity over held-out items, each process taking its slice."""
     if not items:
         return {}
-    mine = list(items)[trainer.dist.rank::trainer.dist.world]
+    mine = list(items)[trainer.dist.rank :: trainer.dist.world]
     loss_sum, count = 0.0, 0.0
     trainer.model.eval()
     with torch.no_grad():
         for i in range(0, len(mine), batch_size):
-            tokens, weights = batch(mine[i:i + batch_size])
+            tokens, weights = batch(mine[i : i + batch_size])
             loss, _ = token_loss(trainer.model, tokens, weights, trainer.cfg.autocast)
             loss_sum, count = loss_sum + float(loss), count + float(weights.sum())
     sums = trainer.dist.all_reduce_sum({"loss": loss_sum, "count": count})
@@ -207,8 +266,10 @@ def eos_id(tokenizer: Tokenizer, cfg: ModelConfig) -> int:
     if eos is None and tokenizer.eos_ids:
         eos = min(tokenizer.eos_ids)
     if eos is None:
-        raise InputError("the model has no end-of-sequence token (config.json eos_token_id); pretraining needs "
-                         "one to separate documents")
+        raise InputError(
+            "the model has no end-of-sequence token (config.json eos_token_id); pretraining needs "
+            "one to separate documents"
+        )
     return int(eos)
 
 
@@ -224,6 +285,7 @@ def _from_main(trainer: Trainer, value):
 
 
 # ---- the trainer
+
 
 class PretrainTrainer(Trainer):
     name = "pretrain"
@@ -257,13 +319,17 @@ class PretrainTrainer(Trainer):
             self.model, self.model_cfg = load_trainable(source, self.device, cfg.dtype)
         T = cfg.seq_len
         if T > self.model_cfg.max_seq_len:
-            raise InputError(f"--seq-len {T} is longer than the model's context ({self.model_cfg.max_seq_len} tokens); "
-                             "lower --seq-len")
+            raise InputError(
+                f"--seq-len {T} is longer than the model's context ({self.model_cfg.max_seq_len} tokens); "
+                "lower --seq-len"
+            )
         self.tokens = self._pack(docs)
         n_blocks = (len(self.tokens) - 1) // T
         if n_blocks < 1:
-            raise InputError(f"{cfg.data} gives only {len(self.tokens)} tokens, fewer than one block of "
-                             f"--seq-len {T} + 1; give more text or lower --seq-len")
+            raise InputError(
+                f"{cfg.data} gives only {len(self.tokens)} tokens, fewer than one block of "
+                f"--seq-len {T} + 1; give more text or lower --seq-len"
+            )
         self.train_blocks, self.eval_blocks = split_holdout(n_blocks, cfg.eval_fraction, cfg.seed)
 
     def _pack(self, docs: Sequence[str]) -> torch.Tensor:
@@ -277,7 +343,7 @@ class PretrainTrainer(Trainer):
 
     def _blocks(self, blocks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.cfg.seq_len
-        tokens = torch.stack([self.tokens[b * T:b * T + T + 1] for b in blocks]).long().to(self.device)  # (B, T+1)
+        tokens = torch.stack([self.tokens[b * T : b * T + T + 1] for b in blocks]).long().to(self.device)  # (B, T+1)
         return tokens, torch.ones(len(blocks), T, device=self.device)
 
     def n_items(self) -> int:
@@ -292,9 +358,13 @@ class PretrainTrainer(Trainer):
         return loss, {"accuracy": float(correct)}
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_held_out(self, self.eval_blocks, self._blocks,
-                                 self.cfg.micro_batch_size or self.cfg.batch_size)
+        return evaluate_held_out(self, self.eval_blocks, self._blocks, self.cfg.micro_batch_size or self.cfg.batch_size)
 
     def save(self, folder: Path) -> None:
-        save_pretrained(self.model, self.model_cfg, folder, tokenizer_from=self.tokenizer_dir,
-                        metadata={"trainer": self.name, "step": str(self.step)})
+        save_pretrained(
+            self.model,
+            self.model_cfg,
+            folder,
+            tokenizer_from=self.tokenizer_dir,
+            metadata={"trainer": self.name, "step": str(self.step)},
+        )

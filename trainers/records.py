@@ -22,13 +22,13 @@ ROLES = ("system", "user", "assistant")
 def messages_field(value: Any, what: str) -> list[dict]:
     """A non-empty list of {"role", "content"} messages with known roles -> plain copies."""
     if not isinstance(value, list) or not value:
-        raise InputError(f"\"{what}\" must be a non-empty list of {{\"role\", \"content\"}} messages")
+        raise InputError(f'"{what}" must be a non-empty list of {{"role", "content"}} messages')
     out = []
     for i, m in enumerate(value, 1):
         if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError(f"\"{what}\" message {i} must be {{\"role\": str, \"content\": str}}")
+            raise InputError(f'"{what}" message {i} must be {{"role": str, "content": str}}')
         if m["role"] not in ROLES:
-            raise InputError(f"\"{what}\" message {i} has role {m['role']!r}; use system, user or assistant")
+            raise InputError(f'"{what}" message {i} has role {m["role"]!r}; use system, user or assistant')
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -37,7 +37,7 @@ def reply_field(value: Any, what: str) -> str:
     """The text of a one-message assistant list (TRL conversational "chosen"/"rejected")."""
     msgs = messages_field(value, what)
     if len(msgs) != 1 or msgs[0]["role"] != "assistant":
-        raise InputError(f"\"{what}\" must be exactly one assistant message")
+        raise InputError(f'"{what}" must be exactly one assistant message')
     return msgs[0]["content"]
 
 
@@ -63,8 +63,7 @@ def implicit_messages(chosen: Any, rejected: Any) -> tuple[list[dict], str, str]
     while k < min(len(c), len(r)) and c[k] == r[k]:
         k += 1
     if k == 0:
-        raise InputError("\"chosen\" and \"rejected\" share no leading messages, so there is no prompt; "
-                         "add a \"prompt\"")
+        raise InputError('"chosen" and "rejected" share no leading messages, so there is no prompt; add a "prompt"')
     return c[:k], reply_field(c[k:], "chosen"), reply_field(r[k:], "rejected")
 
 
@@ -74,8 +73,10 @@ def explicit(prompt: Any, chosen: Any, rejected: Any) -> tuple[Prompt, str, str]
         return prompt, chosen, rejected
     if isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list):
         return messages_field(prompt, "prompt"), reply_field(chosen, "chosen"), reply_field(rejected, "rejected")
-    raise InputError("\"prompt\", \"chosen\" and \"rejected\" must all be strings (standard format) "
-                     "or all message lists (conversational format)")
+    raise InputError(
+        '"prompt", "chosen" and "rejected" must all be strings (standard format) '
+        "or all message lists (conversational format)"
+    )
 
 
 def parse_record(row: Any) -> tuple[Prompt, str, str]:
@@ -83,11 +84,10 @@ def parse_record(row: Any) -> tuple[Prompt, str, str]:
 
     Identical sides come back as they are (the caller skips or refuses them)."""
     if not isinstance(row, Mapping):
-        raise InputError(f"expected a JSON object with \"chosen\" and \"rejected\", got {type(row).__name__}")
+        raise InputError(f'expected a JSON object with "chosen" and "rejected", got {type(row).__name__}')
     for key in ("chosen", "rejected"):
         if key not in row:
-            raise InputError(f"no \"{key}\"; a preference record needs \"chosen\" and \"rejected\" "
-                             "(and usually \"prompt\")")
+            raise InputError(f'no "{key}"; a preference record needs "chosen" and "rejected" (and usually "prompt")')
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
     if prompt is not None:
         return explicit(prompt, chosen, rejected)
@@ -95,7 +95,7 @@ def parse_record(row: Any) -> tuple[Prompt, str, str]:
         return implicit_text(chosen, rejected)
     if isinstance(chosen, list) and isinstance(rejected, list):
         return implicit_messages(chosen, rejected)
-    raise InputError("\"chosen\" and \"rejected\" must both be strings or both be message lists")
+    raise InputError('"chosen" and "rejected" must both be strings or both be message lists')
 
 
 def parse_line(text: str, where: str, fix: str = "fix that line") -> Any:
@@ -111,7 +111,7 @@ def parse_line(text: str, where: str, fix: str = "fix that line") -> Any:
     except ValueError as e:  # e.g. an integer of more digits than Python converts
         raise InputError(f"{where}: {e}; {fix}") from None
     if lone_surrogate(value) is not None:
-        raise InputError(f"{where}: a string holds a lone surrogate escape (like \"\\ud800\"), which is not text; {fix}")
+        raise InputError(f'{where}: a string holds a lone surrogate escape (like "\\ud800"), which is not text; {fix}')
     return value
 
 
@@ -152,8 +152,10 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
         if name == "stdin":
             text = sys.stdin.buffer.read().decode("utf-8-sig")
         elif not Path(source).is_file():
-            raise InputError(f"prompts file {source} does not exist; give text lines or JSONL with "
-                             "\"prompt\" or \"messages\" (or - for stdin)")
+            raise InputError(
+                f"prompts file {source} does not exist; give text lines or JSONL with "
+                '"prompt" or "messages" (or - for stdin)'
+            )
         else:
             text = Path(source).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -170,7 +172,7 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
         if isinstance(record.get("prompt"), list) and "messages" not in record:
             record["messages"] = record.pop("prompt")
         if "messages" not in record and not isinstance(record.get("prompt"), str):
-            raise InputError(f"{where}: a JSON line needs a text \"prompt\" or a \"messages\" list")
+            raise InputError(f'{where}: a JSON line needs a text "prompt" or a "messages" list')
         out.append((n, where, record))
     if not out:
         raise InputError(f"{name} has no prompts; put one prompt (or JSON object) per line")

@@ -41,8 +41,8 @@ from tiankong.engine.model import load_model, save_pretrained
 
 from .auto import n_parameters
 from .common import opt
-from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 from .data import jsonl_objects
+from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 from .records import messages_field
 
 HEAD_FILE = "reward_head.safetensors"
@@ -50,8 +50,12 @@ CONFIG_FILE = "reward_config.json"
 FORMAT = "tiankong-reward-model"
 
 
-def bradley_terry_loss(r_better: torch.Tensor, r_worse: torch.Tensor, target: torch.Tensor | float = 1.0,
-                       margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+def bradley_terry_loss(
+    r_better: torch.Tensor,
+    r_worse: torch.Tensor,
+    target: torch.Tensor | float = 1.0,
+    margin: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
     """Per-pair loss: -[t log sigmoid(d) + (1 - t) log sigmoid(-d)], d = r_better - r_worse - margin."""
     d = r_better - r_worse - margin
     return -(target * F.logsigmoid(d) + (1 - target) * F.logsigmoid(-d))
@@ -64,9 +68,15 @@ class RewardModel(nn.Module):
     last token. PPO's value model is the same module with a bias, read at every response position.
     """
 
-    def __init__(self, base: nn.Module, cfg: ModelConfig, bias: bool = False,
-                 normalization: dict[str, float] | None = None, encoder: Encoder | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        base: nn.Module,
+        cfg: ModelConfig,
+        bias: bool = False,
+        normalization: dict[str, float] | None = None,
+        encoder: Encoder | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.base, self.cfg = base, cfg
         self.head = nn.Linear(cfg.dim, 1, bias=bias, device=next(base.parameters()).device)  # float32
@@ -102,19 +112,20 @@ class RewardModel(nn.Module):
         if self.encoder is None:
             raise InputError("this reward model has no tokenizer attached; load it with RewardModel.load(folder)")
         seqs = []
-        for p, r in zip(prompts, responses):
+        for p, r in zip(prompts, responses, strict=True):
             pair = self.encoder.pair(p, r)
             if pair is None:
                 raise InputError(f"a prompt is longer than the reward model's max_length {self.encoder.max_length}")
             seqs.append(pair[0])
         out: list[float] = []
         for i in range(0, len(seqs), batch_size):
-            out += self.normalize(self.raw_scores(seqs[i:i + batch_size])).tolist()
+            out += self.normalize(self.raw_scores(seqs[i : i + batch_size])).tolist()
         return out
 
     # ---- files
-    def save(self, folder: str | Path, tokenizer_from: str | Path | None = None, step: int | None = None,
-             **meta: Any) -> Path:
+    def save(
+        self, folder: str | Path, tokenizer_from: str | Path | None = None, step: int | None = None, **meta: Any
+    ) -> Path:
         """Head and its config, then the base as a Hugging Face folder, weights last (each file atomic;
         model.safetensors carries the training step, which --resume checks against the trainer state)."""
         from safetensors.torch import save_file
@@ -123,33 +134,55 @@ class RewardModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         head = {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}
         info = {
-            "format": FORMAT, "version": 1,
-            "head": {"file": HEAD_FILE, "in_features": self.cfg.dim, "out_features": 1,
-                     "bias": self.head.bias is not None, "dtype": "float32",
-                     "reads": "final-norm hidden state of the last real token (the response's EOS)"},
+            "format": FORMAT,
+            "version": 1,
+            "head": {
+                "file": HEAD_FILE,
+                "in_features": self.cfg.dim,
+                "out_features": 1,
+                "bias": self.head.bias is not None,
+                "dtype": "float32",
+                "reads": "final-norm hidden state of the last real token (the response's EOS)",
+            },
             "normalization": {**self.normalization, "formula": "score = scale * raw + bias"},
-            "base": {"architecture": self.cfg.architecture, "family": self.cfg.family,
-                     "hidden_size": self.cfg.dim, "vocab_size": self.cfg.vocab_size},
-            "prompt_format": {"raw": bool(self.encoder.raw) if self.encoder else False,
-                              "max_length": self.encoder.max_length if self.encoder else 0},
-            **self.meta, **meta, **({"step": step} if step is not None else {}),
+            "base": {
+                "architecture": self.cfg.architecture,
+                "family": self.cfg.family,
+                "hidden_size": self.cfg.dim,
+                "vocab_size": self.cfg.vocab_size,
+            },
+            "prompt_format": {
+                "raw": bool(self.encoder.raw) if self.encoder else False,
+                "max_length": self.encoder.max_length if self.encoder else 0,
+            },
+            **self.meta,
+            **meta,
+            **({"step": step} if step is not None else {}),
         }
         atomic_write(folder / HEAD_FILE, lambda tmp: save_file(head, str(tmp), metadata={"format": "pt"}))
         atomic_write_text(folder / CONFIG_FILE, json.dumps(info, indent=2) + "\n")
-        save_pretrained(self.base, self.cfg, folder, tokenizer_from=tokenizer_from,
-                        metadata={"step": str(step)} if step is not None else None)
+        save_pretrained(
+            self.base,
+            self.cfg,
+            folder,
+            tokenizer_from=tokenizer_from,
+            metadata={"step": str(step)} if step is not None else None,
+        )
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "auto",
-             dtype: str | torch.dtype | None = "auto") -> RewardModel:
+    def load(
+        cls, folder: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto"
+    ) -> RewardModel:
         folder = Path(folder).expanduser()
         info = read_reward_config(folder)
         base, cfg = load_model(folder, device, dtype)
         head = info["head"]
         if head.get("in_features") != cfg.dim:
-            raise ModelLoadError(f"{folder / CONFIG_FILE}: head expects hidden size {head.get('in_features')} "
-                                 f"but the model has {cfg.dim}; the head belongs to another base model")
+            raise ModelLoadError(
+                f"{folder / CONFIG_FILE}: head expects hidden size {head.get('in_features')} "
+                f"but the model has {cfg.dim}; the head belongs to another base model"
+            )
         from safetensors.torch import load_file
 
         path = folder / head.get("file", HEAD_FILE)
@@ -158,8 +191,11 @@ class RewardModel(nn.Module):
         state = load_file(str(path))
         fmt = info.get("prompt_format", {})
         encoder = Encoder.from_folder(folder, raw=bool(fmt.get("raw", False)), max_length=int(fmt.get("max_length", 0)))
-        meta = {k: v for k, v in info.items()
-                if k not in ("format", "version", "head", "normalization", "base", "prompt_format", "step")}
+        meta = {
+            k: v
+            for k, v in info.items()
+            if k not in ("format", "version", "head", "normalization", "base", "prompt_format", "step")
+        }
         norm = {"scale": float(info["normalization"]["scale"]), "bias": float(info["normalization"]["bias"])}
         model = cls(base, cfg, bias="bias" in state, normalization=norm, encoder=encoder, meta=meta)
         try:
@@ -173,8 +209,10 @@ class RewardModel(nn.Module):
 def read_reward_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise ModelLoadError(f"{folder} is not a reward model (no {CONFIG_FILE}); train one with "
-                             "`tiankong train reward` or pass its output folder")
+        raise ModelLoadError(
+            f"{folder} is not a reward model (no {CONFIG_FILE}); train one with "
+            "`tiankong train reward` or pass its output folder"
+        )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -193,7 +231,7 @@ class RewardConfig(PreferenceConfig):
     model: str = opt("", "Base model (a Hugging Face folder, usually the SFT model) the reward head sits on.")
     lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (3e-3 at 3M parameters, 1e-5 at 1B).")
     # --- reward model
-    margin: float = opt(0.0, "Margin subtracted from r_better - r_worse for pairs without their own \"margin\".")
+    margin: float = opt(0.0, 'Margin subtracted from r_better - r_worse for pairs without their own "margin".')
     normalize: bool = opt(True, "After training, shift and scale scores so the training answers have mean 0, std 1.")
     norm_samples: int = opt(2048, "At most this many training answers (a fixed sample) set the normalisation.")
 
@@ -244,14 +282,20 @@ class RewardTrainer(PreferenceTrainer):
         seqs = [s for g in self.train_groups for s in g.seqs]
         if len(seqs) > self.cfg.norm_samples:
             keep = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(self.cfg.seed))
-            seqs = [seqs[i] for i in keep[:self.cfg.norm_samples].tolist()]
+            seqs = [seqs[i] for i in keep[: self.cfg.norm_samples].tolist()]
         chunk = max(1, self.cfg.micro_batch_size or self.cfg.batch_size)
-        raw = torch.cat([self.model.raw_scores(seqs[i:i + chunk]) for i in range(0, len(seqs), chunk)]).double()
+        raw = torch.cat([self.model.raw_scores(seqs[i : i + chunk]) for i in range(0, len(seqs), chunk)]).double()
         mean = float(raw.mean())
         std = float(raw.std()) if len(raw) > 1 else 0.0
         scale = 1.0 / std if std > 1e-6 else 1.0
-        return {"scale": scale, "bias": -mean * scale, "reference": "distinct chosen and rejected answers "
-                "of the training split", "count": len(seqs), "raw_mean": mean, "raw_std": std}
+        return {
+            "scale": scale,
+            "bias": -mean * scale,
+            "reference": "distinct chosen and rejected answers of the training split",
+            "count": len(seqs),
+            "raw_mean": mean,
+            "raw_std": std,
+        }
 
     def save(self, folder: Path) -> None:
         was_training = self.model.training
@@ -261,8 +305,9 @@ class RewardTrainer(PreferenceTrainer):
             self.model.normalization = {"scale": norm.pop("scale"), "bias": norm.pop("bias")}
         else:
             norm = {}
-        self.model.save(folder, tokenizer_from=self.cfg.model, step=self.step,
-                        normalization_reference=norm, **self.last_eval)
+        self.model.save(
+            folder, tokenizer_from=self.cfg.model, step=self.step, normalization_reference=norm, **self.last_eval
+        )
         self.model.train(was_training)
 
 
@@ -285,15 +330,15 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
     rows: list[tuple[int, dict]] = []
     for n, obj in jsonl_objects(lines, name):
         if "response" not in obj or ("prompt" not in obj and "messages" not in obj):
-            raise InputError(f"{name} line {n}: expected an object with \"prompt\" (or \"messages\") and \"response\"")
+            raise InputError(f'{name} line {n}: expected an object with "prompt" (or "messages") and "response"')
         prompt = obj["prompt"] if "prompt" in obj else obj["messages"]
         try:
             if isinstance(prompt, list):  # messages: checked as preference records' prompts are
                 messages_field(prompt, "prompt")
             elif not isinstance(prompt, str):
-                raise InputError(f"\"prompt\" must be text or a list of messages, got {type(prompt).__name__}")
+                raise InputError(f'"prompt" must be text or a list of messages, got {type(prompt).__name__}')
             if not isinstance(obj["response"], str):
-                raise InputError(f"\"response\" must be text, got {type(obj['response']).__name__}")
+                raise InputError(f'"response" must be text, got {type(obj["response"]).__name__}')
         except InputError as e:
             raise InputError(f"{name} line {n}: {e}") from None
         rows.append((n, obj))
@@ -303,10 +348,11 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
     scores: list[float] = []
     batch = 16
     for i in range(0, len(rows), batch):
-        chunk = rows[i:i + batch]
+        chunk = rows[i : i + batch]
         try:
-            scores += rm.score([o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk],
-                               [o["response"] for _, o in chunk])
+            scores += rm.score(
+                [o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk], [o["response"] for _, o in chunk]
+            )
         except TiankongError as e:  # e.g. a template that rejects the messages: find the line
             for n, o in chunk:
                 try:
@@ -314,7 +360,9 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
                 except TiankongError as e1:
                     raise InputError(f"{name} line {n}: {e1}") from None
             raise e
-    text = "".join(json.dumps({**o, "score": s}, ensure_ascii=False) + "\n" for (_, o), s in zip(rows, scores))
+    text = "".join(
+        json.dumps({**o, "score": s}, ensure_ascii=False) + "\n" for (_, o), s in zip(rows, scores, strict=True)
+    )
     if output is None:
         with stdout_errors():
             sys.stdout.write(text)

@@ -41,7 +41,7 @@ from tiankong.engine.model import save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from . import auto
-from .common import Trainer, TrainConfig, opt
+from .common import TrainConfig, Trainer, opt
 from .data import load_conversations, split_holdout
 from .pretrain import AUTOCAST_HELP, evaluate_held_out, load_trainable, token_loss
 
@@ -64,19 +64,28 @@ class SFTConfig(TrainConfig):
     # --- where (overrides)
     output: str = opt("runs/sft", "Output folder: a Hugging Face model folder plus metrics.jsonl and trainer state.")
     model: str = opt("", "Model to fine-tune (a Hugging Face model folder); required.")
-    data: str = opt("", "JSONL, one conversation per line: {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} "
-                        "or {\"prompt\": ..., \"completion\": ...} (strings become a user and an assistant message). "
-                        "The first bad line stops the run with its line number; nothing is skipped.")
+    data: str = opt(
+        "",
+        'JSONL, one conversation per line: {"messages": [{"role": ..., "content": ...}, ...]} '
+        'or {"prompt": ..., "completion": ...} (strings become a user and an assistant message). '
+        "The first bad line stops the run with its line number; nothing is skipped.",
+    )
     # --- optimisation (0 = auto, see trainers/auto.py)
     steps: int = opt(0, "Optimisation steps; 0 = auto: up to 3 passes over the conversations.")
     batch_size: int = opt(0, "Conversations per step (over all processes); 0 = auto from the number of conversations.")
     lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (5e-4 at 3M parameters, 2e-5 at 1B).")
     # --- data
-    chat_template: str = opt("", "A Jinja chat template file to tune with instead of the model's own (saved as "
-                                 "chat_template.jinja). Empty: the model's template, or tiankong's default "
-                                 "(<|user|>\\n...\\n<|assistant|>\\n...</s>) for a model without one.")
-    max_len: int = opt(1024, "Longest conversation in tokens, at most the model's context length (0 = that); "
-                             "longer ones are cut at the end. A row with no answer token left is an error.")
+    chat_template: str = opt(
+        "",
+        "A Jinja chat template file to tune with instead of the model's own (saved as "
+        "chat_template.jinja). Empty: the model's template, or tiankong's default "
+        "(<|user|>\\n...\\n<|assistant|>\\n...</s>) for a model without one.",
+    )
+    max_len: int = opt(
+        1024,
+        "Longest conversation in tokens, at most the model's context length (0 = that); "
+        "longer ones are cut at the end. A row with no answer token left is an error.",
+    )
     eval_fraction: float = opt(0.0, "Fraction of conversations held out for eval_loss and eval_ppl (0 = none).")
     autocast: bool = opt(False, AUTOCAST_HELP)
 
@@ -98,13 +107,16 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def tokenize_conversation(template: ChatTemplate, tokenizer: Tokenizer,
-                          messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+def tokenize_conversation(
+    template: ChatTemplate, tokenizer: Tokenizer, messages: Sequence[dict[str, Any]]
+) -> tuple[list[int], list[bool]]:
     """(ids, answer mask) for one conversation; see the module docstring for how the mask is found."""
+
     def encode(msgs: Sequence[dict[str, Any]], generation_prompt: bool) -> list[int]:
         # As render_prompt does: the template writes the special tokens itself.
-        return tokenizer.encode(template.render(msgs, add_generation_prompt=generation_prompt),
-                                add_special_tokens=False)
+        return tokenizer.encode(
+            template.render(msgs, add_generation_prompt=generation_prompt), add_special_tokens=False
+        )
 
     ids = encode(messages, False)
     mask = [False] * len(ids)
@@ -112,7 +124,7 @@ def tokenize_conversation(template: ChatTemplate, tokenizer: Tokenizer,
         if message["role"] != "assistant":
             continue
         start = _common_prefix(encode(messages[:i], True), ids)
-        end = _common_prefix(encode(messages[:i + 1], False), ids)
+        end = _common_prefix(encode(messages[: i + 1], False), ids)
         for j in range(start, end):
             mask[j] = True
     return ids, mask
@@ -123,14 +135,17 @@ def resolve_template(folder: Path, tokenizer: Tokenizer, override: str) -> tuple
     if override:
         path = Path(override).expanduser()
         if not path.is_file():
-            raise InputError(f"chat template file {path} does not exist; pass a .jinja file or leave --chat-template empty")
+            raise InputError(
+                f"chat template file {path} does not exist; pass a .jinja file or leave --chat-template empty"
+            )
         return ChatTemplate(path.read_text(encoding="utf-8"), tokenizer.bos_token, tokenizer.eos_token), "file"
     found = ChatTemplate.from_folder(folder, tokenizer)
     if found is not None:
         return found, "model"
     if tokenizer.eos_token is None:
-        raise InputError(f"{folder} has no chat template and no EOS token for tiankong's default one; "
-                         "pass --chat-template FILE")
+        raise InputError(
+            f"{folder} has no chat template and no EOS token for tiankong's default one; pass --chat-template FILE"
+        )
     return ChatTemplate(DEFAULT_CHAT_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token), "default"
 
 
@@ -153,16 +168,26 @@ class SFTTrainer(Trainer):
                 raise InputError(f"{cfg.data} line {conv.line}: {e}") from None
             ids, mask = ids[:max_len], mask[:max_len]
             if not any(mask[1:]):
-                raise InputError(f"{cfg.data} line {conv.line}: no answer token within the first {max_len} tokens; "
-                                 "raise --max-len or shorten the conversation")
+                raise InputError(
+                    f"{cfg.data} line {conv.line}: no answer token within the first {max_len} tokens; "
+                    "raise --max-len or shorten the conversation"
+                )
             self.examples.append((ids, mask))
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         self.train_ids, self.eval_ids = split_holdout(len(self.examples), cfg.eval_fraction, cfg.seed)
         n, n_params = len(self.train_ids), auto.n_parameters(self.model)
-        self.auto = auto.fill(cfg, self.name, n_params, n, "conversations", {
-            "lr": lambda: auto.auto_lr("sft", n_params),
-            "batch_size": lambda: auto.auto_batch(n),
-            "steps": lambda: auto.auto_steps("sft", n, cfg.batch_size)})
+        self.auto = auto.fill(
+            cfg,
+            self.name,
+            n_params,
+            n,
+            "conversations",
+            {
+                "lr": lambda: auto.auto_lr("sft", n_params),
+                "batch_size": lambda: auto.auto_batch(n),
+                "steps": lambda: auto.auto_steps("sft", n, cfg.batch_size),
+            },
+        )
         if self.auto.values and self.dist.is_main and cfg.progress:
             print(self.auto.line(), file=sys.stderr)
 
@@ -173,8 +198,8 @@ class SFTTrainer(Trainer):
         tokens = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
         weights = torch.zeros(len(rows), L - 1)
         for r, (ids, mask) in enumerate(rows):
-            tokens[r, :len(ids)] = torch.tensor(ids)
-            weights[r, :len(ids) - 1] = torch.tensor(mask[1:], dtype=torch.float32)
+            tokens[r, : len(ids)] = torch.tensor(ids)
+            weights[r, : len(ids) - 1] = torch.tensor(mask[1:], dtype=torch.float32)
         return tokens.to(self.device), weights.to(self.device)
 
     def n_items(self) -> int:
@@ -199,5 +224,11 @@ class SFTTrainer(Trainer):
             config = read_model_object(self.source, "tokenizer_config.json")  # no link out, bounded
             config["chat_template"] = self.template.source
             files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-        save_pretrained(self.model, self.model_cfg, folder, tokenizer_from=self.source, extra_files=files,
-                        metadata={"trainer": self.name, "step": str(self.step)})
+        save_pretrained(
+            self.model,
+            self.model_cfg,
+            folder,
+            tokenizer_from=self.source,
+            extra_files=files,
+            metadata={"trainer": self.name, "step": str(self.step)},
+        )

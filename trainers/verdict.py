@@ -121,19 +121,25 @@ def accuracy_verdict(n_pairs: int, n_eval: int, accuracy: float | None, margin: 
     if n_pairs < FEW_VOTES:
         warnings.append(f"only {n_pairs} pairs: too few votes to learn or to judge a taste; rank a few hundred")
     if not n_eval or accuracy is None:
-        warnings.append("no held-out pairs (--eval-fraction 0, or a single ranking), so nothing says whether "
-                        "the reward model learned your taste")
+        warnings.append(
+            "no held-out pairs (--eval-fraction 0, or a single ranking), so nothing says whether "
+            "the reward model learned your taste"
+        )
         return Verdict("reward", "accuracy unknown: nothing was held out.", figures, warnings)
     lo, hi = wilson(accuracy * n_eval, n_eval)
     figures.update(held_out_accuracy=float(accuracy), ci95=[lo, hi])
     if margin is not None:
         figures["held_out_margin"] = float(margin)
     right = accuracy * n_eval
-    words = f"the reward model ranks {right:.3g} of {n_eval} held-out pairs right (accuracy {accuracy:.2f}, " \
-            f"95% CI {lo:.2f}-{hi:.2f})"
+    words = (
+        f"the reward model ranks {right:.3g} of {n_eval} held-out pairs right (accuracy {accuracy:.2f}, "
+        f"95% CI {lo:.2f}-{hi:.2f})"
+    )
     if lo <= 0.5:
-        warnings.append(f"at chance: the 95% interval {lo:.2f}-{hi:.2f} includes 0.5, so this reward model may "
-                        "rank answers no better than a coin; give more (or more consistent) votes")
+        warnings.append(
+            f"at chance: the 95% interval {lo:.2f}-{hi:.2f} includes 0.5, so this reward model may "
+            "rank answers no better than a coin; give more (or more consistent) votes"
+        )
         summary = words + "; that is not distinguishable from chance."
     elif lo >= 0.7:
         summary = words + "; it has learned the taste in these votes."
@@ -160,7 +166,7 @@ def policy_verdict(trainer: Any) -> Verdict:
     else:
         groups = trainer.eval_groups or trainer.train_groups
         where = "the prompts of held-out rankings" if trainer.eval_groups else "training prompts (none held out)"
-        prompts = list({tuple(g.seqs[0][:g.starts[0]]): None for g in groups})
+        prompts = list({tuple(g.seqs[0][: g.starts[0]]): None for g in groups})
         temperature, policy, mcfg = 1.0, trainer.model, trainer.mcfg
         limit = max(16, min(256, mcfg.max_seq_len - max(len(p) for p in prompts)))
     rows = [list(prompts[i % len(prompts)]) for i in range(N_FRESH)]
@@ -175,18 +181,21 @@ def policy_verdict(trainer: Any) -> Verdict:
 
         out = []
         for i in range(0, N_FRESH, chunk):
-            seqs = [r + list(a) for r, a in zip(rows[i:i + chunk], answers[i:i + chunk])]
+            seqs = [r + list(a) for r, a in zip(rows[i : i + chunk], answers[i : i + chunk], strict=True)]
             tokens, positions, lengths = pad_right(seqs, trainer.device)
-            starts = torch.tensor([len(r) for r in rows[i:i + chunk]], device=trainer.device)
+            starts = torch.tensor([len(r) for r in rows[i : i + chunk]], device=trainer.device)
             out.append(sequence_logprobs(model(tokens, positions).float() / temperature, tokens, starts, lengths))
         return torch.cat(out)
 
     def stats(answers: Sequence[Sequence[int]]) -> dict[str, float]:
         texts = [tok.decode([x for x in a if x not in eos_ids], skip_special_tokens=True) for a in answers]
         ended = [any(x in eos_ids for x in a) for a in answers]
-        return {"length": sum(map(len, answers)) / len(answers), "eos_rate": sum(ended) / len(ended),
-                "at_limit": sum(len(a) >= limit and not e for a, e in zip(answers, ended)) / len(answers),
-                "distinct": len(set(texts)) / len(texts)}
+        return {
+            "length": sum(map(len, answers)) / len(answers),
+            "eos_rate": sum(ended) / len(ended),
+            "at_limit": sum(len(a) >= limit and not e for a, e in zip(answers, ended, strict=True)) / len(answers),
+            "distinct": len(set(texts)) / len(texts),
+        }
 
     if name == "ppo":
         score = lambda answers: _ppo_scores(trainer, rows, answers)  # noqa: E731
@@ -198,23 +207,34 @@ def policy_verdict(trainer: Any) -> Verdict:
     kl = float((logps(policy, after) - logps(trainer.ref, after)).mean())
     b, a = stats(before), stats(after)
     key = "score" if name == "ppo" else "implicit_reward"
-    figures = {f"{key}_before": float(s_before.mean()), f"{key}_after": float(s_after.mean()),
-               "kl_to_reference": kl, "answers": N_FRESH, "response_limit": limit,
-               **{f"{k}_before": v for k, v in b.items()}, **{f"{k}_after": v for k, v in a.items()}}
+    figures = {
+        f"{key}_before": float(s_before.mean()),
+        f"{key}_after": float(s_after.mean()),
+        "kl_to_reference": kl,
+        "answers": N_FRESH,
+        "response_limit": limit,
+        **{f"{k}_before": v for k, v in b.items()},
+        **{f"{k}_after": v for k, v in a.items()},
+    }
     rise = float(s_after.mean() - s_before.mean())
     spread = float(torch.cat([s_before, s_after]).std()) or 1.0
-    summary = (f"on {N_FRESH} fresh answers to {where}, the mean {score_name} went from "
-               f"{figures[f'{key}_before']:.3g} to {figures[f'{key}_after']:.3g} with KL {kl:.3g} nats to the "
-               f"starting model; {a['distinct']:.0%} of answers distinct, {a['eos_rate']:.0%} ended (EOS).")
+    summary = (
+        f"on {N_FRESH} fresh answers to {where}, the mean {score_name} went from "
+        f"{figures[f'{key}_before']:.3g} to {figures[f'{key}_after']:.3g} with KL {kl:.3g} nats to the "
+        f"starting model; {a['distinct']:.0%} of answers distinct, {a['eos_rate']:.0%} ended (EOS)."
+    )
     warnings = []
     collapsed = a["distinct"] < min(0.8, b["distinct"] - 0.1) or a["at_limit"] > max(0.5, b["at_limit"] + 0.2)
     if rise > 0 and collapsed:
-        warnings.append(f"the {score_name} rose while the policy collapsed: {a['distinct']:.0%} of answers distinct "
-                        f"(before {b['distinct']:.0%}), {a['at_limit']:.0%} cut at the {limit}-token limit (before "
-                        f"{b['at_limit']:.0%}); it may be gaming the reward. Lower --lr or raise --kl-coef.")
+        warnings.append(
+            f"the {score_name} rose while the policy collapsed: {a['distinct']:.0%} of answers distinct "
+            f"(before {b['distinct']:.0%}), {a['at_limit']:.0%} cut at the {limit}-token limit (before "
+            f"{b['at_limit']:.0%}); it may be gaming the reward. Lower --lr or raise --kl-coef."
+        )
     if abs(rise) < 0.1 * spread and kl < 0.05:
-        warnings.append(f"the policy hardly moved (KL {kl:.3g} nats, {score_name} change {rise:.3g}); "
-                        "raise --lr or --steps")
+        warnings.append(
+            f"the policy hardly moved (KL {kl:.3g} nats, {score_name} change {rise:.3g}); raise --lr or --steps"
+        )
     elif rise <= 0:
         warnings.append(f"the {score_name} did not rise ({rise:.3g}) on fresh answers")
     decode = lambda a: tok.decode([x for x in a if x not in eos_ids], skip_special_tokens=True)  # noqa: E731
@@ -235,13 +255,13 @@ def _ppo_scores(trainer: Any, rows: list[list[int]], answers: Sequence[Sequence[
     """Normalised reward-model scores, an answer without EOS read with one appended (as in rollouts)."""
     eos, ctx = trainer.encoder.eos_id, trainer.mcfg.max_seq_len
     seqs = []
-    for r, a in zip(rows, answers):
+    for r, a in zip(rows, answers, strict=True):
         s = r + list(a)
         if not any(x in trainer.encoder.tokenizer.eos_ids for x in a):
             s = s + [eos] if len(s) < ctx else s[:-1] + [eos]
         seqs.append(s)
     rm = trainer.reward_model
-    return torch.cat([rm.normalize(rm.raw_scores(seqs[i:i + 16])) for i in range(0, len(seqs), 16)])
+    return torch.cat([rm.normalize(rm.raw_scores(seqs[i : i + 16])) for i in range(0, len(seqs), 16)])
 
 
 # ---------------------------------------------------------------- sft and the rest
@@ -256,8 +276,12 @@ def loss_verdict(trainer: Any) -> Verdict:
     evals = [r for r in rows if "eval_loss" in r]
     if evals:
         figures["held_out_loss"] = evals[-1]["eval_loss"]
-    warnings = [] if last < first else [f"the training loss did not fall ({first:.3g} -> {last:.3g}); "
-                                        "raise --lr or --steps, or check the data"]
+    warnings = (
+        []
+        if last < first
+        else [f"the training loss did not fall ({first:.3g} -> {last:.3g}); raise --lr or --steps, or check the data"]
+    )
     summary = f"training loss {first:.3g} -> {last:.3g} over {rows[-1].get('step')} steps" + (
-        f"; held-out loss {figures['held_out_loss']:.3g}." if evals else ".")
+        f"; held-out loss {figures['held_out_loss']:.3g}." if evals else "."
+    )
     return Verdict(trainer.name, summary, figures, warnings)

@@ -47,11 +47,22 @@ class TiankongApp(App[None]):
         Binding("ctrl+g", "votes", "votes", show=False, tooltip="the stored preference votes and their stats"),
     ]
 
-    def __init__(self, model_dir: Path | str | None, *, store: Any, preset: str = DEFAULT_PRESET,
-                 device: str = "auto", dtype: str = "auto", mode: str = "chat",
-                 compare_presets: list[str] | None = None, compare_models: list[Path] | None = None,
-                 rater: str | None = None, export_dir: Path | None = None, show_timing: bool = True,
-                 presets: dict[str, Preset] | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path | str | None,
+        *,
+        store: Any,
+        preset: str = DEFAULT_PRESET,
+        device: str = "auto",
+        dtype: str = "auto",
+        mode: str = "chat",
+        compare_presets: list[str] | None = None,
+        compare_models: list[Path] | None = None,
+        rater: str | None = None,
+        export_dir: Path | None = None,
+        show_timing: bool = True,
+        presets: dict[str, Preset] | None = None,
+    ) -> None:
         super().__init__()
         self.presets = presets if presets is not None else load_presets()
         if preset not in self.presets:
@@ -59,8 +70,11 @@ class TiankongApp(App[None]):
         if mode not in ("chat", "compare"):
             raise InputError(f"mode must be chat or compare, got {mode!r}")
         self.store, self.mode, self.device, self.dtype = store, mode, device, dtype
-        self.model_dirs = [Path(m) for m in compare_models] if compare_models else (
-            [Path(model_dir)] if model_dir is not None else [])
+        self.model_dirs = (
+            [Path(m) for m in compare_models]
+            if compare_models
+            else ([Path(model_dir)] if model_dir is not None else [])
+        )
         self.model_id = str(self.model_dirs[0].expanduser().resolve()) if self.model_dirs else "no model"
         self.start_preset = preset
         names = list(self.presets)
@@ -79,8 +93,14 @@ class TiankongApp(App[None]):
 
     def on_mount(self) -> None:
         # Pushed rather than returned from get_default_screen: Textual loads a screen's CSS_PATH on push.
-        self.chat = ChatScreen(store=self.store, presets=self.presets, preset=self.start_preset,
-                               model_id=self.model_id, export_dir=self.export_dir, show_timing=self.show_timing)
+        self.chat = ChatScreen(
+            store=self.store,
+            presets=self.presets,
+            preset=self.start_preset,
+            model_id=self.model_id,
+            export_dir=self.export_dir,
+            show_timing=self.show_timing,
+        )
         self.push_screen(self.chat)
         self._load()
 
@@ -131,8 +151,9 @@ class TiankongApp(App[None]):
 
     # ------------------------------------------------------------------ other screens
 
-    def open_compare(self, preset_names: list[str], conversation: list[dict] | None = None,
-                     engines: list[Any] | None = None) -> None:
+    def open_compare(
+        self, preset_names: list[str], conversation: list[dict] | None = None, engines: list[Any] | None = None
+    ) -> None:
         """Push the compare screen: one engine with these presets (or several engines, one preset)."""
         from tiankong.tui.screens.compare import CompareScreen
 
@@ -160,10 +181,15 @@ class TiankongApp(App[None]):
         if isinstance(screen, ChatScreen):
             sections = screen.help_sections()
         else:
-            rows = [(self.get_key_display(b), b.tooltip or b.description)
-                    for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
-            sections = [("this screen", rows),
-                        ("everywhere", [(self.get_key_display(b), b.tooltip or b.description) for b in self.BINDINGS])]
+            rows = [
+                (self.get_key_display(b), b.tooltip or b.description)
+                for b in getattr(screen, "BINDINGS", [])
+                if isinstance(b, Binding)
+            ]
+            sections = [
+                ("this screen", rows),
+                ("everywhere", [(self.get_key_display(b), b.tooltip or b.description) for b in self.BINDINGS]),
+            ]
         self.push_screen(HelpScreen(sections))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -175,23 +201,41 @@ class TiankongApp(App[None]):
             for b in ChatScreen.BINDINGS:
                 if isinstance(b, Binding):
                     title = b.description[:1].upper() + b.description[1:]
-                    yield SystemCommand(title, f"{b.tooltip} ({self.get_key_display(b)})",
-                                        partial(screen.run_action, b.action))
+                    yield SystemCommand(
+                        title, f"{b.tooltip} ({self.get_key_display(b)})", partial(screen.run_action, b.action)
+                    )
             for name, p in self.presets.items():
                 yield SystemCommand(f"Preset: {name}", p.use, partial(screen.action_use_preset, name))
 
 
-def run_app(model_dir: Path | None, *, preset: str = DEFAULT_PRESET, data_dir: Path | None = None,
-            device: str = "auto", dtype: str = "auto", mode: str = "chat",
-            compare_presets: list[str] | None = None, compare_models: list[Path] | None = None,
-            rater: str | None = None) -> None:
+def run_app(
+    model_dir: Path | None,
+    *,
+    preset: str = DEFAULT_PRESET,
+    data_dir: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    mode: str = "chat",
+    compare_presets: list[str] | None = None,
+    compare_models: list[Path] | None = None,
+    rater: str | None = None,
+) -> None:
     """Open the store (a StoreError stops here, before the UI), then run the playground."""
     from tiankong.tui.store import DB_NAME, Store
     from tiankong.tui.store import data_dir as resolve_data_dir
 
     store = Store(resolve_data_dir(data_dir) / DB_NAME)
     try:
-        TiankongApp(model_dir, store=store, preset=preset, device=device, dtype=dtype, mode=mode,
-                    compare_presets=compare_presets, compare_models=compare_models, rater=rater).run()
+        TiankongApp(
+            model_dir,
+            store=store,
+            preset=preset,
+            device=device,
+            dtype=dtype,
+            mode=mode,
+            compare_presets=compare_presets,
+            compare_models=compare_models,
+            rater=rater,
+        ).run()
     finally:
         store.close()

@@ -27,8 +27,9 @@ class QueueApp(TiankongApp):
         super().__init__(*args, **kwargs)
         self.queue: PromptQueue | None = queue
 
-    def open_compare(self, preset_names: list[str], conversation: list[dict] | None = None,
-                     engines: list[Any] | None = None) -> None:
+    def open_compare(
+        self, preset_names: list[str], conversation: list[dict] | None = None, engines: list[Any] | None = None
+    ) -> None:
         queue, self.queue = self.queue, None  # only the screen opened after loading runs the queue
         if queue is None or conversation is not None or self.engine is None:
             super().open_compare(preset_names, conversation, engines)
@@ -57,19 +58,39 @@ def _open_store(data_dir: Path | None, queue: PromptQueue, restart: bool) -> Sto
     return store
 
 
-def run_compare_queue(model_dir: Path, queue: PromptQueue, *, presets: list[str], models: list[Path] | None,
-                      data_dir: Path | None = None, device: str = "auto", dtype: str = "auto",
-                      rater: str | None = None, restart: bool = False) -> None:
+def run_compare_queue(
+    model_dir: Path,
+    queue: PromptQueue,
+    *,
+    presets: list[str],
+    models: list[Path] | None,
+    data_dir: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    rater: str | None = None,
+    restart: bool = False,
+) -> None:
     store = _open_store(data_dir, queue, restart)
     try:
-        QueueApp(model_dir, store=store, preset=presets[0], device=device, dtype=dtype, mode="compare",
-                 compare_presets=presets, compare_models=models, rater=rater, queue=queue).run()
+        QueueApp(
+            model_dir,
+            store=store,
+            preset=presets[0],
+            device=device,
+            dtype=dtype,
+            mode="compare",
+            compare_presets=presets,
+            compare_models=models,
+            rater=rater,
+            queue=queue,
+        ).run()
     finally:
         store.close()
 
 
-def run_rank(queue: PromptQueue, *, data_dir: Path | None = None, rater: str | None = None,
-             restart: bool = False) -> None:
+def run_rank(
+    queue: PromptQueue, *, data_dir: Path | None = None, rater: str | None = None, restart: bool = False
+) -> None:
     store = _open_store(data_dir, queue, restart)
     try:
         RankApp(store=store, queue=queue, rater=rater).run()

@@ -22,8 +22,12 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.files import atomic_open, stdout_errors, write_target
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="tiankong (填空): watch a language model fill in the blank, one token at a time.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="tiankong (填空): watch a language model fill in the blank, one token at a time.",
+)
 err = Console(stderr=True)
 
 MODEL_HELP = "Hugging Face model folder (config.json, safetensors, tokenizer). Env: TIANKONG_MODEL. Default: the bundled tiankong-mini."
@@ -40,8 +44,10 @@ def _model_dir(model: Optional[Path]) -> Path:
 
     bundled = default_model_dir()
     if not (bundled / "model.safetensors").is_file():
-        raise InputError("no model given and the bundled model is missing: pass --model DIR "
-                         "(a local Hugging Face model folder) or set TIANKONG_MODEL")
+        raise InputError(
+            "no model given and the bundled model is missing: pass --model DIR "
+            "(a local Hugging Face model folder) or set TIANKONG_MODEL"
+        )
     return bundled
 
 
@@ -53,6 +59,7 @@ def _load(model: Optional[Path], device: str = "auto", dtype: str = "auto"):
 
 # ---------------------------------------------------------------- generate
 
+
 def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:
     """(where, prompt record) pairs from --prompt flags or an input file (JSON lines or plain text lines);
     where names the flag or line for errors.
@@ -63,8 +70,7 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict
     if prompts and input:
         raise InputError("give prompts with --prompt or --input, not both")
     if prompts:
-        return [("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p})
-                for i, p in enumerate(prompts, 1)]
+        return [("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p}) for i, p in enumerate(prompts, 1)]
     if input is None:
         raise InputError("nothing to generate from: pass --prompt TEXT or --input FILE (- for stdin)")
     from tiankong.engine.chat import validate_messages
@@ -88,13 +94,22 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
     rec["prompt"] = job.get("prompt", "") if "messages" not in job else None
     if "messages" in job:
         rec["messages"] = job["messages"]
-    rec.update(preset=preset, params=params.to_dict(), seed=params.seed, text=ev_finished.text,
-               finish_reason=ev_finished.finish_reason,
-               usage={"prompt_tokens": ev_finished.usage.prompt_tokens,
-                      "completion_tokens": ev_finished.usage.completion_tokens},
-               timing={"prefill_s": round(ev_finished.timing.prefill_s, 6),
-                       "decode_s": round(ev_finished.timing.decode_s, 6),
-                       "decode_tokens_per_s": round(ev_finished.timing.decode_tokens_per_s, 3)})
+    rec.update(
+        preset=preset,
+        params=params.to_dict(),
+        seed=params.seed,
+        text=ev_finished.text,
+        finish_reason=ev_finished.finish_reason,
+        usage={
+            "prompt_tokens": ev_finished.usage.prompt_tokens,
+            "completion_tokens": ev_finished.usage.completion_tokens,
+        },
+        timing={
+            "prefill_s": round(ev_finished.timing.prefill_s, 6),
+            "decode_s": round(ev_finished.timing.decode_s, 6),
+            "decode_tokens_per_s": round(ev_finished.timing.decode_tokens_per_s, 3),
+        },
+    )
     if ev_finished.finish_reason == "error":
         rec["error"] = ev_finished.message
     if dropped:
@@ -104,7 +119,8 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
     return rec
 
 
-@app.command(epilog="""[bold]Examples[/bold]
+@app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong generate -m ../shared/models/stories260K --raw --prompt "Once upon a time"
 
@@ -119,27 +135,42 @@ message or the last turn) until it leaves room for the answer (max-new-tokens, a
 context), and records how many in "dropped_turns". An answer cut short by the context ends with
 finish_reason "context" (the max-new-tokens limit is "length").
 --output is replaced only when the run ends: on an error it is left as it was. Ctrl+C also leaves it
-as it was and keeps the records already finished in OUTPUT.partial.""")
+as it was and keeps the records already finished in OUTPUT.partial."""
+)
 def generate(
     model: Optional[Path] = ModelOpt,
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt; repeat for several."),
-    input: Optional[str] = typer.Option(None, "--input", "-i", help="File of prompts (JSONL or text lines); - reads stdin."),
+    input: Optional[str] = typer.Option(
+        None, "--input", "-i", help="File of prompts (JSONL or text lines); - reads stdin."
+    ),
     preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset (see `tiankong presets`)."),
     temperature: Optional[float] = typer.Option(None, help="Overrides the preset; 0 is greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens; 0 = off."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus mass to keep; 1 = off."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Drop tokens below min-p x the top probability; 0 = off."),
+    min_p: Optional[float] = typer.Option(
+        None, "--min-p", help="Drop tokens below min-p x the top probability; 0 = off."
+    ),
     repetition_penalty: Optional[float] = typer.Option(None, help="Divide logits of tokens already seen; 1 = off."),
-    presence_penalty: Optional[float] = typer.Option(None, help="Subtract for each generated token already present; 0 = off."),
-    frequency_penalty: Optional[float] = typer.Option(None, help="Subtract per occurrence among generated tokens; 0 = off."),
-    seed: Optional[int] = typer.Option(None, help="Seed; sample i of each prompt uses seed + i. Default: the preset's, else random (recorded)."),
+    presence_penalty: Optional[float] = typer.Option(
+        None, help="Subtract for each generated token already present; 0 = off."
+    ),
+    frequency_penalty: Optional[float] = typer.Option(
+        None, help="Subtract per occurrence among generated tokens; 0 = off."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, help="Seed; sample i of each prompt uses seed + i. Default: the preset's, else random (recorded)."
+    ),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Stop after this many tokens."),
     stop: List[str] = typer.Option([], "--stop", help="Stop string; repeat for several."),
     n: int = typer.Option(1, "--n", min=1, help="Independent samples per prompt."),
     top_logprobs: int = typer.Option(0, "--top-logprobs", min=0, help="Record every token with its top K candidates."),
     raw: bool = typer.Option(False, "--raw", help="Plain completion: skip the chat template."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows generated together in one forward pass."),
-    context_overflow: str = typer.Option("error", "--context-overflow", help="A conversation longer than the context: error (stop before generating, naming the line) or truncate (drop its oldest turns, recorded as dropped_turns)."),
+    context_overflow: str = typer.Option(
+        "error",
+        "--context-overflow",
+        help="A conversation longer than the context: error (stop before generating, naming the line) or truncate (drop its oldest turns, recorded as dropped_turns).",
+    ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     format: str = typer.Option("jsonl", "--format", help="jsonl (one record per sample) or text."),
     device: str = DeviceOpt,
@@ -156,10 +187,21 @@ def generate(
         write_target(output)  # a missing folder, a folder or a device: said before the model loads
     jobs = _read_jobs(prompt, input)
     base = get_preset(preset).params
-    overrides = {k: v for k, v in dict(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty, seed=seed, max_new_tokens=max_new_tokens).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+        ).items()
+        if v is not None
+    }
     if stop:
         overrides["stop"] = tuple(stop)
     params = base.replace(**overrides)
@@ -186,7 +228,7 @@ def generate(
     try:
         with _output(output) as out, _progress(len(rows), enabled=input is not None) as advance:
             for start in range(0, len(rows), batch_size):
-                batch = rows[start:start + batch_size]
+                batch = rows[start : start + batch_size]
                 tokens: list[list] = [[] for _ in batch]
                 done: dict[int, Any] = {}
                 events = eng.generate([r[1] for r in batch], [r[2] for r in batch], top_logprobs=top_logprobs)
@@ -205,8 +247,11 @@ def generate(
                     if fin.finish_reason == "error":  # this row failed (non-finite logits); the others go on
                         failed += 1
                         where = f"id {job['id']}" if "id" in job else f"row {start + b + 1}"
-                        err.print(f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}",
-                                  highlight=False, soft_wrap=True)
+                        err.print(
+                            f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}",
+                            highlight=False,
+                            soft_wrap=True,
+                        )
                     if format == "jsonl":
                         rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None, dropped)
                         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -222,7 +267,11 @@ def generate(
         partial = _partial(output)
         if written == 0:
             partial.unlink(missing_ok=True)
-        kept = f"the {written} finished record{'s' if written != 1 else ''} are in {partial}" if written else "nothing had finished"
+        kept = (
+            f"the {written} finished record{'s' if written != 1 else ''} are in {partial}"
+            if written
+            else "nothing had finished"
+        )
         err.print(f"interrupted: {output} is unchanged; {kept}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
     if failed == len(rows):  # every row failed: the model is broken, not one prompt (errors above)
@@ -256,8 +305,14 @@ class _progress:
             return lambda: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err, transient=False)
+        self.bar = Progress(
+            TextColumn("generating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
         self.bar.start()
         task = self.bar.add_task("gen", total=self.total)
         return lambda: self.bar.advance(task)
@@ -269,16 +324,19 @@ class _progress:
 
 # ---------------------------------------------------------------- tokenize / info / presets
 
-@app.command(epilog="""[bold]Examples[/bold]
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong tokenize -m ../shared/models/stories260K "Once upon a time"
 
   tiankong tokenize -m ./Qwen2 --format jsonl "你好, world"
-""")
+"""
+)
 def tokenize(
     text: str = typer.Argument(..., help="Text to tokenize."),
     model: Optional[Path] = ModelOpt,
-    format: str = typer.Option("table", "--format", help="table or jsonl ({\"ids\": [...], \"pieces\": [...]})."),
+    format: str = typer.Option("table", "--format", help='table or jsonl ({"ids": [...], "pieces": [...]}).'),
 ) -> None:
     """Show how TEXT splits into tokens (ids and pieces), with the special tokens the model adds."""
     from tiankong.engine.tokenizer import load_tokenizer
@@ -297,21 +355,26 @@ def tokenize(
     table = Table(title=f"{len(ids)} tokens", show_edge=False)
     for col in ("#", "id", "piece", "text"):
         table.add_column(col, justify="right" if col in ("#", "id") else "left")
-    for n, (i, p) in enumerate(zip(ids, pieces)):
+    for n, (i, p) in enumerate(zip(ids, pieces, strict=True)):
         special = " [dim](special)[/dim]" if i in tok.special_ids else ""
         table.add_row(str(n), str(i), repr(p)[1:-1] + special, repr(tok.token_text(i)))
     Console().print(table)
 
 
-@app.command(epilog="""[bold]Examples[/bold]
+@app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong info -m ../shared/models/stories260K
 
   tiankong info -m ./TinyLlama --format json
-""")
-def info(model: Optional[Path] = ModelOpt,
-         format: str = typer.Option("table", "--format", help="table or json."),
-         device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
+"""
+)
+def info(
+    model: Optional[Path] = ModelOpt,
+    format: str = typer.Option("table", "--format", help="table or json."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
     """What a model is made of: architecture, parameters, positions, context, vocabulary, dtype, chat template."""
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
@@ -327,12 +390,14 @@ def info(model: Optional[Path] = ModelOpt,
     Console().print(table)
 
 
-@app.command(epilog="""[bold]Examples[/bold]
+@app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong presets
 
   tiankong presets creative
-""")
+"""
+)
 def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in full.")) -> None:
     """List the sampling presets (bundled and your own), or show one with its recommended ranges."""
     from tiankong.engine.sampling import SAMPLER_CHAIN
@@ -348,8 +413,16 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
         for p in load_presets().values():
             s = p.params
             default = " [dim]*[/dim]" if p.name == DEFAULT_PRESET else ""
-            table.add_row(p.name + default, p.use, f"{s.temperature:g}", str(s.top_k), f"{s.top_p:g}",
-                          f"{s.min_p:g}", f"{s.repetition_penalty:g}", "random" if s.seed is None else str(s.seed))
+            table.add_row(
+                p.name + default,
+                p.use,
+                f"{s.temperature:g}",
+                str(s.top_k),
+                f"{s.top_p:g}",
+                f"{s.min_p:g}",
+                f"{s.repetition_penalty:g}",
+                "random" if s.seed is None else str(s.seed),
+            )
         con.print(table)
         con.print(f"* the default.  sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
         return
@@ -367,21 +440,31 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
 
 # ---------------------------------------------------------------- the playground
 
-DataDirOpt = typer.Option(None, "--data-dir", help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
-                          envvar="TIANKONG_DATA_DIR", show_default=False)
+DataDirOpt = typer.Option(
+    None,
+    "--data-dir",
+    help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
+    envvar="TIANKONG_DATA_DIR",
+    show_default=False,
+)
 
 
-@app.command(epilog="""[bold]Examples[/bold]
+@app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong chat -m ../shared/models/stories260K --preset creative
 
   tiankong chat -m ./SmolLM2-135M-Instruct --data-dir ~/tiankong-data
-""")
-def chat(model: Optional[Path] = ModelOpt,
-         preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset to start with."),
-         data_dir: Optional[Path] = DataDirOpt,
-         rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
-         device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
+"""
+)
+def chat(
+    model: Optional[Path] = ModelOpt,
+    preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset to start with."),
+    data_dir: Optional[Path] = DataDirOpt,
+    rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
     """Chat with a model and watch every token's candidates stream in."""
     from tiankong.tui.app import run_app
 
@@ -389,7 +472,8 @@ def chat(model: Optional[Path] = ModelOpt,
     run_app(_model_dir(model), preset=preset, data_dir=data_dir, device=device, dtype=dtype, mode="chat", rater=rater)
 
 
-@app.command(epilog="""[bold]Examples[/bold]
+@app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong compare -m ../shared/models/stories260K --presets balanced,creative
 
@@ -398,18 +482,28 @@ def chat(model: Optional[Path] = ModelOpt,
   tiankong compare --models runs/ppo          # the bundled model against your PPO policy
 
   tiankong compare --prompts prompts.txt --repeat 2   # one prompt after another; reopens where you stopped
-""")
-def compare(model: Optional[Path] = ModelOpt,
-            presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
-            models: Optional[str] = typer.Option(None, help="Two model folders, comma-separated, to compare instead "
-                                                 "(one folder: compared with --model, by default the bundled model)."),
-            data_dir: Optional[Path] = DataDirOpt,
-            rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
-            prompts: Optional[Path] = typer.Option(None, "--prompts", help="A queue of prompts (text lines, or JSONL "
-                                                   "with \"prompt\" or \"messages\"), one round after another."),
-            repeat: int = typer.Option(1, "--repeat", min=1, help="Rounds per prompt of --prompts, each with new seeds."),
-            restart: bool = typer.Option(False, "--restart", help="Start --prompts from its first prompt again."),
-            device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
+"""
+)
+def compare(
+    model: Optional[Path] = ModelOpt,
+    presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
+    models: Optional[str] = typer.Option(
+        None,
+        help="Two model folders, comma-separated, to compare instead "
+        "(one folder: compared with --model, by default the bundled model).",
+    ),
+    data_dir: Optional[Path] = DataDirOpt,
+    rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+    prompts: Optional[Path] = typer.Option(
+        None,
+        "--prompts",
+        help='A queue of prompts (text lines, or JSONL with "prompt" or "messages"), one round after another.',
+    ),
+    repeat: int = typer.Option(1, "--repeat", min=1, help="Rounds per prompt of --prompts, each with new seeds."),
+    restart: bool = typer.Option(False, "--restart", help="Start --prompts from its first prompt again."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
     """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers."""
     from tiankong.tui.app import run_app
 
@@ -430,8 +524,17 @@ def compare(model: Optional[Path] = ModelOpt,
     if prompts is None:
         if repeat != 1 or restart:
             raise InputError("--repeat and --restart apply to a prompt file; add --prompts FILE")
-        run_app(first, preset=names[0], data_dir=data_dir, device=device, dtype=dtype, mode="compare",
-                compare_presets=names, compare_models=model_dirs, rater=rater)
+        run_app(
+            first,
+            preset=names[0],
+            data_dir=data_dir,
+            device=device,
+            dtype=dtype,
+            mode="compare",
+            compare_presets=names,
+            compare_models=model_dirs,
+            rater=rater,
+        )
         return
     from tiankong.tui.arena import run_compare_queue
     from tiankong.tui.queue import prompt_queue
@@ -439,25 +542,43 @@ def compare(model: Optional[Path] = ModelOpt,
     if not prompts.is_file():
         raise InputError(f"prompt file {prompts} does not exist; give a text file (one prompt a line) or JSONL")
     queue = prompt_queue(prompts, _read_jobs([], str(prompts)), repeat)
-    run_compare_queue(first, queue, presets=names, models=model_dirs, data_dir=data_dir, device=device,
-                      dtype=dtype, rater=rater, restart=restart)
+    run_compare_queue(
+        first,
+        queue,
+        presets=names,
+        models=model_dirs,
+        data_dir=data_dir,
+        device=device,
+        dtype=dtype,
+        rater=rater,
+        restart=restart,
+    )
 
 
-@app.command(epilog="""[bold]Examples[/bold]
+@app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong generate --input prompts.txt --n 4 -o answers.jsonl && tiankong rank --input answers.jsonl
 
   tiankong rank --input big-model-answers.jsonl --model llama-70b --rater alice
 
 Lines are generate's records (prompt or messages, text, preset, params, seed, finish_reason; optional
-model and id), grouped by prompt; a prompt with more than 4 answers is ranked in groups of up to 4.""")
-def rank(input: Path = typer.Option(..., "--input", "-i", help="JSONL of answers, e.g. from `tiankong generate --n K`.",
-                                    show_default=False),
-         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name stored for lines without a "
-                                             "\"model\" field (generate's own output has none). Default: unknown."),
-         data_dir: Optional[Path] = DataDirOpt,
-         rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
-         restart: bool = typer.Option(False, "--restart", help="Start from the file's first prompt again.")) -> None:
+model and id), grouped by prompt; a prompt with more than 4 answers is ranked in groups of up to 4."""
+)
+def rank(
+    input: Path = typer.Option(
+        ..., "--input", "-i", help="JSONL of answers, e.g. from `tiankong generate --n K`.", show_default=False
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help='Model name stored for lines without a "model" field (generate\'s own output has none). Default: unknown.',
+    ),
+    data_dir: Optional[Path] = DataDirOpt,
+    rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+    restart: bool = typer.Option(False, "--restart", help="Start from the file's first prompt again."),
+) -> None:
     """Rank, blind, answers made earlier: the compare screen's keys, no model needed."""
     from tiankong.tui.arena import run_rank
     from tiankong.tui.queue import answers_queue

@@ -143,8 +143,9 @@ def elo(theta: np.ndarray) -> np.ndarray:
     return BASE + SCALE * np.asarray(theta)
 
 
-def bootstrap(g: np.ndarray, n: int, n_votes: int, rounds: int = 200, seed: int = 0, prior: float = PRIOR,
-              level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap(
+    g: np.ndarray, n: int, n_votes: int, rounds: int = 200, seed: int = 0, prior: float = PRIOR, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) Elo-like bounds per entry: refit on `rounds` resamples of the votes (with replacement)."""
     if rounds <= 0 or n_votes == 0:
         return np.full(n, np.nan), np.full(n, np.nan)
@@ -160,8 +161,14 @@ def bootstrap(g: np.ndarray, n: int, n_votes: int, rounds: int = 200, seed: int 
     return lo, hi
 
 
-def leaderboard(votes: list[Vote], key: Callable[[Response], str], rounds: int = 200, seed: int = 0,
-                prior: float = PRIOR, level: float = 0.95) -> list[Standing]:
+def leaderboard(
+    votes: list[Vote],
+    key: Callable[[Response], str],
+    rounds: int = 200,
+    seed: int = 0,
+    prior: float = PRIOR,
+    level: float = 0.95,
+) -> list[Standing]:
     """Standings of every name `key` gives the votes' responses, strongest first."""
     names, g = games(votes, key)
     if not names:
@@ -170,12 +177,22 @@ def leaderboard(votes: list[Vote], key: Callable[[Response], str], rounds: int =
     strength = elo(bradley_terry(wins, prior=prior))
     lo, hi = bootstrap(g, len(names), len(votes), rounds=rounds, seed=seed, prior=prior, level=level)
     tie_count = np.zeros(len(names), dtype=np.int64)
-    for _, i, j, s in g[g[:, 3] == 0.5]:
+    for _, i, j, _s in g[g[:, 3] == 0.5]:
         tie_count[int(i)] += 1
         tie_count[int(j)] += 1
-    out = [Standing(name, float(strength[k]), float(lo[k]), float(hi[k]), float(wins[k].sum()),
-                    float(wins[:, k].sum()), int(tie_count[k]), int(round(wins[k].sum() + wins[:, k].sum())))
-           for k, name in enumerate(names)]
+    out = [
+        Standing(
+            name,
+            float(strength[k]),
+            float(lo[k]),
+            float(hi[k]),
+            float(wins[k].sum()),
+            float(wins[:, k].sum()),
+            int(tie_count[k]),
+            int(round(wins[k].sum() + wins[:, k].sum())),
+        )
+        for k, name in enumerate(names)
+    ]
     return sorted(out, key=lambda s: (-s.strength, s.name))
 
 
@@ -189,7 +206,10 @@ def by_model(r: Response) -> str:
 
 def leaderboards(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[str, list[Standing]]:
     """The preset and the model leaderboards of the same votes."""
-    return {"presets": leaderboard(votes, by_preset, rounds, seed), "models": leaderboard(votes, by_model, rounds, seed)}
+    return {
+        "presets": leaderboard(votes, by_preset, rounds, seed),
+        "models": leaderboard(votes, by_model, rounds, seed),
+    }
 
 
 # ---------------------------------------------------------------- rendering
@@ -198,22 +218,34 @@ def leaderboards(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[st
 def short_names(names: list[str]) -> dict[str, str]:
     """Model paths by their folder name, unless two share it (then the whole path)."""
     tails = [Path(n).name or n for n in names]
-    return {n: (t if tails.count(t) == 1 else n) for n, t in zip(names, tails)}
+    return {n: (t if tails.count(t) == 1 else n) for n, t in zip(names, tails, strict=True)}
 
 
 def standings_table(standings: list[Standing], title: str, paths: bool = False, level: float = 0.95) -> Table:
     """name, strength, confidence interval, win rate, games; `paths` shortens model paths to folder names."""
     shown = short_names([s.name for s in standings]) if paths else {s.name: s.name for s in standings}
-    table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 1),
-                  caption="Bradley-Terry, Elo-like; CI by bootstrap; n = games",
-                  caption_justify="left", caption_style="dim")
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        padding=(0, 1),
+        caption="Bradley-Terry, Elo-like; CI by bootstrap; n = games",
+        caption_justify="left",
+        caption_style="dim",
+    )
     table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=24)
     for col in ("strength", f"{level:.0%} CI", "win rate", "n"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in standings:
         rate = s.win_rate
-        table.add_row(shown[s.name], _points(s.strength), f"{_points(s.lo)} – {_points(s.hi)}",
-                      "–" if rate is None else f"{rate:.0%}", str(s.n))
+        table.add_row(
+            shown[s.name],
+            _points(s.strength),
+            f"{_points(s.lo)} – {_points(s.hi)}",
+            "–" if rate is None else f"{rate:.0%}",
+            str(s.n),
+        )
     return table
 
 

@@ -74,28 +74,52 @@ def vote_pairs(vote: Vote, include_ties: bool = False, include_both_bad: bool = 
     records = []
     for i, j in pairs:
         good, bad = vote.responses[i], vote.responses[j]
-        rec = {"prompt": prompt, "chosen": side(good), "rejected": side(bad),
-               "chosen_preset": good.preset, "rejected_preset": bad.preset,
-               "chosen_model": good.model, "rejected_model": bad.model, "vote_id": vote.id}
+        rec = {
+            "prompt": prompt,
+            "chosen": side(good),
+            "rejected": side(bad),
+            "chosen_preset": good.preset,
+            "rejected_preset": bad.preset,
+            "chosen_model": good.model,
+            "rejected_model": bad.model,
+            "vote_id": vote.id,
+        }
         if flag:
             rec[flag] = True
         records.append(rec)
     return records
 
 
-def export_records(store: Store, include_ties: bool = False, include_both_bad: bool = False,
-                   skipped: list[tuple[int, str]] | None = None) -> list[dict]:
+def export_records(
+    store: Store,
+    include_ties: bool = False,
+    include_both_bad: bool = False,
+    skipped: list[tuple[int, str]] | None = None,
+) -> list[dict]:
     """Every vote's TRL records, oldest vote first. Unreadable vote rows are left out (listed in `skipped`)."""
-    return [rec for vote in reversed(store.list_votes(limit=None, skipped=skipped))
-            for rec in vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)]
+    return [
+        rec
+        for vote in reversed(store.list_votes(limit=None, skipped=skipped))
+        for rec in vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)
+    ]
 
 
 def ranking_record(vote: Vote) -> dict:
     """The vote as cast: "ranking" lists groups of response indices, best first, each group unordered
     (a partial ranking's unranked tail is one group; a tie or both-bad vote is a single group)."""
-    return {"vote_id": vote.id, "prompt_id": vote.prompt_id, "prompt": vote.prompt, "conversation": vote.conversation,
-            "responses": [r.to_dict() for r in vote.responses], "outcome": vote.outcome, "ranking": vote.tiers(),
-            "rater": vote.rater, "blind": vote.blind, "source": vote.source, "created_at": vote.created_at}
+    return {
+        "vote_id": vote.id,
+        "prompt_id": vote.prompt_id,
+        "prompt": vote.prompt,
+        "conversation": vote.conversation,
+        "responses": [r.to_dict() for r in vote.responses],
+        "outcome": vote.outcome,
+        "ranking": vote.tiers(),
+        "rater": vote.rater,
+        "blind": vote.blind,
+        "source": vote.source,
+        "created_at": vote.created_at,
+    }
 
 
 def ranking_records(store: Store, skipped: list[tuple[int, str]] | None = None) -> list[dict]:
@@ -121,8 +145,9 @@ def read_votes(path: Path, rater: str = "import") -> list[Vote]:
     for where, row in rows:
         try:
             if lone_surrogate(row) is not None:
-                raise InputError("it holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a "
-                                 "pair), which is not text")
+                raise InputError(
+                    "it holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a pair), which is not text"
+                )
             votes.append(_row_vote(row, rater, source))
         except InputError as e:
             raise InputError(f"{path} {where}: {e}; fix that row (nothing was imported)") from None
@@ -134,8 +159,9 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
     try:
         rows = [(where, row) for _, where, row in read_rows(path, fix="fix that line (nothing was imported)")]
     except RecursionError:
-        raise InputError(f"{path} is nested too deeply to be preference data; fix the file "
-                         "(nothing was imported)") from None
+        raise InputError(
+            f"{path} is nested too deeply to be preference data; fix the file (nothing was imported)"
+        ) from None
     if not rows:
         raise InputError(f"{path} has no rows; put one preference pair (a JSON object) per line")
     return rows
@@ -151,24 +177,50 @@ def _row_vote(row: Any, rater: str, source: str) -> Vote:
         value = row.get(key)
         return value if isinstance(value, str) and value else default
 
-    responses = [Response("A", meta("chosen_model", IMPORTED_MODEL), meta("chosen_preset", IMPORTED_PRESET),
-                          {}, None, chosen, ""),
-                 Response("B", meta("rejected_model", IMPORTED_MODEL), meta("rejected_preset", IMPORTED_PRESET),
-                          {}, None, rejected, "")]
+    responses = [
+        Response(
+            "A", meta("chosen_model", IMPORTED_MODEL), meta("chosen_preset", IMPORTED_PRESET), {}, None, chosen, ""
+        ),
+        Response(
+            "B",
+            meta("rejected_model", IMPORTED_MODEL),
+            meta("rejected_preset", IMPORTED_PRESET),
+            {},
+            None,
+            rejected,
+            "",
+        ),
+    ]
     # Our own tie/both-bad exports come back as such; everything else is "chosen beats rejected".
     outcome = "tie" if row.get("tie") is True else "both_bad" if row.get("both_bad") is True else "ranked"
-    return Vote(id=None, prompt=users[-1] if users else "", conversation=conversation, responses=responses,
-                outcome=outcome, ranking=[0, 1] if outcome == "ranked" else [], rater=rater, blind=False,
-                source=source)
+    return Vote(
+        id=None,
+        prompt=users[-1] if users else "",
+        conversation=conversation,
+        responses=responses,
+        outcome=outcome,
+        ranking=[0, 1] if outcome == "ranked" else [],
+        rater=rater,
+        blind=False,
+        source=source,
+    )
 
 
 def _split_row(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[dict], str, str]:
     """(conversation ending with the user prompt, chosen text, rejected text) from any supported row."""
-    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str) \
-            and HH_ASSISTANT in chosen and "Human:" in chosen:
+    if (
+        prompt is None
+        and isinstance(chosen, str)
+        and isinstance(rejected, str)
+        and HH_ASSISTANT in chosen
+        and "Human:" in chosen
+    ):
         return _hh(chosen, rejected)
-    head, chosen, rejected = parse_record({"prompt": prompt, "chosen": chosen, "rejected": rejected}
-                                          if prompt is not None else {"chosen": chosen, "rejected": rejected})
+    head, chosen, rejected = parse_record(
+        {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if prompt is not None
+        else {"chosen": chosen, "rejected": rejected}
+    )
     if prompt is None and chosen == rejected:  # the implicit prompt swallowed both answers
         raise InputError('"chosen" and "rejected" are identical; there is no preference to learn')
     return ([{"role": "user", "content": head}] if isinstance(head, str) else head), chosen, rejected
@@ -181,12 +233,12 @@ def _hh(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
     head = chosen[:cut]
     if not rejected.startswith(head):
         raise InputError('HH row: "chosen" and "rejected" differ before the last "\\n\\nAssistant:" turn')
-    text = head[:-len(HH_ASSISTANT)]
+    text = head[: -len(HH_ASSISTANT)]
     if not text.startswith("\n\n"):  # some HH-style files start with "Human:" directly
         text = "\n\n" + text
     parts = re.split(r"\n\n(Human|Assistant):", text)
     conversation = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
-    for speaker, said in zip(parts[1::2], parts[2::2]):
+    for speaker, said in zip(parts[1::2], parts[2::2], strict=False):
         conversation.append({"role": "user" if speaker == "Human" else "assistant", "content": said.strip()})
     if not conversation or conversation[-1]["role"] != "user":
         raise InputError('HH row: the turn before the last "\\n\\nAssistant:" must be a "Human:" turn')
@@ -212,13 +264,22 @@ def stats_report(store: Store, skipped: list[tuple[int, str]] | None = None) -> 
 
 # ---------------------------------------------------------------- CLI
 
-prefs_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                        help="Export, import and summarise preference votes.")
+prefs_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Export, import and summarise preference votes.",
+)
 err = Console(stderr=True)
 
 # Defined here rather than imported from cli.py: cli.py imports this module while it is loading.
-DataDirOpt = typer.Option(None, "--data-dir", help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
-                          envvar="TIANKONG_DATA_DIR", show_default=False)
+DataDirOpt = typer.Option(
+    None,
+    "--data-dir",
+    help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
+    envvar="TIANKONG_DATA_DIR",
+    show_default=False,
+)
 
 
 def _store(folder: Optional[Path]) -> Store:
@@ -231,12 +292,17 @@ def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
         return
     ids = sorted({i for i, _ in skipped})
     shown = ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-    err.print(f"warning: skipped {len(ids)} damaged vote row{'s' if len(ids) > 1 else ''} in {store.path} "
-              f"(id {shown}; id {skipped[0][0]}: {skipped[0][1]}); repair or delete them with sqlite3",
-              highlight=False, markup=False, soft_wrap=True)
+    err.print(
+        f"warning: skipped {len(ids)} damaged vote row{'s' if len(ids) > 1 else ''} in {store.path} "
+        f"(id {shown}; id {skipped[0][0]}: {skipped[0][1]}); repair or delete them with sqlite3",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
-@prefs_app.command(epilog="""[bold]Examples[/bold]
+@prefs_app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong prefs export > prefs.jsonl
 
@@ -248,20 +314,27 @@ def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
 
 Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs; a partial one only the pairs it expressed.
 --format rankings writes each vote whole instead: its responses (model, preset, params, seed, text), "ranking" as groups of response indices best first (a group is unordered: the unranked rest, or a tie), outcome, rater, prompt_id.
---output is written whole or not at all (a temporary file renamed over it); a symlink is written through, a folder or device is refused.""")
-def export(format: str = typer.Option("trl", "--format", help="trl (TRL preference pairs) or rankings (K-way, with ties)."),
-           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
-           include_ties: bool = typer.Option(False, "--include-ties", help='Add ties, flagged "tie": true.'),
-           include_both_bad: bool = typer.Option(False, "--include-both-bad",
-                                                 help='Add both-bad votes, flagged "both_bad": true.'),
-           data_dir: Optional[Path] = DataDirOpt) -> None:
+--output is written whole or not at all (a temporary file renamed over it); a symlink is written through, a folder or device is refused."""
+)
+def export(
+    format: str = typer.Option("trl", "--format", help="trl (TRL preference pairs) or rankings (K-way, with ties)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    include_ties: bool = typer.Option(False, "--include-ties", help='Add ties, flagged "tie": true.'),
+    include_both_bad: bool = typer.Option(
+        False, "--include-both-bad", help='Add both-bad votes, flagged "both_bad": true.'
+    ),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
     """Write your votes as a TRL preference dataset (JSONL), ready for DPO or reward-model training."""
     if format not in ("trl", "rankings"):
         raise InputError(f"unknown --format {format!r}; use trl or rankings")
     skipped: list[tuple[int, str]] = []
     with _store(data_dir) as store:
-        records = ranking_records(store, skipped) if format == "rankings" else export_records(
-            store, include_ties=include_ties, include_both_bad=include_both_bad, skipped=skipped)
+        records = (
+            ranking_records(store, skipped)
+            if format == "rankings"
+            else export_records(store, include_ties=include_ties, include_both_bad=include_both_bad, skipped=skipped)
+        )
         warn_skipped(store, skipped)
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if output is None:
@@ -274,17 +347,22 @@ def export(format: str = typer.Option("trl", "--format", help="trl (TRL preferen
     err.print(f"wrote {len(records)} {what} to {output}", highlight=False)
 
 
-@prefs_app.command("import", epilog="""[bold]Examples[/bold]
+@prefs_app.command(
+    "import",
+    epilog="""[bold]Examples[/bold]
 
   tiankong prefs import prefs.jsonl
 
   tiankong prefs import hh-rlhf-test.jsonl --rater anthropic
 
 Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows. Each row becomes a ranked vote of two answers, chosen first.
-One bad row stops the import with its line number, and nothing is imported. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing.""")
-def import_(file: Path = typer.Argument(..., help="JSONL (or JSON array) of preference rows.", show_default=False),
-            data_dir: Optional[Path] = DataDirOpt,
-            rater: str = typer.Option("import", help="Name recorded as the rater of these votes.")) -> None:
+One bad row stops the import with its line number, and nothing is imported. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing.""",
+)
+def import_(
+    file: Path = typer.Argument(..., help="JSONL (or JSON array) of preference rows.", show_default=False),
+    data_dir: Optional[Path] = DataDirOpt,
+    rater: str = typer.Option("import", help="Name recorded as the rater of these votes."),
+) -> None:
     """Add preference pairs from a file as votes."""
     if not file.is_file():  # checked before opening (and perhaps creating) the database
         raise InputError(f"{file} does not exist; give a JSONL (or JSON array) file of preference pairs")
@@ -295,7 +373,8 @@ def import_(file: Path = typer.Argument(..., help="JSONL (or JSON array) of pref
         err.print(f"imported {added} votes from {file} into {store.path}{dup}", highlight=False)
 
 
-@prefs_app.command(epilog="""[bold]Examples[/bold]
+@prefs_app.command(
+    epilog="""[bold]Examples[/bold]
 
   tiankong prefs stats
 
@@ -305,11 +384,16 @@ def import_(file: Path = typer.Argument(..., help="JSONL (or JSON array) of pref
 
 Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses).
 The total row counts votes, decided pairs (as wins and as losses), tie votes and both-bad votes.
-The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes.""")
-def stats(data_dir: Optional[Path] = DataDirOpt,
-          format: str = typer.Option("table", "--format", help="table or json."),
-          bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Resamples for the confidence intervals (0: none)."),
-          seed: int = typer.Option(0, "--seed", help="Seed of the resampling (the same votes and seed give the same intervals).")) -> None:
+The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes."""
+)
+def stats(
+    data_dir: Optional[Path] = DataDirOpt,
+    format: str = typer.Option("table", "--format", help="table or json."),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Resamples for the confidence intervals (0: none)."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the resampling (the same votes and seed give the same intervals)."
+    ),
+) -> None:
     """How each preset fares in your votes: wins, losses, ties, both-bad and win rate."""
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
@@ -329,8 +413,7 @@ def stats(data_dir: Optional[Path] = DataDirOpt,
         table.add_column(col, justify="right", no_wrap=True)
     for name, s in sorted(report["presets"].items(), key=lambda kv: -(kv[1]["win_rate"] or 0)):
         rate = "–" if s["win_rate"] is None else f"{100 * s['win_rate']:.1f}%"
-        table.add_row(name, str(s["votes"]), str(s["wins"]), str(s["losses"]), str(s["ties"]),
-                      str(s["both_bad"]), rate)
+        table.add_row(name, str(s["votes"]), str(s["wins"]), str(s["losses"]), str(s["ties"]), str(s["both_bad"]), rate)
     table.add_section()
     table.add_row("total", str(t["votes"]), str(t["pairs"]), str(t["pairs"]), str(t["tie"]), str(t["both_bad"]), "")
     con = Console()

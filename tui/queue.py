@@ -92,8 +92,10 @@ def _conversation(job: dict[str, Any], where: str) -> list[dict]:
         except InputError as e:
             raise InputError(f"{where}: {e}") from None
         if messages[-1]["role"] != "user":
-            raise InputError(f'{where}: "messages" must end with a user message (the prompt to answer); '
-                             f"it ends with {messages[-1]['role']!r}")
+            raise InputError(
+                f'{where}: "messages" must end with a user message (the prompt to answer); '
+                f"it ends with {messages[-1]['role']!r}"
+            )
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     if not isinstance(job.get("prompt"), str):
         raise InputError(f'{where}: needs a string "prompt" or a "messages" list')
@@ -127,7 +129,7 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
     for _, where, rec in read_rows(path, fix="fix that line (nothing was loaded)"):
         where = f"{path} {where}"
         if not isinstance(rec, dict):
-            raise InputError(f"{where}: expected a JSON object with \"prompt\" (or \"messages\") and \"text\"")
+            raise InputError(f'{where}: expected a JSON object with "prompt" (or "messages") and "text"')
         conv = _conversation(rec, where)
         if not isinstance(rec.get("text"), str):
             raise InputError(f'{where}: needs the answer as a string "text" (generate\'s output has it)')
@@ -138,9 +140,12 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
         name = rec.get("model") if isinstance(rec.get("model"), str) and rec.get("model") else model or UNKNOWN_MODEL
         usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
         tokens = usage.get("completion_tokens")
-        given = Given(Answer(name, Path(name).name or name, str(rec.get("preset") or "unknown"), params, seed),
-                      rec["text"], str(rec.get("finish_reason") or ""),
-                      f"{tokens} tokens" if isinstance(tokens, int) else "")
+        given = Given(
+            Answer(name, Path(name).name or name, str(rec.get("preset") or "unknown"), params, seed),
+            rec["text"],
+            str(rec.get("finish_reason") or ""),
+            f"{tokens} tokens" if isinstance(tokens, int) else "",
+        )
         pid = _id(rec, conv)
         groups.setdefault(json.dumps([pid, conv], ensure_ascii=False), (conv, pid, []))[2].append(given)
     items, skipped = [], 0
@@ -156,6 +161,7 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
             items.append(Item(conv, pid, tuple(answers[start:end])))
             start = end
     if not items:
-        raise InputError(f"{path} has no prompt with two or more answers to rank; "
-                         f"make them with `tiankong generate --n 2` (or more)")
+        raise InputError(
+            f"{path} has no prompt with two or more answers to rank; make them with `tiankong generate --n 2` (or more)"
+        )
     return PromptQueue(f"rank:{content_hash(path)}", str(path), items, skipped=skipped)

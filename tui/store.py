@@ -69,6 +69,7 @@ class ChatSummary:
 @dataclass
 class ChatMatch:
     """A chat found by Store.search_chats: its summary and its newest message containing the query."""
+
     chat: ChatSummary
     message_id: int
     snippet: str  # that message on one line, cut around the first match
@@ -87,7 +88,9 @@ class Message:
     tokens: list[dict] | None
     created_at: str
     parent_id: int | None = None  # the message this one follows (None: the chat's first)
-    siblings: list[int] = field(default_factory=list)  # ids of the branches at this point, itself included, oldest first
+    siblings: list[int] = field(
+        default_factory=list
+    )  # ids of the branches at this point, itself included, oldest first
 
 
 @dataclass
@@ -113,8 +116,15 @@ class Response:
     finish_reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "model": self.model, "preset": self.preset, "params": self.params,
-                "seed": self.seed, "text": self.text, "finish_reason": self.finish_reason}
+        return {
+            "label": self.label,
+            "model": self.model,
+            "preset": self.preset,
+            "params": self.params,
+            "seed": self.seed,
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+        }
 
 
 @dataclass
@@ -149,7 +159,7 @@ class Vote:
         if self.outcome != "ranked":
             return []
         tiers = self.tiers()
-        return [(i, j) for a, tier in enumerate(tiers) for i in tier for lower in tiers[a + 1:] for j in lower]
+        return [(i, j) for a, tier in enumerate(tiers) for i in tier for lower in tiers[a + 1 :] for j in lower]
 
 
 def now() -> str:
@@ -218,8 +228,10 @@ def _v2_partial_rankings_and_queues(conn: sqlite3.Connection) -> None:
 
 
 # The columns a vote's content hash covers, read as bytes (a row with text that is not UTF-8 still hashes).
-_HASHED = ("CAST(prompt AS BLOB), CAST(conversation AS BLOB), CAST(responses AS BLOB), CAST(outcome AS BLOB), "
-           "CAST(ranking AS BLOB), CAST(n_ranked AS BLOB)")
+_HASHED = (
+    "CAST(prompt AS BLOB), CAST(conversation AS BLOB), CAST(responses AS BLOB), CAST(outcome AS BLOB), "
+    "CAST(ranking AS BLOB), CAST(n_ranked AS BLOB)"
+)
 
 
 def _v3_import_hashes(conn: sqlite3.Connection) -> None:
@@ -227,8 +239,9 @@ def _v3_import_hashes(conn: sqlite3.Connection) -> None:
     Votes imported before this version get theirs here."""
     conn.execute("ALTER TABLE votes ADD COLUMN content_hash TEXT")  # NULL for votes cast in the playground
     rows = conn.execute(f"SELECT id, {_HASHED} FROM votes WHERE source LIKE 'import:%'").fetchall()
-    conn.executemany("UPDATE votes SET content_hash = ? WHERE id = ?",
-                     [(_content_hash(parts), vote_id) for vote_id, *parts in rows])
+    conn.executemany(
+        "UPDATE votes SET content_hash = ? WHERE id = ?", [(_content_hash(parts), vote_id) for vote_id, *parts in rows]
+    )
     conn.execute("CREATE INDEX votes_by_content ON votes(content_hash)")
 
 
@@ -253,8 +266,10 @@ def _v4_message_search(conn: sqlite3.Connection) -> None:
     messages: the triggers use it."""
     if not _has_fts5_trigram(conn):
         return
-    conn.execute("CREATE VIRTUAL TABLE messages_fts USING fts5("
-                 "content, content='messages', content_rowid='id', tokenize='trigram')")
+    conn.execute(
+        "CREATE VIRTUAL TABLE messages_fts USING fts5("
+        "content, content='messages', content_rowid='id', tokenize='trigram')"
+    )
     conn.execute("""CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
         INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END""")
     conn.execute("""CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
@@ -272,14 +287,21 @@ def _v5_branches(conn: sqlite3.Connection) -> None:
     this version becomes a chain, each message the child of the one before it."""
     conn.execute("ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages(id)")
     conn.execute("ALTER TABLE messages ADD COLUMN selected_at TEXT")
-    conn.execute("UPDATE messages SET selected_at = created_at, parent_id = (SELECT MAX(p.id) FROM messages p "
-                 "WHERE p.chat_id = messages.chat_id AND p.id < messages.id)")
+    conn.execute(
+        "UPDATE messages SET selected_at = created_at, parent_id = (SELECT MAX(p.id) FROM messages p "
+        "WHERE p.chat_id = messages.chat_id AND p.id < messages.id)"
+    )
     conn.execute("CREATE INDEX messages_by_parent ON messages(parent_id)")
 
 
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_partial_rankings_and_queues,
-                                                          _v3_import_hashes, _v4_message_search, _v5_branches]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_initial,
+    _v2_partial_rankings_and_queues,
+    _v3_import_hashes,
+    _v4_message_search,
+    _v5_branches,
+]
 
 
 # ---------------------------------------------------------------- the store
@@ -299,8 +321,9 @@ class Store:
     # -- opening: every failure names the path and the fix, before any vote can be lost
 
     def _unwritable(self, what: Path, reason: str) -> StoreError:
-        return StoreError(f"cannot write the tiankong database at {self.path}: {what} {reason}; "
-                          f"make it writable or {_FIX}")
+        return StoreError(
+            f"cannot write the tiankong database at {self.path}: {what} {reason}; make it writable or {_FIX}"
+        )
 
     def _open(self, path: Path) -> sqlite3.Connection:
         folder = path.parent
@@ -338,8 +361,10 @@ class Store:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
-                raise StoreError(f"{self.path} was written by a newer tiankong (schema {version}, this one knows "
-                                 f"{len(MIGRATIONS)}); upgrade tiankong or {_FIX}")
+                raise StoreError(
+                    f"{self.path} was written by a newer tiankong (schema {version}, this one knows "
+                    f"{len(MIGRATIONS)}); upgrade tiankong or {_FIX}"
+                )
             for migration in MIGRATIONS[version:]:
                 migration(conn)
             # Written even when unchanged: a real write, so a read-only database fails here, at open time.
@@ -385,8 +410,10 @@ class Store:
             except sqlite3.OperationalError as e:
                 if not _environmental(e):
                     raise  # a bug in the SQL: keep the traceback
-                raise StoreError(f"could not write {self.path} ({e}); check free disk space and that no other "
-                                 f"program holds it locked") from None
+                raise StoreError(
+                    f"could not write {self.path} ({e}); check free disk space and that no other "
+                    f"program holds it locked"
+                ) from None
             finally:
                 if durable:
                     conn.execute("PRAGMA synchronous = NORMAL")
@@ -404,14 +431,20 @@ class Store:
     def create_chat(self, model: str, preset: str, system_prompt: str = "", title: str = "") -> int:
         t = now()
         with self._tx() as conn:
-            cur = conn.execute("INSERT INTO chats (title, model, preset, system_prompt, created_at, updated_at) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", (title, model, preset, system_prompt, t, t))
+            cur = conn.execute(
+                "INSERT INTO chats (title, model, preset, system_prompt, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (title, model, preset, system_prompt, t, t),
+            )
             return int(cur.lastrowid)
 
     def list_chats(self, limit: int = 500) -> list[ChatSummary]:
         """Newest (most recently changed) first."""
-        rows = self._read("SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id) AS n "
-                          "FROM chats c ORDER BY c.updated_at DESC, c.id DESC LIMIT ?", (limit,))
+        rows = self._read(
+            "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id) AS n "
+            "FROM chats c ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
+            (limit,),
+        )
         return [_summary(r) for r in rows]
 
     def search_chats(self, query: str, limit: int = 500) -> list[ChatMatch]:
@@ -434,7 +467,9 @@ class Store:
             "SELECT c.*, (SELECT COUNT(*) FROM messages x WHERE x.chat_id = c.id) AS n, m.id AS mid, m.content AS hit "
             f"FROM (SELECT chat_id, MAX(id) AS mid FROM messages WHERE {cond} GROUP BY chat_id) h "
             "JOIN chats c ON c.id = h.chat_id JOIN messages m ON m.id = h.mid "
-            "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?", (arg, limit))
+            "ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
+            (arg, limit),
+        )
         return [ChatMatch(_summary(r), r["mid"], snippet(r["hit"], q)) for r in rows]
 
     def get_chat(self, chat_id: int) -> Chat:
@@ -449,12 +484,23 @@ class Store:
         path = [_message(m) for m in _active_path(children)]
         for m in path:
             m.siblings = [c["id"] for c in children.get(m.parent_id, [])]
-        return Chat(r["id"], r["title"], r["model"], r["preset"], r["system_prompt"], r["created_at"],
-                    r["updated_at"], path)
+        return Chat(
+            r["id"], r["title"], r["model"], r["preset"], r["system_prompt"], r["created_at"], r["updated_at"], path
+        )
 
-    def add_message(self, chat_id: int, role: str, content: str, *, preset: str | None = None,
-                    params: dict | None = None, seed: int | None = None, finish_reason: str | None = None,
-                    tokens: list[dict] | None = None, parent_id: int | None | str = "active") -> int:
+    def add_message(
+        self,
+        chat_id: int,
+        role: str,
+        content: str,
+        *,
+        preset: str | None = None,
+        params: dict | None = None,
+        seed: int | None = None,
+        finish_reason: str | None = None,
+        tokens: list[dict] | None = None,
+        parent_id: int | None | str = "active",
+    ) -> int:
         """Add a message after `parent_id` ("active": after the active branch's last message; None:
         a new first message) and make it the active branch. A parent that already has children gets
         one more: a sibling branch (regenerate, edit, a branch from another token)."""
@@ -464,8 +510,9 @@ class Store:
         with self._tx() as conn:
             self._touch(conn, chat_id, t)
             if parent_id == "active":
-                cur = conn.execute("SELECT id, parent_id, selected_at FROM messages WHERE chat_id = ? ORDER BY id",
-                                   (chat_id,))
+                cur = conn.execute(
+                    "SELECT id, parent_id, selected_at FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)
+                )
                 cur.row_factory = sqlite3.Row
                 path = _active_path(_children(cur.fetchall()))
                 parent_id = path[-1]["id"] if path else None
@@ -477,7 +524,8 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO messages (chat_id, role, content, preset, params, seed, finish_reason, tokens, "
                 "created_at, parent_id, selected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (chat_id, role, content, preset, _dumps(params), seed, finish_reason, _dumps(tokens), t, parent_id, t))
+                (chat_id, role, content, preset, _dumps(params), seed, finish_reason, _dumps(tokens), t, parent_id, t),
+            )
             return int(cur.lastrowid)
 
     def get_message(self, message_id: int) -> Message:
@@ -486,8 +534,10 @@ class Store:
             rows = self._read("SELECT * FROM messages WHERE id = ?", (message_id,))
             if not rows:
                 raise StoreError(f"message {message_id} does not exist; it may have been deleted")
-            sibs = self._read("SELECT id FROM messages WHERE chat_id = ? AND parent_id IS ? ORDER BY id",
-                              (rows[0]["chat_id"], rows[0]["parent_id"]))
+            sibs = self._read(
+                "SELECT id FROM messages WHERE chat_id = ? AND parent_id IS ? ORDER BY id",
+                (rows[0]["chat_id"], rows[0]["parent_id"]),
+            )
         m = _message(rows[0])
         m.siblings = [r["id"] for r in sibs]
         return m
@@ -506,17 +556,33 @@ class Store:
     @staticmethod
     def _select(conn: sqlite3.Connection, message_id: int, t: str) -> None:
         """Mark the message and its ancestors selected at `t`, so the active path runs through it."""
-        conn.execute("WITH RECURSIVE up(id) AS (SELECT ? UNION ALL SELECT m.parent_id FROM messages m JOIN up "
-                     "ON m.id = up.id WHERE m.parent_id IS NOT NULL) "
-                     "UPDATE messages SET selected_at = ? WHERE id IN (SELECT id FROM up)", (message_id, t))
+        conn.execute(
+            "WITH RECURSIVE up(id) AS (SELECT ? UNION ALL SELECT m.parent_id FROM messages m JOIN up "
+            "ON m.id = up.id WHERE m.parent_id IS NOT NULL) "
+            "UPDATE messages SET selected_at = ? WHERE id IN (SELECT id FROM up)",
+            (message_id, t),
+        )
 
-    def update_message(self, message_id: int, content: str, *, preset: str | None = None,
-                       params: dict | None = None, seed: int | None = None, finish_reason: str | None = None,
-                       tokens: list[dict] | None = None) -> None:
+    def update_message(
+        self,
+        message_id: int,
+        content: str,
+        *,
+        preset: str | None = None,
+        params: dict | None = None,
+        seed: int | None = None,
+        finish_reason: str | None = None,
+        tokens: list[dict] | None = None,
+    ) -> None:
         """Replace the content; optional fields given as None keep their stored value."""
         sets, args = ["content = ?"], [content]
-        for name, value in (("preset", preset), ("params", _dumps(params)), ("seed", seed),
-                            ("finish_reason", finish_reason), ("tokens", _dumps(tokens))):
+        for name, value in (
+            ("preset", preset),
+            ("params", _dumps(params)),
+            ("seed", seed),
+            ("finish_reason", finish_reason),
+            ("tokens", _dumps(tokens)),
+        ):
             if value is not None:
                 sets.append(f"{name} = ?")
                 args.append(value)
@@ -533,13 +599,16 @@ class Store:
             row = conn.execute("SELECT chat_id FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is None or row[0] != chat_id:
                 raise StoreError(f"message {message_id} is not in chat {chat_id}; reload the chat")
-            conn.execute("WITH RECURSIVE down(id) AS (SELECT ? UNION ALL SELECT m.id FROM messages m JOIN down "
-                         "ON m.parent_id = down.id) DELETE FROM messages WHERE id IN (SELECT id FROM down)",
-                         (message_id,))
+            conn.execute(
+                "WITH RECURSIVE down(id) AS (SELECT ? UNION ALL SELECT m.id FROM messages m JOIN down "
+                "ON m.parent_id = down.id) DELETE FROM messages WHERE id IN (SELECT id FROM down)",
+                (message_id,),
+            )
             self._touch(conn, chat_id, now())
 
-    def update_chat(self, chat_id: int, *, title: str | None = None, preset: str | None = None,
-                    system_prompt: str | None = None) -> None:
+    def update_chat(
+        self, chat_id: int, *, title: str | None = None, preset: str | None = None, system_prompt: str | None = None
+    ) -> None:
         with self._tx() as conn:
             self._touch(conn, chat_id, now())
             for name, value in (("title", title), ("preset", preset), ("system_prompt", system_prompt)):
@@ -559,15 +628,24 @@ class Store:
 
     def export_chat_markdown(self, chat_id: int) -> str:
         chat = self.get_chat(chat_id)
-        out = [f"# {chat.title or f'Chat {chat.id}'}", "",
-               f"- model: `{chat.model}`", f"- preset: `{chat.preset}`", f"- created: {chat.created_at}", ""]
+        out = [
+            f"# {chat.title or f'Chat {chat.id}'}",
+            "",
+            f"- model: `{chat.model}`",
+            f"- preset: `{chat.preset}`",
+            f"- created: {chat.created_at}",
+            "",
+        ]
         if chat.system_prompt:
             out += ["**System**", "", chat.system_prompt, ""]
         for m in chat.messages:
             head = f"**{m.role.capitalize()}**"
             if m.role == "assistant":  # enough to reproduce the answer
-                notes = [f"preset `{m.preset}`" if m.preset else "", f"seed {m.seed}" if m.seed is not None else "",
-                         f"finish: {m.finish_reason}" if m.finish_reason else ""]
+                notes = [
+                    f"preset `{m.preset}`" if m.preset else "",
+                    f"seed {m.seed}" if m.seed is not None else "",
+                    f"finish: {m.finish_reason}" if m.finish_reason else "",
+                ]
                 notes = [n for n in notes if n]
                 if notes:
                     head += f" _({', '.join(notes)})_"
@@ -579,11 +657,27 @@ class Store:
         chat = self.get_chat(chat_id)
         lines = []
         if chat.system_prompt:
-            lines.append({"role": "system", "content": chat.system_prompt, "preset": None, "params": None,
-                          "seed": None, "finish_reason": None})
+            lines.append(
+                {
+                    "role": "system",
+                    "content": chat.system_prompt,
+                    "preset": None,
+                    "params": None,
+                    "seed": None,
+                    "finish_reason": None,
+                }
+            )
         for m in chat.messages:
-            lines.append({"role": m.role, "content": m.content, "preset": m.preset, "params": m.params,
-                          "seed": m.seed, "finish_reason": m.finish_reason})
+            lines.append(
+                {
+                    "role": m.role,
+                    "content": m.content,
+                    "preset": m.preset,
+                    "params": m.params,
+                    "seed": m.seed,
+                    "finish_reason": m.finish_reason,
+                }
+            )
         return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 
     # ---------------------------------------------------------------- votes
@@ -618,10 +712,14 @@ class Store:
             if start:
                 time.sleep(0.02)  # a gap between batches, in which a vote waiting for the lock gets in
             with self._tx(durable=True) as conn:
-                for v in votes[start:start + batch_size]:
+                for v in votes[start : start + batch_size]:
                     h = vote_hash(v)
-                    if conn.execute("SELECT 1 FROM votes WHERE content_hash = ? AND id <= ? LIMIT 1",
-                                    (h, before)).fetchone() is None:
+                    if (
+                        conn.execute(
+                            "SELECT 1 FROM votes WHERE content_hash = ? AND id <= ? LIMIT 1", (h, before)
+                        ).fetchone()
+                        is None
+                    ):
                         conn.execute(_INSERT_VOTE, _vote_row(v, t, h))
                         added += 1
         return added, len(votes) - added
@@ -637,8 +735,15 @@ class Store:
             conn.execute("DELETE FROM votes WHERE id = ?", (row["id"],))
             return _vote(row)
 
-    def list_votes(self, *, preset: str | None = None, model: str | None = None, outcome: str | None = None,
-                   limit: int | None = 1000, skipped: list[tuple[int, str]] | None = None) -> list[Vote]:
+    def list_votes(
+        self,
+        *,
+        preset: str | None = None,
+        model: str | None = None,
+        outcome: str | None = None,
+        limit: int | None = 1000,
+        skipped: list[tuple[int, str]] | None = None,
+    ) -> list[Vote]:
         """Newest first. preset/model keep votes where any response used it; limit=None returns all.
 
         A row that is not a readable vote (changed outside tiankong: bad JSON, text that is not UTF-8,
@@ -656,20 +761,26 @@ class Store:
                 break
         return votes
 
-    def _iter_votes(self, outcome: str | None, skipped: list[tuple[int, str]] | None,
-                    page: int = 500) -> Iterator[Vote]:
+    def _iter_votes(
+        self, outcome: str | None, skipped: list[tuple[int, str]] | None, page: int = 500
+    ) -> Iterator[Vote]:
         """Every readable vote, newest first, read a page at a time (the lock is held per page)."""
         where, args = ("outcome = ? AND ", [outcome]) if outcome is not None else ("", [])
         below = 1 << 62
         while True:
-            ids = [r[0] for r in self._read(f"SELECT id FROM votes WHERE {where}id < ? ORDER BY id DESC LIMIT ?",
-                                            (*args, below, page))]
+            ids = [
+                r[0]
+                for r in self._read(
+                    f"SELECT id FROM votes WHERE {where}id < ? ORDER BY id DESC LIMIT ?", (*args, below, page)
+                )
+            ]
             if not ids:
                 return
             below = ids[-1]
             try:
-                rows = self._read(f"SELECT * FROM votes WHERE {where}id <= ? AND id >= ? ORDER BY id DESC",
-                                  (*args, ids[0], ids[-1]))
+                rows = self._read(
+                    f"SELECT * FROM votes WHERE {where}id <= ? AND id >= ? ORDER BY id DESC", (*args, ids[0], ids[-1])
+                )
             except sqlite3.OperationalError:  # text that is not UTF-8 somewhere in the page: row by row
                 rows = []
                 for vote_id in ids:
@@ -686,8 +797,9 @@ class Store:
                     continue
                 yield v
 
-    def vote_summary(self, skipped: list[tuple[int, str]] | None = None
-                     ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    def vote_summary(
+        self, skipped: list[tuple[int, str]] | None = None
+    ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
         """(vote_stats(), votes per outcome), counted in SQL: one scan that groups the votes by their
         shape (outcome, ranking, n_ranked, the responses' presets) without reading any text into
         Python, so a million votes take seconds and a few MB. Each shape is then checked once, by
@@ -702,7 +814,8 @@ class Store:
 
         bad = []
         for outcome, ranking, n_ranked, presets, count in self._read(
-                f"SELECT outcome, CAST(ranking AS BLOB), n_ranked, {_PRESETS}, COUNT(*) FROM votes GROUP BY 1, 2, 3, 4"):
+            f"SELECT outcome, CAST(ranking AS BLOB), n_ranked, {_PRESETS}, COUNT(*) FROM votes GROUP BY 1, 2, 3, 4"
+        ):
             shape = _shape(outcome, ranking, n_ranked, presets)
             if shape is None:
                 bad.append((outcome, ranking, n_ranked, presets))
@@ -723,8 +836,10 @@ class Store:
         if skipped is not None:
             for key in bad:  # rare: one more scan per damaged shape, cheap columns compared first
                 for (vote_id,) in self._read(
-                        "SELECT id FROM votes WHERE outcome IS ? AND CAST(ranking AS BLOB) IS ? AND n_ranked IS ? "
-                        f"AND {_PRESETS} IS ? ORDER BY id", key):
+                    "SELECT id FROM votes WHERE outcome IS ? AND CAST(ranking AS BLOB) IS ? AND n_ranked IS ? "
+                    f"AND {_PRESETS} IS ? ORDER BY id",
+                    key,
+                ):
                     _skip(skipped, vote_id, "its responses, ranking or n_ranked do not form a vote")
         return dict(sorted(stats.items())), totals
 
@@ -749,10 +864,12 @@ class Store:
 
     def set_queue_position(self, key: str, position: int, total: int, source: str = "") -> None:
         with self._tx() as conn:
-            conn.execute("INSERT INTO queues (key, source, position, total, updated_at) VALUES (?, ?, ?, ?, ?) "
-                         "ON CONFLICT(key) DO UPDATE SET source = excluded.source, position = excluded.position, "
-                         "total = excluded.total, updated_at = excluded.updated_at",
-                         (key, source, position, total, now()))
+            conn.execute(
+                "INSERT INTO queues (key, source, position, total, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET source = excluded.source, position = excluded.position, "
+                "total = excluded.total, updated_at = excluded.updated_at",
+                (key, source, position, total, now()),
+            )
 
 
 # ---------------------------------------------------------------- helpers
@@ -769,18 +886,21 @@ def validate_vote(v: Vote) -> None:
         raise InputError("vote responses must be Response objects")
     if v.outcome == "ranked":
         if sorted(v.ranking) != list(range(n)):
-            raise InputError(f"a ranked vote's ranking must order all {n} responses once each "
-                             f"(a permutation of 0..{n - 1}), got {list(v.ranking)}")
+            raise InputError(
+                f"a ranked vote's ranking must order all {n} responses once each "
+                f"(a permutation of 0..{n - 1}), got {list(v.ranking)}"
+            )
         if v.n_ranked is not None and not (isinstance(v.n_ranked, int) and 1 <= v.n_ranked <= n):
-            raise InputError(f"a ranked vote's n_ranked (responses put in order) must be 1 to {n} or None, "
-                             f"got {v.n_ranked!r}")
+            raise InputError(
+                f"a ranked vote's n_ranked (responses put in order) must be 1 to {n} or None, got {v.n_ranked!r}"
+            )
     elif list(v.ranking):
         raise InputError(f"a {v.outcome} vote has no ranking; pass ranking=[], got {list(v.ranking)}")
     if not isinstance(v.prompt, str):
         raise InputError(f"vote prompt must be a string, got {type(v.prompt).__name__}")
     for i, m in enumerate(v.conversation):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError(f"vote conversation message {i + 1} must be {{\"role\": str, \"content\": str}}")
+            raise InputError(f'vote conversation message {i + 1} must be {{"role": str, "content": str}}')
 
 
 # [number of responses, [presets of the first four]] as JSON bytes, parsing `responses` twice at most (one
@@ -797,23 +917,45 @@ def _shape(outcome: Any, ranking: Any, n_ranked: Any, presets: Any) -> Vote | No
         if not (isinstance(n, int) and MIN_RESPONSES <= n <= MAX_RESPONSES):
             return None
         presets = first4[:n]
-        v = Vote(None, "", [], [Response("", "", p, {}, None, "", "") for p in presets], outcome, ranking, "",
-                 False, n_ranked=n_ranked)
+        v = Vote(
+            None,
+            "",
+            [],
+            [Response("", "", p, {}, None, "", "") for p in presets],
+            outcome,
+            ranking,
+            "",
+            False,
+            n_ranked=n_ranked,
+        )
         validate_vote(v)
     except (ValueError, TypeError, RecursionError):  # not JSON (or not UTF-8), not lists, not a vote
         return None
     return v if all(isinstance(r.preset, str) for r in v.responses) and isinstance(outcome, str) else None
 
 
-_INSERT_VOTE = ("INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
-                "created_at, n_ranked, prompt_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_VOTE = (
+    "INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
+    "created_at, n_ranked, prompt_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _vote_row(v: Vote, t: str, content_hash: str | None = None) -> tuple:
     """The values of _INSERT_VOTE for `v`; t is the time for a vote without created_at."""
-    return (v.prompt, _dumps(v.conversation), _dumps([r.to_dict() for r in v.responses]), v.outcome,
-            _dumps(list(v.ranking)), v.rater, int(bool(v.blind)), v.source, v.created_at or t,
-            v.n_ranked, v.prompt_id, content_hash)
+    return (
+        v.prompt,
+        _dumps(v.conversation),
+        _dumps([r.to_dict() for r in v.responses]),
+        v.outcome,
+        _dumps(list(v.ranking)),
+        v.rater,
+        int(bool(v.blind)),
+        v.source,
+        v.created_at or t,
+        v.n_ranked,
+        v.prompt_id,
+        content_hash,
+    )
 
 
 def vote_hash(v: Vote) -> str:
@@ -868,8 +1010,19 @@ def snippet(text: str, query: str, before: int = 30, width: int = 90) -> str:
 
 
 def _message(r: sqlite3.Row) -> Message:
-    return Message(r["id"], r["chat_id"], r["role"], r["content"], r["preset"], _loads(r["params"]), r["seed"],
-                   r["finish_reason"], _loads(r["tokens"]), r["created_at"], r["parent_id"])
+    return Message(
+        r["id"],
+        r["chat_id"],
+        r["role"],
+        r["content"],
+        r["preset"],
+        _loads(r["params"]),
+        r["seed"],
+        r["finish_reason"],
+        _loads(r["tokens"]),
+        r["created_at"],
+        r["parent_id"],
+    )
 
 
 def _children(rows: Iterable[sqlite3.Row]) -> dict[int | None, list[sqlite3.Row]]:
@@ -892,7 +1045,17 @@ def _active_path(children: dict[int | None, list[sqlite3.Row]]) -> list[sqlite3.
 
 
 def _vote(r: sqlite3.Row) -> Vote:
-    return Vote(id=r["id"], prompt=r["prompt"], conversation=_loads(r["conversation"]),
-                responses=[Response(**d) for d in _loads(r["responses"])], outcome=r["outcome"],
-                ranking=_loads(r["ranking"]), rater=r["rater"], blind=bool(r["blind"]),
-                created_at=r["created_at"], source=r["source"], n_ranked=r["n_ranked"], prompt_id=r["prompt_id"])
+    return Vote(
+        id=r["id"],
+        prompt=r["prompt"],
+        conversation=_loads(r["conversation"]),
+        responses=[Response(**d) for d in _loads(r["responses"])],
+        outcome=r["outcome"],
+        ranking=_loads(r["ranking"]),
+        rater=r["rater"],
+        blind=bool(r["blind"]),
+        created_at=r["created_at"],
+        source=r["source"],
+        n_ranked=r["n_ranked"],
+        prompt_id=r["prompt_id"],
+    )

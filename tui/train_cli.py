@@ -22,16 +22,31 @@ from tiankong.engine.errors import InputError
 
 # name -> (module, config class, trainer class, one-line help)
 TRAINERS: dict[str, tuple[str, str, str, str]] = {
-    "pretrain": ("tiankong.trainers.pretrain", "PretrainConfig", "PretrainTrainer",
-                 "Next-token prediction on text files (trains a tokenizer for a new model)."),
-    "sft": ("tiankong.trainers.sft", "SFTConfig", "SFTTrainer",
-            "Instruction tuning: loss on the answer tokens only."),
-    "reward": ("tiankong.trainers.reward", "RewardConfig", "RewardTrainer",
-               "Bradley-Terry reward model from rankings (default: the playground's votes)."),
-    "ppo": ("tiankong.trainers.ppo", "PPOConfig", "PPOTrainer",
-            "PPO against a reward model, with a KL penalty to the reference policy."),
-    "dpo": ("tiankong.trainers.dpo", "DPOConfig", "DPOTrainer",
-            "Direct preference optimisation (sigmoid loss) on rankings."),
+    "pretrain": (
+        "tiankong.trainers.pretrain",
+        "PretrainConfig",
+        "PretrainTrainer",
+        "Next-token prediction on text files (trains a tokenizer for a new model).",
+    ),
+    "sft": ("tiankong.trainers.sft", "SFTConfig", "SFTTrainer", "Instruction tuning: loss on the answer tokens only."),
+    "reward": (
+        "tiankong.trainers.reward",
+        "RewardConfig",
+        "RewardTrainer",
+        "Bradley-Terry reward model from rankings (default: the playground's votes).",
+    ),
+    "ppo": (
+        "tiankong.trainers.ppo",
+        "PPOConfig",
+        "PPOTrainer",
+        "PPO against a reward model, with a KL penalty to the reference policy.",
+    ),
+    "dpo": (
+        "tiankong.trainers.dpo",
+        "DPOConfig",
+        "DPOTrainer",
+        "Direct preference optimisation (sigmoid loss) on rankings.",
+    ),
 }
 EXAMPLES = {
     "pretrain": "tiankong train pretrain --data corpus.txt --size tiny --output runs/base",
@@ -42,8 +57,11 @@ EXAMPLES = {
 }
 PREFERENCE_TRAINERS = ("reward", "dpo")
 
-train_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
-                        help="Train: pretrain -> sft -> (rank in the playground) -> reward -> ppo, or dpo.")
+train_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Train: pretrain -> sft -> (rank in the playground) -> reward -> ppo, or dpo.",
+)
 reward_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", help="Use a trained reward model.")
 
 
@@ -104,17 +122,32 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
     """A typer command whose options are the config dataclass's fields."""
     mod = importlib.import_module(module)
     cfg_cls, trainer_cls = getattr(mod, cfg_name), getattr(mod, trainer_name)
-    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                                default=typer.Option(None, "--config", help="TOML file with any of these settings."))]
+    params = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[Path],
+            default=typer.Option(None, "--config", help="TOML file with any of these settings."),
+        )
+    ]
     for f in fields(cfg_cls):
         default = _default(f)
         kind = type(default) if isinstance(default, (bool, int, float, str)) else str
         flag = "--" + f.name.replace("_", "-")
         decl = [f"{flag}/--no-{f.name.replace('_', '-')}"] if kind is bool else [flag]
-        params.append(inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-            default=typer.Option(None, *decl, help=f"{escape(f.metadata.get('help', ''))} \\[default: {escape(repr(default))}]",
-                                 show_default=False)))
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Optional[kind],
+                default=typer.Option(
+                    None,
+                    *decl,
+                    help=f"{escape(f.metadata.get('help', ''))} \\[default: {escape(repr(default))}]",
+                    show_default=False,
+                ),
+            )
+        )
 
     def run(config: Optional[Path] = None, **flags: Any) -> None:
         cfg = build_config(cfg_cls, config, flags)
@@ -194,7 +227,9 @@ def _votes_file(output: Path) -> Path:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"cannot create the output folder {output} ({e.strerror or e}); choose another --output") from None
+        raise InputError(
+            f"cannot create the output folder {output} ({e.strerror or e}); choose another --output"
+        ) from None
     path = output / "preferences.jsonl"
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
@@ -206,20 +241,27 @@ for _name, (_module, _cfg, _trainer, _help) in TRAINERS.items():
 
 
 @train_app.command("plot", epilog="[bold]Example[/bold]\n\n  tiankong train plot runs/rm --key loss --key accuracy")
-def plot(run: Path = typer.Argument(..., help="A training output folder (or its metrics.jsonl)."),
-         key: list[str] = typer.Option([], "--key", help="Metric to plot; repeat. Default: all."),
-         width: int = typer.Option(100, help="Plot width in characters.")) -> None:
+def plot(
+    run: Path = typer.Argument(..., help="A training output folder (or its metrics.jsonl)."),
+    key: list[str] = typer.Option([], "--key", help="Metric to plot; repeat. Default: all."),
+    width: int = typer.Option(100, help="Plot width in characters."),
+) -> None:
     """Plot a run's metric curves in the terminal."""
     from tiankong.trainers.metrics import plot_metrics
 
     print(plot_metrics(run, key or None, width=width))
 
 
-@reward_app.command("score", epilog="[bold]Example[/bold]\n\n  tiankong reward score --model runs/rm --input answers.jsonl -o scored.jsonl")
-def score(model: Path = typer.Option(..., "--model", "-m", help="Reward model folder (from `tiankong train reward`)."),
-          input: str = typer.Option(..., "--input", "-i", help="JSONL lines with prompt and response; - for stdin."),
-          output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
-          device: str = typer.Option("auto", help="cpu, cuda, mps or auto.")) -> None:
+@reward_app.command(
+    "score",
+    epilog="[bold]Example[/bold]\n\n  tiankong reward score --model runs/rm --input answers.jsonl -o scored.jsonl",
+)
+def score(
+    model: Path = typer.Option(..., "--model", "-m", help="Reward model folder (from `tiankong train reward`)."),
+    input: str = typer.Option(..., "--input", "-i", help="JSONL lines with prompt and response; - for stdin."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    device: str = typer.Option("auto", help="cpu, cuda, mps or auto."),
+) -> None:
     """Score responses: each input line comes back with a "score"."""
     from tiankong.trainers.reward import score_file
 

@@ -40,8 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import corpus
-import sft_data
+import corpus  # noqa: E402 (the build scripts import each other from this folder)
+import sft_data  # noqa: E402
 
 REPO = HERE.parents[1]
 DEFAULT_WORK = HERE / "work"
@@ -49,17 +49,55 @@ DEFAULT_OUT = HERE.parent / "tiankong-mini"
 
 # The model: a Llama ("mini") between the trainer's micro (128x5) and tiny (256x6) sizes; see the card.
 MINI = {"dim": 192, "n_layers": 6, "n_heads": 6, "n_kv_heads": 2, "ffn_dim": 512, "max_seq_len": 512}
-FULL = {"corpus_docs": 85000, "corpus_eval_docs": 1000, "corpus_seed": 1, "corpus_eval_seed": 101,
-        "sft_rows": 12000, "sft_eval_rows": 600, "sft_seed": 2, "sft_eval_seed": 3, "vocab_size": 4096,
-        "tokenizer_seed": 0, "shape": MINI, "pretrain_config": HERE / "pretrain.toml", "sft_config": HERE / "sft.toml"}
-SMOKE = {"corpus_docs": 300, "corpus_eval_docs": 20, "corpus_seed": 1, "corpus_eval_seed": 101,
-         "sft_rows": 60, "sft_eval_rows": 20, "sft_seed": 2, "sft_eval_seed": 3, "vocab_size": 1500, "tokenizer_seed": 0,
-         "shape": {"dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64, "max_seq_len": 128},
-         "pretrain_flags": ["--steps", "4", "--batch-size", "2", "--seq-len", "64", "--warmup-steps", "1",
-                            "--eval-fraction", "0.1"],
-         "sft_flags": ["--steps", "3", "--batch-size", "2", "--max-len", "128"]}
+FULL = {
+    "corpus_docs": 85000,
+    "corpus_eval_docs": 1000,
+    "corpus_seed": 1,
+    "corpus_eval_seed": 101,
+    "sft_rows": 12000,
+    "sft_eval_rows": 600,
+    "sft_seed": 2,
+    "sft_eval_seed": 3,
+    "vocab_size": 4096,
+    "tokenizer_seed": 0,
+    "shape": MINI,
+    "pretrain_config": HERE / "pretrain.toml",
+    "sft_config": HERE / "sft.toml",
+}
+SMOKE = {
+    "corpus_docs": 300,
+    "corpus_eval_docs": 20,
+    "corpus_seed": 1,
+    "corpus_eval_seed": 101,
+    "sft_rows": 60,
+    "sft_eval_rows": 20,
+    "sft_seed": 2,
+    "sft_eval_seed": 3,
+    "vocab_size": 1500,
+    "tokenizer_seed": 0,
+    "shape": {"dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64, "max_seq_len": 128},
+    "pretrain_flags": [
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "64",
+        "--warmup-steps",
+        "1",
+        "--eval-fraction",
+        "0.1",
+    ],
+    "sft_flags": ["--steps", "3", "--batch-size", "2", "--max-len", "128"],
+}
 # what the package stage copies from the SFT output
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 STAGES = ("data", "init", "pretrain", "sft", "eval", "package")
 
 
@@ -69,12 +107,16 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------ stages
 
+
 def stage_data(work: Path, p: dict) -> dict:
-    stats = {"corpus": corpus.write_corpus(work / "corpus.txt", p["corpus_docs"], p["corpus_seed"]),
-             "corpus_eval": corpus.write_corpus(work / "corpus_eval.txt", p["corpus_eval_docs"], p["corpus_eval_seed"]),
-             "sft": sft_data.write_rows(work / "sft.jsonl", p["sft_rows"], p["sft_seed"])}
-    stats["sft_eval"] = sft_data.write_rows(work / "sft_eval.jsonl", p["sft_eval_rows"], p["sft_eval_seed"],
-                                            exclude=work / "sft.jsonl")
+    stats = {
+        "corpus": corpus.write_corpus(work / "corpus.txt", p["corpus_docs"], p["corpus_seed"]),
+        "corpus_eval": corpus.write_corpus(work / "corpus_eval.txt", p["corpus_eval_docs"], p["corpus_eval_seed"]),
+        "sft": sft_data.write_rows(work / "sft.jsonl", p["sft_rows"], p["sft_seed"]),
+    }
+    stats["sft_eval"] = sft_data.write_rows(
+        work / "sft_eval.jsonl", p["sft_eval_rows"], p["sft_eval_seed"], exclude=work / "sft.jsonl"
+    )
     return stats
 
 
@@ -90,11 +132,12 @@ def cap_han_runs(text: str, rng: random.Random, cap: int = CJK_PIECE_CAP) -> str
     text these cuts cap Chinese pieces at `cap` characters: word-sized tokens the playground can show
     one by one. Only the tokenizer sees the cuts; the model trains on the text as it is.
     """
+
     def cut(m: re.Match) -> str:
         run, parts, i = m.group(0), [], 0
         while i < len(run):
             n = rng.randint(1, cap)
-            parts.append(run[i:i + n])
+            parts.append(run[i : i + n])
             i += n
         return "\u00b7".join(parts)
 
@@ -117,6 +160,7 @@ def tokenizer_texts(work: Path, seed: int = 0) -> list[str]:
 
 def stage_init(work: Path, p: dict) -> dict:
     import torch
+
     from tiankong.engine.config import ModelConfig
     from tiankong.engine.model import build_model, save_pretrained
     from tiankong.engine.tokenizer import load_tokenizer
@@ -126,11 +170,22 @@ def stage_init(work: Path, p: dict) -> dict:
     if out.exists():
         shutil.rmtree(out)
     shape = p["shape"]
-    train_tokenizer(tokenizer_texts(work, p["tokenizer_seed"]), out, p["vocab_size"], shape["max_seq_len"], p["tokenizer_seed"])
+    train_tokenizer(
+        tokenizer_texts(work, p["tokenizer_seed"]), out, p["vocab_size"], shape["max_seq_len"], p["tokenizer_seed"]
+    )
     tok = load_tokenizer(out)
-    cfg = ModelConfig(architecture="LlamaForCausalLM", family="llama", vocab_size=tok.vocab_size, norm_eps=1e-5,
-                      rope_theta=10000.0, tie_embeddings=True, bos_token_id=1, eos_token_id=2,
-                      torch_dtype="float32", **shape)
+    cfg = ModelConfig(
+        architecture="LlamaForCausalLM",
+        family="llama",
+        vocab_size=tok.vocab_size,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype="float32",
+        **shape,
+    )
     torch.manual_seed(p["tokenizer_seed"])
     model = build_model(cfg)
     init_weights(model, cfg.n_layers)
@@ -176,19 +231,47 @@ def _fresh(folder: Path) -> None:
 
 def stage_pretrain(work: Path, p: dict, threads: int, progress: bool, autocast: bool) -> dict:
     _fresh(work / "base")
-    tiankong("train", "pretrain", "--config", str(p["pretrain_config"]), "--model", str(work / "init"),
-             "--data", str(work / "corpus.txt"), "--output", str(work / "base"), "--device", "cpu",
-             "--autocast" if autocast else "--no-autocast",
-             *p.get("pretrain_flags", []), *([] if progress else ["--no-progress"]), threads=threads)
+    tiankong(
+        "train",
+        "pretrain",
+        "--config",
+        str(p["pretrain_config"]),
+        "--model",
+        str(work / "init"),
+        "--data",
+        str(work / "corpus.txt"),
+        "--output",
+        str(work / "base"),
+        "--device",
+        "cpu",
+        "--autocast" if autocast else "--no-autocast",
+        *p.get("pretrain_flags", []),
+        *([] if progress else ["--no-progress"]),
+        threads=threads,
+    )
     return _last_metrics(work / "base")
 
 
 def stage_sft(work: Path, p: dict, threads: int, progress: bool, autocast: bool) -> dict:
     _fresh(work / "sft")
-    tiankong("train", "sft", "--config", str(p["sft_config"]), "--model", str(work / "base"),
-             "--data", str(work / "sft.jsonl"), "--output", str(work / "sft"), "--device", "cpu",
-             "--autocast" if autocast else "--no-autocast",
-             *p.get("sft_flags", []), *([] if progress else ["--no-progress"]), threads=threads)
+    tiankong(
+        "train",
+        "sft",
+        "--config",
+        str(p["sft_config"]),
+        "--model",
+        str(work / "base"),
+        "--data",
+        str(work / "sft.jsonl"),
+        "--output",
+        str(work / "sft"),
+        "--device",
+        "cpu",
+        "--autocast" if autocast else "--no-autocast",
+        *p.get("sft_flags", []),
+        *([] if progress else ["--no-progress"]),
+        threads=threads,
+    )
     return _last_metrics(work / "sft")
 
 
@@ -219,15 +302,25 @@ def stage_package(work: Path, out: Path, report: dict) -> None:
 
 # ------------------------------------------------------------------ driver
 
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch folder (generated data, runs)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the finished model folder goes")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("TIANKONG_BUILD_THREADS", "1")),
-                    help="torch threads for training and evaluation (default 1)")
-    ap.add_argument("--autocast", choices=("auto", "on", "off"), default="auto",
-                    help="bfloat16 autocast for training (auto: on where the CPU has native bf16, ~2x faster)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("TIANKONG_BUILD_THREADS", "1")),
+        help="torch threads for training and evaluation (default 1)",
+    )
+    ap.add_argument(
+        "--autocast",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bfloat16 autocast for training (auto: on where the CPU has native bf16, ~2x faster)",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny data and model, a few steps: checks the pipeline only")
     ap.add_argument("--from-stage", choices=STAGES, default="data", help="skip the stages before this one")
     ap.add_argument("--to-stage", choices=STAGES, default="package", help="stop after this stage")
@@ -248,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     report["autocast"] = autocast = bf16_fast() if autocast is None else autocast
     first, last = STAGES.index(args.from_stage), STAGES.index(args.to_stage)
     t_all = time.time()
-    for stage in STAGES[first:last + 1]:
+    for stage in STAGES[first : last + 1]:
         t0 = time.time()
         log(f"stage {stage}")
         if stage == "data":
@@ -265,12 +358,16 @@ def main(argv: list[str] | None = None) -> None:
         elif stage == "eval":
             report["eval"] = stage_eval(work, p, args.threads, args.smoke)
         elif stage == "package":
-            report["timings_s"]["total"] = round(sum(v for k, v in report["timings_s"].items()
-                                                     if k not in ("total", "package")), 1)
-            report["configs"] = {"pretrain": Path(p["pretrain_config"]).read_text(),
-                                 "sft": Path(p["sft_config"]).read_text(),
-                                 "pretrain_flags": p.get("pretrain_flags", []), "sft_flags": p.get("sft_flags", []),
-                                 "shape": p["shape"]}
+            report["timings_s"]["total"] = round(
+                sum(v for k, v in report["timings_s"].items() if k not in ("total", "package")), 1
+            )
+            report["configs"] = {
+                "pretrain": Path(p["pretrain_config"]).read_text(),
+                "sft": Path(p["sft_config"]).read_text(),
+                "pretrain_flags": p.get("pretrain_flags", []),
+                "sft_flags": p.get("sft_flags", []),
+                "shape": p["shape"],
+            }
             report["params"] = {k: v for k, v in p.items() if isinstance(v, (int, str))}
             stage_package(work, args.out, report)
         report["timings_s"][stage] = round(time.time() - t0, 1)

@@ -41,7 +41,11 @@ MODEL_NAME = "Tiankong Mini"
 
 # theme of a story -> (plot, english phrasings, chinese phrasings)
 THEMES = {
-    "lost": ("lost", ["losing something", "a lost toy", "finding something that was lost"], ["丢东西", "找回丢失的玩具"]),
+    "lost": (
+        "lost",
+        ["losing something", "a lost toy", "finding something that was lost"],
+        ["丢东西", "找回丢失的玩具"],
+    ),
     "share": ("share", ["sharing", "sharing food with a friend"], ["分享", "和朋友分享食物"]),
     "friend": ("friend", ["making a new friend", "friendship"], ["交朋友", "友谊"]),
     "learn": ("learn", ["learning something new", "not giving up"], ["学习新本领", "不放弃"]),
@@ -53,17 +57,67 @@ THEMES = {
     "day": ("day", ["an ordinary happy day"], ["快乐的一天"]),
 }
 # Names that never appear in the corpus stories, so the model learns to copy the name it is given.
-EXTRA_NAMES_EN = ["Biscuit", "Pepper", "Mochi", "Ziggy", "Bubbles", "Socks", "Patch", "Nugget", "Pumpkin", "Waffles",
-                  "Sprout", "Button", "Maple", "Pebble", "Clover", "Rocky", "Shadow", "Cookie", "Peanut", "Honey",
-                  "Bean", "Tiger", "Snowy", "Jelly", "Olive", "Teddy", "Marble", "Fluffy", "Dot", "Pixel"]
+EXTRA_NAMES_EN = [
+    "Biscuit",
+    "Pepper",
+    "Mochi",
+    "Ziggy",
+    "Bubbles",
+    "Socks",
+    "Patch",
+    "Nugget",
+    "Pumpkin",
+    "Waffles",
+    "Sprout",
+    "Button",
+    "Maple",
+    "Pebble",
+    "Clover",
+    "Rocky",
+    "Shadow",
+    "Cookie",
+    "Peanut",
+    "Honey",
+    "Bean",
+    "Tiger",
+    "Snowy",
+    "Jelly",
+    "Olive",
+    "Teddy",
+    "Marble",
+    "Fluffy",
+    "Dot",
+    "Pixel",
+]
 ZH_NAME_CHARS = "乐欢贝豆果朵丁毛球点圆团糖米花宝星月亮多宁安心喜福小兰明美甜"
 CATEGORY_CLS = {"planets": "颗", "things you can see in the sky": "样", "seasons": "个"}
-SENT_ADJ = [("happy", "开心"), ("big", "大"), ("small", "小"), ("hungry", "饿"), ("tired", "累"), ("sad", "难过"),
-            ("cute", "可爱"), ("fast", "快"), ("slow", "慢"), ("sleepy", "困")]
-PHRASES = [("Hello!", "你好！"), ("Thank you!", "谢谢你！"), ("Good night!", "晚安！"), ("Good morning!", "早上好！"),
-           ("I love you.", "我爱你。"), ("How are you?", "你好吗？"), ("See you tomorrow!", "明天见！"),
-           ("Happy birthday!", "生日快乐！"), ("I am hungry.", "我饿了。"), ("Let's play together.", "我们一起玩吧。"),
-           ("The sun is hot.", "太阳很热。"), ("It is raining.", "下雨了。"), ("I like to read books.", "我喜欢看书。")]
+SENT_ADJ = [
+    ("happy", "开心"),
+    ("big", "大"),
+    ("small", "小"),
+    ("hungry", "饿"),
+    ("tired", "累"),
+    ("sad", "难过"),
+    ("cute", "可爱"),
+    ("fast", "快"),
+    ("slow", "慢"),
+    ("sleepy", "困"),
+]
+PHRASES = [
+    ("Hello!", "你好！"),
+    ("Thank you!", "谢谢你！"),
+    ("Good night!", "晚安！"),
+    ("Good morning!", "早上好！"),
+    ("I love you.", "我爱你。"),
+    ("How are you?", "你好吗？"),
+    ("See you tomorrow!", "明天见！"),
+    ("Happy birthday!", "生日快乐！"),
+    ("I am hungry.", "我饿了。"),
+    ("Let's play together.", "我们一起玩吧。"),
+    ("The sun is hot.", "太阳很热。"),
+    ("It is raining.", "下雨了。"),
+    ("I like to read books.", "我喜欢看书。"),
+]
 
 
 def user(text: str) -> dict:
@@ -84,11 +138,36 @@ def _name_zh(rng: random.Random) -> str:
     if rng.random() < 0.3:
         c = rng.choice(ZH_NAME_CHARS)
         return c + c if rng.random() < 0.7 else "小" + c
-    return rng.choice(["咪咪", "旺财", "豆豆", "花花", "球球", "毛毛", "点点", "乐乐", "贝贝", "嘟嘟", "皮皮", "胖胖",
-                       "团团", "圆圆", "跳跳", "果果", "甜甜", "欢欢", "小白", "小黑", "阿福", "布丁"])
+    return rng.choice(
+        [
+            "咪咪",
+            "旺财",
+            "豆豆",
+            "花花",
+            "球球",
+            "毛毛",
+            "点点",
+            "乐乐",
+            "贝贝",
+            "嘟嘟",
+            "皮皮",
+            "胖胖",
+            "团团",
+            "圆圆",
+            "跳跳",
+            "果果",
+            "甜甜",
+            "欢欢",
+            "小白",
+            "小黑",
+            "阿福",
+            "布丁",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- stories
+
 
 def story_task_en(rng: random.Random) -> list[dict]:
     an = rng.choice(ANIMALS)
@@ -101,17 +180,29 @@ def story_task_en(rng: random.Random) -> list[dict]:
     about = f" about {rng.choice(phr_en)}" if theme else ""
     k = rng.random()
     if theme and k < 0.25:
-        prompt = rng.choice([f"Write a short story{about}.", f"Tell me a story{about}.", f"Can you write a story{about}?"])
+        prompt = rng.choice(
+            [f"Write a short story{about}.", f"Tell me a story{about}.", f"Can you write a story{about}?"]
+        )
         hero = None
     elif k < 0.4 and not child:
-        prompt = rng.choice([f"Tell me a bedtime story about {a(an.en)}.", f"Write a short story about {a(an.en)}.",
-                             f"Write a story about a little {an.en}."])
+        prompt = rng.choice(
+            [
+                f"Tell me a bedtime story about {a(an.en)}.",
+                f"Write a short story about {a(an.en)}.",
+                f"Write a story about a little {an.en}.",
+            ]
+        )
         hero = Hero.animal(rng, an.key, lang="en")
     else:
-        prompt = rng.choice([f"Write a short story about {who}{about}.", f"Tell me a story about {who}{about}.",
-                             f"Can you write a story{about} about {who}?" if theme else f"Can you write a story about {who}?",
-                             f"Write a story about {name} the {hero.kind}{about}.",
-                             f"Please write a short story about {who.replace(' named ', ' called ')}{about}."])
+        prompt = rng.choice(
+            [
+                f"Write a short story about {who}{about}.",
+                f"Tell me a story about {who}{about}.",
+                f"Can you write a story{about} about {who}?" if theme else f"Can you write a story about {who}?",
+                f"Write a story about {name} the {hero.kind}{about}.",
+                f"Please write a short story about {who.replace(' named ', ' called ')}{about}.",
+            ]
+        )
     if hero is None:
         hero = Hero.random(rng, "en")
     return [user(prompt), bot(story_en(rng, hero=hero, plot=plot))]
@@ -133,15 +224,25 @@ def story_task_zh(rng: random.Random) -> list[dict]:
     about = rng.choice(phr_zh) if theme else ""
     k = rng.random()
     if theme and k < 0.25:
-        prompt = rng.choice([f"写一个关于{about}的故事。", f"讲一个关于{about}的故事。", f"用中文写一个关于{about}的短故事。"])
+        prompt = rng.choice(
+            [f"写一个关于{about}的故事。", f"讲一个关于{about}的故事。", f"用中文写一个关于{about}的短故事。"]
+        )
         hero = Hero.random(rng, "zh")
     elif k < 0.4 and not child:
-        prompt = rng.choice([f"用中文写一个关于{an.zh}的故事。", f"给我讲一个{an.zh}的睡前故事。", f"写一个关于{an.zh}的短故事。"])
+        prompt = rng.choice(
+            [f"用中文写一个关于{an.zh}的故事。", f"给我讲一个{an.zh}的睡前故事。", f"写一个关于{an.zh}的短故事。"]
+        )
         hero = Hero.animal(rng, an.key, lang="zh")
     else:
         tail = f"，主题是{about}" if theme else ""
-        prompt = rng.choice([f"写一个关于{who}的故事{tail}。", f"给我讲一个关于{who}的故事{tail}。", f"请写一个{who}的短故事{tail}。",
-                             f"用中文写一个关于{who}的故事{tail}。"])
+        prompt = rng.choice(
+            [
+                f"写一个关于{who}的故事{tail}。",
+                f"给我讲一个关于{who}的故事{tail}。",
+                f"请写一个{who}的短故事{tail}。",
+                f"用中文写一个关于{who}的故事{tail}。",
+            ]
+        )
     return [user(prompt), bot(story_zh(rng, hero=hero, plot=plot))]
 
 
@@ -150,14 +251,38 @@ def story_cross(rng: random.Random) -> list[dict]:
     an = rng.choice(ANIMALS)
     if rng.random() < 0.5:
         hero = Hero.animal(rng, an.key, lang="zh")
-        return [user(rng.choice([f"Write a short story in Chinese about {a(an.en)}.", f"Tell me a story about {a(an.en)} in Chinese."])),
-                bot(story_zh(rng, hero=hero))]
+        return [
+            user(
+                rng.choice(
+                    [
+                        f"Write a short story in Chinese about {a(an.en)}.",
+                        f"Tell me a story about {a(an.en)} in Chinese.",
+                    ]
+                )
+            ),
+            bot(story_zh(rng, hero=hero)),
+        ]
     hero = Hero.animal(rng, an.key, lang="en")
-    return [user(rng.choice([f"用英语写一个关于{an.zh}的故事。", f"用英文讲一个{an.zh}的故事。"])), bot(story_en(rng, hero=hero))]
+    return [
+        user(rng.choice([f"用英语写一个关于{an.zh}的故事。", f"用英文讲一个{an.zh}的故事。"])),
+        bot(story_en(rng, hero=hero)),
+    ]
 
 
-CONTINUE_KINDS = ["story_en", "story_zh", "story_en", "story_zh", "facts_en", "facts_zh", "animal_en", "animal_zh",
-                  "game_en", "game_zh", "lesson_en", "lesson_zh"]
+CONTINUE_KINDS = [
+    "story_en",
+    "story_zh",
+    "story_en",
+    "story_zh",
+    "facts_en",
+    "facts_zh",
+    "animal_en",
+    "animal_zh",
+    "game_en",
+    "game_zh",
+    "lesson_en",
+    "lesson_zh",
+]
 
 
 def _split_first(doc: str, zh: bool) -> tuple[str, str]:
@@ -169,7 +294,7 @@ def _split_first(doc: str, zh: bool) -> tuple[str, str]:
     for i, ch in enumerate(doc):
         if ch in ends and i > 8:
             j = i + 1
-            while j < len(doc) and doc[j] in "”\"":
+            while j < len(doc) and doc[j] in '”"':
                 j += 1
             return doc[:j].strip(), doc[j:].strip()
     return doc, ""
@@ -186,14 +311,20 @@ def continue_task(rng: random.Random) -> list[dict]:
         if rest:
             break
     if kind.startswith("story"):
-        ask = rng.choice(["续写这个故事：\n", "接着讲这个故事：\n"]) if zh else rng.choice(
-            ["Continue the story:\n", "Finish this story:\n", "What happens next?\n"])
+        ask = (
+            rng.choice(["续写这个故事：\n", "接着讲这个故事：\n"])
+            if zh
+            else rng.choice(["Continue the story:\n", "Finish this story:\n", "What happens next?\n"])
+        )
     else:
-        ask = rng.choice(["续写这段文字：\n", "接着写：\n"]) if zh else rng.choice(["Continue this text:\n", "Go on:\n"])
+        ask = (
+            rng.choice(["续写这段文字：\n", "接着写：\n"]) if zh else rng.choice(["Continue this text:\n", "Go on:\n"])
+        )
     return [user(ask + head), bot(rest)]
 
 
 # ---------------------------------------------------------------- facts
+
 
 def fact_task_en(rng: random.Random) -> list[dict]:
     topic = rng.choice(list(FACTS))
@@ -206,16 +337,30 @@ def fact_task_en(rng: random.Random) -> list[dict]:
             return [user(f[2]), bot(f[0])]
     if r < 0.75:
         f = rng.choice(facts)[0]
-        prompt = rng.choice([f"Tell me a fact about {name}.", f"Tell me something about {name}.",
-                             f"What is an interesting fact about {name}?", f"Give me a fun fact about {name}."])
+        prompt = rng.choice(
+            [
+                f"Tell me a fact about {name}.",
+                f"Tell me something about {name}.",
+                f"What is an interesting fact about {name}?",
+                f"Give me a fun fact about {name}.",
+            ]
+        )
         answer = rng.choice([f, f"Here is a fact about {name}: {f}", f"Did you know? {f}"])
         return [user(prompt), bot(answer)]
     k = rng.choice([2, 3, 3]) if len(facts) >= 3 else 2
     chosen = [f[0] for f in rng.sample(facts, k)]
     word = NUM_EN[k]
-    prompt = rng.choice([f"Tell me {word} facts about {name}.", f"Give me {word} facts about {name}.",
-                         f"List {word} facts about {name}."])
-    return [user(prompt), bot(f"Here are {word} facts about {name}:\n" + "\n".join(f"{i}. {c}" for i, c in enumerate(chosen, 1)))]
+    prompt = rng.choice(
+        [
+            f"Tell me {word} facts about {name}.",
+            f"Give me {word} facts about {name}.",
+            f"List {word} facts about {name}.",
+        ]
+    )
+    return [
+        user(prompt),
+        bot(f"Here are {word} facts about {name}:\n" + "\n".join(f"{i}. {c}" for i, c in enumerate(chosen, 1))),
+    ]
 
 
 def fact_task_zh(rng: random.Random) -> list[dict]:
@@ -235,10 +380,14 @@ def fact_task_zh(rng: random.Random) -> list[dict]:
     chosen = [f[1] for f in rng.sample(facts, k)]
     num = "两三"[k - 2]
     prompt = rng.choice([f"告诉我{num}个关于{name}的知识。", f"说出{num}个关于{name}的小知识。"])
-    return [user(prompt), bot(f"关于{name}的{num}个小知识：\n" + "\n".join(f"{i}. {c}" for i, c in enumerate(chosen, 1)))]
+    return [
+        user(prompt),
+        bot(f"关于{name}的{num}个小知识：\n" + "\n".join(f"{i}. {c}" for i, c in enumerate(chosen, 1))),
+    ]
 
 
 # ---------------------------------------------------------------- animals, words, small tasks
+
 
 def animal_task(rng: random.Random) -> list[dict]:
     an = rng.choice(ANIMALS)
@@ -249,13 +398,17 @@ def animal_task(rng: random.Random) -> list[dict]:
         if zh:
             sound = f"{an.zh}{an.sound_zh}叫。" if not an.sound_zh.endswith("地") else f"{an.zh}{an.sound_zh}吼叫。"
             return [user(rng.choice([f"{an.zh}怎么叫？", f"{zh_word(an)}的叫声是什么样的？"])), bot(sound)]
-        verb = "roars" if an.sound_en == "roar" else f"says \"{an.sound_en}\""
-        return [user(rng.choice([f"What sound does {a(an.en)} make?", f"What does {a(an.en)} say?"])),
-                bot(f"{cap(a(an.en))} {verb}.")]
+        verb = "roars" if an.sound_en == "roar" else f'says "{an.sound_en}"'
+        return [
+            user(rng.choice([f"What sound does {a(an.en)} make?", f"What does {a(an.en)} say?"])),
+            bot(f"{cap(a(an.en))} {verb}."),
+        ]
     if zh:
         return [user(rng.choice([f"介绍一下{an.zh}。", f"描述一下{zh_word(an)}。"])), bot(animal_zh(rng, an.key))]
-    return [user(rng.choice([f"Describe {a(an.en)}.", f"Tell me about {a(an.en)}.", f"What is {a(an.en)} like?"])),
-            bot(animal_en(rng, an.key))]
+    return [
+        user(rng.choice([f"Describe {a(an.en)}.", f"Tell me about {a(an.en)}.", f"What is {a(an.en)} like?"])),
+        bot(animal_en(rng, an.key)),
+    ]
 
 
 def translate_task(rng: random.Random) -> list[dict]:
@@ -264,9 +417,9 @@ def translate_task(rng: random.Random) -> list[dict]:
         en, zh = rng.choice(word_pairs())
         k = rng.randrange(4)
         if k == 0:
-            return [user(f"How do you say \"{en}\" in Chinese?"), bot(f"\"{en}\" in Chinese is \"{zh}\".")]
+            return [user(f'How do you say "{en}" in Chinese?'), bot(f'"{en}" in Chinese is "{zh}".')]
         if k == 1:
-            return [user(f"What does \"{zh}\" mean in English?"), bot(f"\"{zh}\" means \"{en}\" in English.")]
+            return [user(f'What does "{zh}" mean in English?'), bot(f'"{zh}" means "{en}" in English.')]
         if k == 2:
             return [user(f"“{zh}”用英语怎么说？"), bot(f"“{zh}”用英语说是“{en}”。")]
         return [user(f"“{en}”是什么意思？"), bot(f"“{en}”的意思是“{zh}”。")]
@@ -286,8 +439,18 @@ def translate_task(rng: random.Random) -> list[dict]:
     else:
         en, zh = rng.choice(PHRASES)
     if rng.random() < 0.5:
-        return [user(rng.choice([f"Translate into Chinese: {en}", f"Translate to Chinese: {en}", f"把这句话翻译成中文：{en}"])), bot(zh)]
-    return [user(rng.choice([f"Translate into English: {zh}", f"翻译成英语：{zh}", f"把这句话翻译成英文：{zh}"])), bot(en)]
+        return [
+            user(
+                rng.choice(
+                    [f"Translate into Chinese: {en}", f"Translate to Chinese: {en}", f"把这句话翻译成中文：{en}"]
+                )
+            ),
+            bot(zh),
+        ]
+    return [
+        user(rng.choice([f"Translate into English: {zh}", f"翻译成英语：{zh}", f"把这句话翻译成英文：{zh}"])),
+        bot(en),
+    ]
 
 
 def opposite_task(rng: random.Random) -> list[dict]:
@@ -297,8 +460,10 @@ def opposite_task(rng: random.Random) -> list[dict]:
     reverse = rng.random() < 0.4 and seconds.count(o[1]) == 1 and o[1] not in firsts
     x, y, xz, yz = (o[1], o[0], o[3], o[2]) if reverse else o
     if rng.random() < 0.5:
-        return [user(rng.choice([f"What is the opposite of \"{x}\"?", f"What is the opposite of {x}?"])),
-                bot(f"The opposite of \"{x}\" is \"{y}\".")]
+        return [
+            user(rng.choice([f'What is the opposite of "{x}"?', f"What is the opposite of {x}?"])),
+            bot(f'The opposite of "{x}" is "{y}".'),
+        ]
     return [user(f"“{xz}”的反义词是什么？"), bot(f"“{xz}”的反义词是“{yz}”。")]
 
 
@@ -319,8 +484,10 @@ def list_task(rng: random.Random) -> list[dict]:
         word = NUM_EN[k]
         items = [m[0] for m in chosen]
         text = items[0] if k == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-        return [user(rng.choice([f"Name {word} {name}.", f"Can you name {word} {name}?", f"List {word} {name}."])),
-                bot(rng.choice([f"Here are {word} {name}: {text}.", f"{cap(text)}."]))]
+        return [
+            user(rng.choice([f"Name {word} {name}.", f"Can you name {word} {name}?", f"List {word} {name}."])),
+            bot(rng.choice([f"Here are {word} {name}: {text}.", f"{cap(text)}."])),
+        ]
     num = "零一两三四"[k]
     cls = CATEGORY_CLS.get(name, "种")
     items = [m[1] for m in chosen]
@@ -337,7 +504,10 @@ def math_task(rng: random.Random) -> list[dict]:
     r = rng.random()
     if r < 0.4:
         word = "minus" if minus else "plus"
-        return [user(rng.choice([f"What is {x} {word} {y}?", f"What's {x} {word} {y}?"])), bot(f"{x} {word} {y} is {z}.")]
+        return [
+            user(rng.choice([f"What is {x} {word} {y}?", f"What's {x} {word} {y}?"])),
+            bot(f"{x} {word} {y} is {z}."),
+        ]
     if r < 0.6:
         op = "-" if minus else "+"
         return [user(f"What is {x} {op} {y}?"), bot(f"{x} {op} {y} = {z}")]
@@ -346,25 +516,56 @@ def math_task(rng: random.Random) -> list[dict]:
 
 
 CHAT_EN = {
-    "greet": (["Hello!", "Hi!", "Hi there!", "Hello", "Good morning!", "Hey!"],
-              ["Hello! What would you like to do? I can tell you a story or a fact.",
-               "Hi! Would you like a story, a fact, or a little word game?",
-               "Hello there! I can write short stories, tell you facts and answer simple questions."]),
-    "who": (["Who are you?", "What is your name?", "What are you?"],
-            [f"I am {MODEL_NAME}, a very small language model. I know simple stories and facts in English and Chinese.",
-             f"My name is {MODEL_NAME}. I am a tiny language model that was trained on children's stories and simple facts."]),
-    "can": (["What can you do?", "How can you help me?"],
-            [("I can write short stories about animals and children, tell you simple facts, translate simple words "
-              "and do small sums. I work in English and in Chinese."),
-             "I can tell stories, share facts about animals, space and nature, and answer easy questions."]),
-    "thanks": (["Thank you!", "Thanks!", "Thank you very much."], ["You are welcome!", "You're welcome! Have a nice day."]),
-    "bye": (["Goodbye!", "Bye!", "Good night!"], ["Goodbye! See you soon.", "Bye! Have a lovely day.", "Good night! Sleep well."]),
+    "greet": (
+        ["Hello!", "Hi!", "Hi there!", "Hello", "Good morning!", "Hey!"],
+        [
+            "Hello! What would you like to do? I can tell you a story or a fact.",
+            "Hi! Would you like a story, a fact, or a little word game?",
+            "Hello there! I can write short stories, tell you facts and answer simple questions.",
+        ],
+    ),
+    "who": (
+        ["Who are you?", "What is your name?", "What are you?"],
+        [
+            f"I am {MODEL_NAME}, a very small language model. I know simple stories and facts in English and Chinese.",
+            f"My name is {MODEL_NAME}. I am a tiny language model that was trained on children's stories and simple facts.",
+        ],
+    ),
+    "can": (
+        ["What can you do?", "How can you help me?"],
+        [
+            (
+                "I can write short stories about animals and children, tell you simple facts, translate simple words "
+                "and do small sums. I work in English and in Chinese."
+            ),
+            "I can tell stories, share facts about animals, space and nature, and answer easy questions.",
+        ],
+    ),
+    "thanks": (
+        ["Thank you!", "Thanks!", "Thank you very much."],
+        ["You are welcome!", "You're welcome! Have a nice day."],
+    ),
+    "bye": (
+        ["Goodbye!", "Bye!", "Good night!"],
+        ["Goodbye! See you soon.", "Bye! Have a lovely day.", "Good night! Sleep well."],
+    ),
 }
 CHAT_ZH = {
-    "greet": (["你好！", "你好", "嗨！", "早上好！"], ["你好！我可以给你讲故事，也可以告诉你一些小知识。", "你好呀！你想听故事，还是想知道一个小知识？"]),
-    "who": (["你是谁？", "你叫什么名字？"], [f"我是{MODEL_NAME}，一个很小的语言模型。我会用中文和英文讲简单的故事和小知识。",
-                                      f"我叫{MODEL_NAME}，是一个用童话故事和简单知识训练出来的小模型。"]),
-    "can": (["你会做什么？", "你能帮我做什么？"], ["我会写关于小动物和小朋友的短故事，讲简单的小知识，翻译简单的词语，还会做简单的加减法。"]),
+    "greet": (
+        ["你好！", "你好", "嗨！", "早上好！"],
+        ["你好！我可以给你讲故事，也可以告诉你一些小知识。", "你好呀！你想听故事，还是想知道一个小知识？"],
+    ),
+    "who": (
+        ["你是谁？", "你叫什么名字？"],
+        [
+            f"我是{MODEL_NAME}，一个很小的语言模型。我会用中文和英文讲简单的故事和小知识。",
+            f"我叫{MODEL_NAME}，是一个用童话故事和简单知识训练出来的小模型。",
+        ],
+    ),
+    "can": (
+        ["你会做什么？", "你能帮我做什么？"],
+        ["我会写关于小动物和小朋友的短故事，讲简单的小知识，翻译简单的词语，还会做简单的加减法。"],
+    ),
     "thanks": (["谢谢你！", "谢谢！"], ["不客气！", "不用谢！祝你开心。"]),
     "bye": (["再见！", "晚安！"], ["再见！下次见。", "晚安，做个好梦！"]),
 }
@@ -376,13 +577,25 @@ def chat_task(rng: random.Random) -> list[dict]:
     return [user(rng.choice(prompts)), bot(rng.choice(answers))]
 
 
-TASKS = [(story_task_en, 0.15), (story_task_zh, 0.13), (story_cross, 0.02), (continue_task, 0.14),
-         (fact_task_en, 0.10), (fact_task_zh, 0.10), (animal_task, 0.06), (translate_task, 0.08),
-         (opposite_task, 0.04), (colour_task, 0.04), (list_task, 0.04), (math_task, 0.06), (chat_task, 0.04)]
+TASKS = [
+    (story_task_en, 0.15),
+    (story_task_zh, 0.13),
+    (story_cross, 0.02),
+    (continue_task, 0.14),
+    (fact_task_en, 0.10),
+    (fact_task_zh, 0.10),
+    (animal_task, 0.06),
+    (translate_task, 0.08),
+    (opposite_task, 0.04),
+    (colour_task, 0.04),
+    (list_task, 0.04),
+    (math_task, 0.06),
+    (chat_task, 0.04),
+]
 
 
 def conversation(rng: random.Random) -> list[dict]:
-    fns, weights = zip(*TASKS)
+    fns, weights = zip(*TASKS, strict=True)
     msgs = rng.choices(fns, weights)[0](rng)
     if rng.random() < 0.06:  # a second turn
         msgs = msgs + rng.choices(fns, weights)[0](rng)

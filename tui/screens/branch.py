@@ -46,10 +46,17 @@ class CandidatePicker(ModalScreen[dict | None]):
         with Vertical() as box:
             box.border_title = f"branch at token {self.position + 1}: instead of “{show_token(self.chosen['text'])}”"
             box.border_subtitle = "enter continue from it · esc cancel"
-            options = [Option(Text.assemble((f"{show_token(c['text'])[:24]:<24}", "bold"),
-                                            f" model {pct(math.exp(c['logprob']))}",
-                                            (f" · preset {pct(c['p_sample'])}", "dim")), id=str(n))
-                       for n, c in enumerate(self.others)]
+            options = [
+                Option(
+                    Text.assemble(
+                        (f"{show_token(c['text'])[:24]:<24}", "bold"),
+                        f" model {pct(math.exp(c['logprob']))}",
+                        (f" · preset {pct(c['p_sample'])}", "dim"),
+                    ),
+                    id=str(n),
+                )
+                for n, c in enumerate(self.others)
+            ]
             yield OptionList(*options or [Option("no other candidates were recorded", disabled=True)])
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
@@ -60,20 +67,28 @@ class CandidatePicker(ModalScreen[dict | None]):
         self.dismiss(None)
 
 
-def forced_token(tokenizer: Any, context: Sequence[int], at: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+def forced_token(
+    tokenizer: Any, context: Sequence[int], at: dict[str, Any], candidate: dict[str, Any]
+) -> dict[str, Any]:
     """The token record (TokenEvent.to_dict's shape) of `candidate` put in place of the token `at`,
     whose candidates and entropy it shares; its text decoded after `context` (the prompt and the
     answer's tokens before it), so a leading space or a multi-byte character comes out right."""
     decoder = IncrementalDecoder(tokenizer, list(context))
     text = decoder.push(candidate["id"]) + decoder.flush()
-    return {"id": candidate["id"], "text": text, "logprob": candidate["logprob"], "p_sample": candidate["p_sample"],
-            "entropy": at.get("entropy", 0.0), "top": at.get("top") or []}
+    return {
+        "id": candidate["id"],
+        "text": text,
+        "logprob": candidate["logprob"],
+        "p_sample": candidate["p_sample"],
+        "entropy": at.get("entropy", 0.0),
+        "top": at.get("top") or [],
+    }
 
 
 def common_tokens(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> int:
     """How many leading tokens two answers share (by id)."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x["id"] != y["id"]:
             break
         n += 1
@@ -83,12 +98,11 @@ def common_tokens(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> i
 def _continuation(m: Message, start: str, k: int) -> str:
     """The answer's text after its first k tokens (whose text is `start`)."""
     if m.content.startswith(start):
-        return m.content[len(start):]
+        return m.content[len(start) :]
     return "".join(t["text"] for t in (m.tokens or [])[k:])
 
 
-def branch_vote(conversation: list[dict[str, str]], chosen: Message, rejected: Message, model: str,
-                rater: str) -> Vote:
+def branch_vote(conversation: list[dict[str, str]], chosen: Message, rejected: Message, model: str, rater: str) -> Vote:
     """A ranked vote, chosen first, at the token where the two answers part: the conversation (up to
     the user's message) plus an assistant message holding their common start, when they have one,
     then the two continuations."""
@@ -98,8 +112,18 @@ def branch_vote(conversation: list[dict[str, str]], chosen: Message, rejected: M
     users = [m["content"] for m in conversation if m["role"] == "user"]
 
     def response(label: str, m: Message) -> Response:
-        return Response(label, model, m.preset or "", m.params or {}, m.seed, _continuation(m, start, k),
-                        m.finish_reason or "")
+        return Response(
+            label, model, m.preset or "", m.params or {}, m.seed, _continuation(m, start, k), m.finish_reason or ""
+        )
 
-    return Vote(None, users[-1] if users else "", conv, [response("A", chosen), response("B", rejected)],
-                "ranked", [0, 1], rater, blind=False, source="branch")
+    return Vote(
+        None,
+        users[-1] if users else "",
+        conv,
+        [response("A", chosen), response("B", rejected)],
+        "ranked",
+        [0, 1],
+        rater,
+        blind=False,
+        source="branch",
+    )

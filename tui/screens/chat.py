@@ -32,15 +32,15 @@ from textual.worker import get_current_worker
 from tiankong.engine.context import PromptCache
 from tiankong.engine.engine import with_seeds
 from tiankong.engine.errors import TiankongError
-from tiankong.engine.files import atomic_write_text
 from tiankong.engine.events import Finished
+from tiankong.engine.files import atomic_write_text
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
-from tiankong.tui.store import StoreError
 from tiankong.tui.screens.branch import CandidatePicker, branch_vote, forced_token
 from tiankong.tui.screens.help import Section
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.screens.tokens import TokensScreen
+from tiankong.tui.store import StoreError
 from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage, heat_legend
@@ -50,9 +50,11 @@ from tiankong.tui.widgets.transcript import Transcript
 TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
 FRAME_S = 1 / 30  # the worker hands tokens to the UI at most this often
 TITLE_CHARS = 60  # a new chat is titled with the start of its first message
-INTRO = ("Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
-         "model weighed at each step and what your preset made of them. Afterwards f5 steps through the "
-         "answer token by token (why this word?) and f6 colours it by probability. f1 lists every key.")
+INTRO = (
+    "Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
+    "model weighed at each step and what your preset made of them. Afterwards f5 steps through the "
+    "answer token by token (why this word?) and f6 colours it by probability. f1 lists every key."
+)
 
 
 class ContextNotice(Static):
@@ -60,9 +62,14 @@ class ContextNotice(Static):
 
     def __init__(self, dropped: int, context: int) -> None:
         turns = "turn" if dropped == 1 else f"{dropped} turns"
-        super().__init__(Text(f"⋯ the first {turns} of this chat no longer fit the model's {context}-token "
-                              "context: it does not see them now (ctrl+n starts a new chat)", style="dim italic"),
-                         classes="context-notice")
+        super().__init__(
+            Text(
+                f"⋯ the first {turns} of this chat no longer fit the model's {context}-token "
+                "context: it does not see them now (ctrl+n starts a new chat)",
+                style="dim italic",
+            ),
+            classes="context-notice",
+        )
         self.dropped = dropped
 
 
@@ -70,8 +77,11 @@ class ChatListScreen(ModalScreen[int | None]):
     """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes. `/` goes to the search
     box, which keeps the chats with a message containing its text (Store.search_chats) and shows where."""
 
-    BINDINGS = [Binding("escape", "dismiss_none", "close"), Binding("d", "delete", "delete"),
-                Binding("slash", "search", "search", show=False)]
+    BINDINGS = [
+        Binding("escape", "dismiss_none", "close"),
+        Binding("d", "delete", "delete"),
+        Binding("slash", "search", "search", show=False),
+    ]
     DEFAULT_CSS = """
     ChatListScreen { align: center middle; }
     ChatListScreen > Vertical { width: 90%; max-width: 100; height: 80%; border: round $accent; background: $surface; }
@@ -105,8 +115,11 @@ class ChatListScreen(ModalScreen[int | None]):
             chats = [(c, "") for c in self.store.list_chats()]
         for c, where in chats:
             line = Text(c.title or f"chat {c.id}", style="bold")
-            line.append(f"  {c.preset} · {c.n_messages} messages · {Path(c.model).name} · "
-                        f"{c.updated_at[:16].replace('T', ' ')}", style="dim")
+            line.append(
+                f"  {c.preset} · {c.n_messages} messages · {Path(c.model).name} · "
+                f"{c.updated_at[:16].replace('T', ' ')}",
+                style="dim",
+            )
             if where:  # the message that matched, on one line (Chinese is two cells a character), query highlighted
                 snip = Text(where, style="italic")
                 snip.truncate(max(20, options.size.width - 4), overflow="ellipsis")
@@ -165,31 +178,84 @@ class ChatScreen(Screen[None]):
     AUTO_FOCUS = "#prompt"
 
     BINDINGS = [
-        Binding("escape", "escape", "stop", tooltip="stop the answer (keeps what was generated), leave inspect mode, cancel an edit"),
+        Binding(
+            "escape",
+            "escape",
+            "stop",
+            tooltip="stop the answer (keeps what was generated), leave inspect mode, cancel an edit",
+        ),
         Binding("f1", "app.help", "keys", tooltip="every key, grouped"),
         Binding("f2", "next_preset", "preset", tooltip="switch to the next preset (shift+f2: previous)"),
         Binding("shift+f2", "prev_preset", "previous preset", show=False, tooltip="switch to the previous preset"),
-        Binding("f3", "edit_preset", "settings", tooltip="edit temperature, top-k, top-p, min-p, penalties, seed, max tokens"),
+        Binding(
+            "f3",
+            "edit_preset",
+            "settings",
+            tooltip="edit temperature, top-k, top-p, min-p, penalties, seed, max tokens",
+        ),
         Binding("f4", "toggle_candidates", "candidates", show=False, tooltip="show or hide the candidates panel"),
-        Binding("f5", "inspect", "inspect", tooltip="step through the answer token by token (← → or [ ]): why this word?"),
+        Binding(
+            "f5", "inspect", "inspect", tooltip="step through the answer token by token (← → or [ ]): why this word?"
+        ),
         Binding("f6", "heatmap", "heatmap", tooltip="colour every answer's tokens by their model probability"),
-        Binding("ctrl+r", "regenerate", "regenerate", tooltip="answer the last message again (the old answer stays, as a branch: ctrl+← ctrl+→ on it)"),
-        Binding("ctrl+l", "edit_last", "edit last", show=False, tooltip="edit your last message and resend it (the old one and its answer stay, as a branch)"),
+        Binding(
+            "ctrl+r",
+            "regenerate",
+            "regenerate",
+            tooltip="answer the last message again (the old answer stays, as a branch: ctrl+← ctrl+→ on it)",
+        ),
+        Binding(
+            "ctrl+l",
+            "edit_last",
+            "edit last",
+            show=False,
+            tooltip="edit your last message and resend it (the old one and its answer stay, as a branch)",
+        ),
         Binding("ctrl+n", "new_chat", "new", tooltip="start a new chat"),
         Binding("ctrl+o", "open_chats", "chats", tooltip="list past chats and open one"),
-        Binding("ctrl+s", "export", "export", show=False, tooltip="export this chat to Markdown and JSONL in the export folder"),
-        Binding("ctrl+y", "copy_last", "copy answer", show=False, tooltip="copy the last answer (c copies a focused message)"),
-        Binding("ctrl+t", "tokens", "tokens", show=False, tooltip="how the current prompt tokenizes, and the model's info"),
-        Binding("ctrl+b", "compare", "compare", show=False, tooltip="compare your last prompt under this preset and the next one, side by side, and vote"),
+        Binding(
+            "ctrl+s",
+            "export",
+            "export",
+            show=False,
+            tooltip="export this chat to Markdown and JSONL in the export folder",
+        ),
+        Binding(
+            "ctrl+y",
+            "copy_last",
+            "copy answer",
+            show=False,
+            tooltip="copy the last answer (c copies a focused message)",
+        ),
+        Binding(
+            "ctrl+t", "tokens", "tokens", show=False, tooltip="how the current prompt tokenizes, and the model's info"
+        ),
+        Binding(
+            "ctrl+b",
+            "compare",
+            "compare",
+            show=False,
+            tooltip="compare your last prompt under this preset and the next one, side by side, and vote",
+        ),
         # The prompt keeps the focus while you read, so the transcript scrolls from here too.
         Binding("pageup", "scroll_transcript('page_up')", "page up", show=False, tooltip="scroll the chat up a page"),
-        Binding("pagedown", "scroll_transcript('page_down')", "page down", show=False, tooltip="scroll the chat down a page"),
+        Binding(
+            "pagedown", "scroll_transcript('page_down')", "page down", show=False, tooltip="scroll the chat down a page"
+        ),
         Binding("ctrl+home", "scroll_transcript('home')", "top", show=False, tooltip="go to the start of the chat"),
         Binding("ctrl+end", "scroll_transcript('end')", "bottom", show=False, tooltip="go to the end of the chat"),
     ]
 
-    def __init__(self, *, store: Any, presets: dict[str, Preset], preset: str, model_id: str,
-                 export_dir: Path, show_timing: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        store: Any,
+        presets: dict[str, Preset],
+        preset: str,
+        model_id: str,
+        export_dir: Path,
+        show_timing: bool = True,
+    ) -> None:
         super().__init__()
         self.store, self.presets, self.model_id = store, presets, model_id
         self.model_name = Path(model_id).name or model_id
@@ -264,8 +330,13 @@ class ChatScreen(Screen[None]):
             if self.dropped_turns and self.engine is not None:
                 state += f" · {self.dropped_turns} turns out of context"
         edited = " (edited)" if self.params != self.preset.params else ""
-        self.query_one(StatusBar).set(model=self.model_name, preset=self.preset.name + edited,
-                                      settings=params_summary(self.params), state=state, error=error)
+        self.query_one(StatusBar).set(
+            model=self.model_name,
+            preset=self.preset.name + edited,
+            settings=params_summary(self.params),
+            state=state,
+            error=error,
+        )
 
     def _save(self, write: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one store call; a StoreError (disk full, database locked) is shown, never a crash.
@@ -328,8 +399,10 @@ class ChatScreen(Screen[None]):
             self.notify("still answering: esc stops it", severity="warning")
             return False
         if self.engine is None:
-            self.notify(f"no model: {self.engine_error}" if self.engine_error else "the model is still loading",
-                        severity="error" if self.engine_error else "warning")
+            self.notify(
+                f"no model: {self.engine_error}" if self.engine_error else "the model is still loading",
+                severity="error" if self.engine_error else "warning",
+            )
             return False
         return True
 
@@ -352,10 +425,14 @@ class ChatScreen(Screen[None]):
         if self.chat_id is None:
             self._saved_system = self.query_one("#system", Input).value.strip()
             title = " ".join(text.split())[:TITLE_CHARS]
-            self.chat_id = self._save(self.store.create_chat, self.model_id, self.preset.name,
-                                      self._saved_system, title)
-        message_id = (self._save(self.store.add_message, self.chat_id, "user", text, parent_id=self._last_id())
-                      if self.chat_id else None)
+            self.chat_id = self._save(
+                self.store.create_chat, self.model_id, self.preset.name, self._saved_system, title
+            )
+        message_id = (
+            self._save(self.store.add_message, self.chat_id, "user", text, parent_id=self._last_id())
+            if self.chat_id
+            else None
+        )
         if message_id is None:  # nothing is answered that could not be kept; the text stays in the box
             return
         self.query_one("#prompt", Input).value = ""
@@ -385,8 +462,9 @@ class ChatScreen(Screen[None]):
         try:
             # Oldest turns go when the chat and room for an answer no longer fit; an eighth of the
             # context more, so that the next turns fit without dropping (and re-reading) again.
-            ids, dropped = self.engine.fit(self.conversation(), self.params.max_new_tokens,
-                                           at_least=self.dropped_turns, slack=ctx // 8)
+            ids, dropped = self.engine.fit(
+                self.conversation(), self.params.max_new_tokens, at_least=self.dropped_turns, slack=ctx // 8
+            )
         except TiankongError as e:
             self.notify(str(e), severity="error")
             return
@@ -424,15 +502,24 @@ class ChatScreen(Screen[None]):
     class Done(Message):
         """The generation worker is finished: `finished` is None when it failed with `error`."""
 
-        def __init__(self, answer: AssistantMessage, text: str, tokens: list[dict[str, Any]],
-                     finished: Finished | None, params: SamplingParams, preset: str, error: str | None) -> None:
+        def __init__(
+            self,
+            answer: AssistantMessage,
+            text: str,
+            tokens: list[dict[str, Any]],
+            finished: Finished | None,
+            params: SamplingParams,
+            preset: str,
+            error: str | None,
+        ) -> None:
             super().__init__()
             self.answer, self.text, self.tokens, self.finished = answer, text, tokens, finished
             self.params, self.preset, self.error = params, preset, error
 
     @work(thread=True, exclusive=True, group="generate")
-    def _generate(self, ids: list[int], params: SamplingParams, preset: str, answer: AssistantMessage,
-                  cancel: threading.Event) -> None:
+    def _generate(
+        self, ids: list[int], params: SamplingParams, preset: str, answer: AssistantMessage, cancel: threading.Event
+    ) -> None:
         """Runs in a thread: stream tokens, posting them in batches (at most one post every FRAME_S).
 
         post_message never waits for the UI, so drawing never slows the model down; the
@@ -445,8 +532,9 @@ class ChatScreen(Screen[None]):
         error: str | None = None
         last = time.monotonic()
         try:
-            for ev in self.engine.generate([ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel,
-                                           prompt_cache=self.prompt_cache):
+            for ev in self.engine.generate(
+                [ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel, prompt_cache=self.prompt_cache
+            ):
                 if worker.is_cancelled:
                     cancel.set()
                 if isinstance(ev, Finished):
@@ -487,8 +575,17 @@ class ChatScreen(Screen[None]):
         text = answer.forced_text + fin.text
         await answer.finish(text, self._info(fin, params, len(answer.tokens)))
         answer.message_id = self._save(
-            self.store.add_message, self.chat_id, "assistant", text, preset=event.preset, params=params.to_dict(),
-            seed=params.seed, finish_reason=fin.finish_reason, tokens=answer.tokens, parent_id=answer.parent_id)
+            self.store.add_message,
+            self.chat_id,
+            "assistant",
+            text,
+            preset=event.preset,
+            params=params.to_dict(),
+            seed=params.seed,
+            finish_reason=fin.finish_reason,
+            tokens=answer.tokens,
+            parent_id=answer.parent_id,
+        )
         self._show_siblings(answer)
         answer.set_view(heatmap=self.heatmap)
         if answer.tokens:
@@ -520,7 +617,7 @@ class ChatScreen(Screen[None]):
             await w.remove()
         children = list(self.transcript.children)  # context notices after the last message kept go too
         kept = children.index(msgs[index - 1]) if index else -1
-        await self.transcript.remove_children([w for w in children[kept + 1:] if isinstance(w, ContextNotice)])
+        await self.transcript.remove_children([w for w in children[kept + 1 :] if isinstance(w, ContextNotice)])
         self.dropped_turns = max((w.dropped for w in self.transcript.query(ContextNotice)), default=0)
 
     async def action_regenerate(self) -> None:
@@ -623,10 +720,14 @@ class ChatScreen(Screen[None]):
             if m.role == "assistant":
                 model = Path(chat.model).name or chat.model
                 title = f"{model} · {m.preset}" if m.preset else model
-                info = (f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"
-                        if m.finish_reason else "")
-                w: UserMessage | AssistantMessage = AssistantMessage(m.content, m.tokens, title=title, info=info,
-                                                                     message_id=m.id, lazy=True)
+                info = (
+                    f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"
+                    if m.finish_reason
+                    else ""
+                )
+                w: UserMessage | AssistantMessage = AssistantMessage(
+                    m.content, m.tokens, title=title, info=info, message_id=m.id, lazy=True
+                )
                 w.parent_id = m.parent_id
             else:
                 w = UserMessage(m.content, m.id)
@@ -694,7 +795,7 @@ class ChatScreen(Screen[None]):
             return
         index = self.messages.index(answer)
         conversation = self.conversation()
-        conversation = conversation[:len(conversation) - (len(self.messages) - index)]  # up to the user's message
+        conversation = conversation[: len(conversation) - (len(self.messages) - index)]  # up to the user's message
         chosen = self._save(self.store.get_message, answer.message_id)
         rejected = [m for m in (self._save(self.store.get_message, i) for i in others) if m is not None]
         if chosen is None or not rejected:
@@ -706,8 +807,9 @@ class ChatScreen(Screen[None]):
 
     def action_scroll_transcript(self, where: str) -> None:
         t = self.transcript
-        {"page_up": t.scroll_page_up, "page_down": t.scroll_page_down,
-         "home": t.scroll_home, "end": t.scroll_end}[where](animate=False)
+        {"page_up": t.scroll_page_up, "page_down": t.scroll_page_down, "home": t.scroll_home, "end": t.scroll_end}[
+            where
+        ](animate=False)
 
     def action_export(self) -> None:
         if self.chat_id is None:
@@ -807,8 +909,9 @@ class ChatScreen(Screen[None]):
             answer, self.inspected = self.inspected, None
             answer.set_view(inspecting=False)
             if answer.tokens and self.candidates.token is answer.tokens[answer.cursor]:
-                self.candidates.show(self.candidates.token,
-                                     f"token {answer.cursor + 1} of {len(answer.tokens)} · f5 inspects")
+                self.candidates.show(
+                    self.candidates.token, f"token {answer.cursor + 1} of {len(answer.tokens)} · f5 inspects"
+                )
             self.query_one("#prompt", Input).focus()
             self._status()
 
@@ -834,7 +937,7 @@ class ChatScreen(Screen[None]):
         msgs = self.conversation()
         # The conversation up to and including that prompt.
         cut = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == user.content)
-        self.app.open_compare([self.preset.name, other], conversation=msgs[:cut + 1])
+        self.app.open_compare([self.preset.name, other], conversation=msgs[: cut + 1])
 
     def action_escape(self) -> None:
         if self.generating and self._cancel is not None:
@@ -858,6 +961,7 @@ class ChatScreen(Screen[None]):
 
     def help_sections(self) -> list[Section]:
         """Every key of this screen, of answers (inspect mode) and of the app, for the help screen."""
+
         def keys(b: Binding) -> str:  # every key of a multi-key binding ("left,[" -> "← / [")
             return " / ".join(self.app.get_key_display(dataclasses.replace(b, key=k)) for k in b.key.split(","))
 
@@ -867,8 +971,13 @@ class ChatScreen(Screen[None]):
         chat = [("enter", "send the message (in the system prompt: save it)")] + rows(self.BINDINGS)
         return [
             ("chat", chat),
-            ("an answer (inspect mode, or a focused message)",
-             rows(AssistantMessage.BINDINGS) + [("tab / shift+tab", "move focus between the inputs and messages")]),
-            ("everywhere", rows([b for b in self.app.BINDINGS if b.key not in {c.key for c in self.BINDINGS}])
-             + [("ctrl+p", "command palette: every action by name"), ("ctrl+q", "quit")]),
+            (
+                "an answer (inspect mode, or a focused message)",
+                rows(AssistantMessage.BINDINGS) + [("tab / shift+tab", "move focus between the inputs and messages")],
+            ),
+            (
+                "everywhere",
+                rows([b for b in self.app.BINDINGS if b.key not in {c.key for c in self.BINDINGS}])
+                + [("ctrl+p", "command palette: every action by name"), ("ctrl+q", "quit")],
+            ),
         ]

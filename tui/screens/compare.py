@@ -90,8 +90,10 @@ class Round:
 
     def __post_init__(self) -> None:
         if not self.answers:
-            self.answers = [Answer(model_identity(e.engine), model_name(e.engine), e.preset.name, p.to_dict(), p.seed)
-                            for e, p in zip(self.entrants, self.params)]
+            self.answers = [
+                Answer(model_identity(e.engine), model_name(e.engine), e.preset.name, p.to_dict(), p.seed)
+                for e, p in zip(self.entrants, self.params, strict=True)
+            ]
         k = len(self.answers)
         self.texts, self.finish, self.stats = [""] * k, [None] * k, [""] * k
 
@@ -105,10 +107,12 @@ def build_entrants(engines: list[Engine], presets: list[Preset]) -> list[Entrant
     elif len(presets) == 1:
         entrants = [Entrant(e, presets[0]) for e in engines]
     elif len(engines) == len(presets):
-        entrants = [Entrant(e, p) for e, p in zip(engines, presets)]
+        entrants = [Entrant(e, p) for e, p in zip(engines, presets, strict=True)]
     else:
-        raise ValueError(f"compare {len(engines)} models with one preset or one model with several presets, "
-                         f"got {len(engines)} models and {len(presets)} presets")
+        raise ValueError(
+            f"compare {len(engines)} models with one preset or one model with several presets, "
+            f"got {len(engines)} models and {len(presets)} presets"
+        )
     if not 2 <= len(entrants) <= len(LABELS):
         raise ValueError(f"compare needs 2 to {len(LABELS)} columns, got {len(entrants)}")
     return entrants
@@ -178,14 +182,23 @@ class CompareScreen(Screen):
     BINDINGS = [
         Binding("escape", "stop", "stop", tooltip="stop generating (every column keeps its text and can be voted on)"),
         Binding("escape", "back", "back", tooltip="back to the previous screen (or to the prompt)"),
-        Binding("1", "pick(1)", "rank", key_display="1-4",
-                tooltip="rank: press column numbers best first (1 = A, 2 = B, ...), then enter"),
+        Binding(
+            "1",
+            "pick(1)",
+            "rank",
+            key_display="1-4",
+            tooltip="rank: press column numbers best first (1 = A, 2 = B, ...), then enter",
+        ),
         Binding("2", "pick(2)", "rank", show=False, tooltip="rank column B next"),
         Binding("3", "pick(3)", "rank", show=False, tooltip="rank column C next"),
         Binding("4", "pick(4)", "rank", show=False, tooltip="rank column D next"),
         Binding("backspace", "unpick", "unpick", show=False, tooltip="take back the last column number"),
-        Binding("enter", "submit_ranking", "vote",
-                tooltip="store the ranking (unpressed columns stay unranked, below the pressed ones): 1 enter = A better"),
+        Binding(
+            "enter",
+            "submit_ranking",
+            "vote",
+            tooltip="store the ranking (unpressed columns stay unranked, below the pressed ones): 1 enter = A better",
+        ),
         Binding("t", "vote_tie", "tie", tooltip="vote: a tie"),
         Binding("0", "vote_both_bad", "both bad", tooltip="vote: both answers are bad"),
         Binding("0", "vote_all_bad", "all bad", tooltip="vote: all the answers are bad (three or four columns)"),
@@ -199,8 +212,20 @@ class CompareScreen(Screen):
     ACTIVE = {  # state -> the actions its keys run
         "idle": {"back", "undo_vote", "toggle_blind", "keys"},
         "generating": {"stop", "skip", "undo_vote", "toggle_blind", "keys"},
-        "voting": {"back", "pick", "unpick", "submit_ranking", "vote_tie", "vote_both_bad", "vote_all_bad", "skip",
-                   "undo_vote", "new_prompt", "rerun", "keys"},
+        "voting": {
+            "back",
+            "pick",
+            "unpick",
+            "submit_ranking",
+            "vote_tie",
+            "vote_both_bad",
+            "vote_all_bad",
+            "skip",
+            "undo_vote",
+            "new_prompt",
+            "rerun",
+            "keys",
+        },
         "voted": {"back", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
         "failed": {"back", "skip", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
     }
@@ -241,16 +266,28 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             super().__init__()
             self.number, self.error = number, error
 
-    def __init__(self, engines: list[Engine], presets: list[Preset], store: Store, rater: str,
-                 blind: bool = True, conversation: list[dict] | None = None, prompt: str | None = None,
-                 *, queue: PromptQueue | None = None,
-                 name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(
+        self,
+        engines: list[Engine],
+        presets: list[Preset],
+        store: Store,
+        rater: str,
+        blind: bool = True,
+        conversation: list[dict] | None = None,
+        prompt: str | None = None,
+        *,
+        queue: PromptQueue | None = None,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         # Answers read from a file need no engine; everything else does.
         self.answers_only = queue is not None and all(item.answers is not None for item in queue.items)
         self.entrants = [] if self.answers_only else build_entrants(list(engines), list(presets))
-        self.n_columns = (max(len(item.answers or ()) for item in queue.items) if self.answers_only
-                          else len(self.entrants))
+        self.n_columns = (
+            max(len(item.answers or ()) for item in queue.items) if self.answers_only else len(self.entrants)
+        )
         self.store = store
         self.rater = rater
         self.blind = blind  # applies to the next round
@@ -289,8 +326,10 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             if self.queue_active:
                 self._start_queued()
             else:
-                self.notify(f"All {self.queue.total} rounds of {self.queue.source} are done; "
-                            "--restart starts them again.", timeout=10)
+                self.notify(
+                    f"All {self.queue.total} rounds of {self.queue.source} are done; --restart starts them again.",
+                    timeout=10,
+                )
                 prompt_input.focus()
         elif self.initial_prompt is not None:
             prompt_input.value = self.initial_prompt
@@ -378,14 +417,29 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             self.query_one("#columns").focus()
         self._refresh_bars()
 
-    def _start(self, prompt: str, fresh: bool, history: list[dict] | None = None, prompt_id: str | None = None,
-               position: int | None = None) -> None:
+    def _start(
+        self,
+        prompt: str,
+        fresh: bool,
+        history: list[dict] | None = None,
+        prompt_id: str | None = None,
+        position: int | None = None,
+    ) -> None:
         """Begin a round: shuffle (blind), fill seeds, clear the columns, start the worker."""
         order, shuffle_seed = self._shuffled(len(self.entrants))
         entrants = [self.entrants[i] for i in order]
         conversation = (self.history if history is None else history) + [{"role": "user", "content": prompt}]
-        rnd = Round(self._rounds, prompt, conversation, entrants, fill_seeds(entrants, fresh), self.blind,
-                    shuffle_seed, prompt_id=prompt_id, position=position)
+        rnd = Round(
+            self._rounds,
+            prompt,
+            conversation,
+            entrants,
+            fill_seeds(entrants, fresh),
+            self.blind,
+            shuffle_seed,
+            prompt_id=prompt_id,
+            position=position,
+        )
         self._show_round(rnd)
         self.query_one("#columns").focus()
         self._generate(rnd)
@@ -395,8 +449,13 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         assert self.queue is not None
         item, repeat = self.queue.at(self.position)
         if item.answers is None:  # later repeats of a prompt always draw new seeds
-            self._start(item.prompt, fresh=repeat > 0, history=item.conversation[:-1], prompt_id=item.prompt_id,
-                        position=self.position)
+            self._start(
+                item.prompt,
+                fresh=repeat > 0,
+                history=item.conversation[:-1],
+                prompt_id=item.prompt_id,
+                position=self.position,
+            )
         else:
             self._show_given(item)
 
@@ -405,11 +464,23 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         assert item.answers is not None
         order, shuffle_seed = self._shuffled(len(item.answers))
         given = [item.answers[i] for i in order]
-        rnd = Round(self._rounds, item.prompt, [dict(m) for m in item.conversation], [], [], self.blind,
-                    shuffle_seed, answers=[g.answer for g in given], prompt_id=item.prompt_id,
-                    position=self.position)
-        rnd.texts, rnd.finish, rnd.stats = [g.text for g in given], [g.finish_reason for g in given], \
-            [g.stats for g in given]
+        rnd = Round(
+            self._rounds,
+            item.prompt,
+            [dict(m) for m in item.conversation],
+            [],
+            [],
+            self.blind,
+            shuffle_seed,
+            answers=[g.answer for g in given],
+            prompt_id=item.prompt_id,
+            position=self.position,
+        )
+        rnd.texts, rnd.finish, rnd.stats = (
+            [g.text for g in given],
+            [g.finish_reason for g in given],
+            [g.stats for g in given],
+        )
         rnd.done = True
         self._show_round(rnd)
         self.query_one("#columns").focus()
@@ -446,8 +517,9 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             for cols in by_engine.values():
                 engine = rnd.entrants[cols[0]].engine
                 ids = engine.encode(messages=rnd.conversation)
-                events_ = engine.generate([ids] * len(cols), [rnd.params[c] for c in cols],
-                                          top_logprobs=0, cancel=rnd.cancel)
+                events_ = engine.generate(
+                    [ids] * len(cols), [rnd.params[c] for c in cols], top_logprobs=0, cancel=rnd.cancel
+                )
                 streams.append((cols, iter(events_)))
             texts, finish, stats = list(rnd.texts), list(rnd.finish), list(rnd.stats)
             last_post = 0.0
@@ -462,16 +534,20 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
                     elif isinstance(ev, Finished):
                         c = cols[ev.row]
                         texts[c], finish[c] = ev.text, ev.finish_reason
-                        stats[c] = (ev.message if ev.finish_reason == "error"  # non-finite logits: say why
-                                    else f"{ev.usage.completion_tokens} tokens")
+                        stats[c] = (
+                            ev.message
+                            if ev.finish_reason == "error"  # non-finite logits: say why
+                            else f"{ev.usage.completion_tokens} tokens"
+                        )
                 now = time.monotonic()
                 if now - last_post >= FRAME_S or not streams:
                     self.post_message(self.Streamed(rnd.number, list(texts), list(finish), list(stats)))
                     last_post = now
             self.post_message(self.Ended(rnd.number))
         except Exception as exc:  # a bad prompt or a model error: show it, keep the app alive
-            self.post_message(self.Ended(rnd.number, f"{type(exc).__name__}: {exc}"
-                                         if not str(exc).strip() else str(exc)))
+            self.post_message(
+                self.Ended(rnd.number, f"{type(exc).__name__}: {exc}" if not str(exc).strip() else str(exc))
+            )
 
     def on_compare_screen_streamed(self, message: Streamed) -> None:
         rnd = self.round
@@ -542,8 +618,10 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if not self._can_vote():
             return
         if not self.picks:
-            self.notify("Press column numbers best first (1 = A, 2 = B, …), or t for a tie, "
-                        f"0 for {'both' if self.k == 2 else 'all'} bad.")
+            self.notify(
+                "Press column numbers best first (1 = A, 2 = B, …), or t for a tie, "
+                f"0 for {'both' if self.k == 2 else 'all'} bad."
+            )
             return
         k = self.k
         ranking = self.picks + [c for c in range(k) if c not in self.picks]
@@ -565,20 +643,37 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         rnd = self.round
         assert rnd is not None
         responses = [
-            Response(label=LABELS[c], model=a.model, preset=a.preset, params=dict(a.params), seed=a.seed,
-                     text=rnd.texts[c], finish_reason=rnd.finish[c] if rnd.finish[c] is not None else "cancelled")
+            Response(
+                label=LABELS[c],
+                model=a.model,
+                preset=a.preset,
+                params=dict(a.params),
+                seed=a.seed,
+                text=rnd.texts[c],
+                finish_reason=rnd.finish[c] if rnd.finish[c] is not None else "cancelled",
+            )
             for c, a in enumerate(rnd.answers)
         ]
-        vote = Vote(id=None, prompt=rnd.prompt, conversation=[dict(m) for m in rnd.conversation],
-                    responses=responses, outcome=outcome, ranking=list(ranking), rater=self.rater,
-                    blind=rnd.blind and not rnd.revealed, created_at="",  # "": the store stamps it
-                    n_ranked=n_ranked, prompt_id=rnd.prompt_id,
-                    source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground")
+        vote = Vote(
+            id=None,
+            prompt=rnd.prompt,
+            conversation=[dict(m) for m in rnd.conversation],
+            responses=responses,
+            outcome=outcome,
+            ranking=list(ranking),
+            rater=self.rater,
+            blind=rnd.blind and not rnd.revealed,
+            created_at="",  # "": the store stamps it
+            n_ranked=n_ranked,
+            prompt_id=rnd.prompt_id,
+            source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground",
+        )
         try:
             rnd.vote_id = self.store.add_vote(vote)
         except Exception as exc:  # unwritable, locked, full disk...: say so, keep the vote to retry
-            self._set_bar(Text.assemble(("Vote NOT saved: ", "bold red"), (str(exc), "red"),
-                                        ("  — fix it and vote again", "")))
+            self._set_bar(
+                Text.assemble(("Vote NOT saved: ", "bold red"), (str(exc), "red"), ("  — fix it and vote again", ""))
+            )
             self.notify(str(exc), title="Vote not saved", severity="error", timeout=10)
             return
         rnd.revealed = True
@@ -647,8 +742,9 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
     def action_rerun(self) -> None:
         rnd = self.round
         if rnd is not None and self.state != "generating" and not self.answers_only:
-            self._start(rnd.prompt, fresh=True, history=rnd.conversation[:-1], prompt_id=rnd.prompt_id,
-                        position=rnd.position)
+            self._start(
+                rnd.prompt, fresh=True, history=rnd.conversation[:-1], prompt_id=rnd.prompt_id, position=rnd.position
+            )
 
     def action_toggle_blind(self) -> None:
         self.blind = not self.blind
@@ -715,7 +811,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             head.append(" ")
         answers = rnd.answers if rnd is not None else []
         models = {a.model: a.model_name for a in answers} or {
-            model_identity(e.engine): model_name(e.engine) for e in self.entrants}
+            model_identity(e.engine): model_name(e.engine) for e in self.entrants
+        }
         if rnd is not None and not hidden:
             what = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(k))
         elif self.answers_only:
@@ -758,8 +855,9 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         skip = " · s skip" if self.queue_active else ""
         if self.queue is not None and not self.queue_active and state in ("idle", "voted"):
             more = " · n new prompt" if not self.answers_only else " · esc leaves"
-            return Text.assemble(("✓ ", "bold green"), (f"All {self.queue.total} rounds done", "green"),
-                                 more + " · ctrl+z undo")
+            return Text.assemble(
+                ("✓ ", "bold green"), (f"All {self.queue.total} rounds done", "green"), more + " · ctrl+z undo"
+            )
         if state == "idle":
             return Text("Type a prompt and press enter. f1 shows every key.", style="dim")
         if state == "generating":
@@ -767,11 +865,17 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         rnd = self.round
         assert rnd is not None
         if state == "failed":
-            return Text.assemble(("Generation failed: ", "bold red"), (rnd.error or "", "red"),
-                                 (" · n new prompt" if not self.queue_active else "") + " · r retry" + skip)
+            return Text.assemble(
+                ("Generation failed: ", "bold red"),
+                (rnd.error or "", "red"),
+                (" · n new prompt" if not self.queue_active else "") + " · r retry" + skip,
+            )
         if state == "voted":
-            return Text.assemble(("✓ ", "bold green"), (f"Vote #{rnd.vote_id} saved: {rnd.verdict}", "green"),
-                                 " · n new prompt · r rerun, new seeds · ctrl+z undo")
+            return Text.assemble(
+                ("✓ ", "bold green"),
+                (f"Vote #{rnd.vote_id} saved: {rnd.verdict}", "green"),
+                " · n new prompt · r rerun, new seeds · ctrl+z undo",
+            )
         if self.picks:
             rest = [LABELS[c] for c in range(k) if c not in self.picks]
             tiers = [[LABELS[c]] for c in self.picks] + ([rest] if rest else [])
@@ -781,7 +885,9 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             line.append("  Enter saves · Backspace undoes a number")
             return line
         if k == 2:
-            return Text.assemble(("Vote: ", "bold"), f"1 Enter = A better · 2 Enter = B better · t tie · 0 both bad{skip}")
+            return Text.assemble(
+                ("Vote: ", "bold"), f"1 Enter = A better · 2 Enter = B better · t tie · 0 both bad{skip}"
+            )
         return Text.assemble(("Rank: ", "bold"), f"press {keys} best first, then Enter · t tie · 0 all bad{skip}")
 
 

@@ -12,10 +12,12 @@ from textual.widgets import Static
 
 Section = tuple[str, list[tuple[str, str]]]  # (title, [(keys, what they do)])
 
-INTRO = ("A language model is a next-token predictor: at each step it weighs every token in its "
-         "vocabulary. The candidates panel shows the top ones: the blue bar is the model's own "
-         "probability, the green bar the probability after your preset's sampler chain "
-         "(✗ = cut by top-k / top-p / min-p); ▶ is the token that was drawn.")
+INTRO = (
+    "A language model is a next-token predictor: at each step it weighs every token in its "
+    "vocabulary. The candidates panel shows the top ones: the blue bar is the model's own "
+    "probability, the green bar the probability after your preset's sampler chain "
+    "(✗ = cut by top-k / top-p / min-p); ▶ is the token that was drawn."
+)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -32,8 +34,16 @@ class HelpScreen(ModalScreen[None]):
             body.border_subtitle = "esc closes"
             yield Static(Text(INTRO, style="dim"), id="help-intro")
             for title, keys in self.sections:
-                table = Table(title=title, title_justify="left", title_style="bold", show_header=False,
-                              show_edge=False, box=None, padding=(0, 1), expand=True)
+                table = Table(
+                    title=title,
+                    title_justify="left",
+                    title_style="bold",
+                    show_header=False,
+                    show_edge=False,
+                    box=None,
+                    padding=(0, 1),
+                    expand=True,
+                )
                 table.add_column("key", style="bold cyan", no_wrap=True, min_width=14)
                 table.add_column("what", ratio=1)
                 for key, what in keys:

@@ -78,8 +78,12 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
                     lo, hi, _ = SamplingParams.RANGES[name]
                     value = getattr(self.params, name)
                     yield Label(name, classes="field-name")
-                    yield Input("" if value is None else num(value), id=f"field-{name}",
-                                placeholder="random" if name == "seed" else "", compact=True)
+                    yield Input(
+                        "" if value is None else num(value),
+                        id=f"field-{name}",
+                        placeholder="random" if name == "seed" else "",
+                        compact=True,
+                    )
                     rec = self.preset.recommended.get(name)
                     hint = f"[{num(lo)}, {num(hi)}]"
                     if rec:
@@ -111,7 +115,8 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
         if isinstance(widget, Input) and widget.id and widget.id.startswith("field-"):
             name = widget.id.removeprefix("field-")
             self.query_one("#editor-help", Static).update(
-                Text.assemble((f"{name}: ", "bold"), SamplingParams.RANGES[name].description))
+                Text.assemble((f"{name}: ", "bold"), SamplingParams.RANGES[name].description)
+            )
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:

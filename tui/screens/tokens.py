@@ -94,8 +94,10 @@ class TokensScreen(Screen[None]):
         for n, i in enumerate(self.ids):
             piece = self.eng.tokenizer.id_to_piece(i)
             special = i in specials
-            table.add_row(Text(str(n), justify="right"), Text(str(i), justify="right"),
-                          Text(piece, style="bold magenta" if special else ""),
-                          Text("special" if special else show_token(self.eng.token_text(i)),
-                               style="dim" if special else ""))
+            table.add_row(
+                Text(str(n), justify="right"),
+                Text(str(i), justify="right"),
+                Text(piece, style="bold magenta" if special else ""),
+                Text("special" if special else show_token(self.eng.token_text(i)), style="dim" if special else ""),
+            )
         table.focus()

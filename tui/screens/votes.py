@@ -98,9 +98,17 @@ def win_rate(s: dict[str, int]) -> float | None:
 def stats_table(stats: dict[str, dict[str, int]]) -> RenderableType:
     if not stats:
         return Text("No votes yet.", style="dim")
-    table = Table(box=None, padding=(0, 1), expand=False, title="Presets", title_justify="left",
-                  title_style="bold", caption="win rate = wins ÷ (wins + losses), over ranked pairs",
-                  caption_justify="left", caption_style="dim")
+    table = Table(
+        box=None,
+        padding=(0, 1),
+        expand=False,
+        title="Presets",
+        title_justify="left",
+        title_style="bold",
+        caption="win rate = wins ÷ (wins + losses), over ranked pairs",
+        caption_justify="left",
+        caption_style="dim",
+    )
     table.add_column("preset", no_wrap=True, overflow="ellipsis", max_width=16)
     for name in ("votes", "wins", "losses", "ties", "bad"):
         table.add_column(name, justify="right")
@@ -110,20 +118,32 @@ def stats_table(stats: dict[str, dict[str, int]]) -> RenderableType:
     for preset in order:
         s = stats[preset]
         rate = win_rate(s)
-        table.add_row(preset, str(s.get("votes", 0)), str(s.get("wins", 0)), str(s.get("losses", 0)),
-                      str(s.get("ties", 0)), str(s.get("both_bad", 0)),
-                      "—" if rate is None else f"{rate:.0%}",
-                      Bar(1.0, 0.0, rate or 0.0, width=12, color="green", bgcolor="grey23"))
+        table.add_row(
+            preset,
+            str(s.get("votes", 0)),
+            str(s.get("wins", 0)),
+            str(s.get("losses", 0)),
+            str(s.get("ties", 0)),
+            str(s.get("both_bad", 0)),
+            "—" if rate is None else f"{rate:.0%}",
+            Bar(1.0, 0.0, rate or 0.0, width=12, color="green", bgcolor="grey23"),
+        )
     return table
 
 
 def vote_detail(vote: Vote) -> RenderableType:
     """Everything about one vote: who, when, the context, each response (best first when ranked)."""
-    head = Text.assemble((f"Vote #{vote.id}", "bold"), f" · {local_time(vote.created_at)} · rater {vote.rater} · ",
-                         ("blind" if vote.blind else "not blind"), f" · {vote.source}")
+    head = Text.assemble(
+        (f"Vote #{vote.id}", "bold"),
+        f" · {local_time(vote.created_at)} · rater {vote.rater} · ",
+        ("blind" if vote.blind else "not blind"),
+        f" · {vote.source}",
+    )
     result = Text.assemble(("Outcome: ", "bold"), (verdict(vote), "bold cyan"))
     if vote.outcome == "ranked":
-        result.append("  (" + tiers_text([[who(vote, i) for i in tier] for tier in vote.tiers()], better=False) + ")", style="dim")
+        result.append(
+            "  (" + tiers_text([[who(vote, i) for i in tier] for tier in vote.tiers()], better=False) + ")", style="dim"
+        )
     parts: list[RenderableType] = [head, result]
     for m in vote.conversation[:-1]:  # the context before the prompt
         parts.append(Text.assemble((f"{m.get('role', '?')}: ", "bold dim"), (str(m.get("content", "")), "dim")))
@@ -137,9 +157,16 @@ def vote_detail(vote: Vote) -> RenderableType:
         title = f"{r.label} · {r.preset}" + (f" · {place[i]}" if i in place else "")
         seed = "?" if r.seed is None else r.seed
         sub = f"{Path(r.model).name or r.model} · seed {seed} · {r.finish_reason}"
-        parts.append(Panel(Text(r.text), title=Text(title, style="bold"), title_align="left",
-                           subtitle=Text(sub, style="dim"), subtitle_align="right",
-                           border_style="green" if rank.get(i) == 0 else "grey50"))
+        parts.append(
+            Panel(
+                Text(r.text),
+                title=Text(title, style="bold"),
+                title_align="left",
+                subtitle=Text(sub, style="dim"),
+                subtitle_align="right",
+                border_style="green" if rank.get(i) == 0 else "grey50",
+            )
+        )
     return Group(*parts)
 
 
@@ -150,8 +177,12 @@ class VotesScreen(Screen):
 
     BINDINGS = [
         Binding("escape", "close", "back", tooltip="back to the previous screen"),
-        Binding("s", "toggle_stats", "stats/vote",
-                tooltip="switch between the vote and the preset statistics (narrow terminals)"),
+        Binding(
+            "s",
+            "toggle_stats",
+            "stats/vote",
+            tooltip="switch between the vote and the preset statistics (narrow terminals)",
+        ),
         Binding("ctrl+r", "reload", "reload", tooltip="read the votes again"),
     ]
 
@@ -165,8 +196,9 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
 **ctrl+r** reloads · **Esc** goes back.
 """
 
-    def __init__(self, store: Store, *, name: str | None = None, id: str | None = None,
-                 classes: str | None = None) -> None:
+    def __init__(
+        self, store: Store, *, name: str | None = None, id: str | None = None, classes: str | None = None
+    ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.store = store
         self.votes: dict[int, Vote] = {}  # shown rows by vote id
@@ -239,20 +271,26 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         keep = table.cursor_row
         table.clear()
         for v in votes:
-            table.add_row(local_time(v.created_at, short=True), Text(excerpt(v.prompt, 60)),
-                          Text(excerpt(compared(v), 40)), v.outcome.replace("_", " "), Text(winner(v)),
-                          key=str(v.id))
+            table.add_row(
+                local_time(v.created_at, short=True),
+                Text(excerpt(v.prompt, 60)),
+                Text(excerpt(compared(v), 40)),
+                v.outcome.replace("_", " "),
+                Text(winner(v)),
+                key=str(v.id),
+            )
         total = len(votes)
         self.query_one("#votes-count", Static).update(
-            Text(f"{total} vote{'s' if total != 1 else ''}" + (" (filtered)" if preset or outcome else ""),
-                 style="dim"))
+            Text(f"{total} vote{'s' if total != 1 else ''}" + (" (filtered)" if preset or outcome else ""), style="dim")
+        )
         if votes:
             table.move_cursor(row=min(keep, len(votes) - 1))
             self._show(votes[min(keep, len(votes) - 1)])
         else:
             self.shown = None
-            detail.update(Text("No votes here yet. Compare answers (tiankong compare) and vote; "
-                               "they show up here.", style="dim"))
+            detail.update(
+                Text("No votes here yet. Compare answers (tiankong compare) and vote; they show up here.", style="dim")
+            )
 
     def _show_stats(self, stats: dict[str, dict[str, int]]) -> None:
         """Counts now; the leaderboards when the thread has them (at once if the votes are unchanged)."""
@@ -272,13 +310,17 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         except Exception as exc:  # a locked database: the counts above still stand
             tables: list[RenderableType] = [Text(f"\nNo leaderboard: {exc}", style="red")]
         else:
-            tables = [standings_table(rows, title=f"Leaderboard: {kind}", paths=kind == "models")
-                      for kind, rows in boards.items() if rows]
+            tables = [
+                standings_table(rows, title=f"Leaderboard: {kind}", paths=kind == "models")
+                for kind, rows in boards.items()
+                if rows
+            ]
         tables = [item for t in tables for item in (Text(""), t)]
         self.app.call_from_thread(self._boards_ready, stats, key, tables)
 
-    def _boards_ready(self, stats: dict[str, dict[str, int]], key: tuple[str, int | None],
-                      tables: list[RenderableType]) -> None:
+    def _boards_ready(
+        self, stats: dict[str, dict[str, int]], key: tuple[str, int | None], tables: list[RenderableType]
+    ) -> None:
         self._boards = (key, tables)
         self.query_one("#votes-stats", Static).update(Group(stats_table(stats), *tables))
 

@@ -71,8 +71,12 @@ def candidate_rows(token: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
     """(candidate, is_chosen) rows: the top-K, plus the chosen token when it is not among them."""
     rows = [(c, c["id"] == token["id"]) for c in token.get("top") or []]
     if not any(chosen for _, chosen in rows):
-        rows.append(({"id": token["id"], "text": token["text"], "logprob": token["logprob"],
-                      "p_sample": token["p_sample"]}, True))
+        rows.append(
+            (
+                {"id": token["id"], "text": token["text"], "logprob": token["logprob"], "p_sample": token["p_sample"]},
+                True,
+            )
+        )
     return rows
 
 

@@ -12,14 +12,16 @@ is untouched, so copies and exports stay byte-exact.
 
 from __future__ import annotations
 
-import rich.text
 import rich._wrap
+import rich.text
 import textual.content
 
 # Must not start a line: closing punctuation and brackets, small kana, prolonged sound mark (JIS X 4051, GB/T 15834).
-NO_LINE_START = frozenset("，。！？；：、．…‥・〜ー」』）》〉】〕〗〙〛］｝〞’”"
-                          "ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶㇰㇱㇲㇳㇴㇵㇶㇷㇸㇹㇺㇻㇼㇽㇾㇿ"
-                          ",.!?;:)]}%")
+NO_LINE_START = frozenset(
+    "，。！？；：、．…‥・〜ー」』）》〉】〕〗〙〛］｝〞’”"
+    "ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶㇰㇱㇲㇳㇴㇵㇶㇷㇸㇹㇺㇻㇼㇽㇾㇿ"
+    ",.!?;:)]}%"
+)
 # Must not end a line: opening brackets.
 NO_LINE_END = frozenset("「『（《〈【〔〖〘〚［｛〝‘“")
 

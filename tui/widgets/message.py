@@ -170,7 +170,7 @@ def _parse_blocks(tokens: list[Any], i: int, depth: int, in_list: bool) -> tuple
                 bullets = [f"{n}. ".rjust(size) for n in range(start, start + len(items))]
             else:
                 bullets = [_BULLETS[depth % len(_BULLETS)]] * len(items)
-            blocks.append(("list", list(zip(bullets, items)), 0, 0 if in_list else 1))
+            blocks.append(("list", list(zip(bullets, items, strict=True)), 0, 0 if in_list else 1))
         elif kind == "blockquote_open":
             inner, i = _parse_blocks(tokens, i + 1, depth, in_list)
             blocks.append(("quote", inner, 1, 1))
@@ -269,8 +269,13 @@ class MarkdownPreview:
 
 # Regenerate, edit and branch keep the old message as a sibling; a focused message switches among them.
 BRANCH_BINDINGS = [
-    Binding("ctrl+left,alt+left", "switch_branch(-1)", "◀ branch", show=False,
-            tooltip="show the previous branch here (the answer before a regenerate, edit or branch)"),
+    Binding(
+        "ctrl+left,alt+left",
+        "switch_branch(-1)",
+        "◀ branch",
+        show=False,
+        tooltip="show the previous branch here (the answer before a regenerate, edit or branch)",
+    ),
     Binding("ctrl+right,alt+right", "switch_branch(1)", "branch ▶", show=False, tooltip="show the next branch here"),
 ]
 
@@ -284,7 +289,7 @@ class SwitchBranch(Message):
 
 
 def branch_label(siblings: list[int], message_id: int | None) -> str:
-    """"‹ 2/3 ›": which of the branches at this place is shown; "" when there is only one."""
+    """ "‹ 2/3 ›": which of the branches at this place is shown; "" when there is only one."""
     if len(siblings) < 2 or message_id not in siblings:
         return ""
     return f"‹ {siblings.index(message_id) + 1}/{len(siblings)} ›"
@@ -340,10 +345,20 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         Binding("home", "jump(0)", "first", show=False),
         Binding("end", "jump(-1)", "last", show=False),
         Binding("c", "copy", "copy"),
-        Binding("b", "branch", "branch here", tooltip="pick another candidate for the token at the cursor and "
-                "continue the answer from it (what if the model had said that?)"),
-        Binding("v", "vote_branch", "vote branch", show=False,
-                tooltip="vote this branch better than the others here, at the token where they part"),
+        Binding(
+            "b",
+            "branch",
+            "branch here",
+            tooltip="pick another candidate for the token at the cursor and "
+            "continue the answer from it (what if the model had said that?)",
+        ),
+        Binding(
+            "v",
+            "vote_branch",
+            "vote branch",
+            show=False,
+            tooltip="vote this branch better than the others here, at the token where they part",
+        ),
     ] + BRANCH_BINDINGS
     COMPONENT_CLASSES: ClassVar[set[str]] = {"assistant-message--info"}  # a lazy answer's info line
 
@@ -368,9 +383,16 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
             super().__init__()
             self.answer = answer
 
-    def __init__(self, content: str = "", tokens: list[dict[str, Any]] | None = None, *,
-                 title: str = "assistant", info: str = "", message_id: int | None = None,
-                 lazy: bool = False) -> None:
+    def __init__(
+        self,
+        content: str = "",
+        tokens: list[dict[str, Any]] | None = None,
+        *,
+        title: str = "assistant",
+        info: str = "",
+        message_id: int | None = None,
+        lazy: bool = False,
+    ) -> None:
         super().__init__(classes="message assistant")
         self.content = content
         self.tokens: list[dict[str, Any]] = list(tokens or [])
@@ -537,8 +559,12 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
             return
         if not isinstance(scroller, Widget) or not width or not self.tokens:
             return
-        line = cursor_line("".join(t["text"] for t in self.tokens),
-                           sum(len(t["text"]) for t in self.tokens[:self.cursor]), width, self.app.console)
+        line = cursor_line(
+            "".join(t["text"] for t in self.tokens),
+            sum(len(t["text"]) for t in self.tokens[: self.cursor]),
+            width,
+            self.app.console,
+        )
         y = view.region.y - scroller.region.y + int(scroller.scroll_y) + line
         scroller.scroll_to_region(Region(0, max(y - 1, 0), 1, 3), animate=False, immediate=True)
 

@@ -29,11 +29,24 @@ def params_summary(params: Any) -> str:
 
 
 # Shorter names for the settings, for a status line that does not fit: "T 0.7 top-k 40" -> "T0.7 k40".
-_SHORT = [("top-k ", "k"), ("top-p ", "p"), ("min-p ", "min-p"), ("T ", "T"), ("max ", "max"),
-          ("rep ", "rep"), ("pres ", "pres"), ("freq ", "freq")]
+_SHORT = [
+    ("top-k ", "k"),
+    ("top-p ", "p"),
+    ("min-p ", "min-p"),
+    ("T ", "T"),
+    ("max ", "max"),
+    ("rep ", "rep"),
+    ("pres ", "pres"),
+    ("freq ", "freq"),
+]
 
-FINISH_WORDS = {"eos": "end of text", "stop": "stop string", "length": "max tokens", "context": "context full",
-                "cancelled": "stopped (esc)"}
+FINISH_WORDS = {
+    "eos": "end of text",
+    "stop": "stop string",
+    "length": "max tokens",
+    "context": "context full",
+    "cancelled": "stopped (esc)",
+}
 
 
 def finish_words(reason: str) -> str:
@@ -77,6 +90,10 @@ class StatusBar(Static):
         short = compact
         for long, abbreviation in _SHORT:
             short = short.replace(long, abbreviation)
-        lines = [self._line(True, settings, state), self._line(True, compact, state),
-                 self._line(False, compact, state), self._line(False, short, state)]
+        lines = [
+            self._line(True, settings, state),
+            self._line(True, compact, state),
+            self._line(False, compact, state),
+            self._line(False, short, state),
+        ]
         return next((line for line in lines if line.cell_len <= self.size.width), lines[-1])
