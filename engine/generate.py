@@ -6,6 +6,11 @@ are left-padded to a common length so that all rows write the KV cache at the sa
 row's positions start at 0 at its first real token, and the mask hides the padding. A finished
 row leaves the batch, so the others do not pay for it.
 
+`generate` reads as its stages (gpt-fast's prefill / decode_one_token / decode_n_tokens):
+_setup_rows checks the request, _prefill reads the prompts, then each step _draw samples every
+row, _step_events yields the events and ends rows, _evict drops the finished ones and _decode
+feeds the chosen tokens back.
+
 The path of one step (see SAMPLER_CHAIN in sampling.py for the processing order):
     logits (B, V) -> raw log-probs (for the events) -> BatchSampler.process (penalties,
     temperature, top-k, top-p, min-p) -> probs (B, V) -> per-row draw -> TokenEvent per row.
@@ -27,7 +32,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Generator, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +60,34 @@ class _Row:
     first_token_at: float = 0.0
 
 
+@dataclass
+class _Batch:
+    """The rows still generating and their tensors (row b of each tensor is rows[b])."""
+
+    rows: list[_Row]
+    cache: KVCache
+    pad: torch.Tensor  # (B,) left padding per row
+    sampler: BatchSampler
+    logits: torch.Tensor  # (B, V) for the next token
+    slot: int  # next cache slot to write
+    t0: float  # when the prefill started
+    t_prefill: float = 0.0  # prefill seconds, set when the first tokens are drawn
+    why_nonfinite: str | None = None  # worked out once, when a row first has non-finite logits
+
+    def finished(self, r: _Row, reason: str, message: str = "") -> Finished:
+        return _finished(r, reason, self.t_prefill, time.perf_counter() - self.t0 - self.t_prefill, message)
+
+
+@dataclass
+class _Draw:
+    """One step's draw for every row, fetched to the CPU once."""
+
+    chosen: torch.Tensor  # (B,) the tokens, on the model's device
+    stats: list[list[float]]  # per row: token, log-prob, sampling prob, entropy
+    top: list | None  # per row: (ids, log-probs, sampling probs) of the top candidates
+    is_eos: list[bool]
+
+
 def generate(
     model: nn.Module,
     cfg: ModelConfig,
@@ -76,13 +109,43 @@ def generate(
     for one row, the conversation's cache: the prompt's cached prefix is not read again, and the
     cache holds the prompt and the answer afterwards.
     """
+    rows = _setup_rows(cfg, tokenizer, prompts, params, prompt_cache)
+    if not rows:
+        return
+    batch = _prefill(model, cfg, prompts, rows, prompt_cache)
+    eos = torch.tensor(sorted(tokenizer.eos_ids), dtype=torch.long)
+    text_of = text_of or tokenizer.token_text
+    while True:
+        if cancel is not None and cancel.is_set():
+            # Cancelled between tokens: every row keeps exactly what it had streamed.
+            batch.t_prefill = batch.t_prefill or time.perf_counter() - batch.t0
+            for r in batch.rows:
+                r.text += r.decoder.flush()
+                yield batch.finished(r, "cancelled")
+            return
+        draw = _draw(batch, eos, top_logprobs)
+        keep = yield from _step_events(model, batch, draw, text_of, prompt_cache)
+        if not keep:
+            return
+        if len(keep) < len(batch.rows):
+            _evict(batch, draw, keep)
+        _decode(model, cfg, batch, draw.chosen, prompt_cache)
+
+
+def _setup_rows(
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+    prompt_cache: PromptCache | None,
+) -> list[_Row]:
+    """Check the request and make one _Row per prompt (none for no prompts)."""
     if len(prompts) != len(params):
         raise InputError(f"{len(prompts)} prompts but {len(params)} parameter sets; give one per prompt")
     if not prompts:
-        return
+        return []
     if prompt_cache is not None and len(prompts) != 1:
         raise InputError(f"a prompt cache serves one row, not {len(prompts)}")
-    device = next(model.parameters()).device
     ctx = cfg.max_seq_len
     rows: list[_Row] = []
     for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
@@ -94,129 +157,156 @@ def generate(
             )
         assert p.seed is not None, "the caller draws a seed for rows that have none"
         rows.append(_Row(i, len(ids), p, min(p.max_new_tokens, ctx - len(ids)), IncrementalDecoder(tokenizer, ids)))
-    text_of = text_of or tokenizer.token_text
-    eos = torch.tensor(sorted(tokenizer.eos_ids), dtype=torch.long)
+    return rows
+
+
+@torch.inference_mode()
+def _prefill(
+    model: nn.Module,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    rows: list[_Row],
+    prompt_cache: PromptCache | None,
+) -> _Batch:
+    """Read the prompts into a fresh KV cache (or the row's PromptCache) -> the batch, holding the
+    logits of each prompt's last token."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     B, P = len(rows), max(r.prompt_len for r in rows)
     total = P + max(r.max_new for r in rows)
+    pad = torch.tensor([P - r.prompt_len for r in rows], device=device)  # (B,)
+    sampler = BatchSampler([r.params for r in rows], cfg.vocab_size, device, prompts)
+    t0 = time.perf_counter()
+    if prompt_cache is not None:
+        cache, logits = _prefill_cached(model, cfg, prompt_cache, prompts[0], total)
+        return _Batch(rows, cache, pad, sampler, logits, P, t0)
+    tokens = torch.zeros(B, P, dtype=torch.long)
+    for b, ids in enumerate(prompts):
+        tokens[b, P - len(ids) :] = torch.as_tensor(list(ids), dtype=torch.long)
+    tokens = tokens.to(device)
+    positions = (torch.arange(P, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, P)
+    cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, total, cfg.head_dim, dtype, device)
+    # Rows with the same prompt (presets side by side) share one prefill: the distinct prompts
+    # run into a prompt-sized cache, whose rows then go to every row that has that prompt.
+    firsts: dict[tuple[int, ...], int] = {}
+    for b, ids in enumerate(prompts):
+        firsts.setdefault(tuple(ids), b)
+    if len(firsts) == B:
+        mask = build_mask(pad, 0, P, P, cfg.sliding_window)
+        logits = model(tokens, positions, mask, cache, 0, last_only=True)[:, -1]  # (B, V)
+        return _Batch(rows, cache, pad, sampler, logits, P, t0)
+    unique = torch.tensor(list(firsts.values()), device=device)  # (U,) one row per prompt
+    shared = KVCache(cfg.n_layers, len(firsts), cfg.n_kv_heads, P, cfg.head_dim, dtype, device)
+    mask = build_mask(pad[unique], 0, P, P, cfg.sliding_window)
+    logits = model(tokens[unique], positions[unique], mask, shared, 0, last_only=True)[:, -1]  # (U, V)
+    index = {ids: u for u, ids in enumerate(firsts)}
+    which = torch.tensor([index[tuple(ids)] for ids in prompts], device=device)  # (B,)
+    cache.kv[:, :, :, :P] = shared.kv.index_select(1, which)  # (n_layers, B, 2 H_kv, P, hd)
+    return _Batch(rows, cache, pad, sampler, logits[which], P, t0)  # logits (B, V)
 
-    with torch.inference_mode():
-        tokens = torch.zeros(B, P, dtype=torch.long)
-        for b, ids in enumerate(prompts):
-            tokens[b, P - len(ids) :] = torch.as_tensor(list(ids), dtype=torch.long)
-        pad = torch.tensor([P - r.prompt_len for r in rows], device=device)  # (B,)
-        positions = (torch.arange(P, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, P)
-        dtype = next(model.parameters()).dtype
-        cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, total, cfg.head_dim, dtype, device)
-        sampler = BatchSampler([r.params for r in rows], cfg.vocab_size, device, prompts)
-        # Rows with the same prompt (presets side by side) share one prefill: the distinct prompts
-        # run into a prompt-sized cache, whose rows then go to every row that has that prompt.
-        firsts: dict[tuple[int, ...], int] = {}
-        for b, ids in enumerate(prompts):
-            firsts.setdefault(tuple(ids), b)
-        t0 = time.perf_counter()
-        if prompt_cache is not None:
-            cache, logits = _prefill_cached(model, cfg, prompt_cache, prompts[0], total)
-        elif len(firsts) == B:
-            mask = build_mask(pad, 0, P, P, cfg.sliding_window)
-            logits = model(tokens.to(device), positions, mask, cache, 0, last_only=True)[:, -1]  # (B, V)
-        else:
-            unique = torch.tensor(list(firsts.values()), device=device)  # (U,) one row per prompt
-            shared = KVCache(cfg.n_layers, len(firsts), cfg.n_kv_heads, P, cfg.head_dim, dtype, device)
-            mask = build_mask(pad[unique], 0, P, P, cfg.sliding_window)
-            logits = model(tokens.to(device)[unique], positions[unique], mask, shared, 0, last_only=True)[:, -1]
-            index = {ids: u for u, ids in enumerate(firsts)}
-            which = torch.tensor([index[tuple(ids)] for ids in prompts], device=device)  # (B,)
-            cache.kv[:, :, :, :P] = shared.kv.index_select(1, which)  # (n_layers, B, 2 H_kv, P, hd)
-            logits = logits[which]  # (U, V) -> (B, V)
-    slot = P  # next cache slot to write
-    t_prefill = 0.0
-    why_nonfinite: str | None = None  # worked out once, when a row first has non-finite logits
 
-    while rows:
-        if cancel is not None and cancel.is_set():
-            # Cancelled between tokens: every row keeps exactly what it had streamed.
-            t_prefill = t_prefill or time.perf_counter() - t0
-            for r in rows:
-                r.text += r.decoder.flush()
-                yield _finished(r, "cancelled", t_prefill, time.perf_counter() - t0 - t_prefill)
-            return
-        with torch.inference_mode():
-            logits = logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)  # (B, V), the model's own distribution
-            probs = sampler.process(logits)  # (B, V), the sampling distribution
-            chosen = sampler.sample(probs)  # (B,)
-            sampler.update(chosen)
-            chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
-            chosen_ps = probs.gather(1, chosen[:, None])[:, 0]
-            # (B,) nats: -sum p log p as one dot product per row (3x faster than special.entr on a
-            # 49k vocabulary); model logits are finite, so no 0 * -inf terms arise (a row whose
-            # logits are not has a NaN chosen_lp and ends below).
-            entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs)
-            stats = torch.stack([chosen.float(), chosen_lp, chosen_ps, entropy], 1).cpu().tolist()
-            if top_logprobs:
-                top_lp, top_id = logprobs.topk(min(top_logprobs, logprobs.shape[-1]), dim=-1)  # (B, K)
-                top_ps = probs.gather(1, top_id)
-                top = list(zip(top_id.cpu().tolist(), top_lp.cpu().tolist(), top_ps.cpu().tolist(), strict=True))
-            is_eos = torch.isin(chosen.cpu(), eos).tolist()
-        now = time.perf_counter()
-        if not t_prefill:
-            t_prefill = now - t0
-        keep: list[int] = []
-        for b, r in enumerate(rows):
-            if not math.isfinite(stats[b][1]):
-                # Non-finite logits: every log-prob of the row is NaN. Drop the token, end the row.
-                why_nonfinite = why_nonfinite or _nonfinite_reason(model)
-                r.text += r.decoder.flush()
-                if prompt_cache is not None:
-                    # Its slots may now hold NaN: masked attention weighs stale slots by 0, and 0 * NaN
-                    # is NaN, so the next prompt would fail too. Read the next one from scratch.
-                    prompt_cache.reset()
-                yield _finished(
-                    r,
-                    "error",
-                    t_prefill,
-                    time.perf_counter() - t0 - t_prefill,
-                    f"the model's logits are not finite (NaN or inf) at answer token {len(r.ids) + 1}; {why_nonfinite}",
-                )
-                continue
-            tok = int(stats[b][0])
-            r.ids.append(tok)
-            piece = "" if is_eos[b] else r.decoder.push(tok)
-            cands: tuple[Candidate, ...] = ()
-            if top_logprobs:
-                ids_b, lps_b, ps_b = top[b]
-                cands = tuple(Candidate(i, text_of(i), lp, ps) for i, lp, ps in zip(ids_b, lps_b, ps_b, strict=True))
-            yield TokenEvent(r.index, len(r.ids) - 1, tok, piece, stats[b][1], stats[b][2], stats[b][3], cands)
-            r.text += piece
-            reason = None
-            if is_eos[b]:
-                reason = "eos"
-            elif r.params.stop and (cut := _find_stop(r.text, piece, r.params.stop)) is not None:
-                r.text, reason = r.text[:cut], "stop"
-            elif len(r.ids) >= r.max_new:
-                reason = "length" if r.max_new == r.params.max_new_tokens else "context"
-            if reason is None:
-                keep.append(b)
-                continue
-            if reason in ("length", "context"):
-                r.text += r.decoder.flush()
-            yield _finished(r, reason, t_prefill, time.perf_counter() - t0 - t_prefill)
-        if len(keep) < len(rows):
-            if not keep:
-                return
-            rows = [rows[b] for b in keep]
-            sel = torch.tensor(keep, device=device)
-            cache.select(sel)
-            pad, chosen = pad[sel], chosen[sel.to(chosen.device)]
-            sampler = sampler.select(keep)
-        with torch.inference_mode():
-            # One decode step: the chosen tokens go in at cache slot `slot`.
-            positions = (slot - pad)[:, None]  # (B, 1)
-            mask = build_mask(pad, slot, 1, slot + 1, cfg.sliding_window)
-            logits = model(chosen[:, None].to(device), positions, mask, cache, slot)[:, -1]
+@torch.inference_mode()
+def _draw(batch: _Batch, eos: torch.Tensor, top_logprobs: int) -> _Draw:
+    """Sample the next token of every row from batch.logits, with what the events report."""
+    logits = batch.logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)  # (B, V), the model's own distribution
+    probs = batch.sampler.process(logits)  # (B, V), the sampling distribution
+    chosen = batch.sampler.sample(probs)  # (B,)
+    batch.sampler.update(chosen)
+    chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
+    chosen_ps = probs.gather(1, chosen[:, None])[:, 0]
+    # (B,) nats: -sum p log p as one dot product per row (3x faster than special.entr on a
+    # 49k vocabulary); model logits are finite, so no 0 * -inf terms arise (a row whose
+    # logits are not has a NaN chosen_lp and ends in _step_events).
+    entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs)
+    stats = torch.stack([chosen.float(), chosen_lp, chosen_ps, entropy], 1).cpu().tolist()
+    top = None
+    if top_logprobs:
+        top_lp, top_id = logprobs.topk(min(top_logprobs, logprobs.shape[-1]), dim=-1)  # (B, K)
+        top_ps = probs.gather(1, top_id)
+        top = list(zip(top_id.cpu().tolist(), top_lp.cpu().tolist(), top_ps.cpu().tolist(), strict=True))
+    is_eos = torch.isin(chosen.cpu(), eos).tolist()
+    if not batch.t_prefill:
+        batch.t_prefill = time.perf_counter() - batch.t0
+    return _Draw(chosen, stats, top, is_eos)
+
+
+def _step_events(
+    model: nn.Module, batch: _Batch, draw: _Draw, text_of, prompt_cache: PromptCache | None
+) -> Generator[Event, None, list[int]]:
+    """Yield each row's TokenEvent for this draw, and Finished for the rows it ends (non-finite
+    logits, EOS, a stop string, max tokens or the context) -> (as the return value) the rows to keep."""
+    keep: list[int] = []
+    for b, r in enumerate(batch.rows):
+        tok, lp, ps, entropy = draw.stats[b]
+        if not math.isfinite(lp):
+            # Non-finite logits: every log-prob of the row is NaN. Drop the token, end the row.
+            batch.why_nonfinite = batch.why_nonfinite or _nonfinite_reason(model)
+            r.text += r.decoder.flush()
             if prompt_cache is not None:
-                prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it
-        slot += 1
+                # Its slots may now hold NaN: masked attention weighs stale slots by 0, and 0 * NaN
+                # is NaN, so the next prompt would fail too. Read the next one from scratch.
+                prompt_cache.reset()
+            yield batch.finished(
+                r,
+                "error",
+                f"the model's logits are not finite (NaN or inf) at answer token {len(r.ids) + 1}; "
+                f"{batch.why_nonfinite}",
+            )
+            continue
+        tok = int(tok)
+        r.ids.append(tok)
+        piece = "" if draw.is_eos[b] else r.decoder.push(tok)
+        cands: tuple[Candidate, ...] = ()
+        if draw.top is not None:
+            ids_b, lps_b, ps_b = draw.top[b]
+            cands = tuple(
+                Candidate(i, text_of(i), lp_i, ps_i) for i, lp_i, ps_i in zip(ids_b, lps_b, ps_b, strict=True)
+            )
+        yield TokenEvent(r.index, len(r.ids) - 1, tok, piece, lp, ps, entropy, cands)
+        r.text += piece
+        reason = _stop_reason(r, piece, draw.is_eos[b])
+        if reason is None:
+            keep.append(b)
+            continue
+        if reason in ("length", "context"):
+            r.text += r.decoder.flush()
+        yield batch.finished(r, reason)
+    return keep
+
+
+def _stop_reason(r: _Row, piece: str, is_eos: bool) -> str | None:
+    """Why row r ends after its newest piece, or None; a stop string is cut from r.text."""
+    if is_eos:
+        return "eos"
+    if r.params.stop and (cut := _find_stop(r.text, piece, r.params.stop)) is not None:
+        r.text = r.text[:cut]
+        return "stop"
+    if len(r.ids) >= r.max_new:
+        return "length" if r.max_new == r.params.max_new_tokens else "context"
+    return None
+
+
+def _evict(batch: _Batch, draw: _Draw, keep: list[int]) -> None:
+    """Drop the finished rows from the batch, so the others do not pay for them."""
+    batch.rows = [batch.rows[b] for b in keep]
+    sel = torch.tensor(keep, device=batch.pad.device)
+    batch.cache.select(sel)
+    batch.pad, draw.chosen = batch.pad[sel], draw.chosen[sel.to(draw.chosen.device)]
+    batch.sampler = batch.sampler.select(keep)
+
+
+@torch.inference_mode()
+def _decode(
+    model: nn.Module, cfg: ModelConfig, batch: _Batch, chosen: torch.Tensor, prompt_cache: PromptCache | None
+) -> None:
+    """One decode step: the chosen tokens go in at cache slot batch.slot -> batch.logits of the next."""
+    slot, device = batch.slot, batch.pad.device
+    positions = (slot - batch.pad)[:, None]  # (B, 1)
+    mask = build_mask(batch.pad, slot, 1, slot + 1, cfg.sliding_window)
+    batch.logits = model(chosen[:, None].to(device), positions, mask, batch.cache, slot)[:, -1]
+    if prompt_cache is not None:
+        prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it
+    batch.slot += 1
 
 
 def _prefill_cached(
