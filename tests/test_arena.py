@@ -115,12 +115,9 @@ def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
         'Tell me a story.\n{"prompt": "Name a colour.", "id": "colour"}\n'
         '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}\n'
     )
-    jobs = [
-        {"prompt": "Tell me a story."},
-        {"prompt": "Name a colour.", "id": "colour"},
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
-    ]
-    queue = prompt_queue(path, jobs, repeat=2)
+    queue = prompt_queue(path, repeat=2)  # read from the file, as `tiankong compare --prompts` does
+    assert [i.prompt_id for i in queue.items][1] == "colour"
+    assert queue.items[2].conversation[0] == {"role": "system", "content": "Be brief."}
     assert queue.total == 6
     presets = [short("balanced"), short("creative")]
 
@@ -151,7 +148,7 @@ def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
     assert store.queue_position(queue.key) == 3
 
     async def second_session():
-        screen = CompareScreen([tiny], presets, store, "ann", queue=prompt_queue(path, jobs, repeat=2))
+        screen = CompareScreen([tiny], presets, store, "ann", queue=prompt_queue(path, repeat=2))
         async with Host(screen).run_test(size=(100, 30)) as pilot:
             await settle(pilot, screen)
             assert screen.position == 3 and screen.round.prompt == "Name a colour."  # round 4 = colour, again
@@ -173,9 +170,9 @@ def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
 
 def test_prompt_queue_refuses_a_conversation_not_ending_with_the_user(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text("x\n")
-    with pytest.raises(InputError, match="prompt 1: .*must end with a user message"):
-        prompt_queue(path, [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+    path.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    with pytest.raises(InputError, match="line 1: .*must end with a user message"):
+        prompt_queue(path)
 
 
 # ---------------------------------------------------------------- tiankong rank

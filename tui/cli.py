@@ -539,9 +539,7 @@ def compare(
     from tiankong.tui.arena import run_compare_queue
     from tiankong.tui.queue import prompt_queue
 
-    if not prompts.is_file():
-        raise InputError(f"prompt file {prompts} does not exist; give a text file (one prompt a line) or JSONL")
-    queue = prompt_queue(prompts, _read_jobs([], str(prompts)), repeat)
+    queue = prompt_queue(prompts, repeat)
     run_compare_queue(
         first,
         queue,

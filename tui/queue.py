@@ -17,7 +17,7 @@ from typing import Any
 
 from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError
-from tiankong.trainers.records import read_rows
+from tiankong.trainers.records import read_prompt_records, read_rows
 from tiankong.tui.store import MAX_RESPONSES, MIN_RESPONSES
 
 UNKNOWN_MODEL = "unknown"
@@ -106,13 +106,16 @@ def _id(job: dict[str, Any], conversation: list[dict]) -> str:
     return str(job["id"]) if job.get("id") is not None else prompt_id(conversation)
 
 
-def prompt_queue(path: Path, jobs: list[dict[str, Any]], repeat: int = 1) -> PromptQueue:
-    """The prompts of a prompt file (already parsed and checked by the CLI's reader) as a queue."""
+def prompt_queue(path: Path, repeat: int = 1) -> PromptQueue:
+    """The prompts of a prompt file (text lines, or JSONL with "prompt" or "messages") as a queue,
+    read by the same reader as `tiankong generate` and PPO; a bad line stops it with its number."""
     if repeat < 1:
         raise InputError(f"--repeat must be at least 1, got {repeat}")
+    if not Path(path).is_file():
+        raise InputError(f"prompt file {path} does not exist; give a text file (one prompt a line) or JSONL")
     items = []
-    for n, job in enumerate(jobs, 1):
-        conv = _conversation(job, f"{path} prompt {n}")
+    for _, where, job in read_prompt_records(path):
+        conv = _conversation(job, where)
         items.append(Item(conv, _id(job, conv)))
     return PromptQueue(f"compare:{content_hash(path)}:x{repeat}", str(path), items, repeat)
 
