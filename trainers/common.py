@@ -39,6 +39,7 @@ from tiankong.engine.files import atomic_write_text
 from . import checkpoint as ckpt
 from .distributed import Dist, init_distributed
 from .metrics import MetricsWriter
+from .progress import progress
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -196,7 +197,7 @@ class Trainer:
         last_save = time.monotonic()
         with (
             _StopRequests() as stop,
-            _progress(cfg.steps, self.step, self.name, enabled=cfg.progress and self.dist.is_main) as advance,
+            progress(self.name, cfg.steps, done=self.step, enabled=cfg.progress and self.dist.is_main) as advance,
         ):
             if self.step >= cfg.steps:  # resumed a finished run: make sure its files are published
                 self.checkpoint()
@@ -352,50 +353,3 @@ def make_adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam
         except (RuntimeError, TypeError):  # a dtype/device the fused kernel does not take
             pass
     return torch.optim.AdamW(params, **kw)
-
-
-class _progress:
-    """rich progress bar for the step loop (rank 0): the latest loss and a true ETA.
-
-    The ETA is the mean time of the steps this process ran times the steps left (rich's own
-    estimate looks at the last 30 s only, which for steps of many seconds is one or two samples).
-    """
-
-    def __init__(self, total: int, done: int, name: str, enabled: bool) -> None:
-        self.total, self.done, self.name, self.enabled = total, done, name, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda row: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            TextColumn(f"[bold]{self.name}[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[eta]}"),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.name, total=self.total, completed=self.done, info="", eta="eta -")
-        start, first = time.monotonic(), self.done
-
-        def advance(row: dict[str, float]) -> None:
-            self.done += 1
-            per_step = (time.monotonic() - start) / max(1, self.done - first)
-            eta = f"eta {_clock(per_step * (self.total - self.done))}"
-            info = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k in ("loss", "accuracy", "reward", "kl"))
-            self.bar.update(task, advance=1, info=info, eta=eta)
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

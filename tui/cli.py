@@ -226,7 +226,10 @@ def generate(
     stream_text = format == "text" and len(rows) == 1 and output is None
     failed = written = 0
     try:
-        with _output(output) as out, _progress(len(rows), enabled=input is not None) as advance:
+        from tiankong.trainers.progress import progress
+
+        bar = progress("generating", len(rows), enabled=input is not None, console=err)
+        with _output(output) as out, bar as advance:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
                 tokens: list[list] = [[] for _ in batch]
@@ -292,34 +295,6 @@ def _output(output: Optional[Path]):
         return
     with atomic_open(output, partial=_partial(output)) as f:
         yield f
-
-
-class _progress:
-    """A rich progress bar on stderr for file inputs; a no-op otherwise."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("generating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=False,
-        )
-        self.bar.start()
-        task = self.bar.add_task("gen", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 # ---------------------------------------------------------------- tokenize / info / presets
