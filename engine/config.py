@@ -24,6 +24,7 @@ ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "llama",
+    "Qwen3ForCausalLM": "llama",
     "GPT2LMHeadModel": "gpt2",
 }
 
@@ -44,6 +45,8 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base
     rope_scaling: dict[str, Any] | None = None  # e.g. {"rope_type": "llama3", "factor": 8.0, ...}
     qkv_bias: bool = False  # Qwen2 has biases on q/k/v projections
+    o_bias: bool = False  # attention_bias (Llama, Qwen3): a bias on the output projection too
+    qk_norm: bool = False  # Qwen3: an RMSNorm (gain of head_dim) on every q and k head before RoPE
     sliding_window: int | None = None  # Mistral: a key is visible only within this many positions
     tie_embeddings: bool = False  # output layer shares the embedding matrix
     activation: str = "silu"  # SwiGLU gate (llama) or "gelu_new" (gpt2)
@@ -93,6 +96,7 @@ class ModelConfig:
                 "llama": "LlamaForCausalLM",
                 "mistral": "MistralForCausalLM",
                 "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM",
                 "gpt2": "GPT2LMHeadModel",
             }
             arch = by_type.get(cfg.get("model_type", ""))
@@ -132,23 +136,25 @@ class ModelConfig:
             if act != "silu":
                 raise ModelLoadError(f"unsupported hidden_act {act!r} for {arch}; expected silu")
             rope = _rope_parameters(cfg)
-            window = cfg.get("sliding_window")
-            if arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window", False):
-                window = None  # Qwen2 lists a window but only uses it when asked to
+            window = _qwen_window(cfg) if arch.startswith("Qwen") else cfg.get("sliding_window")
             n_heads = int(cfg["num_attention_heads"])
+            # Qwen3's head size is its own field (128 when absent), not hidden_size / heads.
+            head_dim = cfg.get("head_dim") or (128 if arch == "Qwen3ForCausalLM" else 0)
             return cls(
                 vocab_size=int(cfg["vocab_size"]),
                 dim=int(cfg["hidden_size"]),
                 n_layers=int(cfg["num_hidden_layers"]),
                 n_heads=n_heads,
                 n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-                head_dim=int(cfg.get("head_dim") or 0),
+                head_dim=int(head_dim),
                 ffn_dim=int(cfg["intermediate_size"]),
                 norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
                 max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
                 rope_theta=float(rope.pop("rope_theta", 10000.0)),
                 rope_scaling=rope or None,
                 qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+                o_bias=arch != "Qwen2ForCausalLM" and bool(cfg.get("attention_bias", False)),
+                qk_norm=arch == "Qwen3ForCausalLM",
                 sliding_window=int(window) if window else None,
                 tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 activation=act,
@@ -164,6 +170,28 @@ class ModelConfig:
         if model_file(folder, "config.json") is None:
             raise ModelLoadError(f"no config.json in {folder}; point --model at a Hugging Face model folder")
         return cls.from_hf_config(read_model_object(folder, "config.json"))
+
+
+def _qwen_window(cfg: Mapping[str, Any]) -> int | None:
+    """Qwen2/3 list a sliding window but use it only with use_sliding_window, and then only in the
+    layers from max_window_layers on (transformers' layer_types). tiankong runs one window for every
+    layer or none, so a mix of windowed and full layers is refused rather than run wrong."""
+    window = cfg.get("sliding_window")
+    if not cfg.get("use_sliding_window", False) or not window:
+        return None
+    first = cfg.get("max_window_layers")
+    first = 28 if first is None else first  # transformers' default
+    kinds = cfg.get("layer_types") or [
+        "sliding_attention" if i >= first else "full_attention" for i in range(int(cfg["num_hidden_layers"]))
+    ]
+    if "sliding_attention" not in kinds:
+        return None
+    if "full_attention" in kinds:
+        raise ModelLoadError(
+            "config.json: use_sliding_window with full-attention layers among sliding ones is not supported; "
+            "set max_window_layers to 0 or use_sliding_window to false"
+        )
+    return window
 
 
 def _rope_parameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,15 +230,18 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
         ("max_position_embeddings", "n_positions", "sliding_window", "original_max_position_embeddings"),
         (int, 1, 1 << 27),
     ),
+    "max_window_layers": (int, 0, 1 << 12),
     "rope_theta": (float, 0, 1e12),
     **dict.fromkeys(("rms_norm_eps", "layer_norm_epsilon"), (float, 0, 1)),
     **dict.fromkeys(("factor", "low_freq_factor", "high_freq_factor"), (float, 0, 1e6)),
 }
-_NULLABLE = {"num_key_value_heads", "head_dim", "n_inner", "sliding_window"}
+_NULLABLE = {"num_key_value_heads", "head_dim", "n_inner", "sliding_window", "max_window_layers"}
 # Values that must be of a JSON type (or null) for the code above to read them at all.
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "architectures": ((list,), 'a list of names such as ["LlamaForCausalLM"]'),
     "model_type": ((str,), 'a name such as "llama"'),
+    **dict.fromkeys(("attention_bias", "use_sliding_window", "tie_word_embeddings"), ((bool,), "true or false")),
+    "layer_types": ((list,), 'a list such as ["full_attention", "full_attention"]'),
     **dict.fromkeys(
         ("rope_scaling", "rope_parameters"),
         ((dict,), 'an object such as {"rope_type": "linear", "factor": 2.0}, or null'),
@@ -275,6 +306,7 @@ _MODEL_TYPES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
     "GPT2LMHeadModel": "gpt2",
 }
 
@@ -318,12 +350,14 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     )
     if cfg.rope_scaling:  # the 4.x spelling, which transformers 5 still reads
         out["rope_scaling"] = dict(cfg.rope_scaling)
-    if cfg.architecture == "Qwen2ForCausalLM":
+    if cfg.architecture in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         out["use_sliding_window"] = cfg.sliding_window is not None
+        if cfg.sliding_window is not None:  # every layer windowed, as tiankong runs it
+            out.update(max_window_layers=0, layer_types=["sliding_attention"] * cfg.n_layers)
     if cfg.sliding_window is not None:
         out["sliding_window"] = cfg.sliding_window
     elif cfg.architecture == "MistralForCausalLM":
         out["sliding_window"] = None
-    if cfg.architecture == "LlamaForCausalLM":
+    if cfg.architecture in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
         out["attention_bias"] = cfg.qkv_bias
     return out

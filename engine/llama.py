@@ -1,8 +1,8 @@
-"""The Llama family: Llama 2/3, TinyLlama, SmolLM, Mistral and Qwen2.
+"""The Llama family: Llama 2/3, TinyLlama, SmolLM, Mistral, Qwen2 and Qwen3.
 
 RoPE positions, RMSNorm, SwiGLU feed-forward, grouped-query attention; Qwen2 adds biases on the
-q/k/v projections and Mistral may limit attention to a sliding window (applied by the mask that
-`generate` builds). Read top-down: attention, feed-forward, block, model, then the weight table.
+q/k/v projections, Qwen3 an RMSNorm on every query and key head before RoPE (cfg.qk_norm), and
+Mistral may limit attention to a sliding window (applied by the mask that `generate` builds). Read top-down: attention, feed-forward, block, model, then the weight table.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ class Attention(nn.Module):
         self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
+        # Qwen3: one gain of head_dim shared by all query heads, one by all key heads.
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -48,8 +51,11 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.wq(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(B, T, H_kv, hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        q = self.wq(x).view(B, T, H, hd)  # (B, T, H, hd)
+        k = self.wk(x).view(B, T, H_kv, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
         v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
@@ -157,6 +163,9 @@ WEIGHT_MAP: dict[str, str] = {
     "model.layers.{}.self_attn.k_proj.bias": "layers.{}.attn.wk.bias",
     "model.layers.{}.self_attn.v_proj.bias": "layers.{}.attn.wv.bias",
     "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attn.wo.weight",
+    "model.layers.{}.self_attn.o_proj.bias": "layers.{}.attn.wo.bias",
+    "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attn.q_norm.weight",
+    "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attn.k_norm.weight",
     "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
     "model.layers.{}.mlp.gate_proj.weight": "layers.{}.ffn.w1.weight",
     "model.layers.{}.mlp.up_proj.weight": "layers.{}.ffn.w3.weight",

@@ -8,7 +8,10 @@ needs about a dozen calls:
 
 - RMSNorm gains are folded into the columns of the matmul that reads the normalised vector:
   (x r g) W^T = (x r) (W diag g)^T, so a norm is one fused call without a weight.
-- 1/sqrt(head_dim) is folded into the query rows (and bias), so attention runs with scale 1.
+- 1/sqrt(head_dim) is folded into the query rows (and bias), so attention runs with scale 1;
+  with Qwen3's per-head q/k RMSNorm, which would cancel it there, into the q-norm gain instead.
+  Those norms cannot be folded into any weight (each normalises one head of the projection's
+  output), so they run on the fused q/k rows before RoPE, their gains permuted like the rows.
 - Query and key rows are permuted within each head from transformers' "rotate half" layout
   (dimension i pairs with i + hd/2) to adjacent pairs (2i, 2i+1). Attention only ever sees
   q . k, which is unchanged when both are permuted alike, and RoPE on adjacent pairs is one
@@ -69,11 +72,17 @@ class PackedBlock(nn.Module):
         wo: torch.Tensor,
         w13: torch.Tensor,
         w2: torch.Tensor,
+        bo: torch.Tensor | None = None,
+        q_norm: torch.Tensor | None = None,
+        k_norm: torch.Tensor | None = None,
     ) -> None:
+        """q_norm, k_norm: (hd,) float32 gains of Qwen3's per-head norms, in RoPE-pair order (the
+        query's carrying 1/sqrt(hd)), or None."""
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.dim, self.ffn_dim, self.eps = cfg.dim, cfg.ffn_dim, cfg.norm_eps
-        for name, t in (("wqkv", wqkv), ("bqkv", bqkv), ("wo", wo), ("w13", w13), ("w2", w2)):
+        named = dict(wqkv=wqkv, bqkv=bqkv, wo=wo, bo=bo, w13=w13, w2=w2, q_norm=q_norm, k_norm=k_norm)
+        for name, t in named.items():
             self.register_buffer(name, t, persistent=False)
 
     @staticmethod
@@ -89,6 +98,9 @@ class PackedBlock(nn.Module):
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         h = F.rms_norm(x, (self.dim,), None, self.eps)  # the gain lives in wqkv's columns
         qkv = self._mm(h, self.wqkv, self.bqkv).view(B, T, H + 2 * H_kv, hd)
+        if self.q_norm is not None:  # Qwen3: RMSNorm over each head, in float32, in place
+            for heads, gain in ((qkv[:, :, :H], self.q_norm), (qkv[:, :, H : H + H_kv], self.k_norm)):
+                heads.copy_(F.rms_norm(heads.float(), (hd,), gain, self.eps))
         # RoPE as one complex multiply, in place, of the q and k heads' pairs (2i, 2i+1) by
         # e^{i pos theta_i}.
         qk = qkv[:, :, : H + H_kv].unflatten(-1, (hd // 2, 2))  # (B, T, H + H_kv, hd/2, 2), a view
@@ -113,7 +125,7 @@ class PackedBlock(nn.Module):
         )  # (B, H, T, hd)
         # The residual adds go in place: measured, oneDNN's fused "add" post-op costs more (~5 us
         # a call) than a separate add.
-        x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), self.wo).add_(x)
+        x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), self.wo, self.bo).add_(x)
         h = F.rms_norm(x, (self.dim,), None, self.eps)
         gate_up = self._mm(h, self.w13)  # (B, T, 2F)
         act = torch.mul(F.silu(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim :])
@@ -121,7 +133,7 @@ class PackedBlock(nn.Module):
 
 
 class PackedLlama(nn.Module):
-    """Inference-only Llama/Mistral/Qwen2 with folded, permuted, fused and packed weights."""
+    """Inference-only Llama/Mistral/Qwen2/Qwen3 with folded, permuted, fused and packed weights."""
 
     def __init__(self, model: Llama, native: bool | None = None) -> None:
         """native: decode steps through the compiled step (native.py) with plain weights; None uses
@@ -175,6 +187,11 @@ class PackedLlama(nn.Module):
         H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         a, f = layer.attn, layer.ffn
         dt, scale = a.wq.weight.dtype, 1.0 / math.sqrt(hd)
+        q_norm = k_norm = None
+        if a.q_norm is not None:  # the query scale moves into the norm's gain, which comes after
+            q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul_(scale)
+            k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
+            scale = 1.0
         # Folding works in float32 (a no-op copy-wise for float32 weights), in place where it can.
         wqkv = torch.cat(
             [
@@ -194,9 +211,10 @@ class PackedLlama(nn.Module):
                 ]
             ).to(dt)
         w13 = torch.cat([f.w1.weight, f.w3.weight]).float().mul_(layer.ffn_norm.weight.float()).to(dt)  # 2F x D
+        bo = None if a.wo.bias is None else a.wo.bias.detach().clone()
         # In the order the step reads them (the buffer's order).
         wqkv, wo, w13, w2 = own(wqkv), own(a.wo.weight), own(w13), own(f.w2.weight)
-        block = PackedBlock(cfg, wqkv, bqkv, wo, w13, w2)
+        block = PackedBlock(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm)
         release_pages([p for p in layer.parameters() if p.dim() == 2])
         trim_heap()  # the fused float32 temporaries
         return block

@@ -193,8 +193,8 @@ class NativeStep:
 
     The model (PackedLlama or PackedGPT2) provides `cfg`, `output` (V, D), `norm_weight` (D,),
     optionally `norm_bias` and `inv_freq`, and `layers` whose blocks hold plain (out, in) weights
-    `wqkv`, `wo`, `w13`, `w2` (all float32 or all bfloat16) and optional biases `bqkv`, `bo`, `b13`,
-    `b2`; see csrc/decode.c for their layout. It owns every tensor the pointers point into.
+    `wqkv`, `wo`, `w13`, `w2` (all float32 or all bfloat16), optional biases `bqkv`, `bo`, `b13`,
+    `b2` and optional per-head norm gains `q_norm`, `k_norm`; see csrc/decode.c for their layout. It owns every tensor the pointers point into.
     """
 
     def __init__(self, lib: ctypes.CDLL, model: torch.nn.Module, gpt2: bool = False) -> None:
@@ -217,7 +217,7 @@ class NativeStep:
             for t in ts:
                 assert t.is_contiguous() and t.dtype == self.dtype, (name, t.dtype)
             arrays[name] = pointers(ts)
-        for name in ("bqkv", "bo", "b13", "b2"):
+        for name in ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm"):
             ts = [f32(getattr(layer, name, None)) for layer in layers]
             arrays[name] = None if ts[0] is None else pointers(ts)
             self.keep.append(ts)

@@ -27,6 +27,8 @@ VARIANTS = {
     "llama-tied-headdim-llama3": ("llama", dict(tie_word_embeddings=True, head_dim=32, rope_parameters=LLAMA3_ROPE)),
     "mistral-window": ("mistral", dict(sliding_window=8)),
     "qwen2-bias": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "qwen3-bias-untied": ("qwen3", dict(attention_bias=True, tie_word_embeddings=False, head_dim=16)),
     "gpt2": ("gpt2", {}),
 }
 
@@ -88,10 +90,25 @@ def test_config_variants():
     assert v4.torch_dtype == v5.torch_dtype == "bfloat16"
     assert v4.n_kv_heads == 4 and v4.head_dim == 16
     assert ModelConfig.from_hf_config({**base, "head_dim": 32}).head_dim == 32
-    with pytest.raises(ModelLoadError, match="LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel"):
+    with pytest.raises(ModelLoadError, match="Qwen2ForCausalLM, Qwen3ForCausalLM, GPT2LMHeadModel"):
         ModelConfig.from_hf_config({**base, "architectures": ["BertForMaskedLM"], "model_type": "bert"})
     with pytest.raises(ModelLoadError, match="yarn"):
         ModelConfig.from_hf_config({**base, "rope_scaling": {"type": "yarn", "factor": 4.0}})
+    # Qwen3: q/k norms, head_dim 128 when absent (transformers' default), attention_bias covers o_proj.
+    qwen3 = {**base, "architectures": ["Qwen3ForCausalLM"]}
+    q = ModelConfig.from_hf_config(qwen3)
+    assert q.qk_norm and q.head_dim == 128 and not q.qkv_bias and not q.o_bias
+    assert ModelConfig.from_hf_config({**qwen3, "attention_bias": True}).o_bias
+    assert not ModelConfig.from_hf_config({**base, "architectures": ["Qwen2ForCausalLM"]}).o_bias
+    with pytest.raises(ModelLoadError, match="attention_bias is 'false'"):
+        ModelConfig.from_hf_config({**qwen3, "attention_bias": "false"})
+    # Qwen2/3 windows: none unless asked; asked, only layers from max_window_layers on are windowed.
+    windowed = {**qwen3, "sliding_window": 8, "use_sliding_window": True}
+    assert ModelConfig.from_hf_config({**qwen3, "sliding_window": 8}).sliding_window is None
+    assert ModelConfig.from_hf_config(windowed).sliding_window is None  # max_window_layers 28 > 2 layers
+    assert ModelConfig.from_hf_config({**windowed, "max_window_layers": 0}).sliding_window == 8
+    with pytest.raises(ModelLoadError, match="full-attention layers among sliding ones"):
+        ModelConfig.from_hf_config({**windowed, "max_window_layers": 1})
 
 
 def test_sharded_checkpoint(tmp_path, folders):
@@ -197,7 +214,9 @@ def test_bad_folders(tmp_path, folders):
         load_model(misshapen)
 
 
-@pytest.mark.parametrize("name", ["llama", "llama-tied-headdim-llama3", "qwen2-bias", "gpt2"])
+@pytest.mark.parametrize(
+    "name", ["llama", "llama-tied-headdim-llama3", "qwen2-bias", "qwen3", "qwen3-bias-untied", "gpt2"]
+)
 def test_save_pretrained_round_trip(tmp_path, folders, name):
     """A saved folder (what the trainers write) loads back exactly, and transformers reads it too."""
     from tiankong.engine.model import save_pretrained
@@ -216,3 +235,44 @@ def test_save_pretrained_round_trip(tmp_path, folders, name):
     with torch.no_grad():
         ours = again(tokens, torch.arange(12)[None])
     torch.testing.assert_close(ours, hf_logits(out, tokens), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["plain", "torch"])
+def test_qwen3_greedy_padded_batch_matches_transformers(folders, path):
+    """Qwen3's per-head q/k norms through generation: three prompts of different lengths in one
+    left-padded batch, each row's greedy tokens equal to transformers' run of that row alone; in the
+    plain modules and in PackedLlama's torch path (q/k norm gains permuted into RoPE-pair order)."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from tiankong.engine.engine import Engine
+    from tiankong.engine.events import TokenEvent
+    from tiankong.engine.llama_packed import PackedLlama
+    from tiankong.engine.packed import can_pack
+    from tiankong.engine.sampling import SamplingParams
+
+    folder = folders["qwen3"]
+    eng = Engine.load(folder, device="cpu", dtype="float32", pack=False)
+    if path == "torch":
+        if not can_pack(torch.device("cpu"), torch.float32):
+            pytest.skip("oneDNN packing is unavailable here")
+        eng = replace(eng, model=PackedLlama(load_model(folder, "cpu", "float32")[0], native=False))
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompts = [eng.encode(t, raw=True) for t in ("Once upon a time there was", "The dog", "A cat sat on the mat and")]
+    n = 16
+    greedy = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=n, seed=0)
+    ours = {i: [] for i in range(len(prompts))}
+    for ev in eng.generate(prompts, [greedy] * len(prompts)):
+        if isinstance(ev, TokenEvent):
+            ours[ev.row].append(ev.id)
+    for i, ids in enumerate(prompts):
+        ref = hf.generate(
+            torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=None
+        )[0, len(ids) :].tolist()
+        assert ours[i] and ours[i] == ref[: len(ours[i])], i  # a row may end early on EOS
+    if path == "torch":
+        ids = torch.tensor([prompts[0] + prompts[2]])
+        with torch.inference_mode():
+            logits = eng.model(ids, torch.arange(ids.shape[1])[None])
+        torch.testing.assert_close(logits, hf(ids).logits, atol=2e-5, rtol=1e-4)

@@ -32,6 +32,8 @@ def need_native() -> None:
         ("llama", {}, None),
         ("mistral", dict(sliding_window=8), None),
         ("qwen2", {}, None),
+        ("qwen3", {}, None),  # per-head q/k norms, head_dim 24 (not hidden / heads), tied head
+        ("qwen3", dict(attention_bias=True, tie_word_embeddings=False), None),  # q/k/v and o biases
         ("llama", dict(tie_word_embeddings=True), None),
         ("gpt2", {}, None),
         ("gpt2", dict(activation_function="gelu"), None),
@@ -80,7 +82,7 @@ def check_decode_steps(AutoModelForCausalLM, folder) -> None:
             logits = eng.model(chosen[:, None], (slot - pad)[:, None], mask, cache, slot)[:, -1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gpt2"])
 def test_native_bfloat16_decode_is_as_close_to_float32_as_transformers_bfloat16(tmp_path, arch):
     # bfloat16 weights and cache, float32 activations: the decode steps' logits must be no further
     # from the float32 truth than transformers' own bfloat16 run (which rounds activations too).

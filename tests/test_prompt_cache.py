@@ -25,7 +25,7 @@ from tiankong.engine.packed import can_pack, pack_linears
 from tiankong.engine.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=12, seed=0)
-ARCHS = [("llama", {}), ("mistral", dict(sliding_window=8)), ("qwen2", {}), ("gpt2", {})]
+ARCHS = [("llama", {}), ("mistral", dict(sliding_window=8)), ("qwen2", {}), ("qwen3", {}), ("gpt2", {})]
 
 
 @pytest.fixture(scope="module")

@@ -70,11 +70,13 @@ def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = N
         MistralForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(folder, tokenizer or ("bytelevel" if arch in ("gpt2", "qwen2") else "metaspace"))
+    tok = train_tokenizer(folder, tokenizer or ("bytelevel" if arch in ("gpt2", "qwen2", "qwen3") else "metaspace"))
     V = len(tok)
     common = dict(vocab_size=V, initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     llama_like = dict(
@@ -95,11 +97,21 @@ def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = N
         cfg, cls = MistralConfig, MistralForCausalLM
     elif arch == "qwen2":
         cfg, cls = Qwen2Config, Qwen2ForCausalLM
+    elif arch == "qwen3":
+        # Qwen3 as released: tied head, and a head size of its own (24, not hidden / heads = 16).
+        cfg, cls = Qwen3Config, Qwen3ForCausalLM
+        overrides = dict(head_dim=24, tie_word_embeddings=True) | overrides
     else:
         raise ValueError(arch)
     if arch != "gpt2":
         cfg = cfg(**{**common, **llama_like, **overrides})
     torch.manual_seed(seed)
     model = cls(cfg).eval()
+    if arch == "qwen3":
+        # Norm gains start at 1, where a q/k-norm gain applied to the wrong dimensions goes unseen.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.uniform_(0.5, 1.5)
     model.save_pretrained(folder)
     return folder

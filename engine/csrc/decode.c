@@ -1,4 +1,4 @@
-/* One decode step of the Llama family (Llama, Mistral, Qwen2) or GPT-2 on CPU for B rows: weights
+/* One decode step of the Llama family (Llama, Mistral, Qwen2, Qwen3) or GPT-2 on CPU for B rows: weights
  * and KV cache in float32 or bfloat16, activations in float32.
  *
  * Why this exists: at batch 1 a decode step is ~120 matrix-vector products whose speed is how
@@ -13,6 +13,9 @@
  *   wqkv ((H + 2 H_kv) hd, D)  norm gain folded into columns, 1/sqrt(hd) into the q rows,
  *                              q/k rows of each head in adjacent RoPE pairs (2i, 2i+1)
  *   bqkv ((H + 2 H_kv) hd)     float32, or NULL (Qwen2 has q/k/v biases)
+ *   q_norm, k_norm (hd)        float32 gains of Qwen3's per-head RMSNorm on each query and key
+ *                              head before RoPE, in RoPE-pair order, q_norm carrying 1/sqrt(hd)
+ *                              (which the norm would cancel in the q rows); NULL for the others
  *   wo (D, H hd), w13 (2F, D) (gate rows then up rows, norm gain folded), w2 (D, F)
  *   out (V, D) the vocabulary head; norm (D,) the final norm gain, applied here.
  * GPT-2 (gpt2_packed.py, m->gpt2): LayerNorm instead of RMSNorm (gain and shift folded into the next
@@ -202,6 +205,7 @@ static inline uint16_t f32_to_bf16(float f) {
     X(FLOAT, eps)                                                                                   \
     X(PTRS, wqkv) X(PTRS, wo) X(PTRS, w13) X(PTRS, w2)     /* per layer */                          \
     X(FPTRS, bqkv) X(FPTRS, bo) X(FPTRS, b13) X(FPTRS, b2) /* per layer biases, or NULL */          \
+    X(FPTRS, q_norm) X(FPTRS, k_norm) /* per layer (hd,) per-head RMSNorm gains (Qwen3), or NULL */ \
     X(PTR, out)                                                                                     \
     X(FPTR, norm) X(FPTR, norm_bias) X(FPTR, inv_freq) /* norm_bias (GPT-2), inv_freq (RoPE): or NULL */
 
@@ -337,14 +341,17 @@ typedef struct {
     float *partial;                   /* (threads, B, H, hd + 2): each thread's partial softmax */
 } Step;
 
-/* RoPE on the query and key heads; keys and values into the cache. One (row, head) per item, heads
- * 0..H-1 the queries, H..H+Hkv-1 the keys (with their values). */
+/* Per-head RMSNorm (Qwen3) and RoPE on the query and key heads; keys and values into the cache.
+ * One (row, head) per item, heads 0..H-1 the queries, H..H+Hkv-1 the keys (with their values). */
 static void rope_and_cache(const Step *s, int l, int t, int nt) {
     int lo, hi;
     share(s->B * (s->H + s->Hkv), t, nt, &lo, &hi);
     for (int it = lo; it < hi; it++) {
         const int b = it / (s->H + s->Hkv), hh = it % (s->H + s->Hkv), hd = s->hd;
         float *head = s->qkv + (int64_t)b * s->Q + (int64_t)hh * hd;
+        const float *const *gains = hh < s->H ? s->m->q_norm : s->m->k_norm;
+        if (gains)
+            norm(head, gains[l], NULL, head, 1, hd, s->m->eps, 0); /* in place */
         if (!s->m->gpt2)
             rope(head, 1, hd, s->cs + b * hd / 2, s->sn + b * hd / 2);
         if (hh >= s->H) {
