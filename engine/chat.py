@@ -30,12 +30,15 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ChatTemplateError, InputError
-from .files import read_model_object, read_model_text
+from .files import parse_json, read_model_object, read_model_text, read_regular_bytes
 from .tokenizer import Tokenizer
 
 # How raw mode (no template) joins several messages into one completion prompt: contents only, in
 # order, separated by a blank line, so a "conversation" reads as consecutive paragraphs of text.
 RAW_MESSAGE_SEPARATOR = "\n\n"
+
+# A --chat-template file larger than this is not a template (the largest known are ~20 KB).
+TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024
 
 # Reasoning can arrive under several names; transformers copies it to the ones templates read.
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
@@ -81,8 +84,30 @@ class ChatTemplate:
         chat_template.json.
         """
         source = _find_template_source(Path(folder))
-        if source is None:
-            return None
+        return None if source is None else cls.for_tokenizer(source, tokenizer)
+
+    @classmethod
+    def from_file(cls, path: str | Path, tokenizer: Tokenizer) -> ChatTemplate:
+        """A template given by the person (--chat-template): a Jinja file, or a JSON file with
+        "chat_template" (tokenizer_config.json, chat_template.json). Read bounded, regular files only."""
+        path = Path(path).expanduser()
+        data = read_regular_bytes(path, TEMPLATE_FILE_MAX_BYTES, ChatTemplateError)
+        try:
+            source = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ChatTemplateError(
+                f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); give a Jinja file"
+            ) from None
+        if path.suffix.lower() == ".json":
+            config = parse_json(source, str(path), ChatTemplateError)
+            if not isinstance(config, dict) or config.get("chat_template") is None:
+                raise ChatTemplateError(f'{path} has no "chat_template"; give a Jinja file or a JSON file with one')
+            source = _pick_template(config["chat_template"], path)
+        return cls.for_tokenizer(source, tokenizer)
+
+    @classmethod
+    def for_tokenizer(cls, source: str, tokenizer: Tokenizer) -> ChatTemplate:
+        """`source` compiled, rendered with the tokenizer's special-token strings."""
         extra = {
             key: value for key, value in tokenizer.named_special_tokens.items() if key not in ("bos_token", "eos_token")
         }

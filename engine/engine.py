@@ -30,6 +30,7 @@ from .llama_packed import PackedLlama
 from .model import load_model, prepare_for_inference
 from .native import reason as native_reason
 from .packed import PackedLinear
+from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
 
@@ -63,22 +64,29 @@ class Engine:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = "auto",
         pack: bool = True,
+        chat_template: str | Path | None = None,
     ) -> Engine:
-        """Load a local Hugging Face model folder. Raises ModelLoadError with a one-line reason.
+        """Load a model folder, or a name (engine/resolve.py: the Hugging Face cache, LM Studio).
+        Raises ModelLoadError with a one-line reason.
 
         pack: on CPU, rearrange the weights for inference (model.prepare_for_inference): the Llama
         family decodes through the compiled step where it builds (native.py), otherwise with
         oneDNN-packed weights; the model then runs forward only, in inference mode. False keeps the
-        plain modules.
+        plain modules. chat_template: a template file used instead of the model's own.
         """
-        folder = Path(folder).expanduser()
+        folder = resolve_model(folder)
         model, cfg = load_model(folder, device, dtype)
         n_params = sum(p.numel() for p in model.parameters())
         if pack:
             model = prepare_for_inference(model)
         tokenizer = load_tokenizer(folder)
         check_token_ids(tokenizer, cfg.vocab_size, folder)
-        return cls(model, cfg, tokenizer, ChatTemplate.from_folder(folder, tokenizer), folder, n_params)
+        template = (
+            ChatTemplate.from_folder(folder, tokenizer)
+            if chat_template is None
+            else ChatTemplate.from_file(chat_template, tokenizer)
+        )
+        return cls(model, cfg, tokenizer, template, folder, n_params)
 
     @property
     def device(self) -> torch.device:

@@ -62,8 +62,10 @@ class TiankongApp(App[None]):
         export_dir: Path | None = None,
         show_timing: bool = True,
         presets: dict[str, Preset] | None = None,
+        chat_template: Path | None = None,
     ) -> None:
         super().__init__()
+        self.chat_template = chat_template  # --chat-template: used instead of each model's own
         self.presets = presets if presets is not None else load_presets()
         if preset not in self.presets:
             raise InputError(f"preset must be one of {', '.join(sorted(self.presets))}, got {preset!r}")
@@ -116,7 +118,9 @@ class TiankongApp(App[None]):
         engines = []
         for folder in self.model_dirs:
             try:
-                engines.append(Engine.load(folder, device=self.device, dtype=self.dtype))
+                engines.append(
+                    Engine.load(folder, device=self.device, dtype=self.dtype, chat_template=self.chat_template)
+                )
             except TiankongError as e:
                 self.call_from_thread(self._load_failed, str(e))
                 return
@@ -219,6 +223,7 @@ def run_app(
     compare_presets: list[str] | None = None,
     compare_models: list[Path] | None = None,
     rater: str | None = None,
+    chat_template: Path | None = None,
 ) -> None:
     """Open the store (a StoreError stops here, before the UI), then run the playground."""
     from tiankong.tui.store import DB_NAME, Store
@@ -236,6 +241,7 @@ def run_app(
             compare_presets=compare_presets,
             compare_models=compare_models,
             rater=rater,
+            chat_template=chat_template,
         ).run()
     finally:
         store.close()

@@ -69,6 +69,7 @@ def run_compare_queue(
     dtype: str = "auto",
     rater: str | None = None,
     restart: bool = False,
+    chat_template: Path | None = None,
 ) -> None:
     store = _open_store(data_dir, queue, restart)
     try:
@@ -83,6 +84,7 @@ def run_compare_queue(
             compare_models=models,
             rater=rater,
             queue=queue,
+            chat_template=chat_template,
         ).run()
     finally:
         store.close()

@@ -30,31 +30,41 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-MODEL_HELP = "Hugging Face model folder (config.json, safetensors, tokenizer). Env: TIANKONG_MODEL. Default: the bundled tiankong-mini."
+MODEL_HELP = (
+    "Hugging Face model folder (config.json, safetensors, tokenizer), or a name: ORG/NAME[@REVISION] from the "
+    "Hugging Face cache or LM Studio (`tiankong models` lists them). Env: TIANKONG_MODEL. "
+    "Default: the bundled tiankong-mini."
+)
 ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
 DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
 DtypeOpt = typer.Option("auto", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU).")
+TemplateOpt = typer.Option(
+    None,
+    "--chat-template",
+    help='A chat template file (Jinja, or JSON with "chat_template") used instead of the model\'s own.',
+    show_default=False,
+)
 
 
-def _model_dir(model: Optional[Path]) -> Path:
-    """--model, else $TIANKONG_MODEL (typer reads it), else the bundled tiankong-mini."""
-    if model is not None:
-        return model
-    from tiankong.models import default_model_dir
+def _model_dir(model: Optional[Path | str]) -> Path:
+    """--model, else $TIANKONG_MODEL (typer reads it), else the bundled tiankong-mini; names are
+    looked up offline (engine/resolve.py), a local path winning over a name."""
+    from tiankong.engine.resolve import resolve_model
 
-    bundled = default_model_dir()
-    if not (bundled / "model.safetensors").is_file():
-        raise InputError(
-            "no model given and the bundled model is missing: pass --model DIR "
-            "(a local Hugging Face model folder) or set TIANKONG_MODEL"
-        )
-    return bundled
+    return resolve_model(model)
 
 
-def _load(model: Optional[Path], device: str = "auto", dtype: str = "auto"):
+def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
+    """--chat-template checked before a model loads or a screen opens."""
+    if chat_template is not None and not chat_template.expanduser().is_file():
+        raise InputError(f"chat template {chat_template} is not a file; give a Jinja template file")
+    return chat_template
+
+
+def _load(model: Optional[Path], device: str = "auto", dtype: str = "auto", chat_template: Optional[Path] = None):
     from tiankong.engine.engine import Engine
 
-    return Engine.load(_model_dir(model), device=device, dtype=dtype)
+    return Engine.load(_model_dir(model), device=device, dtype=dtype, chat_template=_template_file(chat_template))
 
 
 # ---------------------------------------------------------------- generate
@@ -173,6 +183,7 @@ def generate(
     ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     format: str = typer.Option("jsonl", "--format", help="jsonl (one record per sample) or text."),
+    chat_template: Optional[Path] = TemplateOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -205,7 +216,7 @@ def generate(
     if stop:
         overrides["stop"] = tuple(stop)
     params = base.replace(**overrides)
-    eng = _load(model, device, dtype)
+    eng = _load(model, device, dtype, chat_template)
 
     # One row per (prompt, sample): the seed depends only on the sample index, never on batching.
     rows = []
@@ -368,6 +379,45 @@ def info(
 @app.command(
     epilog="""[bold]Examples[/bold]
 
+  tiankong models
+
+  tiankong models --format json
+
+  tiankong chat -m HuggingFaceTB/SmolLM2-135M-Instruct      # a name from the list
+
+Searched, offline: the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub),
+LM Studio (~/.lmstudio/models, ~/.cache/lm-studio/models) and Ollama ($OLLAMA_MODELS, else ~/.ollama/models;
+GGUF, listed but not loadable yet)."""
+)
+def models(format: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """The models on this machine that --model takes by name: the bundled one, then the caches."""
+    from tiankong.engine.resolve import list_models
+
+    if format not in ("table", "json"):
+        raise InputError(f"unknown --format {format!r}; use table or json")
+    found = list_models()
+    if format == "json":
+        print(json.dumps([m.to_json() for m in found], ensure_ascii=False))
+        return
+    table = Table(title=f"{len(found)} models", show_edge=False)
+    for col in ("name", "architecture", "size", "dtype", "where"):
+        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
+    for m in found:
+        size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"
+        arch = escape(m.architecture or "?") + (" [dim](GGUF: not loadable yet)[/dim]" if m.format == "gguf" else "")
+        table.add_row(escape(m.name), arch, size, m.dtype or "?", f"{m.source}: {escape(_home(m.path))}")
+    Console().print(table)
+
+
+def _home(path: str) -> str:
+    """A path under the home folder as ~/..., as people type it."""
+    home = str(Path.home())
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path
+
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
   tiankong presets
 
   tiankong presets creative
@@ -437,6 +487,7 @@ def chat(
     preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset to start with."),
     data_dir: Optional[Path] = DataDirOpt,
     rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+    chat_template: Optional[Path] = TemplateOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -444,7 +495,16 @@ def chat(
     from tiankong.tui.app import run_app
 
     get_preset(preset)  # fail fast, before the screen opens
-    run_app(_model_dir(model), preset=preset, data_dir=data_dir, device=device, dtype=dtype, mode="chat", rater=rater)
+    run_app(
+        _model_dir(model),
+        preset=preset,
+        data_dir=data_dir,
+        device=device,
+        dtype=dtype,
+        mode="chat",
+        rater=rater,
+        chat_template=_template_file(chat_template),
+    )
 
 
 @app.command(
@@ -476,6 +536,7 @@ def compare(
     ),
     repeat: int = typer.Option(1, "--repeat", min=1, help="Rounds per prompt of --prompts, each with new seeds."),
     restart: bool = typer.Option(False, "--restart", help="Start --prompts from its first prompt again."),
+    chat_template: Optional[Path] = TemplateOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -485,7 +546,7 @@ def compare(
     names = [p.strip() for p in presets.split(",") if p.strip()]
     for name in names:
         get_preset(name)
-    model_dirs = [Path(m.strip()) for m in models.split(",") if m.strip()] if models else None
+    model_dirs = [_model_dir(m.strip()) for m in models.split(",") if m.strip()] if models else None
     if model_dirs is not None:
         if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
             model_dirs.insert(0, _model_dir(model))
@@ -496,6 +557,7 @@ def compare(
     elif not 2 <= len(names) <= 4:
         raise InputError(f"--presets takes 2 to 4 presets, got {len(names)}; e.g. --presets balanced,creative")
     first = model_dirs[0] if model_dirs else _model_dir(model)
+    chat_template = _template_file(chat_template)
     if prompts is None:
         if repeat != 1 or restart:
             raise InputError("--repeat and --restart apply to a prompt file; add --prompts FILE")
@@ -509,6 +571,7 @@ def compare(
             compare_presets=names,
             compare_models=model_dirs,
             rater=rater,
+            chat_template=chat_template,
         )
         return
     from tiankong.tui.arena import run_compare_queue
@@ -525,6 +588,7 @@ def compare(
         dtype=dtype,
         rater=rater,
         restart=restart,
+        chat_template=chat_template,
     )
 
 

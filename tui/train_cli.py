@@ -151,10 +151,10 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
 
     def run(config: Optional[Path] = None, **flags: Any) -> None:
         cfg = build_config(cfg_cls, config, flags)
-        if name != "pretrain" and not cfg.model:
-            from tiankong.models import default_model_dir
+        if cfg.model or name != "pretrain":  # fine-tune the bundled model unless told otherwise
+            from tiankong.engine.resolve import resolve_model
 
-            cfg.model = str(default_model_dir())  # fine-tune the bundled model unless told otherwise
+            cfg.model = str(resolve_model(cfg.model or None))  # a folder, or a name (engine/resolve.py)
         from tiankong.trainers.checkpoint import check_output
         from tiankong.trainers.common import TrainingStopped
 
