@@ -24,6 +24,7 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -196,7 +197,7 @@ class Trainer:
         batches = global_batches(self.n_items(), cfg.batch_size, cfg.seed, start_step=self.step)
         last_save = time.monotonic()
         with (
-            _StopRequests() as stop,
+            _StopRequests(announce=self.dist.is_main) as stop,
             progress(self.name, cfg.steps, done=self.step, enabled=cfg.progress and self.dist.is_main) as advance,
         ):
             if self.step >= cfg.steps:  # resumed a finished run: make sure its files are published
@@ -234,15 +235,31 @@ class Trainer:
 
     def train_step(self, batch: list[int]) -> dict[str, float]:
         """One optimisation step over a global batch; returns the step's metrics."""
-        cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, cfg)
+        lr = self.set_lr()
         mine = batch[self.dist.rank :: self.dist.world]  # this process's slice
         total = sum(self.item_weight(i) for i in batch)  # the same on every rank
-        micro = cfg.micro_batch_size or len(mine)
         self.model.train()
         sums: dict[str, float] = {}
-        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)] or [[]]
+        self.accumulate(mine, total, sums)
+        grad_norm = self.optimizer_step()
+        row = self.reduce_mean(sums, total)
+        row.update(lr=lr, grad_norm=grad_norm)
+        return row
+
+    # The pieces of a step, shared with trainers whose step has another shape (PPO's epochs over a rollout).
+    def set_lr(self) -> float:
+        """Set this step's learning rate (warmup + cosine) on every parameter group; return it."""
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def accumulate(self, rows: list[int], total: float, sums: dict[str, float]) -> None:
+        """Forward and backward over this rank's rows in micro-batches, accumulating gradients of the
+        loss summed over rows * world / total (the global weight), so that N processes make the
+        gradient of one; DDP syncs on the last micro-batch only. Adds the metrics and the loss to sums."""
+        micro = self.cfg.micro_batch_size or max(1, len(rows))
+        chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)] or [[]]
         for k, chunk in enumerate(chunks):
             with self.dist.no_sync(self.ddp_model, last=k == len(chunks) - 1):
                 loss_sum, m = self.loss(chunk) if chunk else (self._zero(), {})
@@ -250,18 +267,22 @@ class Trainer:
             for key, v in m.items():
                 sums[key] = sums.get(key, 0.0) + float(v)
             sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
+
+    def optimizer_step(self) -> float:
+        """Clip the gradients (max_grad_norm), step and zero them; return the norm before clipping (0 if off)."""
         grad_norm = 0.0
-        if cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm))
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = self.dist.all_reduce_sum(sums)
-        row = {k: v / total for k, v in sums.items()}
-        row.update(lr=lr_at(self.step, cfg), grad_norm=grad_norm)
-        return row
+        return grad_norm
+
+    def reduce_mean(self, sums: dict[str, float], total: float) -> dict[str, float]:
+        """Metric sums of every rank added up, divided by the global weight."""
+        return {k: v / total for k, v in self.dist.all_reduce_sum(sums).items()}
 
     def _zero(self) -> torch.Tensor:
-        # A rank with no items this step still joins DDP's gradient all-reduce.
+        """The loss of a rank with no rows in a micro-batch: 0, but it still joins DDP's gradient all-reduce."""
         return sum(p.sum() * 0.0 for p in self.parameters())
 
     # ---- checkpoints
@@ -322,7 +343,8 @@ class _StopRequests:
     """While training, the first Ctrl+C / SIGTERM asks for a checkpoint and a clean stop after the
     current step; a second Ctrl+C interrupts at once (the last complete checkpoint stays)."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce
         self.requested = False
         self.signal_name = ""
         self._old: dict[int, Any] = {}
@@ -330,6 +352,13 @@ class _StopRequests:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not self.requested and self.announce:
+            # Said at once: a step can take a while, and silence after Ctrl+C reads as a hang.
+            sys.stderr.write(
+                f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+                "(Ctrl+C again stops at once, keeping the last checkpoint)\n"
+            )
+            sys.stderr.flush()
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
