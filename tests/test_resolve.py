@@ -194,3 +194,35 @@ def test_every_command_takes_names_through_the_resolver(stores, monkeypatch, cap
 def test_tokenize_by_name(stores, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "tokenize", "-m", "tiny-org/Tiny-Llama", "--format", "jsonl", "hi")
     assert code == 0 and json.loads(out)["ids"], err
+
+
+def test_cache_location_follows_huggingface_hub(monkeypatch, tmp_path):
+    from tiankong.engine.resolve import hf_hub_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    assert hf_hub_cache() == tmp_path / ".cache" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert hf_hub_cache() == tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert hf_hub_cache() == tmp_path / "elsewhere"
+
+
+def test_damaged_cache_and_template_files_are_one_line_errors(stores, tmp_path, tiny):
+    from tiankong.engine.errors import ChatTemplateError
+
+    repo = stores / "hf" / "hub" / "models--tiny-org--Tiny-Llama"
+    (repo / "refs" / "main").write_text("../../../etc/passwd")
+    with pytest.raises(ModelLoadError, match="does not hold a commit hash"):
+        resolve_model("tiny-org/Tiny-Llama")
+    (repo / "refs" / "main").write_text(SHA)
+    (repo / "snapshots" / SHA / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        resolve_model("tiny-org/Tiny-Llama")
+    os.mkfifo(tmp_path / "fifo.jinja")
+    with pytest.raises(ChatTemplateError, match="FIFO"):
+        Engine.load(tiny, chat_template=tmp_path / "fifo.jinja")
+    (tmp_path / "t.json").write_text(json.dumps({"chat_template": "X{{ messages[0]['content'] }}"}))
+    eng = Engine.load(tiny, chat_template=tmp_path / "t.json")
+    assert eng.template.source.startswith("X")
