@@ -105,6 +105,15 @@ def resolve_model(spec: str | Path | None) -> Path:
     )
 
 
+def display_name(model: str | Path) -> str:
+    """A model's short name for screens: ORG/NAME for a Hugging Face cache snapshot (whose folder
+    name is a commit hash), else the folder's name."""
+    path = Path(model)
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
+    return path.name or str(model)
+
+
 def _gguf_error(name: str, where: Path) -> ModelLoadError:
     return ModelLoadError(
         f"{name} is a GGUF file ({where}), which tiankong cannot load yet; "

@@ -17,6 +17,7 @@ from typing import Any
 
 from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError
+from tiankong.engine.resolve import display_name
 from tiankong.trainers.records import read_prompt_records, read_rows
 from tiankong.tui.store import MAX_RESPONSES, MIN_RESPONSES
 
@@ -144,7 +145,7 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
         usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
         tokens = usage.get("completion_tokens")
         given = Given(
-            Answer(name, Path(name).name or name, str(rec.get("preset") or "unknown"), params, seed),
+            Answer(name, display_name(name), str(rec.get("preset") or "unknown"), params, seed),
             rec["text"],
             str(rec.get("finish_reason") or ""),
             f"{tokens} tokens" if isinstance(tokens, int) else "",

@@ -10,7 +10,6 @@ in a thread, once per set of votes). Below `WIDE` columns the bottom shows one o
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 from rich.bar import Bar
 from rich.console import Group, RenderableType
@@ -24,6 +23,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static
 
+from tiankong.engine.resolve import display_name
 from tiankong.tui.leaderboard import leaderboards, standings_table
 from tiankong.tui.store import Store, Vote
 
@@ -58,7 +58,7 @@ def who(vote: Vote, i: int) -> str:
     """Name of response i: its preset, or its model's folder when every response used one preset."""
     r = vote.responses[i]
     if len({x.preset for x in vote.responses}) == 1 and len({x.model for x in vote.responses}) > 1:
-        return Path(r.model).name or r.model
+        return display_name(r.model)
     return r.preset
 
 
@@ -156,7 +156,7 @@ def vote_detail(vote: Vote) -> RenderableType:
         r = vote.responses[i]
         title = f"{r.label} · {r.preset}" + (f" · {place[i]}" if i in place else "")
         seed = "?" if r.seed is None else r.seed
-        sub = f"{Path(r.model).name or r.model} · seed {seed} · {r.finish_reason}"
+        sub = f"{display_name(r.model)} · seed {seed} · {r.finish_reason}"
         parts.append(
             Panel(
                 Text(r.text),
@@ -306,7 +306,8 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
     @work(thread=True, exclusive=True, group="leaderboard")
     def _work_out_boards(self, stats: dict[str, dict[str, int]], key: tuple[str, int | None]) -> None:
         try:
-            boards = leaderboards(self.store.list_votes(limit=None))
+            shapes, counts = self.store.vote_shapes()  # counted in SQL: no vote's text is read
+            boards = leaderboards(shapes, counts=counts)
         except Exception as exc:  # a locked database: the counts above still stand
             tables: list[RenderableType] = [Text(f"\nNo leaderboard: {exc}", style="red")]
         else:
