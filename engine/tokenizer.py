@@ -14,6 +14,7 @@ The special-token settings come from `tokenizer_config.json`, `special_tokens_ma
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -215,6 +216,7 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
             raise TokenizerError(
                 f"{folder / 'tokenizer.json'} cannot be parsed ({_first_line(error)}); re-copy it from the original model"
             ) from None
+        _check_normalizer(backend, folder / "tokenizer.json")
         # transformers drops add_bos_token/add_eos_token when tokenizer.json exists: its post-processor rules
         settings.flags_rule_post_processor = False
         settings.add_bos_flag = settings.add_eos_flag = False
@@ -226,6 +228,38 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         f"no tokenizer in {folder}: looked for {' and '.join(_TOKENIZER_FILES)}; "
         "copy the tokenizer files from the original model into the folder"
     )
+
+
+# A Replace normalizer may grow the text by at most this factor (real ones swap a space for "▁").
+MAX_REPLACE_GROWTH = 16
+
+
+def _check_normalizer(backend: _Backend, path: Path) -> None:
+    """Refuse a normalizer whose Replace steps multiply the text: "a" -> 1000 characters turns a
+    prompt into gigabytes inside the Rust tokenizer, where nothing can bound it."""
+    if backend.normalizer is None:
+        return
+    try:
+        tree = json.loads(backend.normalizer.__getstate__())
+    except (ValueError, TypeError, AttributeError):  # a tokenizers version without the JSON state
+        return
+    steps = [tree]
+    while steps:
+        step = steps.pop()
+        if not isinstance(step, dict):
+            continue
+        steps.extend(step.get("normalizers") or [])
+        if step.get("type") != "Replace":
+            continue
+        pattern = step.get("pattern") or {}
+        literal = pattern.get("String") if isinstance(pattern.get("String"), str) else None
+        content = step.get("content") if isinstance(step.get("content"), str) else ""
+        shortest = len(literal) if literal else 1  # a regex match is at least one character
+        if len(content) > MAX_REPLACE_GROWTH * max(1, shortest):
+            raise TokenizerError(
+                f"{path}: a Replace normalizer turns {shortest} character(s) into {len(content)}, which can blow a "
+                f"prompt up {len(content) // max(1, shortest)}-fold; fix the normalizer or re-copy the file"
+            )
 
 
 def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None:

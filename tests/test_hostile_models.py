@@ -255,3 +255,20 @@ def test_hf_cache_layout_loads(tmp_path):
         (snap / src.name).symlink_to(f"../../blobs/blob{i}")
     code, lines, _ = tiankong("info", "-m", snap, "--format", "json")
     assert code == 0, lines
+
+
+def replace_bomb(folder):
+    """A normalizer that turns every "a" into 1000 characters: a prompt of a's would become gigabytes."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, **{f"w{i}": i for i in range(4, 512)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace("a", "b" * 1000)])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def test_a_normalizer_that_multiplies_the_text_is_refused_at_load(folder):
+    replace_bomb(folder)
+    code, lines, _ = tiankong("generate", "-m", folder, "--raw", "--prompt", "a" * 1000, "--max-new-tokens", 2)
+    assert_one_line(code, lines, "Replace normalizer")
