@@ -53,7 +53,7 @@ from tiankong.engine.model import load_model, save_pretrained
 from tiankong.engine.sampling import SamplingParams
 
 from . import auto
-from .common import SEED_STRIDE, TrainConfig, Trainer, lr_at, opt
+from .common import SEED_STRIDE, TrainConfig, Trainer, opt
 from .preferences import Encoder, pad_right
 from .records import messages_field, read_prompt_records
 from .reward import RewardModel
@@ -530,7 +530,15 @@ class PPOTrainer(Trainer):
             "ratio": total(ratio),
         }
 
+    def _zero(self) -> torch.Tensor:
+        """A rank with no rows in a minibatch runs row 0 at weight 0: through the DDP model, so it
+        joins the gradient all-reduce of the policy and value together."""
+        return self.loss([0])[0] * 0.0
+
+    # ---- 5: a step: rollouts, then ppo_epochs passes of minibatch updates on the shared loop's pieces
     def train_step(self, batch: list[int]) -> dict[str, float]:
+        """Roll out this step's prompts, then ppo_epochs shuffled passes of num_mini_batches updates
+        (set_lr, accumulate, optimizer_step, reduce_mean from common.py), and adapt the KL penalty."""
         cfg, dist = self.cfg, self.dist
         seeds = self.rollout_seeds(len(batch))
         mine = list(range(dist.rank, len(batch), dist.world))
@@ -540,9 +548,9 @@ class PPOTrainer(Trainer):
         row = {k: v / (n_tokens if k in ("entropy", "value_mean") else n_rows) for k, v in stats.items()}
         row["rlhf_reward"] = row["reward"] + row["non_score_reward"]
 
+        lr = self.set_lr()
         sums: dict[str, float] = {}
-        seen = 0.0
-        grad_norm = 0.0
+        seen = grad_norm = 0.0
         self.model.train()
         for epoch in range(cfg.ppo_epochs):
             # Shuffle the *global* batch the same way on every rank, then each rank takes its own rows of
@@ -550,30 +558,14 @@ class PPOTrainer(Trainer):
             g = torch.Generator().manual_seed((cfg.seed * SEED_STRIDE + self.step) * 1009 + epoch)
             order = torch.randperm(len(batch), generator=g)
             for global_mb in order.tensor_split(cfg.num_mini_batches):
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr_at(self.step, cfg)
                 mb = [j // dist.world for j in global_mb.tolist() if j % dist.world == dist.rank]
                 n_tok = dist.all_reduce_sum({"n": float(self._ro.mask[mb].sum()) if mb else 0.0})["n"]
-                micro = cfg.micro_batch_size or max(1, len(mb))
-                chunks = [mb[i : i + micro] for i in range(0, len(mb), micro)] or [[]]
-                for k, chunk in enumerate(chunks):
-                    with dist.no_sync(self.ddp_model, last=k == len(chunks) - 1):
-                        if chunk:
-                            loss_sum, m = self.loss(chunk)
-                        else:  # none of this minibatch's rows live here: join DDP's all-reduce with weight 0
-                            loss_sum, m = self.loss([0])[0] * 0.0, {}
-                        (loss_sum * dist.world / max(n_tok, 1.0)).backward()
-                    for key, v in m.items():
-                        sums[key] = sums.get(key, 0.0) + v
+                self.accumulate(mb, max(n_tok, 1.0), sums)  # the loss per answer token of the minibatch
                 seen += n_tok
-                if cfg.max_grad_norm > 0:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        sums = dist.all_reduce_sum(sums)
-        row.update({k: v / max(seen, 1.0) for k, v in sums.items()})
+                grad_norm = self.optimizer_step()
+        row.update(self.reduce_mean(sums, max(seen, 1.0)))
         row["loss"] = row["policy_loss"] + cfg.vf_coef * row["value_loss"]
-        row.update(kl_coef=self.kl_coef, lr=lr_at(self.step, cfg), grad_norm=grad_norm)
+        row.update(kl_coef=self.kl_coef, lr=lr, grad_norm=grad_norm)
         if cfg.kl_target > 0:  # Ziegler et al.: proportional control of the KL, clipped at +-20%
             err = max(-0.2, min(0.2, row["kl_k1"] / cfg.kl_target - 1))
             self.kl_coef *= 1 + err * len(batch) / cfg.kl_horizon

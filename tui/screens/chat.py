@@ -2,7 +2,7 @@
 
 Layout: a status line; the transcript (system prompt on top) beside the candidates panel; the
 message input; the footer. Generation runs in a thread worker that batches tokens and posts them
-to the UI at most every FRAME_S seconds, so a fast model never floods the event loop.
+to the UI at most every FRAME_S seconds (tui/streaming.py), so a fast model never floods the event loop.
 
 Every message is stored the moment it exists: the user's when sent, the answer when it finishes
 (also when stopped with Esc: finish_reason "cancelled"), with preset, params, seed and every
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 from rich.text import Text
 from textual import on, work
@@ -27,28 +26,31 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
-from textual.worker import get_current_worker
 
 from tiankong.engine.context import PromptCache
-from tiankong.engine.engine import with_seeds
+from tiankong.engine.engine import Engine, with_seeds
 from tiankong.engine.errors import TiankongError
-from tiankong.engine.events import Finished
+from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.engine.files import atomic_write_text
+from tiankong.engine.resolve import display_name
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
 from tiankong.tui.screens.branch import CandidatePicker, branch_vote, forced_token
 from tiankong.tui.screens.help import Section
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.screens.tokens import TokensScreen
-from tiankong.tui.store import StoreError
+from tiankong.tui.store import Chat, Store, StoreError
+from tiankong.tui.store import Message as StoredMessage
+from tiankong.tui.streaming import Batch, stream_events
 from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage, heat_legend
 from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary
 from tiankong.tui.widgets.transcript import Transcript
 
+T = TypeVar("T")
+
 TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
-FRAME_S = 1 / 30  # the worker hands tokens to the UI at most this often
 TITLE_CHARS = 60  # a new chat is titled with the start of its first message
 INTRO = (
     "Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
@@ -89,7 +91,7 @@ class ChatListScreen(ModalScreen[int | None]):
     ChatListScreen #chat-search { margin: 0 0 1 0; }
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
         self._armed: int | None = None  # a chat id that the next `d` deletes
@@ -116,7 +118,7 @@ class ChatListScreen(ModalScreen[int | None]):
         for c, where in chats:
             line = Text(c.title or f"chat {c.id}", style="bold")
             line.append(
-                f"  {c.preset} · {c.n_messages} messages · {Path(c.model).name} · "
+                f"  {c.preset} · {c.n_messages} messages · {display_name(c.model)} · "
                 f"{c.updated_at[:16].replace('T', ' ')}",
                 style="dim",
             )
@@ -249,7 +251,7 @@ class ChatScreen(Screen[None]):
     def __init__(
         self,
         *,
-        store: Any,
+        store: Store,
         presets: dict[str, Preset],
         preset: str,
         model_id: str,
@@ -258,11 +260,11 @@ class ChatScreen(Screen[None]):
     ) -> None:
         super().__init__()
         self.store, self.presets, self.model_id = store, presets, model_id
-        self.model_name = Path(model_id).name or model_id
+        self.model_name = display_name(model_id)
         self.export_dir, self.show_timing = export_dir, show_timing
         self.preset: Preset = presets[preset]
         self.params: SamplingParams = self.preset.params
-        self.engine: Any = None
+        self.engine: Engine | None = None  # None while loading, or when it failed
         self.engine_error: str | None = None
         self.chat_id: int | None = None
         self.generating = False
@@ -338,7 +340,7 @@ class ChatScreen(Screen[None]):
             error=error,
         )
 
-    def _save(self, write: Any, *args: Any, **kwargs: Any) -> Any:
+    def _save(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run one store call; a StoreError (disk full, database locked) is shown, never a crash.
         Returns the call's result, or None when it failed."""
         try:
@@ -349,7 +351,7 @@ class ChatScreen(Screen[None]):
 
     # ------------------------------------------------------------------ engine (called by the app)
 
-    async def engine_ready(self, engine: Any) -> None:
+    async def engine_ready(self, engine: Engine) -> None:
         self.engine, self.engine_error = engine, None
         self.candidates.loading = False
         self._status()
@@ -505,52 +507,36 @@ class ChatScreen(Screen[None]):
         def __init__(
             self,
             answer: AssistantMessage,
-            text: str,
-            tokens: list[dict[str, Any]],
             finished: Finished | None,
             params: SamplingParams,
             preset: str,
             error: str | None,
         ) -> None:
             super().__init__()
-            self.answer, self.text, self.tokens, self.finished = answer, text, tokens, finished
-            self.params, self.preset, self.error = params, preset, error
+            self.answer, self.finished, self.params, self.preset, self.error = answer, finished, params, preset, error
 
     @work(thread=True, exclusive=True, group="generate")
     def _generate(
         self, ids: list[int], params: SamplingParams, preset: str, answer: AssistantMessage, cancel: threading.Event
     ) -> None:
-        """Runs in a thread: stream tokens, posting them in batches (at most one post every FRAME_S).
+        """Runs in a thread: stream the answer's tokens to the UI in batches (tui/streaming.py)."""
+        finished: list[Finished] = []
 
-        post_message never waits for the UI, so drawing never slows the model down; the
-        MarkdownStream in the answer merges batches the UI has not caught up with yet.
-        """
-        worker = get_current_worker()
-        text: list[str] = []
-        toks: list[dict[str, Any]] = []
-        finished: Finished | None = None
-        error: str | None = None
-        last = time.monotonic()
-        try:
-            for ev in self.engine.generate(
-                [ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel, prompt_cache=self.prompt_cache
-            ):
-                if worker.is_cancelled:
-                    cancel.set()
-                if isinstance(ev, Finished):
-                    finished = ev
-                    continue
-                text.append(ev.text)
-                toks.append(token_dict(ev))
-                now = time.monotonic()
-                if now - last >= FRAME_S:
-                    self.post_message(self.Streamed(answer, "".join(text), toks))
-                    text, toks, last = [], [], now
-        except TiankongError as e:
-            error = str(e)
-        except Exception as e:  # a bug must not take the playground down: show it instead
-            error = f"{type(e).__name__}: {e}"
-        self.post_message(self.Done(answer, "".join(text), toks, finished, params, preset, error))
+        def post(batch: Batch) -> None:
+            tokens = [ev for _, ev in batch if isinstance(ev, TokenEvent)]
+            finished.extend(ev for _, ev in batch if isinstance(ev, Finished))
+            if tokens:
+                self.post_message(self.Streamed(answer, "".join(t.text for t in tokens), list(map(token_dict, tokens))))
+
+        def start() -> list[Iterator[Event]]:
+            return [
+                self.engine.generate(
+                    [ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel, prompt_cache=self.prompt_cache
+                )
+            ]
+
+        error = stream_events(start, post, cancel)
+        self.post_message(self.Done(answer, finished[0] if finished else None, params, preset, error))
 
     @on(Streamed)
     async def _streamed(self, event: Streamed) -> None:
@@ -563,7 +549,6 @@ class ChatScreen(Screen[None]):
     @on(Done)
     async def _done(self, event: Done) -> None:
         answer, fin, params = event.answer, event.finished, event.params
-        await answer.append(event.text, event.tokens)
         self.generating, self._cancel = False, None
         if fin is None or (fin.finish_reason == "error" and not fin.text):
             # Nothing to keep: the worker failed, or the model's first logits were not finite.
@@ -705,11 +690,11 @@ class ChatScreen(Screen[None]):
         self.transcript.scroll_end(animate=False)
         note = f"opened “{chat.title or chat.id}”"
         if chat.model != self.model_id:
-            note += f" (written by {Path(chat.model).name}; new answers come from {self.model_name})"
+            note += f" (written by {display_name(chat.model)}; new answers come from {self.model_name})"
         self.notify(note)
         self._status()
 
-    async def _mount_messages(self, chat: Any, messages: list[Any]) -> list[UserMessage | AssistantMessage]:
+    async def _mount_messages(self, chat: Chat, messages: list[StoredMessage]) -> list[UserMessage | AssistantMessage]:
         """Show stored messages at the end of the transcript, each labelled with its branch.
 
         Answers start lazy (a one-widget preview at the height the Markdown will have); the
@@ -718,7 +703,7 @@ class ChatScreen(Screen[None]):
         widgets: list[UserMessage | AssistantMessage] = []
         for m in messages:
             if m.role == "assistant":
-                model = Path(chat.model).name or chat.model
+                model = display_name(chat.model)
                 title = f"{model} · {m.preset}" if m.preset else model
                 info = (
                     f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"

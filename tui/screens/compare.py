@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from rich.text import Text
 from textual import events, on, work
@@ -33,22 +33,23 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from tiankong.engine.engine import Engine, draw_seed, with_seeds
-from tiankong.engine.events import Finished, TokenEvent
+from tiankong.engine.events import Event, Finished, TokenEvent
+from tiankong.engine.resolve import display_name
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
 from tiankong.tui.queue import Answer, Item, PromptQueue
 from tiankong.tui.screens.votes import can_go_back, tiers_text, verdict
 from tiankong.tui.store import Response, Store, Vote
+from tiankong.tui.streaming import Batch, stream_events
 from tiankong.tui.widgets.status import finish_words
 
 LABELS = "ABCD"
 MIN_COLUMN_WIDTH = 26  # below this many cells per column, 3-4 columns go two by two (or all stack)
-FRAME_S = 1 / 30  # at most this often the worker posts streamed text to the UI
 
 
 def model_name(engine: Engine) -> str:
     """How a model is shown: its folder's name."""
-    return Path(engine.folder).name or str(engine.folder)
+    return display_name(engine.folder)
 
 
 def model_identity(engine: Engine) -> str:
@@ -508,46 +509,34 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
 
     @work(thread=True, exclusive=True, group="compare-generate")
     def _generate(self, rnd: Round) -> None:
-        """Stream every column; one batched generate call per distinct engine, interleaved."""
-        try:
+        """Stream every column; one batched generate call per distinct engine, interleaved (tui/streaming.py)."""
+        by_engine: dict[int, list[int]] = {}  # the columns of each engine
+        for c, ent in enumerate(rnd.entrants):
+            by_engine.setdefault(id(ent.engine), []).append(c)
+        groups = list(by_engine.values())
+        texts, finish, stats = list(rnd.texts), list(rnd.finish), list(rnd.stats)
+
+        def start() -> list[Iterator[Event]]:
             streams = []
-            by_engine: dict[int, list[int]] = {}
-            for c, ent in enumerate(rnd.entrants):
-                by_engine.setdefault(id(ent.engine), []).append(c)
-            for cols in by_engine.values():
+            for cols in groups:
                 engine = rnd.entrants[cols[0]].engine
                 ids = engine.encode(messages=rnd.conversation)
-                events_ = engine.generate(
-                    [ids] * len(cols), [rnd.params[c] for c in cols], top_logprobs=0, cancel=rnd.cancel
-                )
-                streams.append((cols, iter(events_)))
-            texts, finish, stats = list(rnd.texts), list(rnd.finish), list(rnd.stats)
-            last_post = 0.0
-            while streams:
-                for stream in list(streams):
-                    cols, it = stream
-                    ev = next(it, None)
-                    if ev is None:
-                        streams.remove(stream)
-                    elif isinstance(ev, TokenEvent):
-                        texts[cols[ev.row]] += ev.text
-                    elif isinstance(ev, Finished):
-                        c = cols[ev.row]
-                        texts[c], finish[c] = ev.text, ev.finish_reason
-                        stats[c] = (
-                            ev.message
-                            if ev.finish_reason == "error"  # non-finite logits: say why
-                            else f"{ev.usage.completion_tokens} tokens"
-                        )
-                now = time.monotonic()
-                if now - last_post >= FRAME_S or not streams:
-                    self.post_message(self.Streamed(rnd.number, list(texts), list(finish), list(stats)))
-                    last_post = now
-            self.post_message(self.Ended(rnd.number))
-        except Exception as exc:  # a bad prompt or a model error: show it, keep the app alive
-            self.post_message(
-                self.Ended(rnd.number, f"{type(exc).__name__}: {exc}" if not str(exc).strip() else str(exc))
-            )
+                params = [rnd.params[c] for c in cols]
+                streams.append(engine.generate([ids] * len(cols), params, top_logprobs=0, cancel=rnd.cancel))
+            return streams
+
+        def post(batch: Batch) -> None:
+            for s, ev in batch:
+                c = groups[s][ev.row]
+                if isinstance(ev, TokenEvent):
+                    texts[c] += ev.text
+                elif isinstance(ev, Finished):
+                    texts[c], finish[c] = ev.text, ev.finish_reason
+                    # non-finite logits: say why
+                    stats[c] = ev.message if ev.finish_reason == "error" else f"{ev.usage.completion_tokens} tokens"
+            self.post_message(self.Streamed(rnd.number, list(texts), list(finish), list(stats)))
+
+        self.post_message(self.Ended(rnd.number, stream_events(start, post, rnd.cancel)))
 
     def on_compare_screen_streamed(self, message: Streamed) -> None:
         rnd = self.round
