@@ -8,7 +8,7 @@ import pytest
 from helpers import cli
 
 from tiankong.engine.errors import InputError
-from tiankong.tui.prefs import export_records, import_file, vote_pairs
+from tiankong.tui.prefs import export_records, import_file, iter_export_records, iter_ranking_records, vote_pairs
 from tiankong.tui.store import DB_NAME, Response, Store, Vote
 
 
@@ -266,3 +266,28 @@ def test_cli_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, args, mes
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: ") and message in err
     assert out == ""
+
+
+def test_export_streams_a_page_of_votes_at_a_time(monkeypatch, capsys, tmp_path):
+    data = tmp_path / "data"
+    with Store(data / DB_NAME) as s:
+        s.add_votes([vote(THREE[:2], prompt=f"p{i}") for i in range(1200)])
+        pages = []
+        s._conn.set_trace_callback(lambda sql: pages.append(sql) if sql.startswith("SELECT * FROM votes") else None)
+        records = iter_export_records(s)
+        assert next(records)["prompt"] == "p0" and len(pages) == 1  # the oldest vote, after one page of 500
+        assert len(list(records)) == 1199 and len(pages) == 3
+        assert [r["prompt"] for r in iter_ranking_records(s)][-1] == "p1199"
+
+    def everything_at_once(*args, **kwargs):
+        raise AssertionError("export must not load every vote")
+
+    monkeypatch.setattr(Store, "list_votes", everything_at_once)
+    dest = tmp_path / "out.jsonl"
+    for fmt in ("trl", "rankings"):
+        code, out, err = cli(monkeypatch, capsys, "prefs", "export", "--data-dir", data, "--format", fmt, "-o", dest)
+        assert code == 0 and "wrote 1200" in err, err
+        assert [json.loads(x)["prompt"] for x in dest.read_text().splitlines()] == [f"p{i}" for i in range(1200)]
+    code, out, err = cli(monkeypatch, capsys, "prefs", "stats", "--data-dir", data, "--format", "json")
+    assert code == 0 and json.loads(out)["totals"]["votes"] == 1200  # stats do not load every vote either
+    assert {s["name"] for s in json.loads(out)["leaderboard"]["presets"]} == {"balanced", "creative"}

@@ -208,6 +208,48 @@ def test_votes_round_trip_filter_and_undo(store):
     assert store.undo_last_vote().id == v1 and store.undo_last_vote() is None
 
 
+@pytest.mark.parametrize(
+    "column, garbage", [("responses", "not json"), ("ranking", "[0, 7]"), ("prompt", b"\xff\xfe not utf-8")]
+)
+def test_undo_skips_and_names_a_damaged_row(store, column, garbage):
+    v1 = store.add_vote(vote(("balanced", "creative")))
+    v2 = store.add_vote(vote(("precise", "creative"), outcome="tie"))
+    with sqlite3.connect(store.path) as conn:  # changed outside tiankong
+        value = "CAST(? AS TEXT)" if isinstance(garbage, bytes) else "?"
+        conn.execute(f"UPDATE votes SET {column} = {value} WHERE id = ?", (garbage, v2))
+    conn.close()
+    skipped = []
+    assert store.undo_last_vote(skipped).id == v1  # the newest readable vote; the damaged one stays
+    assert [i for i, _ in skipped] == [v2]
+    with sqlite3.connect(store.path) as conn:
+        assert [r[0] for r in conn.execute("SELECT id FROM votes")] == [v2]
+    conn.close()
+    assert store.undo_last_vote() is None
+
+
+def test_vote_shapes_count_votes_by_shape(store):
+    store.add_votes([vote(("balanced", "creative"), prompt=f"p{i}") for i in range(3)])
+    store.add_vote(vote(("balanced", "creative"), ranking=[1, 0]))
+    store.add_vote(vote(("balanced", "precise", "chat"), outcome="tie"))
+    shapes, counts = store.vote_shapes()
+    got = sorted(
+        ([r.preset for r in s.responses], [r.model for r in s.responses], s.outcome, s.ranking, c)
+        for s, c in zip(shapes, counts, strict=True)
+    )
+    assert got == [
+        (["balanced", "creative"], ["m", "m"], "ranked", [0, 1], 3),
+        (["balanced", "creative"], ["m", "m"], "ranked", [1, 0], 1),
+        (["balanced", "precise", "chat"], ["m", "m", "m"], "tie", [], 1),
+    ]
+    assert all(r.text == "" for s in shapes for r in s.responses)  # no text is read
+
+
+def test_iter_votes_pages_both_ways(store):
+    ids = store.add_votes([vote(prompt=f"p{i}") for i in range(7)])
+    assert [v.id for v in store._iter_votes(None, None, page=3, oldest_first=True)] == ids
+    assert [v.id for v in store._iter_votes(None, None, page=3)] == ids[::-1]
+
+
 def test_vote_stats_counts_pairs(store):
     store.add_vote(vote(("balanced", "creative", "precise"), ranking=[2, 0, 1]))  # precise > balanced > creative
     store.add_vote(vote(("balanced", "creative"), ranking=[1, 0]))

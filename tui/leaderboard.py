@@ -19,6 +19,20 @@ likelihood fit.
 Confidence intervals: the votes are resampled with replacement (`rounds` times, with a seeded
 generator, so the same votes always give the same intervals), the strengths refitted on each resample,
 and the 2.5th and 97.5th percentiles kept. Resampling whole votes keeps the pairs of one ranking together.
+Votes that give the same games (the same names, pairs and outcomes) are interchangeable, so they are
+merged into one category with a count, and a resample of N votes is drawn as multinomial(N, count / N)
+over the categories: the same distribution as drawing N votes one by one, at the cost of the number of
+categories rather than of votes. The categories are sorted by their games, so the same votes give the
+same intervals whether they come one by one (`Store.list_votes`) or grouped (`Store.vote_shapes`, which
+counts the votes per shape in SQL and reads no text). Before this, each vote was drawn with
+`rng.integers`: the intervals for a given seed differ from those, with the same distribution.
+
+What it costs (`bench/million_votes.py`: 1M votes of 2-4 responses, 1.9 GB database, 198,000 shapes;
+2 CPU cores, peak RSS by /usr/bin/time -v): `tiankong prefs stats` took 284 s and 6.0 GB loading every
+vote with its texts; from the counts per shape it takes 17 s (13 s of them the SQL scan) and 750 MB, of
+which 670 MB is the CLI starting (tui/cli.py imports torch; the prefs app alone peaks at 250 MB). The
+same tables come out. `prefs export` streams a page of votes at a time: 203 s and 7.4 GB before, 46 s
+and 680 MB (the CLI's start again) now, the same file.
 
 Pure functions on numpy; rendering is a rich Table (no Textual), shared by `tiankong prefs stats` and
 the vote browser.
@@ -27,13 +41,13 @@ the vote browser.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 from rich.table import Table
 
+from tiankong.engine.resolve import display_name
 from tiankong.tui.store import Response, Vote
 
 SCALE, BASE = 400 / math.log(10), 1000.0  # natural-log strength -> Elo-like points
@@ -86,6 +100,36 @@ def games(votes: Iterable[Vote], key: Callable[[Response], str]) -> tuple[list[s
     if len(g):
         g[:, 1], g[:, 2] = remap[g[:, 1].astype(np.int64)], remap[g[:, 2].astype(np.int64)]
     return order, g
+
+
+def categories(g: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Votes that give the same games merged: (games, counts) where column 0 of games now indexes the
+    categories and counts[c] is how many votes fall in category c (votes with no games, e.g. two samples
+    of one preset, make a category of their own: they are drawn in a resample too). `counts[v]` is how
+    many votes the row v of `games()` stands for. Categories are sorted by their games (each game
+    written with i < j), so the result does not depend on how the votes were ordered or grouped."""
+    counts = np.asarray(counts, dtype=np.float64)
+    v = g[:, 0].astype(np.int64)
+    i, j, s2 = g[:, 1].astype(np.int64), g[:, 2].astype(np.int64), np.rint(2 * g[:, 3]).astype(np.int64)
+    flip = i > j  # (j, i, 1 - s) is the same game as (i, j, s)
+    i, j, s2 = np.where(flip, j, i), np.where(flip, i, j), np.where(flip, 2 - s2, s2)
+    n = int(j.max()) + 1 if len(g) else 1
+    code = (i * n + j) * 3 + s2  # one integer per game
+    # Each vote's games as one row of codes, ascending, padded with -1: equal rows, equal games.
+    per_vote = np.bincount(v, minlength=len(counts))
+    order = np.lexsort((code, v))
+    v, code = v[order], code[order]
+    start = np.cumsum(per_vote) - per_vote
+    rows = np.full((len(counts), max(int(per_vote.max(initial=0)), 1)), -1, dtype=np.int64)
+    rows[v, np.arange(len(v)) - start[v]] = code
+    keep = counts > 0
+    unique, inverse = np.unique(rows[keep], axis=0, return_inverse=True)
+    per = np.bincount(inverse.reshape(-1), weights=counts[keep], minlength=len(unique))
+    c, col = np.nonzero(unique >= 0)
+    code = unique[c, col]
+    pair, s2 = code // 3, code % 3
+    cg = np.stack([c, pair // n, pair % n, s2 / 2]).T.astype(np.float64)
+    return cg.reshape(-1, 4), per
 
 
 def win_matrix(g: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -144,42 +188,58 @@ def elo(theta: np.ndarray) -> np.ndarray:
 
 
 def bootstrap(
-    g: np.ndarray, n: int, n_votes: int, rounds: int = 200, seed: int = 0, prior: float = PRIOR, level: float = 0.95
+    g: np.ndarray,
+    n: int,
+    counts: np.ndarray,
+    rounds: int = 200,
+    seed: int = 0,
+    prior: float = PRIOR,
+    level: float = 0.95,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) Elo-like bounds per entry: refit on `rounds` resamples of the votes (with replacement)."""
-    if rounds <= 0 or n_votes == 0:
+    """(lo, hi) Elo-like bounds per entry: refit on `rounds` resamples of the votes (with replacement).
+    g: games whose column 0 indexes `counts`, the number of votes in each category (`categories`); a
+    resample of the N votes draws multinomial(N, counts / N) of them from the categories."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = int(round(counts.sum()))
+    if rounds <= 0 or total == 0:
         return np.full(n, np.nan), np.full(n, np.nan)
     rng = np.random.default_rng(seed)
-    vote_of = g[:, 0].astype(np.int64)
+    p = counts / counts.sum()
+    cat = g[:, 0].astype(np.int64)
     fits = np.empty((rounds, n))
     for r in range(rounds):
-        counts = np.bincount(rng.integers(0, n_votes, n_votes), minlength=n_votes)  # times each vote drawn
-        fits[r] = elo(bradley_terry(win_matrix(g, n, counts[vote_of].astype(np.float64)), prior=prior))
+        drawn = rng.multinomial(total, p).astype(np.float64)  # votes of each category in this resample
+        fits[r] = elo(bradley_terry(win_matrix(g, n, drawn[cat]), prior=prior))
     tail = 100 * (1 - level) / 2
     with np.errstate(invalid="ignore"):
-        lo, hi = np.nanpercentile(fits, [tail, 100 - tail], axis=0) if rounds else (fits[0], fits[0])
+        lo, hi = np.nanpercentile(fits, [tail, 100 - tail], axis=0)
     return lo, hi
 
 
 def leaderboard(
-    votes: list[Vote],
+    votes: Iterable[Vote],
     key: Callable[[Response], str],
     rounds: int = 200,
     seed: int = 0,
     prior: float = PRIOR,
     level: float = 0.95,
+    counts: Sequence[int] | None = None,
 ) -> list[Standing]:
-    """Standings of every name `key` gives the votes' responses, strongest first."""
+    """Standings of every name `key` gives the votes' responses, strongest first. counts: how many
+    votes each of `votes` stands for (the shapes of Store.vote_shapes); None: one each."""
+    votes = list(votes)
     names, g = games(votes, key)
     if not names:
         return []
-    wins = win_matrix(g, len(names))
+    g, per = categories(g, np.ones(len(votes)) if counts is None else np.asarray(counts, dtype=np.float64))
+    weight = per[g[:, 0].astype(np.int64)]  # votes behind each game
+    wins = win_matrix(g, len(names), weight)
     strength = elo(bradley_terry(wins, prior=prior))
-    lo, hi = bootstrap(g, len(names), len(votes), rounds=rounds, seed=seed, prior=prior, level=level)
-    tie_count = np.zeros(len(names), dtype=np.int64)
-    for _, i, j, _s in g[g[:, 3] == 0.5]:
-        tie_count[int(i)] += 1
-        tie_count[int(j)] += 1
+    lo, hi = bootstrap(g, len(names), per, rounds=rounds, seed=seed, prior=prior, level=level)
+    tie = g[:, 3] == 0.5
+    tie_count = np.zeros(len(names))
+    np.add.at(tie_count, g[tie, 1].astype(np.int64), weight[tie])
+    np.add.at(tie_count, g[tie, 2].astype(np.int64), weight[tie])
     out = [
         Standing(
             name,
@@ -188,7 +248,7 @@ def leaderboard(
             float(hi[k]),
             float(wins[k].sum()),
             float(wins[:, k].sum()),
-            int(tie_count[k]),
+            int(round(tie_count[k])),
             int(round(wins[k].sum() + wins[:, k].sum())),
         )
         for k, name in enumerate(names)
@@ -204,11 +264,14 @@ def by_model(r: Response) -> str:
     return r.model
 
 
-def leaderboards(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[str, list[Standing]]:
-    """The preset and the model leaderboards of the same votes."""
+def leaderboards(
+    votes: Iterable[Vote], rounds: int = 200, seed: int = 0, counts: Sequence[int] | None = None
+) -> dict[str, list[Standing]]:
+    """The preset and the model leaderboards of the same votes (counts: as in `leaderboard`)."""
+    votes = list(votes)
     return {
-        "presets": leaderboard(votes, by_preset, rounds, seed),
-        "models": leaderboard(votes, by_model, rounds, seed),
+        "presets": leaderboard(votes, by_preset, rounds, seed, counts=counts),
+        "models": leaderboard(votes, by_model, rounds, seed, counts=counts),
     }
 
 
@@ -217,7 +280,7 @@ def leaderboards(votes: list[Vote], rounds: int = 200, seed: int = 0) -> dict[st
 
 def short_names(names: list[str]) -> dict[str, str]:
     """Model paths by their folder name, unless two share it (then the whole path)."""
-    tails = [Path(n).name or n for n in names]
+    tails = [display_name(n) for n in names]
     return {n: (t if tails.count(t) == 1 else n) for n, t in zip(names, tails, strict=True)}
 
 

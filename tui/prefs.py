@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Optional
@@ -41,7 +42,7 @@ from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors
 from tiankong.trainers.records import parse_record, read_rows
 from tiankong.tui.leaderboard import leaderboards, standings_table
-from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
+from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir, summarise
 
 IMPORTED_PRESET, IMPORTED_MODEL = "imported", "unknown"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -90,18 +91,27 @@ def vote_pairs(vote: Vote, include_ties: bool = False, include_both_bad: bool = 
     return records
 
 
+def iter_export_records(
+    store: Store,
+    include_ties: bool = False,
+    include_both_bad: bool = False,
+    skipped: list[tuple[int, str]] | None = None,
+) -> Iterator[dict]:
+    """Every vote's TRL records, oldest vote first, read from the store a page at a time (so an export
+    of a million votes holds one page, not all of them). Unreadable vote rows are left out (listed in
+    `skipped` as they are met)."""
+    for vote in store.iter_votes(oldest_first=True, skipped=skipped):
+        yield from vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)
+
+
 def export_records(
     store: Store,
     include_ties: bool = False,
     include_both_bad: bool = False,
     skipped: list[tuple[int, str]] | None = None,
 ) -> list[dict]:
-    """Every vote's TRL records, oldest vote first. Unreadable vote rows are left out (listed in `skipped`)."""
-    return [
-        rec
-        for vote in reversed(store.list_votes(limit=None, skipped=skipped))
-        for rec in vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)
-    ]
+    """Every vote's TRL records, oldest vote first, as a list (`iter_export_records`)."""
+    return list(iter_export_records(store, include_ties, include_both_bad, skipped))
 
 
 def ranking_record(vote: Vote) -> dict:
@@ -122,9 +132,15 @@ def ranking_record(vote: Vote) -> dict:
     }
 
 
+def iter_ranking_records(store: Store, skipped: list[tuple[int, str]] | None = None) -> Iterator[dict]:
+    """Every vote as a raw K-way ranking with ties (`ranking_record`), oldest vote first, a page at a time."""
+    for vote in store.iter_votes(oldest_first=True, skipped=skipped):
+        yield ranking_record(vote)
+
+
 def ranking_records(store: Store, skipped: list[tuple[int, str]] | None = None) -> list[dict]:
-    """Every vote as a raw K-way ranking with ties (`ranking_record`), oldest vote first."""
-    return [ranking_record(v) for v in reversed(store.list_votes(limit=None, skipped=skipped))]
+    """Every vote as a raw K-way ranking with ties (`ranking_record`), oldest vote first, as a list."""
+    return list(iter_ranking_records(store, skipped))
 
 
 # ---------------------------------------------------------------- import
@@ -248,10 +264,15 @@ def _hh(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
 # ---------------------------------------------------------------- stats
 
 
-def stats_report(store: Store, skipped: list[tuple[int, str]] | None = None) -> dict[str, Any]:
-    """vote_stats() plus each preset's win rate (wins / decided pairs) and vote totals (counted in SQL)."""
+def stats_report(
+    store: Store,
+    skipped: list[tuple[int, str]] | None = None,
+    shapes: tuple[list[Vote], list[int]] | None = None,
+) -> dict[str, Any]:
+    """vote_stats() plus each preset's win rate (wins / decided pairs) and vote totals (counted in SQL).
+    shapes: Store.vote_shapes() already read (then `skipped` is not filled again)."""
     presets = {}
-    per_preset, per_outcome = store.vote_summary(skipped)
+    per_preset, per_outcome = summarise(*(store.vote_shapes(skipped) if shapes is None else shapes))
     for name, s in per_preset.items():
         decided = s["wins"] + s["losses"]
         presets[name] = {**s, "win_rate": s["wins"] / decided if decided else None}
@@ -329,22 +350,32 @@ def export(
     if format not in ("trl", "rankings"):
         raise InputError(f"unknown --format {format!r}; use trl or rankings")
     skipped: list[tuple[int, str]] = []
+    written = 0
     with _store(data_dir) as store:
         records = (
-            ranking_records(store, skipped)
+            iter_ranking_records(store, skipped)
             if format == "rankings"
-            else export_records(store, include_ties=include_ties, include_both_bad=include_both_bad, skipped=skipped)
+            else iter_export_records(
+                store, include_ties=include_ties, include_both_bad=include_both_bad, skipped=skipped
+            )
         )
+
+        def lines() -> Iterator[str]:  # streamed: one page of votes in memory at a time
+            nonlocal written
+            for r in records:
+                written += 1
+                yield json.dumps(r, ensure_ascii=False) + "\n"
+
+        if output is None:
+            with stdout_errors():
+                sys.stdout.writelines(lines())
+        else:
+            with atomic_open(output) as f:
+                f.writelines(lines())
         warn_skipped(store, skipped)
-    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if output is None:
-        with stdout_errors():
-            sys.stdout.writelines(lines)
-        return
-    with atomic_open(output) as f:
-        f.writelines(lines)
-    what = "rankings" if format == "rankings" else "preference pairs"
-    err.print(f"wrote {len(records)} {what} to {output}", highlight=False)
+    if output is not None:
+        what = "rankings" if format == "rankings" else "preference pairs"
+        err.print(f"wrote {written} {what} to {output}", highlight=False)
 
 
 @prefs_app.command(
@@ -399,8 +430,9 @@ def stats(
         raise InputError(f"unknown --format {format!r}; use table or json")
     skipped: list[tuple[int, str]] = []
     with _store(data_dir) as store:
-        report = stats_report(store, skipped)
-        boards = leaderboards(store.list_votes(limit=None), rounds=bootstrap, seed=seed)
+        shapes, counts = store.vote_shapes(skipped)  # one scan in SQL, no texts
+        report = stats_report(store, shapes=(shapes, counts))
+        boards = leaderboards(shapes, rounds=bootstrap, seed=seed, counts=counts)
         warn_skipped(store, skipped)
     report["leaderboard"] = {kind: [s.to_dict() for s in rows] for kind, rows in boards.items()}
     if format == "json":

@@ -724,16 +724,28 @@ class Store:
                         added += 1
         return added, len(votes) - added
 
-    def undo_last_vote(self) -> Vote | None:
-        """Delete and return the newest vote cast in the playground (imported votes are never undone)."""
+    def undo_last_vote(self, skipped: list[tuple[int, str]] | None = None) -> Vote | None:
+        """Delete and return the newest vote cast in the playground (imported votes are never undone).
+
+        A newer row that is not a readable vote (damaged outside tiankong) is left in place and, when
+        `skipped` is a list, added to it as (id, reason); the newest readable vote is undone instead."""
         with self._tx(durable=True) as conn:
-            cur = conn.execute("SELECT * FROM votes WHERE source NOT LIKE 'import:%' ORDER BY id DESC LIMIT 1")
-            cur.row_factory = sqlite3.Row
-            row = cur.fetchone()
-            if row is None:
-                return None
-            conn.execute("DELETE FROM votes WHERE id = ?", (row["id"],))
-            return _vote(row)
+            ids = conn.execute("SELECT id FROM votes WHERE source NOT LIKE 'import:%' ORDER BY id DESC")
+            for (vote_id,) in ids:
+                try:
+                    cur = conn.execute("SELECT * FROM votes WHERE id = ?", (vote_id,))
+                    cur.row_factory = sqlite3.Row
+                    vote = _vote(cur.fetchone())
+                    validate_vote(vote)
+                except sqlite3.OperationalError as e:  # text that is not UTF-8
+                    _skip(skipped, vote_id, f"unreadable text ({e})")
+                    continue
+                except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+                    _skip(skipped, vote_id, f"{type(e).__name__}: {e}")
+                    continue
+                conn.execute("DELETE FROM votes WHERE id = ?", (vote_id,))
+                return vote
+            return None
 
     def list_votes(
         self,
@@ -761,25 +773,32 @@ class Store:
                 break
         return votes
 
+    def iter_votes(self, *, oldest_first: bool = False, skipped: list[tuple[int, str]] | None = None) -> Iterator[Vote]:
+        """Every readable vote, newest first (or oldest first), read a page at a time: memory stays
+        that of one page however many votes there are. Unreadable rows are skipped as in list_votes."""
+        return self._iter_votes(None, skipped, oldest_first=oldest_first)
+
     def _iter_votes(
-        self, outcome: str | None, skipped: list[tuple[int, str]] | None, page: int = 500
+        self, outcome: str | None, skipped: list[tuple[int, str]] | None, page: int = 500, oldest_first: bool = False
     ) -> Iterator[Vote]:
         """Every readable vote, newest first, read a page at a time (the lock is held per page)."""
         where, args = ("outcome = ? AND ", [outcome]) if outcome is not None else ("", [])
-        below = 1 << 62
+        # Newest first pages down from the top id, oldest first up from 0; `edge` is the last id read.
+        edge, cmp, order = (-1, ">", "ASC") if oldest_first else (1 << 62, "<", "DESC")
         while True:
             ids = [
                 r[0]
                 for r in self._read(
-                    f"SELECT id FROM votes WHERE {where}id < ? ORDER BY id DESC LIMIT ?", (*args, below, page)
+                    f"SELECT id FROM votes WHERE {where}id {cmp} ? ORDER BY id {order} LIMIT ?", (*args, edge, page)
                 )
             ]
             if not ids:
                 return
-            below = ids[-1]
+            edge = ids[-1]
+            lo, hi = min(ids[0], ids[-1]), max(ids[0], ids[-1])
             try:
                 rows = self._read(
-                    f"SELECT * FROM votes WHERE {where}id <= ? AND id >= ? ORDER BY id DESC", (*args, ids[0], ids[-1])
+                    f"SELECT * FROM votes WHERE {where}id >= ? AND id <= ? ORDER BY id {order}", (*args, lo, hi)
                 )
             except sqlite3.OperationalError:  # text that is not UTF-8 somewhere in the page: row by row
                 rows = []
@@ -797,51 +816,48 @@ class Store:
                     continue
                 yield v
 
-    def vote_summary(
-        self, skipped: list[tuple[int, str]] | None = None
-    ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
-        """(vote_stats(), votes per outcome), counted in SQL: one scan that groups the votes by their
-        shape (outcome, ranking, n_ranked, the responses' presets) without reading any text into
-        Python, so a million votes take seconds and a few MB. Each shape is then checked once, by
-        validate_vote; rows of a shape that is not a vote (damaged outside tiankong) are left out and,
-        when `skipped` is a list, added to it as (id, reason).
-        """
-        stats: dict[str, dict[str, int]] = {}
-        totals = {o: 0 for o in OUTCOMES}
+    def vote_shapes(self, skipped: list[tuple[int, str]] | None = None) -> tuple[list[Vote], list[int]]:
+        """The votes grouped by their shape, counted in SQL: (shapes, how many votes have each).
 
-        def entry(preset: str) -> dict[str, int]:
-            return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
+        A shape is what the counts and the leaderboards read of a vote: its outcome, ranking, n_ranked
+        and each response's preset and model, as a Vote with empty texts. One scan groups the rows by
+        those columns (json_extract of the eight fields; no text reaches Python), so a million votes
+        take seconds and a few MB. Each shape is then checked once, by validate_vote; rows of a shape
+        that is not a vote (damaged outside tiankong) are left out and, when `skipped` is a list, added
+        to it as (id, reason).
 
-        bad = []
-        for outcome, ranking, n_ranked, presets, count in self._read(
-            f"SELECT outcome, CAST(ranking AS BLOB), n_ranked, {_PRESETS}, COUNT(*) FROM votes GROUP BY 1, 2, 3, 4"
-        ):
-            shape = _shape(outcome, ranking, n_ranked, presets)
-            if shape is None:
-                bad.append((outcome, ranking, n_ranked, presets))
-                continue
-            names = [r.preset for r in shape.responses]
-            totals[outcome] += count
-            for p in set(names):
-                entry(p)["votes"] += count
-            if outcome == "ranked":
-                for i, j in shape.pairs():  # only the pairs the rater expressed (see Vote.pairs)
-                    if names[i] != names[j]:
-                        entry(names[i])["wins"] += count
-                        entry(names[j])["losses"] += count
-            else:
-                key = "ties" if outcome == "tie" else "both_bad"
-                for p in set(names):
-                    entry(p)[key] += count
+        Shapes share their parts: one Response per (preset, model) and one ranking list per ranking, so
+        even a store with 200,000 shapes (1M random votes) holds them in tens of MB. Treat them as read-only."""
+        shapes, counts, bad = [], [], []
+        parts: dict[Any, Any] = {}  # the shared parts, and which (outcome, ranking, n_ranked, n) are valid
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"the database {self.path} is closed; open a new Store")
+            rows = self._conn.execute(  # read row by row: the groups never sit in memory twice
+                f"SELECT outcome, CAST(ranking AS BLOB), n_ranked, {_FIELDS}, COUNT(*) FROM votes GROUP BY 1, 2, 3, 4"
+            )
+            for outcome, ranking, n_ranked, fields, count in rows:
+                shape = _shape(outcome, ranking, n_ranked, fields, parts)
+                if shape is None:
+                    bad.append((outcome, ranking, n_ranked, fields))
+                    continue
+                shapes.append(shape)
+                counts.append(count)
         if skipped is not None:
             for key in bad:  # rare: one more scan per damaged shape, cheap columns compared first
                 for (vote_id,) in self._read(
                     "SELECT id FROM votes WHERE outcome IS ? AND CAST(ranking AS BLOB) IS ? AND n_ranked IS ? "
-                    f"AND {_PRESETS} IS ? ORDER BY id",
+                    f"AND {_FIELDS} IS ? ORDER BY id",
                     key,
                 ):
                     _skip(skipped, vote_id, "its responses, ranking or n_ranked do not form a vote")
-        return dict(sorted(stats.items())), totals
+        return shapes, counts
+
+    def vote_summary(
+        self, skipped: list[tuple[int, str]] | None = None
+    ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """(vote_stats(), votes per outcome), from vote_shapes (one scan in SQL)."""
+        return summarise(*self.vote_shapes(skipped))
 
     def vote_stats(self, skipped: list[tuple[int, str]] | None = None) -> dict[str, dict[str, int]]:
         """Per preset: votes it took part in, wins, losses, ties, both_bad (see vote_summary).
@@ -903,35 +919,69 @@ def validate_vote(v: Vote) -> None:
             raise InputError(f'vote conversation message {i + 1} must be {{"role": str, "content": str}}')
 
 
-# [number of responses, [presets of the first four]] as JSON bytes, parsing `responses` twice at most (one
-# json_extract with four paths): null for a response that is not an object with a preset, NULL when
-# `responses` is not JSON at all. Per-element json_each would parse every response again.
-_PRESETS = """CAST(CASE WHEN json_valid(responses) THEN json_array(json_array_length(responses), json_extract(
-    responses, '$[0].preset', '$[1].preset', '$[2].preset', '$[3].preset')) END AS BLOB)"""
+# [number of responses, [presets of the first four, then their models]] as JSON bytes, parsing `responses`
+# three times at most (json_valid, json_array_length, one json_extract with eight paths): null for a response
+# that is not an object with those keys, NULL when `responses` is not JSON at all. Per-element json_each
+# would parse every response again.
+_FIELDS = """CAST(CASE WHEN json_valid(responses) THEN json_array(json_array_length(responses), json_extract(
+    responses, '$[0].preset', '$[1].preset', '$[2].preset', '$[3].preset',
+    '$[0].model', '$[1].model', '$[2].model', '$[3].model')) END AS BLOB)"""
 
 
-def _shape(outcome: Any, ranking: Any, n_ranked: Any, presets: Any) -> Vote | None:
-    """A vote with these columns and blank responses of these presets, if it is a valid vote; else None."""
+def summarise(shapes: list[Vote], counts: list[int]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """(per preset: votes, wins, losses, ties, both_bad; votes per outcome) of votes given as shapes with
+    counts (Store.vote_shapes). See Store.vote_stats for what counts as what."""
+    stats: dict[str, dict[str, int]] = {}
+    totals = {o: 0 for o in OUTCOMES}
+
+    def entry(preset: str) -> dict[str, int]:
+        return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
+
+    for shape, count in zip(shapes, counts, strict=True):
+        names = [r.preset for r in shape.responses]
+        totals[shape.outcome] += count
+        for p in set(names):
+            entry(p)["votes"] += count
+        if shape.outcome == "ranked":
+            for i, j in shape.pairs():  # only the pairs the rater expressed (see Vote.pairs)
+                if names[i] != names[j]:
+                    entry(names[i])["wins"] += count
+                    entry(names[j])["losses"] += count
+        else:
+            key = "ties" if shape.outcome == "tie" else "both_bad"
+            for p in set(names):
+                entry(p)[key] += count
+    return dict(sorted(stats.items())), totals
+
+
+def _shape(outcome: Any, ranking: Any, n_ranked: Any, fields: Any, parts: dict | None = None) -> Vote | None:
+    """A vote with these columns and blank responses of these presets and models, if it is a valid
+    vote; else None. `parts` (a dict kept across calls) shares the Responses and rankings of shapes and
+    remembers which rankings were checked."""
+    parts = {} if parts is None else parts
     try:
-        ranking, (n, first4) = json.loads(ranking), json.loads(presets)
-        if not (isinstance(n, int) and MIN_RESPONSES <= n <= MAX_RESPONSES):
+        n, first4 = json.loads(fields)
+        if not (isinstance(n, int) and MIN_RESPONSES <= n <= MAX_RESPONSES and isinstance(first4, list)):
             return None
-        presets = first4[:n]
-        v = Vote(
-            None,
-            "",
-            [],
-            [Response("", "", p, {}, None, "", "") for p in presets],
-            outcome,
-            ranking,
-            "",
-            False,
-            n_ranked=n_ranked,
-        )
-        validate_vote(v)
+        presets, models = first4[:n], first4[4 : 4 + n]
+        if len(models) != n or not all(isinstance(x, str) for x in presets + models) or not isinstance(outcome, str):
+            return None
+        key = ("ranking", outcome, ranking, n_ranked, n)
+        if key not in parts:  # checked once per ranking, with blank responses
+            v = Vote(
+                None, "", [], [Response("", "", "", {}, None, "", "")] * n, outcome, json.loads(ranking), "", False
+            )
+            v.n_ranked = n_ranked
+            validate_vote(v)
+            parts[key] = v.ranking
+        responses = []
+        for p, m in zip(presets, models, strict=True):
+            if (p, m) not in parts:
+                parts[(p, m)] = Response("", m, p, {}, None, "", "")
+            responses.append(parts[(p, m)])
     except (ValueError, TypeError, RecursionError):  # not JSON (or not UTF-8), not lists, not a vote
         return None
-    return v if all(isinstance(r.preset, str) for r in v.responses) and isinstance(outcome, str) else None
+    return Vote(None, "", [], responses, outcome, parts[key], "", False, n_ranked=n_ranked)
 
 
 _INSERT_VOTE = (
