@@ -29,7 +29,7 @@ import platformdirs
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import read_regular_bytes
-from tiankong.engine.sampling import SamplingParams
+from tiankong.engine.params import SamplingParams
 
 if sys.version_info >= (3, 11):
     import tomllib
