@@ -291,3 +291,24 @@ def test_export_streams_a_page_of_votes_at_a_time(monkeypatch, capsys, tmp_path)
     code, out, err = cli(monkeypatch, capsys, "prefs", "stats", "--data-dir", data, "--format", "json")
     assert code == 0 and json.loads(out)["totals"]["votes"] == 1200  # stats do not load every vote either
     assert {s["name"] for s in json.loads(out)["leaderboard"]["presets"]} == {"balanced", "creative"}
+
+
+def test_prefs_commands_do_not_import_torch(tmp_path):
+    """`prefs`, `presets` and `models` never sample: they must not pay torch's import (~0.5 GB, seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tiankong.tui.cli import main\n"
+        f"for argv in (['prefs', 'stats', '--data-dir', {str(tmp_path)!r}], ['presets']):\n"
+        "    sys.argv = ['tiankong', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"

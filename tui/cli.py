@@ -425,7 +425,7 @@ def _home(path: str) -> str:
 )
 def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in full.")) -> None:
     """List the sampling presets (bundled and your own), or show one with its recommended ranges."""
-    from tiankong.engine.sampling import SAMPLER_CHAIN
+    from tiankong.engine.params import SAMPLER_CHAIN
     from tiankong.presets import user_presets_dir
 
     con = Console()
@@ -623,21 +623,33 @@ def rank(
     run_rank(answers_queue(input, model=model), data_dir=data_dir, rater=rater, restart=restart)
 
 
-def _register_subcommands() -> None:
+# Commands that build their options from the trainers' config classes, whose modules import torch.
+TORCH_GROUPS = ("train", "reward")
+
+
+def _register_subcommands(argv: list[str]) -> None:
+    """Add the command groups; `train` and `reward` only when this command line may need them.
+
+    Their options come from the trainers' config dataclasses, and importing the trainers imports
+    torch: half a gigabyte and a second or two that `prefs`, `presets`, `models` or `rank` never use.
+    """
     from tiankong.tui.prefs import prefs_app
-    from tiankong.tui.train_cli import reward_app, train_app
 
-    app.add_typer(prefs_app, name="prefs", help="Export, import and summarise preference votes.")
-    app.add_typer(train_app, name="train")
-    app.add_typer(reward_app, name="reward")
+    have = {g.name for g in app.registered_groups}
+    if "prefs" not in have:
+        app.add_typer(prefs_app, name="prefs", help="Export, import and summarise preference votes.")
+    words = [a for a in argv if not a.startswith("-")]
+    if "train" not in have and (not words or words[0] in TORCH_GROUPS):  # also for the top-level --help
+        from tiankong.tui.train_cli import reward_app, train_app
 
-
-_register_subcommands()
+        app.add_typer(train_app, name="train")
+        app.add_typer(reward_app, name="reward")
 
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
     try:
+        _register_subcommands(sys.argv[1:])
         app()
     except TiankongError as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
