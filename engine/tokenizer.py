@@ -217,6 +217,7 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
                 f"{folder / 'tokenizer.json'} cannot be parsed ({_first_line(error)}); re-copy it from the original model"
             ) from None
         _check_normalizer(backend, folder / "tokenizer.json")
+        _check_pre_tokenizer(backend, folder / "tokenizer.json")
         # transformers drops add_bos_token/add_eos_token when tokenizer.json exists: its post-processor rules
         settings.flags_rule_post_processor = False
         settings.add_bos_flag = settings.add_eos_flag = False
@@ -259,6 +260,34 @@ def _check_normalizer(backend: _Backend, path: Path) -> None:
             raise TokenizerError(
                 f"{path}: a Replace normalizer turns {shortest} character(s) into {len(content)}, which can blow a "
                 f"prompt up {len(content) // max(1, shortest)}-fold; fix the normalizer or re-copy the file"
+            )
+
+
+# A group holding a quantifier, itself quantified: "(a+)+", "(\\w*)*", "(x+){2,}". Such a pattern can
+# backtrack exponentially; the regex engine then stops at its retry limit by panicking inside Rust,
+# which prints a panic report on stderr before Python sees the error. No real tokenizer uses one.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+
+
+def _check_pre_tokenizer(backend: _Backend, path: Path) -> None:
+    """Refuse a Split pre-tokenizer whose regex nests quantifiers (catastrophic backtracking)."""
+    if backend.pre_tokenizer is None:
+        return
+    try:
+        tree = json.loads(backend.pre_tokenizer.__getstate__())
+    except (ValueError, TypeError, AttributeError):
+        return
+    steps = [tree]
+    while steps:
+        step = steps.pop()
+        if not isinstance(step, dict):
+            continue
+        steps.extend(step.get("pretokenizers") or [])
+        pattern = (step.get("pattern") or {}).get("Regex") if step.get("type") == "Split" else None
+        if isinstance(pattern, str) and (bad := _NESTED_QUANTIFIER.search(pattern)):
+            raise TokenizerError(
+                f"{path}: the pre-tokenizer regex nests quantifiers ({bad.group(0)}), which can take "
+                "exponential time on some text; fix the pattern or re-copy the file"
             )
 
 

@@ -288,3 +288,21 @@ def test_a_normalizer_that_multiplies_the_text_is_refused_at_load(folder):
     replace_bomb(folder)
     code, lines, _ = tiankong("generate", "-m", folder, "--raw", "--prompt", "a" * 1000, "--max-new-tokens", 2)
     assert_one_line(code, lines, "Replace normalizer")
+
+
+def regex_bomb(folder):
+    """A pre-tokenizer regex with nested quantifiers: exponential backtracking on "aaa...b"."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, **{f"w{i}": i for i in range(4, 512)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(a+)+$"), behavior="isolated")
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def test_a_catastrophic_pre_tokenizer_regex_is_refused_at_load(folder):
+    """Refused before any text runs into it: at encode time the regex engine panics inside Rust,
+    which prints a panic report on stderr whatever Python does with the error."""
+    regex_bomb(folder)
+    code, lines, _ = tiankong("generate", "-m", folder, "--raw", "--prompt", "a" * 40 + "b", "--max-new-tokens", 2)
+    assert_one_line(code, lines, "nests quantifiers")
