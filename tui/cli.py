@@ -188,8 +188,6 @@ def generate(
     dtype: str = DtypeOpt,
 ) -> None:
     """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates."""
-    from tiankong.engine.engine import draw_seed
-
     if format not in ("jsonl", "text"):
         raise InputError(f"unknown --format {format!r}; use jsonl or text")
     if context_overflow not in ("error", "truncate"):
@@ -197,33 +195,68 @@ def generate(
     if output is not None:
         write_target(output)  # a missing folder, a folder or a device: said before the model loads
     jobs = _read_jobs(prompt, input)
-    base = get_preset(preset).params
-    overrides = {
-        k: v
-        for k, v in dict(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-        ).items()
-        if v is not None
-    }
-    if stop:
-        overrides["stop"] = tuple(stop)
-    params = base.replace(**overrides)
+    flags = dict(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        stop=tuple(stop) if stop else None,
+    )
+    params = get_preset(preset).params.replace(**{k: v for k, v in flags.items() if v is not None})
     eng = _load(model, device, dtype, chat_template)
+    rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
+    tally = _Tally()
+    try:
+        from tiankong.trainers.progress import progress
 
-    # One row per (prompt, sample): the seed depends only on the sample index, never on batching.
+        bar = progress("generating", len(rows), enabled=input is not None, console=err)
+        with _output(output) as out, bar as advance:
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                _generate_batch(
+                    eng,
+                    batch,
+                    start,
+                    out,
+                    advance,
+                    tally,
+                    preset,
+                    format,
+                    top_logprobs,
+                    stream_text=format == "text" and len(rows) == 1 and output is None,
+                )
+    except KeyboardInterrupt:
+        if output is None:
+            raise
+        _report_interrupt(output, tally.written)
+        raise typer.Exit(130) from None
+    if tally.failed == len(rows):  # every row failed: the model is broken, not one prompt (errors above)
+        raise typer.Exit(2)
+
+
+class _Tally:
+    """Records written and rows failed so far (read after a Ctrl+C, too)."""
+
+    written = 0
+    failed = 0
+
+
+def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow: str) -> list[tuple]:
+    """(job, ids, params with the row's seed, dropped turns) for every (prompt, sample), every prompt
+    encoded and checked against the context before any output. The seed depends only on the sample
+    index, never on batching."""
+    from tiankong.engine.engine import draw_seed
+
     rows = []
-    for where, job in jobs:  # every prompt encoded and checked against the context before any output
+    for where, job in jobs:
         dropped = 0
         try:
-            if context_overflow == "truncate" and job.get("messages") is not None:
+            if overflow == "truncate" and job.get("messages") is not None:
                 ids, dropped = eng.fit(job["messages"], params.max_new_tokens, raw=raw)
             else:
                 ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
@@ -233,63 +266,61 @@ def generate(
         for i in range(n):
             s = params.seed + i if params.seed is not None else draw_seed()
             rows.append((job, ids, params.replace(seed=s), dropped))
+    return rows
 
-    stream_text = format == "text" and len(rows) == 1 and output is None
-    failed = written = 0
-    try:
-        from tiankong.trainers.progress import progress
 
-        bar = progress("generating", len(rows), enabled=input is not None, console=err)
-        with _output(output) as out, bar as advance:
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                tokens: list[list] = [[] for _ in batch]
-                done: dict[int, Any] = {}
-                events = eng.generate([r[1] for r in batch], [r[2] for r in batch], top_logprobs=top_logprobs)
-                for ev in events:
-                    if hasattr(ev, "finish_reason"):
-                        done[ev.row] = ev
-                        advance()
-                        continue
-                    if top_logprobs:
-                        tokens[ev.row].append(ev.to_dict())
-                    if stream_text:
-                        out.write(ev.text)
-                        out.flush()
-                for b, (job, _, p, dropped) in enumerate(batch):
-                    fin = done[b]
-                    if fin.finish_reason == "error":  # this row failed (non-finite logits); the others go on
-                        failed += 1
-                        where = f"id {job['id']}" if "id" in job else f"row {start + b + 1}"
-                        err.print(
-                            f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}",
-                            highlight=False,
-                            soft_wrap=True,
-                        )
-                    if format == "jsonl":
-                        rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None, dropped)
-                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    elif stream_text:
-                        out.write("\n")
-                    else:
-                        out.write(fin.text + "\n\n")
-                    written += 1
-                out.flush()
-    except KeyboardInterrupt:
-        if output is None:
-            raise
-        partial = _partial(output)
-        if written == 0:
-            partial.unlink(missing_ok=True)
-        kept = (
-            f"the {written} finished record{'s' if written != 1 else ''} are in {partial}"
-            if written
-            else "nothing had finished"
-        )
-        err.print(f"interrupted: {output} is unchanged; {kept}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    if failed == len(rows):  # every row failed: the model is broken, not one prompt (errors above)
-        raise typer.Exit(2)
+def _generate_batch(
+    eng: Any,
+    batch: list[tuple],
+    start: int,
+    out: Any,
+    advance: Any,
+    tally: _Tally,
+    preset: str,
+    format: str,
+    top_logprobs: int,
+    stream_text: bool,
+) -> None:
+    """Generate one batch of rows and write their records (or text); a failed row is reported and the
+    others go on."""
+    tokens: list[list] = [[] for _ in batch]
+    done: dict[int, Any] = {}
+    for ev in eng.generate([r[1] for r in batch], [r[2] for r in batch], top_logprobs=top_logprobs):
+        if hasattr(ev, "finish_reason"):
+            done[ev.row] = ev
+            advance()
+            continue
+        if top_logprobs:
+            tokens[ev.row].append(ev.to_dict())
+        if stream_text:
+            out.write(ev.text)
+            out.flush()
+    for b, (job, _, p, dropped) in enumerate(batch):
+        fin = done[b]
+        if fin.finish_reason == "error":  # this row failed (non-finite logits)
+            tally.failed += 1
+            where = f"id {job['id']}" if "id" in job else f"row {start + b + 1}"
+            err.print(
+                f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}", highlight=False, soft_wrap=True
+            )
+        if format == "jsonl":
+            rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None, dropped)
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        elif stream_text:
+            out.write("\n")
+        else:
+            out.write(fin.text + "\n\n")
+        tally.written += 1
+    out.flush()
+
+
+def _report_interrupt(output: Path, written: int) -> None:
+    partial = _partial(output)
+    if written == 0:
+        partial.unlink(missing_ok=True)
+    s = "s" if written != 1 else ""
+    kept = f"the {written} finished record{s} are in {partial}" if written else "nothing had finished"
+    err.print(f"interrupted: {output} is unchanged; {kept}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _partial(output: Path) -> Path:
