@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,31 +235,36 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
 MAX_REPLACE_GROWTH = 16
 
 
+def _steps(component: Any, children: str) -> Iterator[dict[str, Any]]:
+    """Every step of a normalizer or pre-tokenizer (a Sequence's `children` included), as the JSON
+    the tokenizers library saves; nothing for a version without that state."""
+    if component is None:
+        return
+    try:
+        stack = [json.loads(component.__getstate__())]
+    except (ValueError, TypeError, AttributeError):
+        return
+    while stack:
+        step = stack.pop()
+        if isinstance(step, dict):
+            stack.extend(step.get(children) or [])
+            yield step
+
+
 def _check_normalizer(backend: _Backend, path: Path) -> None:
     """Refuse a normalizer whose Replace steps multiply the text: "a" -> 1000 characters turns a
     prompt into gigabytes inside the Rust tokenizer, where nothing can bound it."""
-    if backend.normalizer is None:
-        return
-    try:
-        tree = json.loads(backend.normalizer.__getstate__())
-    except (ValueError, TypeError, AttributeError):  # a tokenizers version without the JSON state
-        return
-    steps = [tree]
-    while steps:
-        step = steps.pop()
-        if not isinstance(step, dict):
-            continue
-        steps.extend(step.get("normalizers") or [])
+    for step in _steps(backend.normalizer, "normalizers"):
         if step.get("type") != "Replace":
             continue
         pattern = step.get("pattern") or {}
         literal = pattern.get("String") if isinstance(pattern.get("String"), str) else None
         content = step.get("content") if isinstance(step.get("content"), str) else ""
-        shortest = len(literal) if literal else 1  # a regex match is at least one character
-        if len(content) > MAX_REPLACE_GROWTH * max(1, shortest):
+        shortest = max(1, len(literal)) if literal else 1  # a regex match is at least one character
+        if len(content) > MAX_REPLACE_GROWTH * shortest:
             raise TokenizerError(
                 f"{path}: a Replace normalizer turns {shortest} character(s) into {len(content)}, which can blow a "
-                f"prompt up {len(content) // max(1, shortest)}-fold; fix the normalizer or re-copy the file"
+                f"prompt up {len(content) // shortest}-fold; fix the normalizer or re-copy the file"
             )
 
 
@@ -271,18 +276,7 @@ _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*](?:[^()\\]|\\.)*\)(?:[+*
 
 def _check_pre_tokenizer(backend: _Backend, path: Path) -> None:
     """Refuse a Split pre-tokenizer whose regex nests quantifiers (catastrophic backtracking)."""
-    if backend.pre_tokenizer is None:
-        return
-    try:
-        tree = json.loads(backend.pre_tokenizer.__getstate__())
-    except (ValueError, TypeError, AttributeError):
-        return
-    steps = [tree]
-    while steps:
-        step = steps.pop()
-        if not isinstance(step, dict):
-            continue
-        steps.extend(step.get("pretokenizers") or [])
+    for step in _steps(backend.pre_tokenizer, "pretokenizers"):
         pattern = (step.get("pattern") or {}).get("Regex") if step.get("type") == "Split" else None
         if isinstance(pattern, str) and (bad := _NESTED_QUANTIFIER.search(pattern)):
             raise TokenizerError(
