@@ -240,45 +240,47 @@ def write_target(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(
-    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", partial: str | Path | None = None
-) -> Iterator[IO[Any]]:
-    """Open a temporary file that replaces `path` (whole, fsync'ed) when the block ends without error.
-
-    On an exception (Ctrl+C included) the temporary file is removed and `path` is untouched; with
-    `partial`, a Ctrl+C (KeyboardInterrupt) instead keeps what was written so far under that name.
-    """
-    assert mode in ("w", "wb"), mode
+def _staged(path: str | Path, partial: str | Path | None = None) -> Iterator[Path]:
+    """A temporary file beside `path`'s target; when the block ends without error it is fsync'ed and
+    renamed over the target. On an exception (Ctrl+C included) it is removed and `path` is untouched;
+    with `partial`, a Ctrl+C instead keeps what was written so far under that name."""
     target = write_target(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
     except OSError as e:
         raise WriteError(path, why(e)) from None
+    tmp = Path(name)
     try:
-        try:
-            f = os.fdopen(fd, mode, encoding=None if "b" in mode else encoding)
-        except BaseException:
-            os.close(fd)
-            raise
-        with f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        _commit(Path(tmp), target)
+        _commit(tmp, target)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise WriteError(path, why(e)) from None
     except KeyboardInterrupt:
         if partial is not None:
             try:
-                _commit(Path(tmp), write_target(partial))
+                _commit(tmp, write_target(partial))
             except (OSError, InputError):
                 pass
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", partial: str | Path | None = None
+) -> Iterator[IO[Any]]:
+    """Open a temporary file that replaces `path` (whole, fsync'ed) when the block ends without error
+    (see `_staged`: nothing changes on an error; `partial` keeps a Ctrl+C's records)."""
+    assert mode in ("w", "wb"), mode
+    with _staged(path, partial) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        yield f
 
 
 @contextlib.contextmanager
@@ -320,23 +322,8 @@ def lone_surrogate(value: Any) -> str | None:
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """`write(tmp_path)` fills a temporary file (any library may write it); it then replaces `path`."""
-    target = write_target(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-    except OSError as e:
-        raise WriteError(path, why(e)) from None
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _commit(Path(tmp), target)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise WriteError(path, why(e)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _staged(path) as tmp:
+        write(tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
