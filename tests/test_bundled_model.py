@@ -16,14 +16,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "models" / "build"
-sys.path.append(str(BUILD))  # corpus.py, sft_data.py, card.py (after installed packages: generic names)
 
 try:
     from tiankong.models import default_model_dir
+    from tiankong.models.build import card, corpus, sft_data  # the build scripts: the package models.build
 except ImportError:  # the package mapping for models/ is not installed yet
     sys.path.append(str(REPO))
     from models import default_model_dir
+    from models.build import card, corpus, sft_data
 
 MODEL = default_model_dir()
 
@@ -73,7 +73,7 @@ def test_folder_is_complete_and_small():
     with safe_open(str(MODEL / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}  # noqa: SIM118
     card = (MODEL / "README.md").read_text(encoding="utf-8")
-    for needle in ("python models/build/build.py", "before SFT", "after SFT", "Known limits", "MIT"):
+    for needle in ("python -m models.build.build", "before SFT", "after SFT", "Known limits", "MIT"):
         assert needle in card
 
 
@@ -164,9 +164,6 @@ def test_presets_give_different_samples(engine):
 
 
 def test_generators_are_deterministic_and_bilingual():
-    import corpus
-    import sft_data
-
     first = corpus.documents(50, seed=1)
     assert first == corpus.documents(50, seed=1)
     assert first != corpus.documents(50, seed=2)
@@ -179,9 +176,6 @@ def test_generators_are_deterministic_and_bilingual():
 
 
 def test_written_files_are_what_the_trainers_read(tmp_path):
-    import corpus
-    import sft_data
-
     from tiankong.trainers.data import load_conversations, load_texts
 
     corpus.write_corpus(tmp_path / "c.txt", 30, seed=1)
@@ -196,8 +190,6 @@ def test_written_files_are_what_the_trainers_read(tmp_path):
 
 def test_sft_answers_are_correct():
     import random
-
-    import sft_data
 
     rng = random.Random(0)
     for _ in range(200):
@@ -222,7 +214,8 @@ def test_build_smoke_data_and_init(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
-            str(BUILD / "build.py"),
+            "-m",
+            "models.build.build",  # the command the model card gives, from the repository root
             "--smoke",
             "--work",
             str(tmp_path),
@@ -231,6 +224,7 @@ def test_build_smoke_data_and_init(tmp_path):
             "--to-stage",
             "init",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
@@ -246,8 +240,6 @@ def test_build_smoke_data_and_init(tmp_path):
 
 
 def test_card_renders_from_the_report():
-    import card
-
     report = json.loads((MODEL / "build_report.json").read_text(encoding="utf-8"))
     assert card.render(report) == (MODEL / "README.md").read_text(encoding="utf-8")
 

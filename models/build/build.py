@@ -1,7 +1,9 @@
 """Rebuild the bundled model models/tiankong-mini from nothing, offline.
 
-    python models/build/build.py                 # the real thing: ~40 minutes on 2 busy CPU cores
-    python models/build/build.py --smoke --work /tmp/tk --out /tmp/tk/model   # tiny sizes: checks the pipeline
+    python -m models.build.build                 # the real thing: ~40 minutes on 2 busy CPU cores
+    python -m models.build.build --smoke --work /tmp/tk --out /tmp/tk/model   # tiny sizes: checks the pipeline
+
+Run from the repository root (the build scripts are the package models.build and import each other).
 
 Stages (each prints its wall time; all times go into the model card):
 
@@ -37,12 +39,9 @@ import sys
 import time
 from pathlib import Path
 
+from . import corpus, sft_data
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import corpus  # noqa: E402 (the build scripts import each other from this folder)
-import sft_data  # noqa: E402
-
 REPO = HERE.parents[1]
 DEFAULT_WORK = HERE / "work"
 DEFAULT_OUT = HERE.parent / "tiankong-mini"
@@ -281,15 +280,16 @@ def _last_metrics(folder: Path) -> dict:
 
 
 def stage_eval(work: Path, p: dict, threads: int, smoke: bool) -> dict:
-    import evaluate
     import torch
+
+    from . import evaluate
 
     torch.set_num_threads(threads)
     return evaluate.evaluate(work, smoke=smoke)
 
 
 def stage_package(work: Path, out: Path, report: dict) -> None:
-    import card
+    from . import card
 
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:

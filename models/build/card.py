@@ -2,7 +2,7 @@
 
 Every figure in the card comes from the report of the build that produced the weights next to it,
 so card and model cannot drift apart. The prose lives here; edit it here and rebuild (or run
-`python models/build/card.py models/build/work/report.json models/tiankong-mini/README.md`).
+`python -m models.build.card models/build/work/report.json models/tiankong-mini/README.md`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-REBUILD = "python models/build/build.py"
+REBUILD = "python -m models.build.build"
 
 
 def _mb(n: int) -> str:
@@ -332,7 +332,7 @@ def render(r: dict) -> str:
     w(
         f"{REBUILD}        # data, tokenizer, pretrain, SFT, eval, this card; ~{t.get('total', 0) / 60:.0f} min on 2 CPU cores"
     )
-    w("python models/build/build.py --smoke --work /tmp/tk --out /tmp/tk/model   # a 1-minute check of the pipeline")
+    w("python -m models.build.build --smoke --work /tmp/tk --out /tmp/tk/model   # a 1-minute check of the pipeline")
     w("```")
     w("")
     w(

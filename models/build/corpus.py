@@ -1,6 +1,6 @@
 """The pretraining corpus: generated English and Chinese stories, facts and animal descriptions.
 
-    python models/build/corpus.py --out corpus.txt --docs 60000 --seed 1
+    python -m models.build.corpus --out corpus.txt --docs 60000 --seed 1
 
 Writes plain UTF-8 text, one document after another separated by lines holding only <|endoftext|>
 (the separator `tiankong train pretrain` reads). The same --seed and --docs give the same bytes on
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from facts import FACTS
-from lexicon import (
+from .facts import FACTS
+from .lexicon import (
     ANIMALS,
     COLORS,
     FOODS,
@@ -34,7 +31,7 @@ from lexicon import (
     word_pairs,
     zh_word,
 )
-from stories import Hero, grownup, story_en, story_zh
+from .stories import Hero, grownup, story_en, story_zh
 
 SEPARATOR = "<|endoftext|>"
 MIX = (

@@ -1,6 +1,6 @@
 """Figures for the model card: held-out losses before and after SFT, instruction checks, samples per preset.
 
-    python models/build/evaluate.py models/build/work            # after build.py's sft stage
+    python -m models.build.evaluate models/build/work            # after build.py's sft stage
 
 * held-out text: corpus_eval.txt (another seed than the training corpus), packed exactly as
   `tiankong train pretrain` packs ([BOS] doc [EOS], blocks of 256 + 1 tokens); mean loss per token.
@@ -28,8 +28,6 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
 STORY_PROMPTS = ["Write a short story about a cat named Tom.", "用中文写一个关于小狗的故事。"]
 SAMPLE_PROMPTS = [
     "Write a short story about a cat named Tom.",
@@ -104,10 +102,10 @@ def heldout_answer_loss(folder: Path, rows_path: Path, batch: int = 16) -> dict:
 def name_copy(folder: Path, n: int = 40, seed: int = 999) -> dict:
     """Mean probability of a hero's name (its first token) at its second and later mentions in fresh
     English stories: chance is ~0.02 (1 of 50 names); a model that copies names from context gets near 1."""
-    from stories import ANIMALS, Hero, made_up_name, story_en
-
     from tiankong.engine.model import load_model
     from tiankong.engine.tokenizer import load_tokenizer
+
+    from .stories import ANIMALS, Hero, made_up_name, story_en
 
     model, _ = load_model(folder, "cpu", "float32")
     model.eval()
@@ -141,7 +139,7 @@ def _generate(eng, prompts: list, params: list, top_logprobs: int = 0, raw: bool
 
 def closed_form_suite(n: int, seed: int) -> list[tuple[str, str, str]]:
     """(kind, prompt, expected answer) from the SFT generators, with a seed training never used."""
-    import sft_data
+    from . import sft_data
 
     rng = random.Random(seed)
     kinds = [
@@ -176,8 +174,8 @@ def closed_form_suite(n: int, seed: int) -> list[tuple[str, str, str]]:
 
 def story_suite(n: int, seed: int) -> list[tuple[str, str, str, str]]:
     """(lang, prompt, name, animal word) with names and animals drawn afresh."""
-    import sft_data
-    from lexicon import ANIMALS
+    from . import sft_data
+    from .lexicon import ANIMALS
 
     rng = random.Random(seed)
     out = []

@@ -1,6 +1,6 @@
 """Instruction-answer pairs for SFT, in English and Chinese, generated from the same lexicon and facts.
 
-    python models/build/sft_data.py --out sft.jsonl --rows 12000 --seed 2
+    python -m models.build.sft_data --out sft.jsonl --rows 12000 --seed 2
 
 One JSON object per line: {"messages": [{"role": "user", ...}, {"role": "assistant", ...}, ...]}, the
 format `tiankong train sft` reads. Every answer is correct by construction: stories are generated
@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpus import animal_en, animal_zh
-from facts import FACTS
-from lexicon import (
+from .corpus import animal_en, animal_zh
+from .facts import FACTS
+from .lexicon import (
     ANIMALS,
     CATEGORIES,
     COLORS,
@@ -35,7 +32,7 @@ from lexicon import (
     word_pairs,
     zh_word,
 )
-from stories import Hero, story_en, story_zh
+from .stories import Hero, story_en, story_zh
 
 MODEL_NAME = "Tiankong Mini"
 
@@ -302,7 +299,7 @@ def _split_first(doc: str, zh: bool) -> tuple[str, str]:
 
 def continue_task(rng: random.Random) -> list[dict]:
     """Continue a text of any kind the corpus holds: keeps SFT from forgetting plain text."""
-    import corpus
+    from . import corpus
 
     while True:
         kind = rng.choice(CONTINUE_KINDS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from lexicon import (
+from .lexicon import (
     ACTIVITIES,
     ANIMAL,
     ANIMALS,
