@@ -1,0 +1,317 @@
+"""Quantized weights kept quantized: llama.cpp's GGUF block formats as torch byte tensors.
+
+A `QTensor` is a 2-D weight (out, in) whose rows are stored exactly as a GGUF file stores them:
+each row is in/block_size blocks of the type's bytes, back to back. Rows are independent, so
+taking, reordering or concatenating rows (an embedding lookup, the RoPE-pair reordering of q/k
+rows) works on the bytes without dequantizing. Block layouts (llama.cpp's ggml-common.h; fp16
+scales little-endian):
+
+| type | elements | bytes | layout | value |
+| --- | --- | --- | --- | --- |
+| q8_0 | 32 | 34 | d fp16, qs int8[32] | d q |
+| q4_0 | 32 | 18 | d fp16, qs[16]: element i low nibble, i + 16 high | d (q - 8) |
+| q4_1 | 32 | 20 | d fp16, m fp16, qs[16] as q4_0 | d q + m |
+| q4_k | 256 | 144 | d, dmin fp16, scales[12] (8 6-bit scales, 8 6-bit mins), qs[128] | d sc q - dmin mn |
+| q5_k | 256 | 176 | d, dmin fp16, scales[12], qh[32] (5th bits), qs[128] | d sc q - dmin mn |
+| q6_k | 256 | 210 | ql[128], qh[64], scales int8[16], d fp16 | d sc (q - 32) |
+
+K-types split a block into sub-blocks (32 elements for q4_k/q5_k, 16 for q6_k), each with its
+own integer scale; within 64 elements (q4_k/q5_k) or 128 (q6_k) the low nibbles hold the first
+32 and the high nibbles the next (see `_dequantize_*`).
+
+The plain modules hold them through `QLinear` and `QEmbedding`, which dequantize in their
+forward (the torch path and GPUs); the compiled decode step reads the blocks directly
+(csrc/quant.h). `quantize` makes q8_0, q4_0 and q4_1 from float weights (gguf-py's numpy port of
+llama.cpp's reference quantizers, so the bytes equal llama-quantize's); K-types come only from
+GGUF files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelLoadError
+
+# qtype -> (elements per block, bytes per block, ggml type number): the number is also what the
+# compiled step's type fields hold (csrc/decode.c), so both speak llama.cpp's numbering.
+QTYPES: dict[str, tuple[int, int, int]] = {
+    "q8_0": (32, 34, 8),
+    "q4_0": (32, 18, 2),
+    "q4_1": (32, 20, 3),
+    "q4_k": (256, 144, 12),
+    "q5_k": (256, 176, 13),
+    "q6_k": (256, 210, 14),
+}
+QUANTIZABLE = ("q8_0", "q4_0", "q4_1")  # what `quantize` makes; K-types come from GGUF files
+GGML_F32, GGML_BF16 = 0, 30  # the ggml numbers of the step's float weight types
+
+
+def row_bytes(qtype: str, n: int) -> int:
+    """Bytes of one row of n elements."""
+    block, size, _ = QTYPES[qtype]
+    assert n % block == 0, (qtype, n)
+    return n // block * size
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """A quantized (out, in) weight: data (out, row_bytes) uint8, each row the type's GGUF blocks."""
+
+    qtype: str
+    shape: tuple[int, int]
+    data: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.qtype not in QTYPES:
+            raise ModelLoadError(f"unsupported quantization type {self.qtype!r}; supported: {', '.join(QTYPES)}")
+        block = QTYPES[self.qtype][0]
+        out, n = self.shape
+        if n % block:
+            raise ModelLoadError(f"a {self.qtype} tensor's rows must be a multiple of {block} elements, not {n}")
+        if self.data.dtype != torch.uint8 or tuple(self.data.shape) != (out, row_bytes(self.qtype, n)):
+            raise ModelLoadError(
+                f"{self.qtype} data of shape {tuple(self.data.shape)} {self.data.dtype} does not hold a "
+                f"{out} x {n} weight; expected uint8 ({out}, {row_bytes(self.qtype, n)})"
+            )
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    @property
+    def ggml_type(self) -> int:
+        return QTYPES[self.qtype][2]
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The (out, in) weight as floats (computed in float32 on the data's device)."""
+        out, n = self.shape
+        block, size, _ = QTYPES[self.qtype]
+        blocks = self.data.reshape(-1, size)  # (out * n / block, size)
+        return _DEQUANTIZE[self.qtype](blocks).reshape(out, n).to(dtype)
+
+    def take_rows(self, index: torch.Tensor | list[int]) -> QTensor:
+        """The rows `index` (any integer index of rows) as a QTensor of len(index) rows."""
+        rows = self.data[torch.as_tensor(index, dtype=torch.long, device=self.data.device)]
+        return QTensor(self.qtype, (rows.shape[0], self.shape[1]), rows.contiguous())
+
+    def contiguous(self) -> QTensor:
+        return self if self.data.is_contiguous() else QTensor(self.qtype, self.shape, self.data.contiguous())
+
+
+def cat_rows(parts: list[QTensor]) -> QTensor:
+    """Row-wise concatenation of QTensors of one type and width (as torch.cat(dim=0))."""
+    assert len({(p.qtype, p.shape[1]) for p in parts}) == 1, [(p.qtype, p.shape) for p in parts]
+    data = torch.cat([p.data for p in parts])
+    return QTensor(parts[0].qtype, (data.shape[0], parts[0].shape[1]), data)
+
+
+def quantize(w: torch.Tensor, qtype: str) -> QTensor:
+    """A float (out, in) weight in q8_0, q4_0 or q4_1 (llama.cpp's reference rounding, via gguf-py)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize as gguf_quantize
+
+    if qtype not in QUANTIZABLE:
+        raise ModelLoadError(f"cannot quantize to {qtype!r}; choose one of {', '.join(QUANTIZABLE)}")
+    block = QTYPES[qtype][0]
+    if w.dim() != 2 or w.shape[1] % block:
+        raise ModelLoadError(f"{qtype} needs a 2-D weight with rows a multiple of {block}, not shape {tuple(w.shape)}")
+    arr = w.detach().to("cpu", torch.float32).contiguous().numpy()
+    data = gguf_quantize(arr, GGMLQuantizationType[qtype.upper()])
+    return QTensor(qtype, (w.shape[0], w.shape[1]), torch.from_numpy(np.ascontiguousarray(data)).to(w.device))
+
+
+# --- dequantization: each takes blocks (N, bytes) uint8 -> (N, elements) float32 ---------------
+
+
+def _f16(b: torch.Tensor) -> torch.Tensor:
+    """(N, 2k) little-endian bytes -> (N, k) float32."""
+    return b.contiguous().view(torch.float16).float()
+
+
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """(..., n) bytes -> (..., 2n): the n low nibbles, then the n high ones (callers reshape first so
+    that the last dimension is the group the layout splits: 16 bytes for q4_0, 32 for q4_k)."""
+    return torch.cat([qs & 0xF, qs >> 4], dim=-1)
+
+
+def _dequantize_q8_0(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b[:, :2]) * b[:, 2:].contiguous().view(torch.int8).float()
+
+
+def _dequantize_q4_0(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b[:, :2]) * (_nibbles(b[:, 2:]).float() - 8)
+
+
+def _dequantize_q4_1(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b[:, :2]) * _nibbles(b[:, 4:]).float() + _f16(b[:, 2:4])
+
+
+def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q4_k/q5_k's 12 scale bytes (N, 12) -> (scales, mins) (N, 8) each, 6 bits: sub-blocks 0-3 in
+    the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); 4-7 in the nibbles of bytes 8-11 with
+    their top 2 bits in the top bits of bytes 0-3 (scales) and 4-7 (mins)."""
+    s = s.long()
+    lo_sc, lo_mn = s[:, 0:4] & 63, s[:, 4:8] & 63
+    hi_sc = (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)
+    hi_mn = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return torch.cat([lo_sc, hi_sc], 1).float(), torch.cat([lo_mn, hi_mn], 1).float()
+
+
+def _dequantize_k4(b: torch.Tensor, qh: torch.Tensor | None, qs: torch.Tensor) -> torch.Tensor:
+    """q4_k (qh None) and q5_k: 4 chunks of 64 elements; chunk j's 32 bytes of qs give sub-block 2j
+    (low nibbles) and 2j+1 (high nibbles); q5_k's 5th bit of element i of sub-block s is bit s of qh[i]."""
+    N = b.shape[0]
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16])
+    q = _nibbles(qs.reshape(N, 4, 32)).reshape(N, 8, 32).long()  # (N, sub-block, element)
+    if qh is not None:
+        bits = (qh[:, None, :].long() >> torch.arange(8, device=b.device)[None, :, None]) & 1  # (N, 8, 32)
+        q = q | (bits << 4)
+    return ((d * sc)[:, :, None] * q - (dmin * mn)[:, :, None]).reshape(N, 256)
+
+
+def _dequantize_q4_k(b: torch.Tensor) -> torch.Tensor:
+    return _dequantize_k4(b, None, b[:, 16:144])
+
+
+def _dequantize_q5_k(b: torch.Tensor) -> torch.Tensor:
+    return _dequantize_k4(b, b[:, 16:48], b[:, 48:176])
+
+
+def _dequantize_q6_k(b: torch.Tensor) -> torch.Tensor:
+    """Two halves of 128 elements, each from 64 bytes of ql and 32 of qh: element l + 32 k of a half
+    (k = 0..3) takes ql[l + 32 (k % 2)]'s low (k < 2) or high nibble and bits 2k..2k+1 of qh[l];
+    sub-blocks of 16, scales int8."""
+    N = b.shape[0]
+    ql, qh = b[:, 0:128].long().reshape(N, 2, 2, 32), b[:, 128:192].long().reshape(N, 2, 1, 32)
+    sc = b[:, 192:208].contiguous().view(torch.int8).float()  # (N, 16)
+    d = _f16(b[:, 208:210])
+    low = torch.cat([ql & 0xF, ql >> 4], dim=2)  # (N, half, k, 32): k = 0, 1 low nibbles; 2, 3 high
+    high = (qh >> (2 * torch.arange(4, device=b.device)).view(1, 1, 4, 1)) & 3
+    q = (low | (high << 4)) - 32  # (N, 2, 4, 32)
+    return (d * sc)[:, :, None].mul(q.reshape(N, 16, 16)).reshape(N, 256)
+
+
+_DEQUANTIZE = {
+    "q8_0": _dequantize_q8_0,
+    "q4_0": _dequantize_q4_0,
+    "q4_1": _dequantize_q4_1,
+    "q4_k": _dequantize_q4_k,
+    "q5_k": _dequantize_q5_k,
+    "q6_k": _dequantize_q6_k,
+}
+
+
+# --- modules: the plain model's Linear and Embedding with a QTensor weight ---------------------
+
+
+class QLinear(nn.Module):
+    """`y = x W^T + b` with W a QTensor, dequantized on every forward (torch path, GPUs). The bytes
+    are the buffer `qdata`, so `.to(device)` and state_dict() carry them."""
+
+    def __init__(self, weight: QTensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.qtype, (self.out_features, self.in_features) = weight.qtype, weight.shape
+        self.register_buffer("qdata", weight.data)
+        self.register_buffer("bias", bias)
+
+    @property
+    def weight(self) -> QTensor:
+        return QTensor(self.qtype, (self.out_features, self.in_features), self.qdata)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype}"
+
+
+class QEmbedding(nn.Module):
+    """An embedding table held as a QTensor: a lookup dequantizes only the rows it reads."""
+
+    def __init__(self, weight: QTensor, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.qtype, (self.num_embeddings, self.embedding_dim) = weight.qtype, weight.shape
+        self.dtype = dtype  # of the looked-up vectors
+        self.register_buffer("qdata", weight.data)
+
+    @property
+    def weight(self) -> QTensor:
+        return QTensor(self.qtype, (self.num_embeddings, self.embedding_dim), self.qdata)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        rows = self.weight.take_rows(tokens.reshape(-1)).dequantize(self.dtype)
+        return rows.view(*tokens.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, qtype={self.qtype}"
+
+
+def set_quantized(model: nn.Module, name: str, weight: QTensor) -> None:
+    """Put a QTensor where the plain module has the float weight `name` (e.g. "layers.0.attn.wq.weight",
+    "tok_emb.weight"): its nn.Linear becomes a QLinear (keeping its bias), its nn.Embedding a
+    QEmbedding. The model may be on the meta device (GGUF loading). A tied head stays tied: when
+    the embedding and the head share one weight, both are replaced."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    if attr != "weight" or not isinstance(owner, (nn.Linear, nn.Embedding, QLinear, QEmbedding)):
+        raise ModelLoadError(f"{name} is not the weight of a linear layer or an embedding; it cannot be quantized")
+    if tuple(weight.shape) != (owner.weight.shape[0], owner.weight.shape[1]):
+        raise ModelLoadError(f"{name} has shape {weight.shape} but the model expects {tuple(owner.weight.shape)}")
+    parent_name, _, child = owner_name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    if isinstance(owner, (nn.Embedding, QEmbedding)):
+        setattr(parent, child, QEmbedding(weight))
+    else:
+        bias = owner.bias.detach() if isinstance(owner, nn.Linear) and owner.bias is not None else owner.bias
+        setattr(parent, child, QLinear(weight, bias))
+
+
+def quantize_model(model: nn.Module, qtype: str, head_qtype: str | None = None) -> nn.Module:
+    """Every nn.Linear and nn.Embedding of `model` quantized to `qtype` in place (the head, a module
+    named "output" or "lm_head", to `head_qtype` when given); returns the model. Rows that are not
+    a multiple of the block size stay float."""
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, (nn.Linear, nn.Embedding)):
+            continue
+        qt = head_qtype if name.rpartition(".")[2] in ("output", "lm_head") and head_qtype else qtype
+        if module.weight.shape[1] % QTYPES[qt][0] == 0:
+            set_quantized(model, f"{name}.weight", quantize(module.weight.detach(), qt))
+    return model
+
+
+def tensor_types(model: nn.Module) -> dict[str, int]:
+    """Count of the model's 2-D weights by type ("q4_k", "float32", ...)."""
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, (QLinear, QEmbedding)):
+            key, ptr = module.qtype, module.qdata.data_ptr()
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            key, ptr = str(module.weight.dtype).removeprefix("torch."), module.weight.data_ptr()
+        else:
+            continue
+        if ptr not in seen:  # a tied head counts once
+            seen.add(ptr)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+__all__ = [
+    "QEmbedding",
+    "QLinear",
+    "QTYPES",
+    "QTensor",
+    "QUANTIZABLE",
+    "cat_rows",
+    "quantize",
+    "quantize_model",
+    "row_bytes",
+    "set_quantized",
+    "tensor_types",
+]
