@@ -11,6 +11,7 @@ from torch import nn
 from . import gpt2, llama
 from .config import ModelConfig
 from .errors import ModelLoadError
+from .gguf_model import GGUFModel, is_gguf
 from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
 from .native import library as native_library
@@ -78,15 +79,21 @@ def name_table(cfg: ModelConfig) -> NameTable:
 
 
 def load_model(
-    folder: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto"
+    folder: str | Path | GGUFModel, device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto"
 ) -> tuple[nn.Module, ModelConfig]:
-    """Load a Hugging Face model folder; returns (model in eval mode, its config)."""
-    folder = Path(folder).expanduser()
-    if not folder.exists():
-        raise ModelLoadError(f"model folder {folder} does not exist; pass --model with a local model folder")
-    if not folder.is_dir():
-        raise ModelLoadError(f"{folder} is a file, not a model folder; pass the folder that holds config.json")
-    cfg = ModelConfig.from_folder(folder)
+    """Load a Hugging Face model folder or a GGUF file (dequantized to `dtype`); returns (model in
+    eval mode, its config)."""
+    if not isinstance(folder, GGUFModel):
+        folder = Path(folder).expanduser()
+        if is_gguf(folder):
+            folder = GGUFModel(folder)
+        elif not folder.exists():
+            raise ModelLoadError(f"model folder {folder} does not exist; pass --model with a local model folder")
+        elif not folder.is_dir():
+            raise ModelLoadError(
+                f"{folder} is a file, not a model folder; pass the folder that holds config.json, or a .gguf file"
+            )
+    cfg = ModelConfig.from_folder(folder) if isinstance(folder, Path) else folder.config()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     table = name_table(cfg)

@@ -15,7 +15,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -167,7 +167,26 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], "callable"]
         raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
 
 
-def check_checkpoint(folder: Path, cfg: ModelConfig, table: NameTable, one_layer: nn.Module) -> None:
+class TensorSource(Protocol):
+    """A checkpoint that is not a folder of files: a GGUF file (engine/gguf_model.GGUFModel)."""
+
+    def hf_tensors(self) -> Iterator[tuple[str, str, tuple[int, ...], Callable[[], torch.Tensor]]]: ...
+
+
+def checkpoint_tensors(
+    source: Path | TensorSource,
+) -> Iterator[tuple[str, str, tuple[int, ...], Callable[[], torch.Tensor]]]:
+    """(file name, tensor name, shape, read) for every tensor of a model folder, or of a GGUF file
+    (whose tensors come with Hugging Face names and shapes, dequantized when read)."""
+    if not isinstance(source, Path):
+        yield from source.hf_tensors()
+        return
+    for path in checkpoint_files(source):
+        for name, shape, read in iter_tensors(path):
+            yield path.name, name, shape, read
+
+
+def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameTable, one_layer: nn.Module) -> None:
     """Check the checkpoint's tensor shapes and layer count against `cfg`, reading headers only.
 
     Runs before the model is built: a config.json claiming 10^5 layers or a vocabulary the
@@ -176,21 +195,20 @@ def check_checkpoint(folder: Path, cfg: ModelConfig, table: NameTable, one_layer
     """
     shapes = {n: tuple(p.shape) for n, p in one_layer.named_parameters()}
     layers: set[int] = set()
-    for path in checkpoint_files(folder):
-        for name, shape, _ in iter_tensors(path):
-            hit = table.match(name)
-            if hit is None:
-                continue  # not ours: load_weights names it
-            dst, layer, transpose = hit
-            if layer is not None:
-                layers.add(layer)
-            want = shapes.get(dst.replace("{}", "0"))
-            got = shape[::-1] if transpose else shape
-            if want is not None and got != want:
-                raise ModelLoadError(
-                    f"tensor {name} in {path.name} has shape {list(shape)}, but config.json "
-                    f"implies {list(want)}; the weights do not match the config"
-                )
+    for file, name, shape, _ in checkpoint_tensors(folder):
+        hit = table.match(name)
+        if hit is None:
+            continue  # not ours: load_weights names it
+        dst, layer, transpose = hit
+        if layer is not None:
+            layers.add(layer)
+        want = shapes.get(dst.replace("{}", "0"))
+        got = shape[::-1] if transpose else shape
+        if want is not None and got != want:
+            raise ModelLoadError(
+                f"tensor {name} in {file} has shape {list(shape)}, but config.json "
+                f"implies {list(want)}; the weights do not match the config"
+            )
     found = max(layers) + 1 if layers else 0
     if found != cfg.n_layers:
         key = "n_layer" if cfg.family == "gpt2" else "num_hidden_layers"
@@ -201,7 +219,12 @@ def check_checkpoint(folder: Path, cfg: ModelConfig, table: NameTable, one_layer
 
 
 def load_weights(
-    model: nn.Module, cfg: ModelConfig, folder: Path, table: NameTable, dtype: torch.dtype, device: torch.device
+    model: nn.Module,
+    cfg: ModelConfig,
+    folder: Path | TensorSource,
+    table: NameTable,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> None:
     """Fill a meta-device `model` from the checkpoint in `folder` (see the module docstring)."""
     expected = {n: p for n, p in model.named_parameters(remove_duplicate=True)}
@@ -210,32 +233,29 @@ def load_weights(
         expected.pop("output.weight", None)
     loaded: set[str] = set()
     unexpected: list[str] = []
-    for path in checkpoint_files(folder):
-        for name, _shape, read in iter_tensors(path):
-            hit = table.target(name)
-            if hit is None:
-                if not table.is_ignored(name):
-                    unexpected.append(name)
-                continue
-            target, transpose = hit
-            if target == "output.weight" and tied:
-                continue  # some tied checkpoints still store lm_head; the embedding is used
-            if target not in expected:
+    for file, name, _shape, read in checkpoint_tensors(folder):
+        hit = table.target(name)
+        if hit is None:
+            if not table.is_ignored(name):
                 unexpected.append(name)
-                continue
-            try:  # shapes were checked by check_checkpoint, before the model was built
-                t = read()
-            except Exception as e:  # safetensors reads lazily: a short file fails here
-                raise ModelLoadError(
-                    f"{path.name} is truncated or corrupt (reading {name}: {e}); download it again"
-                ) from None
-            if transpose:
-                t = t.t()
-            t = t.to(device=device, dtype=dtype).contiguous()
-            module_name, _, param_name = target.rpartition(".")
-            module = model.get_submodule(module_name)
-            module._parameters[param_name] = nn.Parameter(t, requires_grad=False)
-            loaded.add(target)
+            continue
+        target, transpose = hit
+        if target == "output.weight" and tied:
+            continue  # some tied checkpoints still store lm_head; the embedding is used
+        if target not in expected:
+            unexpected.append(name)
+            continue
+        try:  # shapes were checked by check_checkpoint, before the model was built
+            t = read()
+        except Exception as e:  # safetensors reads lazily: a short file fails here
+            raise ModelLoadError(f"{file} is truncated or corrupt (reading {name}: {e}); download it again") from None
+        if transpose:
+            t = t.t()
+        t = t.to(device=device, dtype=dtype).contiguous()
+        module_name, _, param_name = target.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[param_name] = nn.Parameter(t, requires_grad=False)
+        loaded.add(target)
     missing = sorted(table.checkpoint_name(target) for target in set(expected) - loaded)
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")

@@ -1,0 +1,443 @@
+"""GGUF files (llama.cpp, Ollama, LM Studio) as models: header checks, config, tensors.
+
+A GGUF file is: "GGUF", version, tensor count, metadata count; metadata (key, type, value)*;
+tensor infos (name, dims with ne0 = the row length first, type, offset)*; padding; tensor data.
+It is read with the `gguf` package (llama.cpp's own reader), after `check_header` has walked the
+header itself with bounded reads: GGUFReader trusts every count it reads (an array claiming 2^60
+elements loops for ever, a lying offset becomes a numpy error), and GGUF files come from strangers.
+
+What llama.cpp's converter (convert_hf_to_gguf.py) did to the Hugging Face checkpoint is undone
+here, so the rest of the engine sees HF names, HF shapes and HF values, and loads through the same
+code as a safetensors folder (engine/weights.py, the families' WEIGHT_MAPs):
+  - names: one literal table per family, GGUF name -> HF checkpoint name;
+  - shapes: GGUF lists dims ne0 first (in_features); numpy views are (out, in) already;
+  - llama-arch q/k rows: permuted into llama.cpp's interleaved RoPE pairs (LlamaModel.permute);
+    the inverse row order is applied here (rows, so it works on quantized rows too);
+  - GPT-2's Conv1D weights: transposed to (out, in) by the converter, given back as (in, out);
+  - metadata: `{arch}.embedding_length` etc. -> the config.json a transformers model has, so
+    ModelConfig.from_hf_config validates and maps it exactly as for a folder.
+Weights are dequantized to float here (gguf.quants.dequantize), one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import gguf
+    import torch
+
+# --- limits for untrusted headers (far beyond any real model) ------------------------------------
+MAX_KV = 1 << 16  # metadata entries (real files: ~40)
+MAX_TENSORS = 1 << 16  # tensors (real files: a few hundred to a few thousand)
+MAX_KEY = 1 << 10  # bytes in a metadata key or tensor name (llama.cpp: 64 for names)
+MAX_STRING = 1 << 22  # bytes in one metadata string (chat templates are ~10 KB)
+MAX_ARRAY = 1 << 24  # elements in one metadata array (vocabularies: ~250k)
+MAX_DIMS = 4
+MAX_ALIGNMENT = 1 << 16
+
+# GGUF metadata value types: type id -> struct format of one scalar (8 string, 9 array)
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+# Tensor types this loader dequantizes: ggml type id -> name (gguf.GGMLQuantizationType).
+TENSOR_TYPES = {
+    0: "F32", 1: "F16", 30: "BF16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS",
+}  # fmt: skip
+
+# --- architectures -------------------------------------------------------------------------------
+# general.architecture -> (config.json architecture, metadata key table, tensor name table,
+# q/k rows permuted by llama.cpp's converter). Mistral and SmolLM convert as "llama".
+_LLAMA_KEYS = {  # GGUF key after "{arch}." -> config.json key
+    "context_length": "max_position_embeddings",
+    "embedding_length": "hidden_size",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.key_length": "head_dim",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "rope.freq_base": "rope_theta",
+    "attention.sliding_window": "sliding_window",
+}
+_GPT2_KEYS = {
+    "context_length": "n_positions",
+    "embedding_length": "n_embd",
+    "block_count": "n_layer",
+    "attention.head_count": "n_head",
+    "attention.layer_norm_epsilon": "layer_norm_epsilon",
+}
+_LLAMA_TENSORS = {  # GGUF tensor name -> HF checkpoint name (engine/llama.py WEIGHT_MAP's keys)
+    "token_embd.weight": "model.embed_tokens.weight",
+    "blk.{}.attn_norm.weight": "model.layers.{}.input_layernorm.weight",
+    "blk.{}.attn_q.weight": "model.layers.{}.self_attn.q_proj.weight",
+    "blk.{}.attn_k.weight": "model.layers.{}.self_attn.k_proj.weight",
+    "blk.{}.attn_v.weight": "model.layers.{}.self_attn.v_proj.weight",
+    "blk.{}.attn_q.bias": "model.layers.{}.self_attn.q_proj.bias",
+    "blk.{}.attn_k.bias": "model.layers.{}.self_attn.k_proj.bias",
+    "blk.{}.attn_v.bias": "model.layers.{}.self_attn.v_proj.bias",
+    "blk.{}.attn_q_norm.weight": "model.layers.{}.self_attn.q_norm.weight",
+    "blk.{}.attn_k_norm.weight": "model.layers.{}.self_attn.k_norm.weight",
+    "blk.{}.attn_output.weight": "model.layers.{}.self_attn.o_proj.weight",
+    "blk.{}.attn_output.bias": "model.layers.{}.self_attn.o_proj.bias",
+    "blk.{}.ffn_norm.weight": "model.layers.{}.post_attention_layernorm.weight",
+    "blk.{}.ffn_gate.weight": "model.layers.{}.mlp.gate_proj.weight",
+    "blk.{}.ffn_up.weight": "model.layers.{}.mlp.up_proj.weight",
+    "blk.{}.ffn_down.weight": "model.layers.{}.mlp.down_proj.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_GPT2_TENSORS = {  # HF names without the "transformer." prefix, as engine/gpt2.py WEIGHT_MAP has them
+    "token_embd.weight": "wte.weight",
+    "position_embd.weight": "wpe.weight",
+    "blk.{}.attn_norm.weight": "h.{}.ln_1.weight",
+    "blk.{}.attn_norm.bias": "h.{}.ln_1.bias",
+    "blk.{}.attn_qkv.weight": "h.{}.attn.c_attn.weight",
+    "blk.{}.attn_qkv.bias": "h.{}.attn.c_attn.bias",
+    "blk.{}.attn_output.weight": "h.{}.attn.c_proj.weight",
+    "blk.{}.attn_output.bias": "h.{}.attn.c_proj.bias",
+    "blk.{}.ffn_norm.weight": "h.{}.ln_2.weight",
+    "blk.{}.ffn_norm.bias": "h.{}.ln_2.bias",
+    "blk.{}.ffn_up.weight": "h.{}.mlp.c_fc.weight",
+    "blk.{}.ffn_up.bias": "h.{}.mlp.c_fc.bias",
+    "blk.{}.ffn_down.weight": "h.{}.mlp.c_proj.weight",
+    "blk.{}.ffn_down.bias": "h.{}.mlp.c_proj.bias",
+    "output_norm.weight": "ln_f.weight",
+    "output_norm.bias": "ln_f.bias",
+    "output.weight": "lm_head.weight",
+}
+# Conv1D weights: HF stores them (in, out), the converter transposed them to (out, in).
+_GPT2_CONV1D = frozenset(f"blk.{{}}.{n}.weight" for n in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
+
+
+@dataclass(frozen=True)
+class Arch:
+    hf_architecture: str
+    keys: dict[str, str]
+    tensors: dict[str, str]
+    permuted_qk: bool = False  # llama.cpp's LlamaModel.permute on q/k rows
+    transposed: frozenset[str] = frozenset()
+
+
+ARCHS: dict[str, Arch] = {
+    "llama": Arch("LlamaForCausalLM", _LLAMA_KEYS, _LLAMA_TENSORS, permuted_qk=True),
+    "qwen2": Arch("Qwen2ForCausalLM", _LLAMA_KEYS, _LLAMA_TENSORS),
+    "qwen3": Arch("Qwen3ForCausalLM", _LLAMA_KEYS, _LLAMA_TENSORS),
+    "gpt2": Arch("GPT2LMHeadModel", _GPT2_KEYS, _GPT2_TENSORS, transposed=_GPT2_CONV1D),
+}
+
+
+def is_gguf(path: str | Path) -> bool:
+    """A regular file named *.gguf, or an Ollama blob (sha256-...) that starts with the GGUF magic."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+# --- the header, walked with bounded reads before anything trusts it ------------------------------
+
+
+class _Bad(Exception):
+    """A problem in the file's header; check_header turns it into one ModelLoadError line."""
+
+
+class _Cursor:
+    """Reads little-endian values from the mapped file, never past its end."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf, self.pos = buf, 0
+
+    def take(self, fmt: str) -> Any:
+        n = struct.calcsize("<" + fmt)
+        if self.pos + n > len(self.buf):
+            raise _Bad("the file ends inside its header (truncated)")
+        (value,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += n
+        return value
+
+    def skip(self, n: int, what: str) -> int:
+        if self.pos + n > len(self.buf):
+            raise _Bad(f"{what} runs past the end of the file (truncated or lying about its size)")
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def string(self, limit: int, what: str) -> bytes:
+        n = self.take("Q")
+        if n > limit:
+            raise _Bad(f"{what} is {n:,} bytes long (at most {limit:,} allowed)")
+        start = self.skip(n, what)
+        return bytes(self.buf[start : start + n])
+
+
+def check_header(path: Path) -> None:
+    """Walk the header of `path` with bounded reads; ModelLoadError (one line) if anything is off.
+
+    Checked: magic, version (2 or 3), counts, every metadata string and array length, value types,
+    alignment, and for every tensor its name, dims, type, and that its data lies inside the file.
+    Cost: one pass over the header (the mapped pages only); memory stays at a few MB.
+    """
+    try:
+        size = path.stat().st_size
+        if size < 24:
+            raise _Bad(f"it is {size} bytes, too short for a GGUF header")
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            _walk(_Cursor(buf), size)
+    except _Bad as e:
+        raise ModelLoadError(f"{path} is not a usable GGUF file: {e}; download it again") from None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
+
+
+def _walk(cur: _Cursor, size: int) -> None:
+    if cur.take("4s") != b"GGUF":
+        raise _Bad("it does not start with the GGUF magic")
+    version = cur.take("I")
+    if version not in (2, 3):
+        raise _Bad(f"GGUF version {version} (tiankong reads versions 2 and 3, little-endian)")
+    n_tensors, n_kv = cur.take("Q"), cur.take("Q")
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+        raise _Bad(f"it claims {n_tensors:,} tensors and {n_kv:,} metadata entries")
+    alignment = 32
+    for _ in range(n_kv):
+        key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
+        kind = cur.take("I")
+        if key == "general.alignment":
+            if kind != 4:
+                raise _Bad("general.alignment is not a uint32")
+            alignment = cur.take("I")
+            if not 0 < alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
+                raise _Bad(f"general.alignment is {alignment}, not a power of two up to {MAX_ALIGNMENT}")
+            continue
+        _skip_value(cur, kind, key)
+    infos = []
+    names: set[str] = set()
+    for _ in range(n_tensors):
+        name = cur.string(MAX_KEY, "a tensor name").decode("utf-8", "replace")
+        if name in names:
+            raise _Bad(f"tensor {name} appears twice")
+        names.add(name)
+        n_dims = cur.take("I")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise _Bad(f"tensor {name} has {n_dims} dimensions")
+        dims = [cur.take("Q") for _ in range(n_dims)]
+        kind, offset = cur.take("I"), cur.take("Q")
+        infos.append((name, dims, kind, offset))
+    data_start = -(-cur.pos // alignment) * alignment
+    for name, dims, kind, offset in infos:
+        _check_tensor(name, dims, kind, offset, alignment, size - data_start)
+
+
+def _skip_value(cur: _Cursor, kind: int, key: str) -> None:
+    if kind in _SCALARS:
+        cur.skip(struct.calcsize(_SCALARS[kind]), key)
+    elif kind == _STRING:
+        cur.skip(_bounded(cur.take("Q"), MAX_STRING, f"metadata string {key}"), key)
+    elif kind == _ARRAY:
+        item, count = cur.take("I"), cur.take("Q")
+        _bounded(count, MAX_ARRAY, f"metadata array {key} ({count:,} elements)")
+        if item in _SCALARS:
+            cur.skip(count * struct.calcsize(_SCALARS[item]), key)
+        elif item == _STRING:
+            for _ in range(count):
+                cur.skip(_bounded(cur.take("Q"), MAX_STRING, f"a string in {key}"), key)
+        else:  # nested arrays: no model metadata uses them
+            raise _Bad(f"metadata array {key} holds values of type {item}")
+    else:
+        raise _Bad(f"metadata {key} has unknown value type {kind}")
+
+
+def _bounded(n: int, limit: int, what: str) -> int:
+    if n > limit:
+        raise _Bad(f"{what} is too large ({n:,}; at most {limit:,} allowed)")
+    return n
+
+
+def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment: int, data_size: int) -> None:
+    import gguf
+
+    if kind not in TENSOR_TYPES:
+        known = gguf.GGMLQuantizationType._value2member_map_.get(kind)
+        what = f"type {known.name}, which tiankong cannot read yet" if known else f"unknown type {kind}"
+        raise _Bad(f"tensor {name} has {what} (supported: {', '.join(TENSOR_TYPES.values())})")
+    block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+    if min(dims) < 1 or dims[0] % block:
+        raise _Bad(f"tensor {name} has dims {dims} (each at least 1, the first a multiple of {block})")
+    n_bytes = int(np.prod(dims, dtype=object)) // block * block_bytes  # exact: Python ints
+    if offset % alignment or offset + n_bytes > data_size:
+        raise _Bad(
+            f"tensor {name} ({TENSOR_TYPES[kind]}, dims {dims}) claims {n_bytes:,} bytes at offset {offset:,}, "
+            f"outside the file's {max(data_size, 0):,} bytes of data"
+        )
+
+
+# --- the file -------------------------------------------------------------------------------------
+
+
+def _hf_row_order(rows: int, heads: int) -> np.ndarray:
+    """Row index that undoes llama.cpp's LlamaModel.permute for q or k (rows = heads * head_dim).
+
+    The converter reorders each head's rows (pairs i, i + hd/2 -> 2i, 2i+1):
+    w.reshape(heads, 2, hd/2, ...).swapaxes(1, 2); so HF row (h, j, i) sits at GGUF row (h, i, j).
+    """
+    half = rows // heads // 2
+    return np.arange(rows).reshape(heads, half, 2).swapaxes(1, 2).reshape(rows)
+
+
+class GGUFModel:
+    """A checked GGUF file: its reader, its config.json equivalent and its tensors in HF form."""
+
+    def __init__(self, path: str | Path) -> None:
+        import gguf
+
+        self.path = Path(path)
+        check_header(self.path)
+        try:
+            self.reader = gguf.GGUFReader(self.path)
+        except Exception as e:  # the header was walked already: anything left is a damaged file
+            raise ModelLoadError(f"{self.path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.arch_name = self.meta("general.architecture")
+        if self.arch_name not in ARCHS:
+            raise ModelLoadError(
+                f"{self.path}: architecture {str(self.arch_name)[:40]!r} in GGUF is not supported yet; "
+                f"tiankong reads {', '.join(ARCHS)}"
+            )
+        self.arch = ARCHS[self.arch_name]
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        """A metadata value as Python (str, int, float, bool, list), or default."""
+        field = self.reader.fields.get(key)
+        if field is None:
+            return default
+        try:
+            return field.contents()
+        except (UnicodeDecodeError, IndexError, ValueError):
+            raise ModelLoadError(f"{self.path}: metadata {key} is damaged; download the file again") from None
+
+    @cached_property
+    def hf_config(self) -> dict[str, Any]:
+        """The config.json a transformers checkpoint of this model has (from_hf_config validates it)."""
+        a, p = self.arch, self.arch_name
+        cfg: dict[str, Any] = {"architectures": [a.hf_architecture], "torch_dtype": "float32"}
+        for key, hf_key in a.keys.items():
+            value = self.meta(f"{p}.{key}")
+            if value is not None:
+                cfg[hf_key] = value
+        # Sizes the tensors fix for certain (GPT-2's converter writes feed_forward_length 4 * n_embd).
+        emb = self.tensors.get("token_embd.weight")
+        if emb is None:
+            raise ModelLoadError(f"{self.path} has no token_embd.weight; it is not a complete model")
+        cfg["vocab_size"] = int(emb.shape[1]) if len(emb.shape) == 2 else 0
+        up = self.tensors.get("blk.0.ffn_up.weight")
+        if up is not None and len(up.shape) == 2:
+            cfg["n_inner" if p == "gpt2" else "intermediate_size"] = int(up.shape[1])
+        cfg["tie_word_embeddings"] = "output.weight" not in self.tensors
+        cfg.update(self._rope_scaling(cfg))
+        if "rope_freqs.weight" in self.tensors:
+            raise ModelLoadError(
+                f"{self.path}: RoPE frequency factors (rope_freqs.weight, Llama 3.1+ scaling) are not supported "
+                "in GGUF yet; use the model's Hugging Face folder"
+            )
+        for name, token in (("bos_token_id", "bos"), ("eos_token_id", "eos")):
+            value = self.meta(f"tokenizer.ggml.{token}_token_id")
+            if isinstance(value, int):
+                cfg[name] = value
+        return cfg
+
+    def config(self) -> ModelConfig:
+        """The ModelConfig, validated as a config.json is; errors name the file and its metadata."""
+        try:
+            return ModelConfig.from_hf_config(self.hf_config)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{self.path}: {str(e).replace('config.json', 'GGUF metadata')}") from None
+
+    def _rope_scaling(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        kind = self.meta(f"{self.arch_name}.rope.scaling.type")
+        factor = self.meta(f"{self.arch_name}.rope.scaling.factor")
+        if kind in (None, "none") or kind == "linear" and factor in (None, 1.0):
+            return {}
+        scaling: dict[str, Any] = {"rope_type": kind, "factor": factor}
+        orig = self.meta(f"{self.arch_name}.rope.scaling.original_context_length")
+        if orig is not None:
+            scaling["original_max_position_embeddings"] = orig
+        return {"rope_scaling": scaling}  # from_hf_config names what it cannot run (yarn, ...)
+
+    def tensor_types(self) -> dict[str, int]:
+        """GGML type name -> how many tensors have it (e.g. {"Q4_K": 130, "F32": 61})."""
+        out: dict[str, int] = {}
+        for t in self.reader.tensors:
+            out[t.tensor_type.name] = out.get(t.tensor_type.name, 0) + 1
+        return out
+
+    def hf_tensors(self) -> Iterator[tuple[str, str, tuple[int, ...], Callable[[], torch.Tensor]]]:
+        """(file name, HF name, HF shape, read) for every tensor; read() dequantizes to float32 on CPU.
+
+        Names the table does not know keep their GGUF name, so the loader reports them as unexpected.
+        """
+        from .weights import NameTable
+
+        table = NameTable(self.arch.tensors, transposed=self.arch.transposed)
+        for t in self.reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (out, in) for a matrix
+            hit = table.target(t.name)
+            if hit is None:
+                yield self.name, t.name, shape, lambda: None  # never read: the loader names it
+                continue
+            hf_name, transpose = hit
+            rows = self._row_order(hf_name, shape)
+            shape = shape[::-1] if transpose else shape
+            yield self.name, hf_name, shape, (lambda t=t, rows=rows, transpose=transpose: _read(t, rows, transpose))
+
+    def _row_order(self, hf_name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The HF row order of a llama-arch q or k weight or bias (see _hf_row_order), else None."""
+        kind = hf_name.rsplit(".", 2)[-2]
+        if not self.arch.permuted_qk or kind not in ("q_proj", "k_proj"):
+            return None
+        heads = self.hf_config.get("num_attention_heads")
+        if kind == "k_proj":
+            heads = self.hf_config.get("num_key_value_heads") or heads
+        if not isinstance(heads, int) or heads < 1 or shape[0] % (2 * heads):
+            raise ModelLoadError(
+                f"{self.path}: {hf_name} has {shape[0]} rows, not a whole number of heads of even size "
+                f"for {heads} heads; the metadata does not match the weights"
+            )
+        return _hf_row_order(shape[0], heads)
+
+
+def _read(t: gguf.ReaderTensor, rows: np.ndarray | None, transpose: bool) -> torch.Tensor:
+    """One tensor as float32 in HF order: rows reordered (on the raw blocks), dequantized, transposed."""
+    import gguf
+    import torch
+
+    data = t.data if rows is None else t.data[rows]  # (out, bytes or values per row); fancy index copies
+    if t.tensor_type == gguf.GGMLQuantizationType.F32:
+        out = np.array(data, dtype=np.float32)  # a copy: the mapped file is read-only
+    else:
+        out = gguf.quants.dequantize(np.asarray(data), t.tensor_type)
+    tensor = torch.from_numpy(out)
+    return tensor.t() if transpose else tensor

@@ -1,0 +1,173 @@
+"""GGUF files written from tiny Hugging Face models, laid out as llama.cpp's converter lays them out.
+
+`write_gguf(hf_folder, path, qtype)` reads a folder tests/tiny_models.py made and writes what
+convert_hf_to_gguf.py writes for it: llama.cpp's own HF -> GGUF tensor names (gguf's
+TensorNameMap, not tiankong's table), q/k rows of the "llama" architecture permuted into
+interleaved RoPE pairs, GPT-2's Conv1D weights transposed, 1-D tensors in F32, matrices in `qtype`
+(the converter's --outtype f32/f16/q8_0; q4_0/q4_1/q5_0 as llama-quantize writes them), and the
+metadata keys the converter sets. The tokenizer is written by tests/gguf_vocab.py when it exists.
+
+`dequantized_folder(hf_folder, out, qtype)` writes the same HF model with every weight that
+write_gguf quantizes replaced by its quantize -> dequantize round trip: the reference a quantized
+GGUF must equal.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+QTYPES = {
+    "f32": gguf.GGMLQuantizationType.F32,
+    "f16": gguf.GGMLQuantizationType.F16,
+    "bf16": gguf.GGMLQuantizationType.BF16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+    "q4_1": gguf.GGMLQuantizationType.Q4_1,
+    "q5_0": gguf.GGMLQuantizationType.Q5_0,
+}
+# transformers architecture -> (GGUF architecture, q/k permuted as llama.cpp's LlamaModel does)
+GGUF_ARCHS = {
+    "LlamaForCausalLM": (gguf.MODEL_ARCH.LLAMA, True),
+    "MistralForCausalLM": (gguf.MODEL_ARCH.LLAMA, True),
+    "Qwen2ForCausalLM": (gguf.MODEL_ARCH.QWEN2, False),
+    "Qwen3ForCausalLM": (gguf.MODEL_ARCH.QWEN3, False),
+    "GPT2LMHeadModel": (gguf.MODEL_ARCH.GPT2, False),
+}
+
+
+def permute(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
+    """llama.cpp's LlamaModel.permute: HF's rotate-half rows -> interleaved RoPE pairs."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _hf_state(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {k: v.astype(np.float32) for k, v in load_file(folder / "model.safetensors").items()}
+
+
+def _gguf_tensors(cfg: dict, state: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array in the GGUF layout) in the converter's order."""
+    arch, permuted = GGUF_ARCHS[cfg["architectures"][0]]
+    n_layers = cfg.get("num_hidden_layers") or cfg["n_layer"]
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    out = []
+    for name, w in state.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")):
+            continue  # buffers the converter drops
+        if permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
+            w = permute(w, cfg["num_attention_heads"], cfg["num_attention_heads"])
+        if permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
+            w = permute(w, cfg["num_attention_heads"], cfg.get("num_key_value_heads"))
+        if arch == gguf.MODEL_ARCH.GPT2 and name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            w = w.T.copy()
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert new is not None, name
+        out.append((new, w))
+    return out
+
+
+def _qtype_of(name: str, w: np.ndarray, qtype: str) -> gguf.GGMLQuantizationType:
+    """The converter's rule: 1-D tensors and norms stay F32; matrices get the requested type."""
+    if w.ndim == 1 or name.endswith("_norm.weight"):
+        return gguf.GGMLQuantizationType.F32
+    return QTYPES[qtype]
+
+
+def _metadata(writer: gguf.GGUFWriter, cfg: dict, qtype: str) -> None:
+    writer.add_name("tiny")
+    if cfg["architectures"][0] == "GPT2LMHeadModel":  # GPT2Model.set_gguf_parameters
+        writer.add_block_count(cfg["n_layer"])
+        writer.add_context_length(cfg["n_ctx"] if "n_ctx" in cfg else cfg["n_positions"])
+        writer.add_embedding_length(cfg["n_embd"])
+        writer.add_feed_forward_length(4 * cfg["n_embd"])
+        writer.add_head_count(cfg["n_head"])
+        writer.add_layer_norm_eps(cfg["layer_norm_epsilon"])
+    else:  # TextModel.set_gguf_parameters (+ LlamaModel's vocab size and rope dimension count)
+        writer.add_block_count(cfg["num_hidden_layers"])
+        writer.add_context_length(cfg["max_position_embeddings"])
+        writer.add_embedding_length(cfg["hidden_size"])
+        writer.add_feed_forward_length(cfg["intermediate_size"])
+        writer.add_head_count(cfg["num_attention_heads"])
+        writer.add_head_count_kv(cfg["num_key_value_heads"])
+        writer.add_rope_freq_base(cfg.get("rope_theta") or cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
+        writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        if cfg.get("head_dim") is not None:
+            writer.add_key_length(cfg["head_dim"])
+            writer.add_value_length(cfg["head_dim"])
+        if cfg["architectures"][0] in ("LlamaForCausalLM", "MistralForCausalLM"):
+            writer.add_vocab_size(cfg["vocab_size"])
+            writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+    writer.add_file_type({"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q5_0": 8}[qtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def write_gguf(hf_folder: Path, path: Path, qtype: str = "f32", tokenizer: bool = True) -> Path:
+    """Write the tiny HF model in `hf_folder` as a GGUF file at `path` (see the module docstring)."""
+    hf_folder, path = Path(hf_folder), Path(path)
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    arch, _ = GGUF_ARCHS[cfg["architectures"][0]]
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
+    _metadata(writer, cfg, qtype)
+    if tokenizer:
+        try:
+            from gguf_vocab import add_tokenizer  # tests/gguf_vocab.py (the tokenizer's writer)
+        except ImportError:
+            pass
+        else:
+            add_tokenizer(writer, hf_folder)
+    for name, w in _gguf_tensors(cfg, _hf_state(hf_folder)):
+        kind = _qtype_of(name, w, qtype)
+        data = gguf.quants.quantize(w, kind) if kind != gguf.GGMLQuantizationType.F32 else w
+        writer.add_tensor(name, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def dequantized_folder(hf_folder: Path, out: Path, qtype: str) -> Path:
+    """A copy of the HF folder whose weights went through qtype's quantize -> dequantize round trip
+    (in the GGUF layout, so quantization blocks run along the same rows as in the file)."""
+    from safetensors.numpy import save_file
+
+    hf_folder, out = Path(hf_folder), Path(out)
+    shutil.copytree(hf_folder, out, dirs_exist_ok=True)
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    arch, _ = GGUF_ARCHS[cfg["architectures"][0]]
+    names = gguf.get_tensor_name_map(arch, cfg.get("num_hidden_layers") or cfg["n_layer"])
+    new = {}
+    for name, w in _hf_state(hf_folder).items():
+        g = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if g is None or _qtype_of(g, w, qtype) == gguf.GGMLQuantizationType.F32:
+            new[name] = w
+            continue
+        # Conv1D weights are quantized along their GGUF rows, i.e. HF columns.
+        t = (
+            w.T
+            if arch == gguf.MODEL_ARCH.GPT2 and name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight"))
+            else w
+        )
+        kind = QTYPES[qtype]
+        r = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(t), kind), kind)
+        new[name] = np.ascontiguousarray(r.T if t is not w else r)
+    save_file(new, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def hf_logits(folder: Path, ids: list[int]) -> torch.Tensor:
+    """transformers' float32 logits (T, V) for one row of ids."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
