@@ -118,10 +118,8 @@ def _check_type(name: str, value: Any, default: Any, source: Path | None) -> Non
         raise InputError(f"{where}{name} must be a finite number, got {value!r}")
 
 
-def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str) -> Callable:
-    """A typer command whose options are the config dataclass's fields."""
-    mod = importlib.import_module(module)
-    cfg_cls, trainer_cls = getattr(mod, cfg_name), getattr(mod, trainer_name)
+def _options(cfg_cls: type) -> list[inspect.Parameter]:
+    """The command's signature: --config, then one typer option per field of the config dataclass."""
     params = [
         inspect.Parameter(
             "config",
@@ -148,39 +146,51 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
                 ),
             )
         )
+    return params
+
+
+def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, flags: dict[str, Any]) -> None:
+    """One training run: the config (defaults < TOML < flags), its model and data, train, then the verdict."""
+    cfg = build_config(cfg_cls, config, flags)
+    if cfg.model or name != "pretrain":  # fine-tune the bundled model unless told otherwise
+        from tiankong.engine.resolve import resolve_model
+
+        cfg.model = str(resolve_model(cfg.model or None))  # a folder, or a name (engine/resolve.py)
+    from tiankong.trainers.checkpoint import check_output
+    from tiankong.trainers.common import TrainingStopped
+
+    check_output(Path(cfg.output), cfg.resume, cfg.overwrite)  # before anything is written there
+    if name in PREFERENCE_TRAINERS and not cfg.data:
+        votes = Path(cfg.output) / "preferences.jsonl"
+        # A resumed run trains on the votes it started with, not on those added since.
+        cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(Path(cfg.output)))
+    trainer = trainer_cls(cfg)
+    try:
+        out = trainer.train()
+    except TrainingStopped as stop:
+        print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
+        raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
+    from tiankong.trainers.metrics import plot_metrics
+
+    if not trainer.dist.is_main:
+        return
+    try:
+        print(plot_metrics(out))
+    except InputError:
+        pass
+    _print_verdict(trainer, out)
+    print(f"saved to {out}", file=sys.stderr)
+
+
+def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str) -> Callable:
+    """A typer command whose options are the config dataclass's fields."""
+    mod = importlib.import_module(module)
+    cfg_cls, trainer_cls = getattr(mod, cfg_name), getattr(mod, trainer_name)
 
     def run(config: Optional[Path] = None, **flags: Any) -> None:
-        cfg = build_config(cfg_cls, config, flags)
-        if cfg.model or name != "pretrain":  # fine-tune the bundled model unless told otherwise
-            from tiankong.engine.resolve import resolve_model
+        _train(name, cfg_cls, trainer_cls, config, flags)
 
-            cfg.model = str(resolve_model(cfg.model or None))  # a folder, or a name (engine/resolve.py)
-        from tiankong.trainers.checkpoint import check_output
-        from tiankong.trainers.common import TrainingStopped
-
-        check_output(Path(cfg.output), cfg.resume, cfg.overwrite)  # before anything is written there
-        if name in PREFERENCE_TRAINERS and not cfg.data:
-            votes = Path(cfg.output) / "preferences.jsonl"
-            # A resumed run trains on the votes it started with, not on those added since.
-            cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(Path(cfg.output)))
-        trainer = trainer_cls(cfg)
-        try:
-            out = trainer.train()
-        except TrainingStopped as stop:
-            print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
-            raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
-        from tiankong.trainers.metrics import plot_metrics
-
-        if not trainer.dist.is_main:
-            return
-        try:
-            print(plot_metrics(out))
-        except InputError:
-            pass
-        _print_verdict(trainer, out)
-        print(f"saved to {out}", file=sys.stderr)
-
-    run.__signature__ = inspect.Signature(params)  # typer reads the options from here
+    run.__signature__ = inspect.Signature(_options(cfg_cls))  # typer reads the options from here
     run.__name__ = name
     run.__doc__ = help
     return run
