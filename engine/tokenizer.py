@@ -181,8 +181,7 @@ class SentencePieceTokenizer(HFTokenizer):
 
         pieces = [processor.IdToPiece(i) for i in range(processor.GetPieceSize())]
         vocab = {piece: i for i, piece in enumerate(pieces)}
-        bpe = models.BPE(vocab=vocab, merges=_merges_by_rank(vocab), fuse_unk=True, byte_fallback=True, dropout=None)
-        backend = _Backend(bpe)
+        backend = sentencepiece_backend(vocab, merges_by_rank(vocab), settings.add_prefix_space)
         # legacy=False (transformers' default) prefixes only the very start of the text, not each chunk
         # between special tokens; add_prefix_space=False turns the prefix off entirely.
         if settings.add_prefix_space:
@@ -190,10 +189,6 @@ class SentencePieceTokenizer(HFTokenizer):
         else:
             scheme = "never"
         backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
-        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        if settings.add_prefix_space:
-            steps.append(decoders.Strip(content=" ", left=1, right=0))
-        backend.decoder = decoders.Sequence(steps)
 
         control = [pieces[i] for i in range(len(pieces)) if processor.IsControl(i)]
         settings.special_tokens = [*control, *settings.special_tokens]
@@ -520,18 +515,37 @@ def _template_processor(bos: str | None, eos: str | None, backend: _Backend) -> 
     )
 
 
-def _merges_by_rank(vocab: dict[str, int]) -> list[tuple[str, str]]:
+def sentencepiece_backend(
+    vocab: dict[str, int], merges: list[tuple[str, str]], add_prefix_space: bool, unk_token: str | None = None
+) -> _Backend:
+    """SentencePiece pieces as a byte-fallback BPE with transformers' LlamaTokenizer decoder.
+
+    The caller decides how the "▁" prefix gets into the text (a Metaspace pre-tokenizer for
+    tokenizer.model, a normalizer for GGUF files); `add_prefix_space` strips it again when decoding.
+    """
+    bpe = models.BPE(vocab=vocab, merges=merges, unk_token=unk_token, fuse_unk=True, byte_fallback=True, dropout=None)
+    backend = _Backend(bpe)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix_space:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    backend.decoder = decoders.Sequence(steps)
+    return backend
+
+
+def merges_by_rank(vocab: dict[str, int], rank: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
     """BPE merges for a SentencePiece vocabulary, ranked the way transformers derives them.
 
-    SentencePiece BPE has no merge list: a piece's id is its rank. Every split of a piece into two known
-    pieces is a merge, ordered by the merged piece's id, then by the lengths of the halves.
+    SentencePiece BPE has no merge list: a piece's id is its rank (or `rank[piece]`, any sortable key,
+    smaller merges first). Every split of a piece into two known pieces is a merge, ordered by the merged
+    piece's rank, then by the lengths of the halves. Costs the sum of len(piece)**2 over the vocabulary.
     """
-    merges: list[tuple[int, int, int, int, int, str, str]] = []
-    for piece, rank in vocab.items():
+    merges: list[tuple[Any, int, int, int, int, str, str]] = []
+    for piece, i in vocab.items():
+        key = i if rank is None else rank[piece]
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in vocab and right in vocab:
-                merges.append((rank, len(left), len(right), vocab[left], vocab[right], left, right))
+                merges.append((key, len(left), len(right), vocab[left], vocab[right], left, right))
     merges.sort(key=lambda m: m[:5])
     return [(m[5], m[6]) for m in merges]
 
