@@ -538,6 +538,23 @@ def chat(
     )
 
 
+def _compare_lineup(model: Path | None, presets: str, models: str | None) -> tuple[list[str], list[Path] | None]:
+    """compare's contestants: 2 to 4 preset names, or two model folders under the first preset."""
+    names = [p.strip() for p in presets.split(",") if p.strip()]
+    for name in names:
+        get_preset(name)
+    model_dirs = [_model_dir(m.strip()) for m in models.split(",") if m.strip()] if models else None
+    if model_dirs is not None:
+        if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
+            model_dirs.insert(0, _model_dir(model))
+        if len(model_dirs) != 2:
+            raise InputError(f"--models takes one or two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
+        names = names[:1]
+    elif not 2 <= len(names) <= 4:
+        raise InputError(f"--presets takes 2 to 4 presets, got {len(names)}; e.g. --presets balanced,creative")
+    return names, model_dirs
+
+
 @app.command(
     epilog="""[bold]Examples[/bold]
 
@@ -574,19 +591,7 @@ def compare(
     """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers."""
     from tiankong.tui.app import run_app
 
-    names = [p.strip() for p in presets.split(",") if p.strip()]
-    for name in names:
-        get_preset(name)
-    model_dirs = [_model_dir(m.strip()) for m in models.split(",") if m.strip()] if models else None
-    if model_dirs is not None:
-        if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
-            model_dirs.insert(0, _model_dir(model))
-        if len(model_dirs) != 2:
-            raise InputError(f"--models takes one or two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
-        if len(names) != 1:
-            names = names[:1]
-    elif not 2 <= len(names) <= 4:
-        raise InputError(f"--presets takes 2 to 4 presets, got {len(names)}; e.g. --presets balanced,creative")
+    names, model_dirs = _compare_lineup(model, presets, models)
     first = model_dirs[0] if model_dirs else _model_dir(model)
     chat_template = _template_file(chat_template)
     if prompts is None:
