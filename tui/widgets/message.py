@@ -152,38 +152,13 @@ def _parse_blocks(tokens: list[Any], i: int, depth: int, in_list: bool) -> tuple
             blocks.append(("code", tok.content.rstrip(), 1, 1))
             i += 1
         elif kind in ("bullet_list_open", "ordered_list_open"):
-            ordered = kind == "ordered_list_open"
-            i += 1
-            start = 1
-            if ordered and i < len(tokens):
-                try:
-                    start = int(tokens[i].info or 1)
-                except ValueError:
-                    pass
-            items: list[list[_Block]] = []
-            while i < len(tokens) and tokens[i].type == "list_item_open":
-                item, i = _parse_blocks(tokens, i + 1, depth + (not ordered), True)
-                items.append(item)
-            i += 1  # the list's close
-            if ordered:
-                size = max((len(f"{n}. ") for n in range(start, start + len(items))), default=3) + 1
-                bullets = [f"{n}. ".rjust(size) for n in range(start, start + len(items))]
-            else:
-                bullets = [_BULLETS[depth % len(_BULLETS)]] * len(items)
-            blocks.append(("list", list(zip(bullets, items, strict=True)), 0, 0 if in_list else 1))
+            block, i = _parse_list(tokens, i, depth, in_list)
+            blocks.append(block)
         elif kind == "blockquote_open":
             inner, i = _parse_blocks(tokens, i + 1, depth, in_list)
             blocks.append(("quote", inner, 1, 1))
         elif kind == "table_open":
-            rows: list[list[Text]] = []
-            i += 1
-            while i < len(tokens) and tokens[i].type != "table_close":
-                if tokens[i].type == "tr_open":
-                    rows.append([])
-                elif tokens[i].type == "inline" and rows:
-                    rows[-1].append(_inline(tokens[i]))
-                i += 1
-            i += 1
+            rows, i = _parse_table(tokens, i)
             if rows:
                 blocks.append(("table", rows, 0, 1))
         elif kind == "hr":
@@ -192,6 +167,42 @@ def _parse_blocks(tokens: list[Any], i: int, depth: int, in_list: bool) -> tuple
         else:  # anything else Textual's Markdown draws nothing for
             i += 1
     return blocks, i
+
+
+def _parse_list(tokens: list[Any], i: int, depth: int, in_list: bool) -> tuple[_Block, int]:
+    """The list opening at tokens[i]: ("list", [(bullet, item blocks)], ...); (block, index after its close)."""
+    ordered = tokens[i].type == "ordered_list_open"
+    i += 1
+    start = 1
+    if ordered and i < len(tokens):
+        try:
+            start = int(tokens[i].info or 1)
+        except ValueError:
+            pass
+    items: list[list[_Block]] = []
+    while i < len(tokens) and tokens[i].type == "list_item_open":
+        item, i = _parse_blocks(tokens, i + 1, depth + (not ordered), True)
+        items.append(item)
+    i += 1  # the list's close
+    if ordered:
+        size = max((len(f"{n}. ") for n in range(start, start + len(items))), default=3) + 1
+        bullets = [f"{n}. ".rjust(size) for n in range(start, start + len(items))]
+    else:
+        bullets = [_BULLETS[depth % len(_BULLETS)]] * len(items)
+    return ("list", list(zip(bullets, items, strict=True)), 0, 0 if in_list else 1), i
+
+
+def _parse_table(tokens: list[Any], i: int) -> tuple[list[list[Text]], int]:
+    """The table opening at tokens[i]: its rows of cell texts; (rows, index after its close)."""
+    rows: list[list[Text]] = []
+    i += 1
+    while i < len(tokens) and tokens[i].type != "table_close":
+        if tokens[i].type == "tr_open":
+            rows.append([])
+        elif tokens[i].type == "inline" and rows:
+            rows[-1].append(_inline(tokens[i]))
+        i += 1
+    return rows, i + 1
 
 
 def _fit(text: Text, width: int) -> Text:
