@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Generator, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -57,7 +57,13 @@ class _Row:
     decoder: IncrementalDecoder
     ids: list[int] = field(default_factory=list)
     text: str = ""
-    first_token_at: float = 0.0
+    t0: float = 0.0  # when its prefill started
+    prefill_s: float = 0.0  # seconds from t0 to its first token; 0 until it is drawn
+    owner: object = None  # the batcher's request this row belongs to (batcher.py); None in generate()
+
+    def finished(self, reason: str, message: str = "") -> Finished:
+        decode_s = time.perf_counter() - self.t0 - self.prefill_s
+        return _finished(self, reason, self.prefill_s, decode_s, message)
 
 
 @dataclass
@@ -70,12 +76,7 @@ class _Batch:
     sampler: BatchSampler
     logits: torch.Tensor  # (B, V) for the next token
     slot: int  # next cache slot to write
-    t0: float  # when the prefill started
-    t_prefill: float = 0.0  # prefill seconds, set when the first tokens are drawn
     why_nonfinite: str | None = None  # worked out once, when a row first has non-finite logits
-
-    def finished(self, r: _Row, reason: str, message: str = "") -> Finished:
-        return _finished(r, reason, self.t_prefill, time.perf_counter() - self.t0 - self.t_prefill, message)
 
 
 @dataclass
@@ -118,17 +119,16 @@ def generate(
     while True:
         if cancel is not None and cancel.is_set():
             # Cancelled between tokens: every row keeps exactly what it had streamed.
-            batch.t_prefill = batch.t_prefill or time.perf_counter() - batch.t0
             for r in batch.rows:
-                r.text += r.decoder.flush()
-                yield batch.finished(r, "cancelled")
+                yield _cancelled(r)
             return
         draw = _draw(batch, eos, top_logprobs)
-        keep = yield from _step_events(model, batch, draw, text_of, prompt_cache)
+        events, keep = _step_events(model, batch, draw, text_of, prompt_cache)
+        yield from (ev for _, ev in events)
         if not keep:
             return
         if len(keep) < len(batch.rows):
-            _evict(batch, draw, keep)
+            _evict(batch, keep, draw)
         _decode(model, cfg, batch, draw.chosen, prompt_cache)
 
 
@@ -176,9 +176,11 @@ def _prefill(
     pad = torch.tensor([P - r.prompt_len for r in rows], device=device)  # (B,)
     sampler = BatchSampler([r.params for r in rows], cfg.vocab_size, device, prompts)
     t0 = time.perf_counter()
+    for r in rows:
+        r.t0 = t0
     if prompt_cache is not None:
         cache, logits = _prefill_cached(model, cfg, prompt_cache, prompts[0], total)
-        return _Batch(rows, cache, pad, sampler, logits, P, t0)
+        return _Batch(rows, cache, pad, sampler, logits, P)
     tokens = torch.zeros(B, P, dtype=torch.long)
     for b, ids in enumerate(prompts):
         tokens[b, P - len(ids) :] = torch.as_tensor(list(ids), dtype=torch.long)
@@ -193,7 +195,7 @@ def _prefill(
     if len(firsts) == B:
         mask = build_mask(pad, 0, P, P, cfg.sliding_window)
         logits = model(tokens, positions, mask, cache, 0, last_only=True)[:, -1]  # (B, V)
-        return _Batch(rows, cache, pad, sampler, logits, P, t0)
+        return _Batch(rows, cache, pad, sampler, logits, P)
     unique = torch.tensor(list(firsts.values()), device=device)  # (U,) one row per prompt
     shared = KVCache(cfg.n_layers, len(firsts), cfg.n_kv_heads, P, cfg.head_dim, dtype, device)
     mask = build_mask(pad[unique], 0, P, P, cfg.sliding_window)
@@ -201,7 +203,41 @@ def _prefill(
     index = {ids: u for u, ids in enumerate(firsts)}
     which = torch.tensor([index[tuple(ids)] for ids in prompts], device=device)  # (B,)
     cache.kv[:, :, :, :P] = shared.kv.index_select(1, which)  # (n_layers, B, 2 H_kv, P, hd)
-    return _Batch(rows, cache, pad, sampler, logits[which], P, t0)  # logits (B, V)
+    return _Batch(rows, cache, pad, sampler, logits[which], P)  # logits (B, V)
+
+
+@torch.inference_mode()
+def _join(batch: _Batch | None, new: _Batch) -> _Batch:
+    """Rows just prefilled (`new`) join the running batch between decode steps (batcher.py).
+
+    All rows write the same cache slot, so the batch that is behind is shifted right by the
+    difference: a row's keys carry its own positions (RoPE is applied before caching) and its
+    padding grows by the shift, so moving it to later slots changes nothing it computes. Slots left
+    of every row's padding are dropped, and the cache is sized to the slots the rows can still write
+    (a row writes at most prompt_len + max_new - 1 slots from its padding).
+    """
+    if batch is None or not batch.rows:
+        return new
+    slot = max(batch.slot, new.slot)
+    shifts = (slot - batch.slot, slot - new.slot)
+    rows = batch.rows + new.rows
+    pads = [p + shifts[0] for p in batch.pad.tolist()] + [p + shifts[1] for p in new.pad.tolist()]
+    lo = min(pads)
+    end = max(max(p + r.prompt_len + r.max_new - 1 for p, r in zip(pads, rows, strict=True)), slot + 1)
+    L, _, H2, _, hd = batch.cache.kv.shape  # (n_layers, B, 2 H_kv, max_len, hd)
+    kv = batch.cache.kv
+    cache = KVCache(L, len(rows), H2 // 2, end - lo, hd, kv.dtype, kv.device)
+    at = 0
+    for part, shift in zip((batch, new), shifts, strict=True):
+        first = max(0, lo - shift)  # the part's first slot still needed
+        dest = first + shift - lo
+        n = len(part.rows)
+        cache.kv[:, at : at + n, :, dest : dest + part.slot - first] = part.cache.kv[:, :, :, first : part.slot]
+        at += n
+    pad = torch.tensor([p - lo for p in pads], device=batch.pad.device)  # (B,)
+    sampler = BatchSampler.concat([batch.sampler, new.sampler])
+    logits = torch.cat([batch.logits, new.logits.to(batch.logits.dtype)])  # (B, V)
+    return _Batch(rows, cache, pad, sampler, logits, slot - lo, batch.why_nonfinite)
 
 
 @torch.inference_mode()
@@ -225,16 +261,18 @@ def _draw(batch: _Batch, eos: torch.Tensor, top_logprobs: int) -> _Draw:
         top_ps = probs.gather(1, top_id)
         top = list(zip(top_id.cpu().tolist(), top_lp.cpu().tolist(), top_ps.cpu().tolist(), strict=True))
     is_eos = torch.isin(chosen.cpu(), eos).tolist()
-    if not batch.t_prefill:
-        batch.t_prefill = time.perf_counter() - batch.t0
+    now = time.perf_counter()
+    for r in batch.rows:
+        r.prefill_s = r.prefill_s or now - r.t0
     return _Draw(chosen, stats, top, is_eos)
 
 
 def _step_events(
     model: nn.Module, batch: _Batch, draw: _Draw, text_of, prompt_cache: PromptCache | None
-) -> Generator[Event, None, list[int]]:
-    """Yield each row's TokenEvent for this draw, and Finished for the rows it ends (non-finite
-    logits, EOS, a stop string, max tokens or the context) -> (as the return value) the rows to keep."""
+) -> tuple[list[tuple[_Row, Event]], list[int]]:
+    """Each row's TokenEvent for this draw, and Finished for the rows it ends (non-finite logits,
+    EOS, a stop string, max tokens or the context), as (row, event) pairs -> (events, rows to keep)."""
+    events: list[tuple[_Row, Event]] = []
     keep: list[int] = []
     for b, r in enumerate(batch.rows):
         tok, lp, ps, entropy = draw.stats[b]
@@ -246,12 +284,11 @@ def _step_events(
                 # Its slots may now hold NaN: masked attention weighs stale slots by 0, and 0 * NaN
                 # is NaN, so the next prompt would fail too. Read the next one from scratch.
                 prompt_cache.reset()
-            yield batch.finished(
-                r,
-                "error",
+            message = (
                 f"the model's logits are not finite (NaN or inf) at answer token {len(r.ids) + 1}; "
-                f"{batch.why_nonfinite}",
+                f"{batch.why_nonfinite}"
             )
+            events.append((r, r.finished("error", message)))
             continue
         tok = int(tok)
         r.ids.append(tok)
@@ -262,7 +299,7 @@ def _step_events(
             cands = tuple(
                 Candidate(i, text_of(i), lp_i, ps_i) for i, lp_i, ps_i in zip(ids_b, lps_b, ps_b, strict=True)
             )
-        yield TokenEvent(r.index, len(r.ids) - 1, tok, piece, lp, ps, entropy, cands)
+        events.append((r, TokenEvent(r.index, len(r.ids) - 1, tok, piece, lp, ps, entropy, cands)))
         r.text += piece
         reason = _stop_reason(r, piece, draw.is_eos[b])
         if reason is None:
@@ -270,8 +307,15 @@ def _step_events(
             continue
         if reason in ("length", "context"):
             r.text += r.decoder.flush()
-        yield batch.finished(r, reason)
-    return keep
+        events.append((r, r.finished(reason)))
+    return events, keep
+
+
+def _cancelled(r: _Row) -> Finished:
+    """End a row between tokens: it keeps exactly what it had streamed."""
+    r.prefill_s = r.prefill_s or time.perf_counter() - r.t0
+    r.text += r.decoder.flush()
+    return r.finished("cancelled")
 
 
 def _stop_reason(r: _Row, piece: str, is_eos: bool) -> str | None:
@@ -286,13 +330,16 @@ def _stop_reason(r: _Row, piece: str, is_eos: bool) -> str | None:
     return None
 
 
-def _evict(batch: _Batch, draw: _Draw, keep: list[int]) -> None:
-    """Drop the finished rows from the batch, so the others do not pay for them."""
+def _evict(batch: _Batch, keep: list[int], draw: _Draw | None = None) -> None:
+    """Drop the finished rows from the batch (and from this step's draw), so the others do not pay
+    for them; their cache rows are freed at once."""
     batch.rows = [batch.rows[b] for b in keep]
     sel = torch.tensor(keep, device=batch.pad.device)
     batch.cache.select(sel)
-    batch.pad, draw.chosen = batch.pad[sel], draw.chosen[sel.to(draw.chosen.device)]
+    batch.pad, batch.logits = batch.pad[sel], batch.logits[sel.to(batch.logits.device)]
     batch.sampler = batch.sampler.select(keep)
+    if draw is not None:
+        draw.chosen = draw.chosen[sel.to(draw.chosen.device)]
 
 
 @torch.inference_mode()

@@ -400,21 +400,42 @@ class BatchSampler:
         new.params = tuple(self.params[r] for r in rows)
         new.vocab_size = self.vocab_size
         new.device = self.device
-        for name in (
-            "temperature",
-            "top_k",
-            "top_p",
-            "min_p",
-            "repetition",
-            "presence",
-            "frequency",
-        ):
+        for name in _COLUMNS:
             setattr(new, name, getattr(self, name).index_select(0, idx))
         new.seen = None if self.seen is None else self.seen.index_select(0, idx)
         new.counts = None if self.counts is None else self.counts.index_select(0, idx)
         new.generators = [self.generators[r] for r in rows]
         new._plan()
         return new
+
+    @staticmethod
+    def concat(parts: Sequence[BatchSampler]) -> BatchSampler:
+        """One sampler for the rows of all parts, in order (rows joining a running batch); their
+        generators and penalty state carry over. A part without a penalty state gets zeros: none of
+        its rows uses that penalty, so they do not change its rows' draws."""
+        assert parts, "nothing to concatenate"
+        new = object.__new__(BatchSampler)
+        new.params = tuple(p for part in parts for p in part.params)
+        new.vocab_size, new.device = parts[0].vocab_size, parts[0].device
+        for name in _COLUMNS:
+            setattr(new, name, torch.cat([getattr(part, name) for part in parts]))
+        for name, dtype in (("seen", torch.bool), ("counts", torch.float32)):
+            states = [getattr(part, name) for part in parts]
+            if all(s is None for s in states):
+                setattr(new, name, None)
+                continue
+            filled = [
+                torch.zeros((len(p), new.vocab_size), dtype=dtype, device=new.device) if s is None else s
+                for p, s in zip(parts, states, strict=True)
+            ]
+            setattr(new, name, torch.cat(filled))
+        new.generators = [g for part in parts for g in part.generators]
+        new._plan()
+        return new
+
+
+# The per-row (B, 1) parameter columns of a BatchSampler.
+_COLUMNS = ("temperature", "top_k", "top_p", "min_p", "repetition", "presence", "frequency")
 
 
 __all__ = [

@@ -659,6 +659,45 @@ def rank(
     run_rank(answers_queue(input, model=model), data_dir=data_dir, rater=rater, restart=restart)
 
 
+# ---------------------------------------------------------------- serve
+
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  tiankong serve -m ../shared/models/stories260K --port 8000
+
+  TIANKONG_API_KEY=secret tiankong serve -m ./SmolLM2-135M-Instruct --host 0.0.0.0
+"""
+)
+def serve(
+    model: Optional[Path] = ModelOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to bind; any but loopback needs --api-key."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    api_key: Optional[str] = typer.Option(
+        None,
+        help="Require Authorization: Bearer KEY. Env: TIANKONG_API_KEY.",
+        envvar="TIANKONG_API_KEY",
+        show_default=False,
+    ),
+    max_rows: int = typer.Option(16, min=1, help="Rows decoded together (the batch's width)."),
+    max_queue: int = typer.Option(64, min=0, help="Requests waiting for a row; past that, 429."),
+    timeout: float = typer.Option(600.0, min=1, help="Seconds per request; rows still running are then cancelled."),
+    chat_template: Optional[Path] = TemplateOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """Serve the model over OpenAI's HTTP API (chat and completions, streaming, logprobs with p_sample)."""
+    from tiankong.tui.serve import ServeConfig, check_bind
+    from tiankong.tui.serve import serve as run_server
+
+    cfg = ServeConfig(host=host, port=port, api_key=api_key, max_rows=max_rows, max_queue=max_queue, timeout_s=timeout)
+    check_bind(cfg.host, cfg.api_key)  # before the model loads
+    eng = _load(model, device, dtype, chat_template)
+    err.print(f"serving {eng.folder.name} on http://{host}:{port}/v1 ({eng.decode_path})", highlight=False)
+    run_server(eng, cfg)
+
+
 # Commands that build their options from the trainers' config classes, whose modules import torch.
 TORCH_GROUPS = ("train", "reward")
 

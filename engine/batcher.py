@@ -1,0 +1,281 @@
+"""Continuous batching: one decode loop in one thread; requests join between steps, leave when done.
+
+    batcher = Batcher(engine, max_rows=16, max_queue=64)
+    req = batcher.submit(ids, [SamplingParams(seed=1)] * 2, top_logprobs=5)   # n = 2 rows
+    for ev in req:                                    # TokenEvents, then one Finished per row
+        ...
+    req.cancel()                                      # from any thread: its rows end "cancelled"
+    batcher.close()
+
+A request is one prompt with one SamplingParams per row (OpenAI's `n`). It waits in a bounded
+queue (`QueueFull` when that is full) until the running batch has room for all its rows, is then
+prefilled and joins the batch (generate._join) before the next decode step. Every step runs
+generate.py's own stages (_draw, _step_events, _evict, _decode), so a row yields exactly the events
+`Engine.generate` would; a row whose request is cancelled (a client gone, a timeout, shutdown)
+leaves before the next draw, and its cache row is freed at once.
+
+Each row draws from its own seeded generator, so a seed gives the same draws whatever else is in
+the batch. The logits themselves can differ from a lone run in the last bits (the batch's rows
+share matrix products and the cache layout moves with the batch), which changes a token only where
+two candidates tie to within float rounding.
+
+Events reach a request through `sink`, called on the batcher's thread (it must not block); the
+default sink queues them for iteration. Nothing here prints or knows about HTTP (tui/serve.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import queue
+import threading
+import time
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .engine import Engine, with_seeds
+from .errors import InputError, TiankongError
+from .events import Event, Finished, Timing, TokenEvent, Usage
+from .generate import _Batch, _cancelled, _decode, _draw, _evict, _join, _prefill, _setup_rows, _step_events
+from .sampling import SamplingParams
+
+
+class QueueFull(TiankongError):
+    """The batcher's queue is full; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Request:
+    """One prompt's rows in the batcher: iterate it for its events, or give `sink` to submit."""
+
+    def __init__(
+        self,
+        prompt: list[int],
+        params: list[SamplingParams],
+        top_logprobs: int,
+        sink: Callable[[Event], None] | None,
+        wake: Callable[[], None],
+    ) -> None:
+        self.prompt, self.params, self.top_logprobs = prompt, params, top_logprobs
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._sink = sink or self._queue.put
+        self._wake = wake
+        self._cancel = threading.Event()
+        self.rows_left = len(params)  # rows not finished yet (the batcher's thread writes it)
+        self.done = threading.Event()  # set after the last row's Finished was delivered
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """End every row of this request before its next token (any thread; idempotent)."""
+        self._cancel.set()
+        self._wake()
+
+    def deliver(self, ev: Event) -> None:
+        """Hand one event to the request's sink (the batcher's thread)."""
+        self._sink(ev)
+        if isinstance(ev, Finished):
+            self.rows_left -= 1
+            if self.rows_left == 0:
+                self.done.set()
+
+    def finish_unstarted(self, reason: str, message: str = "") -> None:
+        """End every row of a request that never joined the batch (none has streamed anything)."""
+        assert self.rows_left == len(self.params), "rows of this request already ran"
+        for i in range(len(self.params)):
+            self.deliver(Finished(i, "", reason, Usage(len(self.prompt), 0), Timing(0.0, 0.0, 0.0), (), message))
+
+    def __iter__(self) -> Iterator[Event]:
+        """The events of the default sink, until every row has finished."""
+        left = len(self.params)
+        while left:
+            ev = self._queue.get()
+            left -= isinstance(ev, Finished)
+            yield ev
+
+
+class Batcher:
+    """Owns the decode loop of one engine in a background thread (see the module docstring).
+
+    max_rows: rows decoded together (the batch's width); max_queue: requests waiting for room.
+    """
+
+    def __init__(self, engine: Engine, max_rows: int = 16, max_queue: int = 64) -> None:
+        if max_rows < 1 or max_queue < 0:
+            raise InputError(f"max_rows must be at least 1 and max_queue at least 0, got {max_rows}, {max_queue}")
+        self.engine, self.max_rows, self.max_queue = engine, max_rows, max_queue
+        self._cond = threading.Condition()
+        self._pending: collections.deque[Request] = collections.deque()
+        self._batch: _Batch | None = None
+        self._rows = 0  # rows in the running batch (read from any thread)
+        self._closing = False  # no new requests
+        self._stop = False  # cancel what is left and end the thread
+        self._eos = torch.tensor(sorted(engine.tokenizer.eos_ids), dtype=torch.long)
+        self._thread = threading.Thread(target=self._loop, name="tiankong-batcher", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ any thread
+
+    @property
+    def rows(self) -> int:
+        """Rows in the running batch (each holds a KV cache row)."""
+        return self._rows
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for room in the batch."""
+        return len(self._pending)
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: Sequence[SamplingParams],
+        *,
+        top_logprobs: int = 0,
+        sink: Callable[[Event], None] | None = None,
+    ) -> Request:
+        """Queue one prompt with one SamplingParams per row (rows without a seed get a fresh one).
+        Raises InputError for a request that can never run, QueueFull when the queue is full."""
+        eng = self.engine
+        if not params:
+            raise InputError("a request needs at least one row (n >= 1)")
+        if len(params) > self.max_rows:
+            raise InputError(f"n is {len(params)} but the server runs at most {self.max_rows} rows; lower n")
+        if not 0 <= top_logprobs <= eng.cfg.vocab_size:
+            raise InputError(f"top_logprobs must be in [0, {eng.cfg.vocab_size}], got {top_logprobs}")
+        if len(prompt) == 0:
+            raise InputError("empty prompt: give some text")
+        eng.check_fits(prompt)
+        for p in params:
+            p.validate()
+        req = Request(list(prompt), with_seeds(params), top_logprobs, sink, self._wake)
+        with self._cond:
+            if self._closing:
+                raise QueueFull("the server is shutting down", retry_after=5)
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests are already waiting; retry shortly")
+            self._pending.append(req)
+            self._cond.notify()
+        return req
+
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop taking requests; let running and queued rows finish for up to `timeout` seconds,
+        then cancel what is left and stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        deadline = time.monotonic() + timeout
+        while (self._rows or self._pending) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._cond:
+            for req in list(self._pending) + [r.owner for r in (self._batch.rows if self._batch else [])]:
+                req.cancel()
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ the batcher's thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and self._batch is None and not self._stop:
+                    self._cond.wait()
+                if self._stop and self._batch is None:
+                    for req in self._pending:
+                        req.finish_unstarted("cancelled")
+                    self._pending.clear()
+                    return
+                admitted = self._take_admitted()
+            try:
+                self._admit(admitted)
+                self._step()
+            except Exception as e:  # noqa: BLE001 - a bug or an allocation failure must not kill the loop
+                self._fail_all(f"{type(e).__name__}: {e}", admitted)
+            self._rows = len(self._batch.rows) if self._batch else 0
+
+    def _take_admitted(self) -> list[Request]:
+        """Pop the queued requests that fit in the batch, in order (under the lock)."""
+        room = self.max_rows - (len(self._batch.rows) if self._batch else 0)
+        admitted = []
+        while self._pending and (self._pending[0].cancelled or len(self._pending[0].params) <= room):
+            req = self._pending.popleft()
+            if req.cancelled:
+                req.finish_unstarted("cancelled")
+                continue
+            room -= len(req.params)
+            admitted.append(req)
+        return admitted
+
+    def _admit(self, admitted: list[Request]) -> None:
+        """Prefill the admitted requests together and join them to the running batch."""
+        eng = self.engine
+        prompts, rows = [], []
+        for req in admitted:
+            try:
+                new = _setup_rows(eng.cfg, eng.tokenizer, [req.prompt] * len(req.params), req.params, None)
+            except TiankongError as e:
+                req.finish_unstarted("error", str(e))
+                continue
+            for r in new:
+                r.owner = req
+            prompts += [req.prompt] * len(new)
+            rows += new
+        if not rows:
+            return
+        try:
+            new_batch = _prefill(eng.model, eng.cfg, prompts, rows, None)
+            self._batch = _join(self._batch, new_batch)
+        except TiankongError as e:  # e.g. the KV cache would not fit in memory: those requests fail
+            for req in dict.fromkeys(r.owner for r in rows):
+                req.finish_unstarted("error", str(e))
+
+    def _step(self) -> None:
+        """One decode step of the running batch: cancelled rows leave, every other row draws a
+        token, finished rows leave, the rest feed their tokens back."""
+        batch, eng = self._batch, self.engine
+        if batch is None:
+            return
+        if any(r.owner.cancelled for r in batch.rows):
+            for r in batch.rows:
+                if r.owner.cancelled:
+                    r.owner.deliver(_cancelled(r))
+            if not self._leave(batch, [b for b, r in enumerate(batch.rows) if not r.owner.cancelled]):
+                return
+        k = max(r.owner.top_logprobs for r in batch.rows)
+        draw = _draw(batch, self._eos, k)
+        events, keep = _step_events(eng.model, batch, draw, eng.token_text, None)
+        for r, ev in events:
+            if isinstance(ev, TokenEvent) and len(ev.candidates) > r.owner.top_logprobs:
+                ev = dataclasses.replace(ev, candidates=ev.candidates[: r.owner.top_logprobs])
+            r.owner.deliver(ev)
+        if self._leave(batch, keep, draw):
+            _decode(eng.model, eng.cfg, batch, draw.chosen, None)
+
+    def _leave(self, batch: _Batch, keep: list[int], draw=None) -> bool:
+        """Keep only these rows; False when none is left (the batch is dropped with its cache)."""
+        if not keep:
+            self._batch = None
+            return False
+        if len(keep) < len(batch.rows):
+            _evict(batch, keep, draw)
+        return True
+
+    def _fail_all(self, message: str, admitted: list[Request]) -> None:
+        """End every row with "error" after an unexpected failure, and drop the batch."""
+        rows, self._batch = (self._batch.rows if self._batch else []), None
+        for r in rows:
+            r.owner.deliver(r.finished("error", message))
+        for req in admitted:  # failed before joining the batch
+            if req.rows_left == len(req.params):
+                req.finish_unstarted("error", message)

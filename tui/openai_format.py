@@ -1,0 +1,338 @@
+"""OpenAI's HTTP API as data: request bodies -> a `Job`, engine events -> response objects.
+
+Pure functions, no server and no torch, so the shapes can be read (and tested) on their own. The
+request side checks every field's type and range and raises `ApiError` naming the field (OpenAI's
+`param`); the response side writes OpenAI's exact shapes:
+
+* chat: ``choices[].message`` (or ``delta`` when streaming) and ``choices[].logprobs.content[]``
+  of ``{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}``;
+* completions: ``choices[].text`` and the legacy ``logprobs`` of parallel lists ``tokens``,
+  ``token_logprobs``, ``top_logprobs`` ({token: logprob}) and ``text_offset``.
+
+tiankong adds what OpenAI has no field for: request fields `preset`, `top_k`, `min_p`,
+`repetition_penalty`; `p_sample` (the probability under the sampling distribution, beside the
+model's logprob) on every chat logprob entry and as the parallel lists `p_sample` and
+`top_p_sample` in completions; `seed` on every choice (the row's seed, so a run can be repeated).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tiankong.engine.errors import TiankongError
+from tiankong.engine.events import Finished, TokenEvent
+from tiankong.engine.params import SamplingParams
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's own cap
+MAX_STOP = 4  # OpenAI's own cap on stop strings
+
+# The engine's finish reasons in OpenAI's words; "cancelled" (timeout, shutdown) and "error" have none.
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "cancelled"}
+
+
+class ApiError(Exception):
+    """An error response: HTTP status, one-line message, the offending field (OpenAI's `param`)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Job:
+    """One checked request: what to generate and how to answer."""
+
+    chat: bool
+    prompts: list[Any]  # chat: [messages]; completions: prompt strings or token id lists
+    params: SamplingParams  # the first row's; row j of a prompt uses seed + j
+    n: int
+    stream: bool
+    include_usage: bool  # stream_options.include_usage
+    top_logprobs: int  # candidates per token (0 = none)
+    logprobs: bool  # whether to return logprobs at all
+    max_tokens_given: bool
+    id: str = field(default_factory=lambda: f"{'cmpl'}-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+# ---------------------------------------------------------------------------------------- requests
+
+_NUMBER, _INT, _BOOL, _STR = "number", "integer", "boolean", "string"
+
+# field -> expected JSON type (None accepted everywhere: OpenAI's "use the default").
+_COMMON = {
+    "model": _STR,
+    "max_tokens": _INT,
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "n": _INT,
+    "seed": _INT,
+    "stop": "string or array of strings",
+    "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "stream": _BOOL,
+    "stream_options": "object",
+    "user": _STR,
+    "logit_bias": "object",
+    # tiankong's own
+    "preset": _STR,
+    "top_k": _INT,
+    "min_p": _NUMBER,
+    "repetition_penalty": _NUMBER,
+}
+_CHAT = {
+    **_COMMON,
+    "messages": "array",
+    "logprobs": _BOOL,
+    "top_logprobs": _INT,
+    "max_completion_tokens": _INT,
+}
+_COMPLETIONS = {**_COMMON, "prompt": "string or array", "logprobs": _INT, "echo": _BOOL, "best_of": _INT}
+_SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p")
+_SAMPLING_FIELDS += ("repetition_penalty", "seed")
+
+# OpenAI's defaults where no preset is named: plain sampling at temperature 1.
+OPENAI_DEFAULTS = SamplingParams(temperature=1.0, top_p=1.0)
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == "object":
+        return isinstance(value, dict)
+    if kind == "array":
+        return isinstance(value, list)
+    if kind.startswith("string or array"):
+        return isinstance(value, (str, list))
+    raise AssertionError(kind)
+
+
+def parse_request(
+    body: Any, chat: bool, *, max_rows: int, max_tokens_cap: int, preset: Callable[[str], SamplingParams]
+) -> Job:
+    """A request body (parsed JSON) -> Job; ApiError(400) naming the first bad field.
+
+    preset: name -> its SamplingParams (raises TiankongError for an unknown name).
+    """
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    spec = _CHAT if chat else _COMPLETIONS
+    for name, value in body.items():
+        if name not in spec:
+            raise ApiError(400, f"Unrecognized request argument supplied: {name}", name)
+        if value is not None and not _type_ok(value, spec[name]):
+            raise ApiError(400, f"{name} must be {_article(spec[name])}, got {_json_type(value)}", name)
+    given = {k: v for k, v in body.items() if v is not None}
+    required = "messages" if chat else "prompt"
+    if required not in given:
+        raise ApiError(400, f"{required} is required", required)
+    _refuse_unsupported(given)
+    params = _sampling_params(given, max_tokens_cap, preset)
+    n = given.get("n", 1)
+    if not 1 <= n <= max_rows:
+        raise ApiError(400, f"n must be in [1, {max_rows}], got {n}", "n")
+    if given.get("best_of", n) != n:
+        raise ApiError(400, "best_of is not supported (it must equal n)", "best_of")
+    top, logprobs = _logprobs(given, chat)
+    options = given.get("stream_options") or {}
+    if set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, 'stream_options takes only {"include_usage": true|false}', "stream_options")
+    prompts = [_messages(given["messages"])] if chat else _prompts(given["prompt"])
+    return Job(
+        chat,
+        prompts,
+        params,
+        n,
+        bool(given.get("stream", False)),
+        bool(options.get("include_usage", False)),
+        top,
+        logprobs,
+        "max_tokens" in given or "max_completion_tokens" in given,
+        id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+    )
+
+
+def _refuse_unsupported(given: dict[str, Any]) -> None:
+    if given.get("logit_bias"):
+        raise ApiError(400, "logit_bias is not supported", "logit_bias")
+    if given.get("echo"):
+        raise ApiError(400, "echo is not supported", "echo")
+
+
+def _sampling_params(given: dict[str, Any], max_tokens_cap: int, preset: Callable) -> SamplingParams:
+    """The preset's parameters (OpenAI's defaults without one), overlaid with the request's."""
+    base = OPENAI_DEFAULTS
+    if "preset" in given:
+        try:
+            base = preset(given["preset"])
+        except TiankongError as e:
+            raise ApiError(400, str(e), "preset") from None
+    changes = {name: given[name] for name in _SAMPLING_FIELDS if name in given}
+    for name in ("max_completion_tokens", "max_tokens"):
+        if name in given:
+            if not 1 <= given[name] <= max_tokens_cap:
+                raise ApiError(400, f"{name} must be in [1, {max_tokens_cap}], got {given[name]}", name)
+            changes["max_new_tokens"] = given[name]
+    if "stop" in given:
+        stop = given["stop"]
+        stop = [stop] if isinstance(stop, str) else stop
+        if not all(isinstance(s, str) and s for s in stop) or len(stop) > MAX_STOP:
+            raise ApiError(400, f"stop must be a string or up to {MAX_STOP} non-empty strings", "stop")
+        changes["stop"] = tuple(stop)
+    for name, value in changes.items():  # one at a time, so an error names its field
+        try:
+            base = base.replace(**{name: value})
+        except TiankongError as e:  # max_new_tokens was checked above, against the cap
+            raise ApiError(400, str(e), name) from None
+    return base
+
+
+def _logprobs(given: dict[str, Any], chat: bool) -> tuple[int, bool]:
+    """-> (candidates per token, whether logprobs are returned)."""
+    if chat:
+        top = given.get("top_logprobs", 0)
+        if top and not given.get("logprobs"):
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        name, on = "top_logprobs", bool(given.get("logprobs"))
+    else:
+        top = given.get("logprobs", 0)
+        name, on = "logprobs", "logprobs" in given
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"{name} must be in [0, {MAX_TOP_LOGPROBS}], got {top}", name)
+    return top, on
+
+
+def _messages(messages: list) -> list[dict]:
+    """OpenAI messages -> {"role", "content"} with text content (a list of text parts is joined)."""
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f'{where} must be an object with a string "role"', "messages")
+        content = m.get("content")
+        if isinstance(content, list):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise ApiError(400, f"{where}.content: only text parts are supported", "messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"{where}.content must be a string or an array of text parts", "messages")
+        out.append({"role": m["role"], "content": content})
+    if not out:
+        raise ApiError(400, "messages is empty; give at least one message", "messages")
+    return out
+
+
+def _prompts(prompt: str | list) -> list[str | list[int]]:
+    """A completions prompt: a string, an array of strings, token ids, or an array of token id arrays."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(_type_ok(t, _INT) for t in prompt):
+        return [prompt]
+    if prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if prompt and all(isinstance(p, list) and p and all(_type_ok(t, _INT) for t in p) for p in prompt):
+        return list(prompt)
+    raise ApiError(400, "prompt must be a string, an array of strings or an array of token ids", "prompt")
+
+
+def _article(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    return f"{names.get(type(value), type(value).__name__)} {value!r}"[:80]
+
+
+# --------------------------------------------------------------------------------------- responses
+
+_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_bytes(text: str) -> list[int]:
+    """The UTF-8 bytes of a token's readable text, with <0xNN> pieces as the byte they stand for."""
+    out, at = bytearray(), 0
+    for m in _BYTE.finditer(text):
+        out += text[at : m.start()].encode("utf-8", "surrogatepass") + bytes([int(m.group(1), 16)])
+        at = m.end()
+    return list(out + text[at:].encode("utf-8", "surrogatepass"))
+
+
+def chat_logprob(ev: TokenEvent, token: str) -> dict[str, Any]:
+    """One entry of choices[].logprobs.content[], with tiankong's p_sample beside each logprob."""
+    return {
+        "token": token,
+        "logprob": ev.logprob,
+        "bytes": token_bytes(token),
+        "p_sample": ev.p_sample,
+        "top_logprobs": [
+            {"token": c.text, "logprob": c.logprob, "bytes": token_bytes(c.text), "p_sample": c.p_sample}
+            for c in ev.candidates
+        ],
+    }
+
+
+@dataclass
+class LegacyLogprobs:
+    """Completions' parallel lists, grown one token at a time (text_offset counts characters)."""
+
+    offset: int = 0
+    tokens: list[str] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    text_offset: list[int] = field(default_factory=list)
+    p_sample: list[float] = field(default_factory=list)
+    top_p_sample: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, ev: TokenEvent, token: str) -> None:
+        self.tokens.append(token)
+        self.token_logprobs.append(ev.logprob)
+        self.top_logprobs.append({c.text: c.logprob for c in ev.candidates})
+        self.text_offset.append(self.offset)
+        self.p_sample.append(ev.p_sample)
+        self.top_p_sample.append({c.text: c.p_sample for c in ev.candidates})
+        self.offset += len(ev.text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top_logprobs,
+            "text_offset": self.text_offset,
+            "p_sample": self.p_sample,
+            "top_p_sample": self.top_p_sample,
+        }
+
+
+def finish_reason(fin: Finished) -> str:
+    return FINISH.get(fin.finish_reason, fin.finish_reason)
+
+
+def envelope(job: Job, model: str, choices: list[dict], chunk: bool = False) -> dict[str, Any]:
+    """The object around choices: chat.completion(.chunk) or text_completion."""
+    obj = ("chat.completion.chunk" if chunk else "chat.completion") if job.chat else "text_completion"
+    return {"id": job.id, "object": obj, "created": job.created, "model": model, "choices": choices}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,0 +1,374 @@
+"""`tiankong serve`: an OpenAI-compatible HTTP server over one engine, with continuous batching.
+
+    tiankong serve -m ../shared/models/stories260K --port 8000
+    curl localhost:8000/v1/completions -d '{"prompt": "Once", "max_tokens": 20, "logprobs": 5}'
+
+Routes: /v1/chat/completions, /v1/completions (streaming as server-sent events ending in
+`data: [DONE]`, or one JSON), /v1/models, /health. Requests go to one engine.batcher.Batcher, whose
+thread runs the decode loop; the event loop only parses, queues and writes (openai_format.py holds
+the request checks and response shapes).
+
+Limits: a bounded queue (429 with Retry-After when full), a body size cap (413), a max_tokens cap
+(the context, by default), a per-request timeout (rows still running are cancelled), 400 with
+OpenAI's error JSON naming the field for anything malformed. The server binds 127.0.0.1 unless
+told otherwise, and any other address needs an API key (--api-key or TIANKONG_API_KEY), then
+required as `Authorization: Bearer KEY` on every route but /health. On SIGINT/SIGTERM uvicorn stops
+accepting connections and gives running requests `drain_s` seconds; what is still running then is
+cancelled between two tokens, so no row or cache is left half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tiankong.engine.batcher import Batcher, QueueFull
+from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.events import Event, Finished, TokenEvent
+from tiankong.presets import get_preset
+from tiankong.tui import openai_format as fmt
+
+
+@dataclass
+class ServeConfig:
+    """How the server runs; every field is a `tiankong serve` flag."""
+
+    host: str = "127.0.0.1"  # any other address needs api_key
+    port: int = 8000
+    api_key: str | None = None  # required as a bearer token when set
+    model_name: str | None = None  # the id in /v1/models and responses (default: the folder's name)
+    max_rows: int = 16  # rows decoded together
+    max_queue: int = 64  # requests waiting for a row; more get 429
+    max_body_bytes: int = 1 << 20  # larger bodies get 413
+    max_tokens: int | None = None  # cap on max_tokens (default: the model's context)
+    timeout_s: float = 600.0  # per request; its rows are then cancelled
+    drain_s: float = 10.0  # on shutdown, how long running requests may finish
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse a non-loopback address without an API key: anyone on the network could use it."""
+    if host == "localhost" or api_key:
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InputError(f"--host {host} exposes the server beyond this machine; set --api-key (or TIANKONG_API_KEY)")
+
+
+# ------------------------------------------------------------------------------------- the app
+
+
+def build_app(engine: Engine, batcher: Batcher, cfg: ServeConfig) -> Starlette:
+    """The ASGI app: routes, auth, and the batcher's shutdown when the app stops."""
+    server = _Server(engine, batcher, cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.to_thread(batcher.close, 0.0)  # uvicorn has already drained the requests
+
+    routes = [
+        Route("/health", server.health, methods=["GET"]),
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/chat/completions", server.chat, methods=["POST"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.server = server
+    return app
+
+
+class _Server:
+    def __init__(self, engine: Engine, batcher: Batcher, cfg: ServeConfig) -> None:
+        self.engine, self.batcher, self.cfg = engine, batcher, cfg
+        self.name = cfg.model_name or engine.folder.name
+        self.max_tokens = min(cfg.max_tokens or engine.cfg.max_seq_len, engine.cfg.max_seq_len)
+        self.created = int(time.time())
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "rows": self.batcher.rows, "pending": self.batcher.pending})
+
+    async def models(self, request: Request) -> Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "tiankong"}
+        card["context_length"] = self.engine.cfg.max_seq_len
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
+
+    # ---------------------------------------------------------------- one request
+
+    async def _complete(self, request: Request, chat: bool) -> Response:
+        """Check, encode and queue the request, then stream or collect its events."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        try:
+            body = await self._read_json(request)
+            job = fmt.parse_request(
+                body,
+                chat,
+                max_rows=self.batcher.max_rows,
+                max_tokens_cap=self.max_tokens,
+                preset=lambda name: get_preset(name).params,
+            )
+            if "model" in body and body["model"] not in (self.name, str(self.engine.folder)):
+                raise fmt.ApiError(404, f"model {body['model']!r} is not served here; use {self.name!r}", "model")
+            ids = [await asyncio.to_thread(self._encode, job, p) for p in job.prompts]
+            queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+            reqs = self._submit(job, ids, queue)
+        except fmt.ApiError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        except QueueFull as e:
+            err = fmt.ApiError(429, str(e), code="rate_limit_exceeded")
+            return JSONResponse(err.body(), status_code=429, headers={"Retry-After": str(e.retry_after)})
+        stream = _Stream(self, job, ids, reqs, queue)
+        if job.stream:
+            return StreamingResponse(
+                stream.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        return await stream.collect(request)
+
+    def _auth(self, request: Request) -> Response | None:
+        key = self.cfg.api_key
+        if not key:
+            return None
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return None
+        err = fmt.ApiError(401, "Incorrect or missing API key: send Authorization: Bearer KEY", code="invalid_api_key")
+        return JSONResponse(err.body(), status_code=401)
+
+    async def _read_json(self, request: Request) -> Any:
+        """The body, refused past max_body_bytes before it is all read (413), parsed as JSON (400)."""
+        cap = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise fmt.ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {cap:,}")
+        data = bytearray()
+        async for part in request.stream():
+            data += part
+            if len(data) > cap:
+                raise fmt.ApiError(413, f"the request body is over the limit of {cap:,} bytes")
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise fmt.ApiError(400, f"We could not parse the JSON body of your request: {e}") from None
+
+    def _encode(self, job: fmt.Job, prompt: Any) -> list[int]:
+        """One prompt -> token ids, refused (400) when it leaves no room for an answer."""
+        eng = self.engine
+        param = "messages" if job.chat else "prompt"
+        try:
+            if job.chat:
+                ids = eng.encode(messages=prompt)
+            elif isinstance(prompt, str):
+                ids = eng.encode(prompt=prompt, raw=True)
+            else:
+                ids = list(prompt)
+                if not all(0 <= t < eng.cfg.vocab_size for t in ids):
+                    raise InputError(f"token ids must be in [0, {eng.cfg.vocab_size - 1}]")
+            eng.check_fits(ids)
+        except TiankongError as e:
+            raise fmt.ApiError(400, str(e), param) from None
+        return ids
+
+    def _submit(self, job: fmt.Job, ids: list[list[int]], queue: asyncio.Queue) -> list:
+        """One batcher request per prompt (n rows each, seeds seed, seed + 1, ...); all or none."""
+        loop = asyncio.get_running_loop()
+        p = job.params
+        if p.seed is None:
+            from tiankong.engine.engine import draw_seed
+
+            p = p.replace(seed=draw_seed())
+        if not job.max_tokens_given and job.chat:  # OpenAI's chat default: as long as the context allows
+            p = p.replace(max_new_tokens=self.max_tokens)
+        elif not job.max_tokens_given:
+            p = p.replace(max_new_tokens=16)  # OpenAI's completions default
+        reqs = []
+        try:
+            for i, prompt_ids in enumerate(ids):
+
+                def sink(ev: Event, i: int = i) -> None:
+                    loop.call_soon_threadsafe(queue.put_nowait, (i, ev))
+
+                rows = [p.replace(seed=(p.seed + j) % 2**64) for j in range(job.n)]
+                reqs.append(self.batcher.submit(prompt_ids, rows, top_logprobs=job.top_logprobs, sink=sink))
+        except TiankongError as e:
+            for r in reqs:
+                r.cancel()
+            if isinstance(e, QueueFull):
+                raise
+            raise fmt.ApiError(400, str(e), "n") from None
+        return reqs
+
+
+class _Stream:
+    """One request's events from the batcher, as SSE chunks or as one response."""
+
+    def __init__(self, server: _Server, job: fmt.Job, ids: list[list[int]], reqs: list, queue: asyncio.Queue) -> None:
+        self.server, self.job, self.ids, self.reqs, self.queue = server, job, ids, reqs, queue
+        self.left = len(reqs) * job.n  # rows not finished
+        self.deadline = time.monotonic() + server.cfg.timeout_s
+
+    def choice_index(self, i: int, ev: Event) -> int:
+        return i * self.job.n + ev.row
+
+    def seed(self, row: int) -> int:
+        return self.reqs[0].params[row].seed
+
+    async def events(self, request: Request | None = None) -> AsyncIterator[tuple[int, Event]]:
+        """Every (prompt, event) until all rows finished; past the deadline, or when the client of a
+        collected request is gone, the rows are cancelled (they then finish "cancelled")."""
+        try:
+            while self.left:
+                wait = self.deadline - time.monotonic()
+                try:
+                    i, ev = await asyncio.wait_for(self.queue.get(), timeout=max(0.0, min(wait, 1.0)))
+                except asyncio.TimeoutError:
+                    gone = request is not None and await request.is_disconnected()
+                    if gone or time.monotonic() >= self.deadline:
+                        self.cancel()
+                    continue
+                self.left -= isinstance(ev, Finished)
+                yield i, ev
+        finally:
+            if self.left:  # the client went away (or the server is stopping): free the rows now
+                self.cancel()
+
+    def cancel(self) -> None:
+        for r in self.reqs:
+            r.cancel()
+
+    def token_text(self, ev: TokenEvent) -> str:
+        return self.server.engine.token_text(ev.id)
+
+    # ---------------------------------------------------------------- streaming
+
+    async def sse(self) -> AsyncIterator[bytes]:
+        job, name = self.job, self.server.name
+        completion_tokens = 0
+        if job.chat:  # OpenAI's first chunk carries the role only
+            delta = {"role": "assistant", "content": ""}
+            first = [{"index": c, "delta": delta, "logprobs": None, "finish_reason": None} for c in range(self.left)]
+            yield _sse(fmt.envelope(job, name, first, chunk=True))
+        offsets: dict[int, int] = {}
+        async for i, ev in self.events():
+            c = self.choice_index(i, ev)
+            if isinstance(ev, TokenEvent):
+                completion_tokens += 1
+                choice = self._chunk_choice(c, ev, offsets)
+            else:
+                choice = self._final_chunk_choice(c, ev)
+            if choice is not None:
+                yield _sse(fmt.envelope(job, name, [choice], chunk=True))
+        if job.include_usage:
+            prompt_tokens = sum(len(x) for x in self.ids)
+            out = fmt.envelope(job, name, [], chunk=True) | {"usage": fmt.usage(prompt_tokens, completion_tokens)}
+            yield _sse(out)
+        yield b"data: [DONE]\n\n"
+
+    def _chunk_choice(self, c: int, ev: TokenEvent, offsets: dict[int, int]) -> dict[str, Any]:
+        job, token = self.job, self.token_text(ev)
+        if job.chat:
+            lp = {"content": [fmt.chat_logprob(ev, token)], "refusal": None} if job.logprobs else None
+            return {"index": c, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
+        lp = None
+        if job.logprobs:
+            one = fmt.LegacyLogprobs(offset=offsets.get(c, 0))
+            one.add(ev, token)
+            lp = one.to_dict()
+        offsets[c] = offsets.get(c, 0) + len(ev.text)
+        return {"index": c, "text": ev.text, "logprobs": lp, "finish_reason": None}
+
+    def _final_chunk_choice(self, c: int, fin: Finished) -> dict[str, Any]:
+        """The last chunk of a choice: its finish_reason and seed (and the error, if any)."""
+        out: dict[str, Any] = {"index": c, "logprobs": None, "finish_reason": fmt.finish_reason(fin)}
+        out.update({"delta": {}} if self.job.chat else {"text": ""})
+        out["seed"] = self.seed(fin.row)
+        if fin.message:
+            out["error"] = fin.message
+        return out
+
+    # ---------------------------------------------------------------- one response
+
+    async def collect(self, request: Request) -> Response:
+        job = self.job
+        n_choices = len(self.reqs) * job.n
+        texts: dict[int, Finished] = {}
+        chat_lp: list[list] = [[] for _ in range(n_choices)]
+        legacy = [fmt.LegacyLogprobs() for _ in range(n_choices)]
+        async for i, ev in self.events(request):
+            c = self.choice_index(i, ev)
+            if isinstance(ev, Finished):
+                texts[c] = ev
+            elif job.logprobs and job.chat:
+                chat_lp[c].append(fmt.chat_logprob(ev, self.token_text(ev)))
+            elif job.logprobs:
+                legacy[c].add(ev, self.token_text(ev))
+        if all(f.finish_reason == "error" for f in texts.values()):
+            err = fmt.ApiError(500, next(iter(texts.values())).message or "generation failed")
+            return JSONResponse(err.body(), status_code=500)
+        choices = []
+        for c in range(n_choices):
+            fin = texts[c]
+            choice: dict[str, Any] = {"index": c}
+            if job.chat:
+                choice["message"] = {"role": "assistant", "content": fin.text, "refusal": None}
+                choice["logprobs"] = {"content": chat_lp[c], "refusal": None} if job.logprobs else None
+            else:
+                choice["text"] = fin.text
+                choice["logprobs"] = legacy[c].to_dict() if job.logprobs else None
+            choice["finish_reason"] = fmt.finish_reason(fin)
+            choice["seed"] = self.seed(fin.row)
+            choices.append(choice)
+        completion = sum(f.usage.completion_tokens for f in texts.values())
+        body = fmt.envelope(job, self.server.name, choices)
+        body["usage"] = fmt.usage(sum(len(x) for x in self.ids), completion)
+        return JSONResponse(body)
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def serve(engine: Engine, cfg: ServeConfig) -> None:
+    """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it."""
+    import uvicorn
+
+    check_bind(cfg.host, cfg.api_key)
+    batcher = Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue)
+    app = build_app(engine, batcher, cfg)
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level="warning",
+        timeout_graceful_shutdown=cfg.drain_s,
+        limit_concurrency=cfg.max_queue + cfg.max_rows + 16,  # past that, 503 before any work
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        batcher.close(0.0)
