@@ -250,9 +250,10 @@ class _Fields:
         field = self.reader.fields.get(key)
         if field is None:
             raise TokenizerError(f"{self.path}: the file has no {key}; re-convert it with llama.cpp's converter")
-        if tuple(field.types[: len(want)]) != want or len(field.types) != len(want):
-            shown = "/".join(t.name.lower() for t in field.types)
-            raise TokenizerError(f"{self.path}: {key} is a {shown}, not {want[-1].name.lower()}; re-convert the file")
+        if tuple(field.types) != want:
+            raise TokenizerError(
+                f"{self.path}: {key} is {_shown(field.types)}, not {_shown(want)}; re-convert the file"
+            )
         return field
 
     def string(self, key: str, limit: int = MAX_TOKEN_BYTES) -> str:
@@ -260,8 +261,6 @@ class _Fields:
         return self._decode(key, field.parts[field.data[0]], limit)
 
     def strings(self, key: str, max_count: int, max_bytes: int, max_total: int) -> list[str]:
-        if key not in self.reader.fields:
-            return []
         field = self._field(key, (GGUFValueType.ARRAY, GGUFValueType.STRING))
         if len(field.data) > max_count:
             raise TokenizerError(f"{self.path}: {key} has {len(field.data):,} entries, at most {max_count:,}")
@@ -315,6 +314,12 @@ class _Fields:
             raise TokenizerError(
                 f"{self.path}: {key} is not UTF-8 ({error.reason} at byte {error.start}); re-convert the file"
             ) from None
+
+
+def _shown(types: Any) -> str:
+    """A GGUF value type in words: "a string", "an array of int32"."""
+    names = [t.name.lower() for t in types]
+    return "an array of " + names[-1] if names[0] == "array" else "a " + names[0]
 
 
 _INTEGER_TYPES = (

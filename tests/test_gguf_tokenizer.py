@@ -1,0 +1,359 @@
+"""GGUF tokenizers (engine/gguf_tokenizer.py) against three independent references on the same files.
+
+Each tokenizer folder is written into a tokenizer-only GGUF the way llama.cpp's converter writes it
+(tests/gguf_vocab.py), then read back with tiankong and compared with:
+  (a) the source folder's tokenizer (engine.tokenizer.load_tokenizer, itself pinned to transformers),
+  (b) transformers' own GGUF tokenizer (AutoTokenizer.from_pretrained(dir, gguf_file=...)),
+  (c) llama.cpp (llama-cpp-python, vocab_only), skipped when llama_cpp is not installed.
+llama.cpp is the one tiankong follows where they disagree: a SentencePiece vocabulary gets its "▁"
+prefix before every stretch of text that follows a special token, and before a leading space too
+(transformers' Metaspace "first" does neither). Those texts are compared with (c) and with
+SentencePiece itself, fragment by fragment, not with (a) and (b).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import gguf
+import pytest
+from gguf_vocab import tokenizer_only_gguf
+from test_tokenizer import CHATML_SPECIALS, CORPUS, STORIES
+
+from tiankong.engine.chat import ChatTemplate
+from tiankong.engine.errors import TokenizerError
+from tiankong.engine.gguf_tokenizer import PRE_TOKENIZERS, chat_template_from_gguf, tokenizer_from_gguf
+from tiankong.engine.tokenizer import check_token_ids, load_tokenizer
+
+# Texts every implementation splits the same way.
+TEXTS = [
+    "Once upon a time",
+    "multiple   inner    spaces and trailing   ",
+    "line one\nline two\n\n\nline five\n\ttab",
+    "你好，世界！天空",
+    "emoji 😀🎉 and a rare one 🦜, café",
+    "bytes \x01\x7f and ꙮ need byte fallback",
+    "I've 'RE numbers 1234567 3.14",
+    "\n",
+    "",
+    "<|im_start|>",
+    "<think>why</think> so",
+]
+# Texts where llama.cpp's SentencePiece prefix differs from transformers' (leading spaces, text after
+# a special token); byte-level vocabularies agree on these too.
+PREFIX_TEXTS = [
+    " leading space",
+    "  two leading",
+    " ",
+    "<s>Hi</s> there",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+]
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+BOS_TEMPLATE = "{{ bos_token }}{% for m in messages %}[{{ m.role | upper }}] {{ m.content }}{{ eos_token }}{% endfor %}"
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "你好 😀 <think>?"},
+    {"role": "assistant", "content": " Hi there"},
+]
+
+# tokenizer.json pre-tokenizer regexes (transformers' spellings, as the real models' files have them)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = _QWEN2_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+
+
+# --- tokenizer folders and their GGUF files ------------------------------------------------------------
+
+
+def make_bpe_folder(folder: Path, style: str) -> Path:
+    """A byte-level BPE shaped like a real family's tokenizer.json: "qwen2" (Split regex, ChatML,
+    <think> as a plain added token), "llama-bpe" (Llama 3: Split regex, ignore_merges, a BOS
+    post-processor) or "smollm" (individual digits, then GPT-2's regex)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=style == "smollm")
+    first = {
+        "qwen2": pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
+        "llama-bpe": pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+        "smollm": pre_tokenizers.Digits(individual_digits=True),
+    }[style]
+    specials = ["<|begin_of_text|>", "<|eot_id|>", *CHATML_SPECIALS]
+    tok = Tokenizer(models.BPE(ignore_merges=style == "llama-bpe"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([first, byte_level])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=460,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False), AddedToken("</think>", normalized=False)])
+    if style == "llama-bpe":
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A",
+            pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+            special_tokens=[("<|begin_of_text|>", bos)],
+        )
+        named = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        named = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(folder)
+    return folder
+
+
+def _with_template(source: Path, folder: Path, template: str) -> Path:
+    """A copy of a tokenizer folder whose tokenizer_config.json carries `template`."""
+    shutil.copytree(source, folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config["chat_template"] = template
+    config_path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module", params=["stories", "llama", "bytelevel", "qwen2", "llama-bpe", "smollm"])
+def case(request, tmp_path_factory):
+    """(kind, source folder, GGUF path) for one tokenizer."""
+    name = request.param
+    root = tmp_path_factory.mktemp(f"gguf-{name}")
+    if name == "stories":
+        if not STORIES.is_dir():
+            pytest.skip("shared stories260K model folder is absent")
+        folder = STORIES
+    elif name == "llama":
+        folder = _with_template(request.getfixturevalue("llama_folder"), root / "src", BOS_TEMPLATE)
+    elif name == "bytelevel":
+        folder = _with_template(request.getfixturevalue("bytelevel_folder"), root / "src", CHATML_TEMPLATE)
+    else:
+        folder = make_bpe_folder(root / "src", name)
+    path = tokenizer_only_gguf(folder, root / "model.gguf")
+    kind = "spm" if name in ("stories", "llama") else "bpe"
+    return kind, folder, path
+
+
+def _ours(path: Path):
+    return tokenizer_from_gguf(gguf.GGUFReader(path), path)
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    return pytest.importorskip("llama_cpp")
+
+
+def _llama(llama_cpp, path: Path):
+    return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+
+
+# --- ids -----------------------------------------------------------------------------------------------
+
+
+def test_ids_equal_the_source_folder_and_transformers_gguf_tokenizer(case):
+    from transformers import AutoTokenizer
+
+    kind, folder, path = case
+    ours, source = _ours(path), load_tokenizer(folder)
+    theirs = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    texts = TEXTS if kind == "spm" else TEXTS + PREFIX_TEXTS
+    for text in texts:
+        for add in (True, False):
+            ids = ours.encode(text, add_special_tokens=add)
+            assert ids == source.encode(text, add_special_tokens=add), (text, add)
+            assert ids == theirs.encode(text, add_special_tokens=add), (text, add)
+    assert (ours.bos_id, ours.add_bos, ours.vocab_size) == (source.bos_id, source.add_bos, source.vocab_size)
+    assert source.eos_ids <= ours.eos_ids
+
+
+def test_ids_equal_llama_cpp(case, llama_cpp):
+    _, _, path = case
+    ours, llm = _ours(path), _llama(llama_cpp, path)
+    for text in TEXTS + PREFIX_TEXTS:
+        for add in (True, False):
+            expected = llm.tokenize(text.encode(), add_bos=add, special=True)
+            assert ours.encode(text, add_special_tokens=add) == expected, (text, add)
+    assert ours.bos_id == llm.token_bos() or not ours.add_bos
+    assert llm.token_eos() in ours.eos_ids
+
+
+def test_sentencepiece_prefix_follows_llama_cpp_fragment_by_fragment(tmp_path):
+    """llama.cpp prefixes "▁" to each stretch of text between special tokens, leading spaces
+    included: the ids are SentencePiece's own encoding of each stretch (add_dummy_prefix on)."""
+    if not STORIES.is_dir():
+        pytest.skip("shared stories260K model folder is absent")
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(STORIES / "tokenizer.model"))
+    ours = _ours(tokenizer_only_gguf(STORIES, tmp_path / "stories.gguf"))
+    for text in PREFIX_TEXTS + TEXTS:
+        expected = [ours.bos_id]
+        for piece in re.split(r"(<s>|</s>|<unk>)", text):
+            if piece in ("<s>", "</s>", "<unk>"):
+                expected.append(sp.piece_to_id(piece))
+            elif piece:
+                expected += sp.encode(piece)
+        assert ours.encode(text) == expected, text
+
+
+def test_decode_round_trips(case):
+    """Byte-level text always comes back; SentencePiece text does where no special token put a "▁"
+    before the text after it (llama.cpp decodes "<s>Hi" to "<s> Hi" too: test_decode_matches_llama_cpp)."""
+    kind, _, path = case
+    ours = _ours(path)
+    for text in TEXTS + PREFIX_TEXTS:
+        ids = ours.encode(text, add_special_tokens=False)
+        if kind == "bpe" or not ours.special_ids & set(ids):
+            assert ours.decode(ids) == text, text
+
+
+def test_decode_matches_llama_cpp(case, llama_cpp):
+    """Against llama.cpp's pieces (llama_token_to_piece, what its generation prints) joined, less the
+    one leading space a SentencePiece vocabulary strips (llama_detokenize's remove_space). Not
+    llama_detokenize itself: for gpt-2/llama-bpe it also drops spaces before punctuation, which would
+    not round trip, and transformers does not either."""
+    kind, _, path = case
+    ours, llm = _ours(path), _llama(llama_cpp, path)
+    for text in TEXTS + PREFIX_TEXTS:
+        ids = ours.encode(text)
+        for skip in (True, False):
+            pieces = b"".join(llm.detokenize([i], special=not skip) for i in ids).decode("utf-8")
+            expected = pieces[1:] if kind == "spm" and pieces.startswith(" ") else pieces
+            assert ours.decode(ids, skip_special_tokens=skip) == expected, (text, skip)
+
+
+# --- metadata and chat template ------------------------------------------------------------------------
+
+
+def test_chat_template_renders_as_transformers_renders_it(case):
+    from transformers import AutoTokenizer
+
+    _, folder, path = case
+    reader = gguf.GGUFReader(path)
+    source = chat_template_from_gguf(reader)
+    if folder == STORIES:
+        assert source is None
+        return
+    theirs = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    template = ChatTemplate.for_tokenizer(source, _ours(path))
+    for add in (True, False):
+        expected = theirs.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=add)
+        assert template.render(MESSAGES, add_generation_prompt=add) == expected
+
+
+def test_special_tokens_and_eos_ids(case):
+    kind, folder, path = case
+    ours = _ours(path)
+    if kind == "spm":
+        assert (ours.bos_token, ours.eos_token, ours.add_bos) == ("<s>", "</s>", True)
+        assert {ours.id_to_piece(i) for i in ours.special_ids} >= {"<s>", "</s>", "<unk>"}
+    else:
+        # llama.cpp ends generation on these whatever the file's eos says
+        assert {_id(ours, text) for text in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")} - {None} <= ours.eos_ids
+        assert _id(ours, "<think>") not in ours.special_ids  # user-defined: matched whole, kept when decoding
+        assert ours.decode(ours.encode("<think>a"), skip_special_tokens=True) == "<think>a"
+    check_token_ids(ours, ours.vocab_size, path)
+    with pytest.raises(TokenizerError, match="embedding rows"):
+        check_token_ids(ours, ours.vocab_size - 1, path)
+
+
+def _id(tokenizer, text: str) -> int | None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 and tokenizer.id_to_piece(ids[0]) == text else None
+
+
+def test_pre_tokenizer_names_cover_the_common_families():
+    for name in ("default", "llama-bpe", "llama3", "qwen2", "smollm", "gpt-2", "deepseek-r1-qwen", "starcoder"):
+        assert name in PRE_TOKENIZERS
+
+
+# --- hostile metadata ----------------------------------------------------------------------------------
+
+_TOKENS = ["<unk>", "<s>", "</s>", "a", "b", "ab"]
+
+
+def _write(path: Path, overrides: dict | None = None) -> Path:
+    """A tokenizer-only GGUF from raw field values; a value of None leaves the key out."""
+    writer = gguf.GGUFWriter(path, "llama")
+    values = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.tokens": _TOKENS,
+        "tokenizer.ggml.token_type": [3, 3, 3, 1, 1, 1],
+        "tokenizer.ggml.merges": ["a b"],
+        **(overrides or {}),
+    }
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_array(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_well_formed_minimal_file_loads(tmp_path):
+    tok = _ours(_write(tmp_path / "ok.gguf"))
+    assert tok.encode("abab</s>", add_special_tokens=False) == [5, 5, 2]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tokenizer.ggml.tokens": None}, "has no tokenizer.ggml.tokens"),
+        ({"tokenizer.ggml.merges": None}, "has no tokenizer.ggml.merges"),
+        ({"tokenizer.ggml.tokens": [1, 2, 3]}, "tokenizer.ggml.tokens is an array of int32, not an array of string"),
+        ({"tokenizer.ggml.model": None}, "has no tokenizer.ggml.model"),
+        ({"tokenizer.ggml.token_type": [1, 1]}, "token_type has 2 entries for 6 tokens"),
+        ({"tokenizer.ggml.token_type": [1, 1, 1, 1, 1, 99]}, "outside 0..6"),
+        ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [0.0] * 5}, "scores has 5 entries"),
+        ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [float("nan")] * 6}, "NaN"),
+        ({"tokenizer.ggml.tokens": ["a", "b", "a"], "tokenizer.ggml.token_type": None}, "appears twice"),
+        ({"tokenizer.ggml.tokens": ["x" * 5000], "tokenizer.ggml.token_type": None}, "5,000-byte entry"),
+        ({"tokenizer.ggml.merges": ["a c"]}, "merge 0"),
+        ({"tokenizer.ggml.merges": ["ab"]}, "merge 0"),
+        ({"tokenizer.ggml.eos_token_id": 600}, "eos_token_id is 600, outside the vocabulary of 6"),
+        ({"tokenizer.ggml.pre": "no-such-pre"}, "'no-such-pre' is not a pre-tokenizer"),
+        ({"tokenizer.ggml.model": "bert"}, "tokenizer.ggml.model is 'bert'"),
+        ({"tokenizer.ggml.model": "m" * 10_000}, "10,000 bytes"),
+        ({"tokenizer.ggml.add_bos_token": True}, "add_bos_token is true but the file names no bos"),
+        ({"tokenizer.ggml.add_bos_token": 1}, "add_bos_token is a uint32, not a bool"),
+    ],
+)
+def test_hostile_metadata_is_one_line(tmp_path, fields, message):
+    path = _write(tmp_path / "bad.gguf", fields)
+    with pytest.raises(TokenizerError) as error:
+        _ours(path)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_non_utf8_tokens_and_long_sentencepiece_pieces_are_refused(tmp_path):
+    no_types = {"tokenizer.ggml.token_type": None}
+    path = _write(tmp_path / "bytes.gguf", {"tokenizer.ggml.tokens": [b"\xff\xfe", b"a"], **no_types})
+    with pytest.raises(TokenizerError, match="not UTF-8"):
+        _ours(path)
+    # 100 pieces of 2,000 characters: deriving merges would cut each at every position (4e8 steps).
+    long = [f"{i:03d}" + "x" * 1997 for i in range(100)]
+    path = _write(tmp_path / "long.gguf", {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": long, **no_types})
+    with pytest.raises(TokenizerError, match="too long to derive merges"):
+        _ours(path)
