@@ -202,7 +202,6 @@ class Batcher:
                 self._step()
             except Exception as e:  # noqa: BLE001 - a bug or an allocation failure must not kill the loop
                 self._fail_all(f"{type(e).__name__}: {e}", admitted)
-            self._rows = len(self._batch.rows) if self._batch else 0
 
     def _take_admitted(self) -> list[Request]:
         """Pop the queued requests that fit in the batch, in order (under the lock)."""
@@ -236,44 +235,53 @@ class Batcher:
         try:
             new_batch = _prefill(eng.model, eng.cfg, prompts, rows, None)
             self._batch = _join(self._batch, new_batch)
+            self._rows = len(self._batch.rows)
         except TiankongError as e:  # e.g. the KV cache would not fit in memory: those requests fail
             for req in dict.fromkeys(r.owner for r in rows):
                 req.finish_unstarted("error", str(e))
 
     def _step(self) -> None:
         """One decode step of the running batch: cancelled rows leave, every other row draws a
-        token, finished rows leave, the rest feed their tokens back."""
+        token, finished rows leave, the rest feed their tokens back. Events are delivered after the
+        rows they end have left, so a request that sees its Finished sees its row freed."""
         batch, eng = self._batch, self.engine
         if batch is None:
             return
         if any(r.owner.cancelled for r in batch.rows):
-            for r in batch.rows:
-                if r.owner.cancelled:
-                    r.owner.deliver(_cancelled(r))
-            if not self._leave(batch, [b for b, r in enumerate(batch.rows) if not r.owner.cancelled]):
+            gone = [(r.owner, _cancelled(r)) for r in batch.rows if r.owner.cancelled]
+            self._leave(batch, [b for b, r in enumerate(batch.rows) if not r.owner.cancelled])
+            self._deliver(gone)
+            if self._batch is None:
                 return
         k = max(r.owner.top_logprobs for r in batch.rows)
         draw = _draw(batch, self._eos, k)
         events, keep = _step_events(eng.model, batch, draw, eng.token_text, None)
+        out = []
         for r, ev in events:
             if isinstance(ev, TokenEvent) and len(ev.candidates) > r.owner.top_logprobs:
                 ev = dataclasses.replace(ev, candidates=ev.candidates[: r.owner.top_logprobs])
-            r.owner.deliver(ev)
-        if self._leave(batch, keep, draw):
+            out.append((r.owner, ev))
+        self._leave(batch, keep, draw)
+        self._deliver(out)
+        if self._batch is not None:
             _decode(eng.model, eng.cfg, batch, draw.chosen, None)
 
-    def _leave(self, batch: _Batch, keep: list[int], draw=None) -> bool:
-        """Keep only these rows; False when none is left (the batch is dropped with its cache)."""
+    def _leave(self, batch: _Batch, keep: list[int], draw=None) -> None:
+        """Keep only these rows (none: the batch is dropped with its cache)."""
         if not keep:
             self._batch = None
-            return False
-        if len(keep) < len(batch.rows):
+        elif len(keep) < len(batch.rows):
             _evict(batch, keep, draw)
-        return True
+        self._rows = len(keep)
+
+    @staticmethod
+    def _deliver(events: list[tuple[Request, Event]]) -> None:
+        for req, ev in events:
+            req.deliver(ev)
 
     def _fail_all(self, message: str, admitted: list[Request]) -> None:
         """End every row with "error" after an unexpected failure, and drop the batch."""
-        rows, self._batch = (self._batch.rows if self._batch else []), None
+        rows, self._batch, self._rows = (self._batch.rows if self._batch else []), None, 0
         for r in rows:
             r.owner.deliver(r.finished("error", message))
         for req in admitted:  # failed before joining the batch

@@ -1,0 +1,381 @@
+"""`tiankong serve` and its batcher, driven like users drive them.
+
+The reference is the engine's own fixed-batch generator: a row served through the continuous
+batcher (joining a batch that is already running, beside other requests) must give the tokens and
+log-probs `Engine.generate` gives for the same prompt and seed. The HTTP side is driven with the
+official `openai` client and, for what a client library would refuse to send, with raw HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from tiny_models import STORIES, make_model
+
+from tiankong.engine.batcher import Batcher, QueueFull
+from tiankong.engine.engine import Engine
+from tiankong.engine.events import Finished, TokenEvent
+from tiankong.engine.sampling import SamplingParams
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from tiankong.tui.serve import ServeConfig, build_app, check_bind  # noqa: E402
+
+needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
+
+
+@pytest.fixture(scope="module")
+def stories() -> Engine:
+    if not STORIES.is_dir():
+        pytest.skip("needs ../shared/models/stories260K")
+    return Engine.load(STORIES)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Engine]:
+    """A GPT-2 (learned positions) and a Mistral with a sliding window of 8 (short enough that the
+    window moves inside these tests), random weights."""
+    out = {}
+    for arch, ov in (("gpt2", {}), ("mistral", {"sliding_window": 8})):
+        folder = make_model(tmp_path_factory.mktemp(arch), arch, **ov)
+        out[arch] = Engine.load(folder, device="cpu", dtype="float32")
+    return out
+
+
+@contextlib.contextmanager
+def running(engine: Engine, **overrides):
+    """A real uvicorn server on a free port, in a thread -> (base URL, batcher, uvicorn server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = ServeConfig(port=port, **overrides)
+    batcher = Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(engine, batcher, cfg), port=port, log_level="error", timeout_graceful_shutdown=cfg.drain_s
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", batcher, server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        batcher.close()
+
+
+def reference(engine: Engine, ids: list[int], params: SamplingParams, k: int = 0):
+    """The engine's own fixed-batch run -> (token events, finished)."""
+    events = list(engine.generate([ids], [params], top_logprobs=k))
+    return [e for e in events if isinstance(e, TokenEvent)], events[-1]
+
+
+def raw(base: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """One plain HTTP request -> (status, headers, parsed JSON body)."""
+    host, port = base.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request(method, "/v1" + path if path != "/health" else path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(data) if data else None
+
+
+# ------------------------------------------------------------------------------ the batcher
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "mistral"])
+def test_batcher_rows_match_generate_when_joining_a_running_batch(tiny, arch):
+    """Rows join at different decode steps (different prompt lengths, n = 2, penalties on one) and
+    each gives exactly the tokens Engine.generate gives alone, log-probs to float rounding."""
+    eng = tiny[arch]
+    prompts = [eng.encode(prompt=t, raw=True) for t in ("The quick brown fox", "A", "def add(a, b):\n  return")]
+    params = [
+        SamplingParams(temperature=0.9, seed=1, max_new_tokens=30),
+        SamplingParams(temperature=1.2, top_k=20, seed=2, max_new_tokens=12),
+        SamplingParams(temperature=0.8, repetition_penalty=1.3, presence_penalty=0.5, seed=3, max_new_tokens=24),
+    ]
+    batcher = Batcher(eng, max_rows=8)
+    try:
+        first = batcher.submit(prompts[0], [params[0]], top_logprobs=3)
+        got = [list(_take(first, 5))]  # the first request is well under way when the others join
+        reqs = [
+            batcher.submit(p, [q, q.replace(seed=q.seed + 10)], top_logprobs=3)
+            for p, q in zip(prompts[1:], params[1:], strict=True)
+        ]
+        got[0] += list(first)
+        got += [list(r) for r in reqs]
+        for ids, p, evs, n in zip(prompts, params, got, (1, 2, 2), strict=True):
+            for row in range(n):
+                toks, fin = reference(eng, ids, p.replace(seed=p.seed + 10 * row), k=3)
+                mine = [e for e in evs if isinstance(e, TokenEvent) and e.row == row]
+                done = next(e for e in evs if isinstance(e, Finished) and e.row == row)
+                assert [e.id for e in mine] == [e.id for e in toks]
+                assert [e.logprob for e in mine] == pytest.approx([e.logprob for e in toks], abs=1e-4)
+                assert [c.id for c in mine[-1].candidates] == [c.id for c in toks[-1].candidates]
+                assert (done.text, done.finish_reason) == (fin.text, fin.finish_reason)
+        assert batcher.rows == 0 and batcher.pending == 0
+    finally:
+        batcher.close()
+
+
+def _take(req, n):
+    it = iter(req)
+    for _ in range(n):
+        yield next(it)
+
+
+def test_batcher_cancel_frees_the_row_and_full_queue_refuses(tiny):
+    eng = tiny["gpt2"]
+    batcher = Batcher(eng, max_rows=1, max_queue=1)
+    try:
+        ids = eng.encode(prompt="The", raw=True)
+        long = batcher.submit(ids, [SamplingParams(seed=1, max_new_tokens=200)])
+        it = iter(long)
+        next(it)  # running
+        waiting = batcher.submit(ids, [SamplingParams(seed=2, max_new_tokens=3)])
+        with pytest.raises(QueueFull):
+            batcher.submit(ids, [SamplingParams(seed=3, max_new_tokens=3)])
+        long.cancel()
+        rest = list(it)
+        assert rest[-1].finish_reason == "cancelled" and len(rest) < 200
+        assert list(waiting)[-1].finish_reason == "length"
+        assert batcher.rows == 0
+    finally:
+        batcher.close()
+
+
+# ------------------------------------------------------------------------------ the OpenAI API
+
+
+@needs_stories
+def test_completions_logprobs_equal_the_engines(stories):
+    """Non-streaming and streaming completions carry the engine's own tokens and log-probs for the
+    seed, in the legacy shape (tokens, token_logprobs, top_logprobs, text_offset) plus p_sample."""
+    ids = stories.encode(prompt="Once upon a time", raw=True)
+    toks, fin = reference(stories, ids, SamplingParams(temperature=1.0, top_p=1.0, seed=7, max_new_tokens=20), k=5)
+    with running(stories) as (base, batcher, _):
+        client = openai.OpenAI(base_url=base, api_key="none")
+        r = client.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=20, seed=7, logprobs=5)
+        c = r.choices[0]
+        assert c.text == fin.text and c.finish_reason == "length" and r.usage.completion_tokens == 20
+        lp = c.logprobs
+        assert lp.token_logprobs == pytest.approx([e.logprob for e in toks], abs=1e-4)
+        assert lp.tokens == [stories.token_text(e.id) for e in toks]
+        assert list(lp.top_logprobs[0]) == [cand.text for cand in toks[0].candidates]
+        assert lp.text_offset == [sum(len(e.text) for e in toks[:i]) for i in range(len(toks))]
+        assert c.model_extra["seed"] == 7 and lp.model_extra["p_sample"] == pytest.approx([e.p_sample for e in toks])
+        stream = client.completions.create(
+            model="stories260K", prompt="Once upon a time", max_tokens=20, seed=7, logprobs=5, stream=True
+        )
+        chunks = list(stream)
+        assert "".join(ch.choices[0].text for ch in chunks) == fin.text
+        streamed = [ch.choices[0].logprobs.token_logprobs[0] for ch in chunks if ch.choices[0].logprobs]
+        assert streamed == pytest.approx([e.logprob for e in toks], abs=1e-4)
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert batcher.rows == 0
+
+
+@needs_stories
+def test_chat_streaming_and_not_with_top_logprobs(stories):
+    msgs = [{"role": "user", "content": "Lily went to the park"}]
+    ids = stories.encode(messages=msgs)
+    toks, fin = reference(stories, ids, SamplingParams(temperature=0.8, top_k=40, seed=3, max_new_tokens=15), k=4)
+    with running(stories) as (base, _, _):
+        client = openai.OpenAI(base_url=base, api_key="none")
+        kw = dict(model="stories260K", messages=msgs, max_tokens=15, temperature=0.8, seed=3, logprobs=True)
+        r = client.chat.completions.create(**kw, top_logprobs=4, extra_body={"top_k": 40})
+        c = r.choices[0]
+        assert c.message.role == "assistant" and c.message.content == fin.text
+        entries = c.logprobs.content
+        assert [e.logprob for e in entries] == pytest.approx([e.logprob for e in toks], abs=1e-4)
+        assert [t.token for t in entries[0].top_logprobs] == [cand.text for cand in toks[0].candidates]
+        assert entries[0].bytes == list(entries[0].token.encode())
+        assert entries[0].model_extra["p_sample"] == pytest.approx(toks[0].p_sample)
+        assert entries[0].top_logprobs[0].model_extra["p_sample"] == pytest.approx(toks[0].candidates[0].p_sample)
+        stream = client.chat.completions.create(
+            **kw, top_logprobs=4, extra_body={"top_k": 40}, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == fin.text
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(toks)
+
+
+@needs_stories
+def test_n_seeds_and_concurrency_give_the_same_text(stories):
+    """n = 3 gives seeds s, s+1, s+2 (each choice equals its own n = 1 request); a seed gives the
+    same text alone and with other requests in the batch."""
+    with running(stories) as (base, batcher, _):
+        client = openai.OpenAI(base_url=base, api_key="none")
+
+        def ask(seed: int, n: int = 1, prompt: str = "Once upon a time"):
+            r = client.completions.create(model="stories260K", prompt=prompt, max_tokens=24, seed=seed, n=n)
+            return [c.text for c in r.choices]
+
+        three = ask(100, n=3)
+        assert len(set(three)) == 3
+        assert [ask(100 + j)[0] for j in range(3)] == three
+        alone = ask(5)
+        with ThreadPoolExecutor(6) as pool:
+            noise = [pool.submit(ask, s, 2, "The dog") for s in range(5)]
+            again = pool.submit(ask, 5)
+            assert again.result() == alone
+            [f.result() for f in noise]
+        assert batcher.rows == 0
+
+
+@needs_stories
+def test_stop_strings_and_finish_reasons(stories):
+    with running(stories) as (base, _, _):
+        client = openai.OpenAI(base_url=base, api_key="none")
+        full = client.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=30, seed=1)
+        text = full.choices[0].text
+        word = text.split()[3]
+        cut = client.completions.create(
+            model="stories260K", prompt="Once upon a time", max_tokens=30, seed=1, stop=[word, "zzz"]
+        )
+        assert cut.choices[0].text == text[: text.index(word)]
+        assert cut.choices[0].finish_reason == "stop"
+        models = client.models.list()
+        assert [m.id for m in models.data] == ["stories260K"]
+
+
+# ------------------------------------------------------------------------------ raw HTTP
+
+
+@needs_stories
+def test_bad_requests_get_openai_errors_naming_the_field(stories):
+    with running(stories, max_body_bytes=4096) as (base, _, _):
+        body = {"model": "stories260K", "prompt": "Once", "max_tokens": 4}
+
+        def post(payload, path="/completions"):
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            return raw(base, "POST", path, data, {"Content-Type": "application/json"})
+
+        status, _, out = post(b'{"prompt": "Once", "max_tokens": ')
+        assert status == 400 and "JSON" in out["error"]["message"] and out["error"]["type"] == "invalid_request_error"
+        for field, value in (("temperature", "hot"), ("max_tokens", 2.5), ("n", True), ("stop", 3), ("seed", "1")):
+            status, _, out = post(body | {field: value})
+            assert (status, out["error"]["param"]) == (400, field), out
+        for field, value in (("temperature", 3), ("top_logprobs", 21), ("max_tokens", 10**6), ("preset", "nope")):
+            path = "/chat/completions" if field == "top_logprobs" else "/completions"
+            payload = (
+                {"messages": [{"role": "user", "content": "hi"}], "logprobs": True} if field == "top_logprobs" else body
+            )
+            status, _, out = post(payload | {field: value}, path)
+            assert (status, out["error"]["param"]) == (400, field), out
+        status, _, out = post(body | {"frobnicate": 1})
+        assert (status, out["error"]["param"]) == (400, "frobnicate")
+        status, _, out = post(json.dumps({"messages": "hi"}).encode(), "/chat/completions")
+        assert (status, out["error"]["param"]) == (400, "messages")
+        status, _, out = post(b"[1, 2]")
+        assert status == 400 and "object" in out["error"]["message"]
+        status, _, out = post(body | {"prompt": "x" * 5000})
+        assert status == 413 and "limit" in out["error"]["message"]
+        status, _, out = post(body | {"model": "gpt-4"})
+        assert (status, out["error"]["param"]) == (404, "model")
+
+
+@needs_stories
+def test_auth_and_bind_rules(stories):
+    with pytest.raises(ValueError, match="api-key"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "secret")
+    check_bind("::1", None)
+    with running(stories, api_key="secret") as (base, _, _):
+        assert raw(base, "GET", "/health")[0] == 200
+        status, _, out = raw(base, "GET", "/models")
+        assert status == 401 and out["error"]["code"] == "invalid_api_key"
+        assert raw(base, "GET", "/models", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert raw(base, "GET", "/models", headers={"Authorization": "Bearer secret"})[0] == 200
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="wrong").models.list()
+        r = openai.OpenAI(base_url=base, api_key="secret").completions.create(
+            model="stories260K", prompt="Once", max_tokens=3
+        )
+        assert r.usage.completion_tokens == 3
+
+
+def _open_stream(base: str, payload: dict) -> socket.socket:
+    """Start a streaming request on a bare socket and read until its first token arrives."""
+    host, port = base.split("//")[1].split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)))
+    data = json.dumps(payload | {"stream": True}).encode()
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    sock.sendall(head.encode() + data)
+    got = b""
+    while got.count(b"data: ") < 2:
+        got += sock.recv(65536)
+    return sock
+
+
+def _wait_for(cond, what: str) -> None:
+    deadline = time.monotonic() + 30  # a generous bound against a hang, not a speed check
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+@needs_stories
+def test_client_gone_mid_stream_frees_its_row_and_full_queue_is_429(stories):
+    with running(stories, max_rows=1, max_queue=1) as (base, batcher, _):
+        long = {"model": "stories260K", "prompt": "Once", "max_tokens": 500}
+        sock = _open_stream(base, long)
+        assert batcher.rows == 1
+        waiting = ThreadPoolExecutor(1).submit(
+            raw, base, "POST", "/completions", json.dumps(long | {"max_tokens": 2}).encode(), {}
+        )
+        _wait_for(lambda: batcher.pending == 1, "the second request never queued")
+        status, headers, out = raw(base, "POST", "/completions", json.dumps(long).encode(), {})
+        assert status == 429 and headers["retry-after"].isdigit() and out["error"]["code"] == "rate_limit_exceeded"
+        sock.close()  # the client goes away mid-stream: its row leaves, the queued request runs
+        assert waiting.result()[0] == 200
+        _wait_for(lambda: batcher.rows == 0 and batcher.pending == 0, "the row of a gone client was not freed")
+
+
+def _rss() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@needs_stories
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS read from /proc")
+def test_no_leak_after_a_thousand_requests(stories):
+    """1,000 short requests (one connection, mixed kinds): no row, queue entry or memory is left."""
+    with running(stories) as (base, batcher, _):
+        host, port = base.split("//")[1].split("/")[0].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        bodies = [
+            ("/v1/completions", {"prompt": "Once", "max_tokens": 2, "logprobs": 2}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+            ("/v1/completions", {"prompt": "The", "max_tokens": 2, "stream": True}),
+        ]
+
+        def burst(n: int) -> None:
+            for i in range(n):
+                path, body = bodies[i % 3]
+                conn.request("POST", path, json.dumps(body | {"seed": i}), {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                assert resp.status == 200
+                resp.read()
+
+        burst(200)  # warm-up: allocator pools, caches of token texts
+        before = _rss()
+        burst(1000)
+        grown = _rss() - before
+        conn.close()
+        assert batcher.rows == 0 and batcher.pending == 0
+        assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 1,000 requests"
