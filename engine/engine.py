@@ -26,6 +26,7 @@ from .context import PromptCache, answer_room, fit_messages
 from .errors import InputError
 from .events import Event
 from .generate import generate
+from .gguf_model import GGUFModel, is_gguf
 from .llama_packed import PackedLlama
 from .model import load_model, prepare_for_inference
 from .native import reason as native_reason
@@ -66,7 +67,8 @@ class Engine:
         pack: bool = True,
         chat_template: str | Path | None = None,
     ) -> Engine:
-        """Load a model folder, or a name (engine/resolve.py: the Hugging Face cache, LM Studio).
+        """Load a model folder, a GGUF file, or a name (engine/resolve.py: the Hugging Face cache,
+        LM Studio, ollama:NAME).
         Raises ModelLoadError with a one-line reason.
 
         pack: on CPU, rearrange the weights for inference (model.prepare_for_inference): the Llama
@@ -75,17 +77,17 @@ class Engine:
         plain modules. chat_template: a template file used instead of the model's own.
         """
         folder = resolve_model(folder)
-        model, cfg = load_model(folder, device, dtype)
+        gguf = GGUFModel(folder) if is_gguf(folder) else None  # one reader for weights, tokenizer, template
+        model, cfg = load_model(gguf or folder, device, dtype)
         n_params = sum(p.numel() for p in model.parameters())
         if pack:
             model = prepare_for_inference(model)
-        tokenizer = load_tokenizer(folder)
+        tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
         check_token_ids(tokenizer, cfg.vocab_size, folder)
-        template = (
-            ChatTemplate.from_folder(folder, tokenizer)
-            if chat_template is None
-            else ChatTemplate.from_file(chat_template, tokenizer)
-        )
+        if chat_template is not None:
+            template = ChatTemplate.from_file(chat_template, tokenizer)
+        else:
+            template = gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
         return cls(model, cfg, tokenizer, template, folder, n_params)
 
     @property

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     import gguf
     import torch
 
+    from .chat import ChatTemplate
+    from .tokenizer import Tokenizer
+
 # --- limits for untrusted headers (far beyond any real model) ------------------------------------
 MAX_KV = 1 << 16  # metadata entries (real files: ~40)
 MAX_TENSORS = 1 << 16  # tensors (real files: a few hundred to a few thousand)
@@ -264,6 +267,40 @@ def _skip_value(cur: _Cursor, kind: int, key: str) -> None:
         raise _Bad(f"metadata {key} has unknown value type {kind}")
 
 
+def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.file_type")) -> dict[str, Any]:
+    """Scalar metadata values `keys` from the header, read bounded and stopping once all are found
+    (for `tiankong models`: milliseconds a file). A damaged header gives what was found before it."""
+    found: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            cur = _Cursor(buf)
+            if cur.take("4s") != b"GGUF" or cur.take("I") not in (2, 3):
+                return found
+            _n_tensors, n_kv = cur.take("Q"), cur.take("Q")
+            for _ in range(min(n_kv, MAX_KV)):
+                key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
+                kind = cur.take("I")
+                if key in keys and kind in _SCALARS:
+                    found[key] = cur.take(_SCALARS[kind])
+                elif key in keys and kind == _STRING:
+                    found[key] = cur.string(MAX_KEY, key).decode("utf-8", "replace")
+                else:
+                    _skip_value(cur, kind, key)
+                if len(found) == len(keys):
+                    break
+    except (_Bad, OSError, ValueError):
+        pass
+    return found
+
+
+def quantization_name(file_type: Any) -> str | None:
+    """general.file_type (llama.cpp's LlamaFileType) as people write it: Q4_K_M, Q8_0, F16."""
+    import gguf
+
+    member = gguf.LlamaFileType._value2member_map_.get(file_type) if isinstance(file_type, int) else None
+    return member.name.removeprefix("MOSTLY_").removeprefix("ALL_") if member is not None else None
+
+
 def _bounded(n: int, limit: int, what: str) -> int:
     if n > limit:
         raise _Bad(f"{what} is too large ({n:,}; at most {limit:,} allowed)")
@@ -281,7 +318,9 @@ def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment:
     if min(dims) < 1 or dims[0] % block:
         raise _Bad(f"tensor {name} has dims {dims} (each at least 1, the first a multiple of {block})")
     n_bytes = int(np.prod(dims, dtype=object)) // block * block_bytes  # exact: Python ints
-    if offset % alignment or offset + n_bytes > data_size:
+    if offset % alignment:
+        raise _Bad(f"tensor {name} starts at offset {offset:,}, not a multiple of the alignment {alignment}")
+    if offset + n_bytes > data_size:
         raise _Bad(
             f"tensor {name} ({TENSOR_TYPES[kind]}, dims {dims}) claims {n_bytes:,} bytes at offset {offset:,}, "
             f"outside the file's {max(data_size, 0):,} bytes of data"
@@ -386,6 +425,20 @@ class GGUFModel:
         if orig is not None:
             scaling["original_max_position_embeddings"] = orig
         return {"rope_scaling": scaling}  # from_hf_config names what it cannot run (yarn, ...)
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer rebuilt from tokenizer.ggml.* (engine/gguf_tokenizer.py)."""
+        from .gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(self.reader, self.path)
+
+    def chat_template(self, tokenizer: Tokenizer) -> ChatTemplate | None:
+        """tokenizer.chat_template compiled for `tokenizer`, or None when the file has none."""
+        from .chat import ChatTemplate
+        from .gguf_tokenizer import chat_template_from_gguf
+
+        source = chat_template_from_gguf(self.reader, self.path)
+        return None if source is None else ChatTemplate.for_tokenizer(source, tokenizer)
 
     def tensor_types(self) -> dict[str, int]:
         """GGML type name -> how many tensors have it (e.g. {"Q4_K": 130, "F32": 61})."""

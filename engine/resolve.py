@@ -3,11 +3,12 @@
 Every command and trainer that takes a model goes through `resolve_model`, in this order:
   1. nothing: the bundled tiankong-mini;
   2. a path that exists: that path (a local path always wins over a name);
-  3. `ollama:NAME[:TAG]`, or a `.gguf` file: GGUF, which tiankong cannot load yet; one line saying
-     so and where the file is (Ollama's manifest -> blob, when the store exists);
+  3. `ollama:NAME[:TAG]`: the GGUF blob of Ollama's manifest (manifests/HOST/NS/NAME/TAG -> blob);
   4. `ORG/NAME[@REVISION]` (or `NAME`): the Hugging Face hub cache, laid out as
      `models--ORG--NAME/refs/REVISION` (a commit hash) -> `snapshots/<hash>/` (REVISION: main);
-  5. `ORG/NAME` in LM Studio's models folder (`~/.lmstudio/models/ORG/NAME`).
+     a snapshot of GGUF files only (no config.json) gives its one .gguf file;
+  5. `ORG/NAME` in LM Studio's models folder (`~/.lmstudio/models/ORG/NAME`), a folder or its
+     one .gguf file; `ORG/NAME/FILE.gguf` picks one of several in either place.
 Nothing found: one line naming every place searched. `list_models` is what `tiankong models` shows.
 
 The cache layout is read here with pathlib (huggingface_hub is not a dependency); small files
@@ -80,11 +81,14 @@ def resolve_model(spec: str | Path | None) -> Path:
     text = str(spec)
     path = Path(text).expanduser()
     if path.exists():
-        if path.is_file() and path.suffix.lower() == ".gguf":
-            raise _gguf_error(text, path)
         return path
     if text.startswith("ollama:"):
-        raise _gguf_error(text, _ollama_blob(text.removeprefix("ollama:")))
+        return _ollama_blob(text.removeprefix("ollama:"))
+    if text.lower().endswith(".gguf") and text.count("/") == 2:  # ORG/NAME/FILE.gguf
+        repo, _, file = text.rpartition("/")
+        found = _gguf_in(repo, file)
+        if found is not None:
+            return found
     match = _NAME.fullmatch(text)
     if match is None or ".." in text or "--" in text:
         return path  # a path that does not exist: the loader says so
@@ -114,11 +118,30 @@ def display_name(model: str | Path) -> str:
     return path.name or str(model)
 
 
-def _gguf_error(name: str, where: Path) -> ModelLoadError:
-    return ModelLoadError(
-        f"{name} is a GGUF file ({where}), which tiankong cannot load yet; "
-        "use the model's safetensors release (a Hugging Face folder) instead"
-    )
+def _one_gguf(repo: str, folder: Path) -> Path | None:
+    """The one .gguf file of a folder (None if it has none); several: one line naming them."""
+    files = sorted(folder.glob("*.gguf"))
+    if len(files) > 1:
+        shown = ", ".join(f.name for f in files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
+        raise ModelLoadError(
+            f"{repo} holds {len(files)} GGUF files ({shown}); choose one: --model {repo}/{files[0].name} "
+            f"or --model {files[0]}"
+        )
+    return files[0] if files else None
+
+
+def _gguf_in(repo: str, file: str) -> Path | None:
+    """ORG/NAME/FILE.gguf: that file in the repo's Hugging Face cache snapshot or LM Studio folder."""
+    if not re.fullmatch(_PART, file) or not _NAME.fullmatch(repo):
+        return None
+    cached = _repo_dir(hf_hub_cache(), repo)
+    if cached is not None:
+        ref = cached / "refs" / "main"
+        snapshots = [cached / "snapshots" / _read_ref(ref)] if ref.is_file() else sorted(cached.glob("snapshots/*"))
+        for snapshot in snapshots:
+            if (snapshot / file).is_file():
+                return snapshot / file
+    return next((root / repo / file for root in lmstudio_dirs() if (root / repo / file).is_file()), None)
 
 
 def _repo_dir(cache: Path, repo: str) -> Path | None:
@@ -158,6 +181,9 @@ def _hf_snapshot(repo: str, revision: str | None) -> Path | None:
         )
     snapshot = folder / "snapshots" / sha
     if not (snapshot / "config.json").exists():
+        gguf = _one_gguf(repo, snapshot)
+        if gguf is not None:  # a GGUF release: its .gguf file is the model
+            return gguf
         raise ModelLoadError(
             f"{repo}@{rev} in the Hugging Face cache ({snapshot}) has no config.json; "
             "download the whole repository, not single files"
@@ -181,9 +207,9 @@ def _lmstudio_folder(repo: str) -> Path | None:
         folder = root / repo
         if (folder / "config.json").is_file():
             return folder
-        ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
-        if ggufs:
-            raise _gguf_error(repo, ggufs[0])
+        gguf = _one_gguf(repo, folder) if folder.is_dir() else None
+        if gguf is not None:
+            return gguf
     return None
 
 
@@ -202,15 +228,15 @@ def _ollama_blob(name: str) -> Path:
     parts, tag = _ollama_parts(name)
     manifest = root / "manifests" / Path(*parts) / tag
     if not root.is_dir():
-        raise ModelLoadError(
-            f"ollama:{name}: no Ollama store at {root} (set OLLAMA_MODELS); "
-            "tiankong cannot load Ollama's GGUF files yet anyway: use a Hugging Face folder"
-        )
+        raise ModelLoadError(f"ollama:{name}: no Ollama store at {root}; set OLLAMA_MODELS to Ollama's models folder")
     if not manifest.is_file():
         raise ModelLoadError(f"ollama:{name}: not in the Ollama store ({manifest} is missing); `ollama list` shows it")
     for layer in _manifest(manifest).get("layers", []):
         if isinstance(layer, dict) and layer.get("mediaType") == _OLLAMA_MODEL:
-            return _ollama_digest_path(root, layer.get("digest"), manifest)
+            blob = _ollama_digest_path(root, layer.get("digest"), manifest)
+            if not blob.is_file():
+                raise ModelLoadError(f"ollama:{name}: its model blob {blob} is missing; run `ollama pull {name}`")
+            return blob
     raise ModelLoadError(f"ollama:{name}: the manifest {manifest} names no model layer")
 
 
@@ -235,7 +261,7 @@ class FoundModel:
     name: str  # what --model takes
     source: str  # bundled, huggingface, lmstudio or ollama
     path: str  # the folder (or GGUF file)
-    format: str  # safetensors, pytorch or gguf (gguf: listed, not loadable yet)
+    format: str  # safetensors, pytorch or gguf
     architecture: str | None  # config.json's architectures[0] (Ollama: its model family)
     dtype: str | None  # config.json's torch_dtype; a GGUF file's quantization
     parameters: int | None  # estimated from the weight bytes and dtype
@@ -256,10 +282,11 @@ def list_models() -> list[FoundModel]:
         repo = folder.name.removeprefix("models--").replace("--", "/")
         refs = dict(_refs(folder)) or {s.name: s.name for s in sorted((folder / "snapshots").glob("*"))}
         for rev, sha in refs.items():
-            if (folder / "snapshots" / sha / "config.json").is_file():
-                found.append(
-                    _describe(repo if rev == "main" else f"{repo}@{rev}", "huggingface", folder / "snapshots" / sha)
-                )
+            snapshot = folder / "snapshots" / sha
+            if (snapshot / "config.json").is_file():
+                found.append(_describe(repo if rev == "main" else f"{repo}@{rev}", "huggingface", snapshot))
+            elif rev == "main":
+                found.extend(_gguf_entries(repo, "huggingface", snapshot))
     for root in lmstudio_dirs():
         for folder in sorted(root.glob("*/*")) if root.is_dir() else ():
             if folder.is_dir():
@@ -295,10 +322,24 @@ def _describe(name: str, source: str, folder: Path) -> FoundModel:
 def _lmstudio_entries(repo: str, folder: Path) -> list[FoundModel]:
     if (folder / "config.json").is_file():
         return [_describe(repo, "lmstudio", folder)]
+    return _gguf_entries(repo, "lmstudio", folder)
+
+
+def _gguf_entries(repo: str, source: str, folder: Path) -> list[FoundModel]:
+    """A folder's .gguf files, with architecture and quantization read from each header (bounded);
+    named ORG/NAME when it is the only one, else ORG/NAME/FILE.gguf (what --model takes)."""
+    from .gguf_model import peek, quantization_name
+
+    files = sorted(folder.glob("*.gguf"))
     out = []
-    for gguf in sorted(folder.glob("*.gguf")):
-        quant = _QUANT.search(gguf.stem)
-        out.append(FoundModel(repo, "lmstudio", str(gguf), "gguf", None, quant and quant[1].upper(), None, _size(gguf)))
+    for gguf in files:
+        facts = peek(gguf)
+        quant = quantization_name(facts.get("general.file_type"))
+        if quant is None and (hit := _QUANT.search(gguf.stem)):
+            quant = hit[1].upper()  # older files may lack general.file_type: the file name says it
+        name = repo if len(files) == 1 else f"{repo}/{gguf.name}"
+        arch = facts.get("general.architecture")
+        out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, None, _size(gguf)))
     return out
 
 

@@ -198,8 +198,13 @@ class SentencePieceTokenizer(HFTokenizer):
 
 
 def load_tokenizer(folder: str | Path) -> Tokenizer:
-    """Load the tokenizer of a model folder: tokenizer.json if present, else tokenizer.model."""
+    """Load the tokenizer of a model folder: tokenizer.json if present, else tokenizer.model; or the
+    one a GGUF file describes (engine/gguf_tokenizer.py)."""
+    from .gguf_model import GGUFModel, is_gguf
+
     folder = Path(folder)
+    if is_gguf(folder):
+        return GGUFModel(folder).tokenizer()
     if not folder.is_dir():
         raise TokenizerError(f"{folder} is not a folder; pass the model folder that holds tokenizer.json")
     settings = _FolderSettings.read(folder)

@@ -76,8 +76,9 @@ def _gguf_tensors(cfg: dict, state: dict[str, np.ndarray]) -> list[tuple[str, np
 
 
 def _qtype_of(name: str, w: np.ndarray, qtype: str) -> gguf.GGMLQuantizationType:
-    """The converter's rule: 1-D tensors and norms stay F32; matrices get the requested type."""
-    if w.ndim == 1 or name.endswith("_norm.weight"):
+    """The converter's rule: 1-D tensors, norms and position embeddings stay F32; matrices get the
+    requested type."""
+    if w.ndim == 1 or name.endswith("_norm.weight") or name == "position_embd.weight":
         return gguf.GGMLQuantizationType.F32
     return QTYPES[qtype]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -55,3 +57,32 @@ def torchrun(args, timeout=240):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+MAX_RSS_BYTES = 3 << 29  # 1.5 GiB: generous on a small fixture (importing torch alone is ~0.5 GiB)
+
+
+def tiankong(*args, timeout=60):
+    """`tiankong ARGS` as a subprocess: (exit code, stderr lines, seconds). Every case must end
+    within `timeout` seconds and under MAX_RSS_BYTES of peak memory (the child's own rusage)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RUST_BACKTRACE": "0"}
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiankong.tui.cli", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps the child with its peak RSS (kB on Linux)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - start
+    assert seconds < timeout, f"took {seconds:.0f} s: {args}"
+    assert usage.ru_maxrss * 1024 < MAX_RSS_BYTES, f"peak memory {usage.ru_maxrss >> 10} MB: {args}"
+    return proc.returncode, err.strip().splitlines(), seconds

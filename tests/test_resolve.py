@@ -112,19 +112,35 @@ def test_local_path_wins_over_a_name(stores, tmp_path, tiny):
     assert resolve_model("tiny-org/Tiny-Llama") == Path("tiny-org/Tiny-Llama")
 
 
-def test_lmstudio_folder_and_gguf_one_liners(stores):
-    assert resolve_model("lm-org/lm-tiny") == stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny"
-    with pytest.raises(ModelLoadError, match="GGUF file .*only-gguf-Q4_K_M.gguf.*cannot load yet"):
+def test_lmstudio_folder_and_gguf_files(stores, tmp_path):
+    lm = stores / ".lmstudio" / "models"
+    assert resolve_model("lm-org/lm-tiny") == lm / "lm-org" / "lm-tiny"
+    only = lm / "gguf-org" / "only-gguf" / "only-gguf-Q4_K_M.gguf"
+    assert resolve_model("gguf-org/only-gguf") == only  # the folder's one GGUF file is the model
+    (only.parent / "only-gguf-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(ModelLoadError, match=r"holds 2 GGUF files .*--model gguf-org/only-gguf/only-gguf-Q4_K_M.gguf"):
         resolve_model("gguf-org/only-gguf")
+    assert resolve_model("gguf-org/only-gguf/only-gguf-Q8_0.gguf") == only.parent / "only-gguf-Q8_0.gguf"
+    # A Hugging Face repo of GGUF files only (no config.json): its file, or ORG/NAME/FILE.gguf among several.
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "tiny-q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
+    snapshot = add_snapshot(stores / "hf" / "hub", "tiny-org/Tiny-GGUF", SHA, release)
+    assert resolve_model("tiny-org/Tiny-GGUF") == snapshot / "tiny-q8_0.gguf"
+    assert resolve_model("tiny-org/Tiny-GGUF/tiny-q8_0.gguf") == snapshot / "tiny-q8_0.gguf"
 
 
-def test_ollama_name_says_gguf_and_where_the_blob_is(stores, monkeypatch, capsys):
+def test_ollama_name_resolves_to_its_blob(stores, monkeypatch, capsys):
     blob = stores / ".ollama" / "models" / "blobs" / f"sha256-{'1' * 64}"
+    assert resolve_model("ollama:tinyllm") == resolve_model("ollama:library/tinyllm:latest") == blob
     code, out, err = cli(monkeypatch, capsys, "generate", "-m", "ollama:tinyllm", "-p", "hi")
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "GGUF" in err and "cannot load yet" in err and blob.name in err
+    assert code == 2 and len(err.strip().splitlines()) == 1  # the fake blob is no model
+    assert "not a usable GGUF file" in err and blob.name in err
     with pytest.raises(ModelLoadError, match="not in the Ollama store"):
         resolve_model("ollama:tinyllm:7b")
+    blob.unlink()
+    with pytest.raises(ModelLoadError, match="model blob .* is missing; run `ollama pull tinyllm`"):
+        resolve_model("ollama:tinyllm")
     monkeypatch.setenv("OLLAMA_MODELS", str(stores / "nowhere"))
     with pytest.raises(ModelLoadError, match="no Ollama store"):
         resolve_model("ollama:tinyllm")

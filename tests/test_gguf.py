@@ -1,0 +1,333 @@
+"""GGUF files as models: tiny random HF models written as llama.cpp's converter writes them
+(tests/gguf_files.py), loaded by tiankong and compared with transformers on the same weights.
+
+Quantized files are compared with the HF model whose weights went through the same quantize ->
+dequantize round trip (gguf-py's reference quantizers): tiankong dequantizes exactly, so the
+tolerance stays as tight as for float32. Hostile files each give one line, bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf_files import dequantized_folder, hf_logits, write_gguf
+from helpers import cli, one_thread, tiankong  # noqa: F401 - one_thread applies to this module
+from tiny_models import make_model
+
+from tiankong.engine.engine import Engine
+from tiankong.engine.errors import ModelLoadError
+from tiankong.engine.model import load_model
+from tiankong.engine.resolve import list_models, resolve_model
+from tiankong.engine.sampling import SamplingParams
+
+ARCHS = ("llama", "qwen2", "qwen3", "gpt2")
+QTYPES = ("f32", "f16", "q8_0", "q4_0")
+IDS = [1, 5, 300, 17, 42, 99, 250, 7, 120, 64, 33, 2, 310, 8, 77, 150]
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory) -> dict[str, Path]:
+    return {arch: make_model(tmp_path_factory.mktemp(arch), arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def files(hf, tmp_path_factory):
+    """(arch, qtype) -> (GGUF file, the HF folder with the same effective weights)."""
+    cache: dict[tuple[str, str], tuple[Path, Path]] = {}
+
+    def get(arch: str, qtype: str) -> tuple[Path, Path]:
+        if (arch, qtype) not in cache:
+            root = tmp_path_factory.mktemp(f"{arch}-{qtype}")
+            path = write_gguf(hf[arch], root / f"tiny-{qtype}.gguf", qtype)
+            ref = hf[arch] if qtype == "f32" else dequantized_folder(hf[arch], root / "reference", qtype)
+            cache[arch, qtype] = path, ref
+        return cache[arch, qtype]
+
+    return get
+
+
+def greedy(eng: Engine, prompt: str, n: int = 12) -> tuple[list[int], list[float]]:
+    ids = eng.encode(prompt, raw=True)
+    events = [
+        e
+        for e in eng.generate([ids], [SamplingParams(temperature=0, max_new_tokens=n, seed=1)])
+        if hasattr(e, "logprob")
+    ]
+    return [e.id for e in events], [e.logprob for e in events]
+
+
+# --- logits and tokens -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_equal_transformers_on_the_same_weights(files, arch, qtype):
+    path, ref = files(arch, qtype)
+    model, cfg = load_model(path, device="cpu", dtype="float32")
+    with torch.no_grad():
+        ours = model(torch.tensor([IDS]), torch.arange(len(IDS))[None])[0]
+    want = hf_logits(ref, IDS)
+    assert want.abs().max() > 1  # random weights with a large init: logits are not all ~0
+    torch.testing.assert_close(ours, want, atol=2e-5, rtol=1e-5)
+    if qtype != "f32":  # the round trip changed the weights: a file read as float32 would not pass
+        assert (hf_logits(files(arch, "f32")[1], IDS) - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_engine_on_a_gguf_generates_what_the_folder_generates(files, arch):
+    """Packed form (the compiled step where it builds): same ids, greedy tokens and logprobs as the
+    HF folder holding the same weights; tokenizer and chat template come from the file."""
+    path, ref = files(arch, "q8_0")
+    eng, folder_eng = Engine.load(path, device="cpu", dtype="float32"), Engine.load(ref, device="cpu", dtype="float32")
+    assert eng.folder == path and eng.decode_path == folder_eng.decode_path
+    assert eng.encode("Once upon a time", raw=True) == folder_eng.encode("Once upon a time", raw=True)
+    tokens, logprobs = greedy(eng, "Once upon a time")
+    want_tokens, want_logprobs = greedy(folder_eng, "Once upon a time")
+    assert tokens == want_tokens
+    np.testing.assert_allclose(logprobs, want_logprobs, atol=1e-4)
+    assert eng.info()["folder"] == str(path) and eng.info()["architecture"] == folder_eng.cfg.architecture
+
+
+def test_dtype_option_is_respected(files):
+    path, _ = files("llama", "q4_0")
+    model, _ = load_model(path, device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_generate_info_and_tokenize_cli_on_a_gguf(files, monkeypatch, capsys):
+    path, ref = files("llama", "f32")
+    args = ["-p", "Once upon a time", "--max-new-tokens", "6", "--temperature", "0", "--format", "jsonl"]
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", path, *args)
+    assert code == 0, err
+    code, want, err = cli(monkeypatch, capsys, "generate", "-m", ref, *args)
+    assert json.loads(out)["text"] == json.loads(want)["text"]
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", path, "--format", "json")
+    assert code == 0 and json.loads(out)["architecture"] == "LlamaForCausalLM", err
+    code, out, err = cli(monkeypatch, capsys, "tokenize", "-m", path, "--format", "jsonl", "Once upon")
+    code, want, err = cli(monkeypatch, capsys, "tokenize", "-m", ref, "--format", "jsonl", "Once upon")
+    assert code == 0 and json.loads(out)["ids"] == json.loads(want)["ids"], err
+
+
+def test_ollama_store_and_gguf_only_repos_resolve_offline(files, tmp_path, monkeypatch):
+    """A fake Ollama store (manifest -> blob) and LM Studio folder: names load, `models` lists them."""
+    path, _ = files("qwen2", "q8_0")
+    store = tmp_path / "ollama"
+    digest = "3" * 64
+    (store / "blobs").mkdir(parents=True)
+    shutil.copyfile(path, store / "blobs" / f"sha256-{digest}")
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "q8"
+    manifest.parent.mkdir(parents=True)
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}"}
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}))
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    lm = tmp_path / "home" / ".lmstudio" / "models" / "org" / "tiny-GGUF"
+    lm.mkdir(parents=True)
+    shutil.copyfile(path, lm / "tiny-Q8_0.gguf")
+    assert resolve_model("ollama:tiny:q8") == store / "blobs" / f"sha256-{digest}"
+    eng = Engine.load("ollama:tiny:q8", device="cpu")
+    assert greedy(eng, "hello", 4)[0] == greedy(Engine.load("org/tiny-GGUF", device="cpu"), "hello", 4)[0]
+    found = {m.name: m for m in list_models()}
+    assert (found["org/tiny-GGUF"].architecture, found["org/tiny-GGUF"].dtype) == ("qwen2", "Q8_0")
+    assert found["ollama:tiny:q8"].format == "gguf"
+
+
+# --- llama.cpp's own converter ---------------------------------------------------------------------
+
+CONVERTER = Path(os.environ.get("LLAMA_CPP_DIR", "/tmp/llama.cpp-convert")) / "convert_hf_to_gguf.py"
+# The converter with its vocabulary step skipped: tiny test tokenizers match none of the pre-tokenizer
+# hashes it knows (tests/gguf_vocab.py writes them instead); tensors and metadata are its own.
+_RUN_CONVERTER = """
+import sys
+from pathlib import Path
+root = Path(sys.argv[1])
+sys.path[:0] = [str(root / "gguf-py"), str(root)]
+import conversion
+find = conversion.get_model_class
+def without_vocab(name, mmproj=False):
+    cls = find(name, mmproj)
+    for c in cls.__mro__:
+        if "set_vocab" in c.__dict__:
+            c.set_vocab = lambda self: None
+    return cls
+conversion.get_model_class = without_vocab
+sys.argv = [str(root / "convert_hf_to_gguf.py"), *sys.argv[2:]]
+import runpy
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_writer_lays_out_tensors_as_llama_cpp_converter(hf, tmp_path, arch, qtype="q8_0"):
+    """Same tensor names, types, shapes and bytes as llama.cpp's convert_hf_to_gguf.py (when present)."""
+    if not CONVERTER.is_file():
+        pytest.skip(f"llama.cpp's converter is absent ({CONVERTER}; set LLAMA_CPP_DIR)")
+    theirs, folder = tmp_path / "theirs.gguf", shutil.copytree(hf[arch], tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    if "n_positions" in config:  # real GPT-2 configs carry n_ctx, which the converter reads
+        (folder / "config.json").write_text(json.dumps({**config, "n_ctx": config["n_positions"]}))
+    cmd = [sys.executable, "-c", _RUN_CONVERTER, str(CONVERTER.parent), str(folder)]
+    proc = subprocess.run(
+        [*cmd, "--outfile", str(theirs), "--outtype", qtype], capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"llama.cpp's converter failed here: {proc.stderr.strip().splitlines()[-1:]}")
+    ours = gguf.GGUFReader(write_gguf(hf[arch], tmp_path / "ours.gguf", qtype, tokenizer=False))
+    them = gguf.GGUFReader(theirs)
+    mine = {t.name: t for t in ours.tensors}
+    assert sorted(mine) == sorted(t.name for t in them.tensors)
+    for t in them.tensors:
+        assert (mine[t.name].tensor_type, list(mine[t.name].shape)) == (t.tensor_type, list(t.shape)), t.name
+        np.testing.assert_array_equal(np.asarray(mine[t.name].data), np.asarray(t.data), err_msg=t.name)
+    for key, field in them.fields.items():
+        if key.startswith(f"{them.fields['general.architecture'].contents()}."):
+            assert ours.fields[key].contents() == pytest.approx(field.contents()), key
+
+
+# --- hostile files ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good(files) -> bytes:
+    return files("llama", "q8_0")[0].read_bytes()
+
+
+def _tensor_info(data: bytes, index: int = 0) -> tuple[int, int, int]:
+    """(offset of n_dims, offset of the type, offset of the data offset) of tensor `index`'s info."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+        f.write(data)
+        f.flush()
+        field = gguf.GGUFReader(f.name).tensors[index].field
+    start = field.offset + 8 + len(bytes(field.parts[1]))
+    n_dims = struct.unpack_from("<I", data, start)[0]
+    return start, start + 4 + 8 * n_dims, start + 4 + 8 * n_dims + 4
+
+
+def _put(data: bytes, at: int, fmt: str, value) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, at, value)
+    return bytes(out)
+
+
+def _with_kv(data: bytes, entry: bytes) -> bytes:
+    """One more metadata entry, first in the list (the kv count at byte 16 goes up by one)."""
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    return data[:16] + struct.pack("<Q", n_kv + 1) + entry + data[24:]
+
+
+def _key(name: str) -> bytes:
+    return struct.pack("<Q", len(name)) + name.encode()
+
+
+def _dims_at(data: bytes) -> int:
+    return _tensor_info(data)[0] + 4
+
+
+HOSTILE = {  # name -> (edit of a good file, words the one line must hold)
+    "empty": (lambda d: b"", "too short"),
+    "truncated header": (lambda d: d[:200], "truncated"),
+    "truncated data": (lambda d: d[: len(d) - 4096], "outside the file"),
+    "wrong magic": (lambda d: b"GGUX" + d[4:], "GGUF magic"),
+    "version 1": (lambda d: _put(d, 4, "<I", 1), "version 1"),
+    "big-endian": (lambda d: _put(d, 4, ">I", 3), "version"),
+    "lying tensor offset": (lambda d: _put(d, _tensor_info(d)[2], "<Q", 1 << 40), "outside the file"),
+    "misaligned tensor offset": (lambda d: _put(d, _tensor_info(d)[2], "<Q", 3), "offset 3"),
+    "lying tensor size": (lambda d: _put(d, _dims_at(d) + 8, "<Q", 1 << 20), "outside the file"),
+    "absurd dims": (lambda d: _put(_put(d, _dims_at(d), "<Q", 1 << 62), _dims_at(d) + 8, "<Q", 1 << 62), "dims"),
+    "zero dim": (lambda d: _put(d, _dims_at(d), "<Q", 0), "dims"),
+    "unknown tensor type": (lambda d: _put(d, _tensor_info(d)[1], "<I", 99), "unknown type 99"),
+    "unsupported tensor type": (lambda d: _put(d, _tensor_info(d)[1], "<I", 16), "IQ2_XXS"),
+    "nine dims": (lambda d: _put(d, _tensor_info(d)[0], "<I", 9), "9 dimensions"),
+    "tensor count 2^40": (lambda d: _put(d, 8, "<Q", 1 << 40), "tensors"),
+    "kv count 2^40": (lambda d: _put(d, 16, "<Q", 1 << 40), "metadata entries"),
+    "array of 2^60 bytes": (
+        lambda d: _with_kv(d, _key("x.big") + struct.pack("<IIQ", 9, 0, 1 << 60)),
+        "x.big",
+    ),
+    "string of 2^62 bytes": (lambda d: _with_kv(d, _key("x.s") + struct.pack("<IQ", 8, 1 << 62)), "x.s"),
+    "nested array": (lambda d: _with_kv(d, _key("x.n") + struct.pack("<IIQ", 9, 9, 1)), "x.n"),
+    "unknown value type": (lambda d: _with_kv(d, _key("x.t") + struct.pack("<I", 77)), "unknown value type 77"),
+    "huge key": (lambda d: _with_kv(d, struct.pack("<Q", 1 << 40)), "metadata key"),
+    "bad alignment": (
+        lambda d: _with_kv(d, _key("general.alignment") + struct.pack("<II", 4, 3)),
+        "general.alignment",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_gguf_is_one_line(good, case, tmp_path, monkeypatch, capsys):
+    edit, words = HOSTILE[case]
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(edit(good))
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", path, "-p", "hi", "--max-new-tokens", "2")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert str(path) in " ".join(err.split()) or "bad.gguf" in err
+    assert words in lines[0], lines[0]
+
+
+def _metadata_case(tmp_path: Path, hf_folder: Path, **changes) -> Path:
+    """A GGUF whose metadata lies: written, then one key rewritten through the reader (same size)."""
+    path = write_gguf(hf_folder, tmp_path / "lying.gguf", "f32")
+    reader = gguf.GGUFReader(path, "r+")
+    for key, value in changes.items():
+        reader.fields[key].parts[-1][0] = value
+    reader.data.flush()
+    return path
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("llama.attention.head_count", 0, "num_attention_heads is 0"),
+        ("llama.attention.head_count", 3, "num_attention_heads"),
+        ("llama.block_count", 7, "num_hidden_layers is 7"),
+        ("llama.embedding_length", 1 << 30, "hidden_size"),
+        ("llama.rope.freq_base", float("nan"), "rope_theta"),
+    ],
+)
+def test_lying_metadata_is_one_line(hf, tmp_path, key, value, words):
+    path = _metadata_case(tmp_path, hf["llama"], **{key: value})
+    with pytest.raises(ModelLoadError, match=words) as e:
+        load_model(path, device="cpu")
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unsupported_architecture_is_one_line(hf, tmp_path):
+    path = write_gguf(hf["llama"], tmp_path / "bert.gguf", "f32")
+    data = path.read_bytes().replace(
+        b"\x05\x00\x00\x00\x00\x00\x00\x00llama", b"\x05\x00\x00\x00\x00\x00\x00\x00bertx", 1
+    )
+    path.write_bytes(data)
+    with pytest.raises(ModelLoadError, match="architecture 'bertx' in GGUF is not supported yet"):
+        load_model(path, device="cpu")
+
+
+def test_hundred_megabyte_string_is_refused_bounded(good, tmp_path):
+    """A real 100 MB metadata string (and a 2^60-element array) in a child process: one line, in
+    bounded time and memory (tests/helpers.tiankong asserts both)."""
+    path = tmp_path / "big.gguf"
+    entry = _key("general.description") + struct.pack("<IQ", 8, 100 << 20)
+    with open(path, "wb") as f:
+        f.write(good[:16] + struct.pack("<Q", struct.unpack_from("<Q", good, 16)[0] + 1) + entry)
+        f.write(b"x" * (100 << 20))
+        f.write(good[24:])
+    code, lines, _ = tiankong("generate", "-m", path, "-p", "hi")
+    assert code == 2 and len(lines) == 1 and "general.description" in lines[0], lines
+    path.write_bytes(HOSTILE["array of 2^60 bytes"][0](good))
+    code, lines, _ = tiankong("info", "-m", path)
+    assert code == 2 and len(lines) == 1 and "x.big" in lines[0], lines
