@@ -25,6 +25,9 @@ ARCHITECTURES: dict[str, str] = {
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "llama",
     "Qwen3ForCausalLM": "llama",
+    "Phi3ForCausalLM": "llama",  # q/k/v and gate/up fused in the checkpoint, split at load
+    "Gemma2ForCausalLM": "gemma",
+    "Gemma3ForCausalLM": "gemma",
     "GPT2LMHeadModel": "gpt2",
 }
 
@@ -47,9 +50,18 @@ class ModelConfig:
     qkv_bias: bool = False  # Qwen2 has biases on q/k/v projections
     o_bias: bool = False  # attention_bias (Llama, Qwen3): a bias on the output projection too
     qk_norm: bool = False  # Qwen3: an RMSNorm (gain of head_dim) on every q and k head before RoPE
-    sliding_window: int | None = None  # Mistral: a key is visible only within this many positions
+    sliding_window: int | None = None  # Mistral, Phi-3: a key is visible only within this many positions
+    partial_rotary_factor: float = 1.0  # Phi-3/4: RoPE turns only the first head_dim * this dims of a head
+    # Gemma: local (sliding-window) and global layers. generate's masks follow sliding_window, which
+    # holds for every layer; so Gemma keeps it None and narrows the mask itself for its local layers.
+    layer_types: tuple[str, ...] = ()  # per layer "sliding_attention" or "full_attention"
+    local_window: int | None = None  # the window of the "sliding_attention" layers
+    local_rope_theta: float | None = None  # Gemma 3: their RoPE base (the global layers' is rope_theta)
+    attn_scale: float | None = None  # Gemma: query_pre_attn_scalar ** -0.5 instead of head_dim ** -0.5
+    attn_softcap: float | None = None  # Gemma 2: attention scores s become c * tanh(s / c)
+    final_softcap: float | None = None  # Gemma 2: logits z become c * tanh(z / c)
     tie_embeddings: bool = False  # output layer shares the embedding matrix
-    activation: str = "silu"  # SwiGLU gate (llama) or "gelu_new" (gpt2)
+    activation: str = "silu"  # SwiGLU gate (llama), "gelu_pytorch_tanh" (gemma's GeGLU) or "gelu_new" (gpt2)
     torch_dtype: str | None = None  # dtype the checkpoint was saved in, if it says
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -70,11 +82,27 @@ class ModelConfig:
                     f"({self.n_heads}), or head_dim must be given; fix the values"
                 )
             self.head_dim = self.dim // self.n_heads
-        if self.family == "llama" and self.head_dim % 2:
+        if self.family != "gpt2" and (self.head_dim % 2 or self.rotary_dim % 2 or self.rotary_dim < 2):
             raise ModelLoadError(
-                f"config.json: the head size ({self.head_dim}) must be even for rotary "
-                "positions; fix head_dim or hidden_size"
+                f"config.json: the rotated part of a head ({self.rotary_dim} of {self.head_dim}) must be "
+                "even and at least 2 for rotary positions; fix head_dim, hidden_size or partial_rotary_factor"
             )
+
+        if self.rope_scaling and self.rope_scaling.get("rope_type") == "longrope":
+            if self.rope_scaling["original_max_position_embeddings"] < 2:  # its log divides
+                raise ModelLoadError("config.json: original_max_position_embeddings must be at least 2; fix it")
+            for key in ("short_factor", "long_factor"):  # one factor per rotated pair of dims
+                f = self.rope_scaling.get(key)
+                if not (isinstance(f, list) and len(f) == self.rotary_dim // 2 and all(_positive(x) for x in f)):
+                    raise ModelLoadError(
+                        f"config.json rope_scaling: {key} must be a list of {self.rotary_dim // 2} positive "
+                        "numbers (one per rotated pair of head dims); fix it"
+                    )
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading dims of each q/k head RoPE turns (all but with Phi's partial rotary)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def positional(self) -> str:
@@ -88,78 +116,21 @@ class ModelConfig:
     def from_hf_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
         """Map a transformers `config.json` dict to a ModelConfig (4.x and 5.x spellings)."""
         check_values(cfg)
-        archs = cfg.get("architectures") or []
-        arch = next((a for a in archs if a in ARCHITECTURES), None)
-        if arch is None:
-            # Older or hand-written configs may only have model_type.
-            by_type = {
-                "llama": "LlamaForCausalLM",
-                "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM",
-                "gpt2": "GPT2LMHeadModel",
-            }
-            arch = by_type.get(cfg.get("model_type", ""))
-        if arch is None:
-            named = ", ".join(archs) or cfg.get("model_type") or "none given"
-            raise ModelLoadError(f"unsupported architecture ({named}); tiankong supports {', '.join(ARCHITECTURES)}")
+        arch = _architecture(cfg)
         family = ARCHITECTURES[arch]
-        dtype = cfg.get("dtype") or cfg.get("torch_dtype")
         common = dict(
             architecture=arch,
             family=family,
-            torch_dtype=dtype,
+            torch_dtype=cfg.get("dtype") or cfg.get("torch_dtype"),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=cfg.get("eos_token_id"),
             extra=dict(cfg),
         )
         try:
             if family == "gpt2":
-                dim = int(cfg["n_embd"])
-                act = cfg.get("activation_function", "gelu_new")
-                if act not in ("gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast"):
-                    raise ModelLoadError(f"unsupported GPT-2 activation {act!r}; expected gelu_new or gelu")
-                return cls(
-                    vocab_size=int(cfg["vocab_size"]),
-                    dim=dim,
-                    n_layers=int(cfg["n_layer"]),
-                    n_heads=int(cfg["n_head"]),
-                    n_kv_heads=int(cfg["n_head"]),
-                    ffn_dim=int(cfg.get("n_inner") or 4 * dim),
-                    norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
-                    max_seq_len=int(cfg.get("n_positions", 1024)),
-                    tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-                    activation=act,
-                    **common,
-                )
-            act = cfg.get("hidden_act", "silu")
-            if act != "silu":
-                raise ModelLoadError(f"unsupported hidden_act {act!r} for {arch}; expected silu")
-            rope = _rope_parameters(cfg)
-            window = _qwen_window(cfg) if arch.startswith("Qwen") else cfg.get("sliding_window")
-            n_heads = int(cfg["num_attention_heads"])
-            # Qwen3's head size is its own field (128 when absent), not hidden_size / heads.
-            head_dim = cfg.get("head_dim") or (128 if arch == "Qwen3ForCausalLM" else 0)
-            return cls(
-                vocab_size=int(cfg["vocab_size"]),
-                dim=int(cfg["hidden_size"]),
-                n_layers=int(cfg["num_hidden_layers"]),
-                n_heads=n_heads,
-                n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-                head_dim=int(head_dim),
-                ffn_dim=int(cfg["intermediate_size"]),
-                norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
-                rope_theta=float(rope.pop("rope_theta", 10000.0)),
-                rope_scaling=rope or None,
-                qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
-                o_bias=arch != "Qwen2ForCausalLM" and bool(cfg.get("attention_bias", False)),
-                qk_norm=arch == "Qwen3ForCausalLM",
-                sliding_window=int(window) if window else None,
-                tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                activation=act,
-                **common,
-            )
+                return cls(**_gpt2_fields(cfg), **common)
+            per_family = _gemma_fields(cfg, arch) if family == "gemma" else _llama_fields(cfg, arch)
+            return cls(**_decoder_fields(cfg, arch), **per_family, **common)
         except KeyError as e:
             raise ModelLoadError(
                 f"config.json lacks {e.args[0]!r}, which {arch} needs; re-save the model with transformers"
@@ -170,6 +141,143 @@ class ModelConfig:
         if model_file(folder, "config.json") is None:
             raise ModelLoadError(f"no config.json in {folder}; point --model at a Hugging Face model folder")
         return cls.from_hf_config(read_model_object(folder, "config.json"))
+
+
+def _architecture(cfg: Mapping[str, Any]) -> str:
+    """The supported architecture config.json names (or, in older or hand-written configs, its model_type)."""
+    archs = cfg.get("architectures") or []
+    arch = next((a for a in archs if a in ARCHITECTURES), None)
+    arch = arch or {t: a for a, t in _MODEL_TYPES.items()}.get(cfg.get("model_type", ""))
+    if arch is None:
+        named = ", ".join(archs) or cfg.get("model_type") or "none given"
+        raise ModelLoadError(f"unsupported architecture ({named}); tiankong supports {', '.join(ARCHITECTURES)}")
+    return arch
+
+
+def _gpt2_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    dim = int(cfg["n_embd"])
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in _GELUS:
+        raise ModelLoadError(f"unsupported GPT-2 activation {act!r}; expected gelu_new or gelu")
+    return dict(
+        vocab_size=int(cfg["vocab_size"]),
+        dim=dim,
+        n_layers=int(cfg["n_layer"]),
+        n_heads=int(cfg["n_head"]),
+        n_kv_heads=int(cfg["n_head"]),
+        ffn_dim=int(cfg.get("n_inner") or 4 * dim),
+        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        max_seq_len=int(cfg.get("n_positions", 1024)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        activation=act,
+    )
+
+
+def _decoder_fields(cfg: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """The sizes every RoPE decoder (the Llama family, Gemma) spells alike."""
+    n_heads = int(cfg["num_attention_heads"])
+    # Qwen3's and Gemma's head size is a field of its own (128 and 256 when absent), not hidden_size / heads.
+    head_dim = cfg.get("head_dim") or {"Qwen3ForCausalLM": 128}.get(arch, 256 if arch.startswith("Gemma") else 0)
+    return dict(
+        vocab_size=int(cfg["vocab_size"]),
+        dim=int(cfg["hidden_size"]),
+        n_layers=int(cfg["num_hidden_layers"]),
+        n_heads=n_heads,
+        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        head_dim=int(head_dim),
+        ffn_dim=int(cfg["intermediate_size"]),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", arch.startswith("Gemma"))),
+    )
+
+
+def _llama_fields(cfg: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise ModelLoadError(f"unsupported hidden_act {act!r} for {arch}; expected silu")
+    rope = _phi3_rope(cfg) if arch == "Phi3ForCausalLM" else _rope_parameters(cfg)
+    window = _qwen_window(cfg) if arch.startswith("Qwen") else cfg.get("sliding_window")
+    return dict(
+        rope_theta=float(rope.pop("rope_theta")),
+        partial_rotary_factor=float(rope.pop("partial_rotary_factor", 1.0)),
+        rope_scaling=rope or None,
+        qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+        o_bias=arch != "Qwen2ForCausalLM" and bool(cfg.get("attention_bias", False)),
+        qk_norm=arch == "Qwen3ForCausalLM",
+        sliding_window=int(window) if window else None,
+        activation=act,
+    )
+
+
+def _phi3_rope(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Phi-3's RoPE as transformers' Phi3Config reads it: "su" and "yarn" mean long-rope;
+    original_max_position_embeddings comes from the top level (4096 when absent), over rope_scaling's;
+    partial_rotary_factor from the RoPE settings (5.x) or the top level (4.x)."""
+    params = {**(cfg.get("rope_parameters") or {}), **(cfg.get("rope_scaling") or {})}
+    partial = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if (params.get("rope_type") or params.get("type")) in ("su", "yarn", "longrope"):
+        params.pop("type", None)
+        orig = cfg.get("original_max_position_embeddings", 4096)
+        params.update(rope_type="longrope", original_max_position_embeddings=orig)
+    rope = _rope_parameters({"rope_theta": cfg.get("rope_theta", 10000.0), "rope_parameters": params})
+    check_values({"partial_rotary_factor": partial})
+    return {**rope, "partial_rotary_factor": partial}
+
+
+def _gemma_fields(cfg: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """Gemma 2 and 3 (text): local and global layers, soft-capping, and Gemma 3's q/k norms and the
+    local layers' own RoPE base. Defaults are transformers' config classes'."""
+    gemma3 = arch == "Gemma3ForCausalLM"
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in _GELUS:
+        raise ModelLoadError(f"unsupported hidden_activation {_show(act)} for {arch}; expected gelu_pytorch_tanh")
+    if cfg.get("use_bidirectional_attention"):
+        raise ModelLoadError(
+            "config.json: use_bidirectional_attention (an embedding model) is not supported; use a causal Gemma"
+        )
+    n = int(cfg["num_hidden_layers"])
+    every = cfg.get("sliding_window_pattern") or (6 if gemma3 else 2)  # the nth layer is global
+    types = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
+    if len(types) != n or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise ModelLoadError(
+            f"config.json: layer_types must give each of the {n} layers sliding_attention or full_attention; fix it"
+        )
+    rope, local_theta = _gemma_rope(cfg, gemma3)
+    window = cfg.get("sliding_window", 4096)
+    return dict(
+        rope_theta=float(rope.pop("rope_theta")),
+        rope_scaling=rope or None,
+        local_rope_theta=local_theta,
+        layer_types=tuple(types),
+        local_window=int(window) if window and "sliding_attention" in types else None,
+        attn_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5,
+        # Gemma 3's config has attn_logit_softcapping too, but transformers' Gemma 3 never applies it.
+        attn_softcap=None if gemma3 else cfg.get("attn_logit_softcapping", 50.0),
+        final_softcap=cfg.get("final_logit_softcapping", None if gemma3 else 30.0),
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        o_bias=bool(cfg.get("attention_bias", False)),
+        qk_norm=gemma3,
+        activation=act,
+    )
+
+
+def _gemma_rope(cfg: Mapping[str, Any], gemma3: bool) -> tuple[dict[str, Any], float | None]:
+    """(the global layers' RoPE as _rope_parameters gives it, Gemma 3's local RoPE base or None).
+    5.x nests Gemma 3's by layer type; 4.x has rope_theta, rope_scaling and rope_local_base_freq."""
+    theta = 1e6 if gemma3 else 10000.0
+    nested = cfg.get("rope_parameters") or {}
+    if not ("full_attention" in nested or "sliding_attention" in nested):
+        local = cfg.get("rope_local_base_freq", 10000.0) if gemma3 else None
+        return _rope_parameters({"rope_theta": theta, **cfg}), local
+    for kind in ("full_attention", "sliding_attention"):
+        check_values({"rope_parameters": nested.get(kind)}, f"config.json rope_parameters.{kind}")
+    local = dict(nested.get("sliding_attention") or {})
+    if (local.get("rope_type") or local.get("type") or "default") != "default":
+        raise ModelLoadError("config.json: RoPE scaling of the sliding_attention layers is not supported; remove it")
+    check_values(local, "config.json rope_parameters.sliding_attention")
+    rope = _rope_parameters({"rope_theta": theta, "rope_parameters": nested.get("full_attention")})
+    return rope, float(local.get("rope_theta", 10000.0))
 
 
 def _qwen_window(cfg: Mapping[str, Any]) -> int | None:
@@ -203,11 +311,16 @@ def _rope_parameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if "rope_theta" in cfg and "rope_theta" not in params:
         params["rope_theta"] = cfg["rope_theta"]
     check_values(params, "config.json rope_scaling")
+    params.setdefault("rope_theta", 10000.0)
     kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
     if kind == "default":
-        return {"rope_theta": params.get("rope_theta", 10000.0)}
-    if kind not in ("llama3", "linear"):
-        raise ModelLoadError(f"unsupported rope scaling {_show(kind)}; tiankong supports default, linear and llama3")
+        return {"rope_theta": params["rope_theta"]}
+    if kind not in ("llama3", "linear", "longrope"):
+        raise ModelLoadError(
+            f"unsupported rope scaling {_show(kind)}; tiankong supports default, linear, llama3 and longrope"
+        )
+    if kind == "longrope" and "original_max_position_embeddings" not in params:
+        raise ModelLoadError("config.json rope_scaling: longrope needs original_max_position_embeddings; add it")
     if kind == "llama3" and params.get("low_freq_factor", 1.0) == params.get("high_freq_factor", 4.0):
         raise ModelLoadError("config.json rope_scaling: low_freq_factor and high_freq_factor must differ; fix them")
     params["rope_type"] = kind
@@ -231,22 +344,43 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
         (int, 1, 1 << 27),
     ),
     "max_window_layers": (int, 0, 1 << 12),
-    "rope_theta": (float, 0, 1e12),
+    "sliding_window_pattern": (int, 1, 1 << 12),
+    **dict.fromkeys(("rope_theta", "rope_local_base_freq"), (float, 0, 1e12)),
+    "partial_rotary_factor": (float, 0, 1),
+    **dict.fromkeys(
+        ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping", "attention_factor"),
+        (float, 0, 1e9),
+    ),
     **dict.fromkeys(("rms_norm_eps", "layer_norm_epsilon"), (float, 0, 1)),
     **dict.fromkeys(("factor", "low_freq_factor", "high_freq_factor"), (float, 0, 1e6)),
 }
-_NULLABLE = {"num_key_value_heads", "head_dim", "n_inner", "sliding_window", "max_window_layers"}
+_NULLABLE = {
+    *("num_key_value_heads", "head_dim", "n_inner", "sliding_window", "max_window_layers"),
+    *("attn_logit_softcapping", "final_logit_softcapping", "attention_factor"),
+}
 # Values that must be of a JSON type (or null) for the code above to read them at all.
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "architectures": ((list,), 'a list of names such as ["LlamaForCausalLM"]'),
     "model_type": ((str,), 'a name such as "llama"'),
-    **dict.fromkeys(("attention_bias", "use_sliding_window", "tie_word_embeddings"), ((bool,), "true or false")),
+    **dict.fromkeys(
+        ("attention_bias", "use_sliding_window", "tie_word_embeddings", "use_bidirectional_attention"),
+        ((bool,), "true or false"),
+    ),
+    **dict.fromkeys(("short_factor", "long_factor"), ((list,), "a list of numbers, one per rotated pair")),
+    **dict.fromkeys(("hidden_act", "hidden_activation"), ((str,), 'a name such as "silu"')),
     "layer_types": ((list,), 'a list such as ["full_attention", "full_attention"]'),
     **dict.fromkeys(
         ("rope_scaling", "rope_parameters"),
         ((dict,), 'an object such as {"rope_type": "linear", "factor": 2.0}, or null'),
     ),
 }
+
+
+_GELUS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast")  # "gelu" is exact, the others the tanh form
+
+
+def _positive(x: Any) -> bool:
+    return type(x) in (int, float) and 0 < x < 1e6  # NaN fails the comparison
 
 
 def _show(value: Any) -> str:
@@ -274,18 +408,63 @@ def check_values(cfg: Mapping[str, Any], where: str = "config.json") -> None:
             raise ModelLoadError(f"{where}: {key} is {_show(value)}, but it must be {want}; fix the value")
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies (head_dim/2,) for RoPE, with the checkpoint's scaling applied."""
+def rope_buffers(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A model's RoPE frequencies by buffer name, float32 on the CPU: "inv_freq" (rotary_dim/2,);
+    "inv_freq_long" with long-rope; "inv_freq_local" for Gemma's local layers. Models register
+    them when built; load_model and the trainers set them again (built on meta, or cast to bf16)."""
+    if cfg.family == "gpt2":
+        return {}
+    out = {"inv_freq": rope_inv_freq(cfg)}
+    if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "longrope":
+        out["inv_freq_long"] = rope_inv_freq(cfg, long=True)
+    if cfg.family == "gemma":  # Gemma 2's local layers share the global frequencies
+        out["inv_freq_local"] = (
+            rope_inv_freq(cfg, theta=cfg.local_rope_theta) if cfg.local_rope_theta else out["inv_freq"]
+        )
+    return out
+
+
+def long_rope_applies(cfg: ModelConfig, positions: torch.Tensor) -> bool:
+    """Whether a forward call over `positions` (B, T) uses long-rope's long factors: transformers
+    switches for the whole call once any position is past original_max_position_embeddings (keys
+    already cached keep the rotation they got)."""
+    s = cfg.rope_scaling
+    return bool(s) and s["rope_type"] == "longrope" and int(positions.max()) >= s["original_max_position_embeddings"]
+
+
+def rope_attention_factor(cfg: ModelConfig) -> float:
+    """Long-rope's scale on cos and sin (so on q.k, squared): its attention_factor, else
+    sqrt(1 + ln(factor) / ln(original)) with factor = max_position_embeddings / original, as
+    transformers computes it; 1 for every other RoPE."""
+    s = cfg.rope_scaling
+    if not s or s["rope_type"] != "longrope":
+        return 1.0
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+    orig = s["original_max_position_embeddings"]
+    factor = s.get("factor") or cfg.max_seq_len / orig
+    return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
+
+
+def rope_inv_freq(cfg: ModelConfig, long: bool = False, theta: float | None = None) -> torch.Tensor:
+    """Inverse frequencies (rotary_dim/2,) for RoPE, with the checkpoint's scaling applied; `long`:
+    long-rope's long factors instead of its short ones; `theta`: another base, unscaled (Gemma 3's
+    local layers)."""
     import torch
 
     # float32 on purpose: transformers computes it so, and logits parity depends on it. Always on
     # the CPU (callers move it): under a meta-device context these few ops would import ~70 MB of
     # torch's meta kernels, written in Python, for nothing.
-    arange = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device="cpu")
-    inv = 1.0 / (cfg.rope_theta ** (arange.float() / cfg.head_dim))
+    rd = cfg.rotary_dim
+    shape = torch.arange(0, rd, 2, dtype=torch.int64, device="cpu").float() / rd
+    base = cfg.rope_theta if theta is None else theta
+    inv = 1.0 / (base**shape)
     s = cfg.rope_scaling
-    if not s:
+    if not s or theta is not None:
         return inv
+    if s["rope_type"] == "longrope":  # Phi-3: one divisor per pair, short or long
+        ext = torch.tensor(s["long_factor" if long else "short_factor"], dtype=torch.float32, device="cpu")
+        return 1.0 / (ext * base**shape)
     factor = float(s.get("factor", 1.0))
     if s["rope_type"] == "linear":
         return inv / factor
@@ -307,6 +486,9 @@ _MODEL_TYPES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Phi3ForCausalLM": "phi3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
     "GPT2LMHeadModel": "gpt2",
 }
 
@@ -360,4 +542,26 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         out["sliding_window"] = None
     if cfg.architecture in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
         out["attention_bias"] = cfg.qkv_bias
+    if cfg.architecture == "Phi3ForCausalLM":  # Phi3Config reads these at the top level first
+        out["partial_rotary_factor"] = cfg.partial_rotary_factor
+        if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "longrope":
+            out["original_max_position_embeddings"] = cfg.rope_scaling["original_max_position_embeddings"]
+    if cfg.family == "gemma":
+        out.update(_gemma_hf_config(cfg))
+    return out
+
+
+def _gemma_hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """Gemma's own keys (query_pre_attn_scalar stays as the original config.json gave it, in extra)."""
+    out = dict(
+        hidden_activation=cfg.activation,
+        attention_bias=cfg.qkv_bias,
+        layer_types=list(cfg.layer_types),
+        sliding_window=cfg.local_window,
+        final_logit_softcapping=cfg.final_softcap,
+    )
+    if cfg.architecture == "Gemma2ForCausalLM":
+        out["attn_logit_softcapping"] = cfg.attn_softcap
+    if cfg.local_rope_theta is not None:  # the 4.x spelling, which transformers 5 still reads
+        out["rope_local_base_freq"] = cfg.local_rope_theta
     return out

@@ -1,8 +1,12 @@
-"""The Llama family: Llama 2/3, TinyLlama, SmolLM, Mistral, Qwen2 and Qwen3.
+"""The Llama family: Llama 2/3, TinyLlama, SmolLM, Mistral, Qwen2, Qwen3 and Phi-3.
 
 RoPE positions, RMSNorm, SwiGLU feed-forward, grouped-query attention; Qwen2 adds biases on the
 q/k/v projections, Qwen3 an RMSNorm on every query and key head before RoPE (cfg.qk_norm), and
-Mistral may limit attention to a sliding window (applied by the mask that `generate` builds). Read top-down: attention, feed-forward, block, model, then the weight table.
+Mistral may limit attention to a sliding window (applied by the mask that `generate` builds).
+Phi-3 is this model once its fused q/k/v and gate/up tensors are split at load (PHI3_FUSED), with
+long-rope (short or long per-pair factors, and a scale on cos and sin) and RoPE over only part of
+each head (partial_rotary_factor). Read top-down: attention, feed-forward, block, model, then the
+weight table.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, rope_inv_freq
+from .config import ModelConfig, long_rope_applies, rope_attention_factor, rope_buffers
 from .kv_cache import KVCache, build_mask
 from .weights import embedding
 
@@ -23,8 +27,26 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding: x (B, heads, T, hd); cos, sin (B, 1, T, hd)."""
-    return x * cos + rotate_half(x) * sin
+    """Rotary position embedding: x (B, heads, T, hd); cos, sin (B, 1, T, rd). The first rd dims of
+    each head turn; the rest (rd < hd: Phi's partial rotary) pass unchanged."""
+    rd = cos.shape[-1]
+    if rd == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    turned, rest = x[..., :rd], x[..., rd:]
+    return torch.cat((turned * cos + rotate_half(turned) * sin, rest), dim=-1)
+
+
+def rope_tables(model: nn.Module, positions: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None):
+    """cos, sin (B, 1, T, rd) in `dtype` for positions (B, T), as transformers computes them (in
+    float32, times long-rope's attention factor); long-rope's long factors where they apply."""
+    cfg = model.cfg
+    if inv_freq is None:
+        inv_freq = model.inv_freq_long if long_rope_applies(cfg, positions) else model.inv_freq
+    freqs = positions.float()[..., None] * inv_freq  # (B, T, rd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, rd)
+    scale = rope_attention_factor(cfg)
+    cos, sin = (emb.cos(), emb.sin()) if scale == 1.0 else (emb.cos() * scale, emb.sin() * scale)
+    return cos.to(dtype), sin.to(dtype)
 
 
 class Attention(nn.Module):
@@ -116,7 +138,8 @@ class Llama(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_emb.weight
-        self.register_buffer("inv_freq", rope_inv_freq(cfg).to(self.tok_emb.weight.device), persistent=False)  # (hd/2,)
+        for name, freqs in rope_buffers(cfg).items():  # inv_freq (rd/2,), and inv_freq_long for long-rope
+            self.register_buffer(name, freqs.to(self.tok_emb.weight.device), persistent=False)
 
     def forward(
         self,
@@ -141,9 +164,7 @@ class Llama(nn.Module):
             # Mistral: keys older than the window are hidden even without padding.
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, tokens.shape[1], start + tokens.shape[1], window)
-        freqs = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = rope_tables(self, positions, x.dtype)  # (B, 1, T, rd)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i, start)
         if last_only:
@@ -175,3 +196,19 @@ WEIGHT_MAP: dict[str, str] = {
 }
 # Tensors some checkpoints carry that hold nothing we need (recomputed buffers).
 IGNORED: tuple[str, ...] = ("model.layers.{}.self_attn.rotary_emb.inv_freq",)
+
+
+# Phi-3 stores q/k/v and gate/up as one tensor each: checkpoint name -> its parts' names here, in
+# row order, with their row counts. Loading splits each into the tensors above and saving joins
+# them back (weights.NameTable), so the modules stay Llama's.
+def phi3_fused(cfg: ModelConfig) -> dict[str, tuple[tuple[str, int], ...]]:
+    q, kv, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+    attn, mlp = "model.layers.{}.self_attn.", "model.layers.{}.mlp."
+    return {
+        attn + "qkv_proj.weight": (
+            (attn + "q_proj.weight", q),
+            (attn + "k_proj.weight", kv),
+            (attn + "v_proj.weight", kv),
+        ),
+        mlp + "gate_up_proj.weight": ((mlp + "gate_proj.weight", f), (mlp + "up_proj.weight", f)),
+    }

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, long_rope_applies, rope_attention_factor
 from .kv_cache import KVCache, build_mask
 from .llama import Llama
 from .native import NativeStep, WeightBuffer
@@ -54,11 +54,20 @@ from .packed import pack_weight, release_pages, trim_heap
 _linear = torch.ops.mkldnn._linear_pointwise
 
 
-def _pairs_adjacent(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
-    """Rows (n_heads * hd, ...) of a q or k projection, reordered per head from (i, i + hd/2) pairs
-    to (2i, 2i + 1) pairs. Works for weights (rows, in) and biases (rows,)."""
-    order = torch.arange(head_dim).view(2, head_dim // 2).t().reshape(-1)  # 0, hd/2, 1, hd/2+1, ...
+def _pairs_adjacent(w: torch.Tensor, n_heads: int, head_dim: int, rotary_dim: int = 0) -> torch.Tensor:
+    """Rows (n_heads * hd, ...) of a q or k projection, reordered per head from (i, i + rd/2) pairs
+    to (2i, 2i + 1) pairs. Works for weights (rows, in) and biases (rows,). rotary_dim rd < hd
+    (Phi's partial rotary): only the first rd rows of a head pair up; the rest keep their order
+    and get a frequency of 0 (_padded), so RoPE leaves them as they are."""
+    rd = rotary_dim or head_dim
+    order = torch.arange(rd).view(2, rd // 2).t().reshape(-1)  # 0, rd/2, 1, rd/2+1, ...
+    order = torch.cat([order, torch.arange(rd, head_dim)])
     return w.view(n_heads, head_dim, *w.shape[1:])[:, order].reshape(w.shape)
+
+
+def _padded(inv_freq: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """RoPE frequencies (rd/2,) with zeros up to hd/2: the pairs past rd turn by angle 0."""
+    return F.pad(inv_freq, (0, head_dim // 2 - inv_freq.shape[0]))
 
 
 class PackedBlock(nn.Module):
@@ -142,7 +151,11 @@ class PackedLlama(nn.Module):
         super().__init__()
         cfg = self.cfg = model.cfg
         self.tok_emb = model.tok_emb  # stays dense: lookups read a few rows
-        self.register_buffer("inv_freq", model.inv_freq, persistent=False)  # (hd/2,)
+        # (hd/2,) each, zeros past rotary_dim/2 (so the compiled step reads hd/2 of them too);
+        # long-rope's long frequencies run on the torch path only (forward).
+        self.register_buffer("inv_freq", _padded(model.inv_freq, cfg.head_dim), persistent=False)
+        long = getattr(model, "inv_freq_long", None)
+        self.register_buffer("inv_freq_long", None if long is None else _padded(long, cfg.head_dim), persistent=False)
         self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)  # (D,)
         w = model.tok_emb.weight
         fits = w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
@@ -192,24 +205,20 @@ class PackedLlama(nn.Module):
             q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul_(scale)
             k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
             scale = 1.0
+
+        def rope_rows(w: torch.Tensor, heads: int) -> torch.Tensor:
+            # Long-rope scales cos and sin, i.e. the rotated dims of q and k: linear, so into their rows.
+            w = _pairs_adjacent(w.float(), heads, hd, cfg.rotary_dim)
+            w.view(heads, hd, -1)[:, : cfg.rotary_dim] *= rope_attention_factor(cfg)
+            return w
+
         # Folding works in float32 (a no-op copy-wise for float32 weights), in place where it can.
-        wqkv = torch.cat(
-            [
-                _pairs_adjacent(a.wq.weight.float(), H, hd).mul_(scale),
-                _pairs_adjacent(a.wk.weight.float(), H_kv, hd),
-                a.wv.weight.float(),
-            ]
-        )
+        wqkv = torch.cat([rope_rows(a.wq.weight, H).mul_(scale), rope_rows(a.wk.weight, H_kv), a.wv.weight.float()])
         wqkv = wqkv.mul_(layer.attn_norm.weight.float()).to(dt)  # (H + 2 H_kv) hd x D
         bqkv = None
         if a.wq.bias is not None:
-            bqkv = torch.cat(
-                [
-                    _pairs_adjacent(a.wq.bias.float(), H, hd).mul_(scale),
-                    _pairs_adjacent(a.wk.bias.float(), H_kv, hd),
-                    a.wv.bias.float(),
-                ]
-            ).to(dt)
+            bqkv = torch.cat([rope_rows(a.wq.bias, H).mul_(scale), rope_rows(a.wk.bias, H_kv), a.wv.bias.float()])
+            bqkv = bqkv.to(dt)
         w13 = torch.cat([f.w1.weight, f.w3.weight]).float().mul_(layer.ffn_norm.weight.float()).to(dt)  # 2F x D
         bo = None if a.wo.bias is None else a.wo.bias.detach().clone()
         # In the order the step reads them (the buffer's order).
@@ -230,7 +239,8 @@ class PackedLlama(nn.Module):
         hidden: bool = False,
     ) -> torch.Tensor:
         """Same contract as Llama.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
-        if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden:
+        long = long_rope_applies(self.cfg, positions)  # then torch: the step holds the short frequencies
+        if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden and not long:
             return self._native(self.tok_emb(tokens[:, 0]), positions, mask, cache, start)
         x = self.tok_emb(tokens)  # (B, T, D)
         T = tokens.shape[1]
@@ -238,7 +248,7 @@ class PackedLlama(nn.Module):
         if mask is None and window is not None and start + T > window:
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, T, start + T, window)
-        angles = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
+        angles = positions.float()[..., None] * (self.inv_freq_long if long else self.inv_freq)  # (B, T, hd/2)
         freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None]  # (B, T, 1, hd/2) complex64
         if cache is not None:
             assert start + T <= cache.max_len, f"KV cache overflow: {start + T} > {cache.max_len}"

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import gpt2, llama
-from .config import ModelConfig
+from . import gemma, gpt2, llama
+from .config import ModelConfig, rope_buffers
 from .errors import ModelLoadError
 from .gguf_model import GGUFModel, is_gguf
 from .gpt2_packed import PackedGPT2
@@ -62,20 +62,35 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+FAMILIES = {"llama": (llama, llama.Llama), "gemma": (gemma, gemma.Gemma), "gpt2": (gpt2, gpt2.GPT2)}
+
+
 def family_module(cfg: ModelConfig):
-    return gpt2 if cfg.family == "gpt2" else llama
+    return FAMILIES[cfg.family][0]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A model with freshly initialised weights (trainers start here; loading goes via meta)."""
-    return (gpt2.GPT2 if cfg.family == "gpt2" else llama.Llama)(cfg)
+    return FAMILIES[cfg.family][1](cfg)
 
 
 def name_table(cfg: ModelConfig) -> NameTable:
     mod = family_module(cfg)
     return NameTable(
-        mod.WEIGHT_MAP, getattr(mod, "IGNORED", ()), getattr(mod, "TRANSPOSED", frozenset()), getattr(mod, "PREFIX", "")
+        mod.WEIGHT_MAP,
+        getattr(mod, "IGNORED", ()),
+        getattr(mod, "TRANSPOSED", frozenset()),
+        getattr(mod, "PREFIX", ""),
+        fused=llama.phi3_fused(cfg) if cfg.architecture == "Phi3ForCausalLM" else None,
     )
+
+
+def set_rope_buffers(model: nn.Module, cfg: ModelConfig, device: torch.device) -> nn.Module:
+    """Recompute the RoPE frequencies in float32 on `device`: a model built on meta, or cast with
+    its weights to bfloat16, has them wrong."""
+    for name, freqs in rope_buffers(cfg).items():
+        setattr(model, name, freqs.to(device))
+    return model
 
 
 def load_model(
@@ -103,10 +118,7 @@ def load_model(
     with torch.device("meta"):
         model = build_model(cfg)
     load_weights(model, cfg, folder, table, dt, dev)
-    # Buffers (RoPE frequencies) were made on meta: recompute them for real, kept in float32.
-    if cfg.family == "llama":
-        model.inv_freq = llama.rope_inv_freq(cfg).to(dev)
-    return model.eval(), cfg
+    return set_rope_buffers(model, cfg, dev).eval(), cfg
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
@@ -121,6 +133,8 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         return model
     if isinstance(model, llama.Llama):
         return PackedLlama(model)
+    # Gemma's extra norms, soft-capping and two kinds of layer have no packed form or compiled step
+    # yet: its linears are packed for oneDNN in place, the rest runs as in the plain module.
     lib = native_library() if isinstance(model, gpt2.GPT2) else None
     return PackedGPT2(model, lib) if lib is not None else pack_linears(model)
 

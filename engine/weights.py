@@ -11,6 +11,7 @@ read only with `torch.load(weights_only=True)`, which refuses anything but tenso
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -52,11 +53,52 @@ class NameTable:
         ignored: tuple[str, ...] = (),
         transposed: frozenset[str] = frozenset(),
         prefix: str = "",
+        fused: dict[str, tuple[tuple[str, int], ...]] | None = None,
     ) -> None:
+        """fused: checkpoint tensors that hold several of the table's, stacked by rows (Phi-3's
+        qkv_proj): name -> ((part's checkpoint name, rows), ...); `split` and `join` convert."""
         self.entries = [(src, dst, src in transposed) for src, dst in weight_map.items()]
         self.rules = [(_pattern(src), dst, t) for src, dst, t in self.entries]
         self.ignored = [_pattern(p) for p in ignored]
         self.prefix = prefix
+        self.fused = [(_pattern(src), src, parts) for src, parts in (fused or {}).items()]
+
+    def split(self, tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]]) -> Iterator:
+        """The (file, name, shape, read) stream of a checkpoint with every fused tensor replaced by
+        its parts, each read as a view of the fused tensor's rows (read once for all of them)."""
+        for file, name, shape, read in tensors:
+            hit = next(((m, parts) for pat, _, parts in self.fused if (m := pat.match(name))), None)
+            if hit is None:
+                yield file, name, shape, read
+                continue
+            m, parts = hit
+            if not shape or shape[0] != sum(rows for _, rows in parts):
+                raise ModelLoadError(
+                    f"tensor {name} in {file} has shape {list(shape)}, but config.json implies "
+                    f"{sum(rows for _, rows in parts)} rows; the weights do not match the config"
+                )
+            whole, start = functools.cache(read), 0
+            for part, rows in parts:
+                part_name = part.replace("{}", m.group(1)) if m.groups() else part
+                yield file, part_name, (rows, *shape[1:]), lambda a=start, b=start + rows, whole=whole: whole()[a:b]
+                start += rows
+
+    def join(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors by name with the parts of each fused tensor stacked back into it."""
+        for _, src, parts in self.fused:
+            first = _pattern(parts[0][0])
+            for m in [m for n in list(tensors) if (m := first.match(n))]:
+                fill = (lambda p, m=m: p.replace("{}", m.group(1))) if m.groups() else (lambda p: p)
+                tensors[fill(src)] = torch.cat([tensors.pop(fill(part)) for part, _ in parts])
+        return tensors
+
+    def fused_name(self, name: str) -> str:
+        """The fused tensor's name for one of its parts' names (Phi-3: q_proj -> qkv_proj); else name."""
+        for _, src, parts in self.fused:
+            for part, _ in parts:
+                if m := _pattern(part).match(name):
+                    return src.replace("{}", m.group(1)) if m.groups() else src
+        return name
 
     def match(self, name: str) -> tuple[str, int | None, bool] | None:
         """(module name pattern, layer number or None, transpose?) for a checkpoint name; None if not ours."""
@@ -82,7 +124,7 @@ class NameTable:
         for src, dst, _ in self.entries:
             m = _pattern(dst).match(target)
             if m:
-                return self.saved_name(src.replace("{}", m.group(1)) if m.groups() else src)
+                return self.saved_name(self.fused_name(src.replace("{}", m.group(1)) if m.groups() else src))
         return target
 
     def saved_name(self, name: str) -> str:
@@ -195,7 +237,7 @@ def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameT
     """
     shapes = {n: tuple(p.shape) for n, p in one_layer.named_parameters()}
     layers: set[int] = set()
-    for file, name, shape, _ in checkpoint_tensors(folder):
+    for file, name, shape, _ in table.split(checkpoint_tensors(folder)):
         hit = table.match(name)
         if hit is None:
             continue  # not ours: load_weights names it
@@ -233,7 +275,7 @@ def load_weights(
         expected.pop("output.weight", None)
     loaded: set[str] = set()
     unexpected: list[str] = []
-    for file, name, _shape, read in checkpoint_tensors(folder):
+    for file, name, _shape, read in table.split(checkpoint_tensors(folder)):
         hit = table.target(name)
         if hit is None:
             if not table.is_ignored(name):
@@ -318,6 +360,7 @@ def save_model(
     for hf_name, (target, transpose) in _hf_names(table, state, cfg).items():
         t = state[target].detach()
         tensors[hf_name] = (t.t() if transpose else t).contiguous().cpu()
+    tensors = table.join(tensors)
     texts = {"config.json": json.dumps(to_hf_config(cfg, str(dtype).removeprefix("torch.")), indent=2) + "\n"}
     texts.update(extra_files or {})
     for name, text in texts.items():

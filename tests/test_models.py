@@ -90,7 +90,7 @@ def test_config_variants():
     assert v4.torch_dtype == v5.torch_dtype == "bfloat16"
     assert v4.n_kv_heads == 4 and v4.head_dim == 16
     assert ModelConfig.from_hf_config({**base, "head_dim": 32}).head_dim == 32
-    with pytest.raises(ModelLoadError, match="Qwen2ForCausalLM, Qwen3ForCausalLM, GPT2LMHeadModel"):
+    with pytest.raises(ModelLoadError, match="Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, GPT2LMHeadModel"):
         ModelConfig.from_hf_config({**base, "architectures": ["BertForMaskedLM"], "model_type": "bert"})
     with pytest.raises(ModelLoadError, match="yarn"):
         ModelConfig.from_hf_config({**base, "rope_scaling": {"type": "yarn", "factor": 4.0}})

@@ -62,12 +62,18 @@ def train_tokenizer(folder: Path, kind: str = "bytelevel", vocab_size: int = 384
 def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = None, **overrides) -> Path:
     """Write a tiny random `arch` model (plus a tokenizer) to folder; returns folder."""
     from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         GPT2Config,
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
         MistralConfig,
         MistralForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
         Qwen3Config,
@@ -101,17 +107,55 @@ def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = N
         # Qwen3 as released: tied head, and a head size of its own (24, not hidden / heads = 16).
         cfg, cls = Qwen3Config, Qwen3ForCausalLM
         overrides = dict(head_dim=24, tie_word_embeddings=True) | overrides
+    elif arch == "phi3":
+        # Phi-3.5 as released: long-rope with short and long factors (the long ones apply past 16
+        # positions here, inside the tests' sequences), and RoPE over 3/4 of each head (Phi-4-mini).
+        cfg, cls = Phi3Config, Phi3ForCausalLM
+        overrides = dict(rope_parameters=phi3_long_rope(torch.Generator().manual_seed(seed))) | overrides
+        overrides = dict(original_max_position_embeddings=16, partial_rotary_factor=0.75, pad_token_id=0) | overrides
+    elif arch in ("gemma2", "gemma3"):
+        # Every feature within the tests' reach: a window of 6 on the local layers (layers 0 and 2
+        # of 3 for Gemma 2, 0 and 1 for Gemma 3), soft-caps that cap (random logits reach ~30),
+        # query_pre_attn_scalar apart from head_dim, a local RoPE base apart from the global one.
+        cfg, cls = (Gemma2Config, Gemma2ForCausalLM) if arch == "gemma2" else (Gemma3TextConfig, Gemma3ForCausalLM)
+        gemma = dict(
+            head_dim=24, num_hidden_layers=3, sliding_window=6, query_pre_attn_scalar=20, tie_word_embeddings=True
+        )
+        if arch == "gemma2":
+            gemma |= dict(attn_logit_softcapping=3.0, final_logit_softcapping=8.0)
+        else:
+            gemma |= dict(
+                sliding_window_pattern=3,
+                final_logit_softcapping=8.0,
+                rope_parameters={
+                    "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                },
+            )
+        overrides = gemma | overrides
     else:
         raise ValueError(arch)
     if arch != "gpt2":
         cfg = cfg(**{**common, **llama_like, **overrides})
     torch.manual_seed(seed)
     model = cls(cfg).eval()
-    if arch == "qwen3":
+    if arch in ("qwen3", "phi3", "gemma2", "gemma3"):
         # Norm gains start at 1, where a q/k-norm gain applied to the wrong dimensions goes unseen.
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.uniform_(0.5, 1.5)
+                if name.endswith("norm.weight"):  # Gemma's gain is 1 + w
+                    p.uniform_(-0.5, 0.5) if arch.startswith("gemma") else p.uniform_(0.5, 1.5)
     model.save_pretrained(folder)
     return folder
+
+
+def phi3_long_rope(gen: torch.Generator, head_dim: int = 16, partial: float = 0.75) -> dict:
+    """Long-rope settings for a tiny Phi-3: random per-pair factors (short near 1, long larger)."""
+    pairs = int(head_dim * partial) // 2
+    return {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": partial,
+        "short_factor": (1 + torch.rand(pairs, generator=gen) * 0.2).tolist(),
+        "long_factor": (1 + torch.rand(pairs, generator=gen) * 8).tolist(),
+    }

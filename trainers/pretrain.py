@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tiankong.engine.config import ModelConfig, rope_inv_freq
+from tiankong.engine.config import ModelConfig
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_write_bytes
-from tiankong.engine.model import build_model, load_model, resolve_dtype, save_pretrained
+from tiankong.engine.model import build_model, load_model, resolve_dtype, save_pretrained, set_rope_buffers
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from .common import TrainConfig, Trainer, opt
@@ -216,9 +216,7 @@ def load_trainable(folder: str | Path, device: torch.device, dtype: str) -> tupl
 
 def to_device(model: nn.Module, cfg: ModelConfig, device: torch.device, dtype: str) -> nn.Module:
     model.to(device=device, dtype=resolve_dtype(dtype, device))
-    if cfg.family == "llama":  # RoPE frequencies stay float32 whatever the weights are
-        model.inv_freq = rope_inv_freq(cfg).to(device)
-    return model
+    return set_rope_buffers(model, cfg, device)  # RoPE frequencies stay float32 whatever the weights are
 
 
 def token_loss(
