@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import gguf
 
@@ -24,27 +25,35 @@ _SPLIT_NAMES = {
 }
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, folder: Path) -> None:
-    """The tokenizer of `folder` as tokenizer.* metadata of `writer`."""
+def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, pre: str | None = None) -> None:
+    """The tokenizer of `folder` as tokenizer.* metadata of `writer`; `pre` names the byte-level
+    pre-tokenizer instead of reading it from tokenizer.json."""
     folder = Path(folder)
     if (folder / "tokenizer.json").is_file():
         data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         if data["model"].get("byte_fallback"):
             _add_llama_hf(writer, folder)
         else:
-            _add_byte_level(writer, folder, data)
+            _add_byte_level(writer, folder, pre or _pre_name(data["pre_tokenizer"]))
     else:
         _add_sentencepiece(writer, folder)
 
 
-def tokenizer_only_gguf(folder: Path, path: Path, arch: str = "llama", vocab_size: int | None = None) -> Path:
-    """A GGUF file holding `folder`'s tokenizer and the few hyperparameters llama.cpp reads even with
-    vocab_only=True; no tensors."""
-    writer = gguf.GGUFWriter(path, arch)
+def tokenizer_only_gguf(folder: Path, path: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """A GGUF file holding `folder`'s tokenizer, with `overrides` replacing or adding metadata."""
+    writer = gguf.GGUFWriter(path, "llama")
     writer.add_name(Path(folder).name)
-    add_tokenizer(writer, folder)
-    n_vocab = vocab_size or len(writer.kv_data[0]["tokenizer.ggml.tokens"].value)
-    writer.add_vocab_size(n_vocab)
+    overrides = overrides or {}
+    add_tokenizer(writer, folder, overrides.get("tokenizer.ggml.pre"))
+    set_fields(writer, overrides)
+    return finish(writer)
+
+
+def finish(writer: gguf.GGUFWriter) -> Path:
+    """Add the few llama hyperparameters llama.cpp reads even with vocab_only=True, then write the
+    file (no tensors)."""
+    tokens = writer.kv_data[0].get("tokenizer.ggml.tokens")
+    writer.add_vocab_size(len(tokens.value) if tokens is not None else 0)
     writer.add_context_length(512)
     writer.add_embedding_length(64)
     writer.add_block_count(1)
@@ -58,7 +67,27 @@ def tokenizer_only_gguf(folder: Path, path: Path, arch: str = "llama", vocab_siz
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return Path(writer.path)
+
+
+def set_fields(writer: gguf.GGUFWriter, fields: dict[str, Any]) -> None:
+    """Write raw metadata values, replacing keys already written; None removes a key. Types follow
+    the Python value: str, bool, int (uint32), float (float32), list or bytes list (array)."""
+    for key, value in fields.items():
+        for kv in writer.kv_data:
+            kv.pop(key, None)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_array(key, value)
 
 
 def _add_sentencepiece(writer: gguf.GGUFWriter, folder: Path) -> None:
@@ -85,7 +114,7 @@ def _add_llama_hf(writer: gguf.GGUFWriter, folder: Path) -> None:
     gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
 
 
-def _add_byte_level(writer: gguf.GGUFWriter, folder: Path, data: dict) -> None:
+def _add_byte_level(writer: gguf.GGUFWriter, folder: Path, pre: str) -> None:
     """convert_hf_to_gguf's _set_vocab_gpt2 (get_vocab_base): added tokens are control when special or
     when they look special (<|...|>), else user-defined; merges and special ids from SpecialVocab."""
     from transformers import AutoTokenizer
@@ -109,7 +138,7 @@ def _add_byte_level(writer: gguf.GGUFWriter, folder: Path, data: dict) -> None:
             types.append(gguf.TokenType.USER_DEFINED)
         tokens.append(token)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_name(data["pre_tokenizer"]))
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)

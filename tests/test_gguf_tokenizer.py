@@ -13,6 +13,7 @@ SentencePiece itself, fragment by fragment, not with (a) and (b).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import gguf
 import pytest
-from gguf_vocab import tokenizer_only_gguf
+from gguf_vocab import finish, set_fields, tokenizer_only_gguf
 from test_tokenizer import CHATML_SPECIALS, CORPUS, STORIES
 
 from tiankong.engine.chat import ChatTemplate
@@ -51,6 +52,8 @@ PREFIX_TEXTS = [
     "<s>Hi</s> there",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
 ]
+# Text that every pre-tokenizer splits differently (punctuation runs, digit groups, newlines, case).
+SPLIT_TEXT = "Hello!!! ... ,,, $100+200=300 (x) <tag> ~^| 'll 'D I'M x\r\n\ny \u00a0nbsp 12345678901 ΑΒΓ aBc .\n\n"
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -75,27 +78,29 @@ _LLAMA3_SPLIT = _QWEN2_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
 def make_bpe_folder(folder: Path, style: str) -> Path:
     """A byte-level BPE shaped like a real family's tokenizer.json: "qwen2" (Split regex, ChatML,
     <think> as a plain added token), "llama-bpe" (Llama 3: Split regex, ignore_merges, a BOS
-    post-processor) or "smollm" (individual digits, then GPT-2's regex)."""
+    post-processor), "smollm" (individual digits, then GPT-2's regex), or "unsplit" (merges learned
+    across every boundary, so any pre-tokenizer's splits show in the ids)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=style == "smollm")
     first = {
-        "qwen2": pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
-        "llama-bpe": pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-        "smollm": pre_tokenizers.Digits(individual_digits=True),
+        "qwen2": [pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated")],
+        "llama-bpe": [pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated")],
+        "smollm": [pre_tokenizers.Digits(individual_digits=True)],
+        "unsplit": [],
     }[style]
     specials = ["<|begin_of_text|>", "<|eot_id|>", *CHATML_SPECIALS]
     tok = Tokenizer(models.BPE(ignore_merges=style == "llama-bpe"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([first, byte_level])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*first, byte_level])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=460,
+        vocab_size=900 if style == "unsplit" else 460,
         special_tokens=specials,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS + [SPLIT_TEXT] * 5, trainer)
     tok.add_tokens([AddedToken("<think>", special=False, normalized=False), AddedToken("</think>", normalized=False)])
     if style == "llama-bpe":
         bos = tok.token_to_id("<|begin_of_text|>")
@@ -272,9 +277,42 @@ def _id(tokenizer, text: str) -> int | None:
     return ids[0] if len(ids) == 1 and tokenizer.id_to_piece(ids[0]) == text else None
 
 
-def test_pre_tokenizer_names_cover_the_common_families():
-    for name in ("default", "llama-bpe", "llama3", "qwen2", "smollm", "gpt-2", "deepseek-r1-qwen", "starcoder"):
-        assert name in PRE_TOKENIZERS
+@pytest.fixture(scope="module")
+def unsplit_folder(tmp_path_factory) -> Path:
+    return make_bpe_folder(tmp_path_factory.mktemp("unsplit"), "unsplit")
+
+
+@pytest.mark.parametrize("name", sorted(PRE_TOKENIZERS))
+def test_every_pre_tokenizer_splits_as_llama_cpp(name, unsplit_folder, tmp_path, llama_cpp):
+    """Each tokenizer.ggml.pre row against llama.cpp, on a vocabulary whose merges cross every
+    boundary some pre-tokenizer draws (so a wrong split changes the ids)."""
+    overrides = {"tokenizer.ggml.pre": name, "tokenizer.ggml.add_bos_token": False}
+    path = tokenizer_only_gguf(unsplit_folder, tmp_path / "pre.gguf", overrides)
+    ours, llm = _ours(path), _llama(llama_cpp, path)
+    for text in [SPLIT_TEXT, *TEXTS, *PREFIX_TEXTS]:
+        assert ours.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True), text
+
+
+def test_the_pre_tokenizer_rows_differ_on_the_split_text(unsplit_folder, tmp_path):
+    """The test above can fail: the distinct rows give distinct ids on SPLIT_TEXT."""
+    ids = set()
+    for name in ("default", "gpt-2", "llama3", "qwen2", "smollm"):
+        overrides = {"tokenizer.ggml.pre": name, "tokenizer.ggml.add_bos_token": False}
+        path = tokenizer_only_gguf(unsplit_folder, tmp_path / f"{name}.gguf", overrides)
+        ids.add(tuple(_ours(path).encode(SPLIT_TEXT, add_special_tokens=False)))
+    assert len(ids) == 5
+
+
+def test_llama3_rows_take_a_whole_word_found_in_the_vocabulary(tmp_path):
+    """ignore_merges: "abc" is a token no merge reaches; Llama-3-style pre-tokenizers emit it whole."""
+    tokens = {"tokenizer.ggml.tokens": ["<s>", "a", "b", "c", "ab", "abc"], "tokenizer.ggml.token_type": [3] + [1] * 5}
+    for pre, expected in (("llama-bpe", [5]), ("gpt-2", [4, 3])):
+        path = _write(tmp_path / f"{pre}.gguf", {**tokens, "tokenizer.ggml.pre": pre, "tokenizer.ggml.bos_token_id": 0})
+        assert _ours(path).encode("abc", add_special_tokens=False) == expected
+        if importlib.util.find_spec("llama_cpp") is not None:
+            import llama_cpp
+
+            assert _llama(llama_cpp, path).tokenize(b"abc", add_bos=False, special=True) == expected
 
 
 # --- hostile metadata ----------------------------------------------------------------------------------
@@ -285,30 +323,15 @@ _TOKENS = ["<unk>", "<s>", "</s>", "a", "b", "ab"]
 def _write(path: Path, overrides: dict | None = None) -> Path:
     """A tokenizer-only GGUF from raw field values; a value of None leaves the key out."""
     writer = gguf.GGUFWriter(path, "llama")
-    values = {
+    base = {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "gpt-2",
         "tokenizer.ggml.tokens": _TOKENS,
         "tokenizer.ggml.token_type": [3, 3, 3, 1, 1, 1],
         "tokenizer.ggml.merges": ["a b"],
-        **(overrides or {}),
     }
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, str):
-            writer.add_string(key, value)
-        elif isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        else:
-            writer.add_array(key, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    set_fields(writer, {**base, **(overrides or {})})
+    return finish(writer)
 
 
 def test_a_well_formed_minimal_file_loads(tmp_path):
