@@ -21,6 +21,14 @@ needs about a dozen calls:
 - Keys and values leave the fused q/k/v row side by side and go into the KV cache, whose
   layers hold them side by side too (kv_cache.py), with one copy.
 
+Quantized weights (QTensors: GGUF files, `--dtype q8_0`) cannot absorb a norm gain or the query
+scale, and q/k/v or gate/up may differ in type (a Q4_K_M file mixes q4_k and q6_k), so for them the
+gains stay vectors applied after normalising, the query scale is applied to the query heads, and the
+fused weights are their parts' rows back to back, each part in its own type (quant.pack_rows);
+q/k rows are still reordered into RoPE pairs (a row permutation works on quantized rows). They
+decode only through the compiled step, which reads the blocks directly; a prompt is fed to it one
+position at a time, and the torch path (cache-less calls) dequantizes each weight as it runs.
+
 Two ways to run it. Where the machine can build it (native.py), the weights stay plain (out, in)
 matrices (float32 or bfloat16) in one buffer and every one-token decode step is one call into the
 compiled step (csrc/decode.c), which does all of the above for all layers in one OpenMP region;
@@ -47,6 +55,7 @@ from .native import NativeStep, WeightBuffer
 from .native import library as native_lib
 from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
+from .quant import QTensor, ggml_types, is_quantized, pack_rows, unpack_rows, weight_of
 
 # (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured on 32
 # rows through a 3072 x 576 weight: 250 us packed, 430 us plain (oneDNN reorders it per call),
@@ -84,18 +93,27 @@ class PackedBlock(nn.Module):
         bo: torch.Tensor | None = None,
         q_norm: torch.Tensor | None = None,
         k_norm: torch.Tensor | None = None,
+        quantized: dict | None = None,
     ) -> None:
         """q_norm, k_norm: (hd,) float32 gains of Qwen3's per-head norms, in RoPE-pair order (the
-        query's carrying 1/sqrt(hd)), or None."""
+        query's carrying 1/sqrt(hd)), or None. quantized: for QTensor weights, which are then uint8
+        rows (quant.pack_rows): each weight's layout ("layouts"), the norm gains "attn_norm" and
+        "ffn_norm" (D,) float32, and the query scale "q_scale"."""
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.dim, self.ffn_dim, self.eps = cfg.dim, cfg.ffn_dim, cfg.norm_eps
+        q = quantized or {}
+        self.layouts, self.q_scale = q.get("layouts"), q.get("q_scale", 1.0)
         named = dict(wqkv=wqkv, bqkv=bqkv, wo=wo, bo=bo, w13=w13, w2=w2, q_norm=q_norm, k_norm=k_norm)
+        named.update(attn_norm=q.get("attn_norm"), ffn_norm=q.get("ffn_norm"))
         for name, t in named.items():
             self.register_buffer(name, t, persistent=False)
 
-    @staticmethod
-    def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    def _mm(self, x: torch.Tensor, name: str, b: torch.Tensor | None = None) -> torch.Tensor:
+        """x W^T + b for the block's weight `name` (quantized rows are dequantized for the call)."""
+        w = getattr(self, name)
+        if self.layouts is not None:
+            w = unpack_rows(w, self.layouts[name], x.shape[-1])
         return _linear(x, w, b, "none", [], "")
 
     def forward(
@@ -105,8 +123,8 @@ class PackedBlock(nn.Module):
         kv: this layer's slice of the KV cache (B, 2 H_kv, max_len, hd), or None."""
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        h = F.rms_norm(x, (self.dim,), None, self.eps)  # the gain lives in wqkv's columns
-        qkv = self._mm(h, self.wqkv, self.bqkv).view(B, T, H + 2 * H_kv, hd)
+        h = F.rms_norm(x, (self.dim,), self.attn_norm, self.eps)  # the gain lives in wqkv's columns, or here
+        qkv = self._mm(h, "wqkv", self.bqkv).view(B, T, H + 2 * H_kv, hd)
         if self.q_norm is not None:  # Qwen3: RMSNorm over each head, in float32, in place
             for heads, gain in ((qkv[:, :, :H], self.q_norm), (qkv[:, :, H : H + H_kv], self.k_norm)):
                 heads.copy_(F.rms_norm(heads.float(), (hd,), gain, self.eps))
@@ -129,16 +147,16 @@ class PackedBlock(nn.Module):
             kv[:, H_kv:],
             attn_mask=mask,
             is_causal=mask is None and T > 1,
-            scale=1.0,
+            scale=self.q_scale,
             enable_gqa=H_kv != H,
         )  # (B, H, T, hd)
         # The residual adds go in place: measured, oneDNN's fused "add" post-op costs more (~5 us
         # a call) than a separate add.
-        x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), self.wo, self.bo).add_(x)
-        h = F.rms_norm(x, (self.dim,), None, self.eps)
-        gate_up = self._mm(h, self.w13)  # (B, T, 2F)
+        x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), "wo", self.bo).add_(x)
+        h = F.rms_norm(x, (self.dim,), self.ffn_norm, self.eps)
+        gate_up = self._mm(h, "w13")  # (B, T, 2F)
         act = torch.mul(F.silu(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim :])
-        return self._mm(act, self.w2).add_(x)
+        return self._mm(act, "w2").add_(x)
 
 
 class PackedLlama(nn.Module):
@@ -157,6 +175,10 @@ class PackedLlama(nn.Module):
         long = getattr(model, "inv_freq_long", None)
         self.register_buffer("inv_freq_long", None if long is None else _padded(long, cfg.head_dim), persistent=False)
         self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)  # (D,)
+        self.quantized = is_quantized(model)
+        if self.quantized:
+            self._init_quantized(model)
+            return
         w = model.tok_emb.weight
         fits = w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
         if native and not fits:
@@ -186,6 +208,65 @@ class PackedLlama(nn.Module):
             self.layers = nn.ModuleList(self._pack_layer(cfg, layer, own) for layer in model.layers)
             assert packed or own.used == own.data.numel()
         self._native = None if packed else NativeStep(lib, self)
+
+    def _init_quantized(self, model: Llama) -> None:
+        """QTensor weights, kept quantized for the compiled step (see the module docstring): the
+        head as its rows, each layer's weights as uint8 rows of their types, `wtypes` (n_layers, 7)."""
+        lib = native_lib()
+        if lib is None:
+            raise ValueError(
+                f"quantized weights need the compiled decode step, which is unavailable: {native_reason()}"
+            )
+        self.norm_weight = self.norm_weight.float()
+        if isinstance(self.tok_emb, nn.Embedding) and self.tok_emb.weight.dtype != torch.float32:
+            self.tok_emb = nn.Embedding.from_pretrained(self.tok_emb.weight.float(), freeze=True)
+        out = weight_of(model.output)
+        quantized_head = isinstance(out, QTensor)
+        self.output = out.data.contiguous() if quantized_head else out.float().contiguous()  # (V, row bytes or D)
+        self.out_type = out.ggml_type if quantized_head else 0
+        self.out_layout = ((out.qtype if quantized_head else "float32", out.shape[0]),)  # for the torch path
+        hd = self.cfg.head_dim
+        self.q_scale = 1.0 if model.layers[0].attn.q_norm is not None else 1.0 / math.sqrt(hd)
+        packed = [self._pack_layer_quantized(self.cfg, layer) for layer in model.layers]
+        self.layers = nn.ModuleList(block for block, _ in packed)
+        self.register_buffer(
+            "wtypes", torch.tensor([types for _, types in packed], dtype=torch.int32), persistent=False
+        )
+        self._native = NativeStep(lib, self)
+
+    @staticmethod
+    def _pack_layer_quantized(cfg: ModelConfig, layer: nn.Module) -> tuple[PackedBlock, list[int]]:
+        """One layer of QTensor (or float) weights as the compiled step reads them, and the ggml
+        types of wq, wk, wv, wo, gate, up, down. Nothing is folded: gains and the query scale stay
+        separate; q/k rows (and biases) go into RoPE-pair order."""
+        H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        a, f = layer.attn, layer.ffn
+
+        def pairs(w: QTensor | torch.Tensor, heads: int) -> QTensor | torch.Tensor:
+            if isinstance(w, QTensor):
+                return QTensor(w.qtype, w.shape, _pairs_adjacent(w.data, heads, hd).contiguous())
+            return _pairs_adjacent(w.float(), heads, hd)
+
+        q_norm = k_norm = None
+        if a.q_norm is not None:  # the query scale goes into the q-norm gain, as in _pack_layer
+            q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul(1.0 / math.sqrt(hd))
+            k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
+        wqkv, l_qkv = pack_rows([pairs(weight_of(a.wq), H), pairs(weight_of(a.wk), H_kv), weight_of(a.wv)])
+        wo, l_o = pack_rows([weight_of(a.wo)])
+        w13, l_13 = pack_rows([weight_of(f.w1), weight_of(f.w3)])
+        w2, l_2 = pack_rows([weight_of(f.w2)])
+        bqkv = None
+        if a.wq.bias is not None:  # not scaled: the step scales the query heads after adding it
+            bqkv = torch.cat([pairs(a.wq.bias, H), pairs(a.wk.bias, H_kv), a.wv.bias.float()]).float()
+        bo = None if a.wo.bias is None else a.wo.bias.detach().float()
+        quantized = dict(
+            layouts=dict(wqkv=l_qkv, wo=l_o, w13=l_13, w2=l_2),
+            attn_norm=layer.attn_norm.weight.detach().float(),
+            ffn_norm=layer.ffn_norm.weight.detach().float(),
+            q_scale=1.0 if q_norm is not None else 1.0 / math.sqrt(hd),
+        )
+        block = PackedBlock(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm, quantized)
+        return block, ggml_types(l_qkv) + ggml_types(l_o) + ggml_types(l_13) + ggml_types(l_2)
 
     @staticmethod
     def _arena_size(cfg: ModelConfig) -> int:
@@ -242,6 +323,8 @@ class PackedLlama(nn.Module):
         long = long_rope_applies(self.cfg, positions)  # then torch: the step holds the short frequencies
         if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden and not long:
             return self._native(self.tok_emb(tokens[:, 0]), positions, mask, cache, start)
+        if self.quantized and cache is not None and not hidden:
+            return self._prefill_by_steps(tokens, positions, mask, cache, start, last_only)
         x = self.tok_emb(tokens)  # (B, T, D)
         T = tokens.shape[1]
         window = self.cfg.sliding_window
@@ -259,7 +342,28 @@ class PackedLlama(nn.Module):
         x = F.rms_norm(x, (x.shape[-1],), self.norm_weight, self.cfg.norm_eps)
         if hidden:
             return x
-        return _linear(x, self.output, None, "none", [], "")
+        head = unpack_rows(self.output.view(-1), self.out_layout, self.cfg.dim) if self.quantized else self.output
+        return _linear(x, head, None, "none", [], "")
+
+    def _prefill_by_steps(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache,
+        start: int,
+        last_only: bool,
+    ) -> torch.Tensor:
+        """A prompt through the compiled step one position at a time (quantized weights: the torch
+        path would dequantize every weight per call). mask (B, 1, T, S) -> logits (B, T or 1, V)."""
+        x = self.tok_emb(tokens)  # (B, T, D)
+        T, out = tokens.shape[1], []
+        for t in range(T):
+            m = None if mask is None else mask[:, :, t : t + 1, : start + t + 1]
+            logits = self._native(x[:, t], positions[:, t : t + 1], m, cache, start + t)  # (B, 1, V)
+            if not last_only or t == T - 1:
+                out.append(logits)
+        return torch.cat(out, dim=1)
 
     @property
     def native(self) -> bool:

@@ -26,7 +26,7 @@ import platformdirs
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
-HEADERS = [SOURCE.parent / "kernels.h"]  # included by decode.c; part of the cache key
+HEADERS = [SOURCE.parent / "kernels.h", SOURCE.parent / "quant.h"]  # included by decode.c; part of the cache key
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fPIC", "-shared"]
 
 _lib: ctypes.CDLL | None = None
@@ -41,6 +41,7 @@ _KINDS = {
     "FPTRS": ctypes.POINTER(ctypes.c_void_p),
     "PTR": ctypes.c_void_p,
     "FPTR": ctypes.c_void_p,
+    "IPTR": ctypes.c_void_p,
 }
 
 
@@ -123,6 +124,9 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     lib.tk_model_layout.restype = ctypes.c_char_p
     lib.Model = model_struct(lib.tk_model_layout().decode())
+    lib.tk_matvec.restype = ctypes.c_int
+    lib.tk_matvec.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.tk_matvec.argtypes += [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     lib.tk_decode_step.restype = ctypes.c_int
     lib.tk_decode_step.argtypes = [
         ctypes.POINTER(lib.Model),
@@ -195,12 +199,17 @@ class NativeStep:
     optionally `norm_bias` and `inv_freq`, and `layers` whose blocks hold plain (out, in) weights
     `wqkv`, `wo`, `w13`, `w2` (all float32 or all bfloat16), optional biases `bqkv`, `bo`, `b13`,
     `b2` and optional per-head norm gains `q_norm`, `k_norm`; see csrc/decode.c for their layout. It owns every tensor the pointers point into.
+
+    A quantized model (PackedLlama of QTensor weights) has `wtypes` (n_layers, 7) int32 (the ggml
+    types of wq, wk, wv, wo, gate, up, down), `out_type`, `q_scale`, and blocks whose weights are
+    uint8 tensors of rows of those types back to back, with norm gains `attn_norm`, `ffn_norm`.
     """
 
     def __init__(self, lib: ctypes.CDLL, model: torch.nn.Module, gpt2: bool = False) -> None:
         cfg, layers = model.cfg, model.layers
         self.lib, self.model, self.cfg = lib, model, cfg
-        self.dtype = model.output.dtype
+        wtypes = getattr(model, "wtypes", None)  # quantized weights: their types
+        self.dtype = torch.float32 if wtypes is not None else model.output.dtype  # the KV cache's
 
         def f32(t: torch.Tensor | None) -> torch.Tensor | None:  # small vectors go to the step as float32
             return None if t is None else t.detach().float().contiguous()
@@ -215,13 +224,18 @@ class NativeStep:
         for name in ("wqkv", "wo", "w13", "w2"):
             ts = [getattr(layer, name) for layer in layers]
             for t in ts:
-                assert t.is_contiguous() and t.dtype == self.dtype, (name, t.dtype)
+                assert t.is_contiguous() and t.dtype == (self.dtype if wtypes is None else torch.uint8), (name, t.dtype)
             arrays[name] = pointers(ts)
-        for name in ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm"):
+        for name in ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm", "attn_norm", "ffn_norm"):
             ts = [f32(getattr(layer, name, None)) for layer in layers]
             arrays[name] = None if ts[0] is None else pointers(ts)
             self.keep.append(ts)
-        assert model.output.is_contiguous() and model.output.dtype == self.dtype
+        assert model.output.is_contiguous() and (wtypes is not None or model.output.dtype == self.dtype)
+        if wtypes is not None:
+            wtypes = wtypes.to(torch.int32).contiguous()
+            assert wtypes.shape == (cfg.n_layers, 7), wtypes.shape
+            self.keep.append(wtypes)
+        float_type = 30 if self.dtype == torch.bfloat16 else 0  # ggml's BF16, F32
         vectors = [
             f32(model.norm_weight),
             f32(getattr(model, "norm_bias", None)),
@@ -245,6 +259,9 @@ class NativeStep:
             gpt2=int(gpt2),
             gelu_tanh=int(cfg.activation != "gelu"),
             eps=cfg.norm_eps,
+            wtypes=None if wtypes is None else wtypes.data_ptr(),
+            q_scale=getattr(model, "q_scale", 1.0),
+            out_type=getattr(model, "out_type", float_type),
             out=model.output.data_ptr(),
             **arrays,
             **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors), strict=True)),
@@ -283,3 +300,17 @@ class NativeStep:
         if rc != 0:
             raise MemoryError("the compiled decode step could not allocate its scratch memory")
         return logits[:, None]
+
+
+def matvec(lib: ctypes.CDLL, w: torch.Tensor, type_: int, x: torch.Tensor) -> torch.Tensor:
+    """The compiled step's own product y (B, O) = x (B, I) W^T for one weight of ggml type `type_`:
+    W float32 (O, I), or uint8 (O, row bytes) of quantized rows. For tests and bench/quant.py."""
+    assert w.is_contiguous() and x.dtype == torch.float32
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], w.shape[0])
+    rc = lib.tk_matvec(
+        type_, w.data_ptr(), w.shape[0], x.shape[1], x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads()
+    )
+    if rc != 0:
+        raise MemoryError("the compiled matrix-vector product could not allocate its scratch memory")
+    return y

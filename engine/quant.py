@@ -125,6 +125,17 @@ def quantize(w: torch.Tensor, qtype: str) -> QTensor:
     return QTensor(qtype, (w.shape[0], w.shape[1]), torch.from_numpy(np.ascontiguousarray(data)).to(w.device))
 
 
+def round_activations(x: torch.Tensor, qtype: str) -> torch.Tensor:
+    """x (..., n) as the compiled step sees it before a product with a `qtype` weight: rounded to
+    8 bits in blocks of 32 (256 for K-types) with scale amax / 127 (csrc/quant.h). For tests."""
+    block = 256 if qtype.endswith("_k") else 32
+    xb = x.float().reshape(*x.shape[:-1], -1, block)
+    d = xb.abs().amax(-1, keepdim=True) / 127
+    # x * (1 / d), not x / d: the step's arithmetic, which rounds ties (an embedding row of q4_0
+    # values has many: 127 k / k_max) the same way.
+    return (torch.round(xb * torch.where(d > 0, 1 / d, 0)) * d).reshape(x.shape)
+
+
 # --- dequantization: each takes blocks (N, bytes) uint8 -> (N, elements) float32 ---------------
 
 
@@ -263,13 +274,16 @@ def set_quantized(model: nn.Module, name: str, weight: QTensor) -> None:
         raise ModelLoadError(f"{name} is not the weight of a linear layer or an embedding; it cannot be quantized")
     if tuple(weight.shape) != (owner.weight.shape[0], owner.weight.shape[1]):
         raise ModelLoadError(f"{name} has shape {weight.shape} but the model expects {tuple(owner.weight.shape)}")
-    parent_name, _, child = owner_name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    if isinstance(owner, (nn.Embedding, QEmbedding)):
-        setattr(parent, child, QEmbedding(weight))
-    else:
-        bias = owner.bias.detach() if isinstance(owner, nn.Linear) and owner.bias is not None else owner.bias
-        setattr(parent, child, QLinear(weight, bias))
+    # The module itself, and any other module sharing its weight (a head tied to the embedding).
+    tied = [n for n, m in model.named_modules() if n != owner_name and getattr(m, "weight", None) is owner.weight]
+    for module_name in [owner_name, *tied]:
+        module = model.get_submodule(module_name)
+        parent_name, _, child = module_name.rpartition(".")
+        if isinstance(module, (nn.Embedding, QEmbedding)):
+            replacement = QEmbedding(weight)
+        else:
+            replacement = QLinear(weight, module.bias.detach() if module.bias is not None else None)
+        setattr(model.get_submodule(parent_name), child, replacement)
 
 
 def quantize_model(model: nn.Module, qtype: str, head_qtype: str | None = None) -> nn.Module:
@@ -283,6 +297,51 @@ def quantize_model(model: nn.Module, qtype: str, head_qtype: str | None = None) 
         if module.weight.shape[1] % QTYPES[qt][0] == 0:
             set_quantized(model, f"{name}.weight", quantize(module.weight.detach(), qt))
     return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether any weight of `model` is a QTensor."""
+    return any(isinstance(m, (QLinear, QEmbedding)) for m in model.modules())
+
+
+def weight_of(module: nn.Module) -> QTensor | torch.Tensor:
+    """A linear layer's or embedding's weight: its QTensor, or the float tensor."""
+    return module.weight if isinstance(module, (QLinear, QEmbedding)) else module.weight.detach()
+
+
+# The layout of rows of mixed types stored back to back: each part's (type name, rows).
+Layout = tuple[tuple[str, int], ...]
+
+
+def pack_rows(parts: list[QTensor | torch.Tensor]) -> tuple[torch.Tensor, Layout]:
+    """Row blocks of one width, each quantized or float, back to back as one uint8 tensor (float
+    parts as float32 bytes) and its layout: what the compiled step reads for a fused weight (q/k/v,
+    gate/up) whose parts differ in type."""
+    data, layout = [], []
+    for p in parts:
+        if isinstance(p, QTensor):
+            data.append(p.data.reshape(-1))
+            layout.append((p.qtype, p.shape[0]))
+        else:
+            data.append(p.detach().float().contiguous().view(torch.uint8).reshape(-1))
+            layout.append(("float32", p.shape[0]))
+    return torch.cat(data), tuple(layout)
+
+
+def unpack_rows(data: torch.Tensor, layout: Layout, n: int) -> torch.Tensor:
+    """pack_rows' bytes as one float32 (rows, n) matrix."""
+    out, at = [], 0
+    for qtype, rows in layout:
+        size = rows * (4 * n if qtype == "float32" else row_bytes(qtype, n))
+        part = data[at : at + size].view(rows, -1)
+        out.append(part.view(torch.float32) if qtype == "float32" else QTensor(qtype, (rows, n), part).dequantize())
+        at += size
+    return torch.cat(out)
+
+
+def ggml_types(layout: Layout) -> list[int]:
+    """Each part's ggml type number (what the compiled step's type fields hold)."""
+    return [GGML_F32 if qtype == "float32" else QTYPES[qtype][2] for qtype, _ in layout]
 
 
 def tensor_types(model: nn.Module) -> dict[str, int]:
@@ -308,10 +367,17 @@ __all__ = [
     "QTYPES",
     "QTensor",
     "QUANTIZABLE",
+    "Layout",
     "cat_rows",
+    "ggml_types",
+    "is_quantized",
+    "pack_rows",
     "quantize",
+    "round_activations",
     "quantize_model",
     "row_bytes",
     "set_quantized",
     "tensor_types",
+    "unpack_rows",
+    "weight_of",
 ]

@@ -191,6 +191,9 @@ static inline uint16_t f32_to_bf16(float f) {
 #undef LOAD
 #undef GET
 
+/* The kernels that read GGUF-quantized weight rows (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k). */
+#include "quant.h"
+
 /* The model as the step sees it. One list, MODEL_FIELDS, declares the struct and describes it to
  * Python (tk_model_layout: each field's name, kind and offset), so native.py builds its ctypes mirror
  * from this list and refuses a library whose layout it cannot map: the two can never drift apart.
@@ -206,6 +209,10 @@ static inline uint16_t f32_to_bf16(float f) {
     X(PTRS, wqkv) X(PTRS, wo) X(PTRS, w13) X(PTRS, w2)     /* per layer */                          \
     X(FPTRS, bqkv) X(FPTRS, bo) X(FPTRS, b13) X(FPTRS, b2) /* per layer biases, or NULL */          \
     X(FPTRS, q_norm) X(FPTRS, k_norm) /* per layer (hd,) per-head RMSNorm gains (Qwen3), or NULL */ \
+    X(IPTR, wtypes)   /* (n_layers, 7) weight types (quantized models), or NULL: see below */      \
+    X(FPTRS, attn_norm) X(FPTRS, ffn_norm) /* per layer (D,) norm gains not folded, or NULL */      \
+    X(FLOAT, q_scale) /* the query scale where it is not folded into wqkv or q_norm, else 1 */     \
+    X(INT, out_type)  /* the head's type */                                                         \
     X(PTR, out)                                                                                     \
     X(FPTR, norm) X(FPTR, norm_bias) X(FPTR, inv_freq) /* norm_bias (GPT-2), inv_freq (RoPE): or NULL */
 
@@ -215,6 +222,7 @@ static inline uint16_t f32_to_bf16(float f) {
 #define KIND_FPTRS const float *const *
 #define KIND_PTR const void *
 #define KIND_FPTR const float *
+#define KIND_IPTR const int32_t *
 #define DECLARE(kind, name) KIND_##kind name;
 typedef struct {
     MODEL_FIELDS(DECLARE)
@@ -246,7 +254,7 @@ static inline const void *advance(const void *p, int bf16, int64_t n) { return (
 /* y[b, r] = W[r] . x[b] (+ bias[r]) (+ y[b, r] when accumulate) for this thread's rows r.
  * W (O, I) row-major; x (B, I); y (B, O). Each weight row is read once for all B rows. */
 static void matvec(const void *W, int bf16, const float *bias, const float *x, float *y, int B, int O, int I,
-                   int accumulate, int t, int nt) {
+                   int ldy, int accumulate, int t, int nt) {
     int lo, hi;
     share(O, t, nt, &lo, &hi);
     float v[16];
@@ -263,7 +271,7 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
                 rows4_f32((const float *)W + (int64_t)r * I, x + (int64_t)b0 * I, I, nb, v);
             for (int k = 0; k < 4; k++)
                 for (int b = 0; b < nb; b++) {
-                    float *dst = y + (int64_t)(b0 + b) * O + r + k;
+                    float *dst = y + (int64_t)(b0 + b) * ldy + r + k;
                     float u = bias ? v[k * nb + b] + bias[r + k] : v[k * nb + b];
                     *dst = accumulate ? *dst + u : u;
                 }
@@ -275,11 +283,40 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
         else
             dot_rows_f32((const float *)W + (int64_t)r * I, x, I, B, u);
         for (int b = 0; b < B; b++) {
-            float *dst = y + (int64_t)b * O + r;
+            float *dst = y + (int64_t)b * ldy + r;
             float w = bias ? u[b] + bias[r] : u[b];
             *dst = accumulate ? *dst + w : w;
         }
     }
+}
+
+/* matvec for a quantized W of `type` (rows of row_bytes(type, I) bytes): the thread quantizes x
+ * into its own `a` (unless a already holds it in this block size: callers set a->kind = 0 when x
+ * changes), then computes its share of the rows. */
+static void qmatvec(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O, int I,
+                    int ldy, int accumulate, int t, int nt) {
+    int lo, hi;
+    share(O, t, nt, &lo, &hi);
+    act_quantize(a, x, B, I, block_elems(type) == 256 ? 256 : 32);
+    const int64_t rb = row_bytes(type, I);
+    float u[B];
+    for (int r = lo; r < hi; r++) {
+        qrow(type, (const uint8_t *)W + r * rb, a, u);
+        for (int b = 0; b < B; b++) {
+            float *dst = y + (int64_t)b * ldy + r;
+            float v = bias ? u[b] + bias[r] : u[b];
+            *dst = accumulate ? *dst + v : v;
+        }
+    }
+}
+
+/* matvec for a weight of any type (float32, bfloat16 or quantized; a: the thread's input scratch). */
+static void matvec_any(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O,
+                       int I, int ldy, int accumulate, int t, int nt) {
+    if (is_quant(type))
+        qmatvec(W, type, bias, x, a, y, B, O, I, ldy, accumulate, t, nt);
+    else
+        matvec(W, type == T_BF16, bias, x, y, B, O, I, ldy, accumulate, t, nt);
 }
 
 /* h = x / rms(x), or (x - mean) / std with layernorm, then * gain + bias where given; every
@@ -352,6 +389,9 @@ static void rope_and_cache(const Step *s, int l, int t, int nt) {
         const float *const *gains = hh < s->H ? s->m->q_norm : s->m->k_norm;
         if (gains)
             norm(head, gains[l], NULL, head, 1, hd, s->m->eps, 0); /* in place */
+        if (hh < s->H && s->m->q_scale != 1.f)
+            for (int i = 0; i < hd; i++)
+                head[i] *= s->m->q_scale;
         if (!s->m->gpt2)
             rope(head, 1, hd, s->cs + b * hd / 2, s->sn + b * hd / 2);
         if (hh >= s->H) {
@@ -447,19 +487,42 @@ static void merge_attention(const Step *s, int t, int nt, int n_parts) {
     }
 }
 
-/* act = gelu(fc h + b) (GPT-2), or silu(gate h) * (up h) with gate rows 0..F and up rows F..2F of w13. */
-static void feed_forward_in(const Step *s, int l, const float *h, int t, int nt) {
+/* The type of layer l's weight k: 0..6 = wq, wk, wv, wo, gate (GPT-2: fc), up, down. */
+static inline int wtype(const Step *s, int l, int k) {
+    return s->m->wtypes ? s->m->wtypes[7 * l + k] : s->bf ? T_BF16 : T_F32;
+}
+
+/* qkv = wqkv h + bqkv: one product, or one per part when q, k and v differ in type (their rows lie
+ * back to back in wqkv, each part in its own type). */
+static void qkv_in(const Step *s, int l, const float *h, Act *a, int t, int nt) {
     const Model *m = s->m;
-    const int B = s->B, F = s->F, D = s->D, bf = s->bf;
+    const float *bias = m->bqkv ? m->bqkv[l] : NULL;
+    const int types[3] = {wtype(s, l, 0), wtype(s, l, 1), wtype(s, l, 2)};
+    if (types[0] == types[1] && types[1] == types[2]) {
+        matvec_any(m->wqkv[l], types[0], bias, h, a, s->qkv, s->B, s->Q, s->D, s->Q, 0, t, nt);
+        return;
+    }
+    const int rows[3] = {s->H * s->hd, s->Hkv * s->hd, s->Hkv * s->hd};
+    const char *w = m->wqkv[l];
+    for (int k = 0, at = 0; k < 3; w += rows[k] * row_bytes(types[k], s->D), at += rows[k], k++)
+        matvec_any(w, types[k], bias ? bias + at : NULL, h, a, s->qkv + at, s->B, rows[k], s->D, s->Q, 0, t, nt);
+}
+
+/* act = gelu(fc h + b) (GPT-2), or silu(gate h) * (up h) with gate rows 0..F and up rows F..2F of
+ * w13 (each part in its own type). */
+static void feed_forward_in(const Step *s, int l, const float *h, Act *a, int t, int nt) {
+    const Model *m = s->m;
+    const int B = s->B, F = s->F, D = s->D, tg = wtype(s, l, 4);
     int lo, hi;
     share(F, t, nt, &lo, &hi); /* the share of F rows that matvec gives this thread */
     if (m->gpt2) {
-        matvec(m->w13[l], bf, m->b13 ? m->b13[l] : NULL, h, s->act, B, F, D, 0, t, nt);
+        matvec_any(m->w13[l], tg, m->b13 ? m->b13[l] : NULL, h, a, s->act, B, F, D, F, 0, t, nt);
         for (int b = 0; b < B; b++)
             gelu(s->act + (int64_t)b * F + lo, hi - lo, m->gelu_tanh);
     } else {
-        matvec(m->w13[l], bf, NULL, h, s->act, B, F, D, 0, t, nt);
-        matvec(advance(m->w13[l], bf, (int64_t)F * D), bf, NULL, h, s->upb, B, F, D, 0, t, nt);
+        matvec_any(m->w13[l], tg, NULL, h, a, s->act, B, F, D, F, 0, t, nt);
+        const char *up = (const char *)m->w13[l] + F * row_bytes(tg, D);
+        matvec_any(up, wtype(s, l, 5), NULL, h, a, s->upb, B, F, D, F, 0, t, nt);
         for (int b = 0; b < B; b++)
             silu_mul(s->act + (int64_t)b * F + lo, s->act + (int64_t)b * F + lo, s->upb + (int64_t)b * F + lo, hi - lo);
     }
@@ -505,14 +568,16 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
     Step s;
     if (step_setup(&s, m, B, x, pos, kv, max_len, slot, mask, mask_stride, n_threads) != 0)
         return -1;
-    const int D = s.D, bf = s.bf;
+    const int D = s.D;
     int failed = 0;
 
 #pragma omp parallel num_threads(n_threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        /* Private scratch: the normalised input (B, D) and a group's attention scores (group, S). */
-        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)s.group * s.S));
+        /* Private scratch: the normalised input (B, D), a group's attention scores (group, S) and
+         * the quantized input of a product (for quantized weights). */
+        const int widest = D > s.F ? (D > s.H * s.hd ? D : s.H * s.hd) : (s.F > s.H * s.hd ? s.F : s.H * s.hd);
+        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)s.group * s.S) + act_bytes(B, widest));
         if (!h) {
 #pragma omp atomic write
             failed = 1;
@@ -520,10 +585,14 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp barrier
         if (!failed) {
             float *scores = h + (size_t)B * D;
+            Act a;
+            act_init(&a, scores + (size_t)s.group * s.S, B, widest);
             for (int l = 0; l < m->n_layers; l++) {
-                /* Each stage reads what the one before wrote for other threads: a barrier between. */
-                norm(x, NULL, NULL, h, B, D, m->eps, m->gpt2); /* gain (and bias) live in wqkv (bqkv) */
-                matvec(m->wqkv[l], bf, m->bqkv ? m->bqkv[l] : NULL, h, s.qkv, B, s.Q, D, 0, t, nt);
+                /* Each stage reads what the one before wrote for other threads: a barrier between.
+                 * Norm gains (and GPT-2's biases) are folded into wqkv and w13 unless given. */
+                norm(x, m->attn_norm ? m->attn_norm[l] : NULL, NULL, h, B, D, m->eps, m->gpt2);
+                a.kind = 0; /* a new input: quantize it again */
+                qkv_in(&s, l, h, &a, t, nt);
 #pragma omp barrier
                 rope_and_cache(&s, l, t, nt);
 #pragma omp barrier
@@ -531,19 +600,45 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp barrier
                 merge_attention(&s, t, nt, nt);
 #pragma omp barrier
-                matvec(m->wo[l], bf, m->bo ? m->bo[l] : NULL, s.att, x, B, D, s.H * s.hd, 1, t, nt); /* x += attn */
+                a.kind = 0;
+                matvec_any(m->wo[l], wtype(&s, l, 3), m->bo ? m->bo[l] : NULL, s.att, &a, x, B, D, s.H * s.hd, D, 1, t,
+                           nt); /* x += attn */
 #pragma omp barrier
-                norm(x, NULL, NULL, h, B, D, m->eps, m->gpt2); /* gain (and bias) live in w13 (b13) */
-                feed_forward_in(&s, l, h, t, nt);
+                norm(x, m->ffn_norm ? m->ffn_norm[l] : NULL, NULL, h, B, D, m->eps, m->gpt2);
+                a.kind = 0;
+                feed_forward_in(&s, l, h, &a, t, nt);
 #pragma omp barrier
-                matvec(m->w2[l], bf, m->b2 ? m->b2[l] : NULL, s.act, x, B, D, s.F, 1, t, nt); /* x += MLP out */
+                a.kind = 0;
+                matvec_any(m->w2[l], wtype(&s, l, 6), m->b2 ? m->b2[l] : NULL, s.act, &a, x, B, D, s.F, D, 1, t,
+                           nt); /* x += MLP out */
 #pragma omp barrier
             }
             norm(x, m->norm, m->norm_bias, h, B, D, m->eps, m->gpt2);
-            matvec(m->out, bf, NULL, h, logits, B, m->vocab, D, 0, t, nt);
+            a.kind = 0;
+            matvec_any(m->out, m->out_type, NULL, h, &a, logits, B, m->vocab, D, m->vocab, 0, t, nt);
         }
         free(h);
     }
     free(s.qkv);
+    return failed ? -1 : 0;
+}
+
+/* y (B, O) = W x for one weight W (O, I) of `type` and x (B, I) float32, on n_threads: the
+ * step's own product, for tests and bench/quant.py. Returns 0, or -1 without memory. */
+int tk_matvec(int type, const void *W, int O, int I, const float *x, int B, float *y, int n_threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(n_threads)
+    {
+        void *mem = malloc(act_bytes(B, I));
+        if (!mem) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            Act a;
+            act_init(&a, mem, B, I);
+            matvec_any(W, type, NULL, x, &a, y, B, O, I, O, 0, omp_get_thread_num(), omp_get_num_threads());
+        }
+        free(mem);
+    }
     return failed ? -1 : 0;
 }

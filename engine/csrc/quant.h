@@ -1,0 +1,410 @@
+/* Matrix-vector products over GGUF-quantized weight rows (engine/quant.py has the block layouts),
+ * included by decode.c.
+ *
+ * As llama.cpp does, the float32 input vector is quantized once per product to 8 bits: blocks of
+ * 32 with one float scale (and the block's sum) for the 32-element types q8_0, q4_0, q4_1; blocks
+ * of 256 with one scale and the sums of every 16 for the K-types q4_k, q5_k, q6_k. A weight block
+ * times an input block is then an integer dot product times the two scales. The unsigned-times-
+ * signed byte products are AVX-512 VNNI's dpbusd (256-bit, AVX512VL) where the compiler targets
+ * it, AVX2's maddubs + madd otherwise, and plain C without AVX2 (chosen by the compiler's own
+ * macros, so -march=native picks the best the machine has). The 4-bit and 6-bit weights are
+ * unsigned (0..15, 0..63) with an offset (-8, -32) or a min, which the block sums of the input
+ * settle exactly; q8_0's signed weights go through abs(w) and sign(x, w).
+ *
+ * The error this adds to a product is the input's rounding: each input element moves by at most
+ * half its block's scale, amax(block) / 254 (tests/test_quant.py checks that bound).
+ *
+ * Each kernel computes one weight row against nb (1..4) input rows, unpacking each weight block
+ * once for all of them.
+ */
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+/* ggml's type numbers (what quant.py's QTYPES and the step's type fields hold). */
+enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30 };
+
+static inline int is_quant(int type) { return type != T_F32 && type != T_BF16; }
+static inline int block_elems(int type) { return type >= T_Q4_K && type <= T_Q6_K ? 256 : type >= T_Q4_0 ? 32 : 1; }
+
+/* Bytes of one row of n elements (n a multiple of the block). */
+static inline int64_t row_bytes(int type, int64_t n) {
+    switch (type) {
+    case T_F32: return 4 * n;
+    case T_BF16: return 2 * n;
+    case T_Q8_0: return n / 32 * 34;
+    case T_Q4_0: return n / 32 * 18;
+    case T_Q4_1: return n / 32 * 20;
+    case T_Q4_K: return n / 256 * 144;
+    case T_Q5_K: return n / 256 * 176;
+    case T_Q6_K: return n / 256 * 210;
+    default: return -1;
+    }
+}
+
+static inline float fp16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (e == 0x1f)
+        bits = sign | 0x7f800000u | (man << 13);
+    else if (e == 0) { /* zero or subnormal: man * 2^-24 */
+        float f = (float)man * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    } else
+        bits = sign | ((e + 112) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* The quantized input: B rows of n elements, for one block size (32 or 256; 0 = not yet made). */
+typedef struct {
+    int B, n, kind;
+    int8_t *q;      /* (B, n) */
+    float *d;       /* (B, n / kind) scales */
+    float *s;       /* (B, n / 32) scale * sum of the block's q (kind 32) */
+    int16_t *bsums; /* (B, n / 16) sums of q per 16 (kind 256) */
+} Act;
+
+/* Bytes of scratch an Act of B rows of up to n elements needs. */
+static inline size_t act_bytes(int B, int n) {
+    return (size_t)B * n + 2 * sizeof(float) * ((size_t)B * n / 32) + sizeof(int16_t) * ((size_t)B * n / 16) + 64;
+}
+
+static void act_init(Act *a, void *mem, int B, int n) {
+    a->kind = 0;
+    a->q = mem;
+    a->d = (float *)(a->q + (size_t)B * n);
+    a->s = a->d + (size_t)B * n / 32;
+    a->bsums = (int16_t *)(a->s + (size_t)B * n / 32);
+}
+
+/* x (B, n) float32 -> a, in blocks of `kind`: scale amax / 127, q = round(x / scale). */
+static void act_quantize(Act *a, const float *x, int B, int n, int kind) {
+    if (a->kind == kind && a->B == B && a->n == n)
+        return;
+    a->B = B, a->n = n, a->kind = kind;
+    for (int64_t blk = 0; blk < (int64_t)B * n / kind; blk++) {
+        const float *xb = x + blk * kind;
+        int8_t *q = a->q + blk * kind;
+        float amax = 0.f;
+        for (int i = 0; i < kind; i++)
+            amax = fmaxf(amax, fabsf(xb[i]));
+        const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+        for (int i = 0; i < kind; i++)
+            q[i] = (int8_t)lrintf(xb[i] * id);
+        a->d[blk] = d;
+        if (kind == 32) {
+            int sum = 0;
+            for (int i = 0; i < 32; i++)
+                sum += q[i];
+            a->s[blk] = d * (float)sum;
+        } else
+            for (int g = 0; g < 16; g++) {
+                int sum = 0;
+                for (int i = 0; i < 16; i++)
+                    sum += q[16 * g + i];
+                a->bsums[blk * 16 + g] = (int16_t)sum;
+            }
+    }
+}
+
+/* q4_k / q5_k: the 8 six-bit scales and mins of a block's 12 scale bytes. */
+static inline void scale_min_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0xF) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
+#if defined(__AVX2__)
+static inline float hsum8(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(a, _mm_movehdup_ps(a)));
+}
+
+/* 8 int32 lanes, each the sum of 4 products of unsigned bytes u and signed bytes s (u . s over
+ * the 32 bytes when summed). maddubs' int16 pairs cannot saturate here: u <= 128, |s| <= 127. */
+static inline __m256i dot_us(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/* acc + the int16 pairs of u . s, each multiplied by its lane's int16 scale (K-type sub-blocks). */
+static inline __m256i dot_us_scaled(__m256i acc, __m256i u, __m256i s, __m256i scale) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), scale);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale));
+#endif
+}
+
+static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+#define LOW4 _mm256_set1_epi8(0x0F)
+#endif
+
+/* How far ahead (bytes) the quantized row loops prefetch (as PREFETCH for float rows). */
+#define QPREFETCH 2048
+
+/* ---- 32-element types: out[b] = sum over blocks of dw dx (w . x), with w's offset or min ---- */
+
+static inline __attribute__((always_inline)) void q8_0_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
+                                                            float *out) {
+    const int64_t n = a->n;
+#if defined(__AVX2__)
+    __m256 acc[4] = {0};
+    for (int i = 0; i < nblk; i++, w += 34) {
+        __builtin_prefetch(w + QPREFETCH);
+        const float dw = fp16(w);
+        const __m256i wv = load32(w + 2), aw = _mm256_sign_epi8(wv, wv);
+        for (int b = 0; b < nb; b++) {
+            const __m256i xv = load32(a->q + b * n + 32 * i);
+            const __m256i p = dot_us(aw, _mm256_sign_epi8(xv, wv));
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a->d[b * n / 32 + i]), acc[b]);
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        out[b] = hsum8(acc[b]);
+#else
+    for (int b = 0; b < nb; b++) {
+        float sum = 0.f;
+        for (int i = 0; i < nblk; i++) {
+            const int8_t *wq = (const int8_t *)(w + 34 * i + 2), *xq = a->q + b * n + 32 * i;
+            int dot = 0;
+            for (int k = 0; k < 32; k++)
+                dot += wq[k] * xq[k];
+            sum += fp16(w + 34 * i) * a->d[b * n / 32 + i] * (float)dot;
+        }
+        out[b] = sum;
+    }
+#endif
+}
+
+/* q4_0 (offset 8, min 0) and q4_1 (offset 0, min m): dw dx (u . x) - offset dw s + m s, s = dx sum(x q). */
+static inline __attribute__((always_inline)) void q4_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
+                                                          float *out, const int q4_1) {
+    const int64_t n = a->n;
+    const int size = q4_1 ? 20 : 18, at = q4_1 ? 4 : 2;
+    float corr[4] = {0};
+#if defined(__AVX2__)
+    __m256 acc[4] = {0};
+    for (int i = 0; i < nblk; i++, w += size) {
+        __builtin_prefetch(w + QPREFETCH);
+        const float dw = fp16(w), c = q4_1 ? fp16(w + 2) : -8.f * dw;
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + at));
+        /* elements 0..15 are the low nibbles, 16..31 the high ones */
+        const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), LOW4);
+        for (int b = 0; b < nb; b++) {
+            const __m256i p = dot_us(u, load32(a->q + b * n + 32 * i));
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a->d[b * n / 32 + i]), acc[b]);
+            corr[b] += c * a->s[b * n / 32 + i];
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        out[b] = hsum8(acc[b]) + corr[b];
+#else
+    for (int b = 0; b < nb; b++) {
+        float sum = 0.f;
+        for (int i = 0; i < nblk; i++) {
+            const uint8_t *blk = w + (int64_t)size * i, *qs = blk + at;
+            const int8_t *xq = a->q + b * n + 32 * i;
+            int dot = 0;
+            for (int k = 0; k < 16; k++)
+                dot += (qs[k] & 0xF) * xq[k] + (qs[k] >> 4) * xq[k + 16];
+            const float dw = fp16(blk), c = q4_1 ? fp16(blk + 2) : -8.f * dw;
+            sum += dw * a->d[b * n / 32 + i] * (float)dot;
+            corr[b] += c * a->s[b * n / 32 + i];
+        }
+        out[b] = sum + corr[b];
+    }
+#endif
+}
+
+/* ---- K-types: per 256 block, dw dx sum_j sc_j (q_j . x_j) - (offset or min terms) ---- */
+
+/* q4_k (qh NULL) and q5_k: 4 chunks of 64 elements; chunk j's 32 qs bytes hold sub-block 2j in
+ * their low nibbles and 2j + 1 in their high ones; q5_k's fifth bit of element i of sub-block k
+ * is bit k of qh[i]. Value d sc q - dmin mn. */
+static inline __attribute__((always_inline)) void k4_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
+                                                          float *out, const int q5) {
+    const int64_t n = a->n;
+    const int size = q5 ? 176 : 144;
+    float corr[4] = {0};
+#if defined(__AVX2__)
+    __m256 acc[4] = {0};
+#else
+    float acc[4] = {0};
+#endif
+    for (int i = 0; i < nblk; i++, w += size) {
+        __builtin_prefetch(w + QPREFETCH);
+        __builtin_prefetch(w + QPREFETCH + 64);
+        const float d = fp16(w), dmin = fp16(w + 2);
+        uint8_t sc[8], mn[8];
+        scale_min_k4(w + 4, sc, mn);
+        const uint8_t *qh = w + 16, *qs = w + (q5 ? 48 : 16);
+        for (int b = 0; b < nb; b++) {
+            const int16_t *bs = a->bsums + (b * n / 256 + i) * 16;
+            int m = 0;
+            for (int j = 0; j < 8; j++)
+                m += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+            corr[b] -= dmin * a->d[b * n / 256 + i] * (float)m;
+        }
+#if defined(__AVX2__)
+        __m256i isum[4] = {0};
+        const __m256i hv = q5 ? load32(qh) : _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i raw = load32(qs + 32 * j);
+            __m256i lo = _mm256_and_si256(raw, LOW4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), LOW4);
+            if (q5) { /* bit 2j (2j + 1) of qh becomes the low (high) nibble's bit 4 */
+                const __m256i bl = _mm256_set1_epi8((char)(1 << (2 * j))), bh = _mm256_set1_epi8((char)(2 << (2 * j)));
+                const __m256i sixteen = _mm256_set1_epi8(16);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hv, bl), bl), sixteen));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hv, bh), bh), sixteen));
+            }
+            const __m256i sl = _mm256_set1_epi16(sc[2 * j]), sh = _mm256_set1_epi16(sc[2 * j + 1]);
+            for (int b = 0; b < nb; b++) {
+                const int8_t *x = a->q + b * n + 256 * i + 64 * j;
+                isum[b] = dot_us_scaled(isum[b], lo, load32(x), sl);
+                isum[b] = dot_us_scaled(isum[b], hi, load32(x + 32), sh);
+            }
+        }
+        for (int b = 0; b < nb; b++)
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[b]), _mm256_set1_ps(d * a->d[b * n / 256 + i]), acc[b]);
+#else
+        for (int b = 0; b < nb; b++) {
+            const int8_t *x = a->q + b * n + 256 * i;
+            int isum = 0;
+            for (int j = 0; j < 4; j++)
+                for (int k = 0; k < 32; k++) {
+                    int lo = qs[32 * j + k] & 0xF, hi = qs[32 * j + k] >> 4;
+                    if (q5) {
+                        lo |= ((qh[k] >> (2 * j)) & 1) << 4;
+                        hi |= ((qh[k] >> (2 * j + 1)) & 1) << 4;
+                    }
+                    isum += sc[2 * j] * lo * x[64 * j + k] + sc[2 * j + 1] * hi * x[64 * j + 32 + k];
+                }
+            acc[b] += d * a->d[b * n / 256 + i] * (float)isum;
+        }
+#endif
+    }
+    for (int b = 0; b < nb; b++)
+#if defined(__AVX2__)
+        out[b] = hsum8(acc[b]) + corr[b];
+#else
+        out[b] = acc[b] + corr[b];
+#endif
+}
+
+/* q6_k: two halves of 128 elements, each from 64 ql bytes and 32 qh bytes: element l + 32 k of a
+ * half (k = 0..3) is ql[l + 32 (k % 2)]'s low (k < 2) or high nibble with bits 2k, 2k + 1 of qh[l]
+ * above; 16 sub-blocks of 16 with int8 scales. Value d sc (q - 32). */
+static inline __attribute__((always_inline)) void q6_k_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
+                                                            float *out) {
+    const int64_t n = a->n;
+#if defined(__AVX2__)
+    __m256 acc[4] = {0};
+#else
+    float acc[4] = {0};
+#endif
+    for (int i = 0; i < nblk; i++, w += 210) {
+        __builtin_prefetch(w + QPREFETCH);
+        __builtin_prefetch(w + QPREFETCH + 64);
+        const int8_t *sc = (const int8_t *)(w + 192);
+        const float d = fp16(w + 208);
+#if defined(__AVX2__)
+        __m256i isum[4];
+        /* the offset: 32 sum_j sc_j bsum_j, subtracted from the start */
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        for (int b = 0; b < nb; b++)
+            isum[b] = _mm256_slli_epi32(
+                _mm256_madd_epi16(load32(a->bsums + (b * n / 256 + i) * 16), _mm256_sub_epi16(_mm256_setzero_si256(), sc16)),
+                5);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = w + 64 * h, *qh = w + 128 + 32 * h;
+            const __m256i la = load32(ql), lb = load32(ql + 32), hv = load32(qh), m = _mm256_set1_epi8(0x30);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(la, LOW4), _mm256_and_si256(_mm256_slli_epi16(hv, 4), m)),
+                _mm256_or_si256(_mm256_and_si256(lb, LOW4), _mm256_and_si256(_mm256_slli_epi16(hv, 2), m)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), LOW4), _mm256_and_si256(hv, m)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), LOW4),
+                                _mm256_and_si256(_mm256_srli_epi16(hv, 2), m)),
+            };
+            for (int k = 0; k < 4; k++) {
+                const int8_t *s2 = sc + 8 * h + 2 * k; /* the two sub-blocks of 16 */
+                const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(s2[1]), _mm_set1_epi16(s2[0]));
+                for (int b = 0; b < nb; b++)
+                    isum[b] = dot_us_scaled(isum[b], q[k], load32(a->q + b * n + 256 * i + 128 * h + 32 * k), scale);
+            }
+        }
+        for (int b = 0; b < nb; b++)
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[b]), _mm256_set1_ps(d * a->d[b * n / 256 + i]), acc[b]);
+#else
+        for (int b = 0; b < nb; b++) {
+            const int8_t *x = a->q + b * n + 256 * i;
+            int isum = 0;
+            for (int h = 0; h < 2; h++)
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t *ql = w + 64 * h, *qh = w + 128 + 32 * h;
+                    const int q[4] = {
+                        (ql[l] & 0xF) | ((qh[l] & 3) << 4),
+                        (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4),
+                        (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                        (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                    };
+                    for (int k = 0; k < 4; k++)
+                        isum += sc[8 * h + 2 * k + l / 16] * (q[k] - 32) * x[128 * h + 32 * k + l];
+                }
+            acc[b] += d * a->d[b * n / 256 + i] * (float)isum;
+        }
+#endif
+    }
+    for (int b = 0; b < nb; b++)
+#if defined(__AVX2__)
+        out[b] = hsum8(acc[b]);
+#else
+        out[b] = acc[b];
+#endif
+}
+
+/* One weight row of `type` against nb (1..4) quantized input rows: out[b]. */
+static inline __attribute__((always_inline)) void qrow_nb(int type, const uint8_t *w, const Act *a, const int nb,
+                                                          float *out) {
+    const int nblk = a->n / block_elems(type);
+    switch (type) {
+    case T_Q8_0: q8_0_rows(w, a, nblk, nb, out); break;
+    case T_Q4_0: q4_rows(w, a, nblk, nb, out, 0); break;
+    case T_Q4_1: q4_rows(w, a, nblk, nb, out, 1); break;
+    case T_Q4_K: k4_rows(w, a, nblk, nb, out, 0); break;
+    case T_Q5_K: k4_rows(w, a, nblk, nb, out, 1); break;
+    default: q6_k_rows(w, a, nblk, nb, out);
+    }
+}
+
+/* out[b] = row . x[b] for the B rows of a (any B), in groups of up to four. */
+static void qrow(int type, const uint8_t *w, const Act *a, float *out) {
+    for (int b0 = 0; b0 < a->B; b0 += 4) {
+        Act sub = *a; /* rows b0.. of the input */
+        sub.q += (int64_t)b0 * a->n;
+        sub.d += (int64_t)b0 * a->n / a->kind;
+        sub.s += (int64_t)b0 * a->n / 32;
+        sub.bsums += (int64_t)b0 * a->n / 16;
+        switch (a->B - b0 < 4 ? a->B - b0 : 4) {
+        case 1: qrow_nb(type, w, &sub, 1, out + b0); break;
+        case 2: qrow_nb(type, w, &sub, 2, out + b0); break;
+        case 3: qrow_nb(type, w, &sub, 3, out + b0); break;
+        default: qrow_nb(type, w, &sub, 4, out + b0);
+        }
+    }
+}
