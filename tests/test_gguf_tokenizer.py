@@ -53,7 +53,10 @@ PREFIX_TEXTS = [
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
 ]
 # Text that every pre-tokenizer splits differently (punctuation runs, digit groups, newlines, case).
-SPLIT_TEXT = "Hello!!! ... ,,, $100+200=300 (x) <tag> ~^| 'll 'D I'M x\r\n\ny \u00a0nbsp 12345678901 ΑΒΓ aBc .\n\n"
+SPLIT_TEXT = (
+    "Hello!!! ... ,,, $100+200=300 (x) <tag> ~^| 'll 'D I'M x\r\n\ny \u00a0nbsp 12345678901 ΑΒΓ aBc .\n\n"
+    "CamelCase HTTPServer ÉcoleÉTÉ you're `code`/path/ `a` `b` `c` `d`"
+)
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -296,11 +299,12 @@ def test_every_pre_tokenizer_splits_as_llama_cpp(name, unsplit_folder, tmp_path,
 def test_the_pre_tokenizer_rows_differ_on_the_split_text(unsplit_folder, tmp_path):
     """The test above can fail: the distinct rows give distinct ids on SPLIT_TEXT."""
     ids = set()
-    for name in ("default", "gpt-2", "llama3", "qwen2", "smollm"):
+    rows = ("default", "gpt-2", "llama3", "qwen2", "smollm", "falcon", "tekken", "gpt-4o")
+    for name in rows:
         overrides = {"tokenizer.ggml.pre": name, "tokenizer.ggml.add_bos_token": False}
         path = tokenizer_only_gguf(unsplit_folder, tmp_path / f"{name}.gguf", overrides)
         ids.add(tuple(_ours(path).encode(SPLIT_TEXT, add_special_tokens=False)))
-    assert len(ids) == 5
+    assert len(ids) == len(rows)
 
 
 def test_llama3_rows_take_a_whole_word_found_in_the_vocabulary(tmp_path):
