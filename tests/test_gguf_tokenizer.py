@@ -51,6 +51,7 @@ PREFIX_TEXTS = [
     " ",
     "<s>Hi</s> there",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "<|user|> hi<|assistant|>\n",
 ]
 # Text that every pre-tokenizer splits differently (punctuation runs, digit groups, newlines, case).
 SPLIT_TEXT = (
@@ -212,6 +213,36 @@ def test_sentencepiece_prefix_follows_llama_cpp_fragment_by_fragment(tmp_path):
             elif piece:
                 expected += sp.encode(piece)
         assert ours.encode(text) == expected, text
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"tokenizer.ggml.add_space_prefix": False},
+        {"tokenizer.ggml.add_eos_token": True, "tokenizer.ggml.add_bos_token": False},
+        {"added_tokens.json": {"<tool>": 512, "[a b]": 513}},
+    ],
+    ids=["no-space-prefix", "eos-not-bos", "user-defined"],
+)
+def test_sentencepiece_options_match_llama_cpp(variant, tmp_path, llama_cpp):
+    """add_space_prefix off, EOS added instead of BOS, and user-defined tokens (added_tokens.json,
+    which the converter types user-defined: matched whole, text after them prefixed like after a
+    special token)."""
+    if not STORIES.is_dir():
+        pytest.skip("shared stories260K model folder is absent")
+    folder = tmp_path / "stories"
+    shutil.copytree(STORIES, folder)
+    added = variant.pop("added_tokens.json", None)
+    if added:
+        (folder / "added_tokens.json").write_text(json.dumps(added))
+    path = tokenizer_only_gguf(folder, tmp_path / "variant.gguf", variant)
+    ours, llm = _ours(path), _llama(llama_cpp, path)
+    texts = [*TEXTS, *PREFIX_TEXTS, *(f"x{token} y{token}{token}" for token in added or ())]
+    for text in texts:
+        for add in (True, False):
+            assert ours.encode(text, add_special_tokens=add) == llm.tokenize(text.encode(), add_bos=add, special=True)
+    if added:
+        assert _id(ours, "[a b]") == 513 and 513 not in ours.special_ids
 
 
 def test_decode_round_trips(case):
