@@ -77,12 +77,16 @@ class ChatTemplate:
 
     @classmethod
     def from_folder(cls, folder: str | Path, tokenizer: Tokenizer) -> ChatTemplate | None:
-        """The model's template, or None when it has none.
+        """The model's template, or None when it has none; `folder` may be a GGUF file.
 
         Looked up in transformers' order: chat_template.jinja, then tokenizer_config.json's
         "chat_template" (a string, or named templates of which "default" is used), then the older
         chat_template.json.
         """
+        from .gguf_model import GGUFModel, is_gguf
+
+        if is_gguf(folder):  # a GGUF file: its tokenizer.chat_template
+            return GGUFModel(folder).chat_template(tokenizer)
         source = _find_template_source(Path(folder))
         return None if source is None else cls.for_tokenizer(source, tokenizer)
 
@@ -607,8 +611,9 @@ def _pick_template(value: Any, path: Path) -> str:
         return value
     if isinstance(value, list):
         named = {item.get("name"): item.get("template") for item in value if isinstance(item, Mapping)}
-        if isinstance(named.get("default"), str):
-            return named["default"]
+        default = named.get("default")
+        if isinstance(default, str):
+            return default
         raise ChatTemplateError(
             f'{path} has several chat templates ({", ".join(map(str, named))}) but none named "default"; '
             'rename the one to use to "default" or use raw mode'

@@ -21,6 +21,7 @@ Weights are dequantized to float here (gguf.quants.dequantize), one tensor at a 
 
 from __future__ import annotations
 
+import json
 import mmap
 import struct
 from dataclasses import dataclass
@@ -439,6 +440,28 @@ class GGUFModel:
 
         source = chat_template_from_gguf(self.reader, self.path)
         return None if source is None else ChatTemplate.for_tokenizer(source, tokenizer)
+
+    def tokenizer_files(self) -> dict[str, str]:
+        """The tokenizer as a Hugging Face folder holds it, for saving this model as one (trainers):
+        tokenizer.json (the rebuilt pipeline, BOS rule included), tokenizer_config.json (special
+        tokens and the chat template) and generation_config.json (every end-of-generation id)."""
+        from .gguf_tokenizer import chat_template_from_gguf
+
+        tok = self.tokenizer()
+        config: dict[str, Any] = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+            **tok.named_special_tokens,
+        }
+        template = chat_template_from_gguf(self.reader, self.path)
+        if template is not None:
+            config["chat_template"] = template
+        generation = {"bos_token_id": tok.bos_id, "eos_token_id": sorted(tok.eos_ids)}
+        return {
+            "tokenizer.json": tok.to_json(),
+            "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+            "generation_config.json": json.dumps(generation, indent=2) + "\n",
+        }
 
     def tensor_types(self) -> dict[str, int]:
         """GGML type name -> how many tensors have it (e.g. {"Q4_K": 130, "F32": 61})."""

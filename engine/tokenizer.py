@@ -109,6 +109,10 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = max([backend.get_vocab_size(with_added_tokens=True), *(i + 1 for i in added)])
         self._style = _piece_style(backend)
 
+    def to_json(self) -> str:
+        """The whole pipeline as a tokenizer.json (what transformers and load_tokenizer read back)."""
+        return self._backend.to_str()
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         try:
             return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
@@ -258,9 +262,9 @@ def _check_normalizer(backend: _Backend, path: Path) -> None:
         if step.get("type") != "Replace":
             continue
         pattern = step.get("pattern") or {}
-        literal = pattern.get("String") if isinstance(pattern.get("String"), str) else None
-        content = step.get("content") if isinstance(step.get("content"), str) else ""
-        shortest = max(1, len(literal)) if literal else 1  # a regex match is at least one character
+        literal, content = pattern.get("String"), step.get("content")
+        content = content if isinstance(content, str) else ""
+        shortest = max(1, len(literal)) if isinstance(literal, str) else 1  # a regex match is at least one character
         if len(content) > MAX_REPLACE_GROWTH * shortest:
             raise TokenizerError(
                 f"{path}: a Replace normalizer turns {shortest} character(s) into {len(content)}, which can blow a "
@@ -291,7 +295,7 @@ def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None
     A token added beyond the embedding (tokenizer_config.json listing one more special token, say)
     would otherwise fail deep inside the model with an index error the first time it is used.
     """
-    ids = {tokenizer.vocab_size - 1, tokenizer.bos_id, *tokenizer.eos_ids} - {None}
+    ids = {i for i in (tokenizer.vocab_size - 1, tokenizer.bos_id, *tokenizer.eos_ids) if i is not None}
     bad = sorted(i for i in ids if not 0 <= i < rows)
     if bad:
         try:

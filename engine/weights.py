@@ -342,9 +342,15 @@ def save_model(
     """
     from safetensors.torch import save_file
 
+    from .gguf_model import GGUFModel, is_gguf
+
     folder = Path(folder)
     copies: dict[str, Path] = {}
-    if tokenizer_from is not None and Path(tokenizer_from).resolve() != folder.resolve():
+    written: dict[str, str] = {}
+    if tokenizer_from is not None and is_gguf(tokenizer_from):
+        # A GGUF source has no tokenizer files: they are written from its metadata instead.
+        written = GGUFModel(tokenizer_from).tokenizer_files()
+    elif tokenizer_from is not None and Path(tokenizer_from).resolve() != folder.resolve():
         # Through model_file, before anything is written: a tokenizer file that is a link out of the
         # source folder (added_tokens.json -> ~/.ssh/id_rsa) is refused, never copied into an output.
         skip = {"config.json", *(extra_files or {})}
@@ -362,6 +368,7 @@ def save_model(
         tensors[hf_name] = (t.t() if transpose else t).contiguous().cpu()
     tensors = table.join(tensors)
     texts = {"config.json": json.dumps(to_hf_config(cfg, str(dtype).removeprefix("torch.")), indent=2) + "\n"}
+    texts.update(written)
     texts.update(extra_files or {})
     for name, text in texts.items():
         atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))

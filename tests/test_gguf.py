@@ -37,7 +37,10 @@ IDS = [1, 5, 300, 17, 42, 99, 250, 7, 120, 64, 33, 2, 310, 8, 77, 150]
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory) -> dict[str, Path]:
-    return {arch: make_model(tmp_path_factory.mktemp(arch), arch) for arch in ARCHS}
+    # Qwen's embedding has rows past its vocabulary, as released: transformers' Qwen2 tokenizer (which
+    # the GGUF vocabulary writer reads) adds <|endoftext|> to the tiny vocabulary.
+    rows = {"qwen2": dict(vocab_size=400), "qwen3": dict(vocab_size=400)}
+    return {arch: make_model(tmp_path_factory.mktemp(arch), arch, **rows.get(arch, {})) for arch in ARCHS}
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +109,12 @@ def test_dtype_option_is_respected(files):
 
 def test_generate_info_and_tokenize_cli_on_a_gguf(files, monkeypatch, capsys):
     path, ref = files("llama", "f32")
-    args = ["-p", "Once upon a time", "--max-new-tokens", "6", "--temperature", "0", "--format", "jsonl"]
+    args = ["-p", "Once upon a time", "--max-new-tokens", "6", "--temperature", "0", "--top-logprobs", "1"]
     code, out, err = cli(monkeypatch, capsys, "generate", "-m", path, *args)
     assert code == 0, err
     code, want, err = cli(monkeypatch, capsys, "generate", "-m", ref, *args)
-    assert json.loads(out)["text"] == json.loads(want)["text"]
+    ids = [[t["id"] for t in json.loads(record)["tokens"]] for record in (out, want)]
+    assert len(ids[0]) == 6 and ids[0] == ids[1]
     code, out, err = cli(monkeypatch, capsys, "info", "-m", path, "--format", "json")
     assert code == 0 and json.loads(out)["architecture"] == "LlamaForCausalLM", err
     code, out, err = cli(monkeypatch, capsys, "tokenize", "-m", path, "--format", "jsonl", "Once upon")
@@ -331,3 +335,41 @@ def test_hundred_megabyte_string_is_refused_bounded(good, tmp_path):
     path.write_bytes(HOSTILE["array of 2^60 bytes"][0](good))
     code, lines, _ = tiankong("info", "-m", path)
     assert code == 2 and len(lines) == 1 and "x.big" in lines[0], lines
+
+
+# --- trainers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_sft_on_a_gguf_saves_a_folder_transformers_loads(files, tmp_path, arch):
+    """The trainers train the dequantized plain module and save a Hugging Face folder: weights,
+    config.json, and the GGUF's tokenizer as tokenizer.json + tokenizer_config.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tiankong.engine.tokenizer import load_tokenizer
+    from tiankong.trainers.sft import SFTConfig, SFTTrainer
+
+    path, _ = files(arch, "q8_0")
+    data = tmp_path / "chat.jsonl"
+    chat = [{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Once upon"}]}]
+    data.write_text(json.dumps(chat[0]) + "\n")
+    cfg = SFTConfig(output=str(tmp_path / "out"), model=str(path), data=str(data), steps=2, batch_size=1)
+    cfg.device, cfg.progress, cfg.eval_fraction = "cpu", False, 0.0
+    SFTTrainer(cfg).train()
+    out = tmp_path / "out"
+    text = "Once upon a time <s> there</s> 中文 😀"
+    ids = load_tokenizer(path).encode(text)
+    assert AutoTokenizer.from_pretrained(out)(text)["input_ids"] == ids == load_tokenizer(out).encode(text)
+    hf_model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ours, _ = load_model(out, device="cpu", dtype="float32")
+    before, _ = load_model(path, device="cpu", dtype="float32")
+    changed = [n for n, p in ours.named_parameters() if not torch.equal(p, before.get_parameter(n))]
+    assert len(changed) == len(list(ours.parameters())), "training left some weights as they were"
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(torch.tensor([IDS]), torch.arange(len(IDS))[None]),
+            hf_model(torch.tensor([IDS])).logits,
+            atol=2e-5,
+            rtol=1e-5,
+        )
+    assert Engine.load(out, device="cpu").template is not None  # the default template was saved with it

@@ -37,6 +37,7 @@ import torch
 from tiankong.engine.chat import ChatTemplate
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.files import read_model_object
+from tiankong.engine.gguf_model import is_gguf
 from tiankong.engine.model import save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
@@ -220,6 +221,8 @@ class SFTTrainer(Trainer):
         files: dict[str, str] = {}
         if self.template_from == "file":
             files["chat_template.jinja"] = self.template.source
+        elif self.template_from == "default" and is_gguf(self.source):
+            files["chat_template.jinja"] = self.template.source  # its tokenizer_config.json is written anew
         elif self.template_from == "default":
             config = read_model_object(self.source, "tokenizer_config.json")  # no link out, bounded
             config["chat_template"] = self.template.source
