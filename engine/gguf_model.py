@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import torch
 
     from .chat import ChatTemplate
+    from .quant import QTensor
     from .tokenizer import Tokenizer
 
 # --- limits for untrusted headers (far beyond any real model) ------------------------------------
@@ -344,10 +345,13 @@ def _hf_row_order(rows: int, heads: int) -> np.ndarray:
 class GGUFModel:
     """A checked GGUF file: its reader, its config.json equivalent and its tensors in HF form."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, keep_quantized: bool = False) -> None:
+        """keep_quantized: hand the loader quant.QTensors (the file's blocks, rows in HF order) for
+        the matrices in a block type engine/quant.py runs (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k),
+        instead of float tensors; 1-D tensors and other types are dequantized as always."""
         import gguf
 
-        self.path = Path(path)
+        self.path, self.keep_quantized = Path(path), keep_quantized
         check_header(self.path)
         try:
             self.reader = gguf.GGUFReader(self.path)
@@ -487,7 +491,15 @@ class GGUFModel:
             hf_name, transpose = hit
             rows = self._row_order(hf_name, shape)
             shape = shape[::-1] if transpose else shape
-            yield self.name, hf_name, shape, (lambda t=t, rows=rows, transpose=transpose: _read(t, rows, transpose))
+            if (
+                self.keep_quantized
+                and len(shape) == 2
+                and not transpose
+                and t.tensor_type.name.lower() in _quant_types()
+            ):
+                yield self.name, hf_name, shape, (lambda t=t, rows=rows, shape=shape: _read_blocks(t, rows, shape))
+            else:
+                yield self.name, hf_name, shape, (lambda t=t, rows=rows, tr=transpose: _read(t, rows, tr))
 
     def _row_order(self, hf_name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The HF row order of a llama-arch q or k weight or bias (see _hf_row_order), else None."""
@@ -503,6 +515,22 @@ class GGUFModel:
                 f"for {heads} heads; the metadata does not match the weights"
             )
         return _hf_row_order(shape[0], heads)
+
+
+def _quant_types() -> dict:
+    from .quant import QTYPES
+
+    return QTYPES
+
+
+def _read_blocks(t: gguf.ReaderTensor, rows: np.ndarray | None, shape: tuple[int, ...]) -> QTensor:
+    """One quantized matrix as a QTensor: the file's blocks, rows reordered to HF order, not decoded."""
+    import torch
+
+    from .quant import QTensor
+
+    data = np.array(t.data if rows is None else t.data[rows], dtype=np.uint8)  # (out, bytes per row)
+    return QTensor(t.tensor_type.name.lower(), (shape[0], shape[1]), torch.from_numpy(data))
 
 
 def _read(t: gguf.ReaderTensor, rows: np.ndarray | None, transpose: bool) -> torch.Tensor:

@@ -24,6 +24,7 @@ from torch import nn
 from .config import ModelConfig, to_hf_config
 from .errors import ModelLoadError
 from .files import atomic_write, model_file, read_model_object
+from .quant import QTensor, set_quantized
 
 
 def embedding(num: int, dim: int) -> nn.Embedding:
@@ -291,13 +292,19 @@ def load_weights(
             t = read()
         except Exception as e:  # safetensors reads lazily: a short file fails here
             raise ModelLoadError(f"{file} is truncated or corrupt (reading {name}: {e}); download it again") from None
+        loaded.add(target)
+        if isinstance(t, QTensor):  # a GGUF matrix kept in its blocks: the module becomes a QLinear/QEmbedding
+            set_quantized(model, target, QTensor(t.qtype, t.shape, t.data.to(device)))
+            continue
         if transpose:
             t = t.t()
         t = t.to(device=device, dtype=dtype).contiguous()
         module_name, _, param_name = target.rpartition(".")
         module = model.get_submodule(module_name)
-        module._parameters[param_name] = nn.Parameter(t, requires_grad=False)
-        loaded.add(target)
+        if param_name in module._buffers:  # a QLinear's bias
+            module._buffers[param_name] = t
+        else:
+            module._parameters[param_name] = nn.Parameter(t, requires_grad=False)
     missing = sorted(table.checkpoint_name(target) for target in set(expected) - loaded)
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
@@ -308,7 +315,7 @@ def load_weights(
             f"checkpoint in {folder} has tensors this {cfg.architecture} does not use: "
             f"{shown}; config.json may not match the weights"
         )
-    if tied:
+    if tied and isinstance(model.output, nn.Linear):  # a quantized embedding's head was tied by set_quantized
         model.output.weight = model.tok_emb.weight
 
 

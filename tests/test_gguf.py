@@ -373,3 +373,20 @@ def test_sft_on_a_gguf_saves_a_folder_transformers_loads(files, tmp_path, arch):
             rtol=1e-5,
         )
     assert Engine.load(out, device="cpu").template is not None  # the default template was saved with it
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_blocks_kept_quantized_give_the_same_logits(files, arch, qtype):
+    """keep_quantized: QTensors straight from the file's blocks (llama's q/k rows reordered on the
+    bytes), which the plain module dequantizes as it runs: the same logits as dequantizing at load."""
+    from tiankong.engine.gguf_model import GGUFModel
+    from tiankong.engine.quant import QEmbedding, QLinear
+
+    path, ref = files(arch, qtype)
+    model, _ = load_model(GGUFModel(path, keep_quantized=True), device="cpu", dtype="float32")
+    kinds = {type(m) for m in model.modules()}
+    assert QLinear in kinds and QEmbedding in kinds and torch.nn.Linear not in kinds
+    with torch.no_grad():
+        ours = model(torch.tensor([IDS]), torch.arange(len(IDS))[None])[0]
+    torch.testing.assert_close(ours, hf_logits(ref, IDS), atol=2e-5, rtol=1e-5)
