@@ -36,7 +36,7 @@ def answer_room(max_new_tokens: int, context: int) -> int:
 def turn_starts(messages: Messages) -> list[int]:
     """Index of the first message of every turn: each user message (and anything before the first
     one that is not a system message) starts a turn."""
-    starts = []
+    starts: list[int] = []
     for i, m in enumerate(messages):
         if m.get("role") == "system" and not starts:
             continue

@@ -208,7 +208,7 @@ class WriteError(InputError):
 def why(e: OSError) -> str:
     import errno
 
-    hints = {
+    hints: dict[int | None, str] = {  # OSError.errno may be None
         errno.ENOSPC: "the disk is full; free some space or write elsewhere",
         errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
         errno.EFBIG: "the file is larger than this process may write (ulimit -f); raise the limit or write less",

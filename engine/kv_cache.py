@@ -46,6 +46,7 @@ class KVCache(nn.Module):
                 "number of rows (--n)"
             )
         # persistent=False: a cache is scratch space, never part of a checkpoint.
+        self.kv: torch.Tensor  # (n_layers, B, 2 H_kv, max_len, hd): the buffer registered here
         self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.n_kv_heads, self.max_len = n_kv_heads, max_len
 

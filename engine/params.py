@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 
-from tiankong.engine.errors import InputError
+from .errors import InputError
 
 SAMPLER_CHAIN: tuple[str, ...] = ("penalties", "temperature", "top_k", "top_p", "min_p", "sample")
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tiankong.engine.params import SAMPLER_CHAIN, ParamRange, SamplingParams
+from .params import SAMPLER_CHAIN, ParamRange, SamplingParams
 
 __all__ = ["SAMPLER_CHAIN", "ParamRange", "SamplingParams", "BatchSampler"]  # params re-exported here
 
@@ -157,7 +157,7 @@ def _top_k_top_p(
         n = min(max(_CPU_TOP_P_HEAD if head_size is None else head_size, max_k, 1), V)
     head = x.topk(n, dim=-1).values if n < V else _sort_descending(x)  # (B, n) descending
     y = x
-    if max_k:
+    if max_k and k is not None:  # (max_k > 0 comes with a k)
         kth = _kth_threshold(head, k)  # (B, 1)
         y = _drop_below(x, kth)
         head = _drop_below(head, kth)
@@ -265,10 +265,12 @@ class BatchSampler:
             raise ValueError(
                 f"need one prompt per row and at least one row, got {len(params)} params and {len(prompt_ids)} prompts"
             )
+        seeds: list[int] = []
         for row, p in enumerate(params):
             p.validate()
             if p.seed is None:
                 raise ValueError(f"row {row} has no seed; draw one before building the sampler")
+            seeds.append(p.seed)
         self.params: tuple[SamplingParams, ...] = tuple(params)
         self.vocab_size = vocab_size
         self.device = torch.device(device)
@@ -285,7 +287,7 @@ class BatchSampler:
         self.repetition = column([p.repetition_penalty for p in params])  # (B, 1)
         self.presence = column([p.presence_penalty for p in params])  # (B, 1)
         self.frequency = column([p.frequency_penalty for p in params])  # (B, 1)
-        self.generators = [torch.Generator().manual_seed(p.seed) for p in params]
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
         # Penalty state exists only when some row uses it: (B, V) each.
         self.seen: Tensor | None = None  # prompt + generated tokens, for the repetition penalty
@@ -333,6 +335,7 @@ class BatchSampler:
             x = apply_penalties(x, self.seen, self.counts, self.repetition, self.presence, self.frequency)
         greedy_ids = x.argmax(dim=-1, keepdim=True) if self._any_greedy else None  # (B, 1)
         if self._all_greedy:
+            assert greedy_ids is not None
             return torch.zeros_like(x).scatter_(1, greedy_ids, 1.0)
         if self._use_temperature:
             x = apply_temperature(x, self.temperature)
