@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -67,8 +68,9 @@ class Dist:
             dist.barrier()
 
 
-def init_distributed(device: str = "auto") -> Dist:
-    """Join the process group torchrun set up (once), or describe a single process."""
+def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> Dist:
+    """Join the process group torchrun set up (once), or describe a single process. timeout: how long
+    a collective (a barrier) waits for the slowest rank (torch's default: 10 minutes on nccl, 30 on gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(0, 1, 0, resolve_device(device))
@@ -78,5 +80,5 @@ def init_distributed(device: str = "auto") -> Dist:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return Dist(rank, world, local, dev)

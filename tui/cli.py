@@ -6,12 +6,12 @@ mistake surfaces as a TiankongError, printed here as one line with exit code 2.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import typer
 from rich.console import Console
@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tiankong.engine.errors import InputError, TiankongError
-from tiankong.engine.files import atomic_open, stdout_errors, write_target
+from tiankong.engine.files import stdout_errors, write_target
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
 
 app = typer.Typer(
@@ -52,6 +52,14 @@ def _model_dir(model: Optional[Path | str]) -> Path:
     from tiankong.engine.resolve import resolve_model
 
     return resolve_model(model)
+
+
+def _playground_model(model: Optional[Path | str], api_key: Optional[str]) -> Any:
+    """chat's and compare's --model: a server (http://HOST:PORT/v1, engine/remote.py) with its key,
+    else a model folder as _model_dir finds it."""
+    from tiankong.engine.remote import RemoteModel, is_remote
+
+    return RemoteModel(str(model), api_key) if is_remote(model) else _model_dir(model)
 
 
 def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
@@ -138,14 +146,19 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
 
   tiankong generate -m ./SmolLM2 --input prompts.jsonl --n 4 --batch-size 8 --output out.jsonl
 
+  torchrun --nproc_per_node 4 -m tiankong.tui.cli generate -m ./SmolLM2 --input big.jsonl -o out.jsonl
+
 Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text.
 A bad line (or a prompt longer than the context) stops the run before anything is generated, naming the line.
 --context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
 message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
 context), and records how many in "dropped_turns". An answer cut short by the context ends with
 finish_reason "context" (the max-new-tokens limit is "length").
---output is replaced only when the run ends: on an error it is left as it was. Ctrl+C also leaves it
-as it was and keeps the records already finished in OUTPUT.partial."""
+--output is replaced only when the run ends: on an error it is left as it was. Finished records are kept
+in OUTPUT.part-* as they come (one per process), so after a Ctrl+C, a kill or a crash the same command
+again generates only the rest. Under torchrun (--nnodes, --nproc_per_node) each process takes its share
+of the records and the first merges them into OUTPUT in input order: the same file for any number of
+processes (with --seed; without one, each record's drawn seed is recorded)."""
 )
 def generate(
     model: Optional[Path] = ModelOpt,
@@ -172,7 +185,9 @@ def generate(
     ),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Stop after this many tokens."),
     stop: List[str] = typer.Option([], "--stop", help="Stop string; repeat for several."),
-    n: int = typer.Option(1, "--n", min=1, help="Independent samples per prompt."),
+    n: int = typer.Option(
+        1, "--n", "-n", min=1, help="Independent samples per prompt (-n under torchrun, whose own flags take --n)."
+    ),
     top_logprobs: int = typer.Option(0, "--top-logprobs", min=0, help="Record every token with its top K candidates."),
     raw: bool = typer.Option(False, "--raw", help="Plain completion: skip the chat template."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows generated together in one forward pass."),
@@ -187,13 +202,18 @@ def generate(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
-    """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates."""
+    """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates.
+
+    The body reads as its stages; the signature above is typer's option declarations.
+    """
     if format not in ("jsonl", "text"):
         raise InputError(f"unknown --format {format!r}; use jsonl or text")
     if context_overflow not in ("error", "truncate"):
         raise InputError(f"unknown --context-overflow {context_overflow!r}; use error or truncate")
     if output is not None:
         write_target(output)  # a missing folder, a folder or a device: said before the model loads
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("under torchrun, generate needs --output FILE (the processes' records are merged there)")
     jobs = _read_jobs(prompt, input)
     flags = dict(
         temperature=temperature,
@@ -208,48 +228,68 @@ def generate(
         stop=tuple(stop) if stop else None,
     )
     params = get_preset(preset).params.replace(**{k: v for k, v in flags.items() if v is not None})
-    eng = _load(model, device, dtype, chat_template)
+    dist = _join(device)
+    eng = _load(model, str(dist.device) if dist.enabled else device, dtype, chat_template)
     rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
-    tally = _Tally()
-    try:
-        from tiankong.trainers.progress import progress
-
-        bar = progress("generating", len(rows), enabled=input is not None, console=err)
-        with _output(output) as out, bar as advance:
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                _generate_batch(
-                    eng,
-                    batch,
-                    start,
-                    out,
-                    advance,
-                    tally,
-                    preset,
-                    format,
-                    top_logprobs,
-                    stream_text=format == "text" and len(rows) == 1 and output is None,
-                )
-    except KeyboardInterrupt:
-        if output is None:
-            raise
-        _report_interrupt(output, tally.written)
-        raise typer.Exit(130) from None
-    if tally.failed == len(rows):  # every row failed: the model is broken, not one prompt (errors above)
+    run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
+    if output is None:
+        tally = _generate_to_stdout(run, rows)
+    else:
+        settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
+        settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
+        tally = _generate_to_file(run, rows, output, dist, settings)
+    if tally.rows and tally.failed == tally.rows:  # every row failed: the model is broken, not one prompt
         raise typer.Exit(2)
 
 
+class _Row(NamedTuple):
+    index: int  # in input order: prompt p's sample i is row p * n + i
+    sample: int
+    job: dict
+    ids: list
+    params: Any  # SamplingParams with the row's seed
+    dropped: int  # conversation turns --context-overflow truncate dropped
+
+
+@dataclass
+class _Run:
+    """What every batch of one generate run shares."""
+
+    eng: Any
+    preset: str
+    format: str
+    top_logprobs: int
+    batch_size: int
+    show_progress: bool
+
+    def bar(self, total: int):
+        from tiankong.trainers.progress import progress
+
+        return progress("generating", total, enabled=self.show_progress, console=err)
+
+
+@dataclass
 class _Tally:
-    """Records written and rows failed so far (read after a Ctrl+C, too)."""
+    """Rows this run generated and failed (over every process once the run ends)."""
 
-    written = 0
-    failed = 0
+    rows: int = 0
+    failed: int = 0
 
 
-def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow: str) -> list[tuple]:
-    """(job, ids, params with the row's seed, dropped turns) for every (prompt, sample), every prompt
-    encoded and checked against the context before any output. The seed depends only on the sample
-    index, never on batching."""
+def _join(device: str) -> Any:
+    """This process's place under torchrun (a single process without it). Each process uses its own
+    GPU; barriers wait up to a day for the slowest process's last batch."""
+    from datetime import timedelta
+
+    from tiankong.trainers.distributed import init_distributed
+
+    return init_distributed(device, timeout=timedelta(days=1))
+
+
+def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow: str) -> list[_Row]:
+    """Every (prompt, sample) row with the row's seed, every prompt encoded and checked against the
+    context before any output. The seed depends only on the sample index, never on batching or on
+    which process generates the row."""
     from tiankong.engine.engine import draw_seed
 
     rows = []
@@ -265,78 +305,95 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
             raise InputError(f"{where}: {e}") from None
         for i in range(n):
             s = params.seed + i if params.seed is not None else draw_seed()
-            rows.append((job, ids, params.replace(seed=s), dropped))
+            rows.append(_Row(len(rows), i, job, ids, params.replace(seed=s), dropped))
     return rows
 
 
-def _generate_batch(
-    eng: Any,
-    batch: list[tuple],
-    start: int,
-    out: Any,
-    advance: Any,
-    tally: _Tally,
-    preset: str,
-    format: str,
-    top_logprobs: int,
-    stream_text: bool,
-) -> None:
-    """Generate one batch of rows and write their records (or text); a failed row is reported and the
-    others go on."""
+def _generate_to_stdout(run: _Run, rows: list[_Row]) -> _Tally:
+    """Batches in order, each printed when done; one text prompt streams its tokens as they come."""
+    tally = _Tally()
+    stream = sys.stdout if run.format == "text" and len(rows) == 1 else None
+    with stdout_errors(), run.bar(len(rows)) as advance:
+        for start in range(0, len(rows), run.batch_size):
+            batch = rows[start : start + run.batch_size]
+            sys.stdout.write("".join(_generate_batch(run, batch, advance, tally, stream)))
+            sys.stdout.flush()
+    return tally
+
+
+def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, settings: dict) -> _Tally:
+    """This process's share of the rows not finished before into its part file, then (first process,
+    after every process is done) the parts merged into OUTPUT in row order; see tui/shards.py."""
+    from tiankong.tui import shards
+
+    keys = [shards.row_key(r.job, r.sample, _key_params(r, settings["seeded"]), settings) for r in rows]
+    finished = shards.read_index(output)
+    dist.barrier()  # every process has read the parts before any appends: all agree on the rows to do
+    todo = [r for r, k in zip(rows, keys, strict=True) if (r.index, k) not in finished]
+    mine = shards.my_batches(todo, run.batch_size, dist.rank, dist.world)
+    tally = _Tally()
+    try:
+        with shards.PartWriter(output, dist.rank) as part, run.bar(sum(map(len, mine))) as advance:
+            for batch in mine:
+                outs = _generate_batch(run, batch, advance, tally)
+                part.append((r.index, keys[r.index], o) for r, o in zip(batch, outs, strict=True))
+    except KeyboardInterrupt:
+        _report_interrupt(output, len(rows) - len(todo) + tally.rows)
+        raise typer.Exit(130) from None
+    sums = dist.all_reduce_sum({"rows": tally.rows, "failed": tally.failed})  # also the barrier before the merge
+    if dist.is_main:
+        shards.merge(output, [(r.index, k) for r, k in zip(rows, keys, strict=True)])
+    return _Tally(int(sums["rows"]), int(sums["failed"]))
+
+
+def _key_params(row: _Row, seeded: bool) -> dict:
+    """The row's sampling parameters as they decide its output. A drawn seed is no setting (each run
+    draws others), so a run without a seed that is resumed still finds the rows finished before."""
+    return row.params.to_dict() if seeded else {**row.params.to_dict(), "seed": None}
+
+
+def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, stream: Any = None) -> list[str]:
+    """Generate one batch of rows; the output of each row (its JSONL record, or its text), in order.
+    A failed row is reported and the others go on. stream: where tokens are written as they come."""
     tokens: list[list] = [[] for _ in batch]
     done: dict[int, Any] = {}
-    for ev in eng.generate([r[1] for r in batch], [r[2] for r in batch], top_logprobs=top_logprobs):
+    for ev in run.eng.generate([r.ids for r in batch], [r.params for r in batch], top_logprobs=run.top_logprobs):
         if hasattr(ev, "finish_reason"):
             done[ev.row] = ev
             advance()
             continue
-        if top_logprobs:
+        if run.top_logprobs:
             tokens[ev.row].append(ev.to_dict())
-        if stream_text:
-            out.write(ev.text)
-            out.flush()
-    for b, (job, _, p, dropped) in enumerate(batch):
+        if stream is not None:
+            stream.write(ev.text)
+            stream.flush()
+    outs = []
+    for b, r in enumerate(batch):
         fin = done[b]
         if fin.finish_reason == "error":  # this row failed (non-finite logits)
             tally.failed += 1
-            where = f"id {job['id']}" if "id" in job else f"row {start + b + 1}"
+            where = f"id {r.job['id']}" if "id" in r.job else f"row {r.index + 1}"
             err.print(
                 f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}", highlight=False, soft_wrap=True
             )
-        if format == "jsonl":
-            rec = _record(job, preset, p, fin, tokens[b] if top_logprobs else None, dropped)
-            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        elif stream_text:
-            out.write("\n")
+        if run.format == "jsonl":
+            rec = _record(r.job, run.preset, r.params, fin, tokens[b] if run.top_logprobs else None, r.dropped)
+            outs.append(json.dumps(rec, ensure_ascii=False) + "\n")
         else:
-            out.write(fin.text + "\n\n")
-        tally.written += 1
-    out.flush()
+            outs.append("\n" if stream is not None else fin.text + "\n\n")
+    tally.rows += len(batch)
+    return outs
 
 
-def _report_interrupt(output: Path, written: int) -> None:
-    partial = _partial(output)
-    if written == 0:
-        partial.unlink(missing_ok=True)
-    s = "s" if written != 1 else ""
-    kept = f"the {written} finished record{s} are in {partial}" if written else "nothing had finished"
-    err.print(f"interrupted: {output} is unchanged; {kept}", highlight=False, markup=False, soft_wrap=True)
-
-
-def _partial(output: Path) -> Path:
-    return output.with_name(output.name + ".partial")
-
-
-@contextlib.contextmanager
-def _output(output: Optional[Path]):
-    """stdout (a failed write is one error line), or a temporary file that replaces OUTPUT whole when
-    the run ends well; on an error OUTPUT is untouched, on Ctrl+C what finished is kept in OUTPUT.partial."""
-    if output is None:
-        with stdout_errors():
-            yield sys.stdout
-        return
-    with atomic_open(output, partial=_partial(output)) as f:
-        yield f
+def _report_interrupt(output: Path, kept: int) -> None:
+    s = "s" if kept != 1 else ""
+    where = f"the {kept} finished record{s} are kept in {output}.part-*" if kept else "nothing had finished"
+    err.print(
+        f"interrupted: {output} is unchanged; {where}; the same command again generates the rest",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 # ---------------------------------------------------------------- tokenize / info / presets
@@ -361,9 +418,9 @@ def tokenize(
     if format not in ("table", "jsonl"):
         raise InputError(f"unknown --format {format!r}; use table or jsonl")
     folder = _model_dir(model)
-    if not folder.is_dir():
+    if not folder.exists():
         raise InputError(f"model folder {folder} does not exist; pass --model with a local model folder")
-    tok = load_tokenizer(folder)
+    tok = load_tokenizer(folder)  # a folder or a GGUF file
     ids = tok.encode(text, add_special_tokens=True)
     pieces = [tok.id_to_piece(i) for i in ids]
     if format == "jsonl":
@@ -496,6 +553,22 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
 
 # ---------------------------------------------------------------- the playground
 
+ApiKeyOpt = typer.Option(
+    None,
+    "--api-key",
+    help="Key for a --model http://HOST:PORT/v1 server (sent as Authorization: Bearer). Env: TIANKONG_API_KEY.",
+    envvar="TIANKONG_API_KEY",
+    show_default=False,
+)
+PlaygroundModelOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help=MODEL_HELP + " Or a server: http://HOST:PORT/v1 (tiankong serve, vLLM, llama.cpp's server).",
+    envvar="TIANKONG_MODEL",
+    show_default=False,
+)
+
 DataDirOpt = typer.Option(
     None,
     "--data-dir",
@@ -511,14 +584,17 @@ DataDirOpt = typer.Option(
   tiankong chat -m ../shared/models/stories260K --preset creative
 
   tiankong chat -m ./SmolLM2-135M-Instruct --data-dir ~/tiankong-data
+
+  tiankong chat -m http://127.0.0.1:8000/v1      # a server: tiankong serve, vLLM, llama.cpp's server
 """
 )
 def chat(
-    model: Optional[Path] = ModelOpt,
+    model: Optional[str] = PlaygroundModelOpt,
     preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset to start with."),
     data_dir: Optional[Path] = DataDirOpt,
     rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
     chat_template: Optional[Path] = TemplateOpt,
+    api_key: Optional[str] = ApiKeyOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -527,7 +603,7 @@ def chat(
 
     get_preset(preset)  # fail fast, before the screen opens
     run_app(
-        _model_dir(model),
+        _playground_model(model, api_key),
         preset=preset,
         data_dir=data_dir,
         device=device,
@@ -538,15 +614,17 @@ def chat(
     )
 
 
-def _compare_lineup(model: Path | None, presets: str, models: str | None) -> tuple[list[str], list[Path] | None]:
-    """compare's contestants: 2 to 4 preset names, or two model folders under the first preset."""
+def _compare_lineup(
+    model: str | None, presets: str, models: str | None, api_key: str | None = None
+) -> tuple[list[str], list[Any] | None]:
+    """compare's contestants: 2 to 4 preset names, or two model folders (or servers) under the first preset."""
     names = [p.strip() for p in presets.split(",") if p.strip()]
     for name in names:
         get_preset(name)
-    model_dirs = [_model_dir(m.strip()) for m in models.split(",") if m.strip()] if models else None
+    model_dirs = [_playground_model(m.strip(), api_key) for m in models.split(",") if m.strip()] if models else None
     if model_dirs is not None:
         if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
-            model_dirs.insert(0, _model_dir(model))
+            model_dirs.insert(0, _playground_model(model, api_key))
         if len(model_dirs) != 2:
             raise InputError(f"--models takes one or two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
         names = names[:1]
@@ -565,10 +643,12 @@ def _compare_lineup(model: Path | None, presets: str, models: str | None) -> tup
   tiankong compare --models runs/ppo          # the bundled model against your PPO policy
 
   tiankong compare --prompts prompts.txt --repeat 2   # one prompt after another; reopens where you stopped
+
+  tiankong compare -m http://127.0.0.1:8000/v1 --presets balanced,creative   # on a server
 """
 )
 def compare(
-    model: Optional[Path] = ModelOpt,
+    model: Optional[str] = PlaygroundModelOpt,
     presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
     models: Optional[str] = typer.Option(
         None,
@@ -585,14 +665,15 @@ def compare(
     repeat: int = typer.Option(1, "--repeat", min=1, help="Rounds per prompt of --prompts, each with new seeds."),
     restart: bool = typer.Option(False, "--restart", help="Start --prompts from its first prompt again."),
     chat_template: Optional[Path] = TemplateOpt,
+    api_key: Optional[str] = ApiKeyOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
     """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers."""
     from tiankong.tui.app import run_app
 
-    names, model_dirs = _compare_lineup(model, presets, models)
-    first = model_dirs[0] if model_dirs else _model_dir(model)
+    names, model_dirs = _compare_lineup(model, presets, models, api_key)
+    first = model_dirs[0] if model_dirs else _playground_model(model, api_key)
     chat_template = _template_file(chat_template)
     if prompts is None:
         if repeat != 1 or restart:
