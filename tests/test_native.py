@@ -38,6 +38,11 @@ def need_native() -> None:
         ("gpt2", {}, None),
         ("gpt2", dict(activation_function="gelu"), None),
         ("llama", dict(intermediate_size=1100), 3),
+        # Phi-3: fused weights split at load, RoPE over 12 of 16 head dims (zero frequencies past
+        # them in the step); long-rope's short factors and attention factor (sequences stay below
+        # original_max_position_embeddings: past it the long factors run on the torch path).
+        ("phi3", dict(original_max_position_embeddings=64), None),
+        ("phi3", dict(rope_parameters=None, partial_rotary_factor=1.0, sliding_window=8), None),
     ],
 )
 def test_native_decode_steps_equal_transformers(tmp_path, arch, overrides, threads):

@@ -18,14 +18,18 @@ from tiankong.engine.context import PromptCache, answer_room, fit_messages, turn
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
 from tiankong.engine.events import Finished, TokenEvent
-from tiankong.engine.gpt2 import GPT2
+from tiankong.engine.llama import Llama
 from tiankong.engine.llama_packed import PackedLlama
 from tiankong.engine.model import load_model
 from tiankong.engine.packed import can_pack, pack_linears
 from tiankong.engine.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=12, seed=0)
-ARCHS = [("llama", {}), ("mistral", dict(sliding_window=8)), ("qwen2", {}), ("qwen3", {}), ("gpt2", {})]
+ARCHS = [
+    *[("llama", {}), ("mistral", dict(sliding_window=8)), ("qwen2", {}), ("qwen3", {}), ("gpt2", {})],
+    ("phi3", dict(rope_parameters=None)),  # partial rotary; long-rope would switch between turns
+    *[("gemma2", {}), ("gemma3", {})],
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +45,13 @@ def engine(folder, path: str) -> Engine:
     if path == "plain":
         return Engine.load(folder, device="cpu", dtype="float32", pack=False)
     eng = Engine.load(folder, device="cpu", dtype="float32")
+    if path == "native" and eng.cfg.family == "gemma":
+        pytest.skip("Gemma has no compiled decode step")
     if path == "torch":
         if not can_pack(torch.device("cpu"), torch.float32):
             pytest.skip("oneDNN packing is unavailable here")
         model = load_model(folder, "cpu", "float32")[0]
-        model = pack_linears(model) if isinstance(model, GPT2) else PackedLlama(model, native=False)
+        model = PackedLlama(model, native=False) if isinstance(model, Llama) else pack_linears(model)
         eng = replace(eng, model=model)
     assert getattr(eng.model, "native", False) == (path == "native")
     return eng
