@@ -379,3 +379,23 @@ def test_no_leak_after_a_thousand_requests(stories):
         conn.close()
         assert batcher.rows == 0 and batcher.pending == 0
         assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 1,000 requests"
+
+
+@needs_stories
+def test_graceful_shutdown_drains_or_cancels_and_stops_the_batcher(stories):
+    """SIGINT/SIGTERM (uvicorn's should_exit): a request under way is drained, a stream past the
+    drain time is cancelled between tokens, and the batcher ends with no row and no thread."""
+    with running(stories, drain_s=0.3) as (base, batcher, server):
+        sock = _open_stream(base, {"model": "stories260K", "prompt": "Once", "max_tokens": 500})
+        short = ThreadPoolExecutor(1).submit(
+            raw, base, "POST", "/completions", json.dumps({"prompt": "Once", "max_tokens": 3}).encode(), {}
+        )
+        _wait_for(lambda: batcher.rows + batcher.pending >= 1, "the requests never arrived")
+        server.should_exit = True
+        assert short.result()[0] == 200
+        sock.settimeout(30)
+        while sock.recv(65536):  # the stream ends (complete or cut), the connection closes
+            pass
+        sock.close()
+        _wait_for(lambda: not batcher._thread.is_alive(), "the batcher's thread did not stop")
+        assert batcher.rows == 0 and batcher.pending == 0

@@ -1,0 +1,232 @@
+"""Serving benchmark: `tiankong serve` against llama.cpp's server on the same weights, in one run.
+
+    python bench/serve.py                              # 1, 4 and 16 clients, both servers
+    python bench/serve.py --clients 1,16 --rounds 1 --skip-llamacpp
+
+What it does, top to bottom:
+  1. setup   — the random SmolLM-135M-shaped model of bench/decode.py (safetensors, and the same
+               weights as GGUF F32 for llama.cpp), built there on first use, cached in bench/out/.
+  2. servers — `tiankong serve` and llama-cpp-python's OpenAI server (`python -m llama_cpp.server`,
+               when installed with its [server] extra) run as subprocesses with the same thread count.
+  3. load    — N concurrent clients, each sending streaming /v1/completions requests one after
+               another (same prompt, max_tokens, temperature, a seed per request); the servers
+               take turns at every concurrency, for --rounds rounds, so a shared machine's drift
+               hits both alike.
+  4. report  — per server and concurrency: aggregate tokens/s (all streamed tokens over the wall
+               time of the phase), p50/p95 time to first token and p50/p95 per-token latency (a
+               request's mean time between tokens after its first, over the phase's requests);
+               the ratios against the targets; bench/out/serve.json.
+
+Targets: 16 clients give at least 3x one client's aggregate throughput (continuous batching), and
+tiankong's aggregate throughput is at least llama.cpp server's at every concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode import GGUF_PATH, MODEL_DIR, OUT, importable  # noqa: E402  (bench/decode.py builds the model)
+
+RESULT_JSON = OUT / "serve.json"
+TARGETS = dict(batch16_over_1=3.0, vs_llamacpp=1.0)
+PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port: int, path: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server on port {port} exited with code {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server on port {port} did not come up in {timeout:.0f} s")
+
+
+def start_servers(args) -> dict[str, tuple[subprocess.Popen, int]]:
+    """The servers to compare, started and healthy: name -> (process, port)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    servers = {}
+    port = free_port()
+    cmd = [sys.executable, "-m", "tiankong.tui.cli", "serve", "-m", str(MODEL_DIR), "--port", str(port)]
+    cmd += ["--max-rows", "16", "--max-queue", "64"]
+    servers["tiankong"] = (subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL), port)
+    # llama-cpp-python's server decodes one request at a time (its own lock); that is what it offers.
+    if not args.skip_llamacpp and importable("llama_cpp") and GGUF_PATH.is_file():
+        port = free_port()
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF_PATH), "--port", str(port)]
+        cmd += ["--n_ctx", "2048", "--n_threads", str(args.threads), "--n_batch", "512", "--verbose", "False"]
+        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers["llama.cpp"] = (subprocess.Popen(cmd, env=env, **quiet), port)
+    for proc, port in servers.values():
+        wait_healthy(port, "/v1/models", proc)
+    return servers
+
+
+# The same sampling on both: temperature 0.7 alone (llama-cpp-python's server defaults to top-k 40,
+# top-p 0.95, min-p 0.05 and a repeat penalty of 1.1; tiankong's OpenAI defaults to none of them).
+EXTRA = {"tiankong": {}, "llama.cpp": {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}}
+
+
+def stream_one(port: int, seed: int, args, extra: dict) -> dict:
+    """One streaming completion -> {"ttft": s, "per_token": s (mean time between its tokens), "tokens": n}."""
+    body = json.dumps(
+        {
+            "prompt": PROMPT,
+            "max_tokens": args.max_tokens,
+            "temperature": 0.7,
+            "top_p": 1.0,
+            "seed": seed,
+            "stream": True,
+            **extra,
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()[:300]
+    times, finish = [], None
+    for line in resp:
+        if not line.startswith(b"data: {"):
+            continue
+        choice = json.loads(line[6:])["choices"][0]
+        finish = choice.get("finish_reason") or finish
+        if choice.get("text"):
+            times.append(time.perf_counter())
+    conn.close()
+    # llama-cpp-python holds back pieces that are not whole UTF-8 characters (random weights emit
+    # many), so chunks undercount its tokens: a request that ran to max_tokens made max_tokens.
+    tokens = args.max_tokens if finish == "length" else len(times)
+    per_token = (times[-1] - times[0]) / (tokens - 1) if tokens > 1 and len(times) > 1 else float("nan")
+    return {"ttft": times[0] - t0 if times else float("nan"), "per_token": per_token, "tokens": tokens}
+
+
+def load(port: int, clients: int, args, extra: dict) -> dict:
+    """`clients` threads, each sending --requests streaming requests in turn -> the phase's figures."""
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for r in range(args.requests):
+            out = stream_one(port, 1000 * c + r, args, extra)
+            with lock:
+                results.append(out)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    tokens = sum(r["tokens"] for r in results)
+    ttft = sorted(r["ttft"] for r in results)
+    per_token = sorted(r["per_token"] for r in results)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_s": pct(ttft, 50),
+        "ttft_p95_s": pct(ttft, 95),
+        "token_p50_s": pct(per_token, 50),
+        "token_p95_s": pct(per_token, 95),
+    }
+
+
+def pct(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))] if xs else float("nan")
+
+
+def best(phases: list[dict]) -> dict:
+    """The round with the highest throughput: other processes only ever slow a phase down."""
+    return max(phases, key=lambda p: p["tokens_per_s"])
+
+
+def report(results: dict[str, dict[int, list[dict]]], args) -> dict:
+    names = list(results)
+    print(f"\n{'server':<10} {'clients':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'tok p50':>8} {'p95':>7}")
+    table = {}
+    for name in names:
+        for n, phases in results[name].items():
+            b = best(phases)
+            table.setdefault(name, {})[n] = b
+            print(
+                f"{name:<10} {n:>7} {b['tokens_per_s']:>8.1f} {b['ttft_p50_s'] * 1e3:>7.0f}ms "
+                f"{b['ttft_p95_s'] * 1e3:>5.0f}ms {b['token_p50_s'] * 1e3:>6.1f}ms {b['token_p95_s'] * 1e3:>5.1f}ms"
+            )
+    ratios = {}
+    tk = table["tiankong"]
+    if 1 in tk and 16 in tk:
+        ratios["tiankong_16_over_1"] = tk[16]["tokens_per_s"] / tk[1]["tokens_per_s"]
+    if "llama.cpp" in table:
+        for n in tk:
+            ratios[f"vs_llamacpp_{n}"] = tk[n]["tokens_per_s"] / table["llama.cpp"][n]["tokens_per_s"]
+    print()
+    for key, value in ratios.items():
+        target = TARGETS["batch16_over_1"] if key.endswith("16_over_1") else TARGETS["vs_llamacpp"]
+        print(f"{key:<22} {value:6.2f}x  (target >= {target}x: {'met' if value >= target else 'NOT met'})")
+    out = {"args": vars(args), "best": table, "ratios": ratios, "rounds": results}
+    RESULT_JSON.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", default="1,4,16", help="concurrencies, comma-separated")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client per phase")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--skip-llamacpp", action="store_true")
+    args = ap.parse_args()
+    if not (MODEL_DIR / "model.safetensors").is_file():
+        sys.exit(f"no model in {MODEL_DIR}: run `python bench/decode.py` once to build it (and its GGUF)")
+    servers = start_servers(args)
+    try:
+        levels = [int(c) for c in args.clients.split(",")]
+        results: dict[str, dict[int, list[dict]]] = {name: {n: [] for n in levels} for name in servers}
+        for name, (_, port) in servers.items():
+            stream_one(port, 0, args, EXTRA[name])  # warm-up: first-request costs (the compiled step, caches)
+        for rnd in range(args.rounds):
+            for n in levels:
+                for name, (_, port) in servers.items():  # the servers take turns at every level
+                    phase = load(port, n, args, EXTRA[name])
+                    results[name][n].append(phase)
+                    print(
+                        f"round {rnd + 1} {name:<10} {n:>2} clients: {phase['tokens_per_s']:7.1f} tok/s "
+                        f"({phase['tokens']} tokens in {phase['requests']} requests, {phase['wall_s']:.1f} s)",
+                        flush=True,
+                    )
+        report(results, args)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
