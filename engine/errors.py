@@ -27,3 +27,7 @@ class ChatTemplateError(TiankongError):
 
 class InputError(TiankongError):
     """A prompt, an input file line, a preset or a sampling parameter is invalid."""
+
+
+class RemoteError(TiankongError):
+    """A server behind --model http://... failed a request or answered something unusable."""

@@ -15,7 +15,8 @@ class Candidate:
     id: int
     text: str  # readable rendering of the token (leading space kept, bytes as <0xNN>)
     logprob: float  # under the model's own distribution (temperature 1, before any processing)
-    p_sample: float  # probability under the final sampling distribution; 0.0 = filtered out
+    p_sample: float | None  # probability under the final sampling distribution; 0.0 = filtered out;
+    #                         None = unknown (a remote server that does not report it, engine/remote.py)
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class TokenEvent:
     id: int
     text: str  # the text this token adds to the answer ("" while a multi-byte character is incomplete)
     logprob: float  # of the chosen token under the model's own distribution
-    p_sample: float  # of the chosen token under the sampling distribution
-    entropy: float  # of the model's own distribution, in nats
+    p_sample: float | None  # of the chosen token under the sampling distribution (None: unknown, as above)
+    entropy: float | None  # of the model's own distribution, in nats (None: a server sent only the top-K)
     candidates: tuple[Candidate, ...] = ()  # top-K by model probability, when asked for
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,3 +35,52 @@ def llama_folder(tmp_path_factory) -> Path:
     from test_tokenizer import make_llama_folder
 
     return make_llama_folder(tmp_path_factory.mktemp("llama"))
+
+
+@contextlib.contextmanager
+def _uvicorn(app, **config):
+    """Any ASGI app under a real uvicorn on a free port of 127.0.0.1, in a thread -> (port, server)."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="error", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.01)
+    try:
+        yield port, server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def _serving(engine, **overrides):
+    """A real `tiankong serve` over `engine`, with ServeConfig fields overridden -> (base URL
+    ending /v1, batcher, uvicorn server); stopped on exit."""
+    from tiankong.engine.batcher import Batcher
+    from tiankong.tui.serve import ServeConfig, build_app
+
+    cfg = ServeConfig(**overrides)
+    batcher = Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue)
+    try:
+        app = build_app(engine, batcher, cfg)
+        with _uvicorn(app, timeout_graceful_shutdown=cfg.drain_s) as (port, server):
+            yield f"http://127.0.0.1:{port}/v1", batcher, server
+    finally:
+        batcher.close()
+
+
+@pytest.fixture(scope="session")
+def serving():
+    """`with serving(engine, **serve_config) as (url, batcher, server):` a live tiankong serve."""
+    return _serving
+
+
+@pytest.fixture(scope="session")
+def asgi_server():
+    """`with asgi_server(app) as (port, server):` any ASGI app (e.g. a fake of another server)."""
+    return _uvicorn

@@ -24,6 +24,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.remote import RemoteModel
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
 from tiankong.tui.screens.chat import ChatScreen
 from tiankong.tui.screens.help import HelpScreen
@@ -39,6 +40,12 @@ def default_rater() -> str:
         return "anonymous"
 
 
+def _model_id(model: Path | RemoteModel) -> str:
+    """How chats name the model: its resolved folder, or the server's URL (the chat screen names
+    the server's model once connected)."""
+    return model.url if isinstance(model, RemoteModel) else str(model.expanduser().resolve())
+
+
 class TiankongApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "tiankong 填空"
@@ -49,7 +56,7 @@ class TiankongApp(App[None]):
 
     def __init__(
         self,
-        model_dir: Path | str | None,
+        model_dir: Path | str | RemoteModel | None,
         *,
         store: Any,
         preset: str = DEFAULT_PRESET,
@@ -57,7 +64,7 @@ class TiankongApp(App[None]):
         dtype: str = "auto",
         mode: str = "chat",
         compare_presets: list[str] | None = None,
-        compare_models: list[Path] | None = None,
+        compare_models: list[Path | RemoteModel] | None = None,
         rater: str | None = None,
         export_dir: Path | None = None,
         show_timing: bool = True,
@@ -72,12 +79,12 @@ class TiankongApp(App[None]):
         if mode not in ("chat", "compare"):
             raise InputError(f"mode must be chat or compare, got {mode!r}")
         self.store, self.mode, self.device, self.dtype = store, mode, device, dtype
-        self.model_dirs = (
-            [Path(m) for m in compare_models]
-            if compare_models
-            else ([Path(model_dir)] if model_dir is not None else [])
-        )
-        self.model_id = str(self.model_dirs[0].expanduser().resolve()) if self.model_dirs else "no model"
+        # Folders, or servers (RemoteModel: --model http://...), connected to instead of loaded.
+        self.model_dirs = [
+            m if isinstance(m, RemoteModel) else Path(m)
+            for m in (compare_models or ([model_dir] if model_dir is not None else []))
+        ]
+        self.model_id = _model_id(self.model_dirs[0]) if self.model_dirs else "no model"
         self.start_preset = preset
         names = list(self.presets)
         self.compare_presets = compare_presets or [preset, names[(names.index(preset) + 1) % len(names)]]
@@ -111,6 +118,7 @@ class TiankongApp(App[None]):
     @work(thread=True, exclusive=True, group="load")
     def _load(self) -> None:
         from tiankong.engine.engine import Engine
+        from tiankong.engine.remote import RemoteEngine
 
         if not self.model_dirs:
             self.call_from_thread(self._load_failed, "no model given: pass --model DIR or set TIANKONG_MODEL")
@@ -119,7 +127,9 @@ class TiankongApp(App[None]):
         for folder in self.model_dirs:
             try:
                 engines.append(
-                    Engine.load(folder, device=self.device, dtype=self.dtype, chat_template=self.chat_template)
+                    RemoteEngine.connect(folder.url, folder.api_key)
+                    if isinstance(folder, RemoteModel)
+                    else Engine.load(folder, device=self.device, dtype=self.dtype, chat_template=self.chat_template)
                 )
             except TiankongError as e:
                 self.call_from_thread(self._load_failed, str(e))
@@ -213,7 +223,7 @@ class TiankongApp(App[None]):
 
 
 def run_app(
-    model_dir: Path | None,
+    model_dir: Path | RemoteModel | None,
     *,
     preset: str = DEFAULT_PRESET,
     data_dir: Path | None = None,
@@ -221,7 +231,7 @@ def run_app(
     dtype: str = "auto",
     mode: str = "chat",
     compare_presets: list[str] | None = None,
-    compare_models: list[Path] | None = None,
+    compare_models: list[Path | RemoteModel] | None = None,
     rater: str | None = None,
     chat_template: Path | None = None,
 ) -> None:

@@ -275,14 +275,16 @@ def token_bytes(text: str) -> list[int]:
 
 
 def chat_logprob(ev: TokenEvent, token: str) -> dict[str, Any]:
-    """One entry of choices[].logprobs.content[], with tiankong's p_sample beside each logprob."""
+    """One entry of choices[].logprobs.content[], with tiankong's p_sample beside each logprob and
+    the token's id (as llama.cpp's server sends it), so a client can tell tokens of equal text apart."""
     return {
+        "id": ev.id,
         "token": token,
         "logprob": ev.logprob,
         "bytes": token_bytes(token),
         "p_sample": ev.p_sample,
         "top_logprobs": [
-            {"token": c.text, "logprob": c.logprob, "bytes": token_bytes(c.text), "p_sample": c.p_sample}
+            {"id": c.id, "token": c.text, "logprob": c.logprob, "bytes": token_bytes(c.text), "p_sample": c.p_sample}
             for c in ev.candidates
         ],
     }

@@ -32,6 +32,7 @@ from tiankong.engine.engine import Engine, with_seeds
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.engine.files import atomic_write_text
+from tiankong.engine.remote import RemoteEngine
 from tiankong.engine.resolve import display_name
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
@@ -264,7 +265,7 @@ class ChatScreen(Screen[None]):
         self.export_dir, self.show_timing = export_dir, show_timing
         self.preset: Preset = presets[preset]
         self.params: SamplingParams = self.preset.params
-        self.engine: Engine | None = None  # None while loading, or when it failed
+        self.engine: Engine | RemoteEngine | None = None  # None while loading, or when it failed
         self.engine_error: str | None = None
         self.chat_id: int | None = None
         self.generating = False
@@ -351,8 +352,10 @@ class ChatScreen(Screen[None]):
 
     # ------------------------------------------------------------------ engine (called by the app)
 
-    async def engine_ready(self, engine: Engine) -> None:
+    async def engine_ready(self, engine: Engine | RemoteEngine) -> None:
         self.engine, self.engine_error = engine, None
+        if isinstance(engine, RemoteEngine):  # chats name the server's model id at its URL
+            self.model_id, self.model_name = engine.folder, engine.name
         self.candidates.loading = False
         self._status()
         if self._queued is not None:
@@ -761,6 +764,9 @@ class ChatScreen(Screen[None]):
         if answer.message_id is None:
             self.notify("this answer was not stored: regenerate it first")
             return
+        if isinstance(self.engine, RemoteEngine):
+            self.notify("continuing from a chosen token needs a local model: a server takes messages, not tokens")
+            return
 
         async def picked(candidate: dict[str, Any] | None) -> None:
             if candidate is not None and answer.is_attached and self._can_generate():
@@ -910,6 +916,12 @@ class ChatScreen(Screen[None]):
         pending = self.query_one("#prompt", Input).value
         if pending.strip():
             msgs.append({"role": "user", "content": pending})
+        if isinstance(self.engine, RemoteEngine):  # no tokenizer here: the count, and what the server said
+            prompt, ctx = self.engine.encode(messages=msgs), self.engine.cfg
+            how = "estimated from characters" if prompt.estimated else "counted by the server"
+            of = f" of a {ctx.max_seq_len}-token context" if ctx.context_known else " (context unknown)"
+            self.notify(f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}, {how}; the tokens stay there")
+            return
         self.app.push_screen(TokensScreen(self.engine, msgs))
 
     def action_compare(self) -> None:

@@ -34,6 +34,7 @@ from textual.widgets import Footer, Input, Static
 
 from tiankong.engine.engine import Engine, draw_seed, with_seeds
 from tiankong.engine.events import Event, Finished, TokenEvent
+from tiankong.engine.remote import RemoteEngine
 from tiankong.engine.resolve import display_name
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
@@ -47,13 +48,15 @@ LABELS = "ABCD"
 MIN_COLUMN_WIDTH = 26  # below this many cells per column, 3-4 columns go two by two (or all stack)
 
 
-def model_name(engine: Engine) -> str:
-    """How a model is shown: its folder's name."""
-    return display_name(engine.folder)
+def model_name(engine: Engine | RemoteEngine) -> str:
+    """How a model is shown: its folder's name (a server's: MODEL@HOST:PORT)."""
+    return engine.name if isinstance(engine, RemoteEngine) else display_name(engine.folder)
 
 
-def model_identity(engine: Engine) -> str:
-    """How a model is stored in a vote: its resolved folder path."""
+def model_identity(engine: Engine | RemoteEngine) -> str:
+    """How a model is stored in a vote: its resolved folder path (a server's: URL/models/MODEL)."""
+    if isinstance(engine, RemoteEngine):
+        return engine.folder
     return str(Path(engine.folder).expanduser().resolve())
 
 

@@ -4,7 +4,8 @@ Each row is one candidate with two bars: its probability under the model's own d
 (exp(logprob), temperature 1, nothing filtered) and under the preset's final sampling
 distribution (p_sample). A candidate the preset filtered out (p_sample == 0) is marked ✗; the
 token that was actually chosen is marked ▶ (and appended below when it came from outside the
-top-K, which sampling allows).
+top-K, which sampling allows). A server that does not report its sampling distribution (p_sample
+None: vLLM, llama.cpp) gets "—" in the sample column and a line saying so.
 
 Tokens are plain dicts, the same shape the store keeps:
 {"id", "text", "logprob", "p_sample", "entropy", "top": [{"id", "text", "logprob", "p_sample"}]}.
@@ -58,8 +59,10 @@ def bar(p: float, width: int) -> str:
     return ("█" * full + (_EIGHTHS[rem] if rem else "")).ljust(width)[:width]
 
 
-def pct(p: float) -> str:
-    """Four cells: '100%', ' 41%', ' <1%', '  0%'."""
+def pct(p: float | None) -> str:
+    """Four cells: '100%', ' 41%', ' <1%', '  0%', and '   —' for unknown (None)."""
+    if p is None:
+        return "   —"
     if p <= 0:
         return "  0%"
     if p < 0.005:
@@ -128,11 +131,14 @@ class CandidatesPanel(Widget):
         p_model = math.exp(tok["logprob"])
         out.append("chosen ", style="dim")
         out.append(show_token(chosen_text(tok)), style="bold reverse")
-        out.append(f"  id {tok['id']}\n", style="dim")
+        out.append(f"  id {tok['id']}\n" if tok["id"] >= 0 else "\n", style="dim")  # < 0: a server sent no ids
         out.append("model ", style="dim")
         out.append(f"{p_model * 100:.1f}%", style=MODEL_STYLE)
         out.append("  sample ", style="dim")
-        out.append(f"{tok['p_sample'] * 100:.1f}%\n", style=SAMPLE_STYLE)
+        known = tok["p_sample"] is not None
+        out.append(f"{tok['p_sample'] * 100:.1f}%\n" if known else "—\n", style=SAMPLE_STYLE)
+        if not known:
+            out.append("the server reports model logprobs only:\nits sampling distribution is unknown\n", style="dim")
         ent = tok.get("entropy")
         if ent is not None:
             out.append("entropy ", style="dim")
@@ -151,7 +157,7 @@ class CandidatesPanel(Widget):
         for c, chosen in rows:
             if chosen and c["id"] not in top_ids:
                 out.append("  … sampled from outside the top list\n", style="dim")
-            cut = c["p_sample"] <= 0
+            cut = c["p_sample"] is not None and c["p_sample"] <= 0
             marker = "▶ " if chosen else ("✗ " if cut else "  ")
             out.append(marker, style="bold yellow" if chosen else "red" if cut else "")
             name = show_token(c["text"])
@@ -164,6 +170,8 @@ class CandidatesPanel(Widget):
             out.append(" ")
             if cut:
                 out.append(" " * bw + "  cut", style="dim red")
+            elif c["p_sample"] is None:
+                out.append(" " * bw + " " + pct(None), style="dim")
             else:
                 out.append(bar(c["p_sample"], bw), style=SAMPLE_STYLE)
                 out.append(" " + pct(c["p_sample"]), style="bold" if chosen else "")

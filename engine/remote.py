@@ -1,0 +1,520 @@
+"""`RemoteEngine`: the playground's engine API over an OpenAI-compatible server.
+
+    eng = RemoteEngine.connect("http://127.0.0.1:8000/v1")      # tiankong serve, vLLM, llama.cpp's server
+    prompt = eng.encode(messages=[{"role": "user", "content": "Hi"}])
+    for ev in eng.generate([prompt], [SamplingParams(seed=1)], top_logprobs=5):
+        ...                                                      # the same TokenEvent / Finished as Engine
+
+It offers the part of `engine.Engine` that the chat and compare screens use (encode, fit,
+check_fits, generate, token_text, info, cfg.max_seq_len, folder) and builds the same events from the
+server's streamed chat chunks: the chosen token and its logprob, the candidates from
+`top_logprobs`, and `p_sample` where the server sends it (tiankong serve does). Where it does not
+(vLLM, llama.cpp), p_sample and the entropy are None: unknown, never estimated.
+
+The server applies its own chat template, so a prompt here is the messages themselves (`ChatPrompt`)
+with a token count: the server's, when it answers vLLM's `/tokenize`, else an estimate from the
+characters, calibrated by each answer's `usage.prompt_tokens` (`ChatPrompt.estimated` says which).
+HTTP is the standard library's http.client: nothing but the given URL is contacted (no proxy
+settings, no redirects). Each row is one streamed request on its own connection; cancelling shuts
+that connection down, so the server frees the row at once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from .context import answer_room, fit_messages
+from .errors import InputError, ModelLoadError, RemoteError
+from .events import Candidate, Event, Finished, Timing, TokenEvent, Usage
+from .params import SamplingParams
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap; servers refuse more
+UNKNOWN_CONTEXT = 1 << 20  # a server that does not say: nothing is trimmed here, the server decides
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 120.0  # between two chunks of a stream (a long prompt on a slow server)
+POLL_S = 0.05  # how often a waiting generate() looks at its cancel event
+MESSAGE_OVERHEAD = 4  # template tokens around each message, for the estimate
+_NEUTRAL = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}  # tiankong's own fields, sent only when set
+
+
+def is_remote(model: Any) -> bool:
+    """Whether a --model value names a server (http:// or https://) rather than a model on disk."""
+    return isinstance(model, str) and model.lower().startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A --model URL and the key to send with it: what the app connects to instead of loading."""
+
+    url: str
+    api_key: str | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """The part of ModelConfig the screens read."""
+
+    max_seq_len: int  # the server's context, or UNKNOWN_CONTEXT
+    context_known: bool
+    vocab_size: int = 0  # unknown over HTTP
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A prompt for the server: its messages, and how many tokens they make (len())."""
+
+    messages: tuple[Mapping[str, Any], ...]
+    n_tokens: int
+    estimated: bool  # True: counted from characters, not by the server's tokenizer
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+
+class RemoteEngine:
+    def __init__(self, http: _Http, model: str, cfg: RemoteConfig, owner: str = "") -> None:
+        self.http, self.base_url, self.model, self.cfg, self.owner = http, http.base, model, cfg, owner
+        self.template = None  # the server applies its own
+        self.tokenizer = None  # token ids and pieces stay on the server
+        self.n_params = 0
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}  # token text -> id, for servers that send no ids (negative ids)
+        self._texts: dict[int, str] = {}
+        self._tokens_per_char = 0.5  # the estimate's rate until an answer's usage calibrates it
+        self._can_tokenize = True  # until /tokenize is found missing
+
+    @classmethod
+    def connect(cls, url: str, api_key: str | None = None) -> RemoteEngine:
+        """Ask the server for its model (GET /models). Raises ModelLoadError in one line when it is
+        unreachable, refuses the key, or serves no model."""
+        http = _Http(url, api_key)
+        where = f"{http.base}/models"
+        try:
+            status, body = http.request("GET", "/models")
+        except (OSError, http_client_errors) as e:
+            raise ModelLoadError(f"cannot reach {http.base}: {_reason(e)}; is the server running?") from None
+        if status != 200:
+            raise ModelLoadError(f"{where} answered {_error_line(status, body)}{_key_hint(status, api_key)}")
+        cards = _json(body, where).get("data") or []
+        if not cards or not isinstance(cards[0], dict) or not isinstance(cards[0].get("id"), str):
+            raise ModelLoadError(f"{where} lists no model; is this an OpenAI-compatible server?")
+        card = cards[0]
+        ctx = next((card[k] for k in ("context_length", "max_model_len") if isinstance(card.get(k), int)), None)
+        ctx = ctx or (card.get("meta") or {}).get("n_ctx_train")  # llama.cpp's server
+        cfg = RemoteConfig(ctx if isinstance(ctx, int) and ctx > 0 else UNKNOWN_CONTEXT, isinstance(ctx, int))
+        return cls(http, card["id"], cfg, str(card.get("owned_by", "")))
+
+    # ------------------------------------------------------------------ naming
+
+    @property
+    def folder(self) -> str:
+        """How the model is stored with chats and votes: the server's model id at its URL
+        (OpenAI's own route for it), e.g. http://127.0.0.1:8000/v1/models/stories260K."""
+        return f"{self.base_url}/models/{self.model}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}@{urlsplit(self.base_url).netloc}"
+
+    def info(self) -> dict[str, Any]:
+        """What is known about the remote model, for the TUI's info table."""
+        return {
+            "server": self.base_url,
+            "model": self.model,
+            "owned_by": self.owner or "unknown",
+            "context_length": self.cfg.max_seq_len if self.cfg.context_known else "unknown (not trimmed here)",
+            "chat_template": "the server's",
+            "prompt_tokens": "counted by the server" if self._can_tokenize else "estimated from characters",
+            "p_sample": "as the server reports it (tiankong serve), else unknown",
+        }
+
+    # ------------------------------------------------------------------ prompts
+
+    def encode(
+        self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None, raw: bool = False
+    ) -> ChatPrompt:
+        """Messages (or one user message of prompt text) -> a ChatPrompt for the chat endpoint."""
+        if raw:
+            raise InputError("a remote model takes chat messages only; raw prompts need a local --model")
+        msgs = tuple(messages) if messages is not None else ({"role": "user", "content": prompt or ""},)
+        counted = self._count(msgs)
+        if counted is not None:
+            return ChatPrompt(msgs, counted, estimated=False)
+        chars = sum(len(str(m.get("content", ""))) for m in msgs)
+        return ChatPrompt(msgs, round(chars * self._tokens_per_char) + MESSAGE_OVERHEAD * len(msgs), estimated=True)
+
+    def fit(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        max_new_tokens: int,
+        *,
+        at_least: int = 0,
+        slack: int = 0,
+        raw: bool = False,
+    ) -> tuple[ChatPrompt, int]:
+        """As Engine.fit: drop the oldest turns until the prompt leaves the answer its room."""
+        ctx = self.cfg.max_seq_len
+        budget = ctx - answer_room(max_new_tokens, ctx)
+        return fit_messages(
+            lambda m: self.encode(messages=m, raw=raw), messages, budget, at_least=at_least, slack=slack
+        )
+
+    def check_fits(self, prompt: Sequence[Any]) -> None:
+        ctx = self.cfg.max_seq_len
+        if len(prompt) >= ctx:
+            raise InputError(f"prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it")
+
+    def _count(self, msgs: tuple[Mapping[str, Any], ...]) -> int | None:
+        """The server's token count for these messages (vLLM's POST /tokenize), or None without one."""
+        if not self._can_tokenize:
+            return None
+        try:
+            status, body = self.http.request(
+                "POST", "/tokenize", {"model": self.model, "messages": list(msgs)}, root=True
+            )
+            count = json.loads(body).get("count") if status == 200 else None
+        except (OSError, http_client_errors, ValueError, AttributeError):
+            count = None
+        if not isinstance(count, int):
+            self._can_tokenize = False  # asked once: estimate from now on
+            return None
+        return count
+
+    def token_text(self, id: int) -> str:
+        return self._texts.get(id, f"<token {id}>")
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompts: Sequence[ChatPrompt],
+        params: Sequence[SamplingParams],
+        *,
+        top_logprobs: int = 0,
+        cancel: threading.Event | None = None,
+        prompt_cache: Any = None,
+    ) -> Iterator[Event]:
+        """Stream TokenEvents and one Finished per row, each row its own streamed request, all at
+        once. prompt_cache is ignored (the server keeps its own). Rows need seeds (with_seeds)."""
+        if len(prompts) != len(params):
+            raise InputError(f"{len(prompts)} prompts but {len(params)} sampling params; give one per prompt")
+        for p in params:
+            p.validate()
+        if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InputError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}] for a server, got {top_logprobs}")
+        return self._merged(prompts, params, top_logprobs, cancel or threading.Event())
+
+    def _merged(
+        self, prompts: Sequence[ChatPrompt], params: Sequence[SamplingParams], k: int, cancel: threading.Event
+    ) -> Iterator[Event]:
+        """One reader thread per row; their events in arrival order. Cancelling (or closing this
+        iterator) closes every row's response, which the server sees as the client leaving."""
+        events: queue.Queue[Event | BaseException | None] = queue.Queue()
+        rows = [_Row(self, r, prompt, p, k) for r, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
+        threads = [threading.Thread(target=row.pump, args=(events,), daemon=True) for row in rows]
+        for t in threads:
+            t.start()
+        running = len(rows)
+        try:
+            while running:
+                if cancel.is_set():
+                    for row in rows:
+                        row.stop()  # each still ends with its Finished ("cancelled")
+                try:
+                    item = events.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for row in rows:
+                row.stop()
+
+    def _request(self, prompt: ChatPrompt, p: SamplingParams, k: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(prompt.messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": self._room(prompt, p.max_new_tokens),
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "presence_penalty": p.presence_penalty,
+            "frequency_penalty": p.frequency_penalty,
+            "seed": p.seed,
+            "logprobs": True,
+            "top_logprobs": k,
+        }
+        if p.stop:
+            body["stop"] = list(p.stop)
+        body.update({name: getattr(p, name) for name, off in _NEUTRAL.items() if getattr(p, name) != off})
+        return body
+
+    def _room(self, prompt: ChatPrompt, max_new_tokens: int) -> int:
+        """max_tokens as servers take it: within what the context leaves after the prompt (vLLM
+        refuses more; the local engine would end such an answer with "context")."""
+        if not self.cfg.context_known:
+            return max_new_tokens
+        return max(1, min(max_new_tokens, self.cfg.max_seq_len - len(prompt)))
+
+    def _token_id(self, entry: Mapping[str, Any]) -> int:
+        """The entry's token id (llama.cpp's and tiankong's `id`), else a negative id kept per text."""
+        text = str(entry.get("token", ""))
+        tid = entry.get("id")
+        with self._lock:
+            if not isinstance(tid, int) or isinstance(tid, bool):
+                tid = self._ids.setdefault(text, -1 - len(self._ids))
+            self._texts.setdefault(tid, text)
+        return tid
+
+    def _calibrate(self, prompt: ChatPrompt, prompt_tokens: Any) -> None:
+        """Learn tokens per character from the server's usage, for the next estimates."""
+        chars = sum(len(str(m.get("content", ""))) for m in prompt.messages)
+        if prompt.estimated and isinstance(prompt_tokens, int) and chars >= 16:
+            rate = (prompt_tokens - MESSAGE_OVERHEAD * len(prompt.messages)) / chars
+            self._tokens_per_char = min(max(rate, 0.05), 2.0)
+
+
+class _Row:
+    """One row: a streamed request read in its own thread, its chunks turned into events."""
+
+    def __init__(self, eng: RemoteEngine, row: int, prompt: ChatPrompt, params: SamplingParams, k: int) -> None:
+        self.eng, self.row, self.prompt, self.params, self.k = eng, row, prompt, params, k
+        self._halt = threading.Event()
+        self._conn: http.client.HTTPConnection | None = None
+
+    def stop(self) -> None:
+        """Shut the connection down (from any thread): the reader wakes, the server sees the client gone."""
+        self._halt.set()
+        sock = self._conn.sock if self._conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+
+    def pump(self, out: queue.Queue) -> None:
+        try:
+            for ev in self.events():
+                out.put(ev)
+        except BaseException as e:
+            out.put(e)
+        finally:
+            out.put(None)
+
+    def events(self) -> Iterator[Event]:
+        eng, url = self.eng, f"{self.eng.base_url}/chat/completions"
+        state = _State(start=time.monotonic())
+        conn = None
+        try:
+            self._conn = conn = eng.http.connection()
+            resp = eng.http.send(conn, "POST", "/chat/completions", eng._request(self.prompt, self.params, self.k))
+            if resp.status != 200:
+                raise RemoteError(f"{url} answered {_error_line(resp.status, resp.read())}")
+            for data in _sse_data(resp):
+                if self._halt.is_set():
+                    break
+                yield from self._chunk(json.loads(data), state)
+        except json.JSONDecodeError:
+            raise RemoteError(f"{url} sent a chunk that is not JSON; is this an OpenAI-compatible server?") from None
+        except (OSError, http_client_errors) as e:
+            if not self._halt.is_set():  # else: the connection was shut under its reader, by stop()
+                raise RemoteError(f"the stream from {url} broke: {_reason(e)}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+        if state.finish is None and not self._halt.is_set():
+            raise RemoteError(f"{url} ended the stream without a finish_reason")
+        yield self._finished(state)
+
+    def _chunk(self, chunk: dict[str, Any], state: _State) -> Iterator[TokenEvent]:
+        if isinstance(chunk.get("error"), dict):  # an error sent inside the stream
+            raise RemoteError(f"the server: {chunk['error'].get('message', chunk['error'])}")
+        if isinstance(chunk.get("usage"), dict):
+            state.prompt_tokens = chunk["usage"].get("prompt_tokens")
+        for choice in chunk.get("choices") or []:
+            delta = (choice.get("delta") or {}).get("content") or ""
+            entries = ((choice.get("logprobs") or {}).get("content")) or []
+            if delta and not entries:
+                raise RemoteError(
+                    "the server sent tokens without logprobs; the playground needs one that returns "
+                    "top_logprobs (tiankong serve, vLLM, llama.cpp's server)"
+                )
+            # One entry per token; a delta of several tokens gives its text to the last of them.
+            texts = [str(e.get("token", "")) for e in entries]
+            if "".join(texts) != delta:
+                texts = [""] * (len(entries) - 1) + [delta] if entries else []
+            for entry, text in zip(entries, texts, strict=True):
+                yield self._token(entry, text, state)
+            state.text.append(delta)
+            if choice.get("finish_reason"):
+                state.finish = choice["finish_reason"]
+                state.message = str(choice.get("error") or "")
+
+    def _token(self, entry: Mapping[str, Any], text: str, state: _State) -> TokenEvent:
+        eng = self.eng
+        candidates = tuple(
+            Candidate(eng._token_id(c), str(c.get("token", "")), float(c["logprob"]), _p(c.get("p_sample")))
+            for c in entry.get("top_logprobs") or []
+        )
+        tid = eng._token_id(entry)
+        state.ids.append(tid)
+        if state.first is None:
+            state.first = time.monotonic()
+        return TokenEvent(
+            row=self.row,
+            index=len(state.ids) - 1,
+            id=tid,
+            text=text,
+            logprob=float(entry["logprob"]),
+            p_sample=_p(entry.get("p_sample")),
+            entropy=None,  # the server sends the top candidates only, not the whole distribution
+            candidates=candidates,
+        )
+
+    def _finished(self, state: _State) -> Finished:
+        """The row's Finished, with the engine's reasons: OpenAI's "stop" is eos unless stop strings
+        were given (then it cannot tell which), "length" is "context" when max_tokens was not reached."""
+        n, p = len(state.ids), self.params
+        reason = {"stop": "stop" if p.stop else "eos", "length": "length" if n >= p.max_new_tokens else "context"}
+        finish = "cancelled" if state.finish is None else reason.get(state.finish, state.finish)
+        if state.message:
+            finish = "error"
+        end = time.monotonic()
+        first = state.first or end
+        decode_s = end - first
+        self.eng._calibrate(self.prompt, state.prompt_tokens)
+        prompt_tokens = state.prompt_tokens if isinstance(state.prompt_tokens, int) else len(self.prompt)
+        return Finished(
+            row=self.row,
+            text="".join(state.text),
+            finish_reason=finish,
+            usage=Usage(prompt_tokens, n),
+            timing=Timing(first - state.start, decode_s, (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0),
+            token_ids=tuple(state.ids),
+            message=state.message,
+        )
+
+
+@dataclass
+class _State:
+    """What a row has read so far."""
+
+    start: float
+    first: float | None = None  # when the first token came
+    finish: str | None = None  # the server's finish_reason
+    message: str = ""  # an error the server put on the last chunk
+    prompt_tokens: Any = None  # usage.prompt_tokens, when sent
+
+    def __post_init__(self) -> None:
+        self.text: list[str] = []
+        self.ids: list[int] = []
+
+
+# ------------------------------------------------------------------ HTTP
+
+http_client_errors = http.client.HTTPException
+
+
+class _Http:
+    """One server: its base URL, the key, and requests on fresh connections (one per stream, so a
+    stream is cancelled by shutting its own socket)."""
+
+    def __init__(self, url: str, api_key: str | None) -> None:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ModelLoadError(f"{url!r} is not a server URL; give one like http://127.0.0.1:8000/v1")
+        path = parts.path.rstrip("/") or "/v1"  # no path: OpenAI's /v1
+        self.base = f"{parts.scheme}://{parts.netloc}{path}"
+        self.root = path.removesuffix("/v1")  # where vLLM's /tokenize lives
+        self.path, self.parts = path, parts
+        self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+
+    def connection(self) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
+        conn = kind(self.parts.hostname, self.parts.port, timeout=CONNECT_TIMEOUT_S)
+        conn.connect()
+        conn.sock.settimeout(READ_TIMEOUT_S)
+        return conn
+
+    def send(
+        self, conn: http.client.HTTPConnection, method: str, route: str, body: Any = None, root: bool = False
+    ) -> http.client.HTTPResponse:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, (self.root if root else self.path) + route, body=data, headers=self.headers)
+        return conn.getresponse()
+
+    def request(self, method: str, route: str, body: Any = None, root: bool = False) -> tuple[int, bytes]:
+        """One request on its own connection -> (status, body bytes)."""
+        conn = self.connection()
+        try:
+            resp = self.send(conn, method, route, body, root)
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+
+def _sse_data(resp: http.client.HTTPResponse) -> Iterator[str]:
+    """Server-sent events -> the data of each event, up to `data: [DONE]`."""
+    while line := resp.readline():
+        text = line.decode("utf-8", "replace").strip()
+        if text.startswith("data:"):
+            data = text[5:].strip()
+            if data == "[DONE]":
+                return
+            if data:
+                yield data
+
+
+def _json(body: bytes, where: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise ModelLoadError(f"{where} did not answer JSON; is this an OpenAI-compatible server?") from None
+    if not isinstance(parsed, dict):
+        raise ModelLoadError(f"{where} answered {type(parsed).__name__}, not a JSON object")
+    return parsed
+
+
+def _error_line(status: int, body: bytes) -> str:
+    """'HTTP 400: the message' from OpenAI's, vLLM's or llama.cpp's error bodies, on one line."""
+    try:
+        parsed = json.loads(body)
+        err = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+        message = err.get("message", err) if isinstance(err, dict) else err
+    except ValueError:
+        message = body.decode("utf-8", "replace")
+    return f"HTTP {status}: {' '.join(str(message).split())[:300]}"
+
+
+def _key_hint(status: int, api_key: str | None) -> str:
+    if status != 401:
+        return ""
+    return "; pass --api-key (or TIANKONG_API_KEY)" if not api_key else "; check --api-key"
+
+
+def _reason(e: BaseException) -> str:
+    said = " ".join(str(e).split())
+    return f"{type(e).__name__}: {said}" if said else type(e).__name__
+
+
+def _p(value: Any) -> float | None:
+    """p_sample as sent, or None when the server does not report it."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -1,0 +1,314 @@
+"""The playground on a remote engine: `--model http://HOST:PORT/v1` (engine/remote.py).
+
+The references are independent of the client: the local engine's own run of the same prompt and
+seed (token ids, logprobs, p_sample) and the server's non-streamed answer fetched with the official
+`openai` client. The other server is a fake that streams what vLLM sends (logprobs, no ids, no
+p_sample), so the "sampling distribution unknown" path is pinned too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+from tiny_models import make_model
+
+from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError, ModelLoadError, RemoteError
+from tiankong.engine.events import Finished, TokenEvent
+from tiankong.engine.remote import ChatPrompt, RemoteEngine, RemoteModel
+from tiankong.engine.sampling import SamplingParams
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
+
+MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Engine:
+    """A tiny random Llama with a chat template: the served model."""
+    return Engine.load(make_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(engine, serving):
+    """A live `tiankong serve` over the tiny model -> (base URL, batcher)."""
+    with serving(engine) as (url, batcher, _):
+        yield url, batcher
+
+
+def split(events):
+    events = list(events)
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    return tokens, [e for e in events if isinstance(e, Finished)]
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+def test_remote_generate_equals_the_local_engine_and_the_servers_own_answer(engine, server):
+    """Streamed through RemoteEngine, a seeded row gives the local engine's tokens, logprobs and
+    p_sample (candidates too), and the text the server gives non-streamed for the same seed."""
+    url, _ = server
+    remote = RemoteEngine.connect(url)
+    assert remote.model == "tiny-llama" and remote.cfg.max_seq_len == engine.cfg.max_seq_len
+    assert remote.folder == f"{url}/models/tiny-llama"
+    params = SamplingParams(temperature=0.9, top_k=40, min_p=0.02, seed=11, max_new_tokens=24)
+    tokens, [fin] = split(remote.generate([remote.encode(messages=MESSAGES)], [params], top_logprobs=5))
+
+    want, [want_fin] = split(engine.generate([engine.encode(messages=MESSAGES)], [params], top_logprobs=5))
+    assert [t.id for t in tokens] == [t.id for t in want] and len(tokens) > 1
+    assert [t.logprob for t in tokens] == pytest.approx([t.logprob for t in want], abs=1e-4)
+    assert [t.p_sample for t in tokens] == pytest.approx([t.p_sample for t in want], abs=1e-4)
+    assert [[c.id for c in t.candidates] for t in tokens] == [[c.id for c in t.candidates] for t in want]
+    assert [c.p_sample for c in tokens[0].candidates] == pytest.approx([c.p_sample for c in want[0].candidates])
+    assert fin.text == want_fin.text == "".join(t.text for t in tokens)
+    assert fin.finish_reason == want_fin.finish_reason and fin.usage == want_fin.usage
+
+    client = openai.OpenAI(base_url=url, api_key="none")
+    kw = dict(temperature=0.9, seed=11, max_tokens=24, extra_body={"top_k": 40, "min_p": 0.02})
+    answer = client.chat.completions.create(model=remote.model, messages=MESSAGES, **kw)
+    assert answer.choices[0].message.content == fin.text
+
+
+def test_rows_stream_together_and_cancel_frees_the_servers_rows(engine, server):
+    """Two rows (compare's two presets) are two concurrent streams; cancelling closes them, the rows
+    end "cancelled" and the server's batch is empty again."""
+    url, batcher = server
+    remote = RemoteEngine.connect(url)
+    prompt = remote.encode(messages=MESSAGES)
+    params = [SamplingParams(seed=1, max_new_tokens=8), SamplingParams(temperature=1.2, seed=2, max_new_tokens=8)]
+    _, fins = split(remote.generate([prompt, prompt], params))
+    assert sorted(f.row for f in fins) == [0, 1]
+    for f, p in zip(sorted(fins, key=lambda f: f.row), params, strict=True):
+        assert f.text == split(engine.generate([engine.encode(messages=MESSAGES)], [p]))[1][0].text
+
+    # The server's rows are slowed (10 ms a token) and recorded: they end cancelled by the server,
+    # which saw the client go, long before their 200 tokens.
+    requests, submit = [], batcher.submit
+
+    def slow_submit(*args, sink, **kwargs):
+        req = submit(*args, sink=lambda ev: (time.sleep(0.01), sink(ev)), **kwargs)
+        requests.append(req)
+        return req
+
+    batcher.submit = slow_submit
+    try:
+        cancel = threading.Event()
+        seen = []
+        for ev in remote.generate([prompt, prompt], [SamplingParams(seed=3, max_new_tokens=200)] * 2, cancel=cancel):
+            seen.append(ev)
+            if len(seen) == 4:
+                cancel.set()
+        wait_until(lambda: len(requests) == 2 and all(r.done.is_set() for r in requests))
+    finally:
+        batcher.submit = submit
+    fins = [e for e in seen if isinstance(e, Finished)]
+    assert sorted(f.finish_reason for f in fins) == ["cancelled", "cancelled"]
+    assert all(r.cancelled for r in requests) and batcher.rows == 0
+    assert all(f.usage.completion_tokens < 200 for f in fins)
+
+
+def test_unreachable_url_and_server_errors_are_one_line(server):
+    url, _ = server
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ModelLoadError, match=r"^cannot reach http://127\.0\.0\.1:\d+/v1: .*is the server running\?$"):
+        RemoteEngine.connect(dead)
+    with pytest.raises(ModelLoadError, match="not a server URL"):
+        RemoteEngine.connect("http://")
+    remote = RemoteEngine.connect(url.removesuffix("/v1"))  # no path: /v1 is OpenAI's
+    assert remote.base_url == url
+    with pytest.raises(RemoteError) as err:  # the server refuses a field: its message, on one line
+        list(remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(stop=tuple("abcde"), seed=1)]))
+    assert "HTTP 400" in str(err.value) and "stop" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InputError, match="top_logprobs"):
+        remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(seed=1)], top_logprobs=21)
+
+
+def test_api_key_is_sent_and_a_missing_one_is_named(engine, serving):
+    with serving(engine, api_key="sesame") as (url, _, _):
+        with pytest.raises(ModelLoadError, match=r"HTTP 401: .*pass --api-key \(or TIANKONG_API_KEY\)$"):
+            RemoteEngine.connect(url)
+        remote = RemoteEngine.connect(url, api_key="sesame")
+        _, [fin] = split(
+            remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(seed=1, max_new_tokens=3)])
+        )
+        assert fin.usage.completion_tokens == 3
+
+
+# ------------------------------------------------------------------ a server without p_sample
+
+
+def fake_vllm(tokens: list[tuple[str, float]], logprobs: bool = True):
+    """An ASGI app answering as vLLM does: /v1/models with max_model_len, /tokenize missing, and a
+    chat stream whose logprob entries have no ids and no p_sample."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": [{"id": "org/fake", "owned_by": "vllm", "max_model_len": 64}]})
+
+    def chunk(delta, entries=None, finish=None):
+        lp = {"content": entries} if entries is not None else None
+        choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        return f"data: {json.dumps({'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
+
+    async def chat(request):
+        body = await request.json()
+        top = body.get("top_logprobs", 0)
+
+        async def stream():
+            yield chunk({"role": "assistant", "content": ""})
+            for text, lp in tokens:
+                cands = [{"token": t, "logprob": p, "bytes": None} for t, p in tokens[:top]]
+                entry = {"token": text, "logprob": lp, "bytes": None, "top_logprobs": cands}
+                yield chunk({"content": text}, [entry] if logprobs else None)
+            yield chunk({}, finish="stop")
+            yield 'data: {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 2}}\n\n'
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def test_a_server_without_p_sample_gives_unknown_never_invented(asgi_server):
+    with asgi_server(fake_vllm([(" Hello", -0.5), (" world", -1.5)])) as (port, _):
+        remote = RemoteEngine.connect(f"http://127.0.0.1:{port}/v1")
+        assert remote.cfg.max_seq_len == 64 and remote.name == f"org/fake@127.0.0.1:{port}"
+        prompt = remote.encode(messages=MESSAGES)
+        assert isinstance(prompt, ChatPrompt) and prompt.estimated  # no /tokenize: counted from characters
+        tokens, [fin] = split(remote.generate([prompt], [SamplingParams(seed=1)], top_logprobs=2))
+        assert [t.text for t in tokens] == [" Hello", " world"] and fin.text == " Hello world"
+        assert all(t.p_sample is None and t.entropy is None for t in tokens)
+        assert all(c.p_sample is None for t in tokens for c in t.candidates)
+        assert tokens[0].id == tokens[0].candidates[0].id < 0  # no ids sent: one negative id per text
+        assert tokens[1].id == tokens[1].candidates[1].id != tokens[0].id
+        assert fin.finish_reason == "eos" and fin.usage.prompt_tokens == 40
+        assert remote.encode(messages=MESSAGES).n_tokens == 40  # calibrated by the server's usage
+
+    with asgi_server(fake_vllm([(" Hi", -0.1)], logprobs=False)) as (port, _):
+        remote = RemoteEngine.connect(f"http://127.0.0.1:{port}/v1")
+        with pytest.raises(RemoteError, match="without logprobs; the playground needs one that returns top_logprobs"):
+            list(remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(seed=1)]))
+
+
+# ------------------------------------------------------------------------------ the playground
+
+
+async def wait_for(pilot, condition, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting for the app"
+        await pilot.pause(0.02)
+
+
+def test_chat_pilot_streams_tokens_and_candidates_with_p_sample(server, store, tmp_path):
+    from tiankong.tui.app import TiankongApp
+    from tiankong.tui.widgets.message import AssistantMessage
+
+    url, _ = server
+
+    async def go():
+        app = TiankongApp(RemoteModel(url), store=store, export_dir=tmp_path, show_timing=False)
+        async with app.run_test(size=(110, 32)) as pilot:
+            await wait_for(pilot, lambda: app.engine is not None or app.engine_error is not None)
+            assert app.engine_error is None, app.engine_error
+            chat = app.chat
+            chat.params = chat.params.replace(seed=5, max_new_tokens=30)
+            shown = []  # every candidates-panel update while streaming: (label, tokens so far)
+            show = chat.candidates.show
+            chat.candidates.show = lambda tok, label="": (shown.append((label, tok)), show(tok, label))
+            await pilot.press(*"hello there", "enter")
+            await wait_for(
+                pilot,
+                lambda: (
+                    not chat.generating
+                    and isinstance(chat.messages[-1], AssistantMessage)
+                    and chat.messages[-1].message_id is not None
+                ),
+            )
+            answer = chat.messages[-1]
+            panel = str(chat.candidates.render())
+            return answer.content, answer.tokens, shown, panel, store.get_chat(chat.chat_id), chat.model_name
+
+    content, tokens, shown, panel, stored, name = asyncio.run(go())
+    assert len(tokens) > 1 and content == "".join(t["text"] for t in tokens)
+    streaming = [tok for label, tok in shown if label.startswith("streaming")]
+    assert streaming and all(tok["top"] and tok["p_sample"] is not None for tok in streaming)
+    assert all(c["p_sample"] is not None for t in tokens for c in t["top"])
+    assert "sample" in panel and "—" not in panel  # a tiankong server reports p_sample
+    assert stored.model == f"{url}/models/tiny-llama" and name.startswith("tiny-llama@127.0.0.1:")
+    assert stored.messages[-1].tokens == tokens
+
+
+def test_chat_pilot_marks_p_sample_unknown_and_unreachable_is_one_line(asgi_server, store, tmp_path):
+    from tiankong.tui.app import TiankongApp
+
+    async def go(url):
+        app = TiankongApp(RemoteModel(url), store=store, export_dir=tmp_path, show_timing=False)
+        async with app.run_test(size=(110, 32)) as pilot:
+            await wait_for(pilot, lambda: app.engine is not None or app.engine_error is not None)
+            if app.engine_error:
+                return app.engine_error, None
+            await pilot.press(*"hi", "enter")
+            await wait_for(pilot, lambda: not app.chat.generating and app.chat.messages[-1].message_id is not None)
+            app.chat.candidates.show(app.chat.messages[-1].tokens[0], "token 1")
+            return None, str(app.chat.candidates.render())
+
+    with asgi_server(fake_vllm([(" Hello", -0.5), (" world", -1.5)])) as (port, _):
+        error, panel = asyncio.run(go(f"http://127.0.0.1:{port}/v1"))
+    assert error is None
+    assert "sample —" in panel and "sampling distribution is unknown" in panel and "id -" not in panel
+    error, _ = asyncio.run(go(f"http://127.0.0.1:{free_port()}/v1"))
+    assert error.startswith("cannot reach http://127.0.0.1:") and "\n" not in error
+
+
+def test_compare_two_presets_on_a_server_stores_a_vote_naming_the_remote_model(server, store, tmp_path):
+    from tiankong.tui.app import TiankongApp
+    from tiankong.tui.screens.compare import CompareScreen
+
+    url, _ = server
+
+    async def go():
+        app = TiankongApp(
+            RemoteModel(url),
+            store=store,
+            export_dir=tmp_path,
+            show_timing=False,
+            mode="compare",
+            compare_presets=["balanced", "creative"],
+        )
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+            screen = app.screen
+            screen.query_one("#prompt-input").value = "Tell me a story."
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: screen.round is not None and screen.state != "generating", 60)
+            await pilot.press("1", "enter")
+            await wait_for(pilot, lambda: store.list_votes())
+            return store.list_votes()
+
+    [vote] = asyncio.run(go())
+    assert {r.model for r in vote.responses} == {f"{url}/models/tiny-llama"}
+    assert sorted(r.preset for r in vote.responses) == ["balanced", "creative"]
+    assert all(r.text for r in vote.responses) and vote.ranking[0] in (0, 1)
