@@ -149,13 +149,17 @@ def test_ollama_store_and_gguf_only_repos_resolve_offline(files, tmp_path, monke
 
 # --- llama.cpp's own converter ---------------------------------------------------------------------
 
+# llama.cpp's converter is not on PyPI: a llama.cpp checkout (or the vendor/llama.cpp of
+# llama-cpp-python's sdist) named by LLAMA_CPP_DIR; the converter needs only gguf, torch, transformers.
 CONVERTER = Path(os.environ.get("LLAMA_CPP_DIR", "/tmp/llama.cpp-convert")) / "convert_hf_to_gguf.py"
 # The converter with its vocabulary step skipped: tiny test tokenizers match none of the pre-tokenizer
-# hashes it knows (tests/gguf_vocab.py writes them instead); tensors and metadata are its own.
+# hashes it knows (tests/gguf_vocab.py writes them instead); tensors and metadata are its own. One
+# process converts every folder (argv: converter dir, then OUTFILE FOLDER pairs), so torch and
+# transformers are imported once.
 _RUN_CONVERTER = """
-import sys
+import runpy, sys
 from pathlib import Path
-root = Path(sys.argv[1])
+root, jobs = Path(sys.argv[1]), sys.argv[2:]
 sys.path[:0] = [str(root / "gguf-py"), str(root)]
 import conversion
 find = conversion.get_model_class
@@ -166,29 +170,38 @@ def without_vocab(name, mmproj=False):
             c.set_vocab = lambda self: None
     return cls
 conversion.get_model_class = without_vocab
-sys.argv = [str(root / "convert_hf_to_gguf.py"), *sys.argv[2:]]
-import runpy
-runpy.run_path(sys.argv[0], run_name="__main__")
+for outfile, folder in zip(jobs[::2], jobs[1::2]):
+    sys.argv = [str(root / "convert_hf_to_gguf.py"), folder, "--outfile", outfile, "--outtype", "q8_0"]
+    runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_writer_lays_out_tensors_as_llama_cpp_converter(hf, tmp_path, arch, qtype="q8_0"):
-    """Same tensor names, types, shapes and bytes as llama.cpp's convert_hf_to_gguf.py (when present)."""
+@pytest.fixture(scope="module")
+def converted(hf, tmp_path_factory) -> dict[str, Path]:
+    """arch -> the q8_0 GGUF llama.cpp's convert_hf_to_gguf.py writes for the tiny HF model."""
     if not CONVERTER.is_file():
         pytest.skip(f"llama.cpp's converter is absent ({CONVERTER}; set LLAMA_CPP_DIR)")
-    theirs, folder = tmp_path / "theirs.gguf", shutil.copytree(hf[arch], tmp_path / "hf")
-    config = json.loads((folder / "config.json").read_text())
-    if "n_positions" in config:  # real GPT-2 configs carry n_ctx, which the converter reads
-        (folder / "config.json").write_text(json.dumps({**config, "n_ctx": config["n_positions"]}))
-    cmd = [sys.executable, "-c", _RUN_CONVERTER, str(CONVERTER.parent), str(folder)]
-    proc = subprocess.run(
-        [*cmd, "--outfile", str(theirs), "--outtype", qtype], capture_output=True, text=True, timeout=300
-    )
+    root, jobs, out = tmp_path_factory.mktemp("converted"), [], {}
+    for arch, source in hf.items():
+        folder = shutil.copytree(source, root / arch)
+        config = json.loads((folder / "config.json").read_text())
+        if "n_positions" in config:  # real GPT-2 configs carry n_ctx, which the converter reads
+            (folder / "config.json").write_text(json.dumps({**config, "n_ctx": config["n_positions"]}))
+        out[arch] = root / f"{arch}.gguf"
+        jobs += [str(out[arch]), str(folder)]
+    cmd = [sys.executable, "-c", _RUN_CONVERTER, str(CONVERTER.parent), *jobs]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.skip(f"llama.cpp's converter failed here: {proc.stderr.strip().splitlines()[-1:]}")
-    ours = gguf.GGUFReader(write_gguf(hf[arch], tmp_path / "ours.gguf", qtype, tokenizer=False))
-    them = gguf.GGUFReader(theirs)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_writer_lays_out_tensors_as_llama_cpp_converter(hf, converted, tmp_path, arch):
+    """Same tensor names, types, shapes and bytes, and the same architecture metadata, as llama.cpp's
+    convert_hf_to_gguf.py --outtype q8_0 (when present)."""
+    ours = gguf.GGUFReader(write_gguf(hf[arch], tmp_path / "ours.gguf", "q8_0", tokenizer=False))
+    them = gguf.GGUFReader(converted[arch])
     mine = {t.name: t for t in ours.tensors}
     assert sorted(mine) == sorted(t.name for t in them.tensors)
     for t in them.tensors:
@@ -390,3 +403,69 @@ def test_blocks_kept_quantized_give_the_same_logits(files, arch, qtype):
     with torch.no_grad():
         ours = model(torch.tensor([IDS]), torch.arange(len(IDS))[None])[0]
     torch.testing.assert_close(ours, hf_logits(ref, IDS), atol=2e-5, rtol=1e-5)
+
+
+# --- llama.cpp itself (llama-cpp-python, where installed) -------------------------------------------
+
+
+def _llama_cpp_logits(path: Path) -> np.ndarray:
+    """llama.cpp's logits (T, V) for IDS, with a float32 KV cache (its default f16 cache rounds)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
+    llm.eval(IDS)
+    return np.array(llm.scores[: len(IDS)])
+
+
+def _ours(path: Path) -> np.ndarray:
+    model, _ = load_model(path, device="cpu", dtype="float32")
+    with torch.no_grad():
+        return model(torch.tensor([IDS]), torch.arange(len(IDS))[None])[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def k_files(tmp_path_factory):
+    """Llama and GPT-2 with rows of 256 (K-quant blocks), as F32 GGUFs and llama.cpp's own
+    llama_model_quantize of them to Q8_0, Q4_K_M and Q5_K_M (Q4_K/Q5_K/Q6_K tensors)."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ftypes = {
+        "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+        "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+        "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    }
+    out = {}
+    for arch, dims in (("llama", dict(hidden_size=256, intermediate_size=512)), ("gpt2", dict(n_embd=256))):
+        root = tmp_path_factory.mktemp(f"k-{arch}")
+        out[arch, "f32"] = src = write_gguf(make_model(root / "hf", arch, **dims), root / "f32.gguf", "f32")
+        for name, ftype in ftypes.items():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype, params.nthread = ftype, 1
+            dst = root / f"{name}.gguf"
+            assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+            out[arch, name] = dst
+    return out
+
+
+@pytest.mark.parametrize("arch, tolerance", [("llama", 1e-3), ("gpt2", 0.05)])
+def test_float_gguf_logits_equal_llama_cpp(k_files, arch, tolerance):
+    """Stated tolerance: 1e-3 on logits of ~17 (llama.cpp sums in another order); GPT-2 0.05, as
+    llama.cpp's CPU GELU reads a float16 table."""
+    path = k_files[arch, "f32"]
+    theirs, ours = _llama_cpp_logits(path), _ours(path)
+    assert np.abs(theirs).max() > 5 and np.abs(ours - theirs).max() < tolerance
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_k_m", "q5_k_m"])
+def test_quantized_gguf_logits_follow_llama_cpp(k_files, qtype):
+    """llama.cpp also rounds the activations to 8 bits, so its logits on a quantized file differ from
+    the dequantized weights' by more than float error. Stated tolerance: our logits are within a third
+    (RMS) of what quantizing moved llama.cpp's own logits (f32 file -> this file), i.e. we decode the
+    same blocks (Q8_0, Q4_K, Q5_K, Q6_K here): a wrong scale or nibble order lands at the full distance."""
+    path = k_files["llama", qtype]
+    theirs, ours, float_theirs = _llama_cpp_logits(path), _ours(path), _llama_cpp_logits(k_files["llama", "f32"])
+    moved = np.sqrt(((theirs - float_theirs) ** 2).mean())
+    assert moved > 0.3  # quantizing did change llama.cpp's logits
+    assert np.sqrt(((ours - theirs) ** 2).mean()) < moved / 3
+    assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.9
