@@ -312,3 +312,24 @@ def test_compare_two_presets_on_a_server_stores_a_vote_naming_the_remote_model(s
     assert {r.model for r in vote.responses} == {f"{url}/models/tiny-llama"}
     assert sorted(r.preset for r in vote.responses) == ["balanced", "creative"]
     assert all(r.text for r in vote.responses) and vote.ranking[0] in (0, 1)
+
+
+def test_cli_chat_and_compare_pass_a_url_and_its_key_to_the_app(monkeypatch, capsys):
+    """--model URL reaches the app as a RemoteModel (not a path: `http://` would collapse to
+    `http:/`), with --api-key or TIANKONG_API_KEY; a folder still resolves as before."""
+    from helpers import cli
+
+    import tiankong.tui.app as app_module
+
+    calls = []
+    monkeypatch.setattr(app_module, "run_app", lambda model, **kw: calls.append((model, kw)))
+    monkeypatch.delenv("TIANKONG_API_KEY", raising=False)
+    url = "http://127.0.0.1:8000/v1"
+    assert cli(monkeypatch, capsys, "chat", "-m", url, "--api-key", "k1")[0] == 0
+    monkeypatch.setenv("TIANKONG_API_KEY", "k2")
+    assert cli(monkeypatch, capsys, "compare", "--models", f"{url},https://example.test/v1")[0] == 0
+    assert calls[0][0] == RemoteModel(url, "k1") and calls[0][1]["mode"] == "chat"
+    assert calls[1][1]["compare_models"] == [RemoteModel(url, "k2"), RemoteModel("https://example.test/v1", "k2")]
+    monkeypatch.delenv("TIANKONG_API_KEY")
+    assert cli(monkeypatch, capsys, "chat")[0] == 0  # no --model: the bundled model's folder, unchanged
+    assert not isinstance(calls[2][0], RemoteModel) and calls[2][0].is_dir()
