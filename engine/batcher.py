@@ -78,8 +78,12 @@ class Request:
         self._wake()
 
     def deliver(self, ev: Event) -> None:
-        """Hand one event to the request's sink (the batcher's thread)."""
-        self._sink(ev)
+        """Hand one event to the request's sink (the batcher's thread). A sink that fails means its
+        consumer is gone (e.g. a closed event loop): the request is cancelled, the loop goes on."""
+        try:
+            self._sink(ev)
+        except Exception:  # noqa: BLE001
+            self._cancel.set()
         if isinstance(ev, Finished):
             self.rows_left -= 1
             if self.rows_left == 0:

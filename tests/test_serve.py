@@ -160,26 +160,26 @@ def test_batcher_cancel_frees_the_row_and_full_queue_refuses(tiny):
 # ------------------------------------------------------------------------------ the OpenAI API
 
 
-@needs_stories
-def test_completions_logprobs_equal_the_engines(stories):
+@pytest.mark.parametrize("which", ["stories", "gpt2"])
+def test_completions_logprobs_equal_the_engines(request, which):
     """Non-streaming and streaming completions carry the engine's own tokens and log-probs for the
     seed, in the legacy shape (tokens, token_logprobs, top_logprobs, text_offset) plus p_sample."""
-    ids = stories.encode(prompt="Once upon a time", raw=True)
-    toks, fin = reference(stories, ids, SamplingParams(temperature=1.0, top_p=1.0, seed=7, max_new_tokens=20), k=5)
-    with running(stories) as (base, batcher, _):
+    eng = request.getfixturevalue("stories") if which == "stories" else request.getfixturevalue("tiny")[which]
+    name, prompt = eng.folder.name, "Once upon a time"
+    ids = eng.encode(prompt=prompt, raw=True)
+    toks, fin = reference(eng, ids, SamplingParams(temperature=1.0, top_p=1.0, seed=7, max_new_tokens=20), k=5)
+    with running(eng) as (base, batcher, _):
         client = openai.OpenAI(base_url=base, api_key="none")
-        r = client.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=20, seed=7, logprobs=5)
+        r = client.completions.create(model=name, prompt=prompt, max_tokens=20, seed=7, logprobs=5)
         c = r.choices[0]
         assert c.text == fin.text and c.finish_reason == "length" and r.usage.completion_tokens == 20
         lp = c.logprobs
         assert lp.token_logprobs == pytest.approx([e.logprob for e in toks], abs=1e-4)
-        assert lp.tokens == [stories.token_text(e.id) for e in toks]
-        assert list(lp.top_logprobs[0]) == [cand.text for cand in toks[0].candidates]
+        assert lp.tokens == [eng.token_text(e.id) for e in toks]
+        assert list(lp.top_logprobs[0]) == list(dict.fromkeys(cand.text for cand in toks[0].candidates))
         assert lp.text_offset == [sum(len(e.text) for e in toks[:i]) for i in range(len(toks))]
         assert c.model_extra["seed"] == 7 and lp.model_extra["p_sample"] == pytest.approx([e.p_sample for e in toks])
-        stream = client.completions.create(
-            model="stories260K", prompt="Once upon a time", max_tokens=20, seed=7, logprobs=5, stream=True
-        )
+        stream = client.completions.create(model=name, prompt=prompt, max_tokens=20, seed=7, logprobs=5, stream=True)
         chunks = list(stream)
         assert "".join(ch.choices[0].text for ch in chunks) == fin.text
         streamed = [ch.choices[0].logprobs.token_logprobs[0] for ch in chunks if ch.choices[0].logprobs]

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tiankong.engine.batcher import Batcher, QueueFull
-from tiankong.engine.engine import Engine
+from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.presets import get_preset
@@ -196,8 +196,6 @@ class _Server:
         loop = asyncio.get_running_loop()
         p = job.params
         if p.seed is None:
-            from tiankong.engine.engine import draw_seed
-
             p = p.replace(seed=draw_seed())
         if not job.max_tokens_given and job.chat:  # OpenAI's chat default: as long as the context allows
             p = p.replace(max_new_tokens=self.max_tokens)
@@ -208,7 +206,7 @@ class _Server:
             for i, prompt_ids in enumerate(ids):
 
                 def sink(ev: Event, i: int = i) -> None:
-                    loop.call_soon_threadsafe(queue.put_nowait, (i, ev))
+                    loop.call_soon_threadsafe(queue.put_nowait, (i, ev))  # RuntimeError once the loop closed
 
                 rows = [p.replace(seed=(p.seed + j) % 2**64) for j in range(job.n)]
                 reqs.append(self.batcher.submit(prompt_ids, rows, top_logprobs=job.top_logprobs, sink=sink))
@@ -242,7 +240,9 @@ class _Stream:
             while self.left:
                 wait = self.deadline - time.monotonic()
                 try:
-                    i, ev = await asyncio.wait_for(self.queue.get(), timeout=max(0.0, min(wait, 1.0)))
+                    # Wake at least once a second to notice a gone client or the deadline (once
+                    # cancelled, the rows' Finished events come within a step).
+                    i, ev = await asyncio.wait_for(self.queue.get(), timeout=min(wait, 1.0) if wait > 0 else 1.0)
                 except asyncio.TimeoutError:
                     gone = request is not None and await request.is_disconnected()
                     if gone or time.monotonic() >= self.deadline:
