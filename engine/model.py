@@ -16,6 +16,7 @@ from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
 from .native import library as native_library
 from .packed import can_pack, pack_linears
+from .quant import QUANTIZABLE, is_quantized, quantize_model
 from .weights import NameTable, check_checkpoint, load_weights
 
 DTYPES = {
@@ -50,15 +51,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """'auto': float32 on CPU (fast and exact there), bfloat16 on GPUs that have it, else float16."""
+    """'auto': float32 on CPU (fast and exact there), bfloat16 on GPUs that have it, else float16.
+    A quantized type (q8_0, q4_0, q4_1) loads in float32, which load_model then quantizes."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16 if device.type == "mps" else torch.float32
+    if dtype in QUANTIZABLE:
+        return torch.float32
     if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose float32, bfloat16, float16, {', '.join(QUANTIZABLE)}")
     return DTYPES[dtype]
 
 
@@ -118,17 +122,27 @@ def load_model(
     with torch.device("meta"):
         model = build_model(cfg)
     load_weights(model, cfg, folder, table, dt, dev)
+    if dtype in QUANTIZABLE:
+        # Every linear weight and the embedding in that type; the head in q8_0, as llama.cpp keeps
+        # the head at more bits than the layers (its q6_k, which only GGUF files bring).
+        quantize_model(model, dtype, head_qtype="q8_0")
     return set_rope_buffers(model, cfg, dev).eval(), cfg
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """The fastest forward-only form of a loaded model on its device; consumes `model`.
 
-    On CPU (float32, or bfloat16 where the CPU has it) the Llama family becomes a PackedLlama, and
+    On CPU (float32, or bfloat16 where the CPU has it, or quantized) the Llama family becomes a PackedLlama, and
     GPT-2 a PackedGPT2 where the compiled decode step builds (native.py) or else gets oneDNN-packed
     linears (packed.py); elsewhere the model comes back as it is.
     """
     p = next(model.parameters())
+    if is_quantized(model):
+        # QTensor weights decode through the compiled step, which reads their blocks; without it,
+        # and on GPUs, the plain module dequantizes each weight as it runs (quant.QLinear).
+        if isinstance(model, llama.Llama) and p.device.type == "cpu" and native_library() is not None:
+            return PackedLlama(model)
+        return model
     if not can_pack(p.device, p.dtype):
         return model
     if isinstance(model, llama.Llama):
