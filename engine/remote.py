@@ -92,7 +92,7 @@ class RemoteEngine:
         self._ids: dict[str, int] = {}  # token text -> id, for servers that send no ids (negative ids)
         self._texts: dict[int, str] = {}
         self._tokens_per_char = 0.5  # the estimate's rate until an answer's usage calibrates it
-        self._can_tokenize = True  # until /tokenize is found missing
+        self._can_tokenize: bool | None = None  # whether the server counts tokens (/tokenize); None: not asked yet
 
     @classmethod
     def connect(cls, url: str, api_key: str | None = None) -> RemoteEngine:
@@ -135,7 +135,9 @@ class RemoteEngine:
             "owned_by": self.owner or "unknown",
             "context_length": self.cfg.max_seq_len if self.cfg.context_known else "unknown (not trimmed here)",
             "chat_template": "the server's",
-            "prompt_tokens": "counted by the server" if self._can_tokenize else "estimated from characters",
+            "prompt_tokens": {True: "counted by the server", False: "estimated from characters"}.get(
+                self._can_tokenize, "not counted yet"
+            ),
             "p_sample": "as the server reports it (tiankong serve), else unknown",
         }
 
@@ -177,7 +179,7 @@ class RemoteEngine:
 
     def _count(self, msgs: tuple[Mapping[str, Any], ...]) -> int | None:
         """The server's token count for these messages (vLLM's POST /tokenize), or None without one."""
-        if not self._can_tokenize:
+        if self._can_tokenize is False:
             return None
         try:
             status, body = self.http.request(
@@ -189,6 +191,7 @@ class RemoteEngine:
         if not isinstance(count, int):
             self._can_tokenize = False  # asked once: estimate from now on
             return None
+        self._can_tokenize = True
         return count
 
     def token_text(self, id: int) -> str:

@@ -212,6 +212,40 @@ def test_a_server_without_p_sample_gives_unknown_never_invented(asgi_server):
             list(remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(seed=1)]))
 
 
+def test_llama_cpp_python_server_streams_what_it_answers_whole(asgi_server, tmp_path):
+    """Another real server: llama-cpp-python's OpenAI server on stories260K as GGUF. The streamed
+    row gives the text and per-token logprobs (and candidates) of its own non-streamed answer for the
+    same seed, with p_sample unknown (it has none) and the context not claimed."""
+    pytest.importorskip("llama_cpp.server.app")
+    from gguf_files import write_gguf
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+    from tiny_models import STORIES
+
+    if not STORIES.is_dir():
+        pytest.skip("needs ../shared/models/stories260K")
+    gguf = write_gguf(STORIES, tmp_path / "stories260K.gguf")
+    settings = ModelSettings(model=str(gguf), n_ctx=512, chat_format="llama-2", verbose=False)
+    with asgi_server(create_app(server_settings=ServerSettings(), model_settings=[settings])) as (port, _):
+        url = f"http://127.0.0.1:{port}/v1"
+        remote = RemoteEngine.connect(url)
+        assert not remote.cfg.context_known and remote.info()["context_length"].startswith("unknown")
+        prompt = remote.encode(messages=MESSAGES)
+        params = SamplingParams(temperature=0.8, seed=3, max_new_tokens=12)
+        tokens, [fin] = split(remote.generate([prompt], [params], top_logprobs=3))
+        whole = openai.OpenAI(base_url=url, api_key="none").chat.completions.create(
+            model=remote.model, messages=MESSAGES, temperature=0.8, seed=3, max_tokens=12, logprobs=True, top_logprobs=3
+        )
+    want = whole.choices[0].logprobs.content
+    assert fin.text == whole.choices[0].message.content == "".join(t.text for t in tokens)
+    assert [t.logprob for t in tokens] == pytest.approx([w.logprob for w in want], abs=1e-5)
+    assert [[c.text for c in t.candidates] for t in tokens] == [[c.token for c in w.top_logprobs] for w in want]
+    assert all(t.p_sample is None and all(c.p_sample is None for c in t.candidates) for t in tokens)
+    assert fin.usage.completion_tokens == len(tokens) == whole.usage.completion_tokens
+    # It sends no usage when streaming and has no /tokenize: the prompt's count is the estimate.
+    assert prompt.estimated and fin.usage.prompt_tokens == len(prompt)
+
+
 # ------------------------------------------------------------------------------ the playground
 
 
