@@ -79,6 +79,12 @@ def _padded(inv_freq: torch.Tensor, head_dim: int) -> torch.Tensor:
     return F.pad(inv_freq, (0, head_dim // 2 - inv_freq.shape[0]))
 
 
+def _quantized_q_scale(cfg: ModelConfig, q_norm: bool) -> float:
+    """The scale quantized weights apply to the query heads: 1/sqrt(hd) (in the q-norm gain
+    instead, with Qwen3's norms), times long-rope's attention factor squared (whole heads turn)."""
+    return (1.0 if q_norm else 1.0 / math.sqrt(cfg.head_dim)) * rope_attention_factor(cfg) ** 2
+
+
 class PackedBlock(nn.Module):
     """One transformer block; weights are oneDNN-packed opaque tensors (see module docstring)."""
 
@@ -217,7 +223,10 @@ class PackedLlama(nn.Module):
             raise ValueError(
                 f"quantized weights need the compiled decode step, which is unavailable: {native_reason()}"
             )
-        self.norm_weight = self.norm_weight.float()
+        # A parameter, not a buffer: quantized weights are buffers, and callers read the activations'
+        # dtype and device from the first parameter (next(model.parameters())).
+        gain = self._buffers.pop("norm_weight").float()
+        self.norm_weight = nn.Parameter(gain, requires_grad=False)
         if isinstance(self.tok_emb, nn.Embedding) and self.tok_emb.weight.dtype != torch.float32:
             self.tok_emb = nn.Embedding.from_pretrained(self.tok_emb.weight.float(), freeze=True)
         out = weight_of(model.output)
@@ -226,7 +235,13 @@ class PackedLlama(nn.Module):
         self.out_type = out.ggml_type if quantized_head else 0
         self.out_layout = ((out.qtype if quantized_head else "float32", out.shape[0]),)  # for the torch path
         hd = self.cfg.head_dim
-        self.q_scale = 1.0 if model.layers[0].attn.q_norm is not None else 1.0 / math.sqrt(hd)
+        if rope_attention_factor(self.cfg) != 1.0 and self.cfg.rotary_dim < hd:
+            # Unfolded, long-rope's scale is one on the query heads, which is right only when RoPE
+            # turns whole heads (then q.k carries it squared).
+            raise ValueError(
+                "quantized weights with long-rope over part of each head are not supported; use --dtype float32"
+            )
+        self.q_scale = _quantized_q_scale(self.cfg, model.layers[0].attn.q_norm is not None)
         packed = [self._pack_layer_quantized(self.cfg, layer) for layer in model.layers]
         self.layers = nn.ModuleList(block for block, _ in packed)
         self.register_buffer(
@@ -244,8 +259,8 @@ class PackedLlama(nn.Module):
 
         def pairs(w: QTensor | torch.Tensor, heads: int) -> QTensor | torch.Tensor:
             if isinstance(w, QTensor):
-                return QTensor(w.qtype, w.shape, _pairs_adjacent(w.data, heads, hd).contiguous())
-            return _pairs_adjacent(w.float(), heads, hd)
+                return QTensor(w.qtype, w.shape, _pairs_adjacent(w.data, heads, hd, cfg.rotary_dim).contiguous())
+            return _pairs_adjacent(w.float(), heads, hd, cfg.rotary_dim)
 
         q_norm = k_norm = None
         if a.q_norm is not None:  # the query scale goes into the q-norm gain, as in _pack_layer
@@ -263,7 +278,7 @@ class PackedLlama(nn.Module):
             layouts=dict(wqkv=l_qkv, wo=l_o, w13=l_13, w2=l_2),
             attn_norm=layer.attn_norm.weight.detach().float(),
             ffn_norm=layer.ffn_norm.weight.detach().float(),
-            q_scale=1.0 if q_norm is not None else 1.0 / math.sqrt(hd),
+            q_scale=_quantized_q_scale(cfg, q_norm is not None),
         )
         block = PackedBlock(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm, quantized)
         return block, ggml_types(l_qkv) + ggml_types(l_o) + ggml_types(l_13) + ggml_types(l_2)
@@ -323,7 +338,7 @@ class PackedLlama(nn.Module):
         long = long_rope_applies(self.cfg, positions)  # then torch: the step holds the short frequencies
         if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden and not long:
             return self._native(self.tok_emb(tokens[:, 0]), positions, mask, cache, start)
-        if self.quantized and cache is not None and not hidden:
+        if self.quantized and cache is not None and not hidden and not long:
             return self._prefill_by_steps(tokens, positions, mask, cache, start, last_only)
         x = self.tok_emb(tokens)  # (B, T, D)
         T = tokens.shape[1]

@@ -402,3 +402,31 @@ def test_config_phi3_and_gemma():
         ModelConfig.from_hf_config({**gemma3, "hidden_activation": "silu"})
     with pytest.raises(ModelLoadError, match="final_logit_softcapping is 'x'"):
         ModelConfig.from_hf_config({**gemma3, "final_logit_softcapping": "x"})
+
+
+def test_quantized_phi3_matches_its_plain_module(tmp_path, folders):
+    """`--dtype q8_0` on Phi-3: quantized weights are not folded, so the packed form puts q/k rows
+    into partial-rotary pair order and long-rope's attention factor (squared) on the query scale.
+    Its torch path equals the plain quantized module's logits before and past the 16 short
+    positions; long-rope over part of each head, which that scale cannot express, is refused."""
+    from tiny_models import phi3_long_rope
+
+    from tiankong.engine import native
+    from tiankong.engine.model import prepare_for_inference
+
+    if native.library() is None:
+        pytest.skip(f"quantized weights need the compiled step: {native.reason()}")
+    rope = phi3_long_rope(torch.Generator().manual_seed(0), head_dim=16, partial=1.0)
+    long_rope = make_model(tmp_path / "long", "phi3", partial_rotary_factor=1.0, rope_parameters=rope)
+    partial = make_model(tmp_path / "partial", "phi3", rope_parameters=None)  # 12 of 16 dims turn
+    for folder in (long_rope, partial):
+        plain, cfg = load_model(folder, "cpu", "q8_0")
+        packed = prepare_for_inference(load_model(folder, "cpu", "q8_0")[0])
+        assert packed.quantized
+        tokens = torch.randint(0, cfg.vocab_size, (1, 24), generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            for T in (12, 24):  # short factors, long factors
+                ours, ref = packed(tokens[:, :T], torch.arange(T)[None]), plain(tokens[:, :T], torch.arange(T)[None])
+                torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="long-rope over part of each head"):
+        prepare_for_inference(load_model(folders["phi3"], "cpu", "q8_0")[0])
