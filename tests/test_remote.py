@@ -367,3 +367,31 @@ def test_cli_chat_and_compare_pass_a_url_and_its_key_to_the_app(monkeypatch, cap
     monkeypatch.delenv("TIANKONG_API_KEY")
     assert cli(monkeypatch, capsys, "chat")[0] == 0  # no --model: the bundled model's folder, unchanged
     assert not isinstance(calls[2][0], RemoteModel) and calls[2][0].is_dir()
+
+
+def test_cli_generate_on_a_server_writes_the_local_records(engine, server, monkeypatch, capsys, tmp_path):
+    """`tiankong generate -m URL` writes the records a local run on the same weights writes: texts,
+    finish reasons, and every token with its candidates and p_sample (timings aside)."""
+    from helpers import cli
+
+    url, _ = server
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [{"messages": MESSAGES}, {"prompt": "Once upon a time", "id": "b"}]
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = {}
+    for name, model in (("remote", url), ("local", str(engine.folder))):
+        args = ["generate", "-m", model, "-i", prompts, "-o", tmp_path / f"{name}.jsonl", "--seed", 5, "-n", 2]
+        code, _, err = cli(monkeypatch, capsys, *args, "--max-new-tokens", 10, "--top-logprobs", 3, "--device", "cpu")
+        assert code == 0, err
+        out[name] = [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    remote, local = out["remote"], out["local"]
+    assert len(remote) == len(local) == 4
+    for r, lo in zip(remote, local, strict=True):
+        assert (r["text"], r["finish_reason"], r["seed"]) == (lo["text"], lo["finish_reason"], lo["seed"])
+        assert [t["id"] for t in r["tokens"]] == [t["id"] for t in lo["tokens"]]
+        assert [t["p_sample"] for t in r["tokens"]] == pytest.approx([t["p_sample"] for t in lo["tokens"]], abs=1e-4)
+        assert [[c["text"] for c in t["top"]] for t in r["tokens"]] == [
+            [c["text"] for c in t["top"]] for t in lo["tokens"]
+        ]
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", url, "-p", "hi", "--raw")
+    assert code == 2 and "raw prompts need a local --model" in err and len(err.strip().splitlines()) == 1

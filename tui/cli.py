@@ -38,6 +38,21 @@ MODEL_HELP = (
 ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
 DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
 DtypeOpt = typer.Option("auto", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU).")
+ApiKeyOpt = typer.Option(
+    None,
+    "--api-key",
+    help="Key for a --model http://HOST:PORT/v1 server (sent as Authorization: Bearer). Env: TIANKONG_API_KEY.",
+    envvar="TIANKONG_API_KEY",
+    show_default=False,
+)
+ModelOrServerOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help=MODEL_HELP + " Or a server: http://HOST:PORT/v1 (tiankong serve, vLLM, llama.cpp's server).",
+    envvar="TIANKONG_MODEL",
+    show_default=False,
+)
 TemplateOpt = typer.Option(
     None,
     "--chat-template",
@@ -69,8 +84,18 @@ def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
     return chat_template
 
 
-def _load(model: Optional[Path], device: str = "auto", dtype: str = "auto", chat_template: Optional[Path] = None):
+def _load(
+    model: Optional[Path | str],
+    device: str = "auto",
+    dtype: str = "auto",
+    chat_template: Optional[Path] = None,
+    api_key: Optional[str] = None,
+):
     from tiankong.engine.engine import Engine
+    from tiankong.engine.remote import RemoteEngine, is_remote
+
+    if is_remote(model):  # a server: its own device, dtype and chat template
+        return RemoteEngine.connect(str(model), api_key)
 
     return Engine.load(_model_dir(model), device=device, dtype=dtype, chat_template=_template_file(chat_template))
 
@@ -161,7 +186,7 @@ of the records and the first merges them into OUTPUT in input order: the same fi
 processes (with --seed; without one, each record's drawn seed is recorded)."""
 )
 def generate(
-    model: Optional[Path] = ModelOpt,
+    model: Optional[str] = ModelOrServerOpt,
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt; repeat for several."),
     input: Optional[str] = typer.Option(
         None, "--input", "-i", help="File of prompts (JSONL or text lines); - reads stdin."
@@ -199,6 +224,7 @@ def generate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     format: str = typer.Option("jsonl", "--format", help="jsonl (one record per sample) or text."),
     chat_template: Optional[Path] = TemplateOpt,
+    api_key: Optional[str] = ApiKeyOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -229,7 +255,7 @@ def generate(
     )
     params = get_preset(preset).params.replace(**{k: v for k, v in flags.items() if v is not None})
     dist = _join(device)
-    eng = _load(model, str(dist.device) if dist.enabled else device, dtype, chat_template)
+    eng = _load(model, str(dist.device) if dist.enabled else device, dtype, chat_template, api_key)
     rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
     run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
     if output is None:
@@ -553,22 +579,6 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
 
 # ---------------------------------------------------------------- the playground
 
-ApiKeyOpt = typer.Option(
-    None,
-    "--api-key",
-    help="Key for a --model http://HOST:PORT/v1 server (sent as Authorization: Bearer). Env: TIANKONG_API_KEY.",
-    envvar="TIANKONG_API_KEY",
-    show_default=False,
-)
-PlaygroundModelOpt = typer.Option(
-    None,
-    "--model",
-    "-m",
-    help=MODEL_HELP + " Or a server: http://HOST:PORT/v1 (tiankong serve, vLLM, llama.cpp's server).",
-    envvar="TIANKONG_MODEL",
-    show_default=False,
-)
-
 DataDirOpt = typer.Option(
     None,
     "--data-dir",
@@ -589,7 +599,7 @@ DataDirOpt = typer.Option(
 """
 )
 def chat(
-    model: Optional[str] = PlaygroundModelOpt,
+    model: Optional[str] = ModelOrServerOpt,
     preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset to start with."),
     data_dir: Optional[Path] = DataDirOpt,
     rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
@@ -648,7 +658,7 @@ def _compare_lineup(
 """
 )
 def compare(
-    model: Optional[str] = PlaygroundModelOpt,
+    model: Optional[str] = ModelOrServerOpt,
     presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
     models: Optional[str] = typer.Option(
         None,
