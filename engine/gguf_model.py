@@ -332,6 +332,43 @@ def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment:
 # --- the file -------------------------------------------------------------------------------------
 
 
+def _reader_class() -> type:
+    """gguf.GGUFReader with its metadata arrays read in bulk.
+
+    GGUFReader makes two numpy views per array element (a vocabulary of 150k tokens and merges: 30 s
+    and 480 MB on a busy 2-core box). Its `_get_field_parts` is overridden for arrays only, and gives
+    each element as a memoryview (nbytes, tobytes(), [0], tolist(), as the numpy views have), 10x
+    faster. The header was walked by check_header first, so every length read here is in bounds.
+    """
+    import gguf
+    from gguf import GGUFValueType as V
+
+    class Reader(gguf.GGUFReader):
+        def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
+            if raw_type != V.ARRAY:
+                return super()._get_field_parts(orig_offs, raw_type)
+            itype, alen = self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
+            item, count, offs = V(int(itype[0])), int(alen[0]), orig_offs + 12
+            parts: list[Any] = [itype, alen]
+            buf = memoryview(self.data)
+            if item == V.STRING:  # each element: its length (uint64), then its bytes
+                unpack, data = struct.Struct("<Q").unpack_from, []
+                for _ in range(count):
+                    (n,) = unpack(buf, offs)
+                    parts += (buf[offs : offs + 8].cast("Q"), buf[offs + 8 : offs + 8 + n])
+                    data.append(len(parts) - 1)
+                    offs += 8 + n
+            else:
+                fmt = _SCALARS[int(item)]
+                values = buf[offs : offs + count * struct.calcsize(fmt)].cast(fmt)
+                parts += [values[i : i + 1] for i in range(count)]
+                data = list(range(2, 2 + count))
+                offs += values.nbytes
+            return offs - orig_offs, parts, data, [V.ARRAY, item]
+
+    return Reader
+
+
 def _hf_row_order(rows: int, heads: int) -> np.ndarray:
     """Row index that undoes llama.cpp's LlamaModel.permute for q or k (rows = heads * head_dim).
 
@@ -349,12 +386,11 @@ class GGUFModel:
         """keep_quantized: hand the loader quant.QTensors (the file's blocks, rows in HF order) for
         the matrices in a block type engine/quant.py runs (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k),
         instead of float tensors; 1-D tensors and other types are dequantized as always."""
-        import gguf
 
         self.path, self.keep_quantized = Path(path), keep_quantized
         check_header(self.path)
         try:
-            self.reader = gguf.GGUFReader(self.path)
+            self.reader = _reader_class()(self.path)
         except Exception as e:  # the header was walked already: anything left is a damaged file
             raise ModelLoadError(f"{self.path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
         self.tensors = {t.name: t for t in self.reader.tensors}

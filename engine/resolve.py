@@ -111,10 +111,15 @@ def resolve_model(spec: str | Path | None) -> Path:
 
 def display_name(model: str | Path) -> str:
     """A model's short name for screens: ORG/NAME for a Hugging Face cache snapshot (whose folder
-    name is a commit hash), else the folder's name."""
+    name is a commit hash), general.name for an Ollama blob, else the folder's (or file's) name."""
     path = Path(model)
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         return path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
+    if path.name.startswith("sha256-") and path.parent.name == "blobs":  # an Ollama blob: the file's own name
+        from .gguf_model import peek
+
+        name = peek(path, ("general.name",)).get("general.name")
+        return f"ollama:{name}" if isinstance(name, str) and name else path.name
     return path.name or str(model)
 
 

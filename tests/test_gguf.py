@@ -469,3 +469,17 @@ def test_quantized_gguf_logits_follow_llama_cpp(k_files, qtype):
     assert moved > 0.3  # quantizing did change llama.cpp's logits
     assert np.sqrt(((ours - theirs) ** 2).mean()) < moved / 3
     assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.9
+
+
+def test_bulk_metadata_reader_reads_what_ggufreader_reads(files):
+    """GGUFModel's reader (arrays read in bulk) gives every field as gguf.GGUFReader does."""
+    from tiankong.engine.gguf_model import GGUFModel
+
+    for arch in ("llama", "gpt2"):
+        path = files(arch, "q8_0")[0]
+        ours, theirs = GGUFModel(path).reader, gguf.GGUFReader(path)
+        assert list(ours.fields) == list(theirs.fields) and len(ours.fields["tokenizer.ggml.tokens"].data) > 300
+        for key, field in theirs.fields.items():
+            mine = ours.fields[key]
+            assert (mine.types, mine.data, mine.contents()) == (field.types, field.data, field.contents()), key
+            assert [mine.parts[i].tobytes() for i in mine.data] == [field.parts[i].tobytes() for i in field.data]
