@@ -283,9 +283,16 @@ def test_chat_pilot_streams_tokens_and_candidates_with_p_sample(server, store, t
             )
             answer = chat.messages[-1]
             panel = str(chat.candidates.render())
-            return answer.content, answer.tokens, shown, panel, store.get_chat(chat.chat_id), chat.model_name
+            notes = []
+            chat.notify = lambda message, **kw: notes.append(message)
+            await pilot.press("ctrl+t", "f5", "b")  # the prompt's count; branching needs a local model
+            await wait_for(pilot, lambda: len(notes) >= 2)
+            stored = store.get_chat(chat.chat_id)
+            return answer.content, answer.tokens, shown, panel, stored, chat.model_name, notes
 
-    content, tokens, shown, panel, stored, name = asyncio.run(go())
+    content, tokens, shown, panel, stored, name, notes = asyncio.run(go())
+    assert "tokens of a 256-token context, estimated from characters" in notes[0]  # tiankong serve: no /tokenize
+    assert "needs a local model" in notes[1]
     assert len(tokens) > 1 and content == "".join(t["text"] for t in tokens)
     streaming = [tok for label, tok in shown if label.startswith("streaming")]
     assert streaming and all(tok["top"] and tok["p_sample"] is not None for tok in streaming)

@@ -32,7 +32,7 @@ from tiankong.engine.engine import Engine, with_seeds
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.engine.files import atomic_write_text
-from tiankong.engine.remote import RemoteEngine
+from tiankong.engine.remote import RemoteEngine, is_remote
 from tiankong.engine.resolve import display_name
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
@@ -261,7 +261,8 @@ class ChatScreen(Screen[None]):
     ) -> None:
         super().__init__()
         self.store, self.presets, self.model_id = store, presets, model_id
-        self.model_name = display_name(model_id)
+        # A server shows its URL until it answers (engine_ready names its model).
+        self.model_name = model_id if is_remote(model_id) else display_name(model_id)
         self.export_dir, self.show_timing = export_dir, show_timing
         self.preset: Preset = presets[preset]
         self.params: SamplingParams = self.preset.params
