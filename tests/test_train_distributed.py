@@ -90,3 +90,63 @@ def test_sft_two_processes_match_one(tmp_path):
     torchrun(["sft", *flags, "--no-progress", f"--output={ddp}"])
     single = SFTTrainer(SFTConfig(**settings, output=str(tmp_path / "one"), progress=False)).train()
     compare(single, ddp)
+
+
+# ---------------------------------------------------------------- FSDP (--sharding fsdp)
+# fully_shard per transformer block, then the root, over gloo on CPU. Gradients are reduce-scattered
+# instead of all-reduced, so sums run in another order: the same 1e-5 tolerance as DDP above holds.
+
+
+def test_sft_fsdp_two_processes_match_one_and_resume(tmp_path):
+    """2 steps, then --resume to 4: the weights and AdamW moments come back from the checkpoint that
+    rank 0 wrote from the gathered shards (a plain Hugging Face folder). Micro-batches of 1 give the
+    ranks 2 and 1 forward passes a step: the second rank runs a zero-weighted one to keep step."""
+    model = make_model(tmp_path / "m", "llama")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in CHAT), encoding="utf-8")
+    settings = dict(model=str(model), data=str(data), batch_size=3, micro_batch_size=1, lr=3e-3, device="cpu")
+    settings.update(eval_fraction=0.2)
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    SFTTrainer(SFTConfig(**settings, steps=2, output=str(one), progress=False)).train()
+    SFTTrainer(SFTConfig(**settings, steps=4, output=str(one), resume=True, progress=False)).train()
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    torchrun(["sft", *flags, "--steps=2", "--sharding=fsdp", "--no-progress", f"--output={fsdp}"])
+    torchrun(["sft", *flags, "--steps=4", "--resume", "--sharding=fsdp", "--no-progress", f"--output={fsdp}"])
+    compare(one, fsdp)
+    assert json.loads((fsdp / "train_config.json").read_text())["sharding"] == "fsdp"
+
+
+def test_reward_fsdp_two_processes_match_one(tmp_path):
+    """Rankings of unequal size in micro-batches of 1 (3 and 2 per rank); the reward head and the
+    base under FSDP end where one process ends, and so does the normalization all ranks compute."""
+    from tiankong.trainers.reward import RewardConfig, RewardTrainer
+
+    model = make_model(tmp_path / "m", "llama")
+    data = tmp_path / "p.jsonl"
+    pairs = [{"prompt": f"Story {i}:", "chosen": " a happy fox ran", "rejected": " a sad dog sat"} for i in range(12)]
+    ranking = [
+        {"prompt": "Best pet?", "chosen": a, "rejected": b, "vote_id": 7}
+        for a, b in [(" fox", " cat"), (" fox", " dog"), (" cat", " dog")]
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in pairs + ranking), encoding="utf-8")
+    settings = dict(
+        model=str(model), data=str(data), steps=3, batch_size=5, micro_batch_size=1, lr=1e-3, eval_fraction=0.2
+    )
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    RewardTrainer(RewardConfig(**settings, device="cpu", output=str(one), raw=True, progress=False)).train()
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    torchrun(["reward", *flags, "--device=cpu", "--raw", "--sharding=fsdp", "--no-progress", f"--output={fsdp}"])
+    for name in ("model.safetensors", "reward_head.safetensors"):
+        a, b = load_file(one / name), load_file(fsdp / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5, msg=k)
+    na, nb = (json.loads((d / "reward_config.json").read_text())["normalization"] for d in (one, fsdp))
+    assert nb["scale"] == pytest.approx(na["scale"], rel=1e-4) and nb["bias"] == pytest.approx(na["bias"], abs=1e-4)
+    ra = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (fsdp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 2, 3]
+    for x, y in zip(ra, rb, strict=True):
+        for k in ("loss", "accuracy", "eval_loss"):
+            if k in x:
+                assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-5), (x["step"], k)

@@ -38,7 +38,7 @@ from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_write_text
 
 from . import checkpoint as ckpt
-from .distributed import Dist, init_distributed
+from .distributed import SHARDINGS, Dist, init_distributed, swapped
 from .metrics import MetricsWriter
 from .progress import progress
 
@@ -69,6 +69,11 @@ class TrainConfig:
     # --- runtime
     device: str = opt("auto", "cpu, cuda, mps or auto.")
     dtype: str = opt("float32", "Parameter dtype: float32 or bfloat16.")
+    sharding: str = opt(
+        "ddp",
+        "Under torchrun: ddp (a whole model per process) or fsdp (parameters, gradients and optimizer state split "
+        "over the processes, for models too large for one device).",
+    )
     save_every: int = opt(0, "Checkpoint every N steps; 0 = by time only (--save-minutes).")
     save_minutes: float = opt(5.0, "Checkpoint when this many minutes have passed since the last one; 0 = off.")
     eval_every: int = opt(0, "Evaluate on the held-out split every N steps; 0 = only at the end.")
@@ -90,6 +95,8 @@ class TrainConfig:
             raise InputError("--resume continues the run in the output folder and --overwrite replaces it; give one")
         if self.dtype not in ("float32", "bfloat16"):
             raise InputError(f"dtype must be float32 or bfloat16 for training, got {self.dtype!r}")
+        if self.sharding not in SHARDINGS:
+            raise InputError(f"unknown sharding {self.sharding!r}; use {' or '.join(SHARDINGS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,11 +195,10 @@ class Trainer:
         self.dist.barrier()
         seed_everything(cfg.seed)
         self.setup()
-        params = self.parameters()
-        self.optimizer = make_adamw(params, cfg)
+        self.ddp_model = self.dist.wrap(self.model, cfg.sharding)  # FSDP replaces the parameters: first
+        self.optimizer = make_adamw(self.parameters(), cfg)
         if cfg.resume:
             self._load_state()
-        self.ddp_model = self.dist.wrap(self.model)
         metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.dist.is_main, truncate_after=self.step)
         batches = global_batches(self.n_items(), cfg.batch_size, cfg.seed, start_step=self.step)
         last_save = time.monotonic()
@@ -257,12 +263,15 @@ class Trainer:
     def accumulate(self, rows: list[int], total: float, sums: dict[str, float]) -> None:
         """Forward and backward over this rank's rows in micro-batches, accumulating gradients of the
         loss summed over rows * world / total (the global weight), so that N processes make the
-        gradient of one; DDP syncs on the last micro-batch only. Adds the metrics and the loss to sums."""
+        gradient of one; DDP syncs on the last micro-batch only. Adds the metrics and the loss to sums.
+        Under FSDP a rank with fewer micro-batches runs extra ones on item 0, weighted 0 (see even_out)."""
         micro = self.cfg.micro_batch_size or max(1, len(rows))
-        chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)] or [[]]
-        for k, chunk in enumerate(chunks):
+        chunks = self.dist.even_out([rows[i : i + micro] for i in range(0, len(rows), micro)] or [[]], filler=[0])
+        for k, (chunk, real) in enumerate(chunks):
             with self.dist.no_sync(self.ddp_model, last=k == len(chunks) - 1):
                 loss_sum, m = self.loss(chunk) if chunk else (self._zero(), {})
+                if not real:
+                    loss_sum, m = loss_sum * 0.0, {}
                 (loss_sum * self.dist.world / total).backward()
             for key, v in m.items():
                 sums[key] = sums.get(key, 0.0) + float(v)
@@ -287,19 +296,27 @@ class Trainer:
 
     # ---- checkpoints
     def checkpoint(self) -> None:
-        """One complete checkpoint folder (model files + trainer state), then published; rank 0 only."""
+        """One complete checkpoint folder (model files + trainer state), then published; written by
+        rank 0 (under FSDP every rank first helps gather the full weights and optimizer state)."""
+        self.prepare_save()
+        weights, optimizer = self.dist.full_state(self.model, self.optimizer)
         if self.dist.is_main:
             state = {
                 "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
                 "config": self.cfg.to_dict(),
                 "extra": self.extra_state(),
             }
-            ckpt.write(self.out, self.step, self.save, state)
+            with swapped(self.model, weights):
+                ckpt.write(self.out, self.step, self.save, state)
             atomic_write_text(self.out / "train_config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.dist.barrier()
+
+    def prepare_save(self) -> None:
+        """Run on every rank before rank 0 saves: work for save() that runs the model (under FSDP
+        only all ranks together can; e.g. the reward model's normalization)."""
 
     def extra_state(self) -> dict[str, Any]:
         """Anything else a trainer must restore on resume (e.g. PPO's KL controller)."""
@@ -317,7 +334,7 @@ class Trainer:
         assert folder is not None  # check_output refused a resume without one
         state = ckpt.load_state(folder)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.dist.load_optimizer(self.model, self.optimizer, state["optimizer"])
             self.step = int(state["step"])
             torch.set_rng_state(state["rng"])
             rng = state["python_rng"]

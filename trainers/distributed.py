@@ -1,10 +1,23 @@
 """Data parallelism under `torchrun`: gloo on CPU, nccl on GPU; a no-op in a single process.
 
     torchrun --nproc_per_node 2 -m tiankong.tui.cli train reward --data prefs.jsonl ...
+    torchrun --nproc_per_node 8 -m tiankong.tui.cli train sft --sharding fsdp ...
 
-Each process computes its slice of the global batch; DistributedDataParallel averages gradients
-in the backward pass. Without torchrun's environment variables everything here degrades to
-plain single-process code.
+Each process computes its slice of the global batch. With --sharding ddp (the default)
+DistributedDataParallel keeps a whole copy of the model per process and averages gradients in the
+backward pass. With --sharding fsdp torch's fully_shard (FSDP2) splits every parameter, its
+gradient and its AdamW moments over the processes (one unit per transformer block, then the rest):
+each block's parameters are gathered just before its forward and backward and freed after, and
+gradients are averaged by reduce-scatter. Two rules follow, kept here:
+
+* every process runs the same number of forward passes of the sharded model (each one gathers
+  from all): `even_out` pads the shorter ranks' micro-batches with zero-weighted ones, and code
+  that runs the model a different number of times per process (evaluation on a slice, sampling
+  until EOS) does so inside `gathered`, which holds the whole parameters for the block;
+* checkpoints stay plain Hugging Face folders: `full_state` gathers the full weights and optimizer
+  state onto rank 0's CPU, and `swapped` lets the trainers' own save functions write them.
+
+Without torchrun's environment variables everything here degrades to plain single-process code.
 """
 
 from __future__ import annotations
@@ -20,6 +33,8 @@ from torch import nn
 
 from tiankong.engine.model import resolve_device
 
+SHARDINGS = ("ddp", "fsdp")
+
 
 @dataclass
 class Dist:
@@ -27,6 +42,7 @@ class Dist:
     world: int
     local_rank: int
     device: torch.device
+    sharding: str = "ddp"  # set by wrap
 
     @property
     def is_main(self) -> bool:
@@ -36,17 +52,89 @@ class Dist:
     def enabled(self) -> bool:
         return self.world > 1
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    @property
+    def sharded(self) -> bool:
+        return self.enabled and self.sharding == "fsdp"
+
+    def wrap(self, model: nn.Module, sharding: str = "ddp") -> nn.Module:
+        """The module to run forward passes through: DDP's wrapper, or `model` itself sharded in
+        place (its parameters become DTensors: build the optimizer after this)."""
+        assert sharding in SHARDINGS, sharding
+        self.sharding = sharding
         if not self.enabled:
+            return model
+        if sharding == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for blocks in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:  # the transformer blocks
+                for block in blocks:
+                    fully_shard(block)
+            fully_shard(model)  # embeddings, final norm, heads: one unit
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def no_sync(self, ddp_model: nn.Module, last: bool):
-        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
-        if self.enabled and not last:
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step (FSDP
+        reduce-scatters every micro-batch's gradients into the shards: nothing to skip)."""
+        if self.enabled and not self.sharded and not last:
             return ddp_model.no_sync()
         return contextlib.nullcontext()
+
+    def even_out(self, chunks: list[list[int]], filler: list[int]) -> list[tuple[list[int], bool]]:
+        """(micro-batch, real) pairs: under FSDP every rank gets as many as the rank with the most,
+        the extra ones `filler` with real False (run, weighted 0); otherwise the chunks as they are."""
+        if not self.sharded:
+            return [(c, True) for c in chunks]
+        chunks = [c for c in chunks if c]
+        counts: list[int | None] = [None] * self.world
+        dist.all_gather_object(counts, len(chunks))
+        most = max(c or 0 for c in counts)
+        return [(c, True) for c in chunks] + [(filler, False)] * (most - len(chunks))
+
+    @contextlib.contextmanager
+    def gathered(self, model: nn.Module):
+        """Under FSDP: the whole parameters on every rank for the block, so that ranks may run the
+        model different numbers of times (no gradients). A no-op otherwise."""
+        if not self.sharded:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        for u in units:
+            u.set_reshard_after_forward(False)  # stay gathered between forward passes
+            u.unshard()
+        try:
+            yield
+        finally:
+            for u in units:
+                u.reshard()
+                u.set_reshard_after_forward(True)
+
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict]:
+        """(full weights, optimizer state) to checkpoint. Under FSDP every rank must call it; rank 0
+        gets both gathered on its CPU (others {}), optimizer state keyed by parameter name. Else
+        (None, the optimizer's own state_dict)."""
+        if not self.sharded:
+            return None, optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+    def load_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Restore what full_state saved (every rank reads the checkpoint and keeps its shard)."""
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
         if not self.enabled:
@@ -66,6 +154,28 @@ class Dist:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+@contextlib.contextmanager
+def swapped(model: nn.Module, weights: dict[str, torch.Tensor] | None):
+    """`model`'s parameters and buffers replaced by `weights` (full tensors from full_state) for the
+    block, so the trainers' save functions (which read state_dict) write the whole model; None: as is."""
+    if weights is None:
+        yield
+        return
+    kept = []
+    for name, value in weights.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        slots = module._parameters if leaf in module._parameters else module._buffers
+        assert leaf in slots, name
+        kept.append((slots, leaf, slots[leaf]))
+        slots[leaf] = nn.Parameter(value, requires_grad=False) if slots is module._parameters else value
+    try:
+        yield
+    finally:
+        for slots, leaf, old in reversed(kept):
+            slots[leaf] = old
 
 
 def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> Dist:

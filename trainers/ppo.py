@@ -542,7 +542,8 @@ class PPOTrainer(Trainer):
         cfg, dist = self.cfg, self.dist
         seeds = self.rollout_seeds(len(batch))
         mine = list(range(dist.rank, len(batch), dist.world))
-        self._ro, stats = self.rollout([self.prompts[batch[j]] for j in mine], [seeds[j] for j in mine])
+        with dist.gathered(self.model):  # FSDP: sampling runs the policy until EOS, a different count per rank
+            self._ro, stats = self.rollout([self.prompts[batch[j]] for j in mine], [seeds[j] for j in mine])
         stats = dist.all_reduce_sum(stats)
         n_rows, n_tokens = stats.pop("rollouts"), stats.pop("tokens")
         row = {k: v / (n_tokens if k in ("entropy", "value_mean") else n_rows) for k, v in stats.items()}

@@ -247,7 +247,7 @@ def evaluate_held_out(
     mine = list(items)[trainer.dist.rank :: trainer.dist.world]
     loss_sum, count = 0.0, 0.0
     trainer.model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), trainer.dist.gathered(trainer.model):  # FSDP: ranks may hold different counts
         for i in range(0, len(mine), batch_size):
             tokens, weights = batch(mine[i : i + batch_size])
             loss, _ = token_loss(trainer.model, tokens, weights, trainer.cfg.autocast)

@@ -297,18 +297,23 @@ class RewardTrainer(PreferenceTrainer):
             "raw_std": std,
         }
 
-    def save(self, folder: Path) -> None:
-        was_training = self.model.training
-        self.model.eval()
+    def prepare_save(self) -> None:
+        """The normalization scores answers with the model: on every rank (FSDP needs them all)."""
+        self._norm: dict[str, Any] = {}
         if self.cfg.normalize:
-            norm = self.normalization()
+            was_training = self.model.training
+            self.model.eval()
+            with self.dist.gathered(self.model):
+                self._norm = self.normalization()
+            self.model.train(was_training)
+
+    def save(self, folder: Path) -> None:
+        norm = dict(self._norm)
+        if norm:
             self.model.normalization = {"scale": norm.pop("scale"), "bias": norm.pop("bias")}
-        else:
-            norm = {}
         self.model.save(
             folder, tokenizer_from=self.cfg.model, step=self.step, normalization_reference=norm, **self.last_eval
         )
-        self.model.train(was_training)
 
 
 # ---------------------------------------------------------------- tiankong reward score

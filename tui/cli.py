@@ -37,7 +37,10 @@ MODEL_HELP = (
 )
 ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
 DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
-DtypeOpt = typer.Option("auto", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU).")
+DtypeOpt = typer.Option(
+    "auto",
+    help="float32, bfloat16, float16, auto (float32 on CPU, bfloat16 on GPU), or q8_0, q4_0, q4_1 (quantize at load).",
+)
 ApiKeyOpt = typer.Option(
     None,
     "--api-key",
@@ -230,7 +233,9 @@ def generate(
 ) -> None:
     """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates.
 
-    The body reads as its stages; the signature above is typer's option declarations.
+    \f
+    Long because of its signature: some 40 lines of typer option declarations; the body reads as its
+    stages (options checked, prompts read, model loaded, rows encoded, to stdout or to a file).
     """
     if format not in ("jsonl", "text"):
         raise InputError(f"unknown --format {format!r}; use jsonl or text")
@@ -486,6 +491,8 @@ def info(
     for k, v in facts.items():
         if k == "parameters":
             v = f"{v:,} ({v / 1e6:.2f} M)"
+        elif k == "bytes_per_token" and v is not None:
+            v = f"{v:,} ({v / 1e6:.1f} MB of weights read per decoded token)"
         table.add_row(k.replace("_", " "), "yes" if v is True else "no" if v is False else str(v))
     Console().print(table)
 
