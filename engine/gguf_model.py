@@ -439,10 +439,7 @@ class GGUFModel:
         cfg["tie_word_embeddings"] = "output.weight" not in self.tensors
         cfg.update(self._rope_scaling(cfg))
         if "rope_freqs.weight" in self.tensors:
-            raise ModelLoadError(
-                f"{self.path}: RoPE frequency factors (rope_freqs.weight, Llama 3.1+ scaling) are not supported "
-                "in GGUF yet; use the model's Hugging Face folder"
-            )
+            cfg["rope_scaling"] = self._llama3_scaling(cfg)
         for name, token in (("bos_token_id", "bos"), ("eos_token_id", "eos")):
             value = self.meta(f"tokenizer.ggml.{token}_token_id")
             if isinstance(value, int):
@@ -466,6 +463,55 @@ class GGUFModel:
         if orig is not None:
             scaling["original_max_position_embeddings"] = orig
         return {"rope_scaling": scaling}  # from_hf_config names what it cannot run (yarn, ...)
+
+    def _llama3_scaling(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """transformers' llama3 rope_scaling from the per-frequency divisors llama.cpp's converter
+        stored in rope_freqs.weight (1 for high frequencies, `factor` for low ones, a blend between).
+
+        In the blend, 1/f = (1 - s)/factor + s with s = orig/wavelength - low, over (high - low): a line
+        in 1/wavelength whose slope and intercept give low and high once orig (the original context,
+        8192 unless the file says) is fixed. The factors recomputed from the result must match.
+        """
+        import torch
+
+        from .config import ModelConfig, rope_inv_freq
+
+        t = self.tensors["rope_freqs.weight"]
+        found = np.asarray(t.data, dtype=np.float64).reshape(-1) if t.tensor_type == 0 else np.zeros(0)
+        orig = self.meta(f"{self.arch_name}.rope.scaling.original_context_length") or 8192
+        theta, heads = float(cfg.get("rope_theta", 10000.0)), cfg.get("num_attention_heads")
+        head_dim = cfg.get("head_dim") or (
+            cfg.get("hidden_size", 0) // heads if isinstance(heads, int) and heads else 0
+        )
+        scaling: dict[str, Any] | None = None
+        if found.size and found.size * 2 == head_dim and np.isfinite(found).all() and found.min() >= 1:
+            factor = float(found.max())
+            wavelength = 2 * np.pi * theta ** (np.arange(0, head_dim, 2) / head_dim)
+            blend = (found > 1 + 1e-6) & (found < factor - 1e-6)
+            if factor > 1 and blend.sum() >= 2:
+                s = (1 / found[blend] - 1 / factor) / (1 - 1 / factor)  # s = a / wavelength - b
+                a, b = np.polyfit(1 / wavelength[blend], s, 1)
+                low, high = -b * orig / a, -b * orig / a + orig / a
+                scaling = dict(
+                    rope_type="llama3",
+                    factor=round(factor, 4),
+                    low_freq_factor=round(float(low), 4),  # 1.0, not 0.99998: the check below is exact
+                    high_freq_factor=round(float(high), 4),
+                    original_max_position_embeddings=int(orig),
+                )
+        if scaling is not None:  # the recovered settings must give back the file's divisors
+            base = ModelConfig(head_dim=head_dim, rope_theta=theta, n_heads=1, n_kv_heads=1)
+            plain = rope_inv_freq(base).double()
+            base.rope_scaling = scaling
+            again = plain / rope_inv_freq(base).double()
+            if not torch.allclose(again, torch.from_numpy(found), rtol=1e-4):
+                scaling = None
+        if scaling is None:
+            raise ModelLoadError(
+                f"{self.path}: rope_freqs.weight holds RoPE divisors that are not Llama 3's scaling; "
+                "tiankong cannot run them yet, use the model's Hugging Face folder"
+            )
+        return scaling
 
     def tokenizer(self) -> Tokenizer:
         """The tokenizer rebuilt from tokenizer.ggml.* (engine/gguf_tokenizer.py)."""
@@ -519,6 +565,8 @@ class GGUFModel:
 
         table = NameTable(self.arch.tensors, transposed=self.arch.transposed)
         for t in self.reader.tensors:
+            if t.name == "rope_freqs.weight":
+                continue  # Llama 3's RoPE divisors: read into the config's rope_scaling
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (out, in) for a matrix
             hit = table.target(t.name)
             if hit is None:

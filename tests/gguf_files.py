@@ -15,6 +15,7 @@ GGUF must equal.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -72,7 +73,23 @@ def _gguf_tensors(cfg: dict, state: dict[str, np.ndarray]) -> list[tuple[str, np
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new is not None, name
         out.append((new, w))
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if rope.get("rope_type") == "llama3":  # LlamaModel.generate_extra_tensors
+        out.insert(0, ("rope_freqs.weight", llama3_divisors(cfg, rope)))
     return out
+
+
+def llama3_divisors(cfg: dict, rope: dict) -> np.ndarray:
+    """The converter's rope_freqs for llama3 scaling: 1 for high frequencies, `factor` for low ones,
+    1 / ((1 - smooth) / factor + smooth) between (smooth linear in context / wavelength)."""
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    theta = rope.get("rope_theta") or cfg.get("rope_theta", 10000.0)
+    factor, low, high = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    orig = rope.get("original_max_position_embeddings", 8192)
+    wavelength = 2 * math.pi * theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+    smooth = (orig / wavelength - low) / (high - low)
+    blend = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelength < orig / high, 1.0, np.where(wavelength > orig / low, factor, blend)).astype(np.float32)
 
 
 def _qtype_of(name: str, w: np.ndarray, qtype: str) -> gguf.GGMLQuantizationType:
@@ -99,7 +116,9 @@ def _metadata(writer: gguf.GGUFWriter, cfg: dict, qtype: str) -> None:
         writer.add_feed_forward_length(cfg["intermediate_size"])
         writer.add_head_count(cfg["num_attention_heads"])
         writer.add_head_count_kv(cfg["num_key_value_heads"])
-        writer.add_rope_freq_base(cfg.get("rope_theta") or cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
+        writer.add_rope_freq_base(
+            cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        )
         writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
         if cfg.get("head_dim") is not None:
             writer.add_key_length(cfg["head_dim"])

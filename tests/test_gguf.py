@@ -40,7 +40,14 @@ def hf(tmp_path_factory) -> dict[str, Path]:
     # Qwen's embedding has rows past its vocabulary, as released: transformers' Qwen2 tokenizer (which
     # the GGUF vocabulary writer reads) adds <|endoftext|> to the tiny vocabulary.
     rows = {"qwen2": dict(vocab_size=400), "qwen3": dict(vocab_size=400)}
-    return {arch: make_model(tmp_path_factory.mktemp(arch), arch, **rows.get(arch, {})) for arch in ARCHS}
+    out = {arch: make_model(tmp_path_factory.mktemp(arch), arch, **rows.get(arch, {})) for arch in ARCHS}
+    # Llama 3's RoPE scaling, which the converter stores as per-frequency divisors (rope_freqs.weight);
+    # an original context of 64 puts two of the 8 frequencies in the blended band.
+    scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0)
+    out["llama3"] = make_model(
+        tmp_path_factory.mktemp("llama3"), "llama", rope_scaling={**scaling, "original_max_position_embeddings": 64}
+    )
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +80,7 @@ def greedy(eng: Engine, prompt: str, n: int = 12) -> tuple[list[int], list[float
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "llama3"])
 def test_logits_equal_transformers_on_the_same_weights(files, arch, qtype):
     path, ref = files(arch, qtype)
     model, cfg = load_model(path, device="cpu", dtype="float32")
@@ -196,7 +203,7 @@ def converted(hf, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "llama3"])
 def test_writer_lays_out_tensors_as_llama_cpp_converter(hf, converted, tmp_path, arch):
     """Same tensor names, types, shapes and bytes, and the same architecture metadata, as llama.cpp's
     convert_hf_to_gguf.py --outtype q8_0 (when present)."""
