@@ -31,6 +31,7 @@ from .llama_packed import PackedLlama
 from .model import load_model, prepare_for_inference
 from .native import reason as native_reason
 from .packed import PackedLinear
+from .quant import weight_summary
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
@@ -55,6 +56,7 @@ class Engine:
     template: ChatTemplate | None
     folder: Path
     n_params: int = 0
+    weights: dict = field(default_factory=dict)  # quant.weight_summary: types, bytes read per token
     _texts: dict[int, str] = field(default_factory=dict, init=False, repr=False)
     _longest_token: int = field(default=0, init=False, repr=False)  # characters; 0 = not measured yet
 
@@ -79,7 +81,8 @@ class Engine:
         folder = resolve_model(folder)
         gguf = GGUFModel(folder) if is_gguf(folder) else None  # one reader for weights, tokenizer, template
         model, cfg = load_model(gguf or folder, device, dtype)
-        n_params = sum(p.numel() for p in model.parameters())
+        weights = weight_summary(model)  # before packing, which rearranges the weights
+        n_params = weights["parameters"]
         if pack:
             model = prepare_for_inference(model)
         tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
@@ -88,7 +91,7 @@ class Engine:
             template = ChatTemplate.from_file(chat_template, tokenizer)
         else:
             template = gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
-        return cls(model, cfg, tokenizer, template, folder, n_params)
+        return cls(model, cfg, tokenizer, template, folder, n_params, weights)
 
     @property
     def device(self) -> torch.device:
@@ -247,6 +250,8 @@ class Engine:
             "vocab_size": c.vocab_size,
             "tied_embeddings": c.tie_embeddings,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "weight_types": ", ".join(f"{k} x{v}" for k, v in sorted(self.weights.get("types", {}).items())),
+            "bytes_per_token": self.weights.get("bytes_per_token"),
             "checkpoint_dtype": c.torch_dtype,
             "device": str(self.device),
             "decode": self.decode_path,

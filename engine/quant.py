@@ -287,13 +287,16 @@ def set_quantized(model: nn.Module, name: str, weight: QTensor) -> None:
 
 
 def quantize_model(model: nn.Module, qtype: str, head_qtype: str | None = None) -> nn.Module:
-    """Every nn.Linear and nn.Embedding of `model` quantized to `qtype` in place (the head, a module
-    named "output" or "lm_head", to `head_qtype` when given); returns the model. Rows that are not
-    a multiple of the block size stay float."""
+    """Every nn.Linear and nn.Embedding of `model` quantized to `qtype` in place; the head (a module
+    named "output" or "lm_head"), and an embedding tied to it, to `head_qtype` when given (llama.cpp
+    also treats a tied embedding as the head). Returns the model. Weights whose rows are not a
+    multiple of the block size stay float."""
+    heads = [m.weight for n, m in model.named_modules() if n.rpartition(".")[2] in ("output", "lm_head")]
     for name, module in list(model.named_modules()):
-        if not isinstance(module, (nn.Linear, nn.Embedding)):
-            continue
-        qt = head_qtype if name.rpartition(".")[2] in ("output", "lm_head") and head_qtype else qtype
+        if not isinstance(module, (nn.Linear, nn.Embedding)) or model.get_submodule(name) is not module:
+            continue  # not a float weight, or replaced already (the tied partner of an embedding)
+        head = any(module.weight is w for w in heads)
+        qt = head_qtype if head and head_qtype else qtype
         if module.weight.shape[1] % QTYPES[qt][0] == 0:
             set_quantized(model, f"{name}.weight", quantize(module.weight.detach(), qt))
     return model
@@ -344,21 +347,30 @@ def ggml_types(layout: Layout) -> list[int]:
     return [GGML_F32 if qtype == "float32" else QTYPES[qtype][2] for qtype, _ in layout]
 
 
-def tensor_types(model: nn.Module) -> dict[str, int]:
-    """Count of the model's 2-D weights by type ("q4_k", "float32", ...)."""
-    counts: dict[str, int] = {}
+def weight_summary(model: nn.Module) -> dict:
+    """A plain model's 2-D weights: count by type ("q4_k", "float32", ...), parameters (quantized
+    ones counted by their shape), and the bytes one decode step reads: every linear weight once
+    (a tied head once, as the head) plus one embedding row."""
+    types: dict[str, int] = {}
     seen: set[int] = set()
+    params = per_token = 0
     for module in model.modules():
         if isinstance(module, (QLinear, QEmbedding)):
-            key, ptr = module.qtype, module.qdata.data_ptr()
+            key, data, shape = module.qtype, module.qdata, module.weight.shape
         elif isinstance(module, (nn.Linear, nn.Embedding)):
-            key, ptr = str(module.weight.dtype).removeprefix("torch."), module.weight.data_ptr()
+            key, data, shape = str(module.weight.dtype).removeprefix("torch."), module.weight, module.weight.shape
         else:
             continue
-        if ptr not in seen:  # a tied head counts once
-            seen.add(ptr)
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+        if data.data_ptr() in seen:  # a tied head: counted with the embedding, read as the head
+            per_token += data.nbytes - data.nbytes // shape[0]
+            continue
+        seen.add(data.data_ptr())
+        types[key] = types.get(key, 0) + 1
+        params += shape[0] * shape[1]
+        embedding = isinstance(module, (nn.Embedding, QEmbedding))
+        per_token += data.nbytes // shape[0] if embedding else data.nbytes
+    others = sum(p.numel() for p in model.parameters() if p.dim() != 2)  # norm gains, biases
+    return dict(types=types, parameters=params + others, bytes_per_token=per_token)
 
 
 __all__ = [
@@ -377,7 +389,7 @@ __all__ = [
     "quantize_model",
     "row_bytes",
     "set_quantized",
-    "tensor_types",
+    "weight_summary",
     "unpack_rows",
     "weight_of",
 ]

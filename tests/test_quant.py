@@ -1,0 +1,217 @@
+"""Quantized weights (engine/quant.py, csrc/quant.h): GGUF blocks against gguf-py, the compiled
+step's products and decode steps against the torch path on the dequantized weights.
+
+Tolerances. The step quantizes each product's input to 8 bits (blocks of 32, or 256 for K-types,
+scale amax / 127), as llama.cpp does, so against the exact product x . w it may differ by at most
+sum over blocks of amax(x_block) / 254 * sum |w_block| (each input element moves by at most half
+a step). That bound is checked for every kernel. Against the same product on the rounded input
+(quant.round_activations) the step's integer arithmetic is exact and only float summation order
+differs: 1e-5 relative. Whole decode steps are compared with the torch path whose quantized
+layers see their input rounded the same way (a forward pre-hook): logits within 1e-4 and the
+same greedy tokens, where a wrong block layout, type, row order or scale is off by ~1e-1.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli
+from tiny_models import STORIES, make_model
+
+from tiankong.engine import native
+from tiankong.engine.kv_cache import KVCache, build_mask
+from tiankong.engine.model import load_model, prepare_for_inference
+from tiankong.engine.quant import QTYPES, QLinear, QTensor, quantize, round_activations, set_quantized
+
+# Byte offsets of each type's fp16 scale fields (d, and m / dmin where the type has one).
+SCALES = {"q8_0": [0], "q4_0": [0], "q4_1": [0, 2], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}
+
+
+def need_native() -> None:
+    if native.library() is None:
+        pytest.skip(f"no compiled decode step here: {native.reason()}")
+
+
+def random_qtensor(qtype: str, out: int, n: int, gen: torch.Generator, std: float = 1.0) -> QTensor:
+    """Random quant bytes with finite fp16 scales, scaled so the weights' std is about `std`: any
+    bytes are a valid block, so no quantizer is needed (there is none for K-types)."""
+    block, size, _ = QTYPES[qtype]
+    data = torch.randint(0, 256, (out, n // block * size), dtype=torch.uint8, generator=gen)
+    blocks = data.view(-1, size)
+    for scale_std in (1.0, None):  # first unit scales, then rescaled to the wanted std
+        if scale_std is None:
+            scale_std = std / float(QTensor(qtype, (out, n), data).dequantize().std())
+        for at in SCALES[qtype]:
+            d = (torch.rand(blocks.shape[0], generator=gen) + 0.5) * scale_std
+            blocks[:, at : at + 2] = d.half().view(torch.uint8).view(-1, 2)
+    return QTensor(qtype, (out, n), data)
+
+
+@pytest.mark.parametrize("qtype", list(QTYPES))
+def test_dequantize_equals_gguf(qtype):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    w = random_qtensor(qtype, 5, 512, torch.Generator().manual_seed(0))
+    ref = dequantize(w.data.numpy(), GGMLQuantizationType[qtype.upper()])
+    np.testing.assert_array_equal(w.dequantize().numpy(), ref)
+    rows = [4, 0, 0, 2]
+    torch.testing.assert_close(w.take_rows(rows).dequantize(), w.dequantize()[rows], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+def test_quantize_is_within_half_a_step(qtype):
+    """quantize's rounding (llama.cpp's reference, via gguf-py): q8_0 moves each weight by at most
+    half its block's step amax / 127 plus the fp16 rounding of that step (2^-11 relative, times
+    127 levels), the 4-bit types by at most one step of 16 levels."""
+    w = torch.randn(8, 256, generator=torch.Generator().manual_seed(1))
+    err = (quantize(w, qtype).dequantize() - w).abs().view(8, -1, 32)
+    amax = w.view(8, -1, 32).abs().amax(-1, keepdim=True)
+    step = amax / 254 + amax / 2048 if qtype == "q8_0" else 2 * amax / 15
+    assert (err <= step * 1.001).all()
+
+
+def check_products(lib, gen) -> None:
+    """Every type's product through tk_matvec against the exact one (the bound) and the rounded one."""
+    for qtype, (_, _, ggml) in QTYPES.items():
+        kind = 256 if qtype.endswith("_k") else 32
+        w = random_qtensor(qtype, 37, 512, gen)  # 37 rows: uneven shares between the threads
+        W = w.dequantize().double()
+        for B in (1, 3, 4, 5):  # one row, a group of three, four, four plus one
+            x = torch.randn(B, 512, generator=gen)
+            y = native.matvec(lib, w.data, ggml, x).double()
+            bound = (x.view(B, 1, -1, kind).abs().amax(-1) / 254 * W.abs().view(1, 37, -1, kind).sum(-1)).sum(-1)
+            assert ((y - x.double() @ W.T).abs() <= bound * 1.0001 + 1e-5).all(), (qtype, B)
+            ref = round_activations(x, qtype).double() @ W.T
+            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()), msg=f"{qtype} B={B}")
+
+
+def test_each_kernel_equals_the_dequantized_product():
+    need_native()
+    check_products(native.library(), torch.Generator().manual_seed(2))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("gcc"), reason="x86-64 with gcc only")
+@pytest.mark.parametrize("march", ["x86-64", "haswell"])  # the plain C kernels; AVX2 without VNNI
+def test_the_other_instruction_sets_give_the_same_products(tmp_path, march):
+    """The compiled step is built with -march=native; the paths this CPU does not pick are built
+    here for it (x86-64: no AVX2, so plain C; haswell: AVX2 without VNNI) and checked alike."""
+    import ctypes
+
+    need_native()
+    if march == "haswell" and "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code")
+    so = tmp_path / f"decode-{march}.so"
+    flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
+    subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(so))
+    lib.tk_matvec.restype = ctypes.c_int
+    lib.tk_matvec.argtypes = native.library().tk_matvec.argtypes
+    check_products(lib, torch.Generator().manual_seed(3))
+
+
+def rounding_reference(plain: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a plain quantized model whose QLinears see their input rounded as the step does."""
+    ref = copy.deepcopy(plain)
+    for m in ref.modules():
+        if isinstance(m, QLinear):
+            m.register_forward_pre_hook(lambda mod, args: (round_activations(args[0], mod.qtype),))
+    return ref
+
+
+def check_steps(plain: torch.nn.Module, cfg, steps: int = 8) -> None:
+    """Prefill and greedy decode of two left-padded rows: the compiled step against the rounding
+    torch reference. An input element within an ulp of a rounding tie may round the other way in
+    one of the two (their norms and sums differ in the last bits), which moves that product by one
+    8-bit step: ~3e-3 of the logits' scale where it happens (measured: one row of 16 in some runs).
+    So: every row within 1e-2 of the scale (the rounding itself, unemulated, is ~3e-2; a wrong
+    layout, type or scale more), three in four within 1e-4, and the same greedy tokens."""
+    with torch.no_grad():  # gains of 1 leave exact ties in q4_0 embedding rows (127 k / k_max)
+        for name, p in plain.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(4))
+    ref = rounding_reference(plain)
+    step = prepare_for_inference(plain)
+    assert step.native and step.quantized
+    B, P = 2, 6
+    tokens = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(5))
+    pad = torch.tensor([0, 2])
+    caches = [KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, torch.float32, "cpu") for _ in "ab"]
+    errors = []  # (step, row) -> max |logit difference| / max |logit|
+    with torch.inference_mode():
+        positions = (torch.arange(P)[None] - pad[:, None]).clamp(min=0)
+        mask = build_mask(pad, 0, P, P, cfg.sliding_window)
+        got, want = (
+            m(tokens, positions, mask, c, 0, last_only=True)[:, -1] for m, c in zip((step, ref), caches, strict=True)
+        )
+        for slot in range(P, P + steps):
+            errors += ((got - want).abs().amax(-1) / want.abs().amax(-1)).tolist()
+            assert torch.equal(got.argmax(-1), want.argmax(-1)), f"slot {slot}"
+            chosen, mask = want.argmax(-1)[:, None], build_mask(pad, slot, 1, slot + 1, cfg.sliding_window)
+            got, want = (
+                m(chosen, (slot - pad)[:, None], mask, c, slot)[:, -1] for m, c in zip((step, ref), caches, strict=True)
+            )
+    assert max(errors) < 1e-2, errors
+    assert sum(e < 1e-4 for e in errors) >= 0.75 * len(errors), errors
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_quantized_decode_steps_equal_the_torch_path(tmp_path, arch, qtype):
+    need_native()
+    plain, cfg = load_model(make_model(tmp_path / "m", arch), "cpu", qtype)
+    assert isinstance(plain.layers[0].attn.wq, QLinear)
+    check_steps(plain, cfg)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_mixed_types_decode_steps_equal_the_torch_path(tmp_path, arch):
+    """A Q4_K_M-like mix: every type, q/k/v and gate/up of different types (so the step splits
+    them), a float32 down projection, a quantized embedding and head."""
+    need_native()
+    folder = make_model(tmp_path / "m", arch, hidden_size=256, intermediate_size=512)
+    plain, cfg = load_model(folder, "cpu", "float32")
+    gen = torch.Generator().manual_seed(6)
+    kinds = dict(wq="q4_k", wk="q5_k", wv="q6_k", wo="q4_1", w1="q8_0", w3="q4_k", w2=None)
+    for i, layer in enumerate(plain.layers):
+        for name, qtype in kinds.items():
+            module = getattr(layer.attn, name, None) or getattr(layer.ffn, name)
+            if qtype is not None:
+                owner = "attn" if name in ("wq", "wk", "wv", "wo") else "ffn"
+                w = random_qtensor(qtype, *module.weight.shape, gen, std=0.05)
+                set_quantized(plain, f"layers.{i}.{owner}.{name}.weight", w)
+    V, D = plain.output.weight.shape
+    set_quantized(plain, "tok_emb.weight", random_qtensor("q4_0", V, D, gen))
+    set_quantized(plain, "output.weight", random_qtensor("q6_k", V, D, gen, std=0.05))
+    step_types = prepare_for_inference(copy.deepcopy(plain)).wtypes[0].tolist()
+    assert step_types == [12, 13, 14, 3, 8, 12, 0]  # ggml's numbers: q4_k, q5_k, q6_k, q4_1, q8_0, q4_k, f32
+    check_steps(plain, cfg)
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="shared stories260K model folder is absent")
+def test_dtype_q8_0_generates_on_the_bundled_model(monkeypatch, capsys):
+    """--dtype q8_0 on the real checkpoint: its 172-wide FFN leaves the down projections float32
+    (not a multiple of 32), so the step mixes float and quantized weights; info reports both."""
+    need_native()
+    plain, cfg = load_model(STORIES, "cpu", "q8_0")
+    check_steps(plain, cfg, steps=12)
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", STORIES, "--dtype", "q8_0", "--raw", "-p", "Once upon")
+    assert code == 0 and out.strip(), err
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", STORIES, "--dtype", "q8_0", "--format", "json")
+    assert code == 0, err
+    assert '"weight_types": "float32 x5, q8_0 x31"' in out and '"decode": "compiled step' in out
+
+
+def test_a_bad_quantized_tensor_is_one_line():
+    with pytest.raises(ValueError, match="expected uint8"):
+        QTensor("q4_0", (2, 64), torch.zeros(2, 35, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="unsupported quantization type"):
+        QTensor("q3_k", (2, 256), torch.zeros(2, 110, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="cannot quantize"):
+        quantize(torch.zeros(2, 256), "q4_k")
