@@ -60,6 +60,7 @@ class _Row:
     t0: float = 0.0  # when its prefill started
     prefill_s: float = 0.0  # seconds from t0 to its first token; 0 until it is drawn
     owner: object = None  # the batcher's request this row belongs to (batcher.py); None in generate()
+    prompt: Sequence[int] = ()  # its prompt's ids (read again at long-rope's switch, _reread_long_rope)
 
     def finished(self, reason: str, message: str = "") -> Finished:
         decode_s = time.perf_counter() - self.t0 - self.prefill_s
@@ -156,7 +157,8 @@ def _setup_rows(
                 f"prompt is {len(ids)} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens"
             )
         assert p.seed is not None, "the caller draws a seed for rows that have none"
-        rows.append(_Row(i, len(ids), p, min(p.max_new_tokens, ctx - len(ids)), IncrementalDecoder(tokenizer, ids)))
+        max_new = min(p.max_new_tokens, ctx - len(ids))
+        rows.append(_Row(i, len(ids), p, max_new, IncrementalDecoder(tokenizer, ids), prompt=ids))
     return rows
 
 
@@ -350,10 +352,37 @@ def _decode(
     slot, device = batch.slot, batch.pad.device
     positions = (slot - batch.pad)[:, None]  # (B, 1)
     mask = build_mask(batch.pad, slot, 1, slot + 1, cfg.sliding_window)
-    batch.logits = model(chosen[:, None].to(device), positions, mask, batch.cache, slot)[:, -1]
+    if _long_rope_rereads(cfg, slot, slot + 1):
+        batch.logits = _reread_long_rope(model, cfg, batch)
+    else:
+        batch.logits = model(chosen[:, None].to(device), positions, mask, batch.cache, slot)[:, -1]
     if prompt_cache is not None:
         prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it
     batch.slot += 1
+
+
+def _long_rope_rereads(cfg: ModelConfig, cached: int, total: int) -> bool:
+    """Whether the keys of cache slots 0..cached-1 must be read again before a call that fills the
+    sequence to `total` tokens. Long-rope's long factors apply to a whole call once a position passes
+    original_max_position_embeddings (config.long_rope_applies); transformers' Phi-3 generate then
+    drops its cache and reads the whole sequence again with them, and so does tiankong: keys turned
+    with the short factors never sit beside long ones."""
+    s = cfg.rope_scaling
+    return bool(s) and s["rope_type"] == "longrope" and 0 < cached <= s["original_max_position_embeddings"] < total
+
+
+def _reread_long_rope(model: nn.Module, cfg: ModelConfig, batch: _Batch) -> torch.Tensor:
+    """Every row's prompt and answer so far (the newest token last) read again into slots
+    0..batch.slot -> the logits (B, V) after the newest token."""
+    width, device = batch.slot + 1, batch.pad.device
+    tokens = torch.zeros(len(batch.rows), width, dtype=torch.long)
+    for b, r in enumerate(batch.rows):
+        seq = [*r.prompt, *r.ids]
+        assert len(seq) == width - int(batch.pad[b]), "a row's tokens fill its slots"
+        tokens[b, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
+    positions = (torch.arange(width, device=device)[None] - batch.pad[:, None]).clamp(min=0)  # (B, width)
+    mask = build_mask(batch.pad, 0, width, width, cfg.sliding_window)
+    return model(tokens.to(device), positions, mask, batch.cache, 0, last_only=True)[:, -1]
 
 
 def _prefill_cached(
@@ -362,6 +391,8 @@ def _prefill_cached(
     """One row's prefill into its PromptCache, from the end of the prefix already cached ->
     (cache, logits (1, V) of the last prompt token)."""
     cache, start = pc.prepare(model, cfg, ids, total)
+    if _long_rope_rereads(cfg, start, len(ids)):
+        start = 0  # the cached prefix was turned with long-rope's short factors
     device = cache.kv.device
     tokens = torch.as_tensor(list(ids[start:]), dtype=torch.long, device=device)[None]  # (1, T)
     positions = torch.arange(start, len(ids), device=device)[None]  # (1, T)

@@ -27,7 +27,7 @@ from tiankong.engine.sampling import SamplingParams
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=12, seed=0)
 ARCHS = [
     *[("llama", {}), ("mistral", dict(sliding_window=8)), ("qwen2", {}), ("qwen3", {}), ("gpt2", {})],
-    ("phi3", dict(rope_parameters=None)),  # partial rotary; long-rope would switch between turns
+    ("phi3", {}),  # partial rotary, long-rope (its long factors start at 16: inside the turns)
     *[("gemma2", {}), ("gemma3", {})],
 ]
 
@@ -119,6 +119,25 @@ def test_cached_turns_equal_cold_runs(folders, arch, path):
     # Dropped turns: only the first token is shared, so everything else is read again, once.
     dropped = turn1[:1] + turn2[len(turn1) + 5 :]
     assert_same(run(eng, dropped, cache), run(eng, dropped))
+
+
+@pytest.mark.parametrize("path", ["native", "torch", "plain"])
+def test_long_rope_turns_equal_cold_runs(folders, path):
+    """Phi-3's long factors start at 16 positions. A turn that crosses 16 while decoding, and a
+    turn whose prompt crosses it after a short cached one, read their keys again with the long
+    factors (as transformers' generate does), so both equal cold runs."""
+    eng = engine(folders["phi3"], path)
+    cache = PromptCache()
+    enc = lambda text: eng.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    turn1 = eng.encode("Once", raw=True)
+    short = run(eng, turn1, cache, n=4)
+    assert len(cache.ids) < 16
+    assert_same(short, run(eng, turn1, n=4))
+    turn2 = turn1 + list(short[1].token_ids) + enc(" The quick brown fox jumps over the lazy dog.")
+    assert len(turn2) > 16
+    assert_same(run(eng, turn2, cache), run(eng, turn2))
+    cache = PromptCache()
+    assert_same(run(eng, turn1, cache, n=20), run(eng, turn1, n=20))  # crosses 16 while decoding
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
