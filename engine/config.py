@@ -110,7 +110,13 @@ class ModelConfig:
         if self.family == "gpt2":
             return "learned absolute embeddings"
         scaling = f", {self.rope_scaling.get('rope_type', 'scaled')} scaling" if self.rope_scaling else ""
-        return f"rotary (RoPE, theta {self.rope_theta:g}{scaling})"
+        if self.rotary_dim < self.head_dim:
+            scaling += f", {self.rotary_dim} of {self.head_dim} dims"
+        local = ""
+        if self.local_window is not None:  # Gemma
+            theta = f", theta {self.local_rope_theta:g}" if self.local_rope_theta else ""
+            local = f"; {self.layer_types.count('sliding_attention')} local layers: window {self.local_window}{theta}"
+        return f"rotary (RoPE, theta {self.rope_theta:g}{scaling}){local}"
 
     @classmethod
     def from_hf_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
