@@ -13,7 +13,10 @@ A GGUF file carries no tokenizer.json: llama.cpp's converter stores the vocabula
   regexes that `tokenizer.ggml.pre` names (llama.cpp's `llm_tokenizer_bpe` table; `PRE_TOKENIZERS`).
 
 Tokens typed control or unknown become special tokens and user-defined ones plain added tokens, so
-both are matched whole in the text, as llama.cpp does with `parse_special`. Everything read from the
+both are matched whole in the text, as llama.cpp does with `parse_special` (for Phi-3 they also eat
+the whitespace after them, llama.cpp's rule by model name). Decoding joins llama.cpp's token pieces;
+llama.cpp's `llama_detokenize` also drops spaces before punctuation for some pre-tokenizers
+(clean_spaces), which we leave out, as transformers does, so text round-trips. Everything read from the
 file is checked for type, count and size first (files come from strangers): a bad field is one
 `TokenizerError` line naming the key.
 """
@@ -21,6 +24,7 @@ file is checked for type, count and size first (files come from strangers): a ba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,13 +237,14 @@ def _settings(fields: _Fields, tokens: list[str], types: list[int], defaults: tu
     settings.named = {key: tokens[i] for key, i in ids.items() if i is not None}
     # Control and unknown tokens are matched in text as special tokens, user-defined ones as plain added
     # tokens (both whole, as llama.cpp's tokenizer_st_partition does); byte and unused ones are pieces.
+    rstrip = _strips_right(fields)
     settings.special_tokens = [
-        AddedToken(token, special=True, normalized=False)
+        AddedToken(token, special=True, normalized=False, rstrip=rstrip(token))
         for token, t in zip(tokens, types, strict=True)
         if t in (CONTROL, UNKNOWN)
     ]
     settings.plain_added_tokens = [
-        AddedToken(token, special=False, normalized=False)
+        AddedToken(token, special=False, normalized=False, rstrip=rstrip(token))
         for token, t in zip(tokens, types, strict=True)
         if t == USER_DEFINED
     ]
@@ -250,6 +255,20 @@ def _settings(fields: _Fields, tokens: list[str], types: list[int], defaults: tu
     settings.gen_pad_id = ids["pad_token"]
     settings.flags_rule_post_processor = True  # no post-processor in the file: add_bos/add_eos decide
     return settings
+
+
+def _strips_right(fields: _Fields) -> Callable[[str], bool]:
+    """Which special and user-defined tokens swallow the whitespace after them (AddedToken rstrip).
+
+    llama.cpp's one per-model token attribute that changes ids: in a model whose general.name says
+    Phi-3, all of them but <unk>, <s> and <|endoftext|> (llama-vocab.cpp, "set attributes by model
+    name"), as Phi-3's own tokenizer.json marks them.
+    """
+    field = fields.reader.fields.get("general.name")
+    name = bytes(field.parts[field.data[0]][:256]).decode("utf-8", "replace").lower() if field is not None else ""
+    if field is not None and field.types == [GGUFValueType.STRING] and ("phi-3" in name or "phi3" in name):
+        return lambda token: token not in ("<unk>", "<s>", "<|endoftext|>")
+    return lambda token: False
 
 
 # --- reading metadata safely ---------------------------------------------------------------------------

@@ -221,8 +221,9 @@ def test_sentencepiece_prefix_follows_llama_cpp_fragment_by_fragment(tmp_path):
         {"tokenizer.ggml.add_space_prefix": False},
         {"tokenizer.ggml.add_eos_token": True, "tokenizer.ggml.add_bos_token": False},
         {"added_tokens.json": {"<tool>": 512, "[a b]": 513}},
+        {"added_tokens.json": {"<|user|>": 512, "<|end|>": 513, "<|endoftext|>": 514}, "general.name": "Phi-3 mini"},
     ],
-    ids=["no-space-prefix", "eos-not-bos", "user-defined"],
+    ids=["no-space-prefix", "eos-not-bos", "user-defined", "phi3-rstrip"],
 )
 def test_sentencepiece_options_match_llama_cpp(variant, tmp_path, llama_cpp):
     """add_space_prefix off, EOS added instead of BOS, and user-defined tokens (added_tokens.json,
@@ -237,12 +238,15 @@ def test_sentencepiece_options_match_llama_cpp(variant, tmp_path, llama_cpp):
         (folder / "added_tokens.json").write_text(json.dumps(added))
     path = tokenizer_only_gguf(folder, tmp_path / "variant.gguf", variant)
     ours, llm = _ours(path), _llama(llama_cpp, path)
-    texts = [*TEXTS, *PREFIX_TEXTS, *(f"x{token} y{token}{token}" for token in added or ())]
+    texts = [*TEXTS, *PREFIX_TEXTS, *(f"x{token} y{token}{token}\n z" for token in added or ())]
     for text in texts:
         for add in (True, False):
             assert ours.encode(text, add_special_tokens=add) == llm.tokenize(text.encode(), add_bos=add, special=True)
-    if added:
+    if "[a b]" in (added or ()):
         assert _id(ours, "[a b]") == 513 and 513 not in ours.special_ids
+    if "general.name" in variant:  # Phi-3: the whitespace after <|user|> goes, after <|endoftext|> stays
+        assert ours.encode("<|user|>\n hi", False) == [512, *ours.encode("hi", False)]
+        assert ours.encode("<|endoftext|>\n", False) == [514, *ours.encode("\n", False)]
 
 
 def test_decode_round_trips(case):
