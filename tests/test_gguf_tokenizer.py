@@ -294,6 +294,24 @@ def test_chat_template_renders_as_transformers_renders_it(case):
         assert template.render(MESSAGES, add_generation_prompt=add) == expected
 
 
+def test_chat_prompt_and_its_ids_equal_llama_cpp(case, llama_cpp):
+    """The prompt llama-cpp-python's chat formatter renders from the file's template, with llama.cpp's
+    own BOS/EOS texts, and llama.cpp's ids for it. Files without a BOS id are left out: llama.cpp then
+    takes id 11 as BOS (its old Falcon default), which tiankong does not copy."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    _, folder, path = case
+    ours, llm = _ours(path), _llama(llama_cpp, path)
+    source = chat_template_from_gguf(gguf.GGUFReader(path))
+    if source is None or ours.bos_id is None:
+        pytest.skip("no chat template or no BOS in this file")
+    bos, eos = (llm.detokenize([i], special=True).decode() for i in (llm.token_bos(), llm.token_eos()))
+    assert (bos, eos) == (ours.bos_token, ours.eos_token)
+    prompt = Jinja2ChatFormatter(source, eos_token=eos, bos_token=bos)(messages=MESSAGES).prompt
+    assert ChatTemplate.for_tokenizer(source, ours).render(MESSAGES) == prompt
+    assert ours.encode(prompt, add_special_tokens=False) == llm.tokenize(prompt.encode(), add_bos=False, special=True)
+
+
 def test_special_tokens_and_eos_ids(case):
     kind, folder, path = case
     ours = _ours(path)
