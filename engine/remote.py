@@ -12,7 +12,7 @@ server's streamed chat chunks: the chosen token and its logprob, the candidates 
 (vLLM, llama.cpp), p_sample and the entropy are None: unknown, never estimated.
 
 The server applies its own chat template, so a prompt here is the messages themselves (`ChatPrompt`)
-with a token count: the server's, when it answers vLLM's `/tokenize`, else an estimate from the
+with a token count: the server's, when it answers vLLM's `/tokenize` (tiankong serve does), else an estimate from the
 characters, calibrated by each answer's `usage.prompt_tokens` (`ChatPrompt.estimated` says which).
 HTTP is the standard library's http.client: nothing but the given URL is contacted (no proxy
 settings, no redirects). Each row is one streamed request on its own connection; cancelling shuts
@@ -178,21 +178,23 @@ class RemoteEngine:
             raise InputError(f"prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it")
 
     def _count(self, msgs: tuple[Mapping[str, Any], ...]) -> int | None:
-        """The server's token count for these messages (vLLM's POST /tokenize), or None without one."""
+        """The server's token count for these messages (vLLM's and tiankong serve's POST /tokenize),
+        or None: estimate. A server without the route is not asked again; one that refuses these
+        messages (too long, say) is asked again next time."""
         if self._can_tokenize is False:
             return None
         try:
-            status, body = self.http.request(
-                "POST", "/tokenize", {"model": self.model, "messages": list(msgs)}, root=True
-            )
-            count = json.loads(body).get("count") if status == 200 else None
+            body = {"model": self.model, "messages": list(msgs)}
+            status, answer = self.http.request("POST", "/tokenize", body, root=True)
+            count = json.loads(answer).get("count") if status == 200 else None
         except (OSError, http_client_errors, ValueError, AttributeError):
-            count = None
-        if not isinstance(count, int):
-            self._can_tokenize = False  # asked once: estimate from now on
-            return None
-        self._can_tokenize = True
-        return count
+            status, count = 0, None
+        if isinstance(count, int):
+            self._can_tokenize = True
+            return count
+        if self._can_tokenize is None and status not in (400, 413):  # no such route (404), or it is broken
+            self._can_tokenize = False
+        return None
 
     def token_text(self, id: int) -> str:
         return self._texts.get(id, f"<token {id}>")

@@ -71,8 +71,10 @@ def test_remote_generate_equals_the_local_engine_and_the_servers_own_answer(engi
     remote = RemoteEngine.connect(url)
     assert remote.model == "tiny-llama" and remote.cfg.max_seq_len == engine.cfg.max_seq_len
     assert remote.folder == f"{url}/models/tiny-llama"
+    prompt = remote.encode(messages=MESSAGES)  # counted by the server's /tokenize, through its template
+    assert not prompt.estimated and len(prompt) == len(engine.encode(messages=MESSAGES))
     params = SamplingParams(temperature=0.9, top_k=40, min_p=0.02, seed=11, max_new_tokens=24)
-    tokens, [fin] = split(remote.generate([remote.encode(messages=MESSAGES)], [params], top_logprobs=5))
+    tokens, [fin] = split(remote.generate([prompt], [params], top_logprobs=5))
 
     want, [want_fin] = split(engine.generate([engine.encode(messages=MESSAGES)], [params], top_logprobs=5))
     assert [t.id for t in tokens] == [t.id for t in want] and len(tokens) > 1
@@ -141,6 +143,35 @@ def test_unreachable_url_and_server_errors_are_one_line(server):
     assert "HTTP 400" in str(err.value) and "stop" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(InputError, match="top_logprobs"):
         remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(seed=1)], top_logprobs=21)
+
+
+def test_tokenize_route_counts_chats_and_text_and_names_a_bad_field(engine, server):
+    """tiankong serve's POST /tokenize (vLLM's shape): ids as the engine encodes them."""
+    import http.client
+
+    url, _ = server
+
+    def post(body):
+        conn = http.client.HTTPConnection(url.split("//")[1].split("/")[0], timeout=30)
+        conn.request("POST", "/tokenize", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        out = resp.status, json.loads(resp.read())
+        conn.close()
+        return out
+
+    assert post({"messages": MESSAGES}) == (
+        200,
+        {
+            "count": len(engine.encode(messages=MESSAGES)),
+            "max_model_len": 256,
+            "tokens": engine.encode(messages=MESSAGES),
+        },
+    )
+    status, body = post({"prompt": "Once upon a time"})
+    assert status == 200 and body["tokens"] == engine.encode(prompt="Once upon a time", raw=True)
+    for bad, field in (({}, "messages"), ({"messages": "hi"}, "messages"), ({"prompt": 3}, "prompt")):
+        status, body = post(bad)
+        assert status == 400 and body["error"]["param"] == field
 
 
 def test_api_key_is_sent_and_a_missing_one_is_named(engine, serving):
@@ -291,7 +322,7 @@ def test_chat_pilot_streams_tokens_and_candidates_with_p_sample(server, store, t
             return answer.content, answer.tokens, shown, panel, stored, chat.model_name, notes
 
     content, tokens, shown, panel, stored, name, notes = asyncio.run(go())
-    assert "tokens of a 256-token context, estimated from characters" in notes[0]  # tiankong serve: no /tokenize
+    assert "tokens of a 256-token context, counted by the server" in notes[0]  # tiankong serve's /tokenize
     assert "needs a local model" in notes[1]
     assert len(tokens) > 1 and content == "".join(t["text"] for t in tokens)
     streaming = [tok for label, tok in shown if label.startswith("streaming")]

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
@@ -86,6 +87,7 @@ def build_app(engine: Engine, batcher: Batcher, cfg: ServeConfig) -> Starlette:
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/tokenize", server.tokenize, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = server
@@ -114,6 +116,33 @@ class _Server:
 
     async def completions(self, request: Request) -> Response:
         return await self._complete(request, chat=False)
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's POST /tokenize: {"messages": [...]} (through the chat template) or {"prompt": TEXT}
+        -> {"count", "max_model_len", "tokens"}. `--model http://...` counts its prompts here."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        try:
+            body = await self._read_json(request)
+            if not isinstance(body, dict) or ("messages" in body) == ("prompt" in body):
+                raise fmt.ApiError(400, 'give "messages" (a chat) or "prompt" (text), not both', "messages")
+            chat = "messages" in body
+            if chat:
+                prompt = fmt._messages(body["messages"]) if isinstance(body["messages"], list) else None
+            else:
+                prompt = body["prompt"] if isinstance(body["prompt"], str) else None
+            if prompt is None:
+                raise fmt.ApiError(400, "messages must be an array, prompt a string", "messages" if chat else "prompt")
+            encode = (
+                partial(self.engine.encode, messages=prompt) if chat else partial(self.engine.encode, prompt, raw=True)
+            )
+            ids = await asyncio.to_thread(encode)
+        except fmt.ApiError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        except TiankongError as e:
+            err = fmt.ApiError(400, str(e), "messages" if chat else "prompt")
+            return JSONResponse(err.body(), status_code=400)
+        return JSONResponse({"count": len(ids), "max_model_len": self.engine.cfg.max_seq_len, "tokens": ids})
 
     # ---------------------------------------------------------------- one request
 
