@@ -12,8 +12,9 @@ server's streamed chat chunks: the chosen token and its logprob, the candidates 
 (vLLM, llama.cpp), p_sample and the entropy are None: unknown, never estimated.
 
 The server applies its own chat template, so a prompt here is the messages themselves (`ChatPrompt`)
-with a token count: the server's, when it answers vLLM's `/tokenize` (tiankong serve does), else an estimate from the
-characters, calibrated by each answer's `usage.prompt_tokens` (`ChatPrompt.estimated` says which).
+with a token count: the server's, when it answers vLLM's `/tokenize` (tiankong serve does), else an
+estimate from the characters, calibrated by each answer's `usage.prompt_tokens`
+(`ChatPrompt.estimated` says which).
 HTTP is the standard library's http.client: nothing but the given URL is contacted (no proxy
 settings, no redirects). Each row is one streamed request on its own connection; cancelling shuts
 that connection down, so the server frees the row at once.
