@@ -124,6 +124,7 @@ class ModelConfig:
         check_values(cfg)
         arch = _architecture(cfg)
         family = ARCHITECTURES[arch]
+        cfg = {**_DEFAULTS.get(arch, {}), **cfg}  # what transformers' config class assumes when absent
         common = dict(
             architecture=arch,
             family=family,
@@ -147,6 +148,14 @@ class ModelConfig:
         if model_file(folder, "config.json") is None:
             raise ModelLoadError(f"no config.json in {folder}; point --model at a Hugging Face model folder")
         return cls.from_hf_config(read_model_object(folder, "config.json"))
+
+
+# Defaults of transformers' config classes that differ from the common ones read below.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Phi3ForCausalLM": {"rms_norm_eps": 1e-5, "max_position_embeddings": 4096},
+    "Gemma2ForCausalLM": {"max_position_embeddings": 8192},
+    "Gemma3ForCausalLM": {"max_position_embeddings": 131072},
+}
 
 
 def _architecture(cfg: Mapping[str, Any]) -> str:

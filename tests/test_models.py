@@ -382,6 +382,9 @@ def test_config_phi3_and_gemma():
     assert g2.layer_types == ("sliding_attention", "full_attention") * 2 and g2.sliding_window is None
     assert g2.local_window == 4096 and g2.attn_softcap == 50.0 and g2.final_softcap == 30.0 and g2.head_dim == 256
     assert g2.tie_embeddings and g2.attn_scale == 256**-0.5 and g2.local_rope_theta is None
+    assert g2.max_seq_len == 8192 and g2.norm_eps == 1e-6  # transformers' defaults, per architecture
+    bare_phi3 = ModelConfig.from_hf_config({**base, "architectures": ["Phi3ForCausalLM"]})
+    assert bare_phi3.norm_eps == 1e-5 and bare_phi3.max_seq_len == 4096
     gemma3 = {**base, "architectures": ["Gemma3ForCausalLM"], "num_hidden_layers": 7}
     g3 = ModelConfig.from_hf_config({**gemma3, "rope_local_base_freq": 5e3, "attn_logit_softcapping": 9.0})
     assert g3.layer_types == ("sliding_attention",) * 5 + ("full_attention", "sliding_attention")
