@@ -21,14 +21,16 @@ import torch
 from torch import nn
 
 from .chat import ChatTemplate, render_prompt
-from .config import ModelConfig
+from .config import ARCHITECTURES, ModelConfig
 from .context import PromptCache, answer_room, fit_messages
 from .errors import InputError
 from .events import Event
 from .generate import generate
-from .gguf_model import GGUFModel, is_gguf
+from .gguf_model import ARCHS as GGUF_ARCHS
+from .gguf_model import GGUFModel, is_gguf, peek
 from .llama_packed import PackedLlama
-from .model import load_model, prepare_for_inference
+from .model import load_model, prepare_for_inference, resolve_device
+from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .quant import weight_summary
@@ -46,6 +48,17 @@ def draw_seed() -> int:
 
 def with_seeds(params: Sequence[SamplingParams]) -> list[SamplingParams]:
     return [p if p.seed is not None else p.replace(seed=draw_seed()) for p in params]
+
+
+def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:
+    """Whether a GGUF file's quantized matrices stay in their blocks: packed on the CPU, no dtype asked
+    for, a Llama-family file and the compiled step built. Elsewhere QLinear would dequantize every
+    weight on every forward, so they are dequantized once at load instead."""
+    if not (pack and dtype in (None, "auto") and resolve_device(device).type == "cpu"):
+        return False
+    arch = peek(path, ("general.architecture",)).get("general.architecture")
+    family = ARCHITECTURES[GGUF_ARCHS[arch].hf_architecture] if arch in GGUF_ARCHS else None
+    return family == "llama" and native_library() is not None
 
 
 @dataclass
@@ -76,10 +89,13 @@ class Engine:
         pack: on CPU, rearrange the weights for inference (model.prepare_for_inference): the Llama
         family decodes through the compiled step where it builds (native.py), otherwise with
         oneDNN-packed weights; the model then runs forward only, in inference mode. False keeps the
-        plain modules. chat_template: a template file used instead of the model's own.
+        plain modules. chat_template: a template file used instead of the model's own. A GGUF file's
+        quantized matrices stay quantized where the compiled step reads them (_keeps_blocks), else they
+        are dequantized to `dtype` at load.
         """
         folder = resolve_model(folder)
-        gguf = GGUFModel(folder) if is_gguf(folder) else None  # one reader for weights, tokenizer, template
+        # One reader for weights, tokenizer and template; blocks kept where the compiled step reads them.
+        gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, pack)) if is_gguf(folder) else None
         model, cfg = load_model(gguf or folder, device, dtype)
         weights = weight_summary(model)  # before packing, which rearranges the weights
         n_params = weights["parameters"]

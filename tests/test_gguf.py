@@ -490,3 +490,23 @@ def test_bulk_metadata_reader_reads_what_ggufreader_reads(files):
             mine = ours.fields[key]
             assert (mine.types, mine.data, mine.contents()) == (field.types, field.data, field.contents()), key
             assert [mine.parts[i].tobytes() for i in mine.data] == [field.parts[i].tobytes() for i in field.data]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_engine_keeps_q8_0_blocks_as_quantizing_the_folder_at_load_does(files, hf, arch):
+    """Engine.load on a Q8_0 GGUF (no dtype, CPU) keeps the file's blocks; they are the bytes that
+    `--dtype q8_0` makes from the HF folder (gguf-py's quantizer both ways), so the two engines give
+    the same tokens and logprobs, through the compiled step where it builds."""
+    from tiankong.engine import native
+
+    path, _ = files(arch, "q8_0")
+    eng, folder_eng = Engine.load(path, device="cpu"), Engine.load(hf[arch], device="cpu", dtype="q8_0")
+    if native.library() is None:  # no compiled step: dequantized once at load
+        assert "q8_0" not in eng.weights["types"]
+        return
+    assert eng.weights == folder_eng.weights and "float32" not in eng.weights["types"]
+    assert eng.decode_path == folder_eng.decode_path == "compiled step (csrc/decode.c)"
+    folder_eng.tokenizer.eos_ids = eng.tokenizer.eos_ids  # the GGUF's adds <|im_end|>, as llama.cpp does
+    tokens, logprobs = greedy(eng, "Once upon a time")
+    want_tokens, want_logprobs = greedy(folder_eng, "Once upon a time")
+    assert tokens == want_tokens and logprobs == pytest.approx(want_logprobs, abs=1e-5)
