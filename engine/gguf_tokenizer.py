@@ -176,7 +176,9 @@ def _sentencepiece(fields: _Fields, tokens: list[str], vocab: dict[str, int]) ->
             f"{fields.path}: the SentencePiece tokens are too long to derive merges from "
             f"({work:,} steps, at most {MAX_MERGE_WORK:,}); re-convert the file"
         )
-    # Higher score merges first; llama.cpp breaks ties by position, we by id (real files have no ties).
+    # Higher score merges first. llama.cpp breaks ties by position, we by id: the same unless scores tie,
+    # as in files converted from a tokenizer.json-only vocabulary (convert_hf_to_gguf's _set_vocab_llama_hf
+    # writes -1000 for every piece), where a text now and then merges differently (1 of 17 test texts).
     rank = {token: (-score, i) for i, (token, score) in enumerate(zip(tokens, scores, strict=True))}
     unk = fields.token_id("tokenizer.ggml.unknown_token_id", len(tokens))
     add_prefix_space = fields.flag("tokenizer.ggml.add_space_prefix", True)

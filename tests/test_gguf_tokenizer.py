@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -370,6 +373,93 @@ def test_llama3_rows_take_a_whole_word_found_in_the_vocabulary(tmp_path):
             import llama_cpp
 
             assert _llama(llama_cpp, path).tokenize(b"abc", add_bos=False, special=True) == expected
+
+
+# --- files written by llama.cpp's own converter --------------------------------------------------------
+
+# llama.cpp's convert_hf_to_gguf.py is not on PyPI: a llama.cpp checkout (or the vendor/llama.cpp of
+# llama-cpp-python's sdist) named by LLAMA_CPP_DIR, as in test_gguf.py.
+CONVERTER = Path(os.environ.get("LLAMA_CPP_DIR", "/tmp/llama.cpp-convert")) / "convert_hf_to_gguf.py"
+# --vocab-only for every folder in one process. The converter names a byte-level pre-tokenizer by a hash
+# of a real model's output, which tiny tokenizers match none of: it is given gguf_vocab's name instead.
+_RUN_CONVERTER = """
+import json, runpy, sys
+from pathlib import Path
+root, tests, jobs = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+sys.path[:0] = [str(root / "gguf-py"), str(root), tests]
+from conversion.base import TextModel
+from gguf_vocab import _pre_name
+def pre(self, tokenizer):
+    return _pre_name(json.loads((self.dir_model / "tokenizer.json").read_text())["pre_tokenizer"])
+TextModel.get_vocab_base_pre = pre
+for outfile, folder in zip(jobs[::2], jobs[1::2]):
+    sys.argv = [str(root / "convert_hf_to_gguf.py"), folder, "--outfile", outfile, "--vocab-only"]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+CONVERTED = ["stories", "bytelevel", "qwen2", "llama-bpe", "smollm"]
+
+
+@pytest.fixture(scope="module")
+def converted(request, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """name -> (the converter's GGUF, gguf_vocab's GGUF) of the same tokenizer folder."""
+    if not CONVERTER.is_file():
+        pytest.skip(f"llama.cpp's converter is absent ({CONVERTER}; set LLAMA_CPP_DIR)")
+    root = tmp_path_factory.mktemp("converted")
+    folders = {}
+    for name in CONVERTED:
+        if name == "stories":
+            if STORIES.is_dir():
+                folders[name] = STORIES
+            continue
+        if name == "bytelevel":
+            folder = _with_template(request.getfixturevalue("bytelevel_folder"), root / name, CHATML_TEMPLATE)
+        else:
+            folder = make_bpe_folder(root / name, name)
+        vocab = json.loads((folder / "tokenizer.json").read_text())
+        size = 1 + max([*vocab["model"]["vocab"].values(), *(t["id"] for t in vocab["added_tokens"])])
+        config = {"architectures": ["LlamaForCausalLM"], "vocab_size": size, "hidden_size": 64}
+        config |= {"num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128}
+        (folder / "config.json").write_text(json.dumps(config))
+        folders[name] = folder
+    jobs = [str(arg) for name, folder in folders.items() for arg in (root / f"{name}.gguf", folder)]
+    cmd = [sys.executable, "-c", _RUN_CONVERTER, str(CONVERTER.parent), str(Path(__file__).parent), *jobs]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.skip(f"llama.cpp's converter failed here: {proc.stderr.strip().splitlines()[-1:]}")
+    return {
+        name: (root / f"{name}.gguf", tokenizer_only_gguf(folder, root / f"{name}-ours.gguf"))
+        for name, folder in folders.items()
+    }
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_the_converter_writes_the_vocabulary_gguf_vocab_writes(name, converted):
+    """tests/gguf_vocab.py against convert_hf_to_gguf.py on the same folder: every tokenizer key
+    equal, but add_bos/add_eos, which the converter's newer gguf-py also writes for a byte-level
+    post-processor (as false, the default for these files)."""
+    if name not in converted:
+        pytest.skip("shared stories260K model folder is absent")
+    theirs, ours = (_tokenizer_fields(path) for path in converted[name])
+    flags = {"tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token"}
+    assert {k: v for k, v in theirs.items() if k not in flags} == {k: v for k, v in ours.items() if k not in flags}
+    for key in flags & set(theirs) - set(ours):
+        assert theirs[key] is False
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_converter_files_tokenize_as_llama_cpp(name, converted, llama_cpp):
+    if name not in converted:
+        pytest.skip("shared stories260K model folder is absent")
+    path = converted[name][0]
+    ours, llm = _ours(path), _llama(llama_cpp, path)
+    for text in [*TEXTS, *PREFIX_TEXTS, SPLIT_TEXT]:
+        for add in (True, False):
+            assert ours.encode(text, add_special_tokens=add) == llm.tokenize(text.encode(), add_bos=add, special=True)
+
+
+def _tokenizer_fields(path: Path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
 
 
 # --- hostile metadata ----------------------------------------------------------------------------------
