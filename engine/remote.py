@@ -394,11 +394,14 @@ class _Row:
         )
 
     def _finished(self, state: _State) -> Finished:
-        """The row's Finished, with the engine's reasons: OpenAI's "stop" is eos unless stop strings
-        were given (then it cannot tell which), "length" is "context" when max_tokens was not reached."""
-        n, p = len(state.ids), self.params
+        """The row's Finished, with the engine's reasons: OpenAI's "stop" is "eos" unless stop strings
+        were given (then "stop"; a server that streams the stop string, as tiankong serve does, has
+        it cut here, as the engine cuts it), "length" is "context" when max_tokens was not reached."""
+        n, p, text = len(state.ids), self.params, "".join(state.text)
         reason = {"stop": "stop" if p.stop else "eos", "length": "length" if n >= p.max_new_tokens else "context"}
         finish = "cancelled" if state.finish is None else reason.get(state.finish, state.finish)
+        if finish == "stop":  # the text ends at the first stop string, if the server sent it
+            text = text[: min((text.find(s) for s in p.stop if s in text), default=len(text))]
         if state.message:
             finish = "error"
         end = time.monotonic()
@@ -408,7 +411,7 @@ class _Row:
         prompt_tokens = state.prompt_tokens if isinstance(state.prompt_tokens, int) else len(self.prompt)
         return Finished(
             row=self.row,
-            text="".join(state.text),
+            text=text,
             finish_reason=finish,
             usage=Usage(prompt_tokens, n),
             timing=Timing(first - state.start, decode_s, (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0),

@@ -91,6 +91,20 @@ def test_remote_generate_equals_the_local_engine_and_the_servers_own_answer(engi
     assert answer.choices[0].message.content == fin.text
 
 
+def test_stop_strings_end_the_text_as_the_local_engine_ends_it(engine, server):
+    """tiankong serve streams the stop string's text; the remote Finished cuts it, as the engine does."""
+    url, _ = server
+    remote = RemoteEngine.connect(url)
+    ids = engine.encode(messages=MESSAGES)
+    free, _ = split(engine.generate([ids], [SamplingParams(seed=4, max_new_tokens=30)]))
+    stop = next(t.text.strip() for t in free[4:] if t.text.strip())  # a string the answer reaches
+    params = SamplingParams(seed=4, max_new_tokens=30, stop=(stop,))
+    _, [want] = split(engine.generate([ids], [params]))
+    tokens, [fin] = split(remote.generate([remote.encode(messages=MESSAGES)], [params]))
+    assert want.finish_reason == fin.finish_reason == "stop" and fin.text == want.text
+    assert stop in "".join(t.text for t in tokens)[len(fin.text) :]  # it was streamed, then cut
+
+
 def test_rows_stream_together_and_cancel_frees_the_servers_rows(engine, server):
     """Two rows (compare's two presets) are two concurrent streams; cancelling closes them, the rows
     end "cancelled" and the server's batch is empty again."""
