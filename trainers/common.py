@@ -230,6 +230,7 @@ class Trainer:
                     metrics.close()
                     raise TrainingStopped(self.step, cfg.steps, self.out, stop.signal_name)
         metrics.close()
+        self.dist.gather(self.model)  # FSDP: whole again on every rank, so rank 0 alone may run it (the verdict)
         self.dist.barrier()
         return self.out
 

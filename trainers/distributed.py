@@ -70,6 +70,9 @@ class Dist:
                 for block in blocks:
                     fully_shard(block)
             fully_shard(model)  # embeddings, final norm, heads: one unit
+            # FSDP takes the first unit to run forward as its root; PPO samples with the policy alone
+            # first, so name the whole model root now (torch has no public call for this).
+            model._get_fsdp_state()._lazy_init()
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -96,21 +99,30 @@ class Dist:
     def gathered(self, model: nn.Module):
         """Under FSDP: the whole parameters on every rank for the block, so that ranks may run the
         model different numbers of times (no gradients). A no-op otherwise."""
-        if not self.sharded:
-            yield
-            return
-        from torch.distributed.fsdp import FSDPModule
-
-        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-        for u in units:
-            u.set_reshard_after_forward(False)  # stay gathered between forward passes
-            u.unshard()
+        self.gather(model)
         try:
             yield
         finally:
-            for u in units:
-                u.reshard()
-                u.set_reshard_after_forward(True)
+            self.release(model)
+
+    def gather(self, model: nn.Module) -> None:
+        """Under FSDP (every rank): all-gather every unit's parameters and keep them whole across
+        forward passes, which then need no other rank (until release)."""
+        for unit in self._units(model):
+            unit.set_reshard_after_forward(False)
+            unit.unshard()
+
+    def release(self, model: nn.Module) -> None:
+        for unit in self._units(model):
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
+
+    def _units(self, model: nn.Module) -> list[nn.Module]:
+        if not self.sharded:
+            return []
+        from torch.distributed.fsdp import FSDPModule
+
+        return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
     def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict]:
         """(full weights, optimizer state) to checkpoint. Under FSDP every rank must call it; rank 0
