@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .gpt2 import GPT2
+from .gpt2 import GPT2, Block
 from .kv_cache import KVCache
 from .native import NativeStep, WeightBuffer
 from .packed import release_pages, trim_heap
@@ -73,6 +73,8 @@ class PackedGPT2(nn.Module):
     """Inference-only GPT-2 with folded norms and plain weights in one buffer; decode steps compiled."""
 
     native = True
+    norm_weight: torch.Tensor  # (D,) buffers: the final LayerNorm's gain and shift
+    norm_bias: torch.Tensor
 
     def __init__(self, model: GPT2, lib) -> None:
         super().__init__()
@@ -91,6 +93,7 @@ class PackedGPT2(nn.Module):
 
     @staticmethod
     def _fold_layer(cfg: ModelConfig, block: nn.Module, own) -> PackedGPT2Block:
+        assert isinstance(block, Block)  # GPT2.layers holds gpt2.Block (typed as nn.Module by ModuleList)
         a, m = block.attn, block.mlp
         dt, D = a.qkv.weight.dtype, cfg.dim
 

@@ -16,14 +16,14 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, cast
 
 import torch
 from torch import nn
 
 from .config import ModelConfig, to_hf_config
 from .errors import ModelLoadError
-from .files import atomic_write, model_file, read_model_object
+from .files import atomic_write, atomic_write_text, model_file, read_model_object
 from .quant import QTensor, set_quantized
 
 
@@ -89,7 +89,10 @@ class NameTable:
         for _, src, parts in self.fused:
             first = _pattern(parts[0][0])
             for m in [m for n in list(tensors) if (m := first.match(n))]:
-                fill = (lambda p, m=m: p.replace("{}", m.group(1))) if m.groups() else (lambda p: p)
+
+                def fill(name: str, m: re.Match[str] = m) -> str:
+                    return name.replace("{}", m.group(1)) if m.groups() else name
+
                 tensors[fill(src)] = torch.cat([tensors.pop(fill(part)) for part, _ in parts])
         return tensors
 
@@ -149,7 +152,7 @@ def checkpoint_files(folder: Path) -> list[Path]:
         return [single]
     if model_file(folder, "model.safetensors.index.json") is not None:
         return _indexed_files(folder, "model.safetensors.index.json")
-    others = [model_file(folder, p.name) for p in sorted(folder.glob("*.safetensors"))]
+    others = [f for p in sorted(folder.glob("*.safetensors")) if (f := model_file(folder, p.name)) is not None]
     if others:
         return others
     pickled = model_file(folder, "pytorch_model.bin")
@@ -184,7 +187,7 @@ def _indexed_files(folder: Path, name: str) -> list[Path]:
     return files
 
 
-def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], "callable"]]:
+def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
     """Yield (name, shape, read) for each tensor of one file; read() returns the tensor on CPU."""
     if path.suffix == ".bin":
         try:
@@ -194,7 +197,7 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], "callable"]
                 f"cannot read {path.name} safely ({type(e).__name__}); convert the model to safetensors"
             ) from None
         for name, t in sd.items():
-            yield name, tuple(t.shape), (lambda t=t: t)
+            yield name, tuple(t.shape), functools.partial(sd.__getitem__, name)
         return
     from safetensors import SafetensorError, safe_open
 
@@ -203,7 +206,7 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], "callable"]
             names = list(f.keys())
             for name in names:
                 shape = tuple(f.get_slice(name).get_shape())
-                yield name, shape, (lambda name=name: f.get_tensor(name))
+                yield name, shape, functools.partial(f.get_tensor, name)
     except SafetensorError as e:
         raise ModelLoadError(f"{path.name} is truncated or corrupt ({e}); download it again") from None
     except OSError as e:
@@ -316,7 +319,7 @@ def load_weights(
             f"{shown}; config.json may not match the weights"
         )
     if tied and isinstance(model.output, nn.Linear):  # a quantized embedding's head was tied by set_quantized
-        model.output.weight = model.tok_emb.weight
+        model.output.weight = cast(nn.Embedding, model.tok_emb).weight  # (nn.Module attributes type as Tensor | Module)
 
 
 TOKENIZER_FILES = (
@@ -378,9 +381,9 @@ def save_model(
     texts.update(written)
     texts.update(extra_files or {})
     for name, text in texts.items():
-        atomic_write(folder / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        atomic_write_text(folder / name, text)
     for name, src in copies.items():
-        atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        atomic_write(folder / name, functools.partial(shutil.copyfile, src))
     meta = {"format": "pt", **(metadata or {})}
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
     return folder
