@@ -112,8 +112,10 @@ class RemoteEngine:
             raise ModelLoadError(f"{where} lists no model; is this an OpenAI-compatible server?")
         card = cards[0]
         ctx = next((card[k] for k in ("context_length", "max_model_len") if isinstance(card.get(k), int)), None)
-        ctx = ctx or (card.get("meta") or {}).get("n_ctx_train")  # llama.cpp's server
-        cfg = RemoteConfig(ctx if isinstance(ctx, int) and ctx > 0 else UNKNOWN_CONTEXT, isinstance(ctx, int))
+        if ctx is None and isinstance(card.get("meta"), dict):  # llama.cpp's server: its slots' context
+            ctx = _llama_cpp_context(http)
+        known = isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0
+        cfg = RemoteConfig(ctx if known else UNKNOWN_CONTEXT, known)
         return cls(http, card["id"], cfg, str(card.get("owned_by", "")))
 
     # ------------------------------------------------------------------ naming
@@ -478,6 +480,18 @@ class _Http:
             return resp.status, resp.read()
         finally:
             conn.close()
+
+
+def _llama_cpp_context(http: _Http) -> int | None:
+    """llama.cpp's server: the context its slots run with (GET /props, default_generation_settings.n_ctx
+    or n_ctx), which --ctx-size may set below the model's n_ctx_train. None when it does not say."""
+    try:
+        status, body = http.request("GET", "/props", root=True)
+        props = json.loads(body) if status == 200 else {}
+        settings = props.get("default_generation_settings") or {}
+        return settings.get("n_ctx", props.get("n_ctx"))
+    except (OSError, http_client_errors, ValueError, AttributeError):
+        return None
 
 
 def _sse_data(resp: http.client.HTTPResponse) -> Iterator[str]:

@@ -20,7 +20,7 @@ from tiny_models import make_model
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError, ModelLoadError, RemoteError
 from tiankong.engine.events import Finished, TokenEvent
-from tiankong.engine.remote import ChatPrompt, RemoteEngine, RemoteModel
+from tiankong.engine.remote import UNKNOWN_CONTEXT, ChatPrompt, RemoteEngine, RemoteModel
 from tiankong.engine.sampling import SamplingParams
 
 openai = pytest.importorskip("openai")
@@ -289,6 +289,27 @@ def test_llama_cpp_python_server_streams_what_it_answers_whole(asgi_server, tmp_
     assert fin.usage.completion_tokens == len(tokens) == whole.usage.completion_tokens
     # It sends no usage when streaming and has no /tokenize: the prompt's count is the estimate.
     assert prompt.estimated and fin.usage.prompt_tokens == len(prompt)
+
+
+def test_llama_cpp_servers_context_is_its_slots_not_the_models(asgi_server):
+    """llama.cpp's server lists n_ctx_train (the model's) under meta; the context it runs with is
+    /props' n_ctx (its --ctx-size). Without /props the context stays unknown, never guessed."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    card = {"id": "model.gguf", "object": "model", "owned_by": "llamacpp", "meta": {"n_ctx_train": 2048}}
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def props(request):
+        return JSONResponse({"default_generation_settings": {"n_ctx": 128}, "total_slots": 1})
+
+    for routes, want in (([Route("/props", props)], (128, True)), ([], (UNKNOWN_CONTEXT, False))):
+        with asgi_server(Starlette(routes=[Route("/v1/models", models), *routes])) as (port, _):
+            cfg = RemoteEngine.connect(f"http://127.0.0.1:{port}/v1").cfg
+        assert (cfg.max_seq_len, cfg.context_known) == want
 
 
 # ------------------------------------------------------------------------------ the playground
