@@ -120,21 +120,7 @@ def tokenizer_from_gguf(reader: GGUFReader, path: Path) -> Tokenizer:
     """The tokenizer a GGUF file describes, giving the ids llama.cpp gives on the same file."""
     fields = _Fields(reader, path)
     kind = fields.string("tokenizer.ggml.model")
-    tokens = fields.strings("tokenizer.ggml.tokens", MAX_TOKENS, MAX_TOKEN_BYTES, MAX_VOCAB_BYTES)
-    if not tokens:
-        raise TokenizerError(f"{path}: tokenizer.ggml.tokens is empty; the file has no vocabulary, re-convert it")
-    tokens = [token or f"[EMPTY_{i}]" for i, token in enumerate(tokens)]  # llama.cpp's name for an empty token
-    types = fields.numbers("tokenizer.ggml.token_type", len(tokens), int) or [NORMAL] * len(tokens)
-    if any(not UNDEFINED <= t <= BYTE for t in types):
-        raise TokenizerError(f"{path}: tokenizer.ggml.token_type holds a value outside 0..6; re-convert the file")
-    vocab = {token: i for i, token in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        twice = next(token for i, token in enumerate(tokens) if vocab[token] != i)
-        raise TokenizerError(
-            f"{path}: token {twice[:40]!r} appears twice in tokenizer.ggml.tokens; re-convert the file"
-        )
-    types = [CONTROL if token in EOG_TEXTS else t for token, t in zip(tokens, types, strict=True)]
-
+    tokens, types, vocab = _vocabulary(fields)
     if kind == "llama":
         # llama.cpp's SPM defaults: BOS added; <s> = 1, </s> = 2, <unk> = 0 when the file names none
         backend, add_bos, defaults = _sentencepiece(fields, tokens, vocab), True, (1, 2, 0)
@@ -163,6 +149,29 @@ def chat_template_from_gguf(reader: GGUFReader, path: Path | str = "the GGUF fil
 
 
 # --- the two tokenizer kinds -------------------------------------------------------------------------
+
+
+def _vocabulary(fields: _Fields) -> tuple[list[str], list[int], dict[str, int]]:
+    """The tokens, their types (llama.cpp's end-of-generation texts made control) and token -> id."""
+    tokens = fields.strings("tokenizer.ggml.tokens", MAX_TOKENS, MAX_TOKEN_BYTES, MAX_VOCAB_BYTES)
+    if not tokens:
+        raise TokenizerError(
+            f"{fields.path}: tokenizer.ggml.tokens is empty; the file has no vocabulary, re-convert it"
+        )
+    tokens = [token or f"[EMPTY_{i}]" for i, token in enumerate(tokens)]  # llama.cpp's name for an empty token
+    types = fields.numbers("tokenizer.ggml.token_type", len(tokens), int) or [NORMAL] * len(tokens)
+    if any(not UNDEFINED <= t <= BYTE for t in types):
+        raise TokenizerError(
+            f"{fields.path}: tokenizer.ggml.token_type holds a value outside 0..6; re-convert the file"
+        )
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        twice = next(token for i, token in enumerate(tokens) if vocab[token] != i)
+        raise TokenizerError(
+            f"{fields.path}: token {twice[:40]!r} appears twice in tokenizer.ggml.tokens; re-convert the file"
+        )
+    types = [CONTROL if token in EOG_TEXTS else t for token, t in zip(tokens, types, strict=True)]
+    return tokens, types, vocab
 
 
 def _sentencepiece(fields: _Fields, tokens: list[str], vocab: dict[str, int]) -> _Backend:
@@ -225,7 +234,9 @@ def _byte_level(fields: _Fields, vocab: dict[str, int], pre: PreTokenizer) -> _B
     return backend
 
 
-def _settings(fields: _Fields, tokens: list[str], types: list[int], defaults: tuple) -> _FolderSettings:
+def _settings(
+    fields: _Fields, tokens: list[str], types: list[int], defaults: tuple[int | None, int | None, int | None]
+) -> _FolderSettings:
     """Special tokens, end-of-generation ids and padding, as HFTokenizer takes them."""
     settings = _FolderSettings()
     default_bos, default_eos, default_unk = defaults
