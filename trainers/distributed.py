@@ -146,6 +146,7 @@ class Dist:
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        state = _by_name(model, state)  # a checkpoint of a DDP or one-process run numbers the parameters
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
@@ -166,6 +167,23 @@ class Dist:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def _by_name(model: nn.Module, state: dict) -> dict:
+    """A plain optimizer's state_dict (parameters numbered in the order the trainer passed them:
+    the model's trainable parameters) keyed by parameter name instead, as full_state saves it."""
+    groups = state["param_groups"]
+    if not any(isinstance(i, int) for g in groups for i in g["params"]):
+        return state
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if len(names) != sum(len(g["params"]) for g in groups):
+        raise ValueError(
+            f"the checkpoint's optimizer holds {sum(len(g['params']) for g in groups)} parameters, the model {len(names)}"
+        )
+    return {
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups],
+    }
 
 
 @contextlib.contextmanager
