@@ -625,7 +625,8 @@ def _read(t: gguf.ReaderTensor, rows: np.ndarray | None, transpose: bool) -> tor
     data = t.data if rows is None else t.data[rows]  # (out, bytes or values per row); fancy index copies
     if t.tensor_type == gguf.GGMLQuantizationType.F32:
         out = np.array(data, dtype=np.float32)  # a copy: the mapped file is read-only
-    else:
-        out = gguf.quants.dequantize(np.asarray(data), t.tensor_type)
+    else:  # a damaged scale decodes to inf or NaN, as in llama.cpp: the engine's non-finite checks see it
+        with np.errstate(all="ignore"):
+            out = gguf.quants.dequantize(np.asarray(data), t.tensor_type)
     tensor = torch.from_numpy(out)
     return tensor.t() if transpose else tensor
