@@ -15,6 +15,7 @@ The server applies its own chat template, so a prompt here is the messages thems
 with a token count: the server's, when it answers vLLM's `/tokenize` (tiankong serve does), else an
 estimate from the characters, calibrated by each answer's `usage.prompt_tokens`
 (`ChatPrompt.estimated` says which).
+
 HTTP is the standard library's http.client: nothing but the given URL is contacted (no proxy
 settings, no redirects). Each row is one streamed request on its own connection; cancelling shuts
 that connection down, so the server frees the row at once.
@@ -28,7 +29,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -56,7 +57,7 @@ class RemoteModel:
     """A --model URL and the key to send with it: what the app connects to instead of loading."""
 
     url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never shown in a message or a log
 
     def __str__(self) -> str:
         return self.url
@@ -338,8 +339,12 @@ class _Row:
                 if self._halt.is_set():
                     break
                 yield from self._chunk(json.loads(data), state)
+        except RemoteError:
+            raise
         except json.JSONDecodeError:
             raise RemoteError(f"{url} sent a chunk that is not JSON; is this an OpenAI-compatible server?") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of another type
+            raise RemoteError(f"{url} sent a chunk not in OpenAI's shape ({_reason(e)})") from None
         except (OSError, http_client_errors) as e:
             if not self._halt.is_set():  # else: the connection was shut under its reader, by stop()
                 raise RemoteError(f"the stream from {url} broke: {_reason(e)}") from None

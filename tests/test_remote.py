@@ -255,6 +255,10 @@ def test_a_server_without_p_sample_gives_unknown_never_invented(asgi_server):
         remote = RemoteEngine.connect(f"http://127.0.0.1:{port}/v1")
         with pytest.raises(RemoteError, match="without logprobs; the playground needs one that returns top_logprobs"):
             list(remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(seed=1)]))
+    with asgi_server(fake_vllm([(" Hi", None)])) as (port, _):  # a logprob that is not a number
+        remote = RemoteEngine.connect(f"http://127.0.0.1:{port}/v1")
+        with pytest.raises(RemoteError, match=r"sent a chunk not in OpenAI's shape \(TypeError: .*\)$"):
+            list(remote.generate([remote.encode(messages=MESSAGES)], [SamplingParams(seed=1)], top_logprobs=1))
 
 
 def test_llama_cpp_python_server_streams_what_it_answers_whole(asgi_server, tmp_path):
