@@ -29,6 +29,10 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, pre: str | None = None)
     """The tokenizer of `folder` as tokenizer.* metadata of `writer`; `pre` names the byte-level
     pre-tokenizer instead of reading it from tokenizer.json."""
     folder = Path(folder)
+    config = folder / "tokenizer_config.json"
+    add_prefix_space = json.loads(config.read_text()).get("add_prefix_space") if config.is_file() else None
+    if add_prefix_space is not None:  # the converter's LlamaModel.set_vocab, for every kind of vocabulary
+        writer.add_add_space_prefix(add_prefix_space)
     if (folder / "tokenizer.json").is_file():
         data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         if data["model"].get("byte_fallback"):

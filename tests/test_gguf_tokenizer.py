@@ -396,7 +396,7 @@ for outfile, folder in zip(jobs[::2], jobs[1::2]):
     sys.argv = [str(root / "convert_hf_to_gguf.py"), folder, "--outfile", outfile, "--vocab-only"]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """
-CONVERTED = ["stories", "bytelevel", "qwen2", "llama-bpe", "smollm"]
+CONVERTED = ["stories", "stories-no-prefix", "bytelevel", "qwen2", "llama-bpe", "smollm"]
 
 
 @pytest.fixture(scope="module")
@@ -407,9 +407,9 @@ def converted(request, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     root = tmp_path_factory.mktemp("converted")
     folders = {}
     for name in CONVERTED:
-        if name == "stories":
+        if name.startswith("stories"):
             if STORIES.is_dir():
-                folders[name] = STORIES
+                folders[name] = STORIES if name == "stories" else _no_prefix_copy(STORIES, root / name)
             continue
         if name == "bytelevel":
             folder = _with_template(request.getfixturevalue("bytelevel_folder"), root / name, CHATML_TEMPLATE)
@@ -444,6 +444,7 @@ def test_the_converter_writes_the_vocabulary_gguf_vocab_writes(name, converted):
     assert {k: v for k, v in theirs.items() if k not in flags} == {k: v for k, v in ours.items() if k not in flags}
     for key in flags & set(theirs) - set(ours):
         assert theirs[key] is False
+    assert theirs.get("tokenizer.ggml.add_space_prefix") == (False if name == "stories-no-prefix" else None)
 
 
 @pytest.mark.parametrize("name", CONVERTED)
@@ -455,6 +456,15 @@ def test_converter_files_tokenize_as_llama_cpp(name, converted, llama_cpp):
     for text in [*TEXTS, *PREFIX_TEXTS, SPLIT_TEXT]:
         for add in (True, False):
             assert ours.encode(text, add_special_tokens=add) == llm.tokenize(text.encode(), add_bos=add, special=True)
+
+
+def _no_prefix_copy(source: Path, folder: Path) -> Path:
+    """A copy of a SentencePiece folder whose tokenizer_config.json turns the "▁" prefix off."""
+    shutil.copytree(source, folder)
+    config_path = folder / "tokenizer_config.json"
+    config_path.chmod(0o644)
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "add_prefix_space": False}))
+    return folder
 
 
 def _tokenizer_fields(path: Path) -> dict:
