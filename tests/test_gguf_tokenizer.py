@@ -527,6 +527,23 @@ def test_hostile_metadata_is_one_line(tmp_path, fields, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("ceiling", "value", "message"),
+    [
+        ("MAX_TOKENS", 4, "tokenizer.ggml.tokens has 6 entries, at most 4"),
+        ("MAX_VOCAB_BYTES", 8, "tokenizer.ggml.tokens holds 16 bytes, at most 8"),
+        ("MAX_MERGES", 0, "tokenizer.ggml.merges has 1 entries, at most 0"),
+    ],
+)
+def test_counts_and_sizes_past_the_ceilings_are_refused_before_building(tmp_path, monkeypatch, ceiling, value, message):
+    """The ceilings (a million tokens, 64 MB of token text, two million merges) lowered to this file."""
+    import tiankong.engine.gguf_tokenizer as module
+
+    monkeypatch.setattr(module, ceiling, value)
+    with pytest.raises(TokenizerError, match=re.escape(message)):
+        _ours(_write(tmp_path / "big.gguf"))
+
+
 def test_non_utf8_tokens_and_long_sentencepiece_pieces_are_refused(tmp_path):
     no_types = {"tokenizer.ggml.token_type": None}
     path = _write(tmp_path / "bytes.gguf", {"tokenizer.ggml.tokens": [b"\xff\xfe", b"a"], **no_types})
