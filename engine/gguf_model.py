@@ -122,8 +122,30 @@ _GPT2_TENSORS = {  # HF names without the "transformer." prefix, as engine/gpt2.
     "output_norm.bias": "ln_f.bias",
     "output.weight": "lm_head.weight",
 }
+_GEMMA_KEYS = {
+    **_LLAMA_KEYS,
+    "attn_logit_softcapping": "attn_logit_softcapping",
+    "final_logit_softcapping": "final_logit_softcapping",
+    "rope.freq_base_swa": "rope_local_base_freq",
+}
+_GEMMA_TENSORS = {  # the Llama names, with Gemma's four norms a layer (engine/gemma.py WEIGHT_MAP's keys)
+    **_LLAMA_TENSORS,
+    "blk.{}.post_attention_norm.weight": "model.layers.{}.post_attention_layernorm.weight",
+    "blk.{}.ffn_norm.weight": "model.layers.{}.pre_feedforward_layernorm.weight",
+    "blk.{}.post_ffw_norm.weight": "model.layers.{}.post_feedforward_layernorm.weight",
+}
 # Conv1D weights: HF stores them (in, out), the converter transposed them to (out, in).
 _GPT2_CONV1D = frozenset(f"blk.{{}}.{n}.weight" for n in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
+
+
+def _gemma_facts(cfg: dict[str, Any], every: int, layers_27b: int) -> dict[str, Any]:
+    """What llama.cpp's Gemma code assumes instead of reading it from the file (llama-model.cpp):
+    every `every`th layer global, queries scaled by head_dim ** -0.5, except the 27B (told apart
+    by its layer count), which scales by (hidden / heads) ** -0.5."""
+    heads, layers = cfg.get("num_attention_heads"), cfg.get("num_hidden_layers")
+    big = layers == layers_27b and isinstance(heads, int) and heads > 0
+    scalar = cfg.get("hidden_size", 0) // heads if big else cfg.get("head_dim")
+    return {"sliding_window_pattern": every, **({"query_pre_attn_scalar": scalar} if scalar else {})}
 
 
 @dataclass(frozen=True)
@@ -133,12 +155,20 @@ class Arch:
     tensors: dict[str, str]
     permuted_qk: bool = False  # llama.cpp's LlamaModel.permute on q/k rows
     transposed: frozenset[str] = frozenset()
+    norm_shift: float = 0.0  # added to every *norm.weight by the converter (Gemma's 1 + w gains)
+    facts: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # config values llama.cpp hardcodes
 
 
 ARCHS: dict[str, Arch] = {
     "llama": Arch("LlamaForCausalLM", _LLAMA_KEYS, _LLAMA_TENSORS, permuted_qk=True),
     "qwen2": Arch("Qwen2ForCausalLM", _LLAMA_KEYS, _LLAMA_TENSORS),
     "qwen3": Arch("Qwen3ForCausalLM", _LLAMA_KEYS, _LLAMA_TENSORS),
+    "gemma2": Arch(
+        "Gemma2ForCausalLM", _GEMMA_KEYS, _GEMMA_TENSORS, norm_shift=1.0, facts=lambda c: _gemma_facts(c, 2, 46)
+    ),
+    "gemma3": Arch(
+        "Gemma3ForCausalLM", _GEMMA_KEYS, _GEMMA_TENSORS, norm_shift=1.0, facts=lambda c: _gemma_facts(c, 6, 62)
+    ),
     "gpt2": Arch("GPT2LMHeadModel", _GPT2_KEYS, _GPT2_TENSORS, transposed=_GPT2_CONV1D),
 }
 
@@ -440,6 +470,8 @@ class GGUFModel:
         cfg.update(self._rope_scaling(cfg))
         if "rope_freqs.weight" in self.tensors:
             cfg["rope_scaling"] = self._llama3_scaling(cfg)
+        if a.facts is not None:
+            cfg.update(a.facts(cfg))
         for name, token in (("bos_token_id", "bos"), ("eos_token_id", "eos")):
             value = self.meta(f"tokenizer.ggml.{token}_token_id")
             if isinstance(value, int):
@@ -573,17 +605,18 @@ class GGUFModel:
                 yield self.name, t.name, shape, lambda: None  # never read: the loader names it
                 continue
             hf_name, transpose = hit
-            rows = self._row_order(hf_name, shape)
             shape = shape[::-1] if transpose else shape
-            if (
-                self.keep_quantized
-                and len(shape) == 2
-                and not transpose
-                and t.tensor_type.name.lower() in _quant_types()
-            ):
-                yield self.name, hf_name, shape, (lambda t=t, rows=rows, shape=shape: _read_blocks(t, rows, shape))
-            else:
-                yield self.name, hf_name, shape, (lambda t=t, rows=rows, tr=transpose: _read(t, rows, tr))
+            yield self.name, hf_name, shape, self._reader(t, hf_name, shape, transpose)
+
+    def _reader(self, t: gguf.ReaderTensor, hf_name: str, shape: tuple[int, ...], transpose: bool) -> Callable:
+        """read() for one tensor: its blocks as a QTensor (keep_quantized), or floats with the
+        converter's changes undone (q/k row order, Conv1D transpose, Gemma's + 1 on norm gains)."""
+        rows = self._row_order(hf_name, shape)
+        if self.arch.norm_shift and hf_name.endswith("norm.weight"):
+            return lambda: _read(t, rows, transpose) - self.arch.norm_shift
+        if self.keep_quantized and len(shape) == 2 and not transpose and t.tensor_type.name.lower() in _quant_types():
+            return lambda: _read_blocks(t, rows, shape)
+        return lambda: _read(t, rows, transpose)
 
     def _row_order(self, hf_name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The HF row order of a llama-arch q or k weight or bias (see _hf_row_order), else None."""

@@ -38,6 +38,8 @@ GGUF_ARCHS = {
     "MistralForCausalLM": (gguf.MODEL_ARCH.LLAMA, True),
     "Qwen2ForCausalLM": (gguf.MODEL_ARCH.QWEN2, False),
     "Qwen3ForCausalLM": (gguf.MODEL_ARCH.QWEN3, False),
+    "Gemma2ForCausalLM": (gguf.MODEL_ARCH.GEMMA2, False),
+    "Gemma3ForCausalLM": (gguf.MODEL_ARCH.GEMMA3, False),
     "GPT2LMHeadModel": (gguf.MODEL_ARCH.GPT2, False),
 }
 
@@ -70,6 +72,8 @@ def _gguf_tensors(cfg: dict, state: dict[str, np.ndarray]) -> list[tuple[str, np
             w = permute(w, cfg["num_attention_heads"], cfg.get("num_key_value_heads"))
         if arch == gguf.MODEL_ARCH.GPT2 and name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
             w = w.T.copy()
+        if arch in (gguf.MODEL_ARCH.GEMMA2, gguf.MODEL_ARCH.GEMMA3) and name.endswith("norm.weight"):
+            w = w + 1  # Gemma2Model/Gemma3Model: the (1 + w) gain stored whole
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new is not None, name
         out.append((new, w))
@@ -116,18 +120,36 @@ def _metadata(writer: gguf.GGUFWriter, cfg: dict, qtype: str) -> None:
         writer.add_feed_forward_length(cfg["intermediate_size"])
         writer.add_head_count(cfg["num_attention_heads"])
         writer.add_head_count_kv(cfg["num_key_value_heads"])
-        writer.add_rope_freq_base(
-            cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        )
+        rope = cfg.get("rope_parameters") or {}
+        writer.add_rope_freq_base(cfg.get("rope_theta") or rope.get("full_attention", rope).get("rope_theta", 1e4))
         writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
         if cfg.get("head_dim") is not None:
             writer.add_key_length(cfg["head_dim"])
             writer.add_value_length(cfg["head_dim"])
+        _gemma_metadata(writer, cfg)
         if cfg["architectures"][0] in ("LlamaForCausalLM", "MistralForCausalLM"):
             writer.add_vocab_size(cfg["vocab_size"])
             writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
     writer.add_file_type({"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q5_0": 8}[qtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _gemma_metadata(writer: gguf.GGUFWriter, cfg: dict) -> None:
+    """Gemma2Model/Gemma3Model's own keys: soft-caps, the window, the local RoPE base, global scaling."""
+    if not cfg["architectures"][0].startswith("Gemma"):
+        return
+    if cfg.get("attn_logit_softcapping"):
+        writer.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+    if cfg.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    writer.add_sliding_window(cfg["sliding_window"])
+    rope = cfg.get("rope_parameters") or {}
+    if "sliding_attention" in rope:
+        writer.add_rope_freq_base_swa(rope["sliding_attention"]["rope_theta"])
+    full = rope.get("full_attention") or {}
+    if full.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(full["factor"])
 
 
 def write_gguf(hf_folder: Path, path: Path, qtype: str = "f32", tokenizer: bool = True) -> Path:

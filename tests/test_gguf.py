@@ -47,6 +47,16 @@ def hf(tmp_path_factory) -> dict[str, Path]:
     out["llama3"] = make_model(
         tmp_path_factory.mktemp("llama3"), "llama", rope_scaling={**scaling, "original_max_position_embeddings": 64}
     )
+    # Gemma as llama.cpp runs it, which reads no layer pattern or query scale from the file: every 2nd
+    # (Gemma 2) or 6th (Gemma 3) layer global, queries scaled by head_dim ** -0.5.
+    out["gemma2"] = make_model(tmp_path_factory.mktemp("gemma2"), "gemma2", query_pre_attn_scalar=24)
+    out["gemma3"] = make_model(
+        tmp_path_factory.mktemp("gemma3"),
+        "gemma3",
+        query_pre_attn_scalar=24,
+        sliding_window_pattern=6,
+        num_hidden_layers=6,
+    )
     return out
 
 
@@ -79,8 +89,10 @@ def greedy(eng: Engine, prompt: str, n: int = 12) -> tuple[list[int], list[float
 # --- logits and tokens -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("qtype", QTYPES)
-@pytest.mark.parametrize("arch", [*ARCHS, "llama3"])
+@pytest.mark.parametrize(
+    "arch, qtype",
+    [(arch, qtype) for arch in (*ARCHS, "llama3") for qtype in QTYPES] + [("gemma2", "q8_0"), ("gemma3", "q4_0")],
+)
 def test_logits_equal_transformers_on_the_same_weights(files, arch, qtype):
     path, ref = files(arch, qtype)
     model, cfg = load_model(path, device="cpu", dtype="float32")
@@ -203,7 +215,7 @@ def converted(hf, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("arch", [*ARCHS, "llama3"])
+@pytest.mark.parametrize("arch", [*ARCHS, "llama3", "gemma2", "gemma3"])
 def test_writer_lays_out_tensors_as_llama_cpp_converter(hf, converted, tmp_path, arch):
     """Same tensor names, types, shapes and bytes, and the same architecture metadata, as llama.cpp's
     convert_hf_to_gguf.py --outtype q8_0 (when present)."""
