@@ -142,10 +142,11 @@ def tokenizer_from_gguf(reader: GGUFReader, path: Path) -> Tokenizer:
 
 
 def chat_template_from_gguf(reader: GGUFReader, path: Path | str = "the GGUF file") -> str | None:
-    """The file's `tokenizer.chat_template` (Jinja source), or None when it has none."""
+    """The file's `tokenizer.chat_template` (Jinja source), or None when it has none (or an empty one)."""
     if "tokenizer.chat_template" not in reader.fields:
         return None
-    return _Fields(reader, Path(path)).string("tokenizer.chat_template", TEMPLATE_FILE_MAX_BYTES)
+    source = _Fields(reader, Path(path)).string("tokenizer.chat_template", TEMPLATE_FILE_MAX_BYTES)
+    return source if source.strip() else None
 
 
 # --- the two tokenizer kinds -------------------------------------------------------------------------

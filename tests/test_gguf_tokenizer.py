@@ -496,6 +496,21 @@ def test_a_well_formed_minimal_file_loads(tmp_path):
     assert tok.encode("abab</s>", add_special_tokens=False) == [5, 5, 2]
 
 
+def test_chat_template_absent_empty_too_large_or_not_a_string(tmp_path, monkeypatch):
+    import tiankong.engine.gguf_tokenizer as module
+
+    def template(value):
+        return chat_template_from_gguf(gguf.GGUFReader(_write(tmp_path / "t.gguf", {"tokenizer.chat_template": value})))
+
+    assert template(None) is None and template(" \n") is None
+    assert template("{{ bos_token }}") == "{{ bos_token }}"
+    with pytest.raises(TokenizerError, match="tokenizer.chat_template is an array of int32, not a string"):
+        template([1, 2])
+    monkeypatch.setattr(module, "TEMPLATE_FILE_MAX_BYTES", 10)
+    with pytest.raises(TokenizerError, match="tokenizer.chat_template is 15 bytes, at most 10"):
+        template("{{ bos_token }}")
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
