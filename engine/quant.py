@@ -11,6 +11,8 @@ scales little-endian):
 | q8_0 | 32 | 34 | d fp16, qs int8[32] | d q |
 | q4_0 | 32 | 18 | d fp16, qs[16]: element i low nibble, i + 16 high | d (q - 8) |
 | q4_1 | 32 | 20 | d fp16, m fp16, qs[16] as q4_0 | d q + m |
+| q5_0 | 32 | 22 | d fp16, qh uint32 (bit i: element i's 5th bit), qs[16] as q4_0 | d (q - 16) |
+| q5_1 | 32 | 24 | d, m fp16, qh uint32, qs[16] | d q + m |
 | q4_k | 256 | 144 | d, dmin fp16, scales[12] (8 6-bit scales, 8 6-bit mins), qs[128] | d sc q - dmin mn |
 | q5_k | 256 | 176 | d, dmin fp16, scales[12], qh[32] (5th bits), qs[128] | d sc q - dmin mn |
 | q6_k | 256 | 210 | ql[128], qh[64], scales int8[16], d fp16 | d sc (q - 32) |
@@ -21,7 +23,7 @@ own integer scale; within 64 elements (q4_k/q5_k) or 128 (q6_k) the low nibbles 
 
 The plain modules hold them through `QLinear` and `QEmbedding`, which dequantize in their
 forward (the torch path and GPUs); the compiled decode step reads the blocks directly
-(csrc/quant.h). `quantize` makes q8_0, q4_0 and q4_1 from float weights (gguf-py's numpy port of
+(csrc/quant.h). `quantize` makes q8_0, q4_0, q4_1, q5_0 and q5_1 from float weights (gguf-py's numpy port of
 llama.cpp's reference quantizers, so the bytes equal llama-quantize's); K-types come only from
 GGUF files.
 """
@@ -43,11 +45,13 @@ QTYPES: dict[str, tuple[int, int, int]] = {
     "q8_0": (32, 34, 8),
     "q4_0": (32, 18, 2),
     "q4_1": (32, 20, 3),
+    "q5_0": (32, 22, 6),
+    "q5_1": (32, 24, 7),
     "q4_k": (256, 144, 12),
     "q5_k": (256, 176, 13),
     "q6_k": (256, 210, 14),
 }
-QUANTIZABLE = ("q8_0", "q4_0", "q4_1")  # what `quantize` makes; K-types come from GGUF files
+QUANTIZABLE = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # what `quantize` makes; K-types come from GGUF files
 GGML_F32, GGML_BF16 = 0, 30  # the ggml numbers of the step's float weight types
 
 
@@ -111,7 +115,7 @@ def cat_rows(parts: list[QTensor]) -> QTensor:
 
 
 def quantize(w: torch.Tensor, qtype: str) -> QTensor:
-    """A float (out, in) weight in q8_0, q4_0 or q4_1 (llama.cpp's reference rounding, via gguf-py)."""
+    """A float (out, in) weight in q8_0, q4_0, q4_1, q5_0 or q5_1 (llama.cpp's reference rounding, via gguf-py)."""
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize as gguf_quantize
 
@@ -160,6 +164,20 @@ def _dequantize_q4_0(b: torch.Tensor) -> torch.Tensor:
 
 def _dequantize_q4_1(b: torch.Tensor) -> torch.Tensor:
     return _f16(b[:, :2]) * _nibbles(b[:, 4:]).float() + _f16(b[:, 2:4])
+
+
+def _q5_bits(qh: torch.Tensor) -> torch.Tensor:
+    """(N, 4) little-endian uint32 bytes -> (N, 32) fifth bits, bit i for element i, shifted to 16."""
+    bits = (qh.long()[:, :, None] >> torch.arange(8, device=qh.device)) & 1  # (N, byte, bit)
+    return bits.reshape(-1, 32) << 4
+
+
+def _dequantize_q5_0(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b[:, :2]) * ((_nibbles(b[:, 6:]).long() | _q5_bits(b[:, 2:6])).float() - 16)
+
+
+def _dequantize_q5_1(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b[:, :2]) * (_nibbles(b[:, 8:]).long() | _q5_bits(b[:, 4:8])).float() + _f16(b[:, 2:4])
 
 
 def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,6 +230,8 @@ _DEQUANTIZE = {
     "q8_0": _dequantize_q8_0,
     "q4_0": _dequantize_q4_0,
     "q4_1": _dequantize_q4_1,
+    "q5_0": _dequantize_q5_0,
+    "q5_1": _dequantize_q5_1,
     "q4_k": _dequantize_q4_k,
     "q5_k": _dequantize_q5_k,
     "q6_k": _dequantize_q6_k,

@@ -30,7 +30,16 @@ from tiankong.engine.model import load_model, prepare_for_inference
 from tiankong.engine.quant import QTYPES, QLinear, QTensor, quantize, round_activations, set_quantized
 
 # Byte offsets of each type's fp16 scale fields (d, and m / dmin where the type has one).
-SCALES = {"q8_0": [0], "q4_0": [0], "q4_1": [0, 2], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}
+SCALES = {
+    "q8_0": [0],
+    "q4_0": [0],
+    "q4_1": [0, 2],
+    "q5_0": [0],
+    "q5_1": [0, 2],
+    "q4_k": [0, 2],
+    "q5_k": [0, 2],
+    "q6_k": [208],
+}
 
 
 def need_native() -> None:

@@ -39,7 +39,7 @@ ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG
 DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
 DtypeOpt = typer.Option(
     "auto",
-    help="float32, bfloat16, float16, auto (float32 on CPU, bfloat16 on GPU), or q8_0, q4_0, q4_1 (quantize at load).",
+    help="float32, bfloat16, float16, auto (float32 on CPU, bfloat16 on GPU), or q8_0, q4_0, q4_1, q5_0, q5_1 (quantize at load).",
 )
 ApiKeyOpt = typer.Option(
     None,

@@ -22,6 +22,12 @@
  * matmul's columns and bias), no RoPE (the caller adds the position embedding to x), w13 holds
  * the fc rows only (F, D) and the MLP is GELU(fc h + b13); wo, w13 and w2 have biases.
  * The KV cache is kv_cache.KVCache's buffer (n_layers, B, 2 H_kv, max_len, hd): keys, then values.
+ * Quantized weights (GGUF blocks, quant.h; llama_packed.py's _pack_layer_quantized): wtypes gives
+ * each layer's (wq, wk, wv, wo, gate, up, down) ggml types and out_type the head's; a fused weight
+ * is its parts' rows back to back, each part in its own type (wqkv: H hd q rows, H_kv hd k rows,
+ * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32. Nothing is folded: the norm
+ * gains come as attn_norm, ffn_norm (D,) and the query scale as q_scale; the q/k rows are still in
+ * RoPE-pair order. The KV cache is then float32 (bf16 = 0).
  *
  * bfloat16 halves the bytes a step streams, so it runs nearly twice as fast; widening bf16 to
  * float32 is a 16-bit shift, so no bf16 instructions are needed. In float32 the numbers agree with
@@ -197,7 +203,7 @@ static inline uint16_t f32_to_bf16(float f) {
 /* The model as the step sees it. One list, MODEL_FIELDS, declares the struct and describes it to
  * Python (tk_model_layout: each field's name, kind and offset), so native.py builds its ctypes mirror
  * from this list and refuses a library whose layout it cannot map: the two can never drift apart.
- * Kinds: INT, FLOAT, PTRS (one pointer per layer), PTR (one pointer); F = float32 data. */
+ * Kinds: INT, FLOAT, PTRS (one pointer per layer), PTR (one pointer); F = float32 data, I = int32. */
 #define MODEL_FIELDS(X)                                                                             \
     X(INT, n_layers) X(INT, dim) X(INT, n_heads) X(INT, n_kv_heads) X(INT, head_dim) X(INT, ffn_dim)  \
     X(INT, vocab)                                                                                   \
@@ -209,7 +215,7 @@ static inline uint16_t f32_to_bf16(float f) {
     X(PTRS, wqkv) X(PTRS, wo) X(PTRS, w13) X(PTRS, w2)     /* per layer */                          \
     X(FPTRS, bqkv) X(FPTRS, bo) X(FPTRS, b13) X(FPTRS, b2) /* per layer biases, or NULL */          \
     X(FPTRS, q_norm) X(FPTRS, k_norm) /* per layer (hd,) per-head RMSNorm gains (Qwen3), or NULL */ \
-    X(IPTR, wtypes)   /* (n_layers, 7) weight types (quantized models), or NULL: see below */      \
+    X(IPTR, wtypes)   /* (n_layers, 7) ggml types (quantized models; header), or NULL: f32/bf16 */ \
     X(FPTRS, attn_norm) X(FPTRS, ffn_norm) /* per layer (D,) norm gains not folded, or NULL */      \
     X(FLOAT, q_scale) /* the query scale where it is not folded into wqkv or q_norm, else 1 */     \
     X(INT, out_type)  /* the head's type */                                                         \

@@ -22,7 +22,7 @@
 #endif
 
 /* ggml's type numbers (what quant.py's QTYPES and the step's type fields hold). */
-enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30 };
+enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30 };
 
 static inline int is_quant(int type) { return type != T_F32 && type != T_BF16; }
 static inline int block_elems(int type) { return type >= T_Q4_K && type <= T_Q6_K ? 256 : type >= T_Q4_0 ? 32 : 1; }
@@ -35,6 +35,8 @@ static inline int64_t row_bytes(int type, int64_t n) {
     case T_Q8_0: return n / 32 * 34;
     case T_Q4_0: return n / 32 * 18;
     case T_Q4_1: return n / 32 * 20;
+    case T_Q5_0: return n / 32 * 22;
+    case T_Q5_1: return n / 32 * 24;
     case T_Q4_K: return n / 256 * 144;
     case T_Q5_K: return n / 256 * 176;
     case T_Q6_K: return n / 256 * 210;
@@ -152,6 +154,15 @@ static inline __m256i dot_us_scaled(__m256i acc, __m256i u, __m256i s, __m256i s
 }
 
 static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* 32 bytes, byte i 0xFF where bit i of x is set: byte i/8 of x into byte i (shuffle), every bit
+ * but i % 8 set (or), all-ones compare. */
+static inline __m256i bits_to_bytes(uint32_t x) {
+    const __m256i spread = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303);
+    const __m256i others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    const __m256i v = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)x), spread), others);
+    return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
+}
 #define LOW4 _mm256_set1_epi8(0x0F)
 #endif
 
@@ -224,6 +235,52 @@ static inline __attribute__((always_inline)) void q4_rows(const uint8_t *w, cons
             for (int k = 0; k < 16; k++)
                 dot += (qs[k] & 0xF) * xq[k] + (qs[k] >> 4) * xq[k + 16];
             const float dw = fp16(blk), c = q4_1 ? fp16(blk + 2) : -8.f * dw;
+            sum += dw * a->d[b * n / 32 + i] * (float)dot;
+            corr[b] += c * a->s[b * n / 32 + i];
+        }
+        out[b] = sum + corr[b];
+    }
+#endif
+}
+
+/* q5_0 (offset 16) and q5_1 (min m): q4's nibbles with a fifth bit, bit i of the 32-bit qh for
+ * element i. llama.cpp falls back to them for rows that are not a multiple of 256 in K-quant files. */
+static inline __attribute__((always_inline)) void q5_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
+                                                          float *out, const int q5_1) {
+    const int64_t n = a->n;
+    const int size = q5_1 ? 24 : 22, at = q5_1 ? 4 : 2;
+    float corr[4] = {0};
+#if defined(__AVX2__)
+    __m256 acc[4] = {0};
+    for (int i = 0; i < nblk; i++, w += size) {
+        __builtin_prefetch(w + QPREFETCH);
+        const float dw = fp16(w), c = q5_1 ? fp16(w + 2) : -16.f * dw;
+        uint32_t qh;
+        memcpy(&qh, w + at, 4);
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + at + 4));
+        __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), LOW4);
+        u = _mm256_or_si256(u, _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(16)));
+        for (int b = 0; b < nb; b++) {
+            const __m256i p = dot_us(u, load32(a->q + b * n + 32 * i));
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a->d[b * n / 32 + i]), acc[b]);
+            corr[b] += c * a->s[b * n / 32 + i];
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        out[b] = hsum8(acc[b]) + corr[b];
+#else
+    for (int b = 0; b < nb; b++) {
+        float sum = 0.f;
+        for (int i = 0; i < nblk; i++) {
+            const uint8_t *blk = w + (int64_t)size * i, *qs = blk + at + 4;
+            uint32_t qh;
+            memcpy(&qh, blk + at, 4);
+            const int8_t *xq = a->q + b * n + 32 * i;
+            int dot = 0;
+            for (int k = 0; k < 16; k++)
+                dot += ((qs[k] & 0xF) | ((qh >> k) & 1) << 4) * xq[k] +
+                       ((qs[k] >> 4) | ((qh >> (k + 16)) & 1) << 4) * xq[k + 16];
+            const float dw = fp16(blk), c = q5_1 ? fp16(blk + 2) : -16.f * dw;
             sum += dw * a->d[b * n / 32 + i] * (float)dot;
             corr[b] += c * a->s[b * n / 32 + i];
         }
@@ -386,6 +443,8 @@ static inline __attribute__((always_inline)) void qrow_nb(int type, const uint8_
     case T_Q8_0: q8_0_rows(w, a, nblk, nb, out); break;
     case T_Q4_0: q4_rows(w, a, nblk, nb, out, 0); break;
     case T_Q4_1: q4_rows(w, a, nblk, nb, out, 1); break;
+    case T_Q5_0: q5_rows(w, a, nblk, nb, out, 0); break;
+    case T_Q5_1: q5_rows(w, a, nblk, nb, out, 1); break;
     case T_Q4_K: k4_rows(w, a, nblk, nb, out, 0); break;
     case T_Q5_K: k4_rows(w, a, nblk, nb, out, 1); break;
     default: q6_k_rows(w, a, nblk, nb, out);
