@@ -7,7 +7,9 @@
 where they happen: the pre-tokenizer name is read from tokenizer.json instead of a hash of known
 models' outputs (tiny test tokenizers match no known hash), and a tokenizer.json SentencePiece
 vocabulary gets score -id (the converter writes -1000 for all, which llama.cpp then merges leftmost-
-first, unlike every other implementation).
+first, unlike every other implementation). Left out: the converter's per-model quirks (CodeLlama's
+FIM ids, add_bos false for a 49,152-token Llama vocabulary). test_gguf_tokenizer.py checks the output
+key by key against the real converter where a llama.cpp checkout is at hand (LLAMA_CPP_DIR).
 """
 
 from __future__ import annotations
