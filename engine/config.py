@@ -125,7 +125,7 @@ class ModelConfig:
         arch = _architecture(cfg)
         family = ARCHITECTURES[arch]
         cfg = {**_DEFAULTS.get(arch, {}), **cfg}  # what transformers' config class assumes when absent
-        common = dict(
+        common: dict[str, Any] = dict(
             architecture=arch,
             family=family,
             torch_dtype=cfg.get("dtype") or cfg.get("torch_dtype"),
@@ -408,7 +408,7 @@ def check_values(cfg: Mapping[str, Any], where: str = "config.json") -> None:
     for key, (types, want) in _TYPES.items():
         value = cfg.get(key)
         if value is not None and (
-            not isinstance(value, types) or key == "architectures" and not all(isinstance(a, str) for a in value)
+            not isinstance(value, types) or key == "architectures" and not all(isinstance(a, str) for a in cfg[key])
         ):
             raise ModelLoadError(f"{where}: {key} is {_show(value)}, but it must be {want}; fix the value")
     for key, (kind, lo, hi) in _LIMITS.items():
@@ -418,7 +418,10 @@ def check_values(cfg: Mapping[str, Any], where: str = "config.json") -> None:
         if kind is int:  # bool is not int here: `true` is no size
             ok, want = type(value) is int and lo <= value <= hi, f"a whole number from {lo} to {hi}"
         else:  # NaN and inf fail the comparison
-            ok, want = type(value) in (int, float) and lo < value <= hi, f"a number above {lo:g} and at most {hi:g}"
+            ok, want = (
+                (type(value) is int or type(value) is float) and lo < value <= hi,
+                f"a number above {lo:g} and at most {hi:g}",
+            )
         if not ok:
             raise ModelLoadError(f"{where}: {key} is {_show(value)}, but it must be {want}; fix the value")
 
@@ -444,7 +447,7 @@ def long_rope_applies(cfg: ModelConfig, positions: torch.Tensor) -> bool:
     switches for the whole call once any position is past original_max_position_embeddings (keys
     already cached keep the rotation they got)."""
     s = cfg.rope_scaling
-    return bool(s) and s["rope_type"] == "longrope" and int(positions.max()) >= s["original_max_position_embeddings"]
+    return bool(s and s["rope_type"] == "longrope" and int(positions.max()) >= s["original_max_position_embeddings"])
 
 
 def rope_attention_factor(cfg: ModelConfig) -> float:
