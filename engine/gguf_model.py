@@ -134,6 +134,12 @@ _GEMMA_TENSORS = {  # the Llama names, with Gemma's four norms a layer (engine/g
     "blk.{}.ffn_norm.weight": "model.layers.{}.pre_feedforward_layernorm.weight",
     "blk.{}.post_ffw_norm.weight": "model.layers.{}.post_feedforward_layernorm.weight",
 }
+_PHI3_KEYS = {**_LLAMA_KEYS, "rope.scaling.original_context_length": "original_max_position_embeddings"}
+_PHI3_TENSORS = {  # q/k/v and gate/up fused, as in the HF checkpoint (split at load by the Llama table)
+    **{k: v for k, v in _LLAMA_TENSORS.items() if k.split(".")[-2] not in ("attn_q", "attn_k", "attn_v", "ffn_gate")},
+    "blk.{}.attn_qkv.weight": "model.layers.{}.self_attn.qkv_proj.weight",
+    "blk.{}.ffn_up.weight": "model.layers.{}.mlp.gate_up_proj.weight",
+}
 # Conv1D weights: HF stores them (in, out), the converter transposed them to (out, in).
 _GPT2_CONV1D = frozenset(f"blk.{{}}.{n}.weight" for n in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
 
@@ -146,6 +152,16 @@ def _gemma_facts(cfg: dict[str, Any], every: int, layers_27b: int) -> dict[str, 
     big = layers == layers_27b and isinstance(heads, int) and heads > 0
     scalar = cfg.get("hidden_size", 0) // heads if big else cfg.get("head_dim")
     return {"sliding_window_pattern": every, **({"query_pre_attn_scalar": scalar} if scalar else {})}
+
+
+def _phi3_facts(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Phi-3's RoPE over part of each head (rope.dimension_count of head_dim), and sliding_window 0
+    for none (the converter's mark of Phi-4)."""
+    out: dict[str, Any] = {"sliding_window": cfg.get("sliding_window") or None}
+    heads, dims = cfg.get("num_attention_heads"), cfg.pop("rope_dimension_count", None)
+    if isinstance(dims, int) and isinstance(heads, int) and heads > 0 and cfg.get("hidden_size"):
+        out["partial_rotary_factor"] = dims * heads / cfg["hidden_size"]
+    return out
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,12 @@ ARCHS: dict[str, Arch] = {
     ),
     "gemma3": Arch(
         "Gemma3ForCausalLM", _GEMMA_KEYS, _GEMMA_TENSORS, norm_shift=1.0, facts=lambda c: _gemma_facts(c, 6, 62)
+    ),
+    "phi3": Arch(
+        "Phi3ForCausalLM",
+        {**_PHI3_KEYS, "rope.dimension_count": "rope_dimension_count"},
+        _PHI3_TENSORS,
+        facts=_phi3_facts,
     ),
     "gpt2": Arch("GPT2LMHeadModel", _GPT2_KEYS, _GPT2_TENSORS, transposed=_GPT2_CONV1D),
 }
@@ -463,13 +485,18 @@ class GGUFModel:
         if emb is None:
             raise ModelLoadError(f"{self.path} has no token_embd.weight; it is not a complete model")
         cfg["vocab_size"] = int(emb.shape[1]) if len(emb.shape) == 2 else 0
-        up = self.tensors.get("blk.0.ffn_up.weight")
-        if up is not None and len(up.shape) == 2:
-            cfg["n_inner" if p == "gpt2" else "intermediate_size"] = int(up.shape[1])
+        down = self.tensors.get("blk.0.ffn_down.weight")  # ne0: its input, the feed-forward size
+        if down is not None and len(down.shape) == 2:
+            cfg["n_inner" if p == "gpt2" else "intermediate_size"] = int(down.shape[0])
         cfg["tie_word_embeddings"] = "output.weight" not in self.tensors
         cfg.update(self._rope_scaling(cfg))
         if "rope_freqs.weight" in self.tensors:
             cfg["rope_scaling"] = self._llama3_scaling(cfg)
+        if "rope_factors_long.weight" in self.tensors:  # Phi-3's long-rope: one divisor per pair
+            cfg["rope_scaling"] = dict(
+                rope_type="longrope",
+                **{f"{k}_factor": self._floats(f"rope_factors_{k}.weight") for k in ("long", "short")},
+            )
         if a.facts is not None:
             cfg.update(a.facts(cfg))
         for name, token in (("bos_token_id", "bos"), ("eos_token_id", "eos")):
@@ -477,6 +504,13 @@ class GGUFModel:
             if isinstance(value, int):
                 cfg[name] = value
         return cfg
+
+    def _floats(self, name: str) -> list[float]:
+        """A small F32 vector tensor as a list (RoPE factors); one line if it is not one."""
+        t = self.tensors.get(name)
+        if t is None or t.tensor_type != 0 or len(t.shape) != 1 or int(t.shape[0]) > 1 << 14:
+            raise ModelLoadError(f"{self.path}: {name} is missing or not a short F32 vector; download the file again")
+        return np.asarray(t.data, dtype=np.float32).tolist()
 
     def config(self) -> ModelConfig:
         """The ModelConfig, validated as a config.json is; errors name the file and its metadata."""
@@ -597,8 +631,8 @@ class GGUFModel:
 
         table = NameTable(self.arch.tensors, transposed=self.arch.transposed)
         for t in self.reader.tensors:
-            if t.name == "rope_freqs.weight":
-                continue  # Llama 3's RoPE divisors: read into the config's rope_scaling
+            if t.name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"):
+                continue  # RoPE divisors (Llama 3, Phi-3): read into the config's rope_scaling
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (out, in) for a matrix
             hit = table.target(t.name)
             if hit is None:

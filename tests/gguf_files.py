@@ -40,6 +40,7 @@ GGUF_ARCHS = {
     "Qwen3ForCausalLM": (gguf.MODEL_ARCH.QWEN3, False),
     "Gemma2ForCausalLM": (gguf.MODEL_ARCH.GEMMA2, False),
     "Gemma3ForCausalLM": (gguf.MODEL_ARCH.GEMMA3, False),
+    "Phi3ForCausalLM": (gguf.MODEL_ARCH.PHI3, False),
     "GPT2LMHeadModel": (gguf.MODEL_ARCH.GPT2, False),
 }
 
@@ -80,6 +81,8 @@ def _gguf_tensors(cfg: dict, state: dict[str, np.ndarray]) -> list[tuple[str, np
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if rope.get("rope_type") == "llama3":  # LlamaModel.generate_extra_tensors
         out.insert(0, ("rope_freqs.weight", llama3_divisors(cfg, rope)))
+    if rope.get("long_factor"):  # Phi3MiniModel.generate_extra_tensors
+        out[:0] = [(f"rope_factors_{k}.weight", np.array(rope[f"{k}_factor"], np.float32)) for k in ("long", "short")]
     return out
 
 
@@ -127,6 +130,7 @@ def _metadata(writer: gguf.GGUFWriter, cfg: dict, qtype: str) -> None:
             writer.add_key_length(cfg["head_dim"])
             writer.add_value_length(cfg["head_dim"])
         _gemma_metadata(writer, cfg)
+        _phi3_metadata(writer, cfg)
         if cfg["architectures"][0] in ("LlamaForCausalLM", "MistralForCausalLM"):
             writer.add_vocab_size(cfg["vocab_size"])
             writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
@@ -150,6 +154,21 @@ def _gemma_metadata(writer: gguf.GGUFWriter, cfg: dict) -> None:
     if full.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(full["factor"])
+
+
+def _phi3_metadata(writer: gguf.GGUFWriter, cfg: dict) -> None:
+    """Phi3MiniModel's keys: the original context, rotary dims, the window (0: none), the attention factor."""
+    if cfg["architectures"][0] != "Phi3ForCausalLM":
+        return
+    rope = cfg.get("rope_parameters") or {}
+    orig = cfg.get("original_max_position_embeddings") or rope["original_max_position_embeddings"]
+    writer.add_rope_scaling_orig_ctx_len(orig)
+    partial = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    writer.add_rope_dimension_count(int(partial * cfg["hidden_size"]) // cfg["num_attention_heads"])
+    writer.add_sliding_window(cfg.get("sliding_window") or 0)
+    if rope.get("long_factor"):
+        scale = cfg["max_position_embeddings"] / orig
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0)
 
 
 def write_gguf(hf_folder: Path, path: Path, qtype: str = "f32", tokenizer: bool = True) -> Path:

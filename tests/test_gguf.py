@@ -50,6 +50,7 @@ def hf(tmp_path_factory) -> dict[str, Path]:
     # Gemma as llama.cpp runs it, which reads no layer pattern or query scale from the file: every 2nd
     # (Gemma 2) or 6th (Gemma 3) layer global, queries scaled by head_dim ** -0.5.
     out["gemma2"] = make_model(tmp_path_factory.mktemp("gemma2"), "gemma2", query_pre_attn_scalar=24)
+    out["phi3"] = make_model(tmp_path_factory.mktemp("phi3"), "phi3")  # long-rope past 16 positions
     out["gemma3"] = make_model(
         tmp_path_factory.mktemp("gemma3"),
         "gemma3",
@@ -103,6 +104,18 @@ def test_logits_equal_transformers_on_the_same_weights(files, arch, qtype):
     torch.testing.assert_close(ours, want, atol=2e-5, rtol=1e-5)
     if qtype != "f32":  # the round trip changed the weights: a file read as float32 would not pass
         assert (hf_logits(files(arch, "f32")[1], IDS) - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q4_0"])
+def test_phi3_long_rope_and_fused_tensors(files, qtype):
+    """Phi-3: fused q/k/v and gate/up, RoPE over 3/4 of each head, long-rope factors from
+    rope_factors_long/short, which apply past the original 16 positions (24 here)."""
+    path, ref = files("phi3", qtype)
+    model, _ = load_model(path, device="cpu", dtype="float32")
+    ids = IDS + IDS[:8]
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0]
+    torch.testing.assert_close(ours, hf_logits(ref, ids), atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -215,7 +228,7 @@ def converted(hf, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("arch", [*ARCHS, "llama3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", [*ARCHS, "llama3", "gemma2", "gemma3", "phi3"])
 def test_writer_lays_out_tensors_as_llama_cpp_converter(hf, converted, tmp_path, arch):
     """Same tensor names, types, shapes and bytes, and the same architecture metadata, as llama.cpp's
     convert_hf_to_gguf.py --outtype q8_0 (when present)."""
