@@ -228,23 +228,35 @@ def test_sentencepiece_prefix_follows_llama_cpp_fragment_by_fragment(tmp_path):
     ],
     ids=["no-space-prefix", "eos-not-bos", "user-defined", "phi3-rstrip"],
 )
-def test_sentencepiece_options_match_llama_cpp(variant, tmp_path, llama_cpp):
+def test_sentencepiece_options_match_llama_cpp(variant, tmp_path):
     """add_space_prefix off, EOS added instead of BOS, and user-defined tokens (added_tokens.json,
     which the converter types user-defined: matched whole, text after them prefixed like after a
-    special token)."""
+    special token), against llama.cpp when it is installed and closed forms always."""
     if not STORIES.is_dir():
         pytest.skip("shared stories260K model folder is absent")
     folder = tmp_path / "stories"
     shutil.copytree(STORIES, folder)
+    variant = dict(variant)
     added = variant.pop("added_tokens.json", None)
     if added:
         (folder / "added_tokens.json").write_text(json.dumps(added))
     path = tokenizer_only_gguf(folder, tmp_path / "variant.gguf", variant)
-    ours, llm = _ours(path), _llama(llama_cpp, path)
-    texts = [*TEXTS, *PREFIX_TEXTS, *(f"x{token} y{token}{token}\n z" for token in added or ())]
-    for text in texts:
-        for add in (True, False):
-            assert ours.encode(text, add_special_tokens=add) == llm.tokenize(text.encode(), add_bos=add, special=True)
+    ours = _ours(path)
+    if importlib.util.find_spec("llama_cpp") is not None:
+        import llama_cpp
+
+        llm = _llama(llama_cpp, path)
+        texts = [*TEXTS, *PREFIX_TEXTS, *(f"x{token} y{token}{token}\n z" for token in added or ())]
+        for text in texts:
+            for add in (True, False):
+                expected = llm.tokenize(text.encode(), add_bos=add, special=True)
+                assert ours.encode(text, add_special_tokens=add) == expected, (text, add)
+    if "tokenizer.ggml.add_eos_token" in variant:
+        assert ours.encode("hi") == [*ours.encode("hi", False), 2]
+    if "tokenizer.ggml.add_space_prefix" in variant:  # the folder tokenizer with add_prefix_space false
+        source = load_tokenizer(_no_prefix_copy(STORIES, tmp_path / "no-prefix"))
+        for text in [*TEXTS, *PREFIX_TEXTS]:
+            assert ours.encode(text) == source.encode(text), text
     if "[a b]" in (added or ()):
         assert _id(ours, "[a b]") == 513 and 513 not in ours.special_ids
     if "general.name" in variant:  # Phi-3: the whitespace after <|user|> goes, after <|endoftext|> stays
