@@ -1,29 +1,26 @@
-"""GGUF files (llama.cpp, Ollama, LM Studio) as models: header checks, config, tensors.
+"""GGUF files (llama.cpp, Ollama, LM Studio) as models: architectures, config and tensors.
 
-A GGUF file is: "GGUF", version, tensor count, metadata count; metadata (key, type, value)*;
-tensor infos (name, dims with ne0 = the row length first, type, offset)*; padding; tensor data.
-It is read with the `gguf` package (llama.cpp's own reader), after `check_header` has walked the
-header itself with bounded reads: GGUFReader trusts every count it reads (an array claiming 2^60
-elements loops for ever, a lying offset becomes a numpy error), and GGUF files come from strangers.
-
-What llama.cpp's converter (convert_hf_to_gguf.py) did to the Hugging Face checkpoint is undone
-here, so the rest of the engine sees HF names, HF shapes and HF values, and loads through the same
-code as a safetensors folder (engine/weights.py, the families' WEIGHT_MAPs):
+The file is read with the `gguf` package (llama.cpp's own reader) once engine/gguf_header.py has
+checked its header. What llama.cpp's converter (convert_hf_to_gguf.py) did to the Hugging Face
+checkpoint is undone here, so the rest of the engine sees HF names, HF shapes and HF values, and
+loads through the same code as a safetensors folder (engine/weights.py, the families' WEIGHT_MAPs):
   - names: one literal table per family, GGUF name -> HF checkpoint name;
   - shapes: GGUF lists dims ne0 first (in_features); numpy views are (out, in) already;
   - llama-arch q/k rows: permuted into llama.cpp's interleaved RoPE pairs (LlamaModel.permute);
     the inverse row order is applied here (rows, so it works on quantized rows too);
   - GPT-2's Conv1D weights: transposed to (out, in) by the converter, given back as (in, out);
+  - Gemma's norm gains: stored as 1 + w, given back as w;
   - metadata: `{arch}.embedding_length` etc. -> the config.json a transformers model has, so
-    ModelConfig.from_hf_config validates and maps it exactly as for a folder.
-Weights are dequantized to float here (gguf.quants.dequantize), one tensor at a time.
+    ModelConfig.from_hf_config validates and maps it exactly as for a folder; RoPE divisor tensors
+    (Llama 3's rope_freqs, Phi-3's rope_factors_*) become rope_scaling; what llama.cpp hardcodes
+    instead of storing (Gemma's layer pattern and query scale) comes from one function per arch.
+Weights are dequantized to float one tensor at a time (gguf.quants.dequantize), or kept in their
+blocks as quant.QTensors (keep_quantized) for the compiled decode step.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
-import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +30,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ModelLoadError
+from .gguf_header import check_header, is_gguf, open_reader, peek, quantization_name
 
 if TYPE_CHECKING:
     import gguf
@@ -42,24 +40,7 @@ if TYPE_CHECKING:
     from .quant import QTensor
     from .tokenizer import Tokenizer
 
-# --- limits for untrusted headers (far beyond any real model) ------------------------------------
-MAX_KV = 1 << 16  # metadata entries (real files: ~40)
-MAX_TENSORS = 1 << 16  # tensors (real files: a few hundred to a few thousand)
-MAX_KEY = 1 << 10  # bytes in a metadata key or tensor name (llama.cpp: 64 for names)
-MAX_STRING = 1 << 22  # bytes in one metadata string (chat templates are ~10 KB)
-MAX_ARRAY = 1 << 24  # elements in one metadata array (vocabularies: ~250k)
-MAX_DIMS = 4
-MAX_ALIGNMENT = 1 << 16
-
-# GGUF metadata value types: type id -> struct format of one scalar (8 string, 9 array)
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-
-# Tensor types this loader dequantizes: ggml type id -> name (gguf.GGMLQuantizationType).
-TENSOR_TYPES = {
-    0: "F32", 1: "F16", 30: "BF16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0",
-    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS",
-}  # fmt: skip
+__all__ = ["ARCHS", "Arch", "GGUFModel", "check_header", "is_gguf", "peek", "quantization_name"]
 
 # --- architectures -------------------------------------------------------------------------------
 # general.architecture -> (config.json architecture, metadata key table, tensor name table,
@@ -195,232 +176,6 @@ ARCHS: dict[str, Arch] = {
 }
 
 
-def is_gguf(path: str | Path) -> bool:
-    """A regular file named *.gguf, or an Ollama blob (sha256-...) that starts with the GGUF magic."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    if path.suffix.lower() == ".gguf":
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
-# --- the header, walked with bounded reads before anything trusts it ------------------------------
-
-
-class _Bad(Exception):
-    """A problem in the file's header; check_header turns it into one ModelLoadError line."""
-
-
-class _Cursor:
-    """Reads little-endian values from the mapped file, never past its end."""
-
-    def __init__(self, buf: mmap.mmap) -> None:
-        self.buf, self.pos = buf, 0
-
-    def take(self, fmt: str) -> Any:
-        n = struct.calcsize("<" + fmt)
-        if self.pos + n > len(self.buf):
-            raise _Bad("the file ends inside its header (truncated)")
-        (value,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
-        self.pos += n
-        return value
-
-    def skip(self, n: int, what: str) -> int:
-        if self.pos + n > len(self.buf):
-            raise _Bad(f"{what} runs past the end of the file (truncated or lying about its size)")
-        start, self.pos = self.pos, self.pos + n
-        return start
-
-    def string(self, limit: int, what: str) -> bytes:
-        n = self.take("Q")
-        if n > limit:
-            raise _Bad(f"{what} is {n:,} bytes long (at most {limit:,} allowed)")
-        start = self.skip(n, what)
-        return bytes(self.buf[start : start + n])
-
-
-def check_header(path: Path) -> None:
-    """Walk the header of `path` with bounded reads; ModelLoadError (one line) if anything is off.
-
-    Checked: magic, version (2 or 3), counts, every metadata string and array length, value types,
-    alignment, and for every tensor its name, dims, type, and that its data lies inside the file.
-    Cost: one pass over the header (the mapped pages only); memory stays at a few MB.
-    """
-    try:
-        size = path.stat().st_size
-        if size < 24:
-            raise _Bad(f"it is {size} bytes, too short for a GGUF header")
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            _walk(_Cursor(buf), size)
-    except _Bad as e:
-        raise ModelLoadError(f"{path} is not a usable GGUF file: {e}; download it again") from None
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
-
-
-def _walk(cur: _Cursor, size: int) -> None:
-    if cur.take("4s") != b"GGUF":
-        raise _Bad("it does not start with the GGUF magic")
-    version = cur.take("I")
-    if version not in (2, 3):
-        raise _Bad(f"GGUF version {version} (tiankong reads versions 2 and 3, little-endian)")
-    n_tensors, n_kv = cur.take("Q"), cur.take("Q")
-    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
-        raise _Bad(f"it claims {n_tensors:,} tensors and {n_kv:,} metadata entries")
-    alignment = 32
-    for _ in range(n_kv):
-        key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
-        kind = cur.take("I")
-        if key == "general.alignment":
-            if kind != 4:
-                raise _Bad("general.alignment is not a uint32")
-            alignment = cur.take("I")
-            if not 0 < alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
-                raise _Bad(f"general.alignment is {alignment}, not a power of two up to {MAX_ALIGNMENT}")
-            continue
-        _skip_value(cur, kind, key)
-    infos = []
-    names: set[str] = set()
-    for _ in range(n_tensors):
-        name = cur.string(MAX_KEY, "a tensor name").decode("utf-8", "replace")
-        if name in names:
-            raise _Bad(f"tensor {name} appears twice")
-        names.add(name)
-        n_dims = cur.take("I")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise _Bad(f"tensor {name} has {n_dims} dimensions")
-        dims = [cur.take("Q") for _ in range(n_dims)]
-        kind, offset = cur.take("I"), cur.take("Q")
-        infos.append((name, dims, kind, offset))
-    data_start = -(-cur.pos // alignment) * alignment
-    for name, dims, kind, offset in infos:
-        _check_tensor(name, dims, kind, offset, alignment, size - data_start)
-
-
-def _skip_value(cur: _Cursor, kind: int, key: str) -> None:
-    if kind in _SCALARS:
-        cur.skip(struct.calcsize(_SCALARS[kind]), key)
-    elif kind == _STRING:
-        cur.skip(_bounded(cur.take("Q"), MAX_STRING, f"metadata string {key}"), key)
-    elif kind == _ARRAY:
-        item, count = cur.take("I"), cur.take("Q")
-        _bounded(count, MAX_ARRAY, f"metadata array {key} ({count:,} elements)")
-        if item in _SCALARS:
-            cur.skip(count * struct.calcsize(_SCALARS[item]), key)
-        elif item == _STRING:
-            for _ in range(count):
-                cur.skip(_bounded(cur.take("Q"), MAX_STRING, f"a string in {key}"), key)
-        else:  # nested arrays: no model metadata uses them
-            raise _Bad(f"metadata array {key} holds values of type {item}")
-    else:
-        raise _Bad(f"metadata {key} has unknown value type {kind}")
-
-
-def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.file_type")) -> dict[str, Any]:
-    """Scalar metadata values `keys` from the header, read bounded and stopping once all are found
-    (for `tiankong models`: milliseconds a file). A damaged header gives what was found before it."""
-    found: dict[str, Any] = {}
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            cur = _Cursor(buf)
-            if cur.take("4s") != b"GGUF" or cur.take("I") not in (2, 3):
-                return found
-            _n_tensors, n_kv = cur.take("Q"), cur.take("Q")
-            for _ in range(min(n_kv, MAX_KV)):
-                key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
-                kind = cur.take("I")
-                if key in keys and kind in _SCALARS:
-                    found[key] = cur.take(_SCALARS[kind])
-                elif key in keys and kind == _STRING:
-                    found[key] = cur.string(MAX_KEY, key).decode("utf-8", "replace")
-                else:
-                    _skip_value(cur, kind, key)
-                if len(found) == len(keys):
-                    break
-    except (_Bad, OSError, ValueError):
-        pass
-    return found
-
-
-def quantization_name(file_type: Any) -> str | None:
-    """general.file_type (llama.cpp's LlamaFileType) as people write it: Q4_K_M, Q8_0, F16."""
-    import gguf
-
-    member = gguf.LlamaFileType._value2member_map_.get(file_type) if isinstance(file_type, int) else None
-    return member.name.removeprefix("MOSTLY_").removeprefix("ALL_") if member is not None else None
-
-
-def _bounded(n: int, limit: int, what: str) -> int:
-    if n > limit:
-        raise _Bad(f"{what} is too large ({n:,}; at most {limit:,} allowed)")
-    return n
-
-
-def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment: int, data_size: int) -> None:
-    import gguf
-
-    if kind not in TENSOR_TYPES:
-        known = gguf.GGMLQuantizationType._value2member_map_.get(kind)
-        what = f"type {known.name}, which tiankong cannot read yet" if known else f"unknown type {kind}"
-        raise _Bad(f"tensor {name} has {what} (supported: {', '.join(TENSOR_TYPES.values())})")
-    block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
-    if min(dims) < 1 or dims[0] % block:
-        raise _Bad(f"tensor {name} has dims {dims} (each at least 1, the first a multiple of {block})")
-    n_bytes = int(np.prod(dims, dtype=object)) // block * block_bytes  # exact: Python ints
-    if offset % alignment:
-        raise _Bad(f"tensor {name} starts at offset {offset:,}, not a multiple of the alignment {alignment}")
-    if offset + n_bytes > data_size:
-        raise _Bad(
-            f"tensor {name} ({TENSOR_TYPES[kind]}, dims {dims}) claims {n_bytes:,} bytes at offset {offset:,}, "
-            f"outside the file's {max(data_size, 0):,} bytes of data"
-        )
-
-
-# --- the file -------------------------------------------------------------------------------------
-
-
-def _reader_class() -> type:
-    """gguf.GGUFReader with its metadata arrays read in bulk.
-
-    GGUFReader makes two numpy views per array element (a vocabulary of 150k tokens and merges: 30 s
-    and 480 MB on a busy 2-core box). Its `_get_field_parts` is overridden for arrays only, and gives
-    each element as a memoryview (nbytes, tobytes(), [0], tolist(), as the numpy views have), 10x
-    faster. The header was walked by check_header first, so every length read here is in bounds.
-    """
-    import gguf
-    from gguf import GGUFValueType as V
-
-    class Reader(gguf.GGUFReader):
-        def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
-            if raw_type != V.ARRAY:
-                return super()._get_field_parts(orig_offs, raw_type)
-            itype, alen = self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
-            item, count, offs = V(int(itype[0])), int(alen[0]), orig_offs + 12
-            parts: list[Any] = [itype, alen]
-            buf = memoryview(self.data)
-            if item == V.STRING:  # each element: its length (uint64), then its bytes
-                unpack, data = struct.Struct("<Q").unpack_from, []
-                for _ in range(count):
-                    (n,) = unpack(buf, offs)
-                    parts += (buf[offs : offs + 8].cast("Q"), buf[offs + 8 : offs + 8 + n])
-                    data.append(len(parts) - 1)
-                    offs += 8 + n
-            else:
-                fmt = _SCALARS[int(item)]
-                values = buf[offs : offs + count * struct.calcsize(fmt)].cast(fmt)
-                parts += [values[i : i + 1] for i in range(count)]
-                data = list(range(2, 2 + count))
-                offs += values.nbytes
-            return offs - orig_offs, parts, data, [V.ARRAY, item]
-
-    return Reader
-
-
 def _hf_row_order(rows: int, heads: int) -> np.ndarray:
     """Row index that undoes llama.cpp's LlamaModel.permute for q or k (rows = heads * head_dim).
 
@@ -442,7 +197,7 @@ class GGUFModel:
         self.path, self.keep_quantized = Path(path), keep_quantized
         check_header(self.path)
         try:
-            self.reader = _reader_class()(self.path)
+            self.reader = open_reader(self.path)
         except Exception as e:  # the header was walked already: anything left is a damaged file
             raise ModelLoadError(f"{self.path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
         self.tensors = {t.name: t for t in self.reader.tensors}

@@ -116,7 +116,7 @@ def display_name(model: str | Path) -> str:
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         return path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
     if path.name.startswith("sha256-") and path.parent.name == "blobs":  # an Ollama blob: the file's own name
-        from .gguf_model import peek
+        from .gguf_header import peek
 
         name = peek(path, ("general.name",)).get("general.name")
         return f"ollama:{name}" if isinstance(name, str) and name else path.name
@@ -333,7 +333,7 @@ def _lmstudio_entries(repo: str, folder: Path) -> list[FoundModel]:
 def _gguf_entries(repo: str, source: str, folder: Path) -> list[FoundModel]:
     """A folder's .gguf files, with architecture and quantization read from each header (bounded);
     named ORG/NAME when it is the only one, else ORG/NAME/FILE.gguf (what --model takes)."""
-    from .gguf_model import peek, quantization_name
+    from .gguf_header import peek, quantization_name
 
     files = sorted(folder.glob("*.gguf"))
     out = []
