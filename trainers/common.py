@@ -9,7 +9,8 @@ each optimisation step from it), `loss(items)` (the algorithm: one readable func
 * data-parallel: under `torchrun --nproc_per_node N` every rank sees the same global batch and
   takes its slice; losses are scaled so that N processes produce exactly the gradient of one
   process with the same global batch (DDP averages gradients, so each rank's loss is multiplied
-  by N / total weight);
+  by N / total weight); `--sharding fsdp` shards the model instead of copying it (distributed.py:
+  the same gradient, with every rank running as many forward passes);
 * gradient accumulation over micro-batches, clipping, AdamW, linear warmup + cosine decay;
 * metrics as JSONL per step (`metrics.jsonl`), a rich progress bar on rank 0;
 * checkpoints as one unit (`checkpoint.py`): every few minutes, at the end, and on Ctrl+C or
