@@ -230,7 +230,9 @@ class GGUFModel:
     def hf_config(self) -> dict[str, Any]:
         """The config.json a transformers checkpoint of this model has (from_hf_config validates it)."""
         a, p = self.arch, self.arch_name
-        cfg: dict[str, Any] = {"architectures": [a.hf_architecture], "torch_dtype": "float32"}
+        # torch_dtype: what `tiankong info` shows as the checkpoint's type (Q4_K_M, F16, ...)
+        kind = quantization_name(self.meta("general.file_type")) or "GGUF"
+        cfg: dict[str, Any] = {"architectures": [a.hf_architecture], "torch_dtype": kind}
         for key, hf_key in a.keys.items():
             value = self.meta(f"{p}.{key}")
             if value is not None:
