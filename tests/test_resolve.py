@@ -128,6 +128,9 @@ def test_lmstudio_folder_and_gguf_files(stores, tmp_path):
     snapshot = add_snapshot(stores / "hf" / "hub", "tiny-org/Tiny-GGUF", SHA, release)
     assert resolve_model("tiny-org/Tiny-GGUF") == snapshot / "tiny-q8_0.gguf"
     assert resolve_model("tiny-org/Tiny-GGUF/tiny-q8_0.gguf") == snapshot / "tiny-q8_0.gguf"
+    found = {m.name: m for m in list_models()}  # listed under the names --model takes
+    assert (found["tiny-org/Tiny-GGUF"].format, found["tiny-org/Tiny-GGUF"].dtype) == ("gguf", "Q8_0")
+    assert found["gguf-org/only-gguf/only-gguf-Q8_0.gguf"].path == str(only.parent / "only-gguf-Q8_0.gguf")
 
 
 def test_ollama_name_resolves_to_its_blob(stores, monkeypatch, capsys):
