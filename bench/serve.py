@@ -77,6 +77,8 @@ def start_servers(args) -> dict[str, tuple[subprocess.Popen, int]]:
         port = free_port()
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF_PATH), "--port", str(port)]
         cmd += ["--n_ctx", "2048", "--n_threads", str(args.threads), "--n_batch", "512", "--verbose", "False"]
+        # By default a new request interrupts the one being streamed; queue them instead.
+        cmd += ["--interrupt_requests", "False"]
         quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         servers["llama.cpp"] = (subprocess.Popen(cmd, env=env, **quiet), port)
     for proc, port in servers.values():
@@ -84,9 +86,11 @@ def start_servers(args) -> dict[str, tuple[subprocess.Popen, int]]:
     return servers
 
 
-# The same sampling on both: temperature 0.7 alone (llama-cpp-python's server defaults to top-k 40,
-# top-p 0.95, min-p 0.05 and a repeat penalty of 1.1; tiankong's OpenAI defaults to none of them).
-EXTRA = {"tiankong": {}, "llama.cpp": {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}}
+# The same sampling on both: temperature 0.7 and top-k 40, nothing else (llama-cpp-python's server
+# defaults to top-p 0.95, min-p 0.05 and a repeat penalty of 1.1 besides; its top_k 0 path, "all
+# tokens", takes about a second per token in its Python sampler at this vocabulary).
+SAMPLING = {"temperature": 0.7, "top_k": 40, "top_p": 1.0}
+EXTRA = {"tiankong": {}, "llama.cpp": {"min_p": 0.0, "repeat_penalty": 1.0}}
 
 
 def stream_one(port: int, seed: int, args, extra: dict) -> dict:
@@ -95,8 +99,8 @@ def stream_one(port: int, seed: int, args, extra: dict) -> dict:
         {
             "prompt": PROMPT,
             "max_tokens": args.max_tokens,
-            "temperature": 0.7,
-            "top_p": 1.0,
+            **SAMPLING,
+            "logprobs": 1,  # one chunk per token on both (see below)
             "seed": seed,
             "stream": True,
             **extra,
@@ -113,13 +117,14 @@ def stream_one(port: int, seed: int, args, extra: dict) -> dict:
             continue
         choice = json.loads(line[6:])["choices"][0]
         finish = choice.get("finish_reason") or finish
-        if choice.get("text"):
-            times.append(time.perf_counter())
+        now = time.perf_counter()
+        times += [now] * len((choice.get("logprobs") or {}).get("tokens") or [])
     conn.close()
-    # llama-cpp-python holds back pieces that are not whole UTF-8 characters (random weights emit
-    # many), so chunks undercount its tokens: a request that ran to max_tokens made max_tokens.
-    tokens = args.max_tokens if finish == "length" else len(times)
-    per_token = (times[-1] - times[0]) / (tokens - 1) if tokens > 1 and len(times) > 1 else float("nan")
+    # Without logprobs llama-cpp-python holds back pieces that are not whole UTF-8 characters
+    # (random weights emit many) and so streams fewer chunks than tokens; with logprobs both
+    # servers stream every token as it comes, with its text in `tokens`.
+    tokens = len(times)
+    per_token = (times[-1] - times[0]) / (tokens - 1) if tokens > 1 else float("nan")
     return {"ttft": times[0] - t0 if times else float("nan"), "per_token": per_token, "tokens": tokens}
 
 
@@ -197,10 +202,12 @@ def report(results: dict[str, dict[int, list[dict]]], args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="1,4,16", help="concurrencies, comma-separated")
-    ap.add_argument("--requests", type=int, default=2, help="requests per client per phase")
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=1, help="requests per client per phase")
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    # 1 by default: on a machine other processes share, ggml's spinning thread pool collapses when one
+    # of its threads is descheduled (2 threads decoded 20x slower than 1 on the project's loaded box).
+    ap.add_argument("--threads", type=int, default=1, help="threads per server")
     ap.add_argument("--skip-llamacpp", action="store_true")
     args = ap.parse_args()
     if not (MODEL_DIR / "model.safetensors").is_file():
