@@ -28,6 +28,7 @@ ARCHITECTURES: dict[str, str] = {
     "Phi3ForCausalLM": "llama",  # q/k/v and gate/up fused in the checkpoint, split at load
     "Gemma2ForCausalLM": "gemma",
     "Gemma3ForCausalLM": "gemma",
+    "Gemma3ForConditionalGeneration": "gemma",  # image-text Gemma 3: its text model only
     "GPT2LMHeadModel": "gpt2",
 }
 
@@ -60,6 +61,9 @@ class ModelConfig:
     attn_scale: float | None = None  # Gemma: query_pre_attn_scalar ** -0.5 instead of head_dim ** -0.5
     attn_softcap: float | None = None  # Gemma 2: attention scores s become c * tanh(s / c)
     final_softcap: float | None = None  # Gemma 2: logits z become c * tanh(z / c)
+    # Gemma 3 image-text checkpoints: the text model's tensors sit under "language_model."; the
+    # vision tower's are not read, and a save writes the text model alone (Gemma3ForCausalLM).
+    text_prefix: str = ""
     tie_embeddings: bool = False  # output layer shares the embedding matrix
     activation: str = "silu"  # SwiGLU gate (llama), "gelu_pytorch_tanh" (gemma's GeGLU) or "gelu_new" (gpt2)
     torch_dtype: str | None = None  # dtype the checkpoint was saved in, if it says
@@ -123,6 +127,9 @@ class ModelConfig:
         """Map a transformers `config.json` dict to a ModelConfig (4.x and 5.x spellings)."""
         check_values(cfg)
         arch = _architecture(cfg)
+        prefix = ""
+        if arch == "Gemma3ForConditionalGeneration":
+            cfg, arch, prefix = _gemma3_text_part(cfg), "Gemma3ForCausalLM", "language_model."
         family = ARCHITECTURES[arch]
         cfg = {**_DEFAULTS.get(arch, {}), **cfg}  # what transformers' config class assumes when absent
         common: dict[str, Any] = dict(
@@ -132,6 +139,7 @@ class ModelConfig:
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=cfg.get("eos_token_id"),
             extra=dict(cfg),
+            text_prefix=prefix,
         )
         try:
             if family == "gpt2":
@@ -167,6 +175,19 @@ def _architecture(cfg: Mapping[str, Any]) -> str:
         named = ", ".join(archs) or cfg.get("model_type") or "none given"
         raise ModelLoadError(f"unsupported architecture ({named}); tiankong supports {', '.join(ARCHITECTURES)}")
     return arch
+
+
+def _gemma3_text_part(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config.json of the text model inside an image-text Gemma 3 (its text_config; token ids
+    and tying from the top level where given), as a Gemma3ForCausalLM's."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise ModelLoadError("config.json: text_config must be an object for Gemma3ForConditionalGeneration; fix it")
+    check_values(text, "config.json text_config")
+    top = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "tie_word_embeddings") if cfg.get(k) is not None}
+    # transformers' image-text Gemma 3 never soft-caps its logits, whatever text_config says.
+    top["final_logit_softcapping"] = None
+    return {**text, **top, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text"}
 
 
 def _gpt2_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -86,6 +86,7 @@ def name_table(cfg: ModelConfig) -> NameTable:
         getattr(mod, "TRANSPOSED", frozenset()),
         getattr(mod, "PREFIX", ""),
         fused=llama.phi3_fused(cfg) if cfg.architecture == "Phi3ForCausalLM" else None,
+        sub_model=cfg.text_prefix,
     )
 
 

@@ -55,19 +55,28 @@ class NameTable:
         transposed: frozenset[str] = frozenset(),
         prefix: str = "",
         fused: dict[str, tuple[tuple[str, int], ...]] | None = None,
+        sub_model: str = "",
     ) -> None:
         """fused: checkpoint tensors that hold several of the table's, stacked by rows (Phi-3's
-        qkv_proj): name -> ((part's checkpoint name, rows), ...); `split` and `join` convert."""
+        qkv_proj): name -> ((part's checkpoint name, rows), ...); `split` and `join` convert.
+        sub_model: the checkpoint holds more than this model, whose tensors sit under this prefix
+        (Gemma 3 image-text: "language_model."); `split` reads only those, and saves drop it."""
         self.entries = [(src, dst, src in transposed) for src, dst in weight_map.items()]
         self.rules = [(_pattern(src), dst, t) for src, dst, t in self.entries]
         self.ignored = [_pattern(p) for p in ignored]
         self.prefix = prefix
         self.fused = [(_pattern(src), src, parts) for src, parts in (fused or {}).items()]
+        self.sub_model = sub_model
 
     def split(self, tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]]) -> Iterator:
         """The (file, name, shape, read) stream of a checkpoint with every fused tensor replaced by
-        its parts, each read as a view of the fused tensor's rows (read once for all of them)."""
+        its parts, each read as a view of the fused tensor's rows (read once for all of them), and
+        only the sub-model's tensors, renamed as if it were alone."""
         for file, name, shape, read in tensors:
+            if self.sub_model:
+                if not name.startswith(self.sub_model):
+                    continue  # another model's (a vision tower)
+                name = name[len(self.sub_model) :]
             hit = next(((m, parts) for pat, _, parts in self.fused if (m := pat.match(name))), None)
             if hit is None:
                 yield file, name, shape, read

@@ -36,6 +36,7 @@ VARIANTS = {
     "gemma2": ("gemma2", {}),
     "gemma3": ("gemma3", {}),
     "gemma3-bias-untied": ("gemma3", dict(attention_bias=True, tie_word_embeddings=False)),
+    "gemma3-vision": ("gemma3-vision", {}),  # an image-text checkpoint: its text model (saved alone)
     "gpt2": ("gpt2", {}),
 }
 
@@ -234,6 +235,7 @@ def test_bad_folders(tmp_path, folders):
         "phi3",
         "gemma2",
         "gemma3",
+        "gemma3-vision",
         "gpt2",
     ],
 )
@@ -327,7 +329,7 @@ def hf_greedy(hf, prompts: list[list[int]], n: int) -> list[list[int]]:
     return out[:, P:].tolist()
 
 
-@pytest.mark.parametrize("name", ["phi3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("name", ["phi3", "gemma2", "gemma3", "gemma3-vision"])
 def test_generate_cli_on_phi3_and_gemma(monkeypatch, capsys, folders, name):
     """`tiankong generate` on a tiny Phi-3 / Gemma folder: greedy tokens equal transformers'."""
     from helpers import cli

@@ -113,7 +113,7 @@ def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = N
         cfg, cls = Phi3Config, Phi3ForCausalLM
         overrides = dict(rope_parameters=phi3_long_rope(torch.Generator().manual_seed(seed))) | overrides
         overrides = dict(original_max_position_embeddings=16, partial_rotary_factor=0.75, pad_token_id=0) | overrides
-    elif arch in ("gemma2", "gemma3"):
+    elif arch in ("gemma2", "gemma3", "gemma3-vision"):
         # Every feature within the tests' reach: a window of 6 on the local layers (layers 0 and 2
         # of 3 for Gemma 2, 0 and 1 for Gemma 3), soft-caps that cap (random logits reach ~30),
         # query_pre_attn_scalar apart from head_dim, a local RoPE base apart from the global one.
@@ -135,11 +135,25 @@ def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = N
         overrides = gemma | overrides
     else:
         raise ValueError(arch)
-    if arch != "gpt2":
+    if arch == "gemma3-vision":
+        # Gemma 3 as released from 4B up: an image-text checkpoint (a one-layer vision tower here)
+        # whose text model is the gemma3 one above.
+        from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+        text = {**common, **llama_like, **overrides}
+        # The image token past the vocabulary: inside it, transformers attends both ways around it.
+        ids = dict(image_token_index=V, boi_token_index=3, eoi_token_index=4, mm_tokens_per_image=4)
+        vision |= dict(image_size=28, patch_size=14)
+        cfg, cls = (
+            Gemma3Config(text_config=text, vision_config=vision, initializer_range=0.3, **ids),
+            Gemma3ForConditionalGeneration,
+        )
+    elif arch != "gpt2":
         cfg = cfg(**{**common, **llama_like, **overrides})
     torch.manual_seed(seed)
     model = cls(cfg).eval()
-    if arch in ("qwen3", "phi3", "gemma2", "gemma3"):
+    if arch in ("qwen3", "phi3", "gemma2", "gemma3", "gemma3-vision"):
         # Norm gains start at 1, where a q/k-norm gain applied to the wrong dimensions goes unseen.
         with torch.no_grad():
             for name, p in model.named_parameters():
