@@ -362,14 +362,14 @@ def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, sett
     dist.barrier()  # every process has read the parts before any appends: all agree on the rows to do
     todo = [r for r, k in zip(rows, keys, strict=True) if (r.index, k) not in finished]
     mine = shards.my_batches(todo, run.batch_size, dist.rank, dist.world)
-    tally = _Tally()
+    tally, part = _Tally(), shards.PartWriter(output, dist.rank)
     try:
-        with shards.PartWriter(output, dist.rank) as part, run.bar(sum(map(len, mine))) as advance:
+        with part, run.bar(sum(map(len, mine))) as advance:
             for batch in mine:
                 outs = _generate_batch(run, batch, advance, tally)
                 part.append((r.index, keys[r.index], o) for r, o in zip(batch, outs, strict=True))
     except KeyboardInterrupt:
-        _report_interrupt(output, len(rows) - len(todo) + tally.rows)
+        _report_interrupt(output, len(rows) - len(todo) + part.written)
         raise typer.Exit(130) from None
     sums = dist.all_reduce_sum({"rows": tally.rows, "failed": tally.failed})  # also the barrier before the merge
     if dist.is_main:

@@ -107,17 +107,19 @@ class PartWriter:
     def __init__(self, output: Path, rank: int) -> None:
         self.path = part_file(output, rank)
         self.f: Any = None
+        self.written = 0  # lines on disk (fsync'ed) from this run
 
     def append(self, entries: Iterable[tuple[int, str, str]]) -> None:
-        text = "".join(json.dumps({"row": r, "key": k, "out": o}, ensure_ascii=False) + "\n" for r, k, o in entries)
+        lines = [json.dumps({"row": r, "key": k, "out": o}, ensure_ascii=False) + "\n" for r, k, o in entries]
         try:
             if self.f is None:
                 self.f = self._open()
-            self.f.write(text.encode("utf-8"))
+            self.f.write("".join(lines).encode("utf-8"))
             self.f.flush()
             os.fsync(self.f.fileno())
         except OSError as e:
             raise WriteError(self.path, why(e)) from None
+        self.written += len(lines)
 
     def _open(self) -> Any:
         f = open(self.path, "ab+")  # appends go to the end whatever the position; reads and truncate work
