@@ -201,6 +201,12 @@ class GGUFModel:
         except Exception as e:  # the header was walked already: anything left is a damaged file
             raise ModelLoadError(f"{self.path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
         self.tensors = {t.name: t for t in self.reader.tensors}
+        parts = self.meta("split.count", 1)
+        if isinstance(parts, int) and parts > 1:
+            raise ModelLoadError(
+                f"{self.path} is one of {parts} parts of a split GGUF; join them into one file first "
+                "(llama.cpp's llama-gguf-split --merge FIRST-PART OUT.gguf)"
+            )
         self.arch_name = self.meta("general.architecture")
         if self.arch_name not in ARCHS:
             raise ModelLoadError(

@@ -361,6 +361,12 @@ def _ollama_entries(root: Path) -> list[FoundModel]:
         except (TiankongError, AttributeError, TypeError):
             continue
         arch, quant = facts.get("model_family"), facts.get("file_type")
+        if not isinstance(arch, str) or not isinstance(quant, str):  # no config blob: the file's header says
+            from .gguf_header import peek, quantization_name
+
+            header = peek(blob) if blob.is_file() else {}
+            arch = arch if isinstance(arch, str) else header.get("general.architecture")
+            quant = quant if isinstance(quant, str) else quantization_name(header.get("general.file_type"))
         out.append(
             FoundModel(
                 f"ollama:{short}:{tag}",

@@ -92,7 +92,8 @@ def greedy(eng: Engine, prompt: str, n: int = 12) -> tuple[list[int], list[float
 
 @pytest.mark.parametrize(
     "arch, qtype",
-    [(arch, qtype) for arch in (*ARCHS, "llama3") for qtype in QTYPES] + [("gemma2", "q8_0"), ("gemma3", "q4_0")],
+    [(arch, qtype) for arch in (*ARCHS, "llama3") for qtype in QTYPES]
+    + [("gemma2", "q8_0"), ("gemma3", "q4_0"), ("llama", "bf16"), ("qwen2", "q4_1"), ("qwen3", "q5_0")],
 )
 def test_logits_equal_transformers_on_the_same_weights(files, arch, qtype):
     path, ref = files(arch, qtype)
@@ -176,7 +177,8 @@ def test_ollama_store_and_gguf_only_repos_resolve_offline(files, tmp_path, monke
     assert greedy(eng, "hello", 4)[0] == greedy(Engine.load("org/tiny-GGUF", device="cpu"), "hello", 4)[0]
     found = {m.name: m for m in list_models()}
     assert (found["org/tiny-GGUF"].architecture, found["org/tiny-GGUF"].dtype) == ("qwen2", "Q8_0")
-    assert found["ollama:tiny:q8"].format == "gguf"
+    ollama = found["ollama:tiny:q8"]  # no config blob in this store: read from the file's header
+    assert (ollama.format, ollama.architecture, ollama.dtype) == ("gguf", "qwen2", "Q8_0")
 
 
 # --- llama.cpp's own converter ---------------------------------------------------------------------
@@ -354,6 +356,21 @@ def test_lying_metadata_is_one_line(hf, tmp_path, key, value, words):
     with pytest.raises(ModelLoadError, match=words) as e:
         load_model(path, device="cpu")
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_split_gguf_part_is_one_line(hf, tmp_path):
+    """A part of a split file (llama-gguf-split) holds some of the tensors: said, not 'tensors missing'."""
+    path = tmp_path / "tiny-00001-of-00002.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_uint16("split.no", 0)
+    writer.add_uint16("split.count", 2)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match="one of 2 parts of a split GGUF; join them"):
+        load_model(path, device="cpu")
 
 
 def test_unsupported_architecture_is_one_line(hf, tmp_path):
