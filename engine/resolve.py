@@ -119,7 +119,7 @@ def display_name(model: str | Path) -> str:
         from .gguf_header import peek
 
         name = peek(path, ("general.name",)).get("general.name")
-        return f"ollama:{name}" if isinstance(name, str) and name else path.name
+        return name if isinstance(name, str) and name else path.name
     return path.name or str(model)
 
 
