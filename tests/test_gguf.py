@@ -27,7 +27,7 @@ from tiny_models import make_model
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import ModelLoadError
 from tiankong.engine.model import load_model
-from tiankong.engine.resolve import list_models, resolve_model
+from tiankong.engine.resolve import display_name, list_models, resolve_model
 from tiankong.engine.sampling import SamplingParams
 
 ARCHS = ("llama", "qwen2", "qwen3", "gpt2")
@@ -173,6 +173,7 @@ def test_ollama_store_and_gguf_only_repos_resolve_offline(files, tmp_path, monke
     lm.mkdir(parents=True)
     shutil.copyfile(path, lm / "tiny-Q8_0.gguf")
     assert resolve_model("ollama:tiny:q8") == store / "blobs" / f"sha256-{digest}"
+    assert display_name(resolve_model("ollama:tiny:q8")) == "tiny"  # the file's general.name, not sha256-...
     eng = Engine.load("ollama:tiny:q8", device="cpu")
     assert greedy(eng, "hello", 4)[0] == greedy(Engine.load("org/tiny-GGUF", device="cpu"), "hello", 4)[0]
     found = {m.name: m for m in list_models()}
