@@ -99,7 +99,8 @@ def test_config_variants():
     assert v4.n_kv_heads == 4 and v4.head_dim == 16
     assert ModelConfig.from_hf_config({**base, "head_dim": 32}).head_dim == 32
     with pytest.raises(
-        ModelLoadError, match="Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, GPT2LMHeadModel"
+        ModelLoadError,
+        match="Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, GPT2LMHeadModel",
     ):
         ModelConfig.from_hf_config({**base, "architectures": ["BertForMaskedLM"], "model_type": "bert"})
     with pytest.raises(ModelLoadError, match="yarn"):
