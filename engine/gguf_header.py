@@ -243,9 +243,13 @@ def open_reader(path: Path) -> gguf.GGUFReader:
     and 480 MB on a busy 2-core box). Its `_get_field_parts` is overridden for arrays only, and gives
     each element as a memoryview (nbytes, tobytes(), [0], tolist(), as the numpy views have), 10x
     faster. The header was walked by check_header first, so every length read here is in bounds.
+    A gguf release without that private method gets the plain reader (slower, same fields).
     """
     import gguf
     from gguf import GGUFValueType as V
+
+    if not callable(getattr(gguf.GGUFReader, "_get_field_parts", None)):
+        return gguf.GGUFReader(path)
 
     class Reader(gguf.GGUFReader):
         def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
