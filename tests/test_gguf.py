@@ -575,3 +575,36 @@ def test_engine_keeps_q8_0_blocks_as_quantizing_the_folder_at_load_does(files, h
     tokens, logprobs = greedy(eng, "Once upon a time")
     want_tokens, want_logprobs = greedy(folder_eng, "Once upon a time")
     assert tokens == want_tokens and logprobs == pytest.approx(want_logprobs, abs=1e-5)
+
+
+def test_chat_screen_on_an_ollama_model(files, store, tmp_path, monkeypatch):
+    """The playground on `ollama:NAME`: it loads, answers, stores the chat under the blob's path and
+    shows the file's general.name, not the blob's sha256 name."""
+    import asyncio
+
+    from test_tui_chat import answered, loaded, make_app, send
+
+    from tiankong.engine.resolve import resolve_model
+
+    path, _ = files("llama", "q8_0")
+    digest = "4" * 64
+    (tmp_path / "ollama" / "blobs").mkdir(parents=True)
+    shutil.copyfile(path, tmp_path / "ollama" / "blobs" / f"sha256-{digest}")
+    manifest = tmp_path / "ollama" / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+    manifest.parent.mkdir(parents=True)
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}"}
+    manifest.write_text(json.dumps({"layers": [layer]}))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    blob = resolve_model("ollama:tiny")
+
+    async def go():
+        app = make_app(blob, store, tmp_path)
+        async with app.run_test(size=(100, 32)) as pilot:
+            chat = await loaded(pilot)
+            chat.params = chat.params.replace(seed=7, max_new_tokens=6)
+            await send(pilot, "hello there")
+            answer = await answered(pilot, chat)
+            return answer.tokens, store.get_chat(chat.chat_id).model, chat.model_name
+
+    tokens, stored_model, shown = asyncio.run(go())
+    assert tokens and stored_model == str(blob.resolve()) and shown == "tiny"
