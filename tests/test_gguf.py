@@ -496,8 +496,8 @@ def _ours(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def k_files(tmp_path_factory):
-    """Llama and GPT-2 with rows of 256 (K-quant blocks), as F32 GGUFs and llama.cpp's own
-    llama_model_quantize of them to Q8_0, Q4_K_M and Q5_K_M (Q4_K/Q5_K/Q6_K tensors)."""
+    """Llama, Qwen2, Qwen3 and GPT-2 with rows of 256 (K-quant blocks) as F32 GGUFs, and the Llama
+    quantized by llama.cpp's own llama_model_quantize to Q8_0, Q4_K_M and Q5_K_M (Q4_K/Q5_K/Q6_K)."""
     import ctypes
 
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -506,10 +506,22 @@ def k_files(tmp_path_factory):
         "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
         "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
     }
+    from transformers import AutoTokenizer
+
     out = {}
-    for arch, dims in (("llama", dict(hidden_size=256, intermediate_size=512)), ("gpt2", dict(n_embd=256))):
+    wide = dict(hidden_size=256, intermediate_size=512)
+    for arch, dims in (("llama", wide), ("qwen2", wide), ("qwen3", wide), ("gpt2", dict(n_embd=256))):
         root = tmp_path_factory.mktemp(f"k-{arch}")
-        out[arch, "f32"] = src = write_gguf(make_model(root / "hf", arch, **dims), root / "f32.gguf", "f32")
+        folder = make_model(root / "hf", arch, **dims)
+        # llama.cpp wants one embedding row per token of the file's vocabulary, which is
+        # transformers' tokenizer's (Qwen2's adds <|endoftext|> to the tiny one).
+        if (n := len(AutoTokenizer.from_pretrained(folder))) != json.loads((folder / "config.json").read_text())[
+            "vocab_size"
+        ]:
+            folder = make_model(root / "hf-rows", arch, vocab_size=n, **dims)
+        out[arch, "f32"] = src = write_gguf(folder, root / "f32.gguf", "f32")
+        if arch != "llama":
+            continue
         for name, ftype in ftypes.items():
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype, params.nthread = ftype, 1
@@ -519,7 +531,7 @@ def k_files(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("arch, tolerance", [("llama", 1e-3), ("gpt2", 0.05)])
+@pytest.mark.parametrize("arch, tolerance", [("llama", 1e-3), ("qwen2", 1e-3), ("qwen3", 1e-3), ("gpt2", 0.05)])
 def test_float_gguf_logits_equal_llama_cpp(k_files, arch, tolerance):
     """Stated tolerance: 1e-3 on logits of ~17 (llama.cpp sums in another order); GPT-2 0.05, as
     llama.cpp's CPU GELU reads a float16 table."""
