@@ -168,6 +168,13 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def close(self) -> None:
+        """Wait for every rank, then leave the process group. A rank that exits while gloo's threads
+        still run can end in std::terminate (SIGABRT), and torchrun then kills the others."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def _by_name(model: nn.Module, state: dict) -> dict:
     """A plain optimizer's state_dict (parameters numbered in the order the trainer passed them:

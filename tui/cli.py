@@ -374,6 +374,7 @@ def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, sett
     sums = dist.all_reduce_sum({"rows": tally.rows, "failed": tally.failed})  # also the barrier before the merge
     if dist.is_main:
         shards.merge(output, [(r.index, k) for r, k in zip(rows, keys, strict=True)])
+    dist.close()
     return _Tally(int(sums["rows"]), int(sums["failed"]))
 
 
