@@ -55,19 +55,32 @@ def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
     from tiankong.engine.events import Finished, TokenEvent
     from tiankong.engine.sampling import SamplingParams
 
-    eng = Engine.load(source, device="cpu", dtype=dtype)
+    if source.suffix == ".gguf":
+        # By hand, for GGUFModel(keep_quantized=True): Engine.load dequantizes a GGUF's blocks.
+        from tiankong.engine.gguf_model import GGUFModel
+        from tiankong.engine.model import load_model, prepare_for_inference
+        from tiankong.engine.quant import weight_summary
+
+        gguf = GGUFModel(source, keep_quantized=True)
+        model, cfg = load_model(gguf, "cpu", "auto")
+        weights = weight_summary(model)
+        tok = gguf.tokenizer()
+        model = prepare_for_inference(model)
+        eng = Engine(model, cfg, tok, gguf.chat_template(tok), source, weights["parameters"], weights)
+    else:
+        eng = Engine.load(source, device="cpu", dtype=dtype)
     assert eng.decode_path.startswith("compiled step"), eng.decode_path
     greedy = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, seed=0)
 
-    def run(rows: int) -> tuple[float, float]:
-        params = [SamplingParams(**(greedy if rows == 1 else PRESETS[r]), max_new_tokens=n_new) for r in range(rows)]
+    def run(rows: int, n: int = n_new) -> tuple[float, float]:
+        params = [SamplingParams(**(greedy if rows == 1 else PRESETS[r]), max_new_tokens=n) for r in range(rows)]
         first = end = None
         for ev in eng.generate([prompt] * rows, params):
             if first is None and isinstance(ev, TokenEvent):
                 first = time.perf_counter()
             elif isinstance(ev, Finished):
                 end = time.perf_counter()
-        step = (end - first) / (n_new - 1)
+        step = (end - first) / (n - 1)
         return 1.0 / step, step
 
     return run, eng.info()["weight_types"]
@@ -78,7 +91,7 @@ def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
 
     llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
 
-    def run(rows: int) -> tuple[float, float]:
+    def run(rows: int, n: int = n_new) -> tuple[float, float]:
         assert rows == 1
         llm.reset()
         count, first = 0, None
@@ -86,9 +99,9 @@ def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
             count += 1
             if count == 1:
                 first = time.perf_counter()
-            if count == n_new:
+            if count == n:
                 break
-        step = (time.perf_counter() - first) / (n_new - 1)
+        step = (time.perf_counter() - first) / (n - 1)
         return 1.0 / step, step
 
     return run
@@ -122,22 +135,25 @@ def main() -> None:
             run, types = tiankong_runner(MODEL_DIR, qtype, prompt, n_new)
             engines[f"tiankong {qtype} at load"] = (run, (1, 4), types)
     best: dict[tuple[str, int], float] = {}  # (engine, rows) -> best seconds per step
-    for name, (run, rows, _) in engines.items():  # warm-up
+    for run, rows, _ in engines.values():  # warm-up: first-call allocations, page faults
         for r in rows:
-            run(r)
+            run(r, 8)
     for rnd in range(args.rounds):
         for _ in range(args.runs):
             for name, (run, rows, _) in engines.items():
                 for r in rows:
-                    best[name, r] = min(best.get((name, r), 1e9), run(r)[1])
-        console.print(f"[dim]round {rnd + 1}/{args.rounds} done[/]")
+                    step = run(r)[1]
+                    best[name, r] = min(best.get((name, r), 1e9), step)
+                    console.print(f"[dim]round {rnd + 1}: {name}, {r} row(s): {1 / step:.1f} steps/s[/]")
     report(engines, best, args, console)
 
 
 def report(engines: dict, best: dict, args, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"decode, {args.threads} threads, batch 1 greedy, {args.prompt_tokens}+{args.new_tokens} tokens")
+    table = Table(
+        title=f"decode, {args.threads} threads, batch 1 greedy, {args.prompt_tokens}+{args.new_tokens} tokens"
+    )
     for col in ("engine", "weights", "tok/s", "vs llama.cpp", "4 rows / 1 row"):
         table.add_column(col)
     rows = []
