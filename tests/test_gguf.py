@@ -480,18 +480,18 @@ def test_blocks_kept_quantized_give_the_same_logits(files, arch, qtype):
 # --- llama.cpp itself (llama-cpp-python, where installed) -------------------------------------------
 
 
-def _llama_cpp_logits(path: Path) -> np.ndarray:
-    """llama.cpp's logits (T, V) for IDS, with a float32 KV cache (its default f16 cache rounds)."""
+def _llama_cpp_logits(path: Path, ids: list[int] = IDS) -> np.ndarray:
+    """llama.cpp's logits (T, V) for ids, with a float32 KV cache (its default f16 cache rounds)."""
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
-    llm.eval(IDS)
-    return np.array(llm.scores[: len(IDS)])
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)])
 
 
-def _ours(path: Path) -> np.ndarray:
+def _ours(path: Path, ids: list[int] = IDS) -> np.ndarray:
     model, _ = load_model(path, device="cpu", dtype="float32")
     with torch.no_grad():
-        return model(torch.tensor([IDS]), torch.arange(len(IDS))[None])[0].numpy()
+        return model(torch.tensor([ids]), torch.arange(len(ids))[None])[0].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -620,3 +620,13 @@ def test_chat_screen_on_an_ollama_model(files, store, tmp_path, monkeypatch):
 
     tokens, stored_model, shown = asyncio.run(go())
     assert tokens and stored_model == str(blob.resolve()) and shown == "tiny"
+
+
+@pytest.mark.parametrize("arch, tolerance", [("gemma2", 0.01), ("gemma3", 0.01), ("phi3", 1e-3)])
+def test_gemma_and_phi3_gguf_logits_equal_llama_cpp(files, arch, tolerance):
+    """Stated tolerance: Gemma 0.01 on logits of ~8 (llama.cpp's float16 GELU table, soft-caps);
+    Phi-3 1e-3 over 24 positions, past its long-rope switch (llama.cpp's context of 64 is past it too)."""
+    path, ids = files(arch, "f32")[0], IDS + IDS[:8]
+    theirs, ours = _llama_cpp_logits(path, ids), _ours(path, ids)
+    assert np.abs(theirs).max() > 5 and np.abs(ours - theirs).max() < tolerance
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
