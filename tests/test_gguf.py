@@ -622,10 +622,11 @@ def test_chat_screen_on_an_ollama_model(files, store, tmp_path, monkeypatch):
     assert tokens and stored_model == str(blob.resolve()) and shown == "tiny"
 
 
-@pytest.mark.parametrize("arch, tolerance", [("gemma2", 0.01), ("gemma3", 0.01), ("phi3", 1e-3)])
-def test_gemma_and_phi3_gguf_logits_equal_llama_cpp(files, arch, tolerance):
+@pytest.mark.parametrize("arch, tolerance", [("gemma2", 0.01), ("gemma3", 0.01), ("phi3", 1e-3), ("llama3", 1e-3)])
+def test_gemma_phi3_and_llama3_scaled_gguf_logits_equal_llama_cpp(files, arch, tolerance):
     """Stated tolerance: Gemma 0.01 on logits of ~8 (llama.cpp's float16 GELU table, soft-caps);
-    Phi-3 1e-3 over 24 positions, past its long-rope switch (llama.cpp's context of 64 is past it too)."""
+    Phi-3 1e-3 over 24 positions, past its long-rope switch (llama.cpp's context of 64 is past it too);
+    Llama with Llama 3 RoPE scaling (rope_freqs.weight) 1e-3."""
     path, ids = files(arch, "f32")[0], IDS + IDS[:8]
     theirs, ours = _llama_cpp_logits(path, ids), _ours(path, ids)
     assert np.abs(theirs).max() > 5 and np.abs(ours - theirs).max() < tolerance
