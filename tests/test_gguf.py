@@ -119,7 +119,7 @@ def test_phi3_long_rope_and_fused_tensors(files, qtype):
     torch.testing.assert_close(ours, hf_logits(ref, ids), atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "gemma3", "phi3"])
 def test_engine_on_a_gguf_generates_what_the_folder_generates(files, arch):
     """Packed form (the compiled step where it builds): same ids, greedy tokens and logprobs as the
     HF folder holding the same weights; tokenizer and chat template come from the file."""
