@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from .chat import ChatTemplate, render_prompt
-from .config import ARCHITECTURES, ModelConfig
+from .config import ModelConfig
 from .context import PromptCache, answer_room, fit_messages
 from .errors import InputError
 from .events import Event
 from .generate import generate
-from .gguf_model import ARCHS as GGUF_ARCHS
 from .gguf_model import GGUFModel, is_gguf, peek
 from .llama_packed import PackedLlama
 from .model import load_model, prepare_for_inference, resolve_device
@@ -50,15 +49,19 @@ def with_seeds(params: Sequence[SamplingParams]) -> list[SamplingParams]:
     return [p if p.seed is not None else p.replace(seed=draw_seed()) for p in params]
 
 
+# GGUF architectures whose quantized matrices the packed form and the compiled step take as they
+# are (Phi-3's fused q/k/v and gate/up are split at load, which needs floats; Gemma has no step).
+_BLOCK_ARCHS = ("llama", "qwen2", "qwen3")
+
+
 def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:
     """Whether a GGUF file's quantized matrices stay in their blocks: packed on the CPU, no dtype asked
-    for, a Llama-family file and the compiled step built. Elsewhere QLinear would dequantize every
+    for, one of _BLOCK_ARCHS and the compiled step built. Elsewhere QLinear would dequantize every
     weight on every forward, so they are dequantized once at load instead."""
     if not (pack and dtype in (None, "auto") and resolve_device(device).type == "cpu"):
         return False
     arch = peek(path, ("general.architecture",)).get("general.architecture")
-    family = ARCHITECTURES[GGUF_ARCHS[arch].hf_architecture] if arch in GGUF_ARCHS else None
-    return family == "llama" and native_library() is not None
+    return arch in _BLOCK_ARCHS and native_library() is not None
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Engine:
             model = prepare_for_inference(model)
         tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
         check_token_ids(tokenizer, cfg.vocab_size, folder)
+        template: ChatTemplate | None
         if chat_template is not None:
             template = ChatTemplate.from_file(chat_template, tokenizer)
         else:

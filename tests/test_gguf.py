@@ -569,6 +569,15 @@ def test_bulk_metadata_reader_reads_what_ggufreader_reads(files):
             assert [mine.parts[i].tobytes() for i in mine.data] == [field.parts[i].tobytes() for i in field.data]
 
 
+def test_engine_dequantizes_a_quantized_phi3_and_gemma_at_load(files):
+    """Phi-3's fused tensors are split on floats and Gemma has no compiled step: their blocks are
+    dequantized once at load, and the engines run."""
+    for arch in ("phi3", "gemma3"):
+        eng = Engine.load(files(arch, "q8_0")[0], device="cpu")
+        assert set(eng.weights["types"]) == {"float32"}
+        assert greedy(eng, "Once upon a time", 3)[0]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_engine_keeps_q8_0_blocks_as_quantizing_the_folder_at_load_does(files, hf, arch):
     """Engine.load on a Q8_0 GGUF (no dtype, CPU) keeps the file's blocks; they are the bytes that
