@@ -178,7 +178,8 @@ class Batcher:
         while (self._rows or self._pending) and time.monotonic() < deadline:
             time.sleep(0.01)
         with self._cond:
-            for req in list(self._pending) + [r.owner for r in (self._batch.rows if self._batch else [])]:
+            batch = self._batch  # read once: the loop thread may drop it meanwhile
+            for req in list(self._pending) + [r.owner for r in (batch.rows if batch else [])]:
                 req.cancel()
             self._stop = True
             self._cond.notify()

@@ -59,7 +59,7 @@ class Job:
     top_logprobs: int  # candidates per token (0 = none)
     logprobs: bool  # whether to return logprobs at all
     max_tokens_given: bool
-    id: str = field(default_factory=lambda: f"{'cmpl'}-{uuid.uuid4().hex[:24]}")
+    id: str  # chatcmpl-... or cmpl-...
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -96,8 +96,17 @@ _CHAT = {
     "max_completion_tokens": _INT,
 }
 _COMPLETIONS = {**_COMMON, "prompt": "string or array", "logprobs": _INT, "echo": _BOOL, "best_of": _INT}
-_SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p")
-_SAMPLING_FIELDS += ("repetition_penalty", "seed")
+# Request fields that are SamplingParams fields of the same name.
+_SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+)
 
 # OpenAI's defaults where no preset is named: plain sampling at temperature 1.
 OPENAI_DEFAULTS = SamplingParams(temperature=1.0, top_p=1.0)
@@ -162,7 +171,7 @@ def parse_request(
         top,
         logprobs,
         "max_tokens" in given or "max_completion_tokens" in given,
-        id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
     )
 
 
