@@ -309,6 +309,15 @@ def test_auth_and_bind_rules(stories):
         assert r.usage.completion_tokens == 3
 
 
+@needs_stories
+def test_a_request_past_its_timeout_is_cancelled(stories):
+    with running(stories, timeout_s=0.05) as (base, batcher, _):
+        client = openai.OpenAI(base_url=base, api_key="none")
+        r = client.completions.create(model="stories260K", prompt="Once", max_tokens=500, seed=1)
+        assert r.choices[0].finish_reason == "cancelled" and r.usage.completion_tokens < 500
+        assert batcher.rows == 0
+
+
 def _open_stream(base: str, payload: dict) -> socket.socket:
     """Start a streaming request on a bare socket and read until its first token arrives."""
     host, port = base.split("//")[1].split("/")[0].split(":")

@@ -268,13 +268,13 @@ class _Stream:
         try:
             while self.left:
                 wait = self.deadline - time.monotonic()
+                if wait <= 0:
+                    self.cancel()  # idempotent; the rows' Finished events come within a step
                 try:
-                    # Wake at least once a second to notice a gone client or the deadline (once
-                    # cancelled, the rows' Finished events come within a step).
+                    # Wake at least once a second to notice a gone client or the deadline.
                     i, ev = await asyncio.wait_for(self.queue.get(), timeout=min(wait, 1.0) if wait > 0 else 1.0)
                 except asyncio.TimeoutError:
-                    gone = request is not None and await request.is_disconnected()
-                    if gone or time.monotonic() >= self.deadline:
+                    if request is not None and await request.is_disconnected():
                         self.cancel()
                     continue
                 self.left -= isinstance(ev, Finished)
