@@ -228,6 +228,14 @@ def test_n_seeds_and_concurrency_give_the_same_text(stories):
         three = ask(100, n=3)
         assert len(set(three)) == 3
         assert [ask(100 + j)[0] for j in range(3)] == three
+        msgs = [{"role": "user", "content": "Lily"}]
+        kw = dict(model="stories260K", messages=msgs, max_tokens=12, seed=9, n=2)
+        whole = [c.message.content for c in client.chat.completions.create(**kw).choices]
+        streamed = ["", ""]
+        for chunk in client.chat.completions.create(**kw, stream=True):
+            for c in chunk.choices:
+                streamed[c.index] += c.delta.content or ""
+        assert streamed == whole and whole[0] != whole[1]
         alone = ask(5)
         with ThreadPoolExecutor(6) as pool:
             noise = [pool.submit(ask, s, 2, "The dog") for s in range(5)]
