@@ -75,7 +75,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.scale, self.softcap = cfg.attn_scale, cfg.attn_softcap
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim**-0.5  # (SDPA's default)
+        self.softcap = cfg.attn_softcap
         self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.wq(x).view(B, T, H, hd)  # (B, T, H, hd)
         k = self.wk(x).view(B, T, H_kv, hd)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:  # Gemma 3 (both)
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
         v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
@@ -143,6 +144,10 @@ class Block(nn.Module):
 
 
 class Gemma(nn.Module):
+    inv_freq: torch.Tensor  # (hd/2,) buffers registered in __init__ (config.rope_buffers): global
+    inv_freq_local: torch.Tensor  # and local layers' frequencies; long-rope's never (llama.RopeModel)
+    inv_freq_long: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -182,6 +187,7 @@ class Gemma(nn.Module):
         if cfg.local_rope_theta is not None:
             tables[True] = rope_tables(self, positions, x.dtype, self.inv_freq_local)
         for i, layer in enumerate(self.layers):
+            assert isinstance(layer, Block)  # (ModuleList types its items nn.Module)
             cos, sin = tables[layer.local]
             x = layer(x, cos, sin, local if layer.local else mask, cache, i, start)
         if last_only:

@@ -368,7 +368,7 @@ def _long_rope_rereads(cfg: ModelConfig, cached: int, total: int) -> bool:
     drops its cache and reads the whole sequence again with them, and so does tiankong: keys turned
     with the short factors never sit beside long ones."""
     s = cfg.rope_scaling
-    return bool(s) and s["rope_type"] == "longrope" and 0 < cached <= s["original_max_position_embeddings"] < total
+    return bool(s and s["rope_type"] == "longrope" and 0 < cached <= s["original_max_position_embeddings"] < total)
 
 
 def _reread_long_rope(model: nn.Module, cfg: ModelConfig, batch: _Batch) -> torch.Tensor:

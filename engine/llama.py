@@ -11,6 +11,8 @@ weight table.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +38,16 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.cat((turned * cos + rotate_half(turned) * sin, rest), dim=-1)
 
 
-def rope_tables(model: nn.Module, positions: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None):
+class RopeModel(Protocol):
+    """What rope_tables reads from a model (Llama, Gemma): its config and the buffers of
+    config.rope_buffers (inv_freq_long exists only with long-rope)."""
+
+    cfg: ModelConfig
+    inv_freq: torch.Tensor
+    inv_freq_long: torch.Tensor
+
+
+def rope_tables(model: RopeModel, positions: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None):
     """cos, sin (B, 1, T, rd) in `dtype` for positions (B, T), as transformers computes them (in
     float32, times long-rope's attention factor); long-rope's long factors where they apply."""
     cfg = model.cfg
@@ -75,7 +86,7 @@ class Attention(nn.Module):
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.wq(x).view(B, T, H, hd)  # (B, T, H, hd)
         k = self.wk(x).view(B, T, H_kv, hd)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:  # Qwen3 (both)
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
         v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
@@ -129,6 +140,9 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
+    inv_freq: torch.Tensor  # (rd/2,) buffers registered in __init__ (config.rope_buffers); the long
+    inv_freq_long: torch.Tensor  # frequencies only with long-rope
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

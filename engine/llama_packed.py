@@ -50,7 +50,7 @@ from torch import nn
 
 from .config import ModelConfig, long_rope_applies, rope_attention_factor
 from .kv_cache import KVCache, build_mask
-from .llama import Llama
+from .llama import Block, Llama
 from .native import NativeStep, WeightBuffer
 from .native import library as native_lib
 from .native import reason as native_reason
@@ -87,6 +87,19 @@ def _quantized_q_scale(cfg: ModelConfig, q_norm: bool) -> float:
 
 class PackedBlock(nn.Module):
     """One transformer block; weights are oneDNN-packed opaque tensors (see module docstring)."""
+
+    # Buffers, registered in __init__ (declared for the type checker: nn.Module's attribute lookup
+    # types them Tensor | Module).
+    wqkv: torch.Tensor
+    wo: torch.Tensor
+    w13: torch.Tensor
+    w2: torch.Tensor
+    bqkv: torch.Tensor | None
+    bo: torch.Tensor | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    attn_norm: torch.Tensor | None
+    ffn_norm: torch.Tensor | None
 
     def __init__(
         self,
@@ -168,6 +181,10 @@ class PackedBlock(nn.Module):
 class PackedLlama(nn.Module):
     """Inference-only Llama/Mistral/Qwen2/Qwen3 with folded, permuted, fused and packed weights."""
 
+    inv_freq: torch.Tensor  # buffers, registered in __init__ (see PackedBlock)
+    inv_freq_long: torch.Tensor | None
+    norm_weight: torch.Tensor
+
     def __init__(self, model: Llama, native: bool | None = None) -> None:
         """native: decode steps through the compiled step (native.py) with plain weights; None uses
         it when it builds (weights on CPU, float32 or bfloat16), False never (weights packed for
@@ -212,8 +229,8 @@ class PackedLlama(nn.Module):
             # Then layer by layer, handing each layer's checkpoint pages back once its packed copy
             # exists, so that at most one layer is held twice.
             self.layers = nn.ModuleList(self._pack_layer(cfg, layer, own) for layer in model.layers)
-            assert packed or own.used == own.data.numel()
-        self._native = None if packed else NativeStep(lib, self)
+            assert not isinstance(own, WeightBuffer) or own.used == own.data.numel()
+        self._native = None if lib is None else NativeStep(lib, self)
 
     def _init_quantized(self, model: Llama) -> None:
         """QTensor weights, kept quantized for the compiled step (see the module docstring): the
@@ -225,15 +242,17 @@ class PackedLlama(nn.Module):
             )
         # A parameter, not a buffer: quantized weights are buffers, and callers read the activations'
         # dtype and device from the first parameter (next(model.parameters())).
-        gain = self._buffers.pop("norm_weight").float()
+        gain = self.norm_weight.float()
+        del self._buffers["norm_weight"]
         self.norm_weight = nn.Parameter(gain, requires_grad=False)
         if isinstance(self.tok_emb, nn.Embedding) and self.tok_emb.weight.dtype != torch.float32:
             self.tok_emb = nn.Embedding.from_pretrained(self.tok_emb.weight.float(), freeze=True)
         out = weight_of(model.output)
-        quantized_head = isinstance(out, QTensor)
-        self.output = out.data.contiguous() if quantized_head else out.float().contiguous()  # (V, row bytes or D)
-        self.out_type = out.ggml_type if quantized_head else 0
-        self.out_layout = ((out.qtype if quantized_head else "float32", out.shape[0]),)  # for the torch path
+        if isinstance(out, QTensor):  # (V, row bytes)
+            self.output, self.out_type, qtype = out.data.contiguous(), out.ggml_type, out.qtype
+        else:  # (V, D)
+            self.output, self.out_type, qtype = out.float().contiguous(), 0, "float32"
+        self.out_layout = ((qtype, out.shape[0]),)  # for the torch path
         hd = self.cfg.head_dim
         if rope_attention_factor(self.cfg) != 1.0 and self.cfg.rotary_dim < hd:
             # Unfolded, long-rope's scale is one on the query heads, which is right only when RoPE
@@ -241,7 +260,7 @@ class PackedLlama(nn.Module):
             raise ValueError(
                 "quantized weights with long-rope over part of each head are not supported; use --dtype float32"
             )
-        self.q_scale = _quantized_q_scale(self.cfg, model.layers[0].attn.q_norm is not None)
+        self.q_scale = _quantized_q_scale(self.cfg, self.cfg.qk_norm)  # qk_norm: the layers have q/k norms
         packed = [self._pack_layer_quantized(self.cfg, layer) for layer in model.layers]
         self.layers = nn.ModuleList(block for block, _ in packed)
         self.register_buffer(
@@ -254,16 +273,20 @@ class PackedLlama(nn.Module):
         """One layer of QTensor (or float) weights as the compiled step reads them, and the ggml
         types of wq, wk, wv, wo, gate, up, down. Nothing is folded: gains and the query scale stay
         separate; q/k rows (and biases) go into RoPE-pair order."""
+        assert isinstance(layer, Block)  # Llama.layers holds llama.Block (typed nn.Module by ModuleList)
         H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         a, f = layer.attn, layer.ffn
+
+        def rows(w: torch.Tensor, heads: int) -> torch.Tensor:
+            return _pairs_adjacent(w.float(), heads, hd, cfg.rotary_dim)
 
         def pairs(w: QTensor | torch.Tensor, heads: int) -> QTensor | torch.Tensor:
             if isinstance(w, QTensor):
                 return QTensor(w.qtype, w.shape, _pairs_adjacent(w.data, heads, hd, cfg.rotary_dim).contiguous())
-            return _pairs_adjacent(w.float(), heads, hd, cfg.rotary_dim)
+            return rows(w, heads)
 
         q_norm = k_norm = None
-        if a.q_norm is not None:  # the query scale goes into the q-norm gain, as in _pack_layer
+        if a.q_norm is not None and a.k_norm is not None:  # Qwen3: the query scale goes into the q-norm gain
             q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul(1.0 / math.sqrt(hd))
             k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
         wqkv, l_qkv = pack_rows([pairs(weight_of(a.wq), H), pairs(weight_of(a.wk), H_kv), weight_of(a.wv)])
@@ -272,7 +295,7 @@ class PackedLlama(nn.Module):
         w2, l_2 = pack_rows([weight_of(f.w2)])
         bqkv = None
         if a.wq.bias is not None:  # not scaled: the step scales the query heads after adding it
-            bqkv = torch.cat([pairs(a.wq.bias, H), pairs(a.wk.bias, H_kv), a.wv.bias.float()]).float()
+            bqkv = torch.cat([rows(a.wq.bias, H), rows(a.wk.bias, H_kv), a.wv.bias.float()]).float()
         bo = None if a.wo.bias is None else a.wo.bias.detach().float()
         quantized = dict(
             layouts=dict(wqkv=l_qkv, wo=l_o, w13=l_13, w2=l_2),
@@ -293,11 +316,12 @@ class PackedLlama(nn.Module):
     def _pack_layer(cfg: ModelConfig, layer: nn.Module, own=pack_weight) -> PackedBlock:
         """One layer's folded weights, each handed to `own` (oneDNN packing, or a copy into the
         compiled step's buffer), which returns the weight the block keeps."""
+        assert isinstance(layer, Block)  # Llama.layers holds llama.Block (typed nn.Module by ModuleList)
         H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         a, f = layer.attn, layer.ffn
         dt, scale = a.wq.weight.dtype, 1.0 / math.sqrt(hd)
         q_norm = k_norm = None
-        if a.q_norm is not None:  # the query scale moves into the norm's gain, which comes after
+        if a.q_norm is not None and a.k_norm is not None:  # Qwen3: the query scale moves into the norm's gain, after
             q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul_(scale)
             k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
             scale = 1.0
@@ -346,7 +370,9 @@ class PackedLlama(nn.Module):
         if mask is None and window is not None and start + T > window:
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, T, start + T, window)
-        angles = positions.float()[..., None] * (self.inv_freq_long if long else self.inv_freq)  # (B, T, hd/2)
+        inv_freq = self.inv_freq_long if long else self.inv_freq  # long: long-rope, which registers inv_freq_long
+        assert inv_freq is not None
+        angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
         freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None]  # (B, T, 1, hd/2) complex64
         if cache is not None:
             assert start + T <= cache.max_len, f"KV cache overflow: {start + T} > {cache.max_len}"
@@ -371,6 +397,7 @@ class PackedLlama(nn.Module):
     ) -> torch.Tensor:
         """A prompt through the compiled step one position at a time (quantized weights: the torch
         path would dequantize every weight per call). mask (B, 1, T, S) -> logits (B, T or 1, V)."""
+        assert self._native is not None  # quantized weights always have the compiled step
         x = self.tok_emb(tokens)  # (B, T, D)
         T, out = tokens.shape[1], []
         for t in range(T):

@@ -150,8 +150,9 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         return PackedLlama(model)
     # Gemma's extra norms, soft-capping and two kinds of layer have no packed form or compiled step
     # yet: its linears are packed for oneDNN in place, the rest runs as in the plain module.
-    lib = native_library() if isinstance(model, gpt2.GPT2) else None
-    return PackedGPT2(model, lib) if lib is not None else pack_linears(model)
+    if isinstance(model, gpt2.GPT2) and (lib := native_library()) is not None:
+        return PackedGPT2(model, lib)
+    return pack_linears(model)
 
 
 def save_pretrained(

@@ -21,15 +21,26 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import platformdirs
 import torch
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
 HEADERS = [SOURCE.parent / "kernels.h", SOURCE.parent / "quant.h"]  # included by decode.c; part of the cache key
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fPIC", "-shared"]
 
-_lib: ctypes.CDLL | None = None
+
+class Library(ctypes.CDLL):
+    """The compiled step (csrc/decode.c) as ctypes loads it, carrying its Model struct type."""
+
+    Model: type[ctypes.Structure]  # built from tk_model_layout() at load (model_struct)
+
+
+_lib: Library | None = None
 _reason: str | None = None  # why the library is unavailable, once that is known
 
 
@@ -79,12 +90,24 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL:
+def _build() -> Library:
+    """Compile csrc/decode.c (cached by source, compiler, flags, CPU and torch) and load it."""
     if sys.platform not in ("linux", "darwin"):
         raise RuntimeError(f"no native decode step on {sys.platform}")
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    target = _cache_dir() / f"decode-{_build_key(cc)}.so"
+    failed = target.with_suffix(".failed")  # a failed build is not retried by every process
+    if failed.exists():
+        raise RuntimeError(f"{failed.read_text().strip()} (delete {failed} to try again)")
+    if not target.exists():
+        _compile(cc, target, failed)
+    return _load(target)
+
+
+def _build_key(cc: str) -> str:
+    """What the built library depends on, hashed: sources, compiler and its version, flags, CPU, torch."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     parts = [
         SOURCE.read_text(),
@@ -96,32 +119,33 @@ def _build() -> ctypes.CDLL:
         _cpu_signature(),
         torch.__version__,
     ]
-    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"decode-{key}.so"
-    failed = target.with_suffix(".failed")  # a failed build is not retried by every process
-    if failed.exists():
-        raise RuntimeError(f"{failed.read_text().strip()} (delete {failed} to try again)")
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run(
-                [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300
-            )
-            if done.returncode != 0:
-                lines = done.stderr.strip().splitlines() or ["(no message)"]
-                first = next((ln for ln in lines if "error" in ln), lines[0])
-                why = f"compiling {SOURCE.name} with {Path(cc).name} failed: {first}"
-                failed.write_text(why + "\n")
-                raise RuntimeError(why)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _compile(cc: str, target: Path, failed: Path) -> None:
+    """Compile into a temporary file renamed to `target`; on an error, write why to `failed` and raise."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["(no message)"]
+            first = next((ln for ln in lines if "error" in ln), lines[0])
+            why = f"compiling {SOURCE.name} with {Path(cc).name} failed: {first}"
+            failed.write_text(why + "\n")
+            raise RuntimeError(why)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(target: Path) -> Library:
+    """The built library with its Model struct type and its functions' signatures."""
     # torch is imported, so its libgomp is loaded; the library's libgomp.so.1 resolves to that
     # same runtime (one thread pool for both).
-    lib = ctypes.CDLL(str(target))
+    lib = Library(str(target))
     lib.tk_model_layout.restype = ctypes.c_char_p
     lib.Model = model_struct(lib.tk_model_layout().decode())
     lib.tk_matvec.restype = ctypes.c_int
@@ -144,7 +168,7 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
-def library() -> ctypes.CDLL | None:
+def library() -> Library | None:
     """The built library, or None (see `reason()`). Builds at most once per process."""
     global _lib, _reason
     if _lib is None and _reason is None:
@@ -192,6 +216,27 @@ class WeightBuffer:
         return head, tok_emb
 
 
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A small vector as the step reads it: float32, contiguous (a copy the caller keeps alive)."""
+    return None if t is None else t.detach().float().contiguous()
+
+
+def _pointers(tensors: list) -> Any:
+    """A C array (void **) of the tensors' data pointers."""
+    return ctypes.cast(
+        (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), ctypes.POINTER(ctypes.c_void_p)
+    )
+
+
+class PackedModel(Protocol):
+    """What NativeStep reads from a model by attribute (see NativeStep; the optional ones by getattr)."""
+
+    cfg: ModelConfig
+    layers: torch.nn.ModuleList
+    output: torch.Tensor
+    norm_weight: torch.Tensor
+
+
 class NativeStep:
     """A prepared model's weights bound to tk_decode_step: one call per one-token decode step.
 
@@ -205,31 +250,13 @@ class NativeStep:
     uint8 tensors of rows of those types back to back, with norm gains `attn_norm`, `ffn_norm`.
     """
 
-    def __init__(self, lib: ctypes.CDLL, model: torch.nn.Module, gpt2: bool = False) -> None:
-        cfg, layers = model.cfg, model.layers
+    def __init__(self, lib: Library, model: PackedModel, gpt2: bool = False) -> None:
+        cfg = model.cfg
         self.lib, self.model, self.cfg = lib, model, cfg
         wtypes = getattr(model, "wtypes", None)  # quantized weights: their types
         self.dtype = torch.float32 if wtypes is not None else model.output.dtype  # the KV cache's
-
-        def f32(t: torch.Tensor | None) -> torch.Tensor | None:  # small vectors go to the step as float32
-            return None if t is None else t.detach().float().contiguous()
-
-        def pointers(tensors: list[torch.Tensor]):
-            return ctypes.cast(
-                (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), ctypes.POINTER(ctypes.c_void_p)
-            )
-
         self.keep: list = []  # the float32 copies and pointer arrays the struct refers to
-        arrays = {}
-        for name in ("wqkv", "wo", "w13", "w2"):
-            ts = [getattr(layer, name) for layer in layers]
-            for t in ts:
-                assert t.is_contiguous() and t.dtype == (self.dtype if wtypes is None else torch.uint8), (name, t.dtype)
-            arrays[name] = pointers(ts)
-        for name in ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm", "attn_norm", "ffn_norm"):
-            ts = [f32(getattr(layer, name, None)) for layer in layers]
-            arrays[name] = None if ts[0] is None else pointers(ts)
-            self.keep.append(ts)
+        arrays = self._layer_arrays(model.layers, torch.uint8 if wtypes is not None else self.dtype)
         assert model.output.is_contiguous() and (wtypes is not None or model.output.dtype == self.dtype)
         if wtypes is not None:
             wtypes = wtypes.to(torch.int32).contiguous()
@@ -237,9 +264,9 @@ class NativeStep:
             self.keep.append(wtypes)
         float_type = 30 if self.dtype == torch.bfloat16 else 0  # ggml's BF16, F32
         vectors = [
-            f32(model.norm_weight),
-            f32(getattr(model, "norm_bias", None)),
-            f32(getattr(model, "inv_freq", None)),
+            _f32(model.norm_weight),
+            _f32(getattr(model, "norm_bias", None)),
+            _f32(getattr(model, "inv_freq", None)),
         ]
         self.keep += [arrays, vectors]
 
@@ -267,9 +294,24 @@ class NativeStep:
             **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors), strict=True)),
         )
         # Every field of the C struct is set by name: a field added in decode.c and not here fails now.
-        missing = {name for name, _ in lib.Model._fields_} ^ set(values)
+        missing = {field[0] for field in lib.Model._fields_} ^ set(values)
         assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
         self.struct = lib.Model(**values)
+
+    def _layer_arrays(self, layers: torch.nn.ModuleList, weight_dtype: torch.dtype) -> dict[str, Any]:
+        """Per block tensor name, a C array of the layers' pointers to it (None where the blocks lack
+        it): the weights as they are, the small vectors as float32 copies kept in self.keep."""
+        arrays: dict[str, Any] = {}
+        for name in ("wqkv", "wo", "w13", "w2"):
+            ts = [getattr(layer, name) for layer in layers]
+            for t in ts:
+                assert t.is_contiguous() and t.dtype == weight_dtype, (name, t.dtype)
+            arrays[name] = _pointers(ts)
+        for name in ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm", "attn_norm", "ffn_norm"):
+            vs = [_f32(getattr(layer, name, None)) for layer in layers]
+            arrays[name] = None if vs[0] is None else _pointers(vs)
+            self.keep.append(vs)
+        return arrays
 
     def __call__(
         self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache, start: int
@@ -302,7 +344,7 @@ class NativeStep:
         return logits[:, None]
 
 
-def matvec(lib: ctypes.CDLL, w: torch.Tensor, type_: int, x: torch.Tensor) -> torch.Tensor:
+def matvec(lib: Library, w: torch.Tensor, type_: int, x: torch.Tensor) -> torch.Tensor:
     """The compiled step's own product y (B, O) = x (B, I) W^T for one weight of ggml type `type_`:
     W float32 (O, I), or uint8 (O, row bytes) of quantized rows. For tests and bench/quant.py."""
     assert w.is_contiguous() and x.dtype == torch.float32

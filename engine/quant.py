@@ -245,6 +245,9 @@ class QLinear(nn.Module):
     """`y = x W^T + b` with W a QTensor, dequantized on every forward (torch path, GPUs). The bytes
     are the buffer `qdata`, so `.to(device)` and state_dict() carry them."""
 
+    qdata: torch.Tensor  # buffers, registered in __init__ (declared for the type checker)
+    bias: torch.Tensor | None
+
     def __init__(self, weight: QTensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.qtype, (self.out_features, self.in_features) = weight.qtype, weight.shape
@@ -264,6 +267,8 @@ class QLinear(nn.Module):
 
 class QEmbedding(nn.Module):
     """An embedding table held as a QTensor: a lookup dequantizes only the rows it reads."""
+
+    qdata: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(self, weight: QTensor, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -299,10 +304,12 @@ def set_quantized(model: nn.Module, name: str, weight: QTensor) -> None:
     for module_name in [owner_name, *tied]:
         module = model.get_submodule(module_name)
         parent_name, _, child = module_name.rpartition(".")
+        replacement: nn.Module
         if isinstance(module, (nn.Embedding, QEmbedding)):
             replacement = QEmbedding(weight)
         else:
-            replacement = QLinear(weight, module.bias.detach() if module.bias is not None else None)
+            bias = getattr(module, "bias", None)
+            replacement = QLinear(weight, bias.detach() if bias is not None else None)
         setattr(model.get_submodule(parent_name), child, replacement)
 
 
@@ -329,7 +336,11 @@ def is_quantized(model: nn.Module) -> bool:
 
 def weight_of(module: nn.Module) -> QTensor | torch.Tensor:
     """A linear layer's or embedding's weight: its QTensor, or the float tensor."""
-    return module.weight if isinstance(module, (QLinear, QEmbedding)) else module.weight.detach()
+    if isinstance(module, (QLinear, QEmbedding)):
+        return module.weight
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), type(weight)
+    return weight.detach()
 
 
 # The layout of rows of mixed types stored back to back: each part's (type name, rows).
@@ -374,6 +385,8 @@ def weight_summary(model: nn.Module) -> dict:
     types: dict[str, int] = {}
     seen: set[int] = set()
     params = per_token = 0
+    data: torch.Tensor
+    shape: tuple[int, ...]
     for module in model.modules():
         if isinstance(module, (QLinear, QEmbedding)):
             key, data, shape = module.qtype, module.qdata, module.weight.shape
