@@ -280,7 +280,7 @@ class Batcher:
         self._rows = len(keep)
 
     @staticmethod
-    def _deliver(events: list[tuple[Request, Event]]) -> None:
+    def _deliver(events: Sequence[tuple[Request, Event]]) -> None:
         for req, ev in events:
             req.deliver(ev)
 

@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -59,7 +59,7 @@ class _Row:
     text: str = ""
     t0: float = 0.0  # when its prefill started
     prefill_s: float = 0.0  # seconds from t0 to its first token; 0 until it is drawn
-    owner: object = None  # the batcher's request this row belongs to (batcher.py); None in generate()
+    owner: Any = None  # the batcher's request this row belongs to (batcher.py); None in generate()
     prompt: Sequence[int] = ()  # its prompt's ids (read again at long-rope's switch, _reread_long_rope)
 
     def finished(self, reason: str, message: str = "") -> Finished:
