@@ -258,7 +258,7 @@ def open_reader(path: Path) -> gguf.GGUFReader:
             itype, alen = self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
             item, count, offs = V(int(itype[0])), int(alen[0]), orig_offs + 12
             parts: list[Any] = [itype, alen]
-            buf = memoryview(self.data)
+            buf = memoryview(self.data)  # type: ignore[arg-type]  # numpy's stubs: a memmap is a buffer
             if item == V.STRING:  # each element: its length (uint64), then its bytes
                 # The length parts, which no reader of a metadata field looks at (data indexes the
                 # bytes; KV fields are not summed), share one object: half the memory.
@@ -270,7 +270,7 @@ def open_reader(path: Path) -> gguf.GGUFReader:
                     offs += 8 + n
             else:
                 fmt = _SCALARS[int(item)]
-                values = buf[offs : offs + count * struct.calcsize(fmt)].cast(fmt)
+                values = buf[offs : offs + count * struct.calcsize(fmt)].cast(fmt)  # type: ignore[call-overload]  # typeshed wants a literal format
                 parts += [values[i : i + 1] for i in range(count)]
                 data = list(range(2, 2 + count))
                 offs += values.nbytes

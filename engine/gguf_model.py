@@ -38,9 +38,15 @@ if TYPE_CHECKING:
 
     from .chat import ChatTemplate
     from .quant import QTensor
-    from .tokenizer import Tokenizer
+    from .tokenizer import HFTokenizer, Tokenizer
 
 __all__ = ["ARCHS", "Arch", "GGUFModel", "check_header", "is_gguf", "peek", "quantization_name"]
+
+
+def _never_read() -> torch.Tensor:
+    """The reader of a tensor no name table maps: checks refuse such a file before any read."""
+    raise AssertionError("a GGUF tensor without a model name was read")
+
 
 # --- architectures -------------------------------------------------------------------------------
 # general.architecture -> (config.json architecture, metadata key table, tensor name table,
@@ -342,7 +348,7 @@ class GGUFModel:
             )
         return scaling
 
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> HFTokenizer:
         """The tokenizer rebuilt from tokenizer.ggml.* (engine/gguf_tokenizer.py)."""
         from .gguf_tokenizer import tokenizer_from_gguf
 
@@ -399,7 +405,7 @@ class GGUFModel:
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (out, in) for a matrix
             hit = table.target(t.name)
             if hit is None:
-                yield self.name, t.name, shape, lambda: None  # never read: the loader names it
+                yield self.name, t.name, shape, _never_read  # the loader names it as unexpected
                 continue
             hf_name, transpose = hit
             shape = shape[::-1] if transpose else shape

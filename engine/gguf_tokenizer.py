@@ -34,7 +34,7 @@ from tokenizers import Tokenizer as _Backend
 
 from .chat import TEMPLATE_FILE_MAX_BYTES
 from .errors import TokenizerError
-from .tokenizer import HFTokenizer, Tokenizer, _FolderSettings, merges_by_rank, sentencepiece_backend
+from .tokenizer import HFTokenizer, _FolderSettings, merges_by_rank, sentencepiece_backend
 
 # tokenizer.ggml.token_type values (gguf.TokenType; 0 is llama.cpp's "undefined", read as normal)
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
@@ -116,11 +116,12 @@ EOG_TEXTS = frozenset(
 )
 
 
-def tokenizer_from_gguf(reader: GGUFReader, path: Path) -> Tokenizer:
+def tokenizer_from_gguf(reader: GGUFReader, path: Path) -> HFTokenizer:
     """The tokenizer a GGUF file describes, giving the ids llama.cpp gives on the same file."""
     fields = _Fields(reader, path)
     kind = fields.string("tokenizer.ggml.model")
     tokens, types, vocab = _vocabulary(fields)
+    defaults: tuple[int | None, int | None, int | None]  # BOS, EOS, UNK when the file names none
     if kind == "llama":
         # llama.cpp's SPM defaults: BOS added; <s> = 1, </s> = 2, <unk> = 0 when the file names none
         backend, add_bos, defaults = _sentencepiece(fields, tokens, vocab), True, (1, 2, 0)
