@@ -488,13 +488,11 @@ def info(
     if format == "json":
         print(json.dumps(facts))
         return
+    from .screens.tokens import fact_text
+
     table = Table(show_header=False, show_edge=False)
     for k, v in facts.items():
-        if k == "parameters":
-            v = f"{v:,} ({v / 1e6:.2f} M)"
-        elif k == "bytes_per_token" and v is not None:
-            v = f"{v:,} ({v / 1e6:.1f} MB of weights read per decoded token)"
-        table.add_row(k.replace("_", " "), "yes" if v is True else "no" if v is False else str(v))
+        table.add_row(k.replace("_", " "), fact_text(k, v))
     Console().print(table)
 
 

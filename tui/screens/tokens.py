@@ -35,6 +35,19 @@ def prompt_pieces(eng: Any, ids: list[int]) -> Text:
     return out
 
 
+def fact_text(key: str, value: Any) -> str:
+    """One fact of Engine.info() as people read it; `tiankong info` and the f-key view share it."""
+    if key == "parameters":
+        return f"{value:,} ({value / 1e6:.2f} M)"
+    if key == "bytes_per_token" and isinstance(value, int):
+        return f"{value / 1e6:.1f} MB of weights read per decoded token"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
 def info_table(info: dict[str, Any]) -> Table:
     table = Table(show_header=False, show_edge=False, box=None, padding=(0, 1))
     table.add_column("fact", style="dim", no_wrap=True)
@@ -44,13 +57,7 @@ def info_table(info: dict[str, Any]) -> Table:
             # The folder is long (the status bar names the model); the decode path depends on this
             # machine's compiler, not on the model (`tiankong info` shows it).
             continue
-        if key == "parameters":
-            value = f"{value:,} ({value / 1e6:.2f} M)"
-        elif isinstance(value, bool):
-            value = "yes" if value else "no"
-        elif isinstance(value, list):
-            value = ", ".join(map(str, value))
-        table.add_row(key.replace("_", " "), str(value))
+        table.add_row(key.replace("_", " "), fact_text(key, value))
     return table
 
 
