@@ -472,3 +472,20 @@ def test_cli_generate_on_a_server_writes_the_local_records(engine, server, monke
         ]
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", url, "-p", "hi", "--raw")
     assert code == 2 and "raw prompts need a local --model" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("chat", "-m", "http://127.0.0.1:9/v1", "--dtype", "bfloat16"),
+        ("generate", "-m", "http://127.0.0.1:9/v1", "--device", "cpu", "-p", "hi"),
+        ("compare", "--models", "http://127.0.0.1:9/v1", "--chat-template", "README.md"),
+    ],
+)
+def test_local_model_options_with_a_server_are_refused_not_ignored(args):
+    # A server runs its own device, dtype and template: a flag that would change nothing is named.
+    from helpers import tiankong
+
+    code, err, _ = tiankong(*args, timeout=60)
+    assert code == 2 and len(err) == 1, err
+    assert args[3] in err[0] and "local models" in err[0]

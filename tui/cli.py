@@ -80,6 +80,21 @@ def _playground_model(model: Optional[Path | str], api_key: Optional[str]) -> An
     return RemoteModel(str(model), api_key) if is_remote(model) else _model_dir(model)
 
 
+def _local_only(models: list[Any], device: str, dtype: str, chat_template: Optional[Path]) -> None:
+    """--device, --dtype and --chat-template shape a model this process loads; a server runs its own.
+    Refused rather than silently ignored when a --model is a URL."""
+    from tiankong.engine.remote import is_remote
+
+    given = [
+        f
+        for f, v in (("--device", device != "auto"), ("--dtype", dtype != "auto"), ("--chat-template", chat_template))
+        if v
+    ]
+    if given and any(is_remote(m) for m in models if m is not None):
+        verb = "applies" if len(given) == 1 else "apply"
+        raise InputError(f"{', '.join(given)} {verb} to local models; a server (http://...) uses its own: drop it")
+
+
 def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
     """--chat-template checked before a model loads or a screen opens."""
     if chat_template is not None and not chat_template.expanduser().is_file():
@@ -97,6 +112,7 @@ def _load(
     from tiankong.engine.engine import Engine
     from tiankong.engine.remote import RemoteEngine, is_remote
 
+    _local_only([model], device, dtype, chat_template)
     if is_remote(model):  # a server: its own device, dtype and chat template
         return RemoteEngine.connect(str(model), api_key)
 
@@ -618,6 +634,7 @@ def chat(
     from tiankong.tui.app import run_app
 
     get_preset(preset)  # fail fast, before the screen opens
+    _local_only([model], device, dtype, chat_template)
     run_app(
         _playground_model(model, api_key),
         preset=preset,
@@ -688,6 +705,7 @@ def compare(
     """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers."""
     from tiankong.tui.app import run_app
 
+    _local_only([model, *(models or "").split(",")], device, dtype, chat_template)
     names, model_dirs = _compare_lineup(model, presets, models, api_key)
     first = model_dirs[0] if model_dirs else _playground_model(model, api_key)
     chat_template = _template_file(chat_template)
