@@ -17,7 +17,7 @@ too: the cache keeps every position and the mask hides the old ones). A prompt w
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Sized, TypeVar
 
 import torch
 
@@ -26,6 +26,8 @@ from .errors import InputError
 from .kv_cache import KVCache
 
 Messages = Sequence[Mapping[str, Any]]
+# A rendered prompt: token ids here, a server's counted messages in remote.py; only its len() is read.
+P = TypeVar("P", bound=Sized)
 
 
 def answer_room(max_new_tokens: int, context: int) -> int:
@@ -46,13 +48,13 @@ def turn_starts(messages: Messages) -> list[int]:
 
 
 def fit_messages(
-    encode: Callable[[list[Mapping[str, Any]]], list[int]],
+    encode: Callable[[list[Mapping[str, Any]]], P],
     messages: Messages,
     budget: int,
     *,
     at_least: int = 0,
     slack: int = 0,
-) -> tuple[list[int], int]:
+) -> tuple[P, int]:
     """Messages -> (prompt ids of at most `budget` tokens, number of oldest turns dropped).
 
     encode renders messages to ids (the chat template and tokenizer). The system messages at the
@@ -68,7 +70,7 @@ def fit_messages(
     droppable = max(0, len(starts) - 1)
     at_least = min(at_least, droppable)
 
-    def without(k: int) -> list[int]:  # the prompt without the k oldest turns
+    def without(k: int) -> P:  # the prompt without the k oldest turns
         return encode(head + messages[starts[k] :] if starts else head)
 
     ids = without(at_least)

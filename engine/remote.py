@@ -115,8 +115,10 @@ class RemoteEngine:
         ctx = next((card[k] for k in ("context_length", "max_model_len") if isinstance(card.get(k), int)), None)
         if ctx is None and isinstance(card.get("meta"), dict):  # llama.cpp's server: its slots' context
             ctx = _llama_cpp_context(http)
-        known = isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0
-        cfg = RemoteConfig(ctx if known else UNKNOWN_CONTEXT, known)
+        if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0:
+            cfg = RemoteConfig(ctx, True)
+        else:
+            cfg = RemoteConfig(UNKNOWN_CONTEXT, False)
         return cls(http, card["id"], cfg, str(card.get("owned_by", "")))
 
     # ------------------------------------------------------------------ naming
@@ -139,9 +141,11 @@ class RemoteEngine:
             "owned_by": self.owner or "unknown",
             "context_length": self.cfg.max_seq_len if self.cfg.context_known else "unknown (not trimmed here)",
             "chat_template": "the server's",
-            "prompt_tokens": {True: "counted by the server", False: "estimated from characters"}.get(
-                self._can_tokenize, "not counted yet"
-            ),
+            "prompt_tokens": "not counted yet"
+            if self._can_tokenize is None
+            else "counted by the server"
+            if self._can_tokenize
+            else "estimated from characters",
             "p_sample": "as the server reports it (tiankong serve), else unknown",
         }
 
@@ -458,14 +462,14 @@ class _Http:
         path = parts.path.rstrip("/") or "/v1"  # no path: OpenAI's /v1
         self.base = f"{parts.scheme}://{parts.netloc}{path}"
         self.root = path.removesuffix("/v1")  # where vLLM's /tokenize lives
-        self.path, self.parts = path, parts
+        self.path, self.parts, self.host = path, parts, parts.hostname
         self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
     def connection(self) -> http.client.HTTPConnection:
         kind = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
-        conn = kind(self.parts.hostname, self.parts.port, timeout=CONNECT_TIMEOUT_S)
+        conn = kind(self.host, self.parts.port, timeout=CONNECT_TIMEOUT_S)
         conn.connect()
         conn.sock.settimeout(READ_TIMEOUT_S)
         return conn
