@@ -80,9 +80,9 @@ def _playground_model(model: Optional[Path | str], api_key: Optional[str]) -> An
     return RemoteModel(str(model), api_key) if is_remote(model) else _model_dir(model)
 
 
-def _local_only(models: list[Any], device: str, dtype: str, chat_template: Optional[Path]) -> None:
+def _local_only(models: list[Any], device: str, dtype: str, chat_template: Optional[Path]) -> Optional[Path]:
     """--device, --dtype and --chat-template shape a model this process loads; a server runs its own.
-    Refused rather than silently ignored when a --model is a URL."""
+    Refused rather than silently ignored when a --model is a URL. Returns the checked template file."""
     from tiankong.engine.remote import is_remote
 
     given = [
@@ -93,6 +93,7 @@ def _local_only(models: list[Any], device: str, dtype: str, chat_template: Optio
     if given and any(is_remote(m) for m in models if m is not None):
         verb = "applies" if len(given) == 1 else "apply"
         raise InputError(f"{', '.join(given)} {verb} to local models; a server (http://...) uses its own: drop it")
+    return _template_file(chat_template)
 
 
 def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
@@ -705,10 +706,9 @@ def compare(
     """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers."""
     from tiankong.tui.app import run_app
 
-    _local_only([model, *(models or "").split(",")], device, dtype, chat_template)
+    chat_template = _local_only([model, *(models or "").split(",")], device, dtype, chat_template)
     names, model_dirs = _compare_lineup(model, presets, models, api_key)
     first = model_dirs[0] if model_dirs else _playground_model(model, api_key)
-    chat_template = _template_file(chat_template)
     if prompts is None:
         if repeat != 1 or restart:
             raise InputError("--repeat and --restart apply to a prompt file; add --prompts FILE")
