@@ -170,6 +170,7 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
     except TrainingStopped as stop:
         print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
         raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
+    trainer.dist.close()  # all ranks leave the process group together (a rank exiting alone can abort)
     from tiankong.trainers.metrics import plot_metrics
 
     if not trainer.dist.is_main:
