@@ -27,17 +27,18 @@ from torch import nn
 from .config import ModelConfig, rope_buffers
 from .kv_cache import KVCache
 from .llama import WEIGHT_MAP as LLAMA_WEIGHT_MAP
-from .llama import rope, rope_tables
+from .llama import Attention as LlamaAttention
+from .llama import RMSNorm as LlamaRMSNorm
+from .llama import rope_tables
 from .weights import embedding
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(LlamaRMSNorm):
     """x / rms(x) * (1 + w), computed in float32 and cast back (transformers' Gemma RMSNorm)."""
 
     def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))  # a gain of 1 + 0, as transformers initialises
+        super().__init__(dim, eps)
+        nn.init.zeros_(self.weight)  # a gain of 1 + 0, as transformers initialises
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gain = 1.0 + self.weight.float()
@@ -71,48 +72,22 @@ def softcapped_attention(
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
-class Attention(nn.Module):
+class Attention(LlamaAttention):
+    """Llama's attention with Gemma's query scale (query_pre_attn_scalar), its (1 + w) q/k norms
+    (Gemma 3) and soft-capped scores (Gemma 2)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        super().__init__(cfg, norm=RMSNorm)
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim**-0.5  # (SDPA's default)
         self.softcap = cfg.attn_softcap
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
-        # Gemma 3: one (1 + w) gain of head_dim shared by all query heads, one by all key heads.
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache | None,
-        layer: int,
-        start: int,
-    ) -> torch.Tensor:
-        B, T, _ = x.shape
-        H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.wq(x).view(B, T, H, hd)  # (B, T, H, hd)
-        k = self.wk(x).view(B, T, H_kv, hd)
-        if self.q_norm is not None and self.k_norm is not None:  # Gemma 3 (both)
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
-        v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
-        q, k = rope(q, cos, sin), rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.softcap is not None:
-            y = softcapped_attention(q, k, v, mask, self.scale, self.softcap)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale, enable_gqa=H_kv != H
-            )
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+            return softcapped_attention(q, k, v, mask, self.scale, self.softcap)
+        causal = mask is None and q.shape[2] > 1
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads
+        )
 
 
 class FeedForward(nn.Module):

@@ -61,7 +61,8 @@ def rope_tables(model: RopeModel, positions: torch.Tensor, dtype: torch.dtype, i
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, norm: type[RMSNorm] | None = None) -> None:
+        """norm: the per-head q/k norm's class when cfg.qk_norm (Gemma 3 passes its (1 + w) one)."""
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
@@ -69,8 +70,9 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
         # Qwen3: one gain of head_dim shared by all query heads, one by all key heads.
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        norm = norm or RMSNorm
+        self.q_norm = norm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = norm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -86,19 +88,23 @@ class Attention(nn.Module):
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.wq(x).view(B, T, H, hd)  # (B, T, H, hd)
         k = self.wk(x).view(B, T, H_kv, hd)
-        if self.q_norm is not None and self.k_norm is not None:  # Qwen3 (both)
+        if self.q_norm is not None and self.k_norm is not None:  # Qwen3, Gemma 3 (both)
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, H_kv, T, hd)
         v = self.wv(x).view(B, T, H_kv, hd).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
-        # No mask: plain causal attention over the whole sequence (training, or one unpadded row).
-        causal = mask is None and T > 1
-        y = F.scaled_dot_product_attention(
+        y = self.attend(q, k, v, mask)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, H, T, hd); k, v (B, H_kv, S, hd); mask (B, 1, T, S) bool -> (B, H, T, hd).
+        No mask: plain causal attention over the whole sequence (training, or one unpadded row)."""
+        causal = mask is None and q.shape[2] > 1
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
         )
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class FeedForward(nn.Module):
