@@ -26,8 +26,11 @@ scale, and q/k/v or gate/up may differ in type (a Q4_K_M file mixes q4_k and q6_
 gains stay vectors applied after normalising, the query scale is applied to the query heads, and the
 fused weights are their parts' rows back to back, each part in its own type (quant.pack_rows);
 q/k rows are still reordered into RoPE pairs (a row permutation works on quantized rows). They
-decode only through the compiled step, which reads the blocks directly; a prompt is fed to it one
-position at a time, and the torch path (cache-less calls) dequantizes each weight as it runs.
+decode through the compiled step, which reads the blocks directly. A prompt (and any call of more
+than one position) runs the layers here, with every linear one call of the compiled matrix product
+on the blocks (tk_matmul: all the prompt's tokens at once, each weight read from memory once) and
+norms, RoPE and attention in torch; a prompt fed to the step one position at a time read every
+weight once per token.
 
 Two ways to run it. Where the machine can build it (native.py), the weights stay plain (out, in)
 matrices (float32 or bfloat16) in one buffer and every one-token decode step is one call into the
@@ -53,9 +56,10 @@ from .kv_cache import KVCache, build_mask
 from .llama import Block, Llama
 from .native import NativeStep, WeightBuffer
 from .native import library as native_lib
+from .native import matmul as native_matmul
 from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
-from .quant import QTensor, ggml_types, is_quantized, pack_rows, unpack_rows, weight_of
+from .quant import QTensor, ggml_types, is_quantized, pack_rows, weight_of
 
 # (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured on 32
 # rows through a 3072 x 576 weight: 250 us packed, 430 us plain (oneDNN reorders it per call),
@@ -77,6 +81,19 @@ def _pairs_adjacent(w: torch.Tensor, n_heads: int, head_dim: int, rotary_dim: in
 def _padded(inv_freq: torch.Tensor, head_dim: int) -> torch.Tensor:
     """RoPE frequencies (rd/2,) with zeros up to hd/2: the pairs past rd turn by angle 0."""
     return F.pad(inv_freq, (0, head_dim // 2 - inv_freq.shape[0]))
+
+
+def _parts(layout: tuple) -> torch.Tensor:
+    """quant.pack_rows' layout as tk_matmul reads it: (n_parts, 2) int32, each (ggml type, rows)."""
+    return torch.tensor([[t, rows] for t, (_, rows) in zip(ggml_types(layout), layout, strict=True)], dtype=torch.int32)
+
+
+def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """x (..., I) W^T for W the uint8 rows of pack_rows (parts: _parts of its layout): the compiled
+    matrix product (csrc/decode.c's tk_matmul), which every quantized model has (_init_quantized)."""
+    lib = native_lib()
+    assert lib is not None
+    return native_matmul(lib, w, parts, x)
 
 
 def _quantized_q_scale(cfg: ModelConfig, q_norm: bool) -> float:
@@ -123,16 +140,20 @@ class PackedBlock(nn.Module):
         self.dim, self.ffn_dim, self.eps = cfg.dim, cfg.ffn_dim, cfg.norm_eps
         q = quantized or {}
         self.layouts, self.q_scale = q.get("layouts"), q.get("q_scale", 1.0)
+        # Each quantized weight's parts as tk_matmul reads them: (n_parts, 2) int32 (ggml type, rows).
+        self.parts = {name: _parts(layout) for name, layout in (self.layouts or {}).items()}
         named = dict(wqkv=wqkv, bqkv=bqkv, wo=wo, bo=bo, w13=w13, w2=w2, q_norm=q_norm, k_norm=k_norm)
         named.update(attn_norm=q.get("attn_norm"), ffn_norm=q.get("ffn_norm"))
         for name, t in named.items():
             self.register_buffer(name, t, persistent=False)
 
     def _mm(self, x: torch.Tensor, name: str, b: torch.Tensor | None = None) -> torch.Tensor:
-        """x W^T + b for the block's weight `name` (quantized rows are dequantized for the call)."""
+        """x W^T + b for the block's weight `name` (quantized rows: the compiled matrix product
+        over all of x's rows at once, reading the blocks as they are)."""
         w = getattr(self, name)
         if self.layouts is not None:
-            w = unpack_rows(w, self.layouts[name], x.shape[-1])
+            y = _quantized_mm(x, w, self.parts[name])
+            return y if b is None else y.add_(b)
         return _linear(x, w, b, "none", [], "")
 
     def forward(
@@ -252,7 +273,7 @@ class PackedLlama(nn.Module):
             self.output, self.out_type, qtype = out.data.contiguous(), out.ggml_type, out.qtype
         else:  # (V, D)
             self.output, self.out_type, qtype = out.float().contiguous(), 0, "float32"
-        self.out_layout = ((qtype, out.shape[0]),)  # for the torch path
+        self.out_parts = _parts(((qtype, out.shape[0]),))  # for the torch path's tk_matmul
         hd = self.cfg.head_dim
         if rope_attention_factor(self.cfg) != 1.0 and self.cfg.rotary_dim < hd:
             # Unfolded, long-rope's scale is one on the query heads, which is right only when RoPE
@@ -362,8 +383,6 @@ class PackedLlama(nn.Module):
         long = long_rope_applies(self.cfg, positions)  # then torch: the step holds the short frequencies
         if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden and not long:
             return self._native(self.tok_emb(tokens[:, 0]), positions, mask, cache, start)
-        if self.quantized and cache is not None and not hidden and not long:
-            return self._prefill_by_steps(tokens, positions, mask, cache, start, last_only)
         x = self.tok_emb(tokens)  # (B, T, D)
         T = tokens.shape[1]
         window = self.cfg.sliding_window
@@ -383,29 +402,9 @@ class PackedLlama(nn.Module):
         x = F.rms_norm(x, (x.shape[-1],), self.norm_weight, self.cfg.norm_eps)
         if hidden:
             return x
-        head = unpack_rows(self.output.view(-1), self.out_layout, self.cfg.dim) if self.quantized else self.output
-        return _linear(x, head, None, "none", [], "")
-
-    def _prefill_by_steps(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache,
-        start: int,
-        last_only: bool,
-    ) -> torch.Tensor:
-        """A prompt through the compiled step one position at a time (quantized weights: the torch
-        path would dequantize every weight per call). mask (B, 1, T, S) -> logits (B, T or 1, V)."""
-        assert self._native is not None  # quantized weights always have the compiled step
-        x = self.tok_emb(tokens)  # (B, T, D)
-        T, out = tokens.shape[1], []
-        for t in range(T):
-            m = None if mask is None else mask[:, :, t : t + 1, : start + t + 1]
-            logits = self._native(x[:, t], positions[:, t : t + 1], m, cache, start + t)  # (B, 1, V)
-            if not last_only or t == T - 1:
-                out.append(logits)
-        return torch.cat(out, dim=1)
+        if self.quantized:
+            return _quantized_mm(x, self.output, self.out_parts)
+        return _linear(x, self.output, None, "none", [], "")
 
     @property
     def native(self) -> bool:

@@ -648,3 +648,65 @@ int tk_matvec(int type, const void *W, int O, int I, const float *x, int B, floa
     }
     return failed ? -1 : 0;
 }
+
+/* Weight rows per tile of tk_matmul: a tile (at most 32 x 6 KB of q8_0 rows 5632 wide) stays in L2
+ * while every group of four input rows passes over it; a multiple of 8 (repacked row groups). */
+#ifndef MATMUL_TILE
+#define MATMUL_TILE 32
+#endif
+
+/* y (T, O) = x W^T for T input rows x (T, I) float32 and a weight W of n_parts row blocks back to
+ * back (quant.pack_rows: a fused q/k/v or gate/up whose parts differ in type), part k rows[k] rows
+ * of types[k] (quantized, float32 or bfloat16), O = sum of rows: a prompt's T tokens through one
+ * weight at once, where the decode step takes one token through all of them. Each quantized
+ * input row is made once (the threads split the rows), then the threads take tiles of weight rows
+ * in turn (dynamic: a thread the shared machine delays takes fewer), each tile meeting every input
+ * row in groups of four (qrows_tile) while it sits in cache: the weights are read from memory
+ * once per call instead of once per token. Returns 0, or -1 without memory. */
+int tk_matmul(int n_parts, const int32_t *types, const int32_t *rows, const void *W, int I, const float *x, int T,
+              float *y, int n_threads) {
+    int O = 0, kinds = 0, n_tiles = 0; /* kinds: bit 0 some part reads 32-blocks, bit 1 256-blocks */
+    for (int k = 0; k < n_parts; k++) {
+        O += rows[k];
+        kinds |= !is_quant(types[k]) ? 0 : block_elems(types[k]) == 256 ? 2 : 1;
+        n_tiles += (rows[k] + MATMUL_TILE - 1) / MATMUL_TILE;
+    }
+    Act acts[2]; /* the input in blocks of 32 and of 256, where some part needs it */
+    void *mem = malloc(2 * act_bytes(T, I));
+    if (!mem)
+        return -1;
+    for (int k = 0; k < 2; k++) {
+        act_init(&acts[k], (char *)mem + k * act_bytes(T, I), T, I);
+        acts[k].B = T, acts[k].n = I, acts[k].kind = k ? 256 : 32;
+    }
+#pragma omp parallel num_threads(n_threads)
+    {
+        for (int k = 0; k < 2; k++)
+            if (kinds >> k & 1) {
+#pragma omp for schedule(static)
+                for (int b = 0; b < T; b++)
+                    act_quantize_rows(&acts[k], x, b, b + 1);
+            } /* each omp for ends in a barrier: every row is made before any tile reads it */
+#pragma omp for schedule(dynamic, 1)
+        for (int tile = 0; tile < n_tiles; tile++) {
+            /* the part holding this tile, its first row in y and its bytes' start in W */
+            int k = 0, at = 0, first = tile;
+            const char *w = W;
+            while (first >= (rows[k] + MATMUL_TILE - 1) / MATMUL_TILE) {
+                first -= (rows[k] + MATMUL_TILE - 1) / MATMUL_TILE;
+                w += rows[k] * row_bytes(types[k], I);
+                at += rows[k++];
+            }
+            const int r0 = first * MATMUL_TILE, r1 = r0 + MATMUL_TILE < rows[k] ? r0 + MATMUL_TILE : rows[k];
+            if (is_quant(types[k])) {
+                const Act *a = &acts[block_elems(types[k]) == 256];
+                for (int b0 = 0; b0 < T; b0 += 4)
+                    qrows_tile(types[k], (const uint8_t *)w, r0, r1, a, b0, T - b0 < 4 ? T - b0 : 4, y + at, O);
+            } else /* the float rows [r0, r1) as one small matvec on this thread */
+                matvec(advance(w, types[k] == T_BF16, (int64_t)r0 * I), types[k] == T_BF16, NULL, x, y + at + r0, T,
+                       r1 - r0, I, O, 0, 0, 1);
+        }
+    }
+    free(mem);
+    return 0;
+}

@@ -87,12 +87,11 @@ static void act_init(Act *a, void *mem, int B, int n) {
     a->bsums = (int16_t *)(a->s + (size_t)B * n / 32);
 }
 
-/* x (B, n) float32 -> a, in blocks of `kind`: scale amax / 127, q = round(x / scale). */
-static void act_quantize(Act *a, const float *x, int B, int n, int kind) {
-    if (a->kind == kind && a->B == B && a->n == n)
-        return;
-    a->B = B, a->n = n, a->kind = kind;
-    for (int64_t blk = 0; blk < (int64_t)B * n / kind; blk++) {
+/* Blocks [blk0, blk1) of x (a->B, a->n) float32 into a (a->kind set), each `kind` elements:
+ * scale amax / 127, q = round(x / scale). */
+static void act_quantize_blocks(Act *a, const float *x, int64_t blk0, int64_t blk1) {
+    const int kind = a->kind;
+    for (int64_t blk = blk0; blk < blk1; blk++) {
         const float *xb = x + blk * kind;
         int8_t *q = a->q + blk * kind;
         float amax = 0.f;
@@ -115,6 +114,20 @@ static void act_quantize(Act *a, const float *x, int B, int n, int kind) {
                 a->bsums[blk * 16 + g] = (int16_t)sum;
             }
     }
+}
+
+/* x (B, n) float32 -> a, in blocks of `kind` (a no-op when a already holds it). */
+static void act_quantize(Act *a, const float *x, int B, int n, int kind) {
+    if (a->kind == kind && a->B == B && a->n == n)
+        return;
+    a->B = B, a->n = n, a->kind = kind;
+    act_quantize_blocks(a, x, 0, (int64_t)B * n / kind);
+}
+
+/* Rows [b0, b1) of x (a->B, a->n) into a, whose B, n and kind the caller has set: threads that
+ * share one Act each quantize their own rows (then a barrier). */
+static void act_quantize_rows(Act *a, const float *x, int b0, int b1) {
+    act_quantize_blocks(a, x, (int64_t)b0 * a->n / a->kind, (int64_t)b1 * a->n / a->kind);
 }
 
 /* q4_k / q5_k: the 8 six-bit scales and mins of a block's 12 scale bytes. */
@@ -465,5 +478,31 @@ static void qrow(int type, const uint8_t *w, const Act *a, float *out) {
         case 3: qrow_nb(type, w, &sub, 3, out + b0); break;
         default: qrow_nb(type, w, &sub, 4, out + b0);
         }
+    }
+}
+
+/* y[b * ldy + r] = W row r . input row b, for weight rows r in [r0, r1) and input rows b in
+ * [b0, b0 + nb) of a (nb 1..4). W is the weight's first row, rows row_bytes(type, a->n) apart.
+ * The one call a matrix-matrix product (tk_matmul) makes per tile of weight rows and group of
+ * input rows: the tile's rows stay in L1/L2 across the groups, the group's rows in L1 across the
+ * tile's rows. */
+static void qrows_tile(int type, const uint8_t *W, int r0, int r1, const Act *a, int b0, int nb, float *y,
+                       int64_t ldy) {
+    Act sub = *a; /* input rows b0.. */
+    sub.q += (int64_t)b0 * a->n;
+    sub.d += (int64_t)b0 * a->n / a->kind;
+    sub.s += (int64_t)b0 * a->n / 32;
+    sub.bsums += (int64_t)b0 * a->n / 16;
+    const int64_t rb = row_bytes(type, a->n);
+    float out[4];
+    for (int r = r0; r < r1; r++) {
+        switch (nb) { /* a constant nb for each inlined kernel */
+        case 1: qrow_nb(type, W + r * rb, &sub, 1, out); break;
+        case 2: qrow_nb(type, W + r * rb, &sub, 2, out); break;
+        case 3: qrow_nb(type, W + r * rb, &sub, 3, out); break;
+        default: qrow_nb(type, W + r * rb, &sub, 4, out);
+        }
+        for (int b = 0; b < nb; b++)
+            y[(int64_t)(b0 + b) * ldy + r] = out[b];
     }
 }
