@@ -14,6 +14,11 @@ generate.py's own stages (_draw, _step_events, _evict, _decode), so a row yields
 `Engine.generate` would; a row whose request is cancelled (a client gone, a timeout, shutdown)
 leaves before the next draw, and its cache row is freed at once.
 
+What the rows read stays behind in a PrefixStore (context.py): a request whose prompt starts with
+a stored prompt, or with a finished row's prompt and answer (a chat client sending the whole
+conversation again), is prefilled only past that prefix. Such a request is prefilled on its own;
+the others are prefilled together.
+
 Each row draws from its own seeded generator, so a seed gives the same draws whatever else is in
 the batch. The logits themselves can differ from a lone run in the last bits (the batch's rows
 share matrix products and the cache layout moves with the batch), which changes a token only where
@@ -34,11 +39,27 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .context import PrefixStore, PromptCache
 from .engine import Engine, with_seeds
 from .errors import InputError, TiankongError
 from .events import Event, Finished, Timing, TokenEvent, Usage
-from .generate import _Batch, _cancelled, _decode, _draw, _evict, _join, _prefill, _setup_rows, _step_events
+from .generate import (
+    _Batch,
+    _cancelled,
+    _decode,
+    _draw,
+    _evict,
+    _join,
+    _prefill,
+    _Row,
+    _setup_rows,
+    _step_events,
+)
 from .sampling import SamplingParams
+
+# A stored prefix shorter than this is not worth prefilling a request apart from the others
+# (prompts of at most this many tokens still reuse a full match).
+MIN_REUSE = 16
 
 
 class QueueFull(TiankongError):
@@ -107,13 +128,15 @@ class Request:
 class Batcher:
     """Owns the decode loop of one engine in a background thread (see the module docstring).
 
-    max_rows: rows decoded together (the batch's width); max_queue: requests waiting for room.
+    max_rows: rows decoded together (the batch's width); max_queue: requests waiting for room;
+    prefix_bytes: memory for the keys and values of recent prompts and answers (0: none kept).
     """
 
-    def __init__(self, engine: Engine, max_rows: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, engine: Engine, max_rows: int = 16, max_queue: int = 64, prefix_bytes: int = 256 << 20) -> None:
         if max_rows < 1 or max_queue < 0:
             raise InputError(f"max_rows must be at least 1 and max_queue at least 0, got {max_rows}, {max_queue}")
         self.engine, self.max_rows, self.max_queue = engine, max_rows, max_queue
+        self.prefix = PrefixStore(prefix_bytes)  # written and read on the batcher's thread only
         self._cond = threading.Condition()
         self._pending: collections.deque[Request] = collections.deque()
         self._batch: _Batch | None = None
@@ -222,28 +245,60 @@ class Batcher:
         return admitted
 
     def _admit(self, admitted: list[Request]) -> None:
-        """Prefill the admitted requests together and join them to the running batch."""
-        eng = self.engine
-        prompts, rows = [], []
+        """Prefill the admitted requests and join them to the running batch: each request whose
+        prompt starts with a stored prefix on its own from there, the others together."""
+        fresh: list[tuple[Request, list[_Row]]] = []
         for req in admitted:
-            try:
-                new = _setup_rows(eng.cfg, eng.tokenizer, [req.prompt] * len(req.params), req.params, None)
-            except TiankongError as e:
-                req.finish_unstarted("error", str(e))
+            rows = self._rows_of(req)
+            if not rows:
                 continue
-            for r in new:
-                r.owner = req
-            prompts += [req.prompt] * len(new)
-            rows += new
-        if not rows:
-            return
+            n, kv = self.prefix.longest(req.prompt)
+            if kv is not None and n >= min(MIN_REUSE, len(req.prompt) - 1):
+                size = len(req.prompt) + max(r.max_new for r in rows)
+                self._prefill_join([(req, rows)], self.prefix.cache_for(self.engine.model, req.prompt, n, kv, size))
+            else:
+                fresh.append((req, rows))
+        if fresh:
+            self._prefill_join(fresh, None)
+
+    def _rows_of(self, req: Request) -> list[_Row]:
+        """The request's rows, or none (and the request ended) when it cannot run."""
+        eng = self.engine
         try:
-            new_batch = _prefill(eng.model, eng.cfg, prompts, rows, None)
-            self._batch = _join(self._batch, new_batch)
-            self._rows = len(self._batch.rows)
+            rows = _setup_rows(eng.cfg, eng.tokenizer, [req.prompt] * len(req.params), req.params, None)
+        except TiankongError as e:
+            req.finish_unstarted("error", str(e))
+            return []
+        for r in rows:
+            r.owner = req
+        return rows
+
+    def _prefill_join(self, group: list[tuple[Request, list[_Row]]], pc: PromptCache | None) -> None:
+        """Prefill these requests' rows (from pc's prefix: one request) and join the batch."""
+        eng = self.engine
+        rows = [r for _, rs in group for r in rs]
+        try:
+            new = _prefill(eng.model, eng.cfg, [req.prompt for req, rs in group for _ in rs], rows, pc)
         except TiankongError as e:  # e.g. the KV cache would not fit in memory: those requests fail
-            for req in dict.fromkeys(r.owner for r in rows):
+            for req, _ in group:
                 req.finish_unstarted("error", str(e))
+            return
+        self._remember(new, range(len(rows)))
+        self._batch = _join(self._batch, new)
+        self._rows = len(self._batch.rows)
+
+    def _remember(self, batch: _Batch, which: Sequence[int] | range) -> None:
+        """Store what these rows of the batch hold (their prompt and the answer fed back so far)
+        in the prefix store; one entry per request and length."""
+        pads, seen = batch.pad.tolist(), set()
+        for b in which:
+            r = batch.rows[b]
+            ids = list(r.prompt) + r.ids[:-1]  # the last drawn token is not fed back yet
+            if (id(r.owner), len(ids)) in seen:
+                continue
+            seen.add((id(r.owner), len(ids)))
+            assert batch.slot - pads[b] == len(ids), f"row holds {batch.slot - pads[b]} slots for {len(ids)} ids"
+            self.prefix.put(ids, batch.cache.kv[:, b, :, pads[b] : batch.slot])
 
     def _step(self) -> None:
         """One decode step of the running batch: cancelled rows leave, every other row draws a
@@ -261,6 +316,9 @@ class Batcher:
         k = max(r.owner.top_logprobs for r in batch.rows)
         draw = _draw(batch, self._eos, k)
         events, keep = _step_events(eng.model, batch, draw, eng.token_text, None)
+        failed = {id(r) for r, ev in events if isinstance(ev, Finished) and ev.finish_reason == "error"}
+        kept = set(keep)
+        self._remember(batch, [b for b, r in enumerate(batch.rows) if b not in kept and id(r) not in failed])
         out = []
         for r, ev in events:
             if isinstance(ev, TokenEvent) and len(ev.candidates) > r.owner.top_logprobs:

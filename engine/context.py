@@ -17,8 +17,10 @@ too: the cache keeps every position and the mask hides the old ones). A prompt w
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Mapping, Sequence, Sized, TypeVar
 
+import numpy as np
 import torch
 
 from .config import ModelConfig
@@ -146,3 +148,80 @@ class PromptCache:
             kv, self._model_id = grown, id(model)
         self.kv = kv
         return kv, keep
+
+
+class PrefixStore:
+    """Keys and values of recently read token sequences, one row each, within `max_bytes`.
+
+    An entry is a sequence of ids and its keys and values (n_layers, 2 H_kv, len, hd): what a row
+    held when its prompt was read or its answer ended. `longest` finds the entry that shares the
+    most leading tokens with a new prompt; a prefill then starts there (generate._prefill with a
+    PromptCache made by `cache_for`). Exact for the same reason PromptCache is.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise InputError(f"the prefix cache size must be at least 0 bytes, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0  # prefills that started from an entry
+        self.tokens_reused = 0  # prompt tokens those prefills did not read
+        self._entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, torch.Tensor]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def longest(self, prompt: Sequence[int]) -> tuple[int, torch.Tensor | None]:
+        """(n, kv) of the entry sharing the longest prefix with `prompt`: n tokens, at most
+        len(prompt) - 1 (the last prompt token must run to give the logits); (0, None) if none."""
+        ids = np.asarray(prompt, dtype=np.int64)
+        best, best_key = 0, None
+        for key, (stored, _) in self._entries.items():
+            m = min(len(stored), len(ids) - 1)
+            if m <= best:
+                continue
+            differ = np.flatnonzero(stored[:m] != ids[:m])
+            n = int(differ[0]) if len(differ) else m
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, None
+        self._entries.move_to_end(best_key)
+        return best, self._entries[best_key][1]
+
+    def put(self, ids: Sequence[int], kv: torch.Tensor) -> None:
+        """Keep a copy of kv (n_layers, 2 H_kv, len(ids), hd) for `ids`. An entry that is a prefix of
+        ids is superseded; ids that are a prefix of an entry add nothing."""
+        key = tuple(ids)
+        assert kv.shape[2] == len(key), f"{kv.shape[2]} slots of keys and values for {len(key)} ids"
+        size = kv.numel() * kv.element_size()
+        if not key or size > self.max_bytes:
+            return
+        for other in list(self._entries):
+            if len(other) >= len(key) and other[: len(key)] == key:
+                self._entries.move_to_end(other)
+                return
+            if other == key[: len(other)]:
+                self._drop(other)
+        self._entries[key] = (np.asarray(key, dtype=np.int64), kv.clone())
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def cache_for(
+        self, model: torch.nn.Module, prompt: Sequence[int], n: int, kv: torch.Tensor, size: int
+    ) -> PromptCache:
+        """A PromptCache of `size` slots holding the first n tokens of `prompt` (kv: the keys and
+        values `longest` returned)."""
+        p = next(model.parameters())
+        L, H2, _, hd = kv.shape
+        cache = KVCache(L, 1, H2 // 2, max(size, n), hd, p.dtype, p.device)
+        cache.kv[:, 0, :, :n] = kv[:, :, :n]
+        pc = PromptCache()
+        pc.kv, pc.ids, pc._model_id = cache, list(prompt[:n]), id(model)
+        self.hits, self.tokens_reused = self.hits + 1, self.tokens_reused + n
+        return pc
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        _, kv = self._entries.pop(key)
+        self.bytes -= kv.numel() * kv.element_size()

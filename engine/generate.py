@@ -181,7 +181,11 @@ def _prefill(
     for r in rows:
         r.t0 = t0
     if prompt_cache is not None:
+        assert all(list(ids) == list(prompts[0]) for ids in prompts), "a prompt cache serves one prompt"
         cache, logits = _prefill_cached(model, cfg, prompt_cache, prompts[0], total)
+        if B > 1:  # one prompt, several rows (a server's n): each row gets a copy of its keys and values
+            cache.select(torch.zeros(B, dtype=torch.long, device=device))
+            logits = logits.expand(B, -1)
         return _Batch(rows, cache, pad, sampler, logits, P)
     tokens = torch.zeros(B, P, dtype=torch.long)
     for b, ids in enumerate(prompts):

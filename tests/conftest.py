@@ -61,11 +61,10 @@ def _uvicorn(app, **config):
 def _serving(engine, **overrides):
     """A real `tiankong serve` over `engine`, with ServeConfig fields overridden -> (base URL
     ending /v1, batcher, uvicorn server); stopped on exit."""
-    from tiankong.engine.batcher import Batcher
-    from tiankong.tui.serve import ServeConfig, build_app
+    from tiankong.tui.serve import ServeConfig, build_app, new_batcher
 
     cfg = ServeConfig(**overrides)
-    batcher = Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue)
+    batcher = new_batcher(engine, cfg)
     try:
         app = build_app(engine, batcher, cfg)
         with _uvicorn(app, timeout_graceful_shutdown=cfg.drain_s) as (port, server):

@@ -28,7 +28,7 @@ from tiankong.engine.sampling import SamplingParams
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from tiankong.tui.serve import ServeConfig, build_app, check_bind  # noqa: E402
+from tiankong.tui.serve import ServeConfig, build_app, check_bind, new_batcher  # noqa: E402
 
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
 
@@ -58,7 +58,7 @@ def running(engine: Engine, **overrides):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = ServeConfig(port=port, **overrides)
-    batcher = Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue)
+    batcher = new_batcher(engine, cfg)
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(engine, batcher, cfg), port=port, log_level="error", timeout_graceful_shutdown=cfg.drain_s
@@ -129,6 +129,64 @@ def test_batcher_rows_match_generate_when_joining_a_running_batch(tiny, arch):
         assert batcher.rows == 0 and batcher.pending == 0
     finally:
         batcher.close()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "mistral"])
+def test_batcher_prefills_only_past_a_stored_prefix_with_the_same_tokens(tiny, arch):
+    """A prompt seen before, and a prompt that continues a finished row's prompt and answer (a chat
+    client sending the conversation again), start from the stored keys and values: the prefix store
+    counts the tokens not read again, and the rows give Engine.generate's tokens and log-probs.
+    Mistral's sliding window of 8 is far behind these prompts' ends."""
+    eng = tiny[arch]
+    ids = eng.encode(prompt="The quick brown fox jumps over the lazy dog, and then it runs away.", raw=True)
+    assert len(ids) > 16
+    p = SamplingParams(temperature=0.9, seed=5, max_new_tokens=12)
+    batcher = Batcher(eng, max_rows=8)
+    try:
+        first = list(batcher.submit(ids, [p], top_logprobs=3))
+        assert batcher.prefix.hits == 0 and len(batcher.prefix) == 1  # prompt and answer, one entry
+        again = list(batcher.submit(ids, [p, p.replace(seed=6)], top_logprobs=3))
+        answer = list(next(e for e in first if isinstance(e, Finished)).token_ids)
+        follow = ids + answer + eng.encode(prompt=" Then what?", raw=True)
+        more = list(batcher.submit(follow, [p], top_logprobs=3))
+        assert batcher.prefix.hits == 2
+        # The repeat reads only its last token; the follow-up reads past the prompt and the answer
+        # (the answer's last token was never fed back, so it is read with the new message).
+        assert batcher.prefix.tokens_reused == (len(ids) - 1) + (len(ids) + len(answer) - 1)
+        for prompt, evs, seeds in ((ids, first, [5]), (ids, again, [5, 6]), (follow, more, [5])):
+            for row, seed in enumerate(seeds):
+                toks, fin = reference(eng, prompt, p.replace(seed=seed), k=3)
+                mine = [e for e in evs if isinstance(e, TokenEvent) and e.row == row]
+                assert [e.id for e in mine] == [e.id for e in toks]
+                assert [e.logprob for e in mine] == pytest.approx([e.logprob for e in toks], abs=1e-4)
+    finally:
+        batcher.close()
+
+
+def test_prefix_store_finds_the_longest_prefix_and_stays_within_its_bytes():
+    """Entries are (ids, keys and values); a longer entry supersedes its prefixes, the least
+    recently used goes first when the store is full, and a match leaves the last token to run."""
+    import torch
+
+    from tiankong.engine.context import PrefixStore
+
+    def kv(n: int) -> torch.Tensor:  # (n_layers 2, 2 H_kv 2, n, hd 4) float32: 64 bytes a token
+        return torch.arange(n, dtype=torch.float32)[None, None, :, None].expand(2, 2, n, 4)
+
+    store = PrefixStore(max_bytes=64 * 10)
+    store.put([1, 2, 3], kv(3))
+    store.put([1, 2, 3, 4, 5], kv(5))  # supersedes [1, 2, 3]
+    store.put([1, 2], kv(2))  # a prefix of an entry: nothing new
+    assert len(store) == 1 and store.bytes == 64 * 5
+    n, got = store.longest([1, 2, 3, 9])
+    assert n == 3 and got is not None and torch.equal(got[:, :, :n], kv(3))
+    assert store.longest([1, 2, 3, 4, 5])[0] == 4  # the last prompt token must run
+    assert store.longest([7, 1, 2]) == (0, None)
+    store.put([7, 8, 9, 10], kv(4))  # 9 tokens held
+    store.longest([1, 2, 3, 4, 5, 6])  # [1..5] is now the most recently used
+    store.put([20, 21], kv(2))  # 11 > 10: the least recently used, [7..10], goes
+    assert store.longest([7, 8, 9])[0] == 0 and store.longest([1, 2, 3])[0] == 2 and store.bytes == 64 * 7
+    assert PrefixStore(0).put([1], kv(1)) is None and len(PrefixStore(0)) == 0
 
 
 def _take(req, n):

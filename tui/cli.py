@@ -798,6 +798,9 @@ def serve(
     max_rows: int = typer.Option(16, min=1, help="Rows decoded together (the batch's width)."),
     max_queue: int = typer.Option(64, min=0, help="Requests waiting for a row; past that, 429."),
     timeout: float = typer.Option(600.0, min=1, help="Seconds per request; rows still running are then cancelled."),
+    prefix_cache: int = typer.Option(
+        256, min=0, help="MiB kept of recent prompts' keys and values, so requests that start alike skip that part."
+    ),
     chat_template: Optional[Path] = TemplateOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -806,7 +809,15 @@ def serve(
     from tiankong.tui.serve import ServeConfig, check_bind
     from tiankong.tui.serve import serve as run_server
 
-    cfg = ServeConfig(host=host, port=port, api_key=api_key, max_rows=max_rows, max_queue=max_queue, timeout_s=timeout)
+    cfg = ServeConfig(
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_rows=max_rows,
+        max_queue=max_queue,
+        timeout_s=timeout,
+        prefix_cache_mib=prefix_cache,
+    )
     check_bind(cfg.host, cfg.api_key)  # before the model loads
     eng = _load(model, device, dtype, chat_template)
     err.print(f"serving {eng.folder.name} on http://{host}:{port}/v1 ({eng.decode_path})", highlight=False)

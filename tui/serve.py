@@ -56,6 +56,7 @@ class ServeConfig:
     max_tokens: int | None = None  # cap on max_tokens (default: the model's context)
     timeout_s: float = 600.0  # per request; its rows are then cancelled
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
+    prefix_cache_mib: int = 256  # keys and values of recent prompts and answers kept for reuse (0: none)
 
 
 def check_bind(host: str, api_key: str | None) -> None:
@@ -382,12 +383,17 @@ def _sse(obj: dict[str, Any]) -> bytes:
 # ------------------------------------------------------------------------------------- running
 
 
+def new_batcher(engine: Engine, cfg: ServeConfig) -> Batcher:
+    """The decode loop the server's requests go to, sized by cfg."""
+    return Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue, prefix_bytes=cfg.prefix_cache_mib << 20)
+
+
 def serve(engine: Engine, cfg: ServeConfig) -> None:
     """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it."""
     import uvicorn
 
     check_bind(cfg.host, cfg.api_key)
-    batcher = Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue)
+    batcher = new_batcher(engine, cfg)
     app = build_app(engine, batcher, cfg)
     config = uvicorn.Config(
         app,
