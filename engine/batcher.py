@@ -17,7 +17,9 @@ leaves before the next draw, and its cache row is freed at once.
 What the rows read stays behind in a PrefixStore (context.py): a request whose prompt starts with
 a stored prompt, or with a finished row's prompt and answer (a chat client sending the whole
 conversation again), is prefilled only past that prefix. Such a request is prefilled on its own;
-the others are prefilled together.
+the others are prefilled together. A prompt longer than `prefill_chunk` tokens is read a chunk
+between two decode steps (chunked prefill), so the rows already streaming slow down while it is read
+instead of stopping.
 
 Each row draws from its own seeded generator, so a seed gives the same draws whatever else is in
 the batch. The logits themselves can differ from a lone run in the last bits (the batch's rows
@@ -51,6 +53,7 @@ from .generate import (
     _evict,
     _join,
     _prefill,
+    _prefill_cached,
     _Row,
     _setup_rows,
     _step_events,
@@ -60,6 +63,16 @@ from .sampling import SamplingParams
 # A stored prefix shorter than this is not worth prefilling a request apart from the others
 # (prompts of at most this many tokens still reuse a full match).
 MIN_REUSE = 16
+
+
+@dataclasses.dataclass
+class _Filling:
+    """A request whose long prompt is read one chunk per decode step; its rows join when it is read."""
+
+    req: Request
+    rows: list[_Row]
+    cache: PromptCache  # holds the prompt's first len(cache.ids) tokens
+    size: int  # cache slots its rows need: the prompt and the longest answer
 
 
 class QueueFull(TiankongError):
@@ -129,13 +142,26 @@ class Batcher:
     """Owns the decode loop of one engine in a background thread (see the module docstring).
 
     max_rows: rows decoded together (the batch's width); max_queue: requests waiting for room;
-    prefix_bytes: memory for the keys and values of recent prompts and answers (0: none kept).
+    prefix_bytes: memory for the keys and values of recent prompts and answers (0: none kept);
+    prefill_chunk: prompt tokens read between two decode steps when a prompt is longer.
     """
 
-    def __init__(self, engine: Engine, max_rows: int = 16, max_queue: int = 64, prefix_bytes: int = 256 << 20) -> None:
-        if max_rows < 1 or max_queue < 0:
-            raise InputError(f"max_rows must be at least 1 and max_queue at least 0, got {max_rows}, {max_queue}")
+    def __init__(
+        self,
+        engine: Engine,
+        max_rows: int = 16,
+        max_queue: int = 64,
+        prefix_bytes: int = 256 << 20,
+        prefill_chunk: int = 256,
+    ) -> None:
+        if max_rows < 1 or max_queue < 0 or prefill_chunk < 1:
+            raise InputError(
+                f"max_rows and prefill_chunk must be at least 1 and max_queue at least 0, "
+                f"got {max_rows}, {prefill_chunk}, {max_queue}"
+            )
         self.engine, self.max_rows, self.max_queue = engine, max_rows, max_queue
+        self.prefill_chunk = prefill_chunk
+        self._filling: collections.deque[_Filling] = collections.deque()  # the batcher's thread only
         self.prefix = PrefixStore(prefix_bytes)  # written and read on the batcher's thread only
         self._cond = threading.Condition()
         self._pending: collections.deque[Request] = collections.deque()
@@ -151,7 +177,7 @@ class Batcher:
 
     @property
     def rows(self) -> int:
-        """Rows in the running batch (each holds a KV cache row)."""
+        """Rows in the running batch or having their prompt read (each holds a KV cache row)."""
         return self._rows
 
     @property
@@ -217,23 +243,25 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and self._batch is None and not self._stop:
+                while not self._pending and self._batch is None and not self._filling and not self._stop:
                     self._cond.wait()
                 if self._stop and self._batch is None:
-                    for req in self._pending:
+                    for req in list(self._pending) + [f.req for f in self._filling]:
                         req.finish_unstarted("cancelled")
                     self._pending.clear()
+                    self._filling.clear()
                     return
                 admitted = self._take_admitted()
             try:
                 self._admit(admitted)
+                self._fill()
                 self._step()
             except Exception as e:  # noqa: BLE001 - a bug or an allocation failure must not kill the loop
                 self._fail_all(f"{type(e).__name__}: {e}", admitted)
 
     def _take_admitted(self) -> list[Request]:
         """Pop the queued requests that fit in the batch, in order (under the lock)."""
-        room = self.max_rows - (len(self._batch.rows) if self._batch else 0)
+        room = self.max_rows - self._count()
         admitted = []
         while self._pending and (self._pending[0].cancelled or len(self._pending[0].params) <= room):
             req = self._pending.popleft()
@@ -253,13 +281,43 @@ class Batcher:
             if not rows:
                 continue
             n, kv = self.prefix.longest(req.prompt)
-            if kv is not None and n >= min(MIN_REUSE, len(req.prompt) - 1):
-                size = len(req.prompt) + max(r.max_new for r in rows)
-                self._prefill_join([(req, rows)], self.prefix.cache_for(self.engine.model, req.prompt, n, kv, size))
+            hit = kv is not None and n >= min(MIN_REUSE, len(req.prompt) - 1)
+            size = len(req.prompt) + max(r.max_new for r in rows)
+            pc = self.prefix.cache_for(self.engine.model, req.prompt, n, kv, size) if hit and kv is not None else None
+            if len(req.prompt) - (n if hit else 0) > self.prefill_chunk:
+                self._filling.append(_Filling(req, rows, pc or PromptCache(), size))
+            elif pc is not None:
+                self._prefill_join([(req, rows)], pc)
             else:
                 fresh.append((req, rows))
         if fresh:
             self._prefill_join(fresh, None)
+        self._rows = self._count()
+
+    def _fill(self) -> None:
+        """Read the next chunk of the oldest long prompt; its rows join once the rest fits in one."""
+        if not self._filling:
+            return
+        f = self._filling[0]
+        if f.req.cancelled or self._stop:
+            self._filling.popleft()
+            f.req.finish_unstarted("cancelled")
+        elif len(f.req.prompt) - len(f.cache.ids) > self.prefill_chunk:
+            upto = len(f.cache.ids) + self.prefill_chunk
+            try:
+                with torch.inference_mode():
+                    _prefill_cached(self.engine.model, self.engine.cfg, f.cache, f.req.prompt[:upto], f.size)
+            except TiankongError as e:
+                self._filling.popleft()
+                f.req.finish_unstarted("error", str(e))
+        else:
+            self._filling.popleft()
+            self._prefill_join([(f.req, f.rows)], f.cache)
+        self._rows = self._count()
+
+    def _count(self) -> int:
+        """Rows holding a KV cache row: in the batch, or having their prompt read."""
+        return (len(self._batch.rows) if self._batch else 0) + sum(len(f.rows) for f in self._filling)
 
     def _rows_of(self, req: Request) -> list[_Row]:
         """The request's rows, or none (and the request ended) when it cannot run."""
@@ -285,7 +343,7 @@ class Batcher:
             return
         self._remember(new, range(len(rows)))
         self._batch = _join(self._batch, new)
-        self._rows = len(self._batch.rows)
+        self._rows = self._count()
 
     def _remember(self, batch: _Batch, which: Sequence[int] | range) -> None:
         """Store what these rows of the batch hold (their prompt and the answer fed back so far)
@@ -335,7 +393,7 @@ class Batcher:
             self._batch = None
         elif len(keep) < len(batch.rows):
             _evict(batch, keep, draw)
-        self._rows = len(keep)
+        self._rows = self._count()
 
     @staticmethod
     def _deliver(events: Sequence[tuple[Request, Event]]) -> None:
@@ -345,6 +403,9 @@ class Batcher:
     def _fail_all(self, message: str, admitted: list[Request]) -> None:
         """End every row with "error" after an unexpected failure, and drop the batch."""
         rows, self._batch, self._rows = (self._batch.rows if self._batch else []), None, 0
+        filling, self._filling = list(self._filling), collections.deque()
+        for f in filling:
+            f.req.finish_unstarted("error", message)
         for r in rows:
             r.owner.deliver(r.finished("error", message))
         for req in admitted:  # failed before joining the batch

@@ -163,6 +163,38 @@ def test_batcher_prefills_only_past_a_stored_prefix_with_the_same_tokens(tiny, a
         batcher.close()
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "mistral"])
+def test_a_long_prompt_is_read_in_chunks_while_other_rows_stream(tiny, arch):
+    """A prompt of more than prefill_chunk tokens is read a chunk per decode step: the row already
+    streaming gets a token after every chunk (not one stall for the whole prompt), and both give
+    Engine.generate's tokens and log-probs. Events reach the sinks in the batcher's order."""
+    eng = tiny[arch]
+    short = eng.encode(prompt="A", raw=True)
+    long = eng.encode(prompt="The quick brown fox jumps over the lazy dog " * 3, raw=True)
+    chunk = 8
+    assert len(long) > 4 * chunk
+    p_a, p_b = SamplingParams(temperature=0.9, seed=3, max_new_tokens=40), SamplingParams(seed=4, max_new_tokens=6)
+    order: list[tuple[str, object]] = []
+    batcher = Batcher(eng, max_rows=8, prefill_chunk=chunk)
+    try:
+        a = batcher.submit(short, [p_a], top_logprobs=2, sink=lambda ev: order.append(("a", ev)))
+        while not order:
+            time.sleep(0.001)
+        b = batcher.submit(long, [p_b], top_logprobs=2, sink=lambda ev: order.append(("b", ev)))
+        assert a.done.wait(60) and b.done.wait(60)
+    finally:
+        batcher.close()
+    first_b = next(i for i, (who, _) in enumerate(order) if who == "b")
+    a_before_b = sum(1 for who, _ in order[:first_b] if who == "a")
+    assert a_before_b >= 1 + (len(long) - 1) // chunk  # one token per chunk read, at least
+    for who, prompt, p in (("a", short, p_a), ("b", long, p_b)):
+        toks, fin = reference(eng, prompt, p, k=2)
+        mine = [ev for w, ev in order if w == who and isinstance(ev, TokenEvent)]
+        assert [e.id for e in mine] == [e.id for e in toks]
+        assert [e.logprob for e in mine] == pytest.approx([e.logprob for e in toks], abs=1e-4)
+    assert batcher.rows == 0
+
+
 def test_prefix_store_finds_the_longest_prefix_and_stays_within_its_bytes():
     """Entries are (ids, keys and values); a longer entry supersedes its prefixes, the least
     recently used goes first when the store is full, and a match leaves the last token to run."""

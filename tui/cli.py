@@ -801,6 +801,9 @@ def serve(
     prefix_cache: int = typer.Option(
         256, min=0, help="MiB kept of recent prompts' keys and values, so requests that start alike skip that part."
     ),
+    prefill_chunk: int = typer.Option(
+        256, min=1, help="Prompt tokens read between two decode steps, so a long prompt does not stall the others."
+    ),
     chat_template: Optional[Path] = TemplateOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -817,6 +820,7 @@ def serve(
         max_queue=max_queue,
         timeout_s=timeout,
         prefix_cache_mib=prefix_cache,
+        prefill_chunk=prefill_chunk,
     )
     check_bind(cfg.host, cfg.api_key)  # before the model loads
     eng = _load(model, device, dtype, chat_template)

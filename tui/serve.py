@@ -57,6 +57,7 @@ class ServeConfig:
     timeout_s: float = 600.0  # per request; its rows are then cancelled
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
     prefix_cache_mib: int = 256  # keys and values of recent prompts and answers kept for reuse (0: none)
+    prefill_chunk: int = 256  # prompt tokens read between two decode steps (chunked prefill)
 
 
 def check_bind(host: str, api_key: str | None) -> None:
@@ -385,7 +386,13 @@ def _sse(obj: dict[str, Any]) -> bytes:
 
 def new_batcher(engine: Engine, cfg: ServeConfig) -> Batcher:
     """The decode loop the server's requests go to, sized by cfg."""
-    return Batcher(engine, max_rows=cfg.max_rows, max_queue=cfg.max_queue, prefix_bytes=cfg.prefix_cache_mib << 20)
+    return Batcher(
+        engine,
+        max_rows=cfg.max_rows,
+        max_queue=cfg.max_queue,
+        prefix_bytes=cfg.prefix_cache_mib << 20,
+        prefill_chunk=cfg.prefill_chunk,
+    )
 
 
 def serve(engine: Engine, cfg: ServeConfig) -> None:
