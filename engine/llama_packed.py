@@ -83,17 +83,19 @@ def _padded(inv_freq: torch.Tensor, head_dim: int) -> torch.Tensor:
     return F.pad(inv_freq, (0, head_dim // 2 - inv_freq.shape[0]))
 
 
-def _parts(layout: tuple) -> torch.Tensor:
-    """quant.pack_rows' layout as tk_matmul reads it: (n_parts, 2) int32, each (ggml type, rows)."""
-    return torch.tensor([[t, rows] for t, (_, rows) in zip(ggml_types(layout), layout, strict=True)], dtype=torch.int32)
+def _parts(layout: tuple) -> tuple[torch.Tensor, int]:
+    """quant.pack_rows' layout as tk_matmul reads it: (n_parts, 2) int32, each (ggml type, rows),
+    and the rows' sum (the product's width)."""
+    parts = [[t, rows] for t, (_, rows) in zip(ggml_types(layout), layout, strict=True)]
+    return torch.tensor(parts, dtype=torch.int32), sum(rows for _, rows in parts)
 
 
-def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, int]) -> torch.Tensor:
     """x (..., I) W^T for W the uint8 rows of pack_rows (parts: _parts of its layout): the compiled
     matrix product (csrc/decode.c's tk_matmul), which every quantized model has (_init_quantized)."""
     lib = native_lib()
     assert lib is not None
-    return native_matmul(lib, w, parts, x)
+    return native_matmul(lib, w, *parts, x)
 
 
 def _quantized_q_scale(cfg: ModelConfig, q_norm: bool) -> float:

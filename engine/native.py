@@ -152,7 +152,7 @@ def _load(target: Path) -> Library:
     lib.tk_matvec.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.tk_matvec.argtypes += [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     lib.tk_matmul.restype = ctypes.c_int
-    lib.tk_matmul.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.tk_matmul.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.tk_matmul.argtypes += [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     lib.tk_decode_step.restype = ctypes.c_int
     lib.tk_decode_step.argtypes = [
@@ -361,18 +361,18 @@ def matvec(lib: Library, w: torch.Tensor, type_: int, x: torch.Tensor) -> torch.
     return y
 
 
-def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, out_features: int, x: torch.Tensor) -> torch.Tensor:
     """y (..., O) = x (..., I) W^T through tk_matmul, for the rows of quant.pack_rows: w the uint8
-    bytes of its parts back to back, parts (n, 2) int32 each part's (ggml type, rows) (O = the rows'
-    sum). A prompt's tokens through one quantized weight at once (the prefill's linears)."""
-    assert w.is_contiguous() and parts.dtype == torch.int32 and parts.is_contiguous()
-    x2 = x.reshape(-1, x.shape[-1]).to(torch.float32).contiguous()  # (T, I)
-    types, rows = parts[:, 0].contiguous(), parts[:, 1].contiguous()
-    y = torch.empty(x2.shape[0], int(rows.sum()))
+    bytes of its parts back to back, parts (n, 2) int32 each part's (ggml type, rows), O =
+    out_features the rows' sum. A prompt's tokens through one quantized weight at once (the
+    prefill's linears); called ~150 times a prompt, so nothing here makes more tensors than it must."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.dtype != torch.float32 or not x2.is_contiguous():
+        x2 = x2.to(torch.float32).contiguous()  # (T, I)
+    y = torch.empty(x2.shape[0], out_features)
     rc = lib.tk_matmul(
         parts.shape[0],
-        types.data_ptr(),
-        rows.data_ptr(),
+        parts.data_ptr(),
         w.data_ptr(),
         x2.shape[1],
         x2.data_ptr(),
@@ -382,4 +382,4 @@ def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, x: torch.Tensor) 
     )
     if rc != 0:
         raise MemoryError("the compiled matrix product could not allocate its scratch memory")
-    return y.view(*x.shape[:-1], y.shape[1])
+    return y.view(*x.shape[:-1], out_features)

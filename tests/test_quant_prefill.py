@@ -52,7 +52,7 @@ def check_matmul(lib, gen) -> None:
     parts, data, spec = fused_weight(gen)
     for T in (1, 3, 4, 5, 33):
         x = torch.randn(T, 512, generator=gen)
-        y = native.matmul(lib, data, spec, x)
+        y = native.matmul(lib, data, spec, sum(rows for _, rows in PARTS), x)
         assert y.shape == (T, sum(rows for _, rows in PARTS))
         at = 0
         for (qtype, rows), p, (ggml, _) in zip(PARTS, parts, spec.tolist(), strict=True):

@@ -657,14 +657,18 @@ int tk_matvec(int type, const void *W, int O, int I, const float *x, int B, floa
 
 /* y (T, O) = x W^T for T input rows x (T, I) float32 and a weight W of n_parts row blocks back to
  * back (quant.pack_rows: a fused q/k/v or gate/up whose parts differ in type), part k rows[k] rows
- * of types[k] (quantized, float32 or bfloat16), O = sum of rows: a prompt's T tokens through one
+ * of types[k] (quantized, float32 or bfloat16), parts[2 k] = types[k] and parts[2 k + 1] = rows[k],
+ * O = sum of rows: a prompt's T tokens through one
  * weight at once, where the decode step takes one token through all of them. Each quantized
  * input row is made once (the threads split the rows), then the threads take tiles of weight rows
  * in turn (dynamic: a thread the shared machine delays takes fewer), each tile meeting every input
  * row in groups of four (qrows_tile) while it sits in cache: the weights are read from memory
  * once per call instead of once per token. Returns 0, or -1 without memory. */
-int tk_matmul(int n_parts, const int32_t *types, const int32_t *rows, const void *W, int I, const float *x, int T,
-              float *y, int n_threads) {
+int tk_matmul(int n_parts, const int32_t *parts, const void *W, int I, const float *x, int T, float *y,
+              int n_threads) {
+    int types[n_parts], rows[n_parts];
+    for (int k = 0; k < n_parts; k++)
+        types[k] = parts[2 * k], rows[k] = parts[2 * k + 1];
     int O = 0, kinds = 0, n_tiles = 0; /* kinds: bit 0 some part reads 32-blocks, bit 1 256-blocks */
     for (int k = 0; k < n_parts; k++) {
         O += rows[k];
