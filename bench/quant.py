@@ -1,12 +1,16 @@
-"""Quantized decode: tiankong's compiled step on GGUF block formats against llama.cpp, same weights.
+"""Quantized decode and prefill: tiankong on GGUF block formats against llama.cpp, same weights.
 
     python bench/quant.py                      # q8_0, q4_0, Q4_K_M; 3 rounds of 3 runs
     python bench/quant.py --types q8_0 --rounds 1 --runs 2
+    python bench/quant.py --shape 1b --types q4_0 --new-tokens 16   # the 1B-class shape
 
 What it does, top to bottom:
-  1. setup   — bench/decode.py's random SmolLM-135M-shaped Llama (safetensors, F32 GGUF), then
-               llama.cpp's own quantizer (llama_cpp.llama_model_quantize) makes Q8_0, Q4_0 and
-               Q4_K_M files from the F32 GGUF. Cached in bench/out/.
+  1. setup   — --shape 135m: bench/decode.py's random SmolLM-135M-shaped Llama (safetensors, F32
+               GGUF); --shape 1b: a TinyLlama-shaped one (hidden 2048, 22 layers, 32/4 heads, FFN
+               5632, vocabulary 32000), random seeded weights written straight to an F16 GGUF
+               with gguf-py's writer (and a SentencePiece-style vocabulary of placeholder
+               pieces). Then llama.cpp's own quantizer (llama_cpp.llama_model_quantize) makes
+               Q8_0, Q4_0 and Q4_K_M files. Cached in bench/out/.
   2. engines — for each type: tiankong on the GGUF file (the weights llama.cpp runs; where the GGUF
                loader keeps blocks quantized the step reads them as they are, else they are
                dequantized and the row says so), tiankong quantizing the safetensors at load
@@ -15,8 +19,10 @@ What it does, top to bottom:
                drift hits every engine alike; the best run of each is reported (others only add
                time).
   3. report  — decode tok/s (batch 1, greedy, 32-token prompt, 128 new tokens, 2 threads), the
-               ratio to llama.cpp, and tiankong's 4-row step time over its 1-row one; also
-               bench/out/quant.json.
+               ratio to llama.cpp, tiankong's 4-row step time over its 1-row one, and the time
+               to prefill the 32-token prompt (tiankong: the model call of the prompt into a KV
+               cache; llama.cpp: `llm.reset(); llm.eval(prompt)`) with its ratio to llama.cpp's;
+               also bench/out/quant.json (quant-1b.json for --shape 1b).
 """
 
 from __future__ import annotations
@@ -28,29 +34,107 @@ from pathlib import Path
 
 from decode import GGUF_PATH, MODEL_DIR, OUT, PRESETS, importable, prompt_ids, setup
 
-RESULT_JSON = OUT / "quant.json"
 FTYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}
-TARGETS = dict(vs_llamacpp=1.0, batch4_ratio=1.5)
+# decode: tok/s over llama.cpp's (at least 1); 4 rows / 1 row step time (at most 1.5); prefill:
+# tiankong's time over llama.cpp's (at most 1.2).
+TARGETS = dict(vs_llamacpp=1.0, batch4_ratio=1.5, prefill_vs_llamacpp=1.2)
+
+# TinyLlama-1.1B's shape (the 1B-class one); only the weights are random.
+SHAPE_1B = dict(dim=2048, layers=22, heads=32, kv_heads=4, ffn=5632, vocab=32000)
+GGUF_1B = OUT / "tinyllama-1b-random-f16.gguf"
 
 
-def quantized_gguf(qtype: str) -> Path:
-    """The F32 GGUF quantized by llama.cpp's own tool to `qtype` (made once)."""
+def quantized_gguf(qtype: str, shape: str) -> Path:
+    """The shape's F32 (135m) or F16 (1b) GGUF quantized by llama.cpp's own tool to `qtype` (made once)."""
     import llama_cpp
 
-    path = OUT / f"smollm-135m-random-{qtype}.gguf"
+    source, stem = (GGUF_PATH, "smollm-135m-random") if shape == "135m" else (GGUF_1B, "tinyllama-1b-random")
+    path = OUT / f"{stem}-{qtype}.gguf"
     if not path.is_file():
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{FTYPES[qtype]}")
         params.nthread = 2
         tmp = path.with_suffix(".tmp")
-        if llama_cpp.llama_model_quantize(str(GGUF_PATH).encode(), str(tmp).encode(), params) != 0:
-            raise RuntimeError(f"llama.cpp could not quantize {GGUF_PATH} to {qtype}")
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+            raise RuntimeError(f"llama.cpp could not quantize {source} to {qtype}")
         tmp.rename(path)
     return path
 
 
+def build_1b_gguf(path: Path = GGUF_1B, seed: int = 0) -> None:
+    """A TinyLlama-shaped Llama with random weights (std 0.02, norm gains 1, seeded), straight to an
+    F16 GGUF: llama.cpp's tensor names and metadata, and a SentencePiece-style vocabulary (3
+    specials, 256 byte tokens, placeholder pieces) that both engines load; the prompt is ids, so
+    the pieces never matter."""
+    import gguf
+    import numpy as np
+
+    s, rng = SHAPE_1B, np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path.with_suffix(".tmp")), "llama")
+    w.add_name("tinyllama-1b-random")
+    w.add_context_length(2048)
+    w.add_embedding_length(s["dim"])
+    w.add_block_count(s["layers"])
+    w.add_feed_forward_length(s["ffn"])
+    w.add_head_count(s["heads"])
+    w.add_head_count_kv(s["kv_heads"])
+    w.add_rope_dimension_count(s["dim"] // s["heads"])
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(s["vocab"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [f"\u2581p{i}" for i in range(s["vocab"] - len(pieces))]
+    kinds = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces) - 259)])
+    w.add_token_types([int(k) for k in kinds] + [int(gguf.TokenType.NORMAL)] * (len(pieces) - 259))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
+
+    def normal(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+
+    D, F, hd = s["dim"], s["ffn"], s["dim"] // s["heads"]
+    w.add_tensor("token_embd.weight", normal(s["vocab"], D))
+    for i in range(s["layers"]):
+        for name, shape in (
+            ("attn_q", (D, D)),
+            ("attn_k", (s["kv_heads"] * hd, D)),
+            ("attn_v", (s["kv_heads"] * hd, D)),
+            ("attn_output", (D, D)),
+            ("ffn_gate", (F, D)),
+            ("ffn_up", (F, D)),
+            ("ffn_down", (D, F)),
+        ):
+            w.add_tensor(f"blk.{i}.{name}.weight", normal(*shape))
+        for name in ("attn_norm", "ffn_norm"):
+            w.add_tensor(f"blk.{i}.{name}.weight", np.ones(D, dtype=np.float32))
+    w.add_tensor("output_norm.weight", np.ones(D, dtype=np.float32))
+    w.add_tensor("output.weight", normal(s["vocab"], D))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    path.with_suffix(".tmp").rename(path)
+
+
+def prompt_for(shape: str, n: int) -> list[int]:
+    """decode.py's fixed prompt ids, or for the 1b shape the same recipe over its vocabulary
+    (past the specials and byte tokens)."""
+    if shape == "135m":
+        return prompt_ids(n)
+    return [259 + (1234 + 7919 * i) % (SHAPE_1B["vocab"] - 259) for i in range(n)]
+
+
 def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
-    """(run(rows) -> (decode tok/s of row 0, seconds per step), weight types) for one engine."""
+    """(run(rows) -> (decode tok/s of row 0, seconds per step), prefill() -> seconds, weight types)
+    for one engine."""
+    import torch
+
     from tiankong.engine.engine import Engine
     from tiankong.engine.events import Finished, TokenEvent
     from tiankong.engine.sampling import SamplingParams
@@ -83,10 +167,24 @@ def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
         step = (end - first) / (n - 1)
         return 1.0 / step, step
 
-    return run, eng.info()["weight_types"]
+    from tiankong.engine.kv_cache import KVCache
+
+    cfg = eng.cfg
+    cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(prompt), cfg.head_dim, torch.float32, "cpu")
+    tokens, positions = torch.tensor([prompt]), torch.arange(len(prompt))[None]
+
+    def prefill() -> float:
+        """The model call that prefills the prompt, as generate makes it (last position's logits)."""
+        with torch.inference_mode():
+            start = time.perf_counter()
+            eng.model(tokens, positions, None, cache, 0, last_only=True)
+            return time.perf_counter() - start
+
+    return run, prefill, eng.info()["weight_types"]
 
 
 def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
+    """(run(rows) -> (decode tok/s, seconds per step), prefill() -> seconds) for llama-cpp-python."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
@@ -104,75 +202,115 @@ def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
         step = (time.perf_counter() - first) / (n - 1)
         return 1.0 / step, step
 
-    return run
+    def prefill() -> float:
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt)  # one batch of the whole prompt (n_batch 512)
+        return time.perf_counter() - start
+
+    return run, prefill
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=("135m", "1b"), default="135m")
     ap.add_argument("--types", default="q8_0,q4_0,q4_k_m")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-batch", action="store_true", help="skip the 4-row decode runs")
     args = ap.parse_args()
     args.skip_llamacpp = False
     import torch
     from rich.console import Console
 
     console = Console(width=120)
-    setup(args, console)
+    if args.shape == "135m":
+        setup(args, console)
+    elif not GGUF_1B.is_file():
+        console.print("[dim]writing the random TinyLlama-shaped F16 GGUF...[/]")
+        build_1b_gguf()
     torch.set_num_threads(args.threads)
-    prompt, n_new = prompt_ids(args.prompt_tokens), args.new_tokens
-    engines: dict[str, tuple] = {}  # name -> (run, rows to measure, note)
-    for qtype in args.types.split(","):
-        path = quantized_gguf(qtype) if importable("llama_cpp") else None
-        if path is not None:
-            run, types = tiankong_runner(path, "auto", prompt, n_new)
-            engines[f"tiankong {qtype} gguf"] = (run, (1, 4), types)
-            engines[f"llama.cpp {qtype} gguf"] = (llamacpp_runner(path, prompt, n_new, args.threads), (1,), "")
-        if qtype != "q4_k_m":
-            run, types = tiankong_runner(MODEL_DIR, qtype, prompt, n_new)
-            engines[f"tiankong {qtype} at load"] = (run, (1, 4), types)
-    best: dict[tuple[str, int], float] = {}  # (engine, rows) -> best seconds per step
-    for run, rows, _ in engines.values():  # warm-up: first-call allocations, page faults
+    prompt, n_new = prompt_for(args.shape, args.prompt_tokens), args.new_tokens
+    engines = make_engines(args, prompt, n_new)
+    best: dict[tuple[str, int | str], float] = {}  # (engine, rows or "prefill") -> best seconds
+
+    def measure(name: str, key: int | str, seconds: float, rnd: int) -> None:
+        best[name, key] = min(best.get((name, key), 1e9), seconds)
+        what = f"prefill {seconds * 1e3:.1f} ms" if key == "prefill" else f"{key} row(s): {1 / seconds:.1f} steps/s"
+        console.print(f"[dim]round {rnd + 1}: {name}, {what}[/]")
+
+    for run, prefill, rows, _ in engines.values():  # warm-up: first-call allocations, page faults
+        prefill()
         for r in rows:
             run(r, 8)
     for rnd in range(args.rounds):
         for _ in range(args.runs):
-            for name, (run, rows, _) in engines.items():
+            for name, (run, prefill, rows, _) in engines.items():
+                measure(name, "prefill", prefill(), rnd)
                 for r in rows:
-                    step = run(r)[1]
-                    best[name, r] = min(best.get((name, r), 1e9), step)
-                    console.print(f"[dim]round {rnd + 1}: {name}, {r} row(s): {1 / step:.1f} steps/s[/]")
+                    measure(name, r, run(r)[1], rnd)
     report(engines, best, args, console)
+
+
+def make_engines(args, prompt: list[int], n_new: int) -> dict[str, tuple]:
+    """name -> (run, prefill, decode rows to measure, weight types) for every engine of the types."""
+    engines: dict[str, tuple] = {}
+    batch = (1,) if args.no_batch else (1, 4)
+    for qtype in args.types.split(","):
+        path = quantized_gguf(qtype, args.shape) if importable("llama_cpp") else None
+        if path is not None:
+            run, prefill, types = tiankong_runner(path, "auto", prompt, n_new)
+            engines[f"tiankong {qtype} gguf"] = (run, prefill, batch, types)
+            engines[f"llama.cpp {qtype} gguf"] = (*llamacpp_runner(path, prompt, n_new, args.threads), (1,), "")
+        if qtype != "q4_k_m" and args.shape == "135m":  # quantized at load: from the safetensors
+            run, prefill, types = tiankong_runner(MODEL_DIR, qtype, prompt, n_new)
+            engines[f"tiankong {qtype} at load"] = (run, prefill, batch, types)
+    return engines
 
 
 def report(engines: dict, best: dict, args, console) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"decode, {args.threads} threads, batch 1 greedy, {args.prompt_tokens}+{args.new_tokens} tokens"
+        title=f"{args.shape} shape, {args.threads} threads, batch 1 greedy, {args.prompt_tokens}+{args.new_tokens} tokens"
     )
-    for col in ("engine", "weights", "tok/s", "vs llama.cpp", "4 rows / 1 row"):
+    for col in ("engine", "weights", "tok/s", "vs llama.cpp", "4 rows / 1 row", "prefill ms", "prefill / llama.cpp"):
         table.add_column(col)
     rows = []
-    for name, (_, measured, types) in engines.items():
+    for name, (_, _, measured, types) in engines.items():
         qtype = name.split()[1]
-        peer = best.get((f"llama.cpp {qtype} gguf", 1))
-        tps = 1 / best[name, 1]
-        ratio = None if peer is None or name.startswith("llama.cpp") else peer / best[name, 1]
+        peer, peer_prefill = (best.get((f"llama.cpp {qtype} gguf", k)) for k in (1, "prefill"))
+        tps, prefill = 1 / best[name, 1], best[name, "prefill"]
+        mine = not name.startswith("llama.cpp")
+        ratio = peer / best[name, 1] if mine and peer else None
+        prefill_ratio = prefill / peer_prefill if mine and peer_prefill else None
         batch = best[name, 4] / best[name, 1] if 4 in measured else None
-        rows.append(dict(engine=name, weights=types, tok_s=tps, vs_llamacpp=ratio, batch4_ratio=batch))
+        rows.append(
+            dict(
+                engine=name,
+                weights=types,
+                tok_s=tps,
+                vs_llamacpp=ratio,
+                batch4_ratio=batch,
+                prefill_ms=prefill * 1e3,
+                prefill_vs_llamacpp=prefill_ratio,
+            )
+        )
         table.add_row(
             name,
             types,
             f"{tps:.1f}",
             "" if ratio is None else f"{ratio:.2f}x",
             "" if batch is None else f"{batch:.2f}",
+            f"{prefill * 1e3:.1f}",
+            "" if prefill_ratio is None else f"{prefill_ratio:.2f}x",
         )
     console.print(table)
-    RESULT_JSON.write_text(json.dumps(dict(args=vars(args), targets=TARGETS, rows=rows), indent=1))
+    out = OUT / ("quant.json" if args.shape == "135m" else f"quant-{args.shape}.json")
+    out.write_text(json.dumps(dict(args=vars(args), targets=TARGETS, rows=rows), indent=1))
 
 
 if __name__ == "__main__":
