@@ -60,6 +60,7 @@ from .native import matmul as native_matmul
 from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
 from .quant import QTensor, ggml_types, is_quantized, pack_rows, weight_of
+from .repack import repack_rows
 
 # (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured on 32
 # rows through a 3072 x 576 weight: 250 us packed, 430 us plain (oneDNN reorders it per call),
@@ -271,11 +272,13 @@ class PackedLlama(nn.Module):
         if isinstance(self.tok_emb, nn.Embedding) and self.tok_emb.weight.dtype != torch.float32:
             self.tok_emb = nn.Embedding.from_pretrained(self.tok_emb.weight.float(), freeze=True)
         out = weight_of(model.output)
-        if isinstance(out, QTensor):  # (V, row bytes)
-            self.output, self.out_type, qtype = out.data.contiguous(), out.ggml_type, out.qtype
+        if isinstance(out, QTensor):  # (V, row bytes); a copy, rows 8 at a time (the embedding may share it)
+            data, layout = repack_rows(out.data, ((out.qtype, out.shape[0]),), self.cfg.dim)
+            self.output = data.view(out.shape[0], -1)
         else:  # (V, D)
-            self.output, self.out_type, qtype = out.float().contiguous(), 0, "float32"
-        self.out_parts = _parts(((qtype, out.shape[0]),))  # for the torch path's tk_matmul
+            self.output, layout = out.float().contiguous(), (("float32", out.shape[0]),)
+        self.out_type = ggml_types(layout)[0]
+        self.out_parts = _parts(layout)  # for the torch path's tk_matmul
         hd = self.cfg.head_dim
         if rope_attention_factor(self.cfg) != 1.0 and self.cfg.rotary_dim < hd:
             # Unfolded, long-rope's scale is one on the query heads, which is right only when RoPE
@@ -312,10 +315,14 @@ class PackedLlama(nn.Module):
         if a.q_norm is not None and a.k_norm is not None:  # Qwen3: the query scale goes into the q-norm gain
             q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul(1.0 / math.sqrt(hd))
             k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
-        wqkv, l_qkv = pack_rows([pairs(weight_of(a.wq), H), pairs(weight_of(a.wk), H_kv), weight_of(a.wv)])
-        wo, l_o = pack_rows([weight_of(a.wo)])
-        w13, l_13 = pack_rows([weight_of(f.w1), weight_of(f.w3)])
-        w2, l_2 = pack_rows([weight_of(f.w2)])
+        # q8_0, q4_0, q5_0 parts with their rows interleaved 8 at a time (repack.py), for the step
+        D, F = cfg.dim, cfg.ffn_dim
+        wqkv, l_qkv = repack_rows(
+            *pack_rows([pairs(weight_of(a.wq), H), pairs(weight_of(a.wk), H_kv), weight_of(a.wv)]), D
+        )
+        wo, l_o = repack_rows(*pack_rows([weight_of(a.wo)]), H * hd)
+        w13, l_13 = repack_rows(*pack_rows([weight_of(f.w1), weight_of(f.w3)]), D)
+        w2, l_2 = repack_rows(*pack_rows([weight_of(f.w2)]), F)
         bqkv = None
         if a.wq.bias is not None:  # not scaled: the step scales the query heads after adding it
             bqkv = torch.cat([rows(a.wq.bias, H), rows(a.wk.bias, H_kv), a.wv.bias.float()]).float()

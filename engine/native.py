@@ -30,7 +30,11 @@ if TYPE_CHECKING:
     from .config import ModelConfig
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
-HEADERS = [SOURCE.parent / "kernels.h", SOURCE.parent / "quant.h"]  # included by decode.c; part of the cache key
+HEADERS = [
+    SOURCE.parent / "kernels.h",
+    SOURCE.parent / "quant.h",
+    SOURCE.parent / "repack.h",
+]  # included by decode.c; part of the cache key
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fPIC", "-shared"]
 
 

@@ -53,6 +53,7 @@ QTYPES: dict[str, tuple[int, int, int]] = {
 }
 QUANTIZABLE = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # what `quantize` makes; K-types come from GGUF files
 GGML_F32, GGML_BF16 = 0, 30  # the ggml numbers of the step's float weight types
+X8 = 256  # added to a type number: rows interleaved 8 at a time (repack.py; a layout names it "<type>:x8")
 
 
 def row_bytes(qtype: str, n: int) -> int:
@@ -363,7 +364,8 @@ def pack_rows(parts: list[QTensor | torch.Tensor]) -> tuple[torch.Tensor, Layout
 
 
 def unpack_rows(data: torch.Tensor, layout: Layout, n: int) -> torch.Tensor:
-    """pack_rows' bytes as one float32 (rows, n) matrix."""
+    """pack_rows' bytes as one float32 (rows, n) matrix (plain rows: repack.unrepack_rows first)."""
+    assert not any(qtype.endswith(":x8") for qtype, _ in layout), layout
     out, at = [], 0
     for qtype, rows in layout:
         size = rows * (4 * n if qtype == "float32" else row_bytes(qtype, n))
@@ -374,8 +376,12 @@ def unpack_rows(data: torch.Tensor, layout: Layout, n: int) -> torch.Tensor:
 
 
 def ggml_types(layout: Layout) -> list[int]:
-    """Each part's ggml type number (what the compiled step's type fields hold)."""
-    return [GGML_F32 if qtype == "float32" else QTYPES[qtype][2] for qtype, _ in layout]
+    """Each part's ggml type number (what the compiled step's type fields hold), plus X8 where
+    the part's rows are interleaved (repack.py)."""
+    return [
+        GGML_F32 if qtype == "float32" else QTYPES[qtype.removesuffix(":x8")][2] | (X8 if qtype.endswith(":x8") else 0)
+        for qtype, _ in layout
+    ]
 
 
 def weight_summary(model: nn.Module) -> dict:
@@ -425,4 +431,5 @@ __all__ = [
     "weight_summary",
     "unpack_rows",
     "weight_of",
+    "X8",
 ]

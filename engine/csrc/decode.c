@@ -254,6 +254,14 @@ static inline void share(int n, int t, int nt, int *lo, int *hi) {
     *hi = (int)((int64_t)n * (t + 1) / nt);
 }
 
+/* This thread's share [lo, hi) of a weight's n rows, in whole groups of 8 (repacked weights are
+ * read 8 rows at a time; feed_forward_in relies on every product of a layer splitting alike). */
+static inline void share_rows(int n, int t, int nt, int *lo, int *hi) {
+    share((n + 7) / 8, t, nt, lo, hi);
+    *lo = *lo * 8 < n ? *lo * 8 : n;
+    *hi = *hi * 8 < n ? *hi * 8 : n;
+}
+
 /* p + n elements of float32 or bfloat16 */
 static inline const void *advance(const void *p, int bf16, int64_t n) { return (const char *)p + n * (bf16 ? 2 : 4); }
 
@@ -262,7 +270,7 @@ static inline const void *advance(const void *p, int bf16, int64_t n) { return (
 static void matvec(const void *W, int bf16, const float *bias, const float *x, float *y, int B, int O, int I,
                    int ldy, int accumulate, int t, int nt) {
     int lo, hi;
-    share(O, t, nt, &lo, &hi);
+    share_rows(O, t, nt, &lo, &hi);
     float v[16];
     /* Several rows of x that no longer fit in L1 beside a weight row go through 4 weight rows at
      * a time (tile4); short rows, and one row of x, one weight row at a time. */
@@ -302,17 +310,20 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
 static void qmatvec(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O, int I,
                     int ldy, int accumulate, int t, int nt) {
     int lo, hi;
-    share(O, t, nt, &lo, &hi);
+    share_rows(O, t, nt, &lo, &hi);
     act_quantize(a, x, B, I, block_elems(type) == 256 ? 256 : 32);
     const int64_t rb = row_bytes(type, I);
-    float u[B];
-    for (int r = lo; r < hi; r++) {
-        qrow(type, (const uint8_t *)W + r * rb, a, u);
-        for (int b = 0; b < B; b++) {
-            float *dst = y + (int64_t)b * ldy + r;
-            float v = bias ? u[b] + bias[r] : u[b];
-            *dst = accumulate ? *dst + v : v;
-        }
+    float u[8 * B]; /* (B, 8): 8 rows' products */
+    for (int r = lo; r < hi; r += 8) { /* lo is a multiple of 8, and so is hi unless it is O */
+        const int nr = hi - r < 8 ? hi - r : 8;
+        for (int b0 = 0; b0 < B; b0 += 4)
+            qrows_tile(type, (const uint8_t *)W + r * rb, 0, nr, a, b0, B - b0 < 4 ? B - b0 : 4, u, 8);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < nr; j++) {
+                float *dst = y + (int64_t)b * ldy + r + j;
+                float v = bias ? u[8 * b + j] + bias[r + j] : u[8 * b + j];
+                *dst = accumulate ? *dst + v : v;
+            }
     }
 }
 
@@ -520,7 +531,7 @@ static void feed_forward_in(const Step *s, int l, const float *h, Act *a, int t,
     const Model *m = s->m;
     const int B = s->B, F = s->F, D = s->D, tg = wtype(s, l, 4);
     int lo, hi;
-    share(F, t, nt, &lo, &hi); /* the share of F rows that matvec gives this thread */
+    share_rows(F, t, nt, &lo, &hi); /* the share of F rows that matvec gives this thread */
     if (m->gpt2) {
         matvec_any(m->w13[l], tg, m->b13 ? m->b13[l] : NULL, h, a, s->act, B, F, D, F, 0, t, nt);
         for (int b = 0; b < B; b++)

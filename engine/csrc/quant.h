@@ -23,13 +23,18 @@
 
 /* ggml's type numbers (what quant.py's QTYPES and the step's type fields hold). */
 enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30 };
+/* Added to a type: its rows are interleaved eight at a time (repack.h), same bytes in all. */
+enum { T_X8 = 256 };
 
 static inline int is_quant(int type) { return type != T_F32 && type != T_BF16; }
-static inline int block_elems(int type) { return type >= T_Q4_K && type <= T_Q6_K ? 256 : type >= T_Q4_0 ? 32 : 1; }
+static inline int block_elems(int type) {
+    type &= ~T_X8;
+    return type >= T_Q4_K && type <= T_Q6_K ? 256 : type >= T_Q4_0 ? 32 : 1;
+}
 
 /* Bytes of one row of n elements (n a multiple of the block). */
 static inline int64_t row_bytes(int type, int64_t n) {
-    switch (type) {
+    switch (type & ~T_X8) {
     case T_F32: return 4 * n;
     case T_BF16: return 2 * n;
     case T_Q8_0: return n / 32 * 34;
@@ -71,12 +76,13 @@ typedef struct {
     int8_t *q;      /* (B, n) */
     float *d;       /* (B, n / kind) scales */
     float *s;       /* (B, n / 32) scale * sum of the block's q (kind 32) */
+    int32_t *isum;  /* (B, n / 32) sum of the block's q (kind 32; repack.h's offsets) */
     int16_t *bsums; /* (B, n / 16) sums of q per 16 (kind 256) */
 } Act;
 
 /* Bytes of scratch an Act of B rows of up to n elements needs. */
 static inline size_t act_bytes(int B, int n) {
-    return (size_t)B * n + 2 * sizeof(float) * ((size_t)B * n / 32) + sizeof(int16_t) * ((size_t)B * n / 16) + 64;
+    return (size_t)B * n + 3 * sizeof(float) * ((size_t)B * n / 32) + sizeof(int16_t) * ((size_t)B * n / 16) + 64;
 }
 
 static void act_init(Act *a, void *mem, int B, int n) {
@@ -84,7 +90,8 @@ static void act_init(Act *a, void *mem, int B, int n) {
     a->q = mem;
     a->d = (float *)(a->q + (size_t)B * n);
     a->s = a->d + (size_t)B * n / 32;
-    a->bsums = (int16_t *)(a->s + (size_t)B * n / 32);
+    a->isum = (int32_t *)(a->s + (size_t)B * n / 32);
+    a->bsums = (int16_t *)(a->isum + (size_t)B * n / 32);
 }
 
 /* Blocks [blk0, blk1) of x (a->B, a->n) float32 into a (a->kind set), each `kind` elements:
@@ -106,6 +113,7 @@ static void act_quantize_blocks(Act *a, const float *x, int64_t blk0, int64_t bl
             for (int i = 0; i < 32; i++)
                 sum += q[i];
             a->s[blk] = d * (float)sum;
+            a->isum[blk] = sum;
         } else
             for (int g = 0; g < 16; g++) {
                 int sum = 0;
@@ -464,35 +472,27 @@ static inline __attribute__((always_inline)) void qrow_nb(int type, const uint8_
     }
 }
 
-/* out[b] = row . x[b] for the B rows of a (any B), in groups of up to four. */
-static void qrow(int type, const uint8_t *w, const Act *a, float *out) {
-    for (int b0 = 0; b0 < a->B; b0 += 4) {
-        Act sub = *a; /* rows b0.. of the input */
-        sub.q += (int64_t)b0 * a->n;
-        sub.d += (int64_t)b0 * a->n / a->kind;
-        sub.s += (int64_t)b0 * a->n / 32;
-        sub.bsums += (int64_t)b0 * a->n / 16;
-        switch (a->B - b0 < 4 ? a->B - b0 : 4) {
-        case 1: qrow_nb(type, w, &sub, 1, out + b0); break;
-        case 2: qrow_nb(type, w, &sub, 2, out + b0); break;
-        case 3: qrow_nb(type, w, &sub, 3, out + b0); break;
-        default: qrow_nb(type, w, &sub, 4, out + b0);
-        }
-    }
-}
+/* q8_0, q4_0, q5_0 rows interleaved eight at a time (type | T_X8): x8_rows. */
+#include "repack.h"
 
 /* y[b * ldy + r] = W row r . input row b, for weight rows r in [r0, r1) and input rows b in
  * [b0, b0 + nb) of a (nb 1..4). W is the weight's first row, rows row_bytes(type, a->n) apart.
  * The one call a matrix-matrix product (tk_matmul) makes per tile of weight rows and group of
  * input rows: the tile's rows stay in L1/L2 across the groups, the group's rows in L1 across the
- * tile's rows. */
+ * tile's rows. A repacked weight (type | T_X8) needs r0 a multiple of 8 and r1 a multiple of 8 or
+ * its last row (its groups of 8 rows are read whole). */
 static void qrows_tile(int type, const uint8_t *W, int r0, int r1, const Act *a, int b0, int nb, float *y,
                        int64_t ldy) {
     Act sub = *a; /* input rows b0.. */
     sub.q += (int64_t)b0 * a->n;
     sub.d += (int64_t)b0 * a->n / a->kind;
     sub.s += (int64_t)b0 * a->n / 32;
+    sub.isum += (int64_t)b0 * a->n / 32;
     sub.bsums += (int64_t)b0 * a->n / 16;
+    if (type & T_X8) {
+        x8_rows(type, W, r0, r1, &sub, b0, nb, y, ldy);
+        return;
+    }
     const int64_t rb = row_bytes(type, a->n);
     float out[4];
     for (int r = r0; r < r1; r++) {

@@ -1,0 +1,200 @@
+/* Quantized weight rows repacked eight at a time (quant.py's repack_rows), included by quant.h.
+ *
+ * Why: quant.h's row kernels take one weight row at a time, so every row pays, per block of 32
+ * and per input row, its own integer dot product, int -> float conversion and scale FMA, then a
+ * horizontal sum: four input rows cost ~2.5x one (compute-bound at ~17 G weights/s per core).
+ * Here eight rows' blocks are interleaved so that one 256-bit register holds 4 bytes of each of
+ * the 8 rows; a dot product against the input's 4 matching bytes broadcast gives the 8 rows'
+ * partial sums in the 8 int32 lanes, summed over the block's 8 chunks in int32, then ONE
+ * conversion and ONE FMA by the 8 rows' scales (a vector) per block and input row, and no
+ * horizontal sums at all. (ggml-cpu's "repack" does the same for its q4_0 / q4_k; the layout and
+ * code here are this project's own.)
+ *
+ * Layout of a weight of O rows of type `ggml | T_X8`: rows in groups of 8, the last O % 8 rows
+ * plain (so row r of the tail starts where it would in the plain layout: a group takes exactly
+ * the bytes of its 8 plain rows). Group g, block i (32 elements, 8 row_bytes(type, 32) bytes):
+ *   16 bytes   the 8 rows' fp16 scales d, row 0 first
+ *   q5_0 only: 32 bytes of fifth bits, row r byte k (4 r + k): bit c = element 4c + k's fifth bit,
+ *              bit 4 + c = element 16 + 4c + k's (c = 0..3)
+ *   the quants, chunk c, row r, byte k at 32 c + 4 r + k = the plain block's quant byte 4 c + k:
+ *     q8_0: 8 chunks, element 4 c + k, stored as w + 128 (w ^ 0x80: unsigned, exact)
+ *     q4_0, q5_0: 4 chunks, low nibble element 4 c + k, high nibble element 16 + 4 c + k.
+ * The stored values are unsigned (u8, 0..15, 0..31): their offset (128, 8, 16) times the input
+ * block's integer sum (Act.isum) starts the accumulator, so dpbusd's u8 x s8 works as it is.
+ *
+ * Callers (qrows_tile) give row ranges starting at a multiple of 8 and ending at a multiple of 8
+ * or at the weight's last row: the rows past the last multiple of 8 are then the plain tail.
+ */
+
+/* Bytes of one repacked block of 8 rows (8 plain blocks). */
+static inline int x8_block_bytes(int type) { return type == T_Q8_0 ? 272 : type == T_Q4_0 ? 144 : 176; }
+
+#if defined(__AVX2__)
+/* The 8 rows' fp16 scales of a repacked block as one float vector. */
+static inline __m256 x8_scales(const uint8_t *w) {
+#if defined(__F16C__)
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
+#else
+    float f[8];
+    for (int r = 0; r < 8; r++)
+        f[r] = fp16(w + 2 * r);
+    return _mm256_loadu_ps(f);
+#endif
+}
+
+/* With VNNI the stored offsets start the int32 sums; AVX2's maddubs would saturate on q8_0's u8
+ * (255 * 127 * 2 > 32767), so there q8_0 goes back to signed bytes with the abs / sign trick. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define X8_VNNI 1
+#else
+#define X8_VNNI 0
+#endif
+
+/* The block's quants as 8 registers, q[c] = elements 4c..4c+3 of each of the 8 rows (u8, or for
+ * q8_0 without VNNI: |w|, with the signs of w kept in sgn). */
+static inline __attribute__((always_inline)) void x8_unpack(const int type, const uint8_t *w, __m256i *q,
+                                                            __m256i *sgn) {
+    if (type == T_Q8_0) {
+        for (int c = 0; c < 8; c++) {
+            q[c] = load32(w + 16 + 32 * c);
+            if (!X8_VNNI) {
+                sgn[c] = _mm256_xor_si256(q[c], _mm256_set1_epi8((char)0x80));
+                q[c] = _mm256_sign_epi8(sgn[c], sgn[c]);
+            }
+        }
+        return;
+    }
+    const uint8_t *qs = w + (type == T_Q5_0 ? 48 : 16);
+    const __m256i hv = type == T_Q5_0 ? load32(w + 16) : _mm256_setzero_si256(), b4 = _mm256_set1_epi8(16);
+    for (int c = 0; c < 4; c++) {
+        const __m256i raw = load32(qs + 32 * c);
+        q[c] = _mm256_and_si256(raw, LOW4);
+        q[c + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), LOW4);
+        if (type == T_Q5_0) { /* bit c (4 + c) of each byte to bit 4: 16-bit shifts of at most 4 stay in the byte */
+            q[c] = _mm256_or_si256(q[c], _mm256_and_si256(_mm256_slli_epi16(hv, 4 - c), b4));
+            q[c + 4] = _mm256_or_si256(q[c + 4], _mm256_and_si256(_mm256_srli_epi16(hv, c), b4));
+        }
+    }
+}
+
+/* s + the 8 rows' dot products of the block with input bytes x[0..31] (int32 lanes). */
+static inline __attribute__((always_inline)) __m256i x8_dot(const int type, __m256i s, const __m256i *q,
+                                                            const __m256i *sgn, const int8_t *x) {
+    int32_t x4[8];
+    memcpy(x4, x, 32);
+#if X8_VNNI
+    (void)type, (void)sgn;
+    for (int c = 0; c < 8; c++)
+        s = _mm256_dpbusd_epi32(s, q[c], _mm256_set1_epi32(x4[c]));
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (type == T_Q8_0)
+        for (int c = 0; c < 8; c++) {
+            const __m256i p = _mm256_maddubs_epi16(q[c], _mm256_sign_epi8(_mm256_set1_epi32(x4[c]), sgn[c]));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+        }
+    else /* two chunks' int16 pairs summed before widening: 2 * 2 * 31 * 127 < 32768 */
+        for (int c = 0; c < 8; c += 2) {
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(q[c], _mm256_set1_epi32(x4[c])),
+                                               _mm256_maddubs_epi16(q[c + 1], _mm256_set1_epi32(x4[c + 1])));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+        }
+#endif
+    return s;
+}
+#endif
+
+/* out[8 b + r] = row r of the group at w . input row b of a, for b < nb (1..4). */
+static inline __attribute__((always_inline)) void x8_group(const int type, const uint8_t *w, const Act *a,
+                                                           const int nb, float *out) {
+    const int64_t n = a->n;
+    const int nblk = (int)(n / 32), size = x8_block_bytes(type);
+#if defined(__AVX2__)
+    /* what the stored values exceed the real ones by (q8_0 without VNNI is signed again) */
+    const int offset = type == T_Q8_0 ? (X8_VNNI ? 128 : 0) : type == T_Q4_0 ? 8 : 16;
+    __m256 acc[4] = {0};
+    for (int i = 0; i < nblk; i++, w += size) {
+        for (int p = 0; p < size; p += 64)
+            __builtin_prefetch(w + QPREFETCH + p);
+        __m256i q[8], sgn[8];
+        x8_unpack(type, w, q, sgn);
+        const __m256 dw = x8_scales(w);
+        for (int b = 0; b < nb; b++) {
+            const int64_t blk = b * nblk + i;
+            const __m256i s = x8_dot(type, _mm256_set1_epi32(-offset * a->isum[blk]), q, sgn, a->q + 32 * blk);
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[blk])), acc[b]);
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        _mm256_storeu_ps(out + 8 * b, acc[b]);
+#else
+    for (int j = 0; j < 8 * nb; j++)
+        out[j] = 0.f;
+    for (int i = 0; i < nblk; i++, w += size)
+        for (int r = 0; r < 8; r++) {
+            int v[32]; /* row r's weights in this block, offset removed */
+            for (int e = 0; e < 32; e++) {
+                const int c = e % 16 / 4, k = e % 4, hi = e >= 16;
+                if (type == T_Q8_0)
+                    v[e] = w[16 + 32 * (e / 4) + 4 * r + k] - 128;
+                else {
+                    const uint8_t byte = w[(type == T_Q5_0 ? 48 : 16) + 32 * c + 4 * r + k];
+                    v[e] = hi ? byte >> 4 : byte & 0xF;
+                    if (type == T_Q5_0)
+                        v[e] |= ((w[16 + 4 * r + k] >> (c + 4 * hi)) & 1) << 4;
+                    v[e] -= type == T_Q5_0 ? 16 : 8;
+                }
+            }
+            for (int b = 0; b < nb; b++) {
+                const int8_t *x = a->q + b * n + 32 * i;
+                int dot = 0;
+                for (int e = 0; e < 32; e++)
+                    dot += v[e] * x[e];
+                out[8 * b + r] += fp16(w + 2 * r) * a->d[b * nblk + i] * (float)dot;
+            }
+        }
+#endif
+}
+
+/* x8_group with the type and nb as constants (each combination its own inlined kernel). */
+static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, float *out) {
+#define X8_NB(T)                                               \
+    switch (nb) {                                              \
+    case 1: x8_group(T, w, a, 1, out); break;                  \
+    case 2: x8_group(T, w, a, 2, out); break;                  \
+    case 3: x8_group(T, w, a, 3, out); break;                  \
+    default: x8_group(T, w, a, 4, out);                        \
+    }
+    switch (type) {
+    case T_Q8_0: X8_NB(T_Q8_0) break;
+    case T_Q4_0: X8_NB(T_Q4_0) break;
+    default: X8_NB(T_Q5_0)
+    }
+#undef X8_NB
+}
+
+/* qrows_tile for a repacked weight (type & T_X8): y[b * ldy + r] = W row r . input row b for r in
+ * [r0, r1), b in [b0, b0 + nb); sub is a from input row b0 on. Full groups through x8_group, the
+ * plain tail row by row; a range that starts inside a group computes the group and keeps its rows. */
+static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, int b0, int nb, float *y,
+                    int64_t ldy) {
+    const int base = type & ~T_X8;
+    const int64_t rb = row_bytes(base, sub->n);
+    float out[32];
+    int r = r0;
+    while (r < r1) {
+        const int g = r - r % 8; /* the group holding row r */
+        if (g + 8 <= r1) {
+            x8_group_any(base, W + g * rb, sub, nb, out);
+            for (int b = 0; b < nb; b++)
+                for (int j = r - g; j < 8; j++)
+                    y[(int64_t)(b0 + b) * ldy + g + j] = out[8 * b + j];
+            r = g + 8;
+        } else { /* the plain tail */
+            qrow_nb(base, W + r * rb, sub, nb, out);
+            for (int b = 0; b < nb; b++)
+                y[(int64_t)(b0 + b) * ldy + r] = out[b];
+            r++;
+        }
+    }
+}

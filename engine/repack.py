@@ -1,0 +1,109 @@
+"""Quantized rows interleaved eight at a time for the compiled step (csrc/repack.h has the layout).
+
+Why: a product of four input rows (four presets side by side) with rows stored one after another
+costs each weight row its own integer dot product, conversion and scale per block and input row.
+With eight rows' blocks interleaved, one 256-bit register holds 4 bytes of each of eight rows, so
+one dot product against the input's 4 bytes gives eight rows' sums, and the conversion and scale
+are paid once per eight rows. Done once at load, on the bytes (exact: a permutation, q8_0's bytes
+flipped to w + 128, q5_0's fifth bits regrouped); a part's rows past its last multiple of 8 stay
+plain. A repacked part is named "<type>:x8" in a quant.pack_rows layout, and its ggml type number
+carries `X8` (quant.ggml_types), which tells the step to read it this way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .quant import QTYPES, X8, Layout, row_bytes
+
+REPACKED = ("q8_0", "q4_0", "q5_0")  # the types with an interleaved kernel (repack.h)
+_GROUPS_AT_ONCE = 4096  # groups of 8 rows per torch pass: bounds the temporaries (~10 bytes per weight byte)
+
+
+def _interleave(g: torch.Tensor, qtype: str) -> torch.Tensor:
+    """(G, blocks, 8 rows, block bytes) plain -> (G, blocks, 8 x block bytes) repacked."""
+    G, nblk = g.shape[:2]
+    scales = g[..., :2].reshape(G, nblk, 16)  # the 8 rows' fp16 scales
+    if qtype == "q8_0":  # 8 chunks of 4 bytes per row, chunk-major; w + 128 is w's sign bit flipped
+        return torch.cat(
+            [scales, g[..., 2:].reshape(G, nblk, 8, 8, 4).transpose(2, 3).reshape(G, nblk, 256) ^ 0x80], -1
+        )
+    at = 6 if qtype == "q5_0" else 2
+    qs = g[..., at : at + 16].reshape(G, nblk, 8, 4, 4).transpose(2, 3).reshape(G, nblk, 128)
+    if qtype == "q4_0":
+        return torch.cat([scales, qs], -1)
+    # q5_0: qh's bit e (bit e % 8 of byte e // 8) is element e's fifth bit. Row r's byte k gets
+    # element 4c + k's in bit c and element 16 + 4c + k's in bit 4 + c.
+    qh, k = g[..., 2:6], torch.arange(4, dtype=torch.uint8)
+    hx = torch.zeros(G, nblk, 8, 4, dtype=torch.uint8)
+    for c in range(4):
+        shift = 4 * (c % 2) + k  # element 4c + k lies in byte c // 2 (16 + ...: byte 2 + c // 2)
+        hx |= ((qh[..., c // 2, None] >> shift) & 1) << c
+        hx |= ((qh[..., 2 + c // 2, None] >> shift) & 1) << (4 + c)
+    return torch.cat([scales, hx.reshape(G, nblk, 32), qs], -1)
+
+
+def _deinterleave(p: torch.Tensor, qtype: str) -> torch.Tensor:
+    """_interleave's inverse: (G, blocks, 8 x block bytes) -> (G, blocks, 8 rows, block bytes)."""
+    G, nblk = p.shape[:2]
+    scales = p[..., :16].reshape(G, nblk, 8, 2)
+    if qtype == "q8_0":
+        return torch.cat(
+            [scales, (p[..., 16:] ^ 0x80).reshape(G, nblk, 8, 8, 4).transpose(2, 3).reshape(G, nblk, 8, 32)], -1
+        )
+    at = 48 if qtype == "q5_0" else 16
+    qs = p[..., at:].reshape(G, nblk, 4, 8, 4).transpose(2, 3).reshape(G, nblk, 8, 16)
+    if qtype == "q4_0":
+        return torch.cat([scales, qs], -1)
+    hx, k = p[..., 16:48].reshape(G, nblk, 8, 4), torch.arange(4, dtype=torch.uint8)
+    qh = torch.zeros(G, nblk, 8, 4, dtype=torch.uint8)
+    for c in range(4):
+        shift = 4 * (c % 2) + k
+        qh[..., c // 2] |= (((hx >> c) & 1) << shift).sum(-1, dtype=torch.uint8)  # distinct bits: sum is or
+        qh[..., 2 + c // 2] |= (((hx >> (4 + c)) & 1) << shift).sum(-1, dtype=torch.uint8)
+    return torch.cat([scales, qh, qs], -1)
+
+
+def _convert_part(part: torch.Tensor, qtype: str, rows: int, n: int, forward: bool) -> torch.Tensor:
+    """One part's bytes (rows x row bytes), its full groups of 8 rows (un)interleaved, into a copy."""
+    size, nblk = QTYPES[qtype][1], n // QTYPES[qtype][0]
+    out = part.clone()
+    groups = out[: rows // 8 * 8 * nblk * size].view(rows // 8, 8, nblk, size)  # a view of out
+    for g0 in range(0, groups.shape[0], _GROUPS_AT_ONCE):
+        g = groups[g0 : g0 + _GROUPS_AT_ONCE]
+        if forward:
+            g.view(-1, nblk, 8 * size)[:] = _interleave(g.transpose(1, 2), qtype)
+        else:
+            g.transpose(1, 2)[:] = _deinterleave(g.reshape(-1, nblk, 8 * size).clone(), qtype)
+    return out
+
+
+def repack_rows(data: torch.Tensor, layout: Layout, n: int) -> tuple[torch.Tensor, Layout]:
+    """quant.pack_rows' bytes and layout (rows n wide) with every part of a REPACKED type and at
+    least 8 rows interleaved (a new tensor; the input, perhaps shared with an embedding, is kept)."""
+    parts, names, at = [], [], 0
+    for qtype, rows in layout:
+        size = rows * (4 * n if qtype == "float32" else row_bytes(qtype, n))
+        part = data.reshape(-1)[at : at + size]
+        if qtype in REPACKED and rows >= 8:
+            part, qtype = _convert_part(part, qtype, rows, n, True), f"{qtype}:x8"
+        parts.append(part)
+        names.append((qtype, rows))
+        at += size
+    return torch.cat(parts), tuple(names)
+
+
+def unrepack_rows(data: torch.Tensor, layout: Layout, n: int) -> tuple[torch.Tensor, Layout]:
+    """repack_rows' inverse: the plain rows and layout."""
+    parts, names, at = [], [], 0
+    for qtype, rows in layout:
+        base = qtype.removesuffix(":x8")
+        size = rows * (4 * n if base == "float32" else row_bytes(base, n))
+        part = data.reshape(-1)[at : at + size]
+        parts.append(_convert_part(part, base, rows, n, False) if base != qtype else part)
+        names.append((base, rows))
+        at += size
+    return torch.cat(parts), tuple(names)
+
+
+__all__ = ["REPACKED", "X8", "repack_rows", "unrepack_rows"]

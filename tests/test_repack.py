@@ -1,0 +1,131 @@
+"""Quantized rows interleaved eight at a time (engine/repack.py, csrc/repack.h): the byte layout
+round-trips, the interleaved kernels give the plain kernels' products (and the rounded-input
+reference) in all three builds, for 1-9 input rows and row counts with a plain tail, through the
+step's product (tk_matvec) and the prefill's (tk_matmul); a model's greedy decode is the same with
+its weights interleaved as without.
+
+Tolerances: both kernels compute the same integer dot products of the same 8-bit inputs; only the
+float summation order differs (per block of 8 rows against per row), so 1e-5 relative, where a
+wrong chunk, row, nibble, fifth bit or offset is off by far more than 1e-2. Whole models differ
+as test_quant.check_steps explains (a rounding tie may flip), so their logits are held to that
+test's bounds and the greedy tokens must be equal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import shutil
+import subprocess
+
+import pytest
+import torch
+from test_quant import need_native, random_qtensor
+from tiny_models import make_model
+
+from tiankong.engine import llama_packed, native
+from tiankong.engine.kv_cache import KVCache
+from tiankong.engine.model import load_model, prepare_for_inference
+from tiankong.engine.quant import QTYPES, X8, pack_rows, round_activations
+from tiankong.engine.repack import REPACKED, repack_rows, unrepack_rows
+
+
+@pytest.mark.parametrize("qtype", REPACKED)
+def test_repacking_round_trips_and_keeps_the_tail_plain(qtype):
+    gen = torch.Generator().manual_seed(0)
+    n, rb = 256, QTYPES[qtype][1] * 8
+    parts = [random_qtensor(qtype, 21, n, gen), torch.randn(3, n, generator=gen), random_qtensor(qtype, 5, n, gen)]
+    data, layout = pack_rows(parts)
+    packed, names = repack_rows(data, layout, n)
+    assert names == ((f"{qtype}:x8", 21), ("float32", 3), (qtype, 5))  # fewer than 8 rows: plain
+    assert packed.shape == data.shape and not torch.equal(packed[: 16 * rb], data[: 16 * rb])
+    assert torch.equal(packed[16 * rb :], data[16 * rb :])  # the 21st part's 5-row tail and the rest
+    back, plain = unrepack_rows(packed, names, n)
+    assert plain == layout and torch.equal(back, data)
+
+
+def _library(march: str):
+    """The compiled step for -march=native, or built here for another instruction set."""
+    if march == "native":
+        return native.library()
+    if platform.machine() != "x86_64" or not shutil.which("gcc"):
+        pytest.skip("x86-64 with gcc only")
+    if march == "haswell" and "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code")
+    return march
+
+
+@pytest.mark.parametrize("march", ["native", "x86-64", "haswell"])  # VNNI or AVX2 here; plain C; AVX2 alone
+def test_interleaved_kernels_equal_the_plain_ones(tmp_path, march):
+    need_native()
+    lib = _library(march)
+    if isinstance(lib, str):
+        so = tmp_path / f"decode-{march}.so"
+        flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
+        subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
+        lib = ctypes.CDLL(str(so))
+        for name in ("tk_matvec", "tk_matmul"):
+            getattr(lib, name).restype = ctypes.c_int
+            getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
+    gen = torch.Generator().manual_seed(1)
+    n = 480  # 15 blocks of 32
+    for qtype in REPACKED:
+        ggml = QTYPES[qtype][2]
+        for rows in (8, 13, 37):  # one group; a group and a tail of 5; four groups and a tail
+            w = random_qtensor(qtype, rows, n, gen)
+            packed, names = repack_rows(w.data, ((qtype, rows),), n)
+            assert names == ((f"{qtype}:x8", rows),)
+            for B in (1, 2, 3, 4, 5, 9):
+                x = torch.randn(B, n, generator=gen)
+                plain = native.matvec(lib, w.data, ggml, x)
+                got = native.matvec(lib, packed.view(rows, -1), ggml | X8, x)
+                ref = round_activations(x, qtype).double() @ w.dequantize().double().T
+                for y in (got, plain):
+                    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+                torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
+            spec = torch.tensor([[ggml | X8, rows]], dtype=torch.int32)
+            for T in (1, 6, 33):  # the prefill's product reads the same layout
+                x = torch.randn(T, n, generator=gen)
+                want = native.matvec(lib, w.data, ggml, x)
+                got = native.matmul(lib, packed, spec, rows, x)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def _greedy(step: torch.nn.Module, cfg, steps: int = 6) -> tuple[list, list]:
+    """Four rows (four presets) prefilled and decoded greedily: (tokens, last logits per step)."""
+    B, P = 4, 5
+    tokens = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, torch.float32, "cpu")
+    out, logits = [], []
+    with torch.inference_mode():
+        last = step(tokens, torch.arange(P).expand(B, P), None, cache, 0, last_only=True)[:, -1]
+        for slot in range(P, P + steps):
+            chosen = last.argmax(-1)[:, None]
+            out.append(chosen[:, 0].tolist())
+            logits.append(last)
+            last = step(chosen, torch.full((B, 1), slot), None, cache, slot)[:, -1]
+    return out, logits
+
+
+@pytest.mark.parametrize("qtype", REPACKED)
+def test_greedy_decode_is_the_same_with_rows_interleaved(tmp_path, monkeypatch, qtype):
+    need_native()
+    folder = make_model(tmp_path / "m", "llama", hidden_size=128, intermediate_size=224)  # vocabulary: a tail
+    plain, cfg = load_model(folder, "cpu", qtype)
+    step = prepare_for_inference(plain)
+    assert all(t & X8 for t in step.wtypes.flatten().tolist()) and step.out_type & X8  # the head: q8_0 or qtype
+    monkeypatch.setattr(llama_packed, "repack_rows", lambda data, layout, n: (data, layout))
+    unpacked = prepare_for_inference(load_model(folder, "cpu", qtype)[0])
+    assert not any(t & X8 for t in unpacked.wtypes.flatten().tolist())
+    (got, got_logits), (want, want_logits) = _greedy(step, cfg), _greedy(unpacked, cfg)
+    assert got == want
+    # (step, row) -> max |logit difference| / max |logit|: ~2e-7 (summation order), except where an
+    # input element within an ulp of a rounding tie rounds the other way in one of the two (its
+    # product moves by an 8-bit step; the cache carries it on): measured 7e-3 to 1.1e-2 in 1-3 of 24
+    errors = [
+        e
+        for a, b in zip(got_logits, want_logits, strict=True)
+        for e in ((a - b).abs().amax(-1) / b.abs().amax(-1)).tolist()
+    ]
+    assert max(errors) < 3e-2, errors
+    assert sum(e < 1e-5 for e in errors) >= 0.75 * len(errors), errors
