@@ -464,11 +464,25 @@ def rope_buffers(cfg: ModelConfig) -> dict[str, torch.Tensor]:
 
 
 def long_rope_applies(cfg: ModelConfig, positions: torch.Tensor) -> bool:
-    """Whether a forward call over `positions` (B, T) uses long-rope's long factors: transformers
-    switches for the whole call once any position is past original_max_position_embeddings (keys
-    already cached keep the rotation they got)."""
+    """Whether any row of a forward call over `positions` (B, T) uses long-rope's long factors
+    (see long_rope_freqs)."""
     s = cfg.rope_scaling
     return bool(s and s["rope_type"] == "longrope" and int(positions.max()) >= s["original_max_position_embeddings"])
+
+
+def long_rope_freqs(
+    cfg: ModelConfig, positions: torch.Tensor, short: torch.Tensor, long: torch.Tensor | None
+) -> torch.Tensor:
+    """The RoPE frequencies of each row of a call over `positions` (B, T): (rd/2,), or (B, 1, rd/2)
+    when rows differ. A row takes long-rope's long factors once its own positions pass
+    original_max_position_embeddings, as transformers does for one sequence (for a padded batch it
+    switches every row at once; here a row's tokens do not depend on the rows beside it, which a
+    server's batch needs). Keys already cached keep the rotation they got (generate re-reads them)."""
+    s = cfg.rope_scaling
+    if long is None or s is None or not long_rope_applies(cfg, positions):
+        return short
+    rows = positions.amax(dim=1) >= s["original_max_position_embeddings"]  # (B,)
+    return long if bool(rows.all()) else long.where(rows[:, None, None], short)
 
 
 def rope_attention_factor(cfg: ModelConfig) -> float:

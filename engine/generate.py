@@ -356,7 +356,7 @@ def _decode(
     slot, device = batch.slot, batch.pad.device
     positions = (slot - batch.pad)[:, None]  # (B, 1)
     mask = build_mask(batch.pad, slot, 1, slot + 1, cfg.sliding_window)
-    if _long_rope_rereads(cfg, slot, slot + 1):
+    if _long_rope_rereads_a_row(cfg, batch):
         batch.logits = _reread_long_rope(model, cfg, batch)
     else:
         batch.logits = model(chosen[:, None].to(device), positions, mask, batch.cache, slot)[:, -1]
@@ -367,17 +367,27 @@ def _decode(
 
 def _long_rope_rereads(cfg: ModelConfig, cached: int, total: int) -> bool:
     """Whether the keys of cache slots 0..cached-1 must be read again before a call that fills the
-    sequence to `total` tokens. Long-rope's long factors apply to a whole call once a position passes
-    original_max_position_embeddings (config.long_rope_applies); transformers' Phi-3 generate then
+    sequence to `total` tokens. Long-rope's long factors apply to a row once its positions pass
+    original_max_position_embeddings (config.long_rope_freqs); transformers' Phi-3 generate then
     drops its cache and reads the whole sequence again with them, and so does tiankong: keys turned
     with the short factors never sit beside long ones."""
     s = cfg.rope_scaling
     return bool(s and s["rope_type"] == "longrope" and 0 < cached <= s["original_max_position_embeddings"] < total)
 
 
+def _long_rope_rereads_a_row(cfg: ModelConfig, batch: _Batch) -> bool:
+    """Whether the next decode step takes a row past long-rope's short positions (each row
+    switches on its own: config.long_rope_freqs)."""
+    s = cfg.rope_scaling
+    if not (s and s["rope_type"] == "longrope"):
+        return False
+    return any(_long_rope_rereads(cfg, held, held + 1) for held in (batch.slot - batch.pad).tolist())
+
+
 def _reread_long_rope(model: nn.Module, cfg: ModelConfig, batch: _Batch) -> torch.Tensor:
     """Every row's prompt and answer so far (the newest token last) read again into slots
-    0..batch.slot -> the logits (B, V) after the newest token."""
+    0..batch.slot -> the logits (B, V) after the newest token. Rows still within the short
+    positions get the same keys again."""
     width, device = batch.slot + 1, batch.pad.device
     tokens = torch.zeros(len(batch.rows), width, dtype=torch.long)
     for b, r in enumerate(batch.rows):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, long_rope_applies, rope_attention_factor, rope_buffers
+from .config import ModelConfig, long_rope_freqs, rope_attention_factor, rope_buffers
 from .kv_cache import KVCache, build_mask
 from .weights import embedding
 
@@ -52,7 +52,7 @@ def rope_tables(model: RopeModel, positions: torch.Tensor, dtype: torch.dtype, i
     float32, times long-rope's attention factor); long-rope's long factors where they apply."""
     cfg = model.cfg
     if inv_freq is None:
-        inv_freq = model.inv_freq_long if long_rope_applies(cfg, positions) else model.inv_freq
+        inv_freq = long_rope_freqs(cfg, positions, model.inv_freq, getattr(model, "inv_freq_long", None))
     freqs = positions.float()[..., None] * inv_freq  # (B, T, rd/2)
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, rd)
     scale = rope_attention_factor(cfg)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, long_rope_applies, rope_attention_factor
+from .config import ModelConfig, long_rope_applies, long_rope_freqs, rope_attention_factor
 from .kv_cache import KVCache, build_mask
 from .llama import Block, Llama
 from .native import NativeStep, WeightBuffer
@@ -398,8 +398,7 @@ class PackedLlama(nn.Module):
         if mask is None and window is not None and start + T > window:
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, T, start + T, window)
-        inv_freq = self.inv_freq_long if long else self.inv_freq  # long: long-rope, which registers inv_freq_long
-        assert inv_freq is not None
+        inv_freq = long_rope_freqs(self.cfg, positions, self.inv_freq, self.inv_freq_long)
         angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
         freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None]  # (B, T, 1, hd/2) complex64
         if cache is not None:
