@@ -195,6 +195,34 @@ def test_a_long_prompt_is_read_in_chunks_while_other_rows_stream(tiny, arch):
     assert batcher.rows == 0
 
 
+def test_long_rope_rows_do_not_depend_on_the_rows_beside_them(tmp_path):
+    """Phi-3's long factors start past 16 positions. A short row that joins a batch whose first
+    row is already past 16, and a row that crosses 16 while the other does not, each give the
+    tokens Engine.generate gives for that prompt alone (a row switches on its own positions)."""
+    eng = Engine.load(make_model(tmp_path, "phi3"), device="cpu", dtype="float32")
+    long = eng.encode(prompt="The quick brown fox jumps over the lazy dog and", raw=True)
+    short = eng.encode(prompt="Once", raw=True)
+    assert len(long) > 16 and len(short) + 6 < 16
+    p_long, p_short = (
+        SamplingParams(temperature=0.9, seed=1, max_new_tokens=24),
+        SamplingParams(seed=2, max_new_tokens=6),
+    )
+    p_cross = SamplingParams(temperature=0.9, seed=3, max_new_tokens=20)  # from 2 tokens past 16
+    batcher = Batcher(eng, max_rows=4, prefix_bytes=0)
+    try:
+        first = batcher.submit(long, [p_long])
+        it = iter(first)
+        got = [next(it)]  # under way, past 16
+        others = [batcher.submit(short, [p_short]), batcher.submit(short, [p_cross])]
+        got += list(it)
+        results = [(long, p_long, got)] + [(short, p, list(r)) for p, r in zip((p_short, p_cross), others, strict=True)]
+    finally:
+        batcher.close()
+    for prompt, p, evs in results:
+        toks, fin = reference(eng, prompt, p)
+        assert [e.id for e in evs if isinstance(e, TokenEvent)] == [e.id for e in toks]
+
+
 def test_prefix_store_finds_the_longest_prefix_and_stays_within_its_bytes():
     """Entries are (ids, keys and values); a longer entry supersedes its prefixes, the least
     recently used goes first when the store is full, and a match leaves the last token to run."""
