@@ -94,33 +94,68 @@ static void act_init(Act *a, void *mem, int B, int n) {
     a->bsums = (int16_t *)(a->isum + (size_t)B * n / 32);
 }
 
+/* The largest |x[i]| of n (a multiple of 8) floats. */
+static inline float absmax(const float *x, int n) {
+#if defined(__AVX2__)
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8)
+        m = _mm256_max_ps(m, _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_loadu_ps(x + i)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+#else
+    float amax = 0.f;
+    for (int i = 0; i < n; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    return amax;
+#endif
+}
+
+/* q[i] = round(x[i] id) for 32 floats, to nearest with ties to even (lrintf's rounding, and
+ * cvtps_epi32's); sums[h] = the sum of q over half h (16 each). */
+static inline void round32(const float *x, float id, int8_t *q, int sums[2]) {
+#if defined(__AVX2__)
+    const __m256 m = _mm256_set1_ps(id);
+    __m256i i[4];
+    for (int k = 0; k < 4; k++)
+        i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), m));
+    /* the packs interleave the 128-bit lanes: dword k of b is i[k % 4] elements 4 (k / 4).. */
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = _mm256_add_epi32(i[2 * h], i[2 * h + 1]);
+        __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+        sums[h] = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
+    }
+#else
+    for (int h = 0; h < 2; h++) {
+        sums[h] = 0;
+        for (int k = 16 * h; k < 16 * h + 16; k++)
+            sums[h] += q[k] = (int8_t)lrintf(x[k] * id);
+    }
+#endif
+}
+
 /* Blocks [blk0, blk1) of x (a->B, a->n) float32 into a (a->kind set), each `kind` elements:
  * scale amax / 127, q = round(x / scale). */
 static void act_quantize_blocks(Act *a, const float *x, int64_t blk0, int64_t blk1) {
     const int kind = a->kind;
     for (int64_t blk = blk0; blk < blk1; blk++) {
         const float *xb = x + blk * kind;
-        int8_t *q = a->q + blk * kind;
-        float amax = 0.f;
-        for (int i = 0; i < kind; i++)
-            amax = fmaxf(amax, fabsf(xb[i]));
-        const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
-        for (int i = 0; i < kind; i++)
-            q[i] = (int8_t)lrintf(xb[i] * id);
+        const float d = absmax(xb, kind) / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+        int sum = 0, sums[2];
+        for (int i = 0; i < kind; i += 32) {
+            round32(xb + i, id, a->q + blk * kind + i, sums);
+            sum += sums[0] + sums[1];
+            if (kind == 256) /* sums per 16 */
+                a->bsums[blk * 16 + i / 16] = (int16_t)sums[0], a->bsums[blk * 16 + i / 16 + 1] = (int16_t)sums[1];
+        }
         a->d[blk] = d;
         if (kind == 32) {
-            int sum = 0;
-            for (int i = 0; i < 32; i++)
-                sum += q[i];
             a->s[blk] = d * (float)sum;
             a->isum[blk] = sum;
-        } else
-            for (int g = 0; g < 16; g++) {
-                int sum = 0;
-                for (int i = 0; i < 16; i++)
-                    sum += q[16 * g + i];
-                a->bsums[blk * 16 + g] = (int16_t)sum;
-            }
+        }
     }
 }
 
