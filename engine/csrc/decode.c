@@ -665,27 +665,51 @@ int tk_matvec(int type, const void *W, int O, int I, const float *x, int B, floa
 #ifndef MATMUL_TILE
 #define MATMUL_TILE 32
 #endif
+/* Input rows per block of tk_matmul: each (token block, row tile) is one item of work, so a long
+ * prompt's quantized rows (T x I bytes) are not all streamed past every tile; 64 rows of 5632
+ * (360 KB) sit in L2 beside a tile. A prompt of up to 64 tokens reads every weight once. */
+#ifndef MATMUL_TOKENS
+#define MATMUL_TOKENS 64
+#endif
+
+/* Tile j of a weight of parts: its part k, that part's rows [r0, r1), the part's first output
+ * column `at` and first byte `w`. Tiles never straddle parts (each part has its own type). */
+typedef struct {
+    int k, r0, r1, at;
+    const char *w;
+} Tile;
+
+static Tile find_tile(int j, const int *types, const int *rows, const void *W, int I) {
+    Tile t = {.w = W};
+    while (j >= (rows[t.k] + MATMUL_TILE - 1) / MATMUL_TILE) {
+        j -= (rows[t.k] + MATMUL_TILE - 1) / MATMUL_TILE;
+        t.w += rows[t.k] * row_bytes(types[t.k], I);
+        t.at += rows[t.k++];
+    }
+    t.r0 = j * MATMUL_TILE;
+    t.r1 = t.r0 + MATMUL_TILE < rows[t.k] ? t.r0 + MATMUL_TILE : rows[t.k];
+    return t;
+}
 
 /* y (T, O) = x W^T for T input rows x (T, I) float32 and a weight W of n_parts row blocks back to
- * back (quant.pack_rows: a fused q/k/v or gate/up whose parts differ in type), part k rows[k] rows
- * of types[k] (quantized, float32 or bfloat16), parts[2 k] = types[k] and parts[2 k + 1] = rows[k],
- * O = sum of rows: a prompt's T tokens through one
- * weight at once, where the decode step takes one token through all of them. Each quantized
- * input row is made once (the threads split the rows), then the threads take tiles of weight rows
- * in turn (dynamic: a thread the shared machine delays takes fewer), each tile meeting every input
- * row in groups of four (qrows_tile) while it sits in cache: the weights are read from memory
- * once per call instead of once per token. Returns 0, or -1 without memory. */
+ * back (quant.pack_rows: a fused q/k/v or gate/up whose parts differ in type), part k of rows[k]
+ * rows of types[k] (quantized, float32 or bfloat16), parts[2 k] = types[k], parts[2 k + 1] =
+ * rows[k], O = the rows' sum: a prompt's T tokens through one weight at once, where the decode
+ * step takes one token through all of them. Each quantized input row is made once (the threads
+ * split the rows), then the threads take (token block, row tile) items in turn (dynamic: a thread
+ * the shared machine delays takes fewer), each tile meeting the block's input rows in groups of
+ * four (qrows_tile) while it sits in cache: a prompt of up to MATMUL_TOKENS tokens reads the
+ * weights from memory once instead of once per token. Returns 0, or -1 without memory. */
 int tk_matmul(int n_parts, const int32_t *parts, const void *W, int I, const float *x, int T, float *y,
               int n_threads) {
     int types[n_parts], rows[n_parts];
-    for (int k = 0; k < n_parts; k++)
-        types[k] = parts[2 * k], rows[k] = parts[2 * k + 1];
     int O = 0, kinds = 0, n_tiles = 0; /* kinds: bit 0 some part reads 32-blocks, bit 1 256-blocks */
     for (int k = 0; k < n_parts; k++) {
-        O += rows[k];
+        types[k] = parts[2 * k], rows[k] = parts[2 * k + 1], O += rows[k];
         kinds |= !is_quant(types[k]) ? 0 : block_elems(types[k]) == 256 ? 2 : 1;
         n_tiles += (rows[k] + MATMUL_TILE - 1) / MATMUL_TILE;
     }
+    const int n_items = (T + MATMUL_TOKENS - 1) / MATMUL_TOKENS * n_tiles;
     Act acts[2]; /* the input in blocks of 32 and of 256, where some part needs it */
     void *mem = malloc(2 * act_bytes(T, I));
     if (!mem)
@@ -703,23 +727,17 @@ int tk_matmul(int n_parts, const int32_t *parts, const void *W, int I, const flo
                     act_quantize_rows(&acts[k], x, b, b + 1);
             } /* each omp for ends in a barrier: every row is made before any tile reads it */
 #pragma omp for schedule(dynamic, 1)
-        for (int tile = 0; tile < n_tiles; tile++) {
-            /* the part holding this tile, its first row in y and its bytes' start in W */
-            int k = 0, at = 0, first = tile;
-            const char *w = W;
-            while (first >= (rows[k] + MATMUL_TILE - 1) / MATMUL_TILE) {
-                first -= (rows[k] + MATMUL_TILE - 1) / MATMUL_TILE;
-                w += rows[k] * row_bytes(types[k], I);
-                at += rows[k++];
-            }
-            const int r0 = first * MATMUL_TILE, r1 = r0 + MATMUL_TILE < rows[k] ? r0 + MATMUL_TILE : rows[k];
-            if (is_quant(types[k])) {
-                const Act *a = &acts[block_elems(types[k]) == 256];
-                for (int b0 = 0; b0 < T; b0 += 4)
-                    qrows_tile(types[k], (const uint8_t *)w, r0, r1, a, b0, T - b0 < 4 ? T - b0 : 4, y + at, O);
-            } else /* the float rows [r0, r1) as one small matvec on this thread */
-                matvec(advance(w, types[k] == T_BF16, (int64_t)r0 * I), types[k] == T_BF16, NULL, x, y + at + r0, T,
-                       r1 - r0, I, O, 0, 0, 1);
+        for (int item = 0; item < n_items; item++) {
+            const Tile tl = find_tile(item % n_tiles, types, rows, W, I);
+            const int type = types[tl.k], t0 = item / n_tiles * MATMUL_TOKENS;
+            const int t1 = t0 + MATMUL_TOKENS < T ? t0 + MATMUL_TOKENS : T;
+            if (is_quant(type))
+                for (int b0 = t0; b0 < t1; b0 += 4)
+                    qrows_tile(type, (const uint8_t *)tl.w, tl.r0, tl.r1, &acts[block_elems(type) == 256], b0,
+                               t1 - b0 < 4 ? t1 - b0 : 4, y + tl.at, O);
+            else /* the float rows [r0, r1) as one small matvec on this thread */
+                matvec(advance(tl.w, type == T_BF16, (int64_t)tl.r0 * I), type == T_BF16, NULL, x + (int64_t)t0 * I,
+                       y + (int64_t)t0 * O + tl.at + tl.r0, t1 - t0, tl.r1 - tl.r0, I, O, 0, 0, 1);
         }
     }
     free(mem);
