@@ -77,30 +77,41 @@ static inline __attribute__((always_inline)) void x8_unpack(const int type, cons
     }
 }
 
-/* s + the 8 rows' dot products of the block with input bytes x[0..31] (int32 lanes). */
+/* The 4 input bytes at p in every 32-bit lane (one broadcast load). */
+static inline __m256i x8_bcast(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* s + the 8 rows' dot products of the block with input bytes x[0..31] (int32 lanes). Two chains
+ * of sums (even and odd chunks), so that one input row does not wait on each dot product's latency. */
 static inline __attribute__((always_inline)) __m256i x8_dot(const int type, __m256i s, const __m256i *q,
                                                             const __m256i *sgn, const int8_t *x) {
-    int32_t x4[8];
-    memcpy(x4, x, 32);
+    __m256i t = _mm256_setzero_si256();
 #if X8_VNNI
     (void)type, (void)sgn;
-    for (int c = 0; c < 8; c++)
-        s = _mm256_dpbusd_epi32(s, q[c], _mm256_set1_epi32(x4[c]));
+    for (int c = 0; c < 8; c += 2) {
+        s = _mm256_dpbusd_epi32(s, q[c], x8_bcast(x + 4 * c));
+        t = _mm256_dpbusd_epi32(t, q[c + 1], x8_bcast(x + 4 * c + 4));
+    }
 #else
     const __m256i ones = _mm256_set1_epi16(1);
     if (type == T_Q8_0)
-        for (int c = 0; c < 8; c++) {
-            const __m256i p = _mm256_maddubs_epi16(q[c], _mm256_sign_epi8(_mm256_set1_epi32(x4[c]), sgn[c]));
+        for (int c = 0; c < 8; c += 2) {
+            const __m256i p = _mm256_maddubs_epi16(q[c], _mm256_sign_epi8(x8_bcast(x + 4 * c), sgn[c]));
+            const __m256i p1 = _mm256_maddubs_epi16(q[c + 1], _mm256_sign_epi8(x8_bcast(x + 4 * c + 4), sgn[c + 1]));
             s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+            t = _mm256_add_epi32(t, _mm256_madd_epi16(p1, ones));
         }
     else /* two chunks' int16 pairs summed before widening: 2 * 2 * 31 * 127 < 32768 */
         for (int c = 0; c < 8; c += 2) {
-            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(q[c], _mm256_set1_epi32(x4[c])),
-                                               _mm256_maddubs_epi16(q[c + 1], _mm256_set1_epi32(x4[c + 1])));
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(q[c], x8_bcast(x + 4 * c)),
+                                               _mm256_maddubs_epi16(q[c + 1], x8_bcast(x + 4 * c + 4)));
             s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
         }
 #endif
-    return s;
+    return _mm256_add_epi32(s, t);
 }
 #endif
 
