@@ -100,6 +100,7 @@ class Request:
         self._wake = wake
         self._cancel = threading.Event()
         self.rows_left = len(params)  # rows not finished yet (the batcher's thread writes it)
+        self.cached_tokens = 0  # prompt tokens not read again (PrefixStore); set before its first event
         self.done = threading.Event()  # set after the last row's Finished was delivered
 
     @property
@@ -284,6 +285,7 @@ class Batcher:
             hit = kv is not None and n >= min(MIN_REUSE, len(req.prompt) - 1)
             size = len(req.prompt) + max(r.max_new for r in rows)
             pc = self.prefix.cache_for(self.engine.model, req.prompt, n, kv, size) if hit and kv is not None else None
+            req.cached_tokens = n if pc is not None else 0
             if len(req.prompt) - (n if hit else 0) > self.prefill_chunk:
                 self._filling.append(_Filling(req, rows, pc or PromptCache(), size))
             elif pc is not None:

@@ -330,6 +330,9 @@ def test_chat_streaming_and_not_with_top_logprobs(stories):
         assert chunks[0].choices[0].delta.role == "assistant"
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == fin.text
         assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(toks)
+        # The second request read only the prompt's last token: the rest came from the prefix cache.
+        assert r.usage.prompt_tokens_details.cached_tokens == 0
+        assert chunks[-1].usage.prompt_tokens_details.cached_tokens == len(ids) - 1
 
 
 @needs_stories

@@ -313,7 +313,10 @@ class _Stream:
                 yield _sse(fmt.envelope(job, name, [choice], chunk=True))
         if job.include_usage:
             prompt_tokens = sum(len(x) for x in self.ids)
-            out = fmt.envelope(job, name, [], chunk=True) | {"usage": fmt.usage(prompt_tokens, completion_tokens)}
+            cached = sum(r.cached_tokens for r in self.reqs)
+            out = fmt.envelope(job, name, [], chunk=True) | {
+                "usage": fmt.usage(prompt_tokens, completion_tokens, cached)
+            }
             yield _sse(out)
         yield b"data: [DONE]\n\n"
 
@@ -373,7 +376,7 @@ class _Stream:
             choices.append(choice)
         completion = sum(f.usage.completion_tokens for f in texts.values())
         body = fmt.envelope(job, self.server.name, choices)
-        body["usage"] = fmt.usage(sum(len(x) for x in self.ids), completion)
+        body["usage"] = fmt.usage(sum(len(x) for x in self.ids), completion, sum(r.cached_tokens for r in self.reqs))
         return JSONResponse(body)
 
 
