@@ -25,7 +25,9 @@
  * Quantized weights (GGUF blocks, quant.h; llama_packed.py's _pack_layer_quantized): wtypes gives
  * each layer's (wq, wk, wv, wo, gate, up, down) ggml types and out_type the head's; a fused weight
  * is its parts' rows back to back, each part in its own type (wqkv: H hd q rows, H_kv hd k rows,
- * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32. Nothing is folded: the norm
+ * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32; q8_0, q4_0 and q5_0 parts
+ * have their rows interleaved eight at a time (type + T_X8: repack.h), which is why the threads
+ * share a product's rows in groups of 8 (share_rows). Nothing is folded: the norm
  * gains come as attn_norm, ffn_norm (D,) and the query scale as q_scale; the q/k rows are still in
  * RoPE-pair order. The KV cache is then float32 (bf16 = 0).
  *
@@ -515,7 +517,9 @@ static void qkv_in(const Step *s, int l, const float *h, Act *a, int t, int nt) 
     const Model *m = s->m;
     const float *bias = m->bqkv ? m->bqkv[l] : NULL;
     const int types[3] = {wtype(s, l, 0), wtype(s, l, 1), wtype(s, l, 2)};
-    if (types[0] == types[1] && types[1] == types[2]) {
+    /* one product unless the types differ, or interleaved parts' groups of 8 do not line up */
+    const int aligned = !(types[0] & T_X8) || (s->H * s->hd % 8 == 0 && s->Hkv * s->hd % 8 == 0);
+    if (types[0] == types[1] && types[1] == types[2] && aligned) {
         matvec_any(m->wqkv[l], types[0], bias, h, a, s->qkv, s->B, s->Q, s->D, s->Q, 0, t, nt);
         return;
     }
