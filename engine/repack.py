@@ -16,13 +16,15 @@ import torch
 
 from .quant import QTYPES, X8, Layout, row_bytes
 
-REPACKED = ("q8_0", "q4_0", "q5_0")  # the types with an interleaved kernel (repack.h)
+REPACKED = ("q8_0", "q4_0", "q5_0", "q4_k")  # the types with an interleaved kernel (repack.h)
 _GROUPS_AT_ONCE = 4096  # groups of 8 rows per torch pass: bounds the temporaries (~10 bytes per weight byte)
 
 
 def _interleave(g: torch.Tensor, qtype: str) -> torch.Tensor:
     """(G, blocks, 8 rows, block bytes) plain -> (G, blocks, 8 x block bytes) repacked."""
     G, nblk = g.shape[:2]
+    if qtype == "q4_k":
+        return _interleave_q4_k(g)
     scales = g[..., :2].reshape(G, nblk, 16)  # the 8 rows' fp16 scales
     if qtype == "q8_0":  # 8 chunks of 4 bytes per row, chunk-major; w + 128 is w's sign bit flipped
         return torch.cat(
@@ -46,6 +48,8 @@ def _interleave(g: torch.Tensor, qtype: str) -> torch.Tensor:
 def _deinterleave(p: torch.Tensor, qtype: str) -> torch.Tensor:
     """_interleave's inverse: (G, blocks, 8 x block bytes) -> (G, blocks, 8 rows, block bytes)."""
     G, nblk = p.shape[:2]
+    if qtype == "q4_k":
+        return _deinterleave_q4_k(p)
     scales = p[..., :16].reshape(G, nblk, 8, 2)
     if qtype == "q8_0":
         return torch.cat(
@@ -62,6 +66,40 @@ def _deinterleave(p: torch.Tensor, qtype: str) -> torch.Tensor:
         qh[..., c // 2] |= (((hx >> c) & 1) << shift).sum(-1, dtype=torch.uint8)  # distinct bits: sum is or
         qh[..., 2 + c // 2] |= (((hx >> (4 + c)) & 1) << shift).sum(-1, dtype=torch.uint8)
     return torch.cat([scales, qh, qs], -1)
+
+
+def _interleave_q4_k(g: torch.Tensor) -> torch.Tensor:
+    """q4_k's (G, blocks, 8, 144) -> (G, blocks, 1152): d and dmin of the 8 rows, the 6-bit scales
+    and mins regrouped by sub-block (repack.h, x8_q4_k_group), the quants in 32-byte registers."""
+    G, nblk = g.shape[:2]
+    s = g[..., 4:16]  # 12 bytes a row: 8 scales and 8 mins of 6 bits (quant.h's scale_min_k4)
+    sc = torch.cat([s[..., 0:4] & 63, (s[..., 8:12] & 15) | ((s[..., 0:4] >> 6) << 4)], -1)  # (G, nblk, 8 rows, 8)
+    mn = torch.cat([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)], -1)
+    low = ((sc & 15) | ((mn & 15) << 4)).transpose(2, 3).reshape(G, nblk, 64)  # byte 8 sub-block + row
+    high = ((sc >> 4) | ((mn >> 4) << 2)).transpose(2, 3)  # (G, nblk, 8 sub-blocks, 8 rows), 4 bits each
+    high = (high[:, :, :4] | (high[:, :, 4:] << 4)).reshape(G, nblk, 32)
+    qs = g[..., 16:].reshape(G, nblk, 8, 4, 8, 4).permute(0, 1, 3, 4, 2, 5).reshape(G, nblk, 1024)
+    return torch.cat([g[..., 0:2].reshape(G, nblk, 16), g[..., 2:4].reshape(G, nblk, 16), low, high, qs], -1)
+
+
+def _deinterleave_q4_k(p: torch.Tensor) -> torch.Tensor:
+    """_interleave_q4_k's inverse (the 12 scale bytes are fully used, so the bytes come back)."""
+    G, nblk = p.shape[:2]
+    low = p[..., 32:96].reshape(G, nblk, 8, 8).transpose(2, 3)  # (G, nblk, 8 rows, 8 sub-blocks)
+    high = p[..., 96:128].reshape(G, nblk, 4, 8)
+    high = torch.cat([high & 15, high >> 4], 2).transpose(2, 3)
+    sc, mn = (low & 15) | ((high & 3) << 4), (low >> 4) | (((high >> 2) & 3) << 4)
+    s = torch.cat(
+        [
+            sc[..., :4] | ((sc[..., 4:] >> 4) << 6),
+            mn[..., :4] | ((mn[..., 4:] >> 4) << 6),
+            (sc[..., 4:] & 15) | ((mn[..., 4:] & 15) << 4),
+        ],
+        -1,
+    )
+    qs = p[..., 128:].reshape(G, nblk, 4, 8, 8, 4).permute(0, 1, 4, 2, 3, 5).reshape(G, nblk, 8, 128)
+    dd = torch.cat([p[..., 0:16].reshape(G, nblk, 8, 2), p[..., 16:32].reshape(G, nblk, 8, 2)], -1)
+    return torch.cat([dd, s, qs], -1)
 
 
 def _convert_part(part: torch.Tensor, qtype: str, rows: int, n: int, forward: bool) -> torch.Tensor:

@@ -200,8 +200,8 @@ def test_mixed_types_decode_steps_equal_the_torch_path(tmp_path, arch):
     set_quantized(plain, "tok_emb.weight", random_qtensor("q4_0", V, D, gen))
     set_quantized(plain, "output.weight", random_qtensor("q6_k", V, D, gen, std=0.05))
     step_types = prepare_for_inference(copy.deepcopy(plain)).wtypes[0].tolist()
-    # ggml's numbers: q4_k, q5_k, q6_k, q4_1, q8_0 (its rows interleaved: + 256, repack.py), q4_k, f32
-    assert step_types == [12, 13, 14, 3, 8 + 256, 12, 0]
+    # ggml's numbers: q4_k, q5_k, q6_k, q4_1, q8_0, q4_k, f32; + 256: rows interleaved (repack.py)
+    assert step_types == [12 + 256, 13, 14, 3, 8 + 256, 12 + 256, 0]
     check_steps(plain, cfg)
 
 

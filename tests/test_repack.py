@@ -26,7 +26,7 @@ from tiny_models import make_model
 from tiankong.engine import llama_packed, native
 from tiankong.engine.kv_cache import KVCache
 from tiankong.engine.model import load_model, prepare_for_inference
-from tiankong.engine.quant import QTYPES, X8, pack_rows, round_activations
+from tiankong.engine.quant import QTYPES, X8, pack_rows, round_activations, set_quantized
 from tiankong.engine.repack import REPACKED, repack_rows, unrepack_rows
 
 
@@ -68,9 +68,8 @@ def test_interleaved_kernels_equal_the_plain_ones(tmp_path, march):
             getattr(lib, name).restype = ctypes.c_int
             getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
     gen = torch.Generator().manual_seed(1)
-    n = 480  # 15 blocks of 32
     for qtype in REPACKED:
-        ggml = QTYPES[qtype][2]
+        ggml, n = QTYPES[qtype][2], 512 if qtype == "q4_k" else 480  # 15 blocks of 32: odd
         for rows in (8, 13, 37):  # one group; a group and a tail of 5; four groups and a tail
             w = random_qtensor(qtype, rows, n, gen)
             packed, names = repack_rows(w.data, ((qtype, rows),), n)
@@ -112,17 +111,30 @@ def _greedy(step: torch.nn.Module, cfg, steps: int = 6) -> tuple[list, list]:
 SHAPES = {"even": dict(hidden_size=128, intermediate_size=224), "odd heads": dict(num_key_value_heads=1, head_dim=18)}
 
 
+def _load(folder, qtype: str):
+    """The model in qtype: quantized at load, or for q4_k (no quantizer) random q4_k weights."""
+    if qtype != "q4_k":
+        return load_model(folder, "cpu", qtype)
+    plain, cfg = load_model(folder, "cpu", "float32")
+    gen = torch.Generator().manual_seed(3)
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % 256 == 0:
+            set_quantized(plain, f"{name}.weight", random_qtensor("q4_k", *module.weight.shape, gen, std=0.05))
+    return plain, cfg
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("qtype", REPACKED)
 def test_greedy_decode_is_the_same_with_rows_interleaved(tmp_path, monkeypatch, qtype, shape):
     need_native()
-    folder = make_model(tmp_path / "m", "llama", **SHAPES[shape])
-    plain, cfg = load_model(folder, "cpu", qtype)
+    overrides = SHAPES[shape] if qtype != "q4_k" else dict(SHAPES[shape], hidden_size=256, intermediate_size=512)
+    folder = make_model(tmp_path / "m", "llama", **overrides)
+    plain, cfg = _load(folder, qtype)
     step = prepare_for_inference(plain)
     # every part interleaved (the head: q8_0 or qtype), but "odd heads"' o projection, 72 wide: float32
     assert all(t & X8 or t == 0 for t in step.wtypes.flatten().tolist()) and step.out_type & X8
     monkeypatch.setattr(llama_packed, "repack_rows", lambda data, layout, n: (data, layout))
-    unpacked = prepare_for_inference(load_model(folder, "cpu", qtype)[0])
+    unpacked = prepare_for_inference(_load(folder, qtype)[0])
     assert not any(t & X8 for t in unpacked.wtypes.flatten().tolist())
     (got, got_logits), (want, want_logits) = _greedy(step, cfg), _greedy(unpacked, cfg)
     assert got == want

@@ -27,7 +27,9 @@
  */
 
 /* Bytes of one repacked block of 8 rows (8 plain blocks). */
-static inline int x8_block_bytes(int type) { return type == T_Q8_0 ? 272 : type == T_Q4_0 ? 144 : 176; }
+static inline int x8_block_bytes(int type) {
+    return type == T_Q8_0 ? 272 : type == T_Q4_0 ? 144 : type == T_Q4_K ? 1152 : 176;
+}
 
 #if defined(__AVX2__)
 /* The 8 rows' fp16 scales of a repacked block as one float vector. */
@@ -167,6 +169,89 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
 #endif
 }
 
+/* q4_k, 8 rows a block of 256 (1152 bytes, 8 x 144): 8 fp16 d, 8 fp16 dmin, 96 bytes of the
+ * 6-bit sub-block scales and mins regrouped by sub-block (byte 8 s + r: sub-block s of row r, scale
+ * low 4 bits | min low 4 bits << 4; byte 64 + 8 (s % 4) + r: nibble s / 4 = scale high 2 bits |
+ * min high 2 bits << 2), then 32 registers of quants: register 8 j + c, row r, byte k = the plain
+ * qs byte 32 j + 4 c + k (low nibble: sub-block 2 j, element 4 c + k; high: sub-block 2 j + 1). */
+static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w, const Act *a, const int nb,
+                                                                float *out) {
+    const int64_t n = a->n;
+    const int nblk = (int)(n / 256);
+#if defined(__AVX2__)
+    __m256 acc[4] = {0};
+    for (int i = 0; i < nblk; i++, w += 1152) {
+        for (int p = 0; p < 1152; p += 64)
+            __builtin_prefetch(w + QPREFETCH + p);
+        const __m256 d = x8_scales(w), dmin = x8_scales(w + 16);
+        __m256i sc[8], mn[8]; /* the 8 rows' scale and min of each sub-block, int32 */
+        for (int sb = 0; sb < 8; sb++) {
+            const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + 32 + 8 * sb)));
+            const __m256i hi = _mm256_srli_epi32(
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + 96 + 8 * (sb % 4)))), 4 * (sb / 4));
+            const __m256i three = _mm256_set1_epi32(3), fifteen = _mm256_set1_epi32(15);
+            sc[sb] = _mm256_or_si256(_mm256_and_si256(lo, fifteen), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
+            mn[sb] = _mm256_or_si256(_mm256_srli_epi32(lo, 4),
+                                     _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 2), three), 4));
+        }
+        __m256i isum[4] = {0};
+        for (int j = 0; j < 4; j++) {
+            __m256i lo[8], hi[8];
+            for (int c = 0; c < 8; c++) {
+                const __m256i raw = load32(w + 128 + 32 * (8 * j + c));
+                lo[c] = _mm256_and_si256(raw, LOW4);
+                hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), LOW4);
+            }
+            for (int b = 0; b < nb; b++) {
+                const int8_t *x = a->q + b * n + 256 * i + 64 * j;
+                const __m256i s0 = x8_dot(T_Q4_0, _mm256_setzero_si256(), lo, NULL, x);
+                const __m256i s1 = x8_dot(T_Q4_0, _mm256_setzero_si256(), hi, NULL, x + 32);
+                isum[b] = _mm256_add_epi32(isum[b], _mm256_add_epi32(_mm256_mullo_epi32(s0, sc[2 * j]),
+                                                                     _mm256_mullo_epi32(s1, sc[2 * j + 1])));
+            }
+        }
+        for (int b = 0; b < nb; b++) {
+            const int64_t blk = b * nblk + i;
+            const int16_t *bs = a->bsums + blk * 16;
+            __m256i msum = _mm256_setzero_si256(); /* sum over sub-blocks of min x the input's sum there */
+            for (int sb = 0; sb < 8; sb++)
+                msum = _mm256_add_epi32(msum, _mm256_mullo_epi32(mn[sb], _mm256_set1_epi32(bs[2 * sb] + bs[2 * sb + 1])));
+            const __m256 dx = _mm256_set1_ps(a->d[blk]);
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[b]), _mm256_mul_ps(d, dx), acc[b]);
+            acc[b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[b]);
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        _mm256_storeu_ps(out + 8 * b, acc[b]);
+#else
+    for (int j = 0; j < 8 * nb; j++)
+        out[j] = 0.f;
+    for (int i = 0; i < nblk; i++, w += 1152)
+        for (int r = 0; r < 8; r++) {
+            int sc[8], mn[8], v[256];
+            for (int sb = 0; sb < 8; sb++) {
+                const int lo = w[32 + 8 * sb + r], hi = w[96 + 8 * (sb % 4) + r] >> (4 * (sb / 4));
+                sc[sb] = (lo & 15) | (hi & 3) << 4;
+                mn[sb] = lo >> 4 | ((hi >> 2) & 3) << 4;
+            }
+            for (int e = 0; e < 256; e++) { /* sub-block e / 32: chunk j = e / 64, high nibble if e % 64 >= 32 */
+                const int l = e % 32, byte = w[128 + 32 * (8 * (e / 64) + l / 4) + 4 * r + l % 4];
+                v[e] = e % 64 >= 32 ? byte >> 4 : byte & 15;
+            }
+            for (int b = 0; b < nb; b++) {
+                const int64_t blk = b * nblk + i;
+                const int8_t *x = a->q + b * n + 256 * i;
+                int isum = 0, msum = 0;
+                for (int e = 0; e < 256; e++)
+                    isum += sc[e / 32] * v[e] * x[e];
+                for (int sb = 0; sb < 8; sb++)
+                    msum += mn[sb] * (a->bsums[blk * 16 + 2 * sb] + a->bsums[blk * 16 + 2 * sb + 1]);
+                out[8 * b + r] += a->d[blk] * (fp16(w + 2 * r) * (float)isum - fp16(w + 16 + 2 * r) * (float)msum);
+            }
+        }
+#endif
+}
+
 /* x8_group with the type and nb as constants (each combination its own inlined kernel). */
 static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, float *out) {
 #define X8_NB(T)                                               \
@@ -179,6 +264,14 @@ static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb
     switch (type) {
     case T_Q8_0: X8_NB(T_Q8_0) break;
     case T_Q4_0: X8_NB(T_Q4_0) break;
+    case T_Q4_K:
+        switch (nb) {
+        case 1: x8_q4_k_group(w, a, 1, out); break;
+        case 2: x8_q4_k_group(w, a, 2, out); break;
+        case 3: x8_q4_k_group(w, a, 3, out); break;
+        default: x8_q4_k_group(w, a, 4, out);
+        }
+        break;
     default: X8_NB(T_Q5_0)
     }
 #undef X8_NB
