@@ -16,7 +16,7 @@ import torch
 
 from .quant import QTYPES, X8, Layout, row_bytes
 
-REPACKED = ("q8_0", "q4_0", "q5_0", "q4_k")  # the types with an interleaved kernel (repack.h)
+REPACKED = ("q8_0", "q4_0", "q5_0", "q4_k", "q6_k")  # the types with an interleaved kernel (repack.h)
 _GROUPS_AT_ONCE = 4096  # groups of 8 rows per torch pass: bounds the temporaries (~10 bytes per weight byte)
 
 
@@ -25,6 +25,11 @@ def _interleave(g: torch.Tensor, qtype: str) -> torch.Tensor:
     G, nblk = g.shape[:2]
     if qtype == "q4_k":
         return _interleave_q4_k(g)
+    if qtype == "q6_k":  # d; int8 scales by sub-block; ql, qh bytes in registers (repack.h, x8_q6_k_group)
+        ql = g[..., :128].reshape(G, nblk, 8, 2, 2, 8, 4).permute(0, 1, 3, 4, 5, 2, 6).reshape(G, nblk, 1024)
+        qh = g[..., 128:192].reshape(G, nblk, 8, 2, 8, 4).permute(0, 1, 3, 4, 2, 5).reshape(G, nblk, 512)
+        scales = g[..., 192:208].transpose(2, 3).reshape(G, nblk, 128)
+        return torch.cat([g[..., 208:210].reshape(G, nblk, 16), scales, ql, qh], -1)
     scales = g[..., :2].reshape(G, nblk, 16)  # the 8 rows' fp16 scales
     if qtype == "q8_0":  # 8 chunks of 4 bytes per row, chunk-major; w + 128 is w's sign bit flipped
         return torch.cat(
@@ -50,6 +55,11 @@ def _deinterleave(p: torch.Tensor, qtype: str) -> torch.Tensor:
     G, nblk = p.shape[:2]
     if qtype == "q4_k":
         return _deinterleave_q4_k(p)
+    if qtype == "q6_k":
+        ql = p[..., 144:1168].reshape(G, nblk, 2, 2, 8, 8, 4).permute(0, 1, 5, 2, 3, 4, 6).reshape(G, nblk, 8, 128)
+        qh = p[..., 1168:].reshape(G, nblk, 2, 8, 8, 4).permute(0, 1, 4, 2, 3, 5).reshape(G, nblk, 8, 64)
+        scales = p[..., 16:144].reshape(G, nblk, 16, 8).transpose(2, 3)
+        return torch.cat([ql, qh, scales, p[..., :16].reshape(G, nblk, 8, 2)], -1)
     scales = p[..., :16].reshape(G, nblk, 8, 2)
     if qtype == "q8_0":
         return torch.cat(

@@ -69,7 +69,7 @@ def test_interleaved_kernels_equal_the_plain_ones(tmp_path, march):
             getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
     gen = torch.Generator().manual_seed(1)
     for qtype in REPACKED:
-        ggml, n = QTYPES[qtype][2], 512 if qtype == "q4_k" else 480  # 15 blocks of 32: odd
+        ggml, n = QTYPES[qtype][2], 512 if qtype.endswith("_k") else 480  # 15 blocks of 32: odd
         for rows in (8, 13, 37):  # one group; a group and a tail of 5; four groups and a tail
             w = random_qtensor(qtype, rows, n, gen)
             packed, names = repack_rows(w.data, ((qtype, rows),), n)
@@ -112,14 +112,14 @@ SHAPES = {"even": dict(hidden_size=128, intermediate_size=224), "odd heads": dic
 
 
 def _load(folder, qtype: str):
-    """The model in qtype: quantized at load, or for q4_k (no quantizer) random q4_k weights."""
-    if qtype != "q4_k":
+    """The model in qtype: quantized at load, or for K-types (no quantizer) random weights."""
+    if not qtype.endswith("_k"):
         return load_model(folder, "cpu", qtype)
     plain, cfg = load_model(folder, "cpu", "float32")
     gen = torch.Generator().manual_seed(3)
     for name, module in list(plain.named_modules()):
         if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % 256 == 0:
-            set_quantized(plain, f"{name}.weight", random_qtensor("q4_k", *module.weight.shape, gen, std=0.05))
+            set_quantized(plain, f"{name}.weight", random_qtensor(qtype, *module.weight.shape, gen, std=0.05))
     return plain, cfg
 
 
@@ -127,7 +127,9 @@ def _load(folder, qtype: str):
 @pytest.mark.parametrize("qtype", REPACKED)
 def test_greedy_decode_is_the_same_with_rows_interleaved(tmp_path, monkeypatch, qtype, shape):
     need_native()
-    overrides = SHAPES[shape] if qtype != "q4_k" else dict(SHAPES[shape], hidden_size=256, intermediate_size=512)
+    overrides = (
+        SHAPES[shape] if not qtype.endswith("_k") else dict(SHAPES[shape], hidden_size=256, intermediate_size=512)
+    )
     folder = make_model(tmp_path / "m", "llama", **overrides)
     plain, cfg = _load(folder, qtype)
     step = prepare_for_inference(plain)

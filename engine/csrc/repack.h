@@ -28,7 +28,7 @@
 
 /* Bytes of one repacked block of 8 rows (8 plain blocks). */
 static inline int x8_block_bytes(int type) {
-    return type == T_Q8_0 ? 272 : type == T_Q4_0 ? 144 : type == T_Q4_K ? 1152 : 176;
+    return type == T_Q8_0 ? 272 : type == T_Q4_0 ? 144 : type == T_Q4_K ? 1152 : type == T_Q6_K ? 1680 : 176;
 }
 
 #if defined(__AVX2__)
@@ -252,6 +252,91 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
 #endif
 }
 
+/* q6_k, 8 rows a block of 256 (1680 bytes, 8 x 210): 8 fp16 d; the int8 sub-block scales (byte
+ * 8 s + r: sub-block s of 16 elements, row r); 32 registers of low 4 bits, register 16 h + 8 m + c,
+ * row r, byte k = the plain ql byte 64 h + 32 m + 4 c + k (low nibble: element 128 h + 32 m + 4 c
+ * + k of the row, high nibble: that + 64); 16 registers of high 2 bits, register 8 h + c, row r,
+ * byte k = the plain qh byte 32 h + 4 c + k (bits 2 j, 2 j + 1: element 128 h + 32 j + 4 c + k). */
+static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w, const Act *a, const int nb,
+                                                                float *out) {
+    const int64_t n = a->n;
+    const int nblk = (int)(n / 256);
+#if defined(__AVX2__)
+    __m256 acc[4] = {0};
+    const __m256i m30 = _mm256_set1_epi8(0x30);
+    for (int i = 0; i < nblk; i++, w += 1680) {
+        for (int p = 0; p < 1680; p += 64)
+            __builtin_prefetch(w + QPREFETCH + p);
+        const __m256 d = x8_scales(w);
+        __m256i isum[4] = {0};
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++) { /* elements 128 h + 32 j ..: sub-blocks 8 h + 2 j, + 1 */
+                __m256i q[8];
+                for (int c = 0; c < 8; c++) {
+                    const __m256i ql = load32(w + 144 + 32 * (16 * h + 8 * (j % 2) + c));
+                    const __m256i qh = load32(w + 1168 + 32 * (8 * h + c));
+                    const __m256i lo = j < 2 ? _mm256_and_si256(ql, LOW4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), LOW4);
+                    const __m256i hi = j == 0 ? _mm256_slli_epi16(qh, 4)
+                                       : j == 1 ? _mm256_slli_epi16(qh, 2)
+                                       : j == 2 ? qh
+                                                : _mm256_srli_epi16(qh, 2);
+                    q[c] = _mm256_or_si256(lo, _mm256_and_si256(hi, m30));
+                }
+                for (int half = 0; half < 2; half++) {
+                    const int sb = 8 * h + 2 * j + half;
+                    const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + 16 + 8 * sb)));
+                    for (int b = 0; b < nb; b++) {
+                        const int64_t blk = b * nblk + i;
+                        const int8_t *x = a->q + b * n + 256 * i + 16 * sb;
+                        /* sum (q - 32) x over the 16 elements: the offset from the input's 16-sum */
+                        __m256i s0 = _mm256_set1_epi32(-32 * a->bsums[blk * 16 + sb]), s1 = _mm256_setzero_si256();
+#if X8_VNNI
+                        s0 = _mm256_dpbusd_epi32(s0, q[4 * half], x8_bcast(x));
+                        s1 = _mm256_dpbusd_epi32(s1, q[4 * half + 1], x8_bcast(x + 4));
+                        s0 = _mm256_dpbusd_epi32(s0, q[4 * half + 2], x8_bcast(x + 8));
+                        s1 = _mm256_dpbusd_epi32(s1, q[4 * half + 3], x8_bcast(x + 12));
+#else /* two chunks' int16 pairs summed before widening: 2 * 2 * 63 * 127 < 32768 */
+                        const __m256i ones = _mm256_set1_epi16(1);
+                        const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(q[4 * half], x8_bcast(x)),
+                                                            _mm256_maddubs_epi16(q[4 * half + 1], x8_bcast(x + 4)));
+                        const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(q[4 * half + 2], x8_bcast(x + 8)),
+                                                            _mm256_maddubs_epi16(q[4 * half + 3], x8_bcast(x + 12)));
+                        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+                        s1 = _mm256_madd_epi16(p1, ones);
+#endif
+                        isum[b] = _mm256_add_epi32(isum[b], _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc));
+                    }
+                }
+            }
+        for (int b = 0; b < nb; b++)
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[b]), _mm256_mul_ps(d, _mm256_set1_ps(a->d[b * nblk + i])),
+                                     acc[b]);
+    }
+    for (int b = 0; b < nb; b++)
+        _mm256_storeu_ps(out + 8 * b, acc[b]);
+#else
+    for (int j = 0; j < 8 * nb; j++)
+        out[j] = 0.f;
+    for (int i = 0; i < nblk; i++, w += 1680)
+        for (int r = 0; r < 8; r++) {
+            int v[256];
+            for (int e = 0; e < 256; e++) { /* half h, quarter j, l = 4 c + k */
+                const int h = e / 128, j = e % 128 / 32, l = e % 32;
+                const int ql = w[144 + 32 * (16 * h + 8 * (j % 2) + l / 4) + 4 * r + l % 4];
+                const int qh = w[1168 + 32 * (8 * h + l / 4) + 4 * r + l % 4];
+                v[e] = ((j < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * j)) & 3) << 4) - 32;
+            }
+            for (int b = 0; b < nb; b++) {
+                const int8_t *x = a->q + b * n + 256 * i;
+                int isum = 0;
+                for (int e = 0; e < 256; e++)
+                    isum += (int8_t)w[16 + 8 * (e / 16) + r] * v[e] * x[e];
+                out[8 * b + r] += a->d[b * nblk + i] * fp16(w + 2 * r) * (float)isum;
+            }
+        }
+#endif
+}
+
 /* x8_group with the type and nb as constants (each combination its own inlined kernel). */
 static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, float *out) {
 #define X8_NB(T)                                               \
@@ -270,6 +355,14 @@ static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb
         case 2: x8_q4_k_group(w, a, 2, out); break;
         case 3: x8_q4_k_group(w, a, 3, out); break;
         default: x8_q4_k_group(w, a, 4, out);
+        }
+        break;
+    case T_Q6_K:
+        switch (nb) {
+        case 1: x8_q6_k_group(w, a, 1, out); break;
+        case 2: x8_q6_k_group(w, a, 2, out); break;
+        case 3: x8_q6_k_group(w, a, 3, out); break;
+        default: x8_q6_k_group(w, a, 4, out);
         }
         break;
     default: X8_NB(T_Q5_0)
