@@ -5,8 +5,9 @@ costs each weight row its own integer dot product, conversion and scale per bloc
 With eight rows' blocks interleaved, one 256-bit register holds 4 bytes of each of eight rows, so
 one dot product against the input's 4 bytes gives eight rows' sums, and the conversion and scale
 are paid once per eight rows. Done once at load, on the bytes (exact: a permutation, q8_0's bytes
-flipped to w + 128, q5_0's fifth bits regrouped); a part's rows past its last multiple of 8 stay
-plain. A repacked part is named "<type>:x8" in a quant.pack_rows layout, and its ggml type number
+flipped to w + 128, q5_0's fifth bits and q4_k's 6-bit scales and mins regrouped); a part's rows
+past its last multiple of 8 stay plain. Types: q8_0, q4_0, q5_0, q4_k, q6_k (those of Q8_0, Q4_0
+and Q4_K_M files); q4_1, q5_1 and q5_k keep one row at a time. A repacked part is named "<type>:x8" in a quant.pack_rows layout, and its ggml type number
 carries `X8` (quant.ggml_types), which tells the step to read it this way.
 """
 

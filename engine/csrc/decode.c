@@ -25,8 +25,8 @@
  * Quantized weights (GGUF blocks, quant.h; llama_packed.py's _pack_layer_quantized): wtypes gives
  * each layer's (wq, wk, wv, wo, gate, up, down) ggml types and out_type the head's; a fused weight
  * is its parts' rows back to back, each part in its own type (wqkv: H hd q rows, H_kv hd k rows,
- * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32; q8_0, q4_0 and q5_0 parts
- * have their rows interleaved eight at a time (type + T_X8: repack.h), which is why the threads
+ * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32; q8_0, q4_0, q5_0, q4_k and
+ * q6_k parts have their rows interleaved eight at a time (type + T_X8: repack.h), which is why the threads
  * share a product's rows in groups of 8 (share_rows). Nothing is folded: the norm
  * gains come as attn_norm, ffn_norm (D,) and the query scale as q_scale; the q/k rows are still in
  * RoPE-pair order. The KV cache is then float32 (bf16 = 0).

@@ -507,7 +507,7 @@ static inline __attribute__((always_inline)) void qrow_nb(int type, const uint8_
     }
 }
 
-/* q8_0, q4_0, q5_0 rows interleaved eight at a time (type | T_X8): x8_rows. */
+/* q8_0, q4_0, q5_0, q4_k, q6_k rows interleaved eight at a time (type | T_X8): x8_rows. */
 #include "repack.h"
 
 /* y[b * ldy + r] = W row r . input row b, for weight rows r in [r0, r1) and input rows b in

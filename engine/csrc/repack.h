@@ -12,7 +12,8 @@
  *
  * Layout of a weight of O rows of type `ggml | T_X8`: rows in groups of 8, the last O % 8 rows
  * plain (so row r of the tail starts where it would in the plain layout: a group takes exactly
- * the bytes of its 8 plain rows). Group g, block i (32 elements, 8 row_bytes(type, 32) bytes):
+ * the bytes of its 8 plain rows). q4_k and q6_k: see x8_q4_k_group and x8_q6_k_group. The
+ * 32-element types, group g, block i (32 elements, 8 row_bytes(type, 32) bytes):
  *   16 bytes   the 8 rows' fp16 scales d, row 0 first
  *   q5_0 only: 32 bytes of fifth bits, row r byte k (4 r + k): bit c = element 4c + k's fifth bit,
  *              bit 4 + c = element 16 + 4c + k's (c = 0..3)
