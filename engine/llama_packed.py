@@ -317,12 +317,13 @@ class PackedLlama(nn.Module):
             k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
         # q8_0, q4_0, q5_0 parts with their rows interleaved 8 at a time (repack.py), for the step
         D, F = cfg.dim, cfg.ffn_dim
+        # (in place: pack_rows' bytes are a new tensor)
         wqkv, l_qkv = repack_rows(
-            *pack_rows([pairs(weight_of(a.wq), H), pairs(weight_of(a.wk), H_kv), weight_of(a.wv)]), D
+            *pack_rows([pairs(weight_of(a.wq), H), pairs(weight_of(a.wk), H_kv), weight_of(a.wv)]), D, in_place=True
         )
-        wo, l_o = repack_rows(*pack_rows([weight_of(a.wo)]), H * hd)
-        w13, l_13 = repack_rows(*pack_rows([weight_of(f.w1), weight_of(f.w3)]), D)
-        w2, l_2 = repack_rows(*pack_rows([weight_of(f.w2)]), F)
+        wo, l_o = repack_rows(*pack_rows([weight_of(a.wo)]), H * hd, in_place=True)
+        w13, l_13 = repack_rows(*pack_rows([weight_of(f.w1), weight_of(f.w3)]), D, in_place=True)
+        w2, l_2 = repack_rows(*pack_rows([weight_of(f.w2)]), F, in_place=True)
         bqkv = None
         if a.wq.bias is not None:  # not scaled: the step scales the query heads after adding it
             bqkv = torch.cat([rows(a.wq.bias, H), rows(a.wk.bias, H_kv), a.wv.bias.float()]).float()

@@ -158,6 +158,15 @@ def _load(target: Path) -> Library:
     lib.tk_matmul.restype = ctypes.c_int
     lib.tk_matmul.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.tk_matmul.argtypes += [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    lib.tk_repack.restype = ctypes.c_int
+    lib.tk_repack.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     lib.tk_decode_step.restype = ctypes.c_int
     lib.tk_decode_step.argtypes = [
         ctypes.POINTER(lib.Model),

@@ -38,6 +38,11 @@ def test_repacking_round_trips_and_keeps_the_tail_plain(qtype):
     data, layout = pack_rows(parts)
     packed, names = repack_rows(data, layout, n)
     assert names == ((f"{qtype}:x8", 21), ("float32", 3), (qtype, 5))  # fewer than 8 rows: plain
+    if native.library() is not None:  # the compiled tk_repack made it: the torch reference agrees
+        reference, same = repack_rows(data, layout, n, native=False)
+        assert same == names and torch.equal(reference, packed)
+    own = data.clone()  # in place: the same bytes, in the tensor given
+    assert torch.equal(repack_rows(own, layout, n, in_place=True)[0], packed) and torch.equal(own, packed)
     assert packed.shape == data.shape and not torch.equal(packed[: 16 * rb], data[: 16 * rb])
     assert torch.equal(packed[16 * rb :], data[16 * rb :])  # the 21st part's 5-row tail and the rest
     back, plain = unrepack_rows(packed, names, n)
@@ -135,7 +140,7 @@ def test_greedy_decode_is_the_same_with_rows_interleaved(tmp_path, monkeypatch, 
     step = prepare_for_inference(plain)
     # every part interleaved (the head: q8_0 or qtype), but "odd heads"' o projection, 72 wide: float32
     assert all(t & X8 or t == 0 for t in step.wtypes.flatten().tolist()) and step.out_type & X8
-    monkeypatch.setattr(llama_packed, "repack_rows", lambda data, layout, n: (data, layout))
+    monkeypatch.setattr(llama_packed, "repack_rows", lambda data, layout, n, **kw: (data, layout))
     unpacked = prepare_for_inference(_load(folder, qtype)[0])
     assert not any(t & X8 for t in unpacked.wtypes.flatten().tolist())
     (got, got_logits), (want, want_logits) = _greedy(step, cfg), _greedy(unpacked, cfg)

@@ -396,3 +396,92 @@ static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, 
         }
     }
 }
+
+/* ---- the layout made at load: tk_repack (repack.py's reference implementation, in one pass) ---- */
+
+/* Group block (8 plain blocks, row r's at src[r], `size` bytes each) -> dst (8 size bytes). */
+static void x8_pack_block(int type, const uint8_t *const src[8], uint8_t *dst) {
+    const int scale_at = type == T_Q6_K ? 208 : 0;
+    for (int r = 0; r < 8; r++)
+        memcpy(dst + 2 * r, src[r] + scale_at, 2);
+    if (type == T_Q8_0 || type == T_Q4_0 || type == T_Q5_0) {
+        const int nc = type == T_Q8_0 ? 8 : 4, qs = type == T_Q5_0 ? 6 : 2, at = type == T_Q5_0 ? 48 : 16;
+        const uint32_t flip = type == T_Q8_0 ? 0x80808080u : 0; /* q8_0: w + 128 */
+        for (int c = 0; c < nc; c++)
+            for (int r = 0; r < 8; r++) {
+                uint32_t v;
+                memcpy(&v, src[r] + qs + 4 * c, 4);
+                v ^= flip;
+                memcpy(dst + at + 32 * c + 4 * r, &v, 4);
+            }
+        if (type == T_Q5_0)
+            for (int r = 0; r < 8; r++) {
+                uint32_t qh;
+                memcpy(&qh, src[r] + 2, 4);
+                for (int k = 0; k < 4; k++) {
+                    uint8_t v = 0;
+                    for (int c = 0; c < 4; c++)
+                        v |= ((qh >> (4 * c + k)) & 1) << c | ((qh >> (16 + 4 * c + k)) & 1) << (4 + c);
+                    dst[16 + 4 * r + k] = v;
+                }
+            }
+    } else if (type == T_Q4_K) {
+        memset(dst + 96, 0, 32);
+        for (int r = 0; r < 8; r++) {
+            memcpy(dst + 16 + 2 * r, src[r] + 2, 2);
+            uint8_t sc[8], mn[8];
+            scale_min_k4(src[r] + 4, sc, mn);
+            for (int sb = 0; sb < 8; sb++) {
+                dst[32 + 8 * sb + r] = (sc[sb] & 15) | (mn[sb] & 15) << 4;
+                dst[96 + 8 * (sb % 4) + r] |= ((sc[sb] >> 4) | (mn[sb] >> 4) << 2) << (4 * (sb / 4));
+            }
+            for (int reg = 0; reg < 32; reg++)
+                memcpy(dst + 128 + 32 * reg + 4 * r, src[r] + 16 + 4 * reg, 4);
+        }
+    } else { /* q6_k */
+        for (int r = 0; r < 8; r++) {
+            for (int sb = 0; sb < 16; sb++)
+                dst[16 + 8 * sb + r] = src[r][192 + sb];
+            for (int reg = 0; reg < 32; reg++) /* ql byte 64 h + 32 m + 4 c = 4 reg */
+                memcpy(dst + 144 + 32 * reg + 4 * r, src[r] + 4 * reg, 4);
+            for (int reg = 0; reg < 16; reg++)
+                memcpy(dst + 1168 + 32 * reg + 4 * r, src[r] + 128 + 4 * reg, 4);
+        }
+    }
+}
+
+/* dst = the O rows of src (type, n wide) with every full group of 8 rows interleaved (the tail
+ * copied as it is), on n_threads; dst may be src (each group goes through a thread's scratch copy
+ * first: one pass over the weights and no second buffer). type: q8_0, q4_0, q5_0, q4_k or q6_k.
+ * Returns 0; -1 for another type or without scratch memory (then nothing is written). */
+int tk_repack(int type, const uint8_t *src, uint8_t *dst, int64_t O, int n, int n_threads) {
+    if (type != T_Q8_0 && type != T_Q4_0 && type != T_Q5_0 && type != T_Q4_K && type != T_Q6_K)
+        return -1;
+    const int64_t rb = row_bytes(type, n), groups = O / 8;
+    const int size = (int)row_bytes(type, block_elems(type)), nblk = n / block_elems(type);
+    uint8_t *scratch = src == dst ? malloc((size_t)n_threads * 8 * rb) : NULL;
+    if (src == dst && !scratch)
+        return -1;
+#pragma omp parallel num_threads(n_threads)
+    {
+        uint8_t *own = scratch ? scratch + (size_t)omp_get_thread_num() * 8 * rb : NULL;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *from = src + 8 * g * rb;
+            if (own) { /* in place: the group's 8 plain rows first */
+                memcpy(own, from, (size_t)(8 * rb));
+                from = own;
+            }
+            for (int i = 0; i < nblk; i++) {
+                const uint8_t *rows[8];
+                for (int r = 0; r < 8; r++)
+                    rows[r] = from + r * rb + (int64_t)size * i;
+                x8_pack_block(type, rows, dst + 8 * g * rb + (int64_t)8 * size * i);
+            }
+        }
+    }
+    free(scratch);
+    if (src != dst)
+        memcpy(dst + groups * 8 * rb, src + groups * 8 * rb, (size_t)((O - groups * 8) * rb));
+    return 0;
+}
