@@ -18,7 +18,11 @@ import torch
 from .native import library
 from .quant import QTYPES, X8, Layout, row_bytes
 
-REPACKED = ("q8_0", "q4_0", "q5_0", "q4_k", "q6_k")  # the types with an interleaved kernel (repack.h)
+INTERLEAVED = ("q8_0", "q4_0", "q5_0", "q4_k", "q6_k")  # the types with an interleaved kernel (repack.h)
+# What loading repacks: not q6_k, whose interleaved kernel is faster only while the weights sit in
+# L2 (512 x 1536, 1 thread: 1 row 27 us against 37, 4 rows 49 against 59) and slower streaming
+# them (8192 x 2048: 1 row 822 us against 700), which a decode step does: one row must not lose.
+REPACKED = ("q8_0", "q4_0", "q5_0", "q4_k")
 _GROUPS_AT_ONCE = 4096  # groups of 8 rows per torch pass: bounds the temporaries (~10 bytes per weight byte)
 
 
@@ -130,10 +134,15 @@ def _convert_part(part: torch.Tensor, qtype: str, rows: int, n: int, forward: bo
 
 
 def repack_rows(
-    data: torch.Tensor, layout: Layout, n: int, in_place: bool = False, native: bool = True
+    data: torch.Tensor,
+    layout: Layout,
+    n: int,
+    in_place: bool = False,
+    native: bool = True,
+    types: tuple[str, ...] = REPACKED,
 ) -> tuple[torch.Tensor, Layout]:
-    """quant.pack_rows' bytes and layout (rows n wide) with every part of a REPACKED type and at
-    least 8 rows interleaved: in a copy (the input may be shared, e.g. a tied embedding's rows), or
+    """quant.pack_rows' bytes and layout (rows n wide) with every part of one of `types` (of
+    INTERLEAVED) and at least 8 rows interleaved: in a copy (the input may be shared, e.g. a tied embedding's rows), or
     in_place in data (contiguous). Through the compiled tk_repack where there is one (one pass:
     ~0.3 s for a 1B model's weights, where torch's copies took ~20x longer), else torch's
     reference (native=False: always; tests compare the two)."""
@@ -142,7 +151,7 @@ def repack_rows(
     names, at = [], 0
     for qtype, rows in layout:
         size = rows * (4 * n if qtype == "float32" else row_bytes(qtype, n))
-        if qtype in REPACKED and rows >= 8:
+        if qtype in types and rows >= 8:
             part, ggml = out[at : at + size], QTYPES[qtype][2]
             if lib is None or lib.tk_repack(ggml, part.data_ptr(), part.data_ptr(), rows, n, torch.get_num_threads()):
                 part.copy_(_convert_part(part, qtype, rows, n, True))
@@ -165,4 +174,4 @@ def unrepack_rows(data: torch.Tensor, layout: Layout, n: int) -> tuple[torch.Ten
     return torch.cat(parts), tuple(names)
 
 
-__all__ = ["REPACKED", "X8", "repack_rows", "unrepack_rows"]
+__all__ = ["INTERLEAVED", "REPACKED", "X8", "repack_rows", "unrepack_rows"]

@@ -27,22 +27,24 @@ from tiankong.engine import llama_packed, native
 from tiankong.engine.kv_cache import KVCache
 from tiankong.engine.model import load_model, prepare_for_inference
 from tiankong.engine.quant import QTYPES, X8, pack_rows, round_activations, set_quantized
-from tiankong.engine.repack import REPACKED, repack_rows, unrepack_rows
+from tiankong.engine.repack import INTERLEAVED, REPACKED, repack_rows, unrepack_rows
 
 
-@pytest.mark.parametrize("qtype", REPACKED)
+@pytest.mark.parametrize("qtype", INTERLEAVED)
 def test_repacking_round_trips_and_keeps_the_tail_plain(qtype):
     gen = torch.Generator().manual_seed(0)
     n, rb = 256, QTYPES[qtype][1] * 8
     parts = [random_qtensor(qtype, 21, n, gen), torch.randn(3, n, generator=gen), random_qtensor(qtype, 5, n, gen)]
     data, layout = pack_rows(parts)
-    packed, names = repack_rows(data, layout, n)
+    packed, names = repack_rows(data, layout, n, types=INTERLEAVED)
     assert names == ((f"{qtype}:x8", 21), ("float32", 3), (qtype, 5))  # fewer than 8 rows: plain
     if native.library() is not None:  # the compiled tk_repack made it: the torch reference agrees
-        reference, same = repack_rows(data, layout, n, native=False)
+        reference, same = repack_rows(data, layout, n, native=False, types=INTERLEAVED)
         assert same == names and torch.equal(reference, packed)
     own = data.clone()  # in place: the same bytes, in the tensor given
-    assert torch.equal(repack_rows(own, layout, n, in_place=True)[0], packed) and torch.equal(own, packed)
+    assert torch.equal(repack_rows(own, layout, n, in_place=True, types=INTERLEAVED)[0], packed) and torch.equal(
+        own, packed
+    )
     assert packed.shape == data.shape and not torch.equal(packed[: 16 * rb], data[: 16 * rb])
     assert torch.equal(packed[16 * rb :], data[16 * rb :])  # the 21st part's 5-row tail and the rest
     back, plain = unrepack_rows(packed, names, n)
@@ -73,11 +75,11 @@ def test_interleaved_kernels_equal_the_plain_ones(tmp_path, march):
             getattr(lib, name).restype = ctypes.c_int
             getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
     gen = torch.Generator().manual_seed(1)
-    for qtype in REPACKED:
+    for qtype in INTERLEAVED:
         ggml, n = QTYPES[qtype][2], 512 if qtype.endswith("_k") else 480  # 15 blocks of 32: odd
         for rows in (8, 13, 37):  # one group; a group and a tail of 5; four groups and a tail
             w = random_qtensor(qtype, rows, n, gen)
-            packed, names = repack_rows(w.data, ((qtype, rows),), n)
+            packed, names = repack_rows(w.data, ((qtype, rows),), n, types=INTERLEAVED)
             assert names == ((f"{qtype}:x8", rows),)
             for B in (1, 2, 3, 4, 5, 9):
                 x = torch.randn(B, n, generator=gen)
