@@ -715,11 +715,11 @@ int tk_matmul(int n_parts, const int32_t *parts, const void *W, int I, const flo
     }
     const int n_items = (T + MATMUL_TOKENS - 1) / MATMUL_TOKENS * n_tiles;
     Act acts[2]; /* the input in blocks of 32 and of 256, where some part needs it */
-    void *mem = malloc(2 * act_bytes(T, I));
+    void *mem = malloc(((kinds & 1) + (kinds >> 1)) * act_bytes(T, I) + 1); /* only the kinds used */
     if (!mem)
         return -1;
-    for (int k = 0; k < 2; k++) {
-        act_init(&acts[k], (char *)mem + k * act_bytes(T, I), T, I);
+    for (int k = 0, at = 0; k < 2; at += kinds >> k & 1, k++) {
+        act_init(&acts[k], (char *)mem + (kinds >> k & 1 ? at : 0) * act_bytes(T, I), T, I); /* unused: unread */
         acts[k].B = T, acts[k].n = I, acts[k].kind = k ? 256 : 32;
     }
 #pragma omp parallel num_threads(n_threads)
