@@ -142,11 +142,15 @@ def repack_rows(
     types: tuple[str, ...] = REPACKED,
 ) -> tuple[torch.Tensor, Layout]:
     """quant.pack_rows' bytes and layout (rows n wide) with every part of one of `types` (of
-    INTERLEAVED) and at least 8 rows interleaved: in a copy (the input may be shared, e.g. a tied embedding's rows), or
-    in_place in data (contiguous). Through the compiled tk_repack where there is one (one pass:
-    ~0.3 s for a 1B model's weights, where torch's copies took ~20x longer), else torch's
-    reference (native=False: always; tests compare the two)."""
-    out = data.reshape(-1) if in_place else data.reshape(-1).clone()
+    INTERLEAVED) and at least 8 rows interleaved: in a copy (the input may be shared, e.g. with a
+    tied embedding; no copy when no part is interleaved), or in_place in data (contiguous).
+    Through the compiled tk_repack where there is one (one pass in place: a 1B model loads
+    0.1-0.4 s slower, where torch's copies made it 2.5-4 s), else torch's reference (native=False:
+    always; tests compare the two)."""
+    if in_place or not any(qtype in types and rows >= 8 for qtype, rows in layout):
+        out = data.reshape(-1)  # (nothing to interleave: no copy either)
+    else:
+        out = data.reshape(-1).clone()
     lib = library() if native else None
     names, at = [], 0
     for qtype, rows in layout:

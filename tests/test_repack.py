@@ -47,6 +47,8 @@ def test_repacking_round_trips_and_keeps_the_tail_plain(qtype):
     )
     assert packed.shape == data.shape and not torch.equal(packed[: 16 * rb], data[: 16 * rb])
     assert torch.equal(packed[16 * rb :], data[16 * rb :])  # the 21st part's 5-row tail and the rest
+    few = pack_rows([random_qtensor(qtype, 7, n, gen)])[0]  # nothing to interleave: not even a copy
+    assert repack_rows(few, ((qtype, 7),), n, types=INTERLEAVED)[0].data_ptr() == few.data_ptr()
     back, plain = unrepack_rows(packed, names, n)
     assert plain == layout and torch.equal(back, data)
 
