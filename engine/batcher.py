@@ -16,8 +16,8 @@ leaves before the next draw, and its cache row is freed at once.
 
 What the rows read stays behind in a PrefixStore (context.py): a request whose prompt starts with
 a stored prompt, or with a finished row's prompt and answer (a chat client sending the whole
-conversation again), is prefilled only past that prefix. Such a request is prefilled on its own;
-the others are prefilled together. A prompt longer than `prefill_chunk` tokens is read a chunk
+conversation again), is prefilled only past that prefix, in one prefill with the other requests
+of the same prompt; the others are prefilled together. A prompt longer than `prefill_chunk` tokens is read a chunk
 between two decode steps (chunked prefill), so the rows already streaming slow down while it is read
 instead of stopping.
 
@@ -67,12 +67,15 @@ MIN_REUSE = 16
 
 @dataclasses.dataclass
 class _Filling:
-    """A request whose long prompt is read one chunk per decode step; its rows join when it is read."""
+    """Requests of one long prompt, read one chunk per decode step; their rows join when it is read."""
 
-    req: Request
-    rows: list[_Row]
+    prompt: list[int]
+    group: list[tuple[Request, list[_Row]]]
     cache: PromptCache  # holds the prompt's first len(cache.ids) tokens
     size: int  # cache slots its rows need: the prompt and the longest answer
+
+    def requests(self) -> list[Request]:
+        return [req for req, _ in self.group]
 
 
 class QueueFull(TiankongError):
@@ -247,7 +250,7 @@ class Batcher:
                 while not self._pending and self._batch is None and not self._filling and not self._stop:
                     self._cond.wait()
                 if self._stop and self._batch is None:
-                    for req in list(self._pending) + [f.req for f in self._filling]:
+                    for req in list(self._pending) + [req for f in self._filling for req in f.requests()]:
                         req.finish_unstarted("cancelled")
                     self._pending.clear()
                     self._filling.clear()
@@ -274,24 +277,29 @@ class Batcher:
         return admitted
 
     def _admit(self, admitted: list[Request]) -> None:
-        """Prefill the admitted requests and join them to the running batch: each request whose
-        prompt starts with a stored prefix on its own from there, the others together."""
-        fresh: list[tuple[Request, list[_Row]]] = []
+        """Prefill the admitted requests and join them to the running batch: the requests of a
+        prompt that starts with a stored prefix from there (one prefill for all of them), the
+        others together; long prompts a chunk at a time (_fill)."""
+        same: dict[tuple[int, ...], list[tuple[Request, list[_Row]]]] = {}
         for req in admitted:
             rows = self._rows_of(req)
-            if not rows:
-                continue
-            n, kv = self.prefix.longest(req.prompt)
-            hit = kv is not None and n >= min(MIN_REUSE, len(req.prompt) - 1)
-            size = len(req.prompt) + max(r.max_new for r in rows)
-            pc = self.prefix.cache_for(self.engine.model, req.prompt, n, kv, size) if hit and kv is not None else None
-            req.cached_tokens = n if pc is not None else 0
-            if len(req.prompt) - (n if hit else 0) > self.prefill_chunk:
-                self._filling.append(_Filling(req, rows, pc or PromptCache(), size))
+            if rows:
+                same.setdefault(tuple(req.prompt), []).append((req, rows))
+        fresh: list[tuple[Request, list[_Row]]] = []
+        for key, group in same.items():
+            prompt, rows = list(key), [r for _, rs in group for r in rs]
+            n, kv = self.prefix.longest(prompt)
+            hit = kv is not None and n >= min(MIN_REUSE, len(prompt) - 1)
+            size = len(prompt) + max(r.max_new for r in rows)
+            pc = self.prefix.cache_for(self.engine.model, prompt, n, kv, size) if hit and kv is not None else None
+            for req, _ in group:
+                req.cached_tokens = n if pc is not None else 0
+            if len(prompt) - (n if hit else 0) > self.prefill_chunk:
+                self._filling.append(_Filling(prompt, group, pc or PromptCache(), size))
             elif pc is not None:
-                self._prefill_join([(req, rows)], pc)
+                self._prefill_join(group, pc)
             else:
-                fresh.append((req, rows))
+                fresh += group
         if fresh:
             self._prefill_join(fresh, None)
         self._rows = self._count()
@@ -301,25 +309,30 @@ class Batcher:
         if not self._filling:
             return
         f = self._filling[0]
-        if f.req.cancelled or self._stop:
+        for req in f.requests():
+            if req.cancelled or self._stop:
+                req.finish_unstarted("cancelled")
+        f.group = [(req, rows) for req, rows in f.group if not (req.cancelled or self._stop)]
+        if not f.group:
             self._filling.popleft()
-            f.req.finish_unstarted("cancelled")
-        elif len(f.req.prompt) - len(f.cache.ids) > self.prefill_chunk:
+        elif len(f.prompt) - len(f.cache.ids) > self.prefill_chunk:
             upto = len(f.cache.ids) + self.prefill_chunk
             try:
                 with torch.inference_mode():
-                    _prefill_cached(self.engine.model, self.engine.cfg, f.cache, f.req.prompt[:upto], f.size)
+                    _prefill_cached(self.engine.model, self.engine.cfg, f.cache, f.prompt[:upto], f.size)
             except TiankongError as e:
                 self._filling.popleft()
-                f.req.finish_unstarted("error", str(e))
+                for req in f.requests():
+                    req.finish_unstarted("error", str(e))
         else:
             self._filling.popleft()
-            self._prefill_join([(f.req, f.rows)], f.cache)
+            self._prefill_join(f.group, f.cache)
         self._rows = self._count()
 
     def _count(self) -> int:
         """Rows holding a KV cache row: in the batch, or having their prompt read."""
-        return (len(self._batch.rows) if self._batch else 0) + sum(len(f.rows) for f in self._filling)
+        filling = sum(len(rows) for f in self._filling for _, rows in f.group)
+        return (len(self._batch.rows) if self._batch else 0) + filling
 
     def _rows_of(self, req: Request) -> list[_Row]:
         """The request's rows, or none (and the request ended) when it cannot run."""
@@ -406,8 +419,8 @@ class Batcher:
         """End every row with "error" after an unexpected failure, and drop the batch."""
         rows, self._batch, self._rows = (self._batch.rows if self._batch else []), None, 0
         filling, self._filling = list(self._filling), collections.deque()
-        for f in filling:
-            f.req.finish_unstarted("error", message)
+        for req in (req for f in filling for req in f.requests()):
+            req.finish_unstarted("error", message)
         for r in rows:
             r.owner.deliver(r.finished("error", message))
         for req in admitted:  # failed before joining the batch

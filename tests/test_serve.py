@@ -153,7 +153,17 @@ def test_batcher_prefills_only_past_a_stored_prefix_with_the_same_tokens(tiny, a
         # The repeat reads only its last token; the follow-up reads past the prompt and the answer
         # (the answer's last token was never fed back, so it is read with the new message).
         assert batcher.prefix.tokens_reused == (len(ids) - 1) + (len(ids) + len(answer) - 1)
-        for prompt, evs, seeds in ((ids, first, [5]), (ids, again, [5, 6]), (follow, more, [5])):
+        with batcher._cond:  # admitted in one step: two requests of one prompt share one prefill
+            pair = [batcher.submit(ids, [p.replace(seed=s)], top_logprobs=3) for s in (7, 8)]
+        two = [list(r) for r in pair]
+        assert batcher.prefix.hits == 3 and all(r.cached_tokens == len(ids) - 1 for r in pair)
+        for prompt, evs, seeds in (
+            (ids, first, [5]),
+            (ids, again, [5, 6]),
+            (follow, more, [5]),
+            (ids, two[0], [7]),
+            (ids, two[1], [8]),
+        ):
             for row, seed in enumerate(seeds):
                 toks, fin = reference(eng, prompt, p.replace(seed=seed), k=3)
                 mine = [e for e in evs if isinstance(e, TokenEvent) and e.row == row]
