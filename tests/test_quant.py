@@ -47,6 +47,29 @@ def need_native() -> None:
         pytest.skip(f"no compiled decode step here: {native.reason()}")
 
 
+def compiled_for(march: str, tmp_path):
+    """The compiled step's products (tk_matvec, tk_matmul) for an instruction set: -march=native's
+    library as the engine loads it, or decode.c built here with -march=`march` (x86-64: plain C;
+    haswell: AVX2 without VNNI), so the paths this CPU does not pick are tested on it too."""
+    import ctypes
+
+    need_native()
+    if march == "native":
+        return native.library()
+    if platform.machine() != "x86_64" or not shutil.which("gcc"):
+        pytest.skip("x86-64 with gcc only")
+    if march == "haswell" and "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code")
+    so = tmp_path / f"decode-{march}.so"
+    flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
+    subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(so))
+    for name in ("tk_matvec", "tk_matmul"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
+    return lib
+
+
 def random_qtensor(qtype: str, out: int, n: int, gen: torch.Generator, std: float = 1.0) -> QTensor:
     """Random quant bytes with finite fp16 scales, scaled so the weights' std is about `std`: any
     bytes are a valid block, so no quantizer is needed (there is none for K-types)."""
@@ -107,23 +130,11 @@ def test_each_kernel_equals_the_dequantized_product():
     check_products(native.library(), torch.Generator().manual_seed(2))
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("gcc"), reason="x86-64 with gcc only")
 @pytest.mark.parametrize("march", ["x86-64", "haswell"])  # the plain C kernels; AVX2 without VNNI
 def test_the_other_instruction_sets_give_the_same_products(tmp_path, march):
     """The compiled step is built with -march=native; the paths this CPU does not pick are built
     here for it (x86-64: no AVX2, so plain C; haswell: AVX2 without VNNI) and checked alike."""
-    import ctypes
-
-    need_native()
-    if march == "haswell" and "avx2" not in open("/proc/cpuinfo").read():
-        pytest.skip("this CPU cannot run AVX2 code")
-    so = tmp_path / f"decode-{march}.so"
-    flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
-    subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
-    lib = ctypes.CDLL(str(so))
-    lib.tk_matvec.restype = ctypes.c_int
-    lib.tk_matvec.argtypes = native.library().tk_matvec.argtypes
-    check_products(lib, torch.Generator().manual_seed(3))
+    check_products(compiled_for(march, tmp_path), torch.Generator().manual_seed(3))
 
 
 def rounding_reference(plain: torch.nn.Module) -> torch.nn.Module:

@@ -16,13 +16,10 @@ token everywhere; a wrong row, part, type, mask or position is off by ~1e-1.
 from __future__ import annotations
 
 import copy
-import platform
-import shutil
-import subprocess
 
 import pytest
 import torch
-from test_quant import need_native, random_qtensor, rounding_reference
+from test_quant import compiled_for, need_native, random_qtensor, rounding_reference
 from tiny_models import make_model
 
 from tiankong.engine import native
@@ -70,22 +67,9 @@ def test_matmul_equals_the_step_product_and_the_reference():
     check_matmul(native.library(), torch.Generator().manual_seed(10))
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or not shutil.which("gcc"), reason="x86-64 with gcc only")
 @pytest.mark.parametrize("march", ["x86-64", "haswell"])  # plain C; AVX2 without VNNI
 def test_matmul_in_the_other_instruction_sets(tmp_path, march):
-    import ctypes
-
-    need_native()
-    if march == "haswell" and "avx2" not in open("/proc/cpuinfo").read():
-        pytest.skip("this CPU cannot run AVX2 code")
-    so = tmp_path / f"decode-{march}.so"
-    flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
-    subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
-    lib = ctypes.CDLL(str(so))
-    for name in ("tk_matvec", "tk_matmul"):
-        getattr(lib, name).restype = ctypes.c_int
-        getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
-    check_matmul(lib, torch.Generator().manual_seed(11))
+    check_matmul(compiled_for(march, tmp_path), torch.Generator().manual_seed(11))
 
 
 def mixed_types(plain: torch.nn.Module) -> None:

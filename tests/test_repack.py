@@ -13,14 +13,9 @@ test's bounds and the greedy tokens must be equal.
 
 from __future__ import annotations
 
-import ctypes
-import platform
-import shutil
-import subprocess
-
 import pytest
 import torch
-from test_quant import need_native, random_qtensor
+from test_quant import compiled_for, need_native, random_qtensor
 from tiny_models import make_model
 
 from tiankong.engine import llama_packed, native
@@ -53,29 +48,9 @@ def test_repacking_round_trips_and_keeps_the_tail_plain(qtype):
     assert plain == layout and torch.equal(back, data)
 
 
-def _library(march: str):
-    """The compiled step for -march=native, or built here for another instruction set."""
-    if march == "native":
-        return native.library()
-    if platform.machine() != "x86_64" or not shutil.which("gcc"):
-        pytest.skip("x86-64 with gcc only")
-    if march == "haswell" and "avx2" not in open("/proc/cpuinfo").read():
-        pytest.skip("this CPU cannot run AVX2 code")
-    return march
-
-
 @pytest.mark.parametrize("march", ["native", "x86-64", "haswell"])  # VNNI or AVX2 here; plain C; AVX2 alone
 def test_interleaved_kernels_equal_the_plain_ones(tmp_path, march):
-    need_native()
-    lib = _library(march)
-    if isinstance(lib, str):
-        so = tmp_path / f"decode-{march}.so"
-        flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
-        subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
-        lib = ctypes.CDLL(str(so))
-        for name in ("tk_matvec", "tk_matmul"):
-            getattr(lib, name).restype = ctypes.c_int
-            getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
+    lib = compiled_for(march, tmp_path)
     gen = torch.Generator().manual_seed(1)
     for qtype in INTERLEAVED:
         ggml, n = QTYPES[qtype][2], 512 if qtype.endswith("_k") else 480  # 15 blocks of 32: odd
