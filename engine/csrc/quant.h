@@ -259,63 +259,30 @@ static inline __attribute__((always_inline)) void q8_0_rows(const uint8_t *w, co
 #endif
 }
 
-/* q4_0 (offset 8, min 0) and q4_1 (offset 0, min m): dw dx (u . x) - offset dw s + m s, s = dx sum(x q). */
-static inline __attribute__((always_inline)) void q4_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
-                                                          float *out, const int q4_1) {
+/* q4_0 (offset 8, min 0), q4_1 (offset 0, min m), and with `five` q5_0 (offset 16) and q5_1 (min
+ * m): q4's nibbles with a fifth bit, bit i of the 32-bit qh for element i (llama.cpp falls back to
+ * q5 for rows that are not a multiple of 256 in K-quant files). A block is dw (fp16), m (fp16,
+ * affine types), qh (five), then 16 bytes of nibbles: elements 0..15 the low ones, 16..31 the high.
+ * dw dx (u . x) - offset dw s + m s, s = dx sum(x q). `affine` and `five` are constants at every
+ * call, so each type gets its own straight-line loop. */
+static inline __attribute__((always_inline)) void q45_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
+                                                           float *out, const int affine, const int five) {
     const int64_t n = a->n;
-    const int size = q4_1 ? 20 : 18, at = q4_1 ? 4 : 2;
+    const int at = affine ? 4 : 2, qs_at = at + (five ? 4 : 0), size = qs_at + 16;
+    const float offset = five ? -16.f : -8.f;
     float corr[4] = {0};
 #if defined(__AVX2__)
     __m256 acc[4] = {0};
     for (int i = 0; i < nblk; i++, w += size) {
         __builtin_prefetch(w + QPREFETCH);
-        const float dw = fp16(w), c = q4_1 ? fp16(w + 2) : -8.f * dw;
-        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + at));
-        /* elements 0..15 are the low nibbles, 16..31 the high ones */
-        const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), LOW4);
-        for (int b = 0; b < nb; b++) {
-            const __m256i p = dot_us(u, load32(a->q + b * n + 32 * i));
-            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a->d[b * n / 32 + i]), acc[b]);
-            corr[b] += c * a->s[b * n / 32 + i];
-        }
-    }
-    for (int b = 0; b < nb; b++)
-        out[b] = hsum8(acc[b]) + corr[b];
-#else
-    for (int b = 0; b < nb; b++) {
-        float sum = 0.f;
-        for (int i = 0; i < nblk; i++) {
-            const uint8_t *blk = w + (int64_t)size * i, *qs = blk + at;
-            const int8_t *xq = a->q + b * n + 32 * i;
-            int dot = 0;
-            for (int k = 0; k < 16; k++)
-                dot += (qs[k] & 0xF) * xq[k] + (qs[k] >> 4) * xq[k + 16];
-            const float dw = fp16(blk), c = q4_1 ? fp16(blk + 2) : -8.f * dw;
-            sum += dw * a->d[b * n / 32 + i] * (float)dot;
-            corr[b] += c * a->s[b * n / 32 + i];
-        }
-        out[b] = sum + corr[b];
-    }
-#endif
-}
-
-/* q5_0 (offset 16) and q5_1 (min m): q4's nibbles with a fifth bit, bit i of the 32-bit qh for
- * element i. llama.cpp falls back to them for rows that are not a multiple of 256 in K-quant files. */
-static inline __attribute__((always_inline)) void q5_rows(const uint8_t *w, const Act *a, int nblk, const int nb,
-                                                          float *out, const int q5_1) {
-    const int64_t n = a->n;
-    const int size = q5_1 ? 24 : 22, at = q5_1 ? 4 : 2;
-    float corr[4] = {0};
-#if defined(__AVX2__)
-    __m256 acc[4] = {0};
-    for (int i = 0; i < nblk; i++, w += size) {
-        __builtin_prefetch(w + QPREFETCH);
-        const float dw = fp16(w), c = q5_1 ? fp16(w + 2) : -16.f * dw;
-        uint32_t qh;
-        memcpy(&qh, w + at, 4);
-        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + at + 4));
+        const float dw = fp16(w), c = affine ? fp16(w + 2) : offset * dw;
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + qs_at));
         __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), LOW4);
-        u = _mm256_or_si256(u, _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(16)));
+        if (five) {
+            uint32_t qh;
+            memcpy(&qh, w + at, 4);
+            u = _mm256_or_si256(u, _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(16)));
+        }
         for (int b = 0; b < nb; b++) {
             const __m256i p = dot_us(u, load32(a->q + b * n + 32 * i));
             acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a->d[b * n / 32 + i]), acc[b]);
@@ -328,15 +295,16 @@ static inline __attribute__((always_inline)) void q5_rows(const uint8_t *w, cons
     for (int b = 0; b < nb; b++) {
         float sum = 0.f;
         for (int i = 0; i < nblk; i++) {
-            const uint8_t *blk = w + (int64_t)size * i, *qs = blk + at + 4;
-            uint32_t qh;
-            memcpy(&qh, blk + at, 4);
+            const uint8_t *blk = w + (int64_t)size * i, *qs = blk + qs_at;
+            uint32_t qh = 0;
+            if (five)
+                memcpy(&qh, blk + at, 4);
             const int8_t *xq = a->q + b * n + 32 * i;
             int dot = 0;
             for (int k = 0; k < 16; k++)
                 dot += ((qs[k] & 0xF) | ((qh >> k) & 1) << 4) * xq[k] +
                        ((qs[k] >> 4) | ((qh >> (k + 16)) & 1) << 4) * xq[k + 16];
-            const float dw = fp16(blk), c = q5_1 ? fp16(blk + 2) : -16.f * dw;
+            const float dw = fp16(blk), c = affine ? fp16(blk + 2) : offset * dw;
             sum += dw * a->d[b * n / 32 + i] * (float)dot;
             corr[b] += c * a->s[b * n / 32 + i];
         }
@@ -509,10 +477,10 @@ static inline __attribute__((always_inline)) void qrow_nb(int type, const uint8_
     const int nblk = a->n / block_elems(type);
     switch (type) {
     case T_Q8_0: q8_0_rows(w, a, nblk, nb, out); break;
-    case T_Q4_0: q4_rows(w, a, nblk, nb, out, 0); break;
-    case T_Q4_1: q4_rows(w, a, nblk, nb, out, 1); break;
-    case T_Q5_0: q5_rows(w, a, nblk, nb, out, 0); break;
-    case T_Q5_1: q5_rows(w, a, nblk, nb, out, 1); break;
+    case T_Q4_0: q45_rows(w, a, nblk, nb, out, 0, 0); break;
+    case T_Q4_1: q45_rows(w, a, nblk, nb, out, 1, 0); break;
+    case T_Q5_0: q45_rows(w, a, nblk, nb, out, 0, 1); break;
+    case T_Q5_1: q45_rows(w, a, nblk, nb, out, 1, 1); break;
     case T_Q4_K: k4_rows(w, a, nblk, nb, out, 0); break;
     case T_Q5_K: k4_rows(w, a, nblk, nb, out, 1); break;
     default: q6_k_rows(w, a, nblk, nb, out);
