@@ -17,9 +17,9 @@ leaves before the next draw, and its cache row is freed at once.
 What the rows read stays behind in a PrefixStore (context.py): a request whose prompt starts with
 a stored prompt, or with a finished row's prompt and answer (a chat client sending the whole
 conversation again), is prefilled only past that prefix, in one prefill with the other requests
-of the same prompt; the others are prefilled together. A prompt longer than `prefill_chunk` tokens is read a chunk
-between two decode steps (chunked prefill), so the rows already streaming slow down while it is read
-instead of stopping.
+of the same prompt; the others are prefilled together. A prompt longer than `prefill_chunk`
+tokens is read a chunk between two decode steps (chunked prefill), so the rows already streaming
+slow down while it is read instead of stopping.
 
 Each row draws from its own seeded generator, so a seed gives the same draws whatever else is in
 the batch. The logits themselves can differ from a lone run in the last bits (the batch's rows
@@ -289,12 +289,13 @@ class Batcher:
         for key, group in same.items():
             prompt, rows = list(key), [r for _, rs in group for r in rs]
             n, kv = self.prefix.longest(prompt)
-            hit = kv is not None and n >= min(MIN_REUSE, len(prompt) - 1)
+            if kv is None or n < min(MIN_REUSE, len(prompt) - 1):
+                n, kv = 0, None
             size = len(prompt) + max(r.max_new for r in rows)
-            pc = self.prefix.cache_for(self.engine.model, prompt, n, kv, size) if hit and kv is not None else None
+            pc = None if kv is None else self.prefix.cache_for(self.engine.model, prompt, n, kv, size)
             for req, _ in group:
-                req.cached_tokens = n if pc is not None else 0
-            if len(prompt) - (n if hit else 0) > self.prefill_chunk:
+                req.cached_tokens = n
+            if len(prompt) - n > self.prefill_chunk:
                 self._filling.append(_Filling(prompt, group, pc or PromptCache(), size))
             elif pc is not None:
                 self._prefill_join(group, pc)
@@ -347,7 +348,7 @@ class Batcher:
         return rows
 
     def _prefill_join(self, group: list[tuple[Request, list[_Row]]], pc: PromptCache | None) -> None:
-        """Prefill these requests' rows (from pc's prefix: one request) and join the batch."""
+        """Prefill these requests' rows (from pc's prefix: requests of one prompt) and join the batch."""
         eng = self.engine
         rows = [r for _, rs in group for r in rs]
         try:
