@@ -113,6 +113,13 @@ class PromptCache:
         self.ids: list[int] = []
         self._model_id = 0
 
+    @classmethod
+    def holding(cls, model: torch.nn.Module, ids: Sequence[int], kv: KVCache) -> PromptCache:
+        """A cache for `model` whose buffer `kv` already holds the keys and values of `ids`."""
+        pc = cls()
+        pc.kv, pc.ids, pc._model_id = kv, list(ids), id(model)
+        return pc
+
     def clear(self) -> None:
         self.ids = []
 
@@ -217,10 +224,8 @@ class PrefixStore:
         L, H2, _, hd = kv.shape
         cache = KVCache(L, 1, H2 // 2, max(size, n), hd, p.dtype, p.device)
         cache.kv[:, 0, :, :n] = kv[:, :, :n]
-        pc = PromptCache()
-        pc.kv, pc.ids, pc._model_id = cache, list(prompt[:n]), id(model)
         self.hits, self.tokens_reused = self.hits + 1, self.tokens_reused + n
-        return pc
+        return PromptCache.holding(model, prompt[:n], cache)
 
     def _drop(self, key: tuple[int, ...]) -> None:
         _, kv = self._entries.pop(key)
