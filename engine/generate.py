@@ -249,23 +249,11 @@ def _join(batch: _Batch | None, new: _Batch) -> _Batch:
 @torch.inference_mode()
 def _draw(batch: _Batch, eos: torch.Tensor, top_logprobs: int) -> _Draw:
     """Sample the next token of every row from batch.logits, with what the events report."""
-    logits = batch.logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)  # (B, V), the model's own distribution
-    probs = batch.sampler.process(logits)  # (B, V), the sampling distribution
-    chosen = batch.sampler.sample(probs)  # (B,)
-    batch.sampler.update(chosen)
-    chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
-    chosen_ps = probs.gather(1, chosen[:, None])[:, 0]
-    # (B,) nats: -sum p log p as one dot product per row (3x faster than special.entr on a
-    # 49k vocabulary); model logits are finite, so no 0 * -inf terms arise (a row whose
-    # logits are not has a NaN chosen_lp and ends in _step_events).
-    entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs)
-    stats = torch.stack([chosen.float(), chosen_lp, chosen_ps, entropy], 1).cpu().tolist()
-    top = None
-    if top_logprobs:
-        top_lp, top_id = logprobs.topk(min(top_logprobs, logprobs.shape[-1]), dim=-1)  # (B, K)
-        top_ps = probs.gather(1, top_id)
-        top = list(zip(top_id.cpu().tolist(), top_lp.cpu().tolist(), top_ps.cpu().tolist(), strict=True))
+    d = batch.sampler.draw(batch.logits, top_logprobs)
+    batch.sampler.update(d.tokens)
+    chosen = d.tokens
+    stats = torch.cat([chosen.cpu().float()[:, None], d.stats], 1).tolist()  # per row: token, lp, ps, entropy
+    top = None if d.top is None else list(zip(*(t.tolist() for t in d.top), strict=True))
     is_eos = torch.isin(chosen.cpu(), eos).tolist()
     now = time.perf_counter()
     for r in batch.rows:

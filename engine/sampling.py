@@ -22,11 +22,13 @@ rows share the batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import native
 from .params import SAMPLER_CHAIN, ParamRange, SamplingParams
 
 __all__ = ["SAMPLER_CHAIN", "ParamRange", "SamplingParams", "BatchSampler"]  # params re-exported here
@@ -244,10 +246,21 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Draw:
+    """One step's token per row of a batch, and what it weighed (BatchSampler.draw)."""
+
+    tokens: Tensor  # (B,) int64 on the logits' device
+    stats: Tensor  # (B, 3) float32 on CPU: log-prob under the model, probability under sampling, entropy (nats)
+    top: tuple[Tensor, Tensor, Tensor] | None  # (B, N) on CPU: the N likeliest ids, their log-probs, sampling probs
+
+
 class BatchSampler:
     """Per-row sampling settings and penalty state for one batch, reused every decode step.
 
-    Per step: ``probs = s.process(logits); ids = s.sample(probs); s.update(ids)``.
+    Per step: ``d = s.draw(logits, n); s.update(d.tokens)``, which on CPU is the compiled sampler
+    (csrc/sample.h: the same rules without the (B, V) tensors in between) where it is built, and
+    otherwise ``probs = s.process(logits); ids = s.sample(probs)`` and the stats from them.
     Draws use one CPU `torch.Generator` per row, seeded with that row's seed: each draw takes one
     float64 uniform from the row's generator and inverts the row's cumulative distribution (on the
     logits' device), so no probabilities leave the device and a row's draws never depend on the
@@ -351,6 +364,46 @@ class BatchSampler:
             probs = torch.where(self._greedy_mask, one_hot, probs)
         return probs
 
+    def draw(self, logits: Tensor, top_logprobs: int = 0) -> Draw:
+        """(B, V) raw logits -> each row's token, with its log-prob under the model's own
+        distribution, its probability under the sampling distribution and the model's entropy,
+        and the top_logprobs likeliest tokens (by the model) with theirs."""
+        x = logits.float()
+        n = min(top_logprobs, x.shape[-1])
+        lib = native.library() if x.device.type == "cpu" else None
+        if lib is None:
+            return self._draw_torch(x, n)
+        z = None
+        if self.seen is not None or self.counts is not None:
+            z = apply_penalties(x, self.seen, self.counts, self.repetition, self.presence, self.frequency)
+        columns = (self.temperature[:, 0], self.top_k[:, 0], self.top_p[:, 0], self.min_p[:, 0])
+        u = torch.tensor([self._uniform(r) for r in range(len(self))], dtype=torch.float64)  # (B,)
+        tokens, stats, *top = native.sample(lib, x.contiguous(), None if z is None else z.contiguous(), columns, u, n)
+        return Draw(tokens, stats, (top[0], top[1], top[2]) if n else None)
+
+    def _draw_torch(self, x: Tensor, n: int) -> Draw:
+        """draw() through process() and sample(): any device; the reference the compiled one is held to."""
+        logprobs = torch.log_softmax(x, dim=-1)  # (B, V), the model's own distribution
+        probs = self.process(x)  # (B, V), the sampling distribution
+        tokens = self.sample(probs)  # (B,)
+        chosen_lp = logprobs.gather(1, tokens[:, None])[:, 0]
+        chosen_ps = probs.gather(1, tokens[:, None])[:, 0]
+        # (B,) nats: -sum p log p as one dot product per row (3x faster than special.entr on a
+        # 49k vocabulary); a -inf logit (p = 0) counts as the lowest float, so 0 * -inf adds no
+        # NaN (a NaN logit still makes one, and generate ends that row).
+        entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs.clamp(min=torch.finfo(logprobs.dtype).min))
+        stats = torch.stack([chosen_lp, chosen_ps, entropy], 1).cpu()  # (B, 3)
+        if not n:
+            return Draw(tokens, stats, None)
+        top_lp, top_id = logprobs.topk(n, dim=-1)  # (B, n)
+        return Draw(tokens, stats, (top_id.cpu(), top_lp.cpu(), probs.gather(1, top_id).cpu()))
+
+    def _uniform(self, row: int) -> float:
+        """The row's next float64 uniform in [0, 1) from its own generator; greedy rows take none (0)."""
+        if self._greedy[row]:
+            return 0.0
+        return torch.rand((), generator=self.generators[row], dtype=torch.float64).item()
+
     def sample(self, probs: Tensor, rows: Sequence[int] | None = None) -> Tensor:
         """(B, V) probabilities -> (B,) int64 token ids on probs' device.
 
@@ -369,10 +422,7 @@ class BatchSampler:
             out[idx] = probs[idx].argmax(dim=-1)
         if random_rows:
             # The only per-row Python loop: one uniform from each row's own generator.
-            u = torch.tensor(
-                [torch.rand((), generator=self.generators[r], dtype=torch.float64).item() for r in random_rows],
-                dtype=torch.float64,
-            )  # (R,)
+            u = torch.tensor([self._uniform(r) for r in random_rows], dtype=torch.float64)  # (R,)
             if len(random_rows) == batch:
                 out = _inverse_cdf(probs, u)
             else:
@@ -444,6 +494,7 @@ _COLUMNS = ("temperature", "top_k", "top_p", "min_p", "repetition", "presence", 
 __all__ = [
     "SAMPLER_CHAIN",
     "BatchSampler",
+    "Draw",
     "ParamRange",
     "SamplingParams",
     "apply_penalties",

@@ -747,3 +747,5 @@ int tk_matmul(int n_parts, const int32_t *parts, const void *W, int I, const flo
     free(mem);
     return 0;
 }
+
+#include "sample.h"

@@ -1,0 +1,464 @@
+/* One token drawn per row, with what generate reports about it, in a few vector passes over each
+ * row's logits (included by decode.c; tk_sample is the entry).
+ *
+ * Why: sampling.py's chain on (B, V) tensors costs ~40 torch calls a step, and top-p's sort of a
+ * flat row (a random or high-temperature model: the mass p lies thousands of tokens down) ~1 ms
+ * more; four presets took ~3-4 ms a step at a 49k vocabulary, as much as the 135M model's step.
+ * Here a row is ~20 passes over V floats (tens of microseconds) and rows run on the threads.
+ *
+ * The rules are sampling.py's (its BatchSampler.process / sample are the reference the tests hold
+ * this to): temperature divides, top-k keeps the k largest values and their ties, top-p keeps the
+ * largest values until the mass above the next one reaches p (less float32's epsilon of slack),
+ * min-p keeps values >= max + log(min_p), each filter keeps at least one token; then one float64
+ * uniform u per row picks the first token whose running mass, in vocabulary order, exceeds u times
+ * the total. Greedy rows (temperature 0) take the first largest value. The kept set is the values
+ * >= one cut, the largest of the filters' cuts, so top-k, top-p and min-p are one threshold each.
+ *
+ * No sort: a cut is "the largest value v whose elements >= v weigh at least t" (weight 1 for top-k
+ * and for the candidates, e^(y - max) for top-p), found by bisecting the value range with one
+ * vector pass per halving until at most SELECT_SORT values remain, which are then sorted. The
+ * masses are summed in float64 in another order than a sorted cumulative sum; float32 terms that
+ * matter (> 2^-29 of the total) add exactly in float64, so the cut is the same.
+ */
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef double v8d __attribute__((vector_size(64)));
+
+/* At most this many values left in the bisected range are sorted (by insertion: n^2 / 4 moves). */
+#define SELECT_SORT 64
+
+static inline v8d lo8d(v16 v) {
+    return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+}
+static inline v8d hi8d(v16 v) {
+    return __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+}
+static inline double hsum8d(v8d v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+
+/* How many of y[0..n) lie in [a, b], and their weight (w NULL: 1 each). */
+typedef struct {
+    int64_t n;
+    double w;
+} Mass;
+
+static Mass mass_in(const float *y, const float *w, int n, float a, float b) {
+    v16i cnt = {0};
+    v8d acc = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 v = load16(y + i);
+        const v16i in = (v >= splat(a)) & (v <= splat(b));
+        cnt -= in;
+        if (w) {
+            const v16 x = (v16)((v16i)load16(w + i) & in);
+            acc += lo8d(x) + hi8d(x);
+        }
+    }
+    Mass m = {0, hsum8d(acc)};
+    for (int j = 0; j < 16; j++)
+        m.n += cnt[j];
+    for (; i < n; i++)
+        if (y[i] >= a && y[i] <= b)
+            m.n++, m.w += w ? w[i] : 0.0;
+    if (!w)
+        m.w = (double)m.n;
+    return m;
+}
+
+/* Floats in order as signed integers (for bisecting between two floats of very different sizes). */
+static inline int32_t float_key(float f) {
+    int32_t i;
+    memcpy(&i, &f, 4);
+    return i < 0 ? (int32_t)(i ^ 0x7fffffff) : i;
+}
+static inline float key_float(int32_t k) {
+    int32_t i = k < 0 ? (int32_t)(k ^ 0x7fffffff) : k;
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
+
+typedef struct {
+    float y, w;
+} Pair;
+
+/* Descending by value (insertion sort: at most SELECT_SORT elements). */
+static void sort_pairs(Pair *p, int n) {
+    for (int i = 1; i < n; i++) {
+        Pair v = p[i];
+        int j = i;
+        for (; j > 0 && p[j - 1].y < v.y; j--)
+            p[j] = p[j - 1];
+        p[j] = v;
+    }
+}
+
+/* Copy the y[i] in [a, b] (and their w[i], unless w is NULL) to cy (cw) in order; returns how
+ * many. Works in place (y == cy): a write never passes the read position. */
+static int compact(const float *y, const float *w, int n, float a, float b, float *cy, float *cw) {
+    int m = 0, i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(y + i);
+        const __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_set1_ps(a), _CMP_GE_OQ) &
+                            _mm512_cmp_ps_mask(v, _mm512_set1_ps(b), _CMP_LE_OQ);
+        if (!k)
+            continue;
+        _mm512_storeu_ps(cy + m, _mm512_maskz_compress_ps(k, v));
+        if (w)
+            _mm512_storeu_ps(cw + m, _mm512_maskz_compress_ps(k, _mm512_loadu_ps(w + i)));
+        m += __builtin_popcount(k);
+    }
+#endif
+    for (; i < n; i++)
+        if (y[i] >= a && y[i] <= b) {
+            cy[m] = y[i];
+            if (w)
+                cw[m] = w[i];
+            m++;
+        }
+    return m;
+}
+
+/* The largest value v of the finite y[i] >= floor such that the elements >= v weigh at least t (w
+ * NULL: weight 1, so t = k gives the k-th largest value with ties counted); -inf when the finite
+ * ones never reach t (keep them all). Scratch: cy, cw (n floats each) and buf (SELECT_SORT pairs).
+ * Invariant of the loop: the answer lies in [a, b], and `above` is the weight of the values > b;
+ * once at most an eighth of the values are in [a, b], the search goes on over a copy of only those. */
+static float select_cut(const float *y, const float *w, int n, float floor, double t, float *cy, float *cw,
+                        Pair *buf) {
+    float a = INFINITY, b = -INFINITY; /* the finite candidates' range */
+    v16 va = splat(INFINITY), vb = splat(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 v = load16(y + i);
+        const v16i ok = (v >= splat(floor)) & (v < splat(INFINITY));
+        va = select16(ok & (v < va), v, va), vb = select16(ok & (v > vb), v, vb);
+    }
+    for (int j = 0; j < 16; j++)
+        a = va[j] < a ? va[j] : a, b = vb[j] > b ? vb[j] : b;
+    for (; i < n; i++)
+        if (y[i] >= floor && y[i] < INFINITY)
+            a = y[i] < a ? y[i] : a, b = y[i] > b ? y[i] : b;
+    if (a > b)
+        return -INFINITY;
+    Mass in = mass_in(y, w, n, a, b);
+    if (in.w < t)
+        return -INFINITY;
+    double above = 0.0;
+    for (int iter = 0; in.n > SELECT_SORT && a < b; iter++) {
+        if (in.n * 8 <= n) {
+            n = compact(y, w, n, a, b, cy, cw);
+            y = cy, w = w ? cw : NULL;
+        }
+        /* Halve the values while that works (24 times takes a float range to its last bits), then
+         * the floats themselves (at most 32 more), so the loop ends even for clustered values. */
+        float mid = iter < 24 ? a * 0.5f + b * 0.5f : key_float((int32_t)(((int64_t)float_key(a) + float_key(b) + 1) / 2));
+        if (!(mid > a))
+            mid = nextafterf(a, INFINITY);
+        if (mid > b)
+            mid = b;
+        const Mass hi = mass_in(y, w, n, mid, b);
+        if (above + hi.w >= t) {
+            a = mid, in = hi;
+        } else {
+            above += hi.w, in.n -= hi.n;
+            b = nextafterf(mid, -INFINITY);
+        }
+    }
+    if (a == b)
+        return a;
+    int m = 0;
+    for (i = 0; i < n; i += 16) { /* blocks without a value in [a, b] (nearly all) cost one test */
+        const int end = i + 16 <= n ? i + 16 : n;
+        if (end - i == 16) {
+            const v16 v = load16(y + i);
+            const v16i in_ab = (v >= splat(a)) & (v <= splat(b));
+            int any = 0;
+            for (int j = 0; j < 16; j++)
+                any |= in_ab[j];
+            if (!any)
+                continue;
+        }
+        for (int j = i; j < end; j++)
+            if (y[j] >= a && y[j] <= b && m < SELECT_SORT)
+                buf[m++] = (Pair){y[j], w ? w[j] : 1.0f};
+    }
+    sort_pairs(buf, m);
+    for (int i = 0; i < m; i++) {
+        above += buf[i].w;
+        if (above >= t)
+            return buf[i].y;
+    }
+    return m ? buf[m - 1].y : a; /* rounding kept the sum a hair below t: keep the whole range */
+}
+
+static float max_of(const float *x, int n) {
+    v16 mx = splat(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 v = load16(x + i);
+        mx = select16(v > mx, v, mx);
+    }
+    float m = -INFINITY;
+    for (int j = 0; j < 16; j++)
+        m = mx[j] > m ? mx[j] : m;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* The model's own distribution of a row: its log-normaliser (max + log sum e^(x - max)) and
+ * entropy (nats), or NaN for both when the row holds NaN or +inf or nothing finite. */
+static void row_stats(const float *x, int n, float *lse, float *entropy) {
+    v16 mx = splat(-INFINITY);
+    v16i bad = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 v = load16(x + i);
+        bad |= (v != v) | (v == splat(INFINITY));
+        mx = select16(v > mx, v, mx);
+    }
+    int nonfinite = 0;
+    float m = -INFINITY;
+    for (int j = 0; j < 16; j++)
+        nonfinite |= bad[j], m = mx[j] > m ? mx[j] : m;
+    for (; i < n; i++)
+        nonfinite |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
+    if (nonfinite || m == -INFINITY) {
+        *lse = *entropy = NAN;
+        return;
+    }
+    v8d s = {0}, sd = {0}; /* sum e, sum e (x - max); -inf logits give e = 0 and add nothing */
+    for (i = 0; i + 16 <= n; i += 16) {
+        const v16 d = load16(x + i) - splat(m);
+        const v16 e = exp16(d);
+        const v16 ed = (v16)((v16i)(e * d) & (e > splat(0.f)));
+        s += lo8d(e) + hi8d(e), sd += lo8d(ed) + hi8d(ed);
+    }
+    double S = hsum8d(s), SD = hsum8d(sd);
+    for (; i < n; i++) {
+        const float d = x[i] - m, e = expf(d);
+        S += e, SD += e > 0.f ? (double)e * d : 0.0;
+    }
+    *lse = m + (float)log(S);
+    *entropy = (float)(log(S) - SD / S); /* -sum p log p with p = e / S and log p = d - log S */
+}
+
+/* The first index of the row's largest value. */
+static int argmax_first(const float *x, int n) {
+    const float m = max_of(x, n);
+    for (int i = 0; i < n; i++)
+        if (x[i] == m)
+            return i;
+    return 0; /* NaN rows: generate ends them */
+}
+
+/* e[i] = e^(y[i] - m) where y[i] >= cut, else 0; returns the sum (float64). */
+static double kept_weights(const float *y, float *e, int n, float m, float cut) {
+    v8d s = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 v = load16(y + i);
+        const v16 x = (v16)((v16i)exp16(v - splat(m)) & (v >= splat(cut)));
+        store16(e + i, x);
+        s += lo8d(x) + hi8d(x);
+    }
+    double S = hsum8d(s);
+    for (; i < n; i++) {
+        e[i] = y[i] >= cut ? expf(y[i] - m) : 0.f;
+        S += e[i];
+    }
+    return S;
+}
+
+/* e[i] = 0 where y[i] < cut (weights kept_weights made for a lower cut); returns their new sum. */
+static double drop_below_cut(const float *y, float *e, int n, float cut) {
+    v8d s = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 x = (v16)((v16i)load16(e + i) & (load16(y + i) >= splat(cut)));
+        store16(e + i, x);
+        s += lo8d(x) + hi8d(x);
+    }
+    double S = hsum8d(s);
+    for (; i < n; i++) {
+        e[i] = y[i] >= cut ? e[i] : 0.f;
+        S += e[i];
+    }
+    return S;
+}
+
+/* The first index whose running weight (vocabulary order) exceeds target < the total: blocks of 16
+ * first, then within the block; a zero-weight index is never returned. */
+static int inverse_cdf(const float *e, int n, double target) {
+    double acc = 0.0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 x = load16(e + i);
+        const double blk = hsum8d(lo8d(x) + hi8d(x));
+        if (acc + blk > target)
+            break;
+        acc += blk;
+    }
+    int last = -1;
+    for (; i < n; i++)
+        if (e[i] > 0.f) {
+            last = i;
+            acc += e[i];
+            if (acc > target)
+                return i;
+        }
+    if (last >= 0)
+        return last; /* the block sum rounded past target: its last kept token */
+    for (i = n - 1; i > 0 && !(e[i] > 0.f); i--)
+        ;
+    return i;
+}
+
+/* Per-row settings, as BatchSampler holds them. */
+typedef struct {
+    float temperature, top_p, min_p;
+    int64_t top_k;
+    double u;
+} RowParams;
+
+/* Scratch of one thread: y, e, cy and cw (V floats each), the candidates' indices (V) and the sort buffer. */
+typedef struct {
+    float *y, *e, *cy, *cw;
+    int *idx;
+    Pair *buf;
+} Scratch;
+
+/* The sampling cut of a non-greedy row whose scaled logits y are in s->y (max m): the largest of
+ * top-k's, top-p's and min-p's thresholds (-inf: keep all). *weighed: whether s->e holds the
+ * weights e^(y - m) of every value >= the cut (top-p made them), and maybe more. */
+static float row_cut(const RowParams *p, int V, float m, Scratch *s, int *weighed) {
+    *weighed = 0;
+    float cut = -INFINITY;
+    if (p->top_k > 0 && p->top_k < V)
+        cut = select_cut(s->y, NULL, V, -INFINITY, (double)p->top_k, s->cy, s->cw, s->buf);
+    if (p->top_p < 1.f) {
+        const double mass = kept_weights(s->y, s->e, V, m, cut);
+        /* float32's epsilon of slack: [0.5, 0.3] sums to a hair under 0.8 and must stop there */
+        const float c = select_cut(s->y, s->e, V, cut, ((double)p->top_p - 1.1920928955078125e-07) * mass, s->cy,
+                                   s->cw, s->buf);
+        cut = c > cut ? c : cut;
+        *weighed = 1;
+    }
+    if (p->min_p > 0.f) {
+        const float c = m + logf(p->min_p);
+        cut = c > cut ? c : cut;
+    }
+    return cut;
+}
+
+/* The n_top largest x (model logits) as indices, largest first (ties: lower index first). */
+static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
+    const float v = select_cut(x, NULL, V, -INFINITY, (double)n_top, s->cy, s->cw, s->buf);
+    int m = 0;
+    for (int i = 0; i < V; i++)
+        if (x[i] >= v)
+            s->idx[m++] = i;
+    /* m is n_top plus the ties at v: usually n_top. Selection-sort the first n_top into place. */
+    for (int a = 0; a < n_top && a < m; a++) {
+        int best = a;
+        for (int b = a + 1; b < m; b++)
+            if (x[s->idx[b]] > x[s->idx[best]] || (x[s->idx[b]] == x[s->idx[best]] && s->idx[b] < s->idx[best]))
+                best = b;
+        const int tmp = s->idx[a];
+        s->idx[a] = s->idx[best], s->idx[best] = tmp;
+    }
+    return m < n_top ? m : n_top;
+}
+
+/* One row: x the model's logits, z the logits sampling starts from (x, or x with penalties). */
+static void sample_row(const float *x, const float *z, int V, const RowParams *p, int n_top, int64_t *chosen,
+                       float *stats, int64_t *top_id, float *top_lp, float *top_ps, Scratch *s) {
+    float lse, entropy;
+    row_stats(x, V, &lse, &entropy);
+    const int greedy = p->temperature == 0.f;
+    int c;
+    float m = 0.f, cut = -INFINITY;
+    double mass = 1.0;
+    if (lse != lse) {
+        c = 0; /* a NaN log-prob ends the row */
+    } else if (greedy) {
+        c = argmax_first(z, V);
+    } else {
+        for (int i = 0; i < V; i++)
+            s->y[i] = z[i] / p->temperature;
+        m = max_of(s->y, V);
+        int weighed;
+        cut = row_cut(p, V, m, s, &weighed);
+        mass = weighed ? drop_below_cut(s->y, s->e, V, cut) : kept_weights(s->y, s->e, V, m, cut);
+        double target = p->u * mass;
+        if (target >= mass)
+            target = nextafter(mass, 0.0); /* u * total may round up to the total */
+        c = inverse_cdf(s->e, V, target);
+    }
+    *chosen = c;
+    stats[0] = x[c] - lse;
+    stats[1] = lse != lse ? NAN : greedy ? 1.f : (float)(s->e[c] / mass);
+    stats[2] = entropy;
+    if (!n_top)
+        return;
+    const int got = top_candidates(x, V, n_top, s);
+    for (int j = 0; j < n_top; j++) {
+        const int i = j < got ? s->idx[j] : 0;
+        top_id[j] = i;
+        top_lp[j] = x[i] - lse;
+        top_ps[j] = greedy ? (float)(i == c) : s->y[i] >= cut ? (float)(s->e[i] / mass) : 0.f;
+    }
+}
+
+/* This thread's scratch for rows of V, kept between calls (a new buffer each step would be fresh
+ * pages to fault in every time); NULL without memory. */
+static __thread Scratch scratch_of_thread;
+static __thread int scratch_cap;
+
+static Scratch *scratch(int V) {
+    Scratch *s = &scratch_of_thread;
+    if (scratch_cap < V) {
+        free(s->y), free(s->e), free(s->cy), free(s->cw), free(s->idx), free(s->buf);
+        s->y = malloc((size_t)V * sizeof(float));
+        s->e = malloc((size_t)V * sizeof(float));
+        s->cy = malloc((size_t)V * sizeof(float));
+        s->cw = malloc((size_t)V * sizeof(float));
+        s->idx = malloc((size_t)V * sizeof(int));
+        s->buf = malloc(SELECT_SORT * sizeof(Pair));
+        scratch_cap = s->y && s->e && s->cy && s->cw && s->idx && s->buf ? V : 0;
+    }
+    return scratch_cap ? s : NULL;
+}
+
+/* Draw one token for each of B rows of logits (B, V) float32. z: the logits sampling starts from
+ * ((B, V), with repetition/presence/frequency penalties applied by the caller) or NULL for the
+ * logits themselves. Per row: temperature (0 = greedy), top_k (0 = off), top_p (>= 1 = off),
+ * min_p (0 = off), u one float64 uniform in [0, 1) (unused by greedy rows). Out: chosen (B,),
+ * stats (B, 3): the token's log-prob under the model, its probability under the sampling
+ * distribution, the model distribution's entropy; with n_top > 0 also the n_top most likely
+ * tokens (B, n_top) with their log-probs and sampling probabilities. A row holding NaN or +inf
+ * gets NaN stats. Rows are shared between the threads. Returns 0, or -1 without memory. */
+int tk_sample(int B, int V, const float *logits, const float *z, const float *temperature, const int64_t *top_k,
+              const float *top_p, const float *min_p, const double *u, int n_top, int64_t *chosen, float *stats,
+              int64_t *top_id, float *top_lp, float *top_ps, int n_threads) {
+    int failed = 0;
+#pragma omp parallel for num_threads(B < n_threads ? B : n_threads) schedule(dynamic, 1)
+    for (int b = 0; b < B; b++) {
+        Scratch *s = scratch(V);
+        if (!s) {
+#pragma omp atomic write
+            failed = 1;
+            continue;
+        }
+        const RowParams p = {temperature[b], top_p[b], min_p[b], top_k[b], u[b]};
+        const size_t off = (size_t)b * V;
+        sample_row(logits + off, (z ? z : logits) + off, V, &p, n_top, chosen + b, stats + 3 * b,
+                   top_id + (size_t)b * n_top, top_lp + (size_t)b * n_top, top_ps + (size_t)b * n_top, s);
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,181 @@
+"""The compiled sampler (engine/csrc/sample.h, BatchSampler.draw on CPU) against the torch chain
+(BatchSampler.process / sample, itself pinned to closed forms and transformers in test_sampling.py)
+and against closed-form distributions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny_models import STORIES
+
+from tiankong.engine import native
+from tiankong.engine.events import TokenEvent
+from tiankong.engine.sampling import BatchSampler, SamplingParams
+
+CPU = torch.device("cpu")
+
+# One row per rule and their combinations (temperature, top_k, top_p, min_p).
+SETTINGS = [
+    dict(temperature=0.0),
+    dict(temperature=1.0, top_p=1.0),
+    dict(temperature=0.7, top_p=0.9),
+    dict(temperature=0.3, top_p=0.5),
+    dict(temperature=1.0, top_k=40),
+    dict(temperature=1.3, top_k=3, top_p=0.8),
+    dict(temperature=0.3, min_p=0.1),
+    dict(temperature=0.9, top_k=100, top_p=0.95, min_p=0.05),
+    dict(temperature=0.7, top_p=0.9, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2),
+]
+
+
+@pytest.fixture()
+def lib():
+    lib = native.library()
+    if lib is None:
+        pytest.skip(f"no compiled sampler here: {native.reason()}")
+    return lib
+
+
+def make(settings: list[dict], vocab: int, seed: int = 0) -> BatchSampler:
+    params = [SamplingParams(**s, seed=seed + r) for r, s in enumerate(settings)]
+    prompts = [[1, 2, 3, 2] for _ in settings]
+    return BatchSampler(params, vocab, CPU, prompts)
+
+
+def reference(monkeypatch, sampler: BatchSampler, logits: torch.Tensor, n: int):
+    """The torch chain's draw for the same sampler state (the compiled one switched off)."""
+    with monkeypatch.context() as m:
+        m.setattr(native, "library", lambda: None)
+        return sampler.draw(logits, n)
+
+
+def rows(kind: str, n_rows: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """(n_rows, vocab) logits: flat (a random model's), peaked (a trained one's), integer ties,
+    or with -inf entries (a masked vocabulary)."""
+    x = torch.randn(n_rows, vocab, generator=gen)
+    if kind == "flat":
+        return x * 0.5
+    if kind == "peaked":
+        return x * 4.0
+    if kind == "ties":
+        return (x * 2).round()
+    x[:, ::3] = -math.inf
+    return x * 2
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked", "ties", "masked"])
+def test_whole_distribution_equals_the_torch_chain(lib, monkeypatch, kind):
+    """With every token as a candidate, the compiled draw reports each token's sampling probability:
+    the kept set must be the torch chain's exactly and the probabilities equal to float32 rounding;
+    the model's log-probs and entropy likewise."""
+    vocab = 700
+    gen = torch.Generator().manual_seed(1)
+    logits = rows(kind, len(SETTINGS), vocab, gen)
+    ours = make(SETTINGS, vocab).draw(logits, vocab)
+    ref = reference(monkeypatch, make(SETTINGS, vocab), logits, vocab)
+    assert ours.top is not None and ref.top is not None
+    for r in range(len(SETTINGS)):
+        ids, lps, ps = (t[r] for t in ours.top)
+        order = ids.argsort()
+        ref_ps = ref.top[2][r][ref.top[0][r].argsort()]
+        assert torch.equal(ids[order], torch.arange(vocab))
+        assert torch.equal(ps[order] > 0, ref_ps > 0), f"row {r} ({SETTINGS[r]}) keeps other tokens"
+        torch.testing.assert_close(ps[order], ref_ps, rtol=2e-5, atol=1e-9)
+        torch.testing.assert_close(lps[order], torch.log_softmax(logits[r], -1), rtol=0, atol=2e-5)
+        assert ours.tokens[r] == ref.tokens[r], f"row {r} ({SETTINGS[r]}) drew another token"
+    torch.testing.assert_close(ours.stats, ref.stats, rtol=2e-5, atol=2e-5)
+
+
+def test_top_p_stops_at_the_token_that_crosses_p(lib):
+    """[0.5, 0.3, 0.2] with p = 0.8: 0.5 + 0.3 sums to a hair under 0.8 in float32 and must stop
+    there (transformers and llama.cpp keep two tokens); ties with the last kept token stay."""
+    d = make([dict(temperature=1.0, top_p=0.8)], 3).draw(torch.tensor([[0.5, 0.3, 0.2]]).log(), 3)
+    assert d.top is not None and sorted(d.top[0][0][d.top[2][0] > 0].tolist()) == [0, 1]
+    d = make([dict(temperature=1.0, top_p=0.5)], 4).draw(torch.tensor([[0.4, 0.2, 0.2, 0.2]]).log(), 4)
+    assert d.top is not None and sorted(d.top[0][0][d.top[2][0] > 0].tolist()) == [0, 1, 2, 3]
+
+
+def test_top_k_keeps_ties_with_the_kth(lib):
+    x = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]])
+    d = make([dict(temperature=1.0, top_k=2)], 5).draw(x, 5)
+    assert d.top is not None and sorted(d.top[0][0][d.top[2][0] > 0].tolist()) == [0, 2, 3]
+
+
+def test_greedy_takes_the_first_largest_and_candidates_come_largest_first(lib):
+    x = torch.tensor([[1.0, 5.0, 2.0, 5.0, 4.0]])
+    d = make([dict(temperature=0.0)], 5).draw(x, 3)
+    assert d.tokens.tolist() == [1] and d.stats[0, 1] == 1.0
+    assert d.top is not None and d.top[0][0].tolist() == [1, 3, 4] and d.top[2][0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_frequencies_match_the_closed_form(lib):
+    """20,000 draws of one row from p = softmax(x / T) cut by top-k = 4: every kept token's count
+    within 5 standard deviations of N p, and the cut ones never drawn."""
+    x = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0]])
+    s = make([dict(temperature=0.8, top_k=4)], 6, seed=7)
+    counts = torch.zeros(6)
+    n = 20000
+    for _ in range(n):
+        counts[s.draw(x).tokens[0]] += 1
+    p = torch.softmax(x[0, :4] / 0.8, -1)
+    sd = (n * p * (1 - p)).sqrt()
+    assert ((counts[:4] - n * p).abs() < 5 * sd).all(), (counts, n * p)
+    assert counts[4:].sum() == 0
+
+
+def test_a_large_flat_vocabulary_draws_what_the_torch_chain_draws(lib, monkeypatch):
+    """A random model's 49k-token rows put top-p's cut thousands of tokens down (where the compiled
+    cut bisects instead of sorting). Same seeds, same tokens, but for draws whose uniform falls
+    within rounding of a boundary between two tokens (float32 exponentials differ in the last bit):
+    at most 1 % of them, and then the two tokens are neighbours."""
+    vocab, n_steps = 49152, 60
+    settings = [dict(temperature=0.7, top_p=0.9), dict(temperature=1.0, top_k=40), dict(temperature=0.3, min_p=0.1)]
+    ours, ref = make(settings, vocab), make(settings, vocab)
+    gen = torch.Generator().manual_seed(3)
+    differ = 0
+    for _ in range(n_steps):
+        x = torch.randn(len(settings), vocab, generator=gen) * 0.5
+        a, b = ours.draw(x, 5), reference(monkeypatch, ref, x, 5)
+        assert a.top is not None and b.top is not None and torch.equal(a.top[0], b.top[0])
+        for r in range(len(settings)):
+            if a.tokens[r] != b.tokens[r]:
+                differ += 1
+                lo, hi = sorted((int(a.tokens[r]), int(b.tokens[r])))
+                probs = ref.process(x)[r]  # no penalties here: process() reads no state
+                assert (probs[lo + 1 : hi] == 0).all(), "the draws differ by more than a boundary"
+    assert differ <= n_steps * len(settings) // 100
+
+
+def test_a_row_of_nan_gets_nan_stats_and_minus_inf_entries_do_not(lib):
+    x = torch.randn(2, 50)
+    x[0, 7] = math.nan
+    x[1, ::2] = -math.inf
+    d = make([dict(temperature=0.7, top_p=0.9)] * 2, 50).draw(x, 2)
+    assert d.stats[0].isnan().all()
+    assert d.stats[1].isfinite().all() and d.tokens[1] % 2 == 1
+
+
+def test_generate_streams_the_same_with_and_without_the_compiled_sampler(lib, monkeypatch):
+    """The bundled model through Engine.generate, four presets in one batch: the same tokens,
+    log-probs, entropies and candidates whichever sampler runs."""
+    if not STORIES.is_dir():
+        pytest.skip("../shared/models/stories260K is absent")
+    from tiankong.engine.engine import Engine
+
+    eng = Engine.load(STORIES)
+    prompt = eng.encode("Once upon a time", raw=True)
+    params = [SamplingParams(**s, seed=r, max_new_tokens=24) for r, s in enumerate(SETTINGS[:4])]
+
+    def run() -> list[TokenEvent]:
+        return [ev for ev in eng.generate([prompt] * 4, params, top_logprobs=5) if isinstance(ev, TokenEvent)]
+
+    ours = run()
+    with monkeypatch.context() as m:
+        m.setattr(native, "library", lambda: None)
+        ref = run()
+    assert [(e.row, e.id) for e in ours] == [(e.row, e.id) for e in ref]
+    for a, b in zip(ours, ref, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=2e-5) and a.entropy == pytest.approx(b.entropy, abs=2e-5)
+        assert [c.id for c in a.candidates] == [c.id for c in b.candidates]
