@@ -173,7 +173,7 @@ class Batcher:
         self._rows = 0  # rows in the running batch (read from any thread)
         self._closing = False  # no new requests
         self._stop = False  # cancel what is left and end the thread
-        self._eos = torch.tensor(sorted(engine.tokenizer.eos_ids), dtype=torch.long)
+        self._eos = frozenset(engine.tokenizer.eos_ids)
         self._thread = threading.Thread(target=self._loop, name="tiankong-batcher", daemon=True)
         self._thread.start()
 

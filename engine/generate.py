@@ -115,7 +115,7 @@ def generate(
     if not rows:
         return
     batch = _prefill(model, cfg, prompts, rows, prompt_cache)
-    eos = torch.tensor(sorted(tokenizer.eos_ids), dtype=torch.long)
+    eos = frozenset(tokenizer.eos_ids)
     text_of = text_of or tokenizer.token_text
     while True:
         if cancel is not None and cancel.is_set():
@@ -247,14 +247,15 @@ def _join(batch: _Batch | None, new: _Batch) -> _Batch:
 
 
 @torch.inference_mode()
-def _draw(batch: _Batch, eos: torch.Tensor, top_logprobs: int) -> _Draw:
+def _draw(batch: _Batch, eos: frozenset[int], top_logprobs: int) -> _Draw:
     """Sample the next token of every row from batch.logits, with what the events report."""
     d = batch.sampler.draw(batch.logits, top_logprobs)
     batch.sampler.update(d.tokens)
     chosen = d.tokens
-    stats = torch.cat([chosen.cpu().float()[:, None], d.stats], 1).tolist()  # per row: token, lp, ps, entropy
+    tokens = chosen.tolist()
+    stats = [[t, *s] for t, s in zip(tokens, d.stats.tolist(), strict=True)]  # per row: token, lp, ps, entropy
     top = None if d.top is None else list(zip(*(t.tolist() for t in d.top), strict=True))
-    is_eos = torch.isin(chosen.cpu(), eos).tolist()
+    is_eos = [t in eos for t in tokens]
     now = time.perf_counter()
     for r in batch.rows:
         r.prefill_s = r.prefill_s or now - r.t0

@@ -170,7 +170,7 @@ def _load(target: Path) -> Library:
     ]
     lib.tk_sample.restype = ctypes.c_int
     lib.tk_sample.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int]
-    lib.tk_sample.argtypes += [ctypes.c_void_p] * 5 + [ctypes.c_int]
+    lib.tk_sample.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.tk_decode_step.restype = ctypes.c_int
     lib.tk_decode_step.argtypes = [
         ctypes.POINTER(lib.Model),
@@ -407,30 +407,31 @@ def sample(
     logits: torch.Tensor,
     z: torch.Tensor | None,
     columns: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    u: torch.Tensor,
+    u: list[float],
     n_top: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """tk_sample (csrc/sample.h): one token per row of logits (B, V) float32, sampling from z (the
-    penalised logits, or None for the logits), with columns = (temperature, top_k, top_p, min_p)
-    (B,) float32/int64/float32/float32 and u (B,) float64 uniforms -> chosen (B,) int64, stats
-    (B, 3) (log-prob, sampling prob, entropy), and the n_top candidates' ids (B, n_top) int64,
-    log-probs and sampling probs (B, n_top) float32."""
+    penalised logits, or None for the logits), with columns = (temperature, top_k, top_p, min_p),
+    contiguous (B,) float32/int64/float32/float32, and u the rows' float64 uniforms -> ids (B, 1 +
+    n_top) int64 (the token, then the candidates) and vals (B, 3 + 2 n_top) float32 (the token's
+    log-prob, sampling prob and the entropy, then the candidates' log-probs, then their sampling
+    probs). Called once a decode step, so it makes two tensors and nothing else."""
     B, V = logits.shape
-    t, k, p, mp = (c.contiguous() for c in columns)
-    assert logits.dtype == torch.float32 and logits.is_contiguous() and k.dtype == torch.int64
+    assert logits.dtype == torch.float32 and logits.is_contiguous() and columns[1].dtype == torch.int64
     assert z is None or (z.shape == logits.shape and z.dtype == torch.float32 and z.is_contiguous())
-    u = u.to(torch.float64).contiguous()
-    chosen, stats = torch.empty(B, dtype=torch.int64), torch.empty(B, 3)
-    top_id, top_lp, top_ps = torch.empty(B, n_top, dtype=torch.int64), torch.empty(B, n_top), torch.empty(B, n_top)
-    ins = [logits, z, t, k, p, mp, u]
+    ids, vals = torch.empty(B, 1 + n_top, dtype=torch.int64), torch.empty(B, 3 + 2 * n_top)
     rc = lib.tk_sample(
         B,
         V,
-        *(None if a is None else a.data_ptr() for a in ins),
+        logits.data_ptr(),
+        None if z is None else z.data_ptr(),
+        *(c.data_ptr() for c in columns),
+        (ctypes.c_double * B)(*u),
         n_top,
-        *(a.data_ptr() for a in (chosen, stats, top_id, top_lp, top_ps)),
+        ids.data_ptr(),
+        vals.data_ptr(),
         torch.get_num_threads(),
     )
     if rc != 0:
         raise MemoryError("the compiled sampler could not allocate its scratch memory")
-    return chosen, stats, top_id, top_lp, top_ps
+    return ids, vals

@@ -330,6 +330,9 @@ class BatchSampler:
         self._max_k = max((p.top_k for p, on in zip(ps, k_on, strict=True) if on), default=0)
         self._use_top_p = any(p.top_p < 1 for p in ps)
         self._use_min_p = any(p.min_p > 0 for p in ps)
+        # The compiled sampler's per-row settings, (B,) contiguous each.
+        t, k, p, mp = (c[:, 0].contiguous() for c in (self.temperature, self.top_k, self.top_p, self.min_p))
+        self._flat = (t, k, p, mp)
         # Top-p after top-k only looks at the top-k survivors, so when every top-p row also has a
         # top-k, a partial topk(max_k) is enough; otherwise let top-p size its own head.
         self._use_top_k = self._max_k > 0
@@ -376,10 +379,10 @@ class BatchSampler:
         z = None
         if self.seen is not None or self.counts is not None:
             z = apply_penalties(x, self.seen, self.counts, self.repetition, self.presence, self.frequency)
-        columns = (self.temperature[:, 0], self.top_k[:, 0], self.top_p[:, 0], self.min_p[:, 0])
-        u = torch.tensor([self._uniform(r) for r in range(len(self))], dtype=torch.float64)  # (B,)
-        tokens, stats, *top = native.sample(lib, x.contiguous(), None if z is None else z.contiguous(), columns, u, n)
-        return Draw(tokens, stats, (top[0], top[1], top[2]) if n else None)
+        u = [self._uniform(r) for r in range(len(self))]
+        ids, vals = native.sample(lib, x.contiguous(), None if z is None else z.contiguous(), self._flat, u, n)
+        top = (ids[:, 1:], vals[:, 3 : 3 + n], vals[:, 3 + n :]) if n else None
+        return Draw(ids[:, 0], vals[:, :3], top)
 
     def _draw_torch(self, x: Tensor, n: int) -> Draw:
         """draw() through process() and sample(): any device; the reference the compiled one is held to."""

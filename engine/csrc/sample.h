@@ -438,14 +438,15 @@ static Scratch *scratch(int V) {
 /* Draw one token for each of B rows of logits (B, V) float32. z: the logits sampling starts from
  * ((B, V), with repetition/presence/frequency penalties applied by the caller) or NULL for the
  * logits themselves. Per row: temperature (0 = greedy), top_k (0 = off), top_p (>= 1 = off),
- * min_p (0 = off), u one float64 uniform in [0, 1) (unused by greedy rows). Out: chosen (B,),
- * stats (B, 3): the token's log-prob under the model, its probability under the sampling
- * distribution, the model distribution's entropy; with n_top > 0 also the n_top most likely
- * tokens (B, n_top) with their log-probs and sampling probabilities. A row holding NaN or +inf
- * gets NaN stats. Rows are shared between the threads. Returns 0, or -1 without memory. */
+ * min_p (0 = off), u one float64 uniform in [0, 1) (unused by greedy rows). Out, per row b:
+ * ids[b] (1 + n_top) int64: the token, then the n_top most likely tokens by the model; vals[b]
+ * (3 + 2 n_top) float32: the token's log-prob under the model, its probability under the
+ * sampling distribution, the model distribution's entropy (nats), then the candidates' log-probs,
+ * then their sampling probabilities. A row holding NaN or +inf gets NaN stats. Rows are shared
+ * between the threads. Returns 0, or -1 without memory. */
 int tk_sample(int B, int V, const float *logits, const float *z, const float *temperature, const int64_t *top_k,
-              const float *top_p, const float *min_p, const double *u, int n_top, int64_t *chosen, float *stats,
-              int64_t *top_id, float *top_lp, float *top_ps, int n_threads) {
+              const float *top_p, const float *min_p, const double *u, int n_top, int64_t *ids, float *vals,
+              int n_threads) {
     int failed = 0;
 #pragma omp parallel for num_threads(B < n_threads ? B : n_threads) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
@@ -457,8 +458,9 @@ int tk_sample(int B, int V, const float *logits, const float *z, const float *te
         }
         const RowParams p = {temperature[b], top_p[b], min_p[b], top_k[b], u[b]};
         const size_t off = (size_t)b * V;
-        sample_row(logits + off, (z ? z : logits) + off, V, &p, n_top, chosen + b, stats + 3 * b,
-                   top_id + (size_t)b * n_top, top_lp + (size_t)b * n_top, top_ps + (size_t)b * n_top, s);
+        int64_t *id = ids + (size_t)b * (1 + n_top);
+        float *val = vals + (size_t)b * (3 + 2 * n_top);
+        sample_row(logits + off, (z ? z : logits) + off, V, &p, n_top, id, val, id + 1, val + 3, val + 3 + n_top, s);
     }
     return failed ? -1 : 0;
 }
