@@ -306,18 +306,39 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
     }
 }
 
+/* Memory a thread will read soon, asked for a little at a time while it computes: n regions of
+ * len bytes, stride bytes apart from base (the cached keys and values of its attention share). */
+typedef struct {
+    const char *base;
+    int64_t stride, len, off; /* off: the next byte to ask for in region r */
+    int n, r;
+} Prefetch;
+
+/* Ask for the next `bytes` of p (into L2: prefetcht1), as far as any are left. */
+static inline void prefetch_more(Prefetch *p, int64_t bytes) {
+    for (; bytes > 0 && p->r < p->n; bytes -= 64) {
+        __builtin_prefetch(p->base + p->r * p->stride + p->off, 0, 2);
+        if ((p->off += 64) >= p->len)
+            p->off = 0, p->r++;
+    }
+}
+
 /* matvec for a quantized W of `type` (rows of row_bytes(type, I) bytes): the thread quantizes x
  * into its own `a` (unless a already holds it in this block size: callers set a->kind = 0 when x
- * changes), then computes its share of the rows. */
+ * changes), then computes its share of the rows. With pf, it asks for pf's memory spread over
+ * its rows: where several input rows make the product compute-bound, the memory is idle. */
 static void qmatvec(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O, int I,
-                    int ldy, int accumulate, int t, int nt) {
+                    int ldy, int accumulate, int t, int nt, Prefetch *pf) {
     int lo, hi;
     share_rows(O, t, nt, &lo, &hi);
     act_quantize(a, x, B, I, block_elems(type) == 256 ? 256 : 32);
     const int64_t rb = row_bytes(type, I);
+    const int64_t pf_step = pf && hi > lo ? (pf->n * pf->len / ((hi - lo + 7) / 8) + 63) / 64 * 64 : 0;
     float u[8 * B]; /* (B, 8): 8 rows' products */
     for (int r = lo; r < hi; r += 8) { /* lo is a multiple of 8, and so is hi unless it is O */
         const int nr = hi - r < 8 ? hi - r : 8;
+        if (pf)
+            prefetch_more(pf, pf_step);
         for (int b0 = 0; b0 < B; b0 += 4)
             qrows_tile(type, (const uint8_t *)W + r * rb, 0, nr, a, b0, B - b0 < 4 ? B - b0 : 4, u, 8);
         for (int b = 0; b < B; b++)
@@ -329,11 +350,12 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
     }
 }
 
-/* matvec for a weight of any type (float32, bfloat16 or quantized; a: the thread's input scratch). */
+/* matvec for a weight of any type (float32, bfloat16 or quantized; a: the thread's input scratch;
+ * pf: memory to ask for meanwhile, or NULL; the float products, bandwidth-bound, ignore it). */
 static void matvec_any(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O,
-                       int I, int ldy, int accumulate, int t, int nt) {
+                       int I, int ldy, int accumulate, int t, int nt, Prefetch *pf) {
     if (is_quant(type))
-        qmatvec(W, type, bias, x, a, y, B, O, I, ldy, accumulate, t, nt);
+        qmatvec(W, type, bias, x, a, y, B, O, I, ldy, accumulate, t, nt, pf);
     else
         matvec(W, type == T_BF16, bias, x, y, B, O, I, ldy, accumulate, t, nt);
 }
@@ -422,17 +444,37 @@ static void rope_and_cache(const Step *s, int l, int t, int nt) {
     }
 }
 
+/* This thread's share of the cache slots attention reads: [*ja, *ja + *n). */
+static void attention_slots(const Step *s, int t, int nt, int *ja, int *n) {
+    const int window = s->m->window;
+    const int j0 = window > 0 && s->slot - window + 1 > 0 ? s->slot - window + 1 : 0;
+    int lo, hi;
+    share(s->S - j0, t, nt, &lo, &hi);
+    *ja = j0 + lo, *n = hi - lo;
+}
+
+/* The cached keys and values attention_share will read in layer l on this thread: for every row
+ * and kv head (the B 2 Hkv heads of a layer lie head_stride apart: keys, then values, row by row),
+ * its slots' hd elements each. qkv_in asks for them while it computes: at four rows the step reads
+ * 4x the cache (135M, 65 slots: 12 MB a step) in products that are compute-bound, where the
+ * memory would otherwise wait; read by attention itself they cost 1 ms of a 5 ms step. */
+static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
+    int ja, n;
+    attention_slots(s, t, nt, &ja, &n);
+    const int64_t at = l * s->layer_stride + (int64_t)ja * s->hd;
+    const int64_t esize = s->bf ? 2 : 4;
+    return (Prefetch){.base = advance(s->kv, s->bf, at), .stride = s->head_stride * esize,
+                      .len = (int64_t)n * s->hd * esize, .n = n > 0 ? s->B * 2 * s->Hkv : 0};
+}
+
 /* Attention over this thread's share of the visible cache slots, for every (row, query head): it
  * leaves a partial softmax (its max, sum and weighted values) for merge_attention. Splitting by
  * slots rather than heads keeps every thread busy at any head count, and each key and value is
  * read once for its whole group of query heads (GQA). `scores` is (group, share) scratch. */
 static void attention_share(const Step *s, int l, int t, int nt, float *scores) {
-    const Model *m = s->m;
     const int hd = s->hd, group = s->group, bf = s->bf;
-    const int j0 = m->window > 0 && s->slot - m->window + 1 > 0 ? s->slot - m->window + 1 : 0;
-    int lo, hi;
-    share(s->S - j0, t, nt, &lo, &hi);
-    const int ja = j0 + lo, n = hi - lo;
+    int ja, n;
+    attention_slots(s, t, nt, &ja, &n);
     for (int b = 0; b < s->B; b++) {
         const uint8_t *mb = s->mask ? s->mask + b * s->mask_stride : NULL;
         for (int g = 0; g < s->Hkv; g++) {
@@ -519,14 +561,15 @@ static void qkv_in(const Step *s, int l, const float *h, Act *a, int t, int nt) 
     const int types[3] = {wtype(s, l, 0), wtype(s, l, 1), wtype(s, l, 2)};
     /* one product unless the types differ, or interleaved parts' groups of 8 do not line up */
     const int aligned = !(types[0] & T_X8) || (s->H * s->hd % 8 == 0 && s->Hkv * s->hd % 8 == 0);
+    Prefetch pf = kv_prefetch(s, l, t, nt); /* the layer's attention reads, asked for meanwhile */
     if (types[0] == types[1] && types[1] == types[2] && aligned) {
-        matvec_any(m->wqkv[l], types[0], bias, h, a, s->qkv, s->B, s->Q, s->D, s->Q, 0, t, nt);
+        matvec_any(m->wqkv[l], types[0], bias, h, a, s->qkv, s->B, s->Q, s->D, s->Q, 0, t, nt, &pf);
         return;
     }
     const int rows[3] = {s->H * s->hd, s->Hkv * s->hd, s->Hkv * s->hd};
     const char *w = m->wqkv[l];
     for (int k = 0, at = 0; k < 3; w += rows[k] * row_bytes(types[k], s->D), at += rows[k], k++)
-        matvec_any(w, types[k], bias ? bias + at : NULL, h, a, s->qkv + at, s->B, rows[k], s->D, s->Q, 0, t, nt);
+        matvec_any(w, types[k], bias ? bias + at : NULL, h, a, s->qkv + at, s->B, rows[k], s->D, s->Q, 0, t, nt, &pf);
 }
 
 /* act = gelu(fc h + b) (GPT-2), or silu(gate h) * (up h) with gate rows 0..F and up rows F..2F of
@@ -537,13 +580,13 @@ static void feed_forward_in(const Step *s, int l, const float *h, Act *a, int t,
     int lo, hi;
     share_rows(F, t, nt, &lo, &hi); /* the share of F rows that matvec gives this thread */
     if (m->gpt2) {
-        matvec_any(m->w13[l], tg, m->b13 ? m->b13[l] : NULL, h, a, s->act, B, F, D, F, 0, t, nt);
+        matvec_any(m->w13[l], tg, m->b13 ? m->b13[l] : NULL, h, a, s->act, B, F, D, F, 0, t, nt, NULL);
         for (int b = 0; b < B; b++)
             gelu(s->act + (int64_t)b * F + lo, hi - lo, m->gelu_tanh);
     } else {
-        matvec_any(m->w13[l], tg, NULL, h, a, s->act, B, F, D, F, 0, t, nt);
+        matvec_any(m->w13[l], tg, NULL, h, a, s->act, B, F, D, F, 0, t, nt, NULL);
         const char *up = (const char *)m->w13[l] + F * row_bytes(tg, D);
-        matvec_any(up, wtype(s, l, 5), NULL, h, a, s->upb, B, F, D, F, 0, t, nt);
+        matvec_any(up, wtype(s, l, 5), NULL, h, a, s->upb, B, F, D, F, 0, t, nt, NULL);
         for (int b = 0; b < B; b++)
             silu_mul(s->act + (int64_t)b * F + lo, s->act + (int64_t)b * F + lo, s->upb + (int64_t)b * F + lo, hi - lo);
     }
@@ -623,7 +666,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp barrier
                 a.kind = 0;
                 matvec_any(m->wo[l], wtype(&s, l, 3), m->bo ? m->bo[l] : NULL, s.att, &a, x, B, D, s.H * s.hd, D, 1, t,
-                           nt); /* x += attn */
+                           nt, NULL); /* x += attn */
 #pragma omp barrier
                 norm(x, m->ffn_norm ? m->ffn_norm[l] : NULL, NULL, h, B, D, m->eps, m->gpt2);
                 a.kind = 0;
@@ -631,12 +674,12 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp barrier
                 a.kind = 0;
                 matvec_any(m->w2[l], wtype(&s, l, 6), m->b2 ? m->b2[l] : NULL, s.act, &a, x, B, D, s.F, D, 1, t,
-                           nt); /* x += MLP out */
+                           nt, NULL); /* x += MLP out */
 #pragma omp barrier
             }
             norm(x, m->norm, m->norm_bias, h, B, D, m->eps, m->gpt2);
             a.kind = 0;
-            matvec_any(m->out, m->out_type, NULL, h, &a, logits, B, m->vocab, D, m->vocab, 0, t, nt);
+            matvec_any(m->out, m->out_type, NULL, h, &a, logits, B, m->vocab, D, m->vocab, 0, t, nt, NULL);
         }
         free(h);
     }
@@ -657,7 +700,7 @@ int tk_matvec(int type, const void *W, int O, int I, const float *x, int B, floa
         } else {
             Act a;
             act_init(&a, mem, B, I);
-            matvec_any(W, type, NULL, x, &a, y, B, O, I, O, 0, omp_get_thread_num(), omp_get_num_threads());
+            matvec_any(W, type, NULL, x, &a, y, B, O, I, O, 0, omp_get_thread_num(), omp_get_num_threads(), NULL);
         }
         free(mem);
     }
