@@ -212,8 +212,9 @@ static float max_of(const float *x, int n) {
 }
 
 /* The model's own distribution of a row: its log-normaliser (max + log sum e^(x - max)) and
- * entropy (nats), or NaN for both when the row holds NaN or +inf or nothing finite. */
-static void row_stats(const float *x, int n, float *lse, float *entropy) {
+ * entropy (nats), or NaN for both when the row holds NaN or +inf or nothing finite; returns the
+ * largest value. */
+static float row_stats(const float *x, int n, float *lse, float *entropy) {
     v16 mx = splat(-INFINITY);
     v16i bad = {0};
     int i = 0;
@@ -230,7 +231,7 @@ static void row_stats(const float *x, int n, float *lse, float *entropy) {
         nonfinite |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
     if (nonfinite || m == -INFINITY) {
         *lse = *entropy = NAN;
-        return;
+        return m;
     }
     v8d s = {0}, sd = {0}; /* sum e, sum e (x - max); -inf logits give e = 0 and add nothing */
     for (i = 0; i + 16 <= n; i += 16) {
@@ -246,6 +247,7 @@ static void row_stats(const float *x, int n, float *lse, float *entropy) {
     }
     *lse = m + (float)log(S);
     *entropy = (float)(log(S) - SD / S); /* -sum p log p with p = e / S and log p = d - log S */
+    return m;
 }
 
 /* The first index of the row's largest value. */
@@ -257,25 +259,25 @@ static int argmax_first(const float *x, int n) {
     return 0; /* NaN rows: generate ends them */
 }
 
-/* e[i] = e^(y[i] - m) where y[i] >= cut, else 0; returns the sum (float64). */
-static double kept_weights(const float *y, float *e, int n, float m, float cut) {
+/* y[i] = z[i] / T (a row's logits at its temperature) and e[i] = e^(y[i] - m), m the largest y;
+ * returns the sum of e (float64). The row's one pass of exponentials: the filters then only mask. */
+static double scale_and_weigh(const float *z, float T, float m, float *y, float *e, int n) {
     v8d s = {0};
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        const v16 v = load16(y + i);
-        const v16 x = (v16)((v16i)exp16(v - splat(m)) & (v >= splat(cut)));
-        store16(e + i, x);
+        const v16 v = load16(z + i) / splat(T), x = exp16(v - splat(m));
+        store16(y + i, v), store16(e + i, x);
         s += lo8d(x) + hi8d(x);
     }
     double S = hsum8d(s);
     for (; i < n; i++) {
-        e[i] = y[i] >= cut ? expf(y[i] - m) : 0.f;
+        y[i] = z[i] / T, e[i] = expf(y[i] - m);
         S += e[i];
     }
     return S;
 }
 
-/* e[i] = 0 where y[i] < cut (weights kept_weights made for a lower cut); returns their new sum. */
+/* e[i] = 0 where y[i] < cut (weights made for a lower cut); returns their new sum (float64). */
 static double drop_below_cut(const float *y, float *e, int n, float cut) {
     v8d s = {0};
     int i = 0;
@@ -333,21 +335,19 @@ typedef struct {
     Pair *buf;
 } Scratch;
 
-/* The sampling cut of a non-greedy row whose scaled logits y are in s->y (max m): the largest of
- * top-k's, top-p's and min-p's thresholds (-inf: keep all). *weighed: whether s->e holds the
- * weights e^(y - m) of every value >= the cut (top-p made them), and maybe more. */
-static float row_cut(const RowParams *p, int V, float m, Scratch *s, int *weighed) {
-    *weighed = 0;
+/* The sampling cut of a non-greedy row, the largest of top-k's, top-p's and min-p's thresholds
+ * (-inf: keep all), given its scaled logits s->y (largest m) and their weights s->e (sum mass). */
+static float row_cut(const RowParams *p, int V, float m, double mass, Scratch *s) {
     float cut = -INFINITY;
     if (p->top_k > 0 && p->top_k < V)
         cut = select_cut(s->y, NULL, V, -INFINITY, (double)p->top_k, s->cy, s->cw, s->buf);
     if (p->top_p < 1.f) {
-        const double mass = kept_weights(s->y, s->e, V, m, cut);
+        if (cut > -INFINITY)
+            mass = drop_below_cut(s->y, s->e, V, cut); /* top-p weighs what top-k kept */
         /* float32's epsilon of slack: [0.5, 0.3] sums to a hair under 0.8 and must stop there */
-        const float c = select_cut(s->y, s->e, V, cut, ((double)p->top_p - 1.1920928955078125e-07) * mass, s->cy,
-                                   s->cw, s->buf);
+        const double t = ((double)p->top_p - 1.1920928955078125e-07) * mass;
+        const float c = select_cut(s->y, s->e, V, cut, t, s->cy, s->cw, s->buf);
         cut = c > cut ? c : cut;
-        *weighed = 1;
     }
     if (p->min_p > 0.f) {
         const float c = m + logf(p->min_p);
@@ -379,7 +379,7 @@ static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
 static void sample_row(const float *x, const float *z, int V, const RowParams *p, int n_top, int64_t *chosen,
                        float *stats, int64_t *top_id, float *top_lp, float *top_ps, Scratch *s) {
     float lse, entropy;
-    row_stats(x, V, &lse, &entropy);
+    const float mx = row_stats(x, V, &lse, &entropy);
     const int greedy = p->temperature == 0.f;
     int c;
     float m = 0.f, cut = -INFINITY;
@@ -389,12 +389,12 @@ static void sample_row(const float *x, const float *z, int V, const RowParams *p
     } else if (greedy) {
         c = argmax_first(z, V);
     } else {
-        for (int i = 0; i < V; i++)
-            s->y[i] = z[i] / p->temperature;
-        m = max_of(s->y, V);
-        int weighed;
-        cut = row_cut(p, V, m, s, &weighed);
-        mass = weighed ? drop_below_cut(s->y, s->e, V, cut) : kept_weights(s->y, s->e, V, m, cut);
+        /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
+        m = (z == x ? mx : max_of(z, V)) / p->temperature;
+        mass = scale_and_weigh(z, p->temperature, m, s->y, s->e, V);
+        cut = row_cut(p, V, m, mass, s);
+        if (cut > -INFINITY)
+            mass = drop_below_cut(s->y, s->e, V, cut);
         double target = p->u * mass;
         if (target >= mass)
             target = nextafter(mass, 0.0); /* u * total may round up to the total */
