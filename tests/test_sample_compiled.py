@@ -24,6 +24,7 @@ SETTINGS = [
     dict(temperature=0.3, top_p=0.5),
     dict(temperature=1.0, top_k=40),
     dict(temperature=1.3, top_k=3, top_p=0.8),
+    dict(temperature=0.8, top_k=1),
     dict(temperature=0.3, min_p=0.1),
     dict(temperature=0.9, top_k=100, top_p=0.95, min_p=0.05),
     dict(temperature=0.7, top_p=0.9, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2),

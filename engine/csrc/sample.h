@@ -213,8 +213,8 @@ static float max_of(const float *x, int n) {
 
 /* The model's own distribution of a row: its log-normaliser (max + log sum e^(x - max)) and
  * entropy (nats), or NaN for both when the row holds NaN or +inf or nothing finite; returns the
- * largest value. */
-static float row_stats(const float *x, int n, float *lse, float *entropy) {
+ * largest value. keep_e: where to leave e^(x - max) too (or NULL), *sum their sum. */
+static float row_stats(const float *x, int n, float *lse, float *entropy, float *keep_e, double *sum) {
     v16 mx = splat(-INFINITY);
     v16i bad = {0};
     int i = 0;
@@ -230,7 +230,7 @@ static float row_stats(const float *x, int n, float *lse, float *entropy) {
     for (; i < n; i++)
         nonfinite |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
     if (nonfinite || m == -INFINITY) {
-        *lse = *entropy = NAN;
+        *lse = *entropy = NAN, *sum = 0.0;
         return m;
     }
     v8d s = {0}, sd = {0}; /* sum e, sum e (x - max); -inf logits give e = 0 and add nothing */
@@ -239,12 +239,17 @@ static float row_stats(const float *x, int n, float *lse, float *entropy) {
         const v16 e = exp16(d);
         const v16 ed = (v16)((v16i)(e * d) & (e > splat(0.f)));
         s += lo8d(e) + hi8d(e), sd += lo8d(ed) + hi8d(ed);
+        if (keep_e)
+            store16(keep_e + i, e);
     }
     double S = hsum8d(s), SD = hsum8d(sd);
     for (; i < n; i++) {
         const float d = x[i] - m, e = expf(d);
         S += e, SD += e > 0.f ? (double)e * d : 0.0;
+        if (keep_e)
+            keep_e[i] = e;
     }
+    *sum = S;
     *lse = m + (float)log(S);
     *entropy = (float)(log(S) - SD / S); /* -sum p log p with p = e / S and log p = d - log S */
     return m;
@@ -336,17 +341,17 @@ typedef struct {
 } Scratch;
 
 /* The sampling cut of a non-greedy row, the largest of top-k's, top-p's and min-p's thresholds
- * (-inf: keep all), given its scaled logits s->y (largest m) and their weights s->e (sum mass). */
-static float row_cut(const RowParams *p, int V, float m, double mass, Scratch *s) {
+ * (-inf: keep all), given its scaled logits y (largest m) and their weights s->e (sum mass). */
+static float row_cut(const RowParams *p, const float *y, int V, float m, double mass, Scratch *s) {
     float cut = -INFINITY;
     if (p->top_k > 0 && p->top_k < V)
-        cut = select_cut(s->y, NULL, V, -INFINITY, (double)p->top_k, s->cy, s->cw, s->buf);
+        cut = select_cut(y, NULL, V, -INFINITY, (double)p->top_k, s->cy, s->cw, s->buf);
     if (p->top_p < 1.f) {
         if (cut > -INFINITY)
-            mass = drop_below_cut(s->y, s->e, V, cut); /* top-p weighs what top-k kept */
+            mass = drop_below_cut(y, s->e, V, cut); /* top-p weighs what top-k kept */
         /* float32's epsilon of slack: [0.5, 0.3] sums to a hair under 0.8 and must stop there */
         const double t = ((double)p->top_p - 1.1920928955078125e-07) * mass;
-        const float c = select_cut(s->y, s->e, V, cut, t, s->cy, s->cw, s->buf);
+        const float c = select_cut(y, s->e, V, cut, t, s->cy, s->cw, s->buf);
         cut = c > cut ? c : cut;
     }
     if (p->min_p > 0.f) {
@@ -379,22 +384,26 @@ static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
 static void sample_row(const float *x, const float *z, int V, const RowParams *p, int n_top, int64_t *chosen,
                        float *stats, int64_t *top_id, float *top_lp, float *top_ps, Scratch *s) {
     float lse, entropy;
-    const float mx = row_stats(x, V, &lse, &entropy);
+    /* At temperature 1 the sampling weights are the model's own: the stats' pass leaves them. */
+    const int same = z == x && p->temperature == 1.f;
+    double mass;
+    const float mx = row_stats(x, V, &lse, &entropy, same ? s->e : NULL, &mass);
     const int greedy = p->temperature == 0.f;
+    const float *y = same ? x : s->y; /* the scaled logits */
     int c;
-    float m = 0.f, cut = -INFINITY;
-    double mass = 1.0;
+    float cut = -INFINITY;
     if (lse != lse) {
         c = 0; /* a NaN log-prob ends the row */
     } else if (greedy) {
         c = argmax_first(z, V);
     } else {
         /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
-        m = (z == x ? mx : max_of(z, V)) / p->temperature;
-        mass = scale_and_weigh(z, p->temperature, m, s->y, s->e, V);
-        cut = row_cut(p, V, m, mass, s);
+        const float m = (z == x ? mx : max_of(z, V)) / p->temperature;
+        if (!same)
+            mass = scale_and_weigh(z, p->temperature, m, s->y, s->e, V);
+        cut = row_cut(p, y, V, m, mass, s);
         if (cut > -INFINITY)
-            mass = drop_below_cut(s->y, s->e, V, cut);
+            mass = drop_below_cut(y, s->e, V, cut);
         double target = p->u * mass;
         if (target >= mass)
             target = nextafter(mass, 0.0); /* u * total may round up to the total */
@@ -411,7 +420,7 @@ static void sample_row(const float *x, const float *z, int V, const RowParams *p
         const int i = j < got ? s->idx[j] : 0;
         top_id[j] = i;
         top_lp[j] = x[i] - lse;
-        top_ps[j] = greedy ? (float)(i == c) : s->y[i] >= cut ? (float)(s->e[i] / mass) : 0.f;
+        top_ps[j] = greedy ? (float)(i == c) : y[i] >= cut ? (float)(s->e[i] / mass) : 0.f;
     }
 }
 
