@@ -251,15 +251,11 @@ def _draw(batch: _Batch, eos: frozenset[int], top_logprobs: int) -> _Draw:
     """Sample the next token of every row from batch.logits, with what the events report."""
     d = batch.sampler.draw(batch.logits, top_logprobs)
     batch.sampler.update(d.tokens)
-    chosen = d.tokens
-    tokens = chosen.tolist()
-    stats = [[t, *s] for t, s in zip(tokens, d.stats.tolist(), strict=True)]  # per row: token, lp, ps, entropy
-    top = None if d.top is None else list(zip(*(t.tolist() for t in d.top), strict=True))
-    is_eos = [t in eos for t in tokens]
+    is_eos = [row[0] in eos for row in d.stats]
     now = time.perf_counter()
     for r in batch.rows:
         r.prefill_s = r.prefill_s or now - r.t0
-    return _Draw(chosen, stats, top, is_eos)
+    return _Draw(d.tokens, d.stats, d.top, is_eos)
 
 
 def _step_events(

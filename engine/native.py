@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import platformdirs
 import torch
 
@@ -409,17 +410,18 @@ def sample(
     columns: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     u: list[float],
     n_top: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """tk_sample (csrc/sample.h): one token per row of logits (B, V) float32, sampling from z (the
     penalised logits, or None for the logits), with columns = (temperature, top_k, top_p, min_p),
     contiguous (B,) float32/int64/float32/float32, and u the rows' float64 uniforms -> ids (B, 1 +
     n_top) int64 (the token, then the candidates) and vals (B, 3 + 2 n_top) float32 (the token's
     log-prob, sampling prob and the entropy, then the candidates' log-probs, then their sampling
-    probs). Called once a decode step, so it makes two tensors and nothing else."""
+    probs). Called once a decode step, right after the step has streamed the weights through the
+    caches, so it makes two numpy arrays (cheaper than tensors) and nothing else."""
     B, V = logits.shape
     assert logits.dtype == torch.float32 and logits.is_contiguous() and columns[1].dtype == torch.int64
     assert z is None or (z.shape == logits.shape and z.dtype == torch.float32 and z.is_contiguous())
-    ids, vals = torch.empty(B, 1 + n_top, dtype=torch.int64), torch.empty(B, 3 + 2 * n_top)
+    ids, vals = np.empty((B, 1 + n_top), dtype=np.int64), np.empty((B, 3 + 2 * n_top), dtype=np.float32)
     rc = lib.tk_sample(
         B,
         V,
@@ -428,8 +430,8 @@ def sample(
         *(c.data_ptr() for c in columns),
         (ctypes.c_double * B)(*u),
         n_top,
-        ids.data_ptr(),
-        vals.data_ptr(),
+        ids.ctypes.data,
+        vals.ctypes.data,
         torch.get_num_threads(),
     )
     if rc != 0:

@@ -248,11 +248,20 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
 
 @dataclass
 class Draw:
-    """One step's token per row of a batch, and what it weighed (BatchSampler.draw)."""
+    """One step's token per row of a batch, and what it weighed (BatchSampler.draw), as lists:
+    generate reads them once per token."""
 
     tokens: Tensor  # (B,) int64 on the logits' device
-    stats: Tensor  # (B, 3) float32 on CPU: log-prob under the model, probability under sampling, entropy (nats)
-    top: tuple[Tensor, Tensor, Tensor] | None  # (B, N) on CPU: the N likeliest ids, their log-probs, sampling probs
+    stats: list[list[float]]  # per row: token, log-prob under the model, probability under sampling, entropy (nats)
+    top: (
+        list[tuple[list[int], list[float], list[float]]] | None
+    )  # per row: the N likeliest ids, log-probs, sampling probs
+
+
+def _as_lists(tokens: list[int], stats: list[list[float]], top: list[list] | None) -> tuple[list, list | None]:
+    """Per row [token, *stats] and (ids, log-probs, sampling probs) from top's three (B, N) lists."""
+    rows = [[t, *s] for t, s in zip(tokens, stats, strict=True)]
+    return rows, None if top is None else list(zip(*top, strict=True))
 
 
 class BatchSampler:
@@ -381,8 +390,10 @@ class BatchSampler:
             z = apply_penalties(x, self.seen, self.counts, self.repetition, self.presence, self.frequency)
         u = [self._uniform(r) for r in range(len(self))]
         ids, vals = native.sample(lib, x.contiguous(), None if z is None else z.contiguous(), self._flat, u, n)
-        top = (ids[:, 1:], vals[:, 3 : 3 + n], vals[:, 3 + n :]) if n else None
-        return Draw(ids[:, 0], vals[:, :3], top)
+        id_rows, val_rows = ids.tolist(), vals.tolist()  # (B, 1 + n) ints, (B, 3 + 2 n) floats
+        top = [[r[1:] for r in id_rows], [v[3 : 3 + n] for v in val_rows], [v[3 + n :] for v in val_rows]]
+        stats, tops = _as_lists([r[0] for r in id_rows], [v[:3] for v in val_rows], top if n else None)
+        return Draw(torch.from_numpy(ids[:, 0]), stats, tops)
 
     def _draw_torch(self, x: Tensor, n: int) -> Draw:
         """draw() through process() and sample(): any device; the reference the compiled one is held to."""
@@ -395,11 +406,13 @@ class BatchSampler:
         # 49k vocabulary); a -inf logit (p = 0) counts as the lowest float, so 0 * -inf adds no
         # NaN (a NaN logit still makes one, and generate ends that row).
         entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs.clamp(min=torch.finfo(logprobs.dtype).min))
-        stats = torch.stack([chosen_lp, chosen_ps, entropy], 1).cpu()  # (B, 3)
-        if not n:
-            return Draw(tokens, stats, None)
-        top_lp, top_id = logprobs.topk(n, dim=-1)  # (B, n)
-        return Draw(tokens, stats, (top_id.cpu(), top_lp.cpu(), probs.gather(1, top_id).cpu()))
+        stats = torch.stack([chosen_lp, chosen_ps, entropy], 1).tolist()  # (B, 3)
+        top = None
+        if n:
+            top_lp, top_id = logprobs.topk(n, dim=-1)  # (B, n)
+            top = [top_id.tolist(), top_lp.tolist(), probs.gather(1, top_id).tolist()]
+        rows, tops = _as_lists(tokens.tolist(), stats, top)
+        return Draw(tokens, rows, tops)
 
     def _uniform(self, row: int) -> float:
         """The row's next float64 uniform in [0, 1) from its own generator; greedy rows take none (0)."""
