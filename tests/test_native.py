@@ -38,6 +38,10 @@ def need_native() -> None:
         ("gpt2", {}, None),
         ("gpt2", dict(activation_function="gelu"), None),
         ("llama", dict(intermediate_size=1100), 3),
+        # head_dim 64 and 128: attention's batched scores (16 slots at a time, then the rest) and
+        # values summed in registers; one thread, so its share holds every slot (up to 22).
+        ("llama", dict(head_dim=64), 1),
+        ("mistral", dict(head_dim=128, sliding_window=18), 1),
         # Phi-3: fused weights split at load, RoPE over 12 of 16 head dims (zero frequencies past
         # them in the step); long-rope's short factors and attention factor (sequences stay below
         # original_max_position_embeddings: past it the long factors run on the torch path).

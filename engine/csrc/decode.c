@@ -467,6 +467,134 @@ static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
                       .len = (int64_t)n * s->hd * esize, .n = n > 0 ? s->B * 2 * s->Hkv : 0};
 }
 
+/* acc (hd) = sum_j p[j] val_j over n float32 value rows val_j (hd apart), slots with p[j] == 0
+ * skipped: axpy's arithmetic, in the same order, with the sums kept in registers (hd is a
+ * constant where this is inlined). axpy_f32 per slot and head stored and reloaded the sums every
+ * time, and the store-to-load latency made attention's weighing 20 cycles a slot and head (hd 64). */
+static inline __attribute__((always_inline)) void weigh_values(const float *val, const float *p, int n, const int hd,
+                                                               float *acc) {
+    v16 sum[8] = {{0}}; /* hd <= 128 */
+    for (int j = 0; j < n; j++, val += hd) {
+        if (p[j] == 0.f)
+            continue;
+        for (int i = 0; i < hd / 16; i++)
+            sum[i] += splat(p[j]) * load16(val + 16 * i);
+    }
+    for (int i = 0; i < hd / 16; i++)
+        store16(acc + 16 * i, sum[i]);
+}
+
+#if defined(__AVX512F__)
+/* sc[j] = dot_f32(key_j, q, hd) for n float32 key rows key_j (hd apart), the same bits: each dot's
+ * two sums of 16 lanes as dot_f32 makes them, then the horizontal sums of 16 dots at once, adding
+ * the lanes in hsum's pairs (i + 8, i + 4, i + 2, i + 1) with 4 rounds of shuffles across the 16
+ * vectors instead of 16 separate hsums (which made a score cost 17 cycles at hd 64). */
+static inline __attribute__((always_inline)) void score_keys(const float *key, const float *q, int n, const int hd,
+                                                             float *sc) {
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 v[16], w[8], z[4], u[2];
+        for (int k = 0; k < 16; k++) {
+            const float *a = key + (int64_t)(j + k) * hd;
+            v16 s0 = {0}, s1 = {0};
+            for (int i = 0; i < hd; i += 32) {
+                s0 += load16(a + i) * load16(q + i);
+                s1 += load16(a + i + 16) * load16(q + i + 16);
+            }
+            v[k] = (__m512)(s0 + s1);
+        }
+        for (int m = 0; m < 8; m++) /* w[m]: lanes i + (i + 8) of v[2m] (lanes 0-7), v[2m + 1] (8-15) */
+            w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        for (int m = 0; m < 4; m++) /* z[m]: + lanes 4 apart, 128-bit lane L for v[4m + L] */
+            z[m] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+        for (int m = 0; m < 2; m++) /* + 2 apart */
+            u[m] = _mm512_add_ps(_mm512_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        /* + 1 apart: element e of 128-bit lane L is dot 4 e + L; put dot j at j */
+        const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                       _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        _mm512_storeu_ps(sc + j, _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7,
+                                                                         11, 15),
+                                                       r));
+    }
+    for (; j < n; j++)
+        sc[j] = dot_f32(key + (int64_t)j * hd, q, hd);
+}
+#endif
+
+/* scores (group, n) = the group's query heads qg (group, hd) . the n keys from key0 (hd apart),
+ * -inf where vis (n slots, or NULL: all visible) hides the slot. */
+static void group_scores(const void *key0, int bf, const float *qg, int group, int n, int hd, const uint8_t *vis,
+                         float *scores) {
+#if defined(__AVX512F__)
+    if (!bf && (hd == 64 || hd == 128)) {
+        for (int k = 0; k < group; k++)
+            if (hd == 64)
+                score_keys(key0, qg + (int64_t)k * hd, n, 64, scores + (int64_t)k * n);
+            else
+                score_keys(key0, qg + (int64_t)k * hd, n, 128, scores + (int64_t)k * n);
+        for (int j = 0; vis && j < n; j++)
+            for (int k = 0; k < group && !vis[j]; k++)
+                scores[(int64_t)k * n + j] = -INFINITY;
+        return;
+    }
+#endif
+    for (int j = 0; j < n; j++) {
+        const void *key = advance(key0, bf, (int64_t)j * hd);
+        for (int k = 0; k < group; k++)
+            scores[(int64_t)k * n + j] = vis && !vis[j] ? -INFINITY
+                                         : bf           ? dot_bf16(key, qg + (int64_t)k * hd, hd)
+                                                        : dot_f32(key, qg + (int64_t)k * hd, hd);
+    }
+}
+
+/* Each head's scores (n) in place -> e^(score - max), its part (hd + 2 floats, parts) <- max, sum
+ * and zeroed values. */
+static void group_softmax(float *scores, int group, int n, int hd, float *parts) {
+    for (int k = 0; k < group; k++) {
+        float *sc = scores + (int64_t)k * n, *part = parts + (int64_t)k * (hd + 2);
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++)
+            mx = sc[j] > mx ? sc[j] : mx;
+        part[0] = mx;
+        /* Masked slots hold -inf and come out of the exponential as exactly 0; a share
+         * with no visible slot (or none at all) weighs nothing. */
+        if (mx == -INFINITY) {
+            memset(sc, 0, sizeof(float) * n);
+            part[1] = 0.f;
+        } else {
+            part[1] = exp_shifted(sc, n, mx);
+        }
+        memset(part + 2, 0, sizeof(float) * hd);
+    }
+}
+
+/* Each head's part values += its weights (scores (group, n)) times the n values from val0. */
+static void group_values(const void *val0, int bf, const float *scores, int group, int n, int hd, float *parts) {
+    if (!bf && (hd == 64 || hd == 128)) {
+        for (int k = 0; k < group; k++) /* the head's sums in registers (hd a constant) */
+            if (hd == 64)
+                weigh_values(val0, scores + (int64_t)k * n, n, 64, parts + (int64_t)k * (hd + 2) + 2);
+            else
+                weigh_values(val0, scores + (int64_t)k * n, n, 128, parts + (int64_t)k * (hd + 2) + 2);
+        return;
+    }
+    for (int j = 0; j < n; j++) {
+        const void *val = advance(val0, bf, (int64_t)j * hd);
+        for (int k = 0; k < group; k++) {
+            float p = scores[(int64_t)k * n + j], *acc = parts + (int64_t)k * (hd + 2) + 2;
+            if (p == 0.f)
+                continue;
+            if (bf)
+                axpy_bf16(acc, p, val, hd);
+            else
+                axpy_f32(acc, p, val, hd);
+        }
+    }
+}
+
 /* Attention over this thread's share of the visible cache slots, for every (row, query head): it
  * leaves a partial softmax (its max, sum and weighted values) for merge_attention. Splitting by
  * slots rather than heads keeps every thread busy at any head count, and each key and value is
@@ -476,49 +604,16 @@ static void attention_share(const Step *s, int l, int t, int nt, float *scores) 
     int ja, n;
     attention_slots(s, t, nt, &ja, &n);
     for (int b = 0; b < s->B; b++) {
-        const uint8_t *mb = s->mask ? s->mask + b * s->mask_stride : NULL;
+        const uint8_t *vis = s->mask ? s->mask + b * s->mask_stride + ja : NULL;
         for (int g = 0; g < s->Hkv; g++) {
-            const int64_t keys = l * s->layer_stride + b * s->row_stride + g * s->head_stride;
+            const int64_t keys = l * s->layer_stride + b * s->row_stride + g * s->head_stride + (int64_t)ja * hd;
             const int64_t vals = keys + s->Hkv * s->head_stride;
             const float *qg = s->qkv + (int64_t)b * s->Q + (int64_t)g * group * hd; /* the group's queries */
             /* This thread's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
             float *parts = s->partial + ((int64_t)t * s->B * s->H + (int64_t)b * s->H + (int64_t)g * group) * (hd + 2);
-            for (int j = 0; j < n; j++) {
-                const int visible = !mb || mb[ja + j];
-                const void *key = advance(s->kv, bf, keys + (int64_t)(ja + j) * hd);
-                for (int k = 0; k < group; k++)
-                    scores[(int64_t)k * n + j] = !visible ? -INFINITY
-                                                 : bf ? dot_bf16(key, qg + (int64_t)k * hd, hd)
-                                                      : dot_f32(key, qg + (int64_t)k * hd, hd);
-            }
-            for (int k = 0; k < group; k++) {
-                float *sc = scores + (int64_t)k * n, *part = parts + (int64_t)k * (hd + 2);
-                float mx = -INFINITY;
-                for (int j = 0; j < n; j++)
-                    mx = sc[j] > mx ? sc[j] : mx;
-                part[0] = mx;
-                /* Masked slots hold -inf and come out of the exponential as exactly 0; a share
-                 * with no visible slot (or none at all) weighs nothing. */
-                if (mx == -INFINITY) {
-                    memset(sc, 0, sizeof(float) * n);
-                    part[1] = 0.f;
-                } else {
-                    part[1] = exp_shifted(sc, n, mx);
-                }
-                memset(part + 2, 0, sizeof(float) * hd);
-            }
-            for (int j = 0; j < n; j++) {
-                const void *val = advance(s->kv, bf, vals + (int64_t)(ja + j) * hd);
-                for (int k = 0; k < group; k++) {
-                    float p = scores[(int64_t)k * n + j], *acc = parts + (int64_t)k * (hd + 2) + 2;
-                    if (p == 0.f)
-                        continue;
-                    if (bf)
-                        axpy_bf16(acc, p, val, hd);
-                    else
-                        axpy_f32(acc, p, val, hd);
-                }
-            }
+            group_scores(advance(s->kv, bf, keys), bf, qg, group, n, hd, vis, scores);
+            group_softmax(scores, group, n, hd, parts);
+            group_values(advance(s->kv, bf, vals), bf, scores, group, n, hd, parts);
         }
     }
 }
