@@ -20,12 +20,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import platformdirs
 import torch
+
+from .threads import ThreadChoice
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -318,6 +321,7 @@ class NativeStep:
         missing = {field[0] for field in lib.Model._fields_} ^ set(values)
         assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
         self.struct = lib.Model(**values)
+        self.threads = ThreadChoice(torch.get_num_threads())  # one thread while another program has a core
 
     def _layer_arrays(self, layers: torch.nn.ModuleList, weight_dtype: torch.dtype) -> dict[str, Any]:
         """Per block tensor name, a C array of the layers' pointers to it (None where the blocks lack
@@ -347,6 +351,8 @@ class NativeStep:
         logits = torch.empty(B, self.cfg.vocab_size)
         m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
         assert m is None or m.shape[1] == start + 1
+        self.threads.full = torch.get_num_threads()
+        n_threads, t0 = self.threads.threads(), time.perf_counter()
         rc = self.lib.tk_decode_step(
             ctypes.byref(self.struct),
             B,
@@ -358,10 +364,11 @@ class NativeStep:
             None if m is None else m.data_ptr(),
             0 if m is None else m.shape[1],
             logits.data_ptr(),
-            torch.get_num_threads(),
+            n_threads,
         )
         if rc != 0:
             raise MemoryError("the compiled decode step could not allocate its scratch memory")
+        self.threads.record(B, time.perf_counter() - t0)
         return logits[:, None]
 
 

@@ -116,32 +116,44 @@ static float exp_shifted(float *v, int n, float shift) {
     return s;
 }
 
-/* act[i] = silu(gate[i]) * up[i] = gate / (1 + e^-gate) * up over n floats. */
+/* act[i] = silu(gate[i]) * up[i] = gate / (1 + e^-gate) * up over n floats. The last n % 16 go
+ * through the same vector code (zero-padded), so an element's value does not depend on where a
+ * thread's share of the rows begins: a step gives the same bits on any number of threads. */
+static inline v16 silu_mul16(v16 g, v16 u) { return g / (splat(1.f) + exp16(-g)) * u; }
 static void silu_mul(float *act, const float *gate, const float *up, int n) {
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        v16 g = load16(gate + i);
-        store16(act + i, g / (splat(1.f) + exp16(-g)) * load16(up + i));
+    for (; i + 16 <= n; i += 16)
+        store16(act + i, silu_mul16(load16(gate + i), load16(up + i)));
+    if (i < n) {
+        float g[16] = {0}, u[16] = {0}, out[16];
+        memcpy(g, gate + i, sizeof(float) * (n - i)), memcpy(u, up + i, sizeof(float) * (n - i));
+        store16(out, silu_mul16(load16(g), load16(u)));
+        memcpy(act + i, out, sizeof(float) * (n - i));
     }
-    for (; i < n; i++)
-        act[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
 /* v[i] = gelu(v[i]) in place: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), tanh(u) = 1 - 2 / (1 + e^2u);
  * or the exact x/2 (1 + erf(x / sqrt 2)). */
+static inline v16 gelu_tanh16(v16 x) {
+    const v16 u = splat(0.7978845608028654f) * (x + splat(0.044715f) * x * x * x); /* sqrt(2 / pi) (...) */
+    const v16 th = splat(1.f) - splat(2.f) / (splat(1.f) + exp16(u + u));
+    return splat(0.5f) * x * (splat(1.f) + th);
+}
 static void gelu(float *v, int n, int tanh_approx) {
-    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
     int i = 0;
-    if (tanh_approx)
-        for (; i + 16 <= n; i += 16) {
-            v16 x = load16(v + i);
-            v16 u = splat(c) * (x + splat(0.044715f) * x * x * x);
-            v16 th = splat(1.f) - splat(2.f) / (splat(1.f) + exp16(u + u));
-            store16(v + i, splat(0.5f) * x * (splat(1.f) + th));
+    if (tanh_approx) { /* the tail zero-padded through the same code, as in silu_mul */
+        for (; i + 16 <= n; i += 16)
+            store16(v + i, gelu_tanh16(load16(v + i)));
+        if (i < n) {
+            float t[16] = {0};
+            memcpy(t, v + i, sizeof(float) * (n - i));
+            store16(t, gelu_tanh16(load16(t)));
+            memcpy(v + i, t, sizeof(float) * (n - i));
         }
+        return;
+    }
     for (; i < n; i++)
-        v[i] = tanh_approx ? 0.5f * v[i] * (1.f + tanhf(c * (v[i] + 0.044715f * v[i] * v[i] * v[i])))
-                           : 0.5f * v[i] * (1.f + erff(v[i] * 0.7071067811865476f));
+        v[i] = 0.5f * v[i] * (1.f + erff(v[i] * 0.7071067811865476f));
 }
 
 static inline float hsum(v16 v) {
@@ -409,6 +421,7 @@ static void cache_write(void *dst, int bf16, const float *src, int n) {
 typedef struct {
     const Model *m;
     int B, D, H, Hkv, hd, F, Q, S, group, bf, slot;
+    int parts;                        /* attention's slot ranges (attention_parts) */
     float *x;                         /* (B, D) the residual stream, updated in place */
     void *kv;                         /* the KV cache, (layer, row, 2 Hkv, max_len, hd) */
     int64_t head_stride, row_stride, layer_stride; /* cache offsets in elements */
@@ -416,7 +429,7 @@ typedef struct {
     int64_t mask_stride;
     float *qkv, *att, *act, *upb;     /* (B, Q), (B, H hd), (B, F), (B, F) */
     float *cs, *sn;                   /* (B, hd/2) each: RoPE's cos and sin at each row's position */
-    float *partial;                   /* (threads, B, H, hd + 2): each thread's partial softmax */
+    float *partial;                   /* (parts, B, H, hd + 2): each slot range's partial softmax */
 } Step;
 
 /* Per-head RMSNorm (Qwen3) and RoPE on the query and key heads; keys and values into the cache.
@@ -444,13 +457,37 @@ static void rope_and_cache(const Step *s, int l, int t, int nt) {
     }
 }
 
-/* This thread's share of the cache slots attention reads: [*ja, *ja + *n). */
-static void attention_slots(const Step *s, int t, int nt, int *ja, int *n) {
+/* Attention splits the visible cache slots into ranges of ~16 (at most MAX_PARTS), each with its
+ * own partial softmax, merged in order; the threads take consecutive ranges. The ranges depend on
+ * the context alone, not on the thread count, so a step gives the same bits on any number of
+ * threads (native.py runs one thread while another program holds a core). */
+#define MAX_PARTS 16
+
+static int first_visible(const Step *s) {
     const int window = s->m->window;
-    const int j0 = window > 0 && s->slot - window + 1 > 0 ? s->slot - window + 1 : 0;
+    return window > 0 && s->slot - window + 1 > 0 ? s->slot - window + 1 : 0;
+}
+
+static int attention_parts(const Step *s) {
+    const int n = (s->S - first_visible(s) + 15) / 16;
+    return n < 1 ? 1 : n > MAX_PARTS ? MAX_PARTS : n;
+}
+
+/* Range p of the cache slots attention reads: [*ja, *ja + *n). */
+static void attention_slots(const Step *s, int p, int *ja, int *n) {
+    const int j0 = first_visible(s);
     int lo, hi;
-    share(s->S - j0, t, nt, &lo, &hi);
+    share(s->S - j0, p, s->parts, &lo, &hi);
     *ja = j0 + lo, *n = hi - lo;
+}
+
+/* This thread's slots, its ranges [*p0, *p1) together: [*ja, *ja + *n). */
+static void thread_slots(const Step *s, int t, int nt, int *p0, int *p1, int *ja, int *n) {
+    share(s->parts, t, nt, p0, p1);
+    int a, na, b, nb;
+    attention_slots(s, *p0, &a, &na);
+    attention_slots(s, *p1 > *p0 ? *p1 - 1 : *p0, &b, &nb);
+    *ja = a, *n = *p1 > *p0 ? b + nb - a : 0;
 }
 
 /* The cached keys and values attention_share will read in layer l on this thread: for every row
@@ -459,8 +496,8 @@ static void attention_slots(const Step *s, int t, int nt, int *ja, int *n) {
  * 4x the cache (135M, 65 slots: 12 MB a step) in products that are compute-bound, where the
  * memory would otherwise wait; read by attention itself they cost 1 ms of a 5 ms step. */
 static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
-    int ja, n;
-    attention_slots(s, t, nt, &ja, &n);
+    int p0, p1, ja, n;
+    thread_slots(s, t, nt, &p0, &p1, &ja, &n);
     const int64_t at = l * s->layer_stride + (int64_t)ja * s->hd;
     const int64_t esize = s->bf ? 2 : 4;
     return (Prefetch){.base = advance(s->kv, s->bf, at), .stride = s->head_stride * esize,
@@ -595,22 +632,19 @@ static void group_values(const void *val0, int bf, const float *scores, int grou
     }
 }
 
-/* Attention over this thread's share of the visible cache slots, for every (row, query head): it
- * leaves a partial softmax (its max, sum and weighted values) for merge_attention. Splitting by
- * slots rather than heads keeps every thread busy at any head count, and each key and value is
- * read once for its whole group of query heads (GQA). `scores` is (group, share) scratch. */
-static void attention_share(const Step *s, int l, int t, int nt, float *scores) {
+/* Range p's partial softmaxes (attention_share). */
+static void attention_range(const Step *s, int l, int p, float *scores) {
     const int hd = s->hd, group = s->group, bf = s->bf;
     int ja, n;
-    attention_slots(s, t, nt, &ja, &n);
+    attention_slots(s, p, &ja, &n);
     for (int b = 0; b < s->B; b++) {
         const uint8_t *vis = s->mask ? s->mask + b * s->mask_stride + ja : NULL;
         for (int g = 0; g < s->Hkv; g++) {
             const int64_t keys = l * s->layer_stride + b * s->row_stride + g * s->head_stride + (int64_t)ja * hd;
             const int64_t vals = keys + s->Hkv * s->head_stride;
             const float *qg = s->qkv + (int64_t)b * s->Q + (int64_t)g * group * hd; /* the group's queries */
-            /* This thread's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
-            float *parts = s->partial + ((int64_t)t * s->B * s->H + (int64_t)b * s->H + (int64_t)g * group) * (hd + 2);
+            /* The range's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
+            float *parts = s->partial + ((int64_t)p * s->B * s->H + (int64_t)b * s->H + (int64_t)g * group) * (hd + 2);
             group_scores(advance(s->kv, bf, keys), bf, qg, group, n, hd, vis, scores);
             group_softmax(scores, group, n, hd, parts);
             group_values(advance(s->kv, bf, vals), bf, scores, group, n, hd, parts);
@@ -618,7 +652,19 @@ static void attention_share(const Step *s, int l, int t, int nt, float *scores) 
     }
 }
 
-/* att[row, head] = sum_t e^(m_t - M) acc_t / sum_t e^(m_t - M) l_t over the threads' parts. */
+/* Attention over this thread's ranges of the visible cache slots, for every (row, query head):
+ * each range leaves a partial softmax (its max, sum and weighted values) for merge_attention.
+ * Splitting by slots rather than heads keeps every thread busy at any head count, and each key
+ * and value is read once for its whole group of query heads (GQA). `scores` is (group, range)
+ * scratch. */
+static void attention_share(const Step *s, int l, int t, int nt, float *scores) {
+    int p0, p1, ja, n;
+    thread_slots(s, t, nt, &p0, &p1, &ja, &n);
+    for (int p = p0; p < p1; p++)
+        attention_range(s, l, p, scores);
+}
+
+/* att[row, head] = sum_p e^(m_p - M) acc_p / sum_p e^(m_p - M) l_p over the ranges' parts, in order. */
 static void merge_attention(const Step *s, int t, int nt, int n_parts) {
     const int hd = s->hd, BH = s->B * s->H;
     int lo, hi;
@@ -697,7 +743,7 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
     s->row_stride = 2 * Hkv * s->head_stride;
     s->layer_stride = B * s->row_stride;
     s->qkv = malloc(sizeof(float) * ((size_t)B * s->Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd +
-                                     (size_t)n_threads * B * H * (hd + 2)));
+                                     (size_t)MAX_PARTS * B * H * (hd + 2)));
     if (!s->qkv)
         return -1;
     s->att = s->qkv + (size_t)B * s->Q;
@@ -706,6 +752,7 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
     s->cs = s->upb + (size_t)B * F;
     s->sn = s->cs + (size_t)B * hd / 2;
     s->partial = s->sn + (size_t)B * hd / 2;
+    s->parts = attention_parts(s);
     for (int b = 0; b < B; b++)
         for (int i = 0; i < hd / 2; i++) {
             float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
@@ -757,7 +804,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp barrier
                 attention_share(&s, l, t, nt, scores);
 #pragma omp barrier
-                merge_attention(&s, t, nt, nt);
+                merge_attention(&s, t, nt, s.parts);
 #pragma omp barrier
                 a.kind = 0;
                 matvec_any(m->wo[l], wtype(&s, l, 3), m->bo ? m->bo[l] : NULL, s.att, &a, x, B, D, s.H * s.hd, D, 1, t,

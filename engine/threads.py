@@ -1,0 +1,77 @@
+"""How many threads the compiled decode step takes: all of torch's, unless another program has
+taken a core.
+
+Why: a decode step is one OpenMP region with a barrier between every phase of every layer (~100
+a step). When another process keeps a core busy, the kernel runs one of the step's threads only
+part of the time, and each barrier waits for that thread's next time slice: on a 2-core machine
+with one other busy process a 4 ms step was measured at 300+ ms. One thread has no barriers and
+only loses its share of the machine (about 2x). So the step is timed: a step much slower than the
+recent ones at the same batch size is followed by a one-thread step, and if that one is faster,
+the step stays on one thread for a while, then tries all threads again, waiting twice as long
+each time the machine is still busy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FULL, PROBE, HOLD, RETRY = "full", "probe", "hold", "retry"
+
+
+@dataclass
+class ThreadChoice:
+    """The thread count of each decode step, from the times of the steps before it.
+
+    States: FULL runs all threads and keeps each batch size's usual step time (a running mean:
+    more rows or a longer context make a step slower, but gradually); a step `stall` times slower
+    than usual makes the next one a PROBE on one thread. If the probe beats the slow step, the
+    machine is busy: HOLD on one thread for `backoff` steps, then RETRY all threads once; still
+    slower than one thread, hold twice as long (up to max_backoff), else back to FULL. If the probe
+    was slower, the slow step was the work itself, and it becomes the usual time.
+    """
+
+    full: int  # torch.get_num_threads(): what a quiet machine gets
+    stall: float = 2.5
+    first_backoff: int = 16
+    max_backoff: int = 256
+    state: str = FULL
+    usual: dict[int, float] = field(default_factory=dict)  # batch size -> seconds of a full step
+    single: dict[int, float] = field(default_factory=dict)  # batch size -> seconds of the last one-thread step
+    stalled: float = 0.0  # the full step a probe compares with
+    backoff: int = 0
+    hold: int = 0  # one-thread steps left
+
+    def threads(self) -> int:
+        """Threads for the next step."""
+        return self.full if self.state in (FULL, RETRY) or self.full <= 1 else 1
+
+    def record(self, batch: int, seconds: float) -> None:
+        """The step just run (with threads() threads): its batch size and wall time."""
+        if self.full <= 1:
+            return
+        usual, single = self.usual.get(batch), self.single.get(batch)
+        if self.state == FULL:
+            if usual is not None and seconds > self.stall * usual:
+                self.state, self.stalled = PROBE, seconds
+            else:
+                self.usual[batch] = seconds if usual is None else 0.8 * usual + 0.2 * seconds
+        elif self.state == PROBE:
+            self.single[batch] = seconds
+            if seconds < self.stalled:
+                self._hold(self.first_backoff)
+            else:
+                self.state, self.usual[batch] = FULL, self.stalled
+        elif self.state == HOLD:
+            self.single[batch] = seconds
+            self.hold -= 1
+            if self.hold <= 0:
+                self.state = RETRY
+        else:  # RETRY
+            busy = seconds > single if single is not None else usual is not None and seconds > self.stall * usual
+            if busy:
+                self._hold(min(2 * self.backoff, self.max_backoff))
+            else:
+                self.state, self.usual[batch] = FULL, seconds
+
+    def _hold(self, steps: int) -> None:
+        self.state, self.backoff, self.hold = HOLD, steps, steps
