@@ -457,7 +457,7 @@ static void rope_and_cache(const Step *s, int l, int t, int nt) {
     }
 }
 
-/* Attention splits the visible cache slots into ranges of ~16 (at most MAX_PARTS), each with its
+/* Attention splits the visible cache slots into ranges of 16 (at most MAX_PARTS), each with its
  * own partial softmax, merged in order; the threads take consecutive ranges. The ranges depend on
  * the context alone, not on the thread count, so a step gives the same bits on any number of
  * threads (native.py runs one thread while another program holds a core). */
@@ -468,17 +468,22 @@ static int first_visible(const Step *s) {
     return window > 0 && s->slot - window + 1 > 0 ? s->slot - window + 1 : 0;
 }
 
-static int attention_parts(const Step *s) {
-    const int n = (s->S - first_visible(s) + 15) / 16;
-    return n < 1 ? 1 : n > MAX_PARTS ? MAX_PARTS : n;
+/* Slots per range: a multiple of 16, since score_keys scores 16 slots at a time (ranges of 13
+ * would take its one-by-one path); 16 unless that makes more than MAX_PARTS ranges. */
+static int range_slots(const Step *s) {
+    const int n16 = (s->S - first_visible(s) + 15) / 16;
+    return 16 * ((n16 + MAX_PARTS - 1) / MAX_PARTS);
 }
 
-/* Range p of the cache slots attention reads: [*ja, *ja + *n). */
+static int attention_parts(const Step *s) {
+    const int n = (s->S - first_visible(s) + range_slots(s) - 1) / range_slots(s);
+    return n < 1 ? 1 : n;
+}
+
+/* Range p of the cache slots attention reads: [*ja, *ja + *n) (the last range may be shorter). */
 static void attention_slots(const Step *s, int p, int *ja, int *n) {
-    const int j0 = first_visible(s);
-    int lo, hi;
-    share(s->S - j0, p, s->parts, &lo, &hi);
-    *ja = j0 + lo, *n = hi - lo;
+    const int j0 = first_visible(s), len = range_slots(s), lo = p * len;
+    *ja = j0 + lo, *n = lo + len < s->S - j0 ? len : s->S - j0 - lo;
 }
 
 /* This thread's slots, its ranges [*p0, *p1) together: [*ja, *ja + *n). */
