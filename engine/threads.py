@@ -25,21 +25,24 @@ class ThreadChoice:
     States: FULL runs all threads and keeps each batch size's usual step time (a running mean:
     more rows or a longer context make a step slower, but gradually); a step `stall` times slower
     than usual makes the next one a PROBE on one thread. If the probe beats the slow step, the
-    machine is busy: HOLD on one thread for `backoff` steps, then RETRY all threads once; still
-    slower than one thread, hold twice as long (up to max_backoff), else back to FULL. If the probe
-    was slower, the slow step was the work itself, and it becomes the usual time.
+    machine is busy: HOLD on one thread for `backoff` steps, then RETRY all threads for
+    `retry_steps` steps. A busy machine stalls some steps and not others, so each of them must beat
+    the one-thread steps' median; then FULL again (and the next hold is half as long), else the
+    retry ends at its first loss and the hold doubles (up to max_backoff). A probe slower than the slow step
+    means the slow step was the work itself: it becomes the usual time.
     """
 
     full: int  # torch.get_num_threads(): what a quiet machine gets
     stall: float = 2.5
     first_backoff: int = 16
     max_backoff: int = 256
+    retry_steps: int = 3
     state: str = FULL
     usual: dict[int, float] = field(default_factory=dict)  # batch size -> seconds of a full step
-    single: dict[int, float] = field(default_factory=dict)  # batch size -> seconds of the last one-thread step
+    single: dict[int, list[float]] = field(default_factory=dict)  # batch size -> the last one-thread steps
     stalled: float = 0.0  # the full step a probe compares with
     backoff: int = 0
-    hold: int = 0  # one-thread steps left
+    left: int = 0  # steps left in HOLD or RETRY
 
     def threads(self) -> int:
         """Threads for the next step."""
@@ -49,29 +52,32 @@ class ThreadChoice:
         """The step just run (with threads() threads): its batch size and wall time."""
         if self.full <= 1:
             return
-        usual, single = self.usual.get(batch), self.single.get(batch)
+        usual = self.usual.get(batch)
+        if self.state in (PROBE, HOLD):
+            self.single[batch] = [*self.single.get(batch, [])[-7:], seconds]
         if self.state == FULL:
             if usual is not None and seconds > self.stall * usual:
                 self.state, self.stalled = PROBE, seconds
             else:
                 self.usual[batch] = seconds if usual is None else 0.8 * usual + 0.2 * seconds
         elif self.state == PROBE:
-            self.single[batch] = seconds
             if seconds < self.stalled:
-                self._hold(self.first_backoff)
+                self._hold(self.backoff or self.first_backoff)
             else:
                 self.state, self.usual[batch] = FULL, self.stalled
         elif self.state == HOLD:
-            self.single[batch] = seconds
-            self.hold -= 1
-            if self.hold <= 0:
-                self.state = RETRY
-        else:  # RETRY
-            busy = seconds > single if single is not None else usual is not None and seconds > self.stall * usual
-            if busy:
+            self.left -= 1
+            if self.left <= 0:
+                self.state, self.left = RETRY, self.retry_steps
+        else:  # RETRY: any step slower than one thread's median ends it
+            singles = sorted(self.single.get(batch, []))
+            if singles and seconds > singles[len(singles) // 2]:
                 self._hold(min(2 * self.backoff, self.max_backoff))
-            else:
+                return
+            self.left -= 1
+            if self.left <= 0:
                 self.state, self.usual[batch] = FULL, seconds
+                self.backoff = max(self.first_backoff, self.backoff // 2)
 
     def _hold(self, steps: int) -> None:
-        self.state, self.backoff, self.hold = HOLD, steps, steps
+        self.state, self.backoff, self.left = HOLD, steps, steps

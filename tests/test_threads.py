@@ -30,7 +30,8 @@ def test_a_quiet_machine_keeps_every_thread():
 
 def test_a_busy_machine_moves_to_one_thread_and_retries_ever_later():
     """Steps 75x slower on two threads (another program holds a core): one slow step, a one-thread
-    probe that wins, then holds of 16, 32, 64 one-thread steps between single retries."""
+    probe that wins, then holds of 16, 32, 64 one-thread steps, each retry ending at its first
+    slow step; quiet again, a retry of three fast steps returns to all threads."""
     c = ThreadChoice(2)
     run(c, 5, 0.004, 0.007)
     used = run(c, 1 + 1 + 16 + 1 + 32 + 1 + 64, 0.3, 0.008)
