@@ -195,15 +195,29 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
         for (int p = 0; p < 1152; p += 64)
             __builtin_prefetch(w + QPREFETCH + p);
         const __m256 d = x8_scales(w), dmin = x8_scales(w + 16);
-        __m256i sc[8], mn[8]; /* the 8 rows' scale and min of each sub-block, int32 */
-        for (int sb = 0; sb < 8; sb++) {
-            const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + 32 + 8 * sb)));
-            const __m256i hi = _mm256_srli_epi32(
-                _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + 96 + 8 * (sb % 4)))), 4 * (sb / 4));
-            const __m256i three = _mm256_set1_epi32(3), fifteen = _mm256_set1_epi32(15);
-            sc[sb] = _mm256_or_si256(_mm256_and_si256(lo, fifteen), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
-            mn[sb] = _mm256_or_si256(_mm256_srli_epi32(lo, 4),
-                                     _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 2), three), 4));
+        /* The 8 rows' 6-bit scales and mins of all 8 sub-blocks decoded as bytes at once (sub-block
+         * s row r at byte 8 s + r of sc8[s / 4] and mn8[s / 4]: 16-bit shifts of at most 4, masked,
+         * stay within their byte); then the scales as int32 lanes per sub-block and the mins as
+         * int16 pairs (sub-blocks 2j, 2j + 1) per row, so that one madd per pair gives their term. */
+        __m256i sc[8], mnp[4];
+        {
+            const __m256i three = _mm256_set1_epi8(3), h = load32(w + 96);
+            const __m256i hs[2] = {_mm256_and_si256(h, LOW4), _mm256_and_si256(_mm256_srli_epi16(h, 4), LOW4)};
+            __m256i sc8[2], mn8[2];
+            for (int k = 0; k < 2; k++) { /* sub-blocks 4k..4k+3 */
+                const __m256i lo = load32(w + 32 + 32 * k);
+                sc8[k] = _mm256_or_si256(_mm256_and_si256(lo, LOW4), _mm256_slli_epi16(_mm256_and_si256(hs[k], three), 4));
+                mn8[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), LOW4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hs[k], 2), three), 4));
+            }
+            for (int sb = 0; sb < 8; sb++) {
+                const __m128i half = sb % 4 < 2 ? _mm256_castsi256_si128(sc8[sb / 4]) : _mm256_extracti128_si256(sc8[sb / 4], 1);
+                sc[sb] = _mm256_cvtepu8_epi32(sb % 2 ? _mm_unpackhi_epi64(half, half) : half);
+            }
+            for (int j = 0; j < 4; j++) { /* bytes 16 j.. of sub-blocks 2j, 2j + 1: one 128-bit half */
+                const __m128i m = j % 2 ? _mm256_extracti128_si256(mn8[j / 2], 1) : _mm256_castsi256_si128(mn8[j / 2]);
+                mnp[j] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, _mm_unpackhi_epi64(m, m)));
+            }
         }
         __m256i isum[4] = {0};
         for (int j = 0; j < 4; j++) {
@@ -223,10 +237,15 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
         }
         for (int b = 0; b < nb; b++) {
             const int64_t blk = b * nblk + i;
-            const int16_t *bs = a->bsums + blk * 16;
-            __m256i msum = _mm256_setzero_si256(); /* sum over sub-blocks of min x the input's sum there */
-            for (int sb = 0; sb < 8; sb++)
-                msum = _mm256_add_epi32(msum, _mm256_mullo_epi32(mn[sb], _mm256_set1_epi32(bs[2 * sb] + bs[2 * sb + 1])));
+            /* sum over sub-blocks of min x the input's sum there: the input's 8 sums of 32 as int16
+             * (at most 32 x 127), pair j in every lane against mnp[j] */
+            const __m128i s32 = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)(a->bsums + blk * 16)),
+                                               _mm_loadu_si128((const __m128i *)(a->bsums + blk * 16 + 8)));
+            const __m256i sums = _mm256_broadcastsi128_si256(s32);
+            __m256i msum = _mm256_madd_epi16(mnp[0], _mm256_shuffle_epi32(sums, 0x00));
+            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mnp[1], _mm256_shuffle_epi32(sums, 0x55)));
+            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mnp[2], _mm256_shuffle_epi32(sums, 0xaa)));
+            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mnp[3], _mm256_shuffle_epi32(sums, 0xff)));
             const __m256 dx = _mm256_set1_ps(a->d[blk]);
             acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[b]), _mm256_mul_ps(d, dx), acc[b]);
             acc[b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[b]);
