@@ -21,10 +21,6 @@
  * matter (> 2^-29 of the total) add exactly in float64, so the cut is the same.
  */
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 typedef double v8d __attribute__((vector_size(64)));
 
 /* At most this many values left in the bisected range are sorted (by insertion: n^2 / 4 moves). */
