@@ -45,6 +45,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 /* 16 floats: one AVX-512 register, two AVX2 ones, four NEON ones; GCC lowers it to what -march has. */
 typedef float v16 __attribute__((vector_size(64)));
@@ -75,26 +78,41 @@ static inline float hsum(v16 v);
 static inline v16 splat(float c) { return (v16){0} + c; }
 static inline v16 select16(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
 
-/* e^x for 16 floats at once (libm's expf is scalar; the SiLU of a step and its attention softmax
- * call it ~10^5 times): x = n ln2 + r with |r| <= ln2/2, e^r by Cephes' degree-6 polynomial,
- * 2^n built in the exponent bits. Within 2 ulp of expf; below -87.3 gives 0, above 88.37 inf. */
-static inline v16 exp16(v16 x) {
-    const v16i under = x < splat(-87.3365447504f), over = x > splat(88.3762626647f);
-    x = select16(under, splat(0.f), select16(over, splat(0.f), x)); /* keep the polynomial finite */
-    v16 fx = x * splat(1.44269504088896341f) + splat(0.5f);
-    v16i n = __builtin_convertvector(fx, v16i);                     /* truncates toward zero... */
-    n += (v16i)(__builtin_convertvector(n, v16) > fx);              /* ...so step down: floor */
-    v16 nf = __builtin_convertvector(n, v16);
-    v16 r = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+/* e^r for |r| <= ln2/2 by Cephes' degree-6 polynomial (within 2 ulp of expf). */
+static inline v16 exp_poly(v16 r) {
     v16 p = splat(1.9875691500e-4f);
     p = p * r + splat(1.3981999507e-3f);
     p = p * r + splat(8.3334519073e-3f);
     p = p * r + splat(4.1665795894e-2f);
     p = p * r + splat(1.6666665459e-1f);
     p = p * r + splat(5.0000001201e-1f);
-    v16 y = p * r * r + r + splat(1.f);
+    return p * r * r + r + splat(1.f);
+}
+
+/* e^x for 16 floats at once (libm's expf is scalar; the SiLU of a step, its attention softmax
+ * and the sampler call it ~10^5 times): x = n ln2 + r, e^r by exp_poly, times 2^n. NaN stays NaN. */
+static inline v16 exp16(v16 x) {
+#if defined(__AVX512F__)
+    /* vscalefps multiplies by 2^n and gives 0 and inf past the ends itself: half the instructions
+     * of building 2^n by hand. Clamped to [-110, 89] first (max/min keep a NaN x, their second
+     * operand): e^-110 rounds to 0 as -inf must, e^89 overflows to inf. */
+    const __m512 c = _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-110.f), (__m512)x));
+    const v16 nf = (v16)_mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const v16 r = (v16)c - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+    return (v16)_mm512_scalef_ps((__m512)exp_poly(r), (__m512)nf);
+#else
+    /* Below -87.3 gives 0, above 88.37 inf; 2^n built in the exponent bits. */
+    const v16i under = x < splat(-87.3365447504f), over = x > splat(88.3762626647f);
+    x = select16(under, splat(0.f), select16(over, splat(0.f), x)); /* keep the polynomial finite */
+    v16 fx = x * splat(1.44269504088896341f) + splat(0.5f);
+    v16i n = __builtin_convertvector(fx, v16i);                     /* truncates toward zero... */
+    n += (v16i)(__builtin_convertvector(n, v16) > fx);              /* ...so step down: floor */
+    v16 nf = __builtin_convertvector(n, v16);
+    v16 y = exp_poly(x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f));
     y *= (v16)((n + 127) << 23);
     return select16(under, splat(0.f), select16(over, splat(INFINITY), y));
+#endif
 }
 
 static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
