@@ -28,7 +28,7 @@ import numpy as np
 import platformdirs
 import torch
 
-from .threads import ThreadChoice
+from . import threads
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -321,7 +321,7 @@ class NativeStep:
         missing = {field[0] for field in lib.Model._fields_} ^ set(values)
         assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
         self.struct = lib.Model(**values)
-        self.threads = ThreadChoice(torch.get_num_threads())  # one thread while another program has a core
+        self.threads = threads.CHOICE  # one thread while another program holds a core
 
     def _layer_arrays(self, layers: torch.nn.ModuleList, weight_dtype: torch.dtype) -> dict[str, Any]:
         """Per block tensor name, a C array of the layers' pointers to it (None where the blocks lack
@@ -352,7 +352,7 @@ class NativeStep:
         m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
         assert m is None or m.shape[1] == start + 1
         self.threads.full = torch.get_num_threads()
-        n_threads, t0 = self.threads.threads(), time.perf_counter()
+        n_threads, t0 = self.threads.threads(), time.perf_counter()  # (tests give a step its own)
         rc = self.lib.tk_decode_step(
             ctypes.byref(self.struct),
             B,
@@ -368,7 +368,7 @@ class NativeStep:
         )
         if rc != 0:
             raise MemoryError("the compiled decode step could not allocate its scratch memory")
-        self.threads.record(B, time.perf_counter() - t0)
+        self.threads.record((id(self), B), time.perf_counter() - t0)
         return logits[:, None]
 
 
@@ -403,7 +403,7 @@ def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, out_features: int
         x2.data_ptr(),
         x2.shape[0],
         y.data_ptr(),
-        torch.get_num_threads(),
+        threads.now(),
     )
     if rc != 0:
         raise MemoryError("the compiled matrix product could not allocate its scratch memory")
@@ -439,7 +439,7 @@ def sample(
         n_top,
         ids.ctypes.data,
         vals.ctypes.data,
-        torch.get_num_threads(),
+        threads.now(),
     )
     if rc != 0:
         raise MemoryError("the compiled sampler could not allocate its scratch memory")

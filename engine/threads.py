@@ -13,7 +13,10 @@ each time the machine is still busy.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+
+import torch
 
 FULL, PROBE, HOLD, RETRY = "full", "probe", "hold", "retry"
 
@@ -38,8 +41,8 @@ class ThreadChoice:
     max_backoff: int = 256
     retry_steps: int = 3
     state: str = FULL
-    usual: dict[int, float] = field(default_factory=dict)  # batch size -> seconds of a full step
-    single: dict[int, list[float]] = field(default_factory=dict)  # batch size -> the last one-thread steps
+    usual: dict[Hashable, float] = field(default_factory=dict)  # step kind -> seconds of a full step
+    single: dict[Hashable, list[float]] = field(default_factory=dict)  # step kind -> the last one-thread steps
     stalled: float = 0.0  # the full step a probe compares with
     backoff: int = 0
     left: int = 0  # steps left in HOLD or RETRY
@@ -48,8 +51,9 @@ class ThreadChoice:
         """Threads for the next step."""
         return self.full if self.state in (FULL, RETRY) or self.full <= 1 else 1
 
-    def record(self, batch: int, seconds: float) -> None:
-        """The step just run (with threads() threads): its batch size and wall time."""
+    def record(self, batch: Hashable, seconds: float) -> None:
+        """The step just run (with threads() threads): what kind of step (the model and its batch
+        size: steps of one kind take alike) and its wall time."""
         if self.full <= 1:
             return
         usual = self.usual.get(batch)
@@ -81,3 +85,15 @@ class ThreadChoice:
 
     def _hold(self, steps: int) -> None:
         self.state, self.backoff, self.left = HOLD, steps, steps
+
+
+# The process's choice: whether another program holds a core is the machine's state, so every
+# compiled call follows what the decode steps measure (the sampler's and the prefill's regions
+# have barriers too).
+CHOICE = ThreadChoice(torch.get_num_threads())
+
+
+def now() -> int:
+    """Threads for the next compiled call: torch's count, or one while the machine is busy."""
+    CHOICE.full = torch.get_num_threads()
+    return CHOICE.threads()
