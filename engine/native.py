@@ -321,7 +321,7 @@ class NativeStep:
         missing = {field[0] for field in lib.Model._fields_} ^ set(values)
         assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
         self.struct = lib.Model(**values)
-        self.threads = threads.CHOICE  # one thread while another program holds a core
+        self.threads: threads.ThreadChoice | None = None  # None: the process's (threads.CHOICE)
 
     def _layer_arrays(self, layers: torch.nn.ModuleList, weight_dtype: torch.dtype) -> dict[str, Any]:
         """Per block tensor name, a C array of the layers' pointers to it (None where the blocks lack
@@ -351,8 +351,9 @@ class NativeStep:
         logits = torch.empty(B, self.cfg.vocab_size)
         m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
         assert m is None or m.shape[1] == start + 1
-        self.threads.full = torch.get_num_threads()
-        n_threads, t0 = self.threads.threads(), time.perf_counter()  # (tests give a step its own)
+        choice = self.threads or threads.CHOICE  # one thread while another program holds a core
+        choice.full = torch.get_num_threads()
+        n_threads, t0 = choice.threads(), time.perf_counter()
         rc = self.lib.tk_decode_step(
             ctypes.byref(self.struct),
             B,
@@ -368,7 +369,7 @@ class NativeStep:
         )
         if rc != 0:
             raise MemoryError("the compiled decode step could not allocate its scratch memory")
-        self.threads.record((id(self), B), time.perf_counter() - t0)
+        choice.record((id(self), B), time.perf_counter() - t0)
         return logits[:, None]
 
 
