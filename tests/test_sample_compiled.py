@@ -187,3 +187,16 @@ def test_generate_streams_the_same_with_and_without_the_compiled_sampler(lib, mo
     for a, b in zip(ours, ref, strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=2e-5) and a.entropy == pytest.approx(b.entropy, abs=2e-5)
         assert [c.id for c in a.candidates] == [c.id for c in b.candidates]
+
+
+def test_every_token_as_a_candidate_comes_sorted_by_the_model(lib):
+    """top_logprobs may be the whole vocabulary (the API allows it): the candidates are every token,
+    by the model's probability, ties by lower id (one sort: a selection sort was V^2 steps)."""
+    vocab = 49152
+    x = (torch.randn(1, vocab, generator=torch.Generator().manual_seed(5)) * 3).round()  # many ties
+    d = make([dict(temperature=0.7, top_p=0.9)], vocab).draw(x, vocab)
+    assert d.top is not None
+    ids, lps, _ = d.top[0]
+    order = sorted(range(vocab), key=lambda i: (-x[0, i].item(), i))
+    assert ids == order
+    assert lps == sorted(lps, reverse=True)

@@ -329,10 +329,13 @@ typedef struct {
     double u;
 } RowParams;
 
-/* Scratch of one thread: y, e, cy and cw (V floats each), the candidates' indices (V) and the sort buffer. */
+/* Scratch of one thread: y, e, cy and cw (V floats each), the candidates (V each, as indices and
+ * as (logit, id)) and the sort buffer. */
+typedef struct Cand Cand;
 typedef struct {
     float *y, *e, *cy, *cw;
     int *idx;
+    Cand *cand;
     Pair *buf;
 } Scratch;
 
@@ -357,23 +360,31 @@ static float row_cut(const RowParams *p, const float *y, int V, float m, double 
     return cut;
 }
 
-/* The n_top largest x (model logits) as indices, largest first (ties: lower index first). */
+/* Candidates by the model: its logit and token id, ordered largest first, ties by lower id. */
+struct Cand {
+    float x;
+    int id;
+};
+
+static int cand_order(const void *pa, const void *pb) {
+    const Cand *a = pa, *b = pb;
+    return a->x > b->x ? -1 : a->x < b->x ? 1 : (a->id > b->id) - (a->id < b->id);
+}
+
+/* The n_top largest x (model logits) as indices in s->idx, largest first (ties: lower index
+ * first). The values >= the n_top-th (n_top plus its ties) are sorted: O(m log m) even when a
+ * caller asks for the whole vocabulary. */
 static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
     const float v = select_cut(x, NULL, V, -INFINITY, (double)n_top, s->cy, s->cw, s->buf);
     int m = 0;
     for (int i = 0; i < V; i++)
         if (x[i] >= v)
-            s->idx[m++] = i;
-    /* m is n_top plus the ties at v: usually n_top. Selection-sort the first n_top into place. */
-    for (int a = 0; a < n_top && a < m; a++) {
-        int best = a;
-        for (int b = a + 1; b < m; b++)
-            if (x[s->idx[b]] > x[s->idx[best]] || (x[s->idx[b]] == x[s->idx[best]] && s->idx[b] < s->idx[best]))
-                best = b;
-        const int tmp = s->idx[a];
-        s->idx[a] = s->idx[best], s->idx[best] = tmp;
-    }
-    return m < n_top ? m : n_top;
+            s->cand[m++] = (Cand){x[i], i};
+    qsort(s->cand, (size_t)m, sizeof(Cand), cand_order);
+    const int got = m < n_top ? m : n_top;
+    for (int j = 0; j < got; j++)
+        s->idx[j] = s->cand[j].id;
+    return got;
 }
 
 /* One row: x the model's logits, z the logits sampling starts from (x, or x with penalties). */
@@ -428,14 +439,15 @@ static __thread int scratch_cap;
 static Scratch *scratch(int V) {
     Scratch *s = &scratch_of_thread;
     if (scratch_cap < V) {
-        free(s->y), free(s->e), free(s->cy), free(s->cw), free(s->idx), free(s->buf);
+        free(s->y), free(s->e), free(s->cy), free(s->cw), free(s->idx), free(s->cand), free(s->buf);
         s->y = malloc((size_t)V * sizeof(float));
         s->e = malloc((size_t)V * sizeof(float));
         s->cy = malloc((size_t)V * sizeof(float));
         s->cw = malloc((size_t)V * sizeof(float));
         s->idx = malloc((size_t)V * sizeof(int));
+        s->cand = malloc((size_t)V * sizeof(Cand));
         s->buf = malloc(SELECT_SORT * sizeof(Pair));
-        scratch_cap = s->y && s->e && s->cy && s->cw && s->idx && s->buf ? V : 0;
+        scratch_cap = s->y && s->e && s->cy && s->cw && s->idx && s->cand && s->buf ? V : 0;
     }
     return scratch_cap ? s : NULL;
 }
