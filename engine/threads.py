@@ -27,12 +27,16 @@ class ThreadChoice:
 
     States: FULL runs all threads and keeps each batch size's usual step time (a running mean:
     more rows or a longer context make a step slower, but gradually); a step `stall` times slower
-    than usual makes the next one a PROBE on one thread. If the probe beats the slow step, the
+    than usual, when another came within `window` steps before it, makes the next one a PROBE on
+    one thread (a lone slow step is noise: a page fault, a collection), and so does every
+    `check_every`-th step against the usual time. If the probe beats the step it checks, the
     machine is busy: HOLD on one thread for `backoff` steps, then RETRY all threads for
-    `retry_steps` steps. A busy machine stalls some steps and not others, so each of them must beat
-    the one-thread steps' median; then FULL again (and the next hold is half as long), else the
-    retry ends at its first loss and the hold doubles (up to max_backoff). A probe slower than the slow step
-    means the slow step was the work itself: it becomes the usual time.
+    `retry_steps` steps, each of which must beat the one-thread steps' median, or the hold doubles
+    (up to max_backoff). A busy machine stalls some steps and not others, so a retry can win by
+    luck: the backoff is kept through the FULL steps after it, and only `quiet` steps without a
+    stall reset it, so a machine that stays busy soon spends 256 one-thread steps per stalled
+    one. A probe slower than the slow step means the slow step was the work itself: it becomes
+    the usual time.
     """
 
     full: int  # torch.get_num_threads(): what a quiet machine gets
@@ -40,12 +44,17 @@ class ThreadChoice:
     first_backoff: int = 16
     max_backoff: int = 256
     retry_steps: int = 3
+    quiet: int = 1024
+    window: int = 32  # a second stall within this many steps of the first makes a probe
+    check_every: int = 64  # and every this many all-thread steps, a probe anyway
     state: str = FULL
     usual: dict[Hashable, float] = field(default_factory=dict)  # step kind -> seconds of a full step
     single: dict[Hashable, list[float]] = field(default_factory=dict)  # step kind -> the last one-thread steps
     stalled: float = 0.0  # the full step a probe compares with
-    backoff: int = 0
+    backoff: int = 0  # the last hold's length (0: no stall for `quiet` steps)
     left: int = 0  # steps left in HOLD or RETRY
+    count: int = 0  # FULL steps so far
+    last_stall: int = -(10**9)  # count at the last stalled FULL step
 
     def threads(self) -> int:
         """Threads for the next step."""
@@ -60,13 +69,24 @@ class ThreadChoice:
         if self.state in (PROBE, HOLD):
             self.single[batch] = [*self.single.get(batch, [])[-7:], seconds]
         if self.state == FULL:
+            self.count += 1
             if usual is not None and seconds > self.stall * usual:
-                self.state, self.stalled = PROBE, seconds
+                # One stall can be anything (a page fault, a collection); two close together are a
+                # neighbour: then probe.
+                if self.count - self.last_stall <= self.window:
+                    self.state, self.stalled = PROBE, seconds
+                self.last_stall = self.count
             else:
-                self.usual[batch] = seconds if usual is None else 0.8 * usual + 0.2 * seconds
+                self.usual[batch] = usual = seconds if usual is None else 0.8 * usual + 0.2 * seconds
+                if self.count - self.last_stall >= self.quiet:
+                    self.backoff = 0
+                if self.count % self.check_every == 0:
+                    # A neighbour that was there from the start makes every step slow, none
+                    # slower than usual: one step on one thread now and then tells.
+                    self.state, self.stalled = PROBE, usual
         elif self.state == PROBE:
-            if seconds < self.stalled:
-                self._hold(self.backoff or self.first_backoff)
+            if seconds < self.stalled:  # busy again: hold twice as long as the last time
+                self._hold(min(2 * self.backoff, self.max_backoff) if self.backoff else self.first_backoff)
             else:
                 self.state, self.usual[batch] = FULL, self.stalled
         elif self.state == HOLD:
@@ -81,7 +101,6 @@ class ThreadChoice:
             self.left -= 1
             if self.left <= 0:
                 self.state, self.usual[batch] = FULL, seconds
-                self.backoff = max(self.first_backoff, self.backoff // 2)
 
     def _hold(self, steps: int) -> None:
         self.state, self.backoff, self.left = HOLD, steps, steps

@@ -29,24 +29,31 @@ def test_a_quiet_machine_keeps_every_thread():
 
 
 def test_a_busy_machine_moves_to_one_thread_and_retries_ever_later():
-    """Steps 75x slower on two threads (another program holds a core): one slow step, a one-thread
-    probe that wins, then holds of 16, 32, 64 one-thread steps, each retry ending at its first
-    slow step; quiet again, a retry of three fast steps returns to all threads."""
+    """Steps 75x slower on two threads (another program holds a core): two slow steps (one alone
+    is noise), a one-thread probe that wins, then holds of 16, 32, 64 one-thread steps, each retry
+    ending at its first slow step; quiet again, a retry of three fast steps returns to all threads."""
     c = ThreadChoice(2)
     run(c, 5, 0.004, 0.007)
-    used = run(c, 1 + 1 + 16 + 1 + 32 + 1 + 64, 0.3, 0.008)
-    assert used == "2" + "1" + "1" * 16 + "2" + "1" * 32 + "2" + "1" * 64
+    used = run(c, 2 + 1 + 16 + 1 + 32 + 1 + 64, 0.3, 0.008)
+    assert used == "22" + "1" + "1" * 16 + "2" + "1" * 32 + "2" + "1" * 64
     # Quiet again, ten steps into the next hold of 128: one thread until the retry, which wins.
     assert run(c, 1 + 10, 0.3, 0.008) == "2" + "1" * 10
     assert run(c, 118 + 21, 0.004, 0.007) == "1" * 118 + "2" * 21
 
 
 def test_a_slow_step_that_is_the_work_itself_is_not_a_stall():
-    """Four times the rows (or a long context) makes a step slower on one thread too: one probe,
-    then the slow time is the usual one and all threads stay."""
+    """A step three times slower that stays so (a much longer context) is slower on one thread
+    too: one probe after the second slow step, then the slow time is the usual one."""
     c = ThreadChoice(2)
     run(c, 5, 0.004, 0.007)
-    assert run(c, 20, 0.012, 0.02) == "2" + "1" + "2" * 18
+    assert run(c, 20, 0.012, 0.02) == "22" + "1" + "2" * 17
+
+
+def test_a_lone_slow_step_is_noise():
+    """One stalled step among fast ones (a page fault, a collection) changes nothing."""
+    c = ThreadChoice(2)
+    run(c, 5, 0.004, 0.007)
+    assert run(c, 1, 0.3, 0.008) + run(c, 40, 0.004, 0.007) == "2" * 41
 
 
 def test_batch_sizes_keep_their_own_usual_time():
@@ -90,3 +97,35 @@ def test_a_step_gives_the_same_bits_on_any_number_of_threads(source, tmp_path):
     one = step_logits(eng, 1)
     for threads in (2, 3):
         assert torch.equal(step_logits(eng, threads), one), f"{threads} threads differ from one"
+
+
+def test_a_machine_that_stalls_now_and_then_ends_up_on_one_thread():
+    """Busy in bursts: every fourth all-threads step stalls 75x, the others are fast, so retries
+    sometimes win. The holds still grow (the backoff survives a won retry until 1024 quiet steps),
+    so after the first few hundred steps nearly every step runs on one thread."""
+    c = ThreadChoice(2)
+    used, fulls = [], 0
+    for _ in range(3000):
+        n = c.threads()
+        used.append(n)
+        if n == 2:
+            fulls += 1
+            c.record(1, 0.3 if fulls % 4 == 0 else 0.004)
+        else:
+            c.record(1, 0.008)
+    assert used[1000:].count(2) < 0.02 * 2000
+    assert c.backoff == c.max_backoff
+
+
+def test_a_neighbour_there_from_the_start_is_found_by_the_periodic_probe():
+    """Busy from the first step: every all-thread step is slow (7.6 ms) but none slower than usual,
+    and one thread is faster (5.4 ms). The 64th step's probe finds it; the retries lose."""
+    c = ThreadChoice(2)
+    used = run(c, 64 + 1 + 16 + 1 + 32, 0.0076, 0.0054)
+    assert used == "2" * 64 + "1" + "1" * 16 + "2" + "1" * 32
+
+
+def test_a_quiet_machine_pays_one_probe_in_64_steps():
+    c = ThreadChoice(2)
+    used = run(c, 64 * 4, 0.004, 0.007)
+    assert used.count("1") == 3 and used.count("2") == 64 * 4 - 3
