@@ -29,14 +29,15 @@ class ThreadChoice:
     more rows or a longer context make a step slower, but gradually); a step `stall` times slower
     than usual, when another came within `window` steps before it, makes the next one a PROBE on
     one thread (a lone slow step is noise: a page fault, a collection), and so does every
-    `check_every`-th step against the usual time. If the probe beats the step it checks, the
+    `check_every`-th step. If the probe beats the mean of the last 16 all-thread steps (stalls
+    included: they are what all threads cost on a busy machine), the
     machine is busy: HOLD on one thread for `backoff` steps, then RETRY all threads for
     `retry_steps` steps, each of which must beat the one-thread steps' median, or the hold doubles
     (up to max_backoff). A busy machine stalls some steps and not others, so a retry can win by
     luck: the backoff is kept through the FULL steps after it, and only `quiet` steps without a
     stall reset it, so a machine that stays busy soon spends 256 one-thread steps per stalled
-    one. A probe slower than the slow step means the slow step was the work itself: it becomes
-    the usual time.
+    one. A probe that loses after slow steps means they were the work itself: the slow time
+    becomes the usual one.
     """
 
     full: int  # torch.get_num_threads(): what a quiet machine gets
@@ -50,7 +51,9 @@ class ThreadChoice:
     state: str = FULL
     usual: dict[Hashable, float] = field(default_factory=dict)  # step kind -> seconds of a full step
     single: dict[Hashable, list[float]] = field(default_factory=dict)  # step kind -> the last one-thread steps
-    stalled: float = 0.0  # the full step a probe compares with
+    recent: dict[Hashable, list[float]] = field(default_factory=dict)  # step kind -> the last all-thread steps
+    stalled: float = 0.0  # what a probe compares with: the recent all-thread steps' mean
+    slow: float | None = None  # the slow step that made the probe, if one did
     backoff: int = 0  # the last hold's length (0: no stall for `quiet` steps)
     left: int = 0  # steps left in HOLD or RETRY
     count: int = 0  # FULL steps so far
@@ -68,13 +71,15 @@ class ThreadChoice:
         usual = self.usual.get(batch)
         if self.state in (PROBE, HOLD):
             self.single[batch] = [*self.single.get(batch, [])[-7:], seconds]
+        else:
+            self.recent[batch] = recent = [*self.recent.get(batch, [])[-15:], seconds]
         if self.state == FULL:
             self.count += 1
             if usual is not None and seconds > self.stall * usual:
                 # One stall can be anything (a page fault, a collection); two close together are a
-                # neighbour: then probe.
+                # neighbour: then probe, against the recent all-thread steps' mean, stalls and all.
                 if self.count - self.last_stall <= self.window:
-                    self.state, self.stalled = PROBE, seconds
+                    self.state, self.stalled, self.slow = PROBE, sum(recent) / len(recent), seconds
                 self.last_stall = self.count
             else:
                 self.usual[batch] = usual = seconds if usual is None else 0.8 * usual + 0.2 * seconds
@@ -83,12 +88,14 @@ class ThreadChoice:
                 if self.count % self.check_every == 0:
                     # A neighbour that was there from the start makes every step slow, none
                     # slower than usual: one step on one thread now and then tells.
-                    self.state, self.stalled = PROBE, usual
+                    self.state, self.stalled, self.slow = PROBE, sum(recent) / len(recent), None
         elif self.state == PROBE:
             if seconds < self.stalled:  # busy again: hold twice as long as the last time
                 self._hold(min(2 * self.backoff, self.max_backoff) if self.backoff else self.first_backoff)
-            else:
-                self.state, self.usual[batch] = FULL, self.stalled
+            else:  # all threads still win; after slow steps, they were the work itself
+                self.state = FULL
+                if self.slow is not None:
+                    self.usual[batch] = self.slow
         elif self.state == HOLD:
             self.left -= 1
             if self.left <= 0:
