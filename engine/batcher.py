@@ -401,7 +401,7 @@ class Batcher:
         self._leave(batch, keep, draw)
         self._deliver(out)
         if self._batch is not None:
-            _decode(eng.model, eng.cfg, batch, draw.chosen, None)
+            _decode(eng.model, eng.cfg, batch, draw.tokens, None)
 
     def _leave(self, batch: _Batch, keep: list[int], draw=None) -> None:
         """Keep only these rows (none: the batch is dropped with its cache)."""

@@ -42,7 +42,7 @@ from .context import PromptCache
 from .errors import InputError
 from .events import Candidate, Event, Finished, Timing, TokenEvent, Usage
 from .kv_cache import KVCache, build_mask
-from .sampling import BatchSampler, SamplingParams
+from .sampling import BatchSampler, Draw, SamplingParams
 from .tokenizer import IncrementalDecoder, Tokenizer
 
 
@@ -81,13 +81,10 @@ class _Batch:
 
 
 @dataclass
-class _Draw:
-    """One step's draw for every row, fetched to the CPU once."""
+class _Draw(Draw):
+    """The sampler's draw for every row (tokens, stats, top), and which rows drew an EOS token."""
 
-    chosen: torch.Tensor  # (B,) the tokens, on the model's device
-    stats: list[list[float]]  # per row: token, log-prob, sampling prob, entropy
-    top: list | None  # per row: (ids, log-probs, sampling probs) of the top candidates
-    is_eos: list[bool]
+    is_eos: list[bool] = field(default_factory=list)
 
 
 def generate(
@@ -130,7 +127,7 @@ def generate(
             return
         if len(keep) < len(batch.rows):
             _evict(batch, keep, draw)
-        _decode(model, cfg, batch, draw.chosen, prompt_cache)
+        _decode(model, cfg, batch, draw.tokens, prompt_cache)
 
 
 def _setup_rows(
@@ -330,7 +327,7 @@ def _evict(batch: _Batch, keep: list[int], draw: _Draw | None = None) -> None:
     batch.pad, batch.logits = batch.pad[sel], batch.logits[sel.to(batch.logits.device)]
     batch.sampler = batch.sampler.select(keep)
     if draw is not None:
-        draw.chosen = draw.chosen[sel.to(draw.chosen.device)]
+        draw.tokens = draw.tokens[sel.to(draw.tokens.device)]
 
 
 @torch.inference_mode()

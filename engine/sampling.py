@@ -258,12 +258,6 @@ class Draw:
     )  # per row: the N likeliest ids, log-probs, sampling probs
 
 
-def _as_lists(tokens: list[int], stats: list[list[float]], top: list[list] | None) -> tuple[list, list | None]:
-    """Per row [token, *stats] and (ids, log-probs, sampling probs) from top's three (B, N) lists."""
-    rows = [[t, *s] for t, s in zip(tokens, stats, strict=True)]
-    return rows, None if top is None else list(zip(*top, strict=True))
-
-
 class BatchSampler:
     """Per-row sampling settings and penalty state for one batch, reused every decode step.
 
@@ -390,10 +384,10 @@ class BatchSampler:
             z = apply_penalties(x, self.seen, self.counts, self.repetition, self.presence, self.frequency)
         u = [self._uniform(r) for r in range(len(self))]
         ids, vals = native.sample(lib, x.contiguous(), None if z is None else z.contiguous(), self._flat, u, n)
-        id_rows, val_rows = ids.tolist(), vals.tolist()  # (B, 1 + n) ints, (B, 3 + 2 n) floats
-        top = [[r[1:] for r in id_rows], [v[3 : 3 + n] for v in val_rows], [v[3 + n :] for v in val_rows]]
-        stats, tops = _as_lists([r[0] for r in id_rows], [v[:3] for v in val_rows], top if n else None)
-        return Draw(torch.from_numpy(ids[:, 0]), stats, tops)
+        rows = list(zip(ids.tolist(), vals.tolist(), strict=True))  # (1 + n) ints, (3 + 2 n) floats a row
+        stats = [[i[0], *v[:3]] for i, v in rows]
+        top = [(i[1:], v[3 : 3 + n], v[3 + n :]) for i, v in rows] if n else None
+        return Draw(torch.from_numpy(ids[:, 0]), stats, top)
 
     def _draw_torch(self, x: Tensor, n: int) -> Draw:
         """draw() through process() and sample(): any device; the reference the compiled one is held to."""
@@ -406,13 +400,13 @@ class BatchSampler:
         # 49k vocabulary); a -inf logit (p = 0) counts as the lowest float, so 0 * -inf adds no
         # NaN (a NaN logit still makes one, and generate ends that row).
         entropy = -torch.linalg.vecdot(logprobs.exp(), logprobs.clamp(min=torch.finfo(logprobs.dtype).min))
-        stats = torch.stack([chosen_lp, chosen_ps, entropy], 1).tolist()  # (B, 3)
+        per_row = torch.stack([chosen_lp, chosen_ps, entropy], 1).tolist()  # (B, 3)
+        stats = [[t, *s] for t, s in zip(tokens.tolist(), per_row, strict=True)]
         top = None
         if n:
             top_lp, top_id = logprobs.topk(n, dim=-1)  # (B, n)
-            top = [top_id.tolist(), top_lp.tolist(), probs.gather(1, top_id).tolist()]
-        rows, tops = _as_lists(tokens.tolist(), stats, top)
-        return Draw(tokens, rows, tops)
+            top = list(zip(top_id.tolist(), top_lp.tolist(), probs.gather(1, top_id).tolist(), strict=True))
+        return Draw(tokens, stats, top)
 
     def _uniform(self, row: int) -> float:
         """The row's next float64 uniform in [0, 1) from its own generator; greedy rows take none (0)."""
