@@ -352,8 +352,7 @@ class NativeStep:
         m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
         assert m is None or m.shape[1] == start + 1
         choice = self.threads or threads.CHOICE  # one thread while another program holds a core
-        choice.full = torch.get_num_threads()
-        n_threads, t0 = choice.threads(), time.perf_counter()
+        n_threads, t0 = threads.now(choice), time.perf_counter()
         rc = self.lib.tk_decode_step(
             ctypes.byref(self.struct),
             B,

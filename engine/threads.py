@@ -119,7 +119,9 @@ class ThreadChoice:
 CHOICE = ThreadChoice(torch.get_num_threads())
 
 
-def now() -> int:
-    """Threads for the next compiled call: torch's count, or one while the machine is busy."""
-    CHOICE.full = torch.get_num_threads()
-    return CHOICE.threads()
+def now(choice: ThreadChoice | None = None) -> int:
+    """Threads for the next compiled call by `choice` (default: the process's): torch's count, or
+    one while the machine is busy."""
+    choice = choice or CHOICE
+    choice.full = torch.get_num_threads()
+    return choice.threads()

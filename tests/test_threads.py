@@ -75,8 +75,13 @@ def step_logits(eng: Engine, threads: int, rows: int = 3, slots: int = 70) -> to
     cache = KVCache(cfg.n_layers, rows, cfg.n_kv_heads, slots + 1, cfg.head_dim, step.dtype, "cpu")
     cache.kv.copy_(torch.randn(cache.kv.shape, generator=gen))
     x = torch.randn(rows, cfg.dim, generator=gen)
-    step.threads = ThreadChoice(threads)
-    return step(x, torch.full((rows, 1), slots), None, cache, slots)
+    step.threads = ThreadChoice(threads)  # a fresh choice: all of torch's threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return step(x, torch.full((rows, 1), slots), None, cache, slots)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("source", ["stories", "llama-ffn-100", "gpt2"])
