@@ -173,7 +173,7 @@ def _load(target: Path) -> Library:
         ctypes.c_int,
     ]
     lib.tk_sample.restype = ctypes.c_int
-    lib.tk_sample.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int]
+    lib.tk_sample.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 11 + [ctypes.c_int]
     lib.tk_sample.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.tk_decode_step.restype = ctypes.c_int
     lib.tk_decode_step.argtypes = [
@@ -413,29 +413,34 @@ def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, out_features: int
 def sample(
     lib: Library,
     logits: torch.Tensor,
-    z: torch.Tensor | None,
-    columns: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    columns: tuple[torch.Tensor, ...],
     u: list[float],
+    seen: torch.Tensor | None,
+    counts: torch.Tensor | None,
     n_top: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """tk_sample (csrc/sample.h): one token per row of logits (B, V) float32, sampling from z (the
-    penalised logits, or None for the logits), with columns = (temperature, top_k, top_p, min_p),
-    contiguous (B,) float32/int64/float32/float32, and u the rows' float64 uniforms -> ids (B, 1 +
-    n_top) int64 (the token, then the candidates) and vals (B, 3 + 2 n_top) float32 (the token's
-    log-prob, sampling prob and the entropy, then the candidates' log-probs, then their sampling
-    probs). Called once a decode step, right after the step has streamed the weights through the
-    caches, so it makes two numpy arrays (cheaper than tensors) and nothing else."""
+    """tk_sample (csrc/sample.h): one token per row of logits (B, V) float32, with columns =
+    (temperature, top_k, top_p, min_p, repetition, presence, frequency), contiguous (B,) each
+    (top_k int64, the rest float32), u the rows' float64 uniforms, and the penalty state: seen
+    (B, V) bool and counts (B, V) float32, or None -> ids (B, 1 + n_top) int64 (the token, then
+    the candidates) and vals (B, 3 + 2 n_top) float32 (the token's log-prob, sampling prob and the
+    entropy, then the candidates' log-probs, then their sampling probs). Called once a decode step,
+    right after the step has streamed the weights through the caches, so it makes two numpy
+    arrays (cheaper than tensors) and nothing else."""
     B, V = logits.shape
     assert logits.dtype == torch.float32 and logits.is_contiguous() and columns[1].dtype == torch.int64
-    assert z is None or (z.shape == logits.shape and z.dtype == torch.float32 and z.is_contiguous())
+    for state, dtype in ((seen, torch.bool), (counts, torch.float32)):
+        assert state is None or (state.shape == logits.shape and state.dtype == dtype and state.is_contiguous())
     ids, vals = np.empty((B, 1 + n_top), dtype=np.int64), np.empty((B, 3 + 2 * n_top), dtype=np.float32)
     rc = lib.tk_sample(
         B,
         V,
         logits.data_ptr(),
-        None if z is None else z.data_ptr(),
-        *(c.data_ptr() for c in columns),
+        *(c.data_ptr() for c in columns[:4]),
         (ctypes.c_double * B)(*u),
+        *(c.data_ptr() for c in columns[4:]),
+        None if seen is None else seen.data_ptr(),
+        None if counts is None else counts.data_ptr(),
         n_top,
         ids.ctypes.data,
         vals.ctypes.data,

@@ -333,9 +333,8 @@ class BatchSampler:
         self._max_k = max((p.top_k for p, on in zip(ps, k_on, strict=True) if on), default=0)
         self._use_top_p = any(p.top_p < 1 for p in ps)
         self._use_min_p = any(p.min_p > 0 for p in ps)
-        # The compiled sampler's per-row settings, (B,) contiguous each.
-        t, k, p, mp = (c[:, 0].contiguous() for c in (self.temperature, self.top_k, self.top_p, self.min_p))
-        self._flat = (t, k, p, mp)
+        # The compiled sampler's per-row settings, (B,) contiguous each, in _COLUMNS' order.
+        self._flat = tuple(getattr(self, name)[:, 0].contiguous() for name in _COLUMNS)
         # Top-p after top-k only looks at the top-k survivors, so when every top-p row also has a
         # top-k, a partial topk(max_k) is enough; otherwise let top-p size its own head.
         self._use_top_k = self._max_k > 0
@@ -379,11 +378,10 @@ class BatchSampler:
         lib = native.library() if x.device.type == "cpu" else None
         if lib is None:
             return self._draw_torch(x, n)
-        z = None
-        if self.seen is not None or self.counts is not None:
-            z = apply_penalties(x, self.seen, self.counts, self.repetition, self.presence, self.frequency)
         u = [self._uniform(r) for r in range(len(self))]
-        ids, vals = native.sample(lib, x.contiguous(), None if z is None else z.contiguous(), self._flat, u, n)
+        # The penalties are applied inside (as apply_penalties does): a (B, V) torch chain here
+        # cost 1.2 ms a step at 4 rows of 49k, four times the draw itself.
+        ids, vals = native.sample(lib, x.contiguous(), self._flat, u, self.seen, self.counts, n)
         rows = list(zip(ids.tolist(), vals.tolist(), strict=True))  # (1 + n) ints, (3 + 2 n) floats a row
         stats = [[i[0], *v[:3]] for i, v in rows]
         top = [(i[1:], v[3 : 3 + n], v[3 + n :]) for i, v in rows] if n else None

@@ -200,3 +200,48 @@ def test_every_token_as_a_candidate_comes_sorted_by_the_model(lib):
     order = sorted(range(vocab), key=lambda i: (-x[0, i].item(), i))
     assert ids == order
     assert lps == sorted(lps, reverse=True)
+
+
+def test_penalties_follow_the_state_through_updates_selects_and_joins(lib, monkeypatch):
+    """The compiled sampler applies the penalties itself, from the sampler's seen/counts state: at
+    every step, through repeated tokens, an update with an inactive row, a select (rows finishing)
+    and a concat (rows joining), each row's whole sampling distribution must be the torch chain's
+    (apply_penalties, pinned by hand in test_sampling.py), and the penalties must move it."""
+    vocab = 50
+    pens = [
+        dict(temperature=0.7, repetition_penalty=1.3),
+        dict(temperature=1.0, presence_penalty=0.5, frequency_penalty=0.2),
+        dict(temperature=0.7, top_k=20, repetition_penalty=0.8, presence_penalty=-0.3, frequency_penalty=0.1),
+        dict(temperature=0.7),
+    ]
+    s = make(pens, vocab)
+    gen = torch.Generator().manual_seed(3)
+
+    def check(s: BatchSampler) -> None:
+        x = torch.randn(len(s), vocab, generator=gen) * 3
+        ours, ref = s.draw(x, vocab), reference(monkeypatch, s, x, vocab)
+        assert ours.top is not None and ref.top is not None
+        for r in range(len(s)):
+            ps = torch.tensor(ours.top[r][2])[torch.tensor(ours.top[r][0]).argsort()]
+            ref_ps = torch.tensor(ref.top[r][2])[torch.tensor(ref.top[r][0]).argsort()]
+            assert torch.equal(ps > 0, ref_ps > 0), f"row {r} keeps other tokens"
+            torch.testing.assert_close(ps, ref_ps, rtol=2e-5, atol=1e-9)
+        # Row 0 samples from penalised logits (the prompt's tokens are seen from the start).
+        ps0 = torch.tensor(ours.top[0][2])[torch.tensor(ours.top[0][0]).argsort()]
+        assert not torch.allclose(ps0, torch.softmax(x[0] / s.params[0].temperature, -1), rtol=1e-3)
+
+    check(s)
+    for step in range(12):
+        tokens = torch.randint(0, 6, (len(s),), generator=gen)  # few ids: repeats within a row
+        active = None if step != 5 else torch.tensor([True, False, True, True])
+        s.update(tokens, active)
+        check(s)
+    s = s.select([2, 0])
+    check(s)
+    s.update(torch.tensor([7, 7]))
+    check(s)
+    s = BatchSampler.concat([s, make(pens[1:2], vocab, seed=9)])
+    check(s)
+    for _ in range(3):
+        s.update(torch.randint(0, 8, (len(s),), generator=gen))
+        check(s)

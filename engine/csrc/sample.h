@@ -322,18 +322,22 @@ static int inverse_cdf(const float *e, int n, double target) {
     return i;
 }
 
-/* Per-row settings, as BatchSampler holds them. */
+/* Per-row settings, as BatchSampler holds them; seen and counts: the row's penalty state (V each)
+ * or NULL where the row's penalty is off. */
 typedef struct {
     float temperature, top_p, min_p;
     int64_t top_k;
     double u;
+    float repetition, presence, frequency;
+    const uint8_t *seen;
+    const float *counts;
 } RowParams;
 
-/* Scratch of one thread: y, e, cy and cw (V floats each), the candidates (V each, as indices and
- * as (logit, id)) and the sort buffer. */
+/* Scratch of one thread: z, y, e, cy and cw (V floats each), the candidates (V each, as indices
+ * and as (logit, id)) and the sort buffer. */
 typedef struct Cand Cand;
 typedef struct {
-    float *y, *e, *cy, *cw;
+    float *z, *y, *e, *cy, *cw;
     int *idx;
     Cand *cand;
     Pair *buf;
@@ -387,9 +391,52 @@ static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
     return got;
 }
 
-/* One row: x the model's logits, z the logits sampling starts from (x, or x with penalties). */
-static void sample_row(const float *x, const float *z, int V, const RowParams *p, int n_top, int64_t *chosen,
+typedef uint8_t v16b __attribute__((vector_size(16)));
+
+/* z = x with the row's penalties, as apply_penalties (sampling.py) computes them, op by op: a seen
+ * token's logit divided by the repetition penalty when positive, multiplied when negative; then
+ * minus frequency * count, minus presence where the count is positive. Contracting a product and a
+ * difference into one fused op would round once where torch rounds twice, so it is off here. */
+__attribute__((optimize("fp-contract=off"))) static void penalise(const float *x, const RowParams *p, float *z,
+                                                                  int n) {
+    const v16 rep = splat(p->repetition), pres = splat(p->presence), freq = splat(p->frequency);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v16 v = load16(x + i);
+        if (p->seen) {
+            v16b b;
+            memcpy(&b, p->seen + i, sizeof b);
+            const v16i on = __builtin_convertvector(b, v16i) != 0;
+            v = select16(on, select16(v < splat(0.f), v * rep, v / rep), v);
+        }
+        if (p->counts) {
+            const v16 c = load16(p->counts + i);
+            v = v - freq * c;
+            v = v - select16(c > splat(0.f), pres, splat(0.f));
+        }
+        store16(z + i, v);
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        if (p->seen && p->seen[i])
+            v = v < 0.f ? v * p->repetition : v / p->repetition;
+        if (p->counts) {
+            v = v - p->frequency * p->counts[i];
+            v = v - (p->counts[i] > 0.f ? p->presence : 0.f);
+        }
+        z[i] = v;
+    }
+}
+
+/* One row: x the model's logits; z the logits sampling starts from: x, or x with the row's
+ * penalties (made in s->z). */
+static void sample_row(const float *x, int V, const RowParams *p, int n_top, int64_t *chosen,
                        float *stats, int64_t *top_id, float *top_lp, float *top_ps, Scratch *s) {
+    const float *z = x;
+    if (p->seen || p->counts) {
+        penalise(x, p, s->z, V);
+        z = s->z;
+    }
     float lse, entropy;
     /* At temperature 1 the sampling weights are the model's own: the stats' pass leaves them. */
     const int same = z == x && p->temperature == 1.f;
@@ -439,7 +486,8 @@ static __thread int scratch_cap;
 static Scratch *scratch(int V) {
     Scratch *s = &scratch_of_thread;
     if (scratch_cap < V) {
-        free(s->y), free(s->e), free(s->cy), free(s->cw), free(s->idx), free(s->cand), free(s->buf);
+        free(s->z), free(s->y), free(s->e), free(s->cy), free(s->cw), free(s->idx), free(s->cand), free(s->buf);
+        s->z = malloc((size_t)V * sizeof(float));
         s->y = malloc((size_t)V * sizeof(float));
         s->e = malloc((size_t)V * sizeof(float));
         s->cy = malloc((size_t)V * sizeof(float));
@@ -447,22 +495,25 @@ static Scratch *scratch(int V) {
         s->idx = malloc((size_t)V * sizeof(int));
         s->cand = malloc((size_t)V * sizeof(Cand));
         s->buf = malloc(SELECT_SORT * sizeof(Pair));
-        scratch_cap = s->y && s->e && s->cy && s->cw && s->idx && s->cand && s->buf ? V : 0;
+        scratch_cap = s->z && s->y && s->e && s->cy && s->cw && s->idx && s->cand && s->buf ? V : 0;
     }
     return scratch_cap ? s : NULL;
 }
 
-/* Draw one token for each of B rows of logits (B, V) float32. z: the logits sampling starts from
- * ((B, V), with repetition/presence/frequency penalties applied by the caller) or NULL for the
- * logits themselves. Per row: temperature (0 = greedy), top_k (0 = off), top_p (>= 1 = off),
- * min_p (0 = off), u one float64 uniform in [0, 1) (unused by greedy rows). Out, per row b:
+/* Draw one token for each of B rows of logits (B, V) float32. Per row: temperature (0 = greedy),
+ * top_k (0 = off), top_p (>= 1 = off), min_p (0 = off), u one float64 uniform in [0, 1) (unused by
+ * greedy rows), and the penalties: repetition (1 = off) on the tokens of seen (B, V) bool bytes,
+ * presence and frequency (0 = off) on counts (B, V) float32 (seen, counts: NULL where no row
+ * keeps that state). Sampling starts from the penalised logits; the model's own distribution
+ * (log-probs, entropy, candidates) is the raw logits'. Out, per row b:
  * ids[b] (1 + n_top) int64: the token, then the n_top most likely tokens by the model; vals[b]
  * (3 + 2 n_top) float32: the token's log-prob under the model, its probability under the
  * sampling distribution, the model distribution's entropy (nats), then the candidates' log-probs,
  * then their sampling probabilities. A row holding NaN or +inf gets NaN stats. Rows are shared
  * between the threads. Returns 0, or -1 without memory. */
-int tk_sample(int B, int V, const float *logits, const float *z, const float *temperature, const int64_t *top_k,
-              const float *top_p, const float *min_p, const double *u, int n_top, int64_t *ids, float *vals,
+int tk_sample(int B, int V, const float *logits, const float *temperature, const int64_t *top_k, const float *top_p,
+              const float *min_p, const double *u, const float *repetition, const float *presence,
+              const float *frequency, const uint8_t *seen, const float *counts, int n_top, int64_t *ids, float *vals,
               int n_threads) {
     int failed = 0;
 #pragma omp parallel for num_threads(B < n_threads ? B : n_threads) schedule(dynamic, 1)
@@ -473,11 +524,15 @@ int tk_sample(int B, int V, const float *logits, const float *z, const float *te
             failed = 1;
             continue;
         }
-        const RowParams p = {temperature[b], top_p[b], min_p[b], top_k[b], u[b]};
         const size_t off = (size_t)b * V;
+        const int rep = seen && repetition[b] != 1.f, freq = counts && (presence[b] != 0.f || frequency[b] != 0.f);
+        const RowParams p = {temperature[b],          top_p[b],           min_p[b],
+                             top_k[b],                u[b],               rep ? repetition[b] : 1.f,
+                             freq ? presence[b] : 0.f, freq ? frequency[b] : 0.f, rep ? seen + off : NULL,
+                             freq ? counts + off : NULL};
         int64_t *id = ids + (size_t)b * (1 + n_top);
         float *val = vals + (size_t)b * (3 + 2 * n_top);
-        sample_row(logits + off, (z ? z : logits) + off, V, &p, n_top, id, val, id + 1, val + 3, val + 3 + n_top, s);
+        sample_row(logits + off, V, &p, n_top, id, val, id + 1, val + 3, val + 3 + n_top, s);
     }
     return failed ? -1 : 0;
 }
