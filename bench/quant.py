@@ -167,10 +167,10 @@ def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
         step = (end - first) / (n - 1)
         return 1.0 / step, step
 
-    from tiankong.engine.kv_cache import KVCache
+    from tiankong.engine.kv_cache import KVCache, kv_dtype
 
     cfg = eng.cfg
-    cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(prompt), cfg.head_dim, torch.float32, "cpu")
+    cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(prompt), cfg.head_dim, kv_dtype(eng.model), "cpu")
     tokens, positions = torch.tensor([prompt]), torch.arange(len(prompt))[None]
 
     def prefill() -> float:

@@ -25,7 +25,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import InputError
-from .kv_cache import KVCache
+from .kv_cache import KVCache, kv_dtype
 
 Messages = Sequence[Mapping[str, Any]]
 # A rendered prompt: token ids here, a server's counted messages in remote.py; only its len() is read.
@@ -141,15 +141,15 @@ class PromptCache:
         self, model: torch.nn.Module, cfg: ModelConfig, prompt: Sequence[int], total: int
     ) -> tuple[KVCache, int]:
         """A cache of at least `total` slots holding `prompt`'s longest cached prefix -> (cache, its length)."""
-        p = next(model.parameters())
+        p, dtype = next(model.parameters()), kv_dtype(model)
         kv = self.kv
-        if kv is not None and (self._model_id != id(model) or kv.kv.dtype != p.dtype or kv.kv.device != p.device):
+        if kv is not None and (self._model_id != id(model) or kv.kv.dtype != dtype or kv.kv.device != p.device):
             kv, self.ids = None, []  # another model: nothing cached applies
         keep = self.reuse(prompt)
         self.ids = self.ids[:keep]  # slots past here are about to be overwritten
         if kv is None or kv.max_len < total:
             size = min(cfg.max_seq_len, max(total, 2 * kv.max_len if kv is not None else 0))
-            grown = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, size, cfg.head_dim, p.dtype, p.device)
+            grown = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, size, cfg.head_dim, dtype, p.device)
             if kv is not None and keep:
                 grown.kv[:, :, :, :keep] = kv.kv[:, :, :, :keep]
             kv, self._model_id = grown, id(model)
@@ -222,7 +222,7 @@ class PrefixStore:
         values `longest` returned)."""
         p = next(model.parameters())
         L, H2, _, hd = kv.shape
-        cache = KVCache(L, 1, H2 // 2, max(size, n), hd, p.dtype, p.device)
+        cache = KVCache(L, 1, H2 // 2, max(size, n), hd, kv_dtype(model), p.device)
         cache.kv[:, 0, :, :n] = kv[:, :, :n]
         self.hits, self.tokens_reused = self.hits + 1, self.tokens_reused + n
         return PromptCache.holding(model, prompt[:n], cache)

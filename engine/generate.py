@@ -41,7 +41,7 @@ from .config import ModelConfig
 from .context import PromptCache
 from .errors import InputError
 from .events import Candidate, Event, Finished, Timing, TokenEvent, Usage
-from .kv_cache import KVCache, build_mask
+from .kv_cache import KVCache, build_mask, kv_dtype
 from .sampling import BatchSampler, Draw, SamplingParams
 from .tokenizer import IncrementalDecoder, Tokenizer
 
@@ -169,7 +169,7 @@ def _prefill(
 ) -> _Batch:
     """Read the prompts into a fresh KV cache (or the row's PromptCache) -> the batch, holding the
     logits of each prompt's last token."""
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    device, dtype = next(model.parameters()).device, kv_dtype(model)  # dtype: the KV cache's
     B, P = len(rows), max(r.prompt_len for r in rows)
     total = P + max(r.max_new for r in rows)
     pad = torch.tensor([P - r.prompt_len for r in rows], device=device)  # (B,)

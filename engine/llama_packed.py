@@ -163,7 +163,8 @@ class PackedBlock(nn.Module):
         self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None, start: int
     ) -> torch.Tensor:
         """x (B, T, D); freqs (B, T, 1, hd/2) complex64; mask (B, 1, T, S) bool or None;
-        kv: this layer's slice of the KV cache (B, 2 H_kv, max_len, hd), or None."""
+        kv: this layer's slice of the KV cache (B, 2 H_kv, max_len, hd) in x's dtype, or float16
+        (kv_cache.kv_dtype: quantized weights), or None."""
         B, T, _ = x.shape
         H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         h = F.rms_norm(x, (self.dim,), self.attn_norm, self.eps)  # the gain lives in wqkv's columns, or here
@@ -182,8 +183,8 @@ class PackedBlock(nn.Module):
         if kv is None:
             kv = new_kv
         else:  # one copy into the cache, then attend over slots 0..start+T
-            kv[:, :, start : start + T] = new_kv
-            kv = kv[:, :, : start + T]
+            kv[:, :, start : start + T] = new_kv  # rounded to a float16 cache's halves (quantized weights)
+            kv = kv[:, :, : start + T].to(qkv.dtype)  # attention reads the cached values, as the step does
         y = F.scaled_dot_product_attention(
             qkv[:, :, :H].transpose(1, 2),
             kv[:, :H_kv],

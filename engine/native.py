@@ -29,6 +29,7 @@ import platformdirs
 import torch
 
 from . import threads
+from .kv_cache import kv_dtype
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -175,6 +176,8 @@ def _load(target: Path) -> Library:
     lib.tk_sample.restype = ctypes.c_int
     lib.tk_sample.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 11 + [ctypes.c_int]
     lib.tk_sample.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.tk_f16_roundtrip.restype = None
+    lib.tk_f16_roundtrip.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
     lib.tk_decode_step.restype = ctypes.c_int
     lib.tk_decode_step.argtypes = [
         ctypes.POINTER(lib.Model),
@@ -240,6 +243,10 @@ class WeightBuffer:
         return head, tok_emb
 
 
+# decode.c's Model.kv_type for each KV cache dtype (its KV_F32, KV_BF16, KV_F16).
+_KV_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     """A small vector as the step reads it: float32, contiguous (a copy the caller keeps alive)."""
     return None if t is None else t.detach().float().contiguous()
@@ -272,21 +279,28 @@ class NativeStep:
     A quantized model (PackedLlama of QTensor weights) has `wtypes` (n_layers, 7) int32 (the ggml
     types of wq, wk, wv, wo, gate, up, down), `out_type`, `q_scale`, and blocks whose weights are
     uint8 tensors of rows of those types back to back, with norm gains `attn_norm`, `ffn_norm`.
+
+    `dtype` is the KV cache's the engine makes for the model (kv_cache.kv_dtype): float16 for
+    quantized weights, else the weights' own float32 or bfloat16. A call reads any of the three
+    (the type of the cache it is handed), as the torch path does: tests compare the caches' types.
     """
 
     def __init__(self, lib: Library, model: PackedModel, gpt2: bool = False) -> None:
         cfg = model.cfg
         self.lib, self.model, self.cfg = lib, model, cfg
         wtypes = getattr(model, "wtypes", None)  # quantized weights: their types
-        self.dtype = torch.float32 if wtypes is not None else model.output.dtype  # the KV cache's
+        assert isinstance(model, torch.nn.Module)  # PackedLlama, PackedGPT2
+        self.dtype = kv_dtype(model)  # the KV cache's
+        assert self.dtype in _KV_TYPES and (wtypes is not None or model.output.dtype == self.dtype), self.dtype
+        float_dtype = torch.float32 if wtypes is not None else model.output.dtype  # float weights (parts)
         self.keep: list = []  # the float32 copies and pointer arrays the struct refers to
-        arrays = self._layer_arrays(model.layers, torch.uint8 if wtypes is not None else self.dtype)
-        assert model.output.is_contiguous() and (wtypes is not None or model.output.dtype == self.dtype)
+        arrays = self._layer_arrays(model.layers, torch.uint8 if wtypes is not None else float_dtype)
+        assert model.output.is_contiguous()
         if wtypes is not None:
             wtypes = wtypes.to(torch.int32).contiguous()
             assert wtypes.shape == (cfg.n_layers, 7), wtypes.shape
             self.keep.append(wtypes)
-        float_type = 30 if self.dtype == torch.bfloat16 else 0  # ggml's BF16, F32
+        float_type = 30 if float_dtype == torch.bfloat16 else 0  # ggml's BF16, F32
         vectors = [
             _f32(model.norm_weight),
             _f32(getattr(model, "norm_bias", None)),
@@ -306,7 +320,8 @@ class NativeStep:
             ffn_dim=cfg.ffn_dim,
             vocab=cfg.vocab_size,
             window=cfg.sliding_window or 0,
-            bf16=int(self.dtype == torch.bfloat16),
+            bf16=int(float_dtype == torch.bfloat16),
+            kv_type=_KV_TYPES[self.dtype],
             gpt2=int(gpt2),
             gelu_tanh=int(cfg.activation != "gelu"),
             eps=cfg.norm_eps,
@@ -345,7 +360,8 @@ class NativeStep:
         None; writes slot `start` of the KV cache -> logits (B, 1, V) float32."""
         B = x.shape[0]
         assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
-        assert cache.kv.is_contiguous() and cache.kv.dtype == self.dtype
+        assert cache.kv.is_contiguous() and cache.kv.dtype in _KV_TYPES, cache.kv.dtype
+        self.struct.kv_type = _KV_TYPES[cache.kv.dtype]
         x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the step overwrites it
         pos = positions[:, 0].to(torch.int64).contiguous()
         logits = torch.empty(B, self.cfg.vocab_size)
@@ -408,6 +424,16 @@ def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, out_features: int
     if rc != 0:
         raise MemoryError("the compiled matrix product could not allocate its scratch memory")
     return y.view(*x.shape[:-1], out_features)
+
+
+def f16_roundtrip(lib: Library, x: torch.Tensor, portable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (n,) float32 as the compiled step's float16 KV cache stores it and reads it back -> (the
+    half bits as int16 (n,), the widened floats (n,)); portable: the plain C conversions (builds
+    without F16C) instead of the CPU's. For tests."""
+    x = x.to(torch.float32).contiguous()
+    h, y = torch.empty(x.shape, dtype=torch.int16), torch.empty_like(x)
+    lib.tk_f16_roundtrip(x.data_ptr(), h.data_ptr(), y.data_ptr(), x.numel(), int(portable))
+    return h, y
 
 
 def sample(

@@ -25,7 +25,7 @@ from helpers import cli
 from tiny_models import STORIES, make_model
 
 from tiankong.engine import native
-from tiankong.engine.kv_cache import KVCache, build_mask
+from tiankong.engine.kv_cache import KVCache, build_mask, kv_dtype
 from tiankong.engine.model import load_model, prepare_for_inference
 from tiankong.engine.quant import QTYPES, QLinear, QTensor, quantize, round_activations, set_quantized
 
@@ -146,13 +146,23 @@ def rounding_reference(plain: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-def check_steps(plain: torch.nn.Module, cfg, steps: int = 8) -> None:
+def check_steps(plain: torch.nn.Module, cfg, steps: int = 8, kv: torch.dtype = torch.float16) -> None:
     """Prefill and greedy decode of two left-padded rows: the compiled step against the rounding
     torch reference. An input element within an ulp of a rounding tie may round the other way in
     one of the two (their norms and sums differ in the last bits), which moves that product by one
     8-bit step: ~3e-3 of the logits' scale where it happens (measured: one row of 16 in some runs).
     So: every row within 1e-2 of the scale (the rounding itself, unemulated, is ~3e-2; a wrong
-    layout, type or scale more), three in four within 1e-4, and the same greedy tokens."""
+    layout, type or scale more), three in four within 1e-4, and the same greedy tokens.
+
+    kv: the caches' type. float32 checks the products alone, as above. float16 is what the engine
+    makes for quantized weights (kv_cache.kv_dtype), and a key or value whose two float32 versions
+    straddle a rounding tie of halves lands one half-ulp (2^-11 relative) apart in the two caches,
+    which moves the next layer's input enough to flip several of its 8-bit roundings: 1.0e-2 to
+    1.5e-2 of the scale (measured, a padded qwen3 q4_0 row), and from then on in every step of that
+    row. So with float16 each decode step starts from the step's cache (copied into the
+    reference's, keys back in rotate-half order), which counts such a flip once, where it is made,
+    and the bound on every row moves from 1e-2 to 2e-2 (a flip in the prompt, which no copy can
+    undo; still under the 3e-2 of the unemulated rounding)."""
     with torch.no_grad():  # gains of 1 leave exact ties in q4_0 embedding rows (127 k / k_max)
         for name, p in plain.named_parameters():
             if name.endswith("norm.weight"):
@@ -163,7 +173,10 @@ def check_steps(plain: torch.nn.Module, cfg, steps: int = 8) -> None:
     B, P = 2, 6
     tokens = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(5))
     pad = torch.tensor([0, 2])
-    caches = [KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, torch.float32, "cpu") for _ in "ab"]
+    assert kv_dtype(step) == kv_dtype(ref) == torch.float16  # the rule for quantized weights, packed or plain
+    caches = [KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, kv, "cpu") for _ in "ab"]
+    H, hd = cfg.n_kv_heads, cfg.head_dim
+    pairs = torch.arange(hd).view(2, hd // 2).t().reshape(-1)  # the step's key element i is the reference's pairs[i]
     errors = []  # (step, row) -> max |logit difference| / max |logit|
     with torch.inference_mode():
         positions = (torch.arange(P)[None] - pad[:, None]).clamp(min=0)
@@ -175,20 +188,24 @@ def check_steps(plain: torch.nn.Module, cfg, steps: int = 8) -> None:
             errors += ((got - want).abs().amax(-1) / want.abs().amax(-1)).tolist()
             assert torch.equal(got.argmax(-1), want.argmax(-1)), f"slot {slot}"
             chosen, mask = want.argmax(-1)[:, None], build_mask(pad, slot, 1, slot + 1, cfg.sliding_window)
+            if kv == torch.float16:
+                caches[1].kv[:, :, H:] = caches[0].kv[:, :, H:]
+                caches[1].kv[:, :, :H, :, pairs] = caches[0].kv[:, :, :H]
             got, want = (
                 m(chosen, (slot - pad)[:, None], mask, c, slot)[:, -1] for m, c in zip((step, ref), caches, strict=True)
             )
-    assert max(errors) < 1e-2, errors
+    assert max(errors) < (1e-2 if kv == torch.float32 else 2e-2), errors
     assert sum(e < 1e-4 for e in errors) >= 0.75 * len(errors), errors
 
 
+@pytest.mark.parametrize("kv", [torch.float16, torch.float32])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
-def test_quantized_decode_steps_equal_the_torch_path(tmp_path, arch, qtype):
+def test_quantized_decode_steps_equal_the_torch_path(tmp_path, arch, qtype, kv):
     need_native()
     plain, cfg = load_model(make_model(tmp_path / "m", arch), "cpu", qtype)
     assert isinstance(plain.layers[0].attn.wq, QLinear)
-    check_steps(plain, cfg)
+    check_steps(plain, cfg, kv=kv)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

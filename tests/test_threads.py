@@ -84,10 +84,11 @@ def step_logits(eng: Engine, threads: int, rows: int = 3, slots: int = 70) -> to
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("source", ["stories", "llama-ffn-100", "gpt2"])
+@pytest.mark.parametrize("source", ["stories", "llama-ffn-100", "gpt2", "q8_0"])
 def test_a_step_gives_the_same_bits_on_any_number_of_threads(source, tmp_path):
     """Attention's slot ranges and the activations' last partial vector do not depend on where a
-    thread's share begins, so the busy-machine fallback to one thread changes no output."""
+    thread's share begins, so the busy-machine fallback to one thread changes no output. q8_0:
+    quantized weights and their float16 cache, at head_dim 64 (attention's vector kernels)."""
     if native.library() is None:
         pytest.skip(f"no compiled decode step here: {native.reason()}")
     if source == "stories":
@@ -96,9 +97,12 @@ def test_a_step_gives_the_same_bits_on_any_number_of_threads(source, tmp_path):
         folder = STORIES
     elif source == "gpt2":
         folder = make_model(tmp_path, "gpt2")
+    elif source == "q8_0":
+        folder = make_model(tmp_path, "llama", hidden_size=256, intermediate_size=512)
     else:  # an FFN width whose thread shares end mid-vector
         folder = make_model(tmp_path, "llama", intermediate_size=100)
-    eng = Engine.load(folder, device="cpu", dtype="float32")
+    eng = Engine.load(folder, device="cpu", dtype="q8_0" if source == "q8_0" else "float32")
+    assert eng.model._native.dtype == (torch.float16 if source == "q8_0" else torch.float32)
     one = step_logits(eng, 1)
     for threads in (2, 3):
         assert torch.equal(step_logits(eng, threads), one), f"{threads} threads differ from one"

@@ -29,7 +29,9 @@
  * q6_k parts have their rows interleaved eight at a time (type + T_X8: repack.h), which is why the threads
  * share a product's rows in groups of 8 (share_rows). Nothing is folded: the norm
  * gains come as attn_norm, ffn_norm (D,) and the query scale as q_scale; the q/k rows are still in
- * RoPE-pair order. The KV cache is then float32 (bf16 = 0).
+ * RoPE-pair order. The KV cache is then float16 (kv_type 2, as llama.cpp's default): the cache is
+ * most of what attention reads, and at four rows or a long context it is a fifth to a half of all
+ * a step streams (135M, f32: 46 KB per token and row against 90 MB of q8_0 weights).
  *
  * bfloat16 halves the bytes a step streams, so it runs nearly twice as fast; widening bf16 to
  * float32 is a 16-bit shift, so no bf16 instructions are needed. In float32 the numbers agree with
@@ -45,7 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -207,9 +209,75 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* The kernels that read weights or cached keys/values, once for float32 and once for bfloat16
- * elements (activations are float32 either way): dot_f32, tile_f32, dot_rows_f32, axpy_f32, and
- * the same with _bf16. */
+/* IEEE half (the float16 KV cache): 1 sign, 5 exponent, 10 mantissa bits. The portable
+ * conversions are the reference for builds without F16C (and for tk_f16_roundtrip's test); with
+ * F16C the CPU converts, to the same bits (round to nearest even, subnormals kept, as torch's
+ * `.half()`). */
+static inline float f16_to_f32_portable(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    uint32_t u;
+    if (e == 0x1f) /* inf, NaN */
+        u = sign | 0x7f800000u | (m << 13);
+    else if (e) /* normal: rebias the exponent (127 - 15 = 112) */
+        u = sign | ((e + 112) << 23) | (m << 13);
+    else { /* zero or subnormal: m 2^-24, exact in float32 */
+        const float f = (float)m * 0x1p-24f;
+        memcpy(&u, &f, sizeof u);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t f32_to_f16_portable(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) /* NaN: a quiet one */
+        return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) /* 65520 and up round (to even) past 65504, the largest half: inf */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a >= 0x38800000u) /* 2^-14 and up: normal; drop 13 mantissa bits to nearest even, rebias */
+        return (uint16_t)(sign | ((a + 0xfffu + ((a >> 13) & 1u) - (112u << 23)) >> 13));
+    /* below 2^-14: a multiple of 2^-24 (subnormal, or 1024 of them: the smallest normal) */
+    const int shift = 126 - (int)(a >> 23); /* |f| = mant 2^(E - 150) = (mant >> shift) 2^-24 */
+    if (shift > 24)
+        return (uint16_t)sign; /* under 2^-25: rounds to zero (exactly 2^-25 ties to even 0) */
+    const uint32_t mant = (a & 0x7fffffu) | 0x800000u, half = 1u << (shift - 1), rest = mant & ((half << 1) - 1);
+    uint32_t m = mant >> shift;
+    m += rest > half || (rest == half && (m & 1u));
+    return (uint16_t)(sign | m);
+}
+
+#if defined(__F16C__)
+static inline float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
+static inline float f16_to_f32(uint16_t h) { return f16_to_f32_portable(h); }
+static inline uint16_t f32_to_f16(float f) { return f32_to_f16_portable(f); }
+#endif
+
+static inline v16 load16_f16(const uint16_t *p) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif defined(__F16C__)
+    const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+    float f[16];
+    _mm256_storeu_ps(f, lo), _mm256_storeu_ps(f + 8, hi);
+    return load16(f);
+#else
+    float f[16];
+    for (int i = 0; i < 16; i++)
+        f[i] = f16_to_f32_portable(p[i]);
+    return load16(f);
+#endif
+}
+
+/* The kernels that read weights or cached keys/values, once for float32, once for bfloat16 and
+ * once for float16 elements (activations are float32 either way): dot_f32, tile_f32,
+ * dot_rows_f32, axpy_f32, and the same with _bf16 and _f16 (the cache only). */
 #define T float
 #define SUF _f32
 #define LOAD(p) load16(p)
@@ -228,9 +296,21 @@ static inline uint16_t f32_to_bf16(float f) {
 #undef SUF
 #undef LOAD
 #undef GET
+#define T uint16_t
+#define SUF _f16
+#define LOAD(p) load16_f16(p)
+#define GET(p, i) f16_to_f32((p)[i])
+#include "kernels.h"
+#undef T
+#undef SUF
+#undef LOAD
+#undef GET
 
 /* The kernels that read GGUF-quantized weight rows (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k). */
 #include "quant.h"
+
+/* The KV cache's element types (Model.kv_type). */
+enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
 
 /* The model as the step sees it. One list, MODEL_FIELDS, declares the struct and describes it to
  * Python (tk_model_layout: each field's name, kind and offset), so native.py builds its ctypes mirror
@@ -240,7 +320,8 @@ static inline uint16_t f32_to_bf16(float f) {
     X(INT, n_layers) X(INT, dim) X(INT, n_heads) X(INT, n_kv_heads) X(INT, head_dim) X(INT, ffn_dim)  \
     X(INT, vocab)                                                                                   \
     X(INT, window)    /* sliding window (Mistral), 0 for none */                                    \
-    X(INT, bf16)      /* weights and KV cache in bfloat16 (else float32); activations are float32 */\
+    X(INT, bf16)      /* float weights in bfloat16 (else float32); activations are float32 */      \
+    X(INT, kv_type)   /* the KV cache's elements: KV_F32, KV_BF16 (bf16 models), KV_F16 (quantized) */\
     X(INT, gpt2)      /* GPT-2: LayerNorm, no RoPE (positions are in x already), fc -> GELU -> proj */\
     X(INT, gelu_tanh) /* GPT-2's GELU: the tanh approximation (else the exact one) */               \
     X(FLOAT, eps)                                                                                   \
@@ -424,21 +505,46 @@ static void rope(float *v, int n_heads, int hd, const float *cs, const float *sn
     }
 }
 
-/* n floats into the cache at dst (float32 or bfloat16 elements). */
-static void cache_write(void *dst, int bf16, const float *src, int n) {
-    if (!bf16) {
-        memcpy(dst, src, sizeof(float) * n);
-        return;
-    }
+/* p + n cache elements of type kvt */
+static inline const void *kv_at(const void *p, int kvt, int64_t n) {
+    return (const char *)p + n * (kvt == KV_F32 ? 4 : 2);
+}
+
+/* 16 cache elements of type kvt from p + i as floats (kvt a constant where this is inlined). */
+static inline __attribute__((always_inline)) v16 load16_kv(const void *p, int64_t i, const int kvt) {
+    return kvt == KV_F16    ? load16_f16((const uint16_t *)p + i)
+           : kvt == KV_BF16 ? load16_bf16((const uint16_t *)p + i)
+                            : load16((const float *)p + i);
+}
+
+/* n floats into the cache at dst (elements of type kvt), each rounded to nearest even. */
+static void cache_write(void *dst, int kvt, const float *src, int n) {
     uint16_t *d = dst;
-    for (int i = 0; i < n; i++)
-        d[i] = f32_to_bf16(src[i]);
+    int i = 0;
+    switch (kvt) {
+    case KV_F32: memcpy(dst, src, sizeof(float) * n); break;
+    case KV_BF16:
+        for (; i < n; i++)
+            d[i] = f32_to_bf16(src[i]);
+        break;
+    default:
+#if defined(__AVX512F__)
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i *)(d + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+        for (; i < n; i++)
+            d[i] = f32_to_f16(src[i]);
+    }
 }
 
 /* What every stage of one step shares: the model, the batch, the cache and the scratch buffers. */
 typedef struct {
     const Model *m;
     int B, D, H, Hkv, hd, F, Q, S, group, bf, slot;
+    int kvt;                          /* the cache's element type (KV_F32, KV_BF16, KV_F16) */
     int parts;                        /* attention's slot ranges (attention_parts) */
     float *x;                         /* (B, D) the residual stream, updated in place */
     void *kv;                         /* the KV cache, (layer, row, 2 Hkv, max_len, hd) */
@@ -468,8 +574,8 @@ static void rope_and_cache(const Step *s, int l, int t, int nt) {
             rope(head, 1, hd, s->cs + b * hd / 2, s->sn + b * hd / 2);
         if (hh >= s->H) {
             int64_t at = l * s->layer_stride + b * s->row_stride + (hh - s->H) * s->head_stride + (int64_t)s->slot * hd;
-            cache_write((void *)advance(s->kv, s->bf, at), s->bf, head, hd);
-            cache_write((void *)advance(s->kv, s->bf, at + s->Hkv * s->head_stride), s->bf, head + (int64_t)s->Hkv * hd,
+            cache_write((void *)kv_at(s->kv, s->kvt, at), s->kvt, head, hd);
+            cache_write((void *)kv_at(s->kv, s->kvt, at + s->Hkv * s->head_stride), s->kvt, head + (int64_t)s->Hkv * hd,
                         hd);
         }
     }
@@ -522,44 +628,46 @@ static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
     int p0, p1, ja, n;
     thread_slots(s, t, nt, &p0, &p1, &ja, &n);
     const int64_t at = l * s->layer_stride + (int64_t)ja * s->hd;
-    const int64_t esize = s->bf ? 2 : 4;
-    return (Prefetch){.base = advance(s->kv, s->bf, at), .stride = s->head_stride * esize,
+    const int64_t esize = s->kvt == KV_F32 ? 4 : 2;
+    return (Prefetch){.base = kv_at(s->kv, s->kvt, at), .stride = s->head_stride * esize,
                       .len = (int64_t)n * s->hd * esize, .n = n > 0 ? s->B * 2 * s->Hkv : 0};
 }
 
-/* acc (hd) = sum_j p[j] val_j over n float32 value rows val_j (stride apart), slots with p[j] == 0
- * skipped: axpy's arithmetic, in the same order, with the sums kept in registers (hd is a
- * constant where this is inlined). axpy_f32 per slot and head stored and reloaded the sums every
- * time, and the store-to-load latency made attention's weighing 20 cycles a slot and head (hd 64). */
-static inline __attribute__((always_inline)) void weigh_values(const float *val, int64_t stride, const float *p, int n,
-                                                               const int hd, float *acc) {
+/* acc (hd) = sum_j p[j] val_j over n value rows val_j (stride elements apart, of type kvt: float32
+ * or float16), slots with p[j] == 0 skipped: axpy's arithmetic, in the same order, with the sums
+ * kept in registers (hd and kvt are constants where this is inlined). axpy_f32 per slot and head
+ * stored and reloaded the sums every time, and the store-to-load latency made attention's
+ * weighing 20 cycles a slot and head (hd 64). */
+static inline __attribute__((always_inline)) void weigh_values(const void *val, int64_t stride, const float *p, int n,
+                                                               const int hd, const int kvt, float *acc) {
     v16 sum[8] = {{0}}; /* hd <= 128 */
-    for (int j = 0; j < n; j++, val += stride) {
+    for (int j = 0; j < n; j++) {
         if (p[j] == 0.f)
             continue;
         for (int i = 0; i < hd / 16; i++)
-            sum[i] += splat(p[j]) * load16(val + 16 * i);
+            sum[i] += splat(p[j]) * load16_kv(val, j * stride + 16 * i, kvt);
     }
     for (int i = 0; i < hd / 16; i++)
         store16(acc + 16 * i, sum[i]);
 }
 
 #if defined(__AVX512F__)
-/* sc[j] = dot_f32(key_j, q, hd) for n float32 key rows key_j (hd apart), the same bits: each dot's
+/* sc[j] = dot_f32(key_j, q, hd) for n key rows key_j (hd apart; float32, or float16 as dot_f16
+ * reads them), the same bits: each dot's
  * two sums of 16 lanes as dot_f32 makes them, then the horizontal sums of 16 dots at once, adding
  * the lanes in hsum's pairs (i + 8, i + 4, i + 2, i + 1) with 4 rounds of shuffles across the 16
  * vectors instead of 16 separate hsums (which made a score cost 17 cycles at hd 64). */
-static inline __attribute__((always_inline)) void score_keys(const float *key, const float *q, int n, const int hd,
-                                                             float *sc) {
+static inline __attribute__((always_inline)) void score_keys(const void *key, const float *q, int n, const int hd,
+                                                             const int kvt, float *sc) {
     int j = 0;
     for (; j + 16 <= n; j += 16) {
         __m512 v[16], w[8], z[4], u[2];
         for (int k = 0; k < 16; k++) {
-            const float *a = key + (int64_t)(j + k) * hd;
+            const int64_t a = (int64_t)(j + k) * hd;
             v16 s0 = {0}, s1 = {0};
             for (int i = 0; i < hd; i += 32) {
-                s0 += load16(a + i) * load16(q + i);
-                s1 += load16(a + i + 16) * load16(q + i + 16);
+                s0 += load16_kv(key, a + i, kvt) * load16(q + i);
+                s1 += load16_kv(key, a + i + 16, kvt) * load16(q + i + 16);
             }
             v[k] = (__m512)(s0 + s1);
         }
@@ -580,21 +688,25 @@ static inline __attribute__((always_inline)) void score_keys(const float *key, c
                                                        r));
     }
     for (; j < n; j++)
-        sc[j] = dot_f32(key + (int64_t)j * hd, q, hd);
+        sc[j] = kvt == KV_F16 ? dot_f16((const uint16_t *)key + (int64_t)j * hd, q, hd)
+                              : dot_f32((const float *)key + (int64_t)j * hd, q, hd);
 }
 #endif
 
-/* scores (group, n) = the group's query heads qg (group, hd) . the n keys from key0 (hd apart),
- * -inf where vis (n slots, or NULL: all visible) hides the slot. */
-static void group_scores(const void *key0, int bf, const float *qg, int group, int n, int hd, const uint8_t *vis,
+/* scores (group, n) = the group's query heads qg (group, hd) . the n keys from key0 (hd apart,
+ * elements of type kvt), -inf where vis (n slots, or NULL: all visible) hides the slot. */
+static void group_scores(const void *key0, int kvt, const float *qg, int group, int n, int hd, const uint8_t *vis,
                          float *scores) {
 #if defined(__AVX512F__)
-    if (!bf && (hd == 64 || hd == 128)) {
-        for (int k = 0; k < group; k++)
-            if (hd == 64)
-                score_keys(key0, qg + (int64_t)k * hd, n, 64, scores + (int64_t)k * n);
+    if (kvt != KV_BF16 && (hd == 64 || hd == 128)) { /* hd and kvt as constants in score_keys */
+        for (int k = 0; k < group; k++) {
+            const float *q = qg + (int64_t)k * hd;
+            float *sc = scores + (int64_t)k * n;
+            if (kvt == KV_F16)
+                hd == 64 ? score_keys(key0, q, n, 64, KV_F16, sc) : score_keys(key0, q, n, 128, KV_F16, sc);
             else
-                score_keys(key0, qg + (int64_t)k * hd, n, 128, scores + (int64_t)k * n);
+                hd == 64 ? score_keys(key0, q, n, 64, KV_F32, sc) : score_keys(key0, q, n, 128, KV_F32, sc);
+        }
         for (int j = 0; vis && j < n; j++)
             for (int k = 0; k < group && !vis[j]; k++)
                 scores[(int64_t)k * n + j] = -INFINITY;
@@ -602,11 +714,12 @@ static void group_scores(const void *key0, int bf, const float *qg, int group, i
     }
 #endif
     for (int j = 0; j < n; j++) {
-        const void *key = advance(key0, bf, (int64_t)j * hd);
+        const void *key = kv_at(key0, kvt, (int64_t)j * hd);
         for (int k = 0; k < group; k++)
-            scores[(int64_t)k * n + j] = vis && !vis[j] ? -INFINITY
-                                         : bf           ? dot_bf16(key, qg + (int64_t)k * hd, hd)
-                                                        : dot_f32(key, qg + (int64_t)k * hd, hd);
+            scores[(int64_t)k * n + j] = vis && !vis[j]    ? -INFINITY
+                                         : kvt == KV_BF16 ? dot_bf16(key, qg + (int64_t)k * hd, hd)
+                                         : kvt == KV_F16  ? dot_f16(key, qg + (int64_t)k * hd, hd)
+                                                          : dot_f32(key, qg + (int64_t)k * hd, hd);
     }
 }
 
@@ -631,24 +744,30 @@ static void group_softmax(float *scores, int group, int n, int hd, float *parts)
     }
 }
 
-/* Each head's part values += its weights (scores (group, n)) times the n values from val0. */
-static void group_values(const void *val0, int bf, const float *scores, int group, int n, int hd, float *parts) {
-    if (!bf && (hd == 64 || hd == 128)) {
-        for (int k = 0; k < group; k++) /* the head's sums in registers (hd a constant) */
-            if (hd == 64)
-                weigh_values(val0, 64, scores + (int64_t)k * n, n, 64, parts + (int64_t)k * (hd + 2) + 2);
+/* Each head's part values += its weights (scores (group, n)) times the n values from val0
+ * (elements of type kvt). */
+static void group_values(const void *val0, int kvt, const float *scores, int group, int n, int hd, float *parts) {
+    if (kvt != KV_BF16 && (hd == 64 || hd == 128)) {
+        for (int k = 0; k < group; k++) { /* the head's sums in registers (hd and kvt constants) */
+            const float *p = scores + (int64_t)k * n;
+            float *acc = parts + (int64_t)k * (hd + 2) + 2;
+            if (kvt == KV_F16)
+                hd == 64 ? weigh_values(val0, 64, p, n, 64, KV_F16, acc) : weigh_values(val0, 128, p, n, 128, KV_F16, acc);
             else
-                weigh_values(val0, 128, scores + (int64_t)k * n, n, 128, parts + (int64_t)k * (hd + 2) + 2);
+                hd == 64 ? weigh_values(val0, 64, p, n, 64, KV_F32, acc) : weigh_values(val0, 128, p, n, 128, KV_F32, acc);
+        }
         return;
     }
     for (int j = 0; j < n; j++) {
-        const void *val = advance(val0, bf, (int64_t)j * hd);
+        const void *val = kv_at(val0, kvt, (int64_t)j * hd);
         for (int k = 0; k < group; k++) {
             float p = scores[(int64_t)k * n + j], *acc = parts + (int64_t)k * (hd + 2) + 2;
             if (p == 0.f)
                 continue;
-            if (bf)
+            if (kvt == KV_BF16)
                 axpy_bf16(acc, p, val, hd);
+            else if (kvt == KV_F16)
+                axpy_f16(acc, p, val, hd);
             else
                 axpy_f32(acc, p, val, hd);
         }
@@ -657,7 +776,7 @@ static void group_values(const void *val0, int bf, const float *scores, int grou
 
 /* Range p's partial softmaxes (attention_share). */
 static void attention_range(const Step *s, int l, int p, float *scores) {
-    const int hd = s->hd, group = s->group, bf = s->bf;
+    const int hd = s->hd, group = s->group, kvt = s->kvt;
     int ja, n;
     attention_slots(s, p, &ja, &n);
     for (int b = 0; b < s->B; b++) {
@@ -668,9 +787,9 @@ static void attention_range(const Step *s, int l, int p, float *scores) {
             const float *qg = s->qkv + (int64_t)b * s->Q + (int64_t)g * group * hd; /* the group's queries */
             /* The range's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
             float *parts = s->partial + ((int64_t)p * s->B * s->H + (int64_t)b * s->H + (int64_t)g * group) * (hd + 2);
-            group_scores(advance(s->kv, bf, keys), bf, qg, group, n, hd, vis, scores);
+            group_scores(kv_at(s->kv, kvt, keys), kvt, qg, group, n, hd, vis, scores);
             group_softmax(scores, group, n, hd, parts);
-            group_values(advance(s->kv, bf, vals), bf, scores, group, n, hd, parts);
+            group_values(kv_at(s->kv, kvt, vals), kvt, scores, group, n, hd, parts);
         }
     }
 }
@@ -707,9 +826,9 @@ static void merge_attention(const Step *s, int t, int nt, int n_parts) {
         const float *vals = s->partial + (int64_t)it * (hd + 2) + 2; /* part u's values: u BH (hd + 2) on */
         if (hd == 64 || hd == 128) /* the sums in registers, as attention's own (weigh_values) */
             if (hd == 64)
-                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 64, y);
+                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 64, KV_F32, y);
             else
-                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 128, y);
+                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 128, KV_F32, y);
         else {
             memset(y, 0, sizeof(float) * hd);
             for (int u = 0; u < n_parts; u++)
@@ -770,7 +889,7 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
                       const uint8_t *mask, int64_t mask_stride, int n_threads) {
     const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
     *s = (Step){.m = m, .B = B, .D = D, .H = H, .Hkv = Hkv, .hd = hd, .F = F, .Q = (H + 2 * Hkv) * hd,
-                .S = slot + 1, .group = H / Hkv, .bf = m->bf16, .slot = slot, .x = x, .kv = kv,
+                .S = slot + 1, .group = H / Hkv, .bf = m->bf16, .kvt = m->kv_type, .slot = slot, .x = x, .kv = kv,
                 .head_stride = (int64_t)max_len * hd, .mask = mask, .mask_stride = mask_stride};
     s->row_stride = 2 * Hkv * s->head_stride;
     s->layer_stride = B * s->row_stride;
@@ -796,7 +915,7 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
 
 /*
  * x (B, D) float32: the embeddings of the B new tokens; overwritten with the final residual
- * stream. pos (B,): each row's position (for RoPE). kv: the cache buffer (the weights' dtype);
+ * stream. pos (B,): each row's position (for RoPE). kv: the cache buffer (m->kv_type elements);
  * max_len its slot count; the new keys/values go to slot `slot`, and row b attends to slots
  * j <= slot with mask[b * mask_stride + j] (mask NULL: all) and, with a window, slot - j < window.
  * logits (B, V) float32 out. Returns 0, or -1 when scratch memory could not be allocated.
@@ -879,6 +998,23 @@ int tk_matvec(int type, const void *W, int O, int I, const float *x, int B, floa
         free(mem);
     }
     return failed ? -1 : 0;
+}
+
+/* h = x rounded to IEEE half as the cache stores it (cache_write), y = h widened as attention reads it
+ * (load16_f16 in 16s, f16_to_f32 for the rest), n elements; portable: the plain C conversions
+ * instead, which builds without F16C use. For tests (against torch's .half()). */
+void tk_f16_roundtrip(const float *x, uint16_t *h, float *y, int n, int portable) {
+    if (portable) {
+        for (int i = 0; i < n; i++)
+            h[i] = f32_to_f16_portable(x[i]), y[i] = f16_to_f32_portable(h[i]);
+        return;
+    }
+    cache_write(h, KV_F16, x, n);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        store16(y + i, load16_f16(h + i));
+    for (; i < n; i++)
+        y[i] = f16_to_f32(h[i]);
 }
 
 /* Weight rows per tile of tk_matmul: a tile (at most 32 x 6 KB of q8_0 rows 5632 wide) stays in L2
