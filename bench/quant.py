@@ -19,7 +19,9 @@ What it does, top to bottom:
                drift hits every engine alike; the best run of each is reported (others only add
                time).
   3. report  — decode tok/s (batch 1, greedy, 32-token prompt, 128 new tokens, 2 threads), the
-               ratio to llama.cpp, tiankong's 4-row step time over its 1-row one, and the time
+               ratio to llama.cpp, tiankong's 4-row step time (the four bundled presets that
+               `tiankong compare` runs: balanced, creative, precise, chat, with their top-k/top-p/
+               min-p and penalties) over its 1-row greedy one, and the time
                to prefill the 32-token prompt (tiankong: the model call of the prompt into a KV
                cache; llama.cpp: `llm.reset(); llm.eval(prompt)`) with its ratio to llama.cpp's;
                also bench/out/quant.json (quant-1b.json for --shape 1b).
@@ -32,7 +34,7 @@ import json
 import time
 from pathlib import Path
 
-from decode import GGUF_PATH, MODEL_DIR, OUT, PRESETS, importable, prompt_ids, setup
+from decode import GGUF_PATH, MODEL_DIR, OUT, importable, prompt_ids, setup
 
 FTYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}
 # decode: tok/s over llama.cpp's (at least 1); 4 rows / 1 row step time (at most 1.5); prefill:
@@ -130,6 +132,16 @@ def prompt_for(shape: str, n: int) -> list[int]:
     return [259 + (1234 + 7919 * i) % (SHAPE_1B["vocab"] - 259) for i in range(n)]
 
 
+def presets(rows: int, n: int) -> list:
+    """The first `rows` of the bundled presets a comparison runs, seeded, n new tokens each."""
+    from dataclasses import replace
+
+    from tiankong.presets import get_preset
+
+    names = ("balanced", "creative", "precise", "chat")[:rows]
+    return [replace(get_preset(name).params, max_new_tokens=n, seed=r) for r, name in enumerate(names)]
+
+
 def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
     """(run(rows) -> (decode tok/s of row 0, seconds per step), prefill() -> seconds, weight types)
     for one engine."""
@@ -157,7 +169,7 @@ def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
     greedy = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, seed=0)
 
     def run(rows: int, n: int = n_new) -> tuple[float, float]:
-        params = [SamplingParams(**(greedy if rows == 1 else PRESETS[r]), max_new_tokens=n) for r in range(rows)]
+        params = [SamplingParams(**greedy, max_new_tokens=n)] if rows == 1 else presets(rows, n)
         first = end = None
         for ev in eng.generate([prompt] * rows, params):
             if first is None and isinstance(ev, TokenEvent):

@@ -6,8 +6,8 @@ it replaces on CPU, same rows, same settings.
 
 What it does: random logits shaped like a random model's (flat: the top-p cut lies thousands of
 tokens down, the costly case) and like a trained one's (peaked), for two batches: bench/quant.py's
-four presets in one batch (greedy; T 0.7 top-p 0.9; T 1 top-k 40; T 0.3 min-p 0.1) and one
-greedy row. Each is drawn with BatchSampler.draw (top_logprobs 0, as quant.py's runs), compiled
+four presets in one batch (the bundled balanced, creative, precise and chat: top-k, top-p, min-p,
+and the repetition/presence penalties over a 32-token prompt) and one greedy row. Each is drawn with BatchSampler.draw (top_logprobs 0, as quant.py's runs), compiled
 and torch in turns, best of --rounds rounds of 200 draws; the report gives milliseconds a draw
 and the ratio.
 """
@@ -18,7 +18,7 @@ import argparse
 import time
 
 import torch
-from decode import PRESETS
+from quant import presets
 from rich.console import Console
 from rich.table import Table
 
@@ -54,11 +54,12 @@ def main() -> None:
     table = Table(title=f"one draw, {args.vocab}-token rows, {args.threads} threads, best of {args.rounds} rounds")
     for col in ("rows", "logits", "compiled ms", "torch ms", "torch / compiled"):
         table.add_column(col, justify="right" if "ms" in col or "/" in col else "left")
-    for name, presets in (("4 presets", PRESETS), ("1 greedy", PRESETS[:1])):
+    greedy = SamplingParams(temperature=0.0, seed=0, max_new_tokens=1)
+    prompt = list(range(300, 332))
+    for name, params in (("4 presets", presets(4, 1)), ("1 greedy", [greedy])):
         for kind, scale in (("flat", 0.5), ("peaked", 4.0)):
-            logits = torch.randn(len(presets), args.vocab, generator=gen) * scale
-            params = [SamplingParams(**p, max_new_tokens=1) for p in presets]
-            sampler = BatchSampler(params, args.vocab, torch.device("cpu"), [[1]] * len(presets))
+            logits = torch.randn(len(params), args.vocab, generator=gen) * scale
+            sampler = BatchSampler(params, args.vocab, torch.device("cpu"), [prompt] * len(params))
             best = {c: min(time_draws(sampler, logits, c) for _ in range(args.rounds)) for c in (True, False)}
             table.add_row(
                 name, kind, f"{best[True] * 1e3:.3f}", f"{best[False] * 1e3:.3f}", f"{best[False] / best[True]:.1f}x"

@@ -139,7 +139,13 @@ def test_a_large_flat_vocabulary_draws_what_the_torch_chain_draws(lib, monkeypat
     within rounding of a boundary between two tokens (float32 exponentials differ in the last bit):
     at most 1 % of them, and then the two tokens are neighbours."""
     vocab, n_steps = 49152, 60
-    settings = [dict(temperature=0.7, top_p=0.9), dict(temperature=1.0, top_k=40), dict(temperature=0.3, min_p=0.1)]
+    settings = [
+        dict(temperature=0.7, top_p=0.9),
+        dict(temperature=1.0, top_k=40),
+        dict(temperature=0.3, min_p=0.1),
+        dict(temperature=0.7, top_k=40, top_p=0.9),  # balanced, the default
+        dict(temperature=0.8, top_k=256, top_p=0.95),  # the largest k drawn from its kept set
+    ]
     ours, ref = make(settings, vocab), make(settings, vocab)
     gen = torch.Generator().manual_seed(3)
     differ = 0
@@ -154,6 +160,36 @@ def test_a_large_flat_vocabulary_draws_what_the_torch_chain_draws(lib, monkeypat
                 probs = ref.process(x)[r]  # no penalties here: process() reads no state
                 assert (probs[lo + 1 : hi] == 0).all(), "the draws differ by more than a boundary"
     assert differ <= n_steps * len(settings) // 100
+
+
+@pytest.mark.parametrize(
+    "vocab, scale, ties",
+    [(49152, 3.0, False), (3000, 2.0, True), (49152, 0.5, True)],
+    ids=["thinned", "ties", "ties-overflow"],
+)
+def test_top_k_rows_keep_the_torch_chains_set(lib, monkeypatch, vocab, scale, ties):
+    """Top-k rows (k <= 256) sample from their kept set, found in one pass that thins its room to
+    the running k-th largest. Distinct values (thinned many times), integer logits with hundreds
+    of ties at the k-th value, and so many ties (thousands at 0.5-scaled integers) that the room
+    overflows and the row goes through the whole vocabulary instead: each time the kept set and
+    its probabilities must be the torch chain's."""
+    settings = [
+        dict(temperature=0.7, top_k=40, top_p=0.9),
+        dict(temperature=1.0, top_k=256),
+        dict(temperature=0.5, top_k=7),
+    ]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(len(settings), vocab, generator=gen) * scale
+    x = x.round() if ties else x
+    ours, ref = make(settings, vocab).draw(x, vocab), reference(monkeypatch, make(settings, vocab), x, vocab)
+    assert ours.top is not None and ref.top is not None
+    for r in range(len(settings)):
+        ids, _, ps = (torch.tensor(t) for t in ours.top[r])
+        ref_ids, _, ref_ps = (torch.tensor(t) for t in ref.top[r])
+        ps, ref_ps = ps[ids.argsort()], ref_ps[ref_ids.argsort()]
+        assert torch.equal(ps > 0, ref_ps > 0), f"row {r} ({settings[r]}) keeps other tokens"
+        torch.testing.assert_close(ps, ref_ps, rtol=2e-5, atol=1e-9)
+    assert ours.tokens.tolist() == ref.tokens.tolist()
 
 
 def test_a_row_of_nan_gets_nan_stats_and_minus_inf_entries_do_not(lib):

@@ -333,28 +333,29 @@ typedef struct {
     const float *counts;
 } RowParams;
 
-/* Scratch of one thread: z, y, e, cy and cw (V floats each), the candidates (V each, as indices
- * and as (logit, id)) and the sort buffer. */
+/* Scratch of one thread: z, y, e, cy and cw (V floats each), kept (a top-k row's kept ids, V),
+ * the candidates (V each, as indices and as (logit, id)) and the sort buffer. */
 typedef struct Cand Cand;
 typedef struct {
     float *z, *y, *e, *cy, *cw;
-    int *idx;
+    int *kept, *idx;
     Cand *cand;
     Pair *buf;
 } Scratch;
 
 /* The sampling cut of a non-greedy row, the largest of top-k's, top-p's and min-p's thresholds
- * (-inf: keep all), given its scaled logits y (largest m) and their weights s->e (sum mass). */
-static float row_cut(const RowParams *p, const float *y, int V, float m, double mass, Scratch *s) {
-    float cut = -INFINITY;
-    if (p->top_k > 0 && p->top_k < V)
-        cut = select_cut(y, NULL, V, -INFINITY, (double)p->top_k, s->cy, s->cw, s->buf);
+ * (-inf: keep all), given n scaled logits y (largest m) and their weights s->e (sum mass): the
+ * whole row (top-k's cut found here), or its top-k kept set (cut: top-k's, already applied). */
+static float row_cut(const RowParams *p, const float *y, int n, int whole, float cut, float m, double mass,
+                     Scratch *s) {
+    if (whole && p->top_k > 0 && p->top_k < n)
+        cut = select_cut(y, NULL, n, -INFINITY, (double)p->top_k, s->cy, s->cw, s->buf);
     if (p->top_p < 1.f) {
         if (cut > -INFINITY)
-            mass = drop_below_cut(y, s->e, V, cut); /* top-p weighs what top-k kept */
+            mass = drop_below_cut(y, s->e, n, cut); /* top-p weighs what top-k kept */
         /* float32's epsilon of slack: [0.5, 0.3] sums to a hair under 0.8 and must stop there */
         const double t = ((double)p->top_p - 1.1920928955078125e-07) * mass;
-        const float c = select_cut(y, s->e, V, cut, t, s->cy, s->cw, s->buf);
+        const float c = select_cut(y, s->e, n, cut, t, s->cy, s->cw, s->buf);
         cut = c > cut ? c : cut;
     }
     if (p->min_p > 0.f) {
@@ -389,6 +390,89 @@ static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
     for (int j = 0; j < got; j++)
         s->idx[j] = s->cand[j].id;
     return got;
+}
+
+/* Top-k rows with k at most this sample from their top-k kept set, found in one pass, instead of
+ * the whole row: a 49k row's bisection, exponentials and weight passes cost ~100 us, and three of
+ * the four bundled presets use top-k (20 or 40). */
+#define TOPK_KEPT 256
+/* Room for the kept values while the pass runs (thinned to the running k-th largest when full). */
+#define TOPK_ROOM 1024
+
+/* 16 floats from p, of which the n < 16 past the end are -inf. */
+static inline v16 load16_tail(const float *p, int n) {
+    v16 v = splat(-INFINITY);
+    memcpy(&v, p, (size_t)n * sizeof(float));
+    return v;
+}
+
+/* Bit j set where v[j] >= thr and v[j] > -inf. */
+static inline uint32_t at_least(v16 v, float thr) {
+#if defined(__AVX512F__)
+    __m512 w;
+    memcpy(&w, &v, sizeof w);
+    return _mm512_cmp_ps_mask(w, _mm512_set1_ps(thr), _CMP_GE_OQ) &
+           _mm512_cmp_ps_mask(w, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
+#else
+    const v16i ok = (v >= splat(thr)) & (v > splat(-INFINITY));
+    uint32_t bits = 0;
+    for (int j = 0; j < 16; j++)
+        bits |= (uint32_t)(ok[j] & 1) << j;
+    return bits;
+#endif
+}
+
+/* Keep the (id, y) pairs with y >= thr, in order; returns how many. */
+static int keep_at_least(int *id, float *y, int n, float thr) {
+    int m = 0;
+    for (int j = 0; j < n; j++)
+        if (y[j] >= thr)
+            id[m] = id[j], y[m] = y[j], m++;
+    return m;
+}
+
+/* Top-k's kept set in one pass over z: the ids (ascending) and scaled logits z[i] / T (the same
+ * division as scale_and_weigh) of the finite values >= the k-th largest (ties counted; all of them
+ * when fewer than k are finite), into id and y; *cut = the k-th largest, or -inf. Values below a
+ * running threshold, the k-th largest seen so far, are skipped: it only rises, so none of them
+ * could be kept. Returns how many, or -1 when ties leave no room (the caller takes the whole row). */
+static int top_k_kept(const float *z, int V, float T, int k, int *id, float *y, float *cut, Scratch *s) {
+    float thr = -INFINITY;
+    int n = 0;
+    for (int i = 0; i < V; i += 16) {
+        const v16 v = (i + 16 <= V ? load16(z + i) : load16_tail(z + i, V - i)) / splat(T);
+        uint32_t bits = at_least(v, thr);
+        if (!bits)
+            continue;
+        if (n + 16 > TOPK_ROOM) {
+            thr = select_cut(y, NULL, n, -INFINITY, (double)k, s->cy, s->cw, s->buf);
+            n = keep_at_least(id, y, n, thr);
+            if (n + 16 > TOPK_ROOM / 2)
+                return -1;
+            bits = at_least(v, thr);
+        }
+        for (; bits; bits &= bits - 1) {
+            const int j = __builtin_ctz(bits);
+            id[n] = i + j, y[n] = v[j], n++;
+        }
+    }
+    *cut = select_cut(y, NULL, n, -INFINITY, (double)k, s->cy, s->cw, s->buf);
+    return keep_at_least(id, y, n, *cut);
+}
+
+/* Where id lies in the ascending ids[0..n), or -1. */
+static int find_id(const int *ids, int n, int id) {
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        const int mid = (lo + hi) / 2;
+        if (ids[mid] == id)
+            return mid;
+        if (ids[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
 }
 
 typedef uint8_t v16b __attribute__((vector_size(16)));
@@ -429,7 +513,8 @@ __attribute__((optimize("fp-contract=off"))) static void penalise(const float *x
 }
 
 /* One row: x the model's logits; z the logits sampling starts from: x, or x with the row's
- * penalties (made in s->z). */
+ * penalties (made in s->z). Sampling reads n scaled logits y and weights s->e: the whole row
+ * (kept NULL, position = token id), or a top-k row's kept set (kept: their ascending ids). */
 static void sample_row(const float *x, int V, const RowParams *p, int n_top, int64_t *chosen,
                        float *stats, int64_t *top_id, float *top_lp, float *top_ps, Scratch *s) {
     const float *z = x;
@@ -437,44 +522,55 @@ static void sample_row(const float *x, int V, const RowParams *p, int n_top, int
         penalise(x, p, s->z, V);
         z = s->z;
     }
+    const int greedy = p->temperature == 0.f;
+    const int by_kept = !greedy && p->top_k > 0 && p->top_k <= TOPK_KEPT && p->top_k < V;
     float lse, entropy;
     /* At temperature 1 the sampling weights are the model's own: the stats' pass leaves them. */
-    const int same = z == x && p->temperature == 1.f;
+    const int same = z == x && p->temperature == 1.f && !by_kept;
     double mass;
     const float mx = row_stats(x, V, &lse, &entropy, same ? s->e : NULL, &mass);
-    const int greedy = p->temperature == 0.f;
     const float *y = same ? x : s->y; /* the scaled logits */
-    int c;
+    const int *kept = NULL;
+    int n = V, c, at = 0; /* at: the chosen token's position in y */
     float cut = -INFINITY;
     if (lse != lse) {
         c = 0; /* a NaN log-prob ends the row */
     } else if (greedy) {
         c = argmax_first(z, V);
     } else {
-        /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
-        const float m = (z == x ? mx : max_of(z, V)) / p->temperature;
-        if (!same)
-            mass = scale_and_weigh(z, p->temperature, m, s->y, s->e, V);
-        cut = row_cut(p, y, V, m, mass, s);
+        const int got = by_kept ? top_k_kept(z, V, p->temperature, (int)p->top_k, s->kept, s->y, &cut, s) : -1;
+        float m;
+        if (got >= 0) {
+            kept = s->kept, n = got;
+            m = max_of(s->y, n);
+            mass = scale_and_weigh(s->y, 1.f, m, s->y, s->e, n); /* y / 1 is y: only the weights */
+        } else {
+            /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
+            m = (z == x ? mx : max_of(z, V)) / p->temperature;
+            if (!same)
+                mass = scale_and_weigh(z, p->temperature, m, s->y, s->e, V);
+        }
+        cut = row_cut(p, y, n, !kept, cut, m, mass, s);
         if (cut > -INFINITY)
-            mass = drop_below_cut(y, s->e, V, cut);
+            mass = drop_below_cut(y, s->e, n, cut);
         double target = p->u * mass;
         if (target >= mass)
             target = nextafter(mass, 0.0); /* u * total may round up to the total */
-        c = inverse_cdf(s->e, V, target);
+        at = inverse_cdf(s->e, n, target);
+        c = kept ? kept[at] : at;
     }
     *chosen = c;
     stats[0] = x[c] - lse;
-    stats[1] = lse != lse ? NAN : greedy ? 1.f : (float)(s->e[c] / mass);
+    stats[1] = lse != lse ? NAN : greedy ? 1.f : (float)(s->e[at] / mass);
     stats[2] = entropy;
     if (!n_top)
         return;
     const int got = top_candidates(x, V, n_top, s);
     for (int j = 0; j < n_top; j++) {
-        const int i = j < got ? s->idx[j] : 0;
+        const int i = j < got ? s->idx[j] : 0, k = kept ? find_id(kept, n, i) : i;
         top_id[j] = i;
         top_lp[j] = x[i] - lse;
-        top_ps[j] = greedy ? (float)(i == c) : y[i] >= cut ? (float)(s->e[i] / mass) : 0.f;
+        top_ps[j] = greedy ? (float)(i == c) : k >= 0 && y[k] >= cut ? (float)(s->e[k] / mass) : 0.f;
     }
 }
 
@@ -486,16 +582,18 @@ static __thread int scratch_cap;
 static Scratch *scratch(int V) {
     Scratch *s = &scratch_of_thread;
     if (scratch_cap < V) {
-        free(s->z), free(s->y), free(s->e), free(s->cy), free(s->cw), free(s->idx), free(s->cand), free(s->buf);
+        free(s->z), free(s->y), free(s->e), free(s->cy), free(s->cw), free(s->kept), free(s->idx), free(s->cand);
+        free(s->buf);
         s->z = malloc((size_t)V * sizeof(float));
         s->y = malloc((size_t)V * sizeof(float));
         s->e = malloc((size_t)V * sizeof(float));
         s->cy = malloc((size_t)V * sizeof(float));
         s->cw = malloc((size_t)V * sizeof(float));
+        s->kept = malloc((size_t)V * sizeof(int));
         s->idx = malloc((size_t)V * sizeof(int));
         s->cand = malloc((size_t)V * sizeof(Cand));
         s->buf = malloc(SELECT_SORT * sizeof(Pair));
-        scratch_cap = s->z && s->y && s->e && s->cy && s->cw && s->idx && s->cand && s->buf ? V : 0;
+        scratch_cap = s->z && s->y && s->e && s->cy && s->cw && s->kept && s->idx && s->cand && s->buf ? V : 0;
     }
     return scratch_cap ? s : NULL;
 }
