@@ -246,8 +246,7 @@ def _join(batch: _Batch | None, new: _Batch) -> _Batch:
 @torch.inference_mode()
 def _draw(batch: _Batch, eos: frozenset[int], top_logprobs: int) -> _Draw:
     """Sample the next token of every row from batch.logits, with what the events report."""
-    d = batch.sampler.draw(batch.logits, top_logprobs)
-    batch.sampler.update(d.tokens)
+    d = batch.sampler.draw(batch.logits, top_logprobs)  # records the tokens for the penalties
     is_eos = [row[0] in eos for row in d.stats]
     now = time.perf_counter()
     for r in batch.rows:

@@ -210,10 +210,13 @@ def test_generate_streams_the_same_with_and_without_the_compiled_sampler(lib, mo
 
     eng = Engine.load(STORIES)
     prompt = eng.encode("Once upon a time", raw=True)
-    params = [SamplingParams(**s, seed=r, max_new_tokens=24) for r, s in enumerate(SETTINGS[:4])]
+    # The last two rows penalise what they drew: each draw must record its token for the next.
+    settings = [*SETTINGS[:4], SETTINGS[-1], dict(temperature=0.0, repetition_penalty=1.5, frequency_penalty=0.5)]
+    params = [SamplingParams(**s, seed=r, max_new_tokens=24) for r, s in enumerate(settings)]
 
     def run() -> list[TokenEvent]:
-        return [ev for ev in eng.generate([prompt] * 4, params, top_logprobs=5) if isinstance(ev, TokenEvent)]
+        rows = len(params)
+        return [ev for ev in eng.generate([prompt] * rows, params, top_logprobs=5) if isinstance(ev, TokenEvent)]
 
     ours = run()
     with monkeypatch.context() as m:
@@ -255,7 +258,9 @@ def test_penalties_follow_the_state_through_updates_selects_and_joins(lib, monke
 
     def check(s: BatchSampler) -> None:
         x = torch.randn(len(s), vocab, generator=gen) * 3
-        ours, ref = s.draw(x, vocab), reference(monkeypatch, s, x, vocab)
+        # Drawing records the token: each side draws from its own copy, and the test updates s.
+        every = range(len(s))
+        ours, ref = s.select(every).draw(x, vocab), reference(monkeypatch, s.select(every), x, vocab)
         assert ours.top is not None and ref.top is not None
         for r in range(len(s)):
             ps = torch.tensor(ours.top[r][2])[torch.tensor(ours.top[r][0]).argsort()]
