@@ -27,6 +27,7 @@ from .errors import InputError
 from .events import Event
 from .generate import generate
 from .gguf_model import GGUFModel, is_gguf, peek
+from .kv_cache import kv_dtype
 from .llama_packed import PackedLlama
 from .model import load_model, prepare_for_inference, resolve_device
 from .native import library as native_library
@@ -255,6 +256,8 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """What the model is made of, for `tiankong info` and the TUI."""
         c = self.cfg
+        kv = kv_dtype(self.model)
+        kv_bytes = c.n_layers * 2 * c.n_kv_heads * c.head_dim * torch.empty((), dtype=kv).element_size()
         return {
             "folder": str(self.folder),
             "architecture": c.architecture,
@@ -272,6 +275,7 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "weight_types": ", ".join(f"{k} x{v}" for k, v in sorted(self.weights.get("types", {}).items())),
             "bytes_per_token": self.weights.get("bytes_per_token"),
+            "kv_cache": f"{str(kv).removeprefix('torch.')}, {kv_bytes / 1024:.1f} KB per token and row",
             "checkpoint_dtype": c.torch_dtype,
             "device": str(self.device),
             "decode": self.decode_path,
