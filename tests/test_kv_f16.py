@@ -172,3 +172,29 @@ def test_cache_type_follows_the_weights(tmp_path):
     assert n == 3 and store.cache_for(model, [1, 2, 3, 4], n, kv, 8).kv.kv.dtype == torch.float16
     dense = prepare_for_inference(load_model(folder, "cpu", "float32")[0])
     assert kv_dtype(dense) == torch.float32 and (not dense.native or dense._native.dtype == torch.float32)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma2", "llama"])
+def test_torch_path_on_a_float16_cache(tmp_path, arch):
+    """The plain modules with quantized weights (the torch path: no compiled step, GPUs) write halves
+    through KVCache.update and attend over them widened: a prompt and two steps on the float16
+    cache give layer 0's prompt keys and values as `.half()` of the same run on a float32 cache
+    (the same ops before anything reads the cache), and logits within the halves' rounding."""
+    plain, cfg = load_model(make_model(tmp_path / "m", arch), "cpu", "q8_0")
+    assert kv_dtype(plain) == torch.float16
+    B, P = 2, 5
+    tokens = torch.randint(0, cfg.vocab_size, (B, P + 2), generator=torch.Generator().manual_seed(3))
+    logits, caches = {}, {}
+    for dt in (torch.float16, torch.float32):
+        cache = caches[dt] = KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + 2, cfg.head_dim, dt, "cpu")
+        with torch.inference_mode():
+            out = [plain(tokens[:, :P], torch.arange(P).expand(B, P), None, cache, 0)[:, -1]]
+            for t in (P, P + 1):
+                out.append(plain(tokens[:, t : t + 1], torch.full((B, 1), t), None, cache, t)[:, -1])
+        logits[dt] = torch.stack(out)  # (3, B, V)
+    assert caches[torch.float16].kv.dtype == torch.float16
+    half, wide = caches[torch.float16].kv[0, :, :, :P], caches[torch.float32].kv[0, :, :, :P]
+    assert torch.equal(half.view(torch.int16), wide.half().view(torch.int16))
+    got, want = logits[torch.float16], logits[torch.float32]
+    assert float((got - want).abs().amax() / want.abs().amax()) < 1e-2
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
