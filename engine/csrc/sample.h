@@ -350,19 +350,18 @@ static float row_cut(const RowParams *p, const float *y, int n, int whole, float
                      Scratch *s) {
     if (whole && p->top_k > 0 && p->top_k < n)
         cut = select_cut(y, NULL, n, -INFINITY, (double)p->top_k, s->cy, s->cw, s->buf);
+    /* min-p's cut first: top-p's only matters where it lies above it, so the search starts there
+     * (select_cut's floor; -inf back means top-p's cut lies below: the floor stands). */
+    const float floor = p->min_p > 0.f && m + logf(p->min_p) > cut ? m + logf(p->min_p) : cut;
     if (p->top_p < 1.f) {
         if (cut > -INFINITY)
             mass = drop_below_cut(y, s->e, n, cut); /* top-p weighs what top-k kept */
         /* float32's epsilon of slack: [0.5, 0.3] sums to a hair under 0.8 and must stop there */
         const double t = ((double)p->top_p - 1.1920928955078125e-07) * mass;
-        const float c = select_cut(y, s->e, n, cut, t, s->cy, s->cw, s->buf);
+        const float c = select_cut(y, s->e, n, floor, t, s->cy, s->cw, s->buf);
         cut = c > cut ? c : cut;
     }
-    if (p->min_p > 0.f) {
-        const float c = m + logf(p->min_p);
-        cut = c > cut ? c : cut;
-    }
-    return cut;
+    return floor > cut ? floor : cut;
 }
 
 /* Candidates by the model: its logit and token id, ordered largest first, ties by lower id. */
