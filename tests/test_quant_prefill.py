@@ -23,7 +23,7 @@ from test_quant import compiled_for, need_native, random_qtensor, rounding_refer
 from tiny_models import make_model
 
 from tiankong.engine import native
-from tiankong.engine.kv_cache import KVCache, build_mask, kv_dtype
+from tiankong.engine.kv_cache import KVCache, build_mask
 from tiankong.engine.model import load_model, prepare_for_inference
 from tiankong.engine.quant import QTYPES, pack_rows, round_activations, set_quantized
 
@@ -109,7 +109,11 @@ def run_prompt(model, cfg, tokens: torch.Tensor, pad: torch.Tensor, split: int, 
     """Logits (B, T, V) of every position of left-padded rows: tokens[:, :split] as one prompt and
     the rest as its continuation after those cached slots (two calls), or one position a call."""
     B, T = tokens.shape
-    cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, T, cfg.head_dim, kv_dtype(model), "cpu")
+    # float32, not the float16 the engine makes for these weights (kv_dtype): the paths compared here
+    # write their own keys, and a key whose two float32 versions straddle a rounding tie of halves
+    # lands a half-ulp apart for the rest of the prompt (test_quant.check_steps, test_kv_f16 cover
+    # the float16 cache, each step reading the same one).
+    cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, T, cfg.head_dim, torch.float32, "cpu")
     positions = (torch.arange(T)[None] - pad[:, None]).clamp(min=0)
     bounds = [(t, t + 1) for t in range(T)] if by_steps else [(0, split), (split, T)]
     out = []
