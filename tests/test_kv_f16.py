@@ -150,8 +150,10 @@ def test_cache_slot_is_torch_half_of_the_float32_keys(tmp_path, arch, qtype):
     assert torch.equal(cache.kv[0, :, :, P].view(torch.int16), wide.kv[0, :, :, P].half().view(torch.int16))
     assert torch.equal(cache.kv[:, :, :, :P], before[:, :, :, :P])
     assert bool(wide.kv[0, :, :, P].abs().amax() > 0)  # a slot was written at all
-    # and the whole step differs from the float32 cache's by the rounding alone (2^-11 relative)
-    assert float((narrow_logits - wide_logits).abs().amax() / wide_logits.abs().amax()) < 1e-2
+    # The whole step differs from the float32 cache's by the new slot's rounding, which can flip 8-bit
+    # roundings downstream: up to 2.2e-2 of the scale (measured over 24 prompts of these models and
+    # qwen3 q4_0); reading the halves wrongly (as bfloat16, say) is off by the scale itself.
+    assert float((narrow_logits - wide_logits).abs().amax() / wide_logits.abs().amax()) < 5e-2
 
 
 def test_cache_type_follows_the_weights(tmp_path):
