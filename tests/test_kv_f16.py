@@ -5,7 +5,8 @@ kept), bit for bit, in every build of the compiled step (AVX-512, AVX2 with F16C
 step's new cache slot against `.half()` of the float32 keys and values the same step writes into
 a float32 cache holding the same history (so the same computation, bit for bit, up to the
 rounding); the step's logits against the torch path (PackedLlama's layers: torch attention over
-`.float()` of the cache) reading a copy of the same float16 cache.
+`.float()` of the cache) reading a copy of the same float16 cache; the plain modules' torch path
+(KVCache.update) against the same modules on a float32 cache.
 """
 
 from __future__ import annotations
