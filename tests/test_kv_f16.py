@@ -201,3 +201,32 @@ def test_torch_path_on_a_float16_cache(tmp_path, arch):
     got, want = logits[torch.float16], logits[torch.float32]
     assert float((got - want).abs().amax() / want.abs().amax()) < 1e-2
     assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+@pytest.mark.parametrize(("arch", "qtype"), [("llama", "q8_0"), ("qwen2", "mix")])
+def test_other_builds_read_the_float16_cache_alike(tmp_path, march, arch, qtype):
+    """The step built for AVX2 with F16C (haswell) and for plain x86-64 (no F16C: the portable
+    conversions) against this machine's build, on copies of the same float16 cache, four steps:
+    head_dim 16 (the one-slot-at-a-time kernels, dot_f16 / axpy_f16) and 64 (score_keys and
+    weigh_values where the build has them). Their products sum in other orders (8-bit inputs alike),
+    so the logits agree as the torch path's do (test_step_on_a_float16_cache_equals_the_torch_path)."""
+    model, cfg = quantized_step(tmp_path, arch, qtype)
+    compiled_for(march, tmp_path)  # builds tmp_path / decode-{march}.so (skips where it cannot run)
+    other = native.NativeStep(native._load(tmp_path / f"decode-{march}.so"), model)
+    B, P, steps = 2, 6, 4
+    tokens = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(9))
+    pad = torch.tensor([2, 0])
+    cache = prefilled(model, cfg, tokens, pad, P + steps)
+    x = model.tok_emb(tokens[:, -1])
+    errors = []
+    for slot in range(P, P + steps):
+        copy = KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, torch.float16, "cpu")
+        copy.kv.copy_(cache.kv)
+        args = ((slot - pad)[:, None], build_mask(pad, slot, 1, slot + 1, cfg.sliding_window))
+        with torch.inference_mode():
+            got, want = other(x, *args, copy, slot)[:, -1], model._native(x, *args, cache, slot)[:, -1]
+        errors += ((got - want).abs().amax(-1) / want.abs().amax(-1)).tolist()
+        x = model.tok_emb(want.argmax(-1))
+    assert max(errors) < 1e-2, errors
+    assert sum(e < 1e-4 for e in errors) >= 0.75 * len(errors), errors
