@@ -375,22 +375,6 @@ static int cand_order(const void *pa, const void *pb) {
     return a->x > b->x ? -1 : a->x < b->x ? 1 : (a->id > b->id) - (a->id < b->id);
 }
 
-/* The n_top largest x (model logits) as indices in s->idx, largest first (ties: lower index
- * first). The values >= the n_top-th (n_top plus its ties) are sorted: O(m log m) even when a
- * caller asks for the whole vocabulary. */
-static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
-    const float v = select_cut(x, NULL, V, -INFINITY, (double)n_top, s->cy, s->cw, s->buf);
-    int m = 0;
-    for (int i = 0; i < V; i++)
-        if (x[i] >= v)
-            s->cand[m++] = (Cand){x[i], i};
-    qsort(s->cand, (size_t)m, sizeof(Cand), cand_order);
-    const int got = m < n_top ? m : n_top;
-    for (int j = 0; j < got; j++)
-        s->idx[j] = s->cand[j].id;
-    return got;
-}
-
 /* Top-k rows with k at most this sample from their top-k kept set, found in one pass, instead of
  * the whole row: a 49k row's bisection, exponentials and weight passes cost ~100 us, and three of
  * the four bundled presets use top-k (20 or 40). */
@@ -472,6 +456,30 @@ static int find_id(const int *ids, int n, int id) {
             hi = mid - 1;
     }
     return -1;
+}
+
+/* The n_top largest x (model logits) as indices in s->idx, largest first (ties: lower index
+ * first). The values >= the n_top-th (n_top plus its ties) are sorted: O(m log m) even when a
+ * caller asks for the whole vocabulary. For n_top up to TOPK_KEPT they are found in one pass (as a
+ * top-k row's kept set, into s->idx and s->z: sampling is done with both), else by bisection. */
+static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
+    float v;
+    int m = n_top <= TOPK_KEPT ? top_k_kept(x, V, 1.f, n_top, s->idx, s->z, &v, s) : -1;
+    if (m >= n_top) { /* (fewer: the row has -inf or NaN entries, which the bisection orders too) */
+        for (int j = 0; j < m; j++)
+            s->cand[j] = (Cand){s->z[j], s->idx[j]};
+    } else {
+        v = select_cut(x, NULL, V, -INFINITY, (double)n_top, s->cy, s->cw, s->buf);
+        m = 0;
+        for (int i = 0; i < V; i++)
+            if (x[i] >= v)
+                s->cand[m++] = (Cand){x[i], i};
+    }
+    qsort(s->cand, (size_t)m, sizeof(Cand), cand_order);
+    const int got = m < n_top ? m : n_top;
+    for (int j = 0; j < got; j++)
+        s->idx[j] = s->cand[j].id;
+    return got;
 }
 
 typedef uint8_t v16b __attribute__((vector_size(16)));
