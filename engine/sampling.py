@@ -382,8 +382,7 @@ class BatchSampler:
         u = [self._uniform(r) for r in range(len(self))]
         # The penalties are applied inside (as apply_penalties does): a (B, V) torch chain here
         # cost 1.2 ms a step at 4 rows of 49k, four times the draw itself.
-        ids, vals = native.sample(lib, x.contiguous(), self._flat, u, self.seen, self.counts, n)
-        self._record(ids[:, 0])
+        ids, vals = native.sample(lib, x.contiguous(), self._flat, u, self.seen, self.counts, n)  # records too
         rows = list(zip(ids.tolist(), vals.tolist(), strict=True))  # (1 + n) ints, (3 + 2 n) floats a row
         stats = [[i[0], *v[:3]] for i, v in rows]
         top = [(i[1:], v[3 : 3 + n], v[3 + n :]) for i, v in rows] if n else None
@@ -408,16 +407,6 @@ class BatchSampler:
             top = list(zip(top_id.tolist(), top_lp.tolist(), probs.gather(1, top_id).tolist(), strict=True))
         self.update(tokens)
         return Draw(tokens, stats, top)
-
-    def _record(self, tokens: np.ndarray) -> None:
-        """update(tokens) for the compiled draw: its state is on CPU, so through numpy views (two
-        indexed writes instead of update's eight torch calls, ~0.1 ms a step at 4 rows right
-        after the weights have gone through every cache)."""
-        rows, t = np.arange(len(tokens)), np.maximum(tokens, 0)  # (B,) each; as update's clamp
-        if self.seen is not None:
-            self.seen.numpy()[rows, t] = True
-        if self.counts is not None:
-            self.counts.numpy()[rows, t] += 1  # one token per row: no repeated index
 
     def _uniform(self, row: int) -> float:
         """The row's next float64 uniform in [0, 1) from its own generator; greedy rows take none (0)."""

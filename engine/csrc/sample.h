@@ -610,7 +610,8 @@ static Scratch *scratch(int V) {
  * greedy rows), and the penalties: repetition (1 = off) on the tokens of seen (B, V) bool bytes,
  * presence and frequency (0 = off) on counts (B, V) float32 (seen, counts: NULL where no row
  * keeps that state). Sampling starts from the penalised logits; the model's own distribution
- * (log-probs, entropy, candidates) is the raw logits'. Out, per row b:
+ * (log-probs, entropy, candidates) is the raw logits'. The drawn tokens are then recorded in that
+ * state (seen set, count + 1: sampling.py's update) for the next draw. Out, per row b:
  * ids[b] (1 + n_top) int64: the token, then the n_top most likely tokens by the model; vals[b]
  * (3 + 2 n_top) float32: the token's log-prob under the model, its probability under the
  * sampling distribution, the model distribution's entropy (nats), then the candidates' log-probs,
@@ -618,7 +619,7 @@ static Scratch *scratch(int V) {
  * between the threads. Returns 0, or -1 without memory. */
 int tk_sample(int B, int V, const float *logits, const float *temperature, const int64_t *top_k, const float *top_p,
               const float *min_p, const double *u, const float *repetition, const float *presence,
-              const float *frequency, const uint8_t *seen, const float *counts, int n_top, int64_t *ids, float *vals,
+              const float *frequency, uint8_t *seen, float *counts, int n_top, int64_t *ids, float *vals,
               int n_threads) {
     int failed = 0;
 #pragma omp parallel for num_threads(B < n_threads ? B : n_threads) schedule(dynamic, 1)
@@ -638,6 +639,10 @@ int tk_sample(int B, int V, const float *logits, const float *temperature, const
         int64_t *id = ids + (size_t)b * (1 + n_top);
         float *val = vals + (size_t)b * (3 + 2 * n_top);
         sample_row(logits + off, V, &p, n_top, id, val, id + 1, val + 3, val + 3 + n_top, s);
+        if (seen) /* after the row's draw: the row alone reads and writes its state */
+            seen[off + id[0]] = 1;
+        if (counts)
+            counts[off + id[0]] += 1.f;
     }
     return failed ? -1 : 0;
 }
