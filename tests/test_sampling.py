@@ -160,6 +160,15 @@ def test_top_p_on_a_long_flat_vocabulary_matches_a_full_sort():
         assert kept(out[row : row + 1]) == [expected]
 
 
+def test_minus_zero_ties_plus_zero():
+    """-0.0 == +0.0: a -0 logit at a +0 threshold is a tie and stays (the CPU filter's sign trick
+    once dropped it; the GPU path and the compiled sampler kept it)."""
+    logits = torch.tensor([[-5.0, 0.0, -0.0, -2.0]])
+    assert kept(top_k_filter(logits, 1)) == [[1, 2]]
+    assert kept(top_p_filter(torch.tensor([[-0.0, 0.0, -9.0]]), 0.3)) == [[0, 1]]
+    assert kept(min_p_filter(torch.tensor([[0.0, -0.0, -9.0]]), 0.5)) == [[0, 1]]
+
+
 def test_min_p_keeps_tokens_above_fraction_of_top():
     logits = log_probs(0.5, 0.3, 0.15, 0.05)
     assert kept(min_p_filter(logits, 0.2)) == [[0, 1, 2]]  # threshold 0.1
