@@ -5,6 +5,7 @@ and against closed-form distributions."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -286,3 +287,54 @@ def test_penalties_follow_the_state_through_updates_selects_and_joins(lib, monke
     for _ in range(3):
         s.update(torch.randint(0, 8, (len(s),), generator=gen))
         check(s)
+
+
+def test_random_rows_and_settings_keep_the_torch_chains_distribution(lib, monkeypatch):
+    """400 random cases: vocabularies of 1 to 1500 (around the vector width and the top-k room),
+    1-4 rows of random settings (temperature, top-k, top-p, min-p, the three penalties) over
+    flat, peaked, tied, mostly-zero (+0 and -0), partly -inf and NaN-holding logits, three steps
+    with the penalty state growing. Every row's whole sampling distribution must be the torch
+    chain's: the same kept set, probabilities to float32 rounding; rows the chain finds
+    non-finite, non-finite here too. (This found the chain dropping -0.0 ties.)"""
+    rng = random.Random(0)
+    for case in range(400):
+        V = rng.choice([1, 2, 3, 5, 15, 16, 17, 31, 33, 100, 257, 300, 1000, 1500])
+        B = rng.randint(1, 4)
+        params = [
+            SamplingParams(
+                temperature=rng.choice([0.0, 0.3, 0.7, 1.0, 1.5]),
+                top_k=rng.choice([0, 0, 1, 2, 5, 40, 256, 300]),
+                top_p=rng.choice([1.0, 1.0, 0.5, 0.9, 0.95]),
+                min_p=rng.choice([0.0, 0.0, 0.05, 0.2]),
+                repetition_penalty=rng.choice([1.0, 1.0, 1.3, 0.8]),
+                presence_penalty=rng.choice([0.0, 0.0, 0.5, -0.5]),
+                frequency_penalty=rng.choice([0.0, 0.0, 0.3]),
+                seed=rng.randint(0, 1000),
+            )
+            for _ in range(B)
+        ]
+        prompts = [[rng.randrange(V) for _ in range(rng.randint(0, 8))] for _ in range(B)]
+        kind = rng.choice(["flat", "peaked", "ties", "zeros", "masked", "nan"])
+        gen = torch.Generator().manual_seed(case)
+        s = BatchSampler(params, V, CPU, prompts)
+        for _ in range(3):
+            x = torch.randn(B, V, generator=gen) * (0.5 if kind == "flat" else 4.0)
+            x = x.round() if kind == "ties" else (x / 4).round() if kind == "zeros" else x  # zeros: +0 and -0
+            if kind == "masked":
+                x[torch.rand(B, V, generator=gen) < 0.5] = -math.inf
+            if kind == "nan":
+                x[0, rng.randrange(V)] = math.nan
+            every = range(B)
+            ours, ref = s.select(every).draw(x, V), reference(monkeypatch, s.select(every), x, V)
+            assert ours.top is not None and ref.top is not None
+            for r in range(B):
+                what = f"case {case}, row {r}: {params[r]}, {kind} logits, vocabulary {V}"
+                if not math.isfinite(ref.stats[r][1]):
+                    assert not math.isfinite(ours.stats[r][1]), what
+                    continue
+                ids, _, ps = (torch.tensor(t) for t in ours.top[r])
+                ref_ids, _, ref_ps = (torch.tensor(t) for t in ref.top[r])
+                ps, ref_ps = ps[ids.argsort()], ref_ps[ref_ids.argsort()]
+                assert torch.equal(ps > 0, ref_ps > 0), what
+                torch.testing.assert_close(ps, ref_ps, rtol=2e-5, atol=1e-7, msg=what)
+            s.update(torch.tensor([rng.randrange(V) for _ in range(B)]))
