@@ -19,16 +19,18 @@ from .quant import is_quantized
 def kv_dtype(model: nn.Module) -> torch.dtype:
     """The element type of `model`'s KV cache, the one rule every maker of a cache follows.
 
-    float16 for quantized weights (llama.cpp's default cache type): such a model computes in
-    float32, and a float32 cache would be a fifth of a four-row step's memory traffic at 100 slots
-    and most of it in a long chat (SmolLM-135M: 46 KB per token and row, 90 MB of q8_0 weights).
-    Otherwise the dtype the model computes in (its parameters'), as before: float32 and bfloat16
-    models keep their caches.
+    float16 for quantized weights computing in float32 (llama.cpp's default cache type): a float32
+    cache would be a fifth of a four-row step's memory traffic at 100 slots and most of it in a
+    long chat (SmolLM-135M: 46 KB per token and row, 90 MB of q8_0 weights). Otherwise the dtype
+    the model computes in (its parameters'): float32 and bfloat16 models keep their caches, and so
+    does a quantized one computing in 16 bits (bfloat16 on a GPU): its cache is half the size
+    already, and float16 would only add a conversion of every slot each step.
     """
     quantized = getattr(model, "quantized", None)  # PackedLlama says; a plain model has QLinear modules
     if quantized is None:
         quantized = is_quantized(model)
-    return torch.float16 if quantized else next(model.parameters()).dtype
+    compute = next(model.parameters()).dtype
+    return torch.float16 if quantized and compute == torch.float32 else compute
 
 
 class KVCache(nn.Module):

@@ -158,9 +158,10 @@ def test_cache_slot_is_torch_half_of_the_float32_keys(tmp_path, arch, qtype):
 
 
 def test_cache_type_follows_the_weights(tmp_path):
-    """One rule (kv_dtype) for every maker of a cache: float16 for quantized weights, packed or
-    plain, in the prompt cache and the prefix store too; float32 models keep a float32 cache (and
-    the compiled step writes float32 there: test_native pins those logits to transformers)."""
+    """One rule (kv_dtype) for every maker of a cache: float16 for quantized weights computing in
+    float32, packed or plain, in the prompt cache and the prefix store too; float32 models keep a
+    float32 cache (the compiled step writes float32 there: test_native pins those logits to
+    transformers), and quantized weights computing in bfloat16 a bfloat16 one."""
     need_native()
     folder = make_model(tmp_path / "m", "llama")
     plain, cfg = load_model(folder, "cpu", "q8_0")
@@ -175,6 +176,12 @@ def test_cache_type_follows_the_weights(tmp_path):
     assert n == 3 and store.cache_for(model, [1, 2, 3, 4], n, kv, 8).kv.kv.dtype == torch.float16
     dense = prepare_for_inference(load_model(folder, "cpu", "float32")[0])
     assert kv_dtype(dense) == torch.float32 and (not dense.native or dense._native.dtype == torch.float32)
+    # Quantized weights computing in bfloat16 (a GPU's auto dtype) keep a bfloat16 cache: already
+    # 16-bit, and float16 would add a conversion of every slot each step.
+    on_gpu = load_model(folder, "cpu", "q8_0")[0]
+    for p in on_gpu.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    assert kv_dtype(on_gpu) == torch.bfloat16
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma2", "llama"])
