@@ -19,6 +19,11 @@
  * vector pass per halving until at most SELECT_SORT values remain, which are then sorted. The
  * masses are summed in float64 in another order than a sorted cumulative sum; float32 terms that
  * matter (> 2^-29 of the total) add exactly in float64, so the cut is the same.
+ *
+ * Penalties (repetition, presence, frequency) are applied here too, from the sampler's seen/counts
+ * state, which each draw then updates with its token. A top-k row with k <= TOPK_KEPT (and a row's
+ * candidates) takes its kept set in one pass instead: values under the running k-th largest are
+ * skipped, and everything after works on the few kept values (top_k_kept).
  */
 
 typedef double v8d __attribute__((vector_size(64)));
