@@ -448,6 +448,39 @@ static int top_k_kept(const float *z, int V, float T, int k, int *id, float *y, 
     return keep_at_least(id, y, n, *cut);
 }
 
+/* A min-p row's kept set in one pass: y = z / T and e = e^(y - m) as scale_and_weigh makes them,
+ * their float64 total over the whole row in *total (the same sum: top-p weighs against it), and
+ * the ids (ascending), y and e of the values >= cut (min-p's) into id, y and e. Returns how many,
+ * or -1 as soon as they pass TOPK_ROOM (a flat row: the caller goes through the whole row). */
+static int min_p_kept(const float *z, int V, float T, float m, float cut, int *id, float *y, float *e,
+                      double *total) {
+    v8d s = {0};
+    int n = 0, i = 0;
+    for (; i + 16 <= V; i += 16) {
+        const v16 v = load16(z + i) / splat(T), x = exp16(v - splat(m));
+        s += lo8d(x) + hi8d(x);
+        uint32_t bits = at_least(v, cut);
+        if (bits && n + 16 > TOPK_ROOM)
+            return -1;
+        for (; bits; bits &= bits - 1) {
+            const int j = __builtin_ctz(bits);
+            id[n] = i + j, y[n] = v[j], e[n] = x[j], n++;
+        }
+    }
+    double S = hsum8d(s);
+    for (; i < V; i++) {
+        const float v = z[i] / T, x = expf(v - m);
+        S += x;
+        if (v >= cut && v > -INFINITY) {
+            if (n == TOPK_ROOM)
+                return -1;
+            id[n] = i, y[n] = v, e[n] = x, n++;
+        }
+    }
+    *total = S;
+    return n;
+}
+
 /* Where id lies in the ascending ids[0..n), or -1. */
 static int find_id(const int *ids, int n, int id) {
     int lo = 0, hi = n - 1;
@@ -559,7 +592,15 @@ static void sample_row(const float *x, int V, const RowParams *p, int n_top, int
         } else {
             /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
             m = (z == x ? mx : max_of(z, V)) / p->temperature;
-            if (!same)
+            /* A min-p row without top-k (creative) samples from its min-p kept set when it is
+             * small (a trained model's peaked row): top-p's cut, if any, lies within it. */
+            const int top_k_on = p->top_k > 0 && p->top_k < V;
+            const int mp = !same && p->min_p > 0.f && !top_k_on
+                               ? min_p_kept(z, V, p->temperature, m, m + logf(p->min_p), s->kept, s->y, s->e, &mass)
+                               : -1;
+            if (mp >= 0)
+                kept = s->kept, n = mp;
+            else if (!same)
                 mass = scale_and_weigh(z, p->temperature, m, s->y, s->e, V);
         }
         cut = row_cut(p, y, n, !kept, cut, m, mass, s);
