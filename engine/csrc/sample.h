@@ -23,7 +23,8 @@
  * Penalties (repetition, presence, frequency) are applied here too, from the sampler's seen/counts
  * state, which each draw then updates with its token. A top-k row with k <= TOPK_KEPT (and a row's
  * candidates) takes its kept set in one pass instead: values under the running k-th largest are
- * skipped, and everything after works on the few kept values (top_k_kept).
+ * skipped, and everything after works on the few kept values (top_k_kept); so does a min-p row
+ * without top-k whose min-p set is small (min_p_kept, in the pass that weighs the row).
  */
 
 typedef double v8d __attribute__((vector_size(64)));
