@@ -558,9 +558,41 @@ __attribute__((optimize("fp-contract=off"))) static void penalise(const float *x
     }
 }
 
+/* A non-greedy row's scaled logits s->y (or x itself when same) and their weights s->e, before
+ * the cuts: a top-k row's kept set, a min-p row's when small (a trained model's peaked row: top-p's
+ * cut, if any, lies within it), or the whole row. Returns how many (n); *kept: their ascending
+ * ids (NULL: the whole row, position = id); *m: the largest; *mass: the weights' float64 sum over
+ * the whole row; *cut: top-k's where it was applied (else left). */
+static int row_weights(const float *x, const float *z, int V, const RowParams *p, int same, float mx,
+                       const int **kept, float *m, double *mass, float *cut, Scratch *s) {
+    const float T = p->temperature;
+    const int top_k_on = p->top_k > 0 && p->top_k < V;
+    if (top_k_on && p->top_k <= TOPK_KEPT) {
+        const int n = top_k_kept(z, V, T, (int)p->top_k, s->kept, s->y, cut, s);
+        if (n >= 0) {
+            *kept = s->kept, *m = max_of(s->y, n);
+            *mass = scale_and_weigh(s->y, 1.f, *m, s->y, s->e, n); /* y / 1 is y: only the weights */
+            return n;
+        }
+    }
+    /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
+    *m = (z == x ? mx : max_of(z, V)) / T;
+    if (same) /* row_stats left the weights */
+        return V;
+    if (p->min_p > 0.f && !top_k_on) {
+        const int n = min_p_kept(z, V, T, *m, *m + logf(p->min_p), s->kept, s->y, s->e, mass);
+        if (n >= 0) {
+            *kept = s->kept;
+            return n;
+        }
+    }
+    *mass = scale_and_weigh(z, T, *m, s->y, s->e, V);
+    return V;
+}
+
 /* One row: x the model's logits; z the logits sampling starts from: x, or x with the row's
  * penalties (made in s->z). Sampling reads n scaled logits y and weights s->e: the whole row
- * (kept NULL, position = token id), or a top-k row's kept set (kept: their ascending ids). */
+ * (kept NULL, position = token id), or a kept set (kept: their ascending ids; row_weights). */
 static void sample_row(const float *x, int V, const RowParams *p, int n_top, int64_t *chosen,
                        float *stats, int64_t *top_id, float *top_lp, float *top_ps, Scratch *s) {
     const float *z = x;
@@ -584,26 +616,8 @@ static void sample_row(const float *x, int V, const RowParams *p, int n_top, int
     } else if (greedy) {
         c = argmax_first(z, V);
     } else {
-        const int got = by_kept ? top_k_kept(z, V, p->temperature, (int)p->top_k, s->kept, s->y, &cut, s) : -1;
         float m;
-        if (got >= 0) {
-            kept = s->kept, n = got;
-            m = max_of(s->y, n);
-            mass = scale_and_weigh(s->y, 1.f, m, s->y, s->e, n); /* y / 1 is y: only the weights */
-        } else {
-            /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
-            m = (z == x ? mx : max_of(z, V)) / p->temperature;
-            /* A min-p row without top-k (creative) samples from its min-p kept set when it is
-             * small (a trained model's peaked row): top-p's cut, if any, lies within it. */
-            const int top_k_on = p->top_k > 0 && p->top_k < V;
-            const int mp = !same && p->min_p > 0.f && !top_k_on
-                               ? min_p_kept(z, V, p->temperature, m, m + logf(p->min_p), s->kept, s->y, s->e, &mass)
-                               : -1;
-            if (mp >= 0)
-                kept = s->kept, n = mp;
-            else if (!same)
-                mass = scale_and_weigh(z, p->temperature, m, s->y, s->e, V);
-        }
+        n = row_weights(x, z, V, p, same, mx, &kept, &m, &mass, &cut, s);
         cut = row_cut(p, y, n, !kept, cut, m, mass, s);
         if (cut > -INFINITY)
             mass = drop_below_cut(y, s->e, n, cut);
