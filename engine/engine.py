@@ -257,7 +257,7 @@ class Engine:
         """What the model is made of, for `tiankong info` and the TUI."""
         c = self.cfg
         kv = kv_dtype(self.model)
-        kv_bytes = c.n_layers * 2 * c.n_kv_heads * c.head_dim * torch.empty((), dtype=kv).element_size()
+        kv_bytes = c.n_layers * 2 * c.n_kv_heads * c.head_dim * kv.itemsize
         return {
             "folder": str(self.folder),
             "architecture": c.architecture,

@@ -447,12 +447,12 @@ def sample(
 ) -> tuple[np.ndarray, np.ndarray]:
     """tk_sample (csrc/sample.h): one token per row of logits (B, V) float32, with columns =
     (temperature, top_k, top_p, min_p, repetition, presence, frequency), contiguous (B,) each
-    (top_k int64, the rest float32), u the rows' float64 uniforms, and the penalty state: seen
-    (B, V) bool and counts (B, V) float32, or None, where the drawn tokens are recorded -> ids (B, 1 + n_top) int64 (the token, then
-    the candidates) and vals (B, 3 + 2 n_top) float32 (the token's log-prob, sampling prob and the
-    entropy, then the candidates' log-probs, then their sampling probs). Called once a decode step,
-    right after the step has streamed the weights through the caches, so it makes two numpy
-    arrays (cheaper than tensors) and nothing else."""
+    (top_k int64, the rest float32), u the rows' float64 uniforms, and the penalty state, seen
+    (B, V) bool and counts (B, V) float32 or None, where the drawn tokens are recorded -> ids
+    (B, 1 + n_top) int64 (the token, then the candidates) and vals (B, 3 + 2 n_top) float32 (the
+    token's log-prob, sampling prob and the entropy, then the candidates' log-probs, then their
+    sampling probs). Called once a decode step, right after the step has streamed the weights
+    through the caches, so it makes two numpy arrays (cheaper than tensors) and nothing else."""
     B, V = logits.shape
     assert logits.dtype == torch.float32 and logits.is_contiguous() and columns[1].dtype == torch.int64
     for state, dtype in ((seen, torch.bool), (counts, torch.float32)):
