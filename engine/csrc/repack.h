@@ -128,9 +128,11 @@ static inline __attribute__((always_inline)) __m256i x8_dot(const int type, __m2
 }
 #endif
 
-/* out[8 b + r] = row r of the group at w . input row b of a, for b < nb (1..4). */
+/* out[ldo b + r] = row r of the group at w . input row b of a, for b < nb (1..4): stored straight
+ * into the product's rows (x8_rows), since copying 8 nb floats out of scratch, one at a time, cost
+ * ~9% of a four-row product 576 wide. */
 static inline __attribute__((always_inline)) void x8_group(const int type, const uint8_t *w, const Act *a,
-                                                           const int nb, float *out) {
+                                                           const int nb, float *out, const int64_t ldo) {
     const int64_t n = a->n;
     const int nblk = (int)(n / 32), size = x8_block_bytes(type);
 #if defined(__AVX2__)
@@ -150,10 +152,11 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
         }
     }
     for (int b = 0; b < nb; b++)
-        _mm256_storeu_ps(out + 8 * b, acc[b]);
+        _mm256_storeu_ps(out + ldo * b, acc[b]);
 #else
-    for (int j = 0; j < 8 * nb; j++)
-        out[j] = 0.f;
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < 8; r++)
+            out[ldo * b + r] = 0.f;
     for (int i = 0; i < nblk; i++, w += size)
         for (int r = 0; r < 8; r++) {
             int v[32]; /* row r's weights in this block, offset removed */
@@ -174,7 +177,7 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
                 int dot = 0;
                 for (int e = 0; e < 32; e++)
                     dot += v[e] * x[e];
-                out[8 * b + r] += fp16(w + 2 * r) * a->d[b * nblk + i] * (float)dot;
+                out[ldo * b + r] += fp16(w + 2 * r) * a->d[b * nblk + i] * (float)dot;
             }
         }
 #endif
@@ -186,7 +189,7 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
  * min high 2 bits << 2), then 32 registers of quants: register 8 j + c, row r, byte k = the plain
  * qs byte 32 j + 4 c + k (low nibble: sub-block 2 j, element 4 c + k; high: sub-block 2 j + 1). */
 static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w, const Act *a, const int nb,
-                                                                float *out) {
+                                                                float *out, const int64_t ldo) {
     const int64_t n = a->n;
     const int nblk = (int)(n / 256);
 #if defined(__AVX2__)
@@ -252,10 +255,11 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
         }
     }
     for (int b = 0; b < nb; b++)
-        _mm256_storeu_ps(out + 8 * b, acc[b]);
+        _mm256_storeu_ps(out + ldo * b, acc[b]);
 #else
-    for (int j = 0; j < 8 * nb; j++)
-        out[j] = 0.f;
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < 8; r++)
+            out[ldo * b + r] = 0.f;
     for (int i = 0; i < nblk; i++, w += 1152)
         for (int r = 0; r < 8; r++) {
             int sc[8], mn[8], v[256];
@@ -276,7 +280,7 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
                     isum += sc[e / 32] * v[e] * x[e];
                 for (int sb = 0; sb < 8; sb++)
                     msum += mn[sb] * (a->bsums[blk * 16 + 2 * sb] + a->bsums[blk * 16 + 2 * sb + 1]);
-                out[8 * b + r] += a->d[blk] * (fp16(w + 2 * r) * (float)isum - fp16(w + 16 + 2 * r) * (float)msum);
+                out[ldo * b + r] += a->d[blk] * (fp16(w + 2 * r) * (float)isum - fp16(w + 16 + 2 * r) * (float)msum);
             }
         }
 #endif
@@ -288,7 +292,7 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
  * + k of the row, high nibble: that + 64); 16 registers of high 2 bits, register 8 h + c, row r,
  * byte k = the plain qh byte 32 h + 4 c + k (bits 2 j, 2 j + 1: element 128 h + 32 j + 4 c + k). */
 static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w, const Act *a, const int nb,
-                                                                float *out) {
+                                                                float *out, const int64_t ldo) {
     const int64_t n = a->n;
     const int nblk = (int)(n / 256);
 #if defined(__AVX2__)
@@ -343,10 +347,11 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
                                      acc[b]);
     }
     for (int b = 0; b < nb; b++)
-        _mm256_storeu_ps(out + 8 * b, acc[b]);
+        _mm256_storeu_ps(out + ldo * b, acc[b]);
 #else
-    for (int j = 0; j < 8 * nb; j++)
-        out[j] = 0.f;
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < 8; r++)
+            out[ldo * b + r] = 0.f;
     for (int i = 0; i < nblk; i++, w += 1680)
         for (int r = 0; r < 8; r++) {
             int v[256];
@@ -361,38 +366,38 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
                 int isum = 0;
                 for (int e = 0; e < 256; e++)
                     isum += (int8_t)w[16 + 8 * (e / 16) + r] * v[e] * x[e];
-                out[8 * b + r] += a->d[b * nblk + i] * fp16(w + 2 * r) * (float)isum;
+                out[ldo * b + r] += a->d[b * nblk + i] * fp16(w + 2 * r) * (float)isum;
             }
         }
 #endif
 }
 
 /* x8_group with the type and nb as constants (each combination its own inlined kernel). */
-static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, float *out) {
-#define X8_NB(T)                                               \
-    switch (nb) {                                              \
-    case 1: x8_group(T, w, a, 1, out); break;                  \
-    case 2: x8_group(T, w, a, 2, out); break;                  \
-    case 3: x8_group(T, w, a, 3, out); break;                  \
-    default: x8_group(T, w, a, 4, out);                        \
+static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, float *out, int64_t ldo) {
+#define X8_NB(T)                                           \
+    switch (nb) {                                          \
+    case 1: x8_group(T, w, a, 1, out, ldo); break;         \
+    case 2: x8_group(T, w, a, 2, out, ldo); break;         \
+    case 3: x8_group(T, w, a, 3, out, ldo); break;         \
+    default: x8_group(T, w, a, 4, out, ldo);               \
     }
     switch (type) {
     case T_Q8_0: X8_NB(T_Q8_0) break;
     case T_Q4_0: X8_NB(T_Q4_0) break;
     case T_Q4_K:
         switch (nb) {
-        case 1: x8_q4_k_group(w, a, 1, out); break;
-        case 2: x8_q4_k_group(w, a, 2, out); break;
-        case 3: x8_q4_k_group(w, a, 3, out); break;
-        default: x8_q4_k_group(w, a, 4, out);
+        case 1: x8_q4_k_group(w, a, 1, out, ldo); break;
+        case 2: x8_q4_k_group(w, a, 2, out, ldo); break;
+        case 3: x8_q4_k_group(w, a, 3, out, ldo); break;
+        default: x8_q4_k_group(w, a, 4, out, ldo);
         }
         break;
     case T_Q6_K:
         switch (nb) {
-        case 1: x8_q6_k_group(w, a, 1, out); break;
-        case 2: x8_q6_k_group(w, a, 2, out); break;
-        case 3: x8_q6_k_group(w, a, 3, out); break;
-        default: x8_q6_k_group(w, a, 4, out);
+        case 1: x8_q6_k_group(w, a, 1, out, ldo); break;
+        case 2: x8_q6_k_group(w, a, 2, out, ldo); break;
+        case 3: x8_q6_k_group(w, a, 3, out, ldo); break;
+        default: x8_q6_k_group(w, a, 4, out, ldo);
         }
         break;
     default: X8_NB(T_Q5_0)
@@ -412,10 +417,14 @@ static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, 
     while (r < r1) {
         const int g = r - r % 8; /* the group holding row r */
         if (g + 8 <= r1) {
-            x8_group_any(base, W + g * rb, sub, nb, out);
-            for (int b = 0; b < nb; b++)
-                for (int j = r - g; j < 8; j++)
-                    y[(int64_t)(b0 + b) * ldy + g + j] = out[8 * b + j];
+            if (r == g) /* the whole group: straight into y */
+                x8_group_any(base, W + g * rb, sub, nb, y + (int64_t)b0 * ldy + g, ldy);
+            else {
+                x8_group_any(base, W + g * rb, sub, nb, out, 8);
+                for (int b = 0; b < nb; b++)
+                    for (int j = r - g; j < 8; j++)
+                        y[(int64_t)(b0 + b) * ldy + g + j] = out[8 * b + j];
+            }
             r = g + 8;
         } else { /* the plain tail */
             qrow_nb(base, W + r * rb, sub, nb, out);
