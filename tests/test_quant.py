@@ -151,8 +151,10 @@ def check_steps(plain: torch.nn.Module, cfg, steps: int = 8, kv: torch.dtype = t
     torch reference. An input element within an ulp of a rounding tie may round the other way in
     one of the two (their norms and sums differ in the last bits), which moves that product by one
     8-bit step: ~3e-3 of the logits' scale where it happens (measured: one row of 16 in some runs).
-    So: every row within 1e-2 of the scale (the rounding itself, unemulated, is ~3e-2; a wrong
-    layout, type or scale more), three in four within 1e-4, and the same greedy tokens.
+    Several such flips in one prompt stay in every later step of their row: 1.1e-2 measured (a
+    padded qwen2 q4_0 row, its q/k/v biases random). So: every row within 2e-2 of the scale (the
+    rounding itself, unemulated, is ~3e-2; a wrong layout, type or scale more), three in four
+    within 1e-4 (a dropped bias leaves none), and the same greedy tokens.
 
     kv: the caches' type. float32 checks the products alone, as above. float16 is what the engine
     makes for quantized weights (kv_cache.kv_dtype), and a key or value whose two float32 versions
@@ -160,9 +162,8 @@ def check_steps(plain: torch.nn.Module, cfg, steps: int = 8, kv: torch.dtype = t
     which moves the next layer's input enough to flip several of its 8-bit roundings: 1.0e-2 to
     1.5e-2 of the scale (measured, a padded qwen3 q4_0 row), and from then on in every step of that
     row. So with float16 each decode step starts from the step's cache (copied into the
-    reference's, keys back in rotate-half order), which counts such a flip once, where it is made,
-    and the bound on every row moves from 1e-2 to 2e-2 (a flip in the prompt, which no copy can
-    undo; still under the 3e-2 of the unemulated rounding)."""
+    reference's, keys back in rotate-half order), which counts such a flip once, where it is made
+    (a flip in the prompt no copy can undo: the same 2e-2 bound)."""
     with torch.no_grad():  # gains of 1 leave exact ties in q4_0 embedding rows (127 k / k_max)
         for name, p in plain.named_parameters():
             if name.endswith("norm.weight"):
@@ -194,7 +195,7 @@ def check_steps(plain: torch.nn.Module, cfg, steps: int = 8, kv: torch.dtype = t
             got, want = (
                 m(chosen, (slot - pad)[:, None], mask, c, slot)[:, -1] for m, c in zip((step, ref), caches, strict=True)
             )
-    assert max(errors) < (1e-2 if kv == torch.float32 else 2e-2), errors
+    assert max(errors) < 2e-2, errors
     assert sum(e < 1e-4 for e in errors) >= 0.75 * len(errors), errors
 
 

@@ -159,6 +159,12 @@ def make_model(folder: Path, arch: str, seed: int = 0, tokenizer: str | None = N
             for name, p in model.named_parameters():
                 if name.endswith("norm.weight"):  # Gemma's gain is 1 + w
                     p.uniform_(-0.5, 0.5) if arch.startswith("gemma") else p.uniform_(0.5, 1.5)
+    if arch in ("qwen2", "gpt2"):
+        # Biases start at 0, where a bias dropped (or added twice) goes unseen.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.uniform_(-0.2, 0.2)
     model.save_pretrained(folder)
     return folder
 

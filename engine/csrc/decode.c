@@ -438,10 +438,8 @@ static inline void prefetch_more(Prefetch *p, int64_t bytes) {
  * into its own `a` (unless a already holds it in this block size: callers set a->kind = 0 when x
  * changes), then computes its share of the rows. With pf, it asks for pf's memory spread over
  * its rows: where several input rows make the product compute-bound, the memory is idle.
- * A full group of 8 interleaved rows (type & T_X8) at up to 4 input rows goes straight from
- * x8_group_any into y when there is no bias to add or sum to keep: at 576 columns (18 blocks a
- * group, the 135M model's products) the scratch, its copy one float at a time and qrows_tile's
- * per-call setup cost a four-row product a fifth of its time. */
+ * A full group of 8 interleaved rows (type & T_X8) at up to 4 input rows goes from x8_group_any
+ * straight into y, bias and sum included (repack.h's X8Out). */
 static void qmatvec(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O, int I,
                     int ldy, int accumulate, int t, int nt, Prefetch *pf) {
     int lo, hi;
@@ -449,7 +447,7 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
     act_quantize(a, x, B, I, block_elems(type) == 256 ? 256 : 32);
     const int64_t rb = row_bytes(type, I);
     const int64_t pf_step = pf && hi > lo ? (pf->n * pf->len / ((hi - lo + 7) / 8) + 63) / 64 * 64 : 0;
-    const int direct = (type & T_X8) && B <= 4 && !bias && !accumulate;
+    const int direct = (type & T_X8) && B <= 4;
     float u[8 * B]; /* (B, 8): 8 rows' products */
     for (int r = lo; r < hi; r += 8) { /* lo is a multiple of 8, and so is hi unless it is O */
         const int nr = hi - r < 8 ? hi - r : 8;
@@ -457,7 +455,7 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
         if (pf)
             prefetch_more(pf, pf_step);
         if (direct && nr == 8) {
-            x8_group_any(type & ~T_X8, w, a, B, y + r, ldy);
+            x8_group_any(type & ~T_X8, w, a, B, (X8Out){y + r, ldy, bias ? bias + r : NULL, accumulate});
             continue;
         }
         for (int b0 = 0; b0 < B; b0 += 4)
@@ -465,12 +463,10 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
         for (int b = 0; b < B; b++) {
             float *dst = y + (int64_t)b * ldy + r;
             const float *v = u + 8 * b;
-            if (nr == 8) /* constant trip counts: vector adds */
-                for (int j = 0; j < 8; j++)
-                    dst[j] = (accumulate ? dst[j] : 0.f) + (bias ? v[j] + bias[r + j] : v[j]);
-            else
-                for (int j = 0; j < nr; j++)
-                    dst[j] = (accumulate ? dst[j] : 0.f) + (bias ? v[j] + bias[r + j] : v[j]);
+            for (int j = 0; j < nr; j++) {
+                const float sum = bias ? v[j] + bias[r + j] : v[j];
+                dst[j] = accumulate ? dst[j] + sum : sum;
+            }
         }
     }
 }

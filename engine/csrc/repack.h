@@ -128,11 +128,39 @@ static inline __attribute__((always_inline)) __m256i x8_dot(const int type, __m2
 }
 #endif
 
-/* out[ldo b + r] = row r of the group at w . input row b of a, for b < nb (1..4): stored straight
- * into the product's rows (x8_rows), since copying 8 nb floats out of scratch, one at a time, cost
- * ~9% of a four-row product 576 wide. */
+/* Where a group's sums go: y[ld b + r] = (y[ld b + r] +) sum (+ bias[r]) for its 8 rows r and
+ * input rows b, as qmatvec's general path computes it (the same additions in the same order).
+ * Stored straight into the product rather than copied out of scratch a float at a time: at 576
+ * columns that copy, and the scratch, cost a four-row product a fifth of its time. */
+typedef struct {
+    float *y;
+    int64_t ld;
+    const float *bias; /* (8), or NULL */
+    int accumulate;
+} X8Out;
+
+#if defined(__AVX2__)
+static inline __attribute__((always_inline)) void x8_put(const X8Out o, const int nb, const __m256 *acc) {
+    for (int b = 0; b < nb; b++) {
+        __m256 v = o.bias ? _mm256_add_ps(acc[b], _mm256_loadu_ps(o.bias)) : acc[b];
+        if (o.accumulate)
+            v = _mm256_add_ps(_mm256_loadu_ps(o.y + o.ld * b), v);
+        _mm256_storeu_ps(o.y + o.ld * b, v);
+    }
+}
+#endif
+
+static inline void x8_put_res(const X8Out o, const int nb, const float *res) {
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < 8; r++) {
+            const float v = o.bias ? res[8 * b + r] + o.bias[r] : res[8 * b + r];
+            o.y[o.ld * b + r] = o.accumulate ? o.y[o.ld * b + r] + v : v;
+        }
+}
+
+/* o: row r of the group at w . input row b of a, for b < nb (1..4). */
 static inline __attribute__((always_inline)) void x8_group(const int type, const uint8_t *w, const Act *a,
-                                                           const int nb, float *out, const int64_t ldo) {
+                                                           const int nb, const X8Out o) {
     const int64_t n = a->n;
     const int nblk = (int)(n / 32), size = x8_block_bytes(type);
 #if defined(__AVX2__)
@@ -151,12 +179,9 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
             acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[blk])), acc[b]);
         }
     }
-    for (int b = 0; b < nb; b++)
-        _mm256_storeu_ps(out + ldo * b, acc[b]);
+    x8_put(o, nb, acc);
 #else
-    for (int b = 0; b < nb; b++)
-        for (int r = 0; r < 8; r++)
-            out[ldo * b + r] = 0.f;
+    float res[32] = {0}; /* (nb, 8) */
     for (int i = 0; i < nblk; i++, w += size)
         for (int r = 0; r < 8; r++) {
             int v[32]; /* row r's weights in this block, offset removed */
@@ -177,9 +202,10 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
                 int dot = 0;
                 for (int e = 0; e < 32; e++)
                     dot += v[e] * x[e];
-                out[ldo * b + r] += fp16(w + 2 * r) * a->d[b * nblk + i] * (float)dot;
+                res[8 * b + r] += fp16(w + 2 * r) * a->d[b * nblk + i] * (float)dot;
             }
         }
+    x8_put_res(o, nb, res);
 #endif
 }
 
@@ -189,7 +215,7 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
  * min high 2 bits << 2), then 32 registers of quants: register 8 j + c, row r, byte k = the plain
  * qs byte 32 j + 4 c + k (low nibble: sub-block 2 j, element 4 c + k; high: sub-block 2 j + 1). */
 static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w, const Act *a, const int nb,
-                                                                float *out, const int64_t ldo) {
+                                                                const X8Out o) {
     const int64_t n = a->n;
     const int nblk = (int)(n / 256);
 #if defined(__AVX2__)
@@ -254,12 +280,9 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
             acc[b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[b]);
         }
     }
-    for (int b = 0; b < nb; b++)
-        _mm256_storeu_ps(out + ldo * b, acc[b]);
+    x8_put(o, nb, acc);
 #else
-    for (int b = 0; b < nb; b++)
-        for (int r = 0; r < 8; r++)
-            out[ldo * b + r] = 0.f;
+    float res[32] = {0}; /* (nb, 8) */
     for (int i = 0; i < nblk; i++, w += 1152)
         for (int r = 0; r < 8; r++) {
             int sc[8], mn[8], v[256];
@@ -280,9 +303,10 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
                     isum += sc[e / 32] * v[e] * x[e];
                 for (int sb = 0; sb < 8; sb++)
                     msum += mn[sb] * (a->bsums[blk * 16 + 2 * sb] + a->bsums[blk * 16 + 2 * sb + 1]);
-                out[ldo * b + r] += a->d[blk] * (fp16(w + 2 * r) * (float)isum - fp16(w + 16 + 2 * r) * (float)msum);
+                res[8 * b + r] += a->d[blk] * (fp16(w + 2 * r) * (float)isum - fp16(w + 16 + 2 * r) * (float)msum);
             }
         }
+    x8_put_res(o, nb, res);
 #endif
 }
 
@@ -292,7 +316,7 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
  * + k of the row, high nibble: that + 64); 16 registers of high 2 bits, register 8 h + c, row r,
  * byte k = the plain qh byte 32 h + 4 c + k (bits 2 j, 2 j + 1: element 128 h + 32 j + 4 c + k). */
 static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w, const Act *a, const int nb,
-                                                                float *out, const int64_t ldo) {
+                                                                const X8Out o) {
     const int64_t n = a->n;
     const int nblk = (int)(n / 256);
 #if defined(__AVX2__)
@@ -346,12 +370,9 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
             acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[b]), _mm256_mul_ps(d, _mm256_set1_ps(a->d[b * nblk + i])),
                                      acc[b]);
     }
-    for (int b = 0; b < nb; b++)
-        _mm256_storeu_ps(out + ldo * b, acc[b]);
+    x8_put(o, nb, acc);
 #else
-    for (int b = 0; b < nb; b++)
-        for (int r = 0; r < 8; r++)
-            out[ldo * b + r] = 0.f;
+    float res[32] = {0}; /* (nb, 8) */
     for (int i = 0; i < nblk; i++, w += 1680)
         for (int r = 0; r < 8; r++) {
             int v[256];
@@ -366,38 +387,39 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
                 int isum = 0;
                 for (int e = 0; e < 256; e++)
                     isum += (int8_t)w[16 + 8 * (e / 16) + r] * v[e] * x[e];
-                out[ldo * b + r] += a->d[b * nblk + i] * fp16(w + 2 * r) * (float)isum;
+                res[8 * b + r] += a->d[b * nblk + i] * fp16(w + 2 * r) * (float)isum;
             }
         }
+    x8_put_res(o, nb, res);
 #endif
 }
 
 /* x8_group with the type and nb as constants (each combination its own inlined kernel). */
-static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, float *out, int64_t ldo) {
-#define X8_NB(T)                                           \
-    switch (nb) {                                          \
-    case 1: x8_group(T, w, a, 1, out, ldo); break;         \
-    case 2: x8_group(T, w, a, 2, out, ldo); break;         \
-    case 3: x8_group(T, w, a, 3, out, ldo); break;         \
-    default: x8_group(T, w, a, 4, out, ldo);               \
+static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, const X8Out o) {
+#define X8_NB(T)                                       \
+    switch (nb) {                                      \
+    case 1: x8_group(T, w, a, 1, o); break;            \
+    case 2: x8_group(T, w, a, 2, o); break;            \
+    case 3: x8_group(T, w, a, 3, o); break;            \
+    default: x8_group(T, w, a, 4, o);                  \
     }
     switch (type) {
     case T_Q8_0: X8_NB(T_Q8_0) break;
     case T_Q4_0: X8_NB(T_Q4_0) break;
     case T_Q4_K:
         switch (nb) {
-        case 1: x8_q4_k_group(w, a, 1, out, ldo); break;
-        case 2: x8_q4_k_group(w, a, 2, out, ldo); break;
-        case 3: x8_q4_k_group(w, a, 3, out, ldo); break;
-        default: x8_q4_k_group(w, a, 4, out, ldo);
+        case 1: x8_q4_k_group(w, a, 1, o); break;
+        case 2: x8_q4_k_group(w, a, 2, o); break;
+        case 3: x8_q4_k_group(w, a, 3, o); break;
+        default: x8_q4_k_group(w, a, 4, o);
         }
         break;
     case T_Q6_K:
         switch (nb) {
-        case 1: x8_q6_k_group(w, a, 1, out, ldo); break;
-        case 2: x8_q6_k_group(w, a, 2, out, ldo); break;
-        case 3: x8_q6_k_group(w, a, 3, out, ldo); break;
-        default: x8_q6_k_group(w, a, 4, out, ldo);
+        case 1: x8_q6_k_group(w, a, 1, o); break;
+        case 2: x8_q6_k_group(w, a, 2, o); break;
+        case 3: x8_q6_k_group(w, a, 3, o); break;
+        default: x8_q6_k_group(w, a, 4, o);
         }
         break;
     default: X8_NB(T_Q5_0)
@@ -418,9 +440,9 @@ static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, 
         const int g = r - r % 8; /* the group holding row r */
         if (g + 8 <= r1) {
             if (r == g) /* the whole group: straight into y */
-                x8_group_any(base, W + g * rb, sub, nb, y + (int64_t)b0 * ldy + g, ldy);
+                x8_group_any(base, W + g * rb, sub, nb, (X8Out){y + (int64_t)b0 * ldy + g, ldy, NULL, 0});
             else {
-                x8_group_any(base, W + g * rb, sub, nb, out, 8);
+                x8_group_any(base, W + g * rb, sub, nb, (X8Out){out, 8, NULL, 0});
                 for (int b = 0; b < nb; b++)
                     for (int j = r - g; j < 8; j++)
                         y[(int64_t)(b0 + b) * ldy + g + j] = out[8 * b + j];
