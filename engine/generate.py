@@ -280,6 +280,10 @@ def _step_events(
         tok = int(tok)
         r.ids.append(tok)
         piece = "" if draw.is_eos[b] else r.decoder.push(tok)
+        if not draw.is_eos[b] and len(r.ids) >= r.max_new:
+            # The row's last token: bytes the decoder still holds (a character cut by the length
+            # limit) go out with it, so the answer is what was streamed.
+            piece += r.decoder.flush()
         cands: tuple[Candidate, ...] = ()
         if draw.top is not None:
             ids_b, lps_b, ps_b = draw.top[b]
@@ -292,8 +296,6 @@ def _step_events(
         if reason is None:
             keep.append(b)
             continue
-        if reason in ("length", "context"):
-            r.text += r.decoder.flush()
         events.append((r, r.finished(reason)))
     return events, keep
 
