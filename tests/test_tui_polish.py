@@ -81,7 +81,8 @@ def test_chat_footer_header_wording_kinsoku_export_and_toasts(tiny, tmp_path, si
                 assert_footer_fits(app, width)
                 await answered(pilot, chat)
                 live = chat.messages[-1].query_one(".answer-info").render()
-                assert str(live).startswith("max tokens")
+                # its seed is random: the tiny model ends at its 40 tokens or, now and then, at EOS
+                assert str(live).startswith(("max tokens · 40 tokens", "end of text")), str(live)
 
                 # Reopened: the same words ("end of text", not "eos"); Chinese wraps with kinsoku.
                 await chat.open_chat(old)
