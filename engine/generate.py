@@ -182,6 +182,7 @@ def _prefill(
         cache, logits = _prefill_cached(model, cfg, prompt_cache, prompts[0], total)
         if B > 1:  # one prompt, several rows (a server's n): each row gets a copy of its keys and values
             cache.select(torch.zeros(B, dtype=torch.long, device=device))
+            cache.share_prompt([0] * B, P)
             logits = logits.expand(B, -1)
         return _Batch(rows, cache, pad, sampler, logits, P)
     tokens = torch.zeros(B, P, dtype=torch.long)
@@ -206,6 +207,7 @@ def _prefill(
     index = {ids: u for u, ids in enumerate(firsts)}
     which = torch.tensor([index[tuple(ids)] for ids in prompts], device=device)  # (B,)
     cache.kv[:, :, :, :P] = shared.kv.index_select(1, which)  # (n_layers, B, 2 H_kv, P, hd)
+    cache.share_prompt(which.tolist(), P)  # the copies are one prompt's bits: the step reads one
     return _Batch(rows, cache, pad, sampler, logits[which], P)  # logits (B, V)
 
 
@@ -379,6 +381,7 @@ def _reread_long_rope(model: nn.Module, cfg: ModelConfig, batch: _Batch) -> torc
         tokens[b, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
     positions = (torch.arange(width, device=device)[None] - batch.pad[:, None]).clamp(min=0)  # (B, width)
     mask = build_mask(batch.pad, 0, width, width, cfg.sliding_window)
+    batch.cache.share_prompt([], 0)  # each row reads its slots again, on its own
     return model(tokens.to(device), positions, mask, batch.cache, 0, last_only=True)[:, -1]
 
 

@@ -67,6 +67,11 @@ class KVCache(nn.Module):
         self.kv: torch.Tensor  # (n_layers, B, 2 H_kv, max_len, hd): the buffer registered here
         self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.n_kv_heads, self.max_len = n_kv_heads, max_len
+        # Rows prefilled from one prompt hold the same bits in slots 0..shared_len-1; same_row (B,)
+        # int32 names, for each row, the first row holding them (itself if none before it does), and
+        # the compiled step reads that row's copy there, once for all of them (share_prompt).
+        self.same_row: torch.Tensor | None = None
+        self.shared_len = 0
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, T, hd) at positions start..start+T; return slots 0..start+T: views,
@@ -81,6 +86,17 @@ class KVCache(nn.Module):
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (finished rows leave the batch so they cost nothing)."""
         self.kv = self.kv.index_select(1, rows)
+        if self.same_row is not None:
+            self.share_prompt(self.same_row[rows.to(self.same_row.device)].tolist(), self.shared_len)
+
+    def share_prompt(self, groups: list[int], length: int) -> None:
+        """Rows of one group (an int per row) hold the same keys and values in slots 0..length-1."""
+        first: dict[int, int] = {}
+        same = [first.setdefault(g, b) for b, g in enumerate(groups)]
+        if len(first) == len(groups) or length == 0:  # nothing shared
+            self.same_row, self.shared_len = None, 0
+        else:
+            self.same_row, self.shared_len = torch.tensor(same, dtype=torch.int32), length
 
 
 def build_mask(

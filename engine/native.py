@@ -329,6 +329,8 @@ class NativeStep:
             q_scale=getattr(model, "q_scale", 1.0),
             out_type=getattr(model, "out_type", float_type),
             out=model.output.data_ptr(),
+            same_row=None,  # set by each call, as kv_type is (KVCache.share_prompt)
+            same_len=0,
             **arrays,
             **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors), strict=True)),
         )
@@ -362,6 +364,10 @@ class NativeStep:
         assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
         assert cache.kv.is_contiguous() and cache.kv.dtype in _KV_TYPES, cache.kv.dtype
         self.struct.kv_type = _KV_TYPES[cache.kv.dtype]
+        same = getattr(cache, "same_row", None)  # rows sharing a prompt's slots (KVCache.share_prompt)
+        assert same is None or (same.dtype == torch.int32 and same.shape == (B,))
+        self.struct.same_row = None if same is None else same.data_ptr()
+        self.struct.same_len = 0 if same is None else min(cache.shared_len, start)
         x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the step overwrites it
         pos = positions[:, 0].to(torch.int64).contiguous()
         logits = torch.empty(B, self.cfg.vocab_size)

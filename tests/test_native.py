@@ -318,3 +318,45 @@ def test_the_struct_is_described_once_and_the_binding_sets_every_field(tmp_path)
 
     with pytest.raises(AssertionError, match="extra"):
         native.NativeStep(Grown, eng.model)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "q8_0"])
+def test_rows_sharing_a_prompt_read_one_copy_with_the_same_bits(tmp_path, monkeypatch, dtype):
+    """Rows prefilled from one prompt (compare's presets side by side) hold the same keys and values
+    in the prompt's slots, and the step reads the first such row's copy there for all of them
+    (KVCache.share_prompt). Every token, log-prob and candidate must equal the run where each row
+    reads its own copy: two prompts of two rows each (the second group's first row is row 1), rows
+    ending at different lengths (the cache drops rows between steps), prompts longer than two
+    16-slot attention ranges, and the prefetch that skips the shared slots."""
+    need_native()
+    from tiankong.engine.events import TokenEvent
+    from tiankong.engine.sampling import SamplingParams
+
+    eng = Engine.load(make_model(tmp_path / "m", "llama"), device="cpu", dtype=dtype)
+    assert eng.decode_path.startswith("compiled step")
+    cat = eng.encode("the cat sat on the mat and looked at the bird in the tree " * 2, raw=True)
+    dog = eng.encode("a dog ran to the park to play with a red ball " * 3, raw=True)
+    assert len(cat) > 32 and len(dog) > 32  # both fill whole ranges with their own slots
+    prompts = [cat, dog, cat, dog]
+    params = [SamplingParams(temperature=0.9, top_k=20, seed=s, max_new_tokens=n) for s, n in enumerate((12, 7, 9, 12))]
+
+    def run() -> list:
+        return [
+            (ev.row, ev.id, ev.logprob, [(c.id, c.logprob, c.p_sample) for c in ev.candidates])
+            for ev in eng.generate(prompts, params, top_logprobs=5)
+            if isinstance(ev, TokenEvent)
+        ]
+
+    seen = []
+    share = KVCache.share_prompt
+
+    def spy(self, groups, length):
+        share(self, groups, length)
+        seen.append(None if self.same_row is None else (self.same_row.tolist(), self.shared_len))
+
+    monkeypatch.setattr(KVCache, "share_prompt", spy)
+    shared = run()
+    assert seen[0] == ([0, 1, 0, 1], max(len(cat), len(dog)))  # prefilled: the groups' first rows 0, 1
+    assert any(s is not None and len(s[0]) < 4 for s in seen[1:])  # still shared after a row left
+    monkeypatch.setattr(KVCache, "share_prompt", lambda self, groups, length: None)  # each reads its own
+    assert run() == shared

@@ -333,7 +333,9 @@ enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
     X(FLOAT, q_scale) /* the query scale where it is not folded into wqkv or q_norm, else 1 */     \
     X(INT, out_type)  /* the head's type */                                                         \
     X(PTR, out)                                                                                     \
-    X(FPTR, norm) X(FPTR, norm_bias) X(FPTR, inv_freq) /* norm_bias (GPT-2), inv_freq (RoPE): or NULL */
+    X(FPTR, norm) X(FPTR, norm_bias) X(FPTR, inv_freq) /* norm_bias (GPT-2), inv_freq (RoPE): or NULL */   \
+    X(IPTR, same_row) /* per call: (B,) a row whose cache slots 0..same_len-1 equal this row's, or NULL */  \
+    X(INT, same_len)
 
 #define KIND_INT int
 #define KIND_FLOAT float
@@ -423,14 +425,27 @@ typedef struct {
     const char *base;
     int64_t stride, len, off; /* off: the next byte to ask for in region r */
     int n, r;
+    const int32_t *same_row;  /* regions of a row that reads another's slots: start at skip */
+    int per_row;              /* regions per row */
+    int64_t skip;
 } Prefetch;
+
+/* Where region r starts being asked for: past the slots its row reads from another row. */
+static inline int64_t prefetch_start(const Prefetch *p, int r) {
+    const int row = p->per_row ? r / p->per_row : 0;
+    return p->same_row && p->same_row[row] != row ? p->skip : 0;
+}
 
 /* Ask for the next `bytes` of p (into L2: prefetcht1), as far as any are left. */
 static inline void prefetch_more(Prefetch *p, int64_t bytes) {
-    for (; bytes > 0 && p->r < p->n; bytes -= 64) {
+    while (bytes > 0 && p->r < p->n) {
+        if (p->off >= p->len) { /* region r done (or nothing of it to ask for): the next one */
+            if (++p->r < p->n)
+                p->off = prefetch_start(p, p->r);
+            continue;
+        }
         __builtin_prefetch(p->base + p->r * p->stride + p->off, 0, 2);
-        if ((p->off += 64) >= p->len)
-            p->off = 0, p->r++;
+        p->off += 64, bytes -= 64;
     }
 }
 
@@ -639,8 +654,12 @@ static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
     thread_slots(s, t, nt, &p0, &p1, &ja, &n);
     const int64_t at = l * s->layer_stride + (int64_t)ja * s->hd;
     const int64_t esize = s->kvt == KV_F32 ? 4 : 2;
-    return (Prefetch){.base = kv_at(s->kv, s->kvt, at), .stride = s->head_stride * esize,
-                      .len = (int64_t)n * s->hd * esize, .n = n > 0 ? s->B * 2 * s->Hkv : 0};
+    const int64_t shared = s->m->same_len > ja ? (int64_t)(s->m->same_len - ja) * s->hd * esize : 0;
+    Prefetch pf = {.base = kv_at(s->kv, s->kvt, at), .stride = s->head_stride * esize,
+                   .len = (int64_t)n * s->hd * esize, .n = n > 0 ? s->B * 2 * s->Hkv : 0,
+                   .same_row = s->m->same_row, .per_row = 2 * s->Hkv, .skip = shared};
+    pf.off = prefetch_start(&pf, 0);
+    return pf;
 }
 
 /* acc (hd) = sum_j p[j] val_j over n value rows val_j (stride elements apart, of type kvt: float32
@@ -791,8 +810,11 @@ static void attention_range(const Step *s, int l, int p, float *scores) {
     attention_slots(s, p, &ja, &n);
     for (int b = 0; b < s->B; b++) {
         const uint8_t *vis = s->mask ? s->mask + b * s->mask_stride + ja : NULL;
+        /* A range inside the slots this row shares with an earlier one (the same prompt, prefilled
+         * once: the same bits) reads that row's copy, which its units have just brought into cache. */
+        const int kb = s->m->same_row && ja + n <= s->m->same_len ? s->m->same_row[b] : b;
         for (int g = 0; g < s->Hkv; g++) {
-            const int64_t keys = l * s->layer_stride + b * s->row_stride + g * s->head_stride + (int64_t)ja * hd;
+            const int64_t keys = l * s->layer_stride + kb * s->row_stride + g * s->head_stride + (int64_t)ja * hd;
             const int64_t vals = keys + s->Hkv * s->head_stride;
             const float *qg = s->qkv + (int64_t)b * s->Q + (int64_t)g * group * hd; /* the group's queries */
             /* The range's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
