@@ -364,7 +364,7 @@ class NativeStep:
         assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
         assert cache.kv.is_contiguous() and cache.kv.dtype in _KV_TYPES, cache.kv.dtype
         self.struct.kv_type = _KV_TYPES[cache.kv.dtype]
-        same = getattr(cache, "same_row", None)  # rows sharing a prompt's slots (KVCache.share_prompt)
+        same = cache.same_row  # rows sharing a prompt's slots (KVCache.share_prompt)
         assert same is None or (same.dtype == torch.int32 and same.shape == (B,))
         self.struct.same_row = None if same is None else same.data_ptr()
         self.struct.same_len = 0 if same is None else min(cache.shared_len, start)

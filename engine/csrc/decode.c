@@ -432,8 +432,7 @@ typedef struct {
 
 /* Where region r starts being asked for: past the slots its row reads from another row. */
 static inline int64_t prefetch_start(const Prefetch *p, int r) {
-    const int row = p->per_row ? r / p->per_row : 0;
-    return p->same_row && p->same_row[row] != row ? p->skip : 0;
+    return p->same_row && p->same_row[r / p->per_row] != r / p->per_row ? p->skip : 0;
 }
 
 /* Ask for the next `bytes` of p (into L2: prefetcht1), as far as any are left. */
@@ -475,14 +474,7 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
         }
         for (int b0 = 0; b0 < B; b0 += 4)
             qrows_tile(type, w, 0, nr, a, b0, B - b0 < 4 ? B - b0 : 4, u, 8);
-        for (int b = 0; b < B; b++) {
-            float *dst = y + (int64_t)b * ldy + r;
-            const float *v = u + 8 * b;
-            for (int j = 0; j < nr; j++) {
-                const float sum = bias ? v[j] + bias[r + j] : v[j];
-                dst[j] = accumulate ? dst[j] + sum : sum;
-            }
-        }
+        put_sums((X8Out){y + r, ldy, bias ? bias + r : NULL, accumulate}, B, nr, u);
     }
 }
 

@@ -162,9 +162,11 @@ static inline __attribute__((always_inline)) void x8_put(const X8Out o, const in
 }
 #endif
 
-static inline void x8_put_res(const X8Out o, const int nb, const float *res) {
+/* o for rows 0..nr-1 from scratch sums res (nb, 8): the plain C kernels', and qmatvec's for the
+ * products that do not go straight into y. */
+static inline void put_sums(const X8Out o, const int nb, const int nr, const float *res) {
     for (int b = 0; b < nb; b++)
-        for (int r = 0; r < 8; r++) {
+        for (int r = 0; r < nr; r++) {
             const float v = o.bias ? res[8 * b + r] + o.bias[r] : res[8 * b + r];
             o.y[o.ld * b + r] = o.accumulate ? o.y[o.ld * b + r] + v : v;
         }
@@ -216,7 +218,7 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
                 res[8 * b + r] += fp16(w + 2 * r) * a->d[b * nblk + i] * (float)dot;
             }
         }
-    x8_put_res(o, nb, res);
+    put_sums(o, nb, 8, res);
 #endif
 }
 
@@ -316,7 +318,7 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
                 res[8 * b + r] += a->d[blk] * (fp16(w + 2 * r) * (float)isum - fp16(w + 16 + 2 * r) * (float)msum);
             }
         }
-    x8_put_res(o, nb, res);
+    put_sums(o, nb, 8, res);
 #endif
 }
 
@@ -399,7 +401,7 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
                 res[8 * b + r] += a->d[b * nblk + i] * fp16(w + 2 * r) * (float)isum;
             }
         }
-    x8_put_res(o, nb, res);
+    put_sums(o, nb, 8, res);
 #endif
 }
 
