@@ -654,22 +654,35 @@ static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
     return pf;
 }
 
-/* acc (hd) = sum_j p[j] val_j over n value rows val_j (stride elements apart, of type kvt: float32
- * or float16), slots with p[j] == 0 skipped: axpy's arithmetic, in the same order, with the sums
- * kept in registers (hd and kvt are constants where this is inlined). axpy_f32 per slot and head
- * stored and reloaded the sums every time, and the store-to-load latency made attention's
- * weighing 20 cycles a slot and head (hd 64). */
+/* acc_k (hd) = sum_j p_k[j] val_j for nh heads k (p_k = p + k n, acc_k = acc + k astride) over n
+ * value rows val_j (stride elements apart, of type kvt: float32 or float16): axpy's arithmetic for
+ * each head, in the same order, with the sums kept in registers (hd, kvt and nh are constants where
+ * this is inlined). A group's query heads weigh the same values (GQA), so each value row is read
+ * and converted once for nh of them, which also gives the FMAs nh times the independent sums: one
+ * head's hd / 16 chains waited on the FMA's latency (8 cycles a slot and head at hd 64, 4 at three
+ * heads). A slot is skipped where every head weighs it 0: a masked slot, whose values may be stale
+ * (even NaN); a visible slot weighed 0 by one head adds exactly 0 there (its values are finite, and
+ * a sum that starts at +0 is never -0). (axpy_f32 per slot and head stored and reloaded the sums
+ * every time, and the store-to-load latency made weighing 20 cycles a slot and head.) */
 static inline __attribute__((always_inline)) void weigh_values(const void *val, int64_t stride, const float *p, int n,
-                                                               const int hd, const int kvt, float *acc) {
-    v16 sum[8] = {{0}}; /* hd <= 128 */
+                                                               const int hd, const int kvt, const int nh, float *acc,
+                                                               int64_t astride) {
+    v16 sum[3][8] = {{{0}}}; /* nh <= 3, hd <= 128 */
     for (int j = 0; j < n; j++) {
-        if (p[j] == 0.f)
+        int weighed = 0;
+        for (int k = 0; k < nh; k++)
+            weighed |= p[k * n + j] != 0.f;
+        if (!weighed)
             continue;
-        for (int i = 0; i < hd / 16; i++)
-            sum[i] += splat(p[j]) * load16_kv(val, j * stride + 16 * i, kvt);
+        for (int i = 0; i < hd / 16; i++) {
+            const v16 v = load16_kv(val, j * stride + 16 * i, kvt);
+            for (int k = 0; k < nh; k++)
+                sum[k][i] += splat(p[k * n + j]) * v;
+        }
     }
-    for (int i = 0; i < hd / 16; i++)
-        store16(acc + 16 * i, sum[i]);
+    for (int k = 0; k < nh; k++)
+        for (int i = 0; i < hd / 16; i++)
+            store16(acc + k * astride + 16 * i, sum[k][i]);
 }
 
 #if defined(__AVX512F__)
@@ -769,13 +782,21 @@ static void group_softmax(float *scores, int group, int n, int hd, float *parts)
  * (elements of type kvt). */
 static void group_values(const void *val0, int kvt, const float *scores, int group, int n, int hd, float *parts) {
     if (kvt != KV_BF16 && (hd == 64 || hd == 128)) {
-        for (int k = 0; k < group; k++) { /* the head's sums in registers (hd and kvt constants) */
+        /* Three heads at a time at hd 64 (12 sums), two at 128 (16): hd, kvt and nh as constants. */
+        const int chunk = hd == 64 ? 3 : 2, as = hd + 2;
+        for (int k = 0; k < group; k += chunk) {
+            const int nh = group - k < chunk ? group - k : chunk;
             const float *p = scores + (int64_t)k * n;
-            float *acc = parts + (int64_t)k * (hd + 2) + 2;
+            float *acc = parts + (int64_t)k * as + 2;
+#define WEIGH(HD, KVT) \
+    (nh == 3   ? weigh_values(val0, HD, p, n, HD, KVT, 3, acc, as) \
+     : nh == 2 ? weigh_values(val0, HD, p, n, HD, KVT, 2, acc, as) \
+               : weigh_values(val0, HD, p, n, HD, KVT, 1, acc, as))
             if (kvt == KV_F16)
-                hd == 64 ? weigh_values(val0, 64, p, n, 64, KV_F16, acc) : weigh_values(val0, 128, p, n, 128, KV_F16, acc);
+                hd == 64 ? WEIGH(64, KV_F16) : WEIGH(128, KV_F16);
             else
-                hd == 64 ? weigh_values(val0, 64, p, n, 64, KV_F32, acc) : weigh_values(val0, 128, p, n, 128, KV_F32, acc);
+                hd == 64 ? WEIGH(64, KV_F32) : WEIGH(128, KV_F32);
+#undef WEIGH
         }
         return;
     }
@@ -850,9 +871,9 @@ static void merge_attention(const Step *s, int t, int nt, int n_parts) {
         const float *vals = s->partial + (int64_t)it * (hd + 2) + 2; /* part u's values: u BH (hd + 2) on */
         if (hd == 64 || hd == 128) /* the sums in registers, as attention's own (weigh_values) */
             if (hd == 64)
-                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 64, KV_F32, y);
+                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 64, KV_F32, 1, y, 0);
             else
-                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 128, KV_F32, y);
+                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 128, KV_F32, 1, y, 0);
         else {
             memset(y, 0, sizeof(float) * hd);
             for (int u = 0; u < n_parts; u++)

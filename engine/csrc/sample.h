@@ -32,11 +32,21 @@ typedef double v8d __attribute__((vector_size(64)));
 /* At most this many values left in the bisected range are sorted (by insertion: n^2 / 4 moves). */
 #define SELECT_SORT 64
 
+/* A v16's low and high 8 floats as float64 (exact). With AVX-512 one conversion each: GCC lowers the
+ * generic vectors' conversion to four 4-lane ones and three inserts. */
 static inline v8d lo8d(v16 v) {
+#if defined(__AVX512F__)
+    return (v8d)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v));
+#else
     return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+#endif
 }
 static inline v8d hi8d(v16 v) {
+#if defined(__AVX512F__)
+    return (v8d)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1)));
+#else
     return __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+#endif
 }
 static inline double hsum8d(v8d v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
 
@@ -198,53 +208,69 @@ static float select_cut(const float *y, const float *w, int n, float floor, doub
     return m ? buf[m - 1].y : a; /* rounding kept the sum a hair below t: keep the whole range */
 }
 
-static float max_of(const float *x, int n) {
-    v16 mx = splat(-INFINITY);
+/* The largest of x[0..n), NaN skipped; nonfinite (or NULL): set where x holds NaN or +inf. Four
+ * running maxima: one compare-and-select chain waited on its latency (6 us a 49k row, now 3). */
+static inline __attribute__((always_inline)) float scan_max(const float *x, int n, int *nonfinite) {
+    v16 mx[4] = {splat(-INFINITY), splat(-INFINITY), splat(-INFINITY), splat(-INFINITY)};
+    v16i bad = {0};
     int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int k = 0; k < 4; k++) {
+            const v16 v = load16(x + i + 16 * k);
+            if (nonfinite)
+                bad |= (v != v) | (v == splat(INFINITY));
+            mx[k] = select16(v > mx[k], v, mx[k]);
+        }
     for (; i + 16 <= n; i += 16) {
         const v16 v = load16(x + i);
-        mx = select16(v > mx, v, mx);
+        if (nonfinite)
+            bad |= (v != v) | (v == splat(INFINITY));
+        mx[0] = select16(v > mx[0], v, mx[0]);
     }
     float m = -INFINITY;
-    for (int j = 0; j < 16; j++)
-        m = mx[j] > m ? mx[j] : m;
+    int odd = 0;
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < 16; j++)
+            odd |= bad[j], m = mx[k][j] > m ? mx[k][j] : m;
     for (; i < n; i++)
-        m = x[i] > m ? x[i] : m;
+        odd |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
+    if (nonfinite)
+        *nonfinite = odd;
     return m;
+}
+
+static float max_of(const float *x, int n) { return scan_max(x, n, NULL); }
+
+/* The 16 values at x into a row's float64 sums: *s += e, *sd += e (x - m) with e = e^(x - m)
+ * (kept at keep, or NULL); an e of 0 (a -inf logit) adds nothing to either. */
+static inline __attribute__((always_inline)) void stats16(const float *x, float m, v8d *s, v8d *sd, float *keep) {
+    const v16 d = load16(x) - splat(m);
+    const v16 e = exp16(d);
+    const v16 ed = (v16)((v16i)(e * d) & (e > splat(0.f)));
+    *s += lo8d(e) + hi8d(e), *sd += lo8d(ed) + hi8d(ed);
+    if (keep)
+        store16(keep, e);
 }
 
 /* The model's own distribution of a row: its log-normaliser (max + log sum e^(x - max)) and
  * entropy (nats), or NaN for both when the row holds NaN or +inf or nothing finite; returns the
  * largest value. keep_e: where to leave e^(x - max) too (or NULL), *sum their sum. */
 static float row_stats(const float *x, int n, float *lse, float *entropy, float *keep_e, double *sum) {
-    v16 mx = splat(-INFINITY);
-    v16i bad = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const v16 v = load16(x + i);
-        bad |= (v != v) | (v == splat(INFINITY));
-        mx = select16(v > mx, v, mx);
-    }
-    int nonfinite = 0;
-    float m = -INFINITY;
-    for (int j = 0; j < 16; j++)
-        nonfinite |= bad[j], m = mx[j] > m ? mx[j] : m;
-    for (; i < n; i++)
-        nonfinite |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
+    int nonfinite;
+    const float m = scan_max(x, n, &nonfinite);
     if (nonfinite || m == -INFINITY) {
         *lse = *entropy = NAN, *sum = 0.0;
         return m;
     }
-    v8d s = {0}, sd = {0}; /* sum e, sum e (x - max); -inf logits give e = 0 and add nothing */
-    for (i = 0; i + 16 <= n; i += 16) {
-        const v16 d = load16(x + i) - splat(m);
-        const v16 e = exp16(d);
-        const v16 ed = (v16)((v16i)(e * d) & (e > splat(0.f)));
-        s += lo8d(e) + hi8d(e), sd += lo8d(ed) + hi8d(ed);
-        if (keep_e)
-            store16(keep_e + i, e);
-    }
-    double S = hsum8d(s), SD = hsum8d(sd);
+    /* two pairs of sums, blocks of 16 taking turns: one pair waited on the exponentials' latency */
+    v8d s[2] = {{0}}, sd[2] = {{0}}; /* sum e, sum e (x - max); -inf logits give e = 0 and add nothing */
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 2; k++)
+            stats16(x + i + 16 * k, m, &s[k], &sd[k], keep_e ? keep_e + i + 16 * k : NULL);
+    for (; i + 16 <= n; i += 16)
+        stats16(x + i, m, &s[0], &sd[0], keep_e ? keep_e + i : NULL);
+    double S = hsum8d(s[0] + s[1]), SD = hsum8d(sd[0] + sd[1]);
     for (; i < n; i++) {
         const float d = x[i] - m, e = expf(d);
         S += e, SD += e > 0.f ? (double)e * d : 0.0;
@@ -257,10 +283,16 @@ static float row_stats(const float *x, int n, float *lse, float *entropy, float 
     return m;
 }
 
-/* The first index of the row's largest value. */
-static int argmax_first(const float *x, int n) {
-    const float m = max_of(x, n);
-    for (int i = 0; i < n; i++)
+/* The first index of the row's largest value m. */
+static int argmax_first(const float *x, int n, float m) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16i hit = load16(x + i) == splat(m);
+        for (int j = 0; j < 16; j++)
+            if (hit[j])
+                return i + j;
+    }
+    for (; i < n; i++)
         if (x[i] == m)
             return i;
     return 0; /* NaN rows: generate ends them */
@@ -268,15 +300,21 @@ static int argmax_first(const float *x, int n) {
 
 /* y[i] = z[i] / T (a row's logits at its temperature) and e[i] = e^(y[i] - m), m the largest y;
  * returns the sum of e (float64). The row's one pass of exponentials: the filters then only mask. */
+static inline __attribute__((always_inline)) v8d scale16(const float *z, float T, float m, float *y, float *e) {
+    const v16 v = load16(z) / splat(T), x = exp16(v - splat(m));
+    store16(y, v), store16(e, x);
+    return lo8d(x) + hi8d(x);
+}
+
 static double scale_and_weigh(const float *z, float T, float m, float *y, float *e, int n) {
-    v8d s = {0};
+    v8d s[2] = {{0}}; /* two sums, blocks of 16 taking turns: one waited on the exponentials' latency */
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const v16 v = load16(z + i) / splat(T), x = exp16(v - splat(m));
-        store16(y + i, v), store16(e + i, x);
-        s += lo8d(x) + hi8d(x);
-    }
-    double S = hsum8d(s);
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 2; k++)
+            s[k] += scale16(z + i + 16 * k, T, m, y + i + 16 * k, e + i + 16 * k);
+    for (; i + 16 <= n; i += 16)
+        s[0] += scale16(z + i, T, m, y + i, e + i);
+    double S = hsum8d(s[0] + s[1]);
     for (; i < n; i++) {
         y[i] = z[i] / T, e[i] = expf(y[i] - m);
         S += e[i];
@@ -533,7 +571,10 @@ __attribute__((optimize("fp-contract=off"))) static void penalise(const float *x
     int i = 0;
     for (; i + 16 <= n; i += 16) {
         v16 v = load16(x + i);
-        if (p->seen) {
+        uint64_t any[2] = {0, 0}; /* the few tokens seen: most blocks of 16 have none (and skip the division) */
+        if (p->seen)
+            memcpy(any, p->seen + i, sizeof any);
+        if (any[0] | any[1]) {
             v16b b;
             memcpy(&b, p->seen + i, sizeof b);
             const v16i on = __builtin_convertvector(b, v16i) != 0;
@@ -614,7 +655,7 @@ static void sample_row(const float *x, int V, const RowParams *p, int n_top, int
     if (lse != lse) {
         c = 0; /* a NaN log-prob ends the row */
     } else if (greedy) {
-        c = argmax_first(z, V);
+        c = argmax_first(z, V, z == x ? mx : max_of(z, V));
     } else {
         float m;
         n = row_weights(x, z, V, p, same, mx, &kept, &m, &mass, &cut, s);
