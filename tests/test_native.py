@@ -42,6 +42,11 @@ def need_native() -> None:
         # values summed in registers; one thread, so its share holds every slot (up to 22).
         ("llama", dict(head_dim=64), 1),
         ("mistral", dict(head_dim=128, sliding_window=18), 1),
+        # the values are weighed for up to three query heads of a group at once at head_dim 64, two
+        # at 128: groups of 8 (3 + 3 + 2), 1 and 3 (2 + 1)
+        ("llama", dict(head_dim=64, num_attention_heads=8, num_key_value_heads=1), 1),
+        ("llama", dict(head_dim=64, num_key_value_heads=4), 1),
+        ("mistral", dict(head_dim=128, num_attention_heads=6, num_key_value_heads=2), 1),
         # Phi-3: fused weights split at load, RoPE over 12 of 16 head dims (zero frequencies past
         # them in the step); long-rope's short factors and attention factor (sequences stay below
         # original_max_position_embeddings: past it the long factors run on the torch path).
