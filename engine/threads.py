@@ -28,8 +28,8 @@ class ThreadChoice:
     States: FULL runs all threads and keeps each batch size's usual step time (a running mean:
     more rows or a longer context make a step slower, but gradually); a step `stall` times slower
     than usual, when another came within `window` steps before it, makes the next one a PROBE on
-    one thread (a lone slow step is noise: a page fault, a collection), and so does every
-    `check_every`-th step. If the probe beats the mean of the last 16 all-thread steps (stalls
+    one thread (a lone slow step is noise: a page fault, a collection), and so do the
+    `first_check`-th step and every `check_every`-th one. If the probe beats the mean of the last 16 all-thread steps (stalls
     included: they are what all threads cost on a busy machine), the
     machine is busy: HOLD on one thread for `backoff` steps, then RETRY all threads for
     `retry_steps` steps, each of which must beat the one-thread steps' median, or the hold doubles
@@ -47,7 +47,12 @@ class ThreadChoice:
     retry_steps: int = 3
     quiet: int = 1024
     window: int = 32  # a second stall within this many steps of the first makes a probe
-    check_every: int = 64  # and every this many all-thread steps, a probe anyway
+    # A probe anyway at this many all-thread steps (a neighbour there from the start), then every
+    # check_every: a four-row step on one thread costs ~2x, so a probe every 64 steps made four
+    # rows 1.5% slower (one row, bound by memory, ~0.7%); a neighbour arriving later stalls
+    # steps, and two stalls close together make a probe.
+    first_check: int = 64
+    check_every: int = 512
     state: str = FULL
     usual: dict[Hashable, float] = field(default_factory=dict)  # step kind -> seconds of a full step
     single: dict[Hashable, list[float]] = field(default_factory=dict)  # step kind -> the last one-thread steps
@@ -85,7 +90,7 @@ class ThreadChoice:
                 self.usual[batch] = usual = seconds if usual is None else 0.8 * usual + 0.2 * seconds
                 if self.count - self.last_stall >= self.quiet:
                     self.backoff = 0
-                if self.count % self.check_every == 0:
+                if self.count == self.first_check or self.count % self.check_every == 0:
                     # A neighbour that was there from the start makes every step slow, none
                     # slower than usual: one step on one thread now and then tells.
                     self.state, self.stalled, self.slow = PROBE, sum(recent) / len(recent), None

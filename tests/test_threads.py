@@ -134,7 +134,7 @@ def test_a_neighbour_there_from_the_start_is_found_by_the_periodic_probe():
     assert used == "2" * 64 + "1" + "1" * 16 + "2" + "1" * 32
 
 
-def test_a_quiet_machine_pays_one_probe_in_64_steps():
+def test_a_quiet_machine_pays_a_probe_at_step_64_then_one_in_512():
     c = ThreadChoice(2)
-    used = run(c, 64 * 4, 0.004, 0.007)
-    assert used.count("1") == 3 and used.count("2") == 64 * 4 - 3
+    used = run(c, 1100, 0.004, 0.007)
+    assert [i for i, n in enumerate(used) if n == "1"] == [64, 512 + 1, 1024 + 2]
