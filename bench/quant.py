@@ -21,8 +21,9 @@ What it does, top to bottom:
   3. report  — decode tok/s (batch 1, greedy, 32-token prompt, 128 new tokens, 2 threads), the
                ratio to llama.cpp, tiankong's 4-row step time (the four bundled presets that
                `tiankong compare` runs: balanced, creative, precise, chat, with their top-k/top-p/
-               min-p and penalties) over its 1-row greedy one, and the time
-               to prefill the 32-token prompt (tiankong: the model call of the prompt into a KV
+               min-p and penalties) over its 1-row greedy one (the median over the runs of the
+               ratio to the 1-row run just before, with their range: the box's memory speed
+               moves one row's time by up to 2x between minutes), and the time to prefill the 32-token prompt (tiankong: the model call of the prompt into a KV
                cache; llama.cpp: `llm.reset(); llm.eval(prompt)`) with its ratio to llama.cpp's;
                also bench/out/quant.json (quant-1b.json for --shape 1b).
 """
@@ -248,9 +249,18 @@ def main() -> None:
     prompt, n_new = prompt_for(args.shape, args.prompt_tokens), args.new_tokens
     engines = make_engines(args, prompt, n_new)
     best: dict[tuple[str, int | str], float] = {}  # (engine, rows or "prefill") -> best seconds
+    # engine -> each run's 4-row step over the 1-row step run just before it: the box's memory
+    # speed moves by 2x from minute to minute, one row (bound by memory) with it and four rows
+    # (bound by arithmetic) less, so a ratio of two bests can pair different moments
+    pairs: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
 
     def measure(name: str, key: int | str, seconds: float, rnd: int) -> None:
         best[name, key] = min(best.get((name, key), 1e9), seconds)
+        if key == 1:
+            last[name] = seconds
+        elif key == 4:
+            pairs.setdefault(name, []).append(seconds / last[name])
         what = f"prefill {seconds * 1e3:.1f} ms" if key == "prefill" else f"{key} row(s): {1 / seconds:.1f} steps/s"
         console.print(f"[dim]round {rnd + 1}: {name}, {what}[/]")
 
@@ -264,7 +274,7 @@ def main() -> None:
                 measure(name, "prefill", prefill(), rnd)
                 for r in rows:
                     measure(name, r, run(r)[1], rnd)
-    report(engines, best, args, console)
+    report(engines, best, pairs, args, console)
 
 
 def make_engines(args, prompt: list[int], n_new: int) -> dict[str, tuple]:
@@ -283,13 +293,22 @@ def make_engines(args, prompt: list[int], n_new: int) -> dict[str, tuple]:
     return engines
 
 
-def report(engines: dict, best: dict, args, console) -> None:
+def report(engines: dict, best: dict, pairs: dict, args, console) -> None:
     from rich.table import Table
 
     table = Table(
         title=f"{args.shape} shape, {args.threads} threads, batch 1 greedy, {args.prompt_tokens}+{args.new_tokens} tokens"
     )
-    for col in ("engine", "weights", "tok/s", "vs llama.cpp", "4 rows / 1 row", "prefill ms", "prefill / llama.cpp"):
+    columns = (
+        "engine",
+        "weights",
+        "tok/s",
+        "vs llama.cpp",
+        "4 rows / 1 row (range)",
+        "prefill ms",
+        "prefill / llama.cpp",
+    )
+    for col in columns:
         table.add_column(col)
     rows = []
     for name, (_, _, measured, types) in engines.items():
@@ -299,7 +318,9 @@ def report(engines: dict, best: dict, args, console) -> None:
         mine = not name.startswith("llama.cpp")
         ratio = peer / best[name, 1] if mine and peer else None
         prefill_ratio = prefill / peer_prefill if mine and peer_prefill else None
-        batch = best[name, 4] / best[name, 1] if 4 in measured else None
+        # four rows over one: the median of the adjacent runs' ratios, with their range
+        ratios = sorted(pairs.get(name, []))
+        batch = ratios[len(ratios) // 2] if ratios else None
         rows.append(
             dict(
                 engine=name,
@@ -307,6 +328,8 @@ def report(engines: dict, best: dict, args, console) -> None:
                 tok_s=tps,
                 vs_llamacpp=ratio,
                 batch4_ratio=batch,
+                batch4_ratio_range=[ratios[0], ratios[-1]] if ratios else None,
+                batch4_ratio_of_bests=best[name, 4] / best[name, 1] if 4 in measured else None,
                 prefill_ms=prefill * 1e3,
                 prefill_vs_llamacpp=prefill_ratio,
             )
@@ -316,7 +339,7 @@ def report(engines: dict, best: dict, args, console) -> None:
             types,
             f"{tps:.1f}",
             "" if ratio is None else f"{ratio:.2f}x",
-            "" if batch is None else f"{batch:.2f}",
+            "" if batch is None else f"{batch:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})",
             f"{prefill * 1e3:.1f}",
             "" if prefill_ratio is None else f"{prefill_ratio:.2f}x",
         )
