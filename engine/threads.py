@@ -29,8 +29,8 @@ class ThreadChoice:
     more rows or a longer context make a step slower, but gradually); a step `stall` times slower
     than usual, when another came within `window` steps before it, makes the next one a PROBE on
     one thread (a lone slow step is noise: a page fault, a collection), and so do the
-    `first_check`-th step and every `check_every`-th one. If the probe beats the mean of the last 16 all-thread steps (stalls
-    included: they are what all threads cost on a busy machine), the
+    `first_check`-th step and every `check_every`-th one. If the probe beats the mean of the last
+    16 all-thread steps (stalls included: they are what all threads cost on a busy machine), the
     machine is busy: HOLD on one thread for `backoff` steps, then RETRY all threads for
     `retry_steps` steps, each of which must beat the one-thread steps' median, or the hold doubles
     (up to max_backoff). A busy machine stalls some steps and not others, so a retry can win by

@@ -659,8 +659,8 @@ static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
  * each head, in the same order, with the sums kept in registers (hd, kvt and nh are constants where
  * this is inlined). A group's query heads weigh the same values (GQA), so each value row is read
  * and converted once for nh of them, which also gives the FMAs nh times the independent sums: one
- * head's hd / 16 chains waited on the FMA's latency (8 cycles a slot and head at hd 64, 4 at three
- * heads). A slot is skipped where every head weighs it 0: a masked slot, whose values may be stale
+ * head's hd / 16 chains waited on the FMA's latency (8 cycles a slot and head at hd 64; 5 with
+ * three heads, measured). A slot is skipped where every head weighs it 0: a masked slot, whose values may be stale
  * (even NaN); a visible slot weighed 0 by one head adds exactly 0 there (its values are finite, and
  * a sum that starts at +0 is never -0). (axpy_f32 per slot and head stored and reloaded the sums
  * every time, and the store-to-load latency made weighing 20 cycles a slot and head.) */
