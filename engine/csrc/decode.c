@@ -660,10 +660,11 @@ static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
  * this is inlined). A group's query heads weigh the same values (GQA), so each value row is read
  * and converted once for nh of them, which also gives the FMAs nh times the independent sums: one
  * head's hd / 16 chains waited on the FMA's latency (8 cycles a slot and head at hd 64; 5 with
- * three heads, measured). A slot is skipped where every head weighs it 0: a masked slot, whose values may be stale
- * (even NaN); a visible slot weighed 0 by one head adds exactly 0 there (its values are finite, and
- * a sum that starts at +0 is never -0). (axpy_f32 per slot and head stored and reloaded the sums
- * every time, and the store-to-load latency made weighing 20 cycles a slot and head.) */
+ * three heads, measured). A slot is skipped where every head weighs it 0: a masked slot, whose
+ * values may be stale (even NaN); a visible slot weighed 0 by one head adds exactly 0 there (its
+ * values are finite, and a sum that starts at +0 is never -0). (axpy_f32 per slot and head stored
+ * and reloaded the sums every time, and the store-to-load latency made weighing 20 cycles a slot
+ * and head.) */
 static inline __attribute__((always_inline)) void weigh_values(const void *val, int64_t stride, const float *p, int n,
                                                                const int hd, const int kvt, const int nh, float *acc,
                                                                int64_t astride) {

@@ -229,9 +229,11 @@ static inline __attribute__((always_inline)) float scan_max(const float *x, int 
     }
     float m = -INFINITY;
     int odd = 0;
+    for (int j = 0; j < 16; j++)
+        odd |= bad[j];
     for (int k = 0; k < 4; k++)
         for (int j = 0; j < 16; j++)
-            odd |= bad[j], m = mx[k][j] > m ? mx[k][j] : m;
+            m = mx[k][j] > m ? mx[k][j] : m;
     for (; i < n; i++)
         odd |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
     if (nonfinite)
@@ -240,6 +242,11 @@ static inline __attribute__((always_inline)) float scan_max(const float *x, int 
 }
 
 static float max_of(const float *x, int n) { return scan_max(x, n, NULL); }
+
+/* The largest of a row's sampling logits z: the stats' max mx where z is the row's logits x. */
+static inline float max_of_z(const float *x, const float *z, int V, float mx) {
+    return z == x ? mx : max_of(z, V);
+}
 
 /* The 16 values at x into a row's float64 sums: *s += e, *sd += e (x - m) with e = e^(x - m)
  * (kept at keep, or NULL); an e of 0 (a -inf logit) adds nothing to either. */
@@ -617,7 +624,7 @@ static int row_weights(const float *x, const float *z, int V, const RowParams *p
         }
     }
     /* Division rounds monotonically, so the largest z / T is the largest z divided by T. */
-    *m = (z == x ? mx : max_of(z, V)) / T;
+    *m = max_of_z(x, z, V, mx) / T;
     if (same) /* row_stats left the weights */
         return V;
     if (p->min_p > 0.f && !top_k_on) {
@@ -655,7 +662,7 @@ static void sample_row(const float *x, int V, const RowParams *p, int n_top, int
     if (lse != lse) {
         c = 0; /* a NaN log-prob ends the row */
     } else if (greedy) {
-        c = argmax_first(z, V, z == x ? mx : max_of(z, V));
+        c = argmax_first(z, V, max_of_z(x, z, V, mx));
     } else {
         float m;
         n = row_weights(x, z, V, p, same, mx, &kept, &m, &mass, &cut, s);
