@@ -12,6 +12,8 @@ and the logged metrics.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -150,3 +152,33 @@ def test_reward_fsdp_two_processes_match_one(tmp_path):
         for k in ("loss", "accuracy", "eval_loss"):
             if k in x:
                 assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-5), (x["step"], k)
+
+
+ENDING = """
+import atexit, pathlib, sys
+from tiankong.trainers import distributed
+from tiankong.tui import cli
+distributed._joined = sys.argv[2] == "joined"
+marker = pathlib.Path(sys.argv[1])
+atexit.register(lambda: marker.write_text("finalized"))
+sys.argv = ["tiankong", *sys.argv[3:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("joined", ["joined", "alone"])
+@pytest.mark.parametrize("args, code", [(["presets"], 0), (["presets", "no-such"], 2)])
+def test_a_torchrun_process_ends_without_finalization(tmp_path, joined, args, code):
+    """A process that joined a process group leaves by os._exit once its command is done (no atexit
+    handlers, no finalization: see distributed.leave), keeping the exit code and what it printed;
+    any other process ends as usual."""
+    marker = tmp_path / "finalized"
+    proc = subprocess.run(
+        [sys.executable, "-c", ENDING, marker, joined, *args], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert marker.exists() == (joined == "alone")
+    if code == 0:
+        assert "balanced" in proc.stdout and "precise" in proc.stdout  # flushed before os._exit
+    else:
+        assert proc.stderr.startswith("error: preset must be one of"), proc.stderr

@@ -23,9 +23,12 @@ Without torchrun's environment variables everything here degrades to plain singl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -34,6 +37,7 @@ from torch import nn
 from tiankong.engine.model import resolve_device
 
 SHARDINGS = ("ddp", "fsdp")
+_joined = False  # this process joined a process group (still true after destroy_process_group)
 
 
 @dataclass
@@ -228,4 +232,33 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> 
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+    global _joined
+    _joined = True
     return Dist(rank, world, local, dev)
+
+
+def joined() -> bool:
+    """Whether this process joined a process group (it must then end through `leave`)."""
+    return _joined
+
+
+def leave(code: int) -> NoReturn:
+    """End a process that joined a process group: flush the standard streams, then os._exit, which
+    skips the interpreter's finalization.
+
+    Why: DDP keeps the gloo process group alive after destroy_process_group (its worker threads run
+    on), and a worker frees a finished collective's work just after the main thread's wait returns.
+    Where that work holds tensors made in Python (all_gather_object's, kept by the barrier after it)
+    the worker must take the GIL; during finalization taking it calls pthread_exit, whose unwinding
+    through a noexcept destructor ends in std::terminate ("terminate called without an active
+    exception", SIGABRT), and torchrun then kills the other ranks. A core dump showed exactly that
+    stack (runLoop > ~AsyncBarrierWork > ~AsyncAllgatherWork > decref_pyobject > take_gil >
+    PyThread_exit_thread), in about 1 exit of 20-100 on a loaded 2-core box. Every file a command
+    writes is closed (and fsynced) before it returns, so nothing else is left to finalize."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or stream: nothing more to deliver
+            pass
+    logging.shutdown()
+    os._exit(code)

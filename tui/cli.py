@@ -853,17 +853,37 @@ def _register_subcommands(argv: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    code = _run()
+    group = sys.modules.get("tiankong.trainers.distributed")  # imported only by commands that may join one
+    if group is not None and group.joined():
+        group.leave(code)  # a torchrun process: no interpreter finalization (see leave)
+    sys.exit(code)
+
+
+def _run() -> int:
+    """The command's exit code."""
     try:
         _register_subcommands(sys.argv[1:])
         app()
+    except SystemExit as done:  # typer ends every command so, 0 included
+        return _exit_code(done.code)
     except TiankongError as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except BrokenPipeError:  # `tiankong generate ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        return 0
+    return 0
+
+
+def _exit_code(code: int | str | None) -> int:
+    """sys.exit's argument as the process's status (a message goes to stderr, status 1)."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        return 1
+    return code or 0
 
 
 if __name__ == "__main__":
