@@ -253,8 +253,9 @@ def leave(code: int) -> NoReturn:
     through a noexcept destructor ends in std::terminate ("terminate called without an active
     exception", SIGABRT), and torchrun then kills the other ranks. A core dump showed exactly that
     stack (runLoop > ~AsyncBarrierWork > ~AsyncAllgatherWork > decref_pyobject > take_gil >
-    PyThread_exit_thread), in about 1 exit of 20-100 on a loaded 2-core box. Every file a command
-    writes is closed (and fsynced) before it returns, so nothing else is left to finalize."""
+    PyThread_exit_thread): 3 of 46 runs of a small DDP script under torchrun on a loaded 2-core box,
+    0 of 100 ending here. Every file a command writes is closed (and fsynced) before it returns, so
+    nothing else is left to finalize."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
