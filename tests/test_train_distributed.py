@@ -162,16 +162,18 @@ distributed._joined = sys.argv[2] == "joined"
 marker = pathlib.Path(sys.argv[1])
 atexit.register(lambda: marker.write_text("finalized"))
 sys.argv = ["tiankong", *sys.argv[3:]]
+if sys.argv[1:] == ["bug"]:  # a command that fails unexpectedly
+    cli._register_subcommands = lambda argv: 1 / 0
 cli.main()
 """
 
 
 @pytest.mark.parametrize("joined", ["joined", "alone"])
-@pytest.mark.parametrize("args, code", [(["presets"], 0), (["presets", "no-such"], 2)])
+@pytest.mark.parametrize("args, code", [(["presets"], 0), (["presets", "no-such"], 2), (["bug"], 1)])
 def test_a_torchrun_process_ends_without_finalization(tmp_path, joined, args, code):
-    """A process that joined a process group leaves by os._exit once its command is done (no atexit
-    handlers, no finalization: see distributed.leave), keeping the exit code and what it printed;
-    any other process ends as usual."""
+    """A process that joined a process group leaves by os._exit once its command is done, however it
+    ends (no atexit handlers, no finalization: see distributed.leave), keeping the exit code and
+    what it printed; any other process ends as usual."""
     marker = tmp_path / "finalized"
     proc = subprocess.run(
         [sys.executable, "-c", ENDING, marker, joined, *args], capture_output=True, text=True, timeout=60
@@ -180,5 +182,7 @@ def test_a_torchrun_process_ends_without_finalization(tmp_path, joined, args, co
     assert marker.exists() == (joined == "alone")
     if code == 0:
         assert "balanced" in proc.stdout and "precise" in proc.stdout  # flushed before os._exit
-    else:
+    elif code == 2:
         assert proc.stderr.startswith("error: preset must be one of"), proc.stderr
+    else:
+        assert proc.stderr.startswith("Traceback") and "ZeroDivisionError" in proc.stderr, proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, NamedTuple, Optional
@@ -853,11 +854,24 @@ def _register_subcommands(argv: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
-    code = _run()
-    group = sys.modules.get("tiankong.trainers.distributed")  # imported only by commands that may join one
-    if group is not None and group.joined():
+    try:
+        code = _run()
+    except Exception:
+        if _process_group() is None:
+            raise
+        traceback.print_exc()  # a bug: its traceback, then the same way out as any other end
+        code = 1
+    group = _process_group()
+    if group is not None:
         group.leave(code)  # a torchrun process: no interpreter finalization (see leave)
     sys.exit(code)
+
+
+def _process_group() -> Any:
+    """tiankong.trainers.distributed if this process joined a process group, else None (the module
+    is imported only by the commands that may join one)."""
+    group = sys.modules.get("tiankong.trainers.distributed")
+    return group if group is not None and group.joined() else None
 
 
 def _run() -> int:
