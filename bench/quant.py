@@ -23,9 +23,10 @@ What it does, top to bottom:
                `tiankong compare` runs: balanced, creative, precise, chat, with their top-k/top-p/
                min-p and penalties) over its 1-row greedy one (the median over the runs of the
                ratio to the 1-row run just before, with their range: the box's memory speed
-               moves one row's time by up to 2x between minutes), and the time to prefill the 32-token prompt (tiankong: the model call of the prompt into a KV
-               cache; llama.cpp: `llm.reset(); llm.eval(prompt)`) with its ratio to llama.cpp's;
-               also bench/out/quant.json (quant-1b.json for --shape 1b).
+               moves one row's time by up to 2x between minutes), and the time to prefill the
+               32-token prompt (tiankong: the model call of the prompt into a KV cache;
+               llama.cpp: `llm.reset(); llm.eval(prompt)`) with its ratio to llama.cpp's; also
+               bench/out/quant.json (quant-1b.json for --shape 1b).
 """
 
 from __future__ import annotations

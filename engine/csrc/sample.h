@@ -578,12 +578,12 @@ __attribute__((optimize("fp-contract=off"))) static void penalise(const float *x
     int i = 0;
     for (; i + 16 <= n; i += 16) {
         v16 v = load16(x + i);
-        uint64_t any[2] = {0, 0}; /* the few tokens seen: most blocks of 16 have none (and skip the division) */
+        v16b b = {0};
         if (p->seen)
-            memcpy(any, p->seen + i, sizeof any);
-        if (any[0] | any[1]) {
-            v16b b;
             memcpy(&b, p->seen + i, sizeof b);
+        uint64_t any[2]; /* the few tokens seen: most blocks of 16 have none (and skip the division) */
+        memcpy(any, &b, sizeof any);
+        if (any[0] | any[1]) {
             const v16i on = __builtin_convertvector(b, v16i) != 0;
             v = select16(on, select16(v < splat(0.f), v * rep, v / rep), v);
         }
