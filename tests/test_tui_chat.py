@@ -136,6 +136,62 @@ def test_send_streams_the_answer_and_stores_both_messages(tiny, store, tmp_path)
     assert all(sum(c["p_sample"] > 0 for c in t["top"]) <= 40 for t in tokens)
 
 
+def test_an_answer_streams_an_untagged_code_fence_as_plain_text_without_guessing(monkeypatch):
+    # Textual guesses an untagged fence's language by running every Pygments lexer over it, again
+    # at every streamed frame; CodeFence draws it as plain text. A tagged fence is still highlighted.
+    import textual.highlight
+    from textual.app import App
+
+    from tiankong.tui.widgets.message import CodeFence
+
+    guessed = []
+    monkeypatch.setattr(textual.highlight, "guess_language", lambda code, path: guessed.append(code) or "text")
+
+    class One(App[None]):
+        def compose(self):
+            yield AssistantMessage()
+
+    async def go():
+        async with One().run_test(size=SIZE) as pilot:
+            answer = pilot.app.query_one(AssistantMessage)
+            answer.start_stream()
+            for part in ("Here:\n\n```\nx = 1\n", "y = 2\n```\n\n```python\n", "def f():\n    return 1\n```\n"):
+                await answer.append(part, [])
+                await pilot.pause(0.05)
+            await answer.finish(answer.content, "")
+            await pilot.pause()
+            return [(type(f), f.lexer, f.code, f._highlighted_code) for f in answer.query(CodeFence)]
+
+    fences = run(go())
+    assert guessed == []
+    assert [(kind, lexer, code) for kind, lexer, code, _ in fences] == [
+        (CodeFence, "", "x = 1\ny = 2"),
+        (CodeFence, "python", "def f():\n    return 1"),
+    ]
+    plain, python = fences[0][3], fences[1][3]
+    styles = {str(s.style) for s in plain.spans}, {str(s.style) for s in python.spans}
+    assert plain.plain.rstrip() == "x = 1\ny = 2" and styles[0] <= {"$text"}
+    assert len(styles[1] - {"$text"}) >= 2  # the keyword and the function's name are coloured
+
+
+def test_the_app_hands_the_gil_over_quickly_while_it_runs(tiny, store, tmp_path):
+    # The generation worker gives the GIL back at every torch op; with Python's 5 ms switch interval
+    # each of those waited out a UI frame (a 135M model at a third of its speed in the chat).
+    import sys
+
+    from tiankong.tui.app import GIL_SWITCH_S
+
+    before = sys.getswitchinterval()
+
+    async def go():
+        async with make_app(tiny, store, tmp_path).run_test(size=SIZE) as pilot:
+            await loaded(pilot)
+            return sys.getswitchinterval()
+
+    assert run(go()) == pytest.approx(GIL_SWITCH_S) and GIL_SWITCH_S < before
+    assert sys.getswitchinterval() == before
+
+
 def test_escape_stops_and_keeps_the_partial_answer(tiny, store, tmp_path):
     async def go():
         app = make_app(tiny, store, tmp_path)

@@ -23,11 +23,12 @@ from textual import events
 from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.widget import AwaitMount, Widget
 from textual.widgets import Markdown, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets.markdown import MarkdownFence, MarkdownStream
 
 from tiankong.tui.widgets.candidates import chosen_text, show_token
 
@@ -339,6 +340,24 @@ class UserMessage(Branched, Static, can_focus=True):
         self.notify(f"copied your message ({len(self.content)} characters)")
 
 
+class CodeFence(MarkdownFence):
+    """A code block; one whose fence names no language is drawn as plain text. Textual would guess
+    the language, which runs every Pygments lexer over the code (and on first use imports every
+    installed plugin's lexers: IPython's took seconds), and a streaming answer's last block is
+    parsed again on every frame: an answer holding an untagged fence streamed at a fraction of the
+    model's speed, the UI thread busy guessing."""
+
+    @classmethod
+    def highlight(cls, code: str, language: str, ansi: bool = False, dark: bool = False) -> Content:
+        return super().highlight(code, language or "text", ansi, dark)
+
+
+class AnswerMarkdown(Markdown):
+    """An answer's Markdown (code blocks through CodeFence)."""
+
+    BLOCKS = {**Markdown.BLOCKS, "fence": CodeFence, "code_block": CodeFence}
+
+
 class AssistantMessage(Branched, Vertical, can_focus=True):
     """An answer. While streaming: Markdown fed through a MarkdownStream. When finished: the same
     Markdown, or its tokens (heatmap / inspect), switched with `set_view`.
@@ -439,7 +458,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         view.display = False
         info = Static(self._info, classes="answer-info")
         info.display = bool(self._info)
-        return [Markdown(self.content, classes="answer-md"), view, info]
+        return [AnswerMarkdown(self.content, classes="answer-md"), view, info]
 
     # -- a lazy answer
 
