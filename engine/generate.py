@@ -78,6 +78,7 @@ class _Batch:
     logits: torch.Tensor  # (B, V) for the next token
     slot: int  # next cache slot to write
     why_nonfinite: str | None = None  # worked out once, when a row first has non-finite logits
+    padded: bool | None = None  # whether any row is padded (None: not checked since pad changed)
 
 
 @dataclass
@@ -327,7 +328,7 @@ def _evict(batch: _Batch, keep: list[int], draw: _Draw | None = None) -> None:
     batch.rows = [batch.rows[b] for b in keep]
     sel = torch.tensor(keep, device=batch.pad.device)
     batch.cache.select(sel)
-    batch.pad, batch.logits = batch.pad[sel], batch.logits[sel.to(batch.logits.device)]
+    batch.pad, batch.logits, batch.padded = batch.pad[sel], batch.logits[sel.to(batch.logits.device)], None
     batch.sampler = batch.sampler.select(keep)
     if draw is not None:
         draw.tokens = draw.tokens[sel.to(draw.tokens.device)]
@@ -338,13 +339,17 @@ def _decode(
     model: nn.Module, cfg: ModelConfig, batch: _Batch, chosen: torch.Tensor, prompt_cache: PromptCache | None
 ) -> None:
     """One decode step: the chosen tokens go in at cache slot batch.slot -> batch.logits of the next."""
+    # Few tensor ops here: each lets the GIL go, and in the playground each waits to get it back.
     slot, device = batch.slot, batch.pad.device
-    positions = (slot - batch.pad)[:, None]  # (B, 1)
-    mask = build_mask(batch.pad, slot, 1, slot + 1, cfg.sliding_window)
+    positions = (slot - batch.pad).unsqueeze(1)  # (B, 1)
+    if batch.padded is None:
+        batch.padded = bool(batch.pad.any())
+    mask = build_mask(batch.pad, slot, 1, slot + 1, cfg.sliding_window, batch.padded)
     if _long_rope_rereads_a_row(cfg, batch):
         batch.logits = _reread_long_rope(model, cfg, batch)
     else:
-        batch.logits = model(chosen[:, None].to(device), positions, mask, batch.cache, slot)[:, -1]
+        tokens = chosen.view(-1, 1) if chosen.device == device else chosen.view(-1, 1).to(device)  # (B, 1)
+        batch.logits = model(tokens, positions, mask, batch.cache, slot).select(1, -1)
     if prompt_cache is not None:
         prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it
     batch.slot += 1

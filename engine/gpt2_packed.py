@@ -133,7 +133,7 @@ class PackedGPT2(nn.Module):
     ) -> torch.Tensor:
         """Same contract as GPT2.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
         if tokens.shape[1] == 1 and cache is not None and not hidden:
-            x = self.tok_emb(tokens[:, 0]) + self.pos_emb(positions[:, 0])  # (B, D)
+            x = self.tok_emb(tokens.reshape(-1)) + self.pos_emb(positions.reshape(-1))  # (B, D)
             return self._native(x, positions, mask, cache, start)
         x = self.tok_emb(tokens) + self.pos_emb(positions)  # (B, T, D)
         for i, layer in enumerate(self.layers):

@@ -100,7 +100,7 @@ class KVCache(nn.Module):
 
 
 def build_mask(
-    pad: torch.Tensor, q_start: int, q_len: int, kv_len: int, window: int | None = None
+    pad: torch.Tensor, q_start: int, q_len: int, kv_len: int, window: int | None = None, padded: bool | None = None
 ) -> torch.Tensor | None:
     """Boolean attention mask (B, 1, q_len, kv_len): True where a query may attend a key.
 
@@ -108,9 +108,12 @@ def build_mask(
     visible if it is not padding, not in the future and (with a sliding window) not too old.
     Returns None when plain causal attention is exact (no padding, no window in reach, and the
     queries start at slot 0 or are one: torch's is_causal aligns a block of queries with the first
-    keys, which is wrong for a block prefilled after cached slots).
+    keys, which is wrong for a block prefilled after cached slots). padded: whether any row of pad
+    is padded, where the caller knows (a decode step asks every token; the check is a host sync).
     """
-    if not bool(pad.any()) and (window is None or kv_len <= window) and (q_start == 0 or q_len == 1):
+    if padded is None:
+        padded = bool(pad.any())
+    if not padded and (window is None or kv_len <= window) and (q_start == 0 or q_len == 1):
         return None
     q = torch.arange(q_start, q_start + q_len, device=pad.device)[:, None]  # (q_len, 1)
     k = torch.arange(kv_len, device=pad.device)[None, :]  # (1, kv_len)

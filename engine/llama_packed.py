@@ -393,7 +393,7 @@ class PackedLlama(nn.Module):
         """Same contract as Llama.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
         long = long_rope_applies(self.cfg, positions)  # then torch: the step holds the short frequencies
         if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden and not long:
-            return self._native(self.tok_emb(tokens[:, 0]), positions, mask, cache, start)
+            return self._native(self.tok_emb(tokens.reshape(-1)), positions, mask, cache, start)
         x = self.tok_emb(tokens)  # (B, T, D)
         T = tokens.shape[1]
         window = self.cfg.sliding_window

@@ -40,6 +40,7 @@ HEADERS = [
     SOURCE.parent / "quant.h",
     SOURCE.parent / "repack.h",
     SOURCE.parent / "sample.h",
+    SOURCE.parent / "dequant.h",
 ]  # included by decode.c; part of the cache key
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fPIC", "-shared"]
 
@@ -176,6 +177,9 @@ def _load(target: Path) -> Library:
     lib.tk_sample.restype = ctypes.c_int
     lib.tk_sample.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 11 + [ctypes.c_int]
     lib.tk_sample.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.tk_dequantize_rows.restype = ctypes.c_int
+    lib.tk_dequantize_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+    lib.tk_dequantize_rows.argtypes += [ctypes.c_int, ctypes.c_void_p]
     lib.tk_f16_roundtrip.restype = None
     lib.tk_f16_roundtrip.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
     lib.tk_decode_step.restype = ctypes.c_int
@@ -369,7 +373,9 @@ class NativeStep:
         self.struct.same_row = None if same is None else same.data_ptr()
         self.struct.same_len = 0 if same is None else min(cache.shared_len, start)
         x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the step overwrites it
-        pos = positions[:, 0].to(torch.int64).contiguous()
+        pos = positions.reshape(B)  # (B,)
+        if pos.dtype != torch.int64 or not pos.is_contiguous():
+            pos = pos.to(torch.int64).contiguous()
         logits = torch.empty(B, self.cfg.vocab_size)
         m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
         assert m is None or m.shape[1] == start + 1
@@ -391,7 +397,7 @@ class NativeStep:
         if rc != 0:
             raise MemoryError("the compiled decode step could not allocate its scratch memory")
         choice.record((id(self), B), time.perf_counter() - t0)
-        return logits[:, None]
+        return logits.unsqueeze(1)
 
 
 def matvec(lib: Library, w: torch.Tensor, type_: int, x: torch.Tensor) -> torch.Tensor:
@@ -430,6 +436,21 @@ def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, out_features: int
     if rc != 0:
         raise MemoryError("the compiled matrix product could not allocate its scratch memory")
     return y.view(*x.shape[:-1], out_features)
+
+
+def dequantize_rows(lib: Library, type_: int, data: torch.Tensor, n: int, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ids (B,) of a quantized weight, `data` its uint8 bytes (rows, row bytes) in ggml type
+    `type_` (plain layout, rows of n elements) -> (B, n) float32: quant.py's dequantization, the same
+    bits, in one call (csrc/dequant.h; an embedding lookup). An id outside [0, rows) raises
+    IndexError, as torch's indexing does."""
+    assert data.is_contiguous() and data.dtype == torch.uint8 and ids.dtype == torch.int64 and ids.is_contiguous()
+    out = torch.empty(ids.shape[0], n)
+    rows = data.shape[0]
+    rc = lib.tk_dequantize_rows(type_, data.data_ptr(), rows, n, ids.data_ptr(), ids.shape[0], out.data_ptr())
+    if rc == -2:
+        raise IndexError(f"index out of range: a row id outside [0, {rows})")
+    assert rc == 0, f"the compiled dequantizer does not know ggml type {type_}"
+    return out
 
 
 def f16_roundtrip(lib: Library, x: torch.Tensor, portable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,6 +97,34 @@ def test_dequantize_equals_gguf(qtype):
     torch.testing.assert_close(w.take_rows(rows).dequantize(), w.dequantize()[rows], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("qtype", list(QTYPES))
+def test_the_compiled_embedding_lookup_gives_the_torch_dequantizations_bits(qtype, monkeypatch):
+    # QEmbedding's lookup on CPU is one compiled call (csrc/dequant.h); quant.py's torch
+    # dequantization, held to gguf-py's above, is the reference. Its scales are random bytes too
+    # (inf, NaN, subnormal fp16 included), so every bit pattern a file may hold goes through both.
+    from tiankong.engine.quant import QEmbedding
+
+    need_native()
+    gen = torch.Generator().manual_seed(3)
+    for w in (
+        random_qtensor(qtype, 9, 512, gen),
+        QTensor(
+            qtype,
+            (9, 512),
+            torch.randint(0, 256, (9, 512 // QTYPES[qtype][0] * QTYPES[qtype][1]), dtype=torch.uint8, generator=gen),
+        ),
+    ):
+        ids = torch.tensor([[8, 0, 3], [3, 3, 1]])
+        want = w.take_rows(ids.reshape(-1)).dequantize().view(2, 3, 512)
+        emb = QEmbedding(w)
+        with monkeypatch.context() as m:
+            m.setattr(QTensor, "take_rows", lambda *a: pytest.fail("the torch lookup ran"))
+            got = emb(ids)
+            with pytest.raises(IndexError):
+                emb(torch.tensor([9]))
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
 def test_quantize_is_within_half_a_step(qtype):
     """quantize's rounding (llama.cpp's reference, via gguf-py): q8_0 moves each weight by at most

@@ -225,9 +225,9 @@ def test_greedy_is_one_hot_on_penalised_argmax_and_consumes_no_randomness():
     s = sampler(SamplingParams(temperature=0, repetition_penalty=1.5, seed=0), vocab=4, prompts=[[0]])
     probs = s.process(logits)
     assert probs.tolist() == [[0.0, 1.0, 0.0, 0.0]]  # 3 / 1.5 = 2 < 2.9
-    state = s.generators[0].get_state()
+    state = s.uniforms[0].generator.get_state()
     assert s.sample(probs).tolist() == [1]
-    assert torch.equal(s.generators[0].get_state(), state)
+    assert torch.equal(s.uniforms[0].generator.get_state(), state)
 
 
 def test_process_leaves_input_alone_and_zeroes_filtered_tokens():
@@ -357,13 +357,22 @@ def test_select_keeps_generators_and_state():
         ref.update(b)
 
 
+def test_a_rows_uniforms_are_one_torch_rand_per_draw_though_drawn_in_blocks():
+    # Seeded answers stay what they were: blocks of Uniforms.BLOCK give torch.rand's numbers in order.
+    from tiankong.engine.sampling import Uniforms
+
+    u, g = Uniforms(1234), torch.Generator().manual_seed(1234)
+    n = 2 * Uniforms.BLOCK + 5
+    assert [u.next() for _ in range(n)] == [torch.rand((), generator=g, dtype=torch.float64).item() for _ in range(n)]
+
+
 def test_sample_draws_only_the_given_rows():
     s = sampler(*[SamplingParams(seed=i, temperature=1.0) for i in range(3)], vocab=10)
     probs = s.process(torch.zeros(3, 10))
-    untouched = s.generators[1].get_state()
+    untouched = s.uniforms[1].generator.get_state()
     ids = s.sample(probs, rows=[0, 2])
     assert ids[1] == -1 and 0 <= ids[0] < 10 and 0 <= ids[2] < 10
-    assert torch.equal(s.generators[1].get_state(), untouched)
+    assert torch.equal(s.uniforms[1].generator.get_state(), untouched)
 
 
 def test_sampling_frequencies_match_the_distribution():

@@ -308,6 +308,7 @@ static inline v16 load16_f16(const uint16_t *p) {
 
 /* The kernels that read GGUF-quantized weight rows (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k). */
 #include "quant.h"
+#include "dequant.h"
 
 /* The KV cache's element types (Model.kv_type). */
 enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
