@@ -192,6 +192,48 @@ def test_the_app_hands_the_gil_over_quickly_while_it_runs(tiny, store, tmp_path)
     assert sys.getswitchinterval() == before
 
 
+def test_the_model_loads_and_answers_on_one_thread(tiny, store, tmp_path, monkeypatch):
+    # OpenMP keeps a worker pool per thread that starts parallel work; with a pool for the loading
+    # thread and another for the answering one, its workers sleep at every barrier and a 135M step
+    # took twice as long. The app runs both on one model thread.
+    import threading
+
+    from tiankong.engine.engine import Engine
+
+    threads = []
+    load = Engine.load.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        threads.append(("load", threading.current_thread().name))
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "load", classmethod(recording_load))
+
+    async def go():
+        app = make_app(tiny, store, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            chat = await loaded(pilot)
+            chat.params = chat.params.replace(seed=3, max_new_tokens=8)
+            generate = app.engine.generate
+
+            def recording_generate(*args, **kwargs):
+                for ev in generate(*args, **kwargs):
+                    threads.append(("step", threading.current_thread().name))
+                    yield ev
+
+            app.engine.generate = recording_generate
+            for text in ("one", "two"):
+                await send(pilot, text)
+                await answered(pilot, chat)
+
+    run(go())
+    assert threads[0][0] == "load" and len(threads) > 2
+    # One thread, the model's own: Textual's thread workers come from a pool whose threads can differ
+    # from one worker to the next (loading ran on asyncio_0 and answering on asyncio_1 in a profile).
+    names = {name for _, name in threads}
+    assert len(names) == 1 and names.pop().startswith("tiankong-model"), set(threads)
+
+
 def test_escape_stops_and_keeps_the_partial_answer(tiny, store, tmp_path):
     async def go():
         app = make_app(tiny, store, tmp_path)

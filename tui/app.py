@@ -29,6 +29,7 @@ from tiankong.engine.remote import RemoteModel
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
 from tiankong.tui.screens.chat import ChatScreen
 from tiankong.tui.screens.help import HelpScreen
+from tiankong.tui.streaming import on_engine_thread
 
 
 def default_rater() -> str:
@@ -142,7 +143,9 @@ class TiankongApp(App[None]):
                 engines.append(
                     RemoteEngine.connect(folder.url, folder.api_key)
                     if isinstance(folder, RemoteModel)
-                    else Engine.load(folder, device=self.device, dtype=self.dtype, chat_template=self.chat_template)
+                    else on_engine_thread(
+                        Engine.load, folder, device=self.device, dtype=self.dtype, chat_template=self.chat_template
+                    )
                 )
             except TiankongError as e:
                 self.call_from_thread(self._load_failed, str(e))

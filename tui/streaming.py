@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from textual.worker import get_current_worker
 
@@ -24,6 +25,23 @@ from tiankong.engine.events import Event
 FRAME_S = 1 / 15
 
 Batch = list[tuple[int, Event]]  # (which stream, event), in the order they came
+T = TypeVar("T")
+
+# The one thread that runs the model in the playground: loading it, and every answer. OpenMP (the
+# compiled step's and torch's) keeps a pool of worker threads for each thread that starts parallel
+# work, and once the pools hold more threads than there are cores, its workers stop spinning at
+# barriers and sleep: a step (~100 barriers) from a second thread took twice as long. Measured on the
+# 135M Q4_0 GGUF, 2 cores: loaded on one thread and generating on another, 120-128 tok/s (a step
+# 6.8-7.3 ms); both on one thread, 300-364 (2.3-2.8 ms).
+_engine_thread: ThreadPoolExecutor | None = None
+
+
+def on_engine_thread(fn: Callable[..., T], *args, **kwargs) -> T:
+    """fn(*args, **kwargs) run on the playground's model thread; blocks until it returns."""
+    global _engine_thread
+    if _engine_thread is None:
+        _engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiankong-model")
+    return _engine_thread.submit(fn, *args, **kwargs).result()
 
 
 def stream_events(
@@ -32,7 +50,8 @@ def stream_events(
     cancel: threading.Event,
     frame_s: float = FRAME_S,
 ) -> str | None:
-    """Run in a thread worker: start() the generate calls and read their streams, one event from
+    """Run in a thread worker: start() the generate calls and read their streams (on the model
+    thread: on_engine_thread), one event from
     each in turn (so several engines advance token by token together), calling post(batch) once
     frame_s has passed since the last batch and with what is left at the end. A cancelled worker
     sets `cancel`, so generation stops after the current token.
@@ -42,6 +61,17 @@ def stream_events(
     playground down.
     """
     worker = get_current_worker()
+    return on_engine_thread(_stream, start, post, cancel, frame_s, lambda: worker.is_cancelled)
+
+
+def _stream(
+    start: Callable[[], Sequence[Iterable[Event]]],
+    post: Callable[[Batch], None],
+    cancel: threading.Event,
+    frame_s: float,
+    cancelled: Callable[[], bool],
+) -> str | None:
+    """stream_events' loop, on the model thread."""
     batch: Batch = []
     last = time.monotonic()
     error: str | None = None
@@ -54,7 +84,7 @@ def stream_events(
                     streams.remove(entry)
                 else:
                     batch.append((entry[0], ev))
-            if worker.is_cancelled:
+            if cancelled():
                 cancel.set()
             if batch and time.monotonic() - last >= frame_s:
                 post(batch)

@@ -1,0 +1,124 @@
+"""How fast the chat playground streams an answer, against the engine alone on the same prompt.
+
+    python bench/tui_stream.py                                  # 135M Q4_0 GGUF if built, 3 rounds
+    python bench/tui_stream.py --model ../shared/models/stories260K --tokens 400
+    python bench/tui_stream.py --switch-interval 0.005 --fps 30  # the settings before 2026-12-06
+
+The model's decode tok/s is what `Finished.timing` reports (first token to last), so the prompt's
+prefill is out of both figures. Two engines take turns, round by round, on one loaded model:
+
+* engine — `Engine.generate`, on the app's model thread, on the chat's own prompt (`Engine.fit` of the conversation: the chat
+           template and its system prompt), the chat's preset with a fixed seed, 10 candidates a
+           token as the chat records; the iterator drained in this thread, nothing else running.
+* chat   — the real app (`TiankongApp`, driven headless by Textual's Pilot at --size), the same
+           engine handed to it, the message typed and sent; its answer streams through the chat
+           screen's worker (tui/streaming.py) into the transcript and the candidates panel, which
+           the app draws every frame (Textual's headless driver renders each frame and discards
+           it: the terminal's own writing is the one thing missing against a real terminal).
+           Each round a fresh chat, so the transcript is as long as one answer.
+
+--switch-interval and --fps set what the app sets (app.GIL_SWITCH_S, streaming.FRAME_S), so the
+effect of each can be measured on this machine. The default model is bench/quant.py's SmolLM-135M
+shape in Q4_0 (`python bench/quant.py` builds it); random weights give random text, which wraps
+and re-parses as Markdown at least as hard as real answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "bench" / "out" / "smollm-135m-random-q4_0.gguf"
+STORIES = ROOT.parent / "shared" / "models" / "stories260K"
+MESSAGE = "Tell me a story about a cat."
+
+
+def engine_alone(engine, params, ids: list[int]) -> float:
+    """Decode tok/s of the engine alone on the chat's prompt."""
+    from tiankong.engine.events import Finished
+
+    fin = [ev for ev in engine.generate([ids], [params], top_logprobs=10) if isinstance(ev, Finished)]
+    return fin[0].timing.decode_tokens_per_s
+
+
+async def chat_once(engine, model: Path, params, size: tuple[int, int], data: Path) -> tuple[float, int]:
+    """Decode tok/s of one answer streamed in the chat app, and its token count."""
+    import tiankong.tui.app as app_module
+    from tiankong.tui.store import DB_NAME, Store
+
+    store = Store(data / DB_NAME)
+    app = app_module.TiankongApp(model, store=store, export_dir=data, show_timing=True)
+    app._load = lambda: app.call_later(app._loaded, [engine])  # the loaded engine, not a second copy
+    try:
+        async with app.run_test(size=size) as pilot:
+            while app.engine is None:
+                await pilot.pause(0.05)
+            chat = app.chat
+            chat.params = params
+            await pilot.press(*MESSAGE)
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            while chat.generating:  # not pilot.pause: that waits on every widget, costing the UI thread
+                await asyncio.sleep(0.05)
+            stored = store.get_chat(chat.chat_id).messages[-1]
+            timing = chat.messages[-1]._info
+            return float(timing.rsplit("·", 1)[1].split()[0]), len(stored.tokens)
+    finally:
+        store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL if DEFAULT_MODEL.is_file() else STORIES)
+    ap.add_argument("--tokens", type=int, default=256, help="answer length (max_new_tokens)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--preset", default="balanced")
+    ap.add_argument("--size", default="200x50", help="terminal columns x rows")
+    ap.add_argument("--switch-interval", type=float, help="seconds (default: the app's GIL_SWITCH_S)")
+    ap.add_argument("--fps", type=float, help="frames a second while streaming (default: 1 / streaming.FRAME_S)")
+    args = ap.parse_args()
+
+    import tiankong.tui.app as app_module
+    import tiankong.tui.streaming as streaming
+    from tiankong.engine.engine import Engine
+    from tiankong.presets import get_preset
+
+    if args.switch_interval is not None:
+        app_module.GIL_SWITCH_S = args.switch_interval
+    if args.fps is not None:
+        streaming.stream_events.__defaults__ = (1 / args.fps,)
+    model = args.model
+    if not model.exists():
+        sys.exit(f"no model at {model}: build {DEFAULT_MODEL} with `python bench/quant.py`, or pass --model")
+    cols, rows = (int(v) for v in args.size.split("x"))
+    # Everything on the app's model thread, as the app runs it (streaming.on_engine_thread).
+    engine = streaming.on_engine_thread(Engine.load, model)
+    params = replace(get_preset(args.preset).params, seed=1, max_new_tokens=args.tokens)
+    ids, _ = engine.fit([{"role": "user", "content": MESSAGE}], params.max_new_tokens)
+    print(
+        f"{model.name}: {engine.decode_path}; {args.preset}, {args.tokens} tokens, {args.size}, "
+        f"switch interval {app_module.GIL_SWITCH_S * 1e3:g} ms, {1 / streaming.stream_events.__defaults__[0]:g} fps"
+    )
+    results: dict[str, list[float]] = {"engine": [], "chat": []}
+    for r in range(args.rounds):
+        results["engine"].append(streaming.on_engine_thread(engine_alone, engine, params, ids))
+        with tempfile.TemporaryDirectory() as data:
+            tok_s, n = asyncio.run(chat_once(engine, model, params, (cols, rows), Path(data)))
+        results["chat"].append(tok_s)
+        print(f"round {r + 1}: engine {results['engine'][-1]:.0f} tok/s, chat {tok_s:.0f} tok/s ({n} tokens)")
+    e, c = statistics.median(results["engine"]), statistics.median(results["chat"])
+    ratios = [c_ / e_ for c_, e_ in zip(results["chat"], results["engine"], strict=True)]
+    print(
+        f"median: engine {e:.0f} tok/s, chat {c:.0f} tok/s; chat / engine {statistics.median(ratios):.2f} "
+        f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
