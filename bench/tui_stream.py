@@ -3,24 +3,28 @@
     python bench/tui_stream.py                                  # 135M Q4_0 GGUF if built, 3 rounds
     python bench/tui_stream.py --model ../shared/models/stories260K --tokens 400
     python bench/tui_stream.py --switch-interval 0.005 --fps 30  # the settings before 2026-12-06
+    python bench/tui_stream.py --no-model-thread                 # loading and answering as before
 
 The model's decode tok/s is what `Finished.timing` reports (first token to last), so the prompt's
-prefill is out of both figures. Two engines take turns, round by round, on one loaded model:
+prefill is out of both figures. The two take turns, round by round:
 
-* engine — `Engine.generate`, on the app's model thread, on the chat's own prompt (`Engine.fit` of the conversation: the chat
-           template and its system prompt), the chat's preset with a fixed seed, 10 candidates a
-           token as the chat records; the iterator drained in this thread, nothing else running.
-* chat   — the real app (`TiankongApp`, driven headless by Textual's Pilot at --size), the same
-           engine handed to it, the message typed and sent; its answer streams through the chat
-           screen's worker (tui/streaming.py) into the transcript and the candidates panel, which
-           the app draws every frame (Textual's headless driver renders each frame and discards
-           it: the terminal's own writing is the one thing missing against a real terminal).
-           Each round a fresh chat, so the transcript is as long as one answer.
+* engine — `Engine.generate` on a copy of the model loaded on the app's model thread
+           (streaming.on_engine_thread), run there on the chat's own prompt (`Engine.fit` of the
+           conversation: the chat template and its system prompt), the chat's preset with a fixed
+           seed, 10 candidates a token as the chat records.
+* chat   — the real app (`TiankongApp`, driven headless by Textual's Pilot at --size), started as
+           `tiankong chat` starts it (it loads the model), the message typed and sent; its answer
+           streams through the chat screen's worker (tui/streaming.py) into the transcript and the
+           candidates panel, which the app draws every frame (Textual's headless driver renders
+           each frame and discards it: the terminal's own writing is the one thing missing
+           against a real terminal). Each round a new app and chat.
 
---switch-interval and --fps set what the app sets (app.GIL_SWITCH_S, streaming.FRAME_S), so the
-effect of each can be measured on this machine. The default model is bench/quant.py's SmolLM-135M
-shape in Q4_0 (`python bench/quant.py` builds it); random weights give random text, which wraps
-and re-parses as Markdown at least as hard as real answers.
+--switch-interval, --fps and --no-model-thread undo what the app does (app.GIL_SWITCH_S,
+streaming.FRAME_S, streaming.on_engine_thread), so the effect of each can be measured on this
+machine; --no-model-thread wants a process of its own (OpenMP's thread pools stay once made). The
+default model is bench/quant.py's SmolLM-135M shape in Q4_0 (`python bench/quant.py` builds it);
+random weights give random text, which wraps and re-parses as Markdown at least as hard as real
+answers.
 """
 
 from __future__ import annotations
@@ -47,14 +51,14 @@ def engine_alone(engine, params, ids: list[int]) -> float:
     return fin[0].timing.decode_tokens_per_s
 
 
-async def chat_once(engine, model: Path, params, size: tuple[int, int], data: Path) -> tuple[float, int]:
-    """Decode tok/s of one answer streamed in the chat app, and its token count."""
+async def chat_once(model: Path, params, size: tuple[int, int], data: Path) -> tuple[float, int]:
+    """Decode tok/s of one answer streamed in the chat app (which loads the model itself, as it
+    does when started), and its token count."""
     import tiankong.tui.app as app_module
     from tiankong.tui.store import DB_NAME, Store
 
     store = Store(data / DB_NAME)
     app = app_module.TiankongApp(model, store=store, export_dir=data, show_timing=True)
-    app._load = lambda: app.call_later(app._loaded, [engine])  # the loaded engine, not a second copy
     try:
         async with app.run_test(size=size) as pilot:
             while app.engine is None:
@@ -82,6 +86,11 @@ def main() -> None:
     ap.add_argument("--size", default="200x50", help="terminal columns x rows")
     ap.add_argument("--switch-interval", type=float, help="seconds (default: the app's GIL_SWITCH_S)")
     ap.add_argument("--fps", type=float, help="frames a second while streaming (default: 1 / streaming.FRAME_S)")
+    ap.add_argument(
+        "--no-model-thread",
+        action="store_true",
+        help="load and answer on Textual's thread workers, as the app did before on_engine_thread",
+    )
     args = ap.parse_args()
 
     import tiankong.tui.app as app_module
@@ -93,11 +102,13 @@ def main() -> None:
         app_module.GIL_SWITCH_S = args.switch_interval
     if args.fps is not None:
         streaming.stream_events.__defaults__ = (1 / args.fps,)
+    if args.no_model_thread:
+        streaming.on_engine_thread = app_module.on_engine_thread = lambda fn, *a, **kw: fn(*a, **kw)
     model = args.model
     if not model.exists():
         sys.exit(f"no model at {model}: build {DEFAULT_MODEL} with `python bench/quant.py`, or pass --model")
     cols, rows = (int(v) for v in args.size.split("x"))
-    # Everything on the app's model thread, as the app runs it (streaming.on_engine_thread).
+    # The engine alone on the app's model thread (with --no-model-thread: this thread), as the app runs it.
     engine = streaming.on_engine_thread(Engine.load, model)
     params = replace(get_preset(args.preset).params, seed=1, max_new_tokens=args.tokens)
     ids, _ = engine.fit([{"role": "user", "content": MESSAGE}], params.max_new_tokens)
@@ -109,7 +120,7 @@ def main() -> None:
     for r in range(args.rounds):
         results["engine"].append(streaming.on_engine_thread(engine_alone, engine, params, ids))
         with tempfile.TemporaryDirectory() as data:
-            tok_s, n = asyncio.run(chat_once(engine, model, params, (cols, rows), Path(data)))
+            tok_s, n = asyncio.run(chat_once(model, params, (cols, rows), Path(data)))
         results["chat"].append(tok_s)
         print(f"round {r + 1}: engine {results['engine'][-1]:.0f} tok/s, chat {tok_s:.0f} tok/s ({n} tokens)")
     e, c = statistics.median(results["engine"]), statistics.median(results["chat"])

@@ -51,9 +51,8 @@ def _model_id(model: Path | RemoteModel) -> str:
 # How long a thread may hold the GIL while another waits (Python's default: 5 ms), while the app runs.
 # The generation worker lets the GIL go at every torch op and compiled call (a few dozen a token)
 # and each time waits for it back; with the UI thread drawing a frame, that wait was the whole
-# interval. Measured in tmux on the 135M Q4_0 GGUF (512-token answers, 2 cores): 110-134 tok/s at
-# 5 ms against 300-340 for the engine alone; 0.1 ms with 15 frames a second (streaming.FRAME_S):
-# ~200.
+# interval. bench/tui_stream.py on the 135M Q4_0 GGUF (2 cores): 136 tok/s at 5 ms with 30 frames a
+# second, 184 at 0.1 ms with 15 (streaming.FRAME_S); the engine alone ~290 (bench/README.md).
 GIL_SWITCH_S = 1e-4
 
 

@@ -20,19 +20,20 @@ from tiankong.engine.events import Event
 
 # The worker hands events to the UI at most this often. Each frame of a streaming answer redraws
 # the transcript and the candidates (~10 ms of the UI thread at 200 x 50), which takes a core and
-# the GIL from the model: at 30 a second a 135M model streamed ~180 tok/s in tmux, at 15 ~200
-# (with app.GIL_SWITCH_S), against 300-340 for the engine alone.
+# the GIL from the model. In tmux, the 135M Q4_0 GGUF's two 512-token answers (app.GIL_SWITCH_S at
+# 0.1 ms): 178 and 120 tok/s at 30 frames a second, 204 and 127-147 at 15; the engine alone 300-340.
 FRAME_S = 1 / 15
 
 Batch = list[tuple[int, Event]]  # (which stream, event), in the order they came
 T = TypeVar("T")
 
-# The one thread that runs the model in the playground: loading it, and every answer. OpenMP (the
-# compiled step's and torch's) keeps a pool of worker threads for each thread that starts parallel
-# work, and once the pools hold more threads than there are cores, its workers stop spinning at
-# barriers and sleep: a step (~100 barriers) from a second thread took twice as long. Measured on the
-# 135M Q4_0 GGUF, 2 cores: loaded on one thread and generating on another, 120-128 tok/s (a step
-# 6.8-7.3 ms); both on one thread, 300-364 (2.3-2.8 ms).
+# The one thread that runs the model in the playground: loading it, and every answer. Textual's
+# thread workers come from a pool, so loading could run on one thread and answers on others (seen
+# in a profile: asyncio_0, then asyncio_1), and OpenMP (the compiled step's and torch's) keeps a
+# pool of worker threads for each thread that starts parallel work. Steps run on a thread other than
+# the loading one were, in some runs, twice as slow (135M Q4_0, 2 cores: 6.4-7.2 ms against 2.9-3.4
+# on the loading thread; not in every run, and why is not pinned down). bench/tui_stream.py, the app
+# as started: 136 tok/s answering on Textual's workers, 184 on this thread (bench/README.md).
 _engine_thread: ThreadPoolExecutor | None = None
 
 
