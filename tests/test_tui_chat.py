@@ -234,6 +234,21 @@ def test_the_model_loads_and_answers_on_one_thread(tiny, store, tmp_path, monkey
     assert len(names) == 1 and names.pop().startswith("tiankong-model"), set(threads)
 
 
+def test_a_message_typed_ahead_is_sent_by_its_newline(tiny, store, tmp_path):
+    # Typed before the app took the terminal, a line's Enter arrives as a newline: ctrl+j.
+    async def go():
+        app = make_app(tiny, store, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            chat = await loaded(pilot)
+            chat.params = chat.params.replace(seed=5, max_new_tokens=6)
+            await pilot.press(*"typed ahead", "ctrl+j")
+            answer = await answered(pilot, chat)
+            return [m.content for m in chat.messages[:-1]], answer.content
+
+    sent, answer = run(go())
+    assert sent == ["typed ahead"] and answer
+
+
 def test_escape_stops_and_keeps_the_partial_answer(tiny, store, tmp_path):
     async def go():
         app = make_app(tiny, store, tmp_path)

@@ -46,6 +46,7 @@ from tiankong.tui.streaming import Batch, stream_events
 from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage, heat_legend
+from tiankong.tui.widgets.prompt import PromptInput
 from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary
 from tiankong.tui.widgets.transcript import Transcript
 
@@ -299,7 +300,7 @@ class ChatScreen(Screen[None]):
             panel.border_subtitle = "▶ chosen · ✗ cut by preset"
             yield panel
         yield Static(heat_legend(), id="heat-legend")
-        yield Input(placeholder="message · enter sends · esc stops · f1 keys", id="prompt")
+        yield PromptInput(placeholder="message · enter sends · esc stops · f1 keys", id="prompt")
         # Narrow terminals leave out these keys, first to last, until the footer fits (f1 lists them all).
         yield FittingFooter(drop=("heatmap", "next_preset", "edit_preset", "inspect", "regenerate"))
 

@@ -42,6 +42,7 @@ from tiankong.tui.queue import Answer, Item, PromptQueue
 from tiankong.tui.screens.votes import can_go_back, tiers_text, verdict
 from tiankong.tui.store import Response, Store, Vote
 from tiankong.tui.streaming import Batch, stream_events
+from tiankong.tui.widgets.prompt import PromptInput
 from tiankong.tui.widgets.status import finish_words
 
 LABELS = "ABCD"
@@ -316,7 +317,7 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             for _ in range(self.n_columns):
                 yield AnswerColumn(classes="answer")
         yield Static(id="vote-bar")
-        yield Input(placeholder="Prompt — Enter runs every column", id="prompt-input")
+        yield PromptInput(placeholder="Prompt — Enter runs every column", id="prompt-input")
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
