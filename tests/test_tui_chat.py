@@ -174,6 +174,45 @@ def test_an_answer_streams_an_untagged_code_fence_as_plain_text_without_guessing
     assert len(styles[1] - {"$text"}) >= 2  # the keyword and the function's name are coloured
 
 
+def test_a_streaming_answer_is_one_preview_widget_and_keeps_its_height_when_finished():
+    # While it streams an answer draws a MarkdownPreview (no block widgets mounted per frame); at
+    # the end the Markdown widget takes over at the same height, so nothing below it jumps.
+    from textual.app import App
+    from textual.widgets import Markdown
+
+    text = (
+        "A first paragraph that is long enough to wrap at this width, with *emphasis* and `code`.\n\n"
+        "- one item\n- another item that also wraps because it goes on and on for a while\n\n"
+        "```python\ndef f(x):\n    return x + 1\n```\n\n1. first\n2. second\n\n> a quote\n\nThe end."
+    )
+
+    class One(App[None]):
+        CSS_PATH = Path(__file__).parents[1] / "tui" / "screens" / "chat.tcss"
+
+        def compose(self):
+            yield AssistantMessage()
+
+    async def go():
+        async with One().run_test(size=(60, 60)) as pilot:
+            answer = pilot.app.query_one(AssistantMessage)
+            answer.start_stream()
+            for i in range(0, len(text), 40):
+                await answer.append(text[i : i + 40], [])
+                await pilot.pause()
+            md = answer.query_one(Markdown)
+            during = (answer.streaming, md.display, len(answer.query("MarkdownBlock")), answer.outer_size.height)
+            await answer.finish(text, "")
+            await pilot.pause()
+            await pilot.pause(0.1)
+            after = (answer.streaming, md.display, len(answer.query("MarkdownBlock")), answer.outer_size.height)
+            return during, after, md.source
+
+    (streaming, md_shown, blocks, height), (streaming_after, md_after, blocks_after, height_after), source = run(go())
+    assert streaming and not md_shown and blocks == 0  # one preview, no block widgets while streaming
+    assert not streaming_after and md_after and blocks_after > 5 and source == text
+    assert height == height_after > 15
+
+
 def test_the_app_hands_the_gil_over_quickly_while_it_runs(tiny, store, tmp_path):
     # The generation worker gives the GIL back at every torch op; with Python's 5 ms switch interval
     # each of those waited out a UI frame (a 135M model at a third of its speed in the chat).

@@ -28,7 +28,7 @@ from textual.geometry import Region, Size
 from textual.message import Message
 from textual.widget import AwaitMount, Widget
 from textual.widgets import Markdown, Static
-from textual.widgets.markdown import MarkdownFence, MarkdownStream
+from textual.widgets.markdown import MarkdownFence
 
 from tiankong.tui.widgets.candidates import chosen_text, show_token
 
@@ -359,8 +359,8 @@ class AnswerMarkdown(Markdown):
 
 
 class AssistantMessage(Branched, Vertical, can_focus=True):
-    """An answer. While streaming: Markdown fed through a MarkdownStream. When finished: the same
-    Markdown, or its tokens (heatmap / inspect), switched with `set_view`.
+    """An answer. While streaming: a MarkdownPreview of the text so far (start_stream). When
+    finished: the Markdown widget, or its tokens (heatmap / inspect), switched with `set_view`.
 
     A lazy answer (`lazy=True`: a stored one, opened with its chat) has no child widgets: it draws
     itself, a `MarkdownPreview` of its text (or its heatmap) and its info line, at the height the
@@ -429,7 +429,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self.message_id = message_id
         self.border_title = title
         self._info = info
-        self._stream: MarkdownStream | None = None
+        self._stream: Static | None = None  # the preview the answer streams into (start_stream)
         self.heatmap = False
         self.inspecting = False
         self.cursor = 0
@@ -456,9 +456,11 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self._widgets_added = True
         view = Static(classes="answer-tokens")
         view.display = False
+        stream = Static(classes="answer-stream")
+        stream.display = False
         info = Static(self._info, classes="answer-info")
         info.display = bool(self._info)
-        return [AnswerMarkdown(self.content, classes="answer-md"), view, info]
+        return [AnswerMarkdown(self.content, classes="answer-md"), stream, view, info]
 
     # -- a lazy answer
 
@@ -516,22 +518,31 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
     # -- streaming
 
     def start_stream(self) -> None:
-        self._stream = Markdown.get_stream(self.query_one(Markdown))
+        """Draw the answer as it streams as one MarkdownPreview (the Markdown widget's layout, one
+        widget) until `finish` hands it to the Markdown widget. Textual's Markdown stream parses
+        the last block again and mounts new block widgets on every frame; in bench/tui_stream.py
+        that cost the chat ~15 % of the model's speed."""
+        self._stream = self.query_one(".answer-stream", Static)
+        self._stream.update(MarkdownPreview(self.content))
+        self.query_one(Markdown).display = False
+        self._stream.display = True
 
     async def append(self, text: str, tokens: list[dict[str, Any]]) -> None:
         self.content += text
         self.tokens.extend(tokens)
         if self._stream is not None and text:
-            await self._stream.write(text)
+            self._stream.update(MarkdownPreview(self.content))
 
     async def finish(self, text: str, info: str) -> None:
         """Stop streaming; show the final text (a stop string the stream showed is removed)."""
+        self.content = text
+        markdown = self.query_one(Markdown)
+        if self._stream is not None or markdown.source != text:
+            await markdown.update(text)
         if self._stream is not None:
-            await self._stream.stop()
+            self._stream.display = False
             self._stream = None
-        if text != self.content:
-            self.content = text
-            await self.query_one(Markdown).update(text)
+            markdown.display = not self._show_tokens()
         self.set_info(info)
 
     @property
