@@ -137,8 +137,9 @@ def test_send_streams_the_answer_and_stores_both_messages(tiny, store, tmp_path)
 
 
 def test_an_answer_streams_an_untagged_code_fence_as_plain_text_without_guessing(monkeypatch):
-    # Textual guesses an untagged fence's language by running every Pygments lexer over it, again
-    # at every streamed frame; CodeFence draws it as plain text. A tagged fence is still highlighted.
+    # Textual guesses an untagged fence's language by running every Pygments lexer over it (on every
+    # frame, while answers streamed through its Markdown stream); CodeFence draws it as plain text.
+    # A tagged fence is still highlighted.
     import textual.highlight
     from textual.app import App
 

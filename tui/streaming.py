@@ -1,9 +1,10 @@
 """The generation worker's loop, shared by the chat and compare screens.
 
 A screen's `@work(thread=True)` worker hands `stream_events` the `Engine.generate` calls to make;
-their events come back to it in batches, at most one batch every FRAME_S seconds, which it posts to
-the UI. post_message never waits for the UI, so drawing never slows the model down, and a fast
-model never floods the event loop.
+they run on the playground's one model thread (on_engine_thread), and their events go to the UI in
+batches, at most one batch every FRAME_S seconds. post_message never waits for the UI, and a fast
+model never floods the event loop; the UI's drawing still shares the cores and the GIL with the
+model, which is why frames are few and the GIL changes hands often (app.GIL_SWITCH_S).
 """
 
 from __future__ import annotations
@@ -34,15 +35,12 @@ T = TypeVar("T")
 # the loading one were, in some runs, twice as slow (135M Q4_0, 2 cores: 6.4-7.2 ms against 2.9-3.4
 # on the loading thread; not in every run, and why is not pinned down). bench/tui_stream.py, the app
 # as started: 136 tok/s answering on Textual's workers, 184 on this thread (bench/README.md).
-_engine_thread: ThreadPoolExecutor | None = None
+_ENGINE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiankong-model")  # started at first use
 
 
 def on_engine_thread(fn: Callable[..., T], *args, **kwargs) -> T:
     """fn(*args, **kwargs) run on the playground's model thread; blocks until it returns."""
-    global _engine_thread
-    if _engine_thread is None:
-        _engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiankong-model")
-    return _engine_thread.submit(fn, *args, **kwargs).result()
+    return _ENGINE_THREAD.submit(fn, *args, **kwargs).result()
 
 
 def stream_events(
@@ -51,11 +49,11 @@ def stream_events(
     cancel: threading.Event,
     frame_s: float = FRAME_S,
 ) -> str | None:
-    """Run in a thread worker: start() the generate calls and read their streams (on the model
-    thread: on_engine_thread), one event from
-    each in turn (so several engines advance token by token together), calling post(batch) once
-    frame_s has passed since the last batch and with what is left at the end. A cancelled worker
-    sets `cancel`, so generation stops after the current token.
+    """Run in a thread worker: start() the generate calls and read their streams on the model
+    thread (on_engine_thread), one event from each in turn (so several engines advance token by
+    token together), calling post(batch) once frame_s has passed since the last batch and with
+    what is left at the end. A cancelled worker sets `cancel`, so generation stops after the
+    current token.
 
     -> None when every stream ended, else why generation failed, in one line: a TiankongError's own
     message, or any other exception (a bug) with its type, so that it shows instead of taking the

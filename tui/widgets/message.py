@@ -342,10 +342,9 @@ class UserMessage(Branched, Static, can_focus=True):
 
 class CodeFence(MarkdownFence):
     """A code block; one whose fence names no language is drawn as plain text. Textual would guess
-    the language, which runs every Pygments lexer over the code (and on first use imports every
-    installed plugin's lexers: IPython's took seconds), and a streaming answer's last block is
-    parsed again on every frame: an answer holding an untagged fence streamed at a fraction of the
-    model's speed, the UI thread busy guessing."""
+    the language, which runs every Pygments lexer over the code, and on first use imports every
+    installed plugin's lexers (IPython's took seconds, the UI frozen). While answers streamed
+    through Textual's Markdown stream that guess ran on every frame."""
 
     @classmethod
     def highlight(cls, code: str, language: str, ansi: bool = False, dark: bool = False) -> Content:
