@@ -348,7 +348,9 @@ def _decode(
     if _long_rope_rereads_a_row(cfg, batch):
         batch.logits = _reread_long_rope(model, cfg, batch)
     else:
-        tokens = chosen.view(-1, 1) if chosen.device == device else chosen.view(-1, 1).to(device)  # (B, 1)
+        tokens = chosen.view(-1, 1)  # (B, 1)
+        if tokens.device != device:
+            tokens = tokens.to(device)
         batch.logits = model(tokens, positions, mask, batch.cache, slot).select(1, -1)
     if prompt_cache is not None:
         prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it

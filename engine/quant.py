@@ -289,9 +289,9 @@ class QEmbedding(nn.Module):
             and ids.is_contiguous()
             and self.qdata.is_contiguous()
         ):
-            from . import native  # the compiled lookup: one call where the torch one is ~20 ops
+            from . import native  # here: native imports kv_cache, which imports this module
 
-            lib = native.library()
+            lib = native.library()  # the compiled lookup: one call where the torch one is ~20 ops
             if lib is not None:
                 rows = native.dequantize_rows(
                     lib, QTYPES[self.qtype][2], self.qdata.view(self.num_embeddings, -1), self.embedding_dim, ids

@@ -8,6 +8,7 @@ text, and skip only when ../shared is absent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import threading
@@ -79,6 +80,18 @@ async def open_newest_chat(pilot, chat: ChatScreen, n_messages: int) -> None:
     await wait_for(pilot, lambda: len(chat.messages) == n_messages)
 
 
+@contextlib.asynccontextmanager
+async def chat_app(model, store, tmp_path, **params):
+    """The app on `model`, run headless and loaded -> (app, pilot, chat), the chat's sampling
+    params with `params` replaced."""
+    app = make_app(model, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await loaded(pilot)
+        if params:
+            chat.params = chat.params.replace(**params)
+        yield app, pilot, chat
+
+
 def slow_down(engine, delay: float) -> None:
     """Make the engine yield more slowly, so a test can act while an answer streams."""
     generate = engine.generate
@@ -100,10 +113,7 @@ def run(coro):
 
 def test_send_streams_the_answer_and_stores_both_messages(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(seed=7, max_new_tokens=40)
+        async with chat_app(tiny, store, tmp_path, seed=7, max_new_tokens=40) as (app, pilot, chat):
             slow_down(app.engine, 0.01)
             seen = []  # (label, tokens shown so far) at every candidates-panel update
             show = chat.candidates.show
@@ -250,10 +260,7 @@ def test_the_model_loads_and_answers_on_one_thread(tiny, store, tmp_path, monkey
     monkeypatch.setattr(Engine, "load", classmethod(recording_load))
 
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(seed=3, max_new_tokens=8)
+        async with chat_app(tiny, store, tmp_path, seed=3, max_new_tokens=8) as (app, pilot, chat):
             generate = app.engine.generate
 
             def recording_generate(*args, **kwargs):
@@ -277,10 +284,7 @@ def test_the_model_loads_and_answers_on_one_thread(tiny, store, tmp_path, monkey
 def test_a_message_typed_ahead_is_sent_by_its_newline(tiny, store, tmp_path):
     # Typed before the app took the terminal, a line's Enter arrives as a newline: ctrl+j.
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(seed=5, max_new_tokens=6)
+        async with chat_app(tiny, store, tmp_path, seed=5, max_new_tokens=6) as (app, pilot, chat):
             await pilot.press(*"typed ahead", "ctrl+j")
             answer = await answered(pilot, chat)
             return [m.content for m in chat.messages[:-1]], answer.content
@@ -291,10 +295,7 @@ def test_a_message_typed_ahead_is_sent_by_its_newline(tiny, store, tmp_path):
 
 def test_escape_stops_and_keeps_the_partial_answer(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(seed=1, max_new_tokens=1_000_000)
+        async with chat_app(tiny, store, tmp_path, seed=1, max_new_tokens=1_000_000) as (app, pilot, chat):
             slow_down(app.engine, 0.02)
             await send(pilot, "tell me a long story")
             await wait_for(pilot, lambda: chat.generating and len(chat.messages[-1].tokens) >= 3)
@@ -311,10 +312,8 @@ def test_escape_stops_and_keeps_the_partial_answer(tiny, store, tmp_path):
 
 def test_regenerate_replaces_the_last_answer(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(max_new_tokens=12)  # seed unset: a fresh one each time
+        # seed unset: a fresh one each time
+        async with chat_app(tiny, store, tmp_path, max_new_tokens=12) as (app, pilot, chat):
             await send(pilot, "hi")
             first = await answered(pilot, chat)
             first_seed = store.get_chat(chat.chat_id).messages[-1].seed
@@ -332,10 +331,7 @@ def test_regenerate_replaces_the_last_answer(tiny, store, tmp_path):
 
 def test_edit_last_message_and_resend(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(max_new_tokens=8)
+        async with chat_app(tiny, store, tmp_path, max_new_tokens=8) as (app, pilot, chat):
             await send(pilot, "first try")
             await answered(pilot, chat)
             await pilot.press("ctrl+l")
@@ -357,9 +353,7 @@ def test_edit_last_message_and_resend(tiny, store, tmp_path):
 
 def test_preset_editor_refuses_bad_values_and_the_next_answer_uses_good_ones(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
+        async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
             await pilot.press("f3")
             editor = app.screen
             assert isinstance(editor, PresetEditor)
@@ -392,9 +386,7 @@ def test_preset_editor_refuses_bad_values_and_the_next_answer_uses_good_ones(tin
 
 def test_f2_cycles_presets(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
+        async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
             seen = [chat.preset.name]
             for _ in range(len(app.presets)):
                 await pilot.press("f2")
@@ -415,10 +407,7 @@ def test_chats_persist_across_restarts_and_reopen_with_their_tokens(tiny, tmp_pa
 
     async def first():
         with Store(db) as store:
-            app = make_app(tiny, store, tmp_path)
-            async with app.run_test(size=SIZE) as pilot:
-                chat = await loaded(pilot)
-                chat.params = chat.params.replace(max_new_tokens=10)
+            async with chat_app(tiny, store, tmp_path, max_new_tokens=10) as (app, pilot, chat):
                 app.screen.query_one("#system", Input).value = "be brief"
                 await send(pilot, "remember me")
                 answer = await answered(pilot, chat)
@@ -426,9 +415,7 @@ def test_chats_persist_across_restarts_and_reopen_with_their_tokens(tiny, tmp_pa
 
     async def second():
         with Store(db) as store:
-            app = make_app(tiny, store, tmp_path)
-            async with app.run_test(size=SIZE) as pilot:
-                chat = await loaded(pilot)
+            async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
                 await open_newest_chat(pilot, chat, 2)
                 await pilot.press("f5")
                 await pilot.pause()
@@ -444,10 +431,7 @@ def test_chats_persist_across_restarts_and_reopen_with_their_tokens(tiny, tmp_pa
 
 def test_export_writes_markdown_and_jsonl_matching_the_store(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(max_new_tokens=6)
+        async with chat_app(tiny, store, tmp_path, max_new_tokens=6) as (app, pilot, chat):
             await send(pilot, "export me")
             await answered(pilot, chat)
             await pilot.press("ctrl+s")
@@ -514,9 +498,7 @@ def test_a_200_message_chat_opens_at_its_end_scrolls_home_and_old_answers_still_
     chat_id, contents, tokens = _stored_long_chat(store, tiny)
 
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
+        async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
             await open_newest_chat(pilot, chat, 200)
             await pilot.pause()
             transcript, msgs = chat.transcript, chat.messages
@@ -644,9 +626,7 @@ def test_a_store_that_refuses_a_write_is_shown_and_nothing_is_answered(tiny, sto
         raise StoreError("could not write the database (disk full); check free disk space")
 
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
+        async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
             monkeypatch.setattr(store, "add_message", refuse)
             await send(pilot, "keep me")
             await pilot.pause()
@@ -704,10 +684,7 @@ def test_run_app_stops_before_the_ui_when_the_store_cannot_be_written(tmp_path):
 
 def test_inspect_heatmap_and_tokens_view(tiny, store, tmp_path):
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(seed=3, max_new_tokens=10, temperature=1.0)
+        async with chat_app(tiny, store, tmp_path, seed=3, max_new_tokens=10, temperature=1.0) as (app, pilot, chat):
             await send(pilot, "look")
             answer = await answered(pilot, chat)
             await pilot.press("f5", "right", "right", "]", "[")
@@ -764,10 +741,7 @@ def test_ctrl_b_compares_the_last_prompt_under_two_presets(tiny, store, tmp_path
     compare = pytest.importorskip("tiankong.tui.screens.compare")
 
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
-            chat.params = chat.params.replace(max_new_tokens=4)
+        async with chat_app(tiny, store, tmp_path, max_new_tokens=4) as (app, pilot, chat):
             await send(pilot, "which is better?")
             await answered(pilot, chat)
             await pilot.press("ctrl+b")
@@ -842,9 +816,7 @@ def test_help_palette_and_votes_keys(tiny, store, tmp_path):
     from tiankong.tui.screens.help import HelpScreen
 
     async def go():
-        app = make_app(tiny, store, tmp_path)
-        async with app.run_test(size=SIZE) as pilot:
-            chat = await loaded(pilot)
+        async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
             await pilot.press("f1")
             await pilot.pause()
             helped = app.screen.sections if isinstance(app.screen, HelpScreen) else None

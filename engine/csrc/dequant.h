@@ -12,16 +12,6 @@
 
 #define DQ_NOFMA __attribute__((optimize("fp-contract=off")))
 
-/* Sub-block j's 6-bit scale and min of a q4_k / q5_k block's 12 scale bytes (quant.py's _scale_min_k4). */
-static inline void k4_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = s[j] & 63, *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
-}
-
 /* One block of `type` at w -> its elements (32, or 256 for the K-types) at y. */
 static DQ_NOFMA void dequantize_block(int type, const uint8_t *w, float *y) {
     switch (type) {
@@ -56,10 +46,10 @@ static DQ_NOFMA void dequantize_block(int type, const uint8_t *w, float *y) {
         const int five = type == T_Q5_K;
         const float d = fp16(w), dmin = fp16(w + 2);
         const uint8_t *qh = w + 16, *qs = w + (five ? 48 : 16);
+        uint8_t sc[8], mn[8];
+        scale_min_k4(w + 4, sc, mn);
         for (int j = 0; j < 8; j++) {
-            int sc, mn;
-            k4_scale_min(w + 4, j, &sc, &mn);
-            const float a = d * (float)sc, b = dmin * (float)mn;
+            const float a = d * (float)sc[j], b = dmin * (float)mn[j];
             for (int l = 0; l < 32; l++) {
                 int q = j % 2 ? qs[32 * (j / 2) + l] >> 4 : qs[32 * (j / 2) + l] & 0xF;
                 if (five)
@@ -93,7 +83,7 @@ static DQ_NOFMA void dequantize_block(int type, const uint8_t *w, float *y) {
  * type it does not know, -2 for an id outside [0, rows) (nothing read). */
 int tk_dequantize_rows(int type, const uint8_t *W, int64_t rows, int n, const int64_t *ids, int B, float *out) {
     const int block = block_elems(type), bytes = (int)row_bytes(type, block);
-    if (!is_quant(type) || type == T_F16 || bytes <= 0 || (type & T_X8))
+    if (!is_quant(type) || bytes <= 0 || (type & T_X8)) /* float16 has no row_bytes here: -1 */
         return -1;
     for (int b = 0; b < B; b++)
         if (ids[b] < 0 || ids[b] >= rows)
