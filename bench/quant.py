@@ -201,7 +201,8 @@ def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
     """(run(rows) -> (decode tok/s, seconds per step), prefill() -> seconds) for llama-cpp-python."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
+    n_ctx = max(512, len(prompt) + n_new)  # --prompt-tokens past 512 (decode deep in a long chat)
+    llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False)
 
     def run(rows: int, n: int = n_new) -> tuple[float, float]:
         assert rows == 1
@@ -219,7 +220,7 @@ def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
     def prefill() -> float:
         llm.reset()
         start = time.perf_counter()
-        llm.eval(prompt)  # one batch of the whole prompt (n_batch 512)
+        llm.eval(prompt)  # batches of n_batch (512) tokens: one for the default prompt
         return time.perf_counter() - start
 
     return run, prefill

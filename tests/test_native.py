@@ -325,8 +325,17 @@ def test_the_struct_is_described_once_and_the_binding_sets_every_field(tmp_path)
         native.NativeStep(Grown, eng.model)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "q8_0"])
-def test_rows_sharing_a_prompt_read_one_copy_with_the_same_bits(tmp_path, monkeypatch, dtype):
+# head_dim 64: attention's batched scores, where the rows sharing a copy are scored in one pass over
+# its keys (score_keys), 2 rows x 8 query heads of one kv head = 16 queries, in passes of 12 and 4.
+@pytest.mark.parametrize(
+    "dtype,overrides",
+    [
+        ("float32", {}),
+        ("q8_0", {}),
+        ("float32", dict(head_dim=64, num_attention_heads=8, num_key_value_heads=1)),
+    ],
+)
+def test_rows_sharing_a_prompt_read_one_copy_with_the_same_bits(tmp_path, monkeypatch, dtype, overrides):
     """Rows prefilled from one prompt (compare's presets side by side) hold the same keys and values
     in the prompt's slots, and the step reads the first such row's copy there for all of them
     (KVCache.share_prompt). Every token, log-prob and candidate must equal the run where each row
@@ -337,7 +346,7 @@ def test_rows_sharing_a_prompt_read_one_copy_with_the_same_bits(tmp_path, monkey
     from tiankong.engine.events import TokenEvent
     from tiankong.engine.sampling import SamplingParams
 
-    eng = Engine.load(make_model(tmp_path / "m", "llama"), device="cpu", dtype=dtype)
+    eng = Engine.load(make_model(tmp_path / "m", "llama", **overrides), device="cpu", dtype=dtype)
     assert eng.decode_path.startswith("compiled step")
     cat = eng.encode("the cat sat on the mat and looked at the bird in the tree " * 2, raw=True)
     dog = eng.encode("a dog ran to the park to play with a red ball " * 3, raw=True)

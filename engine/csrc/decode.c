@@ -687,75 +687,84 @@ static inline __attribute__((always_inline)) void weigh_values(const void *val, 
             store16(acc + k * astride + 16 * i, sum[k][i]);
 }
 
+/* Query vectors scored per pass over a range's keys (score_keys's sums of 16 slots each). */
+#define MAX_Q 12
+
 #if defined(__AVX512F__)
-/* sc[j] = dot_f32(key_j, q, hd) for n key rows key_j (hd apart; float32, or float16 as dot_f16
- * reads them), the same bits: each dot's
- * two sums of 16 lanes as dot_f32 makes them, then the horizontal sums of 16 dots at once, adding
- * the lanes in hsum's pairs (i + 8, i + 4, i + 2, i + 1) with 4 rounds of shuffles across the 16
- * vectors instead of 16 separate hsums (which made a score cost 17 cycles at hd 64). */
-static inline __attribute__((always_inline)) void score_keys(const void *key, const float *q, int n, const int hd,
-                                                             const int kvt, float *sc) {
+/* out[j] = the full sum of v[j]'s 16 lanes for j < 16, adding them in hsum's pairs (i + 8, i + 4,
+ * i + 2, i + 1) with 4 rounds of shuffles across the 16 vectors instead of 16 separate hsums
+ * (which made a score cost 17 cycles at hd 64). */
+static inline __attribute__((always_inline)) void hsum16x16(const __m512 *v, float *out) {
+    __m512 w[8], z[4], u[2];
+    for (int m = 0; m < 8; m++) /* w[m]: lanes i + (i + 8) of v[2m] (lanes 0-7), v[2m + 1] (8-15) */
+        w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int m = 0; m < 4; m++) /* z[m]: + lanes 4 apart, 128-bit lane L for v[4m + L] */
+        z[m] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int m = 0; m < 2; m++) /* + 2 apart */
+        u[m] = _mm512_add_ps(_mm512_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* + 1 apart: element e of 128-bit lane L is dot 4 e + L; put dot j at j */
+    const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15),
+                                                r));
+}
+
+/* sc[h ldsc + j] = dot_f32(key_j, qs[h], hd) for nq <= MAX_Q query vectors and n key rows key_j
+ * (hd apart; float32, or float16 as dot_f16 reads them), the same bits: each dot's two sums of 16
+ * lanes as dot_f32 makes them, then hsum16x16 over 16 slots at once. Each key is loaded and widened
+ * once for all nq queries: on Zen 4 a float16 -> float32 conversion of 16 takes 1.3 cycles, more
+ * than the FMA it feeds, and a group of three heads converting every key three times spent more
+ * on that than on its dot products. */
+static inline __attribute__((always_inline)) void score_keys(const void *key, const float *const *qs, int nq, int n,
+                                                             const int hd, const int kvt, float *sc, int64_t ldsc) {
     int j = 0;
     for (; j + 16 <= n; j += 16) {
-        __m512 v[16], w[8], z[4], u[2];
+        __m512 v[MAX_Q][16];
         for (int k = 0; k < 16; k++) {
             const int64_t a = (int64_t)(j + k) * hd;
-            v16 s0 = {0}, s1 = {0};
-            for (int i = 0; i < hd; i += 32) {
-                s0 += load16_kv(key, a + i, kvt) * load16(q + i);
-                s1 += load16_kv(key, a + i + 16, kvt) * load16(q + i + 16);
+            v16 kv[8]; /* hd <= 128 */
+            for (int i = 0; i < hd; i += 16)
+                kv[i / 16] = load16_kv(key, a + i, kvt);
+            for (int h = 0; h < nq; h++) {
+                v16 s0 = {0}, s1 = {0};
+                for (int i = 0; i < hd; i += 32) {
+                    s0 += kv[i / 16] * load16(qs[h] + i);
+                    s1 += kv[i / 16 + 1] * load16(qs[h] + i + 16);
+                }
+                v[h][k] = (__m512)(s0 + s1);
             }
-            v[k] = (__m512)(s0 + s1);
         }
-        for (int m = 0; m < 8; m++) /* w[m]: lanes i + (i + 8) of v[2m] (lanes 0-7), v[2m + 1] (8-15) */
-            w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                 _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-        for (int m = 0; m < 4; m++) /* z[m]: + lanes 4 apart, 128-bit lane L for v[4m + L] */
-            z[m] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                 _mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-        for (int m = 0; m < 2; m++) /* + 2 apart */
-            u[m] = _mm512_add_ps(_mm512_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                 _mm512_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-        /* + 1 apart: element e of 128-bit lane L is dot 4 e + L; put dot j at j */
-        const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                       _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-        _mm512_storeu_ps(sc + j, _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7,
-                                                                         11, 15),
-                                                       r));
+        for (int h = 0; h < nq; h++)
+            hsum16x16(v[h], sc + h * ldsc + j);
     }
     for (; j < n; j++)
-        sc[j] = kvt == KV_F16 ? dot_f16((const uint16_t *)key + (int64_t)j * hd, q, hd)
-                              : dot_f32((const float *)key + (int64_t)j * hd, q, hd);
+        for (int h = 0; h < nq; h++)
+            sc[h * ldsc + j] = kvt == KV_F16 ? dot_f16((const uint16_t *)key + (int64_t)j * hd, qs[h], hd)
+                                             : dot_f32((const float *)key + (int64_t)j * hd, qs[h], hd);
 }
 #endif
 
-/* scores (group, n) = the group's query heads qg (group, hd) . the n keys from key0 (hd apart,
- * elements of type kvt), -inf where vis (n slots, or NULL: all visible) hides the slot. */
-static void group_scores(const void *key0, int kvt, const float *qg, int group, int n, int hd, const uint8_t *vis,
-                         float *scores) {
+/* scores (nq, n) = the nq query vectors qs[h] (hd each) . the n keys from key0 (hd apart, elements
+ * of type kvt); nq <= MAX_Q. */
+static void keys_scores(const void *key0, int kvt, const float *const *qs, int nq, int n, int hd, float *scores) {
 #if defined(__AVX512F__)
     if (kvt != KV_BF16 && (hd == 64 || hd == 128)) { /* hd and kvt as constants in score_keys */
-        for (int k = 0; k < group; k++) {
-            const float *q = qg + (int64_t)k * hd;
-            float *sc = scores + (int64_t)k * n;
-            if (kvt == KV_F16)
-                hd == 64 ? score_keys(key0, q, n, 64, KV_F16, sc) : score_keys(key0, q, n, 128, KV_F16, sc);
-            else
-                hd == 64 ? score_keys(key0, q, n, 64, KV_F32, sc) : score_keys(key0, q, n, 128, KV_F32, sc);
-        }
-        for (int j = 0; vis && j < n; j++)
-            for (int k = 0; k < group && !vis[j]; k++)
-                scores[(int64_t)k * n + j] = -INFINITY;
+        if (kvt == KV_F16)
+            hd == 64 ? score_keys(key0, qs, nq, n, 64, KV_F16, scores, n) : score_keys(key0, qs, nq, n, 128, KV_F16, scores, n);
+        else
+            hd == 64 ? score_keys(key0, qs, nq, n, 64, KV_F32, scores, n) : score_keys(key0, qs, nq, n, 128, KV_F32, scores, n);
         return;
     }
 #endif
     for (int j = 0; j < n; j++) {
         const void *key = kv_at(key0, kvt, (int64_t)j * hd);
-        for (int k = 0; k < group; k++)
-            scores[(int64_t)k * n + j] = vis && !vis[j]    ? -INFINITY
-                                         : kvt == KV_BF16 ? dot_bf16(key, qg + (int64_t)k * hd, hd)
-                                         : kvt == KV_F16  ? dot_f16(key, qg + (int64_t)k * hd, hd)
-                                                          : dot_f32(key, qg + (int64_t)k * hd, hd);
+        for (int h = 0; h < nq; h++)
+            scores[(int64_t)h * n + j] = kvt == KV_BF16  ? dot_bf16(key, qs[h], hd)
+                                         : kvt == KV_F16 ? dot_f16(key, qs[h], hd)
+                                                         : dot_f32(key, qs[h], hd);
     }
 }
 
@@ -818,25 +827,46 @@ static void group_values(const void *val0, int kvt, const float *scores, int gro
     }
 }
 
-/* Range p's partial softmaxes (attention_share). */
+/* Range p's partial softmaxes (attention_share). scores: (B group, n) scratch. */
 static void attention_range(const Step *s, int l, int p, float *scores) {
     const int hd = s->hd, group = s->group, kvt = s->kvt;
     int ja, n;
     attention_slots(s, p, &ja, &n);
+    /* A range inside the slots rows share with an earlier one (the same prompt, prefilled once: the
+     * same bits) reads the first such row's copy, once for all of them: their queries are scored in
+     * one pass over its keys. */
+    const int shared = s->m->same_row && ja + n <= s->m->same_len;
     for (int b = 0; b < s->B; b++) {
-        const uint8_t *vis = s->mask ? s->mask + b * s->mask_stride + ja : NULL;
-        /* A range inside the slots this row shares with an earlier one (the same prompt, prefilled
-         * once: the same bits) reads that row's copy, which its units have just brought into cache. */
-        const int kb = s->m->same_row && ja + n <= s->m->same_len ? s->m->same_row[b] : b;
+        const int kb = shared ? s->m->same_row[b] : b;
+        if (kb != b)
+            continue; /* scored with row kb, its copy's first row (kb < b) */
+        int rows[s->B], nr = 0; /* the rows reading row kb's slots here */
+        for (int r = b; r < s->B; r++)
+            if (r == b || (shared && s->m->same_row[r] == kb))
+                rows[nr++] = r;
         for (int g = 0; g < s->Hkv; g++) {
             const int64_t keys = l * s->layer_stride + kb * s->row_stride + g * s->head_stride + (int64_t)ja * hd;
             const int64_t vals = keys + s->Hkv * s->head_stride;
-            const float *qg = s->qkv + (int64_t)b * s->Q + (int64_t)g * group * hd; /* the group's queries */
-            /* The range's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
-            float *parts = s->partial + ((int64_t)p * s->B * s->H + (int64_t)b * s->H + (int64_t)g * group) * (hd + 2);
-            group_scores(kv_at(s->kv, kvt, keys), kvt, qg, group, n, hd, vis, scores);
-            group_softmax(scores, group, n, hd, parts);
-            group_values(kv_at(s->kv, kvt, vals), kvt, scores, group, n, hd, parts);
+            /* scores (nr group, n): row rows[i]'s query heads of this group, at i group */
+            const float *qs[MAX_Q];
+            for (int q0 = 0; q0 < nr * group; q0 += MAX_Q) {
+                const int nq = nr * group - q0 < MAX_Q ? nr * group - q0 : MAX_Q;
+                for (int h = 0; h < nq; h++)
+                    qs[h] = s->qkv + (int64_t)rows[(q0 + h) / group] * s->Q + ((int64_t)g * group + (q0 + h) % group) * hd;
+                keys_scores(kv_at(s->kv, kvt, keys), kvt, qs, nq, n, hd, scores + (int64_t)q0 * n);
+            }
+            for (int i = 0; i < nr; i++) {
+                const int r = rows[i];
+                float *sc = scores + (int64_t)i * group * n;
+                const uint8_t *vis = s->mask ? s->mask + r * s->mask_stride + ja : NULL;
+                for (int j = 0; vis && j < n; j++)
+                    for (int k = 0; k < group && !vis[j]; k++)
+                        sc[(int64_t)k * n + j] = -INFINITY;
+                /* The range's parts for the group's heads, hd + 2 floats apart: max, sum, values. */
+                float *parts = s->partial + ((int64_t)p * s->B * s->H + (int64_t)r * s->H + (int64_t)g * group) * (hd + 2);
+                group_softmax(sc, group, n, hd, parts);
+                group_values(kv_at(s->kv, kvt, vals), kvt, sc, group, n, hd, parts);
+            }
         }
     }
 }
@@ -844,7 +874,7 @@ static void attention_range(const Step *s, int l, int p, float *scores) {
 /* Attention over this thread's ranges of the visible cache slots, for every (row, query head):
  * each range leaves a partial softmax (its max, sum and weighted values) for merge_attention.
  * Splitting by slots rather than heads keeps every thread busy at any head count, and each key
- * and value is read once for its whole group of query heads (GQA). `scores` is (group, range)
+ * and value is read once for its whole group of query heads (GQA). `scores` is (B group, range)
  * scratch. */
 static void attention_share(const Step *s, int l, int t, int nt, float *scores) {
     int p0, p1, ja, n;
@@ -978,10 +1008,11 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp parallel num_threads(n_threads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        /* Private scratch: the normalised input (B, D), a group's attention scores (group, S) and
-         * the quantized input of a product (for quantized weights). */
+        /* Private scratch: the normalised input (B, D), a range's attention scores for every row's
+         * heads of a group (B group, range_slots) and the quantized input of a product (for
+         * quantized weights). */
         const int widest = D > s.F ? (D > s.H * s.hd ? D : s.H * s.hd) : (s.F > s.H * s.hd ? s.F : s.H * s.hd);
-        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)s.group * s.S) + act_bytes(B, widest));
+        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)B * s.group * range_slots(&s)) + act_bytes(B, widest));
         if (!h) {
 #pragma omp atomic write
             failed = 1;
@@ -990,7 +1021,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
         if (!failed) {
             float *scores = h + (size_t)B * D;
             Act a;
-            act_init(&a, scores + (size_t)s.group * s.S, B, widest);
+            act_init(&a, scores + (size_t)B * s.group * range_slots(&s), B, widest);
             for (int l = 0; l < m->n_layers; l++) {
                 /* Each stage reads what the one before wrote for other threads: a barrier between.
                  * Norm gains (and GPT-2's biases) are folded into wqkv and w13 unless given. */
