@@ -7,12 +7,14 @@ per layer instead of a Python loop over rows. Padding slots are hidden by the at
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 from torch import nn
 
 from .errors import InputError
+from .packed import huge_empty
 from .quant import is_quantized
 
 
@@ -31,6 +33,14 @@ def kv_dtype(model: nn.Module) -> torch.dtype:
         quantized = is_quantized(model)
     compute = next(model.parameters()).dtype
     return torch.float16 if quantized and compute == torch.float32 else compute
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed cache buffer; on the CPU in huge pages where the OS has them (packed.huge_empty): a
+    long context's decode step streams the whole cache, as it streams the weights."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return huge_empty(math.prod(shape), dtype, zeroed=True).view(shape)
 
 
 class KVCache(nn.Module):
@@ -65,7 +75,7 @@ class KVCache(nn.Module):
             )
         # persistent=False: a cache is scratch space, never part of a checkpoint.
         self.kv: torch.Tensor  # (n_layers, B, 2 H_kv, max_len, hd): the buffer registered here
-        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("kv", _zeros(shape, dtype, torch.device(device)), persistent=False)
         self.n_kv_heads, self.max_len = n_kv_heads, max_len
         # Rows prefilled from one prompt hold the same bits in slots 0..shared_len-1; same_row (B,)
         # int32 names, for each row, the first row holding them (itself if none before it does), and
@@ -85,7 +95,10 @@ class KVCache(nn.Module):
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (finished rows leave the batch so they cost nothing)."""
-        self.kv = self.kv.index_select(1, rows)
+        kv = self.kv
+        self.kv = torch.index_select(
+            kv, 1, rows, out=_zeros((kv.shape[0], len(rows), *kv.shape[2:]), kv.dtype, kv.device)
+        )
         if self.same_row is not None:
             self.share_prompt(self.same_row[rows.to(self.same_row.device)].tolist(), self.shared_len)
 

@@ -273,11 +273,17 @@ class PackedLlama(nn.Module):
         if isinstance(self.tok_emb, nn.Embedding) and self.tok_emb.weight.dtype != torch.float32:
             self.tok_emb = nn.Embedding.from_pretrained(self.tok_emb.weight.float(), freeze=True)
         out = weight_of(model.output)
-        if isinstance(out, QTensor):  # (V, row bytes); a copy, rows 8 at a time (the embedding may share it)
-            data, layout = repack_rows(out.data, ((out.qtype, out.shape[0]),), self.cfg.dim)
-            self.output = data.view(out.shape[0], -1)
+        if isinstance(out, QTensor):  # (V, row bytes), rows 8 at a time: a copy (the embedding may share it)
+            head, layout = repack_rows(out.data, ((out.qtype, out.shape[0]),), self.cfg.dim)
+            head = head.view(out.shape[0], -1)
         else:  # (V, D)
-            self.output, layout = out.float().contiguous(), (("float32", out.shape[0]),)
+            head, layout = out.float().contiguous(), (("float32", out.shape[0]),)
+        # The weights the step streams, in one buffer of huge pages (native.WeightBuffer): each
+        # layer's packed bytes, and a quantized head that repacking copied (one it left as it is may
+        # be the embedding's rows, which the lookups keep reading).
+        own_head = isinstance(out, QTensor) and head.data_ptr() != out.data.data_ptr()
+        own = WeightBuffer(self._layers_bytes(model) + (head.numel() if own_head else 0), torch.uint8)
+        self.output = own(head) if own_head else head
         self.out_type = ggml_types(layout)[0]
         self.out_parts = _parts(layout)  # for the torch path's tk_matmul
         hd = self.cfg.head_dim
@@ -288,7 +294,8 @@ class PackedLlama(nn.Module):
                 "quantized weights with long-rope over part of each head are not supported; use --dtype float32"
             )
         self.q_scale = _quantized_q_scale(self.cfg, self.cfg.qk_norm)  # qk_norm: the layers have q/k norms
-        packed = [self._pack_layer_quantized(self.cfg, layer) for layer in model.layers]
+        packed = [self._pack_layer_quantized(self.cfg, layer, own) for layer in model.layers]
+        assert own.used == own.data.numel(), (own.used, own.data.numel())
         self.layers = nn.ModuleList(block for block, _ in packed)
         self.register_buffer(
             "wtypes", torch.tensor([types for _, types in packed], dtype=torch.int32), persistent=False
@@ -296,7 +303,21 @@ class PackedLlama(nn.Module):
         self._native = NativeStep(lib, self)
 
     @staticmethod
-    def _pack_layer_quantized(cfg: ModelConfig, layer: nn.Module) -> tuple[PackedBlock, list[int]]:
+    def _layers_bytes(model: Llama) -> int:
+        """Bytes of the layers' weights as pack_rows lays them out (a quantized weight's blocks, a
+        float one's float32), seven a layer."""
+
+        def size(w: QTensor | torch.Tensor) -> int:
+            return w.data.numel() if isinstance(w, QTensor) else 4 * w.numel()
+
+        total = 0
+        for layer in model.layers:
+            a, f = layer.attn, layer.ffn
+            total += sum(size(weight_of(m)) for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2))
+        return total
+
+    @staticmethod
+    def _pack_layer_quantized(cfg: ModelConfig, layer: nn.Module, own: WeightBuffer) -> tuple[PackedBlock, list[int]]:
         """One layer of QTensor (or float) weights as the compiled step reads them, and the ggml
         types of wq, wk, wv, wo, gate, up, down. Nothing is folded: gains and the query scale stay
         separate; q/k rows (and biases) go into RoPE-pair order."""
@@ -325,6 +346,7 @@ class PackedLlama(nn.Module):
         wo, l_o = repack_rows(*pack_rows([weight_of(a.wo)]), H * hd, in_place=True)
         w13, l_13 = repack_rows(*pack_rows([weight_of(f.w1), weight_of(f.w3)]), D, in_place=True)
         w2, l_2 = repack_rows(*pack_rows([weight_of(f.w2)]), F, in_place=True)
+        wqkv, wo, w13, w2 = own(wqkv), own(wo), own(w13), own(w2)  # into the step's buffer, in reading order
         bqkv = None
         if a.wq.bias is not None:  # not scaled: the step scales the query heads after adding it
             bqkv = torch.cat([rows(a.wq.bias, H), rows(a.wk.bias, H_kv), a.wv.bias.float()]).float()

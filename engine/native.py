@@ -30,6 +30,7 @@ import torch
 
 from . import threads
 from .kv_cache import kv_dtype
+from .packed import huge_empty
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -225,7 +226,7 @@ class WeightBuffer:
     in layer by layer never holds much more than one copy of its weights."""
 
     def __init__(self, numel: int, dtype: torch.dtype) -> None:
-        self.data = torch.empty(numel, dtype=dtype)
+        self.data = huge_empty(numel, dtype)  # streamed every step: in 2 MB pages where the OS has them
         self.used = 0
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
