@@ -312,6 +312,7 @@ class PackedLlama(nn.Module):
 
         total = 0
         for layer in model.layers:
+            assert isinstance(layer, Block)  # Llama.layers holds llama.Block (typed nn.Module by ModuleList)
             a, f = layer.attn, layer.ffn
             total += sum(size(weight_of(m)) for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2))
         return total
