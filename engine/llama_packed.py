@@ -278,9 +278,9 @@ class PackedLlama(nn.Module):
             head = head.view(out.shape[0], -1)
         else:  # (V, D)
             head, layout = out.float().contiguous(), (("float32", out.shape[0]),)
-        # The weights the step streams, in one buffer of huge pages (native.WeightBuffer): each
-        # layer's packed bytes, and a quantized head that repacking copied (one it left as it is may
-        # be the embedding's rows, which the lookups keep reading).
+        # The weights the step streams, in one buffer of huge pages (native.WeightBuffer): a
+        # quantized head that repacking copied (one it left as it is may be the embedding's rows,
+        # which the lookups keep reading), then each layer's packed bytes.
         own_head = isinstance(out, QTensor) and head.data_ptr() != out.data.data_ptr()
         own = WeightBuffer(self._layers_bytes(model) + (head.numel() if own_head else 0), torch.uint8)
         self.output = own(head) if own_head else head
@@ -347,7 +347,7 @@ class PackedLlama(nn.Module):
         wo, l_o = repack_rows(*pack_rows([weight_of(a.wo)]), H * hd, in_place=True)
         w13, l_13 = repack_rows(*pack_rows([weight_of(f.w1), weight_of(f.w3)]), D, in_place=True)
         w2, l_2 = repack_rows(*pack_rows([weight_of(f.w2)]), F, in_place=True)
-        wqkv, wo, w13, w2 = own(wqkv), own(wo), own(w13), own(w2)  # into the step's buffer, in reading order
+        wqkv, wo, w13, w2 = own(wqkv), own(wo), own(w13), own(w2)  # into the step's buffer, as the step reads them
         bqkv = None
         if a.wq.bias is not None:  # not scaled: the step scales the query heads after adding it
             bqkv = torch.cat([rows(a.wq.bias, H), rows(a.wk.bias, H_kv), a.wv.bias.float()]).float()

@@ -114,14 +114,15 @@ HUGE_PAGE = 2 << 20  # x86-64's transparent huge page
 
 
 def huge_empty(numel: int, dtype: torch.dtype, zeroed: bool = False) -> torch.Tensor:
-    """A CPU tensor of numel elements, uninitialised unless zeroed, whose
-    memory the OS backs with 2 MB pages where it can (Linux's transparent huge pages, asked for with
-    MADV_HUGEPAGE before any page is touched; most systems give them only when asked), else torch's.
+    """A CPU tensor of numel elements, uninitialised unless zeroed, in memory the OS backs with 2 MB
+    pages where it can: Linux's transparent huge pages, asked for with MADV_HUGEPAGE before any page
+    is touched (where THP is "madvise", as on this box and many distributions, nothing gets them
+    unasked); elsewhere, and under 2 MB, torch's own memory.
 
-    Why: a decode step streams every weight once, and with 4 KB pages that is a TLB miss, and a
-    restart of the hardware's prefetch stream, every 4 KB. In huge pages, one row of the 135M Q4_0
-    model decoded in 2.36-2.74 ms instead of 2.92-2.99 (bench/quant.py's runner, interleaved). One
-    mapping a little larger than asked, so that the tensor can start on a 2 MB boundary.
+    Why: a decode step streams every weight once (and, deep in a chat, the whole KV cache), and in
+    4 KB pages that is a TLB miss and a new start for the hardware prefetcher every 4 KB. With the
+    weights and cache in huge pages one 135M row took 0.86-0.95x the time (bench/hugepages.py).
+    The mapping is a little larger than asked, so that the tensor can start on a 2 MB boundary.
     """
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     if not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(mmap, "MAP_ANONYMOUS") or nbytes < HUGE_PAGE:

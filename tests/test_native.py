@@ -400,9 +400,9 @@ def _transparent_huge_pages() -> bool:
 @pytest.mark.parametrize("dtype", ["float32", "q8_0"])
 def test_streamed_weights_and_the_cache_ask_for_huge_pages(tmp_path, dtype):
     """A decode step streams every weight (and, deep in a chat, the whole KV cache) once: in 4 KB
-    pages that is a TLB miss every 4 KB, and the 135M model's step took 10-20 % longer. The weights
-    the compiled step reads, the head among them, and the cache (also after rows leave it) must lie
-    in memory advised for huge pages."""
+    pages that is a TLB miss every 4 KB, and one 135M row took 5-14 % longer (bench/hugepages.py).
+    The weights the compiled step reads, the head among them, and the cache (also after rows leave
+    it) must lie in memory advised for huge pages."""
     need_native()
     from tiankong.engine.packed import huge_empty
 
