@@ -59,7 +59,7 @@ from .native import library as native_lib
 from .native import matmul as native_matmul
 from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
-from .quant import QTensor, ggml_types, is_quantized, pack_rows, weight_of
+from .quant import QTensor, ggml_types, is_quantized, pack_rows, packed_bytes, weight_of
 from .repack import repack_rows
 
 # (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured on 32
@@ -304,17 +304,12 @@ class PackedLlama(nn.Module):
 
     @staticmethod
     def _layers_bytes(model: Llama) -> int:
-        """Bytes of the layers' weights as pack_rows lays them out (a quantized weight's blocks, a
-        float one's float32), seven a layer."""
-
-        def size(w: QTensor | torch.Tensor) -> int:
-            return w.data.numel() if isinstance(w, QTensor) else 4 * w.numel()
-
+        """Bytes of the layers' seven weights as pack_rows lays them out."""
         total = 0
         for layer in model.layers:
             assert isinstance(layer, Block)  # Llama.layers holds llama.Block (typed nn.Module by ModuleList)
             a, f = layer.attn, layer.ffn
-            total += sum(size(weight_of(m)) for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2))
+            total += packed_bytes([weight_of(m) for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2)])
         return total
 
     @staticmethod

@@ -380,6 +380,11 @@ def pack_rows(parts: list[QTensor | torch.Tensor]) -> tuple[torch.Tensor, Layout
     return torch.cat(data), tuple(layout)
 
 
+def packed_bytes(parts: list[QTensor | torch.Tensor]) -> int:
+    """The size of pack_rows(parts)' bytes, without making them (to size a buffer first)."""
+    return sum(p.data.numel() if isinstance(p, QTensor) else 4 * p.numel() for p in parts)
+
+
 def unpack_rows(data: torch.Tensor, layout: Layout, n: int) -> torch.Tensor:
     """pack_rows' bytes as one float32 (rows, n) matrix (plain rows: repack.unrepack_rows first)."""
     assert not any(qtype.endswith(":x8") for qtype, _ in layout), layout
@@ -440,6 +445,7 @@ __all__ = [
     "ggml_types",
     "is_quantized",
     "pack_rows",
+    "packed_bytes",
     "quantize",
     "round_activations",
     "quantize_model",
