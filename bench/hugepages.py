@@ -7,14 +7,18 @@
 What it does, top to bottom:
   1. setup   — bench/quant.py's files (the random SmolLM-135M-shaped model and llama.cpp's
                quantizations of it), made there on first use; or --model, any model tiankong opens.
-  2. engines — the same model loaded twice in this process: once as tiankong loads it (the
+  2. engines — the same model loaded three times in this process: as tiankong loads it (the
                weights the step streams and the KV cache in memory advised for transparent huge
-               pages, engine/packed.py's huge_empty) and once with huge_empty swapped for torch's
-               own allocation (4 KB pages: what tiankong did before). They take turns, run by
-               run, so that the box's memory phases (one row's time moves by 2x between minutes)
-               hit both alike.
+               pages and faulted in on one thread, engine/packed.py's huge_empty); with huge_empty
+               swapped for torch's own allocation (4 KB pages: what tiankong did before 0ce9e5e);
+               and with huge_empty's pages left to fault in when first written (what it did from
+               0ce9e5e on, until two threads writing one fresh page were found to stall). They
+               take turns, run by run, so that the box's memory phases (one row's time moves by
+               2x between minutes) hit all alike. Each generate call makes its own KV cache.
   3. report  — per engine and batch (1 greedy row; the four bundled presets that `tiankong
-               compare` runs), the median and best step time over the runs, and huge / plain.
+               compare` runs), the median and best step time over the runs, huge / 4 KB, and the
+               median time from the generate call to the first token (the cache's allocation and
+               the prompt's prefill).
 
 Needs Linux with transparent huge pages not switched off
 (/sys/kernel/mm/transparent_hugepage/enabled not "[never]"); elsewhere both engines are the same.
@@ -32,10 +36,21 @@ from quant import prompt_for, quantized_gguf, tiankong_runner
 from rich.console import Console
 from rich.table import Table
 
+import tiankong.engine.packed as packed
+
 
 def plain_pages(numel: int, dtype: torch.dtype, zeroed: bool = False) -> torch.Tensor:
     """huge_empty's signature, torch's allocation: what the engine used before."""
     return torch.zeros(numel, dtype=dtype) if zeroed else torch.empty(numel, dtype=dtype)
+
+
+def lazy_huge_pages(numel: int, dtype: torch.dtype, zeroed: bool = False) -> torch.Tensor:
+    """huge_empty without faulting its pages in: each page appears when a thread first writes it."""
+    saved, packed._populate = packed._populate, lambda mapping: None
+    try:
+        return packed.huge_empty(numel, dtype, zeroed)
+    finally:
+        packed._populate = saved
 
 
 def main() -> None:
@@ -58,34 +73,43 @@ def main() -> None:
     prompt = prompt_for("135m", args.prompt_tokens)
     huge = native.huge_empty
     runs = {}
-    for name, alloc in (("4 KB pages", plain_pages), ("huge pages", huge)):
+    for name, alloc in (("4 KB", plain_pages), ("huge, lazy", lazy_huge_pages), ("huge", huge)):
         native.huge_empty = kv_cache.huge_empty = alloc  # the weight buffer's and the cache's allocator
         runs[name] = (alloc, tiankong_runner(source, "auto", prompt, args.new_tokens)[0])
     steps: dict[tuple[str, int], list[float]] = {(name, rows): [] for name in runs for rows in (1, 4)}
+    firsts: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
     for rnd in range(args.rounds + 1):  # round 0 warms up (first-call allocations, page faults)
         for name, (alloc, run) in runs.items():
             kv_cache.huge_empty = alloc  # each generate call makes its own cache
             for rows in (1, 4):
-                seconds = run(rows)[1]
+                _, step, first = run(rows)
                 if rnd:
-                    steps[name, rows].append(seconds * 1e3)
+                    steps[name, rows].append(step * 1e3)
+                    firsts[name, rows].append(first * 1e3)
     native.huge_empty = kv_cache.huge_empty = huge
-    report(steps, source, args)
+    report(steps, firsts, source, args)
 
 
-def report(steps: dict[tuple[str, int], list[float]], source: Path, args) -> None:
+def report(steps: dict[tuple[str, int], list[float]], firsts: dict, source: Path, args) -> None:
     table = Table(title=f"{source.name}, {args.prompt_tokens}+{args.new_tokens} tokens, {args.threads} threads")
-    for col in ("rows", "4 KB pages: median (best) ms", "huge pages: median (best) ms", "huge / 4 KB (median)"):
-        table.add_column(col)
+    table.add_column("rows")
+    for name in ("4 KB", "huge, lazy", "huge"):
+        table.add_column(f"{name}: step ms, median (best)")
+    table.add_column("huge / 4 KB")
+    for name in ("4 KB", "huge, lazy", "huge"):
+        table.add_column(f"{name}: first token ms")
+    med = statistics.median
     for rows in (1, 4):
-        plain, huge = steps["4 KB pages", rows], steps["huge pages", rows]
         table.add_row(
             "1 greedy" if rows == 1 else "4 presets",
-            f"{statistics.median(plain):.2f} ({min(plain):.2f})",
-            f"{statistics.median(huge):.2f} ({min(huge):.2f})",
-            f"{statistics.median(huge) / statistics.median(plain):.2f}",
+            *(
+                f"{med(steps[name, rows]):.2f} ({min(steps[name, rows]):.2f})"
+                for name in ("4 KB", "huge, lazy", "huge")
+            ),
+            f"{med(steps['huge', rows]) / med(steps['4 KB', rows]):.2f}",
+            *(f"{med(firsts[name, rows]):.1f}" for name in ("4 KB", "huge, lazy", "huge")),
         )
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

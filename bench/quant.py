@@ -145,8 +145,8 @@ def presets(rows: int, n: int) -> list:
 
 
 def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
-    """(run(rows) -> (decode tok/s of row 0, seconds per step), prefill() -> seconds, weight types)
-    for one engine."""
+    """(run(rows) -> (decode tok/s of row 0, seconds per step, seconds from the call to the first
+    token), prefill() -> seconds, weight types) for one engine."""
     import torch
 
     from tiankong.engine.engine import Engine
@@ -170,16 +170,17 @@ def tiankong_runner(source: Path, dtype: str, prompt: list[int], n_new: int):
     assert eng.decode_path.startswith("compiled step"), eng.decode_path
     greedy = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, seed=0)
 
-    def run(rows: int, n: int = n_new) -> tuple[float, float]:
+    def run(rows: int, n: int = n_new) -> tuple[float, float, float]:
         params = [SamplingParams(**greedy, max_new_tokens=n)] if rows == 1 else presets(rows, n)
         first = end = None
+        start = time.perf_counter()
         for ev in eng.generate([prompt] * rows, params):
             if first is None and isinstance(ev, TokenEvent):
                 first = time.perf_counter()
             elif isinstance(ev, Finished):
                 end = time.perf_counter()
         step = (end - first) / (n - 1)
-        return 1.0 / step, step
+        return 1.0 / step, step, first - start
 
     from tiankong.engine.kv_cache import KVCache, kv_dtype
 
