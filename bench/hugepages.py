@@ -8,13 +8,14 @@ What it does, top to bottom:
   1. setup   — bench/quant.py's files (the random SmolLM-135M-shaped model and llama.cpp's
                quantizations of it), made there on first use; or --model, any model tiankong opens.
   2. engines — the same model loaded three times in this process: as tiankong loads it (the
-               weights the step streams and the KV cache in memory advised for transparent huge
-               pages and faulted in on one thread, engine/packed.py's huge_empty); with huge_empty
-               swapped for torch's own allocation (4 KB pages: what tiankong did before 0ce9e5e);
-               and with huge_empty's pages left to fault in when first written (what it did from
-               0ce9e5e on, until two threads writing one fresh page were found to stall). They
-               take turns, run by run, so that the box's memory phases (one row's time moves by
-               2x between minutes) hit all alike. Each generate call makes its own KV cache.
+               weights the step streams in memory advised for transparent huge pages,
+               engine/packed.py's huge_empty, and the KV caches from a pool of such memory that
+               hands a cache's pages to the next one, packed.HugePagePool); with torch's own
+               allocation for both (4 KB pages: what tiankong did before 0ce9e5e); and with a new
+               huge-page mapping for every cache, faulted in by whoever writes it first (what it
+               did from 0ce9e5e to the pool). They take turns, run by run, so that the box's
+               memory phases (one row's time moves by 2x between minutes) hit all alike. Each
+               generate call makes its own KV cache.
   3. report  — per engine and batch (1 greedy row; the four bundled presets that `tiankong
                compare` runs), the median and best step time over the runs, huge / 4 KB, and the
                median time from the generate call to the first token (the cache's allocation and
@@ -27,6 +28,7 @@ Needs Linux with transparent huge pages not switched off
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -44,13 +46,14 @@ def plain_pages(numel: int, dtype: torch.dtype, zeroed: bool = False) -> torch.T
     return torch.zeros(numel, dtype=dtype) if zeroed else torch.empty(numel, dtype=dtype)
 
 
-def lazy_huge_pages(numel: int, dtype: torch.dtype, zeroed: bool = False) -> torch.Tensor:
-    """huge_empty without faulting its pages in: each page appears when a thread first writes it."""
-    saved, packed._populate = packed._populate, lambda mapping: None
-    try:
-        return packed.huge_empty(numel, dtype, zeroed)
-    finally:
-        packed._populate = saved
+def plain_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """kv_cache._zeros's signature, torch's allocation (4 KB pages that glibc keeps and reuses)."""
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def fresh_huge_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A new huge-page mapping for every cache, its pages faulted in by whoever writes them first."""
+    return packed.huge_empty(math.prod(shape), dtype, zeroed=True).view(shape)
 
 
 def main() -> None:
@@ -71,32 +74,38 @@ def main() -> None:
         setup(args, Console())  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
     source = args.model or quantized_gguf(args.type, "135m")
     prompt = prompt_for("135m", args.prompt_tokens)
-    huge = native.huge_empty
+    huge, pooled = native.huge_empty, kv_cache._zeros
+    variants = {  # name: (the weight buffer's allocator, the cache's)
+        "4 KB": (plain_pages, plain_cache),
+        "huge, fresh": (huge, fresh_huge_cache),
+        "huge": (huge, pooled),
+    }
     runs = {}
-    for name, alloc in (("4 KB", plain_pages), ("huge, lazy", lazy_huge_pages), ("huge", huge)):
-        native.huge_empty = kv_cache.huge_empty = alloc  # the weight buffer's and the cache's allocator
-        runs[name] = (alloc, tiankong_runner(source, "auto", prompt, args.new_tokens)[0])
+    for name, (weights, cache) in variants.items():
+        native.huge_empty = weights
+        runs[name] = (cache, tiankong_runner(source, "auto", prompt, args.new_tokens)[0])
+    native.huge_empty = huge
     steps: dict[tuple[str, int], list[float]] = {(name, rows): [] for name in runs for rows in (1, 4)}
     firsts: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
     for rnd in range(args.rounds + 1):  # round 0 warms up (first-call allocations, page faults)
-        for name, (alloc, run) in runs.items():
-            kv_cache.huge_empty = alloc  # each generate call makes its own cache
+        for name, (cache, run) in runs.items():
+            kv_cache._zeros = cache  # each generate call makes its own cache
             for rows in (1, 4):
                 _, step, first = run(rows)
                 if rnd:
                     steps[name, rows].append(step * 1e3)
                     firsts[name, rows].append(first * 1e3)
-    native.huge_empty = kv_cache.huge_empty = huge
+    kv_cache._zeros = pooled
     report(steps, firsts, source, args)
 
 
 def report(steps: dict[tuple[str, int], list[float]], firsts: dict, source: Path, args) -> None:
     table = Table(title=f"{source.name}, {args.prompt_tokens}+{args.new_tokens} tokens, {args.threads} threads")
     table.add_column("rows")
-    for name in ("4 KB", "huge, lazy", "huge"):
+    for name in ("4 KB", "huge, fresh", "huge"):
         table.add_column(f"{name}: step ms, median (best)")
     table.add_column("huge / 4 KB")
-    for name in ("4 KB", "huge, lazy", "huge"):
+    for name in ("4 KB", "huge, fresh", "huge"):
         table.add_column(f"{name}: first token ms")
     med = statistics.median
     for rows in (1, 4):
@@ -104,10 +113,10 @@ def report(steps: dict[tuple[str, int], list[float]], firsts: dict, source: Path
             "1 greedy" if rows == 1 else "4 presets",
             *(
                 f"{med(steps[name, rows]):.2f} ({min(steps[name, rows]):.2f})"
-                for name in ("4 KB", "huge, lazy", "huge")
+                for name in ("4 KB", "huge, fresh", "huge")
             ),
             f"{med(steps['huge', rows]) / med(steps['4 KB', rows]):.2f}",
-            *(f"{med(firsts[name, rows]):.1f}" for name in ("4 KB", "huge, lazy", "huge")),
+            *(f"{med(firsts[name, rows]):.1f}" for name in ("4 KB", "huge, fresh", "huge")),
         )
     Console(width=150).print(table)
 

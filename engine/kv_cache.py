@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .packed import huge_empty
+from .packed import HugePagePool
 from .quant import is_quantized
 
 
@@ -35,12 +35,17 @@ def kv_dtype(model: nn.Module) -> torch.dtype:
     return torch.float16 if quantized and compute == torch.float32 else compute
 
 
+# The CPU caches' buffers: kept and handed out again (packed.HugePagePool), so that a new cache
+# (every generate call, rows leaving a batch, a request joining one) does not fault its pages in.
+_BUFFERS = HugePagePool()
+
+
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zeroed cache buffer; on the CPU in huge pages where the OS has them (packed.huge_empty): a
-    long context's decode step streams the whole cache, as it streams the weights."""
+    """A zeroed cache buffer; on the CPU in huge pages where the OS has them, from _BUFFERS: a long
+    context's decode step streams the whole cache, as it streams the weights."""
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    return huge_empty(math.prod(shape), dtype, zeroed=True).view(shape)
+    return _BUFFERS.zeros(math.prod(shape), dtype).view(shape)
 
 
 class KVCache(nn.Module):
@@ -65,6 +70,9 @@ class KVCache(nn.Module):
         shape = (n_layers, batch, 2 * n_kv_heads, max_len, head_dim)
         need = n_layers * batch * 2 * n_kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
         free = free_memory(torch.device(device))
+        if free is not None and need > free and torch.device(device).type == "cpu":
+            _BUFFERS.drop_free()  # earlier caches' kept pages count as used
+            free = free_memory(torch.device(device))
         if free is not None and need > free:
             # Checked before allocating: a context of 10^9 positions must fail at once, not after
             # swapping the machine to a halt.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
+import threading
 
 import torch
 from torch import nn
@@ -118,25 +119,39 @@ def huge_empty(numel: int, dtype: torch.dtype, zeroed: bool = False) -> torch.Te
     """A CPU tensor of numel elements, uninitialised unless zeroed, in memory the OS backs with 2 MB
     pages where it can: Linux's transparent huge pages, asked for with MADV_HUGEPAGE before any page
     is touched (where THP is "madvise", as on this box and many distributions, nothing gets them
-    unasked); elsewhere, and under 2 MB, torch's own memory.
+    unasked); elsewhere, and under 2 MB, torch's own memory. Its pages fault in as they are first
+    written: the weights' buffer, filled front to back by copies that spread the faults over their
+    threads. (A KV cache comes from a HugePagePool instead.)
 
     Why: a decode step streams every weight once (and, deep in a chat, the whole KV cache), and in
     4 KB pages that is a TLB miss and a new start for the hardware prefetcher every 4 KB. With the
     weights and cache in huge pages one 135M row took 0.86-0.95x the time (bench/hugepages.py).
-    The mapping is a little larger than asked, so that the tensor can start on a 2 MB boundary.
     """
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(mmap, "MAP_ANONYMOUS") or nbytes < HUGE_PAGE:
+    mapping = _huge_mapping(nbytes)
+    if mapping is None:
         return torch.zeros(numel, dtype=dtype) if zeroed else torch.empty(numel, dtype=dtype)
-    # private and anonymous (a shared one would be shmem, whose huge pages are another setting): its
-    # pages appear, zeroed, when first touched
+    return _tensor_in(mapping, nbytes, dtype)
+
+
+def _huge_mapping(nbytes: int) -> mmap.mmap | None:
+    """A fresh private anonymous mapping (its pages appear, zeroed, when first touched) advised for
+    huge pages, large enough for nbytes from a 2 MB boundary; None under 2 MB or without the API."""
+    if not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(mmap, "MAP_ANONYMOUS") or nbytes < HUGE_PAGE:
+        return None
+    # private and anonymous: a shared one would be shmem, whose huge pages are another setting
     mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         mapping.madvise(mmap.MADV_HUGEPAGE)
     except OSError:  # THP switched off ("never"), or a kernel without it: plain pages
         pass
-    _populate(mapping)
-    whole = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive
+    return mapping
+
+
+def _tensor_in(mapping: mmap.mmap, nbytes: int, dtype: torch.dtype) -> torch.Tensor:
+    """nbytes of the mapping from its first 2 MB boundary, as a flat tensor of dtype. The tensor's
+    storage holds a reference to the mapping (its buffer export) for as long as the storage lives."""
+    whole = torch.frombuffer(mapping, dtype=torch.uint8)
     skip = -whole.data_ptr() % HUGE_PAGE
     return whole[skip : skip + nbytes].view(dtype)
 
@@ -145,18 +160,80 @@ def _populate(mapping: mmap.mmap) -> None:
     """Fault every page of a fresh mapping in now, on this one thread.
 
     Why: left to the first writer, a huge page is faulted in by whichever thread touches it first,
-    and two threads filling a fresh mapping (torch's copies, the compiled step) fault on the same
-    2 MB pages at once. On this box that made the first fill of a 15 MB cache take 45-75 ms
-    against 1.4-1.8 ms on one thread, and a comparison of four presets waited that long for its
-    first token (`bench/hugepages.py --first-token`). The kernel does it in one call where it can
-    (MADV_POPULATE_WRITE); elsewhere one write per 2 MB faults each huge page in (a page the
-    kernel could not make huge is then one 4 KB page, the rest of it faulting in when used).
+    and two threads writing all over a fresh mapping (torch's copy of a prompt's keys and values
+    into every row's slots, the compiled step) fault on the same 2 MB pages at once. On this box the
+    first fill of the four-row cache (15 MB) took 45-75 ms on two threads against 1.4-1.8 ms on one.
+    The kernel does it in one call where it can (MADV_POPULATE_WRITE); elsewhere one write per 2 MB
+    faults each huge page in (a page the kernel could not make huge is then one 4 KB page, the rest
+    of it faulting in when used).
     """
     try:
         mapping.madvise(MADV_POPULATE_WRITE)
     except OSError:  # before Linux 5.14
         for at in range(0, len(mapping), HUGE_PAGE):
             mapping[at] = 0
+
+
+class HugePagePool:
+    """Zeroed buffers in huge pages (as huge_empty's), whose mappings are kept once their tensors are
+    gone and handed out again: the KV caches.
+
+    Why: every generate call, every comparison's rows leaving the batch and every request joining a
+    server's batch makes a new cache. A fresh mapping's pages must be faulted in again, and on this
+    box (a VM) memory handed back to the OS is slow to get back: a 15 MB cache took 2-5 ms to fault
+    in when the process had just freed one, 100-300 ms when it had not, and four presets' first
+    token went from 28 ms with torch's 4 KB pages (which glibc keeps and reuses) to 35-80 ms.
+    Reused, the pages are there and only need zeroing (bench/hugepages.py's first-token column).
+    A new mapping is faulted in at once on this thread (`_populate`).
+
+    A mapping is free when no tensor uses it: each storage made from it holds one reference to it,
+    so the pool's own reference is then the only one (CPython's reference counts, read under a
+    lock, so that two threads never take the same mapping). At most `keep` free mappings stay; a
+    buffer is only taken from a mapping at most twice its size.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._mappings: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def zeros(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A zeroed flat tensor of numel elements: in a free kept mapping, or a new one."""
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        with self._lock:
+            i = self._free_fit(nbytes + HUGE_PAGE)
+            if i is not None:
+                out = _tensor_in(self._mappings[i], nbytes, dtype)
+                return out.zero_()
+            mapping = _huge_mapping(nbytes)
+            if mapping is None:
+                return torch.zeros(numel, dtype=dtype)
+            _populate(mapping)
+            self._mappings.append(mapping)
+            out = _tensor_in(mapping, nbytes, dtype)
+            self._trim()
+            return out
+
+    def drop_free(self) -> None:
+        """Hand every free mapping back to the OS (before a cache that needs the memory)."""
+        with self._lock:
+            used = [i for i in range(len(self._mappings)) if not self._free(i)]  # (no loop variable
+            self._mappings = [self._mappings[i] for i in used]  # may hold a mapping while counting)
+
+    def _free(self, i: int) -> bool:
+        # getrefcount's argument and the list's slot: no storage holds mapping i
+        return sys.getrefcount(self._mappings[i]) <= 2
+
+    def _free_fit(self, need: int) -> int | None:
+        """The smallest free mapping of need to 2 need bytes, or None."""
+        fits = [i for i in range(len(self._mappings)) if need <= len(self._mappings[i]) <= 2 * need and self._free(i)]
+        return min(fits, key=lambda i: len(self._mappings[i]), default=None)
+
+    def _trim(self) -> None:
+        """Keep the newest `keep` free mappings (and every one in use)."""
+        free = [i for i in range(len(self._mappings)) if self._free(i)]
+        for i in reversed(free[: max(0, len(free) - self.keep)]):
+            del self._mappings[i]
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
@@ -187,6 +264,7 @@ __all__ = [
     "ROWS_HINT",
     "can_pack",
     "huge_empty",
+    "HugePagePool",
     "pack_linears",
     "pack_weight",
     "release_pages",

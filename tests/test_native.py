@@ -432,18 +432,47 @@ def test_streamed_weights_and_the_cache_ask_for_huge_pages(tmp_path, dtype):
 
 
 @pytest.mark.skipif(not _transparent_huge_pages(), reason="no transparent huge pages here")
-def test_a_huge_page_buffer_is_faulted_in_before_it_is_handed_out():
-    """Two threads writing a fresh huge-page mapping fault on the same 2 MB pages at once: the
-    first fill of a 15 MB cache took 45-75 ms on two threads, 1.4-1.8 ms on one, and four presets
-    waited that long for their first token. huge_empty faults every page in itself, on one thread:
-    the buffer it returns is already resident (on the previous code its Rss was 0 kB)."""
-    from tiankong.engine.packed import huge_empty
+def test_a_cache_reuses_the_pages_of_one_that_is_gone_and_never_of_one_in_use():
+    """Every generate call (and every row leaving a batch) makes a new KV cache. A fresh huge-page
+    mapping must be faulted in again, slowly on this VM (four presets' first token 35-80 ms against
+    28 with torch's memory, which glibc reuses), and two threads faulting one fresh page stall. So
+    the caches' buffers come from a pool (packed.HugePagePool): a new mapping is resident when handed
+    out (a fresh mapping's Rss is 0 kB); a cache's pages go to the next cache once no tensor uses
+    them, zeroed; and never while any tensor, even a view, still does."""
+    from tiankong.engine.packed import HugePagePool
 
-    buf = huge_empty(12 << 20, torch.uint8)
-    assert int(_mapping(buf)["Rss"].split()[0]) * 1024 >= buf.numel()
-    cache = KVCache(30, 4, 6, 160, 64, torch.float16, "cpu")  # bench/quant.py's four-row cache
-    assert int(_mapping(cache.kv)["Rss"].split()[0]) * 1024 >= cache.kv.numel() * 2
-    assert not cache.kv.any()
+    pool = HugePagePool(keep=2)
+    first = pool.zeros(6 << 20, torch.uint8)
+    assert int(_mapping(first)["Rss"].split()[0]) * 1024 >= first.numel()  # faulted in already
+    first.fill_(7)
+    view, at = first[1000:2000], first.data_ptr()
+    del first
+    second = pool.zeros(6 << 20, torch.uint8)  # the view keeps the first buffer in use
+    assert second.data_ptr() != at and not second.any()
+    del view
+    third = pool.zeros(5 << 20, torch.uint8)
+    assert third.data_ptr() == at and not third.any()  # the first buffer's pages, zeroed
+    assert pool.zeros(1 << 20, torch.uint8).data_ptr() not in (at, second.data_ptr())  # under 2 MB: torch's
+    del second, third
+    pool.zeros(20 << 20, torch.uint8)  # a new mapping; the two free ones are kept (keep=2)
+    assert len(pool._mappings) == 3
+    pool.drop_free()
+    assert len(pool._mappings) == 0  # the 20 MB tensor above was dropped at once: all free
+
+    # The same through KVCache, as generate makes them: the second cache gets the first's pages and
+    # writes them without a page fault (a new mapping of these 59 MB: one per 2 MB page at least).
+    def faults() -> int:  # the process's minor page faults so far (/proc/self/stat's minflt)
+        return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+    cache = KVCache(30, 4, 6, 640, 64, torch.float16, "cpu")  # four 135M rows of 640 slots
+    cache.kv.fill_(1)
+    at = cache.kv.data_ptr()
+    del cache
+    before = faults()
+    again = KVCache(30, 4, 6, 640, 64, torch.float16, "cpu")
+    again.kv[:, :, :, 100].fill_(2)  # a decode step's writes, all over the buffer
+    assert faults() - before < 16, faults() - before
+    assert again.kv.data_ptr() == at and again.kv[:, :, :, :100].eq(0).all()
 
 
 def test_a_float_row_in_a_batch_gets_the_bits_it_gets_alone():
