@@ -180,11 +180,11 @@ class HugePagePool:
 
     Why: every generate call, every comparison's rows leaving the batch and every request joining a
     server's batch makes a new cache. A fresh mapping's pages must be faulted in again, and on this
-    box (a VM) memory handed back to the OS is slow to get back: a 15 MB cache took 2-5 ms to fault
-    in when the process had just freed one, 100-300 ms when it had not, and four presets' first
-    token went from 28 ms with torch's 4 KB pages (which glibc keeps and reuses) to 35-80 ms.
-    Reused, the pages are there and only need zeroing (bench/hugepages.py's first-token column).
-    A new mapping is faulted in at once on this thread (`_populate`).
+    box (a VM) memory the process has not had before is slow to get: a 14 MB cache took 110 ms to
+    fault in the first time, 1.6-2.1 ms once the process had freed one. Four presets' first token
+    (bench/hugepages.py): 36.5 ms with torch's 4 KB pages (which glibc keeps and reuses), 91.3 with
+    a new huge-page mapping per cache, 35.8 from this pool, where the pages are there and only need
+    zeroing. A new mapping is faulted in at once on this thread (`_populate`).
 
     A mapping is free when no tensor uses it: each storage made from it holds one reference to it,
     so the pool's own reference is then the only one (CPython's reference counts, read under a
