@@ -37,7 +37,8 @@ def kv_dtype(model: nn.Module) -> torch.dtype:
 
 # The CPU caches' buffers: kept and handed out again (packed.HugePagePool), so that a new cache
 # (every generate call, rows leaving a batch, a request joining one) does not fault its pages in.
-_BUFFERS = HugePagePool()
+# Two free ones at most: a long context's four-row cache can be hundreds of MB.
+_BUFFERS = HugePagePool(keep=2)
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

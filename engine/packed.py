@@ -192,7 +192,7 @@ class HugePagePool:
     buffer is only taken from a mapping at most twice its size.
     """
 
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self._mappings: list[mmap.mmap] = []
         self._lock = threading.Lock()
