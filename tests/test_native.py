@@ -434,8 +434,9 @@ def test_streamed_weights_and_the_cache_ask_for_huge_pages(tmp_path, dtype):
 @pytest.mark.skipif(not _transparent_huge_pages(), reason="no transparent huge pages here")
 def test_a_cache_reuses_the_pages_of_one_that_is_gone_and_never_of_one_in_use():
     """Every generate call (and every row leaving a batch) makes a new KV cache. A fresh huge-page
-    mapping must be faulted in again, slowly on this VM (four presets' first token 35-80 ms against
-    28 with torch's memory, which glibc reuses), and two threads faulting one fresh page stall. So
+    mapping must be faulted in again, slowly on this VM (four presets' first token 53-91 ms against
+    28-37 with torch's memory, which glibc reuses: bench/hugepages.py), and two threads faulting
+    one fresh page stall. So
     the caches' buffers come from a pool (packed.HugePagePool): a new mapping is resident when handed
     out (a fresh mapping's Rss is 0 kB); a cache's pages go to the next cache once no tensor uses
     them, zeroed; and never while any tensor, even a view, still does."""
