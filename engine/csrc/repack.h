@@ -323,10 +323,15 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
 }
 
 /* q6_k, 8 rows a block of 256 (1680 bytes, 8 x 210): 8 fp16 d; the int8 sub-block scales (byte
- * 8 s + r: sub-block s of 16 elements, row r); 32 registers of low 4 bits, register 16 h + 8 m + c,
- * row r, byte k = the plain ql byte 64 h + 32 m + 4 c + k (low nibble: element 128 h + 32 m + 4 c
- * + k of the row, high nibble: that + 64); 16 registers of high 2 bits, register 8 h + c, row r,
- * byte k = the plain qh byte 32 h + 4 c + k (bits 2 j, 2 j + 1: element 128 h + 32 j + 4 c + k). */
+ * 8 s + r: sub-block s of 16 elements, row r); then per half h of the block (768 bytes each) its 16
+ * registers of low 4 bits, register (h, m, c) row r byte k = the plain ql byte 64 h + 32 m + 4 c + k
+ * (low nibble: element 128 h + 32 m + 4 c + k of the row, high nibble: that + 64), and its 8
+ * registers of high 2 bits, register (h, c) row r byte k = the plain qh byte 32 h + 4 c + k (bits
+ * 2 j, 2 j + 1: element 128 h + 32 j + 4 c + k). A half's bits lie together so that the kernel
+ * reads them about in order: with all the low bits first and all the high bits after (1 KB
+ * apart), one row streamed at 14-22 GB/s against the plain rows' 40 and loading kept q6_k plain. */
+#define X8_Q6_QL(h, m, c) (144 + 768 * (h) + 256 * (m) + 32 * (c))
+#define X8_Q6_QH(h, c) (144 + 768 * (h) + 512 + 32 * (c))
 static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w, const Act *a, const int nb,
                                                                 const X8Out o) {
     const int64_t n = a->n;
@@ -335,15 +340,37 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
     __m256 acc[4] = {0};
     const __m256i m30 = _mm256_set1_epi8(0x30);
     for (int i = 0; i < nblk; i++, w += 1680) {
-        x8_prefetch(w, 1680, nb);
+        /* asked for at one input row too: without, one row streamed at 25-29 GB/s, with 41-50 (the
+         * plain rows' kernel 40; 8192 x 2048 and 16384 x 5632, 2 threads) */
+        for (int p = 0; p < 1680; p += 64)
+            __builtin_prefetch(w + QPREFETCH + p);
         const __m256 d = x8_scales(w);
-        __m256i isum[4] = {0};
+        /* sum_sb sc_sb (q_sb . x_sb - 32 bsum_sb): the offsets' part, -32 sum_sb sc_sb bsum_sb, for
+         * the 8 rows at once, one madd per pair of sub-blocks (a lane: its row's two scales as int16
+         * against the input's two sums of 16); the same integer as applying it per sub-block */
+        __m256i isum[4];
+        {
+            __m256i scp[8];
+            for (int p = 0; p < 8; p++) { /* sub-blocks 2p, 2p + 1: scale bytes 16 p.. */
+                const __m128i v = _mm_loadu_si128((const __m128i *)(w + 16 + 16 * p));
+                scp[p] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128(v, 8)));
+            }
+            for (int b = 0; b < nb; b++) {
+                const int16_t *bs = a->bsums + (b * nblk + i) * 16;
+                __m256i m = _mm256_setzero_si256();
+                for (int p = 0; p < 8; p++) {
+                    int32_t pair;
+                    memcpy(&pair, bs + 2 * p, 4);
+                    m = _mm256_add_epi32(m, _mm256_madd_epi16(scp[p], _mm256_set1_epi32(pair)));
+                }
+                isum[b] = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), m), 5);
+            }
+        }
         for (int h = 0; h < 2; h++)
             for (int j = 0; j < 4; j++) { /* elements 128 h + 32 j ..: sub-blocks 8 h + 2 j, + 1 */
                 __m256i q[8];
                 for (int c = 0; c < 8; c++) {
-                    const __m256i ql = load32(w + 144 + 32 * (16 * h + 8 * (j % 2) + c));
-                    const __m256i qh = load32(w + 1168 + 32 * (8 * h + c));
+                    const __m256i ql = load32(w + X8_Q6_QL(h, j % 2, c)), qh = load32(w + X8_Q6_QH(h, c));
                     const __m256i lo = j < 2 ? _mm256_and_si256(ql, LOW4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), LOW4);
                     const __m256i hi = j == 0 ? _mm256_slli_epi16(qh, 4)
                                        : j == 1 ? _mm256_slli_epi16(qh, 2)
@@ -355,10 +382,8 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
                     const int sb = 8 * h + 2 * j + half;
                     const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + 16 + 8 * sb)));
                     for (int b = 0; b < nb; b++) {
-                        const int64_t blk = b * nblk + i;
                         const int8_t *x = a->q + b * n + 256 * i + 16 * sb;
-                        /* sum (q - 32) x over the 16 elements: the offset from the input's 16-sum */
-                        __m256i s0 = _mm256_set1_epi32(-32 * a->bsums[blk * 16 + sb]), s1 = _mm256_setzero_si256();
+                        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
 #if X8_VNNI
                         s0 = x8_dpbusd(s0, q[4 * half], x);
                         s1 = x8_dpbusd(s1, q[4 * half + 1], x + 4);
@@ -389,8 +414,8 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
             int v[256];
             for (int e = 0; e < 256; e++) { /* half h, quarter j, l = 4 c + k */
                 const int h = e / 128, j = e % 128 / 32, l = e % 32;
-                const int ql = w[144 + 32 * (16 * h + 8 * (j % 2) + l / 4) + 4 * r + l % 4];
-                const int qh = w[1168 + 32 * (8 * h + l / 4) + 4 * r + l % 4];
+                const int ql = w[X8_Q6_QL(h, j % 2, l / 4) + 4 * r + l % 4];
+                const int qh = w[X8_Q6_QH(h, l / 4) + 4 * r + l % 4];
                 v[e] = ((j < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * j)) & 3) << 4) - 32;
             }
             for (int b = 0; b < nb; b++) {
@@ -513,10 +538,10 @@ static void x8_pack_block(int type, const uint8_t *const src[8], uint8_t *dst) {
         for (int r = 0; r < 8; r++) {
             for (int sb = 0; sb < 16; sb++)
                 dst[16 + 8 * sb + r] = src[r][192 + sb];
-            for (int reg = 0; reg < 32; reg++) /* ql byte 64 h + 32 m + 4 c = 4 reg */
-                memcpy(dst + 144 + 32 * reg + 4 * r, src[r] + 4 * reg, 4);
-            for (int reg = 0; reg < 16; reg++)
-                memcpy(dst + 1168 + 32 * reg + 4 * r, src[r] + 128 + 4 * reg, 4);
+            for (int reg = 0; reg < 32; reg++) /* ql byte 64 h + 32 m + 4 c = 4 reg, reg = 16 h + 8 m + c */
+                memcpy(dst + X8_Q6_QL(reg / 16, reg / 8 % 2, reg % 8) + 4 * r, src[r] + 4 * reg, 4);
+            for (int reg = 0; reg < 16; reg++) /* qh byte 32 h + 4 c = 4 reg, reg = 8 h + c */
+                memcpy(dst + X8_Q6_QH(reg / 8, reg % 8) + 4 * r, src[r] + 128 + 4 * reg, 4);
         }
     }
 }
