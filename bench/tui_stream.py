@@ -70,8 +70,14 @@ async def chat_once(model: Path, params, size: tuple[int, int], data: Path) -> t
             await pilot.pause(0.2)
             while chat.generating:  # not pilot.pause: that waits on every widget, costing the UI thread
                 await asyncio.sleep(0.05)
+            # the answer's footer gets its rate a moment after generating ends (the worker's last
+            # message): reading it at once sometimes found it empty
+            for _ in range(100):
+                timing = chat.messages[-1]._info
+                if timing.endswith("tok/s"):
+                    break
+                await asyncio.sleep(0.05)
             stored = store.get_chat(chat.chat_id).messages[-1]
-            timing = chat.messages[-1]._info
             return float(timing.rsplit("·", 1)[1].split()[0]), len(stored.tokens)
     finally:
         store.close()
