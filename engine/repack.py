@@ -19,13 +19,15 @@ from .native import library
 from .quant import QTYPES, X8, Layout, row_bytes
 
 INTERLEAVED = ("q8_0", "q4_0", "q5_0", "q4_k", "q6_k")  # the types with an interleaved kernel (repack.h)
-# What loading repacks: all of them. q6_k joined once its layout kept each half's bits together and
-# its kernel asked for the next blocks at one input row too: before, one row streamed slower than
-# the plain rows' kernel (8192 x 2048: 822 us against 700), which a decode step must not. Now, in
-# one process taking turns with the plain kernel: four rows 2-10 % faster (1B Q4_K_M 26.0 against
-# 28.6 ms), one row the same within the box's noise (1B Q4_K_M 14.0 / 14.2, Q4_0's q6_k head
-# 12.7 / 12.5 and 13.6 / 15.6, 135M Q4_K_M 3.17 / 3.11).
-REPACKED = INTERLEAVED
+# What loading repacks: not q6_k. Its interleaved kernel is 20-35 % faster at four rows, but one row
+# must not lose, and it does here by a little. With each half's bits kept together and the next
+# blocks asked for, one row streams about as fast as the plain kernel alone (2 threads: 32000 x
+# 2048 at 41-50 GB/s against 39-40, 16384 x 5632 at 33-44 against 37-42), but in the 1B Q4_K_M
+# model (in one process, taking turns with the plain kernel) one row took 7-14 % longer in 4-5 of
+# 6 turns while memory was slow (the same while it was fast), for four rows 3-10 % faster.
+# Repacking its q6_k head at load also slowed the first copies into the weights' buffer (1B
+# Q4_K_M load 1.6 -> 3-7 s).
+REPACKED = ("q8_0", "q4_0", "q5_0", "q4_k")
 _GROUPS_AT_ONCE = 4096  # groups of 8 rows per torch pass: bounds the temporaries (~10 bytes per weight byte)
 
 

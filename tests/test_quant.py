@@ -258,7 +258,7 @@ def test_mixed_types_decode_steps_equal_the_torch_path(tmp_path, arch):
     set_quantized(plain, "output.weight", random_qtensor("q6_k", V, D, gen, std=0.05))
     step_types = prepare_for_inference(copy.deepcopy(plain)).wtypes[0].tolist()
     # ggml's numbers: q4_k, q5_k, q6_k, q4_1, q8_0, q4_k, f32; + 256: rows interleaved (repack.py)
-    assert step_types == [12 + 256, 13, 14 + 256, 3, 8 + 256, 12 + 256, 0]
+    assert step_types == [12 + 256, 13, 14, 3, 8 + 256, 12 + 256, 0]
     check_steps(plain, cfg)
 
 

@@ -329,7 +329,8 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
  * registers of high 2 bits, register (h, c) row r byte k = the plain qh byte 32 h + 4 c + k (bits
  * 2 j, 2 j + 1: element 128 h + 32 j + 4 c + k). A half's bits lie together so that the kernel
  * reads them about in order: with all the low bits first and all the high bits after (1 KB
- * apart), one row streamed at 14-22 GB/s against the plain rows' 40 and loading kept q6_k plain. */
+ * apart), one row streamed at 14-22 GB/s against the plain rows' 40. (Loading still keeps q6_k
+ * plain: repack.py's REPACKED.) */
 #define X8_Q6_QL(h, m, c) (144 + 768 * (h) + 256 * (m) + 32 * (c))
 #define X8_Q6_QH(h, c) (144 + 768 * (h) + 512 + 32 * (c))
 static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w, const Act *a, const int nb,
@@ -340,8 +341,8 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
     __m256 acc[4] = {0};
     const __m256i m30 = _mm256_set1_epi8(0x30);
     for (int i = 0; i < nblk; i++, w += 1680) {
-        /* asked for at one input row too: without, one row streamed at 25-29 GB/s, with 41-50 (the
-         * plain rows' kernel 40; 8192 x 2048 and 16384 x 5632, 2 threads) */
+        /* asked for at one input row too: without, one row streamed at 25-29 GB/s, with 33-50 (the
+         * plain rows' kernel 37-42; 32000 x 2048 and 16384 x 5632, 2 threads) */
         for (int p = 0; p < 1680; p += 64)
             __builtin_prefetch(w + QPREFETCH + p);
         const __m256 d = x8_scales(w);
