@@ -22,7 +22,7 @@ What it does, top to bottom:
                the prompt's prefill).
 
 Needs Linux with transparent huge pages not switched off
-(/sys/kernel/mm/transparent_hugepage/enabled not "[never]"); elsewhere both engines are the same.
+(/sys/kernel/mm/transparent_hugepage/enabled not "[never]"); elsewhere the three engines are the same.
 """
 
 from __future__ import annotations
