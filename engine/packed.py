@@ -127,7 +127,7 @@ def huge_empty(numel: int, dtype: torch.dtype, zeroed: bool = False) -> torch.Te
     4 KB pages that is a TLB miss and a new start for the hardware prefetcher every 4 KB. With the
     weights and cache in huge pages one 135M row took 0.86-0.95x the time (bench/hugepages.py).
     """
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * dtype.itemsize
     mapping = _huge_mapping(nbytes)
     if mapping is None:
         return torch.zeros(numel, dtype=dtype) if zeroed else torch.empty(numel, dtype=dtype)
@@ -199,7 +199,7 @@ class HugePagePool:
 
     def zeros(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """A zeroed flat tensor of numel elements: in a free kept mapping, or a new one."""
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         with self._lock:
             i = self._free_fit(nbytes + HUGE_PAGE)
             if i is not None:
@@ -211,14 +211,13 @@ class HugePagePool:
             _populate(mapping)
             self._mappings.append(mapping)
             out = _tensor_in(mapping, nbytes, dtype)
-            self._trim()
+            self._trim(self.keep)
             return out
 
     def drop_free(self) -> None:
         """Hand every free mapping back to the OS (before a cache that needs the memory)."""
         with self._lock:
-            used = [i for i in range(len(self._mappings)) if not self._free(i)]  # (no loop variable
-            self._mappings = [self._mappings[i] for i in used]  # may hold a mapping while counting)
+            self._trim(0)
 
     def _free(self, i: int) -> bool:
         # getrefcount's argument and the list's slot: no storage holds mapping i
@@ -229,10 +228,11 @@ class HugePagePool:
         fits = [i for i in range(len(self._mappings)) if need <= len(self._mappings[i]) <= 2 * need and self._free(i)]
         return min(fits, key=lambda i: len(self._mappings[i]), default=None)
 
-    def _trim(self) -> None:
-        """Keep the newest `keep` free mappings (and every one in use)."""
+    def _trim(self, keep: int) -> None:
+        """Keep the newest `keep` free mappings (and every one in use). By index: a loop variable
+        holding a mapping would count as a user."""
         free = [i for i in range(len(self._mappings)) if self._free(i)]
-        for i in reversed(free[: max(0, len(free) - self.keep)]):
+        for i in reversed(free[: max(0, len(free) - keep)]):
             del self._mappings[i]
 
 

@@ -128,16 +128,20 @@ static inline __attribute__((always_inline)) __m256i x8_dot(const int type, __m2
 }
 #endif
 
-/* Ask for the block QPREFETCH bytes ahead, at two input rows or more. A product of one input row
+/* Ask for the block QPREFETCH bytes ahead (x8_prefetch_block); x8_prefetch: at two input rows or
+ * more (q6_k's kernel asks at one row too: its comment says why). A product of one input row
  * is bound by memory, and the hardware prefetcher streams the weights best alone: a 38 MB q4_0
  * product (2 threads) took 2.69 ns a block with these requests, 2.18 without; the 135M step
  * 2.16 ms against 1.98-2.01. At four input rows the requests keep memory busy while the products
  * compute (the 1B step: 21.8 ms with them, 24.5 without); 3072 bytes ahead instead of 2048 was
  * mixed (1B q4_0 1% faster, 135M q8_0 5% slower). */
+static inline __attribute__((always_inline)) void x8_prefetch_block(const uint8_t *w, const int size) {
+    for (int p = 0; p < size; p += 64)
+        __builtin_prefetch(w + QPREFETCH + p);
+}
 static inline __attribute__((always_inline)) void x8_prefetch(const uint8_t *w, const int size, const int nb) {
     if (nb > 1)
-        for (int p = 0; p < size; p += 64)
-            __builtin_prefetch(w + QPREFETCH + p);
+        x8_prefetch_block(w, size);
 }
 
 /* Where a group's sums go: y[ld b + r] = (y[ld b + r] +) sum (+ bias[r]) for its 8 rows r and
@@ -343,8 +347,7 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
     for (int i = 0; i < nblk; i++, w += 1680) {
         /* asked for at one input row too: without, one row streamed at 25-29 GB/s, with 33-50 (the
          * plain rows' kernel 37-42; 32000 x 2048 and 16384 x 5632, 2 threads) */
-        for (int p = 0; p < 1680; p += 64)
-            __builtin_prefetch(w + QPREFETCH + p);
+        x8_prefetch_block(w, 1680);
         const __m256 d = x8_scales(w);
         /* sum_sb sc_sb (q_sb . x_sb - 32 bsum_sb): the offsets' part, -32 sum_sb sc_sb bsum_sb, for
          * the 8 rows at once, one madd per pair of sub-blocks (a lane: its row's two scales as int16
