@@ -4,6 +4,7 @@
     python bench/tui_stream.py --model ../shared/models/stories260K --tokens 400
     python bench/tui_stream.py --switch-interval 0.005 --fps 30  # the settings before 2026-12-06
     python bench/tui_stream.py --no-model-thread                 # loading and answering as before
+    python bench/tui_stream.py --compare                         # `tiankong compare`, its four presets
 
 The model's decode tok/s is what `Finished.timing` reports (first token to last), so the prompt's
 prefill is out of both figures. The two take turns, round by round:
@@ -18,6 +19,12 @@ prefill is out of both figures. The two take turns, round by round:
            candidates panel, which the app draws every frame (Textual's headless driver renders
            each frame and discards it: the terminal's own writing is the one thing missing
            against a real terminal). Each round a new app and chat.
+
+--compare measures `tiankong compare` instead: the compare screen with its four presets (balanced,
+creative, precise, chat) answering the message in one batch, against `Engine.generate` of the same
+four rows. Compare seeds its rows at random; here both sides get seeds 1-4 and --tokens (the app's
+generate call is wrapped to set them, and to read its Finished events: the screen shows no rate),
+so both make the same tokens.
 
 --switch-interval, --fps and --no-model-thread undo what the app does (app.GIL_SWITCH_S,
 streaming.FRAME_S, streaming.on_engine_thread), so the effect of each can be measured on this
@@ -34,6 +41,7 @@ import asyncio
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "bench" / "out" / "smollm-135m-random-q4_0.gguf"
 STORIES = ROOT.parent / "shared" / "models" / "stories260K"
 MESSAGE = "Tell me a story about a cat."
+COMPARE = ("balanced", "creative", "precise", "chat")  # `tiankong compare --presets` with all four
 
 
 def engine_alone(engine, params, ids: list[int]) -> float:
@@ -83,12 +92,68 @@ async def chat_once(model: Path, params, size: tuple[int, int], data: Path) -> t
         store.close()
 
 
+def compare_params(tokens: int) -> list:
+    """The four presets' params as both sides run them: seeds 1-4, `tokens` long."""
+    from tiankong.presets import get_preset
+
+    return [replace(get_preset(name).params, seed=i + 1, max_new_tokens=tokens) for i, name in enumerate(COMPARE)]
+
+
+def engine_alone_compare(engine, tokens: int) -> float:
+    """Decode tok/s of one row of the engine alone on the four presets' batch (the rows share it)."""
+    from tiankong.engine.events import Finished
+
+    ids = engine.encode(messages=[{"role": "user", "content": MESSAGE}])
+    fin = [ev for ev in engine.generate([ids] * 4, compare_params(tokens), top_logprobs=0) if isinstance(ev, Finished)]
+    return statistics.median(f.timing.decode_tokens_per_s for f in fin)
+
+
+async def compare_once(model: Path, tokens: int, size: tuple[int, int], data: Path) -> tuple[float, int]:
+    """Decode tok/s of one row of the four presets' batch as the compare screen streams it, and
+    the tokens of its longest answer."""
+    import tiankong.tui.app as app_module
+    from tiankong.engine.engine import Engine
+    from tiankong.engine.events import Finished
+    from tiankong.tui.store import DB_NAME, Store
+
+    finished: list = []
+    generate = Engine.generate
+
+    def same_seeds(self, prompts, params, **kwargs):  # the screen's own call, with fixed seeds and lengths
+        for ev in generate(self, prompts, compare_params(tokens)[: len(params)], **kwargs):
+            if isinstance(ev, Finished):
+                finished.append(ev)
+            yield ev
+
+    store = Store(data / DB_NAME)
+    app = app_module.TiankongApp(model, store=store, export_dir=data, mode="compare", compare_presets=list(COMPARE))
+    Engine.generate = same_seeds
+    try:
+        async with app.run_test(size=size) as pilot:
+            while app.engine is None:
+                await pilot.pause(0.05)
+            await pilot.pause(0.2)
+            await pilot.press(*MESSAGE)
+            await pilot.press("enter")
+            deadline = time.monotonic() + 600
+            while len(finished) < len(COMPARE):  # not pilot.pause (see chat_once)
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the compare screen did not finish its four answers in 10 minutes")
+                await asyncio.sleep(0.05)
+    finally:
+        Engine.generate = generate
+        store.close()
+    rate = statistics.median(f.timing.decode_tokens_per_s for f in finished)
+    return rate, max(f.usage.completion_tokens for f in finished)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL if DEFAULT_MODEL.is_file() else STORIES)
     ap.add_argument("--tokens", type=int, default=256, help="answer length (max_new_tokens)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--preset", default="balanced")
+    ap.add_argument("--compare", action="store_true", help="the compare screen's four presets instead of the chat")
     ap.add_argument("--size", default="200x50", help="terminal columns x rows")
     ap.add_argument("--switch-interval", type=float, help="seconds (default: the app's GIL_SWITCH_S)")
     ap.add_argument("--fps", type=float, help="frames a second while streaming (default: 1 / streaming.FRAME_S)")
@@ -122,17 +187,24 @@ def main() -> None:
         f"{model.name}: {engine.decode_path}; {args.preset}, {args.tokens} tokens, {args.size}, "
         f"switch interval {app_module.GIL_SWITCH_S * 1e3:g} ms, {1 / streaming.stream_events.__defaults__[0]:g} fps"
     )
-    results: dict[str, list[float]] = {"engine": [], "chat": []}
+    ui = "compare" if args.compare else "chat"
+    if args.compare:
+        print(f"compare: {', '.join(COMPARE)} in one batch, seeds 1-4; tok/s of a row")
+    results: dict[str, list[float]] = {"engine": [], ui: []}
     for r in range(args.rounds):
-        results["engine"].append(streaming.on_engine_thread(engine_alone, engine, params, ids))
         with tempfile.TemporaryDirectory() as data:
-            tok_s, n = asyncio.run(chat_once(model, params, (cols, rows), Path(data)))
-        results["chat"].append(tok_s)
-        print(f"round {r + 1}: engine {results['engine'][-1]:.0f} tok/s, chat {tok_s:.0f} tok/s ({n} tokens)")
-    e, c = statistics.median(results["engine"]), statistics.median(results["chat"])
-    ratios = [c_ / e_ for c_, e_ in zip(results["chat"], results["engine"], strict=True)]
+            if args.compare:
+                results["engine"].append(streaming.on_engine_thread(engine_alone_compare, engine, args.tokens))
+                tok_s, n = asyncio.run(compare_once(model, args.tokens, (cols, rows), Path(data)))
+            else:
+                results["engine"].append(streaming.on_engine_thread(engine_alone, engine, params, ids))
+                tok_s, n = asyncio.run(chat_once(model, params, (cols, rows), Path(data)))
+        results[ui].append(tok_s)
+        print(f"round {r + 1}: engine {results['engine'][-1]:.0f} tok/s, {ui} {tok_s:.0f} tok/s ({n} tokens)")
+    e, c = statistics.median(results["engine"]), statistics.median(results[ui])
+    ratios = [c_ / e_ for c_, e_ in zip(results[ui], results["engine"], strict=True)]
     print(
-        f"median: engine {e:.0f} tok/s, chat {c:.0f} tok/s; chat / engine {statistics.median(ratios):.2f} "
+        f"median: engine {e:.0f} tok/s, {ui} {c:.0f} tok/s; {ui} / engine {statistics.median(ratios):.2f} "
         f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
     )
 
