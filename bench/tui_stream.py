@@ -99,18 +99,19 @@ def compare_params(tokens: int) -> list:
     return [replace(get_preset(name).params, seed=i + 1, max_new_tokens=tokens) for i, name in enumerate(COMPARE)]
 
 
-def engine_alone_compare(engine, tokens: int) -> float:
+def engine_alone_compare(engine, tokens: int, ids: list[int]) -> float:
     """Decode tok/s of one row of the engine alone on the four presets' batch (the rows share it)."""
     from tiankong.engine.events import Finished
 
-    ids = engine.encode(messages=[{"role": "user", "content": MESSAGE}])
     fin = [ev for ev in engine.generate([ids] * 4, compare_params(tokens), top_logprobs=0) if isinstance(ev, Finished)]
     return statistics.median(f.timing.decode_tokens_per_s for f in fin)
 
 
-async def compare_once(model: Path, tokens: int, size: tuple[int, int], data: Path) -> tuple[float, int]:
+async def compare_once(
+    model: Path, tokens: int, size: tuple[int, int], data: Path, ids: list[int]
+) -> tuple[float, int]:
     """Decode tok/s of one row of the four presets' batch as the compare screen streams it, and
-    the tokens of its longest answer."""
+    the tokens of its longest answer; the screen's prompt must be `ids`, the engine's."""
     import tiankong.tui.app as app_module
     from tiankong.engine.engine import Engine
     from tiankong.engine.events import Finished
@@ -120,6 +121,8 @@ async def compare_once(model: Path, tokens: int, size: tuple[int, int], data: Pa
     generate = Engine.generate
 
     def same_seeds(self, prompts, params, **kwargs):  # the screen's own call, with fixed seeds and lengths
+        if any(list(p) != ids for p in prompts):
+            raise RuntimeError("the compare screen's prompt is not the one the engine alone runs")
         for ev in generate(self, prompts, compare_params(tokens)[: len(params)], **kwargs):
             if isinstance(ev, Finished):
                 finished.append(ev)
@@ -183,19 +186,19 @@ def main() -> None:
     engine = streaming.on_engine_thread(Engine.load, model)
     params = replace(get_preset(args.preset).params, seed=1, max_new_tokens=args.tokens)
     ids, _ = engine.fit([{"role": "user", "content": MESSAGE}], params.max_new_tokens)
+    cids = engine.encode(messages=[{"role": "user", "content": MESSAGE}])  # what the compare screen sends
+    what = f"{', '.join(COMPARE)} in one batch (seeds 1-4), tok/s of a row" if args.compare else args.preset
     print(
-        f"{model.name}: {engine.decode_path}; {args.preset}, {args.tokens} tokens, {args.size}, "
+        f"{model.name}: {engine.decode_path}; {what}, {args.tokens} tokens, {args.size}, "
         f"switch interval {app_module.GIL_SWITCH_S * 1e3:g} ms, {1 / streaming.stream_events.__defaults__[0]:g} fps"
     )
     ui = "compare" if args.compare else "chat"
-    if args.compare:
-        print(f"compare: {', '.join(COMPARE)} in one batch, seeds 1-4; tok/s of a row")
     results: dict[str, list[float]] = {"engine": [], ui: []}
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as data:
             if args.compare:
-                results["engine"].append(streaming.on_engine_thread(engine_alone_compare, engine, args.tokens))
-                tok_s, n = asyncio.run(compare_once(model, args.tokens, (cols, rows), Path(data)))
+                results["engine"].append(streaming.on_engine_thread(engine_alone_compare, engine, args.tokens, cids))
+                tok_s, n = asyncio.run(compare_once(model, args.tokens, (cols, rows), Path(data), cids))
             else:
                 results["engine"].append(streaming.on_engine_thread(engine_alone, engine, params, ids))
                 tok_s, n = asyncio.run(chat_once(model, params, (cols, rows), Path(data)))
