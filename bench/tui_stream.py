@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,36 +62,43 @@ def engine_alone(engine, params, ids: list[int]) -> float:
     return fin[0].timing.decode_tokens_per_s
 
 
-async def chat_once(model: Path, params, size: tuple[int, int], data: Path) -> tuple[float, int]:
-    """Decode tok/s of one answer streamed in the chat app (which loads the model itself, as it
-    does when started), and its token count."""
+@contextlib.asynccontextmanager
+async def started_app(model: Path, size: tuple[int, int], data: Path, **kwargs) -> AsyncIterator[tuple]:
+    """(app, pilot, store): the playground headless, started as the CLI starts it (it loads the
+    model itself) with its store in `data`, once the model is loaded."""
     import tiankong.tui.app as app_module
     from tiankong.tui.store import DB_NAME, Store
 
     store = Store(data / DB_NAME)
-    app = app_module.TiankongApp(model, store=store, export_dir=data, show_timing=True)
+    app = app_module.TiankongApp(model, store=store, export_dir=data, **kwargs)
     try:
         async with app.run_test(size=size) as pilot:
             while app.engine is None:
                 await pilot.pause(0.05)
-            chat = app.chat
-            chat.params = params
-            await pilot.press(*MESSAGE)
-            await pilot.press("enter")
-            await pilot.pause(0.2)
-            while chat.generating:  # not pilot.pause: that waits on every widget, costing the UI thread
-                await asyncio.sleep(0.05)
-            # the answer's footer gets its rate a moment after generating ends (the worker's last
-            # message): reading it at once sometimes found it empty
-            for _ in range(100):
-                timing = chat.messages[-1]._info
-                if timing.endswith("tok/s"):
-                    break
-                await asyncio.sleep(0.05)
-            stored = store.get_chat(chat.chat_id).messages[-1]
-            return float(timing.rsplit("·", 1)[1].split()[0]), len(stored.tokens)
+            yield app, pilot, store
     finally:
         store.close()
+
+
+async def chat_once(model: Path, params, size: tuple[int, int], data: Path) -> tuple[float, int]:
+    """Decode tok/s of one answer streamed in the chat app, and its token count."""
+    async with started_app(model, size, data, show_timing=True) as (app, pilot, store):
+        chat = app.chat
+        chat.params = params
+        await pilot.press(*MESSAGE)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        while chat.generating:  # not pilot.pause: that waits on every widget, costing the UI thread
+            await asyncio.sleep(0.05)
+        # the answer's footer gets its rate a moment after generating ends (the worker's last
+        # message): reading it at once sometimes found it empty
+        for _ in range(100):
+            timing = chat.messages[-1]._info
+            if timing.endswith("tok/s"):
+                break
+            await asyncio.sleep(0.05)
+        stored = store.get_chat(chat.chat_id).messages[-1]
+        return float(timing.rsplit("·", 1)[1].split()[0]), len(stored.tokens)
 
 
 def compare_params(tokens: int) -> list:
@@ -112,10 +121,8 @@ async def compare_once(
 ) -> tuple[float, int]:
     """Decode tok/s of one row of the four presets' batch as the compare screen streams it, and
     the tokens of its longest answer; the screen's prompt must be `ids`, the engine's."""
-    import tiankong.tui.app as app_module
     from tiankong.engine.engine import Engine
     from tiankong.engine.events import Finished
-    from tiankong.tui.store import DB_NAME, Store
 
     finished: list = []
     generate = Engine.generate
@@ -128,13 +135,9 @@ async def compare_once(
                 finished.append(ev)
             yield ev
 
-    store = Store(data / DB_NAME)
-    app = app_module.TiankongApp(model, store=store, export_dir=data, mode="compare", compare_presets=list(COMPARE))
     Engine.generate = same_seeds
     try:
-        async with app.run_test(size=size) as pilot:
-            while app.engine is None:
-                await pilot.pause(0.05)
+        async with started_app(model, size, data, mode="compare", compare_presets=list(COMPARE)) as (_, pilot, _):
             await pilot.pause(0.2)
             await pilot.press(*MESSAGE)
             await pilot.press("enter")
@@ -145,7 +148,6 @@ async def compare_once(
                 await asyncio.sleep(0.05)
     finally:
         Engine.generate = generate
-        store.close()
     rate = statistics.median(f.timing.decode_tokens_per_s for f in finished)
     return rate, max(f.usage.completion_tokens for f in finished)
 

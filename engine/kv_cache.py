@@ -68,12 +68,12 @@ class KVCache(nn.Module):
         device: torch.device | str,
     ) -> None:
         super().__init__()
-        shape = (n_layers, batch, 2 * n_kv_heads, max_len, head_dim)
-        need = n_layers * batch * 2 * n_kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
-        free = free_memory(torch.device(device))
-        if free is not None and need > free and torch.device(device).type == "cpu":
+        shape, device = (n_layers, batch, 2 * n_kv_heads, max_len, head_dim), torch.device(device)
+        need = math.prod(shape) * dtype.itemsize
+        free = free_memory(device)
+        if free is not None and need > free and device.type == "cpu":
             _BUFFERS.drop_free()  # earlier caches' kept pages count as used
-            free = free_memory(torch.device(device))
+            free = free_memory(device)
         if free is not None and need > free:
             # Checked before allocating: a context of 10^9 positions must fail at once, not after
             # swapping the machine to a halt.
@@ -84,7 +84,7 @@ class KVCache(nn.Module):
             )
         # persistent=False: a cache is scratch space, never part of a checkpoint.
         self.kv: torch.Tensor  # (n_layers, B, 2 H_kv, max_len, hd): the buffer registered here
-        self.register_buffer("kv", _zeros(shape, dtype, torch.device(device)), persistent=False)
+        self.register_buffer("kv", _zeros(shape, dtype, device), persistent=False)
         self.n_kv_heads, self.max_len = n_kv_heads, max_len
         # Rows prefilled from one prompt hold the same bits in slots 0..shared_len-1; same_row (B,)
         # int32 names, for each row, the first row holding them (itself if none before it does), and
