@@ -27,6 +27,7 @@ from tiankong.presets import Preset, get_preset
 from tiankong.tui.screens.compare import AnswerColumn, CompareScreen, Entrant, fill_seeds
 from tiankong.tui.screens.votes import VotesScreen, stats_table
 from tiankong.tui.store import Response, Store, StoreError, Vote
+from tiankong.tui.widgets.streaming_text import StreamingText
 
 needs_stories = pytest.mark.skipif(not STORIES.parent.parent.exists(), reason="../shared is absent")
 PROMPT = "Once upon a time"
@@ -48,6 +49,8 @@ async def finish(pilot, screen: CompareScreen, timeout: float = 60) -> None:
 
 
 def shown_text(col: AnswerColumn, part: str = ".answer-body") -> str:
+    if part == ".answer-body":
+        return col.query_one(part, StreamingText).text
     return str(col.query_one(part, Static).content)
 
 

@@ -44,6 +44,7 @@ from tiankong.tui.store import Response, Store, Vote
 from tiankong.tui.streaming import Batch, stream_events
 from tiankong.tui.widgets.prompt import PromptInput
 from tiankong.tui.widgets.status import finish_words
+from tiankong.tui.widgets.streaming_text import StreamingText
 
 LABELS = "ABCD"
 MIN_COLUMN_WIDTH = 26  # below this many cells per column, 3-4 columns go two by two (or all stack)
@@ -152,29 +153,29 @@ class AnswerColumn(Vertical):
         # Children exist from construction, so the screen may fill them before they are mounted
         # (querying for them in the screen's on_mount raced their mounting under load).
         self._title = Static(classes="answer-title")
-        self._scroll = VerticalScroll(classes="answer-scroll")
-        self._body = Static(classes="answer-body")
+        self._body = StreamingText(classes="answer-scroll answer-body")
         self._foot = Static(classes="answer-foot")
 
     def compose(self) -> ComposeResult:
         yield self._title
-        with self._scroll:
-            yield self._body
+        yield self._body
         yield self._foot
 
     def set_title(self, title: str) -> None:
-        self._title.update(Text(title))
+        _set_line(self._title, title)
 
     def set_text(self, text: str) -> None:
-        scroll = self._scroll
-        following = scroll.scroll_y >= scroll.max_scroll_y  # at the end: keep up with the stream
-        # Text, never markup: model output may contain "[" and friends.
-        self._body.update(Text(text))
-        if following and scroll.is_mounted:
-            scroll.call_after_refresh(scroll.scroll_end, animate=False)
+        self._body.set_text(text)  # plain text, never markup: model output may contain "[" and friends
 
     def set_foot(self, foot: str) -> None:
-        self._foot.update(Text(foot))
+        _set_line(self._foot, foot)
+
+
+def _set_line(line: Static, text: str) -> None:
+    """A one-line Static's new text, drawn only if it changed and without laying the screen out
+    (its height is 1 whatever it says): the compare screen sets each column's foot every frame."""
+    if str(line.content) != text:
+        line.update(Text(text), layout=False)
 
 
 class CompareScreen(Screen):

@@ -1,0 +1,203 @@
+"""The compare screen's streaming column (tui/widgets/streaming_text.py), driven headless: it wraps
+as a Static wraps the same text (the reference), redraws only the lines an update changed,
+follows the stream a third of its height at a time, and draws no control characters."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+
+import pytest
+from screen_text import screen_lines
+from textual.app import App
+from textual.geometry import Offset
+from textual.selection import Selection
+from textual.widgets import Static
+
+from tiankong.tui.widgets.streaming_text import StreamingText
+
+PROSE = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.\n\n"
+    "One day she found a supercalifragilisticexpialidociouslylongword that did not fit, and then "
+    "she   ran    home.\n"
+    "今天天气很好，我们去公园散步吧！她说：「好的。」然后我们一起走了很久很久，直到太阳下山。\n"
+    "The end."
+)
+
+
+def sync(test):
+    """Run an async test body with asyncio.run (the suite has no async plugin)."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+class Counting(StreamingText):
+    """Counts the lines it is asked to draw."""
+
+    drawn = 0
+
+    def render_line(self, y: int):
+        Counting.drawn += 1
+        return super().render_line(y)
+
+
+class Pair(App):
+    """A StreamingText above a Static of the same width and height: the Static is the reference.
+    (One above the other: a row holds one of them, so wide characters do not shift the other.)"""
+
+    CSS = """
+    #text, #ref { width: 30; height: 40; }
+    #text { scrollbar-size-vertical: 1; }
+    """
+
+    def compose(self):
+        yield Counting(classes="answer-body")
+        yield Static(id="ref")
+
+    def on_mount(self) -> None:
+        self.query_one(Counting).id = "text"
+
+
+def tokens(text: str, seed: int = 0) -> list[str]:
+    """The text cut into pieces of 1-6 characters, as a model streams it."""
+    rng, out, i = random.Random(seed), [], 0
+    while i < len(text):
+        n = rng.randint(1, 6)
+        out.append(text[i : i + n])
+        i += n
+    return out
+
+
+def shown(app: App, widget) -> list[str]:
+    """The widget's rows as drawn on the screen, trailing spaces cut."""
+    r = widget.region
+    return [line.rstrip() for line in screen_lines(app)[r.y : r.bottom]]
+
+
+async def stream(pilot, widget: StreamingText, text: str, frame: int = 3) -> None:
+    """Show text a token at a time, drawing a frame every `frame` tokens."""
+    pieces, sofar = tokens(text), ""
+    for i, piece in enumerate(pieces):
+        sofar += piece
+        widget.set_text(sofar)
+        if i % frame == 0:
+            await pilot.pause()
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("width", [30, 17])
+@sync
+async def test_wraps_as_a_static_wraps_the_same_text(width):
+    app = Pair()
+    async with app.run_test(size=(60, 85)) as pilot:
+        text, ref = app.query_one(Counting), app.query_one("#ref", Static)
+        for w in (text, ref):
+            w.styles.width = width
+        await pilot.pause()
+        await stream(pilot, text, PROSE)
+        ref.update(PROSE)
+        await pilot.pause()
+        assert text.text == PROSE
+        assert shown(app, text) == shown(app, ref)
+        assert any("。" in line for line in shown(app, text))
+        # a new width wraps all of it again, as the Static does
+        for w in (text, ref):
+            w.styles.width = width + 7
+        await pilot.pause()
+        await pilot.pause()
+        assert shown(app, text) == shown(app, ref)
+
+
+@sync
+async def test_an_update_redraws_only_the_lines_it_changed():
+    app = Pair()
+    async with app.run_test(size=(60, 85)) as pilot:
+        text = app.query_one(Counting)
+        await stream(pilot, text, PROSE)
+        lines = sum(bool(line) for line in shown(app, text))
+        assert lines >= 12
+        for word in [" and", " they", " lived", " happily", " ever", " after."]:
+            Counting.drawn = 0
+            text.set_text(text.text + word)
+            await pilot.pause()
+            assert 1 <= Counting.drawn <= 2, f"{Counting.drawn} lines drawn again for one word"
+        assert [line for line in shown(app, text) if line][-1].endswith("after.")
+        # text that is not more of the old one is all drawn again
+        Counting.drawn = 0
+        text.set_text("Another answer.")
+        await pilot.pause()
+        assert Counting.drawn >= lines
+        assert shown(app, text)[:2] == ["Another answer.", ""]
+
+
+@sync
+async def test_follows_the_stream_a_third_of_the_view_at_a_time():
+    app = Pair()
+    async with app.run_test(size=(60, 85)) as pilot:
+        text = app.query_one(Counting)
+        text.styles.height = 12
+        await pilot.pause()
+        view = text.scrollable_content_region.height
+        offsets = []
+        sofar = ""
+        for n in range(60):
+            sofar += f"line {n}\n"
+            text.set_text(sofar)
+            await pilot.pause()
+            last = len(sofar.splitlines()) - 1  # the last line with text
+            assert text.scroll_y <= last < text.scroll_y + view, "the newest line is in view"
+            offsets.append(text.scroll_y)
+        jumps = [b - a for a, b in zip(offsets, offsets[1:], strict=False) if b != a]
+        assert jumps and min(jumps) >= view // 3
+        assert shown(app, text)[0] == f"line {int(offsets[-1])}"
+        # scrolled up by the reader: it stays there
+        text.scroll_home(animate=False)
+        await pilot.pause()
+        text.set_text(sofar + "one more\n")
+        await pilot.pause()
+        assert text.scroll_y == 0 and shown(app, text)[0] == "line 0"
+
+
+@sync
+async def test_auto_height_grows_with_the_text():
+    app = Pair()
+    async with app.run_test(size=(60, 85)) as pilot:
+        text = app.query_one(Counting)
+        text.styles.height = "auto"
+        await pilot.pause()
+        for n in (3, 9, 20):
+            text.set_text("\n".join(f"row {i}" for i in range(n)))
+            await pilot.pause()
+            assert text.size.height == n and text.scroll_y == 0
+            assert shown(app, text)[-1] == f"row {n - 1}"
+
+
+@sync
+async def test_control_characters_are_not_drawn_and_tabs_are_spaces():
+    app = Pair()
+    async with app.run_test(size=(60, 85)) as pilot:
+        text = app.query_one(Counting)
+        text.set_text("red\x1b[31m text\r\tand\x07 a bell\x7f")
+        await pilot.pause()
+        assert text.text == "red[31m text    and a bell"
+        assert shown(app, text)[0] == "red[31m text    and a bell"
+        assert not any(ch in "".join(screen_lines(app)) for ch in "\x1b\r\t\x07\x7f")
+
+
+@sync
+async def test_a_selection_copies_the_text_without_the_wrapping():
+    app = Pair()
+    async with app.run_test(size=(60, 85)) as pilot:
+        text = app.query_one(Counting)
+        text.set_text(PROSE)
+        await pilot.pause()
+        assert len(text._lines) > 8
+        assert text.get_selection(Selection(Offset(0, 0), None)) == (PROSE, "\n")
+        second = text._lines[1]
+        part, _ = text.get_selection(Selection(Offset(0, 1), Offset(5, 2)))
+        assert part == PROSE[second[0] : text._lines[2][0] + 5]
