@@ -34,8 +34,9 @@ from textual.widget import Widget
 _HIDDEN = {c: None for c in [*range(0x20), 0x7F] if c != 0x0A} | {0x09: "    "}
 
 
-class StreamingText(ScrollView, can_focus=False):
-    """Plain text (never markup), wrapped to the widget's width and drawn a line at a time."""
+class StreamingText(ScrollView, can_focus=True):
+    """Plain text (never markup), wrapped to the widget's width and drawn a line at a time. Focusable,
+    as the scrolling container it replaces was: Tab reaches it, and the keys scroll it."""
 
     ALLOW_SELECT = True
     DEFAULT_CSS = """
@@ -127,7 +128,7 @@ class StreamingText(ScrollView, can_focus=False):
         if following and not auto and view and count > self.scroll_y + view:
             scroll_to = count - view + max(1, view // 3)  # the last line a third of the view up
             self._floor = scroll_to + view
-        size = Size(self._width, max(count, self._floor))
+        size = Size(self._width, count if auto else max(count, self._floor))
         if size != self.virtual_size:
             bar = self.show_vertical_scrollbar
             self.set_reactive(Widget.virtual_size, size)
