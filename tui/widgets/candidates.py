@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.cells import cell_len, set_cell_size
 from rich.text import Text
+from textual.geometry import Region
 from textual.widget import Widget
 
 MODEL_STYLE = "dodger_blue1"
@@ -105,10 +106,21 @@ class CandidatesPanel(Widget):
         self._token: dict[str, Any] | None = None
         self._label = ""
         self._hint = "send a message: each token's candidates show here as it streams"
+        self._drawn: tuple[int, Text] | None = None  # (width, the token's text) built for it
+        self._rows = 0  # rows the text drawn last covers (0: the hint, or nothing drawn yet)
 
     def show(self, token: dict[str, Any] | None, label: str = "") -> None:
+        """Show `token`. While a chat streams this runs every frame, and the panel is taller than
+        its text: only the rows the old or the new text covers are drawn again, not the blank
+        ones below (the panel's drawing was most of a streaming chat's lines a frame)."""
+        before = self._rows
         self._token, self._label = token, label
-        self.refresh()
+        self._drawn = None
+        if token is None or not before:
+            self.refresh()
+        else:
+            rows = len(self._content(self._width()).plain.split("\n"))
+            self.refresh(Region(0, 0, self.content_size.width, max(before, rows)))
 
     def hint(self, text: str) -> None:
         """Shown while there is no token (e.g. before the first answer)."""
@@ -120,11 +132,26 @@ class CandidatesPanel(Widget):
     def token(self) -> dict[str, Any] | None:
         return self._token
 
+    def _width(self) -> int:
+        return max(self.content_size.width, 24)
+
     def render(self) -> Text:
-        width = max(self.content_size.width, 24)
-        tok = self._token
-        if tok is None:
+        if self._token is None:
+            self._rows = 0
             return Text(self._hint, style="dim")
+        text = self._content(self._width())
+        self._rows = len(text.plain.split("\n"))
+        return text
+
+    def _content(self, width: int) -> Text:
+        """The token's text at `width` cells, built once for each token and width."""
+        if self._drawn is None or self._drawn[0] != width:
+            self._drawn = (width, self._build(width))
+        return self._drawn[1]
+
+    def _build(self, width: int) -> Text:
+        tok = self._token
+        assert tok is not None
         out = Text(no_wrap=True, overflow="ellipsis")
         if self._label:
             out.append(self._label + "\n", style="bold")
