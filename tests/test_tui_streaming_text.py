@@ -1,6 +1,8 @@
-"""The compare screen's streaming column (tui/widgets/streaming_text.py), driven headless: it wraps
-as a Static wraps the same text (the reference), redraws only the lines an update changed,
-follows the stream a third of its height at a time, and draws no control characters."""
+"""Widgets redrawn on every frame of a stream, driven headless. The compare screen's column
+(tui/widgets/streaming_text.py): it wraps as a Static wraps the same text (the reference), redraws
+only the lines an update changed, follows the stream a third of its height at a time, and draws
+no control characters. The chat's candidates panel: a new token redraws only the rows its text
+covers."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from textual.app import App
 from textual.geometry import Offset
 from textual.selection import Selection
 from textual.widgets import Static
+from tiny_models import STORIES
 
+from tiankong.engine.events import TokenEvent
+from tiankong.tui.widgets.candidates import CandidatesPanel
 from tiankong.tui.widgets.streaming_text import StreamingText
 
 PROSE = (
@@ -201,3 +206,41 @@ async def test_a_selection_copies_the_text_without_the_wrapping():
         second = text._lines[1]
         part, _ = text.get_selection(Selection(Offset(0, 1), Offset(5, 2)))
         assert part == PROSE[second[0] : text._lines[2][0] + 5]
+
+
+class CountingPanel(CandidatesPanel):
+    drawn = 0
+
+    def render_line(self, y: int):
+        CountingPanel.drawn += 1
+        return super().render_line(y)
+
+
+class PanelApp(App):
+    def compose(self):
+        yield CountingPanel()
+
+
+@pytest.mark.skipif(not STORIES.parent.parent.exists(), reason="../shared is absent")
+@sync
+async def test_a_new_token_redraws_only_the_candidate_rows():
+    from tiankong.engine.engine import Engine
+    from tiankong.engine.sampling import SamplingParams
+
+    engine = Engine.load(STORIES)
+    ids = engine.encode("Once upon a time")
+    params = SamplingParams(temperature=0.8, top_k=40, max_new_tokens=6, seed=1)
+    tokens = [ev.to_dict() for ev in engine.generate([ids], [params], top_logprobs=10) if isinstance(ev, TokenEvent)]
+    app = PanelApp()
+    async with app.run_test(size=(60, 50)) as pilot:
+        panel = app.query_one(CountingPanel)
+        panel.show(tokens[0], "streaming · token 1")
+        await pilot.pause()
+        rows = panel._rows
+        assert 10 < rows < panel.size.height - 20  # ten candidates and their header, in a taller panel
+        for n, token in enumerate(tokens[1:], 2):
+            CountingPanel.drawn = 0
+            panel.show(token, f"streaming · token {n}")
+            await pilot.pause()
+            assert 0 < CountingPanel.drawn <= rows
+            assert f"token {n}" in "".join(screen_lines(app))
