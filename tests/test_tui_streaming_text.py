@@ -1,8 +1,9 @@
 """Widgets redrawn on every frame of a stream, driven headless. The compare screen's column
 (tui/widgets/streaming_text.py): it wraps as a Static wraps the same text (the reference), redraws
 only the lines an update changed, follows the stream a third of its height at a time, and draws
-no control characters. The chat's candidates panel: a new token redraws only the rows its text
-covers."""
+no control characters. The chat's streaming answer (StreamingMarkdown): drawn as the MarkdownPreview
+it replaced draws, a new word redrawing a line or two. The chat's candidates panel: a new token
+redraws only the rows its text covers."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tiny_models import STORIES
 
 from tiankong.engine.events import TokenEvent
 from tiankong.tui.widgets.candidates import CandidatesPanel
+from tiankong.tui.widgets.message import MarkdownPreview, StreamingMarkdown
 from tiankong.tui.widgets.streaming_text import StreamingText
 
 PROSE = (
@@ -244,3 +246,58 @@ async def test_a_new_token_redraws_only_the_candidate_rows():
             await pilot.pause()
             assert 0 < CountingPanel.drawn <= rows
             assert f"token {n}" in "".join(screen_lines(app))
+
+
+MARKDOWN = (
+    "# A title\n\nA first paragraph that is long enough to wrap at this width, with *emphasis* and "
+    "`code`.\n\n- one item\n- another item that also wraps because it goes on and on for a while\n\n"
+    "```python\ndef f(x):\n    return x + 1\n```\n\n1. first\n2. second\n\n> a quote that wraps, "
+    "as quotes do when they are long\n\n---\n\nThe end, in a last paragraph that goes on for a while too."
+)
+
+
+class CountingMarkdown(StreamingMarkdown):
+    drawn = 0
+
+    def render_line(self, y: int):
+        CountingMarkdown.drawn += 1
+        return super().render_line(y)
+
+
+class MarkdownPair(App):
+    """The streaming answer above a Static showing the MarkdownPreview it replaced (the reference)."""
+
+    CSS = "CountingMarkdown, #ref { width: 44; height: auto; }"
+
+    def compose(self):
+        yield CountingMarkdown()
+        yield Static(id="ref")
+
+
+@sync
+async def test_a_streaming_answer_draws_as_its_preview_and_redraws_a_line_or_two():
+    app = MarkdownPair()
+    async with app.run_test(size=(60, 90)) as pilot:
+        md, ref = app.query_one(CountingMarkdown), app.query_one("#ref", Static)
+        sofar = ""
+        for piece in tokens(MARKDOWN):
+            sofar += piece
+            md.set_markdown(sofar)
+            await pilot.pause()
+        ref.update(MarkdownPreview(sofar))
+        await pilot.pause()
+        assert md.size.height == ref.size.height > 25
+        assert shown(app, md) == shown(app, ref)
+        height = md.size.height
+        for word in " And then some more words, enough of them for the last paragraph to need new lines.".split(" ")[
+            1:
+        ]:
+            CountingMarkdown.drawn = 0
+            sofar += " " + word
+            md.set_markdown(sofar)
+            await pilot.pause()
+            assert 1 <= CountingMarkdown.drawn <= 2, f"{CountingMarkdown.drawn} lines drawn again for one word"
+        assert md.size.height >= height + 2  # lines were added, and the ones above not drawn again
+        ref.update(MarkdownPreview(sofar))
+        await pilot.pause()
+        assert shown(app, md) == shown(app, ref)

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from markdown_it import MarkdownIt
 from rich.console import Group
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult, RenderResult
@@ -26,6 +28,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.geometry import Region, Size
 from textual.message import Message
+from textual.strip import Strip
 from textual.widget import AwaitMount, Widget
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownFence
@@ -213,9 +216,10 @@ def _fit(text: Text, width: int) -> Text:
     return line
 
 
-def _layout(blocks: list[_Block], console: Any, width: int) -> list[Text]:
+def _layout(blocks: list[_Block], console: Any, width: int, memo: dict[Any, list[Text]] | None = None) -> list[Text]:
     """The blocks as lines `width` cells wide, one under the other with collapsed margins (the
-    first top and last bottom margins kept, as Textual does inside a container)."""
+    first top and last bottom margins kept, as Textual does inside a container). With `memo`, a
+    paragraph wrapped before at this width is not wrapped again (a streaming answer's)."""
     width = max(width, 1)
     out: list[Text] = []
     bottom: int | None = None
@@ -223,18 +227,24 @@ def _layout(blocks: list[_Block], console: Any, width: int) -> list[Text]:
         out.extend(Text() for _ in range(top if bottom is None else max(bottom, top)))
         bottom = low
         if kind in ("text", "center"):
-            out.extend(payload.wrap(console, width, justify="center" if kind == "center" else "default"))
+            key = (kind, payload.plain, tuple(payload.spans), width)
+            lines = memo.get(key) if memo is not None else None
+            if lines is None:
+                lines = list(payload.wrap(console, width, justify="center" if kind == "center" else "default"))
+                if memo is not None:
+                    memo[key] = lines
+            out.extend(lines)
         elif kind == "code":  # MarkdownFence: padding 1 2, no wrapping (it scrolls sideways)
             out.append(Text())
             out.extend(Text("  " + line, _CODE_STYLE) for line in payload.split("\n"))
             out.append(Text())
         elif kind == "list":  # each item: a bullet beside the item's blocks
             for bullet, item in payload:
-                lines = _layout(item, console, width - len(bullet)) or [Text()]
+                lines = _layout(item, console, width - len(bullet), memo) or [Text()]
                 out.append(Text(bullet) + lines[0])
                 out.extend(Text(" " * len(bullet)) + line for line in lines[1:])
         elif kind == "quote":  # MarkdownBlockQuote: a left border and padding 0 1
-            out.extend(Text("▌ ", "dim") + line for line in _layout(payload, console, width - 3))
+            out.extend(Text("▌ ", "dim") + line for line in _layout(payload, console, width - 3, memo))
         elif kind == "rule":  # MarkdownHorizontalRule: padding-top 1, a bottom border
             out.extend((Text(), Text("─" * width, "dim")))
         elif kind == "table":  # MarkdownTable: a grid of cells in a box, a line between rows
@@ -261,10 +271,7 @@ class MarkdownPreview:
     widgets. A lazy answer shows this until it is realized."""
 
     def __init__(self, markdown: str) -> None:
-        global _PARSER
-        if _PARSER is None:
-            _PARSER = MarkdownIt("gfm-like")
-        self.blocks, _ = _parse_blocks(_PARSER.parse(markdown), 0, 0, False)
+        self.blocks = _blocks(markdown)
         self._cache: tuple[int, Text] | None = None
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
@@ -277,6 +284,83 @@ class MarkdownPreview:
             self._cache = (width, text)
         if self._cache[1] is not None:
             yield self._cache[1]
+
+
+def _blocks(markdown: str) -> list[_Block]:
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = MarkdownIt("gfm-like")
+    return _parse_blocks(_PARSER.parse(markdown), 0, 0, False)[0]
+
+
+class StreamingMarkdown(Widget):
+    """A streaming answer: MarkdownPreview's lines, drawn a line at a time. Each update parses the
+    text again and lays it out (a paragraph wrapped before is not wrapped again), then redraws only
+    the lines that changed; a new line changes the height, and the lines above it stand. A Static
+    given a new MarkdownPreview every frame drew every line of the answer again, and the candidates
+    panel's rows besides were most of a streaming chat's frame."""
+
+    DEFAULT_CSS = "StreamingMarkdown { height: auto; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._blocks: list[_Block] = []
+        self._lines: list[Text] = []
+        self._width = 0  # the width self._lines were laid out for; 0 before the widget has one
+        self._memo: dict[Any, list[Text]] = {}  # paragraphs' wrapped lines, by text and width
+        self._strips: dict[int, Strip] = {}  # drawn lines, by index
+        self._style = Style()
+
+    def set_markdown(self, markdown: str) -> None:
+        self._blocks = _blocks(markdown)
+        if self._width:
+            self._relayout()
+
+    def _relayout(self) -> None:
+        old, lines = self._lines, _layout(self._blocks, self.app.console, self._width, self._memo)
+        first, same = 0, min(len(old), len(lines))
+        while first < same and old[first] == lines[first]:
+            first += 1
+        self._lines = lines
+        self._strips = {i: strip for i, strip in self._strips.items() if i < first}
+        if len(lines) != len(old):
+            self.refresh(layout=True, repaint=False)  # the lines above stand (and see _size_updated)
+        if first < max(len(old), len(lines)):
+            self.refresh(Region(0, first, self._width, max(len(old), len(lines)) - first))
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        if width != self._width:
+            self._width, self._memo, self._lines, self._strips = width, {}, [], {}
+            self._lines = _layout(self._blocks, self.app.console, width, self._memo) if width else []
+        return len(self._lines)
+
+    def _size_updated(self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True) -> bool:
+        # A Widget whose size changed is drawn again whole (its virtual size, a reactive, asks for
+        # it too); here only a new height is common (a line came), and _relayout marked the lines
+        # that changed.
+        if size.width == self._size.width and size.height != self._size.height:
+            self._size = size
+            layout = False
+        return super()._size_updated(size, virtual_size, container_size, layout)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        style = self.rich_style  # once a pass, not once a line
+        if style != self._style:
+            self._style, self._strips = style, {}
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        width, style = self.content_size.width, self._style
+        if y >= len(self._lines):
+            return Strip.blank(width, style)
+        strip = self._strips.get(y)
+        if strip is None:
+            line = self._lines[y]
+            # Text.render leaves the text's own style to its caller
+            segments = Segment.apply_style(line.render(self.app.console), style)
+            strip = Strip(segments, line.cell_len).crop_extend(0, width, style).simplify()
+            self._strips[y] = strip
+        return strip
 
 
 # Regenerate, edit and branch keep the old message as a sibling; a focused message switches among them.
@@ -428,7 +512,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self.message_id = message_id
         self.border_title = title
         self._info = info
-        self._stream: Static | None = None  # the preview the answer streams into (start_stream)
+        self._stream: StreamingMarkdown | None = None  # what the answer streams into (start_stream)
         self.heatmap = False
         self.inspecting = False
         self.cursor = 0
@@ -455,7 +539,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self._widgets_added = True
         view = Static(classes="answer-tokens")
         view.display = False
-        stream = Static(classes="answer-stream")
+        stream = StreamingMarkdown(classes="answer-stream")
         stream.display = False
         info = Static(self._info, classes="answer-info")
         info.display = bool(self._info)
@@ -517,12 +601,12 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
     # -- streaming
 
     def start_stream(self) -> None:
-        """Draw the answer as it streams as one MarkdownPreview (the Markdown widget's layout, one
-        widget) until `finish` hands it to the Markdown widget. Textual's Markdown stream parses
-        the last block again and mounts new block widgets on every frame; in bench/tui_stream.py
-        that cost the chat ~15 % of the model's speed."""
-        self._stream = self.query_one(".answer-stream", Static)
-        self._stream.update(MarkdownPreview(self.content))
+        """Draw the answer as it streams in one StreamingMarkdown (MarkdownPreview's lines: the
+        Markdown widget's layout, one widget) until `finish` hands it to the Markdown widget.
+        Textual's Markdown stream parses the last block again and mounts new block widgets on every
+        frame; in bench/tui_stream.py that cost the chat ~15 % of the model's speed."""
+        self._stream = self.query_one(".answer-stream", StreamingMarkdown)
+        self._stream.set_markdown(self.content)
         self.query_one(Markdown).display = False
         self._stream.display = True
 
@@ -530,7 +614,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self.content += text
         self.tokens.extend(tokens)
         if self._stream is not None and text:
-            self._stream.update(MarkdownPreview(self.content))
+            self._stream.set_markdown(self.content)
 
     async def finish(self, text: str, info: str) -> None:
         """Stop streaming; show the final text (a stop string the stream showed is removed)."""
