@@ -18,8 +18,6 @@ from typing import Any, ClassVar
 
 from markdown_it import MarkdownIt
 from rich.console import Group
-from rich.segment import Segment
-from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult, RenderResult
@@ -34,6 +32,7 @@ from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownFence
 
 from tiankong.tui.widgets.candidates import chosen_text, show_token
+from tiankong.tui.widgets.streaming_text import KeptLines
 
 # Heatmap buckets of the chosen token's model probability: (upper bound, background, legend label).
 HEAT = (
@@ -293,7 +292,7 @@ def _blocks(markdown: str) -> list[_Block]:
     return _parse_blocks(_PARSER.parse(markdown), 0, 0, False)[0]
 
 
-class StreamingMarkdown(Widget):
+class StreamingMarkdown(KeptLines):
     """A streaming answer: MarkdownPreview's lines, drawn a line at a time. Each update parses the
     text again and lays it out (a paragraph wrapped before is not wrapped again), then redraws only
     the lines that changed; a new line changes the height, and the lines above it stand. A Static
@@ -308,8 +307,6 @@ class StreamingMarkdown(Widget):
         self._lines: list[Text] = []
         self._width = 0  # the width self._lines were laid out for; 0 before the widget has one
         self._memo: dict[Any, list[Text]] = {}  # paragraphs' wrapped lines, by text and width
-        self._strips: dict[int, Strip] = {}  # drawn lines, by index
-        self._style = Style()
 
     def set_markdown(self, markdown: str) -> None:
         self._blocks = _blocks(markdown)
@@ -322,7 +319,7 @@ class StreamingMarkdown(Widget):
         while first < same and old[first] == lines[first]:
             first += 1
         self._lines = lines
-        self._strips = {i: strip for i, strip in self._strips.items() if i < first}
+        self._forget_from(first)
         if len(lines) != len(old):
             self.refresh(layout=True, repaint=False)  # the lines above stand (and see _size_updated)
         if first < max(len(old), len(lines)):
@@ -343,23 +340,13 @@ class StreamingMarkdown(Widget):
             layout = False
         return super()._size_updated(size, virtual_size, container_size, layout)
 
-    def render_lines(self, crop: Region) -> list[Strip]:
-        style = self.rich_style  # once a pass, not once a line
-        if style != self._style:
-            self._style, self._strips = style, {}
-        return super().render_lines(crop)
-
     def render_line(self, y: int) -> Strip:
-        width, style = self.content_size.width, self._style
+        width = self.content_size.width
         if y >= len(self._lines):
-            return Strip.blank(width, style)
+            return Strip.blank(width, self._style)
         strip = self._strips.get(y)
         if strip is None:
-            line = self._lines[y]
-            # Text.render leaves the text's own style to its caller
-            segments = Segment.apply_style(line.render(self.app.console), style)
-            strip = Strip(segments, line.cell_len).crop_extend(0, width, style).simplify()
-            self._strips[y] = strip
+            strip = self._strips[y] = self._draw(self._lines[y], width)
         return strip
 
 

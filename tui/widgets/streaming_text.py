@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from typing import Any
 
 import rich.text
 from rich.segment import Segment
@@ -34,7 +35,35 @@ from textual.widget import Widget
 _HIDDEN = {c: None for c in [*range(0x20), 0x7F] if c != 0x0A} | {0x09: "    "}
 
 
-class StreamingText(ScrollView, can_focus=True):
+class KeptLines(Widget):
+    """A line-API widget that keeps its drawn lines by index (`_strips`). Its style is read once a
+    drawing pass, not once a line (working it out, its ancestors' backgrounds included, took most
+    of a frame's time), and the kept lines are dropped when it changes (drawn in the old colours)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._strips: dict[int, Strip] = {}  # drawn lines, by line index
+        self._style = Style()  # self.rich_style as of the last drawing pass
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        style = self.rich_style
+        if style != self._style:
+            self._style, self._strips = style, {}
+        return super().render_lines(crop)
+
+    def _forget_from(self, first: int) -> None:
+        """Lines from `first` on changed: they are drawn again."""
+        self._strips = {i: strip for i, strip in self._strips.items() if i < first}
+
+    def _draw(self, line: rich.text.Text, width: int) -> Strip:
+        """`line` over the widget's style, cut or padded to `width` cells, in as few segments as a
+        Static draws it."""
+        # Text.render leaves the text's own style to its caller when nothing is stylized
+        segments = Segment.apply_style(line.render(self.app.console), self._style)
+        return Strip(segments, line.cell_len).crop_extend(0, width, self._style).simplify()
+
+
+class StreamingText(KeptLines, ScrollView, can_focus=True):
     """Plain text (never markup), wrapped to the widget's width and drawn a line at a time. Focusable,
     as the scrolling container it replaces was: Tab reaches it, and the keys scroll it."""
 
@@ -55,8 +84,6 @@ class StreamingText(ScrollView, can_focus=True):
         self._lines: list[tuple[int, int]] = []
         self._width = 0  # the width self._lines were wrapped for; 0 before the widget has a size
         self._floor = 0  # the virtual height while following: room below the text to stream into
-        self._strips: dict[int, Strip] = {}  # drawn lines, by line index
-        self._style = Style()  # self.rich_style, read once a drawing pass (render_lines)
 
     @property
     def text(self) -> str:
@@ -111,7 +138,7 @@ class StreamingText(ScrollView, can_focus=True):
         while first < min(len(old), len(lines)) and old[first] == lines[first] and lines[first][1] <= same:
             first += 1
         self._lines = lines
-        self._strips = {i: strip for i, strip in self._strips.items() if i < first}
+        self._forget_from(first)
         return first
 
     def _auto_height(self) -> bool:
@@ -158,14 +185,6 @@ class StreamingText(ScrollView, can_focus=True):
 
     # ---------------------------------------------------------------- drawing and selection
 
-    def render_lines(self, crop: Region) -> list[Strip]:
-        # The widget's style once a pass, not once a line: working it out (its ancestors'
-        # backgrounds) took most of a frame's time. Lines drawn in another style are drawn again.
-        style = self.rich_style
-        if style != self._style:
-            self._style, self._strips = style, {}
-        return super().render_lines(crop)
-
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         index, width, style = scroll_y + y, self.scrollable_content_region.width, self._style
@@ -176,15 +195,12 @@ class StreamingText(ScrollView, can_focus=True):
         strip = self._strips.get(index) if span is None else None
         if strip is None:
             start, end = self._lines[index]
-            line = rich.text.Text(self._text[start:end], style=style, no_wrap=True)
+            line = rich.text.Text(self._text[start:end], no_wrap=True)  # over the widget's style (_draw)
             if span is not None:
                 lo, hi = span
                 selected = self.screen.get_component_rich_style("screen--selection")
                 line.stylize(selected, lo, len(line) if hi == -1 else hi)
-            # Text.render leaves the text's own style to its caller when nothing is stylized
-            segments = Segment.apply_style(line.render(self.app.console), style)
-            # padded to the width here, once, in as few segments as a Static draws
-            strip = Strip(segments, line.cell_len).extend_cell_length(width, style).simplify()
+            strip = self._draw(line, width)
             if span is None:
                 self._strips[index] = strip
         return strip.crop_extend(scroll_x, scroll_x + width, style).apply_offsets(scroll_x, index)
@@ -206,10 +222,6 @@ class StreamingText(ScrollView, can_focus=True):
 
     def selection_updated(self, selection: Selection | None) -> None:
         self.refresh()
-
-    def notify_style_update(self) -> None:
-        super().notify_style_update()
-        self._strips = {}  # drawn in the old colours
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -236,4 +248,4 @@ def _wrap(text: str, start: int, end: int, width: int) -> list[tuple[int, int]]:
     return lines
 
 
-__all__ = ["StreamingText"]
+__all__ = ["KeptLines", "StreamingText"]
