@@ -288,6 +288,8 @@ async def test_a_streaming_answer_draws_as_its_preview_and_redraws_a_line_or_two
         await pilot.pause()
         assert md.size.height == ref.size.height > 25
         assert shown(app, md) == shown(app, ref)
+        # its paragraphs' wrapped lines are remembered, not every version of the one streaming
+        assert 5 < len(md._memo) <= sum(1 for line in MARKDOWN.split("\n") if line.strip())
         height = md.size.height
         for word in " And then some more words, enough of them for the last paragraph to need new lines.".split(" ")[
             1:

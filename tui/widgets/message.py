@@ -215,10 +215,16 @@ def _fit(text: Text, width: int) -> Text:
     return line
 
 
-def _layout(blocks: list[_Block], console: Any, width: int, memo: dict[Any, list[Text]] | None = None) -> list[Text]:
+_Memo = dict[Any, list[Text]]  # paragraphs' wrapped lines, by kind, text, styles and width
+
+
+def _layout(
+    blocks: list[_Block], console: Any, width: int, memo: _Memo | None = None, used: _Memo | None = None
+) -> list[Text]:
     """The blocks as lines `width` cells wide, one under the other with collapsed margins (the
-    first top and last bottom margins kept, as Textual does inside a container). With `memo`, a
-    paragraph wrapped before at this width is not wrapped again (a streaming answer's)."""
+    first top and last bottom margins kept, as Textual does inside a container). A paragraph in
+    `memo` is not wrapped again (a streaming answer's), and each paragraph's lines go into `used`
+    (the next layout's memo: the paragraphs of this one, not every version of the last one)."""
     width = max(width, 1)
     out: list[Text] = []
     bottom: int | None = None
@@ -230,8 +236,8 @@ def _layout(blocks: list[_Block], console: Any, width: int, memo: dict[Any, list
             lines = memo.get(key) if memo is not None else None
             if lines is None:
                 lines = list(payload.wrap(console, width, justify="center" if kind == "center" else "default"))
-                if memo is not None:
-                    memo[key] = lines
+            if used is not None:
+                used[key] = lines
             out.extend(lines)
         elif kind == "code":  # MarkdownFence: padding 1 2, no wrapping (it scrolls sideways)
             out.append(Text())
@@ -239,11 +245,11 @@ def _layout(blocks: list[_Block], console: Any, width: int, memo: dict[Any, list
             out.append(Text())
         elif kind == "list":  # each item: a bullet beside the item's blocks
             for bullet, item in payload:
-                lines = _layout(item, console, width - len(bullet), memo) or [Text()]
+                lines = _layout(item, console, width - len(bullet), memo, used) or [Text()]
                 out.append(Text(bullet) + lines[0])
                 out.extend(Text(" " * len(bullet)) + line for line in lines[1:])
         elif kind == "quote":  # MarkdownBlockQuote: a left border and padding 0 1
-            out.extend(Text("▌ ", "dim") + line for line in _layout(payload, console, width - 3, memo))
+            out.extend(Text("▌ ", "dim") + line for line in _layout(payload, console, width - 3, memo, used))
         elif kind == "rule":  # MarkdownHorizontalRule: padding-top 1, a bottom border
             out.extend((Text(), Text("─" * width, "dim")))
         elif kind == "table":  # MarkdownTable: a grid of cells in a box, a line between rows
@@ -306,7 +312,7 @@ class StreamingMarkdown(KeptLines):
         self._blocks: list[_Block] = []
         self._lines: list[Text] = []
         self._width = 0  # the width self._lines were laid out for; 0 before the widget has one
-        self._memo: dict[Any, list[Text]] = {}  # paragraphs' wrapped lines, by text and width
+        self._memo: _Memo = {}  # the last layout's paragraphs
 
     def set_markdown(self, markdown: str) -> None:
         self._blocks = _blocks(markdown)
@@ -314,7 +320,9 @@ class StreamingMarkdown(KeptLines):
             self._relayout()
 
     def _relayout(self) -> None:
-        old, lines = self._lines, _layout(self._blocks, self.app.console, self._width, self._memo)
+        old, used = self._lines, {}
+        lines = _layout(self._blocks, self.app.console, self._width, self._memo, used)
+        self._memo = used
         first, same = 0, min(len(old), len(lines))
         while first < same and old[first] == lines[first]:
             first += 1
@@ -327,8 +335,8 @@ class StreamingMarkdown(KeptLines):
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         if width != self._width:
-            self._width, self._memo, self._lines, self._strips = width, {}, [], {}
-            self._lines = _layout(self._blocks, self.app.console, width, self._memo) if width else []
+            self._width, self._memo, self._strips = width, {}, {}
+            self._lines = _layout(self._blocks, self.app.console, width, None, self._memo) if width else []
         return len(self._lines)
 
     def _size_updated(self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True) -> bool:
