@@ -21,7 +21,7 @@ from tiny_models import STORIES
 
 from tiankong.engine.events import TokenEvent
 from tiankong.tui.widgets.candidates import CandidatesPanel
-from tiankong.tui.widgets.message import MarkdownPreview, StreamingMarkdown
+from tiankong.tui.widgets.message import MarkdownPreview, StreamingMarkdown, _blocks, _GrowingBlocks, _layout
 from tiankong.tui.widgets.streaming_text import StreamingText
 
 PROSE = (
@@ -303,3 +303,23 @@ async def test_a_streaming_answer_draws_as_its_preview_and_redraws_a_line_or_two
         ref.update(MarkdownPreview(sofar))
         await pilot.pause()
         assert shown(app, md) == shown(app, ref)
+
+
+TRICKY = [
+    MARKDOWN,
+    "1. a\n\n2. b\n\n3. c\n\nA paragraph.\n\n- x\n- y\n\n- z after a blank line\n\nEnd.",
+    "Title\n=====\n\nSub\n---\n\npara\n\n---\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nafter the table",
+    "```\nunclosed fence\n\nstill code\n```\n\n> quote\nlazy line\n\n> another\n\n    indented code\n\nend",
+    "- a\n  - nested\n\n    more of a\n- b\n\n+ another list\n\n1) one\n2) two\n\ndone",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY, ids=range(len(TRICKY)))
+def test_growing_text_parses_as_the_whole_text_at_every_step(text):
+    from rich.console import Console
+
+    console, grow = Console(width=50), _GrowingBlocks()
+    for n in range(1, len(text) + 1):  # every prefix: a character at a time
+        sofar = text[:n]
+        assert _layout(grow(sofar), console, 50) == _layout(_blocks(sofar), console, 50), repr(sofar)
+    assert grow.done_text  # most of it was parsed once
