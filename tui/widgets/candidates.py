@@ -43,7 +43,7 @@ def show_token(text: str) -> str:
             out.append("↵")
         elif ch == "\t":
             out.append("→")
-        elif ord(ch) < 32 or ord(ch) == 127:
+        elif ord(ch) < 32 or 127 <= ord(ch) < 160:  # control characters (controls.py draws none)
             out.append(f"\\x{ord(ch):02x}")
         else:
             out.append(ch)

@@ -12,8 +12,8 @@ Following the stream scrolls by a third of the view at a time, not a line at a t
 redraws the whole column, and a line at a time is a whole-column redraw in most frames.
 
 Lines break where Rich's `divide_line` puts them (kinsoku's rules included, tui/widgets/kinsoku.py),
-as a Static's Content wraps. Tabs show as four spaces and other control characters (escape
-sequences from a model's output included) are left out of what is drawn and copied.
+as a Static's Content wraps. Tabs show as four spaces, and the control characters controls.py
+keeps off the screen are left out of what is drawn and copied.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from textual.selection import Selection
 from textual.strip import Strip
 from textual.widget import Widget
 
-# C0 controls other than the line break, and DEL: never drawn (an escape would reach the terminal).
-_HIDDEN = {c: None for c in [*range(0x20), 0x7F] if c != 0x0A} | {0x09: "    "}
+from tiankong.tui.widgets.controls import UNDRAWN
+
+# Never drawn (controls.py), and a tab as four spaces: the column wraps the text it draws.
+_HIDDEN: dict[int, str | None] = {**UNDRAWN, 0x09: "    "}
 
 
 class KeptLines(Widget):
