@@ -43,14 +43,18 @@ def sync(test):
     return run
 
 
-class Counting(StreamingText):
-    """Counts the lines it is asked to draw."""
-
-    drawn = 0
+def counting(base: type, name: str) -> type:
+    """A subclass of widget class `base` named `name` that counts, in `drawn`, the lines it is asked to draw."""
 
     def render_line(self, y: int):
-        Counting.drawn += 1
-        return super().render_line(y)
+        cls.drawn += 1
+        return base.render_line(self, y)
+
+    cls = type(name, (base,), {"drawn": 0, "render_line": render_line})
+    return cls
+
+
+Counting = counting(StreamingText, "Counting")
 
 
 class Pair(App):
@@ -210,12 +214,7 @@ async def test_a_selection_copies_the_text_without_the_wrapping():
         assert part == PROSE[second[0] : text._lines[2][0] + 5]
 
 
-class CountingPanel(CandidatesPanel):
-    drawn = 0
-
-    def render_line(self, y: int):
-        CountingPanel.drawn += 1
-        return super().render_line(y)
+CountingPanel = counting(CandidatesPanel, "CountingPanel")
 
 
 class PanelApp(App):
@@ -256,12 +255,7 @@ MARKDOWN = (
 )
 
 
-class CountingMarkdown(StreamingMarkdown):
-    drawn = 0
-
-    def render_line(self, y: int):
-        CountingMarkdown.drawn += 1
-        return super().render_line(y)
+CountingMarkdown = counting(StreamingMarkdown, "CountingMarkdown")
 
 
 class MarkdownPair(App):
