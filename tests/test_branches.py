@@ -82,6 +82,27 @@ def test_branch_vote_is_a_pair_at_the_fork():
     assert vote.pairs() == [(0, 1)] and vote.source == "branch" and vote.prompt == "story"
 
 
+def test_a_branch_vote_again_or_reversed_replaces_the_earlier_one(tmp_path):
+    """`v` pressed twice, or on the other branch after a change of mind, leaves one vote per pair of
+    answers: duplicates would weigh twice in training and in the win rates."""
+    a = _msg(2, [5, 6, 7], ["The", " cat", " sat"], "The cat sat")
+    b = _msg(3, [5, 6, 9, 4], ["The", " cat", " ran", " off"], "The cat ran off")
+    c = _msg(4, [5, 8], ["The", " dog"], "The dog")
+    conv = [{"role": "user", "content": "story"}]
+    with Store(tmp_path) as store:
+        assert store.add_branch_votes([branch_vote(conv, a, b, "m", "me")]) == 0
+        assert store.add_branch_votes([branch_vote(conv, a, b, "m", "me")]) == 1
+        assert store.add_branch_votes([branch_vote(conv, b, a, "m", "me"), branch_vote(conv, b, c, "m", "me")]) == 1
+        votes = store.list_votes()
+        assert sorted(v.responses[0].text + " >" + v.responses[1].text for v in votes) == [
+            " cat ran off > dog",  # b vs c, parting after "The"
+            " ran off > sat",  # a vs b: the reversed vote is the one kept
+        ]
+        other = [{"role": "user", "content": "another story"}]
+        assert store.add_branch_votes([branch_vote(other, a, b, "m", "me")]) == 0  # another prompt: another pair
+        assert len(store.list_votes()) == 3
+
+
 # ---------------------------------------------------------------- the playground
 
 
@@ -103,6 +124,8 @@ def test_branch_from_a_candidate_continues_from_that_token(tiny, tmp_path):
             new = await answered(pilot, chat)
             new.focus()
             await pilot.press("v")
+            await pilot.pause()
+            await pilot.press("v")  # the same vote again replaces the first rather than counting twice
             await pilot.pause()
             return old, new, chat.engine, store.get_chat(chat.chat_id), store.list_votes()
 

@@ -91,6 +91,25 @@ def test_not_a_database_and_newer_schema(tmp_path):
         Store(newer)
 
 
+def test_a_damaged_page_is_one_line_not_a_traceback(tmp_path):
+    """A file that opens cleanly can still hold damaged pages (SQLite reads pages lazily): reading or
+    writing them is a StoreError naming the file and how to save the rest."""
+    with Store(tmp_path) as s:
+        for i in range(40):
+            cid = s.create_chat("m", "balanced", title=f"chat {i}")
+            s.add_message(cid, "user", "words " * 200)
+        s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(tmp_path / DB_NAME, "r+b") as f:  # pages 4 and 5 overwritten, as a disk fault leaves them
+        f.seek(4096 * 3)
+        f.write(b"\xff" * 8192)
+    with Store(tmp_path) as s:
+        with pytest.raises(StoreError, match=r"is damaged .*\.recover"):
+            s.list_chats()
+        with pytest.raises(StoreError, match="is damaged"):
+            for i in range(40):  # some chat's pages are among the damaged ones
+                s.add_message(i + 1, "user", "more")
+
+
 def test_chat_lifecycle(store):
     cid = store.create_chat("SmolLM2", "balanced", system_prompt="Be brief.", title="primes")
     other = store.create_chat("SmolLM2", "creative")
@@ -136,6 +155,17 @@ def test_chat_lifecycle(store):
         store.get_chat(cid)
     n = store._conn.execute("SELECT COUNT(*) FROM messages WHERE chat_id = ?", (cid,)).fetchone()[0]
     assert n == 0  # cascaded
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 - 1, 2**63, 2**64 - 1])
+def test_every_sampler_seed_round_trips(store, seed):
+    """The sampler takes seeds up to 2^64 - 1; SQLite's INTEGER is signed 64-bit. A seed from 2^63 up
+    once crashed the chat after the answer streamed, losing it."""
+    cid = store.create_chat("m", "balanced")
+    a = store.add_message(cid, "assistant", "hi", seed=seed)
+    assert store.get_chat(cid).messages[0].seed == seed
+    store.update_message(a, "hey", seed=seed ^ 1)
+    assert store.get_chat(cid).messages[0].seed == seed ^ 1
 
 
 def test_failed_write_leaves_nothing(store):

@@ -240,6 +240,14 @@ class TiankongApp(App[None]):
                 yield SystemCommand(f"Preset: {name}", p.use, partial(screen.action_use_preset, name))
 
 
+def run_until_exit(app: App) -> None:
+    """Run the app; if it ended on an error (Textual has printed its traceback), leave with that status
+    instead of 0, so a script or shell sees that it failed."""
+    app.run()
+    if app.return_code:
+        raise SystemExit(app.return_code)
+
+
 def run_app(
     model_dir: Path | RemoteModel | None,
     *,
@@ -259,17 +267,19 @@ def run_app(
 
     store = Store(resolve_data_dir(data_dir) / DB_NAME)
     try:
-        TiankongApp(
-            model_dir,
-            store=store,
-            preset=preset,
-            device=device,
-            dtype=dtype,
-            mode=mode,
-            compare_presets=compare_presets,
-            compare_models=compare_models,
-            rater=rater,
-            chat_template=chat_template,
-        ).run()
+        run_until_exit(
+            TiankongApp(
+                model_dir,
+                store=store,
+                preset=preset,
+                device=device,
+                dtype=dtype,
+                mode=mode,
+                compare_presets=compare_presets,
+                compare_models=compare_models,
+                rater=rater,
+                chat_template=chat_template,
+            )
+        )
     finally:
         store.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 from textual import events
 
-from tiankong.tui.app import TiankongApp
+from tiankong.tui.app import TiankongApp, run_until_exit
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare import CompareScreen
 from tiankong.tui.store import DB_NAME, Store
@@ -73,19 +73,21 @@ def run_compare_queue(
 ) -> None:
     store = _open_store(data_dir, queue, restart)
     try:
-        QueueApp(
-            model_dir,
-            store=store,
-            preset=presets[0],
-            device=device,
-            dtype=dtype,
-            mode="compare",
-            compare_presets=presets,
-            compare_models=models,
-            rater=rater,
-            queue=queue,
-            chat_template=chat_template,
-        ).run()
+        run_until_exit(
+            QueueApp(
+                model_dir,
+                store=store,
+                preset=presets[0],
+                device=device,
+                dtype=dtype,
+                mode="compare",
+                compare_presets=presets,
+                compare_models=models,
+                rater=rater,
+                queue=queue,
+                chat_template=chat_template,
+            )
+        )
     finally:
         store.close()
 
@@ -95,6 +97,6 @@ def run_rank(
 ) -> None:
     store = _open_store(data_dir, queue, restart)
     try:
-        RankApp(store=store, queue=queue, rater=rater).run()
+        run_until_exit(RankApp(store=store, queue=queue, rater=rater))
     finally:
         store.close()

@@ -353,7 +353,7 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
         except InputError as e:
             raise InputError(f"{where}: {e}") from None
         for i in range(n):
-            s = params.seed + i if params.seed is not None else draw_seed()
+            s = (params.seed + i) % 2**64 if params.seed is not None else draw_seed()
             rows.append(_Row(len(rows), i, job, ids, params.replace(seed=s), dropped))
     return rows
 

@@ -237,7 +237,9 @@ _HASHED = (
 def _v3_import_hashes(conn: sqlite3.Connection) -> None:
     """Imported votes carry a content hash (indexed), so importing the same rows again adds nothing.
     Votes imported before this version get theirs here."""
-    conn.execute("ALTER TABLE votes ADD COLUMN content_hash TEXT")  # NULL for votes cast in the playground
+    conn.execute(
+        "ALTER TABLE votes ADD COLUMN content_hash TEXT"
+    )  # NULL for playground votes (branch votes: _pair_key)
     rows = conn.execute(f"SELECT id, {_HASHED} FROM votes WHERE source LIKE 'import:%'").fetchall()
     conn.executemany(
         "UPDATE votes SET content_hash = ? WHERE id = ?", [(_content_hash(parts), vote_id) for vote_id, *parts in rows]
@@ -414,6 +416,8 @@ class Store:
                     f"could not write {self.path} ({e}); check free disk space and that no other "
                     f"program holds it locked"
                 ) from None
+            except sqlite3.DatabaseError as e:
+                raise self._damaged(e) if _corrupt(e) else e from None
             finally:
                 if durable:
                     conn.execute("PRAGMA synchronous = NORMAL")
@@ -422,9 +426,21 @@ class Store:
         with self._lock:
             if self._conn is None:
                 raise StoreError(f"the database {self.path} is closed; open a new Store")
-            cur = self._conn.execute(sql, tuple(args))
-            cur.row_factory = sqlite3.Row
-            return cur.fetchall()
+            try:
+                cur = self._conn.execute(sql, tuple(args))
+                cur.row_factory = sqlite3.Row
+                return cur.fetchall()
+            except sqlite3.DatabaseError as e:
+                raise self._damaged(e) if _corrupt(e) else e from None
+
+    def _damaged(self, e: sqlite3.DatabaseError) -> StoreError:
+        """A page of the file is damaged (a disk fault, or another program wrote into it). The file is
+        only opened lazily page by page, so this can come up after a clean open; it is said in one
+        line, with how to save the rest, instead of a traceback that loses the message being sent."""
+        return StoreError(
+            f"{self.path} is damaged ({e}); save what is readable with `sqlite3 {self.path} .recover "
+            f"| sqlite3 recovered.db` and move the damaged file away, or {_FIX}"
+        )
 
     # ---------------------------------------------------------------- chats
 
@@ -524,7 +540,19 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO messages (chat_id, role, content, preset, params, seed, finish_reason, tokens, "
                 "created_at, parent_id, selected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (chat_id, role, content, preset, _dumps(params), seed, finish_reason, _dumps(tokens), t, parent_id, t),
+                (
+                    chat_id,
+                    role,
+                    content,
+                    preset,
+                    _dumps(params),
+                    _seed_in(seed),
+                    finish_reason,
+                    _dumps(tokens),
+                    t,
+                    parent_id,
+                    t,
+                ),
             )
             return int(cur.lastrowid)
 
@@ -579,7 +607,7 @@ class Store:
         for name, value in (
             ("preset", preset),
             ("params", _dumps(params)),
-            ("seed", seed),
+            ("seed", _seed_in(seed)),
             ("finish_reason", finish_reason),
             ("tokens", _dumps(tokens)),
         ):
@@ -693,6 +721,23 @@ class Store:
         t = now()
         with self._tx(durable=True) as conn:
             return [int(conn.execute(_INSERT_VOTE, _vote_row(v, t)).lastrowid) for v in votes]
+
+    def add_branch_votes(self, votes: list[Vote]) -> int:
+        """Store chat branch votes (two responses each) in ONE durable transaction, each replacing an
+        earlier branch vote on the same two answers to the same conversation, whichever way it went:
+        voting again, or changing one's mind, leaves one vote per pair rather than duplicates that
+        would weigh twice in training. Returns how many earlier votes were replaced."""
+        for vote in votes:
+            validate_vote(vote)
+        t, replaced = now(), 0
+        with self._tx(durable=True) as conn:
+            for v in votes:
+                key = _pair_key(v)
+                replaced += conn.execute(
+                    "DELETE FROM votes WHERE source = ? AND content_hash = ?", (v.source, key)
+                ).rowcount
+                conn.execute(_INSERT_VOTE, _vote_row(v, t, key))
+        return replaced
 
     def import_votes(self, votes: list[Vote], batch_size: int = 1000) -> tuple[int, int]:
         """Store imported votes, skipping each whose content (`vote_hash`) was already stored when the
@@ -1016,6 +1061,15 @@ def vote_hash(v: Vote) -> str:
     return _content_hash(None if x is None else x.encode("utf-8", "surrogatepass") for x in parts)
 
 
+def _pair_key(v: Vote) -> str:
+    """What a branch vote is about, whichever way it went: its conversation and its two answers' texts
+    in sorted order (kept in content_hash; the leading tag keeps it apart from vote_hash's)."""
+    assert len(v.responses) == 2, "a branch vote compares two answers"
+    texts = sorted(r.text for r in v.responses)
+    parts = ["branch pair", _dumps(v.conversation) or "", *texts]
+    return _content_hash(x.encode("utf-8", "surrogatepass") for x in parts)
+
+
 def _content_hash(parts: Iterable[bytes | None]) -> str:
     h = hashlib.sha256()
     for part in parts:  # length-prefixed, so no two different rows hash the same bytes
@@ -1029,12 +1083,31 @@ def _skip(skipped: list[tuple[int, str]] | None, vote_id: int, reason: str) -> N
         skipped.append((vote_id, reason.splitlines()[0][:160] if reason else "unreadable"))
 
 
+def _corrupt(e: sqlite3.DatabaseError) -> bool:
+    """True when the file itself is damaged rather than the SQL wrong or the disk full."""
+    name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
+    if name:
+        return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or name.startswith("SQLITE_CORRUPT_")
+    return "malformed" in str(e) or "not a database" in str(e)
+
+
 def _environmental(e: sqlite3.OperationalError) -> bool:
     """True when the failure is the disk's or another process's doing (full, locked, read-only, I/O)."""
     name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
     if name:
         return name.split("_")[1] in ("BUSY", "LOCKED", "FULL", "READONLY", "IOERR", "CANTOPEN", "PERM")
     return any(w in str(e) for w in ("locked", "full", "readonly", "disk I/O", "unable to open"))
+
+
+def _seed_in(seed: int | None) -> int | None:
+    """A seed (0 .. 2^64 - 1, as the sampler takes it) as SQLite's signed 64-bit INTEGER: the upper
+    half wraps to negative numbers, so no seed is refused or turned into a lossy REAL."""
+    return None if seed is None else seed - 2**64 if seed >= 2**63 else seed
+
+
+def _seed_out(value: int | None) -> int | None:
+    """_seed_in undone."""
+    return None if value is None else value + 2**64 if value < 0 else value
 
 
 def _dumps(value: Any) -> str | None:
@@ -1067,7 +1140,7 @@ def _message(r: sqlite3.Row) -> Message:
         r["content"],
         r["preset"],
         _loads(r["params"]),
-        r["seed"],
+        _seed_out(r["seed"]),
         r["finish_reason"],
         _loads(r["tokens"]),
         r["created_at"],

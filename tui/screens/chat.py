@@ -47,7 +47,7 @@ from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage, heat_legend
 from tiankong.tui.widgets.prompt import PromptInput
-from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary
+from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary, plural
 from tiankong.tui.widgets.transcript import Transcript
 
 T = TypeVar("T")
@@ -113,14 +113,18 @@ class ChatListScreen(ModalScreen[int | None]):
         options = self.query_one(OptionList)
         options.clear_options()
         query = " ".join(self.query_one("#chat-search", Input).value.split())
-        if query:
-            chats = [(m.chat, m.snippet) for m in self.store.search_chats(query)]
-        else:
-            chats = [(c, "") for c in self.store.list_chats()]
+        try:
+            if query:
+                chats = [(m.chat, m.snippet) for m in self.store.search_chats(query)]
+            else:
+                chats = [(c, "") for c in self.store.list_chats()]
+        except StoreError as e:  # a damaged or locked database: said here, the chat behind stays open
+            options.add_option(Option(Text(str(e), style="bold red"), id="none", disabled=True))
+            return
         for c, where in chats:
             line = Text(c.title or f"chat {c.id}", style="bold")
             line.append(
-                f"  {c.preset} · {c.n_messages} messages · {display_name(c.model)} · "
+                f"  {c.preset} · {plural(c.n_messages, 'message')} · {display_name(c.model)} · "
                 f"{c.updated_at[:16].replace('T', ' ')}",
                 style="dim",
             )
@@ -794,9 +798,12 @@ class ChatScreen(Screen[None]):
         if chosen is None or not rejected:
             return
         votes = [branch_vote(conversation, chosen, r, self.model_id, getattr(self.app, "rater", "")) for r in rejected]
-        if self._save(self.store.add_votes, votes) is not None:
-            n = "a vote" if len(votes) == 1 else f"{len(votes)} votes"
-            self.notify(f"stored {n}: this branch is better (ctrl+g lists votes)", title="voted")
+        replaced = self._save(self.store.add_branch_votes, votes)
+        if replaced is not None:
+            again = f", replacing {plural(replaced, 'earlier vote')} on the same answers" if replaced else ""
+            self.notify(
+                f"stored {plural(len(votes), 'vote')}{again}: this branch is better (ctrl+g lists votes)", title="voted"
+            )
 
     def action_scroll_transcript(self, where: str) -> None:
         t = self.transcript

@@ -26,6 +26,7 @@ from textual.widgets import DataTable, Footer, Select, Static
 from tiankong.engine.resolve import display_name
 from tiankong.tui.leaderboard import leaderboards, standings_table
 from tiankong.tui.store import Store, Vote
+from tiankong.tui.widgets.status import plural
 
 WIDE = 120  # from this many columns on, vote detail and statistics sit side by side
 OUTCOMES = [("ranked", "ranked"), ("tie", "tie"), ("both bad", "both_bad")]
@@ -281,7 +282,7 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
             )
         total = len(votes)
         self.query_one("#votes-count", Static).update(
-            Text(f"{total} vote{'s' if total != 1 else ''}" + (" (filtered)" if preset or outcome else ""), style="dim")
+            Text(plural(total, "vote") + (" (filtered)" if preset or outcome else ""), style="dim")
         )
         if votes:
             table.move_cursor(row=min(keep, len(votes) - 1))

@@ -8,6 +8,11 @@ from rich.text import Text
 from textual.widgets import Static
 
 
+def plural(n: int, word: str) -> str:
+    """'1 message', '3 messages'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def params_summary(params: Any) -> str:
     """The settings that shape sampling, short: 'T 0.7 · top-k 40 · top-p 0.9 · seed 0'."""
     parts = ["greedy" if params.temperature == 0 else f"T {params.temperature:g}"]
