@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from textual import events
 from textual.widgets import Input
 from tiny_models import STORIES, make_model
 
@@ -26,6 +27,7 @@ from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.store import DB_NAME, Store, StoreError
 from tiankong.tui.widgets.candidates import bar, candidate_rows, pct, show_token
 from tiankong.tui.widgets.message import AssistantMessage, cursor_line
+from tiankong.tui.widgets.prompt import NEWLINE, PromptInput
 
 SIZE = (100, 32)
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models/stories260K is absent")
@@ -291,6 +293,26 @@ def test_a_message_typed_ahead_is_sent_by_its_newline(tiny, store, tmp_path):
 
     sent, answer = run(go())
     assert sent == ["typed ahead"] and answer
+
+
+def test_a_pasted_text_is_sent_whole_with_its_line_breaks(tiny, store, tmp_path):
+    # Input keeps only a paste's first line: the rest of a pasted paragraph was lost without a word.
+    async def go():
+        async with chat_app(tiny, store, tmp_path, seed=5, max_new_tokens=4) as (app, pilot, chat):
+            prompt = app.screen.query_one("#prompt", PromptInput)
+            await pilot.press(*"see: ")
+            prompt.post_message(events.Paste("line one\nline two\r\n\nline three"))
+            await pilot.pause()
+            shown = prompt.value
+            await pilot.press("enter")
+            await answered(pilot, chat)
+            await pilot.press("ctrl+l")  # editing it brings the line breaks back into the prompt
+            return shown, prompt.text, store.get_chat(chat.chat_id).messages[0].content
+
+    shown, edited, stored = run(go())
+    text = "see: line one\nline two\n\nline three"
+    assert stored == text and edited == text
+    assert shown == text.replace("\n", NEWLINE)  # one cell a break, on the one line
 
 
 def test_escape_stops_and_keeps_the_partial_answer(tiny, store, tmp_path):

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from rich.text import Text
 from screen_text import screen_lines
+from textual._xterm_parser import XTermParser
 from textual.app import App
 from textual.content import Content
 
 from tiankong.tui.widgets.candidates import show_token
 from tiankong.tui.widgets.controls import UNDRAWN
 from tiankong.tui.widgets.message import AssistantMessage
+from tiankong.tui.widgets.prompt import _PasteState, install_paste_filter, without_pasted_escapes
 from tiankong.tui.widgets.streaming_text import StreamingText
 
 HOSTILE = (
@@ -65,3 +68,33 @@ def test_no_way_of_drawing_an_answer_sends_a_control_character():
     text = "\n".join(lines)
     assert text.count("Hello") == 4 and text.count("RED") == 4  # all four drew the answer
     assert not undrawn(lines)
+
+
+# ---------------------------------------------------------------- escapes inside a paste
+
+
+def _parsed(chunks: list[str]) -> list:
+    """What Textual's terminal parser makes of input arriving in these chunks (the filter installed)."""
+    install_paste_filter()
+    parser = XTermParser()
+    return [e for chunk in chunks for e in parser.feed(chunk)]
+
+
+@pytest.mark.parametrize("cut", [None, 3, 9, 14, 21, 23])  # whole, or split anywhere, markers included
+def test_escapes_inside_a_paste_stay_text_and_press_no_key(cut):
+    """A pasted ESC ] 0 ; ... BEL opened the votes screen, a pasted ESC [ 1 m sent the message: Textual's
+    parser read them as keys. Now the paste is one Paste event, in order, and no key."""
+    data = "\x1b[200~A\x1b]0;t\x07B\x1b[1mC\r\x1b[201~"
+    events_ = _parsed([data] if cut is None else [data[:cut], data[cut:]])
+    assert [type(e).__name__ for e in events_] == ["Paste"]
+    assert events_[0].text == "A]0;t\x07B[1mC\r"
+
+
+def test_keys_outside_a_paste_are_untouched():
+    state = _PasteState()
+    chunks = ["ab\x1b", "[A", "\x1b[20", "0~x\x1by\x1b[2", "01~\x1b"]  # markers split in two
+    out = [without_pasted_escapes(state, chunk) for chunk in chunks]
+    assert out[:2] == chunks[:2]  # nothing held back outside a paste: a lone ESC is the escape key, now
+    assert "".join(out) == "".join(chunks).replace("\x1by", "y") and not state.inside
+    keys = [e.key for e in _parsed(["x\x1b[A"])]
+    assert keys == ["x", "up"]

@@ -639,9 +639,8 @@ class ChatScreen(Screen[None]):
         if user is None or user.message_id is None:
             self.notify("no message of yours to edit yet")
             return
-        prompt = self.query_one("#prompt", Input)
-        prompt.value = user.content
-        prompt.cursor_position = len(user.content)
+        prompt = self.query_one("#prompt", PromptInput)
+        prompt.text = user.content
         prompt.border_title = "editing your last message · enter resends · esc cancels"
         prompt.add_class("-editing")
         prompt.focus()
@@ -922,7 +921,7 @@ class ChatScreen(Screen[None]):
             self.notify("the tokens view needs a loaded model", severity="warning")
             return
         msgs = self.conversation()
-        pending = self.query_one("#prompt", Input).value
+        pending = self.query_one("#prompt", PromptInput).text
         if pending.strip():
             msgs.append({"role": "user", "content": pending})
         if isinstance(self.engine, RemoteEngine):  # no tokenizer here: the count, and what the server said
