@@ -49,6 +49,17 @@ def turn_starts(messages: Messages) -> list[int]:
     return starts
 
 
+def drop_turns(messages: Messages, k: int) -> list[Mapping[str, Any]]:
+    """The messages without their k oldest turns (the system messages at the start always stay, and
+    so does the last turn)."""
+    messages = list(messages)
+    starts = turn_starts(messages)
+    if not starts:
+        return messages
+    k = min(k, len(starts) - 1)
+    return messages[: starts[0]] + messages[starts[k] :]
+
+
 def fit_messages(
     encode: Callable[[list[Mapping[str, Any]]], P],
     messages: Messages,
@@ -73,7 +84,7 @@ def fit_messages(
     at_least = min(at_least, droppable)
 
     def without(k: int) -> P:  # the prompt without the k oldest turns
-        return encode(head + messages[starts[k] :] if starts else head)
+        return encode(drop_turns(messages, k))
 
     ids = without(at_least)
     if len(ids) <= budget:

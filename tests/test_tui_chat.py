@@ -315,6 +315,20 @@ def test_a_pasted_text_is_sent_whole_with_its_line_breaks(tiny, store, tmp_path)
     assert shown == text.replace("\n", NEWLINE)  # one cell a break, on the one line
 
 
+def test_a_message_longer_than_the_context_is_marked_not_answered(tiny, store, tmp_path):
+    # Said only in a toast before, which went away: the message then stood in the chat unanswered.
+    async def go():
+        async with chat_app(tiny, store, tmp_path, max_new_tokens=4) as (app, pilot, chat):
+            chat.query_one("#prompt", Input).value = "word " * 400  # the tiny model's context is 256
+            await pilot.press("enter")
+            await pilot.pause()
+            return [str(w.render()) for w in chat.transcript.query(".context-notice")], chat.messages
+
+    notes, shown = run(go())
+    assert len(notes) == 1 and notes[0].startswith("⚠ not answered: ") and "shorten the last message" in notes[0]
+    assert [type(w).__name__ for w in shown] == ["UserMessage"]
+
+
 def test_escape_stops_and_keeps_the_partial_answer(tiny, store, tmp_path):
     async def go():
         async with chat_app(tiny, store, tmp_path, seed=1, max_new_tokens=1_000_000) as (app, pilot, chat):

@@ -41,9 +41,23 @@ def test_thirty_turns_drop_old_turns_and_keep_answering(store, tmp_path):
                 notices_at.append(chat.dropped_turns)
             notices = [str(w.render()) for w in chat.transcript.query(ContextNotice)]
             status = str(chat.query_one("#status").render())
-            return infos, notices_at, notices, status, errors, chat.prompt_cache.ids
+            # Opened again later, the chat says which turns the model no longer sees, and ctrl+t shows
+            # the prompt the next answer reads, without them.
+            chat_id, cached = chat.chat_id, chat.prompt_cache.ids
+            await chat.action_new_chat()
+            await chat.open_chat(chat_id)
+            await pilot.pause()
+            reopened = (
+                [str(w.render()) for w in chat.transcript.query(ContextNotice)],
+                str(chat.query_one("#status").render()),
+            )
+            await pilot.press("ctrl+t")
+            await pilot.pause()
+            tokens = app.screen
+            shown = (str(tokens.query_one("#tokens-head").render()), len(tokens.ids), tokens.messages)
+            return infos, notices_at, notices, status, errors, cached, reopened, shown
 
-    infos, dropped, notices, status, errors, cached = run(go())
+    infos, dropped, notices, status, errors, cached, reopened, shown = run(go())
     assert errors == []
     for text, reason in infos:
         assert text.strip() and reason in ("eos", "length", "stop", "context")
@@ -58,3 +72,10 @@ def test_thirty_turns_drop_old_turns_and_keep_answering(store, tmp_path):
     )
     assert f"{dropped[-1]} turns out of context" in status
     assert cached  # the conversation's keys and values are kept for the next turn
+    (notice,), reopened_status = reopened
+    n = int(notice.split("the first ")[1].split(" turns")[0])
+    # (at most as many as the turns dropped one by one: those only grow, a fresh count may need fewer)
+    assert 0 < n <= dropped[-1] and f"{n} turns out of context" in reopened_status
+    head, n_ids, messages = shown
+    assert f"without the chat's first {n} turns" in head and n_ids <= 512
+    assert len(messages) == 2 * (30 - n)  # the kept turns, each a request and its answer

@@ -12,6 +12,7 @@ answer is always rebuilt from the transcript (system prompt + messages).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from pathlib import Path
@@ -27,7 +28,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tiankong.engine.context import PromptCache
+from tiankong.engine.context import PromptCache, drop_turns
 from tiankong.engine.engine import Engine, with_seeds
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.events import Event, Finished, TokenEvent
@@ -363,6 +364,8 @@ class ChatScreen(Screen[None]):
         if isinstance(engine, RemoteEngine):  # chats name the server's model id at its URL
             self.model_id, self.model_name = engine.folder, engine.name
         self.candidates.loading = False
+        if self.chat_id is not None and self.messages and not self.generating:  # opened while it loaded
+            await self._show_dropped()
         self._status()
         if self._queued is not None:
             text, self._queued = self._queued, None
@@ -464,24 +467,43 @@ class ChatScreen(Screen[None]):
             if message is not None:
                 widget.set_branches(message.siblings)
 
+    def _fit(self, msgs: list[dict[str, str]]) -> tuple[list[int], int]:
+        """The next answer's prompt ids for these messages, and how many of the oldest turns it leaves
+        out: they go when the chat and room for an answer no longer fit; an eighth of the context more
+        at once, so that the next turns fit without dropping (and re-reading) again."""
+        assert self.engine is not None
+        ctx = self.engine.cfg.max_seq_len
+        return self.engine.fit(msgs, self.params.max_new_tokens, at_least=self.dropped_turns, slack=ctx // 8)
+
+    async def _note_dropped(self, dropped: int) -> None:
+        """A transcript line where more turns went out of the context than before."""
+        assert self.engine is not None
+        if dropped > self.dropped_turns:
+            await self.transcript.mount(ContextNotice(dropped, self.engine.cfg.max_seq_len))
+        self.dropped_turns = dropped
+
+    async def _show_dropped(self) -> None:
+        """For a chat just opened: the turns its next answer will no longer see, said in the transcript
+        and the status line, as they were when the chat was written."""
+        try:
+            _, dropped = self._fit(self.conversation())
+        except TiankongError:  # the last message alone is too long: said when it is answered
+            return
+        await self._note_dropped(dropped)
+
     async def _answer(self, branch: tuple[list[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         """Start answering the transcript as it stands. branch: (the old answer's tokens before the
         branch point, the candidate picked there): the answer starts with those and continues."""
         self._save_system()
         self._leave_inspect()
-        ctx = self.engine.cfg.max_seq_len
         try:
-            # Oldest turns go when the chat and room for an answer no longer fit; an eighth of the
-            # context more, so that the next turns fit without dropping (and re-reading) again.
-            ids, dropped = self.engine.fit(
-                self.conversation(), self.params.max_new_tokens, at_least=self.dropped_turns, slack=ctx // 8
-            )
-        except TiankongError as e:
+            ids, dropped = self._fit(self.conversation())
+        except TiankongError as e:  # the last message alone is too long: said where it stands, too
             self.notify(str(e), severity="error")
+            await self.transcript.mount(Static(Text(f"⚠ not answered: {e}", style="red"), classes="context-notice"))
+            self.transcript.scroll_end(animate=False)
             return
-        if dropped > self.dropped_turns:
-            await self.transcript.mount(ContextNotice(dropped, ctx))
-        self.dropped_turns = dropped
+        await self._note_dropped(dropped)
         params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
         edited = " (edited)" if self.params != self.preset.params else ""
         answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
@@ -695,6 +717,8 @@ class ChatScreen(Screen[None]):
         await self._mount_messages(chat, chat.messages)
         if chat.preset in self.presets and chat.preset != self.preset.name:
             self._use_preset(chat.preset, quiet=True)
+        if self.engine is not None:
+            await self._show_dropped()
         self.transcript.scroll_end(animate=False)
         note = f"opened “{chat.title or chat.id}”"
         if chat.model != self.model_id:
@@ -924,13 +948,18 @@ class ChatScreen(Screen[None]):
         pending = self.query_one("#prompt", PromptInput).text
         if pending.strip():
             msgs.append({"role": "user", "content": pending})
+        dropped = 0
+        if msgs and not isinstance(self.engine, RemoteEngine):
+            with contextlib.suppress(TiankongError):  # the last message alone too long: shown whole, with the count
+                dropped = self._fit(msgs)[1]
+            msgs = drop_turns(msgs, dropped)
         if isinstance(self.engine, RemoteEngine):  # no tokenizer here: the count, and what the server said
             prompt, ctx = self.engine.encode(messages=msgs), self.engine.cfg
             how = "estimated from characters" if prompt.estimated else "counted by the server"
             of = f" of a {ctx.max_seq_len}-token context" if ctx.context_known else " (context unknown)"
             self.notify(f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}, {how}; the tokens stay there")
             return
-        self.app.push_screen(TokensScreen(self.engine, msgs))
+        self.app.push_screen(TokensScreen(self.engine, msgs, dropped))
 
     def action_compare(self) -> None:
         user = next((w for w in reversed(self.messages) if isinstance(w, UserMessage) and w.role == "user"), None)

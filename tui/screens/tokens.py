@@ -65,9 +65,11 @@ class TokensScreen(Screen[None]):
     CSS_PATH = "tokens.tcss"
     BINDINGS = [Binding("escape,ctrl+t", "app.pop_screen", "back to chat")]
 
-    def __init__(self, eng: Any, messages: list[dict[str, str]]) -> None:
+    def __init__(self, eng: Any, messages: list[dict[str, str]], dropped: int = 0) -> None:
+        """messages: what the next answer reads; dropped: how many of the chat's oldest turns the
+        context left out of them."""
         super().__init__()
-        self.eng, self.messages = eng, messages
+        self.eng, self.messages, self.dropped = eng, messages, dropped
 
     def compose(self) -> ComposeResult:
         try:
@@ -78,6 +80,9 @@ class TokensScreen(Screen[None]):
         self.ids = ids
         template = "chat template" if self.eng.template is not None else "plain text (no chat template)"
         head = Text.assemble((f" {len(ids)} tokens ", "bold reverse"), f"  the next answer's prompt, as {template}")
+        if self.dropped:
+            turns = "turn" if self.dropped == 1 else f"{self.dropped} turns"
+            head.append(f" · without the chat's first {turns}, which no longer fit the context", style="dim")
         if error:
             head = Text(error, style="bold red")
         yield Static(head, id="tokens-head")
