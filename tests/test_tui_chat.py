@@ -138,7 +138,7 @@ def test_send_streams_the_answer_and_stores_both_messages(tiny, store, tmp_path)
     user, assistant = stored.messages
     assert (user.role, user.content) == ("user", "hello there")
     assert assistant.role == "assistant" and assistant.content == content
-    assert assistant.preset == "balanced" and assistant.seed == 7 == assistant.params["seed"]
+    assert assistant.preset == "balanced (edited)" and assistant.seed == 7 == assistant.params["seed"]
     assert assistant.params["max_new_tokens"] == 40 and assistant.finish_reason in ("eos", "length")
     assert assistant.tokens == tokens and 0 < len(tokens) <= 40
     first = tokens[0]
@@ -402,7 +402,12 @@ def test_preset_editor_refuses_bad_values_and_the_next_answer_uses_good_ones(tin
             editor.query_one("#field-top_k", Input).value = "many"
             await pilot.press("enter")
             await pilot.pause()
-            assert "top_k must be an integer in [0, 1000000]" in str(editor.query_one("#editor-error").render())
+            both = str(editor.query_one("#editor-error").render()).splitlines()
+            assert both[0].startswith("temperature must be") and "top_k must be an integer in [0, 1000000]" in both[1]
+            assert editor.query_one("#field-top_k", Input).has_class(
+                "-invalid"
+            )  # every bad field marked, the first focused
+            assert editor.focused is editor.query_one("#field-temperature", Input)
             for name, value in (("temperature", "0.3"), ("top_k", "5"), ("seed", "123"), ("max_new_tokens", "7")):
                 editor.query_one(f"#field-{name}", Input).value = value
             await pilot.press("enter")
@@ -413,7 +418,7 @@ def test_preset_editor_refuses_bad_values_and_the_next_answer_uses_good_ones(tin
             return store.get_chat(chat.chat_id).messages[-1]
 
     msg = run(go())
-    assert msg.preset == "balanced"
+    assert msg.preset == "balanced (edited)"  # stored as the answer was titled, live and reopened
     assert (msg.params["temperature"], msg.params["top_k"], msg.params["max_new_tokens"]) == (0.3, 5, 7)
     assert msg.seed == 123 and len(msg.tokens) <= 7
     # top-k 5: at most 5 candidates survive the sampler chain at every step.
@@ -866,7 +871,9 @@ def test_help_palette_and_votes_keys(tiny, store, tmp_path):
     helped, commands, votes, presets = run(go())
     keys = [key for _, rows in helped for key, _ in rows]
     for binding in ChatScreen.BINDINGS:  # every chat key is listed, and is a palette command
-        assert any(binding.description.lower() == c.lower() for c in commands), binding.description
+        title = "keys and help" if binding.action == "app.help" else binding.description.lower()
+        assert any(title == c.lower() for c in commands), binding.description
+    assert [c for c in commands if c.startswith("Keys")] == ["Keys and help"]  # not three entries named "Keys"
     assert {"^r", "f5", "f6", "← / [", "→ / ]", "c", "ctrl+p"} <= set(keys)
     assert all(f"Preset: {p}" in commands for p in presets)
     try:

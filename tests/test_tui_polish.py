@@ -20,6 +20,7 @@ from textual.widgets._toast import Toast, ToastRack
 from tiny_models import make_model
 
 from tiankong.presets import load_presets
+from tiankong.tui.screens.chat import TITLE_CHARS, chat_title
 from tiankong.tui.screens.compare import CompareScreen
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.store import DB_NAME, Store
@@ -188,3 +189,12 @@ def test_two_answers_name_zero_both_bad(tiny, tmp_path):
                 assert "end of text" in lines[-1] or any("max tokens · " in line for line in lines)
 
         asyncio.run(go())
+
+
+def test_a_chat_title_is_cut_after_a_word_and_says_so():
+    long = "Write a very long story about a dragon and a princess and a castle by the sea"
+    assert chat_title("  Hello\n  there ") == "Hello there"
+    title = chat_title(long)
+    assert title == "Write a very long story about a dragon and a princess and a…"
+    assert len(title) <= TITLE_CHARS + 1 and long.startswith(title[:-1])
+    assert chat_title("小猫" * 40) == "小猫" * (TITLE_CHARS // 2) + "…"  # no spaces: cut at the limit

@@ -226,12 +226,14 @@ class TiankongApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The command palette (ctrl+p): every chat action by name, each preset, the app's own."""
-        yield from super().get_system_commands(screen)
+        # Textual's own "Keys" (its help panel) and the chat's f1 binding would be two more entries
+        # named "Keys" beside this one.
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
         yield SystemCommand("Keys and help", "every key, grouped (f1)", self.action_help)
         yield SystemCommand("Votes", "the stored preference votes (ctrl+g)", self.action_votes)
         if isinstance(screen, ChatScreen):
             for b in ChatScreen.BINDINGS:
-                if isinstance(b, Binding):
+                if isinstance(b, Binding) and b.action != "app.help":
                     title = b.description[:1].upper() + b.description[1:]
                     yield SystemCommand(
                         title, f"{b.tooltip} ({self.get_key_display(b)})", partial(screen.run_action, b.action)

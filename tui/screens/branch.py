@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from rich.cells import set_cell_size
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -49,7 +50,7 @@ class CandidatePicker(ModalScreen[dict | None]):
             options = [
                 Option(
                     Text.assemble(
-                        (f"{show_token(c['text'])[:24]:<24}", "bold"),
+                        (set_cell_size(show_token(c["text"]), 24), "bold"),  # cells: 小 is two wide
                         f" model {pct(math.exp(c['logprob']))}",
                         (f" · preset {pct(c['p_sample'])}", "dim"),
                     ),

@@ -55,6 +55,19 @@ T = TypeVar("T")
 
 TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
 TITLE_CHARS = 60  # a new chat is titled with the start of its first message
+
+
+def chat_title(text: str) -> str:
+    """A chat's title: its first message on one line, cut after a word (or, in text without spaces
+    such as Chinese, at TITLE_CHARS) with "…" where it was cut."""
+    line = " ".join(text.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > TITLE_CHARS // 2 else cut) + "…"
+
+
 INTRO = (
     "Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
     "model weighed at each step and what your preset made of them. Afterwards f5 steps through the "
@@ -435,10 +448,10 @@ class ChatScreen(Screen[None]):
             await self._remove_from(self.editing_id)
             self._end_edit()
             if self.chat_id is not None and not self.messages:  # the first message changed: so does the title
-                self._save(self.store.update_chat, self.chat_id, title=" ".join(text.split())[:TITLE_CHARS])
+                self._save(self.store.update_chat, self.chat_id, title=chat_title(text))
         if self.chat_id is None:
             self._saved_system = self.query_one("#system", Input).value.strip()
-            title = " ".join(text.split())[:TITLE_CHARS]
+            title = chat_title(text)
             self.chat_id = self._save(
                 self.store.create_chat, self.model_id, self.preset.name, self._saved_system, title
             )
@@ -523,7 +536,7 @@ class ChatScreen(Screen[None]):
         self.generating = True
         self._cancel = threading.Event()
         self._status()
-        self._generate(ids, params, self.preset.name, answer, self._cancel)
+        self._generate(ids, params, self.preset.name + edited, answer, self._cancel)  # stored as shown
 
     class Streamed(Message):
         """A batch of tokens from the generation worker."""

@@ -130,22 +130,32 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
         self.action_apply()
 
     def action_apply(self) -> None:
+        """Apply, or say what is wrong with every field that is, in the order shown."""
         changes: dict[str, Any] = {}
-        try:
-            for name in FIELDS:
+        errors: list[str] = []
+        for name in FIELDS:
+            try:
                 changes[name] = parse_field(name, self._input(name).value)
-            params = self.params.replace(**changes)
-        except InputError as e:
-            self._error(str(e))
+                self.params.replace(**{name: changes[name]})  # this field's range alone
+            except InputError as e:
+                errors.append(str(e))
+        params = None
+        try:
+            params = self.params.replace(**changes) if not errors else None
+        except InputError as e:  # the fields together (each alone was in range)
+            errors.append(str(e))
+        if params is None:
+            self._error(errors)
             return
         self.dismiss(params)
 
-    def _error(self, message: str) -> None:
-        self.query_one("#editor-error", Static).update(Text(message, style="bold red"))
-        bad = next((n for n in FIELDS if message.startswith(n + " ")), None)
+    def _error(self, messages: list[str]) -> None:
+        self.query_one("#editor-error", Static).update(Text("\n".join(messages), style="bold red"))
+        bad = [n for n in FIELDS if any(m.startswith(n + " ") for m in messages)]
+        for name in bad:
+            self._input(name).add_class("-invalid")
         if bad:
-            self._input(bad).add_class("-invalid")
-            self._input(bad).focus()
+            self._input(bad[0]).focus()
 
     def action_reset(self) -> None:
         for name in FIELDS:
