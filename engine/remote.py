@@ -406,8 +406,8 @@ class _Row:
 
     def _finished(self, state: _State) -> Finished:
         """The row's Finished, with the engine's reasons: OpenAI's "stop" is "eos" unless stop strings
-        were given (then "stop"; a server that streams the stop string, as tiankong serve does, has
-        it cut here, as the engine cuts it), "length" is "context" when max_tokens was not reached."""
+        were given (then "stop"; a server that streams the stop string, as some do, has it cut
+        here, as the engine cuts it), "length" is "context" when max_tokens was not reached."""
         n, p, text = len(state.ids), self.params, "".join(state.text)
         reason = {"stop": "stop" if p.stop else "eos", "length": "length" if n >= p.max_new_tokens else "context"}
         finish = "cancelled" if state.finish is None else reason.get(state.finish, state.finish)

@@ -11,24 +11,29 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
+import random
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import pytest
 from tiny_models import STORIES, make_model
 
 from tiankong.engine.batcher import Batcher, QueueFull
 from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.sampling import SamplingParams
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from tiankong.tui.serve import ServeConfig, build_app, check_bind, new_batcher  # noqa: E402
+from tiankong.tui.openai_format import HeldText  # noqa: E402
+from tiankong.tui.serve import ServeConfig, build_app, check_bind, http_server, listen, new_batcher, serve  # noqa: E402
 
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
 
@@ -53,18 +58,14 @@ def tiny(tmp_path_factory) -> dict[str, Engine]:
 
 @contextlib.contextmanager
 def running(engine: Engine, **overrides):
-    """A real uvicorn server on a free port, in a thread -> (base URL, batcher, uvicorn server)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = ServeConfig(port=port, **overrides)
+    """A real server as `tiankong serve` runs it (its sockets, its uvicorn) on a free port, in a
+    thread -> (base URL, batcher, uvicorn server)."""
+    cfg = ServeConfig(port=0, **overrides)
+    socks = listen(cfg)
+    port = socks[0].getsockname()[1]
     batcher = new_batcher(engine, cfg)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(engine, batcher, cfg), port=port, log_level="error", timeout_graceful_shutdown=cfg.drain_s
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = http_server(build_app(engine, batcher, cfg), cfg, log_level="error")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": socks}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
@@ -74,6 +75,38 @@ def running(engine: Engine, **overrides):
         server.should_exit = True
         thread.join(timeout=30)
         batcher.close()
+
+
+@contextlib.contextmanager
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """What uvicorn logs while the block runs (its "uvicorn.error" logger: a request's traceback,
+    tasks cancelled at shutdown). Enter it after the server started: uvicorn's Config resets the
+    logger's handlers."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("uvicorn.error")
+    log.addHandler(handler)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def slowed(batcher: Batcher, seconds: float):
+    """Every event of the requests submitted meanwhile waits `seconds` in the batcher's thread, so a
+    request runs as long as a test needs, whatever the machine's speed."""
+    submit = batcher.submit
+
+    def slow_submit(*args, sink, **kwargs):
+        return submit(*args, sink=lambda ev: (time.sleep(seconds), sink(ev)), **kwargs)
+
+    batcher.submit = slow_submit
+    try:
+        yield
+    finally:
+        batcher.submit = submit
 
 
 def reference(engine: Engine, ids: list[int], params: SamplingParams, k: int = 0):
@@ -91,6 +124,20 @@ def raw(base: str, method: str, path: str, body: bytes | None = None, headers: d
     data = resp.read()
     conn.close()
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(data) if data else None
+
+
+def sse(base: str, path: str, payload: dict) -> Iterator[dict | str]:
+    """A streamed request over plain HTTP -> its data: payloads as they come (dicts, then "[DONE]")."""
+    host, port = base.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/v1" + path, json.dumps(payload | {"stream": True}), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    for line in resp:
+        if line.startswith(b"data: "):
+            data = line[len(b"data: ") :].strip()
+            yield "[DONE]" if data == b"[DONE]" else json.loads(data)
+    conn.close()
 
 
 # ------------------------------------------------------------------------------ the batcher
@@ -314,8 +361,9 @@ def test_completions_logprobs_equal_the_engines(request, which):
         stream = client.completions.create(model=name, prompt=prompt, max_tokens=20, seed=7, logprobs=5, stream=True)
         chunks = list(stream)
         assert "".join(ch.choices[0].text for ch in chunks) == fin.text
-        streamed = [ch.choices[0].logprobs.token_logprobs[0] for ch in chunks if ch.choices[0].logprobs]
-        assert streamed == pytest.approx([e.logprob for e in toks], abs=1e-4)
+        streamed = [ch.choices[0].logprobs for ch in chunks if ch.choices[0].logprobs]  # a chunk per text
+        assert [x for lp in streamed for x in lp.token_logprobs] == pytest.approx([e.logprob for e in toks], abs=1e-4)
+        assert [x for lp in streamed for x in lp.text_offset] == c.logprobs.text_offset
         assert chunks[-1].choices[0].finish_reason == "length"
         assert batcher.rows == 0
 
@@ -396,6 +444,74 @@ def test_stop_strings_and_finish_reasons(stories):
         assert [m.id for m in models.data] == ["stories260K"]
 
 
+def test_held_text_sends_no_part_of_a_stop_string_and_adds_up_to_the_engines_text():
+    """Random texts in random pieces, stop strings that overlap and share beginnings: whatever was
+    sent after each piece is a prefix of the final text (the engine's: cut before the first stop
+    string, once a piece completes one), and what finish sends completes it exactly."""
+    rng = random.Random(0)
+    for _ in range(2000):
+        stops = tuple(rng.sample(["ab", "b a", "aab", "ba", "aaa", "b"], rng.randint(1, 3)))
+        text, pieces, final = "", [], None
+        while final is None and len(text) < 30:
+            piece = "".join(rng.choice("ab ") for _ in range(rng.randint(0, 4)))
+            pieces.append(piece)
+            text += piece
+            hits = [i for s in stops if (i := text.find(s)) >= 0]
+            final = text[: min(hits)] if hits else None
+        final = text if final is None else final
+        held, sent = HeldText(stops), ""
+        for piece in pieces:
+            sent += held.push(piece)
+            assert final.startswith(sent), (stops, pieces, sent)
+        assert sent + held.finish(final) == final
+    held = HeldText(("Ra",))  # QA's case: " R" then "a" must not stream " R"
+    assert [held.push(p) for p in ("A", " cat", " R", "a")] + [held.finish("A cat ")] == ["A", " cat", "", "", " "]
+
+
+@needs_stories
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completions"])
+@pytest.mark.parametrize("across", [False, True], ids=["one-token-stop", "stop-across-tokens"])
+def test_streamed_text_with_stop_strings_equals_the_non_streamed_text(stories, chat, across):
+    """A stop string of one token, or one that starts inside a token and ends in the next: each of
+    n = 2 streamed choices adds up to its non-streamed text (no stop string, no beginning of one),
+    with the same finish_reason and the logprobs of every token, the stop string's too."""
+    with running(stories, prefix_cache_mib=0) as (base, _, _):
+        client = openai.OpenAI(base_url=base, api_key="none")
+        kw = dict(model="stories260K", max_tokens=40, seed=1, n=2)
+        if chat:
+            kw |= dict(messages=[{"role": "user", "content": "Tell me a story about a cat."}], logprobs=True)
+            create = client.chat.completions.create
+        else:
+            kw |= dict(prompt="Once upon a time", logprobs=0)
+            create = client.completions.create
+
+        def answers(r) -> list[tuple[str, str, list[str]]]:
+            """(text, finish_reason, tokens) per choice, from one response or from its chunks."""
+            out = [["", None, []] for _ in range(2)]
+            for part in [r] if hasattr(r, "choices") else r:
+                for c in part.choices:
+                    text = (c.message.content if hasattr(c, "message") else c.delta.content) if chat else c.text
+                    lp = c.logprobs
+                    out[c.index][0] += text or ""
+                    out[c.index][1] = c.finish_reason or out[c.index][1]
+                    out[c.index][2] += [e.token for e in lp.content] if chat and lp else (lp.tokens if lp else [])
+            return [tuple(o) for o in out]
+
+        (text, _, tokens), _ = answers(create(**kw))
+        starts = [sum(map(len, tokens[:k])) for k in range(len(tokens))]
+        for k in range(3, len(tokens) - 1):  # a stop string the first choice reaches first there
+            stop = tokens[k][-2:] + tokens[k + 1][:2] if across else tokens[k]
+            at = starts[k] + len(tokens[k]) - len(tokens[k][-2:]) if across else starts[k]
+            if stop.strip() and text.find(stop) == at and (not across or len(tokens[k]) > 1):
+                break
+        else:
+            pytest.fail(f"no stop string found in {tokens}")
+        whole = answers(create(**kw, stop=[stop]))
+        streamed = answers(create(**kw, stop=[stop], stream=True))
+        assert streamed == whole
+        assert whole[0][0] == text[:at] and whole[0][1] == "stop" and stop not in streamed[0][0]
+
+
 # ------------------------------------------------------------------------------ raw HTTP
 
 
@@ -424,12 +540,78 @@ def test_bad_requests_get_openai_errors_naming_the_field(stories):
         assert (status, out["error"]["param"]) == (400, "frobnicate")
         status, _, out = post(json.dumps({"messages": "hi"}).encode(), "/chat/completions")
         assert (status, out["error"]["param"]) == (400, "messages")
+        status, _, out = post({"messages": [{"role": "wizard", "content": "Hi"}]}, "/chat/completions")
+        assert (status, out["error"]["param"]) == (400, "messages")
+        assert "'wizard'" in out["error"]["message"] and "system, user, assistant" in out["error"]["message"]
         status, _, out = post(b"[1, 2]")
         assert status == 400 and "object" in out["error"]["message"]
         status, _, out = post(body | {"prompt": "x" * 5000})
         assert status == 413 and "limit" in out["error"]["message"]
         status, _, out = post(body | {"model": "gpt-4"})
         assert (status, out["error"]["param"]) == (404, "model")
+
+
+@needs_stories
+def test_every_error_is_openai_json_and_the_model_can_be_retrieved(stories):
+    """Unknown paths (404) and methods (405) answer in OpenAI's error shape like every other error;
+    GET /v1/models/{id} gives the served model's card (openai's models.retrieve), another id a 404."""
+    with running(stories, api_key="secret") as (base, _, _):
+        auth = {"Authorization": "Bearer secret"}
+        for method, path, status in (
+            ("GET", "/nothing", 404),
+            ("GET", "/chat/completions", 405),
+            ("POST", "/models", 405),
+            ("GET", "/models/gpt-4", 404),
+        ):
+            got, headers, out = raw(base, method, path, headers=auth)
+            assert got == status and headers["content-type"] == "application/json", (method, path)
+            assert set(out["error"]) == {"message", "type", "param", "code"}
+            assert out["error"]["type"] == "invalid_request_error" and out["error"]["message"]
+        assert raw(base, "GET", "/chat/completions")[1]["allow"] == "POST"
+        assert raw(base, "GET", "/models/stories260K")[0] == 401
+        client = openai.OpenAI(base_url=base, api_key="secret")
+        model = client.models.retrieve("stories260K")
+        assert (model.id, model.object) == ("stories260K", "model")
+        with pytest.raises(openai.NotFoundError) as err:
+            client.models.retrieve("gpt-4")
+        assert err.value.code == "model_not_found"
+
+
+def test_a_port_in_use_is_one_clear_error_and_nothing_is_announced(tiny):
+    """The address is bound before the "serving ..." line: a port in use is one line (InputError,
+    which the CLI prints as its error), with no announcement before it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        lines: list[str] = []
+        with pytest.raises(InputError, match=rf"^port {port} on 127\.0\.0\.1 is in use; pick another with --port$"):
+            serve(tiny["gpt2"], ServeConfig(port=port), announce=lines.append)
+        assert lines == []
+
+
+@needs_stories
+def test_a_client_gone_mid_body_is_no_traceback(stories):
+    """Content-Length 100, part of the body, then the connection closes: the request ends quietly
+    (nothing logged) and the server goes on."""
+    with running(stories) as (base, _, server), logged() as log:
+        api, done = server.api, threading.Event()
+        read = api._read_json
+
+        async def read_and_tell(request):
+            try:
+                return await read(request)
+            finally:
+                done.set()
+
+        api._read_json = read_and_tell
+        host, port = base.split("//")[1].split("/")[0].split(":")
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(head + b'Content-Length: 100\r\n\r\n{"messages"')
+        assert done.wait(30)
+        assert raw(base, "GET", "/models")[0] == 200
+        assert [r.getMessage() for r in log] == []
 
 
 @needs_stories
@@ -534,20 +716,45 @@ def test_no_leak_after_a_thousand_requests(stories):
 
 
 @needs_stories
-def test_graceful_shutdown_drains_or_cancels_and_stops_the_batcher(stories):
-    """SIGINT/SIGTERM (uvicorn's should_exit): a request under way is drained, a stream past the
-    drain time is cancelled between tokens, and the batcher ends with no row and no thread."""
-    with running(stories, drain_s=0.3) as (base, batcher, server):
-        sock = _open_stream(base, {"model": "stories260K", "prompt": "Once", "max_tokens": 500})
-        short = ThreadPoolExecutor(1).submit(
-            raw, base, "POST", "/completions", json.dumps({"prompt": "Once", "max_tokens": 3}).encode(), {}
-        )
-        _wait_for(lambda: batcher.rows + batcher.pending >= 1, "the requests never arrived")
+def test_shutdown_answers_queued_requests_at_once_and_ends_running_streams_properly(stories):
+    """SIGINT/SIGTERM (uvicorn's should_exit) with two requests running and two queued (max_rows 2):
+    the queued ones are answered at once, a 503 or a stream's last chunk "cancelled" and [DONE];
+    so is one whose body is still coming (503). The short running one finishes within drain_s; the
+    long one is cancelled after drain_s between two tokens, its stream still ending with
+    finish_reason "cancelled" and [DONE]. Nothing is logged (no cancelled task, no traceback) and
+    the batcher ends with no row and no thread."""
+    drain = 3.0
+    prompt = {"model": "stories260K", "prompt": "Once", "seed": 1}
+    with running(stories, max_rows=2, drain_s=drain) as (base, batcher, server), logged() as log:
+        pool = ThreadPoolExecutor(4)
+        with slowed(batcher, 0.01):  # the long stream runs past drain_s: 450 steps of 10 ms at least
+            long = sse(base, "/completions", prompt | {"max_tokens": 450, "temperature": 2})
+            assert next(long)["choices"][0]["text"] is not None  # under way
+            short = pool.submit(raw, base, "POST", "/completions", json.dumps(prompt | {"max_tokens": 20}).encode())
+            _wait_for(lambda: batcher.rows == 2, "the short request never ran")
+            queued = pool.submit(raw, base, "POST", "/completions", json.dumps(prompt | {"max_tokens": 5}).encode())
+            queued_stream = pool.submit(lambda: list(sse(base, "/completions", prompt | {"max_tokens": 5})))
+            _wait_for(lambda: batcher.pending == 2, "the requests never queued")
+        host, port = base.split("//")[1].split("/")[0].split(":")
+        uploading = socket.create_connection((host, int(port)))
+        uploading.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        _wait_for(lambda: server.api.reading, "the body was never read")
+        t0 = time.monotonic()
         server.should_exit = True
-        assert short.result()[0] == 200
-        sock.settimeout(30)
-        while sock.recv(65536):  # the stream ends (complete or cut), the connection closes
-            pass
-        sock.close()
+        uploading.settimeout(30)
+        assert uploading.recv(65536).startswith(b"HTTP/1.1 503 ")
+        uploading.close()
+        status, _, out = queued.result()
+        assert status == 503 and out["error"]["type"] == "server_error" and "shutting down" in out["error"]["message"]
+        chunks = queued_stream.result()
+        assert chunks[-1] == "[DONE]" and chunks[-2]["choices"][0]["finish_reason"] == "cancelled"
+        assert "".join(ch["choices"][0]["text"] for ch in chunks[:-1]) == ""
+        assert time.monotonic() - t0 < drain  # at once, not after the running requests
+        status, _, out = short.result()
+        assert status == 200 and out["choices"][0]["finish_reason"] == "length"  # drained
+        rest = list(long)
+        assert time.monotonic() - t0 >= drain * 0.9  # it had its drain time
+        assert rest[-1] == "[DONE]" and rest[-2]["choices"][0]["finish_reason"] == "cancelled"
         _wait_for(lambda: not batcher._thread.is_alive(), "the batcher's thread did not stop")
         assert batcher.rows == 0 and batcher.pending == 0
+        assert [r.getMessage() for r in log] == []

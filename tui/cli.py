@@ -825,8 +825,7 @@ def serve(
     )
     check_bind(cfg.host, cfg.api_key)  # before the model loads
     eng = _load(model, device, dtype, chat_template)
-    err.print(f"serving {eng.folder.name} on http://{host}:{port}/v1 ({eng.decode_path})", highlight=False)
-    run_server(eng, cfg)
+    run_server(eng, cfg)  # says "serving ... on ..." once the port is bound
 
 
 # Commands that build their options from the trainers' config classes, whose modules import torch.

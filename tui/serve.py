@@ -4,33 +4,43 @@
     curl localhost:8000/v1/completions -d '{"prompt": "Once", "max_tokens": 20, "logprobs": 5}'
 
 Routes: /v1/chat/completions, /v1/completions (streaming as server-sent events ending in
-`data: [DONE]`, or one JSON), /v1/models, /health. Requests go to one engine.batcher.Batcher, whose
-thread runs the decode loop; the event loop only parses, queues and writes (openai_format.py holds
-the request checks and response shapes).
+`data: [DONE]`, or one JSON), /v1/models, /v1/models/{id}, /health; any other path or method gets
+OpenAI's error JSON too. Requests go to one engine.batcher.Batcher, whose thread runs the decode
+loop; the event loop only parses, queues and writes (openai_format.py holds the request checks and
+response shapes). A stream holds back text where a stop string may begin (openai_format.HeldText),
+so it adds up to the non-streamed answer and never shows a stop string.
 
 Limits: a bounded queue (429 with Retry-After when full), a body size cap (413), a max_tokens cap
 (the context, by default), a per-request timeout (rows still running are cancelled), 400 with
 OpenAI's error JSON naming the field for anything malformed. The server binds 127.0.0.1 unless
 told otherwise, and any other address needs an API key (--api-key or TIANKONG_API_KEY), then
-required as `Authorization: Bearer KEY` on every route but /health. On SIGINT/SIGTERM uvicorn stops
-accepting connections and gives running requests `drain_s` seconds; what is still running then is
-cancelled between two tokens, so no row or cache is left half-written.
+required as `Authorization: Bearer KEY` on every route but /health. On SIGINT/SIGTERM the server
+stops taking requests, answers at once those that have not started (503, or a stream's last chunk
+"cancelled"), and gives the running ones `drain_s` seconds; what is still running then is cancelled
+between two tokens and ends its answer as usual (finish_reason "cancelled", then [DONE]), before
+uvicorn's own graceful timeout would cut it. No row or cache is left half-written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import ipaddress
 import json
+import socket
+import sys
 import time
+import weakref
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
+import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -40,6 +50,10 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.presets import get_preset
 from tiankong.tui import openai_format as fmt
+
+# After drain_s, the cancelled rows end within a decode step and their last chunks are written; uvicorn
+# cancels whatever task is left only this much later, so no stream is cut before its [DONE].
+FINAL_S = 5.0
 
 
 @dataclass
@@ -87,13 +101,29 @@ def build_app(engine: Engine, batcher: Batcher, cfg: ServeConfig) -> Starlette:
     routes = [
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", server.model, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/tokenize", server.tokenize, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.server = server
     return app
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own errors (no such route: 404; a route without this method: 405) in OpenAI's shape,
+    so a client reads every error the same way."""
+    method, path = request.method, request.url.path
+    allow = (exc.headers or {}).get("Allow")
+    if exc.status_code == 404:
+        message = f"Invalid URL ({method} {path})"
+    elif exc.status_code == 405 and allow:
+        message = f"{method} is not allowed on {path}; use {allow}"
+    else:
+        message = exc.detail
+    err = fmt.ApiError(exc.status_code, message)
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 class _Server:
@@ -102,6 +132,9 @@ class _Server:
         self.name = cfg.model_name or engine.folder.name
         self.max_tokens = min(cfg.max_tokens or engine.cfg.max_seq_len, engine.cfg.max_seq_len)
         self.created = int(time.time())
+        self.streams: weakref.WeakSet[_Stream] = weakref.WeakSet()  # requests queued or running
+        self.reading: set[asyncio.Task] = set()  # requests whose body is still coming
+        self.closing = False  # shutting down: no new requests
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "rows": self.batcher.rows, "pending": self.batcher.pending})
@@ -109,9 +142,17 @@ class _Server:
     async def models(self, request: Request) -> Response:
         if (denied := self._auth(request)) is not None:
             return denied
-        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "tiankong"}
-        card["context_length"] = self.engine.cfg.max_seq_len
-        return JSONResponse({"object": "list", "data": [card]})
+        return JSONResponse({"object": "list", "data": [self._card()]})
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{id}: the served model's card (openai's client.models.retrieve)."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        model = request.path_params["model"]
+        if not self._serves(model):
+            err = self._unknown_model(model)
+            return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(self._card())
 
     async def chat(self, request: Request) -> Response:
         return await self._complete(request, chat=True)
@@ -146,6 +187,33 @@ class _Server:
             return JSONResponse(err.body(), status_code=400)
         return JSONResponse({"count": len(ids), "max_model_len": self.engine.cfg.max_seq_len, "tokens": ids})
 
+    def _card(self) -> dict[str, Any]:
+        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "tiankong"}
+        card["context_length"] = self.engine.cfg.max_seq_len
+        return card
+
+    def _serves(self, model: str) -> bool:
+        return model in (self.name, str(self.engine.folder))
+
+    def _unknown_model(self, model: str) -> fmt.ApiError:
+        return fmt.ApiError(404, f"model {model!r} is not served here; use {self.name!r}", "model", "model_not_found")
+
+    # ---------------------------------------------------------------- shutdown
+
+    def begin_shutdown(self) -> None:
+        """Stop taking requests; end those that have not started now, and cancel the running ones
+        after drain_s (between two tokens: each still ends its answer, "cancelled")."""
+        self.closing = True
+        for reader in list(self.reading):
+            reader.cancel()
+        for stream in list(self.streams):
+            stream.cancel_unstarted()
+        asyncio.get_running_loop().call_later(self.cfg.drain_s, self._cancel_running)
+
+    def _cancel_running(self) -> None:
+        for stream in list(self.streams):
+            stream.cancel()
+
     # ---------------------------------------------------------------- one request
 
     async def _complete(self, request: Request, chat: bool) -> Response:
@@ -161,8 +229,8 @@ class _Server:
                 max_tokens_cap=self.max_tokens,
                 preset=lambda name: get_preset(name).params,
             )
-            if "model" in body and body["model"] not in (self.name, str(self.engine.folder)):
-                raise fmt.ApiError(404, f"model {body['model']!r} is not served here; use {self.name!r}", "model")
+            if "model" in body and not self._serves(body["model"]):
+                raise self._unknown_model(body["model"])
             ids = [await asyncio.to_thread(self._encode, job, p) for p in job.prompts]
             queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
             reqs = self._submit(job, ids, queue)
@@ -189,16 +257,32 @@ class _Server:
         return JSONResponse(err.body(), status_code=401)
 
     async def _read_json(self, request: Request) -> Any:
-        """The body, refused past max_body_bytes before it is all read (413), parsed as JSON (400)."""
+        """The body, refused past max_body_bytes before it is all read (413), parsed as JSON (400);
+        503 when the server begins to shut down while the body is still coming."""
         cap = self.cfg.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             raise fmt.ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {cap:,}")
         data = bytearray()
-        async for part in request.stream():
-            data += part
-            if len(data) > cap:
-                raise fmt.ApiError(413, f"the request body is over the limit of {cap:,} bytes")
+        reader = asyncio.current_task()
+        self.reading.add(reader)
+        try:
+            async for part in request.stream():
+                data += part
+                if len(data) > cap:
+                    raise fmt.ApiError(413, f"the request body is over the limit of {cap:,} bytes")
+        except ClientDisconnect:  # nobody reads the answer; an error response ends the request quietly
+            raise fmt.ApiError(400, "the client closed the connection before sending the whole body") from None
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
+            # begin_shutdown's cancel: the request has not started, so it is answered now like a queued
+            # one, instead of holding the shutdown until uvicorn cancels it (with a traceback).
+            if hasattr(reader, "uncancel"):  # Python 3.11+ counts cancellations; this one is handled
+                reader.uncancel()
+            raise _shutting_down() from None
+        finally:
+            self.reading.discard(reader)
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -224,6 +308,8 @@ class _Server:
 
     def _submit(self, job: fmt.Job, ids: list[list[int]], queue: asyncio.Queue) -> list:
         """One batcher request per prompt (n rows each, seeds seed, seed + 1, ...); all or none."""
+        if self.closing:
+            raise _shutting_down()
         loop = asyncio.get_running_loop()
         p = job.params
         if p.seed is None:
@@ -257,6 +343,9 @@ class _Stream:
         self.server, self.job, self.ids, self.reqs, self.queue = server, job, ids, reqs, queue
         self.left = len(reqs) * job.n  # rows not finished
         self.deadline = time.monotonic() + server.cfg.timeout_s
+        self.started: set[int] = set()  # prompts with an event already
+        self.refused = False  # shutdown came before any prompt started: 503
+        server.streams.add(self)
 
     def choice_index(self, i: int, ev: Event) -> int:
         return i * self.job.n + ev.row
@@ -279,15 +368,25 @@ class _Stream:
                     if request is not None and await request.is_disconnected():
                         self.cancel()
                     continue
+                self.started.add(i)
                 self.left -= isinstance(ev, Finished)
                 yield i, ev
         finally:
+            self.server.streams.discard(self)
             if self.left:  # the client went away (or the server is stopping): free the rows now
                 self.cancel()
 
     def cancel(self) -> None:
         for r in self.reqs:
             r.cancel()
+
+    def cancel_unstarted(self) -> None:
+        """At shutdown: cancel the prompts with nothing generated yet (queued, or their prompt being
+        read), so their client is answered now instead of after the running requests."""
+        self.refused = not self.started
+        for i, r in enumerate(self.reqs):
+            if i not in self.started:
+                r.cancel()
 
     def token_text(self, ev: TokenEvent) -> str:
         return self.server.engine.token_text(ev.id)
@@ -301,37 +400,46 @@ class _Stream:
             delta = {"role": "assistant", "content": ""}
             first = [{"index": c, "delta": delta, "logprobs": None, "finish_reason": None} for c in range(self.left)]
             yield _sse(fmt.envelope(job, name, first, chunk=True))
-        offsets: dict[int, int] = {}
+        out: dict[int, _Choice] = {}
         async for i, ev in self.events():
             c = self.choice_index(i, ev)
+            if c not in out:
+                out[c] = _Choice(self.reqs[i].params[ev.row].stop, job.logprobs)
+            choice = out[c]
             if isinstance(ev, TokenEvent):
                 completion_tokens += 1
-                choice = self._chunk_choice(c, ev, offsets)
+                chunks = [self._text_chunk(c, choice, text) for text in choice.token(ev)]
             else:
-                choice = self._final_chunk_choice(c, ev)
-            if choice is not None:
-                yield _sse(fmt.envelope(job, name, [choice], chunk=True))
+                chunks = [self._text_chunk(c, choice, text) for text in choice.end(ev)]
+                chunks.append(self._final_chunk_choice(c, ev))
+            for chunk in chunks:
+                yield _sse(fmt.envelope(job, name, [chunk], chunk=True))
         if job.include_usage:
             prompt_tokens = sum(len(x) for x in self.ids)
             cached = sum(r.cached_tokens for r in self.reqs)
-            out = fmt.envelope(job, name, [], chunk=True) | {
+            usage = fmt.envelope(job, name, [], chunk=True) | {
                 "usage": fmt.usage(prompt_tokens, completion_tokens, cached)
             }
-            yield _sse(out)
+            yield _sse(usage)
         yield b"data: [DONE]\n\n"
 
-    def _chunk_choice(self, c: int, ev: TokenEvent, offsets: dict[int, int]) -> dict[str, Any]:
-        job, token = self.job, self.token_text(ev)
-        if job.chat:
-            lp = {"content": [fmt.chat_logprob(ev, token)], "refusal": None} if job.logprobs else None
-            return {"index": c, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
-        lp = None
-        if job.logprobs:
-            one = fmt.LegacyLogprobs(offset=offsets.get(c, 0))
-            one.add(ev, token)
-            lp = one.to_dict()
-        offsets[c] = offsets.get(c, 0) + len(ev.text)
-        return {"index": c, "text": ev.text, "logprobs": lp, "finish_reason": None}
+    def _text_chunk(self, c: int, choice: _Choice, text: str) -> dict[str, Any]:
+        """A chunk of text, with the logprobs of the tokens it completes (those whose text it sends)."""
+        tokens = choice.take_tokens()
+        lp = self._logprobs(tokens, choice.offset) if self.job.logprobs else None
+        choice.offset += sum(len(ev.text) for ev in tokens)
+        out: dict[str, Any] = {"index": c, "logprobs": lp, "finish_reason": None}
+        out.update({"delta": {"content": text}} if self.job.chat else {"text": text})
+        return out
+
+    def _logprobs(self, tokens: list[TokenEvent], offset: int = 0) -> dict[str, Any]:
+        """These tokens' logprobs in the job's shape; offset: characters before the first token."""
+        if self.job.chat:
+            return {"content": [fmt.chat_logprob(ev, self.token_text(ev)) for ev in tokens], "refusal": None}
+        legacy = fmt.LegacyLogprobs(offset=offset)
+        for ev in tokens:
+            legacy.add(ev, self.token_text(ev))
+        return legacy.to_dict()
 
     def _final_chunk_choice(self, c: int, fin: Finished) -> dict[str, Any]:
         """The last chunk of a choice: its finish_reason and seed (and the error, if any)."""
@@ -348,16 +456,16 @@ class _Stream:
         job = self.job
         n_choices = len(self.reqs) * job.n
         texts: dict[int, Finished] = {}
-        chat_lp: list[list] = [[] for _ in range(n_choices)]
-        legacy = [fmt.LegacyLogprobs() for _ in range(n_choices)]
+        tokens: list[list[TokenEvent]] = [[] for _ in range(n_choices)]
         async for i, ev in self.events(request):
             c = self.choice_index(i, ev)
             if isinstance(ev, Finished):
                 texts[c] = ev
-            elif job.logprobs and job.chat:
-                chat_lp[c].append(fmt.chat_logprob(ev, self.token_text(ev)))
             elif job.logprobs:
-                legacy[c].add(ev, self.token_text(ev))
+                tokens[c].append(ev)
+        if self.refused:
+            err = _shutting_down()
+            return JSONResponse(err.body(), status_code=err.status)
         if all(f.finish_reason == "error" for f in texts.values()):
             err = fmt.ApiError(500, next(iter(texts.values())).message or "generation failed")
             return JSONResponse(err.body(), status_code=500)
@@ -367,10 +475,9 @@ class _Stream:
             choice: dict[str, Any] = {"index": c}
             if job.chat:
                 choice["message"] = {"role": "assistant", "content": fin.text, "refusal": None}
-                choice["logprobs"] = {"content": chat_lp[c], "refusal": None} if job.logprobs else None
             else:
                 choice["text"] = fin.text
-                choice["logprobs"] = legacy[c].to_dict() if job.logprobs else None
+            choice["logprobs"] = self._logprobs(tokens[c]) if job.logprobs else None
             choice["finish_reason"] = fmt.finish_reason(fin)
             choice["seed"] = self.seed(fin.row)
             choices.append(choice)
@@ -378,6 +485,39 @@ class _Stream:
         body = fmt.envelope(job, self.server.name, choices)
         body["usage"] = fmt.usage(sum(len(x) for x in self.ids), completion, sum(r.cached_tokens for r in self.reqs))
         return JSONResponse(body)
+
+
+class _Choice:
+    """One streamed choice: its text held back while a stop string may begin in it (fmt.HeldText),
+    and (with logprobs) the tokens whose text is not sent yet; their logprobs go out with the chunk
+    that sends it. A chunk is sent when there is text to send (so a token of no text, a character's
+    first bytes or EOS, goes out with the next), and when the row ends."""
+
+    def __init__(self, stops: tuple[str, ...], logprobs: bool) -> None:
+        self.text = fmt.HeldText(stops)
+        self.logprobs = logprobs
+        self.tokens: list[TokenEvent] = []
+        self.offset = 0  # characters of the tokens already sent (completions' text_offset)
+
+    def token(self, ev: TokenEvent) -> list[str]:
+        """A token came -> the text of the chunk to send now ([] while there is none)."""
+        if self.logprobs:
+            self.tokens.append(ev)
+        text = self.text.push(ev.text)
+        return [text] if text else []
+
+    def end(self, fin: Finished) -> list[str]:
+        """The row ended -> the text of the chunk that completes it, if anything is left to send."""
+        rest = self.text.finish(fin.text)
+        return [rest] if rest or self.tokens else []
+
+    def take_tokens(self) -> list[TokenEvent]:
+        tokens, self.tokens = self.tokens, []
+        return tokens
+
+
+def _shutting_down() -> fmt.ApiError:
+    return fmt.ApiError(503, "the server is shutting down; send the request again once it is back")
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -398,22 +538,76 @@ def new_batcher(engine: Engine, cfg: ServeConfig) -> Batcher:
     )
 
 
-def serve(engine: Engine, cfg: ServeConfig) -> None:
-    """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it."""
-    import uvicorn
+def listen(cfg: ServeConfig) -> list[socket.socket]:
+    """Sockets bound to cfg's host (each of its addresses, as uvicorn would bind them) and port, so a
+    port in use is one clear error before anything is announced. InputError when they cannot be."""
+    try:
+        addresses = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise InputError(f"--host {cfg.host} is not an address of this machine ({e.strerror})") from None
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise InputError(f"port {cfg.port} on {cfg.host} is in use; pick another with --port") from None
+        raise InputError(f"cannot listen on {cfg.host} port {cfg.port}: {e.strerror}") from None
+    return socks
 
-    check_bind(cfg.host, cfg.api_key)
-    batcher = new_batcher(engine, cfg)
-    app = build_app(engine, batcher, cfg)
+
+def http_server(app: Starlette, cfg: ServeConfig, log_level: str = "warning") -> uvicorn.Server:
+    """uvicorn over build_app's app, which begins its own shutdown first (_Uvicorn)."""
     config = uvicorn.Config(
         app,
         host=cfg.host,
         port=cfg.port,
-        log_level="warning",
-        timeout_graceful_shutdown=cfg.drain_s,
+        log_level=log_level,
+        timeout_graceful_shutdown=cfg.drain_s + FINAL_S,
         limit_concurrency=cfg.max_queue + cfg.max_rows + 16,  # past that, 503 before any work
     )
+    return _Uvicorn(config, app.state.server)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn alone would let queued requests start while it drains, and cut the streams still
+    running when its graceful timeout passes (no finish_reason, no [DONE], a CancelledError
+    traceback); the app's begin_shutdown ends them properly first."""
+
+    def __init__(self, config: uvicorn.Config, api: _Server) -> None:
+        super().__init__(config)
+        self.api = api
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.api.begin_shutdown()
+        await super().shutdown(sockets=sockets)
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def serve(engine: Engine, cfg: ServeConfig, announce: Callable[[str], None] = _to_stderr) -> None:
+    """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it. The address is
+    bound before `announce` gets the "serving ..." line, so that line is never followed by a bind
+    error. InputError for an address refused or a port in use."""
+    check_bind(cfg.host, cfg.api_key)
+    socks = listen(cfg)
+    batcher = new_batcher(engine, cfg)
     try:
-        uvicorn.Server(config).run()
+        server = http_server(build_app(engine, batcher, cfg), cfg)
+        host, port = cfg.host, socks[0].getsockname()[1]  # the port bound, where --port was 0
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+        announce(f"serving {server.api.name} on {url} ({engine.decode_path})")
+        server.run(sockets=socks)
     finally:
+        for sock in socks:
+            sock.close()
         batcher.close(0.0)
