@@ -6,6 +6,8 @@ ESC ] 2 ; ... BEL retitled the tmux pane it was opened in."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 from rich.text import Text
@@ -14,10 +16,10 @@ from textual._xterm_parser import XTermParser
 from textual.app import App
 from textual.content import Content
 
+from tiankong.tui.terminal import _PasteState, install_paste_filter, without_pasted_escapes
 from tiankong.tui.widgets.candidates import show_token
 from tiankong.tui.widgets.controls import UNDRAWN
 from tiankong.tui.widgets.message import AssistantMessage
-from tiankong.tui.widgets.prompt import _PasteState, install_paste_filter, without_pasted_escapes
 from tiankong.tui.widgets.streaming_text import StreamingText
 
 HOSTILE = (
@@ -98,3 +100,32 @@ def test_keys_outside_a_paste_are_untouched():
     assert "".join(out) == "".join(chunks).replace("\x1by", "y") and not state.inside
     keys = [e.key for e in _parsed(["x\x1b[A"])]
     assert keys == ["x", "up"]
+
+
+def test_a_sigcont_from_outside_starts_no_second_input_thread(monkeypatch):
+    """After `kill -STOP` / `kill -CONT` (or a debugger's stop), Textual's driver started its input and
+    output threads again, and ctrl+q then hung at exit. It resumes only after its own suspend now."""
+    from textual.drivers.linux_driver import LinuxDriver
+
+    from tiankong.tui.terminal import install_resume_guard
+
+    install_resume_guard()
+    resumed: list[bool] = []
+    monkeypatch.setattr(LinuxDriver, "resume_application_mode", lambda self: resumed.append(True))
+    before = {s: signal.getsignal(s) for s in (signal.SIGTSTP, signal.SIGCONT)}
+
+    async def go() -> list[list[bool]]:
+        driver = LinuxDriver(App(), debug=False, mouse=False)  # puts its SIGTSTP/SIGCONT handlers in place
+        os.kill(os.getpid(), signal.SIGCONT)
+        await asyncio.sleep(0.05)
+        after_outside = list(resumed)  # not suspended by the app: nothing to resume
+        driver._must_signal_resume = True  # what its SIGTSTP handler sets before stopping
+        os.kill(os.getpid(), signal.SIGCONT)
+        await asyncio.sleep(0.05)
+        return [after_outside, list(resumed)]
+
+    try:
+        assert asyncio.run(go()) == [[], [True]]
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
