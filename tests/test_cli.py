@@ -201,6 +201,20 @@ def test_stories_from_bos(monkeypatch, capsys):
     assert rec["usage"]["prompt_tokens"] == 1 and "Lily" in rec["text"]
 
 
+@pytest.mark.skipif(not STORIES.exists(), reason="../shared is absent")
+@pytest.mark.parametrize("stop", ["little g", "e"])  # a stop string of two tokens, and one inside a token
+def test_a_streamed_text_holds_no_part_of_a_stop_string(monkeypatch, capsys, stop):
+    """One text prompt streams its tokens as they come; it streamed the stop string too, where the
+    JSONL record had it cut."""
+    args = ("generate", "-m", STORIES, "--raw", "-p", "Once upon a time", "--preset", "deterministic")
+    args += ("--max-new-tokens", "20", "--stop", stop)
+    code, out, err = cli(monkeypatch, capsys, *args, "--format", "text")
+    assert code == 0, err
+    code, record, err = cli(monkeypatch, capsys, *args)
+    (rec,) = records(record)
+    assert rec["finish_reason"] == "stop" and out == rec["text"] + "\n"
+
+
 def test_bundled_model_is_the_default(monkeypatch, capsys):
     monkeypatch.delenv("TIANKONG_MODEL", raising=False)
     code, out, err = cli(monkeypatch, capsys, "info", "--format", "json")

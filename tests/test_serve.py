@@ -32,7 +32,7 @@ from tiankong.engine.sampling import SamplingParams
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from tiankong.tui.openai_format import HeldText  # noqa: E402
+from tiankong.engine.generate import HeldText  # noqa: E402
 from tiankong.tui.serve import ServeConfig, build_app, check_bind, http_server, listen, new_batcher, serve  # noqa: E402
 
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")

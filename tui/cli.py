@@ -405,17 +405,22 @@ def _key_params(row: _Row, seeded: bool) -> dict:
 def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, stream: Any = None) -> list[str]:
     """Generate one batch of rows; the output of each row (its JSONL record, or its text), in order.
     A failed row is reported and the others go on. stream: where tokens are written as they come."""
+    from tiankong.engine.generate import HeldText
+
     tokens: list[list] = [[] for _ in batch]
     done: dict[int, Any] = {}
+    held = [HeldText(r.params.stop) for r in batch]  # no part of a stop string is streamed
     for ev in run.eng.generate([r.ids for r in batch], [r.params for r in batch], top_logprobs=run.top_logprobs):
         if hasattr(ev, "finish_reason"):
             done[ev.row] = ev
             advance()
+            if stream is not None:
+                stream.write(held[ev.row].finish(ev.text))
             continue
         if run.top_logprobs:
             tokens[ev.row].append(ev.to_dict())
         if stream is not None:
-            stream.write(ev.text)
+            stream.write(held[ev.row].push(ev.text))
             stream.flush()
     outs = []
     for b, r in enumerate(batch):

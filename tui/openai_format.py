@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.events import Finished, TokenEvent
@@ -336,49 +336,6 @@ class LegacyLogprobs:
             "p_sample": self.p_sample,
             "top_p_sample": self.top_p_sample,
         }
-
-
-class HeldText:
-    """One streamed choice's text, held back while a stop string may begin in it.
-
-    The engine streams every token's text as it comes and cuts a stop string only from its final
-    text (Finished.text, the non-streamed answer). Passing the pieces on would show the stop string,
-    or its first tokens, before the answer ends; so `push` gives the text received only once no
-    stop string can start in it any more, and `finish` the rest of the engine's final text. What was
-    sent is always a prefix of that text, so a stream adds up to the non-streamed answer exactly.
-    The text goes out whole tokens at a time, so a chunk's text and its tokens' logprobs stay
-    together (a client like engine/remote.py reads each token's text from its chunk).
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.held = ""  # received, not sent: a stop string starts, or may start, in it
-        self.sent = 0  # characters sent
-
-    def push(self, piece: str) -> str:
-        """A token's text came -> the text to send now: all that is held, or "" while a stop string
-        may start in it."""
-        self.held += piece
-        if _may_hold_stop(self.held, self.stops):
-            return ""
-        text, self.held = self.held, ""
-        self.sent += len(text)
-        return text
-
-    def finish(self, final: str) -> str:
-        """The row ended with `final` (Finished.text) -> what is left to send of it."""
-        rest = final[self.sent :]
-        self.held, self.sent = "", len(final)
-        return rest
-
-
-def _may_hold_stop(text: str, stops: tuple[str, ...]) -> bool:
-    """Whether a stop string is in text, or text ends with the beginning of one (which the next
-    tokens may complete)."""
-    return any(
-        s in text or any(s.startswith(text[i:]) for i in range(max(0, len(text) - len(s) + 1), len(text)))
-        for s in stops
-    )
 
 
 def finish_reason(fin: Finished) -> str:

@@ -7,7 +7,7 @@ Routes: /v1/chat/completions, /v1/completions (streaming as server-sent events e
 `data: [DONE]`, or one JSON), /v1/models, /v1/models/{id}, /health; any other path or method gets
 OpenAI's error JSON too. Requests go to one engine.batcher.Batcher, whose thread runs the decode
 loop; the event loop only parses, queues and writes (openai_format.py holds the request checks and
-response shapes). A stream holds back text where a stop string may begin (openai_format.HeldText),
+response shapes). A stream holds back text where a stop string may begin (engine.generate.HeldText),
 so it adds up to the non-streamed answer and never shows a stop string.
 
 Limits: a bounded queue (429 with Retry-After when full), a body size cap (413), a max_tokens cap
@@ -48,6 +48,7 @@ from tiankong.engine.batcher import Batcher, QueueFull
 from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Event, Finished, TokenEvent
+from tiankong.engine.generate import HeldText
 from tiankong.presets import get_preset
 from tiankong.tui import openai_format as fmt
 
@@ -488,13 +489,13 @@ class _Stream:
 
 
 class _Choice:
-    """One streamed choice: its text held back while a stop string may begin in it (fmt.HeldText),
+    """One streamed choice: its text held back while a stop string may begin in it (HeldText),
     and (with logprobs) the tokens whose text is not sent yet; their logprobs go out with the chunk
     that sends it. A chunk is sent when there is text to send (so a token of no text, a character's
     first bytes or EOS, goes out with the next), and when the row ends."""
 
     def __init__(self, stops: tuple[str, ...], logprobs: bool) -> None:
-        self.text = fmt.HeldText(stops)
+        self.text = HeldText(stops)
         self.logprobs = logprobs
         self.tokens: list[TokenEvent] = []
         self.offset = 0  # characters of the tokens already sent (completions' text_offset)
