@@ -220,3 +220,26 @@ def test_bundled_model_is_the_default(monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "info", "--format", "json")
     assert code == 0, err
     assert json.loads(out)["folder"].endswith("tiankong-mini")
+
+
+def test_a_run_resumed_with_another_template_or_dtype_does_its_rows_again(monkeypatch, capsys, model_dir, tmp_path):
+    """A finished row is kept on resume only when the settings that made it are the same: the chat
+    template and the weights' type decide the text too (once, a resumed run mixed two templates)."""
+    from tiankong.tui import shards
+
+    short, long = tmp_path / "short.jinja", tmp_path / "long.jinja"
+    short.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    long.write_text("{% for m in messages %}Someone said: {{ m.content }}. Answer:{% endfor %}")
+    out = tmp_path / "out.jsonl"
+    args = ("generate", "-m", model_dir, "-p", "hi", "-p", "yo", "--max-new-tokens", "3", "-o", out)
+    monkeypatch.setattr(shards, "merge", lambda *a, **k: None)  # each run stops before the merge, as if killed
+
+    def rows_kept(*flags: object) -> int:
+        code, _, err = cli(monkeypatch, capsys, *args, *flags)
+        assert code == 0, err
+        return len(shards.read_index(out))
+
+    assert rows_kept("--chat-template", short) == 2
+    assert rows_kept("--chat-template", short) == 2  # the same settings: nothing done again
+    assert rows_kept("--chat-template", long) == 4  # another template: both rows made again
+    assert rows_kept("--chat-template", long, "--dtype", "bfloat16") == 6  # another weights' type: again

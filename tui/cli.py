@@ -6,6 +6,7 @@ mistake surfaces as a TiankongError, printed here as one line with exit code 2.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -286,6 +287,10 @@ def generate(
     else:
         settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
         settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
+        # The weights' type and the chat template decide the text too: a run resumed with another
+        # --dtype or --chat-template does its rows again rather than mixing both in one file.
+        template = getattr(eng.template, "source", None)
+        settings.update(dtype=dtype, template=hashlib.sha256(template.encode()).hexdigest() if template else None)
         tally = _generate_to_file(run, rows, output, dist, settings)
     if tally.rows and tally.failed == tally.rows:  # every row failed: the model is broken, not one prompt
         raise typer.Exit(2)
