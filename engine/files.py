@@ -47,7 +47,8 @@ def _allowed_roots(folder: Path) -> list[Path]:
     return roots
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, for messages: "a folder", "a FIFO", "a device", ..."""
     if stat.S_ISDIR(mode):
         return "a folder"
     if stat.S_ISFIFO(mode):
@@ -88,24 +89,30 @@ def model_file(folder: str | Path, name: str) -> Path | None:
     except OSError:  # a dangling link
         raise ModelLoadError(f"{path} is a broken link; copy the real file into the folder") from None
     if not stat.S_ISREG(mode):
-        raise ModelLoadError(f"{path} is {_kind(mode)}, not a regular file; put the real file there")
+        raise ModelLoadError(f"{path} is {kind_of(mode)}, not a regular file; put the real file there")
     return path
 
 
-def read_regular_bytes(path: str | Path, limit: int, error: type[Exception] = ModelLoadError) -> bytes:
-    """At most `limit` bytes of a regular file, else `error` in one line.
+def open_regular(path: str | Path, error: type[Exception] = ModelLoadError) -> int:
+    """A file descriptor open for reading on `path`, a regular file, else `error` in one line.
 
-    Opened non-blocking and checked after opening (fstat), so a FIFO or device swapped in after a
-    check still never blocks or streams forever.
+    Opened non-blocking and checked after opening (fstat): opening a FIFO blocks until a writer
+    comes, reading a device may never end, and a check before opening could be raced.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise error(f"cannot read {path} ({e.strerror}); check the file and its permissions") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"{path} is {_kind(mode)}, not a regular file; give the path of a real file")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{path} is {kind_of(mode)}, not a regular file; give the path of a real file")
+    return fd
+
+
+def read_regular_bytes(path: str | Path, limit: int, error: type[Exception] = ModelLoadError) -> bytes:
+    """At most `limit` bytes of a regular file (see `open_regular`), else `error` in one line."""
+    with os.fdopen(open_regular(path, error), "rb") as f:  # a folder fails fdopen: checked before
         try:
             data = f.read(limit + 1)
         except OSError as e:
@@ -233,7 +240,7 @@ def write_target(path: str | Path) -> Path:
     except OSError as e:
         raise WriteError(path, why(e)) from None
     if mode is not None and not stat.S_ISREG(mode):
-        raise InputError(f"cannot write {path}: it is {_kind(mode)}; give the path of a regular file")
+        raise InputError(f"cannot write {path}: it is {kind_of(mode)}; give the path of a regular file")
     if not target.parent.is_dir():
         raise InputError(f"cannot write {path}: the folder {target.parent} does not exist; create it first")
     return target

@@ -12,6 +12,8 @@ a few header values for `tiankong models`.
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ModelLoadError
+from .files import open_regular
 
 if TYPE_CHECKING:
     import gguf
@@ -46,24 +49,51 @@ TENSOR_TYPES = {
 
 
 def is_gguf(path: str | Path) -> bool:
-    """A regular file named *.gguf, or an Ollama blob (sha256-...) that starts with the GGUF magic."""
+    """A regular file named *.gguf, or an Ollama blob (sha256-...) that starts with the GGUF magic.
+    Never raises, and never opens anything but a regular file (a FIFO would block the open)."""
     path = Path(path)
-    if not path.is_file():
-        return False
-    if path.suffix.lower() == ".gguf":
-        return True
     try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+    except OSError:  # missing, a broken link, or a folder that cannot be entered
+        return False
+    return path.suffix.lower() == ".gguf" or has_gguf_magic(path)
+
+
+def has_gguf_magic(path: str | Path) -> bool:
+    """Whether `path` is a regular file that starts with "GGUF" (False for anything unreadable)."""
+    try:
+        fd = open_regular(path)
+    except ModelLoadError:
+        return False
+    try:
+        return os.read(fd, 4) == b"GGUF"
     except OSError:
         return False
+    finally:
+        os.close(fd)
+
+
+def _mapped(path: str | Path) -> mmap.mmap:
+    """The whole file mapped read-only; only a regular file is opened (engine/files.open_regular)."""
+    fd = open_regular(path)
+    try:
+        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)  # the map keeps the file
+    return buf
 
 
 # --- the header, walked with bounded reads before anything trusts it ------------------------------
 
 
 class _Bad(Exception):
-    """A problem in the file's header; check_header turns it into one ModelLoadError line."""
+    """A problem in the file's header; check_header turns it into one ModelLoadError line, ending
+    with `fix` (for a damaged file: download it again)."""
+
+    def __init__(self, problem: str, fix: str = "download it again") -> None:
+        super().__init__(problem)
+        self.fix = fix
 
 
 class _Cursor:
@@ -103,23 +133,34 @@ def check_header(path: Path) -> None:
     Cost: one pass over the header (the mapped pages only); memory stays at a few MB.
     """
     try:
-        size = path.stat().st_size
-        if size < 24:
-            raise _Bad(f"it is {size} bytes, too short for a GGUF header")
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            _walk(_Cursor(buf), size)
+        with _mapped(path) as buf:
+            if len(buf) < 24:
+                raise _Bad(f"it is {len(buf)} bytes, too short for a GGUF header")
+            _walk(_Cursor(buf), len(buf))
     except _Bad as e:
-        raise ModelLoadError(f"{path} is not a usable GGUF file: {e}; download it again") from None
+        raise ModelLoadError(f"{path} is not a usable GGUF file: {e}; {e.fix}") from None
+    except ModelLoadError:  # not a regular file, or unreadable (open_regular's one line)
+        raise
+    except ValueError:  # mmap of an empty file
+        raise ModelLoadError(
+            f"{path} is not a usable GGUF file: it is 0 bytes, too short for a GGUF header; download it again"
+        ) from None
     except OSError as e:
         raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
 
 
 def _walk(cur: _Cursor, size: int) -> None:
     if cur.take("4s") != b"GGUF":
-        raise _Bad("it does not start with the GGUF magic")
+        raise _Bad(
+            "it does not start with the GGUF magic, so it is not a GGUF file",
+            "pass a .gguf file (llama.cpp, Ollama, LM Studio)",
+        )
     version = cur.take("I")
     if version not in (2, 3):
-        raise _Bad(f"GGUF version {version} (tiankong reads versions 2 and 3, little-endian)")
+        raise _Bad(
+            f"GGUF version {version} (tiankong reads versions 2 and 3, little-endian)",
+            "use a little-endian GGUF file of version 2 or 3 (llama.cpp's converters write one)",
+        )
     n_tensors, n_kv = cur.take("Q"), cur.take("Q")
     if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
         raise _Bad(f"it claims {n_tensors:,} tensors and {n_kv:,} metadata entries")
@@ -178,7 +219,7 @@ def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.f
     (for `tiankong models`: milliseconds a file). A damaged header gives what was found before it."""
     found: dict[str, Any] = {}
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with _mapped(path) as buf:
             cur = _Cursor(buf)
             if cur.take("4s") != b"GGUF" or cur.take("I") not in (2, 3):
                 return found
@@ -194,7 +235,7 @@ def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.f
                     _skip_value(cur, kind, key)
                 if len(found) == len(keys):
                     break
-    except (_Bad, OSError, ValueError):
+    except (_Bad, ModelLoadError, OSError, ValueError):  # not a regular file, unreadable, empty, damaged
         pass
     return found
 
@@ -218,8 +259,13 @@ def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment:
 
     if kind not in TENSOR_TYPES:
         known = gguf.GGMLQuantizationType._value2member_map_.get(kind)
-        what = f"type {known.name}, which tiankong cannot read yet" if known else f"unknown type {kind}"
-        raise _Bad(f"tensor {name} has {what} (supported: {', '.join(TENSOR_TYPES.values())})")
+        if known is None:
+            raise _Bad(f"tensor {name} has unknown type {kind}")
+        raise _Bad(  # a real quantization tiankong lacks: another file of the model works, not this one again
+            f"tensor {name} has type {known.name}, which tiankong cannot read yet "
+            f"(it reads {', '.join(TENSOR_TYPES.values())})",
+            "use a file of the model in another quantization, e.g. Q4_K_M or Q8_0",
+        )
     block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
     if min(dims) < 1 or dims[0] % block:
         raise _Bad(f"tensor {name} has dims {dims} (each at least 1, the first a multiple of {block})")

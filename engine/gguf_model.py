@@ -21,6 +21,8 @@ blocks as quant.QTensors (keep_quantized) for the compiled decode step.
 from __future__ import annotations
 
 import json
+import mmap
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -214,6 +216,16 @@ class GGUFModel:
                 "(llama.cpp's llama-gguf-split --merge FIRST-PART OUT.gguf)"
             )
         self.arch_name = self.meta("general.architecture")
+        if self.arch_name is None:
+            raise ModelLoadError(
+                f"{self.path} has no general.architecture: not a model file (or damaged); "
+                "pass a model's .gguf file (llama.cpp, Ollama, LM Studio)"
+            )
+        if self.arch_name == "clip":  # llama.cpp's vision projectors (mmproj-*.gguf)
+            raise ModelLoadError(
+                f"{self.path} is a vision projector (mmproj, architecture clip), not a language model; "
+                "pass the model's own .gguf file, which sits beside it"
+            )
         if self.arch_name not in ARCHS:
             raise ModelLoadError(
                 f"{self.path}: architecture {str(self.arch_name)[:40]!r} in GGUF is not supported yet; "
@@ -282,11 +294,32 @@ class GGUFModel:
         return np.asarray(t.data, dtype=np.float32).tolist()
 
     def config(self) -> ModelConfig:
-        """The ModelConfig, validated as a config.json is; errors name the file and its metadata."""
+        """The ModelConfig, validated as a config.json is; errors name the file and its metadata keys
+        (a file's values are no one's to fix by hand: the fix is another file)."""
+        cfg = self.hf_config  # its own errors name the file already
         try:
-            return ModelConfig.from_hf_config(self.hf_config)
+            return ModelConfig.from_hf_config(cfg)
         except ModelLoadError as e:
-            raise ModelLoadError(f"{self.path}: {str(e).replace('config.json', 'GGUF metadata')}") from None
+            problem = str(e).removeprefix("config.json").lstrip(" :").rsplit("; ", 1)[0]
+            for hf_key in sorted(set(self.arch.keys.values()), key=len, reverse=True):
+                problem = re.sub(rf"\b{hf_key}\b", self.metadata_key(hf_key), problem)
+            raise ModelLoadError(
+                f"{self.path}: its metadata does not describe a model tiankong can build ({problem}); "
+                "the file is damaged or was converted wrongly: use another file"
+            ) from None
+
+    def metadata_key(self, hf_key: str) -> str:
+        """The GGUF metadata key for a config.json key (num_hidden_layers -> llama.block_count); the
+        key itself where the file has none (a value llama.cpp hardcodes, or one read from tensors)."""
+        gguf_key = next((k for k, v in self.arch.keys.items() if v == hf_key), None)
+        return f"{self.arch_name}.{gguf_key}" if gguf_key else hf_key
+
+    def file_tensor_name(self, hf_name: str) -> str:
+        """The file's own name (blk.0.attn_k.weight) for a tensor's Hugging Face name, so errors name
+        what gguf-dump shows; the name itself if no table entry makes it."""
+        from .weights import NameTable
+
+        return NameTable(self.arch.tensors).checkpoint_name(hf_name)
 
     def _rope_scaling(self, cfg: dict[str, Any]) -> dict[str, Any]:
         kind = self.meta(f"{self.arch_name}.rope.scaling.type")
@@ -415,11 +448,33 @@ class GGUFModel:
         """read() for one tensor: its blocks as a QTensor (keep_quantized), or floats with the
         converter's changes undone (q/k row order, Conv1D transpose, Gemma's + 1 on norm gains)."""
         rows = self._row_order(hf_name, shape)
+        read: Callable[[], Any]
         if self.arch.norm_shift and hf_name.endswith("norm.weight"):
-            return lambda: _read(t, rows, transpose) - self.arch.norm_shift
-        if self.keep_quantized and len(shape) == 2 and not transpose and t.tensor_type.name.lower() in _quant_types():
-            return lambda: _read_blocks(t, rows, shape)
-        return lambda: _read(t, rows, transpose)
+            read = lambda: _read(t, rows, transpose) - self.arch.norm_shift  # noqa: E731
+        elif self.keep_quantized and len(shape) == 2 and not transpose and t.tensor_type.name.lower() in _quant_types():
+            read = lambda: _read_blocks(t, rows, shape)  # noqa: E731
+        else:
+            read = lambda: _read(t, rows, transpose)  # noqa: E731
+
+        def read_and_release() -> Any:
+            out = read()  # a copy: the mapped bytes are no longer needed
+            self._release(t)
+            return out
+
+        return read_and_release
+
+    def _release(self, t: gguf.ReaderTensor) -> None:
+        """Unmap the pages of a tensor already copied out (madvise DONTNEED; the page cache keeps
+        them, and a later read maps them again). Without it every page read stays resident in the
+        process beside the model made from it: an F32 file's load peaked at twice the weights."""
+        buf = getattr(self.reader.data, "_mmap", None)  # numpy.memmap's mmap.mmap
+        if buf is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = t.data_offset // mmap.PAGESIZE * mmap.PAGESIZE
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, start, t.data_offset + t.n_bytes - start)
+        except (OSError, ValueError):  # not where this platform allows it: only memory is at stake
+            pass
 
     def _row_order(self, hf_name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The HF row order of a llama-arch q or k weight or bias (see _hf_row_order), else None."""
@@ -449,7 +504,7 @@ def _read_blocks(t: gguf.ReaderTensor, rows: np.ndarray | None, shape: tuple[int
 
     from .quant import QTensor
 
-    data = np.array(t.data if rows is None else t.data[rows], dtype=np.uint8)  # (out, bytes per row)
+    data = np.array(t.data, dtype=np.uint8) if rows is None else t.data[rows]  # (out, bytes per row), a copy
     return QTensor(t.tensor_type.name.lower(), (shape[0], shape[1]), torch.from_numpy(data))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 
 from .config import ModelConfig, to_hf_config
 from .errors import ModelLoadError
-from .files import atomic_write, atomic_write_text, model_file, read_model_object
+from .files import atomic_write, atomic_write_text, model_file, open_regular, read_model_object
 from .quant import QTensor, set_quantized
 
 
@@ -198,6 +199,9 @@ def _indexed_files(folder: Path, name: str) -> list[Path]:
 
 def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
     """Yield (name, shape, read) for each tensor of one file; read() returns the tensor on CPU."""
+    # Opened here first: safetensors words a permission error as "No such file or directory", and
+    # torch.load's as a file it cannot read safely.
+    os.close(open_regular(path))
     if path.suffix == ".bin":
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -223,9 +227,18 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[]
 
 
 class TensorSource(Protocol):
-    """A checkpoint that is not a folder of files: a GGUF file (engine/gguf_model.GGUFModel)."""
+    """A checkpoint that is not a folder of files: a GGUF file (engine/gguf_model.GGUFModel). Its
+    errors speak of its own metadata keys and tensor names, not of config.json and Hugging Face's."""
 
     def hf_tensors(self) -> Iterator[tuple[str, str, tuple[int, ...], Callable[[], torch.Tensor]]]: ...
+
+    def file_tensor_name(self, hf_name: str) -> str: ...
+
+    def metadata_key(self, hf_key: str) -> str: ...
+
+
+# A source's values are no one's to edit by hand: a mismatch inside one file means another file.
+_BAD_FILE = "the file is damaged or was converted wrongly: use another file"
 
 
 def checkpoint_tensors(
@@ -259,14 +272,24 @@ def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameT
             layers.add(layer)
         want = shapes.get(dst.replace("{}", "0"))
         got = shape[::-1] if transpose else shape
+        if want is not None and got != want and not isinstance(folder, Path):
+            raise ModelLoadError(
+                f"tensor {folder.file_tensor_name(table.fused_name(name))} in {file} has shape {list(shape)}, "
+                f"but the file's metadata implies {list(want)}; {_BAD_FILE}"
+            )
         if want is not None and got != want:
             raise ModelLoadError(
                 f"tensor {name} in {file} has shape {list(shape)}, but config.json "
                 f"implies {list(want)}; the weights do not match the config"
             )
     found = max(layers) + 1 if layers else 0
+    key = "n_layer" if cfg.family == "gpt2" else "num_hidden_layers"
+    if found != cfg.n_layers and not isinstance(folder, Path):
+        raise ModelLoadError(
+            f"{folder}: its metadata says {folder.metadata_key(key)} is {cfg.n_layers}, but it holds "
+            f"tensors for {found} layers; {_BAD_FILE}"
+        )
     if found != cfg.n_layers:
-        key = "n_layer" if cfg.family == "gpt2" else "num_hidden_layers"
         raise ModelLoadError(
             f"config.json: {key} is {cfg.n_layers}, but the checkpoint in {folder} has "
             f"{found} layers; set {key} to {found} or use the matching weights"
@@ -317,18 +340,36 @@ def load_weights(
             module._buffers[param_name] = t
         else:
             module._parameters[param_name] = nn.Parameter(t, requires_grad=False)
-    missing = sorted(table.checkpoint_name(target) for target in set(expected) - loaded)
+    _check_all_matched(folder, cfg, table, set(expected) - loaded, unexpected)
+    if tied and isinstance(model.output, nn.Linear):  # a quantized embedding's head was tied by set_quantized
+        model.output.weight = cast(nn.Embedding, model.tok_emb).weight  # (nn.Module attributes type as Tensor | Module)
+
+
+def _check_all_matched(
+    folder: Path | TensorSource, cfg: ModelConfig, table: NameTable, missing_targets: set[str], unexpected: list[str]
+) -> None:
+    """One line for a checkpoint that lacks tensors the model needs or has tensors it does not use,
+    named as the checkpoint names them (a GGUF file: its own names, the fix another file)."""
+    missing = sorted(table.checkpoint_name(target) for target in missing_targets)
+    if not isinstance(folder, Path):
+        missing = sorted(folder.file_tensor_name(n.removeprefix(table.prefix)) for n in missing)
+        unexpected = [folder.file_tensor_name(table.fused_name(n)) for n in unexpected]
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise ModelLoadError(f"checkpoint in {folder} lacks {len(missing)} tensor(s) the model needs: {shown}")
+        where = f"checkpoint in {folder}" if isinstance(folder, Path) else str(folder)
+        fix = "" if isinstance(folder, Path) else f"; {_BAD_FILE}"
+        raise ModelLoadError(f"{where} lacks {len(missing)} tensor(s) the model needs: {shown}{fix}")
     if unexpected:
         shown = ", ".join(unexpected[:4]) + (f" and {len(unexpected) - 4} more" if len(unexpected) > 4 else "")
+        if not isinstance(folder, Path):
+            raise ModelLoadError(
+                f"{folder} has tensors a {cfg.architecture} does not use: {shown}; its metadata may not "
+                f"match its tensors: {_BAD_FILE}"
+            )
         raise ModelLoadError(
             f"checkpoint in {folder} has tensors this {cfg.architecture} does not use: "
             f"{shown}; config.json may not match the weights"
         )
-    if tied and isinstance(model.output, nn.Linear):  # a quantized embedding's head was tied by set_quantized
-        model.output.weight = cast(nn.Embedding, model.tok_emb).weight  # (nn.Module attributes type as Tensor | Module)
 
 
 TOKENIZER_FILES = (

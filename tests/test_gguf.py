@@ -345,11 +345,12 @@ def _metadata_case(tmp_path: Path, hf_folder: Path, **changes) -> Path:
 @pytest.mark.parametrize(
     "key, value, words",
     [
-        ("llama.attention.head_count", 0, "num_attention_heads is 0"),
-        ("llama.attention.head_count", 3, "num_attention_heads"),
-        ("llama.block_count", 7, "num_hidden_layers is 7"),
-        ("llama.embedding_length", 1 << 30, "hidden_size"),
-        ("llama.rope.freq_base", float("nan"), "rope_theta"),
+        # a GGUF file's errors name its own metadata keys, not config.json's
+        ("llama.attention.head_count", 0, "llama.attention.head_count is 0"),
+        ("llama.attention.head_count", 3, "llama.attention.head_count"),
+        ("llama.block_count", 7, "llama.block_count is 7"),
+        ("llama.embedding_length", 1 << 30, "llama.embedding_length"),
+        ("llama.rope.freq_base", float("nan"), "llama.rope.freq_base"),
     ],
 )
 def test_lying_metadata_is_one_line(hf, tmp_path, key, value, words):
@@ -357,6 +358,7 @@ def test_lying_metadata_is_one_line(hf, tmp_path, key, value, words):
     with pytest.raises(ModelLoadError, match=words) as e:
         load_model(path, device="cpu")
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert "config.json" not in str(e.value) and "use another file" in str(e.value)
 
 
 def test_split_gguf_part_is_one_line(hf, tmp_path):
@@ -640,3 +642,70 @@ def test_gemma_phi3_and_llama3_scaled_gguf_logits_equal_llama_cpp(files, arch, t
     theirs, ours = _llama_cpp_logits(path, ids), _ours(path, ids)
     assert np.abs(theirs).max() > 5 and np.abs(ours - theirs).max() < tolerance
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+
+
+def test_gguf_errors_name_its_metadata_keys_and_tensors_not_config_json(hf, tmp_path):
+    """A GGUF file's inconsistencies are the file's: errors name its keys (llama.block_count) and
+    tensors (blk.0.attn_k.weight), say so once, and point to another file, not to config.json."""
+    path = _metadata_case(tmp_path, hf["llama"], **{"llama.attention.head_count_kv": 1})
+    with pytest.raises(ModelLoadError, match=r"tensor blk\.0\.attn_k\.weight in lying\.gguf has shape .* metadata"):
+        load_model(path, device="cpu")
+    path = write_gguf(hf["llama"], tmp_path / "no-embd.gguf", "f32")
+    path.write_bytes(path.read_bytes().replace(b"token_embd.weight", b"token_embx.weight"))
+    with pytest.raises(ModelLoadError, match="has no token_embd.weight") as e:
+        load_model(path, device="cpu")
+    assert str(e.value).count(str(path)) == 1
+
+
+def test_header_without_architecture_or_of_a_projector_says_what_it_is(hf, tmp_path):
+    from test_resolve import header_gguf
+
+    bare = tmp_path / "bare.gguf"
+    bare.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a valid header holding nothing
+    with pytest.raises(ModelLoadError, match="has no general.architecture: not a model file"):
+        load_model(bare, device="cpu")
+    with pytest.raises(ModelLoadError, match="vision projector"):
+        load_model(header_gguf(tmp_path / "mmproj.gguf", "clip"), device="cpu")
+
+
+def test_unsupported_quantization_advises_another_not_the_same_again(good, tmp_path):
+    edit, _ = HOSTILE["unsupported tensor type"]
+    path = tmp_path / "iq2.gguf"
+    path.write_bytes(edit(good))
+    with pytest.raises(ModelLoadError, match="IQ2_XXS") as e:
+        load_model(path, device="cpu")
+    assert "another quantization, e.g. Q4_K_M" in str(e.value) and "download it again" not in str(e.value)
+
+
+def test_info_calls_a_gguf_file_a_file(files, monkeypatch, capsys):
+    path, _ = files("llama", "f32")
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", path)
+    assert code == 0 and out.split()[:3] == ["file", "│", str(path)], (out, err)
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line: addresses ... path
+            inside = len(head) >= 6 and head[5] == str(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps")
+def test_tensor_bytes_are_unmapped_once_copied(tmp_path):
+    """Each tensor's mapped pages are let go once read: else the whole file stays resident beside the
+    model built from it (an F32 file's load peaked at twice its weights). Tensors of megabytes, so the
+    kernel's fault-around (a few pages about each read) stays small beside them."""
+    from tiankong.engine.gguf_model import GGUFModel
+
+    dims = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8)
+    path = write_gguf(make_model(tmp_path / "hf", "llama", num_key_value_heads=4, **dims), tmp_path / "big.gguf")
+    model = GGUFModel(path)
+    data = sum(int(t.n_bytes) for t in model.reader.tensors)  # 33 MB
+    for *_, read in model.hf_tensors():
+        read()
+    assert _mapped_kb(path) * 1024 < data / 8, (_mapped_kb(path), data)

@@ -7,11 +7,16 @@ OLLAMA_MODELS), so nothing here can touch the network or the machine's own cache
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from helpers import cli, one_thread  # noqa: F401 - one_thread applies to this module
@@ -191,7 +196,7 @@ def test_chat_template_override_changes_the_prompt(stores, tmp_path, monkeypatch
     assert code == 0, err
     assert json.loads(out)["usage"]["prompt_tokens"] == len(mine.encode(messages=messages))
     code, out, err = cli(monkeypatch, capsys, *args, "--chat-template", tmp_path / "missing.jinja")
-    assert code == 2 and "missing.jinja" in err
+    assert code == 2 and "missing.jinja does not exist" in err
 
 
 @pytest.mark.parametrize(
@@ -245,3 +250,283 @@ def test_damaged_cache_and_template_files_are_one_line_errors(stores, tmp_path, 
     (tmp_path / "t.json").write_text(json.dumps({"chat_template": "X{{ messages[0]['content'] }}"}))
     eng = Engine.load(tiny, chat_template=tmp_path / "t.json")
     assert eng.template.source.startswith("X")
+
+
+# --- GGUF files in the stores: names, subfolders, projectors ---------------------------------------
+
+
+def header_gguf(path: Path, arch: str = "llama") -> Path:
+    """A GGUF file of metadata only (no tensors): enough to be listed, resolved and peeked at."""
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, arch)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_repos_without_refs_in_subfolders_and_beside_projectors(stores):
+    hub, lm = stores / "hf" / "hub", stores / ".lmstudio" / "models"
+    # downloaded by hash (no refs/main): it resolves, so it is listed under the same name
+    noref = header_gguf(hub / "models--org--NoRef-GGUF" / "snapshots" / SHA / "noref-Q4_0.gguf")
+    # a quantization in a subfolder, as unsloth and bartowski lay out big ones
+    sub = hub / "models--org--Sub-GGUF" / "snapshots" / SHA
+    header_gguf(sub / "Q8_0" / "tiny-Q8_0.gguf")
+    (sub / "README.md").write_text("hi")
+    (sub.parent.parent / "refs").mkdir()
+    (sub.parent.parent / "refs" / "main").write_text(SHA)
+    # a vision model: its projector (mmproj, or any file of architecture clip) is no language model
+    vision = header_gguf(lm / "lm-org" / "Vision-GGUF" / "vision-Q8_0.gguf")
+    header_gguf(lm / "lm-org" / "Vision-GGUF" / "mmproj-model-f16.gguf", "clip")
+    header_gguf(lm / "lm-org" / "Vision-GGUF" / "projector.gguf", "clip")
+    assert resolve_model("org/NoRef-GGUF") == noref
+    assert resolve_model("org/Sub-GGUF") == sub / "Q8_0" / "tiny-Q8_0.gguf"
+    assert resolve_model("org/Sub-GGUF/Q8_0/tiny-Q8_0.gguf") == sub / "Q8_0" / "tiny-Q8_0.gguf"
+    assert resolve_model("lm-org/Vision-GGUF") == vision
+    names = [m.name for m in list_models()]
+    assert {"org/NoRef-GGUF", "org/Sub-GGUF", "lm-org/Vision-GGUF"} <= set(names), names
+    assert not [n for n in names if "mmproj" in n or "projector" in n]
+    header_gguf(sub / "Q4_0" / "tiny-Q4_0.gguf")
+    with pytest.raises(ModelLoadError, match=r"holds 2 GGUF files \(Q4_0/tiny-Q4_0.gguf, Q8_0/tiny-Q8_0.gguf\)"):
+        resolve_model("org/Sub-GGUF")
+    assert "org/Sub-GGUF/Q4_0/tiny-Q4_0.gguf" in [m.name for m in list_models()]
+    # a GGUF repo none of whose files was downloaded: which file to get, not "the whole repository"
+    empty = hub / "models--org--Empty-GGUF" / "snapshots" / SHA
+    empty.mkdir(parents=True)
+    (empty / "README.md").write_text("hi")
+    with pytest.raises(ModelLoadError, match="holds no .gguf file; download one") as e:
+        resolve_model("org/Empty-GGUF")
+    assert "whole repository" not in str(e.value)
+
+
+def test_screens_name_a_cached_gguf_by_its_repo_not_its_blob_hash(stores, tmp_path):
+    from tiankong.engine.resolve import display_name
+    from tiankong.tui.app import _model_id
+
+    release = tmp_path / "release"
+    header_gguf(release / "tiny-F32.gguf")
+    snapshot = add_snapshot(stores / "hf" / "hub", "org/Real-GGUF", SHA, release)
+    model_id = _model_id(resolve_model("org/Real-GGUF"))  # what the chat stores and shows
+    assert "blobs" not in model_id and display_name(model_id) == "org/Real-GGUF/tiny-F32.gguf"
+    assert display_name(snapshot) == "org/Real-GGUF"
+
+
+def _ollama_manifest(stores: Path, *parts: str) -> Path:
+    """Another manifest in the fake store, pointing at tinyllm's blobs."""
+    root = stores / ".ollama" / "models" / "manifests"
+    manifest = root.joinpath(*parts)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / "registry.ollama.ai" / "library" / "tinyllm" / "latest", manifest)
+    return manifest
+
+
+def test_ollama_names_from_other_hosts_are_listed_as_they_load(stores):
+    _ollama_manifest(stores, "hf.co", "org", "Smol-GGUF", "Q4_0")
+    names = [m.name for m in list_models()]
+    assert "ollama:hf.co/org/Smol-GGUF:Q4_0" in names and "ollama:org/Smol-GGUF:Q4_0" not in names
+    assert resolve_model("ollama:hf.co/org/Smol-GGUF:Q4_0") == resolve_model("ollama:tinyllm")
+    with pytest.raises(ModelLoadError, match=r"did you mean ollama:hf.co/org/Smol-GGUF:Q4_0\?"):
+        resolve_model("ollama:org/Smol-GGUF:Q4_0")
+
+
+def test_ollama_config_blob_is_read_from_the_manifests_config_field(stores):
+    """Ollama writes the config blob's digest in the manifest's "config", not among its layers."""
+    manifest = stores / ".ollama" / "models" / "manifests" / "registry.ollama.ai" / "library" / "tinyllm" / "latest"
+    data = json.loads(manifest.read_text())
+    config = next(layer for layer in data["layers"] if "container.image" in layer["mediaType"])
+    data["layers"].remove(config)
+    manifest.write_text(json.dumps({**data, "config": config}))
+    found = {m.name: m for m in list_models()}["ollama:tinyllm:latest"]
+    assert (found.architecture, found.dtype) == ("llama", "Q4_0")  # the fake blob's header says nothing
+
+
+def test_not_found_messages_name_the_places_and_what_exists(stores, tmp_path):
+    def message(spec: str) -> str:
+        with pytest.raises(ModelLoadError) as e:
+            resolve_model(spec)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "has no typo.gguf; its GGUF files: only-gguf-Q4_K_M.gguf" in message("gguf-org/only-gguf/typo.gguf")
+    assert "did you mean ollama:tinyllm:latest?" in message("tinyllm:latest")  # Ollama's own spelling
+    bare = message("tinyllm")
+    assert "did you mean ollama:tinyllm:latest?" in bare and "without ORG/ is looked up only there" in bare
+    assert "LM Studio (" not in bare  # not searched for a bare name, so not named as searched
+    assert "it has no tag 'nosuch', only latest" in message("ollama:tinyllm:nosuch")
+    assert message("ollama:tinyllm:bad tag").startswith("ollama:tinyllm:bad tag: not an Ollama model name")
+    os.symlink("loop2.gguf", tmp_path / "loop1.gguf")
+    os.symlink("loop1.gguf", tmp_path / "loop2.gguf")
+    os.symlink(tmp_path / "nowhere.gguf", tmp_path / "dangling.gguf")
+    assert "is a broken link" in message(str(tmp_path / "loop1.gguf"))
+    assert "is a broken link" in message(str(tmp_path / "dangling.gguf"))
+    (tmp_path / "notes.txt").write_text("hello")
+    assert "not a GGUF file" in message(str(tmp_path / "notes.txt"))
+    # a local folder of one .gguf file (no config.json) is that file, as an LM Studio folder is
+    one = header_gguf(tmp_path / "onegguf" / "tiny.gguf")
+    assert resolve_model(str(one.parent)) == one
+    header_gguf(tmp_path / "onegguf" / "tiny-Q8_0.gguf")
+    assert f"holds 2 GGUF files (tiny-Q8_0.gguf, tiny.gguf); choose one: --model {one.parent}/" in message(
+        str(one.parent)
+    )
+
+
+def test_ollama_blob_or_manifest_that_is_not_one_is_one_line(stores):
+    from tiankong.engine.files import read_regular_bytes
+
+    ollama = stores / ".ollama" / "models"
+    (ollama / "manifests" / "registry.ollama.ai" / "library" / "dirtag" / "latest").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match="a folder, not a regular file"):  # not IsADirectoryError
+        read_regular_bytes(ollama / "manifests" / "registry.ollama.ai" / "library" / "dirtag" / "latest", 100)
+    skipped: list[str] = []
+    assert "ollama:tinyllm:latest" in [m.name for m in list_models(skipped)]
+    assert any("dirtag" in note and "a folder, not a regular file" in note for note in skipped), skipped
+    with pytest.raises(ModelLoadError, match="a folder, not a regular file"):
+        resolve_model("ollama:dirtag")
+    (ollama / "blobs" / f"sha256-{'1' * 64}").write_text("hello")
+    with pytest.raises(ModelLoadError, match=r"model blob .* is not a GGUF file"):
+        resolve_model("ollama:tinyllm")
+
+
+# --- never a hang on a FIFO, never a traceback on a place that cannot be read ----------------------
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: the alarm interrupts a blocking open (of a FIFO, say)."""
+
+    def fail(*_: object) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_fifo_named_gguf_is_never_opened(stores, monkeypatch, capsys):
+    from tiankong.engine.gguf_model import GGUFModel, is_gguf, peek
+
+    pipe = stores / ".lmstudio" / "models" / "fifo" / "Pipe" / "pipe-Q4_0.gguf"
+    pipe.parent.mkdir(parents=True)
+    os.mkfifo(pipe)
+    snapshot = stores / "hf" / "hub" / "models--fifo--Cached-GGUF" / "snapshots" / SHA
+    snapshot.mkdir(parents=True)
+    os.mkfifo(snapshot / "x-Q8_0.gguf")
+    with deadline(30):
+        skipped: list[str] = []
+        names = [m.name for m in list_models(skipped)]
+        assert "fifo/Pipe" not in names and "fifo/Cached-GGUF" not in names
+        assert len([note for note in skipped if "a FIFO, not a regular file" in note]) == 2, skipped
+        assert peek(pipe) == {} and not is_gguf(pipe)
+        for spec in ("fifo/Pipe", "fifo/Cached-GGUF", str(pipe)):
+            with pytest.raises(ModelLoadError, match="a FIFO, not a regular file"):
+                resolve_model(spec)
+        with pytest.raises(ModelLoadError, match="a FIFO, not a regular file"):
+            GGUFModel(pipe)
+        code, out, err = cli(monkeypatch, capsys, "info", "-m", pipe)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "FIFO" in err, err
+
+
+_PROBE = """
+import sys
+from tiankong.engine.errors import TiankongError
+from tiankong.engine.resolve import list_models, resolve_model
+skipped = []
+print("listed:", *[m.name for m in list_models(skipped)])
+for note in skipped:
+    print("skipped:", note)
+for spec in sys.argv[1:]:
+    try:
+        print("resolved:", resolve_model(spec))
+    except TiankongError as e:
+        print("error:", e)
+"""
+
+
+def as_user(*args: object) -> subprocess.CompletedProcess:
+    """Run a command as an ordinary user would (root, here, drops the capabilities that let it read
+    anything); it must end without a traceback."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv cannot act as an ordinary user")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    proc = subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def lock():
+    """lock(folder): mode 000 until the test ends (then restored, so tmp_path can be removed)."""
+    locked: list[Path] = []
+
+    def lock(folder: Path) -> Path:
+        folder.chmod(0)
+        locked.append(folder)
+        return folder
+
+    yield lock
+    for folder in locked:
+        folder.chmod(0o755)
+
+
+def test_unreadable_stores_are_skipped_in_lists_and_one_line_for_names(stores, lock):
+    hub = lock(stores / "hf" / "hub")
+    ollama = lock(stores / ".ollama" / "models")
+    lm = lock(stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny")
+    specs = ["tiny-org/Tiny-Llama", "ollama:tinyllm", "lm-org/lm-tiny", str(lm / "config.json")]
+    out = as_user(sys.executable, "-c", _PROBE, *specs).stdout.splitlines()
+    assert out[0].startswith("listed:") and "gguf-org/only-gguf" in out[0]  # the readable places still listed
+    denied = "permission denied; give your user access to it"
+    assert [line for line in out if line.startswith("skipped:")] == [
+        f"skipped: cannot read {place}: {denied} (chmod, chown) or use a model from another place"
+        for place in (hub, lm, ollama)
+    ]
+    errors = [line for line in out if line.startswith(("error:", "resolved:"))]
+    assert errors == [
+        f"error: cannot read {place}: {denied} (chmod, chown) or use a model from another place"
+        for place in (hub, ollama, lm, lm)
+    ]
+
+
+def test_unreadable_weights_say_permission_denied_in_one_line(tmp_path, tiny):
+    folder = shutil.copytree(tiny, tmp_path / "model")
+    (folder / "model.safetensors").chmod(0)
+    gguf_file = header_gguf(tmp_path / "noperm.gguf")
+    gguf_file.chmod(0)
+    for model in (folder, gguf_file):
+        proc = as_user(sys.executable, "-m", "tiankong.tui.cli", "info", "-m", model)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot read"), proc.stderr
+        assert "Permission denied" in lines[0] and "No such file" not in lines[0]
+
+
+# --- what the commands print -----------------------------------------------------------------------
+
+
+def test_help_and_listing_say_gguf_files_load(stores, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "models", "--help")
+    assert code == 0 and "not loadable" not in out
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = cli(monkeypatch, capsys, "models")
+    assert code == 0 and "gguf-org/only-gguf" in out and "not loadable" not in out
+    for command in ("chat", "compare", "generate", "tokenize", "info", "serve"):
+        code, out, err = cli(monkeypatch, capsys, command, "--help")
+        text = " ".join(out.replace("│", " ").split())
+        assert code == 0 and "a .gguf file" in text and "ollama:NAME[:TAG]" in text, (command, text)
+
+
+def test_names_with_colons_print_as_typed_not_as_emoji(stores, monkeypatch, capsys):
+    _ollama_manifest(stores, "registry.ollama.ai", "library", "cat", "cool")
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = cli(monkeypatch, capsys, "models")
+    assert code == 0 and "ollama:cat:cool" in out, out
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", "my:fire:model.gguf")
+    assert code == 2 and "my:fire:model.gguf" in err, err

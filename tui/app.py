@@ -26,6 +26,7 @@ from textual.screen import Screen
 
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.remote import RemoteModel
+from tiankong.engine.resolve import model_key
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
 from tiankong.tui.screens.chat import ChatScreen
 from tiankong.tui.screens.help import HelpScreen
@@ -44,8 +45,8 @@ def default_rater() -> str:
 
 def _model_id(model: Path | RemoteModel) -> str:
     """How chats name the model: its resolved folder, or the server's URL (the chat screen names
-    the server's model once connected)."""
-    return model.url if isinstance(model, RemoteModel) else str(model.expanduser().resolve())
+    the server's model once connected); a GGUF file keeps its own name, not its blob's (model_key)."""
+    return model.url if isinstance(model, RemoteModel) else model_key(model)
 
 
 # How long a thread may hold the GIL while another waits (Python's default: 5 ms), while the app runs.

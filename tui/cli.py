@@ -30,12 +30,12 @@ app = typer.Typer(
     rich_markup_mode="rich",
     help="tiankong (填空): watch a language model fill in the blank, one token at a time.",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # emoji=False: "ollama:cat:cool" in a message must not become a cat
 
 MODEL_HELP = (
-    "Hugging Face model folder (config.json, safetensors, tokenizer), or a name: ORG/NAME[@REVISION] from the "
-    "Hugging Face cache or LM Studio (`tiankong models` lists them). Env: TIANKONG_MODEL. "
-    "Default: the bundled tiankong-mini."
+    "Hugging Face model folder (config.json, safetensors, tokenizer), a .gguf file, or a name: "
+    "ORG/NAME[@REVISION] (or ORG/NAME/FILE.gguf) from the Hugging Face cache or LM Studio, ollama:NAME[:TAG] "
+    "from Ollama (`tiankong models` lists them). Env: TIANKONG_MODEL. Default: the bundled tiankong-mini."
 )
 ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
 DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
@@ -100,8 +100,12 @@ def _local_only(models: list[Any], device: str, dtype: str, chat_template: Optio
 
 def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
     """--chat-template checked before a model loads or a screen opens."""
-    if chat_template is not None and not chat_template.expanduser().is_file():
-        raise InputError(f"chat template {chat_template} is not a file; give a Jinja template file")
+    if chat_template is not None and not os.path.isfile(chat_template.expanduser()):  # isfile never raises
+        missing = not os.path.lexists(chat_template.expanduser())
+        raise InputError(
+            f"chat template {chat_template} {'does not exist' if missing else 'is not a readable regular file'}; "
+            "give a Jinja template file"
+        )
     return chat_template
 
 
@@ -469,7 +473,7 @@ def _report_interrupt(output: Path, kept: int) -> None:
 )
 def tokenize(
     text: str = typer.Argument(..., help="Text to tokenize."),
-    model: Optional[Path] = ModelOpt,
+    model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
     format: str = typer.Option("table", "--format", help='table or jsonl ({"ids": [...], "pieces": [...]}).'),
 ) -> None:
     """Show how TEXT splits into tokens (ids and pieces), with the special tokens the model adds."""
@@ -492,7 +496,7 @@ def tokenize(
     for n, (i, p) in enumerate(zip(ids, pieces, strict=True)):
         special = " [dim](special)[/dim]" if i in tok.special_ids else ""
         table.add_row(str(n), str(i), repr(p)[1:-1] + special, repr(tok.token_text(i)))
-    Console().print(table)
+    Console(emoji=False).print(table)
 
 
 @app.command(
@@ -504,7 +508,7 @@ def tokenize(
 """
 )
 def info(
-    model: Optional[Path] = ModelOpt,
+    model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
     format: str = typer.Option("table", "--format", help="table or json."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -520,8 +524,9 @@ def info(
 
     table = Table(show_header=False, show_edge=False)
     for k, v in facts.items():
-        table.add_row(k.replace("_", " "), fact_text(k, v))
-    Console().print(table)
+        label = "file" if k == "folder" and not os.path.isdir(v) else k.replace("_", " ")  # a GGUF file
+        table.add_row(label, fact_text(k, v))
+    Console(emoji=False).print(table)
 
 
 @app.command(
@@ -535,7 +540,7 @@ def info(
 
 Searched, offline: the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub),
 LM Studio (~/.lmstudio/models, ~/.cache/lm-studio/models) and Ollama ($OLLAMA_MODELS, else ~/.ollama/models;
-GGUF, listed but not loadable yet)."""
+as ollama:NAME:TAG). A place that cannot be read is skipped and named on stderr."""
 )
 def models(format: str = typer.Option("table", "--format", help="table or json.")) -> None:
     """The models on this machine that --model takes by name: the bundled one, then the caches."""
@@ -543,7 +548,10 @@ def models(format: str = typer.Option("table", "--format", help="table or json."
 
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
-    found = list_models()
+    skipped: list[str] = []
+    found = list_models(skipped)
+    for note in skipped:  # stderr: the JSON on stdout stays whole
+        err.print(f"skipped: {note}", highlight=False, markup=False, soft_wrap=True)
     if format == "json":
         print(json.dumps([m.to_json() for m in found], ensure_ascii=False))
         return
@@ -552,9 +560,9 @@ def models(format: str = typer.Option("table", "--format", help="table or json."
         table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
     for m in found:
         size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"
-        arch = escape(m.architecture or "?") + (" [dim](GGUF: not loadable yet)[/dim]" if m.format == "gguf" else "")
+        arch = escape(m.architecture or "?") + (" [dim](GGUF)[/dim]" if m.format == "gguf" else "")
         table.add_row(escape(m.name), arch, size, m.dtype or "?", f"{m.source}: {escape(_home(m.path))}")
-    Console().print(table)
+    Console(emoji=False).print(table)
 
 
 def _home(path: str) -> str:
@@ -576,7 +584,7 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
     from tiankong.engine.params import SAMPLER_CHAIN
     from tiankong.presets import user_presets_dir
 
-    con = Console()
+    con = Console(emoji=False)
     if name is None:
         table = Table(title=f"presets (yours go in {user_presets_dir()})", show_edge=False)
         table.add_column("name", no_wrap=True)
@@ -797,7 +805,7 @@ def rank(
 """
 )
 def serve(
-    model: Optional[Path] = ModelOpt,
+    model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
     host: str = typer.Option("127.0.0.1", help="Address to bind; any but loopback needs --api-key."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     api_key: Optional[str] = typer.Option(

@@ -291,7 +291,7 @@ prefs_app = typer.Typer(
     rich_markup_mode="rich",
     help="Export, import and summarise preference votes.",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # model names and paths like ollama:cat:cool print as typed
 
 # Defined here rather than imported from cli.py: cli.py imports this module while it is loading.
 DataDirOpt = typer.Option(
@@ -448,7 +448,7 @@ def stats(
         table.add_row(name, str(s["votes"]), str(s["wins"]), str(s["losses"]), str(s["ties"]), str(s["both_bad"]), rate)
     table.add_section()
     table.add_row("total", str(t["votes"]), str(t["pairs"]), str(t["pairs"]), str(t["tie"]), str(t["both_bad"]), "")
-    con = Console()
+    con = Console(emoji=False)
     con.print(table)
     for kind, rows in boards.items():
         if rows:

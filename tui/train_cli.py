@@ -205,7 +205,7 @@ def _print_verdict(trainer: Any, out: Path) -> None:
 
     verdict = verdict_for(trainer)
     path = verdict.write(out)
-    console = Console(stderr=True)
+    console = Console(stderr=True, emoji=False)  # paths and model names print as typed
     for part in verdict.render():
         console.print(part)
     console.print(f"verdict written to {path}")
