@@ -243,3 +243,18 @@ def test_a_run_resumed_with_another_template_or_dtype_does_its_rows_again(monkey
     assert rows_kept("--chat-template", short) == 2  # the same settings: nothing done again
     assert rows_kept("--chat-template", long) == 4  # another template: both rows made again
     assert rows_kept("--chat-template", long, "--dtype", "bfloat16") == 6  # another weights' type: again
+
+
+def test_an_escape_sequence_in_a_strangers_file_never_reaches_the_terminal(monkeypatch, capsys, model_dir, tmp_path):
+    """Error lines and tables quote model folders, presets and caches; an ESC ] 2 ; ... in them
+    retitled the terminal (BEL was the only control left out before)."""
+    import shutil
+
+    evil = tmp_path / "evil"
+    shutil.copytree(model_dir, evil)
+    config = json.loads((evil / "config.json").read_text())
+    config.update(architectures=["Evil\x1b]2;TITLE\x1b\\\x1b[31mRED\x9b1m"], model_type="evil")
+    (evil / "config.json").write_text(json.dumps(config))
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", evil)
+    assert code == 2 and "Evil]2;TITLE" in err.replace("\n", "")
+    assert not any(ch in out + err for ch in "\x1b\x9b\x07")

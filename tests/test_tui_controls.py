@@ -1,5 +1,5 @@
 """Escape sequences in a model's answer (or a stored chat) never reach the terminal: every way the
-playground draws an answer leaves control characters out (tui/widgets/controls.py), and the
+playground draws an answer leaves control characters out (tui/controls.py), and the
 candidates panel shows them as escapes. Seen before the fix: a stored answer holding
 ESC ] 2 ; ... BEL retitled the tmux pane it was opened in."""
 
@@ -16,9 +16,9 @@ from textual._xterm_parser import XTermParser
 from textual.app import App
 from textual.content import Content
 
+from tiankong.tui.controls import UNDRAWN
 from tiankong.tui.terminal import _PasteState, install_paste_filter, without_pasted_escapes
 from tiankong.tui.widgets.candidates import show_token
-from tiankong.tui.widgets.controls import UNDRAWN
 from tiankong.tui.widgets.message import AssistantMessage
 from tiankong.tui.widgets.streaming_text import StreamingText
 

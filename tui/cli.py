@@ -23,6 +23,7 @@ from rich.table import Table
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.files import stdout_errors, write_target
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
+from tiankong.tui import controls
 
 app = typer.Typer(
     add_completion=False,
@@ -871,6 +872,7 @@ def _register_subcommands(argv: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    controls.install_rich()  # an escape sequence in a stranger's file, quoted in a line or table, stays inert
     try:
         code = _run()
     except Exception:

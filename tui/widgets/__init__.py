@@ -1,7 +1,7 @@
 """Reusable playground widgets: they report upward with Messages and are changed by methods."""
 
-from tiankong.tui import terminal
-from tiankong.tui.widgets import controls, kinsoku
+from tiankong.tui import controls, terminal
+from tiankong.tui.widgets import kinsoku
 from tiankong.tui.widgets.candidates import CandidatesPanel, show_token, token_dict
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.status import StatusBar

@@ -31,7 +31,7 @@ from textual.selection import Selection
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tiankong.tui.widgets.controls import UNDRAWN
+from tiankong.tui.controls import UNDRAWN
 
 # Never drawn (controls.py), and a tab as four spaces: the column wraps the text it draws.
 _HIDDEN: dict[int, str | None] = {**UNDRAWN, 0x09: "    "}
