@@ -662,6 +662,22 @@ def test_a_bad_model_folder_is_shown_and_the_app_stays_usable(store, tmp_path):
     assert alive and chats == []  # nothing was sent without a model
 
 
+def test_compare_without_its_model_ends_with_one_line_and_a_failed_status(store, tmp_path):
+    """The compare screen never opened when a model failed to load: the chat screen stood in its place
+    and the process ended with status 0."""
+
+    async def go():
+        app = make_app(
+            tmp_path / "no-such-model", store, tmp_path, mode="compare", compare_presets=["balanced", "creative"]
+        )
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.return_code is not None)
+            return app.return_code, list(app._exit_renderables)  # printed (and cleared) once it has ended
+
+    code, said = run(go())
+    assert code == 2 and len(said) == 1 and "no-such-model" in str(said[0]) and str(said[0]).startswith("error: ")
+
+
 def test_a_store_that_refuses_a_write_is_shown_and_nothing_is_answered(tiny, store, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise StoreError("could not write the database (disk full); check free disk space")

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -179,7 +180,10 @@ class TiankongApp(App[None]):
 
     def _load_failed(self, message: str) -> None:
         self.engine_error = message
-        self.chat.engine_failed(message)
+        if self.mode == "compare":  # nothing to compare without the models: one line, and a failed status
+            self.exit(return_code=2, message=Text.assemble(("error: ", "bold red"), message))
+            return
+        self.chat.engine_failed(message)  # the chat stays: stored chats can still be read and exported
         self.notify(message, title="model not loaded", severity="error", timeout=30)
 
     # ------------------------------------------------------------------ other screens
