@@ -514,3 +514,20 @@ def test_snapshot_votes(store, utc, snap_compare):
         await pilot.press("down")
 
     assert snap_compare(Host(VotesScreen(store)), terminal_size=(80, 24), run_before=pick)
+
+
+def test_a_vote_names_a_cached_gguf_as_its_chats_do(tmp_path):
+    """A GGUF in the Hugging Face cache is a link to blobs/<hash>: votes stored that hash, which names
+    nothing, where chats store the file's own path (resolve.model_key)."""
+    import types
+
+    from tiankong.tui.screens.compare import model_identity
+
+    blob = tmp_path / "blobs" / ("e7" * 32)
+    blob.parent.mkdir()
+    blob.write_bytes(b"GGUF")
+    link = tmp_path / "snapshots" / "abc" / "smol-Q4_0.gguf"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    assert model_identity(types.SimpleNamespace(folder=link)) == str(link)
+    assert model_identity(types.SimpleNamespace(folder=tmp_path / "snapshots" / ".." / "blobs")) == str(blob.parent)

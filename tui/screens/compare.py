@@ -35,7 +35,7 @@ from textual.widgets import Footer, Input, Static
 from tiankong.engine.engine import Engine, draw_seed, with_seeds
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.engine.remote import RemoteEngine
-from tiankong.engine.resolve import display_name
+from tiankong.engine.resolve import display_name, model_key
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
 from tiankong.tui.queue import Answer, Item, PromptQueue
@@ -56,10 +56,11 @@ def model_name(engine: Engine | RemoteEngine) -> str:
 
 
 def model_identity(engine: Engine | RemoteEngine) -> str:
-    """How a model is stored in a vote: its resolved folder path (a server's: URL/models/MODEL)."""
+    """How a model is stored in a vote: as chats store it (resolve.model_key: a folder's resolved
+    path, a GGUF file's own name, not its cache blob's); a server's: URL/models/MODEL."""
     if isinstance(engine, RemoteEngine):
         return engine.folder
-    return str(Path(engine.folder).expanduser().resolve())
+    return model_key(engine.folder)
 
 
 @dataclass
