@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, quoted
 from .files import model_file, read_model_object
 
 if TYPE_CHECKING:  # torch is imported where needed: reading a config needs no torch
@@ -58,7 +58,9 @@ class ModelConfig:
     layer_types: tuple[str, ...] = ()  # per layer "sliding_attention" or "full_attention"
     local_window: int | None = None  # the window of the "sliding_attention" layers
     local_rope_theta: float | None = None  # Gemma 3: their RoPE base (the global layers' is rope_theta)
-    attn_scale: float | None = None  # Gemma: query_pre_attn_scalar ** -0.5 instead of head_dim ** -0.5
+    # Gemma: query_pre_attn_scalar ** -0.5 instead of head_dim ** -0.5; GPT-2 with scale_attn_weights false: 1
+    attn_scale: float | None = None
+    attn_scale_by_layer: bool = False  # GPT-2's scale_attn_by_inverse_layer_idx: layer i's scale / (i + 1)
     attn_softcap: float | None = None  # Gemma 2: attention scores s become c * tanh(s / c)
     final_softcap: float | None = None  # Gemma 2: logits z become c * tanh(z / c)
     # Gemma 3 image-text checkpoints: the text model's tensors sit under "language_model."; the
@@ -102,6 +104,11 @@ class ModelConfig:
                         f"config.json rope_scaling: {key} must be a list of {self.rotary_dim // 2} positive "
                         "numbers (one per rotated pair of head dims); fix it"
                     )
+
+    def layer_attn_scale(self, layer: int) -> float:
+        """The factor on layer `layer`'s (0-based) q.k scores before the softmax."""
+        scale = self.head_dim**-0.5 if self.attn_scale is None else self.attn_scale
+        return scale / (layer + 1) if self.attn_scale_by_layer else scale
 
     @property
     def rotary_dim(self) -> int:
@@ -167,14 +174,33 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _architecture(cfg: Mapping[str, Any]) -> str:
-    """The supported architecture config.json names (or, in older or hand-written configs, its model_type)."""
+    """The supported architecture config.json names (or, in older or hand-written configs without
+    `architectures`, its model_type).
+
+    Every name listed must be supported: a model_type of "llama" says nothing about the model of a
+    folder that names another class (custom code under auto_map, a classifier's score head instead
+    of lm_head), and loading it as a Llama would run, or fail on, something else."""
     archs = cfg.get("architectures") or []
-    arch = next((a for a in archs if a in ARCHITECTURES), None)
-    arch = arch or {t: a for a, t in _MODEL_TYPES.items()}.get(cfg.get("model_type", ""))
+    supported = ", ".join(ARCHITECTURES)
+    for name in archs:
+        if name in ARCHITECTURES:
+            continue
+        if name.endswith(_CLASSIFIER_SUFFIXES):
+            raise ModelLoadError(
+                f"{quoted(name)} is a classifier (score head), not a causal LM; use a causal LM "
+                f"(tiankong supports {supported})"
+            )
+        raise ModelLoadError(f"unsupported architecture ({quoted(name)}); tiankong supports {supported}")
+    arch = archs[0] if archs else {t: a for a, t in _MODEL_TYPES.items()}.get(cfg.get("model_type", ""))
     if arch is None:
-        named = ", ".join(archs) or cfg.get("model_type") or "none given"
-        raise ModelLoadError(f"unsupported architecture ({named}); tiankong supports {', '.join(ARCHITECTURES)}")
+        raise ModelLoadError(
+            f"unsupported architecture ({quoted(cfg.get('model_type') or 'none given')}); tiankong supports {supported}"
+        )
     return arch
+
+
+# transformers' heads that score a sequence or its tokens instead of predicting the next token.
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
 
 
 def _gemma3_text_part(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,6 +232,10 @@ def _gpt2_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
         max_seq_len=int(cfg.get("n_positions", 1024)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         activation=act,
+        # GPT2Config's defaults. reorder_and_upcast_attn only changes the order of the same float32
+        # products (scale k before q.k), which SDPA's float32 softmax matches: nothing to do.
+        attn_scale=None if cfg.get("scale_attn_weights", True) else 1.0,
+        attn_scale_by_layer=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
     )
 
 
@@ -363,6 +393,8 @@ def _rope_parameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+MAX_LAYERS = 1 << 12  # far beyond any real model (weights.check_checkpoint suggests no more)
+
 # What each config.json value must be: (type, smallest, largest). Checked before anything is built, so
 # a hostile or damaged value (a string, null, NaN, 1e300, -4) is one line naming the field instead of a
 # torch traceback, a hang or gigabytes allocated. The bounds are far beyond any real model; sizes are
@@ -372,7 +404,7 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     "vocab_size": (int, 1, 1 << 24),
     **dict.fromkeys(("hidden_size", "n_embd"), (int, 1, 1 << 17)),
     **dict.fromkeys(("intermediate_size", "n_inner"), (int, 1, 1 << 20)),
-    **dict.fromkeys(("num_hidden_layers", "n_layer"), (int, 1, 1 << 12)),
+    **dict.fromkeys(("num_hidden_layers", "n_layer"), (int, 1, MAX_LAYERS)),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_key_value_heads"), (int, 1, 1 << 12)),
     "head_dim": (int, 1, 1 << 14),
     **dict.fromkeys(
@@ -399,7 +431,10 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "architectures": ((list,), 'a list of names such as ["LlamaForCausalLM"]'),
     "model_type": ((str,), 'a name such as "llama"'),
     **dict.fromkeys(
-        ("attention_bias", "use_sliding_window", "tie_word_embeddings", "use_bidirectional_attention"),
+        (
+            *("attention_bias", "use_sliding_window", "tie_word_embeddings", "use_bidirectional_attention"),
+            *("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"),
+        ),
         ((bool,), "true or false"),
     ),
     **dict.fromkeys(("short_factor", "long_factor"), ((list,), "a list of numbers, one per rotated pair")),
@@ -569,6 +604,8 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
             n_positions=cfg.max_seq_len,
             layer_norm_epsilon=cfg.norm_eps,
             activation_function=cfg.activation,
+            scale_attn_weights=cfg.attn_scale is None,
+            scale_attn_by_inverse_layer_idx=cfg.attn_scale_by_layer,
         )
         return out
     out.update(

@@ -31,3 +31,22 @@ class InputError(TiankongError):
 
 class RemoteError(TiankongError):
     """A server behind --model http://... failed a request or answered something unusable."""
+
+
+def quoted(text: object, limit: int = 200) -> str:
+    """`text` from a stranger (a config value, a file name) made fit to quote in a one-line message:
+    control and format characters removed (an ESC sequence would drive the terminal, a newline
+    would break the one line, a bidi override would reorder it) and at most `limit` characters,
+    ending in "…" when cut (a 100,000-character value is no message). Not wrapped in quotes."""
+    import unicodedata
+
+    raw = text if isinstance(text, str) else repr(text)
+    kept: list[str] = []
+    for ch in raw:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            continue
+        if len(kept) == limit:
+            kept[-1] = "…"
+            break
+        kept.append(ch)
+    return "".join(kept)

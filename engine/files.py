@@ -5,7 +5,7 @@ Reading a model folder (`model_file`, `read_model_text`, `read_model_json`):
   * only files inside the folder: a symlinked `added_tokens.json -> ~/.ssh/id_rsa` must not be
     read, and so cannot be copied into a training output the person later publishes. The one
     exception is the Hugging Face cache layout (`snapshots/<rev>/x -> ../../blobs/<sha>`), whose
-    links stay inside the cached repository;
+    links may lead into that repository's blobs/ folder and nowhere else;
   * JSON bounded in size, and a file nested thousands deep is a clear error, not a traceback.
 
 Writing (`atomic_write`, `atomic_open`, `atomic_write_text`, `atomic_write_bytes`):
@@ -40,10 +40,23 @@ MAX_JSON_BYTES = 256 * 1024 * 1024
 
 
 def _allowed_roots(folder: Path) -> list[Path]:
+    """Where the files of `folder` may really be: the folder itself, and for a snapshot of a Hugging
+    Face cache repo (REPO/snapshots/<rev>/) that repo's blobs/ folder, where the cache's links point.
+
+    Only blobs/, never all of REPO: any folder can sit in a parent named "snapshots", and a link to
+    ../../.ssh/x must not pass for a cache link. REPO must also look like a cache repo (a real blobs/
+    folder, plus refs/ or the models--ORG--NAME name), and blobs/ must not itself be a link."""
     root = folder.resolve()
     roots = [root]
-    if root.parent.name == "snapshots":  # Hugging Face hub cache: links point into ../../blobs
-        roots.append(root.parent.parent)
+    repo = root.parent.parent
+    blobs = repo / "blobs"
+    if (
+        root.parent.name == "snapshots"
+        and (repo.name.startswith("models--") or os.path.isdir(repo / "refs"))
+        and os.path.isdir(blobs)
+        and not os.path.islink(blobs)
+    ):
+        roots.append(blobs)
     return roots
 
 
@@ -171,8 +184,11 @@ def parse_json(text: str, where: str, error: type[Exception] = ModelLoadError) -
         ) from None
     except RecursionError:
         raise too_deep from None
-    except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
-        raise error(f"{where} cannot be read as JSON ({e}); fix or re-copy the file") from None
+    except ValueError:  # not a syntax error: an integer literal beyond Python's digit limit
+        raise error(
+            f"{where} holds a number too long to be a real value (over {sys.get_int_max_str_digits()} digits); "
+            "fix or re-copy the file"
+        ) from None
     if _depth_exceeds(data, MAX_JSON_DEPTH):
         raise too_deep
     return data

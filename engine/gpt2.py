@@ -17,9 +17,12 @@ from .weights import embedding
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        # 1/sqrt(head_dim) unless scale_attn_weights is false, / (layer + 1) with
+        # scale_attn_by_inverse_layer_idx; PackedGPT2 folds this same number into its query rows.
+        self.scale = cfg.layer_attn_scale(layer)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)  # q, k and v in one matmul
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
@@ -31,7 +34,7 @@ class Attention(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H, S, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -48,10 +51,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.ln2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
@@ -66,7 +69,7 @@ class GPT2(nn.Module):
         self.cfg = cfg
         self.tok_emb = embedding(cfg.vocab_size, cfg.dim)
         self.pos_emb = embedding(cfg.max_seq_len, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

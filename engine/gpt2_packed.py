@@ -6,7 +6,8 @@ Llama family:
 
 - LayerNorm gain and shift are folded into the matmul that reads the normalised vector:
   W (g n + beta) + b = (W diag g) n + (W beta + b), so a norm is a plain normalisation.
-- 1/sqrt(head_dim) is folded into the query rows and bias, so attention runs with scale 1.
+- The attention scale (1/sqrt(head_dim), or as config.json sets it per layer: gpt2.Attention.scale)
+  is folded into the query rows and bias, so attention, and the compiled step, run with scale 1.
 - Every weight is a plain (out, in) matrix in one buffer, in the order a step reads them; a tied
   head is copied there and lookups read that copy.
 - Keys and values leave the fused q/k/v row side by side and go into the KV cache with one copy.
@@ -16,8 +17,6 @@ plain weights). Same forward signature as GPT2; forward only, under inference mo
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -103,9 +102,8 @@ class PackedGPT2(nn.Module):
             return w * ln.weight.float(), linear.bias.float() + w @ ln.bias.float()
 
         wqkv, bqkv = fold(a.qkv, block.ln1)  # (3D, D), (3D,)
-        scale = 1.0 / math.sqrt(cfg.head_dim)
-        wqkv[:D] *= scale
-        bqkv[:D] *= scale
+        wqkv[:D] *= a.scale
+        bqkv[:D] *= a.scale
         w13, b13 = fold(m.fc, block.ln2)  # (F, D), (F,)
         weights = dict(
             wqkv=own(wqkv.to(dt)),

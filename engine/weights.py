@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Protocol, cast
 import torch
 from torch import nn
 
-from .config import ModelConfig, to_hf_config
-from .errors import ModelLoadError
+from .config import MAX_LAYERS, ModelConfig, to_hf_config
+from .errors import ModelLoadError, quoted
 from .files import atomic_write, atomic_write_text, model_file, open_regular, read_model_object
 from .quant import QTensor, set_quantized
 
@@ -178,21 +178,22 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 def _indexed_files(folder: Path, name: str) -> list[Path]:
     weight_map = read_model_object(folder, name).get("weight_map")
+    restore = "restore the file from the model's source"
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise ModelLoadError(
-            f"{folder / name}: weight_map must be an object of tensor name -> shard file; "
-            "restore the file from the model's source"
-        )
+        raise ModelLoadError(f"{folder / name}: weight_map must be an object of tensor name -> shard file; {restore}")
+    if not weight_map:  # else "no layers": a checkpoint of nothing, not a wrong layer count
+        raise ModelLoadError(f"{folder / name}: weight_map is empty, so the index names no tensors; {restore}")
     files = []
     for shard in dict.fromkeys(weight_map.values()):
+        if not shard:  # "" is the folder itself to model_file
+            raise ModelLoadError(f'{folder / name}: the index names an empty shard file name (""); {restore}')
         if Path(shard).name != shard:  # "../x", "/etc/x", "sub/x": shards sit beside the index
             raise ModelLoadError(
-                f"{folder / name}: shard {shard[:80]!r} is not a file name in the folder; "
-                "restore the file from the model's source"
+                f"{folder / name}: shard {quoted(shard)!r} is not a file name in the folder; {restore}"
             )
         path = model_file(folder, shard)
         if path is None:
-            raise ModelLoadError(f"shard {shard} listed in {name} is missing; download it into {folder}")
+            raise ModelLoadError(f"shard {quoted(shard)} listed in {name} is missing; download it into {folder}")
         files.append(path)
     return files
 
@@ -203,12 +204,7 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[]
     # torch.load's as a file it cannot read safely.
     os.close(open_regular(path))
     if path.suffix == ".bin":
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # unpickling refused or file damaged
-            raise ModelLoadError(
-                f"cannot read {path.name} safely ({type(e).__name__}); convert the model to safetensors"
-            ) from None
+        sd = _load_pickled(path)
         for name, t in sd.items():
             yield name, tuple(t.shape), functools.partial(sd.__getitem__, name)
         return
@@ -224,6 +220,40 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[]
         raise ModelLoadError(f"{path.name} is truncated or corrupt ({e}); download it again") from None
     except OSError as e:
         raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
+
+
+def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a pytorch_model.bin, by name: torch.load(weights_only=True), which unpickles
+    nothing but tensors and plain containers, then checked to be a flat dict of tensors."""
+    import zipfile
+
+    # mmap (each tensor read when used) needs torch's zip format, as transformers knows too. The
+    # legacy format (_use_new_zipfile_serialization=False) is read into memory instead, as much as
+    # the file holds: a storage size it claims but lacks fails the read.
+    zipped = zipfile.is_zipfile(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as e:  # unpickling refused or file damaged
+        raise ModelLoadError(
+            f"cannot read {path.name} safely ({type(e).__name__}); convert the model to safetensors"
+        ) from None
+    fix = "not a dict of tensors; convert the model to safetensors"
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"{path} holds {_a(sd)}, {fix}")
+    for name, t in sd.items():
+        # transformers reads such a file as is: a checkpoint nested as {"state_dict": {...}}, or
+        # holding a training step beside the tensors, is not a model to it either.
+        if not isinstance(name, str):
+            raise ModelLoadError(f"{path} holds a dict with the key {quoted(name, 40)} ({_a(name)}), {fix}")
+        if not isinstance(t, torch.Tensor):
+            raise ModelLoadError(f"{path} holds a dict whose entry {quoted(name, 80)!r} is {_a(t)}, {fix}")
+    return sd
+
+
+def _a(value: object) -> str:
+    """The type of a value read from a file, as messages name it: "a list", "an int"."""
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 class TensorSource(Protocol):
@@ -288,6 +318,14 @@ def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameT
         raise ModelLoadError(
             f"{folder}: its metadata says {folder.metadata_key(key)} is {cfg.n_layers}, but it holds "
             f"tensors for {found} layers; {_BAD_FILE}"
+        )
+    if found != cfg.n_layers and (not layers or len(layers) != found or found > MAX_LAYERS):
+        # No layer at all, or numbers with gaps (0-4 and 100000): the checkpoint itself is broken,
+        # and no value of the config's layer count would fit it.
+        have = f"tensors for {len(layers)} layers numbered {min(layers)} to {max(layers)}" if layers else "no layers"
+        raise ModelLoadError(
+            f"the checkpoint in {folder} is inconsistent: it has {have}, while config.json says {key} is "
+            f"{cfg.n_layers}; restore the weights from the model's source"
         )
     if found != cfg.n_layers:
         raise ModelLoadError(
@@ -360,7 +398,9 @@ def _check_all_matched(
         fix = "" if isinstance(folder, Path) else f"; {_BAD_FILE}"
         raise ModelLoadError(f"{where} lacks {len(missing)} tensor(s) the model needs: {shown}{fix}")
     if unexpected:
-        shown = ", ".join(unexpected[:4]) + (f" and {len(unexpected) - 4} more" if len(unexpected) > 4 else "")
+        # The checkpoint's own names, not ours: any length, any characters.
+        shown = ", ".join(quoted(n, 100) for n in unexpected[:4])
+        shown += f" and {len(unexpected) - 4} more" if len(unexpected) > 4 else ""
         if not isinstance(folder, Path):
             raise ModelLoadError(
                 f"{folder} has tensors a {cfg.architecture} does not use: {shown}; its metadata may not "

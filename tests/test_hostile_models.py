@@ -89,6 +89,32 @@ def index(content):
     return apply
 
 
+def pickled(make, **save_options):
+    """The weights become pytorch_model.bin holding make(the checkpoint's tensors)."""
+
+    def apply(folder):
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(make(load_file(folder / "model.safetensors")), folder / "pytorch_model.bin", **save_options)
+        (folder / "model.safetensors").unlink()
+
+    return apply
+
+
+def extra_tensor(name):
+    """model.safetensors gains a tensor called `name`."""
+
+    def apply(folder):
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(folder / "model.safetensors")
+        save_file({**tensors, name: torch.zeros(64)}, folder / "model.safetensors")
+
+    return apply
+
+
 def wordlevel_without_unk(folder):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -172,13 +198,22 @@ FOLDERS = {
     "deep-index": (index(DEEP), "model.safetensors.index.json"),
     "deep-tokenizer.json": (write("tokenizer.json", '{"model": ' + DEEP + "}"), "tokenizer.json"),
     "config-not-object": (write("config.json", "[1, 2]"), "config.json"),
-    "config-5000-digit-int": (write("config.json", '{"hidden_size": 1' + "0" * 5000 + "}"), "config.json"),
+    "config-5000-digit-int": (write("config.json", '{"hidden_size": 1' + "0" * 5000 + "}"), "number too long"),
     "index-weight_map-list": (index({"weight_map": ["a", "b"]}), "weight_map"),
     "index-weight_map-ints": (index({"weight_map": {"model.norm.weight": 1}}), "weight_map"),
     "index-no-weight_map": (index({"metadata": {}}), "weight_map"),
     "index-shard-dotdot": (index({"weight_map": {"x": "../model/model-00001-of-00001.safetensors"}}), "shard"),
     "index-shard-absolute": (index({"weight_map": {"x": "/etc/passwd"}}), "shard"),
     "index-shard-missing": (index({"weight_map": {"x": "model-00002-of-00002.safetensors"}}), "missing"),
+    "bin-list": (pickled(lambda sd: [1, 2]), "holds a list, not a dict of tensors"),
+    "bin-tensor": (pickled(lambda sd: next(iter(sd.values()))), "holds a Tensor, not a dict of tensors"),
+    "bin-nested": (pickled(lambda sd: {"state_dict": sd}), "entry 'state_dict' is a dict, not a dict of tensors"),
+    "bin-int-entry": (pickled(lambda sd: {**sd, "step": 5}), "entry 'step' is an int, not a dict of tensors"),
+    "bin-int-key": (pickled(lambda sd: {**sd, 5: sd["model.norm.weight"]}), "the key 5 (an int)"),
+    "index-shard-empty-name": (index({"weight_map": {"model.norm.weight": ""}}), "empty shard file name"),
+    "index-weight_map-empty": (index({"weight_map": {}}), "weight_map is empty"),
+    "layer-100000": (extra_tensor("model.layers.100000.input_layernorm.weight"), "inconsistent"),
+    "tensor-name-100000-chars": (extra_tensor("\x1b[2J" + "x" * 100_000), "does not use: [2Jxxx"),
     "added_tokens_decoder-list": (edit("tokenizer_config.json", added_tokens_decoder=[1]), "added_tokens_decoder"),
     "additional_special_tokens-int": (
         edit("tokenizer_config.json", additional_special_tokens=5),
@@ -200,6 +235,22 @@ def test_hostile_folder_is_one_line(folder, case, monkeypatch, capsys):
         code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
     assert_one_line(code, lines, word)
     assert SECRET not in lines[0]
+    # Stranger text is quoted at most ~200 characters long; no suggestion names an absurd value.
+    assert len(lines[0]) < 1000 and "100001" not in lines[0] and "to 0 " not in lines[0]
+
+
+def test_legacy_format_pytorch_bin_loads(folder):
+    """torch.save(_use_new_zipfile_serialization=False) cannot be memory-mapped but is safe to read."""
+    import torch
+
+    from tiankong.engine.model import load_model
+
+    pickled(lambda sd: sd, _use_new_zipfile_serialization=False)(folder)
+    model, _ = load_model(folder, device="cpu", dtype="float32")
+    reference, _ = load_model(STORIES, device="cpu", dtype="float32")
+    tokens = torch.tensor([[1, 5, 9, 20]])
+    positions = torch.arange(4)[None]
+    assert torch.equal(model(tokens, positions), reference(tokens, positions))
 
 
 def test_wordlevel_without_unk_on_unknown_text(folder):
@@ -238,6 +289,42 @@ def test_hf_cache_layout_loads(tmp_path):
         (snap / src.name).symlink_to(f"../../blobs/blob{i}")
     code, lines, _ = tiankong("info", "-m", snap, "--format", "json")
     assert code == 0, lines
+
+
+def cache_repo_with_link(tmp_path, repo_name, marks, target):
+    """A copy of stories260K as snapshots/evil in `repo_name` (with `marks`: blobs, refs), whose
+    added_tokens.json links to `target` (relative to the repository) holding a secret."""
+    repo = tmp_path / repo_name
+    for mark in marks:
+        (repo / mark).mkdir(parents=True)
+    snap = shutil.copytree(STORIES, repo / "snapshots" / "evil")
+    (repo / target).parent.mkdir(parents=True, exist_ok=True)
+    (repo / target).write_text(json.dumps({SECRET: 1}))
+    (snap / "added_tokens.json").symlink_to(f"../../{target}")
+    return snap
+
+
+@pytest.mark.parametrize(
+    "repo_name,marks,target",
+    [
+        ("models--evil--model", ("blobs", "refs"), ".ssh/id_rsa_like.json"),  # a real cache, a link beside blobs/
+        ("home", ("blobs",), ".ssh/id_rsa_like.json"),  # only a parent named snapshots
+        ("home", (), "blobs/id_rsa_like.json"),  # not a cache repo: blobs/ is no exception
+    ],
+    ids=["cache-repo-outside-blobs", "snapshots-parent", "fake-blobs"],
+)
+def test_a_snapshot_may_link_only_into_its_cache_blobs(tmp_path, repo_name, marks, target, monkeypatch, capsys):
+    from tiankong.engine.errors import ModelLoadError
+    from tiankong.engine.model import load_model, save_pretrained
+
+    snap = cache_repo_with_link(tmp_path, repo_name, marks, target)
+    code, lines = in_process(monkeypatch, capsys, "info", "-m", snap)
+    assert_one_line(code, lines, "added_tokens.json", "outside the model folder")
+    model, cfg = load_model(STORIES, device="cpu", dtype="float32")
+    out = tmp_path / "run"
+    with pytest.raises(ModelLoadError, match="outside the model folder"):
+        save_pretrained(model, cfg, out, tokenizer_from=snap)
+    assert all(SECRET not in p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
 
 
 def replace_bomb(folder):

@@ -122,6 +122,43 @@ def test_config_variants():
         ModelConfig.from_hf_config({**windowed, "max_window_layers": 1})
 
 
+def test_an_architecture_not_supported_is_refused_whatever_its_model_type(tmp_path):
+    """Only config.json without `architectures` falls back to model_type: a folder naming a class
+    tiankong lacks (custom code, a classifier) is refused by name, not loaded as a Llama."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_labels=1,
+            pad_token_id=0,
+        )
+    ).save_pretrained(tmp_path / "seqcls")
+    with pytest.raises(
+        ModelLoadError, match=r"LlamaForSequenceClassification is a classifier \(score head\), not a causal LM"
+    ):
+        load_model(tmp_path / "seqcls")
+    config = json.loads((tmp_path / "seqcls" / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    supported = "tiankong supports LlamaForCausalLM, MistralForCausalLM"
+    for archs in (["EvilModel"], ["FooForCausalLM"], ["LlamaForCausalLM", "EvilModel"]):
+        evil = {**config, "architectures": archs, "auto_map": {"AutoModelForCausalLM": "evil.EvilModel"}}
+        with pytest.raises(ModelLoadError, match=rf"unsupported architecture \({archs[-1]}\); {supported}"):
+            ModelConfig.from_hf_config(evil)
+    del config["architectures"]
+    assert ModelConfig.from_hf_config(config).architecture == "LlamaForCausalLM"
+    shown = str(
+        pytest.raises(
+            ModelLoadError, ModelConfig.from_hf_config, {**config, "architectures": ["\x1b[2J" + "E" * 10**5]}
+        ).value
+    )
+    assert "\x1b" not in shown and len(shown) < 1000 and "E…" in shown
+
+
 def test_sharded_checkpoint(tmp_path, folders):
     from transformers import AutoModelForCausalLM
 
