@@ -10,13 +10,15 @@ inside the immutable sandbox.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
+import pprint
 import re
 import string
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, Sequence, ValuesView
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,14 +26,15 @@ from typing import Any
 import jinja2
 import jinja2.compiler
 import jinja2.ext
+import jinja2.filters
 import jinja2.nodes
 import jinja2.runtime
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import ChatTemplateError, InputError
+from .errors import ChatTemplateError, InputError, quoted
 from .files import parse_json, read_model_object, read_model_text, read_regular_bytes
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, error_line
 
 # How raw mode (no template) joins several messages into one completion prompt: contents only, in
 # order, separated by a blank line, so a "conversation" reads as consecutive paragraphs of text.
@@ -42,6 +45,9 @@ TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024
 
 # Reasoning can arrive under several names; transformers copies it to the ones templates read.
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+# Two user messages a template must render differently (ChatTemplate._check_reads_messages).
+_PROBES = ("Hello, who are you?", "Write a haiku about rain.")
 
 
 class ChatTemplate:
@@ -65,13 +71,13 @@ class ChatTemplate:
             self._template = _environment().from_string(source)
         except jinja2.TemplateSyntaxError as error:
             raise ChatTemplateError(
-                f"chat template has a syntax error on line {error.lineno}: {error.message}; "
+                f"chat template has a syntax error on line {error.lineno}: {quoted(error.message or '')}; "
                 "fix the template or use raw mode"
             ) from error
         except (RecursionError, MemoryError, SyntaxError, ValueError, OverflowError) as error:
             # Blocks or expressions nested too deeply for the parser or for Python's compiler.
             raise ChatTemplateError(
-                f"chat template cannot be compiled ({type(error).__name__}: {error}); "
+                f"chat template cannot be compiled ({type(error).__name__}: {error_line(error)}); "
                 "it is nested too deeply; fix the template or use raw mode"
             ) from error
 
@@ -87,8 +93,8 @@ class ChatTemplate:
 
         if is_gguf(folder):  # a GGUF file: its tokenizer.chat_template
             return GGUFModel(folder).chat_template(tokenizer)
-        source = _find_template_source(Path(folder))
-        return None if source is None else cls.for_tokenizer(source, tokenizer)
+        found = _find_template_source(Path(folder))
+        return None if found is None else cls.for_tokenizer(found[0], tokenizer, found[1])
 
     @classmethod
     def from_file(cls, path: str | Path, tokenizer: Tokenizer) -> ChatTemplate:
@@ -107,15 +113,32 @@ class ChatTemplate:
             if not isinstance(config, dict) or config.get("chat_template") is None:
                 raise ChatTemplateError(f'{path} has no "chat_template"; give a Jinja file or a JSON file with one')
             source = _pick_template(config["chat_template"], path)
-        return cls.for_tokenizer(source, tokenizer)
+        return cls.for_tokenizer(source, tokenizer, path)
 
     @classmethod
-    def for_tokenizer(cls, source: str, tokenizer: Tokenizer) -> ChatTemplate:
-        """`source` compiled, rendered with the tokenizer's special-token strings."""
+    def for_tokenizer(cls, source: str, tokenizer: Tokenizer, origin: str | Path | None = None) -> ChatTemplate:
+        """`source` compiled, rendered with the tokenizer's special-token strings, and checked to
+        write the messages into the prompt. `origin` (the file it came from) is named in errors."""
         extra = {
             key: value for key, value in tokenizer.named_special_tokens.items() if key not in ("bos_token", "eos_token")
         }
-        return cls(source, tokenizer.bos_token, tokenizer.eos_token, extra)
+        template = cls(source, tokenizer.bos_token, tokenizer.eos_token, extra)
+        template._check_reads_messages(origin)
+        return template
+
+    def _check_reads_messages(self, origin: str | Path | None) -> None:
+        """Refuse a template whose prompt does not depend on what the messages say: every prompt would
+        become the same text, and the model would answer none of them."""
+        try:
+            first, second = (self.render([{"role": "user", "content": text}]) for text in _PROBES)
+        except ChatTemplateError:
+            return  # a template may refuse a lone user message; rendering real messages says why
+        if first == second:
+            where = f"{origin}: " if origin is not None else ""
+            raise ChatTemplateError(
+                f"{where}the chat template ignores the messages (two different prompts render the same "
+                "text); fix it or pass --chat-template FILE"
+            )
 
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """Render messages to prompt text; kwargs become template variables (e.g. enable_thinking)."""
@@ -128,14 +151,18 @@ class ChatTemplate:
         try:
             return self._render(variables)
         except _TemplateRaised as error:
-            raise ChatTemplateError(f"the chat template rejected the messages: {error.message}") from error
+            raise ChatTemplateError(
+                # A message on several lines reads as one: every run of whitespace becomes one space.
+                f"the chat template rejected the messages: {quoted(' '.join((error.message or '').split()))}"
+            ) from error
         except _TemplateLimit as error:
             raise ChatTemplateError(
                 f"chat template failed: {error.message}; fix the template or use raw mode"
             ) from error
         except jinja2.TemplateError as error:
             raise ChatTemplateError(
-                f"chat template failed: {error.message or type(error).__name__}; check the messages or use raw mode"
+                f"chat template failed: {quoted(error.message or type(error).__name__)}; "
+                "check the messages or use raw mode"
             ) from error
         except (
             TypeError,
@@ -147,7 +174,7 @@ class ChatTemplate:
             MemoryError,
         ) as error:  # RuntimeError includes RecursionError (a macro calling itself)
             raise ChatTemplateError(
-                f"chat template failed: {type(error).__name__}: {_first_line(error)}; check the messages or use raw mode"
+                f"chat template failed: {type(error).__name__}: {error_line(error)}; check the messages or use raw mode"
             ) from error
         finally:
             _BUDGET.deadline = math.inf
@@ -164,11 +191,6 @@ class ChatTemplate:
             _tick()
             pieces.append(piece)
         return "".join(pieces)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def validate_messages(messages: Any) -> list[dict]:
@@ -234,7 +256,8 @@ class _TemplateRaised(jinja2.TemplateError):
     """raise_exception() called by the template itself; its message is meant for the user."""
 
 
-def _raise_exception(message: str) -> None:
+def _raise_exception(message: Any) -> None:
+    _limit_text(message, "raise_exception")  # str() of a list of shared lists can be gigabytes
     raise _TemplateRaised(str(message))
 
 
@@ -242,7 +265,26 @@ def _tojson(
     value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
 ) -> str:
     # Jinja's own tojson escapes HTML characters (<, >, &, '), which would change the prompt text.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    # Encoded piece by piece, so that the JSON of a list of shared lists stops at the limit.
+    encoder = json.JSONEncoder(ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return _bounded_join(encoder.iterencode(value), "the filter 'tojson'")
+
+
+def _pprint(value: Any) -> str:
+    # Jinja's pprint is pformat(value): written into a bounded buffer, since its indentation can make
+    # it far longer than repr(value) (a dict with a long key indents each item of its value that far).
+    out = _BoundedText("the filter 'pprint'")
+    pprint.PrettyPrinter(stream=out).pprint(value)
+    return out.getvalue()[:-1]  # pprint() ends with a newline, pformat() does not
+
+
+@jinja2.pass_eval_context
+def _join(eval_ctx: jinja2.nodes.EvalContext, value: Any, d: Any = "", attribute: Any = None) -> str:
+    # Jinja's join writes str() of every item: the items are gathered (and their text counted) first,
+    # so that a generator or a list of shared lists stops at the limit.
+    if attribute is not None:
+        value = map(jinja2.filters.make_attrgetter(eval_ctx.environment, attribute), value)
+    return jinja2.filters.sync_do_join(eval_ctx, _gather(value, _text_size(d), "the filter 'join'"), d)
 
 
 def _strftime_now(format: str) -> str:
@@ -292,16 +334,20 @@ class _GenerationTag(jinja2.ext.Extension):
 
 # --- limits: templates come from strangers, so rendering is bounded in size, work and time ---------
 #
-# Every string or list a template builds, and the rendered prompt, stay under these sizes; the
-# operations that could build a bigger one (`*`, `+`, `%`, `~`, padding and replace methods and
-# filters, str.format widths, lipsum) are refused before they allocate, and every call, operator
-# and loop iteration checks the clock. Breaking a limit is a "chat template failed: ..." error.
+# Every string, bytes or list a template builds, the text of every value it writes out, and the
+# rendered prompt stay under these sizes. What could build something bigger is refused before it
+# allocates: `*`, `+`, `%`, `~`, the str and bytes methods and filters that pad, replace, join,
+# translate or format, lipsum, and every conversion of a value to text ({{ value }}, |string, |tojson,
+# |pprint, str.format, `%`), which is sized first: a list holding the same big list 100,000 times
+# is a few bytes of memory and gigabytes of text. Every call, operator and loop iteration checks the
+# clock. Breaking a limit is a "chat template failed: ..." error.
 
-TEMPLATE_MAX_CHARS = 2_000_000  # any one string, and the rendered prompt (far beyond any context)
+TEMPLATE_MAX_CHARS = 2_000_000  # any one string, value's text, and the rendered prompt (far beyond any context)
 TEMPLATE_MAX_ITEMS = 100_000  # any list, tuple or range (Jinja's own sandbox range limit)
 TEMPLATE_MAX_SECONDS = 2.0  # wall time of one render; real templates take milliseconds
 TEMPLATE_MAX_TOTAL_CHARS = 100_000_000  # all strings built by checked operations in one render
 _MAX_INT_BITS = 1 << 16  # integers up to ~20,000 digits
+_FLOAT_CHARS = 320  # "%f" and "{:f}" write a float with up to ~310 digits
 
 
 class _TemplateLimit(jinja2.exceptions.TemplateRuntimeError):
@@ -323,9 +369,9 @@ def _tick() -> None:
         raise _TemplateLimit(f"took longer than {TEMPLATE_MAX_SECONDS:g} s (a runaway loop or recursion)")
 
 
-def _limit_chars(n: int, what: str) -> None:
+def _limit_chars(n: int, what: str, built: str = "a string") -> None:
     if n > TEMPLATE_MAX_CHARS:
-        raise _TemplateLimit(f"{what} would build a string of {n} characters (limit {TEMPLATE_MAX_CHARS})")
+        raise _TemplateLimit(f"{what} would build {built} of at least {n} characters (limit {TEMPLATE_MAX_CHARS})")
 
 
 def _limit_items(n: int, what: str) -> None:
@@ -340,7 +386,7 @@ def _int(x: Any, default: int = 0) -> int:
 
 def _checked(value: Any, what: str) -> Any:
     """value, after checking the size of what an operation built and charging it to the budget."""
-    if isinstance(value, str):
+    if isinstance(value, (str, bytes)):
         _limit_chars(len(value), what)
         _BUDGET.chars += len(value)
         if _BUDGET.chars > TEMPLATE_MAX_TOTAL_CHARS:
@@ -352,95 +398,249 @@ def _checked(value: Any, what: str) -> Any:
     return value
 
 
+# --- the size of a value's text, before it is written ---
+
+_CHUNK = 1 << 16  # repr() of a long string is taken this many characters at a time
+_OPAQUE_CHARS = 100  # str() of a macro, a loop, a range, a function: "<Macro 'f'>" and the like
+
+
+def _text_size(value: Any, limit: int = TEMPLATE_MAX_CHARS, conversion: str = "s") -> int:
+    """len(str(value)) (of repr() for conversion "r", ascii() for "a"), counted without writing it.
+
+    The count stops once past `limit`, so it costs at most about `limit` steps whatever the value
+    stands for. Strings and containers of them count exactly (quotes, escapes, brackets, ", "),
+    integers by their digits, anything else (a macro, a loop) as a short repr.
+    """
+    if isinstance(value, str) and conversion == "s":
+        return len(value)
+    quote = ascii if conversion == "a" else repr
+    size, stack, visits = 0, [value], 0
+    while stack and size <= limit:
+        item = stack.pop()
+        visits += 1
+        if visits % 4096 == 0:
+            _tick()
+        if isinstance(item, (str, bytes)):
+            # past the limit already: no need to count its escapes
+            size += len(item) + 2 if len(item) > limit - size else _quoted_size(item, quote)
+        elif isinstance(item, Mapping):
+            size += 2 + 4 * len(item)  # {}, then ": " and ", " for each entry
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)):
+            size += 2 + 2 * len(item)  # brackets, then ", " for each item
+            stack += item
+        elif isinstance(item, jinja2.utils.Namespace):
+            size += len("<Namespace >")
+            stack.append(object.__getattribute__(item, "_Namespace__attrs"))  # its repr shows them all
+        elif isinstance(item, int) and not isinstance(item, bool):
+            size += 2 + item.bit_length() * 3 // 10  # sign and digits: log10(2) < 0.302
+        elif isinstance(item, float):
+            size += len(repr(item))
+        else:
+            size += _OPAQUE_CHARS
+    return size
+
+
+def _quoted_size(text: str | bytes, quote: Callable[[Any], str]) -> int:
+    """len(quote(text)), without writing a repr of a long text in one piece (up to 10x its size)."""
+    empty = len(quote(text[:0]))  # the quotes: '' or b''
+    return empty + sum(len(quote(text[i : i + _CHUNK])) - empty for i in range(0, len(text), _CHUNK))
+
+
+def _limit_text(value: Any, what: str, conversion: str = "s") -> None:
+    """Refuse to write `value` out as text when that text would be too long."""
+    _limit_chars(_text_size(value, conversion=conversion), what)
+
+
+def _bounded_join(pieces: Iterable[str], what: str) -> str:
+    """The pieces joined, stopping as soon as the text passes the limit rather than after writing it."""
+    parts: list[str] = []
+    size = 0
+    for piece in pieces:
+        _tick()
+        size += len(piece)
+        _limit_chars(size, what)
+        parts.append(piece)
+    return "".join(parts)
+
+
+def _gather(items: Iterable[Any], separator: int, what: str) -> list[Any]:
+    """The items to join, gathered one by one while counting the text they join into (with a
+    separator of `separator` characters), so that joining stops at the limit even for a generator."""
+    gathered: list[Any] = []
+    size = 0
+    for item in items:
+        _tick()
+        size += _text_size(item, TEMPLATE_MAX_CHARS - size) + separator
+        _limit_chars(size, what)
+        gathered.append(item)
+        _limit_items(len(gathered), what)
+    return gathered
+
+
+class _BoundedText(io.StringIO):
+    """A text buffer that refuses to grow past the limit."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self._what = what
+
+    def write(self, text: str) -> int:
+        _tick()
+        _limit_chars(self.tell() + len(text), self._what)
+        return super().write(text)
+
+
+def _finalize(value: Any) -> Any:
+    # Jinja writes {{ value }} as str(value): sized first (strings are already within the limit).
+    if not isinstance(value, str):
+        _limit_text(value, "writing out a value")
+    return value
+
+
+# --- checks of operations, before they run ---
+
+
+_SEQUENCES = (str, bytes, list, tuple)
+
+
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     """Refuse an operation whose result would be too big, before computing it."""
     what = f"the operator {operator!r}"
     if operator == "*":
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, str) and isinstance(n, int):
+            if not isinstance(n, int) or n < 2:
+                continue
+            if isinstance(seq, (str, bytes)):
                 _limit_chars(len(seq) * n, what)
-            elif isinstance(seq, (list, tuple)) and isinstance(n, int):
+            elif isinstance(seq, (list, tuple)):
                 _limit_items(len(seq) * n, what)
+                # n copies of the same items: [big_list] * 100000 is small, its text is not
+                _limit_chars(_text_size(seq, TEMPLATE_MAX_CHARS // n) * n, what, built="a list")
         if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > _MAX_INT_BITS:
             raise _TemplateLimit(f"{what} would build an integer over {_MAX_INT_BITS} bits")
     elif operator == "**" and isinstance(left, int) and isinstance(right, int):
         if abs(left) > 1 and right > 0 and left.bit_length() * right > _MAX_INT_BITS:
             raise _TemplateLimit(f"{what} would build an integer over {_MAX_INT_BITS} bits")
-    elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-        if isinstance(left, str):
+    elif operator == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
+        if isinstance(left, (str, bytes)):
             _limit_chars(len(left) + len(right), what)
         else:
             _limit_items(len(left) + len(right), what)
-    elif operator == "%" and isinstance(left, str):
-        _check_percent(left, right)
+    elif operator == "%" and isinstance(left, (str, bytes)):
+        _check_percent(left if isinstance(left, str) else left.decode("latin-1"), right)
 
 
-# A printf-style conversion's width and precision: numbers, or * taken from the arguments.
-_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+# A printf-style conversion: (mapping key, width, precision, conversion type); * takes a number from the arguments.
+_PERCENT_SPEC = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?(.?)", re.DOTALL)
 
 
 def _check_percent(fmt: str, args: Any) -> None:
-    """Refuse `fmt % args` when a width or precision (written or given by *) is too big."""
-    star_args = args if isinstance(args, tuple) else (args,)
-    for match in _PERCENT_SPEC.finditer(fmt):
-        for number in match.groups():
-            if number and number != "*":
-                _limit_chars(int(number), "a % width")
-            elif number == "*":
-                _limit_chars(max((_int(a) for a in star_args), default=0), "a % width")
+    """Refuse `fmt % args` when its result would be too big: the format's own text, each conversion's
+    width and precision (written, or * taken from the arguments) and the text of the value it writes."""
+    positional = iter(args if isinstance(args, tuple) else (args,))
+    size = len(fmt)
+    for key, width, precision, conversion in _PERCENT_SPEC.findall(fmt):
+        if conversion == "%":
+            continue
+        for number in (width, precision):
+            size += abs(_int(next(positional, 0))) if number == "*" else int(number or 0)
+        value = args.get(key) if key and isinstance(args, Mapping) else next(positional, None)
+        size += _text_size(value, TEMPLATE_MAX_CHARS - size, conversion if conversion in "ra" else "s")
+        size += _FLOAT_CHARS if isinstance(value, float) else 0
+        _limit_chars(size, "a % format")
 
 
-def _check_format_string(fmt: str) -> None:
-    """Refuse str.format widths that are too big, and nested {} widths that cannot be checked."""
+def _check_format(fmt: str, args: Sequence[Any], kwargs: Any) -> None:
+    """Refuse fmt.format(*args, **kwargs) when its result would be too big, as _check_percent does.
+    A field like {0.name} or {0[1]} is counted as all of {0}."""
     try:
         fields = list(string.Formatter().parse(fmt))
     except ValueError:
         return  # the real call raises the same error
-    for _, _, spec, _ in fields:
+    size, auto = 0, 0
+    for literal, name, spec, conversion in fields:
+        size += len(literal)
+        if name is None:
+            continue
         if spec and "{" in spec:
             raise _TemplateLimit("str.format with a computed width is not allowed in chat templates")
-        for number in re.findall(r"\d+", spec or ""):
-            _limit_chars(int(number), "a str.format width")
+        size += sum(int(number) for number in re.findall(r"\d+", spec or ""))
+        first = re.match(r"[^.\[]*", name).group(0)  # type: ignore[union-attr]  # matches "" at worst
+        if not first:
+            first, auto = str(auto), auto + 1
+        if first.isdecimal():
+            value = args[int(first)] if int(first) < len(args) else None
+        else:
+            value = kwargs.get(first) if isinstance(kwargs, Mapping) else None
+        size += _text_size(value, TEMPLATE_MAX_CHARS - size, conversion or "s")
+        size += _FLOAT_CHARS if isinstance(value, float) else 0
+        _limit_chars(size, "str.format")
 
 
-def _check_str_method(text: str, name: str, args: tuple, kwargs: dict) -> None:
-    """Refuse the str methods that can build big strings from small arguments, before they run."""
-    what = f"str.{name}"
+def _check_str_method(text: str | bytes, name: str, args: tuple, kwargs: dict) -> tuple:
+    """Refuse the str and bytes methods that can build big strings from small arguments, before they
+    run. Returns the arguments to call with: join's items, gathered while counting their text."""
+    what = f"{type(text).__name__}.{name}"
     if name in ("center", "ljust", "rjust", "zfill"):
         _limit_chars(_int(args[0] if args else kwargs.get("width")), what)
     elif name == "expandtabs":
         _limit_chars(len(text) * max(_int(args[0] if args else kwargs.get("tabsize", 8)), 1), what)
-    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+    elif name == "replace" and len(args) >= 2 and all(isinstance(arg, (str, bytes)) for arg in args[:2]):
         _check_replace(text, args[0], args[1], _int(args[2] if len(args) > 2 else kwargs.get("count", -1), -1))
+    elif name == "translate" and args:
+        _check_translate(text, args[0], what)
     elif name == "join" and args:
-        _check_join(args[0], text)
+        return (_gather(args[0], len(text), what), *args[1:])
+    return args
 
 
-def _check_join(items: Any, separator: Any) -> None:
-    if isinstance(items, (list, tuple)):
-        sep = len(separator) if isinstance(separator, str) else 0
-        _limit_chars(sum(len(x) for x in items if isinstance(x, str)) + sep * len(items), "join")
-
-
-def _check_replace(text: str, old: str, new: str, count: int) -> None:
+def _check_replace(text: Any, old: Any, new: Any, count: int) -> None:
     hits = text.count(old) if old else len(text) + 1
     if count is not None and count >= 0:
         hits = min(hits, count)
     _limit_chars(len(text) + hits * (len(new) - len(old)), "replace")
 
 
-def _bounded_filter(fn: Any, check: Any = None) -> Any:
-    """A Jinja filter that runs check(*args) on its own arguments first and checks its result."""
+def _check_translate(text: str | bytes, table: Any, what: str) -> None:
+    # A table maps each character to a character, None, or a whole string.
+    values = table.values() if isinstance(table, Mapping) else table if isinstance(table, (list, tuple)) else ()
+    longest = max((len(value) for value in values if isinstance(value, str)), default=1)
+    _limit_chars(len(text) * longest, what)
+
+
+# --- filters ---
+
+# Filters that never write their value out as text (join and tojson count what they write
+# themselves): a big value passes through them unsized, since sizing `messages` at every
+# `messages|length` would make long chats slow. Every other filter's value is sized first.
+_STRUCTURAL_FILTERS = frozenset(
+    "abs attr batch count d default dictsort first float groupby int items join last length list map max min "
+    "random reject rejectattr reverse round select selectattr slice sort sum tojson unique".split()
+)
+
+
+def _bounded_filter(name: str, fn: Any, check: Any = None) -> Any:
+    """A Jinja filter that sizes its value's text (see _STRUCTURAL_FILTERS), runs check(*args) on
+    its own arguments first and checks its result."""
     skip = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0  # context/env comes first
+    what = f"the filter {name!r}"
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tick()
+        if name not in _STRUCTURAL_FILTERS and len(args) > skip and not isinstance(args[skip], str):
+            _limit_text(args[skip], what)
         if check is not None:
             check(*args[skip:], **kwargs)
-        return _checked(fn(*args, **kwargs), f"the filter {fn.__name__.removeprefix('do_')!r}")
+        return _checked(fn(*args, **kwargs), what)
 
     return wrapper
+
+
+def _text(value: Any) -> str:
+    """The text a filter works on; its size was checked first (_bounded_filter)."""
+    return value if isinstance(value, str) else str(value)
 
 
 def _check_center(value: Any = "", width: Any = 80, *_: Any, **kw: Any) -> None:
@@ -448,10 +648,9 @@ def _check_center(value: Any = "", width: Any = 80, *_: Any, **kw: Any) -> None:
 
 
 def _check_indent(s: Any = "", width: Any = 4, *_: Any, **kw: Any) -> None:
-    width = kw.get("width", width)
+    width, s = kw.get("width", width), _text(s)
     size = len(width) if isinstance(width, str) else _int(width)
-    lines = s.count("\n") + 2 if isinstance(s, str) else 1
-    _limit_chars((len(s) if isinstance(s, str) else 0) + lines * size, "indent")
+    _limit_chars(len(s) + (s.count("\n") + 2) * size, "indent")
 
 
 def _check_count_arg(name: str) -> Any:
@@ -462,23 +661,24 @@ def _check_count_arg(name: str) -> Any:
 
 
 def _check_format_filter(value: Any = "", *args: Any, **kwargs: Any) -> None:
-    if isinstance(value, str):
-        _check_percent(value, args or kwargs)
+    _check_percent(_text(value), args or kwargs)
 
 
 def _check_replace_filter(s: Any = "", old: Any = "", new: Any = "", count: Any = None, **kw: Any) -> None:
-    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
-        _check_replace(s, old, new, _int(kw.get("count", count), -1))
-
-
-def _check_join_filter(value: Any = (), d: Any = "", *_: Any, **kw: Any) -> None:
-    _check_join(value, kw.get("d", d))
+    if isinstance(old, str) and isinstance(new, str):
+        _check_replace(_text(s), old, new, _int(kw.get("count", count), -1))
 
 
 def _check_tojson(value: Any = None, *args: Any, indent: Any = None, **kw: Any) -> None:
     indent = args[1] if len(args) > 1 else indent
     if _int(indent) > 64 or (isinstance(indent, str) and len(indent) > 64):
         raise _TemplateLimit("tojson indent is limited to 64")
+
+
+def _check_sum(value: Any = (), attribute: Any = None, start: Any = 0, **kw: Any) -> None:
+    # sum(start=[]) adds lists one by one: quadratic, and inside Python where the clock cannot stop it.
+    if not isinstance(kw.get("start", start), (int, float)):
+        raise _TemplateLimit("sum() with a start that is not a number is not allowed in chat templates")
 
 
 # Filters with a check of their own; every other filter is wrapped with the result check only.
@@ -489,8 +689,8 @@ _FILTER_CHECKS: dict[str, Any] = {
     "slice": _check_count_arg("slice"),
     "format": _check_format_filter,
     "replace": _check_replace_filter,
-    "join": _check_join_filter,
     "tojson": _check_tojson,
+    "sum": _check_sum,
 }
 
 
@@ -531,11 +731,16 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     code_generator_class = _BoundedCodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%", "/", "//"})
 
+    @staticmethod
+    def concat(pieces: Iterable[str]) -> str:  # Jinja's is "".join
+        # What macros, {% set %}...{% endset %} and {% filter %} blocks write is joined here.
+        return _checked(_bounded_join(pieces, "a macro or block"), "a macro or block")
+
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's names
         _tick()
         owner = getattr(__obj, "__self__", None)
-        if isinstance(owner, str):
-            _check_str_method(owner, getattr(__obj, "__name__", ""), args, kwargs)
+        if isinstance(owner, (str, bytes)):
+            args = _check_str_method(owner, getattr(__obj, "__name__", ""), args, kwargs)
         return _checked(super().call(__context, __obj, *args, **kwargs), "a call")
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -547,10 +752,20 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         wrapper = super().wrap_str_format(value)
         if wrapper is None:
             return None
-        _check_format_string(value.__self__)
-        return lambda *args, **kwargs: _checked(wrapper(*args, **kwargs), "str.format")
+        fmt, by_name = value.__self__, value.__name__ == "format_map"
+
+        def checked_format(*args: Any, **kwargs: Any) -> str:
+            _tick()
+            _check_format(fmt, () if by_name else args, args[0] if by_name and args else kwargs)
+            return _checked(wrapper(*args, **kwargs), "str.format")
+
+        return checked_format
 
     def checked_concat(self, autoescape: bool, parts: tuple) -> str:
+        size = 0
+        for part in parts:  # each written out with str()
+            size += _text_size(part, TEMPLATE_MAX_CHARS - size)
+            _limit_chars(size, "the operator '~'")
         joined = jinja2.runtime.markup_join(parts) if autoescape else jinja2.runtime.str_join(parts)
         return _checked(joined, "the operator '~'")
 
@@ -567,11 +782,14 @@ def _environment() -> ImmutableSandboxedEnvironment:
     global _ENVIRONMENT
     if _ENVIRONMENT is None:
         env = _BoundedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=[_GenerationTag, jinja2.ext.loopcontrols],
+            finalize=_finalize,
         )
-        env.filters["tojson"] = _tojson
+        env.filters.update(tojson=_tojson, pprint=_pprint, join=_join)
         for name, fn in list(env.filters.items()):
-            env.filters[name] = _bounded_filter(fn, _FILTER_CHECKS.get(name))
+            env.filters[name] = _bounded_filter(name, fn, _FILTER_CHECKS.get(name))
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         env.globals["dict"] = _TemplateDict()
@@ -594,15 +812,16 @@ def _template_message(message: Mapping[str, Any]) -> dict[str, Any]:
 # --- finding a folder's template ---------------------------------------------------------------------
 
 
-def _find_template_source(folder: Path) -> str | None:
+def _find_template_source(folder: Path) -> tuple[str, Path] | None:
+    """(template, the file it is in), or None when the folder has none."""
     # Read through engine/files: regular files inside the folder only, bounded, one-line errors.
     text = read_model_text(folder, "chat_template.jinja")
     if text is not None:
-        return text
+        return text, folder / "chat_template.jinja"
     for name in ("tokenizer_config.json", "chat_template.json"):
         config = read_model_object(folder, name, ChatTemplateError)
         if config.get("chat_template") is not None:
-            return _pick_template(config["chat_template"], folder / name)
+            return _pick_template(config["chat_template"], folder / name), folder / name
     return None
 
 
@@ -614,8 +833,12 @@ def _pick_template(value: Any, path: Path) -> str:
         default = named.get("default")
         if isinstance(default, str):
             return default
+        if "default" in named:
+            raise ChatTemplateError(
+                f'{path}: the chat template named "default" has no "template" text; add it or use raw mode'
+            )
         raise ChatTemplateError(
-            f'{path} has several chat templates ({", ".join(map(str, named))}) but none named "default"; '
-            'rename the one to use to "default" or use raw mode'
+            f"{path} has several chat templates ({quoted(', '.join(map(str, named)))}) but none named "
+            '"default"; rename the one to use to "default" or use raw mode'
         )
     raise ChatTemplateError(f'{path}: "chat_template" must be a string or a list of named templates')

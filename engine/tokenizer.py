@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _Backend
 
-from .errors import TokenizerError
+from .errors import TokenizerError, quoted
 from .files import model_file, read_model_bytes, read_model_object, read_model_text
 
 # The special-token attributes transformers knows by name; chat templates see these as variables.
@@ -41,6 +42,12 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
+def error_line(error: BaseException) -> str:
+    """The first line of an exception's message (a library's, about a stranger's file), fit to quote in
+    a one-line error (errors.quoted); "" when it has none."""
+    return quoted(str(error).strip().partition("\n")[0])
+
+
 class Tokenizer(ABC):
     """Text <-> ids for one model, plus the special tokens generation and chat templates need."""
 
@@ -53,6 +60,9 @@ class Tokenizer(ABC):
     add_bos: bool  # whether encode(add_special_tokens=True) prepends BOS
     special_ids: frozenset[int]
     named_special_tokens: dict[str, str]  # e.g. {"bos_token": "<s>", ...}, as templates receive them
+    # The ids the tokenizer emits on its own that are not just its vocabulary's, with where each is set:
+    # ("generation_config.json eos_token_id", 2), ("tokenizer.json post_processor token '<s>'", 1).
+    own_ids: Sequence[tuple[str, int]] = ()
 
     @abstractmethod
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
@@ -82,11 +92,15 @@ class HFTokenizer(Tokenizer):
         self.bos_token = named.get("bos_token")
         self.eos_token = named.get("eos_token")
         self.bos_id = self._id_of(self.bos_token)
+        own_ids = [(f"{settings.gen_source} eos_token_id", i) for i in settings.gen_eos_ids]
         if self.bos_id is None and settings.gen_bos_id is not None:
             self.bos_id = settings.gen_bos_id
-            self.bos_token = backend.id_to_token(settings.gen_bos_id)
+            self.bos_token = _piece_or_none(backend, settings.gen_bos_id)
+            own_ids.append((f"{settings.gen_source} bos_token_id", settings.gen_bos_id))
 
+        processor_ids = _post_processor_ids(backend)  # tokenizer.json's own, kept or replaced here
         if settings.flags_rule_post_processor or backend.post_processor is None:
+            processor_ids = []  # ours, made of tokens looked up in the vocabulary
             backend.post_processor = _template_processor(
                 self.bos_token if settings.add_bos_flag else None,
                 self.eos_token if settings.add_eos_flag else None,
@@ -95,14 +109,16 @@ class HFTokenizer(Tokenizer):
         lead = self._probe_leading_special()
         if self.bos_id is None and lead is not None:
             # No bos_token configured, but the post-processor prepends one (tokenizer.json alone): that is BOS.
-            self.bos_id, self.bos_token = lead, backend.id_to_token(lead)
+            self.bos_id, self.bos_token = lead, _piece_or_none(backend, lead)
         self.add_bos = lead is not None and lead == self.bos_id
 
         eos = {self._id_of(self.eos_token)} | set(settings.gen_eos_ids)
         self.eos_ids = frozenset(i for i in eos if i is not None)
         self.pad_id = self._id_of(named.get("pad_token"))
-        if self.pad_id is None:
+        if self.pad_id is None and settings.gen_pad_id is not None:
             self.pad_id = settings.gen_pad_id
+            own_ids.append((f"{settings.gen_source} pad_token_id", settings.gen_pad_id))
+        self.own_ids = own_ids + processor_ids
         added = backend.get_added_tokens_decoder()
         self.special_ids = frozenset(i for i, token in added.items() if token.special)
         self._added_ids = frozenset(added)
@@ -120,10 +136,9 @@ class HFTokenizer(Tokenizer):
             # panic, a BaseException (a pre-tokenizer regex that hits Oniguruma's backtracking limit)
             if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
-            shown = text[:20] + ("..." if len(text) > 20 else "")
             raise TokenizerError(
-                f"the tokenizer cannot encode {shown!r} ({_first_line(error)}); change the "
-                "text, or fix tokenizer.json (its unk_token, pre-tokenizer regex)"
+                f"the tokenizer cannot encode {quoted(text, 20)!r} ({error_line(error) or type(error).__name__}); "
+                "change the text, or fix tokenizer.json (its unk_token, pre-tokenizer regex)"
             ) from None
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -131,7 +146,7 @@ class HFTokenizer(Tokenizer):
         return _clean_up_spaces(text) if self._cleanup else text
 
     def id_to_piece(self, id: int) -> str:
-        piece = self._backend.id_to_token(id)
+        piece = _piece_or_none(self._backend, id)
         if piece is None:
             raise IndexError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
         return piece
@@ -218,14 +233,17 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
             backend = _Backend.from_str(text)
         except Exception as error:  # the Rust side raises a bare Exception for malformed files
             raise TokenizerError(
-                f"{folder / 'tokenizer.json'} cannot be parsed ({_first_line(error)}); re-copy it from the original model"
+                f"{folder / 'tokenizer.json'} cannot be parsed ({error_line(error) or type(error).__name__}); "
+                "re-copy it from the original model"
             ) from None
-        _check_normalizer(backend, folder / "tokenizer.json")
-        _check_pre_tokenizer(backend, folder / "tokenizer.json")
+        _check_growth(backend, folder / "tokenizer.json")
+        _check_regexes(backend, folder / "tokenizer.json")
         # transformers drops add_bos_token/add_eos_token when tokenizer.json exists: its post-processor rules
         settings.flags_rule_post_processor = False
         settings.add_bos_flag = settings.add_eos_flag = False
-        return HFTokenizer(backend, settings)
+        tokenizer = HFTokenizer(backend, settings)
+        _check_post_processor(tokenizer, folder / "tokenizer.json")
+        return tokenizer
     model_bytes = read_model_bytes(folder, "tokenizer.model")
     if model_bytes is not None:
         return SentencePieceTokenizer.from_model_bytes(folder / "tokenizer.model", model_bytes, settings)
@@ -235,13 +253,19 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     )
 
 
-# A Replace normalizer may grow the text by at most this factor (real ones swap a space for "▁").
-MAX_REPLACE_GROWTH = 16
+# --- steps that make the text longer ----------------------------------------------------------------
+
+# How many times longer a tokenizer.json's steps may make a text, all together: real ones need at most
+# 8 (a "▁" before the text, ByteLevel turning a character into up to four). Steps multiply, so eight
+# Replace steps of 16x each are 16**8x together: gigabytes inside the Rust tokenizer, which aborts the
+# whole process when an allocation fails and cannot be bounded from Python.
+MAX_TEXT_GROWTH = 16
 
 
 def _steps(component: Any, children: str) -> Iterator[dict[str, Any]]:
-    """Every step of a normalizer or pre-tokenizer (a Sequence's `children` included), as the JSON
-    the tokenizers library saves; nothing for a version without that state."""
+    """Every step of a normalizer, pre-tokenizer, post-processor or decoder (a Sequence's `children`
+    included, however nested), as the JSON the tokenizers library saves; nothing for a version
+    without that state."""
     if component is None:
         return
     try:
@@ -255,57 +279,249 @@ def _steps(component: Any, children: str) -> Iterator[dict[str, Any]]:
             yield step
 
 
-def _check_normalizer(backend: _Backend, path: Path) -> None:
-    """Refuse a normalizer whose Replace steps multiply the text: "a" -> 1000 characters turns a
-    prompt into gigabytes inside the Rust tokenizer, where nothing can bound it."""
-    for step in _steps(backend.normalizer, "normalizers"):
-        if step.get("type") != "Replace":
-            continue
-        pattern = step.get("pattern") or {}
-        literal, content = pattern.get("String"), step.get("content")
-        content = content if isinstance(content, str) else ""
-        shortest = max(1, len(literal)) if isinstance(literal, str) else 1  # a regex match is at least one character
-        if len(content) > MAX_REPLACE_GROWTH * shortest:
+def _growth(step: dict[str, Any], decoding: bool) -> tuple[float, str] | None:
+    """(how many times longer the step can make a text, what to call it), or None for a step that
+    does not grow text (Sequence, NFC, Strip, Split, ...)."""
+    kind = step.get("type")
+    if kind == "Replace":
+        pattern, content = step.get("pattern") or {}, step.get("content")
+        literal, n = pattern.get("String"), len(content) if isinstance(content, str) else 0
+        role = "decoder" if decoding else "normalizer"
+        if isinstance(literal, str) and literal:
+            return n / len(literal), f"a Replace {role} turning {quoted(literal, 20)!r} into {n} characters"
+        # A regex (or "") may match the empty string, so the content can land between every two characters.
+        return 1 + n, f"a Replace {role} writing {n} characters for each match of a regex"
+    if decoding:
+        return None  # the decoders' ByteLevel and Metaspace shorten text
+    if kind == "Prepend":
+        # Before every piece of text between special tokens, which may be one character each.
+        n = len(step.get("prepend") or "")
+        return 1 + n, f"a Prepend normalizer of {n} characters"
+    if kind == "ByteLevel":
+        return 4, "a ByteLevel step (one character becomes up to four)"
+    if kind == "Metaspace":
+        return 2, 'a Metaspace pre-tokenizer ("▁" before each word)'
+    return None
+
+
+def _check_growth(backend: _Backend, path: Path) -> None:
+    """Refuse a pipeline whose steps together can make a text more than MAX_TEXT_GROWTH times longer
+    while encoding it (normalizer, then pre-tokenizer) or decoding it."""
+    stages = {
+        "encoding": [*_steps(backend.normalizer, "normalizers"), *_steps(backend.pre_tokenizer, "pretokenizers")],
+        "decoding": list(_steps(backend.decoder, "decoders")),
+    }
+    for stage, steps in stages.items():
+        factor, parts = 1.0, Counter[str]()
+        for step in steps:
+            grows = _growth(step, decoding=stage == "decoding")
+            if grows is not None and grows[0] > 1:
+                factor *= grows[0]
+                parts[grows[1]] += 1
+        if factor > MAX_TEXT_GROWTH:
+            shown = "; ".join(part if k == 1 else f"{part}, {k} times" for part, k in parts.items())
             raise TokenizerError(
-                f"{path}: a Replace normalizer turns {shortest} character(s) into {len(content)}, which can blow a "
-                f"prompt up {len(content) // shortest}-fold; fix the normalizer or re-copy the file"
+                f"{path}: its steps can make a text {factor:,.0f} times longer when {stage} it ({shown}), "
+                f"where real tokenizers need at most {MAX_TEXT_GROWTH}; fix the steps or re-copy the file"
             )
 
 
-# A group holding a quantifier, itself quantified: "(a+)+", "(\\w*)*", "(x+){2,}". Such a pattern can
-# backtrack exponentially; the regex engine then stops at its retry limit by panicking inside Rust,
-# which prints a panic report on stderr before Python sees the error. No real tokenizer uses one.
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+# --- regexes that backtrack without end ---------------------------------------------------------------
+#
+# On "aaa...b", a pattern like "(a+)+$" or "(a|aa)+$" tries exponentially many ways to match before
+# failing. The regex engine then stops at its retry limit by panicking inside Rust, which prints a
+# panic report on stderr before Python sees the error, whatever Python does with it. No real tokenizer
+# has either shape, so both are refused at load: a repeated group that repeats inside, or whose
+# alternatives can start alike. The scan reads escapes, [classes] and (?...) groups as Oniguruma does.
+
+_ANY = "any"  # what an alternative starts with when that is not one known character
+_QUANTIFIER = re.compile(r"(?:[+*?]|\{(?:\d+(?:,\d*)?|,\d+)\})[?+]?")
+_GROUP_PREFIX = re.compile(r"\?(?:[:=!>]|<[=!]|P?<[^>]*>|'[^']*'|#[^)]*|[a-zA-Z-]*:?)|")
+_LITERAL_ESCAPES = frozenset("nrtfvae")  # \w, \p{L}, \d ... stand for many characters
 
 
-def _check_pre_tokenizer(backend: _Backend, path: Path) -> None:
-    """Refuse a Split pre-tokenizer whose regex nests quantifiers (catastrophic backtracking)."""
-    for step in _steps(backend.pre_tokenizer, "pretokenizers"):
-        pattern = (step.get("pattern") or {}).get("Regex") if step.get("type") == "Split" else None
-        if isinstance(pattern, str) and (bad := _NESTED_QUANTIFIER.search(pattern)):
+class _Group:
+    """What the scan knows about one group of a regex while reading it."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.repeats = False  # holds a quantifier that repeats (see _repeats)
+        self.firsts: list[str | None] = [None]  # each alternative's first atom; None while it has none
+        self._last_is_first = False
+
+    def atom(self, text: str) -> None:
+        self._last_is_first = self.firsts[-1] is None
+        if self._last_is_first:
+            self.firsts[-1] = text
+
+    def quantify(self, quantifier: str) -> None:
+        self.repeats |= _repeats(quantifier)
+        if self._last_is_first and (quantifier[0] in "*?" or quantifier.startswith(("{0", "{,"))):
+            self.firsts[-1] = _ANY  # optional: the alternative may start with whatever comes next
+
+    def overlaps(self) -> bool:
+        """Whether two alternatives may match the same text (unknown starts count as alike)."""
+        known = [first.lower() for first in self.firsts if first not in (None, _ANY)]
+        return len(self.firsts) > 1 and (len(known) < len(self.firsts) or len(set(known)) < len(known))
+
+
+def _repeats(quantifier: str) -> bool:
+    """Whether a quantifier can repeat what it follows: +, *, {2}, {1,3}, {2,} (not ? or {1})."""
+    if quantifier[0] in "+*":
+        return True
+    low, comma, high = quantifier.strip("{}?+").partition(",")
+    most = high if comma else low
+    return bool(comma and not high) or len(most) > 1 or most > "1"
+
+
+def _escape_end(pattern: str, i: int) -> int:
+    end = i + 2
+    if pattern[i + 1 : i + 2] in ("p", "P", "x", "o") and pattern[end : end + 1] == "{":
+        end = pattern.find("}", end) + 1 or len(pattern)  # \p{L}, \x{1F600}
+    return end
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """Where the [class] starting at i ends; Oniguruma classes nest ([a-z&&[^b]])."""
+    depth, j = 0, i
+    while j < len(pattern):
+        if pattern[j] == "\\":
+            j += 2
+            continue
+        if pattern[j] == "[":
+            depth += 1
+            j += 1 + pattern.startswith("^", j + 1)
+            j += pattern.startswith("]", j)  # a "]" right after "[" or "[^" is a character
+            continue
+        if pattern[j] == "]":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    return len(pattern)
+
+
+def _backtracking_part(pattern: str) -> tuple[str, str] | None:
+    """(part, what is wrong) for the first group of `pattern` that can backtrack exponentially."""
+    groups = [_Group(0)]
+    i = 0
+    while i < len(pattern):
+        c, group = pattern[i], groups[-1]
+        quantifier = _QUANTIFIER.match(pattern, i)
+        end = i + 1
+        if c == "\\":
+            end = _escape_end(pattern, i)
+            letter = pattern[i + 1 : i + 2]
+            group.atom(pattern[i:end] if not letter.isalnum() or letter in _LITERAL_ESCAPES else _ANY)
+        elif c == "[":
+            end = _class_end(pattern, i)
+            group.atom(_ANY)
+        elif c == "(":
+            end = _GROUP_PREFIX.match(pattern, i + 1).end()  # type: ignore[union-attr]  # matches "" at worst
+            groups.append(_Group(i))
+        elif c == ")" and len(groups) > 1:
+            inner, outer = groups.pop(), groups[-1]
+            after = _QUANTIFIER.match(pattern, end)
+            end = after.end() if after else end
+            if after and _repeats(after.group(0)):
+                if inner.repeats:
+                    return pattern[inner.start : end], "nests quantifiers"
+                if inner.overlaps():
+                    return pattern[inner.start : end], "repeats alternatives that can match the same text"
+            outer.repeats |= inner.repeats
+            if inner.firsts != [None]:  # not an empty or flags-only group like "(?i)"
+                outer.atom(_ANY)
+                if after:
+                    outer.quantify(after.group(0))
+        elif c == "|":
+            group.firsts.append(None)
+        elif quantifier:
+            end = quantifier.end()
+            group.quantify(quantifier.group(0))
+        elif c not in "^$":  # anchors match no character
+            group.atom(_ANY if c == "." else c)
+        i = end
+    return None
+
+
+def _check_regexes(backend: _Backend, path: Path) -> None:
+    """Refuse a pre-tokenizer or normalizer regex that can backtrack exponentially (see above)."""
+    steps = [*_steps(backend.pre_tokenizer, "pretokenizers"), *_steps(backend.normalizer, "normalizers")]
+    for step in steps:
+        pattern = (step.get("pattern") or {}).get("Regex")
+        found = _backtracking_part(pattern) if isinstance(pattern, str) else None
+        if found is not None:
+            part, problem = found
             raise TokenizerError(
-                f"{path}: the pre-tokenizer regex nests quantifiers ({bad.group(0)}), which can take "
+                f"{path}: the {step.get('type')} regex {problem} ({quoted(part, 60)!r}), which can take "
                 "exponential time on some text; fix the pattern or re-copy the file"
             )
 
 
+# --- token ids ----------------------------------------------------------------------------------------
+
+
+def _piece_or_none(backend: _Backend, id: int) -> str | None:
+    # The Rust side takes ids as 32-bit unsigned integers and raises OverflowError for others.
+    return backend.id_to_token(id) if 0 <= id < 1 << 32 else None
+
+
+def _post_processor_ids(backend: _Backend) -> list[tuple[str, int]]:
+    """(where, id) for each special token the post-processor puts into encodings: TemplateProcessing's
+    special_tokens, BERT's and RoBERTa's cls and sep."""
+    found: list[tuple[str, int]] = []
+    for step in _steps(backend.post_processor, "processors"):
+        specials = step.get("special_tokens")
+        for name, token in (specials if isinstance(specials, dict) else {}).items():
+            ids = token.get("ids") if isinstance(token, dict) else None
+            found += [(f"tokenizer.json post_processor token {quoted(name, 40)!r}", i) for i in ids or []]
+        for key in ("cls", "sep"):
+            pair = step.get(key)
+            if isinstance(pair, list) and len(pair) == 2:
+                found.append((f"tokenizer.json post_processor {key} {quoted(pair[0], 40)!r}", pair[1]))
+    return [(where, i) for where, i in found if isinstance(i, int)]
+
+
+def _check_post_processor(tokenizer: HFTokenizer, path: Path) -> None:
+    """The post-processor's tokens must be in the vocabulary: encode() would put them in every prompt,
+    where nothing can decode or show them."""
+    for where, token_id in tokenizer.own_ids:
+        if where.startswith("tokenizer.json post_processor") and not 0 <= token_id < tokenizer.vocab_size:
+            raise TokenizerError(
+                f"{path}: {where.removeprefix('tokenizer.json ')} has id {token_id}, outside the "
+                f"{tokenizer.vocab_size} tokens of the vocabulary; fix the post-processor or re-copy the file"
+            )
+
+
 def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None:
-    """Every id the tokenizer can produce, and its BOS/EOS, must be a row of the model's embedding.
+    """Every id the tokenizer can produce on its own must be a row of the model's embedding: its
+    vocabulary and added tokens, BOS/EOS/padding from the settings files, the post-processor's tokens.
 
     A token added beyond the embedding (tokenizer_config.json listing one more special token, say)
     would otherwise fail deep inside the model with an index error the first time it is used.
     """
-    ids = {i for i in (tokenizer.vocab_size - 1, tokenizer.bos_id, *tokenizer.eos_ids) if i is not None}
-    bad = sorted(i for i in ids if not 0 <= i < rows)
-    if bad:
-        try:
-            token = repr(tokenizer.id_to_piece(bad[-1]))
-        except IndexError:
-            token = "a token"
+    top = tokenizer.vocab_size - 1
+    if top >= rows:
         raise TokenizerError(
-            f"{folder}: {token} has id {bad[-1]}, beyond the model's {rows} embedding rows "
+            f"{folder}: {_token_name(tokenizer, top)} has id {top}, beyond the model's {rows} embedding rows "
             "(config.json vocab_size); remove it from the tokenizer files or use the model's own"
         )
+    for where, token_id in tokenizer.own_ids:
+        if not 0 <= token_id < rows:
+            raise TokenizerError(
+                f"{folder}: {where} is {token_id}, beyond the model's {rows} embedding rows "
+                "(config.json vocab_size); fix that id or use the model's own files"
+            )
+
+
+def _token_name(tokenizer: Tokenizer, id: int) -> str:
+    """How an error names a token: "bos_token '<s>'", "'<extra>'", or "a token"."""
+    try:
+        piece = tokenizer.id_to_piece(id)
+    except IndexError:
+        return "a token"
+    name = next((key for key, value in tokenizer.named_special_tokens.items() if value == piece), None)
+    return f"{name} {quoted(piece)!r}" if name else repr(quoted(piece))
 
 
 class IncrementalDecoder:
@@ -379,6 +595,7 @@ class _FolderSettings:
         self.gen_eos_ids: list[int] = []
         self.gen_bos_id: int | None = None
         self.gen_pad_id: int | None = None
+        self.gen_source = "the tokenizer settings"  # the file the three gen_* ids come from, for errors
 
     @classmethod
     def read(cls, folder: Path) -> _FolderSettings:
@@ -386,10 +603,10 @@ class _FolderSettings:
         config, token_map, generation, added = (
             read_model_object(folder, name, TokenizerError) for name in _SETTINGS_FILES
         )
-        if not generation:
-            generation = read_model_object(
-                folder, "config.json", TokenizerError
-            )  # older models keep eos_token_id only here
+        settings.gen_source = "generation_config.json"
+        if not generation:  # older models keep eos_token_id only in config.json
+            generation = read_model_object(folder, "config.json", TokenizerError)
+            settings.gen_source = "config.json"
         _check_types(folder, config, token_map, added)
 
         for key in NAMED_SPECIAL_TOKENS:
@@ -422,10 +639,12 @@ class _FolderSettings:
         settings.legacy = bool(config.get("legacy", False))
         settings.cleanup_spaces = bool(config.get("clean_up_tokenization_spaces", False))
 
-        eos = generation.get("eos_token_id")
-        settings.gen_eos_ids = [i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int)]
-        settings.gen_bos_id = _int_or_none(generation.get("bos_token_id"))
-        settings.gen_pad_id = _int_or_none(generation.get("pad_token_id"))
+        where = folder / settings.gen_source
+        settings.gen_eos_ids = _token_ids(generation, "eos_token_id", where)
+        settings.gen_bos_id = next(iter(_token_ids(generation, "bos_token_id", where)), None)
+        # Old Llama conversions write pad_token_id -1 for "no padding token".
+        pad = generation.get("pad_token_id")
+        settings.gen_pad_id = next(iter(_token_ids(generation, "pad_token_id", where)), None) if pad != -1 else None
         return settings
 
 
@@ -474,15 +693,15 @@ def _added_token(entry: Any) -> AddedToken | None:
     )
 
 
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value if isinstance(value, int) else None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+def _token_ids(data: dict, key: str, where: Path) -> list[int]:
+    """The ids under `key`: one id or a list of them. Other values (null, text) are left out, as
+    transformers does; a negative id is refused, the Rust tokenizer cannot even look it up."""
+    value = data.get(key)
+    ids = [i for i in (value if isinstance(value, list) else [value]) if isinstance(i, int) and not isinstance(i, bool)]
+    negative = next((i for i in ids if i < 0), None)
+    if negative is not None:
+        raise TokenizerError(f"{where}: {key} {negative} is not a token id (ids count from 0); fix or remove it")
+    return ids
 
 
 # --- building the backend ----------------------------------------------------------------------------

@@ -346,3 +346,32 @@ def test_vote_browser_shows_a_partial_ranking_as_expressed():
     text = console.export_text()
     assert "(precise > balanced > {creative, chat})" in text
     assert "C · precise · 1st" in text and "B · creative · unranked" in text and "D · chat · unranked" in text
+
+
+def test_answers_holding_line_separators_are_ranked(tmp_path):
+    """generate -o writes JSON with ensure_ascii=False, so U+2028 and U+0085 stay raw inside strings."""
+    path = answers_file(tmp_path / "answers.jsonl", k=2)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row, odd in zip(rows, ("\u2028", "\x85"), strict=True):
+        row["text"] += odd + "more"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    queue = answers_queue(path)
+    assert [given.text for given in queue.items[0].answers] == ["answer 0.0\u2028more", "answer 0.1\x85more"]
+
+
+def test_a_prompt_queue_names_a_stranger_role_in_one_short_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "\x1b]2;x\x07" + "r" * 10_000, "content": "hi"}]}) + "\n")
+    with pytest.raises(InputError) as error:
+        prompt_queue(path)
+    assert "\x1b" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_an_answers_file_with_a_huge_seed_is_named_in_one_short_line(tmp_path):
+    path = answers_file(tmp_path / "answers.jsonl", k=2)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["seed"] = ["\x1b]2;x\x07" + "9" * 10_000]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(InputError, match=r'answers.jsonl line 1: "seed" must be an integer or null') as error:
+        answers_queue(path)
+    assert "\x1b" not in str(error.value) and len(str(error.value)) < 400

@@ -16,6 +16,13 @@ import pytest
 from tiankong.engine.chat import ChatTemplate
 from tiankong.engine.errors import ChatTemplateError
 
+# namespace(l=...) holding a list of 1000 ones, doubled 30 times without copying: [l, l], [[l, l], [l, l]] ...
+SHARED_LISTS = "{% set ns = namespace(l=[1] * 1000) %}{% for i in range(30) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}"
+# namespace(l=...) holding the same 1,000,000-character string 1024 times
+SHARED_STRINGS = (
+    "{% set ns = namespace(l=['a' * 1000000]) %}{% for i in range(10) %}{% set ns.l = ns.l + ns.l %}{% endfor %}"
+)
+
 BOMBS = {
     "str_mult": "{{ 'a' * 10**8 }}",
     "str_mult_reversed": "{{ 100000000 * 'a' }}",
@@ -64,6 +71,39 @@ BOMBS = {
     "huge_output": "{% set s = 'a' * 1000000 %}{% for i in range(100) %}{{ s }}{% endfor %}",
     "many_distinct_strings": "{% set s = 'a' * 1000000 %}{% set ns = namespace(l=[]) %}"
     "{% for i in range(100000) %}{% set ns.l = ns.l + [s ~ i] %}{% endfor %}",
+    # Writing out a value whose text is far bigger than its memory: shared lists, 2**30 * 4000 characters.
+    "print_shared_lists": SHARED_LISTS + "{{ ns.l }}",
+    "print_namespace": SHARED_LISTS + "{{ ns }}",
+    "tojson_shared_lists": SHARED_LISTS + "{{ ns.l|tojson|length }}",
+    "string_filter_shared_lists": SHARED_LISTS + "{{ ns.l|string|length }}",
+    "pprint_shared_lists": SHARED_LISTS + "{{ ns.l|pprint|length }}",
+    "upper_filter_shared_lists": SHARED_LISTS + "{{ ns.l|upper|length }}",
+    "join_filter_shared_lists": SHARED_LISTS + "{{ ns.l|join|length }}",
+    "tilde_shared_lists": SHARED_LISTS + "{{ (ns.l ~ '')|length }}",
+    "percent_shared_lists": SHARED_LISTS + "{{ ('%s' % ns.l)|length }}",
+    "format_shared_lists": SHARED_LISTS + "{{ '{}'.format(ns.l)|length }}",
+    "raise_exception_shared_lists": SHARED_LISTS + "{{ raise_exception(ns.l) }}",
+    "list_mult_shared_lists": "{% set a = [1] * 100000 %}{% set b = [a] * 100000 %}{{ b|length }}",
+    # A shared big string, written many times by one operation.
+    "str_join_generator": SHARED_STRINGS + "{{ ''.join(ns.l|select)|length }}",
+    "join_filter_generator": SHARED_STRINGS + "{{ ns.l|select|join|length }}",
+    "format_repeated_field": "{% set s = 'a' * 1000000 %}{{ ('{0}' * 1000).format(s)|length }}",
+    "percent_repeated_key": "{% set s = 'a' * 1000000 %}{{ ('%(a)s' * 1000 % {'a': s})|length }}",
+    "macro_output": "{% set s = 'a' * 1000000 %}{% macro f() %}{% for i in range(1000) %}{{ s }}{% endfor %}"
+    "{% endmacro %}{{ f()|length }}",
+    "set_block_output": "{% set s = 'a' * 1000000 %}{% set x %}{% for i in range(1000) %}{{ s }}{% endfor %}"
+    "{% endset %}{{ x|length }}",
+    "replace_filter_on_list": "{% set s = 'a' * 10000 %}{{ ([1] * 100000)|replace('1', s)|length }}",
+    "pprint_long_key": "{{ {'k' * 1000000: [1] * 1000}|pprint|length }}",
+    "translate": "{% set t = {120: 'y' * 100000} %}{{ ('x' * 100000).translate(t)|length }}",
+    "percent_negative_star_width": "{{ '%*s' % (-10**9, 'a') }}",
+    "sum_of_lists": "{{ ([[1]] * 100000)|sum(start=[])|length }}",
+    # bytes, limited like str
+    "bytes_mult": "{{ ('x'.encode('utf-8') * 10**9)|length }}",
+    "bytes_mult_300M": "{{ ('x'.encode('utf-8') * 3 * 10**8)|length }}",
+    "bytes_plus_doubling": "{% set ns = namespace(b='a'.encode()) %}{% for i in range(100) %}"
+    "{% set ns.b = ns.b + ns.b %}{% endfor %}{{ ns.b|length }}",
+    "bytes_center": "{{ 'a'.encode().center(10**9)|length }}",
 }
 
 _CHILD = """
@@ -129,3 +169,100 @@ def test_a_thousand_message_chat_renders_fast():
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20} for i in range(1000)]
     out = ChatTemplate(LLAMA3, "<s>", "</s>").render(messages)
     assert out.count("<|eot_id|>") == 1000
+
+
+def test_values_written_out_read_as_in_plain_jinja():
+    """Sizing a value before writing it out changes nothing in what is written."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    source = (
+        "{{ messages }}|{{ messages|string }}|{{ messages|pprint }}|{{ messages|map(attribute='content')|join(', ') }}|"
+        "{{ messages|join }}|{{ '%s|%r|%5d' % (messages[0], 'x', 7) }}|{{ '%(a)s' % {'a': [1]} }}|"
+        "{{ '{0}-{0!r}-{1:>5}-{k}'.format('a', 3, k=messages) }}|{{ '{x}'.format_map({'x': 2.5}) }}|"
+        "{{ 'x'.encode() }}|{{ 'abc'.translate({97: 'zz'}) }}|{{ ', '.join(messages|map(attribute='role')) }}|"
+        "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(messages[0]) }}|{% set b %}[{{ 1 }}]{% endset %}{{ b }}|"
+        "{{ messages ~ '!' }}|{% set ns = namespace(v=[1, 'two']) %}{{ ns }}|{{ ns.v * 2 }}|{{ messages.0.keys() }}|"
+        "{{ {'a': (1, 2.5, none, true)}|upper }}|{{ [1, 2]|sum }}|{{ 'b'.encode() * 3 + 'c'.encode() }}"
+    )
+    messages = [{"role": "user", "content": "hi 'there'\n"}, {"role": "assistant", "content": "yo é \x00"}]
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+    assert ChatTemplate(source, None, None).render(messages) == plain.render(messages=messages)
+    tojson = "{{ messages|tojson }}|{{ messages|tojson(indent=2) }}|{{ messages|tojson(ensure_ascii=true) }}"
+    assert ChatTemplate(tojson, None, None).render(messages) == "|".join(
+        (
+            json.dumps(messages, ensure_ascii=False),
+            json.dumps(messages, indent=2, ensure_ascii=False),
+            json.dumps(messages),
+        )
+    )
+
+
+# --- what a template does with the messages, and what its errors say ---------------------------------
+
+
+def _tokenizer():
+    """What ChatTemplate.for_tokenizer reads of a tokenizer."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(named_special_tokens={"bos_token": "<s>"}, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "Hello there, assistant:",  # never reads messages
+        "{% for m in messages %}<|{{ m.role }}|>{% endfor %}",  # reads the roles only
+        "{{ bos_token }}{{ messages|length }} messages",
+    ],
+)
+def test_a_template_that_ignores_the_messages_is_refused_at_load(tmp_path, source):
+    path = tmp_path / "t.jinja"
+    path.write_text(source)
+    with pytest.raises(ChatTemplateError, match="ignores the messages") as error:
+        ChatTemplate.from_file(path, _tokenizer())
+    assert str(error.value).startswith(f"{path}: ") and "--chat-template FILE" in str(error.value)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": source}))
+    with pytest.raises(ChatTemplateError, match=r"tokenizer_config.json: the chat template ignores the messages"):
+        ChatTemplate.from_folder(tmp_path, _tokenizer())
+
+
+def test_templates_that_read_the_messages_load(tmp_path):
+    from test_chat import LLAMA3
+
+    needs_system = (
+        "{% if messages[0].role != 'system' %}{{ raise_exception('start with a system message') }}{% endif %}"
+    )
+    for source in (LLAMA3, "{{ messages[-1].content }}", needs_system + "{{ messages[1].content }}"):
+        path = tmp_path / "t.jinja"
+        path.write_text(source)
+        assert ChatTemplate.from_file(path, _tokenizer()).source == source
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("line1\nline2\r\n\u2028line3", "line1 line2 line3"),
+        ("\x1b]2;pwned\x1b\\ done", "]2;pwned\\ done"),
+        ("x" * 10**6, "x" * 199 + "…"),
+    ],
+)
+def test_raise_exception_is_one_short_inert_line(message, shown):
+    source = "{{ raise_exception(" + json.dumps(message) + ") }}"
+    with pytest.raises(ChatTemplateError) as error:
+        ChatTemplate(source, None, None).render([{"role": "user", "content": "hi"}])
+    assert str(error.value) == f"the chat template rejected the messages: {shown}"
+
+
+def test_errors_quoting_the_template_are_one_short_line():
+    for source in ("{{ messages." + "x" * 10**5 + "() }}", "{% " + "\x1b" * 10 + "x" * 10**5 + " %}"):
+        with pytest.raises(ChatTemplateError) as error:
+            ChatTemplate(source, None, None).render([{"role": "user", "content": "hi"}])
+        text = str(error.value)
+        assert "\n" not in text and "\x1b" not in text and len(text) < 400, text[:500]
+
+
+def test_named_templates_whose_default_has_no_text(tmp_path):
+    config = {"chat_template": [{"name": "default"}, {"name": "tool_use", "template": "{{ messages }}"}]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ChatTemplateError, match=r'tokenizer_config.json: the chat template named "default" has no'):
+        ChatTemplate.from_folder(tmp_path, _tokenizer())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -348,3 +349,194 @@ def test_bare_tokenizer_json_takes_bos_from_post_processor(tmp_path, llama_folde
     shutil.copy(llama_folder / "tokenizer.json", tmp_path / "tokenizer.json")
     tok = load_tokenizer(tmp_path)  # no tokenizer_config.json: BOS is whatever the post-processor prepends
     assert (tok.bos_id, tok.bos_token, tok.add_bos) == (1, "<s>", True)
+
+
+# ---- hostile tokenizer files: refused at load, in one line naming the file
+
+
+def _hostile(tmp_path: Path, llama_folder: Path, **changes) -> Path:
+    """A copy of the Llama-style folder with top-level keys of tokenizer.json replaced."""
+    folder = tmp_path / "hostile"
+    shutil.copytree(llama_folder, folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec.update(changes)
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def _replace(old: dict, new: str) -> dict:
+    return {"type": "Replace", "pattern": old, "content": new}
+
+
+def _sequence(kind: str, steps: list) -> dict:
+    return {"type": "Sequence", kind: steps}
+
+
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+A_TO_16 = _replace({"String": "a"}, "a" * 16)
+
+GROWING = {
+    "eight 16x replaces": ({"normalizer": _sequence("normalizers", [A_TO_16] * 8)}, "4,294,967,296 times longer"),
+    "nested sequences": (
+        {"normalizer": _sequence("normalizers", [A_TO_16, _sequence("normalizers", [A_TO_16])])},
+        "256 times longer when encoding",
+    ),
+    "long prepend": ({"normalizer": {"type": "Prepend", "prepend": "x" * 100_000}}, "Prepend normalizer of 100000"),
+    "regex replace": ({"normalizer": _replace({"Regex": "x*"}, "y" * 20)}, "21 times longer"),
+    "replace and byte level": (
+        {"normalizer": _replace({"String": "a"}, "aaaaa"), "pre_tokenizer": BYTE_LEVEL},
+        "20 times longer",
+    ),
+    "byte level thrice": ({"pre_tokenizer": _sequence("pretokenizers", [BYTE_LEVEL] * 3)}, "ByteLevel step"),
+    "decoder replaces": ({"decoder": _sequence("decoders", [A_TO_16] * 2)}, "256 times longer when decoding"),
+}
+
+
+@pytest.mark.parametrize("case", GROWING)
+def test_steps_that_together_make_text_far_longer_are_refused(tmp_path, llama_folder, case):
+    """Each step alone grows text at most 16x; together they would make gigabytes inside Rust, which
+    aborts the whole process when an allocation fails."""
+    changes, needle = GROWING[case]
+    folder = _hostile(tmp_path, llama_folder, **{"pre_tokenizer": None, **changes})  # Metaspace's 2x aside
+    with pytest.raises(TokenizerError) as error:
+        load_tokenizer(folder)
+    message = str(error.value)
+    assert message.startswith(f"{folder / 'tokenizer.json'}: its steps can make a text ") and needle in message
+    assert "\n" not in message and len(message) < 500
+
+
+def test_real_steps_that_grow_text_a_little_load(tmp_path, llama_folder):
+    # Llama 2's normalizer ("▁" first, spaces as "▁") before a Llama 3 style split and ByteLevel: 2 * 4
+    normalizer = _sequence("normalizers", [{"type": "Prepend", "prepend": "▁"}, _replace({"String": " "}, "▁")])
+    split = {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False}
+    folder = _hostile(
+        tmp_path, llama_folder, normalizer=normalizer, pre_tokenizer=_sequence("pretokenizers", [split, BYTE_LEVEL])
+    )
+    assert load_tokenizer(folder).encode("Hello world, it's 2024!")
+
+
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+REAL_SPLITS = [
+    LLAMA3_SPLIT,
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",  # GPT-2
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",  # o200k
+    r" ?[^(\s|[.,!?…。，、।۔،])]+",  # BLOOM
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*",
+    r"[一-龥\u3040-ゟ゠-ヿ]+",  # DeepSeek's CJK split
+    r"(?:\r\n|\n)+",
+]
+BACKTRACKING = {
+    "(a|aa)+$": "repeats alternatives that can match the same text",
+    "(a+)+$": "nests quantifiers",
+    r"(\w|\d)+x": "repeats alternatives",
+    "(.*a){20}": "nests quantifiers",
+    "((a)+)*b": "nests quantifiers",
+    "(?:a?b|b)+c": "repeats alternatives",
+}
+
+
+@pytest.mark.parametrize("pattern", REAL_SPLITS)
+def test_real_pre_tokenizer_regexes_load(tmp_path, llama_folder, pattern):
+    split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+    assert load_tokenizer(_hostile(tmp_path, llama_folder, pre_tokenizer=split)).encode("Hello, world 12345!")
+
+
+@pytest.mark.parametrize("pattern", BACKTRACKING)
+@pytest.mark.parametrize("step", ["pre_tokenizer", "normalizer"])
+def test_regexes_that_backtrack_exponentially_are_refused(tmp_path, llama_folder, pattern, step):
+    """Refused before any text meets them: on "aaa...b" the regex engine panics inside Rust, which
+    prints a panic report on stderr whatever Python then does with the error."""
+    if step == "pre_tokenizer":
+        changes = {step: {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}}
+    else:
+        changes = {step: _replace({"Regex": pattern}, "")}
+    with pytest.raises(TokenizerError, match=re.escape(BACKTRACKING[pattern])):
+        load_tokenizer(_hostile(tmp_path, llama_folder, **changes))
+
+
+def test_a_backtracking_regex_prints_no_panic(tmp_path, llama_folder):
+    from helpers import tiankong
+
+    split = {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated", "invert": False}
+    folder = _hostile(tmp_path, llama_folder, pre_tokenizer=split)
+    code, lines, _ = tiankong("tokenize", "-m", folder, "a" * 3000 + "b")
+    assert code == 2 and len(lines) == 1 and "repeats alternatives" in lines[0], lines
+
+
+TEMPLATE_WITH = {
+    "type": "TemplateProcessing",
+    "single": [{"SpecialToken": {"id": "<nope>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+    "pair": [],
+    "special_tokens": {"<nope>": {"id": "<nope>", "ids": [99_999_999], "tokens": ["<nope>"]}},
+}
+
+
+def test_a_post_processor_token_outside_the_vocabulary_is_refused(tmp_path, llama_folder):
+    folder = _hostile(tmp_path, llama_folder, post_processor=TEMPLATE_WITH)
+    with pytest.raises(TokenizerError) as error:
+        load_tokenizer(folder)
+    assert str(error.value).startswith(
+        f"{folder / 'tokenizer.json'}: post_processor token '<nope>' has id 99999999, outside the "
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"config.json": {"eos_token_id": -5}}, "config.json: eos_token_id -5 is not a token id"),
+        ({"generation_config.json": {"eos_token_id": [2, -1]}}, "generation_config.json: eos_token_id -1 is not"),
+        ({"generation_config.json": {"bos_token_id": -3}}, "generation_config.json: bos_token_id -3 is not"),
+    ],
+)
+def test_negative_token_ids_are_refused_naming_file_and_key(tmp_path, llama_folder, files, needle):
+    folder = _hostile(tmp_path, llama_folder)
+    for name, data in files.items():
+        (folder / name).write_text(json.dumps(data))
+    with pytest.raises(TokenizerError, match=re.escape(f"{folder / needle}")):
+        load_tokenizer(folder)
+
+
+@pytest.mark.parametrize("key", ["eos_token_id", "bos_token_id", "pad_token_id"])
+@pytest.mark.parametrize("value", [10**12, 70_000])
+def test_settings_ids_beyond_the_embedding_are_named(tmp_path, llama_folder, key, value):
+    from tiankong.engine.tokenizer import check_token_ids
+
+    folder = _hostile(tmp_path, llama_folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop(key.replace("_id", ""), None)  # the id counts only without the token's text
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").write_text(json.dumps({key: [value]}))
+    tok = load_tokenizer(folder)
+    with pytest.raises(TokenizerError) as error:
+        check_token_ids(tok, tok.vocab_size, folder)
+    assert str(error.value) == (
+        f"{folder}: generation_config.json {key} is {value}, beyond the model's {tok.vocab_size} embedding rows "
+        "(config.json vocab_size); fix that id or use the model's own files"
+    )
+    with pytest.raises(IndexError):
+        tok.id_to_piece(value)
+
+
+def test_pad_token_id_minus_one_means_none(tmp_path, llama_folder):
+    folder = _hostile(tmp_path, llama_folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps({"pad_token_id": -1, "eos_token_id": 2}))
+    assert load_tokenizer(folder).pad_id is None
+
+
+def test_a_huge_added_token_is_named_in_one_short_line(tmp_path, llama_folder):
+    from tiankong.engine.tokenizer import check_token_ids
+
+    folder = _hostile(tmp_path, llama_folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["bos_token"] = "\x1b]2;x\x07" + "B" * 100_000
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(folder)
+    with pytest.raises(TokenizerError) as error:
+        check_token_ids(tok, tok.vocab_size - 1, folder)
+    message = str(error.value)
+    assert message.startswith(f"{folder}: bos_token ']2;xBBB") and "beyond the model's" in message
+    assert len(message) < 500 and "\x1b" not in message

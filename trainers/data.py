@@ -22,7 +22,7 @@ import torch
 from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError
 
-from .records import parse_line
+from .records import parse_line, split_lines
 
 # A line holding only this marker separates documents inside a .txt file (TinyStories' convention).
 DOC_SEPARATOR = "<|endoftext|>"
@@ -51,7 +51,7 @@ def _read_utf8(path: Path) -> str:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object stops here."""
     path = Path(path)
-    return jsonl_objects(_read_utf8(path).splitlines(), str(path))
+    return jsonl_objects(split_lines(_read_utf8(path)), str(path))
 
 
 def jsonl_objects(lines: list[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:

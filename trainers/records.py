@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import InputError, quoted
 from tiankong.engine.files import lone_surrogate
 
 Prompt = str | list[dict]
@@ -28,7 +28,7 @@ def messages_field(value: Any, what: str) -> list[dict]:
         if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise InputError(f'"{what}" message {i} must be {{"role": str, "content": str}}')
         if m["role"] not in ROLES:
-            raise InputError(f'"{what}" message {i} has role {m["role"]!r}; use system, user or assistant')
+            raise InputError(f'"{what}" message {i} has role {quoted(m["role"])!r}; use system, user or assistant')
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -98,6 +98,16 @@ def parse_record(row: Any) -> tuple[Prompt, str, str]:
     raise InputError('"chosen" and "rejected" must both be strings or both be message lists')
 
 
+def split_lines(text: str) -> list[str]:
+    """The lines of a data file: split at "\\n" only, each without a trailing "\\r".
+
+    Not str.splitlines(), which also splits at U+2028, U+0085, form feeds and the other characters
+    that json.dumps(ensure_ascii=False) (and so `tiankong generate -o`) leaves raw inside strings: it
+    cut valid JSONL lines in two, made two prompts of one text line, and misnumbered the lines after.
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def parse_line(text: str, where: str, fix: str = "fix that line") -> Any:
     """One JSON document of a data file; every way it can be bad is one InputError naming `where`
     ("data.jsonl line 3"): invalid JSON, nesting too deep to parse, a number too long to convert,
@@ -108,8 +118,10 @@ def parse_line(text: str, where: str, fix: str = "fix that line") -> Any:
         raise InputError(f"{where}: invalid JSON ({e.msg}); {fix}") from None
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply to be a record; {fix}") from None
-    except ValueError as e:  # e.g. an integer of more digits than Python converts
-        raise InputError(f"{where}: {e}; {fix}") from None
+    except ValueError:  # the only other one: an integer of more digits than Python converts
+        raise InputError(
+            f"{where}: a number is too long (over {sys.get_int_max_str_digits()} digits) to be read; {fix}"
+        ) from None
     if lone_surrogate(value) is not None:
         raise InputError(f'{where}: a string holds a lone surrogate escape (like "\\ud800"), which is not text; {fix}')
     return value
@@ -121,7 +133,7 @@ def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, s
     for a line that is not JSON."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path} does not exist; give a JSONL file (or a JSON array) of preference records")
+        raise InputError(f"{path} {_not_a_file(path)}; give a JSONL file (or a JSON array) of preference records")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -132,7 +144,7 @@ def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, s
             raise InputError(f"{path}: expected a JSON array of records; fix the file")
         return [(i, f"item {i}", item) for i, item in enumerate(items, 1)]
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         rows.append((n, f"line {n}", parse_line(line, f"{path} line {n}", fix)))
@@ -153,7 +165,7 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
             text = sys.stdin.buffer.read().decode("utf-8-sig")
         elif not Path(source).is_file():
             raise InputError(
-                f"prompts file {source} does not exist; give text lines or JSONL with "
+                f"prompts file {source} {_not_a_file(Path(source))}; give text lines or JSONL with "
                 '"prompt" or "messages" (or - for stdin)'
             )
         else:
@@ -161,7 +173,7 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
     except UnicodeDecodeError:
         raise InputError(f"{name} is not UTF-8 text; convert it to UTF-8") from None
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         where = f"{name} line {n}"
@@ -177,3 +189,7 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
     if not out:
         raise InputError(f"{name} has no prompts; put one prompt (or JSON object) per line")
     return out
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a folder, not a file" if path.is_dir() else "does not exist"

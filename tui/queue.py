@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tiankong.engine.chat import validate_messages
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import InputError, quoted
 from tiankong.engine.resolve import display_name
 from tiankong.trainers.records import read_prompt_records, read_rows
 from tiankong.tui.store import MAX_RESPONSES, MIN_RESPONSES
@@ -95,7 +95,7 @@ def _conversation(job: dict[str, Any], where: str) -> list[dict]:
         if messages[-1]["role"] != "user":
             raise InputError(
                 f'{where}: "messages" must end with a user message (the prompt to answer); '
-                f"it ends with {messages[-1]['role']!r}"
+                f"it ends with {quoted(messages[-1]['role'])!r}"
             )
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     if not isinstance(job.get("prompt"), str):
@@ -140,7 +140,7 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
         params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
         seed = rec.get("seed", params.get("seed"))
         if seed is not None and not isinstance(seed, int):
-            raise InputError(f'{where}: "seed" must be an integer or null, got {seed!r}')
+            raise InputError(f'{where}: "seed" must be an integer or null, got {quoted(repr(seed))}')
         name = rec.get("model") if isinstance(rec.get("model"), str) and rec.get("model") else model or UNKNOWN_MODEL
         usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
         tokens = usage.get("completion_tokens")
