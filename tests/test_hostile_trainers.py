@@ -47,7 +47,8 @@ def sft(llama_dir, data, out, *extra):
 
 
 def one_line_error(code, err, *needles):
-    lines = err.strip().splitlines()
+    # --no-progress keeps the run's record lines (auto settings, the data summary): not errors
+    lines = [line for line in err.strip().splitlines() if "auto settings for" not in line and "held out" not in line]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -153,3 +154,67 @@ def test_a_huge_context_does_not_preallocate_gigabytes(llama_dir, tmp_path, monk
         "jsonl",
     )
     one_line_error(code, err, "KV cache", "GiB")
+
+
+# ---- input files are split at "\n" only
+
+# Characters str.splitlines() also splits at; json.dumps(ensure_ascii=False) leaves them raw in strings.
+ODD_BREAKS = "\u2028\u2029\x85\x0c\x0b\x1c\x1d\x1e"
+
+
+def test_input_files_split_at_newlines_only(tmp_path):
+    from tiankong.trainers.data import iter_jsonl
+    from tiankong.trainers.records import read_prompt_records, read_rows
+
+    texts = [f"Once{ch}upon" for ch in ODD_BREAKS]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"prompt": t, "text": t}, ensure_ascii=False) + "\r\n" for t in texts))
+    assert [row["prompt"] for _, _, row in read_rows(jsonl)] == texts
+    assert [row["text"] for _, row in iter_jsonl(jsonl)] == texts
+    assert [job["prompt"] for _, _, job in read_prompt_records(jsonl)] == texts
+    plain = tmp_path / "prompts.txt"
+    plain.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    assert [(n, job["prompt"]) for n, _, job in read_prompt_records(plain)] == list(enumerate(texts, 1))
+
+
+@pytest.mark.parametrize("reader", ["prompts", "rows", "data", "reward score"])
+def test_a_bad_line_is_named_by_its_own_number(tmp_path, reader):
+    from tiankong.engine.errors import InputError
+    from tiankong.trainers.data import iter_jsonl
+    from tiankong.trainers.records import read_prompt_records, read_rows
+    from tiankong.trainers.reward import score_file
+
+    path = tmp_path / "in.jsonl"
+    good = json.dumps({"prompt": "a\x0cb", "response": "c\u2028d", "text": "t", "messages": []}, ensure_ascii=False)
+    path.write_text(good + '\n{"prompt": "x", bad\n', encoding="utf-8")
+    read = {
+        "prompts": read_prompt_records,
+        "rows": read_rows,
+        "data": lambda p: list(iter_jsonl(p)),
+        "reward score": lambda p: score_file(tmp_path / "no-model", str(p), None),
+    }[reader]
+    with pytest.raises(InputError, match=r"in.jsonl line 2: invalid JSON"):
+        read(path)
+
+
+def test_a_number_too_long_to_read_says_so(tmp_path):
+    from tiankong.engine.errors import InputError
+    from tiankong.trainers.records import read_prompt_records
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "x", "id": ' + "9" * 5000 + "}\n")
+    with pytest.raises(InputError) as error:
+        read_prompt_records(path)
+    assert str(error.value) == (
+        f"{path} line 1: a number is too long (over {sys.get_int_max_str_digits()} digits) to be read; "
+        "fix the line or make it plain text"
+    )
+
+
+def test_a_prompts_file_that_is_a_folder(tmp_path):
+    from tiankong.engine.errors import InputError
+    from tiankong.trainers.records import read_prompt_records, read_rows
+
+    for read in (read_prompt_records, read_rows):
+        with pytest.raises(InputError, match=f"{tmp_path} is a folder, not a file; give "):
+            read(tmp_path)

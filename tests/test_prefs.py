@@ -247,6 +247,7 @@ def test_cli_import_export_stats(monkeypatch, capsys, tmp_path):
     assert report["totals"] == {"votes": 3, "ranked": 2, "tie": 1, "both_bad": 0, "pairs": 2}
     code, out, err = cli(monkeypatch, capsys, "prefs", "stats")
     assert code == 0 and "precise" in out and "50.0%" in out and "total" in out
+    assert "2 ranked votes; 2 decided pairs between presets" in " ".join(out.split())
 
 
 @pytest.mark.parametrize(
@@ -312,3 +313,10 @@ def test_prefs_commands_do_not_import_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_importing_one_vote_says_one_vote(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "one.jsonl"
+    src.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")
+    assert code == 0 and "imported 1 vote from" in err

@@ -158,10 +158,20 @@ def test_an_output_holding_another_model_is_refused_or_replaced_whole(llama_dir,
     (out / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="already holds .*--overwrite"):
         RewardTrainer(reward_cfg(llama_dir, prefs, out)).train()
+    # --overwrite replaces a run's output, never a folder holding files no run writes, nor a model folder
+    with pytest.raises(InputError, match="holds notes.txt, which no tiankong run writes"):
+        RewardTrainer(reward_cfg(llama_dir, prefs, out, overwrite=True)).train()
+    (out / "notes.txt").unlink()
+    with pytest.raises(InputError, match="is not a tiankong run's output"):
+        RewardTrainer(reward_cfg(llama_dir, prefs, out, overwrite=True)).train()
     assert load_file(out / "model.safetensors").keys() == load_file(gpt2 / "model.safetensors").keys()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # now the output of an earlier run
+    (out / "train_config.json").write_text("{}\n")
     RewardTrainer(reward_cfg(llama_dir, prefs, out, overwrite=True)).train()
     left = {p.name for p in out.iterdir()}
-    assert "notes.txt" not in left and "checkpoints" in left  # nothing of the old folder stays beside the new model
+    run_files = {"checkpoints", "metrics.jsonl", "train_config.json", "reward_head.safetensors", "reward_config.json"}
+    assert left - {p.name for p in llama_dir.iterdir()} == run_files | {ckpt.LOCK_FILE}  # nothing of the old run
+    assert ckpt.ASIDE not in left  # the old run, set aside, went at the first save
     assert {p.name for p in llama_dir.iterdir()} <= left
     for name in {p.name for p in llama_dir.iterdir()} - {"model.safetensors", "config.json"}:
         assert (out / name).read_bytes() == (llama_dir / name).read_bytes(), name

@@ -21,19 +21,22 @@ run folder from a stranger can be resumed safely.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import re
 import shutil
-import tempfile
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import WriteError, atomic_write_text, fsync_dir, parse_json, why
+from tiankong.engine.weights import TOKENIZER_FILES
 
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "trainer_state.json"
@@ -48,55 +51,259 @@ _STEP_DIR = re.compile(r"step-(\d+)$")
 
 # --- the output folder --------------------------------------------------------------------------
 
+LOCK_FILE = ".tiankong-run.lock"  # hidden: never counted as content, never published
+ASIDE = ".overwritten"  # an --overwrite'd run's files wait here until the new run's first save
+# What a run writes at the top of its output folder besides RUN_RECORDS: the model files (also the
+# reward model's and PPO's value/), checkpoints, and an older tiankong's pickle. --overwrite only
+# ever replaces a folder holding nothing else, and publish only ever deletes these names.
+MODEL_FILES = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "reward_head.safetensors",
+        "reward_config.json",
+        "value",
+        *TOKENIZER_FILES,  # what save_pretrained copies beside the weights
+    }
+)
+_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors$")
+# A run killed before its first checkpoint leaves only these (pretrain: also its new tokenizer).
+LEFTOVERS = frozenset(
+    {"metrics.jsonl", CHECKPOINTS, *PREPARED, "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}
+)
+RUN_MARKERS = frozenset({"train_config.json", "metrics.jsonl", CHECKPOINTS})
 
-def check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix a new run with what an output folder already holds."""
+
+def is_run_file(name: str) -> bool:
+    """Whether a top-level name is one a tiankong run writes into its output folder."""
+    return (
+        name in RUN_RECORDS
+        or name in MODEL_FILES
+        or name in (CHECKPOINTS, "trainer_state.pt")
+        or bool(_SHARD.match(name))
+    )
+
+
+def check_protected(out: Path, protect: Sequence[tuple[str, str | Path]]) -> None:
+    """Refuse an output folder that is, holds or sits inside a folder the run reads (the model, the
+    reward model, the playground's data folder) or that holds a file it reads: a run's output folder
+    is its own, and publish and --overwrite replace what it holds."""
+    here = out.resolve()
+    for label, given in protect:
+        if not str(given).strip():
+            continue
+        path = Path(given).expanduser().resolve()
+        if path.parent == here and path.name in PREPARED:
+            continue  # the votes this run exported for itself
+        if path.is_file() or not path.exists() and path.suffix:
+            if here in path.parents:
+                raise InputError(
+                    f"--output {out} holds {label} {given}; a run's output folder must be its own: choose another --output"
+                )
+            continue
+        if here == path:
+            problem = f"is {label} {given}"
+        elif here in path.parents:
+            problem = f"holds {label} {given}"
+        elif path in here.parents:
+            problem = f"is inside {label} {given}"
+        else:
+            continue
+        raise InputError(f"--output {out} {problem}; a run's output folder must be its own: choose another --output")
+
+
+def _content(out: Path) -> list[str]:
+    # Hidden files do not count: the lock, a publish in progress, and another process of the same
+    # run may be probing the folder right now.
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name not in PREPARED and not p.name.startswith("."))
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def check_output(out: Path, resume: bool, overwrite: bool, protect: Sequence[tuple[str, str | Path]] = ()) -> bool:
+    """Refuse to mix a new run with what an output folder already holds; returns whether the run
+    resumes (a --resume of a run stopped before its first checkpoint starts afresh, and says so).
+
+    --overwrite moves the old run's files into a hidden ASIDE folder (see claim()); it is refused
+    for a folder holding anything a run does not write."""
+    if not str(out).strip():
+        raise InputError("--output is empty; give the run's own folder, e.g. --output runs/NAME")
     if out.exists() and not out.is_dir():
         raise InputError(f"--output {out} is a file; give a folder path")
+    check_protected(out, protect)
+    held = _content(out)
+    leftovers = latest(out) is None and all(n in LEFTOVERS for n in held)
+    leftovers = leftovers and (not held or "metrics.jsonl" in held)
     if resume:
-        _check_writable(out)
-        if latest(out) is None:
-            if (out / "trainer_state.pt").exists():
-                raise InputError(
-                    f"--resume: {out} was written by an older tiankong (trainer_state.pt, a pickle, "
-                    "is never loaded: it could run code); start the run again without --resume"
-                )
+        if latest(out) is not None:
+            return True
+        if (out / "trainer_state.pt").exists():
+            raise InputError(
+                f"--resume: {out} was written by an older tiankong (trainer_state.pt, a pickle, "
+                "is never loaded: it could run code); start the run again without --resume"
+            )
+        if not held or not leftovers:  # nothing at all: more likely a mistyped folder than a lost run
             raise InputError(f"--resume: no checkpoint in {out} (no {CHECKPOINTS}/step-*); run without --resume")
-        return
-    # Hidden files do not count: another process of the same run may be probing the folder right now.
-    held = (
-        sorted(p.name for p in out.iterdir() if p.name not in PREPARED and not p.name.startswith("."))
-        if out.is_dir()
-        else []
-    )
-    if not held:
-        _check_writable(out)
-        return
+        print(
+            f"--resume: {out} holds no checkpoint (the run stopped before its first save); starting from step 0",
+            file=sys.stderr,
+        )
+        return False
+    if not held or leftovers:  # a run stopped before its first save left nothing worth keeping
+        return False
     if not overwrite:
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise InputError(
-            f"--output {out} already holds {shown}; choose a new folder, add --resume to continue "
+            f"--output {out} already holds {_shown(held)}; choose a new folder, add --resume to continue "
             "its run, or --overwrite to replace it"
         )
-    # --overwrite: forget the old run's checkpoints and records now, so that a --resume after an
-    # early interruption can never continue the old run. Its model files go at the first publish.
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    for name in ("metrics.jsonl", "verdict.json", "trainer_state.pt"):
-        (out / name).unlink(missing_ok=True)
+    unknown = [n for n in held if not is_run_file(n)]
+    if unknown:
+        raise InputError(
+            f"--overwrite: --output {out} holds {_shown(unknown)}, which no tiankong run writes; "
+            "--overwrite only replaces a run's output: choose another --output (or move those files away)"
+        )
+    if not RUN_MARKERS & set(held):
+        raise InputError(
+            f"--overwrite: --output {out} is not a tiankong run's output (no train_config.json, metrics.jsonl "
+            f"or {CHECKPOINTS}/); choose another --output"
+        )
+    return False
 
 
-def _check_writable(out: Path) -> None:
-    """Fail before training, not at the first checkpoint an hour later."""
+def _set_aside(out: Path) -> Path | None:
+    """--overwrite: move the old run's files (all run files, check_output made sure) into ASIDE, so
+    that a --resume can never continue the old run; ASIDE goes after the new run's first save."""
+    held = [n for n in _content(out) if is_run_file(n)]
+    if not held:
+        return None
+    aside = out / ASIDE
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        try:
-            os.write(fd, b"x")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        if aside.exists():  # a run killed before its first save: its old run is the one to keep
+            restore(out)
+        aside.mkdir()
+        for name in held:
+            os.replace(out / name, aside / name)
+        fsync_dir(out)
+    except OSError as e:
+        raise InputError(f"--overwrite: cannot move the old run in {out} aside: {why(e)}") from None
+    return aside
+
+
+def restore(out: Path) -> None:
+    """Put an --overwrite'd run back (the new run ended before its first checkpoint)."""
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return
+    for p in aside.iterdir():
+        target = out / p.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(p, target)
+    aside.rmdir()
+    fsync_dir(out)
+
+
+def _mkdir(out: Path) -> bool:
+    """Create the output folder (and its parents); returns whether it was created."""
+    if out.is_dir():
+        return False
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno == errno.ENOENT:  # e.g. /proc: the parent exists but takes no new folders
+            parent = next((p for p in out.absolute().parents if p.exists()), Path("/"))
+            raise InputError(
+                f"cannot create --output {out}: {parent} does not take new folders; choose another folder"
+            ) from None
+        raise InputError(f"cannot create --output {out}: {why(e)}") from None
+    return True
+
+
+def _lock(out: Path) -> int:
+    """An exclusive lock on the output folder for the whole run (released when the process ends,
+    however it ends): two runs writing one folder would silently lose one's results."""
+    import fcntl
+
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise InputError(f"cannot write into --output {out}: {why(e)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise InputError(
+            f"--output {out} is in use by another run (pid {pid}); wait for it or choose another folder"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:
+        os.close(fd)
+        raise InputError(f"cannot write into --output {out}: {why(e)}") from None
+    return fd
+
+
+_CLAIMS: dict[Path, bool] = {}  # output folders this process holds -> whether the run resumes
+
+
+@contextlib.contextmanager
+def claim(out: Path, resume: bool, overwrite: bool, protect: Sequence[tuple[str, str | Path]] = ()) -> Iterator[bool]:
+    """Hold an output folder for one run: checked (check_output), created, locked, the old run
+    set aside under --overwrite; yields whether the run resumes. Re-entrant: the CLI claims the
+    folder before it exports votes into it, the trainer's own claim then just joins.
+
+    If the run fails before its first checkpoint, an --overwrite'd old run is put back and a folder
+    this claim created is removed again (bad input leaves no empty folder behind). Only the main
+    process of a torchrun job checks and locks; the others wait at the trainer's barrier."""
+    key = out.absolute()
+    if key in _CLAIMS:
+        yield _CLAIMS[key]
+        return
+    if os.environ.get("RANK", "0") != "0":
+        yield resume and latest(out) is not None
+        return
+    resumes = check_output(out, resume, overwrite, protect)
+    created = _mkdir(out)
+    fd = _lock(out)
+    try:
+        if not resumes and overwrite:
+            _set_aside(out)
+        _CLAIMS[key] = resumes
+        yield resumes
+    except BaseException:
+        if latest(out) is None:
+            _undo(out, created)
+        raise
+    finally:
+        _CLAIMS.pop(key, None)
+        os.close(fd)
+
+
+def _undo(out: Path, created: bool) -> None:
+    """A run that ended before its first checkpoint: nothing of it is worth keeping."""
+    try:
+        restore(out)
+        if created:  # made by this claim and held under its lock: everything in it is this run's
+            shutil.rmtree(out)
+    except OSError:
+        pass  # best effort: the run's own error is the one to show
+
+
+def discard_aside(out: Path) -> None:
+    """After the first checkpoint of an --overwrite run: the old run is replaced for good."""
+    shutil.rmtree(out / ASIDE, ignore_errors=True)
 
 
 def latest(out: Path) -> Path | None:
@@ -148,6 +355,7 @@ def write(out: Path, step: int, save_model: Callable[[Path], None], state: dict[
     for old in root.iterdir():
         if old != final and (_STEP_DIR.match(old.name) or old.name.endswith(".tmp")):
             shutil.rmtree(old, ignore_errors=True)
+    discard_aside(out)
     return final
 
 
@@ -164,8 +372,8 @@ def _publish_dir(src: Path, dst: Path, top: bool) -> None:
     for p in dst.iterdir():  # stale model files of an earlier model (e.g. an old tokenizer.json)
         if p.name in names or p.name.startswith("."):
             continue
-        if top and (p.name in RUN_RECORDS or p.name == CHECKPOINTS):
-            continue
+        if top and (p.name in RUN_RECORDS or p.name == CHECKPOINTS or not is_run_file(p.name)):
+            continue  # records of the run, and never a file no run writes
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:

@@ -21,9 +21,12 @@ each optimisation step from it), `loss(items)` (the algorithm: one readable func
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import random
+import re
 import signal
 import sys
 import threading
@@ -35,7 +38,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import InputError, ModelLoadError
 from tiankong.engine.files import atomic_write_text
 
 from . import checkpoint as ckpt
@@ -83,6 +86,8 @@ class TrainConfig:
     progress: bool = opt(True, "Show a progress bar.")
 
     def validate(self) -> None:
+        if not self.output.strip():  # Path("") is the current folder: never a run's output by accident
+            raise InputError("--output is empty; give the run's own folder, e.g. --output runs/NAME")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -191,9 +196,37 @@ class Trainer:
     # ---- the loop
     def train(self) -> Path:
         """Run to cfg.steps; on Ctrl+C or SIGTERM checkpoint and raise TrainingStopped."""
+        with ckpt.claim(self.out, self.cfg.resume, self.cfg.overwrite, self.protected()) as resumes:
+            self.cfg.resume = resumes  # a --resume of a run stopped before its first save starts afresh
+            return self._train()
+
+    def protected(self) -> list[tuple[str, str | Path]]:
+        """What this run reads, which its output folder must neither be, hold nor sit inside."""
+        from tiankong.tui.store import data_dir
+
         cfg = self.cfg
-        ckpt.check_output(self.out, cfg.resume, cfg.overwrite)
+        return [
+            ("the --model folder", cfg.model),
+            ("the --reward model", getattr(cfg, "reward", "")),
+            ("the --data file", cfg.data),
+            ("the --prompts file", getattr(cfg, "prompts", "")),
+            ("the playground's data folder", data_dir()),
+        ]
+
+    def data_fingerprint(self) -> dict[str, str]:
+        """sha256 of each data source (a file, or a folder's files), kept in the trainer state so that
+        --resume can refuse a run whose data changed."""
+        out: dict[str, str] = {}
+        for name in ("data", "prompts"):
+            given = getattr(self.cfg, name, "")
+            if given and Path(given).exists():
+                out[name] = _sha256(Path(given))
+        return out
+
+    def _train(self) -> Path:
+        cfg = self.cfg
         self.dist.barrier()
+        self.fingerprint = self.data_fingerprint() if self.dist.is_main else {}
         seed_everything(cfg.seed)
         self.setup()
         self.ddp_model = self.dist.wrap(self.model, cfg.sharding)  # FSDP replaces the parameters: first
@@ -309,6 +342,7 @@ class Trainer:
                 "rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
                 "config": self.cfg.to_dict(),
+                "data": self.fingerprint,
                 "extra": self.extra_state(),
             }
             with swapped(self.model, weights):
@@ -331,10 +365,20 @@ class Trainer:
         """Where setup() should load the model from: the newest checkpoint when resuming."""
         return ckpt.latest(self.out) if self.cfg.resume else None
 
+    def loading(self, folder: str | Path, role: str = "the --model") -> contextlib.AbstractContextManager[None]:
+        """Loads from `folder` name it in full if a file is damaged: a --resume checkpoint (also its
+        value/) with that fix, else `role` (the policy, the reward model) with its own."""
+        resume = self.resume_model_path()
+        if resume is not None and resume.resolve() in (Path(folder).resolve(), *Path(folder).resolve().parents):
+            return loading("checkpoint", folder, CHECKPOINT_FIX)
+        fix = "train it again with `tiankong train reward`" if role == "the --reward model" else model_fix(folder)
+        return loading(role, folder, fix)
+
     def _load_state(self) -> None:
         folder = ckpt.latest(self.out)
         assert folder is not None  # check_output refused a resume without one
         state = ckpt.load_state(folder)
+        self._check_same_run(state)
         try:
             self.dist.load_optimizer(self.model, self.optimizer, state["optimizer"])
             self.step = int(state["step"])
@@ -348,6 +392,95 @@ class Trainer:
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "start the run again without --resume"
             ) from None
+
+    def _check_same_run(self, state: dict[str, Any]) -> None:
+        """--resume continues the run the checkpoint belongs to: other data or other settings would
+        mix two runs in one model, with train_config.json naming only the second."""
+        old = state.get("config")
+        if not isinstance(old, dict):
+            return
+        now = self.cfg.to_dict()
+        old_data, new_data = state.get("data") or {}, self.fingerprint
+        for name in sorted(set(old_data) & set(new_data)):
+            if old_data[name] != new_data[name]:
+                raise InputError(
+                    f"--resume: --{name} {now.get(name)} is not the data the run started on "
+                    f"({old.get(name)}, which has changed or is another file); resume with that data, "
+                    "or start a new run (another --output, or --overwrite)"
+                )
+        diffs = [
+            f"--{k.replace('_', '-')} {old[k]!r} -> {now[k]!r}"
+            for k in now
+            if k in old and k not in _FREE_ON_RESUME and k not in ("steps", "data", "prompts") and now[k] != old[k]
+        ]
+        if diffs:
+            raise InputError(
+                f"--resume: this command changes the run's settings ({', '.join(diffs[:3])}); resume with the "
+                "settings it started with (see train_config.json), or start a new run (another --output, or --overwrite)"
+            )
+        steps, done = int(old.get("steps", self.cfg.steps)), int(state.get("step", 0))
+        if self.cfg.steps != steps:
+            if done < steps or self.cfg.steps < steps:
+                raise InputError(
+                    f"--resume: the run was started with --steps {steps} and is at step {done}; resume with "
+                    f"--steps {steps} (more steps may only extend a finished run)"
+                )
+            if self.dist.is_main:
+                print(
+                    f"--resume: extending the finished run from {steps} to {self.cfg.steps} steps "
+                    "(the learning-rate schedule is stretched to the new end)",
+                    file=sys.stderr,
+                )
+
+
+# Settings that do not change what a run computes (or that --resume checks itself): free to differ.
+_FREE_ON_RESUME = frozenset(
+    {"output", "resume", "overwrite", "progress", "device", "save_every", "save_minutes", "eval_every"}
+    | {"micro_batch_size", "sharding"}
+)
+
+
+def _sha256(path: Path) -> str:
+    """Content hash of a file, or of a folder's files (names and contents, in a fixed order)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else "").encode() + b"\0")
+        try:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        except OSError:
+            pass  # unreadable: the trainer's own reading names it
+    return h.hexdigest()
+
+
+_DAMAGED = re.compile(r"^(?P<file>.+?) is truncated or corrupt \((?P<why>.*)\); [^;]*$")
+
+
+def model_fix(folder: str | Path) -> str:
+    """What to do about a damaged model file: train a local run's output again, download the rest."""
+    if (Path(folder) / "train_config.json").is_file():
+        return "it is a tiankong run's output: train it again (or --resume its run if its checkpoints/ are intact)"
+    return "download it again"
+
+
+@contextlib.contextmanager
+def loading(role: str, folder: str | Path, fix: str) -> Iterator[None]:
+    """Name the full path, what the folder is to this run and the fix when one of its files is
+    damaged (the loaders only know a file's name, and suggest a download)."""
+    try:
+        yield
+    except ModelLoadError as e:
+        m = _DAMAGED.match(str(e))
+        if m is None:
+            raise
+        path = Path(folder)
+        path = path if path.is_file() else path / Path(m["file"]).name
+        raise ModelLoadError(f"{role} file {path} is damaged (truncated or corrupt: {m['why']}); {fix}") from None
+
+
+CHECKPOINT_FIX = "the checkpoint is damaged: start the run again with --overwrite instead of --resume"
 
 
 class TrainingStopped(Exception):

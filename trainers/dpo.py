@@ -87,9 +87,11 @@ class DPOTrainer(PreferenceTrainer):
     def setup(self) -> None:
         cfg = self.cfg
         start = self.resume_model_path() or cfg.model
-        self.model, self.mcfg = load_model(start, self.device, cfg.dtype)
+        with self.loading(start):
+            self.model, self.mcfg = load_model(start, self.device, cfg.dtype)
         self.model.requires_grad_(True)
-        self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen: requires_grad stays False
+        with self.loading(cfg.model):
+            self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen: requires_grad stays False
         self.load_data(cfg.model, self.mcfg.max_seq_len)
         self.resolve_auto(n_parameters(self.model))
         self._ref_cache: dict[tuple[int, ...], float] = {}

@@ -219,6 +219,7 @@ class PPOConfig(TrainConfig):
     reward: str = opt("", "Reward model folder (from `tiankong train reward`); the value model starts from it.")
     prompts: str = opt("", 'Prompts: text lines, or JSONL with "prompt" or "messages" (default: --data).')
     data: str = opt("", "Same as --prompts.")
+    eval_every: int = opt(0, "Not used: PPO has no held-out split (the metrics of every step are its record).")
     steps: int = opt(
         0,
         "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it); "
@@ -296,17 +297,21 @@ class PPOTrainer(Trainer):
     def setup(self) -> None:
         cfg = self.cfg
         resume = self.resume_model_path()
-        policy, self.mcfg = load_model(resume or cfg.model, self.device, cfg.dtype)
+        with self.loading(resume or cfg.model):
+            policy, self.mcfg = load_model(resume or cfg.model, self.device, cfg.dtype)
         policy.requires_grad_(True)
-        self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen
-        self.reward_model = RewardModel.load(cfg.reward, self.device, cfg.dtype).requires_grad_(False)
+        with self.loading(cfg.model):
+            self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen
+        with self.loading(cfg.reward, "the --reward model"):
+            self.reward_model = RewardModel.load(cfg.reward, self.device, cfg.dtype).requires_grad_(False)
         if self.reward_model.cfg.vocab_size != self.mcfg.vocab_size:
             raise InputError(
                 f"the reward model's vocabulary ({self.reward_model.cfg.vocab_size}) differs from the "
                 f"policy's ({self.mcfg.vocab_size}); train the reward model on the policy's base"
             )
         if resume is not None:
-            value = RewardModel.load(resume / "value", self.device, cfg.dtype)
+            with self.loading(resume / "value"):
+                value = RewardModel.load(resume / "value", self.device, cfg.dtype)
         else:
             value = self.value_from_reward(RewardModel.load(cfg.reward, self.device, cfg.dtype))
         value.requires_grad_(True)
@@ -414,7 +419,7 @@ class PPOTrainer(Trainer):
                 "response_length": probe,
             },
         )
-        if self.auto.values and self.dist.is_main and cfg.progress:
+        if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
             print(self.auto.line(), file=sys.stderr)
 
     def n_items(self) -> int:

@@ -346,7 +346,7 @@ class PreferenceTrainer(Trainer):
         self.encoder = Encoder.from_folder(tokenizer_folder, raw=cfg.raw, max_length=cfg.max_length or context)
         self.data = load_preferences(cfg.data, self.encoder, cfg.tie_mode)
         self.train_groups, self.eval_groups = split_groups(self.data.groups, cfg.eval_fraction, cfg.seed)
-        if self.dist.is_main and cfg.progress:
+        if self.dist.is_main:  # kept by --no-progress, which hides bars and plots only
             print(f"{self.data.summary()}; {len(self.eval_groups)} groups held out", file=sys.stderr)
 
     def resolve_auto(self, n_params: int) -> None:
@@ -365,7 +365,7 @@ class PreferenceTrainer(Trainer):
                 "steps": lambda: auto.auto_steps(self.name, n, cfg.batch_size, pairs),
             },
         )
-        if self.auto.values and self.dist.is_main and cfg.progress:
+        if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
             print(self.auto.line(), file=sys.stderr)
 
     def n_items(self) -> int:

@@ -150,10 +150,11 @@ def train_tokenizer(docs: Sequence[str], folder: Path, vocab_size: int, model_ma
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise InputError(
-            f"cannot train a tokenizer on the data ({str(e).strip().splitlines()[-1]}); "
-            "give more text or a smaller --vocab-size"
-        ) from None
+        reason = str(e).strip().splitlines()[-1]
+        # sentencepiece needs a piece for every distinct character: too small a vocabulary is the
+        # one problem a smaller --vocab-size cannot fix.
+        fix = "give a larger --vocab-size" if "required_chars" in reason else "give more text or a smaller --vocab-size"
+        raise InputError(f"cannot train a tokenizer on the data ({reason}); {fix}") from None
     config = {
         "tokenizer_class": "LlamaTokenizer",
         "bos_token": BOS,
@@ -314,7 +315,8 @@ class PretrainTrainer(Trainer):
         else:
             self.tokenizer_dir = source
             self.tokenizer = load_tokenizer(source)
-            self.model, self.model_cfg = load_trainable(source, self.device, cfg.dtype)
+            with self.loading(source):
+                self.model, self.model_cfg = load_trainable(source, self.device, cfg.dtype)
         T = cfg.seq_len
         if T > self.model_cfg.max_seq_len:
             raise InputError(

@@ -43,7 +43,7 @@ from .auto import n_parameters
 from .common import opt
 from .data import jsonl_objects
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
-from .records import messages_field
+from .records import messages_field, split_lines
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -188,7 +188,14 @@ class RewardModel(nn.Module):
         path = folder / head.get("file", HEAD_FILE)
         if not path.is_file():
             raise ModelLoadError(f"{folder} has no {path.name}; re-run `tiankong train reward` to write it")
-        state = load_file(str(path))
+        from safetensors import SafetensorError
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:  # the wording trainers.common.loading() recognises
+            raise ModelLoadError(
+                f"{path} is truncated or corrupt ({e}); train the reward model again (`tiankong train reward`)"
+            ) from None
         fmt = info.get("prompt_format", {})
         encoder = Encoder.from_folder(folder, raw=bool(fmt.get("raw", False)), max_length=int(fmt.get("max_length", 0)))
         meta = {
@@ -249,9 +256,11 @@ class RewardTrainer(PreferenceTrainer):
         cfg = self.cfg
         resume = self.resume_model_path()
         if resume is not None:
-            self.model = RewardModel.load(resume, self.device, cfg.dtype)
+            with self.loading(resume):
+                self.model = RewardModel.load(resume, self.device, cfg.dtype)
         else:
-            base, mcfg = load_model(cfg.model, self.device, cfg.dtype)
+            with self.loading(cfg.model):
+                base, mcfg = load_model(cfg.model, self.device, cfg.dtype)
             self.model = RewardModel(base, mcfg)
         self.model.requires_grad_(True)
         mcfg = self.model.cfg
@@ -319,49 +328,62 @@ class RewardTrainer(PreferenceTrainer):
 # ---------------------------------------------------------------- tiankong reward score
 
 
+def _response_key(obj: dict) -> str:
+    """The answer of a line: "response", or "text" in `tiankong generate`'s records (README chains them)."""
+    return "response" if "response" in obj else "text"
+
+
 def score_file(model: Path, input: str, output: Path | None, device: str = "auto") -> None:
     """Score JSONL lines {"prompt": str | messages, "response": str, ...}; each line comes back with
     "score" added. Every line is checked before the model loads; a bad one stops it with its number."""
     if input == "-":
-        lines, name = sys.stdin.read().splitlines(), "stdin"
+        lines, name = split_lines(sys.stdin.read()), "stdin"
     else:
         path = Path(input)
         if not path.is_file():
             raise InputError(f"input file {input} does not exist; give a JSONL file with prompt and response, or -")
         try:
-            lines, name = path.read_text(encoding="utf-8").splitlines(), input
+            lines, name = split_lines(path.read_text(encoding="utf-8")), input
         except UnicodeDecodeError:
             raise InputError(f"{input} is not UTF-8 text; convert it to UTF-8") from None
     rows: list[tuple[int, dict]] = []
     for n, obj in jsonl_objects(lines, name):
-        if "response" not in obj or ("prompt" not in obj and "messages" not in obj):
-            raise InputError(f'{name} line {n}: expected an object with "prompt" (or "messages") and "response"')
+        if ("response" not in obj and "text" not in obj) or ("prompt" not in obj and "messages" not in obj):
+            raise InputError(
+                f'{name} line {n}: expected an object with "prompt" (or "messages") and "response" '
+                '(or "text", as `tiankong generate` writes)'
+            )
         prompt = obj["prompt"] if "prompt" in obj else obj["messages"]
         try:
             if isinstance(prompt, list):  # messages: checked as preference records' prompts are
                 messages_field(prompt, "prompt")
             elif not isinstance(prompt, str):
                 raise InputError(f'"prompt" must be text or a list of messages, got {type(prompt).__name__}')
-            if not isinstance(obj["response"], str):
-                raise InputError(f'"response" must be text, got {type(obj["response"]).__name__}')
+            key = _response_key(obj)
+            if not isinstance(obj[key], str):
+                raise InputError(f'"{key}" must be text, got {type(obj[key]).__name__}')
         except InputError as e:
             raise InputError(f"{name} line {n}: {e}") from None
         rows.append((n, obj))
     if not rows:
         raise InputError(f"{name} has no lines to score; put one JSON object with prompt and response per line")
-    rm = RewardModel.load(model, device)
+    from .common import loading
+
+    with loading("reward model", model, "train the reward model again (`tiankong train reward`)"):
+        rm = RewardModel.load(model, device)
     scores: list[float] = []
     batch = 16
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
         try:
             scores += rm.score(
-                [o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk], [o["response"] for _, o in chunk]
+                [o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk],
+                [o[_response_key(o)] for _, o in chunk],
             )
         except TiankongError as e:  # e.g. a template that rejects the messages: find the line
             for n, o in chunk:
                 try:
-                    rm.score([o["prompt"] if "prompt" in o else o["messages"]], [o["response"]])
+                    rm.score([o["prompt"] if "prompt" in o else o["messages"]], [o[_response_key(o)]])
                 except TiankongError as e1:
                     raise InputError(f"{name} line {n}: {e1}") from None
             raise e

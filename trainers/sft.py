@@ -64,7 +64,7 @@ DEFAULT_CHAT_TEMPLATE = (
 class SFTConfig(TrainConfig):
     # --- where (overrides)
     output: str = opt("runs/sft", "Output folder: a Hugging Face model folder plus metrics.jsonl and trainer state.")
-    model: str = opt("", "Model to fine-tune (a Hugging Face model folder); required.")
+    model: str = opt("", "Model to fine-tune. Default: the bundled tiankong-mini.")
     data: str = opt(
         "",
         'JSONL, one conversation per line: {"messages": [{"role": ..., "content": ...}, ...]} '
@@ -158,7 +158,8 @@ class SFTTrainer(Trainer):
         cfg = self.cfg
         self.source = self.resume_model_path() or Path(cfg.model)
         self.tokenizer = load_tokenizer(self.source)
-        self.model, self.model_cfg = load_trainable(self.source, self.device, cfg.dtype)
+        with self.loading(self.source):
+            self.model, self.model_cfg = load_trainable(self.source, self.device, cfg.dtype)
         self.template, self.template_from = resolve_template(self.source, self.tokenizer, cfg.chat_template)
         max_len = min(cfg.max_len or self.model_cfg.max_seq_len, self.model_cfg.max_seq_len)
         self.examples: list[tuple[list[int], list[bool]]] = []
@@ -189,7 +190,7 @@ class SFTTrainer(Trainer):
                 "steps": lambda: auto.auto_steps("sft", n, cfg.batch_size),
             },
         )
-        if self.auto.values and self.dist.is_main and cfg.progress:
+        if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
             print(self.auto.line(), file=sys.stderr)
 
     def _batch(self, examples: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

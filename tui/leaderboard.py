@@ -293,7 +293,7 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
         title_style="bold",
         box=None,
         padding=(0, 1),
-        caption="Bradley-Terry, Elo-like; CI by bootstrap; n = games",
+        caption="Bradley-Terry, Elo-like; CI by bootstrap; n\u00a0=\u00a0games",  # no line break inside "n = games"
         caption_justify="left",
         caption_style="dim",
     )

@@ -401,7 +401,9 @@ def import_(
     with _store(data_dir) as store:
         added, duplicates = store.import_votes(votes)
         dup = f"; {duplicates} duplicate{'' if duplicates == 1 else 's'} skipped" if duplicates else ""
-        err.print(f"imported {added} votes from {file} into {store.path}{dup}", highlight=False)
+        err.print(
+            f"imported {added} vote{'' if added == 1 else 's'} from {file} into {store.path}{dup}", highlight=False
+        )
 
 
 @prefs_app.command(
@@ -447,9 +449,17 @@ def stats(
         rate = "–" if s["win_rate"] is None else f"{100 * s['win_rate']:.1f}%"
         table.add_row(name, str(s["votes"]), str(s["wins"]), str(s["losses"]), str(s["ties"]), str(s["both_bad"]), rate)
     table.add_section()
-    table.add_row("total", str(t["votes"]), str(t["pairs"]), str(t["pairs"]), str(t["tie"]), str(t["both_bad"]), "")
+    # A decided pair is one preset's win and another's loss: the total is pairs, not wins and losses
+    # (it read "wins 2 losses 2" for 293 votes imported without presets).
+    table.add_row("total", str(t["votes"]), "", "", str(t["tie"]), str(t["both_bad"]), "")
     con = Console(emoji=False)
     con.print(table)
+    con.print(
+        f"{t['ranked']} ranked votes; {t['pairs']} decided pairs between presets "
+        "(a vote whose answers name no preset, as imported ones, counts in no preset's row)",
+        style="dim",
+        highlight=False,
+    )
     for kind, rows in boards.items():
         if rows:
             con.print()

@@ -56,6 +56,11 @@ EXAMPLES = {
     "dpo": "tiankong train dpo --model runs/sft --data prefs.jsonl --output runs/dpo",
 }
 PREFERENCE_TRAINERS = ("reward", "dpo")
+# Appended to every --model help: training takes what the other commands take (tui/cli.py's MODEL_HELP).
+MODEL_NAMES = (
+    " A Hugging Face model folder, a .gguf file, or a name: ORG/NAME[@REVISION] from the Hugging Face cache or "
+    "LM Studio, ollama:NAME[:TAG] from Ollama (`tiankong models` lists them)."
+)
 
 train_app = typer.Typer(
     no_args_is_help=True,
@@ -132,6 +137,7 @@ def _options(cfg_cls: type) -> list[inspect.Parameter]:
         default = _default(f)
         kind = type(default) if isinstance(default, (bool, int, float, str)) else str
         flag = "--" + f.name.replace("_", "-")
+        text = f.metadata.get("help", "") + (MODEL_NAMES if f.name == "model" else "")
         decl = [f"{flag}/--no-{f.name.replace('_', '-')}"] if kind is bool else [flag]
         params.append(
             inspect.Parameter(
@@ -141,7 +147,7 @@ def _options(cfg_cls: type) -> list[inspect.Parameter]:
                 default=typer.Option(
                     None,
                     *decl,
-                    help=f"{escape(f.metadata.get('help', ''))} \\[default: {escape(repr(default))}]",
+                    help=f"{escape(text)} \\[default: {escape(repr(default))}]",
                     show_default=False,
                 ),
             )
@@ -156,25 +162,48 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
         from tiankong.engine.resolve import resolve_model
 
         cfg.model = str(resolve_model(cfg.model or None))  # a folder, or a name (engine/resolve.py)
-    from tiankong.trainers.checkpoint import check_output
+    from tiankong.trainers import checkpoint as ckpt
     from tiankong.trainers.common import TrainingStopped
 
-    check_output(Path(cfg.output), cfg.resume, cfg.overwrite)  # before anything is written there
-    if name in PREFERENCE_TRAINERS and not cfg.data:
-        votes = Path(cfg.output) / "preferences.jsonl"
-        # A resumed run trains on the votes it started with, not on those added since.
-        cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(Path(cfg.output)))
+    cfg.validate()  # one line for a bad setting before the output folder is touched
     trainer = trainer_cls(cfg)
-    try:
-        out = trainer.train()
-    except TrainingStopped as stop:
-        print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
-        raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
-    trainer.dist.close()  # all ranks leave the process group together (a rank exiting alone can abort)
+    out_dir = Path(cfg.output)
+    # Held for the whole run: checked, locked and (with --overwrite) the old run set aside before
+    # anything is written there; the trainer's own claim joins this one.
+    with ckpt.claim(out_dir, cfg.resume, cfg.overwrite, trainer.protected()) as resumes:
+        cfg.resume = resumes
+        if name in PREFERENCE_TRAINERS and not cfg.data:
+            votes = out_dir / "preferences.jsonl"
+            # A resumed run trains on the votes it started with, not on those added since.
+            cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(out_dir))
+        try:
+            out = trainer.train()
+        except TrainingStopped as stop:
+            print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
+            raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
+        except KeyboardInterrupt:  # the second Ctrl+C: no checkpoint of this step
+            survivor = ckpt.latest(out_dir)
+            if survivor is not None:
+                print(
+                    f"stopped at once; the checkpoint {survivor} survived\ncontinue with: {_resume_command()}",
+                    file=sys.stderr,
+                )
+            else:
+                print(
+                    f"stopped at once, before the first checkpoint: nothing was saved\n"
+                    f"start again with: {_resume_command(resume=False)}",
+                    file=sys.stderr,
+                )
+            raise typer.Exit(130) from None
+        trainer.dist.close()  # all ranks leave the process group together (a rank exiting alone can abort)
+        if trainer.dist.is_main:  # still under the lock: verdict.json is this run's too
+            _report(trainer, out)
+
+
+def _report(trainer: Any, out: Path) -> None:
+    """After a run: its metric curves, the verdict and where it all is."""
     from tiankong.trainers.metrics import plot_metrics
 
-    if not trainer.dist.is_main:
-        return
     try:
         print(plot_metrics(out))
     except InputError:
@@ -211,12 +240,13 @@ def _print_verdict(trainer: Any, out: Path) -> None:
     console.print(f"verdict written to {path}")
 
 
-def _resume_command() -> str:
-    """The command line that was run, with --resume (and without --overwrite)."""
+def _resume_command(resume: bool = True) -> str:
+    """The command line that was run, with --resume (and without --overwrite); resume=False: without
+    either (a run stopped before its first save starts again in the same folder)."""
     import shlex
 
-    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--no-resume")]
-    if "--resume" not in args:
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--no-resume", "--resume")]
+    if resume:
         args.append("--resume")
     return shlex.join(["tiankong", *args])
 
@@ -269,7 +299,12 @@ def plot(
 )
 def score(
     model: Path = typer.Option(..., "--model", "-m", help="Reward model folder (from `tiankong train reward`)."),
-    input: str = typer.Option(..., "--input", "-i", help="JSONL lines with prompt and response; - for stdin."),
+    input: str = typer.Option(
+        ...,
+        "--input",
+        "-i",
+        help="JSONL lines with prompt (or messages) and response (or text, as `tiankong generate` writes); - for stdin.",
+    ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     device: str = typer.Option("auto", help="cpu, cuda, mps or auto."),
 ) -> None:

@@ -1,0 +1,193 @@
+"""A run's output folder is its own: never a folder it reads, never shared by two runs, never
+mixed with another run's data or settings, and damaged files in it are named in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import one_thread  # noqa: F401 (autouse)
+from tiny_models import make_model
+
+from tiankong.engine.errors import InputError, ModelLoadError
+from tiankong.trainers import checkpoint as ckpt
+from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer, score_file
+
+PAIRS = [{"prompt": f"Story {i}:", "chosen": " a happy fox ran", "rejected": " a sad dog sat"} for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("out-llama"), "llama")
+
+
+@pytest.fixture
+def prefs(tmp_path):
+    path = tmp_path / "in" / "p.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "data"
+    monkeypatch.setenv("TIANKONG_DATA_DIR", str(folder))
+    return folder
+
+
+def cfg(model, data, out, **kw):
+    settings = dict(steps=2, batch_size=4, lr=1e-3, save_every=1, eval_fraction=0, device="cpu", progress=False)
+    settings.update(kw)
+    return RewardConfig(model=str(model), data=str(data), output=str(out), raw=True, **settings)
+
+
+def test_overwrite_never_empties_a_folder_the_run_reads_or_one_it_did_not_write(
+    llama_dir, prefs, tmp_path, data_dir, monkeypatch
+):
+    model = shutil.copytree(llama_dir, tmp_path / "model")
+    before = {p.name for p in model.iterdir()}
+    data_dir.mkdir()
+    (data_dir / "tiankong.db").write_text("votes")
+    cases = [
+        (model, "is the --model folder"),
+        (model / "sub", "is inside the --model folder"),
+        (tmp_path, "holds the --model folder"),
+        (prefs.parent, "holds the --data file"),
+        (data_dir, "is the playground's data folder"),
+    ]
+    for out, why in cases:
+        with pytest.raises(InputError, match=why):
+            RewardTrainer(cfg(model, prefs, out, overwrite=True)).train()
+    with pytest.raises(InputError, match="--output is empty"):
+        RewardTrainer(cfg(model, prefs, "", overwrite=True)).train()
+    # the current folder, holding someone's files: never replaced
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "notes.txt").write_text("mine")
+    monkeypatch.chdir(cwd)
+    with pytest.raises(InputError, match="notes.txt, which no tiankong run writes"):
+        RewardTrainer(cfg(model, prefs, ".", overwrite=True)).train()
+    assert (cwd / "notes.txt").read_text() == "mine"
+    assert {p.name for p in model.iterdir()} == before and prefs.is_file()
+    assert (data_dir / "tiankong.db").read_text() == "votes"
+
+
+def test_publish_removes_only_files_a_run_writes(tmp_path):
+    final = tmp_path / "ck"
+    final.mkdir()
+    (final / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "tokenizer.json").write_text("old")  # the model before: a stale model file goes
+    ckpt.publish(final, out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    out = tmp_path / "run"
+    with ckpt.claim(out, resume=False, overwrite=False):
+        with pytest.raises(InputError, match=r"--output .*run is in use by another run \(pid \d+\); wait for it"):
+            ckpt._lock(out)  # what another process's claim does
+    ckpt.os.close(ckpt._lock(out))  # released with the run
+
+
+def test_a_failed_run_leaves_no_folder_and_a_run_killed_before_its_first_save_is_reused(
+    llama_dir, prefs, tmp_path, capsys
+):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "new" / "run"
+    with pytest.raises(InputError):
+        RewardTrainer(cfg(llama_dir, empty, out)).train()
+    assert not out.exists()
+    # A hard stop before the first checkpoint left only an empty metrics.jsonl: no loop of refusals.
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("")
+    assert ckpt.check_output(out, resume=False, overwrite=False) is False
+    assert ckpt.check_output(out, resume=True, overwrite=False) is False
+    err = capsys.readouterr().err
+    assert "holds no checkpoint" in err and "starting from step 0" in err
+    with pytest.raises(InputError, match="no checkpoint"):  # an empty folder: more likely a mistyped path
+        ckpt.check_output(tmp_path / "typo", resume=True, overwrite=False)
+
+
+def test_resume_refuses_other_data_or_settings_and_extends_a_finished_run(llama_dir, prefs, tmp_path, capsys):
+    out = tmp_path / "rm"
+    RewardTrainer(cfg(llama_dir, prefs, out)).train()
+    with pytest.raises(InputError, match=r"--resume: this command changes the run's settings \(--lr 0.001 -> 0.002"):
+        RewardTrainer(cfg(llama_dir, prefs, out, resume=True, lr=2e-3)).train()
+    other = tmp_path / "other.jsonl"
+    other.write_text(prefs.read_text().replace("happy", "glad"))
+    with pytest.raises(InputError, match="is not the data the run started on"):
+        RewardTrainer(cfg(llama_dir, other, out, resume=True)).train()
+    trainer = RewardTrainer(cfg(llama_dir, prefs, out, resume=True, steps=3))
+    trainer.train()
+    assert "extending the finished run from 2 to 3 steps" in capsys.readouterr().err
+    assert trainer.step == 3
+
+
+def test_damaged_reward_files_are_named_with_their_role_and_fix(llama_dir, tmp_path):
+    from tiankong.engine.model import load_model
+
+    base, mcfg = load_model(llama_dir, "cpu", "float32")
+    rm = RewardModel(base, mcfg).save(tmp_path / "rm", tokenizer_from=llama_dir)
+    answers = tmp_path / "a.jsonl"
+    answers.write_text(json.dumps({"prompt": "Hi", "response": " there"}) + "\n")
+    head = rm / "reward_head.safetensors"
+    head.write_bytes(head.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match=rf"reward model file {head} is damaged.*train the reward model again"):
+        score_file(rm, str(answers), None, device="cpu")
+    weights = rm / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=rf"reward model file {weights} is damaged"):
+        score_file(rm, str(answers), None, device="cpu")
+
+
+def test_a_damaged_checkpoint_on_resume_says_so_and_how_to_go_on(llama_dir, prefs, tmp_path):
+    out = tmp_path / "rm"
+    RewardTrainer(cfg(llama_dir, prefs, out)).train()
+    head = ckpt.latest(out) / "reward_head.safetensors"
+    data = head.read_bytes()
+    head.unlink()  # the published file is a hard link: leave it whole
+    head.write_bytes(data[:100])
+    with pytest.raises(ModelLoadError, match=rf"checkpoint file {head} is damaged.*--overwrite instead of --resume"):
+        RewardTrainer(cfg(llama_dir, prefs, out, resume=True)).train()
+    assert ckpt.latest(out) is not None  # a refused resume removes nothing
+
+
+def test_reward_score_takes_the_records_tiankong_generate_writes(llama_dir, tmp_path):
+    from tiankong.engine.model import load_model
+
+    base, mcfg = load_model(llama_dir, "cpu", "float32")
+    rm = RewardModel(base, mcfg).save(tmp_path / "rm", tokenizer_from=llama_dir)
+    generated = tmp_path / "answers.jsonl"
+    generated.write_text(json.dumps({"prompt": "Hi", "seed": 1, "text": " there"}) + "\n")
+    scored = tmp_path / "scored.jsonl"
+    score_file(rm, str(generated), scored, device="cpu")
+    row = json.loads(scored.read_text())
+    assert row["text"] == " there" and isinstance(row["score"], float) and "response" not in row
+
+
+def test_a_vocabulary_smaller_than_the_characters_asks_for_a_larger_vocab_size(tmp_path):
+    from tiankong.trainers.pretrain import train_tokenizer
+
+    docs = ["".join(chr(0x4E00 + i) for i in range(j, j + 50)) * 3 for j in range(0, 600, 50)]
+    with pytest.raises(InputError, match="required_chars.*; give a larger --vocab-size$"):
+        train_tokenizer(docs, tmp_path / "tok", 300, 256)
+
+
+def test_train_help_names_what_model_takes(monkeypatch):
+    from typer.testing import CliRunner
+
+    from tiankong.tui.train_cli import train_app
+
+    monkeypatch.setenv("COLUMNS", "400")
+    for name in ("pretrain", "sft", "reward", "ppo", "dpo"):
+        text = " ".join(CliRunner().invoke(train_app, [name, "--help"]).output.split())
+        assert ".gguf file" in text and "ollama:NAME[:TAG]" in text, name
+        assert "required" not in text, name
+    ppo = " ".join(CliRunner().invoke(train_app, ["ppo", "--help"]).output.split())
+    assert "Evaluate on the held-out split" not in ppo
