@@ -254,6 +254,8 @@ def test_cli_import_export_stats(monkeypatch, capsys, tmp_path):
     "args, message",
     [
         (["prefs", "import", "{tmp}/missing.jsonl"], "missing.jsonl does not exist"),
+        (["prefs", "import", "{tmp}"], "is a folder, not a file"),  # it said "does not exist"
+        (["prefs", "import", "{tmp}/same.jsonl"], 'line 1: "chosen" and "rejected" are the same text'),
         (["prefs", "import", "{tmp}/bad.jsonl"], "line 2: invalid JSON"),
         (["prefs", "export", "--format", "csv"], "unknown --format 'csv'; use trl"),
         (["prefs", "stats", "--data-dir", "{tmp}/bad.jsonl/sub"], "--data-dir"),
@@ -261,6 +263,7 @@ def test_cli_import_export_stats(monkeypatch, capsys, tmp_path):
 )
 def test_cli_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{nope\n')
+    (tmp_path / "same.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
     monkeypatch.setenv("TIANKONG_DATA_DIR", str(tmp_path / "data"))
     code, out, err = cli(monkeypatch, capsys, *[a.format(tmp=tmp_path) for a in args])
     assert code == 2

@@ -133,7 +133,7 @@ def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, s
     for a line that is not JSON."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path} {_not_a_file(path)}; give a JSONL file (or a JSON array) of preference records")
+        raise InputError(f"{path} {not_a_file(path)}; give a JSONL file (or a JSON array) of preference records")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -165,7 +165,7 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
             text = sys.stdin.buffer.read().decode("utf-8-sig")
         elif not Path(source).is_file():
             raise InputError(
-                f"prompts file {source} {_not_a_file(Path(source))}; give text lines or JSONL with "
+                f"prompts file {source} {not_a_file(Path(source))}; give text lines or JSONL with "
                 '"prompt" or "messages" (or - for stdin)'
             )
         else:
@@ -191,5 +191,6 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
     return out
 
 
-def _not_a_file(path: Path) -> str:
+def not_a_file(path: Path) -> str:
+    """Why a path given as an input file cannot be read as one: a folder, or nothing there."""
     return "is a folder, not a file" if path.is_dir() else "does not exist"

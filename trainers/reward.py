@@ -43,7 +43,7 @@ from .auto import n_parameters
 from .common import opt
 from .data import jsonl_objects
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
-from .records import messages_field, split_lines
+from .records import messages_field, not_a_file, split_lines
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -341,7 +341,7 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
     else:
         path = Path(input)
         if not path.is_file():
-            raise InputError(f"input file {input} does not exist; give a JSONL file with prompt and response, or -")
+            raise InputError(f"input file {input} {not_a_file(path)}; give a JSONL file with prompt and response, or -")
         try:
             lines, name = split_lines(path.read_text(encoding="utf-8")), input
         except UnicodeDecodeError:

@@ -40,7 +40,7 @@ from rich.table import Table
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors
-from tiankong.trainers.records import parse_record, read_rows
+from tiankong.trainers.records import not_a_file, parse_record, read_rows
 from tiankong.tui.leaderboard import leaderboards, standings_table
 from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir, summarise
 
@@ -187,6 +187,8 @@ def _row_vote(row: Any, rater: str, source: str) -> Vote:
     if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
         raise InputError('expected a JSON object with "chosen" and "rejected" (TRL preference or Anthropic HH)')
     conversation, chosen, rejected = _split_row(row.get("prompt"), row["chosen"], row["rejected"])
+    if chosen == rejected and row.get("tie") is not True:  # the trainers would refuse it later, naming no row
+        raise InputError('"chosen" and "rejected" are the same text, which teaches nothing')
     users = [m["content"] for m in conversation if m["role"] == "user"]
 
     def meta(key: str, default: str) -> str:
@@ -396,7 +398,7 @@ def import_(
 ) -> None:
     """Add preference pairs from a file as votes."""
     if not file.is_file():  # checked before opening (and perhaps creating) the database
-        raise InputError(f"{file} does not exist; give a JSONL (or JSON array) file of preference pairs")
+        raise InputError(f"{file} {not_a_file(file)}; give a JSONL (or JSON array) file of preference pairs")
     votes = read_votes(file, rater=rater)  # every row checked before the database is opened
     with _store(data_dir) as store:
         added, duplicates = store.import_votes(votes)
