@@ -151,6 +151,18 @@ def test_prompt_file(tmp_path, prompts):
         read_prompts(bad)
 
 
+def test_a_prompt_too_long_for_the_context_is_skipped_by_line_not_fatal(llama_dir, rm_dir, prompts, tmp_path, capsys):
+    """With response_length auto, the probe of the starting policy sampled every prompt, and one longer
+    than the context stopped the run with the engine's error, naming no line."""
+    long = tmp_path / "long.txt"
+    long.write_text(prompts.read_text() + "word " * 400 + "\n")  # line 5: past the tiny model's 256 positions
+    trainer = PPOTrainer(ppo_config(llama_dir, rm_dir, long, tmp_path / "o", response_length=0))
+    trainer.setup()
+    err = " ".join(capsys.readouterr().err.split())
+    assert len(trainer.prompts) == 3 and 0 < trainer.cfg.response_length <= 256
+    assert "skipped 1 prompt(s)" in err and "(lines 5)" in err
+
+
 def test_rollout_logprobs_match_the_engine(llama_dir, rm_dir, prompts, tmp_path):
     """The training-side forward pass reads the log-probs of exactly the tokens the engine sampled."""
     trainer = PPOTrainer(ppo_config(llama_dir, rm_dir, prompts, tmp_path / "o"))

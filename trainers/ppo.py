@@ -395,9 +395,17 @@ class PPOTrainer(Trainer):
 
         def probe() -> int:
             # 32 answers of the starting policy (the same on --resume; prompts in turn, fixed seeds)
-            # with room to end: where do they stop?
-            cap = max(16, min(256, self.mcfg.max_seq_len - max(len(p) for p in prompts)))
-            rows = [prompts[i % len(prompts)] for i in range(32)]
+            # with room to end: where do they stop? Prompts leaving no room for 16 tokens are left
+            # out here (load_prompts skips them, naming their lines; the probe stopped on them).
+            ctx = self.mcfg.max_seq_len
+            room = [p for p in prompts if len(p) <= ctx - 16]
+            if not room:
+                raise InputError(
+                    f"{cfg.prompts or cfg.data}: every prompt leaves less than 16 of the model's {ctx} tokens "
+                    "for an answer; shorten them"
+                )
+            cap = max(16, min(256, ctx - max(len(p) for p in room)))
+            rows = [room[i % len(room)] for i in range(32)]
             seeds = [cfg.seed * 7919 + i for i in range(32)]
             answers = sample(
                 self.ref, self.mcfg, self.encoder.tokenizer, rows, seeds, cfg.temperature, cap, cfg.micro_batch_size
