@@ -32,9 +32,9 @@ import jinja2.runtime
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import ChatTemplateError, InputError, quoted
+from .errors import ChatTemplateError, InputError, error_line, quoted
 from .files import parse_json, read_model_object, read_model_text, read_regular_bytes
-from .tokenizer import Tokenizer, error_line
+from .tokenizer import Tokenizer
 
 # How raw mode (no template) joins several messages into one completion prompt: contents only, in
 # order, separated by a blank line, so a "conversation" reads as consecutive paragraphs of text.

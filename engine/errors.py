@@ -50,3 +50,9 @@ def quoted(text: object, limit: int = 200) -> str:
             break
         kept.append(ch)
     return "".join(kept)
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of an exception's message (a library's, about a stranger's file), fit to quote in
+    a one-line error (errors.quoted); "" when it has none."""
+    return quoted(str(error).strip().partition("\n")[0])

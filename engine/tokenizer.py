@@ -25,7 +25,7 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _Backend
 
-from .errors import TokenizerError, quoted
+from .errors import TokenizerError, error_line, quoted
 from .files import model_file, read_model_bytes, read_model_object, read_model_text
 
 # The special-token attributes transformers knows by name; chat templates see these as variables.
@@ -40,12 +40,6 @@ NAMED_SPECIAL_TOKENS = (
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def error_line(error: BaseException) -> str:
-    """The first line of an exception's message (a library's, about a stranger's file), fit to quote in
-    a one-line error (errors.quoted); "" when it has none."""
-    return quoted(str(error).strip().partition("\n")[0])
 
 
 class Tokenizer(ABC):
