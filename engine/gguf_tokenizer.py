@@ -34,7 +34,8 @@ from tokenizers import Tokenizer as _Backend
 
 from .chat import TEMPLATE_FILE_MAX_BYTES
 from .errors import TokenizerError
-from .tokenizer import HFTokenizer, _FolderSettings, merges_by_rank, sentencepiece_backend
+from .tokenizer import HFTokenizer
+from .tokenizer_build import _FolderSettings, merges_by_rank, sentencepiece_backend
 
 # tokenizer.ggml.token_type values (gguf.TokenType; 0 is llama.cpp's "undefined", read as normal)
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
