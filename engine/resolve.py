@@ -15,173 +15,48 @@ A .gguf file may sit in a subfolder of its repository (unsloth and bartowski put
 quantization in one: ORG/NAME/Q8_0/FILE.gguf). A vision projector (mmproj-*.gguf, architecture
 `clip`) sits beside the model it serves and is no language model: it is passed over.
 Nothing found: one line naming every place searched and the name that comes closest.
-`list_models` is what `tiankong models` shows; every name it lists resolves.
+`list_models` (engine/model_list.py) is what `tiankong models` shows; every name it lists resolves.
 
-The stores belong to other programs (and may belong to other users), so every probe goes through
-`_stat` and `_scan`: a folder that cannot be read is one line ("cannot read X: permission denied",
-noted and skipped by `list_models`), a dangling or looping link is named a broken link, and nothing
-but a regular file is ever opened (a FIFO named *.gguf would block the open for ever). The cache
-layout is read with os and pathlib (huggingface_hub is not a dependency); small files (refs,
-manifests, configs) are read through engine/files, bounded and regular files only.
+Where models live and how their places are probed (every probe through `_stat` and `_scan`, so
+an unreadable folder or a broken link is one line) is engine/model_places.py; Ollama's manifests
+and blobs are read by engine/ollama.py.
 """
 
 from __future__ import annotations
 
 import difflib
-import errno
 import os
 import re
 import stat
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 from .errors import ModelLoadError, TiankongError
-from .files import kind_of, open_regular, parse_json, read_model_object, read_regular_bytes
+from .files import kind_of
+from .model_list import list_models
+from .model_places import (
+    _PART,
+    _Denied,
+    _gguf_files,
+    _is_dir,
+    _is_file,
+    _read_ref,
+    _refs,
+    _regular,
+    _repo_dir,
+    _scan,
+    _starts_gguf,
+    _stat,
+    _unreadable,
+    bundled_dir,
+    hf_hub_cache,
+    lmstudio_dirs,
+    ollama_dir,
+)
+from .ollama import _manifest, _model_digest, _ollama_digest_path, _ollama_name, _ollama_parts
 
-_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # one part of a repo id (the hub's own rule, roughly)
 _NAME = re.compile(rf"(?:(?P<org>{_PART})/)?(?P<name>{_PART})(?:@(?P<rev>[A-Za-z0-9][A-Za-z0-9._/-]{{0,127}}))?")
 # ORG/NAME/FILE.gguf, or ORG/NAME/SUB/FILE.gguf for a file in a subfolder of the repository
 _GGUF_NAME = re.compile(rf"(?P<repo>{_PART}/{_PART})/(?P<file>(?:{_PART}/){{0,2}}{_PART}(?i:\.gguf))")
-_HASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-_QUANT = re.compile(r"(?i)(?:^|[-._])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=[-._]|$)")  # in GGUF file names
-_PROJECTOR = re.compile(r"(?i)mmproj")  # llama.cpp's name for a vision projector file
-_OLLAMA_MODEL = "application/vnd.ollama.image.model"
-_OLLAMA_CONFIG = "application/vnd.docker.container.image.v1+json"
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_SMALL = 1 << 20  # refs, manifests and Ollama configs are a few hundred bytes
-_GGUF_DEPTH = 3  # a repo's folder and two levels of subfolders are searched for .gguf files
-
-
-# --- where models live -----------------------------------------------------------------------------
-
-
-def hf_hub_cache() -> Path:
-    """The hub cache, as huggingface_hub finds it: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache."""
-    env = os.environ
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(var):
-            return Path(env[var]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface" / "hub"
-
-
-def lmstudio_dirs() -> list[Path]:
-    """LM Studio's models folders (the current one, then the older location)."""
-    return [Path.home() / ".lmstudio" / "models", Path.home() / ".cache" / "lm-studio" / "models"]
-
-
-def ollama_dir() -> Path:
-    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
-
-
-def bundled_dir() -> Path:
-    from tiankong.models import default_model_dir
-
-    return default_model_dir()
-
-
-# --- probing places that may be unreadable ---------------------------------------------------------
-
-
-class _Denied(ModelLoadError):
-    """A place that cannot be read for want of permission. A lookup goes on in the other places and
-    raises this only when none holds the name, so one locked store does not hide the others."""
-
-
-def _unreadable(path: Path, e: OSError) -> ModelLoadError:
-    if e.errno == errno.ELOOP:
-        return ModelLoadError(f"{path} is a broken link (its links form a loop); fix or remove the link")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return _Denied(
-            f"cannot read {_blocked(path)}: permission denied; give your user access to it "
-            "(chmod, chown) or use a model from another place"
-        )
-    return ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the path")
-
-
-def _blocked(path: Path) -> Path:
-    """The folder that denies access to `path`: `path` itself if it can be stat'ed (it cannot be
-    listed or read), else its deepest ancestor that can (it is the one that cannot be entered)."""
-    for place in (path, *path.parents):
-        try:
-            os.stat(place)
-        except OSError:
-            continue
-        return place
-    return path
-
-
-def _stat(path: Path) -> os.stat_result | None:
-    """os.stat (links followed); None when nothing is there. A broken link or a place that cannot be
-    read is a ModelLoadError line, where Path.exists() and is_dir() raise PermissionError."""
-    try:
-        return os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(path):
-            target = os.readlink(path)
-            raise ModelLoadError(
-                f"{path} is a broken link (to {target}, which does not exist); "
-                "restore the file (download it again) or remove the link"
-            ) from None
-        return None
-    except OSError as e:
-        raise _unreadable(path, e) from None
-
-
-def _is_dir(path: Path) -> bool:
-    st = _stat(path)
-    return st is not None and stat.S_ISDIR(st.st_mode)
-
-
-def _is_file(path: Path) -> bool:
-    """A regular file is there (a FIFO or device is not one)."""
-    st = _stat(path)
-    return st is not None and stat.S_ISREG(st.st_mode)
-
-
-def _scan(folder: Path) -> list[Path]:
-    """The entries of `folder` by name, hidden ones (.locks, .git) left out; [] if it is no folder."""
-    try:
-        with os.scandir(folder) as entries:
-            return sorted(folder / e.name for e in entries if not e.name.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as e:
-        raise _unreadable(folder, e) from None
-
-
-def _scan_or_note(folder: Path, skipped: list[str]) -> list[Path]:
-    """`_scan` for listing: an unreadable folder is noted in `skipped` and counts as empty."""
-    try:
-        return _scan(folder)
-    except ModelLoadError as e:
-        skipped.append(str(e))
-        return []
-
-
-def _regular(path: Path) -> Path:
-    """`path`, checked to be a regular file that is there (the file a name chose)."""
-    st = _stat(path)
-    if st is None:
-        raise ModelLoadError(f"{path} does not exist; pass a model folder or a .gguf file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelLoadError(
-            f"{path} is {kind_of(st.st_mode)}, not a regular file; pass a model folder or a .gguf file"
-        )
-    return path
-
-
-def _starts_gguf(path: Path) -> bool:
-    """Whether a regular file starts with the GGUF magic; one line if it cannot be read."""
-    fd = open_regular(path)
-    try:
-        return os.read(fd, 4) == b"GGUF"
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the file and its permissions") from None
-    finally:
-        os.close(fd)
 
 
 # --- resolving one name ----------------------------------------------------------------------------
@@ -337,30 +212,7 @@ def model_key(model: str | Path) -> str:
     return str(path.resolve() if os.path.isdir(path) else path.absolute().parent.resolve() / path.name)
 
 
-# --- GGUF files in a folder ------------------------------------------------------------------------
-
-
-def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH) -> list[Path]:
-    """The .gguf files of a language model in `folder` and its subfolders (`depth` levels in all),
-    vision projectors left out. Nothing is opened but the regular files' headers (see _projector)."""
-    files: list[Path] = []
-    for entry in _scan(folder):
-        if entry.name.lower().endswith(".gguf"):
-            if not _projector(entry):
-                files.append(entry)
-        elif depth > 1 and os.path.isdir(entry):
-            files += _gguf_files(entry, depth - 1)
-    return files
-
-
-def _projector(path: Path) -> bool:
-    """A vision model's projector (llama.cpp names them mmproj-*.gguf; their architecture is clip)."""
-    from .gguf_header import peek
-
-    return (
-        bool(_PROJECTOR.search(path.name))
-        or peek(path, ("general.architecture",)).get("general.architecture") == "clip"
-    )
+# --- a GGUF file by name ---------------------------------------------------------------------------
 
 
 def _one_gguf(label: str, folder: Path, by_name: bool = True) -> Path | None:
@@ -414,22 +266,6 @@ def _gguf_in(repo: str, file: str) -> Path | None:
 # --- the Hugging Face cache ------------------------------------------------------------------------
 
 
-def _repo_dir(cache: Path, repo: str) -> Path | None:
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    if _is_dir(folder):
-        return folder
-    # the hub's ids are case-insensitive; the cache keeps the spelling asked for
-    want = folder.name.lower()
-    return next((d for d in _scan(cache) if d.name.lower() == want and _is_dir(d)), None)
-
-
-def _read_ref(ref: Path) -> str:
-    sha = read_regular_bytes(ref, _SMALL).decode("utf-8", "replace").strip()
-    if not _HASH.fullmatch(sha):
-        raise ModelLoadError(f"{ref} does not hold a commit hash; the Hugging Face cache is damaged, download again")
-    return sha
-
-
 def _hf_snapshot(repo: str, revision: str | None) -> Path | None:
     """refs/REVISION -> snapshots/<hash> (a hash or its prefix may be given instead); None when the
     repo is not in the cache. The snapshot folder may be missing (a damaged cache): _hf_model says so."""
@@ -476,20 +312,7 @@ def _hf_model(repo: str, revision: str | None, snapshot: Path) -> Path:
     )
 
 
-def _refs(folder: Path) -> Iterator[tuple[str, str]]:
-    """(revision, hash) for every ref of a cached repo (refs/main, refs/pr/1, ...), by name."""
-    refs, todo, found = folder / "refs", _scan(folder / "refs"), []
-    while todo:
-        ref = todo.pop()
-        if os.path.isdir(ref):
-            todo += _scan(ref)
-        elif os.path.isfile(ref):
-            found.append(ref)
-    for ref in sorted(found):
-        try:
-            yield ref.relative_to(refs).as_posix(), _read_ref(ref)
-        except TiankongError:
-            continue
+# --- LM Studio's folders ---------------------------------------------------------------------------
 
 
 def _lmstudio_folder(repo: str) -> Path | None:
@@ -507,24 +330,7 @@ def _lmstudio_folder(repo: str) -> Path | None:
     return None
 
 
-# --- Ollama's store --------------------------------------------------------------------------------
-
-
-def _ollama_parts(name: str) -> tuple[list[str], str]:
-    """NAME[:TAG] -> the manifest's path parts under manifests/ and the tag (default latest)."""
-    base, _, tag = name.partition(":")
-    parts, tag = base.split("/"), tag or "latest"
-    if len(parts) > 3 or not all(re.fullmatch(_PART, p) for p in [*parts, tag]):
-        raise ModelLoadError(f"ollama:{name}: not an Ollama model name; give ollama:NAME or ollama:NAME:TAG")
-    return ["registry.ollama.ai", "library"][: 3 - len(parts)] + parts, tag
-
-
-def _ollama_name(host: str, namespace: str, model: str, tag: str) -> str:
-    """What --model takes for manifests/HOST/NS/MODEL/TAG, as `ollama list` names it: the library's
-    models by name, other namespaces as NS/MODEL, other hosts in full (hf.co/ORG/NAME)."""
-    if host != "registry.ollama.ai":
-        return f"ollama:{host}/{namespace}/{model}:{tag}"
-    return f"ollama:{model}:{tag}" if namespace == "library" else f"ollama:{namespace}/{model}:{tag}"
+# --- Ollama's names --------------------------------------------------------------------------------
 
 
 def _ollama_blob(name: str) -> Path:
@@ -565,212 +371,3 @@ def _ollama_blob(name: str) -> Path:
             f"run `ollama pull {pull}` again"
         )
     return blob
-
-
-def _manifest(path: Path) -> dict[str, Any]:
-    data = parse_json(read_regular_bytes(path, _SMALL).decode("utf-8", "replace"), str(path))
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} is not an Ollama manifest (not a JSON object)")
-    return data
-
-
-def _layers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    layers = manifest.get("layers")
-    return [layer for layer in layers if isinstance(layer, dict)] if isinstance(layers, list) else []
-
-
-def _model_digest(manifest: dict[str, Any]) -> Any:
-    """The digest of the manifest's model layer (the GGUF blob), None when it has none."""
-    return next((layer.get("digest") for layer in _layers(manifest) if layer.get("mediaType") == _OLLAMA_MODEL), None)
-
-
-def _ollama_config_digest(manifest: dict[str, Any]) -> Any:
-    """The config blob's digest: the manifest's top-level "config" (where Ollama writes it, as any
-    OCI image manifest), else a layer of the config's media type (older hand-made manifests)."""
-    config = manifest.get("config")
-    if isinstance(config, dict) and config.get("digest") is not None:
-        return config["digest"]
-    return next((layer.get("digest") for layer in _layers(manifest) if layer.get("mediaType") == _OLLAMA_CONFIG), None)
-
-
-def _ollama_digest_path(root: Path, digest: Any, manifest: Path) -> Path:
-    if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-        raise ModelLoadError(f"{manifest} has a malformed layer digest; pull the model again")
-    return root / "blobs" / digest.replace(":", "-")
-
-
-# --- listing everything ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FoundModel:
-    name: str  # what --model takes
-    source: str  # bundled, huggingface, lmstudio or ollama
-    path: str  # the folder (or GGUF file)
-    format: str  # safetensors, pytorch or gguf
-    architecture: str | None  # config.json's architectures[0] (Ollama: its model family)
-    dtype: str | None  # config.json's torch_dtype; a GGUF file's quantization
-    parameters: int | None  # estimated from the weight bytes and dtype
-    bytes: int  # weight files, summed
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def list_models(skipped: list[str] | None = None) -> list[FoundModel]:
-    """Every model the places `resolve_model` searches hold: the bundled model first.
-
-    A place that cannot be read (a folder without permission, a damaged manifest, a FIFO named
-    *.gguf) is left out and, when `skipped` is given, appended to it as one line saying why.
-    """
-    notes: list[str] = [] if skipped is None else skipped
-    found: list[FoundModel] = []
-    bundled = bundled_dir()
-    if os.path.isfile(bundled / "config.json"):
-        found.append(_describe("tiankong-mini", "bundled", bundled))
-    found += _hf_entries(hf_hub_cache(), notes)
-    for root in lmstudio_dirs():
-        for org in _scan_or_note(root, notes):
-            for folder in _scan_or_note(org, notes) if os.path.isdir(org) else ():
-                if os.path.isdir(folder):
-                    found += _noting(notes, _lmstudio_entries, f"{org.name}/{folder.name}", folder, notes)
-    found += _ollama_entries(ollama_dir(), notes)
-    return found
-
-
-def _noting(notes: list[str], make: Callable[..., list[FoundModel]], *args: Any) -> list[FoundModel]:
-    """make(*args), or [] with the error's line noted: one unreadable model leaves the others listed."""
-    try:
-        return make(*args)
-    except ModelLoadError as e:
-        notes.append(str(e))
-        return []
-
-
-def _hf_entries(cache: Path, notes: list[str]) -> list[FoundModel]:
-    found: list[FoundModel] = []
-    for folder in _scan_or_note(cache, notes):
-        if folder.name.startswith("models--") and os.path.isdir(folder):
-            repo = folder.name.removeprefix("models--").replace("--", "/", 1)
-            found += _noting(notes, _hf_repo_entries, repo, folder, notes)
-    return found
-
-
-def _hf_repo_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundModel]:
-    """A cached repo's revisions under the names that resolve them: ORG/NAME for main (or for the one
-    snapshot of a repo downloaded by hash, without refs), ORG/NAME@REV for the others."""
-    snapshots = [p.name for p in _scan(folder / "snapshots") if os.path.isdir(p)]
-    refs = dict(_refs(folder))
-    if not refs:
-        refs = {"main": snapshots[0]} if len(snapshots) == 1 else {s[:10]: s for s in snapshots}
-    out: list[FoundModel] = []
-    for rev, sha in refs.items():
-        name, snapshot = (repo if rev == "main" else f"{repo}@{rev}"), folder / "snapshots" / sha
-        if not os.path.isdir(snapshot):
-            continue  # a ref to a missing snapshot: resolving it says so
-        if _is_file(snapshot / "config.json"):
-            out.append(_describe(name, "huggingface", snapshot))
-        elif rev == "main":
-            out += _gguf_entries(repo, "huggingface", snapshot, notes)
-    return out
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size  # follows the cache's links to blobs
-    except OSError:
-        return 0
-
-
-def _describe(name: str, source: str, folder: Path) -> FoundModel:
-    try:
-        config = read_model_object(folder, "config.json")
-    except TiankongError:
-        config = {}
-    archs = config.get("architectures")
-    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
-    dtype = config.get("torch_dtype") or config.get("dtype")
-    dtype = dtype if isinstance(dtype, str) else None
-    files = sorted(folder.glob("*.safetensors"))
-    fmt = "safetensors" if files else "pytorch"
-    files = files or sorted(folder.glob("pytorch_model*.bin"))
-    size = sum(_size(f) for f in files)
-    params = size // _DTYPE_BYTES[dtype] if dtype in _DTYPE_BYTES and size else None
-    return FoundModel(name, source, str(folder), fmt, arch, dtype, params, size)
-
-
-def _lmstudio_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundModel]:
-    if _is_file(folder / "config.json"):
-        return [_describe(repo, "lmstudio", folder)]
-    return _gguf_entries(repo, "lmstudio", folder, notes)
-
-
-def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> list[FoundModel]:
-    """A folder's .gguf files (subfolders included), with architecture and quantization read from each
-    header (bounded); named ORG/NAME when it is the only one, else ORG/NAME/[SUB/]FILE.gguf (what
-    --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened."""
-    from .gguf_header import peek, quantization_name
-
-    files = _gguf_files(folder)
-    out = []
-    for gguf in files:
-        try:
-            _regular(gguf)
-        except ModelLoadError as e:
-            notes.append(str(e))
-            continue
-        facts = peek(gguf)
-        quant = quantization_name(facts.get("general.file_type"))
-        if quant is None and (hit := _QUANT.search(gguf.stem)):
-            quant = hit[1].upper()  # older files may lack general.file_type: the file name says it
-        name = repo if len(files) == 1 else f"{repo}/{gguf.relative_to(folder).as_posix()}"
-        arch = facts.get("general.architecture")
-        out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, None, _size(gguf)))
-    return out
-
-
-def _ollama_entries(root: Path, notes: list[str]) -> list[FoundModel]:
-    out: list[FoundModel] = []
-    for host in _scan_or_note(root / "manifests", notes):
-        for namespace in _scan_or_note(host, notes):
-            for model in _scan_or_note(namespace, notes):
-                for manifest in _scan_or_note(model, notes):
-                    name = _ollama_name(host.name, namespace.name, model.name, manifest.name)
-                    out += _noting(notes, _ollama_entry, root, name, manifest)
-    return out
-
-
-def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
-    from .gguf_header import peek, quantization_name
-
-    data = _manifest(manifest)
-    digest = _model_digest(data)
-    if digest is None:
-        raise ModelLoadError(f"{manifest} names no model layer; pull the model again")
-    blob = _ollama_digest_path(root, digest, manifest)
-    facts = _ollama_config(root, _ollama_config_digest(data), manifest)
-    arch, quant = facts.get("model_family"), facts.get("file_type")
-    if not isinstance(arch, str) or not isinstance(quant, str):  # no config blob: the file's header says
-        header = peek(blob)  # {} for a missing blob or one that is not a regular file
-        arch = arch if isinstance(arch, str) else header.get("general.architecture")
-        quant = quant if isinstance(quant, str) else quantization_name(header.get("general.file_type"))
-    return [
-        FoundModel(
-            name,
-            "ollama",
-            str(blob),
-            "gguf",
-            arch if isinstance(arch, str) else None,
-            quant if isinstance(quant, str) else None,
-            None,
-            _size(blob),
-        )
-    ]
-
-
-def _ollama_config(root: Path, digest: Any, manifest: Path) -> dict[str, Any]:
-    """The model's config blob (model_family, file_type), or {} when absent."""
-    if digest is None:
-        return {}
-    path = _ollama_digest_path(root, digest, manifest)
-    return _manifest(path) if _is_file(path) else {}

@@ -27,7 +27,8 @@ from tiny_models import make_model
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import ModelLoadError
 from tiankong.engine.model import load_model
-from tiankong.engine.resolve import display_name, list_models, resolve_model
+from tiankong.engine.model_list import list_models
+from tiankong.engine.resolve import display_name, resolve_model
 from tiankong.engine.sampling import SamplingParams
 
 ARCHS = ("llama", "qwen2", "qwen3", "gpt2")

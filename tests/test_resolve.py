@@ -24,7 +24,8 @@ from tiny_models import make_model
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import ModelLoadError
-from tiankong.engine.resolve import list_models, resolve_model
+from tiankong.engine.model_list import list_models
+from tiankong.engine.resolve import resolve_model
 from tiankong.engine.sampling import SamplingParams
 
 SHA = "a" * 40
@@ -221,7 +222,7 @@ def test_tokenize_by_name(stores, monkeypatch, capsys):
 
 
 def test_cache_location_follows_huggingface_hub(monkeypatch, tmp_path):
-    from tiankong.engine.resolve import hf_hub_cache
+    from tiankong.engine.model_places import hf_hub_cache
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
@@ -436,7 +437,8 @@ def test_fifo_named_gguf_is_never_opened(stores, monkeypatch, capsys):
 _PROBE = """
 import sys
 from tiankong.engine.errors import TiankongError
-from tiankong.engine.resolve import list_models, resolve_model
+from tiankong.engine.model_list import list_models
+from tiankong.engine.resolve import resolve_model
 skipped = []
 print("listed:", *[m.name for m in list_models(skipped)])
 for note in skipped:

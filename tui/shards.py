@@ -3,7 +3,7 @@
     torchrun --nnodes 2 --nproc_per_node 8 -m tiankong.tui.cli generate --input big.jsonl -o out.jsonl
 
 Rows (sample i of prompt p) are numbered in input order. A row's seed comes from --seed and i alone
-(tui/cli._encode_rows), so which process generates a row never changes what it generates; the rows
+(tui/cli_generate._encode_rows), so which process generates a row never changes what it generates; the rows
 still to do are cut into batches of --batch-size and batch k goes to rank k mod WORLD_SIZE, so on a
 fresh run every batch holds the same rows whatever the number of processes.
 

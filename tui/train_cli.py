@@ -56,7 +56,7 @@ EXAMPLES = {
     "dpo": "tiankong train dpo --model runs/sft --data prefs.jsonl --output runs/dpo",
 }
 PREFERENCE_TRAINERS = ("reward", "dpo")
-# Appended to every --model help: training takes what the other commands take (tui/cli.py's MODEL_HELP).
+# Appended to every --model help: training takes what the other commands take (tui/cli_app.py's MODEL_HELP).
 MODEL_NAMES = (
     " A Hugging Face model folder, a .gguf file, or a name: ORG/NAME[@REVISION] from the Hugging Face cache or "
     "LM Studio, ollama:NAME[:TAG] from Ollama (`tiankong models` lists them)."

@@ -1,0 +1,200 @@
+"""Every model the places `resolve_model` searches hold: `list_models` is what `tiankong models`
+shows, and every name it lists resolves.
+
+Apart from engine/resolve.py, which needs one model and stops there: listing walks every store
+whole and describes each model it finds (architecture, dtype or quantization, size) from its
+config.json, its GGUF header or Ollama's config blob, noting each place it cannot read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelLoadError, TiankongError
+from .files import read_model_object
+from .model_places import (
+    _gguf_files,
+    _is_file,
+    _refs,
+    _regular,
+    _scan,
+    _scan_or_note,
+    bundled_dir,
+    hf_hub_cache,
+    lmstudio_dirs,
+    ollama_dir,
+)
+from .ollama import _manifest, _model_digest, _ollama_config, _ollama_config_digest, _ollama_digest_path, _ollama_name
+
+_QUANT = re.compile(r"(?i)(?:^|[-._])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=[-._]|$)")  # in GGUF file names
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    name: str  # what --model takes
+    source: str  # bundled, huggingface, lmstudio or ollama
+    path: str  # the folder (or GGUF file)
+    format: str  # safetensors, pytorch or gguf
+    architecture: str | None  # config.json's architectures[0] (Ollama: its model family)
+    dtype: str | None  # config.json's torch_dtype; a GGUF file's quantization
+    parameters: int | None  # estimated from the weight bytes and dtype
+    bytes: int  # weight files, summed
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_models(skipped: list[str] | None = None) -> list[FoundModel]:
+    """Every model the places `resolve_model` searches hold: the bundled model first.
+
+    A place that cannot be read (a folder without permission, a damaged manifest, a FIFO named
+    *.gguf) is left out and, when `skipped` is given, appended to it as one line saying why.
+    """
+    notes: list[str] = [] if skipped is None else skipped
+    found: list[FoundModel] = []
+    bundled = bundled_dir()
+    if os.path.isfile(bundled / "config.json"):
+        found.append(_describe("tiankong-mini", "bundled", bundled))
+    found += _hf_entries(hf_hub_cache(), notes)
+    for root in lmstudio_dirs():
+        for org in _scan_or_note(root, notes):
+            for folder in _scan_or_note(org, notes) if os.path.isdir(org) else ():
+                if os.path.isdir(folder):
+                    found += _noting(notes, _lmstudio_entries, f"{org.name}/{folder.name}", folder, notes)
+    found += _ollama_entries(ollama_dir(), notes)
+    return found
+
+
+def _noting(notes: list[str], make: Callable[..., list[FoundModel]], *args: Any) -> list[FoundModel]:
+    """make(*args), or [] with the error's line noted: one unreadable model leaves the others listed."""
+    try:
+        return make(*args)
+    except ModelLoadError as e:
+        notes.append(str(e))
+        return []
+
+
+def _hf_entries(cache: Path, notes: list[str]) -> list[FoundModel]:
+    found: list[FoundModel] = []
+    for folder in _scan_or_note(cache, notes):
+        if folder.name.startswith("models--") and os.path.isdir(folder):
+            repo = folder.name.removeprefix("models--").replace("--", "/", 1)
+            found += _noting(notes, _hf_repo_entries, repo, folder, notes)
+    return found
+
+
+def _hf_repo_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundModel]:
+    """A cached repo's revisions under the names that resolve them: ORG/NAME for main (or for the one
+    snapshot of a repo downloaded by hash, without refs), ORG/NAME@REV for the others."""
+    snapshots = [p.name for p in _scan(folder / "snapshots") if os.path.isdir(p)]
+    refs = dict(_refs(folder))
+    if not refs:
+        refs = {"main": snapshots[0]} if len(snapshots) == 1 else {s[:10]: s for s in snapshots}
+    out: list[FoundModel] = []
+    for rev, sha in refs.items():
+        name, snapshot = (repo if rev == "main" else f"{repo}@{rev}"), folder / "snapshots" / sha
+        if not os.path.isdir(snapshot):
+            continue  # a ref to a missing snapshot: resolving it says so
+        if _is_file(snapshot / "config.json"):
+            out.append(_describe(name, "huggingface", snapshot))
+        elif rev == "main":
+            out += _gguf_entries(repo, "huggingface", snapshot, notes)
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size  # follows the cache's links to blobs
+    except OSError:
+        return 0
+
+
+def _describe(name: str, source: str, folder: Path) -> FoundModel:
+    try:
+        config = read_model_object(folder, "config.json")
+    except TiankongError:
+        config = {}
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    dtype = dtype if isinstance(dtype, str) else None
+    files = sorted(folder.glob("*.safetensors"))
+    fmt = "safetensors" if files else "pytorch"
+    files = files or sorted(folder.glob("pytorch_model*.bin"))
+    size = sum(_size(f) for f in files)
+    params = size // _DTYPE_BYTES[dtype] if dtype in _DTYPE_BYTES and size else None
+    return FoundModel(name, source, str(folder), fmt, arch, dtype, params, size)
+
+
+def _lmstudio_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundModel]:
+    if _is_file(folder / "config.json"):
+        return [_describe(repo, "lmstudio", folder)]
+    return _gguf_entries(repo, "lmstudio", folder, notes)
+
+
+def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> list[FoundModel]:
+    """A folder's .gguf files (subfolders included), with architecture and quantization read from each
+    header (bounded); named ORG/NAME when it is the only one, else ORG/NAME/[SUB/]FILE.gguf (what
+    --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened."""
+    from .gguf_header import peek, quantization_name
+
+    files = _gguf_files(folder)
+    out = []
+    for gguf in files:
+        try:
+            _regular(gguf)
+        except ModelLoadError as e:
+            notes.append(str(e))
+            continue
+        facts = peek(gguf)
+        quant = quantization_name(facts.get("general.file_type"))
+        if quant is None and (hit := _QUANT.search(gguf.stem)):
+            quant = hit[1].upper()  # older files may lack general.file_type: the file name says it
+        name = repo if len(files) == 1 else f"{repo}/{gguf.relative_to(folder).as_posix()}"
+        arch = facts.get("general.architecture")
+        out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, None, _size(gguf)))
+    return out
+
+
+def _ollama_entries(root: Path, notes: list[str]) -> list[FoundModel]:
+    out: list[FoundModel] = []
+    for host in _scan_or_note(root / "manifests", notes):
+        for namespace in _scan_or_note(host, notes):
+            for model in _scan_or_note(namespace, notes):
+                for manifest in _scan_or_note(model, notes):
+                    name = _ollama_name(host.name, namespace.name, model.name, manifest.name)
+                    out += _noting(notes, _ollama_entry, root, name, manifest)
+    return out
+
+
+def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
+    from .gguf_header import peek, quantization_name
+
+    data = _manifest(manifest)
+    digest = _model_digest(data)
+    if digest is None:
+        raise ModelLoadError(f"{manifest} names no model layer; pull the model again")
+    blob = _ollama_digest_path(root, digest, manifest)
+    facts = _ollama_config(root, _ollama_config_digest(data), manifest)
+    arch, quant = facts.get("model_family"), facts.get("file_type")
+    if not isinstance(arch, str) or not isinstance(quant, str):  # no config blob: the file's header says
+        header = peek(blob)  # {} for a missing blob or one that is not a regular file
+        arch = arch if isinstance(arch, str) else header.get("general.architecture")
+        quant = quant if isinstance(quant, str) else quantization_name(header.get("general.file_type"))
+    return [
+        FoundModel(
+            name,
+            "ollama",
+            str(blob),
+            "gguf",
+            arch if isinstance(arch, str) else None,
+            quant if isinstance(quant, str) else None,
+            None,
+            _size(blob),
+        )
+    ]

@@ -1,0 +1,220 @@
+"""Where models live, and probing those places safely: the ground that engine/resolve.py (one
+name to one model) and engine/model_list.py (every model found) both stand on.
+
+The stores belong to other programs (and may belong to other users), so every probe goes through
+`_stat` and `_scan`: a folder that cannot be read is one line ("cannot read X: permission denied",
+noted and skipped by `list_models`), a dangling or looping link is named a broken link, and nothing
+but a regular file is ever opened (a FIFO named *.gguf would block the open for ever). The cache
+layout is read with os and pathlib (huggingface_hub is not a dependency); small files (refs,
+manifests, configs) are read through engine/files, bounded and regular files only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ModelLoadError, TiankongError
+from .files import kind_of, open_regular, read_regular_bytes
+
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # one part of a repo id (the hub's own rule, roughly)
+_HASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_PROJECTOR = re.compile(r"(?i)mmproj")  # llama.cpp's name for a vision projector file
+_SMALL = 1 << 20  # refs, manifests and Ollama configs are a few hundred bytes
+_GGUF_DEPTH = 3  # a repo's folder and two levels of subfolders are searched for .gguf files
+
+
+# --- where models live -----------------------------------------------------------------------------
+
+
+def hf_hub_cache() -> Path:
+    """The hub cache, as huggingface_hub finds it: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache."""
+    env = os.environ
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return Path(env[var]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface" / "hub"
+
+
+def lmstudio_dirs() -> list[Path]:
+    """LM Studio's models folders (the current one, then the older location)."""
+    return [Path.home() / ".lmstudio" / "models", Path.home() / ".cache" / "lm-studio" / "models"]
+
+
+def ollama_dir() -> Path:
+    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
+
+
+def bundled_dir() -> Path:
+    from tiankong.models import default_model_dir
+
+    return default_model_dir()
+
+
+# --- probing places that may be unreadable ---------------------------------------------------------
+
+
+class _Denied(ModelLoadError):
+    """A place that cannot be read for want of permission. A lookup goes on in the other places and
+    raises this only when none holds the name, so one locked store does not hide the others."""
+
+
+def _unreadable(path: Path, e: OSError) -> ModelLoadError:
+    if e.errno == errno.ELOOP:
+        return ModelLoadError(f"{path} is a broken link (its links form a loop); fix or remove the link")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return _Denied(
+            f"cannot read {_blocked(path)}: permission denied; give your user access to it "
+            "(chmod, chown) or use a model from another place"
+        )
+    return ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the path")
+
+
+def _blocked(path: Path) -> Path:
+    """The folder that denies access to `path`: `path` itself if it can be stat'ed (it cannot be
+    listed or read), else its deepest ancestor that can (it is the one that cannot be entered)."""
+    for place in (path, *path.parents):
+        try:
+            os.stat(place)
+        except OSError:
+            continue
+        return place
+    return path
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """os.stat (links followed); None when nothing is there. A broken link or a place that cannot be
+    read is a ModelLoadError line, where Path.exists() and is_dir() raise PermissionError."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            target = os.readlink(path)
+            raise ModelLoadError(
+                f"{path} is a broken link (to {target}, which does not exist); "
+                "restore the file (download it again) or remove the link"
+            ) from None
+        return None
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def _is_dir(path: Path) -> bool:
+    st = _stat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file is there (a FIFO or device is not one)."""
+    st = _stat(path)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def _scan(folder: Path) -> list[Path]:
+    """The entries of `folder` by name, hidden ones (.locks, .git) left out; [] if it is no folder."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(folder / e.name for e in entries if not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise _unreadable(folder, e) from None
+
+
+def _scan_or_note(folder: Path, skipped: list[str]) -> list[Path]:
+    """`_scan` for listing: an unreadable folder is noted in `skipped` and counts as empty."""
+    try:
+        return _scan(folder)
+    except ModelLoadError as e:
+        skipped.append(str(e))
+        return []
+
+
+def _regular(path: Path) -> Path:
+    """`path`, checked to be a regular file that is there (the file a name chose)."""
+    st = _stat(path)
+    if st is None:
+        raise ModelLoadError(f"{path} does not exist; pass a model folder or a .gguf file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(
+            f"{path} is {kind_of(st.st_mode)}, not a regular file; pass a model folder or a .gguf file"
+        )
+    return path
+
+
+def _starts_gguf(path: Path) -> bool:
+    """Whether a regular file starts with the GGUF magic; one line if it cannot be read."""
+    fd = open_regular(path)
+    try:
+        return os.read(fd, 4) == b"GGUF"
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the file and its permissions") from None
+    finally:
+        os.close(fd)
+
+
+# --- GGUF files in a folder ------------------------------------------------------------------------
+
+
+def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH) -> list[Path]:
+    """The .gguf files of a language model in `folder` and its subfolders (`depth` levels in all),
+    vision projectors left out. Nothing is opened but the regular files' headers (see _projector)."""
+    files: list[Path] = []
+    for entry in _scan(folder):
+        if entry.name.lower().endswith(".gguf"):
+            if not _projector(entry):
+                files.append(entry)
+        elif depth > 1 and os.path.isdir(entry):
+            files += _gguf_files(entry, depth - 1)
+    return files
+
+
+def _projector(path: Path) -> bool:
+    """A vision model's projector (llama.cpp names them mmproj-*.gguf; their architecture is clip)."""
+    from .gguf_header import peek
+
+    return (
+        bool(_PROJECTOR.search(path.name))
+        or peek(path, ("general.architecture",)).get("general.architecture") == "clip"
+    )
+
+
+# --- the Hugging Face cache's layout ---------------------------------------------------------------
+
+
+def _repo_dir(cache: Path, repo: str) -> Path | None:
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    if _is_dir(folder):
+        return folder
+    # the hub's ids are case-insensitive; the cache keeps the spelling asked for
+    want = folder.name.lower()
+    return next((d for d in _scan(cache) if d.name.lower() == want and _is_dir(d)), None)
+
+
+def _read_ref(ref: Path) -> str:
+    sha = read_regular_bytes(ref, _SMALL).decode("utf-8", "replace").strip()
+    if not _HASH.fullmatch(sha):
+        raise ModelLoadError(f"{ref} does not hold a commit hash; the Hugging Face cache is damaged, download again")
+    return sha
+
+
+def _refs(folder: Path) -> Iterator[tuple[str, str]]:
+    """(revision, hash) for every ref of a cached repo (refs/main, refs/pr/1, ...), by name."""
+    refs, todo, found = folder / "refs", _scan(folder / "refs"), []
+    while todo:
+        ref = todo.pop()
+        if os.path.isdir(ref):
+            todo += _scan(ref)
+        elif os.path.isfile(ref):
+            found.append(ref)
+    for ref in sorted(found):
+        try:
+            yield ref.relative_to(refs).as_posix(), _read_ref(ref)
+        except TiankongError:
+            continue

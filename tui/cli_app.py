@@ -1,0 +1,119 @@
+"""What every `tiankong` command module shares: the typer app, the error console, the options that
+several commands declare alike, and how --model becomes a folder, a server or a loaded engine.
+
+Apart from cli.py because the command modules (cli_generate.py, cli_inspect.py) register on this one
+app: importing it from cli.py instead would be a cycle, and under `python -m tiankong.tui.cli` (as
+torchrun starts it) a second copy of cli.py with an app of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from tiankong.engine.errors import InputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="tiankong (填空): watch a language model fill in the blank, one token at a time.",
+)
+err = Console(stderr=True, emoji=False)  # emoji=False: "ollama:cat:cool" in a message must not become a cat
+
+MODEL_HELP = (
+    "Hugging Face model folder (config.json, safetensors, tokenizer), a .gguf file, or a name: "
+    "ORG/NAME[@REVISION] (or ORG/NAME/FILE.gguf) from the Hugging Face cache or LM Studio, ollama:NAME[:TAG] "
+    "from Ollama (`tiankong models` lists them). Env: TIANKONG_MODEL. Default: the bundled tiankong-mini."
+)
+ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
+DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
+DtypeOpt = typer.Option(
+    "auto",
+    help="float32, bfloat16, float16, auto (float32 on CPU, bfloat16 on GPU), or q8_0, q4_0, q4_1, q5_0, q5_1 (quantize at load).",
+)
+ApiKeyOpt = typer.Option(
+    None,
+    "--api-key",
+    help="Key for a --model http://HOST:PORT/v1 server (sent as Authorization: Bearer). Env: TIANKONG_API_KEY.",
+    envvar="TIANKONG_API_KEY",
+    show_default=False,
+)
+ModelOrServerOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help=MODEL_HELP + " Or a server: http://HOST:PORT/v1 (tiankong serve, vLLM, llama.cpp's server).",
+    envvar="TIANKONG_MODEL",
+    show_default=False,
+)
+TemplateOpt = typer.Option(
+    None,
+    "--chat-template",
+    help='A chat template file (Jinja, or JSON with "chat_template") used instead of the model\'s own.',
+    show_default=False,
+)
+
+
+def _model_dir(model: Optional[Path | str]) -> Path:
+    """--model, else $TIANKONG_MODEL (typer reads it), else the bundled tiankong-mini; names are
+    looked up offline (engine/resolve.py), a local path winning over a name."""
+    from tiankong.engine.resolve import resolve_model
+
+    return resolve_model(model)
+
+
+def _playground_model(model: Optional[Path | str], api_key: Optional[str]) -> Any:
+    """chat's and compare's --model: a server (http://HOST:PORT/v1, engine/remote.py) with its key,
+    else a model folder as _model_dir finds it."""
+    from tiankong.engine.remote import RemoteModel, is_remote
+
+    return RemoteModel(str(model), api_key) if is_remote(model) else _model_dir(model)
+
+
+def _local_only(models: list[Any], device: str, dtype: str, chat_template: Optional[Path]) -> Optional[Path]:
+    """--device, --dtype and --chat-template shape a model this process loads; a server runs its own.
+    Refused rather than silently ignored when a --model is a URL. Returns the checked template file."""
+    from tiankong.engine.remote import is_remote
+
+    given = [
+        f
+        for f, v in (("--device", device != "auto"), ("--dtype", dtype != "auto"), ("--chat-template", chat_template))
+        if v
+    ]
+    if given and any(is_remote(m) for m in models if m is not None):
+        verb = "applies" if len(given) == 1 else "apply"
+        raise InputError(f"{', '.join(given)} {verb} to local models; a server (http://...) uses its own: drop it")
+    return _template_file(chat_template)
+
+
+def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
+    """--chat-template checked before a model loads or a screen opens."""
+    if chat_template is not None and not os.path.isfile(chat_template.expanduser()):  # isfile never raises
+        missing = not os.path.lexists(chat_template.expanduser())
+        raise InputError(
+            f"chat template {chat_template} {'does not exist' if missing else 'is not a readable regular file'}; "
+            "give a Jinja template file"
+        )
+    return chat_template
+
+
+def _load(
+    model: Optional[Path | str],
+    device: str = "auto",
+    dtype: str = "auto",
+    chat_template: Optional[Path] = None,
+    api_key: Optional[str] = None,
+):
+    from tiankong.engine.engine import Engine
+    from tiankong.engine.remote import RemoteEngine, is_remote
+
+    _local_only([model], device, dtype, chat_template)
+    if is_remote(model):  # a server: its own device, dtype and chat template
+        return RemoteEngine.connect(str(model), api_key)
+
+    return Engine.load(_model_dir(model), device=device, dtype=dtype, chat_template=_template_file(chat_template))

@@ -1,0 +1,364 @@
+"""`tiankong generate`: batch generation from prompts or a file of them, to stdout or to a file that
+torchrun's processes share (tui/shards.py), with the stages that the command reads as.
+
+Apart from cli.py because it is the one command with a pipeline of its own (rows, batches, part
+files, a tally); the others are a few lines each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, NamedTuple, Optional
+
+import typer
+from rich.markup import escape
+
+from tiankong.engine.errors import InputError
+from tiankong.engine.files import stdout_errors, write_target
+from tiankong.presets import DEFAULT_PRESET, get_preset
+from tiankong.tui.cli_app import (
+    ApiKeyOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOrServerOpt,
+    TemplateOpt,
+    _load,
+    app,
+    err,
+)
+
+
+def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, prompt record) pairs from --prompt flags or an input file (JSON lines or plain text lines);
+    where names the flag or line for errors.
+
+    Every line is checked before anything runs: one bad line stops the run with its line number
+    and nothing is written, so a fixed file can simply be run again.
+    """
+    if prompts and input:
+        raise InputError("give prompts with --prompt or --input, not both")
+    if prompts:
+        return [("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p}) for i, p in enumerate(prompts, 1)]
+    if input is None:
+        raise InputError("nothing to generate from: pass --prompt TEXT or --input FILE (- for stdin)")
+    from tiankong.engine.chat import validate_messages
+    from tiankong.trainers.records import read_prompt_records
+
+    jobs = []
+    for _, where, job in read_prompt_records(input):
+        if "messages" in job:
+            try:
+                job["messages"] = validate_messages(job["messages"])
+            except InputError as e:
+                raise InputError(f"{where}: {e}") from None
+        jobs.append((where, job))
+    return jobs
+
+
+def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dropped: int = 0) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    if "id" in job:
+        rec["id"] = job["id"]
+    rec["prompt"] = job.get("prompt", "") if "messages" not in job else None
+    if "messages" in job:
+        rec["messages"] = job["messages"]
+    rec.update(
+        preset=preset,
+        params=params.to_dict(),
+        seed=params.seed,
+        text=ev_finished.text,
+        finish_reason=ev_finished.finish_reason,
+        usage={
+            "prompt_tokens": ev_finished.usage.prompt_tokens,
+            "completion_tokens": ev_finished.usage.completion_tokens,
+        },
+        timing={
+            "prefill_s": round(ev_finished.timing.prefill_s, 6),
+            "decode_s": round(ev_finished.timing.decode_s, 6),
+            "decode_tokens_per_s": round(ev_finished.timing.decode_tokens_per_s, 3),
+        },
+    )
+    if ev_finished.finish_reason == "error":
+        rec["error"] = ev_finished.message
+    if dropped:
+        rec["dropped_turns"] = dropped  # --context-overflow truncate: the oldest turns the model did not see
+    if tokens is not None:
+        rec["tokens"] = tokens
+    return rec
+
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  tiankong generate -m ../shared/models/stories260K --raw --prompt "Once upon a time"
+
+  tiankong generate -m ./TinyLlama --preset precise --prompt "Name three primes." --top-logprobs 5
+
+  tiankong generate -m ./SmolLM2 --input prompts.jsonl --n 4 --batch-size 8 --output out.jsonl
+
+  torchrun --nproc_per_node 4 -m tiankong.tui.cli generate -m ./SmolLM2 --input big.jsonl -o out.jsonl
+
+Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text.
+A bad line (or a prompt longer than the context) stops the run before anything is generated, naming the line.
+--context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
+message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
+context), and records how many in "dropped_turns". An answer cut short by the context ends with
+finish_reason "context" (the max-new-tokens limit is "length").
+--output is replaced only when the run ends: on an error it is left as it was. Finished records are kept
+in OUTPUT.part-* as they come (one per process), so after a Ctrl+C, a kill or a crash the same command
+again generates only the rest. Under torchrun (--nnodes, --nproc_per_node) each process takes its share
+of the records and the first merges them into OUTPUT in input order: the same file for any number of
+processes (with --seed; without one, each record's drawn seed is recorded)."""
+)
+def generate(
+    model: Optional[str] = ModelOrServerOpt,
+    prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt; repeat for several."),
+    input: Optional[str] = typer.Option(
+        None, "--input", "-i", help="File of prompts (JSONL or text lines); - reads stdin."
+    ),
+    preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset (see `tiankong presets`)."),
+    temperature: Optional[float] = typer.Option(None, help="Overrides the preset; 0 is greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens; 0 = off."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus mass to keep; 1 = off."),
+    min_p: Optional[float] = typer.Option(
+        None, "--min-p", help="Drop tokens below min-p x the top probability; 0 = off."
+    ),
+    repetition_penalty: Optional[float] = typer.Option(None, help="Divide logits of tokens already seen; 1 = off."),
+    presence_penalty: Optional[float] = typer.Option(
+        None, help="Subtract for each generated token already present; 0 = off."
+    ),
+    frequency_penalty: Optional[float] = typer.Option(
+        None, help="Subtract per occurrence among generated tokens; 0 = off."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, help="Seed; sample i of each prompt uses seed + i. Default: the preset's, else random (recorded)."
+    ),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Stop after this many tokens."),
+    stop: List[str] = typer.Option([], "--stop", help="Stop string; repeat for several."),
+    n: int = typer.Option(
+        1, "--n", "-n", min=1, help="Independent samples per prompt (-n under torchrun, whose own flags take --n)."
+    ),
+    top_logprobs: int = typer.Option(0, "--top-logprobs", min=0, help="Record every token with its top K candidates."),
+    raw: bool = typer.Option(False, "--raw", help="Plain completion: skip the chat template."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows generated together in one forward pass."),
+    context_overflow: str = typer.Option(
+        "error",
+        "--context-overflow",
+        help="A conversation longer than the context: error (stop before generating, naming the line) or truncate (drop its oldest turns, recorded as dropped_turns).",
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    format: str = typer.Option("jsonl", "--format", help="jsonl (one record per sample) or text."),
+    chat_template: Optional[Path] = TemplateOpt,
+    api_key: Optional[str] = ApiKeyOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates.
+
+    \f
+    Long because of its signature: some 40 lines of typer option declarations; the body reads as its
+    stages (options checked, prompts read, model loaded, rows encoded, to stdout or to a file).
+    """
+    if format not in ("jsonl", "text"):
+        raise InputError(f"unknown --format {format!r}; use jsonl or text")
+    if context_overflow not in ("error", "truncate"):
+        raise InputError(f"unknown --context-overflow {context_overflow!r}; use error or truncate")
+    if output is not None:
+        write_target(output)  # a missing folder, a folder or a device: said before the model loads
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("under torchrun, generate needs --output FILE (the processes' records are merged there)")
+    jobs = _read_jobs(prompt, input)
+    flags = dict(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        stop=tuple(stop) if stop else None,
+    )
+    params = get_preset(preset).params.replace(**{k: v for k, v in flags.items() if v is not None})
+    dist = _join(device)
+    eng = _load(model, str(dist.device) if dist.enabled else device, dtype, chat_template, api_key)
+    rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
+    run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
+    if output is None:
+        tally = _generate_to_stdout(run, rows)
+    else:
+        settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
+        settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
+        # The weights' type and the chat template decide the text too: a run resumed with another
+        # --dtype or --chat-template does its rows again rather than mixing both in one file.
+        template = getattr(eng.template, "source", None)
+        settings.update(dtype=dtype, template=hashlib.sha256(template.encode()).hexdigest() if template else None)
+        tally = _generate_to_file(run, rows, output, dist, settings)
+    if tally.rows and tally.failed == tally.rows:  # every row failed: the model is broken, not one prompt
+        raise typer.Exit(2)
+
+
+class _Row(NamedTuple):
+    index: int  # in input order: prompt p's sample i is row p * n + i
+    sample: int
+    job: dict
+    ids: list
+    params: Any  # SamplingParams with the row's seed
+    dropped: int  # conversation turns --context-overflow truncate dropped
+
+
+@dataclass
+class _Run:
+    """What every batch of one generate run shares."""
+
+    eng: Any
+    preset: str
+    format: str
+    top_logprobs: int
+    batch_size: int
+    show_progress: bool
+
+    def bar(self, total: int):
+        from tiankong.trainers.progress import progress
+
+        return progress("generating", total, enabled=self.show_progress, console=err)
+
+
+@dataclass
+class _Tally:
+    """Rows this run generated and failed (over every process once the run ends)."""
+
+    rows: int = 0
+    failed: int = 0
+
+
+def _join(device: str) -> Any:
+    """This process's place under torchrun (a single process without it). Each process uses its own
+    GPU; barriers wait up to a day for the slowest process's last batch."""
+    from datetime import timedelta
+
+    from tiankong.trainers.distributed import init_distributed
+
+    return init_distributed(device, timeout=timedelta(days=1))
+
+
+def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow: str) -> list[_Row]:
+    """Every (prompt, sample) row with the row's seed, every prompt encoded and checked against the
+    context before any output. The seed depends only on the sample index, never on batching or on
+    which process generates the row."""
+    from tiankong.engine.engine import draw_seed
+
+    rows = []
+    for where, job in jobs:
+        dropped = 0
+        try:
+            if overflow == "truncate" and job.get("messages") is not None:
+                ids, dropped = eng.fit(job["messages"], params.max_new_tokens, raw=raw)
+            else:
+                ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
+                eng.check_fits(ids)
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
+        for i in range(n):
+            s = (params.seed + i) % 2**64 if params.seed is not None else draw_seed()
+            rows.append(_Row(len(rows), i, job, ids, params.replace(seed=s), dropped))
+    return rows
+
+
+def _generate_to_stdout(run: _Run, rows: list[_Row]) -> _Tally:
+    """Batches in order, each printed when done; one text prompt streams its tokens as they come."""
+    tally = _Tally()
+    stream = sys.stdout if run.format == "text" and len(rows) == 1 else None
+    with stdout_errors(), run.bar(len(rows)) as advance:
+        for start in range(0, len(rows), run.batch_size):
+            batch = rows[start : start + run.batch_size]
+            sys.stdout.write("".join(_generate_batch(run, batch, advance, tally, stream)))
+            sys.stdout.flush()
+    return tally
+
+
+def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, settings: dict) -> _Tally:
+    """This process's share of the rows not finished before into its part file, then (first process,
+    after every process is done) the parts merged into OUTPUT in row order; see tui/shards.py."""
+    from tiankong.tui import shards
+
+    keys = [shards.row_key(r.job, r.sample, _key_params(r, settings["seeded"]), settings) for r in rows]
+    finished = shards.read_index(output)
+    dist.barrier()  # every process has read the parts before any appends: all agree on the rows to do
+    todo = [r for r, k in zip(rows, keys, strict=True) if (r.index, k) not in finished]
+    mine = shards.my_batches(todo, run.batch_size, dist.rank, dist.world)
+    tally, part = _Tally(), shards.PartWriter(output, dist.rank)
+    try:
+        with part, run.bar(sum(map(len, mine))) as advance:
+            for batch in mine:
+                outs = _generate_batch(run, batch, advance, tally)
+                part.append((r.index, keys[r.index], o) for r, o in zip(batch, outs, strict=True))
+    except KeyboardInterrupt:
+        _report_interrupt(output, len(rows) - len(todo) + part.written)
+        raise typer.Exit(130) from None
+    sums = dist.all_reduce_sum({"rows": tally.rows, "failed": tally.failed})  # also the barrier before the merge
+    if dist.is_main:
+        shards.merge(output, [(r.index, k) for r, k in zip(rows, keys, strict=True)])
+    dist.close()
+    return _Tally(int(sums["rows"]), int(sums["failed"]))
+
+
+def _key_params(row: _Row, seeded: bool) -> dict:
+    """The row's sampling parameters as they decide its output. A drawn seed is no setting (each run
+    draws others), so a run without a seed that is resumed still finds the rows finished before."""
+    return row.params.to_dict() if seeded else {**row.params.to_dict(), "seed": None}
+
+
+def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, stream: Any = None) -> list[str]:
+    """Generate one batch of rows; the output of each row (its JSONL record, or its text), in order.
+    A failed row is reported and the others go on. stream: where tokens are written as they come."""
+    from tiankong.engine.generate import HeldText
+
+    tokens: list[list] = [[] for _ in batch]
+    done: dict[int, Any] = {}
+    held = [HeldText(r.params.stop) for r in batch]  # no part of a stop string is streamed
+    for ev in run.eng.generate([r.ids for r in batch], [r.params for r in batch], top_logprobs=run.top_logprobs):
+        if hasattr(ev, "finish_reason"):
+            done[ev.row] = ev
+            advance()
+            if stream is not None:
+                stream.write(held[ev.row].finish(ev.text))
+            continue
+        if run.top_logprobs:
+            tokens[ev.row].append(ev.to_dict())
+        if stream is not None:
+            stream.write(held[ev.row].push(ev.text))
+            stream.flush()
+    outs = []
+    for b, r in enumerate(batch):
+        fin = done[b]
+        if fin.finish_reason == "error":  # this row failed (non-finite logits)
+            tally.failed += 1
+            where = f"id {r.job['id']}" if "id" in r.job else f"row {r.index + 1}"
+            err.print(
+                f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}", highlight=False, soft_wrap=True
+            )
+        if run.format == "jsonl":
+            rec = _record(r.job, run.preset, r.params, fin, tokens[b] if run.top_logprobs else None, r.dropped)
+            outs.append(json.dumps(rec, ensure_ascii=False) + "\n")
+        else:
+            outs.append("\n" if stream is not None else fin.text + "\n\n")
+    tally.rows += len(batch)
+    return outs
+
+
+def _report_interrupt(output: Path, kept: int) -> None:
+    s = "s" if kept != 1 else ""
+    where = f"the {kept} finished record{s} are kept in {output}.part-*" if kept else "nothing had finished"
+    err.print(
+        f"interrupted: {output} is unchanged; {where}; the same command again generates the rest",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )

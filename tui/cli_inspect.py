@@ -1,0 +1,178 @@
+"""`tiankong tokenize`, `info`, `models` and `presets`: the commands that show what there is (a
+model's tokens and facts, the models on this machine, the sampling presets) and generate nothing.
+
+Apart from cli.py to keep it to the app's entry point and the playground; each command here is a
+table or JSON printed to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tiankong.engine.errors import InputError
+from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
+from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_dir, app, err
+
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  tiankong tokenize -m ../shared/models/stories260K "Once upon a time"
+
+  tiankong tokenize -m ./Qwen2 --format jsonl "你好, world"
+"""
+)
+def tokenize(
+    text: str = typer.Argument(..., help="Text to tokenize."),
+    model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
+    format: str = typer.Option("table", "--format", help='table or jsonl ({"ids": [...], "pieces": [...]}).'),
+) -> None:
+    """Show how TEXT splits into tokens (ids and pieces), with the special tokens the model adds."""
+    from tiankong.engine.tokenizer import load_tokenizer
+
+    if format not in ("table", "jsonl"):
+        raise InputError(f"unknown --format {format!r}; use table or jsonl")
+    folder = _model_dir(model)
+    if not folder.exists():
+        raise InputError(f"model folder {folder} does not exist; pass --model with a local model folder")
+    tok = load_tokenizer(folder)  # a folder or a GGUF file
+    ids = tok.encode(text, add_special_tokens=True)
+    pieces = [tok.id_to_piece(i) for i in ids]
+    if format == "jsonl":
+        print(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(ids)} tokens", show_edge=False)
+    for col in ("#", "id", "piece", "text"):
+        table.add_column(col, justify="right" if col in ("#", "id") else "left")
+    for n, (i, p) in enumerate(zip(ids, pieces, strict=True)):
+        special = " [dim](special)[/dim]" if i in tok.special_ids else ""
+        table.add_row(str(n), str(i), repr(p)[1:-1] + special, repr(tok.token_text(i)))
+    Console(emoji=False).print(table)
+
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  tiankong info -m ../shared/models/stories260K
+
+  tiankong info -m ./TinyLlama --format json
+"""
+)
+def info(
+    model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
+    format: str = typer.Option("table", "--format", help="table or json."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """What a model is made of: architecture, parameters, positions, context, vocabulary, dtype, chat template."""
+    if format not in ("table", "json"):
+        raise InputError(f"unknown --format {format!r}; use table or json")
+    facts = _load(model, device, dtype).info()
+    if format == "json":
+        print(json.dumps(facts))
+        return
+    from .screens.tokens import fact_text
+
+    table = Table(show_header=False, show_edge=False)
+    for k, v in facts.items():
+        label = "file" if k == "folder" and not os.path.isdir(v) else k.replace("_", " ")  # a GGUF file
+        table.add_row(label, fact_text(k, v))
+    Console(emoji=False).print(table)
+
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  tiankong models
+
+  tiankong models --format json
+
+  tiankong chat -m HuggingFaceTB/SmolLM2-135M-Instruct      # a name from the list
+
+Searched, offline: the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub),
+LM Studio (~/.lmstudio/models, ~/.cache/lm-studio/models) and Ollama ($OLLAMA_MODELS, else ~/.ollama/models;
+as ollama:NAME:TAG). A place that cannot be read is skipped and named on stderr."""
+)
+def models(format: str = typer.Option("table", "--format", help="table or json.")) -> None:
+    """The models on this machine that --model takes by name: the bundled one, then the caches."""
+    from tiankong.engine.model_list import list_models
+
+    if format not in ("table", "json"):
+        raise InputError(f"unknown --format {format!r}; use table or json")
+    skipped: list[str] = []
+    found = list_models(skipped)
+    for note in skipped:  # stderr: the JSON on stdout stays whole
+        err.print(f"skipped: {note}", highlight=False, markup=False, soft_wrap=True)
+    if format == "json":
+        print(json.dumps([m.to_json() for m in found], ensure_ascii=False))
+        return
+    table = Table(title=f"{len(found)} models", show_edge=False)
+    for col in ("name", "architecture", "size", "dtype", "where"):
+        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
+    for m in found:
+        size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"
+        arch = escape(m.architecture or "?") + (" [dim](GGUF)[/dim]" if m.format == "gguf" else "")
+        table.add_row(escape(m.name), arch, size, m.dtype or "?", f"{m.source}: {escape(_home(m.path))}")
+    Console(emoji=False).print(table)
+
+
+def _home(path: str) -> str:
+    """A path under the home folder as ~/..., as people type it."""
+    home = str(Path.home())
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path
+
+
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  tiankong presets
+
+  tiankong presets creative
+"""
+)
+def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in full.")) -> None:
+    """List the sampling presets (bundled and your own), or show one with its recommended ranges."""
+    from tiankong.engine.params import SAMPLER_CHAIN
+    from tiankong.presets import user_presets_dir
+
+    con = Console(emoji=False)
+    if name is None:
+        table = Table(title=f"presets (yours go in {user_presets_dir()})", show_edge=False)
+        table.add_column("name", no_wrap=True)
+        table.add_column("use", ratio=1)
+        for col in ("temp", "top-k", "top-p", "min-p", "rep.pen", "seed"):
+            table.add_column(col, no_wrap=True, justify="right")
+        for p in load_presets().values():
+            s = p.params
+            default = " [dim]*[/dim]" if p.name == DEFAULT_PRESET else ""
+            table.add_row(
+                p.name + default,
+                p.use,
+                f"{s.temperature:g}",
+                str(s.top_k),
+                f"{s.top_p:g}",
+                f"{s.min_p:g}",
+                f"{s.repetition_penalty:g}",
+                "random" if s.seed is None else str(s.seed),
+            )
+        con.print(table)
+        con.print(f"* the default.  sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
+        return
+    p = get_preset(name)
+    con.print(f"[bold]{p.name}[/bold]: {p.description}\n[dim]use:[/dim] {p.use}   [dim]file:[/dim] {p.source}")
+    table = Table(show_edge=False)
+    for col in ("parameter", "value", "recommended"):
+        table.add_column(col)
+    for key, value in p.params.to_dict().items():
+        rec = p.recommended.get(key)
+        table.add_row(key, str(value), f"{rec[0]:g} – {rec[1]:g}" if rec else "")
+    con.print(table)
+    con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
