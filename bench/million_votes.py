@@ -18,7 +18,8 @@ import random
 import sqlite3
 from pathlib import Path
 
-from tiankong.tui.store import DB_NAME, Response, Store, Vote, _vote_row
+from tiankong.tui.store import DB_NAME, Response, Store, Vote
+from tiankong.tui.store_records import _vote_row
 
 PRESETS = ["balanced", "creative", "precise", "chat"]
 MODELS = ["/runs/sft", "/runs/ppo", "/runs/dpo"]

@@ -11,7 +11,8 @@ from tiny_models import make_model
 
 from tiankong.engine.sampling import SamplingParams
 from tiankong.tui.screens.branch import branch_vote, common_tokens
-from tiankong.tui.store import DB_NAME, MIGRATIONS, Message, Store
+from tiankong.tui.store import DB_NAME, Message, Store
+from tiankong.tui.store_schema import MIGRATIONS
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 
 

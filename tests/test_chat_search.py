@@ -9,8 +9,10 @@ import time
 
 from textual.widgets import Input, OptionList
 
-import tiankong.tui.store as store_module
-from tiankong.tui.store import DB_NAME, MIGRATIONS, Store
+import tiankong.tui.store_chats as store_chats
+import tiankong.tui.store_schema as store_schema
+from tiankong.tui.store import DB_NAME, Store
+from tiankong.tui.store_schema import MIGRATIONS
 
 
 def _search_version() -> int:
@@ -81,7 +83,7 @@ def test_an_old_schema_database_migrates_and_its_messages_are_searchable(tmp_pat
 
 
 def test_without_fts5_search_falls_back_to_like(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "_has_fts5_trigram", lambda conn: False)
+    monkeypatch.setattr(store_schema, "_has_fts5_trigram", lambda conn: False)
     with Store(tmp_path / DB_NAME) as s:
         assert not s._read("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'")
         old, new, third = _fill(s)
@@ -93,9 +95,9 @@ def test_without_fts5_search_falls_back_to_like(tmp_path, monkeypatch):
 
 def test_snippet_cuts_around_the_first_match():
     text = "word " * 40 + "needle in the\nhay " + "more " * 40
-    snip = store_module.snippet(text, "NEEDLE IN THE HAY")
+    snip = store_chats.snippet(text, "NEEDLE IN THE HAY")
     assert snip.startswith("…") and snip.endswith("…") and "needle in the hay" in snip and "\n" not in snip
-    assert store_module.snippet("short text", "absent") == "short text"
+    assert store_chats.snippet("short text", "absent") == "short text"
 
 
 # ---------------------------------------------------------------- the chat list's search box (Pilot)

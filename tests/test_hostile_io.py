@@ -236,20 +236,20 @@ def test_reimport_reports_duplicates_and_changes_nothing(tmp_path, monkeypatch, 
 
 
 def test_imports_before_the_hash_column_are_recognised_after_the_migration(tmp_path):
-    from tiankong.tui import store as store_module
+    from tiankong.tui import store_records, store_schema
     from tiankong.tui.prefs import read_votes
 
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(3)))
     path = tmp_path / DB_NAME
     with sqlite3.connect(path) as conn:  # a schema-2 database, as an older tiankong left it after an import
-        for migration in store_module.MIGRATIONS[:2]:
+        for migration in store_schema.MIGRATIONS[:2]:
             migration(conn)
         conn.execute("PRAGMA user_version = 2")
         conn.executemany(
             "INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, "
             "source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [store_module._vote_row(v, "2025-01-01T00:00:00.000000Z")[:9] for v in read_votes(src)],
+            [store_records._vote_row(v, "2025-01-01T00:00:00.000000Z")[:9] for v in read_votes(src)],
         )
     conn.close()
     with Store(path) as s:  # migrates: the old imports get their hashes

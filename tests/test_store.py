@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tiankong.engine.errors import InputError, TiankongError
-from tiankong.tui.store import DB_NAME, MIGRATIONS, Response, Store, StoreError, Vote, data_dir
+from tiankong.tui.store import DB_NAME, Response, Store, StoreError, Vote, data_dir
+from tiankong.tui.store_schema import MIGRATIONS
 
 
 def resp(label: str, preset: str, text: str = "", model: str = "m") -> Response:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.params import SamplingParams
-from tiankong.tui.store import ROLES
+from tiankong.tui.store_records import ROLES
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's own cap
 MAX_STOP = 4  # OpenAI's own cap on stop strings

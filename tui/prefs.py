@@ -42,7 +42,8 @@ from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors
 from tiankong.trainers.records import not_a_file, parse_record, read_rows
 from tiankong.tui.leaderboard import leaderboards, standings_table
-from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir, summarise
+from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
+from tiankong.tui.store_votes import summarise
 
 IMPORTED_PRESET, IMPORTED_MODEL = "imported", "unknown"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"

@@ -19,7 +19,7 @@ from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError, quoted
 from tiankong.engine.resolve import display_name
 from tiankong.trainers.records import read_prompt_records, read_rows
-from tiankong.tui.store import MAX_RESPONSES, MIN_RESPONSES
+from tiankong.tui.store_records import MAX_RESPONSES, MIN_RESPONSES
 
 UNKNOWN_MODEL = "unknown"
 

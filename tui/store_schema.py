@@ -1,0 +1,139 @@
+"""The store's tables, as a list of migrations: MIGRATIONS[i] takes a database from schema version i
+(`PRAGMA user_version`) to i + 1, and StoreBase._migrate runs the ones a file has not had yet.
+
+Apart from the Store class because a migration is written once and never edited: the tables a reader
+looks up sit here in the order they came to be, away from the code that reads and writes them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from tiankong.tui.store_records import _content_hash
+
+
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE chats (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL,
+        preset TEXT NOT NULL,
+        system_prompt TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""")
+    conn.execute("""CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content TEXT NOT NULL,
+        preset TEXT,
+        params TEXT,          -- JSON object
+        seed INTEGER,
+        finish_reason TEXT,
+        tokens TEXT,          -- JSON list of per-token dicts
+        created_at TEXT NOT NULL)""")
+    conn.execute("CREATE INDEX messages_by_chat ON messages(chat_id, id)")
+    # Responses stay JSON inside the vote row: a vote is written and read whole, never in parts.
+    conn.execute("""CREATE TABLE votes (
+        id INTEGER PRIMARY KEY,
+        prompt TEXT NOT NULL,
+        conversation TEXT NOT NULL,   -- JSON list of {"role", "content"}
+        responses TEXT NOT NULL,      -- JSON list of Response dicts
+        outcome TEXT NOT NULL CHECK (outcome IN ('ranked', 'tie', 'both_bad')),
+        ranking TEXT NOT NULL,        -- JSON list of indices, best first
+        rater TEXT NOT NULL,
+        blind INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        created_at TEXT NOT NULL)""")
+
+
+def _v2_partial_rankings_and_queues(conn: sqlite3.Connection) -> None:
+    """Partial rankings (n_ranked), prompt ids, and where each prompt/answers file's queue stands."""
+    conn.execute("ALTER TABLE votes ADD COLUMN n_ranked INTEGER")  # NULL: the whole ranking is ordered
+    conn.execute("ALTER TABLE votes ADD COLUMN prompt_id TEXT")
+    conn.execute("""CREATE TABLE queues (
+        key TEXT PRIMARY KEY,         -- "compare:" or "rank:" + the file's content hash
+        source TEXT NOT NULL,         -- the file's path when last used
+        position INTEGER NOT NULL,    -- rounds done (voted or skipped): the next one to show
+        total INTEGER NOT NULL,
+        updated_at TEXT NOT NULL)""")
+
+
+# The columns a vote's content hash covers, read as bytes (a row with text that is not UTF-8 still hashes).
+_HASHED = (
+    "CAST(prompt AS BLOB), CAST(conversation AS BLOB), CAST(responses AS BLOB), CAST(outcome AS BLOB), "
+    "CAST(ranking AS BLOB), CAST(n_ranked AS BLOB)"
+)
+
+
+def _v3_import_hashes(conn: sqlite3.Connection) -> None:
+    """Imported votes carry a content hash (indexed), so importing the same rows again adds nothing.
+    Votes imported before this version get theirs here."""
+    conn.execute(
+        "ALTER TABLE votes ADD COLUMN content_hash TEXT"
+    )  # NULL for playground votes (branch votes: _pair_key)
+    rows = conn.execute(f"SELECT id, {_HASHED} FROM votes WHERE source LIKE 'import:%'").fetchall()
+    conn.executemany(
+        "UPDATE votes SET content_hash = ? WHERE id = ?", [(_content_hash(parts), vote_id) for vote_id, *parts in rows]
+    )
+    conn.execute("CREATE INDEX votes_by_content ON votes(content_hash)")
+
+
+def _has_fts5_trigram(conn: sqlite3.Connection) -> bool:
+    """Whether this sqlite3 has FTS5 with the trigram tokenizer (SQLite >= 3.34)."""
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.fts5_probe USING fts5(x, tokenize='trigram')")
+    except sqlite3.OperationalError:
+        return False
+    conn.execute("DROP TABLE temp.fts5_probe")
+    return True
+
+
+def _v4_message_search(conn: sqlite3.Connection) -> None:
+    """Full-text search over messages (Store.search_chats): an FTS5 index of messages.content with the
+    trigram tokenizer, which finds any substring of three or more characters in any script (Chinese has
+    no spaces to split words at). Triggers keep it in step, so each message write updates it in the
+    same transaction; the messages written before this version are indexed here.
+
+    A sqlite3 without FTS5 or trigram creates nothing, and search_chats falls back to LIKE (a scan of
+    every message: fine for a person's chats). A database indexed here then needs FTS5 to write
+    messages: the triggers use it."""
+    if not _has_fts5_trigram(conn):
+        return
+    conn.execute(
+        "CREATE VIRTUAL TABLE messages_fts USING fts5("
+        "content, content='messages', content_rowid='id', tokenize='trigram')"
+    )
+    conn.execute("""CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END""")
+    conn.execute("""CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content); END""")
+    conn.execute("""CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END""")
+    conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")  # the messages already stored
+
+
+def _v5_branches(conn: sqlite3.Connection) -> None:
+    """Messages form a tree: each has a parent (the message it answers or follows), so regenerating
+    or editing adds a sibling branch instead of replacing. The active branch follows, from the root
+    down, the most recently selected child (selected_at, then the newest id). A chat written before
+    this version becomes a chain, each message the child of the one before it."""
+    conn.execute("ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages(id)")
+    conn.execute("ALTER TABLE messages ADD COLUMN selected_at TEXT")
+    conn.execute(
+        "UPDATE messages SET selected_at = created_at, parent_id = (SELECT MAX(p.id) FROM messages p "
+        "WHERE p.chat_id = messages.chat_id AND p.id < messages.id)"
+    )
+    conn.execute("CREATE INDEX messages_by_parent ON messages(parent_id)")
+
+
+# MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_initial,
+    _v2_partial_rankings_and_queues,
+    _v3_import_hashes,
+    _v4_message_search,
+    _v5_branches,
+]

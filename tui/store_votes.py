@@ -1,0 +1,327 @@
+"""The votes half of the store: preference votes (written durably, imported without duplicates,
+undone, read a page at a time or grouped by shape for the statistics), and where each prompt file's
+queue of rounds stands.
+
+Apart from the chats half (store_chats.py): the two share only the connection (StoreBase) and never
+write each other's tables. Store (store.py) joins them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tiankong.tui.store_base import StoreBase, StoreError, now
+from tiankong.tui.store_records import (
+    _INSERT_VOTE,
+    MAX_RESPONSES,
+    MIN_RESPONSES,
+    OUTCOMES,
+    Response,
+    Vote,
+    _pair_key,
+    _vote,
+    _vote_row,
+    validate_vote,
+    vote_hash,
+)
+
+
+class VoteStore(StoreBase):
+    """Votes and prompt queues: the part of Store that the compare, votes and arena screens and
+    `tiankong prefs` use."""
+
+    def add_vote(self, vote: Vote) -> int:
+        """Validate and store one vote; it is on disk (fsynced) when this returns."""
+        return self.add_votes([vote])[0]
+
+    def add_votes(self, votes: list[Vote]) -> list[int]:
+        """Store several votes in ONE transaction: all of them or, on any error, none."""
+        for vote in votes:
+            validate_vote(vote)
+        t = now()
+        with self._tx(durable=True) as conn:
+            return [int(conn.execute(_INSERT_VOTE, _vote_row(v, t)).lastrowid) for v in votes]
+
+    def add_branch_votes(self, votes: list[Vote]) -> int:
+        """Store chat branch votes (two responses each) in ONE durable transaction, each replacing an
+        earlier branch vote on the same two answers to the same conversation, whichever way it went:
+        voting again, or changing one's mind, leaves one vote per pair rather than duplicates that
+        would weigh twice in training. Returns how many earlier votes were replaced."""
+        for vote in votes:
+            validate_vote(vote)
+        t, replaced = now(), 0
+        with self._tx(durable=True) as conn:
+            for v in votes:
+                key = _pair_key(v)
+                replaced += conn.execute(
+                    "DELETE FROM votes WHERE source = ? AND content_hash = ?", (v.source, key)
+                ).rowcount
+                conn.execute(_INSERT_VOTE, _vote_row(v, t, key))
+        return replaced
+
+    def import_votes(self, votes: list[Vote], batch_size: int = 1000) -> tuple[int, int]:
+        """Store imported votes, skipping each whose content (`vote_hash`) was already stored when the
+        import began; votes repeated within `votes` all go in, as the file says. Returns (added,
+        duplicates skipped).
+
+        Every vote is validated before the first is written. They go in as durable transactions of
+        `batch_size` votes, so a playground voting meanwhile waits for one batch, never for the whole
+        import; an import stopped half-way (a full disk, Ctrl+C) is finished by importing the same
+        file again, the votes already in being skipped as duplicates.
+        """
+        for vote in votes:
+            validate_vote(vote)
+        t, added = now(), 0
+        before = self._read("SELECT COALESCE(MAX(id), 0) FROM votes")[0][0]  # votes stored before this import
+        for start in range(0, len(votes), batch_size):
+            if start:
+                time.sleep(0.02)  # a gap between batches, in which a vote waiting for the lock gets in
+            with self._tx(durable=True) as conn:
+                for v in votes[start : start + batch_size]:
+                    h = vote_hash(v)
+                    if (
+                        conn.execute(
+                            "SELECT 1 FROM votes WHERE content_hash = ? AND id <= ? LIMIT 1", (h, before)
+                        ).fetchone()
+                        is None
+                    ):
+                        conn.execute(_INSERT_VOTE, _vote_row(v, t, h))
+                        added += 1
+        return added, len(votes) - added
+
+    def undo_last_vote(self, skipped: list[tuple[int, str]] | None = None) -> Vote | None:
+        """Delete and return the newest vote cast in the playground (imported votes are never undone).
+
+        A newer row that is not a readable vote (damaged outside tiankong) is left in place and, when
+        `skipped` is a list, added to it as (id, reason); the newest readable vote is undone instead."""
+        with self._tx(durable=True) as conn:
+            ids = conn.execute("SELECT id FROM votes WHERE source NOT LIKE 'import:%' ORDER BY id DESC")
+            for (vote_id,) in ids:
+                try:
+                    cur = conn.execute("SELECT * FROM votes WHERE id = ?", (vote_id,))
+                    cur.row_factory = sqlite3.Row
+                    vote = _vote(cur.fetchone())
+                    validate_vote(vote)
+                except sqlite3.OperationalError as e:  # text that is not UTF-8
+                    _skip(skipped, vote_id, f"unreadable text ({e})")
+                    continue
+                except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+                    _skip(skipped, vote_id, f"{type(e).__name__}: {e}")
+                    continue
+                conn.execute("DELETE FROM votes WHERE id = ?", (vote_id,))
+                return vote
+            return None
+
+    def list_votes(
+        self,
+        *,
+        preset: str | None = None,
+        model: str | None = None,
+        outcome: str | None = None,
+        limit: int | None = 1000,
+        skipped: list[tuple[int, str]] | None = None,
+    ) -> list[Vote]:
+        """Newest first. preset/model keep votes where any response used it; limit=None returns all.
+
+        A row that is not a readable vote (changed outside tiankong: bad JSON, text that is not UTF-8,
+        an impossible ranking) is left out and, when `skipped` is a list, added to it as (id, reason).
+        """
+        votes = []
+        # Preset and model live in the responses' JSON, so they are filtered here rather than in SQL.
+        for v in self._iter_votes(outcome, skipped):
+            if preset is not None and all(r.preset != preset for r in v.responses):
+                continue
+            if model is not None and all(r.model != model for r in v.responses):
+                continue
+            votes.append(v)
+            if limit is not None and len(votes) >= limit:
+                break
+        return votes
+
+    def iter_votes(self, *, oldest_first: bool = False, skipped: list[tuple[int, str]] | None = None) -> Iterator[Vote]:
+        """Every readable vote, newest first (or oldest first), read a page at a time: memory stays
+        that of one page however many votes there are. Unreadable rows are skipped as in list_votes."""
+        return self._iter_votes(None, skipped, oldest_first=oldest_first)
+
+    def _iter_votes(
+        self, outcome: str | None, skipped: list[tuple[int, str]] | None, page: int = 500, oldest_first: bool = False
+    ) -> Iterator[Vote]:
+        """Every readable vote, newest first, read a page at a time (the lock is held per page)."""
+        where, args = ("outcome = ? AND ", [outcome]) if outcome is not None else ("", [])
+        # Newest first pages down from the top id, oldest first up from 0; `edge` is the last id read.
+        edge, cmp, order = (-1, ">", "ASC") if oldest_first else (1 << 62, "<", "DESC")
+        while True:
+            ids = [
+                r[0]
+                for r in self._read(
+                    f"SELECT id FROM votes WHERE {where}id {cmp} ? ORDER BY id {order} LIMIT ?", (*args, edge, page)
+                )
+            ]
+            if not ids:
+                return
+            edge = ids[-1]
+            lo, hi = min(ids[0], ids[-1]), max(ids[0], ids[-1])
+            try:
+                rows = self._read(
+                    f"SELECT * FROM votes WHERE {where}id >= ? AND id <= ? ORDER BY id {order}", (*args, lo, hi)
+                )
+            except sqlite3.OperationalError:  # text that is not UTF-8 somewhere in the page: row by row
+                rows = []
+                for vote_id in ids:
+                    try:
+                        rows += self._read("SELECT * FROM votes WHERE id = ?", (vote_id,))
+                    except sqlite3.OperationalError as e:
+                        _skip(skipped, vote_id, f"unreadable text ({e})")
+            for row in rows:
+                try:
+                    v = _vote(row)
+                    validate_vote(v)
+                except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+                    _skip(skipped, row["id"], f"{type(e).__name__}: {e}")
+                    continue
+                yield v
+
+    def vote_shapes(self, skipped: list[tuple[int, str]] | None = None) -> tuple[list[Vote], list[int]]:
+        """The votes grouped by their shape, counted in SQL: (shapes, how many votes have each).
+
+        A shape is what the counts and the leaderboards read of a vote: its outcome, ranking, n_ranked
+        and each response's preset and model, as a Vote with empty texts. One scan groups the rows by
+        those columns (json_extract of the eight fields; no text reaches Python), so a million votes
+        take seconds and a few MB. Each shape is then checked once, by validate_vote; rows of a shape
+        that is not a vote (damaged outside tiankong) are left out and, when `skipped` is a list, added
+        to it as (id, reason).
+
+        Shapes share their parts: one Response per (preset, model) and one ranking list per ranking, so
+        even a store with 200,000 shapes (1M random votes) holds them in tens of MB. Treat them as read-only."""
+        shapes, counts, bad = [], [], []
+        parts: dict[Any, Any] = {}  # the shared parts, and which (outcome, ranking, n_ranked, n) are valid
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"the database {self.path} is closed; open a new Store")
+            rows = self._conn.execute(  # read row by row: the groups never sit in memory twice
+                f"SELECT outcome, CAST(ranking AS BLOB), n_ranked, {_FIELDS}, COUNT(*) FROM votes GROUP BY 1, 2, 3, 4"
+            )
+            for outcome, ranking, n_ranked, fields, count in rows:
+                shape = _shape(outcome, ranking, n_ranked, fields, parts)
+                if shape is None:
+                    bad.append((outcome, ranking, n_ranked, fields))
+                    continue
+                shapes.append(shape)
+                counts.append(count)
+        if skipped is not None:
+            for key in bad:  # rare: one more scan per damaged shape, cheap columns compared first
+                for (vote_id,) in self._read(
+                    "SELECT id FROM votes WHERE outcome IS ? AND CAST(ranking AS BLOB) IS ? AND n_ranked IS ? "
+                    f"AND {_FIELDS} IS ? ORDER BY id",
+                    key,
+                ):
+                    _skip(skipped, vote_id, "its responses, ranking or n_ranked do not form a vote")
+        return shapes, counts
+
+    def vote_summary(
+        self, skipped: list[tuple[int, str]] | None = None
+    ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """(vote_stats(), votes per outcome), from vote_shapes (one scan in SQL)."""
+        return summarise(*self.vote_shapes(skipped))
+
+    def vote_stats(self, skipped: list[tuple[int, str]] | None = None) -> dict[str, dict[str, int]]:
+        """Per preset: votes it took part in, wins, losses, ties, both_bad (see vote_summary).
+
+        A ranked vote over K responses is read as its expressed pairs (`Vote.pairs`; all K(K-1)/2 of
+        them for a full ranking): for each pair, the better-ranked response's preset gets a win and
+        the other's a loss. So in a 3-way ranking the first gets 2
+        wins, the second 1 win and 1 loss, the last 2 losses. A pair of two responses with the same
+        preset (e.g. two models compared under one preset) says nothing about presets and is skipped.
+        A tie or both_bad vote counts once for each preset in it, however many responses used it.
+        """
+        return self.vote_summary(skipped)[0]
+
+    # ---------------------------------------------------------------- prompt queues
+
+    def queue_position(self, key: str) -> int:
+        """How many rounds of the queue `key` are done (0 for a queue never seen)."""
+        rows = self._read("SELECT position FROM queues WHERE key = ?", (key,))
+        return int(rows[0]["position"]) if rows else 0
+
+    def set_queue_position(self, key: str, position: int, total: int, source: str = "") -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO queues (key, source, position, total, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET source = excluded.source, position = excluded.position, "
+                "total = excluded.total, updated_at = excluded.updated_at",
+                (key, source, position, total, now()),
+            )
+
+
+# [number of responses, [presets of the first four, then their models]] as JSON bytes, parsing `responses`
+# three times at most (json_valid, json_array_length, one json_extract with eight paths): null for a response
+# that is not an object with those keys, NULL when `responses` is not JSON at all. Per-element json_each
+# would parse every response again.
+_FIELDS = """CAST(CASE WHEN json_valid(responses) THEN json_array(json_array_length(responses), json_extract(
+    responses, '$[0].preset', '$[1].preset', '$[2].preset', '$[3].preset',
+    '$[0].model', '$[1].model', '$[2].model', '$[3].model')) END AS BLOB)"""
+
+
+def summarise(shapes: list[Vote], counts: list[int]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """(per preset: votes, wins, losses, ties, both_bad; votes per outcome) of votes given as shapes with
+    counts (Store.vote_shapes). See Store.vote_stats for what counts as what."""
+    stats: dict[str, dict[str, int]] = {}
+    totals = {o: 0 for o in OUTCOMES}
+
+    def entry(preset: str) -> dict[str, int]:
+        return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
+
+    for shape, count in zip(shapes, counts, strict=True):
+        names = [r.preset for r in shape.responses]
+        totals[shape.outcome] += count
+        for p in set(names):
+            entry(p)["votes"] += count
+        if shape.outcome == "ranked":
+            for i, j in shape.pairs():  # only the pairs the rater expressed (see Vote.pairs)
+                if names[i] != names[j]:
+                    entry(names[i])["wins"] += count
+                    entry(names[j])["losses"] += count
+        else:
+            key = "ties" if shape.outcome == "tie" else "both_bad"
+            for p in set(names):
+                entry(p)[key] += count
+    return dict(sorted(stats.items())), totals
+
+
+def _shape(outcome: Any, ranking: Any, n_ranked: Any, fields: Any, parts: dict | None = None) -> Vote | None:
+    """A vote with these columns and blank responses of these presets and models, if it is a valid
+    vote; else None. `parts` (a dict kept across calls) shares the Responses and rankings of shapes and
+    remembers which rankings were checked."""
+    parts = {} if parts is None else parts
+    try:
+        n, first4 = json.loads(fields)
+        if not (isinstance(n, int) and MIN_RESPONSES <= n <= MAX_RESPONSES and isinstance(first4, list)):
+            return None
+        presets, models = first4[:n], first4[4 : 4 + n]
+        if len(models) != n or not all(isinstance(x, str) for x in presets + models) or not isinstance(outcome, str):
+            return None
+        key = ("ranking", outcome, ranking, n_ranked, n)
+        if key not in parts:  # checked once per ranking, with blank responses
+            v = Vote(
+                None, "", [], [Response("", "", "", {}, None, "", "")] * n, outcome, json.loads(ranking), "", False
+            )
+            v.n_ranked = n_ranked
+            validate_vote(v)
+            parts[key] = v.ranking
+        responses = []
+        for p, m in zip(presets, models, strict=True):
+            if (p, m) not in parts:
+                parts[(p, m)] = Response("", m, p, {}, None, "", "")
+            responses.append(parts[(p, m)])
+    except (ValueError, TypeError, RecursionError):  # not JSON (or not UTF-8), not lists, not a vote
+        return None
+    return Vote(None, "", [], responses, outcome, parts[key], "", False, n_ranked=n_ranked)
+
+
+def _skip(skipped: list[tuple[int, str]] | None, vote_id: int, reason: str) -> None:
+    if skipped is not None:
+        skipped.append((vote_id, reason.splitlines()[0][:160] if reason else "unreadable"))
