@@ -474,12 +474,22 @@ def _finished(r: _Row, reason: str, prefill_s: float, decode_s: float, message: 
 def _nonfinite_reason(model: nn.Module) -> str:
     """Why logits went non-finite: the first weight (in layer order) holding NaN or inf, else the
     likely causes. One pass over the weights, only when a row has failed."""
+    role = getattr(model, "weight_role", None)  # a packed model names its fused tensors' parts
+    unchecked = False  # quantized blocks are bytes; their scales are not read here
     with torch.inference_mode():
         for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if not t.is_floating_point():
+                unchecked = unchecked or t.dtype == torch.uint8
+            elif not bool(torch.isfinite(t).all()):
                 kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
-                return f"weight {name} holds {kind} values; re-download or re-convert the checkpoint"
+                what = role(name) if role is not None else name
+                return f"weight {what} holds {kind} values; re-download or re-convert the checkpoint"
+    weights = (
+        "the unquantized weights are finite (a quantized block's scale may not be)"
+        if unchecked
+        else ("the weights are finite")
+    )
     return (
-        "the weights are finite, so an activation overflowed (common in float16: try --dtype float32) "
+        f"{weights}, so an activation overflowed (common in float16: try --dtype float32) "
         "or a config value such as rope_theta or rope_scaling is wrong"
     )

@@ -203,8 +203,33 @@ class PackedBlock(nn.Module):
         return self._mm(act, "w2").add_(x)
 
 
+# What each packed tensor of a block was in the checkpoint, for messages about a weight: the
+# packed names (layers.0.w13) are this module's, not the checkpoint's or the GGUF file's.
+_PART_ROLES = {
+    "wqkv": "attention query/key/value projections, times the attention norm",
+    "bqkv": "attention query/key/value biases",
+    "wo": "attention output projection",
+    "bo": "attention output bias",
+    "w13": "feed-forward gate and up projections, times the feed-forward norm",
+    "w2": "feed-forward down projection",
+    "q_norm": "per-head query norm",
+    "k_norm": "per-head key norm",
+    "attn_norm": "attention norm",
+    "ffn_norm": "feed-forward norm",
+}
+
+
 class PackedLlama(nn.Module):
     """Inference-only Llama/Mistral/Qwen2/Qwen3 with folded, permuted, fused and packed weights."""
+
+    @staticmethod
+    def weight_role(name: str) -> str:
+        """A packed tensor's name with what it holds: "layers.1.w13" -> "layers.1.w13 (layer 1's
+        feed-forward gate and up projections, times the feed-forward norm)"."""
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "layers" and parts[2] in _PART_ROLES:
+            return f"{name} (layer {parts[1]}'s {_PART_ROLES[parts[2]]})"
+        return name
 
     inv_freq: torch.Tensor  # buffers, registered in __init__ (see PackedBlock)
     inv_freq_long: torch.Tensor | None

@@ -79,6 +79,8 @@ def test_poisoned_layer_ends_rows_with_error(tmp_path, clean_folder, pack, value
         assert fin.usage.completion_tokens == 0 and fin.token_ids == ()
         assert "\n" not in fin.message and "not finite" in fin.message
         assert "layers.1." in fin.message and kind in fin.message
+        if pack:  # the packed name (layers.1.w2) says what it was in the checkpoint
+            assert "layer 1's feed-forward down projection" in fin.message
 
 
 def test_finite_weights_that_overflow_say_so(tmp_path, clean_folder):
