@@ -154,10 +154,20 @@ def test_bad_rows_are_refused_with_their_line(llama_dir, tmp_path, line, message
         load_preferences(path, Encoder.from_folder(llama_dir, raw=True))
 
 
-def test_nothing_usable_is_refused(llama_dir, tmp_path):
-    path = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": "A", "chosen": " x", "rejected": " y", "tie": True}])
-    with pytest.raises(InputError, match="no usable preference pairs"):
-        load_preferences(path, Encoder.from_folder(llama_dir, raw=True))
+@pytest.mark.parametrize(
+    "rows, message",
+    [  # the fix is the one for the reason that skipped the records
+        ([{"prompt": "A", "chosen": " x", "rejected": " y", "tie": True}], "no usable.*--tie-mode soft$"),
+        ([{"prompt": "A" * 400, "chosen": " x", "rejected": " y"}], "no usable.*raise --max-length$"),
+        ([{"prompt": "A", "chosen": " x", "rejected": " x"}], 'no usable.*different "chosen" and "rejected"$'),
+        ([], "holds no records; put one preference pair per line"),  # was: 'give different "chosen"...'
+        (["", " "], "holds no records"),
+    ],
+)
+def test_nothing_usable_is_refused_with_its_fix(llama_dir, tmp_path, rows, message):
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(InputError, match=message):
+        load_preferences(path, Encoder.from_folder(llama_dir, raw=True, max_length=64))
 
 
 # ---------------------------------------------------------------- training

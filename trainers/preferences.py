@@ -205,7 +205,12 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
             i = parent[i]
         return i
 
-    for n, _, row in read_rows(path):
+    rows = read_rows(path)
+    if not rows:
+        raise InputError(
+            f'{path} holds no records; put one preference pair per line: {{"prompt": ..., "chosen": ..., "rejected": ...}}'
+        )
+    for n, _, row in rows:
         try:
             prompt, chosen, rejected = parse_record(row)
             margin = row.get("margin")
@@ -240,11 +245,18 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
         groups[find(a)].pairs.append(Pair(local[a], local[b], target, margin, n))
     data = PreferenceData(path, [g for g in groups.values() if g.pairs], skipped)
     if not data.groups:
-        raise InputError(
-            f"{path} has no usable preference pairs ({data.summary()}); "
-            'give records with different "chosen" and "rejected"'
-        )
+        raise InputError(f"{path} has no usable preference pairs ({data.summary()}); {_no_pairs_fix(skipped)}")
     return data
+
+
+def _no_pairs_fix(skipped: dict[str, list[int]]) -> str:
+    """The fix for a file whose every record was skipped, by the reason that skipped most of them."""
+    reason = max(skipped, key=lambda k: len(skipped[k]))
+    if reason.startswith("ties"):
+        return "add ranked pairs, or keep ties with --tie-mode soft"
+    if reason.startswith("prompt longer"):
+        return "shorten the prompts or raise --max-length"
+    return 'give records with different "chosen" and "rejected"'
 
 
 def split_groups(groups: Sequence[Group], eval_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
