@@ -323,3 +323,20 @@ def test_importing_one_vote_says_one_vote(tmp_path, monkeypatch, capsys):
     src.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
     code, _, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")
     assert code == 0 and "imported 1 vote from" in err
+
+
+def test_import_says_which_rows_carry_a_margin_it_cannot_keep(tmp_path, monkeypatch, capsys):
+    # A vote stores no margin; dropping it silently would train the imported pairs with the default one.
+    src = tmp_path / "m.jsonl"
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "chosen": "c", "rejected": "d", "margin": 2},
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")
+    note = err.splitlines()[-1]
+    assert code == 0 and "imported 2 votes" in err
+    assert note.startswith('note: 1 row (line 2) carries a "margin"') and note.endswith(f"--data {src}")
+    src.write_text(json.dumps(rows[0]) + "\n")  # no margin, no note
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "other")
+    assert code == 0 and "margin" not in err

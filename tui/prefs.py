@@ -153,8 +153,9 @@ def import_file(store: Store, path: Path, rater: str = "import") -> int:
     return store.import_votes(read_votes(path, rater))[0]
 
 
-def read_votes(path: Path, rater: str = "import") -> list[Vote]:
-    """Every row of the file as a vote; one bad row raises InputError naming it (nothing is imported)."""
+def read_votes(path: Path, rater: str = "import", margins: list[str] | None = None) -> list[Vote]:
+    """Every row of the file as a vote; one bad row raises InputError naming it (nothing is imported).
+    A vote has no margin, so the rows that carry a "margin" are noted in `margins` (their places)."""
     path = Path(path)
     rows = _read_rows(path)
     source = f"import:{path.name}"
@@ -166,6 +167,8 @@ def read_votes(path: Path, rater: str = "import") -> list[Vote]:
                     "it holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a pair), which is not text"
                 )
             votes.append(_row_vote(row, rater, source))
+            if margins is not None and isinstance(row, dict) and row.get("margin") is not None:
+                margins.append(where)
         except InputError as e:
             raise InputError(f"{path} {where}: {e}; fix that row (nothing was imported)") from None
     return votes
@@ -400,12 +403,21 @@ def import_(
     """Add preference pairs from a file as votes."""
     if not file.is_file():  # checked before opening (and perhaps creating) the database
         raise InputError(f"{file} {not_a_file(file)}; give a JSONL (or JSON array) file of preference pairs")
-    votes = read_votes(file, rater=rater)  # every row checked before the database is opened
+    margins: list[str] = []
+    votes = read_votes(file, rater=rater, margins=margins)  # every row checked before the database is opened
     with _store(data_dir) as store:
         added, duplicates = store.import_votes(votes)
         dup = f"; {duplicates} duplicate{'' if duplicates == 1 else 's'} skipped" if duplicates else ""
         err.print(
             f"imported {added} vote{'' if added == 1 else 's'} from {file} into {store.path}{dup}", highlight=False
+        )
+    if margins:  # said, not dropped silently: the trainers read a file's margins only from the file itself
+        err.print(
+            f"note: {len(margins)} row{'s' if len(margins) > 1 else ''} ({margins[0]}{' first' if len(margins) > 1 else ''}) "
+            f'{"carry" if len(margins) > 1 else "carries"} a "margin", which votes do not store; '
+            f"to train with them, give the file itself: tiankong train reward --data {file}",
+            highlight=False,
+            soft_wrap=True,  # one line, as the terminal or a log wraps it
         )
 
 
