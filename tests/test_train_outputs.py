@@ -94,6 +94,25 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
     ckpt.os.close(ckpt._lock(out))  # released with the run
 
 
+def test_a_lock_on_a_folder_a_failed_run_just_removed_is_refused(tmp_path, monkeypatch):
+    # The race: this run opens the lock file, the run holding it fails and removes the folder it
+    # created, then this run's flock succeeds on a file no other run will ever see.
+    import fcntl
+    import shutil
+
+    out = tmp_path / "run"
+    out.mkdir()
+    flock = fcntl.flock
+
+    def other_run_fails_first(fd, op):
+        shutil.rmtree(out)
+        return flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", other_run_fails_first)
+    with pytest.raises(InputError, match=r"--output .*run was removed by another run that just failed; run again"):
+        ckpt._lock(out)
+
+
 def test_a_failed_run_leaves_no_folder_and_a_run_killed_before_its_first_save_is_reused(
     llama_dir, prefs, tmp_path, capsys
 ):

@@ -246,6 +246,9 @@ def _lock(out: Path) -> int:
         raise InputError(
             f"--output {out} is in use by another run (pid {pid}); wait for it or choose another folder"
         ) from None
+    if not _same_file(fd, path):  # a run that failed removed its new folder, lock file and all, after we opened it
+        os.close(fd)
+        raise InputError(f"--output {out} was removed by another run that just failed; run again")
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -253,6 +256,15 @@ def _lock(out: Path) -> int:
         os.close(fd)
         raise InputError(f"cannot write into --output {out}: {why(e)}") from None
     return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open lock file is still the one at `path` (a lock on a removed file guards nothing)."""
+    try:
+        held, now = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 _CLAIMS: dict[Path, bool] = {}  # output folders this process holds -> whether the run resumes
