@@ -25,8 +25,9 @@ from tiankong.tui.screens.chat import ChatScreen
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.store import DB_NAME, Store, StoreError
+from tiankong.tui.widgets.answer_tokens import cursor_line
 from tiankong.tui.widgets.candidates import bar, candidate_rows, pct, show_token
-from tiankong.tui.widgets.message import AssistantMessage, cursor_line
+from tiankong.tui.widgets.message import AssistantMessage
 from tiankong.tui.widgets.prompt import NEWLINE, PromptInput
 
 SIZE = (100, 32)

@@ -24,7 +24,9 @@ from tiankong.engine.engine import Engine
 from tiankong.engine.events import Finished
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset, get_preset
-from tiankong.tui.screens.compare import AnswerColumn, CompareScreen, Entrant, fill_seeds
+from tiankong.tui.screens.compare import CompareScreen
+from tiankong.tui.screens.compare_rounds import Entrant, fill_seeds
+from tiankong.tui.screens.compare_view import AnswerColumn
 from tiankong.tui.screens.votes import VotesScreen, stats_table
 from tiankong.tui.store import Response, Store, StoreError, Vote
 from tiankong.tui.widgets.streaming_text import StreamingText
@@ -521,7 +523,7 @@ def test_a_vote_names_a_cached_gguf_as_its_chats_do(tmp_path):
     nothing, where chats store the file's own path (resolve.model_key)."""
     import types
 
-    from tiankong.tui.screens.compare import model_identity
+    from tiankong.tui.screens.compare_rounds import model_identity
 
     blob = tmp_path / "blobs" / ("e7" * 32)
     blob.parent.mkdir()

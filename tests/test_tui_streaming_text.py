@@ -21,7 +21,7 @@ from tiny_models import STORIES
 
 from tiankong.engine.events import TokenEvent
 from tiankong.tui.widgets.candidates import CandidatesPanel
-from tiankong.tui.widgets.message import MarkdownPreview, StreamingMarkdown, _blocks, _GrowingBlocks, _layout
+from tiankong.tui.widgets.markdown_preview import MarkdownPreview, StreamingMarkdown, _blocks, _GrowingBlocks, _layout
 from tiankong.tui.widgets.streaming_text import StreamingText
 
 PROSE = (

@@ -1,0 +1,229 @@
+"""What the compare screen's keys do: the CompareActions mixin, with which actions apply in each state
+(check_action), ranking and voting (one stored Vote per round), skip and undo, and the other keys
+(stop, back, new prompt, rerun, blind mode, help).
+
+Apart from the screen (compare.py), which holds the bindings and runs rounds and generation, and
+from the drawing (compare_view.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widgets import Input
+
+from tiankong.tui.queue import PromptQueue
+from tiankong.tui.screens.compare_rounds import LABELS, Round
+from tiankong.tui.screens.votes import can_go_back, verdict
+from tiankong.tui.store import Response, Store, Vote
+
+
+class CompareActions:
+    """CompareScreen's actions (mixed into it; its BINDINGS and ACTIVE name them)."""
+
+    # The screen's state these read and change (set by CompareScreen)
+    ACTIVE: ClassVar[dict[str, set[str]]]
+    round: Round | None
+    previous: Round | None
+    queue: PromptQueue | None
+    store: Store
+    rater: str
+    blind: bool
+    answers_only: bool
+    position: int
+    picks: list[int]
+    k: int
+    state: str
+    queue_active: bool
+
+    # ------------------------------------------------------------------ voting
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in {a for actions in self.ACTIVE.values() for a in actions}:
+            return True  # not ours (scrolling, focus, ...)
+        if action not in self.ACTIVE[self.state]:
+            return False
+        if action == "pick":
+            return int(parameters[0]) <= self.k
+        if action in ("vote_both_bad", "vote_all_bad"):  # one key, named by the count (as the vote bar does)
+            return (action == "vote_both_bad") == (self.k == 2)
+        if action == "back":
+            return can_go_back(self) or self.answers_only or self.focused is not self.query_one("#prompt-input")
+        if action == "skip":
+            return self.round is not None and self.queue_active and self.round.position == self.position
+        if action == "new_prompt":
+            return not self.answers_only and not self.queue_active
+        if action == "rerun":
+            return not self.answers_only
+        return True
+
+    def _can_vote(self) -> bool:
+        return self.state == "voting"
+
+    def action_pick(self, n: int) -> None:
+        if not self._can_vote():
+            return
+        c = n - 1
+        if c in self.picks:
+            self.notify(f"{LABELS[c]} is already ranked; Backspace takes back the last number.")
+            return
+        self.picks.append(c)
+        self._refresh_bars()
+
+    def action_unpick(self) -> None:
+        if self.picks:
+            self.picks.pop()
+            self._refresh_bars()
+
+    def action_submit_ranking(self) -> None:
+        if not self._can_vote():
+            return
+        if not self.picks:
+            self.notify(
+                "Press column numbers best first (1 = A, 2 = B, …), or t for a tie, "
+                f"0 for {'both' if self.k == 2 else 'all'} bad."
+            )
+            return
+        k = self.k
+        ranking = self.picks + [c for c in range(k) if c not in self.picks]
+        # Only what was pressed is ordered: with two or more columns left, they stay unordered.
+        self._cast("ranked", ranking, len(self.picks) if len(self.picks) < k - 1 else None)
+
+    def action_vote_tie(self) -> None:
+        if self._can_vote():
+            self._cast("tie", [])
+
+    def action_vote_both_bad(self) -> None:
+        if self._can_vote():
+            self._cast("both_bad", [])
+
+    action_vote_all_bad = action_vote_both_bad  # the same vote; the footer names it by the count
+
+    def _cast(self, outcome: str, ranking: list[int], n_ranked: int | None = None) -> None:
+        """Store the vote (one transaction), then reveal. A store error keeps the vote on screen."""
+        rnd = self.round
+        assert rnd is not None
+        responses = [
+            Response(
+                label=LABELS[c],
+                model=a.model,
+                preset=a.preset,
+                params=dict(a.params),
+                seed=a.seed,
+                text=rnd.texts[c],
+                finish_reason=rnd.finish[c] if rnd.finish[c] is not None else "cancelled",
+            )
+            for c, a in enumerate(rnd.answers)
+        ]
+        vote = Vote(
+            id=None,
+            prompt=rnd.prompt,
+            conversation=[dict(m) for m in rnd.conversation],
+            responses=responses,
+            outcome=outcome,
+            ranking=list(ranking),
+            rater=self.rater,
+            blind=rnd.blind and not rnd.revealed,
+            created_at="",  # "": the store stamps it
+            n_ranked=n_ranked,
+            prompt_id=rnd.prompt_id,
+            source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground",
+        )
+        try:
+            rnd.vote_id = self.store.add_vote(vote)
+        except Exception as exc:  # unwritable, locked, full disk...: say so, keep the vote to retry
+            self._set_bar(
+                Text.assemble(("Vote NOT saved: ", "bold red"), (str(exc), "red"), ("  — fix it and vote again", ""))
+            )
+            self.notify(str(exc), title="Vote not saved", severity="error", timeout=10)
+            return
+        rnd.revealed = True
+        rnd.verdict = verdict(vote)
+        self.picks = []
+        names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
+        self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved")
+        if self.queue_active and rnd.position == self.position:
+            self._advance()
+        else:
+            self._refresh_bars()
+
+    def action_skip(self) -> None:
+        if self.round is not None and self.queue_active and self.round.position == self.position:
+            self.round.cancel.set()
+            self._advance()
+
+    def action_undo_vote(self) -> None:
+        try:
+            undone = self.store.undo_last_vote()
+        except Exception as exc:
+            self.notify(str(exc), title="Undo failed", severity="error", timeout=10)
+            return
+        if undone is None:
+            self.notify("No votes to undo.")
+            return
+        rnd, prev = self.round, self.previous
+        if rnd is not None and undone.id == rnd.vote_id:
+            rnd.vote_id = None  # vote again on the same answers (no longer blind: they were revealed)
+            self._refresh_bars()
+        elif prev is not None and undone.id == prev.vote_id and prev.position is not None:
+            # In a queue the next round has started: go back to the undone one, answers as they were.
+            if rnd is not None:
+                rnd.cancel.set()
+            prev.vote_id, self.previous = None, None
+            self.position = prev.position
+            self._save_position()
+            self._show_round(prev)
+        self.notify(f"Removed vote #{undone.id} ({undone.outcome}): {_excerpt(undone.prompt, 40)}")
+
+    # ------------------------------------------------------------------ other actions
+
+    def action_stop(self) -> None:
+        if self.round is not None:
+            self.round.cancel.set()
+            self._set_bar(Text("Stopping…"))
+
+    def action_back(self) -> None:
+        """Close the screen when it was pushed over another (`tiankong rank`: leave); else go to the prompt."""
+        if can_go_back(self):
+            self.dismiss()
+        elif self.answers_only:
+            self.app.exit()
+        else:
+            self.query_one("#prompt-input", Input).focus()
+            self.refresh_bindings()
+
+    def action_new_prompt(self) -> None:
+        prompt_input = self.query_one("#prompt-input", Input)
+        prompt_input.disabled = False
+        prompt_input.value = ""
+        prompt_input.focus()
+        self.picks = []
+        self._refresh_bars()
+
+    def action_rerun(self) -> None:
+        rnd = self.round
+        if rnd is not None and self.state != "generating" and not self.answers_only:
+            self._start(
+                rnd.prompt, fresh=True, history=rnd.conversation[:-1], prompt_id=rnd.prompt_id, position=rnd.position
+            )
+
+    def action_toggle_blind(self) -> None:
+        self.blind = not self.blind
+        self.notify(f"Blind mode {'on' if self.blind else 'off'} from the next prompt.")
+        self._refresh_bars()
+
+    def action_keys(self) -> None:
+        """The app's help screen when it has one, else Textual's keys-and-help panel."""
+        if hasattr(self.app, "action_help"):
+            self.app.action_help()
+        elif self.query("HelpPanel"):
+            self.app.action_hide_help_panel()
+        else:
+            self.app.action_show_help_panel()
+
+
+def _excerpt(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
