@@ -107,7 +107,7 @@ def test_chat_list_search_filters_by_message_content_and_opens_the_match(tmp_pat
     from test_tui_chat import loaded, make_app
     from tiny_models import make_model
 
-    from tiankong.tui.screens.chat import ChatListScreen
+    from tiankong.tui.screens.chat_list import ChatListScreen
 
     model = make_model(tmp_path / "tiny-llama", "llama")
     with Store(tmp_path / "data" / DB_NAME) as store:

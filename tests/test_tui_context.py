@@ -8,7 +8,7 @@ from pathlib import Path
 from test_tui_chat import answered, loaded, make_app, run
 from textual.widgets import Input
 
-from tiankong.tui.screens.chat import ContextNotice
+from tiankong.tui.screens.chat_sending import ContextNotice
 from tiankong.tui.widgets.message import AssistantMessage
 
 MINI = Path(__file__).resolve().parents[1] / "models" / "tiankong-mini"

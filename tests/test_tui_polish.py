@@ -20,7 +20,7 @@ from textual.widgets._toast import Toast, ToastRack
 from tiny_models import make_model
 
 from tiankong.presets import load_presets
-from tiankong.tui.screens.chat import TITLE_CHARS, chat_title
+from tiankong.tui.screens.chat_sending import TITLE_CHARS, chat_title
 from tiankong.tui.screens.compare import CompareScreen
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.store import DB_NAME, Store

@@ -8,11 +8,16 @@ Every message is stored the moment it exists: the user's when sent, the answer w
 (also when stopped with Esc: finish_reason "cancelled"), with preset, params, seed and every
 token's candidates. The transcript widgets and the store are kept in step; the prompt for the next
 answer is always rebuilt from the transcript (system prompt + messages).
+
+The screen's parts are mixins beside it: chat_sending.py (a message and its answer's prompt),
+chat_branches.py (regenerate, edit, branch, vote), chat_history.py (new, open, export),
+chat_views.py (presets, inspect, heatmap, tokens, compare); chat_list.py is the ctrl+o list. The
+@on handlers, the generation worker and its messages stay here: Textual collects decorated
+handlers only from the screen's own class, and names a message's handler after its owner class.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 from pathlib import Path
@@ -24,178 +29,37 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Input, Label, OptionList, Static
-from textual.widgets.option_list import Option
+from textual.screen import Screen
+from textual.widgets import Input, Label, Static
 
-from tiankong.engine.context import PromptCache, drop_turns
-from tiankong.engine.engine import Engine, with_seeds
-from tiankong.engine.errors import TiankongError
+from tiankong.engine.context import PromptCache
+from tiankong.engine.engine import Engine
 from tiankong.engine.events import Event, Finished, TokenEvent
-from tiankong.engine.files import atomic_write_text
 from tiankong.engine.remote import RemoteEngine, is_remote
 from tiankong.engine.resolve import display_name
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
-from tiankong.tui.screens.branch import CandidatePicker, branch_vote, forced_token
+from tiankong.tui.screens.chat_branches import ChatBranches
+from tiankong.tui.screens.chat_history import INTRO, ChatHistory
+from tiankong.tui.screens.chat_sending import ChatSending
+from tiankong.tui.screens.chat_views import ChatViews
 from tiankong.tui.screens.help import Section
-from tiankong.tui.screens.preset_editor import PresetEditor
-from tiankong.tui.screens.tokens import TokensScreen
-from tiankong.tui.store import Chat, Store, StoreError
-from tiankong.tui.store import Message as StoredMessage
+from tiankong.tui.store import Store, StoreError
 from tiankong.tui.streaming import Batch, stream_events
+from tiankong.tui.widgets.answer_tokens import heat_legend
 from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.footer import FittingFooter
-from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage, heat_legend
+from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
-from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary, plural
+from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary
 from tiankong.tui.widgets.transcript import Transcript
 
 T = TypeVar("T")
 
 TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
-TITLE_CHARS = 60  # a new chat is titled with the start of its first message
 
 
-def chat_title(text: str) -> str:
-    """A chat's title: its first message on one line, cut after a word (or, in text without spaces
-    such as Chinese, at TITLE_CHARS) with "…" where it was cut."""
-    line = " ".join(text.split())
-    if len(line) <= TITLE_CHARS:
-        return line
-    cut = line[:TITLE_CHARS]
-    space = cut.rfind(" ")
-    return (cut[:space] if space > TITLE_CHARS // 2 else cut) + "…"
-
-
-INTRO = (
-    "Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
-    "model weighed at each step and what your preset made of them. Afterwards f5 steps through the "
-    "answer token by token (why this word?) and f6 colours it by probability. f1 lists every key."
-)
-
-
-class ContextNotice(Static):
-    """A line in the transcript: from here on the model no longer sees the chat's first `dropped` turns."""
-
-    def __init__(self, dropped: int, context: int) -> None:
-        turns = "turn" if dropped == 1 else f"{dropped} turns"
-        super().__init__(
-            Text(
-                f"⋯ the first {turns} of this chat no longer fit the model's {context}-token "
-                "context: it does not see them now (ctrl+n starts a new chat)",
-                style="dim italic",
-            ),
-            classes="context-notice",
-        )
-        self.dropped = dropped
-
-
-class ChatListScreen(ModalScreen[int | None]):
-    """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes. `/` goes to the search
-    box, which keeps the chats with a message containing its text (Store.search_chats) and shows where."""
-
-    BINDINGS = [
-        Binding("escape", "dismiss_none", "close"),
-        Binding("d", "delete", "delete"),
-        Binding("slash", "search", "search", show=False),
-    ]
-    DEFAULT_CSS = """
-    ChatListScreen { align: center middle; }
-    ChatListScreen > Vertical { width: 90%; max-width: 100; height: 80%; border: round $accent; background: $surface; }
-    ChatListScreen OptionList, ChatListScreen OptionList:focus { height: 1fr; border: none; }
-    ChatListScreen #chat-search { margin: 0 0 1 0; }
-    """
-
-    def __init__(self, store: Store) -> None:
-        super().__init__()
-        self.store = store
-        self._armed: int | None = None  # a chat id that the next `d` deletes
-
-    def compose(self) -> ComposeResult:
-        with Vertical() as box:
-            box.border_title = "chats"
-            box.border_subtitle = "enter open · / search · d d delete · esc close"
-            yield Input(placeholder="/ search messages", id="chat-search", compact=True)
-            yield OptionList(id="chat-list")
-
-    def on_mount(self) -> None:
-        self._fill()
-        self.query_one(OptionList).focus()
-
-    def _fill(self) -> None:
-        options = self.query_one(OptionList)
-        options.clear_options()
-        query = " ".join(self.query_one("#chat-search", Input).value.split())
-        try:
-            if query:
-                chats = [(m.chat, m.snippet) for m in self.store.search_chats(query)]
-            else:
-                chats = [(c, "") for c in self.store.list_chats()]
-        except StoreError as e:  # a damaged or locked database: said here, the chat behind stays open
-            options.add_option(Option(Text(str(e), style="bold red"), id="none", disabled=True))
-            return
-        for c, where in chats:
-            line = Text(c.title or f"chat {c.id}", style="bold")
-            line.append(
-                f"  {c.preset} · {plural(c.n_messages, 'message')} · {display_name(c.model)} · "
-                f"{c.updated_at[:16].replace('T', ' ')}",
-                style="dim",
-            )
-            if where:  # the message that matched, on one line (Chinese is two cells a character), query highlighted
-                snip = Text(where, style="italic")
-                snip.truncate(max(20, options.size.width - 4), overflow="ellipsis")
-                snip.highlight_words([query], "bold reverse", case_sensitive=False)
-                line.append_text(Text("\n  ").append_text(snip))
-            options.add_option(Option(line, id=str(c.id)))
-        if not chats:
-            empty = f"no message contains “{query}”" if query else "no chats yet"
-            options.add_option(Option(Text(empty, style="dim"), id="none", disabled=True))
-        else:
-            options.highlighted = 0
-
-    @on(Input.Changed, "#chat-search")
-    def _search_changed(self) -> None:
-        self._armed = None
-        self._fill()
-
-    @on(Input.Submitted, "#chat-search")
-    def _search_submitted(self) -> None:
-        self.query_one(OptionList).focus()
-
-    def action_search(self) -> None:
-        self.query_one("#chat-search", Input).focus()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id and event.option.id != "none":
-            self.dismiss(int(event.option.id))
-
-    def action_delete(self) -> None:
-        options = self.query_one(OptionList)
-        if options.highlighted is None:
-            return
-        option = options.get_option_at_index(options.highlighted)
-        if not option.id or option.id == "none":
-            return
-        chat_id = int(option.id)
-        if self._armed != chat_id:
-            self._armed = chat_id
-            self.notify("press d again to delete this chat")
-            return
-        try:
-            self.store.delete_chat(chat_id)
-        except StoreError as e:
-            self.notify(str(e), title="not deleted", severity="error")
-            return
-        self._armed = None
-        self.notify("chat deleted")
-        self._fill()
-
-    def action_dismiss_none(self) -> None:
-        self.dismiss(None)
-
-
-class ChatScreen(Screen[None]):
+class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]):
     CSS_PATH = "chat.tcss"
     AUTO_FOCUS = "#prompt"
 
@@ -391,20 +255,7 @@ class ChatScreen(Screen[None]):
         self.candidates.hint("no model: chats can still be opened, read and exported")
         self._status()
 
-    # ------------------------------------------------------------------ sending
-
-    def conversation(self) -> list[dict[str, str]]:
-        """The system prompt and the transcript as chat messages: what the next answer sees."""
-        msgs = []
-        system = self.query_one("#system", Input).value.strip()
-        if system:
-            msgs.append({"role": "system", "content": system})
-        for w in self.messages:
-            if isinstance(w, UserMessage):
-                msgs.append({"role": w.role, "content": w.content})
-            elif not w.streaming:
-                msgs.append({"role": "assistant", "content": w.content})
-        return msgs
+    # ------------------------------------------------------------------ input
 
     @on(Input.Submitted, "#prompt")
     async def _prompt_submitted(self, event: Input.Submitted) -> None:
@@ -415,128 +266,7 @@ class ChatScreen(Screen[None]):
         self._save_system()
         self.query_one("#prompt", Input).focus()
 
-    def _save_system(self) -> None:
-        system = self.query_one("#system", Input).value.strip()
-        if self.chat_id is not None and system != self._saved_system:
-            self._save(self.store.update_chat, self.chat_id, system_prompt=system)
-        self._saved_system = system
-
-    def _can_generate(self) -> bool:
-        if self.generating:
-            self.notify("still answering: esc stops it", severity="warning")
-            return False
-        if self.engine is None:
-            self.notify(
-                f"no model: {self.engine_error}" if self.engine_error else "the model is still loading",
-                severity="error" if self.engine_error else "warning",
-            )
-            return False
-        return True
-
-    async def send(self, text: str) -> None:
-        """Store and show the user's message, then answer it."""
-        if not text.strip():
-            return
-        if self.engine is None and self.engine_error is None:
-            self._queued = text
-            self.query_one("#prompt", Input).value = ""
-            self.notify("the model is still loading: your message goes out as soon as it is ready")
-            return
-        if not self._can_generate():
-            return
-        if self.editing_id is not None:  # the edited message and what followed stay, as a branch
-            await self._remove_from(self.editing_id)
-            self._end_edit()
-            if self.chat_id is not None and not self.messages:  # the first message changed: so does the title
-                self._save(self.store.update_chat, self.chat_id, title=chat_title(text))
-        if self.chat_id is None:
-            self._saved_system = self.query_one("#system", Input).value.strip()
-            title = chat_title(text)
-            self.chat_id = self._save(
-                self.store.create_chat, self.model_id, self.preset.name, self._saved_system, title
-            )
-        message_id = (
-            self._save(self.store.add_message, self.chat_id, "user", text, parent_id=self._last_id())
-            if self.chat_id
-            else None
-        )
-        if message_id is None:  # nothing is answered that could not be kept; the text stays in the box
-            return
-        self.query_one("#prompt", Input).value = ""
-        await self.transcript.query("#intro").remove()
-        user = UserMessage(text, message_id)
-        await self.transcript.mount(user)
-        self._show_siblings(user)
-        await self._answer()
-
-    def _last_id(self) -> int | None:
-        """The stored message the next one follows: the transcript's last (None: the chat's first)."""
-        return next((w.message_id for w in reversed(self.messages) if w.message_id is not None), None)
-
-    def _show_siblings(self, widget: UserMessage | AssistantMessage) -> None:
-        """Label the message with its branch ("‹ 2/3 ›") when it has siblings."""
-        if widget.message_id is not None:
-            message = self._save(self.store.get_message, widget.message_id)
-            if message is not None:
-                widget.set_branches(message.siblings)
-
-    def _fit(self, msgs: list[dict[str, str]]) -> tuple[list[int], int]:
-        """The next answer's prompt ids for these messages, and how many of the oldest turns it leaves
-        out: they go when the chat and room for an answer no longer fit; an eighth of the context more
-        at once, so that the next turns fit without dropping (and re-reading) again."""
-        assert self.engine is not None
-        ctx = self.engine.cfg.max_seq_len
-        return self.engine.fit(msgs, self.params.max_new_tokens, at_least=self.dropped_turns, slack=ctx // 8)
-
-    async def _note_dropped(self, dropped: int) -> None:
-        """A transcript line where more turns went out of the context than before."""
-        assert self.engine is not None
-        if dropped > self.dropped_turns:
-            await self.transcript.mount(ContextNotice(dropped, self.engine.cfg.max_seq_len))
-        self.dropped_turns = dropped
-
-    async def _show_dropped(self) -> None:
-        """For a chat just opened: the turns its next answer will no longer see, said in the transcript
-        and the status line, as they were when the chat was written."""
-        try:
-            _, dropped = self._fit(self.conversation())
-        except TiankongError:  # the last message alone is too long: said when it is answered
-            return
-        await self._note_dropped(dropped)
-
-    async def _answer(self, branch: tuple[list[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-        """Start answering the transcript as it stands. branch: (the old answer's tokens before the
-        branch point, the candidate picked there): the answer starts with those and continues."""
-        self._save_system()
-        self._leave_inspect()
-        try:
-            ids, dropped = self._fit(self.conversation())
-        except TiankongError as e:  # the last message alone is too long: said where it stands, too
-            self.notify(str(e), severity="error")
-            await self.transcript.mount(Static(Text(f"⚠ not answered: {e}", style="red"), classes="context-notice"))
-            self.transcript.scroll_end(animate=False)
-            return
-        await self._note_dropped(dropped)
-        params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
-        edited = " (edited)" if self.params != self.preset.params else ""
-        answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
-        answer.parent_id = self._last_id()
-        await self.transcript.mount(answer)
-        answer.start_stream()
-        if branch is not None:  # the forced tokens are part of the prompt; the answer's length limit counts them
-            before, (picked, at) = branch
-            forced = [t["id"] for t in before]
-            tokens = before + [forced_token(self.engine.tokenizer, ids + forced, at, picked)]
-            ids = ids + forced + [picked["id"]]
-            params = params.replace(max_new_tokens=max(1, params.max_new_tokens - len(tokens)))
-            answer.forced_text = "".join(t["text"] for t in tokens)
-            await answer.append(answer.forced_text, tokens)
-        self.transcript.scroll_end(animate=False)
-        self.transcript.anchor()
-        self.generating = True
-        self._cancel = threading.Event()
-        self._status()
-        self._generate(ids, params, self.preset.name + edited, answer, self._cancel)  # stored as shown
+    # ------------------------------------------------------------------ generation (started by chat_sending.py)
 
     class Streamed(Message):
         """A batch of tokens from the generation worker."""
@@ -631,147 +361,7 @@ class ChatScreen(Screen[None]):
             info += f" · {fin.timing.decode_tokens_per_s:.0f} tok/s"
         return info
 
-    # ------------------------------------------------------------------ editing the transcript
-
-    async def _remove_from(self, message_id: int | None) -> None:
-        """Take that message and everything after it out of the transcript (the store keeps them:
-        they stay a branch, reachable with ctrl+← ctrl+→)."""
-        msgs = self.messages
-        index = next((i for i, w in enumerate(msgs) if w.message_id == message_id), None)
-        if index is None:
-            return
-        for w in msgs[index:]:
-            if w is self.inspected:
-                self.inspected = None
-            await w.remove()
-        children = list(self.transcript.children)  # context notices after the last message kept go too
-        kept = children.index(msgs[index - 1]) if index else -1
-        await self.transcript.remove_children([w for w in children[kept + 1 :] if isinstance(w, ContextNotice)])
-        self.dropped_turns = max((w.dropped for w in self.transcript.query(ContextNotice)), default=0)
-
-    async def action_regenerate(self) -> None:
-        if not self._can_generate():
-            return
-        msgs = self.messages
-        if not msgs:
-            self.notify("nothing to regenerate yet: send a message first")
-            return
-        last = msgs[-1]
-        if isinstance(last, AssistantMessage):  # the stored answer stays, as a branch
-            if last.message_id is None:
-                await last.remove()
-            else:
-                await self._remove_from(last.message_id)
-        if not any(isinstance(w, UserMessage) for w in self.messages):
-            return
-        await self._answer()
-
-    def action_edit_last(self) -> None:
-        if self.generating:
-            self.notify("still answering: esc stops it first", severity="warning")
-            return
-        user = next((w for w in reversed(self.messages) if isinstance(w, UserMessage)), None)
-        if user is None or user.message_id is None:
-            self.notify("no message of yours to edit yet")
-            return
-        prompt = self.query_one("#prompt", PromptInput)
-        prompt.text = user.content
-        prompt.border_title = "editing your last message · enter resends · esc cancels"
-        prompt.add_class("-editing")
-        prompt.focus()
-        self.editing_id = user.message_id
-
-    def _end_edit(self) -> None:
-        self.editing_id = None
-        prompt = self.query_one("#prompt", Input)
-        prompt.border_title = None
-        prompt.remove_class("-editing")
-
-    # ------------------------------------------------------------------ chats
-
-    async def action_new_chat(self) -> None:
-        if self.generating:
-            self.notify("still answering: esc stops it first", severity="warning")
-            return
-        await self._clear()
-        self.notify("new chat")
-
-    async def _clear(self) -> None:
-        self._leave_inspect()
-        self._end_edit()
-        await self.transcript.remove_children()
-        await self.transcript.mount(Static(Text(INTRO), id="intro"))
-        self.chat_id = None
-        self.dropped_turns = 0
-        self.candidates.show(None)
-        self._status()
-
-    def action_open_chats(self) -> None:
-        if self.generating:
-            self.notify("still answering: esc stops it first", severity="warning")
-            return
-        self.app.push_screen(ChatListScreen(self.store), self._open_picked)
-
-    async def _open_picked(self, chat_id: int | None) -> None:
-        if chat_id is not None:
-            await self.open_chat(chat_id)
-        elif self.chat_id is not None and self.chat_id not in {c.id for c in self._save(self.store.list_chats) or []}:
-            await self._clear()  # the open chat was just deleted in the list
-
-    async def open_chat(self, chat_id: int) -> None:
-        chat = self._save(self.store.get_chat, chat_id)
-        if chat is None:
-            return
-        await self._clear()
-        self.chat_id = chat.id
-        self.query_one("#system", Input).value = chat.system_prompt
-        self._saved_system = chat.system_prompt
-        await self.transcript.query("#intro").remove()
-        await self._mount_messages(chat, chat.messages)
-        if chat.preset in self.presets and chat.preset != self.preset.name:
-            self._use_preset(chat.preset, quiet=True)
-        if self.engine is not None:
-            await self._show_dropped()
-        self.transcript.scroll_end(animate=False)
-        note = f"opened “{chat.title or chat.id}”"
-        if chat.model != self.model_id:
-            note += f" (written by {display_name(chat.model)}; new answers come from {self.model_name})"
-        self.notify(note)
-        self._status()
-
-    async def _mount_messages(self, chat: Chat, messages: list[StoredMessage]) -> list[UserMessage | AssistantMessage]:
-        """Show stored messages at the end of the transcript, each labelled with its branch.
-
-        Answers start lazy (a one-widget preview at the height the Markdown will have); the
-        transcript realizes those on and near the screen, in the background: a long chat opens
-        in a fraction of the time, never showing an empty answer."""
-        widgets: list[UserMessage | AssistantMessage] = []
-        for m in messages:
-            if m.role == "assistant":
-                model = display_name(chat.model)
-                title = f"{model} · {m.preset}" if m.preset else model
-                info = (
-                    f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"
-                    if m.finish_reason
-                    else ""
-                )
-                w: UserMessage | AssistantMessage = AssistantMessage(
-                    m.content, m.tokens, title=title, info=info, message_id=m.id, lazy=True
-                )
-                w.parent_id = m.parent_id
-            else:
-                w = UserMessage(m.content, m.id)
-                if m.role == "system":
-                    w.role, w.border_title = "system", "system"
-            w.set_branches(m.siblings)
-            widgets.append(w)
-        await self.transcript.mount_all(widgets)
-        for w in widgets:
-            if isinstance(w, AssistantMessage):
-                w.set_view(heatmap=self.heatmap)
-        return widgets
-
-    # ------------------------------------------------------------------ branches
+    # ------------------------------------------------------------------ branches (made in chat_branches.py)
 
     @on(SwitchBranch)
     async def _switch_branch(self, event: SwitchBranch) -> None:
@@ -799,192 +389,7 @@ class ChatScreen(Screen[None]):
             shown[0].focus()
             shown[0].scroll_visible(animate=False)
 
-    def on_assistant_message_branch_requested(self, event: AssistantMessage.BranchRequested) -> None:
-        answer, index = event.answer, event.index
-        if not self._can_generate():
-            return
-        if answer.message_id is None:
-            self.notify("this answer was not stored: regenerate it first")
-            return
-        if isinstance(self.engine, RemoteEngine):
-            self.notify("continuing from a chosen token needs a local model: a server takes messages, not tokens")
-            return
-
-        async def picked(candidate: dict[str, Any] | None) -> None:
-            if candidate is not None and answer.is_attached and self._can_generate():
-                at = answer.tokens[index]
-                before = [dict(t) for t in answer.tokens[:index]]
-                await self._remove_from(answer.message_id)  # it stays, as a sibling of the new branch
-                await self._answer((before, (candidate, at)))
-
-        self.app.push_screen(CandidatePicker(answer.tokens[index], index), picked)
-
-    def on_assistant_message_branch_vote(self, event: AssistantMessage.BranchVote) -> None:
-        """A vote that this branch beats each sibling answer, at the token where the two part."""
-        answer = event.answer
-        others = [i for i in answer.branches if i != answer.message_id]
-        if answer.message_id is None or not others:
-            self.notify("no other branch to compare with here: ctrl+r or b in f5 make one")
-            return
-        index = self.messages.index(answer)
-        conversation = self.conversation()
-        conversation = conversation[: len(conversation) - (len(self.messages) - index)]  # up to the user's message
-        chosen = self._save(self.store.get_message, answer.message_id)
-        rejected = [m for m in (self._save(self.store.get_message, i) for i in others) if m is not None]
-        if chosen is None or not rejected:
-            return
-        votes = [branch_vote(conversation, chosen, r, self.model_id, getattr(self.app, "rater", "")) for r in rejected]
-        replaced = self._save(self.store.add_branch_votes, votes)
-        if replaced is not None:
-            again = f", replacing {plural(replaced, 'earlier vote')} on the same answers" if replaced else ""
-            self.notify(
-                f"stored {plural(len(votes), 'vote')}{again}: this branch is better (ctrl+g lists votes)", title="voted"
-            )
-
-    def action_scroll_transcript(self, where: str) -> None:
-        t = self.transcript
-        {"page_up": t.scroll_page_up, "page_down": t.scroll_page_down, "home": t.scroll_home, "end": t.scroll_end}[
-            where
-        ](animate=False)
-
-    def action_export(self) -> None:
-        if self.chat_id is None:
-            self.notify("nothing to export yet: send a message first")
-            return
-        base = self.export_dir / f"tiankong-chat-{self.chat_id}"
-        md, jsonl = base.with_suffix(".md"), base.with_suffix(".jsonl")
-        try:
-            self.export_dir.mkdir(parents=True, exist_ok=True)
-            # Each file whole or not at all (temp + fsync + rename); a full disk leaves the old export.
-            atomic_write_text(md, self.store.export_chat_markdown(self.chat_id))
-            atomic_write_text(jsonl, self.store.export_chat_jsonl(self.chat_id))
-        except OSError as e:
-            self.notify(f"could not export to {self.export_dir}: {e.strerror or e}", severity="error")
-            return
-        except TiankongError as e:  # one line from atomic_write_text or the store
-            self.notify(str(e), severity="error")
-            return
-        self.notify(f"{md}\n{jsonl}", title="exported", timeout=10)
-
-    def action_copy_last(self) -> None:
-        answer = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)
-        if answer is None:
-            self.notify("no answer to copy yet")
-            return
-        answer.action_copy()
-
-    # ------------------------------------------------------------------ presets
-
-    def _use_preset(self, name: str, quiet: bool = False) -> None:
-        self.preset = self.presets[name]
-        self.params = self.preset.params
-        self._status()
-        if self.chat_id is not None:
-            self._save(self.store.update_chat, self.chat_id, preset=name)
-        if not quiet:
-            self.notify(f"{self.preset.description}", title=f"preset {name}")
-
-    def _step_preset(self, step: int) -> None:
-        names = list(self.presets)
-        self._use_preset(names[(names.index(self.preset.name) + step) % len(names)])
-
-    def action_next_preset(self) -> None:
-        self._step_preset(1)
-
-    def action_prev_preset(self) -> None:
-        self._step_preset(-1)
-
-    def action_use_preset(self, name: str) -> None:
-        self._use_preset(name)
-
-    def action_edit_preset(self) -> None:
-        def edited(params: SamplingParams | None) -> None:
-            if params is not None and params != self.params:
-                self.params = params
-                self._status()
-                self.notify(f"the next answer uses {params_summary(params)}", title=f"preset {self.preset.name} edited")
-
-        self.app.push_screen(PresetEditor(self.preset, self.params), edited)
-
-    # ------------------------------------------------------------------ token views
-
-    def action_toggle_candidates(self) -> None:
-        self.candidates.display = not self.candidates.display
-
-    def action_heatmap(self) -> None:
-        self.heatmap = not self.heatmap
-        for w in self.messages:
-            if isinstance(w, AssistantMessage):
-                w.set_view(heatmap=self.heatmap)
-        self.query_one("#heat-legend").display = self.heatmap
-
-    def action_inspect(self) -> None:
-        if self.inspected is not None:
-            self._leave_inspect()
-            return
-        answers = [w for w in self.messages if isinstance(w, AssistantMessage) and w.tokens and not w.streaming]
-        if not answers:
-            self.notify("no finished answer to inspect yet")
-            return
-        target = self.focused if self.focused in answers else answers[-1]
-        target.cursor = min(target.cursor, len(target.tokens) - 1)
-        target.focus()
-        target.set_view(inspecting=True)
-
-    def on_assistant_message_token_selected(self, event: AssistantMessage.TokenSelected) -> None:
-        if self.inspected is not None and self.inspected is not event.answer:
-            self.inspected.set_view(inspecting=False)
-        self.inspected = event.answer
-        n = len(event.answer.tokens)
-        self.candidates.display = True
-        self.candidates.show(event.answer.tokens[event.index], f"token {event.index + 1} of {n} · ← → move · esc back")
-        self._status("inspecting: ← → (or [ ]) move, home/end, esc returns")
-
-    def _leave_inspect(self) -> None:
-        if self.inspected is not None:
-            answer, self.inspected = self.inspected, None
-            answer.set_view(inspecting=False)
-            if answer.tokens and self.candidates.token is answer.tokens[answer.cursor]:
-                self.candidates.show(
-                    self.candidates.token, f"token {answer.cursor + 1} of {len(answer.tokens)} · f5 inspects"
-                )
-            self.query_one("#prompt", Input).focus()
-            self._status()
-
-    # ------------------------------------------------------------------ other screens
-
-    def action_tokens(self) -> None:
-        if self.engine is None:
-            self.notify("the tokens view needs a loaded model", severity="warning")
-            return
-        msgs = self.conversation()
-        pending = self.query_one("#prompt", PromptInput).text
-        if pending.strip():
-            msgs.append({"role": "user", "content": pending})
-        dropped = 0
-        if msgs and not isinstance(self.engine, RemoteEngine):
-            with contextlib.suppress(TiankongError):  # the last message alone too long: shown whole, with the count
-                dropped = self._fit(msgs)[1]
-            msgs = drop_turns(msgs, dropped)
-        if isinstance(self.engine, RemoteEngine):  # no tokenizer here: the count, and what the server said
-            prompt, ctx = self.engine.encode(messages=msgs), self.engine.cfg
-            how = "estimated from characters" if prompt.estimated else "counted by the server"
-            of = f" of a {ctx.max_seq_len}-token context" if ctx.context_known else " (context unknown)"
-            self.notify(f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}, {how}; the tokens stay there")
-            return
-        self.app.push_screen(TokensScreen(self.engine, msgs, dropped))
-
-    def action_compare(self) -> None:
-        user = next((w for w in reversed(self.messages) if isinstance(w, UserMessage) and w.role == "user"), None)
-        if user is None:
-            self.notify("send a message first: compare runs your last prompt under two presets")
-            return
-        names = list(self.presets)
-        other = names[(names.index(self.preset.name) + 1) % len(names)]
-        msgs = self.conversation()
-        # The conversation up to and including that prompt.
-        cut = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == user.content)
-        self.app.open_compare([self.preset.name, other], conversation=msgs[: cut + 1])
+    # ------------------------------------------------------------------ keys
 
     def action_escape(self) -> None:
         if self.generating and self._cancel is not None:

@@ -1,0 +1,191 @@
+"""Sending a message and starting its answer, a part of ChatScreen (tui/screens/chat.py).
+
+The user's message is stored and shown; the prompt for the answer is rebuilt from the transcript
+and fitted to the model's context (the oldest turns go, and a ContextNotice in the transcript says
+so); then ChatScreen's generation worker streams the answer. Apart from chat.py so that the screen's
+file holds its layout, state and Textual handlers; the mixin uses that state (store, engine, params).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Input, Static
+
+from tiankong.engine.engine import with_seeds
+from tiankong.engine.errors import TiankongError
+from tiankong.tui.screens.branch import forced_token
+from tiankong.tui.widgets.message import AssistantMessage, UserMessage
+
+TITLE_CHARS = 60  # a new chat is titled with the start of its first message
+
+
+def chat_title(text: str) -> str:
+    """A chat's title: its first message on one line, cut after a word (or, in text without spaces
+    such as Chinese, at TITLE_CHARS) with "…" where it was cut."""
+    line = " ".join(text.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > TITLE_CHARS // 2 else cut) + "…"
+
+
+class ContextNotice(Static):
+    """A line in the transcript: from here on the model no longer sees the chat's first `dropped` turns."""
+
+    def __init__(self, dropped: int, context: int) -> None:
+        turns = "turn" if dropped == 1 else f"{dropped} turns"
+        super().__init__(
+            Text(
+                f"⋯ the first {turns} of this chat no longer fit the model's {context}-token "
+                "context: it does not see them now (ctrl+n starts a new chat)",
+                style="dim italic",
+            ),
+            classes="context-notice",
+        )
+        self.dropped = dropped
+
+
+class ChatSending:
+    """ChatScreen's sending and answering (mixed into it; uses its state and widgets)."""
+
+    # ------------------------------------------------------------------ sending
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The system prompt and the transcript as chat messages: what the next answer sees."""
+        msgs = []
+        system = self.query_one("#system", Input).value.strip()
+        if system:
+            msgs.append({"role": "system", "content": system})
+        for w in self.messages:
+            if isinstance(w, UserMessage):
+                msgs.append({"role": w.role, "content": w.content})
+            elif not w.streaming:
+                msgs.append({"role": "assistant", "content": w.content})
+        return msgs
+
+    def _save_system(self) -> None:
+        system = self.query_one("#system", Input).value.strip()
+        if self.chat_id is not None and system != self._saved_system:
+            self._save(self.store.update_chat, self.chat_id, system_prompt=system)
+        self._saved_system = system
+
+    def _can_generate(self) -> bool:
+        if self.generating:
+            self.notify("still answering: esc stops it", severity="warning")
+            return False
+        if self.engine is None:
+            self.notify(
+                f"no model: {self.engine_error}" if self.engine_error else "the model is still loading",
+                severity="error" if self.engine_error else "warning",
+            )
+            return False
+        return True
+
+    async def send(self, text: str) -> None:
+        """Store and show the user's message, then answer it."""
+        if not text.strip():
+            return
+        if self.engine is None and self.engine_error is None:
+            self._queued = text
+            self.query_one("#prompt", Input).value = ""
+            self.notify("the model is still loading: your message goes out as soon as it is ready")
+            return
+        if not self._can_generate():
+            return
+        if self.editing_id is not None:  # the edited message and what followed stay, as a branch
+            await self._remove_from(self.editing_id)
+            self._end_edit()
+            if self.chat_id is not None and not self.messages:  # the first message changed: so does the title
+                self._save(self.store.update_chat, self.chat_id, title=chat_title(text))
+        if self.chat_id is None:
+            self._saved_system = self.query_one("#system", Input).value.strip()
+            title = chat_title(text)
+            self.chat_id = self._save(
+                self.store.create_chat, self.model_id, self.preset.name, self._saved_system, title
+            )
+        message_id = (
+            self._save(self.store.add_message, self.chat_id, "user", text, parent_id=self._last_id())
+            if self.chat_id
+            else None
+        )
+        if message_id is None:  # nothing is answered that could not be kept; the text stays in the box
+            return
+        self.query_one("#prompt", Input).value = ""
+        await self.transcript.query("#intro").remove()
+        user = UserMessage(text, message_id)
+        await self.transcript.mount(user)
+        self._show_siblings(user)
+        await self._answer()
+
+    def _last_id(self) -> int | None:
+        """The stored message the next one follows: the transcript's last (None: the chat's first)."""
+        return next((w.message_id for w in reversed(self.messages) if w.message_id is not None), None)
+
+    def _show_siblings(self, widget: UserMessage | AssistantMessage) -> None:
+        """Label the message with its branch ("‹ 2/3 ›") when it has siblings."""
+        if widget.message_id is not None:
+            message = self._save(self.store.get_message, widget.message_id)
+            if message is not None:
+                widget.set_branches(message.siblings)
+
+    def _fit(self, msgs: list[dict[str, str]]) -> tuple[list[int], int]:
+        """The next answer's prompt ids for these messages, and how many of the oldest turns it leaves
+        out: they go when the chat and room for an answer no longer fit; an eighth of the context more
+        at once, so that the next turns fit without dropping (and re-reading) again."""
+        assert self.engine is not None
+        ctx = self.engine.cfg.max_seq_len
+        return self.engine.fit(msgs, self.params.max_new_tokens, at_least=self.dropped_turns, slack=ctx // 8)
+
+    async def _note_dropped(self, dropped: int) -> None:
+        """A transcript line where more turns went out of the context than before."""
+        assert self.engine is not None
+        if dropped > self.dropped_turns:
+            await self.transcript.mount(ContextNotice(dropped, self.engine.cfg.max_seq_len))
+        self.dropped_turns = dropped
+
+    async def _show_dropped(self) -> None:
+        """For a chat just opened: the turns its next answer will no longer see, said in the transcript
+        and the status line, as they were when the chat was written."""
+        try:
+            _, dropped = self._fit(self.conversation())
+        except TiankongError:  # the last message alone is too long: said when it is answered
+            return
+        await self._note_dropped(dropped)
+
+    async def _answer(self, branch: tuple[list[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """Start answering the transcript as it stands. branch: (the old answer's tokens before the
+        branch point, the candidate picked there): the answer starts with those and continues."""
+        self._save_system()
+        self._leave_inspect()
+        try:
+            ids, dropped = self._fit(self.conversation())
+        except TiankongError as e:  # the last message alone is too long: said where it stands, too
+            self.notify(str(e), severity="error")
+            await self.transcript.mount(Static(Text(f"⚠ not answered: {e}", style="red"), classes="context-notice"))
+            self.transcript.scroll_end(animate=False)
+            return
+        await self._note_dropped(dropped)
+        params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
+        edited = " (edited)" if self.params != self.preset.params else ""
+        answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
+        answer.parent_id = self._last_id()
+        await self.transcript.mount(answer)
+        answer.start_stream()
+        if branch is not None:  # the forced tokens are part of the prompt; the answer's length limit counts them
+            before, (picked, at) = branch
+            forced = [t["id"] for t in before]
+            tokens = before + [forced_token(self.engine.tokenizer, ids + forced, at, picked)]
+            ids = ids + forced + [picked["id"]]
+            params = params.replace(max_new_tokens=max(1, params.max_new_tokens - len(tokens)))
+            answer.forced_text = "".join(t["text"] for t in tokens)
+            await answer.append(answer.forced_text, tokens)
+        self.transcript.scroll_end(animate=False)
+        self.transcript.anchor()
+        self.generating = True
+        self._cancel = threading.Event()
+        self._status()
+        self._generate(ids, params, self.preset.name + edited, answer, self._cancel)  # stored as shown

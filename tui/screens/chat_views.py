@@ -1,0 +1,140 @@
+"""Presets and the token views, a part of ChatScreen (tui/screens/chat.py): switching and editing the
+preset (f2, f3), the candidates panel (f4), the probability heatmap (f6), inspect mode (f5), and the
+screens opened from the chat (the tokens view, compare).
+
+Apart from chat.py so that the screen's file holds its layout, state and Textual handlers; the
+mixin uses that state (presets, params, engine, transcript).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from textual.widgets import Input
+
+from tiankong.engine.context import drop_turns
+from tiankong.engine.errors import TiankongError
+from tiankong.engine.remote import RemoteEngine
+from tiankong.engine.sampling import SamplingParams
+from tiankong.tui.screens.preset_editor import PresetEditor
+from tiankong.tui.screens.tokens import TokensScreen
+from tiankong.tui.widgets.message import AssistantMessage, UserMessage
+from tiankong.tui.widgets.prompt import PromptInput
+from tiankong.tui.widgets.status import params_summary
+
+
+class ChatViews:
+    """ChatScreen's presets and token views (mixed into it; uses its state and widgets)."""
+
+    # ------------------------------------------------------------------ presets
+
+    def _use_preset(self, name: str, quiet: bool = False) -> None:
+        self.preset = self.presets[name]
+        self.params = self.preset.params
+        self._status()
+        if self.chat_id is not None:
+            self._save(self.store.update_chat, self.chat_id, preset=name)
+        if not quiet:
+            self.notify(f"{self.preset.description}", title=f"preset {name}")
+
+    def _step_preset(self, step: int) -> None:
+        names = list(self.presets)
+        self._use_preset(names[(names.index(self.preset.name) + step) % len(names)])
+
+    def action_next_preset(self) -> None:
+        self._step_preset(1)
+
+    def action_prev_preset(self) -> None:
+        self._step_preset(-1)
+
+    def action_use_preset(self, name: str) -> None:
+        self._use_preset(name)
+
+    def action_edit_preset(self) -> None:
+        def edited(params: SamplingParams | None) -> None:
+            if params is not None and params != self.params:
+                self.params = params
+                self._status()
+                self.notify(f"the next answer uses {params_summary(params)}", title=f"preset {self.preset.name} edited")
+
+        self.app.push_screen(PresetEditor(self.preset, self.params), edited)
+
+    # ------------------------------------------------------------------ token views
+
+    def action_toggle_candidates(self) -> None:
+        self.candidates.display = not self.candidates.display
+
+    def action_heatmap(self) -> None:
+        self.heatmap = not self.heatmap
+        for w in self.messages:
+            if isinstance(w, AssistantMessage):
+                w.set_view(heatmap=self.heatmap)
+        self.query_one("#heat-legend").display = self.heatmap
+
+    def action_inspect(self) -> None:
+        if self.inspected is not None:
+            self._leave_inspect()
+            return
+        answers = [w for w in self.messages if isinstance(w, AssistantMessage) and w.tokens and not w.streaming]
+        if not answers:
+            self.notify("no finished answer to inspect yet")
+            return
+        target = self.focused if self.focused in answers else answers[-1]
+        target.cursor = min(target.cursor, len(target.tokens) - 1)
+        target.focus()
+        target.set_view(inspecting=True)
+
+    def on_assistant_message_token_selected(self, event: AssistantMessage.TokenSelected) -> None:
+        if self.inspected is not None and self.inspected is not event.answer:
+            self.inspected.set_view(inspecting=False)
+        self.inspected = event.answer
+        n = len(event.answer.tokens)
+        self.candidates.display = True
+        self.candidates.show(event.answer.tokens[event.index], f"token {event.index + 1} of {n} · ← → move · esc back")
+        self._status("inspecting: ← → (or [ ]) move, home/end, esc returns")
+
+    def _leave_inspect(self) -> None:
+        if self.inspected is not None:
+            answer, self.inspected = self.inspected, None
+            answer.set_view(inspecting=False)
+            if answer.tokens and self.candidates.token is answer.tokens[answer.cursor]:
+                self.candidates.show(
+                    self.candidates.token, f"token {answer.cursor + 1} of {len(answer.tokens)} · f5 inspects"
+                )
+            self.query_one("#prompt", Input).focus()
+            self._status()
+
+    # ------------------------------------------------------------------ other screens
+
+    def action_tokens(self) -> None:
+        if self.engine is None:
+            self.notify("the tokens view needs a loaded model", severity="warning")
+            return
+        msgs = self.conversation()
+        pending = self.query_one("#prompt", PromptInput).text
+        if pending.strip():
+            msgs.append({"role": "user", "content": pending})
+        dropped = 0
+        if msgs and not isinstance(self.engine, RemoteEngine):
+            with contextlib.suppress(TiankongError):  # the last message alone too long: shown whole, with the count
+                dropped = self._fit(msgs)[1]
+            msgs = drop_turns(msgs, dropped)
+        if isinstance(self.engine, RemoteEngine):  # no tokenizer here: the count, and what the server said
+            prompt, ctx = self.engine.encode(messages=msgs), self.engine.cfg
+            how = "estimated from characters" if prompt.estimated else "counted by the server"
+            of = f" of a {ctx.max_seq_len}-token context" if ctx.context_known else " (context unknown)"
+            self.notify(f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}, {how}; the tokens stay there")
+            return
+        self.app.push_screen(TokensScreen(self.engine, msgs, dropped))
+
+    def action_compare(self) -> None:
+        user = next((w for w in reversed(self.messages) if isinstance(w, UserMessage) and w.role == "user"), None)
+        if user is None:
+            self.notify("send a message first: compare runs your last prompt under two presets")
+            return
+        names = list(self.presets)
+        other = names[(names.index(self.preset.name) + 1) % len(names)]
+        msgs = self.conversation()
+        # The conversation up to and including that prompt.
+        cut = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == user.content)
+        self.app.open_compare([self.preset.name, other], conversation=msgs[: cut + 1])
