@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from test_quant import compiled_for, need_native
+from test_quant import compiled_for, compiled_path, need_native
 from test_quant_prefill import quantized_model
 from tiny_models import make_model
 
@@ -52,10 +52,10 @@ def with_roundtrip(lib):
 
 @pytest.mark.parametrize("march", ["native", "haswell", "x86-64"])
 @pytest.mark.parametrize("portable", [False, True])
-def test_half_conversions_equal_torch(tmp_path, march, portable):
+def test_half_conversions_equal_torch(march, portable):
     """Each build's conversions (x86-64 has no F16C: plain C; portable: the plain C ones in any
     build) give torch's half bits and widen them back exactly; NaN stays NaN."""
-    lib = with_roundtrip(compiled_for(march, tmp_path))
+    lib = with_roundtrip(compiled_for(march))
     x = special_floats()
     h, y = native.f16_roundtrip(lib, x, portable)
     want = x.half()
@@ -219,8 +219,7 @@ def test_other_builds_read_the_float16_cache_alike(tmp_path, march, arch, qtype)
     weigh_values where the build has them). Their products sum in other orders (8-bit inputs alike),
     so the logits agree as the torch path's do (test_step_on_a_float16_cache_equals_the_torch_path)."""
     model, cfg = quantized_step(tmp_path, arch, qtype)
-    compiled_for(march, tmp_path)  # builds tmp_path / decode-{march}.so (skips where it cannot run)
-    other = native.NativeStep(native._load(tmp_path / f"decode-{march}.so"), model)
+    other = native.NativeStep(native._load(compiled_path(march)), model)  # skips where it cannot run
     B, P, steps = 2, 6, 4
     tokens = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(9))
     pad = torch.tensor([2, 0])

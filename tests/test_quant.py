@@ -13,10 +13,14 @@ same greedy tokens, where a wrong block layout, type, row order or scale is off 
 
 from __future__ import annotations
 
+import atexit
 import copy
 import platform
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,27 +51,44 @@ def need_native() -> None:
         pytest.skip(f"no compiled decode step here: {native.reason()}")
 
 
-def compiled_for(march: str, tmp_path):
+_BUILDS: dict[str, Any] = {}  # march -> (library, path): decode.c takes seconds to build, so once a test session
+
+
+def compiled_for(march: str) -> Any:
     """The compiled step's products (tk_matvec, tk_matmul) for an instruction set: -march=native's
     library as the engine loads it, or decode.c built here with -march=`march` (x86-64: plain C;
     haswell: AVX2 without VNNI), so the paths this CPU does not pick are tested on it too."""
+    return _built(march)[0]
+
+
+def compiled_path(march: str) -> Path:
+    """Where compiled_for's library for `march` (not native) lies."""
+    assert march != "native"
+    return _built(march)[1]
+
+
+def _built(march: str) -> tuple[Any, Path | None]:
     import ctypes
 
     need_native()
     if march == "native":
-        return native.library()
+        return native.library(), None
     if platform.machine() != "x86_64" or not shutil.which("gcc"):
         pytest.skip("x86-64 with gcc only")
     if march == "haswell" and "avx2" not in open("/proc/cpuinfo").read():
         pytest.skip("this CPU cannot run AVX2 code")
-    so = tmp_path / f"decode-{march}.so"
-    flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
-    subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
-    lib = ctypes.CDLL(str(so))
-    for name in ("tk_matvec", "tk_matmul"):
-        getattr(lib, name).restype = ctypes.c_int
-        getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
-    return lib
+    if march not in _BUILDS:
+        folder = Path(tempfile.mkdtemp(prefix="tiankong-test-builds-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        so = folder / f"decode-{march}.so"
+        flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
+        subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
+        lib = ctypes.CDLL(str(so))
+        for name in ("tk_matvec", "tk_matmul"):
+            getattr(lib, name).restype = ctypes.c_int
+            getattr(lib, name).argtypes = getattr(native.library(), name).argtypes
+        _BUILDS[march] = lib, so
+    return _BUILDS[march]
 
 
 def random_qtensor(qtype: str, out: int, n: int, gen: torch.Generator, std: float = 1.0) -> QTensor:
@@ -159,10 +180,10 @@ def test_each_kernel_equals_the_dequantized_product():
 
 
 @pytest.mark.parametrize("march", ["x86-64", "haswell"])  # the plain C kernels; AVX2 without VNNI
-def test_the_other_instruction_sets_give_the_same_products(tmp_path, march):
+def test_the_other_instruction_sets_give_the_same_products(march):
     """The compiled step is built with -march=native; the paths this CPU does not pick are built
     here for it (x86-64: no AVX2, so plain C; haswell: AVX2 without VNNI) and checked alike."""
-    check_products(compiled_for(march, tmp_path), torch.Generator().manual_seed(3))
+    check_products(compiled_for(march), torch.Generator().manual_seed(3))
 
 
 def rounding_reference(plain: torch.nn.Module) -> torch.nn.Module:

@@ -49,8 +49,8 @@ def test_repacking_round_trips_and_keeps_the_tail_plain(qtype):
 
 
 @pytest.mark.parametrize("march", ["native", "x86-64", "haswell"])  # VNNI or AVX2 here; plain C; AVX2 alone
-def test_interleaved_kernels_equal_the_plain_ones(tmp_path, march):
-    lib = compiled_for(march, tmp_path)
+def test_interleaved_kernels_equal_the_plain_ones(march):
+    lib = compiled_for(march)
     gen = torch.Generator().manual_seed(1)
     for qtype in INTERLEAVED:
         ggml, n = QTYPES[qtype][2], 512 if qtype.endswith("_k") else 480  # 15 blocks of 32: odd
