@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +26,28 @@ def cli(monkeypatch, capsys, *args):
         code = e.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class DeadlinePassed(BaseException):
+    """Not an Exception (nor a TimeoutError, an OSError): no error handler of the code under test
+    may turn it into a neat one-line message that passes the test."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail, not hang, when the block runs past `seconds` (the main thread only): SIGALRM interrupts
+    even a blocking system call, such as opening a FIFO that no writer will ever open."""
+
+    def expire(signum, frame):
+        raise DeadlinePassed(f"still running after {seconds} s")
+
+    before = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ import os
 import shutil
 
 import pytest
-from helpers import cli, tiankong
+from helpers import cli, deadline, tiankong
 from tiny_models import STORIES
 
 pytestmark = pytest.mark.skipif(not STORIES.exists(), reason="../shared is absent")
@@ -229,9 +229,7 @@ FOLDERS = {
 def test_hostile_folder_is_one_line(folder, case, monkeypatch, capsys):
     mutate, word = FOLDERS[case]
     mutate(folder)
-    if case.startswith(("link-", "fifo-")):  # a subprocess: a regression must time out, not hang the suite
-        code, lines, _ = tiankong("info", "-m", folder)
-    else:
+    with deadline(20):  # a FIFO opened by mistake would wait for a writer forever
         code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
     assert_one_line(code, lines, word)
     assert SECRET not in lines[0]
