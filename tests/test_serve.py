@@ -14,13 +14,17 @@ import json
 import logging
 import os
 import random
+import re
+import signal
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Iterator
 
 import pytest
+from helpers import cli
 from tiny_models import STORIES, make_model
 
 from tiankong.engine.batcher import Batcher, QueueFull
@@ -33,6 +37,7 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from tiankong.engine.generate import HeldText  # noqa: E402
+from tiankong.tui import openai_format as fmt  # noqa: E402
 from tiankong.tui.serve import ServeConfig, build_app, check_bind, http_server, listen, new_batcher, serve  # noqa: E402
 
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
@@ -57,14 +62,15 @@ def tiny(tmp_path_factory) -> dict[str, Engine]:
 
 
 @contextlib.contextmanager
-def running(engine: Engine, **overrides):
+def running(engine: Engine, lines: list[str] | None = None, **overrides):
     """A real server as `tiankong serve` runs it (its sockets, its uvicorn) on a free port, in a
-    thread -> (base URL, batcher, uvicorn server)."""
+    thread -> (base URL, batcher, uvicorn server); `lines` gets what it says on stderr."""
     cfg = ServeConfig(port=0, **overrides)
     socks = listen(cfg)
     port = socks[0].getsockname()[1]
     batcher = new_batcher(engine, cfg)
-    server = http_server(build_app(engine, batcher, cfg), cfg, log_level="error")
+    announce = (lines if lines is not None else []).append
+    server = http_server(build_app(engine, batcher, cfg, announce=announce), cfg, log_level="error")
     thread = threading.Thread(target=server.run, kwargs={"sockets": socks}, daemon=True)
     thread.start()
     while not server.started:
@@ -758,3 +764,240 @@ def test_shutdown_answers_queued_requests_at_once_and_ends_running_streams_prope
         _wait_for(lambda: not batcher._thread.is_alive(), "the batcher's thread did not stop")
         assert batcher.rows == 0 and batcher.pending == 0
         assert [r.getMessage() for r in log] == []
+
+
+# ------------------------------------------------------------------------------ QA round 3
+
+
+@needs_stories
+def test_a_second_ctrl_c_cancels_the_running_requests_at_once_and_each_still_ends_properly(stories):
+    """Ctrl+C twice (uvicorn alone would force-quit: streams cut without finish_reason or [DONE],
+    tracebacks, a plain-text 500): the running requests are cancelled now, between two tokens, and
+    end as usual -- a stream with "cancelled" and [DONE], a collected one in OpenAI's JSON -- long
+    before drain_s, with one line said and nothing logged."""
+    prompt = {"model": "stories260K", "prompt": "Once", "seed": 1, "max_tokens": 500, "temperature": 2}
+    lines: list[str] = []
+    with running(stories, lines, max_rows=2, drain_s=60) as (base, batcher, server), logged() as log:
+        with slowed(batcher, 0.02):  # 500 steps of 40 ms at least: neither request ends on its own
+            stream = sse(base, "/completions", prompt)
+            assert next(stream)["choices"][0]["text"] is not None
+            whole = ThreadPoolExecutor(1).submit(raw, base, "POST", "/completions", json.dumps(prompt).encode())
+            _wait_for(lambda: len(server.api._running()) == 2, "the second request never ran")
+        server.handle_exit(signal.SIGINT, None)
+        _wait_for(lambda: lines, "nothing said on the first Ctrl+C")
+        t0 = time.monotonic()
+        server.handle_exit(signal.SIGINT, None)
+        rest = list(stream)
+        assert rest[-1] == "[DONE]" and rest[-2]["choices"][0]["finish_reason"] == "cancelled"
+        status, headers, out = whole.result()
+        assert (status, headers["content-type"]) == (200, "application/json")
+        assert out["choices"][0]["finish_reason"] == "cancelled"
+        assert time.monotonic() - t0 < 5  # a few decode steps, not drain_s
+        assert lines[1:] == ["cancelling 2 running requests now"]
+        _wait_for(lambda: not batcher._thread.is_alive(), "the batcher's thread did not stop")
+        assert [r.getMessage() for r in log] == []
+
+
+@needs_stories
+def test_stopping_says_at_once_what_it_waits_for_and_how_long(stories):
+    """Ctrl+C with a request running: one line at once (how many, how long, how to cut it short),
+    and one when drain_s passes and the rest is cancelled."""
+    lines: list[str] = []
+    with running(stories, lines, drain_s=0.5) as (base, batcher, server):
+        with slowed(batcher, 0.02):
+            stream = sse(base, "/completions", {"prompt": "Once", "max_tokens": 500, "temperature": 2})
+            next(stream)
+        server.should_exit = True  # what SIGINT does
+        _wait_for(lambda: lines, "nothing said on Ctrl+C")
+        assert lines == [
+            "stopping: 1 request running, waiting up to 0.5 s for it to finish (Ctrl+C again to cancel it now)"
+        ]
+        rest = list(stream)
+        assert rest[-2]["choices"][0]["finish_reason"] == "cancelled"
+        assert lines[1:] == ["cancelling 1 running request after 0.5 s"]
+
+
+def _post(base: str, payload: dict, path: str = "/completions"):
+    return raw(base, "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+
+@needs_stories
+def test_max_queue_zero_runs_requests_in_free_rows_and_refuses_only_when_they_are_busy(stories):
+    """--max-queue 0 is no waiting line, not "refuse everything": a request runs when its rows are
+    free, gets 429 when they are not, and a request that could never fit is a 400."""
+    with running(stories, max_rows=2, max_queue=0) as (base, batcher, server):
+        body = {"model": "stories260K", "prompt": "Once", "max_tokens": 3}
+        assert _post(base, body)[0] == 200  # an idle server
+        status, _, out = _post(base, body | {"prompt": ["Once"] * 3})
+        assert (status, out["error"]["param"]) == (400, "prompt") and "at most 2 per request" in out["error"]["message"]
+        with slowed(batcher, 0.01):
+            sock = _open_stream(base, body | {"max_tokens": 500})  # one row busy
+        assert _post(base, body)[0] == 200  # the other is free
+        status, headers, out = _post(base, body | {"n": 2})
+        assert (status, headers["retry-after"]) == (429, "1") and out["error"]["code"] == "rate_limit_exceeded"
+        assert out["error"]["message"] == (
+            "1 of the server's 2 rows are busy and this request needs 2; it queues none (--max-queue 0): retry shortly"
+        )
+        sock.close()
+        _wait_for(lambda: not any(r.rows_left for r in server.api.live), "the gone client's row was not freed")
+        assert _post(base, body | {"n": 2})[0] == 200
+
+
+@needs_stories
+def test_more_prompts_than_the_queue_takes_is_a_400_not_a_429_forever(stories):
+    """Each prompt of a completions request is queued on its own: more than --max-queue of them
+    could never be taken, so the answer is a 400 naming the limit (a 429 would be retried forever)."""
+    with running(stories, max_queue=2) as (base, _, _):
+        client = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
+        assert len(client.completions.create(model="stories260K", prompt=["Once"] * 2, max_tokens=2).choices) == 2
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="stories260K", prompt=["Once"] * 3, max_tokens=2)
+        assert err.value.param == "prompt"
+        assert err.value.message.endswith(
+            "prompt has 3 prompts; this server takes at most 2 per request (its --max-queue); "
+            "send the rest in another request"
+        )
+
+
+@needs_stories
+def test_a_burst_past_the_servers_limit_gets_openais_429_not_uvicorns_plain_503(stories):
+    """More requests at once than the server handles (max_queue + max_rows + 16, here whose body is
+    still coming): the next one gets the documented JSON 429 with Retry-After, not uvicorn's
+    plain-text 503; /health still answers, and once they are gone requests run again."""
+    with running(stories, max_rows=1, max_queue=1) as (base, _, server):
+        limit = 1 + 1 + 16
+        host, port = base.split("//")[1].split("/")[0].split(":")
+        socks = []
+        try:
+            for _ in range(limit):
+                sock = socket.create_connection((host, int(port)))
+                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+                socks.append(sock)
+            _wait_for(lambda: len(server.api.reading) == limit, "the bodies were never read")
+            status, headers, out = _post(base, {"prompt": "Once", "max_tokens": 2})
+            assert (status, headers["content-type"], headers["retry-after"]) == (429, "application/json", "1")
+            assert out["error"]["code"] == "rate_limit_exceeded" and "retry shortly" in out["error"]["message"]
+            assert raw(base, "GET", "/health")[0] == 200
+        finally:
+            for sock in socks:
+                sock.close()
+        _wait_for(lambda: not server.api.reading, "the gone clients' requests did not end")
+        assert _post(base, {"prompt": "Once", "max_tokens": 2})[0] == 200
+
+
+def test_a_broken_preset_file_is_one_error_at_startup_not_a_400_per_request(tiny, tmp_path, monkeypatch, capsys):
+    """Presets are read when the server starts: a broken user preset is one clear error before
+    anything is announced (the CLI's one line and exit 2), not a 400 blaming every client that names
+    a preset, built-in ones included."""
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "mine.toml").write_text('name = "mine"\n[params]\ntemperature = "hot"\n')
+    monkeypatch.setenv("TIANKONG_CONFIG_DIR", str(tmp_path))
+    eng, cfg = tiny["gpt2"], ServeConfig(port=0)
+    message = r"mine\.toml: \[params\] temperature must be a number in \[0, 2\], got 'hot'$"
+    batcher = new_batcher(eng, cfg)
+    try:
+        with pytest.raises(InputError, match=message):
+            build_app(eng, batcher, cfg)
+    finally:
+        batcher.close()
+    lines: list[str] = []
+    with pytest.raises(InputError, match=message):
+        serve(eng, cfg, announce=lines.append)
+    assert lines == []
+    # The CLI says so before it loads a model (a bigger one takes seconds): here there is none to load.
+    code, _, err = cli(monkeypatch, capsys, "serve", "--port", "0", "-m", tmp_path / "no-model")
+    assert code == 2 and re.search(message, err.strip()), err
+
+
+def _parse(body: dict, chat: bool = True) -> fmt.Job:
+    return fmt.parse_request(body, chat, max_rows=4, max_tokens_cap=100, preset=lambda name: SamplingParams())
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    """OpenAI's newer name wins where a client sends both (as vLLM does), whatever their order."""
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert _parse({"messages": msgs, "max_tokens": 30, "max_completion_tokens": 3}).params.max_new_tokens == 3
+    assert _parse({"messages": msgs, "max_completion_tokens": 3, "max_tokens": 30}).params.max_new_tokens == 3
+
+
+def test_openai_fields_that_ask_for_nothing_are_accepted_and_developer_is_system():
+    """Fields OpenAI's clients send with their default (response_format text, store false,
+    metadata, parallel_tool_calls, no tools) are accepted; a value asking for what tiankong does
+    not do is refused by name as unsupported (not "unrecognized"); "developer" is the system role."""
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    noops = {
+        "response_format": {"type": "text"},
+        "store": False,
+        "metadata": {"k": "v"},
+        "parallel_tool_calls": False,
+        "tools": [],
+        "tool_choice": "none",
+        "logit_bias": {},
+    }
+    job = _parse({"messages": msgs, **noops})
+    assert job.prompts == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    for field, value, message in (
+        ("response_format", {"type": "json_object"}, 'response_format {"type": "json_object"} is not supported'),
+        ("store", True, "store true is not supported by tiankong serve; it keeps no completions"),
+        ("tools", [{"type": "function"}], "tools [{"),
+        ("logit_bias", {"50256": -100}, "logit_bias"),
+    ):
+        with pytest.raises(fmt.ApiError) as err:
+            _parse({"messages": msgs, field: value})
+        assert err.value.param == field and err.value.message.startswith(message), err.value.message
+        assert "is not supported by tiankong serve; " in err.value.message
+    with pytest.raises(fmt.ApiError, match="^echo true is not supported by tiankong serve; drop it or send false$"):
+        _parse({"prompt": "Once", "echo": True}, chat=False)
+    assert _parse({"prompt": "Once", "echo": False}, chat=False).prompts == ["Once"]
+
+
+MINI = Path(__file__).resolve().parents[1] / "models" / "tiankong-mini"  # bundled
+
+
+@pytest.fixture(scope="module")
+def mini() -> Engine:
+    return Engine.load(MINI)
+
+
+def test_the_eos_entry_in_logprobs_adds_no_text_as_in_generate(mini):
+    """The EOS that ends an answer keeps its logprob entry (its probability is worth seeing) but
+    adds no text: token "" with no bytes, as `tiankong generate` writes it, so the entries' bytes
+    add up to the message (OpenAI's documented use of `bytes`), streamed or not, chat or completions."""
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    with running(mini) as (base, _, _):
+        client = openai.OpenAI(base_url=base, api_key="none")
+        kw = dict(model="tiankong-mini", messages=msgs, temperature=0, logprobs=True, top_logprobs=2, max_tokens=100)
+        c = client.chat.completions.create(**kw).choices[0]
+        assert c.finish_reason == "stop"
+        entries = c.logprobs.content
+        assert (entries[-1].token, entries[-1].bytes) == ("", []) and entries[-1].logprob < 0
+        assert bytes(b for e in entries for b in e.bytes).decode() == c.message.content
+        streamed = [
+            e
+            for chunk in client.chat.completions.create(**kw, stream=True)
+            for ch in chunk.choices
+            if ch.logprobs
+            for e in ch.logprobs.content
+        ]
+        assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in entries]
+        ids = mini.encode(messages=msgs)
+        r = client.completions.create(model="tiankong-mini", prompt=ids, temperature=0, logprobs=1, max_tokens=100)
+        assert r.choices[0].finish_reason == "stop" and r.choices[0].logprobs.tokens[-1] == ""
+        last = [e for e in mini.generate([ids], [SamplingParams(temperature=0)]) if isinstance(e, TokenEvent)][-1]
+        assert last.to_dict()["text"] == ""  # what generate writes for it
+
+
+@needs_stories
+def test_the_bearer_scheme_is_case_insensitive(stories):
+    """RFC 7235: "bearer KEY" and "BEARER KEY" are "Bearer KEY"; a wrong key or scheme is still 401."""
+    with running(stories, api_key="secret") as (base, _, _):
+        for header, status in (
+            ("Bearer secret", 200),
+            ("bearer secret", 200),
+            ("BEARER secret", 200),
+            ("bearer wrong", 401),
+            ("Basic secret", 401),
+            ("secret", 401),
+            ("Bearersecret", 401),
+        ):
+            assert raw(base, "GET", "/models", headers={"Authorization": header})[0] == status, header

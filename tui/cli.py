@@ -236,7 +236,7 @@ def serve(
         show_default=False,
     ),
     max_rows: int = typer.Option(16, min=1, help="Rows decoded together (the batch's width)."),
-    max_queue: int = typer.Option(64, min=0, help="Requests waiting for a row; past that, 429."),
+    max_queue: int = typer.Option(64, min=0, help="Requests waiting for a row; past that, 429 (0: none wait)."),
     timeout: float = typer.Option(600.0, min=1, help="Seconds per request; rows still running are then cancelled."),
     prefix_cache: int = typer.Option(
         256, min=0, help="MiB kept of recent prompts' keys and values, so requests that start alike skip that part."
@@ -249,6 +249,7 @@ def serve(
     dtype: str = DtypeOpt,
 ) -> None:
     """Serve the model over OpenAI's HTTP API (chat and completions, streaming, logprobs with p_sample)."""
+    from tiankong.presets import load_presets
     from tiankong.tui.serve import ServeConfig, check_bind
     from tiankong.tui.serve import serve as run_server
 
@@ -262,7 +263,8 @@ def serve(
         prefix_cache_mib=prefix_cache,
         prefill_chunk=prefill_chunk,
     )
-    check_bind(cfg.host, cfg.api_key)  # before the model loads
+    check_bind(cfg.host, cfg.api_key)  # before the model loads, as is a broken preset file:
+    load_presets()  # the server reads the presets once it starts, and then never again
     eng = _load(model, device, dtype, chat_template)
     run_server(eng, cfg)  # says "serving ... on ..." once the port is bound
 

@@ -17,6 +17,7 @@ model's logprob) on every chat logprob entry and as the parallel lists `p_sample
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -82,7 +83,7 @@ _COMMON = {
     "stream": _BOOL,
     "stream_options": "object",
     "user": _STR,
-    "logit_bias": "object",
+    "logit_bias": "object",  # only {} (_NOOP_COMMON)
     # tiankong's own
     "preset": _STR,
     "top_k": _INT,
@@ -95,8 +96,51 @@ _CHAT = {
     "logprobs": _BOOL,
     "top_logprobs": _INT,
     "max_completion_tokens": _INT,
+    # OpenAI's, accepted and ignored: metadata is kept only with store (never here), and there are no tools
+    "metadata": "object",
+    "parallel_tool_calls": _BOOL,
+    # OpenAI's, where only the default is accepted (_NOOP_CHAT)
+    "response_format": "object",
+    "store": _BOOL,
+    "modalities": "array",
+    "service_tier": _STR,
 }
-_COMPLETIONS = {**_COMMON, "prompt": "string or array", "logprobs": _INT, "echo": _BOOL, "best_of": _INT}
+_COMPLETIONS = {
+    **_COMMON,
+    "prompt": "string or array",
+    "logprobs": _INT,
+    "best_of": _INT,
+    "echo": _BOOL,  # only false (_NOOP_COMPLETIONS), as suffix only ""
+    "suffix": _STR,
+}
+
+# OpenAI's fields for what tiankong serve does not do: accepted where the value asks for nothing
+# (OpenAI's default), else refused by name. field -> (whether the value asks for nothing, the fix).
+_NOOP_COMMON: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logit_bias": (lambda v: v == {}, "drop it"),
+}
+_NOOP_CHAT = {
+    **_NOOP_COMMON,
+    "response_format": (lambda v: v == {"type": "text"}, 'drop it or send {"type": "text"}'),
+    "store": (lambda v: v is False, "it keeps no completions; drop it or send false"),
+    "modalities": (lambda v: v == ["text"], 'drop it or send ["text"]'),
+    "service_tier": (lambda v: v in ("auto", "default"), 'drop it or send "auto"'),
+    "tools": (lambda v: v == [], "it has no tool calling; drop it"),
+    "tool_choice": (lambda v: v == "none", 'it has no tool calling; drop it or send "none"'),
+    "functions": (lambda v: v == [], "it has no function calling; drop it"),
+    "function_call": (lambda v: v == "none", 'it has no function calling; drop it or send "none"'),
+    "audio": (lambda v: False, "it answers in text only; drop it"),
+    "prediction": (lambda v: False, "drop it"),
+    "reasoning_effort": (lambda v: False, "drop it"),
+    "web_search_options": (lambda v: False, "drop it"),
+}
+_NOOP_COMPLETIONS = {
+    **_NOOP_COMMON,
+    "echo": (lambda v: v is False, "drop it or send false"),
+    "suffix": (lambda v: v == "", "drop it"),
+}
+# A chat role OpenAI has that tiankong's chat template knows by another name.
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system message
 # Request fields that are SamplingParams fields of the same name.
 _SAMPLING_FIELDS = (
     "temperature",
@@ -141,16 +185,22 @@ def parse_request(
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     spec = _CHAT if chat else _COMPLETIONS
+    noop = _NOOP_CHAT if chat else _NOOP_COMPLETIONS
     for name, value in body.items():
-        if name not in spec:
+        if name not in spec and name not in noop:
             raise ApiError(400, f"Unrecognized request argument supplied: {name}", name)
-        if value is not None and not _type_ok(value, spec[name]):
+        if value is None:
+            continue
+        if name in spec and not _type_ok(value, spec[name]):
             raise ApiError(400, f"{name} must be {_article(spec[name])}, got {_json_type(value)}", name)
+        if name in noop and not noop[name][0](value):
+            shown = json.dumps(value, ensure_ascii=False)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ApiError(400, f"{name} {shown} is not supported by tiankong serve; {noop[name][1]}", name)
     given = {k: v for k, v in body.items() if v is not None}
     required = "messages" if chat else "prompt"
     if required not in given:
         raise ApiError(400, f"{required} is required", required)
-    _refuse_unsupported(given)
     params = _sampling_params(given, max_tokens_cap, preset)
     n = given.get("n", 1)
     if not 1 <= n <= max_rows:
@@ -176,13 +226,6 @@ def parse_request(
     )
 
 
-def _refuse_unsupported(given: dict[str, Any]) -> None:
-    if given.get("logit_bias"):
-        raise ApiError(400, "logit_bias is not supported", "logit_bias")
-    if given.get("echo"):
-        raise ApiError(400, "echo is not supported", "echo")
-
-
 def _sampling_params(given: dict[str, Any], max_tokens_cap: int, preset: Callable) -> SamplingParams:
     """The preset's parameters (OpenAI's defaults without one), overlaid with the request's."""
     base = OPENAI_DEFAULTS
@@ -192,7 +235,8 @@ def _sampling_params(given: dict[str, Any], max_tokens_cap: int, preset: Callabl
         except TiankongError as e:
             raise ApiError(400, str(e), "preset") from None
     changes = {name: given[name] for name in _SAMPLING_FIELDS if name in given}
-    for name in ("max_completion_tokens", "max_tokens"):
+    # max_completion_tokens is OpenAI's newer name for max_tokens: where both are given, it wins.
+    for name in ("max_tokens", "max_completion_tokens"):
         if name in given:
             if not 1 <= given[name] <= max_tokens_cap:
                 raise ApiError(400, f"{name} must be in [1, {max_tokens_cap}], got {given[name]}", name)
@@ -229,16 +273,22 @@ def _logprobs(given: dict[str, Any], chat: bool) -> tuple[int, bool]:
 def _messages(messages: list) -> list[dict]:
     """OpenAI messages -> {"role", "content"} with text content (a list of text parts is joined).
 
-    Roles are tiankong's chat roles (ROLES): only "role" and "content" reach the chat template, so a
-    tool message (its tool_call_id) or an assistant's tool calls could not be rendered as sent, and an
-    unknown role would reach the template as text the model was never trained on."""
+    Roles are tiankong's chat roles (ROLES), and "developer" (OpenAI's newer name for "system") is
+    read as "system": only "role" and "content" reach the chat template, so a tool message (its
+    tool_call_id) or an assistant's tool calls could not be rendered as sent, and an unknown role
+    would reach the template as text the model was never trained on."""
     out = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ApiError(400, f'{where} must be an object with a string "role"', "messages")
-        if m["role"] not in ROLES:
-            raise ApiError(400, f"{where}.role is {m['role']!r}; use one of {', '.join(ROLES)}", "messages")
+        role = ROLE_ALIASES.get(m["role"], m["role"])
+        if role not in ROLES:
+            raise ApiError(
+                400,
+                f"{where}.role is {m['role']!r}; use one of {', '.join(ROLES)} (developer is read as system)",
+                "messages",
+            )
         content = m.get("content")
         if isinstance(content, list):
             if not all(
@@ -248,7 +298,7 @@ def _messages(messages: list) -> list[dict]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise ApiError(400, f"{where}.content must be a string or an array of text parts", "messages")
-        out.append({"role": m["role"], "content": content})
+        out.append({"role": role, "content": content})
     if not out:
         raise ApiError(400, "messages is empty; give at least one message", "messages")
     return out

@@ -10,15 +10,20 @@ loop; the event loop only parses, queues and writes (openai_format.py holds the 
 response shapes). A stream holds back text where a stop string may begin (engine.generate.HeldText),
 so it adds up to the non-streamed answer and never shows a stop string.
 
-Limits: a bounded queue (429 with Retry-After when full), a body size cap (413), a max_tokens cap
-(the context, by default), a per-request timeout (rows still running are cancelled), 400 with
-OpenAI's error JSON naming the field for anything malformed. The server binds 127.0.0.1 unless
+Limits: a bounded queue (429 with Retry-After when full; with max_queue 0, when the rows a request
+needs are not free), a cap on requests handled at once (the same 429, answered by the app before
+uvicorn's own plain-text 503 could be), a body size cap (413), a max_tokens cap (the context, by
+default), a per-request timeout (rows still running are cancelled), 400 with OpenAI's error JSON
+naming the field for anything malformed, a request that could never be queued whole included.
+Presets are read once, when the server starts: a broken preset file is one error then, not a 400
+blaming every client that names a preset. The server binds 127.0.0.1 unless
 told otherwise, and any other address needs an API key (--api-key or TIANKONG_API_KEY), then
 required as `Authorization: Bearer KEY` on every route but /health. On SIGINT/SIGTERM the server
 stops taking requests, answers at once those that have not started (503, or a stream's last chunk
 "cancelled"), and gives the running ones `drain_s` seconds; what is still running then is cancelled
 between two tokens and ends its answer as usual (finish_reason "cancelled", then [DONE]), before
-uvicorn's own graceful timeout would cut it. No row or cache is left half-written.
+uvicorn's own graceful timeout would cut it. A second Ctrl+C does that at once (uvicorn alone would
+cut the streams); only a third quits without ending them. No row or cache is left half-written.
 """
 
 from __future__ import annotations
@@ -40,21 +45,27 @@ from typing import Any, AsyncIterator, Callable
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tiankong.engine.batcher import Batcher, QueueFull
+from tiankong.engine.batcher import Request as BatcherRequest
 from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.engine.generate import HeldText
-from tiankong.presets import get_preset
+from tiankong.engine.params import SamplingParams
+from tiankong.presets import Preset, load_presets
 from tiankong.tui import openai_format as fmt
 
 # After drain_s, the cancelled rows end within a decode step and their last chunks are written; uvicorn
 # cancels whatever task is left only this much later, so no stream is cut before its [DONE].
 FINAL_S = 5.0
+# Requests handled at once, past the queue and the rows: those still sending their body or being read.
+IN_FLIGHT_MARGIN = 16
 
 
 @dataclass
@@ -66,7 +77,7 @@ class ServeConfig:
     api_key: str | None = None  # required as a bearer token when set
     model_name: str | None = None  # the id in /v1/models and responses (default: the folder's name)
     max_rows: int = 16  # rows decoded together
-    max_queue: int = 64  # requests waiting for a row; more get 429
+    max_queue: int = 64  # requests waiting for a row; more get 429 (0: none wait)
     max_body_bytes: int = 1 << 20  # larger bodies get 413
     max_tokens: int | None = None  # cap on max_tokens (default: the model's context)
     timeout_s: float = 600.0  # per request; its rows are then cancelled
@@ -90,9 +101,22 @@ def check_bind(host: str, api_key: str | None) -> None:
 # ------------------------------------------------------------------------------------- the app
 
 
-def build_app(engine: Engine, batcher: Batcher, cfg: ServeConfig) -> Starlette:
-    """The ASGI app: routes, auth, and the batcher's shutdown when the app stops."""
-    server = _Server(engine, batcher, cfg)
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def build_app(
+    engine: Engine,
+    batcher: Batcher,
+    cfg: ServeConfig,
+    *,
+    presets: dict[str, Preset] | None = None,
+    announce: Callable[[str], None] = _to_stderr,
+) -> Starlette:
+    """The ASGI app: routes, auth, the cap on requests at once, and the batcher's shutdown when the
+    app stops. presets: as load_presets() gives them (read now when not given; InputError for a
+    broken file); announce: where the shutdown's progress lines go."""
+    server = _Server(engine, batcher, cfg, load_presets() if presets is None else presets, announce)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -107,7 +131,12 @@ def build_app(engine: Engine, batcher: Batcher, cfg: ServeConfig) -> Starlette:
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/tokenize", server.tokenize, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(_InFlight, server=server)],
+    )
     app.state.server = server
     return app
 
@@ -127,15 +156,59 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
 
+class _InFlight:
+    """Counts the requests being handled (all but /health); past server.limit, the 429 of a full
+    queue in OpenAI's JSON with Retry-After, before any work. uvicorn's own limit (a plain-text
+    503) is set far above it, so a burst of clients gets the documented answer."""
+
+    def __init__(self, app: ASGIApp, server: _Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        if server.in_flight >= server.limit:
+            err = fmt.ApiError(
+                429,
+                f"{server.in_flight} requests are in progress, the most this server takes at once; retry shortly",
+                code="rate_limit_exceeded",
+            )
+            await JSONResponse(err.body(), status_code=429, headers={"Retry-After": "1"})(scope, receive, send)
+            return
+        server.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            server.in_flight -= 1
+
+
 class _Server:
-    def __init__(self, engine: Engine, batcher: Batcher, cfg: ServeConfig) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        batcher: Batcher,
+        cfg: ServeConfig,
+        presets: dict[str, Preset],
+        announce: Callable[[str], None],
+    ) -> None:
         self.engine, self.batcher, self.cfg = engine, batcher, cfg
+        self.presets, self.announce = presets, announce
         self.name = cfg.model_name or engine.folder.name
         self.max_tokens = min(cfg.max_tokens or engine.cfg.max_seq_len, engine.cfg.max_seq_len)
+        self.eos = frozenset(engine.tokenizer.eos_ids)
         self.created = int(time.time())
         self.streams: weakref.WeakSet[_Stream] = weakref.WeakSet()  # requests queued or running
         self.reading: set[asyncio.Task] = set()  # requests whose body is still coming
+        self.live: list[
+            BatcherRequest
+        ] = []  # with max_queue 0: the batcher requests not finished (their rows are busy)
+        self.in_flight = 0  # requests being handled (_InFlight)
+        self.limit = cfg.max_queue + cfg.max_rows + IN_FLIGHT_MARGIN  # past that many, 429 at once
         self.closing = False  # shutting down: no new requests
+        self.hurry = False  # Ctrl+C again: cancel the running requests now
+        self.drain_timer: asyncio.TimerHandle | None = None
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "rows": self.batcher.rows, "pending": self.batcher.pending})
@@ -188,6 +261,32 @@ class _Server:
             return JSONResponse(err.body(), status_code=400)
         return JSONResponse({"count": len(ids), "max_model_len": self.engine.cfg.max_seq_len, "tokens": ids})
 
+    def _preset(self, name: str) -> SamplingParams:
+        """A preset's SamplingParams, from those read at startup; InputError for an unknown name."""
+        if name not in self.presets:
+            raise InputError(f"preset must be one of {', '.join(sorted(self.presets))}, got {name!r}")
+        return self.presets[name].params
+
+    def _check_size(self, job: fmt.Job) -> None:
+        """400 for a request the server could never take whole, however idle (each prompt of a
+        completions request is queued as a request of its own): it would get 429 forever."""
+        cfg, prompts = self.cfg, len(job.prompts)
+        if cfg.max_queue and prompts > cfg.max_queue:
+            raise fmt.ApiError(
+                400,
+                f"prompt has {prompts} prompts; this server takes at most {cfg.max_queue} per request "
+                "(its --max-queue); send the rest in another request",
+                "prompt",
+            )
+        if not cfg.max_queue and prompts * job.n > cfg.max_rows:
+            raise fmt.ApiError(
+                400,
+                f"prompt has {prompts} prompts of n={job.n} rows each; this server runs {cfg.max_rows} rows and "
+                f"queues none (--max-queue 0), so it takes at most {cfg.max_rows // job.n} per request; "
+                "send the rest in another request",
+                "prompt",
+            )
+
     def _card(self) -> dict[str, Any]:
         card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "tiankong"}
         card["context_length"] = self.engine.cfg.max_seq_len
@@ -203,15 +302,40 @@ class _Server:
 
     def begin_shutdown(self) -> None:
         """Stop taking requests; end those that have not started now, and cancel the running ones
-        after drain_s (between two tokens: each still ends its answer, "cancelled")."""
+        after drain_s (between two tokens: each still ends its answer, "cancelled"), or at once
+        after a second Ctrl+C (cancel_now). Says so in one line when requests are running."""
         self.closing = True
         for reader in list(self.reading):
             reader.cancel()
         for stream in list(self.streams):
             stream.cancel_unstarted()
-        asyncio.get_running_loop().call_later(self.cfg.drain_s, self._cancel_running)
+        if self.hurry:  # Ctrl+C came twice before uvicorn began its shutdown
+            self._cancel_running("now")
+            return
+        drain = self.cfg.drain_s
+        if running := self._running():
+            them = "it" if len(running) == 1 else "them"
+            self.announce(
+                f"stopping: {_plural(len(running), 'request')} running, waiting up to {drain:g} s for {them} "
+                f"to finish (Ctrl+C again to cancel {them} now)"
+            )
+        self.drain_timer = asyncio.get_running_loop().call_later(drain, self._cancel_running, f"after {drain:g} s")
 
-    def _cancel_running(self) -> None:
+    def cancel_now(self) -> None:
+        """A second Ctrl+C: cancel the running requests now (between two tokens, so each still ends
+        its answer "cancelled"), instead of uvicorn cutting them off."""
+        self.hurry = True
+        if self.closing:
+            if self.drain_timer is not None:
+                self.drain_timer.cancel()
+            self._cancel_running("now")
+
+    def _running(self) -> list[_Stream]:
+        return [s for s in self.streams if s.started and s.left]
+
+    def _cancel_running(self, when: str) -> None:
+        if running := self._running():
+            self.announce(f"cancelling {_plural(len(running), 'running request')} {when}")
         for stream in list(self.streams):
             stream.cancel()
 
@@ -228,10 +352,11 @@ class _Server:
                 chat,
                 max_rows=self.batcher.max_rows,
                 max_tokens_cap=self.max_tokens,
-                preset=lambda name: get_preset(name).params,
+                preset=self._preset,
             )
             if "model" in body and not self._serves(body["model"]):
                 raise self._unknown_model(body["model"])
+            self._check_size(job)
             ids = [await asyncio.to_thread(self._encode, job, p) for p in job.prompts]
             queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
             reqs = self._submit(job, ids, queue)
@@ -251,8 +376,9 @@ class _Server:
         key = self.cfg.api_key
         if not key:
             return None
-        given = request.headers.get("authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 7235): "bearer KEY" is as good as "Bearer KEY".
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
             return None
         err = fmt.ApiError(401, "Incorrect or missing API key: send Authorization: Bearer KEY", code="invalid_api_key")
         return JSONResponse(err.body(), status_code=401)
@@ -319,6 +445,14 @@ class _Server:
             p = p.replace(max_new_tokens=self.max_tokens)
         elif not job.max_tokens_given:
             p = p.replace(max_new_tokens=16)  # OpenAI's completions default
+        if not self.cfg.max_queue:  # no waiting line: run now, in rows that are free, or 429
+            self.live = [r for r in self.live if r.rows_left]
+            busy, need = sum(r.rows_left for r in self.live), len(ids) * job.n
+            if busy + need > self.cfg.max_rows:
+                raise QueueFull(
+                    f"{busy} of the server's {self.cfg.max_rows} rows are busy and this request needs {need}; "
+                    "it queues none (--max-queue 0): retry shortly"
+                )
         reqs = []
         try:
             for i, prompt_ids in enumerate(ids):
@@ -334,6 +468,8 @@ class _Server:
             if isinstance(e, QueueFull):
                 raise
             raise fmt.ApiError(400, str(e), "n") from None
+        if not self.cfg.max_queue:
+            self.live += reqs
         return reqs
 
 
@@ -390,7 +526,9 @@ class _Stream:
                 r.cancel()
 
     def token_text(self, ev: TokenEvent) -> str:
-        return self.server.engine.token_text(ev.id)
+        """The token's text in logprobs: EOS adds nothing to the answer, so it is "" (with no bytes),
+        as `tiankong generate` writes it; its entry stays, for its probability."""
+        return "" if ev.id in self.server.eos else self.server.engine.token_text(ev.id)
 
     # ---------------------------------------------------------------- streaming
 
@@ -517,6 +655,10 @@ class _Choice:
         return tokens
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _shutting_down() -> fmt.ApiError:
     return fmt.ApiError(503, "the server is shutting down; send the request again once it is back")
 
@@ -533,7 +675,9 @@ def new_batcher(engine: Engine, cfg: ServeConfig) -> Batcher:
     return Batcher(
         engine,
         max_rows=cfg.max_rows,
-        max_queue=cfg.max_queue,
+        # max_queue 0: the server admits a request only into free rows (_Server._submit), so at most
+        # max_rows requests are ever in the batcher's queue, and only until its next step.
+        max_queue=cfg.max_queue or cfg.max_rows,
         prefix_bytes=cfg.prefix_cache_mib << 20,
         prefill_chunk=cfg.prefill_chunk,
     )
@@ -566,15 +710,18 @@ def listen(cfg: ServeConfig) -> list[socket.socket]:
 
 def http_server(app: Starlette, cfg: ServeConfig, log_level: str = "warning") -> uvicorn.Server:
     """uvicorn over build_app's app, which begins its own shutdown first (_Uvicorn)."""
+    api: _Server = app.state.server
     config = uvicorn.Config(
         app,
         host=cfg.host,
         port=cfg.port,
         log_level=log_level,
         timeout_graceful_shutdown=cfg.drain_s + FINAL_S,
-        limit_concurrency=cfg.max_queue + cfg.max_rows + 16,  # past that, 503 before any work
+        # A backstop only: the app answers past api.limit requests with its JSON 429 (_InFlight), and
+        # uvicorn's plain-text 503 (it counts idle keep-alive connections too) must not come first.
+        limit_concurrency=10 * api.limit,
     )
-    return _Uvicorn(config, app.state.server)
+    return _Uvicorn(config, api)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -585,25 +732,41 @@ class _Uvicorn(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, api: _Server) -> None:
         super().__init__(config)
         self.api = api
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hurried = False  # a second signal came: the running requests are being cancelled
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.api.begin_shutdown()
         await super().shutdown(sockets=sockets)
 
-
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """The first SIGINT/SIGTERM drains (uvicorn's should_exit). A second one would make uvicorn
+        cut the running streams (force_exit: no [DONE], tracebacks, a plain-text 500); it cancels
+        them now instead, each ending its answer "cancelled" within a decode step. Only a third
+        quits at once, as uvicorn does."""
+        again = self.should_exit
+        super().handle_exit(sig, frame)
+        if again and not self.hurried and self.loop is not None:
+            self.hurried = True
+            self.force_exit = False
+            self.loop.call_soon_threadsafe(self.api.cancel_now)  # a signal handler must not touch the loop
 
 
 def serve(engine: Engine, cfg: ServeConfig, announce: Callable[[str], None] = _to_stderr) -> None:
     """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it. The address is
     bound before `announce` gets the "serving ..." line, so that line is never followed by a bind
-    error. InputError for an address refused or a port in use."""
+    error; the shutdown's progress lines go there too. InputError for an address refused, a port in
+    use or a broken preset file."""
     check_bind(cfg.host, cfg.api_key)
+    presets = load_presets()  # a broken preset file: one error now, not a 400 to every client naming a preset
     socks = listen(cfg)
     batcher = new_batcher(engine, cfg)
     try:
-        server = http_server(build_app(engine, batcher, cfg), cfg)
+        server = http_server(build_app(engine, batcher, cfg, presets=presets, announce=announce), cfg)
         host, port = cfg.host, socks[0].getsockname()[1]  # the port bound, where --port was 0
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
         announce(f"serving {server.api.name} on {url} ({engine.decode_path})")
