@@ -210,3 +210,22 @@ def test_train_help_names_what_model_takes(monkeypatch):
         assert "required" not in text, name
     ppo = " ".join(CliRunner().invoke(train_app, ["ppo", "--help"]).output.split())
     assert "Evaluate on the held-out split" not in ppo
+
+
+@pytest.mark.parametrize("trainer", ["reward", "dpo"])
+def test_the_readme_loop_trains_on_the_playgrounds_votes_without_data(
+    trainer, llama_dir, prefs, tmp_path, monkeypatch, capsys
+):
+    # README step 3 (`tiankong train reward --output runs/rm`): no --data means the votes in the
+    # store. The settings check once ran before they were exported and refused "no preference data".
+    from helpers import cli
+
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", prefs)
+    assert code == 0, err
+    out = tmp_path / "runs" / trainer
+    args = ["train", trainer, "--model", llama_dir, "--output", out, "--steps", "1", "--raw", "--no-progress"]
+    code, _, err = cli(monkeypatch, capsys, *args, "--batch-size", "4", "--eval-fraction", "0", "--device", "cpu")
+    assert code == 0, err
+    exported = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
+    assert [r["chosen"] for r in exported] == [r["chosen"] for r in PAIRS]
+    assert (out / "model.safetensors").is_file()

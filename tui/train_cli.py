@@ -165,14 +165,19 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
     from tiankong.trainers import checkpoint as ckpt
     from tiankong.trainers.common import TrainingStopped
 
+    votes_default = name in PREFERENCE_TRAINERS and not cfg.data  # the votes, exported into the run below
+    if votes_default:  # a file to be: the settings check (here and in the trainer) must not miss it
+        cfg.data = "the playground's votes"
     cfg.validate()  # one line for a bad setting before the output folder is touched
     trainer = trainer_cls(cfg)
+    if votes_default:  # and no file yet for the claim to keep out of the output folder
+        cfg.data = ""
     out_dir = Path(cfg.output)
     # Held for the whole run: checked, locked and (with --overwrite) the old run set aside before
     # anything is written there; the trainer's own claim joins this one.
     with ckpt.claim(out_dir, cfg.resume, cfg.overwrite, trainer.protected()) as resumes:
         cfg.resume = resumes
-        if name in PREFERENCE_TRAINERS and not cfg.data:
+        if votes_default:
             votes = out_dir / "preferences.jsonl"
             # A resumed run trains on the votes it started with, not on those added since.
             cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(out_dir))
