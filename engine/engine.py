@@ -11,7 +11,6 @@ The CLI, the TUI and the trainers all go through this class.
 from __future__ import annotations
 
 import random
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from .config import ModelConfig
 from .context import PromptCache, answer_room, fit_messages
 from .errors import InputError
 from .events import Event
+from .files import check_text
 from .generate import generate
 from .gguf_model import GGUFModel, is_gguf, peek
 from .kv_cache import kv_dtype
@@ -37,8 +37,6 @@ from .quant import weight_summary
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
-
-_SURROGATE = re.compile("[\ud800-\udfff]")  # only in strings decoded from bytes that were not UTF-8
 
 
 def draw_seed() -> int:
@@ -186,12 +184,8 @@ class Engine:
                 f"tokens can hold; shorten it"
             )
         for t in texts:
-            bad = _SURROGATE.search(t) if isinstance(t, str) else None
-            if bad:
-                raise InputError(
-                    f"the prompt is not valid text at character {bad.start() + 1}: bytes that are not "
-                    "UTF-8 (or a lone surrogate escape such as \\ud800); give UTF-8 text"
-                )
+            if isinstance(t, str):
+                check_text(t)
 
     def _max_token_chars(self) -> int:
         """The longest vocabulary entry in characters (measured once; an upper bound on a token's text)."""

@@ -343,6 +343,17 @@ def lone_surrogate(value: Any) -> str | None:
     return None
 
 
+def check_text(text: str, what: str = "the prompt") -> None:
+    """InputError naming the first character of `text` that is not text (see `lone_surrogate`):
+    `tiankong generate -p` and `tiankong tokenize` say it alike, before any tokenizer sees it."""
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise InputError(
+            f"{what} is not valid text at character {bad.start() + 1}: bytes that are not "
+            "UTF-8 (or a lone surrogate escape such as \\ud800); give UTF-8 text"
+        )
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """`write(tmp_path)` fills a temporary file (any library may write it); it then replaces `path`."""
     with _staged(path) as tmp:

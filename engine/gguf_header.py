@@ -6,11 +6,12 @@ tensor infos (name, dims with ne0 = the row length first, type, offset)*; paddin
 type and offset against the file and against limits far beyond any real model: GGUFReader trusts
 every count it reads (an array claiming 2^60 elements loops for ever, a lying offset becomes a numpy
 error). `open_reader` then gives gguf.GGUFReader with its metadata arrays read in bulk; `peek` reads
-a few header values for `tiankong models`.
+a few header values and `parameter_count` the tensor infos for `tiankong models`.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import stat
@@ -205,13 +206,31 @@ def _skip_value(cur: _Cursor, kind: int, key: str) -> None:
         _bounded(cur.elements, MAX_ARRAY_ELEMENTS, f"metadata array {key} ({count:,} elements; all arrays)")
         if item in _SCALARS:
             cur.skip(count * struct.calcsize(_SCALARS[item]), key)
-        elif item == _STRING:
-            for _ in range(count):
-                cur.skip(_bounded(cur.take("Q"), MAX_STRING, f"a string in {key}"), key)
+        elif item == _STRING:  # the tokenizer's vocabulary: up to ~256k strings, so a tight loop
+            _skip_strings(cur, count, key)
         else:  # nested arrays: no model metadata uses them
             raise _Bad(f"metadata array {key} holds values of type {item}")
     else:
         raise _Bad(f"metadata {key} has unknown value type {kind}")
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
+    """Skip `count` strings (uint64 length, bytes), as cur.skip(_bounded(cur.take("Q"), ...)) would, at
+    a fraction of the cost per string."""
+    buf, pos, end, unpack = cur.buf, cur.pos, len(cur.buf), _LENGTH.unpack_from
+    for _ in range(count):
+        if pos + 8 > end:
+            raise _Bad("the file ends inside its header (truncated)")
+        (n,) = unpack(buf, pos)
+        if n > MAX_STRING:
+            _bounded(n, MAX_STRING, f"a string in {key}")
+        pos += 8 + n
+        if pos > end:
+            raise _Bad(f"{key} runs past the end of the file (truncated or lying about its size)")
+    cur.pos = pos
 
 
 def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.file_type")) -> dict[str, Any]:
@@ -238,6 +257,39 @@ def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.f
     except (_Bad, ModelLoadError, OSError, ValueError):  # not a regular file, unreadable, empty, damaged
         pass
     return found
+
+
+# Tensors the loader reads into the config (RoPE divisors of Llama 3 and Phi-3), not parameters.
+_NOT_WEIGHTS = frozenset({b"rope_freqs.weight", b"rope_factors_long.weight", b"rope_factors_short.weight"})
+
+
+def parameter_count(path: Path) -> int | None:
+    """The elements of the weights from the header's tensor infos (what `tiankong info` counts), the
+    metadata skipped through with bounded reads; None for a header that cannot be read whole."""
+    try:
+        with _mapped(path) as buf:
+            cur = _Cursor(buf)
+            if cur.take("4s") != b"GGUF" or cur.take("I") not in (2, 3):
+                return None
+            n_tensors, n_kv = cur.take("Q"), cur.take("Q")
+            if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+                return None
+            for _ in range(n_kv):
+                key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
+                _skip_value(cur, cur.take("I"), key)
+            total = 0
+            for _ in range(n_tensors):
+                name = cur.string(MAX_KEY, "a tensor name")
+                n_dims = cur.take("I")
+                if not 1 <= n_dims <= MAX_DIMS:
+                    return None
+                dims = [cur.take("Q") for _ in range(n_dims)]
+                cur.skip(12, name.decode("utf-8", "replace"))  # type (uint32) and offset (uint64)
+                if name not in _NOT_WEIGHTS:
+                    total += math.prod(dims)
+            return total
+    except (_Bad, ModelLoadError, OSError, ValueError):  # not a regular file, unreadable, empty, damaged
+        return None
 
 
 def quantization_name(file_type: Any) -> str | None:

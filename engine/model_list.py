@@ -3,19 +3,23 @@ shows, and every name it lists resolves.
 
 Apart from engine/resolve.py, which needs one model and stops there: listing walks every store
 whole and describes each model it finds (architecture, dtype or quantization, size) from its
-config.json, its GGUF header or Ollama's config blob, noting each place it cannot read.
+config.json, its GGUF header or Ollama's config blob, noting each place it cannot read. The
+parameter count comes from the tensor shapes in the weight files' headers (safetensors' JSON header,
+GGUF's tensor infos), never from the weights themselves: listing stays fast whatever their size.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ModelLoadError, TiankongError
-from .files import read_model_object
+from .files import model_file, open_regular, parse_json, read_model_object
 from .model_places import (
     _gguf_files,
     _is_file,
@@ -31,7 +35,10 @@ from .model_places import (
 from .ollama import _manifest, _model_digest, _ollama_config, _ollama_config_digest, _ollama_digest_path, _ollama_name
 
 _QUANT = re.compile(r"(?i)(?:^|[-._])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=[-._]|$)")  # in GGUF file names
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Tensors some checkpoints hold that are no parameters (RoPE frequencies, GPT-2's attention masks):
+# the loader skips them (the families' IGNORED), so `tiankong info` does not count them either.
+_BUFFERS = re.compile(r"(?:^|\.)(?:rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$")
+MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on its JSON header
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class FoundModel:
     format: str  # safetensors, pytorch or gguf
     architecture: str | None  # config.json's architectures[0] (Ollama: its model family)
     dtype: str | None  # config.json's torch_dtype; a GGUF file's quantization
-    parameters: int | None  # estimated from the weight bytes and dtype
+    parameters: int | None  # from the tensor shapes in the weight files' headers; None if unreadable
     bytes: int  # weight files, summed
 
     def to_json(self) -> dict[str, Any]:
@@ -125,10 +132,62 @@ def _describe(name: str, source: str, folder: Path) -> FoundModel:
     dtype = dtype if isinstance(dtype, str) else None
     files = sorted(folder.glob("*.safetensors"))
     fmt = "safetensors" if files else "pytorch"
+    params = _safetensors_parameters(folder) if files else None  # a pickle's shapes need unpickling it
     files = files or sorted(folder.glob("pytorch_model*.bin"))
     size = sum(_size(f) for f in files)
-    params = size // _DTYPE_BYTES[dtype] if dtype in _DTYPE_BYTES and size else None
     return FoundModel(name, source, str(folder), fmt, arch, dtype, params, size)
+
+
+def _safetensors_parameters(folder: Path) -> int | None:
+    """The elements of the tensors the loader reads, from the JSON headers of the safetensors files it
+    reads (model.safetensors, else the index's shards, else every *.safetensors); None if one of them
+    cannot be read or its header is damaged (the model then fails to load with the reason)."""
+    try:
+        if model_file(folder, "model.safetensors") is not None:
+            names = ["model.safetensors"]
+        elif model_file(folder, "model.safetensors.index.json") is not None:
+            weight_map = read_model_object(folder, "model.safetensors.index.json").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                return None
+            names = list(dict.fromkeys(weight_map.values()))
+        else:
+            names = [p.name for p in sorted(folder.glob("*.safetensors"))]
+        total = 0
+        for name in names:
+            path = model_file(folder, name)
+            count = _header_parameters(path) if path is not None else None
+            if count is None:
+                return None
+            total += count
+    except TiankongError:
+        return None
+    return total
+
+
+def _header_parameters(path: Path) -> int | None:
+    """Elements of the tensors in one safetensors file, buffers left out, read from its header only
+    (8 bytes of length, then that much JSON)."""
+    try:
+        with os.fdopen(open_regular(path), "rb") as f:
+            head = f.read(8)
+            (n,) = struct.unpack("<Q", head) if len(head) == 8 else (None,)
+            if n is None or n > MAX_SAFETENSORS_HEADER:
+                return None
+            text = f.read(n)
+        header = parse_json(text.decode("utf-8"), str(path)) if len(text) == n else None
+    except (TiankongError, OSError, UnicodeDecodeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__" or _BUFFERS.search(name):
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            return None
+        total += math.prod(shape)
+    return total
 
 
 def _lmstudio_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundModel]:
@@ -141,7 +200,7 @@ def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> lis
     """A folder's .gguf files (subfolders included), with architecture and quantization read from each
     header (bounded); named ORG/NAME when it is the only one, else ORG/NAME/[SUB/]FILE.gguf (what
     --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened."""
-    from .gguf_header import peek, quantization_name
+    from .gguf_header import parameter_count, peek, quantization_name
 
     files = _gguf_files(folder)
     out = []
@@ -157,7 +216,7 @@ def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> lis
             quant = hit[1].upper()  # older files may lack general.file_type: the file name says it
         name = repo if len(files) == 1 else f"{repo}/{gguf.relative_to(folder).as_posix()}"
         arch = facts.get("general.architecture")
-        out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, None, _size(gguf)))
+        out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, parameter_count(gguf), _size(gguf)))
     return out
 
 
@@ -173,7 +232,7 @@ def _ollama_entries(root: Path, notes: list[str]) -> list[FoundModel]:
 
 
 def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
-    from .gguf_header import peek, quantization_name
+    from .gguf_header import parameter_count, peek, quantization_name
 
     data = _manifest(manifest)
     digest = _model_digest(data)
@@ -194,7 +253,7 @@ def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
             "gguf",
             arch if isinstance(arch, str) else None,
             quant if isinstance(quant, str) else None,
-            None,
+            parameter_count(blob),
             _size(blob),
         )
     ]

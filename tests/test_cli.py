@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from helpers import cli
@@ -258,3 +262,152 @@ def test_an_escape_sequence_in_a_strangers_file_never_reaches_the_terminal(monke
     code, out, err = cli(monkeypatch, capsys, "info", "-m", evil)
     assert code == 2 and "Evil]2;TITLE" in err.replace("\n", "")
     assert not any(ch in out + err for ch in "\x1b\x9b\x07")
+
+
+# ---------------------------------------------------------------- generate as a script user runs it
+
+
+def prompts_file(tmp_path, n, name="p.txt"):
+    path = tmp_path / name
+    path.write_text("".join(f"Once upon a time {i}\n" for i in range(n)))
+    return path
+
+
+def test_records_go_to_stdout_when_stderr_is_a_terminal(model_dir, tmp_path):
+    """`generate --input F > out.jsonl` at a shell: stderr is a terminal, so the bar is drawn there;
+    the records went there too (rich's bar takes over sys.stdout by default) and out.jsonl stayed empty."""
+    src, out = prompts_file(tmp_path, 3), tmp_path / "out.jsonl"
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "100", "OMP_NUM_THREADS": "1"}
+    for var in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "FORCE_COLOR"):
+        env.pop(var, None)
+    master, slave = pty.openpty()
+    screen = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    args = ["generate", "-m", str(model_dir), "--raw", "-i", str(src), "--max-new-tokens", "4", "--seed", "1"]
+    with out.open("w") as stdout:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tiankong.tui.cli", *args], stdout=stdout, stderr=slave, env=env, timeout=120
+        )
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0, bytes(screen).decode(errors="replace")[-2000:]
+    assert len(records(out.read_text())) == 3
+    assert b'"prompt"' not in screen and b"generating" in screen  # the bar was drawn, and only the bar
+
+
+def test_output_that_is_the_input_is_refused(monkeypatch, capsys, model_dir, tmp_path):
+    src = prompts_file(tmp_path, 2)
+    before = src.read_bytes()
+    link = tmp_path / "link.txt"
+    link.symlink_to(src)
+    for given in (src, link):
+        code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-i", src, "-o", given)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "is the --input file" in err and "write elsewhere" in err
+    with src.open() as stdin:  # --input - < p.txt -o p.txt
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "--raw", "-i", "-", "-o", src)
+    assert code == 2 and "is the file on standard input" in err
+    assert src.read_bytes() == before
+
+
+def test_full_disk_while_keeping_records_is_one_line(monkeypatch, capsys, model_dir, tmp_path):
+    """The part file's buffer cannot be flushed onto a full disk: its close failed the same way again,
+    which hid the one-line error behind two tracebacks."""
+    from tiankong.tui import shards
+
+    monkeypatch.setattr(shards.PartWriter, "_open", lambda self: open("/dev/full", "wb"))
+    src = prompts_file(tmp_path, 3)
+    args = ("generate", "-m", model_dir, "--raw", "-i", src, "--max-new-tokens", "2", "-o", tmp_path / "out.jsonl")
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2, err
+    (line,) = [x for x in err.splitlines() if not x.startswith("generating")]
+    assert line.startswith("error: cannot write") and "the disk is full" in line
+
+
+def test_tokenize_text_that_is_not_utf8_says_so(monkeypatch, capsys, model_dir):
+    code, out, err = cli(monkeypatch, capsys, "tokenize", "-m", model_dir, "caf\udce9")  # bytes caf\xe9
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "TEXT is not valid text at character 4" in err and "give UTF-8 text" in err
+    assert "tokenizer" not in err
+
+
+def test_rank_and_compare_name_a_folder_a_folder(monkeypatch, capsys, tmp_path):
+    code, _, err = cli(monkeypatch, capsys, "rank", "--input", tmp_path)
+    assert code == 2 and f"{tmp_path} is a folder, not a file" in err
+    code, _, err = cli(monkeypatch, capsys, "compare", "--prompts", tmp_path)
+    assert code == 2 and f"{tmp_path} is a folder, not a file" in err
+
+
+@pytest.mark.parametrize("to_file", [True, False])
+def test_interrupt_says_what_was_kept(monkeypatch, capsys, model_dir, tmp_path, to_file):
+    """Ctrl+C in the second batch: a new -o file "was not created" (it said "is unchanged"), and on
+    stdout the message says how many records came out whole (it said nothing)."""
+    from tiankong.tui import cli_generate
+
+    real = cli_generate._generate_batch
+    calls = []
+
+    def stopped_in_the_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli_generate, "_generate_batch", stopped_in_the_second_batch)
+    src, new = prompts_file(tmp_path, 6), tmp_path / "new.jsonl"
+    args = ["generate", "-m", model_dir, "--raw", "-i", src, "--max-new-tokens", "2", "--batch-size", "2"]
+    code, out, err = cli(monkeypatch, capsys, *args, *(["-o", new] if to_file else []))
+    assert code == 130
+    said = " ".join(err.split())
+    if to_file:
+        assert f"interrupted: {new} was not created; the 2 finished records are kept in {new}.part-*" in said
+    else:
+        assert len(records(out)) == 2
+        assert "interrupted: standard output got 2 of 6 records (each complete); the others were not generated" in said
+
+
+def test_sigterm_is_handled_as_ctrl_c(model_dir, tmp_path):
+    src = prompts_file(tmp_path, 400)
+    args = ["generate", "-m", str(model_dir), "--raw", "-i", str(src), "--max-new-tokens", "16", "--batch-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiankong.tui.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        first = proc.stdout.readline()  # generating: the handler is in place
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    whole = len(records(first + rest))
+    assert f"terminated (SIGTERM): standard output got {whole} of 400 records (each complete)" in " ".join(err.split())
+
+
+def test_top_logprobs_with_text_and_a_text_prompt_starting_with_a_brace(monkeypatch, capsys, model_dir, tmp_path):
+    code, _, err = cli(
+        monkeypatch, capsys, "generate", "-m", model_dir, "-p", "hi", "--top-logprobs", "3", "--format", "text"
+    )
+    assert code == 2 and "--top-logprobs needs --format jsonl" in err
+    src = tmp_path / "p.txt"
+    src.write_text("{curly} the bear said hello\n")
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "-i", src)
+    assert code == 2 and 'a text prompt that starts with "{" goes in as {"prompt": "..."}' in " ".join(err.split())

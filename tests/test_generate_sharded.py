@@ -56,7 +56,8 @@ def env():
 
 @pytest.fixture
 def run(monkeypatch, capsys):
-    """run(world, model, input, output, flags): one process is this one (no interpreter to start)."""
+    """run(world, model, input, output, flags): one process is this one (no interpreter to start);
+    returns the stderr of a torchrun."""
 
     def go(world, model, input, output, flags=FLAGS):
         if world == 1:
@@ -66,6 +67,7 @@ def run(monkeypatch, capsys):
         proc = subprocess.run(command(world, model, input, output, flags), env=env(), capture_output=True, text=True)
         lines = [x for x in proc.stderr.splitlines() if "rank" in x or "rror" in x]
         assert proc.returncode == 0, "\n".join(lines)[-4000:]
+        return proc.stderr
 
     return go
 
@@ -97,8 +99,9 @@ def test_one_two_three_processes_write_the_same_records(model, tmp_path, run):
     data = tmp_path / "prompts.txt"
     data.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     outs = {w: tmp_path / f"out{w}.jsonl" for w in (1, 2, 3)}
-    for w, out in outs.items():
-        run(w, model, data, out)
+    said = {w: run(w, model, data, out) for w, out in outs.items()}
+    # The progress (rank 0's) counted rank 0's rows as if they were the run's; it says so now.
+    assert "generating (process 1 of 2: its share of 14 rows) 8/8 (100%)" in said[2]
     one = records(outs[1])
     assert len(one) == 2 * len(PROMPTS)
     assert [r["seed"] for r in one] == [11, 12] * len(PROMPTS)  # seeds belong to samples, not processes

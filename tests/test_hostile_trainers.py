@@ -207,7 +207,7 @@ def test_a_number_too_long_to_read_says_so(tmp_path):
         read_prompt_records(path)
     assert str(error.value) == (
         f"{path} line 1: a number is too long (over {sys.get_int_max_str_digits()} digits) to be read; "
-        "fix the line or make it plain text"
+        'fix the line; a text prompt that starts with "{" goes in as {"prompt": "..."}'
     )
 
 

@@ -532,3 +532,25 @@ def test_names_with_colons_print_as_typed_not_as_emoji(stores, monkeypatch, caps
     assert code == 0 and "ollama:cat:cool" in out, out
     code, out, err = cli(monkeypatch, capsys, "info", "-m", "my:fire:model.gguf")
     assert code == 2 and "my:fire:model.gguf" in err, err
+
+
+def test_models_counts_the_parameters_info_counts(stores, tiny):
+    """From the tensor shapes in the headers: it was the file size over the dtype's size (the
+    safetensors header counted as weights; a bfloat16 copy gave another number), and none for GGUF."""
+    from gguf_files import write_gguf
+    from safetensors.torch import load_file, save_file
+
+    lm = stores / ".lmstudio" / "models"
+    half = lm / "lm-org" / "lm-bf16"
+    shutil.copytree(tiny, half)
+    weights = {k: v.bfloat16() for k, v in load_file(tiny / "model.safetensors").items()}
+    save_file(weights, half / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((half / "config.json").read_text())
+    (half / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))
+    (lm / "gguf-org" / "tiny-gguf").mkdir(parents=True)
+    gguf = write_gguf(tiny, lm / "gguf-org" / "tiny-gguf" / "tiny-f16.gguf", "f16")
+    want = Engine.load(tiny).info()["parameters"]
+    assert Engine.load(gguf).info()["parameters"] == want
+    found = {m.name: m.parameters for m in list_models()}
+    assert found["tiny-org/Tiny-Llama"] == found["lm-org/lm-bf16"] == found["gguf-org/tiny-gguf"] == want
+    assert found["gguf-org/only-gguf"] is None  # a damaged header: no count rather than a guess

@@ -1,61 +1,127 @@
-"""One rich progress bar for loops of known length: the trainers' steps and `tiankong generate`'s
-prompt file."""
+"""One progress display for loops of known length: the trainers' steps and `tiankong generate`'s
+prompt file. On a terminal a rich bar; elsewhere (a log file, nohup, CI) a plain line now and then,
+so `tail -f` shows the run moving.
+
+The bar never takes over sys.stdout or sys.stderr (rich's default does): `generate > out.jsonl`
+with stderr on a terminal must still put its records in out.jsonl, not above the bar.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from typing import Callable, Mapping
+from typing import IO, Any, Mapping
 
+from rich import get_console
 from rich.console import Console
+from rich.markup import escape
 
 SHOWN = ("loss", "accuracy", "reward", "kl")  # the metrics written beside the bar
+EVERY_S = 10.0  # plain lines: one at least this often while items finish ...
+EVERY_PART = 10  # ... and one per tenth of the total done (no more than one a second)
 
 
 class progress:
-    """rich progress bar with the latest metrics and a true ETA; a no-op when not enabled.
+    """A progress display with the latest metrics and a true ETA; a no-op when not enabled.
 
     `with progress(label, total) as advance:` then `advance(metrics)` (or `advance()`) after each
     item. The ETA is the mean time of the items this process ran times the items left (rich's own
     estimate looks at the last 30 s only, which for steps of many seconds is one or two samples).
-    done: items already finished (a resumed run); console: where the bar goes (default stdout).
+    done: items already finished (a resumed run); console: where it goes (default stdout). A console
+    that is not an interactive terminal gets plain lines instead of a bar: one every EVERY_S seconds
+    or each tenth of the total, and one at the end.
     """
 
     def __init__(
         self, label: str, total: int, *, done: int = 0, enabled: bool = True, console: Console | None = None
     ) -> None:
         self.label, self.total, self.done, self.enabled, self.console = label, total, done, enabled, console
+        self.bar: Any = None  # the rich Progress while a bar is drawn
+        self.info = ""  # the latest metrics, as shown
+        self.lines: Console | None = None  # the console of plain lines
 
-    def __enter__(self) -> Callable[..., None]:
+    def __enter__(self) -> progress:
+        self.start, self.first = time.monotonic(), self.done
         if not self.enabled:
-            return lambda row=None: None
+            return self
+        console = self.console or get_console()
+        if not console.is_terminal or console.is_dumb_terminal:
+            self.lines, self.last_line, self.last_part = console, self.start, self._part()
+            return self
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
-            TextColumn(f"[bold]{self.label}[/bold]"),
+            TextColumn(f"[bold]{escape(self.label)}[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}"),
             TextColumn("{task.fields[info]}"),
-            console=self.console,
+            console=console,
             transient=False,
+            redirect_stdout=False,  # stdout is the caller's: records written there stay there
+            redirect_stderr=False,
         )
         self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total, completed=self.done, info="", eta="eta -")
-        start, first = time.monotonic(), self.done
+        self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, info="", eta="eta -")
+        return self
 
-        def advance(row: Mapping[str, float] | None = None) -> None:
-            self.done += 1
-            per_item = (time.monotonic() - start) / max(1, self.done - first)
-            eta = f"eta {_clock(per_item * (self.total - self.done))}"
-            info = "  ".join(f"{k} {v:.4g}" for k, v in (row or {}).items() if k in SHOWN)
-            self.bar.update(task, advance=1, info=info, eta=eta)
+    def __call__(self, row: Mapping[str, float] | None = None) -> None:
+        """One more item done; `row`: its metrics (those in SHOWN are shown)."""
+        if not self.enabled:
+            return
+        self.done += 1
+        self.info = "  ".join(f"{k} {v:.4g}" for k, v in (row or {}).items() if k in SHOWN)
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, info=self.info, eta=self._eta())
+            return
+        now, part = time.monotonic(), self._part()
+        if now - self.last_line >= EVERY_S or (part > self.last_part and now - self.last_line >= 1.0):
+            self._line()
+            self.last_line, self.last_part = now, part
 
-        return advance
+    def write(self, text: str) -> None:
+        """Write `text` to standard output (and flush): above the bar when the bar is drawn on that
+        same terminal, so neither garbles the other; otherwise straight to sys.stdout."""
+        if self.bar is not None and _same_terminal(sys.stdout, self.bar.console.file):
+            self.bar.console.print(text, end="", markup=False, highlight=False, emoji=False, soft_wrap=True)
+        else:
+            sys.stdout.write(text)
+        sys.stdout.flush()
 
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+        elif self.lines is not None:
+            self._line()  # where it ended, whether finished or stopped
+            self.lines = None
+
+    def _part(self) -> int:
+        return self.done * EVERY_PART // self.total if self.total > 0 else 0
+
+    def _eta(self) -> str:
+        if self.done == self.first:
+            return "eta -"
+        per_item = (time.monotonic() - self.start) / (self.done - self.first)
+        return f"eta {_clock(per_item * max(0, self.total - self.done))}"
+
+    def _line(self) -> None:
+        assert self.lines is not None
+        pct = f" ({100 * self.done // self.total}%)" if self.total > 0 else ""
+        elapsed = _clock(time.monotonic() - self.start)
+        line = f"{self.label} {self.done}/{self.total}{pct}  {elapsed}  {self._eta()}"
+        line += f"  {self.info}" if self.info else ""
+        self.lines.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def _same_terminal(a: IO[str], b: IO[str]) -> bool:
+    """Whether two streams are the one terminal (stdout and stderr of an interactive shell)."""
+    try:
+        return a.isatty() and b.isatty() and os.path.samestat(os.fstat(a.fileno()), os.fstat(b.fileno()))
+    except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (captured)
+        return False
 
 
 def _clock(seconds: float) -> str:

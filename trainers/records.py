@@ -180,7 +180,9 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
         if not line.lstrip().startswith("{"):
             out.append((n, where, {"prompt": line}))
             continue
-        record = parse_line(line, where, "fix the line or make it plain text")
+        record = parse_line(
+            line, where, 'fix the line; a text prompt that starts with "{" goes in as {"prompt": "..."}'
+        )
         if isinstance(record.get("prompt"), list) and "messages" not in record:
             record["messages"] = record.pop("prompt")
         if "messages" not in record and not isinstance(record.get("prompt"), str):

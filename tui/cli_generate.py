@@ -7,13 +7,16 @@ files, a tally); the others are a few lines each.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Iterator, List, NamedTuple, Optional
 
 import typer
 from rich.markup import escape
@@ -103,17 +106,19 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
 
   torchrun --nproc_per_node 4 -m tiankong.tui.cli generate -m ./SmolLM2 --input big.jsonl -o out.jsonl
 
-Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text.
+Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text
+(a text prompt that starts with "{" is given as {"prompt": "..."}).
 A bad line (or a prompt longer than the context) stops the run before anything is generated, naming the line.
 --context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
 message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
 context), and records how many in "dropped_turns". An answer cut short by the context ends with
 finish_reason "context" (the max-new-tokens limit is "length").
---output is replaced only when the run ends: on an error it is left as it was. Finished records are kept
-in OUTPUT.part-* as they come (one per process), so after a Ctrl+C, a kill or a crash the same command
-again generates only the rest. Under torchrun (--nnodes, --nproc_per_node) each process takes its share
-of the records and the first merges them into OUTPUT in input order: the same file for any number of
-processes (with --seed; without one, each record's drawn seed is recorded)."""
+--output is replaced only when the run ends: on an error it is left as it was (and it may not be the
+--input file). Finished records are kept in OUTPUT.part-* as they come (one per process), so after a
+Ctrl+C, a kill or a crash the same command again generates only the rest. Under torchrun (--nnodes,
+--nproc_per_node) each process takes its share of the records and the first merges them into OUTPUT in
+input order: the same file for any number of processes (with --seed; without one, each record's drawn
+seed is recorded). Progress goes to stderr: a bar on a terminal, else a line every 10 s or tenth."""
 )
 def generate(
     model: Optional[str] = ModelOrServerOpt,
@@ -143,7 +148,9 @@ def generate(
     n: int = typer.Option(
         1, "--n", "-n", min=1, help="Independent samples per prompt (-n under torchrun, whose own flags take --n)."
     ),
-    top_logprobs: int = typer.Option(0, "--top-logprobs", min=0, help="Record every token with its top K candidates."),
+    top_logprobs: int = typer.Option(
+        0, "--top-logprobs", min=0, help="Record every token with its top K candidates (--format jsonl)."
+    ),
     raw: bool = typer.Option(False, "--raw", help="Plain completion: skip the chat template."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows generated together in one forward pass."),
     context_overflow: str = typer.Option(
@@ -168,8 +175,11 @@ def generate(
         raise InputError(f"unknown --format {format!r}; use jsonl or text")
     if context_overflow not in ("error", "truncate"):
         raise InputError(f"unknown --context-overflow {context_overflow!r}; use error or truncate")
+    if top_logprobs and format == "text":
+        raise InputError("--top-logprobs needs --format jsonl (plain text has no place for the candidates); drop one")
     if output is not None:
         write_target(output)  # a missing folder, a folder or a device: said before the model loads
+        _not_the_input(output, input)
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError("under torchrun, generate needs --output FILE (the processes' records are merged there)")
     jobs = _read_jobs(prompt, input)
@@ -191,7 +201,8 @@ def generate(
     rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
     run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
     if output is None:
-        tally = _generate_to_stdout(run, rows)
+        with run.stops:
+            tally = _generate_to_stdout(run, rows)
     else:
         settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
         settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
@@ -199,7 +210,8 @@ def generate(
         # --dtype or --chat-template does its rows again rather than mixing both in one file.
         template = getattr(eng.template, "source", None)
         settings.update(dtype=dtype, template=hashlib.sha256(template.encode()).hexdigest() if template else None)
-        tally = _generate_to_file(run, rows, output, dist, settings)
+        with run.stops:
+            tally = _generate_to_file(run, rows, output, dist, settings)
     if tally.rows and tally.failed == tally.rows:  # every row failed: the model is broken, not one prompt
         raise typer.Exit(2)
 
@@ -223,19 +235,87 @@ class _Run:
     top_logprobs: int
     batch_size: int
     show_progress: bool
+    stops: _Stops = field(default_factory=lambda: _Stops())
 
-    def bar(self, total: int):
+    def bar(self, total: int, label: str = "generating", enabled: bool = True):
         from tiankong.trainers.progress import progress
 
-        return progress("generating", total, enabled=self.show_progress, console=err)
+        return progress(label, total, enabled=self.show_progress and enabled, console=err)
 
 
 @dataclass
 class _Tally:
-    """Rows this run generated and failed (over every process once the run ends)."""
+    """Rows this run generated and failed (over every process once the run ends); to stdout, also
+    the outputs written whole and whether one was being written when the run stopped."""
 
     rows: int = 0
     failed: int = 0
+    written: int = 0
+    partial: bool = False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a job scheduler's stop) while generating: handled as a Ctrl+C is, exit 143."""
+
+
+def _not_the_input(output: Path, input: Optional[str]) -> None:
+    """Refuse an --output that is the --input file (through links, or on stdin as `- < FILE`):
+    the answers would replace the prompts."""
+    if input is None:
+        return
+    try:
+        out = os.stat(output)
+        same = os.path.samestat(os.fstat(sys.stdin.fileno()), out) if input == "-" else os.path.samefile(input, output)
+    except (OSError, ValueError):  # no such output (yet), no such input, no stdin: not the same file
+        return
+    if same:
+        what = "the file on standard input (--input -)" if input == "-" else "the --input file"
+        raise InputError(f"--output {output} is {what}: the answers would replace the prompts; write elsewhere")
+
+
+class _Stops:
+    """While generating: SIGTERM stops the run as Ctrl+C does (Terminated, exit 143), so a kill gets
+    the same message (what was kept, what to run) instead of a silent end; and a stop that comes while
+    output is written (`held`) waits for the write to end, so the message can say exactly what came
+    out. A second stop while waiting (a write blocked on a full pipe) stops at once.
+
+    Only signals left at Python's defaults are taken: a SIGINT ignored (a job started with `&` by a
+    script) stays ignored."""
+
+    def __init__(self) -> None:
+        self.old: dict[int, Any] = {}
+        self.holding = False
+        self.pending: int | None = None
+
+    def __enter__(self) -> _Stops:
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(sig) is default:
+                    self.old[sig] = signal.signal(sig, self._stop)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        self.old = {}
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        if self.holding and self.pending is None:
+            self.pending = signum
+            return
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A stop signalled inside the block is raised when it ends (a second one at once)."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            self._stop(signum, None)
 
 
 def _join(device: str) -> Any:
@@ -274,13 +354,36 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
 def _generate_to_stdout(run: _Run, rows: list[_Row]) -> _Tally:
     """Batches in order, each printed when done; one text prompt streams its tokens as they come."""
     tally = _Tally()
-    stream = sys.stdout if run.format == "text" and len(rows) == 1 else None
-    with stdout_errors(), run.bar(len(rows)) as advance:
-        for start in range(0, len(rows), run.batch_size):
-            batch = rows[start : start + run.batch_size]
-            sys.stdout.write("".join(_generate_batch(run, batch, advance, tally, stream)))
-            sys.stdout.flush()
+    stream = _Stream(tally, run.stops) if run.format == "text" and len(rows) == 1 else None
+    try:
+        with stdout_errors(), run.bar(len(rows), enabled=stream is None) as bar:
+            for start in range(0, len(rows), run.batch_size):
+                batch = rows[start : start + run.batch_size]
+                outs = _generate_batch(run, batch, bar, tally, stream)
+                with run.stops.held():
+                    tally.partial = True  # until the write returns (a second Ctrl+C may cut it)
+                    bar.write("".join(outs))
+                    tally.written, tally.partial = tally.written + len(outs), False
+    except KeyboardInterrupt as stop:
+        _report_stdout_interrupt(stop, run.format, tally, len(rows))
+        raise typer.Exit(_stop_code(stop)) from None
     return tally
+
+
+class _Stream:
+    """Standard output for one streamed answer, noting that part of it is out."""
+
+    def __init__(self, tally: _Tally, stops: _Stops) -> None:
+        self.tally, self.stops = tally, stops
+
+    def write(self, text: str) -> None:
+        self.tally.partial = self.tally.partial or bool(text)
+        with self.stops.held():
+            sys.stdout.write(text)
+
+    def flush(self) -> None:
+        with self.stops.held():
+            sys.stdout.flush()
 
 
 def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, settings: dict) -> _Tally:
@@ -294,14 +397,19 @@ def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, sett
     todo = [r for r, k in zip(rows, keys, strict=True) if (r.index, k) not in finished]
     mine = shards.my_batches(todo, run.batch_size, dist.rank, dist.world)
     tally, part = _Tally(), shards.PartWriter(output, dist.rank)
+    # Under torchrun the bar (rank 0's) counts rank 0's rows: its label says so.
+    label = (
+        "generating" if dist.world == 1 else f"generating (process 1 of {dist.world}: its share of {len(todo)} rows)"
+    )
     try:
-        with part, run.bar(sum(map(len, mine))) as advance:
+        with part, run.bar(sum(map(len, mine)), label) as advance:
             for batch in mine:
                 outs = _generate_batch(run, batch, advance, tally)
-                part.append((r.index, keys[r.index], o) for r, o in zip(batch, outs, strict=True))
-    except KeyboardInterrupt:
-        _report_interrupt(output, len(rows) - len(todo) + part.written)
-        raise typer.Exit(130) from None
+                with run.stops.held():  # a batch's lines are kept whole, and counted
+                    part.append((r.index, keys[r.index], o) for r, o in zip(batch, outs, strict=True))
+    except KeyboardInterrupt as stop:
+        _report_interrupt(stop, output, len(rows) - len(todo) + part.written)
+        raise typer.Exit(_stop_code(stop)) from None
     sums = dist.all_reduce_sum({"rows": tally.rows, "failed": tally.failed})  # also the barrier before the merge
     if dist.is_main:
         shards.merge(output, [(r.index, k) for r, k in zip(rows, keys, strict=True)])
@@ -353,12 +461,31 @@ def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, s
     return outs
 
 
-def _report_interrupt(output: Path, kept: int) -> None:
+def _stop_code(stop: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+
+
+def _stopped(stop: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+
+
+def _report_interrupt(stop: KeyboardInterrupt, output: Path, kept: int) -> None:
     s = "s" if kept != 1 else ""
     where = f"the {kept} finished record{s} are kept in {output}.part-*" if kept else "nothing had finished"
-    err.print(
-        f"interrupted: {output} is unchanged; {where}; the same command again generates the rest",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+    state = "is unchanged" if os.path.lexists(output) else "was not created"
+    _say(f"{_stopped(stop)}: {output} {state}; {where}; the same command again generates the rest")
+
+
+def _report_stdout_interrupt(stop: KeyboardInterrupt, format: str, tally: _Tally, total: int) -> None:
+    """How much of the output is on stdout: the outputs written whole, and one cut short."""
+    noun = "record" if format == "jsonl" else "answer"
+    whole = f"{tally.written} of {total} {noun}{'s' if total != 1 else ''}"
+    if tally.written:
+        whole += " (each complete)"
+    cut = f"; the {'next' if tally.written else 'first'} one is cut short" if tally.partial else ""
+    rest = "" if tally.written + tally.partial >= total else "; the others were not generated"
+    _say(f"{_stopped(stop)}: standard output got {whole}{cut}{rest} (with --output FILE a stopped run resumes)")
+
+
+def _say(line: str) -> None:
+    err.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tiankong.engine.errors import InputError
+from tiankong.engine.files import check_text
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
 from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_dir, app, err
 
@@ -40,6 +41,7 @@ def tokenize(
 
     if format not in ("table", "jsonl"):
         raise InputError(f"unknown --format {format!r}; use table or jsonl")
+    check_text(text, "TEXT")  # before the tokenizer, which would blame itself
     folder = _model_dir(model)
     if not folder.exists():
         raise InputError(f"model folder {folder} does not exist; pass --model with a local model folder")

@@ -18,7 +18,7 @@ from typing import Any
 from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError, quoted
 from tiankong.engine.resolve import display_name
-from tiankong.trainers.records import read_prompt_records, read_rows
+from tiankong.trainers.records import not_a_file, read_prompt_records, read_rows
 from tiankong.tui.store_records import MAX_RESPONSES, MIN_RESPONSES
 
 UNKNOWN_MODEL = "unknown"
@@ -113,7 +113,7 @@ def prompt_queue(path: Path, repeat: int = 1) -> PromptQueue:
     if repeat < 1:
         raise InputError(f"--repeat must be at least 1, got {repeat}")
     if not Path(path).is_file():
-        raise InputError(f"prompt file {path} does not exist; give a text file (one prompt a line) or JSONL")
+        raise InputError(f"prompt file {path} {not_a_file(Path(path))}; give a text file (one prompt a line) or JSONL")
     items = []
     for _, where, job in read_prompt_records(path):
         conv = _conversation(job, where)
@@ -128,7 +128,7 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
     answer is left out (counted in `skipped`)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path} does not exist; give the JSONL that `tiankong generate --n K` wrote")
+        raise InputError(f"{path} {not_a_file(path)}; give the JSONL that `tiankong generate --n K` wrote")
     groups: dict[str, tuple[list[dict], str, list[Given]]] = {}
     for _, where, rec in read_rows(path, fix="fix that line (nothing was loaded)"):
         where = f"{path} {where}"

@@ -138,15 +138,25 @@ class PartWriter:
         return f
 
     def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-            self.f = None
+        """Close the file; WriteError if what was left in its buffer cannot be written."""
+        f, self.f = self.f, None
+        if f is not None:
+            try:
+                f.close()  # closes the descriptor even when the flush before fails
+            except OSError as e:
+                raise WriteError(self.path, why(e)) from None
 
     def __enter__(self) -> PartWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        except WriteError:
+            if exc_type is None:
+                raise
+            # Else the error in flight (a full disk in append, most often) is the one to tell: a
+            # second one from flushing the same buffer onto the same disk would hide it.
 
 
 def merge(output: Path, rows: Sequence[tuple[int, str]]) -> None:
