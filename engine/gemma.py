@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, rope_buffers
+from .config import ModelConfig
 from .kv_cache import KVCache
 from .llama import WEIGHT_MAP as LLAMA_WEIGHT_MAP
 from .llama import Attention as LlamaAttention
 from .llama import RMSNorm as LlamaRMSNorm
 from .llama import rope_tables
+from .rope import rope_buffers
 from .weights import embedding
 
 

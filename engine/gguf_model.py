@@ -342,7 +342,8 @@ class GGUFModel:
         """
         import torch
 
-        from .config import ModelConfig, rope_inv_freq
+        from .config import ModelConfig
+        from .rope import rope_inv_freq
 
         t = self.tensors["rope_freqs.weight"]
         found = np.asarray(t.data, dtype=np.float64).reshape(-1) if t.tensor_type == 0 else np.zeros(0)

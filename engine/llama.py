@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, long_rope_freqs, rope_attention_factor, rope_buffers
+from .config import ModelConfig
 from .kv_cache import KVCache, build_mask
+from .rope import long_rope_freqs, rope_attention_factor, rope_buffers
 from .weights import embedding
 
 

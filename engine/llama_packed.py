@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, long_rope_applies, long_rope_freqs, rope_attention_factor
+from .config import ModelConfig
 from .kv_cache import KVCache, build_mask
 from .llama import Block, Llama
 from .native import NativeStep, WeightBuffer
@@ -61,6 +61,7 @@ from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
 from .quant import QTensor, ggml_types, is_quantized, pack_rows, packed_bytes, weight_of
 from .repack import repack_rows
+from .rope import long_rope_applies, long_rope_freqs, rope_attention_factor
 
 # (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured on 32
 # rows through a 3072 x 576 weight: 250 us packed, 430 us plain (oneDNN reorders it per call),

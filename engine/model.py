@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import gemma, gpt2, llama
-from .config import ModelConfig, rope_buffers
+from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_model import GGUFModel, is_gguf
 from .gpt2_packed import PackedGPT2
@@ -17,6 +17,7 @@ from .llama_packed import PackedLlama
 from .native import library as native_library
 from .packed import can_pack, pack_linears
 from .quant import QUANTIZABLE, is_quantized, quantize_model
+from .rope import rope_buffers
 from .weights import NameTable, check_checkpoint, load_weights
 
 DTYPES = {

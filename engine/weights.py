@@ -22,7 +22,8 @@ from typing import Callable, Iterator, Protocol, cast
 import torch
 from torch import nn
 
-from .config import MAX_LAYERS, ModelConfig, to_hf_config
+from .config import ModelConfig, to_hf_config
+from .config_checks import MAX_LAYERS
 from .errors import ModelLoadError, quoted
 from .files import atomic_write, atomic_write_text, model_file, open_regular, read_model_object
 from .quant import QTensor, set_quantized

@@ -398,7 +398,8 @@ def test_config_phi3_and_gemma():
         {**phi3, "original_max_position_embeddings": 64, "rope_scaling": {"type": "su", **long}}
     )
     assert c.rope_scaling["rope_type"] == "longrope" and c.rope_scaling["original_max_position_embeddings"] == 64
-    from tiankong.engine.config import rope_attention_factor, to_hf_config
+    from tiankong.engine.config import to_hf_config
+    from tiankong.engine.rope import rope_attention_factor
 
     assert rope_attention_factor(c) == pytest.approx((1 + math.log(16) / math.log(64)) ** 0.5)
     assert to_hf_config(c)["original_max_position_embeddings"] == 64
