@@ -38,7 +38,8 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from tiankong.engine.generate import HeldText  # noqa: E402
 from tiankong.tui import openai_format as fmt  # noqa: E402
-from tiankong.tui.serve import ServeConfig, build_app, check_bind, http_server, listen, new_batcher, serve  # noqa: E402
+from tiankong.tui.serve import ServeConfig, build_app, check_bind, new_batcher, serve  # noqa: E402
+from tiankong.tui.serve_run import http_server, listen  # noqa: E402
 
 needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
 

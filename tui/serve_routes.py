@@ -1,0 +1,328 @@
+"""The server behind `tiankong serve`'s routes: _Server answers each route (auth, presets, the
+checks of a request's size), reads, encodes and queues a request's prompts in the batcher, and runs
+the shutdown (begin_shutdown, cancel_now). tui/serve.py builds the app around it; a request's events
+become its answer in serve_stream.py. Apart so that serve.py reads as the config, the app and the
+entry point, and this file as what happens to one request from its body to the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import weakref
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from tiankong.engine.batcher import Batcher, QueueFull
+from tiankong.engine.batcher import Request as BatcherRequest
+from tiankong.engine.engine import Engine, draw_seed
+from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.events import Event
+from tiankong.engine.params import SamplingParams
+from tiankong.presets import Preset
+from tiankong.tui import openai_format as fmt
+from tiankong.tui.serve_stream import _shutting_down, _Stream
+
+if TYPE_CHECKING:  # serve.py imports this file; the config is only named in annotations here
+    from tiankong.tui.serve import ServeConfig
+
+# Requests handled at once, past the queue and the rows: those still sending their body or being read.
+IN_FLIGHT_MARGIN = 16
+
+
+class _Server:
+    def __init__(
+        self,
+        engine: Engine,
+        batcher: Batcher,
+        cfg: ServeConfig,
+        presets: dict[str, Preset],
+        announce: Callable[[str], None],
+    ) -> None:
+        self.engine, self.batcher, self.cfg = engine, batcher, cfg
+        self.presets, self.announce = presets, announce
+        self.name = cfg.model_name or engine.folder.name
+        self.max_tokens = min(cfg.max_tokens or engine.cfg.max_seq_len, engine.cfg.max_seq_len)
+        self.eos = frozenset(engine.tokenizer.eos_ids)
+        self.created = int(time.time())
+        self.streams: weakref.WeakSet[_Stream] = weakref.WeakSet()  # requests queued or running
+        self.reading: set[asyncio.Task] = set()  # requests whose body is still coming
+        self.live: list[
+            BatcherRequest
+        ] = []  # with max_queue 0: the batcher requests not finished (their rows are busy)
+        self.in_flight = 0  # requests being handled (_InFlight)
+        self.limit = cfg.max_queue + cfg.max_rows + IN_FLIGHT_MARGIN  # past that many, 429 at once
+        self.closing = False  # shutting down: no new requests
+        self.hurry = False  # Ctrl+C again: cancel the running requests now
+        self.drain_timer: asyncio.TimerHandle | None = None
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "rows": self.batcher.rows, "pending": self.batcher.pending})
+
+    async def models(self, request: Request) -> Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        return JSONResponse({"object": "list", "data": [self._card()]})
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{id}: the served model's card (openai's client.models.retrieve)."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        model = request.path_params["model"]
+        if not self._serves(model):
+            err = self._unknown_model(model)
+            return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(self._card())
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's POST /tokenize: {"messages": [...]} (through the chat template) or {"prompt": TEXT}
+        -> {"count", "max_model_len", "tokens"}. `--model http://...` counts its prompts here."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        try:
+            body = await self._read_json(request)
+            if not isinstance(body, dict) or ("messages" in body) == ("prompt" in body):
+                raise fmt.ApiError(400, 'give "messages" (a chat) or "prompt" (text), not both', "messages")
+            chat = "messages" in body
+            if chat:
+                prompt = fmt._messages(body["messages"]) if isinstance(body["messages"], list) else None
+            else:
+                prompt = body["prompt"] if isinstance(body["prompt"], str) else None
+            if prompt is None:
+                raise fmt.ApiError(400, "messages must be an array, prompt a string", "messages" if chat else "prompt")
+            encode = (
+                partial(self.engine.encode, messages=prompt) if chat else partial(self.engine.encode, prompt, raw=True)
+            )
+            ids = await asyncio.to_thread(encode)
+        except fmt.ApiError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        except TiankongError as e:
+            err = fmt.ApiError(400, str(e), "messages" if chat else "prompt")
+            return JSONResponse(err.body(), status_code=400)
+        return JSONResponse({"count": len(ids), "max_model_len": self.engine.cfg.max_seq_len, "tokens": ids})
+
+    def _preset(self, name: str) -> SamplingParams:
+        """A preset's SamplingParams, from those read at startup; InputError for an unknown name."""
+        if name not in self.presets:
+            raise InputError(f"preset must be one of {', '.join(sorted(self.presets))}, got {name!r}")
+        return self.presets[name].params
+
+    def _check_size(self, job: fmt.Job) -> None:
+        """400 for a request the server could never take whole, however idle (each prompt of a
+        completions request is queued as a request of its own): it would get 429 forever."""
+        cfg, prompts = self.cfg, len(job.prompts)
+        if cfg.max_queue and prompts > cfg.max_queue:
+            raise fmt.ApiError(
+                400,
+                f"prompt has {prompts} prompts; this server takes at most {cfg.max_queue} per request "
+                "(its --max-queue); send the rest in another request",
+                "prompt",
+            )
+        if not cfg.max_queue and prompts * job.n > cfg.max_rows:
+            raise fmt.ApiError(
+                400,
+                f"prompt has {prompts} prompts of n={job.n} rows each; this server runs {cfg.max_rows} rows and "
+                f"queues none (--max-queue 0), so it takes at most {cfg.max_rows // job.n} per request; "
+                "send the rest in another request",
+                "prompt",
+            )
+
+    def _card(self) -> dict[str, Any]:
+        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "tiankong"}
+        card["context_length"] = self.engine.cfg.max_seq_len
+        return card
+
+    def _serves(self, model: str) -> bool:
+        return model in (self.name, str(self.engine.folder))
+
+    def _unknown_model(self, model: str) -> fmt.ApiError:
+        return fmt.ApiError(404, f"model {model!r} is not served here; use {self.name!r}", "model", "model_not_found")
+
+    # ---------------------------------------------------------------- shutdown
+
+    def begin_shutdown(self) -> None:
+        """Stop taking requests; end those that have not started now, and cancel the running ones
+        after drain_s (between two tokens: each still ends its answer, "cancelled"), or at once
+        after a second Ctrl+C (cancel_now). Says so in one line when requests are running."""
+        self.closing = True
+        for reader in list(self.reading):
+            reader.cancel()
+        for stream in list(self.streams):
+            stream.cancel_unstarted()
+        if self.hurry:  # Ctrl+C came twice before uvicorn began its shutdown
+            self._cancel_running("now")
+            return
+        drain = self.cfg.drain_s
+        if running := self._running():
+            them = "it" if len(running) == 1 else "them"
+            self.announce(
+                f"stopping: {_plural(len(running), 'request')} running, waiting up to {drain:g} s for {them} "
+                f"to finish (Ctrl+C again to cancel {them} now)"
+            )
+        self.drain_timer = asyncio.get_running_loop().call_later(drain, self._cancel_running, f"after {drain:g} s")
+
+    def cancel_now(self) -> None:
+        """A second Ctrl+C: cancel the running requests now (between two tokens, so each still ends
+        its answer "cancelled"), instead of uvicorn cutting them off."""
+        self.hurry = True
+        if self.closing:
+            if self.drain_timer is not None:
+                self.drain_timer.cancel()
+            self._cancel_running("now")
+
+    def _running(self) -> list[_Stream]:
+        return [s for s in self.streams if s.started and s.left]
+
+    def _cancel_running(self, when: str) -> None:
+        if running := self._running():
+            self.announce(f"cancelling {_plural(len(running), 'running request')} {when}")
+        for stream in list(self.streams):
+            stream.cancel()
+
+    # ---------------------------------------------------------------- one request
+
+    async def _complete(self, request: Request, chat: bool) -> Response:
+        """Check, encode and queue the request, then stream or collect its events."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        try:
+            body = await self._read_json(request)
+            job = fmt.parse_request(
+                body,
+                chat,
+                max_rows=self.batcher.max_rows,
+                max_tokens_cap=self.max_tokens,
+                preset=self._preset,
+            )
+            if "model" in body and not self._serves(body["model"]):
+                raise self._unknown_model(body["model"])
+            self._check_size(job)
+            ids = [await asyncio.to_thread(self._encode, job, p) for p in job.prompts]
+            queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+            reqs = self._submit(job, ids, queue)
+        except fmt.ApiError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        except QueueFull as e:
+            err = fmt.ApiError(429, str(e), code="rate_limit_exceeded")
+            return JSONResponse(err.body(), status_code=429, headers={"Retry-After": str(e.retry_after)})
+        stream = _Stream(self, job, ids, reqs, queue)
+        if job.stream:
+            return StreamingResponse(
+                stream.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        return await stream.collect(request)
+
+    def _auth(self, request: Request) -> Response | None:
+        key = self.cfg.api_key
+        if not key:
+            return None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 7235): "bearer KEY" is as good as "Bearer KEY".
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
+            return None
+        err = fmt.ApiError(401, "Incorrect or missing API key: send Authorization: Bearer KEY", code="invalid_api_key")
+        return JSONResponse(err.body(), status_code=401)
+
+    async def _read_json(self, request: Request) -> Any:
+        """The body, refused past max_body_bytes before it is all read (413), parsed as JSON (400);
+        503 when the server begins to shut down while the body is still coming."""
+        cap = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise fmt.ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {cap:,}")
+        data = bytearray()
+        reader = asyncio.current_task()
+        self.reading.add(reader)
+        try:
+            async for part in request.stream():
+                data += part
+                if len(data) > cap:
+                    raise fmt.ApiError(413, f"the request body is over the limit of {cap:,} bytes")
+        except ClientDisconnect:  # nobody reads the answer; an error response ends the request quietly
+            raise fmt.ApiError(400, "the client closed the connection before sending the whole body") from None
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
+            # begin_shutdown's cancel: the request has not started, so it is answered now like a queued
+            # one, instead of holding the shutdown until uvicorn cancels it (with a traceback).
+            if hasattr(reader, "uncancel"):  # Python 3.11+ counts cancellations; this one is handled
+                reader.uncancel()
+            raise _shutting_down() from None
+        finally:
+            self.reading.discard(reader)
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise fmt.ApiError(400, f"We could not parse the JSON body of your request: {e}") from None
+
+    def _encode(self, job: fmt.Job, prompt: Any) -> list[int]:
+        """One prompt -> token ids, refused (400) when it leaves no room for an answer."""
+        eng = self.engine
+        param = "messages" if job.chat else "prompt"
+        try:
+            if job.chat:
+                ids = eng.encode(messages=prompt)
+            elif isinstance(prompt, str):
+                ids = eng.encode(prompt=prompt, raw=True)
+            else:
+                ids = list(prompt)
+                if not all(0 <= t < eng.cfg.vocab_size for t in ids):
+                    raise InputError(f"token ids must be in [0, {eng.cfg.vocab_size - 1}]")
+            eng.check_fits(ids)
+        except TiankongError as e:
+            raise fmt.ApiError(400, str(e), param) from None
+        return ids
+
+    def _submit(self, job: fmt.Job, ids: list[list[int]], queue: asyncio.Queue) -> list:
+        """One batcher request per prompt (n rows each, seeds seed, seed + 1, ...); all or none."""
+        if self.closing:
+            raise _shutting_down()
+        loop = asyncio.get_running_loop()
+        p = job.params
+        if p.seed is None:
+            p = p.replace(seed=draw_seed())
+        if not job.max_tokens_given and job.chat:  # OpenAI's chat default: as long as the context allows
+            p = p.replace(max_new_tokens=self.max_tokens)
+        elif not job.max_tokens_given:
+            p = p.replace(max_new_tokens=16)  # OpenAI's completions default
+        if not self.cfg.max_queue:  # no waiting line: run now, in rows that are free, or 429
+            self.live = [r for r in self.live if r.rows_left]
+            busy, need = sum(r.rows_left for r in self.live), len(ids) * job.n
+            if busy + need > self.cfg.max_rows:
+                raise QueueFull(
+                    f"{busy} of the server's {self.cfg.max_rows} rows are busy and this request needs {need}; "
+                    "it queues none (--max-queue 0): retry shortly"
+                )
+        reqs = []
+        try:
+            for i, prompt_ids in enumerate(ids):
+
+                def sink(ev: Event, i: int = i) -> None:
+                    loop.call_soon_threadsafe(queue.put_nowait, (i, ev))  # RuntimeError once the loop closed
+
+                rows = [p.replace(seed=(p.seed + j) % 2**64) for j in range(job.n)]
+                reqs.append(self.batcher.submit(prompt_ids, rows, top_logprobs=job.top_logprobs, sink=sink))
+        except TiankongError as e:
+            for r in reqs:
+                r.cancel()
+            if isinstance(e, QueueFull):
+                raise
+            raise fmt.ApiError(400, str(e), "n") from None
+        if not self.cfg.max_queue:
+            self.live += reqs
+        return reqs
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -1,0 +1,98 @@
+"""How `tiankong serve` listens and stops: the sockets bound before anything is announced (listen),
+and uvicorn (http_server) with a subclass (_Uvicorn) that begins the app's own shutdown first and
+turns a second Ctrl+C into cancelling the running requests. Apart from serve.py because this is
+uvicorn's side, its signals included; the app knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from tiankong.engine.errors import InputError
+
+if TYPE_CHECKING:  # serve.py imports this file; the config and the server are only named in annotations here
+    from tiankong.tui.serve import ServeConfig
+    from tiankong.tui.serve_routes import _Server
+
+# After drain_s, the cancelled rows end within a decode step and their last chunks are written; uvicorn
+# cancels whatever task is left only this much later, so no stream is cut before its [DONE].
+FINAL_S = 5.0
+
+
+def listen(cfg: ServeConfig) -> list[socket.socket]:
+    """Sockets bound to cfg's host (each of its addresses, as uvicorn would bind them) and port, so a
+    port in use is one clear error before anything is announced. InputError when they cannot be."""
+    try:
+        addresses = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise InputError(f"--host {cfg.host} is not an address of this machine ({e.strerror})") from None
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise InputError(f"port {cfg.port} on {cfg.host} is in use; pick another with --port") from None
+        raise InputError(f"cannot listen on {cfg.host} port {cfg.port}: {e.strerror}") from None
+    return socks
+
+
+def http_server(app: Starlette, cfg: ServeConfig, log_level: str = "warning") -> uvicorn.Server:
+    """uvicorn over build_app's app, which begins its own shutdown first (_Uvicorn)."""
+    api: _Server = app.state.server
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=cfg.drain_s + FINAL_S,
+        # A backstop only: the app answers past api.limit requests with its JSON 429 (_InFlight), and
+        # uvicorn's plain-text 503 (it counts idle keep-alive connections too) must not come first.
+        limit_concurrency=10 * api.limit,
+    )
+    return _Uvicorn(config, api)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn alone would let queued requests start while it drains, and cut the streams still
+    running when its graceful timeout passes (no finish_reason, no [DONE], a CancelledError
+    traceback); the app's begin_shutdown ends them properly first."""
+
+    def __init__(self, config: uvicorn.Config, api: _Server) -> None:
+        super().__init__(config)
+        self.api = api
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hurried = False  # a second signal came: the running requests are being cancelled
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.api.begin_shutdown()
+        await super().shutdown(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """The first SIGINT/SIGTERM drains (uvicorn's should_exit). A second one would make uvicorn
+        cut the running streams (force_exit: no [DONE], tracebacks, a plain-text 500); it cancels
+        them now instead, each ending its answer "cancelled" within a decode step. Only a third
+        quits at once, as uvicorn does."""
+        again = self.should_exit
+        super().handle_exit(sig, frame)
+        if again and not self.hurried and self.loop is not None:
+            self.hurried = True
+            self.force_exit = False
+            self.loop.call_soon_threadsafe(self.api.cancel_now)  # a signal handler must not touch the loop
