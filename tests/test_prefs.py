@@ -340,3 +340,29 @@ def test_import_says_which_rows_carry_a_margin_it_cannot_keep(tmp_path, monkeypa
     src.write_text(json.dumps(rows[0]) + "\n")  # no margin, no note
     code, _, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "other")
     assert code == 0 and "margin" not in err
+
+
+def test_stats_note_and_help_say_what_the_table_shows(tmp_path, monkeypatch, capsys):
+    # QA: the note said an imported vote "counts in no preset's row", right under the imported row
+    # that counts it, and --help said the total row shows the decided pairs as wins and losses,
+    # where its cells are blank.
+    src, data = tmp_path / "one.jsonl", tmp_path / "data"
+    src.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    assert cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", data)[0] == 0
+    monkeypatch.setenv("COLUMNS", "400")
+    code, out, _ = cli(monkeypatch, capsys, "prefs", "stats", "--data-dir", data)
+    assert code == 0
+    cells = [[c.strip() for c in line.split("│")] for line in out.splitlines() if "│" in line]
+    rows = {row[0]: row[1:] for row in cells}
+    assert rows["imported"] == ["1", "0", "0", "0", "0", "–"]
+    assert rows["total"][:3] == ["1", "", ""]  # votes; wins and losses blank
+    note = " ".join(out.split())
+    assert "1 ranked vote; 0 decided pairs between presets" in note
+    assert "a vote imported without presets counts in the imported row, with no win or loss" in note
+    code, text, _ = cli(monkeypatch, capsys, "prefs", "stats", "--help")
+    text = " ".join(text.split())
+    assert 'that name no presets (both answers "imported") counts in the imported row, with no win or loss' in text
+    assert (
+        "The total row counts each vote once: votes, tie votes and both-bad votes; its wins and losses stay blank"
+        in text
+    )

@@ -229,3 +229,65 @@ def test_the_readme_loop_trains_on_the_playgrounds_votes_without_data(
     exported = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
     assert [r["chosen"] for r in exported] == [r["chosen"] for r in PAIRS]
     assert (out / "model.safetensors").is_file()
+
+
+def test_ctrl_c_in_the_verdict_says_the_model_is_saved_and_resume_writes_the_verdict(
+    llama_dir, prefs, tmp_path, monkeypatch, capsys
+):
+    # QA: Ctrl+C while the verdict sampled (minutes, with no word on screen) ended with status 130,
+    # no message and no verdict.json.
+    import shlex
+
+    from helpers import cli
+
+    from tiankong.trainers import ppo
+
+    out = tmp_path / "runs" / "dpo"
+    args = ["train", "dpo", "--model", llama_dir, "--data", prefs, "--output", out, "--steps", "1", "--raw"]
+    args += ["--batch-size", "4", "--eval-fraction", "0", "--device", "cpu"]
+    sample = ppo.sample
+    calls = []
+
+    def pressed(*a, **kw):  # Ctrl+C as the trained model starts its answers
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return sample(*a, **kw)
+
+    monkeypatch.setattr(ppo, "sample", pressed)
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 130, err
+    assert "verdict: sampling 32 fresh answers from the starting model and 32 from the trained one" in err
+    assert "verdict 32/64" in err  # where it stopped (plain lines: stderr is not a terminal here)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"stopped during the verdict: the model is saved in {out}; `tiankong train dpo ")
+    assert (out / "model.safetensors").is_file() and not (out / "verdict.json").exists()
+
+    monkeypatch.setattr(ppo, "sample", sample)
+    command = shlex.split(last.split("`")[1])
+    assert command[-1] == "--resume"
+    code, _, err = cli(monkeypatch, capsys, *command[1:])
+    assert code == 0, err
+    assert "verdict 64/64" in err and json.loads((out / "verdict.json").read_text())["trainer"] == "dpo"
+
+
+def test_reward_score_says_what_it_wrote_where_and_shows_progress(llama_dir, tmp_path, monkeypatch, capsys):
+    # QA: `reward score -o FILE` printed nothing at all, for minutes on a long file.
+    from helpers import cli
+
+    from tiankong.engine.model import load_model
+
+    base, mcfg = load_model(llama_dir, "cpu", "float32")
+    rm = RewardModel(base, mcfg).save(tmp_path / "rm", tokenizer_from=llama_dir)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(
+        "".join(json.dumps({"prompt": "Hi", "seed": i, "text": f" there {i}"}) + "\n" for i in range(20))
+    )
+    scored = tmp_path / "scored.jsonl"
+    args = ["reward", "score", "--model", rm, "--input", answers, "--device", "cpu"]
+    code, out, err = cli(monkeypatch, capsys, *args, "-o", scored)
+    assert code == 0 and out == "", err
+    assert "scoring 20/20" in err  # plain progress lines: stderr is not a terminal here
+    assert err.strip().splitlines()[-1] == f"wrote 20 scored lines to {scored}"
+    code, out, err = cli(monkeypatch, capsys, *args)  # to stdout: the records alone there
+    assert code == 0 and out == scored.read_text() and "wrote" not in err

@@ -190,9 +190,11 @@ def sample(
     temperature: float,
     max_new_tokens: int,
     chunk: int = 0,
+    advance: Callable[[], None] | None = None,
 ) -> list[tuple[int, ...]]:
     """Answer token ids (EOS included when the answer ended) by the engine's batched generation,
-    pure sampling at `temperature`, one seed per row, `chunk` rows at a time (0 = all)."""
+    pure sampling at `temperature`, one seed per row, `chunk` rows at a time (0 = all); `advance()`
+    is called as each answer is done (a progress display)."""
     params = [
         SamplingParams(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=max_new_tokens, seed=s)
         for s in seeds
@@ -205,6 +207,8 @@ def sample(
         for ev in generate(model, mcfg, tokenizer, [list(p) for p in prompts[i : i + chunk]], params[i : i + chunk]):
             if isinstance(ev, Finished):
                 answers[i + ev.row] = ev.token_ids
+                if advance is not None:
+                    advance()
     model.train(was_training)
     return answers
 

@@ -333,9 +333,11 @@ def _response_key(obj: dict) -> str:
     return "response" if "response" in obj else "text"
 
 
-def score_file(model: Path, input: str, output: Path | None, device: str = "auto") -> None:
+def score_file(model: Path, input: str, output: Path | None, device: str = "auto", show_progress: bool = False) -> int:
     """Score JSONL lines {"prompt": str | messages, "response": str, ...}; each line comes back with
-    "score" added. Every line is checked before the model loads; a bad one stops it with its number."""
+    "score" added. Every line is checked before the model loads; a bad one stops it with its number.
+    Returns the number of lines scored; show_progress: a progress display on stderr for input longer
+    than one batch."""
     if input == "-":
         lines, name = split_lines(sys.stdin.read()), "stdin"
     else:
@@ -371,31 +373,47 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
 
     with loading("reward model", model, "train the reward model again (`tiankong train reward`)"):
         rm = RewardModel.load(model, device)
-    scores: list[float] = []
-    batch = 16
-    for i in range(0, len(rows), batch):
-        chunk = rows[i : i + batch]
-        try:
-            scores += rm.score(
-                [o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk],
-                [o[_response_key(o)] for _, o in chunk],
-            )
-        except TiankongError as e:  # e.g. a template that rejects the messages: find the line
-            for n, o in chunk:
-                try:
-                    rm.score([o["prompt"] if "prompt" in o else o["messages"]], [o[_response_key(o)]])
-                except TiankongError as e1:
-                    raise InputError(f"{name} line {n}: {e1}") from None
-            raise e
+    scores = _score_rows(rm, rows, name, show_progress)
     text = "".join(
         json.dumps({**o, "score": s}, ensure_ascii=False) + "\n" for (_, o), s in zip(rows, scores, strict=True)
     )
     if output is None:
         with stdout_errors():
             sys.stdout.write(text)
-        return
+        return len(rows)
     try:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass  # atomic_write_text names what is wrong with the folder, in one line
     atomic_write_text(output, text)  # whole or not at all; a symlink is written through
+    return len(rows)
+
+
+def _score_rows(rm: RewardModel, rows: list[tuple[int, dict]], name: str, show_progress: bool) -> list[float]:
+    """The score of each (line number, record) of file `name`, a batch at a time; a line the reward
+    model refuses (e.g. a template that rejects its messages) is named."""
+    from rich.console import Console
+
+    from .progress import progress
+
+    scores: list[float] = []
+    batch = 16
+    shown = show_progress and len(rows) > batch  # one batch is one forward pass: nothing to follow
+    with progress("scoring", len(rows), enabled=shown, console=Console(stderr=True)) as advance:
+        for i in range(0, len(rows), batch):
+            chunk = rows[i : i + batch]
+            try:
+                scores += rm.score(
+                    [o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk],
+                    [o[_response_key(o)] for _, o in chunk],
+                )
+            except TiankongError as e:  # find the line
+                for n, o in chunk:
+                    try:
+                        rm.score([o["prompt"] if "prompt" in o else o["messages"]], [o[_response_key(o)]])
+                    except TiankongError as e1:
+                        raise InputError(f"{name} line {n}: {e1}") from None
+                raise e
+            for _ in chunk:
+                advance()
+    return scores

@@ -10,9 +10,10 @@
             shows a few answers side by side.
     sft     first and last training loss, and the held-out loss when there is one.
 
-`verdict_for(trainer)` computes it from the trainer object the run leaves (models still loaded);
-`Verdict.render()` gives rich renderables, `Verdict.to_dict()` what verdict.json holds. Library
-code: no printing here (tui/train_cli.py prints).
+`verdict_for(trainer, advance)` computes it from the trainer object the run leaves (models still
+loaded), calling `advance()` once per fresh answer sampled (`fresh_answers(trainer)` of them: the
+slow part, minutes on a CPU); `Verdict.render()` gives rich renderables, `Verdict.to_dict()` what
+verdict.json holds. Library code: no printing here (tui/train_cli.py prints, and draws the bar).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -94,10 +95,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def verdict_for(trainer: Any) -> Verdict:
-    """The verdict of a finished run, from its trainer (see the module docstring)."""
-    kind = {"reward": reward_verdict, "ppo": policy_verdict, "dpo": policy_verdict}.get(trainer.name, loss_verdict)
-    v = kind(trainer)
+def fresh_answers(trainer: Any) -> int:
+    """How many answers verdict_for samples for this run (before and after together; 0: none)."""
+    return 2 * N_FRESH if trainer.name in ("ppo", "dpo") else 0
+
+
+def verdict_for(trainer: Any, advance: Callable[[], None] | None = None) -> Verdict:
+    """The verdict of a finished run, from its trainer (see the module docstring); `advance()` is
+    called after each of the fresh_answers(trainer) answers it samples."""
+    if trainer.name in ("ppo", "dpo"):
+        v = policy_verdict(trainer, advance)
+    else:
+        v = reward_verdict(trainer) if trainer.name == "reward" else loss_verdict(trainer)
     resolved = getattr(trainer, "auto", None)
     if resolved is not None:
         v.settings = dict(resolved.values)
@@ -152,7 +161,7 @@ def accuracy_verdict(n_pairs: int, n_eval: int, accuracy: float | None, margin: 
 
 
 @torch.no_grad()
-def policy_verdict(trainer: Any) -> Verdict:
+def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> Verdict:
     from .ppo import sample
     from .preferences import pad_right
 
@@ -172,8 +181,8 @@ def policy_verdict(trainer: Any) -> Verdict:
     rows = [list(prompts[i % len(prompts)]) for i in range(N_FRESH)]
     seeds = [1_000_000 + cfg.seed * 7919 + i for i in range(N_FRESH)]  # not the training seeds
     chunk = cfg.micro_batch_size or 16
-    before = sample(trainer.ref, mcfg, tok, rows, seeds, temperature, limit, chunk)
-    after = sample(policy, mcfg, tok, rows, seeds, temperature, limit, chunk)
+    before = sample(trainer.ref, mcfg, tok, rows, seeds, temperature, limit, chunk, advance)
+    after = sample(policy, mcfg, tok, rows, seeds, temperature, limit, chunk, advance)
 
     def logps(model: Any, answers: Sequence[Sequence[int]]) -> torch.Tensor:
         """(N,) log pi(answer | prompt) at the sampling temperature, summed over answer tokens."""

@@ -430,8 +430,8 @@ def import_(
 
   tiankong prefs stats --bootstrap 1000 --seed 1
 
-Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses).
-The total row counts votes, decided pairs (as wins and as losses), tie votes and both-bad votes.
+Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses). Two answers of one preset decide no pair: a vote imported from rows that name no presets (both answers "imported") counts in the imported row, with no win or loss.
+The total row counts each vote once: votes, tie votes and both-bad votes; its wins and losses stay blank, as each decided pair is one win and one loss above. The line under the table gives the ranked votes and the decided pairs.
 The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes."""
 )
 def stats(
@@ -470,8 +470,10 @@ def stats(
     con = Console(emoji=False)
     con.print(table)
     con.print(
-        f"{t['ranked']} ranked votes; {t['pairs']} decided pairs between presets "
-        "(a vote whose answers name no preset, as imported ones, counts in no preset's row)",
+        f"{t['ranked']} ranked vote{'' if t['ranked'] == 1 else 's'}; {t['pairs']} decided "
+        f"pair{'' if t['pairs'] == 1 else 's'} between presets, each one win and one loss "
+        "above (two answers of one preset decide no pair: a vote imported without presets counts in the "
+        "imported row, with no win or loss)",
         style="dim",
         highlight=False,
     )

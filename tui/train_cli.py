@@ -202,7 +202,15 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
             raise typer.Exit(130) from None
         trainer.dist.close()  # all ranks leave the process group together (a rank exiting alone can abort)
         if trainer.dist.is_main:  # still under the lock: verdict.json is this run's too
-            _report(trainer, out)
+            try:
+                _report(trainer, out)
+            except KeyboardInterrupt:  # the model is saved; only the verdict is missing, and --resume writes it
+                print(
+                    f"stopped during the verdict: the model is saved in {out}; "
+                    f"`{_resume_command()}` writes the verdict",
+                    file=sys.stderr,
+                )
+                raise typer.Exit(130) from None
 
 
 def _report(trainer: Any, out: Path) -> None:
@@ -232,14 +240,25 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
 
 
 def _print_verdict(trainer: Any, out: Path) -> None:
-    """Did it work? In words and figures (see trainers/verdict.py), also written to verdict.json."""
+    """Did it work? In words and figures (see trainers/verdict.py), also written to verdict.json.
+    A PPO or DPO verdict samples fresh answers first (minutes on a CPU): said, with a progress bar."""
     from rich.console import Console
 
-    from tiankong.trainers.verdict import verdict_for
+    from tiankong.trainers.progress import progress
+    from tiankong.trainers.verdict import fresh_answers, verdict_for
 
-    verdict = verdict_for(trainer)
-    path = verdict.write(out)
     console = Console(stderr=True, emoji=False)  # paths and model names print as typed
+    n = fresh_answers(trainer)
+    if n:
+        console.print(
+            f"verdict: sampling {n // 2} fresh answers from the starting model and {n // 2} from the trained "
+            "one, then scoring them",
+            highlight=False,
+            soft_wrap=True,  # one line, as the terminal or a log wraps it
+        )
+    with progress("verdict", n, enabled=bool(n) and trainer.cfg.progress, console=console) as advance:
+        verdict = verdict_for(trainer, advance)
+    path = verdict.write(out)
     for part in verdict.render():
         console.print(part)
     console.print(f"verdict written to {path}")
@@ -316,4 +335,6 @@ def score(
     """Score responses: each input line comes back with a "score"."""
     from tiankong.trainers.reward import score_file
 
-    score_file(model, input, output, device=device)
+    n = score_file(model, input, output, device=device, show_progress=True)
+    if output is not None:  # as `prefs export -o` and `generate -o` say what they wrote where
+        print(f"wrote {n} scored line{'' if n == 1 else 's'} to {output}", file=sys.stderr)
