@@ -58,6 +58,7 @@ from .generate import (
     _setup_rows,
     _step_events,
 )
+from .request_checks import check_top_logprobs, token_ids
 from .sampling import SamplingParams
 
 # A stored prefix shorter than this is not worth prefilling a request apart from the others
@@ -131,7 +132,8 @@ class Request:
         """End every row of a request that never joined the batch (none has streamed anything)."""
         assert self.rows_left == len(self.params), "rows of this request already ran"
         for i in range(len(self.params)):
-            self.deliver(Finished(i, "", reason, Usage(len(self.prompt), 0), Timing(0.0, 0.0, 0.0), (), message))
+            usage, timing = Usage(len(self.prompt), 0), Timing(0.0, 0.0, 0.0)
+            self.deliver(Finished(i, "", reason, usage, timing, (), message, self.params[i].seed))
 
     def __iter__(self) -> Iterator[Event]:
         """The events of the default sink, until every row has finished."""
@@ -204,8 +206,8 @@ class Batcher:
             raise InputError("a request needs at least one row (n >= 1)")
         if len(params) > self.max_rows:
             raise InputError(f"n is {len(params)} but the server runs at most {self.max_rows} rows; lower n")
-        if not 0 <= top_logprobs <= eng.cfg.vocab_size:
-            raise InputError(f"top_logprobs must be in [0, {eng.cfg.vocab_size}], got {top_logprobs}")
+        top_logprobs = check_top_logprobs(top_logprobs, eng.cfg.vocab_size)
+        prompt = token_ids(prompt, eng.cfg.vocab_size)
         if len(prompt) == 0:
             raise InputError("empty prompt: give some text")
         eng.check_fits(prompt)

@@ -17,6 +17,7 @@ too: the cache keeps every position and the mask hides the old ones). A prompt w
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Mapping, Sequence, Sized, TypeVar
 
@@ -117,12 +118,38 @@ class PromptCache:
     answer tokens that were fed back. `generate` keeps that true at every step, so a cancelled or
     failed answer leaves a cache that is still valid up to where it got. The buffer grows (doubling,
     up to the context) as the conversation does, and is rebuilt for another model.
+
+    One generate call at a time uses it: a call reads and writes the one buffer at every step, so a
+    second call (another thread, or a second generator while the first is paused) would overwrite
+    the keys and values the first one still decodes from. `generate` claims the cache when it is
+    called and releases it when its generator finishes, fails, is closed or is garbage-collected;
+    a call made meanwhile raises InputError.
     """
 
     def __init__(self) -> None:
         self.kv: KVCache | None = None
         self.ids: list[int] = []
         self._model_id = 0
+        self._busy = threading.Lock()  # held by the generate call using the cache (claim/release)
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a generate call holds the cache now (its generator is not finished or closed)."""
+        return self._busy.locked()
+
+    def claim(self) -> None:
+        """Take the cache for one generate call; InputError if another call holds it."""
+        if not self._busy.acquire(blocking=False):
+            raise InputError(
+                "this PromptCache is in use by another generate() call that has not finished; finish or "
+                "close() that generator first (or wait for its thread), or give this call its own PromptCache"
+            )
+
+    def release(self) -> None:
+        """Give the cache back (the call's generator ended); a Lock may be released from any thread,
+        as the garbage collector may close the generator on another one."""
+        assert self._busy.locked(), "release() without claim()"
+        self._busy.release()
 
     @classmethod
     def holding(cls, model: torch.nn.Module, ids: Sequence[int], kv: KVCache) -> PromptCache:

@@ -34,13 +34,15 @@ from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .quant import weight_summary
+from .request_checks import check_params, token_id_lists
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
 
 
 def draw_seed() -> int:
-    """A fresh seed for a row that has none; reported back so the run can be repeated."""
+    """A fresh seed for a row that has none. The engine reports it as the row's Finished.seed (the
+    CLI and serve record it too), so the run can be repeated."""
     return random.SystemRandom().randrange(2**31)
 
 
@@ -208,12 +210,25 @@ class Engine:
         cancel: threading.Event | None = None,
         prompt_cache: PromptCache | None = None,
     ) -> Iterator[Event]:
-        """Stream TokenEvents and one Finished per row. Rows without a seed get a fresh one.
-        prompt_cache: one row's conversation cache (context.PromptCache), kept across calls."""
-        for p in params:
-            p.validate()
-        if top_logprobs < 0 or top_logprobs > self.cfg.vocab_size:
-            raise InputError(f"top_logprobs must be in [0, {self.cfg.vocab_size}], got {top_logprobs}")
+        """Stream TokenEvents and one Finished per row.
+
+        prompts: one list of token ids per row, from `encode` (a numpy array or a torch tensor of
+        ids is taken as the list it holds). params: one SamplingParams per prompt. A row without a
+        seed gets a fresh one, reported as its Finished.seed: `params.replace(seed=fin.seed)` repeats
+        the run. top_logprobs: candidates per TokenEvent. cancel: a threading.Event set from another
+        thread ends every row after its current token ("cancelled"). prompt_cache: one row's
+        conversation cache (context.PromptCache), kept across calls, used by one call at a time.
+
+        Stop strings: TokenEvent.text is each token's text as it comes, so the streamed texts include
+        a stop string (or its first tokens) that Finished.text then leaves out. To stream only what
+        the answer keeps, pass each event's text through `engine.generate.HeldText(params.stop)`
+        (`push`, then `finish(fin.text)`), as `tiankong serve` does.
+
+        The arguments are checked by this call, not at the first next(): a wrong one raises
+        InputError (a ValueError) naming it and the fix.
+        """
+        prompts = token_id_lists(prompts, self.cfg.vocab_size)
+        params = check_params(params, len(prompts))
         return generate(
             self.model,
             self.cfg,

@@ -21,10 +21,17 @@ class Candidate:
 
 @dataclass(frozen=True)
 class TokenEvent:
+    """One generated token of one row.
+
+    `text` is the token's text as it comes, stop strings included: when a row ends on a stop
+    string, the streamed texts hold it (or the tokens it spans) and Finished.text does not. To
+    stream only the text the answer keeps, pass each text through `engine.generate.HeldText`.
+    """
+
     row: int  # which prompt/row of the request this token belongs to
     index: int  # 0 for the first generated token of the row
     id: int
-    text: str  # the text this token adds to the answer ("" while a multi-byte character is incomplete)
+    text: str  # the text this token adds to the stream ("" while a multi-byte character is incomplete)
     logprob: float  # of the chosen token under the model's own distribution
     p_sample: float | None  # of the chosen token under the sampling distribution (None: unknown, as above)
     entropy: float | None  # of the model's own distribution, in nats (None: a server sent only the top-K)
@@ -69,6 +76,7 @@ class Finished:
     timing: Timing
     token_ids: tuple[int, ...] = field(default=())  # generated ids, EOS included
     message: str = ""  # with "error": one line naming what went wrong (non-finite logits) and the fix
+    seed: int | None = None  # the row's seed, drawn when its SamplingParams had none: set it to repeat the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

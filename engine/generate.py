@@ -7,7 +7,8 @@ row's positions start at 0 at its first real token, and the mask hides the paddi
 row leaves the batch, so the others do not pay for it.
 
 `generate` reads as its stages (gpt-fast's prefill / decode_one_token / decode_n_tokens):
-_setup_rows checks the request, _prefill reads the prompts, then each step _draw samples every
+request_checks.py checks the arguments and _setup_rows the prompts' lengths (both when generate is
+called, not at the first next()), _prefill reads the prompts, then each step _draw samples every
 row, _step_events yields the events and ends rows, _evict drops the finished ones and _decode
 feeds the chosen tokens back.
 
@@ -32,7 +33,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ from .context import PromptCache
 from .errors import InputError
 from .events import Candidate, Event, Finished, Timing, TokenEvent, Usage
 from .kv_cache import KVCache, build_mask, kv_dtype
+from .request_checks import check_cancel, check_params, check_top_logprobs, token_id_lists
 from .sampling import BatchSampler, Draw, SamplingParams
 from .tokenizer import IncrementalDecoder, Tokenizer
 
@@ -102,33 +104,74 @@ def generate(
 ) -> Iterator[Event]:
     """Generate a continuation for every prompt; yields TokenEvents as they come, one Finished per row.
 
-    prompts: token ids per row (already templated). params: one SamplingParams per row, with its
-    seed set. top_logprobs: how many candidates each TokenEvent carries (0 = none). cancel: set it
-    from another thread to stop all rows after the current token ("cancelled"). text_of: optional
-    id -> readable text function for candidates (defaults to tokenizer.token_text). prompt_cache:
-    for one row, the conversation's cache: the prompt's cached prefix is not read again, and the
-    cache holds the prompt and the answer afterwards.
+    prompts: token ids per row (already templated; numpy arrays and tensors of ids are taken as
+    lists). params: one SamplingParams per row, with its seed set. top_logprobs: how many candidates
+    each TokenEvent carries (0 = none). cancel: set it from another thread to stop all rows after the
+    current token ("cancelled"). text_of: optional id -> readable text function for candidates
+    (defaults to tokenizer.token_text). prompt_cache: for one row, the conversation's cache: the
+    prompt's cached prefix is not read again, and the cache holds the prompt and the answer
+    afterwards; one call at a time uses it (PromptCache.claim).
+
+    The arguments are checked, and the cache claimed, by this call itself (InputError), not at the
+    first next(): the generator comes back already started, before its prefill.
     """
+    prompts = token_id_lists(prompts, cfg.vocab_size)
+    params = check_params(params, len(prompts))
+    top_logprobs = check_top_logprobs(top_logprobs, cfg.vocab_size)
+    check_cancel(cancel)
+    if prompt_cache is not None and not isinstance(prompt_cache, PromptCache):
+        raise InputError(f"prompt_cache must be a PromptCache or None, got a {type(prompt_cache).__name__}")
     rows = _setup_rows(cfg, tokenizer, prompts, params, prompt_cache)
     if not rows:
-        return
-    batch = _prefill(model, cfg, prompts, rows, prompt_cache)
-    eos = frozenset(tokenizer.eos_ids)
-    text_of = text_of or tokenizer.token_text
-    while True:
-        if cancel is not None and cancel.is_set():
-            # Cancelled between tokens: every row keeps exactly what it had streamed.
-            for r in batch.rows:
-                yield _cancelled(r)
-            return
-        draw = _draw(batch, eos, top_logprobs)
-        events, keep = _step_events(model, batch, draw, text_of, prompt_cache)
-        yield from (ev for _, ev in events)
-        if not keep:
-            return
-        if len(keep) < len(batch.rows):
-            _evict(batch, keep, draw)
-        _decode(model, cfg, batch, draw.tokens, prompt_cache)
+        return _no_events()
+    events = _events(model, cfg, tokenizer, prompts, rows, top_logprobs, cancel, text_of, prompt_cache)
+    next(events)  # claims the cache (or raises), then stops inside the try that releases it
+    return cast(Iterator[Event], events)
+
+
+def _no_events() -> Iterator[Event]:
+    """The stream of a call with no prompts: a generator like any other (it has close())."""
+    yield from ()
+
+
+def _events(
+    model: nn.Module,
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    prompts: list[list[int]],
+    rows: list[_Row],
+    top_logprobs: int,
+    cancel: threading.Event | None,
+    text_of,
+    prompt_cache: PromptCache | None,
+) -> Iterator[Event | None]:
+    """generate's loop. It first yields None, which generate() takes: from then on, the generator
+    finishing, failing, being closed or being garbage-collected releases the prompt cache (a
+    generator that never started would run no `finally`)."""
+    if prompt_cache is not None:
+        prompt_cache.claim()
+    try:
+        yield None
+        batch = _prefill(model, cfg, prompts, rows, prompt_cache)
+        eos = frozenset(tokenizer.eos_ids)
+        text_of = text_of or tokenizer.token_text
+        while True:
+            if cancel is not None and cancel.is_set():
+                # Cancelled between tokens: every row keeps exactly what it had streamed.
+                for r in batch.rows:
+                    yield _cancelled(r)
+                return
+            draw = _draw(batch, eos, top_logprobs)
+            events, keep = _step_events(model, batch, draw, text_of, prompt_cache)
+            yield from (ev for _, ev in events)
+            if not keep:
+                return
+            if len(keep) < len(batch.rows):
+                _evict(batch, keep, draw)
+            _decode(model, cfg, batch, draw.tokens, prompt_cache)
+    finally:
+        if prompt_cache is not None:
+            prompt_cache.release()
 
 
 def _setup_rows(
@@ -139,8 +182,7 @@ def _setup_rows(
     prompt_cache: PromptCache | None,
 ) -> list[_Row]:
     """Check the request and make one _Row per prompt (none for no prompts)."""
-    if len(prompts) != len(params):
-        raise InputError(f"{len(prompts)} prompts but {len(params)} parameter sets; give one per prompt")
+    assert len(prompts) == len(params), "request_checks.check_params matched them"
     if not prompts:
         return []
     if prompt_cache is not None and len(prompts) != 1:
@@ -467,7 +509,14 @@ def _finished(r: _Row, reason: str, prefill_s: float, decode_s: float, message: 
     n = len(r.ids)
     rate = (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0
     return Finished(
-        r.index, r.text, reason, Usage(r.prompt_len, n), Timing(prefill_s, decode_s, rate), tuple(r.ids), message
+        r.index,
+        r.text,
+        reason,
+        Usage(r.prompt_len, n),
+        Timing(prefill_s, decode_s, rate),
+        tuple(r.ids),
+        message,
+        r.params.seed,
     )
 
 

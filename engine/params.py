@@ -8,6 +8,7 @@ without importing torch (half a gigabyte of memory and a second of start-up).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -122,18 +123,23 @@ def _range_text(name: str) -> str:
     return f"[{_fmt(lo)}, {_fmt(hi)}]"
 
 
+# numbers.Real and numbers.Integral, not float and int: a sweep over numpy values hands in
+# np.float32 and np.int64, which are numbers but not floats or ints. Booleans (np.bool_ is no Number)
+# are refused: True is an int to Python, never a meant temperature or seed.
+
+
 def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{name} must be a number in {_range_text(name)}, got {value!r}")
     return float(value)
 
 
 def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
+        value = int(float(value))  # 40.0 from TOML or JSON
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputError(f"{name} must be an integer in {_range_text(name)}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _as_stop(value: Any) -> tuple[str, ...]:

@@ -428,6 +428,7 @@ class _Row:
             timing=Timing(first - state.start, decode_s, (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0),
             token_ids=tuple(state.ids),
             message=state.message,
+            seed=p.seed,
         )
 
 

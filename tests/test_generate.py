@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import STORIES, make_model
@@ -185,6 +186,95 @@ def test_prompt_longer_than_context(engines):
     eng = engines["gpt2"]
     with pytest.raises(InputError, match="prompt is 300 tokens but the model's context is 256"):
         list(eng.generate([[5] * 300], [GREEDY]))
+
+
+# ---------------------------------------------------------------- the call's arguments (Python callers)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_by_the_call(engines):
+    """Not an IndexError from the embedding (or an OverflowError from the tokenizer) at the first
+    next(): an InputError from generate() itself, naming the prompt, the index, the id and the range."""
+    from tiankong.engine.context import PromptCache
+
+    eng = engines["llama"]
+    V, ids = eng.cfg.vocab_size, eng.encode("Once upon", raw=True)
+    cache = PromptCache()
+    run(eng, [ids], [GREEDY], prompt_cache=cache)
+    for bad, at in [(ids + [V], len(ids)), ([ids[0], -1], 1), ([V + 100], 0)]:
+        with pytest.raises(InputError) as err:
+            eng.generate([ids, bad], [GREEDY, GREEDY])  # never iterated: the call raises
+        assert str(err.value).startswith(
+            f"prompts[1] has token id {bad[at]} at index {at}, outside the vocabulary [0, {V - 1}]; "
+        )
+        with pytest.raises(InputError, match=rf"prompts\[0\] has token id {bad[at]} "):
+            eng.generate([bad], [GREEDY], prompt_cache=cache)  # past the cached prefix too
+    assert not cache.in_use  # a refused call leaves the cache free, and right
+    assert run(eng, [ids], [GREEDY], prompt_cache=cache)[1][0].text == run(eng, [ids], [GREEDY])[1][0].text
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda eng, ids: eng.generate(["Once upon"], [GREEDY]), r"prompts\[0\] is a str.*eng\.encode\(text\)"),
+        (lambda eng, ids: eng.generate("Once upon", [GREEDY]), r"prompts is a str.*eng\.encode\(text\)"),
+        (lambda eng, ids: eng.generate(ids, [GREEDY]), r"prompts\[0\] is one int.*e\.g\. \[ids\]"),
+        (lambda eng, ids: eng.generate([[1.0, 2.5]], [GREEDY]), r"prompts\[0\] has a float \(1\.0\) at index 0"),
+        (lambda eng, ids: eng.generate([np.array([1.5, 2])], [GREEDY]), r"1-D array of integer token ids"),
+        (lambda eng, ids: eng.generate([ids], GREEDY), r"params must be a list .*e\.g\. \[params\]"),
+        (lambda eng, ids: eng.generate([ids], [{"temperature": 0.5}]), r"params\[0\] is a dict.*SamplingParams\(\*\*"),
+        (lambda eng, ids: eng.generate([ids], [GREEDY, GREEDY]), r"1 prompts but 2 parameter sets"),
+        (lambda eng, ids: eng.generate([ids], [GREEDY], top_logprobs=2.5), r"top_logprobs must be an integer.*2\.5"),
+        (lambda eng, ids: eng.generate([ids], [GREEDY], top_logprobs="5"), r"top_logprobs must be an integer"),
+        (lambda eng, ids: eng.generate([ids], [GREEDY], cancel=True), r"cancel must be a threading\.Event"),
+        (lambda eng, ids: eng.generate([ids], [GREEDY], prompt_cache={}), r"prompt_cache must be a PromptCache"),
+    ],
+)
+def test_wrong_argument_types_are_one_line_input_errors_from_the_call(engines, call, message):
+    eng = engines["llama"]
+    with pytest.raises(InputError, match=message) as err:
+        call(eng, eng.encode("Once upon", raw=True))  # not iterated: the call itself checks
+    assert "\n" not in str(err.value)
+
+
+def test_ids_as_arrays_tensors_and_numpy_ints_are_taken_as_lists(engines):
+    eng = engines["llama"]
+    ids = eng.encode("Once upon a time", raw=True)
+    want = run(eng, [ids], [GREEDY])[1][0].token_ids
+    for prompt in (tuple(ids), np.array(ids), torch.tensor(ids), [np.int64(i) for i in ids], list(torch.tensor(ids))):
+        assert run(eng, [prompt], [GREEDY])[1][0].token_ids == want
+    assert run(eng, np.array([ids, ids]), [GREEDY, GREEDY], top_logprobs=np.int64(2))[1][1].token_ids == want
+
+
+def test_a_drawn_seed_is_reported_so_the_run_repeats(engines):
+    eng = engines["qwen2"]
+    ids = eng.encode("Emoji are fun", raw=True)
+    unseeded = SamplingParams(temperature=1.5, max_new_tokens=20)
+    first = run(eng, [ids, ids], [unseeded, unseeded.replace(seed=7)])[1]
+    assert isinstance(first[0].seed, int) and first[1].seed == 7
+    again = run(eng, [ids], [unseeded.replace(seed=first[0].seed)])[1][0]
+    assert again.token_ids == first[0].token_ids and again.seed == first[0].seed
+    assert "Finished.seed" in (Engine.generate.__doc__ or "")
+
+
+def test_streamed_texts_hold_the_stop_string_and_held_text_keeps_it_out(engines):
+    """TokenEvent.text is what each token adds, stop string included; Finished.text drops it. The
+    docstrings say so and point to HeldText, which streams exactly Finished.text."""
+    from tiankong.engine.events import TokenEvent as TE
+    from tiankong.engine.generate import HeldText
+
+    eng = engines["llama"]
+    ids = eng.encode("Once upon a time", raw=True)
+    full = run(eng, [ids], [GREEDY.replace(max_new_tokens=20)])[1][0].text
+    stop = full[3:6]
+    params = GREEDY.replace(max_new_tokens=20, stop=(stop,))
+    tokens, done = run(eng, [ids], [params])
+    streamed, fin = "".join(ev.text for ev in tokens[0]), done[0]
+    assert fin.finish_reason == "stop" and streamed.startswith(fin.text) and streamed[len(fin.text) :].startswith(stop)
+    held = HeldText(params.stop)
+    sent = "".join(held.push(ev.text) for ev in tokens[0]) + held.finish(fin.text)
+    assert sent == fin.text
+    for doc in (Engine.generate.__doc__, TE.__doc__):
+        assert "HeldText" in (doc or "") and "stop string" in (doc or "")
 
 
 def test_stories260k_greedy_story():

@@ -169,6 +169,59 @@ def test_one_cache_serves_one_row(folders):
         list(eng.generate([ids, ids], [GREEDY, GREEDY], prompt_cache=PromptCache()))
 
 
+def test_a_cache_serves_one_call_at_a_time(folders):
+    """A second call with a cache that a paused generator still decodes from would overwrite its keys
+    and values (its answer came out wrong, silently): the second call is refused, the first is right,
+    and the first generator's end, close() or collection frees the cache."""
+    import gc
+
+    eng = engine(folders["llama"], "plain")
+    a, b = eng.encode("Once upon a time there was", raw=True), eng.encode("The dog", raw=True)
+    cache = PromptCache()
+    first = eng.generate([a], [GREEDY], prompt_cache=cache)
+    head = [next(first) for _ in range(4)]
+    with pytest.raises(InputError, match="in use by another generate"):
+        eng.generate([b], [GREEDY], prompt_cache=cache)  # refused by the call, before it reads anything
+    events = head + list(first)
+    cold_toks, cold_fin = run(eng, a)
+    assert [e.id for e in events[:-1]] == [e.id for e in cold_toks] and events[-1].text == cold_fin.text
+    assert not cache.in_use  # finished: free again
+    for end in ("close", "collect", "never started"):
+        g = eng.generate([b], [GREEDY], prompt_cache=cache)
+        if end != "never started":
+            next(g)
+        assert cache.in_use
+        if end == "close":
+            g.close()
+        del g
+        gc.collect()
+        assert not cache.in_use, end
+    assert_same(run(eng, b, cache), run(eng, b))
+
+
+def test_a_cache_in_use_in_another_thread_is_refused(folders):
+    import threading
+
+    eng = engine(folders["llama"], "plain")
+    ids = eng.encode("Once upon a time there was", raw=True)
+    cache, started, go, out = PromptCache(), threading.Event(), threading.Event(), []
+
+    def answer() -> None:
+        for ev in eng.generate([ids], [GREEDY], prompt_cache=cache):
+            started.set()
+            go.wait(30)
+            out.append(ev)
+
+    t = threading.Thread(target=answer)
+    t.start()
+    assert started.wait(30)
+    with pytest.raises(InputError, match="in use by another generate"):
+        eng.generate([ids], [GREEDY], prompt_cache=cache)
+    go.set()
+    t.join(30)
+    assert out[-1].text == run(eng, ids)[1].text and not cache.in_use
+
+
 def test_a_cancelled_answer_leaves_a_valid_cache(folders):
     import threading
 

@@ -93,6 +93,23 @@ def test_replace_validates_and_rejects_unknown_names():
         p.replace(stop=["ok", ""])
 
 
+def test_numpy_numbers_are_taken_as_plain_ones():
+    """A sweep over np.linspace / np.arange hands in np.float64, np.float32 and np.int64: numbers
+    (numbers.Real, numbers.Integral), not floats and ints, and stored as plain ones (to_dict is JSON)."""
+    import numpy as np
+
+    p = SamplingParams(
+        temperature=np.float32(0.5), top_p=np.float64(0.9), top_k=np.int64(40), seed=np.uint64(7), max_new_tokens=8.0
+    )
+    assert (p.temperature, p.top_p, p.top_k, p.seed, p.max_new_tokens) == (0.5, 0.9, 40, 7, 8)
+    assert [type(v) for v in (p.temperature, p.top_p, p.top_k, p.seed)] == [float, float, int, int]
+    json.dumps(p.to_dict())
+    with pytest.raises(InputError, match="temperature must be a number"):
+        SamplingParams(temperature=np.bool_(True))
+    with pytest.raises(InputError, match="top_k must be an integer"):
+        SamplingParams(top_k=np.float32(2.5))
+
+
 def test_ranges_cover_every_numeric_field_and_to_dict_is_json():
     assert set(SamplingParams.RANGES) == {
         "temperature",

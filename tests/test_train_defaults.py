@@ -102,6 +102,41 @@ def test_negative_settings_are_still_refused(llama_dir):
         PPOConfig(model=str(llama_dir), reward="r", prompts="p", response_length=-1).validate()
 
 
+def test_config_fields_of_the_wrong_type_are_named_and_paths_are_taken(llama_dir, tmp_path):
+    """A str where a number goes was a bare TypeError from a comparison in validate(); a Path for a
+    folder or file was an AttributeError ('PosixPath' has no attribute 'strip')."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from tiankong.engine.errors import InputError
+    from tiankong.trainers.dpo import DPOConfig, DPOTrainer
+
+    for field, value, message in [
+        ("beta", "0.1", "beta must be a number (like 0.1), got '0.1'"),
+        ("steps", "3", "steps must be an integer (like 0), got '3'"),
+        ("raw", "yes", "raw must be True or False (like False), got 'yes'"),
+        ("lr", True, "lr must be a number (like 0.0), got True"),
+    ]:
+        with pytest.raises(InputError) as err:
+            DPOConfig(model=str(llama_dir), data="p.jsonl", **{field: value})
+        assert str(err.value) == message
+    cfg = DPOConfig(model=str(llama_dir), data="p.jsonl")
+    cfg.steps = "3"  # set after construction: validate() checks again
+    with pytest.raises(InputError, match="steps must be an integer"):
+        cfg.validate()
+    cfg = DPOConfig(
+        model=Path(llama_dir),
+        data=tmp_path / "p.jsonl",
+        output=tmp_path / "out",
+        beta=np.float32(0.25),
+        steps=np.int64(3),
+    )
+    assert (cfg.model, cfg.data, cfg.output) == (str(llama_dir), str(tmp_path / "p.jsonl"), str(tmp_path / "out"))
+    assert (cfg.beta, cfg.steps) == (0.25, 3) and type(cfg.steps) is int
+    assert DPOTrainer(cfg).out == tmp_path / "out"
+
+
 # ---------------------------------------------------------------- default configs train
 
 

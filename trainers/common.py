@@ -25,20 +25,23 @@ import contextlib
 import hashlib
 import json
 import math
+import numbers
+import os
 import random
 import re
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from tiankong.engine.errors import InputError, ModelLoadError
+from tiankong.engine.errors import InputError, ModelLoadError, quoted
 from tiankong.engine.files import atomic_write_text
 
 from . import checkpoint as ckpt
@@ -85,7 +88,20 @@ class TrainConfig:
     overwrite: bool = opt(False, "Replace what an existing, non-empty output folder holds (else it is refused).")
     progress: bool = opt(True, "Show a progress bar.")
 
+    def __post_init__(self) -> None:
+        self.check_types()
+
+    def check_types(self) -> None:
+        """Every field holds its default's type, or InputError naming it: a str where a number goes
+        ('3' from a form or os.environ) would otherwise fail later as a bare TypeError, deep in a
+        comparison. A path (pathlib.Path) where a str goes becomes its str, and a numpy number a plain
+        one; an int stands for a float, as on the command line (tui/train_cli.py)."""
+        for f in fields(self):
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            setattr(self, f.name, _typed(f.name, getattr(self, f.name), default))
+
     def validate(self) -> None:
+        self.check_types()  # fields may have been set since construction
         if not self.output.strip():  # Path("") is the current folder: never a run's output by accident
             raise InputError("--output is empty; give the run's own folder, e.g. --output runs/NAME")
         for name in ("steps", "batch_size"):
@@ -110,6 +126,30 @@ class TrainConfig:
     @classmethod
     def field_help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    """value as a setting whose default is `default` -> value, or its plain form; InputError if its
+    type is wrong."""
+    if isinstance(default, bool):
+        ok = isinstance(value, (bool, np.bool_))
+        want = "True or False"
+    elif isinstance(default, int):
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        want = "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+        want = "a number"
+    elif isinstance(default, str):
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        ok, want = isinstance(value, str), "a str"
+    else:
+        return value
+    if not ok:
+        raise InputError(f"{name} must be {want} (like {default!r}), got {quoted(repr(value), 60)}")
+    if type(value) in (bool, int, float, str):
+        return value  # an int given for a float stays as given (the CLI keeps it too)
+    return type(default)(value)  # np.int64 -> int, np.float32 -> float, np.bool_ -> bool
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
