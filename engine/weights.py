@@ -460,6 +460,13 @@ def save_model(
             for name in TOKENIZER_FILES
             if name not in skip and (src := model_file(tokenizer_from, name)) is not None
         }
+        if not {"tokenizer.json", "tokenizer.model"} & {*copies, *(extra_files or {})}:
+            # A folder written without its tokenizer loads nowhere, and for a tokenizer trained on
+            # the run's data there may be no other copy: refuse before anything is written.
+            raise ModelLoadError(
+                f"no tokenizer in {tokenizer_from} to copy (looked for tokenizer.json and tokenizer.model); "
+                "give a folder that has one"
+            )
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     dtype = next(model.parameters()).dtype

@@ -474,6 +474,11 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, corpus, llama_dir, chat_f
     assert load_state(latest(tmp_path / "cut"))["step"] == K
     resumed = make(tmp_path / "cut", resume=True).train()
     assert_same_run(whole, resumed)
+    # Two saves after the resume: the second no longer has the checkpoint it resumed from to copy
+    # the tokenizer from (pretrain's was trained on the run's data and exists nowhere else).
+    for folder in (resumed, latest(tmp_path / "cut")):
+        names = sorted(p.name for p in folder.iterdir())
+        assert {"tokenizer.json", "tokenizer.model"} & set(names) and "tokenizer_config.json" in names, names
     with pytest.raises(InputError, match="no checkpoint"):
         make(tmp_path / "empty", resume=True).train()
 
@@ -553,3 +558,16 @@ def test_cli_sft_run_and_bad_line(monkeypatch, capsys, tmp_path, llama_dir, chat
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "line 5" in lines[0] and "bad.jsonl" in lines[0], err
     assert not (tmp_path / "never" / "model.safetensors").exists()
+
+
+def test_a_save_never_writes_a_folder_without_its_tokenizer(tmp_path, llama_dir):
+    # What lost a resumed run's tokenizer: a save that found none to copy wrote the folder anyway.
+    from tiankong.engine.errors import ModelLoadError
+    from tiankong.engine.model import load_model, save_pretrained
+
+    model, cfg = load_model(llama_dir, device="cpu", dtype="float32")
+    empty = tmp_path / "gone"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match=r"no tokenizer in .*gone to copy"):
+        save_pretrained(model, cfg, tmp_path / "out", tokenizer_from=empty)
+    assert not (tmp_path / "out").exists()

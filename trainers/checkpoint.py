@@ -318,6 +318,13 @@ def discard_aside(out: Path) -> None:
     shutil.rmtree(out / ASIDE, ignore_errors=True)
 
 
+def tokenizer_source(out: Path, start: str | Path) -> Path:
+    """Where a save copies the tokenizer from: the run's newest checkpoint, else `start` (the model
+    or folder the run began from). Never a checkpoint the run resumed from as such: writing newer
+    checkpoints deletes that one, and a tokenizer trained on the run's data exists nowhere else."""
+    return latest(out) or Path(start)
+
+
 def latest(out: Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
     folder = out / CHECKPOINTS

@@ -37,6 +37,7 @@ from tiankong.engine.files import atomic_write_bytes
 from tiankong.engine.model import build_model, load_model, resolve_dtype, save_pretrained, set_rope_buffers
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
+from . import checkpoint as ckpt
 from .common import TrainConfig, Trainer, opt
 from .data import load_texts, split_holdout
 
@@ -365,6 +366,6 @@ class PretrainTrainer(Trainer):
             self.model,
             self.model_cfg,
             folder,
-            tokenizer_from=self.tokenizer_dir,
+            tokenizer_from=ckpt.tokenizer_source(self.out, self.tokenizer_dir),
             metadata={"trainer": self.name, "step": str(self.step)},
         )

@@ -42,6 +42,7 @@ from tiankong.engine.model import save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from . import auto
+from . import checkpoint as ckpt
 from .common import TrainConfig, Trainer, opt
 from .data import load_conversations, split_holdout
 from .pretrain import AUTOCAST_HELP, evaluate_held_out, load_trainable, token_loss
@@ -220,19 +221,20 @@ class SFTTrainer(Trainer):
 
     def save(self, folder: Path) -> None:
         files: dict[str, str] = {}
+        source = ckpt.tokenizer_source(self.out, self.source)
         if self.template_from == "file":
             files["chat_template.jinja"] = self.template.source
-        elif self.template_from == "default" and is_gguf(self.source):
+        elif self.template_from == "default" and is_gguf(source):
             files["chat_template.jinja"] = self.template.source  # its tokenizer_config.json is written anew
         elif self.template_from == "default":
-            config = read_model_object(self.source, "tokenizer_config.json")  # no link out, bounded
+            config = read_model_object(source, "tokenizer_config.json")  # no link out, bounded
             config["chat_template"] = self.template.source
             files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         save_pretrained(
             self.model,
             self.model_cfg,
             folder,
-            tokenizer_from=self.source,
+            tokenizer_from=source,
             extra_files=files,
             metadata={"trainer": self.name, "step": str(self.step)},
         )
