@@ -3,6 +3,7 @@ computations: the two-entry closed form, a direct scipy fit of the likelihood, s
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from scipy.optimize import minimize
 
 from tiankong.tui.leaderboard import (
     BASE,
+    MIN_VOTES,
     SCALE,
     bradley_terry,
     by_model,
@@ -20,6 +22,7 @@ from tiankong.tui.leaderboard import (
     games,
     leaderboard,
     leaderboards,
+    standings_table,
     win_matrix,
 )
 from tiankong.tui.store import Response, Vote
@@ -219,3 +222,40 @@ def test_multinomial_resample_draws_like_votes_one_by_one():
     assert drawn.mean(0) == pytest.approx(one_by_one.mean(0), rel=0.03)
     assert drawn.var(0) == pytest.approx(one_by_one.var(0), rel=0.06)
     assert drawn.var(0) == pytest.approx(per * (1 - per / n), rel=0.06)
+
+
+# ---------------------------------------------------------------- too few votes for an interval
+
+
+def board_text(standings, width: int = 120) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(standings_table(standings, title="presets"))
+    return console.export_text()
+
+
+def test_no_interval_from_too_few_votes():
+    # QA: one vote gave "1140 – 1140", an interval of zero width that reads as certainty.
+    one = [ranked(["balanced", "creative"], [0, 1])]
+    four_way = [ranked(["a", "b", "c", "d"], [0, 1, 2, 3])]
+    for votes in (one, one * 2, four_way, one * (MIN_VOTES - 1)):
+        board = leaderboard(votes, by_preset, rounds=50)
+        assert all(math.isnan(s.lo) and math.isnan(s.hi) for s in board)
+        assert all(s.to_dict()["lo"] is None and s.to_dict()["hi"] is None for s in board)
+        text = board_text(board)
+        assert " – " not in text and "—" in text
+    assert [s.votes for s in leaderboard(four_way, by_preset, rounds=0)] == [1, 1, 1, 1]
+    enough = [ranked(["balanced", "creative"], [0, 1])] * 7 + [ranked(["balanced", "creative"], [1, 0])] * 3
+    board = leaderboard(enough, by_preset, rounds=50)
+    assert all(s.votes == MIN_VOTES and s.lo < s.hi for s in board)
+    assert " – " in board_text(board)
+
+
+def test_the_caption_keeps_n_equals_games_on_one_line():
+    # QA: at 120 columns the caption wrapped as "n =" / "games" under a narrow table (rich wraps at
+    # no-break spaces too); where it broke depended on the names' width.
+    for n in range(1, 25):
+        board = leaderboard([ranked(["a" * n, "b" * n], [0, 1])], by_preset, rounds=0)
+        lines = [line.rstrip().replace("\u00a0", " ") for line in board_text(board).splitlines()]
+        assert lines[-2:] == ["Bradley-Terry, Elo-like; n = games", f"CI by bootstrap; — under {MIN_VOTES} votes"]

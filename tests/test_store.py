@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -233,29 +234,50 @@ def test_votes_round_trip_filter_and_undo(store):
     assert [v.id for v in store.list_votes(preset="creative")] == [v2, v1]
     assert [v.id for v in store.list_votes(outcome="tie")] == [v2]
     assert store.list_votes(model="nope") == [] and len(store.list_votes(limit=1)) == 1
-    undone = store.undo_last_vote()  # skips the imported one
-    assert undone.id == v2 and undone.outcome == "tie"
-    assert [v.id for v in store.list_votes()] == [v3, v1]
-    assert store.undo_last_vote().id == v1 and store.undo_last_vote() is None
+    assert store.undo_vote(v1)  # the vote named, not the newest
+    assert [v.id for v in store.list_votes()] == [v3, v2]
+    assert not store.undo_vote(v1)  # gone already
+    assert not store.undo_vote(v3)  # an imported vote is never undone
+    assert [v.id for v in store.list_votes()] == [v3, v2]
 
 
-@pytest.mark.parametrize(
-    "column, garbage", [("responses", "not json"), ("ranking", "[0, 7]"), ("prompt", b"\xff\xfe not utf-8")]
-)
-def test_undo_skips_and_names_a_damaged_row(store, column, garbage):
-    v1 = store.add_vote(vote(("balanced", "creative")))
-    v2 = store.add_vote(vote(("precise", "creative"), outcome="tie"))
-    with sqlite3.connect(store.path) as conn:  # changed outside tiankong
-        value = "CAST(? AS TEXT)" if isinstance(garbage, bytes) else "?"
-        conn.execute(f"UPDATE votes SET {column} = {value} WHERE id = ?", (garbage, v2))
+def test_undo_names_its_vote_and_frees_its_queue_round_in_one_transaction(store):
+    # QA: ctrl+z in one window deleted the newest vote in the database, another rater's.
+    alice = store.add_vote(dataclasses.replace(vote(), rater="alice"))
+    bob = store.add_vote(dataclasses.replace(vote(), rater="bob"))
+    assert store.open_queue("q", 4, "four.txt") == set()
+    for r in (0, 1, 2):
+        store.mark_queue_round("q", r, True, 4)
+    assert store.undo_vote(alice, ("q", 1))
+    assert [v.rater for v in store.list_votes()] == ["bob"] and store.list_votes()[0].id == bob
+    assert store.queue_rounds("q") == {0, 2} and store.queue_position("q") == 1
+
+
+def test_queue_rounds_merge_across_windows_and_restart(store):
+    # QA: two windows on one queue overwrote each other's position (the last to save won).
+    assert store.open_queue("q", 4, "four.txt") == set()
+    assert store.mark_queue_round("q", 0, True, 4) == {0}  # window 1: rounds 1 and 2
+    assert store.mark_queue_round("q", 1, True, 4) == {0, 1}
+    assert store.mark_queue_round("q", 0, True, 4) == {0, 1}  # window 2: its round 1; never backwards
+    assert store.queue_position("q") == 2
+    assert store.open_queue("q", 4, restart=True) == set() and store.queue_position("q") == 0
+    assert store.queue_position("never seen") == 0
+
+
+def test_a_queue_position_stored_before_schema_6_is_taken_over_once(tmp_path):
+    db = tmp_path / DB_NAME
+    conn = sqlite3.connect(db)
+    for migration in MIGRATIONS[:5]:  # the schema with one position per file
+        migration(conn)
+    conn.execute("PRAGMA user_version = 5")
+    conn.execute("INSERT INTO queues VALUES ('compare:abc:x1', 'four.txt', 3, 4, '2025-01-01T00:00:00Z')")
+    conn.commit()
     conn.close()
-    skipped = []
-    assert store.undo_last_vote(skipped).id == v1  # the newest readable vote; the damaged one stays
-    assert [i for i, _ in skipped] == [v2]
-    with sqlite3.connect(store.path) as conn:
-        assert [r[0] for r in conn.execute("SELECT id FROM votes")] == [v2]
-    conn.close()
-    assert store.undo_last_vote() is None
+    with Store(db) as s:
+        assert s.queue_position("compare:abc:x1") == 3  # still readable after the migration
+        assert s.open_queue("compare:abc:x1:me", 4, legacy="compare:abc:x1") == {0, 1, 2}  # the first to reopen
+        assert s.open_queue("compare:abc:x1:carol", 4, legacy="compare:abc:x1") == set()  # not told it is done
+        assert s.queue_position("compare:abc:x1:me") == 3
 
 
 def test_vote_shapes_count_votes_by_shape(store):

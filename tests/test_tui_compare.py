@@ -16,11 +16,14 @@ import time
 
 import pytest
 from rich.console import Console
-from textual.widgets import DataTable, Select, Static
+from textual import events
+from textual.keys import _character_to_key
+from textual.widgets import DataTable, Input, Select, Static
 from tiny_models import STORIES, make_model
 from tui_host import Host
 
 from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError
 from tiankong.engine.events import Finished
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset, get_preset
@@ -295,11 +298,100 @@ def test_conversation_ending_with_the_prompt_starts_from_it(store):
         CompareScreen([object()], [get_preset("balanced")], store, "gus")
 
 
+async def burst(pilot, text: str) -> None:
+    """Keys as a laggy link or a quick typist delivers them: all queued at once, none handled in between
+    (pilot.press waits for the app to be idle after each key)."""
+    for ch in text:
+        pilot.app.post_message(events.Key(ch if ch.isalnum() else _character_to_key(ch), ch))
+    await pilot.pause()
+
+
+def test_keys_typed_right_after_n_land_in_the_prompt_box(tiny, store):
+    # QA: "n" then "Tell me a story about a bear." in one burst: "r" in "story" reran the old prompt and
+    # "b" in "about" flipped blind mode; the prompt box stayed empty.
+    screen = CompareScreen([tiny], [preset("deterministic", 4), preset("creative", 4)], store, "ida", prompt=PROMPT)
+
+    async def run():
+        async with Host(screen).run_test(size=(100, 30)) as pilot:
+            await finish(pilot, screen)
+            await pilot.press("1", "enter")
+            voted = screen.round
+            await burst(pilot, "nTell me a story about a bear.")
+            prompt = screen.query_one("#prompt-input", Input)
+            assert prompt.value == "Tell me a story about a bear."
+            assert screen.round is voted and screen.state == "voted" and screen.blind  # no rerun, no flip
+            await pilot.press("enter")
+            await finish(pilot, screen)
+            assert screen.round.prompt == "Tell me a story about a bear."
+            await pilot.press("2", "enter")
+
+    asyncio.run(run())
+    assert [v.prompt for v in store.list_votes()] == ["Tell me a story about a bear.", PROMPT]
+
+
+def test_esc_in_the_compare_the_command_opened_stays(tiny, tmp_path, store):
+    # QA: esc in `tiankong compare` left for the chat screen, which the user never opened.
+    from tiankong.presets import load_presets
+    from tiankong.tui.app import TiankongApp
+
+    presets = {n: preset(n, 4) for n in load_presets()}
+    app = TiankongApp(
+        tiny.folder, store=store, mode="compare", compare_presets=["balanced", "creative"], presets=presets
+    )
+
+    async def run():
+        async with app.run_test(size=(100, 30)) as pilot:
+            deadline = time.monotonic() + 60
+            while not isinstance(app.screen, CompareScreen):
+                assert time.monotonic() < deadline
+                await pilot.pause(0.05)
+            screen = app.screen
+            await pilot.press(*"Hi", "enter")
+            await finish(pilot, screen)
+            await pilot.press("escape")  # voting: to the prompt box, not away
+            await pilot.pause()
+            assert app.screen is screen and screen.focused is screen.query_one("#prompt-input")
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is screen
+
+    asyncio.run(run())
+
+
+class Failing:
+    """An engine whose generation fails at once, as a prompt far longer than the context does."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, prompts, params, **kwargs):
+        raise InputError("the prompt is 15,000 characters, far more than the model's context can hold")
+
+
+def test_a_failed_round_does_not_say_stopped_by_esc(tiny, store):
+    # QA: both columns of a failed round ended "stopped (esc)", though no one pressed esc.
+    screen = CompareScreen([Failing(tiny)], [preset("balanced"), preset("creative")], store, "jo", prompt=PROMPT)
+
+    async def run():
+        async with Host(screen).run_test(size=(100, 30)) as pilot:
+            await finish(pilot, screen)
+            assert screen.state == "failed"
+            assert "Generation failed: the prompt is 15,000" in str(screen.query_one("#vote-bar", Static).content)
+            return [shown_text(c, ".answer-foot") for c in screen.columns]
+
+    feet = asyncio.run(run())
+    assert feet == ["failed", "failed"]
+
+
 KILL_SCRIPT = r"""
 import asyncio, dataclasses, sys
 from pathlib import Path
 from textual.app import App
 from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError
 from tiankong.engine.events import Finished
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import get_preset

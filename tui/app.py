@@ -167,8 +167,8 @@ class TiankongApp(App[None]):
             gc.freeze()
         self.engines, self.engine_error = engines, None
         await self.chat.engine_ready(engines[0])
-        if self.mode == "compare":
-            self.open_compare(self.compare_presets, engines=engines)
+        if self.mode == "compare":  # the screen `tiankong compare` asked for: esc never leaves it for the chat
+            self.open_compare(self.compare_presets, engines=engines, standalone=True)
 
     def on_unmount(self) -> None:
         if self._switch_interval is not None:
@@ -189,9 +189,14 @@ class TiankongApp(App[None]):
     # ------------------------------------------------------------------ other screens
 
     def open_compare(
-        self, preset_names: list[str], conversation: list[dict] | None = None, engines: list[Any] | None = None
+        self,
+        preset_names: list[str],
+        conversation: list[dict] | None = None,
+        engines: list[Any] | None = None,
+        standalone: bool = False,
     ) -> None:
-        """Push the compare screen: one engine with these presets (or several engines, one preset)."""
+        """Push the compare screen: one engine with these presets (or several engines, one preset).
+        standalone: opened by `tiankong compare` rather than from the chat (esc does not leave it)."""
         from tiankong.tui.screens.compare import CompareScreen
 
         if self.engine is None:
@@ -202,7 +207,9 @@ class TiankongApp(App[None]):
         if len(engines) > 1:
             presets = presets[:1]
         try:
-            screen = CompareScreen(engines, presets, self.store, self.rater, blind=True, conversation=conversation)
+            screen = CompareScreen(
+                engines, presets, self.store, self.rater, blind=True, conversation=conversation, standalone=standalone
+            )
         except ValueError as e:  # TiankongError included
             self.notify(str(e), severity="error")
             return

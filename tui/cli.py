@@ -89,19 +89,28 @@ def chat(
 
 
 def _compare_lineup(
-    model: str | None, presets: str, models: str | None, api_key: str | None = None
+    model: str | None, presets: str | None, models: str | None, api_key: str | None = None
 ) -> tuple[list[str], list[Any] | None]:
-    """compare's contestants: 2 to 4 preset names, or two model folders (or servers) under the first preset."""
-    names = [p.strip() for p in presets.split(",") if p.strip()]
+    """compare's contestants: 2 to 4 preset names (default balanced,creative), or two model folders (or
+    servers) under one preset (default balanced). Two models under several presets is refused rather
+    than cut to the first preset without a word."""
+    names = [p.strip() for p in (presets if presets is not None else "").split(",") if p.strip()]
     for name in names:
         get_preset(name)
+    if models and presets is not None and len(names) != 1:  # said before any model is looked up
+        raise InputError(
+            f"--models compares two models under one preset; give one --presets, e.g. --presets "
+            f"{names[0] if names else DEFAULT_PRESET} (got {', '.join(names) or 'none'})"
+        )
     model_dirs = [_playground_model(m.strip(), api_key) for m in models.split(",") if m.strip()] if models else None
     if model_dirs is not None:
         if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
             model_dirs.insert(0, _playground_model(model, api_key))
         if len(model_dirs) != 2:
             raise InputError(f"--models takes one or two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
-        names = names[:1]
+        names = names or [DEFAULT_PRESET]
+    elif presets is None:
+        names = [DEFAULT_PRESET, "creative"]
     elif not 2 <= len(names) <= 4:
         raise InputError(f"--presets takes 2 to 4 presets, got {len(names)}; e.g. --presets balanced,creative")
     return names, model_dirs
@@ -123,7 +132,12 @@ def _compare_lineup(
 )
 def compare(
     model: Optional[str] = ModelOrServerOpt,
-    presets: str = typer.Option("balanced,creative", help="2 to 4 presets, comma-separated."),
+    presets: Optional[str] = typer.Option(
+        None,
+        help="2 to 4 presets, comma-separated (default: balanced,creative); "
+        "with --models, the one preset both models use (default: balanced).",
+        show_default=False,
+    ),
     models: Optional[str] = typer.Option(
         None,
         help="Two model folders, comma-separated, to compare instead "

@@ -18,7 +18,8 @@ likelihood fit.
 
 Confidence intervals: the votes are resampled with replacement (`rounds` times, with a seeded
 generator, so the same votes always give the same intervals), the strengths refitted on each resample,
-and the 2.5th and 97.5th percentiles kept. Resampling whole votes keeps the pairs of one ranking together.
+and the 2.5th and 97.5th percentiles kept; an entry in fewer than MIN_VOTES votes gets none (nan, shown
+"—"), as resamples of so few votes barely differ. Resampling whole votes keeps the pairs of one ranking together.
 Votes that give the same games (the same names, pairs and outcomes) are interchangeable, so they are
 merged into one category with a count, and a resample of N votes is drawn as multinomial(N, count / N)
 over the categories: the same distribution as drawing N votes one by one, at the cost of the number of
@@ -52,6 +53,10 @@ from tiankong.tui.store import Response, Vote
 
 SCALE, BASE = 400 / math.log(10), 1000.0  # natural-log strength -> Elo-like points
 PRIOR = 0.5  # virtual games per pair that met (half won each way): keeps unbeaten entries finite
+# Below this many votes with a game of its own, an entry gets no interval: resamples of one or two votes
+# barely vary (one vote: every resample is that vote), so the "interval" had zero width, which reads as
+# certainty where there is the least of it. A handful more still mostly repeat the same few votes.
+MIN_VOTES = 10
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Standing:
     losses: float
     ties: int
     n: int  # games (pairs) the entry took part in
+    votes: int = 0  # votes with a game of the entry's: under MIN_VOTES, lo and hi are nan (no interval)
 
     @property
     def win_rate(self) -> float | None:
@@ -236,6 +242,14 @@ def leaderboard(
     wins = win_matrix(g, len(names), weight)
     strength = elo(bradley_terry(wins, prior=prior))
     lo, hi = bootstrap(g, len(names), per, rounds=rounds, seed=seed, prior=prior, level=level)
+    # Votes behind each entry: a category counts once for each entry in its games (however many games).
+    cat = g[:, 0].astype(np.int64)
+    member = np.zeros((len(per), len(names)), dtype=bool)
+    member[cat, g[:, 1].astype(np.int64)] = True
+    member[cat, g[:, 2].astype(np.int64)] = True
+    votes_in = np.rint(per @ member).astype(np.int64)
+    few = votes_in < MIN_VOTES
+    lo, hi = np.where(few, np.nan, lo), np.where(few, np.nan, hi)
     tie = g[:, 3] == 0.5
     tie_count = np.zeros(len(names))
     np.add.at(tie_count, g[tie, 1].astype(np.int64), weight[tie])
@@ -250,6 +264,7 @@ def leaderboard(
             float(wins[:, k].sum()),
             int(round(tie_count[k])),
             int(round(wins[k].sum() + wins[:, k].sum())),
+            int(votes_in[k]),
         )
         for k, name in enumerate(names)
     ]
@@ -293,7 +308,9 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
         title_style="bold",
         box=None,
         padding=(0, 1),
-        caption="Bradley-Terry, Elo-like; CI by bootstrap; n\u00a0=\u00a0games",  # no line break inside "n = games"
+        # Two short lines: a caption longer than the table is wrapped to its width (a narrow table broke
+        # it inside "n = games": rich breaks at no-break spaces too), and each line fits the narrowest table.
+        caption=f"Bradley-Terry, Elo-like; n = games\nCI by bootstrap; — under {MIN_VOTES} votes",
         caption_justify="left",
         caption_style="dim",
     )
@@ -305,7 +322,7 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
         table.add_row(
             shown[s.name],
             _points(s.strength),
-            f"{_points(s.lo)} – {_points(s.hi)}",
+            "—" if math.isnan(s.lo) or math.isnan(s.hi) else f"{_points(s.lo)} – {_points(s.hi)}",
             "–" if rate is None else f"{rate:.0%}",
             str(s.n),
         )

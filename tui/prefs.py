@@ -41,7 +41,7 @@ from rich.table import Table
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors
 from tiankong.trainers.records import not_a_file, parse_record, read_rows
-from tiankong.tui.leaderboard import leaderboards, standings_table
+from tiankong.tui.leaderboard import MIN_VOTES, leaderboards, standings_table
 from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
 from tiankong.tui.store_votes import summarise
 
@@ -422,7 +422,7 @@ def import_(
 
 
 @prefs_app.command(
-    epilog="""[bold]Examples[/bold]
+    epilog=f"""[bold]Examples[/bold]
 
   tiankong prefs stats
 
@@ -432,7 +432,7 @@ def import_(
 
 Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses). Two answers of one preset decide no pair: a vote imported from rows that name no presets (both answers "imported") counts in the imported row, with no win or loss.
 The total row counts each vote once: votes, tie votes and both-bad votes; its wins and losses stay blank, as each decided pair is one win and one loss above. The line under the table gives the ranked votes and the decided pairs.
-The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes."""
+The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes ("—" for an entry in fewer than {MIN_VOTES} votes, too few to resample)."""
 )
 def stats(
     data_dir: Optional[Path] = DataDirOpt,

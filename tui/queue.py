@@ -1,8 +1,10 @@
 """Queues of rounds to vote on: prompts to answer (`tiankong compare --prompts`) or answers made
 earlier (`tiankong rank --input`). No Textual here: files in, plain records out.
 
-A queue is keyed by its file's content hash, so the store can remember how far a person got
-(`Store.queue_position`) and reopen the same file at the next round; an edited file is a new queue.
+A queue is keyed by its file's content hash, and its progress (the rounds done) by that, the lineup
+that answers (models and presets) and the rater (`PromptQueue.progress_key`), so the store can
+remember how far each person got with each lineup and reopen the same file at the next round; an
+edited file is a new queue, and another lineup or rater starts it from the beginning.
 Every prompt gets a prompt id: the file's own "id" when a line has one, else a hash of the
 conversation, so the same prompt has the same id in a prompt file and in generate's output.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,7 @@ class Item:
 
 @dataclass
 class PromptQueue:
-    key: str  # "compare:" or "rank:" + the file's sha256: where the store keeps the position
+    key: str  # "compare:" or "rank:" + the file's sha256 (+ the repeat); progress_key adds who labels it
     source: str  # the file, as given
     items: list[Item]
     repeat: int = 1  # rounds per item, one after another (fresh seeds each)
@@ -69,6 +72,14 @@ class PromptQueue:
     @property
     def total(self) -> int:
         return len(self.items) * self.repeat
+
+    def progress_key(self, lineup: Iterable[str], rater: str) -> str:
+        """Where the store keeps one rater's progress through this queue with one lineup (what answers
+        each column, e.g. "MODEL · PRESET", in any order; none for answers read from a file): a
+        person labelling the file with other presets or models, or another person, has progress of
+        their own. `key` alone is where it was kept for everyone before (Store.open_queue's legacy)."""
+        who = {"lineup": sorted(lineup), "rater": rater}
+        return f"{self.key}:{json.dumps(who, ensure_ascii=False, separators=(',', ':'))}"
 
     def at(self, position: int) -> tuple[Item, int]:
         """The item of round `position` (0-based) and which of its repeats that round is."""

@@ -129,6 +129,23 @@ def _v5_branches(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX messages_by_parent ON messages(parent_id)")
 
 
+def _v6_queue_rounds(conn: sqlite3.Connection) -> None:
+    """A queue's progress as the set of its rounds done (voted or skipped) rather than one position:
+    windows voting on the same queue add their rounds to the set, so none moves another's progress
+    back, and undoing a vote takes out exactly its round. Progress is now kept per lineup and rater
+    (tiankong.tui.queue: PromptQueue.progress_key); a queue stored before this version keeps its key
+    (the file alone), and its rounds 0 .. position - 1 become its done set here, which the first lineup
+    to open that file again takes over (VoteStore.open_queue). queues.position stays, as the first
+    round not done: where the queue reopens."""
+    conn.execute("""CREATE TABLE queue_rounds (
+        key TEXT NOT NULL,            -- the queue, as in queues.key
+        round INTEGER NOT NULL,       -- a round done (voted or skipped), 0-based
+        PRIMARY KEY (key, round)) WITHOUT ROWID""")
+    for key, position, total in conn.execute("SELECT key, position, total FROM queues").fetchall():
+        done = range(max(0, min(int(position), int(total))))
+        conn.executemany("INSERT INTO queue_rounds (key, round) VALUES (?, ?)", [(key, r) for r in done])
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
@@ -136,4 +153,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v3_import_hashes,
     _v4_message_search,
     _v5_branches,
+    _v6_queue_rounds,
 ]

@@ -93,28 +93,18 @@ class VoteStore(StoreBase):
                         added += 1
         return added, len(votes) - added
 
-    def undo_last_vote(self, skipped: list[tuple[int, str]] | None = None) -> Vote | None:
-        """Delete and return the newest vote cast in the playground (imported votes are never undone).
-
-        A newer row that is not a readable vote (damaged outside tiankong) is left in place and, when
-        `skipped` is a list, added to it as (id, reason); the newest readable vote is undone instead."""
+    def undo_vote(self, vote_id: int, queue: tuple[str, int] | None = None) -> bool:
+        """Delete the vote `vote_id`, cast in the playground (an imported vote is never deleted), in one
+        durable transaction; False when it is no longer stored. Undo names the vote it takes back (the id
+        add_vote gave the window that cast it), so it never removes a vote cast by another window, rater
+        or command. `queue`: the (key, round) of the queue round the vote was cast in, marked not done in
+        the same transaction, so that round comes up again."""
         with self._tx(durable=True) as conn:
-            ids = conn.execute("SELECT id FROM votes WHERE source NOT LIKE 'import:%' ORDER BY id DESC")
-            for (vote_id,) in ids:
-                try:
-                    cur = conn.execute("SELECT * FROM votes WHERE id = ?", (vote_id,))
-                    cur.row_factory = sqlite3.Row
-                    vote = _vote(cur.fetchone())
-                    validate_vote(vote)
-                except sqlite3.OperationalError as e:  # text that is not UTF-8
-                    _skip(skipped, vote_id, f"unreadable text ({e})")
-                    continue
-                except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
-                    _skip(skipped, vote_id, f"{type(e).__name__}: {e}")
-                    continue
-                conn.execute("DELETE FROM votes WHERE id = ?", (vote_id,))
-                return vote
-            return None
+            deleted = conn.execute("DELETE FROM votes WHERE id = ? AND source NOT LIKE 'import:%'", (vote_id,)).rowcount
+            if queue is not None:
+                conn.execute("DELETE FROM queue_rounds WHERE key = ? AND round = ?", queue)
+                _save_queue(conn, queue[0])
+        return deleted > 0
 
     def list_votes(
         self,
@@ -242,19 +232,71 @@ class VoteStore(StoreBase):
 
     # ---------------------------------------------------------------- prompt queues
 
-    def queue_position(self, key: str) -> int:
-        """How many rounds of the queue `key` are done (0 for a queue never seen)."""
-        rows = self._read("SELECT position FROM queues WHERE key = ?", (key,))
-        return int(rows[0]["position"]) if rows else 0
-
-    def set_queue_position(self, key: str, position: int, total: int, source: str = "") -> None:
+    def open_queue(
+        self, key: str, total: int, source: str | None = None, *, legacy: str | None = None, restart: bool = False
+    ) -> set[int]:
+        """Open the queue `key` (a file's rounds, for one lineup and rater: PromptQueue.progress_key) in
+        one transaction, and return its rounds done so far. `restart` forgets them (--restart). A key
+        never seen before takes over the rounds stored under `legacy` (the file's key alone, where a
+        queue stored before schema 6 kept its one position for every lineup and rater): the first lineup
+        to reopen that file resumes there, and the old entry is gone, so no other lineup is told that
+        its rounds are done."""
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO queues (key, source, position, total, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET source = excluded.source, position = excluded.position, "
-                "total = excluded.total, updated_at = excluded.updated_at",
-                (key, source, position, total, now()),
-            )
+            seen = conn.execute("SELECT 1 FROM queues WHERE key = ?", (key,)).fetchone() is not None
+            if not seen and legacy is not None and legacy != key:
+                conn.execute("UPDATE queue_rounds SET key = ? WHERE key = ?", (key, legacy))
+                conn.execute("DELETE FROM queues WHERE key = ?", (legacy,))
+            if restart:
+                conn.execute("DELETE FROM queue_rounds WHERE key = ?", (key,))
+            return _save_queue(conn, key, total, source)
+
+    def mark_queue_round(self, key: str, round: int, done: bool, total: int, source: str | None = None) -> set[int]:
+        """Mark one round of the queue `key` done (voted or skipped) or not (its vote undone), in one
+        transaction, and return every round of it done, by this window or another on the same queue.
+        A window only adds or takes out its own rounds, so two windows never move each other's
+        progress back (a single stored position was overwritten by whichever saved last)."""
+        with self._tx() as conn:
+            if done:
+                conn.execute("INSERT OR IGNORE INTO queue_rounds (key, round) VALUES (?, ?)", (key, round))
+            else:
+                conn.execute("DELETE FROM queue_rounds WHERE key = ? AND round = ?", (key, round))
+            return _save_queue(conn, key, total, source)
+
+    def queue_rounds(self, key: str) -> set[int]:
+        """The rounds of the queue `key` done (voted or skipped)."""
+        return {int(r[0]) for r in self._read("SELECT round FROM queue_rounds WHERE key = ?", (key,))}
+
+    def queue_position(self, key: str) -> int:
+        """Where the queue `key` reopens: its first round not done (0 for a queue never seen)."""
+        rows = self._read("SELECT total FROM queues WHERE key = ?", (key,))
+        return first_open(self.queue_rounds(key), int(rows[0]["total"])) if rows else 0
+
+
+def first_open(done: set[int], total: int, start: int = 0) -> int:
+    """The first round from `start` on that is not done, else the first before it; `total` when all are."""
+    for r in (*range(start, total), *range(min(start, total))):
+        if r not in done:
+            return r
+    return total
+
+
+def _save_queue(conn: sqlite3.Connection, key: str, total: int | None = None, source: str | None = None) -> set[int]:
+    """The queue row of `key` brought up to date inside a write (total and source when given, the first
+    round not done as its position, the time); -> its rounds done."""
+    done = {int(r[0]) for r in conn.execute("SELECT round FROM queue_rounds WHERE key = ?", (key,))}
+    row = conn.execute("SELECT total, source FROM queues WHERE key = ?", (key,)).fetchone()
+    if total is None:
+        if row is None:  # nothing to say where the queue ends: leave it to the next open
+            return done
+        total = int(row[0])
+    source = source if source is not None else row[1] if row is not None else ""
+    conn.execute(
+        "INSERT INTO queues (key, source, position, total, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET source = excluded.source, position = excluded.position, "
+        "total = excluded.total, updated_at = excluded.updated_at",
+        (key, source, first_open(done, total), total, now()),
+    )
+    return done
 
 
 # [number of responses, [presets of the first four, then their models]] as JSON bytes, parsing `responses`

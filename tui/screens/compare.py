@@ -12,7 +12,8 @@ round in the `Store` at once — one transaction — and shows any store error i
 With a `PromptQueue` (tiankong.tui.queue) the screen runs through a file's prompts one round after
 another (`tiankong compare --prompts`), or through answers made earlier, which it shows without
 generating (`tiankong rank`): a vote or `s` (skip) moves to the next round, and the store keeps the
-position, so the same file reopens where it was left. The voting keys are the same either way.
+rounds done (per lineup and rater), so the same file reopens where it was left. The voting keys are
+the same either way; ctrl+z takes back only the votes this screen cast, newest first.
 
 The screen is built in parts, read in this order: compare_rounds.py (entrants, rounds, seeds), this
 file (the screen: bindings, layout, rounds and generation), compare_actions.py (what the keys do:
@@ -37,9 +38,10 @@ from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.presets import Preset
 from tiankong.tui.queue import Item, PromptQueue
 from tiankong.tui.screens.compare_actions import CompareActions
-from tiankong.tui.screens.compare_rounds import Round, build_entrants, fill_seeds
+from tiankong.tui.screens.compare_rounds import Round, build_entrants, fill_seeds, model_identity
 from tiankong.tui.screens.compare_view import AnswerColumn, CompareView
 from tiankong.tui.store import Store
+from tiankong.tui.store_votes import first_open
 from tiankong.tui.streaming import Batch, stream_events
 from tiankong.tui.widgets.prompt import PromptInput
 
@@ -77,8 +79,16 @@ class CompareScreen(CompareActions, CompareView, Screen):
         Binding("0", "vote_both_bad", "both bad", tooltip="vote: both answers are bad"),
         Binding("0", "vote_all_bad", "all bad", tooltip="vote: all the answers are bad (three or four columns)"),
         Binding("s", "skip", "skip", tooltip="skip this round of the queue without voting"),
-        Binding("ctrl+z", "undo_vote", "undo", tooltip="undo the last stored vote (removes it from the database)"),
-        Binding("n", "new_prompt", "new", tooltip="type a new prompt"),
+        Binding(
+            "ctrl+z",
+            "undo_vote",
+            "undo",
+            tooltip="undo this window's last vote (removes it from the database) and vote on its round again",
+        ),
+        # A priority binding runs as the key arrives, before the keys typed after it are handed on, and it
+        # focuses the prompt box at once: "n" then a prompt typed in one burst (a laggy link, a paste) lands
+        # in the box rather than running r, b, t, s, ... (check_action turns it off while the box has focus).
+        Binding("n", "new_prompt", "new", tooltip="type a new prompt", priority=True),
         Binding("r", "rerun", "rerun", tooltip="run the same prompt again with new seeds"),
         Binding("b", "toggle_blind", "blind", tooltip="blind mode on/off for the next prompt (labels hide presets)"),
         Binding("f1", "keys", "keys", tooltip="every key"),
@@ -120,10 +130,13 @@ When every column has finished:
   four answers says C > A > the rest, and nothing about B against D)
 - **backspace** takes back the last number
 - **t** tie · **0** both (all) bad · **s** skip (queue)
-- **ctrl+z** undoes the last stored vote (in a queue: back to that round)
+- **ctrl+z** undoes this window's last vote, one by one (never a vote cast in
+  another window), and goes back to its round to vote again
 
-**esc** stops generating (or goes back) · **n** new prompt · **r** the same
-prompt again with new seeds · **b** blind mode on/off for the next prompt · **f1** every key.
+**esc** stops generating (or goes back to the chat it came from) · **n** new
+prompt · **r** the same prompt again with new seeds · **b** blind mode on/off for
+the next prompt · **f1** every key. Opened by `tiankong compare`, esc never leaves
+the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
 """
 
     class Streamed(Message):
@@ -151,6 +164,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         prompt: str | None = None,
         *,
         queue: PromptQueue | None = None,
+        restart: bool = False,
+        standalone: bool = False,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -171,8 +186,18 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         self.history = history
         self.initial_prompt = prompt
         self.queue = queue
-        self.position = 0  # rounds of the queue done (voted or skipped)
-        self.previous: Round | None = None  # the queue's last round, for ctrl+z
+        # The queue's progress is this rater's with this lineup (another lineup or rater has its own).
+        self.queue_key = ""
+        if queue is not None:
+            lineup = [f"{model_identity(e.engine)} · {e.preset.name}" for e in self.entrants]
+            self.queue_key = queue.progress_key(lineup, rater)
+        self.restart = restart  # --restart: the queue's rounds done are forgotten on mount
+        self.position = 0  # the queue round shown (queue.total once every round is done)
+        self.done: set[int] = set()  # the queue's rounds done (voted or skipped), here or in another window
+        self.cast: list[Round] = []  # the rounds this screen stored a vote for, oldest first: what ctrl+z undoes
+        # Opened by `tiankong compare` or `rank` rather than from the chat: esc never leaves it for the
+        # screen underneath (ctrl+q quits; a queue reopens where it was left).
+        self.standalone = standalone
         self.round: Round | None = None
         self.picks: list[int] = []  # column indices pressed so far, best first
         self._rounds = 0
@@ -196,7 +221,13 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         prompt_input.display = not self.answers_only
         self.query_one("#queue-prompt").display = self.queue is not None
         if self.queue is not None:
-            self.position = self.store.queue_position(self.queue.key)
+            try:
+                self.done = self.store.open_queue(
+                    self.queue_key, self.queue.total, self.queue.source, legacy=self.queue.key, restart=self.restart
+                )
+            except Exception as exc:  # the rounds can still be voted on; only where to resume is unknown
+                self.notify(str(exc), title="Queue progress not read", severity="error", timeout=10)
+            self.position = first_open(self.done, self.queue.total)
             if self.queue_active:
                 self._start_queued()
             else:
@@ -360,11 +391,12 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         self.query_one("#columns").focus()
 
     def _advance(self) -> None:
-        """The queue's current round is done (voted or skipped): store the position, show the next."""
-        assert self.queue is not None and self.round is not None
-        self.previous = self.round
-        self.position = self.round.position + 1
-        self._save_position()
+        """The queue's current round is done (voted or skipped): store that, show the next round not done
+        (rounds another window did on the same queue are passed over)."""
+        assert self.queue is not None and self.round is not None and self.round.position is not None
+        done = self.round.position
+        self._mark_round(done, True)
+        self.position = first_open(self.done, self.queue.total, done + 1)
         if self.queue_active:
             self._start_queued()
         else:
@@ -373,11 +405,13 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
             self._refresh_bars()
             self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10)
 
-    def _save_position(self) -> None:
+    def _mark_round(self, position: int, done: bool) -> None:
+        """Store that a queue round is done (or, undone, not); `done` then holds every window's rounds."""
         assert self.queue is not None
         try:
-            self.store.set_queue_position(self.queue.key, self.position, self.queue.total, self.queue.source)
+            self.done = self.store.mark_queue_round(self.queue_key, position, done, self.queue.total, self.queue.source)
         except Exception as exc:  # the votes are saved; only where to resume is not
+            self.done = self.done | {position} if done else self.done - {position}
             self.notify(str(exc), title="Queue position not saved", severity="error", timeout=10)
 
     @work(thread=True, exclusive=True, group="compare-generate")
@@ -430,7 +464,8 @@ prompt again with new seeds · **b** blind mode on/off for the next prompt · **
         if message.error:
             rnd.error = message.error  # nothing to vote on; n / r start again
             self.notify(message.error, title="Generation failed", severity="error")
-        rnd.finish = [f or "cancelled" for f in rnd.finish]
+        # Columns cut short say why: stopped (esc, skip, a new round) or failed with the round.
+        rnd.finish = [f or ("failed" if message.error else "cancelled") for f in rnd.finish]
         for c, col in enumerate(self.columns):
             col.set_foot(self._foot(c))
         if not self.query_one("#prompt-input", Input).has_focus:

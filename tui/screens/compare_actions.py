@@ -26,8 +26,11 @@ class CompareActions:
     # The screen's state these read and change (set by CompareScreen)
     ACTIVE: ClassVar[dict[str, set[str]]]
     round: Round | None
-    previous: Round | None
+    cast: list[Round]
     queue: PromptQueue | None
+    queue_key: str
+    done: set[int]
+    standalone: bool
     store: Store
     rater: str
     blind: bool
@@ -50,17 +53,28 @@ class CompareActions:
         if action in ("vote_both_bad", "vote_all_bad"):  # one key, named by the count (as the vote bar does)
             return (action == "vote_both_bad") == (self.k == 2)
         if action == "back":
-            return can_go_back(self) or self.answers_only or self.focused is not self.query_one("#prompt-input")
+            if self.answers_only:
+                return True  # tiankong rank: esc leaves
+            if self._can_leave():
+                return True
+            # Else esc goes to the prompt box, when there is one to type in (a queue brings its prompts).
+            return not self.queue_active and self.focused is not self.query_one("#prompt-input")
         if action == "skip":
             return self.round is not None and self.queue_active and self.round.position == self.position
-        if action == "new_prompt":
-            return not self.answers_only and not self.queue_active
+        if action == "new_prompt":  # not while typing in the prompt box: "n" is then a letter of the prompt
+            return (
+                not self.answers_only and not self.queue_active and self.focused is not self.query_one("#prompt-input")
+            )
         if action == "rerun":
             return not self.answers_only
         return True
 
     def _can_vote(self) -> bool:
         return self.state == "voting"
+
+    def _can_leave(self) -> bool:
+        """Whether esc goes back to the screen underneath: never from a compare the command line opened."""
+        return not self.standalone and can_go_back(self)
 
     def action_pick(self, n: int) -> None:
         if not self._can_vote():
@@ -133,6 +147,7 @@ class CompareActions:
         )
         try:
             rnd.vote_id = self.store.add_vote(vote)
+            self.cast.append(rnd)
         except Exception as exc:  # unwritable, locked, full disk...: say so, keep the vote to retry
             self._set_bar(
                 Text.assemble(("Vote NOT saved: ", "bold red"), (str(exc), "red"), ("  — fix it and vote again", ""))
@@ -155,27 +170,34 @@ class CompareActions:
             self._advance()
 
     def action_undo_vote(self) -> None:
+        """Remove this window's last vote (never one cast elsewhere: another window, rater or command)
+        and go back to its round, answers as they were, to vote again; in a queue, that round is not
+        done any more. Each ctrl+z goes one vote further back."""
+        if not self.cast:
+            self.notify("No vote of this window to undo (ctrl+z never removes a vote cast elsewhere).")
+            return
+        rnd = self.cast[-1]
+        assert rnd.vote_id is not None
+        vote_id, in_queue = rnd.vote_id, self.queue is not None and rnd.position is not None
         try:
-            undone = self.store.undo_last_vote()
+            deleted = self.store.undo_vote(vote_id, (self.queue_key, rnd.position) if in_queue else None)
         except Exception as exc:
             self.notify(str(exc), title="Undo failed", severity="error", timeout=10)
             return
-        if undone is None:
-            self.notify("No votes to undo.")
-            return
-        rnd, prev = self.round, self.previous
-        if rnd is not None and undone.id == rnd.vote_id:
-            rnd.vote_id = None  # vote again on the same answers (no longer blind: they were revealed)
-            self._refresh_bars()
-        elif prev is not None and undone.id == prev.vote_id and prev.position is not None:
-            # In a queue the next round has started: go back to the undone one, answers as they were.
-            if rnd is not None:
-                rnd.cancel.set()
-            prev.vote_id, self.previous = None, None
-            self.position = prev.position
-            self._save_position()
-            self._show_round(prev)
-        self.notify(f"Removed vote #{undone.id} ({undone.outcome}): {_excerpt(undone.prompt, 40)}")
+        self.cast.pop()
+        rnd.vote_id = None  # vote again on the same answers (no longer blind: they were revealed)
+        if in_queue:
+            assert rnd.position is not None
+            self.done = self.done - {rnd.position}
+            self.position = rnd.position
+        if rnd is not self.round and self.round is not None:
+            self.round.cancel.set()  # a later round had started: it comes up again in a queue
+        self._show_round(rnd)
+        self.query_one("#columns").focus()
+        if deleted:
+            self.notify(f"Removed vote #{vote_id} ({rnd.verdict}): {_excerpt(rnd.prompt, 40)}")
+        else:
+            self.notify(f"Vote #{vote_id} was no longer stored; its round is back to vote on again.")
 
     # ------------------------------------------------------------------ other actions
 
@@ -185,8 +207,9 @@ class CompareActions:
             self._set_bar(Text("Stopping…"))
 
     def action_back(self) -> None:
-        """Close the screen when it was pushed over another (`tiankong rank`: leave); else go to the prompt."""
-        if can_go_back(self):
+        """Close the screen when it was pushed over another (the chat's compare); `tiankong rank`: leave;
+        else (`tiankong compare`) go to the prompt box."""
+        if self._can_leave():
             self.dismiss()
         elif self.answers_only:
             self.app.exit()
@@ -198,7 +221,9 @@ class CompareActions:
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = False
         prompt_input.value = ""
-        prompt_input.focus()
+        # At once, not on a later turn of the event loop (Widget.focus): the keys typed right after "n"
+        # are handed on to whatever has focus when they are read.
+        self.set_focus(prompt_input)
         self.picks = []
         self._refresh_bars()
 
