@@ -54,7 +54,17 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise InputError(f"no metrics at {path}; pass a training output folder or its metrics.jsonl")
-    return [row for line in path.read_text().splitlines() if (row := _row(line)) is not None]
+    rows = []
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(
+                f"{path} line {n}: not UTF-8 text, so not a metrics row; pass a run's metrics.jsonl"
+            ) from None
+        if (row := _row(line)) is not None:
+            rows.append(row)
+    return rows
 
 
 def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int = 100, height: int = 12) -> str:
@@ -65,6 +75,11 @@ def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int 
     if not rows:
         raise InputError(f"{run} has no metric rows yet")
     skip = {"step", "lr", "grad_norm"}
+    known = list(dict.fromkeys(k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))))
+    unknown = [k for k in keys or () if k not in known]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise InputError(f"{run} has no metric {names}; its metrics are {', '.join(known) or 'none'}")
     keys = list(keys or [k for k in rows[-1] if k not in skip and isinstance(rows[-1][k], (int, float))])
     out = []
     for key in keys:

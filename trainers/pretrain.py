@@ -25,7 +25,7 @@ import math
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,8 @@ AUTOCAST_HELP = (
 )
 # Special tokens of a new tokenizer, at SentencePiece's (and Llama's) usual ids.
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+# The tokenizer trainer sees a text line in pieces of at most this many bytes (it drops longer ones).
+SENTENCE_BYTES = 1 << 14
 
 
 @dataclass
@@ -120,7 +122,7 @@ def train_tokenizer(docs: Sequence[str], folder: Path, vocab_size: int, model_ma
     """
     import sentencepiece as spm
 
-    lines = (line for doc in docs for line in doc.split("\n") if line.strip())
+    lines = (piece for doc in docs for line in doc.split("\n") if line.strip() for piece in _sentences(line))
     buf = io.BytesIO()
     spm.set_random_generator_seed(seed)
     try:
@@ -137,7 +139,7 @@ def train_tokenizer(docs: Sequence[str], folder: Path, vocab_size: int, model_ma
             remove_extra_whitespaces=False,
             add_dummy_prefix=True,
             allow_whitespace_only_pieces=True,
-            max_sentence_length=1 << 16,
+            max_sentence_length=SENTENCE_BYTES,
             input_sentence_size=2_000_000,
             shuffle_input_sentence=True,
             unk_id=0,
@@ -175,6 +177,22 @@ def train_tokenizer(docs: Sequence[str], folder: Path, vocab_size: int, model_ma
     for name, text in texts.items():
         atomic_write_bytes(folder / name, text.encode("utf-8"))
     atomic_write_bytes(folder / "tokenizer.model", buf.getvalue())
+
+
+def _sentences(line: str, limit: int = SENTENCE_BYTES) -> Iterator[str]:
+    """`line` in pieces of at most `limit` UTF-8 bytes, cut before a space where there is one in the
+    second half of a piece (else at a character boundary): SentencePiece drops longer sentences
+    without a word, so a corpus on one huge line would leave it nothing to learn from."""
+    raw = line.encode("utf-8")
+    while len(raw) > limit:
+        cut = limit
+        while raw[cut] & 0xC0 == 0x80:  # not inside a character
+            cut -= 1
+        space = raw.rfind(b" ", limit // 2, cut)
+        cut = space if space > 0 else cut
+        yield raw[:cut].decode("utf-8")
+        raw = raw[cut:]
+    yield raw.decode("utf-8")
 
 
 def new_model_config(size: str, vocab_size: int, seq_len: int, dtype: str) -> ModelConfig:

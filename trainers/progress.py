@@ -13,7 +13,6 @@ import sys
 import time
 from typing import IO, Any, Mapping
 
-from rich import get_console
 from rich.console import Console
 from rich.markup import escape
 
@@ -28,7 +27,8 @@ class progress:
     `with progress(label, total) as advance:` then `advance(metrics)` (or `advance()`) after each
     item. The ETA is the mean time of the items this process ran times the items left (rich's own
     estimate looks at the last 30 s only, which for steps of many seconds is one or two samples).
-    done: items already finished (a resumed run); console: where it goes (default stdout). A console
+    done: items already finished (a resumed run); console: where it goes (default stderr: stdout is
+    the caller's data, such as records or a run's plots). A console
     that is not an interactive terminal gets plain lines instead of a bar: one every EVERY_S seconds
     or each tenth of the total, and one at the end.
     """
@@ -45,7 +45,7 @@ class progress:
         self.start, self.first = time.monotonic(), self.done
         if not self.enabled:
             return self
-        console = self.console or get_console()
+        console = self.console or Console(stderr=True)
         if not console.is_terminal or console.is_dumb_terminal:
             self.lines, self.last_line, self.last_part = console, self.start, self._part()
             return self

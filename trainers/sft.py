@@ -69,7 +69,8 @@ class SFTConfig(TrainConfig):
     data: str = opt(
         "",
         'JSONL, one conversation per line: {"messages": [{"role": ..., "content": ...}, ...]} '
-        'or {"prompt": ..., "completion": ...} (strings become a user and an assistant message). '
+        'or {"prompt": ..., "completion": ...} (strings become a user and an assistant message); '
+        "roles are system, user and assistant (ShareGPT's human/gpt: rename to user/assistant). "
         "The first bad line stops the run with its line number; nothing is skipped.",
     )
     # --- optimisation (0 = auto, see trainers/auto.py)

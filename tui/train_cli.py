@@ -184,16 +184,17 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
         try:
             out = trainer.train()
         except TrainingStopped as stop:
-            print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
+            if trainer.dist.is_main:  # once, not once per torchrun process
+                print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
             raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
         except KeyboardInterrupt:  # the second Ctrl+C: no checkpoint of this step
             survivor = ckpt.latest(out_dir)
-            if survivor is not None:
+            if survivor is not None and trainer.dist.is_main:
                 print(
                     f"stopped at once; the checkpoint {survivor} survived\ncontinue with: {_resume_command()}",
                     file=sys.stderr,
                 )
-            else:
+            elif trainer.dist.is_main:
                 print(
                     f"stopped at once, before the first checkpoint: nothing was saved\n"
                     f"start again with: {_resume_command(resume=False)}",
@@ -243,6 +244,7 @@ def _print_verdict(trainer: Any, out: Path) -> None:
     """Did it work? In words and figures (see trainers/verdict.py), also written to verdict.json.
     A PPO or DPO verdict samples fresh answers first (minutes on a CPU): said, with a progress bar."""
     from rich.console import Console
+    from rich.text import Text
 
     from tiankong.trainers.progress import progress
     from tiankong.trainers.verdict import fresh_answers, verdict_for
@@ -259,20 +261,35 @@ def _print_verdict(trainer: Any, out: Path) -> None:
     with progress("verdict", n, enabled=bool(n) and trainer.cfg.progress, console=console) as advance:
         verdict = verdict_for(trainer, advance)
     path = verdict.write(out)
-    for part in verdict.render():
-        console.print(part)
+    for part in verdict.render():  # a line of words stays one line (a log's `grep warning` finds the fix)
+        console.print(part, soft_wrap=isinstance(part, Text))
     console.print(f"verdict written to {path}")
 
 
 def _resume_command(resume: bool = True) -> str:
     """The command line that was run, with --resume (and without --overwrite); resume=False: without
-    either (a run stopped before its first save starts again in the same folder)."""
+    either (a run stopped before its first save starts again in the same folder). Under torchrun, the
+    torchrun command: without it --sharding and the other processes would be silently dropped."""
+    import os
     import shlex
 
     args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--no-resume", "--resume")]
     if resume:
         args.append("--resume")
-    return shlex.join(["tiankong", *args])
+    if "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return shlex.join(["tiankong", *args])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = max(1, world // max(1, per_node))
+    again = "--resume" if resume else "the same flags"
+    if nodes == 1:
+        launcher = ["torchrun", "--nproc_per_node", str(per_node), "-m", "tiankong.tui.cli"]
+        return f"the same torchrun command with {again}: {shlex.join([*launcher, *args])}"
+    launcher = ["torchrun", "--nnodes", str(nodes), "--nproc_per_node", str(per_node)]
+    return (
+        f"the same torchrun command on each of the {nodes} nodes (its --node_rank and rendezvous options too) "
+        f"with {again}: {shlex.join(launcher)} ... -m tiankong.tui.cli {shlex.join(args)}"
+    )
 
 
 def _votes_file(output: Path) -> Path:

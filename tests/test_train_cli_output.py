@@ -1,0 +1,129 @@
+"""What the train commands print, and where: progress and the verdict on stderr (stdout keeps the
+plots), one line per warning and error, and the resume command under torchrun; plus the data that
+used to slip past with a wrong or missing message (SFT roles, a corpus on one huge line)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
+from tiny_models import CORPUS
+
+from tiankong.engine.errors import InputError
+from tiankong.trainers.data import load_conversations
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n<|endoftext|>\n".join(CORPUS[:5] * 4) + "\n", encoding="utf-8")
+    return path
+
+
+def pretrain(monkeypatch, capsys, corpus, out, *extra):
+    args = ["train", "pretrain", "--data", corpus, "--output", out, "--size", "nano", "--vocab-size", "400"]
+    args += ["--seq-len", "32", "--batch-size", "4", "--eval-fraction", "0", "--device", "cpu", *extra]
+    return cli(monkeypatch, capsys, *args)
+
+
+def test_training_progress_goes_to_stderr_and_stdout_keeps_the_plots(monkeypatch, capsys, corpus, tmp_path):
+    code, out, err = pretrain(monkeypatch, capsys, corpus, tmp_path / "run", "--steps", "2", "--save-every", "1")
+    assert code == 0, err
+    assert "pretrain 2/2 (100%)" in err  # plain lines: stderr is not a terminal here
+    assert "pretrain 2/2" not in out and "loss  (last" in out  # stdout: the data (the loss curve)
+
+
+def test_verdict_warnings_stay_one_line_when_stderr_is_not_a_terminal(monkeypatch, capsys, corpus, tmp_path):
+    code, _, err = pretrain(monkeypatch, capsys, corpus, tmp_path / "run", "--steps", "1", "--no-progress")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings and all(len(w) > 80 for w in warnings), err  # longer than the 80 columns it used to wrap at
+    assert all(w.rstrip().endswith("or check the data") for w in warnings), err
+
+
+def test_plot_of_a_file_that_is_not_utf8_names_the_file_and_line(monkeypatch, capsys, tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_bytes(b'{"step": 1, "loss": 2.0}\n\xd7\xff{"step": 2}\n')
+    code, out, err = cli(monkeypatch, capsys, "train", "plot", metrics)
+    assert code == 2 and not out
+    assert len(err.strip().splitlines()) == 1 and f"{metrics} line 2" in err and "UTF-8" in err, err
+
+
+def test_plot_of_an_unknown_key_lists_the_keys_there_are(monkeypatch, capsys, tmp_path):
+    rows = [{"step": s, "loss": 2.0 / s, "accuracy": 0.1 * s, "lr": 1e-3} for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = cli(monkeypatch, capsys, "train", "plot", tmp_path, "--key", "Loss")
+    assert code == 2 and not out.strip()
+    assert len(err.strip().splitlines()) == 1 and "'Loss'" in err and "loss, accuracy, lr" in err, err
+    code, out, err = cli(monkeypatch, capsys, "train", "plot", tmp_path, "--key", "loss")
+    assert code == 0 and "loss  (last" in out, err
+
+
+def test_under_torchrun_the_resume_command_is_the_torchrun_one(monkeypatch):
+    from tiankong.tui.train_cli import _resume_command
+
+    args = ["train", "pretrain", "--sharding", "fsdp", "--output", "runs/p", "--overwrite"]
+    monkeypatch.setattr("sys.argv", ["/x/tiankong/tui/cli.py", *args])
+    for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert _resume_command() == "tiankong train pretrain --sharding fsdp --output runs/p --resume"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert _resume_command() == (
+        "the same torchrun command with --resume: torchrun --nproc_per_node 2 -m tiankong.tui.cli "
+        "train pretrain --sharding fsdp --output runs/p --resume"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    said = _resume_command()
+    assert "each of the 2 nodes" in said and "torchrun --nnodes 2 --nproc_per_node 8" in said
+    assert said.endswith("-m tiankong.tui.cli train pretrain --sharding fsdp --output runs/p --resume")
+
+
+def test_a_stopped_run_says_resume_with_once_from_the_first_process(monkeypatch, capsys, corpus, tmp_path):
+    from tiankong.trainers.common import TrainingStopped
+    from tiankong.trainers.distributed import Dist
+    from tiankong.trainers.pretrain import PretrainTrainer
+
+    def stopped(self):
+        raise TrainingStopped(1, 2, self.out, "SIGINT")
+
+    monkeypatch.setattr(PretrainTrainer, "train", stopped)
+    code, _, err = pretrain(monkeypatch, capsys, corpus, tmp_path / "main", "--steps", "2")
+    assert code == 130 and err.count("resume with:") == 1, err
+    monkeypatch.setattr(Dist, "is_main", property(lambda self: False))  # another torchrun process
+    code, _, err = pretrain(monkeypatch, capsys, corpus, tmp_path / "other", "--steps", "2")
+    assert code == 130 and "resume with:" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("roles", "needle"),
+    [
+        (("human", "gpt"), "rename it to 'user'"),
+        (("user", "gpt"), "rename it to 'assistant'"),
+        (("User", "Assistant"), "rename it to 'user'"),
+        (("user", "narrator"), "the roles are system, user and assistant"),
+    ],
+)
+def test_sft_refuses_unknown_roles_naming_the_line_and_role(tmp_path, roles, needle):
+    data = tmp_path / "roles.jsonl"
+    ok = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    bad = {"messages": [{"role": r, "content": "hi"} for r in roles]}
+    data.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(InputError) as e:
+        load_conversations(data)
+    wrong = next(r for r in roles if r not in ("user", "assistant"))
+    assert f"{data} line 2" in str(e.value) and repr(wrong) in str(e.value) and needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_corpus_on_one_huge_line_trains_a_tokenizer(tmp_path):
+    from tiankong.trainers.pretrain import SENTENCE_BYTES, _sentences, train_tokenizer
+
+    text = "Once upon a time, Tom went to the park. 你好 " * 10000  # 470 KB, one line
+    pieces = list(_sentences(text))
+    assert "".join(pieces) == text and all(len(p.encode()) <= SENTENCE_BYTES for p in pieces)
+    train_tokenizer([text], tmp_path / "tok", vocab_size=300, model_max_length=64)
+    assert (tmp_path / "tok" / "tokenizer.model").stat().st_size > 0
