@@ -157,7 +157,10 @@ def compare(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
-    """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers."""
+    """Run presets (or two models) side by side on one prompt (or a file of them) and rank the answers.\f
+
+    Long because of its signature: some 30 lines of typer option declarations; the body is the
+    lineup, then the one-prompt app or the queue."""
     from tiankong.tui.app import run_app
 
     chat_template = _local_only([model, *(models or "").split(",")], device, dtype, chat_template)
