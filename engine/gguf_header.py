@@ -233,6 +233,13 @@ def _skip_strings(cur: _Cursor, count: int, key: str) -> None:
     cur.pos = pos
 
 
+def _counts(cur: _Cursor) -> tuple[int, int] | None:
+    """(tensors, metadata keys) after the magic and a version this reader knows, else None."""
+    if cur.take("4s") != b"GGUF" or cur.take("I") not in (2, 3):
+        return None
+    return cur.take("Q"), cur.take("Q")
+
+
 def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.file_type")) -> dict[str, Any]:
     """Scalar metadata values `keys` from the header, read bounded and stopping once all are found
     (for `tiankong models`: milliseconds a file). A damaged header gives what was found before it."""
@@ -240,10 +247,9 @@ def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.f
     try:
         with _mapped(path) as buf:
             cur = _Cursor(buf)
-            if cur.take("4s") != b"GGUF" or cur.take("I") not in (2, 3):
+            if (counts := _counts(cur)) is None:
                 return found
-            _n_tensors, n_kv = cur.take("Q"), cur.take("Q")
-            for _ in range(min(n_kv, MAX_KV)):
+            for _ in range(min(counts[1], MAX_KV)):
                 key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
                 kind = cur.take("I")
                 if key in keys and kind in _SCALARS:
@@ -259,8 +265,8 @@ def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.f
     return found
 
 
-# Tensors the loader reads into the config (RoPE divisors of Llama 3 and Phi-3), not parameters.
-_NOT_WEIGHTS = frozenset({b"rope_freqs.weight", b"rope_factors_long.weight", b"rope_factors_short.weight"})
+# Tensors the loader reads into the config's rope_scaling (Llama 3's and Phi-3's RoPE divisors), not weights.
+ROPE_DIVISORS = frozenset({"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"})
 
 
 def parameter_count(path: Path) -> int | None:
@@ -269,9 +275,9 @@ def parameter_count(path: Path) -> int | None:
     try:
         with _mapped(path) as buf:
             cur = _Cursor(buf)
-            if cur.take("4s") != b"GGUF" or cur.take("I") not in (2, 3):
+            if (counts := _counts(cur)) is None:
                 return None
-            n_tensors, n_kv = cur.take("Q"), cur.take("Q")
+            n_tensors, n_kv = counts
             if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
                 return None
             for _ in range(n_kv):
@@ -279,13 +285,13 @@ def parameter_count(path: Path) -> int | None:
                 _skip_value(cur, cur.take("I"), key)
             total = 0
             for _ in range(n_tensors):
-                name = cur.string(MAX_KEY, "a tensor name")
+                name = cur.string(MAX_KEY, "a tensor name").decode("utf-8", "replace")
                 n_dims = cur.take("I")
                 if not 1 <= n_dims <= MAX_DIMS:
                     return None
                 dims = [cur.take("Q") for _ in range(n_dims)]
-                cur.skip(12, name.decode("utf-8", "replace"))  # type (uint32) and offset (uint64)
-                if name not in _NOT_WEIGHTS:
+                cur.skip(12, name)  # type (uint32) and offset (uint64)
+                if name not in ROPE_DIVISORS:
                     total += math.prod(dims)
             return total
     except (_Bad, ModelLoadError, OSError, ValueError):  # not a regular file, unreadable, empty, damaged

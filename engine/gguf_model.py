@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ModelLoadError
-from .gguf_header import check_header, is_gguf, open_reader, peek, quantization_name
+from .gguf_header import ROPE_DIVISORS, check_header, is_gguf, open_reader, peek, quantization_name
 
 if TYPE_CHECKING:
     import gguf
@@ -434,7 +434,7 @@ class GGUFModel:
 
         table = NameTable(self.arch.tensors, transposed=self.arch.transposed)
         for t in self.reader.tensors:
-            if t.name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"):
+            if t.name in ROPE_DIVISORS:
                 continue  # RoPE divisors (Llama 3, Phi-3): read into the config's rope_scaling
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (out, in) for a matrix
             hit = table.target(t.name)

@@ -7,19 +7,16 @@ OLLAMA_MODELS), so nothing here can touch the network or the machine's own cache
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from helpers import cli, one_thread  # noqa: F401 - one_thread applies to this module
+from helpers import cli, deadline, one_thread  # noqa: F401 - one_thread applies to this module
 from tiny_models import make_model
 
 from tiankong.engine.engine import Engine
@@ -392,22 +389,6 @@ def test_ollama_blob_or_manifest_that_is_not_one_is_one_line(stores):
 
 
 # --- never a hang on a FIFO, never a traceback on a place that cannot be read ----------------------
-
-
-@contextlib.contextmanager
-def deadline(seconds: int) -> Iterator[None]:
-    """Fail instead of hanging: the alarm interrupts a blocking open (of a FIFO, say)."""
-
-    def fail(*_: object) -> None:
-        raise TimeoutError(f"still blocked after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def test_fifo_named_gguf_is_never_opened(stores, monkeypatch, capsys):

@@ -281,9 +281,9 @@ def serve(
         prefill_chunk=prefill_chunk,
     )
     check_bind(cfg.host, cfg.api_key)  # before the model loads, as is a broken preset file:
-    load_presets()  # the server reads the presets once it starts, and then never again
+    presets = load_presets()  # read once; the server never reads them again
     eng = _load(model, device, dtype, chat_template)
-    run_server(eng, cfg)  # says "serving ... on ..." once the port is bound
+    run_server(eng, cfg, presets=presets)  # says "serving ... on ..." once the port is bound
 
 
 # Commands that build their options from the trainers' config classes, whose modules import torch.

@@ -188,13 +188,19 @@ def new_batcher(engine: Engine, cfg: ServeConfig) -> Batcher:
     )
 
 
-def serve(engine: Engine, cfg: ServeConfig, announce: Callable[[str], None] = _to_stderr) -> None:
+def serve(
+    engine: Engine,
+    cfg: ServeConfig,
+    announce: Callable[[str], None] = _to_stderr,
+    presets: dict[str, Preset] | None = None,
+) -> None:
     """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it. The address is
     bound before `announce` gets the "serving ..." line, so that line is never followed by a bind
-    error; the shutdown's progress lines go there too. InputError for an address refused, a port in
-    use or a broken preset file."""
+    error; the shutdown's progress lines go there too. presets: as load_presets() gives them (read
+    now when not given). InputError for an address refused, a port in use or a broken preset file."""
     check_bind(cfg.host, cfg.api_key)
-    presets = load_presets()  # a broken preset file: one error now, not a 400 to every client naming a preset
+    if presets is None:  # a broken preset file: one error now, not a 400 to every client naming a preset
+        presets = load_presets()
     socks = listen(cfg)
     batcher = new_batcher(engine, cfg)
     try:
