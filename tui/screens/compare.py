@@ -57,7 +57,9 @@ class CompareScreen(CompareActions, CompareView, Screen):
     # The footer shows what applies now (see ACTIVE), so it fits 80 columns in every state.
     BINDINGS = [
         Binding("escape", "stop", "stop", tooltip="stop generating (every column keeps its text and can be voted on)"),
-        Binding("escape", "back", "back", tooltip="back to the previous screen (or to the prompt)"),
+        Binding("escape", "back", "back", tooltip="back to the previous screen"),
+        # In `tiankong compare` esc never leaves, so its footer says where it goes instead.
+        Binding("escape", "to_prompt", "prompt", tooltip="to the prompt box, to type the next prompt"),
         Binding(
             "1",
             "pick(1)",
@@ -94,10 +96,11 @@ class CompareScreen(CompareActions, CompareView, Screen):
         Binding("f1", "keys", "keys", tooltip="every key"),
     ]
     ACTIVE = {  # state -> the actions its keys run
-        "idle": {"back", "undo_vote", "toggle_blind", "keys"},
+        "idle": {"back", "to_prompt", "undo_vote", "toggle_blind", "keys"},
         "generating": {"stop", "skip", "undo_vote", "toggle_blind", "keys"},
         "voting": {
             "back",
+            "to_prompt",
             "pick",
             "unpick",
             "submit_ranking",
@@ -110,8 +113,8 @@ class CompareScreen(CompareActions, CompareView, Screen):
             "rerun",
             "keys",
         },
-        "voted": {"back", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
-        "failed": {"back", "skip", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
+        "voted": {"back", "to_prompt", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
+        "failed": {"back", "to_prompt", "skip", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
     }
 
     HELP = """\

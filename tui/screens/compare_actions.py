@@ -53,12 +53,15 @@ class CompareActions:
         if action in ("vote_both_bad", "vote_all_bad"):  # one key, named by the count (as the vote bar does)
             return (action == "vote_both_bad") == (self.k == 2)
         if action == "back":
-            if self.answers_only:
-                return True  # tiankong rank: esc leaves
-            if self._can_leave():
-                return True
+            return self.answers_only or self._can_leave()  # tiankong rank: esc leaves
+        if action == "to_prompt":
             # Else esc goes to the prompt box, when there is one to type in (a queue brings its prompts).
-            return not self.queue_active and self.focused is not self.query_one("#prompt-input")
+            return (
+                not self.answers_only
+                and not self._can_leave()
+                and not self.queue_active
+                and self.focused is not self.query_one("#prompt-input")
+            )
         if action == "skip":
             return self.round is not None and self.queue_active and self.round.position == self.position
         if action == "new_prompt":  # not while typing in the prompt box: "n" is then a letter of the prompt
@@ -207,15 +210,16 @@ class CompareActions:
             self._set_bar(Text("Stopping…"))
 
     def action_back(self) -> None:
-        """Close the screen when it was pushed over another (the chat's compare); `tiankong rank`: leave;
-        else (`tiankong compare`) go to the prompt box."""
+        """Close the screen when it was pushed over another (the chat's compare); `tiankong rank`: leave."""
         if self._can_leave():
             self.dismiss()
         elif self.answers_only:
             self.app.exit()
-        else:
-            self.query_one("#prompt-input", Input).focus()
-            self.refresh_bindings()
+
+    def action_to_prompt(self) -> None:
+        """`tiankong compare`, which esc never leaves: go to the prompt box."""
+        self.query_one("#prompt-input", Input).focus()
+        self.refresh_bindings()
 
     def action_new_prompt(self) -> None:
         prompt_input = self.query_one("#prompt-input", Input)
