@@ -271,6 +271,35 @@ def test_ctrl_c_in_the_verdict_says_the_model_is_saved_and_resume_writes_the_ver
     assert "verdict 64/64" in err and json.loads((out / "verdict.json").read_text())["trainer"] == "dpo"
 
 
+def test_a_kill_in_the_verdict_says_the_model_is_saved(llama_dir, prefs, tmp_path, monkeypatch, capsys):
+    # SIGTERM (kill, a scheduler's stop) while the verdict sampled ended the process silently.
+    import os
+    import signal
+
+    from helpers import cli
+
+    from tiankong.trainers import ppo
+
+    out = tmp_path / "runs" / "dpo"
+    args = ["train", "dpo", "--model", llama_dir, "--data", prefs, "--output", out, "--steps", "1", "--raw"]
+    args += ["--batch-size", "4", "--eval-fraction", "0", "--device", "cpu"]
+    sample = ppo.sample
+
+    def killed(*a, **kw):
+        # Left at its default, SIGTERM would end pytest itself: that is the silent end this test is about.
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "SIGTERM would end the run silently"
+        os.kill(os.getpid(), signal.SIGTERM)
+        return sample(*a, **kw)
+
+    monkeypatch.setattr(ppo, "sample", killed)
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"terminated (SIGTERM) during the verdict: the model is saved in {out}; `tiankong train ")
+    assert (out / "model.safetensors").is_file() and not (out / "verdict.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
+
+
 def test_reward_score_says_what_it_wrote_where_and_shows_progress(llama_dir, tmp_path, monkeypatch, capsys):
     # QA: `reward score -o FILE` printed nothing at all, for minutes on a long file.
     from helpers import cli

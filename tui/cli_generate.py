@@ -7,16 +7,14 @@ files, a tally); the others are a few lines each.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import typer
 from rich.markup import escape
@@ -34,6 +32,7 @@ from tiankong.tui.cli_app import (
     app,
     err,
 )
+from tiankong.tui.stops import Stops, Terminated
 
 
 def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -235,7 +234,7 @@ class _Run:
     top_logprobs: int
     batch_size: int
     show_progress: bool
-    stops: _Stops = field(default_factory=lambda: _Stops())
+    stops: Stops = field(default_factory=lambda: Stops())
 
     def bar(self, total: int, label: str = "generating", enabled: bool = True):
         from tiankong.trainers.progress import progress
@@ -254,10 +253,6 @@ class _Tally:
     partial: bool = False
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, a job scheduler's stop) while generating: handled as a Ctrl+C is, exit 143."""
-
-
 def _not_the_input(output: Path, input: Optional[str]) -> None:
     """Refuse an --output that is the --input file (through links, or on stdin as `- < FILE`):
     the answers would replace the prompts."""
@@ -271,51 +266,6 @@ def _not_the_input(output: Path, input: Optional[str]) -> None:
     if same:
         what = "the file on standard input (--input -)" if input == "-" else "the --input file"
         raise InputError(f"--output {output} is {what}: the answers would replace the prompts; write elsewhere")
-
-
-class _Stops:
-    """While generating: SIGTERM stops the run as Ctrl+C does (Terminated, exit 143), so a kill gets
-    the same message (what was kept, what to run) instead of a silent end; and a stop that comes while
-    output is written (`held`) waits for the write to end, so the message can say exactly what came
-    out. A second stop while waiting (a write blocked on a full pipe) stops at once.
-
-    Only signals left at Python's defaults are taken: a SIGINT ignored (a job started with `&` by a
-    script) stays ignored."""
-
-    def __init__(self) -> None:
-        self.old: dict[int, Any] = {}
-        self.holding = False
-        self.pending: int | None = None
-
-    def __enter__(self) -> _Stops:
-        if threading.current_thread() is threading.main_thread():
-            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-                if signal.getsignal(sig) is default:
-                    self.old[sig] = signal.signal(sig, self._stop)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self.old.items():
-            signal.signal(sig, old)
-        self.old = {}
-
-    def _stop(self, signum: int, frame: Any) -> None:
-        if self.holding and self.pending is None:
-            self.pending = signum
-            return
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """A stop signalled inside the block is raised when it ends (a second one at once)."""
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-        if self.pending is not None:
-            signum, self.pending = self.pending, None
-            self._stop(signum, None)
 
 
 def _join(device: str) -> Any:
@@ -373,7 +323,7 @@ def _generate_to_stdout(run: _Run, rows: list[_Row]) -> _Tally:
 class _Stream:
     """Standard output for one streamed answer, noting that part of it is out."""
 
-    def __init__(self, tally: _Tally, stops: _Stops) -> None:
+    def __init__(self, tally: _Tally, stops: Stops) -> None:
         self.tally, self.stops = tally, stops
 
     def write(self, text: str) -> None:

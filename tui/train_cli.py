@@ -19,6 +19,7 @@ import typer
 from rich.markup import escape
 
 from tiankong.engine.errors import InputError
+from tiankong.tui.stops import Stops, Terminated
 
 # name -> (module, config class, trainer class, one-line help)
 TRAINERS: dict[str, tuple[str, str, str, str]] = {
@@ -204,14 +205,15 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
         trainer.dist.close()  # all ranks leave the process group together (a rank exiting alone can abort)
         if trainer.dist.is_main:  # still under the lock: verdict.json is this run's too
             try:
-                _report(trainer, out)
-            except KeyboardInterrupt:  # the model is saved; only the verdict is missing, and --resume writes it
+                with Stops():  # a kill (SIGTERM) says this too, rather than ending silently
+                    _report(trainer, out)
+            except KeyboardInterrupt as stop:  # the model is saved; only the verdict is missing: --resume writes it
                 print(
-                    f"stopped during the verdict: the model is saved in {out}; "
-                    f"`{_resume_command()}` writes the verdict",
+                    f"{'terminated (SIGTERM)' if isinstance(stop, Terminated) else 'stopped'} during the verdict: "
+                    f"the model is saved in {out}; `{_resume_command()}` writes the verdict",
                     file=sys.stderr,
                 )
-                raise typer.Exit(130) from None
+                raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
 
 
 def _report(trainer: Any, out: Path) -> None:
