@@ -258,11 +258,14 @@ def test_queue_progress_is_per_lineup_and_rater_and_never_moves_back(tmp_path, s
             assert late.position == 2
             pilot.app.pop_screen()
             await settle(pilot, early)
-            await pilot.press("2", "enter")  # this window, still on round 1
+            assert early.position == 0  # showing round 0, which the other window voted on meanwhile
+            await pilot.press("2", "enter")
             await settle(pilot, early)
-            assert early.position == 2 and early.round.prompt == FOUR[2]  # round 2 is done: passed over
+            assert early.position == 2 and early.round.prompt == FOUR[2]  # rounds 0 and 1 are done: passed over
 
     asyncio.run(two_windows())
+    # That second vote on round 0 was not stored: it would have counted the round twice in training.
+    assert sorted(v.prompt for v in store.list_votes()) == sorted(FOUR[:2])
     assert store.queue_position(early.queue_key) == 2  # not set back to 1 by the window that saved last
     others = [short("precise"), short("chat")]
     carol = CompareScreen([tiny], others, store, "carol", queue=four_prompts(tmp_path))

@@ -46,6 +46,21 @@ class VoteStore(StoreBase):
         with self._tx(durable=True) as conn:
             return [int(conn.execute(_INSERT_VOTE, _vote_row(v, t)).lastrowid) for v in votes]
 
+    def add_queue_vote(
+        self, vote: Vote, key: str, round: int, total: int, source: str | None = None
+    ) -> tuple[int | None, set[int]]:
+        """Store the vote on round `round` of the queue `key` and mark the round done, in ONE durable
+        transaction, unless the round is done already: another window on the same queue (same file,
+        lineup and rater) voted on it or skipped it meanwhile, and a second vote would count the round
+        twice in training. -> (the vote's id, or None when it was not stored; the queue's rounds done)."""
+        validate_vote(vote)
+        with self._tx(durable=True) as conn:
+            if conn.execute("SELECT 1 FROM queue_rounds WHERE key = ? AND round = ?", (key, round)).fetchone():
+                return None, _save_queue(conn, key, total, source)
+            vote_id = int(conn.execute(_INSERT_VOTE, _vote_row(vote, now())).lastrowid)
+            conn.execute("INSERT INTO queue_rounds (key, round) VALUES (?, ?)", (key, round))
+            return vote_id, _save_queue(conn, key, total, source)
+
     def add_branch_votes(self, votes: list[Vote]) -> int:
         """Store chat branch votes (two responses each) in ONE durable transaction, each replacing an
         earlier branch vote on the same two answers to the same conversation, whichever way it went:

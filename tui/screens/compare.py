@@ -393,12 +393,13 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         self._show_round(rnd)
         self.query_one("#columns").focus()
 
-    def _advance(self) -> None:
-        """The queue's current round is done (voted or skipped): store that, show the next round not done
-        (rounds another window did on the same queue are passed over)."""
+    def _advance(self, marked: bool = False) -> None:
+        """The queue's current round is done (voted or skipped): store that (unless `marked`: its vote
+        did), show the next round not done (rounds another window did on the same queue are passed over)."""
         assert self.queue is not None and self.round is not None and self.round.position is not None
         done = self.round.position
-        self._mark_round(done, True)
+        if not marked:
+            self._mark_round(done, True)
         self.position = first_open(self.done, self.queue.total, done + 1)
         if self.queue_active:
             self._start_queued()

@@ -148,22 +148,38 @@ class CompareActions:
             prompt_id=rnd.prompt_id,
             source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground",
         )
+        queued = self.queue is not None and self.queue_active and rnd.position == self.position
         try:
-            rnd.vote_id = self.store.add_vote(vote)
-            self.cast.append(rnd)
+            if queued:  # with the round marked done, unless another window did it meanwhile
+                assert self.queue is not None and rnd.position is not None
+                rnd.vote_id, self.done = self.store.add_queue_vote(
+                    vote, self.queue_key, rnd.position, self.queue.total, self.queue.source
+                )
+            else:
+                rnd.vote_id = self.store.add_vote(vote)
         except Exception as exc:  # unwritable, locked, full disk...: say so, keep the vote to retry
             self._set_bar(
                 Text.assemble(("Vote NOT saved: ", "bold red"), (str(exc), "red"), ("  — fix it and vote again", ""))
             )
             self.notify(str(exc), title="Vote not saved", severity="error", timeout=10)
             return
+        if rnd.vote_id is None:  # the round was done in another window: on to the next one not done
+            self.notify(
+                f"Round {rnd.position + 1} was voted on or skipped in another window meanwhile; this vote was not "
+                "stored, so the round counts once.",
+                title="Round already done",
+                timeout=10,
+            )
+            self._advance(marked=True)
+            return
+        self.cast.append(rnd)
         rnd.revealed = True
         rnd.verdict = verdict(vote)
         self.picks = []
         names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
         self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved")
-        if self.queue_active and rnd.position == self.position:
-            self._advance()
+        if queued:
+            self._advance(marked=True)
         else:
             self._refresh_bars()
 
