@@ -1,10 +1,11 @@
 """Settings chosen from the model's size and the amount of data: what `0` ("auto") resolves to.
 
 `tiankong train reward|ppo|dpo|sft` leave lr, batch_size and steps (PPO also response_length and
-num_mini_batches) at 0, and each trainer's setup() fills them in here, once it knows
+num_mini_batches) at 0, and `tiankong train pretrain` its steps (and warmup_steps at -1), and each
+trainer's setup() fills them in here, once it knows
 
 * the parameter count N of the model being trained, and
-* the number of training items n (rankings, prompts or conversations),
+* the number of training items n (rankings, prompts, conversations or blocks of text),
 
 then prints the result in one line; the checkpoint's train_config.json records the resolved values,
 so a run can be repeated with them as flags. A value given by flag or --config is never changed.
@@ -17,13 +18,18 @@ learns with it); above 1B the rate falls as N^-1/2.
 
 Steps: enough passes over the data for a few hundred rankings to be learned (reward and DPO see
 each training pair up to 4 and 5 times; SFT up to 3), one pass for large data sets; PPO runs at
-least 20 iterations or one pass over the prompts.
+least 20 iterations or one pass over the prompts. Pretraining counts tokens: see PRETRAIN_EPOCHS.
+
+A resumed run keeps what its start resolved (`started_with`): --resume needs the same steps, and a
+formula changed since (or a finished run extended by --steps) must not move them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 SMALL, LARGE = 3e6, 1e9  # parameter counts of the two lr anchors
@@ -43,6 +49,28 @@ EPOCHS: dict[str, tuple[int, int]] = {
     "sft": (2000, 3),
 }
 PPO_MIN_STEPS = 20
+
+# Pretraining: PRETRAIN_EPOCHS passes over the training tokens, at most PRETRAIN_MAX_TOKENS tokens
+# seen, and at least PRETRAIN_MIN_STEPS steps.
+# * 4 passes: repeating data up to about 4 epochs is nearly as good as fresh data, and past that the
+#   returns fall fast (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models"); the old
+#   fixed 1000 steps made 33 passes over a 506 KB corpus, and the model learnt it by heart.
+# * 4M tokens (2^22): 1024 steps of the default 16 blocks of 256 tokens, the old fixed default's
+#   length: about 40 minutes for the tiny size on 2 CPU cores (a QA run took 40+ minutes for 1000
+#   such steps), a few for nano and micro. A capped corpus (above 1M tokens, about 4 MB of text) is
+#   seen less than 4 times, a large one less than once; a token budget, not a step count, so a
+#   larger --batch-size or --seq-len gives fewer steps of the same cost.
+# * 50 steps: a new model's loss needs some tens of steps to fall from uniform guessing at all, so
+#   a toy file still shows it learn (and the warmup and decay have room); it costs seconds to a
+#   couple of minutes.
+# A 506 KB corpus, the QA run's (33 passes of 1000 steps: about 485 blocks of 256 tokens) or 1351
+# documents of models/build/corpus.py (415 blocks at the tiny size's 4096 pieces), gets 4 passes:
+# 122 or 104 steps, some 5 minutes on 2 CPU cores instead of 40+.
+PRETRAIN_EPOCHS = 4
+PRETRAIN_MAX_TOKENS = 1 << 22
+PRETRAIN_MIN_STEPS = 50
+# Warmup: a tenth of the steps, at most the old fixed 50 (5% of its 1000 steps).
+PRETRAIN_WARMUP = 50
 
 
 def auto_lr(trainer: str, n_params: int) -> float:
@@ -69,6 +97,29 @@ def auto_steps(trainer: str, n_items: int, batch: int, n_pairs: int | None = Non
     visits, most = EPOCHS[trainer]
     epochs = min(most, max(1, math.ceil(visits / max(1, n_pairs or n_items))))
     return max(1, math.ceil(epochs * n_items / batch))
+
+
+def auto_pretrain_steps(n_tokens: int, batch: int, seq_len: int) -> int:
+    """Steps for PRETRAIN_EPOCHS passes over n_tokens training tokens in steps of `batch` blocks of
+    seq_len tokens, within the bounds above (the minimum wins where they cross)."""
+    per_step = batch * seq_len
+    most = max(1, PRETRAIN_MAX_TOKENS // per_step)
+    return max(PRETRAIN_MIN_STEPS, min(most, math.ceil(PRETRAIN_EPOCHS * n_tokens / per_step)))
+
+
+def auto_warmup(steps: int) -> int:
+    """Warmup steps for a run of `steps`: a tenth of them, at most PRETRAIN_WARMUP."""
+    return min(PRETRAIN_WARMUP, steps // 10)
+
+
+def started_with(out: Path) -> dict[str, Any]:
+    """The resolved settings of the run in `out` (its train_config.json, rewritten with every
+    checkpoint), or {} when there is none to read: then auto resolves afresh."""
+    try:
+        saved = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def auto_ppo_batch(n_params: int) -> int:

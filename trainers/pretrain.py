@@ -8,7 +8,8 @@ blocks of seq_len + 1 tokens that overlap by one (inputs are a block's first seq
 targets its last seq_len), so each token after the first is a target exactly once (a partial last
 block is dropped). Blocks cross document boundaries; attention is plain causal, as in GPT-2 and
 nanoGPT. A seeded random `eval_fraction` of the blocks is held out; `evaluate()` reports their
-mean loss and perplexity (eval_loss, eval_ppl).
+mean loss and perplexity (eval_loss, eval_ppl). Unless --steps is given, the run lasts 4 passes over
+the training tokens within bounds (trainers/auto.py: auto_pretrain_steps), printed in one line.
 
 Without --model a new Llama-architecture model is built (RoPE, RMSNorm, SwiGLU, grouped-query
 attention, tied embeddings) in one of the SIZES below, and a SentencePiece BPE tokenizer with byte
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from tiankong.engine.files import atomic_write_bytes
 from tiankong.engine.model import build_model, load_model, resolve_dtype, save_pretrained, set_rope_buffers
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
+from . import auto
 from . import checkpoint as ckpt
 from .common import TrainConfig, Trainer, opt
 from .data import load_texts, split_holdout
@@ -90,14 +93,20 @@ class PretrainConfig(TrainConfig):
     eval_fraction: float = opt(0.02, "Fraction of blocks held out for eval_loss and eval_ppl (0 = none).")
     # --- speed
     autocast: bool = opt(False, AUTOCAST_HELP)
-    # --- optimisation (overrides)
-    steps: int = opt(1000, "Optimisation steps.")
+    # --- optimisation (overrides; 0 or -1 = auto, see trainers/auto.py)
+    steps: int = opt(
+        0,
+        "Optimisation steps; 0 = auto: 4 passes over the training tokens, at most 4M tokens "
+        "(1024 steps of 16 blocks of 256) and at least 50 steps.",
+    )
     batch_size: int = opt(16, "Global batch size in blocks (over all processes).")
     lr: float = opt(1e-3, "Peak learning rate.")
-    warmup_steps: int = opt(50, "Linear warmup steps.")
+    warmup_steps: int = opt(-1, "Linear warmup steps (0 = none); -1 = auto: a tenth of the steps, at most 50.")
 
     def validate(self) -> None:
-        super().validate()
+        auto.validate_auto(self, super().validate, names=("steps",))
+        if self.warmup_steps < -1:
+            raise InputError(f"warmup_steps must be >= 0 (or -1 = auto), got {self.warmup_steps}")
         if not self.model and self.size not in SIZES:
             raise InputError(f"unknown --size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.seq_len < 1:
@@ -350,6 +359,33 @@ class PretrainTrainer(Trainer):
                 f"--seq-len {T} + 1; give more text or lower --seq-len"
             )
         self.train_blocks, self.eval_blocks = split_holdout(n_blocks, cfg.eval_fraction, cfg.seed)
+        self.resolve_auto()
+
+    def resolve_auto(self) -> None:
+        """Steps from the training tokens and warmup from the steps (trainers/auto.py), unless given;
+        a resumed run keeps those its start resolved. Printed in one line, kept in train_config.json."""
+        cfg, T = self.cfg, self.cfg.seq_len
+        started = auto.started_with(self.out) if cfg.resume else {}
+
+        def kept(name: str, least: int) -> int | None:
+            value = started.get(name)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= least else None
+
+        n = len(self.train_blocks)
+        self.auto = auto.fill(
+            cfg,
+            self.name,
+            auto.n_parameters(self.model),
+            n,
+            f"blocks of {T} tokens",
+            {"steps": lambda: kept("steps", 1) or auto.auto_pretrain_steps(n * T, cfg.batch_size, T)},
+        )
+        if cfg.warmup_steps < 0:
+            found = kept("warmup_steps", 0)
+            cfg.warmup_steps = auto.auto_warmup(cfg.steps) if found is None else found
+            self.auto.values["warmup_steps"] = cfg.warmup_steps
+        if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
+            print(self.auto.line(), file=sys.stderr)
 
     def _pack(self, docs: Sequence[str]) -> torch.Tensor:
         """[BOS] doc [EOS] [BOS] doc [EOS] ... as one int32 tensor."""
