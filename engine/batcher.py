@@ -9,7 +9,7 @@
 
 A request is one prompt with one SamplingParams per row (OpenAI's `n`). It waits in a bounded
 queue (`QueueFull` when that is full) until the running batch has room for all its rows, is then
-prefilled and joins the batch (generate._join) before the next decode step. Every step runs
+prefilled and joins the batch (prefill._join) before the next decode step. Every step runs
 generate.py's own stages (_draw, _step_events, _evict, _decode), so a row yields exactly the events
 `Engine.generate` would; a row whose request is cancelled (a client gone, a timeout, shutdown)
 leaves before the next draw, and its cache row is freed at once.
@@ -45,19 +45,8 @@ from .context import PrefixStore, PromptCache
 from .engine import Engine, with_seeds
 from .errors import InputError, TiankongError
 from .events import Event, Finished, Timing, TokenEvent, Usage
-from .generate import (
-    _Batch,
-    _cancelled,
-    _decode,
-    _draw,
-    _evict,
-    _join,
-    _prefill,
-    _prefill_cached,
-    _Row,
-    _setup_rows,
-    _step_events,
-)
+from .generate import _cancelled, _decode, _draw, _evict, _setup_rows, _step_events
+from .prefill import _Batch, _join, _prefill, _prefill_cached, _Row
 from .request_checks import check_top_logprobs, token_ids
 from .sampling import SamplingParams
 

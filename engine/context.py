@@ -200,7 +200,7 @@ class PrefixStore:
 
     An entry is a sequence of ids and its keys and values (n_layers, 2 H_kv, len, hd): what a row
     held when its prompt was read or its answer ended. `longest` finds the entry that shares the
-    most leading tokens with a new prompt; a prefill then starts there (generate._prefill with a
+    most leading tokens with a new prompt; a prefill then starts there (prefill._prefill with a
     PromptCache made by `cache_for`). Exact for the same reason PromptCache is.
     """
 

@@ -18,9 +18,8 @@ import torch
 
 from tiankong.engine.chat import ChatTemplate
 from tiankong.engine.errors import InputError
-from tiankong.engine.sampling import (
-    BatchSampler,
-    SamplingParams,
+from tiankong.engine.sampling import BatchSampler, SamplingParams
+from tiankong.engine.sampling_stages import (
     apply_penalties,
     apply_temperature,
     min_p_filter,

@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from tiankong.engine.errors import InputError
-from tiankong.engine.sampling import (
-    SAMPLER_CHAIN,
-    BatchSampler,
-    SamplingParams,
+from tiankong.engine.sampling import SAMPLER_CHAIN, BatchSampler, SamplingParams
+from tiankong.engine.sampling_stages import (
     _inverse_cdf,
     apply_penalties,
     apply_temperature,
@@ -424,7 +422,7 @@ def test_sampler_needs_a_seed_per_row():
 def test_drop_below_equals_masked_fill():
     # The branch-free filter must give exactly masked_fill's result: ties with the threshold kept,
     # -inf thresholds keeping everything, -inf and NaN values passing through.
-    from tiankong.engine.sampling import _drop_below
+    from tiankong.engine.sampling_stages import _drop_below
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 1000, generator=g)

@@ -568,7 +568,7 @@ static int top_candidates(const float *x, int V, int n_top, Scratch *s) {
 
 typedef uint8_t v16b __attribute__((vector_size(16)));
 
-/* z = x with the row's penalties, as apply_penalties (sampling.py) computes them, op by op: a seen
+/* z = x with the row's penalties, as apply_penalties (sampling_stages.py) computes them, op by op: a seen
  * token's logit divided by the repetition penalty when positive, multiplied when negative; then
  * minus frequency * count, minus presence where the count is positive. Contracting a product and a
  * difference into one fused op would round once where torch rounds twice, so it is off here. */
