@@ -122,32 +122,7 @@ class CompareActions:
         """Store the vote (one transaction), then reveal. A store error keeps the vote on screen."""
         rnd = self.round
         assert rnd is not None
-        responses = [
-            Response(
-                label=LABELS[c],
-                model=a.model,
-                preset=a.preset,
-                params=dict(a.params),
-                seed=a.seed,
-                text=rnd.texts[c],
-                finish_reason=rnd.finish[c] if rnd.finish[c] is not None else "cancelled",
-            )
-            for c, a in enumerate(rnd.answers)
-        ]
-        vote = Vote(
-            id=None,
-            prompt=rnd.prompt,
-            conversation=[dict(m) for m in rnd.conversation],
-            responses=responses,
-            outcome=outcome,
-            ranking=list(ranking),
-            rater=self.rater,
-            blind=rnd.blind and not rnd.revealed,
-            created_at="",  # "": the store stamps it
-            n_ranked=n_ranked,
-            prompt_id=rnd.prompt_id,
-            source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground",
-        )
+        vote = self._vote(rnd, outcome, ranking, n_ranked)
         queued = self.queue is not None and self.queue_active and rnd.position == self.position
         try:
             if queued:  # with the round marked done, unless another window did it meanwhile
@@ -182,6 +157,35 @@ class CompareActions:
             self._advance(marked=True)
         else:
             self._refresh_bars()
+
+    def _vote(self, rnd: Round, outcome: str, ranking: list[int], n_ranked: int | None) -> Vote:
+        """The round's answers, as shown, and the rater's verdict on them."""
+        responses = [
+            Response(
+                label=LABELS[c],
+                model=a.model,
+                preset=a.preset,
+                params=dict(a.params),
+                seed=a.seed,
+                text=rnd.texts[c],
+                finish_reason=rnd.finish[c] if rnd.finish[c] is not None else "cancelled",
+            )
+            for c, a in enumerate(rnd.answers)
+        ]
+        return Vote(
+            id=None,
+            prompt=rnd.prompt,
+            conversation=[dict(m) for m in rnd.conversation],
+            responses=responses,
+            outcome=outcome,
+            ranking=list(ranking),
+            rater=self.rater,
+            blind=rnd.blind and not rnd.revealed,
+            created_at="",  # "": the store stamps it
+            n_ranked=n_ranked,
+            prompt_id=rnd.prompt_id,
+            source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground",
+        )
 
     def action_skip(self) -> None:
         if self.round is not None and self.queue_active and self.round.position == self.position:
