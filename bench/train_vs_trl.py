@@ -314,7 +314,7 @@ class GenTimer:
 
 def worker_tiankong_ppo(job: dict) -> dict:
     _threads(job)
-    import tiankong.trainers.ppo as ppo_mod
+    import tiankong.trainers.ppo_rollout as ppo_mod
     from tiankong.trainers.ppo import PPOConfig, PPOTrainer
 
     marks, gen = Marks(), GenTimer()

@@ -83,9 +83,9 @@ def test_under_torchrun_the_resume_command_is_the_torchrun_one(monkeypatch):
 
 
 def test_a_stopped_run_says_resume_with_once_from_the_first_process(monkeypatch, capsys, corpus, tmp_path):
-    from tiankong.trainers.common import TrainingStopped
     from tiankong.trainers.distributed import Dist
     from tiankong.trainers.pretrain import PretrainTrainer
+    from tiankong.trainers.stopping import TrainingStopped
 
     def stopped(self):
         raise TrainingStopped(1, 2, self.out, "SIGINT")

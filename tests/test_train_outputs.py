@@ -240,12 +240,12 @@ def test_ctrl_c_in_the_verdict_says_the_model_is_saved_and_resume_writes_the_ver
 
     from helpers import cli
 
-    from tiankong.trainers import ppo
+    from tiankong.trainers import ppo_rollout
 
     out = tmp_path / "runs" / "dpo"
     args = ["train", "dpo", "--model", llama_dir, "--data", prefs, "--output", out, "--steps", "1", "--raw"]
     args += ["--batch-size", "4", "--eval-fraction", "0", "--device", "cpu"]
-    sample = ppo.sample
+    sample = ppo_rollout.sample
     calls = []
 
     def pressed(*a, **kw):  # Ctrl+C as the trained model starts its answers
@@ -254,7 +254,7 @@ def test_ctrl_c_in_the_verdict_says_the_model_is_saved_and_resume_writes_the_ver
             raise KeyboardInterrupt
         return sample(*a, **kw)
 
-    monkeypatch.setattr(ppo, "sample", pressed)
+    monkeypatch.setattr(ppo_rollout, "sample", pressed)
     code, _, err = cli(monkeypatch, capsys, *args)
     assert code == 130, err
     assert "verdict: sampling 32 fresh answers from the starting model and 32 from the trained one" in err
@@ -263,7 +263,7 @@ def test_ctrl_c_in_the_verdict_says_the_model_is_saved_and_resume_writes_the_ver
     assert last.startswith(f"stopped during the verdict: the model is saved in {out}; `tiankong train dpo ")
     assert (out / "model.safetensors").is_file() and not (out / "verdict.json").exists()
 
-    monkeypatch.setattr(ppo, "sample", sample)
+    monkeypatch.setattr(ppo_rollout, "sample", sample)
     command = shlex.split(last.split("`")[1])
     assert command[-1] == "--resume"
     code, _, err = cli(monkeypatch, capsys, *command[1:])
@@ -278,12 +278,12 @@ def test_a_kill_in_the_verdict_says_the_model_is_saved(llama_dir, prefs, tmp_pat
 
     from helpers import cli
 
-    from tiankong.trainers import ppo
+    from tiankong.trainers import ppo_rollout
 
     out = tmp_path / "runs" / "dpo"
     args = ["train", "dpo", "--model", llama_dir, "--data", prefs, "--output", out, "--steps", "1", "--raw"]
     args += ["--batch-size", "4", "--eval-fraction", "0", "--device", "cpu"]
-    sample = ppo.sample
+    sample = ppo_rollout.sample
 
     def killed(*a, **kw):
         # Left at its default, SIGTERM would end pytest itself: that is the silent end this test is about.
@@ -291,7 +291,7 @@ def test_a_kill_in_the_verdict_says_the_model_is_saved(llama_dir, prefs, tmp_pat
         os.kill(os.getpid(), signal.SIGTERM)
         return sample(*a, **kw)
 
-    monkeypatch.setattr(ppo, "sample", killed)
+    monkeypatch.setattr(ppo_rollout, "sample", killed)
     code, _, err = cli(monkeypatch, capsys, *args)
     assert code == 143, err
     last = err.strip().splitlines()[-1]

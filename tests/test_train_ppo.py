@@ -18,16 +18,8 @@ from tiankong.engine.errors import InputError
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.model import load_model
 from tiankong.engine.sampling import SamplingParams
-from tiankong.trainers.ppo import (
-    PPOConfig,
-    PPOTrainer,
-    gae,
-    masked_whiten,
-    policy_loss,
-    read_prompts,
-    token_logprobs,
-    value_loss,
-)
+from tiankong.trainers.ppo import PPOConfig, PPOTrainer, policy_loss, value_loss
+from tiankong.trainers.ppo_rollout import gae, masked_whiten, read_prompts, token_logprobs
 from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer
 
 

@@ -1,8 +1,8 @@
-"""What every trainer shares: the config base, the optimisation loop, checkpoints and resume.
+"""What every trainer shares: the optimisation loop, checkpoints and resume.
 
 A trainer subclasses `Trainer` and supplies four things: `setup()` (models and data),
-`n_items()` (how many items one epoch has; `global_batches` here draws the deterministic items of
-each optimisation step from it), `loss(items)` (the algorithm: one readable function) and
+`n_items()` (how many items one epoch has; `global_batches` in optim.py draws the deterministic
+items of each optimisation step from it), `loss(items)` (the algorithm: one readable function) and
 `save(folder)`; optionally `item_weight(index)`, `evaluate()`, `extra_state()` and
 `load_extra_state(state)`. The loop here does the rest the same way for all of them:
 
@@ -17,6 +17,9 @@ each optimisation step from it), `loss(items)` (the algorithm: one readable func
   SIGTERM; `resume=True` continues from the newest one to the same result an uninterrupted run
   gives. The output folder itself always holds the newest checkpoint's model as a plain Hugging
   Face folder that tiankong and transformers load.
+
+Beside the loop: the config base (`TrainConfig`, `opt`) in config.py; AdamW, the learning-rate
+schedule and the seeded data order in optim.py; Ctrl+C and SIGTERM in stopping.py.
 """
 
 from __future__ import annotations
@@ -24,175 +27,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
-import numbers
-import os
 import random
 import re
-import signal
 import sys
-import threading
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from tiankong.engine.errors import InputError, ModelLoadError, quoted
+from tiankong.engine.errors import InputError, ModelLoadError
 from tiankong.engine.files import atomic_write_text
 
 from . import checkpoint as ckpt
-from .distributed import SHARDINGS, Dist, init_distributed, swapped
+from .config import TrainConfig
+from .distributed import Dist, init_distributed, swapped
 from .metrics import MetricsWriter
+from .optim import global_batches, lr_at, make_adamw, seed_everything
 from .progress import progress
-
-
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A config field with its help text (shown by `tiankong train NAME --help`)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class TrainConfig:
-    # --- where
-    output: str = opt("runs/model", "Output folder: a Hugging Face model folder plus metrics.jsonl and trainer state.")
-    model: str = opt("", "Starting checkpoint (a Hugging Face model folder).")
-    data: str = opt("", "Training data file.")
-    # --- optimisation
-    steps: int = opt(100, "Optimisation steps.")
-    batch_size: int = opt(8, "Global batch size (items per step, over all processes).")
-    micro_batch_size: int = opt(0, "Items per forward pass; 0 = the whole per-process batch.")
-    lr: float = opt(1e-4, "Peak learning rate.")
-    warmup_steps: int = opt(0, "Linear warmup steps.")
-    min_lr_ratio: float = opt(0.1, "Cosine decay floor as a fraction of lr.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    max_grad_norm: float = opt(1.0, "Clip gradients to this norm; 0 = off.")
-    seed: int = opt(0, "Seed for data order and initialisation.")
-    # --- runtime
-    device: str = opt("auto", "cpu, cuda, mps or auto.")
-    dtype: str = opt("float32", "Parameter dtype: float32 or bfloat16.")
-    sharding: str = opt(
-        "ddp",
-        "Under torchrun: ddp (a whole model per process) or fsdp (parameters, gradients and optimizer state split "
-        "over the processes, for models too large for one device).",
-    )
-    save_every: int = opt(0, "Checkpoint every N steps; 0 = by time only (--save-minutes).")
-    save_minutes: float = opt(5.0, "Checkpoint when this many minutes have passed since the last one; 0 = off.")
-    eval_every: int = opt(0, "Evaluate on the held-out split every N steps; 0 = only at the end.")
-    resume: bool = opt(False, "Continue an interrupted run from the output folder's last checkpoint.")
-    overwrite: bool = opt(False, "Replace what an existing, non-empty output folder holds (else it is refused).")
-    progress: bool = opt(True, "Show a progress bar.")
-
-    def __post_init__(self) -> None:
-        self.check_types()
-
-    def check_types(self) -> None:
-        """Every field holds its default's type, or InputError naming it: a str where a number goes
-        ('3' from a form or os.environ) would otherwise fail later as a bare TypeError, deep in a
-        comparison. A path (pathlib.Path) where a str goes becomes its str, and a numpy number a plain
-        one; an int stands for a float, as on the command line (tui/train_cli.py)."""
-        for f in fields(self):
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            setattr(self, f.name, _typed(f.name, getattr(self, f.name), default))
-
-    def validate(self) -> None:
-        self.check_types()  # fields may have been set since construction
-        if not self.output.strip():  # Path("") is the current folder: never a run's output by accident
-            raise InputError("--output is empty; give the run's own folder, e.g. --output runs/NAME")
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.micro_batch_size < 0:
-            raise InputError(f"micro_batch_size must be >= 0, got {self.micro_batch_size}")
-        if not self.lr > 0:
-            raise InputError(f"lr must be > 0, got {self.lr}")
-        if not self.save_minutes >= 0:
-            raise InputError(f"save_minutes must be >= 0, got {self.save_minutes}")
-        if self.resume and self.overwrite:
-            raise InputError("--resume continues the run in the output folder and --overwrite replaces it; give one")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise InputError(f"dtype must be float32 or bfloat16 for training, got {self.dtype!r}")
-        if self.sharding not in SHARDINGS:
-            raise InputError(f"unknown sharding {self.sharding!r}; use {' or '.join(SHARDINGS)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-
-def _typed(name: str, value: Any, default: Any) -> Any:
-    """value as a setting whose default is `default` -> value, or its plain form; InputError if its
-    type is wrong."""
-    if isinstance(default, bool):
-        ok = isinstance(value, (bool, np.bool_))
-        want = "True or False"
-    elif isinstance(default, int):
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-        want = "an integer"
-    elif isinstance(default, float):
-        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-        want = "a number"
-    elif isinstance(default, str):
-        value = os.fspath(value) if isinstance(value, os.PathLike) else value
-        ok, want = isinstance(value, str), "a str"
-    else:
-        return value
-    if not ok:
-        raise InputError(f"{name} must be {want} (like {default!r}), got {quoted(repr(value), 60)}")
-    if type(value) in (bool, int, float, str):
-        return value  # an int given for a float stays as given (the CLI keeps it too)
-    return type(default)(value)  # np.int64 -> int, np.float32 -> float, np.bool_ -> bool
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to lr, then cosine decay to lr * min_lr_ratio at the last step."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# Spreads (run seed, step or epoch) pairs over generator seeds: a prime above any step count keeps
-# seed s at step t from meeting seed s + 1 at step t - SEED_STRIDE.
-SEED_STRIDE = 1_000_003
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """A deterministic shuffle of range(n) for one epoch (same on every rank and on resume)."""
-    g = torch.Generator().manual_seed(seed * SEED_STRIDE + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-def global_batches(n_items: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[list[int]]:
-    """Item indices for each step: epochs of shuffled data, cut into global batches; resumable."""
-    if n_items == 0:
-        raise InputError("the training data is empty; give a file with at least one valid row")
-    step = 0
-    epoch = 0
-    while True:
-        order = epoch_order(n_items, seed, epoch)
-        for i in range(0, n_items - batch_size + 1 if n_items >= batch_size else 1, batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < batch_size:  # tiny data sets: wrap around rather than shrink the batch
-                idx = (idx * math.ceil(batch_size / len(idx)))[:batch_size]
-            if step >= start_step:
-                yield idx
-            step += 1
-        epoch += 1
+from .stopping import TrainingStopped, _StopRequests
 
 
 class Trainer:
@@ -521,56 +375,3 @@ def loading(role: str, folder: str | Path, fix: str) -> Iterator[None]:
 
 
 CHECKPOINT_FIX = "the checkpoint is damaged: start the run again with --overwrite instead of --resume"
-
-
-class TrainingStopped(Exception):
-    """Ctrl+C or SIGTERM: the run stopped after a checkpoint at `step`."""
-
-    def __init__(self, step: int, steps: int, out: Path, signal_name: str) -> None:
-        super().__init__(f"{signal_name}: stopped at step {step} of {steps}; checkpoint saved in {out}")
-        self.step, self.steps, self.out, self.signal_name = step, steps, out, signal_name
-
-
-class _StopRequests:
-    """While training, the first Ctrl+C / SIGTERM asks for a checkpoint and a clean stop after the
-    current step; a second Ctrl+C interrupts at once (the last complete checkpoint stays)."""
-
-    def __init__(self, announce: bool = True) -> None:
-        self.announce = announce
-        self.requested = False
-        self.signal_name = ""
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not self.requested and self.announce:
-            # Said at once: a step can take a while, and silence after Ctrl+C reads as a hang.
-            sys.stderr.write(
-                f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
-                "(Ctrl+C again stops at once, keeping the last checkpoint)\n"
-            )
-            sys.stderr.flush()
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def make_adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW, fused where torch has the kernel (CPU and CUDA): about 3x faster steps than the loop."""
-    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    if all(p.device.type in ("cpu", "cuda") for p in params):
-        try:
-            return torch.optim.AdamW(params, fused=True, **kw)
-        except (RuntimeError, TypeError):  # a dtype/device the fused kernel does not take
-            pass
-    return torch.optim.AdamW(params, **kw)

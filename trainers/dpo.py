@@ -31,7 +31,7 @@ from tiankong.engine.errors import InputError
 from tiankong.engine.model import load_model, save_pretrained
 
 from .auto import n_parameters
-from .common import opt
+from .config import opt
 from .preferences import Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 
 

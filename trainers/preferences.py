@@ -47,7 +47,8 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from . import auto
-from .common import TrainConfig, Trainer, opt
+from .common import Trainer
+from .config import TrainConfig, opt
 from .records import Prompt, parse_record, read_rows
 
 TIE_MODES = ("drop", "soft")

@@ -41,7 +41,8 @@ from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from . import auto
 from . import checkpoint as ckpt
-from .common import TrainConfig, Trainer, opt
+from .common import Trainer
+from .config import TrainConfig, opt
 from .data import load_texts, split_holdout
 
 # name -> architecture of a new model. Parameter counts include the (tied) embedding at the

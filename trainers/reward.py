@@ -40,7 +40,7 @@ from tiankong.engine.files import atomic_write, atomic_write_text, stdout_errors
 from tiankong.engine.model import load_model, save_pretrained
 
 from .auto import n_parameters
-from .common import opt
+from .config import opt
 from .data import jsonl_objects
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 from .records import messages_field, not_a_file, split_lines

@@ -43,7 +43,8 @@ from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 
 from . import auto
 from . import checkpoint as ckpt
-from .common import TrainConfig, Trainer, opt
+from .common import Trainer
+from .config import TrainConfig, opt
 from .data import load_conversations, split_holdout
 from .pretrain import AUTOCAST_HELP, evaluate_held_out, load_trainable, token_loss
 

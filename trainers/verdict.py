@@ -162,7 +162,7 @@ def accuracy_verdict(n_pairs: int, n_eval: int, accuracy: float | None, margin: 
 
 @torch.no_grad()
 def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> Verdict:
-    from .ppo import sample
+    from .ppo_rollout import sample
     from .preferences import pad_right
 
     cfg, name = trainer.cfg, trainer.name

@@ -164,7 +164,7 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
 
         cfg.model = str(resolve_model(cfg.model or None))  # a folder, or a name (engine/resolve.py)
     from tiankong.trainers import checkpoint as ckpt
-    from tiankong.trainers.common import TrainingStopped
+    from tiankong.trainers.stopping import TrainingStopped
 
     votes_default = name in PREFERENCE_TRAINERS and not cfg.data  # the votes, exported into the run below
     if votes_default:  # a file to be: the settings check (here and in the trainer) must not miss it
