@@ -350,7 +350,7 @@ def test_esc_in_the_compare_the_command_opened_stays(tiny, tmp_path, store):
             await finish(pilot, screen)
             # The footer says where esc goes: it said "back" (QA), though esc never leaves.
             esc = screen.active_bindings["escape"]
-            assert esc.enabled and esc.binding.description == "prompt"
+            assert esc.enabled and esc.binding.description == "type"
             await pilot.press("escape")  # voting: to the prompt box, not away
             await pilot.pause()
             assert app.screen is screen and screen.focused is screen.query_one("#prompt-input")

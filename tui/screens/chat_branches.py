@@ -14,7 +14,7 @@ from textual.widgets import Input
 
 from tiankong.engine.remote import RemoteEngine
 from tiankong.tui.screens.branch import CandidatePicker, branch_vote
-from tiankong.tui.screens.chat_sending import ContextNotice
+from tiankong.tui.screens.chat_sending import ContextNotice, NotAnswered
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
 from tiankong.tui.widgets.status import plural
@@ -36,9 +36,12 @@ class ChatBranches:
             if w is self.inspected:
                 self.inspected = None
             await w.remove()
-        children = list(self.transcript.children)  # context notices after the last message kept go too
+        # The lines after the last message kept were about the messages taken out: context notices,
+        # and a "not answered" warning under the message taken out.
+        children = list(self.transcript.children)
         kept = children.index(msgs[index - 1]) if index else -1
-        await self.transcript.remove_children([w for w in children[kept + 1 :] if isinstance(w, ContextNotice)])
+        notes = [w for w in children[kept + 1 :] if isinstance(w, (ContextNotice, NotAnswered))]
+        await self.transcript.remove_children(notes)
         self.dropped_turns = max((w.dropped for w in self.transcript.query(ContextNotice)), default=0)
 
     async def action_regenerate(self) -> None:

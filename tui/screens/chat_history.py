@@ -17,7 +17,7 @@ from tiankong.tui.screens.chat_list import ChatListScreen
 from tiankong.tui.store import Chat
 from tiankong.tui.store import Message as StoredMessage
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
-from tiankong.tui.widgets.status import finish_words
+from tiankong.tui.widgets.status import finish_words, plural
 
 INTRO = (
     "Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
@@ -69,11 +69,9 @@ class ChatHistory:
         self.query_one("#system", Input).value = chat.system_prompt
         self._saved_system = chat.system_prompt
         await self.transcript.query("#intro").remove()
-        await self._mount_messages(chat, chat.messages)
         if chat.preset in self.presets and chat.preset != self.preset.name:
-            self._use_preset(chat.preset, quiet=True)
-        if self.engine is not None:
-            await self._show_dropped()
+            self._use_preset(chat.preset, quiet=True)  # first: its max tokens count in what fits
+        await self._mount_messages(chat, chat.messages)
         self.transcript.scroll_end(animate=False)
         note = f"opened “{chat.title or chat.id}”"
         if chat.model != self.model_id:
@@ -82,7 +80,8 @@ class ChatHistory:
         self._status()
 
     async def _mount_messages(self, chat: Chat, messages: list[StoredMessage]) -> list[UserMessage | AssistantMessage]:
-        """Show stored messages at the end of the transcript, each labelled with its branch.
+        """Show stored messages at the end of the transcript, each labelled with its branch, and
+        (a chat opened, a branch switched to) say which turns the next answer will no longer see.
 
         Answers start lazy (a one-widget preview at the height the Markdown will have); the
         transcript realizes those on and near the screen, in the background: a long chat opens
@@ -93,7 +92,7 @@ class ChatHistory:
                 model = display_name(chat.model)
                 title = f"{model} · {m.preset}" if m.preset else model
                 info = (
-                    f"{finish_words(m.finish_reason)} · {len(m.tokens or [])} tokens · seed {m.seed}"
+                    f"{finish_words(m.finish_reason)} · {plural(len(m.tokens or []), 'token')} · seed {m.seed}"
                     if m.finish_reason
                     else ""
                 )
@@ -111,6 +110,8 @@ class ChatHistory:
         for w in widgets:
             if isinstance(w, AssistantMessage):
                 w.set_view(heatmap=self.heatmap)
+        if self.engine is not None and not self.generating:  # (still loading: engine_ready says it)
+            await self._show_dropped()
         return widgets
 
     def action_scroll_transcript(self, where: str) -> None:

@@ -37,16 +37,24 @@ class ContextNotice(Static):
     """A line in the transcript: from here on the model no longer sees the chat's first `dropped` turns."""
 
     def __init__(self, dropped: int, context: int) -> None:
-        turns = "turn" if dropped == 1 else f"{dropped} turns"
+        turns, fit, them = ("turn", "fits", "it") if dropped == 1 else (f"{dropped} turns", "fit", "them")
         super().__init__(
             Text(
-                f"⋯ the first {turns} of this chat no longer fit the model's {context}-token "
-                "context: it does not see them now (ctrl+n starts a new chat)",
+                f"⋯ the first {turns} of this chat no longer {fit} the model's {context}-token "
+                f"context: it does not see {them} now (ctrl+n starts a new chat)",
                 style="dim italic",
             ),
             classes="context-notice",
         )
         self.dropped = dropped
+
+
+class NotAnswered(Static):
+    """A line in the transcript under a message that was not answered (too long for the context).
+    It belongs to that message: editing the message or switching its branch takes it away too."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(Text(f"⚠ not answered: {why}", style="red"), classes="context-notice")
 
 
 class ChatSending:
@@ -148,24 +156,38 @@ class ChatSending:
         self.dropped_turns = dropped
 
     async def _show_dropped(self) -> None:
-        """For a chat just opened: the turns its next answer will no longer see, said in the transcript
-        and the status line, as they were when the chat was written."""
+        """For a chat just opened (or a branch just shown): the turns its next answer will no longer
+        see, said in the transcript and the status line. Counted as the next message will be sent:
+        after the last answer, with a message of the user's to come (an empty one: the least it can
+        be), so that a long last answer is among the turns that can go, and it is what the next
+        prompt leaves out at least."""
+        msgs = self.conversation()
+        if msgs and msgs[-1]["role"] != "user":
+            msgs.append({"role": "user", "content": ""})
         try:
-            _, dropped = self._fit(self.conversation())
-        except TiankongError:  # the last message alone is too long: said when it is answered
-            return
+            _, dropped = self._fit(msgs)
+        except TiankongError:  # the system prompt and the last message alone are too long: said when answered
+            dropped = self.dropped_turns
         await self._note_dropped(dropped)
+        self._status()
+
+    def _not_answered_last(self) -> list[NotAnswered]:
+        """The "not answered" lines under the transcript's last message (they are about it)."""
+        children = list(self.transcript.children)
+        last = max((i for i, w in enumerate(children) if isinstance(w, (UserMessage, AssistantMessage))), default=-1)
+        return [w for w in children[last + 1 :] if isinstance(w, NotAnswered)]
 
     async def _answer(self, branch: tuple[list[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         """Start answering the transcript as it stands. branch: (the old answer's tokens before the
         branch point, the candidate picked there): the answer starts with those and continues."""
         self._save_system()
         self._leave_inspect()
+        await self.transcript.remove_children(self._not_answered_last())  # answered again: said again if need be
         try:
             ids, dropped = self._fit(self.conversation())
         except TiankongError as e:  # the last message alone is too long: said where it stands, too
             self.notify(str(e), severity="error")
-            await self.transcript.mount(Static(Text(f"⚠ not answered: {e}", style="red"), classes="context-notice"))
+            await self.transcript.mount(NotAnswered(str(e)))
             self.transcript.scroll_end(animate=False)
             return
         await self._note_dropped(dropped)

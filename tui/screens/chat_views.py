@@ -22,9 +22,14 @@ from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
 from tiankong.tui.widgets.status import params_summary
 
+NARROW = 72  # below this many columns the candidates panel hides itself, leaving the transcript room
+
 
 class ChatViews:
     """ChatScreen's presets and token views (mixed into it; uses its state and widgets)."""
+
+    _narrow = False  # the screen is narrower than NARROW columns: the panel hid itself
+    _panel_shown = True  # whether the panel showed before it hid itself (shown again when there is room)
 
     # ------------------------------------------------------------------ presets
 
@@ -63,6 +68,23 @@ class ChatViews:
 
     def action_toggle_candidates(self) -> None:
         self.candidates.display = not self.candidates.display
+
+    def on_resize(self) -> None:
+        """The panel's width: 42 columns, 34 below 96 (the transcript keeps most of the screen).
+        Below NARROW it hides itself, so the transcript stays readable, and comes back when the
+        screen widens again; f4 (or f5) still shows it there, over half the width.
+
+        (Textual calls each class's on_resize, the screen's own first: this one, last, decides.)"""
+        width = self.size.width
+        panel = self.candidates
+        narrow = width < NARROW
+        if narrow != self._narrow:
+            self._narrow = narrow
+            if narrow:
+                self._panel_shown, panel.display = panel.display, False
+            else:
+                panel.display = self._panel_shown
+        panel.styles.width = width // 2 if narrow else 34 if width < 96 else 42
 
     def action_heatmap(self) -> None:
         self.heatmap = not self.heatmap

@@ -38,7 +38,7 @@ from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.presets import Preset
 from tiankong.tui.queue import Item, PromptQueue
 from tiankong.tui.screens.compare_actions import CompareActions
-from tiankong.tui.screens.compare_rounds import Round, build_entrants, fill_seeds, model_identity
+from tiankong.tui.screens.compare_rounds import Round, build_entrants, fill_seeds, fit_prompt, model_identity
 from tiankong.tui.screens.compare_view import AnswerColumn, CompareView
 from tiankong.tui.store import Store
 from tiankong.tui.store_votes import first_open
@@ -59,7 +59,7 @@ class CompareScreen(CompareActions, CompareView, Screen):
         Binding("escape", "stop", "stop", tooltip="stop generating (every column keeps its text and can be voted on)"),
         Binding("escape", "back", "back", tooltip="back to the previous screen"),
         # In `tiankong compare` esc never leaves, so its footer says where it goes instead.
-        Binding("escape", "to_prompt", "prompt", tooltip="to the prompt box, to type the next prompt"),
+        Binding("escape", "to_prompt", "type", tooltip="to the prompt box, to type the next prompt"),
         Binding(
             "1",
             "pick(1)",
@@ -148,6 +148,13 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         def __init__(self, number: int, texts: list[str], finish: list[str | None], stats: list[str]) -> None:
             super().__init__()
             self.number, self.texts, self.finish, self.stats = number, texts, finish, stats
+
+    class Fitted(Message):
+        """The round's prompt leaves out the conversation's `dropped` oldest turns (they no longer fit)."""
+
+        def __init__(self, number: int, dropped: int) -> None:
+            super().__init__()
+            self.number, self.dropped = number, dropped
 
     class Ended(Message):
         """The worker is done with a round; `error` is set when generation failed."""
@@ -428,12 +435,16 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         texts, finish, stats = list(rnd.texts), list(rnd.finish), list(rnd.stats)
 
         def start() -> list[Iterator[Event]]:
-            streams = []
+            streams, dropped = [], 0
             for cols in groups:
                 engine = rnd.entrants[cols[0]].engine
-                ids = engine.encode(messages=rnd.conversation)
                 params = [rnd.params[c] for c in cols]
+                # A chat longer than the context loses its oldest turns, as the chat does (room for the longest answer).
+                ids, n = fit_prompt(engine, rnd.conversation, max(p.max_new_tokens for p in params))
+                dropped = max(dropped, n)
                 streams.append(engine.generate([ids] * len(cols), params, top_logprobs=0, cancel=rnd.cancel))
+            if dropped:
+                self.post_message(self.Fitted(rnd.number, dropped))
             return streams
 
         def post(batch: Batch) -> None:
@@ -457,6 +468,11 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         for c, col in enumerate(self.columns):
             col.set_text(rnd.texts[c])
             col.set_foot(self._foot(c))
+
+    def on_compare_screen_fitted(self, message: Fitted) -> None:
+        if self.round is not None and message.number == self.round.number:
+            self.round.dropped = message.dropped
+            self._refresh_bars()
 
     def on_compare_screen_ended(self, message: Ended) -> None:
         rnd = self.round

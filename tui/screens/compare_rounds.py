@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from tiankong.engine.context import drop_turns, turn_starts
 from tiankong.engine.engine import Engine, with_seeds
+from tiankong.engine.errors import InputError
 from tiankong.engine.remote import RemoteEngine
 from tiankong.engine.resolve import display_name, model_key
 from tiankong.engine.sampling import SamplingParams
@@ -62,6 +64,7 @@ class Round:
     revealed: bool = False
     vote_id: int | None = None
     error: str | None = None  # generation failed: nothing to vote on
+    dropped: int = 0  # the conversation's oldest turns left out of the prompt (fit_prompt): they no longer fit
     verdict: str = ""  # the stored vote, in words ("A better", "B > A > C", "tie")
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -73,6 +76,19 @@ class Round:
             ]
         k = len(self.answers)
         self.texts, self.finish, self.stats = [""] * k, [None] * k, [""] * k
+
+
+def fit_prompt(engine: Engine | RemoteEngine, conversation: list[dict], max_new_tokens: int) -> tuple[list[int], int]:
+    """A round's prompt, built as the chat builds its own (engine.fit): when the conversation and room
+    for the answer no longer fit the context, its oldest turns go, never the system prompt.
+    -> (prompt ids, turns dropped). When the last turn alone leaves less room than max_new_tokens,
+    every earlier turn goes and the answer gets the room there is (generate refuses only a prompt
+    that fills the context)."""
+    try:
+        return engine.fit(conversation, max_new_tokens)
+    except InputError:
+        dropped = max(0, len(turn_starts(conversation)) - 1)
+        return engine.encode(messages=drop_turns(conversation, dropped)), dropped
 
 
 def build_entrants(engines: list[Engine], presets: list[Preset]) -> list[Entrant]:

@@ -17,7 +17,7 @@ from textual.widgets import Static
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare_rounds import LABELS, Entrant, Round, model_identity, model_name
 from tiankong.tui.screens.votes import tiers_text
-from tiankong.tui.widgets.status import finish_words
+from tiankong.tui.widgets.status import finish_words, plural
 from tiankong.tui.widgets.streaming_text import StreamingText
 
 
@@ -145,7 +145,10 @@ class CompareView:
             head.append(f" · {next(iter(models.values()))}", style="dim")
         context = len(rnd.conversation) - 1 if rnd is not None else len(self.history)
         if context:
-            head.append(f" · after {context} chat messages", style="dim")
+            head.append(f" · after {plural(context, 'chat message')}", style="dim")
+        if rnd is not None and rnd.dropped:  # as the chat does, and its tokens view (ctrl+t) says
+            turns, fit = ("turn", "fits") if rnd.dropped == 1 else (f"{rnd.dropped} turns", "fit")
+            head.append(f", without the chat's first {turns}, which no longer {fit} the context", style="dim")
         if rnd is not None and rnd.blind != self.blind:
             head.append(f" · next prompt {'blind' if self.blind else 'open'}", style="dim")
         self.query_one("#compare-head", Static).update(head)

@@ -15,7 +15,8 @@ from textual.widgets._footer import FooterKey
 class FittingFooter(Footer):
     """Textual's Footer, but when its keys do not fit the width it leaves out those whose actions
     are in `drop` (the first named goes first) until the rest does, rather than cutting the line
-    ("^n ne▏"). Left-out keys still work; f1 and the command palette list every key."""
+    ("^n ne▏"); on a screen too narrow even then, the last keys go too (the command palette's
+    stays). Left-out keys still work; f1 and the command palette list every key."""
 
     def __init__(self, *children: Widget, drop: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*children, **kwargs)
@@ -24,7 +25,8 @@ class FittingFooter(Footer):
 
     @staticmethod
     def _cells(keys: Iterable[FooterKey]) -> int:
-        # A key draws " key " then "description " (FooterKey's padding, not compact).
+        # A key draws " key " then "description " (FooterKey's padding, not compact; the command
+        # palette's, docked right, draws its border in place of the first space).
         return sum(cell_len(k.key_display) + cell_len(k.description) + 3 for k in keys)
 
     def compose(self) -> Iterable[Widget]:
@@ -34,6 +36,9 @@ class FittingFooter(Footer):
             if self._cells(keys) <= width:
                 break
             keys = [k for k in keys if getattr(k, "action", None) != action]
+        while self._cells(keys) > width and len(keys) > 2:  # still too wide: the last keys go
+            last = max(i for i, k in enumerate(keys) if not k.has_class("-command-palette"))
+            keys.pop(last)
         yield from keys
 
     def on_resize(self, event: events.Resize) -> None:
