@@ -6,13 +6,19 @@ the command with its one-line message (the CLI prints it, exit code 2) rather th
 chat or vote into something that is not being saved. A model that fails to load does not stop the
 app: the message shows in a notification and the status line, and stored chats can still be
 opened, read and exported.
+
+SIGTERM (kill) and SIGHUP (the terminal window closed) end the app as ctrl+q does, for every
+command that runs it (chat, compare, rank): Textual restores the terminal, the chat stores the
+answer being generated, and the command exits with 128 + the signal's number (143, 129).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import getpass
 import os
+import signal
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -56,6 +62,10 @@ def _model_id(model: Path | RemoteModel) -> str:
 # interval. bench/tui_stream.py on the 135M Q4_0 GGUF (2 cores): 136 tok/s at 5 ms with 30 frames a
 # second, 184 at 0.1 ms with 15 (streaming.FRAME_S); the engine alone ~290 (bench/README.md).
 GIL_SWITCH_S = 1e-4
+
+# Handled like ctrl+q. Their default action ends the process at once: the terminal stays in the
+# app's modes (alternate screen, mouse reporting, no cursor) and the answer being generated is lost.
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class TiankongApp(App[None]):
@@ -108,6 +118,34 @@ class TiankongApp(App[None]):
         self.engine_error: str | None = None
         self._gc_frozen = False
         self._switch_interval: float | None = None  # Python's, to give back on unmount
+
+    async def run_async(self, **kwargs: Any) -> Any:
+        """Textual's run_async (what run() calls; run_test does not), with QUIT_SIGNALS handled."""
+        loop = asyncio.get_running_loop()
+        caught = []
+        for sig in QUIT_SIGNALS:
+            try:  # the handler runs as a callback on this loop, never inside the signal handler
+                loop.add_signal_handler(sig, self._signalled, sig)
+                caught.append(sig)
+            except (ValueError, RuntimeError, NotImplementedError):  # not the main thread; no Unix signals
+                pass
+        try:
+            return await super().run_async(**kwargs)
+        finally:
+            for sig in caught:
+                loop.remove_signal_handler(sig)
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        self.exit(return_code=128 + sig)
+
+    def exit(self, result: None = None, return_code: int = 0, message: Any = None) -> None:
+        """Quit (ctrl+q, a signal, ...). An answer being generated stops at the token it is on, now:
+        Textual cancels workers only once its message loop has ended, some tokens later, and the
+        chat stores what was generated as it unmounts."""
+        chat = getattr(self, "chat", None)  # none in `tiankong rank`, nor before mounting
+        if isinstance(chat, ChatScreen):
+            chat.stop_answer()
+        super().exit(result, return_code, message)
 
     @property
     def engine(self) -> Any:
@@ -255,8 +293,8 @@ class TiankongApp(App[None]):
 
 
 def run_until_exit(app: App) -> None:
-    """Run the app; if it ended on an error (Textual has printed its traceback), leave with that status
-    instead of 0, so a script or shell sees that it failed."""
+    """Run the app; if it ended on an error (Textual has printed its traceback) or a signal (128 + its
+    number), leave with that status instead of 0, so a script or shell sees that it failed."""
     app.run()
     if app.return_code:
         raise SystemExit(app.return_code)

@@ -5,9 +5,12 @@ message input; the footer. Generation runs in a thread worker that batches token
 to the UI at most every FRAME_S seconds (tui/streaming.py), so a fast model never floods the event loop.
 
 Every message is stored the moment it exists: the user's when sent, the answer when it finishes
-(also when stopped with Esc: finish_reason "cancelled"), with preset, params, seed and every
-token's candidates. The transcript widgets and the store are kept in step; the prompt for the next
-answer is always rebuilt from the transcript (system prompt + messages).
+(also when stopped with Esc, or by quitting: ctrl+q, SIGTERM, SIGHUP; finish_reason "cancelled"),
+with preset, params, seed and every token's candidates. A quit does not count on the worker's Done
+message, which may never be handled: on_unmount stops the worker, waits for it (at most
+QUIT_WAIT_S) and stores every token it produced. The transcript widgets and the store are kept in
+step; the prompt for the next answer is always rebuilt from the transcript (system prompt +
+messages).
 
 The screen's parts are mixins beside it: chat_sending.py (a message and its answer's prompt),
 chat_branches.py (regenerate, edit, branch, vote), chat_history.py (new, open, export),
@@ -19,6 +22,7 @@ handlers only from the screen's own class, and names a message's handler after i
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -57,6 +61,22 @@ from tiankong.tui.widgets.transcript import Transcript
 T = TypeVar("T")
 
 TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
+QUIT_WAIT_S = 5.0  # quitting mid-answer waits this long at most for the worker to stop (a token, a slow server)
+
+
+@dataclasses.dataclass
+class Answering:
+    """The answer being generated, as far as its worker has got: what quitting stores (on_unmount).
+    The worker thread extends `tokens`, sets `finished` and, when it returns, `ended`."""
+
+    answer: AssistantMessage
+    params: SamplingParams
+    preset: str
+    cancel: threading.Event
+    tokens: list[dict[str, Any]]  # a branch's forced tokens, then every token the worker produced
+    forced: int = 0  # how many of `tokens` were forced (a branch), not generated
+    finished: Finished | None = None
+    ended: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]):
@@ -154,6 +174,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         self.chat_id: int | None = None
         self.generating = False
         self._cancel: threading.Event | None = None
+        self._answering: Answering | None = None  # the answer the worker is generating
         self._saved_system = ""
         self.editing_id: int | None = None  # the user message being edited (ctrl+l)
         self._queued: str | None = None  # sent while the model was loading: sent once it is ready
@@ -289,28 +310,38 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             super().__init__()
             self.answer, self.finished, self.params, self.preset, self.error = answer, finished, params, preset, error
 
-    @work(thread=True, exclusive=True, group="generate")
     def _generate(
         self, ids: list[int], params: SamplingParams, preset: str, answer: AssistantMessage, cancel: threading.Event
     ) -> None:
+        """Start the worker on `answer`. What it generates is kept in self._answering as it goes, so
+        that quitting can store it even when the worker's Done is never handled (on_unmount)."""
+        tokens = list(answer.tokens)  # a branch's forced tokens
+        self._answering = Answering(answer, params, preset, cancel, tokens, forced=len(tokens))
+        self._generate_worker(ids, self._answering)
+
+    @work(thread=True, exclusive=True, group="generate")
+    def _generate_worker(self, ids: list[int], run: Answering) -> None:
         """Runs in a thread: stream the answer's tokens to the UI in batches (tui/streaming.py)."""
-        finished: list[Finished] = []
 
         def post(batch: Batch) -> None:
-            tokens = [ev for _, ev in batch if isinstance(ev, TokenEvent)]
-            finished.extend(ev for _, ev in batch if isinstance(ev, Finished))
+            tokens = [token_dict(ev) for _, ev in batch if isinstance(ev, TokenEvent)]
+            run.tokens.extend(tokens)  # before the UI has them: quitting stores what was generated
+            run.finished = next((ev for _, ev in batch if isinstance(ev, Finished)), run.finished)
             if tokens:
-                self.post_message(self.Streamed(answer, "".join(t.text for t in tokens), list(map(token_dict, tokens))))
+                self.post_message(self.Streamed(run.answer, "".join(t["text"] for t in tokens), tokens))
 
         def start() -> list[Iterator[Event]]:
             return [
                 self.engine.generate(
-                    [ids], [params], top_logprobs=TOP_LOGPROBS, cancel=cancel, prompt_cache=self.prompt_cache
+                    [ids], [run.params], top_logprobs=TOP_LOGPROBS, cancel=run.cancel, prompt_cache=self.prompt_cache
                 )
             ]
 
-        error = stream_events(start, post, cancel)
-        self.post_message(self.Done(answer, finished[0] if finished else None, params, preset, error))
+        try:
+            error = stream_events(start, post, run.cancel)
+            self.post_message(self.Done(run.answer, run.finished, run.params, run.preset, error))
+        finally:
+            run.ended.set()
 
     @on(Streamed)
     async def _streamed(self, event: Streamed) -> None:
@@ -323,6 +354,8 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
     @on(Done)
     async def _done(self, event: Done) -> None:
         answer, fin, params = event.answer, event.finished, event.params
+        if self._answering is not None and self._answering.answer is answer:
+            self._answering = None  # stored here from now on, not by quitting
         self.generating, self._cancel = False, None
         if fin is None or (fin.finish_reason == "error" and not fin.text):
             # Nothing to keep: the worker failed, or the model's first logits were not finite.
@@ -332,19 +365,13 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             self._status(None if fin is None else f"generation failed: {fin.message}", error=fin is not None)
             return
         text = answer.forced_text + fin.text
-        await answer.finish(text, self._info(fin, params, len(answer.tokens)))
-        answer.message_id = self._save(
-            self.store.add_message,
-            self.chat_id,
-            "assistant",
-            text,
-            preset=event.preset,
-            params=params.to_dict(),
-            seed=params.seed,
-            finish_reason=fin.finish_reason,
-            tokens=answer.tokens,
-            parent_id=answer.parent_id,
+        # Stored before the first await, so that no quit can come between (on_unmount stores only what
+        # is still in self._answering); the widget has its id once it shows how the answer ended.
+        message_id = self._save(
+            self._store_answer, answer, text, params, event.preset, fin.finish_reason, answer.tokens
         )
+        await answer.finish(text, self._info(fin, params, len(answer.tokens)))
+        answer.message_id = message_id
         self._show_siblings(answer)
         answer.set_view(heatmap=self.heatmap)
         if answer.tokens:
@@ -354,6 +381,28 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             self._status(f"generation failed (kept the partial answer): {fin.message}", error=True)
             return
         self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
+
+    def _store_answer(
+        self,
+        answer: AssistantMessage,
+        text: str,
+        params: SamplingParams,
+        preset: str,
+        finish_reason: str,
+        tokens: list[dict[str, Any]],
+    ) -> int:
+        """Store a generated answer -> its message id (a StoreError when the store refuses it)."""
+        return self.store.add_message(
+            self.chat_id,
+            "assistant",
+            text,
+            preset=preset,
+            params=params.to_dict(),
+            seed=params.seed,
+            finish_reason=finish_reason,
+            tokens=tokens,
+            parent_id=answer.parent_id,
+        )
 
     def _info(self, fin: Finished, params: SamplingParams, n_tokens: int) -> str:
         info = f"{finish_words(fin.finish_reason)} · {n_tokens} tokens · seed {params.seed}"
@@ -407,9 +456,34 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         # Narrow terminals (80 columns) give the transcript more room.
         self.candidates.styles.width = 34 if self.size.width < 96 else 42
 
+    def stop_answer(self) -> None:
+        """Stop the answer being generated after the token it is on (the app is quitting)."""
+        if self._answering is not None:
+            self._answering.cancel.set()
+
     def on_unmount(self) -> None:
+        """The app is quitting (ctrl+q, SIGTERM, SIGHUP): an answer being generated is stopped and
+        stored here, as esc would, since the worker's Done may never be handled now."""
         if self._cancel is not None:
             self._cancel.set()
+        run, self._answering = self._answering, None
+        if run is None:
+            return
+        run.cancel.set()
+        run.ended.wait(QUIT_WAIT_S)  # the worker stops after the token it is on
+        produced = list(run.tokens)  # a snapshot: a worker that has not ended may still add to it
+        fin = run.finished
+        if fin is not None and (fin.finish_reason != "error" or fin.text):
+            text, reason = run.answer.forced_text + fin.text, fin.finish_reason
+        elif fin is None and not run.ended.is_set() and len(produced) > run.forced:
+            # Still not stopped (a slow server): what came so far.
+            text, reason = run.answer.forced_text + "".join(t["text"] for t in produced[run.forced :]), "cancelled"
+        else:  # the worker failed, or produced nothing: nothing to keep, as in _done
+            return
+        try:  # a notification would not be seen now: the terminal is the app's no longer
+            run.answer.message_id = self._store_answer(run.answer, text, run.params, run.preset, reason, produced)
+        except StoreError as e:
+            print(f"tiankong: the answer being generated was not saved: {e}", file=sys.stderr)
 
     def help_sections(self) -> list[Section]:
         """Every key of this screen, of answers (inspect mode) and of the app, for the help screen."""

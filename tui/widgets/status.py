@@ -50,7 +50,7 @@ FINISH_WORDS = {
     "stop": "stop string",
     "length": "max tokens",
     "context": "context full",
-    "cancelled": "stopped (esc)",
+    "cancelled": "stopped",  # esc, a quit (ctrl+q, a signal), a skip or a new round in compare
 }
 
 
