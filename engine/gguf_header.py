@@ -348,12 +348,16 @@ def open_reader(path: Path) -> gguf.GGUFReader:
     each element as a memoryview (nbytes, tobytes(), [0], tolist(), as the numpy views have), 10x
     faster. The header was walked by check_header first, so every length read here is in bounds.
     A gguf release without that private method gets the plain reader (slower, same fields).
+
+    The file is mapped copy-on-write ("c"): its tensors can then be handed out as torch tensors
+    without a copy (GGUFModel, keep_quantized), which a read-only mapping would crash on being
+    written (torch has no read-only tensors); a write changes only this process's copy of a page.
     """
     import gguf
     from gguf import GGUFValueType as V
 
     if not callable(getattr(gguf.GGUFReader, "_get_field_parts", None)):
-        return gguf.GGUFReader(path)
+        return gguf.GGUFReader(path, "c")
 
     class Reader(gguf.GGUFReader):
         def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
@@ -380,4 +384,4 @@ def open_reader(path: Path) -> gguf.GGUFReader:
                 offs += values.nbytes
             return offs - orig_offs, parts, data, [V.ARRAY, item]
 
-    return Reader(path)
+    return Reader(path, "c")

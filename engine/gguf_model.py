@@ -200,7 +200,10 @@ class GGUFModel:
     def __init__(self, path: str | Path, keep_quantized: bool = False) -> None:
         """keep_quantized: hand the loader quant.QTensors (the file's blocks, rows in HF order) for
         the matrices in a block type engine/quant.py runs (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k),
-        instead of float tensors; 1-D tensors and other types are dequantized as always."""
+        instead of float tensors; 1-D tensors and other types are dequantized as always. Such a
+        load is packed next (Engine.load), which copies every matrix into the compiled step's
+        buffer: so the matrices it can are handed out as they lie in the file's mapping, not copied
+        (blocks, and F32 ones, whose rows need no reordering), and the packing reads each once."""
 
         self.path, self.keep_quantized = Path(path), keep_quantized
         check_header(self.path)
@@ -430,6 +433,24 @@ class GGUFModel:
 
         Names the table does not know keep their GGUF name, so the loader reports them as unexpected.
         """
+        for t, hf_name, shape, transpose in self._entries():
+            if transpose is None:
+                yield self.name, hf_name, shape, _never_read  # the loader names it as unexpected
+                continue
+            yield self.name, hf_name, shape, self._reader(t, hf_name, shape, transpose)
+
+    def block_types(self) -> dict[str, str]:
+        """HF name -> quant type of every tensor whose read() gives a QTensor (keep_quantized), from
+        the tensor infos alone (`tiankong info`: the model Engine.load builds, nothing read)."""
+        return {
+            hf_name: qtype
+            for t, hf_name, shape, transpose in self._entries()
+            if transpose is not None and (qtype := self.kept_type(t, shape, transpose))
+        }
+
+    def _entries(self) -> Iterator[tuple[gguf.ReaderTensor, str, tuple[int, ...], bool | None]]:
+        """(tensor, HF name, HF shape, transpose?) for every tensor but the RoPE divisors; transpose
+        None for a name no table entry maps (then the name is the file's own)."""
         from .weights import NameTable
 
         table = NameTable(self.arch.tensors, transposed=self.arch.transposed)
@@ -439,11 +460,10 @@ class GGUFModel:
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (out, in) for a matrix
             hit = table.target(t.name)
             if hit is None:
-                yield self.name, t.name, shape, _never_read  # the loader names it as unexpected
+                yield t, t.name, shape, None
                 continue
             hf_name, transpose = hit
-            shape = shape[::-1] if transpose else shape
-            yield self.name, hf_name, shape, self._reader(t, hf_name, shape, transpose)
+            yield t, hf_name, shape[::-1] if transpose else shape, transpose
 
     def _reader(self, t: gguf.ReaderTensor, hf_name: str, shape: tuple[int, ...], transpose: bool) -> Callable:
         """read() for one tensor: its blocks as a QTensor (keep_quantized), or floats with the
@@ -452,17 +472,24 @@ class GGUFModel:
         read: Callable[[], Any]
         if self.arch.norm_shift and hf_name.endswith("norm.weight"):
             read = lambda: _read(t, rows, transpose) - self.arch.norm_shift  # noqa: E731
-        elif self.keep_quantized and len(shape) == 2 and not transpose and t.tensor_type.name.lower() in _quant_types():
+        elif self.kept_type(t, shape, transpose):
             read = lambda: _read_blocks(t, rows, shape)  # noqa: E731
-        else:
-            read = lambda: _read(t, rows, transpose)  # noqa: E731
+        else:  # a matrix packed next can stay in the mapping (see __init__)
+            read = lambda: _read(t, rows, transpose, copy=not (self.keep_quantized and len(shape) == 2))  # noqa: E731
 
         def read_and_release() -> Any:
-            out = read()  # a copy: the mapped bytes are no longer needed
+            out = read()  # a copy's source pages go back; a view's are read (and let go) by the packing
             self._release(t)
             return out
 
         return read_and_release
+
+    def kept_type(self, t: gguf.ReaderTensor, shape: tuple[int, ...], transpose: bool = False) -> str | None:
+        """The quant.QTYPES name of a tensor read as a QTensor (keep_quantized: a matrix in a block
+        type the engine runs, not transposed), else None (read as floats)."""
+        name = t.tensor_type.name.lower()
+        keep = self.keep_quantized and len(shape) == 2 and not transpose and name in _quant_types()
+        return name if keep else None
 
     def _release(self, t: gguf.ReaderTensor) -> None:
         """Unmap the pages of a tensor already copied out (madvise DONTNEED; the page cache keeps
@@ -500,23 +527,25 @@ def _quant_types() -> dict:
 
 
 def _read_blocks(t: gguf.ReaderTensor, rows: np.ndarray | None, shape: tuple[int, ...]) -> QTensor:
-    """One quantized matrix as a QTensor: the file's blocks, rows reordered to HF order, not decoded."""
+    """One quantized matrix as a QTensor: the file's blocks, not decoded; as they lie in the mapping
+    (no copy: the packing copies them into its buffer), or reordered to HF rows (a copy)."""
     import torch
 
     from .quant import QTensor
 
-    data = np.array(t.data, dtype=np.uint8) if rows is None else t.data[rows]  # (out, bytes per row), a copy
+    data = t.data if rows is None else t.data[rows]  # (out, bytes per row) uint8
     return QTensor(t.tensor_type.name.lower(), (shape[0], shape[1]), torch.from_numpy(data))
 
 
-def _read(t: gguf.ReaderTensor, rows: np.ndarray | None, transpose: bool) -> torch.Tensor:
-    """One tensor as float32 in HF order: rows reordered (on the raw blocks), dequantized, transposed."""
+def _read(t: gguf.ReaderTensor, rows: np.ndarray | None, transpose: bool, copy: bool = True) -> torch.Tensor:
+    """One tensor as float32 in HF order: rows reordered (on the raw blocks), dequantized, transposed.
+    copy=False: an F32 tensor whose rows stay in order is the mapping itself (copy-on-write), not a copy."""
     import gguf
     import torch
 
     data = t.data if rows is None else t.data[rows]  # (out, bytes or values per row); fancy index copies
     if t.tensor_type == gguf.GGMLQuantizationType.F32:
-        out = np.array(data, dtype=np.float32)  # a copy: the mapped file is read-only
+        out = np.array(data, dtype=np.float32, copy=copy and rows is None)  # rows: data is a copy already
     else:  # a damaged scale decodes to inf or NaN, as in llama.cpp: the engine's non-finite checks see it
         with np.errstate(all="ignore"):
             out = gguf.quants.dequantize(np.asarray(data), t.tensor_type)

@@ -59,8 +59,8 @@ from .native import library as native_lib
 from .native import matmul as native_matmul
 from .native import reason as native_reason
 from .packed import pack_weight, release_pages, trim_heap
-from .quant import QTensor, ggml_types, is_quantized, pack_rows, packed_bytes, weight_of
-from .repack import repack_rows
+from .quant import QTensor, ggml_types, is_quantized, packed_bytes, weight_of
+from .repack import REPACKED, place_rows
 from .rope import long_rope_applies, long_rope_freqs, rope_attention_factor
 
 # (x, W, bias, "none", [], "") -> x W^T + b, W oneDNN-packed or plain (out, in). Measured on 32
@@ -74,10 +74,20 @@ def _pairs_adjacent(w: torch.Tensor, n_heads: int, head_dim: int, rotary_dim: in
     to (2i, 2i + 1) pairs. Works for weights (rows, in) and biases (rows,). rotary_dim rd < hd
     (Phi's partial rotary): only the first rd rows of a head pair up; the rest keep their order
     and get a frequency of 0 (_padded), so RoPE leaves them as they are."""
+    return w.view(n_heads, head_dim, *w.shape[1:])[:, _pair_order(head_dim, rotary_dim)].reshape(w.shape)
+
+
+def _pair_order(head_dim: int, rotary_dim: int = 0) -> torch.Tensor:
+    """(hd,) one head's rows in _pairs_adjacent's order: 0, rd/2, 1, rd/2+1, ..., then rd..hd-1."""
     rd = rotary_dim or head_dim
-    order = torch.arange(rd).view(2, rd // 2).t().reshape(-1)  # 0, rd/2, 1, rd/2+1, ...
-    order = torch.cat([order, torch.arange(rd, head_dim)])
-    return w.view(n_heads, head_dim, *w.shape[1:])[:, order].reshape(w.shape)
+    order = torch.arange(rd).view(2, rd // 2).t().reshape(-1)
+    return torch.cat([order, torch.arange(rd, head_dim)])
+
+
+def _pair_rows(n_heads: int, head_dim: int, rotary_dim: int = 0) -> torch.Tensor:
+    """(n_heads * hd,) _pairs_adjacent as an index of rows (w[index] is the same), for gathering
+    a weight's rows straight into the step's buffer (torch.index_select(..., out=))."""
+    return (torch.arange(n_heads)[:, None] * head_dim + _pair_order(head_dim, rotary_dim)).reshape(-1)
 
 
 def _padded(inv_freq: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -299,17 +309,16 @@ class PackedLlama(nn.Module):
         if isinstance(self.tok_emb, nn.Embedding) and self.tok_emb.weight.dtype != torch.float32:
             self.tok_emb = nn.Embedding.from_pretrained(self.tok_emb.weight.float(), freeze=True)
         out = weight_of(model.output)
-        if isinstance(out, QTensor):  # (V, row bytes), rows 8 at a time: a copy (the embedding may share it)
-            head, layout = repack_rows(out.data, ((out.qtype, out.shape[0]),), self.cfg.dim)
-            head = head.view(out.shape[0], -1)
-        else:  # (V, D)
-            head, layout = out.float().contiguous(), (("float32", out.shape[0]),)
         # The weights the step streams, in one buffer of huge pages (native.WeightBuffer): a
-        # quantized head that repacking copied (one it left as it is may be the embedding's rows,
-        # which the lookups keep reading), then each layer's packed bytes.
-        own_head = isinstance(out, QTensor) and head.data_ptr() != out.data.data_ptr()
-        own = WeightBuffer(self._layers_bytes(model) + (head.numel() if own_head else 0), torch.uint8)
-        self.output = own(head) if own_head else head
+        # quantized head, then each layer's packed bytes, each copied once, from where the loader
+        # left it (a GGUF file's mapping), into its place, and its rows interleaved there.
+        own = WeightBuffer(self._layers_bytes(model) + (out.nbytes if isinstance(out, QTensor) else 0), torch.uint8)
+        if isinstance(out, QTensor):  # (V, row bytes), rows 8 at a time; the embedding may share the source
+            head, layout = place_rows([out], own.take(out.nbytes), self.cfg.dim, types=REPACKED)
+            self.output = head.view(out.shape[0], -1)
+            release_pages([out.data], only_file_mapped=True)  # a tied embedding's lookups fault rows back in
+        else:  # (V, D)
+            self.output, layout = out.float().contiguous(), (("float32", out.shape[0]),)
         self.out_type = ggml_types(layout)[0]
         self.out_parts = _parts(layout)  # for the torch path's tk_matmul
         hd = self.cfg.head_dim
@@ -350,25 +359,26 @@ class PackedLlama(nn.Module):
         def rows(w: torch.Tensor, heads: int) -> torch.Tensor:
             return _pairs_adjacent(w.float(), heads, hd, cfg.rotary_dim)
 
-        def pairs(w: QTensor | torch.Tensor, heads: int) -> QTensor | torch.Tensor:
-            if isinstance(w, QTensor):
-                return QTensor(w.qtype, w.shape, _pairs_adjacent(w.data, heads, hd, cfg.rotary_dim).contiguous())
-            return rows(w, heads)
-
         q_norm = k_norm = None
         if a.q_norm is not None and a.k_norm is not None:  # Qwen3: the query scale goes into the q-norm gain
             q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul(1.0 / math.sqrt(hd))
             k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
-        # q8_0, q4_0, q5_0 parts with their rows interleaved 8 at a time (repack.py), for the step
         D, F = cfg.dim, cfg.ffn_dim
-        # (in place: pack_rows' bytes are a new tensor)
-        wqkv, l_qkv = repack_rows(
-            *pack_rows([pairs(weight_of(a.wq), H), pairs(weight_of(a.wk), H_kv), weight_of(a.wv)]), D, in_place=True
-        )
-        wo, l_o = repack_rows(*pack_rows([weight_of(a.wo)]), H * hd, in_place=True)
-        w13, l_13 = repack_rows(*pack_rows([weight_of(f.w1), weight_of(f.w3)]), D, in_place=True)
-        w2, l_2 = repack_rows(*pack_rows([weight_of(f.w2)]), F, in_place=True)
-        wqkv, wo, w13, w2 = own(wqkv), own(wo), own(w13), own(w2)  # into the step's buffer, as the step reads them
+        weights = [weight_of(m) for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2)]
+
+        def place(parts: list, n: int, orders: list | None = None) -> tuple[torch.Tensor, tuple]:
+            # Into the step's buffer in the order the step reads them, q8_0, q4_0, q5_0 and q4_k
+            # parts' rows interleaved 8 at a time on the way (repack.place_rows; q/k rows gathered
+            # into RoPE pairs first).
+            return place_rows(parts, own.take(packed_bytes(parts)), n, orders, types=REPACKED)
+
+        pairs = [_pair_rows(H, hd, cfg.rotary_dim), _pair_rows(H_kv, hd, cfg.rotary_dim), None]
+        wqkv, l_qkv = place(weights[:3], D, pairs)
+        wo, l_o = place(weights[3:4], H * hd)
+        w13, l_13 = place(weights[4:6], D)
+        w2, l_2 = place(weights[6:], F)
+        # Their file pages (a GGUF's mapping) back: copied, they are read no more.
+        release_pages([w.data if isinstance(w, QTensor) else w for w in weights], only_file_mapped=True)
         bqkv = None
         if a.wq.bias is not None:  # not scaled: the step scales the query heads after adding it
             bqkv = torch.cat([rows(a.wq.bias, H), rows(a.wk.bias, H_kv), a.wv.bias.float()]).float()
@@ -402,23 +412,47 @@ class PackedLlama(nn.Module):
             k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
             scale = 1.0
 
-        def rope_rows(w: torch.Tensor, heads: int) -> torch.Tensor:
+        def rope_rows(w: torch.Tensor, heads: int, out: torch.Tensor | None = None) -> torch.Tensor:
             # Long-rope scales cos and sin, i.e. the rotated dims of q and k: linear, so into their rows.
-            w = _pairs_adjacent(w.float(), heads, hd, cfg.rotary_dim)
+            if out is None:
+                w = _pairs_adjacent(w.float(), heads, hd, cfg.rotary_dim)
+            else:  # gathered straight into its place
+                w = torch.index_select(w.float(), 0, _pair_rows(heads, hd, cfg.rotary_dim), out=out)
             w.view(heads, hd, -1)[:, : cfg.rotary_dim] *= rope_attention_factor(cfg)
             return w
 
-        # Folding works in float32 (a no-op copy-wise for float32 weights), in place where it can.
-        wqkv = torch.cat([rope_rows(a.wq.weight, H).mul_(scale), rope_rows(a.wk.weight, H_kv), a.wv.weight.float()])
-        wqkv = wqkv.mul_(layer.attn_norm.weight.float()).to(dt)  # (H + 2 H_kv) hd x D
+        # Folding works in float32, in place. Where the step's buffer holds float32, a fused weight
+        # is folded in its place there, its parts written in one at a time from the checkpoint's
+        # pages: a concatenated copy first would be fresh memory touched twice. Elsewhere it is
+        # folded in a float32 matrix that `own` then takes (packs, or rounds to bfloat16 and copies).
+        in_place = isinstance(own, WeightBuffer) and own.data.dtype == torch.float32
+        D, ffn, q, kv = cfg.dim, cfg.ffn_dim, H * hd, H_kv * hd
+
+        def fused(rows: int) -> torch.Tensor:
+            return own.take(rows * D).view(rows, D) if in_place else torch.empty(rows, D, dtype=torch.float32)
+
+        def keep(w: torch.Tensor) -> torch.Tensor:
+            return w if in_place else own(w.to(dt))
+
+        # In the order the step reads them (the buffer's order): wqkv, wo, w13, w2. Each element
+        # goes through the same float32 operations in the same order whichever way (same bits).
+        attn_gain, ffn_gain = layer.attn_norm.weight.float(), layer.ffn_norm.weight.float()
+        wqkv = fused(q + 2 * kv)  # (H + 2 H_kv) hd x D
+        rope_rows(a.wq.weight, H, wqkv[:q]).mul_(scale).mul_(attn_gain)
+        rope_rows(a.wk.weight, H_kv, wqkv[q : q + kv]).mul_(attn_gain)
+        torch.mul(a.wv.weight.float(), attn_gain, out=wqkv[q + kv :])
+        wqkv = keep(wqkv)
         bqkv = None
         if a.wq.bias is not None:
             bqkv = torch.cat([rope_rows(a.wq.bias, H).mul_(scale), rope_rows(a.wk.bias, H_kv), a.wv.bias.float()])
             bqkv = bqkv.to(dt)
-        w13 = torch.cat([f.w1.weight, f.w3.weight]).float().mul_(layer.ffn_norm.weight.float()).to(dt)  # 2F x D
+        wo = own(a.wo.weight)
+        w13 = fused(2 * ffn)  # 2F x D
+        torch.mul(f.w1.weight.float(), ffn_gain, out=w13[:ffn])
+        torch.mul(f.w3.weight.float(), ffn_gain, out=w13[ffn:])
+        w13 = keep(w13)
         bo = None if a.wo.bias is None else a.wo.bias.detach().clone()
-        # In the order the step reads them (the buffer's order).
-        wqkv, wo, w13, w2 = own(wqkv), own(a.wo.weight), own(w13), own(f.w2.weight)
+        w2 = own(f.w2.weight)
         block = PackedBlock(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm)
         release_pages([p for p in layer.parameters() if p.dim() == 2])
         trim_heap()  # the fused float32 temporaries

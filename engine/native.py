@@ -229,11 +229,16 @@ class WeightBuffer:
         self.data = huge_empty(numel, dtype)  # streamed every step: in 2 MB pages where the OS has them
         self.used = 0
 
+    def take(self, numel: int) -> torch.Tensor:
+        """The next numel elements of the buffer (flat, unwritten), for a caller that writes a weight
+        straight into its place: a copy made elsewhere first would be fresh memory touched twice."""
+        dest = self.data[self.used : self.used + numel]
+        self.used += numel
+        return dest
+
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         """A copy of w in the next free part of the buffer."""
-        dest = self.data[self.used : self.used + w.numel()].view(w.shape)
-        self.used += w.numel()
-        return dest.copy_(w)
+        return self.take(w.numel()).view(w.shape).copy_(w)
 
     def head(self, out: torch.Tensor, tok_emb: torch.nn.Embedding) -> tuple[torch.Tensor, torch.nn.Embedding]:
         """Copy the vocabulary head in; a tied head's lookups then read the copy, so the

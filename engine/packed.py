@@ -59,19 +59,26 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
-def _file_mapped(t: torch.Tensor) -> bool:
-    """True if t's memory lies in a mapping of a regular file (Linux /proc/self/maps)."""
-    ptr = t.data_ptr()
+def _file_ranges() -> list[tuple[int, int]]:
+    """The address ranges [lo, hi) of this process's mappings of regular files (Linux /proc/self/maps),
+    read once for all the tensors of a release_pages call (a GGUF layer's seven weights)."""
+    ranges = []
     try:
         with open("/proc/self/maps", encoding="utf-8") as f:
             for line in f:
                 fields = line.split(maxsplit=5)
-                lo, hi = (int(a, 16) for a in fields[0].split("-"))
-                if lo <= ptr < hi:
-                    return len(fields) == 6 and fields[5].startswith("/")
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    lo, hi = (int(a, 16) for a in fields[0].split("-"))
+                    ranges.append((lo, hi))
     except OSError:
         pass
-    return False
+    return ranges
+
+
+def _file_mapped(t: torch.Tensor, ranges: list[tuple[int, int]] | None = None) -> bool:
+    """True if t's memory lies in a mapping of a regular file (ranges: _file_ranges(), read here if not given)."""
+    ptr = t.data_ptr()
+    return any(lo <= ptr < hi for lo, hi in (_file_ranges() if ranges is None else ranges))
 
 
 def release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) -> None:
@@ -89,8 +96,9 @@ def release_pages(tensors: list[torch.Tensor], only_file_mapped: bool = False) -
         return
     libc = ctypes.CDLL(None, use_errno=True)
     page = mmap.PAGESIZE
+    ranges = _file_ranges() if only_file_mapped and tensors else []
     for t in tensors:
-        if t.device.type != "cpu" or (only_file_mapped and not _file_mapped(t)):
+        if t.device.type != "cpu" or (only_file_mapped and not _file_mapped(t, ranges)):
             continue
         start = t.data_ptr()
         lo, hi = -(-start // page) * page, (start + t.numel() * t.element_size()) // page * page

@@ -115,6 +115,12 @@ def cat_rows(parts: list[QTensor]) -> QTensor:
     return QTensor(parts[0].qtype, (data.shape[0], parts[0].shape[1]), data)
 
 
+def meta_qtensor(qtype: str, shape: tuple[int, int]) -> QTensor:
+    """A QTensor of that type and shape on the meta device: what a model built for its shapes and
+    byte counts holds (`tiankong info`, which reads no weights)."""
+    return QTensor(qtype, shape, torch.empty(shape[0], row_bytes(qtype, shape[1]), dtype=torch.uint8, device="meta"))
+
+
 def quantize(w: torch.Tensor, qtype: str) -> QTensor:
     """A float (out, in) weight in q8_0, q4_0, q4_1, q5_0 or q5_1 (llama.cpp's reference rounding, via gguf-py)."""
     from gguf import GGMLQuantizationType
@@ -125,6 +131,8 @@ def quantize(w: torch.Tensor, qtype: str) -> QTensor:
     block = QTYPES[qtype][0]
     if w.dim() != 2 or w.shape[1] % block:
         raise ModelLoadError(f"{qtype} needs a 2-D weight with rows a multiple of {block}, not shape {tuple(w.shape)}")
+    if w.device.type == "meta":  # a model built for its shapes only (`tiankong info`): nothing to round
+        return meta_qtensor(qtype, (w.shape[0], w.shape[1]))
     arr = w.detach().to("cpu", torch.float32).contiguous().numpy()
     data = gguf_quantize(arr, GGMLQuantizationType[qtype.upper()])
     return QTensor(qtype, (w.shape[0], w.shape[1]), torch.from_numpy(np.ascontiguousarray(data)).to(w.device))
@@ -365,19 +373,38 @@ def weight_of(module: nn.Module) -> QTensor | torch.Tensor:
 Layout = tuple[tuple[str, int], ...]
 
 
-def pack_rows(parts: list[QTensor | torch.Tensor]) -> tuple[torch.Tensor, Layout]:
+def pack_rows(
+    parts: list[QTensor | torch.Tensor],
+    out: torch.Tensor | None = None,
+    orders: list[torch.Tensor | None] | None = None,
+) -> tuple[torch.Tensor, Layout]:
     """Row blocks of one width, each quantized or float, back to back as one uint8 tensor (float
     parts as float32 bytes) and its layout: what the compiled step reads for a fused weight (q/k/v,
-    gate/up) whose parts differ in type."""
-    data, layout = [], []
-    for p in parts:
+    gate/up) whose parts differ in type.
+
+    out: a flat uint8 tensor of packed_bytes(parts) to write them into (the compiled step's buffer),
+    else a new one. orders: per part, the index of its rows to take in that order (the q/k rows'
+    RoPE-pair order), or None for all as they are. Each part goes straight from where it lies (a GGUF
+    file's mapping) into its place: gathering or concatenating into a temporary first would fault in
+    and fill fresh memory once more per weight (slow on a VM).
+    """
+    total = packed_bytes(parts)
+    out = torch.empty(total, dtype=torch.uint8, device=parts[0].data.device) if out is None else out
+    assert out.dtype == torch.uint8 and out.shape == (total,), (out.dtype, out.shape, total)
+    layout, at = [], 0
+    for p, order in zip(parts, orders or [None] * len(parts), strict=True):
         if isinstance(p, QTensor):
-            data.append(p.data.reshape(-1))
-            layout.append((p.qtype, p.shape[0]))
+            src, name = p.data, p.qtype  # (rows, row bytes)
+        else:  # (rows, n) -> (rows, 4 n) bytes: gathering rows of bytes gathers rows of floats
+            src, name = p.detach().float().contiguous().view(torch.uint8), "float32"
+        dest = out[at : at + src.numel()].view(src.shape)
+        if order is None:
+            dest.copy_(src)
         else:
-            data.append(p.detach().float().contiguous().view(torch.uint8).reshape(-1))
-            layout.append(("float32", p.shape[0]))
-    return torch.cat(data), tuple(layout)
+            torch.index_select(src, 0, order, out=dest)
+        layout.append((name, p.shape[0]))
+        at += src.numel()
+    return out, tuple(layout)
 
 
 def packed_bytes(parts: list[QTensor | torch.Tensor]) -> int:
@@ -422,10 +449,13 @@ def weight_summary(model: nn.Module) -> dict:
             key, data, shape = str(module.weight.dtype).removeprefix("torch."), module.weight, module.weight.shape
         else:
             continue
-        if data.data_ptr() in seen:  # a tied head: counted with the embedding, read as the head
+        # A meta tensor (a model built for its shapes, `tiankong info`) has no address: a tied head
+        # is the very tensor of its embedding there.
+        key_of = id(data) if data.device.type == "meta" else data.data_ptr()
+        if key_of in seen:  # a tied head: counted with the embedding, read as the head
             per_token += data.nbytes - data.nbytes // shape[0]
             continue
-        seen.add(data.data_ptr())
+        seen.add(key_of)
         types[key] = types.get(key, 0) + 1
         params += shape[0] * shape[1]
         embedding = isinstance(module, (nn.Embedding, QEmbedding))
@@ -444,6 +474,7 @@ __all__ = [
     "cat_rows",
     "ggml_types",
     "is_quantized",
+    "meta_qtensor",
     "pack_rows",
     "packed_bytes",
     "quantize",

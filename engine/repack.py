@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .native import library
-from .quant import QTYPES, X8, Layout, row_bytes
+from .quant import QTYPES, X8, Layout, QTensor, pack_rows, row_bytes
 
 INTERLEAVED = ("q8_0", "q4_0", "q5_0", "q4_k", "q6_k")  # the types with an interleaved kernel (repack.h)
 # What loading repacks: not q6_k. Its interleaved kernel is 20-35 % faster at four rows, but one row
@@ -173,6 +173,33 @@ def repack_rows(
     return out, tuple(names)
 
 
+def place_rows(
+    parts: list[QTensor | torch.Tensor],
+    out: torch.Tensor,
+    n: int,
+    orders: list[torch.Tensor | None] | None = None,
+    types: tuple[str, ...] = REPACKED,
+) -> tuple[torch.Tensor, Layout]:
+    """repack_rows(*quant.pack_rows(parts, out, orders), n, in_place=True), reading each part once:
+    one that is interleaved as it lies (no row order) goes through the compiled tk_repack from
+    where it is (a GGUF file's mapping) straight into its place in `out`; the others are copied or
+    gathered there (pack_rows) and interleaved in place. So the compiled step's buffer is filled in
+    one pass over the weights, not a copy and then a pass over the copy."""
+    lib, layout, at = library(), [], 0
+    for p, order in zip(parts, orders or [None] * len(parts), strict=True):
+        size = p.nbytes if isinstance(p, QTensor) else 4 * p.numel()
+        dest, rows, at = out[at : at + size], p.shape[0], at + size
+        direct = isinstance(p, QTensor) and p.qtype in types and rows >= 8 and order is None
+        if direct and lib is not None and p.data.is_contiguous() and p.data.device.type == "cpu":
+            assert isinstance(p, QTensor)  # (for the type checker: direct says so)
+            ggml = QTYPES[p.qtype][2]
+            if not lib.tk_repack(ggml, p.data.data_ptr(), dest.data_ptr(), rows, n, torch.get_num_threads()):
+                layout.append((f"{p.qtype}:x8", rows))
+                continue
+        layout += repack_rows(*pack_rows([p], dest, [order]), n, in_place=True, types=types)[1]
+    return out, tuple(layout)
+
+
 def unrepack_rows(data: torch.Tensor, layout: Layout, n: int) -> tuple[torch.Tensor, Layout]:
     """repack_rows' inverse: the plain rows and layout."""
     parts, names, at = [], [], 0
@@ -186,4 +213,4 @@ def unrepack_rows(data: torch.Tensor, layout: Layout, n: int) -> tuple[torch.Ten
     return torch.cat(parts), tuple(names)
 
 
-__all__ = ["INTERLEAVED", "REPACKED", "X8", "repack_rows", "unrepack_rows"]
+__all__ = ["INTERLEAVED", "REPACKED", "X8", "place_rows", "repack_rows", "unrepack_rows"]

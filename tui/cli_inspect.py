@@ -75,9 +75,14 @@ def info(
     dtype: str = DtypeOpt,
 ) -> None:
     """What a model is made of: architecture, parameters, positions, context, vocabulary, dtype, chat template."""
+    from tiankong.engine.model_facts import model_facts
+    from tiankong.engine.remote import is_remote
+
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
-    facts = _load(model, device, dtype).info()
+    # A local model's facts come from its headers (nothing loaded: a few-GB GGUF answers at once);
+    # a server's from the server.
+    facts = _load(model, device, dtype).info() if is_remote(model) else model_facts(_model_dir(model), device, dtype)
     if format == "json":
         print(json.dumps(facts))
         return

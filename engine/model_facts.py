@@ -1,0 +1,137 @@
+"""What a model is made of, without loading it: `Engine.load(...).info()` from the checkpoint's headers.
+
+`tiankong info` used to load the whole model (a GGUF's blocks copied and interleaved into the
+compiled step's buffer, a folder's tensors cast and packed) to print a few dozen numbers, all of
+which follow from the tensors' names, shapes and types. Here nothing but headers is read: the
+safetensors header or the GGUF tensor infos (gguf's reader maps the file; no tensor is touched),
+and the tokenizer and chat template the facts name.
+
+How the numbers stay the ones Engine.load gives: the model is built as load_model builds it, on
+the meta device (modules and shapes, no memory), and filled by load_weights itself through a name
+table whose reads give empty meta tensors (`_MetaReads`): the same modules come out, quantized
+where the load would keep a GGUF's blocks (`GGUFModel.block_types`) or quantize them (--dtype
+q8_0), tied where it ties, with its errors for a missing or stray tensor. Engine.info() then runs
+on that model. Only the two facts that depend on the packed form, the device and the decode path,
+are not the meta model's: they come from the tests `model.prepare_for_inference` makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from . import gpt2, llama
+from .chat import ChatTemplate
+from .config import ModelConfig
+from .engine import Engine, _keeps_blocks
+from .errors import ModelLoadError
+from .gguf_model import GGUFModel, is_gguf
+from .model import build_model, name_table, resolve_device, resolve_dtype
+from .native import library as native_library
+from .native import reason as native_reason
+from .packed import can_pack
+from .quant import QUANTIZABLE, is_quantized, meta_qtensor, quantize_model, weight_summary
+from .resolve import resolve_model
+from .tokenizer import check_token_ids, load_tokenizer
+from .weights import NameTable, check_checkpoint, load_weights
+
+META = torch.device("meta")
+COMPILED = "compiled step (csrc/decode.c)"  # Engine.decode_path's words for the compiled step
+
+
+def model_facts(
+    folder: str | Path,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    chat_template: str | Path | None = None,
+) -> dict[str, Any]:
+    """Engine.load(folder, device, dtype, chat_template=chat_template).info(), the same keys and
+    values, from headers only (see the module docstring). Raises ModelLoadError as the load would
+    for a checkpoint whose config, names or shapes do not fit; a tensor's bytes are not read, so a
+    damaged one is the load's to find."""
+    folder = resolve_model(folder)
+    gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, True)) if is_gguf(folder) else None
+    model, cfg, dev = _meta_model(gguf or folder, device, dtype)
+    weights = weight_summary(model)
+    tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
+    check_token_ids(tokenizer, cfg.vocab_size, folder)
+    template: ChatTemplate | None
+    if chat_template is not None:
+        template = ChatTemplate.from_file(chat_template, tokenizer)
+    else:
+        template = gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
+    facts = Engine(model, cfg, tokenizer, template, folder, weights["parameters"], weights).info()
+    facts["device"] = str(torch.empty(0, device=dev).device)  # "cuda:0" where a load's tensors say so
+    facts["decode"] = _decode_path(model, dev)
+    return facts
+
+
+def _meta_model(
+    source: Path | GGUFModel, device: str | torch.device, dtype: str | torch.dtype | None
+) -> tuple[nn.Module, ModelConfig, torch.device]:
+    """load_model(source, device, dtype) on the meta device: the same checks in the same order and
+    the same modules, no weights; with the device the load would use."""
+    if isinstance(source, Path):
+        if not source.exists():
+            raise ModelLoadError(f"model folder {source} does not exist; pass --model with a local model folder")
+        if not source.is_dir():
+            raise ModelLoadError(
+                f"{source} is a file, not a model folder; pass the folder that holds config.json, or a .gguf file"
+            )
+    cfg = ModelConfig.from_folder(source) if isinstance(source, Path) else source.config()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    table = name_table(cfg)
+    with META:  # a one-layer model gives every tensor's expected shape
+        one_layer = build_model(replace(cfg, n_layers=1))
+    check_checkpoint(source, cfg, table, one_layer)
+    with META:
+        model = build_model(cfg)
+    blocks = source.block_types() if isinstance(source, GGUFModel) else {}
+    load_weights(model, cfg, source, _MetaReads.of(table, blocks), dt, META)
+    if dtype in QUANTIZABLE:  # as load_model: every linear and the embedding, the head in q8_0
+        quantize_model(model, str(dtype), head_qtype="q8_0")
+    return model.eval(), cfg, dev
+
+
+class _MetaReads(NameTable):
+    """A model's name table whose tensors read as empty meta tensors of their shapes (a QTensor of
+    its type for a GGUF matrix the load keeps in blocks), so that load_weights builds the model's
+    modules, names every problem and reads nothing."""
+
+    blocks: dict[str, str]  # HF name -> quant type (GGUFModel.block_types)
+
+    @classmethod
+    def of(cls, table: NameTable, blocks: dict[str, str]) -> _MetaReads:
+        meta = cls.__new__(cls)
+        meta.__dict__.update(vars(table), blocks=blocks)
+        return meta
+
+    def split(self, tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]]) -> Iterator:
+        for file, name, shape, _ in super().split(tensors):
+            qtype = self.blocks.get(name)
+            if qtype is not None and len(shape) == 2:
+                yield file, name, shape, lambda q=qtype, s=shape: meta_qtensor(q, (s[0], s[1]))
+            else:
+                yield file, name, shape, lambda s=shape: torch.empty(s, device=META)
+
+
+def _decode_path(model: nn.Module, dev: torch.device) -> str:
+    """Engine.decode_path of prepare_for_inference(model) on `dev`, from the tests it makes, in its
+    order (so the compiled step is built, or found missing, exactly where the load would)."""
+    if is_quantized(model):  # PackedLlama where the step builds; the plain module otherwise
+        native = isinstance(model, llama.Llama) and dev.type == "cpu" and native_library() is not None
+        return COMPILED if native else "torch"
+    if not can_pack(dev, next(model.parameters()).dtype):
+        return "torch"
+    if isinstance(model, (llama.Llama, gpt2.GPT2)) and native_library() is not None:
+        return COMPILED
+    why = native_reason()  # PackedLlama with oneDNN-packed weights, or packed.pack_linears (Gemma)
+    return f"torch, oneDNN-packed weights; compiled step unavailable: {why}" if why else "torch, oneDNN-packed weights"
+
+
+__all__ = ["model_facts"]

@@ -1,0 +1,130 @@
+"""`tiankong info` reads headers only (engine/model_facts.py) and says what Engine.load would.
+
+Each case compares model_facts with the facts of the model actually loaded (Engine.load(...).info()):
+GGUF files whose blocks stay quantized (the compiled step), are dequantized (GPT-2, Gemma, Phi-3)
+or are floats, and safetensors folders, as they load and quantized at load. The CLI's output is
+pinned field by field on a small GGUF, with loading and reading any tensor made to fail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from gguf_files import write_gguf
+from helpers import cli, one_thread  # noqa: F401 - one_thread applies to this module
+from tiny_models import make_model
+
+from tiankong.engine import gguf_model, native
+from tiankong.engine.engine import Engine
+from tiankong.engine.model_facts import model_facts
+
+FIELDS = [  # Engine.info()'s keys, in the order `tiankong info` prints them
+    "folder",
+    "architecture",
+    "parameters",
+    "layers",
+    "hidden_size",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "ffn_size",
+    "positional_encoding",
+    "context_length",
+    "vocab_size",
+    "tied_embeddings",
+    "dtype",
+    "weight_types",
+    "bytes_per_token",
+    "kv_cache",
+    "checkpoint_dtype",
+    "device",
+    "decode",
+    "chat_template",
+    "bos_id",
+    "eos_ids",
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    rows = {"qwen2": dict(vocab_size=400)}  # embedding rows past the vocabulary, as Qwen's have
+    out = {arch: make_model(tmp_path_factory.mktemp(arch), arch, **rows.get(arch, {})) for arch in ("qwen2", "gpt2")}
+    out["llama"] = make_model(tmp_path_factory.mktemp("llama"), "llama", tie_word_embeddings=True)
+    out["gemma3"] = make_model(tmp_path_factory.mktemp("gemma3"), "gemma3", sliding_window_pattern=6)
+    out["phi3"] = make_model(tmp_path_factory.mktemp("phi3"), "phi3")
+    return out
+
+
+@pytest.fixture(scope="module")
+def gguf_file(folders, tmp_path_factory):
+    def get(arch: str, qtype: str) -> Path:
+        path = tmp_path_factory.getbasetemp() / f"{arch}-{qtype}.gguf"
+        return path if path.exists() else write_gguf(folders[arch], path, qtype)
+
+    return get
+
+
+def loaded_facts(path: Path, dtype: str = "auto") -> dict:
+    return Engine.load(path, device="cpu", dtype=dtype).info()
+
+
+@pytest.mark.parametrize(
+    "arch, qtype",
+    [("llama", "q8_0"), ("llama", "f32"), ("qwen2", "q4_0"), ("qwen2", "f16"), ("gpt2", "q8_0"), ("gemma3", "q4_0")]
+    + [("phi3", "q8_0")],
+)
+def test_gguf_facts_are_the_loaded_models(gguf_file, arch, qtype):
+    path = gguf_file(arch, qtype)
+    facts = model_facts(path, device="cpu")
+    assert list(facts) == FIELDS and facts == loaded_facts(path)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma3"])
+@pytest.mark.parametrize("dtype", ["auto", "q8_0", "bfloat16"])
+def test_folder_facts_are_the_loaded_models(folders, arch, dtype):
+    """A safetensors folder: as it loads, quantized at load (--dtype q8_0), and cast."""
+    facts = model_facts(folders[arch], device="cpu", dtype=dtype)
+    assert list(facts) == FIELDS and facts == loaded_facts(folders[arch], dtype)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
+def test_decode_path_without_the_compiled_step(folders, monkeypatch, arch):
+    """Without the compiled step (TIANKONG_NATIVE=0, no compiler) the packed form differs, and so
+    does what info says about it: the same as the loaded engine says."""
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_reason", "switched off by TIANKONG_NATIVE=0")
+    facts = model_facts(folders[arch], device="cpu")
+    assert facts == loaded_facts(folders[arch]) and "compiled step (" not in facts["decode"]
+
+
+def test_info_cli_prints_the_loaded_facts_without_loading(gguf_file, monkeypatch, capsys):
+    """`tiankong info` on a GGUF: every field the loaded engine has, same values, in the table and in
+    JSON; while loading a model, packing one or reading any tensor's bytes raises."""
+    from tiankong.engine import llama_packed, model
+
+    path = gguf_file("llama", "q8_0")
+    want = loaded_facts(path)
+    if native.library() is not None:  # the file's blocks kept, for the compiled step: 2 layers x 7, the tied embedding
+        assert want["weight_types"] == "q8_0 x15" and want["decode"] == "compiled step (csrc/decode.c)"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("info loaded the model")
+
+    monkeypatch.setattr(Engine, "load", refuse)
+    monkeypatch.setattr(model, "load_model", refuse)
+    monkeypatch.setattr(model, "prepare_for_inference", refuse)
+    monkeypatch.setattr(llama_packed.PackedLlama, "__init__", refuse)
+    monkeypatch.setattr(gguf_model, "_read", refuse)
+    monkeypatch.setattr(gguf_model, "_read_blocks", refuse)
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", path, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out) == want and list(json.loads(out)) == FIELDS
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", path)
+    assert code == 0, err
+    rows = [line.split("│") for line in out.splitlines() if "│" in line]
+    labels = ["file" if k == "folder" else k.replace("_", " ") for k in FIELDS]
+    assert [r[0].strip() for r in rows] == labels
+    assert rows[FIELDS.index("weight_types")][1].strip() == want["weight_types"]
+    assert rows[FIELDS.index("bytes_per_token")][1].strip().startswith(f"{want['bytes_per_token'] / 1e6:.1f} MB")
