@@ -375,7 +375,7 @@ class Failing:
 
 
 def test_a_failed_round_does_not_say_stopped_by_esc(tiny, store):
-    # QA: both columns of a failed round ended "stopped (esc)", though no one pressed esc.
+    # QA: both columns of a failed round ended "stopped (esc)" (the label then), though no one pressed esc.
     screen = CompareScreen([Failing(tiny)], [preset("balanced"), preset("creative")], store, "jo", prompt=PROMPT)
 
     async def run():

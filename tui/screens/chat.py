@@ -55,7 +55,7 @@ from tiankong.tui.widgets.candidates import CandidatesPanel, token_dict
 from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
-from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary
+from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary, plural
 from tiankong.tui.widgets.transcript import Transcript
 
 T = TypeVar("T")
@@ -236,7 +236,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             else:
                 state = "ready"
             if self.dropped_turns and self.engine is not None:
-                state += f" · {self.dropped_turns} turns out of context"
+                state += f" · {plural(self.dropped_turns, 'turn')} out of context"
         edited = " (edited)" if self.params != self.preset.params else ""
         self.query_one(StatusBar).set(
             model=self.model_name,
@@ -405,7 +405,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         )
 
     def _info(self, fin: Finished, params: SamplingParams, n_tokens: int) -> str:
-        info = f"{finish_words(fin.finish_reason)} · {n_tokens} tokens · seed {params.seed}"
+        info = f"{finish_words(fin.finish_reason)} · {plural(n_tokens, 'token')} · seed {params.seed}"
         if self.show_timing:
             info += f" · {fin.timing.decode_tokens_per_s:.0f} tok/s"
         return info
@@ -451,10 +451,6 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             self.query_one("#prompt", Input).value = ""
         else:
             self.query_one("#prompt", Input).focus()
-
-    def on_resize(self) -> None:
-        # Narrow terminals (80 columns) give the transcript more room.
-        self.candidates.styles.width = 34 if self.size.width < 96 else 42
 
     def stop_answer(self) -> None:
         """Stop the answer being generated after the token it is on (the app is quitting)."""
