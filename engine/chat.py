@@ -9,6 +9,7 @@ inside the immutable sandbox: engine/template_env.py builds it, engine/template_
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -251,7 +252,7 @@ def _template_message(message: Mapping[str, Any]) -> dict[str, Any]:
 def _find_template_source(folder: Path) -> tuple[str, Path] | None:
     """(template, the file it is in), or None when the folder has none."""
     # Read through engine/files: regular files inside the folder only, bounded, one-line errors.
-    text = read_model_text(folder, "chat_template.jinja")
+    text = read_model_text(folder, "chat_template.jinja", TEMPLATE_FILE_MAX_BYTES)
     if text is not None:
         return text, folder / "chat_template.jinja"
     for name in ("tokenizer_config.json", "chat_template.json"):
@@ -264,8 +265,8 @@ def _find_template_source(folder: Path) -> tuple[str, Path] | None:
 def _pick_template(value: Any, path: Path) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, list):
-        named = {item.get("name"): item.get("template") for item in value if isinstance(item, Mapping)}
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+        named = {item.get("name"): item.get("template") for item in value}
         default = named.get("default")
         if isinstance(default, str):
             return default
@@ -277,4 +278,7 @@ def _pick_template(value: Any, path: Path) -> str:
             f"{path} has several chat templates ({quoted(', '.join(map(str, named)))}) but none named "
             '"default"; rename the one to use to "default" or use raw mode'
         )
-    raise ChatTemplateError(f'{path}: "chat_template" must be a string or a list of named templates')
+    raise ChatTemplateError(
+        f'{path}: "chat_template" must be a string or a list of {{"name": ..., "template": ...}} objects, '
+        f"not {quoted(json.dumps(value), 40)}; fix the file or use raw mode"
+    )

@@ -6,7 +6,8 @@ Reading a model folder (`model_file`, `read_model_text`, `read_model_json`):
     read, and so cannot be copied into a training output the person later publishes. The one
     exception is the Hugging Face cache layout (`snapshots/<rev>/x -> ../../blobs/<sha>`), whose
     links may lead into that repository's blobs/ folder and nowhere else;
-  * JSON bounded in size, and a file nested thousands deep is a clear error, not a traceback.
+  * JSON bounded in size by its kind (`json_limit`), and a file nested thousands deep is a clear
+    error, not a traceback.
 
 Writing (`atomic_write`, `atomic_open`, `atomic_write_text`, `atomic_write_bytes`):
   * the data goes to a temporary file beside the target, is flushed and fsync'ed, then renamed over
@@ -34,6 +35,36 @@ from .errors import InputError, ModelLoadError
 # A JSON file of a model folder larger than this is not a config (tokenizer.json of a 256k vocabulary
 # is ~35 MB); refusing it bounds memory before parsing.
 MAX_JSON_BYTES = 256 * 1024 * 1024
+
+_MB = 1024 * 1024
+# The small JSON files get caps of their own, far above their real sizes but far below MAX_JSON_BYTES:
+# parsing takes about 20 times a file's size in memory and a second per few MB (a 213 MB config.json
+# of small keys took 4.6 GB and over two minutes), and a file near 256 MB is no config of any model.
+JSON_LIMITS = {
+    # 1-10 KB for language models; the largest real ones, image classifiers whose id2label names the
+    # 21,841 ImageNet-22k classes, are about 1 MB.
+    "config.json": 4 * _MB,
+    # Under 10 KB (Whisper's, with its language and task tables, is among the largest).
+    "generation_config.json": 1 * _MB,
+    # KB to a few MB: a long chat template (or several), added_tokens_decoder entries of thousands of
+    # added tokens.
+    "tokenizer_config.json": 16 * _MB,
+    # The same added tokens again, as a list or as content -> id.
+    "special_tokens_map.json": 16 * _MB,
+    "added_tokens.json": 16 * _MB,
+    # One or a few templates, each at most ~20 KB, as for --chat-template files (chat.TEMPLATE_FILE_MAX_BYTES).
+    "chat_template.json": 4 * _MB,
+}
+# A shard index (*.index.json) holds one ~100-byte line per tensor: ~100 KB-1 MB for most models, about
+# 15 MB for the largest mixtures of experts (~140,000 tensors, their FP8 scales included).
+INDEX_JSON_LIMIT = 32 * _MB
+
+
+def json_limit(name: str) -> int:
+    """The most bytes `read_model_json` reads of the model-folder JSON file `name` (see JSON_LIMITS)."""
+    if name in JSON_LIMITS:
+        return JSON_LIMITS[name]
+    return INDEX_JSON_LIMIT if name.endswith(".index.json") else MAX_JSON_BYTES
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -84,6 +115,8 @@ def model_file(folder: str | Path, name: str) -> Path | None:
         raise ModelLoadError(
             f"{folder}: the file name {name!r} leads outside the model folder; name files inside the folder only"
         )
+    if "\0" in name:  # the OS takes no such name: os.lstat would raise ValueError, not OSError
+        raise ModelLoadError(f"{folder}: the file name {name!r} holds a NUL byte; name files inside the folder only")
     path = folder / name
     try:
         path.lstat()
@@ -195,9 +228,10 @@ def parse_json(text: str, where: str, error: type[Exception] = ModelLoadError) -
 
 
 def read_model_json(folder: str | Path, name: str, error: type[Exception] = ModelLoadError) -> Any:
-    """Parsed JSON of a model-folder file, None if absent; every failure is one line."""
+    """Parsed JSON of a model-folder file, None if absent, bounded by its kind (`json_limit`);
+    every failure is one line."""
     try:
-        text = read_model_text(folder, name)
+        text = read_model_text(folder, name, json_limit(name))
     except ModelLoadError as e:
         raise error(str(e)) from None
     if text is None:

@@ -27,12 +27,13 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import pre_tokenizers
 
 from .errors import TokenizerError, error_line, quoted
-from .files import read_model_bytes, read_model_text
+from .files import parse_json, read_model_bytes, read_model_text
 from .tokenizer_build import (
     _clean_up_spaces,
     _FolderSettings,
     _register_special_tokens,
     _template_processor,
+    check_declared,
     merges_by_rank,
     sentencepiece_backend,
 )
@@ -79,6 +80,7 @@ class HFTokenizer(Tokenizer):
     def __init__(self, backend: _Backend, settings: _FolderSettings) -> None:
         self._backend = backend
         self._cleanup = settings.cleanup_spaces and type(backend.model).__name__ != "BPE"
+        check_declared(backend, settings)
         _register_special_tokens(backend, settings.special_tokens, settings.plain_added_tokens)
 
         named = {key: value for key, value in settings.named.items() if value is not None}
@@ -273,12 +275,8 @@ def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None
     A token added beyond the embedding (tokenizer_config.json listing one more special token, say)
     would otherwise fail deep inside the model with an index error the first time it is used.
     """
-    top = tokenizer.vocab_size - 1
-    if top >= rows:
-        raise TokenizerError(
-            f"{folder}: {_token_name(tokenizer, top)} has id {top}, beyond the model's {rows} embedding rows "
-            "(config.json vocab_size); remove it from the tokenizer files or use the model's own"
-        )
+    if tokenizer.vocab_size > rows:
+        raise TokenizerError(_beyond_rows(tokenizer, rows, Path(folder)))
     for where, token_id in tokenizer.own_ids:
         if not 0 <= token_id < rows:
             raise TokenizerError(
@@ -287,12 +285,59 @@ def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None
             )
 
 
-def _token_name(tokenizer: Tokenizer, id: int) -> str:
-    """How an error names a token: "bos_token '<s>'", "'<extra>'", or "a token"."""
+def _beyond_rows(tokenizer: Tokenizer, rows: int, folder: Path) -> str:
+    """Why a tokenizer has more ids than the model has embedding rows, naming the token and its id as
+    tokenizer.json writes them. The tokenizers library's own numbers can be nowhere in the file: it
+    renumbers an added token whose id is past the vocabulary (99999 becomes 512), and counts a
+    vocabulary by its entries, so a gap (ids 0-510 and 700) or a repeated id makes the count one more
+    than the ids used. Only an error reads tokenizer.json a second time."""
+    beyond = f"beyond the model's {rows} embedding rows (config.json vocab_size)"
+    fix = "remove it from the tokenizer files or use the model's own"
+    written = _written_ids(folder)
+    past = [(token, i) for token, i in written if i >= rows]
+    if past:
+        token, i = max(past, key=lambda entry: entry[1])
+        return f"{folder}: {_token_name(tokenizer, token)} has id {i} in tokenizer.json, {beyond}; {fix}"
+    first: dict[int, str] = {}
+    for token, i in written:
+        other = first.setdefault(i, token)
+        if other != token:
+            return (
+                f"{folder / 'tokenizer.json'}: {quoted(other, 60)!r} and {quoted(token, 60)!r} both have id {i}, "
+                "and each token needs an id of its own; fix the ids or re-copy the file"
+            )
+    top = tokenizer.vocab_size - 1  # a token the settings files add past the vocabulary: our number
     try:
-        piece = tokenizer.id_to_piece(id)
+        name = _token_name(tokenizer, tokenizer.id_to_piece(top))
     except IndexError:
-        return "a token"
+        name = "a token"
+    return f"{folder}: {name} has id {top}, {beyond}; {fix}"
+
+
+def _written_ids(folder: Path) -> list[tuple[str, int]]:
+    """(token, id) for each entry of tokenizer.json's vocabulary, then of its added tokens, as written;
+    [] for a folder without tokenizer.json (or a GGUF file)."""
+    text = read_model_text(folder, "tokenizer.json") if folder.is_dir() else None
+    data = parse_json(text, str(folder / "tokenizer.json"), TokenizerError) if text is not None else None
+    if not isinstance(data, dict):
+        return []
+    model = data.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
+        entries = list(vocab.items())
+    elif isinstance(vocab, list):  # Unigram: [piece, score], the id being the place
+        entries = [(piece[0] if isinstance(piece, list) and piece else piece, i) for i, piece in enumerate(vocab)]
+    else:
+        entries = []
+    added = data.get("added_tokens")
+    for entry in added if isinstance(added, list) else []:
+        if isinstance(entry, dict):
+            entries.append((entry.get("content"), entry.get("id")))
+    return [(t, i) for t, i in entries if isinstance(t, str) and isinstance(i, int) and not isinstance(i, bool)]
+
+
+def _token_name(tokenizer: Tokenizer, piece: str) -> str:
+    """How an error names a token: "bos_token '<s>'" or "'<extra>'"."""
     name = next((key for key, value in tokenizer.named_special_tokens.items() if value == piece), None)
     return f"{name} {quoted(piece)!r}" if name else repr(quoted(piece))
 

@@ -9,6 +9,7 @@ them: a model folder's (tokenizer.py) and a GGUF file's (engine/gguf_tokenizer.p
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, processors
 from tokenizers import Tokenizer as _Backend
 
-from .errors import TokenizerError
+from .errors import TokenizerError, quoted
 from .files import model_file, read_model_object
 
 # The special-token attributes transformers knows by name; chat templates see these as variables.
@@ -51,6 +52,10 @@ class _FolderSettings:
         self.gen_bos_id: int | None = None
         self.gen_pad_id: int | None = None
         self.gen_source = "the tokenizer settings"  # the file the three gen_* ids come from, for errors
+        # (file, key, token) for each bos_token / eos_token a settings file names, used or overridden, and
+        # the added tokens those files list: each declared token must be one of those or in the vocabulary.
+        self.declared: list[tuple[Path, str, str]] = []
+        self.listed_added: set[str] = set()
 
     @classmethod
     def read(cls, folder: Path) -> _FolderSettings:
@@ -64,6 +69,7 @@ class _FolderSettings:
             settings.gen_source = "config.json"
         _check_types(folder, config, token_map, added)
 
+        settings._read_declared(folder, config, token_map, added)
         for key in NAMED_SPECIAL_TOKENS:
             if key in config:
                 settings.named[key] = _token_content(config[key])
@@ -102,26 +108,64 @@ class _FolderSettings:
         settings.gen_pad_id = next(iter(_token_ids(generation, "pad_token_id", where)), None) if pad != -1 else None
         return settings
 
+    def _read_declared(self, folder: Path, config: dict, token_map: dict, added: dict) -> None:
+        """`declared` and `listed_added` (see check_declared), from the files transformers reads them from:
+        tokenizer_config.json, and special_tokens_map.json only without added_tokens_decoder (see read)."""
+        used = {"tokenizer_config.json": config, "special_tokens_map.json": token_map}
+        if "added_tokens_decoder" in config:
+            del used["special_tokens_map.json"]
+        for name, data in used.items():
+            self.declared += [
+                (folder / name, key, token) for key in _MUST_EXIST if (token := _token_content(data.get(key)))
+            ]
+        decoder = (config.get("added_tokens_decoder") or {}).values()
+        self.listed_added = {token for token in map(_token_content, decoder) if token} | set(added)
+
 
 _SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json")
 # tokenizer_config.json / special_tokens_map.json keys whose JSON type the reading code relies on
 _LIST_OR_OBJECT = ("additional_special_tokens", "extra_special_tokens")
+# The named tokens that must be in the vocabulary. transformers adds any other named token it lacks as
+# a new one (a "<pad>" for fine-tuning, say), but a BOS or EOS the model has never seen is an edit
+# gone wrong: prompts would start with a token the model never learnt, or generation would never stop.
+_MUST_EXIST = ("bos_token", "eos_token")
+_TOKEN = 'a token: a string, or {"content": "..."} as transformers saves it'
 
 
 def _check_types(folder: Path, config: dict, token_map: dict, added: dict) -> None:
     """One line naming the file and key when a settings value has a type no tokenizer uses."""
 
-    def bad(name: str, key: str, want: str) -> TokenizerError:
-        return TokenizerError(f"{folder / name}: {key} must be {want}; fix or re-copy the file")
+    def bad(name: str, key: str, want: str, value: Any = None) -> TokenizerError:
+        shown = "" if value is None else f", not {_shown(value)}"
+        return TokenizerError(f"{folder / name}: {key} must be {want}{shown}; fix or re-copy the file")
 
     if not isinstance(config.get("added_tokens_decoder") or {}, dict):
         raise bad("tokenizer_config.json", "added_tokens_decoder", 'an object of id -> {"content": ...}')
     for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", token_map)):
+        for key in NAMED_SPECIAL_TOKENS:  # null means none, as in transformers
+            if data.get(key) is not None and _token_content(data[key]) is None:
+                raise bad(name, key, _TOKEN, data[key])
         for key in _LIST_OR_OBJECT:
             if not isinstance(data.get(key) or [], (list, dict)):
                 raise bad(name, key, "a list of tokens")
     if not all(isinstance(i, int) and i >= 0 for i in added.values()):
         raise bad("added_tokens.json", "every value", "a token id (a whole number)")
+
+
+def _shown(value: Any) -> str:
+    """A settings value as the file writes it, fit for a one-line message."""
+    return quoted(json.dumps(value, ensure_ascii=False), 60)
+
+
+def check_declared(backend: _Backend, settings: _FolderSettings) -> None:
+    """Each bos_token / eos_token the settings files name must be a token of the vocabulary or one they
+    add (see _MUST_EXIST); checked before the named tokens are registered as added ones."""
+    for path, key, token in settings.declared:
+        if token not in settings.listed_added and backend.token_to_id(token) is None:
+            raise TokenizerError(
+                f"{path}: {key} {quoted(token, 60)!r} is not a token of the vocabulary, so the model never saw it; "
+                "name a token the vocabulary has, or add this one to the tokenizer's added tokens"
+            )
 
 
 def _token_content(value: Any) -> str | None:
@@ -149,10 +193,18 @@ def _added_token(entry: Any) -> AddedToken | None:
 
 
 def _token_ids(data: dict, key: str, where: Path) -> list[int]:
-    """The ids under `key`: one id or a list of them. Other values (null, text) are left out, as
-    transformers does; a negative id is refused, the Rust tokenizer cannot even look it up."""
+    """The ids under `key`: one id or a list of them (Llama 3 ends on any of three); null is none given.
+    Anything else is refused: text, true or 2.5 is no id, and leaving it out silently would hide that
+    the edit meant to fix when generation ends does nothing. A negative id is refused too, the Rust
+    tokenizer cannot even look it up."""
     value = data.get(key)
-    ids = [i for i in (value if isinstance(value, list) else [value]) if isinstance(i, int) and not isinstance(i, bool)]
+    if value is None:
+        return []
+    ids = value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise TokenizerError(
+            f"{where}: {key} {_shown(value)} is not a token id; give a whole number or a list of them, or remove it"
+        )
     negative = next((i for i in ids if i < 0), None)
     if negative is not None:
         raise TokenizerError(f"{where}: {key} {negative} is not a token id (ids count from 0); fix or remove it")

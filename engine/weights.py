@@ -188,10 +188,10 @@ def _indexed_files(folder: Path, name: str) -> list[Path]:
     for shard in dict.fromkeys(weight_map.values()):
         if not shard:  # "" is the folder itself to model_file
             raise ModelLoadError(f'{folder / name}: the index names an empty shard file name (""); {restore}')
-        if Path(shard).name != shard:  # "../x", "/etc/x", "sub/x": shards sit beside the index
-            raise ModelLoadError(
-                f"{folder / name}: shard {quoted(shard)!r} is not a file name in the folder; {restore}"
-            )
+        # "../x", "/etc/x", "sub/x": shards sit beside the index; "a\0b" is no file name at all
+        if Path(shard).name != shard or "\0" in shard:
+            shown = quoted(shard.replace("\0", "\\0"))  # quoted() would drop the NUL, naming 'ab' for 'a\0b'
+            raise ModelLoadError(f"{folder / name}: shard '{shown}' is not a file name in the folder; {restore}")
         path = model_file(folder, shard)
         if path is None:
             raise ModelLoadError(f"shard {quoted(shard)} listed in {name} is missing; download it into {folder}")
@@ -294,10 +294,15 @@ def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameT
     """
     shapes = {n: tuple(p.shape) for n, p in one_layer.named_parameters()}
     layers: set[int] = set()
-    for file, name, shape, _ in table.split(checkpoint_tensors(folder)):
+    headers: dict[Path, dict[str, str]] = {}  # safetensors file -> tensor name -> dtype, read once per file
+    for file, name, shape, read in table.split(checkpoint_tensors(folder)):
         hit = table.match(name)
         if hit is None:
             continue  # not ours: load_weights names it
+        if isinstance(folder, Path):
+            dtype = _stored_dtype(folder / file, table.sub_model + name, read, headers)
+            if not dtype.upper().startswith(("F", "BF")):  # F32, BF16, F8_E4M3; float32, bfloat16
+                raise _not_float(name, file, dtype)
         dst, layer, transpose = hit
         if layer is not None:
             layers.add(layer)
@@ -335,6 +340,29 @@ def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameT
         )
 
 
+def _stored_dtype(path: Path, name: str, read: Callable[[], torch.Tensor], headers: dict[Path, dict[str, str]]) -> str:
+    """How the checkpoint stores tensor `name` of `path`: as its safetensors header says ("F32", "I32"),
+    reading headers only, or a pickled file's tensor's own dtype ("float32"; loaded already, so free).
+    A part of a fused tensor has no header entry of its own: load_weights checks it when read."""
+    if path.suffix != ".safetensors":
+        return str(read().dtype).removeprefix("torch.")
+    if path not in headers:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as f:  # opened before by iter_tensors: no errors left
+            headers[path] = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+    return headers[path].get(name, "F32")
+
+
+def _not_float(name: str, file: str, dtype: str) -> ModelLoadError:
+    """A tensor the model uses as float weights stored as integers or booleans: loaded as such, its
+    numbers would be the float bits read as integers, and the model would write garbage."""
+    return ModelLoadError(
+        f"tensor {quoted(name, 100)} in {file} is {dtype}, but the model uses it as a float weight "
+        "(F32, F16 or BF16 expected); re-download or re-convert the checkpoint"
+    )
+
+
 def load_weights(
     model: nn.Module,
     cfg: ModelConfig,
@@ -370,6 +398,8 @@ def load_weights(
         if isinstance(t, QTensor):  # a GGUF matrix kept in its blocks: the module becomes a QLinear/QEmbedding
             set_quantized(model, target, QTensor(t.qtype, t.shape, t.data.to(device)))
             continue
+        if not t.is_floating_point():  # check_checkpoint saw the safetensors headers; this is for the rest
+            raise _not_float(name, file, str(t.dtype).removeprefix("torch."))
         if transpose:
             t = t.t()
         t = t.to(device=device, dtype=dtype).contiguous()

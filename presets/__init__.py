@@ -4,9 +4,13 @@ The bundled presets live next to this file. A user's own `*.toml` files (in `use
 add presets or override bundled ones by name; a user file may give only some values, which
 overlay the bundled preset of that name, or `SamplingParams` defaults for a new name.
 
+A preset's name is its file's name: `precise.toml` is the preset "precise", so that the file a
+person finds under `--preset NAME` is NAME.toml, and a file copied in under another name cannot
+quietly replace a preset (`mine.toml` saying name = "balanced" would change every command's default).
+
 A preset file::
 
-    name = "precise"                      # optional for user files: defaults to the file name
+    name = "precise"                      # optional: if given, the file name without .toml
     description = "One or two sentences: what it is for."
     use = "code, facts, translation"
     [params]                              # any SamplingParams fields
@@ -27,7 +31,7 @@ from typing import Any
 
 import platformdirs
 
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import InputError, quoted
 from tiankong.engine.files import read_regular_bytes
 from tiankong.engine.params import SamplingParams
 
@@ -72,22 +76,24 @@ def load_presets(user_dir: Path | None = None) -> dict[str, Preset]:
         preset = _parse(path, _read(path), base=None)
         presets[preset.name] = preset
     user_dir = user_presets_dir() if user_dir is None else Path(user_dir)
+    if user_dir.exists() and not user_dir.is_dir():
+        raise InputError(
+            f"{user_dir} is a file, but your presets are read from a folder of that name; "
+            "move the file away (and put your NAME.toml presets in a folder there)"
+        )
     if user_dir.is_dir():
-        claimed: dict[str, Path] = {}
         for path in sorted(user_dir.glob("*.toml")):
-            data = _read(path)
-            name = _text(path, data, "name", path.stem)
-            if name in claimed:
-                raise InputError(f"{path}: preset {name!r} is already defined in {claimed[name]}")
-            claimed[name] = path
-            presets[name] = _parse(path, data, base=presets.get(name))
+            presets[path.stem] = _parse(path, _read(path), base=presets.get(path.stem))
     return presets
 
 
 def get_preset(name: str, user_dir: Path | None = None) -> Preset:
     presets = load_presets(user_dir)
     if name not in presets:
-        raise InputError(f"preset must be one of {', '.join(sorted(presets))}, got {name!r}")
+        where = user_presets_dir() if user_dir is None else Path(user_dir)
+        raise InputError(
+            f"preset must be one of {', '.join(sorted(presets))}, got {name!r}; your own go in {where}/NAME.toml"
+        )
     return presets[name]
 
 
@@ -113,8 +119,14 @@ def _parse(path: Path, data: dict[str, Any], base: Preset | None) -> Preset:
         params = (base.params if base else _DEFAULTS).replace(**params_table)
     except InputError as exc:
         raise InputError(f"{path}: [params] {exc}") from None
+    name = _text(path, data, "name", path.stem)
+    if name != path.stem:
+        raise InputError(
+            f"{path}: says name = {quoted(name, 60)!r}, but a preset's name is its file name ({path.stem!r}); "
+            f"rename the file to {quoted(name, 60)}.toml or remove the name line"
+        )
     return Preset(
-        name=_text(path, data, "name", base.name if base else path.stem),
+        name=name,
         description=_text(path, data, "description", base.description if base else f"from {path}"),
         use=_text(path, data, "use", base.use if base else "custom"),
         params=params,

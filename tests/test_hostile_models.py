@@ -26,6 +26,7 @@ def in_process(monkeypatch, capsys, *args):
 
 
 def assert_one_line(code, lines, *words):
+    lines = [x for x in lines if not x.startswith("loading ")]  # generate's log line before the load
     assert "Traceback" not in "\n".join(lines)
     assert code == 2, lines
     assert len(lines) == 1, lines
@@ -358,3 +359,158 @@ def test_a_catastrophic_pre_tokenizer_regex_is_refused_at_load(folder):
     regex_bomb(folder)
     code, lines, _ = tiankong("generate", "-m", folder, "--raw", "--prompt", "a" * 40 + "b", "--max-new-tokens", 2)
     assert_one_line(code, lines, "nests quantifiers")
+
+
+# --- second QA pass: names written in files, dtypes, file sizes, special-token values ---------------
+
+
+def header_dtype(tensor, dtype):
+    """model.safetensors' header says `tensor` is `dtype`; its bytes (float32) stay, so sizes still fit."""
+
+    def apply(folder):
+        import struct
+
+        data = (folder / "model.safetensors").read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + n])
+        header[tensor]["dtype"] = dtype
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+    return apply
+
+
+def int_weight(sd):
+    import torch
+
+    return {**sd, "model.norm.weight": sd["model.norm.weight"].view(torch.int32)}
+
+
+def padded(name, megabytes):
+    """`name` becomes a valid JSON object of `megabytes` MB (a long junk string)."""
+    return write(name, json.dumps({"junk": "x" * (megabytes << 20)}))
+
+
+def tokenizer_json(change):
+    """The folder gains a tokenizer.json (ours, written from tokenizer.model), changed by `change`."""
+
+    def apply(folder):
+        from tiankong.engine.tokenizer import load_tokenizer
+
+        spec = json.loads(load_tokenizer(STORIES).to_json())
+        change(spec)
+        (folder / "tokenizer.json").write_text(json.dumps(spec))
+
+    return apply
+
+
+def added_token(id, content):
+    """An added_tokens entry of tokenizer.json, every field given (the tokenizers library wants them all)."""
+    flags = dict.fromkeys(("single_word", "lstrip", "rstrip", "normalized"), False)
+    return {"id": id, "content": content, **flags, "special": True}
+
+
+def added_token_id(spec):
+    spec["added_tokens"].append(added_token(99999, "<big>"))
+
+
+def vocab_gap(spec):
+    spec["model"]["vocab"]["zzz"] = 700
+
+
+def vocab_repeat(spec):
+    spec["model"]["vocab"]["zzz"] = 5
+
+
+QA2_FOLDERS = {
+    # item 2: a NUL byte gets the line of every other bad shard name, the NUL shown as \0
+    "index-shard-nul": (index({"weight_map": {"model.norm.weight": "a\0b"}}), "shard 'a\\0b' is not a file name"),
+    # item 3: a float weight whose file says it holds integers
+    "dtype-I32": (
+        header_dtype("model.embed_tokens.weight", "I32"),
+        "model.embed_tokens.weight in model.safetensors is I32",
+    ),
+    "dtype-U32-norm": (header_dtype("model.norm.weight", "U32"), "model.norm.weight in model.safetensors is U32"),
+    "bin-int32-weight": (pickled(int_weight), "model.norm.weight in pytorch_model.bin is int32"),
+    # item 4: each small JSON file has a cap of its kind, checked before parsing
+    "config-5MB": (padded("config.json", 5), "config.json is larger than 4 MB"),
+    "generation_config-2MB": (padded("generation_config.json", 2), "generation_config.json is larger than 1 MB"),
+    "tokenizer_config-17MB": (padded("tokenizer_config.json", 17), "tokenizer_config.json is larger than 16 MB"),
+    "index-33MB": (index(json.dumps({"junk": "x" * (33 << 20)})), "index.json is larger than 32 MB"),
+    # item 6: ids as the file writes them; a junk template list says what a template list is
+    "added-token-id-99999": (tokenizer_json(added_token_id), "'<big>' has id 99999 in tokenizer.json"),
+    "vocab-id-700": (tokenizer_json(vocab_gap), "'zzz' has id 700 in tokenizer.json"),
+    "vocab-repeated-id": (tokenizer_json(vocab_repeat), "'<0x02>' and 'zzz' both have id 5"),
+    "chat_template-ints": (
+        edit("tokenizer_config.json", chat_template=[1, 2, 3]),
+        '"chat_template" must be a string or a list of {"name": ..., "template": ...} objects, not [1, 2, 3]',
+    ),
+}
+# item 7: special-token values that are no token, refused like -1 and 99999 already were
+for value in ("</s>", True, 2.5, [[2]], [2, None]):
+    QA2_FOLDERS[f"eos_token_id-{json.dumps(value)}"] = (
+        edit("generation_config.json", eos_token_id=value),
+        f"generation_config.json: eos_token_id {json.dumps(value)} is not a token id",
+    )
+for value in (["<s>"], {"foo": 1}, 1):
+    QA2_FOLDERS[f"bos_token-{json.dumps(value)}"] = (
+        edit("special_tokens_map.json", bos_token=value),
+        f'special_tokens_map.json: bos_token must be a token: a string, or {{"content": "..."}} '
+        f"as transformers saves it, not {json.dumps(value)}",
+    )
+QA2_FOLDERS["eos_token-not-in-vocabulary"] = (
+    edit("tokenizer_config.json", eos_token="<|im_end|>"),
+    "tokenizer_config.json: eos_token '<|im_end|>' is not a token of the vocabulary",
+)
+
+
+@pytest.mark.parametrize("case", list(QA2_FOLDERS))
+def test_hostile_folder_second_pass_is_one_line(folder, case, monkeypatch, capsys):
+    mutate, word = QA2_FOLDERS[case]
+    mutate(folder)
+    with deadline(20):
+        code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
+    assert_one_line(code, lines, word)
+    assert len(lines[0]) < 1000
+
+
+def test_an_integer_weight_is_refused_by_generate_too(folder):
+    header_dtype("model.embed_tokens.weight", "I32")(folder)
+    code, lines, _ = tiankong("generate", "-m", folder, "--raw", "--prompt", "Once", "--max-new-tokens", 2)
+    assert_one_line(code, lines, "model.embed_tokens.weight in model.safetensors is I32")
+
+
+REAL_SETTINGS = {
+    # what real checkpoints ship, which must still load
+    "eos-list": {"generation_config.json": {"eos_token_id": [2, 1], "bos_token_id": 1, "pad_token_id": None}},
+    "eos-null": {"generation_config.json": {"eos_token_id": None}},
+    "pad-minus-one": {"config.json": {"pad_token_id": -1}},
+    "added-token-dicts": {
+        "special_tokens_map.json": {"bos_token": {"content": "<s>", "lstrip": False}, "eos_token": None},
+        "tokenizer_config.json": {"eos_token": {"content": "</s>", "__type": "AddedToken"}, "pad_token": None},
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(REAL_SETTINGS))
+def test_real_special_token_settings_load(folder, case, monkeypatch, capsys):
+    for name, changes in REAL_SETTINGS[case].items():
+        edit(name, **changes)(folder)
+    code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
+    assert code == 0, lines
+
+
+def test_an_eos_token_from_tokenizer_json_added_tokens_is_known(folder, monkeypatch, capsys):
+    # "<|im_end|>" takes the place of a byte piece no merge uses (a row of the embedding), as an added token
+    def replace_piece(spec):
+        vocab = spec["model"]["vocab"]
+        row = vocab.pop("<0x7F>")
+        vocab["<|im_end|>"] = row
+        spec["added_tokens"].append(added_token(row, "<|im_end|>"))
+
+    tokenizer_json(replace_piece)(folder)
+    edit("tokenizer_config.json", eos_token="<|im_end|>")(folder)
+    edit("special_tokens_map.json", eos_token="<|im_end|>")(folder)
+    code, lines = in_process(monkeypatch, capsys, "info", "-m", folder, "--format", "json")
+    assert code == 0, lines

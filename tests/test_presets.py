@@ -73,7 +73,7 @@ def test_deterministic_is_greedy_with_a_fixed_seed(no_user_dir):
 
 def test_user_file_overrides_some_params_and_adds_a_preset(tmp_path):
     # Only one value: the rest comes from the bundled preset of the same name.
-    write(tmp_path, "mine.toml", 'name = "precise"\n[params]\ntemperature = 0.4\n')
+    write(tmp_path, "precise.toml", 'name = "precise"\n[params]\ntemperature = 0.4\n')
     write(
         tmp_path,
         "haiku.toml",
@@ -87,7 +87,7 @@ def test_user_file_overrides_some_params_and_adds_a_preset(tmp_path):
     assert precise.params == bundled.params.replace(temperature=0.4)
     assert precise.description == bundled.description
     assert precise.recommended == bundled.recommended
-    assert precise.source == tmp_path / "mine.toml"
+    assert precise.source == tmp_path / "precise.toml"
     haiku = presets["haiku"]  # the name comes from the file name
     assert haiku.params == SamplingParams(temperature=1.1, stop=("\n\n\n",))
     assert haiku.recommended["temperature"] == (0.9, 1.3)
@@ -137,8 +137,8 @@ def test_invalid_user_files_name_the_file_and_the_problem(tmp_path, text, messag
     assert "\n" not in str(err.value)
 
 
-def test_two_user_files_cannot_define_the_same_name(tmp_path):
+def test_a_name_key_must_be_the_file_name(tmp_path):
+    # Two files could otherwise define one name, and mine.toml could quietly replace "balanced".
     write(tmp_path, "a.toml", 'name = "same"\n')
-    write(tmp_path, "b.toml", 'name = "same"\n')
-    with pytest.raises(InputError, match="already defined"):
+    with pytest.raises(InputError, match=r"a.toml: says name = 'same', but a preset's name is its file name \('a'\)"):
         load_presets(tmp_path)

@@ -27,6 +27,7 @@ Timestamps are ISO-8601 UTC with microseconds ("2025-01-31T12:00:00.000000Z"), s
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -103,6 +104,7 @@ class StoreBase:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate(conn)
+            self._check_tables(conn)
         except sqlite3.DatabaseError as e:
             conn.close()
             if "not a database" in str(e) or "malformed" in str(e):
@@ -171,25 +173,65 @@ class StoreBase:
                 if durable:
                     conn.execute("PRAGMA synchronous = NORMAL")
 
-    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, for reads: a damaged page met while reading (see _damaged)
+        becomes the one-line StoreError. `_read` and the row-by-row scans (vote_shapes) go through it."""
         with self._lock:
             if self._conn is None:
                 raise StoreError(f"the database {self.path} is closed; open a new Store")
             try:
-                cur = self._conn.execute(sql, tuple(args))
-                cur.row_factory = sqlite3.Row
-                return cur.fetchall()
+                yield self._conn
             except sqlite3.DatabaseError as e:
                 raise self._damaged(e) if _corrupt(e) else e from None
 
-    def _damaged(self, e: sqlite3.DatabaseError) -> StoreError:
-        """A page of the file is damaged (a disk fault, or another program wrote into it). The file is
-        only opened lazily page by page, so this can come up after a clean open; it is said in one
-        line, with how to save the rest, instead of a traceback that loses the message being sent."""
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._reading() as conn:
+            cur = conn.execute(sql, tuple(args))
+            cur.row_factory = sqlite3.Row
+            return cur.fetchall()
+
+    def _damaged(self, e: sqlite3.DatabaseError | str) -> StoreError:
+        """A page of the file is damaged (a disk fault, or another program wrote into it), or a table is
+        not what its schema version promises (see _check_tables). The file is only opened lazily page by
+        page, so this can come up after a clean open; it is said in one line, with how to save the rest,
+        instead of a traceback that loses the message being sent."""
         return StoreError(
             f"{self.path} is damaged ({e}); save what is readable with `sqlite3 {self.path} .recover "
             f"| sqlite3 recovered.db` and move the damaged file away, or {_FIX}"
         )
+
+    def _check_tables(self, conn: sqlite3.Connection) -> None:
+        """Every table and column the migrations make must be in the file: one dropped or rebuilt outside
+        tiankong (a hand edit, a partial restore) would otherwise fail in the first query that reads it,
+        as "no such table" at the end of a traceback. Extra tables and columns are left alone."""
+        for table, columns in _expected_tables().items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if not have:
+                raise self._damaged(f"its {table} table is missing")
+            missing = [c for c in columns if c not in have]
+            if missing:
+                raise self._damaged(f"its {table} table has no column {', '.join(missing)}")
+
+
+@functools.cache
+def _expected_tables() -> dict[str, tuple[str, ...]]:
+    """{table: its columns} as the migrations build them, on an empty in-memory database. Virtual tables
+    and their shadow tables (the FTS5 search index) are left out: whether they exist depends on the
+    SQLite a file was first opened with, and search works without them."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for migration in MIGRATIONS:
+            migration(conn)
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
+        virtual = [name for name, sql in rows if sql.upper().startswith("CREATE VIRTUAL")]
+        return {
+            name: tuple(row[1] for row in conn.execute(f"PRAGMA table_info({name})"))
+            for name, _ in rows
+            if not name.startswith("sqlite_") and not any(name == v or name.startswith(v + "_") for v in virtual)
+        }
+    finally:
+        conn.close()
 
 
 def _corrupt(e: sqlite3.DatabaseError) -> bool:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tiankong.tui.store_base import StoreBase, StoreError, now
+from tiankong.tui.store_base import StoreBase, now
 from tiankong.tui.store_records import (
     _INSERT_VOTE,
     MAX_RESPONSES,
@@ -204,10 +204,8 @@ class VoteStore(StoreBase):
         even a store with 200,000 shapes (1M random votes) holds them in tens of MB. Treat them as read-only."""
         shapes, counts, bad = [], [], []
         parts: dict[Any, Any] = {}  # the shared parts, and which (outcome, ranking, n_ranked, n) are valid
-        with self._lock:
-            if self._conn is None:
-                raise StoreError(f"the database {self.path} is closed; open a new Store")
-            rows = self._conn.execute(  # read row by row: the groups never sit in memory twice
+        with self._reading() as conn:
+            rows = conn.execute(  # read row by row: the groups never sit in memory twice
                 f"SELECT outcome, CAST(ranking AS BLOB), n_ranked, {_FIELDS}, COUNT(*) FROM votes GROUP BY 1, 2, 3, 4"
             )
             for outcome, ranking, n_ranked, fields, count in rows:
