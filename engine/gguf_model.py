@@ -14,6 +14,9 @@ loads through the same code as a safetensors folder (engine/weights.py, the fami
     ModelConfig.from_hf_config validates and maps it exactly as for a folder; RoPE divisor tensors
     (Llama 3's rope_freqs, Phi-3's rope_factors_*) become rope_scaling; what llama.cpp hardcodes
     instead of storing (Gemma's layer pattern and query scale) comes from one function per arch.
+A split set (NAME-00001-of-0000N.gguf, ...: llama-gguf-split's parts) is one model, given by its
+first part as llama.cpp takes it: the metadata is the first part's, the tensors are all parts'
+(engine/gguf_split.py checks and maps each part).
 Weights are dequantized to float one tensor at a time (gguf.quants.dequantize), or kept in their
 blocks as quant.QTensors (keep_quantized) for the compiled decode step.
 """
@@ -33,6 +36,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_header import ROPE_DIVISORS, check_header, is_gguf, open_reader, peek, quantization_name
+from .gguf_split import open_parts
 
 if TYPE_CHECKING:
     import gguf
@@ -195,7 +199,8 @@ def _hf_row_order(rows: int, heads: int) -> np.ndarray:
 
 
 class GGUFModel:
-    """A checked GGUF file: its reader, its config.json equivalent and its tensors in HF form."""
+    """A checked GGUF file (or split set, by its first part): its reader (the first part's), its
+    config.json equivalent and its tensors in HF form."""
 
     def __init__(self, path: str | Path, keep_quantized: bool = False) -> None:
         """keep_quantized: hand the loader quant.QTensors (the file's blocks, rows in HF order) for
@@ -211,13 +216,12 @@ class GGUFModel:
             self.reader = open_reader(self.path)
         except Exception as e:  # the header was walked already: anything left is a damaged file
             raise ModelLoadError(f"{self.path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
-        self.tensors = {t.name: t for t in self.reader.tensors}
-        parts = self.meta("split.count", 1)
-        if isinstance(parts, int) and parts > 1:
-            raise ModelLoadError(
-                f"{self.path} is one of {parts} parts of a split GGUF; join them into one file first "
-                "(llama.cpp's llama-gguf-split --merge FIRST-PART OUT.gguf)"
-            )
+        # A split set's parts (engine/gguf_split.py), each mapped by its own reader; the first holds
+        # the metadata. One file: [(path, reader)].
+        self.parts = open_parts(self.path, self.reader)
+        self._part_of = {t.name: part for part in self.parts for t in part[1].tensors}  # tensor -> (path, reader)
+        self.all_tensors = [t for _, reader in self.parts for t in reader.tensors]
+        self.tensors = {t.name: t for t in self.all_tensors}
         self.arch_name = self.meta("general.architecture")
         if self.arch_name is None:
             raise ModelLoadError(
@@ -424,7 +428,7 @@ class GGUFModel:
     def tensor_types(self) -> dict[str, int]:
         """GGML type name -> how many tensors have it (e.g. {"Q4_K": 130, "F32": 61})."""
         out: dict[str, int] = {}
-        for t in self.reader.tensors:
+        for t in self.all_tensors:
             out[t.tensor_type.name] = out.get(t.tensor_type.name, 0) + 1
         return out
 
@@ -434,10 +438,11 @@ class GGUFModel:
         Names the table does not know keep their GGUF name, so the loader reports them as unexpected.
         """
         for t, hf_name, shape, transpose in self._entries():
+            file = self._part_of[t.name][0].name  # the part that holds it, in a split set
             if transpose is None:
-                yield self.name, hf_name, shape, _never_read  # the loader names it as unexpected
+                yield file, hf_name, shape, _never_read  # the loader names it as unexpected
                 continue
-            yield self.name, hf_name, shape, self._reader(t, hf_name, shape, transpose)
+            yield file, hf_name, shape, self._reader(t, hf_name, shape, transpose)
 
     def block_types(self) -> dict[str, str]:
         """HF name -> quant type of every tensor whose read() gives a QTensor (keep_quantized), from
@@ -454,7 +459,7 @@ class GGUFModel:
         from .weights import NameTable
 
         table = NameTable(self.arch.tensors, transposed=self.arch.transposed)
-        for t in self.reader.tensors:
+        for t in self.all_tensors:
             if t.name in ROPE_DIVISORS:
                 continue  # RoPE divisors (Llama 3, Phi-3): read into the config's rope_scaling
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (out, in) for a matrix
@@ -495,7 +500,7 @@ class GGUFModel:
         """Unmap the pages of a tensor already copied out (madvise DONTNEED; the page cache keeps
         them, and a later read maps them again). Without it every page read stays resident in the
         process beside the model made from it: an F32 file's load peaked at twice the weights."""
-        buf = getattr(self.reader.data, "_mmap", None)  # numpy.memmap's mmap.mmap
+        buf = getattr(self._part_of[t.name][1].data, "_mmap", None)  # its part's numpy.memmap's mmap.mmap
         if buf is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         start = t.data_offset // mmap.PAGESIZE * mmap.PAGESIZE

@@ -14,12 +14,13 @@ import math
 import os
 import re
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ModelLoadError, TiankongError
 from .files import model_file, open_regular, parse_json, read_model_object
+from .gguf_split import part_paths
 from .model_places import (
     _gguf_files,
     _is_file,
@@ -51,6 +52,8 @@ class FoundModel:
     dtype: str | None  # config.json's torch_dtype; a GGUF file's quantization
     parameters: int | None  # from the tensor shapes in the weight files' headers; None if unreadable
     bytes: int  # weight files, summed
+    note: str | None = None  # why `name` is not the plain one: another place holds that name first
+    parts: int = 1  # files of a split GGUF set (NAME-00001-of-0000N.gguf, ...), listed as its first part
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +77,19 @@ def list_models(skipped: list[str] | None = None) -> list[FoundModel]:
                 if os.path.isdir(folder):
                     found += _noting(notes, _lmstudio_entries, f"{org.name}/{folder.name}", folder, notes)
     found += _ollama_entries(ollama_dir(), notes)
-    return found
+    return [_reachable(m) for m in found]
+
+
+def _reachable(found: FoundModel) -> FoundModel:
+    """An LM Studio model under a name that reaches it: its ORG/NAME, unless the Hugging Face cache
+    (or a folder here) takes that name first; then lmstudio:ORG/NAME, else its path, with a note."""
+    from .resolve import LMSTUDIO, reaches
+
+    if found.source != "lmstudio" or reaches(found.name, found.path):
+        return found
+    other = f"{LMSTUDIO}{found.name}"
+    name = other if reaches(other, found.path) else found.path
+    return replace(found, name=name, note=f"--model {found.name} takes another model first; {name} takes this one")
 
 
 def _noting(notes: list[str], make: Callable[..., list[FoundModel]], *args: Any) -> list[FoundModel]:
@@ -130,12 +145,19 @@ def _describe(name: str, source: str, folder: Path) -> FoundModel:
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     dtype = config.get("torch_dtype") or config.get("dtype")
     dtype = dtype if isinstance(dtype, str) else None
-    files = sorted(folder.glob("*.safetensors"))
-    fmt = "safetensors" if files else "pytorch"
-    params = _safetensors_parameters(folder) if files else None  # a pickle's shapes need unpickling it
-    files = files or sorted(folder.glob("pytorch_model*.bin"))
-    size = sum(_size(f) for f in files)
-    return FoundModel(name, source, str(folder), fmt, arch, dtype, params, size)
+    safetensors = bool(list(folder.glob("*.safetensors")))
+    params = _safetensors_parameters(folder) if safetensors else None  # a pickle's shapes need unpickling it
+    fmt = "safetensors" if safetensors else "pytorch"
+    return FoundModel(name, source, str(folder), fmt, arch, dtype, params, weight_bytes(folder))
+
+
+def weight_bytes(model: Path) -> int:
+    """The bytes of a model's weight files: a GGUF file's size, a folder's *.safetensors (else its
+    pytorch_model*.bin) summed; what loading reads, for the CLI's "loading NAME (SIZE)" line."""
+    if not os.path.isdir(model):
+        return sum(_size(p) for p in part_paths(Path(model)))  # a split GGUF set: all its parts
+    files = sorted(model.glob("*.safetensors")) or sorted(model.glob("pytorch_model*.bin"))
+    return sum(_size(f) for f in files)
 
 
 def _safetensors_parameters(folder: Path) -> int | None:
@@ -216,7 +238,11 @@ def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> lis
             quant = hit[1].upper()  # older files may lack general.file_type: the file name says it
         name = repo if len(files) == 1 else f"{repo}/{gguf.relative_to(folder).as_posix()}"
         arch = facts.get("general.architecture")
-        out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, parameter_count(gguf), _size(gguf)))
+        parts = part_paths(gguf)  # a split set's files (its first part is listed), else [gguf]
+        counts = [parameter_count(p) for p in parts]
+        params = None if None in counts else sum(c for c in counts if c is not None)
+        size = sum(_size(p) for p in parts)
+        out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, params, size, parts=len(parts)))
     return out
 
 

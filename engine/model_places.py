@@ -164,7 +164,10 @@ def _starts_gguf(path: Path) -> bool:
 
 def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH) -> list[Path]:
     """The .gguf files of a language model in `folder` and its subfolders (`depth` levels in all),
-    vision projectors left out. Nothing is opened but the regular files' headers (see _projector)."""
+    vision projectors left out, a split set (NAME-00001-of-0000N.gguf, ...) as its first part only.
+    Nothing is opened but the regular files' headers (see _projector)."""
+    from .gguf_split import first_parts
+
     files: list[Path] = []
     for entry in _scan(folder):
         if entry.name.lower().endswith(".gguf"):
@@ -172,7 +175,7 @@ def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH) -> list[Path]:
                 files.append(entry)
         elif depth > 1 and os.path.isdir(entry):
             files += _gguf_files(entry, depth - 1)
-    return files
+    return first_parts(files)  # a split set is one model, loaded from its first part (engine/gguf_split.py)
 
 
 def _projector(path: Path) -> bool:

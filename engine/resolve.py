@@ -4,16 +4,21 @@ Every command and trainer that takes a model goes through `resolve_model`, in th
   1. nothing: the bundled tiankong-mini;
   2. a path that exists: that path (a local path always wins over a name); a folder without
      config.json that holds one .gguf file gives that file, as LM Studio's folders do;
-  3. `ollama:NAME[:TAG]`: the GGUF blob of Ollama's manifest (manifests/HOST/NS/NAME/TAG -> blob);
+  3. `ollama:NAME[:TAG]`: the GGUF blob of Ollama's manifest (manifests/HOST/NS/NAME/TAG -> blob),
+     carrying the name as `tiankong models` lists it (ModelPath.given: a blob's path names no model;
+     display_name and model_key give that name, for screens, votes and the server's model id);
   4. `ORG/NAME[@REVISION]` (or `NAME`): the Hugging Face hub cache, laid out as
      `models--ORG--NAME/refs/REVISION` (a commit hash) -> `snapshots/<hash>/` (REVISION: main);
      a snapshot of GGUF files only (no config.json) gives its one .gguf file;
   5. `ORG/NAME` in LM Studio's models folder (`~/.lmstudio/models/ORG/NAME`), a folder or its
-     one .gguf file; `ORG/NAME/FILE.gguf` (or `ORG/NAME/SUB/FILE.gguf`) picks one of several in
-     either place.
+     one .gguf file; `lmstudio:ORG/NAME` looks only there (for a name the Hugging Face cache holds too).
+`ORG/NAME[@REVISION]/FILE.gguf` (or `.../SUB/FILE.gguf`) picks one of several files in either
+place, and `ORG/NAME[@REVISION]/SUB` a subfolder, as a folder is taken: its one .gguf file.
 A .gguf file may sit in a subfolder of its repository (unsloth and bartowski put each big
 quantization in one: ORG/NAME/Q8_0/FILE.gguf). A vision projector (mmproj-*.gguf, architecture
 `clip`) sits beside the model it serves and is no language model: it is passed over.
+A name both places hold is the Hugging Face cache's, and the ModelPath says so in `note`, a line
+for the CLI to show (the engine never prints).
 Nothing found: one line naming every place searched and the name that comes closest.
 `list_models` (engine/model_list.py) is what `tiankong models` shows; every name it lists resolves.
 
@@ -24,11 +29,14 @@ and blobs are read by engine/ollama.py.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import os
 import re
 import stat
-from pathlib import Path
+import sys
+from pathlib import Path, PosixPath, WindowsPath
+from typing import Any
 
 from .errors import ModelLoadError, TiankongError
 from .files import kind_of
@@ -54,9 +62,66 @@ from .model_places import (
 )
 from .ollama import _manifest, _model_digest, _ollama_digest_path, _ollama_name, _ollama_parts
 
-_NAME = re.compile(rf"(?:(?P<org>{_PART})/)?(?P<name>{_PART})(?:@(?P<rev>[A-Za-z0-9][A-Za-z0-9._/-]{{0,127}}))?")
-# ORG/NAME/FILE.gguf, or ORG/NAME/SUB/FILE.gguf for a file in a subfolder of the repository
-_GGUF_NAME = re.compile(rf"(?P<repo>{_PART}/{_PART})/(?P<file>(?:{_PART}/){{0,2}}{_PART}(?i:\.gguf))")
+_REPO = re.compile(rf"(?:{_PART}/)?{_PART}")  # ORG/NAME, or NAME
+_REV = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")  # a branch, tag, refs/pr/N or a commit hash (prefix)
+# PATH in ORG/NAME/PATH: a file or subfolder of the repository, two subfolders deep at most (SUB/FILE.gguf)
+_SUB = rf"(?:{_PART}/){{0,2}}{_PART}"
+_IN_REPO = re.compile(rf"(?P<repo>{_PART}/{_PART})/(?P<sub>{_SUB})")
+LMSTUDIO = "lmstudio:"  # a name looked up in LM Studio's folders only
+_SUGGEST = contextvars.ContextVar("_SUGGEST", default=True)  # off while list_models checks its own names
+
+
+# --- what resolve_model returns --------------------------------------------------------------------
+
+if sys.platform == "win32":  # before Python 3.12 a Path subclass names its flavour's concrete class
+
+    class _ConcretePath(WindowsPath):
+        pass
+
+else:
+
+    class _ConcretePath(PosixPath):
+        pass
+
+
+class ModelPath(_ConcretePath):
+    """The path resolve_model found (it loads like any path), with what the path alone does not say.
+    resolve_model gives it back unchanged, so the name survives Engine.load's own resolving."""
+
+    given: str | None = None  # the name it was found by where the path spells none (an Ollama blob)
+    note: str | None = None  # a line for the user: another place holds the same name (LM Studio)
+
+    def with_segments(self, *parts: Any) -> Path:  # Python 3.12+: paths made from this one are plain
+        return Path(*parts)
+
+    def __reduce__(self) -> Any:  # pickled (torchrun, multiprocessing) with what it carries
+        return _model_path, (str(self), self.given, self.note)
+
+
+# Blob path -> the Ollama name it was resolved from in this process (None once two names share it):
+# display_name and model_key find the name by it where a caller rebuilt a plain Path from a ModelPath.
+_GIVEN: dict[str, str | None] = {}
+
+
+def _model_path(path: str | Path, given: str | None = None, note: str | None = None) -> ModelPath:
+    found = ModelPath(path)
+    found.given, found.note = given, note
+    if given is not None:
+        _GIVEN[str(path)] = given if _GIVEN.get(str(path), given) == given else None
+    return found
+
+
+def given_name(model: str | Path) -> str | None:
+    """The name an Ollama model was resolved from: carried by its ModelPath, else remembered for its
+    blob's path (unless two names share that blob), else a stored key's own (ollama:NAME:TAG)."""
+    if isinstance(model, ModelPath) and model.given is not None:
+        return model.given
+    text = str(model)
+    return text if text.startswith("ollama:") else _GIVEN.get(text)
+
+
+def _carries(spec: object) -> bool:
+    return isinstance(spec, ModelPath) and (spec.given is not None or spec.note is not None)
 
 
 # --- resolving one name ----------------------------------------------------------------------------
@@ -72,6 +137,9 @@ def resolve_model(spec: str | Path | None) -> Path:
                 "(a local Hugging Face model folder) or set TIANKONG_MODEL"
             )
         return bundled
+    if _carries(spec):  # resolved already: what it carries stays
+        assert isinstance(spec, ModelPath)
+        return spec
     text = str(spec)
     path = Path(text).expanduser()
     local = _local(path, text)
@@ -79,6 +147,8 @@ def resolve_model(spec: str | Path | None) -> Path:
         return local
     if text.startswith("ollama:"):
         return _ollama_blob(text.removeprefix("ollama:"))
+    if text.startswith(LMSTUDIO):
+        return _lmstudio_name(text, path)
     return _by_name(text, path)
 
 
@@ -110,28 +180,74 @@ def _local(path: Path, text: str) -> Path | None:
     return path
 
 
+def _parse(text: str) -> tuple[str, str | None, str | None] | None:
+    """ORG/NAME[@REV][/PATH] (or NAME[@REV]) -> (repo, revision, path in the repo); None when `text`
+    is no such name. ORG/NAME/PATH@REV is taken too. A revision may hold slashes (refs/pr/1), so
+    where REV ends and PATH begins is where a revision the cache knows ends (_split_revision)."""
+    if ".." in text or "--" in text:
+        return None
+    head, at, rev = text.partition("@")
+    if at and not _REV.fullmatch(rev):
+        return None
+    if (inside := _IN_REPO.fullmatch(head)) is not None:
+        return inside["repo"], rev or None, inside["sub"]
+    if not _REPO.fullmatch(head):
+        return None
+    return (head, *_split_revision(head, rev)) if at else (head, None, None)
+
+
+def _split_revision(repo: str, tail: str) -> tuple[str, str | None]:
+    """REV[/PATH] -> (REV, PATH): the longest start of `tail` that is a revision of the cached repo;
+    none known: the first part when the rest names a .gguf file (the cache then says which
+    revisions it has), else all of it."""
+    cuts = [i for i, c in enumerate(tail) if c == "/"]
+    try:
+        folder = _repo_dir(hf_hub_cache(), repo)
+    except ModelLoadError:  # resolving says why the cache cannot be read
+        folder = None
+    if folder is not None:
+        for end in [len(tail), *reversed(cuts)]:
+            if _known_revision(folder, tail[:end]):
+                return tail[:end], tail[end + 1 :] or None
+    if cuts and re.fullmatch(_SUB, tail[cuts[0] + 1 :]) and tail.lower().endswith(".gguf"):
+        return tail[: cuts[0]], tail[cuts[0] + 1 :]
+    return tail, None
+
+
+def _known_revision(folder: Path, rev: str) -> bool:
+    """Whether a cached repo has `rev`: a ref of that name, or a snapshot whose hash starts with it."""
+    try:
+        if _is_file(folder / "refs" / rev):
+            return True
+        if re.fullmatch(r"[0-9a-f]{7,64}", rev):
+            return len([p for p in _scan(folder / "snapshots") if p.name.startswith(rev)]) == 1
+    except ModelLoadError:
+        pass
+    return False
+
+
 def _by_name(text: str, path: Path) -> Path:
-    """A name of the Hugging Face cache or LM Studio (ORG/NAME[@REV], NAME, ORG/NAME/[SUB/]FILE.gguf)."""
-    gguf = _GGUF_NAME.fullmatch(text)
-    if gguf is not None:
-        found = _gguf_in(gguf["repo"], gguf["file"])
-        if found is not None:
-            return found
-        raise _not_found(text, path, searched_hf=True, searched_lmstudio=True)
-    match = _NAME.fullmatch(text)
-    if match is None or ".." in text or "--" in text:
+    """A name of the Hugging Face cache or LM Studio: ORG/NAME[@REV], NAME, ORG/NAME[@REV]/PATH."""
+    parsed = _parse(text)
+    if parsed is None:
         raise _not_found(text, path)
     if text == "tiankong-mini":
         return resolve_model(None)
-    repo = f"{match['org']}/{match['name']}" if match["org"] else match["name"]
+    repo, rev, sub = parsed
+    lmstudio = "/" in repo and rev is None  # LM Studio's names are ORG/NAME, no revisions
+    if sub is not None:
+        found = _in_repo(repo, rev, sub, lmstudio=lmstudio)
+        if found is not None:
+            return found
+        raise _not_found(text, path, searched_hf=True, searched_lmstudio=lmstudio)
     denied: _Denied | None = None
     try:
-        snapshot = _hf_snapshot(repo, match["rev"])
+        snapshot = _hf_snapshot(repo, rev)
     except _Denied as e:  # looked for in LM Studio still; said if it is not there either
         snapshot, denied = None, e
     if snapshot is not None:
-        return _hf_model(repo, match["rev"], snapshot)
-    lmstudio = bool(match["org"]) and not match["rev"]  # LM Studio's names are ORG/NAME, no revisions
+        model = _hf_model(repo, rev, snapshot)
+        return _noted(model, text, repo, None) if lmstudio else model
     if lmstudio:
         try:
             found = _lmstudio_folder(repo)
@@ -141,7 +257,46 @@ def _by_name(text: str, path: Path) -> Path:
             return found
     if denied is not None:
         raise denied
-    raise _not_found(text, path, searched_hf=True, searched_lmstudio=lmstudio, bare=not match["org"])
+    raise _not_found(text, path, searched_hf=True, searched_lmstudio=lmstudio, bare="/" not in repo)
+
+
+def _noted(found: Path, text: str, repo: str, sub: str | None) -> Path:
+    """`found` (the Hugging Face cache's), carrying a note when LM Studio holds the same name too:
+    which one was taken, and the name that takes the other."""
+    inside = f"{repo}/{sub}" if sub else repo
+    for root in lmstudio_dirs():
+        try:
+            there = os.path.lexists(root / inside) and (sub is not None or _is_dir(root / inside))
+        except ModelLoadError:  # an LM Studio folder that cannot be read holds nothing to note
+            there = False
+        if there:
+            note = (
+                f"{text} is in both the Hugging Face cache and LM Studio ({root / inside}); using the Hugging "
+                f"Face cache's (--model {LMSTUDIO}{inside} for LM Studio's)"
+            )
+            return _model_path(found, note=note)
+    return found
+
+
+def _lmstudio_name(text: str, path: Path) -> Path:
+    """lmstudio:ORG/NAME[/PATH]: looked up in LM Studio's folders only."""
+    name = text.removeprefix(LMSTUDIO)
+    parsed = _parse(name)
+    if parsed is None or "/" not in parsed[0] or parsed[1] is not None:
+        raise ModelLoadError(
+            f"{text}: not an LM Studio name; give {LMSTUDIO}ORG/NAME or {LMSTUDIO}ORG/NAME/FILE.gguf "
+            "(LM Studio keeps no revisions)"
+        )
+    repo, _, sub = parsed
+    found = _in_repo(repo, None, sub, hf=False) if sub is not None else _lmstudio_folder(repo)
+    if found is not None:
+        return found
+    close = _closest(text)
+    raise ModelLoadError(
+        f"no model {text!r}: LM Studio ({', '.join(map(str, lmstudio_dirs()))}) has no {name}; "
+        + (f"did you mean {close}? " if close else "")
+        + "(`tiankong models` lists the names found)"
+    )
 
 
 def _not_found(
@@ -172,6 +327,8 @@ def _not_found(
 def _closest(text: str) -> str | None:
     """The listed name `text` most likely meant: an Ollama name typed without ollama: (or without its
     host, as hf.co/...), else the closest spelling; None when nothing is close or nothing can be listed."""
+    if not _SUGGEST.get():
+        return None
     try:
         names = [m.name for m in list_models()]
     except (TiankongError, OSError):
@@ -185,10 +342,26 @@ def _closest(text: str) -> str | None:
     return close[0] if close else None
 
 
+def reaches(name: str, path: str | Path) -> bool:
+    """Whether `--model name` takes the model at `path` (for list_models: a name another place
+    holds first does not). No suggestions are looked for on the way: they would list the models."""
+    token = _SUGGEST.set(False)
+    try:
+        return resolve_model(name) == Path(path)
+    except TiankongError:
+        return False
+    finally:
+        _SUGGEST.reset(token)
+
+
 def display_name(model: str | Path) -> str:
-    """A model's short name for screens: ORG/NAME for a Hugging Face cache snapshot (whose folder
-    name is a commit hash), ORG/NAME/FILE.gguf for a GGUF file in one (never its blob's hash),
-    general.name for an Ollama blob, else the folder's (or file's) name."""
+    """A model's short name for screens: the name an Ollama model was given (ollama:NAME:TAG),
+    ORG/NAME for a Hugging Face cache snapshot (whose folder name is a commit hash), ORG/NAME/FILE.gguf
+    for a GGUF file in one (never its blob's hash), general.name for an Ollama blob stored before
+    names were kept, else the folder's (or file's) name."""
+    given = given_name(model)
+    if given is not None:
+        return given
     path = Path(model)
     parts = path.parts
     if "snapshots" in parts[:-1]:
@@ -205,14 +378,18 @@ def display_name(model: str | Path) -> str:
 
 
 def model_key(model: str | Path) -> str:
-    """How stored chats and votes name a local model: its absolute path with links resolved, but a
-    file keeps its own name (a GGUF file in the Hugging Face cache links to blobs/<hash>, a name
-    display_name could not turn back into ORG/NAME)."""
+    """How stored chats and votes name a local model: the name an Ollama model was given
+    (ollama:NAME:TAG, which resolves again; its blob is shared by tags), else its absolute path with
+    links resolved, but a file keeps its own name (a GGUF file in the Hugging Face cache links to
+    blobs/<hash>, a name display_name could not turn back into ORG/NAME)."""
+    given = given_name(model)
+    if given is not None:
+        return given
     path = Path(model).expanduser()
     return str(path.resolve() if os.path.isdir(path) else path.absolute().parent.resolve() / path.name)
 
 
-# --- a GGUF file by name ---------------------------------------------------------------------------
+# --- a file or subfolder of a repository by name ---------------------------------------------------
 
 
 def _one_gguf(label: str, folder: Path, by_name: bool = True) -> Path | None:
@@ -222,45 +399,70 @@ def _one_gguf(label: str, folder: Path, by_name: bool = True) -> Path | None:
     if len(files) > 1:
         rel = [f.relative_to(folder).as_posix() for f in files]
         shown = ", ".join(rel[:6]) + (f" and {len(rel) - 6} more" if len(rel) > 6 else "")
-        by_name = by_name and "@" not in label  # ORG/NAME@REV/FILE.gguf is no name resolve_model takes
         choose = f"--model {label}/{rel[0]} or --model {files[0]}" if by_name else f"--model {files[0]}"
         raise ModelLoadError(f"{label} holds {len(files)} GGUF files ({shown}); choose one: {choose}")
     return _regular(files[0]) if files else None
 
 
-def _gguf_in(repo: str, file: str) -> Path | None:
-    """ORG/NAME/[SUB/]FILE.gguf: that file of the repo's Hugging Face snapshot or LM Studio folder.
-    None when neither place holds the repo; when one does but not the file, one line naming the
-    repo's .gguf files."""
-    folders: list[Path] = []
+def _in_repo(repo: str, rev: str | None, sub: str, hf: bool = True, lmstudio: bool = True) -> Path | None:
+    """ORG/NAME[@REV]/SUB: that .gguf file, or that subfolder taken as a folder is, of the repo's
+    Hugging Face snapshot (at REV) or LM Studio folder. None when neither place holds the repo;
+    when one does but not SUB, one line naming the repo's .gguf files."""
+    places: list[tuple[str, Path, bool]] = []  # (the repo's name as --model takes it there, its folder, cached)
     denied: _Denied | None = None
-    try:
-        cached = _repo_dir(hf_hub_cache(), repo)
-        if cached is not None:
-            ref = cached / "refs" / "main"
-            snapshots = (
-                [cached / "snapshots" / _read_ref(ref)] if _is_file(ref) else _scan(cached / "snapshots")
-            )  # downloaded by hash: no refs/main
-            folders += [s for s in snapshots if _is_dir(s)]
-    except _Denied as e:
-        denied = e
-    for root in lmstudio_dirs():
+    if hf:
+        try:
+            places += [(repo if rev is None else f"{repo}@{rev}", s, True) for s in _hf_folders(repo, rev)]
+        except _Denied as e:
+            denied = e
+    for root in lmstudio_dirs() if lmstudio and rev is None else []:
         try:
             if _is_dir(root / repo):
-                folders.append(root / repo)
+                places.append((repo if hf else f"{LMSTUDIO}{repo}", root / repo, False))
         except _Denied as e:
             denied = denied or e
-    for folder in folders:
-        if os.path.lexists(folder / file):  # a broken link is there too: _regular says so
-            return _regular(folder / file)
-    if folders:
-        have = [f.relative_to(folders[0]).as_posix() for f in _gguf_files(folders[0])]
+    for label, folder, cached in places:
+        if os.path.lexists(folder / sub):  # a broken link is there too: _regular says so
+            found = _repo_path(f"{label}/{sub}", folder / sub)
+            return _noted(found, f"{label}/{sub}", repo, sub) if cached and lmstudio else found
+    if places:
+        label, folder, _ = places[0]
+        have = [f.relative_to(folder).as_posix() for f in _gguf_files(folder)]
         shown = ", ".join(have[:8]) + (f" and {len(have) - 8} more" if len(have) > 8 else "")
-        choose = f"; choose one: --model {repo}/{have[0]}" if have else ""
-        raise ModelLoadError(f"{repo} ({folders[0]}) has no {file}; its GGUF files: {shown or 'none'}{choose}")
+        choose = f"; choose one: --model {label}/{have[0]}" if have else ""
+        raise ModelLoadError(f"{label} ({folder}) has no {sub}; its GGUF files: {shown or 'none'}{choose}")
     if denied is not None:
         raise denied
     return None
+
+
+def _hf_folders(repo: str, rev: str | None) -> list[Path]:
+    """The snapshot folders of a cached repo to look in: REV's, else main's (or, downloaded by hash
+    without refs/main, every snapshot); [] when the repo is not cached."""
+    if rev is not None:
+        snapshot = _hf_snapshot(repo, rev)  # a revision it lacks: one line naming those it has
+        return [snapshot] if snapshot is not None and _is_dir(snapshot) else []
+    cached = _repo_dir(hf_hub_cache(), repo)
+    if cached is None:
+        return []
+    ref = cached / "refs" / "main"
+    snapshots = [cached / "snapshots" / _read_ref(ref)] if _is_file(ref) else _scan(cached / "snapshots")
+    return [s for s in snapshots if _is_dir(s)]
+
+
+def _repo_path(label: str, target: Path) -> Path:
+    """A path inside a repo, named `label`: a .gguf file, or a folder as a folder is taken (config.json,
+    else its one .gguf file)."""
+    if _is_dir(target):
+        if _is_file(target / "config.json"):
+            return target
+        gguf = _one_gguf(label, target)
+        if gguf is None:
+            raise ModelLoadError(f"{label} ({target}) holds no .gguf file and no config.json; name a model in it")
+        return gguf
+    if target.suffix.lower() != ".gguf":
+        raise ModelLoadError(f"{label} ({target}) is no .gguf file and no folder; name a .gguf file of the repo")
+    return _regular(target)
 
 
 # --- the Hugging Face cache ------------------------------------------------------------------------
@@ -370,4 +572,4 @@ def _ollama_blob(name: str) -> Path:
             f"ollama:{name}: its model blob {blob} is not a GGUF file (it does not start with the GGUF magic); "
             f"run `ollama pull {pull}` again"
         )
-    return blob
+    return _model_path(blob, given=_ollama_name(host, namespace, model, tag))  # the blob's path names no tag

@@ -47,8 +47,10 @@ def sft(llama_dir, data, out, *extra):
 
 
 def one_line_error(code, err, *needles):
-    # --no-progress keeps the run's record lines (auto settings, the data summary): not errors
-    lines = [line for line in err.strip().splitlines() if "auto settings for" not in line and "held out" not in line]
+    # --no-progress keeps the run's record lines (auto settings, the data summary): not errors; nor is
+    # generate's log line before the load
+    records = ("auto settings for", "held out")
+    lines = [x for x in err.strip().splitlines() if not any(r in x for r in records) and not x.startswith("loading ")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
     for needle in needles:
         assert needle in lines[0], lines[0]

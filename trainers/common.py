@@ -39,6 +39,7 @@ from torch import nn
 
 from tiankong.engine.errors import InputError, ModelLoadError
 from tiankong.engine.files import atomic_write_text
+from tiankong.engine.resolve import given_name
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -241,7 +242,9 @@ class Trainer:
             }
             with swapped(self.model, weights):
                 ckpt.write(self.out, self.step, self.save, state)
-            atomic_write_text(self.out / "train_config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            # The model as the user named it (ollama:NAME:TAG), not the blob path it resolved to.
+            record = {**self.cfg.to_dict(), "model": given_name(self.cfg.model) or self.cfg.model}
+            atomic_write_text(self.out / "train_config.json", json.dumps(record, indent=2) + "\n")
         self.dist.barrier()
 
     def prepare_save(self) -> None:

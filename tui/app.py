@@ -103,7 +103,7 @@ class TiankongApp(App[None]):
         self.store, self.mode, self.device, self.dtype = store, mode, device, dtype
         # Folders, or servers (RemoteModel: --model http://...), connected to instead of loaded.
         self.model_dirs = [
-            m if isinstance(m, RemoteModel) else Path(m)
+            m if isinstance(m, (RemoteModel, Path)) else Path(m)  # a Path keeps its name (ollama:NAME:TAG)
             for m in (compare_models or ([model_dir] if model_dir is not None else []))
         ]
         self.model_id = _model_id(self.model_dirs[0]) if self.model_dirs else "no model"

@@ -282,7 +282,7 @@ def serve(
     )
     check_bind(cfg.host, cfg.api_key)  # before the model loads, as is a broken preset file:
     presets = load_presets()  # read once; the server never reads them again
-    eng = _load(model, device, dtype, chat_template)
+    eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
     run_server(eng, cfg, presets=presets)  # says "serving ... on ..." once the port is bound
 
 

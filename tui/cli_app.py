@@ -27,7 +27,7 @@ err = Console(stderr=True, emoji=False)  # emoji=False: "ollama:cat:cool" in a m
 
 MODEL_HELP = (
     "Hugging Face model folder (config.json, safetensors, tokenizer), a .gguf file, or a name: "
-    "ORG/NAME[@REVISION] (or ORG/NAME/FILE.gguf) from the Hugging Face cache or LM Studio, ollama:NAME[:TAG] "
+    "ORG/NAME[@REVISION] (or ORG/NAME@REV/FILE.gguf) from the Hugging Face cache or LM Studio, lmstudio:ORG/NAME, ollama:NAME[:TAG] "
     "from Ollama (`tiankong models` lists them). Env: TIANKONG_MODEL. Default: the bundled tiankong-mini."
 )
 ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)

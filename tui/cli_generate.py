@@ -29,10 +29,41 @@ from tiankong.tui.cli_app import (
     ModelOrServerOpt,
     TemplateOpt,
     _load,
+    _local_only,
+    _model_dir,
     app,
     err,
 )
 from tiankong.tui.stops import Stops, Terminated
+
+
+def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Path], say: bool = True) -> Any:
+    """A local --model resolved and announced on stderr before it loads (generate, serve): a note when
+    its name is in two places, then "loading NAME (SIZE)…". A log line, written whether or not stderr
+    is a terminal: a model of some GB takes seconds to load, and nothing else is said meanwhile. A
+    server (http://...) is passed on as it is; `say` False (torchrun's other processes) says nothing."""
+    from tiankong.engine.model_list import weight_bytes
+    from tiankong.engine.remote import is_remote
+    from tiankong.engine.resolve import display_name
+
+    _local_only([model], device, dtype, chat_template)  # a flag the model refuses, before "loading"
+    if is_remote(model):
+        return model
+    path = _model_dir(model)
+    if say:
+        note = getattr(path, "note", None)
+        if note:
+            err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        line = f"loading {display_name(path)} ({_size_text(weight_bytes(path))})…"
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+    return path
+
+
+def _size_text(n: int) -> str:
+    """Bytes as `tiankong models` shows them (binary units), rounded for a log line."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GiB"
+    return f"{n / (1 << 20):,.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
 
 
 def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -157,7 +188,7 @@ def generate(
         "--context-overflow",
         help="A conversation longer than the context: error (stop before generating, naming the line) or truncate (drop its oldest turns, recorded as dropped_turns).",
     ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (- is stdout)."),
     format: str = typer.Option("jsonl", "--format", help="jsonl (one record per sample) or text."),
     chat_template: Optional[Path] = TemplateOpt,
     api_key: Optional[str] = ApiKeyOpt,
@@ -176,6 +207,8 @@ def generate(
         raise InputError(f"unknown --context-overflow {context_overflow!r}; use error or truncate")
     if top_logprobs and format == "text":
         raise InputError("--top-logprobs needs --format jsonl (plain text has no place for the candidates); drop one")
+    if output is not None and str(output) == "-":  # the usual spelling of stdout, never a file named -
+        output = None
     if output is not None:
         write_target(output)  # a missing folder, a folder or a device: said before the model loads
         _not_the_input(output, input)
@@ -196,7 +229,8 @@ def generate(
     )
     params = get_preset(preset).params.replace(**{k: v for k, v in flags.items() if v is not None})
     dist = _join(device)
-    eng = _load(model, str(dist.device) if dist.enabled else device, dtype, chat_template, api_key)
+    device = str(dist.device) if dist.enabled else device
+    eng = _load(_say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key)
     rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
     run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
     if output is None:

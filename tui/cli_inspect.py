@@ -127,7 +127,9 @@ def models(format: str = typer.Option("table", "--format", help="table or json."
     for m in found:
         size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"
         arch = escape(m.architecture or "?") + (" [dim](GGUF)[/dim]" if m.format == "gguf" else "")
-        table.add_row(escape(m.name), arch, size, m.dtype or "?", f"{m.source}: {escape(_home(m.path))}")
+        where = f"{m.source}: {escape(_home(m.path))}" + (f" ({m.parts} parts)" if m.parts > 1 else "")
+        where += f"\n[dim]{escape(m.note)}[/]" if m.note else ""
+        table.add_row(escape(m.name), arch, size, m.dtype or "?", where)
     Console(emoji=False).print(table)
 
 

@@ -345,7 +345,7 @@ Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rej
 )
 def export(
     format: str = typer.Option("trl", "--format", help="trl (TRL preference pairs) or rankings (K-way, with ties)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (- is stdout)."),
     include_ties: bool = typer.Option(False, "--include-ties", help='Add ties, flagged "tie": true.'),
     include_both_bad: bool = typer.Option(
         False, "--include-both-bad", help='Add both-bad votes, flagged "both_bad": true.'
@@ -355,6 +355,8 @@ def export(
     """Write your votes as a TRL preference dataset (JSONL), ready for DPO or reward-model training."""
     if format not in ("trl", "rankings"):
         raise InputError(f"unknown --format {format!r}; use trl or rankings")
+    if output is not None and str(output) == "-":  # the usual spelling of stdout, never a file named -
+        output = None
     skipped: list[tuple[int, str]] = []
     written = 0
     with _store(data_dir) as store:

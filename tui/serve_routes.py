@@ -24,6 +24,7 @@ from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Event
 from tiankong.engine.params import SamplingParams
+from tiankong.engine.resolve import display_name
 from tiankong.presets import Preset
 from tiankong.tui import openai_format as fmt
 from tiankong.tui.serve_stream import _shutting_down, _Stream
@@ -46,7 +47,7 @@ class _Server:
     ) -> None:
         self.engine, self.batcher, self.cfg = engine, batcher, cfg
         self.presets, self.announce = presets, announce
-        self.name = cfg.model_name or engine.folder.name
+        self.name = cfg.model_name or display_name(engine.folder)  # ollama:NAME:TAG, ORG/NAME: never a blob's hash
         self.max_tokens = min(cfg.max_tokens or engine.cfg.max_seq_len, engine.cfg.max_seq_len)
         self.eos = frozenset(engine.tokenizer.eos_ids)
         self.created = int(time.time())

@@ -59,8 +59,8 @@ EXAMPLES = {
 PREFERENCE_TRAINERS = ("reward", "dpo")
 # Appended to every --model help: training takes what the other commands take (tui/cli_app.py's MODEL_HELP).
 MODEL_NAMES = (
-    " A Hugging Face model folder, a .gguf file, or a name: ORG/NAME[@REVISION] from the Hugging Face cache or "
-    "LM Studio, ollama:NAME[:TAG] from Ollama (`tiankong models` lists them)."
+    " A Hugging Face model folder, a .gguf file, or a name: ORG/NAME[@REVISION] (or ORG/NAME@REV/FILE.gguf) "
+    "from the Hugging Face cache or LM Studio, lmstudio:ORG/NAME, ollama:NAME[:TAG] from Ollama (`tiankong models` lists them)."
 )
 
 train_app = typer.Typer(
@@ -348,12 +348,14 @@ def score(
         "-i",
         help="JSONL lines with prompt (or messages) and response (or text, as `tiankong generate` writes); - for stdin.",
     ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (- is stdout)."),
     device: str = typer.Option("auto", help="cpu, cuda, mps or auto."),
 ) -> None:
     """Score responses: each input line comes back with a "score"."""
     from tiankong.trainers.reward import score_file
 
+    if output is not None and str(output) == "-":  # the usual spelling of stdout, never a file named -
+        output = None
     n = score_file(model, input, output, device=device, show_progress=True)
     if output is not None:  # as `prefs export -o` and `generate -o` say what they wrote where
         print(f"wrote {n} scored line{'' if n == 1 else 's'} to {output}", file=sys.stderr)
