@@ -154,10 +154,15 @@ def _open_later_parts(
             raise ModelLoadError(f"{path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
         says = tuple(_value(part, key, path) for key in (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS))
         if says != (k - 1, count, total):
+            no, of, tensors = says
+            found = (
+                "is no part of a split set (no split keys)"
+                if None in says
+                else f"says it is part {no + 1} of {of} with {tensors} tensors in all"  # split.no counts from 0
+            )
             raise ModelLoadError(
-                f"{path} is not part {k} of the split GGUF {first} begins: its {SPLIT_NO}, {SPLIT_COUNT} and "
-                f"{SPLIT_TENSORS} are {', '.join(map(str, says))}, not {k - 1}, {count}, {total}; parts of different "
-                "sets are mixed: download the set's parts again"
+                f"{path} {found}, but part {k} of the split GGUF {first} begins is part {k} of {count} with "
+                f"{total} tensors; parts of different sets are mixed: download the set's parts again"
             )
         for t in part.tensors:
             if t.name in seen:

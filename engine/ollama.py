@@ -39,6 +39,19 @@ def _ollama_name(host: str, namespace: str, model: str, tag: str) -> str:
     return f"ollama:{model}:{tag}" if namespace == "library" else f"ollama:{namespace}/{model}:{tag}"
 
 
+def ollama_canonical(name: str) -> str | None:
+    """ollama:NAME[:TAG] in the form `tiankong models` lists (ollama:tk -> ollama:tk:latest,
+    ollama:library/tk:q8 -> ollama:tk:q8); None for anything else. Two spellings of one model
+    compare equal this way (a client asking serve for the name given to --model)."""
+    if not name.startswith("ollama:"):
+        return None
+    try:
+        (host, namespace, model), tag = _ollama_parts(name[len("ollama:") :])
+    except (ModelLoadError, ValueError):  # not a name, or one of another shape
+        return None
+    return _ollama_name(host, namespace, model, tag)
+
+
 # --- manifests and blobs ---------------------------------------------------------------------------
 
 

@@ -189,12 +189,14 @@ def _indexed_files(folder: Path, name: str) -> list[Path]:
         if not shard:  # "" is the folder itself to model_file
             raise ModelLoadError(f'{folder / name}: the index names an empty shard file name (""); {restore}')
         # "../x", "/etc/x", "sub/x": shards sit beside the index; "a\0b" is no file name at all
+        # Named as the index writes it, escapes and all: quoted() alone would drop a NUL or a newline,
+        # naming 'ab' for 'a\0b' or 'a\nb'.
+        shown = quoted(json.dumps(shard, ensure_ascii=False))
         if Path(shard).name != shard or "\0" in shard:
-            shown = quoted(shard.replace("\0", "\\0"))  # quoted() would drop the NUL, naming 'ab' for 'a\0b'
-            raise ModelLoadError(f"{folder / name}: shard '{shown}' is not a file name in the folder; {restore}")
+            raise ModelLoadError(f"{folder / name}: shard {shown} is not a file name in the folder; {restore}")
         path = model_file(folder, shard)
         if path is None:
-            raise ModelLoadError(f"shard {quoted(shard)} listed in {name} is missing; download it into {folder}")
+            raise ModelLoadError(f"shard {shown} listed in {name} is missing; download it into {folder}")
         files.append(path)
     return files
 

@@ -252,15 +252,22 @@ def test_parts_of_another_set_are_one_line(copy, hf, tmp_path):
     other = write_split(hf, tmp_path / "other" / "tiny-q8_0.gguf", "q8_0", 12)
     shutil.copyfile(other[1], copy[1])
     _one_line(
-        copy[0], rf"{copy[1].name} is not part 2 of the split GGUF .* are 1, 2, \d+, not 1, {PARTS}, \d+; parts of"
+        copy[0],
+        rf"{copy[1].name} says it is part 2 of 2 with \d+ tensors in all, but part 2 of .* is part 2 of {PARTS} with",
     )
+
+
+def test_a_whole_file_in_place_of_a_part_is_one_line(copy, hf, tmp_path):
+    # QA: a file with no split keys in a part's place was named with "None, None, None".
+    shutil.copyfile(write_gguf(hf, tmp_path / "whole.gguf", "q8_0"), copy[1])
+    _one_line(copy[0], rf"{copy[1].name} is no part of a split set \(no split keys\), but part 2 of")
 
 
 def test_swapped_parts_are_one_line(copy):
     copy[1].rename(copy[1].with_suffix(".tmp"))
     copy[2].rename(copy[1])
     copy[1].with_suffix(".tmp").rename(copy[2])
-    _one_line(copy[0], rf"{copy[1].name} is not part 2 of the split GGUF .* are 2, {PARTS}, \d+, not 1, {PARTS}")
+    _one_line(copy[0], rf"{copy[1].name} says it is part 3 of {PARTS} with \d+ tensors in all, but part 2 of")
 
 
 def test_a_different_models_part_fails_the_shape_check_in_one_line(copy, tmp_path):

@@ -424,8 +424,10 @@ def vocab_repeat(spec):
 
 
 QA2_FOLDERS = {
-    # item 2: a NUL byte gets the line of every other bad shard name, the NUL shown as \0
-    "index-shard-nul": (index({"weight_map": {"model.norm.weight": "a\0b"}}), "shard 'a\\0b' is not a file name"),
+    # item 2: a NUL byte gets the line of every other bad shard name, the NUL shown escaped (JSON)
+    "index-shard-nul": (index({"weight_map": {"model.norm.weight": "a\0b"}}), 'shard "a\\u0000b" is not a file name'),
+    # A newline was dropped from the name shown ("shard ab ... is missing" for "a\nb").
+    "index-shard-newline": (index({"weight_map": {"model.norm.weight": "a\nb"}}), 'shard "a\\nb" listed in'),
     # item 3: a float weight whose file says it holds integers
     "dtype-I32": (
         header_dtype("model.embed_tokens.weight", "I32"),

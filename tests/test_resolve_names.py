@@ -65,7 +65,11 @@ def test_ollama_models_are_named_by_their_tag_everywhere(stores, ggufs):  # noqa
     assert [model_name(e) for e in engines] == ["ollama:tk:latest", "ollama:tk:q8"]  # compare's reveal
     assert [model_identity(e) for e in engines] == ["ollama:tk:latest", "ollama:tk:q8"]  # votes
     assert display_name("ollama:tk:q8") == "ollama:tk:q8"  # a stored vote's model, in the leaderboards
-    assert _Server(engines[1], None, ServeConfig(), {}, print).name == "ollama:tk:q8"  # serve's model id
+    served = [_Server(e, None, ServeConfig(), {}, print) for e in engines]
+    assert served[1].name == "ollama:tk:q8"  # serve's model id
+    # ... and a client may ask for it as --model was given (QA: "ollama:tk" was "not served here")
+    assert served[0]._serves("ollama:tk") and served[0]._serves("ollama:library/tk:latest")
+    assert not served[0]._serves("ollama:tk:q8") and not served[1]._serves("ollama:tk")
     assert resolve_model(model_key(latest)) == blob  # what votes store resolves again
 
 
@@ -198,3 +202,13 @@ def test_a_run_records_an_ollama_model_by_its_tag(stores, ggufs, monkeypatch, ca
     code, _, err = cli(monkeypatch, capsys, *args, "--batch-size", "2", "--no-progress", "--device", "cpu")
     assert code == 0, err
     assert json.loads((out / "train_config.json").read_text())["model"] == "ollama:tk:latest"
+
+
+def test_the_models_table_keeps_each_name_whole(stores, ggufs, monkeypatch, capsys):  # noqa: F811
+    # QA: piped (80 columns), the long blob path took the width and cut names to "ollama:tk:la".
+    ollama_tag(stores, ggufs["f32"], "tk", "latest")
+    ollama_tag(stores, ggufs["q8_0"], "tk", "q8-with-a-long-tag")
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = cli(monkeypatch, capsys, "models")
+    assert code == 0, err
+    assert "ollama:tk:latest" in out and "ollama:tk:q8-with-a-long-tag" in out, out

@@ -122,7 +122,11 @@ def models(format: str = typer.Option("table", "--format", help="table or json."
         print(json.dumps([m.to_json() for m in found], ensure_ascii=False))
         return
     table = Table(title=f"{len(found)} models", show_edge=False)
-    for col in ("name", "architecture", "size", "dtype", "where"):
+    # The name is what --model takes: kept whole on one line (a folded tag, ollama:tk:la|test, misreads);
+    # the paths fold instead.
+    widest = max((len(m.name) for m in found), default=4)
+    table.add_column("name", no_wrap=True, min_width=min(widest, 60))
+    for col in ("architecture", "size", "dtype", "where"):
         table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
     for m in found:
         size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"

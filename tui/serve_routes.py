@@ -23,6 +23,7 @@ from tiankong.engine.batcher import Request as BatcherRequest
 from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Event
+from tiankong.engine.ollama import ollama_canonical
 from tiankong.engine.params import SamplingParams
 from tiankong.engine.resolve import display_name
 from tiankong.presets import Preset
@@ -145,7 +146,10 @@ class _Server:
         return card
 
     def _serves(self, model: str) -> bool:
-        return model in (self.name, str(self.engine.folder))
+        """The name it is served under, its path, or another spelling of its Ollama name (the one
+        given to --model: ollama:tk for ollama:tk:latest)."""
+        canonical = ollama_canonical(model)
+        return model in (self.name, str(self.engine.folder)) or (canonical is not None and canonical == self.name)
 
     def _unknown_model(self, model: str) -> fmt.ApiError:
         return fmt.ApiError(404, f"model {model!r} is not served here; use {self.name!r}", "model", "model_not_found")
