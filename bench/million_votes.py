@@ -59,7 +59,7 @@ def vote(rng: random.Random, i: int) -> Vote:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--votes", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,7 @@ from tui_host import Host
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
+from tiankong.engine.resolve import model_key
 from tiankong.models import default_model_dir
 from tiankong.presets import get_preset
 from tiankong.tui.prefs import export_records, ranking_records, vote_pairs
@@ -383,8 +384,10 @@ def test_rank_reads_generates_jsonl_and_stores_the_metadata(tmp_path, monkeypatc
             "creative",
             rec["params"],
             rec["finish_reason"],
-            "tiankong-mini",
+            rec["model"],
         )
+    # generate names the model as a compare vote on it does (QA: rank stored "unknown"); it wins over --model
+    assert rec["model"] == model_key(default_model_dir()) != "tiankong-mini"
     assert store.queue_position(screen.queue_key) == 1
     # Reopened, the same file starts at its second prompt.
     again = CompareScreen([], [], store, "rita", queue=answers_queue(out))

@@ -299,6 +299,7 @@ def test_generate_context_overflow_flag(monkeypatch, capsys, folders, tmp_path):
     args = ("generate", "-m", folders["llama"], "-i", src, "--seed", "1", "--max-new-tokens", "8")
     code, out, err = cli(monkeypatch, capsys, *args)
     assert code == 2 and "line 2" in err and out == ""  # error (the default): named, nothing generated
+    assert "(or pass --context-overflow truncate to drop its oldest turns)" in err  # QA: the way out
     code, out, err = cli(monkeypatch, capsys, *args, "--context-overflow", "truncate")
     assert code == 0, err
     recs = [json.loads(line) for line in out.splitlines()]

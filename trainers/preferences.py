@@ -161,7 +161,7 @@ class PreferenceData:
         return sum(len(g.pairs) for g in self.groups)
 
     def summary(self) -> str:
-        text = f"{self.path}: {self.n_pairs} pairs in {len(self.groups)} groups"
+        text = f"{self.path}: {self.n_pairs} pair{'' if self.n_pairs == 1 else 's'} in {len(self.groups)} group{'' if len(self.groups) == 1 else 's'}"
         if self.skipped:
             parts = []
             for reason, lines in self.skipped.items():
@@ -360,7 +360,10 @@ class PreferenceTrainer(Trainer):
         self.data = load_preferences(cfg.data, self.encoder, cfg.tie_mode)
         self.train_groups, self.eval_groups = split_groups(self.data.groups, cfg.eval_fraction, cfg.seed)
         if self.dist.is_main:  # kept by --no-progress, which hides bars and plots only
-            print(f"{self.data.summary()}; {len(self.eval_groups)} groups held out", file=sys.stderr)
+            print(
+                f"{self.data.summary()}; {len(self.eval_groups)} group{'' if len(self.eval_groups) == 1 else 's'} held out",
+                file=sys.stderr,
+            )
 
     def resolve_auto(self, n_params: int) -> None:
         """Fill in lr, batch_size and steps left at 0 from the model size and the training pairs."""

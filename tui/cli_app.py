@@ -25,6 +25,14 @@ app = typer.Typer(
 )
 err = Console(stderr=True, emoji=False)  # emoji=False: "ollama:cat:cool" in a message must not become a cat
 
+
+def paragraphs(text: str) -> str:
+    """Help prose as typer's rich mode should show it: it keeps every newline and then wraps each
+    line again, so a paragraph's source lines are joined into one; indented lines (examples) and
+    headings stay as they are."""
+    return "\n\n".join(p if p.startswith(("  ", "[bold]")) else " ".join(p.split("\n")) for p in text.split("\n\n"))
+
+
 MODEL_HELP = (
     "Hugging Face model folder (config.json, safetensors, tokenizer), a .gguf file, or a name: "
     "ORG/NAME[@REVISION] (or ORG/NAME@REV/FILE.gguf) from the Hugging Face cache or LM Studio, lmstudio:ORG/NAME, ollama:NAME[:TAG] "

@@ -33,7 +33,9 @@ from tiankong.tui.cli_app import (
     _model_dir,
     app,
     err,
+    paragraphs,
 )
+from tiankong.tui.screens.compare_rounds import model_identity
 from tiankong.tui.stops import Stops, Terminated
 
 
@@ -93,7 +95,9 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict
     return jobs
 
 
-def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dropped: int = 0) -> dict[str, Any]:
+def _record(
+    job: dict, model: str, preset: str, params, ev_finished, tokens: list | None, dropped: int = 0
+) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     if "id" in job:
         rec["id"] = job["id"]
@@ -101,6 +105,7 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
     if "messages" in job:
         rec["messages"] = job["messages"]
     rec.update(
+        model=model,  # as a compare vote stores it: `tiankong rank` keeps it in each vote
         preset=preset,
         params=params.to_dict(),
         seed=params.seed,
@@ -126,7 +131,8 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
+    epilog=paragraphs(
+        """[bold]Examples[/bold]
 
   tiankong generate -m ../shared/models/stories260K --raw --prompt "Once upon a time"
 
@@ -139,16 +145,19 @@ def _record(job: dict, preset: str, params, ev_finished, tokens: list | None, dr
 Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text
 (a text prompt that starts with "{" is given as {"prompt": "..."}).
 A bad line (or a prompt longer than the context) stops the run before anything is generated, naming the line.
+
 --context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
 message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
 context), and records how many in "dropped_turns". An answer cut short by the context ends with
 finish_reason "context" (the max-new-tokens limit is "length").
+
 --output is replaced only when the run ends: on an error it is left as it was (and it may not be the
 --input file). Finished records are kept in OUTPUT.part-* as they come (one per process), so after a
 Ctrl+C, a kill or a crash the same command again generates only the rest. Under torchrun (--nnodes,
 --nproc_per_node) each process takes its share of the records and the first merges them into OUTPUT in
 input order: the same file for any number of processes (with --seed; without one, each record's drawn
 seed is recorded). Progress goes to stderr: a bar on a terminal, else a line every 10 s or tenth."""
+    )
 )
 def generate(
     model: Optional[str] = ModelOrServerOpt,
@@ -328,7 +337,10 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
                 ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
                 eng.check_fits(ids)
         except InputError as e:
-            raise InputError(f"{where}: {e}") from None
+            # A conversation has a way out the message cannot know: dropping its oldest turns.
+            can_drop = overflow != "truncate" and job.get("messages") is not None and "context is" in str(e)
+            hint = " (or pass --context-overflow truncate to drop its oldest turns)" if can_drop else ""
+            raise InputError(f"{where}: {e}{hint}") from None
         for i in range(n):
             s = (params.seed + i) % 2**64 if params.seed is not None else draw_seed()
             rows.append(_Row(len(rows), i, job, ids, params.replace(seed=s), dropped))
@@ -437,7 +449,8 @@ def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, s
                 f"[bold red]error:[/bold red] {escape(where)}: {escape(fin.message)}", highlight=False, soft_wrap=True
             )
         if run.format == "jsonl":
-            rec = _record(r.job, run.preset, r.params, fin, tokens[b] if run.top_logprobs else None, r.dropped)
+            chosen = tokens[b] if run.top_logprobs else None
+            rec = _record(r.job, model_identity(run.eng), run.preset, r.params, fin, chosen, r.dropped)
             outs.append(json.dumps(rec, ensure_ascii=False) + "\n")
         else:
             outs.append("\n" if stream is not None else fin.text + "\n\n")

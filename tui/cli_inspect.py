@@ -121,7 +121,7 @@ def models(format: str = typer.Option("table", "--format", help="table or json."
     if format == "json":
         print(json.dumps([m.to_json() for m in found], ensure_ascii=False))
         return
-    table = Table(title=f"{len(found)} models", show_edge=False)
+    table = Table(title=f"{len(found)} model{'' if len(found) == 1 else 's'}", show_edge=False)
     # The name is what --model takes: kept whole on one line (a folded tag, ollama:tk:la|test, misreads);
     # the paths fold instead.
     widest = max((len(m.name) for m in found), default=4)
