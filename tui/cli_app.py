@@ -26,6 +26,12 @@ app = typer.Typer(
 err = Console(stderr=True, emoji=False)  # emoji=False: "ollama:cat:cool" in a message must not become a cat
 
 
+def output_file(output: Optional[Path]) -> Optional[Path]:
+    """An --output option's file: None (standard output) for none or "-", the usual spelling of
+    stdout, so no file named - is ever written."""
+    return None if output is None or str(output) == "-" else output
+
+
 def paragraphs(text: str) -> str:
     """Help prose as typer's rich mode should show it: it keeps every newline and then wraps each
     line again, so a paragraph's source lines are joined into one; indented lines (examples) and

@@ -33,6 +33,7 @@ from tiankong.tui.cli_app import (
     _model_dir,
     app,
     err,
+    output_file,
     paragraphs,
 )
 from tiankong.tui.screens.compare_rounds import model_identity
@@ -216,8 +217,7 @@ def generate(
         raise InputError(f"unknown --context-overflow {context_overflow!r}; use error or truncate")
     if top_logprobs and format == "text":
         raise InputError("--top-logprobs needs --format jsonl (plain text has no place for the candidates); drop one")
-    if output is not None and str(output) == "-":  # the usual spelling of stdout, never a file named -
-        output = None
+    output = output_file(output)  # "-" is stdout
     if output is not None:
         write_target(output)  # a missing folder, a folder or a device: said before the model loads
         _not_the_input(output, input)

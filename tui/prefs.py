@@ -41,6 +41,7 @@ from rich.table import Table
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors
 from tiankong.trainers.records import not_a_file, parse_record, read_rows
+from tiankong.tui.cli_app import output_file
 from tiankong.tui.leaderboard import MIN_VOTES, leaderboards, standings_table
 from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
 from tiankong.tui.store_votes import summarise
@@ -355,8 +356,7 @@ def export(
     """Write your votes as a TRL preference dataset (JSONL), ready for DPO or reward-model training."""
     if format not in ("trl", "rankings"):
         raise InputError(f"unknown --format {format!r}; use trl or rankings")
-    if output is not None and str(output) == "-":  # the usual spelling of stdout, never a file named -
-        output = None
+    output = output_file(output)  # "-" is stdout
     skipped: list[tuple[int, str]] = []
     written = 0
     with _store(data_dir) as store:

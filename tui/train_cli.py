@@ -19,6 +19,7 @@ import typer
 from rich.markup import escape
 
 from tiankong.engine.errors import InputError
+from tiankong.tui.cli_app import output_file
 from tiankong.tui.stops import Stops, Terminated
 
 # name -> (module, config class, trainer class, one-line help)
@@ -354,8 +355,7 @@ def score(
     """Score responses: each input line comes back with a "score"."""
     from tiankong.trainers.reward import score_file
 
-    if output is not None and str(output) == "-":  # the usual spelling of stdout, never a file named -
-        output = None
+    output = output_file(output)  # "-" is stdout
     n = score_file(model, input, output, device=device, show_progress=True)
     if output is not None:  # as `prefs export -o` and `generate -o` say what they wrote where
         print(f"wrote {n} scored line{'' if n == 1 else 's'} to {output}", file=sys.stderr)
