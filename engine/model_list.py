@@ -83,7 +83,8 @@ def list_models(skipped: list[str] | None = None) -> list[FoundModel]:
 def _reachable(found: FoundModel) -> FoundModel:
     """An LM Studio model under a name that reaches it: its ORG/NAME, unless the Hugging Face cache
     (or a folder here) takes that name first; then lmstudio:ORG/NAME, else its path, with a note."""
-    from .resolve import LMSTUDIO, reaches
+    from .repo_lookup import LMSTUDIO
+    from .resolve import reaches
 
     if found.source != "lmstudio" or reaches(found.name, found.path):
         return found

@@ -16,7 +16,7 @@ from tui_host import Host
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
-from tiankong.engine.resolve import model_key
+from tiankong.engine.model_names import model_key
 from tiankong.models import default_model_dir
 from tiankong.presets import get_preset
 from tiankong.tui.prefs import export_records, ranking_records, vote_pairs

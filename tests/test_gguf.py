@@ -28,7 +28,8 @@ from tiankong.engine.engine import Engine
 from tiankong.engine.errors import ModelLoadError
 from tiankong.engine.model import load_model
 from tiankong.engine.model_list import list_models
-from tiankong.engine.resolve import display_name, resolve_model
+from tiankong.engine.model_names import display_name
+from tiankong.engine.resolve import resolve_model
 from tiankong.engine.sampling import SamplingParams
 
 ARCHS = ("llama", "qwen2", "qwen3", "gpt2")

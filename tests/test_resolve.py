@@ -302,7 +302,7 @@ def test_gguf_repos_without_refs_in_subfolders_and_beside_projectors(stores):
 
 
 def test_screens_name_a_cached_gguf_by_its_repo_not_its_blob_hash(stores, tmp_path):
-    from tiankong.engine.resolve import display_name
+    from tiankong.engine.model_names import display_name
     from tiankong.tui.app import _model_id
 
     release = tmp_path / "release"

@@ -23,7 +23,8 @@ from test_resolve import OLD, SHA, add_snapshot, header_gguf, stores, tiny  # no
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import ModelLoadError
 from tiankong.engine.model_list import list_models
-from tiankong.engine.resolve import display_name, model_key, resolve_model
+from tiankong.engine.model_names import display_name, model_key
+from tiankong.engine.resolve import resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ from torch import nn
 
 from tiankong.engine.errors import InputError, ModelLoadError
 from tiankong.engine.files import atomic_write_text
-from tiankong.engine.resolve import given_name
+from tiankong.engine.model_names import given_name
 
 from . import checkpoint as ckpt
 from .config import TrainConfig

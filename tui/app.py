@@ -32,8 +32,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.model_names import model_key
 from tiankong.engine.remote import RemoteModel
-from tiankong.engine.resolve import model_key
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
 from tiankong.tui.screens.chat import ChatScreen
 from tiankong.tui.screens.help import HelpScreen

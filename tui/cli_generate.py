@@ -46,8 +46,8 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
     is a terminal: a model of some GB takes seconds to load, and nothing else is said meanwhile. A
     server (http://...) is passed on as it is; `say` False (torchrun's other processes) says nothing."""
     from tiankong.engine.model_list import weight_bytes
+    from tiankong.engine.model_names import display_name
     from tiankong.engine.remote import is_remote
-    from tiankong.engine.resolve import display_name
 
     _local_only([model], device, dtype, chat_template)  # a flag the model refuses, before "loading"
     if is_remote(model):

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from rich.table import Table
 
-from tiankong.engine.resolve import display_name
+from tiankong.engine.model_names import display_name
 from tiankong.tui.store import Response, Vote
 
 SCALE, BASE = 400 / math.log(10), 1000.0  # natural-log strength -> Elo-like points

@@ -20,7 +20,7 @@ from typing import Any
 
 from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError, quoted
-from tiankong.engine.resolve import display_name
+from tiankong.engine.model_names import display_name
 from tiankong.trainers.records import not_a_file, read_prompt_records, read_rows
 from tiankong.tui.store_records import MAX_RESPONSES, MIN_RESPONSES
 

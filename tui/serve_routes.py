@@ -23,9 +23,9 @@ from tiankong.engine.batcher import Request as BatcherRequest
 from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Event
+from tiankong.engine.model_names import display_name
 from tiankong.engine.ollama import ollama_canonical
 from tiankong.engine.params import SamplingParams
-from tiankong.engine.resolve import display_name
 from tiankong.presets import Preset
 from tiankong.tui import openai_format as fmt
 from tiankong.tui.serve_stream import _shutting_down, _Stream

@@ -39,8 +39,8 @@ from textual.widgets import Input, Label, Static
 from tiankong.engine.context import PromptCache
 from tiankong.engine.engine import Engine
 from tiankong.engine.events import Event, Finished, TokenEvent
+from tiankong.engine.model_names import display_name
 from tiankong.engine.remote import RemoteEngine, is_remote
-from tiankong.engine.resolve import display_name
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
 from tiankong.tui.screens.chat_branches import ChatBranches

@@ -12,7 +12,7 @@ from textual.widgets import Input, Static
 
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.files import atomic_write_text
-from tiankong.engine.resolve import display_name
+from tiankong.engine.model_names import display_name
 from tiankong.tui.screens.chat_list import ChatListScreen
 from tiankong.tui.store import Chat
 from tiankong.tui.store import Message as StoredMessage

@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList
 from textual.widgets.option_list import Option
 
-from tiankong.engine.resolve import display_name
+from tiankong.engine.model_names import display_name
 from tiankong.tui.store import Store, StoreError
 from tiankong.tui.widgets.status import plural
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from tiankong.engine.context import drop_turns, turn_starts
 from tiankong.engine.engine import Engine, with_seeds
 from tiankong.engine.errors import InputError
+from tiankong.engine.model_names import display_name, model_key
 from tiankong.engine.remote import RemoteEngine
-from tiankong.engine.resolve import display_name, model_key
 from tiankong.engine.sampling import SamplingParams
 from tiankong.presets import Preset
 from tiankong.tui.queue import Answer

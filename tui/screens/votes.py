@@ -23,7 +23,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static
 
-from tiankong.engine.resolve import display_name
+from tiankong.engine.model_names import display_name
 from tiankong.tui.leaderboard import leaderboards, standings_table
 from tiankong.tui.store import Store, Vote
 from tiankong.tui.widgets.status import plural

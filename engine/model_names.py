@@ -1,0 +1,104 @@
+"""What a resolved model is called: `ModelPath` (the path resolve_model found, carrying the name it was
+given where the path spells none, and a note for the user), `given_name`, and the names screens,
+stored chats, votes and the server show for a model (`display_name`, `model_key`).
+
+Apart from engine/resolve.py because most readers only name a model already resolved (screens,
+stores, trainers) and need none of the lookup; resolve.py makes ModelPaths and keeps what they carry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path, PosixPath, WindowsPath
+from typing import Any
+
+# --- what resolve_model returns --------------------------------------------------------------------
+
+if sys.platform == "win32":  # before Python 3.12 a Path subclass names its flavour's concrete class
+
+    class _ConcretePath(WindowsPath):
+        pass
+
+else:
+
+    class _ConcretePath(PosixPath):
+        pass
+
+
+class ModelPath(_ConcretePath):
+    """The path resolve_model found (it loads like any path), with what the path alone does not say.
+    resolve_model gives it back unchanged, so the name survives Engine.load's own resolving."""
+
+    given: str | None = None  # the name it was found by where the path spells none (an Ollama blob)
+    note: str | None = None  # a line for the user: another place holds the same name (LM Studio)
+
+    def with_segments(self, *parts: Any) -> Path:  # Python 3.12+: paths made from this one are plain
+        return Path(*parts)
+
+    def __reduce__(self) -> Any:  # pickled (torchrun, multiprocessing) with what it carries
+        return _model_path, (str(self), self.given, self.note)
+
+
+# Blob path -> the Ollama name it was resolved from in this process (None once two names share it):
+# display_name and model_key find the name by it where a caller rebuilt a plain Path from a ModelPath.
+_GIVEN: dict[str, str | None] = {}
+
+
+def _model_path(path: str | Path, given: str | None = None, note: str | None = None) -> ModelPath:
+    found = ModelPath(path)
+    found.given, found.note = given, note
+    if given is not None:
+        _GIVEN[str(path)] = given if _GIVEN.get(str(path), given) == given else None
+    return found
+
+
+def given_name(model: str | Path) -> str | None:
+    """The name an Ollama model was resolved from: carried by its ModelPath, else remembered for its
+    blob's path (unless two names share that blob), else a stored key's own (ollama:NAME:TAG)."""
+    if isinstance(model, ModelPath) and model.given is not None:
+        return model.given
+    text = str(model)
+    return text if text.startswith("ollama:") else _GIVEN.get(text)
+
+
+def _carries(spec: object) -> bool:
+    return isinstance(spec, ModelPath) and (spec.given is not None or spec.note is not None)
+
+
+# --- the names a model is shown and stored by ------------------------------------------------------
+
+
+def display_name(model: str | Path) -> str:
+    """A model's short name for screens: the name an Ollama model was given (ollama:NAME:TAG),
+    ORG/NAME for a Hugging Face cache snapshot (whose folder name is a commit hash), ORG/NAME/FILE.gguf
+    for a GGUF file in one (never its blob's hash), general.name for an Ollama blob stored before
+    names were kept, else the folder's (or file's) name."""
+    given = given_name(model)
+    if given is not None:
+        return given
+    path = Path(model)
+    parts = path.parts
+    if "snapshots" in parts[:-1]:
+        i = len(parts) - 1 - parts[::-1].index("snapshots")
+        if i >= 1 and parts[i - 1].startswith("models--"):
+            repo = parts[i - 1].removeprefix("models--").replace("--", "/", 1)
+            return "/".join([repo, *parts[i + 2 :]])
+    if path.name.startswith("sha256-") and path.parent.name == "blobs":  # an Ollama blob: the file's own name
+        from .gguf_header import peek
+
+        name = peek(path, ("general.name",)).get("general.name")
+        return name if isinstance(name, str) and name else path.name
+    return path.name or str(model)
+
+
+def model_key(model: str | Path) -> str:
+    """How stored chats and votes name a local model: the name an Ollama model was given
+    (ollama:NAME:TAG, which resolves again; its blob is shared by tags), else its absolute path with
+    links resolved, but a file keeps its own name (a GGUF file in the Hugging Face cache links to
+    blobs/<hash>, a name display_name could not turn back into ORG/NAME)."""
+    given = given_name(model)
+    if given is not None:
+        return given
+    path = Path(model).expanduser()
+    return str(path.resolve() if os.path.isdir(path) else path.absolute().parent.resolve() / path.name)
