@@ -63,7 +63,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # any other address needs api_key
     port: int = 8000
     api_key: str | None = None  # required as a bearer token when set
-    model_name: str | None = None  # the id in /v1/models and responses (default: resolve.display_name)
+    model_name: str | None = None  # the id in /v1/models and responses (default: model_names.display_name)
     max_rows: int = 16  # rows decoded together
     max_queue: int = 64  # requests waiting for a row; more get 429 (0: none wait)
     max_body_bytes: int = 1 << 20  # larger bodies get 413
