@@ -36,7 +36,6 @@ from tiankong.tui.cli_app import (
     output_file,
     paragraphs,
 )
-from tiankong.tui.screens.compare_rounds import model_identity
 from tiankong.tui.stops import Stops, Terminated
 
 
@@ -241,7 +240,10 @@ def generate(
     device = str(dist.device) if dist.enabled else device
     eng = _load(_say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key)
     rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
+    from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
+
     run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
+    run.model = model_identity(eng)
     if output is None:
         with run.stops:
             tally = _generate_to_stdout(run, rows)
@@ -278,6 +280,7 @@ class _Run:
     batch_size: int
     show_progress: bool
     stops: Stops = field(default_factory=lambda: Stops())
+    model: str = ""  # as a compare vote stores it (compare_rounds.model_identity), in every record
 
     def bar(self, total: int, label: str = "generating", enabled: bool = True):
         from tiankong.trainers.progress import progress
@@ -450,7 +453,7 @@ def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, s
             )
         if run.format == "jsonl":
             chosen = tokens[b] if run.top_logprobs else None
-            rec = _record(r.job, model_identity(run.eng), run.preset, r.params, fin, chosen, r.dropped)
+            rec = _record(r.job, run.model, run.preset, r.params, fin, chosen, r.dropped)
             outs.append(json.dumps(rec, ensure_ascii=False) + "\n")
         else:
             outs.append("\n" if stream is not None else fin.text + "\n\n")
