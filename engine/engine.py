@@ -65,6 +65,18 @@ def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dty
     return arch in _BLOCK_ARCHS and native_library() is not None
 
 
+def tokenizer_and_template(
+    folder: Path, gguf: GGUFModel | None, cfg: ModelConfig, chat_template: str | Path | None
+) -> tuple[Tokenizer, ChatTemplate | None]:
+    """A model's tokenizer (checked against its vocabulary) and chat template: the GGUF file's
+    metadata or the folder's files; `chat_template`, a file, replaces the model's template."""
+    tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
+    check_token_ids(tokenizer, cfg.vocab_size, folder)
+    if chat_template is not None:
+        return tokenizer, ChatTemplate.from_file(chat_template, tokenizer)
+    return tokenizer, gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
+
+
 @dataclass
 class Engine:
     model: nn.Module
@@ -105,13 +117,7 @@ class Engine:
         n_params = weights["parameters"]
         if pack:
             model = prepare_for_inference(model)
-        tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
-        check_token_ids(tokenizer, cfg.vocab_size, folder)
-        template: ChatTemplate | None
-        if chat_template is not None:
-            template = ChatTemplate.from_file(chat_template, tokenizer)
-        else:
-            template = gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
+        tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template)
         return cls(model, cfg, tokenizer, template, folder, n_params, weights)
 
     @property

@@ -99,6 +99,17 @@ def set_rope_buffers(model: nn.Module, cfg: ModelConfig, device: torch.device) -
     return model
 
 
+def check_folder(folder: Path) -> Path:
+    """`folder`, unless it is missing or a file (a GGUF file is not passed here): one line saying so."""
+    if not folder.exists():
+        raise ModelLoadError(f"model folder {folder} does not exist; pass --model with a local model folder")
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"{folder} is a file, not a model folder; pass the folder that holds config.json, or a .gguf file"
+        )
+    return folder
+
+
 def load_model(
     folder: str | Path | GGUFModel, device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto"
 ) -> tuple[nn.Module, ModelConfig]:
@@ -106,14 +117,7 @@ def load_model(
     eval mode, its config)."""
     if not isinstance(folder, GGUFModel):
         folder = Path(folder).expanduser()
-        if is_gguf(folder):
-            folder = GGUFModel(folder)
-        elif not folder.exists():
-            raise ModelLoadError(f"model folder {folder} does not exist; pass --model with a local model folder")
-        elif not folder.is_dir():
-            raise ModelLoadError(
-                f"{folder} is a file, not a model folder; pass the folder that holds config.json, or a .gguf file"
-            )
+        folder = GGUFModel(folder) if is_gguf(folder) else check_folder(folder)
     cfg = ModelConfig.from_folder(folder) if isinstance(folder, Path) else folder.config()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

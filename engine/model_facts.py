@@ -25,18 +25,15 @@ import torch
 from torch import nn
 
 from . import gpt2, llama
-from .chat import ChatTemplate
 from .config import ModelConfig
-from .engine import Engine, _keeps_blocks
-from .errors import ModelLoadError
+from .engine import Engine, _keeps_blocks, tokenizer_and_template
 from .gguf_model import GGUFModel, is_gguf
-from .model import build_model, name_table, resolve_device, resolve_dtype
+from .model import build_model, check_folder, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
 from .native import reason as native_reason
 from .packed import can_pack
 from .quant import QUANTIZABLE, is_quantized, meta_qtensor, quantize_model, weight_summary
 from .resolve import resolve_model
-from .tokenizer import check_token_ids, load_tokenizer
 from .weights import NameTable, check_checkpoint, load_weights
 
 META = torch.device("meta")
@@ -57,13 +54,7 @@ def model_facts(
     gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, True)) if is_gguf(folder) else None
     model, cfg, dev = _meta_model(gguf or folder, device, dtype)
     weights = weight_summary(model)
-    tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
-    check_token_ids(tokenizer, cfg.vocab_size, folder)
-    template: ChatTemplate | None
-    if chat_template is not None:
-        template = ChatTemplate.from_file(chat_template, tokenizer)
-    else:
-        template = gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
+    tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template)
     facts = Engine(model, cfg, tokenizer, template, folder, weights["parameters"], weights).info()
     facts["device"] = str(torch.empty(0, device=dev).device)  # "cuda:0" where a load's tensors say so
     facts["decode"] = _decode_path(model, dev)
@@ -76,12 +67,7 @@ def _meta_model(
     """load_model(source, device, dtype) on the meta device: the same checks in the same order and
     the same modules, no weights; with the device the load would use."""
     if isinstance(source, Path):
-        if not source.exists():
-            raise ModelLoadError(f"model folder {source} does not exist; pass --model with a local model folder")
-        if not source.is_dir():
-            raise ModelLoadError(
-                f"{source} is a file, not a model folder; pass the folder that holds config.json, or a .gguf file"
-            )
+        check_folder(source)
     cfg = ModelConfig.from_folder(source) if isinstance(source, Path) else source.config()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
