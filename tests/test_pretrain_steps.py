@@ -14,6 +14,7 @@ import random
 import pytest
 from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
 from safetensors.torch import load_file
+from test_train_pretrain_sft import Interrupted, interrupt_at
 
 from tiankong.engine.errors import InputError
 from tiankong.trainers import auto
@@ -100,23 +101,6 @@ def test_the_cli_reports_the_auto_steps_and_a_given_steps_wins(monkeypatch, caps
     code, _, err = cli(monkeypatch, capsys, *args, "--output", tmp_path / "both", "--steps", "3", "--warmup-steps", "2")
     assert code == 0 and "auto settings" not in err
     assert json.loads((tmp_path / "both" / "train_config.json").read_text())["warmup_steps"] == 2
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(trainer, step):
-    """Die when step `step` + 1 starts (the last checkpoint is older)."""
-    train_step = trainer.train_step
-
-    def wrapped(batch):
-        if trainer.step == step:
-            raise Interrupted
-        return train_step(batch)
-
-    trainer.train_step = wrapped
-    return trainer
 
 
 @pytest.mark.parametrize("given", [0, 12])
