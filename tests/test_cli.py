@@ -135,6 +135,12 @@ def test_overrides_switch_filters_off(monkeypatch, capsys, model_dir):
         (["info", "-m", "{model}/config.json"], "is a file, not a model folder"),
         (["tokenize", "-m", "/nonexistent", "hi"], "does not exist"),
         (["presets", "nope"], "nope"),
+        # click's usage errors: one line that says where the help is, not a five-line box
+        (["chat", "--bogus"], "No such option: --bogus (see `tiankong chat --help`)"),
+        (["chta"], "No such command 'chta'. Did you mean 'chat'? (see `tiankong --help`)"),
+        (["generate", "-p", "hi", "--temperature", "abc"], "Invalid value for '--temperature'"),
+        (["tokenize"], "Missing argument 'text' (see `tiankong tokenize --help`)"),
+        (["train", "reward", "--bogus"], "No such option: --bogus (see `tiankong train reward --help`)"),
     ],
 )
 def test_errors_are_one_line_exit_2(monkeypatch, capsys, model_dir, tmp_path, args, message):

@@ -325,6 +325,11 @@ def main() -> None:
     sys.exit(code)
 
 
+# typer carries its own copy of click (typer._click, private); its public BadParameter names the family.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def _process_group() -> Any:
     """tiankong.trainers.distributed if this process joined a process group, else None (the module
     is imported only by the commands that may join one)."""
@@ -336,9 +341,21 @@ def _run() -> int:
     """The command's exit code."""
     try:
         _register_subcommands(sys.argv[1:])
-        app()
-    except SystemExit as done:  # typer ends every command so, 0 included
+        # Not standalone: click's own handling would draw a usage error as a five-line box.
+        return _exit_code(app(prog_name="tiankong", standalone_mode=False))
+    except SystemExit as done:  # a command may still end so, 0 included
         return _exit_code(done.code)
+    except _UsageError as e:  # an unknown option or command, a bad value
+        if type(e).__name__ == "NoArgsIsHelpError":  # `tiankong prefs`: its help, as --help shows it
+            typer.rich_utils.rich_format_error(e)
+            return 2
+        err.print(f"[bold red]error:[/bold red] {escape(_usage_line(e))}", highlight=False, soft_wrap=True)
+        return 2
+    except _ClickException as e:
+        err.print(f"[bold red]error:[/bold red] {escape(e.format_message())}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except typer.Abort:  # ctrl+c or end of input at a prompt
+        return 130
     except TiankongError as e:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
@@ -348,6 +365,15 @@ def _run() -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
+
+
+def _usage_line(e: Exception) -> str:
+    """A usage error as the house's one line: click's message, then where the help is."""
+    message = e.format_message().strip()  # type: ignore[attr-defined]
+    line = message.splitlines()[0] if message else "bad usage"
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "tiankong"
+    return f"{line.rstrip('.')} (see `{command} --help`)"
 
 
 def _exit_code(code: int | str | None) -> int:
