@@ -75,10 +75,15 @@ TemplateOpt = typer.Option(
 
 def _model_dir(model: Optional[Path | str]) -> Path:
     """--model, else $TIANKONG_MODEL (typer reads it), else the bundled tiankong-mini; names are
-    looked up offline (engine/resolve.py), a local path winning over a name."""
+    looked up offline (engine/resolve.py), a local path winning over a name. A name that two places
+    hold gets its note on stderr here, so every command says it (once: under torchrun, rank 0)."""
     from tiankong.engine.resolve import resolve_model
 
-    return resolve_model(model)
+    path = resolve_model(model)
+    note = getattr(path, "note", None)
+    if note and getattr(model, "note", None) != note and os.environ.get("RANK", "0") == "0":  # not said yet
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    return path
 
 
 def _playground_model(model: Optional[Path | str], api_key: Optional[str]) -> Any:

@@ -40,8 +40,8 @@ from tiankong.tui.stops import Stops, Terminated
 
 
 def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Path], say: bool = True) -> Any:
-    """A local --model resolved and announced on stderr before it loads (generate, serve): a note when
-    its name is in two places, then "loading NAME (SIZE)…". A log line, written whether or not stderr
+    """A local --model resolved and announced on stderr before it loads (generate, serve): the note
+    of _model_dir, then "loading NAME (SIZE)…". A log line, written whether or not stderr
     is a terminal: a model of some GB takes seconds to load, and nothing else is said meanwhile. A
     server (http://...) is passed on as it is; `say` False (torchrun's other processes) says nothing."""
     from tiankong.engine.model_list import weight_bytes
@@ -51,11 +51,8 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
     _local_only([model], device, dtype, chat_template)  # a flag the model refuses, before "loading"
     if is_remote(model):
         return model
-    path = _model_dir(model)
+    path = _model_dir(model)  # says the note, if any
     if say:
-        note = getattr(path, "note", None)
-        if note:
-            err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
         line = f"loading {display_name(path)} ({_size_text(weight_bytes(path))})…"
         err.print(line, highlight=False, markup=False, soft_wrap=True)
     return path

@@ -161,9 +161,9 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
     """One training run: the config (defaults < TOML < flags), its model and data, train, then the verdict."""
     cfg = build_config(cfg_cls, config, flags)
     if cfg.model or name != "pretrain":  # fine-tune the bundled model unless told otherwise
-        from tiankong.engine.resolve import resolve_model
+        from tiankong.tui.cli_app import _model_dir
 
-        cfg.model = str(resolve_model(cfg.model or None))  # a folder, or a name (engine/resolve.py)
+        cfg.model = str(_model_dir(cfg.model or None))  # a folder, or a name (engine/resolve.py)
     from tiankong.trainers import checkpoint as ckpt
     from tiankong.trainers.stopping import TrainingStopped
 
