@@ -67,14 +67,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import tiankong.engine.kv_cache as kv_cache
-    import tiankong.engine.native as native
+    import tiankong.engine.native_step as native_step
 
     if args.model is None:
         args.skip_llamacpp = False
         setup(args, Console())  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
     source = args.model or quantized_gguf(args.type, "135m")
     prompt = prompt_for("135m", args.prompt_tokens)
-    huge, pooled = native.huge_empty, kv_cache._zeros
+    huge, pooled = native_step.huge_empty, kv_cache._zeros
     variants = {  # name: (the weight buffer's allocator, the cache's)
         "4 KB": (plain_pages, plain_cache),
         "huge, fresh": (huge, fresh_huge_cache),
@@ -82,9 +82,9 @@ def main() -> None:
     }
     runs = {}
     for name, (weights, cache) in variants.items():
-        native.huge_empty = weights
+        native_step.huge_empty = weights
         runs[name] = (cache, tiankong_runner(source, "auto", prompt, args.new_tokens)[0])
-    native.huge_empty = huge
+    native_step.huge_empty = huge
     steps: dict[tuple[str, int], list[float]] = {(name, rows): [] for name in runs for rows in (1, 4)}
     firsts: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
     for rnd in range(args.rounds + 1):  # round 0 warms up (first-call allocations, page faults)

@@ -25,7 +25,7 @@ from torch import nn
 from .config import ModelConfig
 from .gpt2 import GPT2, Block
 from .kv_cache import KVCache
-from .native import NativeStep, WeightBuffer
+from .native_step import NativeStep, WeightBuffer
 from .packed import release_pages, trim_heap
 
 _linear = torch.ops.mkldnn._linear_pointwise  # (x, W, bias, "none", [], "") -> x W^T + b; W plain here

@@ -54,10 +54,10 @@ from torch import nn
 from .config import ModelConfig
 from .kv_cache import KVCache, build_mask
 from .llama import Block, Llama
-from .native import NativeStep, WeightBuffer
 from .native import library as native_lib
 from .native import matmul as native_matmul
 from .native import reason as native_reason
+from .native_step import NativeStep, WeightBuffer
 from .packed import pack_weight, release_pages, trim_heap
 from .quant import QTensor, ggml_types, is_quantized, packed_bytes, weight_of
 from .repack import REPACKED, place_rows
@@ -309,7 +309,7 @@ class PackedLlama(nn.Module):
         if isinstance(self.tok_emb, nn.Embedding) and self.tok_emb.weight.dtype != torch.float32:
             self.tok_emb = nn.Embedding.from_pretrained(self.tok_emb.weight.float(), freeze=True)
         out = weight_of(model.output)
-        # The weights the step streams, in one buffer of huge pages (native.WeightBuffer): a
+        # The weights the step streams, in one buffer of huge pages (native_step.WeightBuffer): a
         # quantized head, then each layer's packed bytes, each copied once, from where the loader
         # left it (a GGUF file's mapping), into its place, and its rows interleaved there.
         own = WeightBuffer(self._layers_bytes(model) + (out.nbytes if isinstance(out, QTensor) else 0), torch.uint8)

@@ -18,7 +18,8 @@ from .native import library as native_library
 from .packed import can_pack, pack_linears
 from .quant import QUANTIZABLE, is_quantized, quantize_model
 from .rope import rope_buffers
-from .weights import NameTable, check_checkpoint, load_weights
+from .weight_names import NameTable
+from .weights import check_checkpoint, load_weights
 
 DTYPES = {
     "float32": torch.float32,

@@ -34,7 +34,8 @@ from .native import reason as native_reason
 from .packed import can_pack
 from .quant import QUANTIZABLE, is_quantized, meta_qtensor, quantize_model, weight_summary
 from .resolve import resolve_model
-from .weights import NameTable, check_checkpoint, load_weights
+from .weight_names import NameTable
+from .weights import check_checkpoint, load_weights
 
 META = torch.device("meta")
 COMPILED = "compiled step (csrc/decode.c)"  # Engine.decode_path's words for the compiled step

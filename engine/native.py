@@ -8,6 +8,9 @@ code from one CPU may not run on another; it is written to a temporary name and 
 place, so two processes building at once, or one killed mid-build, never leave a broken library.
 A failed build leaves its error message beside it, so later processes say why without compiling
 again (delete the .failed file to retry).
+
+The model's weights bound to the step (NativeStep, WeightBuffer) are engine/native_step.py; here
+are the library and its one-call entry points (matvec, matmul, dequantize_rows, f16_roundtrip, sample).
 """
 
 from __future__ import annotations
@@ -20,20 +23,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import platformdirs
 import torch
 
 from . import threads
-from .kv_cache import kv_dtype
-from .packed import huge_empty
-
-if TYPE_CHECKING:
-    from .config import ModelConfig
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
 HEADERS = [
@@ -217,193 +213,6 @@ def library() -> Library | None:
 def reason() -> str | None:
     """Why the native step is unavailable (None when it is available or was never asked for)."""
     return _reason
-
-
-class WeightBuffer:
-    """One buffer for every weight the compiled step streams, filled in the order a step reads them
-    (measured: 4 % faster steps than separate tensors, the head among them read from the
-    checkpoint's file pages). Its pages only become memory as they are filled, so a model copied
-    in layer by layer never holds much more than one copy of its weights."""
-
-    def __init__(self, numel: int, dtype: torch.dtype) -> None:
-        self.data = huge_empty(numel, dtype)  # streamed every step: in 2 MB pages where the OS has them
-        self.used = 0
-
-    def take(self, numel: int) -> torch.Tensor:
-        """The next numel elements of the buffer (flat, unwritten), for a caller that writes a weight
-        straight into its place: a copy made elsewhere first would be fresh memory touched twice."""
-        dest = self.data[self.used : self.used + numel]
-        self.used += numel
-        return dest
-
-    def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        """A copy of w in the next free part of the buffer."""
-        return self.take(w.numel()).view(w.shape).copy_(w)
-
-    def head(self, out: torch.Tensor, tok_emb: torch.nn.Embedding) -> tuple[torch.Tensor, torch.nn.Embedding]:
-        """Copy the vocabulary head in; a tied head's lookups then read the copy, so the
-        checkpoint's embedding pages can go back. Returns (head, embedding to use)."""
-        from .packed import release_pages
-
-        tied = out.data_ptr() == tok_emb.weight.data_ptr()
-        head = self(out.detach())
-        if tied:
-            tok_emb = torch.nn.Embedding.from_pretrained(head, freeze=True)
-        release_pages([out], only_file_mapped=True)
-        return head, tok_emb
-
-
-# decode.c's Model.kv_type for each KV cache dtype (its KV_F32, KV_BF16, KV_F16).
-_KV_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-
-
-def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A small vector as the step reads it: float32, contiguous (a copy the caller keeps alive)."""
-    return None if t is None else t.detach().float().contiguous()
-
-
-def _pointers(tensors: list) -> Any:
-    """A C array (void **) of the tensors' data pointers."""
-    return ctypes.cast(
-        (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), ctypes.POINTER(ctypes.c_void_p)
-    )
-
-
-class PackedModel(Protocol):
-    """What NativeStep reads from a model by attribute (see NativeStep; the optional ones by getattr)."""
-
-    cfg: ModelConfig
-    layers: torch.nn.ModuleList
-    output: torch.Tensor
-    norm_weight: torch.Tensor
-
-
-class NativeStep:
-    """A prepared model's weights bound to tk_decode_step: one call per one-token decode step.
-
-    The model (PackedLlama or PackedGPT2) provides `cfg`, `output` (V, D), `norm_weight` (D,),
-    optionally `norm_bias` and `inv_freq`, and `layers` whose blocks hold plain (out, in) weights
-    `wqkv`, `wo`, `w13`, `w2` (all float32 or all bfloat16), optional biases `bqkv`, `bo`, `b13`,
-    `b2` and optional per-head norm gains `q_norm`, `k_norm`; see csrc/decode.c for their layout. It owns every tensor the pointers point into.
-
-    A quantized model (PackedLlama of QTensor weights) has `wtypes` (n_layers, 7) int32 (the ggml
-    types of wq, wk, wv, wo, gate, up, down), `out_type`, `q_scale`, and blocks whose weights are
-    uint8 tensors of rows of those types back to back, with norm gains `attn_norm`, `ffn_norm`.
-
-    `dtype` is the KV cache's the engine makes for the model (kv_cache.kv_dtype): float16 for
-    quantized weights, else the weights' own float32 or bfloat16. A call reads any of the three
-    (the type of the cache it is handed), as the torch path does: tests compare the caches' types.
-    """
-
-    def __init__(self, lib: Library, model: PackedModel, gpt2: bool = False) -> None:
-        cfg = model.cfg
-        self.lib, self.model, self.cfg = lib, model, cfg
-        wtypes = getattr(model, "wtypes", None)  # quantized weights: their types
-        assert isinstance(model, torch.nn.Module)  # PackedLlama, PackedGPT2
-        self.dtype = kv_dtype(model)  # the KV cache's
-        assert self.dtype in _KV_TYPES and (wtypes is not None or model.output.dtype == self.dtype), self.dtype
-        float_dtype = torch.float32 if wtypes is not None else model.output.dtype  # float weights (parts)
-        self.keep: list = []  # the float32 copies and pointer arrays the struct refers to
-        arrays = self._layer_arrays(model.layers, torch.uint8 if wtypes is not None else float_dtype)
-        assert model.output.is_contiguous()
-        if wtypes is not None:
-            wtypes = wtypes.to(torch.int32).contiguous()
-            assert wtypes.shape == (cfg.n_layers, 7), wtypes.shape
-            self.keep.append(wtypes)
-        float_type = 30 if float_dtype == torch.bfloat16 else 0  # ggml's BF16, F32
-        vectors = [
-            _f32(model.norm_weight),
-            _f32(getattr(model, "norm_bias", None)),
-            _f32(getattr(model, "inv_freq", None)),
-        ]
-        self.keep += [arrays, vectors]
-
-        def ptr(t: torch.Tensor | None) -> int | None:
-            return None if t is None else t.data_ptr()
-
-        values = dict(
-            n_layers=cfg.n_layers,
-            dim=cfg.dim,
-            n_heads=cfg.n_heads,
-            n_kv_heads=cfg.n_kv_heads,
-            head_dim=cfg.head_dim,
-            ffn_dim=cfg.ffn_dim,
-            vocab=cfg.vocab_size,
-            window=cfg.sliding_window or 0,
-            bf16=int(float_dtype == torch.bfloat16),
-            kv_type=_KV_TYPES[self.dtype],
-            gpt2=int(gpt2),
-            gelu_tanh=int(cfg.activation != "gelu"),
-            eps=cfg.norm_eps,
-            wtypes=None if wtypes is None else wtypes.data_ptr(),
-            q_scale=getattr(model, "q_scale", 1.0),
-            out_type=getattr(model, "out_type", float_type),
-            out=model.output.data_ptr(),
-            same_row=None,  # set by each call, as kv_type is (KVCache.share_prompt)
-            same_len=0,
-            **arrays,
-            **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors), strict=True)),
-        )
-        # Every field of the C struct is set by name: a field added in decode.c and not here fails now.
-        missing = {field[0] for field in lib.Model._fields_} ^ set(values)
-        assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
-        self.struct = lib.Model(**values)
-        self.threads: threads.ThreadChoice | None = None  # None: the process's (threads.CHOICE)
-
-    def _layer_arrays(self, layers: torch.nn.ModuleList, weight_dtype: torch.dtype) -> dict[str, Any]:
-        """Per block tensor name, a C array of the layers' pointers to it (None where the blocks lack
-        it): the weights as they are, the small vectors as float32 copies kept in self.keep."""
-        arrays: dict[str, Any] = {}
-        for name in ("wqkv", "wo", "w13", "w2"):
-            ts = [getattr(layer, name) for layer in layers]
-            for t in ts:
-                assert t.is_contiguous() and t.dtype == weight_dtype, (name, t.dtype)
-            arrays[name] = _pointers(ts)
-        for name in ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm", "attn_norm", "ffn_norm"):
-            vs = [_f32(getattr(layer, name, None)) for layer in layers]
-            arrays[name] = None if vs[0] is None else _pointers(vs)
-            self.keep.append(vs)
-        return arrays
-
-    def __call__(
-        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache, start: int
-    ) -> torch.Tensor:
-        """x (B, D): the new tokens' input vectors; positions (B, 1); mask (B, 1, 1, start + 1) bool or
-        None; writes slot `start` of the KV cache -> logits (B, 1, V) float32."""
-        B = x.shape[0]
-        assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
-        assert cache.kv.is_contiguous() and cache.kv.dtype in _KV_TYPES, cache.kv.dtype
-        self.struct.kv_type = _KV_TYPES[cache.kv.dtype]
-        same = cache.same_row  # rows sharing a prompt's slots (KVCache.share_prompt)
-        assert same is None or (same.dtype == torch.int32 and same.shape == (B,))
-        self.struct.same_row = None if same is None else same.data_ptr()
-        self.struct.same_len = 0 if same is None else min(cache.shared_len, start)
-        x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the step overwrites it
-        pos = positions.reshape(B)  # (B,)
-        if pos.dtype != torch.int64 or not pos.is_contiguous():
-            pos = pos.to(torch.int64).contiguous()
-        logits = torch.empty(B, self.cfg.vocab_size)
-        m = None if mask is None else mask.reshape(B, -1).to(torch.bool).contiguous()  # (B, start + 1)
-        assert m is None or m.shape[1] == start + 1
-        choice = self.threads or threads.CHOICE  # one thread while another program holds a core
-        n_threads, t0 = threads.now(choice), time.perf_counter()
-        rc = self.lib.tk_decode_step(
-            ctypes.byref(self.struct),
-            B,
-            x.data_ptr(),
-            pos.data_ptr(),
-            cache.kv.data_ptr(),
-            cache.max_len,
-            start,
-            None if m is None else m.data_ptr(),
-            0 if m is None else m.shape[1],
-            logits.data_ptr(),
-            n_threads,
-        )
-        if rc != 0:
-            raise MemoryError("the compiled decode step could not allocate its scratch memory")
-        choice.record((id(self), B), time.perf_counter() - t0)
-        return logits.unsqueeze(1)
 
 
 def matvec(lib: Library, w: torch.Tensor, type_: int, x: torch.Tensor) -> torch.Tensor:

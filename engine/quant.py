@@ -297,7 +297,7 @@ class QEmbedding(nn.Module):
             and ids.is_contiguous()
             and self.qdata.is_contiguous()
         ):
-            from . import native  # here: native imports kv_cache, which imports this module
+            from . import native  # here, not at the top: the engine's import order stays free of cycles
 
             lib = native.library()  # the compiled lookup: one call where the torch one is ~20 ops
             if lib is not None:

@@ -5,16 +5,14 @@ through the architecture's literal WEIGHT_MAP, shape-checked, cast to the reques
 the device and installed as the parameter itself. So at no point are there two copies of the
 weights in memory: the peak is the model plus the one tensor being converted.
 
-Nothing in a model folder is executed: safetensors is plain data, and pickled `.bin` weights are
-read only with `torch.load(weights_only=True)`, which refuses anything but tensors.
+The name table is engine/weight_names.py; finding and reading a folder's weight files (nothing in
+them executed), engine/weight_files.py. Saving a model as a Hugging Face folder is at the end.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, cast
@@ -25,8 +23,10 @@ from torch import nn
 from .config import ModelConfig, to_hf_config
 from .config_checks import MAX_LAYERS
 from .errors import ModelLoadError, quoted
-from .files import atomic_write, atomic_write_text, model_file, open_regular, read_model_object
+from .files import atomic_write, atomic_write_text, model_file
 from .quant import QTensor, set_quantized
+from .weight_files import checkpoint_files, iter_tensors
+from .weight_names import NameTable
 
 
 def embedding(num: int, dim: int) -> nn.Embedding:
@@ -40,223 +40,6 @@ def embedding(num: int, dim: int) -> nn.Embedding:
     if weight.device.type != "meta":
         nn.init.normal_(weight)
     return nn.Embedding(num, dim, _weight=weight)
-
-
-def _pattern(name: str) -> re.Pattern[str]:
-    # A layer number of 10+ digits is no real layer: the name stays unmatched and is reported.
-    return re.compile(re.escape(name).replace(r"\{\}", r"(\d{1,9})") + "$")
-
-
-class NameTable:
-    """Compiled form of an architecture's WEIGHT_MAP: checkpoint name -> module name."""
-
-    def __init__(
-        self,
-        weight_map: dict[str, str],
-        ignored: tuple[str, ...] = (),
-        transposed: frozenset[str] = frozenset(),
-        prefix: str = "",
-        fused: dict[str, tuple[tuple[str, int], ...]] | None = None,
-        sub_model: str = "",
-    ) -> None:
-        """fused: checkpoint tensors that hold several of the table's, stacked by rows (Phi-3's
-        qkv_proj): name -> ((part's checkpoint name, rows), ...); `split` and `join` convert.
-        sub_model: the checkpoint holds more than this model, whose tensors sit under this prefix
-        (Gemma 3 image-text: "language_model."); `split` reads only those, and saves drop it."""
-        self.entries = [(src, dst, src in transposed) for src, dst in weight_map.items()]
-        self.rules = [(_pattern(src), dst, t) for src, dst, t in self.entries]
-        self.ignored = [_pattern(p) for p in ignored]
-        self.prefix = prefix
-        self.fused = [(_pattern(src), src, parts) for src, parts in (fused or {}).items()]
-        self.sub_model = sub_model
-
-    def split(self, tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]]) -> Iterator:
-        """The (file, name, shape, read) stream of a checkpoint with every fused tensor replaced by
-        its parts, each read as a view of the fused tensor's rows (read once for all of them), and
-        only the sub-model's tensors, renamed as if it were alone."""
-        for file, name, shape, read in tensors:
-            if self.sub_model:
-                if not name.startswith(self.sub_model):
-                    continue  # another model's (a vision tower)
-                name = name[len(self.sub_model) :]
-            hit = next(((m, parts) for pat, _, parts in self.fused if (m := pat.match(name))), None)
-            if hit is None:
-                yield file, name, shape, read
-                continue
-            m, parts = hit
-            if not shape or shape[0] != sum(rows for _, rows in parts):
-                raise ModelLoadError(
-                    f"tensor {name} in {file} has shape {list(shape)}, but config.json implies "
-                    f"{sum(rows for _, rows in parts)} rows; the weights do not match the config"
-                )
-            whole, start = functools.cache(read), 0
-            for part, rows in parts:
-                part_name = part.replace("{}", m.group(1)) if m.groups() else part
-                yield file, part_name, (rows, *shape[1:]), lambda a=start, b=start + rows, whole=whole: whole()[a:b]
-                start += rows
-
-    def join(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Checkpoint tensors by name with the parts of each fused tensor stacked back into it."""
-        for _, src, parts in self.fused:
-            first = _pattern(parts[0][0])
-            for m in [m for n in list(tensors) if (m := first.match(n))]:
-
-                def fill(name: str, m: re.Match[str] = m) -> str:
-                    return name.replace("{}", m.group(1)) if m.groups() else name
-
-                tensors[fill(src)] = torch.cat([tensors.pop(fill(part)) for part, _ in parts])
-        return tensors
-
-    def fused_name(self, name: str) -> str:
-        """The fused tensor's name for one of its parts' names (Phi-3: q_proj -> qkv_proj); else name."""
-        for _, src, parts in self.fused:
-            for part, _ in parts:
-                if m := _pattern(part).match(name):
-                    return src.replace("{}", m.group(1)) if m.groups() else src
-        return name
-
-    def match(self, name: str) -> tuple[str, int | None, bool] | None:
-        """(module name pattern, layer number or None, transpose?) for a checkpoint name; None if not ours."""
-        if self.prefix and name.startswith(self.prefix):
-            name = name[len(self.prefix) :]
-        for pat, dst, transpose in self.rules:
-            m = pat.match(name)
-            if m:
-                return dst, (int(m.group(1)) if m.groups() else None), transpose
-        return None
-
-    def target(self, name: str) -> tuple[str, bool] | None:
-        """(module name, transpose?) for a checkpoint name; None if it is not ours."""
-        hit = self.match(name)
-        if hit is None:
-            return None
-        dst, layer, transpose = hit
-        return (dst if layer is None else dst.replace("{}", str(layer))), transpose
-
-    def checkpoint_name(self, target: str) -> str:
-        """The checkpoint's own name for a module name (the table read backwards), so errors name
-        what the person can find in their file; the module name itself if no rule makes it."""
-        for src, dst, _ in self.entries:
-            m = _pattern(dst).match(target)
-            if m:
-                return self.saved_name(self.fused_name(src.replace("{}", m.group(1)) if m.groups() else src))
-        return target
-
-    def saved_name(self, name: str) -> str:
-        """A table name as checkpoints store it: GPT-2's body sits under "transformer.", lm_head not."""
-        return self.prefix + name if self.prefix and not name.startswith("lm_head") else name
-
-    def is_ignored(self, name: str) -> bool:
-        if self.prefix and name.startswith(self.prefix):
-            name = name[len(self.prefix) :]
-        return any(p.match(name) for p in self.ignored)
-
-
-def checkpoint_files(folder: Path) -> list[Path]:
-    """The weight files of a model folder, safetensors preferred, in loading order.
-
-    Every file goes through `model_file`: a FIFO or device named model.safetensors, or a link out of
-    the folder, is refused before it is opened.
-    """
-    single = model_file(folder, "model.safetensors")
-    if single is not None:
-        return [single]
-    if model_file(folder, "model.safetensors.index.json") is not None:
-        return _indexed_files(folder, "model.safetensors.index.json")
-    others = [f for p in sorted(folder.glob("*.safetensors")) if (f := model_file(folder, p.name)) is not None]
-    if others:
-        return others
-    pickled = model_file(folder, "pytorch_model.bin")
-    if pickled is not None:
-        return [pickled]
-    if model_file(folder, "pytorch_model.bin.index.json") is not None:
-        return _indexed_files(folder, "pytorch_model.bin.index.json")
-    raise ModelLoadError(
-        f"no weights in {folder}: expected model.safetensors or "
-        "model.safetensors.index.json (save the model with transformers' save_pretrained)"
-    )
-
-
-def _indexed_files(folder: Path, name: str) -> list[Path]:
-    weight_map = read_model_object(folder, name).get("weight_map")
-    restore = "restore the file from the model's source"
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise ModelLoadError(f"{folder / name}: weight_map must be an object of tensor name -> shard file; {restore}")
-    if not weight_map:  # else "no layers": a checkpoint of nothing, not a wrong layer count
-        raise ModelLoadError(f"{folder / name}: weight_map is empty, so the index names no tensors; {restore}")
-    files = []
-    for shard in dict.fromkeys(weight_map.values()):
-        if not shard:  # "" is the folder itself to model_file
-            raise ModelLoadError(f'{folder / name}: the index names an empty shard file name (""); {restore}')
-        # "../x", "/etc/x", "sub/x": shards sit beside the index; "a\0b" is no file name at all
-        # Named as the index writes it, escapes and all: quoted() alone would drop a NUL or a newline,
-        # naming 'ab' for 'a\0b' or 'a\nb'.
-        shown = quoted(json.dumps(shard, ensure_ascii=False))
-        if Path(shard).name != shard or "\0" in shard:
-            raise ModelLoadError(f"{folder / name}: shard {shown} is not a file name in the folder; {restore}")
-        path = model_file(folder, shard)
-        if path is None:
-            raise ModelLoadError(f"shard {shown} listed in {name} is missing; download it into {folder}")
-        files.append(path)
-    return files
-
-
-def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
-    """Yield (name, shape, read) for each tensor of one file; read() returns the tensor on CPU."""
-    # Opened here first: safetensors words a permission error as "No such file or directory", and
-    # torch.load's as a file it cannot read safely.
-    os.close(open_regular(path))
-    if path.suffix == ".bin":
-        sd = _load_pickled(path)
-        for name, t in sd.items():
-            yield name, tuple(t.shape), functools.partial(sd.__getitem__, name)
-        return
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            names = list(f.keys())
-            for name in names:
-                shape = tuple(f.get_slice(name).get_shape())
-                yield name, shape, functools.partial(f.get_tensor, name)
-    except SafetensorError as e:
-        raise ModelLoadError(f"{path.name} is truncated or corrupt ({e}); download it again") from None
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
-
-
-def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a pytorch_model.bin, by name: torch.load(weights_only=True), which unpickles
-    nothing but tensors and plain containers, then checked to be a flat dict of tensors."""
-    import zipfile
-
-    # mmap (each tensor read when used) needs torch's zip format, as transformers knows too. The
-    # legacy format (_use_new_zipfile_serialization=False) is read into memory instead, as much as
-    # the file holds: a storage size it claims but lacks fails the read.
-    zipped = zipfile.is_zipfile(path)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-    except Exception as e:  # unpickling refused or file damaged
-        raise ModelLoadError(
-            f"cannot read {path.name} safely ({type(e).__name__}); convert the model to safetensors"
-        ) from None
-    fix = "not a dict of tensors; convert the model to safetensors"
-    if not isinstance(sd, dict):
-        raise ModelLoadError(f"{path} holds {_a(sd)}, {fix}")
-    for name, t in sd.items():
-        # transformers reads such a file as is: a checkpoint nested as {"state_dict": {...}}, or
-        # holding a training step beside the tensors, is not a model to it either.
-        if not isinstance(name, str):
-            raise ModelLoadError(f"{path} holds a dict with the key {quoted(name, 40)} ({_a(name)}), {fix}")
-        if not isinstance(t, torch.Tensor):
-            raise ModelLoadError(f"{path} holds a dict whose entry {quoted(name, 80)!r} is {_a(t)}, {fix}")
-    return sd
-
-
-def _a(value: object) -> str:
-    """The type of a value read from a file, as messages name it: "a list", "an int"."""
-    name = type(value).__name__
-    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 class TensorSource(Protocol):

@@ -25,7 +25,7 @@ from tiankong.engine.engine import Engine
 from tiankong.engine.gguf_model import GGUFModel
 from tiankong.engine.llama_packed import PackedLlama
 from tiankong.engine.model import load_model
-from tiankong.engine.native import WeightBuffer
+from tiankong.engine.native_step import WeightBuffer
 from tiankong.engine.quant import QTensor, pack_rows, packed_bytes
 from tiankong.engine.repack import INTERLEAVED, place_rows, repack_rows
 

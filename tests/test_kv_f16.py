@@ -20,7 +20,7 @@ from test_quant import compiled_for, compiled_path, need_native
 from test_quant_prefill import quantized_model
 from tiny_models import make_model
 
-from tiankong.engine import native
+from tiankong.engine import native, native_step
 from tiankong.engine.context import PrefixStore, PromptCache
 from tiankong.engine.kv_cache import KVCache, build_mask, kv_dtype
 from tiankong.engine.model import load_model, prepare_for_inference
@@ -219,7 +219,7 @@ def test_other_builds_read_the_float16_cache_alike(tmp_path, march, arch, qtype)
     weigh_values where the build has them). Their products sum in other orders (8-bit inputs alike),
     so the logits agree as the torch path's do (test_step_on_a_float16_cache_equals_the_torch_path)."""
     model, cfg = quantized_step(tmp_path, arch, qtype)
-    other = native.NativeStep(native._load(compiled_path(march)), model)  # skips where it cannot run
+    other = native_step.NativeStep(native._load(compiled_path(march)), model)  # skips where it cannot run
     B, P, steps = 2, 6, 4
     tokens = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(9))
     pad = torch.tensor([2, 0])

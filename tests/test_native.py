@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_models import STORIES, make_model
 
-from tiankong.engine import native
+from tiankong.engine import native, native_step
 from tiankong.engine.engine import Engine
 from tiankong.engine.kv_cache import KVCache, build_mask
 
@@ -322,7 +322,7 @@ def test_the_struct_is_described_once_and_the_binding_sets_every_field(tmp_path)
         tk_decode_step = None
 
     with pytest.raises(AssertionError, match="extra"):
-        native.NativeStep(Grown, eng.model)
+        native_step.NativeStep(Grown, eng.model)
 
 
 # head_dim 64: attention's batched scores, where the rows sharing a copy are scored in one pass over
