@@ -33,6 +33,11 @@ TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024
 
 # Reasoning can arrive under several names; transformers copies it to the ones templates read.
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+# The chat roles a message may have. Only "role" and "content" reach a template, so a tool message
+# (its tool_call_id) could not be rendered as sent, and any other role would reach the template as
+# text the model never saw ("<|bot|>"). OpenAI's newer name for the system message is read as it.
+ROLES = ("system", "user", "assistant")
+ROLE_ALIASES = {"developer": "system"}
 
 # Two user messages a template must render differently (ChatTemplate._check_reads_messages).
 _PROBES = ("Hello, who are you?", "Write a haiku about rain.")
@@ -199,9 +204,12 @@ def validate_messages(messages: Any) -> list[dict]:
                 raise InputError(f'{where} has no "{key}"; every message needs "role" and "content"')
             if not isinstance(message[key], str):
                 raise InputError(f'{where}: "{key}" must be a string, got {type(message[key]).__name__}')
-        if not message["role"].strip():
-            raise InputError(f'{where}: "role" is empty; use e.g. "system", "user" or "assistant"')
-        checked.append(dict(message))
+        role = ROLE_ALIASES.get(message["role"], message["role"])
+        if role not in ROLES:
+            raise InputError(
+                f'{where}: "role" is {message["role"]!r}; use one of {", ".join(ROLES)} (developer is read as system)'
+            )
+        checked.append({**message, "role": role})
     return checked
 
 

@@ -34,7 +34,7 @@ from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .quant import weight_summary
-from .request_checks import check_params, token_id_lists
+from .request_checks import check_count, check_flag, check_params, token_id_lists
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
@@ -109,6 +109,9 @@ class Engine:
         quantized matrices stay quantized where the compiled step reads them (_keeps_blocks), else they
         are dequantized to `dtype` at load.
         """
+        pack = check_flag("pack", pack)
+        if chat_template is not None and not isinstance(chat_template, (str, Path)):
+            raise InputError(f"chat_template must be a file path (str or Path), got {type(chat_template).__name__}")
         folder = resolve_model(folder)
         # One reader for weights, tokenizer and template; blocks kept where the compiled step reads them.
         gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, pack)) if is_gguf(folder) else None
@@ -137,6 +140,7 @@ class Engine:
         prompt too long in characters for any tokenization of it to fit the context: that is counted
         before the template and the tokenizer run, so a 50 MB prompt costs no gigabytes to refuse.
         """
+        raw = check_flag("raw", raw)
         self._check_text(
             [prompt] if messages is None else [m.get("content") for m in messages if isinstance(m, Mapping)]
         )
@@ -168,9 +172,9 @@ class Engine:
         return fit_messages(
             lambda m: self.encode(messages=m, raw=raw),
             messages,
-            ctx - answer_room(max_new_tokens, ctx),
-            at_least=at_least,
-            slack=slack,
+            ctx - answer_room(check_count("max_new_tokens", max_new_tokens, 1), ctx),
+            at_least=check_count("at_least", at_least, 0),
+            slack=check_count("slack", slack, 0),
         )
 
     def check_fits(self, ids: Sequence[int]) -> None:
@@ -251,6 +255,8 @@ class Engine:
         """Readable text of one token (cached: candidate lists ask for the same ids again and again)."""
         text = self._texts.get(id)
         if text is None:
+            if check_count("token id", id, 0) >= self.cfg.vocab_size:
+                raise InputError(f"token id {id} is not in the model's vocabulary of {self.cfg.vocab_size}")
             try:
                 text = self.tokenizer.token_text(id)
             except IndexError:  # embedding rows padded past the tokenizer's vocabulary (e.g. Qwen2)

@@ -157,7 +157,10 @@ def _setup_rows(
     rows: list[_Row] = []
     for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
         if len(ids) == 0:
-            raise InputError("empty prompt: the model has no BOS token to start from; give some text")
+            raise InputError(
+                f"prompts[{i}] is empty; a prompt needs at least one token: pass eng.encode(text), which"
+                " starts an empty text from the model's BOS token"
+            )
         if len(ids) >= ctx:
             raise InputError(
                 f"prompt is {len(ids)} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens"
@@ -293,7 +296,7 @@ class HeldText:
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
+        self.stops = (stops,) if isinstance(stops, str) else tuple(stops)  # a lone string is one stop
         self.held = ""  # received, not sent: a stop string starts, or may start, in it
         self.sent = 0  # characters sent
 

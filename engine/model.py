@@ -55,8 +55,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """'auto': float32 on CPU (fast and exact there), bfloat16 on GPUs that have it, else float16.
     A quantized type (q8_0, q4_0, q4_1, q5_0, q5_1) loads in float32, which load_model then quantizes."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
+    if isinstance(dtype, torch.dtype):  # torch.bfloat16 as "bfloat16"; an integer or float8 type is refused below
+        dtype = next((name for name, d in DTYPES.items() if d == dtype), str(dtype).removeprefix("torch."))
     if dtype in (None, "auto"):
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

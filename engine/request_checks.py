@@ -88,6 +88,20 @@ def check_cancel(cancel: Any) -> None:
         raise InputError(f"cancel must be a threading.Event (set it from another thread to stop), got {_what(cancel)}")
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """A True/False argument: "no" or 0 is refused, not read as its truth ("no" is true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {_what(value)}")
+    return bool(value)
+
+
+def check_count(name: str, value: Any, low: int) -> int:
+    """An integer argument of at least `low` (numpy integers too; not a bool, not text)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise InputError(f"{name} must be an integer of at least {low}, got {_what(value)}")
+    return int(value)
+
+
 def _array_ids(a: np.ndarray | torch.Tensor, name: str) -> list[int]:
     """A 1-D integer array or tensor of ids -> a list of ints."""
     if isinstance(a, np.ndarray):

@@ -10,8 +10,9 @@ import torch
 from tiny_models import STORIES, make_model
 
 from tiankong.engine.engine import Engine
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Finished, TokenEvent
+from tiankong.engine.generate import HeldText
 from tiankong.engine.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_new_tokens=24, seed=0)
@@ -227,6 +228,18 @@ def test_token_ids_outside_the_vocabulary_are_refused_by_the_call(engines):
         (lambda eng, ids: eng.generate([ids], [GREEDY], top_logprobs="5"), r"top_logprobs must be an integer"),
         (lambda eng, ids: eng.generate([ids], [GREEDY], cancel=True), r"cancel must be a threading\.Event"),
         (lambda eng, ids: eng.generate([ids], [GREEDY], prompt_cache={}), r"prompt_cache must be a PromptCache"),
+        # the engine's other public calls: a wrong value is refused, never read as its truth or passed on
+        (lambda eng, ids: eng.token_text(-1), r"token id must be an integer of at least 0, got a int \(-1\)"),
+        (lambda eng, ids: eng.token_text("a"), r"token id must be an integer of at least 0, got a str"),
+        (lambda eng, ids: eng.token_text(10**6), r"token id 1000000 is not in the model's vocabulary of"),
+        (lambda eng, ids: eng.fit([{"role": "user", "content": "x"}], "10"), r"max_new_tokens must be an integer"),
+        (lambda eng, ids: eng.fit([{"role": "user", "content": "x"}], -5), r"max_new_tokens .* at least 1.*-5"),
+        (lambda eng, ids: eng.encode(prompt="hi", raw="no"), r"raw must be True or False, got a str \('no'\)"),
+        (lambda eng, ids: eng.encode(messages=[{"role": "bot", "content": "x"}]), r'message 1: "role" is \'bot\''),
+        (
+            lambda eng, ids: eng.encode(messages=[{"role": "User", "content": "x"}]),
+            r"use one of system, user, assistant",
+        ),
     ],
 )
 def test_wrong_argument_types_are_one_line_input_errors_from_the_call(engines, call, message):
@@ -234,6 +247,30 @@ def test_wrong_argument_types_are_one_line_input_errors_from_the_call(engines, c
     with pytest.raises(InputError, match=message) as err:
         call(eng, eng.encode("Once upon", raw=True))  # not iterated: the call itself checks
     assert "\n" not in str(err.value)
+
+
+def test_load_arguments_empty_prompts_roles_and_held_text(engines, tmp_path):
+    eng = engines["llama"]
+    folder = eng.folder
+    for bad, message in [
+        (dict(pack="no"), r"pack must be True or False"),
+        (dict(chat_template=5), r"chat_template must be a file path \(str or Path\), got int"),
+        (dict(dtype=torch.int8), r"unknown dtype 'int8'; choose float32"),  # a torch.dtype is checked as its name
+        (dict(dtype=torch.float8_e4m3fn), r"unknown dtype 'float8_e4m3fn'"),
+    ]:
+        with pytest.raises(TiankongError, match=message):
+            Engine.load(folder, device="cpu", **bad)
+    assert Engine.load(folder, device="cpu", dtype=torch.bfloat16, pack=False).dtype == torch.bfloat16
+    # An empty prompt is named, and the fix given (this model has a BOS: encode("") starts from it).
+    with pytest.raises(InputError, match=r"prompts\[1\] is empty; .*eng\.encode\(text\)"):
+        run(eng, [eng.encode("Once", raw=True), []], [GREEDY, GREEDY])
+    assert eng.encode("", raw=True) == [eng.tokenizer.bos_id]
+    # OpenAI's "developer" is the system message, as serve reads it.
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert eng.encode(messages=[{**system[0], "role": "developer"}, system[1]]) == eng.encode(messages=system)
+    # A lone stop string is one stop, not one per character.
+    held = HeldText("END")
+    assert held.push("Every day") == "Every day" and held.push(" EN") == ""
 
 
 def test_ids_as_arrays_tensors_and_numpy_ints_are_taken_as_lists(engines):

@@ -24,10 +24,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from tiankong.engine.chat import ROLE_ALIASES, ROLES
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.params import SamplingParams
-from tiankong.tui.store_records import ROLES
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's own cap
 MAX_STOP = 4  # OpenAI's own cap on stop strings
@@ -139,8 +139,6 @@ _NOOP_COMPLETIONS = {
     "echo": (lambda v: v is False, "drop it or send false"),
     "suffix": (lambda v: v == "", "drop it"),
 }
-# A chat role OpenAI has that tiankong's chat template knows by another name.
-ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system message
 # Request fields that are SamplingParams fields of the same name.
 _SAMPLING_FIELDS = (
     "temperature",

@@ -12,10 +12,10 @@ import json
 import sqlite3
 from collections.abc import Iterable
 
+from tiankong.engine.chat import ROLES
 from tiankong.engine.errors import InputError
 from tiankong.tui.store_base import StoreBase, StoreError, now
 from tiankong.tui.store_records import (
-    ROLES,
     Chat,
     ChatMatch,
     ChatSummary,

@@ -17,7 +17,6 @@ from typing import Any
 
 from tiankong.engine.errors import InputError
 
-ROLES = ("system", "user", "assistant")
 OUTCOMES = ("ranked", "tie", "both_bad")
 MIN_RESPONSES, MAX_RESPONSES = 2, 4
 
