@@ -207,7 +207,7 @@ def validate_messages(messages: Any) -> list[dict]:
         role = ROLE_ALIASES.get(message["role"], message["role"])
         if role not in ROLES:
             raise InputError(
-                f'{where}: "role" is {message["role"]!r}; use one of {", ".join(ROLES)} (developer is read as system)'
+                f'{where}: "role" is {quoted(repr(message["role"]), 40)}; use one of {", ".join(ROLES)} (developer is read as system)'
             )
         checked.append({**message, "role": role})
     return checked
