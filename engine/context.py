@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, Sequence, Sized, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Sized, TypeVar
 
-import numpy as np
-import torch
-
-from .config import ModelConfig
 from .errors import InputError
-from .kv_cache import KVCache, kv_dtype
+
+# torch, numpy and the KV cache are imported where PromptCache and PrefixStore use them: fit_messages and
+# drop_turns also serve a server's model (remote.py) and `tiankong rank`, which never need torch.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .config import ModelConfig
+    from .kv_cache import KVCache
 
 Messages = Sequence[Mapping[str, Any]]
 # A rendered prompt: token ids here, a server's counted messages in remote.py; only its len() is read.
@@ -179,6 +183,8 @@ class PromptCache:
         self, model: torch.nn.Module, cfg: ModelConfig, prompt: Sequence[int], total: int
     ) -> tuple[KVCache, int]:
         """A cache of at least `total` slots holding `prompt`'s longest cached prefix -> (cache, its length)."""
+        from .kv_cache import KVCache, kv_dtype
+
         p, dtype = next(model.parameters()), kv_dtype(model)
         kv = self.kv
         if kv is not None and (self._model_id != id(model) or kv.kv.dtype != dtype or kv.kv.device != p.device):
@@ -219,6 +225,8 @@ class PrefixStore:
     def longest(self, prompt: Sequence[int]) -> tuple[int, torch.Tensor | None]:
         """(n, kv) of the entry sharing the longest prefix with `prompt`: n tokens, at most
         len(prompt) - 1 (the last prompt token must run to give the logits); (0, None) if none."""
+        import numpy as np
+
         ids = np.asarray(prompt, dtype=np.int64)
         best, best_key = 0, None
         for key, (stored, _) in self._entries.items():
@@ -237,6 +245,8 @@ class PrefixStore:
     def put(self, ids: Sequence[int], kv: torch.Tensor) -> None:
         """Keep a copy of kv (n_layers, 2 H_kv, len(ids), hd) for `ids`. An entry that is a prefix of
         ids is superseded; ids that are a prefix of an entry add nothing."""
+        import numpy as np
+
         key = tuple(ids)
         assert kv.shape[2] == len(key), f"{kv.shape[2]} slots of keys and values for {len(key)} ids"
         size = kv.numel() * kv.element_size()
@@ -258,6 +268,8 @@ class PrefixStore:
     ) -> PromptCache:
         """A PromptCache of `size` slots holding the first n tokens of `prompt` (kv: the keys and
         values `longest` returned)."""
+        from .kv_cache import KVCache, kv_dtype
+
         p = next(model.parameters())
         L, H2, _, hd = kv.shape
         cache = KVCache(L, 1, H2 // 2, max(size, n), hd, kv_dtype(model), p.device)

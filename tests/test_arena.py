@@ -252,22 +252,22 @@ def test_queue_progress_is_per_lineup_and_rater_and_never_moves_back(tmp_path, s
             await settle(pilot, early)
             await pilot.app.push_screen(late)
             await settle(pilot, late)
+            assert late.position == 1  # round 0 is the first window's
             await pilot.press("1", "enter")  # the other window: rounds 1 and 2
             await settle(pilot, late)
             await pilot.press("1", "enter")
             await settle(pilot, late)
-            assert late.position == 2
-            pilot.app.pop_screen()
+            assert late.position == 3
+            pilot.app.pop_screen()  # that window closes
             await settle(pilot, early)
-            assert early.position == 0  # showing round 0, which the other window voted on meanwhile
+            assert early.position == 0  # its own round, which no other window took
             await pilot.press("2", "enter")
             await settle(pilot, early)
-            assert early.position == 2 and early.round.prompt == FOUR[2]  # rounds 0 and 1 are done: passed over
+            assert early.position == 3 and early.round.prompt == FOUR[3]  # rounds 1 and 2 are done: passed over
 
     asyncio.run(two_windows())
-    # That second vote on round 0 was not stored: it would have counted the round twice in training.
-    assert sorted(v.prompt for v in store.list_votes()) == sorted(FOUR[:2])
-    assert store.queue_position(early.queue_key) == 2  # not set back to 1 by the window that saved last
+    assert sorted(v.prompt for v in store.list_votes()) == sorted(FOUR[:3])  # every vote stored, each round once
+    assert store.queue_position(early.queue_key) == 3  # not set back by the window that saved last
     others = [short("precise"), short("chat")]
     carol = CompareScreen([tiny], others, store, "carol", queue=four_prompts(tmp_path))
     dave = CompareScreen([tiny], presets, store, "dave", queue=four_prompts(tmp_path))
@@ -281,7 +281,7 @@ def test_queue_progress_is_per_lineup_and_rater_and_never_moves_back(tmp_path, s
     assert asyncio.run(other(carol)) == (0, FOUR[0])  # another lineup and rater: from the start
     assert asyncio.run(other(dave)) == (0, FOUR[0])  # the same lineup, another rater: too
     assert asyncio.run(other(restart)) == (0, FOUR[0])
-    assert store.queue_position(early.queue_key) == 2  # carol's --restart left ann's progress alone
+    assert store.queue_position(early.queue_key) == 3  # carol's --restart left ann's progress alone
     assert len({early.queue_key, carol.queue_key, dave.queue_key}) == 3
 
 
@@ -545,3 +545,138 @@ def test_an_answers_file_with_a_huge_seed_is_named_in_one_short_line(tmp_path):
     with pytest.raises(InputError, match=r'answers.jsonl line 1: "seed" must be an integer or null') as error:
         answers_queue(path)
     assert "\x1b" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_rank_help_says_a_records_own_model_wins(tmp_path, monkeypatch, capsys):
+    # QA: --help said generate's records have no "model" field; they do, and it wins over --model.
+    monkeypatch.setenv("COLUMNS", "400")
+    code, text, _ = cli(monkeypatch, capsys, "rank", "--help")
+    text = " ".join(text.replace("│", " ").split())
+    assert code == 0 and "has none" not in text
+    assert 'generate writes one in every record, and a line\'s own "model" wins over this' in text
+    answers = tmp_path / "a.jsonl"
+    answers.write_text(
+        "".join(
+            json.dumps({"prompt": "p", "text": t, "preset": "balanced", "params": {}, "seed": 1, "model": "own"}) + "\n"
+            for t in ("x", "y")
+        )
+    )
+    [item] = answers_queue(answers, model="given").items
+    assert {g.answer.model for g in item.answers} == {"own"}
+
+
+# ---------------------------------------------------------------- tiankong rank: keys and start-up
+
+
+def rank_app(tmp_path, store):
+    from tiankong.tui.arena import RankApp
+
+    return RankApp(store=store, queue=answers_queue(answers_file(tmp_path / "a.jsonl", n_prompts=2, k=2)))
+
+
+def test_rank_esc_never_leaves_and_the_footer_says_ctrl_q_quits(tmp_path, store):
+    # QA: the footer said "esc back", and esc quit `tiankong rank` mid-round; the README gives it compare's keys.
+    from screen_text import screen_lines
+
+    app = rank_app(tmp_path, store)
+
+    async def run():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            footer = screen_lines(app)[-1]
+            assert "^q quit" in footer and "esc" not in footer
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is screen and app.return_code is None  # still ranking
+            await pilot.press("1", "enter")
+            await pilot.pause()
+            await pilot.press("2", "enter")
+            await pilot.pause()
+            assert "All 2 rounds done" in str(screen.query_one("#vote-bar", Static).content)
+            assert "ctrl+q quits" in str(screen.query_one("#vote-bar", Static).content)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is screen and app.return_code is None
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+
+    asyncio.run(run())
+    assert len(store.list_votes()) == 2 and app.return_code == 0
+
+
+def test_a_narrow_rank_footer_still_says_how_to_quit(tmp_path, store):
+    from screen_text import screen_lines
+
+    app = rank_app(tmp_path, store)
+
+    async def run():
+        async with app.run_test(size=(60, 20)) as pilot:
+            await pilot.pause()
+            return screen_lines(app)[-1]
+
+    footer = asyncio.run(run())
+    assert "^q quit" in footer and "1-4 rank" in footer and footer.rstrip() == footer[:60].rstrip()
+
+
+def test_the_key_list_of_a_standalone_compare_says_what_its_keys_do(tmp_path, store):
+    # QA: f1 in `tiankong compare`/`rank` listed "esc back to the previous screen" (there is none), had no
+    # ctrl+q, and left out the keys that scroll an answer column.
+    from tiankong.tui.screens.help import HelpScreen
+
+    app = rank_app(tmp_path, store)
+
+    async def run():
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press("f1")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            return [row for _, keys in app.screen.sections for row in keys]
+
+    rows = asyncio.run(run())
+    keys, whats = {k for k, _ in rows}, " | ".join(what for _, what in rows)
+    assert "previous screen" not in whats and "esc" not in keys  # rank: esc does nothing
+    assert ("^q", "quit (a prompt or answers file reopens at the round shown)") in rows
+    assert "tab / shift+tab" in keys and "↑ ↓ home end" in keys
+    assert "n" not in keys and "r" not in keys  # no prompt to type or rerun in rank
+    assert [k for k, _ in rows].count("0") == 1  # two answers a round: "0" is both bad, listed once
+    # The compare the chat opens (ctrl+b): esc goes back to the chat, and ctrl+q is the app's.
+    from_chat = CompareScreen([], [], store, "ann", queue=answers_queue(tmp_path / "a.jsonl"))
+
+    async def chat_keys():
+        async with Host(from_chat).run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            return from_chat.help_sections()[0][1]
+
+    rows = asyncio.run(chat_keys())
+    assert ("esc", "back to the chat") in rows and "^q" not in {k for k, _ in rows}
+
+
+def test_rank_does_not_import_torch(tmp_path):
+    """`tiankong rank` runs no model: it must not pay torch's import (~0.5 GB, seconds) to open."""
+    import subprocess
+    import sys
+
+    answers = answers_file(tmp_path / "a.jsonl", n_prompts=2, k=2)
+    code = (
+        "import asyncio, sys\n"
+        "import tiankong.tui.cli\n"
+        "from tiankong.tui.arena import RankApp\n"
+        "from tiankong.tui.queue import answers_queue\n"
+        "from tiankong.tui.store import Store\n"
+        "async def main():\n"
+        f"    store = Store({str(tmp_path / 'data' / 't.db')!r})\n"
+        f"    app = RankApp(store=store, queue=answers_queue({str(answers)!r}))\n"
+        "    async with app.run_test() as pilot:\n"
+        "        await pilot.pause()\n"
+        "        for key in ('1', 'enter', 'ctrl+z', 't', 'f1', 'escape', 'ctrl+g'):\n"
+        "            await pilot.press(key)\n"
+        "            await pilot.pause()\n"
+        "    assert len(store.list_votes()) == 1, store.list_votes()\n"
+        "asyncio.run(main())\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -228,3 +228,13 @@ def test_trainers_read_a_branch_vote_as_a_pair_at_the_fork():
     forked, at_fork = enc.pair(record["prompt"], record["chosen"][0]["content"])
     assert forked == whole and at_fork > at_start  # the same sequence, the response starting at the fork
     assert enc.prompt(record["prompt"]) == forked[:at_fork]
+
+
+def test_a_branch_vote_keeps_the_prompt_id_of_its_prompt():
+    # The README: every vote keeps a prompt id. A branch vote's is its prompt's (the shared start is not part of it).
+    from tiankong.tui.queue import prompt_id
+
+    conv = [{"role": "user", "content": "story"}]
+    chosen = _msg(2, [5, 6, 7], ["The", " cat", " sat"], "The cat sat")
+    rejected = _msg(3, [5, 6, 9], ["The", " cat", " ran"], "The cat ran")
+    assert branch_vote(conv, chosen, rejected, "m", "me").prompt_id == prompt_id(conv) is not None

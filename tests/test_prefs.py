@@ -302,6 +302,7 @@ def test_prefs_commands_do_not_import_torch(tmp_path):
     import subprocess
     import sys
 
+    Store(tmp_path / DB_NAME).close()  # stats reads a store; it refuses a folder without one
     code = (
         "import sys\n"
         "from tiankong.tui.cli import main\n"
@@ -366,3 +367,237 @@ def test_stats_note_and_help_say_what_the_table_shows(tmp_path, monkeypatch, cap
         "The total row counts each vote once: votes, tie votes and both-bad votes; its wins and losses stay blank"
         in text
     )
+
+
+# ---------------------------------------------------------------- rankings export -> import: votes moved whole
+
+
+def _db_rows(folder):
+    """The vote rows as stored, read with sqlite3 rather than the Store: every column but id, time and hash."""
+    import sqlite3
+
+    with sqlite3.connect(folder / DB_NAME) as conn:
+        cols = "prompt, conversation, responses, outcome, ranking, rater, blind, source, n_ranked, prompt_id"
+        rows = conn.execute(f"SELECT {cols} FROM votes ORDER BY id").fetchall()
+    conn.close()
+    return rows
+
+
+def test_rankings_export_imports_back_whole(monkeypatch, capsys, tmp_path):
+    # QA: `prefs import` refused the rankings export, and the TRL round trip split each K-way vote into
+    # K(K-1)/2 two-answer votes (a 4-way tie became 6 ties), losing seeds, params, rater and prompt id.
+    presets = ["balanced", "creative", "precise", "chat"]
+    four = [
+        Response("ABCD"[i], f"model-{i % 2}", p, {"temperature": 0.1 * i}, 2**64 - 1 - i, f"t{i}", "eos")
+        for i, p in enumerate(presets)
+    ]
+    turns = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a colour."}]
+    votes = [
+        Vote(
+            None,
+            "Tell a story.",
+            [{"role": "user", "content": "Tell a story."}],
+            four,
+            "ranked",
+            [2, 0, 1, 3],
+            "ann",
+            True,
+            n_ranked=2,
+            prompt_id="story-7",
+            source="rank:answers.jsonl",
+        ),  # C > A > {B, D}
+        Vote(None, "Name a colour.", turns, four, "tie", [], "bo", False, prompt_id="p1"),  # a 4-way tie
+        Vote(None, "Name a colour.", turns, four[:3], "both_bad", [], "ann", True),  # a 3-way both-bad
+        Vote(None, "Hi", [{"role": "user", "content": "Hi"}], four[1:3], "ranked", [1, 0], "cy", False),
+    ]
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    with Store(orig / DB_NAME) as s:
+        s.add_votes(votes)
+    first, second = tmp_path / "r1.jsonl", tmp_path / "r2.jsonl"
+
+    def export(folder, dest):
+        code, _, err = cli(
+            monkeypatch, capsys, "prefs", "export", "--format", "rankings", "--data-dir", folder, "-o", dest
+        )
+        assert code == 0, err
+        return [{k: v for k, v in json.loads(line).items() if k != "vote_id"} for line in dest.read_text().splitlines()]
+
+    def stats(folder):
+        code, out, _ = cli(
+            monkeypatch, capsys, "prefs", "stats", "--data-dir", folder, "--format", "json", "--bootstrap", "20"
+        )
+        assert code == 0
+        return json.loads(out)
+
+    exported = export(orig, first)
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", first, "--data-dir", copy)
+    assert code == 0 and "imported 4 votes" in err, err
+    assert _db_rows(copy) == _db_rows(orig)  # every column as stored: groups, seeds, params, rater, prompt id
+    assert export(copy, second) == exported
+    assert stats(copy) == stats(orig)
+    assert stats(copy)["totals"] == {"votes": 4, "ranked": 2, "tie": 1, "both_bad": 1, "pairs": 6}
+
+    # Again, into the copy or back into the store it came from: nothing new (the votes cast there carry no hash).
+    for folder in (copy, orig):
+        code, _, err = cli(monkeypatch, capsys, "prefs", "import", first, "--data-dir", folder)
+        assert code == 0 and "imported 0 votes" in err and "4 duplicates skipped" in err, err
+        assert len(_db_rows(folder)) == 4
+
+    # --rater names every vote; without it each keeps its own
+    code, _, err = cli(
+        monkeypatch, capsys, "prefs", "import", first, "--data-dir", tmp_path / "third", "--rater", "zoe"
+    )
+    assert code == 0 and {r[5] for r in _db_rows(tmp_path / "third")} == {"zoe"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ranking": [[0, 1], [2], [3]]}, "single answers best first, then perhaps one group"),
+        ({"ranking": [[0], [1], [2]]}, "each of 0..3 in one group"),
+        ({"ranking": [[0, 1, 2, 3]]}, "n_ranked"),  # nothing ranked: not a ranked vote
+        ({"outcome": "tie"}, 'a tie vote\'s "ranking" is one group of every answer'),
+        ({"outcome": "best"}, "\"outcome\" is 'best'"),
+        ({"responses": []}, '"responses" must be a list of 2 to 4 answers, got 0 answers'),
+        ({"responses": [{"text": "a", "model": "m", "preset": "p", "seed": -1}] * 4}, '"seed" must be an integer'),
+        ({"responses": [{"text": "a", "model": "m"}] * 4}, 'response 1 needs "preset"'),
+        ({"blind": "yes"}, '"blind" must be true or false'),
+        ({"conversation": "hi"}, '"conversation" must be the list'),
+    ],
+)
+def test_a_bad_rankings_record_is_named_and_nothing_imported(tmp_path, monkeypatch, capsys, change, message):
+    answers = [{"text": f"t{i}", "model": "m", "preset": f"p{i}"} for i in range(4)]
+    good = {
+        "conversation": [{"role": "user", "content": "q"}],
+        "responses": answers,
+        "outcome": "ranked",
+        "ranking": [[2], [0], [1, 3]],
+    }
+    src = tmp_path / "r.jsonl"
+    src.write_text(json.dumps(good) + "\n" + json.dumps({**good, **change}) + "\n")
+    code, out, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "line 2" in err and message in " ".join(err.split()) and "nothing was imported" in err
+    assert not (tmp_path / "data").exists()  # checked before the database is opened
+
+
+def test_a_trl_row_gets_the_prompt_id_a_queue_round_of_that_prompt_gets(store, tmp_path):
+    from tiankong.tui.queue import prompt_queue
+
+    (tmp_path / "prompts.txt").write_text("Name a colour.\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "Name a colour.", "chosen": "a", "rejected": "b"}) + "\n")
+    import_file(store, tmp_path / "p.jsonl")
+    [v] = store.list_votes()
+    assert v.prompt_id == prompt_queue(tmp_path / "prompts.txt").items[0].prompt_id and v.rater == "import"
+
+
+# ---------------------------------------------------------------- an import stopped part-way
+
+
+_STOP_AT = """
+import os, signal, sys
+from tiankong.tui import store_votes
+from tiankong.tui.cli import main
+real, calls = store_votes.vote_hash, [0]
+def hash_then_stop(v):
+    calls[0] += 1
+    if calls[0] == {at}:  # in the middle of a batch's transaction
+        os.kill(os.getpid(), signal.{sig})
+    return real(v)
+store_votes.vote_hash = hash_then_stop
+sys.argv = ["tiankong", "prefs", "import", {src!r}, "--data-dir", {data!r}]
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    "sig, code, said", [("SIGINT", 130, "stopped (Ctrl+C)"), ("SIGTERM", 143, "terminated (SIGTERM)")]
+)
+def test_a_stopped_import_says_what_it_kept_and_the_fix(tmp_path, sig, code, said):
+    # QA: Ctrl+C (or a kill) after 6 s left 35,000 of 60,000 votes stored and said nothing, and --help
+    # said one bad row means nothing is imported: a user would think the import all-or-nothing.
+    import subprocess
+    import sys
+
+    src, data = tmp_path / "pairs.jsonl", tmp_path / "data"
+    src.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(2500)))
+    script = _STOP_AT.format(at=1500, sig=sig, src=str(src), data=str(data))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    stored = len(_db_rows(data))
+    assert stored == 2000  # the batch in flight when the signal came was finished, then the import stopped
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"{said}: 2000 of 2500 votes imported into {data / DB_NAME}; run the same command again to import the "
+        "rest (the votes already in are skipped as duplicates)"
+    )
+    again = subprocess.run(  # the same command again, this time not stopped
+        [sys.executable, "-c", _STOP_AT.format(at=-1, sig=sig, src=str(src), data=str(data))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "imported 500 votes" in again.stderr and "2000 duplicates skipped" in again.stderr, again.stderr
+    assert len(_db_rows(data)) == 2500
+
+
+def test_an_import_that_fails_part_way_says_what_it_kept(tmp_path, monkeypatch, capsys):
+    from tiankong.tui.store import StoreError
+
+    def one_batch_then_full(self, votes, batch_size=1000):
+        yield 1000, 1000
+        raise StoreError("could not write x.db (database or disk is full); check free disk space")
+
+    monkeypatch.setattr(Store, "import_batches", one_batch_then_full)
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(1500)))
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")
+    progress_line, last = err.strip().splitlines()  # where the progress stopped, then the error
+    assert (
+        code == 2 and progress_line.startswith("importing 1000/1500") and last.startswith("error: could not write x.db")
+    )
+    assert "1000 of 1500 votes imported" in last and "run the same command again to import the rest" in last
+
+
+def test_a_long_import_draws_a_bar_on_a_terminal_and_help_says_it_keeps_batches(tmp_path, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from tiankong.tui import prefs
+
+    screen = io.StringIO()
+    monkeypatch.setattr(prefs, "err", Console(file=screen, force_terminal=True, width=100))
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(2100)))
+    code, _, _ = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")
+    shown = screen.getvalue()
+    assert code == 0 and "importing" in shown and "━" in shown and "2100/2100" in shown
+    assert "imported 2100 votes" in shown
+    code, text, _ = cli(monkeypatch, capsys, "prefs", "import", "--help")
+    text = " ".join(text.replace("│", " ").split())
+    assert "an import stopped part-way (Ctrl+C, a kill, a full disk) says how many votes it kept" in text
+    assert "--format rankings" in text
+
+
+# ---------------------------------------------------------------- read-only commands on a folder without a store
+
+
+@pytest.mark.parametrize("command", [["export"], ["export", "-o", "{tmp}/out.jsonl"], ["stats"]])
+@pytest.mark.parametrize("how", ["--data-dir", "TIANKONG_DATA_DIR"])
+def test_export_and_stats_where_there_is_no_store_create_nothing(tmp_path, monkeypatch, capsys, command, how):
+    # QA: `prefs export --data-dir ~/tiankong-dat` (a typo) wrote an empty file, exit 0, and left a new
+    # empty database at the typo; stats printed a table of zeros.
+    for folder in (tmp_path / "typo", tmp_path / "empty"):  # missing, and a folder without a database
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        args = [a.format(tmp=tmp_path) for a in command]
+        if how == "--data-dir":
+            args += ["--data-dir", str(folder)]
+        else:
+            monkeypatch.setenv("TIANKONG_DATA_DIR", str(folder))
+        code, out, err = cli(monkeypatch, capsys, "prefs", *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: no tiankong data in {folder} (no {DB_NAME} there)")
+        assert "--data-dir" in err and "TIANKONG_DATA_DIR" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no database, no folder, no output
+        assert list((tmp_path / "empty").iterdir()) == []

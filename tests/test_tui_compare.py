@@ -628,3 +628,80 @@ def test_a_vote_names_a_cached_gguf_as_its_chats_do(tmp_path):
     link.symlink_to(blob)
     assert model_identity(types.SimpleNamespace(folder=link)) == str(link)
     assert model_identity(types.SimpleNamespace(folder=tmp_path / "snapshots" / ".." / "blobs")) == str(blob.parent)
+
+
+def test_typed_and_chat_compare_votes_get_the_prompt_id_a_prompt_file_gives(tiny, tmp_path, store):
+    # QA: the README says every vote keeps a prompt id; a typed prompt's and ctrl+b's were null.
+    from tiankong.tui.queue import prompt_queue
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    for kwargs in ({"prompt": PROMPT}, {"conversation": chat}):  # typed; the chat's ctrl+b
+        screen = CompareScreen([tiny], [preset("deterministic", 4), preset("creative", 4)], store, "ida", **kwargs)
+
+        async def run(screen=screen):
+            async with Host(screen).run_test(size=(100, 30)) as pilot:
+                await finish(pilot, screen)
+                await pilot.press("1", "enter")
+
+        asyncio.run(run())
+    (tmp_path / "prompts.jsonl").write_text(
+        f'{{"prompt": "{PROMPT}"}}\n{{"messages": [{{"role": "system", "content": "Be brief."}}, '
+        '{"role": "user", "content": "Hi"}]}\n'
+    )
+    from_file = [item.prompt_id for item in prompt_queue(tmp_path / "prompts.jsonl").items]
+    with sqlite3.connect(store.path) as conn:
+        stored = [r[0] for r in conn.execute("SELECT prompt_id FROM votes ORDER BY id")]
+    conn.close()
+    assert stored == from_file and None not in stored
+
+
+def test_undo_back_to_an_earlier_free_prompt_shows_that_prompt(tiny, store):
+    # QA: after ctrl+z back to the dragon round, the box still said "fox"; r reran the hidden dragon prompt.
+    screen = CompareScreen([tiny], [preset("deterministic", 4), preset("creative", 4)], store, "ida")
+    dragon, fox = "Write a story about a dragon.", "Second prompt about a fox."
+
+    async def run():
+        async with Host(screen).run_test(size=(100, 30)) as pilot:
+            box = screen.query_one("#prompt-input", Input)
+            await pilot.pause()
+            await pilot.press(*dragon, "enter")
+            await finish(pilot, screen)
+            await pilot.press("1", "enter", "n", *fox, "enter")
+            await finish(pilot, screen)
+            await pilot.press("t", "ctrl+z")
+            await pilot.pause()
+            assert box.value == fox  # the fox round, back to vote on
+            await pilot.press("ctrl+z")
+            await pilot.pause()
+            assert screen.round.prompt == dragon and box.value == dragon  # the round shown is the dragon's
+            await pilot.press("r")  # reruns the prompt on screen
+            await finish(pilot, screen)
+            assert screen.round.prompt == dragon and box.value == dragon
+            await pilot.press("t")
+
+    asyncio.run(run())
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT prompt, outcome FROM votes").fetchall() == [(dragon, "tie")]
+    conn.close()
+
+
+def test_enter_on_an_empty_prompt_box_runs_and_stores_nothing(tiny, store):
+    # QA: enter with nothing typed answered an empty user message, and its vote went into the training data.
+    screen = CompareScreen([tiny], [preset("deterministic", 4), preset("creative", 4)], store, "ida")
+
+    async def run():
+        async with Host(screen).run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            for blank in ("", "   "):
+                await pilot.press(*blank)
+                assert screen.query_one("#prompt-input", Input).value == blank
+                await pilot.press("enter")
+                await pilot.pause()
+                assert screen.round is None and screen.state == "idle"  # nothing generated, nothing to vote on
+            notes = [n.message for n in pilot.app._notifications]
+            assert any("Type a prompt first" in n for n in notes)
+
+    asyncio.run(run())
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM votes").fetchone() == (0,)
+    conn.close()

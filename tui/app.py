@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
@@ -35,9 +35,11 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.model_names import model_key
 from tiankong.engine.remote import RemoteModel
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
-from tiankong.tui.screens.chat import ChatScreen
 from tiankong.tui.screens.help import HelpScreen
 from tiankong.tui.streaming import on_engine_thread
+
+if TYPE_CHECKING:  # imported when the chat opens: it brings in the engine (torch), which `tiankong rank` never needs
+    from tiankong.tui.screens.chat import ChatScreen
 
 
 def default_rater() -> str:
@@ -118,6 +120,7 @@ class TiankongApp(App[None]):
         self.engine_error: str | None = None
         self._gc_frozen = False
         self._switch_interval: float | None = None  # Python's, to give back on unmount
+        self.chat: ChatScreen | None = None  # pushed on mount; none in `tiankong rank`
 
     async def run_async(self, **kwargs: Any) -> Any:
         """Textual's run_async (what run() calls; run_test does not), with QUIT_SIGNALS handled."""
@@ -142,9 +145,8 @@ class TiankongApp(App[None]):
         """Quit (ctrl+q, a signal, ...). An answer being generated stops at the token it is on, now:
         Textual cancels workers only once its message loop has ended, some tokens later, and the
         chat stores what was generated as it unmounts."""
-        chat = getattr(self, "chat", None)  # none in `tiankong rank`, nor before mounting
-        if isinstance(chat, ChatScreen):
-            chat.stop_answer()
+        if self.chat is not None:  # none in `tiankong rank`, nor before mounting
+            self.chat.stop_answer()
         super().exit(result, return_code, message)
 
     @property
@@ -154,6 +156,8 @@ class TiankongApp(App[None]):
     def on_mount(self) -> None:
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_S)
+        from tiankong.tui.screens.chat import ChatScreen
+
         # Pushed rather than returned from get_default_screen: Textual loads a screen's CSS_PATH on push.
         self.chat = ChatScreen(
             store=self.store,
@@ -260,7 +264,7 @@ class TiankongApp(App[None]):
 
     def action_help(self) -> None:
         screen = self.screen
-        if isinstance(screen, ChatScreen):
+        if callable(getattr(screen, "help_sections", None)):  # the chat's and compare's own lists
             sections = screen.help_sections()
         else:
             rows = [
@@ -270,9 +274,15 @@ class TiankongApp(App[None]):
             ]
             sections = [
                 ("this screen", rows),
-                ("everywhere", [(self.get_key_display(b), b.tooltip or b.description) for b in self.BINDINGS]),
+                ("everywhere", self.everywhere_keys()),
             ]
         self.push_screen(HelpScreen(sections))
+
+    def everywhere_keys(self) -> list[tuple[str, str]]:
+        """The app's own keys, for the help screen's "everywhere" section."""
+        extra = [Binding("ctrl+p", "", tooltip="command palette: every action by name"), Binding("ctrl+q", "", "quit")]
+        bindings = [b for b in self.BINDINGS if isinstance(b, Binding)] + extra
+        return [(self.get_key_display(b), b.tooltip or b.description) for b in bindings]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The command palette (ctrl+p): every chat action by name, each preset, the app's own."""
@@ -281,8 +291,8 @@ class TiankongApp(App[None]):
         yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
         yield SystemCommand("Keys and help", "every key, grouped (f1)", self.action_help)
         yield SystemCommand("Votes", "the stored preference votes (ctrl+g)", self.action_votes)
-        if isinstance(screen, ChatScreen):
-            for b in ChatScreen.BINDINGS:
+        if screen is self.chat:
+            for b in screen.BINDINGS:
                 if isinstance(b, Binding) and b.action != "app.help":
                     title = b.description[:1].upper() + b.description[1:]
                     yield SystemCommand(

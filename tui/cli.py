@@ -218,7 +218,8 @@ def rank(
         None,
         "--model",
         "-m",
-        help='Model name stored for lines without a "model" field (generate\'s own output has none). Default: unknown.',
+        help='Model name stored for lines without a "model" field, such as other tools\' files (generate writes '
+        'one in every record, and a line\'s own "model" wins over this). Default: unknown.',
     ),
     data_dir: Optional[Path] = DataDirOpt,
     rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),

@@ -14,12 +14,10 @@ both-bad votes say nothing about which answer is better, so they are left out un
 each pair of their responses is exported with "tie": true or "both_bad": true, and "chosen"/"rejected"
 merely name the two sides.
 
-Import reads those records back (standard, conversational, or the implicit-prompt variants where
-chosen/rejected hold the whole conversation) and Anthropic HH rows. Every row is checked first: one
-bad row stops the import with its line number and nothing is imported. Each imported vote carries a
-content hash, so rows already in the store (importing a file twice, or one that overlaps) are skipped
-and reported as duplicates. The votes go in as transactions of 1000, so a playground voting meanwhile
-is never locked out for long; an import cut short is finished by importing the same file again.
+Import (prefs_import.py) reads those records back, Anthropic HH rows, and the records of `export
+--format rankings` as the votes they were, so export -> import moves votes between stores without loss.
+The votes go in a batch at a time; an import stopped part-way (Ctrl+C, a kill, a full disk) says how many
+it kept, and the same command again imports the rest.
 
 A vote row damaged outside tiankong is skipped by export and stats, with one warning line naming it.
 """
@@ -27,27 +25,30 @@ A vote row damaged outside tiankong is skipped by export and stats, with one war
 from __future__ import annotations
 
 import json
-import re
+import signal
 import sys
 from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tiankong.engine.errors import InputError
-from tiankong.engine.files import atomic_open, lone_surrogate, stdout_errors
-from tiankong.trainers.records import not_a_file, parse_record, read_rows
+from tiankong.engine.files import atomic_open, stdout_errors
+from tiankong.trainers.progress import progress
+from tiankong.trainers.records import not_a_file
 from tiankong.tui.cli_app import output_file
 from tiankong.tui.leaderboard import MIN_VOTES, leaderboards, standings_table
-from tiankong.tui.store import DB_NAME, Response, Store, Vote, data_dir
+from tiankong.tui.prefs_import import import_file as import_file  # part of this module's interface
+from tiankong.tui.prefs_import import read_votes
+from tiankong.tui.stops import Stops, Terminated
+from tiankong.tui.store import DB_NAME, Response, Store, StoreError, Vote, data_dir
 from tiankong.tui.store_votes import summarise
 
-IMPORTED_PRESET, IMPORTED_MODEL = "imported", "unknown"
-HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+IMPORT_BATCH = 1000  # votes per transaction of an import; more than one batch shows progress
 
 
 # ---------------------------------------------------------------- export
@@ -145,129 +146,6 @@ def ranking_records(store: Store, skipped: list[tuple[int, str]] | None = None) 
     return list(iter_ranking_records(store, skipped))
 
 
-# ---------------------------------------------------------------- import
-
-
-def import_file(store: Store, path: Path, rater: str = "import") -> int:
-    """Add every row of a TRL preference or Anthropic HH file (JSONL or a JSON array) as a ranked
-    2-response vote, chosen first; rows already stored are skipped. Returns how many votes were added."""
-    return store.import_votes(read_votes(path, rater))[0]
-
-
-def read_votes(path: Path, rater: str = "import", margins: list[str] | None = None) -> list[Vote]:
-    """Every row of the file as a vote; one bad row raises InputError naming it (nothing is imported).
-    A vote has no margin, so the rows that carry a "margin" are noted in `margins` (their places)."""
-    path = Path(path)
-    rows = _read_rows(path)
-    source = f"import:{path.name}"
-    votes = []
-    for where, row in rows:
-        try:
-            if lone_surrogate(row) is not None:
-                raise InputError(
-                    "it holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a pair), which is not text"
-                )
-            votes.append(_row_vote(row, rater, source))
-            if margins is not None and isinstance(row, dict) and row.get("margin") is not None:
-                margins.append(where)
-        except InputError as e:
-            raise InputError(f"{path} {where}: {e}; fix that row (nothing was imported)") from None
-    return votes
-
-
-def _read_rows(path: Path) -> list[tuple[str, Any]]:
-    """(where, parsed row) pairs; where is "line N" for JSONL, "item N" for a JSON array."""
-    try:
-        rows = [(where, row) for _, where, row in read_rows(path, fix="fix that line (nothing was imported)")]
-    except RecursionError:
-        raise InputError(
-            f"{path} is nested too deeply to be preference data; fix the file (nothing was imported)"
-        ) from None
-    if not rows:
-        raise InputError(f"{path} has no rows; put one preference pair (a JSON object) per line")
-    return rows
-
-
-def _row_vote(row: Any, rater: str, source: str) -> Vote:
-    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
-        raise InputError('expected a JSON object with "chosen" and "rejected" (TRL preference or Anthropic HH)')
-    conversation, chosen, rejected = _split_row(row.get("prompt"), row["chosen"], row["rejected"])
-    if chosen == rejected and row.get("tie") is not True:  # the trainers would refuse it later, naming no row
-        raise InputError('"chosen" and "rejected" are the same text, which teaches nothing')
-    users = [m["content"] for m in conversation if m["role"] == "user"]
-
-    def meta(key: str, default: str) -> str:
-        value = row.get(key)
-        return value if isinstance(value, str) and value else default
-
-    responses = [
-        Response(
-            "A", meta("chosen_model", IMPORTED_MODEL), meta("chosen_preset", IMPORTED_PRESET), {}, None, chosen, ""
-        ),
-        Response(
-            "B",
-            meta("rejected_model", IMPORTED_MODEL),
-            meta("rejected_preset", IMPORTED_PRESET),
-            {},
-            None,
-            rejected,
-            "",
-        ),
-    ]
-    # Our own tie/both-bad exports come back as such; everything else is "chosen beats rejected".
-    outcome = "tie" if row.get("tie") is True else "both_bad" if row.get("both_bad") is True else "ranked"
-    return Vote(
-        id=None,
-        prompt=users[-1] if users else "",
-        conversation=conversation,
-        responses=responses,
-        outcome=outcome,
-        ranking=[0, 1] if outcome == "ranked" else [],
-        rater=rater,
-        blind=False,
-        source=source,
-    )
-
-
-def _split_row(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[dict], str, str]:
-    """(conversation ending with the user prompt, chosen text, rejected text) from any supported row."""
-    if (
-        prompt is None
-        and isinstance(chosen, str)
-        and isinstance(rejected, str)
-        and HH_ASSISTANT in chosen
-        and "Human:" in chosen
-    ):
-        return _hh(chosen, rejected)
-    head, chosen, rejected = parse_record(
-        {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        if prompt is not None
-        else {"chosen": chosen, "rejected": rejected}
-    )
-    if prompt is None and chosen == rejected:  # the implicit prompt swallowed both answers
-        raise InputError('"chosen" and "rejected" are identical; there is no preference to learn')
-    return ([{"role": "user", "content": head}] if isinstance(head, str) else head), chosen, rejected
-
-
-def _hh(chosen: str, rejected: str) -> tuple[list[dict], str, str]:
-    """Anthropic HH: both are transcripts "\\n\\nHuman: ...\\n\\nAssistant: ..."; everything up to the
-    last "\\n\\nAssistant:" is the shared prompt, the rest is the answer."""
-    cut = chosen.rfind(HH_ASSISTANT) + len(HH_ASSISTANT)
-    head = chosen[:cut]
-    if not rejected.startswith(head):
-        raise InputError('HH row: "chosen" and "rejected" differ before the last "\\n\\nAssistant:" turn')
-    text = head[: -len(HH_ASSISTANT)]
-    if not text.startswith("\n\n"):  # some HH-style files start with "Human:" directly
-        text = "\n\n" + text
-    parts = re.split(r"\n\n(Human|Assistant):", text)
-    conversation = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
-    for speaker, said in zip(parts[1::2], parts[2::2], strict=False):
-        conversation.append({"role": "user" if speaker == "Human" else "assistant", "content": said.strip()})
-    if not conversation or conversation[-1]["role"] != "user":
-        raise InputError('HH row: the turn before the last "\\n\\nAssistant:" must be a "Human:" turn')
-    return conversation, chosen[cut:].strip(), rejected[cut:].strip()
-
-
 # ---------------------------------------------------------------- stats
 
 
@@ -312,6 +190,19 @@ DataDirOpt = typer.Option(
 
 def _store(folder: Optional[Path]) -> Store:
     return Store(data_dir(folder) / DB_NAME)
+
+
+def _existing_store(folder: Optional[Path]) -> Store:
+    """The store of a command that only reads it (export, stats): a folder without one is a mistyped
+    --data-dir or TIANKONG_DATA_DIR far more often than a new user, and opening it would create an empty
+    database there (and export an empty file) without a word. So it is refused, and nothing is created."""
+    where = data_dir(folder)
+    if not (where / DB_NAME).is_file():
+        raise InputError(
+            f"no tiankong data in {where} (no {DB_NAME} there); check --data-dir and TIANKONG_DATA_DIR "
+            "(votes are stored by tiankong compare, rank and prefs import)"
+        )
+    return _store(folder)
 
 
 def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
@@ -359,7 +250,7 @@ def export(
     output = output_file(output)  # "-" is stdout
     skipped: list[tuple[int, str]] = []
     written = 0
-    with _store(data_dir) as store:
+    with _existing_store(data_dir) as store:  # before the output is opened: no store, no empty file
         records = (
             iter_ranking_records(store, skipped)
             if format == "rankings"
@@ -394,25 +285,38 @@ def export(
 
   tiankong prefs import hh-rlhf-test.jsonl --rater anthropic
 
-Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows. Each row becomes a ranked vote of two answers, chosen first.
-One bad row stops the import with its line number, and nothing is imported. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing.""",
+  tiankong prefs export --format rankings -o votes.jsonl && tiankong prefs import votes.jsonl --data-dir ~/other
+
+Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows, each becoming a ranked vote of two answers, chosen first; or the records of `prefs export --format rankings`, each becoming the vote it was (its answers' models, presets, params and seeds, its ranking groups, tie or both-bad, rater, prompt id), so export and import move votes between stores without loss.
+Every row is checked before anything is stored: one bad row stops the import with its line number, and nothing is imported. The votes then go in as batches of 1000, each kept once written: an import stopped part-way (Ctrl+C, a kill, a full disk) says how many votes it kept, and the same command again imports the rest. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing.""",
 )
 def import_(
     file: Path = typer.Argument(..., help="JSONL (or JSON array) of preference rows.", show_default=False),
     data_dir: Optional[Path] = DataDirOpt,
-    rater: str = typer.Option("import", help="Name recorded as the rater of these votes."),
+    rater: Optional[str] = typer.Option(
+        None,
+        help="Name recorded as the rater of these votes (default: a rankings record's own rater, else import).",
+        show_default=False,
+    ),
 ) -> None:
-    """Add preference pairs from a file as votes."""
+    """Add preference pairs, or votes exported with --format rankings, from a file as votes."""
     if not file.is_file():  # checked before opening (and perhaps creating) the database
         raise InputError(f"{file} {not_a_file(file)}; give a JSONL (or JSON array) file of preference pairs")
     margins: list[str] = []
-    votes = read_votes(file, rater=rater, margins=margins)  # every row checked before the database is opened
-    with _store(data_dir) as store:
-        added, duplicates = store.import_votes(votes)
-        dup = f"; {duplicates} duplicate{'' if duplicates == 1 else 's'} skipped" if duplicates else ""
-        err.print(
-            f"imported {added} vote{'' if added == 1 else 's'} from {file} into {store.path}{dup}", highlight=False
-        )
+    with Stops() as stops:  # SIGTERM as Ctrl+C: either says what was kept
+        try:
+            votes = read_votes(file, rater=rater, margins=margins)  # every row checked before the database opens
+        except KeyboardInterrupt as stop:
+            _say_stopped(stop, f"while reading {file}, before any vote was stored; nothing was imported")
+        with _store(data_dir) as store:
+            added = _import(store, votes, stops)
+            duplicates = len(votes) - added
+            dup = f"; {duplicates} duplicate{'' if duplicates == 1 else 's'} skipped" if duplicates else ""
+            err.print(
+                f"imported {added} vote{'' if added == 1 else 's'} from {file} into {store.path}{dup}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if margins:  # said, not dropped silently: the trainers read a file's margins only from the file itself
         err.print(
             f"note: {len(margins)} row{'s' if len(margins) > 1 else ''} ({margins[0]}{' first' if len(margins) > 1 else ''}) "
@@ -421,6 +325,47 @@ def import_(
             highlight=False,
             soft_wrap=True,  # one line, as the terminal or a log wraps it
         )
+
+
+def _import(store: Store, votes: list[Vote], stops: Stops) -> int:
+    """Store the votes a batch at a time, with progress on stderr past one batch (a bar on a terminal,
+    else a line now and then); -> how many were added. A stop (Ctrl+C, SIGTERM) or a write that fails
+    part-way ends the command with one line saying how many votes are kept and what to run."""
+    added = done = 0
+    batches = store.import_batches(votes, batch_size=IMPORT_BATCH)
+    try:
+        with progress("importing", len(votes), enabled=len(votes) > IMPORT_BATCH, console=err) as advance:
+            while True:
+                with stops.held():  # a stop during a batch waits for its commit: the counts are then exact
+                    step = next(batches, None)
+                    if step is None:
+                        break
+                    for _ in range(step[1] - done):
+                        advance()
+                    added, done = step
+    except KeyboardInterrupt as stop:  # the bar has ended: the line goes under it
+        _say_stopped(stop, _kept(added, done, len(votes), store))
+    except StoreError as e:  # a full disk, a lock held too long: the batches before it are kept
+        raise StoreError(f"{e}; {_kept(added, done, len(votes), store)}") from None
+    return added
+
+
+def _kept(added: int, done: int, total: int, store: Store) -> str:
+    """What an import stopped part-way left in the store, and how to finish it."""
+    dup = f" ({done - added} duplicate{'' if done - added == 1 else 's'} skipped)" if done > added else ""
+    rest = (
+        "run the same command again to import the rest (the votes already in are skipped as duplicates)"
+        if done < total
+        else "every row was gone through"
+    )
+    return f"{added} of {total} vote{'' if total == 1 else 's'} imported into {store.path}{dup}; {rest}"
+
+
+def _say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
+    """One line for an import stopped by Ctrl+C or SIGTERM, then exit 130 or 143 as a shell expects."""
+    how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "stopped (Ctrl+C)"
+    err.print(f"{how}: {what}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(128 + signal.SIGTERM if isinstance(stop, Terminated) else 130)
 
 
 @prefs_app.command(
@@ -448,7 +393,7 @@ def stats(
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
     skipped: list[tuple[int, str]] = []
-    with _store(data_dir) as store:
+    with _existing_store(data_dir) as store:
         shapes, counts = store.vote_shapes(skipped)  # one scan in SQL, no texts
         report = stats_report(store, shapes=(shapes, counts))
         boards = leaderboards(shapes, rounds=bootstrap, seed=seed, counts=counts)

@@ -146,6 +146,21 @@ def _v6_queue_rounds(conn: sqlite3.Connection) -> None:
         conn.executemany("INSERT INTO queue_rounds (key, round) VALUES (?, ?)", [(key, r) for r in done])
 
 
+def _v7_queue_claims(conn: sqlite3.Connection) -> None:
+    """Which round of a queue each open window is showing (VoteStore.claim_queue_round), so that two
+    windows on one file get different rounds rather than the same one, whose second vote would be
+    refused. A claim lasts `expires` (a Unix time) unless its window renews it, and goes at once when
+    the process that holds it is gone (a kill -9, a crash): `host` and `pid` say whose it is."""
+    conn.execute("""CREATE TABLE queue_claims (
+        key TEXT NOT NULL,            -- the queue, as in queues.key
+        round INTEGER NOT NULL,       -- the round a window shows, 0-based
+        window TEXT NOT NULL,         -- the window that shows it (one screen of one process)
+        host TEXT NOT NULL,           -- the machine and process the window runs in
+        pid INTEGER NOT NULL,
+        expires REAL NOT NULL,        -- Unix time; renewed while the window stays open
+        PRIMARY KEY (key, round)) WITHOUT ROWID""")
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
@@ -154,4 +169,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v4_message_search,
     _v5_branches,
     _v6_queue_rounds,
+    _v7_queue_claims,
 ]

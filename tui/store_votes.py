@@ -1,6 +1,6 @@
 """The votes half of the store: preference votes (written durably, imported without duplicates,
 undone, read a page at a time or grouped by shape for the statistics), and where each prompt file's
-queue of rounds stands.
+queue of rounds stands (the rounds done, and which round each open window shows).
 
 Apart from the chats half (store_chats.py): the two share only the connection (StoreBase) and never
 write each other's tables. Store (store.py) joins them.
@@ -9,10 +9,12 @@ write each other's tables. Store (store.py) joins them.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from tiankong.tui.store_base import StoreBase, now
 from tiankong.tui.store_records import (
@@ -22,12 +24,14 @@ from tiankong.tui.store_records import (
     OUTCOMES,
     Response,
     Vote,
+    _content_hash,
     _pair_key,
     _vote,
     _vote_row,
     validate_vote,
     vote_hash,
 )
+from tiankong.tui.store_schema import _HASHED
 
 
 class VoteStore(StoreBase):
@@ -59,6 +63,7 @@ class VoteStore(StoreBase):
                 return None, _save_queue(conn, key, total, source)
             vote_id = int(conn.execute(_INSERT_VOTE, _vote_row(vote, now())).lastrowid)
             conn.execute("INSERT INTO queue_rounds (key, round) VALUES (?, ?)", (key, round))
+            conn.execute("DELETE FROM queue_claims WHERE key = ? AND round = ?", (key, round))  # done: no one's
             return vote_id, _save_queue(conn, key, total, source)
 
     def add_branch_votes(self, votes: list[Vote]) -> int:
@@ -81,23 +86,41 @@ class VoteStore(StoreBase):
     def import_votes(self, votes: list[Vote], batch_size: int = 1000) -> tuple[int, int]:
         """Store imported votes, skipping each whose content (`vote_hash`) was already stored when the
         import began; votes repeated within `votes` all go in, as the file says. Returns (added,
-        duplicates skipped).
+        duplicates skipped). A batch at a time, as `import_batches`."""
+        added = 0
+        for step in self.import_batches(votes, batch_size):
+            added = step[0]
+        return added, len(votes) - added
+
+    def import_batches(self, votes: list[Vote], batch_size: int = 1000) -> Iterator[tuple[int, int]]:
+        """import_votes a batch at a time: after each batch is committed, yields (votes added so far,
+        votes gone through so far, added or skipped as duplicates).
 
         Every vote is validated before the first is written. They go in as durable transactions of
         `batch_size` votes, so a playground voting meanwhile waits for one batch, never for the whole
-        import; an import stopped half-way (a full disk, Ctrl+C) is finished by importing the same
-        file again, the votes already in being skipped as duplicates.
+        import. A caller stopped between batches (Ctrl+C) knows exactly what is stored: the numbers
+        last yielded; the batch in flight is rolled back whole. The same votes imported again are
+        skipped as duplicates, so importing the file again finishes a stopped import.
+
+        A duplicate is a vote with the same content as one stored before the import began: an imported
+        one (by its indexed content hash) or one cast here (playground and queue votes carry no hash,
+        branch votes their pair's: theirs are computed from their columns once, at the start), so a
+        `prefs export --format rankings` imported back into the store it came from adds nothing.
         """
         for vote in votes:
             validate_vote(vote)
         t, added = now(), 0
         before = self._read("SELECT COALESCE(MAX(id), 0) FROM votes")[0][0]  # votes stored before this import
+        cast_here = self._cast_here_hashes(before) if votes else set()
         for start in range(0, len(votes), batch_size):
             if start:
                 time.sleep(0.02)  # a gap between batches, in which a vote waiting for the lock gets in
+            batch_added = 0
             with self._tx(durable=True) as conn:
                 for v in votes[start : start + batch_size]:
                     h = vote_hash(v)
+                    if h in cast_here:
+                        continue
                     if (
                         conn.execute(
                             "SELECT 1 FROM votes WHERE content_hash = ? AND id <= ? LIMIT 1", (h, before)
@@ -105,8 +128,16 @@ class VoteStore(StoreBase):
                         is None
                     ):
                         conn.execute(_INSERT_VOTE, _vote_row(v, t, h))
-                        added += 1
-        return added, len(votes) - added
+                        batch_added += 1
+            added += batch_added  # counted once committed: what the caller is told is on disk
+            yield added, min(start + batch_size, len(votes))
+
+    def _cast_here_hashes(self, up_to: int) -> set[str]:
+        """The content hashes (`vote_hash`) of the votes up to id `up_to` that were not imported, hashed
+        from their stored columns as the schema's migration hashes old imports (no JSON is parsed)."""
+        with self._reading() as conn:
+            rows = conn.execute(f"SELECT {_HASHED} FROM votes WHERE id <= ? AND source NOT LIKE 'import:%'", (up_to,))
+            return {_content_hash(parts) for parts in rows}
 
     def undo_vote(self, vote_id: int, queue: tuple[str, int] | None = None) -> bool:
         """Delete the vote `vote_id`, cast in the playground (an imported vote is never deleted), in one
@@ -271,9 +302,59 @@ class VoteStore(StoreBase):
         with self._tx() as conn:
             if done:
                 conn.execute("INSERT OR IGNORE INTO queue_rounds (key, round) VALUES (?, ?)", (key, round))
+                conn.execute("DELETE FROM queue_claims WHERE key = ? AND round = ?", (key, round))
             else:
                 conn.execute("DELETE FROM queue_rounds WHERE key = ? AND round = ?", (key, round))
             return _save_queue(conn, key, total, source)
+
+    def claim_queue_round(
+        self, key: str, window: str, total: int, start: int = 0, *, round: int | None = None
+    ) -> QueueClaim:
+        """The round of the queue `key` that the window `window` (one screen, any id unique to it) shows
+        next, claimed for it in one transaction, so that another window on the same queue (same file,
+        lineup and rater) is given another round and two windows label twice as fast: the first round
+        from `start` on (wrapping around) neither done nor claimed by another window; or `round` itself,
+        taken over if need be (ctrl+z going back to the round of the vote it removed).
+
+        A window holds one claim per queue: this one replaces its last. The round is `total` when every
+        round is done, or when every round left is claimed by other windows (`waiting`: a second window
+        on a round would have one of the two votes refused, add_queue_vote). A claim counts for nothing
+        once its process has ended (a crash, a kill -9: see _drop_stale_claims) or when its window has
+        not renewed it for CLAIM_S seconds."""
+        with self._tx() as conn:
+            _drop_stale_claims(conn, key)
+            done = _save_queue(conn, key, total)
+            conn.execute("DELETE FROM queue_claims WHERE key = ? AND window = ?", (key, window))
+            if round is None:
+                others = {int(r[0]) for r in conn.execute("SELECT round FROM queue_claims WHERE key = ?", (key,))}
+                round = first_open(done | others, total, start)
+            if round < total:
+                conn.execute(
+                    "INSERT INTO queue_claims (key, round, window, host, pid, expires) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key, round) DO UPDATE SET window = excluded.window, host = excluded.host, "
+                    "pid = excluded.pid, expires = excluded.expires",
+                    (key, round, window, socket.gethostname(), os.getpid(), time.time() + CLAIM_S),
+                )
+            return QueueClaim(round, done, waiting=round == total and len(done) < total)
+
+    def renew_queue_claim(self, key: str, window: str, round: int) -> None:
+        """Keep the window's claim on `round` for CLAIM_S seconds more (an open window renews it every
+        CLAIM_S / 3), or claim it again if it lapsed (the machine slept) and no one has it or did it."""
+        with self._tx() as conn:
+            _drop_stale_claims(conn, key)
+            if conn.execute("SELECT 1 FROM queue_rounds WHERE key = ? AND round = ?", (key, round)).fetchone():
+                return
+            conn.execute(
+                "INSERT INTO queue_claims (key, round, window, host, pid, expires) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(key, round) DO UPDATE SET expires = excluded.expires "
+                "WHERE queue_claims.window = excluded.window",
+                (key, round, window, socket.gethostname(), os.getpid(), time.time() + CLAIM_S),
+            )
+
+    def release_queue_claims(self, key: str, window: str) -> None:
+        """The window closes: its round is free for the other windows at once."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM queue_claims WHERE key = ? AND window = ?", (key, window))
 
     def queue_rounds(self, key: str) -> set[int]:
         """The rounds of the queue `key` done (voted or skipped)."""
@@ -283,6 +364,44 @@ class VoteStore(StoreBase):
         """Where the queue `key` reopens: its first round not done (0 for a queue never seen)."""
         rows = self._read("SELECT total FROM queues WHERE key = ?", (key,))
         return first_open(self.queue_rounds(key), int(rows[0]["total"])) if rows else 0
+
+
+# How long a window's claim on its round lasts unless renewed: a window that stops renewing without its
+# process ending (a frozen or sleeping machine) holds its round up to this long.
+CLAIM_S = 120.0
+
+
+class QueueClaim(NamedTuple):
+    """What VoteStore.claim_queue_round gave a window."""
+
+    round: int  # the round to show (the queue's total when there is none)
+    done: set[int]  # the queue's rounds done, by any window
+    waiting: bool  # none to show, but rounds left: other windows show them
+
+
+def _drop_stale_claims(conn: sqlite3.Connection, key: str) -> None:
+    """Forget the claims on the queue `key` that no window holds any more: expired (not renewed for
+    CLAIM_S seconds), or held by a process of this machine that has ended (a crash, kill -9, a closed
+    terminal), whose round would otherwise wait out the CLAIM_S."""
+    conn.execute("DELETE FROM queue_claims WHERE key = ? AND expires < ?", (key, time.time()))
+    here = socket.gethostname()
+    pids = {int(r[0]) for r in conn.execute("SELECT pid FROM queue_claims WHERE key = ? AND host = ?", (key, here))}
+    for pid in pids:
+        if not _running(pid):
+            conn.execute("DELETE FROM queue_claims WHERE key = ? AND host = ? AND pid = ?", (key, here, pid))
+
+
+def _running(pid: int) -> bool:
+    """Whether the process `pid` of this machine still runs (signal 0 checks without sending anything)."""
+    if pid == os.getpid() or os.name != "posix":  # elsewhere os.kill(pid, 0) would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it runs
+        return True
+    return True
 
 
 def first_open(done: set[int], total: int, start: int = 0) -> int:

@@ -23,6 +23,7 @@ from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from tiankong.engine.tokenizer import IncrementalDecoder
+from tiankong.tui.queue import prompt_id
 from tiankong.tui.store import Message, Response, Vote
 from tiankong.tui.widgets.candidates import pct, show_token
 
@@ -127,4 +128,5 @@ def branch_vote(conversation: list[dict[str, str]], chosen: Message, rejected: M
         rater,
         blind=False,
         source="branch",
+        prompt_id=prompt_id(conversation),  # the prompt's, as compare's: the shared start is not part of it
     )

@@ -12,18 +12,22 @@ round in the `Store` at once — one transaction — and shows any store error i
 With a `PromptQueue` (tiankong.tui.queue) the screen runs through a file's prompts one round after
 another (`tiankong compare --prompts`), or through answers made earlier, which it shows without
 generating (`tiankong rank`): a vote or `s` (skip) moves to the next round, and the store keeps the
-rounds done (per lineup and rater), so the same file reopens where it was left. The voting keys are
-the same either way; ctrl+z takes back only the votes this screen cast, newest first.
+rounds done (per lineup and rater), so the same file reopens where it was left. Each window claims the
+round it shows (VoteStore.claim_queue_round), so two windows on one file get different rounds and
+label it twice as fast. The voting keys are the same either way; ctrl+z takes back only the votes
+this screen cast, newest first.
 
 The screen is built in parts, read in this order: compare_rounds.py (entrants, rounds, seeds), this
-file (the screen: bindings, layout, rounds and generation), compare_actions.py (what the keys do:
-voting, skip, undo, ...) and compare_view.py (the answer columns, head line and vote bar).
+file (the screen: bindings, layout, rounds and generation), compare_queue.py (a queue's rounds one
+after another, claimed per window), compare_actions.py (what the keys do: voting, skip, undo, ...) and
+compare_view.py (the answer columns, head line and vote bar).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Iterator
+import secrets
+from typing import TYPE_CHECKING, Iterator
 
 from textual import events, on, work
 from textual.app import ComposeResult
@@ -31,33 +35,36 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
-from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.presets import Preset
-from tiankong.tui.queue import Item, PromptQueue
+from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare_actions import CompareActions
+from tiankong.tui.screens.compare_queue import CompareQueue
 from tiankong.tui.screens.compare_rounds import Round, build_entrants, fill_seeds, fit_prompt, model_identity
 from tiankong.tui.screens.compare_view import AnswerColumn, CompareView
 from tiankong.tui.store import Store
-from tiankong.tui.store_votes import first_open
 from tiankong.tui.streaming import Batch, stream_events
+from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.prompt import PromptInput
+
+if TYPE_CHECKING:  # the engine module imports torch, which `tiankong rank` (answers from a file) never needs
+    from tiankong.engine.engine import Engine
 
 MIN_COLUMN_WIDTH = 26  # below this many cells per column, 3-4 columns go two by two (or all stack)
 
 
-class CompareScreen(CompareActions, CompareView, Screen):
+class CompareScreen(CompareActions, CompareQueue, CompareView, Screen):
     """Side-by-side answers to one prompt (or to each prompt of a queue) and a vote on them."""
 
     CSS_PATH = "compare.tcss"
     AUTO_FOCUS = None
 
-    # The footer shows what applies now (see ACTIVE), so it fits 80 columns in every state.
+    # The footer shows what applies now (see ACTIVE); a FittingFooter, so it fits 80 columns in every state.
     BINDINGS = [
         Binding("escape", "stop", "stop", tooltip="stop generating (every column keeps its text and can be voted on)"),
-        Binding("escape", "back", "back", tooltip="back to the previous screen"),
+        Binding("escape", "back", "back", tooltip="back to the chat"),
         # In `tiankong compare` esc never leaves, so its footer says where it goes instead.
         Binding("escape", "to_prompt", "type", tooltip="to the prompt box, to type the next prompt"),
         Binding(
@@ -94,10 +101,20 @@ class CompareScreen(CompareActions, CompareView, Screen):
         Binding("r", "rerun", "rerun", tooltip="run the same prompt again with new seeds"),
         Binding("b", "toggle_blind", "blind", tooltip="blind mode on/off for the next prompt (labels hide presets)"),
         Binding("f1", "keys", "keys", tooltip="every key"),
+        # Shown where esc never leaves (`tiankong compare`, `tiankong rank`): the way out. A priority binding,
+        # as the app's own ctrl+q is (the footer shows a key's priority binding); from the chat, ctrl+q is
+        # the app's as everywhere else (check_action turns this one off).
+        Binding(
+            "ctrl+q",
+            "quit",
+            "quit",
+            tooltip="quit (a prompt or answers file reopens at the round shown)",
+            priority=True,
+        ),
     ]
     ACTIVE = {  # state -> the actions its keys run
-        "idle": {"back", "to_prompt", "undo_vote", "toggle_blind", "keys"},
-        "generating": {"stop", "skip", "undo_vote", "toggle_blind", "keys"},
+        "idle": {"back", "to_prompt", "undo_vote", "toggle_blind", "keys", "quit"},
+        "generating": {"stop", "skip", "undo_vote", "toggle_blind", "keys", "quit"},
         "voting": {
             "back",
             "to_prompt",
@@ -112,9 +129,10 @@ class CompareScreen(CompareActions, CompareView, Screen):
             "new_prompt",
             "rerun",
             "keys",
+            "quit",
         },
-        "voted": {"back", "to_prompt", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
-        "failed": {"back", "to_prompt", "skip", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys"},
+        "voted": {"back", "to_prompt", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys", "quit"},
+        "failed": {"back", "to_prompt", "skip", "undo_vote", "new_prompt", "rerun", "toggle_blind", "keys", "quit"},
     }
 
     HELP = """\
@@ -138,8 +156,10 @@ When every column has finished:
 
 **esc** stops generating (or goes back to the chat it came from) · **n** new
 prompt · **r** the same prompt again with new seeds · **b** blind mode on/off for
-the next prompt · **f1** every key. Opened by `tiankong compare`, esc never leaves
-the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
+the next prompt · **tab** reaches a column, whose arrows, **home** and **end**
+scroll it · **f1** every key. Opened by `tiankong compare` or `tiankong rank`, esc
+never leaves the screen: **ctrl+q** quits (a prompt or answers file reopens where
+you stopped).
 """
 
     class Streamed(Message):
@@ -203,6 +223,8 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
             self.queue_key = queue.progress_key(lineup, rater)
         self.restart = restart  # --restart: the queue's rounds done are forgotten on mount
         self.position = 0  # the queue round shown (queue.total once every round is done)
+        self.window = secrets.token_hex(8)  # this screen, as its claim on the round it shows names it
+        self.waiting = False  # the queue has rounds left, but other windows show them all
         self.done: set[int] = set()  # the queue's rounds done (voted or skipped), here or in another window
         self.cast: list[Round] = []  # the rounds this screen stored a vote for, oldest first: what ctrl+z undoes
         # Opened by `tiankong compare` or `rank` rather than from the chat: esc never leaves it for the
@@ -222,7 +244,11 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
                 yield AnswerColumn(classes="answer")
         yield Static(id="vote-bar")
         yield PromptInput(placeholder="Prompt — Enter runs every column", id="prompt-input")
-        yield Footer(show_command_palette=False)
+        # Narrow terminals leave out these keys, first to last, until the footer fits (f1 lists them all);
+        # the voting keys and, where esc never leaves, ctrl+q stay.
+        yield FittingFooter(
+            drop=("toggle_blind", "rerun", "new_prompt", "to_prompt", "keys", "undo_vote"), show_command_palette=False
+        )
 
     def on_mount(self) -> None:
         self._relayout()
@@ -231,21 +257,7 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         prompt_input.display = not self.answers_only
         self.query_one("#queue-prompt").display = self.queue is not None
         if self.queue is not None:
-            try:
-                self.done = self.store.open_queue(
-                    self.queue_key, self.queue.total, self.queue.source, legacy=self.queue.key, restart=self.restart
-                )
-            except Exception as exc:  # the rounds can still be voted on; only where to resume is unknown
-                self.notify(str(exc), title="Queue progress not read", severity="error", timeout=10)
-            self.position = first_open(self.done, self.queue.total)
-            if self.queue_active:
-                self._start_queued()
-            else:
-                self.notify(
-                    f"All {self.queue.total} rounds of {self.queue.source} are done; --restart starts them again.",
-                    timeout=10,
-                )
-                prompt_input.focus()
+            self._open_queue()
         elif self.initial_prompt is not None:
             prompt_input.value = self.initial_prompt
             self._start(self.initial_prompt, fresh=False)
@@ -256,6 +268,8 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
     def on_unmount(self) -> None:
         if self.round is not None:
             self.round.cancel.set()  # never leave a generation thread running behind a closed screen
+        if self.queue is not None:
+            self._close_queue()
 
     def on_resize(self, event: events.Resize) -> None:
         self._relayout()
@@ -302,6 +316,9 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         if self.state == "generating":
             self.notify("Still generating — Esc stops it first.", severity="warning")
             return
+        if not event.value.strip():  # nothing to answer: a vote on it would be junk in the training data
+            self.notify("Type a prompt first: an empty prompt is not run.", severity="warning")
+            return
         self._start(event.value, fresh=False)
 
     def _shuffled(self, k: int) -> tuple[list[int], int | None]:
@@ -312,7 +329,7 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         order = list(range(k))
         if not self.blind:
             return order, None
-        shuffle_seed = draw_seed()
+        shuffle_seed = random.SystemRandom().randrange(2**31)  # as engine.draw_seed, without importing torch
         random.Random(shuffle_seed).shuffle(order)
         return order, shuffle_seed
 
@@ -328,6 +345,8 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = not rnd.done or self.queue_active
         prompt_input.display = not self.answers_only and not self.queue_active  # a queue brings its prompts
+        if rnd.position is None:  # a free prompt shows in the box (ctrl+z may go back to an earlier round's)
+            prompt_input.value = rnd.prompt
         if not rnd.done:
             self.query_one("#columns").focus()
         self._refresh_bars()
@@ -358,72 +377,6 @@ the screen: **ctrl+q** quits (a prompt file reopens where you stopped).
         self._show_round(rnd)
         self.query_one("#columns").focus()
         self._generate(rnd)
-
-    def _start_queued(self) -> None:
-        """The queue's round at `position`: generated (a prompt file) or read (an answers file)."""
-        assert self.queue is not None
-        item, repeat = self.queue.at(self.position)
-        if item.answers is None:  # later repeats of a prompt always draw new seeds
-            self._start(
-                item.prompt,
-                fresh=repeat > 0,
-                history=item.conversation[:-1],
-                prompt_id=item.prompt_id,
-                position=self.position,
-            )
-        else:
-            self._show_given(item)
-
-    def _show_given(self, item: Item) -> None:
-        """A round of answers made earlier: nothing to generate, voting opens at once."""
-        assert item.answers is not None
-        order, shuffle_seed = self._shuffled(len(item.answers))
-        given = [item.answers[i] for i in order]
-        rnd = Round(
-            self._rounds,
-            item.prompt,
-            [dict(m) for m in item.conversation],
-            [],
-            [],
-            self.blind,
-            shuffle_seed,
-            answers=[g.answer for g in given],
-            prompt_id=item.prompt_id,
-            position=self.position,
-        )
-        rnd.texts, rnd.finish, rnd.stats = (
-            [g.text for g in given],
-            [g.finish_reason for g in given],
-            [g.stats for g in given],
-        )
-        rnd.done = True
-        self._show_round(rnd)
-        self.query_one("#columns").focus()
-
-    def _advance(self, marked: bool = False) -> None:
-        """The queue's current round is done (voted or skipped): store that (unless `marked`: its vote
-        did), show the next round not done (rounds another window did on the same queue are passed over)."""
-        assert self.queue is not None and self.round is not None and self.round.position is not None
-        done = self.round.position
-        if not marked:
-            self._mark_round(done, True)
-        self.position = first_open(self.done, self.queue.total, done + 1)
-        if self.queue_active:
-            self._start_queued()
-        else:
-            prompt_input = self.query_one("#prompt-input", Input)
-            prompt_input.disabled, prompt_input.display = False, not self.answers_only
-            self._refresh_bars()
-            self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10)
-
-    def _mark_round(self, position: int, done: bool) -> None:
-        """Store that a queue round is done (or, undone, not); `done` then holds every window's rounds."""
-        assert self.queue is not None
-        try:
-            self.done = self.store.mark_queue_round(self.queue_key, position, done, self.queue.total, self.queue.source)
-        except Exception as exc:  # the votes are saved; only where to resume is not
-            self.done = self.done | {position} if done else self.done - {position}
-            self.notify(str(exc), title="Queue position not saved", severity="error", timeout=10)
 
     @work(thread=True, exclusive=True, group="compare-generate")
     def _generate(self, rnd: Round) -> None:

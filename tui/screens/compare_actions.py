@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import Input
 
-from tiankong.tui.queue import PromptQueue
+from tiankong.tui.queue import PromptQueue, prompt_id
 from tiankong.tui.screens.compare_rounds import LABELS, Round
+from tiankong.tui.screens.help import Section
 from tiankong.tui.screens.votes import can_go_back, verdict
 from tiankong.tui.store import Response, Store, Vote
 
@@ -25,6 +27,7 @@ class CompareActions:
 
     # The screen's state these read and change (set by CompareScreen)
     ACTIVE: ClassVar[dict[str, set[str]]]
+    BINDINGS: ClassVar[list]
     round: Round | None
     cast: list[Round]
     queue: PromptQueue | None
@@ -35,6 +38,7 @@ class CompareActions:
     rater: str
     blind: bool
     answers_only: bool
+    n_columns: int
     position: int
     picks: list[int]
     k: int
@@ -53,7 +57,9 @@ class CompareActions:
         if action in ("vote_both_bad", "vote_all_bad"):  # one key, named by the count (as the vote bar does)
             return (action == "vote_both_bad") == (self.k == 2)
         if action == "back":
-            return self.answers_only or self._can_leave()  # tiankong rank: esc leaves
+            return self._can_leave()  # never in `tiankong compare` or `tiankong rank`: ctrl+q quits there
+        if action == "quit":  # from the chat, ctrl+q is the app's (not shown in this footer)
+            return self.standalone
         if action == "to_prompt":
             # Else esc goes to the prompt box, when there is one to type in (a queue brings its prompts).
             return (
@@ -183,7 +189,8 @@ class CompareActions:
             blind=rnd.blind and not rnd.revealed,
             created_at="",  # "": the store stamps it
             n_ranked=n_ranked,
-            prompt_id=rnd.prompt_id,
+            # A queue round's id; a typed prompt (or the chat's ctrl+b) gets one the same way: its conversation's hash.
+            prompt_id=rnd.prompt_id if rnd.prompt_id is not None else prompt_id(rnd.conversation),
             source=f"rank:{Path(self.queue.source).name}" if self.answers_only else "playground",
         )
 
@@ -212,7 +219,7 @@ class CompareActions:
         if in_queue:
             assert rnd.position is not None
             self.done = self.done - {rnd.position}
-            self.position = rnd.position
+            self._claim(0, round=rnd.position)  # this window's round again, not another window's to take
         if rnd is not self.round and self.round is not None:
             self.round.cancel.set()  # a later round had started: it comes up again in a queue
         self._show_round(rnd)
@@ -230,11 +237,13 @@ class CompareActions:
             self._set_bar(Text("Stopping…"))
 
     def action_back(self) -> None:
-        """Close the screen when it was pushed over another (the chat's compare); `tiankong rank`: leave."""
+        """Close the screen when it was pushed over another (the chat's compare)."""
         if self._can_leave():
             self.dismiss()
-        elif self.answers_only:
-            self.app.exit()
+
+    def action_quit(self) -> None:
+        """`tiankong compare` or `rank`: quit, as the app's ctrl+q does (the queue's rounds done are stored)."""
+        self.app.exit()
 
     def action_to_prompt(self) -> None:
         """`tiankong compare`, which esc never leaves: go to the prompt box."""
@@ -262,6 +271,27 @@ class CompareActions:
         self.blind = not self.blind
         self.notify(f"Blind mode {'on' if self.blind else 'off'} from the next prompt.")
         self._refresh_bars()
+
+    def help_sections(self) -> list[Section]:
+        """Every key as it works on this screen, for the app's help screen (f1): esc as it is here (stop,
+        back to the chat, or to the prompt box; never leaving `tiankong compare` or `rank`), the keys that
+        scroll an answer column, and the app's own keys."""
+        left_out = set() if self.queue is not None else {"skip"}
+        if self.answers_only:  # nothing is generated or typed: answers come from the file
+            left_out |= {"stop", "to_prompt", "new_prompt", "rerun"}
+        left_out |= {"to_prompt", "quit"} if not self.standalone else {"back"}
+        if self.n_columns == 2:  # "0" only ever means both bad here
+            left_out.add("vote_all_bad")
+        bindings = [b for b in self.BINDINGS if isinstance(b, Binding) and b.action not in left_out]
+        rows = [(self.app.get_key_display(b), b.tooltip or b.description) for b in bindings]
+        rows.append(("tab / shift+tab", "reach an answer column" + ("" if self.answers_only else " or the prompt box")))
+        rows.append(("↑ ↓ home end", "scroll the answer column reached (pgup / pgdn a page at a time)"))
+        own = {key for key, _ in rows}
+        everywhere = getattr(self.app, "everywhere_keys", list)()
+        return [
+            ("rank" if self.answers_only else "compare", rows),
+            ("everywhere", [(k, what) for k, what in everywhere if k not in own]),
+        ]
 
     def action_keys(self) -> None:
         """The app's help screen when it has one, else Textual's keys-and-help panel."""

@@ -70,6 +70,7 @@ class CompareView:
     k: int
     state: str
     queue_active: bool
+    waiting: bool
     columns: list[AnswerColumn]
 
     # ------------------------------------------------------------------ drawing
@@ -169,7 +170,12 @@ class CompareView:
         keys = "1–2" if k == 2 else f"1–{k}"
         skip = " · s skip" if self.queue_active else ""
         if self.queue is not None and not self.queue_active and state in ("idle", "voted"):
-            more = " · n new prompt" if not self.answers_only else " · esc leaves"
+            more = " · n new prompt" if not self.answers_only else " · ctrl+q quits"
+            if self.waiting:
+                return Text.assemble(
+                    ("Every round left is open in another window", "yellow"),
+                    "; one comes here if that window closes" + more + " · ctrl+z undo",
+                )
             return Text.assemble(
                 ("✓ ", "bold green"), (f"All {self.queue.total} rounds done", "green"), more + " · ctrl+z undo"
             )
