@@ -9,10 +9,12 @@
 
 A request is one prompt with one SamplingParams per row (OpenAI's `n`). It waits in a bounded
 queue (`QueueFull` when that is full) until the running batch has room for all its rows, is then
-prefilled and joins the batch (prefill._join) before the next decode step. Every step runs
-generate.py's own stages (_draw, _step_events, _evict, _decode), so a row yields exactly the events
-`Engine.generate` would; a row whose request is cancelled (a client gone, a timeout, shutdown)
-leaves before the next draw, and its cache row is freed at once.
+prefilled and joins the batch (prefill._join; the requests admitted together in one copy of the
+running batch) before the next decode step. The batch's KV cache holds ANSWER_ROOM slots past the
+rows' prompts and grows as the answers do (_make_room), not each row's max_new at once. Every step
+runs generate.py's own stages (_draw, _step_events, _evict, _decode), so a row yields exactly the
+events `Engine.generate` would; a row whose request is cancelled (a client gone, a timeout,
+shutdown) leaves before the next draw, and its cache row is freed at once.
 
 What the rows read stays behind in a PrefixStore (context.py): a request whose prompt starts with
 a stored prompt, or with a finished row's prompt and answer (a chat client sending the whole
@@ -22,9 +24,10 @@ tokens is read a chunk between two decode steps (chunked prefill), so the rows a
 slow down while it is read instead of stopping.
 
 Each row draws from its own seeded generator, so a seed gives the same draws whatever else is in
-the batch. The logits themselves can differ from a lone run in the last bits (the batch's rows
-share matrix products and the cache layout moves with the batch), which changes a token only where
-two candidates tie to within float rounding.
+the batch. On the CPU the logits are a lone run's too, bit for bit, whatever the rows beside it
+(each row attends over its own slots: tests/test_batch_invariance.py). A prompt read on from a
+stored prefix is the exception: its prefill rounds in the last bits as the shorter read does, which
+changes a token only where two candidates tie to within float rounding.
 
 Events reach a request through `sink`, called on the batcher's thread (it must not block); the
 default sink queues them for iteration. Nothing here prints or knows about HTTP (tui/serve.py).
@@ -53,6 +56,12 @@ from .sampling import SamplingParams
 # A stored prefix shorter than this is not worth prefilling a request apart from the others
 # (prompts of at most this many tokens still reuse a full match).
 MIN_REUSE = 16
+
+# Answer slots reserved in the batch's KV cache when rows join it; the cache grows as the answers
+# do (_make_room). Reserving each row's whole max_new at once, a chat client's default of the rest
+# of the context, made every join allocate, fault in and copy a full-context cache for every row:
+# 16 such requests at once took 50 s to a first token and 9 GB (2048-token context, 85M model).
+ANSWER_ROOM = 64
 
 
 @dataclasses.dataclass
@@ -272,6 +281,7 @@ class Batcher:
         prompt that starts with a stored prefix from there (one prefill for all of them), the
         others together; long prompts a chunk at a time (_fill)."""
         same: dict[tuple[int, ...], list[tuple[Request, list[_Row]]]] = {}
+        ready: list[tuple[list[tuple[Request, list[_Row]]], PromptCache | None]] = []
         for req in admitted:
             rows = self._rows_of(req)
             if rows:
@@ -282,18 +292,19 @@ class Batcher:
             n, kv = self.prefix.longest(prompt)
             if kv is None or n < min(MIN_REUSE, len(prompt) - 1):
                 n, kv = 0, None
-            size = len(prompt) + max(r.max_new for r in rows)
+            size = len(prompt) + min(max(r.max_new for r in rows), ANSWER_ROOM)
             pc = None if kv is None else self.prefix.cache_for(self.engine.model, prompt, n, kv, size)
             for req, _ in group:
                 req.cached_tokens = n
             if len(prompt) - n > self.prefill_chunk:
                 self._filling.append(_Filling(prompt, group, pc or PromptCache(), size))
             elif pc is not None:
-                self._prefill_join(group, pc)
+                ready.append((group, pc))
             else:
                 fresh += group
         if fresh:
-            self._prefill_join(fresh, None)
+            ready.append((fresh, None))
+        self._prefill_join(ready)
         self._rows = self._count()
 
     def _fill(self) -> None:
@@ -318,7 +329,7 @@ class Batcher:
                     req.finish_unstarted("error", str(e))
         else:
             self._filling.popleft()
-            self._prefill_join(f.group, f.cache)
+            self._prefill_join([(f.group, f.cache)])
         self._rows = self._count()
 
     def _count(self) -> int:
@@ -338,18 +349,27 @@ class Batcher:
             r.owner = req
         return rows
 
-    def _prefill_join(self, group: list[tuple[Request, list[_Row]]], pc: PromptCache | None) -> None:
-        """Prefill these requests' rows (from pc's prefix: requests of one prompt) and join the batch."""
-        eng = self.engine
-        rows = [r for _, rs in group for r in rs]
-        try:
-            new = _prefill(eng.model, eng.cfg, [req.prompt for req, rs in group for _ in rs], rows, pc)
-        except TiankongError as e:  # e.g. the KV cache would not fit in memory: those requests fail
-            for req, _ in group:
-                req.finish_unstarted("error", str(e))
+    def _prefill_join(self, ready: list[tuple[list[tuple[Request, list[_Row]]], PromptCache | None]]) -> None:
+        """Prefill each group's rows (from its PromptCache's prefix: requests of one prompt) and join
+        them all to the running batch in one copy (a copy of the batch per group, each a new cache,
+        stopped the answers already streaming for as many copies)."""
+        eng, parts = self.engine, []
+        for group, pc in ready:
+            rows = [r for _, rs in group for r in rs]
+            try:
+                prompts = [req.prompt for req, rs in group for _ in rs]
+                part = _prefill(eng.model, eng.cfg, prompts, rows, pc, room=ANSWER_ROOM)
+            except TiankongError as e:  # e.g. the KV cache would not fit in memory: those requests fail
+                for req, _ in group:
+                    req.finish_unstarted("error", str(e))
+                continue
+            self._remember(part, range(len(rows)))
+            parts.append(part)
+        if not parts:
             return
-        self._remember(new, range(len(rows)))
-        self._batch = _join(self._batch, new)
+        old = self._batch  # the running batch keeps the room it has reserved ahead
+        room = ANSWER_ROOM if old is None else max(ANSWER_ROOM, old.cache.max_len - old.slot)
+        self._batch = _join([old, *parts], room)
         self._rows = self._count()
 
     def _remember(self, batch: _Batch, which: Sequence[int] | range) -> None:
@@ -392,7 +412,19 @@ class Batcher:
         self._leave(batch, keep, draw)
         self._deliver(out)
         if self._batch is not None:
+            self._make_room(batch)
             _decode(eng.model, eng.cfg, batch, draw.tokens, None)
+
+    @staticmethod
+    def _make_room(batch: _Batch) -> None:
+        """A cache slot for this step's tokens: a full cache grows by half the slots it holds (at
+        least ANSWER_ROOM), so an answer of n tokens copies its cache O(log n) times, up to the most
+        its rows can still write (a row writes at most prompt_len + max_new - 1 slots from its padding)."""
+        if batch.slot < batch.cache.max_len:
+            return
+        pads = batch.pad.tolist()
+        most = max(p + r.prompt_len + r.max_new - 1 for p, r in zip(pads, batch.rows, strict=True))
+        batch.cache.grow(min(most, batch.slot + max(ANSWER_ROOM, batch.slot // 2)), batch.slot)
 
     def _leave(self, batch: _Batch, keep: list[int], draw=None) -> None:
         """Keep only these rows (none: the batch is dropped with its cache)."""

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import KVCache, visible_runs
 from .llama import WEIGHT_MAP as LLAMA_WEIGHT_MAP
 from .llama import Attention as LlamaAttention
 from .llama import RMSNorm as LlamaRMSNorm
@@ -162,10 +162,12 @@ class Gemma(nn.Module):
         tables[True] = tables[False]
         if cfg.local_rope_theta is not None:
             tables[True] = rope_tables(self, positions, x.dtype, self.inv_freq_local)
+        # A decode step's masks as each row's run of slots (kv_cache.Runs: its sums as when alone).
+        runs = {False: visible_runs(mask, tokens), True: visible_runs(local, tokens)}
         for i, layer in enumerate(self.layers):
             assert isinstance(layer, Block)  # (ModuleList types its items nn.Module)
             cos, sin = tables[layer.local]
-            x = layer(x, cos, sin, local if layer.local else mask, cache, i, start)
+            x = layer(x, cos, sin, runs[layer.local], cache, i, start)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import KVCache, Runs, attend_runs, visible_runs
 from .weights import embedding
 
 
@@ -27,15 +27,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int, start: int
+        self, x: torch.Tensor, mask: torch.Tensor | Runs | None, cache: KVCache | None, layer: int, start: int
     ) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=-1)
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H, S, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)
+        y = attend_runs(self.attend, q, k, v, mask)  # a decode step's Runs: each row from its first slot
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, H, T, hd); k, v (B, H, S, hd); mask (B, 1, T, S) bool, or None: causal."""
+        causal = mask is None and q.shape[2] > 1
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale)
 
 
 class MLP(nn.Module):
@@ -87,8 +92,9 @@ class GPT2(nn.Module):
     ) -> torch.Tensor:
         """Same contract as `Llama.forward`: (B, T) tokens and positions -> (B, T, V) logits."""
         x = self.tok_emb(tokens) + self.pos_emb(positions)  # (B, T, D)
+        runs = visible_runs(mask, tokens)  # a decode step's mask as each row's run of slots
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache, i, start)
+            x = layer(x, runs, cache, i, start)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)

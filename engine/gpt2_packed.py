@@ -24,11 +24,17 @@ from torch import nn
 
 from .config import ModelConfig
 from .gpt2 import GPT2, Block
-from .kv_cache import KVCache
+from .kv_cache import KVCache, Runs, attend_runs, visible_runs
 from .native_step import NativeStep, WeightBuffer
 from .packed import release_pages, trim_heap
 
 _linear = torch.ops.mkldnn._linear_pointwise  # (x, W, bias, "none", [], "") -> x W^T + b; W plain here
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """q (B, H, T, hd) (the scale folded into its rows); k, v (B, H, S, hd); mask (B, 1, T, S) bool,
+    or None: causal."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1, scale=1.0)
 
 
 class PackedGPT2Block(nn.Module):
@@ -41,9 +47,11 @@ class PackedGPT2Block(nn.Module):
         for name in ("wqkv", "bqkv", "wo", "bo", "w13", "b13", "w2", "b2"):
             self.register_buffer(name, weights[name], persistent=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None, start: int) -> torch.Tensor:
-        """x (B, T, D); mask (B, 1, T, S) bool or None; kv: this layer's slice of the KV cache
-        (B, 2 H, max_len, hd), or None."""
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | Runs | None, kv: torch.Tensor | None, start: int
+    ) -> torch.Tensor:
+        """x (B, T, D); mask (B, 1, T, S) bool, a decode step's Runs (kv_cache.visible_runs) or None;
+        kv: this layer's slice of the KV cache (B, 2 H, max_len, hd), or None."""
         B, T, D = x.shape
         H, hd = self.n_heads, self.head_dim
         h = F.layer_norm(x, (D,), None, None, self.eps)  # gain and shift live in wqkv, bqkv
@@ -54,14 +62,7 @@ class PackedGPT2Block(nn.Module):
         else:
             kv[:, :, start : start + T] = new_kv
             kv = kv[:, :, : start + T]
-        y = F.scaled_dot_product_attention(
-            qkv[:, :, :H].transpose(1, 2),
-            kv[:, :H],
-            kv[:, H:],
-            attn_mask=mask,
-            is_causal=mask is None and T > 1,
-            scale=1.0,
-        )  # (B, H, T, hd)
+        y = attend_runs(_attend, qkv[:, :, :H].transpose(1, 2), kv[:, :H], kv[:, H:], mask)  # (B, H, T, hd)
         x = _linear(y.transpose(1, 2).reshape(B, T, D), self.wo, self.bo, "none", [], "").add_(x)
         h = F.layer_norm(x, (D,), None, None, self.eps)  # gain and shift live in w13, b13
         act = F.gelu(_linear(h, self.w13, self.b13, "none", [], ""), approximate=self.approximate)
@@ -134,12 +135,17 @@ class PackedGPT2(nn.Module):
             x = self.tok_emb(tokens.reshape(-1)) + self.pos_emb(positions.reshape(-1))  # (B, D)
             return self._native(x, positions, mask, cache, start)
         x = self.tok_emb(tokens) + self.pos_emb(positions)  # (B, T, D)
+        runs = visible_runs(mask, tokens)  # (none from generate: a step with a cache runs above)
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, None if cache is None else cache.kv[i], start)
+            x = layer(x, runs, None if cache is None else cache.kv[i], start)
         if last_only:
             x = x[:, -1:]
         x = F.layer_norm(x, (x.shape[-1],), self.norm_weight, self.norm_bias, self.cfg.norm_eps)
-        return x if hidden else _linear(x, self.output, None, "none", [], "")
+        if hidden:
+            return x
+        if last_only:  # a prompt's last tokens: the step's product, a row's bits at any batch size
+            return self._native.head(x.view(x.shape[0], -1)).unsqueeze(1)  # (B, 1, V)
+        return _linear(x, self.output, None, "none", [], "")
 
 
 __all__ = ["PackedGPT2", "PackedGPT2Block"]

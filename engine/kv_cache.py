@@ -2,13 +2,17 @@
 
 All rows of a batch share one write position: prompts are left-padded to the same length, so
 after prefill every row's next token goes to the same slot, and a decode step is one tensor write
-per layer instead of a Python loop over rows. Padding slots are hidden by the attention mask.
+per layer instead of a Python loop over rows. Padding slots are hidden by the attention mask, and
+a row's attention starts at its own first visible slot (`Runs` here, and the compiled step's
+ranges), so that a padded row computes the same bits as it does alone.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -111,6 +115,14 @@ class KVCache(nn.Module):
         if self.same_row is not None:
             self.share_prompt(self.same_row[rows.to(self.same_row.device)].tolist(), self.shared_len)
 
+    def grow(self, max_len: int, filled: int) -> None:
+        """Make room for max_len slots, keeping slots 0..filled-1 (and which rows share them): a
+        server's batch reserves its answers' slots as they grow (batcher.py), not max_new at once."""
+        L, B, H2, _, hd = self.kv.shape
+        bigger = KVCache(L, B, H2 // 2, max_len, hd, self.kv.dtype, self.kv.device)  # checks the memory
+        bigger.kv[:, :, :, :filled] = self.kv[:, :, :, :filled]
+        self.kv, self.max_len = bigger.kv, max_len
+
     def share_prompt(self, groups: list[int], length: int) -> None:
         """Rows of one group (an int per row) hold the same keys and values in slots 0..length-1."""
         first: dict[int, int] = {}
@@ -145,6 +157,54 @@ def build_mask(
     # A padding query sees no key at all; let it see itself so softmax stays finite (its output is unused).
     allowed |= (k == q)[None]
     return allowed[:, None]
+
+
+@dataclass(frozen=True)
+class Runs:
+    """A one-query step's mask on the CPU as the run of slots each row sees: row b sees slots
+    firsts[b]..S-1, and attends to them on its own (`attend_runs`).
+
+    A row's padding and a sliding window only ever hide its oldest slots, so what a decode step's
+    query sees is one run of slots. Attention over that run alone computes exactly what the row
+    computes when it runs alone. Over a left-padded row's whole cache, masked, the kernels would
+    split its slots into vector lanes and blocks by their distance from slot 0, and add them in
+    another order (float32 ~4e-6 nats, bfloat16 ~0.04 in log-probs); and torch's CPU attention of
+    one query rounds differently for one row than for several (~1e-7), so even rows without
+    padding need a call each. On other devices the matrix products round by batch size anyway, and
+    a call per row would cost a launch each: there the mask stays a mask.
+    """
+
+    firsts: tuple[int, ...]  # (B,) each row's first visible slot
+
+
+def visible_runs(mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor | Runs | None:
+    """A forward's mask (B or 1, 1, T, S) bool (build_mask) or None, for its tokens (B, T) -> the
+    same, or for a one-query step on the CPU its Runs (one host sync; none without a mask). A model's
+    forward calls this once, and its layers attend through `attend_runs`."""
+    B, T = tokens.shape
+    if T != 1 or tokens.device.type != "cpu" or (mask is None and B == 1):
+        return mask
+    if mask is None:
+        return Runs((0,) * B)
+    firsts = mask[:, 0, 0].to(torch.uint8).argmax(-1).expand(B)  # (B,) each row's first True
+    return Runs(tuple(firsts.tolist()))
+
+
+def attend_runs(
+    attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | Runs | None,
+) -> torch.Tensor:
+    """attend(q, k, v, mask) -> (B, H, T, hd) for q (B, H, T, hd), k, v (B, H_kv, S, hd); a Runs
+    mask is one unmasked call per row over its own slots, as that row makes alone."""
+    if not isinstance(mask, Runs):
+        return attend(q, k, v, mask)
+    y = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for b, first in enumerate(mask.firsts):
+        y[b : b + 1] = attend(q[b : b + 1], k[b : b + 1, :, first:], v[b : b + 1, :, first:], None)
+    return y
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache, build_mask
+from .kv_cache import KVCache, Runs, attend_runs, build_mask, visible_runs
 from .rope import long_rope_freqs, rope_attention_factor, rope_buffers
 from .weights import embedding
 
@@ -80,7 +80,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | Runs | None,
         cache: KVCache | None,
         layer: int,
         start: int,
@@ -96,7 +96,7 @@ class Attention(nn.Module):
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, S, hd), S = start + T
-        y = self.attend(q, k, v, mask)
+        y = attend_runs(self.attend, q, k, v, mask)  # a decode step's Runs: each row from its first slot
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -186,8 +186,9 @@ class Llama(nn.Module):
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, tokens.shape[1], start + tokens.shape[1], window)
         cos, sin = rope_tables(self, positions, x.dtype)  # (B, 1, T, rd)
+        runs = visible_runs(mask, tokens)  # a decode step's mask as each row's run of slots
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i, start)
+            x = layer(x, cos, sin, runs, cache, i, start)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)

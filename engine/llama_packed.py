@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache, build_mask
+from .kv_cache import KVCache, Runs, attend_runs, build_mask, visible_runs
 from .llama import Block, Llama
 from .native import library as native_lib
 from .native import matmul as native_matmul
@@ -170,10 +170,23 @@ class PackedBlock(nn.Module):
             return y if b is None else y.add_(b)
         return _linear(x, w, b, "none", [], "")
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, H, T, hd); k, v (B, H_kv, S, hd); mask (B, 1, T, S) bool, or None: causal."""
+        causal = mask is None and q.shape[2] > 1
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=self.q_scale, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+
     def forward(
-        self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor | None, kv: torch.Tensor | None, start: int
+        self,
+        x: torch.Tensor,
+        freqs: torch.Tensor,
+        mask: torch.Tensor | Runs | None,
+        kv: torch.Tensor | None,
+        start: int,
     ) -> torch.Tensor:
-        """x (B, T, D); freqs (B, T, 1, hd/2) complex64; mask (B, 1, T, S) bool or None;
+        """x (B, T, D); freqs (B, T, 1, hd/2) complex64; mask (B, 1, T, S) bool, a decode step's Runs
+        (kv_cache.visible_runs: each row attends from its own first slot) or None;
         kv: this layer's slice of the KV cache (B, 2 H_kv, max_len, hd) in x's dtype, or float16
         (kv_cache.kv_dtype: quantized weights), or None."""
         B, T, _ = x.shape
@@ -196,15 +209,7 @@ class PackedBlock(nn.Module):
         else:  # one copy into the cache, then attend over slots 0..start+T
             kv[:, :, start : start + T] = new_kv  # rounded to a float16 cache's halves (quantized weights)
             kv = kv[:, :, : start + T].to(qkv.dtype)  # attention reads the cached values, as the step does
-        y = F.scaled_dot_product_attention(
-            qkv[:, :, :H].transpose(1, 2),
-            kv[:, :H_kv],
-            kv[:, H_kv:],
-            attn_mask=mask,
-            is_causal=mask is None and T > 1,
-            scale=self.q_scale,
-            enable_gqa=H_kv != H,
-        )  # (B, H, T, hd)
+        y = attend_runs(self._attend, qkv[:, :, :H].transpose(1, 2), kv[:, :H_kv], kv[:, H_kv:], mask)  # (B, H, T, hd)
         # The residual adds go in place: measured, oneDNN's fused "add" post-op costs more (~5 us
         # a call) than a separate add.
         x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), "wo", self.bo).add_(x)
@@ -483,8 +488,9 @@ class PackedLlama(nn.Module):
         freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None]  # (B, T, 1, hd/2) complex64
         if cache is not None:
             assert start + T <= cache.max_len, f"KV cache overflow: {start + T} > {cache.max_len}"
+        runs = visible_runs(mask, tokens)  # a decode step's mask as each row's run of slots
         for i, layer in enumerate(self.layers):
-            x = layer(x, freqs, mask, None if cache is None else cache.kv[i], start)
+            x = layer(x, freqs, runs, None if cache is None else cache.kv[i], start)
         if last_only:
             x = x[:, -1:]
         x = F.rms_norm(x, (x.shape[-1],), self.norm_weight, self.cfg.norm_eps)
@@ -492,6 +498,8 @@ class PackedLlama(nn.Module):
             return x
         if self.quantized:
             return _quantized_mm(x, self.output, self.out_parts)
+        if last_only and self._native is not None:  # a prompt's last tokens: the step's product
+            return self._native.head(x.view(x.shape[0], -1)).unsqueeze(1)  # (B, 1, V)
         return _linear(x, self.output, None, "none", [], "")
 
     @property

@@ -169,6 +169,28 @@ class NativeStep:
             self.keep.append(vs)
         return arrays
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The step's vocabulary head for a prompt's last tokens: x (N, D) (normalised) -> logits
+        (N, V) float32, through the step's own product (tk_matvec), which gives a row the same bits
+        at any number of rows; oneDNN's rounds one row differently from several, and a prompt's
+        first token would then depend on the prompts beside it."""
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)  # (N, D)
+        out = self.model.output
+        logits = torch.empty(x.shape[0], out.shape[0])
+        rc = self.lib.tk_matvec(
+            self.struct.out_type,
+            out.data_ptr(),
+            out.shape[0],
+            x.shape[1],
+            x.data_ptr(),
+            x.shape[0],
+            logits.data_ptr(),
+            threads.now(self.threads or threads.CHOICE),
+        )
+        if rc != 0:
+            raise MemoryError("the compiled matrix-vector product could not allocate its scratch memory")
+        return logits
+
     def __call__(
         self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache, start: int
     ) -> torch.Tensor:

@@ -15,8 +15,9 @@ requests and runs the shutdown (_Server), serve_stream.py turns one request's ev
 answer, serve_run.py binds the sockets and runs uvicorn.
 
 Limits: a bounded queue (429 with Retry-After when full; with max_queue 0, when the rows a request
-needs are not free), a cap on requests handled at once (the same 429, answered by the app before
-uvicorn's own plain-text 503 could be), a body size cap (413), a max_tokens cap (the context, by
+needs are not free), a cap on requests handled at once, counted from when their body has come (the
+same 429, answered by the app before uvicorn's own plain-text 503 could be), a body size cap (413), a
+body that stops coming dropped after body_timeout_s (408), a max_tokens cap (the context, by
 default), a per-request timeout (rows still running are cancelled), 400 with OpenAI's error JSON
 naming the field for anything malformed, a request that could never be queued whole included.
 Presets are read once, when the server starts: a broken preset file is one error then, not a 400
@@ -45,7 +46,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiankong.engine.batcher import Batcher
 from tiankong.engine.engine import Engine
@@ -72,10 +73,20 @@ class ServeConfig:
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
     prefix_cache_mib: int = 256  # keys and values of recent prompts and answers kept for reuse (0: none)
     prefill_chunk: int = 256  # prompt tokens read between two decode steps (chunked prefill)
+    body_timeout_s: float = 30.0  # a request body that sends nothing for this long is dropped (408)
+
+    def __post_init__(self) -> None:
+        self.host = unbracketed(self.host)  # [::1], as URLs write it, binds ::1
+
+
+def unbracketed(host: str) -> str:
+    """An IPv6 address as URLs write it ([::1]) -> the address itself (::1); other hosts as given."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse a non-loopback address without an API key: anyone on the network could use it."""
+    host = unbracketed(host)
     if host == "localhost" or api_key:
         return
     try:
@@ -145,9 +156,11 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 class _InFlight:
-    """Counts the requests being handled (all but /health); past server.limit, the 429 of a full
-    queue in OpenAI's JSON with Retry-After, before any work. uvicorn's own limit (a plain-text
-    503) is set far above it, so a burst of clients gets the documented answer."""
+    """Counts the requests being handled (all but /health) from when their body has arrived; past
+    server.limit, the 429 of a full queue in OpenAI's JSON with Retry-After, before any work.
+    uvicorn's own limit (a plain-text 503) is set far above it, so a burst of clients gets the
+    documented answer. A body still arriving does not count: clients that send part of one and
+    stall would otherwise hold every place (each is dropped after cfg.body_timeout_s, _read_json)."""
 
     def __init__(self, app: ASGIApp, server: _Server) -> None:
         self.app, self.server = app, server
@@ -165,11 +178,21 @@ class _InFlight:
             )
             await JSONResponse(err.body(), status_code=429, headers={"Retry-After": "1"})(scope, receive, send)
             return
-        server.in_flight += 1
+        counted = False
+
+        async def receive_counted() -> Message:
+            nonlocal counted
+            message = await receive()
+            if not counted and not (message["type"] == "http.request" and message.get("more_body", False)):
+                counted = True  # the body is all here (or the client left): the request counts from now
+                server.in_flight += 1
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_counted, send)
         finally:
-            server.in_flight -= 1
+            if counted:
+                server.in_flight -= 1
 
 
 # ------------------------------------------------------------------------------------- running

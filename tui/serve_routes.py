@@ -33,8 +33,13 @@ from tiankong.tui.serve_stream import _shutting_down, _Stream
 if TYPE_CHECKING:  # serve.py imports this file; the config is only named in annotations here
     from tiankong.tui.serve import ServeConfig
 
-# Requests handled at once, past the queue and the rows: those still sending their body or being read.
+# Requests handled at once, past the queue and the rows: those being checked and encoded.
 IN_FLIGHT_MARGIN = 16
+
+# Arrays and objects within each other that a request body may hold. OpenAI's bodies nest a few
+# levels; a deeper one is refused by name, before any code walks it (json itself recurses and
+# would raise RecursionError near 1,000 levels, a traceback and a plain-text 500).
+MAX_JSON_DEPTH = 64
 
 
 class _Server:
@@ -240,17 +245,27 @@ class _Server:
         return JSONResponse(err.body(), status_code=401)
 
     async def _read_json(self, request: Request) -> Any:
-        """The body, refused past max_body_bytes before it is all read (413), parsed as JSON (400);
-        503 when the server begins to shut down while the body is still coming."""
-        cap = self.cfg.max_body_bytes
+        """The body, refused past max_body_bytes before it is all read (413), parsed as JSON (400,
+        also when nested deeper than MAX_JSON_DEPTH); 408 when nothing of it comes for
+        body_timeout_s; 503 when the server begins to shut down while the body is still coming."""
+        cap, idle = self.cfg.max_body_bytes, self.cfg.body_timeout_s
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             raise fmt.ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {cap:,}")
         data = bytearray()
         reader = asyncio.current_task()
         self.reading.add(reader)
+        parts = request.stream()
         try:
-            async for part in request.stream():
+            while True:
+                try:
+                    part = await asyncio.wait_for(anext(parts), timeout=idle)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise fmt.ApiError(
+                        408, f"the request body stopped coming: nothing of it came for {idle:g} s; send it whole"
+                    ) from None
                 data += part
                 if len(data) > cap:
                     raise fmt.ApiError(413, f"the request body is over the limit of {cap:,} bytes")
@@ -267,9 +282,14 @@ class _Server:
         finally:
             self.reading.discard(reader)
         try:
-            return json.loads(data)
+            body = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise fmt.ApiError(400, f"We could not parse the JSON body of your request: {e}") from None
+        except RecursionError:  # deeper than json's own limit
+            raise _nested_too_deeply() from None
+        if _too_deep(body):
+            raise _nested_too_deeply()
+        return body
 
     def _encode(self, job: fmt.Job, prompt: Any) -> list[int]:
         """One prompt -> token ids, refused (400) when it leaves no room for an answer."""
@@ -327,6 +347,25 @@ class _Server:
         if not self.cfg.max_queue:
             self.live += reqs
         return reqs
+
+
+def _nested_too_deeply() -> fmt.ApiError:
+    return fmt.ApiError(
+        400,
+        f"the JSON body is nested too deeply (arrays and objects more than {MAX_JSON_DEPTH} levels within "
+        "each other); send a flatter body",
+    )
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether arrays and objects sit more than MAX_JSON_DEPTH levels within each other in value
+    (walked without recursion, so that depth itself cannot overflow the stack)."""
+    level: list[Any] = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [v for c in level if isinstance(c, (list, dict)) for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return False
+    return any(isinstance(c, (list, dict)) for c in level)
 
 
 def _plural(n: int, noun: str) -> str:

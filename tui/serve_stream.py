@@ -21,6 +21,10 @@ from tiankong.tui import openai_format as fmt
 if TYPE_CHECKING:  # serve_routes.py imports this file; the server is only named in annotations here
     from tiankong.tui.serve_routes import _Server
 
+# How often a collected (non-streamed) request looks whether its client is still there, while its
+# tokens come: a look is one non-blocking receive. (A stream's response notices on its own.)
+LOOK_S = 0.25
+
 
 class _Stream:
     """One request's events from the batcher, as SSE chunks or as one response."""
@@ -41,18 +45,24 @@ class _Stream:
 
     async def events(self, request: Request | None = None) -> AsyncIterator[tuple[int, Event]]:
         """Every (prompt, event) until all rows finished; past the deadline, or when the client of a
-        collected request is gone, the rows are cancelled (they then finish "cancelled")."""
+        collected request is gone (looked at every LOOK_S, tokens coming or not), the rows are
+        cancelled (they then finish "cancelled")."""
+        looked = time.monotonic()
         try:
             while self.left:
-                wait = self.deadline - time.monotonic()
+                now = time.monotonic()
+                wait = self.deadline - now
                 if wait <= 0:
                     self.cancel()  # idempotent; the rows' Finished events come within a step
-                try:
-                    # Wake at least once a second to notice a gone client or the deadline.
-                    i, ev = await asyncio.wait_for(self.queue.get(), timeout=min(wait, 1.0) if wait > 0 else 1.0)
-                except asyncio.TimeoutError:
-                    if request is not None and await request.is_disconnected():
+                if request is not None and now - looked >= LOOK_S:
+                    looked = now
+                    if await request.is_disconnected():
                         self.cancel()
+                try:
+                    # Wake to notice the deadline (once a second) or a gone client (every LOOK_S).
+                    every = 1.0 if request is None else LOOK_S
+                    i, ev = await asyncio.wait_for(self.queue.get(), timeout=min(wait, every) if wait > 0 else every)
+                except asyncio.TimeoutError:
                     continue
                 self.started.add(i)
                 self.left -= isinstance(ev, Finished)

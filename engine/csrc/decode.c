@@ -420,28 +420,30 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
     }
 }
 
-/* Memory a thread will read soon, asked for a little at a time while it computes: n regions of
- * len bytes, stride bytes apart from base (the cached keys and values of its attention share). */
+/* Memory a thread will read soon, asked for a little at a time while it computes: n regions,
+ * stride bytes apart from base (the cached keys and values of its attention share), per_row of
+ * them per batch row; region r asks for bytes [lo[row], hi[row]) of itself (each row reads its
+ * own slots: attention_slots). */
 typedef struct {
     const char *base;
-    int64_t stride, len, off; /* off: the next byte to ask for in region r */
-    int n, r;
-    const int32_t *same_row;  /* regions of a row that reads another's slots: start at skip */
-    int per_row;              /* regions per row */
-    int64_t skip;
+    int64_t stride, off, end; /* off: the next byte to ask for in region r, end: its last */
+    int n, r, per_row;
+    const int64_t *lo, *hi;   /* (B,) each row's bytes, from its slot 0 */
+    int64_t total;            /* bytes of all regions, to spread the asking over a product */
 } Prefetch;
 
-/* Where region r starts being asked for: past the slots its row reads from another row. */
-static inline int64_t prefetch_start(const Prefetch *p, int r) {
-    return p->same_row && p->same_row[r / p->per_row] != r / p->per_row ? p->skip : 0;
+/* Start asking for region r (or past the last one). */
+static inline void prefetch_region(Prefetch *p, int r) {
+    p->r = r;
+    if (r < p->n)
+        p->off = p->lo[r / p->per_row], p->end = p->hi[r / p->per_row];
 }
 
 /* Ask for the next `bytes` of p (into L2: prefetcht1), as far as any are left. */
 static inline void prefetch_more(Prefetch *p, int64_t bytes) {
     while (bytes > 0 && p->r < p->n) {
-        if (p->off >= p->len) { /* region r done (or nothing of it to ask for): the next one */
-            if (++p->r < p->n)
-                p->off = prefetch_start(p, p->r);
+        if (p->off >= p->end) { /* region r done (or nothing of it to ask for): the next one */
+            prefetch_region(p, p->r + 1);
             continue;
         }
         __builtin_prefetch(p->base + p->r * p->stride + p->off, 0, 2);
@@ -461,7 +463,7 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
     share_rows(O, t, nt, &lo, &hi);
     act_quantize(a, x, B, I, block_elems(type) == 256 ? 256 : 32);
     const int64_t rb = row_bytes(type, I);
-    const int64_t pf_step = pf && hi > lo ? (pf->n * pf->len / ((hi - lo + 7) / 8) + 63) / 64 * 64 : 0;
+    const int64_t pf_step = pf && hi > lo ? (pf->total / ((hi - lo + 7) / 8) + 63) / 64 * 64 : 0;
     const int direct = (type & T_X8) && B <= 4;
     float u[8 * B]; /* (B, 8): 8 rows' products */
     for (int r = lo; r < hi; r += 8) { /* lo is a multiple of 8, and so is hi unless it is O */
@@ -563,7 +565,8 @@ typedef struct {
     const Model *m;
     int B, D, H, Hkv, hd, F, Q, S, group, bf, slot;
     int kvt;                          /* the cache's element type (KV_F32, KV_BF16, KV_F16) */
-    int parts;                        /* attention's slot ranges (attention_parts) */
+    int parts;                        /* attention's slot ranges: the most any row has */
+    int *first, *range, *nparts;      /* (B,) each row's first visible slot, slots per range, ranges */
     float *x;                         /* (B, D) the residual stream, updated in place */
     void *kv;                         /* the KV cache, (layer, row, 2 Hkv, max_len, hd) */
     int64_t head_stride, row_stride, layer_stride; /* cache offsets in elements */
@@ -599,59 +602,74 @@ static void rope_and_cache(const Step *s, int l, int t, int nt) {
     }
 }
 
-/* Attention splits the visible cache slots into ranges of 16 (at most MAX_PARTS), each with its
- * own partial softmax, merged in order; the threads take consecutive ranges. The ranges depend on
- * the context alone, not on the thread count, so a step gives the same bits on any number of
- * threads (native.py runs one thread while another program holds a core). */
+/* Attention splits each row's visible cache slots into ranges of 16 (at most MAX_PARTS), each
+ * with its own partial softmax, merged in order; the threads take consecutive ranges. A row's
+ * ranges start at its own first visible slot and depend on its own context alone: not on the
+ * thread count, so a step gives the same bits on any number of threads (native.py runs one thread
+ * while another program holds a core), and not on the rows beside it, so a left-padded row sums
+ * exactly as it does alone (its padding would otherwise shift which slots share a range, and so
+ * the order of its sums). */
 #define MAX_PARTS 16
 
-static int first_visible(const Step *s) {
+static int window_start(const Step *s) {
     const int window = s->m->window;
     return window > 0 && s->slot - window + 1 > 0 ? s->slot - window + 1 : 0;
 }
 
-/* Slots per range: a multiple of 16, since score_keys scores 16 slots at a time (ranges of 13
- * would take its one-by-one path); 16 unless that makes more than MAX_PARTS ranges. */
-static int range_slots(const Step *s) {
-    const int n16 = (s->S - first_visible(s) + 15) / 16;
+/* Slots per range for n visible slots: a multiple of 16, since score_keys scores 16 slots at a
+ * time (ranges of 13 would take its one-by-one path); 16 unless that makes more than MAX_PARTS
+ * ranges. */
+static int range_slots(int n) {
+    const int n16 = (n + 15) / 16;
     return 16 * ((n16 + MAX_PARTS - 1) / MAX_PARTS);
 }
 
-static int attention_parts(const Step *s) {
-    const int n = (s->S - first_visible(s) + range_slots(s) - 1) / range_slots(s);
-    return n < 1 ? 1 : n;
+/* Each row's first visible slot (the window's first, or past its left padding: the mask's first
+ * visible slot) and its ranges; s->parts the most of any row. The mask hides a row's padding
+ * and nothing after it (kv_cache.build_mask), so a row's visible slots are first..S-1. */
+static void row_ranges(Step *s) {
+    s->parts = 1;
+    for (int b = 0; b < s->B; b++) {
+        int j = window_start(s);
+        const uint8_t *vis = s->mask ? s->mask + b * s->mask_stride : NULL;
+        while (vis && j < s->S - 1 && !vis[j])
+            j++;
+        const int n = s->S - j;
+        s->first[b] = j, s->range[b] = range_slots(n), s->nparts[b] = (n + s->range[b] - 1) / s->range[b];
+        s->parts = s->nparts[b] > s->parts ? s->nparts[b] : s->parts;
+    }
 }
 
-/* Range p of the cache slots attention reads: [*ja, *ja + *n) (the last range may be shorter). */
-static void attention_slots(const Step *s, int p, int *ja, int *n) {
-    const int j0 = first_visible(s), len = range_slots(s), lo = p * len;
+/* Range p of row b's visible slots: [*ja, *ja + *n) (the last range may be shorter; *n <= 0 past it). */
+static void attention_slots(const Step *s, int b, int p, int *ja, int *n) {
+    const int j0 = s->first[b], len = s->range[b], lo = p * len;
     *ja = j0 + lo, *n = lo + len < s->S - j0 ? len : s->S - j0 - lo;
-}
-
-/* This thread's slots, its ranges [*p0, *p1) together: [*ja, *ja + *n). */
-static void thread_slots(const Step *s, int t, int nt, int *p0, int *p1, int *ja, int *n) {
-    share(s->parts, t, nt, p0, p1);
-    int a, na, b, nb;
-    attention_slots(s, *p0, &a, &na);
-    attention_slots(s, *p1 > *p0 ? *p1 - 1 : *p0, &b, &nb);
-    *ja = a, *n = *p1 > *p0 ? b + nb - a : 0;
 }
 
 /* The cached keys and values attention_share will read in layer l on this thread: for every row
  * and kv head (the B 2 Hkv heads of a layer lie head_stride apart: keys, then values, row by row),
- * its slots' hd elements each. qkv_in asks for them while it computes: at four rows the step reads
+ * the slots of its ranges (hd elements each), less those a row reads from another row's copy
+ * (KVCache.share_prompt). qkv_in asks for them while it computes: at four rows the step reads
  * 4x the cache (135M, 65 slots: 12 MB a step) in products that are compute-bound, where the
- * memory would otherwise wait; read by attention itself they cost 1 ms of a 5 ms step. */
-static Prefetch kv_prefetch(const Step *s, int l, int t, int nt) {
-    int p0, p1, ja, n;
-    thread_slots(s, t, nt, &p0, &p1, &ja, &n);
-    const int64_t at = l * s->layer_stride + (int64_t)ja * s->hd;
-    const int64_t esize = s->kvt == KV_F32 ? 4 : 2;
-    const int64_t shared = s->m->same_len > ja ? (int64_t)(s->m->same_len - ja) * s->hd * esize : 0;
-    Prefetch pf = {.base = kv_at(s->kv, s->kvt, at), .stride = s->head_stride * esize,
-                   .len = (int64_t)n * s->hd * esize, .n = n > 0 ? s->B * 2 * s->Hkv : 0,
-                   .same_row = s->m->same_row, .per_row = 2 * s->Hkv, .skip = shared};
-    pf.off = prefetch_start(&pf, 0);
+ * memory would otherwise wait; read by attention itself they cost 1 ms of a 5 ms step.
+ * lo, hi: (B,) scratch of the thread's. */
+static Prefetch kv_prefetch(const Step *s, int l, int t, int nt, int64_t *lo, int64_t *hi) {
+    int p0, p1;
+    share(s->parts, t, nt, &p0, &p1);
+    const int64_t esize = s->kvt == KV_F32 ? 4 : 2, slot = (int64_t)s->hd * esize;
+    int64_t total = 0;
+    for (int b = 0; b < s->B; b++) {
+        int64_t a = s->first[b] + (int64_t)p0 * s->range[b], e = s->first[b] + (int64_t)p1 * s->range[b];
+        e = e < s->S ? e : s->S;
+        if (s->m->same_row && s->m->same_row[b] != b && a < s->m->same_len)
+            a = s->m->same_len; /* read from the first such row's copy */
+        lo[b] = a * slot, hi[b] = (e > a ? e : a) * slot; /* from the row's own region start */
+        total += 2 * s->Hkv * (hi[b] - lo[b]);
+    }
+    Prefetch pf = {.base = kv_at(s->kv, s->kvt, l * s->layer_stride), .stride = s->head_stride * esize,
+                   .n = p1 > p0 ? s->B * 2 * s->Hkv : 0, .per_row = 2 * s->Hkv, .lo = lo, .hi = hi,
+                   .total = total};
+    prefetch_region(&pf, 0);
     return pf;
 }
 
@@ -827,25 +845,32 @@ static void group_values(const void *val0, int kvt, const float *scores, int gro
     }
 }
 
-/* Range p's partial softmaxes (attention_share). scores: (B group, n) scratch. */
+/* The row whose copy of its range p row b reads: a range inside the slots b shares with an
+ * earlier row (the same prompt, prefilled once: the same bits, and the same first slot) reads the
+ * first such row's copy, once for all of them; otherwise b itself. */
+static int reads_row(const Step *s, int b, int p) {
+    const int32_t *same = s->m->same_row;
+    int ja, n;
+    attention_slots(s, b, p, &ja, &n);
+    return same && same[b] != b && s->first[same[b]] == s->first[b] && ja + n <= s->m->same_len ? same[b] : b;
+}
+
+/* Range p's partial softmaxes (attention_share), for every row that has a range p. scores:
+ * (B group, n) scratch. */
 static void attention_range(const Step *s, int l, int p, float *scores) {
     const int hd = s->hd, group = s->group, kvt = s->kvt;
-    int ja, n;
-    attention_slots(s, p, &ja, &n);
-    /* A range inside the slots rows share with an earlier one (the same prompt, prefilled once: the
-     * same bits) reads the first such row's copy, once for all of them: their queries are scored in
-     * one pass over its keys. */
-    const int shared = s->m->same_row && ja + n <= s->m->same_len;
     for (int b = 0; b < s->B; b++) {
-        const int kb = shared ? s->m->same_row[b] : b;
-        if (kb != b)
-            continue; /* scored with row kb, its copy's first row (kb < b) */
-        int rows[s->B], nr = 0; /* the rows reading row kb's slots here */
+        int ja, n;
+        attention_slots(s, b, p, &ja, &n);
+        if (n <= 0 || reads_row(s, b, p) != b)
+            continue; /* no range p (a row with fewer slots), or scored with the row whose copy it reads */
+        /* The rows reading row b's slots here: their queries are scored in one pass over its keys. */
+        int rows[s->B], nr = 0;
         for (int r = b; r < s->B; r++)
-            if (r == b || (shared && s->m->same_row[r] == kb))
+            if (r == b || reads_row(s, r, p) == b)
                 rows[nr++] = r;
         for (int g = 0; g < s->Hkv; g++) {
-            const int64_t keys = l * s->layer_stride + kb * s->row_stride + g * s->head_stride + (int64_t)ja * hd;
+            const int64_t keys = l * s->layer_stride + b * s->row_stride + g * s->head_stride + (int64_t)ja * hd;
             const int64_t vals = keys + s->Hkv * s->head_stride;
             /* scores (nr group, n): row rows[i]'s query heads of this group, at i group */
             const float *qs[MAX_Q];
@@ -877,18 +902,20 @@ static void attention_range(const Step *s, int l, int p, float *scores) {
  * and value is read once for its whole group of query heads (GQA). `scores` is (B group, range)
  * scratch. */
 static void attention_share(const Step *s, int l, int t, int nt, float *scores) {
-    int p0, p1, ja, n;
-    thread_slots(s, t, nt, &p0, &p1, &ja, &n);
+    int p0, p1;
+    share(s->parts, t, nt, &p0, &p1);
     for (int p = p0; p < p1; p++)
         attention_range(s, l, p, scores);
 }
 
-/* att[row, head] = sum_p e^(m_p - M) acc_p / sum_p e^(m_p - M) l_p over the ranges' parts, in order. */
-static void merge_attention(const Step *s, int t, int nt, int n_parts) {
+/* att[row, head] = sum_p e^(m_p - M) acc_p / sum_p e^(m_p - M) l_p over the row's ranges' parts,
+ * in order. */
+static void merge_attention(const Step *s, int t, int nt) {
     const int hd = s->hd, BH = s->B * s->H;
     int lo, hi;
     share(BH, t, nt, &lo, &hi);
     for (int it = lo; it < hi; it++) {
+        const int n_parts = s->nparts[it / s->H];
         float M = -INFINITY, den = 0.f, *y = s->att + (int64_t)it * hd;
         for (int u = 0; u < n_parts; u++) {
             const float mu = s->partial[((int64_t)u * BH + it) * (hd + 2)];
@@ -930,7 +957,8 @@ static void qkv_in(const Step *s, int l, const float *h, Act *a, int t, int nt) 
     const int types[3] = {wtype(s, l, 0), wtype(s, l, 1), wtype(s, l, 2)};
     /* one product unless the types differ, or interleaved parts' groups of 8 do not line up */
     const int aligned = !(types[0] & T_X8) || (s->H * s->hd % 8 == 0 && s->Hkv * s->hd % 8 == 0);
-    Prefetch pf = kv_prefetch(s, l, t, nt); /* the layer's attention reads, asked for meanwhile */
+    int64_t lo[s->B], hi[s->B];
+    Prefetch pf = kv_prefetch(s, l, t, nt, lo, hi); /* the layer's attention reads, asked for meanwhile */
     if (types[0] == types[1] && types[1] == types[2] && aligned) {
         matvec_any(m->wqkv[l], types[0], bias, h, a, s->qkv, s->B, s->Q, s->D, s->Q, 0, t, nt, &pf);
         return;
@@ -971,7 +999,8 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
     s->row_stride = 2 * Hkv * s->head_stride;
     s->layer_stride = B * s->row_stride;
     s->qkv = malloc(sizeof(float) * ((size_t)B * s->Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd +
-                                     (size_t)MAX_PARTS * B * H * (hd + 2)));
+                                     (size_t)MAX_PARTS * B * H * (hd + 2)) +
+                    sizeof(int) * 3 * (size_t)B);
     if (!s->qkv)
         return -1;
     s->att = s->qkv + (size_t)B * s->Q;
@@ -980,7 +1009,9 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
     s->cs = s->upb + (size_t)B * F;
     s->sn = s->cs + (size_t)B * hd / 2;
     s->partial = s->sn + (size_t)B * hd / 2;
-    s->parts = attention_parts(s);
+    s->first = (int *)(s->partial + (size_t)MAX_PARTS * B * H * (hd + 2));
+    s->range = s->first + B, s->nparts = s->range + B;
+    row_ranges(s);
     for (int b = 0; b < B; b++)
         for (int i = 0; i < hd / 2; i++) {
             float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
@@ -994,7 +1025,8 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
  * x (B, D) float32: the embeddings of the B new tokens; overwritten with the final residual
  * stream. pos (B,): each row's position (for RoPE). kv: the cache buffer (m->kv_type elements);
  * max_len its slot count; the new keys/values go to slot `slot`, and row b attends to slots
- * j <= slot with mask[b * mask_stride + j] (mask NULL: all) and, with a window, slot - j < window.
+ * j <= slot with mask[b * mask_stride + j] (mask NULL: all) and, with a window, slot - j < window,
+ * in ranges counted from its first such slot (row_ranges: the same bits as the row alone).
  * logits (B, V) float32 out. Returns 0, or -1 when scratch memory could not be allocated.
  */
 int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv, int max_len, int slot,
@@ -1009,10 +1041,11 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         /* Private scratch: the normalised input (B, D), a range's attention scores for every row's
-         * heads of a group (B group, range_slots) and the quantized input of a product (for
+         * heads of a group (B group, range) and the quantized input of a product (for
          * quantized weights). */
         const int widest = D > s.F ? (D > s.H * s.hd ? D : s.H * s.hd) : (s.F > s.H * s.hd ? s.F : s.H * s.hd);
-        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)B * s.group * range_slots(&s)) + act_bytes(B, widest));
+        const int range = range_slots(s.S - window_start(&s)); /* the longest any row's can be */
+        float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)B * s.group * range) + act_bytes(B, widest));
         if (!h) {
 #pragma omp atomic write
             failed = 1;
@@ -1021,7 +1054,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
         if (!failed) {
             float *scores = h + (size_t)B * D;
             Act a;
-            act_init(&a, scores + (size_t)B * s.group * range_slots(&s), B, widest);
+            act_init(&a, scores + (size_t)B * s.group * range, B, widest);
             for (int l = 0; l < m->n_layers; l++) {
                 /* Each stage reads what the one before wrote for other threads: a barrier between.
                  * Norm gains (and GPT-2's biases) are folded into wqkv and w13 unless given. */
@@ -1033,7 +1066,7 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
 #pragma omp barrier
                 attention_share(&s, l, t, nt, scores);
 #pragma omp barrier
-                merge_attention(&s, t, nt, s.parts);
+                merge_attention(&s, t, nt);
 #pragma omp barrier
                 a.kind = 0;
                 matvec_any(m->wo[l], wtype(&s, l, 3), m->bo ? m->bo[l] : NULL, s.att, &a, x, B, D, s.H * s.hd, D, 1, t,
