@@ -38,6 +38,17 @@ _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 # text the model never saw ("<|bot|>"). OpenAI's newer name for the system message is read as it.
 ROLES = ("system", "user", "assistant")
 ROLE_ALIASES = {"developer": "system"}
+# Other datasets' names for them (ShareGPT's "human"/"gpt", ...): named in the fix, not read as them.
+_ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
+
+
+def role_fix(role: str) -> str:
+    """How to fix an unknown role: the role this name likely means, and the roles there are."""
+    use = "the roles are system, user and assistant (developer is read as system)"
+    key = role.strip().lower()
+    mapped = key if key in ROLES else _ROLE_NAMES.get(key, ROLE_ALIASES.get(key))
+    return f"rename it to {mapped!r} ({use})" if mapped else use
+
 
 # Two user messages a template must render differently (ChatTemplate._check_reads_messages).
 _PROBES = ("Hello, who are you?", "Write a haiku about rain.")
@@ -206,9 +217,7 @@ def validate_messages(messages: Any) -> list[dict]:
                 raise InputError(f'{where}: "{key}" must be a string, got {type(message[key]).__name__}')
         role = ROLE_ALIASES.get(message["role"], message["role"])
         if role not in ROLES:
-            raise InputError(
-                f'{where}: "role" is {quoted(repr(message["role"]), 40)}; use one of {", ".join(ROLES)} (developer is read as system)'
-            )
+            raise InputError(f'{where}: "role" is {quoted(repr(message["role"]), 40)}; {role_fix(message["role"])}')
         checked.append({**message, "role": role})
     return checked
 

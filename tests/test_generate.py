@@ -237,7 +237,7 @@ def test_token_ids_outside_the_vocabulary_are_refused_by_the_call(engines):
         (lambda eng, ids: eng.encode(messages=[{"role": "bot", "content": "x"}]), r'message 1: "role" is \'bot\''),
         (
             lambda eng, ids: eng.encode(messages=[{"role": "User", "content": "x"}]),
-            r"use one of system, user, assistant",
+            r"rename it to 'user' \(the roles are system, user and assistant",
         ),
     ],
 )

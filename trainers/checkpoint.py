@@ -364,9 +364,12 @@ def write(out: Path, step: int, save_model: Callable[[Path], None], state: dict[
         shutil.rmtree(stage, ignore_errors=True)
         reason = e.reason if isinstance(e, WriteError) else why(e)
         raise InputError(f"cannot write a checkpoint into {root}: {reason}; the previous checkpoint is kept") from None
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
-        raise
+        reason = _safetensors_reason(e)
+        if reason is None:
+            raise
+        raise InputError(f"cannot write a checkpoint into {root}: {reason}; the previous checkpoint is kept") from None
     try:
         publish(final, out)
     except OSError as e:
@@ -376,6 +379,23 @@ def write(out: Path, step: int, save_model: Callable[[Path], None], state: dict[
             shutil.rmtree(old, ignore_errors=True)
     discard_aside(out)
     return final
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _safetensors_reason(e: BaseException) -> str | None:
+    """Why safetensors could not write a file, as why() says it for an OSError; None for any other
+    error. Its SafetensorError is no OSError: the errno is only in the text ("... (os error 28)")."""
+    from safetensors import SafetensorError
+
+    if not isinstance(e, SafetensorError):
+        return None
+    m = _OS_ERROR.search(str(e))
+    if m is None:
+        return f"{str(e).splitlines()[0] if str(e) else 'safetensors could not write a file'}; check the disk"
+    code = int(m.group(1))
+    return why(OSError(code, os.strerror(code)))
 
 
 def publish(checkpoint: Path, out: Path) -> None:

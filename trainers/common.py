@@ -271,6 +271,16 @@ class Trainer:
         fix = "train it again with `tiankong train reward`" if role == "the --reward model" else model_fix(folder)
         return loading(role, folder, fix)
 
+    def check_finite(self, model: nn.Module, folder: str | Path, role: str = "the --model") -> None:
+        """Refuse a starting model holding NaN or inf weights (generate's check and words): training
+        on it makes a NaN model that the loop would report as a finished run. Not run on a --resume
+        checkpoint, whose NaN (a diverged run) the verdict reports."""
+        from tiankong.engine.generate import _nonfinite_reason
+
+        reason = _nonfinite_reason(model)
+        if reason.startswith("weight "):  # else it names no weight: all are finite
+            raise InputError(f"{role} {folder}: {reason}")
+
     def _load_state(self) -> None:
         folder = ckpt.latest(self.out)
         assert folder is not None  # check_output refused a resume without one

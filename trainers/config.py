@@ -79,6 +79,11 @@ class TrainConfig:
             raise InputError(f"micro_batch_size must be >= 0, got {self.micro_batch_size}")
         if not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
+        self.check_warmup()
+        if not 0 <= self.min_lr_ratio <= 1:  # below 0 the lr turns negative (gradient ascent); above 1 it climbs
+            raise InputError(f"min_lr_ratio must be in [0, 1] (a fraction of --lr), got {self.min_lr_ratio}")
+        if not self.weight_decay >= 0:
+            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.save_minutes >= 0:
             raise InputError(f"save_minutes must be >= 0, got {self.save_minutes}")
         if self.resume and self.overwrite:
@@ -87,6 +92,11 @@ class TrainConfig:
             raise InputError(f"dtype must be float32 or bfloat16 for training, got {self.dtype!r}")
         if self.sharding not in SHARDINGS:
             raise InputError(f"unknown sharding {self.sharding!r}; use {' or '.join(SHARDINGS)}")
+
+    def check_warmup(self) -> None:
+        """A negative warmup would shift the schedule so that the peak --lr is never reached."""
+        if self.warmup_steps < 0:
+            raise InputError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from tiankong.engine.chat import validate_messages
-from tiankong.engine.errors import InputError, quoted
+from tiankong.engine.errors import InputError
 
 from .records import parse_line, split_lines
 
@@ -130,25 +130,9 @@ def parse_conversation(obj: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         raise InputError('needs "messages" (a list of {"role", "content"}) or "prompt" and "completion"')
-    for i, m in enumerate(messages, 1):
-        if m["role"] not in ROLES:
-            raise InputError(f"message {i} has role {quoted(m['role'])!r}; {_role_fix(m['role'])}")
     if not any(m["role"] == "assistant" for m in messages):
         raise InputError("has no assistant message, so there is no answer to learn")
     return messages
-
-
-ROLES = ("system", "user", "assistant")  # what the chat and generate send, so what sft teaches
-# Other datasets' names for them (ShareGPT's "human"/"gpt", OpenAI's "developer", ...).
-ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "developer": "system"}
-
-
-def _role_fix(role: str) -> str:
-    """How to fix an unknown role: the roles sft takes, and the one this name likely means."""
-    use = "the roles are system, user and assistant"
-    key = role.strip().lower()
-    mapped = key if key in ROLES else ROLE_NAMES.get(key)
-    return f"rename it to {mapped!r} ({use})" if mapped else use
 
 
 def load_conversations(path: str | Path) -> list[Conversation]:

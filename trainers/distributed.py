@@ -242,6 +242,20 @@ def joined() -> bool:
     return _joined
 
 
+# How gloo's (and nccl's) errors read when the other end of a collective is gone: torch raises them as a
+# plain RuntimeError or its DistBackendError, with the C++ source location first.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether `e` is a collective of this process's group failing because another process of the run
+    stopped (killed, crashed, out of memory): not a bug of this one, whose traceback would only
+    bury the one thing to do (resume)."""
+    if not _joined or not isinstance(e, RuntimeError):
+        return False
+    return isinstance(e, getattr(dist, "DistBackendError", ())) or any(m in str(e) for m in _PEER_LOST)
+
+
 def leave(code: int) -> NoReturn:
     """End a process that joined a process group: flush the standard streams, then os._exit, which
     skips the interpreter's finalization.

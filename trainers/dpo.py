@@ -92,6 +92,7 @@ class DPOTrainer(PreferenceTrainer):
         self.model.requires_grad_(True)
         with self.loading(cfg.model):
             self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen: requires_grad stays False
+        self.check_finite(self.ref, cfg.model)  # the policy's start too
         self.load_data(cfg.model, self.mcfg.max_seq_len)
         self.resolve_auto(n_parameters(self.model))
         self._ref_cache: dict[tuple[int, ...], float] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,9 +68,15 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+MIN_WIDTH = 20  # the y axis' labels take 8 columns; below this the curve has no room
+
+
 def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int = 100, height: int = 12) -> str:
     """The curves of a run as terminal text (one small plot per metric)."""
     import plotext as plt
+
+    if width < MIN_WIDTH:  # plotext draws nothing at 0 or below, and an unreadable box just above
+        raise InputError(f"--width must be at least {MIN_WIDTH} columns for a readable plot, got {width}")
 
     rows = read_metrics(run)
     if not rows:
@@ -86,13 +93,27 @@ def plot_metrics(run: str | Path, keys: Sequence[str] | None = None, width: int 
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if not pts:
             continue
-        if len(pts) == 1:  # one point (e.g. an eval at the end only) is a figure, not a curve
-            out.append(f"{key}: {pts[0][1]:.4g} at step {pts[0][0]} (one point, nothing to plot)")
+        # A diverged run's NaN or inf (json reads both) would make plotext abort the process: not drawn, said.
+        bad = [step for step, v in pts if not math.isfinite(v)]
+        note = f"; {len(bad)} non-finite point{'s' * (len(bad) > 1)} from step {bad[0]} not drawn" if bad else ""
+        drawn = [(step, v) for step, v in pts if math.isfinite(v)]
+        if len(drawn) < 2:  # one point (e.g. an eval at the end only) is a figure, not a curve
+            first = f"{drawn[0][1]:.4g} at step {drawn[0][0]} (one point, " if drawn else "no finite value ("
+            out.append(f"{key}: {first}nothing to plot{note})")
             continue
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        title = f"{key}  (last {pts[-1][1]:.4g} at step {pts[-1][0]})"
+        xs, ys = [p[0] for p in drawn], [p[1] for p in drawn]
+        title = f"{key}  (last {pts[-1][1]:.4g} at step {pts[-1][0]}{note})"
         out.append(_plot(plt, xs, ys, title, width, height))
     return "\n".join(out)
+
+
+def diverged_at(rows: Sequence[dict[str, Any]], key: str = "loss") -> int | None:
+    """The first step whose `key` is NaN or infinite (a diverged run), or None."""
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not math.isfinite(v):
+            return int(r.get("step", 0))
+    return None
 
 
 def _plot(plt, xs: list, ys: list, title: str, width: int, height: int) -> str:

@@ -189,6 +189,8 @@ class PPOTrainer(PPORollouts, Trainer):
             self.ref, _ = load_model(cfg.model, self.device, cfg.dtype)  # frozen
         with self.loading(cfg.reward, "the --reward model"):
             self.reward_model = RewardModel.load(cfg.reward, self.device, cfg.dtype).requires_grad_(False)
+        self.check_finite(self.ref, cfg.model)  # the policy's start too
+        self.check_finite(self.reward_model, cfg.reward, "the --reward model")
         if self.reward_model.cfg.vocab_size != self.mcfg.vocab_size:
             raise InputError(
                 f"the reward model's vocabulary ({self.reward_model.cfg.vocab_size}) differs from the "

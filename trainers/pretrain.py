@@ -106,8 +106,6 @@ class PretrainConfig(TrainConfig):
 
     def validate(self) -> None:
         auto.validate_auto(self, super().validate, names=("steps",))
-        if self.warmup_steps < -1:
-            raise InputError(f"warmup_steps must be >= 0 (or -1 = auto), got {self.warmup_steps}")
         if not self.model and self.size not in SIZES:
             raise InputError(f"unknown --size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.seq_len < 1:
@@ -118,6 +116,10 @@ class PretrainConfig(TrainConfig):
             raise InputError(
                 f"vocab_size must be 0 or at least 300 (256 byte tokens come first), got {self.vocab_size}"
             )
+
+    def check_warmup(self) -> None:
+        if self.warmup_steps < -1:
+            raise InputError(f"warmup_steps must be >= 0 (or -1 = auto), got {self.warmup_steps}")
 
 
 # ---- a new model and its tokenizer
@@ -346,6 +348,8 @@ class PretrainTrainer(Trainer):
             self.tokenizer = load_tokenizer(source)
             with self.loading(source):
                 self.model, self.model_cfg = load_trainable(source, self.device, cfg.dtype)
+            if self.resume_model_path() is None:
+                self.check_finite(self.model, source)
         T = cfg.seq_len
         if T > self.model_cfg.max_seq_len:
             raise InputError(

@@ -261,6 +261,7 @@ class RewardTrainer(PreferenceTrainer):
         else:
             with self.loading(cfg.model):
                 base, mcfg = load_model(cfg.model, self.device, cfg.dtype)
+            self.check_finite(base, cfg.model)
             self.model = RewardModel(base, mcfg)
         self.model.requires_grad_(True)
         mcfg = self.model.cfg

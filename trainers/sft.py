@@ -163,6 +163,8 @@ class SFTTrainer(Trainer):
         self.tokenizer = load_tokenizer(self.source)
         with self.loading(self.source):
             self.model, self.model_cfg = load_trainable(self.source, self.device, cfg.dtype)
+        if self.resume_model_path() is None:
+            self.check_finite(self.model, cfg.model)
         self.template, self.template_from = resolve_template(self.source, self.tokenizer, cfg.chat_template)
         max_len = min(cfg.max_len or self.model_cfg.max_seq_len, self.model_cfg.max_seq_len)
         self.examples: list[tuple[list[int], list[bool]]] = []

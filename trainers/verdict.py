@@ -26,7 +26,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .metrics import read_metrics
+from tiankong.engine.files import atomic_write_text
+
+from .metrics import diverged_at, read_metrics
 
 FEW_VOTES = 50  # fewer pairs than this: say so
 N_FRESH = 32  # fresh answers before and after, for the policy verdicts
@@ -62,7 +64,7 @@ class Verdict:
     def write(self, folder: Path) -> Path:
         path = Path(folder) / "verdict.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
         return path
 
     def render(self) -> list[Any]:
@@ -97,13 +99,25 @@ def _fmt(v: Any) -> str:
 
 def fresh_answers(trainer: Any) -> int:
     """How many answers verdict_for samples for this run (before and after together; 0: none)."""
-    return 2 * N_FRESH if trainer.name in ("ppo", "dpo") else 0
+    return 2 * N_FRESH if trainer.name in ("ppo", "dpo") and _diverged(trainer) is None else 0
+
+
+def _metric_rows(trainer: Any) -> list[dict[str, Any]]:
+    return read_metrics(trainer.out) if (trainer.out / "metrics.jsonl").exists() else []
+
+
+def _diverged(trainer: Any) -> int | None:
+    """The first step of this run whose training loss was NaN or infinite, or None."""
+    return diverged_at(_metric_rows(trainer))
 
 
 def verdict_for(trainer: Any, advance: Callable[[], None] | None = None) -> Verdict:
     """The verdict of a finished run, from its trainer (see the module docstring); `advance()` is
     called after each of the fresh_answers(trainer) answers it samples."""
-    if trainer.name in ("ppo", "dpo"):
+    step = _diverged(trainer)
+    if step is not None:  # its weights are NaN too: nothing to sample or score, and the cause is what matters
+        v = diverged_verdict(trainer, step)
+    elif trainer.name in ("ppo", "dpo"):
         v = policy_verdict(trainer, advance)
     else:
         v = reward_verdict(trainer) if trainer.name == "reward" else loss_verdict(trainer)
@@ -111,6 +125,25 @@ def verdict_for(trainer: Any, advance: Callable[[], None] | None = None) -> Verd
     if resolved is not None:
         v.settings = dict(resolved.values)
     return v
+
+
+def diverged_verdict(trainer: Any, step: int) -> Verdict:
+    """A run whose loss became NaN or inf at `step`: one warning with the fix. A loss that is not finite
+    at step 1 was computed before any update, so no learning rate caused it: the model or data did."""
+    rows = _metric_rows(trainer)
+    figures = {"steps": rows[-1].get("step"), "loss_first": rows[0].get("loss"), "diverged_at_step": step}
+    if step <= 1:
+        summary = "the training loss was not finite from the first step; the saved model is not usable."
+        warning = (
+            "the loss was NaN or inf before any update: the starting model or the data holds non-finite values; "
+            "check that `tiankong generate` loads the --model, and check the data"
+        )
+    else:
+        summary = f"the training loss diverged (NaN or inf from step {step}); the saved model is not usable."
+        warning = (
+            f"the loss diverged at step {step}: train again with a lower --lr (a tenth of {trainer.cfg.lr:g}, say)"
+        )
+    return Verdict(trainer.name, summary, figures, [warning])
 
 
 # ---------------------------------------------------------------- reward

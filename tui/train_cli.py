@@ -13,7 +13,7 @@ import inspect
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -185,6 +185,9 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
             cfg.data = str(votes if cfg.resume and votes.is_file() else _votes_file(out_dir))
         try:
             out = trainer.train()
+            trainer.dist.close()  # all ranks leave the process group together (a rank exiting alone can abort)
+        except RuntimeError as e:  # a collective failed: another torchrun process died (else a bug)
+            _peer_stopped(out_dir, e)
         except TrainingStopped as stop:
             if trainer.dist.is_main:  # once, not once per torchrun process
                 print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
@@ -203,7 +206,6 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
                     file=sys.stderr,
                 )
             raise typer.Exit(130) from None
-        trainer.dist.close()  # all ranks leave the process group together (a rank exiting alone can abort)
         if trainer.dist.is_main:  # still under the lock: verdict.json is this run's too
             try:
                 with Stops():  # a kill (SIGTERM) says this too, rather than ending silently
@@ -215,6 +217,26 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
                     file=sys.stderr,
                 )
                 raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
+
+
+def _peer_stopped(out_dir: Path, e: RuntimeError) -> NoReturn:
+    """Another torchrun process of this run died (killed, crashed): this one's collective failed with a
+    gloo/nccl error. One line, as a Ctrl+C says it: what is kept and how to go on. Any other error: raised."""
+    from tiankong.trainers import checkpoint as ckpt
+    from tiankong.trainers.distributed import peer_lost
+
+    if not peer_lost(e):
+        raise e
+
+    survivor = ckpt.latest(out_dir)
+    kept = f"the checkpoint {survivor} is kept" if survivor is not None else "no checkpoint was written yet"
+    again = _resume_command(resume=survivor is not None)
+    print(
+        f"error: another process of this run stopped (killed or crashed); {kept}; "
+        f"{'resume' if survivor is not None else 'start again'} with: {again}",
+        file=sys.stderr,
+    )
+    raise typer.Exit(1)
 
 
 def _report(trainer: Any, out: Path) -> None:
