@@ -71,7 +71,7 @@ class _Filling:
     prompt: list[int]
     group: list[tuple[Request, list[_Row]]]
     cache: PromptCache  # holds the prompt's first len(cache.ids) tokens
-    size: int  # cache slots its rows need: the prompt and the longest answer
+    size: int  # cache slots its rows need at first: the prompt and min(longest answer, ANSWER_ROOM)
 
     def requests(self) -> list[Request]:
         return [req for req, _ in self.group]
@@ -424,7 +424,14 @@ class Batcher:
             return
         pads = batch.pad.tolist()
         most = max(p + r.prompt_len + r.max_new - 1 for p, r in zip(pads, batch.rows, strict=True))
-        batch.cache.grow(min(most, batch.slot + max(ANSWER_ROOM, batch.slot // 2)), batch.slot)
+        size = min(most, batch.slot + max(ANSWER_ROOM, batch.slot // 2))
+        try:
+            batch.cache.grow(size, batch.slot)
+        except TiankongError as e:  # every row writes this slot: the batch's answers end here, in words for a server
+            raise InputError(
+                f"out of memory growing the {len(batch.rows)} running answers' keys and values to {size} slots; "
+                "send a smaller max_tokens, or start the server with a smaller --max-rows"
+            ) from e
 
     def _leave(self, batch: _Batch, keep: list[int], draw=None) -> None:
         """Keep only these rows (none: the batch is dropped with its cache)."""

@@ -253,10 +253,10 @@ class Engine:
 
     def token_text(self, id: int) -> str:
         """Readable text of one token (cached: candidate lists ask for the same ids again and again)."""
+        if check_count("token id", id, 0) >= self.cfg.vocab_size:  # first: a list is no cache key, True no id
+            raise InputError(f"token id {id} is not in the model's vocabulary of {self.cfg.vocab_size}")
         text = self._texts.get(id)
         if text is None:
-            if check_count("token id", id, 0) >= self.cfg.vocab_size:
-                raise InputError(f"token id {id} is not in the model's vocabulary of {self.cfg.vocab_size}")
             try:
                 text = self.tokenizer.token_text(id)
             except IndexError:  # embedding rows padded past the tokenizer's vocabulary (e.g. Qwen2)

@@ -193,7 +193,7 @@ def _step_events(
         tok, lp, ps, entropy = draw.stats[b]
         if not math.isfinite(lp):
             # Non-finite logits: every log-prob of the row is NaN. Drop the token, end the row.
-            batch.why_nonfinite = batch.why_nonfinite or _nonfinite_reason(model)
+            batch.why_nonfinite = batch.why_nonfinite or nonfinite_reason(model)
             r.text += r.decoder.flush()
             if prompt_cache is not None:
                 # Its slots may now hold NaN: masked attention weighs stale slots by 0, and 0 * NaN
@@ -334,7 +334,7 @@ def _find_stop(text: str, piece: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def _nonfinite_reason(model: nn.Module) -> str:
+def nonfinite_reason(model: nn.Module) -> str:
     """Why logits went non-finite: the first weight (in layer order) holding NaN or inf, else the
     likely causes. One pass over the weights, only when a row has failed."""
     role = getattr(model, "weight_role", None)  # a packed model names its fused tensors' parts

@@ -24,6 +24,7 @@ from tiny_models import make_model
 from tiankong.engine import kv_cache
 from tiankong.engine.batcher import ANSWER_ROOM, Batcher
 from tiankong.engine.engine import Engine
+from tiankong.engine.errors import InputError
 from tiankong.engine.events import TokenEvent
 from tiankong.engine.sampling import SamplingParams
 
@@ -122,6 +123,33 @@ def test_rows_without_max_tokens_reserve_their_answers_as_they_grow(tiny, arch, 
             lengths.append(len(tokens(kept.events)))
         assert max(lengths) > 2 * ANSWER_ROOM  # rows whose reservation grew more than once
         assert batcher.rows == 0
+    finally:
+        batcher.close()
+
+
+def test_a_cache_that_cannot_grow_ends_the_answers_in_a_servers_words(tiny, monkeypatch):
+    """Growing the answers' cache can run out of memory mid-answer; every row writes the new slot, so
+    the batch's answers end, with words for a server's client (not the command line's flags), and
+    the batcher goes on serving."""
+    eng = tiny["gpt2"]
+    ids = eng.encode(prompt="Once upon a time", raw=True)
+    batcher = Batcher(eng, max_rows=4)
+
+    def short(self, max_len, filled):
+        raise InputError(f"not enough memory for a {max_len}-slot cache")
+
+    try:
+        params = SamplingParams(temperature=0.9, seed=1, max_new_tokens=ANSWER_ROOM + 10)
+        with monkeypatch.context() as m:
+            m.setattr(kv_cache.KVCache, "grow", short)
+            kept = Kept()
+            assert batcher.submit(ids, [params], sink=kept).done.wait(60)
+        fin = kept.events[-1]
+        assert fin.finish_reason == "error" and "smaller --max-rows" in fin.message and "--n)" not in fin.message
+        assert len(tokens(kept.events)) >= ANSWER_ROOM - 1  # the tokens before the cache was full are kept
+        again = Kept()
+        assert batcher.submit(ids, [params.replace(max_new_tokens=8)], sink=again).done.wait(60)
+        assert tokens(again.events) == reference(eng, ids, params.replace(max_new_tokens=8))
     finally:
         batcher.close()
 

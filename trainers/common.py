@@ -275,9 +275,9 @@ class Trainer:
         """Refuse a starting model holding NaN or inf weights (generate's check and words): training
         on it makes a NaN model that the loop would report as a finished run. Not run on a --resume
         checkpoint, whose NaN (a diverged run) the verdict reports."""
-        from tiankong.engine.generate import _nonfinite_reason
+        from tiankong.engine.generate import nonfinite_reason
 
-        reason = _nonfinite_reason(model)
+        reason = nonfinite_reason(model)
         if reason.startswith("weight "):  # else it names no weight: all are finite
             raise InputError(f"{role} {folder}: {reason}")
 

@@ -24,8 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tiankong.engine.chat import ROLE_ALIASES, ROLES
-from tiankong.engine.errors import TiankongError
+from tiankong.engine.chat import ROLE_ALIASES, ROLES, role_fix
+from tiankong.engine.errors import TiankongError, quoted
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.params import SamplingParams
 
@@ -284,7 +284,7 @@ def _messages(messages: list) -> list[dict]:
         if role not in ROLES:
             raise ApiError(
                 400,
-                f"{where}.role is {m['role']!r}; use one of {', '.join(ROLES)} (developer is read as system)",
+                f"{where}.role is {quoted(repr(m['role']), 40)}; {role_fix(m['role'])}",
                 "messages",
             )
         content = m.get("content")

@@ -160,7 +160,9 @@ class _InFlight:
     server.limit, the 429 of a full queue in OpenAI's JSON with Retry-After, before any work.
     uvicorn's own limit (a plain-text 503) is set far above it, so a burst of clients gets the
     documented answer. A body still arriving does not count: clients that send part of one and
-    stall would otherwise hold every place (each is dropped after cfg.body_timeout_s, _read_json)."""
+    stall would otherwise hold every place (each is dropped after cfg.body_timeout_s, _read_json). So the
+    limit is checked when a request starts and it counts later: bodies that finish together may pass it
+    by a few, which the batcher's queue limit (a 429 too) still bounds."""
 
     def __init__(self, app: ASGIApp, server: _Server) -> None:
         self.app, self.server = app, server
