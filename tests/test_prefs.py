@@ -601,3 +601,98 @@ def test_export_and_stats_where_there_is_no_store_create_nothing(tmp_path, monke
         assert "--data-dir" in err and "TIANKONG_DATA_DIR" in err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no database, no folder, no output
         assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_an_imported_rankings_vote_keeps_its_source_and_is_never_undone(monkeypatch, capsys, tmp_path):
+    # Review: a rankings import keeps the exported source ("playground", "branch"), but the store told
+    # imported votes by source "import:%" alone: undo deleted them, and an imported branch vote was keyed
+    # by vote_hash, so voting on that pair again stored a second vote beside it.
+    import sqlite3
+
+    orig, copy, dest = tmp_path / "orig", tmp_path / "copy", tmp_path / "r.jsonl"
+    talk = [{"role": "user", "content": "Hi"}]
+    branch = Vote(
+        None,
+        "Hi",
+        talk,
+        [resp("A", "chat", "Hello."), resp("B", "chat", "Hey.")],
+        "ranked",
+        [0, 1],
+        "ann",
+        False,
+        source="branch",
+    )
+    with Store(orig / DB_NAME) as s:
+        s.add_votes([vote(THREE)])  # a playground vote
+        s.add_branch_votes([branch])
+    code, _, err = cli(monkeypatch, capsys, "prefs", "export", "--format", "rankings", "--data-dir", orig, "-o", dest)
+    assert code == 0, err
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", dest, "--data-dir", copy)
+    assert code == 0 and "imported 2 votes" in err, err
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", dest, "--data-dir", copy)  # again: both are there
+    assert code == 0 and "imported 0 votes" in err and "2 duplicates skipped" in err, err
+    with Store(copy / DB_NAME) as s:
+        assert [v.source for v in s.list_votes()] == ["branch", "playground"]  # the sources came with them
+        assert not any(s.undo_vote(v.id) for v in s.list_votes())  # imported: never deleted by undo
+        assert len(s.list_votes()) == 2
+        # The same pair voted on again in the chat (the other way): it replaces the imported vote.
+        again = Vote(
+            None,
+            "Hi",
+            talk,
+            [resp("A", "chat", "Hey."), resp("B", "chat", "Hello.")],
+            "ranked",
+            [0, 1],
+            "ann",
+            False,
+            source="branch",
+        )
+        assert s.add_branch_votes([again]) == 1
+    with sqlite3.connect(copy / DB_NAME) as conn:
+        rows = conn.execute("SELECT source, responses FROM votes WHERE source = 'branch'").fetchall()
+    conn.close()
+    assert len(rows) == 1 and json.loads(rows[0][1])[0]["text"] == "Hey."
+
+
+def test_a_store_of_schema_7_marks_its_imported_votes(tmp_path):
+    # Votes imported before schema 8: by an "import:" source, a vote_hash under a kept source, or a branch
+    # vote keyed by vote_hash (not its pair) - marked imported, and the branch vote keyed by its pair.
+    import sqlite3
+
+    from tiankong.tui.store_records import _pair_key, _vote_row, vote_hash
+    from tiankong.tui.store_schema import MIGRATIONS
+
+    db = tmp_path / DB_NAME
+    talk = [{"role": "user", "content": "Hi"}]
+    two = [resp("A", "chat", "Hello."), resp("B", "chat", "Hey.")]
+    cast = vote(THREE)
+    trl = vote(THREE[:2])
+    trl.source = "import:a.jsonl"
+    kept = vote(THREE[1:])
+    branch = Vote(None, "Hi", talk, two, "ranked", [0, 1], "ann", False, source="branch")
+    branch_imported = Vote(None, "Hi", talk, two[::-1], "ranked", [0, 1], "bo", False, source="branch")
+    rows = [(cast, None), (trl, vote_hash(trl)), (kept, vote_hash(kept)), (branch, _pair_key(branch))]
+    rows.append((branch_imported, vote_hash(branch_imported)))
+    conn = sqlite3.connect(db)
+    for migration in MIGRATIONS[:7]:
+        migration(conn)
+    conn.execute("PRAGMA user_version = 7")
+    insert = (
+        "INSERT INTO votes (prompt, conversation, responses, outcome, ranking, rater, blind, source, "
+        "created_at, n_ranked, prompt_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    for v, h in rows:
+        conn.execute(insert, _vote_row(v, "2025-01-01T00:00:00Z", h))
+    conn.commit()
+    conn.close()
+    with Store(db) as s:
+        assert [s.undo_vote(i) for i in (5, 4, 3, 2)] == [False, True, False, False]  # only the branch vote cast here
+        assert s.add_branch_votes([branch]) == 1  # replaces the imported one: its key is its pair's now
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id, imported FROM votes ORDER BY id").fetchall() == [
+            (1, 0),
+            (2, 1),
+            (3, 1),
+            (4, 0),
+        ]  # 4: the branch vote cast again
+    conn.close()

@@ -63,8 +63,11 @@ def test_a_window_holds_one_round_and_gives_it_back(tmp_path):
         assert s.claim_queue_round(KEY, "w1", 4).round == 0
         assert s.claim_queue_round(KEY, "w1", 4, 2).round == 2  # moving on gives round 0 back
         assert s.claim_queue_round(KEY, "w2", 4).round == 0
-        assert s.claim_queue_round(KEY, "w2", 4, round=2).round == 2  # ctrl+z: its own round, taken over
-        assert s.claim_queue_round(KEY, "w1", 4, 2).round == 3
+        # A round another window shows is never taken over, even asked for by name: w2 stays on its round 0.
+        assert s.claim_queue_round(KEY, "w2", 4, round=2).round == 0
+        assert s.claim_queue_round(KEY, "w2", 4, round=1).round == 1  # a free one, by name
+        assert s.claim_queue_round(KEY, "w1", 4, 2).round == 2  # its own again
+        assert s.claim_queue_round(KEY, "w1", 4, 3).round == 3
         s.release_queue_claims(KEY, "w1")  # window 1 closed
         assert s.claim_queue_round(KEY, "w3", 4, 3).round == 3
 
@@ -74,14 +77,81 @@ def test_a_claim_lapses_when_not_renewed(tmp_path):
     with Store(db) as s:
         s.open_queue(KEY, 4, "a.jsonl")
         assert s.claim_queue_round(KEY, "w1", 4).round == 0
-        s.renew_queue_claim(KEY, "w1", 0)
+        assert s.renew_queue_claim(KEY, "w1", 0) is True
         assert s.claim_queue_round(KEY, "w2", 4).round == 1
         with sqlite3.connect(db) as conn:  # window 1 stopped renewing long ago (a frozen machine)
             conn.execute("UPDATE queue_claims SET expires = 0 WHERE window = 'w1'")
         assert s.claim_queue_round(KEY, "w3", 4).round == 0
-        s.renew_queue_claim(KEY, "w1", 0)  # window 1 wakes up: round 0 is window 3's now
+        # Window 1 wakes up: round 0 is window 3's now, and window 1 is told so (it moves on).
+        assert s.renew_queue_claim(KEY, "w1", 0) is False
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT window FROM queue_claims WHERE round = 0").fetchone() == ("w3",)
+        s.mark_queue_round(KEY, 1, True, 4)  # window 2's round done meanwhile (voted in another window)
+        assert s.renew_queue_claim(KEY, "w2", 1) is False
+
+
+def test_undo_claims_its_round_for_its_window_in_the_same_transaction(tmp_path):
+    # Review: undo freed the round in one transaction and claimed it in a second; a waiting window
+    # polling in between took it, and both windows showed it.
+    db = tmp_path / DB_NAME
+    with Store(db) as one, Store(db) as two:
+        one.open_queue(KEY, 1, "a.jsonl")
+        assert one.claim_queue_round(KEY, "w1", 1).round == 0
+        vote_id, _ = one.add_queue_vote(vote("p0"), KEY, 0, 1, "a.jsonl")
+        assert two.claim_queue_round(KEY, "w2", 1) == (1, {0}, False)  # all done
+        assert one.undo_vote(vote_id, (KEY, 0), "w1")
+        # Window 2 polls right after the undo, before window 1 claims anything more: the round is w1's.
+        assert two.claim_queue_round(KEY, "w2", 1) == (1, set(), True)
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT round, window FROM queue_claims").fetchall() == [(0, "w1")]
+        assert one.claim_queue_round(KEY, "w1", 1, round=0).round == 0  # the screen's own claim after undo
+
+
+def test_a_window_whose_claim_was_taken_over_moves_to_another_round(tmp_path):
+    # Review: renew_queue_claim failed silently after another window took over a lapsed claim, and both
+    # windows went on showing the round.
+    import asyncio
+    import json
+
+    from textual.widgets import Static
+    from tui_host import Host
+
+    from tiankong.tui.queue import answers_queue
+    from tiankong.tui.screens.compare import CompareScreen
+
+    path = tmp_path / "a.jsonl"
+    path.write_text(
+        "".join(json.dumps({"prompt": f"p{p}", "text": f"answer {i}"}) + "\n" for p in range(3) for i in "ab")
+    )
+    db = tmp_path / DB_NAME
+    with Store(db) as s1:
+        one = CompareScreen([], [], s1, "ann", queue=answers_queue(path), standalone=True)
+
+        async def run():
+            async with Host(one).run_test(size=(100, 30)) as pilot:
+                await pilot.pause()
+                assert one.position == 0 and one.round.prompt == "p0"
+                with sqlite3.connect(db) as conn:  # the machine slept: the claim lapsed, another window took it
+                    conn.execute("UPDATE queue_claims SET window = 'other', pid = 1, host = 'elsewhere'")
+                one._renew_claim()
+                await pilot.pause()
+                assert one.position == 1 and one.round.prompt == "p1"  # moved on, not on the other's round
+                with sqlite3.connect(db) as conn:
+                    rows = conn.execute("SELECT round, window FROM queue_claims ORDER BY round").fetchall()
+                assert rows == [(0, "other"), (1, one.window)]
+                with sqlite3.connect(db) as conn:  # again, and the last round was done in a third window meanwhile
+                    conn.execute("UPDATE queue_claims SET window = 'other2', pid = 1, host = 'elsewhere'")
+                    conn.execute("INSERT INTO queue_rounds VALUES (?, 2)", (one.queue_key,))
+                one._renew_claim()
+                await pilot.pause()
+                assert one.waiting and one.round is None  # nothing of another window's left to vote on here
+                bar = str(one.query_one("#vote-bar", Static).content)
+                assert "Every round left is open in another window" in bar
+                await pilot.press("1", "enter")
+                await pilot.pause()
+                assert s1.list_votes() == []  # the keys stored no vote on the other windows' rounds
+
+        asyncio.run(run())
 
 
 def _claim_in_another_process(db, window: str, then: str) -> subprocess.Popen:

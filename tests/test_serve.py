@@ -551,7 +551,10 @@ def test_bad_requests_get_openai_errors_naming_the_field(stories):
         assert (status, out["error"]["param"]) == (400, "messages")
         status, _, out = post({"messages": [{"role": "wizard", "content": "Hi"}]}, "/chat/completions")
         assert (status, out["error"]["param"]) == (400, "messages")
-        assert "'wizard'" in out["error"]["message"] and "the roles are system, user and assistant" in out["error"]["message"]
+        assert (
+            "'wizard'" in out["error"]["message"]
+            and "the roles are system, user and assistant" in out["error"]["message"]
+        )
         status, _, out = post(b"[1, 2]")
         assert status == 400 and "object" in out["error"]["message"]
         status, _, out = post(body | {"prompt": "x" * 5000})

@@ -7,10 +7,11 @@ looks up sit here in the order they came to be, away from the code that reads an
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 
-from tiankong.tui.store_records import _content_hash
+from tiankong.tui.store_records import Response, Vote, _content_hash, _pair_key
 
 
 def _v1_initial(conn: sqlite3.Connection) -> None:
@@ -161,6 +162,33 @@ def _v7_queue_claims(conn: sqlite3.Connection) -> None:
         PRIMARY KEY (key, round)) WITHOUT ROWID""")
 
 
+def _v8_imported_flag(conn: sqlite3.Connection) -> None:
+    """Imported votes are marked by a column (`imported`) rather than by their source: a rankings
+    import keeps each vote's own source ("playground", "branch", "rank:FILE"), so "import:%" no longer
+    finds them, and undo (which never deletes an imported vote) needs to know. Before this version an
+    imported vote was one whose source starts with "import:", or one with a content hash that is not a
+    branch vote's pair key (playground and queue votes carry none). An imported branch vote was hashed
+    as any import rather than by its pair (_pair_key), so voting on that pair again never replaced it:
+    its hash is set right here."""
+    conn.execute("ALTER TABLE votes ADD COLUMN imported INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "UPDATE votes SET imported = 1 WHERE source LIKE 'import:%' OR (content_hash IS NOT NULL AND source <> 'branch')"
+    )
+    rows = conn.execute(
+        "SELECT id, conversation, responses, content_hash FROM votes WHERE source = 'branch' AND content_hash IS NOT NULL"
+    ).fetchall()
+    for vote_id, conversation, responses, stored in rows:
+        try:
+            texts = [r["text"] for r in json.loads(responses)]
+            answers = [Response("", "", "", {}, None, t, "") for t in texts]
+            pair = Vote(None, "", json.loads(conversation), answers, "ranked", [0, 1], "", False)
+            key = _pair_key(pair) if len(texts) == 2 else None
+        except (ValueError, TypeError, KeyError, AssertionError, RecursionError):  # damaged outside tiankong
+            continue
+        if key is not None and key != stored:  # not the hash add_branch_votes gave it: imported
+            conn.execute("UPDATE votes SET imported = 1, content_hash = ? WHERE id = ?", (key, vote_id))
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
@@ -170,4 +198,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v5_branches,
     _v6_queue_rounds,
     _v7_queue_claims,
+    _v8_imported_flag,
 ]

@@ -106,6 +106,10 @@ class VoteStore(StoreBase):
         one (by its indexed content hash) or one cast here (playground and queue votes carry no hash,
         branch votes their pair's: theirs are computed from their columns once, at the start), so a
         `prefs export --format rankings` imported back into the store it came from adds nothing.
+
+        Imported votes are marked `imported` (undo never deletes them) and keep the source they came
+        with. An imported branch vote (a rankings record of one) is keyed by its pair as add_branch_votes
+        keys it, so voting on that pair again replaces it rather than storing a second vote.
         """
         for vote in votes:
             validate_vote(vote)
@@ -127,29 +131,39 @@ class VoteStore(StoreBase):
                         ).fetchone()
                         is None
                     ):
-                        conn.execute(_INSERT_VOTE, _vote_row(v, t, h))
+                        vote_id = conn.execute(_INSERT_VOTE, _vote_row(v, t, _stored_hash(v, h))).lastrowid
+                        conn.execute("UPDATE votes SET imported = 1 WHERE id = ?", (vote_id,))  # undo never deletes it
                         batch_added += 1
             added += batch_added  # counted once committed: what the caller is told is on disk
             yield added, min(start + batch_size, len(votes))
 
     def _cast_here_hashes(self, up_to: int) -> set[str]:
-        """The content hashes (`vote_hash`) of the votes up to id `up_to` that were not imported, hashed
+        """The content hashes (`vote_hash`) of the votes up to id `up_to` that carry another (or none), hashed
         from their stored columns as the schema's migration hashes old imports (no JSON is parsed)."""
         with self._reading() as conn:
-            rows = conn.execute(f"SELECT {_HASHED} FROM votes WHERE id <= ? AND source NOT LIKE 'import:%'", (up_to,))
+            rows = conn.execute(  # imported branch votes too: their content_hash is their pair's
+                f"SELECT {_HASHED} FROM votes WHERE id <= ? AND (imported = 0 OR source = ?)", (up_to, BRANCH_SOURCE)
+            )
             return {_content_hash(parts) for parts in rows}
 
-    def undo_vote(self, vote_id: int, queue: tuple[str, int] | None = None) -> bool:
+    def undo_vote(self, vote_id: int, queue: tuple[str, int] | None = None, window: str | None = None) -> bool:
         """Delete the vote `vote_id`, cast in the playground (an imported vote is never deleted), in one
         durable transaction; False when it is no longer stored. Undo names the vote it takes back (the id
         add_vote gave the window that cast it), so it never removes a vote cast by another window, rater
         or command. `queue`: the (key, round) of the queue round the vote was cast in, marked not done in
-        the same transaction, so that round comes up again."""
+        the same transaction, so that round comes up again; `window` (the one that undoes) claims it in
+        that transaction too, so no other window waiting for a free round takes it in between."""
         with self._tx(durable=True) as conn:
-            deleted = conn.execute("DELETE FROM votes WHERE id = ? AND source NOT LIKE 'import:%'", (vote_id,)).rowcount
+            deleted = conn.execute(  # imported: by `prefs import` (any source kept), or named so by its source
+                "DELETE FROM votes WHERE id = ? AND imported = 0 AND source NOT LIKE 'import:%'", (vote_id,)
+            ).rowcount
             if queue is not None:
                 conn.execute("DELETE FROM queue_rounds WHERE key = ? AND round = ?", queue)
                 _save_queue(conn, queue[0])
+                if window is not None:
+                    _drop_stale_claims(conn, queue[0])
+                    conn.execute("DELETE FROM queue_claims WHERE key = ? AND window = ?", (queue[0], window))
+                    _claim(conn, queue[0], queue[1], window)
         return deleted > 0
 
     def list_votes(
@@ -325,31 +339,23 @@ class VoteStore(StoreBase):
             _drop_stale_claims(conn, key)
             done = _save_queue(conn, key, total)
             conn.execute("DELETE FROM queue_claims WHERE key = ? AND window = ?", (key, window))
-            if round is None:
-                others = {int(r[0]) for r in conn.execute("SELECT round FROM queue_claims WHERE key = ?", (key,))}
+            others = {int(r[0]) for r in conn.execute("SELECT round FROM queue_claims WHERE key = ?", (key,))}
+            if round is None or round in others:  # a live claim of another window is never taken over
                 round = first_open(done | others, total, start)
             if round < total:
-                conn.execute(
-                    "INSERT INTO queue_claims (key, round, window, host, pid, expires) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(key, round) DO UPDATE SET window = excluded.window, host = excluded.host, "
-                    "pid = excluded.pid, expires = excluded.expires",
-                    (key, round, window, socket.gethostname(), os.getpid(), time.time() + CLAIM_S),
-                )
+                _claim(conn, key, round, window)
             return QueueClaim(round, done, waiting=round == total and len(done) < total)
 
-    def renew_queue_claim(self, key: str, window: str, round: int) -> None:
+    def renew_queue_claim(self, key: str, window: str, round: int) -> bool:
         """Keep the window's claim on `round` for CLAIM_S seconds more (an open window renews it every
-        CLAIM_S / 3), or claim it again if it lapsed (the machine slept) and no one has it or did it."""
+        CLAIM_S / 3), or claim it again if it lapsed (the machine slept) and no one has it or did it.
+        -> whether the window still holds it: False when the round is done or another window took it
+        over meanwhile, and this window should move to another round (claim_queue_round)."""
         with self._tx() as conn:
             _drop_stale_claims(conn, key)
             if conn.execute("SELECT 1 FROM queue_rounds WHERE key = ? AND round = ?", (key, round)).fetchone():
-                return
-            conn.execute(
-                "INSERT INTO queue_claims (key, round, window, host, pid, expires) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(key, round) DO UPDATE SET expires = excluded.expires "
-                "WHERE queue_claims.window = excluded.window",
-                (key, round, window, socket.gethostname(), os.getpid(), time.time() + CLAIM_S),
-            )
+                return False
+            return _claim(conn, key, round, window)
 
     def release_queue_claims(self, key: str, window: str) -> None:
         """The window closes: its round is free for the other windows at once."""
@@ -366,6 +372,15 @@ class VoteStore(StoreBase):
         return first_open(self.queue_rounds(key), int(rows[0]["total"])) if rows else 0
 
 
+BRANCH_SOURCE = "branch"  # the source of the chat's branch votes (add_branch_votes), imported or not
+
+
+def _stored_hash(v: Vote, h: str) -> str:
+    """The content_hash an imported vote is stored with: `h` (its vote_hash), or for a branch vote
+    (two answers) its pair's key, the one add_branch_votes replaces by."""
+    return _pair_key(v) if v.source == BRANCH_SOURCE and len(v.responses) == 2 else h
+
+
 # How long a window's claim on its round lasts unless renewed: a window that stops renewing without its
 # process ending (a frozen or sleeping machine) holds its round up to this long.
 CLAIM_S = 120.0
@@ -377,6 +392,20 @@ class QueueClaim(NamedTuple):
     round: int  # the round to show (the queue's total when there is none)
     done: set[int]  # the queue's rounds done, by any window
     waiting: bool  # none to show, but rounds left: other windows show them
+
+
+def _claim(conn: sqlite3.Connection, key: str, round: int, window: str) -> bool:
+    """Claim `round` of the queue `key` for `window` (or renew its claim) for CLAIM_S seconds, inside a
+    write, unless another window holds it; -> whether `window` holds it now. Stale claims are dropped
+    first by the caller (_drop_stale_claims), so a claim still there is a live one."""
+    conn.execute(
+        "INSERT INTO queue_claims (key, round, window, host, pid, expires) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(key, round) DO UPDATE SET host = excluded.host, pid = excluded.pid, expires = excluded.expires "
+        "WHERE queue_claims.window = excluded.window",
+        (key, round, window, socket.gethostname(), os.getpid(), time.time() + CLAIM_S),
+    )
+    row = conn.execute("SELECT window FROM queue_claims WHERE key = ? AND round = ?", (key, round)).fetchone()
+    return row is not None and row[0] == window
 
 
 def _drop_stale_claims(conn: sqlite3.Connection, key: str) -> None:

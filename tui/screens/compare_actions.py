@@ -210,7 +210,10 @@ class CompareActions:
         assert rnd.vote_id is not None
         vote_id, in_queue = rnd.vote_id, self.queue is not None and rnd.position is not None
         try:
-            deleted = self.store.undo_vote(vote_id, (self.queue_key, rnd.position) if in_queue else None)
+            # In a queue the round is claimed for this window in the same transaction that frees it, so a
+            # window waiting for a free round (_poll_waiting) never takes it in between.
+            queue = (self.queue_key, rnd.position) if in_queue else None
+            deleted = self.store.undo_vote(vote_id, queue, self.window if in_queue else None)
         except Exception as exc:
             self.notify(str(exc), title="Undo failed", severity="error", timeout=10)
             return
@@ -219,7 +222,7 @@ class CompareActions:
         if in_queue:
             assert rnd.position is not None
             self.done = self.done - {rnd.position}
-            self._claim(0, round=rnd.position)  # this window's round again, not another window's to take
+            self._claim(0, round=rnd.position)  # the round undo_vote claimed for this window: where it is now
         if rnd is not self.round and self.round is not None:
             self.round.cancel.set()  # a later round had started: it comes up again in a queue
         self._show_round(rnd)

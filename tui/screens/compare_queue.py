@@ -170,13 +170,36 @@ class CompareQueue:
             self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10)
 
     def _renew_claim(self) -> None:
-        """Keep this window's claim on the round it shows (it lapses after CLAIM_S seconds otherwise)."""
+        """Keep this window's claim on the round it shows (it lapses after CLAIM_S seconds otherwise). A
+        claim that lapsed (the machine slept) and that another window took over meanwhile, or whose round
+        another window did, is not this window's any more: it moves on to a round no other window shows."""
         if not self.queue_active:
             return
         try:
-            self.store.renew_queue_claim(self.queue_key, self.window, self.position)
+            held = self.store.renew_queue_claim(self.queue_key, self.window, self.position)
         except Exception:  # locked or full for now: the next renewal tries again; a lapsed claim only
-            pass  # lets another window show this round too, and add_queue_vote still stores it once
+            return  # lets another window show this round too, and add_queue_vote still stores it once
+        if held:
+            return
+        lost = self.position
+        if self.round is not None:
+            self.round.cancel.set()  # its generation, if any: the round is another window's now
+        self._claim(lost)
+        self.notify(
+            f"Round {lost + 1} went to another window while this one was away; moved on.",
+            title="Round taken over",
+            timeout=10,
+        )
+        if self.queue_active:
+            self._start_queued()
+            return
+        self.round = None  # nothing free: the answers shown are another window's round, not to vote on here
+        self._show_idle_columns()
+        prompt_input = self.query_one("#prompt-input", Input)
+        prompt_input.disabled, prompt_input.display = False, not self.answers_only
+        self._refresh_bars()
+        if self.waiting:
+            self._notify_waiting()
 
     def _mark_round(self, position: int, done: bool) -> None:
         """Store that a queue round is done (or, undone, not); `done` then holds every window's rounds."""
