@@ -317,6 +317,29 @@ def _from_main(trainer: Trainer, value):
 # ---- the trainer
 
 
+# A tokenizer holds ~100 bytes of work per character of the text it encodes: a corpus that is one
+# 20 MB line took 2.3 GB where the same text in lines took 0.6. Longer documents go in pieces.
+PIECE_CHARS = 1 << 20
+
+
+def encode_document(tokenizer: Tokenizer, doc: str, piece_chars: int = PIECE_CHARS) -> list[int]:
+    """A document's ids with the tokenizer's special tokens, encoded at most `piece_chars` characters
+    at a time, each piece cut after a newline or before a space in its second half where there is
+    one: a word is never split, and only the tokens at a cut may differ from one long encode."""
+    if len(doc) <= piece_chars:
+        return tokenizer.encode(doc, add_special_tokens=True)
+    ids = tokenizer.encode("", add_special_tokens=True)  # BOS, where the tokenizer adds one
+    start = 0
+    while start < len(doc):
+        end = min(start + piece_chars, len(doc))
+        if end < len(doc):
+            cut = max(doc.rfind("\n", start + piece_chars // 2, end) + 1, doc.rfind(" ", start + piece_chars // 2, end))
+            end = cut if cut > start else end
+        ids.extend(tokenizer.encode(doc[start:end], add_special_tokens=False))
+        start = end
+    return ids
+
+
 class PretrainTrainer(Trainer):
     name = "pretrain"
     cfg: PretrainConfig
@@ -400,29 +423,6 @@ class PretrainTrainer(Trainer):
             stream.extend(encode_document(self.tokenizer, doc))
             stream.append(eos)
         return torch.frombuffer(stream, dtype=torch.int32).clone()
-
-
-# A tokenizer holds ~100 bytes of work per character of the text it encodes: a corpus that is one
-# 20 MB line took 2.3 GB where the same text in lines took 0.6. Longer documents go in pieces.
-PIECE_CHARS = 1 << 20
-
-
-def encode_document(tokenizer: Tokenizer, doc: str, piece_chars: int = PIECE_CHARS) -> list[int]:
-    """A document's ids with the tokenizer's special tokens, encoded at most `piece_chars` characters
-    at a time, each piece cut after a newline or before a space in its second half where there is
-    one: a word is never split, and only the tokens at a cut may differ from one long encode."""
-    if len(doc) <= piece_chars:
-        return tokenizer.encode(doc, add_special_tokens=True)
-    ids = tokenizer.encode("", add_special_tokens=True)  # BOS, where the tokenizer adds one
-    start = 0
-    while start < len(doc):
-        end = min(start + piece_chars, len(doc))
-        if end < len(doc):
-            cut = max(doc.rfind("\n", start + piece_chars // 2, end) + 1, doc.rfind(" ", start + piece_chars // 2, end))
-            end = cut if cut > start else end
-        ids.extend(tokenizer.encode(doc[start:end], add_special_tokens=False))
-        start = end
-    return ids
 
     def _blocks(self, blocks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.cfg.seq_len
