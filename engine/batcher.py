@@ -49,7 +49,7 @@ from .engine import Engine, with_seeds
 from .errors import InputError, TiankongError
 from .events import Event, Finished, Timing, TokenEvent, Usage
 from .generate import _cancelled, _decode, _draw, _evict, _setup_rows, _step_events
-from .prefill import _Batch, _join, _prefill, _prefill_cached, _Row
+from .prefill import _Batch, _join, _prefill, _prefill_cached, _Row, slots_needed
 from .request_checks import check_top_logprobs, token_ids
 from .sampling import SamplingParams
 
@@ -419,12 +419,10 @@ class Batcher:
     def _make_room(batch: _Batch) -> None:
         """A cache slot for this step's tokens: a full cache grows by half the slots it holds (at
         least ANSWER_ROOM), so an answer of n tokens copies its cache O(log n) times, up to the most
-        its rows can still write (a row writes at most prompt_len + max_new - 1 slots from its padding)."""
+        its rows can still write (prefill.slots_needed)."""
         if batch.slot < batch.cache.max_len:
             return
-        pads = batch.pad.tolist()
-        most = max(p + r.prompt_len + r.max_new - 1 for p, r in zip(pads, batch.rows, strict=True))
-        size = min(most, batch.slot + max(ANSWER_ROOM, batch.slot // 2))
+        size = min(slots_needed(batch.pad.tolist(), batch.rows), batch.slot + max(ANSWER_ROOM, batch.slot // 2))
         try:
             batch.cache.grow(size, batch.slot)
         except TiankongError as e:  # every row writes this slot: the batch's answers end here, in words for a server

@@ -10,7 +10,6 @@ The CLI, the TUI and the trainers all go through this class.
 
 from __future__ import annotations
 
-import random
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,22 +32,12 @@ from .model import load_model, prepare_for_inference, resolve_device
 from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
+from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
 from .quant import weight_summary
 from .request_checks import check_count, check_flag, check_params, token_id_lists
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
-
-
-def draw_seed() -> int:
-    """A fresh seed for a row that has none. The engine reports it as the row's Finished.seed (the
-    CLI and serve record it too), so the run can be repeated."""
-    return random.SystemRandom().randrange(2**31)
-
-
-def with_seeds(params: Sequence[SamplingParams]) -> list[SamplingParams]:
-    return [p if p.seed is not None else p.replace(seed=draw_seed()) for p in params]
-
 
 # GGUF architectures whose quantized matrices the packed form and the compiled step take as they
 # are (Phi-3's fused q/k/v and gate/up are split at load, which needs floats; Gemma has no step).

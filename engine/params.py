@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 from .errors import InputError
 
@@ -148,3 +149,14 @@ def _as_stop(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
         raise InputError(f"stop must be a list of non-empty strings, got {value!r}")
     return tuple(value)
+
+
+def draw_seed() -> int:
+    """A fresh seed for a row that has none. The engine reports it as the row's Finished.seed (the
+    CLI and serve record it too), so the run can be repeated. Here, not in engine.py: screens that
+    run no model (rank) draw seeds too, without importing torch."""
+    return random.SystemRandom().randrange(2**31)
+
+
+def with_seeds(params: Sequence[SamplingParams]) -> list[SamplingParams]:
+    return [p if p.seed is not None else p.replace(seed=draw_seed()) for p in params]

@@ -147,6 +147,12 @@ def _read_padded(
 
 
 @torch.inference_mode()
+def slots_needed(pads: Sequence[int], rows: Sequence[_Row]) -> int:
+    """Cache slots the rows can still write at most: a row writes up to prompt_len + max_new - 1
+    slots from its padding."""
+    return max(p + r.prompt_len + r.max_new - 1 for p, r in zip(pads, rows, strict=True))
+
+
 def _join(parts: Sequence[_Batch | None], room: int | None = None) -> _Batch:
     """Batches become one between decode steps: rows just prefilled join the running batch
     (batcher.py), all of them in one copy of it (parts: the running batch first, or None).
@@ -167,7 +173,7 @@ def _join(parts: Sequence[_Batch | None], room: int | None = None) -> _Batch:
     rows = [r for part in batches for r in part.rows]
     pads = [p + shift for part, shift in zip(batches, shifts, strict=True) for p in part.pad.tolist()]
     lo = min(pads)
-    end = max(max(p + r.prompt_len + r.max_new - 1 for p, r in zip(pads, rows, strict=True)), slot + 1)
+    end = max(slots_needed(pads, rows), slot + 1)
     if room is not None:
         end = min(end, slot + room)
     first = batches[0]

@@ -28,6 +28,18 @@ def cli(monkeypatch, capsys, *args):
     return code, out, err
 
 
+def imports_torch(code: str, timeout: int = 120) -> bool:
+    """Whether running `code` in a fresh interpreter imports torch (it must run without error)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint('torch' in sys.modules)\n"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1] == "True"
+
+
 class DeadlinePassed(BaseException):
     """Not an Exception (nor a TimeoutError, an OSError): no error handler of the code under test
     may turn it into a neat one-line message that passes the test."""

@@ -20,6 +20,21 @@ def vote(prompt: str) -> Vote:
     return Vote(None, prompt, [{"role": "user", "content": prompt}], responses, "ranked", [0, 1], "ann", True)
 
 
+def rank_windows(tmp_path, n_prompts: int, *stores: Store) -> list:
+    """A standalone rank screen per store (each store its own connection, as each window's process
+    has) on one answers file of `n_prompts` prompts with two answers each."""
+    import json
+
+    from tiankong.tui.queue import answers_queue
+    from tiankong.tui.screens.compare import CompareScreen
+
+    path = tmp_path / "a.jsonl"
+    path.write_text(
+        "".join(json.dumps({"prompt": f"p{p}", "text": f"answer {i}"}) + "\n" for p in range(n_prompts) for i in "ab")
+    )
+    return [CompareScreen([], [], s, "ann", queue=answers_queue(path), standalone=True) for s in stores]
+
+
 def test_two_windows_get_different_rounds_and_store_every_vote(tmp_path):
     # QA: both windows always showed the first round not done, and the second to vote was refused.
     db = tmp_path / DB_NAME
@@ -111,21 +126,13 @@ def test_a_window_whose_claim_was_taken_over_moves_to_another_round(tmp_path):
     # Review: renew_queue_claim failed silently after another window took over a lapsed claim, and both
     # windows went on showing the round.
     import asyncio
-    import json
 
     from textual.widgets import Static
     from tui_host import Host
 
-    from tiankong.tui.queue import answers_queue
-    from tiankong.tui.screens.compare import CompareScreen
-
-    path = tmp_path / "a.jsonl"
-    path.write_text(
-        "".join(json.dumps({"prompt": f"p{p}", "text": f"answer {i}"}) + "\n" for p in range(3) for i in "ab")
-    )
     db = tmp_path / DB_NAME
     with Store(db) as s1:
-        one = CompareScreen([], [], s1, "ann", queue=answers_queue(path), standalone=True)
+        (one,) = rank_windows(tmp_path, 3, s1)
 
         async def run():
             async with Host(one).run_test(size=(100, 30)) as pilot:
@@ -216,22 +223,13 @@ def test_a_vote_frees_its_round_claim(tmp_path):
 def test_two_rank_windows_on_one_file_share_out_the_rounds(tmp_path):
     # QA: two `tiankong rank --input a.jsonl` windows showed the same round; the second vote on it was refused.
     import asyncio
-    import json
 
     from textual.widgets import Static
     from tui_host import Host
 
-    from tiankong.tui.queue import answers_queue
-    from tiankong.tui.screens.compare import CompareScreen
-
-    path = tmp_path / "a.jsonl"
-    path.write_text(
-        "".join(json.dumps({"prompt": f"p{p}", "text": f"answer {i}"}) + "\n" for p in range(6) for i in "ab")
-    )
     db = tmp_path / DB_NAME
     with Store(db) as s1, Store(db) as s2:  # each window its own connection, as two processes have
-        one = CompareScreen([], [], s1, "ann", queue=answers_queue(path), standalone=True)
-        two = CompareScreen([], [], s2, "ann", queue=answers_queue(path), standalone=True)
+        one, two = rank_windows(tmp_path, 6, s1, s2)
 
         def head(screen):
             return str(screen.query_one("#compare-head", Static).content)
@@ -260,23 +258,14 @@ def test_two_rank_windows_on_one_file_share_out_the_rounds(tmp_path):
 
 def test_a_rank_window_with_nothing_free_waits_then_takes_a_round_another_window_gave_back(tmp_path):
     import asyncio
-    import json
     import time
 
     from textual.widgets import Static
     from tui_host import Host
 
-    from tiankong.tui.queue import answers_queue
-    from tiankong.tui.screens.compare import CompareScreen
-
-    path = tmp_path / "a.jsonl"
-    path.write_text(
-        "".join(json.dumps({"prompt": f"p{p}", "text": f"answer {i}"}) + "\n" for p in range(2) for i in "ab")
-    )
     db = tmp_path / DB_NAME
     with Store(db) as s1, Store(db) as s2:
-        one = CompareScreen([], [], s1, "ann", queue=answers_queue(path), standalone=True)
-        two = CompareScreen([], [], s2, "ann", queue=answers_queue(path), standalone=True)
+        one, two = rank_windows(tmp_path, 2, s1, s2)
 
         def bar(screen):
             return str(screen.query_one("#vote-bar", Static).content)

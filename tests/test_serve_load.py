@@ -12,14 +12,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import logging
 import socket
 import threading
 import time
 from typing import Iterator
 
 import pytest
-from tiny_models import make_model
 
 from tiankong.engine import kv_cache
 from tiankong.engine.batcher import ANSWER_ROOM, Batcher
@@ -30,20 +28,15 @@ from tiankong.engine.sampling import SamplingParams
 
 pytest.importorskip("uvicorn")
 
-from tiankong.tui.serve import ServeConfig, build_app, check_bind, new_batcher  # noqa: E402
+import test_serve  # noqa: E402
+from test_serve import logged  # noqa: E402
+from test_serve import running as serving  # noqa: E402
+
+from tiankong.tui.serve import ServeConfig, check_bind  # noqa: E402
 from tiankong.tui.serve_routes import MAX_JSON_DEPTH  # noqa: E402
-from tiankong.tui.serve_run import http_server, listen  # noqa: E402
+from tiankong.tui.serve_run import listen  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Engine]:
-    """A GPT-2 (learned positions) and a Mistral with a sliding window of 8, random weights, each
-    with a 256-token context."""
-    out = {}
-    for arch, ov in (("gpt2", {}), ("mistral", {"sliding_window": 8})):
-        folder = make_model(tmp_path_factory.mktemp(arch), arch, **ov)
-        out[arch] = Engine.load(folder, device="cpu", dtype="float32")
-    return out
+tiny = test_serve.tiny  # the fixture: a GPT-2 and a Mistral with a window of 8, random weights
 
 
 @contextlib.contextmanager
@@ -195,37 +188,10 @@ def test_requests_joining_together_copy_the_running_batch_once(tiny, arch, monke
 
 @contextlib.contextmanager
 def running(engine: Engine, **overrides):
-    """A real server as `tiankong serve` runs it (its sockets, its uvicorn) on a free port, in a
-    thread -> (host, port, batcher, uvicorn server)."""
-    cfg = ServeConfig(port=0, **overrides)
-    socks = listen(cfg)
-    port = socks[0].getsockname()[1]
-    batcher = new_batcher(engine, cfg)
-    server = http_server(build_app(engine, batcher, cfg, announce=lambda line: None), cfg, log_level="error")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": socks}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield "127.0.0.1", port, batcher, server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        batcher.close()
-
-
-@contextlib.contextmanager
-def logged() -> Iterator[list[logging.LogRecord]]:
-    """What uvicorn logs while the block runs (a request's traceback goes to "uvicorn.error")."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    log = logging.getLogger("uvicorn.error")
-    log.addHandler(handler)
-    try:
-        yield records
-    finally:
-        log.removeHandler(handler)
+    """test_serve's real server, as (host, port, batcher, uvicorn server)."""
+    with serving(engine, **overrides) as (url, batcher, server):
+        host, port = url.removeprefix("http://").removesuffix("/v1").rsplit(":", 1)
+        yield host, int(port), batcher, server
 
 
 def post(port: int, path: str, body: bytes) -> tuple[int, dict]:

@@ -38,6 +38,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from tiankong.engine.events import Event, Finished, TokenEvent
+from tiankong.engine.params import draw_seed
 from tiankong.presets import Preset
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare_actions import CompareActions
@@ -329,7 +330,7 @@ you stopped).
         order = list(range(k))
         if not self.blind:
             return order, None
-        shuffle_seed = random.SystemRandom().randrange(2**31)  # as engine.draw_seed, without importing torch
+        shuffle_seed = draw_seed()
         random.Random(shuffle_seed).shuffle(order)
         return order, shuffle_seed
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from tiankong.engine.context import drop_turns, turn_starts
 from tiankong.engine.errors import InputError
 from tiankong.engine.model_names import display_name, model_key
-from tiankong.engine.params import SamplingParams
+from tiankong.engine.params import SamplingParams, with_seeds
 from tiankong.engine.remote import RemoteEngine
 from tiankong.presets import Preset
 from tiankong.tui.queue import Answer
@@ -120,7 +120,6 @@ def fill_seeds(entrants: list[Entrant], fresh: bool) -> list[SamplingParams]:
     Different models under one preset share the seed (a fair model comparison samples with the same
     random numbers); columns of one model always get different seeds, so "balanced vs balanced" shows
     two samples rather than the same one twice."""
-    from tiankong.engine.engine import with_seeds  # only a round that generates gets here: the engine is loaded
 
     shared: dict[str, tuple[int, set[int]]] = {}  # preset name -> (seed, engines that used it)
     out = []
