@@ -62,6 +62,10 @@ class Tokenizer(ABC):
     @abstractmethod
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """encode() of each text; a tokenizer that can encodes them on several threads at once."""
+        return [self.encode(text, add_special_tokens) for text in texts]
+
     @abstractmethod
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
 
@@ -136,6 +140,14 @@ class HFTokenizer(Tokenizer):
                 f"the tokenizer cannot encode {quoted(text, 20)!r} ({error_line(error) or type(error).__name__}); "
                 "change the text, or fix tokenizer.json (its unk_token, pre-tokenizer regex)"
             ) from None
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        try:  # the tokenizers library's own threads (all cores unless TOKENIZERS_PARALLELISM=false)
+            return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        except BaseException as error:
+            if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            return super().encode_batch(texts, add_special_tokens)  # one at a time: the error names its text
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         text = self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

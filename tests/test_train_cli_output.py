@@ -34,6 +34,20 @@ def test_training_progress_goes_to_stderr_and_stdout_keeps_the_plots(monkeypatch
     assert "pretrain 2/2" not in out and "loss  (last" in out  # stdout: the data (the loss curve)
 
 
+def test_a_corpus_that_takes_a_while_to_encode_shows_progress_in_mb(monkeypatch, capsys, corpus, tmp_path):
+    # QA: a 30 MB corpus sat ~40 s encoding with nothing on screen. Over BATCH_CHARS of text (made
+    # small here) the encoding has a bar of its own, counted in MB of text.
+    from tiankong.trainers import pretrain as pretrain_module
+
+    monkeypatch.setattr(pretrain_module, "BATCH_CHARS", 1000)
+    big = tmp_path / "big.txt"
+    big.write_text("\n<|endoftext|>\n".join(CORPUS[:5] * 2500) + "\n", encoding="utf-8")  # ~0.8 MB
+    code, _, err = pretrain(monkeypatch, capsys, big, tmp_path / "run", "--steps", "1")
+    assert code == 0, err
+    mb = -(-len(big.read_text(encoding="utf-8").replace("\n<|endoftext|>\n", "")) // 1_000_000)
+    assert f"tokenizing, MB {mb}/{mb} (100%)" in err, err
+
+
 def test_verdict_warnings_stay_one_line_when_stderr_is_not_a_terminal(monkeypatch, capsys, corpus, tmp_path):
     code, _, err = pretrain(monkeypatch, capsys, corpus, tmp_path / "run", "--steps", "1", "--no-progress")
     assert code == 0, err

@@ -284,18 +284,21 @@ def test_a_document_on_one_huge_line_is_encoded_a_piece_at_a_time():
     # newlines, and (for this byte-level BPE) the ids are those of one long encode.
     from tiankong.engine.resolve import resolve_model
     from tiankong.engine.tokenizer import load_tokenizer
-    from tiankong.trainers.pretrain import encode_document
+    from tiankong.trainers.pretrain import encode_documents
 
     tokenizer = load_tokenizer(resolve_model(None))
     doc = "Once upon a time, Tom went to the park.\nHe saw a dog. 你好 " * 300  # 17,400 characters
+    short = ["A short one.", "你好, Tom."]
     seen: list[int] = []
-    encode = tokenizer.encode
+    ticks: list[int] = []
+    encode_batch = tokenizer.encode_batch
 
-    def spy(text, *args, **kwargs):
-        seen.append(len(text))
-        return encode(text, *args, **kwargs)
+    def spy(texts, *args, **kwargs):
+        seen.extend(len(text) for text in texts)
+        return encode_batch(texts, *args, **kwargs)
 
-    tokenizer.encode = spy
-    ids = encode_document(tokenizer, doc, piece_chars=1000)
-    assert len(seen) > 17 and max(seen) <= 1000
-    assert ids == encode(doc, add_special_tokens=True)
+    tokenizer.encode_batch = spy
+    got = list(encode_documents(tokenizer, [short[0], doc, short[1]], ticks.append, piece_chars=1000, batch_chars=3000))
+    assert len(seen) > 17 + 2 and max(seen) <= 1000
+    assert got == [tokenizer.encode(text, add_special_tokens=True) for text in [short[0], doc, short[1]]]
+    assert sum(ticks) == len(doc) + len(short[0]) + len(short[1]) and len(ticks) >= 6  # 3 pieces at a time

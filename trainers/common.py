@@ -140,9 +140,8 @@ class Trainer:
             while self.step < cfg.steps:
                 row = self.train_step(next(batches))
                 self.step += 1
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    row.update(self.evaluate())
-                if self.step == cfg.steps:
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
+                    advance.note(f"step {self.step}: held-out evaluation")
                     row.update(self.evaluate())
                 metrics.write({"step": self.step, **row})
                 advance(row)

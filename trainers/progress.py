@@ -67,19 +67,25 @@ class progress:
         self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, info="", eta="eta -")
         return self
 
-    def __call__(self, row: Mapping[str, float] | None = None) -> None:
-        """One more item done; `row`: its metrics (those in SHOWN are shown)."""
-        if not self.enabled:
+    def __call__(self, row: Mapping[str, float] | None = None, steps: int = 1) -> None:
+        """`steps` more items done (one by default); `row`: the latest metrics (those in SHOWN are shown)."""
+        if not self.enabled or steps <= 0:
             return
-        self.done += 1
+        self.done += steps
         self.info = "  ".join(f"{k} {v:.4g}" for k, v in (row or {}).items() if k in SHOWN)
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, info=self.info, eta=self._eta())
+            self.bar.update(self.task, advance=steps, info=self.info, eta=self._eta())
             return
         now, part = time.monotonic(), self._part()
         if now - self.last_line >= EVERY_S or (part > self.last_part and now - self.last_line >= 1.0):
             self._line()
             self.last_line, self.last_part = now, part
+
+    def note(self, text: str) -> None:
+        """Show `text` beside the bar in place of the metrics until the next item (work between items,
+        such as a held-out evaluation, that would otherwise look like a stall)."""
+        if self.bar is not None:
+            self.bar.update(self.task, info=escape(text))
 
     def write(self, text: str) -> None:
         """Write `text` to standard output (and flush): above the bar when the bar is drawn on that
