@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache, visible_runs
+from .kv_cache import KVCache, sdpa, visible_runs
 from .llama import WEIGHT_MAP as LLAMA_WEIGHT_MAP
 from .llama import Attention as LlamaAttention
 from .llama import RMSNorm as LlamaRMSNorm
@@ -85,10 +85,7 @@ class Attention(LlamaAttention):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.softcap is not None:
             return softcapped_attention(q, k, v, mask, self.scale, self.softcap)
-        causal = mask is None and q.shape[2] > 1
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        return sdpa(q, k, v, mask, self.scale)
 
 
 class FeedForward(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache, Runs, attend_runs, visible_runs
+from .kv_cache import KVCache, Runs, attend_runs, sdpa, visible_runs
 from .weights import embedding
 
 
@@ -38,9 +38,7 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """q (B, H, T, hd); k, v (B, H, S, hd); mask (B, 1, T, S) bool, or None: causal."""
-        causal = mask is None and q.shape[2] > 1
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale)
+        return sdpa(q, k, v, mask, self.scale)
 
 
 class MLP(nn.Module):

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .gpt2 import GPT2, Block
-from .kv_cache import KVCache, Runs, attend_runs, visible_runs
+from .kv_cache import KVCache, Runs, attend_runs, sdpa, visible_runs
 from .native_step import NativeStep, WeightBuffer
 from .packed import release_pages, trim_heap
 
@@ -32,9 +32,7 @@ _linear = torch.ops.mkldnn._linear_pointwise  # (x, W, bias, "none", [], "") -> 
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """q (B, H, T, hd) (the scale folded into its rows); k, v (B, H, S, hd); mask (B, 1, T, S) bool,
-    or None: causal."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1, scale=1.0)
+    return sdpa(q, k, v, mask, 1.0)  # the scale is folded into q's rows
 
 
 class PackedGPT2Block(nn.Module):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
@@ -188,6 +189,17 @@ def visible_runs(mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tenso
         return Runs((0,) * B)
     firsts = mask[:, 0, 0].to(torch.uint8).argmax(-1).expand(B)  # (B,) each row's first True
     return Runs(tuple(firsts.tolist()))
+
+
+def sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None = None
+) -> torch.Tensor:
+    """Softmax attention of every model here: q (B, H, T, hd); k, v (B, H_kv, S, hd), H a multiple of
+    H_kv (grouped queries); mask (B, 1, T, S) bool, or None: causal over the whole sequence (training,
+    or one unpadded row); scale None: 1/sqrt(hd) -> (B, H, T, hd)."""
+    causal = mask is None and q.shape[2] > 1
+    gqa = k.shape[1] != q.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
 
 
 def attend_runs(

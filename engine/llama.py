@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache, Runs, attend_runs, build_mask, visible_runs
+from .kv_cache import KVCache, Runs, attend_runs, build_mask, sdpa, visible_runs
 from .rope import long_rope_freqs, rope_attention_factor, rope_buffers
 from .weights import embedding
 
@@ -100,12 +100,8 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """q (B, H, T, hd); k, v (B, H_kv, S, hd); mask (B, 1, T, S) bool -> (B, H, T, hd).
-        No mask: plain causal attention over the whole sequence (training, or one unpadded row)."""
-        causal = mask is None and q.shape[2] > 1
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        """kv_cache.sdpa at 1/sqrt(head_dim); Gemma's layers override it (their scale, soft-capping)."""
+        return sdpa(q, k, v, mask)
 
 
 class FeedForward(nn.Module):

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache, Runs, attend_runs, build_mask, visible_runs
+from .kv_cache import KVCache, Runs, attend_runs, build_mask, sdpa, visible_runs
 from .llama import Block, Llama
 from .native import library as native_lib
 from .native import matmul as native_matmul
@@ -171,11 +171,7 @@ class PackedBlock(nn.Module):
         return _linear(x, w, b, "none", [], "")
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """q (B, H, T, hd); k, v (B, H_kv, S, hd); mask (B, 1, T, S) bool, or None: causal."""
-        causal = mask is None and q.shape[2] > 1
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, scale=self.q_scale, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        return sdpa(q, k, v, mask, self.q_scale)
 
     def forward(
         self,
