@@ -134,7 +134,7 @@ def test_sft_refuses_unknown_roles_naming_the_line_and_role(tmp_path, roles, nee
 
 
 def test_a_corpus_on_one_huge_line_trains_a_tokenizer(tmp_path):
-    from tiankong.trainers.pretrain import SENTENCE_BYTES, _sentences, train_tokenizer
+    from tiankong.trainers.corpus import SENTENCE_BYTES, _sentences, train_tokenizer
 
     text = "Once upon a time, Tom went to the park. 你好 " * 10000  # 470 KB, one line
     pieces = list(_sentences(text))

@@ -284,7 +284,7 @@ def test_a_document_on_one_huge_line_is_encoded_a_piece_at_a_time():
     # newlines, and (for this byte-level BPE) the ids are those of one long encode.
     from tiankong.engine.resolve import resolve_model
     from tiankong.engine.tokenizer import load_tokenizer
-    from tiankong.trainers.pretrain import encode_documents
+    from tiankong.trainers.corpus import encode_documents
 
     tokenizer = load_tokenizer(resolve_model(None))
     doc = "Once upon a time, Tom went to the park.\nHe saw a dog. 你好 " * 300  # 17,400 characters

@@ -191,7 +191,7 @@ def test_reward_score_takes_the_records_tiankong_generate_writes(llama_dir, tmp_
 
 
 def test_a_vocabulary_smaller_than_the_characters_asks_for_a_larger_vocab_size(tmp_path):
-    from tiankong.trainers.pretrain import train_tokenizer
+    from tiankong.trainers.corpus import train_tokenizer
 
     docs = ["".join(chr(0x4E00 + i) for i in range(j, j + 50)) * 3 for j in range(0, 600, 50)]
     with pytest.raises(InputError, match="required_chars.*; give a larger --vocab-size$"):

@@ -163,7 +163,8 @@ def stage_init(work: Path, p: dict) -> dict:
     from tiankong.engine.config import ModelConfig
     from tiankong.engine.model import build_model, save_pretrained
     from tiankong.engine.tokenizer import load_tokenizer
-    from tiankong.trainers.pretrain import init_weights, train_tokenizer
+    from tiankong.trainers.corpus import train_tokenizer
+    from tiankong.trainers.pretrain import init_weights
 
     out = work / "init"
     if out.exists():

@@ -152,7 +152,7 @@ def render(r: dict) -> str:
     w("| --- | --- | --- |")
     w(f"| data | generate corpus, held-out text, SFT and held-out conversations | {t.get('data', 0):.0f} s |")
     w(
-        f"| init | train the tokenizer (`tiankong.trainers.pretrain.train_tokenizer`), build and initialise the model "
+        f"| init | train the tokenizer (`tiankong.trainers.corpus.train_tokenizer`), build and initialise the model "
         f"(`init_weights`, GPT-2 style), save as an HF folder | {t.get('init', 0):.0f} s |"
     )
     w(
