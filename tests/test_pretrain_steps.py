@@ -18,8 +18,9 @@ from test_train_pretrain_sft import Interrupted, interrupt_at
 
 from tiankong.engine.errors import InputError
 from tiankong.trainers import auto
-from tiankong.trainers.checkpoint import latest, load_state
+from tiankong.trainers.checkpoint import latest
 from tiankong.trainers.pretrain import PretrainConfig, PretrainTrainer
+from tiankong.trainers.trainer_state import load_state
 
 WORDS = "the a cat dog girl boy park ball red blue ran saw found liked little big happy sad and then".split()
 

@@ -21,6 +21,7 @@ from tiny_models import make_model
 from tiankong.engine.errors import InputError
 from tiankong.trainers import checkpoint as ckpt
 from tiankong.trainers.reward import RewardConfig, RewardTrainer
+from tiankong.trainers.trainer_state import STATE_JSON, STATE_TENSORS, load_state
 
 PAIRS = [{"prompt": f"Story {i}:", "chosen": " a happy fox ran", "rejected": " a sad dog sat"} for i in range(8)]
 
@@ -143,10 +144,10 @@ def test_a_pickled_trainer_state_is_never_loaded(llama_dir, prefs, tmp_path):
     # The new format is JSON + safetensors: a state file cannot name code to run.
     run = RewardTrainer(reward_cfg(llama_dir, prefs, tmp_path / "ok")).train()
     folder = ckpt.latest(run)
-    assert sorted(p.name for p in folder.glob("trainer_state*")) == [ckpt.STATE_JSON, ckpt.STATE_TENSORS]
-    doc = json.loads((folder / ckpt.STATE_JSON).read_text())
+    assert sorted(p.name for p in folder.glob("trainer_state*")) == [STATE_JSON, STATE_TENSORS]
+    doc = json.loads((folder / STATE_JSON).read_text())
     doc["state"]["$items"][0][1] = {"$object": "os.system"}
-    (folder / ckpt.STATE_JSON).write_text(json.dumps(doc))
+    (folder / STATE_JSON).write_text(json.dumps(doc))
     with pytest.raises(InputError, match="damaged"):
         RewardTrainer(reward_cfg(llama_dir, prefs, run, resume=True)).train()
 
@@ -240,7 +241,7 @@ def test_a_signal_checkpoints_and_the_printed_command_resumes_to_the_same_result
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
     assert "Traceback" not in err
-    stopped = ckpt.load_state(ckpt.latest(out))["step"]
+    stopped = load_state(ckpt.latest(out))["step"]
     assert 3 <= stopped < 60
     command = err.strip().splitlines()[-1]
     assert command.startswith("resume with: tiankong train reward") and command.endswith("--resume")

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 from tiny_models import CORPUS, STORIES, make_model
 
 from tiankong.engine.errors import InputError
-from tiankong.trainers.checkpoint import latest, load_state
+from tiankong.trainers.checkpoint import latest
 from tiankong.trainers.data import load_conversations, load_texts, split_holdout
 from tiankong.trainers.pretrain import SIZES, PretrainConfig, PretrainTrainer
 from tiankong.trainers.sft import DEFAULT_CHAT_TEMPLATE, SFTConfig, SFTTrainer, tokenize_conversation
+from tiankong.trainers.trainer_state import load_state
 
 CHAT = [
     {

@@ -16,15 +16,13 @@ disk, each swapped in by an atomic rename) and older checkpoints removed. `--res
 
 Trainer state is JSON (steps, config, Python RNG, optimizer hyper-parameters) plus one
 safetensors file (optimizer moments, torch RNG): loading it runs no code, unlike a pickle, so a
-run folder from a stranger can be resumed safely.
+run folder from a stranger can be resumed safely (trainers/trainer_state.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import math
 import os
 import re
 import shutil
@@ -32,16 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import torch
-
 from tiankong.engine.errors import InputError
-from tiankong.engine.files import WriteError, atomic_write_text, fsync_dir, parse_json, why
+from tiankong.engine.files import WriteError, fsync_dir, why
 from tiankong.engine.weights import TOKENIZER_FILES
 
+from .trainer_state import STATE_JSON, STATE_TENSORS, save_state
+
 CHECKPOINTS = "checkpoints"
-STATE_JSON = "trainer_state.json"
-STATE_TENSORS = "trainer_state.safetensors"
-STATE_FORMAT = "tiankong-trainer-state"
 # Files a CLI prepares in the output folder before the trainer starts (the exported votes).
 PREPARED = frozenset({"preferences.jsonl"})
 # Top-level files a run writes besides the model: records of the run, not published checkpoint files.
@@ -437,82 +432,3 @@ def _fsync_tree(folder: Path) -> None:
             with open(os.path.join(dirpath, name), "rb") as f:
                 os.fsync(f.fileno())
         fsync_dir(dirpath)
-
-
-# --- trainer state ------------------------------------------------------------------------------
-
-
-def save_state(folder: Path, state: dict[str, Any]) -> None:
-    """state (nested dicts/lists/tuples of tensors, numbers, strings) -> JSON + safetensors."""
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    tree = _encode(state, tensors, "s")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / STATE_TENSORS))
-    atomic_write_text(folder / STATE_JSON, json.dumps({"format": STATE_FORMAT, "version": 1, "state": tree}) + "\n")
-
-
-def load_state(folder: Path) -> dict[str, Any]:
-    """The state save_state wrote; one-line InputError for anything damaged or foreign."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = folder / STATE_JSON
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--resume: cannot read {path} ({e}); start the run again without --resume") from None
-    doc = parse_json(text, str(path), InputError)
-    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or "state" not in doc:
-        raise InputError(f"--resume: {path} is not a tiankong trainer state; start the run again without --resume")
-    try:
-        tensors = load_file(str(folder / STATE_TENSORS))
-    except (SafetensorError, OSError) as e:
-        raise InputError(
-            f"--resume: {folder / STATE_TENSORS} is damaged ({e}); start the run again without --resume"
-        ) from None
-    try:
-        state = _decode(doc["state"], tensors)
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"--resume: {path} is damaged ({e!r}); start the run again without --resume") from None
-    if not isinstance(state, dict):
-        raise InputError(f"--resume: {path} is damaged; start the run again without --resume")
-    return state
-
-
-def _encode(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
-    """JSON for everything but tensors, which go to `tensors` under a path-like key."""
-    if isinstance(obj, torch.Tensor):
-        tensors[key] = obj
-        return {"$tensor": key}
-    if isinstance(obj, dict):
-        return {
-            "$items": [
-                [_encode(k, tensors, f"{key}.k{i}"), _encode(v, tensors, f"{key}.{i}")]
-                for i, (k, v) in enumerate(obj.items())
-            ]
-        }
-    if isinstance(obj, (list, tuple)):
-        items = [_encode(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
-        return {"$tuple": items} if isinstance(obj, tuple) else items
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return {"$float": repr(obj)}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"trainer state holds a {type(obj).__name__}, which checkpoints cannot store")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if "$tensor" in obj:
-            return tensors[obj["$tensor"]]
-        if "$items" in obj:
-            return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["$items"]}
-        if "$tuple" in obj:
-            return tuple(_decode(v, tensors) for v in obj["$tuple"])
-        if "$float" in obj:
-            return float(obj["$float"])
-        raise ValueError(f"unknown entry {sorted(obj)[:3]}")
-    return obj

@@ -48,6 +48,7 @@ from .metrics import MetricsWriter
 from .optim import global_batches, lr_at, make_adamw, seed_everything
 from .progress import progress
 from .stopping import TrainingStopped, _StopRequests
+from .trainer_state import load_state
 
 
 class Trainer:
@@ -283,7 +284,7 @@ class Trainer:
     def _load_state(self) -> None:
         folder = ckpt.latest(self.out)
         assert folder is not None  # check_output refused a resume without one
-        state = ckpt.load_state(folder)
+        state = load_state(folder)
         self._check_same_run(state)
         try:
             self.dist.load_optimizer(self.model, self.optimizer, state["optimizer"])
