@@ -8,7 +8,7 @@ Store is built in parts, each a module of its own, read in this order:
 * store_schema.py: the tables, as the list of migrations;
 * store_records.py: the records a store hands out (Chat, Message, Response, Vote) and their rows;
 * store_chats.py: chats, their branches, search and exports;
-* store_votes.py: votes, their statistics, and the prompt queues.
+* store_votes.py: votes, their statistics, and the prompt queues (their rounds and claims: store_queue.py).
 
 The rest of tiankong imports Store, StoreError, DB_NAME, data_dir and the records Chat, Message,
 Response and Vote from here; any other name from the module that holds it.

@@ -9,14 +9,13 @@ write each other's tables. Store (store.py) joins them.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from tiankong.tui.store_base import StoreBase, now
+from tiankong.tui.store_queue import QueueClaim, claim_round, drop_stale_claims, first_open, save_queue
 from tiankong.tui.store_records import (
     _INSERT_VOTE,
     MAX_RESPONSES,
@@ -60,11 +59,11 @@ class VoteStore(StoreBase):
         validate_vote(vote)
         with self._tx(durable=True) as conn:
             if conn.execute("SELECT 1 FROM queue_rounds WHERE key = ? AND round = ?", (key, round)).fetchone():
-                return None, _save_queue(conn, key, total, source)
+                return None, save_queue(conn, key, total, source)
             vote_id = int(conn.execute(_INSERT_VOTE, _vote_row(vote, now())).lastrowid)
             conn.execute("INSERT INTO queue_rounds (key, round) VALUES (?, ?)", (key, round))
             conn.execute("DELETE FROM queue_claims WHERE key = ? AND round = ?", (key, round))  # done: no one's
-            return vote_id, _save_queue(conn, key, total, source)
+            return vote_id, save_queue(conn, key, total, source)
 
     def add_branch_votes(self, votes: list[Vote]) -> int:
         """Store chat branch votes (two responses each) in ONE durable transaction, each replacing an
@@ -159,11 +158,11 @@ class VoteStore(StoreBase):
             ).rowcount
             if queue is not None:
                 conn.execute("DELETE FROM queue_rounds WHERE key = ? AND round = ?", queue)
-                _save_queue(conn, queue[0])
+                save_queue(conn, queue[0])
                 if window is not None:
-                    _drop_stale_claims(conn, queue[0])
+                    drop_stale_claims(conn, queue[0])
                     conn.execute("DELETE FROM queue_claims WHERE key = ? AND window = ?", (queue[0], window))
-                    _claim(conn, queue[0], queue[1], window)
+                    claim_round(conn, queue[0], queue[1], window)
         return deleted > 0
 
     def list_votes(
@@ -306,7 +305,7 @@ class VoteStore(StoreBase):
                 conn.execute("DELETE FROM queues WHERE key = ?", (legacy,))
             if restart:
                 conn.execute("DELETE FROM queue_rounds WHERE key = ?", (key,))
-            return _save_queue(conn, key, total, source)
+            return save_queue(conn, key, total, source)
 
     def mark_queue_round(self, key: str, round: int, done: bool, total: int, source: str | None = None) -> set[int]:
         """Mark one round of the queue `key` done (voted or skipped) or not (its vote undone), in one
@@ -319,7 +318,7 @@ class VoteStore(StoreBase):
                 conn.execute("DELETE FROM queue_claims WHERE key = ? AND round = ?", (key, round))
             else:
                 conn.execute("DELETE FROM queue_rounds WHERE key = ? AND round = ?", (key, round))
-            return _save_queue(conn, key, total, source)
+            return save_queue(conn, key, total, source)
 
     def claim_queue_round(
         self, key: str, window: str, total: int, start: int = 0, *, round: int | None = None
@@ -333,17 +332,17 @@ class VoteStore(StoreBase):
         A window holds one claim per queue: this one replaces its last. The round is `total` when every
         round is done, or when every round left is claimed by other windows (`waiting`: a second window
         on a round would have one of the two votes refused, add_queue_vote). A claim counts for nothing
-        once its process has ended (a crash, a kill -9: see _drop_stale_claims) or when its window has
+        once its process has ended (a crash, a kill -9: see drop_stale_claims) or when its window has
         not renewed it for CLAIM_S seconds."""
         with self._tx() as conn:
-            _drop_stale_claims(conn, key)
-            done = _save_queue(conn, key, total)
+            drop_stale_claims(conn, key)
+            done = save_queue(conn, key, total)
             conn.execute("DELETE FROM queue_claims WHERE key = ? AND window = ?", (key, window))
             others = {int(r[0]) for r in conn.execute("SELECT round FROM queue_claims WHERE key = ?", (key,))}
             if round is None or round in others:  # a live claim of another window is never taken over
                 round = first_open(done | others, total, start)
             if round < total:
-                _claim(conn, key, round, window)
+                claim_round(conn, key, round, window)
             return QueueClaim(round, done, waiting=round == total and len(done) < total)
 
     def renew_queue_claim(self, key: str, window: str, round: int) -> bool:
@@ -352,10 +351,10 @@ class VoteStore(StoreBase):
         -> whether the window still holds it: False when the round is done or another window took it
         over meanwhile, and this window should move to another round (claim_queue_round)."""
         with self._tx() as conn:
-            _drop_stale_claims(conn, key)
+            drop_stale_claims(conn, key)
             if conn.execute("SELECT 1 FROM queue_rounds WHERE key = ? AND round = ?", (key, round)).fetchone():
                 return False
-            return _claim(conn, key, round, window)
+            return claim_round(conn, key, round, window)
 
     def release_queue_claims(self, key: str, window: str) -> None:
         """The window closes: its round is free for the other windows at once."""
@@ -379,85 +378,6 @@ def _stored_hash(v: Vote, h: str) -> str:
     """The content_hash an imported vote is stored with: `h` (its vote_hash), or for a branch vote
     (two answers) its pair's key, the one add_branch_votes replaces by."""
     return _pair_key(v) if v.source == BRANCH_SOURCE and len(v.responses) == 2 else h
-
-
-# How long a window's claim on its round lasts unless renewed: a window that stops renewing without its
-# process ending (a frozen or sleeping machine) holds its round up to this long.
-CLAIM_S = 120.0
-
-
-class QueueClaim(NamedTuple):
-    """What VoteStore.claim_queue_round gave a window."""
-
-    round: int  # the round to show (the queue's total when there is none)
-    done: set[int]  # the queue's rounds done, by any window
-    waiting: bool  # none to show, but rounds left: other windows show them
-
-
-def _claim(conn: sqlite3.Connection, key: str, round: int, window: str) -> bool:
-    """Claim `round` of the queue `key` for `window` (or renew its claim) for CLAIM_S seconds, inside a
-    write, unless another window holds it; -> whether `window` holds it now. Stale claims are dropped
-    first by the caller (_drop_stale_claims), so a claim still there is a live one."""
-    conn.execute(
-        "INSERT INTO queue_claims (key, round, window, host, pid, expires) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT(key, round) DO UPDATE SET host = excluded.host, pid = excluded.pid, expires = excluded.expires "
-        "WHERE queue_claims.window = excluded.window",
-        (key, round, window, socket.gethostname(), os.getpid(), time.time() + CLAIM_S),
-    )
-    row = conn.execute("SELECT window FROM queue_claims WHERE key = ? AND round = ?", (key, round)).fetchone()
-    return row is not None and row[0] == window
-
-
-def _drop_stale_claims(conn: sqlite3.Connection, key: str) -> None:
-    """Forget the claims on the queue `key` that no window holds any more: expired (not renewed for
-    CLAIM_S seconds), or held by a process of this machine that has ended (a crash, kill -9, a closed
-    terminal), whose round would otherwise wait out the CLAIM_S."""
-    conn.execute("DELETE FROM queue_claims WHERE key = ? AND expires < ?", (key, time.time()))
-    here = socket.gethostname()
-    pids = {int(r[0]) for r in conn.execute("SELECT pid FROM queue_claims WHERE key = ? AND host = ?", (key, here))}
-    for pid in pids:
-        if not _running(pid):
-            conn.execute("DELETE FROM queue_claims WHERE key = ? AND host = ? AND pid = ?", (key, here, pid))
-
-
-def _running(pid: int) -> bool:
-    """Whether the process `pid` of this machine still runs (signal 0 checks without sending anything)."""
-    if pid == os.getpid() or os.name != "posix":  # elsewhere os.kill(pid, 0) would end the process
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: it runs
-        return True
-    return True
-
-
-def first_open(done: set[int], total: int, start: int = 0) -> int:
-    """The first round from `start` on that is not done, else the first before it; `total` when all are."""
-    for r in (*range(start, total), *range(min(start, total))):
-        if r not in done:
-            return r
-    return total
-
-
-def _save_queue(conn: sqlite3.Connection, key: str, total: int | None = None, source: str | None = None) -> set[int]:
-    """The queue row of `key` brought up to date inside a write (total and source when given, the first
-    round not done as its position, the time); -> its rounds done."""
-    done = {int(r[0]) for r in conn.execute("SELECT round FROM queue_rounds WHERE key = ?", (key,))}
-    row = conn.execute("SELECT total, source FROM queues WHERE key = ?", (key,)).fetchone()
-    if total is None:
-        if row is None:  # nothing to say where the queue ends: leave it to the next open
-            return done
-        total = int(row[0])
-    source = source if source is not None else row[1] if row is not None else ""
-    conn.execute(
-        "INSERT INTO queues (key, source, position, total, updated_at) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT(key) DO UPDATE SET source = excluded.source, position = excluded.position, "
-        "total = excluded.total, updated_at = excluded.updated_at",
-        (key, source, first_open(done, total), total, now()),
-    )
-    return done
 
 
 # [number of responses, [presets of the first four, then their models]] as JSON bytes, parsing `responses`

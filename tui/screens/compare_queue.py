@@ -18,7 +18,7 @@ from textual.widgets import Input
 from tiankong.tui.queue import Item, PromptQueue
 from tiankong.tui.screens.compare_rounds import Round
 from tiankong.tui.store import Store
-from tiankong.tui.store_votes import CLAIM_S, first_open
+from tiankong.tui.store_queue import CLAIM_S, first_open
 
 WAIT_POLL_S = 2.0  # how often a window whose queue rounds left are all in other windows looks for a free one
 
