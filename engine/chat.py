@@ -28,6 +28,9 @@ from .tokenizer import Tokenizer
 # order, separated by a blank line, so a "conversation" reads as consecutive paragraphs of text.
 RAW_MESSAGE_SEPARATOR = "\n\n"
 
+# The fix for a template that cannot be used, the model's own or a --chat-template file.
+_FIX = "fix the template, pass another with --chat-template FILE, or use raw mode"
+
 # A --chat-template file larger than this is not a template (the largest known are ~20 KB).
 TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024
 
@@ -75,15 +78,35 @@ class ChatTemplate:
             self._template = _environment().from_string(source)
         except jinja2.TemplateSyntaxError as error:
             raise ChatTemplateError(
-                f"chat template has a syntax error on line {error.lineno}: {quoted(error.message or '')}; "
-                "fix the template or use raw mode"
+                f"chat template has a syntax error on line {error.lineno}: {quoted(error.message or '')}; {_FIX}"
             ) from error
         except (RecursionError, MemoryError, SyntaxError, ValueError, OverflowError) as error:
             # Blocks or expressions nested too deeply for the parser or for Python's compiler.
             raise ChatTemplateError(
                 f"chat template cannot be compiled ({type(error).__name__}: {error_line(error)}); "
-                "it is nested too deeply; fix the template or use raw mode"
+                f"it is nested too deeply; {_FIX}"
             ) from error
+
+    # Why the template cannot be used (set by `unusable`); None for one that compiled and passed its checks.
+    broken: str | None = None
+
+    @classmethod
+    def unusable(cls, source: str, error: ChatTemplateError) -> ChatTemplate:
+        """A model's own template that cannot be used (a syntax error, a template that ignores the
+        messages, ...): it loads, and rendering raises `error`. As in transformers, which compiles a
+        template when it is first applied, the model still works in raw mode, and info and tokenize
+        still answer; only the chat paths give the error."""
+        template = cls.__new__(cls)
+        template.source, template._variables, template.broken = source, {}, str(error)
+        return template
+
+    @classmethod
+    def of_model(cls, source: str, tokenizer: Tokenizer, origin: str | Path) -> ChatTemplate:
+        """The template a model folder or GGUF file brings (`origin`): for_tokenizer, or `unusable`."""
+        try:
+            return cls.for_tokenizer(source, tokenizer, origin)
+        except ChatTemplateError as error:
+            return cls.unusable(source, error)
 
     @classmethod
     def from_folder(cls, folder: str | Path, tokenizer: Tokenizer) -> ChatTemplate | None:
@@ -98,7 +121,7 @@ class ChatTemplate:
         if is_gguf(folder):  # a GGUF file: its tokenizer.chat_template
             return GGUFModel(folder).chat_template(tokenizer)
         found = _find_template_source(Path(folder))
-        return None if found is None else cls.for_tokenizer(found[0], tokenizer, found[1])
+        return None if found is None else cls.of_model(found[0], tokenizer, found[1])
 
     @classmethod
     def from_file(cls, path: str | Path, tokenizer: Tokenizer) -> ChatTemplate:
@@ -126,7 +149,10 @@ class ChatTemplate:
         extra = {
             key: value for key, value in tokenizer.named_special_tokens.items() if key not in ("bos_token", "eos_token")
         }
-        template = cls(source, tokenizer.bos_token, tokenizer.eos_token, extra)
+        try:
+            template = cls(source, tokenizer.bos_token, tokenizer.eos_token, extra)
+        except ChatTemplateError as error:
+            raise ChatTemplateError(f"{origin}: {error}" if origin is not None else str(error)) from error
         template._check_reads_messages(origin)
         return template
 
@@ -146,6 +172,8 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """Render messages to prompt text; kwargs become template variables (e.g. enable_thinking)."""
+        if self.broken is not None:
+            raise ChatTemplateError(self.broken)
         variables = {**self._variables, **kwargs}  # caller kwargs win, as in transformers
         variables["messages"] = [_template_message(message) for message in messages]
         variables["add_generation_prompt"] = add_generation_prompt

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config_checks import check_values
+from .config_checks import check_not_quantized, check_values
 from .config_families import (
     _DEFAULTS,
     _MODEL_TYPES,
@@ -129,6 +129,7 @@ class ModelConfig:
     @classmethod
     def from_hf_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
         """Map a transformers `config.json` dict to a ModelConfig (4.x and 5.x spellings)."""
+        check_not_quantized(cfg)  # first: its other values may be fine, its tensors are not ours
         check_values(cfg)
         arch = _architecture(cfg)
         prefix = ""

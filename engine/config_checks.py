@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, quoted
 
 MAX_LAYERS = 1 << 12  # far beyond any real model (weights.check_checkpoint suggests no more)
 
@@ -63,6 +63,29 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
         ((dict,), 'an object such as {"rope_type": "linear", "factor": 2.0}, or null'),
     ),
 }
+
+
+# The fix for a quantized checkpoint (GPTQ, AWQ, FP8, bitsandbytes, ...): tiankong quantizes at load
+# itself, or reads llama.cpp's quantizations.
+QUANTIZED_FIX = "use the unquantized model (with --dtype q8_0 or q4_0 to quantize it at load) or a GGUF file of it"
+
+
+def check_not_quantized(cfg: Mapping[str, Any], where: str = "config.json") -> None:
+    """Refuse a checkpoint quantized by a library tiankong does not read. Its tensors are packed
+    integers and scales (qweight, qzeros, scales; weight_scale_inv) under names the loader does not
+    know, or FP8 weights whose scales would be dropped: without this line the load fails naming
+    missing or extra tensors, or loads weights cast without their scales and writes garbage."""
+    for key in ("quantization_config", "compression_config"):  # compressed-tensors' older name
+        value = cfg.get(key)
+        if value is None or value == {}:
+            continue
+        method = value.get("quant_method") if isinstance(value, Mapping) else None
+        if method is None and isinstance(value, Mapping) and (value.get("load_in_4bit") or value.get("load_in_8bit")):
+            method = "bitsandbytes"  # older bitsandbytes configs name no quant_method
+        name = quoted(method, 40) if isinstance(method, str) and method else "a method it does not name"
+        raise ModelLoadError(
+            f"{where}: the checkpoint is quantized with {name} ({key}), which tiankong does not read; {QUANTIZED_FIX}"
+        )
 
 
 def _show(value: Any) -> str:

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Sized, TypeVar
 
-from .errors import InputError
+from .errors import ContextOverflow, InputError, TiankongError
 
 # torch, numpy and the KV cache are imported where PromptCache and PrefixStore use them: fit_messages and
 # drop_turns also serve a server's model (remote.py) and `tiankong rank`, which never need torch.
@@ -72,6 +72,7 @@ def fit_messages(
     *,
     at_least: int = 0,
     slack: int = 0,
+    max_chars: int | None = None,
 ) -> tuple[P, int]:
     """Messages -> (prompt ids of at most `budget` tokens, number of oldest turns dropped).
 
@@ -80,13 +81,16 @@ def fit_messages(
     this many (a chat keeps dropped turns dropped, so its prompt keeps one prefix and its cache stays
     valid). slack: when more turns must go than at_least, free this many tokens more, so that the
     next few turns fit without dropping again (each drop re-reads the whole prompt once).
-    Raises InputError when the system messages and the last turn alone do not fit.
+    max_chars: messages holding more characters than this cannot fit (encode refuses them
+    unencoded); turns go by that count first, so that a 27 MB conversation is never encoded whole.
+    Raises ContextOverflow when the system messages and the last turn alone do not fit.
     """
     messages = list(messages)
     starts = turn_starts(messages)
-    head = messages[: starts[0]] if starts else messages  # the system messages
     droppable = max(0, len(starts) - 1)
     at_least = min(at_least, droppable)
+    if max_chars is not None:
+        at_least = _fewest_within(messages, starts, at_least, max_chars)
 
     def without(k: int) -> P:  # the prompt without the k oldest turns
         return encode(drop_turns(messages, k))
@@ -107,12 +111,83 @@ def fit_messages(
                 lo = mid + 1
         if best is not None:
             return best
-    last = without(droppable)
-    kept = "the system message and the last message are" if head else "the last message is"
-    raise InputError(
-        f"{kept} {len(last)} tokens, but the context leaves {budget} for the prompt "
-        f"(room kept for the answer); shorten the last message"
+    raise _too_long(encode, messages, starts, len(without(droppable)), budget)
+
+
+def _chars(m: Any) -> int:
+    """Characters of one message's text (what Engine.encode counts against the context)."""
+    content = m.get("content") if isinstance(m, Mapping) else None
+    return len(content) if isinstance(content, str) else 0
+
+
+def _fewest_within(messages: list, starts: list[int], at_least: int, max_chars: int) -> int:
+    """The fewest oldest turns (at least at_least) to drop for the rest to hold at most max_chars
+    characters; ContextOverflow when the system messages and the last turn alone hold more."""
+    sizes = [_chars(m) for m in messages]
+    head = sum(sizes[: starts[0]]) if starts else sum(sizes)
+    rest = sum(sizes[starts[0] :]) if starts else 0  # the turns kept when none is dropped
+    k = 0
+    while k < len(starts) - 1 and (k < at_least or head + rest > max_chars):
+        rest -= sum(sizes[starts[k] : starts[k + 1]])
+        k += 1
+    if head + rest > max_chars:
+        parts = _Parts(messages, starts, head, rest)
+        raise ContextOverflow(
+            f"{parts.subject} {head + rest:,} characters{parts.split}, far more than the context can hold; "
+            f"shorten {parts.which(max_chars)}"
+        )
+    return k
+
+
+def _too_long(encode: Callable, messages: list, starts: list[int], total: int, budget: int) -> ContextOverflow:
+    """The error for a system message and last turn that alone exceed the budget, naming the part to
+    shorten: the last turn's own length is encoded; the system message's is the rest."""
+    last = total
+    if starts and starts[0] > 0:
+        try:
+            last = len(encode(messages[starts[-1] :]))
+        except TiankongError:  # a template that wants its system message: the two are said together
+            last = -1
+    parts = _Parts(messages, starts, total - last if last >= 0 else -1, last)
+    return ContextOverflow(
+        f"{parts.subject} {total:,} tokens{parts.split}, but the context leaves {budget} for the prompt "
+        f"(room kept for the answer); shorten {parts.which(budget)}"
     )
+
+
+class _Parts:
+    """What always stays of a conversation, for the message that says it does not fit: the system
+    messages (head: their size, 0 for none, -1 unknown) and the last turn (last: its size, or -1)."""
+
+    def __init__(self, messages: list, starts: list[int], head: int, last: int) -> None:
+        self.head, self.last = (head, last) if starts else (last + head, 0)  # all system messages
+        one = not starts or len(messages) - starts[-1] == 1
+        self.last_name = "the last message" if one else "the last turn"
+        if not starts:
+            self.subject, self.last_name = "the system message is", ""
+        elif starts[0] == 0:
+            self.subject = f"{self.last_name} is"
+        else:
+            self.subject = f"the system message and {self.last_name} are"
+
+    @property
+    def split(self) -> str:
+        """The two sizes, where there are two and both are known."""
+        if self.head > 0 and self.last >= 0 and self.last_name:
+            return f" (the system message {self.head:,}, {self.last_name} {self.last:,})"
+        return ""
+
+    def which(self, limit: int) -> str:
+        """The part to shorten: the one longer than the limit alone, both, or either of the two."""
+        if not self.last_name or self.head == 0:
+            return self.last_name or "the system message"
+        if self.head > limit and self.last > limit:
+            return "both"
+        if self.head > limit:
+            return "the system message"
+        if self.last > limit:
+            return self.last_name
+        return f"the system message or {self.last_name}"
 
 
 class PromptCache:

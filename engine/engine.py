@@ -21,7 +21,7 @@ from torch import nn
 from .chat import ChatTemplate, render_prompt
 from .config import ModelConfig
 from .context import PromptCache, answer_room, fit_messages
-from .errors import InputError
+from .errors import ContextOverflow, InputError
 from .events import Event
 from .files import check_text
 from .generate import generate
@@ -64,6 +64,11 @@ def tokenizer_and_template(
     if chat_template is not None:
         return tokenizer, ChatTemplate.from_file(chat_template, tokenizer)
     return tokenizer, gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
+
+
+def _chars(texts: Sequence[Any]) -> int:
+    """Characters of the texts among `texts` (a message's content may be something else)."""
+    return sum(len(t) for t in texts if isinstance(t, str))
 
 
 @dataclass
@@ -158,35 +163,43 @@ class Engine:
         """Chat messages -> (ids, oldest turns dropped) so that the prompt leaves the answer its room
         (context.answer_room); see context.fit_messages for at_least and slack."""
         ctx = self.cfg.max_seq_len
+        # Turns that encode would refuse unread go by their characters first (a 27 MB chat is never encoded whole).
+        long = _chars([m.get("content") for m in messages if isinstance(m, Mapping)]) > 16 * ctx
         return fit_messages(
             lambda m: self.encode(messages=m, raw=raw),
             messages,
             ctx - answer_room(check_count("max_new_tokens", max_new_tokens, 1), ctx),
             at_least=check_count("at_least", at_least, 0),
             slack=check_count("slack", slack, 0),
+            max_chars=self._char_limit() if long else None,
         )
 
     def check_fits(self, ids: Sequence[int]) -> None:
         """Raise InputError unless the prompt leaves room for at least one new token in the context."""
         ctx = self.cfg.max_seq_len
         if len(ids) >= ctx:
-            raise InputError(
+            raise ContextOverflow(
                 f"prompt is {len(ids)} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens"
             )
 
     def _check_text(self, texts: Sequence[Any]) -> None:
         ctx = self.cfg.max_seq_len
-        chars = sum(len(t) for t in texts if isinstance(t, str))
-        # No token stands for more characters than its longest vocabulary entry (x2: a normalizer may
-        # merge characters), so past that the prompt cannot fit. Shorter ones are cheap to tokenize.
-        if chars > 16 * ctx and chars > 2 * ctx * self._max_token_chars():
-            raise InputError(
+        chars = _chars(texts)
+        if chars > 16 * ctx and chars > self._char_limit():
+            raise ContextOverflow(
                 f"the prompt is {chars:,} characters, far more than the model's context of {ctx} "
                 f"tokens can hold; shorten it"
             )
         for t in texts:
             if isinstance(t, str):
                 check_text(t)
+
+    def _char_limit(self) -> int:
+        """Characters past which a prompt cannot fit the context, refused before it is tokenized: no
+        token stands for more characters than its longest vocabulary entry (x2: a normalizer may merge
+        characters). Up to 16 per token is let through whatever the vocabulary: cheap to tokenize."""
+        ctx = self.cfg.max_seq_len
+        return max(16 * ctx, 2 * ctx * self._max_token_chars())
 
     def _max_token_chars(self) -> int:
         """The longest vocabulary entry in characters (measured once; an upper bound on a token's text)."""
@@ -289,7 +302,10 @@ class Engine:
             "checkpoint_dtype": c.torch_dtype,
             "device": str(self.device),
             "decode": self.decode_path,
-            "chat_template": self.template is not None,
+            # True, False, or why the model's own template cannot be used (ChatTemplate.unusable).
+            "chat_template": f"broken: {self.template.broken}"
+            if self.template and self.template.broken
+            else self.template is not None,
             "bos_id": self.tokenizer.bos_id,
             "eos_ids": sorted(self.tokenizer.eos_ids),
         }

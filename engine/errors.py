@@ -29,6 +29,10 @@ class InputError(TiankongError):
     """A prompt, an input file line, a preset or a sampling parameter is invalid."""
 
 
+class ContextOverflow(InputError):
+    """A prompt longer than the model's context can hold (a conversation's oldest turns may go)."""
+
+
 class RemoteError(TiankongError):
     """A server behind --model http://... failed a request or answered something unusable."""
 

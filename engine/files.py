@@ -4,8 +4,10 @@ Reading a model folder (`model_file`, `read_model_text`, `read_model_json`):
   * only regular files: a FIFO or a device given as `model.safetensors` would hang or never end;
   * only files inside the folder: a symlinked `added_tokens.json -> ~/.ssh/id_rsa` must not be
     read, and so cannot be copied into a training output the person later publishes. The one
-    exception is the Hugging Face cache layout (`snapshots/<rev>/x -> ../../blobs/<sha>`), whose
-    links may lead into that repository's blobs/ folder and nowhere else;
+    exception is a model cache's blobs/ folder (`link_out`, LINK_RULE): a link may lead into a
+    Hugging Face cache repo's blobs/ (`snapshots/<rev>/x -> ../../blobs/<sha>`, `--local-dir`
+    folders of links) or an Ollama store's, and nowhere else. A .gguf file a folder holds follows
+    the same rule (engine/repo_lookup.py `_one_gguf`);
   * JSON bounded in size by its kind (`json_limit`), and a file nested thousands deep is a clear
     error, not a traceback.
 
@@ -70,25 +72,37 @@ def json_limit(name: str) -> int:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def _allowed_roots(folder: Path) -> list[Path]:
-    """Where the files of `folder` may really be: the folder itself, and for a snapshot of a Hugging
-    Face cache repo (REPO/snapshots/<rev>/) that repo's blobs/ folder, where the cache's links point.
+# Why a link out of a model folder is refused, and where it may lead (README.md says the same).
+LINK_RULE = (
+    "tiankong follows a model folder's links only inside it or into a Hugging Face or Ollama cache's "
+    "blobs/, so that someone else's folder cannot make it read your other files"
+)
 
-    Only blobs/, never all of REPO: any folder can sit in a parent named "snapshots", and a link to
-    ../../.ssh/x must not pass for a cache link. REPO must also look like a cache repo (a real blobs/
-    folder, plus refs/ or the models--ORG--NAME name), and blobs/ must not itself be a link."""
-    root = folder.resolve()
-    roots = [root]
-    repo = root.parent.parent
-    blobs = repo / "blobs"
-    if (
-        root.parent.name == "snapshots"
-        and (repo.name.startswith("models--") or os.path.isdir(repo / "refs"))
-        and os.path.isdir(blobs)
-        and not os.path.islink(blobs)
-    ):
-        roots.append(blobs)
-    return roots
+
+def _cache_blob(real: Path) -> bool:
+    """Whether `real` (a path with every link resolved) is a file in a model cache's blobs/ folder,
+    where the caches' own links lead (snapshots/<rev>/x -> ../../blobs/<hash>), and so do folders
+    older `huggingface-cli download --local-dir` filled with links and Ollama models linked into LM
+    Studio's folder (llamalink and the like): a Hugging Face cache repo's (REPO/blobs/, REPO
+    named models--ORG--NAME or holding refs/ and snapshots/) or an Ollama store's (beside manifests/).
+    Those hold downloaded models' files, never a person's own. `real` being resolved, blobs/ is a
+    real folder: a blobs/ that is a link to ~/.ssh resolves to ~/.ssh and does not pass."""
+    blobs = real.parent
+    if blobs.name != "blobs":
+        return False
+    store = blobs.parent
+    hf = store.name.startswith("models--") or (os.path.isdir(store / "refs") and os.path.isdir(store / "snapshots"))
+    return hf or os.path.isdir(store / "manifests")
+
+
+def link_out(folder: str | Path, path: str | Path) -> Path | None:
+    """The real file behind `path` (a file of the model folder `folder`) when links lead it where
+    LINK_RULE does not follow them: out of the folder, into no cache's blobs/; None when it may be read.
+    Only the folder is trusted as a whole: any file could be linked from a stranger's folder
+    (added_tokens.json -> ~/.ssh/id_rsa) and then read, or copied into a training output."""
+    real = Path(os.path.realpath(path))
+    root = Path(folder).resolve()
+    return None if real == root or root in real.parents or _cache_blob(real) else real
 
 
 def kind_of(mode: int) -> str:
@@ -124,12 +138,13 @@ def model_file(folder: str | Path, name: str) -> Path | None:
         return None
     except OSError as e:
         raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the model folder") from None
-    real = Path(os.path.realpath(path))
-    if not any(real == r or r in real.parents for r in _allowed_roots(folder)):
+    real = link_out(folder, path)
+    if real is not None:
         raise ModelLoadError(
-            f"{path} is a link to {real}, outside the model folder; "
-            "copy the real file into the folder instead of linking it"
+            f"{path} is a link to {real}, outside the model folder; {LINK_RULE}: copy the real file into "
+            "the folder (cp -L), or load the model by name from the Hugging Face cache (--model ORG/NAME)"
         )
+    real = Path(os.path.realpath(path))
     try:
         mode = real.stat().st_mode
     except OSError:  # a dangling link
@@ -276,10 +291,12 @@ def why(e: OSError) -> str:
     return hints.get(e.errno, f"{e.strerror or e}; check the path")
 
 
-def write_target(path: str | Path) -> Path:
+def write_target(path: str | Path, probe: bool = False) -> Path:
     """Where writing `path` really goes: itself, or the file a symlink points to.
 
-    Raises InputError when that is a folder, a device or a FIFO, or its folder does not exist.
+    Raises InputError when that is a folder, a device or a FIFO, or its folder does not exist; with
+    probe, also when no file can be made in that folder (permissions, a read-only file system), found
+    by making and removing one: said before a long run rather than when its first results are saved.
     """
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
@@ -293,6 +310,13 @@ def write_target(path: str | Path) -> Path:
         raise InputError(f"cannot write {path}: it is {kind_of(mode)}; give the path of a regular file")
     if not target.parent.is_dir():
         raise InputError(f"cannot write {path}: the folder {target.parent} does not exist; create it first")
+    if probe:  # os.access would be wrong for root, ACLs and read-only mounts: try it
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as e:
+            raise WriteError(path, why(e)) from None
     return target
 
 

@@ -248,12 +248,13 @@ class GGUFModel:
         return tokenizer_from_gguf(self.reader, self.path)
 
     def chat_template(self, tokenizer: Tokenizer) -> ChatTemplate | None:
-        """tokenizer.chat_template compiled for `tokenizer`, or None when the file has none."""
+        """tokenizer.chat_template compiled for `tokenizer` (one that cannot be used loads as
+        ChatTemplate.unusable, so raw mode still works), or None when the file has none."""
         from .chat import ChatTemplate
         from .gguf_tokenizer import chat_template_from_gguf
 
         source = chat_template_from_gguf(self.reader, self.path)
-        return None if source is None else ChatTemplate.for_tokenizer(source, tokenizer)
+        return None if source is None else ChatTemplate.of_model(source, tokenizer, self.path)
 
     def tokenizer_files(self) -> dict[str, str]:
         """The tokenizer as a Hugging Face folder holds it, for saving this model as one (trainers):

@@ -23,11 +23,13 @@ from .files import model_file, open_regular, parse_json, read_model_object
 from .gguf_split import part_paths
 from .model_places import (
     _gguf_files,
+    _gguf_in,
     _is_file,
     _refs,
-    _regular,
     _scan,
     _scan_or_note,
+    _starts_gguf,
+    _stat,
     bundled_dir,
     hf_hub_cache,
     lmstudio_dirs,
@@ -118,16 +120,40 @@ def _hf_repo_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundMod
     refs = dict(_refs(folder))
     if not refs:
         refs = {"main": snapshots[0]} if len(snapshots) == 1 else {s[:10]: s for s in snapshots}
+    # A download that did not finish leaves its blob as blobs/<hash>.incomplete and no link to it.
+    partial = next((p.name for p in _scan(folder / "blobs") if p.name.endswith(".incomplete")), None)
+    fix = (f"its download did not finish ({partial}); " if partial else "") + f"download {repo} again"
     out: list[FoundModel] = []
     for rev, sha in refs.items():
         name, snapshot = (repo if rev == "main" else f"{repo}@{rev}"), folder / "snapshots" / sha
         if not os.path.isdir(snapshot):
             continue  # a ref to a missing snapshot: resolving it says so
         if _is_file(snapshot / "config.json"):
-            out.append(_describe(name, "huggingface", snapshot))
+            out += _noting(notes, _folder_entry, name, "huggingface", snapshot, fix)
         elif rev == "main":
-            out += _gguf_entries(repo, "huggingface", snapshot, notes)
+            ggufs = _gguf_entries(repo, "huggingface", snapshot, notes)
+            if not ggufs and partial:
+                notes.append(f"{repo} ({snapshot}) holds no config.json and no .gguf file; {fix}")
+            out += ggufs
     return out
+
+
+def _folder_entry(name: str, source: str, folder: Path, fix: str) -> list[FoundModel]:
+    """A model folder's entry; ModelLoadError (a skipped line) when its weight files are not there
+    to read: none (a download of some files only, or one that did not finish), a link to a deleted
+    blob, a link the folder rules refuse (engine/files.model_file). Listed, such a model showed as
+    0 bytes and loading it failed."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise ModelLoadError(f"{name} ({folder}) holds no weights (*.safetensors, pytorch_model*.bin); {fix}")
+    for file in files:
+        if os.path.islink(file) and not os.path.exists(file):  # a blob deleted from under its snapshot
+            raise ModelLoadError(f"{name}: {file} is a broken link (to {os.readlink(file)}, which is gone); {fix}")
+        try:
+            model_file(folder, file.name)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{name}: {e}") from None
+    return [_describe(name, source, folder)]
 
 
 def _size(path: Path) -> int:
@@ -215,7 +241,7 @@ def _header_parameters(path: Path) -> int | None:
 
 def _lmstudio_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundModel]:
     if _is_file(folder / "config.json"):
-        return [_describe(repo, "lmstudio", folder)]
+        return _folder_entry(repo, "lmstudio", folder, "download it again")
     return _gguf_entries(repo, "lmstudio", folder, notes)
 
 
@@ -229,7 +255,7 @@ def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> lis
     out = []
     for gguf in files:
         try:
-            _regular(gguf)
+            _gguf_in(folder, gguf)
         except ModelLoadError as e:
             notes.append(str(e))
             continue
@@ -266,6 +292,11 @@ def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
     if digest is None:
         raise ModelLoadError(f"{manifest} names no model layer; pull the model again")
     blob = _ollama_digest_path(root, digest, manifest)
+    pull = f"run `ollama pull {name.removeprefix('ollama:').removesuffix(':latest')}`"
+    if _stat(blob) is None:  # a broken link or an unreadable store raises its own line
+        raise ModelLoadError(f"{name}: its model blob {blob} is missing; {pull}")
+    if not _starts_gguf(blob):
+        raise ModelLoadError(f"{name}: its model blob {blob} is not a GGUF file; {pull} again")
     facts = _ollama_config(root, _ollama_config_digest(data), manifest)
     arch, quant = facts.get("model_family"), facts.get("file_type")
     if not isinstance(arch, str) or not isinstance(quant, str):  # no config blob: the file's header says

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ModelLoadError, TiankongError
-from .files import kind_of, open_regular, read_regular_bytes
+from .files import LINK_RULE, kind_of, link_out, open_regular, read_regular_bytes
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # one part of a repo id (the hub's own rule, roughly)
 _HASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -146,6 +146,20 @@ def _regular(path: Path) -> Path:
             f"{path} is {kind_of(st.st_mode)}, not a regular file; pass a model folder or a .gguf file"
         )
     return path
+
+
+def _gguf_in(folder: Path, path: Path) -> Path:
+    """`path`, a .gguf file a model folder holds, checked as every file of one is (engine/files
+    LINK_RULE): a link may lead only inside `folder` or into a cache's blobs/ (the Hugging Face
+    cache's own snapshots, Ollama models linked into LM Studio). The file named itself (--model
+    FILE.gguf) is the person's choice and is not checked here."""
+    real = link_out(folder, path)
+    if real is not None:
+        raise ModelLoadError(
+            f"{path} is a link to {real}, outside the model folder; {LINK_RULE}: copy the real file into "
+            f"the folder (cp -L), or pass the file itself (--model {real})"
+        )
+    return _regular(path)
 
 
 def _starts_gguf(path: Path) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from .context import answer_room, fit_messages
-from .errors import InputError, ModelLoadError
+from .errors import ContextOverflow, InputError, ModelLoadError
 from .events import Event
 from .params import SamplingParams
 from .remote_http import _error_line, _Http, _json, _key_hint, _llama_cpp_context, _reason, http_client_errors
@@ -180,7 +180,7 @@ class RemoteEngine:
     def check_fits(self, prompt: Sequence[Any]) -> None:
         ctx = self.cfg.max_seq_len
         if len(prompt) >= ctx:
-            raise InputError(f"prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it")
+            raise ContextOverflow(f"prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it")
 
     def _count(self, msgs: tuple[Mapping[str, Any], ...]) -> int | None:
         """The server's token count for these messages (vLLM's and tiankong serve's POST /tokenize),

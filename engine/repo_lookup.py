@@ -19,11 +19,11 @@ from .model_places import (
     _PART,
     _Denied,
     _gguf_files,
+    _gguf_in,
     _is_dir,
     _is_file,
     _read_ref,
     _refs,
-    _regular,
     _repo_dir,
     _scan,
     _stat,
@@ -37,6 +37,7 @@ _REV = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")  # a branch, tag, refs/p
 _SUB = rf"(?:{_PART}/){{0,2}}{_PART}"
 _IN_REPO = re.compile(rf"(?P<repo>{_PART}/{_PART})/(?P<sub>{_SUB})")
 LMSTUDIO = "lmstudio:"  # a name looked up in LM Studio's folders only
+_MIN_PREFIX = 7  # hex characters of a commit hash taken as a revision (git's usual abbreviation)
 
 
 # --- the name grammar ------------------------------------------------------------------------------
@@ -56,6 +57,17 @@ def _parse(text: str) -> tuple[str, str | None, str | None] | None:
     if not _REPO.fullmatch(head):
         return None
     return (head, *_split_revision(head, rev)) if at else (head, None, None)
+
+
+def _parse_lmstudio(text: str) -> tuple[str, str | None] | None:
+    """ORG/NAME[/PATH] as LM Studio's folders may be named -> (repo, path in it): any characters but
+    "/" (spaces, accents, "&", "@", "--": LM Studio keeps whatever names its folders were given),
+    PATH at most three parts (SUB/SUB/FILE.gguf, as _SUB). None when a part is empty, "." or ".."
+    (which would lead out of LM Studio's folder) or there are fewer than two parts or more than five."""
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 5 or any(part in ("", ".", "..") or "\0" in part for part in parts):
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
 def _split_revision(repo: str, tail: str) -> tuple[str, str | None]:
@@ -81,7 +93,7 @@ def _known_revision(folder: Path, rev: str) -> bool:
     try:
         if _is_file(folder / "refs" / rev):
             return True
-        if re.fullmatch(r"[0-9a-f]{7,64}", rev):
+        if re.fullmatch(rf"[0-9a-f]{{{_MIN_PREFIX},64}}", rev):
             return len([p for p in _scan(folder / "snapshots") if p.name.startswith(rev)]) == 1
     except ModelLoadError:
         pass
@@ -118,7 +130,7 @@ def _one_gguf(label: str, folder: Path, by_name: bool = True) -> Path | None:
         shown = ", ".join(rel[:6]) + (f" and {len(rel) - 6} more" if len(rel) > 6 else "")
         choose = f"--model {label}/{rel[0]} or --model {files[0]}" if by_name else f"--model {files[0]}"
         raise ModelLoadError(f"{label} holds {len(files)} GGUF files ({shown}); choose one: {choose}")
-    return _regular(files[0]) if files else None
+    return _gguf_in(folder, files[0]) if files else None
 
 
 def _in_repo(repo: str, rev: str | None, sub: str, hf: bool = True, lmstudio: bool = True) -> Path | None:
@@ -140,7 +152,7 @@ def _in_repo(repo: str, rev: str | None, sub: str, hf: bool = True, lmstudio: bo
             denied = denied or e
     for label, folder, cached in places:
         if os.path.lexists(folder / sub):  # a broken link is there too: _regular says so
-            found = _repo_path(f"{label}/{sub}", folder / sub)
+            found = _repo_path(f"{label}/{sub}", folder / sub, folder)
             return _noted(found, f"{label}/{sub}", repo, sub) if cached and lmstudio else found
     if places:
         label, folder, _ = places[0]
@@ -167,9 +179,9 @@ def _hf_folders(repo: str, rev: str | None) -> list[Path]:
     return [s for s in snapshots if _is_dir(s)]
 
 
-def _repo_path(label: str, target: Path) -> Path:
-    """A path inside a repo, named `label`: a .gguf file, or a folder as a folder is taken (config.json,
-    else its one .gguf file)."""
+def _repo_path(label: str, target: Path, repo: Path) -> Path:
+    """A path inside the repo folder `repo`, named `label`: a .gguf file, or a folder as a folder is
+    taken (config.json, else its one .gguf file)."""
     if _is_dir(target):
         if _is_file(target / "config.json"):
             return target
@@ -179,7 +191,7 @@ def _repo_path(label: str, target: Path) -> Path:
         return gguf
     if target.suffix.lower() != ".gguf":
         raise ModelLoadError(f"{label} ({target}) is no .gguf file and no folder; name a .gguf file of the repo")
-    return _regular(target)
+    return _gguf_in(repo, target)
 
 
 # --- the Hugging Face cache ------------------------------------------------------------------------
@@ -197,12 +209,21 @@ def _hf_snapshot(repo: str, revision: str | None) -> Path | None:
         sha = _read_ref(folder / "refs" / rev)
     elif revision is None and len(snapshots) == 1:  # downloaded by hash: no refs/main
         sha = snapshots[0]
-    elif re.fullmatch(r"[0-9a-f]{7,64}", rev) and len(hits := [s for s in snapshots if s.startswith(rev)]) == 1:
+    elif (
+        re.fullmatch(rf"[0-9a-f]{{{_MIN_PREFIX},64}}", rev)
+        and len(hits := [s for s in snapshots if s.startswith(rev)]) == 1
+    ):
         sha = hits[0]
     else:
         have = ", ".join(sorted(r for r, _ in _refs(folder)) + [s[:10] for s in snapshots]) or "nothing"
+        # Fewer hex characters are not taken as a hash prefix: say so, or @cccc reads as a typo of the list.
+        short = (
+            f" (a commit hash needs at least {_MIN_PREFIX} hex characters)"
+            if re.fullmatch(rf"[0-9a-f]{{1,{_MIN_PREFIX - 1}}}", rev)
+            else ""
+        )
         raise ModelLoadError(
-            f"{repo} is in the Hugging Face cache ({folder}) but not at revision {rev!r}; it has: {have}"
+            f"{repo} is in the Hugging Face cache ({folder}) but not at revision {rev!r}{short}; it has: {have}"
         )
     return folder / "snapshots" / sha
 

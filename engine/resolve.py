@@ -57,7 +57,17 @@ from .model_places import (
     ollama_dir,
 )
 from .ollama import _manifest, _model_digest, _ollama_digest_path, _ollama_name, _ollama_parts
-from .repo_lookup import LMSTUDIO, _hf_model, _hf_snapshot, _in_repo, _lmstudio_folder, _noted, _one_gguf, _parse
+from .repo_lookup import (
+    LMSTUDIO,
+    _hf_model,
+    _hf_snapshot,
+    _in_repo,
+    _lmstudio_folder,
+    _noted,
+    _one_gguf,
+    _parse,
+    _parse_lmstudio,
+)
 
 _SUGGEST = contextvars.ContextVar("_SUGGEST", default=True)  # off while list_models checks its own names
 
@@ -121,8 +131,12 @@ def _local(path: Path, text: str) -> Path | None:
 def _by_name(text: str, path: Path) -> Path:
     """A name of the Hugging Face cache or LM Studio: ORG/NAME[@REV], NAME, ORG/NAME[@REV]/PATH."""
     parsed = _parse(text)
-    if parsed is None:
-        raise _not_found(text, path)
+    if parsed is None:  # no Hugging Face name; LM Studio's folders may still be named so
+        loose = _parse_lmstudio(text)
+        found = _lmstudio_lookup(*loose) if loose is not None else None
+        if found is not None:
+            return found
+        raise _not_found(text, path, searched_lmstudio=loose is not None)
     if text == "tiankong-mini":
         return resolve_model(None)
     repo, rev, sub = parsed
@@ -155,14 +169,13 @@ def _by_name(text: str, path: Path) -> Path:
 def _lmstudio_name(text: str, path: Path) -> Path:
     """lmstudio:ORG/NAME[/PATH]: looked up in LM Studio's folders only."""
     name = text.removeprefix(LMSTUDIO)
-    parsed = _parse(name)
-    if parsed is None or "/" not in parsed[0] or parsed[1] is not None:
+    parsed = _parse_lmstudio(name)
+    if parsed is None:
         raise ModelLoadError(
             f"{text}: not an LM Studio name; give {LMSTUDIO}ORG/NAME or {LMSTUDIO}ORG/NAME/FILE.gguf "
-            "(LM Studio keeps no revisions)"
+            "(no part empty, '.' or '..')"
         )
-    repo, _, sub = parsed
-    found = _in_repo(repo, None, sub, hf=False) if sub is not None else _lmstudio_folder(repo)
+    found = _lmstudio_lookup(*parsed)
     if found is not None:
         return found
     close = _closest(text)
@@ -171,6 +184,11 @@ def _lmstudio_name(text: str, path: Path) -> Path:
         + (f"did you mean {close}? " if close else "")
         + "(`tiankong models` lists the names found)"
     )
+
+
+def _lmstudio_lookup(repo: str, sub: str | None) -> Path | None:
+    """LM Studio's ORG/NAME[/PATH] (its folder's model, or PATH in it); None when no folder is named so."""
+    return _in_repo(repo, None, sub, hf=False) if sub is not None else _lmstudio_folder(repo)
 
 
 def _not_found(

@@ -287,6 +287,9 @@ def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None
     A token added beyond the embedding (tokenizer_config.json listing one more special token, say)
     would otherwise fail deep inside the model with an index error the first time it is used.
     """
+    if not Path(folder).is_dir():  # a GGUF file: its tokens and its embedding come in the one file
+        _check_gguf_ids(tokenizer, rows, folder)
+        return
     if tokenizer.vocab_size > rows:
         raise TokenizerError(_beyond_rows(tokenizer, rows, Path(folder)))
     for where, token_id in tokenizer.own_ids:
@@ -295,6 +298,21 @@ def check_token_ids(tokenizer: Tokenizer, rows: int, folder: str | Path) -> None
                 f"{folder}: {where} is {token_id}, beyond the model's {rows} embedding rows "
                 "(config.json vocab_size); fix that id or use the model's own files"
             )
+
+
+def _check_gguf_ids(tokenizer: Tokenizer, rows: int, path: str | Path) -> None:
+    """check_token_ids for a GGUF file, named in the file's own terms: nothing in it is for a person
+    to edit (no config.json, no tokenizer files), so the fix is another conversion of the model."""
+    beyond = f"beyond the {rows} embedding rows of its token_embd.weight"
+    fix = "the file was converted wrongly: convert the model to GGUF again, or use another GGUF file of it"
+    if tokenizer.vocab_size > rows:
+        raise TokenizerError(
+            f"{path}: its vocabulary (tokenizer.ggml.tokens) has {tokenizer.vocab_size} tokens, more than the "
+            f"{rows} embedding rows of its token_embd.weight; {fix}"
+        )
+    for where, token_id in tokenizer.own_ids:
+        if not 0 <= token_id < rows:
+            raise TokenizerError(f"{path}: {where} is {token_id}, {beyond}; {fix}")
 
 
 def _beyond_rows(tokenizer: Tokenizer, rows: int, folder: Path) -> str:

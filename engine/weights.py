@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, cast
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, to_hf_config
-from .config_checks import MAX_LAYERS
+from .config_checks import MAX_LAYERS, QUANTIZED_FIX
 from .errors import ModelLoadError, quoted
 from .files import atomic_write, atomic_write_text, model_file
 from .quant import QTensor, set_quantized
@@ -52,6 +53,10 @@ class TensorSource(Protocol):
 
     def metadata_key(self, hf_key: str) -> str: ...
 
+
+# Floats of 4 to 8 bits (safetensors' F8_E4M3, F8_E5M2, F6_E2M3, F4; torch's float8_e4m3fn): a
+# quantized checkpoint's weights, whose scales are separate tensors the loader does not apply.
+_LOW_FLOAT = re.compile(r"(?i)f(?:loat)?[468](?:_|$)")
 
 # A source's values are no one's to edit by hand: a mismatch inside one file means another file.
 _BAD_FILE = "the file is damaged or was converted wrongly: use another file"
@@ -85,9 +90,7 @@ def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameT
         if hit is None:
             continue  # not ours: load_weights names it
         if isinstance(folder, Path):
-            dtype = _stored_dtype(folder / file, table.sub_model + name, read, headers)
-            if not dtype.upper().startswith(("F", "BF")):  # F32, BF16, F8_E4M3; float32, bfloat16
-                raise _not_float(name, file, dtype)
+            _check_dtype(name, file, _stored_dtype(folder / file, table.sub_model + name, read, headers))
         dst, layer, transpose = hit
         if layer is not None:
             layers.add(layer)
@@ -139,13 +142,20 @@ def _stored_dtype(path: Path, name: str, read: Callable[[], torch.Tensor], heade
     return headers[path].get(name, "F32")
 
 
-def _not_float(name: str, file: str, dtype: str) -> ModelLoadError:
-    """A tensor the model uses as float weights stored as integers or booleans: loaded as such, its
-    numbers would be the float bits read as integers, and the model would write garbage."""
-    return ModelLoadError(
-        f"tensor {quoted(name, 100)} in {file} is {dtype}, but the model uses it as a float weight "
-        "(F32, F16 or BF16 expected); re-download or re-convert the checkpoint"
-    )
+def _check_dtype(name: str, file: str, dtype: str) -> None:
+    """Refuse a tensor the model uses as float weights stored as integers or booleans (loaded as such,
+    its numbers would be the float bits read as integers, and the model would write garbage), or as
+    4- to 8-bit floats (a quantized checkpoint: cast without its scales, the weights are wrong)."""
+    if not dtype.upper().startswith(("F", "BF")):  # F32, BF16, F8_E4M3; float32, bfloat16
+        raise ModelLoadError(
+            f"tensor {quoted(name, 100)} in {file} is {dtype}, but the model uses it as a float weight "
+            "(F32, F16 or BF16 expected); re-download or re-convert the checkpoint"
+        )
+    if _LOW_FLOAT.match(dtype):
+        raise ModelLoadError(
+            f"tensor {quoted(name, 100)} in {file} is {dtype}: the checkpoint is quantized (FP8/FP4), "
+            f"which tiankong does not read (its scales would be lost); {QUANTIZED_FIX}"
+        )
 
 
 def load_weights(
@@ -183,8 +193,7 @@ def load_weights(
         if isinstance(t, QTensor):  # a GGUF matrix kept in its blocks: the module becomes a QLinear/QEmbedding
             set_quantized(model, target, QTensor(t.qtype, t.shape, t.data.to(device)))
             continue
-        if not t.is_floating_point():  # check_checkpoint saw the safetensors headers; this is for the rest
-            raise _not_float(name, file, str(t.dtype).removeprefix("torch."))
+        _check_dtype(name, file, str(t.dtype).removeprefix("torch."))  # check_checkpoint saw the headers; the rest
         if transpose:
             t = t.t()
         t = t.to(device=device, dtype=dtype).contiguous()

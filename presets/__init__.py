@@ -22,6 +22,7 @@ A preset file::
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any
 import platformdirs
 
 from tiankong.engine.errors import InputError, quoted
-from tiankong.engine.files import read_regular_bytes
+from tiankong.engine.files import kind_of, read_regular_bytes
 from tiankong.engine.params import SamplingParams
 
 if sys.version_info >= (3, 11):
@@ -99,9 +100,17 @@ def get_preset(name: str, user_dir: Path | None = None) -> Preset:
 
 def _read(path: Path) -> dict[str, Any]:
     # A regular file only (a FIFO or device named *.toml would block or never end), and bounded.
+    # Found in the presets folder, not given: what is there under a preset's name is the fix.
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # gone, or unreadable: read_regular_bytes says which
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path} is {kind_of(mode)}, not a preset file; remove or rename it")
     data = read_regular_bytes(path, _MAX_PRESET_BYTES, InputError)
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        # A byte order mark, which some Windows editors write first, is no TOML: dropped.
+        return tomllib.loads(data.decode("utf-8").removeprefix("\ufeff"))
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:

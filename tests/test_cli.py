@@ -387,6 +387,65 @@ def test_interrupt_says_what_was_kept(monkeypatch, capsys, model_dir, tmp_path, 
         assert "interrupted: standard output got 2 of 6 records (each complete); the others were not generated" in said
 
 
+def test_the_bar_counts_what_is_kept_and_a_resumed_run_says_so(monkeypatch, capsys, model_dir, tmp_path):
+    """QA: a Ctrl+C while a batch was half done left the bar at 55/200 beside "the 48 finished records
+    are kept": the bar counted rows of a batch not yet saved. The run again showed only its own rows
+    (generating 15/150), nothing saying that 50 of 200 were done before."""
+    from tiankong.engine.engine import Engine
+
+    real, calls = Engine.generate, []
+
+    def stopped_after_one_row_of_the_second_batch(self, *a, **k):
+        calls.append(1)
+        for ev in real(self, *a, **k):
+            yield ev
+            if len(calls) == 2 and hasattr(ev, "finish_reason"):
+                raise KeyboardInterrupt  # one row of the batch finished, the other not yet
+
+    src, new = prompts_file(tmp_path, 6), tmp_path / "new.jsonl"
+    args = ["generate", "-m", model_dir, "--raw", "-i", src, "--max-new-tokens", "2", "--batch-size", "2"]
+    for to_file in (False, True):
+        calls.clear()
+        monkeypatch.setattr(Engine, "generate", stopped_after_one_row_of_the_second_batch)
+        code, out, err = cli(monkeypatch, capsys, *args, *(["-o", new] if to_file else []))
+        assert code == 130
+        # Not a terminal: the bar's last line is where it stood when stopped.
+        (last,) = [x for x in err.splitlines() if x.startswith("generating")][-1:]
+        assert last.startswith("generating 2/6 "), err
+        assert ("the 2 finished records are kept" if to_file else "standard output got 2 of 6") in " ".join(err.split())
+    monkeypatch.setattr(Engine, "generate", real)
+    code, out, err = cli(monkeypatch, capsys, *args, "-o", new)
+    assert code == 0, err
+    assert f"resuming: 2 of 6 records are already in {new}.part-*; generating the other 4" in " ".join(err.split())
+    assert [x for x in err.splitlines() if x.startswith("generating")][-1].startswith("generating 6/6 (100%)")
+    assert len(records(new.read_text())) == 6
+
+
+def test_a_second_run_on_one_output_is_refused_at_its_start(monkeypatch, capsys, model_dir, tmp_path):
+    """QA: the same command in two terminals: the first to finish merged and removed the part files,
+    and the other then said its rows "are in no part file; run the same command again". The run
+    writing OUTPUT holds OUTPUT.part-lock (flock, its pid inside); a second is refused before loading."""
+    import fcntl
+
+    src, out = prompts_file(tmp_path, 2), tmp_path / "out.jsonl"
+    args = ["generate", "-m", model_dir, "--raw", "-i", src, "--max-new-tokens", "2", "-o", out]
+    lock = tmp_path / "out.jsonl.part-lock"
+    with open(lock, "w") as held:  # another run, as that run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        code, _, err = cli(monkeypatch, capsys, *args)
+        assert code == 2 and err.splitlines() == [
+            f"error: --output {out} is being written by another run (pid 4242); wait for it to end or choose "
+            "another --output"
+        ], err
+        assert not out.exists() and lock.read_text() == "4242\n"
+    # The file left unlocked (its run was killed): taken, and removed at the end.
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out.jsonl", "p.txt"]
+
+
 def test_sigterm_is_handled_as_ctrl_c(model_dir, tmp_path):
     src = prompts_file(tmp_path, 400)
     args = ["generate", "-m", str(model_dir), "--raw", "-i", str(src), "--max-new-tokens", "16", "--batch-size", "1"]

@@ -194,6 +194,29 @@ def test_generate_output_that_cannot_be_a_file_is_one_line(tmp_path, monkeypatch
     one_line_error(code, err, needle)
 
 
+def test_generate_output_in_a_folder_it_cannot_write_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    # QA: found only after the model loaded and the first batch was generated. No user, root
+    # included, may make a file in /sys (sysfs); a read-only bind mount too where this process may mount.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = _read_only_folder(ro)
+    try:
+        for folder in [Path("/sys"), *([ro] if mounted else [])]:
+            if not folder.is_dir():
+                continue
+            code, out, err = cli(monkeypatch, capsys, *GEN, "-p", "hi", "-o", folder / "out.jsonl")
+            one_line_error(code, err, f"cannot write {folder / 'out.jsonl'}: ")
+            assert "loading" not in err and out == "" and not (folder / "out.jsonl").exists()
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)], check=True)
+    assert list(ro.iterdir()) == []
+    ok = tmp_path / "ok"  # where it can write, the probe leaves nothing behind
+    ok.mkdir()
+    code, out, err = cli(monkeypatch, capsys, *GEN, "-p", "hi", "-o", ok / "out.jsonl")
+    assert code == 0 and [x.name for x in ok.iterdir()] == ["out.jsonl"], err
+
+
 def test_generate_writes_the_output_whole(tmp_path, monkeypatch, capsys):
     dest = tmp_path / "out.jsonl"
     dest.write_text("old\n")

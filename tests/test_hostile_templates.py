@@ -215,15 +215,17 @@ def _tokenizer():
         "{{ bos_token }}{{ messages|length }} messages",
     ],
 )
-def test_a_template_that_ignores_the_messages_is_refused_at_load(tmp_path, source):
+def test_a_template_that_ignores_the_messages_is_refused(tmp_path, source):
+    """At load for a --chat-template file; the model's own is refused when used (raw mode still works)."""
     path = tmp_path / "t.jinja"
     path.write_text(source)
     with pytest.raises(ChatTemplateError, match="ignores the messages") as error:
         ChatTemplate.from_file(path, _tokenizer())
     assert str(error.value).startswith(f"{path}: ") and "--chat-template FILE" in str(error.value)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": source}))
+    own = ChatTemplate.from_folder(tmp_path, _tokenizer())
     with pytest.raises(ChatTemplateError, match=r"tokenizer_config.json: the chat template ignores the messages"):
-        ChatTemplate.from_folder(tmp_path, _tokenizer())
+        own.render([{"role": "user", "content": "hi"}])
 
 
 def test_templates_that_read_the_messages_load(tmp_path):

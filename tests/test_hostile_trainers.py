@@ -199,6 +199,34 @@ def test_a_bad_line_is_named_by_its_own_number(tmp_path, reader):
         read(path)
 
 
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+@pytest.mark.parametrize("reader", ["prompts", "rows", "reward score"])
+def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path, reader, bom):
+    # QA: five good lines, then "bad \xff line": "five.txt is not UTF-8 text", with no line to fix.
+    from tiankong.engine.errors import InputError
+    from tiankong.trainers.records import read_prompt_records, read_rows
+    from tiankong.trainers.reward import score_file
+
+    path = tmp_path / "in.jsonl"
+    good = b"".join(
+        b'{"prompt": "p%d", "response": "r\xc3\xa9", "chosen": "a", "rejected": "b"}\n' % i for i in range(5)
+    )
+    path.write_bytes(bom + good + b'{"prompt": "bad \xff line"}\n')
+    read = {
+        "prompts": read_prompt_records,
+        "rows": read_rows,
+        "reward score": lambda p: score_file(tmp_path / "no-model", str(p), None),
+    }[reader]
+    at = path.read_bytes().index(b"\xff")  # the reference: where the byte is, from 0
+    column = len(b'{"prompt": "bad ') + 1
+    with pytest.raises(InputError) as error:
+        read(path)
+    assert str(error.value) == (
+        f"{path} line 6: not UTF-8 text (invalid start byte at byte {column} of the line, byte {at + 1} of the file); "
+        "convert the file to UTF-8"
+    )
+
+
 def test_a_number_too_long_to_read_says_so(tmp_path):
     from tiankong.engine.errors import InputError
     from tiankong.trainers.records import read_prompt_records

@@ -137,6 +137,21 @@ def test_invalid_user_files_name_the_file_and_the_problem(tmp_path, text, messag
     assert "\n" not in str(err.value)
 
 
+def test_a_user_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    # QA: Notepad's UTF-8 BOM made "invalid TOML: Invalid statement (at line 1, column 1)".
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + b'description = "with a BOM"\n[params]\ntemperature = 0.3\n')
+    preset = load_presets(tmp_path)["bom"]
+    assert preset.description == "with a BOM" and preset.params.temperature == 0.3
+
+
+def test_a_folder_named_like_a_preset_is_named_as_such(tmp_path):
+    # QA: said "give the path of a real file", though the person gave no path: it is in their folder.
+    (tmp_path / "d.toml").mkdir()
+    with pytest.raises(InputError) as err:
+        load_presets(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'd.toml'} is a folder, not a preset file; remove or rename it"
+
+
 def test_a_name_key_must_be_the_file_name(tmp_path):
     # Two files could otherwise define one name, and mine.toml could quietly replace "balanced".
     write(tmp_path, "a.toml", 'name = "same"\n')

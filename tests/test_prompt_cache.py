@@ -14,9 +14,9 @@ import torch
 from tiny_models import make_model
 
 from tiankong.engine import native
-from tiankong.engine.context import PromptCache, answer_room, fit_messages, turn_starts
+from tiankong.engine.context import PromptCache, answer_room, drop_turns, fit_messages, turn_starts
 from tiankong.engine.engine import Engine
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import ContextOverflow, InputError
 from tiankong.engine.events import Finished, TokenEvent
 from tiankong.engine.llama import Llama
 from tiankong.engine.llama_packed import PackedLlama
@@ -274,6 +274,51 @@ def test_fit_drops_oldest_turns_and_keeps_the_system_message():
         fit_messages(words, msgs, 6)
 
 
+def test_fit_drops_turns_by_characters_before_encoding():
+    # QA: a conversation of more characters than encode takes (Engine._check_text) was refused before
+    # any turn went; the turns encode would refuse now go by their characters, unencoded.
+    msgs = chat(40)
+    seen = []
+
+    def capped(ms):  # as Engine.encode: more than 150 characters is refused unread
+        seen.append(sum(len(m["content"]) for m in ms))
+        if seen[-1] > 150:
+            raise InputError("the prompt is far more than the context can hold")
+        return words(ms)
+
+    for budget, at_least in [(30, 0), (14, 0), (1000, 0), (30, 39)]:
+        # the reference: the fewest drops (at least at_least) that encode takes and that fit, by trying each
+        fits = [
+            sum(len(m["content"]) for m in ms) <= 150 and len(words(ms)) <= budget
+            for ms in map(drop_turns, [msgs] * 40, range(40))
+        ]
+        want = fits.index(True, at_least)
+        ids, dropped = fit_messages(capped, msgs, budget, at_least=at_least, max_chars=150)
+        assert dropped == want and ids == words(drop_turns(msgs, want))
+    assert max(seen) <= 150
+    with pytest.raises(
+        ContextOverflow,
+        match=r"are 236 characters \(the system message 200, the last message 36\).*; shorten the system message$",
+    ):
+        fit_messages(capped, [{"role": "system", "content": "s" * 200}, *msgs[-3:]], 30, max_chars=150)
+
+
+def test_fit_names_the_part_too_long():
+    # QA: a system message of 3000 words and the last message "hi" said "shorten the last message".
+    def conv(system, last):
+        return [{"role": "system", "content": system}, *chat(2, system=False)[:-1], {"role": "user", "content": last}]
+
+    for system, last, which in [(100, 2, "the system message"), (2, 100, "the last message"), (100, 100, "both")]:
+        with pytest.raises(
+            ContextOverflow, match=f"\\(the system message {system}, the last message {last}\\).*; shorten {which}$"
+        ):
+            fit_messages(words, conv("w " * system, "w " * last), 50)
+    with pytest.raises(ContextOverflow, match="shorten the system message or the last message$"):
+        fit_messages(words, conv("w " * 30, "w " * 30), 50)
+    with pytest.raises(ContextOverflow, match="^the last message is 100 tokens, .*; shorten the last message$"):
+        fit_messages(words, conv("w " * 30, "w " * 100)[1:], 50)
+
+
 def test_answer_room():
     assert answer_room(100, 512) == 100 and answer_room(1000, 512) == 128 and answer_room(5, 2) == 1
 
@@ -308,6 +353,39 @@ def test_generate_context_overflow_flag(monkeypatch, capsys, folders, tmp_path):
     assert recs[1]["messages"] == long["messages"]  # the record keeps the conversation as given
     code, _, err = cli(monkeypatch, capsys, *args, "--context-overflow", "drop")
     assert code == 2 and "use error or truncate" in err
+
+
+def test_generate_truncates_a_conversation_of_any_length(monkeypatch, capsys, folders, tmp_path):
+    # QA: a conversation of more characters than the model's context could hold was refused under
+    # --context-overflow truncate (Engine.encode refused it whole before any turn was dropped).
+    import json
+
+    from helpers import cli
+
+    eng = engine(folders["llama"], "plain")
+    msgs = [{"role": "system", "content": "sys"}]
+    while sum(len(m["content"]) for m in msgs) <= 300_000:  # more than encode takes ("far more than" below)
+        msgs += [{"role": "user", "content": "word " * 40}, {"role": "assistant", "content": "reply " * 40}]
+    msgs.append({"role": "user", "content": "the end?"})
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"messages": msgs}) + "\n")
+    args = ("generate", "-m", folders["llama"], "-i", src, "--seed", "1", "--max-new-tokens", "8")
+    code, out, err = cli(monkeypatch, capsys, *args, "--context-overflow", "truncate")
+    assert code == 0, err
+    rec = json.loads(out)
+    ids, dropped = eng.fit(msgs, 8)
+    assert rec["dropped_turns"] == dropped and rec["usage"]["prompt_tokens"] == len(ids) <= 256 - 8
+    assert ids == eng.encode(messages=drop_turns(msgs, dropped))
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and "far more than" in err and "(or pass --context-overflow truncate" in err  # the way out
+
+    # Where dropping turns cannot help, no such hint: the part too long is named instead.
+    msgs = [{"role": "system", "content": "w " * 3000}, *chat(2, system=False)[:-1], {"role": "user", "content": "hi"}]
+    src.write_text(json.dumps({"messages": msgs}) + "\n")
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and "--context-overflow truncate" not in err
+    code, out, err = cli(monkeypatch, capsys, *args, "--context-overflow", "truncate")
+    assert code == 2 and err.rstrip().endswith("shorten the system message")
 
 
 def test_ppo_prompts_drop_oldest_turns(tmp_path, capsys):

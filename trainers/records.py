@@ -16,6 +16,7 @@ from tiankong.engine.errors import InputError, quoted
 from tiankong.engine.files import lone_surrogate
 
 Prompt = str | list[dict]
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some editors put first
 ROLES = ("system", "user", "assistant")
 
 
@@ -108,6 +109,22 @@ def split_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
+def decode_text(raw: bytes, name: str) -> str:
+    """A data file's bytes as text (a leading UTF-8 byte order mark dropped); InputError naming the
+    line and byte of the first that is not UTF-8, so the bad line can be found and fixed."""
+    bom = len(BOM) if raw.startswith(BOM) else 0
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start  # in the file, from 0
+        line = raw.count(b"\n", 0, at) + 1
+        column = at - raw.rfind(b"\n", 0, at)  # from 1, as the line and the file's byte below
+        raise InputError(
+            f"{name} line {line}: not UTF-8 text ({e.reason} at byte {column} of the line, "
+            f"byte {at + 1} of the file); convert the file to UTF-8"
+        ) from None
+
+
 def parse_line(text: str, where: str, fix: str = "fix that line") -> Any:
     """One JSON document of a data file; every way it can be bad is one InputError naming `where`
     ("data.jsonl line 3"): invalid JSON, nesting too deep to parse, a number too long to convert,
@@ -134,10 +151,7 @@ def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, s
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} {not_a_file(path)}; give a JSONL file (or a JSON array) of preference records")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; convert it to UTF-8") from None
+    text = decode_text(path.read_bytes(), str(path))
     if text.lstrip().startswith("["):  # a JSON array of records
         items = parse_line(text, str(path), "fix the file")
         if not isinstance(items, list):
@@ -160,18 +174,12 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
     anything runs: a bad one is one InputError naming the file and line. Blank lines are skipped.
     """
     name = "stdin" if str(source) == "-" else str(source)
-    try:
-        if name == "stdin":
-            text = sys.stdin.buffer.read().decode("utf-8-sig")
-        elif not Path(source).is_file():
-            raise InputError(
-                f"prompts file {source} {not_a_file(Path(source))}; give text lines or JSONL with "
-                '"prompt" or "messages" (or - for stdin)'
-            )
-        else:
-            text = Path(source).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{name} is not UTF-8 text; convert it to UTF-8") from None
+    if name != "stdin" and not Path(source).is_file():
+        raise InputError(
+            f"prompts file {source} {not_a_file(Path(source))}; give text lines or JSONL with "
+            '"prompt" or "messages" (or - for stdin)'
+        )
+    text = decode_text(sys.stdin.buffer.read() if name == "stdin" else Path(source).read_bytes(), name)
     out = []
     for n, line in enumerate(split_lines(text), 1):
         if not line.strip():

@@ -43,7 +43,7 @@ from .auto import n_parameters
 from .config import opt
 from .data import jsonl_objects
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
-from .records import messages_field, not_a_file, split_lines
+from .records import decode_text, messages_field, not_a_file, split_lines
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -345,10 +345,7 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
         path = Path(input)
         if not path.is_file():
             raise InputError(f"input file {input} {not_a_file(path)}; give a JSONL file with prompt and response, or -")
-        try:
-            lines, name = split_lines(path.read_text(encoding="utf-8")), input
-        except UnicodeDecodeError:
-            raise InputError(f"{input} is not UTF-8 text; convert it to UTF-8") from None
+        lines, name = split_lines(decode_text(path.read_bytes(), input)), input
     rows: list[tuple[int, dict]] = []
     for n, obj in jsonl_objects(lines, name):
         if ("response" not in obj and "text" not in obj) or ("prompt" not in obj and "messages" not in obj):

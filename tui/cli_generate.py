@@ -7,6 +7,7 @@ files, a tally); the others are a few lines each.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,12 +15,12 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Iterator, List, NamedTuple, Optional
 
 import typer
 from rich.markup import escape
 
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import ContextOverflow, InputError
 from tiankong.engine.files import stdout_errors, write_target
 from tiankong.presets import DEFAULT_PRESET, get_preset
 from tiankong.tui.cli_app import (
@@ -150,10 +151,10 @@ finish_reason "context" (the max-new-tokens limit is "length").
 
 --output is replaced only when the run ends: on an error it is left as it was (and it may not be the
 --input file). Finished records are kept in OUTPUT.part-* as they come (one per process), so after a
-Ctrl+C, a kill or a crash the same command again generates only the rest. Under torchrun (--nnodes,
---nproc_per_node) each process takes its share of the records and the first merges them into OUTPUT in
-input order: the same file for any number of processes (with --seed; without one, each record's drawn
-seed is recorded). Progress goes to stderr: a bar on a terminal, else a line every 10 s or tenth."""
+Ctrl+C, a kill or a crash the same command again generates only the rest; one run at a time writes an
+OUTPUT (a second is refused). Under torchrun (--nnodes, --nproc_per_node) each process takes its share
+of the records and the first merges them into OUTPUT in input order: the same file for any number of
+processes (with --seed; without one, each record's drawn seed is recorded). Progress goes to stderr: a bar on a terminal, else a line every 10 s or tenth."""
     )
 )
 def generate(
@@ -215,7 +216,7 @@ def generate(
         raise InputError("--top-logprobs needs --format jsonl (plain text has no place for the candidates); drop one")
     output = output_file(output)  # "-" is stdout
     if output is not None:
-        write_target(output)  # a missing folder, a folder or a device: said before the model loads
+        write_target(output, probe=True)  # a missing or unwritable folder, a device: said before the model loads
         _not_the_input(output, input)
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError("under torchrun, generate needs --output FILE (the processes' records are merged there)")
@@ -235,24 +236,27 @@ def generate(
     params = get_preset(preset).params.replace(**{k: v for k, v in flags.items() if v is not None})
     dist = _join(device)
     device = str(dist.device) if dist.enabled else device
-    eng = _load(_say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key)
-    rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
-    from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
+    with _claim(output, dist):  # one run at a time writes OUTPUT: a second is refused before its model loads
+        eng = _load(
+            _say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key
+        )
+        rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
+        from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
 
-    run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
-    run.model = model_identity(eng)
-    if output is None:
-        with run.stops:
-            tally = _generate_to_stdout(run, rows)
-    else:
-        settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
-        settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
-        # The weights' type and the chat template decide the text too: a run resumed with another
-        # --dtype or --chat-template does its rows again rather than mixing both in one file.
-        template = getattr(eng.template, "source", None)
-        settings.update(dtype=dtype, template=hashlib.sha256(template.encode()).hexdigest() if template else None)
-        with run.stops:
-            tally = _generate_to_file(run, rows, output, dist, settings)
+        run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
+        run.model = model_identity(eng)
+        if output is None:
+            with run.stops:
+                tally = _generate_to_stdout(run, rows)
+        else:
+            settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
+            settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
+            # The weights' type and the chat template decide the text too: a run resumed with another
+            # --dtype or --chat-template does its rows again rather than mixing both in one file.
+            template = getattr(eng.template, "source", None)
+            settings.update(dtype=dtype, template=hashlib.sha256(template.encode()).hexdigest() if template else None)
+            with run.stops:
+                tally = _generate_to_file(run, rows, output, dist, settings)
     if tally.rows and tally.failed == tally.rows:  # every row failed: the model is broken, not one prompt
         raise typer.Exit(2)
 
@@ -279,10 +283,12 @@ class _Run:
     stops: Stops = field(default_factory=lambda: Stops())
     model: str = ""  # as a compare vote stores it (compare_rounds.model_identity), in every record
 
-    def bar(self, total: int, label: str = "generating", enabled: bool = True):
+    def bar(self, total: int, label: str = "generating", enabled: bool = True, done: int = 0):
+        """The progress bar: it counts rows written out (saved, or on stdout), not rows generated in
+        a batch not yet written, so that a Ctrl+C keeps what it showed."""
         from tiankong.trainers.progress import progress
 
-        return progress(label, total, enabled=self.show_progress and enabled, console=err)
+        return progress(label, total, done=done, enabled=self.show_progress and enabled, console=err)
 
 
 @dataclass
@@ -311,6 +317,31 @@ def _not_the_input(output: Path, input: Optional[str]) -> None:
         raise InputError(f"--output {output} is {what}: the answers would replace the prompts; write elsewhere")
 
 
+@contextlib.contextmanager
+def _claim(output: Optional[Path], dist: Any) -> Iterator[None]:
+    """OUTPUT held for this run (tui/shards.OutputLock, by the first process) until it ends; a run
+    already writing it refuses this one, every process of it."""
+    from tiankong.tui.shards import OutputLock
+
+    if output is None:
+        yield
+        return
+    lock, refused = OutputLock(output), None
+    if dist.is_main:
+        try:
+            lock.__enter__()
+        except InputError as e:
+            refused = e
+    if dist.enabled and dist.all_reduce_sum({"refused": float(refused is not None)})["refused"] and not refused:
+        raise InputError(f"--output {output} is being written by another run (said by process 1)")
+    if refused is not None:
+        raise refused
+    try:
+        yield
+    finally:
+        lock.__exit__()
+
+
 def _join(device: str) -> Any:
     """This process's place under torchrun (a single process without it). Each process uses its own
     GPU; barriers wait up to a day for the slowest process's last batch."""
@@ -337,14 +368,26 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
                 ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
                 eng.check_fits(ids)
         except InputError as e:
-            # A conversation has a way out the message cannot know: dropping its oldest turns.
-            can_drop = overflow != "truncate" and job.get("messages") is not None and "context is" in str(e)
-            hint = " (or pass --context-overflow truncate to drop its oldest turns)" if can_drop else ""
+            helps = overflow != "truncate" and _truncation_helps(eng, job, e, params, raw)
+            hint = " (or pass --context-overflow truncate to drop its oldest turns)" if helps else ""
             raise InputError(f"{where}: {e}{hint}") from None
         for i in range(n):
             s = (params.seed + i) % 2**64 if params.seed is not None else draw_seed()
             rows.append(_Row(len(rows), i, job, ids, params.replace(seed=s), dropped))
     return rows
+
+
+def _truncation_helps(eng: Any, job: dict, error: InputError, params: Any, raw: bool) -> bool:
+    """Whether a conversation too long for the context would fit with its oldest turns dropped: a
+    way out the error cannot know, offered only where it works (not where the system message or the
+    last message alone is too long)."""
+    if not isinstance(error, ContextOverflow) or job.get("messages") is None:
+        return False
+    try:
+        eng.fit(job["messages"], params.max_new_tokens, raw=raw)
+    except InputError:
+        return False
+    return True
 
 
 def _generate_to_stdout(run: _Run, rows: list[_Row]) -> _Tally:
@@ -360,6 +403,7 @@ def _generate_to_stdout(run: _Run, rows: list[_Row]) -> _Tally:
                     tally.partial = True  # until the write returns (a second Ctrl+C may cut it)
                     bar.write("".join(outs))
                     tally.written, tally.partial = tally.written + len(outs), False
+                bar(steps=len(outs))
     except KeyboardInterrupt as stop:
         _report_stdout_interrupt(stop, run.format, tally, len(rows))
         raise typer.Exit(_stop_code(stop)) from None
@@ -393,16 +437,23 @@ def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, sett
     todo = [r for r, k in zip(rows, keys, strict=True) if (r.index, k) not in finished]
     mine = shards.my_batches(todo, run.batch_size, dist.rank, dist.world)
     tally, part = _Tally(), shards.PartWriter(output, dist.rank)
+    before = len(rows) - len(todo)  # finished by an earlier run
+    if before and dist.is_main:
+        _say(
+            f"resuming: {before} of {len(rows)} records are already in {output}.part-*; generating the other {len(todo)}"
+        )
     # Under torchrun the bar (rank 0's) counts rank 0's rows: its label says so.
-    label = (
-        "generating" if dist.world == 1 else f"generating (process 1 of {dist.world}: its share of {len(todo)} rows)"
-    )
+    if dist.world == 1:
+        bar = run.bar(len(rows), done=before)
+    else:
+        bar = run.bar(sum(map(len, mine)), f"generating (process 1 of {dist.world}: its share of {len(todo)} rows)")
     try:
-        with part, run.bar(sum(map(len, mine)), label) as advance:
+        with part, bar:
             for batch in mine:
-                outs = _generate_batch(run, batch, advance, tally)
+                outs = _generate_batch(run, batch, bar, tally)
                 with run.stops.held():  # a batch's lines are kept whole, and counted
                     part.append((r.index, keys[r.index], o) for r, o in zip(batch, outs, strict=True))
+                bar(steps=len(batch))
     except KeyboardInterrupt as stop:
         _report_interrupt(stop, output, len(rows) - len(todo) + part.written)
         raise typer.Exit(_stop_code(stop)) from None
@@ -419,9 +470,10 @@ def _key_params(row: _Row, seeded: bool) -> dict:
     return row.params.to_dict() if seeded else {**row.params.to_dict(), "seed": None}
 
 
-def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, stream: Any = None) -> list[str]:
+def _generate_batch(run: _Run, batch: list[_Row], bar: Any, tally: _Tally, stream: Any = None) -> list[str]:
     """Generate one batch of rows; the output of each row (its JSONL record, or its text), in order.
-    A failed row is reported and the others go on. stream: where tokens are written as they come."""
+    A failed row is reported and the others go on. stream: where tokens are written as they come.
+    bar: the progress bar, which notes the rows of the batch done (it counts them once written)."""
     from tiankong.engine.generate import HeldText
 
     tokens: list[list] = [[] for _ in batch]
@@ -430,7 +482,7 @@ def _generate_batch(run: _Run, batch: list[_Row], advance: Any, tally: _Tally, s
     for ev in run.eng.generate([r.ids for r in batch], [r.params for r in batch], top_logprobs=run.top_logprobs):
         if hasattr(ev, "finish_reason"):
             done[ev.row] = ev
-            advance()
+            bar.note(f"{len(done)} of the next {len(batch)} done")
             if stream is not None:
                 stream.write(held[ev.row].finish(ev.text))
             continue

@@ -17,6 +17,10 @@ in row order and removes them. Running the same command again reads every OUTPUT
 number of processes wrote them) and skips the rows whose number and key match; a row of an edited
 input line, or of a run with other settings, has another key and runs again. A line cut short by a
 kill is ignored, and its rank cuts it off before appending.
+
+One run at a time writes an OUTPUT: its first process holds OUTPUT.part-lock (`OutputLock`) from before
+the model loads to after the merge, and a second run on the same OUTPUT is refused at its start. Two
+would append to the same part files, and the first's merge would remove them under the second.
 """
 
 from __future__ import annotations
@@ -157,6 +161,64 @@ class PartWriter:
                 raise
             # Else the error in flight (a full disk in append, most often) is the one to tell: a
             # second one from flushing the same buffer onto the same disk would hide it.
+
+
+class OutputLock:
+    """OUTPUT.part-lock, locked (flock) by the one run writing OUTPUT's part files, its pid inside.
+    The lock ends with the process however it ends (a kill leaves the file, unlocked: the next run
+    takes it); a run that ends removes the file before it unlocks it. Where there is no flock
+    (Windows), nothing is locked."""
+
+    def __init__(self, output: Path) -> None:
+        self.output, self.path = output, output.with_name(f"{output.name}.part-lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        while self.fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise WriteError(self.path, why(e)) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+                os.close(fd)
+                raise InputError(
+                    f"--output {self.output} is being written by another run (pid {pid}); wait for it to end "
+                    "or choose another --output"
+                ) from None
+            if _same_file(fd, self.path):
+                self.fd = fd
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError as e:
+                    self.__exit__()
+                    raise WriteError(self.path, why(e)) from None
+            else:  # the run that held it ended and removed it after we opened it: lock the file there now
+                os.close(fd)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            # Removed while still locked: a run that opened it meanwhile finds it gone and takes a new one.
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open lock file is still the one at `path` (a lock on a removed file guards nothing)."""
+    try:
+        held, now = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def merge(output: Path, rows: Sequence[tuple[int, str]]) -> None:
