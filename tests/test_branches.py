@@ -10,7 +10,7 @@ from test_tui_chat import SIZE, answered, loaded, make_app, open_newest_chat, ru
 from tiny_models import make_model
 
 from tiankong.engine.sampling import SamplingParams
-from tiankong.tui.screens.branch import branch_vote, common_tokens
+from tiankong.tui.screens.branch import branch_vote, branch_votes, common_tokens
 from tiankong.tui.store import DB_NAME, Message, Store
 from tiankong.tui.store_schema import MIGRATIONS
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
@@ -238,3 +238,66 @@ def test_a_branch_vote_keeps_the_prompt_id_of_its_prompt():
     chosen = _msg(2, [5, 6, 7], ["The", " cat", " sat"], "The cat sat")
     rejected = _msg(3, [5, 6, 9], ["The", " cat", " ran"], "The cat ran")
     assert branch_vote(conv, chosen, rejected, "m", "me").prompt_id == prompt_id(conv) is not None
+
+
+def test_siblings_with_the_same_text_make_one_vote_and_the_notice_counts_it(tiny, tmp_path):
+    """QA: a deterministic ctrl+r repeats the answer; `v` on a branch made with `b` then said "stored 2
+    votes, replacing 1 earlier vote" for one row. The two identical siblings are one pair, and the
+    identical one is no preference when `v` is pressed on it."""
+    store = Store(tmp_path / "data" / DB_NAME)
+
+    async def go():
+        app = make_app(tiny, store, tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            chat = await loaded(pilot)
+            chat._use_preset("deterministic", quiet=True)
+            chat.params = chat.params.replace(max_new_tokens=6, stop=())
+            await send(pilot, "hi")
+            first = await answered(pilot, chat)
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: chat.messages[-1] is not first)
+            again = await answered(pilot, chat)
+            assert again.content == first.content  # the same answer, a sibling
+            again.focus()
+            await pilot.press("v")  # on it: its only sibling says the same
+            await pilot.pause()
+            await pilot.press("f5", "right", "b")
+            await pilot.pause()
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: chat.messages[-1] is not again)
+            new = await answered(pilot, chat)
+            new.focus()
+            await pilot.press("v")
+            await pilot.pause()
+            return [n.message for n in app._notifications], len(new.branches), store.list_votes()
+
+    notes, branches, votes = run(go())
+    assert branches == 3
+    assert "the other branches here say just what this one says: there is nothing to prefer" in notes
+    assert any(n.startswith("stored 1 vote: this branch is better") for n in notes), notes
+    assert not any("replacing" in n for n in notes)
+    assert len(votes) == 1
+    store.close()
+
+
+def test_a_pair_given_twice_in_one_call_is_one_vote_and_replaces_nothing(tmp_path):
+    a = _msg(2, [5, 6, 7], ["The", " cat", " sat"], "The cat sat")
+    b = _msg(3, [5, 6, 9], ["The", " cat", " ran"], "The cat ran")
+    conv = [{"role": "user", "content": "story"}]
+    with Store(tmp_path) as store:
+        assert store.add_branch_votes([branch_vote(conv, a, b, "m", "me"), branch_vote(conv, a, b, "m", "me")]) == 0
+        assert len(store.list_votes()) == 1
+        assert store.add_branch_votes([branch_vote(conv, b, a, "m", "me")] * 2) == 1  # the earlier call's one
+        (vote,) = store.list_votes()
+        assert vote.responses[0].text == " ran"
+
+
+def test_branch_votes_leave_out_a_sibling_that_says_the_same_and_repeated_siblings():
+    chosen = _msg(2, [5, 8], ["The", " dog"], "The dog")
+    same = _msg(3, [5, 8], ["The", " dog"], "The dog")
+    other = _msg(4, [5, 6, 7], ["The", " cat", " sat"], "The cat sat")
+    twin = _msg(5, [5, 6, 7], ["The", " cat", " sat"], "The cat sat")
+    conv = [{"role": "user", "content": "story"}]
+    votes = branch_votes(conv, chosen, [same, other, twin], "m", "me")
+    assert [(v.responses[0].text, v.responses[1].text) for v in votes] == [(" dog", " cat sat")]
+    assert branch_votes(conv, chosen, [same], "m", "me") == []

@@ -144,3 +144,34 @@ def test_chat_list_search_filters_by_message_content_and_opens_the_match(tmp_pat
                 assert app.screen is chat and chat.chat_id == old and len(chat.messages) == 4
 
         asyncio.run(go())
+
+
+def test_a_search_that_finds_nothing_quotes_a_long_query_cut_short(tmp_path):
+    # A 12,000-character paste in the search box was said back whole, filling the list.
+    from textual.app import App
+
+    from tiankong.tui.screens.chat_list import ChatListScreen
+
+    store = Store(tmp_path / DB_NAME)
+    _fill(store)
+    query = "nowhere to be found " * 600
+
+    class Lists(App[None]):
+        def on_mount(self) -> None:
+            self.push_screen(ChatListScreen(store))
+
+    async def go():
+        async with Lists().run_test(size=(100, 30)) as pilot:
+            screen = pilot.app.screen
+            screen.query_one("#chat-search", Input).value = query
+            await pilot.pause()
+            options = screen.query_one(OptionList)
+            long = str(options.get_option_at_index(0).prompt)
+            screen.query_one("#chat-search", Input).value = "zzz"
+            await pilot.pause()
+            return options.option_count, long, str(options.get_option_at_index(0).prompt)
+
+    count, long, short = asyncio.run(go())
+    store.close()
+    assert count == 1 and long == "no message contains “nowhere to be found nowhere to be found…”"
+    assert short == "no message contains “zzz”"

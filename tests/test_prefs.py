@@ -272,6 +272,20 @@ def test_cli_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, args, mes
     assert out == ""
 
 
+# rank stands for chat and compare too (one option definition in cli.py); chat itself would start its app unfixed.
+@pytest.mark.parametrize("command", [["rank", "answers.jsonl"], ["prefs", "stats"], ["prefs", "export"]])
+def test_an_empty_data_dir_is_refused_not_the_current_folder(monkeypatch, capsys, tmp_path, command):
+    # `--data-dir ""` was Path(""): a tiankong.db appeared in the folder the command ran in. An empty
+    # TIANKONG_DATA_DIR counts as unset (test_store.py: test_data_dir_precedence) and is not refused.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TIANKONG_DATA_DIR", str(tmp_path / "data"))
+    code, out, err = cli(monkeypatch, capsys, *command, "--data-dir", "")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: Invalid value for '--data-dir': it is empty; give a folder")
+    assert "TIANKONG_DATA_DIR" not in err  # the flag was empty, not the variable
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_streams_a_page_of_votes_at_a_time(monkeypatch, capsys, tmp_path):
     data = tmp_path / "data"
     with Store(data / DB_NAME) as s:

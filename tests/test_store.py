@@ -68,6 +68,19 @@ def test_unwritable_folder_fails_at_open_naming_path_and_fix(tmp_path):
     assert str(blocker) in msg and "--data-dir" in msg and "TIANKONG_DATA_DIR" in msg
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_data_folder_that_is_a_file_is_named_so(tmp_path, below):
+    # It said "… cannot be created (File exists)", which does not say that a file is in the way.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError) as e:
+        Store(blocker / below / DB_NAME)
+    msg = str(e.value)
+    assert f"{blocker} is a file, not a folder; move that file away or choose another folder" in msg
+    assert "File exists" not in msg and "Not a directory" not in msg and "\n" not in msg
+    assert blocker.read_text() == "not a folder"
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through chmod")
 def test_read_only_folder_fails_at_open(tmp_path):
     folder = tmp_path / "ro"

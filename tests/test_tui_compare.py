@@ -541,7 +541,7 @@ def test_votes_screen_lists_filters_and_counts(store, utc):
             await pilot.pause()
             table = screen.query_one(DataTable)
             assert table.row_count == 4
-            assert table.get_row_at(0)[0] == "02-03 10:00"  # newest first
+            assert str(table.get_row_at(0)[0]) == "02-03 10:00"  # newest first
             assert screen.shown.id == 4
             await pilot.press("down")
             assert screen.shown.id == 3 and screen.shown.outcome == "tie"

@@ -84,7 +84,7 @@ class Verdict:
             for col in ("prompt", "before", "after"):
                 table.add_column(col, overflow="fold", ratio=1 if col == "prompt" else 3)
             for ex in self.examples:
-                table.add_row(ex["prompt"], ex["before"], ex["after"])
+                table.add_row(Text(ex["prompt"]), Text(ex["before"]), Text(ex["after"]))  # a str is read as markup
             out.append(table)
         return out
 

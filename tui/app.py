@@ -226,7 +226,7 @@ class TiankongApp(App[None]):
             self.exit(return_code=2, message=Text.assemble(("error: ", "bold red"), message))
             return
         self.chat.engine_failed(message)  # the chat stays: stored chats can still be read and exported
-        self.notify(message, title="model not loaded", severity="error", timeout=30)
+        self.notify(message, title="model not loaded", severity="error", timeout=30, markup=False)
 
     # ------------------------------------------------------------------ other screens
 
@@ -242,7 +242,7 @@ class TiankongApp(App[None]):
         from tiankong.tui.screens.compare import CompareScreen
 
         if self.engine is None:
-            self.notify(self.engine_error or "the model is still loading", severity="warning")
+            self.notify(self.engine_error or "the model is still loading", severity="warning", markup=False)
             return
         engines = engines or [self.engine]
         presets = [self.presets[n] for n in preset_names]
@@ -253,7 +253,7 @@ class TiankongApp(App[None]):
                 engines, presets, self.store, self.rater, blind=True, conversation=conversation, standalone=standalone
             )
         except ValueError as e:  # TiankongError included
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
             return
         self.push_screen(screen)
 
@@ -299,7 +299,14 @@ class TiankongApp(App[None]):
                         title, f"{b.tooltip} ({self.get_key_display(b)})", partial(screen.run_action, b.action)
                     )
             for name, p in self.presets.items():
-                yield SystemCommand(f"Preset: {name}", p.use, partial(screen.action_use_preset, name))
+                # The palette reads titles and help as markup; a preset's name and use are a file's words.
+                yield SystemCommand(f"Preset: {literal(name)}", literal(p.use), partial(screen.action_use_preset, name))
+
+
+def literal(text: str) -> str:
+    """`text` as Textual markup that shows it as it is, "[/]" and backslashes included (Textual's own
+    `escape` doubles a backslash before a "[", as its parser keeps both)."""
+    return text.replace("[", "\\[")
 
 
 def run_until_exit(app: App) -> None:

@@ -37,6 +37,7 @@ from tiankong.tui.cli_app import (
     _playground_model,
     _template_file,
     app,
+    data_folder,
     err,
 )
 
@@ -48,6 +49,8 @@ DataDirOpt = typer.Option(
     help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
     envvar="TIANKONG_DATA_DIR",
     show_default=False,
+    parser=data_folder,  # --data-dir "" refused, not the current folder
+    metavar="<path>",  # as a Path option's type shows (a parser's would show "<Path>")
 )
 
 

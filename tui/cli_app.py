@@ -32,6 +32,18 @@ def output_file(output: Optional[Path]) -> Optional[Path]:
     return None if output is None or str(output) == "-" else output
 
 
+def data_folder(text: str) -> Path:
+    """--data-dir's value (the option's parser: it sees the text before it is a Path). An empty one
+    would be Path(""), the current folder, and a database would appear wherever the command ran; it is
+    refused. An empty TIANKONG_DATA_DIR never gets here: it counts as unset, as data_dir() reads it."""
+    if not text.strip():
+        # Named without the env var that click's hint would add: an empty one never comes here.
+        raise typer.BadParameter(
+            "it is empty; give a folder, or leave the option out for the usual one", param_hint="'--data-dir'"
+        )
+    return Path(text)
+
+
 def paragraphs(text: str) -> str:
     """Help prose as typer's rich mode should show it: it keeps every newline and then wraps each
     line again, so a paragraph's source lines are joined into one; indented lines (examples) and

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import check_text
@@ -55,8 +56,9 @@ def tokenize(
     for col in ("#", "id", "piece", "text"):
         table.add_column(col, justify="right" if col in ("#", "id") else "left")
     for n, (i, p) in enumerate(zip(ids, pieces, strict=True)):
-        special = " [dim](special)[/dim]" if i in tok.special_ids else ""
-        table.add_row(str(n), str(i), repr(p)[1:-1] + special, repr(tok.token_text(i)))
+        # Text, not str (read as markup): a piece may be "[/]" or "[b]" in a vocabulary.
+        piece = Text(repr(p)[1:-1]).append(" (special)" if i in tok.special_ids else "", style="dim")
+        table.add_row(str(n), str(i), piece, Text(repr(tok.token_text(i))))
     Console(emoji=False).print(table)
 
 
@@ -91,7 +93,7 @@ def info(
     table = Table(show_header=False, show_edge=False)
     for k, v in facts.items():
         label = "file" if k == "folder" and not os.path.isdir(v) else k.replace("_", " ")  # a GGUF file
-        table.add_row(label, fact_text(k, v))
+        table.add_row(label, Text(fact_text(k, v)))  # Text: a model's name or path is not markup
     Console(emoji=False).print(table)
 
 
@@ -158,17 +160,17 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
 
     con = Console(emoji=False)
     if name is None:
-        table = Table(title=f"presets (yours go in {user_presets_dir()})", show_edge=False)
+        table = Table(title=Text(f"presets (yours go in {user_presets_dir()})"), show_edge=False)
         table.add_column("name", no_wrap=True)
         table.add_column("use", ratio=1)
         for col in ("temp", "top-k", "top-p", "min-p", "rep.pen", "seed"):
             table.add_column(col, no_wrap=True, justify="right")
         for p in load_presets().values():
             s = p.params
-            default = " [dim]*[/dim]" if p.name == DEFAULT_PRESET else ""
+            # Text, not str (read as markup): a preset's name and words are a file's, "[/]" included.
             table.add_row(
-                p.name + default,
-                p.use,
+                Text(p.name).append(" *" if p.name == DEFAULT_PRESET else "", style="dim"),
+                Text(p.use),
                 f"{s.temperature:g}",
                 str(s.top_k),
                 f"{s.top_p:g}",
@@ -180,12 +182,16 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
         con.print(f"* the default.  sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
         return
     p = get_preset(name)
-    con.print(f"[bold]{p.name}[/bold]: {p.description}\n[dim]use:[/dim] {p.use}   [dim]file:[/dim] {p.source}")
+    con.print(
+        Text.assemble(
+            (p.name, "bold"), f": {p.description}\n", ("use:", "dim"), f" {p.use}   ", ("file:", "dim"), f" {p.source}"
+        )
+    )
     table = Table(show_edge=False)
     for col in ("parameter", "value", "recommended"):
         table.add_column(col)
     for key, value in p.params.to_dict().items():
         rec = p.recommended.get(key)
-        table.add_row(key, str(value), f"{rec[0]:g} – {rec[1]:g}" if rec else "")
+        table.add_row(key, Text(str(value)), f"{rec[0]:g} – {rec[1]:g}" if rec else "")  # stop strings: "[/INST]"
     con.print(table)
     con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")

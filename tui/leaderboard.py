@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from tiankong.engine.model_names import display_name
 from tiankong.tui.store import Response, Vote
@@ -320,7 +321,7 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
     for s in standings:
         rate = s.win_rate
         table.add_row(
-            shown[s.name],
+            Text(shown[s.name]),  # a str cell is read as markup: model paths and preset names may hold "["
             _points(s.strength),
             "—" if math.isnan(s.lo) or math.isnan(s.hi) else f"{_points(s.lo)} – {_points(s.hi)}",
             "–" if rate is None else f"{rate:.0%}",

@@ -35,12 +35,13 @@ from typing import Any, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_open, stdout_errors
 from tiankong.trainers.progress import progress
 from tiankong.trainers.records import not_a_file
-from tiankong.tui.cli_app import output_file
+from tiankong.tui.cli_app import data_folder, output_file
 from tiankong.tui.leaderboard import MIN_VOTES, leaderboards, standings_table
 from tiankong.tui.prefs_import import import_file as import_file  # part of this module's interface
 from tiankong.tui.prefs_import import read_votes
@@ -185,6 +186,8 @@ DataDirOpt = typer.Option(
     help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
     envvar="TIANKONG_DATA_DIR",
     show_default=False,
+    parser=data_folder,  # --data-dir "" refused, not the current folder
+    metavar="<path>",  # as a Path option's type shows (a parser's would show "<Path>")
 )
 
 
@@ -274,7 +277,7 @@ def export(
         warn_skipped(store, skipped)
     if output is not None:
         what = "rankings" if format == "rankings" else "preference pairs"
-        err.print(f"wrote {written} {what} to {output}", highlight=False)
+        err.print(f"wrote {written} {what} to {output}", highlight=False, markup=False)  # a path may hold "[/]"
 
 
 @prefs_app.command(
@@ -315,6 +318,7 @@ def import_(
             err.print(
                 f"imported {added} vote{'' if added == 1 else 's'} from {file} into {store.path}{dup}",
                 highlight=False,
+                markup=False,  # paths may hold "[/]"
                 soft_wrap=True,
             )
     if margins:  # said, not dropped silently: the trainers read a file's margins only from the file itself
@@ -323,6 +327,7 @@ def import_(
             f'{"carry" if len(margins) > 1 else "carries"} a "margin", which votes do not store; '
             f"to train with them, give the file itself: tiankong train reward --data {file}",
             highlight=False,
+            markup=False,
             soft_wrap=True,  # one line, as the terminal or a log wraps it
         )
 
@@ -409,7 +414,9 @@ def stats(
         table.add_column(col, justify="right", no_wrap=True)
     for name, s in sorted(report["presets"].items(), key=lambda kv: -(kv[1]["win_rate"] or 0)):
         rate = "–" if s["win_rate"] is None else f"{100 * s['win_rate']:.1f}%"
-        table.add_row(name, str(s["votes"]), str(s["wins"]), str(s["losses"]), str(s["ties"]), str(s["both_bad"]), rate)
+        table.add_row(
+            Text(name), str(s["votes"]), str(s["wins"]), str(s["losses"]), str(s["ties"]), str(s["both_bad"]), rate
+        )
     table.add_section()
     # A decided pair is one preset's win and another's loss: the total is pairs, not wins and losses
     # (it read "wins 2 losses 2" for 293 votes imported without presets).

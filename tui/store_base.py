@@ -65,6 +65,15 @@ def data_dir(override: Path | None = None) -> Path:
     return Path(platformdirs.user_data_dir("tiankong", appauthor=False))
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The first of `folder` and the folders above it that exists but is not a folder (what makes
+    mkdir fail with "File exists" or "Not a directory"), or None."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
 class StoreBase:
     """The connection under Store: opened, migrated and closed here, used only through _tx and _read."""
 
@@ -88,6 +97,12 @@ class StoreBase:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            blocked = file_in_the_way(folder)
+            if blocked is not None:  # "File exists" would not say that a file sits where the folder goes
+                raise StoreError(
+                    f"cannot write the tiankong database at {self.path}: {blocked} is a file, not a folder; "
+                    f"move that file away or {_FIX}"
+                ) from None
             raise self._unwritable(folder, f"cannot be created ({e.strerror or e})") from None
         # os.access catches the common case cheaply; root passes it, so the write probe below is what counts.
         if not os.access(folder, os.W_OK | os.X_OK):

@@ -69,13 +69,16 @@ class VoteStore(StoreBase):
         """Store chat branch votes (two responses each) in ONE durable transaction, each replacing an
         earlier branch vote on the same two answers to the same conversation, whichever way it went:
         voting again, or changing one's mind, leaves one vote per pair rather than duplicates that
-        would weigh twice in training. Returns how many earlier votes were replaced."""
+        would weigh twice in training. Returns how many earlier votes were replaced.
+
+        A pair given twice in `votes` is stored once (the later of the two), and does not count as
+        replacing a vote: only votes stored before this call do."""
         for vote in votes:
             validate_vote(vote)
+        by_pair = {_pair_key(v): v for v in votes}  # the later of two votes on one pair wins, as if cast after
         t, replaced = now(), 0
         with self._tx(durable=True) as conn:
-            for v in votes:
-                key = _pair_key(v)
+            for key, v in by_pair.items():
                 replaced += conn.execute(
                     "DELETE FROM votes WHERE source = ? AND content_hash = ?", (v.source, key)
                 ).rowcount

@@ -288,7 +288,7 @@ def _print_verdict(trainer: Any, out: Path) -> None:
     path = verdict.write(out)
     for part in verdict.render():  # a line of words stays one line (a log's `grep warning` finds the fix)
         console.print(part, soft_wrap=isinstance(part, Text))
-    console.print(f"verdict written to {path}")
+    console.print(f"verdict written to {path}", markup=False)  # the output folder may hold "[/]"
 
 
 def _resume_command(resume: bool = True) -> str:

@@ -18,6 +18,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
@@ -46,7 +47,10 @@ class CandidatePicker(ModalScreen[dict | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = f"branch at token {self.position + 1}: instead of “{show_token(self.chosen['text'])}”"
+            # Content, not a str (read as markup): the token's text is the model's, "[/]" included.
+            box.border_title = Content(
+                f"branch at token {self.position + 1}: instead of “{show_token(self.chosen['text'])}”"
+            )
             box.border_subtitle = "enter continue from it · esc cancel"
             options = [
                 Option(
@@ -72,9 +76,10 @@ class CandidatePicker(ModalScreen[dict | None]):
 def forced_token(
     tokenizer: Any, context: Sequence[int], at: dict[str, Any], candidate: dict[str, Any]
 ) -> dict[str, Any]:
-    """The token record (TokenEvent.to_dict's shape) of `candidate` put in place of the token `at`,
-    whose candidates and entropy it shares; its text decoded after `context` (the prompt and the
-    answer's tokens before it), so a leading space or a multi-byte character comes out right."""
+    """The token record (TokenEvent.to_dict's shape, marked "picked") of `candidate` put in place of
+    the token `at`, whose candidates and entropy it shares; its text decoded after `context` (the
+    prompt and the answer's tokens before it), so a leading space or a multi-byte character comes
+    out right."""
     decoder = IncrementalDecoder(tokenizer, list(context))
     text = decoder.push(candidate["id"]) + decoder.flush()
     return {
@@ -84,6 +89,7 @@ def forced_token(
         "p_sample": candidate["p_sample"],
         "entropy": at.get("entropy", 0.0),
         "top": at.get("top") or [],
+        "picked": True,  # by you, not the sampler: the candidates panel says so (it may be a token the preset cut)
     }
 
 
@@ -130,3 +136,19 @@ def branch_vote(conversation: list[dict[str, str]], chosen: Message, rejected: M
         source="branch",
         prompt_id=prompt_id(conversation),  # the prompt's, as compare's: the shared start is not part of it
     )
+
+
+def branch_votes(
+    conversation: list[dict[str, str]], chosen: Message, rejected: list[Message], model: str, rater: str
+) -> list[Vote]:
+    """`branch_vote` of `chosen` over each of `rejected`, one vote per distinct pair: a sibling whose
+    text is the chosen one's states no preference (a deterministic preset's ctrl+r says the same
+    again), and siblings with the same text as each other are one pair, not one vote each."""
+    votes: list[Vote] = []
+    for r in rejected:
+        vote = branch_vote(conversation, chosen, r, model, rater)
+        better, worse = (resp.text for resp in vote.responses)
+        same_pair = any(v.conversation == vote.conversation and v.responses[1].text == worse for v in votes)
+        if better != worse and not same_pair:
+            votes.append(vote)
+    return votes

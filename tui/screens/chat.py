@@ -177,6 +177,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         self._answering: Answering | None = None  # the answer the worker is generating
         self._saved_system = ""
         self.editing_id: int | None = None  # the user message being edited (ctrl+l)
+        self._draft = ""  # what the prompt held when ctrl+l replaced it: given back when the edit ends
         self._queued: str | None = None  # sent while the model was loading: sent once it is ready
         self.inspected: AssistantMessage | None = None
         self.heatmap = False
@@ -252,7 +253,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         try:
             return write(*args, **kwargs)
         except StoreError as e:
-            self.notify(str(e), title="not saved", severity="error", timeout=15)
+            self.notify(str(e), title="not saved", severity="error", timeout=15, markup=False)
             return None
 
     # ------------------------------------------------------------------ engine (called by the app)
@@ -361,7 +362,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             # Nothing to keep: the worker failed, or the model's first logits were not finite.
             await answer.finish(answer.content, "")
             await answer.remove()
-            self.notify(f"generation failed: {event.error or fin.message}", severity="error", timeout=10)
+            self.notify(f"generation failed: {event.error or fin.message}", severity="error", timeout=10, markup=False)
             self._status(None if fin is None else f"generation failed: {fin.message}", error=fin is not None)
             return
         text = answer.forced_text + fin.text
@@ -377,7 +378,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         if answer.tokens:
             self.candidates.show(answer.tokens[-1], f"last of {len(answer.tokens)} tokens · f5 inspects all")
         if fin.finish_reason == "error":  # non-finite logits part-way: keep what came before
-            self.notify(f"generation failed: {fin.message}", severity="error", timeout=10)
+            self.notify(f"generation failed: {fin.message}", severity="error", timeout=10, markup=False)
             self._status(f"generation failed (kept the partial answer): {fin.message}", error=True)
             return
         self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
@@ -429,7 +430,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             self.store.select_message(w.branches[at])
             chat = self.store.get_chat(self.chat_id)
         except StoreError as e:
-            self.notify(str(e), title="not switched", severity="error", timeout=15)
+            self.notify(str(e), title="not switched", severity="error", timeout=15, markup=False)
             return
         index = self.messages.index(w)
         await self._remove_from(w.message_id)
@@ -447,8 +448,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         elif self.inspected is not None:
             self._leave_inspect()
         elif self.editing_id is not None:
-            self._end_edit()
-            self.query_one("#prompt", Input).value = ""
+            self._end_edit()  # the box gets back what it held before ctrl+l
         else:
             self.query_one("#prompt", Input).focus()
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual.widgets import Input
-
 from tiankong.engine.remote import RemoteEngine
-from tiankong.tui.screens.branch import CandidatePicker, branch_vote
+from tiankong.tui.screens.branch import CandidatePicker, branch_votes
 from tiankong.tui.screens.chat_sending import ContextNotice, NotAnswered
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
@@ -70,17 +68,25 @@ class ChatBranches:
             self.notify("no message of yours to edit yet")
             return
         prompt = self.query_one("#prompt", PromptInput)
+        if self.editing_id is None:  # a draft typed before ctrl+l comes back when the edit ends
+            self._draft = prompt.text
         prompt.text = user.content
         prompt.border_title = "editing your last message · enter resends · esc cancels"
         prompt.add_class("-editing")
         prompt.focus()
         self.editing_id = user.message_id
 
-    def _end_edit(self) -> None:
+    def _end_edit(self, restore: bool = True) -> None:
+        """Leave editing. With `restore` (esc, a new or another chat) the box gets back the draft it held
+        before ctrl+l; a resent edit (restore=False) keeps it in self._draft until the edit is stored."""
+        if self.editing_id is None:
+            return
         self.editing_id = None
-        prompt = self.query_one("#prompt", Input)
+        prompt = self.query_one("#prompt", PromptInput)
         prompt.border_title = None
         prompt.remove_class("-editing")
+        if restore:
+            prompt.text, self._draft = self._draft, ""
 
     # ------------------------------------------------------------------ branches
 
@@ -118,10 +124,15 @@ class ChatBranches:
         rejected = [m for m in (self._save(self.store.get_message, i) for i in others) if m is not None]
         if chosen is None or not rejected:
             return
-        votes = [branch_vote(conversation, chosen, r, self.model_id, getattr(self.app, "rater", "")) for r in rejected]
+        votes = branch_votes(conversation, chosen, rejected, self.model_id, getattr(self.app, "rater", ""))
+        if not votes:
+            self.notify("the other branches here say just what this one says: there is nothing to prefer")
+            return
         replaced = self._save(self.store.add_branch_votes, votes)
         if replaced is not None:
             again = f", replacing {plural(replaced, 'earlier vote')} on the same answers" if replaced else ""
             self.notify(
-                f"stored {plural(len(votes), 'vote')}{again}: this branch is better (ctrl+g lists votes)", title="voted"
+                f"stored {plural(len(votes), 'vote')}{again}: this branch is better (ctrl+g lists votes)",
+                title="voted",
+                markup=False,
             )

@@ -16,6 +16,7 @@ from tiankong.engine.model_names import display_name
 from tiankong.tui.screens.chat_list import ChatListScreen
 from tiankong.tui.store import Chat
 from tiankong.tui.store import Message as StoredMessage
+from tiankong.tui.store_base import file_in_the_way
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.status import finish_words, plural
 
@@ -46,6 +47,9 @@ class ChatHistory:
         self.chat_id = None
         self.dropped_turns = 0
         self.candidates.show(None)
+        # The prompt, not the transcript that held a focused answer: typing goes into the box, and
+        # no key meant for it (b, v) acts on an answer instead.
+        self.query_one("#prompt", Input).focus()
         self._status()
 
     def action_open_chats(self) -> None:
@@ -76,7 +80,7 @@ class ChatHistory:
         note = f"opened “{chat.title or chat.id}”"
         if chat.model != self.model_id:
             note += f" (written by {display_name(chat.model)}; new answers come from {self.model_name})"
-        self.notify(note)
+        self.notify(note, markup=False)
         self._status()
 
     async def _mount_messages(self, chat: Chat, messages: list[StoredMessage]) -> list[UserMessage | AssistantMessage]:
@@ -132,12 +136,14 @@ class ChatHistory:
             atomic_write_text(md, self.store.export_chat_markdown(self.chat_id))
             atomic_write_text(jsonl, self.store.export_chat_jsonl(self.chat_id))
         except OSError as e:
-            self.notify(f"could not export to {self.export_dir}: {e.strerror or e}", severity="error")
+            blocked = file_in_the_way(self.export_dir)  # "File exists" would not say what is in the way
+            why = f"{blocked} is a file, not a folder; move that file away" if blocked else e.strerror or e
+            self.notify(f"could not export to {self.export_dir}: {why}", severity="error", markup=False)
             return
         except TiankongError as e:  # one line from atomic_write_text or the store
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
             return
-        self.notify(f"{md}\n{jsonl}", title="exported", timeout=10)
+        self.notify(f"{md}\n{jsonl}", title="exported", timeout=10, markup=False)
 
     def action_copy_last(self) -> None:
         answer = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)

@@ -18,6 +18,13 @@ from tiankong.engine.model_names import display_name
 from tiankong.tui.store import Store, StoreError
 from tiankong.tui.widgets.status import plural
 
+QUOTED_CHARS = 40  # a query quoted back in "no message contains …" is cut here
+
+
+def quoted(query: str) -> str:
+    """`query` to quote in a line: a 12,000-character paste filled the list, said back whole."""
+    return query if len(query) <= QUOTED_CHARS else query[:QUOTED_CHARS].rstrip() + "…"
+
 
 class ChatListScreen(ModalScreen[int | None]):
     """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes. `/` goes to the search
@@ -77,7 +84,7 @@ class ChatListScreen(ModalScreen[int | None]):
                 line.append_text(Text("\n  ").append_text(snip))
             options.add_option(Option(line, id=str(c.id)))
         if not chats:
-            empty = f"no message contains “{query}”" if query else "no chats yet"
+            empty = f"no message contains “{quoted(query)}”" if query else "no chats yet"
             options.add_option(Option(Text(empty, style="dim"), id="none", disabled=True))
         else:
             options.highlighted = 0
@@ -113,7 +120,7 @@ class ChatListScreen(ModalScreen[int | None]):
         try:
             self.store.delete_chat(chat_id)
         except StoreError as e:
-            self.notify(str(e), title="not deleted", severity="error")
+            self.notify(str(e), title="not deleted", severity="error", markup=False)
             return
         self._armed = None
         self.notify("chat deleted")

@@ -18,6 +18,7 @@ from tiankong.engine.engine import with_seeds
 from tiankong.engine.errors import TiankongError
 from tiankong.tui.screens.branch import forced_token
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
+from tiankong.tui.widgets.prompt import PromptInput
 
 TITLE_CHARS = 60  # a new chat is titled with the start of its first message
 
@@ -89,6 +90,7 @@ class ChatSending:
             self.notify(
                 f"no model: {self.engine_error}" if self.engine_error else "the model is still loading",
                 severity="error" if self.engine_error else "warning",
+                markup=False,
             )
             return False
         return True
@@ -106,7 +108,7 @@ class ChatSending:
             return
         if self.editing_id is not None:  # the edited message and what followed stay, as a branch
             await self._remove_from(self.editing_id)
-            self._end_edit()
+            self._end_edit(restore=False)  # the draft comes back once the edit is stored (below)
             if self.chat_id is not None and not self.messages:  # the first message changed: so does the title
                 self._save(self.store.update_chat, self.chat_id, title=chat_title(text))
         if self.chat_id is None:
@@ -122,7 +124,8 @@ class ChatSending:
         )
         if message_id is None:  # nothing is answered that could not be kept; the text stays in the box
             return
-        self.query_one("#prompt", Input).value = ""
+        # Sent: the box is emptied, or gets back the draft that an edit (ctrl+l) put aside.
+        self.query_one("#prompt", PromptInput).text, self._draft = self._draft, ""
         await self.transcript.query("#intro").remove()
         user = UserMessage(text, message_id)
         await self.transcript.mount(user)
@@ -186,7 +189,7 @@ class ChatSending:
         try:
             ids, dropped = self._fit(self.conversation())
         except TiankongError as e:  # the last message alone is too long: said where it stands, too
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
             await self.transcript.mount(NotAnswered(str(e)))
             self.transcript.scroll_end(animate=False)
             return

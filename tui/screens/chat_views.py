@@ -30,6 +30,7 @@ class ChatViews:
 
     _narrow = False  # the screen is narrower than NARROW columns: the panel hid itself
     _panel_shown = True  # whether the panel showed before it hid itself (shown again when there is room)
+    _panel_before = (True, False)  # (panel shown, narrow) when inspect mode began: esc goes back to it
 
     # ------------------------------------------------------------------ presets
 
@@ -40,7 +41,7 @@ class ChatViews:
         if self.chat_id is not None:
             self._save(self.store.update_chat, self.chat_id, preset=name)
         if not quiet:
-            self.notify(f"{self.preset.description}", title=f"preset {name}")
+            self.notify(f"{self.preset.description}", title=f"preset {name}", markup=False)
 
     def _step_preset(self, step: int) -> None:
         names = list(self.presets)
@@ -60,7 +61,11 @@ class ChatViews:
             if params is not None and params != self.params:
                 self.params = params
                 self._status()
-                self.notify(f"the next answer uses {params_summary(params)}", title=f"preset {self.preset.name} edited")
+                self.notify(
+                    f"the next answer uses {params_summary(params)}",
+                    title=f"preset {self.preset.name} edited",
+                    markup=False,
+                )
 
         self.app.push_screen(PresetEditor(self.preset, self.params), edited)
 
@@ -107,6 +112,8 @@ class ChatViews:
         target.set_view(inspecting=True)
 
     def on_assistant_message_token_selected(self, event: AssistantMessage.TokenSelected) -> None:
+        if self.inspected is None:  # entering inspect mode, which shows the panel: esc puts it back as it was
+            self._panel_before = (self.candidates.display, self._narrow)
         if self.inspected is not None and self.inspected is not event.answer:
             self.inspected.set_view(inspecting=False)
         self.inspected = event.answer
@@ -119,6 +126,9 @@ class ChatViews:
         if self.inspected is not None:
             answer, self.inspected = self.inspected, None
             answer.set_view(inspecting=False)
+            shown, narrow = self._panel_before
+            if narrow == self._narrow:  # (a resize in between has decided for itself)
+                self.candidates.display = shown
             if answer.tokens and self.candidates.token is answer.tokens[answer.cursor]:
                 self.candidates.show(
                     self.candidates.token, f"token {answer.cursor + 1} of {len(answer.tokens)} · f5 inspects"
@@ -145,7 +155,10 @@ class ChatViews:
             prompt, ctx = self.engine.encode(messages=msgs), self.engine.cfg
             how = "estimated from characters" if prompt.estimated else "counted by the server"
             of = f" of a {ctx.max_seq_len}-token context" if ctx.context_known else " (context unknown)"
-            self.notify(f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}, {how}; the tokens stay there")
+            self.notify(
+                f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}, {how}; the tokens stay there",
+                markup=False,
+            )
             return
         self.app.push_screen(TokensScreen(self.engine, msgs, dropped))
 

@@ -437,7 +437,7 @@ you stopped).
         prompt_input.disabled = self.queue_active
         if message.error:
             rnd.error = message.error  # nothing to vote on; n / r start again
-            self.notify(message.error, title="Generation failed", severity="error")
+            self.notify(message.error, title="Generation failed", severity="error", markup=False)
         # Columns cut short say why: stopped (esc, skip, a new round) or failed with the round.
         rnd.finish = [f or ("failed" if message.error else "cancelled") for f in rnd.finish]
         for c, col in enumerate(self.columns):

@@ -90,7 +90,7 @@ class CompareActions:
             return
         c = n - 1
         if c in self.picks:
-            self.notify(f"{LABELS[c]} is already ranked; Backspace takes back the last number.")
+            self.notify(f"{LABELS[c]} is already ranked; Backspace takes back the last number.", markup=False)
             return
         self.picks.append(c)
         self._refresh_bars()
@@ -106,7 +106,8 @@ class CompareActions:
         if not self.picks:
             self.notify(
                 "Press column numbers best first (1 = A, 2 = B, …), or t for a tie, "
-                f"0 for {'both' if self.k == 2 else 'all'} bad."
+                f"0 for {'both' if self.k == 2 else 'all'} bad.",
+                markup=False,
             )
             return
         k = self.k
@@ -142,7 +143,7 @@ class CompareActions:
             self._set_bar(
                 Text.assemble(("Vote NOT saved: ", "bold red"), (str(exc), "red"), ("  — fix it and vote again", ""))
             )
-            self.notify(str(exc), title="Vote not saved", severity="error", timeout=10)
+            self.notify(str(exc), title="Vote not saved", severity="error", timeout=10, markup=False)
             return
         if rnd.vote_id is None:  # the round was done in another window: on to the next one not done
             self.notify(
@@ -150,6 +151,7 @@ class CompareActions:
                 "stored, so the round counts once.",
                 title="Round already done",
                 timeout=10,
+                markup=False,
             )
             self._advance(marked=True)
             return
@@ -158,7 +160,7 @@ class CompareActions:
         rnd.verdict = verdict(vote)
         self.picks = []
         names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
-        self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved")
+        self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved", markup=False)
         if queued:
             self._advance(marked=True)
         else:
@@ -215,7 +217,7 @@ class CompareActions:
             queue = (self.queue_key, rnd.position) if in_queue else None
             deleted = self.store.undo_vote(vote_id, queue, self.window if in_queue else None)
         except Exception as exc:
-            self.notify(str(exc), title="Undo failed", severity="error", timeout=10)
+            self.notify(str(exc), title="Undo failed", severity="error", timeout=10, markup=False)
             return
         self.cast.pop()
         rnd.vote_id = None  # vote again on the same answers (no longer blind: they were revealed)
@@ -228,9 +230,9 @@ class CompareActions:
         self._show_round(rnd)
         self.query_one("#columns").focus()
         if deleted:
-            self.notify(f"Removed vote #{vote_id} ({rnd.verdict}): {_excerpt(rnd.prompt, 40)}")
+            self.notify(f"Removed vote #{vote_id} ({rnd.verdict}): {_excerpt(rnd.prompt, 40)}", markup=False)
         else:
-            self.notify(f"Vote #{vote_id} was no longer stored; its round is back to vote on again.")
+            self.notify(f"Vote #{vote_id} was no longer stored; its round is back to vote on again.", markup=False)
 
     # ------------------------------------------------------------------ other actions
 
@@ -272,7 +274,7 @@ class CompareActions:
 
     def action_toggle_blind(self) -> None:
         self.blind = not self.blind
-        self.notify(f"Blind mode {'on' if self.blind else 'off'} from the next prompt.")
+        self.notify(f"Blind mode {'on' if self.blind else 'off'} from the next prompt.", markup=False)
         self._refresh_bars()
 
     def help_sections(self) -> list[Section]:

@@ -51,7 +51,7 @@ class CompareQueue:
                 self.queue_key, self.queue.total, self.queue.source, legacy=self.queue.key, restart=self.restart
             )
         except Exception as exc:  # the rounds can still be voted on; only where to resume is unknown
-            self.notify(str(exc), title="Queue progress not read", severity="error", timeout=10)
+            self.notify(str(exc), title="Queue progress not read", severity="error", timeout=10, markup=False)
         self._claim(0)
         self.set_interval(CLAIM_S / 3, self._renew_claim)
         self.set_interval(WAIT_POLL_S, self._poll_waiting)
@@ -64,6 +64,7 @@ class CompareQueue:
             self.notify(
                 f"All {self.queue.total} rounds of {self.queue.source} are done; --restart starts them again.",
                 timeout=10,
+                markup=False,
             )
             prompt_input.focus()
 
@@ -132,7 +133,7 @@ class CompareQueue:
             if self.waiting:
                 self._notify_waiting()
             else:
-                self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10)
+                self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10, markup=False)
 
     def _claim(self, start: int, round: int | None = None) -> None:
         """Move to the queue round this window shows next, claimed in the store (VoteStore.claim_queue_round):
@@ -144,7 +145,7 @@ class CompareQueue:
         except Exception as exc:  # the rounds can still be voted on; only sharing them out with other windows is not
             self.position = round if round is not None else first_open(self.done, self.queue.total, start)
             self.waiting = False
-            self.notify(str(exc), title="Round not claimed", severity="error", timeout=10)
+            self.notify(str(exc), title="Round not claimed", severity="error", timeout=10, markup=False)
             return
         self.position, self.done, self.waiting = claim.round, claim.done, claim.waiting
 
@@ -155,6 +156,7 @@ class CompareQueue:
             f"{what} open in another window; one comes here when a window showing one closes.",
             title="Nothing to vote on here",
             timeout=10,
+            markup=False,
         )
 
     def _poll_waiting(self) -> None:
@@ -167,7 +169,7 @@ class CompareQueue:
             self._start_queued()
         elif not self.waiting:  # the other windows finished them
             self._refresh_bars()
-            self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10)
+            self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10, markup=False)
 
     def _renew_claim(self) -> None:
         """Keep this window's claim on the round it shows (it lapses after CLAIM_S seconds otherwise). A
@@ -189,6 +191,7 @@ class CompareQueue:
             f"Round {lost + 1} went to another window while this one was away; moved on.",
             title="Round taken over",
             timeout=10,
+            markup=False,
         )
         if self.queue_active:
             self._start_queued()
@@ -208,4 +211,4 @@ class CompareQueue:
             self.done = self.store.mark_queue_round(self.queue_key, position, done, self.queue.total, self.queue.source)
         except Exception as exc:  # the votes are saved; only where to resume is not
             self.done = self.done | {position} if done else self.done - {position}
-            self.notify(str(exc), title="Queue position not saved", severity="error", timeout=10)
+            self.notify(str(exc), title="Queue position not saved", severity="error", timeout=10, markup=False)

@@ -14,6 +14,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
@@ -63,10 +64,11 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
     def __init__(self, preset: Preset, params: SamplingParams) -> None:
         super().__init__()
         self.preset, self.params = preset, params
+        self._erred = False  # errors are shown (an apply failed): they follow the edits until none is left
 
     def compose(self) -> ComposeResult:
         with Vertical(id="editor") as box:
-            box.border_title = f"preset {self.preset.name}"
+            box.border_title = Content(f"preset {self.preset.name}")  # plain: a file name may hold "["
             box.border_subtitle = "enter/ctrl+s apply · esc cancel · ctrl+r reset"
             yield Static(Text(self.preset.description), id="editor-description")
             yield Static(Text.assemble(("sampler chain  ", "dim"), " → ".join(SAMPLER_CHAIN)), id="editor-chain")
@@ -123,6 +125,8 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
         if event.input.id and event.input.id.startswith("field-"):
             event.input.remove_class("-invalid")
             self._mark(event.input.id.removeprefix("field-"))
+            if self._erred:  # the errors shown follow the edits: a fixed value's goes at once
+                self._error(self._check()[1], focus=False)
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
@@ -131,6 +135,14 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
 
     def action_apply(self) -> None:
         """Apply, or say what is wrong with every field that is, in the order shown."""
+        params, errors = self._check()
+        if params is None:
+            self._error(errors)
+            return
+        self.dismiss(params)
+
+    def _check(self) -> tuple[SamplingParams | None, list[str]]:
+        """The fields as SamplingParams, or None and what is wrong with each field that is."""
         changes: dict[str, Any] = {}
         errors: list[str] = []
         for name in FIELDS:
@@ -144,24 +156,23 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
             params = self.params.replace(**changes) if not errors else None
         except InputError as e:  # the fields together (each alone was in range)
             errors.append(str(e))
-        if params is None:
-            self._error(errors)
-            return
-        self.dismiss(params)
+        return params, errors
 
-    def _error(self, messages: list[str]) -> None:
+    def _error(self, messages: list[str], focus: bool = True) -> None:
+        """Show `messages` (none: the errors are gone) and mark the fields they name."""
+        self._erred = bool(messages)
         self.query_one("#editor-error", Static).update(Text("\n".join(messages), style="bold red"))
         bad = [n for n in FIELDS if any(m.startswith(n + " ") for m in messages)]
-        for name in bad:
-            self._input(name).add_class("-invalid")
-        if bad:
+        for name in FIELDS:
+            self._input(name).set_class(name in bad, "-invalid")
+        if bad and focus:
             self._input(bad[0]).focus()
 
     def action_reset(self) -> None:
         for name in FIELDS:
             value = getattr(self.preset.params, name)
             self._input(name).value = "" if value is None else num(value)
-        self.query_one("#editor-error", Static).update("")
+        self._error([])
 
     def action_cancel(self) -> None:
         self.dismiss(None)

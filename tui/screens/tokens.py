@@ -57,7 +57,7 @@ def info_table(info: dict[str, Any]) -> Table:
             # The folder is long (the status bar names the model); the decode path depends on this
             # machine's compiler, not on the model (`tiankong info` shows it).
             continue
-        table.add_row(key.replace("_", " "), fact_text(key, value))
+        table.add_row(key.replace("_", " "), Text(fact_text(key, value)))  # Text: a str cell is read as markup
     return table
 
 

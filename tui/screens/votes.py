@@ -120,7 +120,7 @@ def stats_table(stats: dict[str, dict[str, int]]) -> RenderableType:
         s = stats[preset]
         rate = win_rate(s)
         table.add_row(
-            preset,
+            Text(preset),  # a str cell is read as markup; a preset's name is a file's name
             str(s.get("votes", 0)),
             str(s.get("wins", 0)),
             str(s.get("losses", 0)),
@@ -264,7 +264,7 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         if names != self._preset_names:
             self._preset_names = names
             with select.prevent(Select.Changed):
-                select.set_options([(n, n) for n in names])
+                select.set_options([(Text(n), n) for n in names])  # Text: a str prompt is read as markup
                 if preset in names:
                     select.value = preset
         self.votes = {v.id: v for v in votes if v.id is not None}
@@ -273,10 +273,10 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         table.clear()
         for v in votes:
             table.add_row(
-                local_time(v.created_at, short=True),
+                Text(local_time(v.created_at, short=True)),  # Text: a str cell is read as markup
                 Text(excerpt(v.prompt, 60)),
                 Text(excerpt(compared(v), 40)),
-                v.outcome.replace("_", " "),
+                Text(v.outcome.replace("_", " ")),
                 Text(winner(v)),
                 key=str(v.id),
             )

@@ -16,12 +16,15 @@ from rich.text import Text
 from tiankong.tui.widgets.candidates import chosen_text, show_token
 
 # Heatmap buckets of the chosen token's model probability: (upper bound, background, legend label).
+# Each colour stays apart from the others where the terminal has fewer (tmux's default is 256; the
+# 256-colour and 16-colour codes in the comments): the earlier orange and olive were both 94 there.
+# Dark enough for the default light text on each.
 HEAT = (
-    (0.1, "#8b1c1c", "<10%"),
-    (0.3, "#9a4a12", "<30%"),
-    (0.6, "#7c6a0a", "<60%"),
-    (0.9, "#3f6212", "<90%"),
-    (2.0, "#1f5132", "≥90%"),
+    (0.1, "#8b1c1c", "<10%"),  # red: 88, 1
+    (0.3, "#a0520a", "<30%"),  # orange: 130, 3
+    (0.6, "#6b6b2a", "<60%"),  # olive: 58, 8
+    (0.9, "#276b0c", "<90%"),  # green: 22, 2
+    (2.0, "#007878", "≥90%"),  # teal: 30, 6
 )
 _BOUNDARY = ("", "on #2a2f3a")  # alternating backgrounds that make token boundaries visible
 

@@ -4,11 +4,13 @@ Each row is one candidate with two bars: its probability under the model's own d
 (exp(logprob), temperature 1, nothing filtered) and under the preset's final sampling
 distribution (p_sample). A candidate the preset filtered out (p_sample == 0) is marked ✗; the
 token that was actually chosen is marked ▶ (and appended below when it came from outside the
-top-K, which sampling allows). A server that does not report its sampling distribution (p_sample
+top-K, which sampling allows). A token you picked with `b` in inspect mode (a branch) says so:
+"picked (branch)", not "chosen", and not "cut" where the preset would have cut it. A server that does not report its sampling distribution (p_sample
 None: vLLM, llama.cpp) gets "—" in the sample column and a line saying so.
 
 Tokens are plain dicts, the same shape the store keeps:
-{"id", "text", "logprob", "p_sample", "entropy", "top": [{"id", "text", "logprob", "p_sample"}]}.
+{"id", "text", "logprob", "p_sample", "entropy", "top": [{"id", "text", "logprob", "p_sample"}]},
+and "picked": true on a token picked for a branch (tui/screens/branch.py forced_token).
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def candidate_rows(token: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
     return rows
 
 
+def was_picked(token: dict[str, Any]) -> bool:
+    """Whether you picked this token (b in inspect mode) rather than the sampler. Branches stored before
+    tokens were marked "picked" still tell when the pick was a token the preset cut: the sampler
+    never draws one (p_sample 0)."""
+    return bool(token.get("picked")) or (token["p_sample"] is not None and token["p_sample"] <= 0)
+
+
 def chosen_text(token: dict[str, Any]) -> str:
     """What to show for the chosen token: its text, or its readable name when it adds no text (EOS)."""
     if token["text"]:
@@ -156,7 +165,8 @@ class CandidatesPanel(Widget):
         if self._label:
             out.append(self._label + "\n", style="bold")
         p_model = math.exp(tok["logprob"])
-        out.append("chosen ", style="dim")
+        picked = was_picked(tok)
+        out.append("picked (branch) " if picked else "chosen ", style="dim")
         out.append(show_token(chosen_text(tok)), style="bold reverse")
         out.append(f"  id {tok['id']}\n" if tok["id"] >= 0 else "\n", style="dim")  # < 0: a server sent no ids
         out.append("model ", style="dim")
@@ -179,29 +189,37 @@ class CandidatesPanel(Widget):
         out.append(set_cell_size("  token", 2 + tw), style="dim")
         out.append(set_cell_size(" model", bw + 6), style=f"dim {MODEL_STYLE}")
         out.append(set_cell_size(" sample", bw + 6) + "\n", style=f"dim {SAMPLE_STYLE}")
-        rows = candidate_rows(tok)
         top_ids = {c["id"] for c in tok.get("top") or []}
-        for c, chosen in rows:
+        for c, chosen in candidate_rows(tok):
             if chosen and c["id"] not in top_ids:
-                out.append("  … sampled from outside the top list\n", style="dim")
-            cut = c["p_sample"] is not None and c["p_sample"] <= 0
-            marker = "▶ " if chosen else ("✗ " if cut else "  ")
-            out.append(marker, style="bold yellow" if chosen else "red" if cut else "")
-            name = show_token(c["text"])
-            if cell_len(name) > tw:
-                name = set_cell_size(name, tw - 1) + "…"
-            out.append(set_cell_size(name, tw), style="bold" if chosen else "dim" if cut else "")
-            p = math.exp(c["logprob"])
-            out.append(" " + bar(p, bw), style=MODEL_STYLE)
-            out.append(" " + pct(p), style="bold" if chosen else "")
-            out.append(" ")
-            if cut:
-                out.append(" " * bw + "  cut", style="dim red")
-            elif c["p_sample"] is None:
-                out.append(" " * bw + " " + pct(None), style="dim")
-            else:
-                out.append(bar(c["p_sample"], bw), style=SAMPLE_STYLE)
-                out.append(" " + pct(c["p_sample"]), style="bold" if chosen else "")
-            out.append("\n")
+                outside = "picked from outside the top list" if picked else "sampled from outside the top list"
+                out.append(f"  … {outside}\n", style="dim")
+            _row(out, c, chosen, chosen and picked, tw, bw)
         out.rstrip()
         return out
+
+
+def _row(out: Text, c: dict[str, Any], chosen: bool, picked: bool, tw: int, bw: int) -> None:
+    """One candidate's line: marker, token (tw cells), model bar and %, sample bar and % (bw-cell
+    bars); a cut candidate says "cut" in the sample column, or "picked" when you picked it all the same."""
+    cut = c["p_sample"] is not None and c["p_sample"] <= 0
+    marker = "▶ " if chosen else ("✗ " if cut else "  ")
+    out.append(marker, style="bold yellow" if chosen else "red" if cut else "")
+    name = show_token(c["text"])
+    if cell_len(name) > tw:
+        name = set_cell_size(name, tw - 1) + "…"
+    out.append(set_cell_size(name, tw), style="bold" if chosen else "dim" if cut else "")
+    p = math.exp(c["logprob"])
+    out.append(" " + bar(p, bw), style=MODEL_STYLE)
+    out.append(" " + pct(p), style="bold" if chosen else "")
+    out.append(" ")
+    if cut and picked:
+        out.append(" " * (bw - 1) + "picked", style="bold yellow")
+    elif cut:
+        out.append(" " * bw + "  cut", style="dim red")
+    elif c["p_sample"] is None:
+        out.append(" " * bw + " " + pct(None), style="dim")
+    else:
+        out.append(bar(c["p_sample"], bw), style=SAMPLE_STYLE)
+        out.append(" " + pct(c["p_sample"]), style="bold" if chosen else "")
+    out.append("\n")

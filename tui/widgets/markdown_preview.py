@@ -217,11 +217,30 @@ class MarkdownPreview:
             yield self._cache[1]
 
 
-def _tokens(markdown: str) -> list[Any]:
+def _hard_breaks(state: Any) -> None:
+    """A core rule: each soft line break (one newline inside a paragraph) becomes a hard one. A
+    model's single line breaks are its lines (a poem, an address, steps one to a line); Markdown
+    would join them into one paragraph, while f5, ctrl+t and the exports keep them. Code blocks
+    keep their lines anyway; only inline text has soft breaks."""
+    for token in state.tokens:
+        for child in token.children or ():
+            if child.type == "softbreak":
+                child.type, child.tag = "hardbreak", "br"
+
+
+def answer_parser() -> MarkdownIt:
+    """The parser of every answer's Markdown: this preview's and the Markdown widget's
+    (AnswerMarkdown's parser_factory), so that the two lay out the same lines. One shared parser:
+    parsing keeps no state in it."""
     global _PARSER
     if _PARSER is None:
         _PARSER = MarkdownIt("gfm-like")
-    return _PARSER.parse(markdown)
+        _PARSER.core.ruler.push("hard_breaks", _hard_breaks)
+    return _PARSER
+
+
+def _tokens(markdown: str) -> list[Any]:
+    return answer_parser().parse(markdown)
 
 
 def _blocks(markdown: str) -> list[_Block]:

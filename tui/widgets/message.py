@@ -31,7 +31,7 @@ from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownFence
 
 from tiankong.tui.widgets.answer_tokens import cursor_line, tokens_text
-from tiankong.tui.widgets.markdown_preview import MarkdownPreview, StreamingMarkdown
+from tiankong.tui.widgets.markdown_preview import MarkdownPreview, StreamingMarkdown, answer_parser
 
 # Regenerate, edit and branch keep the old message as a sibling; a focused message switches among them.
 BRANCH_BINDINGS = [
@@ -82,8 +82,10 @@ class UserMessage(Branched, Static, can_focus=True):
     BINDINGS = [Binding("c", "copy", "copy")] + BRANCH_BINDINGS
 
     def __init__(self, content: str, message_id: int | None = None) -> None:
-        super().__init__(Text(content), classes="message user")
-        self.content = content
+        # markup=False: Static parses a str as Textual markup, and the text is the user's (or a stored
+        # chat's): "what does [/] mean?" raised MarkupError, on every reopen of the chat too, and
+        # "[@click=app.quit]x[/]" made a link that ran an action. `content` is then the text itself.
+        super().__init__(content, classes="message user", markup=False)
         self.message_id = message_id
         self.role = "user"  # "system" for a system message kept in a stored chat
         self.border_title = "you"
@@ -91,7 +93,7 @@ class UserMessage(Branched, Static, can_focus=True):
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.content)
-        self.notify(f"copied your message ({len(self.content)} characters)")
+        self.notify(f"copied your message ({len(self.content)} characters)", markup=False)
 
 
 class CodeFence(MarkdownFence):
@@ -106,9 +108,12 @@ class CodeFence(MarkdownFence):
 
 
 class AnswerMarkdown(Markdown):
-    """An answer's Markdown (code blocks through CodeFence)."""
+    """An answer's Markdown (code blocks through CodeFence), its line breaks kept (answer_parser)."""
 
     BLOCKS = {**Markdown.BLOCKS, "fence": CodeFence, "code_block": CodeFence}
+
+    def __init__(self, markdown: str | None = None, **kwargs: Any) -> None:
+        super().__init__(markdown, parser_factory=answer_parser, **kwargs)
 
 
 class AssistantMessage(Branched, Vertical, can_focus=True):
@@ -180,7 +185,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self.content = content
         self.tokens: list[dict[str, Any]] = list(tokens or [])
         self.message_id = message_id
-        self.border_title = title
+        self.border_title = Content(title)  # plain: a model's name or path, a preset's file name may hold "["
         self._info = info
         self._stream: StreamingMarkdown | None = None  # what the answer streams into (start_stream)
         self.heatmap = False
@@ -211,7 +216,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         view.display = False
         stream = StreamingMarkdown(classes="answer-stream")
         stream.display = False
-        info = Static(self._info, classes="answer-info")
+        info = Static(self._info, classes="answer-info", markup=False)  # an error's words may quote "["
         info.display = bool(self._info)
         return [AnswerMarkdown(self.content, classes="answer-md"), stream, view, info]
 
@@ -378,7 +383,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.content)
-        self.notify(f"copied the answer ({len(self.content)} characters)")
+        self.notify(f"copied the answer ({len(self.content)} characters)", markup=False)
 
     def on_click(self, event: events.Click) -> None:
         self.focus()
