@@ -29,6 +29,7 @@ from .gguf_model import GGUFModel, is_gguf, peek
 from .kv_cache import kv_dtype
 from .llama_packed import PackedLlama
 from .model import load_model, prepare_for_inference, resolve_device
+from .model_list import human_bytes
 from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
@@ -298,7 +299,7 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "weight_types": ", ".join(f"{k} x{v}" for k, v in sorted(self.weights.get("types", {}).items())),
             "bytes_per_token": self.weights.get("bytes_per_token"),
-            "kv_cache": f"{str(kv).removeprefix('torch.')}, {kv_bytes / 1024:.1f} KB per token and row",
+            "kv_cache": f"{str(kv).removeprefix('torch.')}, {human_bytes(kv_bytes)} per token and row",
             "checkpoint_dtype": c.torch_dtype,
             "device": str(self.device),
             "decode": self.decode_path,

@@ -187,6 +187,17 @@ def weight_bytes(model: Path) -> int:
     return sum(_size(f) for f in files)
 
 
+def human_bytes(n: int | float) -> str:
+    """A size in decimal units (B, KB, MB, GB, TB), three significant figures or so: `tiankong info`
+    and the TUI's info view show bytes per token and the KV cache's size with it, so that a small
+    model's 40 KB is not "0.0 MB" beside "0.2 KB"."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 999.95:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
 def _safetensors_parameters(folder: Path) -> int | None:
     """The elements of the tensors the loader reads, from the JSON headers of the safetensors files it
     reads (model.safetensors, else the index's shards, else every *.safetensors); None if one of them

@@ -26,15 +26,16 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from .context import answer_room, fit_messages
-from .errors import ContextOverflow, InputError, ModelLoadError
+from .errors import ContextOverflow, InputError, ModelLoadError, quoted
 from .events import Event
 from .params import SamplingParams
-from .remote_http import _error_line, _Http, _json, _key_hint, _llama_cpp_context, _reason, http_client_errors
+from .remote_http import _Http, _llama_cpp_context, _models, http_client_errors
 from .remote_stream import _Row
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap; servers refuse more
@@ -94,24 +95,19 @@ class RemoteEngine:
         self._can_tokenize: bool | None = None  # whether the server counts tokens (/tokenize); None: not asked yet
 
     @classmethod
-    def connect(cls, url: str, api_key: str | None = None) -> RemoteEngine:
-        """Ask the server for its model (GET /models). Raises ModelLoadError in one line when it is
-        unreachable, refuses the key, or serves no model."""
+    def connect(cls, url: str, api_key: str | None = None, cancel: threading.Event | None = None) -> RemoteEngine:
+        """Ask the server for its models (GET /models) and take the one the URL names (BASE/models/ID,
+        as `folder` stores it) or the only one. Raises ModelLoadError in one line when the server is
+        unreachable, silent, refuses the key, or serves no model, or several and the URL names none.
+        Setting `cancel` (from any thread) ends a request that waits on the server at once."""
         http = _Http(url, api_key)
-        where = f"{http.base}/models"
-        try:
-            status, body = http.request("GET", "/models")
-        except (OSError, http_client_errors) as e:
-            raise ModelLoadError(f"cannot reach {http.base}: {_reason(e)}; is the server running?") from None
-        if status != 200:
-            raise ModelLoadError(f"{where} answered {_error_line(status, body)}{_key_hint(status, api_key)}")
-        cards = _json(body, where).get("data") or []
-        if not cards or not isinstance(cards[0], dict) or not isinstance(cards[0].get("id"), str):
-            raise ModelLoadError(f"{where} lists no model; is this an OpenAI-compatible server?")
-        card = cards[0]
-        ctx = next((card[k] for k in ("context_length", "max_model_len") if isinstance(card.get(k), int)), None)
-        if ctx is None and isinstance(card.get("meta"), dict):  # llama.cpp's server: its slots' context
-            ctx = _llama_cpp_context(http)
+        with _aborted_on(cancel, http):
+            card = _choose(http, _models(http, api_key))
+            ctx = next((card[k] for k in ("context_length", "max_model_len") if isinstance(card.get(k), int)), None)
+            if ctx is None and isinstance(card.get("meta"), dict):  # llama.cpp's server: its slots' context
+                ctx = _llama_cpp_context(http)
+        if http.aborted:
+            raise ModelLoadError(f"connecting to {http.base} was cancelled")
         if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0:
             cfg = RemoteConfig(ctx, True)
         else:
@@ -298,3 +294,42 @@ class RemoteEngine:
         if prompt.estimated and isinstance(prompt_tokens, int) and chars >= 16:
             rate = (prompt_tokens - MESSAGE_OVERHEAD * len(prompt.messages)) / chars
             self._tokens_per_char = min(max(rate, 0.05), 2.0)
+
+
+def _choose(http: _Http, cards: list[Any]) -> dict[str, Any]:
+    """The card of the model the URL names, or of the only one listed. A server listing several
+    (Ollama, LM Studio, vLLM with LoRA adapters) is not guessed from: the error lists them."""
+    listed = [c for c in cards if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    if not listed:
+        raise ModelLoadError(f"{http.base}/models lists no model; is this an OpenAI-compatible server?")
+    ids = [c["id"] for c in listed]
+    if http.model in ids:
+        return listed[ids.index(http.model)]
+    if http.model is None and len(listed) == 1:
+        return listed[0]
+    shown = ", ".join(quoted(i, 80) for i in ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+    said = f"does not serve {quoted(http.model)}; it serves" if http.model else f"serves {len(ids)} models:"
+    raise ModelLoadError(
+        f"{http.base} {said} {shown}; choose one by its URL, e.g. {http.base}/models/{quoted(ids[0], 80)}"
+    )
+
+
+@contextmanager
+def _aborted_on(cancel: threading.Event | None, http: _Http) -> Iterator[None]:
+    """Abort http's requests as soon as `cancel` is set, until the block ends."""
+    if cancel is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if cancel.wait(POLL_S):
+                http.abort()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()

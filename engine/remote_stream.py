@@ -9,7 +9,6 @@ finish reasons map to the engine's.
 
 from __future__ import annotations
 
-import http.client
 import json
 import queue
 import socket
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from .errors import RemoteError
 from .events import Candidate, Event, Finished, Timing, TokenEvent, Usage
 from .params import SamplingParams
-from .remote_http import _error_line, _reason, _sse_data, http_client_errors
+from .remote_http import _error_line, _reason, _sse_data, http_client_errors, shut
 
 if TYPE_CHECKING:
     from .remote import ChatPrompt, RemoteEngine
@@ -33,17 +32,14 @@ class _Row:
     def __init__(self, eng: RemoteEngine, row: int, prompt: ChatPrompt, params: SamplingParams, k: int) -> None:
         self.eng, self.row, self.prompt, self.params, self.k = eng, row, prompt, params, k
         self._halt = threading.Event()
-        self._conn: http.client.HTTPConnection | None = None
+        # The connection's socket, kept from the start: for an answer read until the server closes
+        # (no chunked encoding) http.client sets conn.sock to None and the response reads on.
+        self._sock: socket.socket | None = None
 
     def stop(self) -> None:
         """Shut the connection down (from any thread): the reader wakes, the server sees the client gone."""
         self._halt.set()
-        sock = self._conn.sock if self._conn is not None else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:  # already closed
-                pass
+        shut(self._sock)
 
     def pump(self, out: queue.Queue) -> None:
         try:
@@ -59,7 +55,10 @@ class _Row:
         state = _State(start=time.monotonic())
         conn = None
         try:
-            self._conn = conn = eng.http.connection()
+            conn = eng.http.connection()
+            self._sock = conn.sock
+            if self._halt.is_set():  # stopped while connecting: stop() saw no socket yet
+                shut(self._sock)
             resp = eng.http.send(conn, "POST", "/chat/completions", eng._request(self.prompt, self.params, self.k))
             if resp.status != 200:
                 raise RemoteError(f"{url} answered {_error_line(resp.status, resp.read())}")

@@ -687,7 +687,8 @@ def test_unsupported_quantization_advises_another_not_the_same_again(good, tmp_p
 def test_info_calls_a_gguf_file_a_file(files, monkeypatch, capsys):
     path, _ = files("llama", "f32")
     code, out, err = cli(monkeypatch, capsys, "info", "-m", path)
-    assert code == 0 and out.split()[:3] == ["file", "│", str(path)], (out, err)
+    assert code == 0 and out.split()[:3] == ["name", "│", path.name], (out, err)  # the name first
+    assert out.split()[3:6] == ["file", "│", str(path)], (out, err)
 
 
 def _mapped_kb(path: Path) -> int:

@@ -19,6 +19,7 @@ from tiny_models import make_model
 from tiankong.engine import gguf_model, native
 from tiankong.engine.engine import Engine
 from tiankong.engine.model_facts import model_facts
+from tiankong.engine.model_list import human_bytes
 
 FIELDS = [  # Engine.info()'s keys, in the order `tiankong info` prints them
     "folder",
@@ -120,11 +121,16 @@ def test_info_cli_prints_the_loaded_facts_without_loading(gguf_file, monkeypatch
     monkeypatch.setattr(gguf_model, "_read_blocks", refuse)
     code, out, err = cli(monkeypatch, capsys, "info", "-m", path, "--format", "json")
     assert code == 0, err
-    assert json.loads(out) == want and list(json.loads(out)) == FIELDS
+    # led by the name `generate` says it loads, the path and the part count (QA: "folder" named a file)
+    named = {"name": path.name, "path": want["folder"], "parts": 1}
+    assert json.loads(out) == {**named, **want} and list(json.loads(out)) == [*named, *FIELDS]
     code, out, err = cli(monkeypatch, capsys, "info", "-m", path)
     assert code == 0, err
     rows = [line.split("│") for line in out.splitlines() if "│" in line]
-    labels = ["file" if k == "folder" else k.replace("_", " ") for k in FIELDS]
-    assert [r[0].strip() for r in rows] == labels
-    assert rows[FIELDS.index("weight_types")][1].strip() == want["weight_types"]
-    assert rows[FIELDS.index("bytes_per_token")][1].strip().startswith(f"{want['bytes_per_token'] / 1e6:.1f} MB")
+    labels = ["name", "file"] + [k.replace("_", " ") for k in FIELDS if k != "folder"]  # one file: no parts row
+    assert [r[0].strip() for r in rows if r[0].strip()] == labels
+    rows = [r for r in rows if r[0].strip()]  # the path may fold onto rows of no label
+    assert rows[0][1].strip() == path.name
+    assert rows[labels.index("weight types")][1].strip() == want["weight_types"]
+    per_token = rows[labels.index("bytes per token")][1].strip()
+    assert per_token.startswith(human_bytes(want["bytes_per_token"]) + " of weights"), per_token

@@ -575,7 +575,8 @@ def test_a_long_import_draws_a_bar_on_a_terminal_and_help_says_it_keeps_batches(
     from tiankong.tui import prefs
 
     screen = io.StringIO()
-    monkeypatch.setattr(prefs, "err", Console(file=screen, force_terminal=True, width=100))
+    terminal = Console(file=screen, force_terminal=True, width=100)
+    monkeypatch.setattr(prefs, "_err", lambda: terminal)
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(2100)))
     code, _, _ = cli(monkeypatch, capsys, "prefs", "import", src, "--data-dir", tmp_path / "data")

@@ -295,7 +295,7 @@ def test_dtype_q8_0_generates_on_the_bundled_model(monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "info", "-m", STORIES, "--dtype", "q8_0", "--format", "json")
     assert code == 0, err
     assert '"weight_types": "float32 x5, q8_0 x31"' in out and '"decode": "compiled step' in out
-    assert '"kv_cache": "float16, 0.6 KB per token and row"' in out  # 5 layers x 2 x 4 kv heads x 8 halves
+    assert '"kv_cache": "float16, 640 B per token and row"' in out  # 5 layers x 2 x 4 kv heads x 8 halves
 
 
 def test_a_bad_quantized_tensor_is_one_line():

@@ -20,6 +20,7 @@ import getpass
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -121,6 +122,7 @@ class TiankongApp(App[None]):
         self._gc_frozen = False
         self._switch_interval: float | None = None  # Python's, to give back on unmount
         self.chat: ChatScreen | None = None  # pushed on mount; none in `tiankong rank`
+        self._leaving = threading.Event()  # set on quit: a server's connect that waits ends at once
 
     async def run_async(self, **kwargs: Any) -> Any:
         """Textual's run_async (what run() calls; run_test does not), with QUIT_SIGNALS handled."""
@@ -147,6 +149,7 @@ class TiankongApp(App[None]):
         chat stores what was generated as it unmounts."""
         if self.chat is not None:  # none in `tiankong rank`, nor before mounting
             self.chat.stop_answer()
+        self._leaving.set()
         super().exit(result, return_code, message)
 
     @property
@@ -184,13 +187,15 @@ class TiankongApp(App[None]):
         for folder in self.model_dirs:
             try:
                 engines.append(
-                    RemoteEngine.connect(folder.url, folder.api_key)
+                    RemoteEngine.connect(folder.url, folder.api_key, cancel=self._leaving)
                     if isinstance(folder, RemoteModel)
                     else on_engine_thread(
                         Engine.load, folder, device=self.device, dtype=self.dtype, chat_template=self.chat_template
                     )
                 )
             except TiankongError as e:
+                if self._leaving.is_set():  # quitting: nothing left to tell
+                    return
                 self.call_from_thread(self._load_failed, str(e))
                 return
             except Exception as e:  # not a user error, but the app stays up to say so

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -84,17 +85,39 @@ def info(
         raise InputError(f"unknown --format {format!r}; use table or json")
     # A local model's facts come from its headers (nothing loaded: a few-GB GGUF answers at once);
     # a server's from the server.
-    facts = _load(model, device, dtype).info() if is_remote(model) else model_facts(_model_dir(model), device, dtype)
+    if is_remote(model):
+        facts = _load(model, device, dtype).info()
+    else:
+        path = _model_dir(model)
+        facts = _named(path, model_facts(path, device, dtype))
     if format == "json":
         print(json.dumps(facts))
         return
     from .screens.tokens import fact_text
 
     table = Table(show_header=False, show_edge=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # a long path folds, whole, where "…" hid the file's name
     for k, v in facts.items():
-        label = "file" if k == "folder" and not os.path.isdir(v) else k.replace("_", " ")  # a GGUF file
+        if k == "folder" or (k == "parts" and v == 1):  # the folder is the path's row
+            continue
+        label = ("folder" if os.path.isdir(v) else "file") if k == "path" else k.replace("_", " ")
         table.add_row(label, Text(fact_text(k, v)))  # Text: a model's name or path is not markup
     Console(emoji=False).print(table)
+
+
+def _named(path: Path, facts: dict) -> dict:
+    """A local model's facts led by its name as `generate` says it loads (ollama:NAME:TAG, ORG/NAME/
+    FILE.gguf: never a blob's hash), then its path and, for a GGUF file, its part count (a split
+    set's files). "folder" stays, a file's path too: what scripts read before these keys came."""
+    from tiankong.engine.gguf_split import part_paths
+    from tiankong.engine.model_names import display_name
+
+    where = facts["folder"]
+    named: dict = {"name": display_name(path), "path": where}
+    if not os.path.isdir(where):
+        named["parts"] = len(part_paths(Path(where)))
+    return {**named, **facts}
 
 
 @app.command(
@@ -123,20 +146,112 @@ def models(format: str = typer.Option("table", "--format", help="table or json."
     if format == "json":
         print(json.dumps([m.to_json() for m in found], ensure_ascii=False))
         return
-    table = Table(title=f"{len(found)} model{'' if len(found) == 1 else 's'}", show_edge=False)
-    # The name is what --model takes: kept whole on one line (a folded tag, ollama:tk:la|test, misreads);
-    # the paths fold instead.
-    widest = max((len(m.name) for m in found), default=4)
-    table.add_column("name", no_wrap=True, min_width=min(widest, 60))
-    for col in ("architecture", "size", "dtype", "where"):
-        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
+    print_models(Console(emoji=False), found)
+
+
+def print_models(con: Console, found: list) -> None:
+    """The models table for `con`: a terminal's width kept to (rich reads a pipe as 80 columns, and
+    a path cut every few characters took each model 15-35 lines), a pipe's not."""
+    if not con.is_terminal:  # piped: one line a model, paths whole (grep, less -S; JSON for scripts)
+        table = _models_table(found, None)
+        wide = con.measure(table, options=con.options.update_width(10**6)).maximum
+        Console(file=con.file, emoji=False, width=max(80, wide)).print(table)
+    elif con.width - _fixed_width(found) < _MIN_WHERE:  # names too long for a row beside the rest
+        _print_records(con, found)
+    else:
+        con.print(_models_table(found, con.width))
+
+
+_MIN_WHERE = 60  # the where column's least: less cuts a file's name (a short table reads worse than records)
+
+
+def _cells(m: Any) -> tuple[Text, str, str, str]:
+    """A model's name, architecture, size and dtype as `tiankong models` shows them."""
+    size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"
+    arch = Text(m.architecture or "?").append(" (GGUF)" if m.format == "gguf" else "", style="dim")
+    return Text(m.name), arch, size, m.dtype or "?"
+
+
+def _where(m: Any, width: int | None) -> Text:
+    """Where a model is: whole when piped (width None), else shortened (~, hashes cut to 8) and cut
+    in the middle to `width`, keeping the file's name; its note below, wrapped."""
+    parts = f" ({m.parts} parts)" if m.parts > 1 else ""
+    path = m.path if width is None else _short_path(m.path)
+    where = Text(f"{m.source}: ") + Text(_middle(path, width - len(m.source) - 2 - len(parts)) if width else path)
+    where.append(parts)
+    return where.append(f"\n{m.note}", style="dim") if m.note else where
+
+
+def _models_table(found: list, width: int | None) -> Table:
+    """The models, a row each: name, architecture, size and dtype never wrapped (a folded tag,
+    ollama:tk:la|test, misreads), where in the width left (width None: unbounded)."""
+    title = f"{len(found)} model{'' if len(found) == 1 else 's'}"
+    # piped, the table is as wide as its longest path: a title centred over it starts far right
+    table = Table(title=title, show_edge=False, title_justify="center" if width else "left")
+    for col in ("name", "architecture", "size", "dtype"):
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
+    table.add_column("where", no_wrap=width is None)
+    room = None if width is None else width - _fixed_width(found)
     for m in found:
-        size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"
-        arch = escape(m.architecture or "?") + (" [dim](GGUF)[/dim]" if m.format == "gguf" else "")
-        where = f"{m.source}: {escape(_home(m.path))}" + (f" ({m.parts} parts)" if m.parts > 1 else "")
-        where += f"\n[dim]{escape(m.note)}[/]" if m.note else ""
-        table.add_row(escape(m.name), arch, size, m.dtype or "?", where)
-    Console(emoji=False).print(table)
+        table.add_row(*_cells(m), _where(m, room))
+    return table
+
+
+def _fixed_width(found: list) -> int:
+    """The table's width but for the where column's cells: its other columns, rules and padding."""
+    probe = Table(show_edge=False)
+    for col in ("name", "architecture", "size", "dtype", "where"):
+        probe.add_column(col, no_wrap=True)
+    for m in found:
+        probe.add_row(*_cells(m), "")
+    return Console(width=10**6).measure(probe).maximum - len("where")
+
+
+def _print_records(con: Console, found: list) -> None:
+    """The models for a terminal too narrow for the table: the name on a line of its own (wrapped
+    by the terminal, never cut), then its facts, then where it is, cut to the width."""
+    con.print(f"{len(found)} model{'' if len(found) == 1 else 's'}", style="bold")
+    for m in found:
+        name, arch, size, dtype = _cells(m)
+        con.print(name, style="bold", soft_wrap=True)
+        con.print(Text("  ").append(arch).append(f", {size}, {dtype}"), soft_wrap=True)
+        con.print(Text("  ").append(_where(m, con.width - 2)))
+
+
+def _short_path(path: str) -> str:
+    """A path as people read it: ~ for the home folder, a Hugging Face snapshot's 40-hex commit and
+    an Ollama blob's sha256 cut to their first 8 characters (the name says which model it is)."""
+    path = _home(path)
+    path = re.sub(r"(snapshots[/\\][0-9a-f]{8})[0-9a-f]{32}(?=[/\\]|$)", r"\1…", path)
+    return re.sub(r"(sha256-[0-9a-f]{8})[0-9a-f]{56}\b", r"\1…", path)
+
+
+def _middle(text: str, width: int) -> str:
+    """`text` cut to `width` cells with "…" in the middle: a path's start says the store, its end
+    which file (its name whole where it leaves the start a few cells; the cut at a separator)."""
+    if cell_len(text) <= width:
+        return text
+    budget = max(width - max(width // 3, 1) - 1, 0)  # the end's share: two thirds
+    name = text[text.rfind(os.sep) :] if os.sep in text else ""
+    if name and cell_len(name) <= width - 4:
+        budget = max(budget, cell_len(name))
+    tail = _last_cells(text, budget)
+    cut = tail.find(os.sep)
+    if cut > 0:  # not a name cut in two
+        tail = tail[cut:]
+    elif cut < 0 and text[: len(text) - len(tail)].endswith(os.sep):  # the window starts on a name
+        tail = os.sep + tail
+    return set_cell_size(text, max(width - 1 - cell_len(tail), 0)) + "…" + tail
+
+
+def _last_cells(text: str, width: int) -> str:
+    """The end of `text` that fits `width` cells (a wide character is never split)."""
+    out = ""
+    for ch in reversed(text):
+        if cell_len(ch + out) > width:
+            break
+        out = ch + out
+    return out
 
 
 def _home(path: str) -> str:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 import numpy as np
 from rich.table import Table
@@ -294,15 +295,49 @@ def leaderboards(
 # ---------------------------------------------------------------- rendering
 
 
-def short_names(names: list[str]) -> dict[str, str]:
-    """Model paths by their folder name, unless two share it (then the whole path)."""
-    tails = [display_name(n) for n in names]
-    return {n: (t if tails.count(t) == 1 else n) for n, t in zip(names, tails, strict=True)}
+NAME_WIDTH = 32  # the name column's cells: with the four number columns the table fits 80 columns
+
+
+def short_names(names: list[str], width: int = NAME_WIDTH) -> dict[str, str]:
+    """Each model by the least that tells it from the others, in at most `width` characters: a
+    server's model (URL/models/ID) by ID@HOST:PORT, as the chat names it (a long host cut in its
+    middle before the ID is), a path by its folder (or file) name; where two would read the same, by
+    as many of its last path parts as tell it apart (cut in the middle, keeping the end)."""
+    tails = [_short_name(n, width) for n in names]
+    out = {}
+    for n, t in zip(names, tails, strict=True):
+        if tails.count(t) == 1:
+            out[n] = t
+            continue
+        parts, others = n.split("/"), [m.split("/") for m in names if m != n]
+        k = next((k for k in range(2, len(parts)) if all(o[-k:] != parts[-k:] for o in others)), len(parts))
+        out[n] = fit_name("/".join(parts[-k:]), width)
+    return out
+
+
+def _short_name(name: str, width: int) -> str:
+    base, sep, model = name.rpartition("/models/")
+    if not (sep and base.lower().startswith(("http://", "https://"))):
+        return fit_name(display_name(name), width)
+    host = urlsplit(base).netloc
+    room = max(width - len(model) - 1, min(len(host), 10))  # the host's share: what the ID leaves, its port at least
+    return f"{fit_name(model, width - 1 - room)}@{fit_name(host, room)}"
+
+
+def fit_name(name: str, width: int = NAME_WIDTH) -> str:
+    """name in at most `width` characters, cut in the middle: the start and the end (a path's file, a
+    server's port) are what tell two names apart; "…" cut on the right made two models on one
+    long host read the same."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 3
+    return name[:head] + "…" + name[len(name) - (width - 1 - head) :]
 
 
 def standings_table(standings: list[Standing], title: str, paths: bool = False, level: float = 0.95) -> Table:
     """name, strength, confidence interval, win rate, games; `paths` shortens model paths to folder names."""
-    shown = short_names([s.name for s in standings]) if paths else {s.name: s.name for s in standings}
+    names = [s.name for s in standings]
+    shown = short_names(names) if paths else {n: fit_name(n) for n in names}
     table = Table(
         title=title,
         title_justify="left",
@@ -315,7 +350,7 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
         caption_justify="left",
         caption_style="dim",
     )
-    table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=NAME_WIDTH)
     for col in ("strength", f"{level:.0%} CI", "win rate", "n"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in standings:

@@ -177,7 +177,13 @@ prefs_app = typer.Typer(
     rich_markup_mode="rich",
     help="Export, import and summarise preference votes.",
 )
-err = Console(stderr=True, emoji=False)  # model names and paths like ollama:cat:cool print as typed
+
+
+def _err() -> Console:
+    """A console on stderr made per use, so it takes the terminal's width (COLUMNS) of that moment; emoji
+    off: model names and paths like ollama:cat:cool print as typed."""
+    return Console(stderr=True, emoji=False)
+
 
 # Defined here rather than imported from cli.py: cli.py imports this module while it is loading.
 DataDirOpt = typer.Option(
@@ -214,7 +220,7 @@ def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
         return
     ids = sorted({i for i, _ in skipped})
     shown = ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-    err.print(
+    _err().print(
         f"warning: skipped {len(ids)} damaged vote row{'s' if len(ids) > 1 else ''} in {store.path} "
         f"(id {shown}; id {skipped[0][0]}: {skipped[0][1]}); repair or delete them with sqlite3",
         highlight=False,
@@ -277,7 +283,7 @@ def export(
         warn_skipped(store, skipped)
     if output is not None:
         what = "rankings" if format == "rankings" else "preference pairs"
-        err.print(f"wrote {written} {what} to {output}", highlight=False, markup=False)  # a path may hold "[/]"
+        _err().print(f"wrote {written} {what} to {output}", highlight=False, markup=False)  # a path may hold "[/]"
 
 
 @prefs_app.command(
@@ -315,14 +321,14 @@ def import_(
             added = _import(store, votes, stops)
             duplicates = len(votes) - added
             dup = f"; {duplicates} duplicate{'' if duplicates == 1 else 's'} skipped" if duplicates else ""
-            err.print(
+            _err().print(
                 f"imported {added} vote{'' if added == 1 else 's'} from {file} into {store.path}{dup}",
                 highlight=False,
                 markup=False,  # paths may hold "[/]"
                 soft_wrap=True,
             )
     if margins:  # said, not dropped silently: the trainers read a file's margins only from the file itself
-        err.print(
+        _err().print(
             f"note: {len(margins)} row{'s' if len(margins) > 1 else ''} ({margins[0]}{' first' if len(margins) > 1 else ''}) "
             f'{"carry" if len(margins) > 1 else "carries"} a "margin", which votes do not store; '
             f"to train with them, give the file itself: tiankong train reward --data {file}",
@@ -339,7 +345,7 @@ def _import(store: Store, votes: list[Vote], stops: Stops) -> int:
     added = done = 0
     batches = store.import_batches(votes, batch_size=IMPORT_BATCH)
     try:
-        with progress("importing", len(votes), enabled=len(votes) > IMPORT_BATCH, console=err) as advance:
+        with progress("importing", len(votes), enabled=len(votes) > IMPORT_BATCH, console=_err()) as advance:
             while True:
                 with stops.held():  # a stop during a batch waits for its commit: the counts are then exact
                     step = next(batches, None)
@@ -369,7 +375,7 @@ def _kept(added: int, done: int, total: int, store: Store) -> str:
 def _say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
     """One line for an import stopped by Ctrl+C or SIGTERM, then exit 130 or 143 as a shell expects."""
     how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "stopped (Ctrl+C)"
-    err.print(f"{how}: {what}", highlight=False, markup=False, soft_wrap=True)
+    _err().print(f"{how}: {what}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(128 + signal.SIGTERM if isinstance(stop, Terminated) else 130)
 
 

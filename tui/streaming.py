@@ -9,6 +9,7 @@ model, which is why frames are few and the GIL changes hands often (app.GIL_SWIT
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,60 +44,112 @@ def on_engine_thread(fn: Callable[..., T], *args, **kwargs) -> T:
     return _ENGINE_THREAD.submit(fn, *args, **kwargs).result()
 
 
+class Apart:
+    """A stream read in its own thread, its events handed to the model thread through a queue: a
+    server's stream, whose next() waits on the network. Read in turn with the others, a stalled
+    server held every other column of a compare back (and one that broke failed them all)."""
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        self.events = events
+
+
 def stream_events(
-    start: Callable[[], Sequence[Iterable[Event]]],
+    start: Callable[[], Sequence[Iterable[Event] | Apart]],
     post: Callable[[Batch], None],
     cancel: threading.Event,
     frame_s: float = FRAME_S,
-) -> str | None:
+) -> dict[int, str]:
     """Run in a thread worker: start() the generate calls and read their streams on the model
     thread (on_engine_thread), one event from each in turn (so several engines advance token by
-    token together), calling post(batch) once frame_s has passed since the last batch and with
-    what is left at the end. A cancelled worker sets `cancel`, so generation stops after the
-    current token.
+    token together; an Apart stream is read in a thread of its own), calling post(batch) once
+    frame_s has passed since the last batch and with what is left at the end. A cancelled worker
+    sets `cancel`, so generation stops after the current token.
 
-    -> None when every stream ended, else why generation failed, in one line: a TiankongError's own
-    message, or any other exception (a bug) with its type, so that it shows instead of taking the
-    playground down.
+    -> why each stream that failed did (by its index in start()'s list; START when start() itself
+    failed), in one line: a TiankongError's own message, or any other exception (a bug) with its
+    type, so that it shows instead of taking the playground down. A stream that fails ends alone:
+    the others go on, and what it streamed before has been posted.
     """
     worker = get_current_worker()
     return on_engine_thread(_stream, start, post, cancel, frame_s, lambda: worker.is_cancelled)
 
 
+START = -1  # stream_events' key for start() failing: no stream began
+_POLL_S = 0.02  # with only Apart streams, the model thread waits on their queue this long at a time
+
+
+def why(e: BaseException) -> str:
+    """An exception in one line: a TiankongError's own message, else its type and message (a bug)."""
+    said = str(e).strip()
+    if isinstance(e, TiankongError) and said:
+        return said
+    return f"{type(e).__name__}: {said}" if said else type(e).__name__
+
+
+def _pump(s: int, events: Iterable[Event], out: queue.Queue) -> None:
+    """An Apart stream's thread: (s, event) for each event, (s, why) if it fails, (s, None) at its end."""
+    try:
+        for ev in events:
+            out.put((s, ev))
+    except Exception as e:
+        out.put((s, why(e)))
+    finally:
+        out.put((s, None))
+
+
 def _stream(
-    start: Callable[[], Sequence[Iterable[Event]]],
+    start: Callable[[], Sequence[Iterable[Event] | Apart]],
     post: Callable[[Batch], None],
     cancel: threading.Event,
     frame_s: float,
     cancelled: Callable[[], bool],
-) -> str | None:
+) -> dict[int, str]:
     """stream_events' loop, on the model thread."""
+    try:
+        streams = list(start())
+    except Exception as e:
+        return {START: why(e)}
+    errors: dict[int, str] = {}
+    apart: queue.Queue = queue.Queue()
+    here = [(s, iter(st)) for s, st in enumerate(streams) if not isinstance(st, Apart)]
+    away = {s for s, st in enumerate(streams) if isinstance(st, Apart)}
+    for s in away:
+        threading.Thread(target=_pump, args=(s, streams[s].events, apart), daemon=True).start()
     batch: Batch = []
     last = time.monotonic()
-    error: str | None = None
-    try:
-        streams = [(s, iter(events)) for s, events in enumerate(start())]
-        while streams:
-            for entry in list(streams):
+    while here or away:
+        for entry in list(here):
+            try:
                 ev = next(entry[1], None)
-                if ev is None:
-                    streams.remove(entry)
-                else:
-                    batch.append((entry[0], ev))
-            if cancelled():
-                cancel.set()
-            if batch and time.monotonic() - last >= frame_s:
-                post(batch)
-                batch, last = [], time.monotonic()
-    except Exception as e:
-        said = str(e).strip()
-        error = (
-            said
-            if isinstance(e, TiankongError) and said
-            else f"{type(e).__name__}: {said}"
-            if said
-            else type(e).__name__
-        )
+            except Exception as e:
+                ev, errors[entry[0]] = None, why(e)
+            if ev is None:
+                here.remove(entry)
+            else:
+                batch.append((entry[0], ev))
+        _drain(apart, batch, errors, away, wait=not here)
+        if cancelled():
+            cancel.set()
+        if batch and time.monotonic() - last >= frame_s:
+            post(batch)
+            batch, last = [], time.monotonic()
     if batch:
         post(batch)
-    return error
+    return errors
+
+
+def _drain(apart: queue.Queue, batch: Batch, errors: dict[int, str], away: set[int], wait: bool) -> None:
+    """What the Apart streams' threads have put so far into batch and errors; `away` loses the
+    streams that ended. wait: nothing else to read meanwhile, so wait a little for the first."""
+    while away:
+        try:
+            s, item = apart.get(timeout=_POLL_S) if wait else apart.get_nowait()
+        except queue.Empty:
+            return
+        wait = False
+        if item is None:
+            away.discard(s)
+        elif isinstance(item, str):
+            errors[s] = item
+        else:
+            batch.append((s, item))

@@ -38,7 +38,7 @@ from textual.widgets import Input, Label, Static
 
 from tiankong.engine.context import PromptCache
 from tiankong.engine.engine import Engine
-from tiankong.engine.events import Event, Finished, TokenEvent
+from tiankong.engine.events import Event, Finished, Timing, TokenEvent, Usage
 from tiankong.engine.model_names import display_name
 from tiankong.engine.remote import RemoteEngine, is_remote
 from tiankong.engine.sampling import SamplingParams
@@ -77,6 +77,23 @@ class Answering:
     forced: int = 0  # how many of `tokens` were forced (a branch), not generated
     finished: Finished | None = None
     ended: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def cut_short(run: Answering, error: str) -> Finished:
+    """The Finished of an answer whose stream failed part-way (a server killed or gone silent, an
+    engine that raised): finish reason "error", the text streamed so far, and why. Nothing the
+    model wrote is lost; the answer is stored, and ctrl+r answers again."""
+    generated = run.tokens[run.forced :]
+    return Finished(
+        row=0,
+        text="".join(t["text"] for t in generated),
+        finish_reason="error",
+        usage=Usage(0, len(generated)),
+        timing=Timing(0.0, 0.0, 0.0),
+        token_ids=tuple(t["id"] for t in generated),
+        message=error,
+        seed=run.params.seed,
+    )
 
 
 class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]):
@@ -339,7 +356,9 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             ]
 
         try:
-            error = stream_events(start, post, run.cancel)
+            error = next(iter(stream_events(start, post, run.cancel).values()), None)
+            if error is not None and run.finished is None and len(run.tokens) > run.forced:
+                run.finished = cut_short(run, error)  # the answer so far is kept, as a quit keeps it
             self.post_message(self.Done(run.answer, run.finished, run.params, run.preset, error))
         finally:
             run.ended.set()
@@ -357,6 +376,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         answer, fin, params = event.answer, event.finished, event.params
         if self._answering is not None and self._answering.answer is answer:
             self._answering = None  # stored here from now on, not by quitting
+        stopped_here = self._cancel is not None and self._cancel.is_set()  # esc; else a server's own cancel
         self.generating, self._cancel = False, None
         if fin is None or (fin.finish_reason == "error" and not fin.text):
             # Nothing to keep: the worker failed, or the model's first logits were not finite.
@@ -377,11 +397,31 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         answer.set_view(heatmap=self.heatmap)
         if answer.tokens:
             self.candidates.show(answer.tokens[-1], f"last of {len(answer.tokens)} tokens · f5 inspects all")
-        if fin.finish_reason == "error":  # non-finite logits part-way: keep what came before
-            self.notify(f"generation failed: {fin.message}", severity="error", timeout=10, markup=False)
-            self._status(f"generation failed (kept the partial answer): {fin.message}", error=True)
-            return
-        self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
+        if fin.finish_reason == "error":  # non-finite logits, a server gone, an engine error part-way
+            self._cut_short(fin.message)
+        elif fin.finish_reason == "cancelled" and not stopped_here:
+            self.notify(
+                "the server cancelled the answer (it is shutting down, or the answer ran past its --timeout); "
+                "the answer so far is kept: ctrl+r answers again",
+                severity="warning",
+                timeout=10,
+                markup=False,
+            )
+            self._status("cancelled by the server: kept the partial answer", error=True)
+        else:
+            self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
+
+    def _cut_short(self, why: str) -> None:
+        """Say that the answer failed part-way, kept as far as it got, and what to do."""
+        todo = (
+            "is the server still running? Start it again if not, then ctrl+r answers again"
+            if isinstance(self.engine, RemoteEngine)
+            else "ctrl+r answers again"
+        )
+        self.notify(
+            f"generation failed: {why}\nthe answer so far is kept; {todo}", severity="error", timeout=15, markup=False
+        )
+        self._status(f"generation failed (kept the partial answer; ctrl+r answers again): {why}", error=True)
 
     def _store_answer(
         self,
@@ -407,7 +447,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
 
     def _info(self, fin: Finished, params: SamplingParams, n_tokens: int) -> str:
         info = f"{finish_words(fin.finish_reason)} · {plural(n_tokens, 'token')} · seed {params.seed}"
-        if self.show_timing:
+        if self.show_timing and fin.timing.decode_tokens_per_s > 0:  # 0: not measured (one token, cut short)
             info += f" · {fin.timing.decode_tokens_per_s:.0f} tok/s"
         return info
 

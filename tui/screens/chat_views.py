@@ -20,7 +20,7 @@ from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
-from tiankong.tui.widgets.status import params_summary
+from tiankong.tui.widgets.status import params_summary, plural
 
 NARROW = 72  # below this many columns the candidates panel hides itself, leaving the transcript room
 
@@ -147,7 +147,7 @@ class ChatViews:
         if pending.strip():
             msgs.append({"role": "user", "content": pending})
         dropped = 0
-        if msgs and not isinstance(self.engine, RemoteEngine):
+        if msgs:  # the prompt the chat would send: without the turns that no longer fit, a server's too
             with contextlib.suppress(TiankongError):  # the last message alone too long: shown whole, with the count
                 dropped = self._fit(msgs)[1]
             msgs = drop_turns(msgs, dropped)
@@ -155,8 +155,9 @@ class ChatViews:
             prompt, ctx = self.engine.encode(messages=msgs), self.engine.cfg
             how = "estimated from characters" if prompt.estimated else "counted by the server"
             of = f" of a {ctx.max_seq_len}-token context" if ctx.context_known else " (context unknown)"
+            left = f" (the chat's first {plural(dropped, 'turn')} left out: no longer fit)" if dropped else ""
             self.notify(
-                f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}, {how}; the tokens stay there",
+                f"{self.engine.name}: the prompt is {len(prompt)} tokens{of}{left}, {how}; the tokens stay there",
                 markup=False,
             )
             return

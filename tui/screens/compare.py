@@ -2,7 +2,8 @@
 
 Columns come from one engine with 2–4 presets (all rows in ONE batched `engine.generate` call, so
 the presets share every forward pass) or from 2–4 engines with one preset (one batched call per
-engine, interleaved token by token in the same worker thread). Seeds are filled before generation
+engine, interleaved token by token on the model thread; a server's stream is read in a thread of
+its own, so one that stalls holds no other column back). Seeds are filled before generation
 so every stored response can be reproduced.
 
 Blind mode (the default) labels the columns A, B, C, D in a seeded random order and reveals which
@@ -39,14 +40,15 @@ from textual.widgets import Input, Static
 
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.engine.params import draw_seed
+from tiankong.engine.remote import RemoteEngine
 from tiankong.presets import Preset
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare_actions import CompareActions
 from tiankong.tui.screens.compare_queue import CompareQueue
-from tiankong.tui.screens.compare_rounds import Round, build_entrants, fill_seeds, fit_prompt, model_identity
+from tiankong.tui.screens.compare_rounds import LABELS, Round, build_entrants, fill_seeds, fit_prompt, model_identity
 from tiankong.tui.screens.compare_view import AnswerColumn, CompareView
 from tiankong.tui.store import Store
-from tiankong.tui.streaming import Batch, stream_events
+from tiankong.tui.streaming import START, Apart, Batch, stream_events
 from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.prompt import PromptInput
 
@@ -178,11 +180,12 @@ you stopped).
             self.number, self.dropped = number, dropped
 
     class Ended(Message):
-        """The worker is done with a round; `error` is set when generation failed."""
+        """The worker is done with a round; `error` is set when the round failed to start, `failed`
+        holds why each column whose engine failed part-way did (the others ran to their end)."""
 
-        def __init__(self, number: int, error: str | None = None) -> None:
+        def __init__(self, number: int, error: str | None = None, failed: dict[int, str] | None = None) -> None:
             super().__init__()
-            self.number, self.error = number, error
+            self.number, self.error, self.failed = number, error, failed or {}
 
     def __init__(
         self,
@@ -396,7 +399,9 @@ you stopped).
                 # A chat longer than the context loses its oldest turns, as the chat does (room for the longest answer).
                 ids, n = fit_prompt(engine, rnd.conversation, max(p.max_new_tokens for p in params))
                 dropped = max(dropped, n)
-                streams.append(engine.generate([ids] * len(cols), params, top_logprobs=0, cancel=rnd.cancel))
+                events = engine.generate([ids] * len(cols), params, top_logprobs=0, cancel=rnd.cancel)
+                # A server's stream is read in its own thread: one that stalls holds no other column back.
+                streams.append(Apart(events) if isinstance(engine, RemoteEngine) else events)
             if dropped:
                 self.post_message(self.Fitted(rnd.number, dropped))
             return streams
@@ -412,7 +417,9 @@ you stopped).
                     stats[c] = ev.message if ev.finish_reason == "error" else f"{ev.usage.completion_tokens} tokens"
             self.post_message(self.Streamed(rnd.number, list(texts), list(finish), list(stats)))
 
-        self.post_message(self.Ended(rnd.number, stream_events(start, post, rnd.cancel)))
+        errors = stream_events(start, post, rnd.cancel)
+        failed = {c: why for s, why in errors.items() if s != START for c in groups[s]}
+        self.post_message(self.Ended(rnd.number, errors.get(START), failed))
 
     def on_compare_screen_streamed(self, message: Streamed) -> None:
         rnd = self.round
@@ -435,6 +442,15 @@ you stopped).
         rnd.done = True
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = self.queue_active
+        for c, why in message.failed.items():  # its text so far stays; the other columns went on
+            rnd.finish[c], rnd.stats[c] = "failed", why
+        if message.failed and not message.error:
+            names = ", ".join(LABELS[c] for c in sorted(message.failed))
+            # A vote ranks every column's whole answer; one cut short by a failure would be junk in it.
+            message.error = (
+                f"{names} failed part-way, so this round takes no vote (a vote needs every column's answer); "
+                f"the answers stay on screen. {next(iter(message.failed.values()))}"
+            )
         if message.error:
             rnd.error = message.error  # nothing to vote on; n / r start again
             self.notify(message.error, title="Generation failed", severity="error", markup=False)

@@ -40,7 +40,9 @@ def fact_text(key: str, value: Any) -> str:
     if key == "parameters":
         return f"{value:,} ({value / 1e6:.2f} M)"
     if key == "bytes_per_token" and isinstance(value, int):
-        return f"{value / 1e6:.1f} MB of weights read per decoded token"
+        from tiankong.engine.model_list import human_bytes  # the kv cache's unit too (Engine.info)
+
+        return f"{human_bytes(value)} of weights read per decoded token"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
