@@ -129,13 +129,15 @@ def test_a_server_killed_mid_answer_keeps_and_stores_the_answer_so_far_and_ctrl_
             await send(pilot, "tell me more")
             cut = await answered(pilot, chat)
             status = str(chat.query_one("#status").render())
+            info = cut._info  # the answer's info line: how it ended
             kept = store.get_message(cut.message_id)
             server.mode = "ok"  # the server is back
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: chat.messages[-1] is not cut and chat.messages[-1].message_id is not None)
-            return kept, notes, status, store.get_chat(chat.chat_id).messages
+            return kept, notes, status, info, store.get_chat(chat.chat_id).messages
 
-    kept, notes, status, stored = run(go())
+    kept, notes, status, info, stored = run(go())
+    assert info.startswith("cut short by an error · 3 tokens"), info
     assert kept.content == "One two three" and kept.finish_reason == "error"
     assert [t["text"] for t in kept.tokens] == WORDS[:3]
     assert [m.role for m in stored] == ["user", "assistant"]  # the regenerated answer, shown; the cut one a branch

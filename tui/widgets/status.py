@@ -51,6 +51,7 @@ FINISH_WORDS = {
     "length": "max tokens",
     "context": "context full",
     "cancelled": "stopped",  # esc, a quit (ctrl+q, a signal), a skip or a new round in compare
+    "error": "cut short by an error",  # the server went away or the engine failed part-way: what came is kept
 }
 
 
