@@ -122,6 +122,8 @@ def _read(path: Path) -> dict[str, Any]:
 def _parse(path: Path, data: dict[str, Any], base: Preset | None) -> Preset:
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
+        if unknown[0] in SamplingParams.__dataclass_fields__:  # the first guess: temperature = 0.5 at the top
+            raise InputError(f"{path}: {unknown[0]!r} is a sampling value; put it under a [params] line")
         raise InputError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(_KEYS)}")
     params_table = _table(path, data, "params")
     try:

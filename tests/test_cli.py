@@ -178,6 +178,9 @@ def test_tokenize_info_presets(monkeypatch, capsys, model_dir):
     assert facts["context_length"] == 256 and facts["chat_template"] is False
     code, out, _ = cli(monkeypatch, capsys, "presets")
     assert code == 0 and all(n in out for n in ("balanced", "precise", "creative", "chat", "deterministic"))
+    code, out, _ = cli(monkeypatch, capsys, "presets", "creative")  # QA: its unset seed read "None"
+    seed_row = next(line for line in out.splitlines() if line.split("│")[0].strip(" │┃") == "seed")
+    assert code == 0 and "random" in seed_row and "None" not in out
 
 
 def test_console_script_help_has_examples():

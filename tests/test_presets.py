@@ -122,6 +122,7 @@ def test_unknown_preset_lists_available_names(no_user_dir):
         ("[params]\ntempreature = 1.0\n", r"unknown sampling parameter 'tempreature'"),
         ("[params\ntemperature = 1\n", r"invalid TOML"),
         ("colour = 'blue'\n", r"unknown key 'colour'"),
+        ("temperature = 0.5\n", r"'temperature' is a sampling value; put it under a \[params\] line"),  # QA
         ("params = 3\n", r"\[params\] must be a table"),
         ("description = ''\n", r"description must be a non-empty string"),
         ("[recommended]\ntop_p = [0.5, 1.5]\n", r"top_p must be \[low, high\] with 0 <= low"),

@@ -183,11 +183,18 @@ def test_reward_score_takes_the_records_tiankong_generate_writes(llama_dir, tmp_
     base, mcfg = load_model(llama_dir, "cpu", "float32")
     rm = RewardModel(base, mcfg).save(tmp_path / "rm", tokenizer_from=llama_dir)
     generated = tmp_path / "answers.jsonl"
-    generated.write_text(json.dumps({"prompt": "Hi", "seed": 1, "text": " there"}) + "\n")
+    conversation = [{"role": "user", "content": "Hi"}]  # QA: generate writes "prompt": null beside "messages"
+    generated.write_text(
+        json.dumps({"prompt": "Hi", "seed": 1, "text": " there"})
+        + "\n"
+        + json.dumps({"prompt": None, "messages": conversation, "seed": 1, "text": " there"})
+        + "\n"
+    )
     scored = tmp_path / "scored.jsonl"
     score_file(rm, str(generated), scored, device="cpu")
-    row = json.loads(scored.read_text())
-    assert row["text"] == " there" and isinstance(row["score"], float) and "response" not in row
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert all(row["text"] == " there" and isinstance(row["score"], float) for row in rows)
+    assert "response" not in rows[0] and rows[1]["messages"] == conversation
 
 
 def test_a_vocabulary_smaller_than_the_characters_asks_for_a_larger_vocab_size(tmp_path):

@@ -64,7 +64,9 @@ def sequence_logprobs(
 @dataclass
 class DPOConfig(PreferenceConfig):
     output: str = opt("runs/dpo", "Output folder: the tuned model as a Hugging Face folder, plus metrics.")
-    model: str = opt("", "Starting model (usually the SFT model); also the frozen reference.")
+    model: str = opt(
+        "", "Starting model (usually the SFT model); also the frozen reference. Default: the bundled tiankong-mini."
+    )
     lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (3e-4 at 3M parameters, 1e-6 at 1B).")
     # --- DPO
     beta: float = opt(0.1, "How far from the reference the policy may move: higher = stay closer.")

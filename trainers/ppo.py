@@ -100,7 +100,9 @@ class PolicyAndValue(nn.Module):
 @dataclass
 class PPOConfig(TrainConfig):
     output: str = opt("runs/ppo", "Output folder: the policy as a Hugging Face folder, the value model in value/.")
-    model: str = opt("", "Starting policy (usually the SFT model); also the frozen reference.")
+    model: str = opt(
+        "", "Starting policy (usually the SFT model); also the frozen reference. Default: the bundled tiankong-mini."
+    )
     reward: str = opt("", "Reward model folder (from `tiankong train reward`); the value model starts from it.")
     prompts: str = opt("", 'Prompts: text lines, or JSONL with "prompt" or "messages" (default: --data).')
     data: str = opt("", "Same as --prompts.")

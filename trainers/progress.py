@@ -40,6 +40,7 @@ class progress:
         self.bar: Any = None  # the rich Progress while a bar is drawn
         self.info = ""  # the latest metrics, as shown
         self.lines: Console | None = None  # the console of plain lines
+        self.shown: int | None = None  # the count the last plain line gave
 
     def __enter__(self) -> progress:
         self.start, self.first = time.monotonic(), self.done
@@ -101,7 +102,8 @@ class progress:
             self.bar.stop()
             self.bar = None
         elif self.lines is not None:
-            self._line()  # where it ended, whether finished or stopped
+            if self.shown != self.done:  # where it ended, whether finished or stopped, unless just said
+                self._line()
             self.lines = None
 
     def _part(self) -> int:
@@ -119,6 +121,7 @@ class progress:
         elapsed = _clock(time.monotonic() - self.start)
         line = f"{self.label} {self.done}/{self.total}{pct}  {elapsed}  {self._eta()}"
         line += f"  {self.info}" if self.info else ""
+        self.shown = self.done
         self.lines.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 

@@ -235,7 +235,10 @@ def read_reward_config(folder: Path) -> dict[str, Any]:
 @dataclass
 class RewardConfig(PreferenceConfig):
     output: str = opt("runs/rm", "Output folder: base model files + reward_head.safetensors + reward_config.json.")
-    model: str = opt("", "Base model (a Hugging Face folder, usually the SFT model) the reward head sits on.")
+    model: str = opt(
+        "",
+        "Base model (a Hugging Face folder, usually the SFT model) the reward head sits on. Default: the bundled tiankong-mini.",
+    )
     lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (3e-3 at 3M parameters, 1e-5 at 1B).")
     # --- reward model
     margin: float = opt(0.0, 'Margin subtracted from r_better - r_worse for pairs without their own "margin".')
@@ -329,6 +332,12 @@ class RewardTrainer(PreferenceTrainer):
 # ---------------------------------------------------------------- tiankong reward score
 
 
+def _prompt_of(obj: dict) -> Any:
+    """A record's prompt: its "prompt", else its "messages" (`tiankong generate` writes "prompt": null
+    beside the messages of a conversation's record)."""
+    return obj["prompt"] if obj.get("prompt") is not None or "messages" not in obj else obj["messages"]
+
+
 def _response_key(obj: dict) -> str:
     """The answer of a line: "response", or "text" in `tiankong generate`'s records (README chains them)."""
     return "response" if "response" in obj else "text"
@@ -353,7 +362,7 @@ def score_file(model: Path, input: str, output: Path | None, device: str = "auto
                 f'{name} line {n}: expected an object with "prompt" (or "messages") and "response" '
                 '(or "text", as `tiankong generate` writes)'
             )
-        prompt = obj["prompt"] if "prompt" in obj else obj["messages"]
+        prompt = _prompt_of(obj)
         try:
             if isinstance(prompt, list):  # messages: checked as preference records' prompts are
                 messages_field(prompt, "prompt")
@@ -402,13 +411,13 @@ def _score_rows(rm: RewardModel, rows: list[tuple[int, dict]], name: str, show_p
             chunk = rows[i : i + batch]
             try:
                 scores += rm.score(
-                    [o["prompt"] if "prompt" in o else o["messages"] for _, o in chunk],
+                    [_prompt_of(o) for _, o in chunk],
                     [o[_response_key(o)] for _, o in chunk],
                 )
             except TiankongError as e:  # find the line
                 for n, o in chunk:
                     try:
-                        rm.score([o["prompt"] if "prompt" in o else o["messages"]], [o[_response_key(o)]])
+                        rm.score([_prompt_of(o)], [o[_response_key(o)]])
                     except TiankongError as e1:
                         raise InputError(f"{name} line {n}: {e1}") from None
                 raise e

@@ -307,6 +307,7 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
         table.add_column(col)
     for key, value in p.params.to_dict().items():
         rec = p.recommended.get(key)
-        table.add_row(key, Text(str(value)), f"{rec[0]:g} – {rec[1]:g}" if rec else "")  # stop strings: "[/INST]"
+        shown = "random" if key == "seed" and value is None else str(value)  # as the list says it
+        table.add_row(key, Text(shown), f"{rec[0]:g} – {rec[1]:g}" if rec else "")  # stop strings: "[/INST]"
     con.print(table)
     con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")

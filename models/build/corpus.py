@@ -18,6 +18,8 @@ import argparse
 import random
 from pathlib import Path
 
+from tiankong.engine.model_list import human_bytes
+
 from .facts import FACTS
 from .lexicon import (
     ANIMALS,
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     stats = write_corpus(args.out, args.docs, args.seed)
-    print(f"{args.out}: {stats['docs']} documents, {stats['bytes'] / 1e6:.1f} MB")
+    print(f"{args.out}: {stats['docs']} documents, {human_bytes(stats['bytes'])}")
 
 
 if __name__ == "__main__":
