@@ -38,7 +38,7 @@ def prompt_pieces(eng: Any, ids: list[int]) -> Text:
 def fact_text(key: str, value: Any) -> str:
     """One fact of Engine.info() as people read it; `tiankong info` and the f-key view share it."""
     if key == "parameters":
-        return f"{value:,} ({value / 1e6:.2f} M)"
+        return f"{value:,} ({value / 1e6:.2f}M)"  # no space: a narrow panel wrapped "M)" alone
     if key == "bytes_per_token" and isinstance(value, int):
         from tiankong.engine.model_list import human_bytes  # the kv cache's unit too (Engine.info)
 
