@@ -215,15 +215,15 @@ def reason() -> str | None:
     return _reason
 
 
-def matvec(lib: Library, w: torch.Tensor, type_: int, x: torch.Tensor) -> torch.Tensor:
+def matvec(lib: Library, w: torch.Tensor, type_: int, x: torch.Tensor, n_threads: int | None = None) -> torch.Tensor:
     """The compiled step's own product y (B, O) = x (B, I) W^T for one weight of ggml type `type_`:
-    W float32 (O, I), or uint8 (O, row bytes) of quantized rows. For tests and bench/quant.py."""
+    W float32 (O, I), or uint8 (O, row bytes) of quantized rows; a row of y has the same bits at any
+    B. The step's head for a prompt's last tokens (NativeStep.head), tests and bench/quant.py."""
     assert w.is_contiguous() and x.dtype == torch.float32
     x = x.contiguous()
     y = torch.empty(x.shape[0], w.shape[0])
-    rc = lib.tk_matvec(
-        type_, w.data_ptr(), w.shape[0], x.shape[1], x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads()
-    )
+    n_threads = torch.get_num_threads() if n_threads is None else n_threads
+    rc = lib.tk_matvec(type_, w.data_ptr(), w.shape[0], x.shape[1], x.data_ptr(), x.shape[0], y.data_ptr(), n_threads)
     if rc != 0:
         raise MemoryError("the compiled matrix-vector product could not allocate its scratch memory")
     return y

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from . import threads
+from . import native, threads
 from .kv_cache import kv_dtype
 from .packed import huge_empty
 
@@ -175,21 +175,8 @@ class NativeStep:
         at any number of rows; oneDNN's rounds one row differently from several, and a prompt's
         first token would then depend on the prompts beside it."""
         x = x.to(torch.float32, memory_format=torch.contiguous_format)  # (N, D)
-        out = self.model.output
-        logits = torch.empty(x.shape[0], out.shape[0])
-        rc = self.lib.tk_matvec(
-            self.struct.out_type,
-            out.data_ptr(),
-            out.shape[0],
-            x.shape[1],
-            x.data_ptr(),
-            x.shape[0],
-            logits.data_ptr(),
-            threads.now(self.threads or threads.CHOICE),
-        )
-        if rc != 0:
-            raise MemoryError("the compiled matrix-vector product could not allocate its scratch memory")
-        return logits
+        n_threads = threads.now(self.threads or threads.CHOICE)
+        return native.matvec(self.lib, self.model.output, self.struct.out_type, x, n_threads)  # (N, V)
 
     def __call__(
         self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache, start: int
