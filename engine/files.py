@@ -291,6 +291,42 @@ def why(e: OSError) -> str:
     return hints.get(e.errno, f"{e.strerror or e}; check the path")
 
 
+def lock_with_pid(path: Path) -> int | str | None:
+    """Open `path` (made if missing) and lock it for this process (flock, exclusive, not waiting),
+    its pid written inside, for a run that must be the only one on something (an output folder, an
+    output file): the lock ends with the process however it ends.
+
+    -> the open, locked fd; the pid another process wrote there (a str, "?" if none) when that
+    process holds the lock; None when the file was removed after it was opened (a lock on a removed
+    file guards nothing: its holder ended, or failed and removed it). OSError: it cannot be made or
+    written (the fd is closed)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            return os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+    try:
+        held, now = os.fstat(fd), os.stat(path)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            os.close(fd)
+            return None
+    except FileNotFoundError:
+        os.close(fd)
+        return None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_target(path: str | Path, probe: bool = False) -> Path:
     """Where writing `path` really goes: itself, or the file a symlink points to.
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from tiankong.engine.errors import InputError
-from tiankong.engine.files import WriteError, fsync_dir, why
+from tiankong.engine.files import WriteError, fsync_dir, lock_with_pid, why
 from tiankong.engine.weights import TOKENIZER_FILES
 
 from .trainer_state import STATE_JSON, STATE_TENSORS, save_state
@@ -224,42 +224,16 @@ def _mkdir(out: Path) -> bool:
 def _lock(out: Path) -> int:
     """An exclusive lock on the output folder for the whole run (released when the process ends,
     however it ends): two runs writing one folder would silently lose one's results."""
-    import fcntl
-
     path = out / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        got = lock_with_pid(path)
     except OSError as e:
         raise InputError(f"cannot write into --output {out}: {why(e)}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        try:
-            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-        finally:
-            os.close(fd)
-        raise InputError(
-            f"--output {out} is in use by another run (pid {pid}); wait for it or choose another folder"
-        ) from None
-    if not _same_file(fd, path):  # a run that failed removed its new folder, lock file and all, after we opened it
-        os.close(fd)
+    if isinstance(got, str):
+        raise InputError(f"--output {out} is in use by another run (pid {got}); wait for it or choose another folder")
+    if got is None:  # a run that failed removed its new folder, lock file and all, after we opened it
         raise InputError(f"--output {out} was removed by another run that just failed; run again")
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-    except OSError as e:
-        os.close(fd)
-        raise InputError(f"cannot write into --output {out}: {why(e)}") from None
-    return fd
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether the open lock file is still the one at `path` (a lock on a removed file guards nothing)."""
-    try:
-        held, now = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+    return got
 
 
 _CLAIMS: dict[Path, bool] = {}  # output folders this process holds -> whether the run resumes

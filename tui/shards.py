@@ -26,6 +26,7 @@ would append to the same part files, and the first's merge would remove them und
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tiankong.engine.errors import InputError
-from tiankong.engine.files import WriteError, atomic_open, fsync_dir, why
+from tiankong.engine.files import WriteError, atomic_open, fsync_dir, lock_with_pid, why
 
 _PART = re.compile(r"\.part-(\d+)$")
 
@@ -174,34 +175,19 @@ class OutputLock:
         self.fd: int | None = None
 
     def __enter__(self) -> OutputLock:
-        try:
-            import fcntl
-        except ImportError:
+        if importlib.util.find_spec("fcntl") is None:
             return self
-        while self.fd is None:
+        while self.fd is None:  # None: the run that held it removed it after we opened it: lock the new one
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                got = lock_with_pid(self.path)
             except OSError as e:
                 raise WriteError(self.path, why(e)) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-                os.close(fd)
+            if isinstance(got, str):
                 raise InputError(
-                    f"--output {self.output} is being written by another run (pid {pid}); wait for it to end "
+                    f"--output {self.output} is being written by another run (pid {got}); wait for it to end "
                     "or choose another --output"
                 ) from None
-            if _same_file(fd, self.path):
-                self.fd = fd
-                try:
-                    os.ftruncate(fd, 0)
-                    os.write(fd, f"{os.getpid()}\n".encode())
-                except OSError as e:
-                    self.__exit__()
-                    raise WriteError(self.path, why(e)) from None
-            else:  # the run that held it ended and removed it after we opened it: lock the file there now
-                os.close(fd)
+            self.fd = got
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -210,15 +196,6 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
             os.close(self.fd)
             self.fd = None
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether the open lock file is still the one at `path` (a lock on a removed file guards nothing)."""
-    try:
-        held, now = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def merge(output: Path, rows: Sequence[tuple[int, str]]) -> None:
