@@ -152,14 +152,28 @@ def _gguf_in(folder: Path, path: Path) -> Path:
     """`path`, a .gguf file a model folder holds, checked as every file of one is (engine/files
     LINK_RULE): a link may lead only inside `folder` or into a cache's blobs/ (the Hugging Face
     cache's own snapshots, Ollama models linked into LM Studio). The file named itself (--model
-    FILE.gguf) is the person's choice and is not checked here."""
+    FILE.gguf) is the person's choice and is not checked here; nor is a GGUF file that LM Studio's
+    own models folder links to (`lms import --symbolic-link` leaves the file where it was and puts
+    a link in the store): that folder is the person's store, and what the link leads to must be a
+    regular file that starts as a GGUF file does, so no other file of theirs is read through it."""
     real = link_out(folder, path)
+    if real is not None and _lmstudio_import(folder, real):
+        return path
     if real is not None:
         raise ModelLoadError(
             f"{path} is a link to {real}, outside the model folder; {LINK_RULE}: copy the real file into "
             f"the folder (cp -L), or pass the file itself (--model {real})"
         )
     return _regular(path)
+
+
+def _lmstudio_import(folder: Path, real: Path) -> bool:
+    """Whether `folder` lies in one of LM Studio's models folders and `real` (a link's resolved
+    target) is a regular GGUF file: what `lms import --symbolic-link` makes."""
+    roots = [r.resolve() for r in lmstudio_dirs()]
+    inside = any(root == folder.resolve() or root in folder.resolve().parents for root in roots)
+    st = _stat(real) if inside else None
+    return st is not None and stat.S_ISREG(st.st_mode) and _starts_gguf(real)
 
 
 def _starts_gguf(path: Path) -> bool:

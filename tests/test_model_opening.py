@@ -179,14 +179,29 @@ def test_a_gguf_in_a_folder_follows_the_same_rule(tmp_path, monkeypatch, capsys)
     assert code == 0, err
 
 
-def test_models_skips_an_lm_studio_gguf_linked_from_elsewhere(stores, tmp_path):  # noqa: F811 - the fixtures imported above
+def test_an_lm_studio_import_by_link_is_listed_and_opens_but_no_other_file_behind_a_link(stores, tmp_path):  # noqa: F811 - the fixtures imported above
+    """`lms import --symbolic-link` leaves the file where it was and links it into LM Studio's
+    store: that store is the person's own, so a link there to a GGUF file is followed (listed, opened
+    by name). A link there to anything that is not a GGUF file (a key named x.gguf) is not."""
     lm = stores / ".lmstudio" / "models" / "me" / "linked"
     lm.mkdir(parents=True)
-    (lm / "x.gguf").symlink_to(header_gguf(tmp_path / "downloads" / "x.gguf"))
+    outside = header_gguf(tmp_path / "downloads" / "x.gguf")
+    (lm / "x.gguf").symlink_to(outside)
     skipped: list[str] = []
-    names = [m.name for m in list_models(skipped)]
-    assert "me/linked" not in names and "gguf-org/only-gguf" in names
+    found = {m.name: m for m in list_models(skipped)}
+    assert "me/linked" in found and found["me/linked"].architecture is not None, (sorted(found), skipped)
+    assert resolve_model("me/linked") == lm / "x.gguf"
+
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (lm / "x.gguf").unlink()
+    (lm / "x.gguf").symlink_to(secret)
+    skipped = []
+    assert "me/linked" not in [m.name for m in list_models(skipped)]
     assert any("x.gguf is a link to" in line and "outside the model folder" in line for line in skipped), skipped
+    with pytest.raises(ModelLoadError, match="outside the model folder"):
+        resolve_model("me/linked")
 
 
 # --- 3. quantized checkpoints ----------------------------------------------------------------------
