@@ -29,7 +29,7 @@ from .tokenizer import Tokenizer
 RAW_MESSAGE_SEPARATOR = "\n\n"
 
 # The fix for a template that cannot be used, the model's own or a --chat-template file.
-_FIX = "fix the template, pass another with --chat-template FILE, or use raw mode"
+_FIX = "fix the template, pass another file (--chat-template FILE, or chat_template=PATH in Python), or use raw mode"
 
 # A --chat-template file larger than this is not a template (the largest known are ~20 KB).
 TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024
@@ -167,7 +167,7 @@ class ChatTemplate:
             where = f"{origin}: " if origin is not None else ""
             raise ChatTemplateError(
                 f"{where}the chat template ignores the messages (two different prompts render the same "
-                "text); fix it or pass --chat-template FILE"
+                "text); fix it or pass another file (--chat-template FILE, or chat_template=PATH in Python)"
             )
 
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:

@@ -159,7 +159,9 @@ class ModelConfig:
     @classmethod
     def from_folder(cls, folder: str | Path) -> ModelConfig:
         if model_file(folder, "config.json") is None:
-            raise ModelLoadError(f"no config.json in {folder}; point --model at a Hugging Face model folder")
+            raise ModelLoadError(
+                f"no config.json in {folder}; give a Hugging Face model folder (--model DIR, or its path in Python)"
+            )
         return cls.from_hf_config(read_model_object(folder, "config.json"))
 
 

@@ -10,6 +10,7 @@ The CLI, the TUI and the trainers all go through this class.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,14 @@ from .generate import generate
 from .gguf_model import GGUFModel, is_gguf, peek
 from .kv_cache import kv_dtype
 from .llama_packed import PackedLlama
-from .model import load_model, prepare_for_inference, resolve_device
+from .model import dtype_name, load_model, prepare_for_inference, resolve_device
 from .model_list import human_bytes
 from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
 from .quant import weight_summary
-from .request_checks import check_count, check_flag, check_params, token_id_lists
+from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
@@ -67,6 +68,21 @@ def tokenizer_and_template(
     return tokenizer, gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
 
 
+def _check_template_path(chat_template: object) -> None:
+    """chat_template is a path (str or Path) or None; template text in its place is refused by name
+    (it would otherwise be read as a file name, "cannot read {% for ...")."""
+    if chat_template is None:
+        return
+    if not isinstance(chat_template, (str, Path)):
+        raise InputError(f"chat_template must be a file path (str or Path), got {a_type(chat_template)}")
+    text = str(chat_template)
+    if ("{%" in text or "{{" in text or "\n" in text) and not os.path.exists(os.path.expanduser(text)):
+        raise InputError(
+            "chat_template is the path of a template file, not the template's text; "
+            "save the template to a file (e.g. template.jinja) and pass its path"
+        )
+
+
 def _chars(texts: Sequence[Any]) -> int:
     """Characters of the texts among `texts` (a message's content may be something else)."""
     return sum(len(t) for t in texts if isinstance(t, str))
@@ -87,26 +103,31 @@ class Engine:
     @classmethod
     def load(
         cls,
-        folder: str | Path,
+        folder: str | Path | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = "auto",
         pack: bool = True,
         chat_template: str | Path | None = None,
     ) -> Engine:
         """Load a model folder, a GGUF file, or a name (engine/resolve.py: the Hugging Face cache,
-        LM Studio, ollama:NAME).
+        LM Studio, ollama:NAME); None (the default) loads the bundled model, tiankong-mini.
         Raises ModelLoadError with a one-line reason.
+
+        device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps". dtype: "auto",
+        float32, bfloat16, float16, or a quantized type (q8_0, q4_0, q4_1, q5_0, q5_1: the weights
+        quantized at load); names in any case.
 
         pack: on CPU, rearrange the weights for inference (model.prepare_for_inference): the Llama
         family decodes through the compiled step where it builds (native.py), otherwise with
         oneDNN-packed weights; the model then runs forward only, in inference mode. False keeps the
-        plain modules. chat_template: a template file used instead of the model's own. A GGUF file's
+        plain modules. chat_template: the path of a template file (Jinja, or JSON with "chat_template")
+        used instead of the model's own; template text is refused, to be saved to a file. A GGUF file's
         quantized matrices stay quantized where the compiled step reads them (_keeps_blocks), else they
         are dequantized to `dtype` at load.
         """
         pack = check_flag("pack", pack)
-        if chat_template is not None and not isinstance(chat_template, (str, Path)):
-            raise InputError(f"chat_template must be a file path (str or Path), got {type(chat_template).__name__}")
+        _check_template_path(chat_template)
+        dtype = dtype_name(dtype)  # "Q8_0" as "q8_0" (_keeps_blocks reads it too)
         folder = resolve_model(folder)
         # One reader for weights, tokenizer and template; blocks kept where the compiled step reads them.
         gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, pack)) if is_gguf(folder) else None
@@ -124,7 +145,15 @@ class Engine:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (its float weights and activations). Quantized weights
+        (dtype="q8_0", a GGUF file's blocks) are float32 here: their types are `quantized`."""
         return next(self.model.parameters()).dtype
+
+    @property
+    def quantized(self) -> list[str]:
+        """The quantized types of the weights (["q8_0"], ["q4_k", "q6_k"]); [] for float weights."""
+        floats = {"float64", "float32", "bfloat16", "float16"}
+        return sorted(k for k in self.weights.get("types", {}) if k not in floats)
 
     def encode(
         self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None, raw: bool = False
@@ -151,6 +180,13 @@ class Engine:
                 raise InputError("empty prompt and the model has no BOS token to start from; give some text")
             ids = [start]
         return ids
+
+    def decode(self, ids: TokenIds, skip_special_tokens: bool = False) -> str:
+        """Token ids (a list, or a 1-D array or tensor) -> their text, as the tokenizer decodes them:
+        e.g. a Finished's token_ids, or encode's ids. skip_special_tokens leaves out the tokenizer's
+        special tokens (BOS, EOS)."""
+        ids = token_id_lists([ids], self.cfg.vocab_size)[0]
+        return self.tokenizer.decode(ids, skip_special_tokens=check_flag("skip_special_tokens", skip_special_tokens))
 
     def fit(
         self,
@@ -216,7 +252,7 @@ class Engine:
 
     def generate(
         self,
-        prompts: Sequence[Sequence[int]],
+        prompts: Sequence[TokenIds],
         params: Sequence[SamplingParams],
         *,
         top_logprobs: int = 0,
@@ -238,7 +274,8 @@ class Engine:
         (`push`, then `finish(fin.text)`), as `tiankong serve` does.
 
         The arguments are checked by this call, not at the first next(): a wrong one raises
-        InputError (a ValueError) naming it and the fix.
+        InputError (a ValueError) naming it and the fix. Calls from several threads may run at once:
+        each has its own KV cache, freed when its last Finished is yielded.
         """
         prompts = token_id_lists(prompts, self.cfg.vocab_size)
         params = check_params(params, len(prompts))
@@ -296,7 +333,8 @@ class Engine:
             "context_length": c.max_seq_len,
             "vocab_size": c.vocab_size,
             "tied_embeddings": c.tie_embeddings,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": str(self.dtype).removeprefix("torch.")
+            + (f" (quantized weights: {', '.join(self.quantized)})" if self.quantized else ""),
             "weight_types": ", ".join(f"{k} x{v}" for k, v in sorted(self.weights.get("types", {}).items())),
             "bytes_per_token": self.weights.get("bytes_per_token"),
             "kv_cache": f"{str(kv).removeprefix('torch.')}, {human_bytes(kv_bytes)} per token and row",

@@ -33,7 +33,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence, cast
+from typing import Callable, Iterator, Sequence, cast
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ from .errors import InputError
 from .events import Candidate, Event, Finished, TokenEvent
 from .kv_cache import build_mask
 from .prefill import _Batch, _long_rope_rereads_a_row, _prefill, _reread_long_rope, _Row
-from .request_checks import check_cancel, check_params, check_top_logprobs, token_id_lists
+from .request_checks import TokenIds, a_type, check_cancel, check_params, check_top_logprobs, token_id_lists
 from .sampling import Draw, SamplingParams
 from .tokenizer import IncrementalDecoder, Tokenizer
 
@@ -60,12 +60,12 @@ def generate(
     model: nn.Module,
     cfg: ModelConfig,
     tokenizer: Tokenizer,
-    prompts: Sequence[Sequence[int]],
+    prompts: Sequence[TokenIds],
     params: Sequence[SamplingParams],
     *,
     top_logprobs: int = 0,
     cancel: threading.Event | None = None,
-    text_of=None,
+    text_of: Callable[[int], str] | None = None,
     prompt_cache: PromptCache | None = None,
 ) -> Iterator[Event]:
     """Generate a continuation for every prompt; yields TokenEvents as they come, one Finished per row.
@@ -86,7 +86,7 @@ def generate(
     top_logprobs = check_top_logprobs(top_logprobs, cfg.vocab_size)
     check_cancel(cancel)
     if prompt_cache is not None and not isinstance(prompt_cache, PromptCache):
-        raise InputError(f"prompt_cache must be a PromptCache or None, got a {type(prompt_cache).__name__}")
+        raise InputError(f"prompt_cache must be a PromptCache or None, got {a_type(prompt_cache)}")
     rows = _setup_rows(cfg, tokenizer, prompts, params, prompt_cache)
     if not rows:
         return _no_events()
@@ -108,7 +108,7 @@ def _events(
     rows: list[_Row],
     top_logprobs: int,
     cancel: threading.Event | None,
-    text_of,
+    text_of: Callable[[int], str] | None,
     prompt_cache: PromptCache | None,
 ) -> Iterator[Event | None]:
     """generate's loop. It first yields None, which generate() takes: from then on, the generator
@@ -120,7 +120,7 @@ def _events(
         yield None
         batch = _prefill(model, cfg, prompts, rows, prompt_cache)
         eos = frozenset(tokenizer.eos_ids)
-        text_of = text_of or tokenizer.token_text
+        token_text = text_of or tokenizer.token_text
         while True:
             if cancel is not None and cancel.is_set():
                 # Cancelled between tokens: every row keeps exactly what it had streamed.
@@ -128,10 +128,14 @@ def _events(
                     yield _cancelled(r)
                 return
             draw = _draw(batch, eos, top_logprobs)
-            events, keep = _step_events(model, batch, draw, text_of, prompt_cache)
-            yield from (ev for _, ev in events)
+            events, keep = _step_events(model, batch, draw, token_text, prompt_cache)
             if not keep:
+                # The KV cache goes before the last Finished, not when the generator does: a caller
+                # may stop reading there and keep the generator (a prompt cache keeps its own).
+                del batch, draw
+                yield from (ev for _, ev in events)
                 return
+            yield from (ev for _, ev in events)
             if len(keep) < len(batch.rows):
                 _evict(batch, keep, draw)
             _decode(model, cfg, batch, draw.tokens, prompt_cache)
@@ -183,7 +187,7 @@ def _draw(batch: _Batch, eos: frozenset[int], top_logprobs: int) -> _Draw:
 
 
 def _step_events(
-    model: nn.Module, batch: _Batch, draw: _Draw, text_of, prompt_cache: PromptCache | None
+    model: nn.Module, batch: _Batch, draw: _Draw, text_of: Callable[[int], str], prompt_cache: PromptCache | None
 ) -> tuple[list[tuple[_Row, Event]], list[int]]:
     """Each row's TokenEvent for this draw, and Finished for the rows it ends (non-finite logits,
     EOS, a stop string, max tokens or the context), as (row, event) pairs -> (events, rows to keep)."""
@@ -353,6 +357,6 @@ def nonfinite_reason(model: nn.Module) -> str:
         else ("the weights are finite")
     )
     return (
-        f"{weights}, so an activation overflowed (common in float16: try --dtype float32) "
+        f"{weights}, so an activation overflowed (common in float16: load float32, --dtype float32 or dtype='float32' in Python) "
         "or a config value such as rope_theta or rope_scaling is wrong"
     )

@@ -327,7 +327,7 @@ class PackedLlama(nn.Module):
             # Unfolded, long-rope's scale is one on the query heads, which is right only when RoPE
             # turns whole heads (then q.k carries it squared).
             raise ValueError(
-                "quantized weights with long-rope over part of each head are not supported; use --dtype float32"
+                "quantized weights with long-rope over part of each head are not supported; load float32 (--dtype float32, or dtype='float32' in Python)"
             )
         self.q_scale = _quantized_q_scale(self.cfg, self.cfg.qk_norm)  # qk_norm: the layers have q/k norms
         packed = [self._pack_layer_quantized(self.cfg, layer, own) for layer in model.layers]

@@ -10,13 +10,14 @@ from torch import nn
 
 from . import gemma, gpt2, llama
 from .config import ModelConfig
-from .errors import ModelLoadError
+from .errors import InputError, ModelLoadError, quoted
 from .gguf_model import GGUFModel, is_gguf
 from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
 from .native import library as native_library
 from .packed import can_pack, pack_linears
 from .quant import QUANTIZABLE, is_quantized, quantize_model
+from .request_checks import check_flag
 from .rope import rope_buffers
 from .weight_names import NameTable
 from .weights import check_checkpoint, load_weights
@@ -34,27 +35,46 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    name = str(device)
+    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error. Names
+    are read in any case ("CPU", "Cuda:1")."""
+    name = str(device).strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind = name.split(":")[0]
-    if kind not in DEVICES:
-        raise ModelLoadError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES or (kind == "auto" and index) or (index and not index.isdigit()):
+        raise ModelLoadError(
+            f"unknown device {quoted(device)!r}; choose one of {', '.join(DEVICES)} (cuda:N for one GPU)"
+        )
+    # The fix names the CLI flag and the Python argument: Engine.load and the CLI share these messages.
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device cuda requested but no CUDA GPU is visible; use --device cpu")
+        raise ModelLoadError(f"device {name} requested but no CUDA GPU is visible; {_USE_CPU}")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"device {name} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); choose one of them, or {_USE_CPU}"
+        )
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelLoadError("device mps requested but Metal is not available; use --device cpu")
+        raise ModelLoadError(f"device {name} requested but Metal is not available; {_USE_CPU}")
     return torch.device(name)
+
+
+_USE_CPU = "use the CPU (--device cpu, or device='cpu' in Python)"
+
+
+def dtype_name(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    """A dtype as load_model reads it: a name in lower case ("BFLOAT16", "Q8_0" are accepted)."""
+    return dtype.strip().lower() if isinstance(dtype, str) else dtype
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """'auto': float32 on CPU (fast and exact there), bfloat16 on GPUs that have it, else float16.
-    A quantized type (q8_0, q4_0, q4_1, q5_0, q5_1) loads in float32, which load_model then quantizes."""
+    A quantized type (q8_0, q4_0, q4_1, q5_0, q5_1) loads in float32, which load_model then quantizes.
+    Names are read in any case."""
+    dtype = dtype_name(dtype)
     if isinstance(dtype, torch.dtype):  # torch.bfloat16 as "bfloat16"; an integer or float8 type is refused below
         dtype = next((name for name, d in DTYPES.items() if d == dtype), str(dtype).removeprefix("torch."))
     if dtype in (None, "auto"):
@@ -103,7 +123,9 @@ def set_rope_buffers(model: nn.Module, cfg: ModelConfig, device: torch.device) -
 def check_folder(folder: Path) -> Path:
     """`folder`, unless it is missing or a file (a GGUF file is not passed here): one line saying so."""
     if not folder.exists():
-        raise ModelLoadError(f"model folder {folder} does not exist; pass --model with a local model folder")
+        raise ModelLoadError(
+            f"model folder {folder} does not exist; pass a local model folder (--model DIR, or its path in Python)"
+        )
     if not folder.is_dir():
         raise ModelLoadError(
             f"{folder} is a file, not a model folder; pass the folder that holds config.json, or a .gguf file"
@@ -112,10 +134,21 @@ def check_folder(folder: Path) -> Path:
 
 
 def load_model(
-    folder: str | Path | GGUFModel, device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto"
+    folder: str | Path | GGUFModel,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    *,
+    trainable: bool = False,
 ) -> tuple[nn.Module, ModelConfig]:
-    """Load a Hugging Face model folder or a GGUF file (dequantized to `dtype`); returns (model in
-    eval mode, its config)."""
+    """Load a Hugging Face model folder or a GGUF file (dequantized to `dtype`); returns (model, its
+    config). The model comes frozen, in eval mode (every parameter requires_grad=False), as inference
+    and a trainer's reference model want it; trainable=True gives it ready to train: every parameter
+    requiring grad, in training mode (the same as `model.requires_grad_(True).train()`)."""
+    dtype, trainable = dtype_name(dtype), check_flag("trainable", trainable)
+    if trainable and dtype in QUANTIZABLE:
+        raise InputError(
+            f"a model loaded as {dtype} cannot be trained (its weights are integer blocks); load float32 or bfloat16"
+        )
     if not isinstance(folder, GGUFModel):
         folder = Path(folder).expanduser()
         folder = GGUFModel(folder) if is_gguf(folder) else check_folder(folder)
@@ -133,7 +166,8 @@ def load_model(
         # Every linear weight and the embedding in that type; the head in q8_0, as llama.cpp keeps
         # the head at more bits than the layers (its q6_k, which only GGUF files bring).
         quantize_model(model, dtype, head_qtype="q8_0")
-    return set_rope_buffers(model, cfg, dev).eval(), cfg
+    model = set_rope_buffers(model, cfg, dev)
+    return (model.requires_grad_(True).train() if trainable else model.eval()), cfg
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:

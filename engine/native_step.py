@@ -143,7 +143,7 @@ class NativeStep:
             q_scale=getattr(model, "q_scale", 1.0),
             out_type=getattr(model, "out_type", float_type),
             out=model.output.data_ptr(),
-            same_row=None,  # set by each call, as kv_type is (KVCache.share_prompt)
+            same_row=None,  # set in each call's copy, as kv_type is (KVCache.share_prompt)
             same_len=0,
             **arrays,
             **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors), strict=True)),
@@ -186,11 +186,15 @@ class NativeStep:
         B = x.shape[0]
         assert start + 1 <= cache.max_len, f"KV cache overflow: {start + 1} > {cache.max_len}"
         assert cache.kv.is_contiguous() and cache.kv.dtype in _KV_TYPES, cache.kv.dtype
-        self.struct.kv_type = _KV_TYPES[cache.kv.dtype]
+        # The per-call fields go into a copy of the struct: the C call runs without the GIL, so two
+        # threads generating on one model at once would otherwise hand the step each other's cache
+        # type and shared-prompt row map (a segfault, or another batch's keys).
+        struct = type(self.struct).from_buffer_copy(self.struct)
+        struct.kv_type = _KV_TYPES[cache.kv.dtype]
         same = cache.same_row  # rows sharing a prompt's slots (KVCache.share_prompt)
         assert same is None or (same.dtype == torch.int32 and same.shape == (B,))
-        self.struct.same_row = None if same is None else same.data_ptr()
-        self.struct.same_len = 0 if same is None else min(cache.shared_len, start)
+        struct.same_row = None if same is None else same.data_ptr()
+        struct.same_len = 0 if same is None else min(cache.shared_len, start)
         x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the step overwrites it
         pos = positions.reshape(B)  # (B,)
         if pos.dtype != torch.int64 or not pos.is_contiguous():
@@ -201,7 +205,7 @@ class NativeStep:
         choice = self.threads or threads.CHOICE  # one thread while another program holds a core
         n_threads, t0 = threads.now(choice), time.perf_counter()
         rc = self.lib.tk_decode_step(
-            ctypes.byref(self.struct),
+            ctypes.byref(struct),
             B,
             x.data_ptr(),
             pos.data_ptr(),

@@ -10,7 +10,7 @@ another tokenizer; a numpy array or a torch tensor of ids is taken as the list o
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,12 +20,15 @@ from .params import SamplingParams
 
 _ENCODE = "pass token ids from eng.encode(text)"
 
+# One prompt's token ids as generate takes them: a list (eng.encode's), or a 1-D integer array or tensor.
+TokenIds = Union[Sequence[int], np.ndarray, torch.Tensor]
+
 
 def token_id_lists(prompts: Any, vocab_size: int) -> list[list[int]]:
     """prompts (a list of prompts, each a sequence of token ids) -> a list of lists of ints, each id
     in [0, vocab_size). Raises InputError naming the first bad prompt (as prompts[i]) and the fix."""
     if isinstance(prompts, (str, bytes)):
-        raise InputError(f"prompts is a {type(prompts).__name__}; {_ENCODE} and pass a list of them, e.g. [ids]")
+        raise InputError(f"prompts is {a_type(prompts)}; {_ENCODE} and pass a list of them, e.g. [ids]")
     if isinstance(prompts, (np.ndarray, torch.Tensor)) and prompts.ndim != 2:
         raise InputError(f"prompts is a {prompts.ndim}-D array; pass a list of prompts, each a list of token ids")
     if not isinstance(prompts, (Sequence, np.ndarray, torch.Tensor)):
@@ -38,7 +41,7 @@ def token_ids(ids: Any, vocab_size: int, name: str = "the prompt") -> list[int]:
     if isinstance(ids, (np.ndarray, torch.Tensor)):
         ids = _array_ids(ids, name)
     elif isinstance(ids, (str, bytes)):
-        raise InputError(f"{name} is a {type(ids).__name__}, not token ids; {_ENCODE}")
+        raise InputError(f"{name} is {a_type(ids)}, not token ids; {_ENCODE}")
     elif isinstance(ids, numbers.Integral):
         raise InputError(f"{name} is one int, not a list of token ids; pass a list of prompts, e.g. [ids]")
     elif not isinstance(ids, Sequence):
@@ -121,7 +124,13 @@ def _as_id(i: Any, name: str, at: int) -> int:
     return int(i)
 
 
+def a_type(value: Any) -> str:
+    """A value's type with its article: "a list", "an int"."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def _what(value: Any) -> str:
     """A value as a message shows it: its type, and the value itself when short."""
     shown = quoted(repr(value), 40)
-    return f"a {type(value).__name__} ({shown})" if len(shown) < 40 else f"a {type(value).__name__}"
+    return f"{a_type(value)} ({shown})" if len(shown) < 40 else a_type(value)

@@ -81,8 +81,8 @@ def resolve_model(spec: str | Path | None) -> Path:
         bundled = bundled_dir()
         if not _is_file(bundled / "model.safetensors"):
             raise ModelLoadError(
-                "no model given and the bundled model is missing: pass --model DIR "
-                "(a local Hugging Face model folder) or set TIANKONG_MODEL"
+                "no model given and the bundled model is missing: give a local Hugging Face model folder "
+                "(--model DIR or TIANKONG_MODEL, or its path in Python)"
             )
         return bundled
     if _carries(spec):  # resolved already: what it carries stays

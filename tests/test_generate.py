@@ -228,7 +228,7 @@ def test_token_ids_outside_the_vocabulary_are_refused_by_the_call(engines):
         (lambda eng, ids: eng.generate([ids], [GREEDY], cancel=True), r"cancel must be a threading\.Event"),
         (lambda eng, ids: eng.generate([ids], [GREEDY], prompt_cache={}), r"prompt_cache must be a PromptCache"),
         # the engine's other public calls: a wrong value is refused, never read as its truth or passed on
-        (lambda eng, ids: eng.token_text(-1), r"token id must be an integer of at least 0, got a int \(-1\)"),
+        (lambda eng, ids: eng.token_text(-1), r"token id must be an integer of at least 0, got an int \(-1\)"),
         (lambda eng, ids: eng.token_text("a"), r"token id must be an integer of at least 0, got a str"),
         (lambda eng, ids: eng.token_text(10**6), r"token id 1000000 is not in the model's vocabulary of"),
         (lambda eng, ids: eng.fit([{"role": "user", "content": "x"}], "10"), r"max_new_tokens must be an integer"),
@@ -253,7 +253,7 @@ def test_load_arguments_empty_prompts_roles_and_held_text(engines, tmp_path):
     folder = eng.folder
     for bad, message in [
         (dict(pack="no"), r"pack must be True or False"),
-        (dict(chat_template=5), r"chat_template must be a file path \(str or Path\), got int"),
+        (dict(chat_template=5), r"chat_template must be a file path \(str or Path\), got an int"),
         (dict(dtype=torch.int8), r"unknown dtype 'int8'; choose float32"),  # a torch.dtype is checked as its name
         (dict(dtype=torch.float8_e4m3fn), r"unknown dtype 'float8_e4m3fn'"),
     ]:
