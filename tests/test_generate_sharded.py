@@ -101,7 +101,9 @@ def test_one_two_three_processes_write_the_same_records(model, tmp_path, run):
     outs = {w: tmp_path / f"out{w}.jsonl" for w in (1, 2, 3)}
     said = {w: run(w, model, data, out) for w, out in outs.items()}
     # The progress (rank 0's) counted rank 0's rows as if they were the run's; it says so now.
-    assert "generating (process 1 of 2: its share of 14 rows) 8/8 (100%)" in said[2]
+    # QA: that label ("generating (process 1 of 2: its share of 14 rows)") crushed the numbers at 80
+    # columns; a short one, and a line before the bar for what it counts.
+    assert "2 processes share the 14 rows to do; the bar counts process 1's 8\nprocess 1/2 8/8 (100%)" in said[2]
     one = records(outs[1])
     assert len(one) == 2 * len(PROMPTS)
     assert [r["seed"] for r in one] == [11, 12] * len(PROMPTS)  # seeds belong to samples, not processes

@@ -187,7 +187,8 @@ def test_a_bad_line_is_named_by_its_own_number(tmp_path, reader):
     from tiankong.trainers.reward import score_file
 
     path = tmp_path / "in.jsonl"
-    good = json.dumps({"prompt": "a\x0cb", "response": "c\u2028d", "text": "t", "messages": []}, ensure_ascii=False)
+    # No "messages" beside the "prompt": a prompts file refuses a line with both.
+    good = json.dumps({"prompt": "a\x0cb", "response": "c\u2028d", "text": "t"}, ensure_ascii=False)
     path.write_text(good + '\n{"prompt": "x", bad\n', encoding="utf-8")
     read = {
         "prompts": read_prompt_records,

@@ -165,13 +165,25 @@ def read_rows(path: str | Path, fix: str = "fix that line") -> list[tuple[int, s
     return rows
 
 
+# Names of files read as JSON lines throughout: a line of any JSON is JSON there (see read_prompt_records).
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
 def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, Any]]]:
     """(number, "NAME line N", record) for every prompt of a prompts file, "-" for stdin.
 
-    A plain text line is {"prompt": line}; a JSON line is an object with a text "prompt" or a
-    "messages" list (TRL's conversational "prompt" list becomes "messages"), kept whole so its
-    other fields (an "id") travel along. Callers check the messages. Every line is read before
-    anything runs: a bad one is one InputError naming the file and line. Blank lines are skipped.
+    A plain text line is {"prompt": line}; a line that starts with "{" is a JSON object with a text
+    "prompt" or a "messages" list, not both (TRL's conversational "prompt" list becomes "messages"),
+    kept whole so its other fields (an "id") travel along. Callers check the messages.
+
+    In a file named .jsonl (.ndjson, .json) any line that is JSON is read as JSON: a string is the
+    prompt's text (without its quotes) and any other value (a number, a list, true, false, null) is
+    refused, since no reading of it as a prompt is sure. A line that is not JSON is text there too. In
+    other files and on stdin every line but a "{" one is text as it stands: `42` is the prompt "42",
+    and `"hi"` keeps its quotes.
+
+    Every line is read before anything runs: a bad one is one InputError naming the file and line.
+    Blank lines are skipped.
     """
     name = "stdin" if str(source) == "-" else str(source)
     if name != "stdin" and not Path(source).is_file():
@@ -180,25 +192,49 @@ def read_prompt_records(source: str | Path) -> list[tuple[int, str, dict[str, An
             '"prompt" or "messages" (or - for stdin)'
         )
     text = decode_text(sys.stdin.buffer.read() if name == "stdin" else Path(source).read_bytes(), name)
+    json_lines = name != "stdin" and Path(source).suffix.lower() in JSON_LINES_SUFFIXES
     out = []
     for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         where = f"{name} line {n}"
-        if not line.lstrip().startswith("{"):
-            out.append((n, where, {"prompt": line}))
-            continue
-        record = parse_line(
-            line, where, 'fix the line; a text prompt that starts with "{" goes in as {"prompt": "..."}'
-        )
+        record = _prompt_line(line, where, json_lines)
         if isinstance(record.get("prompt"), list) and "messages" not in record:
             record["messages"] = record.pop("prompt")
         if "messages" not in record and not isinstance(record.get("prompt"), str):
             raise InputError(f'{where}: a JSON line needs a text "prompt" or a "messages" list')
+        if "messages" in record and record.get("prompt") is not None:
+            raise InputError(
+                f'{where}: has both "prompt" and "messages"; keep one: "prompt" for a text, "messages" for a conversation'
+            )
         out.append((n, where, record))
     if not out:
         raise InputError(f"{name} has no prompts; put one prompt (or JSON object) per line")
     return out
+
+
+def _prompt_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
+    """One line of a prompts file as a record (read_prompt_records says which lines are JSON)."""
+    if line.lstrip().startswith("{"):
+        fix = 'fix the line; a text prompt that starts with "{" goes in as {"prompt": "..."}'
+        return parse_line(line, where, fix)  # JSON that starts with "{" is an object, or it is no JSON
+    if not json_lines:
+        return {"prompt": line}
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return {"prompt": line}  # not JSON: a text line, as in any file
+    except (ValueError, RecursionError):
+        pass  # JSON that cannot be read (a number of too many digits, deep nesting): parse_line says so
+    value = parse_line(line, where, 'fix the line, or give its text as {"prompt": "..."}')
+    if isinstance(value, str):
+        return {"prompt": value}
+    kind = "list" if isinstance(value, list) else "number" if type(value) in (int, float) else "constant"
+    raise InputError(
+        f"{where}: {quoted(line.strip(), 40)} is a JSON {kind}, not a prompt; in a JSON lines file a line is "
+        'an object with "prompt" or "messages", a JSON string (the prompt\'s text) or plain text: for this '
+        'line as the prompt, write {"prompt": ...} or quote it as a string'
+    )
 
 
 def not_a_file(path: Path) -> str:

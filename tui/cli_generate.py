@@ -76,7 +76,14 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict
     if prompts and input:
         raise InputError("give prompts with --prompt or --input, not both")
     if prompts:
-        return [("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p}) for i, p in enumerate(prompts, 1)]
+        from tiankong.engine.files import check_text
+
+        flags = [
+            ("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p}) for i, p in enumerate(prompts, 1)
+        ]
+        for where, job in flags:
+            check_text(job["prompt"], where)  # bytes that are not UTF-8: said before the model loads
+        return flags
     if input is None:
         raise InputError("nothing to generate from: pass --prompt TEXT or --input FILE (- for stdin)")
     from tiankong.engine.chat import validate_messages
@@ -90,7 +97,61 @@ def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict
             except InputError as e:
                 raise InputError(f"{where}: {e}") from None
         jobs.append((where, job))
+    _warn_unread_keys(jobs)
     return jobs
+
+
+# The keys of an input line that generate reads ("id" is copied into the line's records).
+_READ_KEYS = ("prompt", "messages", "id")
+# Keys a line may hold in the hope of changing its sampling, and the flag that does (for every line).
+_SAMPLING_KEYS = {
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "repetition_penalty": "--repetition-penalty",
+    "presence_penalty": "--presence-penalty",
+    "frequency_penalty": "--frequency-penalty",
+    "seed": "--seed",
+    "max_new_tokens": "--max-new-tokens",
+    "max_tokens": "--max-new-tokens",
+    "stop": "--stop",
+    "n": "--n",
+    "preset": "--preset",
+    "params": "--preset and the flags",
+    "model": "--model",
+}
+
+
+def _warn_unread_keys(jobs: list[tuple[str, dict[str, Any]]]) -> None:
+    """One warning on stderr for the keys of input lines that generate does not read (a typo of
+    "messages", a per-line "temperature"), naming the first line that has one; nothing is refused."""
+    first, lines = "", 0
+    keys: dict[str, None] = {}  # in the order first met
+    for where, job in jobs:
+        extra = [k for k in job if k not in _READ_KEYS]
+        if extra:
+            first, lines = first or where, lines + 1
+            keys.update(dict.fromkeys(extra))
+    if not keys:
+        return
+    from tiankong.engine.errors import quoted
+
+    def names(ks: list[str]) -> str:
+        shown = ", ".join(f'"{quoted(k, 40)}"' for k in ks[:6])
+        return shown + (f" and {len(ks) - 6} more" if len(ks) > 6 else "")
+
+    others = f" (and {lines - 1} other line{'s' if lines > 2 else ''})" if lines > 1 else ""
+    line = f"warning: {first}{others} has keys that generate does not read: {names(list(keys))}; "
+    line += 'it reads "prompt" or "messages", and copies "id" into the records'
+    sampling = [k for k in keys if k in _SAMPLING_KEYS]
+    if sampling:
+        flags = ", ".join(dict.fromkeys(_SAMPLING_KEYS[k] for k in sampling))
+        verb = "is" if len(sampling) == 1 else "are"
+        line += (
+            f". A line cannot set its own sampling, so {names(sampling)} {verb} not used: give {flags} (for every line)"
+        )
+    _say(line)
 
 
 def _record(
@@ -140,9 +201,12 @@ def _record(
 
   torchrun --nproc_per_node 4 -m tiankong.tui.cli generate -m ./SmolLM2 --input big.jsonl -o out.jsonl
 
-Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through), or plain text
-(a text prompt that starts with "{" is given as {"prompt": "..."}).
-A bad line (or a prompt longer than the context) stops the run before anything is generated, naming the line.
+Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through; other keys are not
+read, and a warning names them), or plain text (a text prompt that starts with "{" is given as {"prompt": "..."}).
+In a .jsonl file a line that is a JSON string is the prompt's text, and other JSON (42, [1,2], null) is refused;
+in a text file or on stdin every other line is text as it stands.
+A bad line stops the run before the model loads, naming the line; a prompt longer than the context stops it
+before anything is generated.
 
 --context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
 message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
@@ -151,7 +215,8 @@ finish_reason "context" (the max-new-tokens limit is "length").
 
 --output is replaced only when the run ends: on an error it is left as it was (and it may not be the
 --input file). Finished records are kept in OUTPUT.part-* as they come (one per process), so after a
-Ctrl+C, a kill or a crash the same command again generates only the rest; one run at a time writes an
+Ctrl+C, a kill or a crash the same command again generates only the rest (records made with other settings
+are not reused: the run says how many, and removes them when it finishes); one run at a time writes an
 OUTPUT (a second is refused). Under torchrun (--nnodes, --nproc_per_node) each process takes its share
 of the records and the first merges them into OUTPUT in input order: the same file for any number of
 processes (with --seed; without one, each record's drawn seed is recorded). Progress goes to stderr: a bar on a terminal, else a line every 10 s or tenth."""
@@ -163,7 +228,9 @@ def generate(
     input: Optional[str] = typer.Option(
         None, "--input", "-i", help="File of prompts (JSONL or text lines); - reads stdin."
     ),
-    preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset (see `tiankong presets`)."),
+    presets: List[str] = typer.Option(  # a list only to refuse a second --preset (typer kept the last)
+        [DEFAULT_PRESET], "--preset", metavar="<str>", help="Sampling preset (see `tiankong presets`); one per run."
+    ),
     temperature: Optional[float] = typer.Option(None, help="Overrides the preset; 0 is greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens; 0 = off."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus mass to keep; 1 = off."),
@@ -233,7 +300,8 @@ def generate(
         max_new_tokens=max_new_tokens,
         stop=tuple(stop) if stop else None,
     )
-    params = get_preset(preset).params.replace(**{k: v for k, v in flags.items() if v is not None})
+    preset, params = _one_preset(presets)
+    params = params.replace(**{k: v for k, v in flags.items() if v is not None})
     dist = _join(device)
     device = str(dist.device) if dist.enabled else device
     with _claim(output, dist):  # one run at a time writes OUTPUT: a second is refused before its model loads
@@ -300,6 +368,23 @@ class _Tally:
     failed: int = 0
     written: int = 0
     partial: bool = False
+
+
+def _one_preset(given: List[str]) -> tuple[str, Any]:
+    """The run's preset name and sampling parameters. One preset per run: typer would keep the last
+    of several --preset flags without a word, and a list of names is no preset's name."""
+    from tiankong.engine.errors import quoted
+
+    again = "one preset per run: run generate once per preset"
+    if len(given) > 1:
+        names = ", ".join(quoted(g, 40) for g in given)
+        raise InputError(f"--preset is given {len(given)} times ({names}); {again}")
+    try:
+        return given[0], get_preset(given[0]).params
+    except InputError as e:
+        if "," in given[0]:
+            raise InputError(f"{e}; {again}") from None
+        raise
 
 
 def _not_the_input(output: Path, input: Optional[str]) -> None:
@@ -437,16 +522,9 @@ def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, sett
     todo = [r for r, k in zip(rows, keys, strict=True) if (r.index, k) not in finished]
     mine = shards.my_batches(todo, run.batch_size, dist.rank, dist.world)
     tally, part = _Tally(), shards.PartWriter(output, dist.rank)
-    before = len(rows) - len(todo)  # finished by an earlier run
-    if before and dist.is_main:
-        _say(
-            f"resuming: {before} of {len(rows)} records are already in {output}.part-*; generating the other {len(todo)}"
-        )
-    # Under torchrun the bar (rank 0's) counts rank 0's rows: its label says so.
-    if dist.world == 1:
-        bar = run.bar(len(rows), done=before)
-    else:
-        bar = run.bar(sum(map(len, mine)), f"generating (process 1 of {dist.world}: its share of {len(todo)} rows)")
+    if dist.is_main:
+        _say_resumed(run, rows, keys, finished, output, settings["seeded"])
+    bar = _file_bar(run, rows, todo, mine, dist)
     try:
         with part, bar:
             for batch in mine:
@@ -459,9 +537,101 @@ def _generate_to_file(run: _Run, rows: list[_Row], output: Path, dist: Any, sett
         raise typer.Exit(_stop_code(stop)) from None
     sums = dist.all_reduce_sum({"rows": tally.rows, "failed": tally.failed})  # also the barrier before the merge
     if dist.is_main:
-        shards.merge(output, [(r.index, k) for r, k in zip(rows, keys, strict=True)])
+        _merge(output, [(r.index, k) for r, k in zip(rows, keys, strict=True)], run.format)
     dist.close()
     return _Tally(int(sums["rows"]), int(sums["failed"]))
+
+
+def _file_bar(run: _Run, rows: list[_Row], todo: list[_Row], mine: list[list[_Row]], dist: Any) -> Any:
+    """The bar of a run to a file: over every row, from those done before; under torchrun over the
+    first process's share, with a short label (the numbers of a long one were cut at 80 columns) and
+    a line before it that says what it counts."""
+    if dist.world == 1:
+        return run.bar(len(rows), done=len(rows) - len(todo))
+    share = sum(map(len, mine))
+    if run.show_progress:
+        _say(f"{dist.world} processes share the {len(todo)} rows to do; the bar counts process 1's {share}")
+    return run.bar(share, f"process 1/{dist.world}")
+
+
+def _say_resumed(run: _Run, rows: list[_Row], keys: list[str], finished: Any, output: Path, seeded: bool) -> None:
+    """Say what the part files of earlier runs give this one: the rows done before, and the records
+    made with other settings (or from other input lines), which this run does not reuse. Those stay
+    until this run finishes, so that the earlier command run again still finds them; its merge then
+    removes every part file, so they never outlive one whole run of the new command."""
+    wanted = set(zip(range(len(rows)), keys, strict=True))
+    stale = [(row, at) for (row, key), at in finished.items() if (row, key) not in wanted]
+    if stale:
+        from tiankong.tui import shards
+
+        row, (path, offset) = stale[0]
+        entry = shards.entry_at(path, offset)
+        differ = _what_differs(entry["out"] if entry else None, rows[row] if row < len(rows) else None, run, seeded)
+        s = "s" if len(stale) != 1 else ""
+        made = f" (the first: another {differ})" if differ else ""
+        _say(
+            f"{output}.part-* holds {len(stale)} record{s} made with other settings or from other input "
+            f"lines{made}; this run does not reuse them, and removes them when it finishes"
+        )
+    done = len(finished) - len(stale)
+    if done:
+        _say(
+            f"resuming: {done} of {len(rows)} records are already in {output}.part-*; generating the other {len(rows) - done}"
+        )
+
+
+def _what_differs(out: Optional[str], row: Optional[_Row], run: _Run, seeded: bool) -> str:
+    """What made an earlier record other than the record this run would make of the same row, as
+    far as the record tells ("--preset and --temperature", "its input line"); "" where it cannot tell
+    (settings that no record holds: --raw, --dtype, --chat-template, --context-overflow)."""
+    try:
+        old = json.loads(out) if out is not None else None
+    except ValueError:
+        old = None
+    record = isinstance(old, dict) and "params" in old  # else an answer of --format text
+    if out is not None and record != (run.format == "jsonl"):
+        return "--format"
+    if not record or not isinstance(old, dict) or row is None:
+        return ""
+    names = [
+        flag
+        for flag, field, now in (("--model", "model", run.model), ("--preset", "preset", run.preset))
+        if old.get(field) != now
+    ]
+    before = old["params"] if isinstance(old["params"], dict) else {}  # "params" is in every record
+    for k, v in row.params.to_dict().items():
+        if before.get(k, v) != v and (seeded or k != "seed"):  # a drawn seed is no setting
+            names.append("--" + k.replace("_", "-"))
+    if ("tokens" in old) != bool(run.top_logprobs):
+        names.append("--top-logprobs")
+    job = row.job
+    if [old.get("id"), old.get("prompt"), old.get("messages")] != [
+        job.get("id"),
+        None if "messages" in job else job.get("prompt"),
+        job.get("messages"),
+    ]:
+        names.append("its input line")
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _merge(output: Path, rows: list[tuple[int, str]], format: str) -> None:
+    """OUTPUT written from the part files, and said; a write that fails (a full disk) says that every
+    record is kept, and that the same command again only writes OUTPUT."""
+    from tiankong.engine.files import WriteError
+    from tiankong.tui import shards
+
+    noun = "record" if format == "jsonl" else "answer"
+    try:
+        shards.merge(output, rows)
+    except WriteError as e:
+        cause = e.reason.split(";")[0]  # its fix ("or write elsewhere") would generate everything again
+        fix = "free some space" if "full" in cause or "quota" in cause else "fix that"
+        raise WriteError(
+            output,
+            f"{cause}; all {len(rows)} {noun}s are kept in {output}.part-*: {fix} and run the same command "
+            f"again to write {output} (nothing is generated again)",
+        ) from None
+    _say(f"wrote {len(rows)} {noun}{'s' if len(rows) != 1 else ''} to {output}")
 
 
 def _key_params(row: _Row, seeded: bool) -> dict:

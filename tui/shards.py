@@ -15,8 +15,10 @@ written and fsync'ed once per batch, so a Ctrl+C, a kill or a crash loses at mos
 flight. After a barrier rank 0 merges the parts into OUTPUT (atomic: temporary file, fsync, rename)
 in row order and removes them. Running the same command again reads every OUTPUT.part-* (whatever
 number of processes wrote them) and skips the rows whose number and key match; a row of an edited
-input line, or of a run with other settings, has another key and runs again. A line cut short by a
-kill is ignored, and its rank cuts it off before appending.
+input line, or of a run with other settings, has another key and runs again. The lines of such rows
+are left in the part files (the command that made them, run again, still finds them) until the merge
+removes every part file; the run says how many it does not reuse. A line cut short by a kill is
+ignored, and its rank cuts it off before appending.
 
 One run at a time writes an OUTPUT: its first process holds OUTPUT.part-lock (`OutputLock`) from before
 the model loads to after the merge, and a second run on the same OUTPUT is refused at its start. Two
@@ -96,6 +98,16 @@ def _entry(line: bytes) -> dict[str, Any] | None:
         return None
     ok = isinstance(entry, dict) and isinstance(entry.get("row"), int) and isinstance(entry.get("key"), str)
     return entry if ok and isinstance(entry.get("out"), str) else None
+
+
+def entry_at(path: Path, offset: int) -> dict[str, Any] | None:
+    """The line at `offset` of a part file (as read_index found it), or None where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return _entry(f.readline())
+    except OSError:
+        return None
 
 
 def my_batches(rows: Sequence[Any], batch_size: int, rank: int, world: int) -> list[list[Any]]:
