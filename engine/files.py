@@ -14,6 +14,8 @@ Reading a model folder (`model_file`, `read_model_text`, `read_model_json`):
 Writing (`atomic_write`, `atomic_open`, `atomic_write_text`, `atomic_write_bytes`):
   * the data goes to a temporary file beside the target, is flushed and fsync'ed, then renamed over
     the target and the folder is fsync'ed: a crash, Ctrl+C or full disk leaves the old file whole;
+    the temporary file's name holds the writer's pid, and the next write of that target removes one
+    whose writer is gone (a kill -9 runs no cleanup);
   * a target that is a symlink is written through (the link stays, its target gets the data);
     a device, FIFO or folder is refused, never replaced by a regular file;
   * every OS error (full disk, read-only mount, permission, file-size limit) becomes one line
@@ -356,14 +358,43 @@ def write_target(path: str | Path, probe: bool = False) -> Path:
     return target
 
 
+def _drop_stale_temps(target: Path) -> None:
+    """Remove the temporary files of `target` whose writer is gone (kill -9, a power cut: no cleanup
+    ran), found by the pid `_staged` names them with: a 40 MB leftover of a killed export was kept
+    for good. A live writer's file (a process of that pid exists) stays, and so does anything that
+    cannot be listed or removed: this is tidying, never a reason to fail the write."""
+    stale = re.compile(rf"\.{re.escape(target.name)}\.(\d{{1,10}})\.[a-z0-9_]{{8}}\.tmp")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        found = stale.fullmatch(name)
+        if found and not _running(int(found.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(target.parent / name)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (another user's counts: it cannot be signalled)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return pid > 0  # 0 would be this process group: no writer's pid
+
+
 @contextlib.contextmanager
 def _staged(path: str | Path, partial: str | Path | None = None) -> Iterator[Path]:
     """A temporary file beside `path`'s target; when the block ends without error it is fsync'ed and
     renamed over the target. On an exception (Ctrl+C included) it is removed and `path` is untouched;
     with `partial`, a Ctrl+C instead keeps what was written so far under that name."""
     target = write_target(path)
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    _drop_stale_temps(target)
+    try:  # the writer's pid in the name: a later write of the target knows a killed writer's leftover
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as e:
         raise WriteError(path, why(e)) from None

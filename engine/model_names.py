@@ -8,6 +8,7 @@ stores, trainers) and need none of the lookup; resolve.py makes ModelPaths and k
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path, PosixPath, WindowsPath
@@ -92,13 +93,33 @@ def display_name(model: str | Path) -> str:
     return path.name or str(model)
 
 
+BUNDLED = "tiankong-mini"  # the bundled model's name, which resolves to it (resolve.py) wherever it is installed
+
+
 def model_key(model: str | Path) -> str:
     """How stored chats and votes name a local model: the name an Ollama model was given
-    (ollama:NAME:TAG, which resolves again; its blob is shared by tags), else its absolute path with
-    links resolved, but a file keeps its own name (a GGUF file in the Hugging Face cache links to
-    blobs/<hash>, a name display_name could not turn back into ORG/NAME)."""
+    (ollama:NAME:TAG, which resolves again; its blob is shared by tags), the bundled model's name
+    (its folder differs per install: a second install's votes counted as another model), else its
+    absolute path with links resolved, but a file keeps its own name (a GGUF file in the Hugging Face
+    cache links to blobs/<hash>, a name display_name could not turn back into ORG/NAME)."""
     given = given_name(model)
     if given is not None:
         return given
     path = Path(model).expanduser()
-    return str(path.resolve() if os.path.isdir(path) else path.absolute().parent.resolve() / path.name)
+    key = str(path.resolve() if os.path.isdir(path) else path.absolute().parent.resolve() / path.name)
+    return BUNDLED if key == _bundled_folder() else key
+
+
+def stored_model(key: str) -> str:
+    """A stored model key as it is counted (the models leaderboard): a record stored before the bundled
+    model was stored by name holds its folder, `.../models/tiankong-mini` of whichever install it was,
+    read as the name. A folder of one's own named so (a copy in ~/models) reads so too."""
+    parts = Path(key).parts
+    return BUNDLED if key.startswith("/") and parts[-2:] == ("models", BUNDLED) else key
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_folder() -> str:
+    from tiankong.models import default_model_dir
+
+    return os.path.realpath(default_model_dir())

@@ -7,6 +7,15 @@ overlay the bundled preset of that name, or `SamplingParams` defaults for a new 
 A preset's name is its file's name: `precise.toml` is the preset "precise", so that the file a
 person finds under `--preset NAME` is NAME.toml, and a file copied in under another name cannot
 quietly replace a preset (`mine.toml` saying name = "balanced" would change every command's default).
+Names ignore case, on every filesystem: `Balanced.toml` overrides "balanced" (as it would where the
+filesystem ignores case), `--preset Creative` is "creative", and two user files whose names differ
+only in case (possible only where the filesystem tells them apart) leave that preset unusable until
+one goes. Hidden files (`.#mine.toml`, Emacs's lock link; `._mine.toml`, macOS's resource fork) are
+no presets and are not read.
+
+One broken user file breaks only its own preset: `load_presets` leaves it out and keeps its one-line
+error in `Presets.broken`, which `get_preset` raises when that preset is asked for by name and
+`tiankong presets` and the chat show, so the other presets keep working.
 
 A preset file::
 
@@ -21,9 +30,12 @@ A preset file::
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import sys
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +45,7 @@ from typing import Any
 import platformdirs
 
 from tiankong.engine.errors import InputError, quoted
-from tiankong.engine.files import kind_of, read_regular_bytes
+from tiankong.engine.files import atomic_write_text, kind_of, read_regular_bytes
 from tiankong.engine.params import SamplingParams
 
 if sys.version_info >= (3, 11):
@@ -57,8 +69,52 @@ class Preset:
     description: str
     use: str
     params: SamplingParams
-    recommended: Mapping[str, tuple[float, float]]  # every field in RECOMMENDED_FIELDS
+    # Per field of RECOMMENDED_FIELDS, the range worth exploring: every field for a bundled preset
+    # (and one overriding it); for a new user preset only the fields its file names (no range rather
+    # than the whole allowed one, which recommends nothing).
+    recommended: Mapping[str, tuple[float, float]]
     source: Path  # the file that last defined or changed it
+
+
+class Presets(dict[str, Preset]):
+    """Presets by name (bundled first, then the user's in file order), looked up ignoring case:
+    `presets["Balanced"]` is "balanced". `broken` maps the name of each user preset whose file
+    could not be used to that file's one-line error; those names are not keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: dict[str, str] = {}
+
+    def key(self, name: str) -> str | None:
+        """The name as the presets spell it (a preset's or a broken one's), or None."""
+        folded = fold(name)
+        return next((k for k in [*self, *self.broken] if fold(k) == folded), None)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.key(name) in self.keys()
+
+    def __getitem__(self, name: str) -> Preset:
+        return super().__getitem__(self.key(name) or name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+    def find(self, name: str, where: Path | None = None) -> Preset:
+        """The preset `name` (any case); InputError with a broken one's own error, or naming the
+        presets there are (and `where` a person's own go) for an unknown one."""
+        key = self.key(name)
+        if key in self.broken:
+            raise InputError(self.broken[key])
+        if key is None:
+            own = f"; your own go in {where}/NAME.toml" if where is not None else ""
+            raise InputError(f"preset must be one of {', '.join(sorted(self))}, got {quoted(name, 60)!r}{own}")
+        return self[key]
+
+
+def fold(name: str) -> str:
+    """A preset name as names compare: case ignored, and one Unicode spelling (macOS hands back
+    "é" as e and a combining accent)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def user_presets_dir() -> Path:
@@ -70,9 +126,13 @@ def user_presets_dir() -> Path:
     return Path(platformdirs.user_config_dir("tiankong", appauthor=False)) / "presets"
 
 
-def load_presets(user_dir: Path | None = None) -> dict[str, Preset]:
-    """Bundled presets, then the user's *.toml files (default: `user_presets_dir()`) on top."""
-    presets: dict[str, Preset] = {}
+def load_presets(user_dir: Path | None = None) -> Presets:
+    """Bundled presets, then the user's NAME.toml files (default: `user_presets_dir()`) on top.
+
+    A user file that cannot be used (unreadable, invalid TOML, a value out of range, a name clash)
+    is left out and its error kept in `.broken`; a presets path that is a file, not a folder, is an
+    InputError (no user preset could be read, and saving one would fail)."""
+    presets = Presets()
     for path in sorted(BUNDLED_DIR.glob("*.toml")):
         preset = _parse(path, _read(path), base=None)
         presets[preset.name] = preset
@@ -83,19 +143,35 @@ def load_presets(user_dir: Path | None = None) -> dict[str, Preset]:
             "move the file away (and put your NAME.toml presets in a folder there)"
         )
     if user_dir.is_dir():
+        same_name: dict[str, list[Path]] = {}  # casefolded name -> its files, in sorted order
         for path in sorted(user_dir.glob("*.toml")):
-            presets[path.stem] = _parse(path, _read(path), base=presets.get(path.stem))
+            if not path.name.startswith("."):  # hidden: an editor's lock link, macOS's ._ files, ".toml"
+                same_name.setdefault(fold(path.stem), []).append(path)
+        for paths in same_name.values():
+            _add_user_preset(presets, paths)
     return presets
 
 
+def _add_user_preset(presets: Presets, paths: list[Path]) -> None:
+    """The user file in `paths` over the bundled preset of its name (which keeps its place in the
+    order), or, when it cannot be used, that preset gone and the error in presets.broken."""
+    name = presets.key(paths[0].stem) or paths[0].stem  # a bundled preset keeps its spelling
+    try:
+        if len(paths) > 1:
+            raise InputError(
+                f"{paths[0]} and {paths[1].name} are one preset (names ignore case); remove or rename one of them"
+            )
+        presets[name] = _parse(paths[0], _read(paths[0]), base=dict.get(presets, name), name=name)
+    except InputError as e:
+        presets.pop(name, None)
+        presets.broken[name] = str(e)
+
+
 def get_preset(name: str, user_dir: Path | None = None) -> Preset:
-    presets = load_presets(user_dir)
-    if name not in presets:
-        where = user_presets_dir() if user_dir is None else Path(user_dir)
-        raise InputError(
-            f"preset must be one of {', '.join(sorted(presets))}, got {name!r}; your own go in {where}/NAME.toml"
-        )
-    return presets[name]
+    """The preset `name` (any case). InputError with its file's error if that file is broken, or
+    naming the presets there are if none is called so; other broken files do not matter."""
+    where = user_presets_dir() if user_dir is None else Path(user_dir)
+    return load_presets(user_dir).find(name, where)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -119,7 +195,9 @@ def _read(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: nested too deeply to be a preset; fix the file") from None
 
 
-def _parse(path: Path, data: dict[str, Any], base: Preset | None) -> Preset:
+def _parse(path: Path, data: dict[str, Any], base: Preset | None, name: str | None = None) -> Preset:
+    """The preset in `path`'s table `data`, over `base`; `name`: its name (default the file's)."""
+    name = path.stem if name is None else name
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
         if unknown[0] in SamplingParams.__dataclass_fields__:  # the first guess: temperature = 0.5 at the top
@@ -130,11 +208,11 @@ def _parse(path: Path, data: dict[str, Any], base: Preset | None) -> Preset:
         params = (base.params if base else _DEFAULTS).replace(**params_table)
     except InputError as exc:
         raise InputError(f"{path}: [params] {exc}") from None
-    name = _text(path, data, "name", path.stem)
-    if name != path.stem:
+    said = _text(path, data, "name", path.stem)
+    if fold(said) != fold(path.stem):
         raise InputError(
-            f"{path}: says name = {quoted(name, 60)!r}, but a preset's name is its file name ({path.stem!r}); "
-            f"rename the file to {quoted(name, 60)}.toml or remove the name line"
+            f"{path}: says name = {quoted(said, 60)!r}, but a preset's name is its file name ({path.stem!r}); "
+            f"rename the file to {quoted(said, 60)}.toml or remove the name line"
         )
     return Preset(
         name=name,
@@ -161,8 +239,8 @@ def _table(path: Path, data: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _recommended(path: Path, table: dict[str, Any], base: Preset | None) -> Mapping[str, tuple[float, float]]:
-    # Start from the bundled preset's ranges, or the full allowed range, then apply the file's.
-    ranges = {f: base.recommended[f] if base else tuple(SamplingParams.RANGES[f][:2]) for f in RECOMMENDED_FIELDS}
+    # Start from the bundled preset's ranges (a new preset has none), then apply the file's.
+    ranges: dict[str, tuple[float, float]] = dict(base.recommended) if base else {}
     for field, value in table.items():
         if field not in RECOMMENDED_FIELDS:
             raise InputError(
@@ -178,22 +256,100 @@ def _recommended(path: Path, table: dict[str, Any], base: Preset | None) -> Mapp
         if not ok:
             raise InputError(
                 f"{path}: [recommended] {field} must be [low, high] with "
-                f"{_num(lo)} <= low <= high <= {_num(hi)}, got {value!r}"
+                f"{number(lo)} <= low <= high <= {number(hi)}, got {value!r}"
             )
         kind = type(getattr(_DEFAULTS, field))  # int for top_k and max_new_tokens
         ranges[field] = (kind(value[0]), kind(value[1]))
     return MappingProxyType(ranges)
 
 
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+def number(x: float) -> str:
+    """A parameter's value as every screen and command writes it: 2 rather than 2.0, 1000000 rather
+    than 1e+06, 0.05 as 0.05."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# A name a preset is saved under: its file's name on any system. Letters (any script), digits and
+# "_", "-", "." inside; no path separators, no leading dot (hidden files are not read), no trailing
+# dot or space (Windows drops them), none of Windows's device names.
+_SAFE_NAME = re.compile(r"[^\W_][\w.-]{0,63}")
+_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def save_preset(name: str, params: SamplingParams, like: Preset, user_dir: Path | None = None) -> Preset:
+    """Write `params` as the user preset `name` (a NAME.toml in `user_dir`, default
+    `user_presets_dir()`, written whole or not at all) and return it as it now loads.
+
+    `like` is the preset the values were made from: the new file takes its use and recommended
+    ranges. Saving under `like`'s own name is meant as an override: of the bundled preset (a user
+    NAME.toml over it), or of the user's file (replaced). Any other name that is already a preset,
+    bundled or the user's, is refused (an InputError saying which), as is a name that is no safe
+    file name."""
+    name = name.strip().removesuffix(".toml")
+    if fold(name.partition(".")[0]) in _DEVICE_NAMES:
+        raise InputError(f"{name!r} is a device's name on Windows, no file's; save under another name")
+    if not _SAFE_NAME.fullmatch(name) or name.endswith("."):
+        raise InputError(
+            f"{quoted(name, 60)!r} cannot be a preset's file name; use up to 64 letters, digits, _ - and ., "
+            "starting with a letter or digit, e.g. balanced-cooler"
+        )
+    user_dir = user_presets_dir() if user_dir is None else Path(user_dir)
+    presets = load_presets(user_dir)
+    known = presets.key(name)
+    if known is not None and fold(known) != fold(like.name):
+        bundled = known in {path.stem for path in BUNDLED_DIR.glob("*.toml")}
+        raise InputError(
+            f"{known} is already {'a bundled preset' if bundled else 'one of your presets'}; save under another "
+            f"name, or switch to {known} (f2) and save it as {known} to {'override' if bundled else 'replace'} it"
+        )
+    # A file of this name (any case) is replaced, not joined by a second spelling.
+    old = [p for p in user_dir.glob("*.toml") if not p.name.startswith(".") and fold(p.stem) == fold(name)]
+    path = old[0] if old else user_dir / f"{known or name}.toml"
+    description = like.description if known is not None else f"Made from {like.name}."  # an override keeps its words
+    text = preset_text(description, like.use, params, like.recommended)
+    try:
+        user_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(
+            f"cannot make {user_dir}: {e.strerror or e}; make the folder, or set TIANKONG_CONFIG_DIR"
+        ) from None
+    atomic_write_text(path, text)
+    return load_presets(user_dir).find(known or name, user_dir)
+
+
+def preset_text(
+    description: str, use: str, params: SamplingParams, recommended: Mapping[str, tuple[float, float]]
+) -> str:
+    """A preset file's TOML (no name line: the file's name is the preset's): every value of `params`
+    (an unset seed left out), then the recommended ranges given."""
+    lines = [f"description = {_toml_string(description)}", f"use = {_toml_string(use)}", "", "[params]"]
+    for key, value in params.to_dict().items():
+        if key == "stop":
+            if value:
+                lines.append(f"stop = [{', '.join(_toml_string(v) for v in value)}]")
+        elif value is not None:  # seed None: a fresh one each answer
+            lines.append(f"{key} = {number(value)}")
+    if recommended:
+        lines += ["", "[recommended]"]
+        lines += [f"{key} = [{number(lo)}, {number(hi)}]" for key, (lo, hi) in recommended.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    # JSON's string escapes are TOML's basic string's; DEL is the one control JSON leaves raw.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 __all__ = [
     "DEFAULT_PRESET",
     "RECOMMENDED_FIELDS",
     "Preset",
+    "Presets",
+    "fold",
     "get_preset",
     "load_presets",
+    "number",
+    "preset_text",
+    "save_preset",
     "user_presets_dir",
 ]

@@ -386,8 +386,9 @@ def test_rank_reads_generates_jsonl_and_stores_the_metadata(tmp_path, monkeypatc
             rec["finish_reason"],
             rec["model"],
         )
-    # generate names the model as a compare vote on it does (QA: rank stored "unknown"); it wins over --model
-    assert rec["model"] == model_key(default_model_dir()) != "tiankong-mini"
+    # generate names the model as a compare vote on it does (QA: rank stored "unknown"); it wins over --model.
+    # The bundled model by its name, not its install's path (QA: a second install was another model).
+    assert rec["model"] == model_key(default_model_dir()) == "tiankong-mini"
     assert store.queue_position(screen.queue_key) == 1
     # Reopened, the same file starts at its second prompt.
     again = CompareScreen([], [], store, "rita", queue=answers_queue(out))
@@ -426,16 +427,38 @@ def test_cli_rank_and_compare_errors_are_one_line(tmp_path, monkeypatch, capsys)
     assert "--models compares two models under one preset; give one --presets, e.g. --presets balanced" in err
 
 
-def test_compare_models_take_one_preset(monkeypatch, capsys):
+def test_compare_models_take_one_preset(monkeypatch, capsys, tmp_path):
     import tiankong.tui.app as app_module
 
     calls = []
     monkeypatch.setattr(app_module, "run_app", lambda model, **kw: calls.append(kw))
-    bundled = str(default_model_dir())
-    assert cli(monkeypatch, capsys, "compare", "--models", bundled)[0] == 0
-    assert cli(monkeypatch, capsys, "compare", "--models", bundled, "--presets", "creative")[0] == 0
+    other = tmp_path / "ppo"
+    other.mkdir()
+    (other / "config.json").write_text("{}")  # a model folder as the resolver sees one; run_app never loads it
+    assert cli(monkeypatch, capsys, "compare", "--models", other)[0] == 0  # against the bundled model
+    assert cli(monkeypatch, capsys, "compare", "--models", other, "--presets", "creative")[0] == 0
     assert cli(monkeypatch, capsys, "compare")[0] == 0
     assert [kw["compare_presets"] for kw in calls] == [["balanced"], ["creative"], ["balanced", "creative"]]
+
+
+def test_compare_models_refuses_one_model_twice_and_counts_before_looking_up(monkeypatch, capsys, tmp_path):
+    """QA: --models X,X was accepted, and its votes decide no pair on any leaderboard; --models a,b,c
+    said "no model 'a'" before the real mistake, the count."""
+    import tiankong.tui.app as app_module
+
+    monkeypatch.setattr(app_module, "run_app", lambda model, **kw: pytest.fail("the app must not open"))
+    bundled = str(default_model_dir())
+    for args in (
+        ("--models", f"{bundled},{bundled}"),
+        ("--models", f"{bundled}/,{bundled}/."),  # spelt two ways, one folder
+        ("--models", "tiankong-mini"),  # by its name, against the default --model: the same one
+        ("-m", bundled, "--models", bundled),
+    ):
+        code, _, err = cli(monkeypatch, capsys, "compare", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
+        assert "--models names one model twice" in err and "give two different models" in err, err
+    code, _, err = cli(monkeypatch, capsys, "compare", "--models", "a,b,c")
+    assert code == 2 and "--models takes one or two folders, got 3" in err and "no model" not in err, err
 
 
 def test_prefs_stats_leaderboard_and_rankings_export(tmp_path, monkeypatch, capsys):
@@ -616,7 +639,8 @@ def test_a_narrow_rank_footer_still_says_how_to_quit(tmp_path, store):
             return screen_lines(app)[-1]
 
     footer = asyncio.run(run())
-    assert "^q quit" in footer and "1-4 rank" in footer and footer.rstrip() == footer[:60].rstrip()
+    # Two answers a prompt: "1-2", the keys there are (QA: it said "1-4").
+    assert "^q quit" in footer and "1-2 rank" in footer and footer.rstrip() == footer[:60].rstrip()
 
 
 def test_the_key_list_of_a_standalone_compare_says_what_its_keys_do(tmp_path, store):

@@ -82,9 +82,10 @@ def test_a_preset_file_claiming_another_name_is_refused_naming_both(config_dir, 
     (config_dir / "presets").mkdir()
     (config_dir / "presets" / "mine.toml").write_text('name = "balanced"\n[params]\ntemperature = 1.9\n')
     # Before, `--preset mine` said mine did not exist, and every command's default silently became it.
-    for args in (["presets", "mine"], ["presets", "balanced"]):
-        code, _, err = cli(monkeypatch, capsys, *args)
-        one_line_error(code, err, "mine.toml: says name = 'balanced'", "its file name ('mine')", "balanced.toml")
+    code, _, err = cli(monkeypatch, capsys, "presets", "mine")
+    one_line_error(code, err, "mine.toml: says name = 'balanced'", "its file name ('mine')", "balanced.toml")
+    code, out, _ = cli(monkeypatch, capsys, "presets", "balanced")  # balanced itself is untouched
+    assert code == 0 and "temperature        │ 0.7 " in out
 
 
 def test_a_presets_path_that_is_a_file_is_refused(config_dir, monkeypatch, capsys):
@@ -96,3 +97,72 @@ def test_a_presets_path_that_is_a_file_is_refused(config_dir, monkeypatch, capsy
 def test_an_unknown_preset_says_where_own_presets_go(config_dir, monkeypatch, capsys):
     code, _, err = cli(monkeypatch, capsys, "presets", "mine")
     one_line_error(code, err, "got 'mine'", f"{config_dir / 'presets'}/NAME.toml")
+
+
+# --- presets: one broken or hidden file in the folder (QA pass 18) ----------------------------------
+
+
+def test_presets_lists_the_good_ones_and_names_each_broken_file_with_exit_code_1(config_dir, monkeypatch, capsys):
+    # QA: one bad mine.toml made `tiankong presets`, the command to diagnose it, fail with that error alone.
+    (config_dir / "presets").mkdir()
+    (config_dir / "presets" / "mine.toml").write_text("[params]\ntemperature = -1\n")
+    (config_dir / "presets" / "ok.toml").write_text('use = "fine"\n')
+    code, out, err = cli(monkeypatch, capsys, "presets")
+    assert code == 1
+    assert all(name in out for name in ("balanced *", "creative", "ok ")) and "mine" not in out
+    assert (
+        err == f"not loaded: {config_dir / 'presets' / 'mine.toml'}: [params] temperature must be in [0, 2], got -1.0\n"
+    )
+    code, out, _ = cli(monkeypatch, capsys, "presets", "creative")
+    assert code == 0 and out.startswith("creative: ")
+    code, _, err = cli(monkeypatch, capsys, "presets", "mine")
+    one_line_error(code, err, "mine.toml: [params] temperature must be in [0, 2], got -1.0")
+
+
+def test_a_hidden_file_in_the_presets_folder_breaks_no_command(config_dir, monkeypatch, capsys):
+    # QA: Emacs's lock link .#mine.toml (dangling) made every command say "cannot read .../.#mine.toml".
+    (config_dir / "presets").mkdir()
+    (config_dir / "presets" / "mine.toml").write_text("[params]\ntop_k = 3\n")
+    (config_dir / "presets" / ".#mine.toml").symlink_to("user@host.4242:1700000000")
+    code, out, err = cli(monkeypatch, capsys, "presets")
+    assert (code, err) == (0, "") and ".#" not in out and "mine" in out
+
+
+def test_the_presets_table_cuts_a_long_name_and_keeps_every_value(config_dir, monkeypatch, capsys):
+    # QA: a 200-character name squeezed every value column to nothing; at 80 columns "brainstorming"
+    # showed as "brainstormi…".
+    monkeypatch.setenv("COLUMNS", "80")
+    (config_dir / "presets").mkdir()
+    (config_dir / "presets" / "brainstorming.toml").write_text('use = "ideas"\n[params]\ntop_k = 77\n')
+    code, out, _ = cli(monkeypatch, capsys, "presets")
+    assert code == 0 and "brainstorming " in out
+    (config_dir / "presets" / f"{'n' * 200}.toml").write_text("[params]\ntop_k = 123456\nseed = 987654\n")
+    code, out, _ = cli(monkeypatch, capsys, "presets")
+    long_row = next(line for line in out.splitlines() if line.startswith(" nnn"))
+    assert code == 0 and "…" in long_row and "123456" in long_row and "987654" in long_row
+    assert max(len(line) for line in out.splitlines()) <= 80 and "brainstorming " in out
+
+
+def test_presets_name_writes_numbers_as_the_editor_does(config_dir, monkeypatch, capsys):
+    # QA: `presets NAME` wrote 1e+06 where the f3 editor writes 1000000.
+    (config_dir / "presets").mkdir()
+    (config_dir / "presets" / "wide.toml").write_text(
+        "[params]\nmax_new_tokens = 1000000\n[recommended]\ntop_k = [0, 1000000]\n"
+    )
+    code, out, _ = cli(monkeypatch, capsys, "presets", "wide")
+    assert code == 0 and "e+" not in out
+    assert "max_new_tokens     │ 1000000 │" in out and "0 – 1000000" in out
+    assert "temperature        │ 0.7     │             " in out  # no range recommended: none shown
+
+
+def test_chat_and_compare_take_a_preset_name_in_any_case_as_the_list_spells_it(config_dir, monkeypatch, capsys):
+    # Names ignore case (QA pass 18): --preset Creative is creative, and the app is given "creative",
+    # the name it finds in its presets and stores with each answer.
+    import tiankong.tui.app
+    from tiankong.tui.cli import _compare_lineup
+
+    started = []
+    monkeypatch.setattr(tiankong.tui.app, "run_app", lambda model, **kw: started.append(kw["preset"]))
+    code, _, err = cli(monkeypatch, capsys, "chat", "--preset", "Creative", "-m", "http://127.0.0.1:9/v1")
+    assert (code, err, started) == (0, "", ["creative"])
+    assert _compare_lineup(None, "BALANCED,Precise", None)[0] == ["balanced", "precise"]

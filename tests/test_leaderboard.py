@@ -258,4 +258,50 @@ def test_the_caption_keeps_n_equals_games_on_one_line():
     for n in range(1, 25):
         board = leaderboard([ranked(["a" * n, "b" * n], [0, 1])], by_preset, rounds=0)
         lines = [line.rstrip().replace("\u00a0", " ") for line in board_text(board).splitlines()]
-        assert lines[-2:] == ["Bradley-Terry, Elo-like; n = games", f"CI by bootstrap; — under {MIN_VOTES} votes"]
+        assert lines[-2:] == [
+            "Bradley-Terry, Elo-like; games = answer pairs",
+            f"CI by bootstrap; — under {MIN_VOTES} votes",
+        ]
+
+
+def test_the_table_shows_the_votes_the_interval_rule_counts():
+    # QA: "creative ... — ... 44% 11" beside "— under 10 votes": the rule counts votes, the column was
+    # games. Three 4-way votes give "a" 9 games in 3 votes: the table shows both, and the dash.
+    votes = [ranked(["a", "b", "c", "d"], [0, 1, 2, 3])] * 3
+    (a,) = [s for s in leaderboard(votes, by_preset, rounds=20) if s.name == "a"]
+    assert (a.n, a.votes) == (9, 3) and math.isnan(a.lo)
+    lines = board_text([a]).splitlines()
+    assert lines[1].split() == ["name", "strength", "95%", "CI", "win", "rate", "games", "votes"]
+    assert lines[2].split()[-4:] == ["—", "100%", "9", "3"]  # CI, win rate, games, votes
+
+
+# ---------------------------------------------------------------- the bundled model, one entry
+
+
+def test_the_bundled_model_is_stored_by_name_and_old_path_records_count_with_it(tmp_path):
+    """QA: votes stored the bundled model under its install's path (/tmp/qa16/main/models/tiankong-mini),
+    so a second install counted as another model while the screens said "tiankong-mini". A vote now
+    stores the name (model_key, as compare and generate name a model), which resolves to the bundled
+    model again; an older vote's path of it, from any install, counts as that name."""
+    import os
+
+    from tiankong.engine.model_names import model_key
+    from tiankong.engine.resolve import resolve_model
+    from tiankong.models import default_model_dir
+
+    bundled = default_model_dir()
+    link = tmp_path / "mini"
+    os.symlink(bundled, link)
+    assert model_key(bundled) == model_key(link) == model_key(str(bundled) + "/") == "tiankong-mini"
+    assert os.path.samefile(resolve_model(model_key(bundled)), bundled)
+    assert model_key(tmp_path) == str(tmp_path.resolve())  # any other folder: its path, as before
+
+    def vote(a: str, b: str) -> Vote:
+        return Vote(None, "q", [], [resp("A", "balanced", a), resp("B", "balanced", b)], "ranked", [0, 1], "me", True)
+
+    votes = [vote("/old/install/models/tiankong-mini", "/runs/ppo"), vote("tiankong-mini", "/runs/ppo")]
+    votes.append(vote("/runs/ppo", "/tmp/qa16/main/models/tiankong-mini"))
+    votes.append(vote("http://host:8000/v1/models/tiankong-mini", "/runs/ppo"))  # a server's: its own entry
+    board = {s.name: s for s in leaderboard(votes, by_model, rounds=0)}
+    assert sorted(board) == ["/runs/ppo", "http://host:8000/v1/models/tiankong-mini", "tiankong-mini"]
+    assert (board["tiankong-mini"].n, board["tiankong-mini"].wins) == (3, 2)

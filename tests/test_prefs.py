@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from helpers import cli, imports_torch
@@ -63,6 +64,51 @@ def test_conversational_when_system_prompt_or_turns():
         assert rec["prompt"] == conversation
         assert rec["chosen"] == [{"role": "assistant", "content": "Blue."}]
         assert rec["rejected"] == [{"role": "assistant", "content": "Ultraviolet dreams."}]
+
+
+def test_an_export_has_one_form_per_column_conversational_once_one_vote_needs_it(monkeypatch, capsys, tmp_path):
+    """QA: one multi-turn vote made its rows message lists and every other row strings, a file that
+    datasets.load_dataset("json") (pyarrow: one type per column) refuses. Now every row takes the
+    conversational form then (TRL's: prompt = messages, chosen/rejected = one assistant message), and
+    tiankong's trainers still read every row."""
+    from tiankong.trainers.records import parse_record
+
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    data = tmp_path / "data"
+    with Store(data / DB_NAME) as s:
+        s.add_vote(vote(THREE[:2], ranking=[1, 0]))  # single-turn
+        s.add_vote(vote(THREE[1:], outcome="tie", conversation=turns))  # multi-turn, exported only with ties
+
+    def exported(*flags):
+        out = tmp_path / "t.jsonl"
+        code, _, err = cli(monkeypatch, capsys, "prefs", "export", "-o", out, "--data-dir", data, *flags)
+        assert code == 0, err
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    plain = exported()  # the multi-turn vote is not in it: plain strings, as before
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in plain] == [
+        ("Name a colour.", "Ultraviolet dreams.", "Blue.")
+    ]
+    rows = exported("--include-ties")
+    assert len(rows) == 2
+    for column in ("prompt", "chosen", "rejected"):
+        assert {type(r[column]) for r in rows} == {list}, column  # one JSON type per column
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Name a colour."}]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "Ultraviolet dreams."}]
+    assert rows[0]["rejected"] == [{"role": "assistant", "content": "Blue."}]
+    assert rows[1]["prompt"] == turns and rows[1]["tie"] is True
+    # Every message has the same keys, as a struct column needs; the trainers' reader takes every row.
+    assert {tuple(sorted(m)) for r in rows for c in ("prompt", "chosen", "rejected") for m in r[c]} == {
+        ("content", "role")
+    }
+    assert [parse_record(r) for r in rows] == [
+        ([{"role": "user", "content": "Name a colour."}], "Ultraviolet dreams.", "Blue."),
+        (turns, "Ultraviolet dreams.", "Red."),
+    ]
 
 
 def test_ties_and_both_bad_excluded_unless_asked(store):
@@ -248,6 +294,46 @@ def test_cli_import_export_stats(monkeypatch, capsys, tmp_path):
     code, out, err = cli(monkeypatch, capsys, "prefs", "stats")
     assert code == 0 and "precise" in out and "50.0%" in out and "total" in out
     assert "2 ranked votes; 2 decided pairs between presets" in " ".join(out.split())
+
+
+def test_a_stopped_export_says_its_file_is_unchanged_and_the_next_removes_a_killed_ones_leftover(
+    monkeypatch, capsys, tmp_path
+):
+    """QA: Ctrl+C mid-export printed nothing, and `timeout -s KILL` left a 40 MB .out.jsonl.XXXX.tmp that
+    no later export removed. A temporary file names its writer's pid; the next write of the same target
+    removes one whose writer is gone, and keeps a live writer's and any other file."""
+    import subprocess
+    import sys
+
+    import tiankong.tui.prefs as prefs
+
+    data = tmp_path / "data"
+    with Store(data / DB_NAME) as s:
+        s.add_vote(vote(THREE[:2], ranking=[1, 0]))
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+
+    def stopped(*args, **kwargs):
+        yield {"prompt": "p", "chosen": "a", "rejected": "b"}
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(prefs, "iter_export_records", stopped)
+        code, _, err = cli(monkeypatch, capsys, "prefs", "export", "-o", out, "--data-dir", data)
+    assert code == 130 and err.strip() == f"stopped (Ctrl+C): {out} unchanged (it is written whole or not at all)"
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has ended: its pid names no writer now
+    leftover = tmp_path / f".out.jsonl.{dead}.k1ll3d_x.tmp"
+    leftover.write_bytes(b"x" * 1000)
+    live = tmp_path / f".out.jsonl.{os.getpid()}.abcdefgh.tmp"  # a writer still running: not touched
+    other = tmp_path / f".other.jsonl.{dead}.abcdefgh.tmp"  # another target's: not touched
+    for keep in (live, other):
+        keep.write_text("x")
+    code, _, err = cli(monkeypatch, capsys, "prefs", "export", "-o", out, "--data-dir", data)
+    assert code == 0 and len(out.read_text().splitlines()) == 1, err
+    assert not leftover.exists() and live.exists() and other.exists()
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from tiankong.presets import (
     RECOMMENDED_FIELDS,
     get_preset,
     load_presets,
+    number,
+    save_preset,
     user_presets_dir,
 )
 
@@ -91,7 +93,7 @@ def test_user_file_overrides_some_params_and_adds_a_preset(tmp_path):
     haiku = presets["haiku"]  # the name comes from the file name
     assert haiku.params == SamplingParams(temperature=1.1, stop=("\n\n\n",))
     assert haiku.recommended["temperature"] == (0.9, 1.3)
-    assert haiku.recommended["top_k"] == (0, 1_000_000)  # unset: the full allowed range
+    assert "top_k" not in haiku.recommended  # unset: no range (the whole allowed one recommends nothing)
     assert len(presets) == len(TABLE) + 1
 
 
@@ -133,9 +135,10 @@ def test_unknown_preset_lists_available_names(no_user_dir):
 def test_invalid_user_files_name_the_file_and_the_problem(tmp_path, text, message):
     path = write(tmp_path, "bad.toml", text)
     with pytest.raises(InputError, match=message) as err:
-        load_presets(tmp_path)
+        get_preset("bad", tmp_path)
     assert str(err.value).startswith(f"{path}: ")
     assert "\n" not in str(err.value)
+    assert load_presets(tmp_path).broken == {"bad": str(err.value)}  # the others still load
 
 
 def test_a_user_file_starting_with_a_byte_order_mark_is_read(tmp_path):
@@ -149,7 +152,7 @@ def test_a_folder_named_like_a_preset_is_named_as_such(tmp_path):
     # QA: said "give the path of a real file", though the person gave no path: it is in their folder.
     (tmp_path / "d.toml").mkdir()
     with pytest.raises(InputError) as err:
-        load_presets(tmp_path)
+        get_preset("d", tmp_path)
     assert str(err.value) == f"{tmp_path / 'd.toml'} is a folder, not a preset file; remove or rename it"
 
 
@@ -157,4 +160,122 @@ def test_a_name_key_must_be_the_file_name(tmp_path):
     # Two files could otherwise define one name, and mine.toml could quietly replace "balanced".
     write(tmp_path, "a.toml", 'name = "same"\n')
     with pytest.raises(InputError, match=r"a.toml: says name = 'same', but a preset's name is its file name \('a'\)"):
-        load_presets(tmp_path)
+        get_preset("a", tmp_path)
+    assert "same" not in load_presets(tmp_path).broken
+
+
+# --- QA pass 18: hidden files, one broken file, names that differ in case, save as -------------------
+
+
+def test_hidden_files_in_the_presets_folder_are_no_presets(tmp_path):
+    # QA: Emacs's lock link made every command fail ("cannot read .#mine.toml"), macOS's ._ file was
+    # "invalid TOML", and a file called .toml became a preset named ".toml".
+    write(tmp_path, "mine.toml", "[params]\ntemperature = 0.2\n")
+    (tmp_path / ".#mine.toml").symlink_to(tmp_path / "user@host.1234")  # dangling, as Emacs leaves it
+    (tmp_path / "._mine.toml").write_bytes(b"\x00\x05\x16\x07Mac OS X        \xff\xfe")
+    write(tmp_path, ".toml", "[params]\ntemperature = 0.9\n")
+    presets = load_presets(tmp_path)
+    assert list(presets) == [*sorted(TABLE), "mine"] and presets.broken == {}
+    assert get_preset("mine", tmp_path).params.temperature == 0.2
+
+
+def test_a_broken_user_file_breaks_only_its_own_preset(tmp_path):
+    # QA: temperature = -1 in mine.toml made `generate --preset balanced` and `get_preset("creative")` fail.
+    path = write(tmp_path, "mine.toml", "[params]\ntemperature = -1\n")
+    write(tmp_path, "ok.toml", "[params]\ntemperature = 0.4\n")
+    presets = load_presets(tmp_path)
+    line = f"{path}: [params] temperature must be in [0, 2], got -1.0"
+    assert presets.broken == {"mine": line}
+    assert "mine" not in presets and list(presets) == [*sorted(TABLE), "ok"]
+    assert get_preset("creative", tmp_path) == load_presets(tmp_path / "absent")["creative"]
+    assert get_preset("ok", tmp_path).params.temperature == 0.4
+    with pytest.raises(InputError) as err:
+        get_preset("mine", tmp_path)
+    assert str(err.value) == line  # the file's own error, not "preset must be one of"
+
+
+def test_a_broken_override_of_a_bundled_preset_leaves_it_out_rather_than_unchanged(tmp_path):
+    # The person meant balanced to change: the bundled values in its place would be a silent surprise.
+    write(tmp_path, "balanced.toml", "[params]\ntop_p = 7\n")
+    presets = load_presets(tmp_path)
+    assert "balanced" not in presets and set(presets.broken) == {"balanced"}
+    with pytest.raises(InputError, match=r"balanced.toml: \[params\] top_p must be in \[0, 1\], got 7.0"):
+        get_preset("balanced", tmp_path)
+
+
+def test_preset_names_ignore_case_on_every_filesystem(tmp_path):
+    # QA: Balanced.toml made a second preset "Balanced" from generic defaults (on a filesystem that
+    # ignores case it would have overridden balanced).
+    write(tmp_path, "Balanced.toml", 'name = "BALANCED"\n[params]\ntemperature = 0.3\n')
+    write(tmp_path, "Mine.toml", "[params]\ntop_k = 3\n")
+    presets = load_presets(tmp_path)
+    assert list(presets) == [*sorted(TABLE), "Mine"]  # the override keeps the bundled name and place
+    bundled = get_preset("balanced", tmp_path / "absent")
+    assert presets["balanced"].params == bundled.params.replace(temperature=0.3)
+    assert presets["balanced"].source == tmp_path / "Balanced.toml"
+    assert get_preset("BALANCED", tmp_path) == presets["balanced"] and "CrEaTiVe" in presets
+    assert get_preset("mine", tmp_path).name == "Mine"
+
+
+def test_two_user_files_one_name_in_different_case_are_refused_naming_both(tmp_path):
+    write(tmp_path, "Mine.toml", "[params]\ntop_k = 3\n")
+    write(tmp_path, "mine.toml", "[params]\ntop_k = 4\n")
+    presets = load_presets(tmp_path)
+    assert "mine" not in presets
+    with pytest.raises(InputError) as err:
+        get_preset("mine", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'Mine.toml'} and mine.toml are one preset (names ignore case); remove or rename one of them"
+    )
+
+
+def test_a_saved_preset_loads_back_with_the_same_values(tmp_path):
+    like = get_preset("balanced", tmp_path)
+    params = like.params.replace(temperature=0.35, top_k=7, seed=2**64 - 1, stop=("\n\nUser:", 'say "x"\x7f'))
+    saved = save_preset("cooler", params, like, tmp_path)
+    assert saved.name == "cooler" and saved.source == tmp_path / "cooler.toml"
+    assert get_preset("cooler", tmp_path).params == params
+    assert saved.use == like.use and saved.recommended == like.recommended
+    assert [p.name for p in tmp_path.iterdir()] == ["cooler.toml"]  # no temporary file left
+
+
+def test_saving_under_a_taken_name_is_refused_unless_it_is_the_preset_edited(tmp_path):
+    balanced = get_preset("balanced", tmp_path)
+    save_preset("mine", balanced.params, balanced, tmp_path)
+    refusals = {
+        "creative": "creative is already a bundled preset; save under another name, or switch to creative (f2) "
+        "and save it as creative to override it",
+        "MINE": "mine is already one of your presets; save under another name, or switch to mine (f2) and save "
+        "it as mine to replace it",
+    }
+    for name, message in refusals.items():
+        with pytest.raises(InputError) as err:
+            save_preset(name, balanced.params.replace(top_k=1), balanced, tmp_path)
+        assert str(err.value) == message
+    # The preset edited, under its own name (any case): an override, into the file there is.
+    save_preset("Balanced", balanced.params.replace(top_k=2), balanced, tmp_path)
+    mine = get_preset("mine", tmp_path)
+    save_preset("MINE", mine.params.replace(top_k=3), mine, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["balanced.toml", "mine.toml"]
+    assert get_preset("balanced", tmp_path).params.top_k == 2 and get_preset("mine", tmp_path).params.top_k == 3
+    assert get_preset("balanced", tmp_path).description == balanced.description
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", ".hidden", "two words", "x" * 65, "end.", "", "nul", "COM1.x"])
+def test_a_name_that_is_no_safe_file_name_is_refused(tmp_path, name):
+    balanced = get_preset("balanced", tmp_path)
+    with pytest.raises(InputError, match="file name|device's name"):
+        save_preset(name, balanced.params, balanced, tmp_path)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_number_writes_every_value_the_same_way():
+    # QA: `presets NAME` wrote 1e+06 where the editor writes 1000000.
+    assert [number(x) for x in (1_000_000, 1e6, 2.0, 0.05, 0.123456789, 2**64 - 1)] == [
+        "1000000",
+        "1000000",
+        "2",
+        "0.05",
+        "0.123456789",
+        "18446744073709551615",
+    ]

@@ -809,7 +809,7 @@ def test_ctrl_b_compares_the_last_prompt_under_two_presets(tiny, store, tmp_path
 
     screen, presets = run(go())
     assert isinstance(screen, compare.CompareScreen)
-    assert presets == ["balanced", "chat"]
+    assert presets == ["balanced (edited)", "chat"]  # chat_app's max_new_tokens=4 is an f3 edit: compared as such
     assert screen.initial_prompt == "which is better?"
 
 

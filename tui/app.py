@@ -237,20 +237,21 @@ class TiankongApp(App[None]):
 
     def open_compare(
         self,
-        preset_names: list[str],
+        preset_names: list[str | Preset],
         conversation: list[dict] | None = None,
         engines: list[Any] | None = None,
         standalone: bool = False,
     ) -> None:
         """Push the compare screen: one engine with these presets (or several engines, one preset).
-        standalone: opened by `tiankong compare` rather than from the chat (esc does not leave it)."""
+        standalone: opened by `tiankong compare` rather than from the chat (esc does not leave it).
+        A preset given as a Preset rather than a name is used as it is (the chat's, edited with f3)."""
         from tiankong.tui.screens.compare import CompareScreen
 
         if self.engine is None:
             self.notify(self.engine_error or "the model is still loading", severity="warning", markup=False)
             return
         engines = engines or [self.engine]
-        presets = [self.presets[n] for n in preset_names]
+        presets = [self.presets[n] if isinstance(n, str) else n for n in preset_names]
         if len(engines) > 1:
             presets = presets[:1]
         try:
@@ -281,7 +282,8 @@ class TiankongApp(App[None]):
                 ("this screen", rows),
                 ("everywhere", self.everywhere_keys()),
             ]
-        self.push_screen(HelpScreen(sections))
+        intro = screen.help_intro() if callable(getattr(screen, "help_intro", None)) else None
+        self.push_screen(HelpScreen(sections) if intro is None else HelpScreen(sections, intro))
 
     def everywhere_keys(self) -> list[tuple[str, str]]:
         """The app's own keys, for the help screen's "everywhere" section."""

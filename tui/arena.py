@@ -14,6 +14,7 @@ from typing import Any
 
 from textual import events
 
+from tiankong.presets import Preset
 from tiankong.tui.app import TiankongApp, run_until_exit
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare import CompareScreen
@@ -31,7 +32,7 @@ class QueueApp(TiankongApp):
 
     def open_compare(
         self,
-        preset_names: list[str],
+        preset_names: list[str | Preset],
         conversation: list[dict] | None = None,
         engines: list[Any] | None = None,
         standalone: bool = False,
@@ -41,7 +42,9 @@ class QueueApp(TiankongApp):
             super().open_compare(preset_names, conversation, engines, standalone)
             return
         engines = engines or [self.engine]
-        presets = [self.presets[n] for n in preset_names][: 1 if len(engines) > 1 else None]
+        presets = [self.presets[n] if isinstance(n, str) else n for n in preset_names][
+            : 1 if len(engines) > 1 else None
+        ]
         self.push_screen(
             CompareScreen(
                 engines, presets, self.store, self.rater, queue=queue, restart=self.restart, standalone=standalone

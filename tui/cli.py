@@ -77,7 +77,7 @@ def chat(
     """Chat with a model and watch every token's candidates stream in."""
     from tiankong.tui.app import run_app
 
-    get_preset(preset)  # fail fast, before the screen opens
+    preset = get_preset(preset).name  # fail fast, before the screen opens; spelt as listed ("Creative": creative)
     _local_only([model], device, dtype, chat_template)
     run_app(
         _playground_model(model, api_key),
@@ -98,25 +98,40 @@ def _compare_lineup(
     servers) under one preset (default balanced). Two models under several presets is refused rather
     than cut to the first preset without a word."""
     names = [p.strip() for p in (presets if presets is not None else "").split(",") if p.strip()]
-    for name in names:
-        get_preset(name)
+    names = [get_preset(name).name for name in names]  # as the list spells them ("Creative": creative)
     if models and presets is not None and len(names) != 1:  # said before any model is looked up
         raise InputError(
             f"--models compares two models under one preset; give one --presets, e.g. --presets "
             f"{names[0] if names else DEFAULT_PRESET} (got {', '.join(names) or 'none'})"
         )
-    model_dirs = [_playground_model(m.strip(), api_key) for m in models.split(",") if m.strip()] if models else None
+    specs = [m.strip() for m in models.split(",") if m.strip()] if models else []
+    if models and not 1 <= len(specs) <= 2:  # counted before any is looked up: the count is the mistake
+        raise InputError(f"--models takes one or two folders, got {len(specs)}; e.g. --models ./sft,./ppo")
+    model_dirs = [_playground_model(m, api_key) for m in specs] if models else None
     if model_dirs is not None:
         if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
             model_dirs.insert(0, _playground_model(model, api_key))
-        if len(model_dirs) != 2:
-            raise InputError(f"--models takes one or two folders, got {len(model_dirs)}; e.g. --models ./sft,./ppo")
+        _two_models(model_dirs)
         names = names or [DEFAULT_PRESET]
     elif presets is None:
         names = [DEFAULT_PRESET, "creative"]
     elif not 2 <= len(names) <= 4:
         raise InputError(f"--presets takes 2 to 4 presets, got {len(names)}; e.g. --presets balanced,creative")
     return names, model_dirs
+
+
+def _two_models(model_dirs: list[Any]) -> None:
+    """--models must name two different models: one model twice under one preset gives votes that
+    decide no pair, on the models leaderboard or the presets'."""
+    from tiankong.engine.model_names import model_key
+    from tiankong.engine.remote import RemoteModel
+
+    a, b = (str(m) if isinstance(m, RemoteModel) else model_key(m) for m in model_dirs)
+    if a == b:
+        raise InputError(
+            f"--models names one model twice ({a}); give two different models, "
+            "or compare presets of one model with --presets balanced,creative"
+        )
 
 
 @app.command(
@@ -284,8 +299,10 @@ def serve(
         prefix_cache_mib=prefix_cache,
         prefill_chunk=prefill_chunk,
     )
-    check_bind(cfg.host, cfg.api_key)  # before the model loads, as is a broken preset file:
+    check_bind(cfg.host, cfg.api_key)  # before the model loads, as are the preset files:
     presets = load_presets()  # read once; the server never reads them again
+    for problem in presets.broken.values():  # a request naming one is refused with this line
+        err.print(f"warning: preset not loaded: {escape(problem)}", highlight=False, soft_wrap=True)
     eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
     run_server(eng, cfg, presets=presets)  # says "serving ... on ..." once the port is bound
 

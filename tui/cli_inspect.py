@@ -260,41 +260,70 @@ def _home(path: str) -> str:
     return "~" + path[len(home) :] if path.startswith(home + os.sep) else path
 
 
+# The presets table's name column: at least the longest name up to NAME_MIN (so "brainstorming *"
+# fits at 80 columns, the "use" words wrapping beside it), at most NAME_WIDTH (a longer name is cut,
+# the value columns stay whole).
+NAME_MIN, NAME_WIDTH = 16, 24
+USE_MIN = 12  # the "use" column's room before the name column is cut below its longest name
+
+
+def _name_width(width: int, names: list[str], heads: tuple[str, ...], rows: list[list[str]]) -> int:
+    """The presets table's name column: the longest name (and " *"), up to NAME_WIDTH, and below
+    that down to NAME_MIN where the terminal is too narrow for it, the value columns and USE_MIN."""
+    longest = max(cell_len(n) + 2 for n in names)
+    values = sum(max(cell_len(v) for v in [h, *(r[i] for r in rows)]) for i, h in enumerate(heads))
+    room = width - values - USE_MIN - 3 * (len(heads) + 2) + 1  # each column's padding and rule
+    return min(longest, NAME_WIDTH, max(NAME_MIN, room))
+
+
 @app.command(
     epilog="""[bold]Examples[/bold]
 
   tiankong presets
 
   tiankong presets creative
+
+[bold]Exit codes[/bold]
+
+  0 every preset file was read; 1 the list was printed, but some of your preset files could not be
+  used (each is named on stderr with its error: only those presets are left out); 2 an error
 """
 )
 def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in full.")) -> None:
     """List the sampling presets (bundled and your own), or show one with its recommended ranges."""
     from tiankong.engine.params import SAMPLER_CHAIN
-    from tiankong.presets import user_presets_dir
+    from tiankong.presets import number, user_presets_dir
 
     con = Console(emoji=False)
     if name is None:
+        found = load_presets()
+        heads = ("temp", "top-k", "top-p", "min-p", "rep.pen", "seed")
+        rows = [
+            [
+                number(p.params.temperature),
+                str(p.params.top_k),
+                number(p.params.top_p),
+                number(p.params.min_p),
+                number(p.params.repetition_penalty),
+                "random" if p.params.seed is None else str(p.params.seed),
+            ]
+            for p in found.values()
+        ]
         table = Table(title=Text(f"presets (yours go in {user_presets_dir()})"), show_edge=False)
-        table.add_column("name", no_wrap=True)
+        table.add_column("name", no_wrap=True, width=_name_width(con.width, list(found), heads, rows))
         table.add_column("use", ratio=1)
-        for col in ("temp", "top-k", "top-p", "min-p", "rep.pen", "seed"):
+        for col in heads:
             table.add_column(col, no_wrap=True, justify="right")
-        for p in load_presets().values():
-            s = p.params
+        for p, values in zip(found.values(), rows, strict=True):
             # Text, not str (read as markup): a preset's name and words are a file's, "[/]" included.
-            table.add_row(
-                Text(p.name).append(" *" if p.name == DEFAULT_PRESET else "", style="dim"),
-                Text(p.use),
-                f"{s.temperature:g}",
-                str(s.top_k),
-                f"{s.top_p:g}",
-                f"{s.min_p:g}",
-                f"{s.repetition_penalty:g}",
-                "random" if s.seed is None else str(s.seed),
-            )
+            name = Text(p.name, overflow="ellipsis").append(" *" if p.name == DEFAULT_PRESET else "", style="dim")
+            table.add_row(name, Text(p.use), *values)
         con.print(table)
         con.print(f"* the default.  sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
+        for problem in found.broken.values():
+            err.print(Text(f"not loaded: {problem}"), highlight=False, soft_wrap=True)
+        if found.broken:
+            raise typer.Exit(1)
         return
     p = get_preset(name)
     con.print(
@@ -307,7 +336,12 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
         table.add_column(col)
     for key, value in p.params.to_dict().items():
         rec = p.recommended.get(key)
-        shown = "random" if key == "seed" and value is None else str(value)  # as the list says it
-        table.add_row(key, Text(shown), f"{rec[0]:g} – {rec[1]:g}" if rec else "")  # stop strings: "[/INST]"
+        if key == "seed" and value is None:
+            shown = "random"  # as the list says it
+        elif isinstance(value, (int, float)):
+            shown = number(value)  # as the f3 editor writes it
+        else:
+            shown = str(value)
+        table.add_row(key, Text(shown), f"{number(rec[0])} – {number(rec[1])}" if rec else "")  # stop: "[/INST]"
     con.print(table)
     con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")

@@ -50,7 +50,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from tiankong.engine.model_names import display_name
+from tiankong.engine.model_names import display_name, stored_model
 from tiankong.tui.store import Response, Vote
 
 SCALE, BASE = 400 / math.log(10), 1000.0  # natural-log strength -> Elo-like points
@@ -278,7 +278,7 @@ def by_preset(r: Response) -> str:
 
 
 def by_model(r: Response) -> str:
-    return r.model
+    return stored_model(r.model)  # the bundled model's path in an older vote: its name
 
 
 def leaderboards(
@@ -295,7 +295,7 @@ def leaderboards(
 # ---------------------------------------------------------------- rendering
 
 
-NAME_WIDTH = 32  # the name column's cells: with the four number columns the table fits 80 columns
+NAME_WIDTH = 32  # the name column's cells: with the five number columns the table fits 80 columns
 
 
 def short_names(names: list[str], width: int = NAME_WIDTH) -> dict[str, str]:
@@ -335,7 +335,7 @@ def fit_name(name: str, width: int = NAME_WIDTH) -> str:
 
 
 def standings_table(standings: list[Standing], title: str, paths: bool = False, level: float = 0.95) -> Table:
-    """name, strength, confidence interval, win rate, games; `paths` shortens model paths to folder names."""
+    """name, strength, confidence interval, win rate, games, votes; `paths` shortens model paths to folder names."""
     names = [s.name for s in standings]
     shown = short_names(names) if paths else {n: fit_name(n) for n in names}
     table = Table(
@@ -346,12 +346,14 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
         padding=(0, 1),
         # Two short lines: a caption longer than the table is wrapped to its width (a narrow table broke
         # it inside "n = games": rich breaks at no-break spaces too), and each line fits the narrowest table.
-        caption=f"Bradley-Terry, Elo-like; n = games\nCI by bootstrap; — under {MIN_VOTES} votes",
+        # The interval's rule counts votes, so the votes are a column beside the games (QA: "— under 10
+        # votes" read wrong next to an n of 11 games).
+        caption=f"Bradley-Terry, Elo-like; games = answer pairs\nCI by bootstrap; — under {MIN_VOTES} votes",
         caption_justify="left",
         caption_style="dim",
     )
     table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=NAME_WIDTH)
-    for col in ("strength", f"{level:.0%} CI", "win rate", "n"):
+    for col in ("strength", f"{level:.0%} CI", "win rate", "games", "votes"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in standings:
         rate = s.win_rate
@@ -361,6 +363,7 @@ def standings_table(standings: list[Standing], title: str, paths: bool = False, 
             "—" if math.isnan(s.lo) or math.isnan(s.hi) else f"{_points(s.lo)} – {_points(s.hi)}",
             "–" if rate is None else f"{rate:.0%}",
             str(s.n),
+            str(s.votes),
         )
     return table
 

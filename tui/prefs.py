@@ -2,10 +2,14 @@
 
 Export follows TRL's "preference" dataset type (https://huggingface.co/docs/trl/dataset_formats):
 
-* standard, for a single user prompt without a system prompt:
+* standard, when every exported vote is a single user prompt without a system prompt:
   {"prompt": str, "chosen": str, "rejected": str}
-* conversational, when the vote had a system prompt or earlier turns:
+* conversational, for every row of the file as soon as one exported vote had a system prompt or
+  earlier turns (a single-turn vote's prompt is then its one user message):
   {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}]}
+
+One form per file: `datasets.load_dataset("json")` (pyarrow) refuses a column that is a string in one
+row and a list in another, and TRL picks the form from the first row. tiankong's trainers read both.
 
 A K-way ranking becomes all K(K-1)/2 (better, worse) pairs; a partial one (`3 1 enter` on four answers)
 only the pairs it expressed: C > A, and C and A over B and D, never B against D. Every record also carries chosen_preset,
@@ -25,6 +29,7 @@ A vote row damaged outside tiankong is skipped by export and stats, with one war
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -55,14 +60,18 @@ IMPORT_BATCH = 1000  # votes per transaction of an import; more than one batch s
 # ---------------------------------------------------------------- export
 
 
-def _conversational(vote: Vote) -> bool:
-    """The contract's rule: more than one message of context, or a system prompt."""
+def needs_messages(vote: Vote) -> bool:
+    """Whether the vote's prompt needs TRL's conversational form: more than one message of context, or
+    a system prompt (Store.any_multi_message asks the same of the whole store, in SQL)."""
     return len(vote.conversation) > 1 or any(m.get("role") == "system" for m in vote.conversation)
 
 
-def vote_pairs(vote: Vote, include_ties: bool = False, include_both_bad: bool = False) -> list[dict]:
+def vote_pairs(
+    vote: Vote, include_ties: bool = False, include_both_bad: bool = False, conversational: bool = False
+) -> list[dict]:
     """The vote as TRL preference records: (better, worse) pairs of a ranking, best pairs first;
-    for an included tie or both-bad vote, every pair of its responses with a "tie"/"both_bad" flag."""
+    for an included tie or both-bad vote, every pair of its responses with a "tie"/"both_bad" flag.
+    conversational: message lists even for a single-turn vote (its file has a multi-turn one)."""
     n = len(vote.responses)
     if vote.outcome == "ranked":
         pairs, flag = vote.pairs(), None  # only what was expressed: an unranked tail stays unordered
@@ -70,8 +79,9 @@ def vote_pairs(vote: Vote, include_ties: bool = False, include_both_bad: bool = 
         pairs, flag = list(combinations(range(n), 2)), vote.outcome
     else:
         return []
-    conv = _conversational(vote)
-    prompt: Any = [{"role": m["role"], "content": m["content"]} for m in vote.conversation] if conv else vote.prompt
+    conv = conversational or needs_messages(vote)
+    messages = [{"role": m["role"], "content": m["content"]} for m in vote.conversation]
+    prompt: Any = (messages or [{"role": "user", "content": vote.prompt}]) if conv else vote.prompt
 
     def side(r: Response) -> Any:
         return [{"role": "assistant", "content": r.text}] if conv else r.text
@@ -103,9 +113,11 @@ def iter_export_records(
 ) -> Iterator[dict]:
     """Every vote's TRL records, oldest vote first, read from the store a page at a time (so an export
     of a million votes holds one page, not all of them). Unreadable vote rows are left out (listed in
-    `skipped` as they are met)."""
+    `skipped` as they are met). All in one form: conversational if any exported vote needs it."""
+    outcomes = ("ranked",) + ("tie",) * include_ties + ("both_bad",) * include_both_bad
+    conv = store.any_multi_message(outcomes)  # asked before the first row is written
     for vote in store.iter_votes(oldest_first=True, skipped=skipped):
-        yield from vote_pairs(vote, include_ties=include_ties, include_both_bad=include_both_bad)
+        yield from vote_pairs(vote, include_ties, include_both_bad, conversational=conv)
 
 
 def export_records(
@@ -241,8 +253,9 @@ def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
   tiankong prefs export --format rankings -o rankings.jsonl
 
 Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs; a partial one only the pairs it expressed.
+Every row of a file has one form, as datasets.load_dataset("json") needs: plain strings, or, once any exported vote has a system prompt or earlier turns, TRL's conversational message lists (a single-turn prompt is then one user message).
 --format rankings writes each vote whole instead: its responses (model, preset, params, seed, text), "ranking" as groups of response indices best first (a group is unordered: the unranked rest, or a tie), outcome, rater, prompt_id.
---output is written whole or not at all (a temporary file renamed over it); a symlink is written through, a folder or device is refused."""
+--output is written whole or not at all (a temporary file renamed over it): Ctrl+C leaves it unchanged and says so, and the next export removes what a killed one left. A symlink is written through, a folder or device is refused."""
 )
 def export(
     format: str = typer.Option("trl", "--format", help="trl (TRL preference pairs) or rankings (K-way, with ties)."),
@@ -257,6 +270,23 @@ def export(
     if format not in ("trl", "rankings"):
         raise InputError(f"unknown --format {format!r}; use trl or rankings")
     output = output_file(output)  # "-" is stdout
+    try:
+        with Stops():  # SIGTERM as Ctrl+C: either says what became of the output
+            written = _export(format, output, include_ties, include_both_bad, data_dir)
+    except KeyboardInterrupt as stop:
+        if output is None:
+            _say_stopped(stop, "the export to standard output is cut short")
+        what = "unchanged" if os.path.lexists(output) else "not written"
+        _say_stopped(stop, f"{output} {what} (it is written whole or not at all)")
+    if output is not None:
+        what = "rankings" if format == "rankings" else "preference pairs"
+        _err().print(f"wrote {written} {what} to {output}", highlight=False, markup=False)  # a path may hold "[/]"
+
+
+def _export(
+    format: str, output: Optional[Path], include_ties: bool, include_both_bad: bool, data_dir: Optional[Path]
+) -> int:
+    """Write the export to `output` (None: stdout), streamed; -> how many records it holds."""
     skipped: list[tuple[int, str]] = []
     written = 0
     with _existing_store(data_dir) as store:  # before the output is opened: no store, no empty file
@@ -281,9 +311,7 @@ def export(
             with atomic_open(output) as f:
                 f.writelines(lines())
         warn_skipped(store, skipped)
-    if output is not None:
-        what = "rankings" if format == "rankings" else "preference pairs"
-        _err().print(f"wrote {written} {what} to {output}", highlight=False, markup=False)  # a path may hold "[/]"
+    return written
 
 
 @prefs_app.command(
@@ -390,7 +418,7 @@ def _say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
 
 Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses). Two answers of one preset decide no pair: a vote imported from rows that name no presets (both answers "imported") counts in the imported row, with no win or loss.
 The total row counts each vote once: votes, tie votes and both-bad votes; its wins and losses stay blank, as each decided pair is one win and one loss above. The line under the table gives the ranked votes and the decided pairs.
-The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes ("—" for an entry in fewer than {MIN_VOTES} votes, too few to resample)."""
+The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes ("—" for an entry in fewer than {MIN_VOTES} votes, too few to resample); "games" counts an entry's answer pairs, "votes" the votes they come from."""
 )
 def stats(
     data_dir: Optional[Path] = DataDirOpt,

@@ -113,8 +113,9 @@ def build_app(
     announce: Callable[[str], None] = _to_stderr,
 ) -> Starlette:
     """The ASGI app: routes, auth, the cap on requests at once, and the batcher's shutdown when the
-    app stops. presets: as load_presets() gives them (read now when not given; InputError for a
-    broken file); announce: where the shutdown's progress lines go."""
+    app stops. presets: as load_presets() gives them (read now when not given; a broken file leaves
+    out its preset, and a request naming it gets that file's error); announce: where the shutdown's
+    progress lines go."""
     server = _Server(engine, batcher, cfg, load_presets() if presets is None else presets, announce)
 
     @contextlib.asynccontextmanager
@@ -222,9 +223,10 @@ def serve(
     """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it. The address is
     bound before `announce` gets the "serving ..." line, so that line is never followed by a bind
     error; the shutdown's progress lines go there too. presets: as load_presets() gives them (read
-    now when not given). InputError for an address refused, a port in use or a broken preset file."""
+    now when not given). InputError for an address refused, a port in use or a presets path that is a
+    file."""
     check_bind(cfg.host, cfg.api_key)
-    if presets is None:  # a broken preset file: one error now, not a 400 to every client naming a preset
+    if presets is None:  # read once, now: the server never reads them again
         presets = load_presets()
     socks = listen(cfg)
     batcher = new_batcher(engine, cfg)

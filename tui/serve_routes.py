@@ -26,7 +26,7 @@ from tiankong.engine.events import Event
 from tiankong.engine.model_names import display_name
 from tiankong.engine.ollama import ollama_canonical
 from tiankong.engine.params import SamplingParams
-from tiankong.presets import Preset
+from tiankong.presets import Preset, Presets
 from tiankong.tui import openai_format as fmt
 from tiankong.tui.serve_stream import _shutting_down, _Stream
 
@@ -120,7 +120,10 @@ class _Server:
         return JSONResponse({"count": len(ids), "max_model_len": self.engine.cfg.max_seq_len, "tokens": ids})
 
     def _preset(self, name: str) -> SamplingParams:
-        """A preset's SamplingParams, from those read at startup; InputError for an unknown name."""
+        """A preset's SamplingParams, from those read at startup; InputError for an unknown name, or
+        with its file's error for a preset whose file was broken then."""
+        if isinstance(self.presets, Presets):  # as load_presets gives them (a caller may give a dict)
+            return self.presets.find(name).params
         if name not in self.presets:
             raise InputError(f"preset must be one of {', '.join(sorted(self.presets))}, got {name!r}")
         return self.presets[name].params

@@ -131,6 +131,13 @@ class Vote:
         return [(i, j) for a, tier in enumerate(tiers) for i in tier for lower in tiers[a + 1 :] for j in lower]
 
 
+def same_answer(a: str, b: str) -> bool:
+    """Whether two answers are one answer as far as a preference goes: the same text, which no rater
+    can prefer to itself (a deterministic preset says the same again; tiny models often do). A pair of
+    them is no preference: the chat's branch votes and compare's rankings store none."""
+    return a == b
+
+
 def validate_vote(v: Vote) -> None:
     """Raise InputError unless the vote is storable: 2-4 responses, a known outcome, a matching ranking."""
     if v.outcome not in OUTCOMES:

@@ -1,5 +1,5 @@
 """The votes half of the store: preference votes (written durably, imported without duplicates,
-undone, read a page at a time or grouped by shape for the statistics), and where each prompt file's
+undone or deleted, read a page at a time or grouped by shape for the statistics), and where each prompt file's
 queue of rounds stands (the rounds done, and which round each open window shows).
 
 Apart from the chats half (store_chats.py): the two share only the connection (StoreBase) and never
@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from operator import attrgetter
 from typing import Any
 
 from tiankong.tui.store_base import StoreBase, now
@@ -168,6 +169,13 @@ class VoteStore(StoreBase):
                     claim_round(conn, queue[0], queue[1], window)
         return deleted > 0
 
+    def delete_vote(self, vote_id: int) -> bool:
+        """Delete the vote `vote_id`, whoever cast it and however it came (an import's too), in one durable
+        transaction: the votes screen's `d d`, asked twice, where undo (undo_vote) takes back only the
+        window's own votes. A prompt file's round it was cast in stays done. False when it was not stored."""
+        with self._tx(durable=True) as conn:
+            return conn.execute("DELETE FROM votes WHERE id = ?", (vote_id,)).rowcount > 0
+
     def list_votes(
         self,
         *,
@@ -236,6 +244,18 @@ class VoteStore(StoreBase):
                     _skip(skipped, row["id"], f"{type(e).__name__}: {e}")
                     continue
                 yield v
+
+    def any_multi_message(self, outcomes: tuple[str, ...] = OUTCOMES) -> bool:
+        """Whether a vote of one of these outcomes has more than one message of context, or a system
+        prompt alone (prefs.needs_messages, in SQL: the first such row ends the scan). A preference
+        export then writes every row in TRL's conversational form, so that a file's columns keep one type."""
+        marks = ", ".join("?" * len(outcomes))
+        rows = self._read(
+            f"SELECT 1 FROM votes WHERE outcome IN ({marks}) AND json_valid(conversation) AND "
+            "(json_array_length(conversation) > 1 OR json_extract(conversation, '$[0].role') = 'system') LIMIT 1",
+            outcomes,
+        )
+        return bool(rows)
 
     def vote_shapes(self, skipped: list[tuple[int, str]] | None = None) -> tuple[list[Vote], list[int]]:
         """The votes grouped by their shape, counted in SQL: (shapes, how many votes have each).
@@ -392,17 +412,20 @@ _FIELDS = """CAST(CASE WHEN json_valid(responses) THEN json_array(json_array_len
     '$[0].model', '$[1].model', '$[2].model', '$[3].model')) END AS BLOB)"""
 
 
-def summarise(shapes: list[Vote], counts: list[int]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+def summarise(
+    shapes: list[Vote], counts: list[int], by: Callable[[Response], Any] = attrgetter("preset")
+) -> tuple[dict[Any, dict[str, int]], dict[str, int]]:
     """(per preset: votes, wins, losses, ties, both_bad; votes per outcome) of votes given as shapes with
-    counts (Store.vote_shapes). See Store.vote_stats for what counts as what."""
-    stats: dict[str, dict[str, int]] = {}
+    counts (Store.vote_shapes). See Store.vote_stats for what counts as what. `by` names an answer's
+    entry: its preset, or e.g. (preset, model), so one preset name used by two models is two entries."""
+    stats: dict[Any, dict[str, int]] = {}
     totals = {o: 0 for o in OUTCOMES}
 
-    def entry(preset: str) -> dict[str, int]:
+    def entry(preset: Any) -> dict[str, int]:
         return stats.setdefault(preset, {"votes": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
 
     for shape, count in zip(shapes, counts, strict=True):
-        names = [r.preset for r in shape.responses]
+        names = [by(r) for r in shape.responses]
         totals[shape.outcome] += count
         for p in set(names):
             entry(p)["votes"] += count

@@ -26,6 +26,7 @@ from textual.widgets.option_list import Option
 from tiankong.engine.tokenizer import IncrementalDecoder
 from tiankong.tui.queue import prompt_id
 from tiankong.tui.store import Message, Response, Vote
+from tiankong.tui.store_records import same_answer
 from tiankong.tui.widgets.candidates import pct, show_token
 
 
@@ -148,7 +149,7 @@ def branch_votes(
     for r in rejected:
         vote = branch_vote(conversation, chosen, r, model, rater)
         better, worse = (resp.text for resp in vote.responses)
-        same_pair = any(v.conversation == vote.conversation and v.responses[1].text == worse for v in votes)
-        if better != worse and not same_pair:
+        same_pair = any(v.conversation == vote.conversation and same_answer(v.responses[1].text, worse) for v in votes)
+        if not same_answer(better, worse) and not same_pair:
             votes.append(vote)
     return votes

@@ -157,8 +157,8 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             "ctrl+b",
             "compare",
             "compare",
-            show=False,
-            tooltip="compare your last prompt under this preset and the next one, side by side, and vote",
+            tooltip="compare your last prompt under this preset (with its f3 edits) and the next one, side by "
+            "side, and vote",
         ),
         # The prompt keeps the focus while you read, so the transcript scrolls from here too.
         Binding("pageup", "scroll_transcript('page_up')", "page up", show=False, tooltip="scroll the chat up a page"),
@@ -223,13 +223,15 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         yield Static(heat_legend(), id="heat-legend")
         yield PromptInput(placeholder="message · enter sends · esc stops · f1 keys", id="prompt")
         # Narrow terminals leave out these keys, first to last, until the footer fits (f1 lists them all).
-        yield FittingFooter(drop=("heatmap", "next_preset", "edit_preset", "inspect", "regenerate"))
+        # The preset keys go last: nothing else on screen tells of them (the intro names f5 and f6).
+        yield FittingFooter(drop=("heatmap", "compare", "inspect", "regenerate", "next_preset", "edit_preset"))
 
     def on_mount(self) -> None:
         self.query_one("#heat-legend").display = False
         self.query_one("#transcript", Transcript).anchor()
         self.query_one(CandidatesPanel).loading = self.engine is None and self.engine_error is None
         self._status()
+        self.presets_notice()
 
     @property
     def transcript(self) -> Transcript:

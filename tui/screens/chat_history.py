@@ -10,15 +10,16 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Input, Static
 
-from tiankong.engine.errors import TiankongError
+from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.files import atomic_write_text
-from tiankong.engine.model_names import display_name
+from tiankong.engine.model_names import display_name, stored_model
+from tiankong.engine.sampling import SamplingParams
 from tiankong.tui.screens.chat_list import ChatListScreen
 from tiankong.tui.store import Chat
 from tiankong.tui.store import Message as StoredMessage
 from tiankong.tui.store_base import file_in_the_way
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
-from tiankong.tui.widgets.status import finish_words, plural
+from tiankong.tui.widgets.status import finish_words, params_summary, plural
 
 INTRO = (
     "Type below and press enter. While the answer streams, the candidates panel shows the tokens the "
@@ -78,10 +79,28 @@ class ChatHistory:
         await self._mount_messages(chat, chat.messages)
         self.transcript.scroll_end(animate=False)
         note = f"opened “{chat.title or chat.id}”"
-        if chat.model != self.model_id:
+        if stored_model(chat.model) != stored_model(self.model_id):  # an old record holds the bundled model by path
             note += f" (written by {display_name(chat.model)}; new answers come from {self.model_name})"
-        self.notify(note, markup=False)
+        self.notify("\n".join([note, *self._preset_notes(chat)]), markup=False)
         self._status()
+
+    def _preset_notes(self, chat: Chat) -> list[str]:
+        """What an opened chat's answers were made with that new ones will not be: a preset that is
+        gone (or whose file is broken), or f3 edits (kept per answer, not restored)."""
+        notes = []
+        now = self.preset.name + (" (edited)" if self.params != self.preset.params else "")
+        if chat.preset not in self.presets:
+            broken = getattr(self.presets, "broken", {})  # load_presets' Presets
+            why = "could not be read (its file is broken)" if chat.preset in broken else "is gone (no such file now)"
+            notes.append(f"its preset {chat.preset} {why}; new answers use {now}")
+        made = [m for m in chat.messages if m.role == "assistant" and m.preset == f"{chat.preset} (edited)"]
+        if made and made[-1].params:
+            try:
+                values = f" ({params_summary(SamplingParams(**made[-1].params))})"
+            except (InputError, TypeError):  # a record from another version: the words alone
+                values = ""
+            notes.append(f"its answers used {chat.preset} with f3 edits{values}, not restored: new answers use {now}")
+        return notes
 
     async def _mount_messages(self, chat: Chat, messages: list[StoredMessage]) -> list[UserMessage | AssistantMessage]:
         """Show stored messages at the end of the transcript, each labelled with its branch, and

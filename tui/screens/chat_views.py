@@ -9,6 +9,7 @@ mixin uses that state (presets, params, engine, transcript).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from textual.widgets import Input
 
@@ -16,6 +17,7 @@ from tiankong.engine.context import drop_turns
 from tiankong.engine.errors import TiankongError
 from tiankong.engine.remote import RemoteEngine
 from tiankong.engine.sampling import SamplingParams
+from tiankong.presets import BUNDLED_DIR, Preset
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.screens.tokens import TokensScreen
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
@@ -31,6 +33,7 @@ class ChatViews:
     _narrow = False  # the screen is narrower than NARROW columns: the panel hid itself
     _panel_shown = True  # whether the panel showed before it hid itself (shown again when there is room)
     _panel_before = (True, False)  # (panel shown, narrow) when inspect mode began: esc goes back to it
+    _edits_warned: SamplingParams | None = None  # the f3 edits f2 last warned would be dropped
 
     # ------------------------------------------------------------------ presets
 
@@ -44,6 +47,17 @@ class ChatViews:
             self.notify(f"{self.preset.description}", title=f"preset {name}", markup=False)
 
     def _step_preset(self, step: int) -> None:
+        """To the next (or previous) preset. With f3 edits not saved, the first press only warns
+        (they would be gone); a second one, with no edit between, switches."""
+        if self.params != self.preset.params and self._edits_warned != self.params:
+            self._edits_warned = self.params
+            self.notify(
+                f"f2 again drops them, or f3 then ctrl+n saves them as a preset ({params_summary(self.params)})",
+                title=f"{self.preset.name} has unsaved edits",
+                severity="warning",
+                markup=False,
+            )
+            return
         names = list(self.presets)
         self._use_preset(names[(names.index(self.preset.name) + step) % len(names)])
 
@@ -56,9 +70,27 @@ class ChatViews:
     def action_use_preset(self, name: str) -> None:
         self._use_preset(name)
 
+    def presets_notice(self) -> None:
+        """Say which preset files could not be used (the others work; `tiankong presets` lists them too)."""
+        broken = getattr(self.presets, "broken", {})  # load_presets' Presets (a caller may give a dict)
+        if broken:
+            self.notify(
+                "\n".join(broken.values()),
+                title=f"{plural(len(broken), 'preset')} not loaded",
+                severity="warning",
+                timeout=15,
+                markup=False,
+            )
+
     def action_edit_preset(self) -> None:
-        def edited(params: SamplingParams | None) -> None:
-            if params is not None and params != self.params:
+        def edited(params: SamplingParams | Preset | None) -> None:
+            if isinstance(params, Preset):  # saved as a preset file: the chat goes on with it
+                self.presets[params.name] = params  # (the app's presets: f2 and compare find it too)
+                getattr(self.presets, "broken", {}).pop(params.name, None)
+                self._use_preset(params.name, quiet=True)
+                over = " (over the bundled one)" if (BUNDLED_DIR / f"{params.name}.toml").is_file() else ""
+                self.notify(f"{params.source}", title=f"saved preset {params.name}{over}", markup=False)
+            elif params is not None and params != self.params:
                 self.params = params
                 self._status()
                 self.notify(
@@ -170,7 +202,11 @@ class ChatViews:
             return
         names = list(self.presets)
         other = names[(names.index(self.preset.name) + 1) % len(names)]
+        # This preset as the chat uses it: with its f3 edits, named as the chat stores its answers.
+        this = self.preset
+        if self.params != this.params:
+            this = dataclasses.replace(this, name=f"{this.name} (edited)", params=self.params)
         msgs = self.conversation()
         # The conversation up to and including that prompt.
         cut = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == user.content)
-        self.app.open_compare([self.preset.name, other], conversation=msgs[: cut + 1])
+        self.app.open_compare([this, other], conversation=msgs[: cut + 1])

@@ -67,15 +67,22 @@ class CompareScreen(CompareActions, CompareQueue, CompareView, Screen):
     # The footer shows what applies now (see ACTIVE); a FittingFooter, so it fits 80 columns in every state.
     BINDINGS = [
         Binding("escape", "stop", "stop", tooltip="stop generating (every column keeps its text and can be voted on)"),
+        # Before "back": esc in the prompt box, with a round to vote on, first goes back to that round.
+        Binding("escape", "to_vote", "vote", tooltip="from the prompt box back to the answers, to vote on them"),
         Binding("escape", "back", "back", tooltip="back to the chat"),
         # In `tiankong compare` esc never leaves, so its footer says where it goes instead.
         Binding("escape", "to_prompt", "type", tooltip="to the prompt box, to type the next prompt"),
-        Binding(
-            "1",
-            "pick(1)",
-            "rank",
-            key_display="1-4",
-            tooltip="rank: press column numbers best first (1 = A, 2 = B, ...), then enter",
+        # One "1" per column count (check_action keeps the round's), so the footer names the keys there are.
+        *(
+            Binding(
+                "1",
+                f"pick(1, {k})",
+                "rank",
+                key_display=f"1-{k}",
+                tooltip="rank: press column numbers best first (1 = A, 2 = B, ...), then enter; "
+                "columns with the same text share a rank",
+            )
+            for k in range(2, len(LABELS) + 1)
         ),
         Binding("2", "pick(2)", "rank", show=False, tooltip="rank column B next"),
         Binding("3", "pick(3)", "rank", show=False, tooltip="rank column C next"),
@@ -131,6 +138,8 @@ class CompareScreen(CompareActions, CompareQueue, CompareView, Screen):
             "undo_vote",
             "new_prompt",
             "rerun",
+            "to_vote",
+            "toggle_blind",
             "keys",
             "quit",
         },
@@ -222,9 +231,10 @@ you stopped).
         self.queue = queue
         # The queue's progress is this rater's with this lineup (another lineup or rater has its own).
         self.queue_key = ""
+        self.lineup: set[str] = set()  # a vote with these models and presets is this queue's (compare_queue.py)
         if queue is not None:
             lineup = [f"{model_identity(e.engine)} · {e.preset.name}" for e in self.entrants]
-            self.queue_key = queue.progress_key(lineup, rater)
+            self.queue_key, self.lineup = queue.progress_key(lineup, rater), set(lineup)
         self.restart = restart  # --restart: the queue's rounds done are forgotten on mount
         self.position = 0  # the queue round shown (queue.total once every round is done)
         self.window = secrets.token_hex(8)  # this screen, as its claim on the round it shows names it
@@ -236,6 +246,7 @@ you stopped).
         self.standalone = standalone
         self.round: Round | None = None
         self.picks: list[int] = []  # column indices pressed so far, best first
+        self.leave_unvoted: int | None = None  # the round that Enter in the prompt box may leave unvoted (asked)
         self._rounds = 0
 
     # ------------------------------------------------------------------ layout
@@ -277,6 +288,7 @@ you stopped).
 
     def on_resize(self, event: events.Resize) -> None:
         self._relayout()
+        self.call_after_refresh(self._refresh_bars)  # the head and vote bar fit the new width
 
     @property
     def k(self) -> int:
@@ -323,7 +335,25 @@ you stopped).
         if not event.value.strip():  # nothing to answer: a vote on it would be junk in the training data
             self.notify("Type a prompt first: an empty prompt is not run.", severity="warning")
             return
+        rnd = self.round
+        if rnd is not None and self.state == "voting" and self.leave_unvoted != rnd.number:
+            # An esc meant to stop a round that had just finished lands here: the round must not go unsaid.
+            self.leave_unvoted = rnd.number
+            self.notify(
+                "This round has no vote yet: Enter again runs the new prompt and leaves it unvoted; "
+                "Esc goes back to vote on it.",
+                title="Round not voted",
+                severity="warning",
+                markup=False,
+            )
+            return
         self._start(event.value, fresh=False)
+
+    @on(events.DescendantFocus)
+    @on(events.DescendantBlur)
+    def _focus_moved(self) -> None:
+        """The vote bar says what the keys do where the focus is (the prompt box takes them as text)."""
+        self._refresh_bars()
 
     def _shuffled(self, k: int) -> tuple[list[int], int | None]:
         """The next round's column order (a seeded shuffle when blind) and its seed."""
@@ -344,8 +374,8 @@ you stopped).
             col.display = c < len(rnd.answers)
         self._relayout()
         for c, col in enumerate(self.columns):
-            col.set_text(rnd.texts[c])
-            col.set_foot(self._foot(c))
+            col.set_text(rnd.texts[c], follow=not rnd.done)  # answers already whole show from their top
+            col.set_foot(*self._foot(c))
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = not rnd.done or self.queue_active
         prompt_input.display = not self.answers_only and not self.queue_active  # a queue brings its prompts
@@ -428,7 +458,7 @@ you stopped).
         rnd.texts, rnd.finish, rnd.stats = message.texts, message.finish, message.stats
         for c, col in enumerate(self.columns):
             col.set_text(rnd.texts[c])
-            col.set_foot(self._foot(c))
+            col.set_foot(*self._foot(c))
 
     def on_compare_screen_fitted(self, message: Fitted) -> None:
         if self.round is not None and message.number == self.round.number:
@@ -457,7 +487,8 @@ you stopped).
         # Columns cut short say why: stopped (esc, skip, a new round) or failed with the round.
         rnd.finish = [f or ("failed" if message.error else "cancelled") for f in rnd.finish]
         for c, col in enumerate(self.columns):
-            col.set_foot(self._foot(c))
+            col.set_text(rnd.texts[c], follow=False)  # finished: each answer from its top, to read it whole
+            col.set_foot(*self._foot(c))
         if not self.query_one("#prompt-input", Input).has_focus:
             self.query_one("#columns").focus()
         self._refresh_bars()

@@ -18,8 +18,9 @@ from textual.widgets import Input
 from tiankong.tui.queue import PromptQueue, prompt_id
 from tiankong.tui.screens.compare_rounds import LABELS, Round
 from tiankong.tui.screens.help import Section
-from tiankong.tui.screens.votes import can_go_back, verdict
+from tiankong.tui.screens.votes import can_go_back, tiers_text, verdict
 from tiankong.tui.store import Response, Store, Vote
+from tiankong.tui.store_records import same_answer
 
 
 class CompareActions:
@@ -52,8 +53,10 @@ class CompareActions:
             return True  # not ours (scrolling, focus, ...)
         if action not in self.ACTIVE[self.state]:
             return False
-        if action == "pick":
-            return int(parameters[0]) <= self.k
+        if action == "pick":  # "1" has a binding per column count, so the footer says "1-2", "1-3" or "1-4"
+            return int(parameters[0]) <= self.k and (len(parameters) < 2 or int(parameters[1]) == self.k)
+        if action == "to_vote":
+            return self.focused is self.query_one("#prompt-input")
         if action in ("vote_both_bad", "vote_all_bad"):  # one key, named by the count (as the vote bar does)
             return (action == "vote_both_bad") == (self.k == 2)
         if action == "back":
@@ -85,15 +88,41 @@ class CompareActions:
         """Whether esc goes back to the screen underneath: never from a compare the command line opened."""
         return not self.standalone and can_go_back(self)
 
-    def action_pick(self, n: int) -> None:
+    def action_pick(self, n: int, of: int | None = None) -> None:
+        """Rank column n next (`of`: the column count its binding is shown for). A column whose text is
+        a ranked one's ranks with it: the same answer twice is no preference (same_answer)."""
         if not self._can_vote():
             return
         c = n - 1
-        if c in self.picks:
+        ranked = next((p for p in self.picks if c in self._twins(p)), None)
+        if ranked == c:
             self.notify(f"{LABELS[c]} is already ranked; Backspace takes back the last number.", markup=False)
-            return
-        self.picks.append(c)
-        self._refresh_bars()
+        elif ranked is not None:
+            self.notify(
+                f"{LABELS[c]} is the same text as {LABELS[ranked]}, so it shares {LABELS[ranked]}'s rank.",
+                markup=False,
+            )
+        else:
+            self.picks.append(c)
+            self._refresh_bars()
+
+    def _twins(self, c: int) -> list[int]:
+        """Column c and every column whose answer is the same text: one answer, as a ranking goes."""
+        assert self.round is not None
+        texts = self.round.texts
+        return [d for d in range(self.k) if same_answer(texts[d], texts[c])]
+
+    def _same_texts(self) -> list[list[int]]:
+        """The groups of two or more columns that answered with the same text."""
+        groups = {tuple(self._twins(c)) for c in range(self.k)} if self.round is not None else set()
+        return sorted(list(g) for g in groups if len(g) > 1)
+
+    def _ranking(self) -> tuple[list[list[int]], list[int]]:
+        """The columns pressed so far, as ranks (a pressed column with the columns of the same text),
+        and the columns left unranked below them."""
+        ranks = [self._twins(c) for c in self.picks]
+        pressed = {c for rank in ranks for c in rank}
+        return ranks, [c for c in range(self.k) if c not in pressed]
 
     def action_unpick(self) -> None:
         if self.picks:
@@ -110,26 +139,64 @@ class CompareActions:
                 markup=False,
             )
             return
-        k = self.k
-        ranking = self.picks + [c for c in range(k) if c not in self.picks]
+        ranks, rest = self._ranking()
+        if not rest and len(ranks) == 1:  # every answer is the same text: no preference among them
+            self._cast("tie", [], shown=f"tie ({_labels(ranks[0])}: the same text)")
+            return
+        tiers = [[" = ".join(LABELS[c] for c in rank)] for rank in ranks] + (
+            [[LABELS[c] for c in rest]] if rest else []
+        )
+        picks = list(self.picks)
+        if not rest and len(ranks[-1]) > 1:  # the last rank pressed is the bottom: its columns stay, as the rest
+            rest, picks, ranks = ranks[-1], picks[:-1], ranks[:-1]
+        # A rank of several columns (the same text) above others is stored once, as the column pressed: a
+        # vote's ranks hold one answer each. Columns left unranked stay, unordered, whatever their texts.
+        same = [rank for rank in ranks if len(rank) > 1]
+        keep = sorted(picks + rest)
+        ranking = [keep.index(c) for c in picks + rest]
         # Only what was pressed is ordered: with two or more columns left, they stay unordered.
-        self._cast("ranked", ranking, len(self.picks) if len(self.picks) < k - 1 else None)
+        n_ranked = len(picks) if len(rest) > 1 else None
+        if not same:
+            self._cast("ranked", ranking, n_ranked)
+            return
+        stored = "; ".join(f"{_labels(rank)} are the same text, stored once" for rank in same)
+        self._cast("ranked", ranking, n_ranked, keep=keep, shown=f"{tiers_text(tiers, better=False)} ({stored})")
+
+    def _pending(self, key: str) -> bool:
+        """Whether column numbers are pressed and not yet saved: then `key` (a tie, all bad) would
+        throw them away, and says so instead."""
+        if self.picks:
+            self.notify(
+                f"You pressed {', '.join(LABELS[c] for c in self.picks)}: Enter saves that ranking, or "
+                f"Backspace takes the numbers back before {key}.",
+                markup=False,
+            )
+        return bool(self.picks)
 
     def action_vote_tie(self) -> None:
-        if self._can_vote():
+        if self._can_vote() and not self._pending("t (a tie)"):
             self._cast("tie", [])
 
     def action_vote_both_bad(self) -> None:
-        if self._can_vote():
+        if self._can_vote() and not self._pending(f"0 ({'both' if self.k == 2 else 'all'} bad)"):
             self._cast("both_bad", [])
 
     action_vote_all_bad = action_vote_both_bad  # the same vote; the footer names it by the count
 
-    def _cast(self, outcome: str, ranking: list[int], n_ranked: int | None = None) -> None:
-        """Store the vote (one transaction), then reveal. A store error keeps the vote on screen."""
+    def _cast(
+        self,
+        outcome: str,
+        ranking: list[int],
+        n_ranked: int | None = None,
+        keep: list[int] | None = None,
+        shown: str | None = None,
+    ) -> None:
+        """Store the vote (one transaction), then reveal. A store error keeps the vote on screen.
+        `keep`: the columns the vote holds (all of them unless some are one answer twice); `shown`:
+        the verdict in words, where the stored vote's own would leave the columns of one text out."""
         rnd = self.round
         assert rnd is not None
-        vote = self._vote(rnd, outcome, ranking, n_ranked)
+        vote = self._vote(rnd, outcome, ranking, n_ranked, keep)
         queued = self.queue is not None and self.queue_active and rnd.position == self.position
         try:
             if queued:  # with the round marked done, unless another window did it meanwhile
@@ -157,7 +224,7 @@ class CompareActions:
             return
         self.cast.append(rnd)
         rnd.revealed = True
-        rnd.verdict = verdict(vote)
+        rnd.verdict = shown or verdict(vote)
         self.picks = []
         names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
         self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved", markup=False)
@@ -166,19 +233,22 @@ class CompareActions:
         else:
             self._refresh_bars()
 
-    def _vote(self, rnd: Round, outcome: str, ranking: list[int], n_ranked: int | None) -> Vote:
-        """The round's answers, as shown, and the rater's verdict on them."""
+    def _vote(
+        self, rnd: Round, outcome: str, ranking: list[int], n_ranked: int | None, keep: list[int] | None = None
+    ) -> Vote:
+        """The round's answers, as shown (those of `keep`, when given), and the rater's verdict on them."""
+        columns = range(len(rnd.answers)) if keep is None else keep
         responses = [
             Response(
                 label=LABELS[c],
-                model=a.model,
-                preset=a.preset,
-                params=dict(a.params),
-                seed=a.seed,
+                model=rnd.answers[c].model,
+                preset=rnd.answers[c].preset,
+                params=dict(rnd.answers[c].params),
+                seed=rnd.answers[c].seed,
                 text=rnd.texts[c],
                 finish_reason=rnd.finish[c] if rnd.finish[c] is not None else "cancelled",
             )
-            for c, a in enumerate(rnd.answers)
+            for c in columns
         ]
         return Vote(
             id=None,
@@ -255,6 +325,11 @@ class CompareActions:
         self.query_one("#prompt-input", Input).focus()
         self.refresh_bindings()
 
+    def action_to_vote(self) -> None:
+        """From the prompt box back to the answers of the round waiting for a vote."""
+        self.query_one("#columns").focus()
+        self.refresh_bindings()
+
     def action_new_prompt(self) -> None:
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = False
@@ -273,9 +348,26 @@ class CompareActions:
             )
 
     def action_toggle_blind(self) -> None:
+        """Blind mode for the rounds to come; the round on screen keeps the mode it started in (its
+        labels were shuffled, or not, before it was generated)."""
         self.blind = not self.blind
-        self.notify(f"Blind mode {'on' if self.blind else 'off'} from the next prompt.", markup=False)
+        what = "round" if self.queue_active else "prompt"
+        now = " (this round stays as it is)" if self.state == "voting" else ""
+        self.notify(f"Blind mode {'on' if self.blind else 'off'} from the next {what}{now}.", markup=False)
         self._refresh_bars()
+
+    def help_intro(self) -> str:
+        """The help screen's paragraph above the keys: what this screen is for (not the chat's)."""
+        what = (
+            "Rank answers made earlier: each round shows one prompt's answers side by side"
+            if self.answers_only
+            else "Compare: every column answers the same prompt at once, under its own preset (or model)"
+        )
+        return (
+            f"{what}. Press the column numbers best first, then enter. Blind, the columns are labelled A–D "
+            "in a random order, and what wrote each is shown once you vote. Columns with the same text "
+            "share a rank: one answer twice is no preference."
+        )
 
     def help_sections(self) -> list[Section]:
         """Every key as it works on this screen, for the app's help screen (f1): esc as it is here (stop,
@@ -283,11 +375,17 @@ class CompareActions:
         scroll an answer column, and the app's own keys."""
         left_out = set() if self.queue is not None else {"skip"}
         if self.answers_only:  # nothing is generated or typed: answers come from the file
-            left_out |= {"stop", "to_prompt", "new_prompt", "rerun"}
+            left_out |= {"stop", "to_prompt", "to_vote", "new_prompt", "rerun"}
         left_out |= {"to_prompt", "quit"} if not self.standalone else {"back"}
         if self.n_columns == 2:  # "0" only ever means both bad here
             left_out.add("vote_all_bad")
-        bindings = [b for b in self.BINDINGS if isinstance(b, Binding) and b.action not in left_out]
+        # "1" once, for the most columns this screen shows (its binding per column count is for the footer).
+        one = f"1-{self.n_columns}"
+        bindings = [
+            b
+            for b in self.BINDINGS
+            if isinstance(b, Binding) and b.action not in left_out and b.key_display in (None, one)
+        ]
         rows = [(self.app.get_key_display(b), b.tooltip or b.description) for b in bindings]
         rows.append(("tab / shift+tab", "reach an answer column" + ("" if self.answers_only else " or the prompt box")))
         rows.append(("↑ ↓ home end", "scroll the answer column reached (pgup / pgdn a page at a time)"))
@@ -306,6 +404,12 @@ class CompareActions:
             self.app.action_hide_help_panel()
         else:
             self.app.action_show_help_panel()
+
+
+def _labels(columns: list[int]) -> str:
+    """'A and C', 'A, B and D'."""
+    names = [LABELS[c] for c in columns]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _excerpt(text: str, n: int) -> str:

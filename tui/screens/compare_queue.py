@@ -13,12 +13,15 @@ Apart from the screen (compare.py), which runs the rounds and their generation, 
 
 from __future__ import annotations
 
+from collections import Counter
+
 from textual.widgets import Input
 
 from tiankong.tui.queue import Item, PromptQueue
 from tiankong.tui.screens.compare_rounds import Round
 from tiankong.tui.store import Store
 from tiankong.tui.store_queue import CLAIM_S, first_open
+from tiankong.tui.widgets.status import plural
 
 WAIT_POLL_S = 2.0  # how often a window whose queue rounds left are all in other windows looks for a free one
 
@@ -30,6 +33,8 @@ class CompareQueue:
     round: Round | None
     queue: PromptQueue | None
     queue_key: str
+    lineup: set[str]  # what answers each column, "MODEL · PRESET", as a vote's responses name it
+    rater: str
     restart: bool
     window: str
     waiting: bool
@@ -52,6 +57,15 @@ class CompareQueue:
             )
         except Exception as exc:  # the rounds can still be voted on; only where to resume is unknown
             self.notify(str(exc), title="Queue progress not read", severity="error", timeout=10, markup=False)
+        if not self.done and not self.restart and not self.answers_only:
+            self._pass_over_voted()
+        if self.queue.skipped:  # a ranking needs two answers or more
+            self.notify(
+                f"{plural(self.queue.skipped, 'prompt')} of {self.queue.source} with a single answer "
+                f"{'was' if self.queue.skipped == 1 else 'were'} left out: ranking needs two answers or more.",
+                timeout=10,
+                markup=False,
+            )
         self._claim(0)
         self.set_interval(CLAIM_S / 3, self._renew_claim)
         self.set_interval(WAIT_POLL_S, self._poll_waiting)
@@ -67,6 +81,37 @@ class CompareQueue:
                 markup=False,
             )
             prompt_input.focus()
+
+    def _pass_over_voted(self) -> None:
+        """A prompt file with no round done (new, or edited since: an edited file is a new queue) passes
+        over the rounds whose prompt already has this rater's vote with this lineup, a round per vote,
+        so a prompt added to a file is the one round left rather than the file starting over."""
+        assert self.queue is not None
+        ids = {item.prompt_id for item in self.queue.items}
+        votes: Counter[str] = Counter()
+        try:
+            for v in self.store.iter_votes():
+                lineup = {f"{r.model} · {r.preset}" for r in v.responses}
+                if v.rater == self.rater and v.prompt_id in ids and v.source == "playground" and lineup <= self.lineup:
+                    votes[v.prompt_id] += 1
+        except Exception:  # unreadable for now: the rounds are voted on again, as before
+            return
+        rounds = []
+        for i, item in enumerate(self.queue.items):  # a prompt twice in the file: its votes go to the first
+            n = min(votes[item.prompt_id], self.queue.repeat)
+            votes[item.prompt_id] -= n
+            rounds += range(i * self.queue.repeat, i * self.queue.repeat + n)
+        for r in rounds:
+            self._mark_round(r, True)
+        if rounds:
+            self.notify(
+                f"{plural(len(rounds), 'round')} passed over: {'its prompt has' if len(rounds) == 1 else 'their prompts have'} "
+                f"your vote with this lineup already (from an earlier version of {self.queue.source}, or typed). "
+                "--restart votes on every round again.",
+                title="Rounds already voted",
+                timeout=10,
+                markup=False,
+            )
 
     def _close_queue(self) -> None:
         """On unmount: this window's round is free for the others at once."""

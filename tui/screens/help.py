@@ -24,15 +24,16 @@ class HelpScreen(ModalScreen[None]):
     CSS_PATH = "help.tcss"
     BINDINGS = [Binding("escape,f1,q", "app.pop_screen", "close")]
 
-    def __init__(self, sections: list[Section]) -> None:
+    def __init__(self, sections: list[Section], intro: str = INTRO) -> None:
+        """`intro`: the paragraph above the keys (the chat's, on next-token prediction, by default)."""
         super().__init__()
-        self.sections = sections
+        self.sections, self.intro = sections, intro
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body") as body:
             body.border_title = "tiankong 填空 · keys"
             body.border_subtitle = "esc closes"
-            yield Static(Text(INTRO, style="dim"), id="help-intro")
+            yield Static(Text(self.intro, style="dim"), id="help-intro")
             for title, keys in self.sections:
                 table = Table(
                     title=title,

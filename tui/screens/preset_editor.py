@@ -1,12 +1,20 @@
 """The preset editor: change the sampling settings in place, each checked by SamplingParams.
 
-Every field shows its allowed range (`SamplingParams.RANGES`) and the preset's recommended range;
-a value outside the recommended range turns yellow, an invalid one is refused with the engine's
-own message. Dismisses with the new `SamplingParams`, or None when cancelled.
+Every field shows its allowed range (`SamplingParams.RANGES`) and the preset's recommended range
+(none where the preset recommends none); a value outside the recommended range turns yellow, an
+invalid one is refused with the engine's own message. Dismisses with the new `SamplingParams`
+(apply: for this chat only), the `Preset` the values were saved as (save as: a NAME.toml in the
+user's presets folder, presets.save_preset), or None when cancelled.
+
+The box scrolls when the terminal is too short for it, and the errors stay reachable: at most
+MAX_ERROR_LINES are listed, and a focused field that is marked invalid shows its own error in the
+help line.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -20,17 +28,18 @@ from textual.widgets import Input, Label, Static
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.sampling import SAMPLER_CHAIN, SamplingParams
-from tiankong.presets import Preset
+from tiankong.presets import Preset, number, save_preset
 
 FIELDS: tuple[str, ...] = tuple(SamplingParams.RANGES)
 _INTS = ("top_k", "max_new_tokens", "seed")
 
 
-def num(x: float) -> str:
-    """2 rather than 2.0; 2**64 - 1 as 2^64-1."""
-    if x == 2**64 - 1:
-        return "2^64-1"
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+MAX_ERROR_LINES = 3  # more than this: the first ones and a count (an 80x24 terminal shows them all)
+# What a number field takes: plain decimal notation, an exponent allowed. Not Python's extras:
+# "1_0" (10), "inf", "nan", "0x10", other scripts' digits.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+
+num = number  # 2 rather than 2.0, 1000000 rather than 1e+06: as `tiankong presets NAME` writes them
 
 
 def parse_field(name: str, text: str) -> Any:
@@ -39,37 +48,42 @@ def parse_field(name: str, text: str) -> Any:
     if name == "seed" and text == "":
         return None
     lo, hi, _ = SamplingParams.RANGES[name]
-    try:
-        return int(text) if name in _INTS else float(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            kind = "an integer" if name in _INTS else "a number"
-            empty = " (empty = random)" if name == "seed" else ""
-            raise InputError(f"{name} must be {kind} in [{num(lo)}, {num(hi)}]{empty}, got {text!r}") from None
-        return value  # e.g. "40.0" for top_k: replace() accepts whole floats and rejects the rest
+    if not _NUMBER.fullmatch(text):
+        kind = "an integer" if name in _INTS else "a number"
+        empty = " (empty = random)" if name == "seed" else ""
+        raise InputError(f"{name} must be {kind} in [{num(lo)}, {num(hi)}]{empty}, got {text!r}")
+    if name in _INTS and text.lstrip("+-").isdigit():
+        return int(text)
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # "1e309": past any float, so past every range
+        raise InputError(
+            f"{name} must be in [{num(lo)}, {num(hi)}], got {text} (too {'large' if value > 0 else 'small'})"
+        )
+    return value  # e.g. "40.0" for top_k: replace() accepts whole floats and rejects the rest
 
 
-class PresetEditor(ModalScreen[SamplingParams | None]):
+class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
     CSS_PATH = "preset_editor.tcss"
     BINDINGS = [
         Binding("escape", "cancel", "cancel"),
         Binding("ctrl+s", "apply", "apply"),
+        Binding("ctrl+n", "save_as", "save as preset"),
         Binding("ctrl+r", "reset", "reset to preset"),
         Binding("down", "app.focus_next", "next field", show=False),
         Binding("up", "app.focus_previous", "previous field", show=False),
     ]
 
-    def __init__(self, preset: Preset, params: SamplingParams) -> None:
+    def __init__(self, preset: Preset, params: SamplingParams, user_dir: Path | None = None) -> None:
         super().__init__()
         self.preset, self.params = preset, params
+        self.user_dir = user_dir  # where save as writes (None: presets.user_presets_dir())
         self._erred = False  # errors are shown (an apply failed): they follow the edits until none is left
+        self._errors: dict[str, str] = {}  # field -> its error, as last shown
 
     def compose(self) -> ComposeResult:
         with Vertical(id="editor") as box:
             box.border_title = Content(f"preset {self.preset.name}")  # plain: a file name may hold "["
-            box.border_subtitle = "enter/ctrl+s apply · esc cancel · ctrl+r reset"
+            box.border_subtitle = "enter/ctrl+s apply · ctrl+n save as · esc cancel · ctrl+r reset"
             yield Static(Text(self.preset.description), id="editor-description")
             yield Static(Text.assemble(("sampler chain  ", "dim"), " → ".join(SAMPLER_CHAIN)), id="editor-chain")
             with Grid(id="editor-fields"):
@@ -91,6 +105,9 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
                     if rec:
                         hint += f" · rec {num(rec[0])}–{num(rec[1])}"
                     yield Label(hint, classes="field-hint")
+                yield Label("save as", classes="field-name")
+                yield Input(id="save-name", placeholder="name", compact=True)
+                yield Label("a new name · its own overrides it", classes="field-hint")
             yield Static(id="editor-help")
             yield Static(id="editor-error")
 
@@ -113,15 +130,29 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
         self._input(name).set_class(outside, "-outside")
 
     def on_descendant_focus(self, event: Any) -> None:
-        widget = getattr(event, "widget", None)
-        if isinstance(widget, Input) and widget.id and widget.id.startswith("field-"):
-            name = widget.id.removeprefix("field-")
-            self.query_one("#editor-help", Static).update(
-                Text.assemble((f"{name}: ", "bold"), SamplingParams.RANGES[name].description)
+        self._help(getattr(event, "widget", None))
+
+    def _help(self, widget: Any) -> None:
+        """The help line for the focused widget: what a field does, or its error when it is marked."""
+        help_line = self.query_one("#editor-help", Static)
+        if isinstance(widget, Input) and widget.id == "save-name":
+            help_line.update(
+                Text.assemble(
+                    ("save as: ", "bold"), "enter writes these values as a preset file in your presets folder"
+                )
             )
+        elif isinstance(widget, Input) and widget.id and widget.id.startswith("field-"):
+            name = widget.id.removeprefix("field-")
+            if widget.has_class("-invalid") and name in self._errors:  # an error the list may have left out
+                help_line.update(Text(self._errors[name], style="bold red"))
+            else:
+                help_line.update(Text.assemble((f"{name}: ", "bold"), SamplingParams.RANGES[name].description))
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
+        if event.input.id == "save-name" and event.input.has_class("-invalid"):
+            event.input.remove_class("-invalid")
+            self._say("")
         if event.input.id and event.input.id.startswith("field-"):
             event.input.remove_class("-invalid")
             self._mark(event.input.id.removeprefix("field-"))
@@ -131,7 +162,42 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.action_apply()
+        if event.input.id == "save-name":
+            self._save(event.value)
+        else:
+            self.action_apply()
+
+    def action_save_as(self) -> None:
+        """To the name field; there (with a name typed), save."""
+        box = self.query_one("#save-name", Input)
+        if self.focused is box and box.value.strip():
+            self._save(box.value)
+        else:
+            box.focus()
+
+    def _save(self, name: str) -> None:
+        """Write the values as the preset `name` and dismiss with it; else say why not, in the box."""
+        params, errors = self._check()
+        if params is None:
+            self._error(errors)
+            return
+        box = self.query_one("#save-name", Input)
+        if not name.strip():
+            self._say("type the new preset's name, then enter")
+            box.focus()
+            return
+        try:
+            saved = save_preset(name, params, self.preset, self.user_dir)
+        except InputError as e:  # a clash, an unsafe name, a folder that cannot be written
+            self._say(str(e))
+            box.add_class("-invalid")
+            box.focus()
+            return
+        self.dismiss(saved)
+
+    def _say(self, message: str) -> None:
+        self.query_one("#editor-error", Static).update(Text(message, style="bold red"))
+        self.query_one("#editor-error", Static).scroll_visible(animate=False)
 
     def action_apply(self) -> None:
         """Apply, or say what is wrong with every field that is, in the order shown."""
@@ -159,14 +225,23 @@ class PresetEditor(ModalScreen[SamplingParams | None]):
         return params, errors
 
     def _error(self, messages: list[str], focus: bool = True) -> None:
-        """Show `messages` (none: the errors are gone) and mark the fields they name."""
+        """Show `messages` (none: the errors are gone) and mark the fields they name. Past
+        MAX_ERROR_LINES the list is cut to a count: each field left out is marked, and says its
+        error when focused."""
         self._erred = bool(messages)
-        self.query_one("#editor-error", Static).update(Text("\n".join(messages), style="bold red"))
-        bad = [n for n in FIELDS if any(m.startswith(n + " ") for m in messages)]
+        self._errors = {n: m for n in FIELDS for m in messages if m.startswith(n + " ")}
+        shown = messages
+        if len(messages) > MAX_ERROR_LINES:
+            rest = len(messages) - MAX_ERROR_LINES + 1
+            shown = [*messages[: MAX_ERROR_LINES - 1], f"… and {rest} more: each red field says its own when focused"]
+        self.query_one("#editor-error", Static).update(Text("\n".join(shown), style="bold red"))
         for name in FIELDS:
-            self._input(name).set_class(name in bad, "-invalid")
+            self._input(name).set_class(name in self._errors, "-invalid")
+        bad = [n for n in FIELDS if n in self._errors]
         if bad and focus:
             self._input(bad[0]).focus()
+            self.query_one("#editor-error", Static).scroll_visible(animate=False)
+        self._help(self.focused)
 
     def action_reset(self) -> None:
         for name in FIELDS:

@@ -1,10 +1,13 @@
-"""Votes screen: browse past votes, read one in full, and see how each preset fares.
+"""Votes screen: browse past votes, read one in full, delete one, and see how each preset fares.
 
-Top: filters (preset, outcome). Middle: a table of votes, newest first. Bottom: the highlighted
-vote with every response, and the per-preset counts from `Store.vote_stats()` with a bar per win
-rate, then the Bradley-Terry leaderboards of presets and models (tiankong.tui.leaderboard; worked out
-in a thread, once per set of votes). Below `WIDE` columns the bottom shows one of the two at a time
-(`s` switches).
+Top: filters (preset, outcome). Middle: a table of votes, newest first, its prompt and lineup columns
+(and the model's, from MODEL_COLUMN_AT columns on) sharing the terminal's width. Bottom: the
+highlighted vote with every response, and the per-preset counts (`summarise` of the vote shapes; one
+table per model when the votes have several, as one preset name on two models is two things) with a
+bar per win rate, then the Bradley-Terry leaderboards of presets and models (tiankong.tui.leaderboard;
+worked out in a thread, once per set of votes). Below `WIDE` columns the bottom shows one of the two at
+a time (`s` switches). `d` twice deletes the highlighted vote (Store.delete_vote), whichever session
+cast it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static
 
-from tiankong.engine.model_names import display_name
-from tiankong.tui.leaderboard import leaderboards, standings_table
-from tiankong.tui.store import Store, Vote
+from tiankong.engine.model_names import display_name, stored_model
+from tiankong.tui.leaderboard import leaderboards, short_names, standings_table
+from tiankong.tui.store import Store, StoreError, Vote
+from tiankong.tui.store_votes import summarise
 from tiankong.tui.widgets.status import plural
 
 WIDE = 120  # from this many columns on, vote detail and statistics sit side by side
+MODEL_COLUMN_AT = 100  # from this many columns on, the table has a model column (the detail always names it)
 OUTCOMES = [("ranked", "ranked"), ("tie", "tie"), ("both bad", "both_bad")]
 ORDINALS = ["1st", "2nd", "3rd", "4th"]
 
@@ -67,6 +72,25 @@ def compared(vote: Vote) -> str:
     return " vs ".join(who(vote, i) for i in range(len(vote.responses)))
 
 
+def models_of(vote: Vote) -> str:
+    """The vote's models by their short names, each once, in answer order: 'tiankong-mini', 'sft, ppo'."""
+    return ", ".join(dict.fromkeys(display_name(r.model) for r in vote.responses))
+
+
+def column_widths(width: int) -> dict[str, int]:
+    """The table's columns at `width` terminal columns: time, outcome and winner keep their widths; the
+    prompt and the lineup ("compared") share the rest, and from MODEL_COLUMN_AT columns on a model column
+    takes a part of it. Every column's cells have 2 of padding, and 2 are kept for the scrollbar. At 80
+    columns: prompt 20, compared 17 (QA: at 120 they were 20 and 18, and some 45 columns stayed empty)."""
+    fixed = {"time": 11, "outcome": 8, "winner": 12}
+    model = 0 if width < MODEL_COLUMN_AT else min(32, 14 + (width - MODEL_COLUMN_AT) // 3)
+    columns = len(fixed) + 2 + (1 if model else 0)
+    room = max(37, width - sum(fixed.values()) - model - 2 * columns - 2)  # below 80: scrolls sideways
+    prompt = (room * 6 + 5) // 11
+    widths = {"time": 11, "prompt": prompt, "compared": room - prompt}
+    return {**widths, **({"model": model} if model else {}), "outcome": 8, "winner": 12}
+
+
 def winner(vote: Vote) -> str:
     if vote.outcome != "ranked" or not vote.ranking:
         return "—"
@@ -96,17 +120,17 @@ def win_rate(s: dict[str, int]) -> float | None:
     return s.get("wins", 0) / decided if decided else None
 
 
-def stats_table(stats: dict[str, dict[str, int]]) -> RenderableType:
+def stats_table(stats: dict[str, dict[str, int]], title: str = "Presets", caption: bool = True) -> RenderableType:
     if not stats:
         return Text("No votes yet.", style="dim")
     table = Table(
         box=None,
         padding=(0, 1),
         expand=False,
-        title="Presets",
+        title=title,
         title_justify="left",
         title_style="bold",
-        caption="win rate = wins ÷ (wins + losses), over ranked pairs",
+        caption="win rate = wins ÷ (wins + losses), over ranked pairs" if caption else None,
         caption_justify="left",
         caption_style="dim",
     )
@@ -132,11 +156,26 @@ def stats_table(stats: dict[str, dict[str, int]]) -> RenderableType:
     return table
 
 
+def stats_tables(stats: dict[tuple[str, str], dict[str, int]]) -> list[RenderableType]:
+    """Per-preset counts keyed by (preset, model): one table, or one per model when there are several
+    (one preset name on two models is two entries: their counts were merged)."""
+    models = sorted({m for _, m in stats})
+    if len(models) <= 1:
+        return [stats_table({p: s for (p, _), s in stats.items()})]
+    short, last = short_names(models), len(models) - 1
+    tables: list[RenderableType] = []
+    for n, model in enumerate(models):
+        mine = {p: s for (p, m), s in stats.items() if m == model}
+        tables += [Text("")] if n else []
+        tables.append(stats_table(mine, title=f"Presets on {short[model]}", caption=n == last))  # one caption
+    return tables
+
+
 def vote_detail(vote: Vote) -> RenderableType:
     """Everything about one vote: who, when, the context, each response (best first when ranked)."""
     head = Text.assemble(
         (f"Vote #{vote.id}", "bold"),
-        f" · {local_time(vote.created_at)} · rater {vote.rater} · ",
+        f" · {local_time(vote.created_at)} · {models_of(vote)} · rater {vote.rater} · ",
         ("blind" if vote.blind else "not blind"),
         f" · {vote.source}",
     )
@@ -185,14 +224,17 @@ class VotesScreen(Screen):
             tooltip="switch between the vote and the preset statistics (narrow terminals)",
         ),
         Binding("ctrl+r", "reload", "reload", tooltip="read the votes again"),
+        Binding("d", "delete", "delete", tooltip="delete the highlighted vote (press d twice)"),
     ]
 
     HELP = """\
 ## Votes
 
 Every vote you cast in the compare screen, newest first.
-**Up/Down** choose a vote; its prompt and every response show below.
+**Up/Down** choose a vote; its prompt, model and every response show below.
 Filter by preset or outcome with the menus at the top (**Tab** to reach them).
+**d** twice deletes the highlighted vote, from any session (ctrl+z in the compare screen takes back
+only that window's own votes); a prompt file's round it was cast in stays done.
 **s** switches between the vote and the per-preset statistics on narrow terminals.
 **ctrl+r** reloads · **Esc** goes back.
 """
@@ -206,6 +248,8 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         self._preset_names: list[str] = []  # the preset filter's options
         self.shown: Vote | None = None  # the vote shown in full
         self._boards: tuple[tuple[str, int | None], list[RenderableType]] | None = None  # (votes key, tables)
+        self._armed: int | None = None  # the vote id the next `d` deletes
+        self._widths: dict[str, int] = {}  # the table's columns as laid out
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="votes-filters"):
@@ -221,16 +265,9 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#votes-table", DataTable)
-        # Widths that fit 80 columns; the detail below shows everything in full.
-        table.add_column("time", key="time")
-        table.add_column("prompt", key="prompt", width=20)
-        table.add_column("compared", key="compared", width=18)
-        table.add_column("outcome", key="outcome", width=8)
-        table.add_column("winner", key="winner", width=12)
         self._relayout()
         self.reload()
-        table.focus()
+        self.query_one("#votes-table", DataTable).focus()
 
     def on_screen_resume(self) -> None:
         self.reload()  # votes may have been cast since the screen was last shown
@@ -240,6 +277,32 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
 
     def _relayout(self) -> None:
         self.query_one("#votes-bottom").set_class(self.size.width < WIDE, "-narrow")
+        if self._widths and column_widths(self.size.width) != self._widths:
+            self._fill(list(self.votes.values()))  # the columns follow the width; the votes are not read again
+
+    def _fill(self, votes: list[Vote]) -> None:
+        """The table's rows, in columns made for the screen's width (again, if it changed), cursor kept."""
+        table = self.query_one("#votes-table", DataTable)
+        keep = table.cursor_row
+        table.clear()
+        widths = column_widths(self.size.width)
+        if widths != self._widths:
+            self._widths = widths
+            table.clear(columns=True)
+            for key, width in widths.items():
+                table.add_column(key, key=key, width=width)
+        for v in votes:
+            cells = {  # Text: a str cell is read as markup
+                "time": Text(local_time(v.created_at, short=True)),
+                "prompt": Text(excerpt(v.prompt, widths["prompt"])),
+                "compared": Text(excerpt(compared(v), widths["compared"])),
+                "model": Text(excerpt(models_of(v), widths.get("model", 1))),
+                "outcome": Text(v.outcome.replace("_", " ")),
+                "winner": Text(winner(v)),
+            }
+            table.add_row(*(cells[k] for k in widths), key=str(v.id))
+        if votes:
+            table.move_cursor(row=min(keep, len(votes) - 1))
 
     # ------------------------------------------------------------------ data
 
@@ -252,60 +315,49 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         """Read votes and statistics from the store and redraw everything."""
         detail = self.query_one("#vote-detail", Static)
         try:
-            stats = self.store.vote_stats()
+            shapes, counts = self.store.vote_shapes()
             preset, outcome = self._filters()
             votes = self.store.list_votes(preset=preset, outcome=outcome)
         except Exception as exc:  # a locked or vanished database: say so rather than show nothing
             detail.update(Text(f"Cannot read votes: {exc}", style="bold red"))
             return
+        stats = summarise(shapes, counts, by=lambda r: (r.preset, stored_model(r.model)))[0]
         self._show_stats(stats)
         select = self.query_one("#filter-preset", Select)
-        names = sorted(stats)
+        names = sorted({p for p, _ in stats})
         if names != self._preset_names:
             self._preset_names = names
             with select.prevent(Select.Changed):
                 select.set_options([(Text(n), n) for n in names])  # Text: a str prompt is read as markup
                 if preset in names:
                     select.value = preset
-        self.votes = {v.id: v for v in votes if v.id is not None}
-        table = self.query_one("#votes-table", DataTable)
-        keep = table.cursor_row
-        table.clear()
-        for v in votes:
-            table.add_row(
-                Text(local_time(v.created_at, short=True)),  # Text: a str cell is read as markup
-                Text(excerpt(v.prompt, 60)),
-                Text(excerpt(compared(v), 40)),
-                Text(v.outcome.replace("_", " ")),
-                Text(winner(v)),
-                key=str(v.id),
-            )
+        self.votes = {v.id: v for v in votes if v.id is not None}  # newest first, as listed
+        self._fill(votes)
         total = len(votes)
         self.query_one("#votes-count", Static).update(
             Text(plural(total, "vote") + (" (filtered)" if preset or outcome else ""), style="dim")
         )
         if votes:
-            table.move_cursor(row=min(keep, len(votes) - 1))
-            self._show(votes[min(keep, len(votes) - 1)])
+            self._show(votes[self.query_one("#votes-table", DataTable).cursor_row])
         else:
             self.shown = None
             detail.update(
                 Text("No votes here yet. Compare answers (tiankong compare) and vote; they show up here.", style="dim")
             )
 
-    def _show_stats(self, stats: dict[str, dict[str, int]]) -> None:
+    def _show_stats(self, stats: dict[tuple[str, str], dict[str, int]]) -> None:
         """Counts now; the leaderboards when the thread has them (at once if the votes are unchanged)."""
         newest = self.store.list_votes(limit=1)
         key = (repr(stats), newest[0].id if newest else 0)  # the same counts and newest vote: the same votes
         panel = self.query_one("#votes-stats", Static)
         if self._boards is not None and self._boards[0] == key:
-            panel.update(Group(stats_table(stats), *self._boards[1]))
+            panel.update(Group(*stats_tables(stats), *self._boards[1]))
             return
-        panel.update(Group(stats_table(stats), Text("\nWorking out the leaderboard…", style="dim")))
+        panel.update(Group(*stats_tables(stats), Text("\nWorking out the leaderboard…", style="dim")))
         self._work_out_boards(stats, key)
 
     @work(thread=True, exclusive=True, group="leaderboard")
-    def _work_out_boards(self, stats: dict[str, dict[str, int]], key: tuple[str, int | None]) -> None:
+    def _work_out_boards(self, stats: dict[tuple[str, str], dict[str, int]], key: tuple[str, int | None]) -> None:
         try:
             shapes, counts = self.store.vote_shapes()  # counted in SQL: no vote's text is read
             boards = leaderboards(shapes, counts=counts)
@@ -321,10 +373,10 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
         self.app.call_from_thread(self._boards_ready, stats, key, tables)
 
     def _boards_ready(
-        self, stats: dict[str, dict[str, int]], key: tuple[str, int | None], tables: list[RenderableType]
+        self, stats: dict[tuple[str, str], dict[str, int]], key: tuple[str, int | None], tables: list[RenderableType]
     ) -> None:
         self._boards = (key, tables)
-        self.query_one("#votes-stats", Static).update(Group(stats_table(stats), *tables))
+        self.query_one("#votes-stats", Static).update(Group(*stats_tables(stats), *tables))
 
     def _show(self, vote: Vote) -> None:
         self.shown = vote
@@ -351,3 +403,21 @@ Filter by preset or outcome with the menus at the top (**Tab** to reach them).
 
     def action_toggle_stats(self) -> None:
         self.query_one("#votes-bottom").toggle_class("-show-stats")
+
+    def action_delete(self) -> None:
+        """`d` arms the highlighted vote, a second `d` on it deletes it (one durable transaction)."""
+        vote = self.shown
+        if vote is None or vote.id is None:
+            return
+        if self._armed != vote.id:
+            self._armed = vote.id
+            self.notify(f"press d again to delete vote #{vote.id}", markup=False)
+            return
+        self._armed = None
+        try:
+            deleted = self.store.delete_vote(vote.id)
+        except StoreError as e:  # a locked or read-only database: the vote stays
+            self.notify(str(e), title="not deleted", severity="error", markup=False)
+            return
+        self.notify(f"vote #{vote.id} deleted" if deleted else f"vote #{vote.id} was already gone", markup=False)
+        self.reload()

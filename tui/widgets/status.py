@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 from textual.widgets import Static
 
@@ -65,9 +66,15 @@ class StatusBar(Static):
 
     Everything is kept at any width: when the line does not fit, the settings lose their separators,
     then the model name goes, then the settings take their short names ("T0.7 k40 p0.9 max512
-    seed random"); only then is the end cut with "…"."""
+    seed random"), then a long preset name is cut ("a-very-long-na… (edited)", at least
+    PRESET_MIN cells of it kept, and a shorter name whole); only then is the end cut with "…". A preset name never takes more
+    than PRESET_MAX cells."""
 
     DEFAULT_CSS = "StatusBar { height: 1; width: 1fr; }"
+    PRESET_MAX = 40  # cells of a preset name shown at most, " (edited)" included: the rest of the line stays
+    PRESET_MIN = (
+        16  # cells of a long preset name kept, "…" included, before the settings are cut (a shorter name stays)
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -77,8 +84,9 @@ class StatusBar(Static):
         self._parts.update(parts)
         self.refresh()
 
-    def _line(self, model: bool, settings: str, state: str) -> Text:
+    def _line(self, model: bool, settings: str, state: str, preset: str | None = None) -> Text:
         p = self._parts
+        preset = cut_name(p["preset"], self.PRESET_MAX) if preset is None else preset
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append(" 填空 ", style="bold reverse")
         if model:
@@ -86,7 +94,7 @@ class StatusBar(Static):
         out.append("│ " if model else " ", style="dim")
         out.append(state, style="bold red" if p["error"] else "")
         out.append(" │ ", style="dim")
-        out.append(p["preset"], style="bold")
+        out.append(preset, style="bold")
         out.append(f" {settings}", style="dim")
         return out
 
@@ -102,4 +110,21 @@ class StatusBar(Static):
             self._line(False, compact, state),
             self._line(False, short, state),
         ]
-        return next((line for line in lines if line.cell_len <= self.size.width), lines[-1])
+        fits = next((line for line in lines if line.cell_len <= self.size.width), None)
+        if fits is not None:
+            return fits
+        preset = cut_name(self._parts["preset"], self.PRESET_MAX)
+        room = self.size.width - (lines[-1].cell_len - cell_len(preset))
+        least = self.PRESET_MIN + (len(EDITED) if preset.endswith(EDITED) else 0)
+        return self._line(False, short, state, cut_name(preset, max(room, least)))
+
+
+EDITED = " (edited)"  # how the chat marks a preset changed with f3
+
+
+def cut_name(preset: str, width: int) -> str:
+    """`preset` in at most `width` cells: a long name cut with "…", its " (edited)" kept."""
+    if cell_len(preset) <= width:
+        return preset
+    name, edited = (preset.removesuffix(EDITED), EDITED) if preset.endswith(EDITED) else (preset, "")
+    return set_cell_size(name, max(1, width - cell_len(edited) - 1)).rstrip() + "…" + edited

@@ -86,17 +86,22 @@ class StreamingText(KeptLines, ScrollView, can_focus=True):
         self._lines: list[tuple[int, int]] = []
         self._width = 0  # the width self._lines were wrapped for; 0 before the widget has a size
         self._floor = 0  # the virtual height while following: room below the text to stream into
+        self._follow = True  # a stream, which the view follows; False: a whole text, shown from its top
 
     @property
     def text(self) -> str:
         """The text as shown."""
         return self._text
 
-    def set_text(self, text: str) -> None:
+    def set_text(self, text: str, follow: bool = True) -> None:
         """Show `text`, wrapping and drawing again only the lines that changed; a widget scrolled
-        to its end follows."""
+        to its end follows. `follow=False`: the whole text, not a stream (an answer read from a file,
+        or one that has finished): it shows from its top, with no room kept below it to stream into."""
         text = text.translate(_HIDDEN)
+        self._follow = follow
         if text == self._text:
+            if not follow:
+                self._to_top()
             return
         old = self._text
         same = _common_prefix(old, text)
@@ -105,12 +110,25 @@ class StreamingText(KeptLines, ScrollView, can_focus=True):
         self._text = text
         if not self._width:
             return  # wrapped once the widget has a width (on_resize)
-        following = self.scroll_y >= self.max_scroll_y
+        # A new text (a new round) starts at its top and follows, wherever the last one was scrolled to.
+        following = not same or self.scroll_y >= self.max_scroll_y
+        if not same and self.scroll_y:
+            self.scroll_to(y=0, animate=False, immediate=True)
         old_count = len(self._lines)
         first = self._rewrap(same)
         changed = max(old_count, len(self._lines)) - first
-        if not self._resize(following) and changed:  # a scroll or a new width redraws every line anyway
+        if not follow:
+            self._to_top()
+        elif not self._resize(following) and changed:  # a scroll or a new width redraws every line anyway
             self.refresh_lines(first, changed)
+
+    def _to_top(self) -> None:
+        """A whole text: its first lines in view, the virtual height its own (no room to stream into)."""
+        self._floor = 0
+        if self._width:
+            self._resize(following=False)
+        self.scroll_to(y=0, animate=False, immediate=True)
+        self.refresh()
 
     # ---------------------------------------------------------------- wrapping and size
 
@@ -174,7 +192,7 @@ class StreamingText(KeptLines, ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         if self._wrap_width() != self._width:
-            self._rewrap_all(following=self.scroll_y >= self.max_scroll_y)
+            self._rewrap_all(following=self._follow and self.scroll_y >= self.max_scroll_y)
 
     def _rewrap_all(self, following: bool) -> None:
         """Wrap all of the text again at the widget's width, and draw it again."""
