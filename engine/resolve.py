@@ -18,7 +18,8 @@ A .gguf file may sit in a subfolder of its repository (unsloth and bartowski put
 quantization in one: ORG/NAME/Q8_0/FILE.gguf). A vision projector (mmproj-*.gguf, architecture
 `clip`) sits beside the model it serves and is no language model: it is passed over.
 A name both places hold is the Hugging Face cache's, and the ModelPath says so in `note`, a line
-for the CLI to show (the engine never prints).
+for the CLI to show (the engine never prints); so does a training run's output folder that has not
+reached its last step (`unfinished_run`).
 Nothing found: one line naming every place searched and the name that comes closest.
 `list_models` (engine/model_list.py) is what `tiankong models` shows; every name it lists resolves.
 
@@ -34,7 +35,9 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -114,7 +117,8 @@ def _local(path: Path, text: str) -> Path | None:
     assert st is not None  # lstat found it, so _stat found its target or raised (a broken link)
     if stat.S_ISDIR(st.st_mode):
         if _is_file(path / "config.json"):
-            return path
+            note = unfinished_run(path)
+            return _model_path(path, None, note) if note else path
         return _one_gguf(text, path, by_name=False) or path  # else the loader names what the folder lacks
     if not stat.S_ISREG(st.st_mode):
         raise ModelLoadError(
@@ -126,6 +130,27 @@ def _local(path: Path, text: str) -> Path | None:
             "magic); pass the folder that holds config.json, or a .gguf file"
         )
     return path
+
+
+def unfinished_run(folder: Path) -> str | None:
+    """A note when `folder` is the output of a `tiankong train` run that has not reached its last step
+    (stopped, or still running): its model is then a checkpoint's, not the run's result. Read from
+    its train_config.json ("steps") and checkpoints/step-N (trainers/checkpoint.py's layout); None
+    for any other folder, and for a finished run."""
+    try:
+        record = folder / "train_config.json"
+        if not _is_file(record) or record.stat().st_size > 1 << 20:
+            return None
+        steps = json.loads(record.read_text(encoding="utf-8")).get("steps")
+        done = [int(m[1]) for p in (folder / "checkpoints").iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not done or type(steps) is not int or max(done) >= steps:
+        return None
+    return (
+        f"{folder} is an unfinished training run (step {max(done)} of {steps}): its model is that step's "
+        "checkpoint; finish it with its `tiankong train` command and --resume"
+    )
 
 
 def _by_name(text: str, path: Path) -> Path:

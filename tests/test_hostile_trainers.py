@@ -201,10 +201,11 @@ def test_a_bad_line_is_named_by_its_own_number(tmp_path, reader):
 
 
 @pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
-@pytest.mark.parametrize("reader", ["prompts", "rows", "reward score"])
+@pytest.mark.parametrize("reader", ["prompts", "rows", "reward score", "data"])
 def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path, reader, bom):
     # QA: five good lines, then "bad \xff line": "five.txt is not UTF-8 text", with no line to fix.
     from tiankong.engine.errors import InputError
+    from tiankong.trainers.data import iter_jsonl
     from tiankong.trainers.records import read_prompt_records, read_rows
     from tiankong.trainers.reward import score_file
 
@@ -217,6 +218,7 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path, reader, bom):
         "prompts": read_prompt_records,
         "rows": read_rows,
         "reward score": lambda p: score_file(tmp_path / "no-model", str(p), None),
+        "data": lambda p: list(iter_jsonl(p)),
     }[reader]
     at = path.read_bytes().index(b"\xff")  # the reference: where the byte is, from 0
     column = len(b'{"prompt": "bad ') + 1
@@ -226,6 +228,24 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path, reader, bom):
         f"{path} line 6: not UTF-8 text (invalid start byte at byte {column} of the line, byte {at + 1} of the file); "
         "convert the file to UTF-8"
     )
+
+
+@pytest.mark.parametrize("name", ["sft.jsonl", "text.jsonl", "text.txt"])
+def test_a_byte_order_mark_is_dropped_by_sft_and_pretrain_data(tmp_path, name):
+    # QA: SFT refused a file an editor saved with a BOM ("invalid JSON (Unexpected UTF-8 BOM ...)")
+    # that pretrain and the preference readers take.
+    from tiankong.trainers.data import load_conversations, load_texts
+
+    path = tmp_path / name
+    line = {"sft.jsonl": '{"prompt": "hi", "completion": "yo"}', "text.jsonl": '{"text": "Once"}', "text.txt": "Once"}
+    path.write_bytes(b"\xef\xbb\xbf" + line[name].encode() + b"\n")
+    if name == "sft.jsonl":
+        assert load_conversations(path)[0].messages == [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+        ]
+    else:
+        assert load_texts(path) == ["Once"]  # no "\ufeff" in the text either
 
 
 def test_a_number_too_long_to_read_says_so(tmp_path):

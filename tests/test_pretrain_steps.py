@@ -123,8 +123,8 @@ def test_resume_keeps_the_steps_the_run_started_with(tmp_path, toy, given):
 
 
 def test_negative_settings_are_refused(tmp_path, toy):
-    with pytest.raises(InputError, match="steps must be at least 1"):
+    with pytest.raises(InputError, match=r"--steps must be at least 1 \(or 0 = auto\)"):
         cfg_for(tmp_path, toy, steps=-1).validate()
-    with pytest.raises(InputError, match="warmup_steps must be >= 0"):
+    with pytest.raises(InputError, match=r"--warmup-steps must be >= 0 \(or -1 = auto\)"):
         cfg_for(tmp_path, toy, warmup_steps=-2).validate()
     cfg_for(tmp_path, toy).validate()  # the auto defaults pass

@@ -49,3 +49,44 @@ def test_plain_lines_in_a_log_every_ten_seconds_and_tenth(monkeypatch):
         advance()  # a line (10 s since the start)
         advance()  # none: under a second since
     assert [line.split()[1] for line in log.getvalue().splitlines()] == ["1/1000", "2/1000"]  # the end, said
+
+
+def test_the_eta_counts_down_between_items_and_an_item_can_move_the_bar(monkeypatch):
+    # QA: PPO's bar sat still for a whole iteration (minutes) with an ETA frozen at its last value.
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    screen = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with progress("ppo", 5, console=screen) as advance:
+        assert advance._eta() == "eta -"
+        now[0] = 10.0
+        advance()  # 10 s an item, 4 left
+        assert advance._eta() == "eta 0:00:40"
+        now[0] = 25.0  # 15 s into the next item: counts down, never below 0
+        assert advance._eta() == "eta 0:00:25"
+        now[0] = 100.0
+        assert advance._eta() == "eta 0:00:00"
+        advance.part(0.5, "updates 3/6")
+        task = advance.bar.tasks[0]
+        assert task.completed == 1.5 and task.fields["info"] == "updates 3/6"
+        advance()
+        assert advance.bar.tasks[0].completed == 2
+
+
+def test_a_spinner_shows_slow_setup_on_a_terminal_and_gives_way_to_a_bar(monkeypatch):
+    # QA: PPO showed a blank terminal for 30-100 s (models loading, the answer-length probe).
+    from tiankong.trainers.progress import status
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress_module, "Console", lambda **kw: Console(file=screen, force_terminal=True, width=80))
+    with status("ppo: loading the models and data") as say:
+        say("ppo: finding the answer length: 3/32 probe answers")
+        # A bar started meanwhile (pretrain's tokenizing) must not fail: rich draws one live display at a time.
+        with progress("tokenizing, MB", 2, console=Console(file=io.StringIO(), force_terminal=True)) as advance:
+            assert not progress_module._STATUS.is_started  # two live displays on one terminal garble each other
+            advance()
+    assert "loading the models" in screen.getvalue()
+    quiet = io.StringIO()
+    monkeypatch.setattr(progress_module, "Console", lambda **kw: Console(file=quiet, width=80))  # a log
+    with status("ppo: loading the models and data") as say:
+        say("anything")
+    assert quiet.getvalue() == ""  # a log gets the lines the work prints itself

@@ -248,7 +248,7 @@ def test_two_rank_windows_on_one_file_share_out_the_rounds(tmp_path):
                     await pilot.pause()
                     await pilot.press("2", "enter")
                     await pilot.pause()
-                assert head(one).startswith("6 / 6") and "All 6 rounds done" in str(
+                assert head(one).startswith("all 6 done") and "All 6 rounds done" in str(
                     one.query_one("#vote-bar", Static).content
                 )
 

@@ -98,8 +98,10 @@ def test_negative_settings_are_still_refused(llama_dir):
 
     with pytest.raises(InputError, match="steps"):
         RewardConfig(model=str(llama_dir), data="x", steps=-1).validate()
-    with pytest.raises(InputError, match="response_length"):
+    with pytest.raises(InputError, match=r"--response-length must be at least 1 \(or 0 = auto\), got -1"):
         PPOConfig(model=str(llama_dir), reward="r", prompts="p", response_length=-1).validate()
+    with pytest.raises(InputError, match=r"--ppo-epochs must be at least 1, got 0"):  # no auto: not named
+        PPOConfig(model=str(llama_dir), reward="r", prompts="p", ppo_epochs=0).validate()
 
 
 def test_config_fields_of_the_wrong_type_are_named_and_paths_are_taken(llama_dir, tmp_path):

@@ -192,13 +192,21 @@ def test_a_model_with_nan_weights_is_refused_before_training(nan_dir, chat, tmp_
 @pytest.mark.parametrize(
     "trainer,flag,value,needle",
     [
-        ("sft", "--min-lr-ratio", "-2", "min_lr_ratio must be in [0, 1]"),
-        ("sft", "--min-lr-ratio", "5", "min_lr_ratio must be in [0, 1]"),
-        ("sft", "--warmup-steps", "-3", "warmup_steps must be >= 0, got -3"),
-        ("reward", "--warmup-steps", "-1", "warmup_steps must be >= 0, got -1"),
-        ("dpo", "--weight-decay", "-1", "weight_decay must be >= 0"),
-        ("sft", "--weight-decay", "-0.5", "weight_decay must be >= 0"),
-        ("pretrain", "--min-lr-ratio", "1.5", "min_lr_ratio must be in [0, 1]"),
+        ("sft", "--min-lr-ratio", "-2", "--min-lr-ratio must be in [0, 1]"),
+        ("sft", "--min-lr-ratio", "5", "--min-lr-ratio must be in [0, 1]"),
+        ("sft", "--warmup-steps", "-3", "--warmup-steps must be >= 0, got -3"),
+        ("reward", "--warmup-steps", "-1", "--warmup-steps must be >= 0, got -1"),
+        ("dpo", "--weight-decay", "-1", "--weight-decay must be >= 0"),
+        ("sft", "--weight-decay", "-0.5", "--weight-decay must be >= 0"),
+        ("pretrain", "--min-lr-ratio", "1.5", "--min-lr-ratio must be in [0, 1]"),
+        # The flag as typed, and "0 = auto" wherever --help says 0 means auto (and only there).
+        ("sft", "--steps", "-1", "--steps must be at least 1 (or 0 = auto), got -1"),
+        ("dpo", "--batch-size", "-3", "--batch-size must be at least 1 (or 0 = auto), got -3"),
+        ("reward", "--lr", "-1", "--lr must be > 0 (or 0 = auto), got -1.0"),
+        ("pretrain", "--steps", "-1", "--steps must be at least 1 (or 0 = auto), got -1"),
+        ("pretrain", "--lr", "-1", "--lr must be > 0, got -1.0"),
+        ("pretrain", "--batch-size", "0", "--batch-size must be at least 1, got 0"),
+        ("sft", "--micro-batch-size", "-1", "--micro-batch-size must be >= 0, got -1"),
     ],
 )
 def test_out_of_range_settings_are_one_line_before_the_output(
@@ -217,7 +225,7 @@ def test_pretrain_keeps_minus_one_as_auto_warmup():
     from tiankong.trainers.pretrain import PretrainConfig
 
     PretrainConfig(data="x.txt", warmup_steps=-1).validate()
-    with pytest.raises(Exception, match=r"warmup_steps must be >= 0 \(or -1 = auto\), got -2"):
+    with pytest.raises(Exception, match=r"--warmup-steps must be >= 0 \(or -1 = auto\), got -2"):
         PretrainConfig(data="x.txt", warmup_steps=-2).validate()
 
 

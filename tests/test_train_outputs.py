@@ -94,6 +94,35 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
     ckpt.os.close(ckpt._lock(out))  # released with the run
 
 
+def test_a_run_removes_its_lock_file_and_one_that_opened_it_meanwhile_locks_a_new_one(tmp_path, monkeypatch):
+    # QA: every finished output kept .tiankong-run.lock (a pid inside). Removing it must not let two runs
+    # hold one folder: a run that opened the old file as the first one ended locks a file of its own.
+    import fcntl
+    import os
+
+    out = tmp_path / "run"
+    with ckpt.claim(out, resume=False, overwrite=False):
+        assert (out / ckpt.LOCK_FILE).is_file()
+    assert not (out / ckpt.LOCK_FILE).exists() and out.is_dir()
+
+    first = ckpt.claim(out, resume=False, overwrite=False)
+    first.__enter__()
+    flock, calls = fcntl.flock, []
+
+    def first_run_ends_meanwhile(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            first.__exit__(None, None, None)  # removes its lock file, then lets go of the lock
+        return flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", first_run_ends_meanwhile)
+    fd = ckpt._lock(out)
+    held, path = os.fstat(fd), os.stat(out / ckpt.LOCK_FILE)
+    assert (held.st_dev, held.st_ino) == (path.st_dev, path.st_ino) and len(calls) == 2
+    assert (out / ckpt.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    os.close(fd)
+
+
 def test_a_lock_on_a_folder_a_failed_run_just_removed_is_refused(tmp_path, monkeypatch):
     # The race: this run opens the lock file, the run holding it fails and removes the folder it
     # created, then this run's flock succeeds on a file no other run will ever see.
@@ -217,6 +246,77 @@ def test_train_help_names_what_model_takes(monkeypatch):
         assert "required" not in text, name
     ppo = " ".join(CliRunner().invoke(train_app, ["ppo", "--help"]).output.split())
     assert "Evaluate on the held-out split" not in ppo
+
+
+def test_resume_says_where_it_resumes_and_a_finished_run_has_nothing_to_train(
+    llama_dir, prefs, tmp_path, monkeypatch, capsys
+):
+    # QA: --resume never said where it resumed from, and on a finished run it printed the plots and the
+    # verdict again as if it had trained.
+    from helpers import cli
+
+    out = tmp_path / "rm"
+    args = ["train", "reward", "--model", llama_dir, "--data", prefs, "--output", out, "--raw", "--no-progress"]
+    args += ["--steps", "4", "--batch-size", "4", "--eval-fraction", "0", "--device", "cpu", "--save-every", "2"]
+    train_step = RewardTrainer.train_step
+
+    def stopped_in_step_4(self, batch):
+        if self.step == 3:
+            raise KeyboardInterrupt  # a second Ctrl+C: no checkpoint of this step
+        return train_step(self, batch)
+
+    monkeypatch.setattr(RewardTrainer, "train_step", stopped_in_step_4)
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 130 and "the checkpoint" in err and "step-000002 survived" in err
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    monkeypatch.setattr(RewardTrainer, "train_step", train_step)
+    code, out_text, err = cli(monkeypatch, capsys, *args, "--resume")
+    assert code == 0, err
+    said = "resuming from step-000002 (step 2 of 4; step 3 run again); settings left at auto keep the run's values: lr"
+    assert [line for line in err.splitlines() if line.startswith("resuming")] == [f"{said} 0.003"]  # auto lr at 3M
+    assert "Verdict (reward)" in err and (out / "verdict.json").is_file()
+
+    def no_model_work(self):
+        raise AssertionError("a finished run loaded its models again")
+
+    monkeypatch.setattr(RewardTrainer, "setup", no_model_work)
+    code, out_text, err = cli(monkeypatch, capsys, *args, "--resume")
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"{out}: already finished (4 steps); nothing to train (its verdict: {out / 'verdict.json'})"
+    ]
+    assert out_text == ""  # no plots either
+
+
+def test_a_stopped_run_is_named_unfinished_wherever_it_is_opened(llama_dir, prefs, tmp_path, monkeypatch, capsys):
+    # QA: after Ctrl+C at step 3 of 20, runs/ppo held a top-level model.safetensors and chat/compare opened
+    # it as if it were the trained model. Every command that opens it now says so, in one note line.
+    from helpers import cli
+
+    from tiankong.engine.resolve import resolve_model
+
+    out = tmp_path / "rm"
+
+    class Stop(Exception):
+        pass
+
+    class Interrupted(RewardTrainer):
+        def checkpoint(self):
+            super().checkpoint()
+            if self.step == 1:
+                raise Stop
+
+    with pytest.raises(Stop):
+        Interrupted(cfg(llama_dir, prefs, out, steps=3)).train()
+    note = f"{out} is an unfinished training run (step 1 of 3): its model is that step's checkpoint; "
+    note += "finish it with its `tiankong train` command and --resume"
+    assert resolve_model(out).note == note and resolve_model(str(out)).note == note
+    capsys.readouterr()
+    code, text, err = cli(monkeypatch, capsys, "tokenize", "hi", "--model", out, "--format", "jsonl")
+    assert code == 0 and err == f"note: {note}\n" and json.loads(text)["ids"]  # a notice, not an error
+    RewardTrainer(cfg(llama_dir, prefs, out, steps=3, resume=True)).train()
+    assert getattr(resolve_model(out), "note", None) is None  # finished
+    assert getattr(resolve_model(llama_dir), "note", None) is None  # not a run at all
 
 
 @pytest.mark.parametrize("trainer", ["reward", "dpo"])

@@ -235,6 +235,69 @@ def test_ppo_resume_matches_uninterrupted(llama_dir, rm_dir, prompts, tmp_path):
             torch.testing.assert_close(b[k], a[k], msg=f"{sub}:{k}")
 
 
+def test_ppo_resume_checks_its_flags_and_keeps_its_auto_settings_before_loading(
+    llama_dir, rm_dir, prompts, tmp_path, monkeypatch, capsys
+):
+    # QA: --resume loaded four models and reran the answer-length probe (32 sampled answers, ~100 s on the
+    # bundled model) before refusing `--steps 5` for a run of 20, and said nothing of where it resumed.
+    from tiankong.engine.errors import InputError
+    from tiankong.trainers import auto
+
+    class Stop(Exception):
+        pass
+
+    class Interrupted(PPOTrainer):
+        def checkpoint(self):
+            super().checkpoint()
+            if self.step == 1:
+                raise Stop
+
+    out = tmp_path / "ppo"
+    kw = dict(steps=3, save_every=1, response_length=0, lr=0.0)  # lr and the answer length: auto
+    with pytest.raises(Stop):
+        Interrupted(ppo_config(llama_dir, rm_dir, prompts, out, **kw)).train()
+    started = json.loads((out / "train_config.json").read_text())
+    capsys.readouterr()
+
+    def no_model_work(self):
+        raise AssertionError("setup ran before the settings were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(PPOTrainer, "setup", no_model_work)
+        with pytest.raises(InputError, match=r"--resume: the run was started with --steps 3 and is at step 1"):
+            PPOTrainer(ppo_config(llama_dir, rm_dir, prompts, out, resume=True, **{**kw, "steps": 5})).train()
+        with pytest.raises(InputError, match=r"changes the run's settings \(--ppo-epochs 2 -> 3"):
+            PPOTrainer(ppo_config(llama_dir, rm_dir, prompts, out, resume=True, **{**kw, "ppo_epochs": 3})).train()
+
+    def probe(*a, **k):
+        raise AssertionError("the answer-length probe ran again")
+
+    monkeypatch.setattr(auto, "auto_response_length", probe)
+    trainer = PPOTrainer(ppo_config(llama_dir, rm_dir, prompts, out, resume=True, **{**kw, "steps": 0}))
+    trainer.train()
+    assert (trainer.cfg.response_length, trainer.cfg.lr, trainer.step) == (started["response_length"], started["lr"], 3)
+    assert trainer.auto.values == {"steps": 3, "lr": started["lr"], "response_length": started["response_length"]}
+    said = [line for line in capsys.readouterr().err.splitlines() if "resum" in line]
+    assert said == [
+        "resuming from step-000001 (step 1 of 3); settings left at auto keep the run's values: steps 3, "
+        f"lr {started['lr']:g}, response_length {started['response_length']}"
+    ]
+
+
+def test_ppo_moves_the_bar_through_an_iterations_rollouts_then_updates(
+    llama_dir, rm_dir, prompts, tmp_path, monkeypatch
+):
+    # QA: the bar stood still for a whole iteration (rollouts, then updates: minutes on a CPU).
+    from tiankong.trainers import progress
+
+    seen = []
+    monkeypatch.setattr(progress.progress, "part", lambda self, fraction, text: seen.append((fraction, text)))
+    PPOTrainer(ppo_config(llama_dir, rm_dir, prompts, tmp_path / "ppo", steps=1)).train()
+    rollouts = [(i / 8, f"rollouts {i}/4") for i in range(5)]  # 4 answers: the first half of the step
+    updates = [(0.5 + i / 8, f"updates {i}/4") for i in range(5)]  # 2 epochs of 2 minibatches: the second
+    assert seen == rollouts + updates
+
+
 # ---------------------------------------------------------------- the whole chain on stories260K
 
 WORD = re.compile(r"\bboy\b", re.I)  # the hidden rule: stories about a boy are preferred

@@ -179,6 +179,35 @@ def test_sft_data_refuses_the_file_at_the_first_bad_line(tmp_path):
         assert why in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_loss_verdict_of_one_step_says_step(tmp_path):
+    from types import SimpleNamespace
+
+    from tiankong.trainers.verdict import loss_verdict
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    assert loss_verdict(SimpleNamespace(out=tmp_path, name="sft")).summary == "training loss 2 -> 2 over 1 step."
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
+    assert loss_verdict(SimpleNamespace(out=tmp_path, name="sft")).summary == "training loss 2 -> 1.5 over 2 steps."
+
+
+def test_sft_reads_sharegpt_conversations(tmp_path):
+    # QA: a ShareGPT row ("conversations" of {"from", "value"}) got the generic "needs messages" error.
+    path = tmp_path / "share.jsonl"
+    turns = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]
+    path.write_text(json.dumps({"conversations": turns}) + "\n" + json.dumps({"conversations": turns[1:2]}) + "\n")
+    with pytest.raises(InputError, match=r"share.jsonl line 2: has no assistant message"):
+        load_conversations(path)
+    path.write_text(json.dumps({"conversations": turns}) + "\n")
+    assert load_conversations(path)[0].messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Yo"},
+    ]
+    path.write_text(json.dumps({"conversations": [{"from": "tool", "value": "x"}]}) + "\n")
+    with pytest.raises(InputError, match=r"line 1: \"conversations\" turn 1 is from 'tool'; ShareGPT turns are from"):
+        load_conversations(path)
+
+
 def test_holdout_split():
     train, held = split_holdout(100, 0.1, seed=3)
     assert len(held) == 10 and sorted(train + held) == list(range(100))
@@ -309,11 +338,17 @@ def test_sft_mask_chatml_template_from_file(tmp_path, llama_dir):
     assert (tmp_path / "saved" / "chat_template.jinja").read_text() == chatml
 
 
-def test_sft_truncation_and_template_errors_name_the_line(tmp_path, llama_dir):
+def test_sft_truncation_and_template_errors_name_the_line(tmp_path, llama_dir, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(CHAT[1]) + "\n" + json.dumps({"prompt": "word " * 200, "completion": "ok"}) + "\n")
     with pytest.raises(InputError, match=r"d.jsonl line 2: no answer token within the first 64 tokens"):
         SFTTrainer(sft_cfg(tmp_path, llama_dir, data, max_len=64)).setup()
+    # A conversation cut at --max-len is said, in one line with its count and lines (QA: it was silent).
+    long = {"prompt": "Who is Lily?", "completion": "word " * 200}
+    data.write_text("".join(json.dumps(r) + "\n" for r in (CHAT[1], long, long)))
+    SFTTrainer(sft_cfg(tmp_path, llama_dir, data, max_len=64)).setup()
+    said = [line for line in capsys.readouterr().err.splitlines() if "--max-len" in line]
+    assert said == [f"{data}: cut 2 of 3 conversations at the end to --max-len 64 tokens (lines 2, 3)"]
     strict = tmp_path / "strict.jinja"
     strict.write_text(
         "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"

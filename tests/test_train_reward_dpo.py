@@ -124,6 +124,36 @@ def test_records_formats_groups_and_skips(llama_dir, tmp_path):
     assert len(held) == 2 and len(train) == 3
 
 
+def test_a_rankings_export_trains_as_its_pairs(llama_dir, tmp_path):
+    # QA: reward and dpo refused `tiankong prefs export --format rankings` ('no "chosen"'). A K-way
+    # ranking is read as all the pairs it ranked, as `--format trl` exports them.
+    enc = Encoder.from_folder(llama_dir, raw=True)
+    answers = [{"text": t, "model": "m", "preset": "balanced"} for t in (" a fox", " a dog", " a cat")]
+    conversation = [{"role": "user", "content": "Story:"}]
+    ranked = {"prompt": "Story:", "conversation": conversation, "responses": answers, "outcome": "ranked"}
+    rankings = [
+        {**ranked, "ranking": [[2], [0], [1]]},  # cat > fox > dog
+        {**ranked, "outcome": "tie", "ranking": [[0, 1, 2]]},  # three tied pairs, one line
+    ]
+    reference = [
+        {"prompt": "Story:", "chosen": better, "rejected": worse}
+        for better, worse in ((" a cat", " a fox"), (" a cat", " a dog"), (" a fox", " a dog"))
+    ]
+    ours = load_preferences(write_jsonl(tmp_path / "r.jsonl", rankings), enc)
+    trl = load_preferences(write_jsonl(tmp_path / "t.jsonl", reference), enc)
+
+    def pairs(data):
+        return sorted((tuple(g.seqs[p.better]), tuple(g.seqs[p.worse]), p.target) for g in data.groups for p in g.pairs)
+
+    assert pairs(ours) == pairs(trl) and len(ours.groups) == 1
+    assert ours.skipped == {"ties/both-bad (tie_mode drop)": [2]}  # the line once, not once per pair
+    soft = load_preferences(tmp_path / "r.jsonl", enc, tie_mode="soft")
+    assert sorted(p.target for g in soft.groups for p in g.pairs) == [0.5] * 3 + [1.0] * 3
+    write_jsonl(tmp_path / "bad.jsonl", [{**ranked, "ranking": [[0], [1]]}])
+    with pytest.raises(InputError, match=r'bad.jsonl line 1: "ranking" must be groups of response indices'):
+        load_preferences(tmp_path / "bad.jsonl", enc)
+
+
 def test_chat_template_rendering(llama_dir, tmp_path):
     folder = tmp_path / "chat"
     shutil.copytree(llama_dir, folder)
@@ -308,6 +338,60 @@ def test_dpo_moves_every_weight_and_prefers_chosen(llama_dir, tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
+def test_language_drift_by_hand():
+    from tiankong.trainers.verdict import drift_warning, foreign_share, language_drift
+
+    # Of the CJK characters and Latin words, the share in the script the prompt does not use.
+    assert foreign_share("Tell me a story.", "Once upon a time, 小军 said hi.") == 2 / 8  # 小, 军 and 6 words
+    assert foreign_share("用中文写一个故事。", "从前有一只小猫，名叫 Max。") == 1 / 10  # Max and 9 characters
+    assert foreign_share("Tell me a story.", "Once upon a time.") == 0.0
+    assert foreign_share("Tell me a story.", "...") == 0.0
+    prompts = ["Tell me a story.", "Tell me a story.", "写一个故事。"]
+    before = ["A cat sat.", "A dog 跑.", "小猫。"]  # CJK 0 and 1/3: 1/6; Latin 0
+    after = ["猫猫", "A 狗.", "A cat."]  # CJK 1 and 1/2: 3/4; Latin 1
+    assert language_drift(prompts, before, after) == {"cjk_in_answers": (1 / 6, 3 / 4), "latin_in_answers": (0, 1)}
+    assert language_drift(prompts[:2], before[:2], after[:2]) == {"cjk_in_answers": (1 / 6, 3 / 4)}
+    assert drift_warning("dpo", {"cjk_in_answers": (0.05, 0.14)}, 8.3, 3e-4) == []  # under DRIFT
+    (dpo,) = drift_warning("dpo", {"cjk_in_answers": (0.087, 0.3), "latin_in_answers": (0.2, 0.08)}, 8.33, 2.9e-4)
+    assert dpo == (
+        "language drift: Chinese (CJK) text in answers to prompts without any 9% -> 30% of their text (fresh "
+        "answers, before -> after), with KL 8.33 nats to the starting model; train again with a much higher "
+        "--beta (such as 2; it holds the policy nearer the starting model) or a lower --lr (such as 5.8e-05)"
+    )
+    (ppo,) = drift_warning("ppo", {"latin_in_answers": (0.1, 0.4)}, 5.0, 2e-4)
+    assert "English words in answers to Chinese prompts 10% -> 40%" in ppo and "higher --kl-coef" in ppo
+
+
+def test_dpo_verdict_shows_prompts_as_written_and_warns_of_language_drift(llama_dir, tmp_path, monkeypatch):
+    # QA: DPO made the bundled model answer English requests in Chinese (0/80 -> 40/80 answers), and the
+    # verdict said ok with no warning; its table showed the template's markup ("<|user|> ... <|assistant|>").
+    from tiankong.trainers import verdict
+
+    folder = tmp_path / "chat"
+    shutil.copytree(llama_dir, folder)
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    data = write_jsonl(tmp_path / "p.jsonl", PAIRS[:4])
+    settings = dict(data=str(data), steps=1, batch_size=4, lr=1e-3, eval_fraction=0, device="cpu", progress=False)
+    trainer = DPOTrainer(DPOConfig(model=str(folder), output=str(tmp_path / "dpo"), **settings))
+    trainer.train()
+    seen = []
+
+    def drifted(prompts, before, after):
+        seen.append(prompts)
+        return {"cjk_in_answers": (0.0, 0.5)}
+
+    monkeypatch.setattr(verdict, "language_drift", drifted)
+    v = verdict.verdict_for(trainer)
+    assert [ex["prompt"] for ex in v.examples] == ["Story 0:", "Story 1:", "Story 2:"]
+    assert seen[0][:4] == ["Story 0:", "Story 1:", "Story 2:", "Story 3:"] and len(seen[0]) == verdict.N_FRESH
+    assert (v.figures["cjk_in_answers_before"], v.figures["cjk_in_answers_after"]) == (0.0, 0.5)
+    assert any(w.startswith("language drift: Chinese (CJK) text") and "0% -> 50%" in w for w in v.warnings)
+    assert not v.ok
+
+
 def test_cli_train_reward_then_score(monkeypatch, capsys, llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", PAIRS)
     rm = tmp_path / "rm"
@@ -398,6 +482,8 @@ def test_cli_help_lists_trainer_flags(monkeypatch, capsys):
         monkeypatch.setenv("COLUMNS", "200")
         code, out, _ = cli(monkeypatch, capsys, "train", name, "--help")
         assert code == 0 and all(f in out for f in flags), (name, out)
+        # QA: PPO listed --eval-every, which its help called "Not used"; the trainers that use it keep it.
+        assert ("--eval-every" in out) == (name != "ppo"), (name, out)
 
 
 # ---------------------------------------------------------------- data parallel

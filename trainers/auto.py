@@ -20,16 +20,15 @@ Steps: enough passes over the data for a few hundred rankings to be learned (rew
 each training pair up to 4 and 5 times; SFT up to 3), one pass for large data sets; PPO runs at
 least 20 iterations or one pass over the prompts. Pretraining counts tokens: see PRETRAIN_EPOCHS.
 
-A resumed run keeps what its start resolved (`started_with`): --resume needs the same steps, and a
-formula changed since (or a finished run extended by --steps) must not move them.
+A resumed run keeps what its start resolved (read from its checkpoint before any model loads, by
+common.py's `_resume_check`): --resume needs the same steps, a formula changed since (or a finished
+run extended by --steps) must not move them, and PPO's answer-length probe is not run again.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 SMALL, LARGE = 3e6, 1e9  # parameter counts of the two lr anchors
@@ -110,16 +109,6 @@ def auto_pretrain_steps(n_tokens: int, batch: int, seq_len: int) -> int:
 def auto_warmup(steps: int) -> int:
     """Warmup steps for a run of `steps`: a tenth of them, at most PRETRAIN_WARMUP."""
     return min(PRETRAIN_WARMUP, steps // 10)
-
-
-def started_with(out: Path) -> dict[str, Any]:
-    """The resolved settings of the run in `out` (its train_config.json, rewritten with every
-    checkpoint), or {} when there is none to read: then auto resolves afresh."""
-    try:
-        saved = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
 
 
 def auto_ppo_batch(n_params: int) -> int:

@@ -223,17 +223,24 @@ def _mkdir(out: Path) -> bool:
 
 def _lock(out: Path) -> int:
     """An exclusive lock on the output folder for the whole run (released when the process ends,
-    however it ends): two runs writing one folder would silently lose one's results."""
+    however it ends): two runs writing one folder would silently lose one's results. The lock file
+    goes when the run ends (claim), so a run that locked the old file just then locks a new one."""
     path = out / LOCK_FILE
-    try:
-        got = lock_with_pid(path)
-    except OSError as e:
-        raise InputError(f"cannot write into --output {out}: {why(e)}") from None
-    if isinstance(got, str):
-        raise InputError(f"--output {out} is in use by another run (pid {got}); wait for it or choose another folder")
-    if got is None:  # a run that failed removed its new folder, lock file and all, after we opened it
-        raise InputError(f"--output {out} was removed by another run that just failed; run again")
-    return got
+    for _ in range(3):
+        try:
+            got = lock_with_pid(path)
+        except OSError as e:
+            raise InputError(f"cannot write into --output {out}: {why(e)}") from None
+        if isinstance(got, str):
+            raise InputError(
+                f"--output {out} is in use by another run (pid {got}); wait for it or choose another folder"
+            )
+        if got is not None:
+            return got
+        if not out.is_dir():  # a run that failed removed its new folder, lock file and all, after we opened it
+            break
+        # else the run that held it ended and removed its lock file: lock a new one
+    raise InputError(f"--output {out} was removed by another run that just failed; run again")
 
 
 _CLAIMS: dict[Path, bool] = {}  # output folders this process holds -> whether the run resumes
@@ -269,6 +276,10 @@ def claim(out: Path, resume: bool, overwrite: bool, protect: Sequence[tuple[str,
         raise
     finally:
         _CLAIMS.pop(key, None)
+        # Removed while still held: a run that opened it meanwhile finds its lock on a removed file
+        # (lock_with_pid gives None) and locks a new one, so no two runs ever hold the folder.
+        with contextlib.suppress(OSError):
+            (out / LOCK_FILE).unlink()
         os.close(fd)
 
 

@@ -15,7 +15,8 @@ items of each optimisation step from it), `loss(items)` (the algorithm: one read
 * metrics as JSONL per step (`metrics.jsonl`), a rich progress bar on rank 0;
 * checkpoints as one unit (`checkpoint.py`): every few minutes, at the end, and on Ctrl+C or
   SIGTERM; `resume=True` continues from the newest one to the same result an uninterrupted run
-  gives. The output folder itself always holds the newest checkpoint's model as a plain Hugging
+  gives, its settings checked against the checkpoint's (and auto ones taken from it) before any
+  model loads. The output folder itself always holds the newest checkpoint's model as a plain Hugging
   Face folder that tiankong and transformers load.
 
 Beside the loop: the config base (`TrainConfig`, `opt`) in config.py; AdamW, the learning-rate
@@ -25,14 +26,16 @@ schedule and the seeded data order in optim.py; Ctrl+C and SIGTERM in stopping.p
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import random
 import re
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -44,11 +47,11 @@ from tiankong.engine.model_names import given_name
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import Dist, init_distributed, swapped
-from .metrics import MetricsWriter
+from .metrics import MetricsWriter, read_metrics
 from .optim import global_batches, lr_at, make_adamw, seed_everything
-from .progress import progress
+from .progress import progress, status
 from .stopping import TrainingStopped, _StopRequests
-from .trainer_state import load_state
+from .trainer_state import load_state, read_state_json
 
 
 class Trainer:
@@ -63,6 +66,10 @@ class Trainer:
         self.dist: Dist = init_distributed(cfg.device)
         self.device = self.dist.device
         self.step = 0
+        self.kept_auto: dict[str, Any] = {}  # auto settings a --resume took from the run's start
+        self.finished_before = False  # a --resume of a run already finished, verdict and all
+        self.say: Callable[[str], None] = _silent  # the text beside the spinner while setup() runs
+        self.phase: Callable[[float, str], None] = _silent_part  # how far the current step is (progress.part)
 
     # ---- what subclasses provide
     def setup(self) -> None:
@@ -123,8 +130,18 @@ class Trainer:
         cfg = self.cfg
         self.dist.barrier()
         self.fingerprint = self.data_fingerprint() if self.dist.is_main else {}
+        if cfg.resume and not self._resume_check():
+            return self.out  # finished, verdict and all: nothing to do
         seed_everything(cfg.seed)
-        self.setup()
+        shown = cfg.progress and self.dist.is_main
+        with status(
+            f"{self.name}: loading the model{'s' if self.name in ('ppo', 'dpo') else ''} and data", shown
+        ) as say:
+            self.say = say
+            self.setup()
+            self.say = _silent
+        if self.kept_auto and hasattr(self, "auto"):  # verdict.json's settings: what auto resolved, then or now
+            self.auto.values = {**self.kept_auto, **self.auto.values}
         self.ddp_model = self.dist.wrap(self.model, cfg.sharding)  # FSDP replaces the parameters: first
         self.optimizer = make_adamw(self.parameters(), cfg)
         if cfg.resume:
@@ -134,8 +151,9 @@ class Trainer:
         last_save = time.monotonic()
         with (
             _StopRequests(announce=self.dist.is_main) as stop,
-            progress(self.name, cfg.steps, done=self.step, enabled=cfg.progress and self.dist.is_main) as advance,
+            progress(self.name, cfg.steps, done=self.step, enabled=shown) as advance,
         ):
+            self.phase = advance.part
             if self.step >= cfg.steps:  # resumed a finished run: make sure its files are published
                 self.checkpoint()
             while self.step < cfg.steps:
@@ -158,6 +176,7 @@ class Trainer:
                 if stopping and self.step < cfg.steps:
                     metrics.close()
                     raise TrainingStopped(self.step, cfg.steps, self.out, stop.signal_name)
+        self.phase = _silent_part
         metrics.close()
         self.dist.gather(self.model)  # FSDP: whole again on every rank, so rank 0 alone may run it (the verdict)
         self.dist.barrier()
@@ -284,8 +303,7 @@ class Trainer:
     def _load_state(self) -> None:
         folder = ckpt.latest(self.out)
         assert folder is not None  # check_output refused a resume without one
-        state = load_state(folder)
-        self._check_same_run(state)
+        state = load_state(folder)  # its settings were checked before setup (_resume_check)
         try:
             self.dist.load_optimizer(self.model, self.optimizer, state["optimizer"])
             self.step = int(state["step"])
@@ -299,6 +317,49 @@ class Trainer:
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "start the run again without --resume"
             ) from None
+
+    def _resume_check(self) -> bool:
+        """--resume, before any model loads: the command's settings against the checkpoint's (a wrong
+        flag is refused at once, not after minutes of loading), the auto settings the run resolved at
+        its start taken again (PPO's answer-length probe is not rerun), and where it resumes said in
+        one line. False for a run already finished whose verdict is written: nothing to do."""
+        folder = ckpt.latest(self.out)
+        assert folder is not None  # check_output refused a resume without one
+        state = read_state_json(folder)
+        old = state.get("config") if isinstance(state.get("config"), dict) else {}
+        self._keep_auto(old)
+        self._check_same_run(state)
+        done, steps = int(state.get("step", 0)), self.cfg.steps
+        say = functools.partial(print, file=sys.stderr) if self.dist.is_main else _silent
+        kept = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.kept_auto.items())
+        kept = f"; settings left at auto keep the run's values: {kept}" if kept else ""
+        if done >= steps:
+            if (self.out / "verdict.json").is_file():
+                say(
+                    f"{self.out}: already finished ({done} step{'' if done == 1 else 's'}); nothing to train "
+                    f"(its verdict: {self.out / 'verdict.json'})"
+                )
+                self.finished_before = True
+                return False
+            say(f"{self.out}: already finished ({done} step{'' if done == 1 else 's'}); writing its verdict")
+            return True
+        redone = _last_step(self.out / "metrics.jsonl")
+        again = f"; step{'s' if redone > done + 1 else ''} {_span(done + 1, redone)} run again" if redone > done else ""
+        say(f"resuming from {folder.name} (step {done} of {steps}{again}){kept}")
+        if self.dist.is_main:  # it judged a model the rest of this run replaces; the end writes a new one
+            (self.out / "verdict.json").unlink(missing_ok=True)
+        return True
+
+    def _keep_auto(self, old: dict[str, Any]) -> None:
+        """Settings left at their auto value take what the run's start resolved them to (kept_auto)."""
+        for f in fields(self.cfg):
+            sentinel = f.metadata.get("auto")
+            value = old.get(f.name)
+            if sentinel is None or getattr(self.cfg, f.name) != sentinel or value is None or value == sentinel:
+                continue
+            if type(value) is type(f.default) or (isinstance(f.default, float) and type(value) is int):
+                setattr(self.cfg, f.name, value)
+                self.kept_auto[f.name] = value
 
     def _check_same_run(self, state: dict[str, Any]) -> None:
         """--resume continues the run the checkpoint belongs to: other data or other settings would
@@ -338,6 +399,26 @@ class Trainer:
                     "(the learning-rate schedule is stretched to the new end)",
                     file=sys.stderr,
                 )
+
+
+def _silent(*_: Any, **__: Any) -> None:
+    pass
+
+
+def _silent_part(fraction: float, text: str) -> None:
+    pass
+
+
+def _last_step(metrics: Path) -> int:
+    """The last step metrics.jsonl records (0 if none): steps past the checkpoint a resume runs again."""
+    try:
+        return max((int(r.get("step", 0)) for r in read_metrics(metrics)), default=0)
+    except (InputError, TypeError, ValueError):
+        return 0
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
 
 
 # Settings that do not change what a run computes (or that --resume checks itself): free to differ.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -19,7 +19,9 @@ from .distributed import SHARDINGS
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A config field with its help text (shown by `tiankong train NAME --help`)."""
+    """A config field with its help text (shown by `tiankong train NAME --help`); `auto=0` (or -1)
+    marks the value that means "auto" (trainers/auto.py fills it in), which its checks then name;
+    `hidden=True` leaves a setting a trainer does not use out of its --help."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -74,29 +76,40 @@ class TrainConfig:
             raise InputError("--output is empty; give the run's own folder, e.g. --output runs/NAME")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+                self.refuse(name, "must be at least 1")
         if self.micro_batch_size < 0:
-            raise InputError(f"micro_batch_size must be >= 0, got {self.micro_batch_size}")
+            self.refuse("micro_batch_size", "must be >= 0")
         if not self.lr > 0:
-            raise InputError(f"lr must be > 0, got {self.lr}")
+            self.refuse("lr", "must be > 0")
         self.check_warmup()
         if not 0 <= self.min_lr_ratio <= 1:  # below 0 the lr turns negative (gradient ascent); above 1 it climbs
-            raise InputError(f"min_lr_ratio must be in [0, 1] (a fraction of --lr), got {self.min_lr_ratio}")
+            self.refuse("min_lr_ratio", "must be in [0, 1] (a fraction of --lr)")
         if not self.weight_decay >= 0:
-            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            self.refuse("weight_decay", "must be >= 0")
         if not self.save_minutes >= 0:
-            raise InputError(f"save_minutes must be >= 0, got {self.save_minutes}")
+            self.refuse("save_minutes", "must be >= 0")
         if self.resume and self.overwrite:
             raise InputError("--resume continues the run in the output folder and --overwrite replaces it; give one")
         if self.dtype not in ("float32", "bfloat16"):
-            raise InputError(f"dtype must be float32 or bfloat16 for training, got {self.dtype!r}")
+            raise InputError(f"--dtype must be float32 or bfloat16 for training, got {self.dtype!r}")
         if self.sharding not in SHARDINGS:
-            raise InputError(f"unknown sharding {self.sharding!r}; use {' or '.join(SHARDINGS)}")
+            raise InputError(f"unknown --sharding {self.sharding!r}; use {' or '.join(SHARDINGS)}")
 
     def check_warmup(self) -> None:
         """A negative warmup would shift the schedule so that the peak --lr is never reached."""
         if self.warmup_steps < 0:
-            raise InputError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            self.refuse("warmup_steps", "must be >= 0")
+
+    def auto_value(self, name: str) -> Any:
+        """The value that means "auto" for this setting (opt(..., auto=0)), or None if it has none."""
+        return next((f.metadata.get("auto") for f in fields(self) if f.name == name), None)
+
+    def refuse(self, name: str, rule: str) -> NoReturn:
+        """InputError for a bad setting, as the user gives it: "--steps must be at least 1 (or 0 =
+        auto), got -1", the auto value named wherever the setting has one."""
+        sentinel = self.auto_value(name)
+        either = f" (or {sentinel} = auto)" if sentinel is not None else ""
+        raise InputError(f"{flag(name)} {rule}{either}, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +117,11 @@ class TrainConfig:
     @classmethod
     def field_help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def flag(name: str) -> str:
+    """A setting's command-line flag: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
 
 
 def _typed(name: str, value: Any, default: Any) -> Any:

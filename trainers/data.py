@@ -3,7 +3,8 @@
 Two kinds of data live here (preference pairs are `preferences.py`'s):
 
 * text for pretraining: a .txt file, a folder of .txt files, or JSONL lines with a "text" field;
-* conversations for SFT: JSONL lines with "messages" or "prompt"/"completion".
+* conversations for SFT: JSONL lines with "messages", "prompt"/"completion" or ShareGPT's
+  "conversations" (turns from human, gpt and system).
 
 Policy for bad rows: the whole file is refused at the first bad line, with that line's number and
 what is wrong with it. Nothing is skipped silently, so a fixed file can simply be run again and
@@ -22,7 +23,7 @@ import torch
 from tiankong.engine.chat import validate_messages
 from tiankong.engine.errors import InputError
 
-from .records import parse_line, split_lines
+from .records import decode_text, parse_line, split_lines
 
 # A line holding only this marker separates documents inside a .txt file (TinyStories' convention).
 DOC_SEPARATOR = "<|endoftext|>"
@@ -40,12 +41,8 @@ def _existing(path: str | Path, what: str) -> Path:
 
 
 def _read_utf8(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{path} line {line}: not UTF-8 text; convert the file to UTF-8") from None
+    """The file as text, a leading byte order mark dropped, as every data file is read (records.py)."""
+    return decode_text(path.read_bytes(), str(path))
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -120,16 +117,42 @@ def _as_messages(value: Any, role: str, key: str) -> list[dict[str, Any]]:
     raise InputError(f'"{key}" must be a string or a list of messages, got {type(value).__name__}')
 
 
+# ShareGPT's speakers ("from") -> roles; its rows are {"conversations": [{"from": ..., "value": ...}, ...]}.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+def sharegpt_messages(turns: Any) -> list[dict[str, Any]]:
+    """A ShareGPT "conversations" list as messages: human -> user, gpt -> assistant, system -> system."""
+    if not isinstance(turns, list):
+        raise InputError(f'"conversations" must be a list of {{"from", "value"}} turns, got {type(turns).__name__}')
+    out = []
+    for i, turn in enumerate(turns, 1):
+        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
+            raise InputError(f'"conversations" turn {i} must be {{"from": str, "value": str}} (ShareGPT)')
+        if turn["from"] not in SHAREGPT_ROLES:
+            raise InputError(
+                f'"conversations" turn {i} is from {turn["from"]!r}; ShareGPT turns are from '
+                f'{", ".join(SHAREGPT_ROLES)} (or write "messages" with roles system, user and assistant)'
+            )
+        out.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+    return out
+
+
 def parse_conversation(obj: dict[str, Any]) -> list[dict[str, Any]]:
     """One SFT row -> its messages; raises InputError (without the line number) when it is bad."""
     if "messages" in obj:
         messages = validate_messages(obj["messages"])
+    elif "conversations" in obj:  # ShareGPT
+        messages = validate_messages(sharegpt_messages(obj["conversations"]))
     elif "prompt" in obj and "completion" in obj:
         messages = _as_messages(obj["prompt"], "user", "prompt") + _as_messages(
             obj["completion"], "assistant", "completion"
         )
     else:
-        raise InputError('needs "messages" (a list of {"role", "content"}) or "prompt" and "completion"')
+        raise InputError(
+            'needs "messages" (a list of {"role", "content"}), "prompt" and "completion", '
+            'or ShareGPT\'s "conversations" (a list of {"from", "value"})'
+        )
     if not any(m["role"] == "assistant" for m in messages):
         raise InputError("has no assistant message, so there is no answer to learn")
     return messages

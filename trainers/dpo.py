@@ -67,7 +67,9 @@ class DPOConfig(PreferenceConfig):
     model: str = opt(
         "", "Starting model (usually the SFT model); also the frozen reference. Default: the bundled tiankong-mini."
     )
-    lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (3e-4 at 3M parameters, 1e-6 at 1B).")
+    lr: float = opt(
+        0.0, "Peak learning rate; 0 = auto from the model size (3e-4 at 3M parameters, 1e-6 at 1B).", auto=0
+    )
     # --- DPO
     beta: float = opt(0.1, "How far from the reference the policy may move: higher = stay closer.")
     label_smoothing: float = opt(0.0, "Assumed fraction of flipped labels (conservative DPO); 0 = plain DPO.")
@@ -77,9 +79,9 @@ class DPOConfig(PreferenceConfig):
         if not self.model:
             raise InputError("no starting model: pass --model DIR (a Hugging Face model folder, e.g. your SFT model)")
         if not self.beta > 0:
-            raise InputError(f"beta must be > 0, got {self.beta}")
+            self.refuse("beta", "must be > 0")
         if not 0 <= self.label_smoothing < 0.5:
-            raise InputError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+            self.refuse("label_smoothing", "must be in [0, 0.5)")
 
 
 class DPOTrainer(PreferenceTrainer):

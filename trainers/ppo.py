@@ -106,28 +106,34 @@ class PPOConfig(TrainConfig):
     reward: str = opt("", "Reward model folder (from `tiankong train reward`); the value model starts from it.")
     prompts: str = opt("", 'Prompts: text lines, or JSONL with "prompt" or "messages" (default: --data).')
     data: str = opt("", "Same as --prompts.")
-    eval_every: int = opt(0, "Not used: PPO has no held-out split (the metrics of every step are its record).")
+    eval_every: int = opt(
+        0, "Not used: PPO has no held-out split (the metrics of every step are its record).", hidden=True
+    )
     steps: int = opt(
         0,
         "PPO iterations (each: one batch of rollouts, then --ppo-epochs passes over it); "
         "0 = auto: 20, or one pass over the prompts if that is more.",
+        auto=0,
     )
     batch_size: int = opt(
         0,
         "Rollouts per iteration, over all processes (prompts are cycled through); "
         "0 = auto: 32 (64 from 100M parameters).",
+        auto=0,
     )
     micro_batch_size: int = opt(0, "Rollouts per forward pass (generation and updates); 0 = all at once.")
     lr: float = opt(
         0.0,
         "Peak learning rate (policy and value model); 0 = auto from the model size "
         "(2e-4 at 3M parameters, 3e-6 at 1B).",
+        auto=0,
     )
     # --- rollouts
     response_length: int = opt(
         0,
         "Answer length limit in tokens; 0 = auto: long enough for 90% of the "
         "starting policy's answers to end (probed on the prompts), 64 if they never end.",
+        auto=0,
     )
     temperature: float = opt(1.0, "Sampling temperature of the rollouts (log-probs use the same).")
     raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
@@ -139,7 +145,7 @@ class PPOConfig(TrainConfig):
     whiten_rewards: bool = opt(False, "Whiten the per-token rewards over the batch (keeping their mean).")
     # --- PPO
     ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
-    num_mini_batches: int = opt(0, "Minibatches (optimiser steps) per pass; 0 = auto: one per 16 rollouts.")
+    num_mini_batches: int = opt(0, "Minibatches (optimiser steps) per pass; 0 = auto: one per 16 rollouts.", auto=0)
     cliprange: float = opt(0.2, "Policy ratio clip epsilon.")
     cliprange_value: float = opt(0.2, "Value clip around the rollout's values.")
     vf_coef: float = opt(0.1, "Weight of the value loss.")
@@ -156,25 +162,27 @@ class PPOConfig(TrainConfig):
             raise InputError('no prompts: pass --prompts FILE (text lines or JSONL with "prompt"/"messages")')
         if not 0 < self.temperature <= 2:
             raise InputError(
-                f"temperature must be in (0, 2] for PPO (log-probs are taken at it), got {self.temperature}"
+                f"--temperature must be in (0, 2] for PPO (log-probs are taken at it), got {self.temperature}"
             )
         for name in ("ppo_epochs", "kl_horizon"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+                self.refuse(name, "must be at least 1")
         for name in ("response_length", "num_mini_batches"):
             if getattr(self, name) < 0:
-                raise InputError(f"{name} must be at least 1 (or 0 = auto), got {getattr(self, name)}")
+                self.refuse(name, "must be at least 1")
         if self.batch_size and self.num_mini_batches > self.batch_size:
-            raise InputError(f"num_mini_batches ({self.num_mini_batches}) cannot exceed batch_size ({self.batch_size})")
+            raise InputError(
+                f"--num-mini-batches ({self.num_mini_batches}) cannot exceed --batch-size ({self.batch_size})"
+            )
         for name in ("kl_coef", "kl_target", "missing_eos_penalty", "vf_coef"):
             if getattr(self, name) < 0:
-                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+                self.refuse(name, "must be >= 0")
         for name in ("cliprange", "cliprange_value"):
             if not getattr(self, name) > 0:
-                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+                self.refuse(name, "must be > 0")
         for name in ("gamma", "lam"):
             if not 0 <= getattr(self, name) <= 1:
-                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                self.refuse(name, "must be in [0, 1]")
 
 
 class PPOTrainer(PPORollouts, Trainer):
@@ -283,8 +291,17 @@ class PPOTrainer(PPORollouts, Trainer):
         cfg, dist = self.cfg, self.dist
         seeds = self.rollout_seeds(len(batch))
         mine = list(range(dist.rank, len(batch), dist.world))
+        # The bar moves within the iteration: its first half while this rank's answers are sampled, the
+        # second over the minibatch updates (a step takes minutes on a CPU).
+        sampled = [0]
+
+        def answered() -> None:
+            sampled[0] += 1
+            self.phase(0.5 * sampled[0] / len(mine), f"rollouts {sampled[0]}/{len(mine)}")
+
+        self.phase(0.0, f"rollouts 0/{len(mine)}")
         with dist.gathered(self.model):  # FSDP: sampling runs the policy until EOS, a different count per rank
-            self._ro, stats = self.rollout([self.prompts[batch[j]] for j in mine], [seeds[j] for j in mine])
+            self._ro, stats = self.rollout([self.prompts[batch[j]] for j in mine], [seeds[j] for j in mine], answered)
         stats = dist.all_reduce_sum(stats)
         n_rows, n_tokens = stats.pop("rollouts"), stats.pop("tokens")
         row = {k: v / (n_tokens if k in ("entropy", "value_mean") else n_rows) for k, v in stats.items()}
@@ -294,6 +311,8 @@ class PPOTrainer(PPORollouts, Trainer):
         sums: dict[str, float] = {}
         seen = grad_norm = 0.0
         self.model.train()
+        updates, n_updates = 0, cfg.ppo_epochs * cfg.num_mini_batches
+        self.phase(0.5, f"updates 0/{n_updates}")
         for epoch in range(cfg.ppo_epochs):
             # Shuffle the *global* batch the same way on every rank, then each rank takes its own rows of
             # each minibatch: N processes make exactly the minibatches one process would.
@@ -305,6 +324,8 @@ class PPOTrainer(PPORollouts, Trainer):
                 self.accumulate(mb, max(n_tok, 1.0), sums)  # the loss per answer token of the minibatch
                 seen += n_tok
                 grad_norm = self.optimizer_step()
+                updates += 1
+                self.phase(0.5 + 0.5 * updates / n_updates, f"updates {updates}/{n_updates}")
         row.update(self.reduce_mean(sums, max(seen, 1.0)))
         row["loss"] = row["policy_loss"] + cfg.vf_coef * row["value_loss"]
         row.update(kl_coef=self.kl_coef, lr=lr, grad_norm=grad_norm)

@@ -173,6 +173,7 @@ class PPORollouts:
     policy: nn.Module  # trained; PPOTrainer's properties
     value: RewardModel
     kl_coef: float
+    say: Callable[[str], None]  # the loop's spinner text while setup runs (common.py)
 
     def load_prompts(self) -> None:
         """Encode the prompts, resolve the auto settings (they need the prompts), then drop prompts
@@ -240,8 +241,23 @@ class PPORollouts:
             cap = max(16, min(256, ctx - max(len(p) for p in room)))
             rows = [room[i % len(room)] for i in range(32)]
             seeds = [cfg.seed * 7919 + i for i in range(32)]
+            done = [0]
+
+            def answered() -> None:
+                done[0] += 1
+                self.say(f"ppo: finding the answer length (--response-length 0 = auto): {done[0]}/32 probe answers")
+
+            self.say("ppo: finding the answer length (--response-length 0 = auto): 0/32 probe answers")
             answers = sample(
-                self.ref, self.mcfg, self.encoder.tokenizer, rows, seeds, cfg.temperature, cap, cfg.micro_batch_size
+                self.ref,
+                self.mcfg,
+                self.encoder.tokenizer,
+                rows,
+                seeds,
+                cfg.temperature,
+                cap,
+                cfg.micro_batch_size,
+                answered,
             )
             ended = [any(x in self.encoder.tokenizer.eos_ids for x in a) for a in answers]
             return auto.auto_response_length([len(a) for a in answers], ended, cap)
@@ -268,11 +284,16 @@ class PPORollouts:
 
     # ---- 1-3: rollouts, rewards, advantages
     @torch.no_grad()
-    def rollout(self, prompts: list[list[int]], seeds: list[int]) -> tuple[Rollout, dict[str, float]]:
+    def rollout(
+        self, prompts: list[list[int]], seeds: list[int], advance: Callable[[], None] | None = None
+    ) -> tuple[Rollout, dict[str, float]]:
+        """The answers to `prompts` (`advance()` after each), scored, with their advantages and the stats."""
         cfg, dev = self.cfg, self.device
         tok = self.encoder.tokenizer
         chunk = cfg.micro_batch_size or len(prompts)
-        answers = sample(self.policy, self.mcfg, tok, prompts, seeds, cfg.temperature, cfg.response_length, chunk)
+        answers = sample(
+            self.policy, self.mcfg, tok, prompts, seeds, cfg.temperature, cfg.response_length, chunk, advance
+        )
 
         seqs = [p + list(a) for p, a in zip(prompts, answers, strict=True)]
         tokens, positions, lengths = pad_right(seqs, dev, pad_id=self.encoder.eos_id)

@@ -8,6 +8,9 @@ Accepted records, one JSON object per line (a JSON array of them works too), as 
 * implicit prompt:     {"chosen": str, "rejected": str}, the shared start being the prompt (cut back to
                        the last whitespace, so no word is split); or {"chosen": [messages], "rejected":
                        [messages]}, the shared leading messages being the prompt.
+* tiankong's rankings: the records of `tiankong prefs export --format rankings` (one K-way vote a line,
+                       with "responses" and "ranking"), read as `--format trl` exports them: every pair
+                       the vote ranked, a tie's or both-bad vote's pairs as ties.
 
 Other keys are metadata and ignored, except "margin" (a number: the Bradley-Terry margin of this pair)
 and the playground's "tie": true / "both_bad": true, which say the two sides are equally good (or bad).
@@ -37,7 +40,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -148,6 +151,7 @@ class Group:
     seqs: list[list[int]] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)  # where each sequence's response starts
     pairs: list[Pair] = field(default_factory=list)
+    prompt: str = ""  # the prompt's text as written (a conversation's last user message), for display
 
 
 @dataclass
@@ -178,6 +182,14 @@ def _split_start(prompt: Prompt) -> tuple[Prompt, str]:
     return prompt, ""
 
 
+def _prompt_text(prompt: Prompt) -> str:
+    """A prompt as a person reads it: its text, or a conversation's last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else (prompt[-1]["content"] if prompt else "")
+
+
 def _raw_text(prompt: Prompt) -> str:
     """The prompt as plain completion text, as render_prompt writes it in raw mode."""
     return prompt if isinstance(prompt, str) else RAW_MESSAGE_SEPARATOR.join(m["content"] for m in prompt)
@@ -192,6 +204,7 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
     by_key: dict[tuple, tuple[int, list[int], int]] = {}  # sequence -> (node id, ids, start)
     parent: list[int] = []  # union-find over sequences
     edges: list[tuple[int, int, float, float | None, int]] = []
+    texts: dict[int, str] = {}  # sequence -> its prompt as written
 
     def node(ids: list[int], start: int) -> int:
         key = tuple(ids)
@@ -211,7 +224,7 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
         raise InputError(
             f'{path} holds no records; put one preference pair per line: {{"prompt": ..., "chosen": ..., "rejected": ...}}'
         )
-    for n, _, row in rows:
+    for n, row in _pair_records(path, rows):
         try:
             prompt, chosen, rejected = parse_record(row)
             margin = row.get("margin")
@@ -219,18 +232,19 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
                 raise InputError(f'"margin" must be a number, got {margin!r}')
             tie = row.get("tie") is True or row.get("both_bad") is True
             if tie and tie_mode == "drop":
-                skipped.setdefault("ties/both-bad (tie_mode drop)", []).append(n)
+                _skip(skipped, "ties/both-bad (tie_mode drop)", n)
                 continue
             c, r = encoder.pair(prompt, chosen), encoder.pair(prompt, rejected)
         except TiankongError as e:
             raise InputError(f"{path} line {n}: {e}; fix that line") from None
         if c is None or r is None:
-            skipped.setdefault(f"prompt longer than max_length {encoder.max_length}", []).append(n)
+            _skip(skipped, f"prompt longer than max_length {encoder.max_length}", n)
             continue
         if c[0] == r[0]:
-            skipped.setdefault("identical chosen and rejected", []).append(n)
+            _skip(skipped, "identical chosen and rejected", n)
             continue
         a, b = node(*c), node(*r)
+        texts.setdefault(a, _prompt_text(prompt))
         edges.append((a, b, 0.5 if tie else 1.0, None if tie or margin is None else float(margin), n))
         parent[find(a)] = find(b)
 
@@ -239,6 +253,7 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
     local: dict[int, int] = {}
     for i, ids, start in nodes:
         g = groups.setdefault(find(i), Group())
+        g.prompt = g.prompt or texts.get(i, "")
         local[i] = len(g.seqs)
         g.seqs.append(ids)
         g.starts.append(start)
@@ -248,6 +263,32 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
     if not data.groups:
         raise InputError(f"{path} has no usable preference pairs ({data.summary()}); {_no_pairs_fix(skipped)}")
     return data
+
+
+def _pair_records(path: Path, rows: list[tuple[int, str, Any]]) -> Iterator[tuple[int, Any]]:
+    """(line, TRL record) for every row; a record of `tiankong prefs export --format rankings` gives
+    the pairs `--format trl` makes of its vote (tui/prefs_import.py), each under the row's line."""
+    from tiankong.tui.prefs_import import is_ranking_record, ranking_pairs
+
+    for n, _, row in rows:
+        if not is_ranking_record(row):
+            yield n, row
+            continue
+        try:
+            pairs = ranking_pairs(row)
+        except TiankongError as e:
+            raise InputError(
+                f"{path} line {n}: {e}; fix that line (a rankings record, as `prefs export` writes)"
+            ) from None
+        for record in pairs:
+            yield n, record
+
+
+def _skip(skipped: dict[str, list[int]], reason: str, line: int) -> None:
+    """Note a skipped line once per reason (a ranking's pairs share their line)."""
+    lines = skipped.setdefault(reason, [])
+    if not lines or lines[-1] != line:
+        lines.append(line)
 
 
 def _no_pairs_fix(skipped: dict[str, list[int]]) -> str:
@@ -324,12 +365,17 @@ def pad_right(
 
 @dataclass
 class PreferenceConfig(TrainConfig):
-    data: str = opt("", "Preference records (TRL JSONL: prompt/chosen/rejected). Default: the playground's votes.")
-    steps: int = opt(0, "Optimisation steps; 0 = auto: enough passes over the rankings (see trainers/auto.py).")
+    data: str = opt(
+        "",
+        "Preference records (TRL JSONL: prompt/chosen/rejected, or a `tiankong prefs export --format rankings` "
+        "file). Default: the playground's votes.",
+    )
+    steps: int = opt(0, "Optimisation steps; 0 = auto: enough passes over the rankings (see trainers/auto.py).", auto=0)
     batch_size: int = opt(
         0,
         "Global batch size in rankings (groups of pairs sharing responses; a lone pair is one); "
         "0 = auto from the number of rankings.",
+        auto=0,
     )
     # --- data
     tie_mode: str = opt("drop", 'Rows marked "tie" or "both_bad": drop, or soft (both sides equally likely to win).')
@@ -340,11 +386,11 @@ class PreferenceConfig(TrainConfig):
     def validate(self) -> None:
         auto.validate_auto(self, super().validate)
         if self.tie_mode not in TIE_MODES:
-            raise InputError(f"tie_mode must be one of {', '.join(TIE_MODES)}, got {self.tie_mode!r}")
+            self.refuse("tie_mode", f"must be one of {', '.join(TIE_MODES)}")
         if not 0 <= self.eval_fraction < 1:
-            raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+            self.refuse("eval_fraction", "must be in [0, 1)")
         if self.max_length < 0:
-            raise InputError(f"max_length must be >= 0, got {self.max_length}")
+            self.refuse("max_length", "must be >= 0")
         if not self.data:
             raise InputError("no preference data: pass --data FILE (TRL JSONL with prompt/chosen/rejected)")
 

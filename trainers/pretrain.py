@@ -94,19 +94,20 @@ class PretrainConfig(TrainConfig):
         0,
         "Optimisation steps; 0 = auto: 4 passes over the training tokens, at most 4M tokens "
         "(1024 steps of 16 blocks of 256) and at least 50 steps.",
+        auto=0,
     )
     batch_size: int = opt(16, "Global batch size in blocks (over all processes).")
     lr: float = opt(1e-3, "Peak learning rate.")
-    warmup_steps: int = opt(-1, "Linear warmup steps (0 = none); -1 = auto: a tenth of the steps, at most 50.")
+    warmup_steps: int = opt(-1, "Linear warmup steps (0 = none); -1 = auto: a tenth of the steps, at most 50.", auto=-1)
 
     def validate(self) -> None:
         auto.validate_auto(self, super().validate, names=("steps",))
         if not self.model and self.size not in SIZES:
             raise InputError(f"unknown --size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.seq_len < 1:
-            raise InputError(f"seq_len must be at least 1, got {self.seq_len}")
+            self.refuse("seq_len", "must be at least 1")
         if not 0 <= self.eval_fraction < 1:
-            raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+            self.refuse("eval_fraction", "must be in [0, 1)")
         if self.vocab_size and self.vocab_size < 300:
             raise InputError(
                 f"vocab_size must be 0 or at least 300 (256 byte tokens come first), got {self.vocab_size}"
@@ -114,7 +115,7 @@ class PretrainConfig(TrainConfig):
 
     def check_warmup(self) -> None:
         if self.warmup_steps < -1:
-            raise InputError(f"warmup_steps must be >= 0 (or -1 = auto), got {self.warmup_steps}")
+            self.refuse("warmup_steps", "must be >= 0")
 
 
 # ---- a new model (its tokenizer: trainers/corpus.py)
@@ -280,15 +281,9 @@ class PretrainTrainer(Trainer):
         self.resolve_auto()
 
     def resolve_auto(self) -> None:
-        """Steps from the training tokens and warmup from the steps (trainers/auto.py), unless given;
-        a resumed run keeps those its start resolved. Printed in one line, kept in train_config.json."""
+        """Steps from the training tokens and warmup from the steps (trainers/auto.py), unless given
+        (a --resume has them from the run's start: common.py). Printed in one line, kept in train_config.json."""
         cfg, T = self.cfg, self.cfg.seq_len
-        started = auto.started_with(self.out) if cfg.resume else {}
-
-        def kept(name: str, least: int) -> int | None:
-            value = started.get(name)
-            return value if isinstance(value, int) and not isinstance(value, bool) and value >= least else None
-
         n = len(self.train_blocks)
         self.auto = auto.fill(
             cfg,
@@ -296,11 +291,10 @@ class PretrainTrainer(Trainer):
             auto.n_parameters(self.model),
             n,
             f"blocks of {T} tokens",
-            {"steps": lambda: kept("steps", 1) or auto.auto_pretrain_steps(n * T, cfg.batch_size, T)},
+            {"steps": lambda: auto.auto_pretrain_steps(n * T, cfg.batch_size, T)},
         )
         if cfg.warmup_steps < 0:
-            found = kept("warmup_steps", 0)
-            cfg.warmup_steps = auto.auto_warmup(cfg.steps) if found is None else found
+            cfg.warmup_steps = auto.auto_warmup(cfg.steps)
             self.auto.values["warmup_steps"] = cfg.warmup_steps
         if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
             print(self.auto.line(), file=sys.stderr)

@@ -1,6 +1,6 @@
 """One progress display for loops of known length: the trainers' steps and `tiankong generate`'s
 prompt file. On a terminal a rich bar; elsewhere (a log file, nohup, CI) a plain line now and then,
-so `tail -f` shows the run moving.
+so `tail -f` shows the run moving. `status` is a terminal's spinner for work of unknown length.
 
 The bar never takes over sys.stdout or sys.stderr (rich's default does): `generate > out.jsonl`
 with stderr on a terminal must still put its records in out.jsonl, not above the bar.
@@ -8,10 +8,11 @@ with stderr on a terminal must still put its records in out.jsonl, not above the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import IO, Any, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from rich.console import Console
 from rich.markup import escape
@@ -44,20 +45,30 @@ class progress:
 
     def __enter__(self) -> progress:
         self.start, self.first = time.monotonic(), self.done
+        self.last = self.start  # when the latest item finished
         if not self.enabled:
             return self
         console = self.console or Console(stderr=True)
         if not console.is_terminal or console.is_dumb_terminal:
             self.lines, self.last_line, self.last_part = console, self.start, self._part()
             return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.text import Text
+
+        if _STATUS is not None:  # rich draws one live display at a time: the bar says more than the spinner
+            _STATUS.stop()
+        owner = self
+
+        class Eta(ProgressColumn):  # worked out at each redraw: it counts down while a long item runs
+            def render(self, task: Any) -> Text:
+                return Text(owner._eta())
 
         self.bar = Progress(
             TextColumn(f"[bold]{escape(self.label)}[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[eta]}"),
+            Eta(),
             TextColumn("{task.fields[info]}"),
             console=console,
             transient=False,
@@ -65,7 +76,7 @@ class progress:
             redirect_stderr=False,
         )
         self.bar.start()
-        self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, info="", eta="eta -")
+        self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, info="")
         return self
 
     def __call__(self, row: Mapping[str, float] | None = None, steps: int = 1) -> None:
@@ -73,9 +84,10 @@ class progress:
         if not self.enabled or steps <= 0:
             return
         self.done += steps
+        self.last = time.monotonic()
         self.info = "  ".join(f"{k} {v:.4g}" for k, v in (row or {}).items() if k in SHOWN)
         if self.bar is not None:
-            self.bar.update(self.task, advance=steps, info=self.info, eta=self._eta())
+            self.bar.update(self.task, completed=self.done, info=self.info)
             return
         now, part = time.monotonic(), self._part()
         if now - self.last_line >= EVERY_S or (part > self.last_part and now - self.last_line >= 1.0):
@@ -87,6 +99,12 @@ class progress:
         such as a held-out evaluation, that would otherwise look like a stall)."""
         if self.bar is not None:
             self.bar.update(self.task, info=escape(text))
+
+    def part(self, fraction: float, text: str) -> None:
+        """The current item is `fraction` (0 to 1) done, at the phase `text`: the bar moves within an
+        item of several phases (a PPO iteration's rollouts, then its updates) and says which one runs."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done + min(1.0, max(0.0, fraction)), info=escape(text))
 
     def write(self, text: str) -> None:
         """Write `text` to standard output (and flush): above the bar when the bar is drawn on that
@@ -110,10 +128,13 @@ class progress:
         return self.done * EVERY_PART // self.total if self.total > 0 else 0
 
     def _eta(self) -> str:
+        """The mean time of the items finished here times the items left, less the time the current
+        item has run so far (so it counts down between items rather than freezing)."""
         if self.done == self.first:
             return "eta -"
-        per_item = (time.monotonic() - self.start) / (self.done - self.first)
-        return f"eta {_clock(per_item * max(0, self.total - self.done))}"
+        per_item = (self.last - self.start) / (self.done - self.first)
+        left = per_item * max(0, self.total - self.done) - (time.monotonic() - self.last)
+        return f"eta {_clock(max(0.0, left))}"
 
     def _line(self) -> None:
         assert self.lines is not None
@@ -123,6 +144,32 @@ class progress:
         line += f"  {self.info}" if self.info else ""
         self.shown = self.done
         self.lines.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def status(text: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """A spinner with `text` on stderr while work of unknown length runs (loading models, PPO's answer
+    length probe), so a slow start is not a blank terminal; yields a function that changes the text.
+    Only on a terminal: a log gets the lines the work prints itself. Lines printed to stderr meanwhile
+    go above the spinner; stdout is left alone (it is the caller's data)."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal or console.is_dumb_terminal:
+        yield lambda _text: None
+        return
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    global _STATUS
+    spinner = Spinner("dots", text=text)
+    with Live(spinner, console=console, transient=True, redirect_stdout=False, redirect_stderr=True) as live:
+        _STATUS = live
+        try:
+            yield lambda new: spinner.update(text=new)
+        finally:
+            _STATUS = None
+
+
+_STATUS: Any = None  # the spinner's Live while one is drawn: a bar that starts meanwhile ends it (one live display)
 
 
 def _same_terminal(a: IO[str], b: IO[str]) -> bool:

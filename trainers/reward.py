@@ -239,7 +239,9 @@ class RewardConfig(PreferenceConfig):
         "",
         "Base model (a Hugging Face folder, usually the SFT model) the reward head sits on. Default: the bundled tiankong-mini.",
     )
-    lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (3e-3 at 3M parameters, 1e-5 at 1B).")
+    lr: float = opt(
+        0.0, "Peak learning rate; 0 = auto from the model size (3e-3 at 3M parameters, 1e-5 at 1B).", auto=0
+    )
     # --- reward model
     margin: float = opt(0.0, 'Margin subtracted from r_better - r_worse for pairs without their own "margin".')
     normalize: bool = opt(True, "After training, shift and scale scores so the training answers have mean 0, std 1.")

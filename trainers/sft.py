@@ -71,13 +71,18 @@ class SFTConfig(TrainConfig):
         "",
         'JSONL, one conversation per line: {"messages": [{"role": ..., "content": ...}, ...]} '
         'or {"prompt": ..., "completion": ...} (strings become a user and an assistant message); '
-        "roles are system, user and assistant (ShareGPT's human/gpt: rename to user/assistant). "
+        "roles are system, user and assistant. ShareGPT's "
+        '{"conversations": [{"from": ..., "value": ...}, ...]} is read too (human, gpt, system). '
         "The first bad line stops the run with its line number; nothing is skipped.",
     )
     # --- optimisation (0 = auto, see trainers/auto.py)
-    steps: int = opt(0, "Optimisation steps; 0 = auto: up to 3 passes over the conversations.")
-    batch_size: int = opt(0, "Conversations per step (over all processes); 0 = auto from the number of conversations.")
-    lr: float = opt(0.0, "Peak learning rate; 0 = auto from the model size (5e-4 at 3M parameters, 2e-5 at 1B).")
+    steps: int = opt(0, "Optimisation steps; 0 = auto: up to 3 passes over the conversations.", auto=0)
+    batch_size: int = opt(
+        0, "Conversations per step (over all processes); 0 = auto from the number of conversations.", auto=0
+    )
+    lr: float = opt(
+        0.0, "Peak learning rate; 0 = auto from the model size (5e-4 at 3M parameters, 2e-5 at 1B).", auto=0
+    )
     # --- data
     chat_template: str = opt(
         "",
@@ -98,9 +103,9 @@ class SFTConfig(TrainConfig):
         if not self.model:
             raise InputError("sft needs a model to fine-tune: pass --model DIR")
         if self.max_len < 0:
-            raise InputError(f"max_len must be >= 0, got {self.max_len}")
+            self.refuse("max_len", "must be >= 0")
         if not 0 <= self.eval_fraction < 1:
-            raise InputError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+            self.refuse("eval_fraction", "must be in [0, 1)")
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -168,11 +173,14 @@ class SFTTrainer(Trainer):
         self.template, self.template_from = resolve_template(self.source, self.tokenizer, cfg.chat_template)
         max_len = min(cfg.max_len or self.model_cfg.max_seq_len, self.model_cfg.max_seq_len)
         self.examples: list[tuple[list[int], list[bool]]] = []
+        cut: list[int] = []  # lines of the conversations cut at max_len
         for conv in load_conversations(cfg.data):
             try:
                 ids, mask = tokenize_conversation(self.template, self.tokenizer, conv.messages)
             except TiankongError as e:  # the template refused these messages
                 raise InputError(f"{cfg.data} line {conv.line}: {e}") from None
+            if len(ids) > max_len:
+                cut.append(conv.line)
             ids, mask = ids[:max_len], mask[:max_len]
             if not any(mask[1:]):
                 raise InputError(
@@ -180,6 +188,13 @@ class SFTTrainer(Trainer):
                     "raise --max-len or shorten the conversation"
                 )
             self.examples.append((ids, mask))
+        if cut and self.dist.is_main:  # what it learns from: kept by --no-progress, as the auto line
+            print(
+                f"{cfg.data}: cut {len(cut)} of {len(self.examples)} conversation{'' if len(self.examples) == 1 else 's'} "
+                f"at the end to --max-len {max_len} tokens (line{'s' if len(cut) > 1 else ''} "
+                f"{', '.join(map(str, cut[:5]))}{' ...' if len(cut) > 5 else ''})",
+                file=sys.stderr,
+            )
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         self.train_ids, self.eval_ids = split_holdout(len(self.examples), cfg.eval_fraction, cfg.seed)
         n, n_params = len(self.train_ids), auto.n_parameters(self.model)

@@ -35,6 +35,23 @@ def load_state(folder: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    doc = _read_json(folder)
+    try:
+        tensors = load_file(str(folder / STATE_TENSORS))
+    except (SafetensorError, OSError) as e:
+        raise InputError(
+            f"--resume: {folder / STATE_TENSORS} is damaged ({e}); start the run again without --resume"
+        ) from None
+    return _decoded(doc, tensors, folder / STATE_JSON)
+
+
+def read_state_json(folder: Path) -> dict[str, Any]:
+    """The JSON part of a checkpoint's trainer state (step, config, ...), every tensor read as None:
+    what --resume checks before any model or optimizer state is loaded. Errors as load_state's."""
+    return _decoded(_read_json(folder), _NoTensors(), folder / STATE_JSON)
+
+
+def _read_json(folder: Path) -> dict[str, Any]:
     path = folder / STATE_JSON
     try:
         text = path.read_text(encoding="utf-8")
@@ -43,12 +60,10 @@ def load_state(folder: Path) -> dict[str, Any]:
     doc = parse_json(text, str(path), InputError)
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or "state" not in doc:
         raise InputError(f"--resume: {path} is not a tiankong trainer state; start the run again without --resume")
-    try:
-        tensors = load_file(str(folder / STATE_TENSORS))
-    except (SafetensorError, OSError) as e:
-        raise InputError(
-            f"--resume: {folder / STATE_TENSORS} is damaged ({e}); start the run again without --resume"
-        ) from None
+    return doc
+
+
+def _decoded(doc: dict[str, Any], tensors: dict[str, Any], path: Path) -> dict[str, Any]:
     try:
         state = _decode(doc["state"], tensors)
     except (KeyError, TypeError, ValueError) as e:
@@ -56,6 +71,13 @@ def load_state(folder: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise InputError(f"--resume: {path} is damaged; start the run again without --resume")
     return state
+
+
+class _NoTensors(dict):
+    """Every tensor of a state read as None (read_state_json)."""
+
+    def __missing__(self, key: str) -> None:
+        return None
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:

@@ -55,7 +55,7 @@ def read_votes(path: Path, rater: str | None = None, margins: list[str] | None =
                 raise InputError(
                     "it holds a lone surrogate (a \\ud800-\\udfff escape that is not half of a pair), which is not text"
                 )
-            if isinstance(row, dict) and "responses" in row and "ranking" in row and "chosen" not in row:
+            if is_ranking_record(row):
                 votes.append(_ranking_vote(row, rater, source))
                 continue
             votes.append(_row_vote(row, rater or IMPORT_RATER, source))
@@ -77,6 +77,20 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
     if not rows:
         raise InputError(f"{path} has no rows; put one preference pair (a JSON object) per line")
     return rows
+
+
+def is_ranking_record(row: Any) -> bool:
+    """Whether a row is a record of `export --format rankings` (not a TRL or HH preference row)."""
+    return isinstance(row, dict) and "responses" in row and "ranking" in row and "chosen" not in row
+
+
+def ranking_pairs(row: dict) -> list[dict]:
+    """A record of `export --format rankings` as the TRL records `export --format trl` gives for its
+    vote (all K(K-1)/2 pairs of a full K-way ranking), a tie's or both-bad vote's pairs flagged so;
+    InputError naming the field when it is malformed. The trainers read such files through this."""
+    from tiankong.tui.prefs import vote_pairs  # prefs.py imports this module
+
+    return vote_pairs(_ranking_vote(row, None, "file"), include_ties=True, include_both_bad=True)
 
 
 def _row_vote(row: Any, rater: str, source: str) -> Vote:

@@ -1,7 +1,8 @@
 """`tiankong train NAME` and `tiankong reward score`: flags generated from each trainer's config.
 
-Every field of a trainer's config dataclass becomes a `--flag` with the field's help text; a
-`--config FILE.toml` supplies any of them too. Precedence: the dataclass default, then the TOML
+Every field of a trainer's config dataclass becomes a `--flag` with the field's help text (one marked
+opt(..., hidden=True), which that trainer does not use, is left out of --help); a `--config
+FILE.toml` supplies any of them too. Precedence: the dataclass default, then the TOML
 file, then flags given on the command line. This is also where the playground's database meets
 the trainers: reward and dpo read the votes when no --data is given.
 """
@@ -151,6 +152,9 @@ def _options(cfg_cls: type) -> list[inspect.Parameter]:
                     *decl,
                     help=f"{escape(text)} \\[default: {escape(repr(default))}]",
                     show_default=False,
+                    # A setting this trainer does not use (PPO's eval_every): accepted (a train_config.json
+                    # given back as flags has it) but not listed.
+                    hidden=bool(f.metadata.get("hidden")),
                 ),
             )
         )
@@ -206,7 +210,7 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
                     file=sys.stderr,
                 )
             raise typer.Exit(130) from None
-        if trainer.dist.is_main:  # still under the lock: verdict.json is this run's too
+        if trainer.dist.is_main and not trainer.finished_before:  # still under the lock: verdict.json is this run's too
             try:
                 with Stops():  # a kill (SIGTERM) says this too, rather than ending silently
                     _report(trainer, out)
