@@ -37,6 +37,8 @@ from tiankong.tui.cli_app import (
     output_file,
     paragraphs,
 )
+from tiankong.tui.generate_input import read_jobs
+from tiankong.tui.generate_input import say as _say
 from tiankong.tui.stops import Stops, Terminated
 
 
@@ -54,8 +56,7 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
         return model
     path = _model_dir(model)  # says the note, if any
     if say:
-        line = f"loading {display_name(path)} ({_size_text(weight_bytes(path))})…"
-        err.print(line, highlight=False, markup=False, soft_wrap=True)
+        _say(f"loading {display_name(path)} ({_size_text(weight_bytes(path))})…")
     return path
 
 
@@ -64,94 +65,6 @@ def _size_text(n: int) -> str:
     if n >= 1 << 30:
         return f"{n / (1 << 30):.1f} GiB"
     return f"{n / (1 << 20):,.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
-
-
-def _read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, prompt record) pairs from --prompt flags or an input file (JSON lines or plain text lines);
-    where names the flag or line for errors.
-
-    Every line is checked before anything runs: one bad line stops the run with its line number
-    and nothing is written, so a fixed file can simply be run again.
-    """
-    if prompts and input:
-        raise InputError("give prompts with --prompt or --input, not both")
-    if prompts:
-        from tiankong.engine.files import check_text
-
-        flags = [
-            ("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p}) for i, p in enumerate(prompts, 1)
-        ]
-        for where, job in flags:
-            check_text(job["prompt"], where)  # bytes that are not UTF-8: said before the model loads
-        return flags
-    if input is None:
-        raise InputError("nothing to generate from: pass --prompt TEXT or --input FILE (- for stdin)")
-    from tiankong.engine.chat import validate_messages
-    from tiankong.trainers.records import read_prompt_records
-
-    jobs = []
-    for _, where, job in read_prompt_records(input):
-        if "messages" in job:
-            try:
-                job["messages"] = validate_messages(job["messages"])
-            except InputError as e:
-                raise InputError(f"{where}: {e}") from None
-        jobs.append((where, job))
-    _warn_unread_keys(jobs)
-    return jobs
-
-
-# The keys of an input line that generate reads ("id" is copied into the line's records).
-_READ_KEYS = ("prompt", "messages", "id")
-# Keys a line may hold in the hope of changing its sampling, and the flag that does (for every line).
-_SAMPLING_KEYS = {
-    "temperature": "--temperature",
-    "top_k": "--top-k",
-    "top_p": "--top-p",
-    "min_p": "--min-p",
-    "repetition_penalty": "--repetition-penalty",
-    "presence_penalty": "--presence-penalty",
-    "frequency_penalty": "--frequency-penalty",
-    "seed": "--seed",
-    "max_new_tokens": "--max-new-tokens",
-    "max_tokens": "--max-new-tokens",
-    "stop": "--stop",
-    "n": "--n",
-    "preset": "--preset",
-    "params": "--preset and the flags",
-    "model": "--model",
-}
-
-
-def _warn_unread_keys(jobs: list[tuple[str, dict[str, Any]]]) -> None:
-    """One warning on stderr for the keys of input lines that generate does not read (a typo of
-    "messages", a per-line "temperature"), naming the first line that has one; nothing is refused."""
-    first, lines = "", 0
-    keys: dict[str, None] = {}  # in the order first met
-    for where, job in jobs:
-        extra = [k for k in job if k not in _READ_KEYS]
-        if extra:
-            first, lines = first or where, lines + 1
-            keys.update(dict.fromkeys(extra))
-    if not keys:
-        return
-    from tiankong.engine.errors import quoted
-
-    def names(ks: list[str]) -> str:
-        shown = ", ".join(f'"{quoted(k, 40)}"' for k in ks[:6])
-        return shown + (f" and {len(ks) - 6} more" if len(ks) > 6 else "")
-
-    others = f" (and {lines - 1} other line{'s' if lines > 2 else ''})" if lines > 1 else ""
-    line = f"warning: {first}{others} has keys that generate does not read: {names(list(keys))}; "
-    line += 'it reads "prompt" or "messages", and copies "id" into the records'
-    sampling = [k for k in keys if k in _SAMPLING_KEYS]
-    if sampling:
-        flags = ", ".join(dict.fromkeys(_SAMPLING_KEYS[k] for k in sampling))
-        verb = "is" if len(sampling) == 1 else "are"
-        line += (
-            f". A line cannot set its own sampling, so {names(sampling)} {verb} not used: give {flags} (for every line)"
-        )
-    _say(line)
 
 
 def _record(
@@ -287,7 +200,7 @@ def generate(
         _not_the_input(output, input)
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError("under torchrun, generate needs --output FILE (the processes' records are merged there)")
-    jobs = _read_jobs(prompt, input)
+    jobs = read_jobs(prompt, input)
     flags = dict(
         temperature=temperature,
         top_k=top_k,
@@ -704,7 +617,3 @@ def _report_stdout_interrupt(stop: KeyboardInterrupt, format: str, tally: _Tally
     cut = f"; the {'next' if tally.written else 'first'} one is cut short" if tally.partial else ""
     rest = "" if tally.written + tally.partial >= total else "; the others were not generated"
     _say(f"{_stopped(stop)}: standard output got {whole}{cut}{rest} (with --output FILE a stopped run resumes)")
-
-
-def _say(line: str) -> None:
-    err.print(line, highlight=False, markup=False, soft_wrap=True)
