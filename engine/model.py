@@ -84,7 +84,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype in QUANTIZABLE:
         return torch.float32
     if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose float32, bfloat16, float16, {', '.join(QUANTIZABLE)}")
+        raise ModelLoadError(
+            f"unknown dtype {dtype!r}; choose auto, float32, bfloat16, float16, {', '.join(QUANTIZABLE)}"
+        )
     return DTYPES[dtype]
 
 

@@ -7,7 +7,13 @@ then says why (`tiankong info` shows it). The build is cached under $XDG_CACHE_H
 code from one CPU may not run on another; it is written to a temporary name and renamed into
 place, so two processes building at once, or one killed mid-build, never leave a broken library.
 A failed build leaves its error message beside it, so later processes say why without compiling
-again (delete the .failed file to retry).
+again; it is retried once the message is an hour old (a compiler fixed since, its headers
+installed) or at once when the .failed file is deleted. A new compiler or version is a new cache
+key, so it is tried at once. Where the cache folder cannot be written (a read-only or missing
+home), the step is built into a temporary folder for this process alone.
+
+The engine prints nothing: a caller that wants to say "building…" (it takes seconds) gives
+`on_build` a callback, and asks `reason()` afterwards why the step is unavailable.
 
 The model's weights bound to the step (NativeStep, WeightBuffer) are engine/native_step.py; here
 are the library and its one-call entry points (matvec, matmul, dequantize_rows, f16_roundtrip, sample).
@@ -15,6 +21,7 @@ are the library and its one-call entry points (matvec, matmul, dequantize_rows, 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -23,6 +30,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +49,7 @@ HEADERS = [
     SOURCE.parent / "dequant.h",
 ]  # included by decode.c; part of the cache key
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fPIC", "-shared"]
+RETRY_AFTER_S = 3600  # a failed build is tried again after this long: once an hour, not once a process
 
 
 class Library(ctypes.CDLL):
@@ -50,6 +60,7 @@ class Library(ctypes.CDLL):
 
 _lib: Library | None = None
 _reason: str | None = None  # why the library is unavailable, once that is known
+_announce: Callable[[str], None] | None = None  # on_build's callback
 
 
 # ctypes for each field kind of decode.c's MODEL_FIELDS.
@@ -105,18 +116,26 @@ def _build() -> Library:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    target = _cache_dir() / f"decode-{_build_key(cc)}.so"
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    target = _cache_dir() / f"decode-{_build_key(cc, version)}.so"
+    if target.exists():  # also from a cache this process cannot write to
+        return _load(target)
     failed = target.with_suffix(".failed")  # a failed build is not retried by every process
-    if failed.exists():
-        raise RuntimeError(f"{failed.read_text().strip()} (delete {failed} to try again)")
-    if not target.exists():
-        _compile(cc, target, failed)
+    _raise_recent_failure(failed)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    except OSError as e:
+        return _build_for_this_process(cc, target.parent, e)
+    os.close(fd)
+    _announced("once per machine")
+    about = f"compiler: {cc}\nversion: {(version.strip().splitlines() or ['?'])[0]}"  # for a reader of the file
+    _compile(cc, tmp, target, failed, about)
     return _load(target)
 
 
-def _build_key(cc: str) -> str:
+def _build_key(cc: str, version: str) -> str:
     """What the built library depends on, hashed: sources, compiler and its version, flags, CPU, torch."""
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     parts = [
         SOURCE.read_text(),
         *(h.read_text() for h in HEADERS),
@@ -130,23 +149,67 @@ def _build_key(cc: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _compile(cc: str, target: Path, failed: Path) -> None:
-    """Compile into a temporary file renamed to `target`; on an error, write why to `failed` and raise."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+def _raise_recent_failure(failed: Path) -> None:
+    """Raise the failure a process recorded beside the build in the last RETRY_AFTER_S; an older one
+    is tried again (its compiler may have been mended since: headers or libgomp installed)."""
+    try:
+        why = failed.read_text().splitlines()[0]
+        age = time.time() - failed.stat().st_mtime
+    except (OSError, IndexError):  # none, unreadable or empty: build
+        return
+    if age < RETRY_AFTER_S:
+        left = max(1, round((RETRY_AFTER_S - age) / 60))
+        raise RuntimeError(f"{why} (tried again in {left} min, or at once if you delete {failed})")
+
+
+def _compile(cc: str, tmp: str, target: Path, failed: Path | None, about: str = "") -> None:
+    """Compile into the file `tmp`, renamed to `target`; on an error, write why (and `about` the
+    compiler) to `failed`, when given, and raise."""
     try:
         done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines() or ["(no message)"]
             first = next((ln for ln in lines if "error" in ln), lines[0])
             why = f"compiling {SOURCE.name} with {Path(cc).name} failed: {first}"
-            failed.write_text(why + "\n")
+            if failed is not None:
+                with contextlib.suppress(OSError):  # a full disk: this process still says why
+                    failed.write_text(f"{why}\n{about}\ntime: {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
             raise RuntimeError(why)
         os.replace(tmp, target)
+        if failed is not None:
+            failed.unlink(missing_ok=True)  # an hour-old failure, retried: it is past
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _build_for_this_process(cc: str, cache: Path, problem: OSError) -> Library:
+    """The build in a temporary folder, when the cache folder cannot be written: this process
+    gets the step (and builds it again next time), rather than the torch path for good."""
+    where = f"{problem.strerror}: {problem.filename}" if problem.strerror and problem.filename else str(problem)
+    fix = "set XDG_CACHE_HOME to a writable folder" if sys.platform == "linux" else "make it writable"
+    unwritable = f"the build cache {cache} cannot be written ({where}); {fix}"
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="tiankong-native-")
+    except OSError as e:
+        raise RuntimeError(f"{unwritable} (no temporary folder either: {e})") from None
+    with folder:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder.name)
+        os.close(fd)
+        _announced(f"for this process only: {unwritable} to keep it")
+        try:
+            _compile(cc, tmp, Path(folder.name) / "decode.so", None)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} (in a temporary folder: the build cache {cache} cannot be written)") from None
+        return _load(Path(folder.name) / "decode.so")  # loaded, the file may go with its folder
+
+
+def _announced(how: str) -> None:
+    """Tell on_build's callback that a build starts now."""
+    if _announce is not None:
+        # A notice only: a callback that fails (a closing screen) must not cost the process its step.
+        with contextlib.suppress(Exception):
+            _announce(how)
 
 
 def _load(target: Path) -> Library:
@@ -200,7 +263,7 @@ def library() -> Library | None:
     """The built library, or None (see `reason()`). Builds at most once per process."""
     global _lib, _reason
     if _lib is None and _reason is None:
-        if os.environ.get("TIANKONG_NATIVE", "1") == "0":
+        if switched_off():
             _reason = "switched off by TIANKONG_NATIVE=0"
         else:
             try:
@@ -213,6 +276,21 @@ def library() -> Library | None:
 def reason() -> str | None:
     """Why the native step is unavailable (None when it is available or was never asked for)."""
     return _reason
+
+
+def switched_off() -> bool:
+    """TIANKONG_NATIVE=0: the torch path by the user's choice (nothing to warn them about)."""
+    return os.environ.get("TIANKONG_NATIVE", "1") == "0"
+
+
+def on_build(callback: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """Call `callback(how)` just before this process compiles the step, `how` being "once per
+    machine", or "for this process only: ..." with why and the fix; returns the callback it replaces
+    (None: none). A build takes seconds and happens inside Engine.load (or a first sample), so a
+    caller can say what the wait is; the engine itself prints nothing."""
+    global _announce
+    before, _announce = _announce, callback
+    return before
 
 
 def matvec(lib: Library, w: torch.Tensor, type_: int, x: torch.Tensor, n_threads: int | None = None) -> torch.Tensor:

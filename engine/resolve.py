@@ -235,9 +235,15 @@ def _not_found(
         if bare
         else ""
     )
+    # tiankong never downloads; a new user's first "no model" is most often a model not fetched yet.
+    repo, _, rev = text.partition("@")
+    fetch = "ORG/NAME"
+    if searched_hf and not bare and repo.count("/") == 1 and "/" not in rev:  # not ORG/NAME@REV/FILE.gguf
+        fetch = f"{repo} --revision {rev}" if rev else repo
     return ModelLoadError(
         f"no model {text!r}: searched {', '.join(where)}{note}; {hint}; or pass --model DIR (a model folder) "
-        "or FILE.gguf"
+        f"or FILE.gguf; tiankong never downloads: `hf download {fetch}` (or `huggingface-cli download {fetch}`) "
+        "puts a model in the Hugging Face cache"
     )
 
 

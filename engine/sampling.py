@@ -15,12 +15,13 @@ The chain runs in a fixed, documented order (`SAMPLER_CHAIN`), the same order tr
 
 `BatchSampler` holds the per-row settings of one batch as tensors and applies the pure functions
 of sampling_stages.py to all rows at once; a stage no row uses is skipped. Each row draws from its
-own `torch.Generator`, so a row's tokens depend only on its seed and its logits, never on which
-other rows share the batch.
+own generator (`Uniforms`: every bit of the seed counts), so a row's tokens depend only on its
+seed and its logits, never on which other rows share the batch.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,15 +50,23 @@ class Draw:
 class Uniforms:
     """A row's float64 uniforms in [0, 1) from its own seeded generator, drawn BLOCK at a time: the
     same numbers in the same order as one torch.rand per draw (the CPU generator fills a tensor in
-    order; test_sampling checks it), for two torch calls per BLOCK tokens instead of two per token."""
+    order; test_sampling checks it), for two torch calls per BLOCK tokens instead of two per token.
+
+    torch's CPU generator (a Mersenne Twister) keeps only the low 32 bits of its seed, so seeds 0,
+    2**32 and 2**63 would draw alike. Seeds below 2**32 keep it (their answers stay what they were);
+    the larger ones of SamplingParams' range draw from Python's Mersenne Twister, seeded with every bit."""
 
     BLOCK = 64
 
     def __init__(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
+        low = seed < 2**32
+        self.generator = torch.Generator().manual_seed(seed) if low else None
+        self._wide = None if low else random.Random(seed)  # 53-bit floats, as torch.rand's float64
         self._left: list[float] = []  # the block's undrawn numbers, the next one last
 
     def next(self) -> float:
+        if self._wide is not None:
+            return self._wide.random()
         if not self._left:
             self._left = torch.rand(self.BLOCK, generator=self.generator, dtype=torch.float64).tolist()[::-1]
         return self._left.pop()
@@ -69,7 +78,7 @@ class BatchSampler:
     Per step: ``d = s.draw(logits, n)``, which on CPU is the compiled sampler (csrc/sample.h: the
     same rules without the (B, V) tensors in between) where it is built, and otherwise
     ``probs = s.process(logits); ids = s.sample(probs); s.update(ids)`` and the stats from them.
-    Draws use one CPU `torch.Generator` per row, seeded with that row's seed: each draw takes one
+    Draws use one CPU generator per row (Uniforms), seeded with that row's seed: each draw takes one
     float64 uniform from the row's generator and inverts the row's cumulative distribution (on the
     logits' device), so no probabilities leave the device and a row's draws never depend on the
     other rows. Greedy rows take the argmax and leave their generator untouched.

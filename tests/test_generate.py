@@ -254,7 +254,7 @@ def test_load_arguments_empty_prompts_roles_and_held_text(engines, tmp_path):
     for bad, message in [
         (dict(pack="no"), r"pack must be True or False"),
         (dict(chat_template=5), r"chat_template must be a file path \(str or Path\), got an int"),
-        (dict(dtype=torch.int8), r"unknown dtype 'int8'; choose float32"),  # a torch.dtype is checked as its name
+        (dict(dtype=torch.int8), r"unknown dtype 'int8'; choose auto, float32"),  # a torch.dtype is checked as its name
         (dict(dtype=torch.float8_e4m3fn), r"unknown dtype 'float8_e4m3fn'"),
     ]:
         with pytest.raises(TiankongError, match=message):

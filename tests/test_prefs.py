@@ -341,6 +341,7 @@ def test_a_stopped_export_says_its_file_is_unchanged_and_the_next_removes_a_kill
     [
         (["prefs", "import", "{tmp}/missing.jsonl"], "missing.jsonl does not exist"),
         (["prefs", "import", "{tmp}"], "is a folder, not a file"),  # it said "does not exist"
+        (["prefs", "import", "/dev/null"], "/dev/null is not a regular file"),  # it said "does not exist"
         (["prefs", "import", "{tmp}/same.jsonl"], 'line 1: "chosen" and "rejected" are the same text'),
         (["prefs", "import", "{tmp}/bad.jsonl"], "line 2: invalid JSON"),
         (["prefs", "export", "--format", "csv"], "unknown --format 'csv'; use trl"),

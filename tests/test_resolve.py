@@ -141,7 +141,7 @@ def test_ollama_name_resolves_to_its_blob(stores, monkeypatch, capsys):
     assert resolve_model("ollama:tinyllm") == resolve_model("ollama:library/tinyllm:latest") == blob
     code, out, err = cli(monkeypatch, capsys, "generate", "-m", "ollama:tinyllm", "-p", "hi")
     loading, error = err.strip().splitlines()  # the fake blob is no model: one line, after the loading line
-    assert code == 2 and loading == "loading ollama:tinyllm:latest (104 bytes)…"
+    assert code == 2 and loading == "loading ollama:tinyllm:latest (104 B)…"
     assert "not a usable GGUF file" in error and blob.name in error
     with pytest.raises(ModelLoadError, match="not in the Ollama store"):
         resolve_model("ollama:tinyllm:7b")

@@ -81,12 +81,12 @@ def test_generate_and_serve_say_what_loads_on_stderr(stores, ggufs, monkeypatch,
     import tiankong.tui.serve
 
     ollama_tag(stores, ggufs["f32"], "tk", "latest")
-    size = r"\((\d+ KiB|\d+ MiB)\)…"
+    size = r"\(\d+\.\d (KB|MB)\)…"  # human_bytes: the units of `info` and `models`
     code, out, err = cli(monkeypatch, capsys, "generate", "-m", "ollama:tk", "--raw", "-p", "Once", "-n", "1")
     assert code == 0 and json.loads(out)["text"] is not None, err
     assert re.fullmatch(rf"loading ollama:tk:latest {size}\n", err), err  # stderr only: stdout stays JSON
     served = []
-    monkeypatch.setattr(tiankong.tui.serve, "serve", lambda eng, cfg, presets: served.append(eng))
+    monkeypatch.setattr(tiankong.tui.serve, "serve", lambda eng, cfg, presets, sockets: served.append(eng))
     code, out, err = cli(monkeypatch, capsys, "serve", "-m", "ollama:tk", "--port", "0")
     assert code == 0 and len(served) == 1 and out == "", err
     assert re.fullmatch(rf"loading ollama:tk:latest {size}\n", err), err

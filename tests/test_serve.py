@@ -891,7 +891,8 @@ def test_a_burst_past_the_servers_limit_gets_openais_429_not_uvicorns_plain_503(
 def test_a_broken_preset_file_leaves_out_its_preset_alone(tiny, tmp_path, monkeypatch, capsys):
     """Presets are read when the server starts. A broken user preset file (QA pass 18: it used to stop
     every command) is said once, as a warning, and leaves out only its own preset: a request naming
-    it gets a 400 with the file's error; the other presets, built-in ones included, still answer."""
+    it gets a 400 naming the preset (the file's path and error are the server's: QA pass 20); the
+    other presets, built-in ones included, still answer."""
     (tmp_path / "presets").mkdir()
     (tmp_path / "presets" / "mine.toml").write_text('name = "mine"\n[params]\ntemperature = "hot"\n')
     monkeypatch.setenv("TIANKONG_CONFIG_DIR", str(tmp_path))
@@ -899,7 +900,8 @@ def test_a_broken_preset_file_leaves_out_its_preset_alone(tiny, tmp_path, monkey
     with running(tiny["gpt2"]) as (base, _, _):
         assert _post(base, {"prompt": "Hi", "max_tokens": 2, "preset": "balanced"})[0] == 200
         status, _, out = _post(base, {"prompt": "Hi", "max_tokens": 2, "preset": "mine"})
-        assert (status, out["error"]["message"]) == (400, line)
+        assert (status, out["error"]["param"]) == (400, "preset")
+        assert out["error"]["message"].startswith("preset 'mine' could not be loaded on this server")
     # The CLI says so before it loads a model (a bigger one takes seconds): here there is none to load.
     code, _, err = cli(monkeypatch, capsys, "serve", "--port", "0", "-m", tmp_path / "no-model")
     first, *rest = err.strip().splitlines()

@@ -199,7 +199,7 @@ def test_exports(store):
     store.add_message(cid, "assistant", "4", preset="precise", params={"temperature": 0.3}, seed=7, finish_reason="eos")
     md = store.export_chat_markdown(cid)
     assert md.startswith("# Math\n")
-    for part in ("`SmolLM2`", "`precise`", "You are terse.", "**User**\n\n2+2?", "**Assistant**", "seed 7"):
+    for part in ("`SmolLM2`", "`precise`", "You are terse.", "**User** · turn 1\n\n2+2?", "**Assistant**", "seed 7"):
         assert part in md
     assert md.index("You are terse.") < md.index("**User**") < md.index("**Assistant**")
     lines = [json.loads(line) for line in store.export_chat_jsonl(cid).splitlines()]
@@ -215,6 +215,9 @@ def test_exports(store):
         "params": {"temperature": 0.3},
         "seed": 7,
         "finish_reason": "eos",
+        "turn": None,
+        "model": "SmolLM2",  # the chat's: add_message was given none
+        "dropped_turns": None,  # not known
     }
 
 

@@ -85,7 +85,7 @@ def test_a_reopened_chat_whose_last_answer_is_long_says_what_the_next_answer_wil
         "⋯ the first 3 turns of this chat no longer fit the model's 256-token context: it does not see "
         "them now (ctrl+n starts a new chat)"
     ]
-    assert "ready · 3 turns out of context" in line
+    assert "ready · next message: 3 turns out of context" in line
 
 
 def test_switching_to_a_long_branch_says_what_the_next_answer_will_not_see(tiny256, store, tmp_path):

@@ -370,7 +370,12 @@ class PreferenceConfig(TrainConfig):
         "Preference records (TRL JSONL: prompt/chosen/rejected, or a `tiankong prefs export --format rankings` "
         "file). Default: the playground's votes.",
     )
-    steps: int = opt(0, "Optimisation steps; 0 = auto: enough passes over the rankings (see trainers/auto.py).", auto=0)
+    steps: int = opt(
+        0,
+        "Optimisation steps; 0 = auto: up to 4 passes over the rankings (dpo: 5), fewer the more pairs "
+        "they hold, and one pass from 900 pairs (dpo: 1000).",
+        auto=0,
+    )
     batch_size: int = opt(
         0,
         "Global batch size in rankings (groups of pairs sharing responses; a lone pair is one); "

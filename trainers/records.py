@@ -238,5 +238,10 @@ def _prompt_line(line: str, where: str, json_lines: bool) -> dict[str, Any]:
 
 
 def not_a_file(path: Path) -> str:
-    """Why a path given as an input file cannot be read as one: a folder, or nothing there."""
-    return "is a folder, not a file" if path.is_dir() else "does not exist"
+    """Why a path given as an input file cannot be read as one: a folder, something else that is not
+    a regular file (/dev/null, a pipe, a socket), a link to nothing, or nothing there."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.exists():
+        return "is not a regular file (a device, a pipe or a socket)"
+    return "is a link to nothing" if path.is_symlink() else "does not exist"

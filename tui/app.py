@@ -36,6 +36,7 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.model_names import model_key
 from tiankong.engine.remote import RemoteModel
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
+from tiankong.tui.cli_env import building_line, decode_notice, need_terminal
 from tiankong.tui.screens.help import HelpScreen
 from tiankong.tui.streaming import on_engine_thread
 
@@ -183,6 +184,7 @@ class TiankongApp(App[None]):
         if not self.model_dirs:
             self.call_from_thread(self._load_failed, "no model given: pass --model DIR or set TIANKONG_MODEL")
             return
+        self._say_builds()
         engines = []
         for folder in self.model_dirs:
             try:
@@ -203,6 +205,15 @@ class TiankongApp(App[None]):
                 return
         self.call_from_thread(self._loaded, engines)
 
+    def _say_builds(self) -> None:
+        """The chat's status says so while the compiled decode step builds (seconds, once per machine)."""
+        from tiankong.engine import native
+
+        def building(how: str) -> None:  # on this worker's thread, inside Engine.load
+            self.call_from_thread(self.chat._status, building_line(how))
+
+        native.on_build(building)
+
     async def _loaded(self, engines: list[Any]) -> None:
         # Exempt what exists now (torch, Textual, the models: some 330k objects, all there to stay)
         # from the cyclic garbage collector until the app ends; later objects are collected as usual.
@@ -214,6 +225,9 @@ class TiankongApp(App[None]):
             gc.freeze()
         self.engines, self.engine_error = engines, None
         await self.chat.engine_ready(engines[0])
+        notice = next((n for n in map(decode_notice, engines) if n), None)
+        if notice:  # the first local model's: the reason is the same for all
+            self.notify(notice, title="slower decoding", severity="warning", timeout=20, markup=False)
         if self.mode == "compare":  # the screen `tiankong compare` asked for: esc never leaves it for the chat
             self.open_compare(self.compare_presets, engines=engines, standalone=True)
 
@@ -316,9 +330,11 @@ def literal(text: str) -> str:
     return text.replace("[", "\\[")
 
 
-def run_until_exit(app: App) -> None:
+def run_until_exit(app: App, command: str = "chat") -> None:
     """Run the app; if it ended on an error (Textual has printed its traceback) or a signal (128 + its
-    number), leave with that status instead of 0, so a script or shell sees that it failed."""
+    number), leave with that status instead of 0, so a script or shell sees that it failed. Refused
+    (InputError) without a terminal: the CLI's way in, never taken by tests that drive an app."""
+    need_terminal(command)
     app.run()
     if app.return_code:
         raise SystemExit(app.return_code)
@@ -355,7 +371,8 @@ def run_app(
                 compare_models=compare_models,
                 rater=rater,
                 chat_template=chat_template,
-            )
+            ),
+            mode,
         )
     finally:
         store.close()

@@ -100,7 +100,8 @@ def run_compare_queue(
                 queue=queue,
                 restart=restart,
                 chat_template=chat_template,
-            )
+            ),
+            "compare",
         )
     finally:
         store.close()
@@ -111,6 +112,6 @@ def run_rank(
 ) -> None:
     store = _open_store(data_dir)
     try:
-        run_until_exit(RankApp(store=store, queue=queue, rater=rater, restart=restart))
+        run_until_exit(RankApp(store=store, queue=queue, rater=rater, restart=restart), "rank")
     finally:
         store.close()

@@ -20,6 +20,7 @@ import typer
 from rich.markup import escape
 
 from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.files import stdout_errors
 from tiankong.presets import DEFAULT_PRESET, get_preset
 
 # The command modules register on the app as they are imported, and that order is `--help`'s:
@@ -38,15 +39,20 @@ from tiankong.tui.cli_app import (
     _template_file,
     app,
     data_folder,
+    epilog,
     err,
 )
 
 # ---------------------------------------------------------------- the playground
 
+RaterOpt = typer.Option(
+    None, help="Your name on votes. Default: $TIANKONG_RATER, else your login name.", show_default=False
+)
+
 DataDirOpt = typer.Option(
     None,
     "--data-dir",
-    help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
+    help="Where chats and votes are kept.",
     envvar="TIANKONG_DATA_DIR",
     show_default=False,
     parser=data_folder,  # --data-dir "" refused, not the current folder
@@ -55,20 +61,17 @@ DataDirOpt = typer.Option(
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong chat -m ../shared/models/stories260K --preset creative
-
-  tiankong chat -m ./SmolLM2-135M-Instruct --data-dir ~/tiankong-data
-
-  tiankong chat -m http://127.0.0.1:8000/v1      # a server: tiankong serve, vLLM, llama.cpp's server
-"""
+    epilog=epilog(
+        "tiankong chat --preset creative",
+        "tiankong chat -m HuggingFaceTB/SmolLM2-135M-Instruct --data-dir ~/tk-data",
+        "# a server: tiankong serve, vLLM, llama.cpp's server\ntiankong chat -m http://127.0.0.1:8000/v1",
+    )
 )
 def chat(
     model: Optional[str] = ModelOrServerOpt,
     preset: str = typer.Option(DEFAULT_PRESET, help="Sampling preset to start with."),
     data_dir: Optional[Path] = DataDirOpt,
-    rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+    rater: Optional[str] = RaterOpt,
     chat_template: Optional[Path] = TemplateOpt,
     api_key: Optional[str] = ApiKeyOpt,
     device: str = DeviceOpt,
@@ -135,18 +138,13 @@ def _two_models(model_dirs: list[Any]) -> None:
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong compare -m ../shared/models/stories260K --presets balanced,creative
-
-  tiankong compare --models ./sft,./ppo --presets balanced
-
-  tiankong compare --models runs/ppo          # the bundled model against your PPO policy
-
-  tiankong compare --prompts prompts.txt --repeat 2   # one prompt after another; reopens where you stopped
-
-  tiankong compare -m http://127.0.0.1:8000/v1 --presets balanced,creative   # on a server
-"""
+    epilog=epilog(
+        "tiankong compare -m Qwen/Qwen2.5-0.5B-Instruct --presets precise,chat",
+        "tiankong compare --models runs/sft,runs/ppo --presets balanced",
+        "# the bundled model against your PPO policy\ntiankong compare --models runs/ppo",
+        "# one prompt after another; reopens where you stopped\ntiankong compare --prompts prompts.txt --repeat 2",
+        "# on a server\ntiankong compare -m http://127.0.0.1:8000/v1 --presets balanced,creative",
+    )
 )
 def compare(
     model: Optional[str] = ModelOrServerOpt,
@@ -162,7 +160,7 @@ def compare(
         "(one folder: compared with --model, by default the bundled model).",
     ),
     data_dir: Optional[Path] = DataDirOpt,
-    rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+    rater: Optional[str] = RaterOpt,
     prompts: Optional[Path] = typer.Option(
         None,
         "--prompts",
@@ -219,14 +217,13 @@ def compare(
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong generate --input prompts.txt --n 4 -o answers.jsonl && tiankong rank --input answers.jsonl
-
-  tiankong rank --input big-model-answers.jsonl --model llama-70b --rater alice
-
-Lines are generate's records (prompt or messages, text, preset, params, seed, finish_reason; optional
-model and id), grouped by prompt; a prompt with more than 4 answers is ranked in groups of up to 4."""
+    epilog=epilog(
+        "tiankong generate --input prompts.txt --n 4 -o answers.jsonl\ntiankong rank --input answers.jsonl",
+        "tiankong rank --input big-answers.jsonl --model llama-70b --rater alice",
+        notes="Lines are generate's records (prompt or messages, text, preset, params, seed, finish_reason; "
+        "optional model and id), grouped by prompt; a prompt with more than 4 answers is ranked in groups "
+        "of up to 4.",
+    )
 )
 def rank(
     input: Path = typer.Option(
@@ -240,7 +237,7 @@ def rank(
         'one in every record, and a line\'s own "model" wins over this). Default: unknown.',
     ),
     data_dir: Optional[Path] = DataDirOpt,
-    rater: Optional[str] = typer.Option(None, help="Your name on votes (default: config or $USER)."),
+    rater: Optional[str] = RaterOpt,
     restart: bool = typer.Option(False, "--restart", help="Start from the file's first prompt again."),
 ) -> None:
     """Rank, blind, answers made earlier: the compare screen's keys, no model needed."""
@@ -254,12 +251,10 @@ def rank(
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong serve -m ../shared/models/stories260K --port 8000
-
-  TIANKONG_API_KEY=secret tiankong serve -m ./SmolLM2-135M-Instruct --host 0.0.0.0
-"""
+    epilog=epilog(
+        "tiankong serve --port 8000",
+        "export TIANKONG_API_KEY=secret\ntiankong serve -m HuggingFaceTB/SmolLM2-135M-Instruct --host 0.0.0.0",
+    )
 )
 def serve(
     model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
@@ -267,7 +262,7 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     api_key: Optional[str] = typer.Option(
         None,
-        help="Require Authorization: Bearer KEY. Env: TIANKONG_API_KEY.",
+        help="Require Authorization: Bearer KEY.",
         envvar="TIANKONG_API_KEY",
         show_default=False,
     ),
@@ -280,13 +275,16 @@ def serve(
     prefill_chunk: int = typer.Option(
         256, min=1, help="Prompt tokens read between two decode steps, so a long prompt does not stall the others."
     ),
+    log_requests: bool = typer.Option(
+        False, "--log-requests", help="One line per request on stderr: method, path, status, tokens, milliseconds."
+    ),
     chat_template: Optional[Path] = TemplateOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
     """Serve the model over OpenAI's HTTP API (chat and completions, streaming, logprobs with p_sample)."""
     from tiankong.presets import load_presets
-    from tiankong.tui.serve import ServeConfig, check_bind
+    from tiankong.tui.serve import ServeConfig, listen
     from tiankong.tui.serve import serve as run_server
 
     cfg = ServeConfig(
@@ -298,13 +296,17 @@ def serve(
         timeout_s=timeout,
         prefix_cache_mib=prefix_cache,
         prefill_chunk=prefill_chunk,
+        log_requests=log_requests,
     )
-    check_bind(cfg.host, cfg.api_key)  # before the model loads, as are the preset files:
+    # The address, then the key it needs, and the port: bound before the model loads (minutes, for a
+    # large one), as the preset files are read.
+    socks = listen(cfg)
     presets = load_presets()  # read once; the server never reads them again
     for problem in presets.broken.values():  # a request naming one is refused with this line
         err.print(f"warning: preset not loaded: {escape(problem)}", highlight=False, soft_wrap=True)
     eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
-    run_server(eng, cfg, presets=presets)  # says "serving ... on ..." once the port is bound
+    cli_generate.say_decode_notice(eng)  # no compiled step: several times slower (tui/cli_env.py)
+    run_server(eng, cfg, presets=presets, sockets=socks)  # says "serving ... on ..."
 
 
 # Commands that build their options from the trainers' config classes, whose modules import torch.
@@ -332,7 +334,10 @@ def _register_subcommands(argv: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    from tiankong.tui.cli_env import prepare
+
     controls.install_rich()  # an escape sequence in a stranger's file, quoted in a line or table, stays inert
+    prepare()  # a terminal or locale that cannot encode Unicode: no crash on the first 填空 (tui/cli_env.py)
     try:
         code = _run()
     except Exception:
@@ -363,9 +368,14 @@ def _run() -> int:
     try:
         _register_subcommands(sys.argv[1:])
         # Not standalone: click's own handling would draw a usage error as a five-line box.
-        return _exit_code(app(prog_name="tiankong", standalone_mode=False))
+        code = _exit_code(app(prog_name="tiankong", standalone_mode=False))
+        with stdout_errors():  # flushed here, not at exit: a closed pipe is told apart (below), a full disk said
+            pass
+        return code
     except SystemExit as done:  # a command may still end so, 0 included
-        return _exit_code(done.code)
+        # rich (on_broken_pipe) and typer turn a closed pipe into SystemExit(1), which `presets` gives
+        # for unusable preset files: told apart by the BrokenPipeError it was raised from.
+        return _closed_pipe() if _from_closed_pipe(done) else _exit_code(done.code)
     except _UsageError as e:  # an unknown option or command, a bad value
         if type(e).__name__ == "NoArgsIsHelpError":  # `tiankong prefs`: its help, as --help shows it
             typer.rich_utils.rich_format_error(e)
@@ -383,18 +393,81 @@ def _run() -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `tiankong generate ... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return 0
+        return _closed_pipe()
+
+
+# A closed pipe (`tiankong models | head -1`) ends the command quietly with the status a shell gives a
+# process that SIGPIPE ended (128 + 13), as `yes | head` shows it: not 0, as the output was cut short,
+# and not 1, which `presets` gives for unusable preset files.
+PIPE_CLOSED = 141
+
+
+def _from_closed_pipe(e: BaseException) -> bool:
+    """Whether `e` was raised while handling a closed pipe (rich and typer exit 1 then)."""
+    cause: Optional[BaseException] = e
+    while cause is not None and not isinstance(cause, BrokenPipeError):
+        cause = cause.__context__
+    return cause is not None
+
+
+def _closed_pipe() -> int:
+    """PIPE_CLOSED, with stdout sent to /dev/null so that the interpreter's last flush cannot fail
+    again and print a traceback."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return PIPE_CLOSED
 
 
 def _usage_line(e: Exception) -> str:
     """A usage error as the house's one line: click's message, then where the help is."""
+    _tidy_suggestions(e)
     message = e.format_message().strip()  # type: ignore[attr-defined]
     line = message.splitlines()[0] if message else "bad usage"
     ctx = getattr(e, "ctx", None)
-    command = ctx.command_path if ctx is not None else "tiankong"
+    # click raises some errors (a missing or unwanted option value) without a context: the command
+    # is then found in the command line, so the hint names its page, not the top-level one.
+    command = ctx.command_path if ctx is not None else _command_path(sys.argv[1:])
     return f"{line.rstrip('.')} (see `{command} --help`)"
+
+
+def _command_path(argv: list[str]) -> str:
+    """The command that a command line names, as `tiankong train sft`: its leading words while they
+    are subcommands (a group's own options, --help and --version, take no value)."""
+    import typer.main
+
+    command, path = typer.main.get_command(app), ["tiankong"]
+    for word in argv:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:  # a command's words are its arguments and option values
+            break
+        if word.startswith("-"):
+            continue
+        if word not in subcommands:
+            break
+        command = subcommands[word]
+        path.append(word)
+    return " ".join(path)
+
+
+def _tidy_suggestions(e: Exception) -> None:
+    """click's guesses, made useful: a mistyped option is offered --help only where it is the best
+    guess, never beside the option it resembles (`--mdoel`); and a command given by its start
+    (`tiankong gen`), which click's similarity test misses, is offered the commands it starts."""
+    import re
+
+    guesses = getattr(e, "possibilities", None)  # best first (difflib)
+    if guesses and len(guesses) > 1:  # --help only when it is the best guess (`--hepl`), then alone
+        helps = ("--help", "-h")
+        e.possibilities = guesses[:1] if guesses[0] in helps else [g for g in guesses if g not in helps]  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    typo = re.fullmatch(r"No such command '(.+)'\.", str(getattr(e, "message", "")))
+    if typo is None or ctx is None:
+        return
+    names = set(getattr(ctx.command, "commands", {}))
+    if ctx.parent is None:  # train and reward are added only when the command line names them
+        names.update(TORCH_GROUPS)
+    starts = sorted(n for n in names if n.startswith(typo[1]))
+    if starts:
+        e.message = f"{e.message.rstrip('.')}. Did you mean {', '.join(map(repr, starts))}?"  # type: ignore[attr-defined]
 
 
 def _exit_code(code: int | str | None) -> int:

@@ -1,5 +1,7 @@
 """What every `tiankong` command module shares: the typer app, the error console, the options that
-several commands declare alike, and how --model becomes a folder, a server or a loaded engine.
+several commands declare alike, the help's conventions (-h, --version, flags shown without a type,
+epilogs of short examples and reflowing notes), and how --model becomes a folder, a server or a
+loaded engine.
 
 Apart from cli.py because the command modules (cli_generate.py, cli_inspect.py) register on this one
 app: importing it from cli.py instead would be a cycle, and under `python -m tiankong.tui.cli` (as
@@ -9,21 +11,74 @@ torchrun starts it) a second copy of cli.py with an app of its own.
 from __future__ import annotations
 
 import os
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperOption
 
 from tiankong.engine.errors import InputError
 
+# Every command's help also answers to -h (subcommands inherit the context's help option names).
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 a failure the command names (`presets`: some preset files could not be used) "
+    "or an unexpected error, with its traceback; 2 a usage mistake or bad input, named in one line; "
+    "130 stopped by Ctrl+C, 143 by SIGTERM; 141 the output's reader stopped reading (`| head`)."
+)
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode="rich",
+    context_settings=HELP_OPTIONS,
     help="tiankong (填空): watch a language model fill in the blank, one token at a time.",
+    epilog="\n" + EXIT_CODES,  # the leading line keeps typer's dedent off (see epilog)
 )
 err = Console(stderr=True, emoji=False)  # emoji=False: "ollama:cat:cool" in a message must not become a cat
+
+
+def _flag_type(self: Any, ctx: Any) -> Optional[str]:
+    """An option's type as its help row shows it, and none for a flag: typer showed `--raw <bool>`,
+    which reads as if it took a value."""
+    return None if self.is_flag and not self.count else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"tiankong {package_version('tiankong')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    # No docstring: the app's help (above) stays the help.
+    pass
+
+
+def epilog(*examples: str, notes: str = "", title: str = "Examples") -> str:
+    """A command's --help epilog: its examples, each block indented (a block's lines are one command
+    and its comment or continuation lines, each at most 76 characters so that an 80-column terminal
+    never wraps one mid-argument), then `notes` as paragraphs that reflow to the terminal's width.
+    Examples and notes are shown as written, never read as markup."""
+    # escape() a block whole: a line's own would double a continuation line's closing backslash
+    blocks = ["\n".join("  " + line for line in escape(block).split("\n")) for block in examples]
+    text = f"[bold]{title}[/bold]\n\n" + "\n\n".join(blocks)
+    if notes:
+        text += "\n\n" + paragraphs(escape(notes))
+    # typer dedents the epilog after its first line (inspect.cleandoc); a first line of its own keeps
+    # the examples' indent whether or not an unindented paragraph follows.
+    return "\n" + text
 
 
 def output_file(output: Optional[Path]) -> Optional[Path]:
@@ -54,10 +109,14 @@ def paragraphs(text: str) -> str:
 MODEL_HELP = (
     "Hugging Face model folder (config.json, safetensors, tokenizer), a .gguf file, or a name: "
     "ORG/NAME[@REVISION] (or ORG/NAME@REV/FILE.gguf) from the Hugging Face cache or LM Studio, lmstudio:ORG/NAME, ollama:NAME[:TAG] "
-    "from Ollama (`tiankong models` lists them). Env: TIANKONG_MODEL. Default: the bundled tiankong-mini."
+    "from Ollama (`tiankong models` lists them). Default: the bundled tiankong-mini."
 )
-ModelOpt = typer.Option(None, "--model", "-m", help=MODEL_HELP, envvar="TIANKONG_MODEL", show_default=False)
-DeviceOpt = typer.Option("auto", help="cpu, cuda, mps or auto (cuda, then mps, then cpu).")
+# How every command (training too) says --device; typer prints the default after it.
+DEVICE_HELP = "cpu, cuda, mps or auto (cuda, then mps, then cpu)."
+# Help texts are rich markup: "[@REVISION]" would be read as a tag and vanish. Env vars: typer adds
+# "[env var: X]" to the option's help, so the texts do not name them.
+ModelOpt = typer.Option(None, "--model", "-m", help=escape(MODEL_HELP), envvar="TIANKONG_MODEL", show_default=False)
+DeviceOpt = typer.Option("auto", help=DEVICE_HELP)
 DtypeOpt = typer.Option(
     "auto",
     help="float32, bfloat16, float16, auto (float32 on CPU, bfloat16 on GPU), or q8_0, q4_0, q4_1, q5_0, q5_1 (quantize at load).",
@@ -65,7 +124,7 @@ DtypeOpt = typer.Option(
 ApiKeyOpt = typer.Option(
     None,
     "--api-key",
-    help="Key for a --model http://HOST:PORT/v1 server (sent as Authorization: Bearer). Env: TIANKONG_API_KEY.",
+    help="Key for a --model http://HOST:PORT/v1 server (sent as Authorization: Bearer).",
     envvar="TIANKONG_API_KEY",
     show_default=False,
 )
@@ -73,7 +132,7 @@ ModelOrServerOpt = typer.Option(
     None,
     "--model",
     "-m",
-    help=MODEL_HELP + " Or a server: http://HOST:PORT/v1 (tiankong serve, vLLM, llama.cpp's server).",
+    help=escape(MODEL_HELP + " Or a server: http://HOST:PORT/v1 (tiankong serve, vLLM, llama.cpp's server)."),
     envvar="TIANKONG_MODEL",
     show_default=False,
 )
@@ -146,5 +205,7 @@ def _load(
     _local_only([model], device, dtype, chat_template)
     if is_remote(model):  # a server: its own device, dtype and chat template
         return RemoteEngine.connect(str(model), api_key)
+    from tiankong.tui.cli_env import announce_builds
 
+    announce_builds()  # the first load on a machine compiles the decode step: seconds, said on stderr
     return Engine.load(_model_dir(model), device=device, dtype=dtype, chat_template=_template_file(chat_template))

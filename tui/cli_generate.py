@@ -33,10 +33,11 @@ from tiankong.tui.cli_app import (
     _local_only,
     _model_dir,
     app,
+    epilog,
     err,
     output_file,
-    paragraphs,
 )
+from tiankong.tui.cli_env import say_decode_notice
 from tiankong.tui.generate_input import read_jobs
 from tiankong.tui.generate_input import say as _say
 from tiankong.tui.stops import Stops, Terminated
@@ -47,7 +48,7 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
     of _model_dir, then "loading NAME (SIZE)…". A log line, written whether or not stderr
     is a terminal: a model of some GB takes seconds to load, and nothing else is said meanwhile. A
     server (http://...) is passed on as it is; `say` False (torchrun's other processes) says nothing."""
-    from tiankong.engine.model_list import weight_bytes
+    from tiankong.engine.model_list import human_bytes, weight_bytes
     from tiankong.engine.model_names import display_name
     from tiankong.engine.remote import is_remote
 
@@ -56,15 +57,8 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
         return model
     path = _model_dir(model)  # says the note, if any
     if say:
-        _say(f"loading {display_name(path)} ({_size_text(weight_bytes(path))})…")
+        _say(f"loading {display_name(path)} ({human_bytes(weight_bytes(path))})…")  # units as `info` and `models`
     return path
-
-
-def _size_text(n: int) -> str:
-    """Bytes as `tiankong models` shows them (binary units), rounded for a log line."""
-    if n >= 1 << 30:
-        return f"{n / (1 << 30):.1f} GiB"
-    return f"{n / (1 << 20):,.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
 
 
 def _record(
@@ -102,19 +96,7 @@ def _record(
     return rec
 
 
-@app.command(
-    epilog=paragraphs(
-        """[bold]Examples[/bold]
-
-  tiankong generate -m ../shared/models/stories260K --raw --prompt "Once upon a time"
-
-  tiankong generate -m ./TinyLlama --preset precise --prompt "Name three primes." --top-logprobs 5
-
-  tiankong generate -m ./SmolLM2 --input prompts.jsonl --n 4 --batch-size 8 --output out.jsonl
-
-  torchrun --nproc_per_node 4 -m tiankong.tui.cli generate -m ./SmolLM2 --input big.jsonl -o out.jsonl
-
-Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through; other keys are not
+_NOTES = """Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through; other keys are not
 read, and a warning names them), or plain text (a text prompt that starts with "{" is given as {"prompt": "..."}).
 In a .jsonl file a line that is a JSON string is the prompt's text, and other JSON (42, [1,2], null) is refused;
 in a text file or on stdin every other line is text as it stands.
@@ -133,6 +115,16 @@ are not reused: the run says how many, and removes them when it finishes); one r
 OUTPUT (a second is refused). Under torchrun (--nnodes, --nproc_per_node) each process takes its share
 of the records and the first merges them into OUTPUT in input order: the same file for any number of
 processes (with --seed; without one, each record's drawn seed is recorded). Progress goes to stderr: a bar on a terminal, else a line every 10 s or tenth."""
+
+
+@app.command(
+    epilog=epilog(
+        'tiankong generate --raw --prompt "Once upon a time"',
+        "tiankong generate -m HuggingFaceTB/SmolLM2-135M-Instruct --preset precise \\\n"
+        '    --prompt "Name three primes." --top-logprobs 5',
+        "tiankong generate --input prompts.jsonl --n 4 --batch-size 8 -o out.jsonl",
+        "torchrun --nproc_per_node 4 -m tiankong.tui.cli generate \\\n    --input big.jsonl -o out.jsonl",
+        notes=_NOTES,
     )
 )
 def generate(
@@ -182,9 +174,8 @@ def generate(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
-    """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates.
+    """Generate from prompts with a preset; JSONL records with text, usage, timing and (optionally) every token's candidates.\f
 
-    \f
     Long because of its signature: some 40 lines of typer option declarations; the body reads as its
     stages (options checked, prompts read, model loaded, rows encoded, to stdout or to a file).
     """
@@ -215,12 +206,15 @@ def generate(
     )
     preset, params = _one_preset(presets)
     params = params.replace(**{k: v for k, v in flags.items() if v is not None})
+    if params.seed is not None and params.seed + n - 1 > 2**64 - 1:  # sample i uses seed + i: none wraps to 0
+        raise InputError(f"--seed must be at most {2**64 - n} with --n {n} (sample i uses seed + i, up to 2**64 - 1)")
     dist = _join(device)
     device = str(dist.device) if dist.enabled else device
     with _claim(output, dist):  # one run at a time writes OUTPUT: a second is refused before its model loads
         eng = _load(
             _say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key
         )
+        say_decode_notice(eng)  # no compiled step: several times slower, said once (rank 0)
         rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
         from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
 
@@ -370,7 +364,7 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
             hint = " (or pass --context-overflow truncate to drop its oldest turns)" if helps else ""
             raise InputError(f"{where}: {e}{hint}") from None
         for i in range(n):
-            s = (params.seed + i) % 2**64 if params.seed is not None else draw_seed()
+            s = params.seed + i if params.seed is not None else draw_seed()  # in range: generate() checked
             rows.append(_Row(len(rows), i, job, ids, params.replace(seed=s), dropped))
     return rows
 

@@ -7,6 +7,7 @@ table or JSON printed to stdout.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -20,21 +21,20 @@ from rich.table import Table
 from rich.text import Text
 
 from tiankong.engine.errors import InputError
-from tiankong.engine.files import check_text
+from tiankong.engine.files import check_text, stdout_errors
+from tiankong.engine.model_list import human_bytes
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
-from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_dir, app, err
+from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_dir, app, epilog, err
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong tokenize -m ../shared/models/stories260K "Once upon a time"
-
-  tiankong tokenize -m ./Qwen2 --format jsonl "你好, world"
-"""
+    epilog=epilog(
+        'tiankong tokenize "Once upon a time"',
+        'tiankong tokenize -m Qwen/Qwen2.5-0.5B-Instruct --format jsonl "你好, world"',
+    )
 )
 def tokenize(
-    text: str = typer.Argument(..., help="Text to tokenize."),
+    text: str = typer.Argument(..., metavar="TEXT", help="Text to tokenize."),
     model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
     format: str = typer.Option("table", "--format", help='table or jsonl ({"ids": [...], "pieces": [...]}).'),
 ) -> None:
@@ -60,16 +60,15 @@ def tokenize(
         # Text, not str (read as markup): a piece may be "[/]" or "[b]" in a vocabulary.
         piece = Text(repr(p)[1:-1]).append(" (special)" if i in tok.special_ids else "", style="dim")
         table.add_row(str(n), str(i), piece, Text(repr(tok.token_text(i))))
-    Console(emoji=False).print(table)
+    print_table(Console(emoji=False), table)
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong info -m ../shared/models/stories260K
-
-  tiankong info -m ./TinyLlama --format json
-"""
+    epilog=epilog(
+        "tiankong info",
+        "tiankong info -m TinyLlama/TinyLlama-1.1B-Chat-v1.0 --format json",
+        "tiankong info -m ./my-model/model-Q4_0.gguf",
+    )
 )
 def info(
     model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
@@ -80,6 +79,7 @@ def info(
     """What a model is made of: architecture, parameters, positions, context, vocabulary, dtype, chat template."""
     from tiankong.engine.model_facts import model_facts
     from tiankong.engine.remote import is_remote
+    from tiankong.tui.cli_env import announce_builds
 
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
@@ -89,6 +89,7 @@ def info(
         facts = _load(model, device, dtype).info()
     else:
         path = _model_dir(model)
+        announce_builds()  # the decode row builds the compiled step where it is not yet: seconds
         facts = _named(path, model_facts(path, device, dtype))
     if format == "json":
         print(json.dumps(facts))
@@ -103,7 +104,7 @@ def info(
             continue
         label = ("folder" if os.path.isdir(v) else "file") if k == "path" else k.replace("_", " ")
         table.add_row(label, Text(fact_text(k, v)))  # Text: a model's name or path is not markup
-    Console(emoji=False).print(table)
+    print_table(Console(emoji=False), table)
 
 
 def _named(path: Path, facts: dict) -> dict:
@@ -121,17 +122,16 @@ def _named(path: Path, facts: dict) -> dict:
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong models
-
-  tiankong models --format json
-
-  tiankong chat -m HuggingFaceTB/SmolLM2-135M-Instruct      # a name from the list
-
-Searched, offline: the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub),
-LM Studio (~/.lmstudio/models, ~/.cache/lm-studio/models) and Ollama ($OLLAMA_MODELS, else ~/.ollama/models;
-as ollama:NAME:TAG). A place that cannot be read is skipped and named on stderr."""
+    epilog=epilog(
+        "tiankong models",
+        "tiankong models --format json",
+        "# a name from the list\ntiankong chat -m HuggingFaceTB/SmolLM2-135M-Instruct",
+        notes="Searched, offline: the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else "
+        "~/.cache/huggingface/hub), LM Studio (~/.lmstudio/models, ~/.cache/lm-studio/models) and Ollama "
+        "($OLLAMA_MODELS, else ~/.ollama/models; as ollama:NAME:TAG). A place that cannot be read is skipped "
+        "and named on stderr. tiankong never downloads: `hf download ORG/NAME` (or `huggingface-cli download "
+        "ORG/NAME`) puts a model in the Hugging Face cache, and `--model ORG/NAME` then opens it.",
+    )
 )
 def models(format: str = typer.Option("table", "--format", help="table or json.")) -> None:
     """The models on this machine that --model takes by name: the bundled one, then the caches."""
@@ -149,13 +149,25 @@ def models(format: str = typer.Option("table", "--format", help="table or json."
     print_models(Console(emoji=False), found)
 
 
+def print_table(con: Console, table: Table) -> None:
+    """`table` on `con`: in a terminal, at its width; piped (rich reads a pipe as 80 columns), at the
+    table's own width, so a row stays one line and a path is never broken (grep, less -S), and without
+    the spaces that pad each line to that width (`| head -1` of a wide table was mostly spaces)."""
+    if con.is_terminal:
+        con.print(table)
+        return
+    wide = con.measure(table, options=con.options.update_width(10**6)).maximum
+    out = io.StringIO()
+    Console(file=out, emoji=False, width=max(80, wide)).print(table)
+    with stdout_errors():  # `> /dev/full`: one line, not a traceback; a closed pipe: quietly (cli.py)
+        con.file.write("".join(line.rstrip() + "\n" for line in out.getvalue().splitlines()))
+
+
 def print_models(con: Console, found: list) -> None:
     """The models table for `con`: a terminal's width kept to (rich reads a pipe as 80 columns, and
     a path cut every few characters took each model 15-35 lines), a pipe's not."""
     if not con.is_terminal:  # piped: one line a model, paths whole (grep, less -S; JSON for scripts)
-        table = _models_table(found, None)
-        wide = con.measure(table, options=con.options.update_width(10**6)).maximum
-        Console(file=con.file, emoji=False, width=max(80, wide)).print(table)
+        print_table(con, _models_table(found, None))
     elif con.width - _fixed_width(found) < _MIN_WHERE:  # names too long for a row beside the rest
         _print_records(con, found)
     else:
@@ -167,7 +179,7 @@ _MIN_WHERE = 60  # the where column's least: less cuts a file's name (a short ta
 
 def _cells(m: Any) -> tuple[Text, str, str, str]:
     """A model's name, architecture, size and dtype as `tiankong models` shows them."""
-    size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else f"{m.bytes / 2**20:,.1f} MiB"
+    size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else human_bytes(m.bytes)  # the units of `info`
     arch = Text(m.architecture or "?").append(" (GGUF)" if m.format == "gguf" else "", style="dim")
     return Text(m.name), arch, size, m.dtype or "?"
 
@@ -277,60 +289,65 @@ def _name_width(width: int, names: list[str], heads: tuple[str, ...], rows: list
 
 
 @app.command(
-    epilog="""[bold]Examples[/bold]
-
-  tiankong presets
-
-  tiankong presets creative
-
-[bold]Exit codes[/bold]
-
-  0 every preset file was read; 1 the list was printed, but some of your preset files could not be
-  used (each is named on stderr with its error: only those presets are left out); 2 an error
-"""
+    epilog=epilog(
+        "tiankong presets",
+        "tiankong presets creative",
+        notes="Exit codes: 0 every preset file was read; 1 the list was printed, but some of your preset "
+        "files could not be used (each is named on stderr with its error: only those presets are left out); "
+        "2 an error.",
+    )
 )
-def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in full.")) -> None:
+def presets(name: Optional[str] = typer.Argument(None, metavar="NAME", help="Show one preset in full.")) -> None:
     """List the sampling presets (bundled and your own), or show one with its recommended ranges."""
+    if name is None:
+        _list_presets(Console(emoji=False))
+    else:
+        _show_preset(Console(emoji=False), name)
+
+
+def _list_presets(con: Console) -> None:
+    """The presets table, the sampler chain, and each preset file that could not be used (exit 1)."""
     from tiankong.engine.params import SAMPLER_CHAIN
     from tiankong.presets import number, user_presets_dir
 
-    con = Console(emoji=False)
-    if name is None:
-        found = load_presets()
-        heads = ("temp", "top-k", "top-p", "min-p", "rep.pen", "seed")
-        rows = [
-            [
-                number(p.params.temperature),
-                str(p.params.top_k),
-                number(p.params.top_p),
-                number(p.params.min_p),
-                number(p.params.repetition_penalty),
-                "random" if p.params.seed is None else str(p.params.seed),
-            ]
-            for p in found.values()
+    found = load_presets()
+    heads = ("temp", "top-k", "top-p", "min-p", "rep.pen", "seed")
+    rows = [
+        [
+            number(p.params.temperature),
+            str(p.params.top_k),
+            number(p.params.top_p),
+            number(p.params.min_p),
+            number(p.params.repetition_penalty),
+            "random" if p.params.seed is None else str(p.params.seed),
         ]
-        table = Table(title=Text(f"presets (yours go in {user_presets_dir()})"), show_edge=False)
-        table.add_column("name", no_wrap=True, width=_name_width(con.width, list(found), heads, rows))
-        table.add_column("use", ratio=1)
-        for col in heads:
-            table.add_column(col, no_wrap=True, justify="right")
-        for p, values in zip(found.values(), rows, strict=True):
-            # Text, not str (read as markup): a preset's name and words are a file's, "[/]" included.
-            name = Text(p.name, overflow="ellipsis").append(" *" if p.name == DEFAULT_PRESET else "", style="dim")
-            table.add_row(name, Text(p.use), *values)
-        con.print(table)
-        con.print(f"* the default.  sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
-        for problem in found.broken.values():
-            err.print(Text(f"not loaded: {problem}"), highlight=False, soft_wrap=True)
-        if found.broken:
-            raise typer.Exit(1)
-        return
+        for p in found.values()
+    ]
+    table = Table(title=Text(f"presets (yours go in {user_presets_dir()})"), show_edge=False)
+    width = con.width if con.is_terminal else 10**6  # piped: each preset on one line (print_table)
+    table.add_column("name", no_wrap=True, width=_name_width(width, list(found), heads, rows))
+    table.add_column("use", ratio=1)
+    for col in heads:
+        table.add_column(col, no_wrap=True, justify="right")
+    for p, values in zip(found.values(), rows, strict=True):
+        # Text, not str (read as markup): a preset's name and words are a file's, "[/]" included.
+        name = Text(p.name, overflow="ellipsis").append(" *" if p.name == DEFAULT_PRESET else "", style="dim")
+        table.add_row(name, Text(p.use), *values)
+    print_table(con, table)
+    # piped, one line as the rows above; in a terminal, wrapped to its width
+    con.print(f"* the default.  sampler chain: {' -> '.join(SAMPLER_CHAIN)}", soft_wrap=not con.is_terminal)
+    for problem in found.broken.values():
+        err.print(Text(f"not loaded: {problem}"), highlight=False, soft_wrap=True)
+    if found.broken:
+        raise typer.Exit(1)
+
+
+def _show_preset(con: Console, name: str) -> None:
+    """One preset in full: its words, each parameter with its recommended range, the sampler chain."""
+    from tiankong.engine.params import SAMPLER_CHAIN
+    from tiankong.presets import number
+
     p = get_preset(name)
-    con.print(
-        Text.assemble(
-            (p.name, "bold"), f": {p.description}\n", ("use:", "dim"), f" {p.use}   ", ("file:", "dim"), f" {p.source}"
-        )
-    )
     table = Table(show_edge=False)
     for col in ("parameter", "value", "recommended"):
         table.add_column(col)
@@ -343,5 +360,16 @@ def presets(name: Optional[str] = typer.Argument(None, help="Show one preset in 
         else:
             shown = str(value)
         table.add_row(key, Text(shown), f"{number(rec[0])} – {number(rec[1])}" if rec else "")  # stop: "[/INST]"
-    con.print(table)
-    con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")
+    with stdout_errors():  # `> /dev/full`: one line, not a traceback
+        con.print(
+            Text.assemble(
+                (p.name, "bold"),
+                f": {p.description}\n",
+                ("use:", "dim"),
+                f" {p.use}   ",
+                ("file:", "dim"),
+                f" {p.source}",
+            )
+        )
+        print_table(con, table)
+        con.print(f"sampler chain: {' -> '.join(SAMPLER_CHAIN)}")

@@ -31,6 +31,7 @@ from tiankong.engine.params import SamplingParams
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's own cap
 MAX_STOP = 4  # OpenAI's own cap on stop strings
+MAX_SEED = 2**64 - 1  # SamplingParams' range; every bit of a seed counts (engine/sampling.py, Uniforms)
 
 # The engine's finish reasons in OpenAI's words; "cancelled" (timeout, shutdown) and "error" have none.
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "cancelled"}
@@ -181,7 +182,7 @@ def parse_request(
     preset: name -> its SamplingParams (raises TiankongError for an unknown name).
     """
     if not isinstance(body, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+        raise ApiError(400, f"the request body must be a JSON object, got {_json_name(body)}")
     spec = _CHAT if chat else _COMPLETIONS
     noop = _NOOP_CHAT if chat else _NOOP_COMPLETIONS
     for name, value in body.items():
@@ -203,6 +204,10 @@ def parse_request(
     n = given.get("n", 1)
     if not 1 <= n <= max_rows:
         raise ApiError(400, f"n must be in [1, {max_rows}], got {n}", "n")
+    if params.seed is not None and params.seed + n - 1 > MAX_SEED:  # row j's seed is seed + j: none wraps to 0
+        raise ApiError(
+            400, f"seed must be at most {MAX_SEED - n + 1} with n={n} (row j uses seed + j, up to {MAX_SEED})", "seed"
+        )
     if given.get("best_of", n) != n:
         raise ApiError(400, "best_of is not supported (it must equal n)", "best_of")
     top, logprobs = _logprobs(given, chat)
@@ -319,9 +324,14 @@ def _article(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
-def _json_type(value: Any) -> str:
+def _json_name(value: Any) -> str:
+    """The JSON type of a parsed value: null, boolean, integer, number, string, array or object."""
     names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
-    return f"{names.get(type(value), type(value).__name__)} {value!r}"[:80]
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _json_type(value: Any) -> str:
+    return f"{_json_name(value)} {value!r}"[:80]
 
 
 # --------------------------------------------------------------------------------------- responses
@@ -338,17 +348,28 @@ def token_bytes(text: str) -> list[int]:
     return list(out + text[at:].encode("utf-8", "surrogatepass"))
 
 
-def chat_logprob(ev: TokenEvent, token: str) -> dict[str, Any]:
+def chat_logprob(ev: TokenEvent, token: str, eos: frozenset[int] = frozenset()) -> dict[str, Any]:
     """One entry of choices[].logprobs.content[], with tiankong's p_sample beside each logprob and
-    the token's id (as llama.cpp's server sends it), so a client can tell tokens of equal text apart."""
+    the token's id (as llama.cpp's server sends it), so a client can tell tokens of equal text apart.
+
+    An EOS (an id in `eos`) adds no text, chosen or as a candidate, so its bytes are [] in both
+    places: bytes always say what a token adds. Its `token` is what it added where it was chosen
+    (the caller's "") and its readable name (</s>) among the candidates, as `tiankong generate`
+    writes "text" and "top", so a client (the playground on a server) can still name it there."""
     return {
         "id": ev.id,
         "token": token,
         "logprob": ev.logprob,
-        "bytes": token_bytes(token),
+        "bytes": [] if ev.id in eos else token_bytes(token),
         "p_sample": ev.p_sample,
         "top_logprobs": [
-            {"id": c.id, "token": c.text, "logprob": c.logprob, "bytes": token_bytes(c.text), "p_sample": c.p_sample}
+            {
+                "id": c.id,
+                "token": c.text,
+                "logprob": c.logprob,
+                "bytes": [] if c.id in eos else token_bytes(c.text),
+                "p_sample": c.p_sample,
+            }
             for c in ev.candidates
         ],
     }

@@ -46,7 +46,7 @@ from tiankong.engine.errors import InputError
 from tiankong.engine.files import atomic_open, stdout_errors
 from tiankong.trainers.progress import progress
 from tiankong.trainers.records import not_a_file
-from tiankong.tui.cli_app import data_folder, output_file
+from tiankong.tui.cli_app import data_folder, epilog, output_file
 from tiankong.tui.leaderboard import MIN_VOTES, leaderboards, standings_table
 from tiankong.tui.prefs_import import import_file as import_file  # part of this module's interface
 from tiankong.tui.prefs_import import read_votes
@@ -201,7 +201,7 @@ def _err() -> Console:
 DataDirOpt = typer.Option(
     None,
     "--data-dir",
-    help="Where chats and votes are kept. Env: TIANKONG_DATA_DIR.",
+    help="Where chats and votes are kept.",
     envvar="TIANKONG_DATA_DIR",
     show_default=False,
     parser=data_folder,  # --data-dir "" refused, not the current folder
@@ -242,20 +242,19 @@ def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
 
 
 @prefs_app.command(
-    epilog="""[bold]Examples[/bold]
+    epilog=epilog(
+        "tiankong prefs export > prefs.jsonl",
+        "tiankong prefs export --output prefs.jsonl --include-ties",
+        "tiankong prefs export --data-dir ~/tiankong-data -o prefs.jsonl",
+        "tiankong prefs export --format rankings -o rankings.jsonl",
+        notes="""Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs; a partial one only the pairs it expressed.
 
-  tiankong prefs export > prefs.jsonl
-
-  tiankong prefs export --output prefs.jsonl --include-ties
-
-  tiankong prefs export --data-dir ~/tiankong-data -o prefs.jsonl
-
-  tiankong prefs export --format rankings -o rankings.jsonl
-
-Records are TRL preference rows (prompt/chosen/rejected) plus chosen_preset, rejected_preset, chosen_model, rejected_model and vote_id. A ranking of K answers gives K(K-1)/2 pairs; a partial one only the pairs it expressed.
 Every row of a file has one form, as datasets.load_dataset("json") needs: plain strings, or, once any exported vote has a system prompt or earlier turns, TRL's conversational message lists (a single-turn prompt is then one user message).
+
 --format rankings writes each vote whole instead: its responses (model, preset, params, seed, text), "ranking" as groups of response indices best first (a group is unordered: the unranked rest, or a tie), outcome, rater, prompt_id.
---output is written whole or not at all (a temporary file renamed over it): Ctrl+C leaves it unchanged and says so, and the next export removes what a killed one left. A symlink is written through, a folder or device is refused."""
+
+--output is written whole or not at all (a temporary file renamed over it): Ctrl+C leaves it unchanged and says so, and the next export removes what a killed one left. A symlink is written through, a folder or device is refused.""",
+    )
 )
 def export(
     format: str = typer.Option("trl", "--format", help="trl (TRL preference pairs) or rankings (K-way, with ties)."),
@@ -266,7 +265,7 @@ def export(
     ),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
-    """Write your votes as a TRL preference dataset (JSONL), ready for DPO or reward-model training."""
+    """Write your votes as JSONL for DPO or reward-model training: TRL preference pairs, or whole rankings."""
     if format not in ("trl", "rankings"):
         raise InputError(f"unknown --format {format!r}; use trl or rankings")
     output = output_file(output)  # "-" is stdout
@@ -316,19 +315,19 @@ def _export(
 
 @prefs_app.command(
     "import",
-    epilog="""[bold]Examples[/bold]
+    epilog=epilog(
+        "tiankong prefs import prefs.jsonl",
+        "tiankong prefs import hh-rlhf-test.jsonl --rater anthropic",
+        "tiankong prefs export --format rankings -o votes.jsonl\ntiankong prefs import votes.jsonl --data-dir ~/other",
+        notes="""Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows, each becoming a ranked vote of two answers, chosen first; or the records of `prefs export --format rankings`, each becoming the vote it was (its answers' models, presets, params and seeds, its ranking groups, tie or both-bad, rater, prompt id), so export and import move votes between stores without loss.
 
-  tiankong prefs import prefs.jsonl
-
-  tiankong prefs import hh-rlhf-test.jsonl --rater anthropic
-
-  tiankong prefs export --format rankings -o votes.jsonl && tiankong prefs import votes.jsonl --data-dir ~/other
-
-Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows, each becoming a ranked vote of two answers, chosen first; or the records of `prefs export --format rankings`, each becoming the vote it was (its answers' models, presets, params and seeds, its ranking groups, tie or both-bad, rater, prompt id), so export and import move votes between stores without loss.
 Every row is checked before anything is stored: one bad row stops the import with its line number, and nothing is imported. The votes then go in as batches of 1000, each kept once written: an import stopped part-way (Ctrl+C, a kill, a full disk) says how many votes it kept, and the same command again imports the rest. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing.""",
+    ),
 )
 def import_(
-    file: Path = typer.Argument(..., help="JSONL (or JSON array) of preference rows.", show_default=False),
+    file: Path = typer.Argument(
+        ..., metavar="FILE", help="JSONL (or JSON array) of preference rows.", show_default=False
+    ),
     data_dir: Optional[Path] = DataDirOpt,
     rater: Optional[str] = typer.Option(
         None,
@@ -408,17 +407,16 @@ def _say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
 
 
 @prefs_app.command(
-    epilog=f"""[bold]Examples[/bold]
+    epilog=epilog(
+        "tiankong prefs stats",
+        "tiankong prefs stats --format json",
+        "tiankong prefs stats --bootstrap 1000 --seed 1",
+        notes=f"""Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses). Two answers of one preset decide no pair: a vote imported from rows that name no presets (both answers "imported") counts in the imported row, with no win or loss.
 
-  tiankong prefs stats
-
-  tiankong prefs stats --format json
-
-  tiankong prefs stats --bootstrap 1000 --seed 1
-
-Each ranked vote counts per pair of answers: the better-ranked preset gets a win, the other a loss. Win rate = wins / (wins + losses). Two answers of one preset decide no pair: a vote imported from rows that name no presets (both answers "imported") counts in the imported row, with no win or loss.
 The total row counts each vote once: votes, tie votes and both-bad votes; its wins and losses stay blank, as each decided pair is one win and one loss above. The line under the table gives the ranked votes and the decided pairs.
-The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes ("—" for an entry in fewer than {MIN_VOTES} votes, too few to resample); "games" counts an entry's answer pairs, "votes" the votes they come from."""
+
+The leaderboards below give Bradley-Terry strengths on an Elo-like scale (1000 = average; 400 points = 10:1 odds) for presets and for models, with 95% intervals from resampling the votes ("—" for an entry in fewer than {MIN_VOTES} votes, too few to resample); "games" counts an entry's answer pairs, "votes" the votes they come from.""",
+    )
 )
 def stats(
     data_dir: Optional[Path] = DataDirOpt,
@@ -428,7 +426,7 @@ def stats(
         0, "--seed", help="Seed of the resampling (the same votes and seed give the same intervals)."
     ),
 ) -> None:
-    """How each preset fares in your votes: wins, losses, ties, both-bad and win rate."""
+    """How each preset fares in your votes (wins, losses, ties, win rate), and leaderboards of presets and models."""
     if format not in ("table", "json"):
         raise InputError(f"unknown --format {format!r}; use table or json")
     skipped: list[tuple[int, str]] = []

@@ -4,9 +4,10 @@
     curl localhost:8000/v1/completions -d '{"prompt": "Once", "max_tokens": 20, "logprobs": 5}'
 
 Routes: /v1/chat/completions, /v1/completions (streaming as server-sent events ending in
-`data: [DONE]`, or one JSON), /v1/models, /v1/models/{id}, /health; any other path or method gets
-OpenAI's error JSON too. Requests go to one engine.batcher.Batcher, whose thread runs the decode
-loop; the event loop only parses, queues and writes (openai_format.py holds the request checks and
+`data: [DONE]`, or one JSON), /v1/models, /v1/models/{id}, /health, each with a trailing slash too;
+any other path or method gets OpenAI's error JSON too; with log_requests, one line per request on
+stderr. Requests go to one engine.batcher.Batcher, whose thread runs the decode loop; the event
+loop only parses, queues and writes (openai_format.py holds the request checks and
 response shapes). A stream holds back text where a stop string may begin (engine.generate.HeldText),
 so it adds up to the non-streamed answer and never shows a stop string.
 
@@ -35,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,11 +52,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiankong.engine.batcher import Batcher
 from tiankong.engine.engine import Engine
-from tiankong.engine.errors import InputError
 from tiankong.presets import Preset, load_presets
 from tiankong.tui import openai_format as fmt
-from tiankong.tui.serve_routes import _Server
-from tiankong.tui.serve_run import http_server, listen
+from tiankong.tui.serve_routes import NO_TEMPLATE, _Server
+from tiankong.tui.serve_run import check_bind, http_server, listen, unbracketed
+
+__all__ = ["ServeConfig", "build_app", "check_bind", "listen", "new_batcher", "serve", "unbracketed"]
 
 
 @dataclass
@@ -74,27 +77,10 @@ class ServeConfig:
     prefix_cache_mib: int = 256  # keys and values of recent prompts and answers kept for reuse (0: none)
     prefill_chunk: int = 256  # prompt tokens read between two decode steps (chunked prefill)
     body_timeout_s: float = 30.0  # a request body that sends nothing for this long is dropped (408)
+    log_requests: bool = False  # one line per request on stderr (method, path, status, tokens, ms)
 
     def __post_init__(self) -> None:
         self.host = unbracketed(self.host)  # [::1], as URLs write it, binds ::1
-
-
-def unbracketed(host: str) -> str:
-    """An IPv6 address as URLs write it ([::1]) -> the address itself (::1); other hosts as given."""
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def check_bind(host: str, api_key: str | None) -> None:
-    """Refuse a non-loopback address without an API key: anyone on the network could use it."""
-    host = unbracketed(host)
-    if host == "localhost" or api_key:
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise InputError(f"--host {host} exposes the server beyond this machine; set --api-key (or TIANKONG_API_KEY)")
 
 
 # ------------------------------------------------------------------------------------- the app
@@ -135,7 +121,11 @@ def build_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
-        middleware=[Middleware(_InFlight, server=server)],
+        middleware=[
+            *([Middleware(_RequestLog, announce=announce)] if cfg.log_requests else []),  # the path as sent
+            Middleware(_Slashless),
+            Middleware(_InFlight, server=server),
+        ],
     )
     app.state.server = server
     return app
@@ -154,6 +144,49 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
         message = exc.detail
     err = fmt.ApiError(exc.status_code, message)
     return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+class _Slashless:
+    """/v1/models/ is /v1/models: one trailing slash is dropped before routing, so a client's base URL
+    ending in "/" reaches the same routes, instead of Starlette's empty 307 (a redirect a POST may not
+    follow) or the model route's 404 for the model ""."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope["path"] = path[:-1]  # in place: the request log (outside) reads what the routes left in it
+        await self.app(scope, receive, send)
+
+
+class _RequestLog:
+    """--log-requests: one line per request once it is answered, "POST /v1/completions 200 16 tokens
+    41 ms" (tokens: those generated, where it generated any; ms: until the last byte was sent)."""
+
+    def __init__(self, app: ASGIApp, announce: Callable[[str], None]) -> None:
+        self.app, self.announce = app, announce
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status, path = time.monotonic(), 0, scope["path"]  # as sent (before _Slashless)
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_seen)
+        finally:
+            stream = scope.get("tiankong.stream")  # serve_routes sets it on requests that generate
+            tokens = f" {stream.tokens} tokens" if stream is not None else ""
+            ms = (time.monotonic() - start) * 1000
+            self.announce(f"{scope['method']} {path} {status or '-'}{tokens} {ms:.0f} ms")
 
 
 class _InFlight:
@@ -219,23 +252,30 @@ def serve(
     cfg: ServeConfig,
     announce: Callable[[str], None] = _to_stderr,
     presets: dict[str, Preset] | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it. The address is
-    bound before `announce` gets the "serving ..." line, so that line is never followed by a bind
-    error; the shutdown's progress lines go there too. presets: as load_presets() gives them (read
-    now when not given). InputError for an address refused, a port in use or a presets path that is a
-    file."""
-    check_bind(cfg.host, cfg.api_key)
+    """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it, and SIGINT ends in
+    KeyboardInterrupt after "stopped (Ctrl+C)". The address is bound before `announce` gets the
+    "serving ..." line, so that line is never followed by a bind error; the shutdown's progress
+    lines go there too. presets: as load_presets() gives them (read
+    now when not given). sockets: listen(cfg)'s, bound before the model loaded (bound now when not
+    given; closed when the server stops). InputError for an address refused, a port in use or a
+    presets path that is a file."""
+    socks = listen(cfg) if sockets is None else sockets
     if presets is None:  # read once, now: the server never reads them again
         presets = load_presets()
-    socks = listen(cfg)
+    if engine.template is None:  # said once here; each chat answer says it too (its X-Tiankong-Warning)
+        announce(f"warning: {NO_TEMPLATE}; give --chat-template FILE")
     batcher = new_batcher(engine, cfg)
     try:
         server = http_server(build_app(engine, batcher, cfg, presets=presets, announce=announce), cfg)
         host, port = cfg.host, socks[0].getsockname()[1]  # the port bound, where --port was 0
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
-        announce(f"serving {server.api.name} on {url} ({engine.decode_path})")
+        announce(f"serving {server.api.name} on {url}; decode: {engine.decode_path}")
         server.run(sockets=socks)
+    except KeyboardInterrupt:  # uvicorn, done draining, raises the Ctrl+C it held: the caller exits 130
+        announce("stopped (Ctrl+C)")
+        raise
     finally:
         for sock in socks:
             sock.close()

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from tiankong.engine.batcher import Batcher, QueueFull
 from tiankong.engine.batcher import Request as BatcherRequest
 from tiankong.engine.engine import Engine, draw_seed
-from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.errors import ContextOverflow, InputError, TiankongError
 from tiankong.engine.events import Event
 from tiankong.engine.model_names import display_name
 from tiankong.engine.ollama import ollama_canonical
@@ -40,6 +40,10 @@ IN_FLIGHT_MARGIN = 16
 # levels; a deeper one is refused by name, before any code walks it (json itself recurses and
 # would raise RecursionError near 1,000 levels, a traceback and a plain-text 500).
 MAX_JSON_DEPTH = 64
+
+# A model without a chat template reads a chat as plain text (engine/chat.py, raw mode): said once at
+# startup and on every chat answer, in an X-Tiankong-Warning header, where the roles were dropped.
+NO_TEMPLATE = "no chat template: /v1/chat/completions joins the messages' contents without roles"
 
 
 class _Server:
@@ -66,6 +70,7 @@ class _Server:
         self.limit = cfg.max_queue + cfg.max_rows + IN_FLIGHT_MARGIN  # past that many, 429 at once
         self.closing = False  # shutting down: no new requests
         self.hurry = False  # Ctrl+C again: cancel the running requests now
+        self.again = "Ctrl+C"  # what hurries the shutdown, as the stopping line says: the first signal's name
         self.drain_timer: asyncio.TimerHandle | None = None
 
     async def health(self, request: Request) -> Response:
@@ -121,8 +126,15 @@ class _Server:
 
     def _preset(self, name: str) -> SamplingParams:
         """A preset's SamplingParams, from those read at startup; InputError for an unknown name, or
-        with its file's error for a preset whose file was broken then."""
+        for a preset whose file was broken then. That error names the preset, not its file: the
+        file's path and error are the server's (its warning on stderr at startup says them)."""
         if isinstance(self.presets, Presets):  # as load_presets gives them (a caller may give a dict)
+            key = self.presets.key(name)
+            if key in self.presets.broken:
+                raise InputError(
+                    f"preset {key!r} could not be loaded on this server (its file has an error, which the "
+                    "server reported when it started); use another preset"
+                )
             return self.presets.find(name).params
         if name not in self.presets:
             raise InputError(f"preset must be one of {', '.join(sorted(self.presets))}, got {name!r}")
@@ -181,7 +193,7 @@ class _Server:
             them = "it" if len(running) == 1 else "them"
             self.announce(
                 f"stopping: {_plural(len(running), 'request')} running, waiting up to {drain:g} s for {them} "
-                f"to finish (Ctrl+C again to cancel {them} now)"
+                f"to finish ({self.again} again to cancel {them} now)"
             )
         self.drain_timer = asyncio.get_running_loop().call_later(drain, self._cancel_running, f"after {drain:g} s")
 
@@ -218,7 +230,7 @@ class _Server:
                 max_tokens_cap=self.max_tokens,
                 preset=self._preset,
             )
-            if "model" in body and not self._serves(body["model"]):
+            if body.get("model") is not None and not self._serves(body["model"]):  # null: none named
                 raise self._unknown_model(body["model"])
             self._check_size(job)
             ids = [await asyncio.to_thread(self._encode, job, p) for p in job.prompts]
@@ -230,11 +242,15 @@ class _Server:
             err = fmt.ApiError(429, str(e), code="rate_limit_exceeded")
             return JSONResponse(err.body(), status_code=429, headers={"Retry-After": str(e.retry_after)})
         stream = _Stream(self, job, ids, reqs, queue)
+        request.scope["tiankong.stream"] = stream  # for --log-requests (serve.py, _RequestLog)
+        warn = {"X-Tiankong-Warning": NO_TEMPLATE} if chat and self.engine.template is None else {}
         if job.stream:
             return StreamingResponse(
-                stream.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                stream.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **warn}
             )
-        return await stream.collect(request)
+        response = await stream.collect(request)
+        response.headers.update(warn)
+        return response
 
     def _auth(self, request: Request) -> Response | None:
         key = self.cfg.api_key
@@ -288,6 +304,10 @@ class _Server:
             body = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise fmt.ApiError(400, f"We could not parse the JSON body of your request: {e}") from None
+        except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+            raise fmt.ApiError(
+                400, "We could not parse the JSON body of your request: a number in it has too many digits"
+            ) from None
         except RecursionError:  # deeper than json's own limit
             raise _nested_too_deeply() from None
         if _too_deep(body):
@@ -308,6 +328,8 @@ class _Server:
                 if not all(0 <= t < eng.cfg.vocab_size for t in ids):
                     raise InputError(f"token ids must be in [0, {eng.cfg.vocab_size - 1}]")
             eng.check_fits(ids)
+        except ContextOverflow as e:  # OpenAI's code for it, which clients test for
+            raise fmt.ApiError(400, str(e), param, "context_length_exceeded") from None
         except TiankongError as e:
             raise fmt.ApiError(400, str(e), param) from None
         return ids
@@ -339,7 +361,7 @@ class _Server:
                 def sink(ev: Event, i: int = i) -> None:
                     loop.call_soon_threadsafe(queue.put_nowait, (i, ev))  # RuntimeError once the loop closed
 
-                rows = [p.replace(seed=(p.seed + j) % 2**64) for j in range(job.n)]
+                rows = [p.replace(seed=p.seed + j) for j in range(job.n)]  # parse_request kept them in range
                 reqs.append(self.batcher.submit(prompt_ids, rows, top_logprobs=job.top_logprobs, sink=sink))
         except TiankongError as e:
             for r in reqs:

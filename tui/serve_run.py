@@ -1,6 +1,7 @@
-"""How `tiankong serve` listens and stops: the sockets bound before anything is announced (listen),
-and uvicorn (http_server) with a subclass (_Uvicorn) that begins the app's own shutdown first and
-turns a second Ctrl+C into cancelling the running requests. Apart from serve.py because this is
+"""How `tiankong serve` listens and stops: the sockets bound before the model loads and anything is
+announced (listen: the address first, then the API key an address beyond loopback needs), and
+uvicorn (http_server) with a subclass (_Uvicorn) that begins the app's own shutdown first and turns
+a second Ctrl+C (or SIGTERM) into cancelling the running requests. Apart from serve.py because this is
 uvicorn's side, its signals included; the app knows nothing of it.
 """
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
+import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +28,49 @@ if TYPE_CHECKING:  # serve.py imports this file; the config and the server are o
 FINAL_S = 5.0
 
 
+def unbracketed(host: str) -> str:
+    """An IPv6 address as URLs write it ([::1]) -> the address itself (::1); other hosts as given."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _shown(host: str) -> str:
+    return host or "''"  # an empty --host named as such, not as a double space
+
+
+def check_bind(host: str, api_key: str | None, addresses: list[str] | None = None) -> None:
+    """Refuse an address beyond loopback without an API key: anyone on the network could use it.
+    addresses: what host resolved to (listen gives them, so a name counts by where it binds)."""
+    host = unbracketed(host)
+    if api_key:
+        return
+    if addresses is None:
+        addresses = [host]
+    try:
+        loopback = host == "localhost" or all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InputError(
+            f"--host {_shown(host)} exposes the server beyond this machine; set --api-key (or TIANKONG_API_KEY)"
+        )
+
+
 def listen(cfg: ServeConfig) -> list[socket.socket]:
     """Sockets bound to cfg's host (each of its addresses, as uvicorn would bind them) and port, so a
-    port in use is one clear error before anything is announced. InputError when they cannot be."""
+    bad address or a port in use is one clear error before the model loads and anything is
+    announced. The address is checked first, then the API key an address beyond loopback needs
+    (check_bind). InputError when they cannot be bound or are refused."""
+    host = cfg.host
+    if not host:
+        raise InputError("--host is empty; give an address, e.g. 127.0.0.1 (this machine) or 0.0.0.0 (every interface)")
     try:
-        addresses = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise InputError(f"--host {cfg.host} is not an address of this machine ({e.strerror})") from None
+        addresses = socket.getaddrinfo(host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        why = e.strerror if isinstance(e, socket.gaierror) else "not a host name"
+        raise InputError(
+            f"--host {host} is not an address or a known host name ({why}); give an address of this machine, "
+            "e.g. 127.0.0.1"
+        ) from None
     socks: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in addresses:
@@ -41,12 +80,17 @@ def listen(cfg: ServeConfig) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-    except OSError as e:
+        check_bind(host, cfg.api_key, [str(address[0]) for *_, address in addresses])
+    except (OSError, InputError) as e:
         for sock in socks:
             sock.close()
+        if isinstance(e, InputError):
+            raise
         if e.errno == errno.EADDRINUSE:
-            raise InputError(f"port {cfg.port} on {cfg.host} is in use; pick another with --port") from None
-        raise InputError(f"cannot listen on {cfg.host} port {cfg.port}: {e.strerror}") from None
+            raise InputError(f"port {cfg.port} on {host} is in use; pick another with --port") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise InputError(f"--host {host} is not an address of this machine; give one of its addresses") from None
+        raise InputError(f"cannot listen on {host} port {cfg.port}: {e.strerror}") from None
     return socks
 
 
@@ -91,6 +135,8 @@ class _Uvicorn(uvicorn.Server):
         them now instead, each ending its answer "cancelled" within a decode step. Only a third
         quits at once, as uvicorn does."""
         again = self.should_exit
+        if not again:  # the stopping line says how to hurry it: the same key or signal again
+            self.api.again = "Ctrl+C" if sig == signal.SIGINT else f"{signal.Signals(sig).name}"
         super().handle_exit(sig, frame)
         if again and not self.hurried and self.loop is not None:
             self.hurried = True

@@ -35,6 +35,7 @@ class _Stream:
         self.deadline = time.monotonic() + server.cfg.timeout_s
         self.started: set[int] = set()  # prompts with an event already
         self.refused = False  # shutdown came before any prompt started: 503
+        self.tokens = 0  # generated so far, every row (the request log's count)
         server.streams.add(self)
 
     def choice_index(self, i: int, ev: Event) -> int:
@@ -66,6 +67,7 @@ class _Stream:
                     continue
                 self.started.add(i)
                 self.left -= isinstance(ev, Finished)
+                self.tokens += isinstance(ev, TokenEvent)
                 yield i, ev
         finally:
             self.server.streams.discard(self)
@@ -133,7 +135,8 @@ class _Stream:
     def _logprobs(self, tokens: list[TokenEvent], offset: int = 0) -> dict[str, Any]:
         """These tokens' logprobs in the job's shape; offset: characters before the first token."""
         if self.job.chat:
-            return {"content": [fmt.chat_logprob(ev, self.token_text(ev)) for ev in tokens], "refusal": None}
+            eos = self.server.eos
+            return {"content": [fmt.chat_logprob(ev, self.token_text(ev), eos) for ev in tokens], "refusal": None}
         legacy = fmt.LegacyLogprobs(offset=offset)
         for ev in tokens:
             legacy.add(ev, self.token_text(ev))

@@ -1,6 +1,7 @@
 """The chats half of the store: chats and their messages, which form a tree of branches (regenerate
 and edit add a sibling; the active branch is the most recently selected path), full-text search over
-them, and their export as Markdown or JSON lines.
+them, and their export as Markdown or JSON lines (each branch in files of its own: export_name).
+Each answer keeps the model that wrote it and how many of the chat's oldest turns it no longer saw.
 
 Apart from the votes half (store_votes.py): the two share only the connection (StoreBase) and never
 write each other's tables. Store (store.py) joins them.
@@ -9,11 +10,14 @@ write each other's tables. Store (store.py) joins them.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable
 
 from tiankong.engine.chat import ROLES
+from tiankong.engine.context import turn_starts
 from tiankong.engine.errors import InputError
+from tiankong.engine.model_names import stored_model
 from tiankong.tui.store_base import StoreBase, StoreError, now
 from tiankong.tui.store_records import (
     Chat,
@@ -102,15 +106,22 @@ class ChatStore(StoreBase):
         finish_reason: str | None = None,
         tokens: list[dict] | None = None,
         parent_id: int | None | str = "active",
+        model: str | None = None,
+        dropped: int | None = None,
     ) -> int:
         """Add a message after `parent_id` ("active": after the active branch's last message; None:
         a new first message) and make it the active branch. A parent that already has children gets
-        one more: a sibling branch (regenerate, edit, a branch from another token)."""
+        one more: a sibling branch (regenerate, edit, a branch from another token).
+
+        An answer keeps the model that wrote it (a model_key; None: the chat's model) and how many of
+        the chat's oldest turns its prompt left out (`dropped`; None: not known)."""
         if role not in ROLES:
             raise InputError(f"message role {role!r} is unknown; use one of {', '.join(ROLES)}")
         t = now()
         with self._tx() as conn:
             self._touch(conn, chat_id, t)
+            if role == "assistant" and model is None:
+                model = conn.execute("SELECT model FROM chats WHERE id = ?", (chat_id,)).fetchone()[0]
             if parent_id == "active":
                 cur = conn.execute(
                     "SELECT id, parent_id, selected_at FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)
@@ -125,7 +136,7 @@ class ChatStore(StoreBase):
                 self._select(conn, parent_id, t)
             cur = conn.execute(
                 "INSERT INTO messages (chat_id, role, content, preset, params, seed, finish_reason, tokens, "
-                "created_at, parent_id, selected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, parent_id, selected_at, model, dropped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     chat_id,
                     role,
@@ -138,6 +149,8 @@ class ChatStore(StoreBase):
                     t,
                     parent_id,
                     t,
+                    model if role == "assistant" else None,
+                    dropped if role == "assistant" else None,
                 ),
             )
             return int(cur.lastrowid)
@@ -241,47 +254,52 @@ class ChatStore(StoreBase):
     # -- exports
 
     def export_chat_markdown(self, chat_id: int) -> str:
+        """The active branch as Markdown for reading: each turn numbered, each answer with what made it
+        (its model where not the chat's, preset, seed, finish) and the turns it no longer saw (out of
+        the context when it was written). Control characters (an escape sequence the model wrote)
+        show as \\x1b and the like: a terminal that prints the file is not driven by them."""
         chat = self.get_chat(chat_id)
         out = [
-            f"# {chat.title or f'Chat {chat.id}'}",
+            f"# {_visible(chat.title or f'Chat {chat.id}')}",
             "",
-            f"- model: `{chat.model}`",
-            f"- preset: `{chat.preset}`",
+            f"- model: `{_visible(chat.model)}`",
+            f"- preset: `{_visible(chat.preset)}`",
             f"- created: {chat.created_at}",
             "",
         ]
         if chat.system_prompt:
-            out += ["**System**", "", chat.system_prompt, ""]
-        for m in chat.messages:
+            out += ["**System**", "", _visible(chat.system_prompt), ""]
+        turns = _turns(chat.messages)
+        for m, turn in zip(chat.messages, turns, strict=True):
             head = f"**{m.role.capitalize()}**"
+            if turn is not None:
+                head += f" · turn {turn}"
             if m.role == "assistant":  # enough to reproduce the answer
                 notes = [
-                    f"preset `{m.preset}`" if m.preset else "",
+                    f"model `{_visible(m.model)}`"
+                    if m.model and stored_model(m.model) != stored_model(chat.model)
+                    else "",
+                    f"preset `{_visible(m.preset)}`" if m.preset else "",
                     f"seed {m.seed}" if m.seed is not None else "",
                     f"finish: {m.finish_reason}" if m.finish_reason else "",
+                    _unseen(m.dropped),
                 ]
                 notes = [n for n in notes if n]
                 if notes:
                     head += f" _({', '.join(notes)})_"
-            out += [head, "", m.content, ""]
+            out += [head, "", _visible(m.content), ""]
         return "\n".join(out)
 
     def export_chat_jsonl(self, chat_id: int) -> str:
-        """One JSON object per message; the chat's system prompt, if any, comes first as a "system" line."""
+        """One JSON object per message, text as stored (control characters too, escaped by JSON); the
+        chat's system prompt, if any, comes first as a "system" line. "turn" numbers the turn a message
+        starts (null for the others); an answer's "model" is the one that wrote it and its
+        "dropped_turns" how many of the first turns it no longer saw (null: not known)."""
         chat = self.get_chat(chat_id)
         lines = []
         if chat.system_prompt:
-            lines.append(
-                {
-                    "role": "system",
-                    "content": chat.system_prompt,
-                    "preset": None,
-                    "params": None,
-                    "seed": None,
-                    "finish_reason": None,
-                }
-            )
-        for m in chat.messages:
+            lines.append({"role": "system", "content": chat.system_prompt, **dict.fromkeys(_JSONL_FIELDS)})
+        for m, turn in zip(chat.messages, _turns(chat.messages), strict=True):
             lines.append(
                 {
                     "role": m.role,
@@ -290,9 +308,57 @@ class ChatStore(StoreBase):
                     "params": m.params,
                     "seed": m.seed,
                     "finish_reason": m.finish_reason,
+                    "turn": turn,
+                    "model": m.model,
+                    "dropped_turns": m.dropped,
                 }
             )
         return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
+# A JSONL export line's keys after role and content (a system prompt's are all null).
+_JSONL_FIELDS = ("preset", "params", "seed", "finish_reason", "turn", "model", "dropped_turns")
+EXPORT_PREFIX = "tiankong-chat-"
+_NAME_CHARS = 120  # a branch named by its forks longer than this is named by its last message
+
+
+def export_name(chat: Chat) -> str:
+    """The file name (without suffix) of an export of the chat's active branch: tiankong-chat-ID for
+    the first branch (the oldest message at every fork), else -branch- and its place at each fork on
+    the way, as the transcript labels it ("‹ 2/3 ›": 2), so each branch has files of its own and
+    exporting a branch again replaces only its own. Continuing a branch keeps its name."""
+    forks = [str(m.siblings.index(m.id) + 1) for m in chat.messages if len(m.siblings) > 1]
+    name = f"{EXPORT_PREFIX}{chat.id}"
+    if not forks or set(forks) == {"1"}:
+        return name
+    branch = f"{name}-branch-{'-'.join(forks)}"
+    return branch if len(branch) <= _NAME_CHARS else f"{name}-branch-to-{chat.messages[-1].id}"
+
+
+def _turns(messages: list[Message]) -> list[int | None]:
+    """Each message's turn number (1-based) where it starts a turn, as engine/context.py counts the
+    turns that go out of the context; None for the others."""
+    starts = turn_starts([{"role": m.role} for m in messages])
+    number = {at: n for n, at in enumerate(starts, 1)}
+    return [number.get(i) for i in range(len(messages))]
+
+
+def _unseen(dropped: int | None) -> str:
+    """An answer's note on the turns it did not see."""
+    if not dropped:
+        return ""
+    turns = "turn 1" if dropped == 1 else f"turns 1–{dropped}"
+    return f"{turns} not seen (out of the context)"
+
+
+# Control characters but line breaks and tabs (C0, DEL, C1): ESC starts a terminal escape sequence.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    """Text for the Markdown export: each control character (but a line break or a tab) as \\xNN,
+    so a terminal that prints the file, or a viewer, shows it rather than acts on it."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def snippet(text: str, query: str, before: int = 30, width: int = 90) -> str:

@@ -60,6 +60,10 @@ class Message:
     siblings: list[int] = field(
         default_factory=list
     )  # ids of the branches at this point, itself included, oldest first
+    model: str | None = None  # an answer's: the model that wrote it (a model_key); None for the user's
+    # An answer's: how many of the chat's oldest turns its prompt left out (they no longer fitted the
+    # context); None where that is not known (an answer stored before tiankong kept it).
+    dropped: int | None = None
 
 
 @dataclass
@@ -254,6 +258,8 @@ def _message(r: sqlite3.Row) -> Message:
         _loads(r["tokens"]),
         r["created_at"],
         r["parent_id"],
+        model=r["model"],
+        dropped=r["dropped"],
     )
 
 

@@ -189,6 +189,21 @@ def _v8_imported_flag(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE votes SET imported = 1, content_hash = ? WHERE id = ?", (key, vote_id))
 
 
+def _v9_answer_models(conn: sqlite3.Connection) -> None:
+    """Each answer keeps the model that wrote it (`model`, a model_key as chats.model is): a chat
+    continued with another model (ctrl+o in `tiankong chat -m OTHER`) holds answers of both, and its
+    titles, branch votes and exports name each answer's own. And how many of the chat's oldest turns
+    its prompt left out (`dropped`, engine/context.py's fit_messages): a branch vote and an export say
+    what the model saw, not the whole chat. Answers stored before this version get their chat's model
+    (the one the chat was written with until now); how much of the chat they saw is not known (NULL)."""
+    conn.execute("ALTER TABLE messages ADD COLUMN model TEXT")  # NULL for user and system messages
+    conn.execute("ALTER TABLE messages ADD COLUMN dropped INTEGER")
+    conn.execute(
+        "UPDATE messages SET model = (SELECT c.model FROM chats c WHERE c.id = messages.chat_id) "
+        "WHERE role = 'assistant'"
+    )
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
@@ -199,4 +214,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v6_queue_rounds,
     _v7_queue_claims,
     _v8_imported_flag,
+    _v9_answer_models,
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -20,7 +21,7 @@ import typer
 from rich.markup import escape
 
 from tiankong.engine.errors import InputError
-from tiankong.tui.cli_app import output_file
+from tiankong.tui.cli_app import DEVICE_HELP, DeviceOpt, epilog, output_file
 from tiankong.tui.stops import Stops, Terminated
 
 # name -> (module, config class, trainer class, one-line help)
@@ -51,13 +52,19 @@ TRAINERS: dict[str, tuple[str, str, str, str]] = {
         "Direct preference optimisation (sigmoid loss) on rankings.",
     ),
 }
+# Each under 76 characters, so that an 80-column --help never wraps one (tui/cli_app.py's epilog).
 EXAMPLES = {
-    "pretrain": "tiankong train pretrain --data corpus.txt --size tiny --output runs/base",
-    "sft": "tiankong train sft --model runs/base --data instructions.jsonl --output runs/sft",
-    "reward": "tiankong train reward --model runs/sft --output runs/rm            # votes from the playground",
-    "ppo": "tiankong train ppo --model runs/sft --reward runs/rm --prompts prompts.txt --output runs/ppo",
-    "dpo": "tiankong train dpo --model runs/sft --data prefs.jsonl --output runs/dpo",
+    "pretrain": ["tiankong train pretrain --data corpus.txt --size tiny -o runs/base"],
+    "sft": ["tiankong train sft -m runs/base --data instructions.jsonl -o runs/sft"],
+    "reward": ["# on the playground's votes\ntiankong train reward -m runs/sft -o runs/rm"],
+    "ppo": ["tiankong train ppo -m runs/sft --reward runs/rm --prompts prompts.txt \\\n    -o runs/ppo"],
+    "dpo": ["tiankong train dpo -m runs/sft --data prefs.jsonl -o runs/dpo"],
 }
+# Where a run's model comes from when neither --model nor --config names one. Not pretrain's: its
+# default is a new model, and a variable set for the playground must not turn that into continued
+# pretraining of another.
+MODEL_ENV = "TIANKONG_MODEL"
+SHORT_FLAGS = {"model": "-m", "output": "-o"}  # as generate, chat and rank spell them
 PREFERENCE_TRAINERS = ("reward", "dpo")
 # Appended to every --model help: training takes what the other commands take (tui/cli_app.py's MODEL_HELP).
 MODEL_NAMES = (
@@ -140,8 +147,8 @@ def _options(cfg_cls: type) -> list[inspect.Parameter]:
         default = _default(f)
         kind = type(default) if isinstance(default, (bool, int, float, str)) else str
         flag = "--" + f.name.replace("_", "-")
-        text = f.metadata.get("help", "") + (MODEL_NAMES if f.name == "model" else "")
         decl = [f"{flag}/--no-{f.name.replace('_', '-')}"] if kind is bool else [flag]
+        decl += [SHORT_FLAGS[f.name]] if f.name in SHORT_FLAGS else []
         params.append(
             inspect.Parameter(
                 f.name,
@@ -150,7 +157,7 @@ def _options(cfg_cls: type) -> list[inspect.Parameter]:
                 default=typer.Option(
                     None,
                     *decl,
-                    help=f"{escape(text)} \\[default: {escape(repr(default))}]",
+                    help=_option_help(cfg_cls, f.name, f.metadata.get("help", ""), default),
                     show_default=False,
                     # A setting this trainer does not use (PPO's eval_every): accepted (a train_config.json
                     # given back as flags has it) but not listed.
@@ -161,16 +168,46 @@ def _options(cfg_cls: type) -> list[inspect.Parameter]:
     return params
 
 
-def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, flags: dict[str, Any]) -> None:
-    """One training run: the config (defaults < TOML < flags), its model and data, train, then the verdict."""
-    cfg = build_config(cfg_cls, config, flags)
+def _option_help(cfg_cls: type, name: str, text: str, default: Any) -> str:
+    """A setting's --help text as the other commands' options show theirs: --device in the same words,
+    the default as typer writes it (runs/sft, not 'runs/sft'; a flag's as the flag that keeps it;
+    none where it is empty, whose meaning the text says), and TIANKONG_MODEL where --model reads it."""
+    if name == "device":
+        text = DEVICE_HELP
+    if name == "model":
+        text += MODEL_NAMES
+    extra = []
+    if name == "model" and cfg_cls.__name__ != "PretrainConfig":
+        extra.append(f"env var: {MODEL_ENV}")
+    if isinstance(default, bool):
+        extra.append("default: " + name.replace("_", "-") if default else "default: no-" + name.replace("_", "-"))
+    elif default != "":
+        extra.append(f"default: {default}")
+    return escape(text) + (" " + escape(f"[{'; '.join(extra)}]") if extra else "")
+
+
+def _choose_model(name: str, cfg: Any) -> None:
+    """The run's model: --model, else the --config file's, else $TIANKONG_MODEL, else the bundled
+    model; for pretrain neither of the last two (its default is a new model). A name becomes its folder."""
+    global _MODEL_FROM_ENV
+    _MODEL_FROM_ENV = None
+    if not cfg.model and name != "pretrain" and os.environ.get(MODEL_ENV):
+        cfg.model = _MODEL_FROM_ENV = os.environ[MODEL_ENV]
     if cfg.model or name != "pretrain":  # fine-tune the bundled model unless told otherwise
         from tiankong.tui.cli_app import _model_dir
 
         cfg.model = str(_model_dir(cfg.model or None))  # a folder, or a name (engine/resolve.py)
+
+
+def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, flags: dict[str, Any]) -> None:
+    """One training run: the config (defaults < TOML < flags), its model and data, train, then the verdict."""
+    cfg = build_config(cfg_cls, config, flags)
+    _choose_model(name, cfg)
     from tiankong.trainers import checkpoint as ckpt
     from tiankong.trainers.stopping import TrainingStopped
+    from tiankong.tui.cli_env import announce_builds
 
+    announce_builds()  # a first sample on the CPU compiles the decode step's sampler: seconds, said on stderr
     votes_default = name in PREFERENCE_TRAINERS and not cfg.data  # the votes, exported into the run below
     if votes_default:  # a file to be: the settings check (here and in the trainer) must not miss it
         cfg.data = "the playground's votes"
@@ -299,10 +336,11 @@ def _resume_command(resume: bool = True) -> str:
     """The command line that was run, with --resume (and without --overwrite); resume=False: without
     either (a run stopped before its first save starts again in the same folder). Under torchrun, the
     torchrun command: without it --sharding and the other processes would be silently dropped."""
-    import os
     import shlex
 
     args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--no-resume", "--resume")]
+    if _MODEL_FROM_ENV is not None:  # the run's model, even where the variable is no longer set
+        args += ["--model", _MODEL_FROM_ENV]
     if resume:
         args.append("--resume")
     if "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -319,6 +357,9 @@ def _resume_command(resume: bool = True) -> str:
         f"the same torchrun command on each of the {nodes} nodes (its --node_rank and rendezvous options too) "
         f"with {again}: {shlex.join(launcher)} ... -m tiankong.tui.cli {shlex.join(args)}"
     )
+
+
+_MODEL_FROM_ENV: Optional[str] = None  # the run's --model, where TIANKONG_MODEL gave it (see _train)
 
 
 def _votes_file(output: Path) -> Path:
@@ -348,12 +389,12 @@ def _votes_file(output: Path) -> Path:
 
 for _name, (_module, _cfg, _trainer, _help) in TRAINERS.items():
     _cmd = _command(_name, _module, _cfg, _trainer, _help)
-    train_app.command(_name, epilog=f"[bold]Example[/bold]\n\n  {EXAMPLES[_name]}")(_cmd)
+    train_app.command(_name, epilog=epilog(*EXAMPLES[_name], title="Example"))(_cmd)
 
 
-@train_app.command("plot", epilog="[bold]Example[/bold]\n\n  tiankong train plot runs/rm --key loss --key accuracy")
+@train_app.command("plot", epilog=epilog("tiankong train plot runs/rm --key loss --key accuracy", title="Example"))
 def plot(
-    run: Path = typer.Argument(..., help="A training output folder (or its metrics.jsonl)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="A training output folder (or its metrics.jsonl)."),
     key: list[str] = typer.Option([], "--key", help="Metric to plot; repeat. Default: all."),
     width: int = typer.Option(100, help="Plot width in characters."),
 ) -> None:
@@ -364,8 +405,7 @@ def plot(
 
 
 @reward_app.command(
-    "score",
-    epilog="[bold]Example[/bold]\n\n  tiankong reward score --model runs/rm --input answers.jsonl -o scored.jsonl",
+    "score", epilog=epilog("tiankong reward score -m runs/rm -i answers.jsonl -o scored.jsonl", title="Example")
 )
 def score(
     model: Path = typer.Option(..., "--model", "-m", help="Reward model folder (from `tiankong train reward`)."),
@@ -376,7 +416,7 @@ def score(
         help="JSONL lines with prompt (or messages) and response (or text, as `tiankong generate` writes); - for stdin.",
     ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (- is stdout)."),
-    device: str = typer.Option("auto", help="cpu, cuda, mps or auto."),
+    device: str = DeviceOpt,
 ) -> None:
     """Score responses: each input line comes back with a "score"."""
     from tiankong.trainers.reward import score_file

@@ -4,8 +4,9 @@ In the token-by-token view (f5) `b` opens `CandidatePicker` on the token at the 
 candidate starts a sibling answer: the old answer's tokens up to there, the candidate, then
 whatever the model generates from the prompt plus those forced tokens (`forced_token` builds the
 candidate's token record). `branch_vote` turns two branches into a preference vote at the token
-where they part: the prompt is the conversation plus the answer's common start, chosen and rejected
-are the two continuations.
+where they part: the prompt is the conversation as the model saw it (its oldest turns left out where
+they no longer fitted the context) plus the answers' common start, chosen and rejected are the two
+continuations.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
+from tiankong.engine.context import drop_turns
 from tiankong.engine.tokenizer import IncrementalDecoder
 from tiankong.tui.queue import prompt_id
 from tiankong.tui.store import Message, Response, Vote
@@ -113,16 +115,30 @@ def _continuation(m: Message, start: str, k: int) -> str:
 
 def branch_vote(conversation: list[dict[str, str]], chosen: Message, rejected: Message, model: str, rater: str) -> Vote:
     """A ranked vote, chosen first, at the token where the two answers part: the conversation (up to
-    the user's message) plus an assistant message holding their common start, when they have one,
-    then the two continuations."""
+    the user's message) as the model saw it, plus an assistant message holding their common start,
+    when they have one, then the two continuations.
+
+    As the model saw it: without the oldest turns that no longer fitted its context when the answers
+    were written (Message.dropped; of two answers that saw different amounts, the turns both saw; an
+    answer stored before tiankong kept the count gives the whole conversation, as votes held then),
+    so that training on the vote (prefs export, the reward and DPO trainers) pairs the answers with
+    their prompt. Each response names the model that wrote it; `model` stands in for an answer that
+    does not say (a Message made by hand)."""
+    seen = [dict(m) for m in drop_turns(conversation, max(chosen.dropped or 0, rejected.dropped or 0))]
     k = common_tokens(chosen.tokens or [], rejected.tokens or [])
     start = "".join(t["text"] for t in (chosen.tokens or [])[:k])
-    conv = list(conversation) + ([{"role": "assistant", "content": start}] if start else [])
+    conv = seen + ([{"role": "assistant", "content": start}] if start else [])
     users = [m["content"] for m in conversation if m["role"] == "user"]
 
     def response(label: str, m: Message) -> Response:
         return Response(
-            label, model, m.preset or "", m.params or {}, m.seed, _continuation(m, start, k), m.finish_reason or ""
+            label,
+            m.model or model,
+            m.preset or "",
+            m.params or {},
+            m.seed,
+            _continuation(m, start, k),
+            m.finish_reason or "",
         )
 
     return Vote(
@@ -135,7 +151,7 @@ def branch_vote(conversation: list[dict[str, str]], chosen: Message, rejected: M
         rater,
         blind=False,
         source="branch",
-        prompt_id=prompt_id(conversation),  # the prompt's, as compare's: the shared start is not part of it
+        prompt_id=prompt_id(seen),  # the prompt's, as compare's: the shared start is not part of it
     )
 
 

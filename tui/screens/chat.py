@@ -134,7 +134,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             show=False,
             tooltip="edit your last message and resend it (the old one and its answer stay, as a branch)",
         ),
-        Binding("ctrl+n", "new_chat", "new", tooltip="start a new chat"),
+        Binding("ctrl+n", "new_chat", "new", tooltip="start a new chat (the system prompt stays: clear it to drop it)"),
         Binding("ctrl+o", "open_chats", "chats", tooltip="list past chats and open one"),
         Binding(
             "ctrl+s",
@@ -204,6 +204,8 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         # start and the cache stays valid until the context fills again.
         self.prompt_cache = PromptCache()
         self.dropped_turns = 0
+        self.next_prompt = 0  # tokens of the next message's prompt, its message empty (_show_dropped)
+        self.opening = 0  # the messages of a long chat being opened (chat_history.py), 0 when none is
 
     # ------------------------------------------------------------------ layout
 
@@ -213,7 +215,11 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             with Vertical(id="left"):
                 with Horizontal(id="system-row"):
                     yield Label("system", id="system-label")
-                    yield Input(placeholder="system prompt (optional)", id="system", compact=True)
+                    # select_on_focus=False (here and in the prompt): Textual's Input selects all its
+                    # text when tab focuses it, and the next key replaced a whole draft.
+                    yield Input(
+                        placeholder="system prompt (optional)", id="system", compact=True, select_on_focus=False
+                    )
                 with Transcript(id="transcript"):
                     yield Static(Text(INTRO), id="intro")
             panel = CandidatesPanel(id="candidates")
@@ -221,7 +227,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             panel.border_subtitle = "▶ chosen · ✗ cut by preset"
             yield panel
         yield Static(heat_legend(), id="heat-legend")
-        yield PromptInput(placeholder="message · enter sends · esc stops · f1 keys", id="prompt")
+        yield PromptInput(placeholder="message · enter sends · esc stops · f1 keys", id="prompt", select_on_focus=False)
         # Narrow terminals leave out these keys, first to last, until the footer fits (f1 lists them all).
         # The preset keys go last: nothing else on screen tells of them (the intro names f5 and f6).
         yield FittingFooter(drop=("heatmap", "compare", "inspect", "regenerate", "next_preset", "edit_preset"))
@@ -232,6 +238,14 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         self.query_one(CandidatesPanel).loading = self.engine is None and self.engine_error is None
         self._status()
         self.presets_notice()
+
+    def on_screen_suspend(self) -> None:
+        """A screen over this one (a dialog): its notices are drawn there (the app moves them to the
+        top screen); drawn here too, behind a dialog, they covered the branch picker's title."""
+        self.add_class("-covered")
+
+    def on_screen_resume(self) -> None:
+        self.remove_class("-covered")
 
     @property
     def transcript(self) -> Transcript:
@@ -245,24 +259,30 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
     def messages(self) -> list[UserMessage | AssistantMessage]:
         return [w for w in self.transcript.children if isinstance(w, (UserMessage, AssistantMessage))]
 
-    def _status(self, state: str | None = None, error: bool = False) -> None:
+    def _status(self, state: str | None = None, error: bool = False, short: str | None = None) -> None:
+        """The status line; `state` None: what the screen is doing (and, ready, what the next message
+        leaves out and how full the context is). `short`: the state in fewer words, for a narrow terminal."""
         if state is None:
             if self.engine_error:
                 state, error = f"model not loaded: {self.engine_error}", True
+            elif self.opening:
+                state = f"opening… ({plural(self.opening, 'message')})"
             elif self.engine is None:
                 state = "loading model…"
             elif self.generating:
                 state = "answering…"
             else:
-                state = "ready"
-            if self.dropped_turns and self.engine is not None:
-                state += f" · {plural(self.dropped_turns, 'turn')} out of context"
+                state = short = "ready"
+                words, fewer = self._context_state()
+                if words:
+                    state, short = f"ready · {words}", f"ready · {fewer}"
         edited = " (edited)" if self.params != self.preset.params else ""
         self.query_one(StatusBar).set(
             model=self.model_name,
             preset=self.preset.name + edited,
             settings=params_summary(self.params),
             state=state,
+            short_state=short or state,
             error=error,
         )
 
@@ -282,10 +302,16 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         if isinstance(engine, RemoteEngine):  # chats name the server's model id at its URL
             self.model_id, self.model_name = engine.folder, engine.name
         self.candidates.loading = False
+        if self.opening:  # a long chat still coming in: its worker counts and sends once it is whole
+            return
         if self.chat_id is not None and self.messages and not self.generating:  # opened while it loaded
             await self._show_dropped()
         self._status()
-        if self._queued is not None:
+        await self.send_queued()
+
+    async def send_queued(self) -> None:
+        """Send the message typed while the model loaded, now that it is ready."""
+        if self._queued is not None and self.engine is not None:
             text, self._queued = self._queued, None
             await self.send(text)
 
@@ -384,6 +410,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             # Nothing to keep: the worker failed, or the model's first logits were not finite.
             await answer.finish(answer.content, "")
             await answer.remove()
+            await self._show_stored_rest()  # the answer it was to replace (ctrl+r, b) is still the chat's
             self.notify(f"generation failed: {event.error or fin.message}", severity="error", timeout=10, markup=False)
             self._status(None if fin is None else f"generation failed: {fin.message}", error=fin is not None)
             return
@@ -397,8 +424,8 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         answer.message_id = message_id
         self._show_siblings(answer)
         answer.set_view(heatmap=self.heatmap)
-        if answer.tokens:
-            self.candidates.show(answer.tokens[-1], f"last of {len(answer.tokens)} tokens · f5 inspects all")
+        self._show_last_token()
+        await self._show_dropped()  # what the next message leaves out now, with this answer in the chat
         if fin.finish_reason == "error":  # non-finite logits, a server gone, an engine error part-way
             self._cut_short(fin.message)
         elif fin.finish_reason == "cancelled" and not stopped_here:
@@ -412,6 +439,16 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             self._status("cancelled by the server: kept the partial answer", error=True)
         else:
             self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
+
+    def _show_last_token(self) -> None:
+        """The candidates panel on the last token of the transcript's last answer (the hint when it
+        has none): after an answer, and after the transcript changed under it (a branch switched to,
+        a chat opened), so that it never shows a token no longer on screen."""
+        answer = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)
+        if answer is None or not answer.tokens or answer.streaming:
+            self.candidates.show(None)
+        else:
+            self.candidates.show(answer.tokens[-1], f"last of {len(answer.tokens)} tokens · f5 inspects all")
 
     def _cut_short(self, why: str) -> None:
         """Say that the answer failed part-way, kept as far as it got, and what to do."""
@@ -445,6 +482,8 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             finish_reason=finish_reason,
             tokens=tokens,
             parent_id=answer.parent_id,
+            model=self.model_id,  # its own: a chat opened in another model's playground has answers of both
+            dropped=self.dropped_turns,  # what its prompt left out (_answer set it; nothing changes it meanwhile)
         )
 
     def _info(self, fin: Finished, params: SamplingParams, n_tokens: int) -> str:
@@ -462,6 +501,8 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         if self.generating:
             self.notify("still answering: esc stops it first", severity="warning")
             return
+        if self.still_opening():
+            return
         if len(w.branches) < 2 or w.message_id not in w.branches or self.chat_id is None:
             self.notify("no other branch here: ctrl+r, ctrl+l or b in f5 make one")
             return
@@ -477,6 +518,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         index = self.messages.index(w)
         await self._remove_from(w.message_id)
         shown = await self._mount_messages(chat, chat.messages[index:])
+        self._show_last_token()
         if shown:
             shown[0].focus()
             shown[0].scroll_visible(animate=False)

@@ -100,6 +100,10 @@ class ChatBranches:
         if isinstance(self.engine, RemoteEngine):
             self.notify("continuing from a chosen token needs a local model: a server takes messages, not tokens")
             return
+        full = self._no_room_to_branch(answer, index)
+        if full is not None:
+            self.notify(full, severity="warning", markup=False)
+            return
 
         async def picked(candidate: dict[str, Any] | None) -> None:
             if candidate is not None and answer.is_attached and self._can_generate():

@@ -1,9 +1,12 @@
 """The list of past chats (ctrl+o on the chat screen): open one, search their messages, delete one.
 
-A modal screen of its own: it needs only the store, and hands back the chat id to open.
+A modal screen of its own: it needs only the store, and hands back the chat to open (`Picked`), with
+the message a search found in it.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from rich.text import Text
 from textual import on
@@ -21,14 +24,22 @@ from tiankong.tui.widgets.status import plural
 QUOTED_CHARS = 40  # a query quoted back in "no message contains …" is cut here
 
 
+class Picked(NamedTuple):
+    """The chat to open, and the message to open it at (a search's match; None: its end)."""
+
+    chat_id: int
+    message_id: int | None = None
+
+
 def quoted(query: str) -> str:
     """`query` to quote in a line: a 12,000-character paste filled the list, said back whole."""
     return query if len(query) <= QUOTED_CHARS else query[:QUOTED_CHARS].rstrip() + "…"
 
 
-class ChatListScreen(ModalScreen[int | None]):
+class ChatListScreen(ModalScreen[Picked | None]):
     """Past chats, newest first: Enter opens one, d twice deletes it, Esc closes. `/` goes to the search
-    box, which keeps the chats with a message containing its text (Store.search_chats) and shows where."""
+    box, which keeps the chats with a message containing its text (Store.search_chats) and shows where;
+    Enter there opens the highlighted one, at that message."""
 
     BINDINGS = [
         Binding("escape", "dismiss_none", "close"),
@@ -46,6 +57,7 @@ class ChatListScreen(ModalScreen[int | None]):
         super().__init__()
         self.store = store
         self._armed: int | None = None  # a chat id that the next `d` deletes
+        self._found: dict[int, int] = {}  # chat id -> the message the search found in it
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
@@ -63,8 +75,11 @@ class ChatListScreen(ModalScreen[int | None]):
         options.clear_options()
         query = " ".join(self.query_one("#chat-search", Input).value.split())
         try:
+            self._found = {}
             if query:
-                chats = [(m.chat, m.snippet) for m in self.store.search_chats(query)]
+                found = self.store.search_chats(query)
+                self._found = {m.chat.id: m.message_id for m in found}
+                chats = [(m.chat, m.snippet) for m in found]
             else:
                 chats = [(c, "") for c in self.store.list_chats()]
         except StoreError as e:  # a damaged or locked database: said here, the chat behind stays open
@@ -96,14 +111,26 @@ class ChatListScreen(ModalScreen[int | None]):
 
     @on(Input.Submitted, "#chat-search")
     def _search_submitted(self) -> None:
-        self.query_one(OptionList).focus()
+        """Enter in the box opens the highlighted chat (the footer says "enter open"); with none
+        found, the focus goes to the list."""
+        options = self.query_one(OptionList)
+        if options.highlighted is not None:
+            option = options.get_option_at_index(options.highlighted)
+            if option.id and option.id != "none":
+                self._open(int(option.id))
+                return
+        options.focus()
 
     def action_search(self) -> None:
         self.query_one("#chat-search", Input).focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id and event.option.id != "none":
-            self.dismiss(int(event.option.id))
+            self._open(int(event.option.id))
+
+    def _open(self, chat_id: int) -> None:
+        """Open the chat: at the message the search found in it, or at its end."""
+        self.dismiss(Picked(chat_id, self._found.get(chat_id)))
 
     def action_delete(self) -> None:
         options = self.query_one(OptionList)

@@ -14,13 +14,16 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Input, Static
 
+from tiankong.engine.context import answer_room
 from tiankong.engine.engine import with_seeds
 from tiankong.engine.errors import TiankongError
 from tiankong.tui.screens.branch import forced_token
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
+from tiankong.tui.widgets.status import plural
 
 TITLE_CHARS = 60  # a new chat is titled with the start of its first message
+FULL = 0.75  # past this share of the prompt's room (the context less the answer's) the status line says how full
 
 
 def chat_title(text: str) -> str:
@@ -86,6 +89,8 @@ class ChatSending:
         if self.generating:
             self.notify("still answering: esc stops it", severity="warning")
             return False
+        if self.still_opening():  # the chat is not whole yet: its prompt would be too
+            return False
         if self.engine is None:
             self.notify(
                 f"no model: {self.engine_error}" if self.engine_error else "the model is still loading",
@@ -143,13 +148,15 @@ class ChatSending:
             if message is not None:
                 widget.set_branches(message.siblings)
 
-    def _fit(self, msgs: list[dict[str, str]]) -> tuple[list[int], int]:
+    def _fit(self, msgs: list[dict[str, str]], at_least: int | None = None) -> tuple[list[int], int]:
         """The next answer's prompt ids for these messages, and how many of the oldest turns it leaves
-        out: they go when the chat and room for an answer no longer fit; an eighth of the context more
-        at once, so that the next turns fit without dropping (and re-reading) again."""
+        out (at least `at_least`, by default the turns already out): they go when the chat and room
+        for an answer no longer fit; an eighth of the context more at once, so that the next turns
+        fit without dropping (and re-reading) again."""
         assert self.engine is not None
         ctx = self.engine.cfg.max_seq_len
-        return self.engine.fit(msgs, self.params.max_new_tokens, at_least=self.dropped_turns, slack=ctx // 8)
+        at_least = self.dropped_turns if at_least is None else at_least
+        return self.engine.fit(msgs, self.params.max_new_tokens, at_least=at_least, slack=ctx // 8)
 
     async def _note_dropped(self, dropped: int) -> None:
         """A transcript line where more turns went out of the context than before."""
@@ -159,26 +166,88 @@ class ChatSending:
         self.dropped_turns = dropped
 
     async def _show_dropped(self) -> None:
-        """For a chat just opened (or a branch just shown): the turns its next answer will no longer
-        see, said in the transcript and the status line. Counted as the next message will be sent:
-        after the last answer, with a message of the user's to come (an empty one: the least it can
-        be), so that a long last answer is among the turns that can go, and it is what the next
-        prompt leaves out at least."""
+        """What the next message will not see, and how full its prompt is, said in the transcript (a
+        ContextNotice where more turns go than before) and the status line: after an answer, for a
+        chat opened, a branch switched to. One count throughout: the next message's, with a message
+        of the user's to come (an empty one: the least it can be), so that the last answer is among
+        the turns that can go. A chat whose last message has no answer says so under it."""
         msgs = self.conversation()
-        if msgs and msgs[-1]["role"] != "user":
+        unanswered = bool(msgs) and msgs[-1]["role"] == "user"
+        if msgs and not unanswered:
             msgs.append({"role": "user", "content": ""})
+        # At least what the last answer's prompt left out, as right after it was written: a chat
+        # reopened counted afresh, and could say another number than it said live.
+        last = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)
+        at_least = max(self.dropped_turns, (last.dropped or 0) if last is not None else 0)
+        refused = None
         try:
-            _, dropped = self._fit(msgs)
-        except TiankongError:  # the system prompt and the last message alone are too long: said when answered
-            dropped = self.dropped_turns
+            ids, dropped = self._fit(msgs, at_least)
+            self.next_prompt = len(ids)
+        except TiankongError as e:  # the system prompt and the last message alone are too long
+            dropped, refused = self.dropped_turns, self._how_to_fit(str(e), msgs)
+            self.next_prompt = 0  # (not a prompt: said under the message instead)
         await self._note_dropped(dropped)
+        if unanswered and not self.generating and not self._not_answered_last():
+            await self.transcript.mount(NotAnswered(refused or "no answer is stored for it; ctrl+r answers it"))
         self._status()
+
+    def _how_to_fit(self, why: str, msgs: list[dict[str, str]]) -> str:
+        """`why` the context cannot hold `msgs` (ContextOverflow's words), with the keys that help:
+        ctrl+l where the last message is to shorten, f3 where a lower max tokens would make it fit."""
+        assert self.engine is not None
+        ways = []
+        if "the last message" in why or "the last turn" in why:
+            ways.append("ctrl+l edits the last message")
+        if self.params.max_new_tokens > 1 and "room kept for the answer" in why:
+            try:  # the least room an answer can have: one token
+                self.engine.fit(msgs, 1, at_least=self.dropped_turns)
+                ways.append(f"a lower max tokens (f3; now {self.params.max_new_tokens}) leaves the prompt more room")
+            except TiankongError:
+                pass
+        return why + (f": {', or '.join(ways)}" if ways else "")
+
+    def _context_state(self) -> tuple[str, str]:
+        """For the status line, long and short: what the next message leaves out, and how full its
+        prompt is once past FULL of its room (the context less the answer's room, where turns go)."""
+        assert self.engine is not None
+        words, short = [], []
+        if self.dropped_turns:
+            turns = plural(self.dropped_turns, "turn")
+            words.append(f"next message: {turns} out of context")
+            short.append(f"{turns} out")
+        ctx = self.engine.cfg.max_seq_len
+        room = ctx - answer_room(self.params.max_new_tokens, ctx)
+        if self.next_prompt > FULL * room and getattr(self.engine.cfg, "context_known", True):
+            full = f"{min(100, round(100 * self.next_prompt / room))}% full"
+            words.append(f"context {full}")
+            short.append(full)
+        return " · ".join(words), " · ".join(short)
 
     def _not_answered_last(self) -> list[NotAnswered]:
         """The "not answered" lines under the transcript's last message (they are about it)."""
         children = list(self.transcript.children)
         last = max((i for i, w in enumerate(children) if isinstance(w, (UserMessage, AssistantMessage))), default=-1)
         return [w for w in children[last + 1 :] if isinstance(w, NotAnswered)]
+
+    def _no_room_to_branch(self, answer: AssistantMessage, index: int) -> str | None:
+        """Why `b` cannot continue `answer` from its token `index`, or None: the prompt before the answer,
+        its tokens up to there and the one picked leave no room for a token more (an answer that
+        filled the context, at its last tokens). The engine would refuse the prompt in words meant
+        for its API, after the old answer had left the screen."""
+        assert self.engine is not None
+        msgs = self.conversation()
+        msgs = msgs[: len(msgs) - (len(self.messages) - self.messages.index(answer))]  # up to the user's message
+        try:
+            prompt = len(self._fit(msgs)[0])
+        except TiankongError:  # the message alone is too long: _answer says so
+            return None
+        ctx = self.engine.cfg.max_seq_len
+        if prompt + index + 1 < ctx:
+            return None
+        return (
+            f"no room to continue from here: the context is full (a {prompt}-token prompt and "
+            f"{index + 1} tokens of the answer fill the {ctx}-token context); pick an earlier token"
+        )
 
     async def _answer(self, branch: tuple[list[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         """Start answering the transcript as it stands. branch: (the old answer's tokens before the
@@ -189,15 +258,16 @@ class ChatSending:
         try:
             ids, dropped = self._fit(self.conversation())
         except TiankongError as e:  # the last message alone is too long: said where it stands, too
-            self.notify(str(e), severity="error", markup=False)
-            await self.transcript.mount(NotAnswered(str(e)))
+            why = self._how_to_fit(str(e), self.conversation())
+            self.notify(why, severity="error", markup=False)
+            await self.transcript.mount(NotAnswered(why))
             self.transcript.scroll_end(animate=False)
             return
         await self._note_dropped(dropped)
         params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
         edited = " (edited)" if self.params != self.preset.params else ""
         answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
-        answer.parent_id = self._last_id()
+        answer.parent_id, answer.dropped = self._last_id(), dropped
         await self.transcript.mount(answer)
         answer.start_stream()
         if branch is not None:  # the forced tokens are part of the prompt; the answer's length limit counts them

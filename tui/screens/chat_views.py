@@ -152,7 +152,7 @@ class ChatViews:
         n = len(event.answer.tokens)
         self.candidates.display = True
         self.candidates.show(event.answer.tokens[event.index], f"token {event.index + 1} of {n} · ← → move · esc back")
-        self._status("inspecting: ← → (or [ ]) move, home/end, esc returns")
+        self._status("inspecting: ← → (or [ ]) move, home/end, esc returns", short="inspecting · esc returns")
 
     def _leave_inspect(self) -> None:
         if self.inspected is not None:
@@ -174,6 +174,8 @@ class ChatViews:
         if self.engine is None:
             self.notify("the tokens view needs a loaded model", severity="warning")
             return
+        if self.still_opening():
+            return
         msgs = self.conversation()
         pending = self.query_one("#prompt", PromptInput).text
         if pending.strip():
@@ -193,9 +195,11 @@ class ChatViews:
                 markup=False,
             )
             return
-        self.app.push_screen(TokensScreen(self.engine, msgs, dropped))
+        self.app.push_screen(TokensScreen(self.engine, msgs, dropped, self.params.max_new_tokens))
 
     def action_compare(self) -> None:
+        if self.still_opening():
+            return
         user = next((w for w in reversed(self.messages) if isinstance(w, UserMessage) and w.role == "user"), None)
         if user is None:
             self.notify("send a message first: compare runs your last prompt under two presets")

@@ -21,6 +21,7 @@ from tiankong.engine.errors import TiankongError
 from tiankong.tui.widgets.candidates import show_token
 
 _PARITY = ("on #253048", "on #3a2a48")  # alternating backgrounds: each token is one coloured run
+FACT_WIDTH = 12  # cells of the model panel's fact names ("context length"), wrapped at words
 
 
 def prompt_pieces(eng: Any, ids: list[int]) -> Text:
@@ -52,12 +53,13 @@ def fact_text(key: str, value: Any) -> str:
 
 def info_table(info: dict[str, Any]) -> Table:
     table = Table(show_header=False, show_edge=False, box=None, padding=(0, 1))
-    table.add_column("fact", style="dim", no_wrap=True)
+    # A long fact's name wraps between its words ("positional / encoding"), so that the values have
+    # the room to keep a name whole: at 19 cells the names left "LlamaForCausalL / M". A value
+    # longer than its column still folds rather than being cut.
+    table.add_column("fact", style="dim", max_width=FACT_WIDTH)
     table.add_column("value", overflow="fold")
     for key, value in info.items():
-        if key in ("folder", "decode"):
-            # The folder is long (the status bar names the model); the decode path depends on this
-            # machine's compiler, not on the model (`tiankong info` shows it).
+        if key == "folder":  # long, and the status bar names the model
             continue
         table.add_row(key.replace("_", " "), Text(fact_text(key, value)))  # Text: a str cell is read as markup
     return table
@@ -67,11 +69,14 @@ class TokensScreen(Screen[None]):
     CSS_PATH = "tokens.tcss"
     BINDINGS = [Binding("escape,ctrl+t", "app.pop_screen", "back to chat")]
 
-    def __init__(self, eng: Any, messages: list[dict[str, str]], dropped: int = 0) -> None:
+    def __init__(
+        self, eng: Any, messages: list[dict[str, str]], dropped: int = 0, max_new_tokens: int | None = None
+    ) -> None:
         """messages: what the next answer reads; dropped: how many of the chat's oldest turns the
-        context left out of them."""
+        context left out of them; max_new_tokens: the preset's, for the room the answer has (None:
+        not said)."""
         super().__init__()
-        self.eng, self.messages, self.dropped = eng, messages, dropped
+        self.eng, self.messages, self.dropped, self.max_new_tokens = eng, messages, dropped, max_new_tokens
 
     def compose(self) -> ComposeResult:
         try:
@@ -80,14 +85,7 @@ class TokensScreen(Screen[None]):
         except TiankongError as e:
             ids, error = [], str(e)
         self.ids = ids
-        template = "chat template" if self.eng.template is not None else "plain text (no chat template)"
-        head = Text.assemble((f" {len(ids)} tokens ", "bold reverse"), f"  the next answer's prompt, as {template}")
-        if self.dropped:
-            turns = "turn" if self.dropped == 1 else f"{self.dropped} turns"
-            head.append(f" · without the chat's first {turns}, which no longer fit the context", style="dim")
-        if error:
-            head = Text(error, style="bold red")
-        yield Static(head, id="tokens-head")
+        yield Static(Text(error, style="bold red") if error else self._head(len(ids)), id="tokens-head")
         with Horizontal():
             with Vertical(id="tokens-left"):
                 with VerticalScroll(id="tokens-inline"):
@@ -97,6 +95,23 @@ class TokensScreen(Screen[None]):
             info.border_title = "model"
             yield info
         yield Footer()
+
+    def _head(self, n: int) -> Text:
+        """The line over the tokens: how many, of the context, the room left for the answer, and what
+        the prompt leaves out. It wraps (tokens.tcss): cut at the terminal's edge, it lost the end."""
+        ctx = self.eng.cfg.max_seq_len
+        template = "chat template" if self.eng.template is not None else "plain text (no chat template)"
+        head = Text.assemble((f" {n} tokens ", "bold reverse"), "  ")
+        if self.max_new_tokens is not None:
+            room = max(0, min(self.max_new_tokens, ctx - n))
+            head.append(f"prompt {n}/{ctx} · answer room {room}", style="bold")
+            head.append(f" (max tokens {self.max_new_tokens})" if room < self.max_new_tokens else "", style="dim")
+            head.append(" · ")
+        head.append(f"the next answer's prompt, as {template}")
+        if self.dropped:
+            turns = "turn" if self.dropped == 1 else f"{self.dropped} turns"
+            head.append(f" · without the chat's first {turns}, which no longer fit the context", style="dim")
+        return head
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

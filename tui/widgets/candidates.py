@@ -106,8 +106,10 @@ def chosen_text(token: dict[str, Any]) -> str:
 class CandidatesPanel(Widget):
     """Shows one token's candidates; `show(token, label)` changes it."""
 
+    # No wrapping: each line of the text is one row (`show` counts them to redraw only those), and a
+    # line too long for the panel ends in "…" (the label is broken into lines of its own, label_lines).
     DEFAULT_CSS = """
-    CandidatesPanel { width: 42; height: 1fr; padding: 0 1; }
+    CandidatesPanel { width: 42; height: 1fr; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -162,8 +164,8 @@ class CandidatesPanel(Widget):
         tok = self._token
         assert tok is not None
         out = Text(no_wrap=True, overflow="ellipsis")
-        if self._label:
-            out.append(self._label + "\n", style="bold")
+        for line in label_lines(self._label, width):
+            out.append(line + "\n", style="bold")
         p_model = math.exp(tok["logprob"])
         picked = was_picked(tok)
         out.append("picked (branch) " if picked else "chosen ", style="dim")
@@ -197,6 +199,19 @@ class CandidatesPanel(Widget):
             _row(out, c, chosen, chosen and picked, tw, bw)
         out.rstrip()
         return out
+
+
+def label_lines(label: str, width: int) -> list[str]:
+    """The panel's label ("last of 256 tokens · f5 inspects all") in lines of at most `width` cells,
+    broken between its " · " parts: the panel does not wrap (a wrapped line would shift every row
+    below it, and `show` redraws only the rows it counts)."""
+    lines: list[str] = []
+    for part in label.split(" · ") if label else []:
+        if lines and cell_len(lines[-1] + " · " + part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return lines
 
 
 def _row(out: Text, c: dict[str, Any], chosen: bool, picked: bool, tw: int, bw: int) -> None:

@@ -198,6 +198,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self.parent_id: int | None = None  # the message it answers (set when it is generated)
         self.branches: list[int] = []
         self.forced_text = ""  # a branch: the text of its tokens up to and including the one picked in f5
+        self.dropped: int | None = None  # how many of the chat's oldest turns its prompt left out (None: unknown)
 
     def action_branch(self) -> None:
         if self.tokens and not self.streaming:

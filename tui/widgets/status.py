@@ -66,21 +66,27 @@ class StatusBar(Static):
 
     Everything is kept at any width: when the line does not fit, the settings lose their separators,
     then the model name goes, then the settings take their short names ("T0.7 k40 p0.9 max512
-    seed random"), then a long preset name is cut ("a-very-long-na… (edited)", at least
-    PRESET_MIN cells of it kept, and a shorter name whole); only then is the end cut with "…". A preset name never takes more
+    seed random"), then the state its short form (`short_state`: "ready · 5 turns out" for "ready ·
+    next message: 5 turns out of context"), then a long preset name is cut ("a-very-long-na…
+    (edited)", at least PRESET_MIN cells of it kept, and a shorter name whole), then the state (at
+    least STATE_MIN cells kept; an error is kept whole); only then is the end cut with "…". A preset name never takes more
     than PRESET_MAX cells."""
 
     DEFAULT_CSS = "StatusBar { height: 1; width: 1fr; }"
     PRESET_MAX = 40  # cells of a preset name shown at most, " (edited)" included: the rest of the line stays
+    STATE_MIN = 12  # cells of a long state kept, "…" included, before the settings are cut
     PRESET_MIN = (
         16  # cells of a long preset name kept, "…" included, before the settings are cut (a shorter name stays)
     )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._parts = {"model": "", "preset": "", "settings": "", "state": "", "error": False}
+        self._parts = {"model": "", "preset": "", "settings": "", "state": "", "short_state": "", "error": False}
 
     def set(self, **parts: Any) -> None:
+        """Change parts; a state set without its short form is its own."""
+        if "state" in parts and "short_state" not in parts:
+            parts["short_state"] = parts["state"]
         self._parts.update(parts)
         self.refresh()
 
@@ -109,6 +115,7 @@ class StatusBar(Static):
             self._line(True, compact, state),
             self._line(False, compact, state),
             self._line(False, short, state),
+            self._line(False, short, self._parts["short_state"]),
         ]
         fits = next((line for line in lines if line.cell_len <= self.size.width), None)
         if fits is not None:
@@ -116,7 +123,17 @@ class StatusBar(Static):
         preset = cut_name(self._parts["preset"], self.PRESET_MAX)
         room = self.size.width - (lines[-1].cell_len - cell_len(preset))
         least = self.PRESET_MIN + (len(EDITED) if preset.endswith(EDITED) else 0)
-        return self._line(False, short, state, cut_name(preset, max(room, least)))
+        preset = cut_name(preset, max(room, least))
+        line = self._line(False, short, self._parts["short_state"], preset)
+        # Then the state is cut ("inspecting: ← → (or [ ]) mo…"), down to STATE_MIN cells, before the
+        # settings: cut at the end, "seed random" read "seed", and a long state left no settings at all.
+        # Not an error: what went wrong, and what to do, matters more than the settings.
+        state = self._parts["short_state"]
+        over = line.cell_len - self.size.width
+        if over > 0 and not self._parts["error"] and cell_len(state) > self.STATE_MIN:
+            state = cut_name(state, max(self.STATE_MIN, cell_len(state) - over))
+            line = self._line(False, short, state, preset)
+        return line
 
 
 EDITED = " (edited)"  # how the chat marks a preset changed with f3
