@@ -61,7 +61,8 @@ def test_compare_on_a_chat_longer_than_the_context_drops_its_oldest_turns(tiny25
             return rnd.error, rnd.finish, rnd.texts, rnd.dropped, str(screen.query_one("#compare-head").render())
 
     error, finish, texts, dropped, head = run(go())
-    assert error is None and "failed" not in finish and all(texts)
+    # Both columns ran to an end of their own; a random tiny model may end one at once (EOS first).
+    assert error is None and set(finish) <= {"eos", "length", "context"} and any(texts)
     assert 0 < dropped <= 3
     turns = "turn" if dropped == 1 else f"{dropped} turns"
     assert "after 6 chat messages" in head and f"without the chat's first {turns}" in head
