@@ -411,15 +411,18 @@ from tiankong.tui.screens.compare import CompareScreen
 engine = Engine.load(sys.argv[1], device="cpu", dtype="float32")
 store = Store(Path(sys.argv[2]))
 
-def preset(name, n):
+def preset(name, n, **params):
     p = get_preset(name)
-    return dataclasses.replace(p, params=p.params.replace(max_new_tokens=n))
+    return dataclasses.replace(p, params=p.params.replace(max_new_tokens=n, **params))
 
 class Host(App):
     def on_mount(self):
         self.push_screen(first)
 
-first = CompareScreen([engine], [preset("deterministic", 8), preset("creative", 8)], store, "kill", prompt="Hi")
+# creative hotter than its own, so that its random seed never writes the greedy 8 tokens: the same
+# text would be stored as a tie, not the ranking this test reads back
+hot = preset("creative", 8, temperature=1.8)
+first = CompareScreen([engine], [preset("deterministic", 8), hot], store, "kill", prompt="Hi")
 
 async def main():
     async with Host().run_test() as pilot:
