@@ -42,7 +42,10 @@ def tiny(tmp_path_factory) -> Engine:
 
 def short(name: str):
     p = get_preset(name)
-    return dataclasses.replace(p, params=p.params.replace(max_new_tokens=4))
+    # creative hotter than its own: four tokens of two presets drawn with random seeds must not
+    # come out the same, or a vote on them is stored as a tie (identical answers are no preference)
+    hot = {"temperature": 1.8} if name == "creative" else {}
+    return dataclasses.replace(p, params=p.params.replace(max_new_tokens=4, **hot))
 
 
 def answers_file(path, n_prompts=1, k=4):
@@ -144,7 +147,11 @@ def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
 
     asyncio.run(first_session())
     votes = store.list_votes()
-    assert [v.outcome for v in votes] == ["tie", "ranked"]
+    # round 1's "1 enter" ranks A over B, unless the random tiny model wrote the same text twice
+    # (both ended at once, say): identical answers are stored as a tie (test_tui_compare_fixes)
+    same = len({r.text for r in votes[1].responses}) == 1
+    outcomes = ["tie", "tie" if same else "ranked"]
+    assert [v.outcome for v in votes] == outcomes
     assert {v.prompt_id for v in votes} == {prompt_id([{"role": "user", "content": "Tell me a story."}])}
     key = CompareScreen([tiny], presets, store, "ann", queue=queue).queue_key  # this lineup's and rater's
     assert store.queue_position(key) == 3 and store.queue_rounds(key) == {0, 1, 2}
@@ -166,7 +173,7 @@ def test_prompt_queue_resumes_at_the_right_prompt(tmp_path, store, tiny):
             assert screen.position == 3 and screen.round.prompt == "Name a colour." and screen.state == "voting"
 
     asyncio.run(second_session())
-    assert [v.outcome for v in store.list_votes()] == ["tie", "ranked"]
+    assert [v.outcome for v in store.list_votes()] == outcomes  # round 4's vote undone
     assert store.queue_position(key) == 3
 
 
