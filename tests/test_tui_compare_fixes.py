@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 
 import pytest
 from screen_text import screen_lines
+from test_arena import settle
 from test_tui_chat import answered, chat_app, loaded, make_app, send, wait_for
 from textual.widgets import Input, Static
 from tiny_models import STORIES, make_model
@@ -59,15 +59,6 @@ def notes(pilot) -> list[str]:
 def short(name: str, n: int = 4, **params):
     p = get_preset(name)
     return dataclasses.replace(p, params=p.params.replace(max_new_tokens=n, **params))
-
-
-async def settle(pilot, screen: CompareScreen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    await pilot.pause()
-    while screen.round is None or screen.state == "generating":
-        assert time.monotonic() < deadline, "generation did not finish"
-        await pilot.pause(0.05)
-    await pilot.pause()
 
 
 # ---------------------------------------------------------------- one answer twice is no preference
