@@ -773,6 +773,6 @@ def test_a_store_of_schema_7_marks_its_imported_votes(tmp_path):
             (1, 0),
             (2, 1),
             (3, 1),
-            (4, 0),
-        ]  # 4: the branch vote cast again
+            (6, 0),
+        ]  # 6: the branch vote cast again (ids 4 and 5, deleted, are never given again)
     conn.close()

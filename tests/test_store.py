@@ -269,6 +269,34 @@ def test_undo_names_its_vote_and_frees_its_queue_round_in_one_transaction(store)
     assert store.queue_rounds("q") == {0, 2} and store.queue_position("q") == 1
 
 
+def test_an_undone_votes_id_is_never_given_again(store):
+    # QA: undo the newest vote, cast another: it took the undone one's id, so an export written in
+    # between (its records carry vote_id) named a different vote.
+    first = store.add_vote(vote())
+    undone = store.add_vote(vote(("precise", "chat")))
+    assert store.undo_vote(undone)
+    again = store.add_vote(vote(("precise", "chat")))
+    assert again > undone > first and [v.id for v in store.list_votes()] == [again, first]
+
+
+def test_votes_stored_before_schema_10_keep_their_ids_and_index(tmp_path):
+    db = tmp_path / DB_NAME
+    conn = sqlite3.connect(db)
+    for migration in MIGRATIONS[:9]:  # ids were plain rowids then
+        migration(conn)
+    conn.execute("PRAGMA user_version = 9")
+    row = "(?, 'Hi?', '[]', ?, 'tie', '[]', 'ann', 1, 'import:x', '2025-01-01T00:00:00Z', NULL, NULL, 'h', 1)"
+    responses = json.dumps([dataclasses.asdict(resp("A", "a")), dataclasses.asdict(resp("B", "b"))])
+    conn.executemany(f"INSERT INTO votes VALUES {row}", [(3, responses), (7, responses)])
+    conn.commit()
+    conn.close()
+    with Store(db) as s:
+        assert [v.id for v in s.list_votes()] == [7, 3] and not s.undo_vote(7)  # imported: kept
+        assert s.delete_vote(7) and s.add_vote(vote()) == 8  # not 7 again
+        indexes = s._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'votes'")
+        assert "votes_by_content" in {name for (name,) in indexes}
+
+
 def test_queue_rounds_merge_across_windows_and_restart(store):
     # QA: two windows on one queue overwrote each other's position (the last to save won).
     assert store.open_queue("q", 4, "four.txt") == set()

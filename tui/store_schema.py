@@ -204,6 +204,37 @@ def _v9_answer_models(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v10_vote_ids_never_reused(conn: sqlite3.Connection) -> None:
+    """Vote ids are never given twice (AUTOINCREMENT): SQLite's plain rowid gives a new row the
+    largest id plus one, so undoing the newest vote and casting another gave the new one the undone
+    one's id, and an export written in between (its records carry vote_id) then named another vote.
+    SQLite adds AUTOINCREMENT only at CREATE TABLE, so the table is made anew with the columns it has
+    at version 9 and the votes copied across, ids kept."""
+    columns = (
+        "id, prompt, conversation, responses, outcome, ranking, rater, blind, source, created_at, "
+        "n_ranked, prompt_id, content_hash, imported"
+    )
+    conn.execute("""CREATE TABLE votes_v10 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        prompt TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        responses TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('ranked', 'tie', 'both_bad')),
+        ranking TEXT NOT NULL,
+        rater TEXT NOT NULL,
+        blind INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        n_ranked INTEGER,
+        prompt_id TEXT,
+        content_hash TEXT,
+        imported INTEGER NOT NULL DEFAULT 0)""")
+    conn.execute(f"INSERT INTO votes_v10 ({columns}) SELECT {columns} FROM votes")
+    conn.execute("DROP TABLE votes")
+    conn.execute("ALTER TABLE votes_v10 RENAME TO votes")
+    conn.execute("CREATE INDEX votes_by_content ON votes(content_hash)")
+
+
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
@@ -215,4 +246,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v7_queue_claims,
     _v8_imported_flag,
     _v9_answer_models,
+    _v10_vote_ids_never_reused,
 ]
