@@ -17,7 +17,7 @@ from tiny_models import make_model
 from tiankong.engine.errors import InputError
 from tiankong.presets import get_preset, load_presets
 from tiankong.tui.screens.chat import ChatScreen
-from tiankong.tui.screens.preset_editor import FIELDS, PresetEditor, parse_field
+from tiankong.tui.screens.preset_editor import FIELDS, PresetEditor, parse_field, parse_stop, stop_text
 from tiankong.tui.store import DB_NAME, Store
 from tiankong.tui.widgets.status import StatusBar
 
@@ -189,3 +189,89 @@ def test_80_columns_show_the_preset_keys_and_a_long_preset_name_leaves_the_value
     keys, status = run(go())
     assert "f2" in keys and "f3" in keys
     assert "nnnn…" in status and "T0.7 k40 p0.9 max512 seed random" in status and len(status) <= 80
+
+
+# ---------------------------------------------------------------- stop strings (QA: f3 showed every value but stop)
+
+TRICKY_STOPS = ("\n\n", 'say "hi"', "a\\b", "\t", "\x7f", "\u2028", "\U000e0001", "你好", "User:")
+
+
+def test_the_stop_field_reads_back_every_string_it_shows():
+    shown = stop_text(TRICKY_STOPS)
+    # One line, every character visible: a newline, a tab, DEL and U+2028 as escapes; a quote escaped.
+    assert shown.isprintable()
+    assert shown.startswith('["\\n\\n", "say \\"hi\\"", "a\\\\b", "\\t", "\\u007f", "\\u2028", ')
+    assert parse_stop(shown) == TRICKY_STOPS
+    assert stop_text(()) == "" and parse_stop("  ") == ()
+    assert parse_stop('"User:"') == ("User:",)  # one quoted string alone: a list of one
+    for text, why in (
+        ("User:", r"got User: \(expecting value at character 1\)$"),
+        ("['a']", r"got \['a'\] \(expecting value at character 2\)$"),
+        ("[1]", r"got \[1\]$"),
+    ):
+        with pytest.raises(
+            InputError,
+            match=r'^stop must be a list of double-quoted strings, e.g. \["\\n\\n", "User:"\] '
+            r"\(empty = none\), " + why,
+        ):
+            parse_stop(text)
+    with pytest.raises(InputError, match=r'^stop strings cannot be empty .*; remove the ""$'):
+        parse_stop('["a", ""]')
+
+
+def test_f3_shows_edits_applies_and_saves_the_stop_strings(tiny, tmp_path, presets_dir):
+    presets_dir.mkdir(parents=True)
+    # A preset file's stop line, in TOML, with a newline and a quote in it.
+    (presets_dir / "stopper.toml").write_text('[params]\nstop = ["\\n", "say \\"hi\\""]\n', encoding="utf-8")
+
+    async def go():
+        with Store(tmp_path / DB_NAME) as store:
+            async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
+                chat._use_preset("stopper", quiet=True)
+                editor = await edit(pilot)
+                shown = editor.query_one("#field-stop", Input).value
+                editor.query_one("#field-stop", Input).value = '["\\n\\nUser:", "###"]'
+                await pilot.press("ctrl+s")
+                await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+                applied = chat.params.stop
+                # Save as: the file written loads back with the same stop strings.
+                editor = await edit(pilot, stop='["\\t", "é\\u2028"]')
+                await pilot.press("ctrl+n", *"stopper2", "enter")
+                await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+                saved = chat.params
+                # A stop field that is no list: refused in one line, the box stays open.
+                editor = await edit(pilot, stop="User:")
+                await pilot.press("ctrl+s")
+                await pilot.pause()
+                error = str(editor.query_one("#editor-error").render())
+                marked = editor.query_one("#field-stop", Input).has_class("-invalid")
+                return shown, applied, saved, app.screen is editor, error, marked
+
+    shown, applied, saved, still_open, error, marked = run(go())
+    assert shown == '["\\n", "say \\"hi\\""]'
+    assert applied == ("\n\nUser:", "###")
+    assert saved.stop == ("\t", "é\u2028") and get_preset("stopper2").params == saved
+    assert still_open and marked and error.startswith("stop must be a list of double-quoted strings")
+
+
+def test_the_stop_field_on_80x24_is_reached_and_shown_whole_width(tiny, tmp_path, presets_dir):
+    async def go():
+        with Store(tmp_path / DB_NAME) as store:
+            async with chat_app(tiny, store, tmp_path, size=(80, 24)) as (app, pilot, chat):
+                editor = await edit(pilot)
+                for _ in FIELDS:  # down from the first field to the stop field
+                    await pilot.press("down")
+                await pilot.pause()
+                stop = editor.query_one("#field-stop", Input)
+                box = editor.query_one("#editor").region
+                return (
+                    editor.focused is stop,
+                    box.contains_region(stop.region),
+                    stop.region.width,
+                    (str(editor.query_one("#editor-help").render())),
+                )
+
+    focused, inside, width, help_line = run(go())
+    assert focused and inside and width >= 40
+    assert help_line.startswith("stop: the answer ends at the first of these it writes")
+    assert 'e.g. ["\\n\\n", "User:"]; empty = none' in help_line

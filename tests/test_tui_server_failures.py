@@ -250,6 +250,33 @@ def test_compare_a_server_that_breaks_fails_its_column_alone_and_keeps_what_each
     assert state == "failed" and error.startswith("B failed part-way") and "no vote" in error
 
 
+def test_compare_of_three_where_a_server_breaks_votes_on_the_two_answers_that_came(servers, store):
+    # QA: one column failing left the round with no vote at all; the failed one must never be stored.
+    screen = compare_screen([servers("ok", "a"), servers("die", "b"), servers("ok", "c")], store)
+
+    async def go():
+        from tui_host import Host
+
+        async with Host(screen).run_test(size=(120, 30)) as pilot:
+            await wait_for(pilot, lambda: screen.round and screen.round.done)
+            await pilot.pause()
+            bar = str(screen.query_one("#vote-bar").render())
+            shown = screen.state, list(screen.round.finish), dict(screen.round.failed), bar
+            await pilot.press("t")
+            await pilot.pause()
+            return shown, screen.round.verdict
+
+    (state, finish, failed, bar), verdict = run(go())
+    assert state == "voting" and finish == ["eos", "failed", "eos"] and list(failed) == [1]
+    assert bar.startswith("Vote: every answer is the same text (B failed: not in the vote) · t tie · 0 both bad")
+    [vote] = store.list_votes()
+    assert vote.outcome == "tie" and verdict == "tie"
+    assert [(r.label, r.text, r.finish_reason) for r in vote.responses] == [
+        ("A", "".join(WORDS), "eos"),
+        ("C", "".join(WORDS), "eos"),
+    ]
+
+
 # ---------------------------------------------------------------- leaderboard
 
 

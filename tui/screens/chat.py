@@ -114,7 +114,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             "f3",
             "edit_preset",
             "settings",
-            tooltip="edit temperature, top-k, top-p, min-p, penalties, seed, max tokens",
+            tooltip="edit temperature, top-k, top-p, min-p, penalties, seed, max tokens, stop strings",
         ),
         Binding("f4", "toggle_candidates", "candidates", show=False, tooltip="show or hide the candidates panel"),
         Binding(

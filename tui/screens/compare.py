@@ -45,7 +45,15 @@ from tiankong.presets import Preset
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare_actions import CompareActions
 from tiankong.tui.screens.compare_queue import CompareQueue
-from tiankong.tui.screens.compare_rounds import LABELS, Round, build_entrants, fill_seeds, fit_prompt, model_identity
+from tiankong.tui.screens.compare_rounds import (
+    LABELS,
+    Round,
+    build_entrants,
+    fill_seeds,
+    fit_prompt,
+    label_list,
+    model_identity,
+)
 from tiankong.tui.screens.compare_view import AnswerColumn, CompareView
 from tiankong.tui.store import Store
 from tiankong.tui.streaming import START, Apart, Batch, stream_events
@@ -165,6 +173,10 @@ When every column has finished:
 - **t** tie · **0** both (all) bad · **s** skip (queue)
 - **ctrl+z** undoes this window's last vote, one by one (never a vote cast in
   another window), and goes back to its round to vote again
+
+A column that failed (its model or server erred part-way) is marked ✗ failed
+and never stored: the vote ranks the others, when two or more answered; else
+the round takes no vote (**r** runs it again, **s** skips it in a queue).
 
 **esc** stops generating (or goes back to the chat it came from) · **n** new
 prompt · **r** the same prompt again with new seeds · **b** blind mode on/off for
@@ -474,16 +486,12 @@ you stopped).
         prompt_input.disabled = self.queue_active
         for c, why in message.failed.items():  # its text so far stays; the other columns went on
             rnd.finish[c], rnd.stats[c] = "failed", why
-        if message.failed and not message.error:
-            names = ", ".join(LABELS[c] for c in sorted(message.failed))
-            # A vote ranks every column's whole answer; one cut short by a failure would be junk in it.
-            message.error = (
-                f"{names} failed part-way, so this round takes no vote (a vote needs every column's answer); "
-                f"the answers stay on screen. {next(iter(message.failed.values()))}"
-            )
+        if not message.error:
+            self._leave_out_failed(rnd)
         if message.error:
             rnd.error = message.error  # nothing to vote on; n / r start again
-            self.notify(message.error, title="Generation failed", severity="error", markup=False)
+        if rnd.error:
+            self.notify(rnd.error, title="Generation failed", severity="error", markup=False)
         # Columns cut short say why: stopped (esc, skip, a new round) or failed with the round.
         rnd.finish = [f or ("failed" if message.error else "cancelled") for f in rnd.finish]
         for c, col in enumerate(self.columns):
@@ -492,3 +500,27 @@ you stopped).
         if not self.query_one("#prompt-input", Input).has_focus:
             self.query_one("#columns").focus()
         self._refresh_bars()
+
+    def _leave_out_failed(self, rnd: Round) -> None:
+        """Mark the columns that failed (their engine raised part-way: "failed"; their logits went
+        non-finite, or a server sent an error: "error"). A failed column is no answer to rank, and stored
+        in a vote it would be junk in the training data: the vote holds the others, when two or more
+        came, and the round takes none when fewer did (s skips it in a queue, r runs it again)."""
+        rnd.failed = {c: rnd.stats[c] or "an error" for c, f in enumerate(rnd.finish) if f in ("failed", "error")}
+        if not rnd.failed:
+            return
+        names, why = label_list(sorted(rnd.failed)), next(iter(rnd.failed.values()))
+        if len(rnd.answered) < 2:
+            rnd.error = (
+                f"{names} failed part-way, so this round takes no vote (it needs two answers, and "
+                f"{len(rnd.answered) or 'none'} came); what each wrote stays on screen. {why}"
+            )
+            return
+        self.notify(
+            f"{names} failed part-way and {'is' if len(rnd.failed) == 1 else 'are'} left out of the vote: "
+            f"rank {label_list(rnd.answered)}. {why}",
+            title="Generation failed in part",
+            severity="warning",
+            timeout=10,
+            markup=False,
+        )

@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.widgets import Input
 
 from tiankong.tui.queue import PromptQueue, prompt_id
-from tiankong.tui.screens.compare_rounds import LABELS, Round
+from tiankong.tui.screens.compare_rounds import LABELS, Round, label_list
 from tiankong.tui.screens.help import Section
 from tiankong.tui.screens.votes import can_go_back, tiers_text, verdict
 from tiankong.tui.store import Response, Store, Vote
@@ -58,7 +58,7 @@ class CompareActions:
         if action == "to_vote":
             return self.focused is self.query_one("#prompt-input")
         if action in ("vote_both_bad", "vote_all_bad"):  # one key, named by the count (as the vote bar does)
-            return (action == "vote_both_bad") == (self.k == 2)
+            return (action == "vote_both_bad") == (len(self._in_vote()) == 2)
         if action == "back":
             return self._can_leave()  # never in `tiankong compare` or `tiankong rank`: ctrl+q quits there
         if action == "quit":  # from the chat, ctrl+q is the app's (not shown in this footer)
@@ -84,6 +84,15 @@ class CompareActions:
     def _can_vote(self) -> bool:
         return self.state == "voting"
 
+    def _in_vote(self) -> list[int]:
+        """The columns a vote holds: every answer but those that failed (Round.failed), which are
+        never ranked or stored."""
+        return self.round.answered if self.round is not None else list(range(self.k))
+
+    def _both(self) -> str:
+        """'both' with two answers to vote on, else 'all' (as in "0 both bad")."""
+        return "both" if len(self._in_vote()) == 2 else "all"
+
     def _can_leave(self) -> bool:
         """Whether esc goes back to the screen underneath: never from a compare the command line opened."""
         return not self.standalone and can_go_back(self)
@@ -94,8 +103,13 @@ class CompareActions:
         if not self._can_vote():
             return
         c = n - 1
+        assert self.round is not None
         ranked = next((p for p in self.picks if c in self._twins(p)), None)
-        if ranked == c:
+        if c in self.round.failed:
+            self.notify(
+                f"{LABELS[c]} failed, so it is not in the vote: rank {label_list(self._in_vote())}.", markup=False
+            )
+        elif ranked == c:
             self.notify(f"{LABELS[c]} is already ranked; Backspace takes back the last number.", markup=False)
         elif ranked is not None:
             self.notify(
@@ -107,22 +121,22 @@ class CompareActions:
             self._refresh_bars()
 
     def _twins(self, c: int) -> list[int]:
-        """Column c and every column whose answer is the same text: one answer, as a ranking goes."""
+        """Column c and every column in the vote whose answer is the same text: one answer, as a ranking goes."""
         assert self.round is not None
         texts = self.round.texts
-        return [d for d in range(self.k) if same_answer(texts[d], texts[c])]
+        return [d for d in self._in_vote() if same_answer(texts[d], texts[c])]
 
     def _same_texts(self) -> list[list[int]]:
         """The groups of two or more columns that answered with the same text."""
-        groups = {tuple(self._twins(c)) for c in range(self.k)} if self.round is not None else set()
+        groups = {tuple(self._twins(c)) for c in self._in_vote()} if self.round is not None else set()
         return sorted(list(g) for g in groups if len(g) > 1)
 
     def _ranking(self) -> tuple[list[list[int]], list[int]]:
         """The columns pressed so far, as ranks (a pressed column with the columns of the same text),
-        and the columns left unranked below them."""
+        and the columns left unranked below them (a column that failed is neither)."""
         ranks = [self._twins(c) for c in self.picks]
         pressed = {c for rank in ranks for c in rank}
-        return ranks, [c for c in range(self.k) if c not in pressed]
+        return ranks, [c for c in self._in_vote() if c not in pressed]
 
     def action_unpick(self) -> None:
         if self.picks:
@@ -134,14 +148,13 @@ class CompareActions:
             return
         if not self.picks:
             self.notify(
-                "Press column numbers best first (1 = A, 2 = B, …), or t for a tie, "
-                f"0 for {'both' if self.k == 2 else 'all'} bad.",
+                f"Press column numbers best first (1 = A, 2 = B, …), or t for a tie, 0 for {self._both()} bad.",
                 markup=False,
             )
             return
         ranks, rest = self._ranking()
         if not rest and len(ranks) == 1:  # every answer is the same text: no preference among them
-            self._cast("tie", [], shown=f"tie ({_labels(ranks[0])}: the same text)")
+            self._cast("tie", [], shown=f"tie ({label_list(ranks[0])}: the same text)")
             return
         tiers = [[" = ".join(LABELS[c] for c in rank)] for rank in ranks] + (
             [[LABELS[c] for c in rest]] if rest else []
@@ -159,7 +172,7 @@ class CompareActions:
         if not same:
             self._cast("ranked", ranking, n_ranked)
             return
-        stored = "; ".join(f"{_labels(rank)} are the same text, stored once" for rank in same)
+        stored = "; ".join(f"{label_list(rank)} are the same text, stored once" for rank in same)
         self._cast("ranked", ranking, n_ranked, keep=keep, shown=f"{tiers_text(tiers, better=False)} ({stored})")
 
     def _pending(self, key: str) -> bool:
@@ -178,7 +191,7 @@ class CompareActions:
             self._cast("tie", [])
 
     def action_vote_both_bad(self) -> None:
-        if self._can_vote() and not self._pending(f"0 ({'both' if self.k == 2 else 'all'} bad)"):
+        if self._can_vote() and not self._pending(f"0 ({self._both()} bad)"):
             self._cast("both_bad", [])
 
     action_vote_all_bad = action_vote_both_bad  # the same vote; the footer names it by the count
@@ -236,8 +249,9 @@ class CompareActions:
     def _vote(
         self, rnd: Round, outcome: str, ranking: list[int], n_ranked: int | None, keep: list[int] | None = None
     ) -> Vote:
-        """The round's answers, as shown (those of `keep`, when given), and the rater's verdict on them."""
-        columns = range(len(rnd.answers)) if keep is None else keep
+        """The round's answers, as shown (those of `keep`, when given; else every one that did not
+        fail), and the rater's verdict on them."""
+        columns = rnd.answered if keep is None else keep
         responses = [
             Response(
                 label=LABELS[c],
@@ -404,12 +418,6 @@ class CompareActions:
             self.app.action_hide_help_panel()
         else:
             self.app.action_show_help_panel()
-
-
-def _labels(columns: list[int]) -> str:
-    """'A and C', 'A, B and D'."""
-    names = [LABELS[c] for c in columns]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _excerpt(text: str, n: int) -> str:

@@ -67,6 +67,9 @@ class Round:
     revealed: bool = False
     vote_id: int | None = None
     error: str | None = None  # generation failed: nothing to vote on
+    # Columns whose generation failed (their engine raised part-way, or their logits went non-finite)
+    # -> why: shown, marked, and never stored in a vote; the others are ranked when two or more are left.
+    failed: dict[int, str] = field(default_factory=dict)
     dropped: int = 0  # the conversation's oldest turns left out of the prompt (fit_prompt): they no longer fit
     verdict: str = ""  # the stored vote, in words ("A better", "B > A > C", "tie")
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -79,6 +82,17 @@ class Round:
             ]
         k = len(self.answers)
         self.texts, self.finish, self.stats = [""] * k, [None] * k, [""] * k
+
+    @property
+    def answered(self) -> list[int]:
+        """The columns a vote on this round holds: every one but those that failed."""
+        return [c for c in range(len(self.answers)) if c not in self.failed]
+
+
+def label_list(columns: list[int]) -> str:
+    """'A', 'A and C', 'A, B and D'."""
+    names = [LABELS[c] for c in columns]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def fit_prompt(engine: Engine | RemoteEngine, conversation: list[dict], max_new_tokens: int) -> tuple[list[int], int]:

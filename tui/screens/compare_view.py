@@ -18,7 +18,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from tiankong.tui.queue import PromptQueue
-from tiankong.tui.screens.compare_rounds import LABELS, Entrant, Round, model_identity, model_name
+from tiankong.tui.screens.compare_rounds import LABELS, Entrant, Round, label_list, model_identity, model_name
 from tiankong.tui.screens.votes import tiers_text
 from tiankong.tui.widgets.status import finish_words, plural
 from tiankong.tui.widgets.streaming_text import StreamingText
@@ -161,7 +161,9 @@ class CompareView:
                 line.update(prompt)
         if rnd is not None:
             for c, col in enumerate(self.columns):
-                col.set_title(LABELS[c] if hidden else f"{LABELS[c]} · {self._column_name(c)}")
+                failed = " ✗ failed, not in the vote" if c in rnd.failed else ""  # its foot says why
+                col.set_title(LABELS[c] + failed if hidden else f"{LABELS[c]}{failed} · {self._column_name(c)}")
+                col.set_class(bool(failed), "-failed")
                 col.set_foot(*self._foot(c))
         self._set_bar(self._bar_text(self.state, self.k))
         self.refresh_bindings()
@@ -254,9 +256,12 @@ class CompareView:
         return self._voting_text(k, skip, width)
 
     def _voting_text(self, k: int, skip: list[str], width: int) -> Text:
-        """The vote bar while a round waits for its vote: the ranking pressed so far, or the keys."""
+        """The vote bar while a round waits for its vote: the ranking pressed so far, or the keys;
+        with a column that failed, which columns the vote holds."""
         ranks, rest = self._ranking()
         same = self._same_texts()
+        failed = sorted(self.round.failed) if self.round is not None else []
+        voted = [c for c in range(k) if c not in failed]  # the columns a vote holds
         if self.picks:
             tiers = [[" = ".join(LABELS[c] for c in rank)] for rank in ranks] + (
                 [[LABELS[c] for c in rest]] if rest else []
@@ -265,12 +270,15 @@ class CompareView:
             if len(rest) > 1:
                 line.append(f"  ({', '.join(LABELS[c] for c in rest)} stay unranked)", style="dim")
             return _fit(line, ["Enter saves", "Backspace undoes a number"], width)
-        if same == [list(range(k))]:  # one text in every column: nothing to prefer
-            line = Text.assemble(("Vote: ", "bold"), ("every answer is the same text", "yellow"))
-            return _fit(
-                line, ["t tie", "0 both bad" if k == 2 else "0 all bad", "a ranking stores a tie", *skip], width
-            )
+        bad = "0 both bad" if len(voted) == 2 else "0 all bad"
+        out = (f" ({label_list(failed)} failed: not in the vote)", "red") if failed else ""
+        if same == [voted]:  # one text in every column (that answered): nothing to prefer
+            line = Text.assemble(("Vote: ", "bold"), ("every answer is the same text", "yellow"), out)
+            return _fit(line, ["t tie", bad, "a ranking stores a tie", *skip], width)
         alike = [" = ".join(LABELS[c] for c in group) + " (same text)" for group in same]
+        if failed:
+            line = Text.assemble(("Rank ", "bold"), f"{label_list(voted)} best first, then Enter", out)
+            return _fit(line, [*alike, "t tie", bad, *skip], width)
         if k == 2:
             line = Text.assemble(("Vote: ", "bold"), "1 Enter = A better")
             return _fit(line, ["2 Enter = B better", "t tie", "0 both bad", *skip], width)

@@ -1,8 +1,11 @@
 """The preset editor: change the sampling settings in place, each checked by SamplingParams.
 
-Every field shows its allowed range (`SamplingParams.RANGES`) and the preset's recommended range
-(none where the preset recommends none); a value outside the recommended range turns yellow, an
-invalid one is refused with the engine's own message. Dismisses with the new `SamplingParams`
+Every number field shows its allowed range (`SamplingParams.RANGES`) and the preset's recommended
+range (none where the preset recommends none); a value outside the recommended range turns yellow, an
+invalid one is refused with the engine's own message. The stop strings are one field, written as a
+list of double-quoted strings with JSON's escapes (`["\\n\\n", "User:"]`, empty = none): a newline or a
+quote can be seen and typed on one line, and the form is the one the preset file's `stop = [...]`
+line has (TOML's basic strings take the same escapes). Dismisses with the new `SamplingParams`
 (apply: for this chat only), the `Preset` the values were saved as (save as: a NAME.toml in the
 user's presets folder, presets.save_preset), or None when cancelled.
 
@@ -13,6 +16,7 @@ help line.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -26,12 +30,18 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import InputError, quoted
 from tiankong.engine.sampling import SAMPLER_CHAIN, SamplingParams
 from tiankong.presets import Preset, number, save_preset
 
-FIELDS: tuple[str, ...] = tuple(SamplingParams.RANGES)
+FIELDS: tuple[str, ...] = tuple(SamplingParams.RANGES)  # the number fields, in the order shown
+EDITED: tuple[str, ...] = (*FIELDS, "stop")  # every field, as shown: the stop strings under the numbers
 _INTS = ("top_k", "max_new_tokens", "seed")
+STOP_EXAMPLE = '["\\n\\n", "User:"]'
+STOP_HELP = (
+    "the answer ends at the first of these it writes (cut from it); double-quoted strings in a list, "
+    f'\\n a newline, \\" a quote, e.g. {STOP_EXAMPLE}; empty = none'
+)
 
 
 MAX_ERROR_LINES = 3  # more than this: the first ones and a count (an 80x24 terminal shows them all)
@@ -42,8 +52,63 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 num = number  # 2 rather than 2.0, 1000000 rather than 1e+06: as `tiankong presets NAME` writes them
 
 
+def stop_text(stop: tuple[str, ...]) -> str:
+    """Stop strings as the stop field shows them: a list of double-quoted strings, each character
+    that would not show (a newline, a tab, DEL, a zero-width space) as its escape; "" for none.
+    parse_stop reads it back to the same strings."""
+    if not stop:
+        return ""
+    return "[" + ", ".join(_quoted(s) for s in stop) + "]"
+
+
+def _quoted(text: str) -> str:
+    # json.dumps escapes the quote, the backslash and C0 controls; the other characters that do not
+    # print (DEL, C1, U+2028, format characters) become \uXXXX, those past U+FFFF a surrogate pair.
+    out = []
+    for ch in json.dumps(text, ensure_ascii=False):
+        if ch.isprintable():
+            out.append(ch)
+        else:
+            units = ch.encode("utf-16-be")
+            out += [f"\\u{int.from_bytes(units[i : i + 2], 'big'):04x}" for i in range(0, len(units), 2)]
+    return "".join(out)
+
+
+def parse_stop(text: str) -> tuple[str, ...]:
+    """The stop field's text -> the stop strings ("" -> none; one quoted string alone is a list of
+    one); InputError naming what is wrong and the form to use."""
+    text = text.strip()
+    if not text:
+        return ()
+    form = f"a list of double-quoted strings, e.g. {STOP_EXAMPLE} (empty = none)"
+    try:
+        value = json.loads(text, strict=False)  # strict=False: a tab pasted inside the quotes is a tab
+    except json.JSONDecodeError as e:
+        where = f"{e.msg[0].lower()}{e.msg[1:]} at character {e.pos + 1}"
+        raise InputError(f"stop must be {form}, got {quoted(text, 60)} ({where})") from None
+    except RecursionError:
+        raise InputError(f"stop must be {form}, got lists nested too deeply") from None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise InputError(f"stop must be {form}, got {quoted(text, 60)}")
+    if not all(value):
+        raise InputError('stop strings cannot be empty ("" would end every answer at once); remove the ""')
+    return tuple(value)
+
+
+def field_text(name: str, value: Any) -> str:
+    """A field's value as its input shows it."""
+    if name == "stop":
+        return stop_text(value)
+    return "" if value is None else num(value)
+
+
 def parse_field(name: str, text: str) -> Any:
-    """Input text -> value for SamplingParams.replace (which checks the range); InputError if not a number."""
+    """Input text -> value for SamplingParams.replace (which checks the range); InputError if not a
+    number (or, for stop, not a list of quoted strings: parse_stop)."""
+    if name == "stop":
+        return parse_stop(text)
     text = text.strip()
     if name == "seed" and text == "":
         return None
@@ -95,7 +160,7 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
                     value = getattr(self.params, name)
                     yield Label(name, classes="field-name")
                     yield Input(
-                        "" if value is None else num(value),
+                        field_text(name, value),
                         id=f"field-{name}",
                         placeholder="random" if name == "seed" else "",
                         compact=True,
@@ -105,6 +170,14 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
                     if rec:
                         hint += f" · rec {num(rec[0])}–{num(rec[1])}"
                     yield Label(hint, classes="field-hint")
+                # Wider than a number: its input takes the value and hint columns (the help line says the form).
+                yield Label("stop", classes="field-name")
+                yield Input(
+                    stop_text(self.params.stop),
+                    id="field-stop",
+                    placeholder=f"none · e.g. {STOP_EXAMPLE}",
+                    compact=True,
+                )
                 yield Label("save as", classes="field-name")
                 yield Input(id="save-name", placeholder="name", compact=True)
                 yield Label("a new name · its own overrides it", classes="field-hint")
@@ -113,7 +186,7 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
 
     def on_mount(self) -> None:
         self.query_one(f"#field-{FIELDS[0]}", Input).focus()
-        for name in FIELDS:
+        for name in EDITED:
             self._mark(name)
 
     def _input(self, name: str) -> Input:
@@ -146,7 +219,8 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
             if widget.has_class("-invalid") and name in self._errors:  # an error the list may have left out
                 help_line.update(Text(self._errors[name], style="bold red"))
             else:
-                help_line.update(Text.assemble((f"{name}: ", "bold"), SamplingParams.RANGES[name].description))
+                what = STOP_HELP if name == "stop" else SamplingParams.RANGES[name].description
+                help_line.update(Text.assemble((f"{name}: ", "bold"), what))
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
@@ -211,7 +285,7 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         """The fields as SamplingParams, or None and what is wrong with each field that is."""
         changes: dict[str, Any] = {}
         errors: list[str] = []
-        for name in FIELDS:
+        for name in EDITED:
             try:
                 changes[name] = parse_field(name, self._input(name).value)
                 self.params.replace(**{name: changes[name]})  # this field's range alone
@@ -229,24 +303,23 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         MAX_ERROR_LINES the list is cut to a count: each field left out is marked, and says its
         error when focused."""
         self._erred = bool(messages)
-        self._errors = {n: m for n in FIELDS for m in messages if m.startswith(n + " ")}
+        self._errors = {n: m for n in EDITED for m in messages if m.startswith(n + " ")}
         shown = messages
         if len(messages) > MAX_ERROR_LINES:
             rest = len(messages) - MAX_ERROR_LINES + 1
             shown = [*messages[: MAX_ERROR_LINES - 1], f"… and {rest} more: each red field says its own when focused"]
         self.query_one("#editor-error", Static).update(Text("\n".join(shown), style="bold red"))
-        for name in FIELDS:
+        for name in EDITED:
             self._input(name).set_class(name in self._errors, "-invalid")
-        bad = [n for n in FIELDS if n in self._errors]
+        bad = [n for n in EDITED if n in self._errors]
         if bad and focus:
             self._input(bad[0]).focus()
             self.query_one("#editor-error", Static).scroll_visible(animate=False)
         self._help(self.focused)
 
     def action_reset(self) -> None:
-        for name in FIELDS:
-            value = getattr(self.preset.params, name)
-            self._input(name).value = "" if value is None else num(value)
+        for name in EDITED:
+            self._input(name).value = field_text(name, getattr(self.preset.params, name))
         self._error([])
 
     def action_cancel(self) -> None:
