@@ -88,8 +88,8 @@ def test_two_groups_at_once_give_the_8_row_kernels_floats_bit_for_bit():
     # order, so each row's sum is the same float; the build without it is the reference.
     native_lib, x8_lib = compiled_for("native"), compiled_for("native-x8")
     gen = torch.Generator().manual_seed(4)
-    for qtype in ("q8_0", "q4_0", "q5_0", "q4_k"):
-        ggml, n = QTYPES[qtype][2], 512 if qtype == "q4_k" else 480
+    for qtype in INTERLEAVED:
+        ggml, n = QTYPES[qtype][2], 512 if qtype.endswith("_k") else 480
         for rows in (16, 29, 40):  # a pair; a pair, a group and a tail; two pairs and a group
             w = random_qtensor(qtype, rows, n, gen)
             packed = repack_rows(w.data, ((qtype, rows),), n, types=INTERLEAVED)[0].view(rows, -1)

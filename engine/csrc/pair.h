@@ -1,5 +1,5 @@
 /* Two neighbouring groups of 8 interleaved rows (repack.h) as one group of 16 in 512-bit registers,
- * for q8_0, q4_0, q5_0 and q4_k, where the compiler targets AVX-512 (F, BW and VNNI). Included by
+ * for q8_0, q4_0, q5_0, q4_k and q6_k, where the compiler targets AVX-512 (F, BW and VNNI). Included by
  * repack.h.
  *
  * Why: at four input rows an 8-row block of 32 columns takes 32 dot products, and each takes its 4
@@ -22,7 +22,7 @@
 
 /* Whether x16_group takes this (plain) type. */
 static inline int x16_type(const int type) {
-    return type == T_Q8_0 || type == T_Q4_0 || type == T_Q5_0 || type == T_Q4_K;
+    return type == T_Q8_0 || type == T_Q4_0 || type == T_Q5_0 || type == T_Q4_K || type == T_Q6_K;
 }
 
 /* Two groups' 256-bit registers as one (A's the low half). */
@@ -166,6 +166,72 @@ static inline __attribute__((always_inline)) void x16_q4_k_group(const uint8_t *
     x16_put(o, nb, acc);
 }
 
+/* x8_q6_k_group for 16 rows (the layout: repack.h's X8_Q6_QL / X8_Q6_QH). */
+static inline __attribute__((always_inline)) void x16_q6_k_group(const uint8_t *w, const int64_t gap, const Act *a,
+                                                                 const int nb, const X8Out o) {
+    const int64_t n = a->n;
+    const int nblk = (int)(n / 256);
+    const __m512i m30 = _mm512_set1_epi8(0x30), low4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[4] = {0};
+    for (int i = 0; i < nblk; i++, w += 1680) {
+        x8_prefetch_block(w, 1680); /* at one input row too, as x8_q6_k_group asks */
+        x8_prefetch_block(w + gap, 1680);
+        const __m512 d = x16_scales(w, gap);
+        __m512i isum[4]; /* the offsets' part, -32 sum_sb sc_sb bsum_sb, as x8_q6_k_group makes it */
+        {
+            __m512i scp[8];
+            for (int p = 0; p < 8; p++) {
+                const __m128i va = _mm_loadu_si128((const __m128i *)(w + 16 + 16 * p));
+                const __m128i vb = _mm_loadu_si128((const __m128i *)(w + gap + 16 + 16 * p));
+                scp[p] = x16_join(_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(va, _mm_srli_si128(va, 8))),
+                                  _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(vb, _mm_srli_si128(vb, 8))));
+            }
+            for (int b = 0; b < nb; b++) {
+                const int16_t *bs = a->bsums + (b * nblk + i) * 16;
+                __m512i m = _mm512_setzero_si512();
+                for (int p = 0; p < 8; p++) {
+                    int32_t pair;
+                    memcpy(&pair, bs + 2 * p, 4);
+                    m = _mm512_add_epi32(m, _mm512_madd_epi16(scp[p], _mm512_set1_epi32(pair)));
+                }
+                isum[b] = _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), m), 5);
+            }
+        }
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++) {
+                __m512i q[8];
+                for (int c = 0; c < 8; c++) {
+                    const __m512i ql = x16_load(w + X8_Q6_QL(h, j % 2, c), gap), qh = x16_load(w + X8_Q6_QH(h, c), gap);
+                    const __m512i lo = j < 2 ? _mm512_and_si512(ql, low4) : _mm512_and_si512(_mm512_srli_epi16(ql, 4), low4);
+                    const __m512i hi = j == 0 ? _mm512_slli_epi16(qh, 4)
+                                       : j == 1 ? _mm512_slli_epi16(qh, 2)
+                                       : j == 2 ? qh
+                                                : _mm512_srli_epi16(qh, 2);
+                    q[c] = _mm512_or_si512(lo, _mm512_and_si512(hi, m30));
+                }
+                for (int half = 0; half < 2; half++) {
+                    const int sb = 8 * h + 2 * j + half;
+                    const __m128i sab = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(w + 16 + 8 * sb)),
+                                                           _mm_loadl_epi64((const __m128i *)(w + gap + 16 + 8 * sb)));
+                    const __m512i sc = _mm512_cvtepi8_epi32(sab);
+                    for (int b = 0; b < nb; b++) {
+                        const int8_t *x = a->q + b * n + 256 * i + 16 * sb;
+                        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                        s0 = x16_dpbusd(s0, q[4 * half], x);
+                        s1 = x16_dpbusd(s1, q[4 * half + 1], x + 4);
+                        s0 = x16_dpbusd(s0, q[4 * half + 2], x + 8);
+                        s1 = x16_dpbusd(s1, q[4 * half + 3], x + 12);
+                        isum[b] = _mm512_add_epi32(isum[b], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
+                    }
+                }
+            }
+        for (int b = 0; b < nb; b++)
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[b]), _mm512_mul_ps(d, _mm512_set1_ps(a->d[b * nblk + i])),
+                                     acc[b]);
+    }
+    x16_put(o, nb, acc);
+}
+
 /* x16_group with the type and nb as constants. */
 static inline void x16_group_any(int type, const uint8_t *w, const int64_t gap, const Act *a, int nb,
                                  const X8Out o) {
@@ -185,6 +251,14 @@ static inline void x16_group_any(int type, const uint8_t *w, const int64_t gap, 
         case 2: x16_q4_k_group(w, gap, a, 2, o); break;
         case 3: x16_q4_k_group(w, gap, a, 3, o); break;
         default: x16_q4_k_group(w, gap, a, 4, o);
+        }
+        break;
+    case T_Q6_K:
+        switch (nb) {
+        case 1: x16_q6_k_group(w, gap, a, 1, o); break;
+        case 2: x16_q6_k_group(w, gap, a, 2, o); break;
+        case 3: x16_q6_k_group(w, gap, a, 3, o); break;
+        default: x16_q6_k_group(w, gap, a, 4, o);
         }
         break;
     default: X16_NB(T_Q5_0)
