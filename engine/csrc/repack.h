@@ -475,7 +475,7 @@ static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb
 
 /* qrows_tile for a repacked weight (type & T_X8): y[b * ldy + r] = W row r . input row b for r in
  * [r0, r1), b in [b0, b0 + nb); sub is a from input row b0 on. Full groups through x8_group (two
- * at a time through x16_group where pair.h has it), the plain tail row by row; a range that starts inside a group computes the group and keeps its rows. */
+ * at a time through x16_group where pair.h has it, at two input rows or more), the plain tail row by row; a range that starts inside a group computes the group and keeps its rows. */
 static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, int b0, int nb, float *y,
                     int64_t ldy) {
     const int base = type & ~T_X8;
@@ -484,7 +484,7 @@ static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, 
     int r = r0;
     while (r < r1) {
         const int g = r - r % 8; /* the group holding row r */
-        if (X16 && x16_type(base) && r == g && g + 16 <= r1) { /* two whole groups at once (pair.h) */
+        if (X16 && nb > 1 && x16_type(base) && r == g && g + 16 <= r1) { /* two whole groups: pair.h */
             x16_group_any(base, W + g * rb, 8 * rb, sub, nb, (X8Out){y + (int64_t)b0 * ldy + g, ldy, NULL, 0});
             r = g + 16;
         } else if (g + 8 <= r1) {
