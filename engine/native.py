@@ -45,7 +45,6 @@ HEADERS = [
     SOURCE.parent / "kernels.h",
     SOURCE.parent / "quant.h",
     SOURCE.parent / "repack.h",
-    SOURCE.parent / "pair.h",
     SOURCE.parent / "sample.h",
     SOURCE.parent / "dequant.h",
 ]  # included by decode.c; part of the cache key

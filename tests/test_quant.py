@@ -57,8 +57,7 @@ _BUILDS: dict[str, Any] = {}  # march -> (library, path): decode.c takes seconds
 def compiled_for(march: str) -> Any:
     """The compiled step's products (tk_matvec, tk_matmul) for an instruction set: -march=native's
     library as the engine loads it, or decode.c built here with -march=`march` (x86-64: plain C;
-    haswell: AVX2 without VNNI; native-x8: -march=native without pair.h's 16-row kernels), so the
-    paths this CPU does not pick are tested on it too."""
+    haswell: AVX2 without VNNI), so the paths this CPU does not pick are tested on it too."""
     return _built(march)[0]
 
 
@@ -83,8 +82,6 @@ def _built(march: str) -> tuple[Any, Path | None]:
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         so = folder / f"decode-{march}.so"
         flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
-        if march == "native-x8":  # this CPU's build without pair.h's 16-row kernels
-            flags = [*native.FLAGS, "-DTK_NO_X16"]
         subprocess.run(["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"], check=True, capture_output=True)
         lib = ctypes.CDLL(str(so))
         for name in ("tk_matvec", "tk_matmul"):

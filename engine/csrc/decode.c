@@ -456,8 +456,7 @@ static inline void prefetch_more(Prefetch *p, int64_t bytes) {
  * changes), then computes its share of the rows. With pf, it asks for pf's memory spread over
  * its rows: where several input rows make the product compute-bound, the memory is idle.
  * A full group of 8 interleaved rows (type & T_X8) at up to 4 input rows goes from x8_group_any
- * straight into y, bias and sum included (repack.h's X8Out); at two input rows or more, two
- * neighbouring ones at once through x16_group_any where the CPU has AVX-512 (pair.h). */
+ * straight into y, bias and sum included (repack.h's X8Out). */
 static void qmatvec(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O, int I,
                     int ldy, int accumulate, int t, int nt, Prefetch *pf) {
     int lo, hi;
@@ -472,13 +471,6 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
         const uint8_t *w = (const uint8_t *)W + r * rb;
         if (pf)
             prefetch_more(pf, pf_step);
-        if (direct && nr == 8 && B > 1 && X16 && x16_type(type & ~T_X8) && r + 16 <= hi) { /* two groups: pair.h */
-            if (pf)
-                prefetch_more(pf, pf_step);
-            x16_group_any(type & ~T_X8, w, 8 * rb, a, B, (X8Out){y + r, ldy, bias ? bias + r : NULL, accumulate});
-            r += 8;
-            continue;
-        }
         if (direct && nr == 8) {
             x8_group_any(type & ~T_X8, w, a, B, (X8Out){y + r, ldy, bias ? bias + r : NULL, accumulate});
             continue;

@@ -226,32 +226,6 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
 #endif
 }
 
-#if defined(__AVX2__)
-/* q4_k (layout below): the 8 rows' 6-bit scales and mins of all 8 sub-blocks decoded as bytes at once (sub-block
- * s row r at byte 8 s + r of sc8[s / 4] and mn8[s / 4]: 16-bit shifts of at most 4, masked,
- * stay within their byte); then the scales as int32 lanes per sub-block and the mins as
- * int16 pairs (sub-blocks 2j, 2j + 1) per row, so that one madd per pair gives their term. */
-static inline __attribute__((always_inline)) void x8_q4_k_scales(const uint8_t *w, __m256i *sc, __m256i *mnp) {
-    const __m256i three = _mm256_set1_epi8(3), h = load32(w + 96);
-    const __m256i hs[2] = {_mm256_and_si256(h, LOW4), _mm256_and_si256(_mm256_srli_epi16(h, 4), LOW4)};
-    __m256i sc8[2], mn8[2];
-    for (int k = 0; k < 2; k++) { /* sub-blocks 4k..4k+3 */
-        const __m256i lo = load32(w + 32 + 32 * k);
-        sc8[k] = _mm256_or_si256(_mm256_and_si256(lo, LOW4), _mm256_slli_epi16(_mm256_and_si256(hs[k], three), 4));
-        mn8[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), LOW4),
-                                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hs[k], 2), three), 4));
-    }
-    for (int sb = 0; sb < 8; sb++) {
-        const __m128i half = sb % 4 < 2 ? _mm256_castsi256_si128(sc8[sb / 4]) : _mm256_extracti128_si256(sc8[sb / 4], 1);
-        sc[sb] = _mm256_cvtepu8_epi32(sb % 2 ? _mm_unpackhi_epi64(half, half) : half);
-    }
-    for (int j = 0; j < 4; j++) { /* bytes 16 j.. of sub-blocks 2j, 2j + 1: one 128-bit half */
-        const __m128i m = j % 2 ? _mm256_extracti128_si256(mn8[j / 2], 1) : _mm256_castsi256_si128(mn8[j / 2]);
-        mnp[j] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, _mm_unpackhi_epi64(m, m)));
-    }
-}
-#endif
-
 /* q4_k, 8 rows a block of 256 (1152 bytes, 8 x 144): 8 fp16 d, 8 fp16 dmin, 96 bytes of the
  * 6-bit sub-block scales and mins regrouped by sub-block (byte 8 s + r: sub-block s of row r, scale
  * low 4 bits | min low 4 bits << 4; byte 64 + 8 (s % 4) + r: nibble s / 4 = scale high 2 bits |
@@ -266,8 +240,30 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
     for (int i = 0; i < nblk; i++, w += 1152) {
         x8_prefetch(w, 1152, nb);
         const __m256 d = x8_scales(w), dmin = x8_scales(w + 16);
+        /* The 8 rows' 6-bit scales and mins of all 8 sub-blocks decoded as bytes at once (sub-block
+         * s row r at byte 8 s + r of sc8[s / 4] and mn8[s / 4]: 16-bit shifts of at most 4, masked,
+         * stay within their byte); then the scales as int32 lanes per sub-block and the mins as
+         * int16 pairs (sub-blocks 2j, 2j + 1) per row, so that one madd per pair gives their term. */
         __m256i sc[8], mnp[4];
-        x8_q4_k_scales(w, sc, mnp);
+        {
+            const __m256i three = _mm256_set1_epi8(3), h = load32(w + 96);
+            const __m256i hs[2] = {_mm256_and_si256(h, LOW4), _mm256_and_si256(_mm256_srli_epi16(h, 4), LOW4)};
+            __m256i sc8[2], mn8[2];
+            for (int k = 0; k < 2; k++) { /* sub-blocks 4k..4k+3 */
+                const __m256i lo = load32(w + 32 + 32 * k);
+                sc8[k] = _mm256_or_si256(_mm256_and_si256(lo, LOW4), _mm256_slli_epi16(_mm256_and_si256(hs[k], three), 4));
+                mn8[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), LOW4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hs[k], 2), three), 4));
+            }
+            for (int sb = 0; sb < 8; sb++) {
+                const __m128i half = sb % 4 < 2 ? _mm256_castsi256_si128(sc8[sb / 4]) : _mm256_extracti128_si256(sc8[sb / 4], 1);
+                sc[sb] = _mm256_cvtepu8_epi32(sb % 2 ? _mm_unpackhi_epi64(half, half) : half);
+            }
+            for (int j = 0; j < 4; j++) { /* bytes 16 j.. of sub-blocks 2j, 2j + 1: one 128-bit half */
+                const __m128i m = j % 2 ? _mm256_extracti128_si256(mn8[j / 2], 1) : _mm256_castsi256_si128(mn8[j / 2]);
+                mnp[j] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, _mm_unpackhi_epi64(m, m)));
+            }
+        }
         __m256i isum[4] = {0};
         for (int j = 0; j < 4; j++) {
             __m256i lo[8], hi[8];
@@ -438,8 +434,6 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
 #endif
 }
 
-#include "pair.h"
-
 /* x8_group with the type and nb as constants (each combination its own inlined kernel). */
 static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb, const X8Out o) {
 #define X8_NB(T)                                       \
@@ -474,8 +468,8 @@ static inline void x8_group_any(int type, const uint8_t *w, const Act *a, int nb
 }
 
 /* qrows_tile for a repacked weight (type & T_X8): y[b * ldy + r] = W row r . input row b for r in
- * [r0, r1), b in [b0, b0 + nb); sub is a from input row b0 on. Full groups through x8_group (two
- * at a time through x16_group where pair.h has it, at two input rows or more), the plain tail row by row; a range that starts inside a group computes the group and keeps its rows. */
+ * [r0, r1), b in [b0, b0 + nb); sub is a from input row b0 on. Full groups through x8_group, the
+ * plain tail row by row; a range that starts inside a group computes the group and keeps its rows. */
 static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, int b0, int nb, float *y,
                     int64_t ldy) {
     const int base = type & ~T_X8;
@@ -484,10 +478,7 @@ static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, 
     int r = r0;
     while (r < r1) {
         const int g = r - r % 8; /* the group holding row r */
-        if (X16 && nb > 1 && x16_type(base) && r == g && g + 16 <= r1) { /* two whole groups: pair.h */
-            x16_group_any(base, W + g * rb, 8 * rb, sub, nb, (X8Out){y + (int64_t)b0 * ldy + g, ldy, NULL, 0});
-            r = g + 16;
-        } else if (g + 8 <= r1) {
+        if (g + 8 <= r1) {
             if (r == g) /* the whole group: straight into y */
                 x8_group_any(base, W + g * rb, sub, nb, (X8Out){y + (int64_t)b0 * ldy + g, ldy, NULL, 0});
             else {
