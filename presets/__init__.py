@@ -15,7 +15,9 @@ no presets and are not read.
 
 One broken user file breaks only its own preset: `load_presets` leaves it out and keeps its one-line
 error in `Presets.broken`, which `get_preset` raises when that preset is asked for by name and
-`tiankong presets` and the chat show, so the other presets keep working.
+`tiankong presets` and the chat show, so the other presets keep working. A file whose name holds a
+control character (an escape sequence, say) is such a broken file: its name cannot be shown or typed
+as it is, so it asks to be renamed.
 
 A preset file::
 
@@ -142,14 +144,59 @@ def load_presets(user_dir: Path | None = None) -> Presets:
             f"{user_dir} is a file, but your presets are read from a folder of that name; "
             "move the file away (and put your NAME.toml presets in a folder there)"
         )
+    _refuse_a_file_above(user_dir)
     if user_dir.is_dir():
         same_name: dict[str, list[Path]] = {}  # casefolded name -> its files, in sorted order
         for path in sorted(user_dir.glob("*.toml")):
-            if not path.name.startswith("."):  # hidden: an editor's lock link, macOS's ._ files, ".toml"
-                same_name.setdefault(fold(path.stem), []).append(path)
+            if path.name.startswith("."):  # hidden: an editor's lock link, macOS's ._ files, ".toml"
+                continue
+            if any(unicodedata.category(ch) in _HIDDEN for ch in path.name):
+                presets.broken[path.stem] = (
+                    f"{_escaped(str(path))}: its name holds a control character, so it cannot be shown or "
+                    "typed as it is; rename the file to a name of letters, digits, _ - and ."
+                )
+                continue
+            same_name.setdefault(fold(path.stem), []).append(path)
         for paths in same_name.values():
             _add_user_preset(presets, paths)
     return presets
+
+
+# Characters no terminal shows as they are (errors.quoted drops the same): controls, format characters
+# (a bidi override), lone surrogates (an undecodable byte of a file name), line and paragraph separators.
+_HIDDEN = ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def _escaped(text: str) -> str:
+    """`text` with each hidden character written as its Python escape ("esc\\x1b[31mred.toml")."""
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in _HIDDEN else ch for ch in text)
+
+
+def _refuse_a_file_above(user_dir: Path) -> None:
+    """InputError when a file stands where a folder above the presets folder goes (TIANKONG_CONFIG_DIR
+    set to a file, say): no preset of the user's could be read there, nor saved, and "yours go in
+    FILE/presets" would say otherwise."""
+    for above in user_dir.parents:
+        if above.exists():
+            if above.is_dir():
+                return
+            env = os.environ.get("TIANKONG_CONFIG_DIR")
+            if env and user_dir == Path(env) / "presets":
+                what = f"{env}, a file" if above == Path(env) else f"{env}, but {above} is a file"
+                raise InputError(
+                    f"TIANKONG_CONFIG_DIR is {what}, not a folder; set TIANKONG_CONFIG_DIR to a folder "
+                    "(your presets go in its presets folder) or unset it"
+                )
+            raise InputError(
+                f"{above} is a file, not a folder, so no presets can be read from {user_dir}; move that file away"
+            )
+
+
+def _missing_home(folder: Path) -> Path | None:
+    """The home folder when it does not exist and `folder` is inside it (HOME=/nonexistent in a
+    service), else None: saving a preset must not build a home nobody has."""
+    home = Path(os.path.expanduser("~"))
+    return None if home.exists() or not folder.is_relative_to(home) else home
 
 
 def _add_user_preset(presets: Presets, paths: list[Path]) -> None:
@@ -190,7 +237,7 @@ def _read(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: invalid TOML: {exc}") from None
+        raise InputError(f"{path}: invalid TOML: {exc}; fix or remove the file") from None
     except RecursionError:
         raise InputError(f"{path}: nested too deeply to be a preset; fix the file") from None
 
@@ -307,6 +354,12 @@ def save_preset(name: str, params: SamplingParams, like: Preset, user_dir: Path 
     path = old[0] if old else user_dir / f"{known or name}.toml"
     description = like.description if known is not None else f"Made from {like.name}."  # an override keeps its words
     text = preset_text(description, like.use, params, like.recommended)
+    home = None if user_dir.exists() else _missing_home(user_dir)
+    if home is not None:
+        raise InputError(
+            f"cannot make {user_dir}: the home folder {home} does not exist; set HOME to yours, or set "
+            "TIANKONG_CONFIG_DIR"
+        )
     try:
         user_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

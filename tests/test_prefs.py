@@ -776,3 +776,130 @@ def test_a_store_of_schema_7_marks_its_imported_votes(tmp_path):
             (6, 0),
         ]  # 6: the branch vote cast again (ids 4 and 5, deleted, are never given again)
     conn.close()
+
+
+# ---------------------------------------------------------------- stores that cannot be used as they are
+
+PAIRS = "".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(3))
+
+
+def _prefs(monkeypatch, capsys, tmp_path, command, data):
+    """`tiankong prefs COMMAND --data-dir DATA` (import reads a file of three pairs)."""
+    src = tmp_path / "pairs.jsonl"
+    src.write_text(PAIRS)
+    extra = {"import": [src], "export": ["-o", tmp_path / "out.jsonl"]}.get(command, [])
+    return cli(monkeypatch, capsys, "prefs", command, *extra, "--data-dir", data)
+
+
+@pytest.mark.parametrize("what", ["folder", "fifo", "device link", "data folder is a file"])
+def test_every_prefs_command_names_what_is_in_the_stores_place_in_the_same_words(monkeypatch, capsys, tmp_path, what):
+    # QA: with tiankong.db a folder, import "imported 3 votes ... into D/tiankong.db/tiankong.db" (exit 0)
+    # and stats then said "no tiankong data in D (no tiankong.db there)"; a FIFO or a link to /dev/zero
+    # was "no tiankong.db there" to stats, "disk I/O error; make it writable" to import; a data folder
+    # that is a file was "no tiankong data" to stats, "is a file, not a folder" to import.
+    data = tmp_path / "data"
+    data.mkdir()
+    if what == "folder":
+        (data / DB_NAME).mkdir()
+    elif what == "fifo":
+        os.mkfifo(data / DB_NAME)
+    elif what == "device link":
+        (data / DB_NAME).symlink_to("/dev/zero")
+    else:
+        data.rmdir()
+        data.write_text("a file")
+    said = {
+        "folder": f"error: {data / DB_NAME} is a folder, not a tiankong database; move it away",
+        "fifo": f"error: {data / DB_NAME} is a FIFO, not a tiankong database; move it away",
+        "device link": f"error: {data / DB_NAME} is a link to a device (/dev/zero), not a tiankong database",
+        "data folder is a file": f"error: cannot use the tiankong database at {data / DB_NAME}: {data} is a file, "
+        "not a folder; move that file away",
+    }[what]
+    errors = set()
+    for command in ("stats", "export", "import"):
+        code, out, err = _prefs(monkeypatch, capsys, tmp_path, command, data)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(said), err
+        errors.add(err)
+    assert len(errors) == 1  # the same line from each
+    assert not (tmp_path / "out.jsonl").exists()
+    if what == "folder":
+        assert list((data / DB_NAME).iterdir()) == []
+
+
+def _damage(path):
+    """Random bytes over pages 2 and 3 of a store, its header left good (as QA did)."""
+    import random
+
+    with open(path, "r+b") as f:
+        f.seek(4096)
+        f.write(random.Random(1).randbytes(8192))
+
+
+def test_prefs_commands_on_a_damaged_store_say_so_and_write_nothing(monkeypatch, capsys, tmp_path):
+    # QA: a store with damaged pages 2-3 went unnoticed: stats, export ("wrote 3 rankings") and import
+    # ran with exit 0, the import writing into the damaged file.
+    data = tmp_path / "data"
+    code, _, err = _prefs(monkeypatch, capsys, tmp_path, "import", data)
+    assert code == 0, err
+    _damage(data / DB_NAME)
+    before = (data / DB_NAME).read_bytes()
+    for command in ("stats", "export", "import"):
+        code, out, err = _prefs(monkeypatch, capsys, tmp_path, command, data)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: {data / DB_NAME} is damaged (")
+        assert f"`sqlite3 {data / DB_NAME} .recover | sqlite3 recovered.db`" in err
+    assert (data / DB_NAME).read_bytes() == before and sorted(p.name for p in data.iterdir()) == [DB_NAME]
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_prefs_read_a_store_another_program_is_writing_and_import_says_it_waits(monkeypatch, capsys, tmp_path):
+    # QA: with another process in BEGIN EXCLUSIVE, stats, export and import waited ~11 s without a
+    # word, then said "refused a write (database is locked); make it writable".
+    import sqlite3
+    import time
+
+    from tiankong.tui import store_base
+
+    data = tmp_path / "data"
+    assert _prefs(monkeypatch, capsys, tmp_path, "import", data)[0] == 0
+    monkeypatch.setattr(store_base, "BUSY_WAIT_S", 1.0)
+    monkeypatch.setattr(store_base, "BUSY_NOTICE_S", 0.3)
+    other = sqlite3.connect(data / DB_NAME, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO queues VALUES ('k', 's', 0, 0, 't')")
+    try:
+        started = time.perf_counter()
+        code, out, err = _prefs(monkeypatch, capsys, tmp_path, "stats", data)
+        assert code == 0 and "imported" in out, err
+        code, _, err = _prefs(monkeypatch, capsys, tmp_path, "export", data)
+        assert code == 0 and len((tmp_path / "out.jsonl").read_text().splitlines()) == 3, err
+        assert time.perf_counter() - started < 10  # no wait for the lock (one was 1 s here)
+        code, out, err = _prefs(monkeypatch, capsys, tmp_path, "import", data)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    waiting, error = err.strip().splitlines()
+    assert code == 2 and waiting.startswith(f"waiting: {data / DB_NAME} is busy (another tiankong or another")
+    assert error.startswith(f"error: {data / DB_NAME} is busy (database is locked): another tiankong or another")
+    assert "wait for it to finish or close it" in error and "writable" not in error
+
+
+def test_prefs_stats_and_export_read_a_read_only_copy(monkeypatch, capsys, tmp_path):
+    # QA: on a read-only mount stats and export were refused ("is not writable").
+    from test_store import _read_only, _writable_again
+
+    data = tmp_path / "data"
+    assert _prefs(monkeypatch, capsys, tmp_path, "import", data)[0] == 0
+    if not _read_only(data):
+        pytest.skip("no read-only mount here")
+    try:
+        code, out, err = _prefs(monkeypatch, capsys, tmp_path, "stats", data)
+        assert code == 0 and "imported" in out, err
+        code, _, err = _prefs(monkeypatch, capsys, tmp_path, "export", data)
+        assert code == 0 and len((tmp_path / "out.jsonl").read_text().splitlines()) == 3, err
+        code, _, err = _prefs(monkeypatch, capsys, tmp_path, "import", data)
+        assert code == 2 and f"{data} is not writable; make it writable" in err
+    finally:
+        _writable_again(data)
+    assert sorted(p.name for p in data.iterdir()) == [DB_NAME]

@@ -122,7 +122,7 @@ def test_unknown_preset_lists_available_names(no_user_dir):
         ("[params]\ntemperature = 3.5\n", r"\[params\] temperature must be in \[0, 2\], got 3.5"),
         ("[params]\ntop_p = -0.1\n", r"top_p must be in \[0, 1\], got -0.1"),
         ("[params]\ntempreature = 1.0\n", r"unknown sampling parameter 'tempreature'"),
-        ("[params\ntemperature = 1\n", r"invalid TOML"),
+        ("[params\ntemperature = 1\n", r"invalid TOML: .*\(at line 1, column 8\); fix or remove the file$"),
         ("colour = 'blue'\n", r"unknown key 'colour'"),
         ("temperature = 0.5\n", r"'temperature' is a sampling value; put it under a \[params\] line"),  # QA
         ("params = 3\n", r"\[params\] must be a table"),
@@ -279,3 +279,51 @@ def test_number_writes_every_value_the_same_way():
         "0.123456789",
         "18446744073709551615",
     ]
+
+
+# --- QA: hostile names and places ----------------------------------------------------------------------
+
+
+def test_a_file_name_with_a_control_character_is_no_preset_and_says_rename_it(tmp_path):
+    # QA: $'esc\x1b[31mred.toml' was listed as esc[31mred (the escape dropped for the terminal), and
+    # --preset 'esc[31mred' then failed with "preset must be one of ..., esc[31mred, ...".
+    write(tmp_path, "esc\x1b[31mred.toml", "[params]\ntemperature = 0.2\n")
+    write(tmp_path, "ok.toml", "[params]\ntemperature = 0.4\n")
+    presets = load_presets(tmp_path)
+    assert list(presets) == [*sorted(TABLE), "ok"]
+    line = (
+        f"{tmp_path}/esc\\x1b[31mred.toml: its name holds a control character, so it cannot be shown or typed as "
+        "it is; rename the file to a name of letters, digits, _ - and ."
+    )
+    assert presets.broken == {"esc\x1b[31mred": line} and "\x1b" not in line
+    with pytest.raises(InputError, match=r"preset must be one of balanced, .*ok, precise, got 'esc\[31mred'"):
+        get_preset("esc[31mred", tmp_path)
+
+
+def test_a_config_dir_that_is_a_file_is_named_with_its_variable(tmp_path, monkeypatch):
+    # QA: TIANKONG_CONFIG_DIR=/etc/passwd was ignored without a word, while `tiankong presets` said
+    # "yours go in /etc/passwd/presets".
+    config = write(tmp_path, "config", "a file")
+    for value, said in [
+        (config, f"TIANKONG_CONFIG_DIR is {config}, a file, not a folder; set TIANKONG_CONFIG_DIR to a folder"),
+        (config / "sub", f"TIANKONG_CONFIG_DIR is {config / 'sub'}, but {config} is a file, not a folder;"),
+    ]:
+        monkeypatch.setenv("TIANKONG_CONFIG_DIR", str(value))
+        with pytest.raises(InputError) as err:
+            load_presets()
+        assert str(err.value).startswith(said) and "\n" not in str(err.value)
+    with pytest.raises(InputError, match=f"^{config} is a file, not a folder, so no presets can be read"):
+        load_presets(config / "presets")  # a folder given: no variable to name
+
+
+def test_saving_a_preset_under_a_missing_home_makes_no_home(tmp_path, monkeypatch):
+    # QA: HOME=/nonexistent/home had folders made under it on the fly.
+    home = tmp_path / "gone" / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("TIANKONG_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    balanced = load_presets()["balanced"]  # reading makes nothing, and finds no user presets
+    with pytest.raises(InputError) as err:
+        save_preset("mine", balanced.params, balanced)
+    assert f"the home folder {home} does not exist; set HOME to yours, or set TIANKONG_CONFIG_DIR" in str(err.value)
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tiankong.engine.errors import InputError, TiankongError
+from tiankong.tui import store_base
 from tiankong.tui.store import DB_NAME, Response, Store, StoreError, Vote, data_dir
 from tiankong.tui.store_schema import MIGRATIONS
 
@@ -106,23 +107,212 @@ def test_not_a_database_and_newer_schema(tmp_path):
         Store(newer)
 
 
-def test_a_damaged_page_is_one_line_not_a_traceback(tmp_path):
-    """A file that opens cleanly can still hold damaged pages (SQLite reads pages lazily): reading or
-    writing them is a StoreError naming the file and how to save the rest."""
-    with Store(tmp_path) as s:
-        for i in range(40):
+def _damaged_store(folder: Path, chats: int = 40) -> Path:
+    """A store of `chats` chats whose pages 4 and 5 are overwritten, as a disk fault leaves them."""
+    with Store(folder) as s:
+        for i in range(chats):
             cid = s.create_chat("m", "balanced", title=f"chat {i}")
             s.add_message(cid, "user", "words " * 200)
         s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    with open(tmp_path / DB_NAME, "r+b") as f:  # pages 4 and 5 overwritten, as a disk fault leaves them
+    with open(folder / DB_NAME, "r+b") as f:
         f.seek(4096 * 3)
         f.write(b"\xff" * 8192)
+    return folder / DB_NAME
+
+
+def test_a_damaged_page_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """A store too big for the open's check (OPEN_CHECK_S) opens with its damaged pages unseen (SQLite
+    reads pages lazily): reading or writing them is a StoreError naming the file and how to save the rest."""
+    _damaged_store(tmp_path)
+    monkeypatch.setattr(store_base.StoreBase, "_check_pages", lambda self, conn, budget: None)
     with Store(tmp_path) as s:
         with pytest.raises(StoreError, match=r"is damaged .*\.recover"):
             s.list_chats()
         with pytest.raises(StoreError, match="is damaged"):
             for i in range(40):  # some chat's pages are among the damaged ones
                 s.add_message(i + 1, "user", "more")
+
+
+@pytest.mark.parametrize("options", [{}, {"read_only": True}, {"full_check": True}])
+def test_a_damaged_store_is_refused_at_open_and_left_as_it_was(tmp_path, options):
+    # QA: random bytes over pages 2-3 (good header) went unnoticed: prefs stats, export ("wrote 3
+    # rankings") and import ran with exit 0, the import writing into the damaged file.
+    path = _damaged_store(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as e:
+        Store(path, **options)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} is damaged (") and "\n" not in msg
+    assert f"`sqlite3 {path} .recover | sqlite3 recovered.db`" in msg
+    assert path.read_bytes() == before  # nothing written into it (no migration, no WAL header)
+
+
+def test_the_open_check_of_a_big_store_is_bounded_in_time(tmp_path, monkeypatch):
+    # A damaged table that quick_check reaches after a clean 30 MB one (it checks the later-made table
+    # first): the open gives up after OPEN_CHECK_S and opens the store (whose damaged pages are then met
+    # when read), while full_check reads it all and finds them.
+    with Store(tmp_path) as s:
+        s._conn.execute("CREATE TABLE early (x)")
+        s._conn.execute("INSERT INTO early VALUES (1)")
+        s._conn.execute("CREATE TABLE filler (b BLOB)")
+        s._conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) "
+            "INSERT INTO filler SELECT randomblob(1000) FROM n"
+        )
+        root = s._conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'early'").fetchone()[0]
+        s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(tmp_path / DB_NAME, "r+b") as f:
+        f.seek(4096 * (root - 1))
+        f.write(b"\xff" * 4096)
+    with pytest.raises(StoreError, match="is damaged"):
+        Store(tmp_path, full_check=True)
+    monkeypatch.setattr(store_base, "OPEN_CHECK_S", 0.001)
+    opened = 0
+    for _ in range(5):  # the check takes ~20 ms: a timer thread slowed by a busy machine may miss it once
+        try:
+            Store(tmp_path).close()
+            opened += 1
+        except StoreError:
+            pass
+    assert opened > 0
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_a_database_path_that_is_no_file_is_named_as_what_it_is(tmp_path, kind):
+    # QA: a folder at tiankong.db had the database made inside it (tiankong.db/tiankong.db), which stats
+    # and export then did not find; a FIFO or a link to /dev/zero was "disk I/O error; make it writable".
+    path = tmp_path / DB_NAME
+    said = {"folder": f"{path} is a folder", "fifo": f"{path} is a FIFO", "device": f"{path} is a link to a device"}
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    for options in ({}, {"read_only": True}):
+        with pytest.raises(StoreError) as e:
+            Store(path, **options)
+        msg = str(e.value)
+        assert msg.startswith(said[kind]) and ", not a tiankong database; move it away or choose another" in msg
+        assert "\n" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DB_NAME]
+    if kind == "folder":
+        assert list(path.iterdir()) == []
+
+
+@pytest.mark.parametrize("version", [0, 1, 5, -5])
+def test_a_schema_version_that_does_not_fit_the_tables_is_a_damaged_header(tmp_path, version):
+    # QA: user_version set to 1 (or -5) on a current store: "refused a write (duplicate column name:
+    # n_ranked); make it writable". -5 ran the last five migrations (MIGRATIONS[-5:]).
+    path = tmp_path / DB_NAME
+    with Store(path) as s:
+        s.add_vote(vote())
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+    for options in ({}, {"read_only": True}):
+        with pytest.raises(StoreError) as e:
+            Store(path, **options)
+        msg = str(e.value)
+        assert msg.startswith(f"{path} is damaged (its schema version") and "a damaged header" in msg
+        assert f"`sqlite3 {path} 'PRAGMA user_version = {len(MIGRATIONS)}'`" in msg and "\n" not in msg
+    conn = sqlite3.connect(path)  # the fix it names works
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+    conn.close()
+    with Store(path) as s:
+        assert len(s.list_votes()) == 1
+
+
+def test_a_store_that_only_reads_waits_for_no_writer_and_a_write_says_it_is_busy(tmp_path, monkeypatch):
+    # QA: with another process in BEGIN EXCLUSIVE, stats, export and import waited ~11 s without a word,
+    # then said "refused a write (database is locked); make it writable".
+    path = tmp_path / DB_NAME
+    with Store(path) as s:
+        s.add_vote(vote())
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO queues VALUES ('k', 's', 0, 0, 't')")
+    monkeypatch.setattr(store_base, "BUSY_WAIT_S", 1.0)
+    monkeypatch.setattr(store_base, "BUSY_NOTICE_S", 0.3)
+    told: list[Path] = []
+    try:
+        started = time.perf_counter()
+        with Store(path, read_only=True, on_busy=told.append) as s:
+            assert len(s.list_votes()) == 1
+        assert time.perf_counter() - started < 0.9 and told == []
+        with pytest.raises(StoreError) as e:
+            Store(path, on_busy=told.append)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    msg = str(e.value)
+    assert told == [path]  # said once, while it waited
+    assert msg.startswith(f"{path} is busy (database is locked): another tiankong or another program is writing")
+    assert "wait for it to finish or close it" in msg and "writable" not in msg
+
+
+def _read_only(folder: Path) -> bool:
+    """Make `folder` read-only as a read-only mount does (a bind mount, where this process may mount);
+    else by its mode, which only a user other than root is bound by. False where neither works."""
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        return True
+    ok = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+    if ok and subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+        return False
+    return ok
+
+
+def _writable_again(folder: Path) -> None:
+    if os.geteuid() != 0:
+        folder.chmod(0o700)
+    else:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_copy_is_read_and_only_a_write_is_refused(tmp_path):
+    # QA: on a read-only mount prefs stats and export were refused ("is not writable").
+    folder = tmp_path / "ro"
+    with Store(folder / DB_NAME) as s:
+        s.add_vote(vote())
+    old = tmp_path / "old"
+    old.mkdir()
+    conn = sqlite3.connect(old / DB_NAME)  # a store of an older schema, which opening must migrate
+    for migration in MIGRATIONS[:9]:
+        migration(conn)
+    conn.execute("PRAGMA user_version = 9")
+    conn.commit()
+    conn.close()
+    if not (_read_only(folder) and _read_only(old)):
+        pytest.skip("no read-only mount here")
+    try:
+        with Store(folder, read_only=True) as s:
+            assert [v.prompt for v in s.list_votes()] == ["Hi?"]
+        with pytest.raises(StoreError, match=f"{folder} is not writable; make it writable"):
+            Store(folder)
+        with pytest.raises(StoreError) as e:
+            Store(old, read_only=True)
+        assert "is of an older tiankong (schema 9, this one reads" in str(e.value)
+        assert "open it once where it can be written" in str(e.value)
+    finally:
+        _writable_again(folder)
+        _writable_again(old)
+    assert sorted(p.name for p in folder.iterdir()) == [DB_NAME]
+
+
+def test_a_data_folder_under_a_missing_home_is_not_made(tmp_path, monkeypatch):
+    # QA: HOME=/nonexistent/home made the whole tree on the fly.
+    home = tmp_path / "gone" / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("TIANKONG_DATA_DIR", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    with pytest.raises(StoreError) as e:
+        Store()
+    assert f"the home folder {home} does not exist; set HOME to yours or choose another folder" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    with Store(tmp_path / "elsewhere") as s:  # a folder given, outside the missing home: made as ever
+        assert s.path.parent.is_dir()
 
 
 def test_chat_lifecycle(store):

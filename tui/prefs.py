@@ -52,6 +52,7 @@ from tiankong.tui.prefs_import import import_file as import_file  # part of this
 from tiankong.tui.prefs_import import read_votes
 from tiankong.tui.stops import Stops, Terminated
 from tiankong.tui.store import DB_NAME, Response, Store, StoreError, Vote, data_dir
+from tiankong.tui.store_base import refuse_in_the_way
 from tiankong.tui.store_votes import summarise
 
 IMPORT_BATCH = 1000  # votes per transaction of an import; more than one batch shows progress
@@ -210,20 +211,33 @@ DataDirOpt = typer.Option(
 
 
 def _store(folder: Optional[Path]) -> Store:
-    return Store(data_dir(folder) / DB_NAME)
+    """The store an import writes into, made if need be; checked whole for damage before a vote goes in."""
+    return Store(data_dir(folder) / DB_NAME, full_check=True, on_busy=_say_waiting)
 
 
 def _existing_store(folder: Optional[Path]) -> Store:
     """The store of a command that only reads it (export, stats): a folder without one is a mistyped
     --data-dir or TIANKONG_DATA_DIR far more often than a new user, and opening it would create an empty
-    database there (and export an empty file) without a word. So it is refused, and nothing is created."""
+    database there (and export an empty file) without a word. So it is refused, and nothing is created.
+    It is opened read-only (a read-only copy is read as it is) and checked whole for damage, as the
+    command reads all of it anyway."""
     where = data_dir(folder)
+    refuse_in_the_way(where / DB_NAME)  # in the words import says it
     if not (where / DB_NAME).is_file():
         raise InputError(
             f"no tiankong data in {where} (no {DB_NAME} there); check --data-dir and TIANKONG_DATA_DIR "
             "(votes are stored by tiankong compare, rank and prefs import)"
         )
-    return _store(folder)
+    return Store(where / DB_NAME, read_only=True, full_check=True, on_busy=_say_waiting)
+
+
+def _say_waiting(path: Path) -> None:
+    _err().print(
+        f"waiting: {path} is busy (another tiankong or another program is writing to it) ...",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def warn_skipped(store: Store, skipped: list[tuple[int, str]]) -> None:
