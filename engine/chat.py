@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 
 import jinja2
 
-from .errors import ChatTemplateError, InputError, error_line, quoted
-from .files import parse_json, read_model_object, read_model_text, read_regular_bytes
+from .errors import ChatTemplateError, ChatTemplateFault, InputError, error_line, quoted
+from .files import lone_surrogate, parse_json, read_model_object, read_model_text, read_regular_bytes
 from .template_env import _environment, _TemplateRaised
 from .template_limits import _BUDGET, TEMPLATE_MAX_CHARS, TEMPLATE_MAX_SECONDS, _TemplateLimit, _tick
 from .tokenizer import Tokenizer
@@ -28,8 +29,20 @@ from .tokenizer import Tokenizer
 # order, separated by a blank line, so a "conversation" reads as consecutive paragraphs of text.
 RAW_MESSAGE_SEPARATOR = "\n\n"
 
-# The fix for a template that cannot be used, the model's own or a --chat-template file.
-_FIX = "fix the template, pass another file (--chat-template FILE, or chat_template=PATH in Python), or use raw mode"
+
+def no_template_note(reader: str) -> str:
+    """What a model without a chat template does to a chat, as `reader` (a route, a command) says it:
+    one wording for `tiankong serve` (at its start and in each chat answer's X-Tiankong-Warning) and
+    `tiankong generate` (given "messages"), so the two never drift apart."""
+    return f"no chat template: {reader} joins the messages' contents without roles"
+
+
+# The fix for a template that cannot be used, the model's own or a --chat-template file. Raw mode is
+# named as generate's: chat and serve have none.
+_FIX = (
+    "fix the template or pass another file (--chat-template FILE, or chat_template=PATH in Python), "
+    "or use raw mode (generate --raw)"
+)
 
 # A --chat-template file larger than this is not a template (the largest known are ~20 KB).
 TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024
@@ -89,6 +102,9 @@ class ChatTemplate:
 
     # Why the template cannot be used (set by `unusable`); None for one that compiled and passed its checks.
     broken: str | None = None
+    # Where the template came from (tokenizer_config.json, chat_template.jinja, a GGUF file's
+    # tokenizer.chat_template, a --chat-template file), named when it fails; None for text given directly.
+    origin: str | Path | None = None
 
     @classmethod
     def unusable(cls, source: str, error: ChatTemplateError) -> ChatTemplate:
@@ -128,19 +144,19 @@ class ChatTemplate:
         """A template given by the person (--chat-template): a Jinja file, or a JSON file with
         "chat_template" (tokenizer_config.json, chat_template.json). Read bounded, regular files only."""
         path = Path(path).expanduser()
-        data = read_regular_bytes(path, TEMPLATE_FILE_MAX_BYTES, ChatTemplateError)
+        return cls.for_tokenizer(_read_template_file(path), tokenizer, path)
+
+    @classmethod
+    def check_file(cls, path: str | Path) -> None:
+        """Read and compile a --chat-template file before a model loads (Engine.load), so that a file
+        that is no template is named at once, not after the weights; what needs the tokenizer (its
+        special tokens, whether the template reads the messages) is checked by from_file."""
+        path = Path(path).expanduser()
+        source = _read_template_file(path)
         try:
-            source = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ChatTemplateError(
-                f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); give a Jinja file"
-            ) from None
-        if path.suffix.lower() == ".json":
-            config = parse_json(source, str(path), ChatTemplateError)
-            if not isinstance(config, dict) or config.get("chat_template") is None:
-                raise ChatTemplateError(f'{path} has no "chat_template"; give a Jinja file or a JSON file with one')
-            source = _pick_template(config["chat_template"], path)
-        return cls.for_tokenizer(source, tokenizer, path)
+            cls(source, None, None)
+        except ChatTemplateError as error:
+            raise ChatTemplateError(f"{path}: {error}") from error
 
     @classmethod
     def for_tokenizer(cls, source: str, tokenizer: Tokenizer, origin: str | Path | None = None) -> ChatTemplate:
@@ -153,6 +169,7 @@ class ChatTemplate:
             template = cls(source, tokenizer.bos_token, tokenizer.eos_token, extra)
         except ChatTemplateError as error:
             raise ChatTemplateError(f"{origin}: {error}" if origin is not None else str(error)) from error
+        template.origin = origin
         template._check_reads_messages(origin)
         return template
 
@@ -173,7 +190,7 @@ class ChatTemplate:
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """Render messages to prompt text; kwargs become template variables (e.g. enable_thinking)."""
         if self.broken is not None:
-            raise ChatTemplateError(self.broken)
+            raise ChatTemplateFault(self.broken)
         variables = {**self._variables, **kwargs}  # caller kwargs win, as in transformers
         variables["messages"] = [_template_message(message) for message in messages]
         variables["add_generation_prompt"] = add_generation_prompt
@@ -181,21 +198,14 @@ class ChatTemplate:
         variables.setdefault("documents", None)
         _BUDGET.deadline, _BUDGET.chars = time.monotonic() + TEMPLATE_MAX_SECONDS, 0
         try:
-            return self._render(variables)
+            text = self._render(variables)
         except _TemplateRaised as error:
             raise ChatTemplateError(
                 # A message on several lines reads as one: every run of whitespace becomes one space.
                 f"the chat template rejected the messages: {quoted(' '.join((error.message or '').split()))}"
             ) from error
-        except _TemplateLimit as error:
-            raise ChatTemplateError(
-                f"chat template failed: {error.message}; fix the template or use raw mode"
-            ) from error
-        except jinja2.TemplateError as error:
-            raise ChatTemplateError(
-                f"chat template failed: {quoted(error.message or type(error).__name__)}; "
-                "check the messages or use raw mode"
-            ) from error
+        except jinja2.TemplateError as error:  # _TemplateLimit and the sandbox's SecurityError included
+            raise self._failed(_problem(error)) from error
         except (
             TypeError,
             ValueError,
@@ -205,11 +215,19 @@ class ChatTemplate:
             RuntimeError,
             MemoryError,
         ) as error:  # RuntimeError includes RecursionError (a macro calling itself)
-            raise ChatTemplateError(
-                f"chat template failed: {type(error).__name__}: {error_line(error)}; check the messages or use raw mode"
-            ) from error
+            raise self._failed(_problem(error)) from error
         finally:
             _BUDGET.deadline = math.inf
+        if lone_surrogate(text) is not None:  # "\udcff" in the template: no tokenizer can encode it
+            if lone_surrogate(variables["messages"]) is not None:
+                raise InputError("a message is not valid text (a lone surrogate such as \\ud800); give UTF-8 text")
+            raise self._failed("it writes text that is not valid Unicode (a lone surrogate such as \\udcff)")
+        return text
+
+    def _failed(self, problem: str) -> ChatTemplateFault:
+        """The one line for a template that failed on its own, naming where it came from."""
+        where = f" ({self.origin})" if self.origin is not None else ""
+        return ChatTemplateFault(f"chat template failed{where}: {problem}; {_FIX}")
 
     def _render(self, variables: dict[str, Any]) -> str:
         # Streamed, so that a template writing a huge prompt stops at the limit instead of at the
@@ -223,6 +241,23 @@ class ChatTemplate:
             _tick()
             pieces.append(piece)
         return "".join(pieces)
+
+
+def _problem(error: BaseException) -> str:
+    """What a failed render did, in a template's terms rather than Python's."""
+    raw = getattr(error, "message", None) or str(error)  # Jinja's own message, else Python's
+    text = quoted(raw.strip().partition("\n")[0]).rstrip(".")  # the sandbox's SecurityError ends in "."
+    if isinstance(error, TypeError) and "no loader" in text:  # {% include %}, {% import %}, {% extends %}
+        return "it includes, imports or extends another template, and chat templates cannot read other files"
+    if isinstance(error, ValueError) and "integer string conversion" in text:
+        return f"it writes out a number too large (over {sys.get_int_max_str_digits()} digits)"
+    if isinstance(error, RecursionError):
+        return "it recurses too deeply (a macro or loop that calls itself)"
+    if isinstance(error, jinja2.exceptions.SecurityError):
+        return f"{text}: chat templates run in a sandbox"
+    if isinstance(error, jinja2.TemplateError):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}"
 
 
 def validate_messages(messages: Any) -> list[dict]:
@@ -294,6 +329,21 @@ def _template_message(message: Mapping[str, Any]) -> dict[str, Any]:
 # --- finding a folder's template ---------------------------------------------------------------------
 
 
+def _read_template_file(path: Path) -> str:
+    """The template text of a --chat-template file (see ChatTemplate.from_file)."""
+    data = read_regular_bytes(path, TEMPLATE_FILE_MAX_BYTES, ChatTemplateError)
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ChatTemplateError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); give a Jinja file") from None
+    if path.suffix.lower() == ".json":
+        config = parse_json(source, str(path), ChatTemplateError)
+        if not isinstance(config, dict) or config.get("chat_template") is None:
+            raise ChatTemplateError(f'{path} has no "chat_template"; give a Jinja file or a JSON file with one')
+        source = _pick_template(config["chat_template"], path)
+    return source
+
+
 def _find_template_source(folder: Path) -> tuple[str, Path] | None:
     """(template, the file it is in), or None when the folder has none."""
     # Read through engine/files: regular files inside the folder only, bounded, one-line errors.
@@ -317,13 +367,16 @@ def _pick_template(value: Any, path: Path) -> str:
             return default
         if "default" in named:
             raise ChatTemplateError(
-                f'{path}: the chat template named "default" has no "template" text; add it or use raw mode'
+                f'{path}: the chat template named "default" has no "template" text; add it or pass another '
+                "file (--chat-template FILE)"
             )
+        names = quoted(", ".join(map(str, named)))
+        has = f"several chat templates ({names})" if len(named) > 1 else f"one chat template, named {names},"
         raise ChatTemplateError(
-            f"{path} has several chat templates ({quoted(', '.join(map(str, named)))}) but none named "
-            '"default"; rename the one to use to "default" or use raw mode'
+            f'{path} has {has} but none named "default"; rename the one to use to "default" or pass another '
+            "file (--chat-template FILE)"
         )
     raise ChatTemplateError(
         f'{path}: "chat_template" must be a string or a list of {{"name": ..., "template": ...}} objects, '
-        f"not {quoted(json.dumps(value), 40)}; fix the file or use raw mode"
+        f"not {quoted(json.dumps(value), 40)}; fix the file or pass another (--chat-template FILE)"
     )

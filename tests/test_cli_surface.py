@@ -75,7 +75,7 @@ def test_help_texts_follow_one_convention(monkeypatch, capsys):
         assert device in flat(pages[name]), name
     assert "TIANKONG_RATER" in chat and "config or" not in chat
     assert "ORG/NAME[@REVISION]" in chat  # not read as rich markup
-    assert "Usage: tiankong tokenize [OPTIONS] {TEXT}" in pages["tokenize"]  # as its summary names it
+    assert "Usage: tiankong tokenize [OPTIONS] [TEXT]" in pages["tokenize"]  # optional: standard input without it
     assert "see trainers/" not in flat(pages["train dpo"])  # a rule in words, not a source path
     for code in ("0 done", "2 a usage mistake", "130 stopped by Ctrl+C", "141"):
         assert code in flat(pages["tiankong"])

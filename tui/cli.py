@@ -286,6 +286,7 @@ def serve(
     from tiankong.presets import load_presets
     from tiankong.tui.serve import ServeConfig, listen
     from tiankong.tui.serve import serve as run_server
+    from tiankong.tui.serve_run import LoadingAnswers
 
     cfg = ServeConfig(
         host=host,
@@ -304,7 +305,8 @@ def serve(
     presets = load_presets()  # read once; the server never reads them again
     for problem in presets.broken.values():  # a request naming one is refused with this line
         err.print(f"warning: preset not loaded: {escape(problem)}", highlight=False, soft_wrap=True)
-    eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
+    with LoadingAnswers(socks):  # meanwhile a request gets a 503 "model is loading", not a refused connection
+        eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
     cli_generate.say_decode_notice(eng)  # no compiled step: several times slower (tui/cli_env.py)
     run_server(eng, cfg, presets=presets, sockets=socks)  # says "serving ... on ..."
 
@@ -426,7 +428,28 @@ def _usage_line(e: Exception) -> str:
     # click raises some errors (a missing or unwanted option value) without a context: the command
     # is then found in the command line, so the hint names its page, not the top-level one.
     command = ctx.command_path if ctx is not None else _command_path(sys.argv[1:])
-    return f"{line.rstrip('.')} (see `{command} --help`)"
+    return f"{line.rstrip('.')} ({_after_dashes(e, ctx)}see `{command} --help`)"
+
+
+def _after_dashes(e: Exception, ctx: Any) -> str:
+    """For a command that takes an argument (tokenize's TEXT), a word starting with "-" that is no
+    option and resembles none is likely that argument, which click reads as an option: how to give
+    it (after --), or "" where that is not the case."""
+    import shlex
+
+    if type(e).__name__ != "NoSuchOption" or getattr(e, "possibilities", None) or ctx is None:
+        return ""
+    arguments = [p for p in ctx.command.params if p.param_type_name == "argument"]
+    if not arguments:
+        return ""
+    known = {name for p in ctx.command.params for name in (*p.opts, *p.secondary_opts)}
+    words = sys.argv[1:]
+    words = words[: words.index("--")] if "--" in words else words
+    # the word as typed: click names one letter of "-hello" ("-e"), where it stopped reading it
+    word = next((w for w in words if w.startswith("-") and w != "-" and w.split("=")[0] not in known), None)
+    shown = shlex.quote(word or getattr(e, "option_name", "-x"))
+    metavar = (arguments[0].metavar or arguments[0].name.upper()).strip("[]")  # as typer shows an optional one
+    return f'a {metavar} that starts with "-" goes after --: `{ctx.command_path} -- {shown}`; '
 
 
 def _command_path(argv: list[str]) -> str:

@@ -67,9 +67,10 @@ def _record(
     rec: dict[str, Any] = {}
     if "id" in job:
         rec["id"] = job["id"]
-    rec["prompt"] = job.get("prompt", "") if "messages" not in job else None
-    if "messages" in job:
+    if "messages" in job:  # one or the other, as the input line had it (no "prompt": null beside)
         rec["messages"] = job["messages"]
+    else:
+        rec["prompt"] = job.get("prompt", "")
     rec.update(
         model=model,  # as a compare vote stores it: `tiankong rank` keeps it in each vote
         preset=preset,
@@ -99,9 +100,13 @@ def _record(
 _NOTES = """Input lines are JSON objects with "prompt" or "messages" (an "id" is copied through; other keys are not
 read, and a warning names them), or plain text (a text prompt that starts with "{" is given as {"prompt": "..."}).
 In a .jsonl file a line that is a JSON string is the prompt's text, and other JSON (42, [1,2], null) is refused;
-in a text file or on stdin every other line is text as it stands.
+in a text file or on stdin each line that does not start with "{" is text as it stands.
 A bad line stops the run before the model loads, naming the line; a prompt longer than the context stops it
-before anything is generated.
+before anything is generated. A model without a chat template joins a "messages" line's contents without
+roles (said once; --raw does so on purpose).
+
+--format text writes each answer followed by a blank line; with several prompts or --n, a line before each
+answer says which ("--- prompt 2, sample 1 of 4, seed 7 ---", with the line's "id" if it has one).
 
 --context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
 message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
@@ -208,30 +213,34 @@ def generate(
     params = params.replace(**{k: v for k, v in flags.items() if v is not None})
     if params.seed is not None and params.seed + n - 1 > 2**64 - 1:  # sample i uses seed + i: none wraps to 0
         raise InputError(f"--seed must be at most {2**64 - n} with --n {n} (sample i uses seed + i, up to 2**64 - 1)")
-    dist = _join(device)
-    device = str(dist.device) if dist.enabled else device
-    with _claim(output, dist):  # one run at a time writes OUTPUT: a second is refused before its model loads
-        eng = _load(
-            _say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key
-        )
-        say_decode_notice(eng)  # no compiled step: several times slower, said once (rank 0)
-        rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
-        from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
+    # Stops from here, not only once generating: a Ctrl+C or SIGTERM while torch imports or the model
+    # loads (seconds to minutes) is said too, where it ended the run without a word.
+    with Stops() as stops, _Startup() as startup:
+        dist = _join(device)  # imports torch
+        device = str(dist.device) if dist.enabled else device
+        with _claim(output, dist):  # one run at a time writes OUTPUT: a second is refused before its model loads
+            eng = _load(
+                _say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key
+            )
+            say_decode_notice(eng)  # no compiled step: several times slower, said once (rank 0)
+            _say_no_template(eng, jobs, raw, dist.is_main)
+            rows = _encode_rows(eng, jobs, params, n, raw, context_overflow)
+            from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
 
-        run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=input is not None and dist.is_main)
-        run.model = model_identity(eng)
-        if output is None:
-            with run.stops:
+            show = input is not None and dist.is_main
+            run = _Run(eng, preset, format, top_logprobs, batch_size, show_progress=show, stops=stops, n=n)
+            run.model, run.headed = model_identity(eng), len(rows) > 1
+            startup.over = True  # from here each stage says what a stop kept
+            if output is None:
                 tally = _generate_to_stdout(run, rows)
-        else:
-            settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
-            settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
-            # The weights' type and the chat template decide the text too: a run resumed with another
-            # --dtype or --chat-template does its rows again rather than mixing both in one file.
-            template = getattr(eng.template, "source", None)
-            settings.update(dtype=dtype, template=hashlib.sha256(template.encode()).hexdigest() if template else None)
-            with run.stops:
-                tally = _generate_to_file(run, rows, output, dist, settings)
+            else:
+                settings = dict(model=str(model), preset=preset, raw=raw, format=format, top_logprobs=top_logprobs)
+                settings.update(context_overflow=context_overflow, seeded=params.seed is not None)
+                # The weights' type and the chat template decide the text too: a run resumed with another
+                # --dtype or --chat-template does its rows again rather than mixing both in one file.
+                template = getattr(eng.template, "source", None)
+                digest = hashlib.sha256(template.encode()).hexdigest() if template else None
+                tally = _generate_to_file(run, rows, output, dist, {**settings, "dtype": dtype, "template": digest})
     if tally.rows and tally.failed == tally.rows:  # every row failed: the model is broken, not one prompt
         raise typer.Exit(2)
 
@@ -256,7 +265,9 @@ class _Run:
     batch_size: int
     show_progress: bool
     stops: Stops = field(default_factory=lambda: Stops())
+    n: int = 1  # samples per prompt (--n): row i is prompt i // n's sample i % n
     model: str = ""  # as a compare vote stores it (compare_rounds.model_identity), in every record
+    headed: bool = False  # --format text with several rows: a line before each answer says which (_text_head)
 
     def bar(self, total: int, label: str = "generating", enabled: bool = True, done: int = 0):
         """The progress bar: it counts rows written out (saved, or on stdout), not rows generated in
@@ -264,6 +275,25 @@ class _Run:
         from tiankong.trainers.progress import progress
 
         return progress(label, total, done=done, enabled=self.show_progress and enabled, console=err)
+
+
+class _Startup:
+    """A stop (Ctrl+C, SIGTERM) before generating begins, while torch imports or the model loads or
+    the prompts are encoded: one line that nothing was written, and its exit code (130, 143), where
+    SIGTERM ended the run without a word. Once `over`, the generating stages say what was kept."""
+
+    def __init__(self) -> None:
+        self.over = False
+
+    def __enter__(self) -> _Startup:
+        return self
+
+    def __exit__(self, kind: Any, stop: Any, tb: Any) -> None:
+        if self.over or not isinstance(stop, KeyboardInterrupt):
+            return
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, said once
+            _say(f"{_stopped(stop)} before generating: nothing was written")
+        raise typer.Exit(_stop_code(stop)) from None
 
 
 @dataclass
@@ -582,9 +612,33 @@ def _generate_batch(run: _Run, batch: list[_Row], bar: Any, tally: _Tally, strea
             rec = _record(r.job, run.model, run.preset, r.params, fin, chosen, r.dropped)
             outs.append(json.dumps(rec, ensure_ascii=False) + "\n")
         else:
-            outs.append("\n" if stream is not None else fin.text + "\n\n")
+            head = _text_head(r, run.n) if run.headed else ""
+            outs.append("\n" if stream is not None else head + fin.text + "\n\n")
     tally.rows += len(batch)
     return outs
+
+
+def _text_head(row: _Row, n: int) -> str:
+    """--format text's line before an answer of a run with several: which prompt (and its "id", as
+    JSON: no id can break the line), which sample of --n, which seed; the answers alone did not say."""
+    where = f"prompt {row.index // n + 1}"
+    if "id" in row.job:
+        where += f" (id {json.dumps(row.job['id'], ensure_ascii=False)})"
+    sample = f", sample {row.sample + 1} of {n}" if n > 1 else ""
+    return f"--- {where}{sample}, seed {row.params.seed} ---\n"
+
+
+def _say_no_template(eng: Any, jobs: list, raw: bool, say: bool) -> None:
+    """A "messages" input given to a local model without a chat template is joined without roles
+    (engine/chat.py's raw mode): said once, as `serve` says it. --raw asks for that; a server
+    (--model http://...) applies its own template."""
+    from tiankong.engine.chat import no_template_note
+    from tiankong.engine.remote import RemoteEngine
+
+    if not say or raw or eng.template is not None or isinstance(eng, RemoteEngine):
+        return
+    if any("messages" in job for _, job in jobs):
+        _say(f"warning: {no_template_note('generate')}; give --chat-template FILE, or --raw to join them on purpose")
 
 
 def _stop_code(stop: KeyboardInterrupt) -> int:

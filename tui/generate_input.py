@@ -12,8 +12,10 @@ from tiankong.tui.cli_app import err
 
 
 def say(line: str) -> None:
-    """One line on stderr, as it is (no markup, no highlighting)."""
-    err.print(line, highlight=False, markup=False, soft_wrap=True)
+    """One line on stderr, as it is (no markup, no highlighting). On a terminal it is wrapped at spaces
+    to the terminal's width: the terminal's own wrap cut a path in two at the edge ("...kept in ter" /
+    "m.jsonl.part-*"). Elsewhere (a log, a pipe) it stays one line, for grep."""
+    err.print(line, highlight=False, markup=False, soft_wrap=not err.is_terminal)
 
 
 def read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:

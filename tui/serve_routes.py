@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tiankong.engine.batcher import Batcher, QueueFull
 from tiankong.engine.batcher import Request as BatcherRequest
+from tiankong.engine.chat import no_template_note
 from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import ContextOverflow, InputError, TiankongError
 from tiankong.engine.events import Event
@@ -43,7 +44,7 @@ MAX_JSON_DEPTH = 64
 
 # A model without a chat template reads a chat as plain text (engine/chat.py, raw mode): said once at
 # startup and on every chat answer, in an X-Tiankong-Warning header, where the roles were dropped.
-NO_TEMPLATE = "no chat template: /v1/chat/completions joins the messages' contents without roles"
+NO_TEMPLATE = no_template_note("/v1/chat/completions")
 
 
 class _Server:

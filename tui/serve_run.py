@@ -1,6 +1,6 @@
 """How `tiankong serve` listens and stops: the sockets bound before the model loads and anything is
-announced (listen: the address first, then the API key an address beyond loopback needs), and
-uvicorn (http_server) with a subclass (_Uvicorn) that begins the app's own shutdown first and turns
+announced (listen: the address first, then the API key an address beyond loopback needs), a 503
+for every request while the model loads (LoadingAnswers), and uvicorn (http_server) with a subclass (_Uvicorn) that begins the app's own shutdown first and turns
 a second Ctrl+C (or SIGTERM) into cancelling the running requests. Apart from serve.py because this is
 uvicorn's side, its signals included; the app knows nothing of it.
 """
@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
+import selectors
 import signal
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
 
 from tiankong.engine.errors import InputError
+from tiankong.tui import openai_format as fmt
 
 if TYPE_CHECKING:  # serve.py imports this file; the config and the server are only named in annotations here
     from tiankong.tui.serve import ServeConfig
@@ -92,6 +96,83 @@ def listen(cfg: ServeConfig) -> list[socket.socket]:
             raise InputError(f"--host {host} is not an address of this machine; give one of its addresses") from None
         raise InputError(f"cannot listen on {host} port {cfg.port}: {e.strerror}") from None
     return socks
+
+
+# While the model loads: connections queued as uvicorn would queue them (its default backlog), the
+# seconds a client is told to wait, and the answers written at once (one thread each; past that, a
+# connection is closed unanswered).
+BACKLOG = 2048
+LOADING_RETRY_S = 5
+LOADING_ANSWERS_AT_ONCE = 32
+
+
+class LoadingAnswers:
+    """While the model loads (seconds, minutes for a large one), the bound sockets listen, and every
+    request gets a 503 in OpenAI's error shape ("model is loading"), with Retry-After, where a client
+    was refused a connection, which reads as no server at all. Answered by a thread of its own,
+    without starlette or uvicorn (the app needs the engine); on leaving, the sockets stay listening,
+    so a connection made before uvicorn starts waits for it instead."""
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self.socks = socks
+        self.done = threading.Event()
+        self.slots = threading.BoundedSemaphore(LOADING_ANSWERS_AT_ONCE)
+        self.thread = threading.Thread(target=self._accept, name="tiankong-loading", daemon=True)
+
+    def __enter__(self) -> LoadingAnswers:
+        for sock in self.socks:
+            sock.listen(BACKLOG)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _accept(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            for sock in self.socks:
+                sel.register(sock, selectors.EVENT_READ)
+            while not self.done.is_set():
+                for key, _ in sel.select(timeout=0.05):
+                    try:
+                        conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                    except OSError:  # the client left already
+                        continue
+                    if not self.slots.acquire(blocking=False):
+                        conn.close()
+                        continue
+                    threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        """Read the request's head (and a body of a few KB), answer 503, and let the client close
+        first: closing with a body unread would reset the connection and lose the answer."""
+        try:
+            with conn:
+                conn.settimeout(5.0)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                error = fmt.ApiError(503, f"model is loading; retry in {LOADING_RETRY_S} seconds", code="model_loading")
+                body = b"" if head.startswith(b"HEAD ") else json.dumps(error.body()).encode()
+                conn.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(json.dumps(error.body()).encode())}\r\n".encode()
+                    + f"Retry-After: {LOADING_RETRY_S}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(1.0)
+                for _ in range(256):  # up to 1 MiB of a body, or a second, until the client closes
+                    if not conn.recv(4096):
+                        break
+        except OSError:  # a client that left or stalled: nothing to answer
+            pass
+        finally:
+            self.slots.release()
 
 
 def http_server(app: Starlette, cfg: ServeConfig, log_level: str = "warning") -> uvicorn.Server:
