@@ -19,7 +19,8 @@ quantization in one: ORG/NAME/Q8_0/FILE.gguf). A vision projector (mmproj-*.gguf
 `clip`) sits beside the model it serves and is no language model: it is passed over.
 A name both places hold is the Hugging Face cache's, and the ModelPath says so in `note`, a line
 for the CLI to show (the engine never prints); so does a training run's output folder that has not
-reached its last step (`unfinished_run`).
+reached its last step (`unfinished_run`, with the run's own --resume command; `run_state` gives the
+step its model is at).
 Nothing found: one line naming every place searched and the name that comes closest.
 `list_models` (engine/model_list.py) is what `tiankong models` shows; every name it lists resolves.
 
@@ -134,23 +135,51 @@ def _local(path: Path, text: str) -> Path | None:
 
 def unfinished_run(folder: Path) -> str | None:
     """A note when `folder` is the output of a `tiankong train` run that has not reached its last step
-    (stopped, or still running): its model is then a checkpoint's, not the run's result. Read from
-    its train_config.json ("steps") and checkpoints/step-N (trainers/checkpoint.py's layout); None
-    for any other folder, and for a finished run."""
+    (stopped, or still running): its model is then a checkpoint's, not the run's result, and the note
+    gives the command that finishes it where the run recorded one. None for any other folder, and for
+    a finished run."""
+    state = run_state(folder)
+    if state is None or state[0] >= state[1]:
+        return None
+    record = _train_record(folder) or {}
+    command, started_in = record.get("resume_command"), record.get("started_in")
+    if isinstance(command, str) and command:
+        where = f" (in {started_in})" if isinstance(started_in, str) and started_in != os.getcwd() else ""
+        finish = f"finish it with: {command}{where}"
+    else:  # a run of the Python API, or of a tiankong that did not record its command
+        finish = "finish it with its `tiankong train` command and --resume"
+    return (
+        f"{folder} is an unfinished training run (step {state[0]} of {state[1]}): its model is that step's "
+        f"checkpoint; {finish}"
+    )
+
+
+def run_state(folder: Path) -> tuple[int, int] | None:
+    """(the newest checkpoint's step, the run's steps) of a `tiankong train` output folder, read from
+    its train_config.json ("steps") and checkpoints/step-N (trainers/checkpoint.py's layout); None for
+    any other folder. A stable identity of what the folder's model is while the run goes on: the
+    same folder at another step holds another model."""
+    record = _train_record(folder)
+    steps = record.get("steps") if record is not None else None
+    try:
+        done = [int(m[1]) for p in (folder / "checkpoints").iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    except OSError:
+        return None
+    if not done or type(steps) is not int:
+        return None
+    return max(done), steps
+
+
+def _train_record(folder: Path) -> dict | None:
+    """A run folder's train_config.json, or None (no such file, too big to be one, unreadable)."""
     try:
         record = folder / "train_config.json"
         if not _is_file(record) or record.stat().st_size > 1 << 20:
             return None
-        steps = json.loads(record.read_text(encoding="utf-8")).get("steps")
-        done = [int(m[1]) for p in (folder / "checkpoints").iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))]
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    if not done or type(steps) is not int or max(done) >= steps:
-        return None
-    return (
-        f"{folder} is an unfinished training run (step {max(done)} of {steps}): its model is that step's "
-        "checkpoint; finish it with its `tiankong train` command and --resume"
-    )
+    return data if isinstance(data, dict) else None
 
 
 def _by_name(text: str, path: Path) -> Path:

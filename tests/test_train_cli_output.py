@@ -5,6 +5,7 @@ used to slip past with a wrong or missing message (SFT roles, a corpus on one hu
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
@@ -141,3 +142,54 @@ def test_a_corpus_on_one_huge_line_trains_a_tokenizer(tmp_path):
     assert "".join(pieces) == text and all(len(p.encode()) <= SENTENCE_BYTES for p in pieces)
     train_tokenizer([text], tmp_path / "tok", vocab_size=300, model_max_length=64)
     assert (tmp_path / "tok" / "tokenizer.model").stat().st_size > 0
+
+
+def test_warmup_help_says_what_0_means(monkeypatch, capsys):
+    # QA: "--warmup-steps  Linear warmup steps. [default: 0]" beside flags that say "0 = auto", while
+    # train_config.json recorded 0: 0 is no warmup (only pretrain has an auto one, -1).
+    import re
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    for name in ("sft", "reward", "ppo", "dpo", "pretrain"):
+        code, page, err = cli(monkeypatch, capsys, "train", name, "--help")
+        assert code == 0, err
+        words = " ".join(re.sub(r"[│╭╮╰╯─]", " ", page).split())
+        said = "Linear warmup steps (0 = none); -1 = auto" if name == "pretrain" else "Linear warmup steps; 0 = none"
+        assert said in words, (name, words[words.find("--warmup-steps") :][:200])
+
+
+def test_a_cpu_run_takes_one_thread_per_free_core(monkeypatch, capsys, corpus, tmp_path):
+    # QA: on a 2-core machine kept busy by other work, the README's loop ran 2-5x slower than its figures
+    # (taken on one thread): two OpenMP threads sharing busy cores wait at every barrier (measured: 44-67 s
+    # against 14-17 s for 6 reward steps). A run now takes one thread per core left free, and says so.
+    import torch
+
+    from tiankong.trainers import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_threads, "cores", lambda: [0, 1, 2, 3])
+    cases = [(0.2, 4, None), (1.4, 3, "about 1.4 of the 4 cores busy"), (3.9, 1, "training on 1 CPU thread, not 4")]
+    for busy, threads, said in cases:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(cpu_threads, "busy_cores", lambda cpus, busy=busy: busy)
+        code, _, err = pretrain(monkeypatch, capsys, corpus, tmp_path / f"busy{busy}", "--steps", "1")
+        assert code == 0, err
+        assert torch.get_num_threads() == threads
+        notes = [line for line in err.splitlines() if line.startswith("note: training on")]
+        assert (notes == []) if said is None else (len(notes) == 1 and said in notes[0]), err
+    torch.set_num_threads(4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's choice (torchrun's too) stands
+    code, _, err = pretrain(monkeypatch, capsys, corpus, tmp_path / "chosen", "--steps", "1")
+    assert code == 0 and torch.get_num_threads() == 4 and "note: training on" not in err, err
+
+
+def test_busy_cores_reads_the_other_programs_share_of_each_core(monkeypatch):
+    from tiankong.trainers import cpu_threads
+
+    # /proc/stat rows: user nice system idle iowait irq softirq steal; cpu1 half busy, cpu2 idle
+    samples = iter([[(100, 400), (50, 200)], [(150, 500), (150, 300)]])
+    monkeypatch.setattr(cpu_threads, "_cpu_times", lambda cpus: next(samples))
+    assert cpu_threads.busy_cores([1, 2], seconds=0) == pytest.approx(0.5)
+    monkeypatch.undo()
+    if sys.platform == "linux":  # this machine's own /proc/stat reads
+        assert len(cpu_threads._cpu_times([0]) or []) == 1

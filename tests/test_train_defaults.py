@@ -195,6 +195,36 @@ def test_accuracy_verdict_and_wilson_interval():
     assert any("held-out" in w for w in accuracy_verdict(10, 0, None).warnings)
 
 
+def test_a_policy_collapsed_onto_one_template_is_caught_where_distinct_answers_miss_it():
+    # QA: PPO learned the taste by writing "Baby bird fell out of its nest..." in 26 of 120 answers (3 of 120
+    # before), every answer still distinct. The verdict's share of answers holding one 8-token passage
+    # sees it: counted by hand here, each answer a unique opening token then its own tokens or the template.
+    import random
+
+    from tiankong.trainers.verdict import kl_words, shared_passage
+
+    rng = random.Random(0)
+    template = list(range(1000, 1012))  # a 12-token sentence
+
+    def answers(with_template: int) -> list[list[int]]:
+        out = []
+        for i in range(120):
+            own = [rng.randrange(100, 900) for _ in range(30)]
+            out.append([i, *(own[:10] + template + own[10:] if i < with_template else own)])
+        return out
+
+    before, after = answers(3), answers(26)
+    assert len({tuple(a) for a in after}) == 120  # all distinct: the old measure saw nothing
+    assert shared_passage(before) == pytest.approx(3 / 120) and shared_passage(after) == pytest.approx(26 / 120)
+    assert shared_passage([[1, 2, 3]]) == 0 and shared_passage([]) == 0  # shorter than a passage, none
+    assert [kl_words(x) for x in (0.1, 2.1, 5.3, 12)] == [
+        "hardly moved",
+        "a small drift",
+        "a moderate drift",
+        "a large drift: read the answers",
+    ]
+
+
 def test_default_ppo_config_resolves_and_moves_the_policy(llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", taste_pairs(24))
     rm = RewardTrainer(
@@ -231,6 +261,9 @@ def test_default_ppo_config_resolves_and_moves_the_policy(llama_dir, tmp_path):
     v = verdict_for(trainer)
     assert v.figures["kl_to_reference"] > 0 and len(v.examples) == 2
     assert {"score_before", "score_after", "distinct_after", "eos_rate_after"} <= set(v.figures)
+    assert {"shared_passage_before", "shared_passage_after"} <= set(v.figures)
+    assert "sharing one 8-token passage" in v.summary
+    assert any(words in v.summary for words in ("drift", "hardly moved"))  # the KL in words
 
 
 def test_default_sft_and_dpo_configs_train(llama_dir, tmp_path):

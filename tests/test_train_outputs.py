@@ -319,6 +319,85 @@ def test_a_stopped_run_is_named_unfinished_wherever_it_is_opened(llama_dir, pref
     assert getattr(resolve_model(llama_dir), "note", None) is None  # not a run at all
 
 
+def test_an_unfinished_runs_note_gives_the_command_that_finishes_it(llama_dir, prefs, tmp_path, monkeypatch, capsys):
+    # QA: after Ctrl+C the trainer printed `resume with: tiankong train ppo ... --resume`, but `chat --model
+    # runs/ppo` only said "finish it with its `tiankong train` command and --resume". The run folder now
+    # keeps the command (train_config.json), and the note gives it, with the folder to run it in.
+    import os
+    import shlex
+
+    from helpers import cli
+
+    from tiankong.engine.resolve import resolve_model, run_state
+    from tiankong.trainers.stopping import TrainingStopped
+
+    out = tmp_path / "rm"
+    checkpoint = RewardTrainer.checkpoint
+
+    def stop_at_step_1(self):
+        checkpoint(self)
+        if self.step == 1:
+            raise TrainingStopped(self.step, self.cfg.steps, self.out, "SIGINT")
+
+    monkeypatch.setattr(RewardTrainer, "checkpoint", stop_at_step_1)
+    args = ["train", "reward", "--model", llama_dir, "--data", prefs, "--output", out, "--steps", "3"]
+    args += [
+        "--batch-size",
+        "4",
+        "--eval-fraction",
+        "0",
+        "--device",
+        "cpu",
+        "--raw",
+        "--no-progress",
+        "--save-every",
+        "1",
+    ]
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 130, err
+    printed = err.strip().splitlines()[-1].removeprefix("resume with: ")
+    assert printed.startswith("tiankong train reward ") and printed.endswith(" --resume")
+    note = f"{out} is an unfinished training run (step 1 of 3): its model is that step's checkpoint; "
+    assert resolve_model(out).note == note + f"finish it with: {printed}"
+    assert run_state(out) == (1, 3)
+    started = os.getcwd()
+    monkeypatch.chdir(tmp_path)  # the command's paths are those of where it was typed: said
+    assert resolve_model(out).note == note + f"finish it with: {printed} (in {started})"
+    monkeypatch.chdir(started)
+    monkeypatch.setattr(RewardTrainer, "checkpoint", checkpoint)
+    code, _, err = cli(monkeypatch, capsys, *shlex.split(printed)[1:])  # the note's command finishes the run
+    assert code == 0, err
+    assert getattr(resolve_model(out), "note", None) is None and run_state(out) == (3, 3)
+
+
+def test_tie_votes_left_out_of_the_playgrounds_votes_are_counted_and_soft_keeps_them(
+    llama_dir, prefs, tmp_path, monkeypatch, capsys
+):
+    # QA: `train reward` on the votes said "298 pairs in 298 groups" and never that the 8 tie votes were
+    # left out: they were never exported, so --tie-mode soft could not keep them either.
+    from helpers import cli
+
+    from tiankong.tui.store import Response, Store, Vote
+
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", prefs)
+    assert code == 0, err
+    tie = [Response(x, "m", "balanced", {"temperature": 0.7}, 1, text, "eos") for x, text in (("A", " a"), ("B", " b"))]
+    Store().add_vote(Vote(None, "Story 9:", [{"role": "user", "content": "Story 9:"}], tie, "tie", [], "ann", True))
+    args = ["train", "reward", "--model", llama_dir, "--steps", "1", "--raw", "--no-progress", "--batch-size", "4"]
+    args += ["--eval-fraction", "0", "--device", "cpu"]
+    code, _, err = cli(monkeypatch, capsys, *args, "--output", tmp_path / "drop")
+    assert code == 0, err
+    said = next(line for line in err.splitlines() if " pairs in " in line)
+    assert said == (
+        f"{tmp_path / 'drop' / 'preferences.jsonl'}: 8 pairs in 8 groups (a group: the pairs that share an answer, "
+        "as one ranking's do); skipped 1 tie/both-bad (line 9: --tie-mode drop, the default, leaves ties out; "
+        "--tie-mode soft trains on them as equally good); 0 groups held out"
+    )
+    code, _, err = cli(monkeypatch, capsys, *args, "--output", tmp_path / "soft", "--tie-mode", "soft")
+    assert code == 0, err
+    assert f"{tmp_path / 'soft' / 'preferences.jsonl'}: 9 pairs in 9 groups" in err and "skipped" not in err
+
+
 @pytest.mark.parametrize("trainer", ["reward", "dpo"])
 def test_the_readme_loop_trains_on_the_playgrounds_votes_without_data(
     trainer, llama_dir, prefs, tmp_path, monkeypatch, capsys

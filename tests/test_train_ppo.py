@@ -298,6 +298,83 @@ def test_ppo_moves_the_bar_through_an_iterations_rollouts_then_updates(
     assert seen == rollouts + updates
 
 
+# A PPO run whose every minibatch update also runs one long native call (a backward pass of about
+# eight seconds, as a big minibatch's is on a slow, busy CPU); the marker file says one has begun.
+SLOW_UPDATES = """
+import sys, time, torch
+from pathlib import Path
+from tiankong.trainers.ppo import PPOTrainer
+
+marker, accumulate = Path(sys.argv[1]), PPOTrainer.accumulate
+
+def chain(pairs):  # expand's and select's backward pass do the work; their forward passes are views
+    x = torch.ones(16384, requires_grad=True)
+    y = x
+    for _ in range(pairs):
+        y = y.expand(64, 16384)[0]
+    return y.sum()
+
+def slow(self, rows, total, sums):
+    accumulate(self, rows, total, sums)
+    if self.step == 1:  # step 2's updates: step 1's checkpoint is written
+        t = time.monotonic()
+        chain(200).backward()
+        pairs = int(200 * 8 / max(time.monotonic() - t, 1e-3))
+        loss = chain(pairs)
+        marker.write_text(str(pairs))
+        loss.backward()  # one call: Python runs no signal handler until it returns
+
+PPOTrainer.accumulate = slow
+from tiankong.tui.cli import main
+sys.argv = ["tiankong", *sys.argv[2:]]
+main()
+"""
+
+
+def test_a_second_ctrl_c_during_ppo_updates_stops_within_a_second(llama_dir, rm_dir, prompts, tmp_path):
+    # QA: during PPO's updates a second Ctrl+C did nothing for 7-18 s (the backward pass it came in had
+    # to end first; two presses inside one even merged into one), and a third press was needed.
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import time
+
+    out, marker = tmp_path / "ppo", tmp_path / "updating"
+    args = ["train", "ppo", "--model", llama_dir, "--reward", rm_dir, "--prompts", prompts, "--output", out]
+    args += ["--steps", "3", "--batch-size", "4", "--num-mini-batches", "2", "--ppo-epochs", "1"]
+    args += ["--response-length", "6", "--lr", "1e-3", "--device", "cpu", "--raw", "--no-progress", "--save-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", SLOW_UPDATES, str(marker), *map(str, args)]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.02)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    second = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - second
+    assert proc.returncode == 130, err
+    assert took < 2.0, f"the second Ctrl+C took {took:.1f} s to stop the run\n{err}"
+    assert "SIGINT: stopping after this step" in err and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-2] == f"stopped at once; the checkpoint {out / 'checkpoints' / 'step-000001'} survived"
+    assert lines[-1].startswith("continue with: tiankong train ppo ") and lines[-1].endswith(" --resume")
+    resumed = subprocess.run(  # and that command finishes the run: the folder was left whole and unlocked
+        [sys.executable, "-m", "tiankong.tui.cli", *shlex.split(lines[-1].removeprefix("continue with: tiankong "))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step-000001 (step 1 of 3" in resumed.stderr
+
+
 # ---------------------------------------------------------------- the whole chain on stories260K
 
 WORD = re.compile(r"\bboy\b", re.I)  # the hidden rule: stories about a boy are preferred

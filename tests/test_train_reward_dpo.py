@@ -97,8 +97,8 @@ def test_records_formats_groups_and_skips(llama_dir, tmp_path):
     ]
     data = load_preferences(write_jsonl(tmp_path / "p.jsonl", rows), enc)
     assert data.n_pairs == 7 and len(data.groups) == 5
-    assert data.skipped == {"ties/both-bad (tie_mode drop)": [4], "identical chosen and rejected": [5]}
-    assert "skipped 1 ties" in data.summary() and "line 5" in data.summary()
+    assert data.skipped == {"tie/both-bad": [4], "identical chosen and rejected": [5]}
+    assert "skipped 1 tie/both-bad (line 4: --tie-mode drop" in data.summary() and "line 5" in data.summary()
     ranking = next(g for g in data.groups if len(g.pairs) == 3)
     assert len(ranking.seqs) == 3  # three answers, each tokenized once
     # a sequence is the engine's prompt ids, then the answer, then EOS
@@ -146,7 +146,7 @@ def test_a_rankings_export_trains_as_its_pairs(llama_dir, tmp_path):
         return sorted((tuple(g.seqs[p.better]), tuple(g.seqs[p.worse]), p.target) for g in data.groups for p in g.pairs)
 
     assert pairs(ours) == pairs(trl) and len(ours.groups) == 1
-    assert ours.skipped == {"ties/both-bad (tie_mode drop)": [2]}  # the line once, not once per pair
+    assert ours.skipped == {"tie/both-bad": [2]}  # the line once, not once per pair
     soft = load_preferences(tmp_path / "r.jsonl", enc, tie_mode="soft")
     assert sorted(p.target for g in soft.groups for p in g.pairs) == [0.5] * 3 + [1.0] * 3
     write_jsonl(tmp_path / "bad.jsonl", [{**ranked, "ranking": [[0], [1]]}])

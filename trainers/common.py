@@ -29,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -70,6 +71,12 @@ class Trainer:
         self.finished_before = False  # a --resume of a run already finished, verdict and all
         self.say: Callable[[str], None] = _silent  # the text beside the spinner while setup() runs
         self.phase: Callable[[float, str], None] = _silent_part  # how far the current step is (progress.part)
+        # The line a second Ctrl+C leaves when it has to end the process from the signal watcher
+        # (stopping.py); the CLI sets one that names the surviving checkpoint and the command to go on.
+        self.at_once_note: Callable[[], str] | None = None
+        # How to continue this run (the CLI's `tiankong train ... --resume`), kept in train_config.json
+        # so that a command opening the unfinished run can say it (engine/resolve.py's unfinished_run).
+        self.resume_command = ""
 
     # ---- what subclasses provide
     def setup(self) -> None:
@@ -150,7 +157,7 @@ class Trainer:
         batches = global_batches(self.n_items(), cfg.batch_size, cfg.seed, start_step=self.step)
         last_save = time.monotonic()
         with (
-            _StopRequests(announce=self.dist.is_main) as stop,
+            _StopRequests(announce=self.dist.is_main, farewell=self.at_once_note) as stop,
             progress(self.name, cfg.steps, done=self.step, enabled=shown) as advance,
         ):
             self.phase = advance.part
@@ -263,6 +270,8 @@ class Trainer:
                 ckpt.write(self.out, self.step, self.save, state)
             # The model as the user named it (ollama:NAME:TAG), not the blob path it resolved to.
             record = {**self.cfg.to_dict(), "model": given_name(self.cfg.model) or self.cfg.model}
+            if self.resume_command:  # not a setting: what a command opening the unfinished run tells its user
+                record.update(resume_command=self.resume_command, started_in=os.getcwd())
             atomic_write_text(self.out / "train_config.json", json.dumps(record, indent=2) + "\n")
         self.dist.barrier()
 

@@ -38,7 +38,7 @@ class TrainConfig:
     batch_size: int = opt(8, "Global batch size (items per step, over all processes).")
     micro_batch_size: int = opt(0, "Items per forward pass; 0 = the whole per-process batch.")
     lr: float = opt(1e-4, "Peak learning rate.")
-    warmup_steps: int = opt(0, "Linear warmup steps.")
+    warmup_steps: int = opt(0, "Linear warmup steps; 0 = none (the learning rate starts at its peak; not auto).")
     min_lr_ratio: float = opt(0.1, "Cosine decay floor as a fraction of lr.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm; 0 = off.")

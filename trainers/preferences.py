@@ -165,14 +165,22 @@ class PreferenceData:
         return sum(len(g.pairs) for g in self.groups)
 
     def summary(self) -> str:
-        text = f"{self.path}: {self.n_pairs} pair{'' if self.n_pairs == 1 else 's'} in {len(self.groups)} group{'' if len(self.groups) == 1 else 's'}"
+        n, g = self.n_pairs, len(self.groups)
+        text = f"{self.path}: {n} pair{'' if n == 1 else 's'} in {g} group{'' if g == 1 else 's'}"
+        text += " (a group: the pairs that share an answer, as one ranking's do)"
         if self.skipped:
             parts = []
             for reason, lines in self.skipped.items():
                 shown = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
-                parts.append(f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} {shown})")
+                why = f": {SKIP_WHY[reason]}" if reason in SKIP_WHY else ""
+                parts.append(f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} {shown}{why})")
             text += "; skipped " + "; ".join(parts)
         return text
+
+
+TIES = "tie/both-bad"
+# Why a kind of row was skipped, where the reason alone does not say it or how to keep the rows.
+SKIP_WHY = {TIES: "--tie-mode drop, the default, leaves ties out; --tie-mode soft trains on them as equally good"}
 
 
 def _split_start(prompt: Prompt) -> tuple[Prompt, str]:
@@ -232,7 +240,7 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
                 raise InputError(f'"margin" must be a number, got {margin!r}')
             tie = row.get("tie") is True or row.get("both_bad") is True
             if tie and tie_mode == "drop":
-                _skip(skipped, "ties/both-bad (tie_mode drop)", n)
+                _skip(skipped, TIES, n)
                 continue
             c, r = encoder.pair(prompt, chosen), encoder.pair(prompt, rejected)
         except TiankongError as e:
@@ -294,7 +302,7 @@ def _skip(skipped: dict[str, list[int]], reason: str, line: int) -> None:
 def _no_pairs_fix(skipped: dict[str, list[int]]) -> str:
     """The fix for a file whose every record was skipped, by the reason that skipped most of them."""
     reason = max(skipped, key=lambda k: len(skipped[k]))
-    if reason.startswith("ties"):
+    if reason == TIES:
         return "add ranked pairs, or keep ties with --tie-mode soft"
     if reason.startswith("prompt longer"):
         return "shorten the prompts or raise --max-length"

@@ -52,7 +52,7 @@ class progress:
         if not console.is_terminal or console.is_dumb_terminal:
             self.lines, self.last_line, self.last_part = console, self.start, self._part()
             return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
         if _STATUS is not None:  # rich draws one live display at a time: the bar says more than the spinner
@@ -63,7 +63,7 @@ class progress:
             def render(self, task: Any) -> Text:
                 return Text(owner._eta())
 
-        self.bar = Progress(
+        self.bar = _Progress(
             TextColumn(f"[bold]{escape(self.label)}[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -75,8 +75,13 @@ class progress:
             redirect_stdout=False,  # stdout is the caller's: records written there stay there
             redirect_stderr=False,
         )
-        self.bar.start()
-        self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, info="")
+        try:
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, info="")
+        except BaseException:  # a Ctrl+C as it starts: no __exit__ comes, and its thread drew on below the last line
+            self.bar.stop()
+            self.bar = None
+            raise
         return self
 
     def __call__(self, row: Mapping[str, float] | None = None, steps: int = 1) -> None:
@@ -144,6 +149,32 @@ class progress:
         line += f"  {self.info}" if self.info else ""
         self.shown = self.done
         self.lines.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+# Columns a bar leaves free at the terminal's right edge: a Ctrl+C echoes "^C" where the bar ends, and
+# a bar of the full width then wrapped the terminal's line, so the bar's last frame was drawn a second
+# time below the first.
+ECHO_ROOM = 2
+
+
+def _Progress(*columns: Any, **options: Any) -> Any:
+    """rich's Progress, drawn ECHO_ROOM columns short of the width it is given (the terminal's at
+    each frame, so a resized terminal is followed)."""
+    from rich.constrain import Constrain
+    from rich.progress import Progress
+
+    class EchoRoom:
+        def __init__(self, renderable: Any) -> None:
+            self.renderable = renderable
+
+        def __rich_console__(self, console: Any, options: Any) -> Any:
+            yield Constrain(self.renderable, max(options.max_width - ECHO_ROOM, 1))
+
+    class Narrower(Progress):
+        def get_renderable(self) -> Any:
+            return EchoRoom(super().get_renderable())
+
+    return Narrower(*columns, **options)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -241,6 +242,7 @@ def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> V
             "eos_rate": sum(ended) / len(ended),
             "at_limit": sum(len(a) >= limit and not e for a, e in zip(answers, ended, strict=True)) / len(answers),
             "distinct": len(set(texts)) / len(texts),
+            "shared_passage": shared_passage(answers),
         }
 
     if name == "ppo":
@@ -267,14 +269,18 @@ def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> V
     summary = (
         f"on {N_FRESH} fresh answers to {where}, the mean {score_name} went from "
         f"{figures[f'{key}_before']:.3g} to {figures[f'{key}_after']:.3g} with KL {kl:.3g} nats to the "
-        f"starting model; {a['distinct']:.0%} of answers distinct, {a['eos_rate']:.0%} ended (EOS)."
+        f"starting model ({kl_words(kl)}); {a['distinct']:.0%} of answers distinct, "
+        f"{a['shared_passage']:.0%} sharing one {PASSAGE}-token passage (before {b['shared_passage']:.0%}), "
+        f"{a['eos_rate']:.0%} ended (EOS)."
     )
     warnings = []
     collapsed = a["distinct"] < min(0.8, b["distinct"] - 0.1) or a["at_limit"] > max(0.5, b["at_limit"] + 0.2)
+    collapsed = collapsed or a["shared_passage"] >= max(0.2, b["shared_passage"] + 0.15)
     if rise > 0 and collapsed:
         warnings.append(
             f"the {score_name} rose while the policy collapsed: {a['distinct']:.0%} of answers distinct "
-            f"(before {b['distinct']:.0%}), {a['at_limit']:.0%} cut at the {limit}-token limit (before "
+            f"(before {b['distinct']:.0%}), {a['shared_passage']:.0%} sharing one {PASSAGE}-token passage (before "
+            f"{b['shared_passage']:.0%}), {a['at_limit']:.0%} cut at the {limit}-token limit (before "
             f"{b['at_limit']:.0%}); it may be gaming the reward. Lower --lr or raise --kl-coef."
         )
     if abs(rise) < 0.1 * spread and kl < 0.05:
@@ -301,6 +307,32 @@ def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> V
     shown = range(min(len(prompts), N_SHOWN))
     examples = [{"prompt": prompt_text(i), "before": decode(before[i]), "after": decode(after[i])} for i in shown]
     return Verdict(name, summary, figures, warnings, examples)
+
+
+PASSAGE = 8  # tokens: longer than a common opening's words, short enough to catch a template's sentence
+
+
+def shared_passage(answers: Sequence[Sequence[int]], n: int = PASSAGE) -> float:
+    """The share of answers that hold the n-token passage held by the most answers: a policy collapsed
+    onto one template ("Baby bird fell out of its nest..." in 26 of 120 answers, 3 before) still has
+    distinct answers, each differing somewhere, so the share of distinct answers misses it."""
+    counts: Counter[tuple[int, ...]] = Counter()
+    for a in answers:
+        counts.update({tuple(a[i : i + n]) for i in range(len(a) - n + 1)})
+    return max(counts.values(), default=0) / max(1, len(answers))
+
+
+def kl_words(kl: float) -> str:
+    """How far a KL (nats per answer, to the starting model) is, in words: rough bands, a reading aid
+    and no test of the run (the README's PPO runs moved 5.3 and 7.5 nats and kept their answers'
+    language and endings; past 10 nats, look at the answers before trusting the score)."""
+    if kl < 0.5:
+        return "hardly moved"
+    if kl < 3:
+        return "a small drift"
+    if kl < 10:
+        return "a moderate drift"
+    return "a large drift: read the answers"
 
 
 # Han, kana and hangul: the scripts a model may slip into (tiankong-mini writes English and Chinese).

@@ -213,6 +213,13 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
         cfg.data = "the playground's votes"
     cfg.validate()  # one line for a bad setting before the output folder is touched
     trainer = trainer_cls(cfg)
+
+    def at_once() -> str:  # a second Ctrl+C's line: said here, or by the trainer's signal watcher (stopping.py)
+        return _stopped_at_once(out_dir) if trainer.dist.is_main else ""
+
+    trainer.at_once_note = at_once
+    _choose_threads(trainer)
+    trainer.resume_command = _resume_command()
     if votes_default:  # and no file yet for the claim to keep out of the output folder
         cfg.data = ""
     out_dir = Path(cfg.output)
@@ -234,18 +241,8 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
                 print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
             raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
         except KeyboardInterrupt:  # the second Ctrl+C: no checkpoint of this step
-            survivor = ckpt.latest(out_dir)
-            if survivor is not None and trainer.dist.is_main:
-                print(
-                    f"stopped at once; the checkpoint {survivor} survived\ncontinue with: {_resume_command()}",
-                    file=sys.stderr,
-                )
-            elif trainer.dist.is_main:
-                print(
-                    f"stopped at once, before the first checkpoint: nothing was saved\n"
-                    f"start again with: {_resume_command(resume=False)}",
-                    file=sys.stderr,
-                )
+            if trainer.dist.is_main:
+                print(at_once(), file=sys.stderr)
             raise typer.Exit(130) from None
         if trainer.dist.is_main and not trainer.finished_before:  # still under the lock: verdict.json is this run's too
             try:
@@ -258,6 +255,35 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
                     file=sys.stderr,
                 )
                 raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
+
+
+def _choose_threads(trainer: Any) -> None:
+    """A CPU run takes fewer threads than cores when other programs keep some busy (trainers/cpu_threads.py)."""
+    if trainer.device.type != "cpu":
+        return
+    from tiankong.trainers.cpu_threads import choose_threads
+
+    note = choose_threads()
+    if note and trainer.dist.is_main:
+        print(note, file=sys.stderr)
+
+
+def _stopped_at_once(out_dir: Path) -> str:
+    """What a second Ctrl+C leaves: the newest checkpoint and the command to continue from it, or, before
+    the first one, the command to start again (an --overwrite'd old run is put back, as an error does)."""
+    from tiankong.trainers import checkpoint as ckpt
+
+    survivor = ckpt.latest(out_dir)
+    if survivor is not None:
+        return f"stopped at once; the checkpoint {survivor} survived\ncontinue with: {_resume_command()}"
+    try:
+        ckpt.restore(out_dir)
+    except OSError:
+        pass  # best effort: the old run stays in its hidden folder, and the next --overwrite puts it back
+    return (
+        f"stopped at once, before the first checkpoint: nothing was saved\n"
+        f"start again with: {_resume_command(resume=False)}"
+    )
 
 
 def _peer_stopped(out_dir: Path, e: RuntimeError) -> NoReturn:
@@ -372,7 +398,9 @@ def _votes_file(output: Path) -> Path:
 
     store = Store()
     skipped: list[tuple[int, str]] = []
-    records = export_records(store, skipped=skipped)
+    # Ties and both-bad votes too (flagged): the trainer leaves them out under --tie-mode drop and says
+    # so, and --tie-mode soft trains on them; left out here, neither could be.
+    records = export_records(store, include_ties=True, include_both_bad=True, skipped=skipped)
     warn_skipped(store, skipped)
     if not records:
         raise InputError(f"no usable votes in {store.path}; rank answers in `tiankong compare` or pass --data FILE")
