@@ -101,12 +101,22 @@ def model_key(model: str | Path) -> str:
     (ollama:NAME:TAG, which resolves again; its blob is shared by tags), the bundled model's name
     (its folder differs per install: a second install's votes counted as another model), else its
     absolute path with links resolved, but a file keeps its own name (a GGUF file in the Hugging Face
-    cache links to blobs/<hash>, a name display_name could not turn back into ORG/NAME)."""
+    cache links to blobs/<hash>, a name display_name could not turn back into ORG/NAME). A training
+    run's output folder that has not reached its last step adds the step its model is at
+    (`/runs/ppo@step-4`): the same folder later holds another model, and votes cast on a checkpoint
+    must not count for the finished run."""
     given = given_name(model)
     if given is not None:
         return given
     path = Path(model).expanduser()
-    key = str(path.resolve() if os.path.isdir(path) else path.absolute().parent.resolve() / path.name)
+    if os.path.isdir(path):
+        from .resolve import run_state
+
+        key, state = str(path.resolve()), run_state(path)
+        if state is not None and state[0] < state[1]:
+            return f"{key}@step-{state[0]}"
+    else:
+        key = str(path.absolute().parent.resolve() / path.name)
     return BUNDLED if key == _bundled_folder() else key
 
 

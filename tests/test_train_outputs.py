@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from helpers import one_thread  # noqa: F401 (autouse)
@@ -293,6 +294,7 @@ def test_a_stopped_run_is_named_unfinished_wherever_it_is_opened(llama_dir, pref
     # it as if it were the trained model. Every command that opens it now says so, in one note line.
     from helpers import cli
 
+    from tiankong.engine.model_names import model_key
     from tiankong.engine.resolve import resolve_model
 
     out = tmp_path / "rm"
@@ -311,11 +313,14 @@ def test_a_stopped_run_is_named_unfinished_wherever_it_is_opened(llama_dir, pref
     note = f"{out} is an unfinished training run (step 1 of 3): its model is that step's checkpoint; "
     note += "finish it with its `tiankong train` command and --resume"
     assert resolve_model(out).note == note and resolve_model(str(out)).note == note
+    # votes and chats name the checkpoint, so they never count for the finished run (QA31)
+    assert model_key(out) == f"{out.resolve()}@step-1" and model_key(llama_dir) == str(Path(llama_dir).resolve())
     capsys.readouterr()
     code, text, err = cli(monkeypatch, capsys, "tokenize", "hi", "--model", out, "--format", "jsonl")
     assert code == 0 and err == f"note: {note}\n" and json.loads(text)["ids"]  # a notice, not an error
     RewardTrainer(cfg(llama_dir, prefs, out, steps=3, resume=True)).train()
     assert getattr(resolve_model(out), "note", None) is None  # finished
+    assert model_key(out) == str(out.resolve())
     assert getattr(resolve_model(llama_dir), "note", None) is None  # not a run at all
 
 
