@@ -200,3 +200,50 @@ def test_a_signal_restores_the_terminal_and_stores_the_answer(sig, answering, tm
     assert messages[-1].finish_reason == "cancelled" and len(messages[-1].tokens) >= shown
     assert messages[-1].seed == 1  # the test's preset, not the user's
     assert messages[-1].content
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models/stories260K is absent")
+def test_ctrl_q_exits_after_the_app_was_stopped_and_continued_from_outside(tmp_path):
+    """`kill -STOP` then `kill -CONT` (three times) and ctrl+q left a blank screen and a process that
+    never ended: the SIGCONT handler that ran was Textual's own, which started the driver's input and
+    output threads again, since tiankong's guard (tui/terminal.py) was put in place only once the chat
+    had mounted, after the driver had bound its handler. It is in place before the app starts now."""
+    env = {**os.environ, "TERM": "xterm-256color", "TIANKONG_DATA_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env["TIANKONG_CONFIG_DIR"] = str(tmp_path / "config")
+    for var in ("TEXTUAL", "NO_COLOR", "COLUMNS", "LINES"):
+        env.pop(var, None)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiankong.tui.cli", "chat", "-m", str(STORIES), "--device", "cpu"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    screen = bytearray()
+    try:
+        end = time.monotonic() + 60
+        while b"ready" not in screen and time.monotonic() < end and proc.poll() is None:
+            _read(master, screen, 0.05)
+        assert b"ready" in screen, bytes(screen[-3000:]).decode(errors="replace")
+        for _ in range(3):
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGCONT)
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                _read(master, screen, 0.05)
+        os.write(master, b"\x11")  # ctrl+q
+        end = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < end:
+            _read(master, screen, 0.05)
+        assert proc.poll() == 0, "still running 20 s after ctrl+q"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    assert screen.rfind(b"\x1b[?1049l") > screen.rfind(b"\x1b[?1049h") >= 0  # the alternate screen left

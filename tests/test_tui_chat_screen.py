@@ -303,7 +303,9 @@ def test_the_status_line_and_ctrl_t_say_how_full_the_context_is(tiny, store, tmp
 
     (line, prompt), (head, n), shown, screen = run(go())
     assert any("architecture  LlamaForCausalLM " in row for row in screen)  # the model panel: not "…CausalL / M"
-    assert prompt <= 192 and f"ready · context {round(100 * prompt / 192)}% full" in line
+    # Counted as ctrl+t counts it, of the whole context, and where turns go: "context 88% full" (of the
+    # prompt's room) read as a share of the context, beside ctrl+t's "prompt 168/256" (66%).
+    assert prompt <= 192 and f"ready · prompt {prompt}/256 · old turns go past 192" in line
     # ctrl+t counts the prompt as it stands (the box empty: the chat alone) and the room after it.
     assert head.startswith(f" {n} tokens   prompt {n}/256 · answer room {256 - n} (max tokens 512) · ")
     assert shown.endswith("without the chat's first 2 turns, which no longer fit the context"), shown

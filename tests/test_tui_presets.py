@@ -56,12 +56,13 @@ def test_f3_save_as_writes_a_preset_file_and_the_chat_goes_on_with_it(tiny, tmp_
                 await pilot.press("ctrl+n", *"cooler", "enter")
                 await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
                 after = chat.preset, chat.params, str(chat.query_one(StatusBar).render()), "cooler" in app.presets
+                said = notes(app)  # (before f3 again: a dialog opening dismisses the notices that inform)
                 # A bundled preset's name, from another preset: refused in the box, which stays open.
                 editor = await edit(pilot, top_k="8")
                 await pilot.press("ctrl+n", *"creative", "enter")
                 await pilot.pause()
                 refused = app.screen is editor, str(editor.query_one("#editor-error").render())
-                return after, refused, notes(app)
+                return after, refused, said
 
     (preset, params, status, listed), (still_open, error), said = run(go())
     assert (presets_dir / "cooler.toml").is_file() and list(presets_dir.iterdir()) == [presets_dir / "cooler.toml"]

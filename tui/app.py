@@ -36,6 +36,7 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.model_names import model_key
 from tiankong.engine.remote import RemoteModel
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
+from tiankong.tui import terminal
 from tiankong.tui.cli_env import building_line, decode_notice, need_terminal
 from tiankong.tui.screens.help import HelpScreen
 from tiankong.tui.streaming import on_engine_thread
@@ -66,6 +67,11 @@ def _model_id(model: Path | RemoteModel) -> str:
 # interval. bench/tui_stream.py on the 135M Q4_0 GGUF (2 cores): 136 tok/s at 5 ms with 30 frames a
 # second, 184 at 0.1 ms with 15 (streaming.FRAME_S); the engine alone ~290 (bench/README.md).
 GIL_SWITCH_S = 1e-4
+
+# Here, not only in tui.widgets (imported when the chat mounts): the driver binds its SIGCONT handler
+# when the app starts, and one bound before the guard was in place started a second input thread
+# on each `kill -CONT`, and ctrl+q then hung. Every command that runs an app imports this module.
+terminal.install()
 
 # Handled like ctrl+q. Their default action ends the process at once: the terminal stays in the
 # app's modes (alternate screen, mouse reporting, no cursor) and the answer being generated is lost.
@@ -210,7 +216,8 @@ class TiankongApp(App[None]):
         from tiankong.engine import native
 
         def building(how: str) -> None:  # on this worker's thread, inside Engine.load
-            self.call_from_thread(self.chat._status, building_line(how))
+            # (short: what fits beside any preset's settings at 80 columns)
+            self.call_from_thread(self.chat._status, building_line(how), short="compiling…")
 
         native.on_build(building)
 
@@ -314,7 +321,8 @@ class TiankongApp(App[None]):
         yield SystemCommand("Votes", "the stored preference votes (ctrl+g)", self.action_votes)
         if screen is self.chat:
             for b in screen.BINDINGS:
-                if isinstance(b, Binding) and b.action != "app.help":
+                # Not esc's: one binding per state, the footer names the one that acts (ctrl+c's "stop answer" is here)
+                if isinstance(b, Binding) and b.action != "app.help" and b.key != "escape":
                     title = b.description[:1].upper() + b.description[1:]
                     yield SystemCommand(
                         title, f"{b.tooltip} ({self.get_key_display(b)})", partial(screen.run_action, b.action)

@@ -1,4 +1,5 @@
-"""Fixes to how Textual reads the terminal, installed once at import of tui.widgets.
+"""Fixes to how Textual reads the terminal, installed at import of tui.app (before any app starts:
+the driver binds its signal handlers as it is made) and of tui.widgets (an app of a test's own).
 
 - An escape character inside a bracketed paste acted as a key: Textual's parser reads an ESC in the
   middle of a paste as the start of a key sequence, so a pasted `ESC ] 0 ; ... BEL` opened the

@@ -5,7 +5,7 @@ message input; the footer. Generation runs in a thread worker that batches token
 to the UI at most every FRAME_S seconds (tui/streaming.py), so a fast model never floods the event loop.
 
 Every message is stored the moment it exists: the user's when sent, the answer when it finishes
-(also when stopped with Esc, or by quitting: ctrl+q, SIGTERM, SIGHUP; finish_reason "cancelled"),
+(also when stopped with Esc or ctrl+c, or by quitting: ctrl+q, SIGTERM, SIGHUP; finish_reason "cancelled"),
 with preset, params, seed and every token's candidates. A quit does not count on the worker's Done
 message, which may never be handled: on_unmount stops the worker, waits for it (at most
 QUIT_WAIT_S) and stores every token it produced. The transcript widgets and the store are kept in
@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Input, Label, Static
 
@@ -75,6 +77,7 @@ class Answering:
     cancel: threading.Event
     tokens: list[dict[str, Any]]  # a branch's forced tokens, then every token the worker produced
     forced: int = 0  # how many of `tokens` were forced (a branch), not generated
+    shown_params: SamplingParams | None = None  # the settings the status line shows meanwhile (seed as set)
     finished: Finished | None = None
     ended: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -100,12 +103,26 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
     CSS_PATH = "chat.tcss"
     AUTO_FOCUS = "#prompt"
 
+    # What esc does depends on these (esc_means): the footer is drawn again when one changes.
+    generating: reactive[bool] = reactive(False, repaint=False, bindings=True)
+    inspected: reactive[AssistantMessage | None] = reactive(None, repaint=False, bindings=True)
+    editing_id: reactive[int | None] = reactive(None, repaint=False, bindings=True)
+
     BINDINGS = [
+        # esc does one thing at a time, and the footer names the one it does now (check_action):
+        # "esc stop" showed with nothing streaming, and in inspect mode, where esc goes back.
+        Binding("escape", "escape('stop')", "stop", tooltip="while an answer streams: stop it (keeps what it wrote)"),
+        Binding("escape", "escape('back')", "back", tooltip="in inspect mode (f5): back to the chat"),
+        Binding("escape", "escape('edit')", "cancel edit", tooltip="while editing (ctrl+l): cancel, the box as it was"),
+        Binding("escape", "escape('prompt')", "to message box", show=False, tooltip="else: back to the message box"),
+        # Over Textual's own ctrl+c (copy a selection, else "press ctrl+q to quit"), only while an answer
+        # streams: the answer ran on, and the key that stops a program stopped nothing.
         Binding(
-            "escape",
-            "escape",
-            "stop",
-            tooltip="stop the answer (keeps what was generated), leave inspect mode, cancel an edit",
+            "ctrl+c",
+            "interrupt",
+            "stop answer",
+            show=False,
+            tooltip="while an answer streams: stop it, as esc does (else: copy a selection; ctrl+q quits)",
         ),
         Binding("f1", "app.help", "keys", tooltip="every key, grouped"),
         Binding("f2", "next_preset", "preset", tooltip="switch to the next preset (shift+f2: previous)"),
@@ -276,11 +293,18 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
                 words, fewer = self._context_state()
                 if words:
                     state, short = f"ready · {words}", f"ready · {fewer}"
-        edited = " (edited)" if self.params != self.preset.params else ""
+        # While an answer streams, the preset and settings it was started with: f2 and f3 apply from
+        # the next answer, and the line showed the new preset beside an answer still made with the old.
+        running = self._answering if self.generating else None
+        if running is not None:
+            preset, params = running.preset, running.shown_params or running.params
+        else:
+            preset = self.preset.name + (" (edited)" if self.params != self.preset.params else "")
+            params = self.params
         self.query_one(StatusBar).set(
             model=self.model_name,
-            preset=self.preset.name + edited,
-            settings=params_summary(self.params),
+            preset=preset,
+            settings=params_summary(params),
             state=state,
             short_state=short or state,
             error=error,
@@ -362,7 +386,9 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         """Start the worker on `answer`. What it generates is kept in self._answering as it goes, so
         that quitting can store it even when the worker's Done is never handled (on_unmount)."""
         tokens = list(answer.tokens)  # a branch's forced tokens
-        self._answering = Answering(answer, params, preset, cancel, tokens, forced=len(tokens))
+        self._answering = Answering(
+            answer, params, preset, cancel, tokens, forced=len(tokens), shown_params=self.params
+        )
         self._generate_worker(ids, self._answering)
 
     @work(thread=True, exclusive=True, group="generate")
@@ -438,7 +464,10 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             )
             self._status("cancelled by the server: kept the partial answer", error=True)
         else:
-            self._status("stopped: kept the partial answer" if fin.finish_reason == "cancelled" else None)
+            if fin.finish_reason == "cancelled":  # (short: it fits beside any preset at 80 columns)
+                self._status("stopped: kept the partial answer", short="stopped")
+            else:
+                self._status()
 
     def _show_last_token(self) -> None:
         """The candidates panel on the last token of the transcript's last answer (the hint when it
@@ -525,11 +554,54 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
 
     # ------------------------------------------------------------------ keys
 
-    def action_escape(self) -> None:
+    def on_key(self, event: events.Key) -> None:
+        """A character typed where nothing takes it (the transcript, a message for a key it has no use
+        for) goes into the message box, which takes the focus: it was lost without a sign."""
+        focused = self.focused
+        if focused is None or isinstance(focused, Input) or not event.is_printable or not event.character:
+            return
+        if event.key in self.active_bindings:  # a message's own (c, b, v, [ ]) or the screen's
+            return
+        prompt = self.query_one("#prompt", PromptInput)
+        prompt.focus()
+        prompt.insert_text_at_cursor(event.character)
+        event.stop()
+        event.prevent_default()
+
+    def _stop_streaming(self) -> bool:
+        """Stop the answer being streamed after the token it is on (kept as far as it got); False when
+        there is none."""
+        if not (self.generating and self._cancel is not None):
+            return False
+        self._cancel.set()
+        self._status("stopping…")
+        return True
+
+    def action_interrupt(self) -> None:
+        if not self._stop_streaming():
+            raise SkipAction()  # the app's ctrl+c: "press ctrl+q to quit"
+
+    def esc_means(self) -> str:
+        """What esc does now: "stop" an answer, go "back" from inspect mode, cancel an "edit", or go to
+        the message box ("prompt"); the parameter of the one esc binding enabled (check_action)."""
         if self.generating and self._cancel is not None:
-            self._cancel.set()
-            self._status("stopping…")
-        elif self.inspected is not None:
+            return "stop"
+        if self.inspected is not None:
+            return "back"
+        if self.editing_id is not None:
+            return "edit"
+        return "prompt"
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "escape" and parameters:
+            return parameters[0] == self.esc_means()
+        return True
+
+    def action_escape(self, what: str = "") -> None:
+        """esc (`what`, the binding's word, is what it does now: esc_means decides)."""
+        if self._stop_streaming():
+            return
+        if self.inspected is not None:
             self._leave_inspect()
         elif self.editing_id is not None:
             self._end_edit()  # the box gets back what it held before ctrl+l
@@ -579,7 +651,14 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             ("chat", chat),
             (
                 "an answer (inspect mode, or a focused message)",
-                rows(AssistantMessage.BINDINGS) + [("tab / shift+tab", "move focus between the inputs and messages")],
+                rows(AssistantMessage.BINDINGS)
+                + [
+                    (
+                        "tab / shift+tab",
+                        "move focus: message box, system prompt, the chat (when it scrolls), its messages; "
+                        "a key typed where none is taken goes into the message box",
+                    )
+                ],
             ),
             (
                 "everywhere",

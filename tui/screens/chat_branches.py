@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tiankong.engine.model_names import display_name, stored_model
 from tiankong.engine.remote import RemoteEngine
 from tiankong.tui.screens.branch import CandidatePicker, branch_votes
 from tiankong.tui.screens.chat_sending import ContextNotice, NotAnswered
@@ -100,6 +101,10 @@ class ChatBranches:
         if isinstance(self.engine, RemoteEngine):
             self.notify("continuing from a chosen token needs a local model: a server takes messages, not tokens")
             return
+        foreign = self._written_by_another(answer)
+        if foreign is not None:
+            self.notify(foreign, severity="warning", markup=False)
+            return
         full = self._no_room_to_branch(answer, index)
         if full is not None:
             self.notify(full, severity="warning", markup=False)
@@ -113,6 +118,17 @@ class ChatBranches:
                 await self._answer((before, (candidate, at)))
 
         self.app.push_screen(CandidatePicker(answer.tokens[index], index), picked)
+
+    def _written_by_another(self, answer: AssistantMessage) -> str | None:
+        """Why `b` cannot continue `answer`, or None: another model wrote it (a chat opened in another
+        model's playground), so its token ids are that model's; read with this one's vocabulary they
+        are other tokens, and the branch would mix the two."""
+        if answer.model is None or stored_model(answer.model) == stored_model(self.model_id):
+            return None
+        return (
+            f"this answer was written by {display_name(answer.model)}, whose tokens are not {self.model_name}'s: "
+            f"to branch from it, open the chat with that model (tiankong chat -m {answer.model})"
+        )
 
     def on_assistant_message_branch_vote(self, event: AssistantMessage.BranchVote) -> None:
         """A vote that this branch beats each sibling answer, at the token where the two part."""

@@ -55,6 +55,16 @@ class ChatHistory:
         kept = f"\nkept the system prompt “{quoted(system)}” (clear the system field to drop it)" if system else ""
         self.notify("new chat" + kept, markup=False)
 
+    def clear_notices(self) -> None:
+        """Dismiss the notices that only inform, before a dialog opens: drawn over it (the top screen
+        has them) they covered the chat list and the f3 editor for seconds. Warnings and errors stay."""
+        notifications = getattr(self.app, "_notifications", None)  # (Textual's own; none in another version)
+        unnotify = getattr(self.app, "_unnotify", None)
+        if notifications is None or unnotify is None:
+            return
+        for notice in [n for n in notifications if n.severity == "information"]:
+            unnotify(notice)
+
     def still_opening(self) -> bool:
         """Whether a long chat is still being opened (its earlier messages mounted in a worker): then
         the chat is not whole yet, and what needs it (answering, another chat, ctrl+t) is refused."""
@@ -85,6 +95,7 @@ class ChatHistory:
             return
         if self.still_opening():
             return
+        self.clear_notices()
         self.app.push_screen(ChatListScreen(self.store), self._open_picked)
 
     async def _open_picked(self, picked: Picked | None) -> None:
@@ -219,7 +230,7 @@ class ChatHistory:
             w: UserMessage | AssistantMessage = AssistantMessage(
                 m.content, m.tokens, title=title, info=info, message_id=m.id, lazy=True
             )
-            w.parent_id, w.dropped = m.parent_id, m.dropped
+            w.parent_id, w.dropped, w.model = m.parent_id, m.dropped, m.model or chat.model
         else:
             w = UserMessage(m.content, m.id)
             if m.role == "system":

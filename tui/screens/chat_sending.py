@@ -103,6 +103,8 @@ class ChatSending:
     async def send(self, text: str) -> None:
         """Store and show the user's message, then answer it."""
         if not text.strip():
+            if text:  # spaces or line breaks alone: said, where it went nowhere without a word
+                self.notify("the message is blank: nothing sent", severity="warning")
             return
         if self.engine is None and self.engine_error is None:
             self._queued = text
@@ -207,8 +209,11 @@ class ChatSending:
         return why + (f": {', or '.join(ways)}" if ways else "")
 
     def _context_state(self) -> tuple[str, str]:
-        """For the status line, long and short: what the next message leaves out, and how full its
-        prompt is once past FULL of its room (the context less the answer's room, where turns go)."""
+        """For the status line, long and short: what the next message leaves out, and, once past FULL
+        of the prompt's room (the context less the answer's room, where turns go), the prompt's size
+        of the context in ctrl+t's terms ("prompt 349/512"; the next prompt, its message still empty),
+        and where turns go. (It said "92% full", a share of that room, which read as a share of the
+        context beside ctrl+t's.)"""
         assert self.engine is not None
         words, short = [], []
         if self.dropped_turns:
@@ -218,9 +223,9 @@ class ChatSending:
         ctx = self.engine.cfg.max_seq_len
         room = ctx - answer_room(self.params.max_new_tokens, ctx)
         if self.next_prompt > FULL * room and getattr(self.engine.cfg, "context_known", True):
-            full = f"{min(100, round(100 * self.next_prompt / room))}% full"
-            words.append(f"context {full}")
-            short.append(full)
+            size = f"prompt {self.next_prompt}/{ctx}"
+            words.append(f"{size} · old turns go past {room}")
+            short.append(size)
         return " · ".join(words), " · ".join(short)
 
     def _not_answered_last(self) -> list[NotAnswered]:
@@ -267,7 +272,7 @@ class ChatSending:
         params = with_seeds([self.params])[0]  # fill the seed now, so it is stored and repeatable
         edited = " (edited)" if self.params != self.preset.params else ""
         answer = AssistantMessage(title=f"{self.model_name} · {self.preset.name}{edited}")
-        answer.parent_id, answer.dropped = self._last_id(), dropped
+        answer.parent_id, answer.dropped, answer.model = self._last_id(), dropped, self.model_id
         await self.transcript.mount(answer)
         answer.start_stream()
         if branch is not None:  # the forced tokens are part of the prompt; the answer's length limit counts them

@@ -44,7 +44,9 @@ class ChatViews:
         if self.chat_id is not None:
             self._save(self.store.update_chat, self.chat_id, preset=name)
         if not quiet:
-            self.notify(f"{self.preset.description}", title=f"preset {name}", markup=False)
+            running = self._answering.preset if self.generating and self._answering is not None else None
+            later = f"\nfrom the next answer: this one goes on with {running}" if running else ""
+            self.notify(f"{self.preset.description}{later}", title=f"preset {name}", markup=False)
 
     def _step_preset(self, step: int) -> None:
         """To the next (or previous) preset. With f3 edits not saved, the first press only warns
@@ -94,12 +96,16 @@ class ChatViews:
                 self.params = params
                 self._status()
                 self.notify(
-                    f"the next answer uses {params_summary(params)}",
+                    f"the next answer uses {params_summary(params)}"
+                    + (" (this one goes on as it began)" if self.generating else ""),
                     title=f"preset {self.preset.name} edited",
                     markup=False,
                 )
 
-        self.app.push_screen(PresetEditor(self.preset, self.params), edited)
+        cfg = getattr(self.engine, "cfg", None)  # None while the model loads
+        context = cfg.max_seq_len if cfg is not None and getattr(cfg, "context_known", True) else None
+        self.clear_notices()
+        self.app.push_screen(PresetEditor(self.preset, self.params, context=context), edited)
 
     # ------------------------------------------------------------------ token views
 

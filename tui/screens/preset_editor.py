@@ -1,7 +1,8 @@
 """The preset editor: change the sampling settings in place, each checked by SamplingParams.
 
 Every number field shows its allowed range (`SamplingParams.RANGES`) and the preset's recommended
-range (none where the preset recommends none); a value outside the recommended range turns yellow, an
+range (none where the preset recommends none; max tokens' no longer than the model's context, where
+the editor is told it); a value outside the recommended range turns yellow, an
 invalid one is refused with the engine's own message. The stop strings are one field, written as a
 list of double-quoted strings with JSON's escapes (`["\\n\\n", "User:"]`, empty = none): a newline or a
 quote can be seen and typed on one line, and the form is the one the preset file's `stop = [...]`
@@ -10,8 +11,8 @@ line has (TOML's basic strings take the same escapes). Dismisses with the new `S
 user's presets folder, presets.save_preset), or None when cancelled.
 
 The box scrolls when the terminal is too short for it, and the errors stay reachable: at most
-MAX_ERROR_LINES are listed, and a focused field that is marked invalid shows its own error in the
-help line.
+MAX_ERROR_LINES are listed, and a focused field that is marked invalid, its error left out of the
+list, shows that error in the help line (one the list shows is not said twice).
 """
 
 from __future__ import annotations
@@ -138,12 +139,16 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         Binding("up", "app.focus_previous", "previous field", show=False),
     ]
 
-    def __init__(self, preset: Preset, params: SamplingParams, user_dir: Path | None = None) -> None:
+    def __init__(
+        self, preset: Preset, params: SamplingParams, user_dir: Path | None = None, context: int | None = None
+    ) -> None:
         super().__init__()
         self.preset, self.params = preset, params
+        self.context = context  # the model's context in tokens, where known: no answer is longer
         self.user_dir = user_dir  # where save as writes (None: presets.user_presets_dir())
         self._erred = False  # errors are shown (an apply failed): they follow the edits until none is left
         self._errors: dict[str, str] = {}  # field -> its error, as last shown
+        self._listed: list[str] = []  # the errors the error lines show (past MAX_ERROR_LINES, not all)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="editor") as box:
@@ -165,10 +170,10 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
                         placeholder="random" if name == "seed" else "",
                         compact=True,
                     )
-                    rec = self.preset.recommended.get(name)
+                    rec = self._recommended(name)
                     hint = f"[{num(lo)}, {num(hi)}]"
                     if rec:
-                        hint += f" · rec {num(rec[0])}–{num(rec[1])}"
+                        hint += f" · rec {num(rec[0])}" + (f"–{num(rec[1])}" if rec[1] != rec[0] else "")
                     yield Label(hint, classes="field-hint")
                 # Wider than a number: its input takes the value and hint columns (the help line says the form).
                 yield Label("stop", classes="field-name")
@@ -192,9 +197,17 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
     def _input(self, name: str) -> Input:
         return self.query_one(f"#field-{name}", Input)
 
-    def _mark(self, name: str) -> None:
-        """Yellow when the value is outside the preset's recommended range."""
+    def _recommended(self, name: str) -> tuple[float, float] | None:
+        """The preset's recommended range for `name`; for max_new_tokens no more than the model's
+        context (a preset's "128–2048" beside a 512-token model recommended what it cannot write)."""
         rec = self.preset.recommended.get(name)
+        if rec and name == "max_new_tokens" and self.context:
+            rec = (min(rec[0], self.context), min(rec[1], self.context))
+        return rec
+
+    def _mark(self, name: str) -> None:
+        """Yellow when the value is outside the (shown) recommended range."""
+        rec = self._recommended(name)
         try:
             value = parse_field(name, self._input(name).value)
         except InputError:
@@ -216,7 +229,8 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
             )
         elif isinstance(widget, Input) and widget.id and widget.id.startswith("field-"):
             name = widget.id.removeprefix("field-")
-            if widget.has_class("-invalid") and name in self._errors:  # an error the list may have left out
+            # An error the list left out; one it shows is not said twice (the line under it)
+            if widget.has_class("-invalid") and name in self._errors and self._errors[name] not in self._listed:
                 help_line.update(Text(self._errors[name], style="bold red"))
             else:
                 what = STOP_HELP if name == "stop" else SamplingParams.RANGES[name].description
@@ -308,6 +322,7 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         if len(messages) > MAX_ERROR_LINES:
             rest = len(messages) - MAX_ERROR_LINES + 1
             shown = [*messages[: MAX_ERROR_LINES - 1], f"… and {rest} more: each red field says its own when focused"]
+        self._listed = shown
         self.query_one("#editor-error", Static).update(Text("\n".join(shown), style="bold red"))
         for name in EDITED:
             self._input(name).set_class(name in self._errors, "-invalid")

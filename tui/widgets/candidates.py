@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from rich.cells import cell_len, set_cell_size
+from rich.console import Console
 from rich.text import Text
 from textual.geometry import Region
 from textual.widget import Widget
@@ -149,7 +150,7 @@ class CandidatesPanel(Widget):
     def render(self) -> Text:
         if self._token is None:
             self._rows = 0
-            return Text(self._hint, style="dim")
+            return hint_text(self._hint, self.content_size.width)
         text = self._content(self._width())
         self._rows = len(text.plain.split("\n"))
         return text
@@ -199,6 +200,15 @@ class CandidatesPanel(Widget):
             _row(out, c, chosen, chosen and picked, tw, bw)
         out.rstrip()
         return out
+
+
+def hint_text(hint: str, width: int) -> Text:
+    """The hint broken into lines of at most `width` cells between words (the panel does not wrap: at
+    34 columns "send a message: each token's candidat…" lost its end)."""
+    text = Text(hint, style="dim")
+    if width <= 0:
+        return text
+    return Text("\n", style="dim").join(text.wrap(Console(width=width), width))
 
 
 def label_lines(label: str, width: int) -> list[str]:

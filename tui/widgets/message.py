@@ -199,6 +199,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         self.branches: list[int] = []
         self.forced_text = ""  # a branch: the text of its tokens up to and including the one picked in f5
         self.dropped: int | None = None  # how many of the chat's oldest turns its prompt left out (None: unknown)
+        self.model: str | None = None  # the model that wrote it (a model_key; None: not known)
 
     def action_branch(self) -> None:
         if self.tokens and not self.streaming:

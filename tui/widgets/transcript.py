@@ -29,6 +29,12 @@ FAR = 3.0  # ... gets realized, with all the others within this many
 
 
 class Transcript(VerticalScroll):
+    """Takes the focus (tab) only when there is something to scroll: a stop that takes no key and
+    shows nothing, between the system prompt and the messages, lost what was typed there."""
+
+    def allow_focus(self) -> bool:
+        return super().allow_focus() and self.max_scroll_y > 0
+
     def __init__(self, *children: Widget, **kwargs: Any) -> None:
         super().__init__(*children, **kwargs)
         self._arrangement: Any = None  # the last DockArrangeResult seen
