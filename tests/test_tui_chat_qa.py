@@ -293,3 +293,30 @@ def test_a_notice_from_before_a_dialog_opened_does_not_cover_it(tiny, store, tmp
         ("ChatListScreen", ["an earlier warning", "the dialog's own"]),
         ("PresetEditor", ["an earlier warning", "the dialog's own"]),
     ]
+
+
+# ---------------------------------------------------------------- what resolve says about the model
+
+
+def test_an_unfinished_training_run_is_named_inside_the_playground(tiny, store, tmp_path):
+    """QA31: `chat --model runs/ppo` after Ctrl+C at step 4 said it was an unfinished run only on stderr,
+    hidden by the app until it ended."""
+    import json
+    import shutil
+
+    from tiankong.engine.resolve import resolve_model
+
+    run_dir = tmp_path / "runs" / "ppo"
+    shutil.copytree(tiny, run_dir)
+    (run_dir / "train_config.json").write_text(json.dumps({"steps": 20, "resume_command": "tiankong train ppo X"}))
+    (run_dir / "checkpoints" / "step-4").mkdir(parents=True)
+    model = resolve_model(str(run_dir))
+    assert model.note
+
+    async def main():
+        async with chat_app(model, store, tmp_path) as (app, pilot, chat):
+            await pilot.pause()
+            return notices(app)
+
+    (said,) = [n for n in run(main()) if "unfinished training run" in n]
+    assert "step 4 of 20" in said and "tiankong train ppo X" in said

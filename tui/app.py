@@ -235,6 +235,10 @@ class TiankongApp(App[None]):
         notice = next((n for n in map(decode_notice, engines) if n), None)
         if notice:  # the first local model's: the reason is the same for all
             self.notify(notice, title="slower decoding", severity="warning", timeout=20, markup=False)
+        for folder in self.model_dirs:  # resolve's notes (an unfinished training run, a name two places hold):
+            note = getattr(folder, "note", None)  # on stderr too, but that is hidden until the app ends
+            if note:
+                self.notify(note, title="about this model", severity="warning", timeout=30, markup=False)
         if self.mode == "compare":  # the screen `tiankong compare` asked for: esc never leaves it for the chat
             self.open_compare(self.compare_presets, engines=engines, standalone=True)
 
