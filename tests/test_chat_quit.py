@@ -118,6 +118,27 @@ def _read(master: int, screen: bytearray, timeout: float) -> None:
             pass
 
 
+def _chat_in_a_pty(tmp_path: Path, rows: int, cols: int) -> tuple[subprocess.Popen, int]:
+    """`tiankong chat -m stories260K` in a real terminal of rows x cols (a pty), with its data and
+    config in tmp_path -> (the process, the pty's master end to read and type into)."""
+    env = {**os.environ, "TERM": "xterm-256color", "TIANKONG_DATA_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env["TIANKONG_CONFIG_DIR"] = str(tmp_path / "config")
+    for var in ("TEXTUAL", "NO_COLOR", "COLUMNS", "LINES"):
+        env.pop(var, None)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiankong.tui.cli", "chat", "-m", str(STORIES), "--device", "cpu"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    return proc, master
+
+
 @pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models/stories260K is absent")
 @pytest.mark.parametrize(
     "sig, answering",
@@ -130,26 +151,7 @@ def test_a_signal_restores_the_terminal_and_stores_the_answer(sig, answering, tm
     presets = tmp_path / "config" / "presets"
     presets.mkdir(parents=True)
     (presets / "balanced.toml").write_text("[params]\nseed = 1\n")  # stories260K: 507 tokens, to the context's end
-    env = {
-        **os.environ,
-        "TERM": "xterm-256color",
-        "TIANKONG_DATA_DIR": str(tmp_path),
-        "TIANKONG_CONFIG_DIR": str(tmp_path / "config"),
-        "OMP_NUM_THREADS": "1",
-    }
-    for var in ("TEXTUAL", "NO_COLOR", "COLUMNS", "LINES"):
-        env.pop(var, None)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tiankong.tui.cli", "chat", "-m", str(STORIES), "--device", "cpu"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        start_new_session=True,
-    )
-    os.close(slave)
+    proc, master = _chat_in_a_pty(tmp_path, 40, 120)
     screen = bytearray()
 
     def wait_for_screen(pattern: bytes, timeout: float = 60.0) -> re.Match:
@@ -208,21 +210,7 @@ def test_ctrl_q_exits_after_the_app_was_stopped_and_continued_from_outside(tmp_p
     never ended: the SIGCONT handler that ran was Textual's own, which started the driver's input and
     output threads again, since tiankong's guard (tui/terminal.py) was put in place only once the chat
     had mounted, after the driver had bound its handler. It is in place before the app starts now."""
-    env = {**os.environ, "TERM": "xterm-256color", "TIANKONG_DATA_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    env["TIANKONG_CONFIG_DIR"] = str(tmp_path / "config")
-    for var in ("TEXTUAL", "NO_COLOR", "COLUMNS", "LINES"):
-        env.pop(var, None)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tiankong.tui.cli", "chat", "-m", str(STORIES), "--device", "cpu"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        start_new_session=True,
-    )
-    os.close(slave)
+    proc, master = _chat_in_a_pty(tmp_path, 30, 100)
     screen = bytearray()
     try:
         end = time.monotonic() + 60
