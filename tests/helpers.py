@@ -122,3 +122,15 @@ def tiankong(*args, timeout=60):
     assert seconds < timeout, f"took {seconds:.0f} s: {args}"
     assert usage.ru_maxrss * 1024 < MAX_RSS_BYTES, f"peak memory {usage.ru_maxrss >> 10} MB: {args}"
     return proc.returncode, err.strip().splitlines(), seconds
+
+
+def read_only_mount(path) -> bool:
+    """Make the folder `path` a read-only bind mount of itself, as a read-only disk is; False where
+    this process may not mount (not root, or no mount namespace). Undo with `umount path`."""
+    if os.geteuid() != 0:
+        return False
+    ok = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode == 0
+    if ok and subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], capture_output=True).returncode:
+        subprocess.run(["umount", str(path)], capture_output=True)
+        return False
+    return ok

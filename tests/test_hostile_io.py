@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli
+from helpers import cli, read_only_mount
 
 from tiankong.tui.store import DB_NAME, Response, Store, Vote
 
@@ -130,22 +130,11 @@ def test_export_onto_a_fifo_is_refused_without_hanging(data, tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
-def _read_only_folder(path: Path) -> bool:
-    """Make `path` a read-only bind mount of itself; False where this process may not mount."""
-    if os.geteuid() != 0:
-        return False
-    ok = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode == 0
-    if ok and subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], capture_output=True).returncode:
-        subprocess.run(["umount", str(path)], capture_output=True)
-        return False
-    return ok
-
-
 def test_export_into_a_read_only_folder_is_one_line(data, tmp_path, monkeypatch, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "prefs.jsonl").write_text("old\n")
-    mounted = _read_only_folder(ro)
+    mounted = read_only_mount(ro)
     if not mounted:  # no mounting here: the rename fails as it would on a read-only file system
 
         def refuse(*a, **k):
@@ -199,7 +188,7 @@ def test_generate_output_in_a_folder_it_cannot_write_is_refused_before_loading(t
     # included, may make a file in /sys (sysfs); a read-only bind mount too where this process may mount.
     ro = tmp_path / "ro"
     ro.mkdir()
-    mounted = _read_only_folder(ro)
+    mounted = read_only_mount(ro)
     try:
         for folder in [Path("/sys"), *([ro] if mounted else [])]:
             if not folder.is_dir():

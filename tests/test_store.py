@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import read_only_mount
 
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.tui import store_base
@@ -257,11 +258,7 @@ def _read_only(folder: Path) -> bool:
     if os.geteuid() != 0:
         folder.chmod(0o500)
         return True
-    ok = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
-    if ok and subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode:
-        subprocess.run(["umount", str(folder)], capture_output=True)
-        return False
-    return ok
+    return read_only_mount(folder)
 
 
 def _writable_again(folder: Path) -> None:
