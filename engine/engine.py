@@ -22,7 +22,7 @@ from torch import nn
 from .chat import ChatTemplate, render_prompt
 from .config import ModelConfig
 from .context import PromptCache, answer_room, fit_messages
-from .errors import ContextOverflow, InputError
+from .errors import ContextOverflow, InputError, quoted
 from .events import Event
 from .files import check_text
 from .generate import generate
@@ -83,6 +83,15 @@ def _check_template_path(chat_template: object) -> None:
         )
 
 
+def _checkpoint_dtype(value: Any, folder: Path) -> Any:
+    """config.json's torch_dtype as info shows it: a name torch does not have ("float128") is marked,
+    since nothing reads it (loading takes each weight's own type: the weight types row). A GGUF file's
+    value is its quantization (Q4_K_M), shown as it is."""
+    if value is None or is_gguf(folder) or isinstance(getattr(torch, str(value), None), torch.dtype):
+        return value
+    return f"{quoted(value, 40)} (not a dtype torch knows; each weight's own type is used)"
+
+
 def _chars(texts: Sequence[Any]) -> int:
     """Characters of the texts among `texts` (a message's content may be something else)."""
     return sum(len(t) for t in texts if isinstance(t, str))
@@ -127,6 +136,8 @@ class Engine:
         """
         pack = check_flag("pack", pack)
         _check_template_path(chat_template)
+        if chat_template is not None:  # read and compiled now, not after the weights
+            ChatTemplate.check_file(chat_template)
         dtype = dtype_name(dtype)  # "Q8_0" as "q8_0" (_keeps_blocks reads it too)
         folder = resolve_model(folder)
         # One reader for weights, tokenizer and template; blocks kept where the compiled step reads them.
@@ -338,7 +349,7 @@ class Engine:
             "weight_types": ", ".join(f"{k} x{v}" for k, v in sorted(self.weights.get("types", {}).items())),
             "bytes_per_token": self.weights.get("bytes_per_token"),
             "kv_cache": f"{str(kv).removeprefix('torch.')}, {human_bytes(kv_bytes)} per token and row",
-            "checkpoint_dtype": c.torch_dtype,
+            "checkpoint_dtype": _checkpoint_dtype(c.torch_dtype, self.folder),
             "device": str(self.device),
             "decode": self.decode_path,
             # True, False, or why the model's own template cannot be used (ChatTemplate.unusable).

@@ -25,6 +25,13 @@ class ChatTemplateError(TiankongError):
     """A chat template failed to render, or a template called raise_exception()."""
 
 
+class ChatTemplateFault(ChatTemplateError):
+    """The chat template itself failed (a bug in it, a limit it broke, text it wrote that is not text),
+    not the messages it was given. A server answers it as its own error (500: the template is the one
+    it loaded), where a plain ChatTemplateError, the template's raise_exception() refusing the
+    messages, is the request's (400)."""
+
+
 class InputError(TiankongError):
     """A prompt, an input file line, a preset or a sampling parameter is invalid."""
 

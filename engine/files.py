@@ -58,6 +58,9 @@ JSON_LIMITS = {
     "added_tokens.json": 16 * _MB,
     # One or a few templates, each at most ~20 KB, as for --chat-template files (chat.TEMPLATE_FILE_MAX_BYTES).
     "chat_template.json": 4 * _MB,
+    # The whole pipeline, vocabulary and merges: Qwen2's (151k tokens) ~7 MB, a 256k vocabulary's
+    # (Gemma) ~35 MB. Parsing takes a second per ~10 MB and about 20 times the size in memory.
+    "tokenizer.json": 64 * _MB,
 }
 # A shard index (*.index.json) holds one ~100-byte line per tensor: ~100 KB-1 MB for most models, about
 # 15 MB for the largest mixtures of experts (~140,000 tensors, their FP8 scales included).
@@ -259,12 +262,11 @@ def read_model_json(folder: str | Path, name: str, error: type[Exception] = Mode
 def read_model_object(folder: str | Path, name: str, error: type[Exception] = ModelLoadError) -> dict[str, Any]:
     """A model-folder JSON file that must hold an object; {} if absent."""
     data = read_model_json(folder, name, error)
-    if data is None:
+    if data is None and model_file(folder, name) is None:
         return {}
     if not isinstance(data, dict):
-        raise error(
-            f"{Path(folder) / name} should hold a JSON object, not {type(data).__name__}; fix or re-copy the file"
-        )
+        kind = "null" if data is None else type(data).__name__  # a file of `null` is there, not absent
+        raise error(f"{Path(folder) / name} should hold a JSON object, not {kind}; fix or re-copy the file")
     return data
 
 

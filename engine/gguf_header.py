@@ -166,8 +166,16 @@ def _walk(cur: _Cursor, size: int) -> None:
     if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
         raise _Bad(f"it claims {n_tensors:,} tensors and {n_kv:,} metadata entries")
     alignment, cur.elements = 32, 0
+    keys: set[str] = set()
     for _ in range(n_kv):
-        key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
+        raw = cur.string(MAX_KEY, "a metadata key")
+        try:  # the gguf reader decodes keys strictly, and keeps one value per key
+            key = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Bad(f"metadata key {raw[:60]!r} is not UTF-8 text") from None
+        if key in keys:
+            raise _Bad(f"metadata key {key[:60]!r} appears twice")
+        keys.add(key)
         kind = cur.take("I")
         if key == "general.alignment":
             if kind != 4:
@@ -208,8 +216,10 @@ def _skip_value(cur: _Cursor, kind: int, key: str) -> None:
             cur.skip(count * struct.calcsize(_SCALARS[item]), key)
         elif item == _STRING:  # the tokenizer's vocabulary: up to ~256k strings, so a tight loop
             _skip_strings(cur, count, key)
-        else:  # nested arrays: no model metadata uses them
-            raise _Bad(f"metadata array {key} holds values of type {item}")
+        elif item == _ARRAY:  # nested arrays: no model metadata uses them
+            raise _Bad(f"metadata array {key} holds arrays (nested arrays, which no model's metadata has)")
+        else:
+            raise _Bad(f"metadata array {key} holds values of unknown type {item}")
     else:
         raise _Bad(f"metadata {key} has unknown value type {kind}")
 

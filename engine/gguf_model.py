@@ -67,7 +67,10 @@ class GGUFModel:
         try:
             self.reader = open_reader(self.path)
         except Exception as e:  # the header was walked already: anything left is a damaged file
-            raise ModelLoadError(f"{self.path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
+            problem = f"{type(e).__name__}: {e}"[:200]
+            raise ModelLoadError(
+                f"{self.path} is not a usable GGUF file ({problem}); download it again or use another file"
+            ) from None
         # A split set's parts (engine/gguf_split.py), each mapped by its own reader; the first holds
         # the metadata. One file: [(path, reader)].
         self.parts = open_parts(self.path, self.reader)
@@ -254,7 +257,11 @@ class GGUFModel:
         from .gguf_tokenizer import chat_template_from_gguf
 
         source = chat_template_from_gguf(self.reader, self.path)
-        return None if source is None else ChatTemplate.of_model(source, tokenizer, self.path)
+        if source is None:
+            return None
+        template = ChatTemplate.of_model(source, tokenizer, self.path)
+        template.origin = f"the tokenizer.chat_template of {self.path}"  # named when rendering fails
+        return template
 
     def tokenizer_files(self) -> dict[str, str]:
         """The tokenizer as a Hugging Face folder holds it, for saving this model as one (trainers):

@@ -151,7 +151,10 @@ def _open_later_parts(
         try:
             part = open_reader(path)
         except Exception as e:  # the header was walked already: anything left is a damaged file
-            raise ModelLoadError(f"{path} is not a usable GGUF file ({type(e).__name__}: {e})"[:300]) from None
+            problem = f"{type(e).__name__}: {e}"[:200]
+            raise ModelLoadError(
+                f"{path} is not a usable GGUF file ({problem}); download it again or use another file"
+            ) from None
         says = tuple(_value(part, key, path) for key in (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS))
         if says != (k - 1, count, total):
             no, of, tensors = says

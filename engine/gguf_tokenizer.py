@@ -161,6 +161,14 @@ def _vocabulary(fields: _Fields) -> tuple[list[str], list[int], dict[str, int]]:
         raise TokenizerError(
             f"{fields.path}: tokenizer.ggml.tokens is empty; the file has no vocabulary, re-convert it"
         )
+    empty = tokens.count("")
+    if 2 * empty > len(tokens):
+        # A few empty tokens (unused slots) occur in real files; a vocabulary of mostly empty ones
+        # matches no text, so every prompt would become BOS alone.
+        raise TokenizerError(
+            f"{fields.path}: {empty} of the {len(tokens)} tokens in tokenizer.ggml.tokens are empty strings; "
+            "the file has no usable vocabulary, re-convert it"
+        )
     tokens = [token or f"[EMPTY_{i}]" for i, token in enumerate(tokens)]  # llama.cpp's name for an empty token
     types = fields.numbers("tokenizer.ggml.token_type", len(tokens), int) or [NORMAL] * len(tokens)
     if any(not UNDEFINED <= t <= BYTE for t in types):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -157,10 +158,13 @@ def _folder_entry(name: str, source: str, folder: Path, fix: str) -> list[FoundM
 
 
 def _size(path: Path) -> int:
+    """A regular file's size (the cache's links to blobs followed); 0 for anything else, so that a
+    folder named model.safetensors is not "4.1 KB" of weights."""
     try:
-        return path.stat().st_size  # follows the cache's links to blobs
+        st = path.stat()
     except OSError:
         return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def _describe(name: str, source: str, folder: Path) -> FoundModel:
@@ -196,6 +200,15 @@ def human_bytes(n: int | float) -> str:
             return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:,.1f} TB"
+
+
+def human_params(n: int) -> str:
+    """A parameter count in millions or billions, three significant figures (0.26M, 3.15M, 135M,
+    1.24B): one formatter for `tiankong info`, `tiankong models` and the TUI's info view, which wrote
+    the same model as 3.15M and 3.1 M."""
+    value, unit = (n / 1e9, "B") if n >= 999.5e6 else (n / 1e6, "M")
+    decimals = 2 if value < 9.995 else 1 if value < 99.95 else 0
+    return f"{value:,.{decimals}f}{unit}"
 
 
 def _safetensors_parameters(folder: Path) -> int | None:
@@ -259,8 +272,9 @@ def _lmstudio_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundMo
 def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> list[FoundModel]:
     """A folder's .gguf files (subfolders included), with architecture and quantization read from each
     header (bounded); named ORG/NAME when it is the only one, else ORG/NAME/[SUB/]FILE.gguf (what
-    --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened."""
-    from .gguf_header import parameter_count, peek, quantization_name
+    --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened;
+    so is one whose header cannot be read (check_header's line, asked where the parameter count failed)."""
+    from .gguf_header import check_header, parameter_count, peek, quantization_name
 
     files = _gguf_files(folder)
     out = []
@@ -278,6 +292,13 @@ def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> lis
         arch = facts.get("general.architecture")
         parts = part_paths(gguf)  # a split set's files (its first part is listed), else [gguf]
         counts = [parameter_count(p) for p in parts]
+        try:  # a header that cannot be read whole (truncated, a count past the file): skipped, with why
+            for part, count in zip(parts, counts, strict=True):
+                if count is None and os.path.lexists(part):  # a set's missing part: listed, and named at load
+                    check_header(part)
+        except ModelLoadError as e:
+            notes.append(str(e))
+            continue
         params = None if None in counts else sum(c for c in counts if c is not None)
         size = sum(_size(p) for p in parts)
         out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, params, size, parts=len(parts)))

@@ -160,6 +160,13 @@ def _gguf_in(folder: Path, path: Path) -> Path:
     if real is not None and _lmstudio_import(folder, real):
         return path
     if real is not None:
+        try:
+            target = os.stat(real)
+        except OSError:
+            target = None
+        if target is None or not stat.S_ISREG(target.st_mode):  # /dev/zero, a FIFO: no model to pass
+            what = kind_of(target.st_mode) if target is not None else "nothing that can be read"
+            raise ModelLoadError(f"{path} is a link to {real} ({what}, not a model file); remove the link")
         raise ModelLoadError(
             f"{path} is a link to {real}, outside the model folder; {LINK_RULE}: copy the real file into "
             f"the folder (cp -L), or pass the file itself (--model {real})"
@@ -190,19 +197,25 @@ def _starts_gguf(path: Path) -> bool:
 # --- GGUF files in a folder ------------------------------------------------------------------------
 
 
-def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH) -> list[Path]:
+def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH, _within: tuple[Path, set[Path]] | None = None) -> list[Path]:
     """The .gguf files of a language model in `folder` and its subfolders (`depth` levels in all),
     vision projectors left out, a split set (NAME-00001-of-0000N.gguf, ...) as its first part only.
     Nothing is opened but the regular files' headers (see _projector)."""
     from .gguf_split import first_parts
 
+    top, seen = _within or (Path(os.path.realpath(folder)), set())
+    seen.add(Path(os.path.realpath(folder)))
     files: list[Path] = []
-    for entry in _scan(folder):
+    for entry in sorted(_scan(folder), key=os.path.islink):  # a folder before a link to it: its own name
         if entry.name.lower().endswith(".gguf"):
             if not _projector(entry):
                 files.append(entry)
         elif depth > 1 and os.path.isdir(entry):
-            files += _gguf_files(entry, depth - 1)
+            # A linked subfolder is searched only inside the model's own folder, and each folder once:
+            # a link to a parent (a loop) listed every model of the store again under it.
+            real = Path(os.path.realpath(entry))
+            if real not in seen and top in real.parents:
+                files += _gguf_files(entry, depth - 1, (top, seen))
     return first_parts(files)  # a split set is one model, loaded from its first part (engine/gguf_split.py)
 
 

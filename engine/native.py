@@ -39,6 +39,7 @@ import platformdirs
 import torch
 
 from . import threads
+from .errors import InputError, quoted
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
 HEADERS = [
@@ -279,8 +280,16 @@ def reason() -> str | None:
 
 
 def switched_off() -> bool:
-    """TIANKONG_NATIVE=0: the torch path by the user's choice (nothing to warn them about)."""
-    return os.environ.get("TIANKONG_NATIVE", "1") == "0"
+    """TIANKONG_NATIVE=0: the torch path by the user's choice (nothing to warn them about); 1 or unset:
+    the compiled step where it builds. Any other value is an InputError naming both: a typo
+    (TIANKONG_NATIVE=off) would otherwise leave the step on without a word."""
+    value = os.environ.get("TIANKONG_NATIVE", "1").strip()
+    if value not in ("0", "1", ""):
+        raise InputError(
+            f"TIANKONG_NATIVE is {quoted(value, 40)!r}; set it to 0 (decode through torch) or 1 (the "
+            "compiled step, the default), or unset it"
+        )
+    return value == "0"
 
 
 def on_build(callback: Callable[[str], None] | None) -> Callable[[str], None] | None:

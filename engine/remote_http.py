@@ -15,7 +15,7 @@ import threading
 from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
-from .errors import InputError, ModelLoadError, quoted
+from .errors import InputError, ModelLoadError, error_line, quoted
 
 CONNECT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 15.0  # GET /models, /props, POST /tokenize: small answers; a server silent this long is stuck
@@ -98,7 +98,13 @@ def shut(sock: socket.socket | None) -> None:
 def _parse(url: str) -> tuple[Any, str, str | None]:
     """A --model URL -> (its parts, the base path, the chosen model or None). BASE/models/ID names
     model ID at BASE; a pasted route (BASE/chat/completions, BASE/models) means BASE."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as error:  # an unclosed or invalid [IPv6] host
+        raise InputError(
+            f"the host in {quoted(url)} is not valid ({error_line(error)}); give one like http://127.0.0.1:8000/v1 "
+            "or http://[::1]:8000/v1"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ModelLoadError(f"{url!r} is not a server URL; give one like http://127.0.0.1:8000/v1")
     try:

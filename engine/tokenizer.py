@@ -26,8 +26,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as _Backend
 from tokenizers import pre_tokenizers
 
-from .errors import TokenizerError, error_line, quoted
-from .files import parse_json, read_model_bytes, read_model_text
+from .errors import TiankongError, TokenizerError, error_line, quoted
+from .files import json_limit, parse_json, read_model_bytes, read_model_text
 from .tokenizer_build import (
     _clean_up_spaces,
     _FolderSettings,
@@ -37,7 +37,13 @@ from .tokenizer_build import (
     merges_by_rank,
     sentencepiece_backend,
 )
-from .tokenizer_checks import _check_growth, _check_regexes, _post_processor_ids
+from .tokenizer_checks import (
+    _check_growth,
+    _check_post_processor_tokens,
+    _check_regexes,
+    _post_processor_ids,
+    _vocab_top,
+)
 from .tokenizer_display import _BYTE_PIECE, _byte_level_bytes, _piece_style, _render_bytes
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -58,6 +64,9 @@ class Tokenizer(ABC):
     # The ids the tokenizer emits on its own that are not just its vocabulary's, with where each is set:
     # ("generation_config.json eos_token_id", 2), ("tokenizer.json post_processor token '<s>'", 1).
     own_ids: Sequence[tuple[str, int]] = ()
+    # The vocabulary's highest id and its token as tokenizer.json writes them (None elsewhere): the
+    # token an error names when the vocabulary reaches past the model's embedding rows.
+    vocab_top: tuple[str, int] | None = None
 
     @abstractmethod
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
@@ -81,8 +90,9 @@ class Tokenizer(ABC):
 class HFTokenizer(Tokenizer):
     """A tokenizer backed by the `tokenizers` library, loaded from a model folder's tokenizer.json."""
 
-    def __init__(self, backend: _Backend, settings: _FolderSettings) -> None:
+    def __init__(self, backend: _Backend, settings: _FolderSettings, vocab_top: tuple[str, int] | None = None) -> None:
         self._backend = backend
+        self.vocab_top = vocab_top
         self._cleanup = settings.cleanup_spaces and type(backend.model).__name__ != "BPE"
         check_declared(backend, settings)
         _register_special_tokens(backend, settings.special_tokens, settings.plain_added_tokens)
@@ -122,7 +132,9 @@ class HFTokenizer(Tokenizer):
         added = backend.get_added_tokens_decoder()
         self.special_ids = frozenset(i for i, token in added.items() if token.special)
         self._added_ids = frozenset(added)
-        self.vocab_size = max([backend.get_vocab_size(with_added_tokens=True), *(i + 1 for i in added)])
+        # The library counts entries, so an id past them ("▁Once": 1000000 in 512 entries) counts too.
+        top = [vocab_top[1] + 1] if vocab_top else []
+        self.vocab_size = max([backend.get_vocab_size(with_added_tokens=True), *top, *(i + 1 for i in added)])
         self._style = _piece_style(backend)
 
     def to_json(self) -> str:
@@ -138,7 +150,7 @@ class HFTokenizer(Tokenizer):
                 raise
             raise TokenizerError(
                 f"the tokenizer cannot encode {quoted(text, 20)!r} ({error_line(error) or type(error).__name__}); "
-                "change the text, or fix tokenizer.json (its unk_token, pre-tokenizer regex)"
+                "change the text, or fix tokenizer.json (its unk_token, pre-tokenizer regex, post_processor)"
             ) from None
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
@@ -235,7 +247,8 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     if not folder.is_dir():
         raise TokenizerError(f"{folder} is not a folder; pass the model folder that holds tokenizer.json")
     settings = _FolderSettings.read(folder)
-    text = read_model_text(folder, "tokenizer.json")  # bounded, and only a regular file inside the folder
+    # Bounded (files.JSON_LIMITS), and only a regular file inside the folder.
+    text = read_model_text(folder, "tokenizer.json", json_limit("tokenizer.json"))
     if text is not None:
         try:
             backend = _Backend.from_str(text)
@@ -246,10 +259,12 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
             ) from None
         _check_growth(backend, folder / "tokenizer.json")
         _check_regexes(backend, folder / "tokenizer.json")
+        _check_post_processor_tokens(backend, folder / "tokenizer.json")
+        top = _vocab_top(backend, folder / "tokenizer.json")
         # transformers drops add_bos_token/add_eos_token when tokenizer.json exists: its post-processor rules
         settings.flags_rule_post_processor = False
         settings.add_bos_flag = settings.add_eos_flag = False
-        tokenizer = HFTokenizer(backend, settings)
+        tokenizer = HFTokenizer(backend, settings, top)
         _check_post_processor(tokenizer, folder / "tokenizer.json")
         return tokenizer
     model_bytes = read_model_bytes(folder, "tokenizer.model")
@@ -259,6 +274,26 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         f"no tokenizer in {folder}: looked for {' and '.join(_TOKENIZER_FILES)}; "
         "copy the tokenizer files from the original model into the folder"
     )
+
+
+def load_checked_tokenizer(folder: str | Path) -> Tokenizer:
+    """load_tokenizer, then check_token_ids against the model's embedding rows where they are known
+    without the weights (config.json's vocab_size, a GGUF file's token_embd.weight), as loading the
+    model checks them: `tiankong tokenize` shows no id the model could not run. A config that cannot be
+    read leaves the ids unchecked (the tokenizer needs none; loading the model names the fault)."""
+    from .config import ModelConfig
+    from .gguf_model import GGUFModel, is_gguf
+
+    folder = Path(folder)
+    gguf = GGUFModel(folder) if is_gguf(folder) else None
+    tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
+    try:
+        rows = gguf.hf_config.get("vocab_size") if gguf else ModelConfig.from_folder(folder).vocab_size
+    except TiankongError:
+        return tokenizer
+    if isinstance(rows, int) and rows > 0:
+        check_token_ids(tokenizer, rows, folder)
+    return tokenizer
 
 
 # --- token ids ----------------------------------------------------------------------------------------
@@ -320,9 +355,13 @@ def _beyond_rows(tokenizer: Tokenizer, rows: int, folder: Path) -> str:
     tokenizer.json writes them. The tokenizers library's own numbers can be nowhere in the file: it
     renumbers an added token whose id is past the vocabulary (99999 becomes 512), and counts a
     vocabulary by its entries, so a gap (ids 0-510 and 700) or a repeated id makes the count one more
-    than the ids used. Only an error reads tokenizer.json a second time."""
+    than the ids used. The vocabulary's own highest id is known from the load (vocab_top); only an
+    added token past the rows makes an error read tokenizer.json a second time."""
     beyond = f"beyond the model's {rows} embedding rows (config.json vocab_size)"
     fix = "remove it from the tokenizer files or use the model's own"
+    if tokenizer.vocab_top is not None and tokenizer.vocab_top[1] >= rows:
+        token, i = tokenizer.vocab_top
+        return f"{folder}: {_token_name(tokenizer, token)} has id {i} in tokenizer.json, {beyond}; {fix}"
     written = _written_ids(folder)
     past = [(token, i) for token, i in written if i >= rows]
     if past:
@@ -347,7 +386,7 @@ def _beyond_rows(tokenizer: Tokenizer, rows: int, folder: Path) -> str:
 def _written_ids(folder: Path) -> list[tuple[str, int]]:
     """(token, id) for each entry of tokenizer.json's vocabulary, then of its added tokens, as written;
     [] for a folder without tokenizer.json (or a GGUF file)."""
-    text = read_model_text(folder, "tokenizer.json") if folder.is_dir() else None
+    text = read_model_text(folder, "tokenizer.json", json_limit("tokenizer.json")) if folder.is_dir() else None
     data = parse_json(text, str(folder / "tokenizer.json"), TokenizerError) if text is not None else None
     if not isinstance(data, dict):
         return []

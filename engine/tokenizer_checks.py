@@ -3,8 +3,10 @@
 A tokenizer.json is data, but the Rust `tokenizers` library runs what it describes, and some of what a
 file can describe fails inside Rust where Python cannot contain it: steps that multiply a text's length
 until an allocation aborts the process, regexes that backtrack until the engine panics. `load_tokenizer`
-(engine/tokenizer.py) refuses those here, in one line naming the file and the step. The post-processor's
-own token ids are read here too, for tokenizer.py to check against the vocabulary and the embedding.
+(engine/tokenizer.py) refuses those here, in one line naming the file and the step, and so it does a
+post-processor that places a special token it never defines (a panic on every encode) and a vocabulary
+that gives two tokens one id. The post-processor's own token ids are read here too, and the vocabulary's
+highest id, for tokenizer.py to check against the vocabulary and the embedding.
 Everything here reads only the pipeline's saved JSON and knows nothing of the Tokenizer classes.
 """
 
@@ -243,3 +245,56 @@ def _post_processor_ids(backend: _Backend) -> list[tuple[str, int]]:
             if isinstance(pair, list) and len(pair) == 2:
                 found.append((f"tokenizer.json post_processor {key} {quoted(pair[0], 40)!r}", pair[1]))
     return [(where, i) for where, i in found if isinstance(i, int)]
+
+
+def _check_post_processor_tokens(backend: _Backend, path: Path) -> None:
+    """Refuse a TemplateProcessing post-processor whose templates place a special token that its
+    special_tokens does not define: the tokenizers library panics inside Rust on every encode (a
+    panic report on stderr, "no entry found for key"), whatever the text."""
+    for step in _steps(backend.post_processor, "processors"):
+        if step.get("type") != "TemplateProcessing":
+            continue
+        defined = step.get("special_tokens")
+        defined = defined if isinstance(defined, dict) else {}
+        for which in ("single", "pair"):
+            for piece in step.get(which) or []:
+                token = piece.get("SpecialToken") if isinstance(piece, dict) else None
+                name = token.get("id") if isinstance(token, dict) else None
+                if isinstance(name, str) and name not in defined:
+                    raise TokenizerError(
+                        f"{path}: the post_processor's {which!r} template places the special token "
+                        f"{quoted(name, 40)!r}, which its special_tokens does not define; add it there "
+                        "with its id, or re-copy the file"
+                    )
+
+
+# --- the vocabulary's ids -----------------------------------------------------------------------------
+
+
+def _vocab_top(backend: _Backend, path: Path) -> tuple[str, int] | None:
+    """(token, id) of the highest id of the vocabulary (the model's, not the added tokens), as
+    tokenizer.json writes it; None for an empty one. Refuses two tokens with one id: the library keeps
+    one of them for decoding, and the other's text becomes ids that mean something else.
+
+    The library counts a vocabulary by its entries, so a file whose ids are exactly 0..n-1 is the
+    common case, found with one id_to_token per id (about a microsecond each; a 2M-entry vocabulary
+    in 2 s) and no Python dict of the vocabulary. Only a vocabulary with gaps, repeats or ids past its
+    size is read whole (get_vocab, a few microseconds an entry) to find which."""
+    model = backend.model
+    size = backend.get_vocab_size(with_added_tokens=False)
+    if None not in map(model.id_to_token, range(size)):  # ids 0..size-1 all taken, by size entries
+        return (model.id_to_token(size - 1), size - 1) if size else None
+    by_id: dict[int, list[str]] = {}
+    for token, i in backend.get_vocab(with_added_tokens=False).items():
+        by_id.setdefault(i, []).append(token)
+    shared = sorted(i for i, tokens in by_id.items() if len(tokens) > 1)
+    if shared:
+        first, second = sorted(by_id[shared[0]])[:2]
+        more = sum(len(by_id[i]) for i in shared)
+        raise TokenizerError(
+            f"{path}: {quoted(first, 60)!r} and {quoted(second, 60)!r} both have id {shared[0]} in its "
+            f"vocabulary ({more} tokens share an id), and each token needs an id of its own; fix the ids "
+            "or re-copy the file"
+        )
+    top = max(by_id, default=None)
+    return None if top is None else (by_id[top][0], top)

@@ -313,7 +313,17 @@ HOSTILE = {  # name -> (edit of a good file, words the one line must hold)
         "x.big",
     ),
     "string of 2^62 bytes": (lambda d: _with_kv(d, _key("x.s") + struct.pack("<IQ", 8, 1 << 62)), "x.s"),
-    "nested array": (lambda d: _with_kv(d, _key("x.n") + struct.pack("<IIQ", 9, 9, 1)), "x.n"),
+    "nested array": (lambda d: _with_kv(d, _key("x.n") + struct.pack("<IIQ", 9, 9, 1)), "x.n holds arrays (nested"),
+    # the gguf reader's own words, with no fix: "(KeyError: 'Duplicate general.architecture already in list ...')"
+    "duplicate key": (
+        lambda d: _with_kv(d, _key("general.architecture") + struct.pack("<IQ", 8, 5) + b"llama"),
+        "metadata key 'general.architecture' appears twice; download it again",
+    ),
+    # "(UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff ...)"
+    "non-UTF-8 key": (
+        lambda d: _with_kv(d, struct.pack("<Q", 3) + b"x\xffy" + struct.pack("<IB", 0, 1)),
+        "metadata key b'x\\xffy' is not UTF-8 text; download it again",
+    ),
     "unknown value type": (lambda d: _with_kv(d, _key("x.t") + struct.pack("<I", 77)), "unknown value type 77"),
     "huge key": (lambda d: _with_kv(d, struct.pack("<Q", 1 << 40)), "metadata key"),
     "bad alignment": (

@@ -508,6 +508,13 @@ def test_a_well_formed_minimal_file_loads(tmp_path):
     assert tok.encode("abab</s>", add_special_tokens=False) == [5, 5, 2]
 
 
+def test_a_few_empty_tokens_load_as_llama_cpp_names_them(tmp_path):
+    tokens = ["<s>", "</s>", "", "a", "b", "ab"]  # an unused slot left empty, as real files have
+    tok = _ours(_write(tmp_path / "one_empty.gguf", {"tokenizer.ggml.tokens": tokens}))
+    assert tok.id_to_piece(2) == "[EMPTY_2]"
+    assert tok.encode("abab", add_special_tokens=False) == [5, 5]
+
+
 def test_chat_template_absent_empty_too_large_or_not_a_string(tmp_path, monkeypatch):
     import tiankong.engine.gguf_tokenizer as module
 
@@ -535,6 +542,9 @@ def test_chat_template_absent_empty_too_large_or_not_a_string(tmp_path, monkeypa
         ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [0.0] * 5}, "scores has 5 entries"),
         ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": [float("nan")] * 6}, "NaN"),
         ({"tokenizer.ggml.tokens": ["a", "b", "a"], "tokenizer.ggml.token_type": None}, "appears twice"),
+        # Every token "": every text became BOS alone (llama.cpp names an empty token [EMPTY_i] and goes on).
+        ({"tokenizer.ggml.tokens": [""] * 6}, "6 of the 6 tokens in tokenizer.ggml.tokens are empty strings"),
+        ({"tokenizer.ggml.tokens": ["", "", "", "", "a", "b"]}, "4 of the 6 tokens"),
         ({"tokenizer.ggml.tokens": ["x" * 5000], "tokenizer.ggml.token_type": None}, "5,000-byte entry"),
         ({"tokenizer.ggml.merges": ["a c"]}, "merge 0"),
         ({"tokenizer.ggml.merges": ["ab"]}, "merge 0"),

@@ -516,3 +516,101 @@ def test_an_eos_token_from_tokenizer_json_added_tokens_is_known(folder, monkeypa
     edit("special_tokens_map.json", eos_token="<|im_end|>")(folder)
     code, lines = in_process(monkeypatch, capsys, "info", "-m", folder, "--format", "json")
     assert code == 0, lines
+
+
+# --- third pass: vocabularies whose ids lie, post-processors naming no token, a huge tokenizer.json ---
+
+
+def vocab_shared_ids(spec):
+    for token in list(spec["model"]["vocab"])[3:]:  # every entry past the third: id 5
+        spec["model"]["vocab"][token] = 5
+
+
+def vocab_id_past_rows(spec):
+    spec["model"]["vocab"]["▁Once"] = 1_000_000
+
+
+def post_processor_unknown_token(spec):
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<evil>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [],
+        "special_tokens": {},
+    }
+
+
+QA3_FOLDERS = {
+    # "Once upon a" became 2 tokens, and the model generated from them
+    "vocab-shared-ids": (
+        tokenizer_json(vocab_shared_ids),
+        "tokenizer.json: '!' and '\"' both have id 5 in its vocabulary (509 tokens share an id)",
+    ),
+    # info passed; generate blamed the prompt ("pass token ids from eng.encode(text)")
+    "vocab-id-1000000": (
+        tokenizer_json(vocab_id_past_rows),
+        "'▁Once' has id 1000000 in tokenizer.json, beyond the model's 512 embedding rows",
+    ),
+    # a Rust panic report, then "cannot encode 'a' ... fix its unk_token, pre-tokenizer regex"
+    "post-processor-unknown-token": (
+        tokenizer_json(post_processor_unknown_token),
+        "tokenizer.json: the post_processor's 'single' template places the special token '<evil>', "
+        "which its special_tokens does not define",
+    ),
+    # parsed, and refused as a JSON syntax error; real ones are up to ~35 MB
+    "tokenizer.json-65MB": (padded("tokenizer.json", 65), "tokenizer.json is larger than 64 MB"),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "tokenize"])
+@pytest.mark.parametrize("case", list(QA3_FOLDERS))
+def test_hostile_tokenizer_third_pass_is_one_line(folder, case, command, monkeypatch, capsys):
+    mutate, word = QA3_FOLDERS[case]
+    mutate(folder)
+    text = ["Once upon a"] if command == "tokenize" else []
+    with deadline(20):
+        code, lines = in_process(monkeypatch, capsys, command, "-m", folder, *text)
+    assert_one_line(code, lines, word)
+
+
+def test_a_vocabulary_past_the_rows_is_named_without_parsing_tokenizer_json_again(folder, monkeypatch, capsys):
+    # A 2M-entry vocabulary took 21.6 s and 1.38 GB to be refused, most of it a second parse in Python.
+    import tiankong.engine.tokenizer as module
+
+    def refuse(_folder):
+        raise AssertionError("tokenizer.json parsed a second time")
+
+    tokenizer_json(vocab_id_past_rows)(folder)
+    monkeypatch.setattr(module, "_written_ids", refuse)
+    code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
+    assert_one_line(code, lines, "'▁Once' has id 1000000 in tokenizer.json")
+
+
+def test_a_post_processor_without_its_token_prints_no_panic(folder):
+    tokenizer_json(post_processor_unknown_token)(folder)
+    code, lines, _ = tiankong("tokenize", "-m", folder, "a")
+    assert_one_line(code, lines, "post_processor's 'single' template places the special token '<evil>'")
+
+
+def test_a_config_of_null_is_named_as_not_an_object(folder, monkeypatch, capsys):
+    # Was "unsupported architecture (none given)", as though the file had no "architectures".
+    write("config.json", "null")(folder)
+    code, lines = in_process(monkeypatch, capsys, "info", "-m", folder)
+    assert_one_line(code, lines, f"{folder / 'config.json'} should hold a JSON object, not null; fix or re-copy")
+
+
+def test_a_checkpoint_dtype_torch_does_not_know_is_marked(folder, monkeypatch, capsys):
+    edit("config.json", torch_dtype="float128")(folder)
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", folder, "--format", "json")
+    assert code == 0, err
+    facts = json.loads(out)
+    assert facts["checkpoint_dtype"] == "float128 (not a dtype torch knows; each weight's own type is used)"
+    assert facts["dtype"] == "float32"
+
+
+def test_a_folder_named_like_weights_weighs_nothing(folder):
+    # "loading model (4.1 KB)…" for a model.safetensors that is a folder: its directory entry's size
+    from tiankong.engine.model_list import weight_bytes
+
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").mkdir()
+    assert weight_bytes(folder) == 0

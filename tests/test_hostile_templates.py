@@ -268,3 +268,104 @@ def test_named_templates_whose_default_has_no_text(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ChatTemplateError, match=r'tokenizer_config.json: the chat template named "default" has no'):
         ChatTemplate.from_folder(tmp_path, _tokenizer())
+
+
+# --- which template failed, why in a template's terms, and whose fault it is (the server's or the request's) ---
+
+FAILURES = {
+    # Python's words leaked: "TypeError: no loader for this environment specified"
+    "include": ("{% include 'x.jinja' %}{{ messages }}", "it includes, imports or extends another template, and "),
+    "import": ("{% import 'os' as os %}{{ messages }}", "chat templates cannot read other files"),
+    "extends": ("{% extends 'base' %}{{ messages }}", "chat templates cannot read other files"),
+    # "Exceeds the limit (4300 digits) ... use sys.set_int_max_str_digits() to increase the limit"
+    "long_number": ("{{ messages }}{{ (10**5000)|string }}", "it writes out a number too large (over 4300 digits);"),
+    # "access to attribute '__init__' of 'type' object is unsafe.;" (the sandbox's full stop, then ours)
+    "sandbox": (
+        "{{ messages }}{{ cycler.__init__.__globals__ }}",
+        "'__init__' of 'type' object is unsafe: chat templates run in a sandbox;",
+    ),
+    "recursion": ("{% macro f() %}{{ f() }}{% endmacro %}{{ messages }}{{ f() }}", "it recurses too deeply"),
+    "limit": ("{{ messages }}{{ 'a' * 10**8 }}", "the operator '*' would build a string"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_a_failing_template_is_named_and_is_the_templates_fault(tmp_path, case):
+    from tiankong.engine.errors import ChatTemplateFault
+
+    source, words = FAILURES[case]
+    path = tmp_path / "t.jinja"
+    path.write_text(source)
+    template = ChatTemplate.from_file(path, _tokenizer())
+    with pytest.raises(ChatTemplateFault) as error:
+        template.render([{"role": "user", "content": "hi"}])
+    text = str(error.value)
+    assert text.startswith(f"chat template failed ({path}): ") and words in text, text
+    assert text.endswith(
+        "; fix the template or pass another file (--chat-template FILE, or chat_template=PATH in "
+        "Python), or use raw mode (generate --raw)"
+    ), text
+    for leak in ("TypeError", "ValueError", "sys.set_int_max_str_digits", ".;", "check the messages"):
+        assert leak not in text, text
+
+
+def test_raise_exception_is_the_messages_fault_not_the_templates():
+    from tiankong.engine.errors import ChatTemplateFault
+
+    with pytest.raises(ChatTemplateError) as error:
+        ChatTemplate("{{ raise_exception('no system message') }}", None, None).render(
+            [{"role": "user", "content": "hi"}]
+        )
+    assert not isinstance(error.value, ChatTemplateFault)
+
+
+def test_the_models_own_template_is_named_by_its_file(tmp_path):
+    from tiankong.engine.errors import ChatTemplateFault
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}{{ 1 / 0 }}"}))
+    template = ChatTemplate.from_folder(tmp_path, _tokenizer())
+    with pytest.raises(ChatTemplateFault, match=rf"^chat template failed \({tmp_path / 'tokenizer_config.json'}\): "):
+        template.render([{"role": "user", "content": "hi"}])
+
+
+def test_a_template_writing_a_lone_surrogate_is_blamed_not_the_tokenizer():
+    # Was: "the tokenizer cannot encode 'hi' (TextInputSequence must be str); ... fix tokenizer.json",
+    # for a model without one.
+    from tiny_models import STORIES
+
+    from tiankong.engine.chat import render_prompt
+    from tiankong.engine.errors import ChatTemplateFault
+    from tiankong.engine.tokenizer import load_tokenizer
+
+    template = ChatTemplate("{{ '\\udcff' }}{% for m in messages %}{{ m.content }}{% endfor %}", None, None)
+    with pytest.raises(ChatTemplateFault) as error:
+        render_prompt(template, load_tokenizer(STORIES), messages=[{"role": "user", "content": "hi"}])
+    assert str(error.value).startswith(
+        "chat template failed: it writes text that is not valid Unicode (a lone surrogate"
+    )
+
+
+def test_one_named_template_without_default_is_not_called_several(tmp_path):
+    config = {"chat_template": [{"name": "other", "template": "{{ messages }}"}]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ChatTemplateError) as error:
+        ChatTemplate.from_folder(tmp_path, _tokenizer())
+    assert str(error.value) == (
+        f'{tmp_path / "tokenizer_config.json"} has one chat template, named other, but none named "default"; '
+        'rename the one to use to "default" or pass another file (--chat-template FILE)'
+    )
+
+
+def test_a_given_template_is_checked_before_the_weights_load(tmp_path, monkeypatch):
+    from tiny_models import STORIES
+
+    import tiankong.engine.engine as engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the template was read")
+
+    monkeypatch.setattr(engine, "load_model", no_load)
+    path = tmp_path / "t.jinja"
+    path.write_text("{% for m in messages %}{{ m.content }")
+    with pytest.raises(ChatTemplateError, match=rf"^{path}: chat template has a syntax error on line 1"):
+        engine.Engine.load(STORIES, device="cpu", chat_template=path)

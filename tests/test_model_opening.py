@@ -94,6 +94,23 @@ def test_a_gguf_with_a_broken_template_loads_for_raw_use(tmp_path):
     assert eng.info()["chat_template"].startswith("broken: ")
 
 
+def test_a_gguf_template_failing_at_render_names_the_gguf_metadata(tmp_path):
+    from tiankong.engine.errors import ChatTemplateFault
+    from tiankong.engine.gguf_model import GGUFModel
+
+    folder = copy_stories(tmp_path / "hf")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    failing = "{% for m in messages %}{{ m.content }}{% endfor %}{{ 1 / 0 }}"
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": failing}))
+    path = write_gguf(folder, tmp_path / "failing-template.gguf")
+    gguf = GGUFModel(path)
+    with pytest.raises(ChatTemplateFault) as error:
+        gguf.chat_template(gguf.tokenizer()).render(HELLO)
+    assert str(error.value).startswith(
+        f"chat template failed (the tokenizer.chat_template of {path}): ZeroDivisionError: division by zero; "
+    )
+
+
 def test_a_given_broken_template_is_still_refused_at_load(tmp_path):
     """--chat-template FILE is the person's own choice for chat: refused before the model is used."""
     from tiankong.engine.chat import ChatTemplate

@@ -152,6 +152,19 @@ def test_a_bad_port_is_one_line_naming_the_url(port):
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("http://[::1", "Invalid IPv6 URL"), ("http://[zz]/v1", "'zz' does not appear to be an IPv4 or IPv6 address")],
+)
+def test_a_bad_ipv6_host_is_one_line_naming_the_url(url, why):
+    # urllib's own ValueError was a traceback through the CLI (InputError is one line, exit 2).
+    with pytest.raises(InputError) as err:
+        RemoteEngine.connect(url)
+    assert str(err.value) == (
+        f"the host in {url} is not valid ({why}); give one like http://127.0.0.1:8000/v1 or http://[::1]:8000/v1"
+    )
+
+
 def test_a_server_listing_several_models_is_not_guessed_from_and_the_stored_name_chooses_one():
     with serve(openai_like(MODELS)) as url:
         with pytest.raises(ModelLoadError) as err:

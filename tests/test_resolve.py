@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ from tiankong.engine.sampling import SamplingParams
 
 SHA = "a" * 40
 OLD = "b" * 40
+# A GGUF header of nothing (version 3, no tensors, no metadata): listed and resolved, never loaded.
+# `tiankong models` skips a file whose header cannot be read, so a few bytes after the magic are not one.
+EMPTY_GGUF = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def stores(tmp_path, monkeypatch, tiny):
     lm = home / ".lmstudio" / "models"
     shutil.copytree(tiny, lm / "lm-org" / "lm-tiny")
     (lm / "gguf-org" / "only-gguf").mkdir(parents=True)
-    (lm / "gguf-org" / "only-gguf" / "only-gguf-Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(60))
+    (lm / "gguf-org" / "only-gguf" / "only-gguf-Q4_K_M.gguf").write_bytes(EMPTY_GGUF)
     ollama = home / ".ollama" / "models"
     blob, config = "1" * 64, "2" * 64
     (ollama / "blobs").mkdir(parents=True)
@@ -120,14 +124,14 @@ def test_lmstudio_folder_and_gguf_files(stores, tmp_path):
     assert resolve_model("lm-org/lm-tiny") == lm / "lm-org" / "lm-tiny"
     only = lm / "gguf-org" / "only-gguf" / "only-gguf-Q4_K_M.gguf"
     assert resolve_model("gguf-org/only-gguf") == only  # the folder's one GGUF file is the model
-    (only.parent / "only-gguf-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
+    (only.parent / "only-gguf-Q8_0.gguf").write_bytes(EMPTY_GGUF)
     with pytest.raises(ModelLoadError, match=r"holds 2 GGUF files .*--model gguf-org/only-gguf/only-gguf-Q4_K_M.gguf"):
         resolve_model("gguf-org/only-gguf")
     assert resolve_model("gguf-org/only-gguf/only-gguf-Q8_0.gguf") == only.parent / "only-gguf-Q8_0.gguf"
     # A Hugging Face repo of GGUF files only (no config.json): its file, or ORG/NAME/FILE.gguf among several.
     release = tmp_path / "release"
     release.mkdir()
-    (release / "tiny-q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
+    (release / "tiny-q8_0.gguf").write_bytes(EMPTY_GGUF)
     snapshot = add_snapshot(stores / "hf" / "hub", "tiny-org/Tiny-GGUF", SHA, release)
     assert resolve_model("tiny-org/Tiny-GGUF") == snapshot / "tiny-q8_0.gguf"
     assert resolve_model("tiny-org/Tiny-GGUF/tiny-q8_0.gguf") == snapshot / "tiny-q8_0.gguf"
@@ -535,4 +539,50 @@ def test_models_counts_the_parameters_info_counts(stores, tiny):
     assert Engine.load(gguf).info()["parameters"] == want
     found = {m.name: m.parameters for m in list_models()}
     assert found["tiny-org/Tiny-Llama"] == found["lm-org/lm-bf16"] == found["gguf-org/tiny-gguf"] == want
-    assert found["gguf-org/only-gguf"] is None  # a damaged header: no count rather than a guess
+    assert found["gguf-org/only-gguf"] == 0  # a header of no tensors
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"GGUF" + bytes(60), "GGUF version 0"),
+        (EMPTY_GGUF[:20], "too short for a GGUF header"),
+        (
+            b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"arr" + struct.pack("<IIQ", 9, 0, 1 << 62),
+            "metadata array arr (4,611,686,018,427,387,904 elements",
+        ),
+    ],
+    ids=["version-0", "truncated", "array-of-2**62"],
+)
+def test_models_skips_a_gguf_whose_header_cannot_be_read_saying_why(stores, content, why):
+    # Listed before as a model of unknown dtype ("?") and size in bytes, which then failed to load.
+    damaged = stores / ".lmstudio" / "models" / "bad-org" / "damaged" / "damaged-Q4_0.gguf"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(content)
+    skipped: list[str] = []
+    names = [m.name for m in list_models(skipped)]
+    assert "bad-org/damaged" not in names and "gguf-org/only-gguf" in names
+    assert [note for note in skipped if str(damaged) in note] == [
+        next(note for note in skipped if note.startswith(f"{damaged} is not a usable GGUF file: ") and why in note)
+    ], skipped
+
+
+def test_models_lists_a_folder_once_through_a_link_loop(stores):
+    # evil/loop/up -> .. listed every model of the store again as evil/loop/up/...
+    lm = stores / ".lmstudio" / "models"
+    (lm / "gguf-org" / "only-gguf" / "up").symlink_to("..")
+    (lm / "gguf-org" / "only-gguf" / "self").symlink_to(".")
+    (lm / "gguf-org" / "only-gguf" / "sub").mkdir()
+    (lm / "gguf-org" / "only-gguf" / "sub" / "inner-Q8_0.gguf").write_bytes(EMPTY_GGUF)
+    (lm / "gguf-org" / "only-gguf" / "again").symlink_to("sub")
+    names = sorted(m.name for m in list_models() if m.name.startswith("gguf-org/"))
+    assert names == ["gguf-org/only-gguf/only-gguf-Q4_K_M.gguf", "gguf-org/only-gguf/sub/inner-Q8_0.gguf"], names
+
+
+def test_a_link_to_a_device_is_skipped_without_suggesting_to_load_it(stores):
+    link = stores / ".lmstudio" / "models" / "dev-org" / "zero" / "model.gguf"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/dev/zero")
+    skipped: list[str] = []
+    list_models(skipped)
+    assert f"{link} is a link to /dev/zero (a device, not a model file); remove the link" in skipped, skipped

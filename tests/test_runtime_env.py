@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tiankong.engine import native
+from tiankong.engine.errors import InputError
 from tiankong.tui import cli_env
 
 CLI = [sys.executable, "-m", "tiankong.tui.cli"]
@@ -176,6 +177,23 @@ def test_the_decode_notice_is_for_a_cpu_model_without_the_step(monkeypatch):
     assert cli_env.decode_notice(SimpleNamespace(url="http://x/v1")) is None  # a server
     monkeypatch.setenv("TIANKONG_NATIVE", "0")
     assert cli_env.decode_notice(torch_path) is None
+
+
+@pytest.mark.parametrize("value", ["banana", "off", "yes", "2"])
+def test_a_native_switch_that_is_neither_0_nor_1_is_refused_by_name(monkeypatch, value):
+    # Was taken as "on" without a word: TIANKONG_NATIVE=off left the compiled step running.
+    monkeypatch.setenv("TIANKONG_NATIVE", value)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_reason", None)
+    with pytest.raises(InputError) as error:
+        native.library()
+    assert str(error.value) == (
+        f"TIANKONG_NATIVE is {value!r}; set it to 0 (decode through torch) or 1 (the compiled step, the "
+        "default), or unset it"
+    )
+    for allowed, off in (("0", True), ("1", False), ("", False)):
+        monkeypatch.setenv("TIANKONG_NATIVE", allowed)
+        assert native.switched_off() is off
 
 
 # ---------------------------------------------------------------- encodings and arguments

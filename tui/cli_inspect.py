@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +23,7 @@ from rich.text import Text
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import check_text, stdout_errors
-from tiankong.engine.model_list import human_bytes
+from tiankong.engine.model_list import human_bytes, human_params
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
 from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_dir, app, epilog, err
 
@@ -31,23 +32,31 @@ from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_di
     epilog=epilog(
         'tiankong tokenize "Once upon a time"',
         'tiankong tokenize -m Qwen/Qwen2.5-0.5B-Instruct --format jsonl "你好, world"',
+        "# text from a file or a pipe; text that starts with - goes after --\n"
+        "tiankong tokenize < prompt.txt\ntiankong tokenize -- -1",
     )
 )
 def tokenize(
-    text: str = typer.Argument(..., metavar="TEXT", help="Text to tokenize."),
+    text: Optional[str] = typer.Argument(
+        None,
+        metavar="TEXT",
+        help="Text to tokenize. Without it, standard input (less one final newline, as echo adds), unless a terminal.",
+        show_default=False,
+    ),
     model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
-    format: str = typer.Option("table", "--format", help='table or jsonl ({"ids": [...], "pieces": [...]}).'),
+    format: str = typer.Option(
+        "table", "--format", help='table, or jsonl: one line {"ids": [...], "pieces": [...]} (json is the same).'
+    ),
 ) -> None:
     """Show how TEXT splits into tokens (ids and pieces), with the special tokens the model adds."""
-    from tiankong.engine.tokenizer import load_tokenizer
+    from tiankong.engine.tokenizer import load_checked_tokenizer
 
-    if format not in ("table", "jsonl"):
-        raise InputError(f"unknown --format {format!r}; use table or jsonl")
-    check_text(text, "TEXT")  # before the tokenizer, which would blame itself
+    format = _one_format(format, "jsonl", 'one line {"ids": [...], "pieces": [...]}')
+    text = _text_to_tokenize(text)  # checked before the tokenizer, which would blame itself
     folder = _model_dir(model)
     if not folder.exists():
         raise InputError(f"model folder {folder} does not exist; pass --model with a local model folder")
-    tok = load_tokenizer(folder)  # a folder or a GGUF file
+    tok = load_checked_tokenizer(folder)  # a folder or a GGUF file; ids checked against its config's rows
     ids = tok.encode(text, add_special_tokens=True)
     pieces = [tok.id_to_piece(i) for i in ids]
     if format == "jsonl":
@@ -63,6 +72,38 @@ def tokenize(
     print_table(Console(emoji=False), table)
 
 
+def _one_format(given: str, name: str, what: str) -> str:
+    """--format of a command that prints one JSON document on one line (tokenize, info): table, or
+    `name` (jsonl, json); the other spelling means the same, as people guess either."""
+    if given in ("json", "jsonl"):
+        return name
+    if given != "table":
+        raise InputError(f"unknown --format {given!r}; use table or {name} ({what}; json and jsonl are the same here)")
+    return given
+
+
+def _text_to_tokenize(text: Optional[str]) -> str:
+    """tokenize's TEXT, else standard input where it is a file or a pipe (`echo hi | tiankong
+    tokenize`), less one final newline: echo's, not the text's. A terminal is not read (it would wait
+    for end of input without a word): it gets the two ways to give TEXT."""
+    if text is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise InputError(
+                'no TEXT to tokenize: give it, or pipe it in: echo "Once upon" | tiankong tokenize '
+                "(a TEXT that starts with - goes after --: tiankong tokenize -- -1)"
+            )
+        try:
+            data = sys.stdin.buffer.read()
+        except (OSError, ValueError, AttributeError) as e:  # closed, a folder, no bytes behind it
+            raise InputError(f"no TEXT to tokenize, and standard input cannot be read ({e}); give TEXT") from None
+        text = data.decode("utf-8", "surrogateescape")  # bad bytes: check_text names them
+        text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+        check_text(text, "standard input")
+        return text
+    check_text(text, "TEXT")
+    return text
+
+
 @app.command(
     epilog=epilog(
         "tiankong info",
@@ -72,7 +113,7 @@ def tokenize(
 )
 def info(
     model: Optional[str] = ModelOpt,  # str, not Path: typer's Path checks would answer in a box, not one line
-    format: str = typer.Option("table", "--format", help="table or json."),
+    format: str = typer.Option("table", "--format", help="table, or json: one line (jsonl is the same)."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -81,8 +122,7 @@ def info(
     from tiankong.engine.remote import is_remote
     from tiankong.tui.cli_env import announce_builds
 
-    if format not in ("table", "json"):
-        raise InputError(f"unknown --format {format!r}; use table or json")
+    format = _one_format(format, "json", "one line of facts")
     # A local model's facts come from its headers (nothing loaded: a few-GB GGUF answers at once);
     # a server's from the server.
     if is_remote(model):
@@ -133,12 +173,13 @@ def _named(path: Path, facts: dict) -> dict:
         "ORG/NAME`) puts a model in the Hugging Face cache, and `--model ORG/NAME` then opens it.",
     )
 )
-def models(format: str = typer.Option("table", "--format", help="table or json.")) -> None:
+def models(format: str = typer.Option("table", "--format", help="table, or json: one list on one line.")) -> None:
     """The models on this machine that --model takes by name: the bundled one, then the caches."""
     from tiankong.engine.model_list import list_models
 
     if format not in ("table", "json"):
-        raise InputError(f"unknown --format {format!r}; use table or json")
+        # jsonl would mean a model a line, which this is not: named, not taken
+        raise InputError(f"unknown --format {format!r}; use table or json (one JSON list of the models, on one line)")
     skipped: list[str] = []
     found = list_models(skipped)
     for note in skipped:  # stderr: the JSON on stdout stays whole
@@ -179,7 +220,7 @@ _MIN_WHERE = 60  # the where column's least: less cuts a file's name (a short ta
 
 def _cells(m: Any) -> tuple[Text, str, str, str]:
     """A model's name, architecture, size and dtype as `tiankong models` shows them."""
-    size = f"{m.parameters / 1e6:,.1f} M params" if m.parameters else human_bytes(m.bytes)  # the units of `info`
+    size = f"{human_params(m.parameters)} params" if m.parameters else human_bytes(m.bytes)  # as `info` says them
     arch = Text(m.architecture or "?").append(" (GGUF)" if m.format == "gguf" else "", style="dim")
     return Text(m.name), arch, size, m.dtype or "?"
 
