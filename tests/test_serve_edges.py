@@ -301,3 +301,30 @@ def test_a_broken_preset_is_named_over_http_without_the_servers_path(tmp_path, m
     assert (status, out["error"]["param"]) == (400, "preset")
     assert out["error"]["message"].startswith("preset 'mine' could not be loaded on this server")
     assert str(tmp_path) not in out["error"]["message"] and "mine.toml" not in out["error"]["message"]
+
+
+@needs_stories
+@pytest.mark.parametrize(
+    "template, status, kind",
+    [
+        ("{% include 'other.jinja' %}{{ messages[0].content }}", 500, "server_error"),  # the template's own bug
+        (
+            "{{ raise_exception('no boom') if 'boom' in messages[0].content }}{{ messages[0].content }}",
+            400,
+            "invalid_request_error",
+        ),  # the template refusing these messages
+    ],
+    ids=["template-fault", "raise-exception"],
+)
+def test_a_failing_chat_template_is_the_servers_fault_unless_it_refuses_the_messages(template, status, kind, tmp_path):
+    """QA32: a template that failed on its own (an include, a number too long to write) was answered as
+    400 invalid_request_error on `messages`, telling API clients to change a request that was fine."""
+    from tiankong.engine.engine import Engine
+
+    path = tmp_path / "t.jinja"
+    path.write_text(template)
+    engine = Engine.load(STORIES, chat_template=path)
+    with running(engine) as (base, _, _):
+        body = json.dumps({"messages": [{"role": "user", "content": "boom"}], "max_tokens": 2}).encode()
+        got, _, out = post(base, "/chat/completions", body)
+    assert got == status and out["error"]["type"] == kind, out

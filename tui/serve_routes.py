@@ -22,7 +22,7 @@ from tiankong.engine.batcher import Batcher, QueueFull
 from tiankong.engine.batcher import Request as BatcherRequest
 from tiankong.engine.chat import no_template_note
 from tiankong.engine.engine import Engine, draw_seed
-from tiankong.engine.errors import ContextOverflow, InputError, TiankongError
+from tiankong.engine.errors import ChatTemplateFault, ContextOverflow, InputError, TiankongError
 from tiankong.engine.events import Event
 from tiankong.engine.model_names import display_name
 from tiankong.engine.ollama import ollama_canonical
@@ -120,6 +120,8 @@ class _Server:
             ids = await asyncio.to_thread(encode)
         except fmt.ApiError as e:
             return JSONResponse(e.body(), status_code=e.status)
+        except ChatTemplateFault as e:  # the server's own template failed: not the request's fault
+            return JSONResponse(fmt.ApiError(500, str(e)).body(), status_code=500)
         except TiankongError as e:
             err = fmt.ApiError(400, str(e), "messages" if chat else "prompt")
             return JSONResponse(err.body(), status_code=400)
@@ -331,6 +333,8 @@ class _Server:
             eng.check_fits(ids)
         except ContextOverflow as e:  # OpenAI's code for it, which clients test for
             raise fmt.ApiError(400, str(e), param, "context_length_exceeded") from None
+        except ChatTemplateFault as e:  # the template the server loaded failed (a 400 is raise_exception's)
+            raise fmt.ApiError(500, str(e)) from None
         except TiankongError as e:
             raise fmt.ApiError(400, str(e), param) from None
         return ids
