@@ -16,7 +16,8 @@ What it does, top to bottom:
 Every worker: batch 1, greedy, the same fixed prompt ids, float32, the same thread count; one
 warm-up, then `--runs` measured runs, of which the best is reported: other processes only ever
 add time, so the fastest run is the least disturbed one. Runs during which other processes took
-CPU time are repeated (see collect()); medians and every run are kept in the JSON file.
+CPU time are repeated (see collect()), each wait and repeat printed as it happens; medians and
+every run are kept in the JSON file. Ctrl+C or SIGTERM ends the running worker too.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ import argparse
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -292,6 +296,92 @@ def importable(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Shared with the other benchmarks, which import this module: notes on what is missing, --help
+# with defaults, ending the processes a benchmark starts.
+# --------------------------------------------------------------------------------------------
+
+BENCH_EXTRA = "pip install -e '.[bench]'"
+
+
+def llamacpp_missing() -> list[str]:
+    """The packages llama.cpp's side needs (its GGUF files, its engine) that do not import."""
+    return [pkg for mod, pkg in (("llama_cpp", "llama-cpp-python"), ("gguf", "gguf")) if not importable(mod)]
+
+
+def llamacpp_note(consequence: str) -> str | None:
+    """One line naming what llama.cpp's side is missing, how to install it and what follows from
+    it; None where nothing is missing."""
+    missing = llamacpp_missing()
+    return f"{' and '.join(missing)} not installed ({BENCH_EXTRA}): {consequence}" if missing else None
+
+
+class Help(argparse.RawDescriptionHelpFormatter):
+    """--help with each option's default after its text (flags and options without one excepted),
+    and the description as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)" if action.option_strings else text
+
+
+def plural(n: int, word: str) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def end_children_on_sigterm() -> None:
+    """SIGTERM ends this process as Ctrl+C does, by an exception: subprocess.run then kills its
+    child and `finally` blocks stop the servers and busy loops a benchmark started. (SIGTERM's
+    default action ends this process alone, and its children run on, re-parented to init.)"""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+PROGRESS = "@progress "  # a worker's stdout line that the parent prints as it comes
+
+
+def say(message: str) -> None:
+    """A progress line from a worker process (run_streaming passes it on at once)."""
+    print(PROGRESS + message, flush=True)
+
+
+def run_streaming(
+    cmd: list[str], env: dict[str, str], timeout: float, on_progress: Callable[[str], None]
+) -> tuple[int | None, str]:
+    """Run `cmd`, passing each of its progress lines (say()) to on_progress as it comes; returns
+    (exit code, or None when it ran past `timeout` seconds and was killed; its other output, stdout
+    and stderr together). If this process is interrupted (Ctrl+C, SIGTERM with
+    end_children_on_sigterm) the child is killed first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    other: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(PROGRESS):
+                on_progress(line[len(PROGRESS) :].rstrip("\n"))
+            else:
+                other.append(line)
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+    return (None if expired.is_set() else code), "".join(other)
+
+
+# --------------------------------------------------------------------------------------------
 # 2. Workers: one subprocess per framework. Each returns a dict of measurements.
 # --------------------------------------------------------------------------------------------
 
@@ -326,20 +416,32 @@ def foreign_share(a, b) -> float:
     return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / (b[0] - a[0]) / (os.cpu_count() or 1))
 
 
-def wait_for_quiet() -> float:
-    """Block until the machine is idle (or QUIET_WAIT_S passed); returns the seconds waited."""
+def wait_for_quiet(say: Callable[[str], None] = say) -> float:
+    """Block until the machine is idle (or QUIET_WAIT_S passed); returns the seconds waited. A wait
+    is told as it starts and as it ends, so that a busy machine's minutes are not silent."""
     start = time.monotonic()
+    share, told = 0.0, False
     while time.monotonic() - start < QUIET_WAIT_S:
         a = cpu_snapshot()
         time.sleep(0.5)
-        if foreign_share(a, cpu_snapshot()) < QUIET:
+        share = foreign_share(a, cpu_snapshot())
+        if share < QUIET:
             break
-    return time.monotonic() - start
+        if not told:
+            say(f"machine busy (others use {share:.0%} of the CPUs): waiting up to {QUIET_WAIT_S} s for it to go quiet")
+            told = True
+    waited = time.monotonic() - start
+    if share >= QUIET:
+        say(f"waited {waited:.0f} s, still busy: running anyway")
+    elif waited >= 1:
+        say(f"quiet after {waited:.0f} s")
+    return waited
 
 
-def collect(modes: dict, runs: int) -> dict[str, list[dict]]:
+def collect(modes: dict, runs: int, say: Callable[[str], None] = say) -> dict[str, list[dict]]:
     """Measured runs of each mode, interleaved round by round so that slow spells of the machine
-    hit all modes alike, until each has `runs` undisturbed runs (at most 3 * runs rounds)."""
+    hit all modes alike, until each has `runs` undisturbed runs (at most 3 * runs rounds). Each
+    disturbed run, and each mode's count of clean runs at the end, is told through `say`."""
     samples: dict[str, list[dict]] = {name: [] for name in modes}
 
     def clean(name: str) -> int:
@@ -349,15 +451,22 @@ def collect(modes: dict, runs: int) -> dict[str, list[dict]]:
         for name, fn in modes.items():
             if clean(name) >= runs:
                 continue
-            waited = wait_for_quiet()
+            waited = wait_for_quiet(say)
             before = cpu_snapshot()
             r = fn()
             r["foreign_cpu"] = foreign_share(before, cpu_snapshot())
             r["disturbed"] = r["foreign_cpu"] > QUIET
             r["waited_s"] = waited
             samples[name].append(r)
+            if r["disturbed"]:
+                say(
+                    f"{name}: run {len(samples[name])} of at most {3 * runs} disturbed (others used "
+                    f"{r['foreign_cpu']:.0%} of the CPUs): {runs - clean(name)} clean run(s) still wanted"
+                )
         if all(clean(name) >= runs for name in modes):
             break
+    for name in modes:
+        say(f"{name}: {clean(name)} clean of {len(samples[name])} runs")
     return samples
 
 
@@ -563,8 +672,9 @@ WORKERS = {
 }
 
 
-def run_worker(name: str, job: dict, timeout: float) -> dict:
-    """Run one framework in a fresh interpreter; returns its result or {'error': why}."""
+def run_worker(name: str, job: dict, timeout: float, on_progress: Callable[[str], None]) -> dict:
+    """Run one framework in a fresh interpreter, its progress lines passed to on_progress as they
+    come; returns its result or {'error': why}."""
     OUT.mkdir(parents=True, exist_ok=True)
     job_path, result_path = OUT / f"job-{name}.json", OUT / f"result-{name}.json"
     job_path.write_text(json.dumps(job))
@@ -580,13 +690,12 @@ def run_worker(name: str, job: dict, timeout: float) -> dict:
     env.pop("TIANKONG_NATIVE", None)
     if name == "tiankong-torch":
         env["TIANKONG_NATIVE"] = "0"
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    code, output = run_streaming(cmd, env, timeout, on_progress)
+    if code is None:
         return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0 or not result_path.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {proc.returncode}: {tail[0]}", "stderr": proc.stderr[-4000:]}
+    if code != 0 or not result_path.is_file():
+        tail = output.strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {code}: {tail[0]}", "output": output[-4000:]}
     return json.loads(result_path.read_text())
 
 
@@ -615,7 +724,7 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
 
     table = Table(
         title=f"decode: batch 1, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
-        f"tokens, float32, {args.threads} threads, best of {args.rounds} x {args.runs}"
+        f"tokens, float32, {plural(args.threads, 'thread')}, best of {args.rounds} x {args.runs}"
     )
     # "load/weights" leaves out what the interpreter and the framework's import held before the
     # weights were loaded (torch alone is ~220 MB), so it shows the cost of the model itself.
@@ -746,22 +855,29 @@ def report(results: dict, weight_bytes: int, args, console) -> dict:
     return ratios
 
 
+def tell(console, name: str) -> Callable[[str], None]:
+    """Prints a worker's progress lines, dimmed, under its name."""
+    from rich.markup import escape
+
+    return lambda message: console.print(f"[dim]  {escape(name)}: {escape(message)}[/]")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run")
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
+    ap.add_argument("--threads", type=int, default=2, help="threads of every framework")
     ap.add_argument("--runs", type=int, default=3, help="measured runs per mode and round (best reported)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds in which the frameworks take turns")
-    ap.add_argument("--skip-llamacpp", action="store_true")
-    ap.add_argument("--skip-transformers", action="store_true")
-    ap.add_argument("--skip-tiankong", action="store_true")
+    ap.add_argument("--skip-llamacpp", action="store_true", help="leave llama.cpp out")
+    ap.add_argument("--skip-transformers", action="store_true", help="leave transformers out")
+    ap.add_argument("--skip-tiankong", action="store_true", help="leave tiankong out (both its paths)")
     ap.add_argument(
         "--skip-torch-path",
         action="store_true",
         help="skip the engine's torch path (TIANKONG_NATIVE=0), measured beside its compiled step",
     )
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per framework")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per framework and round (one worker process)")
     # internal: run one framework in this process
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
@@ -773,6 +889,7 @@ def main() -> None:
 
     from rich.console import Console
 
+    end_children_on_sigterm()
     console = Console(width=max(130, Console().width))  # wide enough for the table when piped
     if args.setup:
         return setup(args, console)
@@ -800,11 +917,9 @@ def main() -> None:
         )
         if not skip
     ]
-    if "llama.cpp" in chosen and not (importable("llama_cpp") and GGUF_PATH.is_file()):
-        console.print(
-            "[yellow]llama.cpp skipped: llama-cpp-python (or gguf) is not installed; "
-            "pip install llama-cpp-python gguf[/]"
-        )
+    note = llamacpp_note("llama.cpp skipped")
+    if "llama.cpp" in chosen and (note or not GGUF_PATH.is_file()):
+        console.print(note or f"llama.cpp skipped: {GGUF_PATH} was not made", style="yellow", markup=False)
         chosen.remove("llama.cpp")
     rounds: dict[str, list[dict]] = {name: [] for name in chosen}
     for i in range(args.rounds):
@@ -812,7 +927,7 @@ def main() -> None:
             if rounds[name] and "error" in rounds[name][-1]:
                 continue  # failed once: it will fail again
             console.print(f"[dim]round {i + 1}/{args.rounds}: running {name}...[/]")
-            rounds[name].append(run_worker(name, job, args.timeout))
+            rounds[name].append(run_worker(name, job, args.timeout, tell(console, name)))
             if "error" in rounds[name][-1]:
                 console.print(f"[red]{name} failed: {rounds[name][-1]['error']}[/]")
     results = {name: merge_rounds(r) for name, r in rounds.items()}

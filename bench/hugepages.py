@@ -7,6 +7,8 @@
 What it does, top to bottom:
   1. setup   — bench/quant.py's files (the random SmolLM-135M-shaped model and llama.cpp's
                quantizations of it), made there on first use; or --model, any model tiankong opens.
+               Without llama-cpp-python, the float32 model quantized to --type by tiankong at load
+               (q8_0, q4_0), and a note says so.
   2. engines — the same model loaded three times in this process: as tiankong loads it (the
                weights the step streams in memory advised for transparent huge pages,
                engine/packed.py's huge_empty, and the KV caches from a pool of such memory that
@@ -33,8 +35,8 @@ import statistics
 from pathlib import Path
 
 import torch
-from decode import setup
-from quant import prompt_for, quantized_gguf, tiankong_runner
+from decode import Help, plural, setup
+from quant import gguf_or_at_load, prompt_for, tiankong_runner
 from rich.console import Console
 from rich.table import Table
 
@@ -57,22 +59,24 @@ def fresh_huge_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
     ap.add_argument("--type", default="q4_0", choices=("q8_0", "q4_0", "q4_k_m"), help="which of quant.py's files")
-    ap.add_argument("--model", type=Path, help="another model (a folder or GGUF file) instead")
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path, help="another model, a folder or GGUF file (default: quant.py's --type file)")
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per run")
+    ap.add_argument("--rounds", type=int, default=8, help="measured rounds (after one warm-up round)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import tiankong.engine.kv_cache as kv_cache
     import tiankong.engine.native_step as native_step
 
-    if args.model is None:
+    console = Console()
+    source, dtype = args.model, "auto"
+    if source is None:
         args.skip_llamacpp = False
-        setup(args, Console())  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
-    source = args.model or quantized_gguf(args.type, "135m")
+        setup(args, console)  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
+        source, dtype = gguf_or_at_load(args.type, lambda note: console.print(note, style="yellow", markup=False))
     prompt = prompt_for("135m", args.prompt_tokens)
     huge, pooled = native_step.huge_empty, kv_cache._zeros
     variants = {  # name: (the weight buffer's allocator, the cache's)
@@ -83,7 +87,7 @@ def main() -> None:
     runs = {}
     for name, (weights, cache) in variants.items():
         native_step.huge_empty = weights
-        runs[name] = (cache, tiankong_runner(source, "auto", prompt, args.new_tokens)[0])
+        runs[name] = (cache, tiankong_runner(source, dtype, prompt, args.new_tokens)[0])
     native_step.huge_empty = huge
     steps: dict[tuple[str, int], list[float]] = {(name, rows): [] for name in runs for rows in (1, 4)}
     firsts: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
@@ -96,11 +100,11 @@ def main() -> None:
                     steps[name, rows].append(step * 1e3)
                     firsts[name, rows].append(first * 1e3)
     kv_cache._zeros = pooled
-    report(steps, firsts, source, args)
+    report(steps, firsts, source.name if dtype == "auto" else f"{source.name} ({dtype} at load)", args)
 
 
-def report(steps: dict[tuple[str, int], list[float]], firsts: dict, source: Path, args) -> None:
-    table = Table(title=f"{source.name}, {args.prompt_tokens}+{args.new_tokens} tokens, {args.threads} threads")
+def report(steps: dict[tuple[str, int], list[float]], firsts: dict, model: str, args) -> None:
+    table = Table(title=f"{model}, {args.prompt_tokens}+{args.new_tokens} tokens, {plural(args.threads, 'thread')}")
     table.add_column("rows")
     for name in ("4 KB", "huge, fresh", "huge"):
         table.add_column(f"{name}: step ms, median (best)")

@@ -18,6 +18,8 @@ import random
 import sqlite3
 from pathlib import Path
 
+from decode import Help
+
 from tiankong.tui.store import DB_NAME, Response, Store, Vote
 from tiankong.tui.store_records import _vote_row
 
@@ -59,10 +61,10 @@ def vote(rng: random.Random, i: int) -> Vote:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folder", type=Path)
-    ap.add_argument("--votes", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
+    ap.add_argument("folder", type=Path, help="the data folder to write (its tiankong.db must not exist yet)")
+    ap.add_argument("--votes", type=int, default=1_000_000, help="votes to write")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the votes' contents")
     args = ap.parse_args()
     path = args.folder / DB_NAME
     if path.exists():

@@ -14,11 +14,14 @@ x86 core). Needs a C compiler and a CPU with AVX-512 VNNI (VL); prints a note ot
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from decode import Help, end_children_on_sigterm
 
 N_ACC = 16  # independent dot-product accumulators: enough to fill two pipes of latency 4
 
@@ -113,6 +116,8 @@ MODES = [
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=Help).parse_args()  # --help, no options
+    end_children_on_sigterm()
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         print("no C compiler (cc/gcc) found")

@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,11 +65,34 @@ def message(turn: int, n: int) -> list[int]:
     return decode.prompt_ids(n * (turn + 1))[n * turn :]
 
 
-def best_ttft(run, repeats: int) -> float:
-    return min(run() for _ in range(max(1, repeats)))
+class Watch:
+    """Times runs and counts those that other processes disturbed: more than decode.QUIET of the
+    CPUs taken during the run, decode.py's measure (this benchmark flags them; it does not wait or
+    repeat)."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.disturbed = 0
+        self.last_share = 0.0
+
+    def time(self, run: Callable[[], float]) -> float:
+        before = decode.cpu_snapshot()
+        seconds = run()
+        self.last_share = decode.foreign_share(before, decode.cpu_snapshot())
+        self.runs += 1
+        self.disturbed += self.last_share > decode.QUIET
+        return seconds
+
+    def busy(self) -> str:
+        """' (others used 45% of the CPUs: disturbed)' after a disturbed run, else ''."""
+        return f" (others used {self.last_share:.0%} of the CPUs: disturbed)" if self.last_share > decode.QUIET else ""
 
 
-def chat_tiankong(args) -> dict[str, dict[int, float]]:
+def best_ttft(run: Callable[[], float], repeats: int, watch: Watch) -> float:
+    return min(watch.time(run) for _ in range(max(1, repeats)))
+
+
+def chat_tiankong(args, say: Callable[[str], None], watch: Watch) -> dict[str, dict[int, float]]:
     import torch
 
     from tiankong.engine.context import PromptCache
@@ -100,23 +124,27 @@ def chat_tiankong(args) -> dict[str, dict[int, float]]:
             if isinstance(ev, Finished):
                 answer = list(ev.token_ids)
         history = prompt + answer
+        say(f"tiankong: chat built to turn {turn}/{args.turns} ({len(history)} tokens)")
     # The measured turns take turns, run by run, so that the machine's drift hits them alike. The
     # cache, which now holds the whole chat, is cut back to each turn's start (exact: its first
     # slots are that turn's chat so far).
     for rep in range(args.repeats):
         for turn in args.measure:
             cache.ids = list(before[turn])
-            t = ttft(prompts[turn], cache)
+            t = watch.time(lambda turn=turn: ttft(prompts[turn], cache))
             out["cached"][turn] = min(t, out["cached"].get(turn, t))
+            line = f"tiankong: run {rep + 1}/{args.repeats}, turn {turn}: cached {1000 * t:.0f} ms{watch.busy()}"
             if rep < args.cold_repeats:
-                t = ttft(prompts[turn], None)
+                t = watch.time(lambda turn=turn: ttft(prompts[turn], None))
                 out["cold"][turn] = min(t, out["cold"].get(turn, t))
+                line += f", cold {1000 * t:.0f} ms{watch.busy()}"
+            say(line)
     out["decode_path"] = eng.decode_path
     out["final_tokens"] = len(history)
     return out
 
 
-def chat_llamacpp(args) -> dict[str, dict[int, float]] | None:
+def chat_llamacpp(args, say: Callable[[str], None], watch: Watch) -> dict[str, dict[int, float]] | None:
     if not (decode.importable("llama_cpp") and decode.importable("gguf")):
         return None
     if not decode.GGUF_PATH.is_file():
@@ -161,42 +189,53 @@ def chat_llamacpp(args) -> dict[str, dict[int, float]] | None:
                     llm.eval(history[:-1])  # as after a real answer: its last token not yet fed
                 return ttft(prompt, False)
 
-            out["cached"][turn] = best_ttft(cached, args.repeats)
-            out["cold"][turn] = best_ttft(lambda prompt=prompt: ttft(prompt, True), args.cold_repeats)
+            out["cached"][turn] = best_ttft(cached, args.repeats, watch)
+            out["cold"][turn] = best_ttft(lambda prompt=prompt: ttft(prompt, True), args.cold_repeats, watch)
+            say(
+                f"llama.cpp: turn {turn}: cached {1000 * out['cached'][turn]:.0f} ms, "
+                f"cold {1000 * out['cold'][turn]:.0f} ms (best of {args.repeats} and {args.cold_repeats})"
+            )
             llm.reset()
         history = prompt + answer(prompt)
+        say(f"llama.cpp: chat built to turn {turn}/{args.turns} ({len(history)} tokens)")
     return out
 
 
 def main() -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--turns", type=int, default=20)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=decode.Help)
+    p.add_argument("--turns", type=int, default=20, help="turns of the scripted chat")
     p.add_argument(
         "--measure",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[1, 10, 20],
+        default="1,10,20",
         help="turns to time, comma-separated",
     )
-    p.add_argument("--user-tokens", type=int, default=75)
-    p.add_argument("--answer-tokens", type=int, default=75)
-    p.add_argument("--context", type=int, default=4096)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--user-tokens", type=int, default=75, help="tokens of each user message")
+    p.add_argument("--answer-tokens", type=int, default=75, help="tokens of each greedy answer")
+    p.add_argument("--context", type=int, default=4096, help="the model's context, raised to fit the chat")
+    p.add_argument("--threads", type=int, default=2, help="threads of both engines")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per turn, cached (the best is kept)")
     p.add_argument("--cold-repeats", type=int, default=2, help="timed runs per turn, cold")
-    p.add_argument("--skip-llamacpp", action="store_true")
+    p.add_argument("--skip-llamacpp", action="store_true", help="leave llama.cpp out")
     args = p.parse_args()
     args.measure = [t for t in args.measure if 1 <= t <= args.turns]
     console = Console()
+    note = None if args.skip_llamacpp else decode.llamacpp_note("llama.cpp skipped")
+    if note:
+        console.print(note, style="yellow", markup=False)
     build(args.context, console)
 
-    results = {"tiankong": chat_tiankong(args)}
+    def say(line: str) -> None:
+        console.print(f"[dim]{escape(line)}[/]")
+
+    watch = Watch()
+    results = {"tiankong": chat_tiankong(args, say, watch)}
     console.print(f"[dim]tiankong decode path: {results['tiankong']['decode_path']}[/]")
-    llama = None if args.skip_llamacpp else chat_llamacpp(args)
-    if llama is None and not args.skip_llamacpp:
-        console.print("[yellow]llama.cpp skipped: llama_cpp or gguf is not importable (pip install -e '.[bench]')[/]")
+    llama = None if args.skip_llamacpp or note else chat_llamacpp(args, say, watch)
     if llama is not None:
         results["llama.cpp"] = llama
 
@@ -221,7 +260,13 @@ def main() -> None:
             f"{fw}: cached turn {last} / turn {first} = {ratio:.2f}x (target <= {TARGET}x) {ok}; "
             f"cold turn {last} / cached = {r['cold'][last] / r['cached'][last]:.1f}x"
         )
-    RESULT_JSON.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    if watch.disturbed:
+        console.print(
+            f"[yellow]other processes took more than {decode.QUIET:.0%} of the CPUs during {watch.disturbed} of "
+            f"{watch.runs} timed runs: the times above are not to be trusted; rerun on a quiet machine[/]"
+        )
+    busy = {"timed_runs": watch.runs, "disturbed_runs": watch.disturbed}
+    RESULT_JSON.write_text(json.dumps({"args": vars(args), "results": results, "machine": busy}, indent=2))
     console.print(f"[dim]{RESULT_JSON}[/]")
 
 

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from decode import GGUF_PATH, MODEL_DIR, OUT, importable, prompt_ids, setup
+from decode import GGUF_PATH, MODEL_DIR, OUT, Help, llamacpp_missing, llamacpp_note, plural, prompt_ids, setup
 
 FTYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}
 # decode: tok/s over llama.cpp's (at least 1); 4 rows / 1 row step time (at most 1.5); prefill:
@@ -50,11 +52,11 @@ GGUF_1B = OUT / "tinyllama-1b-random-f16.gguf"
 
 def quantized_gguf(qtype: str, shape: str) -> Path:
     """The shape's F32 (135m) or F16 (1b) GGUF quantized by llama.cpp's own tool to `qtype` (made once)."""
-    import llama_cpp
-
     source, stem = (GGUF_PATH, "smollm-135m-random") if shape == "135m" else (GGUF_1B, "tinyllama-1b-random")
     path = OUT / f"{stem}-{qtype}.gguf"
     if not path.is_file():
+        import llama_cpp
+
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{FTYPES[qtype]}")
         params.nthread = 2
@@ -63,6 +65,25 @@ def quantized_gguf(qtype: str, shape: str) -> Path:
             raise RuntimeError(f"llama.cpp could not quantize {source} to {qtype}")
         tmp.rename(path)
     return path
+
+
+def gguf_or_at_load(qtype: str, say: Callable[[str], None]) -> tuple[Path, str]:
+    """(source, dtype) for tiankong_runner: the 135M shape's llama.cpp-quantized `qtype` file (made
+    here if missing), or, where it is missing and so is llama-cpp-python, decode.py's float32 model
+    quantized by tiankong at load (the same block types for q8_0 and q4_0; Q4_K_M has no such
+    path), told through `say`."""
+    note = llamacpp_note(f"no llama.cpp-quantized file; {qtype} quantized by tiankong at load instead")
+    if note is None or (OUT / f"smollm-135m-random-{qtype}.gguf").is_file():
+        return quantized_gguf(qtype, "135m"), "auto"
+    if qtype == "q4_k_m":
+        raise SystemExit(llamacpp_note("Q4_K_M comes only from llama.cpp's quantizer; pass --type q8_0 or q4_0"))
+    say(note)
+    return MODEL_DIR, qtype
+
+
+def median_and_range(ratios: list[float]) -> tuple[float, float, float] | None:
+    """(median, lowest, highest) of the runs' ratios, or None without any."""
+    return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else None
 
 
 def build_1b_gguf(path: Path = GGUF_1B, seed: int = 0) -> None:
@@ -228,14 +249,14 @@ def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", choices=("135m", "1b"), default="135m")
-    ap.add_argument("--types", default="q8_0,q4_0,q4_k_m")
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
+    ap.add_argument("--shape", choices=("135m", "1b"), default="135m", help="SmolLM-135M's shape or TinyLlama's")
+    ap.add_argument("--types", default="q8_0,q4_0,q4_k_m", help="block types, comma-separated")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per run")
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
+    ap.add_argument("--threads", type=int, default=2, help="threads of both engines")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each engine per round (best reported)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds")
     ap.add_argument("--no-batch", action="store_true", help="skip the 4-row decode runs")
     args = ap.parse_args()
     args.skip_llamacpp = False
@@ -244,7 +265,12 @@ def main() -> None:
 
     console = Console(width=120)
     if args.shape == "135m":
+        note = llamacpp_note("no GGUF files and no llama.cpp rows; only tiankong quantizing at load runs")
+        if note:
+            console.print(note, style="yellow", markup=False)  # [bench] is no markup
         setup(args, console)
+    elif llamacpp_missing():
+        raise SystemExit(llamacpp_note("--shape 1b needs gguf to write the model and llama.cpp to quantize it"))
     elif not GGUF_1B.is_file():
         console.print("[dim]writing the random TinyLlama-shaped F16 GGUF...[/]")
         build_1b_gguf()
@@ -285,7 +311,7 @@ def make_engines(args, prompt: list[int], n_new: int) -> dict[str, tuple]:
     engines: dict[str, tuple] = {}
     batch = (1,) if args.no_batch else (1, 4)
     for qtype in args.types.split(","):
-        path = quantized_gguf(qtype, args.shape) if importable("llama_cpp") else None
+        path = None if llamacpp_missing() else quantized_gguf(qtype, args.shape)
         if path is not None:
             run, prefill, types = tiankong_runner(path, "auto", prompt, n_new)
             engines[f"tiankong {qtype} gguf"] = (run, prefill, batch, types)
@@ -300,7 +326,7 @@ def report(engines: dict, best: dict, pairs: dict, args, console) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"{args.shape} shape, {args.threads} threads, batch 1 greedy, {args.prompt_tokens}+{args.new_tokens} tokens"
+        title=f"{args.shape} shape, {plural(args.threads, 'thread')}, batch 1 greedy, {args.prompt_tokens}+{args.new_tokens} tokens"
     )
     columns = (
         "engine",
@@ -322,8 +348,8 @@ def report(engines: dict, best: dict, pairs: dict, args, console) -> None:
         ratio = peer / best[name, 1] if mine and peer else None
         prefill_ratio = prefill / peer_prefill if mine and peer_prefill else None
         # four rows over one: the median of the adjacent runs' ratios, with their range
-        ratios = sorted(pairs.get(name, []))
-        batch = ratios[len(ratios) // 2] if ratios else None
+        spread = median_and_range(pairs.get(name, []))
+        batch = spread[0] if spread else None
         rows.append(
             dict(
                 engine=name,
@@ -331,7 +357,7 @@ def report(engines: dict, best: dict, pairs: dict, args, console) -> None:
                 tok_s=tps,
                 vs_llamacpp=ratio,
                 batch4_ratio=batch,
-                batch4_ratio_range=[ratios[0], ratios[-1]] if ratios else None,
+                batch4_ratio_range=list(spread[1:]) if spread else None,
                 batch4_ratio_of_bests=best[name, 4] / best[name, 1] if 4 in measured else None,
                 prefill_ms=prefill * 1e3,
                 prefill_vs_llamacpp=prefill_ratio,
@@ -342,7 +368,7 @@ def report(engines: dict, best: dict, pairs: dict, args, console) -> None:
             types,
             f"{tps:.1f}",
             "" if ratio is None else f"{ratio:.2f}x",
-            "" if batch is None else f"{batch:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+            "" if spread is None else "{:.2f} ({:.2f}-{:.2f})".format(*spread),
             f"{prefill * 1e3:.1f}",
             "" if prefill_ratio is None else f"{prefill_ratio:.2f}x",
         )

@@ -18,6 +18,7 @@ import argparse
 import time
 
 import torch
+from decode import Help, plural
 from quant import presets
 from rich.console import Console
 from rich.table import Table
@@ -42,16 +43,17 @@ def time_draws(sampler: BatchSampler, logits: torch.Tensor, compiled: bool, n: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vocab", type=int, default=49152)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
+    ap.add_argument("--vocab", type=int, default=49152, help="tokens per row of logits")
+    ap.add_argument("--threads", type=int, default=2, help="torch's and the sampler's threads")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of 200 draws (best reported)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if native.library() is None:
         raise SystemExit(f"no compiled sampler here: {native.reason()}")
     gen = torch.Generator().manual_seed(0)
-    table = Table(title=f"one draw, {args.vocab}-token rows, {args.threads} threads, best of {args.rounds} rounds")
+    threads = plural(args.threads, "thread")
+    table = Table(title=f"one draw, {args.vocab}-token rows, {threads}, best of {args.rounds} rounds")
     for col in ("rows", "logits", "compiled ms", "torch ms", "torch / compiled"):
         table.add_column(col, justify="right" if "ms" in col or "/" in col else "left")
     greedy = SamplingParams(temperature=0.0, seed=0, max_new_tokens=1)

@@ -7,7 +7,8 @@ What it does, top to bottom:
   1. setup   — the random SmolLM-135M-shaped model of bench/decode.py (safetensors, and the same
                weights as GGUF F32 for llama.cpp), built there on first use, cached in bench/out/.
   2. servers — `tiankong serve` and llama-cpp-python's OpenAI server (`python -m llama_cpp.server`,
-               when installed with its [server] extra) run as subprocesses with the same thread count.
+               when installed with its [server] extra, as `pip install -e '.[bench]'` does; else a
+               note names what is missing) run as subprocesses with the same thread count.
   3. load    — N concurrent clients, each sending streaming /v1/completions requests one after
                another (same prompt, max_tokens, temperature, a seed per request); the servers
                take turns at every concurrency, for --rounds rounds, so a shared machine's drift
@@ -35,7 +36,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import GGUF_PATH, MODEL_DIR, OUT, importable  # noqa: E402  (bench/decode.py builds the model)
+from decode import (  # noqa: E402  (bench/decode.py builds the model)
+    BENCH_EXTRA,
+    GGUF_PATH,
+    MODEL_DIR,
+    OUT,
+    Help,
+    end_children_on_sigterm,
+    importable,
+)
 
 RESULT_JSON = OUT / "serve.json"
 TARGETS = dict(batch16_over_1=3.0, vs_llamacpp=1.0)
@@ -64,16 +73,32 @@ def wait_healthy(port: int, path: str, proc: subprocess.Popen, timeout: float = 
     raise RuntimeError(f"the server on port {port} did not come up in {timeout:.0f} s")
 
 
-def start_servers(args) -> dict[str, tuple[subprocess.Popen, int]]:
-    """The servers to compare, started and healthy: name -> (process, port)."""
+# What `python -m llama_cpp.server` imports besides llama_cpp: llama-cpp-python's [server] extra.
+SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
+def llamacpp_server_note() -> str | None:
+    """Why llama.cpp's server cannot run here and what to install, or None where it can (the model's
+    GGUF F32 copy aside: decode.py makes it)."""
+    missing = [m for m in ("llama_cpp", *SERVER_MODULES) if not importable(m)]
+    if not missing:
+        return None
+    return (
+        f"llama.cpp's server skipped: {', '.join(missing)} not importable; it needs llama-cpp-python with "
+        f"its [server] extra ({BENCH_EXTRA}, or pip install 'llama-cpp-python[server]')"
+    )
+
+
+def start_servers(args, servers: dict[str, tuple[subprocess.Popen, int]]) -> None:
+    """Starts the servers to compare into `servers` (name -> (process, port)), each put there as soon
+    as it runs, so that the caller stops it whatever happens next; returns once all are healthy."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    servers = {}
     port = free_port()
     cmd = [sys.executable, "-m", "tiankong.tui.cli", "serve", "-m", str(MODEL_DIR), "--port", str(port)]
     cmd += ["--max-rows", "16", "--max-queue", "64"]
     servers["tiankong"] = (subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL), port)
     # llama-cpp-python's server decodes one request at a time (its own lock); that is what it offers.
-    if not args.skip_llamacpp and importable("llama_cpp") and GGUF_PATH.is_file():
+    if not args.skip_llamacpp and llamacpp_server_note() is None and GGUF_PATH.is_file():
         port = free_port()
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF_PATH), "--port", str(port)]
         cmd += ["--n_ctx", "2048", "--n_threads", str(args.threads), "--n_batch", "512", "--verbose", "False"]
@@ -83,7 +108,6 @@ def start_servers(args) -> dict[str, tuple[subprocess.Popen, int]]:
         servers["llama.cpp"] = (subprocess.Popen(cmd, env=env, **quiet), port)
     for proc, port in servers.values():
         wait_healthy(port, "/v1/models", proc)
-    return servers
 
 
 # The same sampling on both: temperature 0.7 and top-k 40, nothing else (llama-cpp-python's server
@@ -200,20 +224,27 @@ def report(results: dict[str, dict[int, list[dict]]], args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
     ap.add_argument("--clients", default="1,4,16", help="concurrencies, comma-separated")
     ap.add_argument("--requests", type=int, default=1, help="requests per client per phase")
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds (best reported)")
     # 1 by default: on a machine other processes share, ggml's spinning thread pool collapses when one
     # of its threads is descheduled (2 threads decoded 20x slower than 1 on the project's loaded box).
     ap.add_argument("--threads", type=int, default=1, help="threads per server")
-    ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--skip-llamacpp", action="store_true", help="leave llama.cpp's server out")
     args = ap.parse_args()
     if not (MODEL_DIR / "model.safetensors").is_file():
         sys.exit(f"no model in {MODEL_DIR}: run `python bench/decode.py` once to build it (and its GGUF)")
-    servers = start_servers(args)
+    note = None if args.skip_llamacpp else llamacpp_server_note()
+    if note is None and not args.skip_llamacpp and not GGUF_PATH.is_file():
+        note = f"llama.cpp's server skipped: no {GGUF_PATH} (`python bench/decode.py` makes it)"
+    if note:
+        print(note, flush=True)
+    end_children_on_sigterm()
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
+        start_servers(args, servers)
         levels = [int(c) for c in args.clients.split(",")]
         results: dict[str, dict[int, list[dict]]] = {name: {n: [] for n in levels} for name in servers}
         for name, (_, port) in servers.items():
@@ -232,7 +263,12 @@ def main() -> None:
     finally:
         for proc, _ in servers.values():
             proc.terminate()
-            proc.wait(timeout=30)
+        for proc, _ in servers.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     python bench/train_vs_trl.py --skip-trl      # tiankong only (also what happens without TRL)
 
 What it does, top to bottom:
-  1. data    — stories from "Once upon a time" sampled by the engine (bench/train.py's `sample`),
+  1. data    — stories from "Once upon a time" sampled by the engine (temperature 1, no filter),
                those that mention --word preferred to those that do not, --pairs pairs, written as
                TRL preference records; the same pairs tokenized by tiankong's own Encoder are what
                TRL gets (pre-tokenized `chosen_ids`/`rejected_ids`), so both sides train on the same
@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from decode import Help, end_children_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -107,12 +109,29 @@ class Marks:
 # --------------------------------------------------------------------------------------------
 
 
-def bench_train_module():
-    """bench/train.py as a module (its `sample`, `PROMPT`), without putting bench/ on sys.path."""
-    spec = importlib.util.spec_from_file_location("tiankong_bench_train", HERE / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+PROMPT = "Once upon a time"  # every story's opening, and PPO's one prompt
+
+
+def sample_stories(folder: Path, n: int, seed: int, length: int) -> list[str]:
+    """n stories continuing PROMPT, sampled by the engine (temperature 1, no filter, up to `length`
+    tokens, seeds seed .. seed + n - 1)."""
+    from tiankong.engine.engine import Engine
+    from tiankong.engine.events import Finished
+    from tiankong.engine.sampling import SamplingParams
+
+    eng = Engine.load(folder, device="cpu")
+    ids = eng.encode(prompt=PROMPT, raw=True)
+    texts = [""] * n
+    for i in range(0, n, 256):  # rows per batch
+        k = min(256, n - i)
+        params = [
+            SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=seed + i + j, max_new_tokens=length)
+            for j in range(k)
+        ]
+        for ev in eng.generate([ids] * k, params):
+            if isinstance(ev, Finished):
+                texts[i + ev.row] = ev.text
+    return texts
 
 
 def build_data(args, console) -> dict:
@@ -135,7 +154,6 @@ def build_data(args, console) -> dict:
             return meta
     WORK.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    bt = bench_train_module()
     from tiankong.engine.model import load_model
     from tiankong.trainers.preferences import Encoder
     from tiankong.trainers.reward import RewardModel
@@ -147,7 +165,7 @@ def build_data(args, console) -> dict:
     seed = args.seed
     t = time.perf_counter()
     while len(yes) < args.pairs or len(no) < args.pairs:
-        for s in bt.sample(args.model, 1024, seed=seed, length=args.length):
+        for s in sample_stories(args.model, 1024, seed, args.length):
             (yes if rule.search(s) else no).append(s)
         seed += 1024
         if seed - args.seed > 64 * 1024:
@@ -156,7 +174,7 @@ def build_data(args, console) -> dict:
         yes, no = list(dict.fromkeys(yes)), list(dict.fromkeys(no))
     random.Random(args.seed).shuffle(no)
     pairs = list(zip(yes[: args.pairs], no[: args.pairs], strict=True))
-    prompt = bt.PROMPT
+    prompt = PROMPT
     (WORK / "prefs.jsonl").write_text(
         "".join(json.dumps({"prompt": prompt, "chosen": a, "rejected": b}) + "\n" for a, b in pairs)
     )
@@ -733,8 +751,8 @@ def report(summary: dict, args, console, trl_note: str, kinds: list[str]) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=STORIES)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
+    ap.add_argument("--model", type=Path, default=STORIES, help="the model both sides train")
     ap.add_argument("--steps", type=int, default=100, help="measured reward-model steps (after 1 warm-up step)")
     ap.add_argument("--pairs", type=int, default=200, help="preference pairs")
     ap.add_argument("--batch-size", type=int, default=16, help="reward model: pairs per step")
@@ -743,14 +761,14 @@ def main() -> None:
     ap.add_argument("--ppo-iterations", type=int, default=3, help="measured PPO iterations (after 1 warm-up)")
     ap.add_argument("--ppo-batch", type=int, default=32, help="PPO: prompts per iteration")
     ap.add_argument("--response-length", type=int, default=40, help="PPO: answer length limit")
-    ap.add_argument("--ppo-epochs", type=int, default=4)
+    ap.add_argument("--ppo-epochs", type=int, default=4, help="PPO: passes over each iteration's rollouts")
     ap.add_argument("--mini-batches", type=int, default=2, help="PPO: minibatches (optimizer steps) per epoch")
-    ap.add_argument("--ppo-lr", type=float, default=2e-4)
-    ap.add_argument("--rounds", type=int, default=3, help="measurements per side (best reported)")
+    ap.add_argument("--ppo-lr", type=float, default=2e-4, help="PPO learning rate")
+    ap.add_argument("--rounds", type=int, default=3, help="undisturbed measurements per side (best reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every measured process")
-    ap.add_argument("--word", default="boy", help="the hidden preference rule (as bench/train.py)")
+    ap.add_argument("--word", default="boy", help="the hidden preference rule: stories with this word win")
     ap.add_argument("--length", type=int, default=40, help="story length in tokens for the preference data")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the heads and the training")
     ap.add_argument("--skip-trl", action="store_true", help="measure tiankong only")
     ap.add_argument("--skip-rm", action="store_true", help="skip the reward-model measurement")
     ap.add_argument("--skip-ppo", action="store_true", help="skip the PPO measurement")
@@ -770,6 +788,7 @@ def main() -> None:
 
     from rich.console import Console
 
+    end_children_on_sigterm()
     console = Console(width=max(150, Console().width))  # wide enough for the table when piped
     if args.skip_trl:
         trl_rm = trl_ppo = False

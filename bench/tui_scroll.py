@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from decode import Help
+
 ROOT = Path(__file__).resolve().parent.parent
 STORIES = ROOT.parent / "shared" / "models" / "stories260K"
 
@@ -277,21 +279,21 @@ async def drive(model: Path, db: Path, chat_id: int, contents: list[str], args: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     ap.add_argument(
         "--model",
         type=Path,
         default=None,
         help="model folder (default: the bundled model, else ../shared/models/stories260K)",
     )
-    ap.add_argument("--messages", type=int, default=200)
-    ap.add_argument("--opens", type=int, default=3)
-    ap.add_argument("--pages", type=int, default=20)
-    ap.add_argument("--wheel", type=int, default=30)
-    ap.add_argument("--width", type=int, default=100)
-    ap.add_argument("--height", type=int, default=30)
+    ap.add_argument("--messages", type=int, default=200, help="messages in the stored chat (half questions)")
+    ap.add_argument("--opens", type=int, default=3, help="times the chat is opened")
+    ap.add_argument("--pages", type=int, default=20, help="pageup presses")
+    ap.add_argument("--wheel", type=int, default=30, help="mouse-wheel notches up")
+    ap.add_argument("--width", type=int, default=100, help="terminal columns")
+    ap.add_argument("--height", type=int, default=30, help="terminal rows")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the model only loads; 1 on a shared box)")
-    ap.add_argument("--profile", metavar="PREFIX", help="write a cProfile of each step to PREFIX.STEP")
+    ap.add_argument("--profile", metavar="PREFIX", help="write a cProfile of each step to PREFIX.STEP (default: none)")
     args = ap.parse_args()
 
     import torch

@@ -1,13 +1,14 @@
 """How fast the chat playground streams an answer, against the engine alone on the same prompt.
 
-    python bench/tui_stream.py                                  # 135M Q4_0 GGUF if built, 3 rounds
+    python bench/tui_stream.py                                  # 135M Q4_0 GGUF if built, 3 rounds + a warm-up
     python bench/tui_stream.py --model ../shared/models/stories260K --tokens 400
     python bench/tui_stream.py --switch-interval 0.005 --fps 30  # the settings before 2026-12-06
     python bench/tui_stream.py --no-model-thread                 # loading and answering as before
     python bench/tui_stream.py --compare                         # `tiankong compare`, its four presets
 
 The model's decode tok/s is what `Finished.timing` reports (first token to last), so the prompt's
-prefill is out of both figures. The two take turns, round by round:
+prefill is out of both figures. The two take turns, round by round, after a warm-up round that is
+printed but not counted:
 
 * engine — `Engine.generate` on a copy of the model loaded on the app's model thread
            (streaming.on_engine_thread), run there on the chat's own prompt (`Engine.fit` of the
@@ -29,7 +30,8 @@ so both make the same tokens.
 --switch-interval, --fps and --no-model-thread undo what the app does (app.GIL_SWITCH_S,
 streaming.FRAME_S, streaming.on_engine_thread), so the effect of each can be measured on this
 machine; --no-model-thread wants a process of its own (OpenMP's thread pools stay once made). The
-default model is bench/quant.py's SmolLM-135M shape in Q4_0 (`python bench/quant.py` builds it);
+default model is bench/quant.py's SmolLM-135M shape in Q4_0 (`python bench/quant.py` builds it,
+with llama-cpp-python); where it is not built, stories260K, and a note says so. The 135M model's
 random weights give random text, which wraps and re-parses as Markdown at least as hard as real
 answers.
 """
@@ -46,6 +48,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+
+from decode import Help, llamacpp_note
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "bench" / "out" / "smollm-135m-random-q4_0.gguf"
@@ -152,12 +156,21 @@ async def compare_once(
     return rate, max(f.usage.completion_tokens for f in finished)
 
 
+def default_model() -> tuple[Path, str | None]:
+    """(model, note): quant.py's Q4_0 file, or where it is not built stories260K, with a note
+    saying why and how to build it."""
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL, None
+    build = llamacpp_note("it cannot be built") or "`python bench/quant.py --types q4_0` builds it"
+    return STORIES, f"no {DEFAULT_MODEL.relative_to(ROOT)} ({build}): running stories260K instead"
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL if DEFAULT_MODEL.is_file() else STORIES)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
+    ap.add_argument("--model", type=Path, help=f"the model (default: {DEFAULT_MODEL.name} if built, else stories260K)")
     ap.add_argument("--tokens", type=int, default=256, help="answer length (max_new_tokens)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--preset", default="balanced")
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds, after one warm-up round")
+    ap.add_argument("--preset", default="balanced", help="the chat's preset")
     ap.add_argument("--compare", action="store_true", help="the compare screen's four presets instead of the chat")
     ap.add_argument("--size", default="200x50", help="terminal columns x rows")
     ap.add_argument("--switch-interval", type=float, help="seconds (default: the app's GIL_SWITCH_S)")
@@ -168,6 +181,10 @@ def main() -> None:
         help="load and answer on Textual's thread workers, as the app did before on_engine_thread",
     )
     args = ap.parse_args()
+    if args.model is None:
+        args.model, note = default_model()
+        if note:
+            print(note, flush=True)
 
     import tiankong.tui.app as app_module
     import tiankong.tui.streaming as streaming
@@ -182,7 +199,7 @@ def main() -> None:
         streaming.on_engine_thread = app_module.on_engine_thread = lambda fn, *a, **kw: fn(*a, **kw)
     model = args.model
     if not model.exists():
-        sys.exit(f"no model at {model}: build {DEFAULT_MODEL} with `python bench/quant.py`, or pass --model")
+        sys.exit(f"no model at {model}: pass --model a model folder or GGUF file")
     cols, rows = (int(v) for v in args.size.split("x"))
     # The engine alone on the app's model thread (with --no-model-thread: this thread), as the app runs it.
     engine = streaming.on_engine_thread(Engine.load, model)
@@ -196,16 +213,21 @@ def main() -> None:
     )
     ui = "compare" if args.compare else "chat"
     results: dict[str, list[float]] = {"engine": [], ui: []}
-    for r in range(args.rounds):
+    # Round 0 warms up and is not counted: the first answer on each side pays one-time costs (the
+    # compiled step's first calls, the app's first frames and imports), ~10x slower on stories260K.
+    for r in range(args.rounds + 1):
         with tempfile.TemporaryDirectory() as data:
             if args.compare:
-                results["engine"].append(streaming.on_engine_thread(engine_alone_compare, engine, args.tokens, cids))
+                engine_tok_s = streaming.on_engine_thread(engine_alone_compare, engine, args.tokens, cids)
                 tok_s, n = asyncio.run(compare_once(model, args.tokens, (cols, rows), Path(data), cids))
             else:
-                results["engine"].append(streaming.on_engine_thread(engine_alone, engine, params, ids))
+                engine_tok_s = streaming.on_engine_thread(engine_alone, engine, params, ids)
                 tok_s, n = asyncio.run(chat_once(model, params, (cols, rows), Path(data)))
-        results[ui].append(tok_s)
-        print(f"round {r + 1}: engine {results['engine'][-1]:.0f} tok/s, {ui} {tok_s:.0f} tok/s ({n} tokens)")
+        what = f"round {r}" if r else "warm-up (not counted)"
+        print(f"{what}: engine {engine_tok_s:.0f} tok/s, {ui} {tok_s:.0f} tok/s ({n} tokens)", flush=True)
+        if r:
+            results["engine"].append(engine_tok_s)
+            results[ui].append(tok_s)
     e, c = statistics.median(results["engine"]), statistics.median(results[ui])
     ratios = [c_ / e_ for c_, e_ in zip(results[ui], results["engine"], strict=True)]
     print(
