@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from screen_text import screen_lines
-from test_tui_chat import answered, chat_app, make_app, open_newest_chat, run, send, slow_down, wait_for
+from test_tui_chat import answered, chat_app, loaded, make_app, open_newest_chat, run, send, slow_down, wait_for
 from textual.widgets import Input
 from tiny_models import make_model
 
 from tiankong.tui.screens.branch import CandidatePicker
+from tiankong.tui.screens.chat_sending import NotAnswered
 from tiankong.tui.screens.preset_editor import PresetEditor
 from tiankong.tui.widgets.prompt import PromptInput
 from tiankong.tui.widgets.status import StatusBar
@@ -320,3 +321,59 @@ def test_an_unfinished_training_run_is_named_inside_the_playground(tiny, store, 
 
     (said,) = [n for n in run(main()) if "unfinished training run" in n]
     assert "step 4 of 20" in said and "tiankong train ppo X" in said
+
+
+# ---------------------------------------------------------------- a message the chat template refuses
+
+BOOM_TEMPLATE = (
+    "{% for m in messages %}{% if 'boom' in m.content %}{{ raise_exception('no boom allowed') }}{% endif %}"
+    "<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_a_message_the_chat_template_refuses_is_named_with_the_way_out(tiny, store, tmp_path):
+    """QA: after "boom" (refused by the template), every later message said only "not answered: the chat
+    template rejected the messages: no boom allowed", neither which message nor how to get out."""
+    template = tmp_path / "boom.jinja"
+    template.write_text(BOOM_TEMPLATE)
+
+    def refusals(chat) -> list[str]:
+        return [str(w.render()) for w in chat.transcript.query(NotAnswered)]
+
+    async def main():
+        app = make_app(tiny, store, tmp_path, chat_template=template)
+        async with app.run_test(size=(120, 40)) as pilot:
+            chat = await loaded(pilot)
+            chat.params = chat.params.replace(max_new_tokens=4)
+            await send(pilot, "boom")
+            await pilot.pause()
+            first = refusals(chat)
+            await send(pilot, "hello")
+            await pilot.pause()
+            later = refusals(chat)
+            await pilot.press("ctrl+n")  # the way out the second line names
+            await send(pilot, "hello")
+            after_new = (await answered(pilot, chat)).message_id, refusals(chat)
+            await pilot.press("ctrl+n")
+            await send(pilot, "boom")
+            await pilot.pause()
+            await pilot.press("ctrl+l")  # the way out the first line names
+            chat.query_one("#prompt", PromptInput).text = "calm"
+            await pilot.press("enter")
+            after_edit = (await answered(pilot, chat)).message_id, refusals(chat)
+            await pilot.press("ctrl+n")
+            chat.query_one("#system", Input).value = "boom: be brief"
+            await send(pilot, "hi")
+            await pilot.pause()
+            return first, later, after_new, after_edit, refusals(chat)
+
+    first, later, (new_answer, new_refusals), (edited_answer, edit_refusals), system = run(main())
+    refused = "⚠ not answered: the chat template rejected the messages: no boom allowed"
+    assert first == [f"{refused} (your last message): ctrl+l edits it"]
+    assert (
+        later[-1]
+        == f'{refused} (your earlier message "boom", sent again with each later one): ctrl+n starts a new chat'
+    )
+    assert new_answer is not None and new_refusals == []  # answered (stored)
+    assert edited_answer is not None and edit_refusals == []
+    assert system == [f'{refused} (the system prompt "boom: be brief"): edit it (tab goes to it)']

@@ -307,8 +307,36 @@ def test_the_status_line_and_ctrl_t_say_how_full_the_context_is(tiny, store, tmp
     # prompt's room) read as a share of the context, beside ctrl+t's "prompt 168/256" (66%).
     assert prompt <= 192 and f"ready · prompt {prompt}/256 · old turns go past 192" in line
     # ctrl+t counts the prompt as it stands (the box empty: the chat alone) and the room after it.
-    assert head.startswith(f" {n} tokens   prompt {n}/256 · answer room {256 - n} (max tokens 512) · ")
+    assert head.startswith(f" {n} tokens   prompt {n}/256 · answer room {256 - n} (max tokens 512)")
     assert shown.endswith("without the chat's first 2 turns, which no longer fit the context"), shown
+
+
+def test_the_ctrl_t_head_breaks_between_its_phrases_at_80_and_120_columns(tiny, store, tmp_path):
+    # QA: at 80x24 the head's first line wrapped mid-phrase ("… · the next" / "answer's prompt, as chat
+    # template"). Each line now holds whole phrases, a new line starting where the next would not fit.
+
+    async def go(width: int):
+        app = make_app(tiny, store, tmp_path)
+        async with app.run_test(size=(width, 24)) as pilot:
+            chat = await loaded(pilot)
+            await chat.open_chat(store_chat(store, chat.model_id, [1, 1, 4]))
+            await pilot.pause()
+            await pilot.press("ctrl+t")
+            await pilot.pause()
+            region = app.screen.query_one("#tokens-head").region
+            return [line.strip() for line in screen_lines(app)[region.y : region.bottom]], len(app.screen.ids)
+
+    for width in (80, 120):
+        lines, n = run(go(width))
+        assert lines[0].startswith(f"{n} tokens   prompt"), lines
+        phrases = [
+            f"prompt {n}/256 · answer room {256 - n} (max tokens 512)",
+            "the next answer's prompt, as plain text (no chat template)",  # (the tiny model has none)
+            "without the chat's first 2 turns, which no longer fit the context",
+        ]
+        for phrase in phrases:  # each whole on one line
+            assert any(phrase in line for line in lines), (width, lines)
+        assert all(not line.startswith("·") and not line.endswith("·") for line in lines), lines
 
 
 # ---------------------------------------------------------------- a message longer than the context

@@ -449,3 +449,30 @@ def test_the_chat_footer_shows_ctrl_b_compare(tmp_path, store):
 
     assert "^b compare" in asyncio.run(go(120))
     assert "^b compare" not in asyncio.run(go(80))  # where there is no room, it goes before the main keys
+
+
+def test_the_revealed_column_titles_stay_readable_right_after_a_vote(tiny, store):
+    # QA: at 120x40 the "Saved" notice (top right, as the app docks notices) covered column B's title
+    # the moment the vote revealed it ("A · creative   ▌ Saved"); the vote bar says the vote was saved.
+    from pathlib import Path
+
+    import tiankong.tui.app
+
+    class AppHost(Host):  # with the app's own styles: where its notices go
+        CSS_PATH = Path(tiankong.tui.app.__file__).with_name("app.tcss")
+
+    screen = CompareScreen([tiny], [short("balanced"), short("creative")], store, "ann", standalone=True)
+
+    async def run():
+        async with AppHost(screen).run_test(size=(120, 40), notifications=True) as pilot:
+            await pilot.press(*"Tell me a story.", "enter")
+            await settle(pilot, screen)
+            await pilot.press("1", "enter")
+            await pilot.pause(0.3)
+            names = [screen._column_name(c) for c in range(2)]
+            return names, screen_lines(pilot.app), bar(screen)
+
+    names, lines, voted = asyncio.run(run())
+    assert voted.startswith("✓ Vote #1 saved: A better")
+    [titles] = [line for line in lines if f"A · {names[0]}" in line]
+    assert f"B · {names[1]}" in titles

@@ -16,7 +16,7 @@ from textual.widgets import Input, Static
 
 from tiankong.engine.context import answer_room
 from tiankong.engine.engine import with_seeds
-from tiankong.engine.errors import TiankongError
+from tiankong.engine.errors import ChatTemplateError, ChatTemplateFault, TiankongError
 from tiankong.tui.screens.branch import forced_token
 from tiankong.tui.widgets.message import AssistantMessage, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
@@ -186,17 +186,21 @@ class ChatSending:
             ids, dropped = self._fit(msgs, at_least)
             self.next_prompt = len(ids)
         except TiankongError as e:  # the system prompt and the last message alone are too long
-            dropped, refused = self.dropped_turns, self._how_to_fit(str(e), msgs)
+            dropped, refused = self.dropped_turns, self._how_to_fit(e, msgs)
             self.next_prompt = 0  # (not a prompt: said under the message instead)
         await self._note_dropped(dropped)
         if unanswered and not self.generating and not self._not_answered_last():
             await self.transcript.mount(NotAnswered(refused or "no answer is stored for it; ctrl+r answers it"))
         self._status()
 
-    def _how_to_fit(self, why: str, msgs: list[dict[str, str]]) -> str:
-        """`why` the context cannot hold `msgs` (ContextOverflow's words), with the keys that help:
-        ctrl+l where the last message is to shorten, f3 where a lower max tokens would make it fit."""
+    def _how_to_fit(self, error: TiankongError, msgs: list[dict[str, str]]) -> str:
+        """Why `msgs` cannot be answered (`error`: ContextOverflow's words, or the chat template's
+        refusal), with the keys that help: ctrl+l where the last message is to shorten, f3 where a
+        lower max tokens would make it fit; for a refusal, the message refused and the way out."""
         assert self.engine is not None
+        why = str(error)
+        if isinstance(error, ChatTemplateError) and not isinstance(error, ChatTemplateFault):
+            return why + self._refused_where(msgs)  # (a fault is the template's own: its words say so)
         ways = []
         if "the last message" in why or "the last turn" in why:
             ways.append("ctrl+l edits the last message")
@@ -207,6 +211,29 @@ class ChatSending:
             except TiankongError:
                 pass
         return why + (f": {', or '.join(ways)}" if ways else "")
+
+    def _refused_where(self, msgs: list[dict[str, str]]) -> str:
+        """Where in `msgs` the chat template's refusal is, and the way out. The template sees the
+        whole chat each time, so a message it refuses stops every later one being answered too: it
+        is found as the one message whose text, replaced, lets the chat through (none for a refusal
+        of the chat's shape, such as two user messages in a row)."""
+        assert self.engine is not None
+        for i, message in enumerate(msgs):
+            probe = [*msgs[:i], {**message, "content": "."}, *msgs[i + 1 :]]
+            try:
+                self.engine.encode(messages=probe)
+            except ChatTemplateError:
+                continue
+            except TiankongError:  # refused before the template reads it (too long to encode whole): unknown
+                break
+            text = f'"{chat_title(message["content"])}"'
+            if message["role"] == "system":  # (ctrl+n keeps the system prompt)
+                return f" (the system prompt {text}): edit it (tab goes to it)"
+            if i == len(msgs) - 1:
+                return " (your last message): ctrl+l edits it"
+            whose = "your earlier message" if message["role"] == "user" else "the earlier answer"
+            return f" ({whose} {text}, sent again with each later one): ctrl+n starts a new chat"
+        return ": ctrl+l edits your last message, or ctrl+n starts a new chat"
 
     def _context_state(self) -> tuple[str, str]:
         """For the status line, long and short: what the next message leaves out, and, once past FULL
@@ -263,7 +290,7 @@ class ChatSending:
         try:
             ids, dropped = self._fit(self.conversation())
         except TiankongError as e:  # the last message alone is too long: said where it stands, too
-            why = self._how_to_fit(str(e), self.conversation())
+            why = self._how_to_fit(e, self.conversation())
             self.notify(why, severity="error", markup=False)
             await self.transcript.mount(NotAnswered(why))
             self.transcript.scroll_end(animate=False)

@@ -239,11 +239,13 @@ class CompareActions:
         rnd.revealed = True
         rnd.verdict = shown or verdict(vote)
         self.picks = []
-        names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
-        self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved", markup=False)
-        if queued:
+        if queued:  # the next round takes the screen: the notice is where this one's columns are named
+            names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
+            self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved", markup=False)
             self._advance(marked=True)
         else:
+            # No notice: the vote bar says the vote is saved, the head and titles name the columns (QA: a
+            # notice, top right, covered column B's title as it was revealed).
             self._refresh_bars()
 
     def _vote(

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -39,7 +40,9 @@ def prompt_pieces(eng: Any, ids: list[int]) -> Text:
 def fact_text(key: str, value: Any) -> str:
     """One fact of Engine.info() as people read it; `tiankong info` and the f-key view share it."""
     if key == "parameters":
-        return f"{value:,} ({value / 1e6:.2f}M)"  # no space: a narrow panel wrapped "M)" alone
+        from tiankong.engine.model_list import human_params  # `tiankong models` says them so too
+
+        return f"{value:,} ({human_params(value)})"  # no space: a narrow panel wrapped "M)" alone
     if key == "bytes_per_token" and isinstance(value, int):
         from tiankong.engine.model_list import human_bytes  # the kv cache's unit too (Engine.info)
 
@@ -65,6 +68,24 @@ def info_table(info: dict[str, Any]) -> Table:
     return table
 
 
+def fit_parts(parts: list[Text], width: int) -> Text:
+    """`parts` joined by " · ", a new line started before a part that would not fit `width` cells
+    (a part longer than a line wraps by itself): a line cut mid-phrase ("… the next / answer's
+    prompt") was hard to read at 80 columns."""
+    out = Text()
+    line = 0  # cells on the current line
+    for part in parts:
+        if line and line + 3 + part.cell_len > width:
+            out.append("\n")
+            line = 0
+        elif line:
+            out.append(" · ")
+            line += 3
+        out.append_text(part)
+        line += part.cell_len
+    return out
+
+
 class TokensScreen(Screen[None]):
     CSS_PATH = "tokens.tcss"
     BINDINGS = [Binding("escape,ctrl+t", "app.pop_screen", "back to chat")]
@@ -84,8 +105,8 @@ class TokensScreen(Screen[None]):
             error = ""
         except TiankongError as e:
             ids, error = [], str(e)
-        self.ids = ids
-        yield Static(Text(error, style="bold red") if error else self._head(len(ids)), id="tokens-head")
+        self.ids, self.error = ids, error
+        yield Static(self._head_text(self.app.size.width - 2), id="tokens-head")  # its margin: 1 a side
         with Horizontal():
             with Vertical(id="tokens-left"):
                 with VerticalScroll(id="tokens-inline"):
@@ -96,22 +117,35 @@ class TokensScreen(Screen[None]):
             yield info
         yield Footer()
 
-    def _head(self, n: int) -> Text:
-        """The line over the tokens: how many, of the context, the room left for the answer, and what
-        the prompt leaves out. It wraps (tokens.tcss): cut at the terminal's edge, it lost the end."""
+    def _head_text(self, width: int) -> Text:
+        """The line(s) over the tokens for a head `width` cells wide, or the error of a prompt that
+        does not encode."""
+        if self.error:
+            return Text(self.error, style="bold red")
+        return fit_parts(self._head_parts(len(self.ids)), width)
+
+    def _head_parts(self, n: int) -> list[Text]:
+        """The head's parts, in order: how many tokens, of the context, the room left for the answer,
+        what the prompt is, and what it leaves out."""
         ctx = self.eng.cfg.max_seq_len
         template = "chat template" if self.eng.template is not None else "plain text (no chat template)"
-        head = Text.assemble((f" {n} tokens ", "bold reverse"), "  ")
-        if self.max_new_tokens is not None:
+        count = Text.assemble((f" {n} tokens ", "bold reverse"), "  ")
+        if self.max_new_tokens is None:
+            parts = [count.append(f"the next answer's prompt, as {template}")]
+        else:
             room = max(0, min(self.max_new_tokens, ctx - n))
-            head.append(f"prompt {n}/{ctx} · answer room {room}", style="bold")
-            head.append(f" (max tokens {self.max_new_tokens})" if room < self.max_new_tokens else "", style="dim")
-            head.append(" · ")
-        head.append(f"the next answer's prompt, as {template}")
+            answer = Text(f"answer room {room}", style="bold")
+            if room < self.max_new_tokens:
+                answer.append(f" (max tokens {self.max_new_tokens})", style="dim")
+            parts = [count.append(f"prompt {n}/{ctx}", style="bold"), answer]
+            parts.append(Text(f"the next answer's prompt, as {template}"))
         if self.dropped:
             turns = "turn" if self.dropped == 1 else f"{self.dropped} turns"
-            head.append(f" · without the chat's first {turns}, which no longer fit the context", style="dim")
-        return head
+            parts.append(Text(f"without the chat's first {turns}, which no longer fit the context", style="dim"))
+        return parts
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.query_one("#tokens-head", Static).update(self._head_text(event.size.width - 2))
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
