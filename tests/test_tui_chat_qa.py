@@ -232,13 +232,13 @@ def test_the_status_line_and_the_candidates_hint_fit_80_columns(tiny, store, tmp
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.engine is not None)
             chat = app.chat
-            panel = chat.candidates.region
 
             def hint() -> str:  # the panel's inside (its loading indicator goes once the model is in)
+                panel = chat.candidates.region  # read each time: the first layout may not have placed it yet
                 rows = screen_lines(app)[panel.y + 1 : panel.bottom - 1]
                 return " ".join(line[panel.x + 2 : panel.right - 2].strip() for line in rows).strip()
 
-            await wait_for(pilot, hint)
+            await wait_for(pilot, lambda: "send a message" in hint())
             shown = hint()
             say = native.on_build(None)  # the app's: what it says while the compiled step builds
             await asyncio.to_thread(say, "once per machine")
