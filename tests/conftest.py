@@ -13,6 +13,18 @@ import pytest
 from tiankong.tui.store import DB_NAME, Store
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """A training command run in-process may lower torch's thread count for a busy machine
+    (trainers/cpu_threads.py); the next test starts with the count it had."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def store(tmp_path):
     """A fresh SQLite store in the test's own data folder."""
