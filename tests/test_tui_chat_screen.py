@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from screen_text import screen_lines
-from test_tui_chat import answered, chat_app, loaded, make_app, run, send, wait_for
+from test_tui_chat import answered, chat_app, loaded, make_app, run, wait_for
 from textual.geometry import Region
+from textual.widgets import Input
 from tiny_models import make_model
 
 from tiankong.tui.widgets.candidates import CandidatesPanel
@@ -233,8 +234,9 @@ def test_the_turns_out_of_context_count_one_thing_live_after_a_switch_and_reopen
     async def go():
         async with chat_app(tiny, store, tmp_path, temperature=0.0, max_new_tokens=24, seed=1) as (app, pilot, chat):
             await pilot.resize_terminal(140, 32)  # the status line's long form
-            for turn in range(8):
-                await send(pilot, f"{turn}: " + SENTENCE * 2)
+            for turn in range(8):  # set as a paste would, not typed key by key (100 keys a turn took 15 s)
+                chat.query_one("#prompt", Input).value = f"{turn}: " + SENTENCE * 2
+                await pilot.press("enter")
                 await answered(pilot, chat)
                 if chat.dropped_turns:
                     break
