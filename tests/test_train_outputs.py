@@ -346,18 +346,7 @@ def test_an_unfinished_runs_note_gives_the_command_that_finishes_it(llama_dir, p
 
     monkeypatch.setattr(RewardTrainer, "checkpoint", stop_at_step_1)
     args = ["train", "reward", "--model", llama_dir, "--data", prefs, "--output", out, "--steps", "3"]
-    args += [
-        "--batch-size",
-        "4",
-        "--eval-fraction",
-        "0",
-        "--device",
-        "cpu",
-        "--raw",
-        "--no-progress",
-        "--save-every",
-        "1",
-    ]
+    args += "--batch-size 4 --eval-fraction 0 --device cpu --raw --no-progress --save-every 1".split()
     code, _, err = cli(monkeypatch, capsys, *args)
     assert code == 130, err
     printed = err.strip().splitlines()[-1].removeprefix("resume with: ")

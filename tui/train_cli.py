@@ -257,14 +257,11 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
                 raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
 
 
-def torch_device_type(device: Any) -> str:
-    """A trainer's device (a torch.device, or its name as a string) -> "cpu", "cuda", ..."""
-    return str(getattr(device, "type", device)).split(":")[0]
-
-
 def _choose_threads(trainer: Any) -> None:
     """A CPU run takes fewer threads than cores when other programs keep some busy (trainers/cpu_threads.py)."""
-    if torch_device_type(trainer.device) != "cpu":
+    import torch
+
+    if torch.device(trainer.device).type != "cpu":  # a torch.device, or its name
         return
     from tiankong.trainers.cpu_threads import choose_threads
 
