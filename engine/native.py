@@ -234,7 +234,10 @@ def _load(target: Path) -> Library:
         ctypes.c_int64,
         ctypes.c_int,
         ctypes.c_int,
+        ctypes.c_int,
     ]
+    lib.tk_x16.restype = ctypes.c_int
+    lib.tk_x16.argtypes = []
     lib.tk_sample.restype = ctypes.c_int
     lib.tk_sample.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 11 + [ctypes.c_int]
     lib.tk_sample.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]

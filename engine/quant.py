@@ -54,6 +54,14 @@ QTYPES: dict[str, tuple[int, int, int]] = {
 QUANTIZABLE = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # what `quantize` makes; K-types come from GGUF files
 GGML_F32, GGML_BF16 = 0, 30  # the ggml numbers of the step's float weight types
 X8 = 256  # added to a type number: rows interleaved 8 at a time (repack.py; a layout names it "<type>:x8")
+X16 = 512  # ... 16 at a time (pairs of X8's groups: csrc/repack16.h; a layout names it "<type>:x16")
+LAYOUT_FLAGS = {"x8": X8, "x16": X16}
+
+
+def layout_base(qtype: str) -> tuple[str, int]:
+    """A layout part's type name -> (the type, its interleaving flag): "q4_0:x16" -> ("q4_0", X16)."""
+    base, _, kind = qtype.partition(":")
+    return base, LAYOUT_FLAGS[kind] if kind else 0
 
 
 def row_bytes(qtype: str, n: int) -> int:
@@ -424,7 +432,7 @@ def packed_bytes(parts: list[QTensor | torch.Tensor]) -> int:
 
 def unpack_rows(data: torch.Tensor, layout: Layout, n: int) -> torch.Tensor:
     """pack_rows' bytes as one float32 (rows, n) matrix (plain rows: repack.unrepack_rows first)."""
-    assert not any(qtype.endswith(":x8") for qtype, _ in layout), layout
+    assert not any(layout_base(qtype)[1] for qtype, _ in layout), layout
     out, at = [], 0
     for qtype, rows in layout:
         size = rows * (4 * n if qtype == "float32" else row_bytes(qtype, n))
@@ -435,12 +443,13 @@ def unpack_rows(data: torch.Tensor, layout: Layout, n: int) -> torch.Tensor:
 
 
 def ggml_types(layout: Layout) -> list[int]:
-    """Each part's ggml type number (what the compiled step's type fields hold), plus X8 where
-    the part's rows are interleaved (repack.py)."""
-    return [
-        GGML_F32 if qtype == "float32" else QTYPES[qtype.removesuffix(":x8")][2] | (X8 if qtype.endswith(":x8") else 0)
-        for qtype, _ in layout
-    ]
+    """Each part's ggml type number (what the compiled step's type fields hold), plus X8 or X16
+    where the part's rows are interleaved (repack.py)."""
+    types = []
+    for qtype, _ in layout:
+        base, flag = layout_base(qtype)
+        types.append(GGML_F32 if base == "float32" else QTYPES[base][2] | flag)
+    return types
 
 
 def weight_summary(model: nn.Module) -> dict:
@@ -496,4 +505,6 @@ __all__ = [
     "unpack_rows",
     "weight_of",
     "X8",
+    "X16",
+    "layout_base",
 ]

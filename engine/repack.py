@@ -1,4 +1,5 @@
-"""Quantized rows interleaved eight at a time for the compiled step (csrc/repack.h has the layout).
+"""Quantized rows interleaved eight or sixteen at a time for the compiled step (csrc/repack.h and
+csrc/repack16.h have the layouts).
 
 Why: a product of four input rows (four presets side by side) with rows stored one after another
 costs each weight row its own integer dot product, conversion and scale per block and input row.
@@ -9,6 +10,12 @@ flipped to w + 128, q5_0's fifth bits and q4_k's 6-bit scales and mins regrouped
 past its last multiple of 8 stay plain. Types: q8_0, q4_0, q5_0, q4_k, q6_k (those of Q8_0, Q4_0
 and Q4_K_M files); q4_1, q5_1 and q5_k keep one row at a time. A repacked part is named "<type>:x8" in a quant.pack_rows layout, and its ggml type number
 carries `X8` (quant.ggml_types), which tells the step to read it this way.
+
+Sixteen rows ("<type>:x16", `X16`): where the compiled library has AVX-512 kernels (tk_x16), each
+pair of eight-row groups is stored as one stream, the two groups' blocks side by side area by
+area, so that a 512-bit register holds 16 rows and one input broadcast feeds them all (at four
+input rows ~20.5 cycles per 8 rows against ~26: repack16.h). A part's last 8 rows past its last
+multiple of 16 stay one eight-row group, and rows past its last multiple of 8 stay plain.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .native import library
-from .quant import QTYPES, X8, Layout, QTensor, pack_rows, row_bytes
+from .quant import QTYPES, X8, X16, Layout, QTensor, layout_base, pack_rows, row_bytes
 
 INTERLEAVED = ("q8_0", "q4_0", "q5_0", "q4_k", "q6_k")  # the types with an interleaved kernel (repack.h)
 # What loading repacks: not q6_k. Its interleaved kernel is 20-35 % faster at four rows, but one row
@@ -28,6 +35,14 @@ INTERLEAVED = ("q8_0", "q4_0", "q5_0", "q4_k", "q6_k")  # the types with an inte
 # Repacking its q6_k head at load also slowed the first copies into the weights' buffer (1B
 # Q4_K_M load 1.6 -> 3-7 s).
 REPACKED = ("q8_0", "q4_0", "q5_0", "q4_k")
+WIDE = ("q8_0", "q4_0", "q5_0", "q4_k")  # the types with a sixteen-row kernel (repack16.h)
+# An eight-row block's areas as (bytes, unit): a pair stores A's unit k, then B's (repack16.h's x16_areas)
+X16_AREAS = {
+    "q8_0": ((16, 16), (256, 32)),
+    "q4_0": ((16, 16), (128, 32)),
+    "q5_0": ((16, 16), (32, 32), (128, 32)),
+    "q4_k": ((16, 16), (16, 16), (64, 8), (32, 8), (1024, 32)),
+}
 _GROUPS_AT_ONCE = 4096  # groups of 8 rows per torch pass: bounds the temporaries (~10 bytes per weight byte)
 
 
@@ -126,19 +141,57 @@ def _deinterleave_q4_k(p: torch.Tensor) -> torch.Tensor:
     return torch.cat([dd, s, qs], -1)
 
 
-def _convert_part(part: torch.Tensor, qtype: str, rows: int, n: int, forward: bool) -> torch.Tensor:
-    """One part's bytes (rows x row bytes), its full groups of 8 rows (un)interleaved, into a copy:
-    the reference for the compiled tk_repack, and the way back (tests)."""
+def _pair(p: torch.Tensor, qtype: str) -> torch.Tensor:
+    """(P, 2 groups, blocks, 8 x block bytes) eight-row blocks -> (P, blocks, 16 x block bytes)."""
+    P, _, nblk, _ = p.shape
+    pieces, at = [], 0
+    for length, unit in X16_AREAS[qtype]:
+        area = p[..., at : at + length].reshape(P, 2, nblk, length // unit, unit)
+        pieces.append(area.permute(0, 2, 3, 1, 4).reshape(P, nblk, 2 * length))
+        at += length
+    return torch.cat(pieces, -1)
+
+
+def _unpair(p: torch.Tensor, qtype: str) -> torch.Tensor:
+    """_pair's inverse: (P, blocks, 16 x block bytes) -> (P, 2, blocks, 8 x block bytes)."""
+    P, nblk, _ = p.shape
+    pieces, at = [], 0
+    for length, unit in X16_AREAS[qtype]:
+        area = p[..., 2 * at : 2 * (at + length)].reshape(P, nblk, length // unit, 2, unit)
+        pieces.append(area.permute(0, 3, 1, 2, 4).reshape(P, 2, nblk, length))
+        at += length
+    return torch.cat(pieces, -1)
+
+
+def _convert_part(part: torch.Tensor, qtype: str, rows: int, n: int, forward: bool, wide: bool) -> torch.Tensor:
+    """One part's bytes (rows x row bytes), its full groups of 8 rows (un)interleaved, and with wide
+    its pairs of groups (un)paired, into a copy: the reference for the compiled tk_repack, and the
+    way back (tests)."""
     size, nblk = QTYPES[qtype][1], n // QTYPES[qtype][0]
     out = part.clone()
     groups = out[: rows // 8 * 8 * nblk * size].view(rows // 8, 8, nblk, size)  # a view of out
+    pairs = out[: rows // 16 * 16 * nblk * size].view(rows // 16, 2, nblk, 8 * size) if wide else None
+    if pairs is not None and not forward:
+        pairs[:] = _unpair(pairs.reshape(-1, nblk, 16 * size).clone(), qtype)
     for g0 in range(0, groups.shape[0], _GROUPS_AT_ONCE):
         g = groups[g0 : g0 + _GROUPS_AT_ONCE]
         if forward:
             g.view(-1, nblk, 8 * size)[:] = _interleave(g.transpose(1, 2), qtype)
         else:
             g.transpose(1, 2)[:] = _deinterleave(g.reshape(-1, nblk, 8 * size).clone(), qtype)
+    if pairs is not None and forward:
+        pairs.view(-1, nblk, 16 * size)[:] = _pair(pairs.clone(), qtype)
     return out
+
+
+def _wide() -> bool:
+    """Whether loading lays parts out sixteen rows at a time: where the library has those kernels."""
+    lib = library()
+    return lib is not None and bool(lib.tk_x16())
+
+
+def _repacked_name(qtype: str, rows: int, wide: bool) -> str:
+    return f"{qtype}:x16" if wide and qtype in WIDE and rows >= 16 else f"{qtype}:x8"
 
 
 def repack_rows(
@@ -148,13 +201,16 @@ def repack_rows(
     in_place: bool = False,
     native: bool = True,
     types: tuple[str, ...] = REPACKED,
+    wide: bool | None = None,
 ) -> tuple[torch.Tensor, Layout]:
     """quant.pack_rows' bytes and layout (rows n wide) with every part of one of `types` (of
-    INTERLEAVED) and at least 8 rows interleaved: in a copy (the input may be shared, e.g. with a
+    INTERLEAVED) and at least 8 rows interleaved (with wide, those of WIDE sixteen rows at a time;
+    None: where the library has the kernels): in a copy (the input may be shared, e.g. with a
     tied embedding; no copy when no part is interleaved), or in_place in data (contiguous).
     Through the compiled tk_repack where there is one (one pass in place: a 1B model loads
     0.1-0.4 s slower, where torch's copies made it 2.5-4 s), else torch's reference (native=False:
     always; tests compare the two)."""
+    wide = _wide() if wide is None else wide
     if in_place or not any(qtype in types and rows >= 8 for qtype, rows in layout):
         out = data.reshape(-1)  # (nothing to interleave: no copy either)
     else:
@@ -164,10 +220,13 @@ def repack_rows(
     for qtype, rows in layout:
         size = rows * (4 * n if qtype == "float32" else row_bytes(qtype, n))
         if qtype in types and rows >= 8:
-            part, ggml = out[at : at + size], QTYPES[qtype][2]
-            if lib is None or lib.tk_repack(ggml, part.data_ptr(), part.data_ptr(), rows, n, torch.get_num_threads()):
-                part.copy_(_convert_part(part, qtype, rows, n, True))
-            qtype = f"{qtype}:x8"
+            part, ggml, name = out[at : at + size], QTYPES[qtype][2], _repacked_name(qtype, rows, wide)
+            two = name.endswith(":x16")
+            if lib is None or lib.tk_repack(
+                ggml, part.data_ptr(), part.data_ptr(), rows, n, two, torch.get_num_threads()
+            ):
+                part.copy_(_convert_part(part, qtype, rows, n, True, two))
+            qtype = name
         names.append((qtype, rows))
         at += size
     return out, tuple(names)
@@ -179,24 +238,26 @@ def place_rows(
     n: int,
     orders: list[torch.Tensor | None] | None = None,
     types: tuple[str, ...] = REPACKED,
+    wide: bool | None = None,
 ) -> tuple[torch.Tensor, Layout]:
-    """repack_rows(*quant.pack_rows(parts, out, orders), n, in_place=True), reading each part once:
-    one that is interleaved as it lies (no row order) goes through the compiled tk_repack from
-    where it is (a GGUF file's mapping) straight into its place in `out`; the others are copied or
-    gathered there (pack_rows) and interleaved in place. So the compiled step's buffer is filled in
-    one pass over the weights, not a copy and then a pass over the copy."""
-    lib, layout, at = library(), [], 0
+    """repack_rows(*quant.pack_rows(parts, out, orders), n, in_place=True, wide=wide), reading each
+    part once: one that is interleaved as it lies (no row order) goes through the compiled
+    tk_repack from where it is (a GGUF file's mapping) straight into its place in `out`; the others
+    are copied or gathered there (pack_rows) and interleaved in place. So the compiled step's buffer
+    is filled in one pass over the weights, not a copy and then a pass over the copy."""
+    lib, layout, at, wide = library(), [], 0, _wide() if wide is None else wide
     for p, order in zip(parts, orders or [None] * len(parts), strict=True):
         size = p.nbytes if isinstance(p, QTensor) else 4 * p.numel()
         dest, rows, at = out[at : at + size], p.shape[0], at + size
         direct = isinstance(p, QTensor) and p.qtype in types and rows >= 8 and order is None
         if direct and lib is not None and p.data.is_contiguous() and p.data.device.type == "cpu":
             assert isinstance(p, QTensor)  # (for the type checker: direct says so)
-            ggml = QTYPES[p.qtype][2]
-            if not lib.tk_repack(ggml, p.data.data_ptr(), dest.data_ptr(), rows, n, torch.get_num_threads()):
-                layout.append((f"{p.qtype}:x8", rows))
+            ggml, name = QTYPES[p.qtype][2], _repacked_name(p.qtype, rows, wide)
+            two = name.endswith(":x16")
+            if not lib.tk_repack(ggml, p.data.data_ptr(), dest.data_ptr(), rows, n, two, torch.get_num_threads()):
+                layout.append((name, rows))
                 continue
-        layout += repack_rows(*pack_rows([p], dest, [order]), n, in_place=True, types=types)[1]
+        layout += repack_rows(*pack_rows([p], dest, [order]), n, in_place=True, types=types, wide=wide)[1]
     return out, tuple(layout)
 
 
@@ -204,13 +265,13 @@ def unrepack_rows(data: torch.Tensor, layout: Layout, n: int) -> tuple[torch.Ten
     """repack_rows' inverse: the plain rows and layout."""
     parts, names, at = [], [], 0
     for qtype, rows in layout:
-        base = qtype.removesuffix(":x8")
+        base, flag = layout_base(qtype)
         size = rows * (4 * n if base == "float32" else row_bytes(base, n))
         part = data.reshape(-1)[at : at + size]
-        parts.append(_convert_part(part, base, rows, n, False) if base != qtype else part)
+        parts.append(_convert_part(part, base, rows, n, False, flag == X16) if flag else part)
         names.append((base, rows))
         at += size
     return torch.cat(parts), tuple(names)
 
 
-__all__ = ["INTERLEAVED", "REPACKED", "X8", "place_rows", "repack_rows", "unrepack_rows"]
+__all__ = ["INTERLEAVED", "REPACKED", "WIDE", "X8", "X16", "place_rows", "repack_rows", "unrepack_rows"]

@@ -26,9 +26,9 @@
  * each layer's (wq, wk, wv, wo, gate, up, down) ggml types and out_type the head's; a fused weight
  * is its parts' rows back to back, each part in its own type (wqkv: H hd q rows, H_kv hd k rows,
  * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32; q8_0, q4_0, q5_0, q4_k and
- * q6_k parts have their rows interleaved eight at a time (type + T_X8: repack.h), which is why the threads
- * share a product's rows in groups of 8 (share_rows). Nothing is folded: the norm
- * gains come as attn_norm, ffn_norm (D,) and the query scale as q_scale; the q/k rows are still in
+ * q6_k parts have their rows interleaved eight or sixteen at a time (type + T_X8 / T_X16: repack.h,
+ * repack16.h), which is why the threads share a product's rows in groups of 16 (share_rows).
+ * Nothing is folded: the norm gains come as attn_norm, ffn_norm (D,) and the query scale as q_scale; the q/k rows are still in
  * RoPE-pair order. The KV cache is then float16 (kv_type 2, as llama.cpp's default): the cache is
  * most of what attention reads, and at four rows or a long context it is a fifth to a half of all
  * a step streams (135M, f32: 46 KB per token and row against 90 MB of q8_0 weights).
@@ -370,12 +370,12 @@ static inline void share(int n, int t, int nt, int *lo, int *hi) {
     *hi = (int)((int64_t)n * (t + 1) / nt);
 }
 
-/* This thread's share [lo, hi) of a weight's n rows, in whole groups of 8 (repacked weights are
- * read 8 rows at a time; feed_forward_in relies on every product of a layer splitting alike). */
+/* This thread's share [lo, hi) of a weight's n rows, in whole groups of 16 (repacked weights are
+ * read 8 or 16 rows at a time; feed_forward_in relies on every product of a layer splitting alike). */
 static inline void share_rows(int n, int t, int nt, int *lo, int *hi) {
-    share((n + 7) / 8, t, nt, lo, hi);
-    *lo = *lo * 8 < n ? *lo * 8 : n;
-    *hi = *hi * 8 < n ? *hi * 8 : n;
+    share((n + 15) / 16, t, nt, lo, hi);
+    *lo = *lo * 16 < n ? *lo * 16 : n;
+    *hi = *hi * 16 < n ? *hi * 16 : n;
 }
 
 /* p + n elements of float32 or bfloat16 */
@@ -455,29 +455,34 @@ static inline void prefetch_more(Prefetch *p, int64_t bytes) {
  * into its own `a` (unless a already holds it in this block size: callers set a->kind = 0 when x
  * changes), then computes its share of the rows. With pf, it asks for pf's memory spread over
  * its rows: where several input rows make the product compute-bound, the memory is idle.
- * A full group of 8 interleaved rows (type & T_X8) at up to 4 input rows goes from x8_group_any
- * straight into y, bias and sum included (repack.h's X8Out). */
+ * A full group of 8 or 16 interleaved rows (type & T_LAYOUT) at up to 4 input rows goes from
+ * x8_group_any / x16_group_any straight into y, bias and sum included (repack.h's X8Out). */
 static void qmatvec(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O, int I,
                     int ldy, int accumulate, int t, int nt, Prefetch *pf) {
     int lo, hi;
     share_rows(O, t, nt, &lo, &hi);
     act_quantize(a, x, B, I, block_elems(type) == 256 ? 256 : 32);
     const int64_t rb = row_bytes(type, I);
-    const int64_t pf_step = pf && hi > lo ? (pf->total / ((hi - lo + 7) / 8) + 63) / 64 * 64 : 0;
-    const int direct = (type & T_X8) && B <= 4;
-    float u[8 * B]; /* (B, 8): 8 rows' products */
-    for (int r = lo; r < hi; r += 8) { /* lo is a multiple of 8, and so is hi unless it is O */
-        const int nr = hi - r < 8 ? hi - r : 8;
+    const int G = type & T_X16 ? 16 : 8; /* rows at a time */
+    const int64_t pf_step = pf && hi > lo ? (pf->total / ((hi - lo + G - 1) / G) + 63) / 64 * 64 : 0;
+    const int direct = (type & T_LAYOUT) && B <= 4;
+    float u[16 * B]; /* (B, G): G rows' products */
+    for (int r = lo; r < hi; r += G) { /* lo is a multiple of 16, and so is hi unless it is O */
+        const int nr = hi - r < G ? hi - r : G;
         const uint8_t *w = (const uint8_t *)W + r * rb;
         if (pf)
             prefetch_more(pf, pf_step);
-        if (direct && nr == 8) {
-            x8_group_any(type & ~T_X8, w, a, B, (X8Out){y + r, ldy, bias ? bias + r : NULL, accumulate});
+        if (direct && nr == G) {
+            const X8Out o = {y + r, ldy, bias ? bias + r : NULL, accumulate};
+            if (G == 16)
+                x16_group_any(type & ~T_LAYOUT, w, a, B, o);
+            else
+                x8_group_any(type & ~T_LAYOUT, w, a, B, o);
             continue;
         }
         for (int b0 = 0; b0 < B; b0 += 4)
-            qrows_tile(type, w, 0, nr, a, b0, B - b0 < 4 ? B - b0 : 4, u, 8);
-        put_sums((X8Out){y + r, ldy, bias ? bias + r : NULL, accumulate}, B, nr, u);
+            qrows_tile(type, w, 0, nr, a, b0, B - b0 < 4 ? B - b0 : 4, u, G);
+        put_sums((X8Out){y + r, ldy, bias ? bias + r : NULL, accumulate}, B, nr, G, u);
     }
 }
 
@@ -955,8 +960,9 @@ static void qkv_in(const Step *s, int l, const float *h, Act *a, int t, int nt) 
     const Model *m = s->m;
     const float *bias = m->bqkv ? m->bqkv[l] : NULL;
     const int types[3] = {wtype(s, l, 0), wtype(s, l, 1), wtype(s, l, 2)};
-    /* one product unless the types differ, or interleaved parts' groups of 8 do not line up */
-    const int aligned = !(types[0] & T_X8) || (s->H * s->hd % 8 == 0 && s->Hkv * s->hd % 8 == 0);
+    /* one product unless the types differ, or interleaved parts' groups of 8 or 16 do not line up */
+    const int g = types[0] & T_X16 ? 16 : 8;
+    const int aligned = !(types[0] & T_LAYOUT) || (s->H * s->hd % g == 0 && s->Hkv * s->hd % g == 0);
     int64_t lo[s->B], hi[s->B];
     Prefetch pf = kv_prefetch(s, l, t, nt, lo, hi); /* the layer's attention reads, asked for meanwhile */
     if (types[0] == types[1] && types[1] == types[2] && aligned) {

@@ -23,18 +23,19 @@
 
 /* ggml's type numbers (what quant.py's QTYPES and the step's type fields hold). */
 enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30 };
-/* Added to a type: its rows are interleaved eight at a time (repack.h), same bytes in all. */
-enum { T_X8 = 256 };
+/* Added to a type: its rows are interleaved eight at a time (T_X8, repack.h) or sixteen at a time
+ * (T_X16, repack16.h), same bytes in all; T_LAYOUT masks either. */
+enum { T_X8 = 256, T_X16 = 512, T_LAYOUT = T_X8 | T_X16 };
 
 static inline int is_quant(int type) { return type != T_F32 && type != T_BF16; }
 static inline int block_elems(int type) {
-    type &= ~T_X8;
+    type &= ~T_LAYOUT;
     return type >= T_Q4_K && type <= T_Q6_K ? 256 : type >= T_Q4_0 ? 32 : 1;
 }
 
 /* Bytes of one row of n elements (n a multiple of the block). */
 static inline int64_t row_bytes(int type, int64_t n) {
-    switch (type & ~T_X8) {
+    switch (type & ~T_LAYOUT) {
     case T_F32: return 4 * n;
     case T_BF16: return 2 * n;
     case T_Q8_0: return n / 32 * 34;
@@ -487,15 +488,17 @@ static inline __attribute__((always_inline)) void qrow_nb(int type, const uint8_
     }
 }
 
-/* q8_0, q4_0, q5_0, q4_k, q6_k rows interleaved eight at a time (type | T_X8): x8_rows. */
+/* q8_0, q4_0, q5_0, q4_k, q6_k rows interleaved eight at a time (type | T_X8): x8_rows; q8_0,
+ * q4_0, q5_0 and q4_k sixteen at a time (type | T_X16): x16_rows. */
 #include "repack.h"
+#include "repack16.h"
 
 /* y[b * ldy + r] = W row r . input row b, for weight rows r in [r0, r1) and input rows b in
  * [b0, b0 + nb) of a (nb 1..4). W is the weight's first row, rows row_bytes(type, a->n) apart.
  * The one call a matrix-matrix product (tk_matmul) makes per tile of weight rows and group of
  * input rows: the tile's rows stay in L1/L2 across the groups, the group's rows in L1 across the
  * tile's rows. A repacked weight (type | T_X8) needs r0 a multiple of 8 and r1 a multiple of 8 or
- * its last row (its groups of 8 rows are read whole). */
+ * its last row (its groups of 8 rows are read whole); type | T_X16 the same with 16. */
 static void qrows_tile(int type, const uint8_t *W, int r0, int r1, const Act *a, int b0, int nb, float *y,
                        int64_t ldy) {
     Act sub = *a; /* input rows b0.. */
@@ -506,6 +509,10 @@ static void qrows_tile(int type, const uint8_t *W, int r0, int r1, const Act *a,
     sub.bsums += (int64_t)b0 * a->n / 16;
     if (type & T_X8) {
         x8_rows(type, W, r0, r1, &sub, b0, nb, y, ldy);
+        return;
+    }
+    if (type & T_X16) {
+        x16_rows(type, W, r0, r1, &sub, b0, nb, y, ldy);
         return;
     }
     const int64_t rb = row_bytes(type, a->n);

@@ -166,12 +166,12 @@ static inline __attribute__((always_inline)) void x8_put(const X8Out o, const in
 }
 #endif
 
-/* o for rows 0..nr-1 from scratch sums res (nb, 8): the plain C kernels', and qmatvec's for the
+/* o for rows 0..nr-1 from scratch sums res (nb, ld): the plain C kernels', and qmatvec's for the
  * products that do not go straight into y. */
-static inline void put_sums(const X8Out o, const int nb, const int nr, const float *res) {
+static inline void put_sums(const X8Out o, const int nb, const int nr, const int ld, const float *res) {
     for (int b = 0; b < nb; b++)
         for (int r = 0; r < nr; r++) {
-            const float v = o.bias ? res[8 * b + r] + o.bias[r] : res[8 * b + r];
+            const float v = o.bias ? res[ld * b + r] + o.bias[r] : res[ld * b + r];
             o.y[o.ld * b + r] = o.accumulate ? o.y[o.ld * b + r] + v : v;
         }
 }
@@ -222,7 +222,7 @@ static inline __attribute__((always_inline)) void x8_group(const int type, const
                 res[8 * b + r] += fp16(w + 2 * r) * a->d[b * nblk + i] * (float)dot;
             }
         }
-    put_sums(o, nb, 8, res);
+    put_sums(o, nb, 8, 8, res);
 #endif
 }
 
@@ -322,7 +322,7 @@ static inline __attribute__((always_inline)) void x8_q4_k_group(const uint8_t *w
                 res[8 * b + r] += a->d[blk] * (fp16(w + 2 * r) * (float)isum - fp16(w + 16 + 2 * r) * (float)msum);
             }
         }
-    put_sums(o, nb, 8, res);
+    put_sums(o, nb, 8, 8, res);
 #endif
 }
 
@@ -430,7 +430,7 @@ static inline __attribute__((always_inline)) void x8_q6_k_group(const uint8_t *w
                 res[8 * b + r] += a->d[b * nblk + i] * fp16(w + 2 * r) * (float)isum;
             }
         }
-    put_sums(o, nb, 8, res);
+    put_sums(o, nb, 8, 8, res);
 #endif
 }
 
@@ -497,7 +497,7 @@ static void x8_rows(int type, const uint8_t *W, int r0, int r1, const Act *sub, 
     }
 }
 
-/* ---- the layout made at load: tk_repack (repack.py's reference implementation, in one pass) ---- */
+/* ---- the layout made at load (repack16.h's tk_repack) ---- */
 
 /* Group block (8 plain blocks, row r's at src[r], `size` bytes each) -> dst (8 size bytes). */
 static void x8_pack_block(int type, const uint8_t *const src[8], uint8_t *dst) {
@@ -548,40 +548,4 @@ static void x8_pack_block(int type, const uint8_t *const src[8], uint8_t *dst) {
                 memcpy(dst + X8_Q6_QH(reg / 8, reg % 8) + 4 * r, src[r] + 128 + 4 * reg, 4);
         }
     }
-}
-
-/* dst = the O rows of src (type, n wide) with every full group of 8 rows interleaved (the tail
- * copied as it is), on n_threads; dst may be src (each group goes through a thread's scratch copy
- * first: one pass over the weights and no second buffer). type: q8_0, q4_0, q5_0, q4_k or q6_k.
- * Returns 0; -1 for another type or without scratch memory (then nothing is written). */
-int tk_repack(int type, const uint8_t *src, uint8_t *dst, int64_t O, int n, int n_threads) {
-    if (type != T_Q8_0 && type != T_Q4_0 && type != T_Q5_0 && type != T_Q4_K && type != T_Q6_K)
-        return -1;
-    const int64_t rb = row_bytes(type, n), groups = O / 8;
-    const int size = (int)row_bytes(type, block_elems(type)), nblk = n / block_elems(type);
-    uint8_t *scratch = src == dst ? malloc((size_t)n_threads * 8 * rb) : NULL;
-    if (src == dst && !scratch)
-        return -1;
-#pragma omp parallel num_threads(n_threads)
-    {
-        uint8_t *own = scratch ? scratch + (size_t)omp_get_thread_num() * 8 * rb : NULL;
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < groups; g++) {
-            const uint8_t *from = src + 8 * g * rb;
-            if (own) { /* in place: the group's 8 plain rows first */
-                memcpy(own, from, (size_t)(8 * rb));
-                from = own;
-            }
-            for (int i = 0; i < nblk; i++) {
-                const uint8_t *rows[8];
-                for (int r = 0; r < 8; r++)
-                    rows[r] = from + r * rb + (int64_t)size * i;
-                x8_pack_block(type, rows, dst + 8 * g * rb + (int64_t)8 * size * i);
-            }
-        }
-    }
-    free(scratch);
-    if (src != dst)
-        memcpy(dst + groups * 8 * rb, src + groups * 8 * rb, (size_t)((O - groups * 8) * rb));
-    return 0;
 }
