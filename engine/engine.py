@@ -57,11 +57,17 @@ def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dty
 
 
 def tokenizer_and_template(
-    folder: Path, gguf: GGUFModel | None, cfg: ModelConfig, chat_template: str | Path | None
+    folder: Path,
+    gguf: GGUFModel | None,
+    cfg: ModelConfig,
+    chat_template: str | Path | None,
+    tokenizer: Tokenizer | None = None,
 ) -> tuple[Tokenizer, ChatTemplate | None]:
     """A model's tokenizer (checked against its vocabulary) and chat template: the GGUF file's
-    metadata or the folder's files; `chat_template`, a file, replaces the model's template."""
-    tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
+    metadata or the folder's files; `chat_template`, a file, replaces the model's template.
+    `tokenizer`: the model's own, loaded already (Engine.load's argument), so not loaded again."""
+    if tokenizer is None:
+        tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
     check_token_ids(tokenizer, cfg.vocab_size, folder)
     if chat_template is not None:
         return tokenizer, ChatTemplate.from_file(chat_template, tokenizer)
@@ -117,6 +123,7 @@ class Engine:
         dtype: str | torch.dtype | None = "auto",
         pack: bool = True,
         chat_template: str | Path | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> Engine:
         """Load a model folder, a GGUF file, or a name (engine/resolve.py: the Hugging Face cache,
         LM Studio, ollama:NAME); None (the default) loads the bundled model, tiankong-mini.
@@ -132,9 +139,13 @@ class Engine:
         plain modules. chat_template: the path of a template file (Jinja, or JSON with "chat_template")
         used instead of the model's own; template text is refused, to be saved to a file. A GGUF file's
         quantized matrices stay quantized where the compiled step reads them (_keeps_blocks), else they
-        are dequantized to `dtype` at load.
+        are dequantized to `dtype` at load. tokenizer: the model's tokenizer, loaded from this folder or
+        file already (load_checked_tokenizer), which is then not loaded again: the playground loads it
+        before its screen opens, so that one that is refused stops the command there.
         """
         pack = check_flag("pack", pack)
+        if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
+            raise InputError(f"tokenizer must be a Tokenizer (load_checked_tokenizer) or None, got {a_type(tokenizer)}")
         _check_template_path(chat_template)
         if chat_template is not None:  # read and compiled now, not after the weights
             ChatTemplate.check_file(chat_template)
@@ -147,7 +158,7 @@ class Engine:
         n_params = weights["parameters"]
         if pack:
             model = prepare_for_inference(model)
-        tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template)
+        tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template, tokenizer)
         return cls(model, cfg, tokenizer, template, folder, n_params, weights)
 
     @property

@@ -3,9 +3,11 @@ palette, and opens the chat screen (and the compare screen for `tiankong compare
 
 The store is opened by `run_app` before the UI starts: a database that cannot be written stops
 the command with its one-line message (the CLI prints it, exit code 2) rather than letting anyone
-chat or vote into something that is not being saved. A model that fails to load does not stop the
-app: the message shows in a notification and the status line, and stored chats can still be
-opened, read and exported.
+chat or vote into something that is not being saved. So does a model's tokenizer that is refused
+(checked_tokenizers: loaded there, and handed to Engine.load so as not to load it twice), as
+`generate` refuses it. A model that fails to load otherwise does not stop the app: the message
+shows in a notification and the status line, and stored chats can still be opened, read and
+exported.
 
 SIGTERM (kill) and SIGHUP (the terminal window closed) end the app as ctrl+q does, for every
 command that runs it (chat, compare, rank): Textual restores the terminal, the chat stores the
@@ -55,6 +57,15 @@ def default_rater() -> str:
         return "anonymous"
 
 
+def checked_tokenizers(models: list[Path | RemoteModel]) -> list[Any]:
+    """Each local model's tokenizer, loaded and checked (load_checked_tokenizer) before the app opens,
+    None for a server's: a tokenizer that is refused stops the command with its one line, as in
+    `generate`, not an app that can only say "model not loaded". The app's load takes them over."""
+    from tiankong.engine.tokenizer import load_checked_tokenizer
+
+    return [None if isinstance(m, RemoteModel) else load_checked_tokenizer(m) for m in models]
+
+
 def _model_id(model: Path | RemoteModel) -> str:
     """How chats name the model: its resolved folder, or the server's URL (the chat screen names
     the server's model once connected); a GGUF file keeps its own name, not its blob's (model_key)."""
@@ -102,6 +113,7 @@ class TiankongApp(App[None]):
         show_timing: bool = True,
         presets: dict[str, Preset] | None = None,
         chat_template: Path | None = None,
+        tokenizers: list[Any] | None = None,
     ) -> None:
         super().__init__()
         self.chat_template = chat_template  # --chat-template: used instead of each model's own
@@ -117,6 +129,10 @@ class TiankongApp(App[None]):
             for m in (compare_models or ([model_dir] if model_dir is not None else []))
         ]
         self.model_id = _model_id(self.model_dirs[0]) if self.model_dirs else "no model"
+        # Each model's tokenizer where it was loaded before the app (checked_tokenizers), else None.
+        self.tokenizers = list(tokenizers) if tokenizers is not None else [None] * len(self.model_dirs)
+        if len(self.tokenizers) != len(self.model_dirs):
+            raise InputError(f"tokenizers must give one per model ({len(self.model_dirs)}), got {len(self.tokenizers)}")
         self.start_preset = preset
         names = list(self.presets)
         self.compare_presets = compare_presets or [preset, names[(names.index(preset) + 1) % len(names)]]
@@ -192,13 +208,18 @@ class TiankongApp(App[None]):
             return
         self._say_builds()
         engines = []
-        for folder in self.model_dirs:
+        for folder, tokenizer in zip(self.model_dirs, self.tokenizers, strict=True):
             try:
                 engines.append(
                     RemoteEngine.connect(folder.url, folder.api_key, cancel=self._leaving)
                     if isinstance(folder, RemoteModel)
                     else on_engine_thread(
-                        Engine.load, folder, device=self.device, dtype=self.dtype, chat_template=self.chat_template
+                        Engine.load,
+                        folder,
+                        device=self.device,
+                        dtype=self.dtype,
+                        chat_template=self.chat_template,
+                        tokenizer=tokenizer,
                     )
                 )
             except TiankongError as e:
@@ -365,12 +386,14 @@ def run_app(
     rater: str | None = None,
     chat_template: Path | None = None,
 ) -> None:
-    """Open the store (a StoreError stops here, before the UI), then run the playground."""
+    """Open the store and load the models' tokenizers (a StoreError or a refused tokenizer stops here,
+    before the UI), then run the playground."""
     from tiankong.tui.store import DB_NAME, Store
     from tiankong.tui.store import data_dir as resolve_data_dir
 
     store = Store(resolve_data_dir(data_dir) / DB_NAME)
     try:
+        tokenizers = checked_tokenizers(compare_models or ([model_dir] if model_dir is not None else []))
         run_until_exit(
             TiankongApp(
                 model_dir,
@@ -383,6 +406,7 @@ def run_app(
                 compare_models=compare_models,
                 rater=rater,
                 chat_template=chat_template,
+                tokenizers=tokenizers,
             ),
             mode,
         )

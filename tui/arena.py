@@ -15,7 +15,7 @@ from typing import Any
 from textual import events
 
 from tiankong.presets import Preset
-from tiankong.tui.app import TiankongApp, run_until_exit
+from tiankong.tui.app import TiankongApp, checked_tokenizers, run_until_exit
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare import CompareScreen
 from tiankong.tui.store import DB_NAME, Store
@@ -86,6 +86,7 @@ def run_compare_queue(
 ) -> None:
     store = _open_store(data_dir)
     try:
+        tokenizers = checked_tokenizers(models or [model_dir])  # a refused one stops here, before the UI
         run_until_exit(
             QueueApp(
                 model_dir,
@@ -100,6 +101,7 @@ def run_compare_queue(
                 queue=queue,
                 restart=restart,
                 chat_template=chat_template,
+                tokenizers=tokenizers,
             ),
             "compare",
         )

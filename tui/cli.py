@@ -222,7 +222,8 @@ def compare(
         "tiankong rank --input big-answers.jsonl --model llama-70b --rater alice",
         notes="Lines are generate's records (prompt or messages, text, preset, params, seed, finish_reason; "
         "optional model and id), grouped by prompt; a prompt with more than 4 answers is ranked in groups "
-        "of up to 4.",
+        'of up to 4. An answer whose finish_reason is "error" (its generation failed) is left out, and so is '
+        "a prompt left with a single answer.",
     )
 )
 def rank(

@@ -68,6 +68,7 @@ class PromptQueue:
     items: list[Item]
     repeat: int = 1  # rounds per item, one after another (fresh seeds each)
     skipped: int = 0  # prompts of the file left out (rank: fewer than two answers)
+    failed: int = 0  # answers of the file left out (rank: their generation failed, finish_reason "error")
 
     @property
     def total(self) -> int:
@@ -136,11 +137,14 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
     """Answers grouped by prompt (first appearance order) from `tiankong generate` output or any JSONL
     with prompt/messages and text (optional: model, preset, params, seed, finish_reason, id, usage).
     A prompt with more than four answers is split into groups of at most four; one with a single
-    answer is left out (counted in `skipped`)."""
+    answer is left out (counted in `skipped`). An answer whose generation failed (finish_reason
+    "error": non-finite logits, a server that broke off) is no answer to rank, as a failed column of
+    `compare` is not: it is left out first (counted in `failed`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} {not_a_file(path)}; give the JSONL that `tiankong generate --n K` wrote")
     groups: dict[str, tuple[list[dict], str, list[Given]]] = {}
+    failed = 0
     for _, where, rec in read_rows(path, fix="fix that line (nothing was loaded)"):
         where = f"{path} {where}"
         if not isinstance(rec, dict):
@@ -161,6 +165,9 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
             str(rec.get("finish_reason") or ""),
             f"{tokens} tokens" if isinstance(tokens, int) else "",
         )
+        if given.finish_reason == "error":  # checked whole above: a bad line is still named
+            failed += 1
+            continue
         pid = _id(rec, conv)
         groups.setdefault(json.dumps([pid, conv], ensure_ascii=False), (conv, pid, []))[2].append(given)
     items, skipped = [], 0
@@ -176,7 +183,9 @@ def answers_queue(path: Path, model: str | None = None) -> PromptQueue:
             items.append(Item(conv, pid, tuple(answers[start:end])))
             start = end
     if not items:
+        left_out = f' ({failed} answer{"s" * (failed != 1)} with finish_reason "error" left out)' if failed else ""
         raise InputError(
-            f"{path} has no prompt with two or more answers to rank; make them with `tiankong generate --n 2` (or more)"
+            f"{path} has no prompt with two or more answers to rank{left_out}; "
+            "make them with `tiankong generate --n 2` (or more)"
         )
-    return PromptQueue(f"rank:{content_hash(path)}", str(path), items, skipped=skipped)
+    return PromptQueue(f"rank:{content_hash(path)}", str(path), items, skipped=skipped, failed=failed)

@@ -13,6 +13,10 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterable
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline import newline as _newline
 
 from tiankong.engine.chat import ROLES
 from tiankong.engine.context import turn_starts
@@ -257,7 +261,9 @@ class ChatStore(StoreBase):
         """The active branch as Markdown for reading: each turn numbered, each answer with what made it
         (its model where not the chat's, preset, seed, finish) and the turns it no longer saw (out of
         the context when it was written). Control characters (an escape sequence the model wrote)
-        show as \\x1b and the like: a terminal that prints the file is not driven by them."""
+        show as \\x1b and the like: a terminal that prints the file is not driven by them. A
+        message's single line breaks are hard breaks, so a viewer shows its lines as the chat does
+        (_as_typed); its code blocks are as written."""
         chat = self.get_chat(chat_id)
         out = [
             f"# {_visible(chat.title or f'Chat {chat.id}')}",
@@ -268,7 +274,7 @@ class ChatStore(StoreBase):
             "",
         ]
         if chat.system_prompt:
-            out += ["**System**", "", _visible(chat.system_prompt), ""]
+            out += ["**System**", "", _as_typed(chat.system_prompt), ""]
         turns = _turns(chat.messages)
         for m, turn in zip(chat.messages, turns, strict=True):
             head = f"**{m.role.capitalize()}**"
@@ -287,7 +293,7 @@ class ChatStore(StoreBase):
                 notes = [n for n in notes if n]
                 if notes:
                     head += f" _({', '.join(notes)})_"
-            out += [head, "", _visible(m.content), ""]
+            out += [head, "", _as_typed(m.content), ""]
         return "\n".join(out)
 
     def export_chat_jsonl(self, chat_id: int) -> str:
@@ -353,6 +359,56 @@ def _unseen(dropped: int | None) -> str:
 
 # Control characters but line breaks and tabs (C0, DEL, C1): ESC starts a terminal escape sequence.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _as_typed(text: str) -> str:
+    """A message for the Markdown export: _visible, with each soft line break (one newline inside a
+    paragraph, which Markdown joins into one line) made a hard one by two spaces before it, the form
+    every Markdown renderer knows. The chat shows a message's single newlines as line breaks
+    (widgets/markdown_preview.py), and so does a viewer of the export now. Only those line ends
+    change: code blocks (fenced or indented), HTML blocks and a code span's line breaks stay byte
+    for byte as written, and a break the text already makes hard is left alone."""
+    text = _visible(text)  # no carriage return is left: "\n" alone ends a line, as markdown-it counts
+    soft = _soft_break_lines(text)
+    if not soft:
+        return text
+    lines = text.split("\n")
+    for at in soft:
+        lines[at] += "  "
+    return "\n".join(lines)
+
+
+_BREAKS: MarkdownIt | None = None
+
+
+def _soft_break_lines(text: str) -> list[int]:
+    """The lines of `text` (0-based) that end in a soft line break, as the chat's parser reads it
+    (gfm-like): for each paragraph or heading, where its softbreak tokens were found in its text."""
+    global _BREAKS
+    if _BREAKS is None:
+        _BREAKS = MarkdownIt("gfm-like")
+        _BREAKS.inline.ruler.at("newline", _newline_noted)
+    found = []
+    for token in _BREAKS.parse(text):
+        if token.type != "inline" or token.map is None:
+            continue
+        line, seen = token.map[0], 0  # the block's first line, and how far its text is counted
+        for child in token.children or ():  # an image's alt text (child.children) is no line of its own
+            if child.type == "softbreak" and "pos" in child.meta:
+                line += token.content.count("\n", seen, child.meta["pos"])
+                seen = child.meta["pos"]
+                found.append(line)
+    return found
+
+
+def _newline_noted(state: Any, silent: bool) -> bool:
+    """markdown-it's newline rule, noting on each softbreak where in the block's text its newline is."""
+    pos = state.pos
+    if not _newline(state, silent):
+        return False
+    if not silent and state.tokens[-1].type == "softbreak":
+        state.tokens[-1].meta["pos"] = pos
+    return True
 
 
 def _visible(text: str) -> str:

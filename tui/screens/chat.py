@@ -66,6 +66,16 @@ TOP_LOGPROBS = 10  # candidates recorded (and shown) per token
 QUIT_WAIT_S = 5.0  # quitting mid-answer waits this long at most for the worker to stop (a token, a slow server)
 
 
+# What the message box's hint says esc does (esc_means): nothing while esc only comes back to the
+# box; it said "esc stops" with nothing streaming.
+ESC_HINTS = {"stop": "esc stops", "back": "esc goes back", "edit": "esc cancels the edit", "prompt": ""}
+
+
+def prompt_hint(esc: str) -> str:
+    """The message box's placeholder when esc does `esc` (an esc_means word)."""
+    return " · ".join(part for part in ("message", "enter sends", ESC_HINTS[esc], "f1 keys") if part)
+
+
 @dataclasses.dataclass
 class Answering:
     """The answer being generated, as far as its worker has got: what quitting stores (on_unmount).
@@ -244,7 +254,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
             panel.border_subtitle = "▶ chosen · ✗ cut by preset"
             yield panel
         yield Static(heat_legend(), id="heat-legend")
-        yield PromptInput(placeholder="message · enter sends · esc stops · f1 keys", id="prompt", select_on_focus=False)
+        yield PromptInput(placeholder=prompt_hint(self.esc_means()), id="prompt", select_on_focus=False)
         # Narrow terminals leave out these keys, first to last, until the footer fits (f1 lists them all).
         # The preset keys go last: nothing else on screen tells of them (the intro names f5 and f6).
         yield FittingFooter(drop=("heatmap", "compare", "inspect", "regenerate", "next_preset", "edit_preset"))
@@ -591,6 +601,20 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         if self.editing_id is not None:
             return "edit"
         return "prompt"
+
+    def watch_generating(self) -> None:
+        self._show_prompt_hint()
+
+    def watch_inspected(self) -> None:
+        self._show_prompt_hint()
+
+    def watch_editing_id(self) -> None:
+        self._show_prompt_hint()
+
+    def _show_prompt_hint(self) -> None:
+        """The message box's hint names what esc does now, as the footer does (esc_means)."""
+        if self.is_mounted:
+            self.query_one("#prompt", PromptInput).placeholder = prompt_hint(self.esc_means())
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "escape" and parameters:

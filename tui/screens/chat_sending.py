@@ -312,7 +312,7 @@ class ChatSending:
             await answer.append(answer.forced_text, tokens)
         self.transcript.scroll_end(animate=False)
         self.transcript.anchor()
-        self.generating = True
         self._cancel = threading.Event()
+        self.generating = True  # after _cancel: its watcher asks esc_means, which wants both
         self._status()
         self._generate(ids, params, self.preset.name + edited, answer, self._cancel)  # stored as shown

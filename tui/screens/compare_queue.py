@@ -59,13 +59,7 @@ class CompareQueue:
             self.notify(str(exc), title="Queue progress not read", severity="error", timeout=10, markup=False)
         if not self.done and not self.restart and not self.answers_only:
             self._pass_over_voted()
-        if self.queue.skipped:  # a ranking needs two answers or more
-            self.notify(
-                f"{plural(self.queue.skipped, 'prompt')} of {self.queue.source} with a single answer "
-                f"{'was' if self.queue.skipped == 1 else 'were'} left out: ranking needs two answers or more.",
-                timeout=10,
-                markup=False,
-            )
+        self._left_out_notice()
         self._claim(0)
         self.set_interval(CLAIM_S / 3, self._renew_claim)
         self.set_interval(WAIT_POLL_S, self._poll_waiting)
@@ -160,6 +154,25 @@ class CompareQueue:
         rnd.done = True
         self._show_round(rnd)
         self.query_one("#columns").focus()
+
+    def _left_out_notice(self) -> None:
+        """What of the file is not ranked, and why: answers whose generation failed (as a failed column
+        of compare, no answer to rank), then prompts left with a single answer."""
+        assert self.queue is not None
+        failed, skipped, source = self.queue.failed, self.queue.skipped, self.queue.source
+        said = []
+        if failed:
+            said.append(
+                f'{plural(failed, "answer")} of {source} that failed (finish_reason "error") '
+                f"{'was' if failed == 1 else 'were'} left out: a failed answer is not one to rank."
+            )
+        if skipped:  # a ranking needs two answers or more
+            said.append(
+                f"{plural(skipped, 'prompt')} of {source} with a single answer "
+                f"{'was' if skipped == 1 else 'were'} left out: ranking needs two answers or more."
+            )
+        if said:
+            self.notify(" ".join(said), timeout=10, markup=False)
 
     def _advance(self, marked: bool = False) -> None:
         """The queue's current round is done (voted or skipped): store that (unless `marked`: its vote
