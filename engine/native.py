@@ -42,13 +42,8 @@ from . import threads
 from .errors import InputError, quoted
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode.c"
-HEADERS = [
-    SOURCE.parent / "kernels.h",
-    SOURCE.parent / "quant.h",
-    SOURCE.parent / "repack.h",
-    SOURCE.parent / "sample.h",
-    SOURCE.parent / "dequant.h",
-]  # included by decode.c; part of the cache key
+HEADERS = sorted(SOURCE.parent.glob("*.h"))  # included by decode.c; part of the cache key (every one: a
+# header left out of the key would leave an old build in use after it changes)
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fPIC", "-shared"]
 RETRY_AFTER_S = 3600  # a failed build is tried again after this long: once an hour, not once a process
 

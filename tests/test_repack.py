@@ -35,7 +35,7 @@ def test_repacking_round_trips_and_keeps_the_tail_plain(qtype, wide):
     parts = [random_qtensor(qtype, 29, n, gen), torch.randn(3, n, generator=gen), random_qtensor(qtype, 5, n, gen)]
     data, layout = pack_rows(parts)
     packed, names = repack_rows(data, layout, n, types=INTERLEAVED, wide=wide)
-    kind = "x16" if wide and qtype in WIDE else "x8"  # q6_k has eight rows only
+    kind = "x16" if wide and qtype in WIDE else "x8"  # q6_k: eight rows only (repack16.h)
     assert names == ((f"{qtype}:{kind}", 29), ("float32", 3), (qtype, 5))  # fewer than 8 rows: plain
     if native.library() is not None:  # the compiled tk_repack made it: the torch reference agrees
         reference, same = repack_rows(data, layout, n, native=False, types=INTERLEAVED, wide=wide)
