@@ -25,6 +25,24 @@ def _torch_threads_kept():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _textual_settles_in_short_looks():
+    """Textual's pilot waits after every key until the app looks idle: windows of 20 ms until one
+    holds under 1 ms of CPU (textual._wait), so each key costs at least 40 ms and over half the
+    playground tests' time went to these waits. Windows of 5 ms keep the same share of CPU as the
+    sign of idleness; a test that needs the app in some state waits for that state (wait_for),
+    never on how long a key press happens to take."""
+    from textual import _wait  # (a private module: where a later Textual moves these, nothing changes)
+
+    if not all(hasattr(_wait, name) for name in ("SLEEP_GRANULARITY", "SLEEP_IDLE")):
+        yield
+        return
+    before = _wait.SLEEP_GRANULARITY, _wait.SLEEP_IDLE
+    _wait.SLEEP_GRANULARITY, _wait.SLEEP_IDLE = 0.005, 0.005 / 20
+    yield
+    _wait.SLEEP_GRANULARITY, _wait.SLEEP_IDLE = before
+
+
 @pytest.fixture
 def store(tmp_path):
     """A fresh SQLite store in the test's own data folder."""

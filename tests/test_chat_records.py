@@ -154,7 +154,7 @@ def test_the_markdown_shows_control_characters_and_the_jsonl_keeps_them(tmp_path
         store.add_message(chat, "assistant", "ok \x9b31m")
         md = store.export_chat_markdown(chat)
         lines = [json.loads(line) for line in store.export_chat_jsonl(chat).splitlines()]
-    assert "red \\x1b[31mRED\\x1b[0m \\x07bell\\x0d\ttab\nnext line" in md
+    assert "red \\x1b[31mRED\\x1b[0m \\x07bell\\x0d\ttab  \nnext line" in md  # (a hard break: two spaces)
     assert "ok \\x9b31m" in md and "sys \\x1b]0;title\\x07" in md and md.startswith("# t \\x1b[2J\n")
     assert not any(c in md for c in "\x1b\x07\r\x9b")
     assert [line["content"] for line in lines] == ["sys \x1b]0;title\x07", raw, "ok \x9b31m"]

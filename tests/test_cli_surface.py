@@ -142,6 +142,8 @@ def test_a_closed_pipe_ends_quietly_with_141(args, tmp_path):
     os.close(read)  # the reader is gone before the first write: `| head -0`, deterministically
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     env.pop("TIANKONG_MODEL", None)
+    # The compiled step's cache stays where it was (an empty one builds decode.c: seconds, no pipe).
+    env["XDG_CACHE_HOME"] = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     try:
         done = subprocess.run(
             [sys.executable, "-m", "tiankong.tui.cli", *args],

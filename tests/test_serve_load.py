@@ -256,7 +256,7 @@ def test_bodies_that_stop_coming_hold_no_place_and_are_dropped_after_the_body_ti
                 answer += chunk
             sock.close()
             head, _, payload = answer.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 408")
+            assert head.startswith(b"HTTP/1.1 408") and b"\r\nconnection: close" in head.lower()  # ended now
             error = json.loads(payload)["error"]
             assert "stopped coming" in error["message"] and "1 s" in error["message"]
         wait_for(lambda: not api.reading and api.in_flight == 0, "the stalled requests did not end")
