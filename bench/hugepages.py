@@ -29,14 +29,12 @@ Needs Linux with transparent huge pages not switched off
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-from pathlib import Path
 
 import torch
-from decode import Help, plural, setup
-from quant import gguf_or_at_load, prompt_for, tiankong_runner
+from decode import plural
+from quant import prompt_for, tiankong_runner, variants_parser, variants_source
 from rich.console import Console
 from rich.table import Table
 
@@ -59,24 +57,12 @@ def fresh_huge_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
-    ap.add_argument("--type", default="q4_0", choices=("q8_0", "q4_0", "q4_k_m"), help="which of quant.py's files")
-    ap.add_argument("--model", type=Path, help="another model, a folder or GGUF file (default: quant.py's --type file)")
-    ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
-    ap.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per run")
-    ap.add_argument("--rounds", type=int, default=8, help="measured rounds (after one warm-up round)")
-    ap.add_argument("--threads", type=int, default=2, help="threads of the step")
-    args = ap.parse_args()
+    args = variants_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
     import tiankong.engine.kv_cache as kv_cache
     import tiankong.engine.native_step as native_step
 
-    console = Console()
-    source, dtype = args.model, "auto"
-    if source is None:
-        args.skip_llamacpp = False
-        setup(args, console)  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
-        source, dtype = gguf_or_at_load(args.type, lambda note: console.print(note, style="yellow", markup=False))
+    source, dtype = variants_source(args, Console())
     prompt = prompt_for("135m", args.prompt_tokens)
     huge, pooled = native_step.huge_empty, kv_cache._zeros
     variants = {  # name: (the weight buffer's allocator, the cache's)

@@ -81,6 +81,36 @@ def gguf_or_at_load(qtype: str, say: Callable[[str], None]) -> tuple[Path, str]:
     return MODEL_DIR, qtype
 
 
+def variants_parser(doc: str, shapes: bool = False) -> argparse.ArgumentParser:
+    """The options of a bench that runs variants of tiankong's step side by side in one process on
+    this script's files (hugepages.py, rows16.py); `shapes`: the 1B-class shape too."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=Help)
+    if shapes:
+        ap.add_argument("--shape", default="135m", choices=("135m", "1b"), help="SmolLM-135M's shape or TinyLlama's")
+    ap.add_argument("--type", default="q4_0", choices=("q8_0", "q4_0", "q4_k_m"), help="which of quant.py's files")
+    ap.add_argument("--model", type=Path, help="another model, a folder or GGUF file (default: quant.py's --type file)")
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per run")
+    ap.add_argument("--rounds", type=int, default=8, help="measured rounds (after one warm-up round)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the step")
+    return ap
+
+
+def variants_source(args, console) -> tuple[Path, str]:
+    """(source, dtype) for variants_parser's options: --model, or this script's --type file of the
+    shape (made here where missing; at 135M without llama-cpp-python, tiankong's own quantization
+    at load, and a note says so)."""
+    if args.model is not None:
+        return args.model, "auto"
+    if getattr(args, "shape", "135m") == "1b":
+        if not GGUF_1B.is_file():
+            build_1b_gguf()
+        return quantized_gguf(args.type, "1b"), "auto"
+    args.skip_llamacpp = False
+    setup(args, console)  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
+    return gguf_or_at_load(args.type, lambda note: console.print(note, style="yellow", markup=False))
+
+
 def median_and_range(ratios: list[float]) -> tuple[float, float, float] | None:
     """(median, lowest, highest) of the runs' ratios, or None without any."""
     return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else None

@@ -24,13 +24,11 @@ Without AVX-512 (F, BW, VL and VNNI) both engines are eight rows, and a note say
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
 import torch
-from decode import Help, plural, setup
-from quant import GGUF_1B, build_1b_gguf, gguf_or_at_load, prompt_for, quantized_gguf, tiankong_runner
+from decode import plural
+from quant import prompt_for, tiankong_runner, variants_parser, variants_source
 from rich.console import Console
 from rich.table import Table
 
@@ -40,29 +38,12 @@ LAYOUTS = ("8 rows", "16 rows")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
-    ap.add_argument("--shape", default="135m", choices=("135m", "1b"), help="SmolLM-135M's shape or TinyLlama's")
-    ap.add_argument("--type", default="q4_0", choices=("q8_0", "q4_0", "q4_k_m"), help="which of quant.py's files")
-    ap.add_argument("--model", type=Path, help="another model, a folder or GGUF file (default: quant.py's file)")
-    ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
-    ap.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per run")
-    ap.add_argument("--rounds", type=int, default=8, help="measured rounds (after one warm-up round)")
-    ap.add_argument("--threads", type=int, default=2, help="threads of the step")
-    args = ap.parse_args()
+    args = variants_parser(__doc__, shapes=True).parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
-    say = lambda note: console.print(note, style="yellow", markup=False)  # noqa: E731
     if not repack._wide():
-        say("this CPU's build has no sixteen-row kernels (AVX-512 F, BW, VL, VNNI): both engines are eight rows")
-    source, dtype = args.model, "auto"
-    if source is None and args.shape == "135m":
-        args.skip_llamacpp = False
-        setup(args, console)  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
-        source, dtype = gguf_or_at_load(args.type, say)
-    elif source is None:
-        if not GGUF_1B.is_file():
-            build_1b_gguf()
-        source = quantized_gguf(args.type, "1b")
+        console.print("this CPU's build has no sixteen-row kernels (AVX-512 F, BW, VL, VNNI): both are eight rows")
+    source, dtype = variants_source(args, console)
     prompt = prompt_for(args.shape if args.model is None else "135m", args.prompt_tokens)
     wide, runs = repack._wide, {}
     for name in LAYOUTS:
