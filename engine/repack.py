@@ -191,6 +191,7 @@ def _wide() -> bool:
 
 
 def _repacked_name(qtype: str, rows: int, wide: bool) -> str:
+    """The layout name a part of `rows` rows gets: sixteen rows where asked and it has a pair."""
     return f"{qtype}:x16" if wide and qtype in WIDE and rows >= 16 else f"{qtype}:x8"
 
 
