@@ -38,11 +38,9 @@ def no_template_note(reader: str) -> str:
 
 
 # The fix for a template that cannot be used, the model's own or a --chat-template file. Raw mode is
-# named as generate's: chat and serve have none.
-_FIX = (
-    "fix the template or pass another file (--chat-template FILE, or chat_template=PATH in Python), "
-    "or use raw mode (generate --raw)"
-)
+# named as generate's: chat and serve have none, and leave RAW_MODE_FIX out where they say it.
+RAW_MODE_FIX = ", or use raw mode (generate --raw)"
+_FIX = "fix the template or pass another file (--chat-template FILE, or chat_template=PATH in Python)" + RAW_MODE_FIX
 
 # A --chat-template file larger than this is not a template (the largest known are ~20 KB).
 TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024

@@ -26,7 +26,7 @@ from .errors import ContextOverflow, InputError, quoted
 from .events import Event
 from .files import check_text
 from .generate import generate
-from .gguf_model import GGUFModel, is_gguf, peek
+from .gguf_model import GGUFModel, is_gguf, peek, quantization_name
 from .kv_cache import kv_dtype
 from .llama_packed import PackedLlama
 from .model import dtype_name, load_model, prepare_for_inference, resolve_device
@@ -35,7 +35,7 @@ from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
-from .quant import weight_summary
+from .quant import QUANTIZABLE, weight_summary
 from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists
 from .resolve import resolve_model
 from .sampling import SamplingParams
@@ -54,6 +54,33 @@ def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dty
         return False
     arch = peek(path, ("general.architecture",)).get("general.architecture")
     return arch in _BLOCK_ARCHS and native_library() is not None
+
+
+_FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
+
+
+def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
+    """A line to say before loading a GGUF file where the load costs what the file does not show
+    (from its header: nothing read), else None. F16 weights on the CPU are widened to float32 (the
+    compiled step reads float32, bfloat16 and blocks, not float16): twice the file in memory and
+    read per token. A quantized file given --dtype q8_0 (etc.) is dequantized and quantized again:
+    a second rounding (llama-quantize refuses it without --allow-requantize); said, not refused,
+    since for a file whose blocks are dequantized at load anyway (Gemma, a GPU) it saves memory."""
+    dtype = dtype_name(dtype)
+    if not is_gguf(path):
+        return None
+    kind = quantization_name(peek(path, ("general.file_type",)).get("general.file_type"))
+    if isinstance(dtype, str) and dtype in QUANTIZABLE and kind not in (None, *_FLOAT_FILES):
+        return (
+            f"note: the file is {kind} already; --dtype {dtype} dequantizes its blocks and rounds them "
+            f"again ({dtype} from {kind}: no more exact than {kind}); leave out --dtype to keep the file's own"
+        )
+    if kind == "F16" and dtype in (None, "auto") and resolve_device(device).type == "cpu":
+        return (
+            "note: the file's F16 weights are widened to float32 on the CPU (twice the file in memory, "
+            "and read per token); --dtype q8_0 holds them in about half the file's bytes, --dtype bfloat16 in as many"
+        )
+    return None
 
 
 def tokenizer_and_template(

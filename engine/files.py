@@ -153,10 +153,37 @@ def model_file(folder: str | Path, name: str) -> Path | None:
     try:
         mode = real.stat().st_mode
     except OSError:  # a dangling link
-        raise ModelLoadError(f"{path} is a broken link; copy the real file into the folder") from None
+        raise ModelLoadError(f"{path} is a broken link{_to(path)}; {broken_link_fix(path)}") from None
     if not stat.S_ISREG(mode):
         raise ModelLoadError(f"{path} is {kind_of(mode)}, not a regular file; put the real file there")
     return path
+
+
+def _to(link: Path) -> str:
+    """ " (to TARGET, which is gone)" for a broken link whose target can be read, else ""."""
+    try:
+        return f" (to {os.readlink(link)}, which is gone)"
+    except OSError:  # not a link itself: a folder on the way is the broken link
+        return ""
+
+
+def broken_link_fix(path: Path) -> str:
+    """What mends a broken link: in a Hugging Face cache snapshot (models--ORG--NAME/snapshots/<hash>/)
+    a blob the download never finished (it left blobs/<hash>.incomplete) or one deleted since, so
+    downloading the repo again; anywhere else, copying the real file in."""
+    parts = path.parts
+    for i in range(len(parts) - 3, 0, -1):
+        if parts[i + 1] == "snapshots" and parts[i].startswith("models--"):
+            repo = parts[i].removeprefix("models--").replace("--", "/", 1)
+            try:
+                blobs = sorted(
+                    p.name for p in Path(*parts[: i + 1], "blobs").iterdir() if p.name.endswith(".incomplete")
+                )
+            except OSError:
+                blobs = []
+            unfinished = f"its download did not finish ({blobs[0]}); " if blobs else ""
+            return f"{unfinished}download {repo} again (`hf download {repo}`)"
+    return "copy the real file into the folder"
 
 
 def open_regular(path: str | Path, error: type[Exception] = ModelLoadError) -> int:

@@ -144,3 +144,26 @@ ARCHS: dict[str, Arch] = {
     ),
     "gpt2": Arch("GPT2LMHeadModel", _GPT2_KEYS, _GPT2_TENSORS, transposed=_GPT2_CONV1D),
 }
+
+
+def arch_of(path: object, name: object) -> Arch:
+    """The entry for a file's general.architecture; ModelLoadError (one line) for none, a vision
+    projector or one not in the table. GGUFModel and `tiankong models` (which lists such a file as
+    skipped, with this line) both ask here."""
+    from .errors import ModelLoadError
+
+    if name is None:
+        raise ModelLoadError(
+            f"{path} has no general.architecture: not a model file (or damaged); "
+            "pass a model's .gguf file (llama.cpp, Ollama, LM Studio)"
+        )
+    if name == "clip":  # llama.cpp's vision projectors (mmproj-*.gguf)
+        raise ModelLoadError(
+            f"{path} is a vision projector (mmproj, architecture clip), not a language model; "
+            "pass the model's own .gguf file, which sits beside it"
+        )
+    if not isinstance(name, str) or name not in ARCHS:
+        raise ModelLoadError(
+            f"{path}: architecture {str(name)[:40]!r} in GGUF is not supported yet; tiankong reads {', '.join(ARCHS)}"
+        )
+    return ARCHS[name]

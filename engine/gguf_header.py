@@ -6,7 +6,8 @@ tensor infos (name, dims with ne0 = the row length first, type, offset)*; paddin
 type and offset against the file and against limits far beyond any real model: GGUFReader trusts
 every count it reads (an array claiming 2^60 elements loops for ever, a lying offset becomes a numpy
 error). `open_reader` then gives gguf.GGUFReader with its metadata arrays read in bulk; `peek` reads
-a few header values and `parameter_count` the tensor infos for `tiankong models`.
+a few header values. `tiankong models` runs check_header on every file too (no tensor data is
+read), so it lists as skipped what loading refuses; the parameter count comes from the same walk.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ MAX_STRING = 1 << 22  # bytes in one metadata string (chat templates are ~10 KB)
 MAX_ARRAY_ELEMENTS = 1 << 21
 MAX_DIMS = 4
 MAX_ALIGNMENT = 1 << 16
+
+# Tensors the loader reads into the config's rope_scaling (Llama 3's and Phi-3's RoPE divisors), not weights.
+ROPE_DIVISORS = frozenset({"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"})
 
 # GGUF metadata value types: type id -> struct format of one scalar (8 string, 9 array)
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -88,11 +92,14 @@ def _mapped(path: str | Path) -> mmap.mmap:
 # --- the header, walked with bounded reads before anything trusts it ------------------------------
 
 
+_AGAIN = "download it again"  # the fix for a damaged file
+
+
 class _Bad(Exception):
     """A problem in the file's header; check_header turns it into one ModelLoadError line, ending
     with `fix` (for a damaged file: download it again)."""
 
-    def __init__(self, problem: str, fix: str = "download it again") -> None:
+    def __init__(self, problem: str, fix: str = _AGAIN) -> None:
         super().__init__(problem)
         self.fix = fix
 
@@ -126,31 +133,36 @@ class _Cursor:
         return bytes(self.buf[start : start + n])
 
 
-def check_header(path: Path) -> None:
+def check_header(path: Path, again: str = _AGAIN) -> int:
     """Walk the header of `path` with bounded reads; ModelLoadError (one line) if anything is off.
+    Gives the elements of its weights (the tensors' dims, RoPE divisors left out: what `tiankong
+    info` and `tiankong models` count).
 
     Checked: magic, version (2 or 3), counts, every metadata string and array length, value types,
-    alignment, and for every tensor its name, dims, type, and that its data lies inside the file.
-    Cost: one pass over the header (the mapped pages only); memory stays at a few MB.
+    alignment, and for every tensor its name, dims, type, and that its data lies inside the file
+    and overlaps no other tensor's. Cost: one pass over the header (the mapped pages only); memory
+    stays at a few MB. `again`: the fix for a damaged file where a re-download is not how one gets
+    it again (an Ollama blob: `ollama pull NAME`).
     """
     try:
         with _mapped(path) as buf:
             if len(buf) < 24:
                 raise _Bad(f"it is {len(buf)} bytes, too short for a GGUF header")
-            _walk(_Cursor(buf), len(buf))
+            return _walk(_Cursor(buf), len(buf))
     except _Bad as e:
-        raise ModelLoadError(f"{path} is not a usable GGUF file: {e}; {e.fix}") from None
+        fix = again if e.fix == _AGAIN else e.fix
+        raise ModelLoadError(f"{path} is not a usable GGUF file: {e}; {fix}") from None
     except ModelLoadError:  # not a regular file, or unreadable (open_regular's one line)
         raise
     except ValueError:  # mmap of an empty file
         raise ModelLoadError(
-            f"{path} is not a usable GGUF file: it is 0 bytes, too short for a GGUF header; download it again"
+            f"{path} is not a usable GGUF file: it is 0 bytes, too short for a GGUF header; {again}"
         ) from None
     except OSError as e:
         raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
 
 
-def _walk(cur: _Cursor, size: int) -> None:
+def _walk(cur: _Cursor, size: int) -> int:
     if cur.take("4s") != b"GGUF":
         raise _Bad(
             "it does not start with the GGUF magic, so it is not a GGUF file",
@@ -187,8 +199,13 @@ def _walk(cur: _Cursor, size: int) -> None:
         _skip_value(cur, kind, key)
     infos = []
     names: set[str] = set()
-    for _ in range(n_tensors):
+    for i in range(n_tensors):
         name = cur.string(MAX_KEY, "a tensor name").decode("utf-8", "replace")
+        if not name:  # what follows the last tensor info is padding (zeros): read as an empty name
+            raise _Bad(
+                f"it claims {n_tensors:,} tensors but tensor {i + 1} has no name "
+                "(its tensor count and its tensor table disagree)"
+            )
         if name in names:
             raise _Bad(f"tensor {name} appears twice")
         names.add(name)
@@ -199,8 +216,23 @@ def _walk(cur: _Cursor, size: int) -> None:
         kind, offset = cur.take("I"), cur.take("Q")
         infos.append((name, dims, kind, offset))
     data_start = -(-cur.pos // alignment) * alignment
+    spans = []  # (offset, bytes, name) of each tensor's data
     for name, dims, kind, offset in infos:
-        _check_tensor(name, dims, kind, offset, alignment, size - data_start)
+        spans.append((offset, _check_tensor(name, dims, kind, offset, alignment, size - data_start), name))
+    _check_disjoint(spans)
+    return sum(math.prod(dims) for name, dims, _, _ in infos if name not in ROPE_DIVISORS)
+
+
+def _check_disjoint(spans: list[tuple[int, int, str]]) -> None:
+    """No tensor's data (offset, bytes) overlaps another's: lying offsets (every tensor at 0) would
+    read one tensor's bytes as all of them, a model of garbage (llama.cpp refuses them too)."""
+    spans.sort()
+    for (start, n_bytes, name), (later, _, other) in zip(spans, spans[1:], strict=False):
+        if later < start + n_bytes:
+            raise _Bad(
+                f"tensor {other} starts at offset {later:,}, inside tensor {name} "
+                f"(offsets {start:,} to {start + n_bytes:,}): their data overlap (lying offsets)"
+            )
 
 
 def _skip_value(cur: _Cursor, kind: int, key: str) -> None:
@@ -211,7 +243,12 @@ def _skip_value(cur: _Cursor, kind: int, key: str) -> None:
     elif kind == _ARRAY:
         item, count = cur.take("I"), cur.take("Q")
         cur.elements += count
-        _bounded(cur.elements, MAX_ARRAY_ELEMENTS, f"metadata array {key} ({count:,} elements; all arrays)")
+        if cur.elements > MAX_ARRAY_ELEMENTS:  # the arrays together, this one last
+            before = f", {cur.elements:,} with the arrays before it" if cur.elements > count else ""
+            raise _Bad(
+                f"metadata array {key} holds {count:,} elements{before} "
+                f"(at most {MAX_ARRAY_ELEMENTS:,} allowed in all arrays)"
+            )
         if item in _SCALARS:
             cur.skip(count * struct.calcsize(_SCALARS[item]), key)
         elif item == _STRING:  # the tokenizer's vocabulary: up to ~256k strings, so a tight loop
@@ -275,36 +312,12 @@ def peek(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.f
     return found
 
 
-# Tensors the loader reads into the config's rope_scaling (Llama 3's and Phi-3's RoPE divisors), not weights.
-ROPE_DIVISORS = frozenset({"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"})
-
-
 def parameter_count(path: Path) -> int | None:
-    """The elements of the weights from the header's tensor infos (what `tiankong info` counts), the
-    metadata skipped through with bounded reads; None for a header that cannot be read whole."""
+    """The elements of the weights from the header's tensor infos (what `tiankong info` counts);
+    None for a header check_header refuses."""
     try:
-        with _mapped(path) as buf:
-            cur = _Cursor(buf)
-            if (counts := _counts(cur)) is None:
-                return None
-            n_tensors, n_kv = counts
-            if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
-                return None
-            for _ in range(n_kv):
-                key = cur.string(MAX_KEY, "a metadata key").decode("utf-8", "replace")
-                _skip_value(cur, cur.take("I"), key)
-            total = 0
-            for _ in range(n_tensors):
-                name = cur.string(MAX_KEY, "a tensor name").decode("utf-8", "replace")
-                n_dims = cur.take("I")
-                if not 1 <= n_dims <= MAX_DIMS:
-                    return None
-                dims = [cur.take("Q") for _ in range(n_dims)]
-                cur.skip(12, name)  # type (uint32) and offset (uint64)
-                if name not in ROPE_DIVISORS:
-                    total += math.prod(dims)
-            return total
-    except (_Bad, ModelLoadError, OSError, ValueError):  # not a regular file, unreadable, empty, damaged
+        return check_header(path)
+    except ModelLoadError:
         return None
 
 
@@ -322,7 +335,8 @@ def _bounded(n: int, limit: int, what: str) -> int:
     return n
 
 
-def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment: int, data_size: int) -> None:
+def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment: int, data_size: int) -> int:
+    """Checks one tensor info; gives the bytes of its data."""
     import gguf
 
     if kind not in TENSOR_TYPES:
@@ -336,7 +350,8 @@ def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment:
         )
     block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
     if min(dims) < 1 or dims[0] % block:
-        raise _Bad(f"tensor {name} has dims {dims} (each at least 1, the first a multiple of {block})")
+        multiple = f", the first a multiple of {block} ({TENSOR_TYPES[kind]}'s block)" if block > 1 else ""
+        raise _Bad(f"tensor {name} has dims {dims} (each at least 1{multiple})")
     n_bytes = int(np.prod(dims, dtype=object)) // block * block_bytes  # exact: Python ints
     if offset % alignment:
         raise _Bad(f"tensor {name} starts at offset {offset:,}, not a multiple of the alignment {alignment}")
@@ -345,6 +360,7 @@ def _check_tensor(name: str, dims: list[int], kind: int, offset: int, alignment:
             f"tensor {name} ({TENSOR_TYPES[kind]}, dims {dims}) claims {n_bytes:,} bytes at offset {offset:,}, "
             f"outside the file's {max(data_size, 0):,} bytes of data"
         )
+    return n_bytes
 
 
 # --- the file -------------------------------------------------------------------------------------

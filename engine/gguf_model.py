@@ -35,7 +35,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ModelLoadError
-from .gguf_arch import ARCHS, Arch
+from .gguf_arch import ARCHS, Arch, arch_of
 from .gguf_header import ROPE_DIVISORS, check_header, is_gguf, open_reader, peek, quantization_name
 from .gguf_split import open_parts
 from .gguf_tensors import _hf_row_order, _never_read, _quant_types, _read, _read_blocks
@@ -48,6 +48,19 @@ if TYPE_CHECKING:
     from .tokenizer import HFTokenizer, Tokenizer
 
 __all__ = ["ARCHS", "Arch", "GGUFModel", "check_header", "is_gguf", "peek", "quantization_name"]
+
+
+def _again(path: Path) -> str:
+    """How to get a damaged file again: an Ollama blob is pulled (by the name it was resolved from,
+    where known), any other file downloaded."""
+    from .model_names import given_name
+
+    given = given_name(path)
+    if given is not None:
+        return f"run `ollama pull {given.removeprefix('ollama:').removesuffix(':latest')}` again"
+    if path.name.startswith("sha256-") and path.parent.name == "blobs":
+        return "pull the model again (`ollama pull NAME`)"
+    return "download it again"
 
 
 class GGUFModel:
@@ -63,7 +76,7 @@ class GGUFModel:
         (blocks, and F32 ones, whose rows need no reordering), and the packing reads each once."""
 
         self.path, self.keep_quantized = Path(path), keep_quantized
-        check_header(self.path)
+        check_header(self.path, _again(self.path))
         try:
             self.reader = open_reader(self.path)
         except Exception as e:  # the header was walked already: anything left is a damaged file
@@ -78,22 +91,7 @@ class GGUFModel:
         self.all_tensors = [t for _, reader in self.parts for t in reader.tensors]
         self.tensors = {t.name: t for t in self.all_tensors}
         self.arch_name = self.meta("general.architecture")
-        if self.arch_name is None:
-            raise ModelLoadError(
-                f"{self.path} has no general.architecture: not a model file (or damaged); "
-                "pass a model's .gguf file (llama.cpp, Ollama, LM Studio)"
-            )
-        if self.arch_name == "clip":  # llama.cpp's vision projectors (mmproj-*.gguf)
-            raise ModelLoadError(
-                f"{self.path} is a vision projector (mmproj, architecture clip), not a language model; "
-                "pass the model's own .gguf file, which sits beside it"
-            )
-        if self.arch_name not in ARCHS:
-            raise ModelLoadError(
-                f"{self.path}: architecture {str(self.arch_name)[:40]!r} in GGUF is not supported yet; "
-                f"tiankong reads {', '.join(ARCHS)}"
-            )
-        self.arch = ARCHS[self.arch_name]
+        self.arch = arch_of(self.path, self.arch_name)
 
     def __str__(self) -> str:
         return str(self.path)

@@ -28,7 +28,7 @@ from . import gpt2, llama
 from .config import ModelConfig
 from .engine import Engine, _keeps_blocks, tokenizer_and_template
 from .gguf_model import GGUFModel, is_gguf
-from .model import build_model, check_folder, name_table, resolve_device, resolve_dtype
+from .model import build_model, check_folder, dtype_name, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
 from .native import reason as native_reason
 from .packed import can_pack
@@ -51,6 +51,7 @@ def model_facts(
     values, from headers only (see the module docstring). Raises ModelLoadError as the load would
     for a checkpoint whose config, names or shapes do not fit; a tensor's bytes are not read, so a
     damaged one is the load's to find."""
+    dtype = dtype_name(dtype)  # "Q8_0" as "q8_0", as Engine.load reads it
     folder = resolve_model(folder)
     gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, True)) if is_gguf(folder) else None
     model, cfg, dev = _meta_model(gguf or folder, device, dtype)

@@ -3,7 +3,8 @@ shows, and every name it lists resolves.
 
 Apart from engine/resolve.py, which needs one model and stops there: listing walks every store
 whole and describes each model it finds (architecture, dtype or quantization, size) from its
-config.json, its GGUF header or Ollama's config blob, noting each place it cannot read. The
+config.json, its GGUF header or Ollama's config blob, noting each place it cannot read; a GGUF file
+(or Ollama blob) loading would refuse from its header alone is noted too, with loading's line. The
 parameter count comes from the tensor shapes in the weight files' headers (safetensors' JSON header,
 GGUF's tensor infos), never from the weights themselves: listing stays fast whatever their size.
 """
@@ -26,6 +27,7 @@ from .model_places import (
     _gguf_files,
     _gguf_in,
     _is_file,
+    _read_ref,
     _refs,
     _scan,
     _scan_or_note,
@@ -87,13 +89,18 @@ def _reachable(found: FoundModel) -> FoundModel:
     """An LM Studio model under a name that reaches it: its ORG/NAME, unless the Hugging Face cache
     (or a folder here) takes that name first; then lmstudio:ORG/NAME, else its path, with a note."""
     from .repo_lookup import LMSTUDIO
-    from .resolve import reaches
+    from .resolve import reaches, taken_by
 
-    if found.source != "lmstudio" or reaches(found.name, found.path):
+    if found.source != "lmstudio":
+        return found
+    taken = taken_by(found.name)
+    if taken == Path(found.path):
         return found
     other = f"{LMSTUDIO}{found.name}"
     name = other if reaches(other, found.path) else found.path
-    return replace(found, name=name, note=f"--model {found.name} takes another model first; {name} takes this one")
+    # Refused: the Hugging Face cache's snapshot of that name holds several .gguf files, say.
+    first = "takes another model first" if taken is not None else "is refused (another place holds that name first)"
+    return replace(found, name=name, note=f"--model {found.name} {first}; {name} takes this one")
 
 
 def _noting(notes: list[str], make: Callable[..., list[FoundModel]], *args: Any) -> list[FoundModel]:
@@ -119,6 +126,13 @@ def _hf_repo_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundMod
     snapshot of a repo downloaded by hash, without refs), ORG/NAME@REV for the others."""
     snapshots = [p.name for p in _scan(folder / "snapshots") if os.path.isdir(p)]
     refs = dict(_refs(folder))
+    if "main" not in refs and _stat(folder / "refs" / "main") is not None:
+        try:  # a refs/main that holds no commit hash: --model ORG/NAME refuses it, with this line
+            _read_ref(folder / "refs" / "main")
+        except ModelLoadError as e:
+            notes.append(str(e))
+            if not refs:  # not the one snapshot taken as main below: the other refs still listed
+                return []
     if not refs:
         refs = {"main": snapshots[0]} if len(snapshots) == 1 else {s[:10]: s for s in snapshots}
     # A download that did not finish leaves its blob as blobs/<hash>.incomplete and no link to it.
@@ -273,36 +287,47 @@ def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> lis
     """A folder's .gguf files (subfolders included), with architecture and quantization read from each
     header (bounded); named ORG/NAME when it is the only one, else ORG/NAME/[SUB/]FILE.gguf (what
     --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened;
-    so is one whose header cannot be read (check_header's line, asked where the parameter count failed)."""
-    from .gguf_header import check_header, parameter_count, peek, quantization_name
-
+    so is one loading refuses on its header alone (_checked_gguf)."""
     files = _gguf_files(folder)
     out = []
     for gguf in files:
         try:
             _gguf_in(folder, gguf)
+            facts, params = _checked_gguf(gguf)
         except ModelLoadError as e:
             notes.append(str(e))
             continue
-        facts = peek(gguf)
-        quant = quantization_name(facts.get("general.file_type"))
+        quant = _quantization(facts)
         if quant is None and (hit := _QUANT.search(gguf.stem)):
             quant = hit[1].upper()  # older files may lack general.file_type: the file name says it
         name = repo if len(files) == 1 else f"{repo}/{gguf.relative_to(folder).as_posix()}"
-        arch = facts.get("general.architecture")
         parts = part_paths(gguf)  # a split set's files (its first part is listed), else [gguf]
-        counts = [parameter_count(p) for p in parts]
-        try:  # a header that cannot be read whole (truncated, a count past the file): skipped, with why
-            for part, count in zip(parts, counts, strict=True):
-                if count is None and os.path.lexists(part):  # a set's missing part: listed, and named at load
-                    check_header(part)
-        except ModelLoadError as e:
-            notes.append(str(e))
-            continue
-        params = None if None in counts else sum(c for c in counts if c is not None)
         size = sum(_size(p) for p in parts)
+        arch = facts.get("general.architecture")
         out.append(FoundModel(name, source, str(gguf), "gguf", arch, quant, params, size, parts=len(parts)))
     return out
+
+
+def _quantization(facts: dict[str, Any]) -> str | None:
+    from .gguf_header import quantization_name
+
+    return quantization_name(facts.get("general.file_type"))
+
+
+def _checked_gguf(gguf: Path, again: str = "download it again") -> tuple[dict[str, Any], int | None]:
+    """(architecture and file type, parameter count) of a GGUF file (a split set by its first part,
+    its parts' counts summed); ModelLoadError with loading's own line for what loading refuses from
+    the header alone: a damaged header, tensor data past the end or overlapping, dims no file has, a
+    tensor type or an architecture tiankong cannot read. Cost: one walk of each header, no weights.
+    A set's missing part leaves the count unknown (loading names the part)."""
+    from .gguf_arch import arch_of
+    from .gguf_header import check_header, peek
+
+    counts = [check_header(part, again) if os.path.lexists(part) else None for part in part_paths(gguf)]
+    facts = peek(gguf)
+    if facts.get("general.architecture") is not None:  # none: a header of nothing, listed (loading says why not)
+        arch_of(gguf, facts["general.architecture"])
+    return facts, None if None in counts else sum(c for c in counts if c is not None)
 
 
 def _ollama_entries(root: Path, notes: list[str]) -> list[FoundModel]:
@@ -317,8 +342,6 @@ def _ollama_entries(root: Path, notes: list[str]) -> list[FoundModel]:
 
 
 def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
-    from .gguf_header import parameter_count, peek, quantization_name
-
     data = _manifest(manifest)
     digest = _model_digest(data)
     if digest is None:
@@ -329,12 +352,14 @@ def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
         raise ModelLoadError(f"{name}: its model blob {blob} is missing; {pull}")
     if not _starts_gguf(blob):
         raise ModelLoadError(f"{name}: its model blob {blob} is not a GGUF file; {pull} again")
+    try:  # a damaged blob: skipped, as loading refuses it
+        header, params = _checked_gguf(blob, f"{pull} again")
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{name}: {e}") from None
     facts = _ollama_config(root, _ollama_config_digest(data), manifest)
     arch, quant = facts.get("model_family"), facts.get("file_type")
-    if not isinstance(arch, str) or not isinstance(quant, str):  # no config blob: the file's header says
-        header = peek(blob)  # {} for a missing blob or one that is not a regular file
-        arch = arch if isinstance(arch, str) else header.get("general.architecture")
-        quant = quant if isinstance(quant, str) else quantization_name(header.get("general.file_type"))
+    arch = arch if isinstance(arch, str) else header.get("general.architecture")  # no config blob:
+    quant = quant if isinstance(quant, str) else _quantization(header)  # the file's header says
     return [
         FoundModel(
             name,
@@ -343,7 +368,7 @@ def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
             "gguf",
             arch if isinstance(arch, str) else None,
             quant if isinstance(quant, str) else None,
-            parameter_count(blob),
+            params,
             _size(blob),
         )
     ]

@@ -73,8 +73,9 @@ def _carries(spec: object) -> bool:
 def display_name(model: str | Path) -> str:
     """A model's short name for screens: the name an Ollama model was given (ollama:NAME:TAG),
     ORG/NAME for a Hugging Face cache snapshot (whose folder name is a commit hash), ORG/NAME/FILE.gguf
-    for a GGUF file in one (never its blob's hash), general.name for an Ollama blob stored before
-    names were kept, else the folder's (or file's) name."""
+    for a GGUF file in one (never its blob's hash), lmstudio:ORG/NAME[/FILE.gguf] for a model in LM
+    Studio's folders (its file's name alone said neither where it was nor how to load it again),
+    general.name for an Ollama blob stored before names were kept, else the folder's (or file's) name."""
     given = given_name(model)
     if given is not None:
         return given
@@ -85,12 +86,28 @@ def display_name(model: str | Path) -> str:
         if i >= 1 and parts[i - 1].startswith("models--"):
             repo = parts[i - 1].removeprefix("models--").replace("--", "/", 1)
             return "/".join([repo, *parts[i + 2 :]])
+    lmstudio = _lmstudio_name(path)
+    if lmstudio is not None:
+        return lmstudio
     if path.name.startswith("sha256-") and path.parent.name == "blobs":  # an Ollama blob: the file's own name
         from .gguf_header import peek
 
         name = peek(path, ("general.name",)).get("general.name")
         return name if isinstance(name, str) and name else path.name
     return path.name or str(model)
+
+
+def _lmstudio_name(path: Path) -> str | None:
+    """lmstudio:ORG/NAME[/PATH] for a model (folder or file) at least ORG/NAME deep in one of LM
+    Studio's models folders, the name that loads it from there; None for any other path."""
+    from .model_places import lmstudio_dirs
+    from .repo_lookup import LMSTUDIO
+
+    path = Path(os.path.abspath(path.expanduser()))
+    for root in lmstudio_dirs():
+        if root in path.parents and len(rel := path.relative_to(root).parts) >= 2:
+            return LMSTUDIO + "/".join(rel)
+    return None
 
 
 BUNDLED = "tiankong-mini"  # the bundled model's name, which resolves to it (resolve.py) wherever it is installed

@@ -93,3 +93,30 @@ def _ollama_config(root: Path, digest: Any, manifest: Path) -> dict[str, Any]:
         return {}
     path = _ollama_digest_path(root, digest, manifest)
     return _manifest(path) if _is_file(path) else {}
+
+
+# --- what tiankong does not read -------------------------------------------------------------------
+
+_OLLAMA_TEMPLATE = "application/vnd.ollama.image.template"
+# Said where a model without a chat template is named (info, generate's and the trainers' notes).
+GO_TEMPLATE = "Ollama's template layer is a Go template, not read"
+
+
+def go_template(model: str | Path) -> bool:
+    """Whether `model` was resolved from Ollama's store (ollama:NAME:TAG) and its manifest has a
+    template layer: Ollama's chat format as a Go text/template, which is not Jinja and is not run.
+    Its GGUF blob's own tokenizer.chat_template (Jinja) is used where it has one; with none, the
+    model has no chat template here though Ollama chats with it. False whenever the manifest cannot
+    be read: resolving it said why."""
+    from .model_names import given_name
+    from .model_places import ollama_dir
+
+    name = given_name(model)
+    if name is None or not name.startswith("ollama:"):
+        return False
+    try:
+        parts, tag = _ollama_parts(name.removeprefix("ollama:"))
+        manifest = _manifest(ollama_dir() / "manifests" / Path(*parts) / tag)
+    except (ModelLoadError, OSError):
+        return False
+    return any(layer.get("mediaType") == _OLLAMA_TEMPLATE for layer in _layers(manifest))

@@ -238,7 +238,13 @@ def _hf_model(repo: str, revision: str | None, snapshot: Path) -> Path:
         )
     if _is_file(snapshot / "config.json"):
         return snapshot
-    gguf = _one_gguf(label, snapshot)
+    try:
+        gguf = _one_gguf(label, snapshot)
+    except ModelLoadError as e:  # several: LM Studio's model of the same name is one more choice
+        there = revision is None and any(_is_dir(root / repo) for root in lmstudio_dirs())
+        if not there:
+            raise
+        raise ModelLoadError(f"{e}, or --model {LMSTUDIO}{repo} for LM Studio's") from None
     if gguf is not None:  # a GGUF release: its .gguf file is the model
         return gguf
     if "gguf" in repo.lower():  # a GGUF repository with none of its files downloaded

@@ -47,7 +47,10 @@ from .files import kind_of
 from .model_list import list_models
 from .model_names import ModelPath, _carries, _model_path
 from .model_places import (
+    _PART,
     _Denied,
+    _gguf_files,
+    _gguf_in,
     _is_dir,
     _is_file,
     _regular,
@@ -63,6 +66,7 @@ from .model_places import (
 from .ollama import _manifest, _model_digest, _ollama_digest_path, _ollama_name, _ollama_parts
 from .repo_lookup import (
     LMSTUDIO,
+    _hf_folders,
     _hf_model,
     _hf_snapshot,
     _in_repo,
@@ -73,6 +77,9 @@ from .repo_lookup import (
     _parse_lmstudio,
 )
 
+# llama.cpp's names for a hub repo: its address in front (hf.co/ORG/NAME), a quantization behind (ORG/NAME:Q8_0).
+_HUB_PREFIX = re.compile(r"^(?:https?://)?(?:hf\.co|(?:www\.)?huggingface\.co)/")
+_QUANT = re.compile(rf"(?P<repo>{_PART}/{_PART}):(?P<quant>[A-Za-z0-9][A-Za-z0-9_]{{0,31}})")
 _SUGGEST = contextvars.ContextVar("_SUGGEST", default=True)  # off while list_models checks its own names
 
 
@@ -183,7 +190,11 @@ def _train_record(folder: Path) -> dict | None:
 
 
 def _by_name(text: str, path: Path) -> Path:
-    """A name of the Hugging Face cache or LM Studio: ORG/NAME[@REV], NAME, ORG/NAME[@REV]/PATH."""
+    """A name of the Hugging Face cache or LM Studio: ORG/NAME[@REV], NAME, ORG/NAME[@REV]/PATH, and
+    llama.cpp's spellings of one: hf.co/ORG/NAME (or https://huggingface.co/ORG/NAME), ORG/NAME:QUANT."""
+    text = _HUB_PREFIX.sub("", text)  # the hub's address in front of ORG/NAME names the same repo
+    if (quant := _QUANT.fullmatch(text)) is not None:
+        return _by_quant(text, quant["repo"], quant["quant"])
     parsed = _parse(text)
     if parsed is None:  # no Hugging Face name; LM Studio's folders may still be named so
         loose = _parse_lmstudio(text)
@@ -218,6 +229,25 @@ def _by_name(text: str, path: Path) -> Path:
     if denied is not None:
         raise denied
     raise _not_found(text, path, searched_hf=True, searched_lmstudio=lmstudio, bare="/" not in repo)
+
+
+def _by_quant(text: str, repo: str, quant: str) -> Path:
+    """ORG/NAME:QUANT (llama.cpp's -hf REPO:QUANT): the one .gguf file of the repo (its Hugging Face
+    snapshot, else its LM Studio folder) whose name holds QUANT as a word, in any case; one line
+    naming the files when several or none do."""
+    folders = _hf_folders(repo, None) or [f for f in (root / repo for root in lmstudio_dirs()) if _is_dir(f)]
+    if not folders:
+        raise _not_found(text, Path(text), searched_hf=True, searched_lmstudio=True)
+    folder = folders[0]
+    word = re.compile(rf"(?:^|[-._]){re.escape(quant.lower())}(?:[-.]|$)")  # Q4_K is not Q4_K_M
+    files = [f.relative_to(folder).as_posix() for f in _gguf_files(folder)]
+    hits = [f for f in files if word.search(Path(f).name.lower().removesuffix(".gguf"))]
+    if len(hits) == 1:
+        return _gguf_in(folder, folder / hits[0])
+    shown = ", ".join((hits or files)[:8]) or "none"
+    what = f"{len(hits)} .gguf files of quantization {quant}" if hits else f"no .gguf file of quantization {quant}"
+    choose = f"; choose one: --model {repo}/{(hits or files)[0]}" if files else ""
+    raise ModelLoadError(f"{text}: {repo} ({folder}) holds {what} (its .gguf files: {shown}){choose}")
 
 
 def _lmstudio_name(text: str, path: Path) -> Path:
@@ -278,30 +308,49 @@ def _not_found(
 
 def _closest(text: str) -> str | None:
     """The listed name `text` most likely meant: an Ollama name typed without ollama: (or without its
-    host, as hf.co/...), else the closest spelling; None when nothing is close or nothing can be listed."""
+    host, as hf.co/...), a repository named without its ORG/ (each place's where several hold it: the
+    Hugging Face cache's TestOrg/NAME and lmstudio:TestOrg/NAME, a repo whose files are listed one by
+    one as ORG/NAME/FILE.gguf included), else the closest spelling; None when nothing is close or
+    nothing can be listed."""
     if not _SUGGEST.get():
         return None
     try:
         names = [m.name for m in list_models()]
     except (TiankongError, OSError):
         return None
-    key = text.lower().removeprefix("ollama:")
+    key = _HUB_PREFIX.sub("", text).lower().removeprefix("ollama:")
     for name in names:
         short = name.lower().removeprefix("ollama:")
-        if short in (key, f"{key}:latest") or short.endswith(f"/{key}"):
+        if short in (key, f"{key}:latest") or (name.startswith("ollama:") and short.endswith(f"/{key}")):
             return name
+    # The repositories the listed names are in: ORG/NAME (a file of it listed as ORG/NAME/FILE.gguf).
+    repos = {n.lower(): n for n in names}
+    for name in names:
+        if not name.startswith("ollama:") and name.count("/") >= 2:
+            head = "/".join(name.split("/")[:2])
+            repos.setdefault(head.lower(), head)
+    if "/" not in key:  # NAME: each ORG/NAME (the Hugging Face cache's, LM Studio's) that holds it
+        held = [n for k, n in repos.items() if k.split(":")[-1].endswith(f"/{key}") and k.count("/") == 1]
+        if held:
+            return " or ".join(sorted(held, key=lambda n: n.startswith(LMSTUDIO))[:3])
     close = difflib.get_close_matches(text, names, n=1, cutoff=0.75)
     return close[0] if close else None
 
 
 def reaches(name: str, path: str | Path) -> bool:
     """Whether `--model name` takes the model at `path` (for list_models: a name another place
-    holds first does not). No suggestions are looked for on the way: they would list the models."""
+    holds first does not)."""
+    return taken_by(name) == Path(path)
+
+
+def taken_by(name: str) -> Path | None:
+    """The model `--model name` takes; None where it refuses the name (for list_models, which says
+    which). No suggestions are looked for on the way: they would list the models."""
     token = _SUGGEST.set(False)
     try:
-        return resolve_model(name) == Path(path)
+        return resolve_model(name)
     except TiankongError:
-        return False
+        return None
     finally:
         _SUGGEST.reset(token)
 

@@ -330,6 +330,17 @@ HOSTILE = {  # name -> (edit of a good file, words the one line must hold)
         lambda d: _with_kv(d, _key("general.alignment") + struct.pack("<II", 4, 3)),
         "general.alignment",
     ),
+    # QA: every tensor at offset 0 loaded (one tensor's bytes read as all of them: garbage); llama.cpp
+    # refuses it ("tensor ... has offset 0, expected 131072")
+    "overlapping tensor offsets": (
+        lambda d: _put(d, _tensor_info(d, 1)[2], "<Q", struct.unpack_from("<Q", d, _tensor_info(d)[2])[0]),
+        "their data overlap (lying offsets)",
+    ),
+    # QA: "tensor  has 0 dimensions" (the padding after the last info read as a nameless tensor)
+    "one tensor more than the table": (
+        lambda d: _put(d, 8, "<Q", struct.unpack_from("<Q", d, 8)[0] + 1),
+        "its tensor count and its tensor table disagree",
+    ),
 }
 
 
@@ -343,6 +354,29 @@ def test_hostile_gguf_is_one_line(good, case, tmp_path, monkeypatch, capsys):
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert str(path) in " ".join(err.split()) or "bad.gguf" in err
     assert words in lines[0], lines[0]
+
+
+def test_hostile_gguf_lines_say_each_number_once(good, tmp_path):
+    """QA wording: an F32 tensor's zero dim said "the first a multiple of 1"; an array past the limit
+    named its length twice."""
+    from tiankong.engine.errors import ModelLoadError
+    from tiankong.engine.gguf_header import check_header
+
+    f32 = next(
+        i for i, t in enumerate(gguf.GGUFReader(_write(tmp_path / "g.gguf", good)).tensors) if t.tensor_type == 0
+    )
+    path = _write(tmp_path / "zero.gguf", _put(good, _tensor_info(good, f32)[0] + 4, "<Q", 0))
+    with pytest.raises(ModelLoadError, match=r"has dims \[0\] \(each at least 1\); download it again$"):
+        check_header(path)
+    path = _write(tmp_path / "array.gguf", _with_kv(good, _key("x.big") + struct.pack("<IIQ", 9, 0, 1 << 60)))
+    with pytest.raises(ModelLoadError) as e:
+        check_header(path)
+    assert str(e.value).count(f"{1 << 60:,}") == 1 and "x.big holds" in str(e.value), e.value
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def _metadata_case(tmp_path: Path, hf_folder: Path, **changes) -> Path:

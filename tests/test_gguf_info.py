@@ -134,3 +134,30 @@ def test_info_cli_prints_the_loaded_facts_without_loading(gguf_file, monkeypatch
     assert rows[labels.index("weight types")][1].strip() == want["weight_types"]
     per_token = rows[labels.index("bytes per token")][1].strip()
     assert per_token.startswith(human_bytes(want["bytes_per_token"]) + " of weights"), per_token
+
+
+def test_info_reads_a_dtype_in_any_case(folders):
+    """QA: `info --dtype Q8_0` said float32 (the load quantizes: generate read the name lower-cased)."""
+    upper = model_facts(folders["llama"], "cpu", "Q8_0")
+    assert upper == model_facts(folders["llama"], "cpu", "q8_0") and "quantized weights: q8_0" in upper["dtype"]
+
+
+def test_a_widened_f16_file_and_a_quantized_one_quantized_again_are_said(gguf_file, monkeypatch, capsys):
+    """QA: an F16 GGUF on the CPU became float32 in silence (twice the file in memory); --dtype q8_0 on
+    a Q4_K_M file rounded its weights twice in silence (llama-quantize refuses it without
+    --allow-requantize)."""
+    from tiankong.engine.engine import load_note
+
+    f16, q8 = gguf_file("llama", "f16"), gguf_file("llama", "q8_0")
+    widened = load_note(f16, "cpu", "auto")
+    assert widened is not None and "F16 weights are widened to float32" in widened and "--dtype q8_0" in widened
+    assert loaded_facts(f16)["dtype"] == "float32"  # what the note says
+    again = load_note(q8, "cpu", "Q4_0")
+    assert again is not None and "is Q8_0 already" in again and "leave out --dtype" in again
+    for path, dtype in ((f16, "bfloat16"), (f16, "q8_0"), (q8, "auto"), (gguf_file("llama", "f32"), "auto")):
+        assert load_note(path, "cpu", dtype) is None, (path, dtype)
+    code, _, err = cli(monkeypatch, capsys, "info", "-m", f16, "--format", "json")
+    assert code == 0 and widened in " ".join(err.split()), err
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", q8, "--dtype", "q4_0", "-p", "hi", "-n", "1")
+    lines = err.strip().splitlines()
+    assert code == 0 and lines[0].startswith("loading ") and again in " ".join(err.split()), err

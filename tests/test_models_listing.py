@@ -12,11 +12,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
+import tempfile
+from pathlib import Path
 
 import pytest
 from helpers import cli, one_thread  # noqa: F401 - one_thread applies to this module
 from rich.console import Console
-from test_resolve import SHA, header_gguf, stores, tiny  # noqa: F401 - fixtures
+from test_resolve import SHA, add_snapshot, header_gguf, stores, tiny  # noqa: F401 - fixtures
 from test_resolve_names import ggufs, ollama_tag  # noqa: F401 - fixtures
 
 from tiankong.engine.model_list import human_bytes, list_models
@@ -154,3 +157,95 @@ def test_sizes_have_one_unit_scale(stores, monkeypatch, capsys):  # noqa: F811
     assert 1e3 <= per_token < 1e6 and kv == 512 and facts["kv_cache"].startswith("float32"), facts
     assert rows["bytes per token"] == f"{per_token / 1e3:.1f} KB of weights read per decoded token", out
     assert rows["kv cache"] == "float32, 512 B per token and row", out  # was "0.5 KB" beside "0.4 MB"
+
+
+# --- QA 35: what `--model` refuses, `models` lists as skipped with the same line --------------------
+
+
+def _damaged(good: bytes) -> dict[str, tuple[bytes, str]]:
+    """name -> (a GGUF loading refuses from its header and tensor table alone, words of its line)."""
+    import gguf
+
+    from tiankong.engine.gguf_header import check_header
+
+    with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+        f.write(good)
+        f.flush()
+        check_header(Path(f.name))  # the good file passes
+        t = gguf.GGUFReader(f.name).tensors[0]
+        at = t.field.offset + 8 + len(bytes(t.field.parts[1]))  # tensor 0's n_dims
+    n_dims = struct.unpack_from("<I", good, at)[0]
+    type_at = at + 4 + 8 * n_dims
+
+    def put(at: int, fmt: str, value: int) -> bytes:
+        out = bytearray(good)
+        struct.pack_into(fmt, out, at, value)
+        return bytes(out)
+
+    arch = good.index(b"llama")  # general.architecture's value (the first "llama" in the file)
+    return {
+        "truncated data": (good[:-4096], "outside the file"),
+        "absurd dims": (put(at + 4, "<Q", 1 << 40), "outside the file"),
+        "unknown tensor type": (put(type_at, "<I", 99), "unknown type 99"),
+        "unsupported architecture": (good[:arch] + b"mamba" + good[arch + 5 :], "architecture 'mamba'"),
+    }
+
+
+def test_models_skips_what_model_refuses_with_its_line(stores, ggufs, monkeypatch, capsys):  # noqa: F811
+    """QA: truncated data, absurd dims ("1,208,925,819,614,629B params"), an unknown tensor type and
+    an unsupported architecture were listed (and their Ollama blobs too); --model refused each."""
+    lm = stores / ".lmstudio" / "models" / "bad"
+    cases = _damaged(ggufs["f32"].read_bytes())
+    for i, (data, _) in enumerate(cases.values()):
+        (lm / f"case{i}").mkdir(parents=True)
+        (lm / f"case{i}" / "m.gguf").write_bytes(data)
+        source = stores / f"case{i}.gguf"
+        source.write_bytes(data)
+        ollama_tag(stores, source, f"case{i}", "latest")
+    skipped: list[str] = []
+    names = [m.name for m in list_models(skipped)]
+    assert "lm-org/lm-tiny" in names
+    for i, (case, (_, words)) in enumerate(cases.items()):
+        assert f"bad/case{i}" not in names and f"ollama:case{i}:latest" not in names, (case, names)
+        code, _, err = cli(monkeypatch, capsys, "generate", "-m", f"bad/case{i}", "-p", "hi", "-n", "1")
+        refusal = err.strip().splitlines()[-1].removeprefix("error: ")
+        assert code == 2 and words in refusal, (case, err)
+        assert refusal in skipped, (case, refusal, skipped)  # the very line
+        blob = [line for line in skipped if line.startswith(f"ollama:case{i}:latest: ")]
+        # an Ollama blob is pulled again, not downloaded
+        assert len(blob) == 1 and words in blob[0], (case, skipped)
+        if "download it again" in refusal:
+            assert blob[0].endswith(f"run `ollama pull case{i}` again"), blob
+            code, _, err = cli(monkeypatch, capsys, "generate", "-m", f"ollama:case{i}", "-p", "hi", "-n", "1")
+            refusal = err.strip().splitlines()[-1]
+            assert code == 2 and refusal.endswith(f"run `ollama pull case{i}` again"), (case, err)
+
+
+def test_models_skips_a_cached_repo_whose_main_ref_is_no_commit_hash(stores, tiny, monkeypatch, capsys):  # noqa: F811
+    add_snapshot(stores / "hf" / "hub", "org/BadRef", SHA, tiny)
+    ref = stores / "hf" / "hub" / "models--org--BadRef" / "refs" / "main"
+    ref.write_text("deadbeef")
+    skipped: list[str] = []
+    assert not [m for m in list_models(skipped) if m.name.startswith("org/BadRef")]
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "org/BadRef", "-p", "hi", "-n", "1")
+    line = err.strip().splitlines()[-1].removeprefix("error: ")
+    assert code == 2 and "does not hold a commit hash" in line and line in skipped, (err, skipped)
+
+
+def test_a_name_the_cache_refuses_notes_lmstudio_and_the_error_names_it(stores, ggufs, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """QA: the HF cache's org/Smol-GGUF holds two GGUF files, LM Studio's one: `models` said
+    "--model org/Smol-GGUF takes another model first", but that name took nothing."""
+    release = tmp_path / "release"
+    release.mkdir()
+    for q in ("f32", "q8_0"):
+        (release / ggufs[q].name).write_bytes(ggufs[q].read_bytes())
+    add_snapshot(stores / "hf" / "hub", "org/Smol-GGUF", SHA, release)
+    lm = stores / ".lmstudio" / "models" / "org" / "Smol-GGUF"
+    lm.mkdir(parents=True)
+    (lm / "smol.gguf").write_bytes(ggufs["f32"].read_bytes())
+    listed = {m.name: m for m in list_models()}
+    note = listed["lmstudio:org/Smol-GGUF"].note or ""
+    assert "org/Smol-GGUF is refused" in note and "takes another model" not in note, note
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "org/Smol-GGUF", "-p", "hi", "-n", "1")
+    assert code == 2 and "holds 2 GGUF files" in err, err
+    assert "--model lmstudio:org/Smol-GGUF for LM Studio's" in " ".join(err.split()), err

@@ -72,7 +72,7 @@ def stores(tmp_path, monkeypatch, tiny):
     ollama = home / ".ollama" / "models"
     blob, config = "1" * 64, "2" * 64
     (ollama / "blobs").mkdir(parents=True)
-    (ollama / "blobs" / f"sha256-{blob}").write_bytes(b"GGUF" + bytes(100))
+    (ollama / "blobs" / f"sha256-{blob}").write_bytes(EMPTY_GGUF + bytes(80))  # a header of nothing: listed
     (ollama / "blobs" / f"sha256-{config}").write_text(json.dumps({"model_family": "llama", "file_type": "Q4_0"}))
     manifest = ollama / "manifests" / "registry.ollama.ai" / "library" / "tinyllm" / "latest"
     manifest.parent.mkdir(parents=True)
@@ -146,7 +146,7 @@ def test_ollama_name_resolves_to_its_blob(stores, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "generate", "-m", "ollama:tinyllm", "-p", "hi")
     loading, error = err.strip().splitlines()  # the fake blob is no model: one line, after the loading line
     assert code == 2 and loading == "loading ollama:tinyllm:latest (104 B)…"
-    assert "not a usable GGUF file" in error and blob.name in error
+    assert "has no general.architecture: not a model file" in error and blob.name in error
     with pytest.raises(ModelLoadError, match="not in the Ollama store"):
         resolve_model("ollama:tinyllm:7b")
     blob.unlink()
@@ -549,7 +549,7 @@ def test_models_counts_the_parameters_info_counts(stores, tiny):
         (EMPTY_GGUF[:20], "too short for a GGUF header"),
         (
             b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"arr" + struct.pack("<IIQ", 9, 0, 1 << 62),
-            "metadata array arr (4,611,686,018,427,387,904 elements",
+            "metadata array arr holds 4,611,686,018,427,387,904 elements",
         ),
     ],
     ids=["version-0", "truncated", "array-of-2**62"],

@@ -149,7 +149,8 @@ def test_a_name_in_both_places_is_the_caches_and_lmstudio_reaches_the_other(
     assert lines[0].startswith("note: org/Same-GGUF is in both the Hugging Face cache and LM Studio (")
     assert lines[1].startswith(f"loading org/Same-GGUF/{ggufs['q8_0'].name} (")
     code, out, err = cli(monkeypatch, capsys, "generate", "-m", "lmstudio:org/Same-GGUF", "--raw", "-p", "O", "-n", "1")
-    assert code == 0 and err.startswith(f"loading {lm_file.name} (") and "note" not in err, err
+    # named as it loads again (QA35: the file's name alone said neither where it was nor how to load it)
+    assert code == 0 and err.startswith(f"loading lmstudio:org/Same-GGUF/{lm_file.name} (") and "note" not in err, err
     for command in (["info"], ["tokenize", "Once"]):  # every command that takes --model says it, once
         code, out, err = cli(monkeypatch, capsys, *command, "-m", "org/Same-GGUF")
         assert code == 0 and err.count("note: org/Same-GGUF is in both") == 1, (command, err)

@@ -37,6 +37,7 @@ folder (`tiankong generate -m OUTPUT` and transformers load it) and the value mo
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -216,6 +217,8 @@ class PPOTrainer(PPORollouts, Trainer):
             value.base.output.requires_grad_(False)  # its LM head is not used
         self.model = PolicyAndValue(policy, value)
         self.encoder = Encoder.from_folder(cfg.model, raw=cfg.raw)
+        if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
+            print(note, file=sys.stderr)  # as generate warns: the rollouts' prompts have no roles
         probe = "Once upon a time, 1 2 3."
         if self.reward_model.encoder.tokenizer.encode(probe) != self.encoder.tokenizer.encode(probe):
             raise InputError(

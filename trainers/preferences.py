@@ -85,6 +85,22 @@ class Encoder:
         tokenizer = load_tokenizer(folder)
         return cls(tokenizer, ChatTemplate.from_folder(folder, tokenizer), raw, max_length)
 
+    def no_template_note(self, model: str | Path) -> str | None:
+        """A line for the start of a run when `model` has no chat template (a base GGUF file, an Ollama
+        model whose template is Go, not Jinja): its prompts are then plain text without roles, as
+        `generate` warns for messages; None when it has one. Not said for a run given --raw."""
+        if self.template is not None:
+            return None
+        from tiankong.engine.model_names import display_name
+        from tiankong.engine.ollama import GO_TEMPLATE, go_template
+
+        why = f" ({GO_TEMPLATE})" if go_template(model) else ""
+        return (
+            f"note: {display_name(model)} has no chat template{why}: the prompts are trained on as plain text "
+            "without roles, as `generate --raw` reads them; to train with roles, give the model a template "
+            "first (`tiankong train sft --chat-template FILE` saves one with its output)"
+        )
+
     def prompt(self, prompt: Prompt) -> list[int]:
         """Same ids as Engine.encode(prompt=...) / Engine.encode(messages=...). Messages that end with
         an assistant message (a vote at the token where two branches of an answer part) are the
@@ -416,6 +432,8 @@ class PreferenceTrainer(Trainer):
     def load_data(self, tokenizer_folder: str | Path, context: int) -> None:
         cfg = self.cfg
         self.encoder = Encoder.from_folder(tokenizer_folder, raw=cfg.raw, max_length=cfg.max_length or context)
+        if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
+            print(note, file=sys.stderr)
         self.data = load_preferences(cfg.data, self.encoder, cfg.tie_mode)
         self.train_groups, self.eval_groups = split_groups(self.data.groups, cfg.eval_fraction, cfg.seed)
         if self.dist.is_main:  # kept by --no-progress, which hides bars and plots only

@@ -66,6 +66,22 @@ def checked_tokenizers(models: list[Path | RemoteModel]) -> list[Any]:
     return [None if isinstance(m, RemoteModel) else load_checked_tokenizer(m) for m in models]
 
 
+def check_templates(models: list[Path | RemoteModel], tokenizers: list[Any]) -> None:
+    """A local model whose own chat template cannot be used (info says "broken") stops the command
+    with its one line and the fix, before the app opens: the chat (and compare) reads every message
+    through it, and only raw mode, which the playground has none of, would do without it. Called
+    without --chat-template, which replaces the model's template."""
+    from tiankong.engine.chat import RAW_MODE_FIX, ChatTemplate
+    from tiankong.engine.errors import ChatTemplateError
+
+    for model, tokenizer in zip(models, tokenizers, strict=True):
+        if isinstance(model, RemoteModel):
+            continue
+        template = ChatTemplate.from_folder(model, tokenizer)
+        if template is not None and template.broken is not None:
+            raise ChatTemplateError(template.broken.replace(RAW_MODE_FIX, ""))
+
+
 def _model_id(model: Path | RemoteModel) -> str:
     """How chats name the model: its resolved folder, or the server's URL (the chat screen names
     the server's model once connected); a GGUF file keeps its own name, not its blob's (model_key)."""
@@ -393,7 +409,10 @@ def run_app(
 
     store = Store(resolve_data_dir(data_dir) / DB_NAME)
     try:
-        tokenizers = checked_tokenizers(compare_models or ([model_dir] if model_dir is not None else []))
+        models = compare_models or ([model_dir] if model_dir is not None else [])
+        tokenizers = checked_tokenizers(models)
+        if chat_template is None:
+            check_templates(models, tokenizers)
         run_until_exit(
             TiankongApp(
                 model_dir,

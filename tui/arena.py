@@ -15,7 +15,7 @@ from typing import Any
 from textual import events
 
 from tiankong.presets import Preset
-from tiankong.tui.app import TiankongApp, checked_tokenizers, run_until_exit
+from tiankong.tui.app import TiankongApp, check_templates, checked_tokenizers, run_until_exit
 from tiankong.tui.queue import PromptQueue
 from tiankong.tui.screens.compare import CompareScreen
 from tiankong.tui.store import DB_NAME, Store
@@ -87,6 +87,8 @@ def run_compare_queue(
     store = _open_store(data_dir)
     try:
         tokenizers = checked_tokenizers(models or [model_dir])  # a refused one stops here, before the UI
+        if chat_template is None:  # so does a model's own template that cannot be used
+            check_templates(models or [model_dir], tokenizers)
         run_until_exit(
             QueueApp(
                 model_dir,

@@ -48,6 +48,7 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
     of _model_dir, then "loading NAME (SIZE)…". A log line, written whether or not stderr
     is a terminal: a model of some GB takes seconds to load, and nothing else is said meanwhile. A
     server (http://...) is passed on as it is; `say` False (torchrun's other processes) says nothing."""
+    from tiankong.engine.engine import load_note
     from tiankong.engine.model_list import human_bytes, weight_bytes
     from tiankong.engine.model_names import display_name
     from tiankong.engine.remote import is_remote
@@ -58,6 +59,8 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
     path = _model_dir(model)  # says the note, if any
     if say:
         _say(f"loading {display_name(path)} ({human_bytes(weight_bytes(path))})…")  # units as `info` and `models`
+        if (note := load_note(path, device, dtype)) is not None:  # F16 widened, blocks quantized again
+            _say(note)
     return path
 
 
@@ -633,12 +636,16 @@ def _say_no_template(eng: Any, jobs: list, raw: bool, say: bool) -> None:
     (engine/chat.py's raw mode): said once, as `serve` says it. --raw asks for that; a server
     (--model http://...) applies its own template."""
     from tiankong.engine.chat import no_template_note
+    from tiankong.engine.ollama import GO_TEMPLATE, go_template
     from tiankong.engine.remote import RemoteEngine
 
     if not say or raw or eng.template is not None or isinstance(eng, RemoteEngine):
         return
     if any("messages" in job for _, job in jobs):
-        _say(f"warning: {no_template_note('generate')}; give --chat-template FILE, or --raw to join them on purpose")
+        why = f" ({GO_TEMPLATE})" if go_template(eng.folder) else ""
+        _say(
+            f"warning: {no_template_note('generate')}{why}; give --chat-template FILE, or --raw to join them on purpose"
+        )
 
 
 def _stop_code(stop: KeyboardInterrupt) -> int:

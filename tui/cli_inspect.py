@@ -118,9 +118,12 @@ def info(
     dtype: str = DtypeOpt,
 ) -> None:
     """What a model is made of: architecture, parameters, positions, context, vocabulary, dtype, chat template."""
+    from tiankong.engine.engine import load_note
     from tiankong.engine.model_facts import model_facts
+    from tiankong.engine.ollama import GO_TEMPLATE, go_template
     from tiankong.engine.remote import is_remote
     from tiankong.tui.cli_env import announce_builds
+    from tiankong.tui.generate_input import say
 
     format = _one_format(format, "json", "one line of facts")
     # A local model's facts come from its headers (nothing loaded: a few-GB GGUF answers at once);
@@ -131,6 +134,10 @@ def info(
         path = _model_dir(model)
         announce_builds()  # the decode row builds the compiled step where it is not yet: seconds
         facts = _named(path, model_facts(path, device, dtype))
+        if facts.get("chat_template") is False and go_template(path):  # Ollama chats with one: said why not here
+            facts["chat_template"] = f"no ({GO_TEMPLATE}; pass --chat-template FILE)"
+        if (note := load_note(path, device, dtype)) is not None:  # stderr: the JSON on stdout stays whole
+            say(note)
     if format == "json":
         print(json.dumps(facts))
         return

@@ -66,6 +66,7 @@ EXAMPLES = {
 MODEL_ENV = "TIANKONG_MODEL"
 SHORT_FLAGS = {"model": "-m", "output": "-o"}  # as generate, chat and rank spell them
 PREFERENCE_TRAINERS = ("reward", "dpo")
+SWITCHES = "Switches"  # the --help panel of the on/off flags (--resume/--no-resume)
 # Appended to every --model help: training takes what the other commands take (tui/cli_app.py's MODEL_HELP).
 MODEL_NAMES = (
     " A Hugging Face model folder, a .gguf file, or a name: ORG/NAME[@REVISION] (or ORG/NAME@REV/FILE.gguf) "
@@ -162,6 +163,9 @@ def _options(cfg_cls: type) -> list[inspect.Parameter]:
                     # A setting this trainer does not use (PPO's eval_every): accepted (a train_config.json
                     # given back as flags has it) but not listed.
                     hidden=bool(f.metadata.get("hidden")),
+                    # On/off flags in a table of their own: beside the others their second column
+                    # (--no-whiten-rewards) left the help text 20 of 80 columns, cutting long words.
+                    rich_help_panel=SWITCHES if kind is bool else None,
                 ),
             )
         )

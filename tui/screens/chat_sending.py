@@ -14,6 +14,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Input, Static
 
+from tiankong.engine.chat import RAW_MODE_FIX
 from tiankong.engine.context import answer_room
 from tiankong.engine.engine import with_seeds
 from tiankong.engine.errors import ChatTemplateError, ChatTemplateFault, TiankongError
@@ -198,7 +199,7 @@ class ChatSending:
         refusal), with the keys that help: ctrl+l where the last message is to shorten, f3 where a
         lower max tokens would make it fit; for a refusal, the message refused and the way out."""
         assert self.engine is not None
-        why = str(error)
+        why = str(error).replace(RAW_MODE_FIX, "")  # generate's raw mode: the chat has none
         if isinstance(error, ChatTemplateError) and not isinstance(error, ChatTemplateFault):
             return why + self._refused_where(msgs)  # (a fault is the template's own: its words say so)
         ways = []
