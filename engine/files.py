@@ -167,22 +167,32 @@ def _to(link: Path) -> str:
         return ""
 
 
+def unfinished_download(repo_folder: Path) -> str | None:
+    """The blob a cached repo's (models--ORG--NAME) unfinished download left (blobs/<hash>.incomplete),
+    or None."""
+    try:
+        return min((p.name for p in (repo_folder / "blobs").iterdir() if p.name.endswith(".incomplete")), default=None)
+    except OSError:
+        return None
+
+
+def download_fix(repo_folder: Path, repo: str) -> str:
+    """What mends a cached repo whose files are missing: downloading it again, after naming the
+    download that did not finish where one is."""
+    partial = unfinished_download(repo_folder)
+    return (
+        f"its download did not finish ({partial}); " if partial else ""
+    ) + f"download {repo} again (`hf download {repo}`)"
+
+
 def broken_link_fix(path: Path) -> str:
     """What mends a broken link: in a Hugging Face cache snapshot (models--ORG--NAME/snapshots/<hash>/)
-    a blob the download never finished (it left blobs/<hash>.incomplete) or one deleted since, so
-    downloading the repo again; anywhere else, copying the real file in."""
+    a blob the download never finished or one deleted since, so downloading the repo again
+    (download_fix); anywhere else, copying the real file in."""
     parts = path.parts
     for i in range(len(parts) - 3, 0, -1):
         if parts[i + 1] == "snapshots" and parts[i].startswith("models--"):
-            repo = parts[i].removeprefix("models--").replace("--", "/", 1)
-            try:
-                blobs = sorted(
-                    p.name for p in Path(*parts[: i + 1], "blobs").iterdir() if p.name.endswith(".incomplete")
-                )
-            except OSError:
-                blobs = []
-            unfinished = f"its download did not finish ({blobs[0]}); " if blobs else ""
-            return f"{unfinished}download {repo} again (`hf download {repo}`)"
+            return download_fix(Path(*parts[: i + 1]), parts[i].removeprefix("models--").replace("--", "/", 1))
     return "copy the real file into the folder"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ModelLoadError, TiankongError
-from .files import model_file, open_regular, parse_json, read_model_object
+from .files import download_fix, model_file, open_regular, parse_json, read_model_object, unfinished_download
 from .gguf_split import part_paths
 from .model_places import (
     _gguf_files,
@@ -136,8 +136,7 @@ def _hf_repo_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundMod
     if not refs:
         refs = {"main": snapshots[0]} if len(snapshots) == 1 else {s[:10]: s for s in snapshots}
     # A download that did not finish leaves its blob as blobs/<hash>.incomplete and no link to it.
-    partial = next((p.name for p in _scan(folder / "blobs") if p.name.endswith(".incomplete")), None)
-    fix = (f"its download did not finish ({partial}); " if partial else "") + f"download {repo} again"
+    partial, fix = unfinished_download(folder), download_fix(folder, repo)
     out: list[FoundModel] = []
     for rev, sha in refs.items():
         name, snapshot = (repo if rev == "main" else f"{repo}@{rev}"), folder / "snapshots" / sha
