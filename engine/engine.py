@@ -59,25 +59,45 @@ def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dty
 _FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
 
 
+def _file_kind(path: Path) -> str | None:
+    """A GGUF file's general.file_type as people write it (F16, Q4_K_M), or None."""
+    return quantization_name(peek(path, ("general.file_type",)).get("general.file_type"))
+
+
+def gguf_load_dtype(
+    path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool
+) -> str | torch.dtype | None:
+    """The dtype a GGUF file loads in: float16 for an F16 file whose matrices the compiled step reads
+    as they are (_keeps_blocks: packed on the CPU, no dtype asked for, a _BLOCK_ARCHS file), as
+    llama.cpp keeps them: half the memory and the bytes per token of widening them to float32;
+    else `dtype`. Engine.load and model_facts both ask here."""
+    if _keeps_blocks(path, device, dtype, pack) and _file_kind(path) == "F16":
+        return "float16"
+    return dtype
+
+
 def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
     """A line to say before loading a GGUF file where the load costs what the file does not show
-    (from its header: nothing read), else None. F16 weights on the CPU are widened to float32 (the
-    compiled step reads float32, bfloat16 and blocks, not float16): twice the file in memory and
-    read per token. A quantized file given --dtype q8_0 (etc.) is dequantized and quantized again:
-    a second rounding (llama-quantize refuses it without --allow-requantize); said, not refused,
-    since for a file whose blocks are dequantized at load anyway (Gemma, a GPU) it saves memory."""
+    (from its header: nothing read), else None. F16 weights on the CPU that the compiled step does
+    not take (an architecture without it, or no C compiler) are widened to float32: twice the file
+    in memory and read per token. A quantized file given --dtype q8_0 (etc.) is dequantized and
+    quantized again: a second rounding (llama-quantize refuses it without --allow-requantize); said,
+    not refused, since for a file whose blocks are dequantized at load anyway (Gemma, a GPU) it
+    saves memory."""
     dtype = dtype_name(dtype)
     if not is_gguf(path):
         return None
-    kind = quantization_name(peek(path, ("general.file_type",)).get("general.file_type"))
+    kind = _file_kind(path)
     if isinstance(dtype, str) and dtype in QUANTIZABLE and kind not in (None, *_FLOAT_FILES):
         return (
             f"note: the file is {kind} already; --dtype {dtype} dequantizes its blocks and rounds them "
             f"again ({dtype} from {kind}: no more exact than {kind}); leave out --dtype to keep the file's own"
         )
-    if kind == "F16" and dtype in (None, "auto") and resolve_device(device).type == "cpu":
+    cpu = resolve_device(device).type == "cpu"
+    if kind == "F16" and dtype in (None, "auto") and cpu and gguf_load_dtype(path, device, dtype, True) != "float16":
         return (
-            "note: the file's F16 weights are widened to float32 on the CPU (twice the file in memory, "
+            "note: the file's F16 weights are widened to float32 on the CPU (no compiled step for this file: "
+            "twice the file in memory, "
             "and read per token); --dtype q8_0 holds them in about half the file's bytes, --dtype bfloat16 in as many"
         )
     return None
@@ -180,6 +200,8 @@ class Engine:
         folder = resolve_model(folder)
         # One reader for weights, tokenizer and template; blocks kept where the compiled step reads them.
         gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, pack)) if is_gguf(folder) else None
+        if gguf is not None:  # an F16 file's halves as they are, for the compiled step
+            dtype = gguf_load_dtype(folder, device, dtype, pack)
         model, cfg = load_model(gguf or folder, device, dtype)
         weights = weight_summary(model)  # before packing, which rearranges the weights
         n_params = weights["parameters"]

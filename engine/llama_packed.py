@@ -35,9 +35,12 @@ weight once per token.
 Two ways to run it. Where the machine can build it (native.py), the weights stay plain (out, in)
 matrices (float32 or bfloat16) in one buffer and every one-token decode step is one call into the
 compiled step (csrc/decode.c), which does all of the above for all layers in one OpenMP region;
-prefill, which is compute-bound, stays here in torch (oneDNN on the plain weights). Otherwise (no
-C compiler, or TIANKONG_NATIVE=0) every weight is pre-packed for oneDNN (packed.py) and every step
-runs here.
+prefill, which is compute-bound, stays here in torch (oneDNN on the plain weights). float16 weights
+(an F16 GGUF file's, kept as they are, as llama.cpp keeps them) take the compiled step only: oneDNN
+has no float16 products on most CPUs, so their prompts go through tk_matmul as quantized weights'
+do, with float32 activations, and decode steps read the halves as the float16 cache's. Otherwise
+(no C compiler, or TIANKONG_NATIVE=0) every weight is pre-packed for oneDNN (packed.py) and every
+step runs here.
 
 The forward signature is Llama's, so `generate` runs either; tests pin this form's logits to
 transformers'. Built by `model.prepare_for_inference`; forward only, under inference mode.
@@ -100,6 +103,15 @@ def _parts(layout: tuple) -> tuple[torch.Tensor, int]:
     and the rows' sum (the product's width)."""
     parts = [[t, rows] for t, (_, rows) in zip(ggml_types(layout), layout, strict=True)]
     return torch.tensor(parts, dtype=torch.int32), sum(rows for _, rows in parts)
+
+
+def _half_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (..., I) W^T in float32 for a float16 W (O, I): tk_matmul, which reads the halves as the
+    decode step does (oneDNN has no float16 product on most CPUs; F.linear's is slow)."""
+    return _quantized_mm(x, w, (torch.tensor([[_GGML_F16, w.shape[0]]], dtype=torch.int32), w.shape[0]))
+
+
+_GGML_F16 = 1  # ggml's type number of float16 rows (quant.h's T_F16)
 
 
 def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, int]) -> torch.Tensor:
@@ -165,8 +177,8 @@ class PackedBlock(nn.Module):
         """x W^T + b for the block's weight `name` (quantized rows: the compiled matrix product
         over all of x's rows at once, reading the blocks as they are)."""
         w = getattr(self, name)
-        if self.layouts is not None:
-            y = _quantized_mm(x, w, self.parts[name])
+        if self.layouts is not None or w.dtype == torch.float16:
+            y = _quantized_mm(x, w, self.parts[name]) if self.layouts is not None else _half_mm(x, w)
             return y if b is None else y.add_(b)
         return _linear(x, w, b, "none", [], "")
 
@@ -249,8 +261,8 @@ class PackedLlama(nn.Module):
 
     def __init__(self, model: Llama, native: bool | None = None) -> None:
         """native: decode steps through the compiled step (native.py) with plain weights; None uses
-        it when it builds (weights on CPU, float32 or bfloat16), False never (weights packed for
-        oneDNN)."""
+        it when it builds (weights on CPU, float32, bfloat16 or float16), False never (weights
+        packed for oneDNN; not float16, which only the compiled step reads)."""
         super().__init__()
         cfg = self.cfg = model.cfg
         self.tok_emb = model.tok_emb  # stays dense: lookups read a few rows
@@ -259,19 +271,21 @@ class PackedLlama(nn.Module):
         self.register_buffer("inv_freq", _padded(model.inv_freq, cfg.head_dim), persistent=False)
         long = getattr(model, "inv_freq_long", None)
         self.register_buffer("inv_freq_long", None if long is None else _padded(long, cfg.head_dim), persistent=False)
-        self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)  # (D,)
+        norm = model.norm.weight.detach()  # (D,); float32 where float16 weights compute in float32
+        self.register_buffer("norm_weight", norm.float() if norm.dtype == torch.float16 else norm, persistent=False)
         self.quantized = is_quantized(model)
         if self.quantized:
             self._init_quantized(model)
             return
         w = model.tok_emb.weight
-        fits = w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu"
+        fits = w.dtype in (torch.float32, torch.bfloat16, torch.float16) and w.device.type == "cpu"
         if native and not fits:
             raise ValueError(
-                f"the compiled decode step needs float32 or bfloat16 weights on CPU, not {w.dtype} on {w.device.type}"
+                "the compiled decode step needs float32, bfloat16 or float16 weights on CPU, "
+                f"not {w.dtype} on {w.device.type}"
             )
         lib = native_lib() if fits and native is not False else None
-        if native and lib is None:
+        if (native or w.dtype == torch.float16) and lib is None:  # oneDNN packs no float16
             raise ValueError(f"the compiled decode step is unavailable: {native_reason()}")
         packed = lib is None
         with torch.no_grad():
@@ -474,6 +488,8 @@ class PackedLlama(nn.Module):
         if self._native is not None and tokens.shape[1] == 1 and cache is not None and not hidden and not long:
             return self._native(self.tok_emb(tokens.reshape(-1)), positions, mask, cache, start)
         x = self.tok_emb(tokens)  # (B, T, D)
+        if x.dtype == torch.float16:  # float16 weights compute in float32, as the step does
+            x = x.float()
         T = tokens.shape[1]
         window = self.cfg.sliding_window
         if mask is None and window is not None and start + T > window:
@@ -496,6 +512,8 @@ class PackedLlama(nn.Module):
             return _quantized_mm(x, self.output, self.out_parts)
         if last_only and self._native is not None:  # a prompt's last tokens: the step's product
             return self._native.head(x.view(x.shape[0], -1)).unsqueeze(1)  # (B, 1, V)
+        if self.output.dtype == torch.float16:
+            return _half_mm(x, self.output)
         return _linear(x, self.output, None, "none", [], "")
 
     @property

@@ -175,7 +175,8 @@ def load_model(
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """The fastest forward-only form of a loaded model on its device; consumes `model`.
 
-    On CPU (float32, or bfloat16 where the CPU has it, or quantized) the Llama family becomes a PackedLlama, and
+    On CPU (float32, or bfloat16 where the CPU has it, or quantized, or float16 where the compiled step
+    builds: only it reads float16 fast) the Llama family becomes a PackedLlama, and
     GPT-2 a PackedGPT2 where the compiled decode step builds (native.py) or else gets oneDNN-packed
     linears (packed.py); elsewhere the model comes back as it is.
     """
@@ -186,6 +187,8 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         if isinstance(model, llama.Llama) and p.device.type == "cpu" and native_library() is not None:
             return PackedLlama(model)
         return model
+    if p.dtype == torch.float16 and p.device.type == "cpu" and isinstance(model, llama.Llama):
+        return PackedLlama(model) if native_library() is not None else model
     if not can_pack(p.device, p.dtype):
         return model
     if isinstance(model, llama.Llama):

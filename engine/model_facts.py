@@ -26,7 +26,7 @@ from torch import nn
 
 from . import gpt2, llama
 from .config import ModelConfig
-from .engine import Engine, _keeps_blocks, tokenizer_and_template
+from .engine import Engine, _keeps_blocks, gguf_load_dtype, tokenizer_and_template
 from .gguf_model import GGUFModel, is_gguf
 from .model import build_model, check_folder, dtype_name, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
@@ -54,6 +54,8 @@ def model_facts(
     dtype = dtype_name(dtype)  # "Q8_0" as "q8_0", as Engine.load reads it
     folder = resolve_model(folder)
     gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, True)) if is_gguf(folder) else None
+    if gguf is not None:
+        dtype = gguf_load_dtype(folder, device, dtype, True)
     model, cfg, dev = _meta_model(gguf or folder, device, dtype)
     weights = weight_summary(model)
     tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template)
@@ -114,7 +116,10 @@ def _decode_path(model: nn.Module, dev: torch.device) -> str:
     if is_quantized(model):  # PackedLlama where the step builds; the plain module otherwise
         native = isinstance(model, llama.Llama) and dev.type == "cpu" and native_library() is not None
         return COMPILED if native else "torch"
-    if not can_pack(dev, next(model.parameters()).dtype):
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float16 and dev.type == "cpu" and isinstance(model, llama.Llama):  # the step, or torch
+        return COMPILED if native_library() is not None else "torch"
+    if not can_pack(dev, dtype):
         return "torch"
     if isinstance(model, (llama.Llama, gpt2.GPT2)) and native_library() is not None:
         return COMPILED

@@ -59,6 +59,8 @@ class WeightBuffer:
 
 # decode.c's Model.kv_type for each KV cache dtype (its KV_F32, KV_BF16, KV_F16).
 _KV_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+# ggml's type of float weights (decode.c's Model.ftype, quant.h's T_F32, T_F16, T_BF16).
+FLOAT_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 30}
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -87,7 +89,7 @@ class NativeStep:
 
     The model (PackedLlama or PackedGPT2) provides `cfg`, `output` (V, D), `norm_weight` (D,),
     optionally `norm_bias` and `inv_freq`, and `layers` whose blocks hold plain (out, in) weights
-    `wqkv`, `wo`, `w13`, `w2` (all float32 or all bfloat16), optional biases `bqkv`, `bo`, `b13`,
+    `wqkv`, `wo`, `w13`, `w2` (all float32, all bfloat16 or all float16), optional biases `bqkv`, `bo`, `b13`,
     `b2` and optional per-head norm gains `q_norm`, `k_norm`; see csrc/decode.c for their layout. It owns every tensor the pointers point into.
 
     A quantized model (PackedLlama of QTensor weights) has `wtypes` (n_layers, 7) int32 (the ggml
@@ -95,7 +97,7 @@ class NativeStep:
     uint8 tensors of rows of those types back to back, with norm gains `attn_norm`, `ffn_norm`.
 
     `dtype` is the KV cache's the engine makes for the model (kv_cache.kv_dtype): float16 for
-    quantized weights, else the weights' own float32 or bfloat16. A call reads any of the three
+    quantized weights, else the weights' own float32, bfloat16 or float16. A call reads any of the three
     (the type of the cache it is handed), as the torch path does: tests compare the caches' types.
     """
 
@@ -114,7 +116,7 @@ class NativeStep:
             wtypes = wtypes.to(torch.int32).contiguous()
             assert wtypes.shape == (cfg.n_layers, 7), wtypes.shape
             self.keep.append(wtypes)
-        float_type = 30 if float_dtype == torch.bfloat16 else 0  # ggml's BF16, F32
+        float_type = FLOAT_TYPES[float_dtype]
         vectors = [
             _f32(model.norm_weight),
             _f32(getattr(model, "norm_bias", None)),
@@ -134,7 +136,7 @@ class NativeStep:
             ffn_dim=cfg.ffn_dim,
             vocab=cfg.vocab_size,
             window=cfg.sliding_window or 0,
-            bf16=int(float_dtype == torch.bfloat16),
+            ftype=float_type,
             kv_type=_KV_TYPES[self.dtype],
             gpt2=int(gpt2),
             gelu_tanh=int(cfg.activation != "gelu"),

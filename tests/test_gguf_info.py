@@ -145,16 +145,24 @@ def test_info_reads_a_dtype_in_any_case(folders):
 def test_a_widened_f16_file_and_a_quantized_one_quantized_again_are_said(gguf_file, monkeypatch, capsys):
     """QA: an F16 GGUF on the CPU became float32 in silence (twice the file in memory); --dtype q8_0 on
     a Q4_K_M file rounded its weights twice in silence (llama-quantize refuses it without
-    --allow-requantize)."""
+    --allow-requantize). A llama file's halves now stay halves for the compiled step
+    (test_native_f16.py): only a file the step does not run (Gemma) is widened, and said."""
     from tiankong.engine.engine import load_note
 
-    f16, q8 = gguf_file("llama", "f16"), gguf_file("llama", "q8_0")
+    f16, q8 = gguf_file("gemma3", "f16"), gguf_file("llama", "q8_0")
     widened = load_note(f16, "cpu", "auto")
     assert widened is not None and "F16 weights are widened to float32" in widened and "--dtype q8_0" in widened
     assert loaded_facts(f16)["dtype"] == "float32"  # what the note says
     again = load_note(q8, "cpu", "Q4_0")
     assert again is not None and "is Q8_0 already" in again and "leave out --dtype" in again
-    for path, dtype in ((f16, "bfloat16"), (f16, "q8_0"), (q8, "auto"), (gguf_file("llama", "f32"), "auto")):
+    kept = gguf_file("llama", "f16")  # float16 as it is: nothing to say
+    for path, dtype in (
+        (kept, "auto"),
+        (f16, "bfloat16"),
+        (f16, "q8_0"),
+        (q8, "auto"),
+        (gguf_file("llama", "f32"), "auto"),
+    ):
         assert load_note(path, "cpu", dtype) is None, (path, dtype)
     code, _, err = cli(monkeypatch, capsys, "info", "-m", f16, "--format", "json")
     assert code == 0 and widened in " ".join(err.split()), err

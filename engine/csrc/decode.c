@@ -1,5 +1,6 @@
 /* One decode step of the Llama family (Llama, Mistral, Qwen2, Qwen3) or GPT-2 on CPU for B rows: weights
- * and KV cache in float32 or bfloat16, activations in float32.
+ * in float32, bfloat16 or float16 (an F16 GGUF file's, kept as they are), or quantized; KV cache in
+ * float32, bfloat16 or float16; activations in float32.
  *
  * Why this exists: at batch 1 a decode step is ~120 matrix-vector products whose speed is how
  * fast the weights stream from memory. Through torch each product is a separate call with a fixed
@@ -34,7 +35,8 @@
  * a step streams (135M, f32: 46 KB per token and row against 90 MB of q8_0 weights).
  *
  * bfloat16 halves the bytes a step streams, so it runs nearly twice as fast; widening bf16 to
- * float32 is a 16-bit shift, so no bf16 instructions are needed. In float32 the numbers agree with
+ * float32 is a 16-bit shift, so no bf16 instructions are needed. float16 weights stream as many
+ * bytes, widened as the float16 cache is (F16C where the CPU has it). In float32 the numbers agree with
  * the torch path to rounding (tests pin both to transformers); in bfloat16 they are closer to the
  * float32 truth than transformers' bfloat16 (whose activations are bfloat16 too).
  * Built at first use by native.py with the machine's C compiler; nothing here is required: without
@@ -277,7 +279,7 @@ static inline v16 load16_f16(const uint16_t *p) {
 
 /* The kernels that read weights or cached keys/values, once for float32, once for bfloat16 and
  * once for float16 elements (activations are float32 either way): dot_f32, tile_f32,
- * dot_rows_f32, axpy_f32, and the same with _bf16 and _f16 (the cache only). */
+ * dot_rows_f32, axpy_f32, and the same with _bf16 and _f16. */
 #define T float
 #define SUF _f32
 #define LOAD(p) load16(p)
@@ -321,7 +323,7 @@ enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
     X(INT, n_layers) X(INT, dim) X(INT, n_heads) X(INT, n_kv_heads) X(INT, head_dim) X(INT, ffn_dim)  \
     X(INT, vocab)                                                                                   \
     X(INT, window)    /* sliding window (Mistral), 0 for none */                                    \
-    X(INT, bf16)      /* float weights in bfloat16 (else float32); activations are float32 */      \
+    X(INT, ftype)     /* the float weights' ggml type: T_F32, T_F16 or T_BF16; activations float32 */ \
     X(INT, kv_type)   /* the KV cache's elements: KV_F32, KV_BF16 (bf16 models), KV_F16 (quantized) */\
     X(INT, gpt2)      /* GPT-2: LayerNorm, no RoPE (positions are in x already), fc -> GELU -> proj */\
     X(INT, gelu_tanh) /* GPT-2's GELU: the tanh approximation (else the exact one) */               \
@@ -329,7 +331,7 @@ enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
     X(PTRS, wqkv) X(PTRS, wo) X(PTRS, w13) X(PTRS, w2)     /* per layer */                          \
     X(FPTRS, bqkv) X(FPTRS, bo) X(FPTRS, b13) X(FPTRS, b2) /* per layer biases, or NULL */          \
     X(FPTRS, q_norm) X(FPTRS, k_norm) /* per layer (hd,) per-head RMSNorm gains (Qwen3), or NULL */ \
-    X(IPTR, wtypes)   /* (n_layers, 7) ggml types (quantized models; header), or NULL: f32/bf16 */ \
+    X(IPTR, wtypes)   /* (n_layers, 7) ggml types (quantized models; header), or NULL: ftype */ \
     X(FPTRS, attn_norm) X(FPTRS, ffn_norm) /* per layer (D,) norm gains not folded, or NULL */      \
     X(FLOAT, q_scale) /* the query scale where it is not folded into wqkv or q_norm, else 1 */     \
     X(INT, out_type)  /* the head's type */                                                         \
@@ -378,12 +380,14 @@ static inline void share_rows(int n, int t, int nt, int *lo, int *hi) {
     *hi = *hi * 16 < n ? *hi * 16 : n;
 }
 
-/* p + n elements of float32 or bfloat16 */
-static inline const void *advance(const void *p, int bf16, int64_t n) { return (const char *)p + n * (bf16 ? 2 : 4); }
+/* p + n elements of float type ft (T_F32, T_F16, T_BF16) */
+static inline const void *advance(const void *p, int ft, int64_t n) {
+    return (const char *)p + n * (ft == T_F32 ? 4 : 2);
+}
 
 /* y[b, r] = W[r] . x[b] (+ bias[r]) (+ y[b, r] when accumulate) for this thread's rows r.
  * W (O, I) row-major; x (B, I); y (B, O). Each weight row is read once for all B rows. */
-static void matvec(const void *W, int bf16, const float *bias, const float *x, float *y, int B, int O, int I,
+static void matvec(const void *W, int ft, const float *bias, const float *x, float *y, int B, int O, int I,
                    int ldy, int accumulate, int t, int nt) {
     int lo, hi;
     share_rows(O, t, nt, &lo, &hi);
@@ -395,8 +399,10 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
     for (; by4 && r + 4 <= hi; r += 4)
         for (int b0 = 0; b0 < B; b0 += 4) {
             const int nb = B - b0 < 4 ? B - b0 : 4;
-            if (bf16)
+            if (ft == T_BF16)
                 rows4_bf16((const uint16_t *)W + (int64_t)r * I, x + (int64_t)b0 * I, I, nb, v);
+            else if (ft == T_F16)
+                rows4_f16((const uint16_t *)W + (int64_t)r * I, x + (int64_t)b0 * I, I, nb, v);
             else
                 rows4_f32((const float *)W + (int64_t)r * I, x + (int64_t)b0 * I, I, nb, v);
             for (int k = 0; k < 4; k++)
@@ -408,8 +414,10 @@ static void matvec(const void *W, int bf16, const float *bias, const float *x, f
         }
     float u[B];
     for (; r < hi; r++) {
-        if (bf16)
+        if (ft == T_BF16)
             dot_rows_bf16((const uint16_t *)W + (int64_t)r * I, x, I, B, u);
+        else if (ft == T_F16)
+            dot_rows_f16((const uint16_t *)W + (int64_t)r * I, x, I, B, u);
         else
             dot_rows_f32((const float *)W + (int64_t)r * I, x, I, B, u);
         for (int b = 0; b < B; b++) {
@@ -486,14 +494,14 @@ static void qmatvec(const void *W, int type, const float *bias, const float *x, 
     }
 }
 
-/* matvec for a weight of any type (float32, bfloat16 or quantized; a: the thread's input scratch;
+/* matvec for a weight of any type (float32, bfloat16, float16 or quantized; a: the thread's input scratch;
  * pf: memory to ask for meanwhile, or NULL; the float products, bandwidth-bound, ignore it). */
 static void matvec_any(const void *W, int type, const float *bias, const float *x, Act *a, float *y, int B, int O,
                        int I, int ldy, int accumulate, int t, int nt, Prefetch *pf) {
     if (is_quant(type))
         qmatvec(W, type, bias, x, a, y, B, O, I, ldy, accumulate, t, nt, pf);
     else
-        matvec(W, type == T_BF16, bias, x, y, B, O, I, ldy, accumulate, t, nt);
+        matvec(W, type, bias, x, y, B, O, I, ldy, accumulate, t, nt);
 }
 
 /* h = x / rms(x), or (x - mean) / std with layernorm, then * gain + bias where given; every
@@ -568,7 +576,7 @@ static void cache_write(void *dst, int kvt, const float *src, int n) {
 /* What every stage of one step shares: the model, the batch, the cache and the scratch buffers. */
 typedef struct {
     const Model *m;
-    int B, D, H, Hkv, hd, F, Q, S, group, bf, slot;
+    int B, D, H, Hkv, hd, F, Q, S, group, ft, slot;
     int kvt;                          /* the cache's element type (KV_F32, KV_BF16, KV_F16) */
     int parts;                        /* attention's slot ranges: the most any row has */
     int *first, *range, *nparts;      /* (B,) each row's first visible slot, slots per range, ranges */
@@ -951,7 +959,7 @@ static void merge_attention(const Step *s, int t, int nt) {
 
 /* The type of layer l's weight k: 0..6 = wq, wk, wv, wo, gate (GPT-2: fc), up, down. */
 static inline int wtype(const Step *s, int l, int k) {
-    return s->m->wtypes ? s->m->wtypes[7 * l + k] : s->bf ? T_BF16 : T_F32;
+    return s->m->wtypes ? s->m->wtypes[7 * l + k] : s->ft;
 }
 
 /* qkv = wqkv h + bqkv: one product, or one per part when q, k and v differ in type (their rows lie
@@ -1000,7 +1008,7 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
                       const uint8_t *mask, int64_t mask_stride, int n_threads) {
     const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
     *s = (Step){.m = m, .B = B, .D = D, .H = H, .Hkv = Hkv, .hd = hd, .F = F, .Q = (H + 2 * Hkv) * hd,
-                .S = slot + 1, .group = H / Hkv, .bf = m->bf16, .kvt = m->kv_type, .slot = slot, .x = x, .kv = kv,
+                .S = slot + 1, .group = H / Hkv, .ft = m->ftype, .kvt = m->kv_type, .slot = slot, .x = x, .kv = kv,
                 .head_stride = (int64_t)max_len * hd, .mask = mask, .mask_stride = mask_stride};
     s->row_stride = 2 * Hkv * s->head_stride;
     s->layer_stride = B * s->row_stride;
@@ -1167,7 +1175,7 @@ static Tile find_tile(int j, const int *types, const int *rows, const void *W, i
 
 /* y (T, O) = x W^T for T input rows x (T, I) float32 and a weight W of n_parts row blocks back to
  * back (quant.pack_rows: a fused q/k/v or gate/up whose parts differ in type), part k of rows[k]
- * rows of types[k] (quantized, float32 or bfloat16), parts[2 k] = types[k], parts[2 k + 1] =
+ * rows of types[k] (quantized, float32, bfloat16 or float16), parts[2 k] = types[k], parts[2 k + 1] =
  * rows[k], O = the rows' sum: a prompt's T tokens through one weight at once, where the decode
  * step takes one token through all of them. Each quantized input row is made once (the threads
  * split the rows), then the threads take (token block, row tile) items in turn (dynamic: a thread
@@ -1210,7 +1218,7 @@ int tk_matmul(int n_parts, const int32_t *parts, const void *W, int I, const flo
                     qrows_tile(type, (const uint8_t *)tl.w, tl.r0, tl.r1, &acts[block_elems(type) == 256], b0,
                                t1 - b0 < 4 ? t1 - b0 : 4, y + tl.at, O);
             else /* the float rows [r0, r1) as one small matvec on this thread */
-                matvec(advance(tl.w, type == T_BF16, (int64_t)tl.r0 * I), type == T_BF16, NULL, x + (int64_t)t0 * I,
+                matvec(advance(tl.w, type, (int64_t)tl.r0 * I), type, NULL, x + (int64_t)t0 * I,
                        y + (int64_t)t0 * O + tl.at + tl.r0, t1 - t0, tl.r1 - tl.r0, I, O, 0, 0, 1);
         }
     }

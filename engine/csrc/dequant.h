@@ -83,7 +83,7 @@ static DQ_NOFMA void dequantize_block(int type, const uint8_t *w, float *y) {
  * type it does not know, -2 for an id outside [0, rows) (nothing read). */
 int tk_dequantize_rows(int type, const uint8_t *W, int64_t rows, int n, const int64_t *ids, int B, float *out) {
     const int block = block_elems(type), bytes = (int)row_bytes(type, block);
-    if (!is_quant(type) || bytes <= 0 || (type & T_LAYOUT)) /* float16 has no row_bytes here: -1 */
+    if (!is_quant(type) || bytes <= 0 || (type & T_LAYOUT)) /* float rows are no blocks: -1 */
         return -1;
     for (int b = 0; b < B; b++)
         if (ids[b] < 0 || ids[b] >= rows)

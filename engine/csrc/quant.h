@@ -27,7 +27,7 @@ enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q
  * (T_X16, repack16.h), same bytes in all; T_LAYOUT masks either. */
 enum { T_X8 = 256, T_X16 = 512, T_LAYOUT = T_X8 | T_X16 };
 
-static inline int is_quant(int type) { return type != T_F32 && type != T_BF16; }
+static inline int is_quant(int type) { return type != T_F32 && type != T_BF16 && type != T_F16; }
 static inline int block_elems(int type) {
     type &= ~T_LAYOUT;
     return type >= T_Q4_K && type <= T_Q6_K ? 256 : type >= T_Q4_0 ? 32 : 1;
@@ -37,7 +37,7 @@ static inline int block_elems(int type) {
 static inline int64_t row_bytes(int type, int64_t n) {
     switch (type & ~T_LAYOUT) {
     case T_F32: return 4 * n;
-    case T_BF16: return 2 * n;
+    case T_BF16: case T_F16: return 2 * n;
     case T_Q8_0: return n / 32 * 34;
     case T_Q4_0: return n / 32 * 18;
     case T_Q4_1: return n / 32 * 20;
