@@ -556,12 +556,16 @@ def test_a_200_message_chat_opens_at_its_end_scrolls_home_and_old_answers_still_
             await pilot.press("pageup")
             await pilot.pause()
             out["paged_up"] = transcript.scroll_y < transcript.max_scroll_y
-            # home (in the transcript) reaches the first message.
+            # home (in the transcript) reaches the first message (its scroll may take some frames).
             transcript.focus()
             await pilot.press("home")
-            await pilot.pause()
-            first = msgs[0].region
-            out["at_home"] = transcript.scroll_y == 0 and first.height > 0 and first.y >= view.y
+
+            def at_home() -> bool:
+                first = msgs[0].region
+                return transcript.scroll_y == 0 and first.height > 0 and first.y >= view.y
+
+            await wait_for(pilot, at_home, timeout=10)
+            out["at_home"] = at_home()
             # The 4th message (an old answer) is the real Markdown now it is on screen, and still
             # copies, inspects (its stored tokens, in order) and shows its heatmap.
             old = msgs[3]

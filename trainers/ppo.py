@@ -217,8 +217,6 @@ class PPOTrainer(PPORollouts, Trainer):
             value.base.output.requires_grad_(False)  # its LM head is not used
         self.model = PolicyAndValue(policy, value)
         self.encoder = Encoder.from_folder(cfg.model, raw=cfg.raw)
-        if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
-            print(note, file=sys.stderr)  # as generate warns: the rollouts' prompts have no roles
         probe = "Once upon a time, 1 2 3."
         if self.reward_model.encoder.tokenizer.encode(probe) != self.encoder.tokenizer.encode(probe):
             raise InputError(
@@ -226,6 +224,8 @@ class PPOTrainer(PPORollouts, Trainer):
                 "on the policy's base model"
             )
         self.load_prompts()
+        if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
+            print(note, file=sys.stderr)  # as generate warns: the rollouts' prompts have no roles
         self.kl_coef = cfg.kl_coef
 
     @staticmethod

@@ -432,9 +432,9 @@ class PreferenceTrainer(Trainer):
     def load_data(self, tokenizer_folder: str | Path, context: int) -> None:
         cfg = self.cfg
         self.encoder = Encoder.from_folder(tokenizer_folder, raw=cfg.raw, max_length=cfg.max_length or context)
-        if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
-            print(note, file=sys.stderr)
         self.data = load_preferences(cfg.data, self.encoder, cfg.tie_mode)
+        if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
+            print(note, file=sys.stderr)  # once the data is read: a bad line is then the one line said
         self.train_groups, self.eval_groups = split_groups(self.data.groups, cfg.eval_fraction, cfg.seed)
         if self.dist.is_main:  # kept by --no-progress, which hides bars and plots only
             print(
