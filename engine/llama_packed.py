@@ -328,7 +328,7 @@ class PackedLlama(nn.Module):
         # quantized head, then each layer's packed bytes, each copied once, from where the loader
         # left it (a GGUF file's mapping), into its place, and its rows interleaved there.
         own = WeightBuffer(self._layers_bytes(model) + (out.nbytes if isinstance(out, QTensor) else 0), torch.uint8)
-        if isinstance(out, QTensor):  # (V, row bytes), rows 8 at a time; the embedding may share the source
+        if isinstance(out, QTensor):  # (V, row bytes), rows 8 or 16 at a time; the embedding may share the source
             head, layout = place_rows([out], own.take(out.nbytes), self.cfg.dim, types=REPACKED)
             self.output = head.view(out.shape[0], -1)
             release_pages([out.data], only_file_mapped=True)  # a tied embedding's lookups fault rows back in
@@ -383,7 +383,7 @@ class PackedLlama(nn.Module):
 
         def place(parts: list, n: int, orders: list | None = None) -> tuple[torch.Tensor, tuple]:
             # Into the step's buffer in the order the step reads them, q8_0, q4_0, q5_0 and q4_k
-            # parts' rows interleaved 8 at a time on the way (repack.place_rows; q/k rows gathered
+            # parts' rows interleaved 8 or 16 at a time on the way (repack.place_rows; q/k rows gathered
             # into RoPE pairs first).
             return place_rows(parts, own.take(packed_bytes(parts)), n, orders, types=REPACKED)
 
