@@ -64,16 +64,12 @@ def _file_kind(path: Path) -> str | None:
     return quantization_name(peek(path, ("general.file_type",)).get("general.file_type"))
 
 
-def gguf_load_dtype(
-    path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool
-) -> str | torch.dtype | None:
+def gguf_load_dtype(path: Path, keeps_blocks: bool, dtype: str | torch.dtype | None) -> str | torch.dtype | None:
     """The dtype a GGUF file loads in: float16 for an F16 file whose matrices the compiled step reads
-    as they are (_keeps_blocks: packed on the CPU, no dtype asked for, a _BLOCK_ARCHS file), as
-    llama.cpp keeps them: half the memory and the bytes per token of widening them to float32;
-    else `dtype`. Engine.load and model_facts both ask here."""
-    if _keeps_blocks(path, device, dtype, pack) and _file_kind(path) == "F16":
-        return "float16"
-    return dtype
+    as they are (keeps_blocks: _keeps_blocks' answer), as llama.cpp keeps them: half the memory and
+    the bytes per token of widening them to float32; else `dtype`. Engine.load and model_facts both
+    ask here."""
+    return "float16" if keeps_blocks and _file_kind(path) == "F16" else dtype
 
 
 def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
@@ -94,7 +90,7 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
             f"again ({dtype} from {kind}: no more exact than {kind}); leave out --dtype to keep the file's own"
         )
     cpu = resolve_device(device).type == "cpu"
-    if kind == "F16" and dtype in (None, "auto") and cpu and gguf_load_dtype(path, device, dtype, True) != "float16":
+    if kind == "F16" and dtype in (None, "auto") and cpu and not _keeps_blocks(path, device, dtype, True):
         return (
             "note: the file's F16 weights are widened to float32 on the CPU (no compiled step for this file: "
             "twice the file in memory, "
@@ -199,9 +195,11 @@ class Engine:
         dtype = dtype_name(dtype)  # "Q8_0" as "q8_0" (_keeps_blocks reads it too)
         folder = resolve_model(folder)
         # One reader for weights, tokenizer and template; blocks kept where the compiled step reads them.
-        gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, pack)) if is_gguf(folder) else None
-        if gguf is not None:  # an F16 file's halves as they are, for the compiled step
-            dtype = gguf_load_dtype(folder, device, dtype, pack)
+        gguf = None
+        if is_gguf(folder):
+            keeps = _keeps_blocks(folder, device, dtype, pack)
+            gguf = GGUFModel(folder, keeps)
+            dtype = gguf_load_dtype(folder, keeps, dtype)  # an F16 file's halves as they are, for the step
         model, cfg = load_model(gguf or folder, device, dtype)
         weights = weight_summary(model)  # before packing, which rearranges the weights
         n_params = weights["parameters"]

@@ -53,9 +53,11 @@ def model_facts(
     damaged one is the load's to find."""
     dtype = dtype_name(dtype)  # "Q8_0" as "q8_0", as Engine.load reads it
     folder = resolve_model(folder)
-    gguf = GGUFModel(folder, _keeps_blocks(folder, device, dtype, True)) if is_gguf(folder) else None
-    if gguf is not None:
-        dtype = gguf_load_dtype(folder, device, dtype, True)
+    gguf = None
+    if is_gguf(folder):
+        keeps = _keeps_blocks(folder, device, dtype, True)
+        gguf = GGUFModel(folder, keeps)
+        dtype = gguf_load_dtype(folder, keeps, dtype)
     model, cfg, dev = _meta_model(gguf or folder, device, dtype)
     weights = weight_summary(model)
     tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template)
