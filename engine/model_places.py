@@ -12,6 +12,7 @@ manifests, configs) are read through engine/files, bounded and regular files onl
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
@@ -43,8 +44,27 @@ def hf_hub_cache() -> Path:
 
 
 def lmstudio_dirs() -> list[Path]:
-    """LM Studio's models folders (the current one, then the older location)."""
-    return [Path.home() / ".lmstudio" / "models", Path.home() / ".cache" / "lm-studio" / "models"]
+    """LM Studio's models folders: the one its settings name ("Models Directory", which a person
+    may move to another disk), then the default one in its data folder, then the older location.
+    Its data folder is ~/.lmstudio unless ~/.lmstudio-home-pointer names another (how LM Studio
+    moves it). Both files are LM Studio's: one that cannot be read or parsed leaves the defaults."""
+    home = Path.home()
+    data = _lmstudio_setting(home / ".lmstudio-home-pointer", None) or home / ".lmstudio"
+    chosen = _lmstudio_setting(data / "settings.json", "downloadsFolder")
+    dirs = [chosen, data / "models", home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"]
+    return list(dict.fromkeys(d for d in dirs if d is not None))
+
+
+def _lmstudio_setting(path: Path, key: str | None) -> Path | None:
+    """A folder that LM Studio's file at `path` names: the whole text (key None: the home pointer), or
+    the string under `key` of its JSON object; None where there is none (or the file cannot be read)."""
+    try:
+        text = read_regular_bytes(path, _SMALL).decode("utf-8").strip()
+        value = json.loads(text).get(key) if key is not None else text
+    except (TiankongError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    folder = Path(value).expanduser() if isinstance(value, str) and value.strip() else None
+    return folder if folder is not None and folder.is_absolute() else None
 
 
 def ollama_dir() -> Path:

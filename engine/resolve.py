@@ -10,8 +10,8 @@ Every command and trainer that takes a model goes through `resolve_model`, in th
   4. `ORG/NAME[@REVISION]` (or `NAME`): the Hugging Face hub cache, laid out as
      `models--ORG--NAME/refs/REVISION` (a commit hash) -> `snapshots/<hash>/` (REVISION: main);
      a snapshot of GGUF files only (no config.json) gives its one .gguf file;
-  5. `ORG/NAME` in LM Studio's models folder (`~/.lmstudio/models/ORG/NAME`), a folder or its
-     one .gguf file; `lmstudio:ORG/NAME` looks only there (for a name the Hugging Face cache holds too).
+  5. `ORG/NAME` in LM Studio's models folder (the one its settings name, else
+     `~/.lmstudio/models/ORG/NAME`), a folder or its one .gguf file; `lmstudio:ORG/NAME` looks only there (for a name the Hugging Face cache holds too).
 `ORG/NAME[@REVISION]/FILE.gguf` (or `.../SUB/FILE.gguf`) picks one of several files in either
 place, and `ORG/NAME[@REVISION]/SUB` a subfolder, as a folder is taken: its one .gguf file.
 A .gguf file may sit in a subfolder of its repository (unsloth and bartowski put each big

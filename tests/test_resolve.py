@@ -140,6 +140,40 @@ def test_lmstudio_folder_and_gguf_files(stores, tmp_path):
     assert found["gguf-org/only-gguf/only-gguf-Q8_0.gguf"].path == str(only.parent / "only-gguf-Q8_0.gguf")
 
 
+def test_lmstudio_models_directory_moved_in_its_settings(stores, tmp_path):
+    """LM Studio lets a person move its models folder (Settings > Models Directory, kept in its
+    settings.json as downloadsFolder) and its whole data folder (~/.lmstudio-home-pointer)."""
+    moved = tmp_path / "disk" / "llms"
+    shutil.copytree(stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny", moved / "moved-org" / "tiny")
+    with pytest.raises(ModelLoadError, match="no model"):
+        resolve_model("moved-org/tiny")
+    (stores / ".lmstudio" / "settings.json").write_text(json.dumps({"downloadsFolder": str(moved), "x": 1}))
+    assert resolve_model("moved-org/tiny") == moved / "moved-org" / "tiny"
+    assert resolve_model("lm-org/lm-tiny") == stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny"  # still found
+    assert {m.name: m.source for m in list_models()}["moved-org/tiny"] == "lmstudio"
+    # The data folder moved: its settings.json is the one read.
+    elsewhere = tmp_path / "lmdata"
+    elsewhere.mkdir()
+    (stores / ".lmstudio-home-pointer").write_text(f"{elsewhere}\n")
+    with pytest.raises(ModelLoadError, match="no model"):
+        resolve_model("moved-org/tiny")
+    (elsewhere / "settings.json").write_text(json.dumps({"downloadsFolder": str(moved)}))
+    assert resolve_model("moved-org/tiny") == moved / "moved-org" / "tiny"
+    # LM Studio's files are its own: one that is not what it writes leaves the default folders.
+    for text in (
+        "{not json",
+        json.dumps(["a"]),
+        json.dumps({"downloadsFolder": 3}),
+        json.dumps({"downloadsFolder": "rel"}),
+    ):
+        (elsewhere / "settings.json").write_text(text)
+        assert resolve_model("lm-org/lm-tiny") == stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny"
+    (stores / ".lmstudio-home-pointer").unlink()
+    (stores / ".lmstudio-home-pointer").mkdir()  # not a file: ignored
+    (stores / ".lmstudio" / "settings.json").write_bytes(b"\xff\xfe")
+    assert resolve_model("lm-org/lm-tiny") == stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny"
+
+
 def test_ollama_name_resolves_to_its_blob(stores, monkeypatch, capsys):
     blob = stores / ".ollama" / "models" / "blobs" / f"sha256-{'1' * 64}"
     assert resolve_model("ollama:tinyllm") == resolve_model("ollama:library/tinyllm:latest") == blob

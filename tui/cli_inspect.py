@@ -174,8 +174,8 @@ def _named(path: Path, facts: dict) -> dict:
         "tiankong models --format json",
         "# a name from the list\ntiankong chat -m HuggingFaceTB/SmolLM2-135M-Instruct",
         notes="Searched, offline: the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else "
-        "~/.cache/huggingface/hub), LM Studio (~/.lmstudio/models, ~/.cache/lm-studio/models) and Ollama "
-        "($OLLAMA_MODELS, else ~/.ollama/models; as ollama:NAME:TAG). A place that cannot be read is skipped "
+        "~/.cache/huggingface/hub), LM Studio (the Models Directory of its settings, ~/.lmstudio/models, "
+        "~/.cache/lm-studio/models) and Ollama ($OLLAMA_MODELS, else ~/.ollama/models; as ollama:NAME:TAG). A place that cannot be read is skipped "
         "and named on stderr. tiankong never downloads: `hf download ORG/NAME` (or `huggingface-cli download "
         "ORG/NAME`) puts a model in the Hugging Face cache, and `--model ORG/NAME` then opens it.",
     )
