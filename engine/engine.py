@@ -43,7 +43,7 @@ from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
 
 # GGUF architectures whose quantized matrices the packed form and the compiled step take as they
 # are (Phi-3's fused q/k/v and gate/up are split at load, which needs floats; Gemma has no step).
-_BLOCK_ARCHS = ("llama", "qwen2", "qwen3")
+_BLOCK_ARCHS = ("llama", "qwen2", "qwen3", "phi3")  # the compiled step's families (Phi-3: fused parts split by rows)
 
 
 def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:

@@ -123,9 +123,9 @@ def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, i
 
 
 def _quantized_q_scale(cfg: ModelConfig, q_norm: bool) -> float:
-    """The scale quantized weights apply to the query heads: 1/sqrt(hd) (in the q-norm gain
-    instead, with Qwen3's norms), times long-rope's attention factor squared (whole heads turn)."""
-    return (1.0 if q_norm else 1.0 / math.sqrt(cfg.head_dim)) * rope_attention_factor(cfg) ** 2
+    """The scale quantized weights apply to the query heads: 1/sqrt(hd), or 1 with Qwen3's q-norm
+    (its gain takes it). Long-rope's attention factor is RoPE's magnitude instead (rope_mag)."""
+    return 1.0 if q_norm else 1.0 / math.sqrt(cfg.head_dim)
 
 
 class PackedBlock(nn.Module):
@@ -273,6 +273,7 @@ class PackedLlama(nn.Module):
         self.register_buffer("inv_freq_long", None if long is None else _padded(long, cfg.head_dim), persistent=False)
         norm = model.norm.weight.detach()  # (D,); float32 where float16 weights compute in float32
         self.register_buffer("norm_weight", norm.float() if norm.dtype == torch.float16 else norm, persistent=False)
+        self.rope_mag = 1.0  # long-rope's factor where RoPE carries it (quantized weights); else in wqkv's rows
         self.quantized = is_quantized(model)
         if self.quantized:
             self._init_quantized(model)
@@ -336,13 +337,9 @@ class PackedLlama(nn.Module):
             self.output, layout = out.float().contiguous(), (("float32", out.shape[0]),)
         self.out_type = ggml_types(layout)[0]
         self.out_parts = _parts(layout)  # for the torch path's tk_matmul
-        hd = self.cfg.head_dim
-        if rope_attention_factor(self.cfg) != 1.0 and self.cfg.rotary_dim < hd:
-            # Unfolded, long-rope's scale is one on the query heads, which is right only when RoPE
-            # turns whole heads (then q.k carries it squared).
-            raise ValueError(
-                "quantized weights with long-rope over part of each head are not supported; load float32 (--dtype float32, or dtype='float32' in Python)"
-            )
+        # Long-rope scales the turning part of q and k (transformers: cos and sin times the factor);
+        # float weights carry it in their rows (_pack_layer), quantized ones in RoPE's magnitude.
+        self.rope_mag = rope_attention_factor(self.cfg)
         self.q_scale = _quantized_q_scale(self.cfg, self.cfg.qk_norm)  # qk_norm: the layers have q/k norms
         packed = [self._pack_layer_quantized(self.cfg, layer, own) for layer in model.layers]
         assert own.used == own.data.numel(), (own.used, own.data.numel())
@@ -497,7 +494,10 @@ class PackedLlama(nn.Module):
             mask = build_mask(pad, start, T, start + T, window)
         inv_freq = long_rope_freqs(self.cfg, positions, self.inv_freq, self.inv_freq_long)
         angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
-        freqs = torch.polar(torch.ones_like(angles), angles)[:, :, None]  # (B, T, 1, hd/2) complex64
+        mag = torch.ones_like(angles)
+        if self.rope_mag != 1.0:  # on the pairs that turn: those past a partial rotary_dim pass through
+            mag = torch.where(inv_freq != 0, self.rope_mag, 1.0).expand_as(angles)
+        freqs = torch.polar(mag, angles)[:, :, None]  # (B, T, 1, hd/2) complex64
         if cache is not None:
             assert start + T <= cache.max_len, f"KV cache overflow: {start + T} > {cache.max_len}"
         runs = visible_runs(mask, tokens)  # a decode step's mask as each row's run of slots

@@ -105,7 +105,7 @@ class _MetaReads(NameTable):
 
     def split(self, tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]]) -> Iterator:
         for file, name, shape, _ in super().split(tensors):
-            qtype = self.blocks.get(name)
+            qtype = self.blocks.get(self.fused_name(name))  # a fused tensor's parts (Phi-3) keep its type
             if qtype is not None and len(shape) == 2:
                 yield file, name, shape, lambda q=qtype, s=shape: meta_qtensor(q, (s[0], s[1]))
             else:

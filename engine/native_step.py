@@ -143,6 +143,7 @@ class NativeStep:
             eps=cfg.norm_eps,
             wtypes=None if wtypes is None else wtypes.data_ptr(),
             q_scale=getattr(model, "q_scale", 1.0),
+            rope_mag=getattr(model, "rope_mag", 1.0),
             out_type=getattr(model, "out_type", float_type),
             out=model.output.data_ptr(),
             same_row=None,  # set in each call's copy, as kv_type is (KVCache.share_prompt)

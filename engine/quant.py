@@ -107,6 +107,14 @@ class QTensor:
         blocks = self.data.reshape(-1, size)  # (out * n / block, size)
         return _DEQUANTIZE[self.qtype](blocks).reshape(out, n).to(dtype)
 
+    def __getitem__(self, rows: slice) -> QTensor:
+        """Rows start:stop (a slice of rows, no step) as a QTensor viewing the same bytes: a part of a
+        fused tensor (Phi-3's q/k/v, weight_names.WeightTable.split), as a float tensor's rows are."""
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"a QTensor takes a slice of rows, not {rows!r}")
+        data = self.data[rows]
+        return QTensor(self.qtype, (data.shape[0], self.shape[1]), data)
+
     def take_rows(self, index: torch.Tensor | list[int]) -> QTensor:
         """The rows `index` (any integer index of rows) as a QTensor of len(index) rows."""
         rows = self.data[torch.as_tensor(index, dtype=torch.long, device=self.data.device)]

@@ -622,16 +622,42 @@ def test_bulk_metadata_reader_reads_what_ggufreader_reads(files):
             assert [mine.parts[i].tobytes() for i in mine.data] == [field.parts[i].tobytes() for i in field.data]
 
 
-def test_engine_dequantizes_a_quantized_phi3_and_gemma_at_load(files):
-    """Phi-3's fused tensors are split on floats and Gemma has no compiled step: their blocks are
-    dequantized once at load, and the engines run."""
-    for arch in ("phi3", "gemma3"):
-        eng = Engine.load(files(arch, "q8_0")[0], device="cpu")
-        assert set(eng.weights["types"]) == {"float32"}
-        assert greedy(eng, "Once upon a time", 3)[0]
+def test_engine_dequantizes_a_quantized_gemma_at_load(files):
+    """Gemma has no compiled step: its blocks are dequantized once at load, and the engine runs."""
+    eng = Engine.load(files("gemma3", "q8_0")[0], device="cpu")
+    assert set(eng.weights["types"]) == {"float32"}
+    assert greedy(eng, "Once upon a time", 3)[0]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_a_quantized_phi3_keeps_its_blocks_and_long_rope_scales_what_turns(files):
+    """A Q8_0 Phi-3 keeps its blocks (the fused q/k/v and gate/up split by rows) for the compiled
+    step. Long-rope's attention factor (sqrt 2 here) scales the turning 3/4 of each head's q and k,
+    as transformers scales cos and sin; quantized rows cannot carry it, so RoPE does (rope_mag).
+    Against transformers on the dequantized weights: decode steps before the long-rope switch
+    (through the step) and a prompt past it (torch). The q8_0 activations cost ~0.1 of mean error;
+    the factor squared on whole query heads, as before, cost 1.5."""
+    from tiankong.engine import native
+    from tiankong.engine.kv_cache import KVCache, kv_dtype
+
+    path, ref = files("phi3", "q8_0")
+    eng = Engine.load(path, device="cpu")
+    if native.library() is not None:
+        assert set(eng.weights["types"]) == {"q8_0"} and eng.decode_path == "compiled step (csrc/decode.c)"
+    model, cfg = eng.model, eng.cfg
+    cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(IDS), cfg.head_dim, kv_dtype(model), "cpu")
+    tokens, positions = torch.tensor([IDS]), torch.arange(len(IDS))[None]
+    long_ids = IDS + IDS[:8]
+    with torch.no_grad():
+        steps = [model(tokens[:, :8], positions[:, :8], cache=cache, start=0)[0]]
+        steps += [model(tokens[:, t : t + 1], positions[:, t : t + 1], cache=cache, start=t)[0] for t in range(8, 16)]
+        prompt = model(torch.tensor([long_ids]), torch.arange(len(long_ids))[None])[0]
+    for ours, want in ((torch.cat(steps), hf_logits(ref, IDS)), (prompt, hf_logits(ref, long_ids))):
+        err = (ours - want).abs()
+        assert want.abs().max() > 5 and err.mean() < 0.3 and err.max() < 3, (err.mean(), err.max())
+    assert len(greedy(eng, "Once upon a time", 24)[0]) == 24  # generate reads the prompt again past the switch
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3"])
 def test_engine_keeps_q8_0_blocks_as_quantizing_the_folder_at_load_does(files, hf, arch):
     """Engine.load on a Q8_0 GGUF (no dtype, CPU) keeps the file's blocks; they are the bytes that
     `--dtype q8_0` makes from the HF folder (gguf-py's quantizer both ways), so the two engines give

@@ -334,6 +334,7 @@ enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
     X(IPTR, wtypes)   /* (n_layers, 7) ggml types (quantized models; header), or NULL: ftype */ \
     X(FPTRS, attn_norm) X(FPTRS, ffn_norm) /* per layer (D,) norm gains not folded, or NULL */      \
     X(FLOAT, q_scale) /* the query scale where it is not folded into wqkv or q_norm, else 1 */     \
+    X(FLOAT, rope_mag) /* turning pairs' cos, sin times this (long-rope's factor, quantized), or 1 */ \
     X(INT, out_type)  /* the head's type */                                                         \
     X(PTR, out)                                                                                     \
     X(FPTR, norm) X(FPTR, norm_bias) X(FPTR, inv_freq) /* norm_bias (GPT-2), inv_freq (RoPE): or NULL */   \
@@ -1029,8 +1030,11 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
     for (int b = 0; b < B; b++)
         for (int i = 0; i < hd / 2; i++) {
             float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
-            s->cs[b * hd / 2 + i] = cosf(a);
-            s->sn[b * hd / 2 + i] = sinf(a);
+            /* A pair that turns is scaled by rope_mag, long-rope's attention factor where quantized
+             * weights cannot fold it in; one with inv_freq 0 (past a partial rotary's) passes through. */
+            const float mag = m->inv_freq && m->inv_freq[i] != 0.f ? m->rope_mag : 1.f;
+            s->cs[b * hd / 2 + i] = mag * cosf(a);
+            s->sn[b * hd / 2 + i] = mag * sinf(a);
         }
     return 0;
 }
