@@ -76,7 +76,8 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
     """A line to say before loading a GGUF file where the load costs what the file does not show
     (from its header: nothing read), else None. F16 weights on the CPU that the compiled step does
     not take (an architecture without it, or no C compiler) are widened to float32: twice the file
-    in memory and read per token. A quantized file given --dtype q8_0 (etc.) is dequantized and
+    in memory and read per token; quantized blocks it does not take are dequantized to float32 (a
+    Q4_K_M Gemma: ~6.5x the file). A quantized file given --dtype q8_0 (etc.) is dequantized and
     quantized again: a second rounding (llama-quantize refuses it without --allow-requantize); said,
     not refused, since for a file whose blocks are dequantized at load anyway (Gemma, a GPU) it
     saves memory."""
@@ -90,11 +91,19 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
             f"again ({dtype} from {kind}: no more exact than {kind}); leave out --dtype to keep the file's own"
         )
     cpu = resolve_device(device).type == "cpu"
-    if kind == "F16" and dtype in (None, "auto") and cpu and not _keeps_blocks(path, device, dtype, True):
+    if kind is None or dtype not in (None, "auto") or not cpu or _keeps_blocks(path, device, dtype, True):
+        return None
+    if kind == "F16":
         return (
             "note: the file's F16 weights are widened to float32 on the CPU (no compiled step for this file: "
             "twice the file in memory, "
             "and read per token); --dtype q8_0 holds them in about half the file's bytes, --dtype bfloat16 in as many"
+        )
+    if kind not in _FLOAT_FILES:
+        return (
+            f"note: the file's {kind} blocks are dequantized to float32 on the CPU (no compiled step for this file: "
+            "4 bytes a weight in memory and read per token, several times the file; `tiankong info` shows how "
+            "many); --dtype bfloat16 holds them in half that"
         )
     return None
 

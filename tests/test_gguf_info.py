@@ -169,3 +169,22 @@ def test_a_widened_f16_file_and_a_quantized_one_quantized_again_are_said(gguf_fi
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", q8, "--dtype", "q4_0", "-p", "hi", "-n", "1")
     lines = err.strip().splitlines()
     assert code == 0 and lines[0].startswith("loading ") and again in " ".join(err.split()), err
+
+
+def test_a_quantized_file_dequantized_to_float32_is_said(gguf_file, monkeypatch, capsys):
+    """A quantized file of an architecture the compiled step does not run (Gemma) is dequantized to
+    float32 at load: a Gemma 3 4B Q4_K_M of 2.5 GB took ~16 GB in silence. Said as the widened F16
+    note is, with the way to half of it; a file whose blocks the step keeps says nothing."""
+    from tiankong.engine import native
+    from tiankong.engine.engine import load_note
+
+    gemma = gguf_file("gemma3", "q4_0")
+    note = load_note(gemma, "cpu", "auto")
+    assert note is not None and "Q4_0 blocks are dequantized to float32" in note and "--dtype bfloat16" in note
+    assert loaded_facts(gemma)["dtype"] == "float32" and loaded_facts(gemma, "bfloat16")["dtype"] == "bfloat16"
+    assert load_note(gemma, "cpu", "bfloat16") is None
+    if native.library() is not None:  # kept in blocks: nothing to say
+        assert load_note(gguf_file("llama", "q8_0"), "cpu", "auto") is None
+        assert load_note(gguf_file("phi3", "q8_0"), "cpu", "auto") is None
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", gemma, "-p", "hi", "-n", "1")
+    assert code == 0 and note in " ".join(err.split()), err
