@@ -35,7 +35,7 @@ from .native import library as native_library
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
-from .quant import QUANTIZABLE, weight_summary
+from .quant import QUANTIZABLE, CompiledQLinear, weight_summary
 from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists
 from .resolve import resolve_model
 from .sampling import SamplingParams
@@ -43,7 +43,11 @@ from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
 
 # GGUF architectures whose quantized matrices the packed form and the compiled step take as they
 # are (Phi-3's fused q/k/v and gate/up are split at load, which needs floats; Gemma has no step).
-_BLOCK_ARCHS = ("llama", "qwen2", "qwen3", "phi3")  # the compiled step's families (Phi-3: fused parts split by rows)
+# GGUF architectures the compiled step runs (Phi-3: fused parts split by rows): their blocks stay
+# quantized on the CPU and an F16 file's halves stay halves. Gemma's blocks stay quantized too, each
+# linear one compiled product (CompiledQLinear); its F16 halves are widened (no float16 product).
+_STEP_ARCHS = ("llama", "qwen2", "qwen3", "phi3")
+_BLOCK_ARCHS = (*_STEP_ARCHS, "gemma2", "gemma3")
 
 
 def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:
@@ -57,6 +61,8 @@ def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dty
 
 
 _FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
+# Engine.decode_path's words for a quantized model without the compiled step (Gemma), on the CPU
+COMPILED_PRODUCTS = "torch, each quantized linear a compiled product (csrc/decode.c)"
 
 
 def _file_kind(path: Path) -> str | None:
@@ -69,7 +75,11 @@ def gguf_load_dtype(path: Path, keeps_blocks: bool, dtype: str | torch.dtype | N
     as they are (keeps_blocks: _keeps_blocks' answer), as llama.cpp keeps them: half the memory and
     the bytes per token of widening them to float32; else `dtype`. Engine.load and model_facts both
     ask here."""
-    return "float16" if keeps_blocks and _file_kind(path) == "F16" else dtype
+    if not keeps_blocks:
+        return dtype
+    head = peek(path, ("general.architecture", "general.file_type"))
+    f16 = quantization_name(head.get("general.file_type")) == "F16"
+    return "float16" if f16 and head.get("general.architecture") in _STEP_ARCHS else dtype
 
 
 def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
@@ -90,16 +100,16 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
             f"note: the file is {kind} already; --dtype {dtype} dequantizes its blocks and rounds them "
             f"again ({dtype} from {kind}: no more exact than {kind}); leave out --dtype to keep the file's own"
         )
-    cpu = resolve_device(device).type == "cpu"
-    if kind is None or dtype not in (None, "auto") or not cpu or _keeps_blocks(path, device, dtype, True):
+    if kind is None or dtype not in (None, "auto") or resolve_device(device).type != "cpu":
         return None
-    if kind == "F16":
+    keeps = _keeps_blocks(path, device, dtype, True)
+    if kind == "F16" and gguf_load_dtype(path, keeps, dtype) != "float16":
         return (
             "note: the file's F16 weights are widened to float32 on the CPU (no compiled step for this file: "
             "twice the file in memory, "
             "and read per token); --dtype q8_0 holds them in about half the file's bytes, --dtype bfloat16 in as many"
         )
-    if kind not in _FLOAT_FILES:
+    if kind not in _FLOAT_FILES and not keeps:
         return (
             f"note: the file's {kind} blocks are dequantized to float32 on the CPU (no compiled step for this file: "
             "4 bytes a weight in memory and read per token, several times the file; `tiankong info` shows how "
@@ -387,6 +397,8 @@ class Engine:
         """How decode steps run: the compiled step, or torch (and why not compiled, when it was tried)."""
         if getattr(self.model, "native", False):
             return "compiled step (csrc/decode.c)"
+        if any(isinstance(m, CompiledQLinear) for m in self.model.modules()):
+            return COMPILED_PRODUCTS
         packed = any(isinstance(m, (PackedLlama, PackedLinear)) for m in self.model.modules())
         path = "torch, oneDNN-packed weights" if packed else "torch"
         why = native_reason()  # set when the step was wanted (a packed model) and did not build

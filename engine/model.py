@@ -16,7 +16,7 @@ from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
 from .native import library as native_library
 from .packed import can_pack, pack_linears
-from .quant import QUANTIZABLE, is_quantized, quantize_model
+from .quant import QUANTIZABLE, compile_qlinears, is_quantized, quantize_model
 from .request_checks import check_flag
 from .rope import rope_buffers
 from .weight_names import NameTable
@@ -182,11 +182,12 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     """
     p = next(model.parameters())
     if is_quantized(model):
-        # QTensor weights decode through the compiled step, which reads their blocks; without it,
-        # and on GPUs, the plain module dequantizes each weight as it runs (quant.QLinear).
-        if isinstance(model, llama.Llama) and p.device.type == "cpu" and native_library() is not None:
-            return PackedLlama(model)
-        return model
+        # QTensor weights decode through the compiled step, which reads their blocks; a model without
+        # one (Gemma) runs in torch with each linear one compiled product over its blocks; without the
+        # library, and on GPUs, the plain module dequantizes each weight as it runs (quant.QLinear).
+        if p.device.type != "cpu" or native_library() is None:
+            return model
+        return PackedLlama(model) if isinstance(model, llama.Llama) else compile_qlinears(model)
     if p.dtype == torch.float16 and p.device.type == "cpu" and isinstance(model, llama.Llama):
         return PackedLlama(model) if native_library() is not None else model
     if not can_pack(p.device, p.dtype):

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import gpt2, llama
 from .config import ModelConfig
-from .engine import Engine, _keeps_blocks, gguf_load_dtype, tokenizer_and_template
+from .engine import COMPILED_PRODUCTS, Engine, _keeps_blocks, gguf_load_dtype, tokenizer_and_template
 from .gguf_model import GGUFModel, is_gguf
 from .model import build_model, check_folder, dtype_name, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
@@ -115,9 +115,10 @@ class _MetaReads(NameTable):
 def _decode_path(model: nn.Module, dev: torch.device) -> str:
     """Engine.decode_path of prepare_for_inference(model) on `dev`, from the tests it makes, in its
     order (so the compiled step is built, or found missing, exactly where the load would)."""
-    if is_quantized(model):  # PackedLlama where the step builds; the plain module otherwise
-        native = isinstance(model, llama.Llama) and dev.type == "cpu" and native_library() is not None
-        return COMPILED if native else "torch"
+    if is_quantized(model):  # PackedLlama where the step builds, compiled products (Gemma); else the plain module
+        if dev.type != "cpu" or native_library() is None:
+            return "torch"
+        return COMPILED if isinstance(model, llama.Llama) else COMPILED_PRODUCTS
     dtype = next(model.parameters()).dtype
     if dtype == torch.float16 and dev.type == "cpu" and isinstance(model, llama.Llama):  # the step, or torch
         return COMPILED if native_library() is not None else "torch"

@@ -622,11 +622,43 @@ def test_bulk_metadata_reader_reads_what_ggufreader_reads(files):
             assert [mine.parts[i].tobytes() for i in mine.data] == [field.parts[i].tobytes() for i in field.data]
 
 
-def test_engine_dequantizes_a_quantized_gemma_at_load(files):
-    """Gemma has no compiled step: its blocks are dequantized once at load, and the engine runs."""
-    eng = Engine.load(files("gemma3", "q8_0")[0], device="cpu")
-    assert set(eng.weights["types"]) == {"float32"}
-    assert greedy(eng, "Once upon a time", 3)[0]
+@pytest.mark.parametrize("arch, qtype", [("gemma3", "q8_0"), ("gemma2", "q4_0")])
+def test_a_quantized_gemma_keeps_its_blocks_each_linear_a_compiled_product(files, arch, qtype):
+    """Gemma has no compiled step, but its blocks stay as they are: each linear is one compiled
+    product over them (quant.CompiledQLinear, tk_matmul), where they were dequantized to float32 at
+    load (a Q4_K_M file ~6.5x its size). Its logits, prompt and decode steps with the engine's
+    float16 cache, equal the plain module's whose quantized layers dequantize and see their inputs
+    rounded as the compiled products round them (test_quant_prefill's tolerance: to float rounding
+    but for an input within an ulp of a rounding tie; dequantizing without that rounding, the
+    float32 load's way, is off by ~2e-2 at most positions)."""
+    from test_quant import rounding_reference
+    from test_quant_prefill import assert_close_logits
+
+    from tiankong.engine import native
+    from tiankong.engine.engine import COMPILED_PRODUCTS
+    from tiankong.engine.gguf_model import GGUFModel
+    from tiankong.engine.kv_cache import KVCache, kv_dtype
+    from tiankong.engine.model import prepare_for_inference
+
+    path = files(arch, qtype)[0]
+    eng = Engine.load(path, device="cpu")
+    if native.library() is None:  # no compiled products: dequantized once at load
+        assert set(eng.weights["types"]) == {"float32"}
+        return
+    assert set(eng.weights["types"]) == {qtype} and eng.decode_path == COMPILED_PRODUCTS
+    plain, cfg = load_model(GGUFModel(path, keep_quantized=True), "cpu", "auto")
+    ref, model = rounding_reference(plain), prepare_for_inference(plain)
+    tokens, positions = torch.tensor([IDS]), torch.arange(len(IDS))[None]
+
+    @torch.no_grad()
+    def logits(m: torch.nn.Module) -> torch.Tensor:  # (1, 16, V): a prompt of 8, then one position at a time
+        cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(IDS), cfg.head_dim, kv_dtype(model), "cpu")
+        out = [m(tokens[:, :8], positions[:, :8], cache=cache, start=0)]
+        out += [m(tokens[:, t : t + 1], positions[:, t : t + 1], cache=cache, start=t) for t in range(8, 16)]
+        return torch.cat(out, 1)
+
+    assert_close_logits(logits(model), logits(ref), pad=torch.tensor([0]))
+    assert len(greedy(eng, "Once upon a time", 6)[0]) == 6
 
 
 def test_a_quantized_phi3_keeps_its_blocks_and_long_rope_scales_what_turns(files):

@@ -172,19 +172,21 @@ def test_a_widened_f16_file_and_a_quantized_one_quantized_again_are_said(gguf_fi
 
 
 def test_a_quantized_file_dequantized_to_float32_is_said(gguf_file, monkeypatch, capsys):
-    """A quantized file of an architecture the compiled step does not run (Gemma) is dequantized to
-    float32 at load: a Gemma 3 4B Q4_K_M of 2.5 GB took ~16 GB in silence. Said as the widened F16
-    note is, with the way to half of it; a file whose blocks the step keeps says nothing."""
+    """A quantized file whose blocks nothing compiled reads (GPT-2's, whose matrices GGUF stores
+    transposed) is dequantized to float32 at load, several times the file: said as the widened F16
+    note is, with the way to half of it. Gemma's stayed float32 in silence (a Gemma 3 4B Q4_K_M of
+    2.5 GB took ~16 GB); its blocks are kept now (compiled products), as the step's families' are:
+    nothing to say."""
     from tiankong.engine import native
     from tiankong.engine.engine import load_note
 
-    gemma = gguf_file("gemma3", "q4_0")
-    note = load_note(gemma, "cpu", "auto")
-    assert note is not None and "Q4_0 blocks are dequantized to float32" in note and "--dtype bfloat16" in note
-    assert loaded_facts(gemma)["dtype"] == "float32" and loaded_facts(gemma, "bfloat16")["dtype"] == "bfloat16"
-    assert load_note(gemma, "cpu", "bfloat16") is None
+    gpt2 = gguf_file("gpt2", "q8_0")
+    note = load_note(gpt2, "cpu", "auto")
+    assert note is not None and "Q8_0 blocks are dequantized to float32" in note and "--dtype bfloat16" in note
+    assert loaded_facts(gpt2)["dtype"] == "float32" and loaded_facts(gpt2, "bfloat16")["dtype"] == "bfloat16"
+    assert load_note(gpt2, "cpu", "bfloat16") is None
     if native.library() is not None:  # kept in blocks: nothing to say
-        assert load_note(gguf_file("llama", "q8_0"), "cpu", "auto") is None
-        assert load_note(gguf_file("phi3", "q8_0"), "cpu", "auto") is None
-    code, _, err = cli(monkeypatch, capsys, "generate", "-m", gemma, "-p", "hi", "-n", "1")
+        for arch, qtype in (("llama", "q8_0"), ("phi3", "q8_0"), ("gemma3", "q4_0")):
+            assert load_note(gguf_file(arch, qtype), "cpu", "auto") is None, arch
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", gpt2, "-p", "hi", "-n", "1")
     assert code == 0 and note in " ".join(err.split()), err
