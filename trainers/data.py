@@ -20,8 +20,9 @@ from typing import Any, Iterator
 
 import torch
 
-from tiankong.engine.chat import validate_messages
+from tiankong.engine.chat import ChatTemplate, validate_messages
 from tiankong.engine.errors import InputError
+from tiankong.engine.tokenizer import Tokenizer
 
 from .records import decode_text, parse_line, split_lines
 
@@ -29,6 +30,21 @@ from .records import decode_text, parse_line, split_lines
 DOC_SEPARATOR = "<|endoftext|>"
 _SEPARATOR_LINE = re.compile(r"^[ \t]*" + re.escape(DOC_SEPARATOR) + r"[ \t]*$", re.MULTILINE)
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def find_chat_template(folder: str | Path, tokenizer: Tokenizer, override: str = "") -> tuple[ChatTemplate | None, str]:
+    """The chat template a trainer renders with and where it comes from: the --chat-template file
+    `override` ("file"), else the model's own ("model"), else None ("none"). sft, reward, dpo and ppo
+    all find theirs here, so a --chat-template file means the same to each."""
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise InputError(
+                f"chat template file {path} does not exist; pass a .jinja file or leave --chat-template empty"
+            )
+        return ChatTemplate(path.read_text(encoding="utf-8"), tokenizer.bos_token, tokenizer.eos_token), "file"
+    found = ChatTemplate.from_folder(folder, tokenizer)
+    return (found, "model") if found is not None else (None, "none")
 
 
 def _existing(path: str | Path, what: str) -> Path:

@@ -13,6 +13,9 @@ a tie kept by --tie-mode soft uses 1/2 for both terms. The "implicit rewards" be
 of chosen and rejected answers are logged as in TRL: reward_chosen, reward_rejected, reward_margin and
 reward_accuracy (how often the chosen answer's implicit reward is the higher one).
 
+--chat-template FILE renders the prompts with that template (else the model's own) and is saved with
+the output as chat_template.jinja, so `tiankong chat -m OUTPUT` talks in the format it was tuned on.
+
 The reference log-probabilities are computed once per distinct answer (the frozen model never
 changes) and cached, so later epochs cost one forward pass instead of two.
 """
@@ -141,5 +144,6 @@ class DPOTrainer(PreferenceTrainer):
             self.mcfg,
             folder,
             tokenizer_from=self.cfg.model,
+            extra_files=self.encoder.template_files() if self.cfg.chat_template else None,  # as sft saves it
             metadata={"step": str(self.step), "trainer": "dpo"},
         )

@@ -29,6 +29,12 @@ stops the run with its number. A conversation too long for context - response_le
 oldest turns (engine/context.py fit_messages, as in the chat); any other prompt too long is skipped;
 both are reported with their line numbers. They are cycled through in shuffled order, --batch-size per iteration.
 
+Prompt format: the policy's chat template, or --chat-template FILE's (saved with the output as
+chat_template.jinja, as sft saves it), or plain text (--raw, or a model without one). The reward model
+scores the policy's own token ids, so it must have learned that same format (its folder records it:
+reward_config.json's prompt_format and chat_template.jinja); a run whose format differs from it is
+refused at start with the flag that makes them agree, not trained towards scores of text it never saw.
+
 --kl-target > 0 turns on the adaptive KL controller of Ziegler et al. (2019); its coefficient is
 part of the trainer state, so --resume continues with it. Output: the policy as a Hugging Face
 folder (`tiankong generate -m OUTPUT` and transformers load it) and the value model in OUTPUT/value
@@ -53,7 +59,7 @@ from .common import Trainer
 from .config import TrainConfig, opt
 from .optim import SEED_STRIDE
 from .ppo_rollout import PPORollouts, token_logprobs
-from .preferences import Encoder
+from .preferences import CHAT_TEMPLATE_HELP, Encoder, check_template_flags
 from .reward import RewardModel
 
 # ---------------------------------------------------------------- the PPO losses, as pure functions
@@ -79,6 +85,35 @@ def value_loss(
     a, b = (values - returns) ** 2, (v_clip - returns) ** 2
     # "clipped" = the clip was active and its loss was the larger (v_clip != v by rounding alone must not count)
     return 0.5 * torch.maximum(a, b), ((step.abs() > cliprange_value) & (b > a)).float()
+
+
+# ---------------------------------------------------------------- prompt formats
+
+
+def check_prompt_format(policy: Encoder, reward: Encoder, folder: Path) -> None:
+    """Refuse a run whose prompts the reward model would read in a format it was not trained on: it
+    scores the policy's token ids as they are (ppo_rollout.py), never rendered again its own way."""
+    mine = None if policy.raw or policy.template is None else policy.template.source
+    its = None if reward.raw or reward.template is None else reward.template.source
+    if mine == its:
+        return
+    saved = folder / "chat_template.jinja"
+    use = f"--chat-template {saved}" if saved.is_file() else "--chat-template FILE with its template"
+    if its is None:
+        raise InputError(
+            f"the reward model {folder} learned plain-text prompts (no chat template) but this run renders "
+            "them with a chat template; pass --raw (without --chat-template), or train the reward model with "
+            "this run's template (--chat-template FILE)"
+        )
+    if mine is None:
+        raise InputError(
+            f"the reward model {folder} learned prompts in a chat template but this run renders them as "
+            f"plain text; pass {use} (without --raw)"
+        )
+    raise InputError(
+        f"the reward model {folder} learned prompts in another chat template than this run's; pass {use}, "
+        "or train the reward model with --chat-template FILE of this run"
+    )
 
 
 # ---------------------------------------------------------------- modules
@@ -138,6 +173,7 @@ class PPOConfig(TrainConfig):
     )
     temperature: float = opt(1.0, "Sampling temperature of the rollouts (log-probs use the same).")
     raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
+    chat_template: str = opt("", CHAT_TEMPLATE_HELP)
     # --- reward
     kl_coef: float = opt(0.05, "KL penalty per token: reward -= kl_coef * (log pi - log pi_ref).")
     kl_target: float = opt(0.0, "Adapt kl_coef towards this KL per answer (nats); 0 = fixed kl_coef.")
@@ -161,6 +197,7 @@ class PPOConfig(TrainConfig):
             raise InputError("no reward model: pass --reward DIR (the output of `tiankong train reward`)")
         if not (self.prompts or self.data):
             raise InputError('no prompts: pass --prompts FILE (text lines or JSONL with "prompt"/"messages")')
+        check_template_flags(self.raw, self.chat_template)
         if not 0 < self.temperature <= 2:
             raise InputError(
                 f"--temperature must be in (0, 2] for PPO (log-probs are taken at it), got {self.temperature}"
@@ -216,13 +253,14 @@ class PPOTrainer(PPORollouts, Trainer):
         if not value.cfg.tie_embeddings:
             value.base.output.requires_grad_(False)  # its LM head is not used
         self.model = PolicyAndValue(policy, value)
-        self.encoder = Encoder.from_folder(cfg.model, raw=cfg.raw)
+        self.encoder = Encoder.from_folder(cfg.model, raw=cfg.raw, chat_template=cfg.chat_template)
         probe = "Once upon a time, 1 2 3."
         if self.reward_model.encoder.tokenizer.encode(probe) != self.encoder.tokenizer.encode(probe):
             raise InputError(
                 "the reward model's tokenizer differs from the policy's; train the reward model "
                 "on the policy's base model"
             )
+        check_prompt_format(self.encoder, self.reward_model.encoder, Path(cfg.reward))
         self.load_prompts()
         if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
             print(note, file=sys.stderr)  # as generate warns: the rollouts' prompts have no roles
@@ -348,6 +386,7 @@ class PPOTrainer(PPORollouts, Trainer):
             self.mcfg,
             folder,
             tokenizer_from=self.cfg.model,
+            extra_files=self.encoder.template_files() if self.cfg.chat_template else None,  # as sft saves it
             metadata={"step": str(self.step), "trainer": "ppo"},
         )
 

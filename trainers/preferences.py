@@ -24,10 +24,11 @@ rows under tie_mode "drop" (the default), pairs whose two sides are identical (a
 truncation), and rows whose prompt alone fills max_length. A file with no usable pair is refused.
 
 Token ids. A prompt is rendered exactly as the engine renders it (`render_prompt`: the chat template
-when the model has one, else plain text with the tokenizer's BOS), so the trainers see what generation
-sees. A response is tokenized *together with* its prompt and split where the two token lists part (a
-merge across the boundary counts as response), and it ends with one EOS token, as a finished generation
-does; text after the last EOS a template writes (e.g. a newline after <|im_end|>) is dropped.
+when the model has one or --chat-template gives one, else plain text with the tokenizer's BOS), so the
+trainers see what generation sees. A response is tokenized *together with* its prompt and split where
+the two token lists part (a merge across the boundary counts as response), and it ends with one EOS
+token, as a finished generation does; text after the last EOS a template writes (e.g. a newline after
+<|im_end|>) is dropped.
 
 Grouping. The pairs of one K-way ranking (K(K-1)/2 of them, sharing their K responses) form one group:
 a group is a connected set of pairs under the same prompt, found by the responses they share. The
@@ -52,6 +53,7 @@ from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
 from . import auto
 from .common import Trainer
 from .config import TrainConfig, opt
+from .data import find_chat_template
 from .records import Prompt, parse_record, read_rows
 
 TIE_MODES = ("drop", "soft")
@@ -81,14 +83,24 @@ class Encoder:
             )
 
     @classmethod
-    def from_folder(cls, folder: str | Path, raw: bool = False, max_length: int = 0) -> Encoder:
+    def from_folder(
+        cls, folder: str | Path, raw: bool = False, max_length: int = 0, chat_template: str = ""
+    ) -> Encoder:
+        """The model's tokenizer with its own template, or the --chat-template file `chat_template`."""
         tokenizer = load_tokenizer(folder)
-        return cls(tokenizer, ChatTemplate.from_folder(folder, tokenizer), raw, max_length)
+        return cls(tokenizer, find_chat_template(folder, tokenizer, chat_template)[0], raw, max_length)
+
+    def template_files(self) -> dict[str, str]:
+        """The template these ids are rendered with, as the chat_template.jinja of a folder saved for
+        them, so that whoever loads it (chat, generate, RewardModel.load) renders as they were; none in
+        raw mode."""
+        return {} if self.raw or self.template is None else {"chat_template.jinja": self.template.source}
 
     def no_template_note(self, model: str | Path) -> str | None:
         """A line for the start of a run when `model` has no chat template (a base GGUF file, an Ollama
         model whose template is Go, not Jinja): its prompts are then plain text without roles, as
-        `generate` warns for messages; None when it has one. Not said for a run given --raw."""
+        `generate` warns for messages; None when it has one (its own or --chat-template's). Not said for
+        a run given --raw."""
         if self.template is not None:
             return None
         from tiankong.engine.model_names import display_name
@@ -97,8 +109,8 @@ class Encoder:
         why = f" ({GO_TEMPLATE})" if go_template(model) else ""
         return (
             f"note: {display_name(model)} has no chat template{why}: the prompts are trained on as plain text "
-            "without roles, as `generate --raw` reads them; to train with roles, give the model a template "
-            "first (`tiankong train sft --chat-template FILE` saves one with its output)"
+            "without roles, as `generate --raw` reads them; to train with roles, pass --chat-template FILE "
+            "(a Jinja template; the output saves it)"
         )
 
     def prompt(self, prompt: Prompt) -> list[int]:
@@ -386,6 +398,18 @@ def pad_right(
 
 # ---------------------------------------------------------------- what both preference trainers share
 
+# --chat-template of reward, dpo and ppo: sft's option (trainers/data.py find_chat_template), for prompts.
+CHAT_TEMPLATE_HELP = (
+    "A Jinja chat template file to render the prompts with instead of the model's own (saved with the "
+    "output as chat_template.jinja). Empty: the model's template; a model without one reads them as plain text."
+)
+
+
+def check_template_flags(raw: bool, chat_template: str) -> None:
+    """--raw (no template) and --chat-template (this one) contradict each other."""
+    if raw and chat_template:
+        raise InputError("--raw renders prompts without a chat template and --chat-template gives one; pass one")
+
 
 @dataclass
 class PreferenceConfig(TrainConfig):
@@ -411,9 +435,11 @@ class PreferenceConfig(TrainConfig):
     eval_fraction: float = opt(0.1, "Fraction of rankings held out for evaluation (0 = none).")
     max_length: int = opt(0, "Truncate prompt+response to this many tokens; 0 = the model's context.")
     raw: bool = opt(False, "Ignore the model's chat template: plain text prompts, as `generate --raw`.")
+    chat_template: str = opt("", CHAT_TEMPLATE_HELP)
 
     def validate(self) -> None:
         auto.validate_auto(self, super().validate)
+        check_template_flags(self.raw, self.chat_template)
         if self.tie_mode not in TIE_MODES:
             self.refuse("tie_mode", f"must be one of {', '.join(TIE_MODES)}")
         if not 0 <= self.eval_fraction < 1:
@@ -431,7 +457,9 @@ class PreferenceTrainer(Trainer):
 
     def load_data(self, tokenizer_folder: str | Path, context: int) -> None:
         cfg = self.cfg
-        self.encoder = Encoder.from_folder(tokenizer_folder, raw=cfg.raw, max_length=cfg.max_length or context)
+        self.encoder = Encoder.from_folder(
+            tokenizer_folder, raw=cfg.raw, max_length=cfg.max_length or context, chat_template=cfg.chat_template
+        )
         self.data = load_preferences(cfg.data, self.encoder, cfg.tie_mode)
         if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
             print(note, file=sys.stderr)  # once the data is read: a bad line is then the one line said

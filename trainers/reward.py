@@ -19,7 +19,10 @@ with both numbers stored in reward_config.json. PPO then sees rewards on a known
 
 Output folder: the (fine-tuned) base model as a Hugging Face causal-LM folder, loadable by
 transformers and tiankong (its LM head is untouched unless tied to the embeddings), plus
-`reward_head.safetensors` (weight (1, hidden) [, bias (1,)]) and `reward_config.json`.
+`reward_head.safetensors` (weight (1, hidden) [, bias (1,)]) and `reward_config.json`. The prompt
+format it learned travels with it: `prompt_format` in reward_config.json (raw, max_length) and the
+chat template as chat_template.jinja (the model's own or --chat-template's), which `RewardModel.load`
+reads back, so `reward score` and PPO see prompts as the training did.
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ class RewardModel(nn.Module):
             self.cfg,
             folder,
             tokenizer_from=tokenizer_from,
+            extra_files=self.encoder.template_files() if self.encoder else None,  # the template it learned
             metadata={"step": str(step)} if step is not None else None,
         )
         return folder

@@ -45,7 +45,7 @@ from . import auto
 from . import checkpoint as ckpt
 from .common import Trainer
 from .config import TrainConfig, opt
-from .data import load_conversations, split_holdout
+from .data import find_chat_template, load_conversations, split_holdout
 from .pretrain import AUTOCAST_HELP, evaluate_held_out, load_trainable, token_loss
 
 # tiankong's chat format for models that have none:
@@ -141,16 +141,9 @@ def tokenize_conversation(
 
 def resolve_template(folder: Path, tokenizer: Tokenizer, override: str) -> tuple[ChatTemplate, str]:
     """The template to tune with and where it comes from: "file", "model" or "default"."""
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise InputError(
-                f"chat template file {path} does not exist; pass a .jinja file or leave --chat-template empty"
-            )
-        return ChatTemplate(path.read_text(encoding="utf-8"), tokenizer.bos_token, tokenizer.eos_token), "file"
-    found = ChatTemplate.from_folder(folder, tokenizer)
+    found, origin = find_chat_template(folder, tokenizer, override)
     if found is not None:
-        return found, "model"
+        return found, origin
     if tokenizer.eos_token is None:
         raise InputError(
             f"{folder} has no chat template and no EOS token for tiankong's default one; pass --chat-template FILE"
