@@ -11,13 +11,14 @@ import re
 import jinja2
 import pytest
 from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
+from test_train_ppo import ppo_config
 from tiny_models import make_model
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError
 from tiankong.engine.model import load_model
 from tiankong.trainers.dpo import DPOConfig, DPOTrainer
-from tiankong.trainers.ppo import PPOConfig, PPOTrainer
+from tiankong.trainers.ppo import PPOTrainer
 from tiankong.trainers.preferences import Encoder
 from tiankong.trainers.reward import RewardConfig, RewardModel, RewardTrainer
 
@@ -169,21 +170,9 @@ def test_dpo_renders_votes_with_the_file_and_saves_it(llama_dir, files, hf_token
 
 
 def ppo_cfg(llama_dir, files, reward, out, **kw):
-    return PPOConfig(
-        model=str(llama_dir),
-        reward=str(reward),
-        prompts=str(files / "prompts.jsonl"),
-        output=str(out),
-        steps=1,
-        batch_size=2,
-        num_mini_batches=1,
-        ppo_epochs=1,
-        response_length=4,
-        lr=1e-3,
-        device="cpu",
-        progress=False,
-        **kw,
-    )
+    """test_train_ppo's tiny run, one step of it, rendering its prompts (not raw) unless told."""
+    small = dict(steps=1, batch_size=2, num_mini_batches=1, ppo_epochs=1, response_length=4, raw=False)
+    return ppo_config(llama_dir, reward, files / "prompts.jsonl", out, **{**small, **kw})
 
 
 def test_ppo_renders_prompts_with_the_file_in_the_reward_models_format(
