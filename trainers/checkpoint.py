@@ -26,13 +26,13 @@ import errno
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import WriteError, fsync_dir, lock_with_pid, why
 from tiankong.engine.weights import TOKENIZER_FILES
+from tiankong.tui.generate_input import say as say_line
 
 from .trainer_state import STATE_JSON, STATE_TENSORS, save_state
 
@@ -144,10 +144,7 @@ def check_output(out: Path, resume: bool, overwrite: bool, protect: Sequence[tup
             )
         if not held or not leftovers:  # nothing at all: more likely a mistyped folder than a lost run
             raise InputError(f"--resume: no checkpoint in {out} (no {CHECKPOINTS}/step-*); run without --resume")
-        print(
-            f"--resume: {out} holds no checkpoint (the run stopped before its first save); starting from step 0",
-            file=sys.stderr,
-        )
+        say_line(f"--resume: {out} holds no checkpoint (the run stopped before its first save); starting from step 0")
         return False
     if not held or leftovers:  # a run stopped before its first save left nothing worth keeping
         return False

@@ -26,13 +26,11 @@ schedule and the seeded data order in optim.py; Ctrl+C and SIGTERM in stopping.p
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import random
 import re
-import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -44,6 +42,7 @@ from torch import nn
 from tiankong.engine.errors import InputError, ModelLoadError
 from tiankong.engine.files import atomic_write_text
 from tiankong.engine.model_names import given_name
+from tiankong.tui.generate_input import say as say_line
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -339,7 +338,7 @@ class Trainer:
         self._keep_auto(old)
         self._check_same_run(state)
         done, steps = int(state.get("step", 0)), self.cfg.steps
-        say = functools.partial(print, file=sys.stderr) if self.dist.is_main else _silent
+        say = say_line if self.dist.is_main else _silent
         kept = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.kept_auto.items())
         kept = f"; settings left at auto keep the run's values: {kept}" if kept else ""
         if done >= steps:
@@ -403,10 +402,9 @@ class Trainer:
                     f"--steps {steps} (more steps may only extend a finished run)"
                 )
             if self.dist.is_main:
-                print(
+                say_line(
                     f"--resume: extending the finished run from {steps} to {self.cfg.steps} steps "
-                    "(the learning-rate schedule is stretched to the new end)",
-                    file=sys.stderr,
+                    "(the learning-rate schedule is stretched to the new end)"
                 )
 
 

@@ -43,7 +43,6 @@ folder (`tiankong generate -m OUTPUT` and transformers load it) and the value mo
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +52,7 @@ from torch import nn
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.model import load_model, save_pretrained
+from tiankong.tui.generate_input import say as say_line
 
 from . import auto
 from .common import Trainer
@@ -263,7 +263,7 @@ class PPOTrainer(PPORollouts, Trainer):
         check_prompt_format(self.encoder, self.reward_model.encoder, Path(cfg.reward))
         self.load_prompts()
         if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
-            print(note, file=sys.stderr)  # as generate warns: the rollouts' prompts have no roles
+            say_line(note)  # as generate warns: the rollouts' prompts have no roles
         self.kl_coef = cfg.kl_coef
 
     @staticmethod

@@ -8,7 +8,6 @@ losses, the config and the trainer) and reads top-down; PPOTrainer takes these m
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -21,6 +20,7 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.events import Finished
 from tiankong.engine.generate import generate
 from tiankong.engine.sampling import SamplingParams
+from tiankong.tui.generate_input import say as say_line
 
 from . import auto
 from .optim import SEED_STRIDE
@@ -200,11 +200,10 @@ class PPORollouts:
                 except InputError:  # the last turn alone is too long: skipped below
                     pass
         if cut and self.dist.is_main:
-            print(
+            say_line(
                 f"{path}: dropped the oldest turns of {len(cut)} conversation(s) longer than context - "
                 f"response_length = {limit} tokens (lines {', '.join(map(str, cut[:5]))}"
-                f"{' ...' if len(cut) > 5 else ''})",
-                file=sys.stderr,
+                f"{' ...' if len(cut) > 5 else ''})"
             )
         self.prompts = [ids for _, ids in encoded if len(ids) <= limit]
         self.prompt_texts = [
@@ -212,10 +211,9 @@ class PPORollouts:
         ]  # as written
         too_long = [n for n, ids in encoded if len(ids) > limit]
         if too_long and self.dist.is_main:
-            print(
+            say_line(
                 f"{path}: skipped {len(too_long)} prompt(s) longer than context - response_length = {limit} "
-                f"tokens (lines {', '.join(map(str, too_long[:5]))}{' ...' if len(too_long) > 5 else ''})",
-                file=sys.stderr,
+                f"tokens (lines {', '.join(map(str, too_long[:5]))}{' ...' if len(too_long) > 5 else ''})"
             )
         if not self.prompts:
             raise InputError(
@@ -277,7 +275,7 @@ class PPORollouts:
             },
         )
         if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
-            print(self.auto.line(), file=sys.stderr)
+            say_line(self.auto.line())
 
     def _reduce(self, d: dict[str, float]) -> dict[str, float]:
         return self.dist.all_reduce_sum(d)

@@ -38,7 +38,6 @@ per step and its pairs are always in the same batch (InstructGPT); independent p
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -49,6 +48,7 @@ from torch import nn
 from tiankong.engine.chat import RAW_MESSAGE_SEPARATOR, ChatTemplate, render_prompt
 from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
+from tiankong.tui.generate_input import say as say_line
 
 from . import auto
 from .common import Trainer
@@ -462,12 +462,11 @@ class PreferenceTrainer(Trainer):
         )
         self.data = load_preferences(cfg.data, self.encoder, cfg.tie_mode)
         if self.dist.is_main and not cfg.raw and (note := self.encoder.no_template_note(cfg.model)):
-            print(note, file=sys.stderr)  # once the data is read: a bad line is then the one line said
+            say_line(note)  # once the data is read: a bad line is then the one line said
         self.train_groups, self.eval_groups = split_groups(self.data.groups, cfg.eval_fraction, cfg.seed)
         if self.dist.is_main:  # kept by --no-progress, which hides bars and plots only
-            print(
-                f"{self.data.summary()}; {len(self.eval_groups)} group{'' if len(self.eval_groups) == 1 else 's'} held out",
-                file=sys.stderr,
+            say_line(
+                f"{self.data.summary()}; {len(self.eval_groups)} group{'' if len(self.eval_groups) == 1 else 's'} held out"
             )
 
     def resolve_auto(self, n_params: int) -> None:
@@ -487,7 +486,7 @@ class PreferenceTrainer(Trainer):
             },
         )
         if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
-            print(self.auto.line(), file=sys.stderr)
+            say_line(self.auto.line())
 
     def n_items(self) -> int:
         return len(self.train_groups)

@@ -21,7 +21,6 @@ transformers both load.
 from __future__ import annotations
 
 import math
-import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from tiankong.engine.config import ModelConfig
 from tiankong.engine.errors import InputError
 from tiankong.engine.model import build_model, load_model, resolve_dtype, save_pretrained, set_rope_buffers
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
+from tiankong.tui.generate_input import say as say_line
 
 from . import auto
 from . import checkpoint as ckpt
@@ -297,7 +297,7 @@ class PretrainTrainer(Trainer):
             cfg.warmup_steps = auto.auto_warmup(cfg.steps)
             self.auto.values["warmup_steps"] = cfg.warmup_steps
         if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
-            print(self.auto.line(), file=sys.stderr)
+            say_line(self.auto.line())
 
     def _pack(self, docs: Sequence[str]) -> torch.Tensor:
         """[BOS] doc [EOS] [BOS] doc [EOS] ... as one int32 tensor, with a bar in MB of text where the

@@ -27,7 +27,6 @@ the global batch, however they are spread over examples, micro-batches and proce
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +39,7 @@ from tiankong.engine.files import read_model_object
 from tiankong.engine.gguf_model import is_gguf
 from tiankong.engine.model import save_pretrained
 from tiankong.engine.tokenizer import Tokenizer, load_tokenizer
+from tiankong.tui.generate_input import say as say_line
 
 from . import auto
 from . import checkpoint as ckpt
@@ -182,11 +182,10 @@ class SFTTrainer(Trainer):
                 )
             self.examples.append((ids, mask))
         if cut and self.dist.is_main:  # what it learns from: kept by --no-progress, as the auto line
-            print(
+            say_line(
                 f"{cfg.data}: cut {len(cut)} of {len(self.examples)} conversation{'' if len(self.examples) == 1 else 's'} "
                 f"at the end to --max-len {max_len} tokens (line{'s' if len(cut) > 1 else ''} "
-                f"{', '.join(map(str, cut[:5]))}{' ...' if len(cut) > 5 else ''})",
-                file=sys.stderr,
+                f"{', '.join(map(str, cut[:5]))}{' ...' if len(cut) > 5 else ''})"
             )
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         self.train_ids, self.eval_ids = split_holdout(len(self.examples), cfg.eval_fraction, cfg.seed)
@@ -204,7 +203,7 @@ class SFTTrainer(Trainer):
             },
         )
         if self.auto.values and self.dist.is_main:  # a record of the run, not decoration: kept by --no-progress
-            print(self.auto.line(), file=sys.stderr)
+            say_line(self.auto.line())
 
     def _batch(self, examples: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded (B, L) ids and (B, L-1) weights: 1 where the target token is an answer token."""

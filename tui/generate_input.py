@@ -5,16 +5,20 @@ checked before the model loads, and one warning for the keys of a line that gene
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from tiankong.engine.errors import InputError
 from tiankong.tui.cli_app import err
 
+if TYPE_CHECKING:
+    from rich.text import Text
 
-def say(line: str) -> None:
-    """One line on stderr, as it is (no markup, no highlighting). On a terminal it is wrapped at spaces
-    to the terminal's width: the terminal's own wrap cut a path in two at the edge ("...kept in ter" /
-    "m.jsonl.part-*"). Elsewhere (a log, a pipe) it stays one line, for grep."""
+
+def say(line: str | Text) -> None:
+    """One line on stderr, as it is (no markup, no highlighting; a rich Text keeps its style). On a
+    terminal it is wrapped at spaces to the terminal's width: the terminal's own wrap cut a path in two
+    at the edge ("...kept in ter" / "m.jsonl.part-*"). Elsewhere (a log, a pipe) it stays one line, for
+    grep. The trainers' notes and verdicts say theirs here too."""
     err.print(line, highlight=False, markup=False, soft_wrap=not err.is_terminal)
 
 

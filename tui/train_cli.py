@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from tiankong.engine.errors import InputError
 from tiankong.tui.cli_app import DEVICE_HELP, DeviceOpt, epilog, output_file
+from tiankong.tui.generate_input import say
 from tiankong.tui.stops import Stops, Terminated
 
 # name -> (module, config class, trainer class, one-line help)
@@ -242,21 +243,20 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
             _peer_stopped(out_dir, e)
         except TrainingStopped as stop:
             if trainer.dist.is_main:  # once, not once per torchrun process
-                print(f"{stop}\nresume with: {_resume_command()}", file=sys.stderr)
+                say(f"{stop}\nresume with: {_resume_command()}")
             raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143) from None
         except KeyboardInterrupt:  # the second Ctrl+C: no checkpoint of this step
             if trainer.dist.is_main:
-                print(at_once(), file=sys.stderr)
+                say(at_once())
             raise typer.Exit(130) from None
         if trainer.dist.is_main and not trainer.finished_before:  # still under the lock: verdict.json is this run's too
             try:
                 with Stops():  # a kill (SIGTERM) says this too, rather than ending silently
                     _report(trainer, out)
             except KeyboardInterrupt as stop:  # the model is saved; only the verdict is missing: --resume writes it
-                print(
+                say(
                     f"{'terminated (SIGTERM)' if isinstance(stop, Terminated) else 'stopped'} during the verdict: "
-                    f"the model is saved in {out}; `{_resume_command()}` writes the verdict",
-                    file=sys.stderr,
+                    f"the model is saved in {out}; `{_resume_command()}` writes the verdict"
                 )
                 raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
 
@@ -271,7 +271,7 @@ def _choose_threads(trainer: Any) -> None:
 
     note = choose_threads()
     if note and trainer.dist.is_main:
-        print(note, file=sys.stderr)
+        say(note)
 
 
 def _stopped_at_once(out_dir: Path) -> str:
@@ -304,10 +304,9 @@ def _peer_stopped(out_dir: Path, e: RuntimeError) -> NoReturn:
     survivor = ckpt.latest(out_dir)
     kept = f"the checkpoint {survivor} is kept" if survivor is not None else "no checkpoint was written yet"
     again = _resume_command(resume=survivor is not None)
-    print(
+    say(
         f"error: another process of this run stopped (killed or crashed); {kept}; "
-        f"{'resume' if survivor is not None else 'start again'} with: {again}",
-        file=sys.stderr,
+        f"{'resume' if survivor is not None else 'start again'} with: {again}"
     )
     raise typer.Exit(1)
 
@@ -321,7 +320,7 @@ def _report(trainer: Any, out: Path) -> None:
     except InputError:
         pass
     _print_verdict(trainer, out)
-    print(f"saved to {out}", file=sys.stderr)
+    say(f"saved to {out}")
 
 
 def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str) -> Callable:
@@ -340,7 +339,9 @@ def _command(name: str, module: str, cfg_name: str, trainer_name: str, help: str
 
 def _print_verdict(trainer: Any, out: Path) -> None:
     """Did it work? In words and figures (see trainers/verdict.py), also written to verdict.json.
-    A PPO or DPO verdict samples fresh answers first (minutes on a CPU): said, with a progress bar."""
+    A PPO or DPO verdict samples fresh answers first (minutes on a CPU): said, with a progress bar.
+    Its lines of words go through `say`: wrapped between words on a terminal, one line each in a log
+    (where `grep warning` finds the fix)."""
     from rich.console import Console
     from rich.text import Text
 
@@ -350,18 +351,19 @@ def _print_verdict(trainer: Any, out: Path) -> None:
     console = Console(stderr=True, emoji=False)  # paths and model names print as typed
     n = fresh_answers(trainer)
     if n:
-        console.print(
+        say(
             f"verdict: sampling {n // 2} fresh answers from the starting model and {n // 2} from the trained "
-            "one, then scoring them",
-            highlight=False,
-            soft_wrap=True,  # one line, as the terminal or a log wraps it
+            "one, then scoring them"
         )
     with progress("verdict", n, enabled=bool(n) and trainer.cfg.progress, console=console) as advance:
         verdict = verdict_for(trainer, advance)
     path = verdict.write(out)
-    for part in verdict.render():  # a line of words stays one line (a log's `grep warning` finds the fix)
-        console.print(part, soft_wrap=isinstance(part, Text))
-    console.print(f"verdict written to {path}", markup=False)  # the output folder may hold "[/]"
+    for part in verdict.render():  # the words (a Text) said as a line; the tables drawn to the width
+        if isinstance(part, Text):
+            say(part)
+        else:
+            console.print(part)
+    say(f"verdict written to {path}")  # not markup: the output folder may hold "[/]"
 
 
 def _resume_command(resume: bool = True) -> str:
