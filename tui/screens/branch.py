@@ -96,6 +96,14 @@ def forced_token(
     }
 
 
+def forced_count(tokens: Sequence[dict[str, Any]] | None) -> int:
+    """How many of an answer's tokens a branch forced (the old answer's up to the last token picked, that
+    one included); 0 for an answer the model wrote from its start. The answer was generated with its
+    max tokens less these, and stored so (that call replays it): the max tokens set is this more."""
+    picked = [i for i, t in enumerate(tokens or ()) if t.get("picked")]
+    return picked[-1] + 1 if picked else 0
+
+
 def common_tokens(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> int:
     """How many leading tokens two answers share (by id)."""
     n = 0

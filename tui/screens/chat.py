@@ -670,12 +670,15 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         def rows(bindings: list[Binding]) -> list[tuple[str, str]]:
             return [(keys(b), b.tooltip or b.description) for b in bindings]
 
+        def once(bindings: list[Binding]) -> list[Binding]:  # a key bound twice (shown, and not) listed once
+            return [b for i, b in enumerate(bindings) if b.key not in {c.key for c in bindings[:i]}]
+
         chat = [("enter", "send the message (in the system prompt: save it)")] + rows(self.BINDINGS)
         return [
             ("chat", chat),
             (
                 "an answer (inspect mode, or a focused message)",
-                rows(AssistantMessage.BINDINGS)
+                rows(once(AssistantMessage.BINDINGS))
                 + [
                     (
                         "tab / shift+tab",

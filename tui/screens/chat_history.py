@@ -18,6 +18,7 @@ from tiankong.engine.errors import InputError, TiankongError
 from tiankong.engine.files import atomic_write_text
 from tiankong.engine.model_names import display_name, stored_model
 from tiankong.engine.sampling import SamplingParams
+from tiankong.tui.screens.branch import forced_count
 from tiankong.tui.screens.chat_list import ChatListScreen, Picked, quoted
 from tiankong.tui.screens.chat_sending import NotAnswered
 from tiankong.tui.store import Chat
@@ -35,6 +36,15 @@ INTRO = (
 
 OPEN_CHUNK = 100  # a chat of more messages opens in a worker, this many at a time, the last ones first
 CHUNK_PAUSE_S = 0.02  # between two chunks: the screen lays out and draws what came, and answers keys
+
+
+def as_set(answer: StoredMessage) -> SamplingParams:
+    """The settings a stored answer was made with, as they were set: a branch's record holds the max
+    tokens its continuation had (the set value less the tokens it forced), which read as "max 996"
+    where 1000 was set."""
+    params = SamplingParams(**(answer.params or {}))
+    forced = forced_count(answer.tokens)
+    return params.replace(max_new_tokens=params.max_new_tokens + forced) if forced else params
 
 
 class ChatHistory:
@@ -167,7 +177,7 @@ class ChatHistory:
         made = [m for m in chat.messages if m.role == "assistant" and m.preset == f"{chat.preset} (edited)"]
         if made and made[-1].params:
             try:
-                values = f" ({params_summary(SamplingParams(**made[-1].params))})"
+                values = f" ({params_summary(as_set(made[-1]))})"
             except (InputError, TypeError):  # a record from another version: the words alone
                 values = ""
             notes.append(f"its answers used {chat.preset} with f3 edits{values}, not restored: new answers use {now}")

@@ -46,7 +46,13 @@ class ChatViews:
         if not quiet:
             running = self._answering.preset if self.generating and self._answering is not None else None
             later = f"\nfrom the next answer: this one goes on with {running}" if running else ""
-            self.notify(f"{self.preset.description}{later}", title=f"preset {name}", markup=False)
+            context, most = self._model_context(), self.params.max_new_tokens
+            capped = (
+                f"\nits max tokens {most}: used capped at this model's {context}-token context"
+                if context is not None and most > context
+                else ""
+            )
+            self.notify(f"{self.preset.description}{capped}{later}", title=f"preset {name}", markup=False)
 
     def _step_preset(self, step: int) -> None:
         """To the next (or previous) preset. With f3 edits not saved, the first press only warns
@@ -102,10 +108,13 @@ class ChatViews:
                     markup=False,
                 )
 
-        cfg = getattr(self.engine, "cfg", None)  # None while the model loads
-        context = cfg.max_seq_len if cfg is not None and getattr(cfg, "context_known", True) else None
         self.clear_notices()
-        self.app.push_screen(PresetEditor(self.preset, self.params, context=context), edited)
+        self.app.push_screen(PresetEditor(self.preset, self.params, context=self._model_context()), edited)
+
+    def _model_context(self) -> int | None:
+        """The model's context in tokens; None while it loads, or where a server does not say."""
+        cfg = getattr(self.engine, "cfg", None)
+        return cfg.max_seq_len if cfg is not None and getattr(cfg, "context_known", True) else None
 
     # ------------------------------------------------------------------ token views
 

@@ -9,7 +9,7 @@ from the drawing (compare_view.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.binding import Binding
@@ -21,6 +21,16 @@ from tiankong.tui.screens.help import Section
 from tiankong.tui.screens.votes import can_go_back, tiers_text, verdict
 from tiankong.tui.store import Response, Store, Vote
 from tiankong.tui.store_records import same_answer
+
+
+def dismiss_saved_notices(app: Any) -> None:
+    """Dismiss the queue's "Saved" notices: each names the columns of a round no longer on screen."""
+    notifications = getattr(app, "_notifications", None)  # (Textual's own; none in another version)
+    unnotify = getattr(app, "_unnotify", None)
+    if notifications is None or unnotify is None:
+        return
+    for notice in [n for n in notifications if n.title == "Saved" and n.severity == "information"]:
+        unnotify(notice)
 
 
 class CompareActions:
@@ -241,8 +251,13 @@ class CompareActions:
         self.picks = []
         if queued:  # the next round takes the screen: the notice is where this one's columns are named
             names = ", ".join(f"{LABELS[c]} = {self._column_name(c)}" for c in range(len(rnd.answers)))
-            self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved", markup=False)
             self._advance(marked=True)
+            if self.queue_active or self.waiting:
+                self.notify(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · {names}", title="Saved", markup=False)
+            else:  # the queue is done and this round stays, revealed: the head and titles name its columns,
+                # the vote bar says the vote is saved (QA: that notice, "Queue finished" and the round
+                # before's, stacked top right, covered the revealed titles and the prompt line).
+                dismiss_saved_notices(self.app)
         else:
             # No notice: the vote bar says the vote is saved, the head and titles name the columns (QA: a
             # notice, top right, covered column B's title as it was revealed).

@@ -190,8 +190,7 @@ class CompareQueue:
             self._refresh_bars()
             if self.waiting:
                 self._notify_waiting()
-            else:
-                self.notify(f"All {self.queue.total} rounds done.", title="Queue finished", timeout=10, markup=False)
+            # Else no notice: the vote bar says every round is done (a toast covered the last round's titles)
 
     def _claim(self, start: int, round: int | None = None) -> None:
         """Move to the queue round this window shows next, claimed in the store (VoteStore.claim_queue_round):

@@ -229,11 +229,12 @@ class CompareView:
                     ("Every round left is open in another window", "yellow"), "; one comes here if that window closes"
                 )
                 return _fit(line, more + undo, width)
-            return _fit(
-                Text.assemble(("✓ ", "bold green"), (f"All {self.queue.total} rounds done", "green")),
-                more + undo,
-                width,
-            )
+            line = Text.assemble(("✓ ", "bold green"))
+            rnd = self.round
+            if rnd is not None and rnd.revealed and rnd.vote_id is not None:  # the last vote, still shown
+                line.append(f"Vote #{rnd.vote_id} saved: {rnd.verdict} · ", style="green")
+            line.append(f"All {self.queue.total} rounds done", style="green")
+            return _fit(line, more + undo, width)
         if state == "idle":
             return Text("Type a prompt and press enter. f1 shows every key.", style="dim")
         if state == "generating":

@@ -1,14 +1,19 @@
 """The preset editor: change the sampling settings in place, each checked by SamplingParams.
 
 Every number field shows its allowed range (`SamplingParams.RANGES`) and the preset's recommended
-range (none where the preset recommends none; max tokens' no longer than the model's context, where
-the editor is told it); a value outside the recommended range turns yellow, an
-invalid one is refused with the engine's own message. The stop strings are one field, written as a
-list of double-quoted strings with JSON's escapes (`["\\n\\n", "User:"]`, empty = none): a newline or a
-quote can be seen and typed on one line, and the form is the one the preset file's `stop = [...]`
-line has (TOML's basic strings take the same escapes). Dismisses with the new `SamplingParams`
-(apply: for this chat only), the `Preset` the values were saved as (save as: a NAME.toml in the
-user's presets folder, presets.save_preset), or None when cancelled.
+range (none where the preset recommends none); a value outside the recommended range turns yellow, an
+invalid one is refused with the engine's own message. Where the editor is told the model's context,
+max tokens' ranges go no higher than it, and a value above it is refused as one outside the allowed
+range is: no answer is longer than the context. A preset's max tokens above the context (creative's
+1024 on a 512-token model) is used capped, so the field shows it capped and says so; left at that,
+the value stays the preset's (the same answers, and no "(edited)" for an edit nobody made).
+
+The stop strings are one field, written as a list of double-quoted strings with JSON's escapes
+(`["\\n\\n", "User:"]`, empty = none): a newline or a quote can be seen and typed on one line, and
+the form is the one the preset file's `stop = [...]` line has (TOML's basic strings take the same
+escapes). Dismisses with the new `SamplingParams` (apply: for this chat only), the `Preset` the values
+were saved as (save as: a NAME.toml in the user's presets folder, presets.save_preset), or None when
+cancelled.
 
 The box scrolls when the terminal is too short for it, and the errors stay reachable: at most
 MAX_ERROR_LINES are listed, and a focused field that is marked invalid, its error left out of the
@@ -145,6 +150,8 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         super().__init__()
         self.preset, self.params = preset, params
         self.context = context  # the model's context in tokens, where known: no answer is longer
+        # The max tokens it came with, where that is over the context: shown capped (_shown), kept if left so
+        self._capped = self._over(params)
         self.user_dir = user_dir  # where save as writes (None: presets.user_presets_dir())
         self._erred = False  # errors are shown (an apply failed): they follow the edits until none is left
         self._errors: dict[str, str] = {}  # field -> its error, as last shown
@@ -161,11 +168,10 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
                 yield Label("value", classes="head")
                 yield Label("allowed · recommended", classes="head")
                 for name in FIELDS:
-                    lo, hi, _ = SamplingParams.RANGES[name]
-                    value = getattr(self.params, name)
+                    lo, hi = self._allowed(name)
                     yield Label(name, classes="field-name")
                     yield Input(
-                        field_text(name, value),
+                        field_text(name, self._shown(name, getattr(self.params, name))),
                         id=f"field-{name}",
                         placeholder="random" if name == "seed" else "",
                         compact=True,
@@ -196,6 +202,35 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
 
     def _input(self, name: str) -> Input:
         return self.query_one(f"#field-{name}", Input)
+
+    def _allowed(self, name: str) -> tuple[float, float]:
+        """The range `name` takes: SamplingParams'; for max_new_tokens no more than the model's context."""
+        lo, hi, _ = SamplingParams.RANGES[name]
+        if name == "max_new_tokens" and self.context:
+            hi = min(hi, self.context)
+        return lo, hi
+
+    def _over(self, params: SamplingParams) -> int | None:
+        """params' max tokens where it is over the model's context, else None."""
+        return params.max_new_tokens if self.context and params.max_new_tokens > self.context else None
+
+    def _shown(self, name: str, value: Any) -> Any:
+        """A field's value as the editor opens (or resets) with it: max tokens capped at the context."""
+        if name == "max_new_tokens" and self.context and value > self.context:
+            return self.context
+        return value
+
+    def _over_context(self, name: str, value: Any) -> Any:
+        """A parsed field's value for SamplingParams: max tokens over the context refused as out of
+        range; the capped value shown for a preset's larger one, that one (it is what was there)."""
+        if name != "max_new_tokens" or not self.context:
+            return value
+        if value > self.context:
+            raise InputError(
+                f"max_new_tokens must be in [1, {self.context}], got {num(value)} "
+                f"(no answer is longer than the model's {self.context}-token context)"
+            )
+        return self._capped if self._capped is not None and value == self.context else value
 
     def _recommended(self, name: str) -> tuple[float, float] | None:
         """The preset's recommended range for `name`; for max_new_tokens no more than the model's
@@ -234,6 +269,8 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
                 help_line.update(Text(self._errors[name], style="bold red"))
             else:
                 what = STOP_HELP if name == "stop" else SamplingParams.RANGES[name].description
+                if name == "max_new_tokens" and self._capped is not None:
+                    what += f" (the preset's {self._capped}, used capped at the model's {self.context}-token context)"
                 help_line.update(Text.assemble((f"{name}: ", "bold"), what))
 
     @on(Input.Changed)
@@ -301,7 +338,7 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         errors: list[str] = []
         for name in EDITED:
             try:
-                changes[name] = parse_field(name, self._input(name).value)
+                changes[name] = self._over_context(name, parse_field(name, self._input(name).value))
                 self.params.replace(**{name: changes[name]})  # this field's range alone
             except InputError as e:
                 errors.append(str(e))
@@ -333,8 +370,9 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         self._help(self.focused)
 
     def action_reset(self) -> None:
+        self._capped = self._over(self.preset.params)
         for name in EDITED:
-            self._input(name).value = field_text(name, getattr(self.preset.params, name))
+            self._input(name).value = field_text(name, self._shown(name, getattr(self.preset.params, name)))
         self._error([])
 
     def action_cancel(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.bar import Bar
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -30,12 +31,15 @@ from tiankong.engine.model_names import display_name, stored_model
 from tiankong.tui.leaderboard import leaderboards, short_names, standings_table
 from tiankong.tui.store import Store, StoreError, Vote
 from tiankong.tui.store_votes import summarise
-from tiankong.tui.widgets.status import plural
+from tiankong.tui.widgets.status import cut_name, plural
 
 WIDE = 120  # from this many columns on, vote detail and statistics sit side by side
 MODEL_COLUMN_AT = 100  # from this many columns on, the table has a model column (the detail always names it)
 OUTCOMES = [("ranked", "ranked"), ("tie", "tie"), ("both bad", "both_bad")]
 ORDINALS = ["1st", "2nd", "3rd", "4th"]
+# The winner column: wide enough for the longest winner listed ("chat (edited)" was cut to "chat (edited"),
+# within these bounds; a longer name is cut with "…", its " (edited)" kept.
+WINNER_MIN, WINNER_MAX = 12, 20
 
 
 def can_go_back(screen: Screen) -> bool:
@@ -77,18 +81,25 @@ def models_of(vote: Vote) -> str:
     return ", ".join(dict.fromkeys(display_name(r.model) for r in vote.responses))
 
 
-def column_widths(width: int) -> dict[str, int]:
-    """The table's columns at `width` terminal columns: time, outcome and winner keep their widths; the
-    prompt and the lineup ("compared") share the rest, and from MODEL_COLUMN_AT columns on a model column
-    takes a part of it. Every column's cells have 2 of padding, and 2 are kept for the scrollbar. At 80
-    columns: prompt 20, compared 17 (QA: at 120 they were 20 and 18, and some 45 columns stayed empty)."""
-    fixed = {"time": 11, "outcome": 8, "winner": 12}
+def column_widths(width: int, winner: int = WINNER_MIN) -> dict[str, int]:
+    """The table's columns at `width` terminal columns: time, outcome and winner (`winner` cells: see
+    winner_width) keep their widths; the prompt and the lineup ("compared") share the rest, and from
+    MODEL_COLUMN_AT columns on a model column takes a part of it. Every column's cells have 2 of padding,
+    and 2 are kept for the scrollbar. At 80 columns: prompt 20, compared 17 (QA: at 120 they were 20 and
+    18, and some 45 columns stayed empty)."""
+    fixed = {"time": 11, "outcome": 8, "winner": winner}
     model = 0 if width < MODEL_COLUMN_AT else min(32, 14 + (width - MODEL_COLUMN_AT) // 3)
     columns = len(fixed) + 2 + (1 if model else 0)
-    room = max(37, width - sum(fixed.values()) - model - 2 * columns - 2)  # below 80: scrolls sideways
+    # Below 80 columns the table scrolls sideways (a wider winner column leaves the prompt less at 80)
+    room = max(37 + WINNER_MIN - winner, width - sum(fixed.values()) - model - 2 * columns - 2)
     prompt = (room * 6 + 5) // 11
     widths = {"time": 11, "prompt": prompt, "compared": room - prompt}
-    return {**widths, **({"model": model} if model else {}), "outcome": 8, "winner": 12}
+    return {**widths, **({"model": model} if model else {}), "outcome": 8, "winner": winner}
+
+
+def winner_width(votes: list[Vote]) -> int:
+    """The winner column's cells for `votes`: their longest winner, within WINNER_MIN and WINNER_MAX."""
+    return min(WINNER_MAX, max([WINNER_MIN, *(cell_len(winner(v)) for v in votes)]))
 
 
 def winner(vote: Vote) -> str:
@@ -277,7 +288,7 @@ only that window's own votes); a prompt file's round it was cast in stays done.
 
     def _relayout(self) -> None:
         self.query_one("#votes-bottom").set_class(self.size.width < WIDE, "-narrow")
-        if self._widths and column_widths(self.size.width) != self._widths:
+        if self._widths and self._columns(list(self.votes.values())) != self._widths:
             self._fill(list(self.votes.values()))  # the columns follow the width; the votes are not read again
 
     def _fill(self, votes: list[Vote]) -> None:
@@ -285,7 +296,7 @@ only that window's own votes); a prompt file's round it was cast in stays done.
         table = self.query_one("#votes-table", DataTable)
         keep = table.cursor_row
         table.clear()
-        widths = column_widths(self.size.width)
+        widths = self._columns(votes)
         if widths != self._widths:
             self._widths = widths
             table.clear(columns=True)
@@ -298,11 +309,14 @@ only that window's own votes); a prompt file's round it was cast in stays done.
                 "compared": Text(excerpt(compared(v), widths["compared"])),
                 "model": Text(excerpt(models_of(v), widths.get("model", 1))),
                 "outcome": Text(v.outcome.replace("_", " ")),
-                "winner": Text(winner(v)),
+                "winner": Text(cut_name(winner(v), widths["winner"])),
             }
             table.add_row(*(cells[k] for k in widths), key=str(v.id))
         if votes:
             table.move_cursor(row=min(keep, len(votes) - 1))
+
+    def _columns(self, votes: list[Vote]) -> dict[str, int]:
+        return column_widths(self.size.width, winner_width(votes))
 
     # ------------------------------------------------------------------ data
 

@@ -34,15 +34,18 @@ from tiankong.tui.widgets.answer_tokens import cursor_line, tokens_text
 from tiankong.tui.widgets.markdown_preview import MarkdownPreview, StreamingMarkdown, answer_parser
 
 # Regenerate, edit and branch keep the old message as a sibling; a focused message switches among them.
+# Each key is bound twice (as the chat's esc is): the footer shows the first where the message has
+# branches (check_action), and the hidden one takes the key elsewhere, to say there is none.
 BRANCH_BINDINGS = [
     Binding(
         "ctrl+left,alt+left",
-        "switch_branch(-1)",
+        "switch_branch(-1, 1)",
         "◀ branch",
-        show=False,
         tooltip="show the previous branch here (the answer before a regenerate, edit or branch)",
     ),
-    Binding("ctrl+right,alt+right", "switch_branch(1)", "branch ▶", show=False, tooltip="show the next branch here"),
+    Binding("ctrl+right,alt+right", "switch_branch(1, 1)", "branch ▶", tooltip="show the next branch here"),
+    Binding("ctrl+left,alt+left", "switch_branch(-1, 0)", "◀ branch", show=False),
+    Binding("ctrl+right,alt+right", "switch_branch(1, 0)", "branch ▶", show=False),
 ]
 
 
@@ -71,8 +74,20 @@ class Branched:
     def set_branches(self, siblings: list[int]) -> None:
         self.branches = list(siblings)
         self.border_subtitle = branch_label(self.branches, self.message_id)
+        if self.has_focus:  # type: ignore[attr-defined]  # (the footer shows the focused widget's keys;
+            self.refresh_bindings()  # type: ignore[attr-defined]  # one refresh per message redrew it each time)
 
-    def action_switch_branch(self, step: int) -> None:
+    def has_branches(self) -> bool:
+        """Whether other branches stand at this message (its "‹ 2/3 ›"): the branch keys apply."""
+        return len(self.branches) > 1 and self.message_id in self.branches
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A branch key's two bindings (BRANCH_BINDINGS, `v`): the shown one where there are branches.
+        if action in ("switch_branch", "vote_branch") and parameters:
+            return bool(parameters[-1]) == self.has_branches()
+        return True
+
+    def action_switch_branch(self, step: int, shown: int = 1) -> None:
         self.post_message(SwitchBranch(self, step))  # type: ignore[attr-defined]
 
 
@@ -142,11 +157,11 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         ),
         Binding(
             "v",
-            "vote_branch",
+            "vote_branch(1)",
             "vote branch",
-            show=False,
             tooltip="vote this branch better than the others here, at the token where they part",
         ),
+        Binding("v", "vote_branch(0)", "vote branch", show=False),
     ] + BRANCH_BINDINGS
     COMPONENT_CLASSES: ClassVar[set[str]] = {"assistant-message--info"}  # a lazy answer's info line
 
@@ -205,7 +220,7 @@ class AssistantMessage(Branched, Vertical, can_focus=True):
         if self.tokens and not self.streaming:
             self.post_message(self.BranchRequested(self, min(self.cursor, len(self.tokens) - 1)))
 
-    def action_vote_branch(self) -> None:
+    def action_vote_branch(self, shown: int = 1) -> None:
         self.post_message(self.BranchVote(self))
 
     def compose(self) -> ComposeResult:

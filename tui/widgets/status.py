@@ -131,9 +131,23 @@ class StatusBar(Static):
         state = self._parts["short_state"]
         over = line.cell_len - self.size.width
         if over > 0 and not self._parts["error"] and cell_len(state) > self.STATE_MIN:
-            state = cut_name(state, max(self.STATE_MIN, cell_len(state) - over))
+            state = cut_state(state, max(self.STATE_MIN, cell_len(state) - over))
             line = self._line(False, short, state, preset)
         return line
+
+
+def cut_state(state: str, width: int) -> str:
+    """`state` in at most `width` cells: its leading " · " parts that fit, whole ("inspecting" for
+    "inspecting · esc returns", where the footer says what esc does; it read "inspecting · e…"), else
+    cut with "…"."""
+    if cell_len(state) <= width:
+        return state
+    parts = state.split(" · ")
+    for n in range(len(parts) - 1, 0, -1):
+        kept = " · ".join(parts[:n])
+        if cell_len(kept) <= width:
+            return kept
+    return cut_name(state, width)
 
 
 EDITED = " (edited)"  # how the chat marks a preset changed with f3
