@@ -1,4 +1,4 @@
-/* One decode step of the Llama family (Llama, Mistral, Qwen2, Qwen3) or GPT-2 on CPU for B rows: weights
+/* One decode step of the Llama family (Llama, Mistral, Qwen2, Qwen3, Phi-3) or GPT-2 on CPU for B rows: weights
  * in float32, bfloat16 or float16 (an F16 GGUF file's, kept as they are), or quantized; KV cache in
  * float32, bfloat16 or float16; activations in float32.
  *
@@ -29,8 +29,9 @@
  * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32; q8_0, q4_0, q5_0, q4_k and
  * q6_k parts have their rows interleaved eight or sixteen at a time (type + T_X8 / T_X16: repack.h,
  * repack16.h), which is why the threads share a product's rows in groups of 16 (share_rows).
- * Nothing is folded: the norm gains come as attn_norm, ffn_norm (D,) and the query scale as q_scale; the q/k rows are still in
- * RoPE-pair order. The KV cache is then float16 (kv_type 2, as llama.cpp's default): the cache is
+ * Nothing is folded: the norm gains come as attn_norm, ffn_norm (D,), the query scale as q_scale and
+ * long-rope's attention factor as rope_mag (RoPE's magnitude); the q/k rows are still in RoPE-pair
+ * order. The KV cache is then float16 (kv_type 2, as llama.cpp's default): the cache is
  * most of what attention reads, and at four rows or a long context it is a fifth to a half of all
  * a step streams (135M, f32: 46 KB per token and row against 90 MB of q8_0 weights).
  *
