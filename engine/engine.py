@@ -61,8 +61,18 @@ def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dty
 
 
 _FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
-# Engine.decode_path's words for a quantized model without the compiled step (Gemma), on the CPU
+# Engine.decode_path's words for the compiled step, and for a quantized model without it (Gemma) on the CPU
+COMPILED_STEP = "compiled step (csrc/decode.c)"
 COMPILED_PRODUCTS = "torch, each quantized linear a compiled product (csrc/decode.c)"
+
+
+def compiled_step_path(cfg: ModelConfig) -> str:
+    """Engine.decode_path's words for a model the compiled step decodes: with long-rope (Phi-3),
+    the positions from the original context on run in torch, the step holding the short factors."""
+    s = cfg.rope_scaling
+    if s and s.get("rope_type") == "longrope":
+        return f"{COMPILED_STEP}; from position {s['original_max_position_embeddings']} in torch (long-rope's long factors)"
+    return COMPILED_STEP
 
 
 def _file_kind(path: Path) -> str | None:
@@ -396,7 +406,7 @@ class Engine:
     def decode_path(self) -> str:
         """How decode steps run: the compiled step, or torch (and why not compiled, when it was tried)."""
         if getattr(self.model, "native", False):
-            return "compiled step (csrc/decode.c)"
+            return compiled_step_path(self.cfg)
         if any(isinstance(m, CompiledQLinear) for m in self.model.modules()):
             return COMPILED_PRODUCTS
         packed = any(isinstance(m, (PackedLlama, PackedLinear)) for m in self.model.modules())

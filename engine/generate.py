@@ -28,6 +28,7 @@ conversation's earlier turns and prefills only what is new.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -38,6 +39,7 @@ from typing import Callable, Iterator, Sequence, cast
 import torch
 from torch import nn
 
+from . import threads
 from .config import ModelConfig
 from .context import PromptCache
 from .errors import InputError
@@ -280,7 +282,11 @@ def _decode(
         tokens = chosen.view(-1, 1)  # (B, 1)
         if tokens.device != device:
             tokens = tokens.to(device)
-        batch.logits = model(tokens, positions, mask, batch.cache, slot).select(1, -1)
+        # The compiled step times itself (native_step); a step in torch on the CPU is timed here, so
+        # that it too drops to one thread while another program holds a core (threads.py).
+        timed = device.type == "cpu" and not getattr(model, "native", False)
+        with threads.torch_step((id(model), tokens.shape[0])) if timed else contextlib.nullcontext():
+            batch.logits = model(tokens, positions, mask, batch.cache, slot).select(1, -1)
     if prompt_cache is not None:
         prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it
     batch.slot += 1

@@ -26,7 +26,14 @@ from torch import nn
 
 from . import gpt2, llama
 from .config import ModelConfig
-from .engine import COMPILED_PRODUCTS, Engine, _keeps_blocks, gguf_load_dtype, tokenizer_and_template
+from .engine import (
+    COMPILED_PRODUCTS,
+    Engine,
+    _keeps_blocks,
+    compiled_step_path,
+    gguf_load_dtype,
+    tokenizer_and_template,
+)
 from .gguf_model import GGUFModel, is_gguf
 from .model import build_model, check_folder, dtype_name, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
@@ -38,7 +45,6 @@ from .weight_names import NameTable
 from .weights import check_checkpoint, load_weights
 
 META = torch.device("meta")
-COMPILED = "compiled step (csrc/decode.c)"  # Engine.decode_path's words for the compiled step
 
 
 def model_facts(
@@ -63,7 +69,7 @@ def model_facts(
     tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template)
     facts = Engine(model, cfg, tokenizer, template, folder, weights["parameters"], weights).info()
     facts["device"] = str(torch.empty(0, device=dev).device)  # "cuda:0" where a load's tensors say so
-    facts["decode"] = _decode_path(model, dev)
+    facts["decode"] = _decode_path(model, cfg, dev)
     return facts
 
 
@@ -112,20 +118,20 @@ class _MetaReads(NameTable):
                 yield file, name, shape, lambda s=shape: torch.empty(s, device=META)
 
 
-def _decode_path(model: nn.Module, dev: torch.device) -> str:
+def _decode_path(model: nn.Module, cfg: ModelConfig, dev: torch.device) -> str:
     """Engine.decode_path of prepare_for_inference(model) on `dev`, from the tests it makes, in its
     order (so the compiled step is built, or found missing, exactly where the load would)."""
     if is_quantized(model):  # PackedLlama where the step builds, compiled products (Gemma); else the plain module
         if dev.type != "cpu" or native_library() is None:
             return "torch"
-        return COMPILED if isinstance(model, llama.Llama) else COMPILED_PRODUCTS
+        return compiled_step_path(cfg) if isinstance(model, llama.Llama) else COMPILED_PRODUCTS
     dtype = next(model.parameters()).dtype
     if dtype == torch.float16 and dev.type == "cpu" and isinstance(model, llama.Llama):  # the step, or torch
-        return COMPILED if native_library() is not None else "torch"
+        return compiled_step_path(cfg) if native_library() is not None else "torch"
     if not can_pack(dev, dtype):
         return "torch"
     if isinstance(model, (llama.Llama, gpt2.GPT2)) and native_library() is not None:
-        return COMPILED
+        return compiled_step_path(cfg)
     why = native_reason()  # PackedLlama with oneDNN-packed weights, or packed.pack_linears (Gemma)
     return f"torch, oneDNN-packed weights; compiled step unavailable: {why}" if why else "torch, oneDNN-packed weights"
 

@@ -138,3 +138,53 @@ def test_a_quiet_machine_pays_a_probe_at_step_64_then_one_in_512():
     c = ThreadChoice(2)
     used = run(c, 1100, 0.004, 0.007)
     assert [i for i, n in enumerate(used) if n == "1"] == [64, 512 + 1, 1024 + 2]
+
+
+# ---------------------------------------------------------------- decode steps that run in torch
+
+
+def test_a_torch_step_runs_on_the_choices_threads_and_is_recorded():
+    """threads.torch_step: torch's threads are the choice's for the step and back after it, even where
+    a compiled call inside asks threads.now (which reads torch's count); the step's time counts."""
+    from tiankong.engine import threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        c = ThreadChoice(2)
+        with threads.torch_step("k", c):
+            assert torch.get_num_threads() == 2 and threads.now(c) == 2
+        assert len(c.recent["k"]) == 1 and c.count == 1
+        c._hold(5)  # a busy machine: one thread for five steps
+        with threads.torch_step("k", c):
+            inside = torch.get_num_threads(), threads.now(c)  # as CompiledQLinear's tk_matmul asks
+        assert inside == (1, 1) and torch.get_num_threads() == 2 and c.full == 2
+        assert (c.state, c.left, len(c.single["k"])) == ("hold", 4, 1)  # counted, on one thread
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_model_without_the_compiled_step_drops_to_one_thread_on_a_busy_machine(tmp_path, monkeypatch):
+    """QA: a Gemma (no compiled step) decoded at 3-21 tokens/s on two threads beside a busy process,
+    177-206 on one: its steps ran in torch, which the choice never timed. Now each is timed and run
+    on the choice's threads, as the compiled step's are."""
+    from tiankong.engine import threads
+    from tiankong.engine.sampling import SamplingParams
+
+    eng = Engine.load(make_model(tmp_path / "gemma3", "gemma3"), device="cpu", dtype="float32")
+    assert not getattr(eng.model, "native", False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        choice = ThreadChoice(2)
+        choice._hold(1000)
+        monkeypatch.setattr(threads, "CHOICE", choice)
+        seen: list[int] = []
+        eng.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+        params = SamplingParams(temperature=0, max_new_tokens=6, seed=1)
+        events = list(eng.generate([eng.encode("Once upon a time", raw=True)], [params]))
+        assert sum(hasattr(e, "logprob") for e in events) == 6
+        assert seen[1:] == [1] * 5 and choice.left == 1000 - 5  # the prompt (seen[0]) is not a step
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
