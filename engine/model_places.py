@@ -61,9 +61,10 @@ def _lmstudio_setting(path: Path, key: str | None) -> Path | None:
     try:
         text = read_regular_bytes(path, _SMALL).decode("utf-8").strip()
         value = json.loads(text).get(key) if key is not None else text
-    except (TiankongError, UnicodeDecodeError, ValueError, AttributeError):
+        # "~user" of no such user (RuntimeError), a NUL in the path (ValueError on any use of it)
+        folder = Path(value).expanduser() if isinstance(value, str) and value.strip() and "\0" not in value else None
+    except (TiankongError, ValueError, AttributeError, RecursionError, RuntimeError):  # JSON nested past the stack
         return None
-    folder = Path(value).expanduser() if isinstance(value, str) and value.strip() else None
     return folder if folder is not None and folder.is_absolute() else None
 
 

@@ -168,6 +168,15 @@ def test_lmstudio_models_directory_moved_in_its_settings(stores, tmp_path):
     ):
         (elsewhere / "settings.json").write_text(text)
         assert resolve_model("lm-org/lm-tiny") == stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny"
+    # QA: values that broke every load (expanduser of an unknown user, JSON nested past the stack, a NUL)
+    deep = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for text in (json.dumps({"downloadsFolder": "~nosuchuser0/models"}), deep, '{"downloadsFolder": "/tmp/x\\u0000y"}'):
+        (elsewhere / "settings.json").write_text(text)
+        assert resolve_model("lm-org/lm-tiny") == stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny"
+        assert "lm-org/lm-tiny" in {m.name for m in list_models()}
+    for pointer in ("~nosuchuser0/lms", "/x\0y"):
+        (stores / ".lmstudio-home-pointer").write_text(pointer)
+        assert resolve_model("lm-org/lm-tiny") == stores / ".lmstudio" / "models" / "lm-org" / "lm-tiny"
     (stores / ".lmstudio-home-pointer").unlink()
     (stores / ".lmstudio-home-pointer").mkdir()  # not a file: ignored
     (stores / ".lmstudio" / "settings.json").write_bytes(b"\xff\xfe")
