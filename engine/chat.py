@@ -38,9 +38,12 @@ def no_template_note(reader: str) -> str:
 
 
 # The fix for a template that cannot be used, the model's own or a --chat-template file. Raw mode is
-# named as generate's: chat and serve have none, and leave RAW_MODE_FIX out where they say it.
+# named as generate's: chat and serve have none, and leave RAW_MODE_FIX out where they say it; the
+# trainers put their own options in place of TEMPLATE_FIX (trainers/data.py trainer_template_line).
 RAW_MODE_FIX = ", or use raw mode (generate --raw)"
-_FIX = "fix the template or pass another file (--chat-template FILE, or chat_template=PATH in Python)" + RAW_MODE_FIX
+TEMPLATE_FIX = (
+    "fix the template or pass another file (--chat-template FILE, or chat_template=PATH in Python)" + RAW_MODE_FIX
+)
 
 # A --chat-template file larger than this is not a template (the largest known are ~20 KB).
 TEMPLATE_FILE_MAX_BYTES = 4 * 1024 * 1024
@@ -89,13 +92,13 @@ class ChatTemplate:
             self._template = _environment().from_string(source)
         except jinja2.TemplateSyntaxError as error:
             raise ChatTemplateError(
-                f"chat template has a syntax error on line {error.lineno}: {quoted(error.message or '')}; {_FIX}"
+                f"chat template has a syntax error on line {error.lineno}: {quoted(error.message or '')}; {TEMPLATE_FIX}"
             ) from error
         except (RecursionError, MemoryError, SyntaxError, ValueError, OverflowError) as error:
             # Blocks or expressions nested too deeply for the parser or for Python's compiler.
             raise ChatTemplateError(
                 f"chat template cannot be compiled ({type(error).__name__}: {error_line(error)}); "
-                f"it is nested too deeply; {_FIX}"
+                f"it is nested too deeply; {TEMPLATE_FIX}"
             ) from error
 
     # Why the template cannot be used (set by `unusable`); None for one that compiled and passed its checks.
@@ -225,7 +228,7 @@ class ChatTemplate:
     def _failed(self, problem: str) -> ChatTemplateFault:
         """The one line for a template that failed on its own, naming where it came from."""
         where = f" ({self.origin})" if self.origin is not None else ""
-        return ChatTemplateFault(f"chat template failed{where}: {problem}; {_FIX}")
+        return ChatTemplateFault(f"chat template failed{where}: {problem}; {TEMPLATE_FIX}")
 
     def _render(self, variables: dict[str, Any]) -> str:
         # Streamed, so that a template writing a huge prompt stops at the limit instead of at the
@@ -329,7 +332,8 @@ def _template_message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 def _read_template_file(path: Path) -> str:
     """The template text of a --chat-template file (see ChatTemplate.from_file)."""
-    data = read_regular_bytes(path, TEMPLATE_FILE_MAX_BYTES, ChatTemplateError)
+    fix = "a chat template is a few KB of Jinja (the largest known ~20 KB); give the template's file"
+    data = read_regular_bytes(path, TEMPLATE_FILE_MAX_BYTES, ChatTemplateError, fix)
     try:
         source = data.decode("utf-8")
     except UnicodeDecodeError as e:

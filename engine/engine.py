@@ -234,6 +234,8 @@ class Engine:
         n_params = weights["parameters"]
         if pack:
             model = prepare_for_inference(model)
+        if gguf is not None:  # generate.nonfinite_reason reads its block scales, which the model keeps as bytes
+            setattr(model, "gguf_file", gguf.path)  # noqa: B010 - a Path is no Module attribute mypy allows
         tokenizer, template = tokenizer_and_template(folder, gguf, cfg, chat_template, tokenizer)
         return cls(model, cfg, tokenizer, template, folder, n_params, weights)
 
@@ -435,7 +437,13 @@ class Engine:
             "tied_embeddings": c.tie_embeddings,
             "dtype": str(self.dtype).removeprefix("torch.")
             + (f" (quantized weights: {', '.join(self.quantized)})" if self.quantized else ""),
-            "weight_types": ", ".join(f"{k} x{v}" for k, v in sorted(self.weights.get("types", {}).items())),
+            # Matrices as loaded, Phi-3's fused tensors split: said, since a file's 10 read "x16"
+            "weight_types": ", ".join(f"{k} x{v}" for k, v in sorted(self.weights.get("types", {}).items()))
+            + (
+                " (matrices: each fused q/k/v tensor counted as 3, gate/up as 2)"
+                if c.architecture == "Phi3ForCausalLM"
+                else ""
+            ),
             "bytes_per_token": self.weights.get("bytes_per_token"),
             "kv_cache": f"{str(kv).removeprefix('torch.')}, {human_bytes(kv_bytes)} per token and row",
             "checkpoint_dtype": _checkpoint_dtype(c.torch_dtype, self.folder),

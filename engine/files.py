@@ -213,17 +213,18 @@ def open_regular(path: str | Path, error: type[Exception] = ModelLoadError) -> i
     return fd
 
 
-def read_regular_bytes(path: str | Path, limit: int, error: type[Exception] = ModelLoadError) -> bytes:
-    """At most `limit` bytes of a regular file (see `open_regular`), else `error` in one line."""
+def read_regular_bytes(
+    path: str | Path, limit: int, error: type[Exception] = ModelLoadError, fix: str = "restore it from its source"
+) -> bytes:
+    """At most `limit` bytes of a regular file (see `open_regular`), else `error` in one line; `fix`
+    is what the line says to do about a file over the limit (a person's own file has no source)."""
     with os.fdopen(open_regular(path, error), "rb") as f:  # a folder fails fdopen: checked before
         try:
             data = f.read(limit + 1)
         except OSError as e:
             raise error(f"cannot read {path} ({e.strerror}); check the file and its permissions") from None
     if len(data) > limit:
-        raise error(
-            f"{path} is larger than {limit >> 20} MB, too large for this kind of file; restore it from its source"
-        )
+        raise error(f"{path} is larger than {limit >> 20} MB, too large for this kind of file; {fix}")
     return data
 
 

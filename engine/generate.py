@@ -34,6 +34,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence, cast
 
 import torch
@@ -357,6 +358,10 @@ def nonfinite_reason(model: nn.Module) -> str:
                 kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
                 what = role(name) if role is not None else name
                 return f"weight {what} holds {kind} values; re-download or re-convert the checkpoint"
+    bad = _nonfinite_scales(getattr(model, "gguf_file", None)) if unchecked else None
+    if bad is not None:
+        (name, kind), file = bad
+        return f"weight {name} of {file} holds {kind} block scales; re-download or re-convert the checkpoint"
     weights = (
         "the unquantized weights are finite (a quantized block's scale may not be)"
         if unchecked
@@ -366,3 +371,19 @@ def nonfinite_reason(model: nn.Module) -> str:
         f"{weights}, so an activation overflowed (common in float16: load float32, --dtype float32 or dtype='float32' in Python) "
         "or a config value such as rope_theta or rope_scaling is wrong"
     )
+
+
+def _nonfinite_scales(file: Path | None) -> tuple[tuple[str, str], str] | None:
+    """((tensor, "NaN" or "infinite"), the file's name) for the first tensor of the GGUF `file` (the
+    model's, Engine.load sets it) whose block scales are not finite; None without a file, when every
+    scale is finite, or when the file can no longer be read (moved or changed since the load)."""
+    from .errors import TiankongError
+    from .gguf_model import GGUFModel
+
+    if file is None:
+        return None
+    try:
+        found = GGUFModel(file).nonfinite_scales()
+    except (TiankongError, OSError, ValueError):
+        return None
+    return None if found is None else (found, file.name)

@@ -50,6 +50,20 @@ if TYPE_CHECKING:
 __all__ = ["ARCHS", "Arch", "GGUFModel", "check_header", "is_gguf", "peek", "quantization_name"]
 
 
+# Byte offsets of each block type's fp16 scale fields (engine/quant.py's table: d; q4_1/q5_1's m and
+# the K-types' dmin at 2; q6_k's d after its 208 bytes of quants and sub-block scales).
+SCALE_FIELDS: dict[str, tuple[int, ...]] = {
+    "q8_0": (0,),
+    "q4_0": (0,),
+    "q4_1": (0, 2),
+    "q5_0": (0,),
+    "q5_1": (0, 2),
+    "q4_k": (0, 2),
+    "q5_k": (0, 2),
+    "q6_k": (208,),
+}
+
+
 def _again(path: Path) -> str:
     """How to get a damaged file again: an Ollama blob is pulled (by the name it was resolved from,
     where known), any other file downloaded."""
@@ -289,6 +303,23 @@ class GGUFModel:
         for t in self.all_tensors:
             out[t.tensor_type.name] = out.get(t.tensor_type.name, 0) + 1
         return out
+
+    def nonfinite_scales(self) -> tuple[str, str] | None:
+        """(tensor name, "NaN" or "infinite") of the first block-quantized tensor, in file order, with
+        a scale field (quant.py's d, m, dmin) that is not finite; None if every scale is finite. Reads
+        the scale fields only (2 bytes of each 18-34 byte block): for a model whose logits went
+        non-finite (generate.nonfinite_reason), where the kept blocks are bytes it cannot check."""
+        sizes = _quant_types()
+        for t in self.all_tensors:
+            kind = t.tensor_type.name.lower()
+            if kind not in SCALE_FIELDS or kind not in sizes:
+                continue
+            blocks = np.asarray(t.data).reshape(-1, sizes[kind][1])  # (blocks, bytes per block) uint8
+            for at in SCALE_FIELDS[kind]:
+                scales = np.ascontiguousarray(blocks[:, at : at + 2]).view("<f2")  # (blocks, 1)
+                if not np.isfinite(scales).all():
+                    return t.name, "NaN" if np.isnan(scales).any() else "infinite"
+        return None
 
     def hf_tensors(self) -> Iterator[tuple[str, str, tuple[int, ...], Callable[[], torch.Tensor]]]:
         """(file name, HF name, HF shape, read) for every tensor; read() dequantizes to float32 on CPU.

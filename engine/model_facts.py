@@ -109,8 +109,12 @@ class _MetaReads(NameTable):
         meta.__dict__.update(vars(table), blocks=blocks)
         return meta
 
-    def split(self, tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]]) -> Iterator:
-        for file, name, shape, _ in super().split(tensors):
+    def split(
+        self,
+        tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]],
+        file_name: Callable[[str], str] | None = None,
+    ) -> Iterator:
+        for file, name, shape, _ in super().split(tensors, file_name):
             qtype = self.blocks.get(self.fused_name(name))  # a fused tensor's parts (Phi-3) keep its type
             if qtype is not None and len(shape) == 2:
                 yield file, name, shape, lambda q=qtype, s=shape: meta_qtensor(q, (s[0], s[1]))

@@ -24,6 +24,7 @@ from .errors import ModelLoadError, TiankongError
 from .files import download_fix, model_file, open_regular, parse_json, read_model_object, unfinished_download
 from .gguf_split import part_paths
 from .model_places import (
+    _Denied,
     _gguf_files,
     _gguf_in,
     _is_file,
@@ -76,13 +77,25 @@ def list_models(skipped: list[str] | None = None) -> list[FoundModel]:
     if os.path.isfile(bundled / "config.json"):
         found.append(_describe("tiankong-mini", "bundled", bundled))
     found += _hf_entries(hf_hub_cache(), notes)
-    for root in lmstudio_dirs():
-        for org in _scan_or_note(root, notes):
+    for root in lmstudio_dirs(notes):  # a settings file of LM Studio's that cannot be used: noted
+        for org in _lmstudio_orgs(root, notes):
             for folder in _scan_or_note(org, notes) if os.path.isdir(org) else ():
                 if os.path.isdir(folder):
                     found += _noting(notes, _lmstudio_entries, f"{org.name}/{folder.name}", folder, notes)
     found += _ollama_entries(ollama_dir(), notes)
     return [_reachable(m) for m in found]
+
+
+def _lmstudio_orgs(root: Path, notes: list[str]) -> list[Path]:
+    """The ORG folders of LM Studio's models folder `root`; one that cannot be read is noted (saying
+    where it was named, when LM Studio's settings named it) and counts as empty."""
+    try:
+        return _scan(root)
+    except _Denied as e:
+        notes.append(str(e.named_by(root)))
+    except ModelLoadError as e:
+        notes.append(str(e))
+    return []
 
 
 def _reachable(found: FoundModel) -> FoundModel:

@@ -4,18 +4,23 @@ name to one model) and engine/model_list.py (every model found) both stand on.
 The stores belong to other programs (and may belong to other users), so every probe goes through
 `_stat` and `_scan`: a folder that cannot be read is one line ("cannot read X: permission denied",
 noted and skipped by `list_models`), a dangling or looping link is named a broken link, and nothing
-but a regular file is ever opened (a FIFO named *.gguf would block the open for ever). The cache
-layout is read with os and pathlib (huggingface_hub is not a dependency); small files (refs,
-manifests, configs) are read through engine/files, bounded and regular files only.
+but a regular file is ever opened (a FIFO named *.gguf would block the open for ever). /proc, /sys
+and /dev are never listed (pseudo-files: /proc/PID/root leads back to /), and `bounded_walk` caps a
+walk that may give up (a suggestion for a name not found). The cache layout is read with os and
+pathlib (huggingface_hub is not a dependency); small files (refs, manifests, configs) are read
+through engine/files, bounded and regular files only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +32,11 @@ _HASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _PROJECTOR = re.compile(r"(?i)mmproj")  # llama.cpp's name for a vision projector file
 _SMALL = 1 << 20  # refs, manifests and Ollama configs are a few hundred bytes
 _GGUF_DEPTH = 3  # a repo's folder and two levels of subfolders are searched for .gguf files
+# Pseudo-files, never models: a Models Directory of / or /proc walked every process's /proc/PID/root,
+# which leads back to / (40 s of silence before a "no model" line).
+_SYSTEM = ("/proc", "/sys", "/dev")
+# What is left of a walk bounded by `bounded_walk`: [entries, time.monotonic() deadline]; None: unbounded
+_WALK: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("_WALK", default=None)
 
 
 # --- where models live -----------------------------------------------------------------------------
@@ -43,29 +53,123 @@ def hf_hub_cache() -> Path:
     return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface" / "hub"
 
 
-def lmstudio_dirs() -> list[Path]:
+def lmstudio_dirs(notes: list[str] | None = None) -> list[Path]:
     """LM Studio's models folders: the one its settings name ("Models Directory", which a person
     may move to another disk), then the default one in its data folder, then the older location.
     Its data folder is ~/.lmstudio unless ~/.lmstudio-home-pointer names another (how LM Studio
-    moves it). Both files are LM Studio's: one that cannot be read or parsed leaves the defaults."""
+    moves it). Both files are LM Studio's: one that is there but cannot be used (unreadable, not
+    JSON, a value that is no absolute path, a Models Directory that is a file) leaves the defaults,
+    and `notes`, when given, gets one line saying so (`tiankong models` shows it as skipped)."""
+    return _lmstudio(notes)[0]
+
+
+def lmstudio_origin(root: Path) -> str | None:
+    """Where LM Studio's models folder `root` was named, when its settings named it (the person
+    may never have typed that path): "LM Studio's Models Directory, downloadsFolder in FILE"."""
+    _, chosen, settings = _lmstudio(None)
+    return f"LM Studio's Models Directory, downloadsFolder in {settings}" if root == chosen else None
+
+
+def _lmstudio(notes: list[str] | None) -> tuple[list[Path], Path | None, Path]:
+    """(LM Studio's models folders, the one its settings name or None, its settings file)."""
     home = Path.home()
-    data = _lmstudio_setting(home / ".lmstudio-home-pointer", None) or home / ".lmstudio"
-    chosen = _lmstudio_setting(data / "settings.json", "downloadsFolder")
+    default = home / ".lmstudio"
+    pointer = _lmstudio_setting(
+        home / ".lmstudio-home-pointer",
+        None,
+        notes,
+        f"LM Studio's data folder is taken to be {default}; fix or remove it",
+    )
+    data = pointer or default
+    settings = data / "settings.json"
+    chosen = _lmstudio_setting(
+        settings,
+        "downloadsFolder",
+        notes,
+        "LM Studio's Models Directory is not searched; fix it, or choose the folder again in LM Studio (My Models)",
+    )
+    if chosen is not None:
+        chosen = _lmstudio_folder_or_note(chosen, settings, notes)
     dirs = [chosen, data / "models", home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"]
-    return list(dict.fromkeys(d for d in dirs if d is not None))
+    return list(dict.fromkeys(d for d in dirs if d is not None)), chosen, settings
 
 
-def _lmstudio_setting(path: Path, key: str | None) -> Path | None:
+class _Unusable(Exception):
+    """Why a file of LM Studio's that is there cannot be used (one line's start)."""
+
+
+def _lmstudio_setting(path: Path, key: str | None, notes: list[str] | None = None, then: str = "") -> Path | None:
     """A folder that LM Studio's file at `path` names: the whole text (key None: the home pointer), or
-    the string under `key` of its JSON object; None where there is none (or the file cannot be read)."""
+    the string under `key` of its JSON object; None where there is none. A file that is there but
+    cannot be used gives None too, and one line in `notes`: the file, why, and `then` (what is done
+    instead, and the fix)."""
+    if not os.path.lexists(path):  # LM Studio not installed, or never moved: nothing to say
+        return None
+    try:
+        return _lmstudio_value(path, key)
+    except _Unusable as e:
+        if notes is not None:
+            notes.append(f"{e}, so {then}")
+        return None
+
+
+def _lmstudio_value(path: Path, key: str | None) -> Path | None:
+    """`_lmstudio_setting`'s folder; _Unusable saying why the file or its value cannot be used."""
+    where = f"{key} in {path}" if key is not None else str(path)
+    if not os.path.exists(path):
+        raise _Unusable(f"{path} is a broken link (to {os.readlink(path)}, which does not exist)")
     try:
         text = read_regular_bytes(path, _SMALL).decode("utf-8").strip()
-        value = json.loads(text).get(key) if key is not None else text
-        # "~user" of no such user (RuntimeError), a NUL in the path (ValueError on any use of it)
-        folder = Path(value).expanduser() if isinstance(value, str) and value.strip() and "\0" not in value else None
-    except (TiankongError, ValueError, AttributeError, RecursionError, RuntimeError):  # JSON nested past the stack
+        data = json.loads(text) if key is not None else text
+    except ModelLoadError as e:  # unreadable, a FIFO, larger than 1 MB: the line's reason, without its fix
+        raise _Unusable(str(e).partition("; ")[0]) from None
+    except UnicodeDecodeError as e:
+        raise _Unusable(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise _Unusable(f"{path} is JSON nested too deep to read") from None
+    except ValueError as e:
+        raise _Unusable(f"{path} is not JSON ({e})") from None
+    if key is not None and not isinstance(data, dict):
+        raise _Unusable(f"{path} holds no JSON object")
+    value = data.get(key) if isinstance(data, dict) else data
+    if value is None:  # no such setting: LM Studio's default folder
         return None
-    return folder if folder is not None and folder.is_absolute() else None
+    shown = json.dumps(value)[:80] if isinstance(value, (str, int, float, bool)) else type(value).__name__
+    if not isinstance(value, str) or not value.strip() or "\0" in value:  # a NUL: ValueError on any use
+        raise _Unusable(f"{where} is no folder path ({shown})")
+    try:
+        folder = Path(value).expanduser()
+    except RuntimeError:  # "~user" of no such user
+        raise _Unusable(f"{where} names a user this machine does not have ({shown})") from None
+    if not folder.is_absolute():
+        raise _Unusable(f"{where} is a relative path ({shown}), which LM Studio never writes")
+    return folder
+
+
+def _lmstudio_folder_or_note(folder: Path, settings: Path, notes: list[str] | None) -> Path | None:
+    """The Models Directory LM Studio's settings name, unless something other than a folder is there
+    (a file, a FIFO, /dev/zero, a broken link): then None, and one line in `notes`. A folder that
+    cannot be read stays (a lookup goes on past it and says so); one that does not exist stays too,
+    as the default folders do (a disk not mounted yet)."""
+    try:
+        st = _stat(folder)
+    except _Denied:
+        return folder
+    except ModelLoadError as e:  # a broken link
+        problem = str(e).partition("; ")[0]
+    else:
+        if st is not None and stat.S_ISDIR(st.st_mode) and _system(folder):
+            problem = f"{folder} is a system folder (pseudo-files, no models)"
+        elif st is None or stat.S_ISDIR(st.st_mode):
+            return folder
+        else:
+            problem = f"{folder} is {'a file' if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode)}, not a folder"
+    if notes is not None:
+        notes.append(
+            f"LM Studio's Models Directory (downloadsFolder in {settings}) is not searched: {problem}; "
+            "choose the folder again in LM Studio (My Models)"
+        )
+    return None
 
 
 def ollama_dir() -> Path:
@@ -85,15 +189,26 @@ class _Denied(ModelLoadError):
     """A place that cannot be read for want of permission. A lookup goes on in the other places and
     raises this only when none holds the name, so one locked store does not hide the others."""
 
+    def __init__(self, place: Path, origin: str | None = None) -> None:
+        self.place = place
+        where, other = (f" ({origin})", ", choose another folder in LM Studio (My Models),") if origin else ("", "")
+        super().__init__(
+            f"cannot read {place}{where}: permission denied; give your user access to it (chmod, chown)"
+            f"{other} or use a model from another place"
+        )
+
+    def named_by(self, root: Path) -> _Denied:
+        """This line for a probe inside LM Studio's folder `root`, saying where `root` was named when
+        LM Studio's settings named it: the person may never have typed that path."""
+        origin = lmstudio_origin(root)
+        return _Denied(self.place, origin) if origin is not None else self
+
 
 def _unreadable(path: Path, e: OSError) -> ModelLoadError:
     if e.errno == errno.ELOOP:
         return ModelLoadError(f"{path} is a broken link (its links form a loop); fix or remove the link")
     if e.errno in (errno.EACCES, errno.EPERM):
-        return _Denied(
-            f"cannot read {_blocked(path)}: permission denied; give your user access to it "
-            "(chmod, chown) or use a model from another place"
-        )
+        return _Denied(_blocked(path))
     return ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the path")
 
 
@@ -138,14 +253,61 @@ def _is_file(path: Path) -> bool:
 
 
 def _scan(folder: Path) -> list[Path]:
-    """The entries of `folder` by name, hidden ones (.locks, .git) left out; [] if it is no folder."""
+    """The entries of `folder` by name, hidden ones (.locks, .git) left out; [] if it is no folder, or
+    a system folder (/proc, /sys, /dev: no models there). Counted against a `bounded_walk`."""
+    if _system(folder):
+        return []
     try:
         with os.scandir(folder) as entries:
-            return sorted(folder / e.name for e in entries if not e.name.startswith("."))
+            found = sorted(folder / e.name for e in entries if not e.name.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as e:
         raise _unreadable(folder, e) from None
+    _spend(len(found) + 1)
+    return found
+
+
+def _real(path: Path) -> Path:
+    """`path` with its links resolved, or as it is where one cannot be read (/proc/PID/root of another
+    user's process raises PermissionError even for os.path.realpath)."""
+    try:
+        return Path(os.path.realpath(path))
+    except OSError:
+        return Path(os.path.abspath(path))
+
+
+def _system(folder: Path) -> bool:
+    """Whether `folder` (its links resolved) is /proc, /sys, /dev or inside one."""
+    real = str(_real(folder))
+    return any(real == top or real.startswith(top + "/") for top in _SYSTEM)
+
+
+class WalkTooLong(Exception):
+    """A walk inside `bounded_walk` ran past its entries or its seconds. No TiankongError: the
+    listing's own catches (a place noted and skipped, a name refused) must let it through to the
+    caller that set the bound."""
+
+
+@contextlib.contextmanager
+def bounded_walk(entries: int, seconds: float) -> Iterator[None]:
+    """Within the block, `_scan` raises WalkTooLong once the folders listed hold more than `entries`
+    entries in all, or `seconds` have passed: for work that may give up (a suggestion for a name
+    not found), where a Models Directory of / would otherwise walk the whole disk on every miss."""
+    token = _WALK.set([entries, time.monotonic() + seconds])
+    try:
+        yield
+    finally:
+        _WALK.reset(token)
+
+
+def _spend(entries: int) -> None:
+    left = _WALK.get()
+    if left is None:
+        return
+    left[0] -= entries
+    if left[0] < 0 or time.monotonic() > left[1]:
+        raise WalkTooLong("the stores are too large to walk within the bound")
 
 
 def _scan_or_note(folder: Path, skipped: list[str]) -> list[Path]:
@@ -224,8 +386,8 @@ def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH, _within: tuple[Path, set
     Nothing is opened but the regular files' headers (see _projector)."""
     from .gguf_split import first_parts
 
-    top, seen = _within or (Path(os.path.realpath(folder)), set())
-    seen.add(Path(os.path.realpath(folder)))
+    top, seen = _within or (_real(folder), set())
+    seen.add(_real(folder))
     files: list[Path] = []
     for entry in sorted(_scan(folder), key=os.path.islink):  # a folder before a link to it: its own name
         if entry.name.lower().endswith(".gguf"):
@@ -234,7 +396,7 @@ def _gguf_files(folder: Path, depth: int = _GGUF_DEPTH, _within: tuple[Path, set
         elif depth > 1 and os.path.isdir(entry):
             # A linked subfolder is searched only inside the model's own folder, and each folder once:
             # a link to a parent (a loop) listed every model of the store again under it.
-            real = Path(os.path.realpath(entry))
+            real = _real(entry)
             if real not in seen and top in real.parents:
                 files += _gguf_files(entry, depth - 1, (top, seen))
     return first_parts(files)  # a split set is one model, loaded from its first part (engine/gguf_split.py)

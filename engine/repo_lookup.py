@@ -144,12 +144,10 @@ def _in_repo(repo: str, rev: str | None, sub: str, hf: bool = True, lmstudio: bo
             places += [(repo if rev is None else f"{repo}@{rev}", s, True) for s in _hf_folders(repo, rev)]
         except _Denied as e:
             denied = e
-    for root in lmstudio_dirs() if lmstudio and rev is None else []:
-        try:
-            if _is_dir(root / repo):
-                places.append((repo if hf else f"{LMSTUDIO}{repo}", root / repo, False))
-        except _Denied as e:
-            denied = denied or e
+    if lmstudio and rev is None:
+        folders, locked = lmstudio_repos(repo)
+        places += [(repo if hf else f"{LMSTUDIO}{repo}", folder, False) for folder in folders]
+        denied = denied or locked
     for label, folder, cached in places:
         if os.path.lexists(folder / sub):  # a broken link is there too: _regular says so
             found = _repo_path(f"{label}/{sub}", folder / sub, folder)
@@ -241,7 +239,7 @@ def _hf_model(repo: str, revision: str | None, snapshot: Path) -> Path:
     try:
         gguf = _one_gguf(label, snapshot)
     except ModelLoadError as e:  # several: LM Studio's model of the same name is one more choice
-        there = revision is None and any(_is_dir(root / repo) for root in lmstudio_dirs())
+        there = revision is None and bool(lmstudio_repos(repo)[0])
         if not there:
             raise
         raise ModelLoadError(f"{e}, or --model {LMSTUDIO}{repo} for LM Studio's") from None
@@ -261,16 +259,37 @@ def _hf_model(repo: str, revision: str | None, snapshot: Path) -> Path:
 # --- LM Studio's folders ---------------------------------------------------------------------------
 
 
-def _lmstudio_folder(repo: str) -> Path | None:
-    """LM Studio's ORG/NAME: the folder (config.json) or its one .gguf file; None if no folder."""
+def lmstudio_repos(repo: str) -> tuple[list[Path], _Denied | None]:
+    """LM Studio's folders named `repo` (ORG/NAME), in the order its models folders are searched, and
+    the first denial met on the way: a models folder that cannot be read is passed over, so that
+    one locked folder does not hide the others (a lookup raises the denial when none holds the name)."""
+    folders: list[Path] = []
+    denied: _Denied | None = None
     for root in lmstudio_dirs():
-        folder = root / repo
-        if not _is_dir(folder):
+        try:
+            if _is_dir(root / repo):
+                folders.append(root / repo)
+        except _Denied as e:
+            denied = denied or e.named_by(root)
+    return folders, denied
+
+
+def _lmstudio_folder(repo: str) -> Path | None:
+    """LM Studio's ORG/NAME: the folder (config.json) or its one .gguf file; None if no folder. A
+    folder that cannot be read is passed over for the next one; its denial is raised when no other
+    holds the name."""
+    folders, denied = lmstudio_repos(repo)
+    for folder in folders:
+        try:
+            if _is_file(folder / "config.json"):
+                return folder
+            gguf = _one_gguf(repo, folder)
+        except _Denied as e:
+            denied = denied or e.named_by(folder.parent.parent)  # the models folder of ORG/NAME
             continue
-        if _is_file(folder / "config.json"):
-            return folder
-        gguf = _one_gguf(repo, folder)
         if gguf is not None:
             return gguf
         raise ModelLoadError(f"LM Studio's {folder} holds no model (no config.json, no .gguf file); download it again")
+    if denied is not None:
+        raise denied
     return None

@@ -48,6 +48,7 @@ from .model_list import list_models
 from .model_names import ModelPath, _carries, _model_path
 from .model_places import (
     _PART,
+    WalkTooLong,
     _Denied,
     _gguf_files,
     _gguf_in,
@@ -58,6 +59,7 @@ from .model_places import (
     _starts_gguf,
     _stat,
     _unreadable,
+    bounded_walk,
     bundled_dir,
     hf_hub_cache,
     lmstudio_dirs,
@@ -75,12 +77,17 @@ from .repo_lookup import (
     _one_gguf,
     _parse,
     _parse_lmstudio,
+    lmstudio_repos,
 )
 
 # llama.cpp's names for a hub repo: its address in front (hf.co/ORG/NAME), a quantization behind (ORG/NAME:Q8_0).
 _HUB_PREFIX = re.compile(r"^(?:https?://)?(?:hf\.co|(?:www\.)?huggingface\.co)/")
 _QUANT = re.compile(rf"(?P<repo>{_PART}/{_PART}):(?P<quant>[A-Za-z0-9][A-Za-z0-9_]{{0,31}})")
 _SUGGEST = contextvars.ContextVar("_SUGGEST", default=True)  # off while list_models checks its own names
+# A name not found is matched against every listed name; the stores' walk for it gives up past these (a
+# hundred models in each store are a few thousand entries, listed in well under a second).
+_SUGGEST_ENTRIES = 20_000
+_SUGGEST_SECONDS = 2.0
 
 
 # --- resolving one name ----------------------------------------------------------------------------
@@ -235,9 +242,10 @@ def _by_quant(text: str, repo: str, quant: str) -> Path:
     """ORG/NAME:QUANT (llama.cpp's -hf REPO:QUANT): the one .gguf file of the repo (its Hugging Face
     snapshot, else its LM Studio folder) whose name holds QUANT as a word, in any case; one line
     naming the files when several or none do."""
-    folders = _hf_folders(repo, None) or [f for f in (root / repo for root in lmstudio_dirs()) if _is_dir(f)]
+    lmstudio, denied = lmstudio_repos(repo)
+    folders = _hf_folders(repo, None) or lmstudio
     if not folders:
-        raise _not_found(text, Path(text), searched_hf=True, searched_lmstudio=True)
+        raise denied or _not_found(text, Path(text), searched_hf=True, searched_lmstudio=True)
     folder = folders[0]
     word = re.compile(rf"(?:^|[-._]){re.escape(quant.lower())}(?:[-.]|$)")  # Q4_K is not Q4_K_M
     files = [f.relative_to(folder).as_posix() for f in _gguf_files(folder)]
@@ -315,8 +323,9 @@ def _closest(text: str) -> str | None:
     if not _SUGGEST.get():
         return None
     try:
-        names = [m.name for m in list_models()]
-    except (TiankongError, OSError):
+        with bounded_walk(_SUGGEST_ENTRIES, _SUGGEST_SECONDS):
+            names = [m.name for m in list_models()]
+    except (TiankongError, OSError, WalkTooLong):  # no suggestion beats a long silence before the line
         return None
     key = _HUB_PREFIX.sub("", text).lower().removeprefix("ollama:")
     for name in names:

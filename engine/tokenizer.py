@@ -276,11 +276,14 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     )
 
 
-def load_checked_tokenizer(folder: str | Path) -> Tokenizer:
+def load_checked_tokenizer(folder: str | Path, config: bool = False) -> Tokenizer:
     """load_tokenizer, then check_token_ids against the model's embedding rows where they are known
     without the weights (config.json's vocab_size, a GGUF file's token_embd.weight), as loading the
     model checks them: `tiankong tokenize` shows no id the model could not run. A config that cannot be
-    read leaves the ids unchecked (the tokenizer needs none; loading the model names the fault)."""
+    read leaves the ids unchecked (the tokenizer needs none; loading the model names the fault), unless
+    `config`: then its error is raised, as loading the model would raise it (chat and compare, before
+    their screen opens: a GGUF file whose metadata builds no model opened an app that could only say
+    "model not loaded"). No torch is imported either way."""
     from .config import ModelConfig
     from .gguf_model import GGUFModel, is_gguf
 
@@ -288,8 +291,13 @@ def load_checked_tokenizer(folder: str | Path) -> Tokenizer:
     gguf = GGUFModel(folder) if is_gguf(folder) else None
     tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
     try:
-        rows = gguf.hf_config.get("vocab_size") if gguf else ModelConfig.from_folder(folder).vocab_size
+        if config:  # the whole config, validated as load_model validates it (engine/model.py)
+            rows: object = (gguf.config() if gguf else ModelConfig.from_folder(folder)).vocab_size
+        else:
+            rows = gguf.hf_config.get("vocab_size") if gguf else ModelConfig.from_folder(folder).vocab_size
     except TiankongError:
+        if config:
+            raise
         return tokenizer
     if isinstance(rows, int) and rows > 0:
         check_token_ids(tokenizer, rows, folder)

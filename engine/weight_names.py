@@ -46,10 +46,16 @@ class NameTable:
         self.fused = [(_pattern(src), src, parts) for src, parts in (fused or {}).items()]
         self.sub_model = sub_model
 
-    def split(self, tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]]) -> Iterator:
+    def split(
+        self,
+        tensors: Iterator[tuple[str, str, tuple[int, ...], Callable]],
+        file_name: Callable[[str], str] | None = None,
+    ) -> Iterator:
         """The (file, name, shape, read) stream of a checkpoint with every fused tensor replaced by
         its parts, each read as a view of the fused tensor's rows (read once for all of them), and
-        only the sub-model's tensors, renamed as if it were alone."""
+        only the sub-model's tensors, renamed as if it were alone. file_name: a GGUF file's name for
+        a tensor's Hugging Face name (GGUFModel.file_tensor_name), so that a fused tensor of the
+        wrong size is named as the file names it, against its metadata, not config.json."""
         for file, name, shape, read in tensors:
             if self.sub_model:
                 if not name.startswith(self.sub_model):
@@ -61,9 +67,15 @@ class NameTable:
                 continue
             m, parts = hit
             if not shape or shape[0] != sum(rows for _, rows in parts):
+                rows = sum(rows for _, rows in parts)
+                if file_name is not None:
+                    raise ModelLoadError(
+                        f"tensor {file_name(name)} in {file} has shape {list(shape)}, but the file's metadata "
+                        f"implies {rows} rows; the file is damaged or was converted wrongly: use another file"
+                    )
                 raise ModelLoadError(
                     f"tensor {name} in {file} has shape {list(shape)}, but config.json implies "
-                    f"{sum(rows for _, rows in parts)} rows; the weights do not match the config"
+                    f"{rows} rows; the weights do not match the config"
                 )
             whole, start = functools.cache(read), 0
             for part, rows in parts:

@@ -85,7 +85,8 @@ def check_checkpoint(folder: Path | TensorSource, cfg: ModelConfig, table: NameT
     shapes = {n: tuple(p.shape) for n, p in one_layer.named_parameters()}
     layers: set[int] = set()
     headers: dict[Path, dict[str, str]] = {}  # safetensors file -> tensor name -> dtype, read once per file
-    for file, name, shape, read in table.split(checkpoint_tensors(folder)):
+    names = None if isinstance(folder, Path) else folder.file_tensor_name  # a GGUF file's errors: its names
+    for file, name, shape, read in table.split(checkpoint_tensors(folder), names):
         hit = table.match(name)
         if hit is None:
             continue  # not ours: load_weights names it

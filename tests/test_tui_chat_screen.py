@@ -309,7 +309,7 @@ def test_the_status_line_and_ctrl_t_say_how_full_the_context_is(tiny, store, tmp
     # prompt's room) read as a share of the context, beside ctrl+t's "prompt 168/256" (66%).
     assert prompt <= 192 and f"ready · prompt {prompt}/256 · old turns go past 192" in line
     # ctrl+t counts the prompt as it stands (the box empty: the chat alone) and the room after it.
-    assert head.startswith(f" {n} tokens   prompt {n}/256 · answer room {256 - n} (max tokens 512)")
+    assert head.startswith(f" {n} tokens   prompt {n}/256 · answer room {256 - n} (max tokens 256)")  # capped
     assert shown.endswith("without the chat's first 2 turns, which no longer fit the context"), shown
 
 
@@ -332,7 +332,7 @@ def test_the_ctrl_t_head_breaks_between_its_phrases_at_80_and_120_columns(tiny, 
         lines, n = run(go(width))
         assert lines[0].startswith(f"{n} tokens   prompt"), lines
         phrases = [
-            f"prompt {n}/256 · answer room {256 - n} (max tokens 512)",
+            f"prompt {n}/256 · answer room {256 - n} (max tokens 256)",  # the preset's 512, capped
             "the next answer's prompt, as plain text (no chat template)",  # (the tiny model has none)
             "without the chat's first 2 turns, which no longer fit the context",
         ]
@@ -504,5 +504,5 @@ def test_at_80_columns_the_status_line_keeps_its_settings_whole(tiny, store, tmp
             return inspecting, screen_lines(app)[0]
 
     inspecting, long = run(go())
-    assert "inspecting · esc returns" in inspecting and inspecting.rstrip().endswith("max512 seed random")
-    assert long.rstrip().endswith("│ balanced T0.7 k40 p0.9 max512 seed random") and "a state far too long" in long
+    assert "inspecting · esc returns" in inspecting and inspecting.rstrip().endswith("max256 seed random")
+    assert long.rstrip().endswith("│ balanced T0.7 k40 p0.9 max256 seed random") and "a state far too long" in long

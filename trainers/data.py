@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 import torch
 
-from tiankong.engine.chat import ChatTemplate, validate_messages
-from tiankong.engine.errors import InputError
+from tiankong.engine.chat import TEMPLATE_FIX, ChatTemplate, validate_messages
+from tiankong.engine.errors import ChatTemplateError, ChatTemplateFault, InputError, TiankongError
 from tiankong.engine.tokenizer import Tokenizer
 
 from .records import decode_text, parse_line, split_lines
@@ -32,17 +32,46 @@ _SEPARATOR_LINE = re.compile(r"^[ \t]*" + re.escape(DOC_SEPARATOR) + r"[ \t]*$",
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def find_chat_template(folder: str | Path, tokenizer: Tokenizer, override: str = "") -> tuple[ChatTemplate | None, str]:
+# What fixes a chat template that fails in a trainer, in place of generate's TEMPLATE_FIX (its
+# chat_template=PATH and generate --raw are no options of theirs): sft has no --raw; reward score reads
+# the template its reward model was trained with, so the fix is there.
+SFT_TEMPLATE_FIX = "fix the template or pass another file (--chat-template FILE)"
+TRAIN_TEMPLATE_FIX = SFT_TEMPLATE_FIX + ", or train on plain text (--raw)"
+SCORE_TEMPLATE_FIX = "fix that file, or train the reward model again with another (--chat-template FILE)"
+_FAILED = re.compile(r"chat template failed(?: \(.*?\))?(?=: )")
+
+
+def trainer_template_line(error: TiankongError, where: str, fix: str, line_fix: str = "") -> InputError:
+    """The one line for an error rendering `where` (a data file's line): a template that failed on its
+    own (ChatTemplateFault: a ZeroDivisionError, a runaway loop) is named as the thing at fault, with
+    the trainer's `fix`; any other error (a template that rejected these messages, a bad message) is
+    the line's, followed by `line_fix`."""
+    text = str(error).replace(TEMPLATE_FIX, fix)
+    if isinstance(error, ChatTemplateFault) and (m := _FAILED.match(text)):
+        return InputError(f"{m[0]} on {where}{text[m.end() :]}")
+    if isinstance(error, ChatTemplateFault) or TEMPLATE_FIX in str(error):  # the model's own, unusable
+        return InputError(f"{where}: {text}")
+    return InputError(f"{where}: {text}{line_fix}")
+
+
+def find_chat_template(
+    folder: str | Path, tokenizer: Tokenizer, override: str = "", fix: str = TRAIN_TEMPLATE_FIX
+) -> tuple[ChatTemplate | None, str]:
     """The chat template a trainer renders with and where it comes from: the --chat-template file
     `override` ("file"), else the model's own ("model"), else None ("none"). sft, reward, dpo and ppo
-    all find theirs here, so a --chat-template file means the same to each."""
+    all find theirs here, so a --chat-template file means the same to each; `fix` is what a file
+    that is no usable template is told to do."""
     if override:
         path = Path(override).expanduser()
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise InputError(
                 f"chat template file {path} does not exist; pass a .jinja file or leave --chat-template empty"
             )
-        return ChatTemplate(path.read_text(encoding="utf-8"), tokenizer.bos_token, tokenizer.eos_token), "file"
+        # generate's reader and checks: a regular file, UTF-8, at most 4 MB, a template that reads the messages
+        try:
+            return ChatTemplate.from_file(path, tokenizer), "file"
+        except ChatTemplateError as e:
+            raise InputError(str(e).replace(TEMPLATE_FIX, fix)) from None
     found = ChatTemplate.from_folder(folder, tokenizer)
     return (found, "model") if found is not None else (None, "none")
 

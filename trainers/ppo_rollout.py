@@ -23,6 +23,7 @@ from tiankong.engine.sampling import SamplingParams
 from tiankong.tui.generate_input import say as say_line
 
 from . import auto
+from .data import TRAIN_TEMPLATE_FIX, trainer_template_line
 from .optim import SEED_STRIDE
 from .preferences import Encoder, pad_right
 from .records import messages_field, read_prompt_records
@@ -186,7 +187,7 @@ class PPORollouts:
             try:
                 encoded.append((n, self.encoder.prompt(prompt)))
             except TiankongError as e:
-                raise InputError(f"{path} line {n}: {e}") from None
+                raise trainer_template_line(e, f"{path} line {n}", TRAIN_TEMPLATE_FIX) from None
         self.resolve_auto([ids for _, ids in encoded])
         if cfg.batch_size < self.dist.world:
             raise InputError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world} processes; raise it")

@@ -53,7 +53,7 @@ from tiankong.tui.generate_input import say as say_line
 from . import auto
 from .common import Trainer
 from .config import TrainConfig, opt
-from .data import find_chat_template
+from .data import TRAIN_TEMPLATE_FIX, find_chat_template, trainer_template_line
 from .records import Prompt, parse_record, read_rows
 
 TIE_MODES = ("drop", "soft")
@@ -272,7 +272,7 @@ def load_preferences(path: str | Path, encoder: Encoder, tie_mode: str = "drop")
                 continue
             c, r = encoder.pair(prompt, chosen), encoder.pair(prompt, rejected)
         except TiankongError as e:
-            raise InputError(f"{path} line {n}: {e}; fix that line") from None
+            raise trainer_template_line(e, f"{path} line {n}", TRAIN_TEMPLATE_FIX, "; fix that line") from None
         if c is None or r is None:
             _skip(skipped, f"prompt longer than max_length {encoder.max_length}", n)
             continue

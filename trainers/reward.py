@@ -28,6 +28,7 @@ reads back, so `reward score` and PPO see prompts as the training did.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiankong.engine.config import ModelConfig
-from tiankong.engine.errors import InputError, ModelLoadError, TiankongError
+from tiankong.engine.errors import InputError, ModelLoadError, TiankongError, quoted
 from tiankong.engine.files import atomic_write, atomic_write_text, stdout_errors
 from tiankong.engine.model import load_model, save_pretrained
 
 from .auto import n_parameters
 from .config import opt
-from .data import jsonl_objects
+from .data import SCORE_TEMPLATE_FIX, jsonl_objects, trainer_template_line
 from .preferences import Encoder, Group, PreferenceConfig, PreferenceTrainer, collate, pad_right
 from .records import decode_text, messages_field, not_a_file, split_lines
 
@@ -181,12 +182,8 @@ class RewardModel(nn.Module):
         folder = Path(folder).expanduser()
         info = read_reward_config(folder)
         base, cfg = load_model(folder, device, dtype)
+        check_against_model(info, folder / CONFIG_FILE, cfg)
         head = info["head"]
-        if head.get("in_features") != cfg.dim:
-            raise ModelLoadError(
-                f"{folder / CONFIG_FILE}: head expects hidden size {head.get('in_features')} "
-                f"but the model has {cfg.dim}; the head belongs to another base model"
-            )
         from safetensors.torch import load_file
 
         path = folder / head.get("file", HEAD_FILE)
@@ -200,8 +197,13 @@ class RewardModel(nn.Module):
             raise ModelLoadError(
                 f"{path} is truncated or corrupt ({e}); train the reward model again (`tiankong train reward`)"
             ) from None
+        if "bias" in head and head["bias"] != ("bias" in state):
+            has = "has" if "bias" in state else "has no"
+            raise ModelLoadError(
+                f"{folder / CONFIG_FILE}: head.bias is {json.dumps(head['bias'])} but {path.name} {has} bias; {_RERUN}"
+            )
         fmt = info.get("prompt_format", {})
-        encoder = Encoder.from_folder(folder, raw=bool(fmt.get("raw", False)), max_length=int(fmt.get("max_length", 0)))
+        encoder = Encoder.from_folder(folder, raw=fmt.get("raw", False), max_length=fmt.get("max_length", 0))
         meta = {
             k: v
             for k, v in info.items()
@@ -230,7 +232,85 @@ def read_reward_config(folder: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path} is not valid JSON ({e}); re-run `tiankong train reward`") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT or "head" not in info or "normalization" not in info:
         raise ModelLoadError(f"{path} is not a tiankong reward model config; re-run `tiankong train reward`")
+    check_fields(info, path)
     return info
+
+
+# The fix for a reward_config.json value that `save` never writes: the file was edited or damaged.
+_RERUN = "re-run `tiankong train reward` to write it again"
+
+
+def _refuse(path: Path, field: str, must: str, value: Any) -> ModelLoadError:
+    """One line naming the field of reward_config.json, what it must be, and the fix."""
+    shown = quoted(json.dumps(value) if not isinstance(value, float) else repr(value), 60)
+    return ModelLoadError(f"{path}: {field} must be {must}, not {shown}; {_RERUN}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no number
+
+
+def _section(info: dict[str, Any], name: str, path: Path, required: bool = False) -> dict[str, Any]:
+    section = info.get(name, None if required else {})
+    if not isinstance(section, dict):
+        raise _refuse(path, name, "an object", section)
+    return section
+
+
+def check_fields(info: dict[str, Any], path: Path) -> None:
+    """The values of reward_config.json that need no model, as `RewardModel.save` writes them: a
+    value it never writes is refused by field at load, not taken (a NaN scale would score every
+    answer NaN, "no" read as a true prompt_format.raw would render prompts without the template)."""
+    if info.get("version") != 1 or not _is_int(info.get("version")):
+        raise ModelLoadError(
+            f"{path}: version {quoted(json.dumps(info.get('version')), 40)} is not one this tiankong reads (1); "
+            "upgrade tiankong or re-run `tiankong train reward`"
+        )
+    head, norm, fmt = (
+        _section(info, name, path, name != "prompt_format") for name in ("head", "normalization", "prompt_format")
+    )
+    name = head.get("file", HEAD_FILE)
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise _refuse(path, "head.file", f"the name of a file in the folder ({HEAD_FILE})", name)
+    for field, fits, must in (
+        ("out_features", lambda v: _is_int(v) and v == 1, "1 (one score)"),
+        ("bias", lambda v: isinstance(v, bool), "true or false"),
+        ("dtype", lambda v: v == "float32", '"float32"'),
+    ):
+        if field in head and not fits(head[field]):
+            raise _refuse(path, f"head.{field}", must, head[field])
+    for field in ("scale", "bias"):
+        value = norm.get(field)
+        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+            raise _refuse(path, f"normalization.{field}", "a finite number", value)
+    if norm["scale"] <= 0:  # 1 / the standard deviation of the raw rewards
+        raise _refuse(path, "normalization.scale", "above 0", norm["scale"])
+    if "raw" in fmt and not isinstance(fmt["raw"], bool):
+        raise _refuse(path, "prompt_format.raw", "true or false", fmt["raw"])
+    if "max_length" in fmt and not (_is_int(fmt["max_length"]) and fmt["max_length"] >= 0):
+        raise _refuse(path, "prompt_format.max_length", "a whole number of tokens (0: the context)", fmt["max_length"])
+
+
+def check_against_model(info: dict[str, Any], path: Path, cfg: ModelConfig) -> None:
+    """The values of reward_config.json that describe the model beside it (check_fields passed)."""
+    head, base = info["head"], _section(info, "base", path)
+    if head.get("in_features") != cfg.dim or not _is_int(head.get("in_features")):
+        raise ModelLoadError(
+            f"{path}: head expects hidden size {head.get('in_features')} "
+            f"but the model has {cfg.dim}; the head belongs to another base model"
+        )
+    for field, has in (("hidden_size", cfg.dim), ("vocab_size", cfg.vocab_size)):
+        if field in base and (base[field] != has or not _is_int(base[field])):
+            raise ModelLoadError(
+                f"{path}: base.{field} is {quoted(json.dumps(base[field]), 40)} but the model in the folder has "
+                f"{has}; the config belongs to another base model; {_RERUN}"
+            )
+    length = info.get("prompt_format", {}).get("max_length", 0)
+    if length > cfg.max_seq_len:
+        raise ModelLoadError(
+            f"{path}: prompt_format.max_length {length} is longer than the model's context ({cfg.max_seq_len} "
+            f"tokens); {_RERUN}"
+        )
 
 
 # ---------------------------------------------------------------- training
@@ -425,7 +505,7 @@ def _score_rows(rm: RewardModel, rows: list[tuple[int, dict]], name: str, show_p
                     try:
                         rm.score([_prompt_of(o)], [o[_response_key(o)]])
                     except TiankongError as e1:
-                        raise InputError(f"{name} line {n}: {e1}") from None
+                        raise trainer_template_line(e1, f"{name} line {n}", SCORE_TEMPLATE_FIX) from None
                 raise e
             for _ in chunk:
                 advance()

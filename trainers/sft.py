@@ -45,7 +45,7 @@ from . import auto
 from . import checkpoint as ckpt
 from .common import Trainer
 from .config import TrainConfig, opt
-from .data import find_chat_template, load_conversations, split_holdout
+from .data import SFT_TEMPLATE_FIX, find_chat_template, load_conversations, split_holdout, trainer_template_line
 from .pretrain import AUTOCAST_HELP, evaluate_held_out, load_trainable, token_loss
 
 # tiankong's chat format for models that have none:
@@ -141,7 +141,7 @@ def tokenize_conversation(
 
 def resolve_template(folder: Path, tokenizer: Tokenizer, override: str) -> tuple[ChatTemplate, str]:
     """The template to tune with and where it comes from: "file", "model" or "default"."""
-    found, origin = find_chat_template(folder, tokenizer, override)
+    found, origin = find_chat_template(folder, tokenizer, override, SFT_TEMPLATE_FIX)
     if found is not None:
         return found, origin
     if tokenizer.eos_token is None:
@@ -171,7 +171,7 @@ class SFTTrainer(Trainer):
             try:
                 ids, mask = tokenize_conversation(self.template, self.tokenizer, conv.messages)
             except TiankongError as e:  # the template refused these messages
-                raise InputError(f"{cfg.data} line {conv.line}: {e}") from None
+                raise trainer_template_line(e, f"{cfg.data} line {conv.line}", SFT_TEMPLATE_FIX) from None
             if len(ids) > max_len:
                 cut.append(conv.line)
             ids, mask = ids[:max_len], mask[:max_len]

@@ -252,7 +252,7 @@ def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> V
         score = lambda answers: cfg.beta * (logps(policy, answers) - logps(trainer.ref, answers))  # noqa: E731
         score_name = "implicit reward"
     s_before, s_after = score(before), score(after)
-    kl = float((logps(policy, after) - logps(trainer.ref, after)).mean())
+    kl = kl_estimate(logps(policy, after), logps(trainer.ref, after))
     b, a = stats(before), stats(after)
     key = "score" if name == "ppo" else "implicit_reward"
     figures = {
@@ -322,6 +322,13 @@ def collapse_warning(
         f"the {score_name} rose while the answers narrowed: {'; '.join(fired)} (fresh answers, before -> after"
         f"{rest}); it may be gaming the reward: {stay_closer(trainer, lr)}"
     ]
+
+
+def kl_estimate(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> float:
+    """KL(pi || pi_ref) in nats per answer from answers drawn from pi: the mean of log pi(y) -
+    log pi_ref(y). A KL is never below 0; an estimate that comes out below is rounding (a policy
+    that hardly moved read "KL -9.54e-07 nats") or sampling noise, and is 0."""
+    return max(0.0, float((policy_logps - ref_logps).mean()))
 
 
 def stall_warning(score_name: str, rise: float, spread: float, kl: float) -> list[str]:

@@ -60,10 +60,11 @@ def default_rater() -> str:
 def checked_tokenizers(models: list[Path | RemoteModel]) -> list[Any]:
     """Each local model's tokenizer, loaded and checked (load_checked_tokenizer) before the app opens,
     None for a server's: a tokenizer that is refused stops the command with its one line, as in
-    `generate`, not an app that can only say "model not loaded". The app's load takes them over."""
+    `generate`, not an app that can only say "model not loaded"; so does a config (or a GGUF file's
+    metadata) that builds no model. The app's load takes the tokenizers over."""
     from tiankong.engine.tokenizer import load_checked_tokenizer
 
-    return [None if isinstance(m, RemoteModel) else load_checked_tokenizer(m) for m in models]
+    return [None if isinstance(m, RemoteModel) else load_checked_tokenizer(m, config=True) for m in models]
 
 
 def check_templates(models: list[Path | RemoteModel], tokenizers: list[Any]) -> None:

@@ -165,7 +165,11 @@ def generate(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Stop after this many tokens."),
     stop: List[str] = typer.Option([], "--stop", help="Stop string; repeat for several."),
     n: int = typer.Option(
-        1, "--n", "-n", min=1, help="Independent samples per prompt (-n under torchrun, whose own flags take --n)."
+        1,
+        "--n",
+        "-n",
+        min=1,
+        help="Independent samples per prompt (-n under torchrun, whose own flags take --n); prompts x n at most 1,000,000.",
     ),
     top_logprobs: int = typer.Option(
         0, "--top-logprobs", min=0, help="Record every token with its top K candidates (--format jsonl)."
@@ -202,6 +206,7 @@ def generate(
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError("under torchrun, generate needs --output FILE (the processes' records are merged there)")
     jobs = read_jobs(prompt, input)
+    _check_rows(len(jobs), n)  # before the seed check: an n past 2**64 is said as too many rows
     flags = dict(
         temperature=temperature,
         top_k=top_k,
@@ -377,6 +382,21 @@ def _join(device: str) -> Any:
     from tiankong.trainers.distributed import init_distributed
 
     return init_distributed(device, timeout=timedelta(days=1))
+
+
+MAX_ROWS = 1_000_000  # (prompt, sample) rows of one run: each is held, encoded, before the first is generated
+
+
+def _check_rows(prompts: int, n: int) -> None:
+    """Refuse a run of more rows than MAX_ROWS, before the model loads. _encode_rows builds every row
+    up front (about 400 bytes each, plus the prompt's ids): --n 10**20 grew memory without end and
+    said nothing. The bound also keeps a drawn base seed (below 2**31) + n - 1 under 2**64."""
+    if prompts * n > MAX_ROWS:
+        what = f"--n {n} with {prompts} prompt{'s' if prompts != 1 else ''}" if n > 1 else f"{prompts} prompts"
+        raise InputError(
+            f"{what} makes {prompts * n} rows, more than generate runs at once ({MAX_ROWS:,}); "
+            "lower --n or split the input into several runs"
+        )
 
 
 def _base_seed(params: Any, dist: Any) -> int:

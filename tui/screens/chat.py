@@ -314,7 +314,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         self.query_one(StatusBar).set(
             model=self.model_name,
             preset=preset,
-            settings=params_summary(params),
+            settings=params_summary(params, self._model_context()),
             state=state,
             short_state=short or state,
             error=error,

@@ -60,7 +60,7 @@ class ChatViews:
         if self.params != self.preset.params and self._edits_warned != self.params:
             self._edits_warned = self.params
             self.notify(
-                f"f2 again drops them, or f3 then ctrl+n saves them as a preset ({params_summary(self.params)})",
+                f"f2 again drops them, or f3 then ctrl+n saves them as a preset ({params_summary(self.params, self._model_context())})",
                 title=f"{self.preset.name} has unsaved edits",
                 severity="warning",
                 markup=False,
@@ -102,7 +102,7 @@ class ChatViews:
                 self.params = params
                 self._status()
                 self.notify(
-                    f"the next answer uses {params_summary(params)}"
+                    f"the next answer uses {params_summary(params, self._model_context())}"
                     + (" (this one goes on as it began)" if self.generating else ""),
                     title=f"preset {self.preset.name} edited",
                     markup=False,

@@ -88,7 +88,18 @@ def fit_parts(parts: list[Text], width: int) -> Text:
 
 class TokensScreen(Screen[None]):
     CSS_PATH = "tokens.tcss"
-    BINDINGS = [Binding("escape,ctrl+t", "app.pop_screen", "back to chat")]
+    # The model panel runs past a short terminal's bottom (at 80x24 it ended at "dtype", the decode
+    # row, what this view is for, below it): `m` takes the keys there, and its scroll keys reach it.
+    BINDINGS = [
+        Binding("escape,ctrl+t", "app.pop_screen", "back to chat"),
+        Binding(
+            "m",
+            "model_panel",
+            "model panel",
+            tooltip="to the model panel (↑ ↓, pgup/pgdn, home/end scroll it: its last rows, the decode "
+            "path among them, on a short terminal), and again back to the tokens",
+        ),
+    ]
 
     def __init__(
         self, eng: Any, messages: list[dict[str, str]], dropped: int = 0, max_new_tokens: int | None = None
@@ -133,16 +144,22 @@ class TokensScreen(Screen[None]):
         if self.max_new_tokens is None:
             parts = [count.append(f"the next answer's prompt, as {template}")]
         else:
-            room = max(0, min(self.max_new_tokens, ctx - n))
+            most = min(self.max_new_tokens, ctx)  # a preset's above the context is used capped (f3, status line)
+            room = max(0, min(most, ctx - n))
             answer = Text(f"answer room {room}", style="bold")
-            if room < self.max_new_tokens:
-                answer.append(f" (max tokens {self.max_new_tokens})", style="dim")
+            if room < most:
+                answer.append(f" (max tokens {most})", style="dim")
             parts = [count.append(f"prompt {n}/{ctx}", style="bold"), answer]
             parts.append(Text(f"the next answer's prompt, as {template}"))
         if self.dropped:
             turns = "turn" if self.dropped == 1 else f"{self.dropped} turns"
             parts.append(Text(f"without the chat's first {turns}, which no longer fit the context", style="dim"))
         return parts
+
+    def action_model_panel(self) -> None:
+        """Focus the model panel (its scroll keys then scroll it); from it, the tokens table."""
+        panel = self.query_one("#tokens-info", VerticalScroll)
+        (self.query_one(DataTable) if panel.has_focus else panel).focus()
 
     def on_resize(self, event: events.Resize) -> None:
         self.query_one("#tokens-head", Static).update(self._head_text(event.size.width - 2))

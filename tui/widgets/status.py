@@ -14,8 +14,10 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def params_summary(params: Any) -> str:
-    """The settings that shape sampling, short: 'T 0.7 · top-k 40 · top-p 0.9 · seed 0'."""
+def params_summary(params: Any, context: int | None = None) -> str:
+    """The settings that shape sampling, short: 'T 0.7 · top-k 40 · top-p 0.9 · seed 0'. With the
+    model's `context` (tokens), max tokens capped at it, as answers are and as f3 shows it: a
+    preset's 512 read "max 512" beside a 256-token model whose f3 said 256."""
     parts = ["greedy" if params.temperature == 0 else f"T {params.temperature:g}"]
     if params.top_k:
         parts.append(f"top-k {params.top_k}")
@@ -29,7 +31,7 @@ def params_summary(params: Any) -> str:
         parts.append(f"pres {params.presence_penalty:g}")
     if params.frequency_penalty:
         parts.append(f"freq {params.frequency_penalty:g}")
-    parts.append(f"max {params.max_new_tokens}")
+    parts.append(f"max {min(params.max_new_tokens, context or params.max_new_tokens)}")
     parts.append("seed random" if params.seed is None else f"seed {params.seed}")
     return " · ".join(parts)
 
