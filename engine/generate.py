@@ -28,7 +28,6 @@ conversation's earlier turns and prefills only what is new.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import threading
@@ -40,7 +39,6 @@ from typing import Callable, Iterator, Sequence, cast
 import torch
 from torch import nn
 
-from . import threads
 from .config import ModelConfig
 from .context import PromptCache
 from .errors import InputError
@@ -283,11 +281,10 @@ def _decode(
         tokens = chosen.view(-1, 1)  # (B, 1)
         if tokens.device != device:
             tokens = tokens.to(device)
-        # The compiled step times itself (native_step); a step in torch on the CPU is timed here, so
-        # that it too drops to one thread while another program holds a core (threads.py).
-        timed = device.type == "cpu" and not getattr(model, "native", False)
-        with threads.torch_step((id(model), tokens.shape[0])) if timed else contextlib.nullcontext():
-            batch.logits = model(tokens, positions, mask, batch.cache, slot).select(1, -1)
+        # On the torch path the thread count stays the same step to step (unlike the compiled step's,
+        # threads.py): its bits depend on it (SDPA rounds one row otherwise with two threads), and a
+        # seeded row must not depend on how busy the machine is.
+        batch.logits = model(tokens, positions, mask, batch.cache, slot).select(1, -1)
     if prompt_cache is not None:
         prompt_cache.ids.append(int(chosen[0]))  # slot `slot` now holds it
     batch.slot += 1

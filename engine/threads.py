@@ -13,9 +13,7 @@ each time the machine is still busy.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -132,25 +130,3 @@ def now(choice: ThreadChoice | None = None) -> int:
     choice = choice or CHOICE
     choice.full = torch.get_num_threads()
     return choice.threads()
-
-
-@contextmanager
-def torch_step(kind: Hashable, choice: ThreadChoice | None = None) -> Iterator[None]:
-    """A decode step that runs in torch (a model without the compiled step: Gemma, a quantized one
-    through compiled products) under `choice` (default: the process's), as the compiled step runs:
-    torch's threads set to its count for the step, and the step's time recorded. torch's ops have
-    barriers too (SDPA, oneDNN's products, tk_matmul's): on a 2-core machine with one busy neighbour
-    a Gemma step went from ~5 ms on one thread to 20-290 ms on two. kind: as ThreadChoice.record."""
-    choice = choice or CHOICE
-    full = torch.get_num_threads()
-    n = now(choice)
-    if n != full:
-        torch.set_num_threads(n)
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if n != full:
-            torch.set_num_threads(full)
-    choice.full = full  # a compiled call inside read torch's count while it was n
-    choice.record(kind, time.perf_counter() - start)
