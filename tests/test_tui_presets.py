@@ -189,7 +189,7 @@ def test_80_columns_show_the_preset_keys_and_a_long_preset_name_leaves_the_value
 
     keys, status = run(go())
     assert "f2" in keys and "f3" in keys
-    assert "nnnn…" in status and "T0.7 k40 p0.9 max512 seed random" in status and len(status) <= 80
+    assert "nnnn…" in status and "T0.7 k40 p0.9 max256 seed random" in status and len(status) <= 80  # capped at 256
 
 
 # ---------------------------------------------------------------- stop strings (QA: f3 showed every value but stop)
