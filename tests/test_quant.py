@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import atexit
 import copy
+import fcntl
+import functools
+import hashlib
+import os
 import platform
 import shutil
 import subprocess
@@ -53,7 +57,9 @@ def need_native() -> None:
 
 _BUILDS: dict[str, Any] = {}  # march -> (library, path): decode.c takes seconds to build, so once a test session
 _MARCHES = ("x86-64", "haswell")  # every -march a test asks for: the first ask starts all of them, side by side
-_PENDING: dict[str, tuple[subprocess.Popen, Path]] = {}  # march -> (gcc still running, its library)
+_PENDING: dict[str, tuple[subprocess.Popen | None, Path, Any, str]] = {}  # march -> (gcc still running, or None
+# where another process builds it; its library; the lock held; gcc's temporary output)
+_FOLDER: Path | None = None  # where the builds lie (_build_target)
 
 
 def compiled_for(march: str) -> Any:
@@ -81,10 +87,7 @@ def _built(march: str) -> tuple[Any, Path | None]:
         pytest.skip("this CPU cannot run AVX2 code")
     if march not in _BUILDS:
         _start_builds(march)
-        proc, so = _PENDING.pop(march)
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err)
+        so = _finish_build(march)
         lib = ctypes.CDLL(str(so))
         for name in ("tk_matvec", "tk_matmul"):
             getattr(lib, name).restype = ctypes.c_int
@@ -93,22 +96,98 @@ def _built(march: str) -> tuple[Any, Path | None]:
     return _BUILDS[march]
 
 
+def _build_target(march: str) -> Path:
+    """Where decode.c built with -march=`march` lies: beside the engine's own build (native's cache
+    folder), named by what it is built from (the sources, gcc's version, the flags), as the engine
+    names its own; so the test workers and later test sessions share it while decode.c is the same.
+    A temporary folder where that cache cannot be written."""
+    global _FOLDER
+    if _FOLDER is None:
+        try:
+            _FOLDER = native._cache_dir()
+            _FOLDER.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=_FOLDER).close()
+        except OSError:
+            _FOLDER = Path(tempfile.mkdtemp(prefix="tiankong-test-builds-"))
+            atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)
+    gcc = _gcc_version()
+    parts = [native.SOURCE.read_text(), *(h.read_text() for h in native.HEADERS), gcc, " ".join(_flags(march))]
+    return _FOLDER / f"test-decode-{march}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}.so"
+
+
+@functools.cache
+def _gcc_version() -> str:
+    return subprocess.run(["gcc", "--version"], capture_output=True, text=True, timeout=30).stdout
+
+
+def _flags(march: str) -> list[str]:
+    return [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
+
+
 def _start_builds(march: str) -> None:
-    """Start gcc for `march` and every other of _MARCHES this CPU runs, unless started already: two
-    builds at once take the time of one on two cores (about 10 s less per test session)."""
+    """Start gcc for `march` and every other of _MARCHES this CPU runs, unless built or started
+    already: two builds at once take the time of one on two cores. Each build holds a lock beside
+    its library until the library is in place (written under a temporary name, then renamed): a
+    test worker that finds another one building waits for its library (_finish_build)."""
     avx2 = "avx2" in open("/proc/cpuinfo").read()
     wanted = [march, *(m for m in _MARCHES if avx2 or m != "haswell")]
-    todo = [m for m in dict.fromkeys(wanted) if m not in _BUILDS and m not in _PENDING]
-    if not todo:
-        return
-    folder = Path(tempfile.mkdtemp(prefix="tiankong-test-builds-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    atexit.register(lambda: [proc.communicate() for proc, _ in _PENDING.values()])  # first (LIFO): no gcc left writing
-    for march in todo:
-        so = folder / f"decode-{march}.so"
-        flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
-        cmd = ["gcc", *flags, str(native.SOURCE), "-o", str(so), "-lm"]
-        _PENDING[march] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), so
+    for m in dict.fromkeys(wanted):
+        if m in _BUILDS or m in _PENDING:
+            continue
+        so = _build_target(m)
+        if so.exists():
+            continue
+        lock = open(so.with_suffix(".lock"), "w")  # held until the build is in place
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another worker builds it
+            _PENDING[m] = None, so, lock, ""
+            continue
+        if so.exists():  # built meanwhile
+            lock.close()
+            continue
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
+        os.close(fd)
+        cmd = ["gcc", *_flags(m), str(native.SOURCE), "-o", tmp, "-lm"]
+        _PENDING[m] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), so, lock, tmp
+
+
+def _finish_build(march: str) -> Path:
+    """The library of `march` once built: by this process's gcc, or by another process that held its lock."""
+    proc, so, lock, tmp = _PENDING.pop(march, (None, _build_target(march), None, ""))
+    if lock is not None and proc is None:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other process's build is done (or it failed or ended)
+        if not so.exists():  # it did not make it: build here, holding the lock
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
+            os.close(fd)
+            cmd = ["gcc", *_flags(march), str(native.SOURCE), "-o", tmp, "-lm"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if proc is not None:
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err)
+            os.replace(tmp, so)
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+        if lock is not None:
+            lock.close()
+    return so
+
+
+def _end_builds() -> None:
+    """At exit: no gcc of this process left writing, no temporary file left."""
+    for proc, _, lock, tmp in _PENDING.values():
+        if proc is not None:
+            proc.communicate()
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+        if lock is not None:
+            lock.close()
+
+
+atexit.register(_end_builds)
 
 
 def random_qtensor(qtype: str, out: int, n: int, gen: torch.Generator, std: float = 1.0) -> QTensor:

@@ -132,21 +132,31 @@ def test_the_footer_names_what_esc_does_now(tiny, store, tmp_path):
     async def go():
         async with chat_app(tiny, store, tmp_path, seed=1, max_new_tokens=40) as (app, pilot, chat):
 
-            async def footer() -> str:
-                await pilot.pause(0.1)
-                return screen_lines(app)[-1]
+            async def footer(esc: str) -> str:
+                # The footer once the screen is in the state (esc_means, what the footer's esc binding
+                # follows) and drawn: a line that is not blank and the same two frames running. A fixed
+                # 0.1 s pause read a footer not yet drawn (blank) on a busy machine.
+                await wait_for(pilot, lambda: chat.esc_means() == esc)
+                lines = []
 
-            seen = {"idle": await footer()}
+                def same_twice() -> bool:
+                    lines.append(screen_lines(app)[-1])
+                    return bool(lines[-1].strip()) and lines[-2:] == [lines[-1]] * 2
+
+                await wait_for(pilot, same_twice)
+                return lines[-1]
+
+            seen = {"idle": await footer("prompt")}
             await streaming(pilot, chat)
-            seen["streaming"] = await footer()
+            seen["streaming"] = await footer("stop")
             await answered(pilot, chat)
-            seen["answered"] = await footer()
+            seen["answered"] = await footer("prompt")
             await pilot.press("f5")
-            seen["inspect"] = await footer()
+            seen["inspect"] = await footer("back")
             await pilot.press("escape", "ctrl+l")
-            seen["editing"] = await footer()
+            seen["editing"] = await footer("edit")
             await pilot.press("escape")
-            seen["after"] = await footer()
+            seen["after"] = await footer("prompt")
             return seen
 
     seen = run(go())
