@@ -64,6 +64,14 @@ SCALE_FIELDS: dict[str, tuple[int, ...]] = {
 }
 
 
+# config.json keys a GGUF file gives only as parts of other keys, and what errors call them instead
+_DERIVED_KEYS = (
+    (r"\bpartial_rotary_factor\b", "{arch}.rope.dimension_count / the head size"),
+    (r"\bunsupported rope scaling\b", "unsupported {arch}.rope.scaling.type"),
+    (r"\brope_scaling\b", "{arch}.rope.scaling"),
+)
+
+
 def _again(path: Path) -> str:
     """How to get a damaged file again: an Ollama blob is pulled (by the name it was resolved from,
     where known), any other file downloaded."""
@@ -177,6 +185,8 @@ class GGUFModel:
             problem = str(e).removeprefix("config.json").lstrip(" :").rsplit("; ", 1)[0]
             for hf_key in sorted(set(self.arch.keys.values()), key=len, reverse=True):
                 problem = re.sub(rf"\b{hf_key}\b", self.metadata_key(hf_key), problem)
+            for derived, source in _DERIVED_KEYS:  # config.json keys made from the file's, named by those
+                problem = re.sub(derived, source.format(arch=self.arch_name), problem)
             raise ModelLoadError(
                 f"{self.path}: its metadata does not describe a model tiankong can build ({problem}); "
                 "the file is damaged or was converted wrongly: use another file"

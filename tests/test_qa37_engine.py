@@ -187,3 +187,17 @@ def test_a_fused_phi3_tensor_of_the_wrong_size_is_named_as_the_file_names_it(hf,
         f"tensor {tensor} in phi3.gguf has shape {list(dims[::-1])}, but the file's metadata implies {rows} rows; "
         "the file is damaged or was converted wrongly: use another file"
     )
+
+
+# ------------------------------------------------------------------------- 12: the file's own keys
+
+
+def test_a_derived_config_key_is_named_by_the_file_keys_it_comes_from(hf, tmp_path):
+    """QA: phi3.rope.dimension_count = 0 was said as "partial_rotary_factor is 0.0", a config.json key
+    a GGUF file does not have; it is the file's rotary dimensions over the head size."""
+    path = with_metadata(write_gguf(hf["phi3"], tmp_path / "dims0.gguf", "f32"), **{"phi3.rope.dimension_count": 0})
+    with pytest.raises(ModelLoadError) as e:
+        load_model(path, device="cpu")
+    said = str(e.value)
+    assert "phi3.rope.dimension_count / the head size is 0" in said and "partial_rotary_factor" not in said
+    assert "use another file" in said
