@@ -8,12 +8,12 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import cli, deadline
+from test_resolve import _PROBE, as_user
 
 from tiankong.engine import model_places, resolve
 from tiankong.engine.errors import ModelLoadError
@@ -47,35 +47,6 @@ def settings(home: Path, text: str | dict) -> Path:
 
 # --- 5: a Models Directory that cannot be read hides no other folder's model ----------------------
 
-_PROBE = """
-import sys
-from tiankong.engine.errors import TiankongError
-from tiankong.engine.model_list import list_models
-from tiankong.engine.resolve import resolve_model
-skipped = []
-print("listed:", *[m.name for m in list_models(skipped)])
-for note in skipped:
-    print("skipped:", note)
-for spec in sys.argv[1:]:
-    try:
-        print("resolved:", resolve_model(spec))
-    except TiankongError as e:
-        print("error:", e)
-"""
-
-
-def as_user(*args: object) -> list[str]:
-    """The lines a command prints run as an ordinary user (root drops the capabilities that let it
-    read anything); it must end without a traceback."""
-    prefix = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("root without setpriv cannot act as an ordinary user")
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-    proc = subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.stdout.splitlines()
-
 
 def test_a_locked_models_directory_hides_no_model_of_the_default_folder(home, tmp_path):
     locked = tmp_path / "locked"
@@ -84,7 +55,8 @@ def test_a_locked_models_directory_hides_no_model_of_the_default_folder(home, tm
     tiny = home / ".lmstudio" / "models" / "org" / "tiny" / "tiny-Q8_0.gguf"
     locked.chmod(0)
     try:
-        out = as_user(sys.executable, "-c", _PROBE, "org/tiny", "lmstudio:org/tiny", "org/tiny:Q8_0", "org/nothere")
+        proc = as_user(sys.executable, "-c", _PROBE, "org/tiny", "lmstudio:org/tiny", "org/tiny:Q8_0", "org/nothere")
+        out = proc.stdout.splitlines()
     finally:
         locked.chmod(0o755)
     denied = (
