@@ -116,15 +116,18 @@ class Request:
 
     def deliver(self, ev: Event) -> None:
         """Hand one event to the request's sink (the batcher's thread). A sink that fails means its
-        consumer is gone (e.g. a closed event loop): the request is cancelled, the loop goes on."""
+        consumer is gone (e.g. a closed event loop): the request is cancelled, the loop goes on. A
+        finished row is counted before its Finished goes out: a client that has its answer and asks
+        again at once finds the row free (serve's --max-queue 0 answered 429 "rows are busy")."""
+        finished = isinstance(ev, Finished)
+        if finished:
+            self.rows_left -= 1
         try:
             self._sink(ev)
         except Exception:  # noqa: BLE001
             self._cancel.set()
-        if isinstance(ev, Finished):
-            self.rows_left -= 1
-            if self.rows_left == 0:
-                self.done.set()
+        if finished and self.rows_left == 0:
+            self.done.set()  # after the last event is out: a waiter on it misses none
 
     def finish_unstarted(self, reason: str, message: str = "") -> None:
         """End every row of a request that never joined the batch (none has streamed anything)."""
