@@ -6,6 +6,7 @@ parts. On the tiny random models of tests/tiny_models.py (the Llama's context: 2
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -85,7 +86,9 @@ def test_m_takes_the_keys_to_the_model_panel_so_its_decode_row_is_reached_at_80x
             await pilot.pause()
             focused = app.focused
             await pilot.press("end")
-            await pilot.pause()
+            # the scroll to the end may take some frames: wait for the row (or time out: not reached)
+            with contextlib.suppress(AssertionError):
+                await wait_for(pilot, lambda: decode_shown(app), timeout=10)
             reached = decode_shown(app)
             await pilot.press("m")
             await pilot.pause()
