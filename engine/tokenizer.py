@@ -291,10 +291,10 @@ def load_checked_tokenizer(folder: str | Path, config: bool = False) -> Tokenize
     gguf = GGUFModel(folder) if is_gguf(folder) else None
     tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
     try:
-        if config:  # the whole config, validated as load_model validates it (engine/model.py)
-            rows: object = (gguf.config() if gguf else ModelConfig.from_folder(folder)).vocab_size
-        else:
-            rows = gguf.hf_config.get("vocab_size") if gguf else ModelConfig.from_folder(folder).vocab_size
+        if gguf is None:  # config.json, validated whole either way
+            rows: object = ModelConfig.from_folder(folder).vocab_size
+        else:  # the file's metadata: validated whole (as load_model does) where `config` asks
+            rows = gguf.config().vocab_size if config else gguf.hf_config.get("vocab_size")
     except TiankongError:
         if config:
             raise

@@ -156,12 +156,17 @@ def test_reward_score_refuses_a_nan_scale_in_one_line(rm_dir, tmp_path, monkeypa
 # ---- 11: a template that fails on its own is the thing to fix
 
 
-def test_a_failing_template_is_named_not_the_line(llama_dir, tmp_path):
-    div0 = tmp_path / "div0.jinja"
-    div0.write_text("{{ 1/0 }}{{ messages[0]['content'] }}")
-    encoder = Encoder.from_folder(llama_dir, chat_template=str(div0))
+def votes_through(template: str, llama_dir, tmp_path, name: str):
+    """(the template file, a one-vote file, an Encoder that renders with that template)."""
+    path = tmp_path / name
+    path.write_text(template)
     data = tmp_path / "votes.jsonl"
     data.write_text(json.dumps(VOTE) + "\n")
+    return path, data, Encoder.from_folder(llama_dir, chat_template=str(path))
+
+
+def test_a_failing_template_is_named_not_the_line(llama_dir, tmp_path):
+    div0, data, encoder = votes_through("{{ 1/0 }}{{ messages[0]['content'] }}", llama_dir, tmp_path, "div0.jinja")
     with pytest.raises(InputError) as e:
         load_preferences(data, encoder)
     assert str(e.value) == (
@@ -171,11 +176,8 @@ def test_a_failing_template_is_named_not_the_line(llama_dir, tmp_path):
 
 
 def test_a_template_that_rejects_a_line_still_names_the_line(llama_dir, tmp_path):
-    no = tmp_path / "no.jinja"
-    no.write_text("{% if messages|length < 2 %}{{ raise_exception('two please') }}{% endif %}{{ messages }}")
-    encoder = Encoder.from_folder(llama_dir, chat_template=str(no))
-    data = tmp_path / "votes.jsonl"
-    data.write_text(json.dumps(VOTE) + "\n")
+    rejects = "{% if messages|length < 2 %}{{ raise_exception('two please') }}{% endif %}{{ messages }}"
+    _, data, encoder = votes_through(rejects, llama_dir, tmp_path, "no.jinja")
     with pytest.raises(
         InputError, match=r"line 1: the chat template rejected the messages: two please; fix that line$"
     ):
