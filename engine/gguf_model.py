@@ -12,7 +12,8 @@ loads through the same code as a safetensors folder (engine/weights.py, the fami
   - Gemma's norm gains: stored as 1 + w, given back as w;
   - metadata: `{arch}.embedding_length` etc. -> the config.json a transformers model has, so
     ModelConfig.from_hf_config validates and maps it exactly as for a folder; RoPE divisor tensors
-    (Llama 3's rope_freqs, Phi-3's rope_factors_*) become rope_scaling; what llama.cpp hardcodes
+    (Llama 3's rope_freqs, Phi-3's rope_factors_*) become rope_scaling, and rope.scaling.attn_factor
+    long-rope's attention_factor, as llama.cpp runs the file's value; what llama.cpp hardcodes
     instead of storing (Gemma's layer pattern and query scale) comes from one function per arch.
 A split set (NAME-00001-of-0000N.gguf, ...: llama-gguf-split's parts) is one model, given by its
 first part as llama.cpp takes it: the metadata is the first part's, the tensors are all parts'
@@ -64,11 +65,20 @@ SCALE_FIELDS: dict[str, tuple[int, ...]] = {
 }
 
 
-# config.json keys a GGUF file gives only as parts of other keys, and what errors call them instead
+# config.json keys a GGUF file gives only as parts of other keys, and what errors call them instead,
+# in order (after the architecture's key table, which names the keys it maps: so the first ones
+# name rope_scaling's own keys, the later ones what is left)
 _DERIVED_KEYS = (
+    # Phi-3's long-rope divisors are tensors in a GGUF file
+    (r"\brope_scaling: (short|long)_factor must be a list of\b", r"rope_factors_\1.weight must hold"),
+    (r"\brope_scaling: factor\b", "{arch}.rope.scaling.factor"),
+    (r"\brope_scaling: attention_factor\b", "{arch}.rope.scaling.attn_factor"),
+    (r"\brope_scaling: original_max_position_embeddings\b", "{arch}.rope.scaling.original_context_length"),
+    (r"\brope_scaling: (?={arch}\.)", ""),  # a key the table named already
     (r"\bpartial_rotary_factor\b", "{arch}.rope.dimension_count / the head size"),
     (r"\bunsupported rope scaling\b", "unsupported {arch}.rope.scaling.type"),
     (r"\brope_scaling\b", "{arch}.rope.scaling"),
+    (r", or head_dim must be given\b", ""),  # left by the table only where the file has no key length (GPT-2)
 )
 
 
@@ -160,6 +170,7 @@ class GGUFModel:
                 rope_type="longrope",
                 **{f"{k}_factor": self._floats(f"rope_factors_{k}.weight") for k in ("long", "short")},
             )
+        self._attn_factor(cfg)
         if a.facts is not None:
             cfg.update(a.facts(cfg))
         for name, token in (("bos_token_id", "bos"), ("eos_token_id", "eos")):
@@ -175,6 +186,29 @@ class GGUFModel:
             raise ModelLoadError(f"{self.path}: {name} is missing or not a short F32 vector; download the file again")
         return np.asarray(t.data, dtype=np.float32).tolist()
 
+    def _attn_factor(self, cfg: dict[str, Any]) -> None:
+        """{arch}.rope.scaling.attn_factor, llama.cpp's scale on RoPE's cos and sin (so on each of q and
+        k), which llama.cpp applies as the file gives it. Its converter writes one for Phi-3's long-rope,
+        computed from the context lengths as transformers computes attention_factor where config.json
+        gives none (a config.json's own attention_factor it drops); another converter or an edited
+        file may hold any value, and llama.cpp runs that. So the file's value is long-rope's
+        attention_factor here, checked as config.json's is. tiankong has no such scale elsewhere: a
+        value other than 1 without long-rope is refused, not dropped."""
+        key = f"{self.arch_name}.rope.scaling.attn_factor"
+        value = self.meta(key)
+        if value is None:
+            return
+        scaling = cfg.get("rope_scaling")
+        if isinstance(scaling, dict) and scaling.get("rope_type") == "longrope":
+            scaling["attention_factor"] = value
+        elif value != 1:
+            from .config_checks import _show
+
+            raise ModelLoadError(
+                f"{self.path}: {key} is {_show(value)}, a scale on RoPE that tiankong applies only with "
+                "long-rope factors (rope_factors_long.weight); use the model's Hugging Face folder or another file"
+            )
+
     def config(self) -> ModelConfig:
         """The ModelConfig, validated as a config.json is; errors name the file and its metadata keys
         (a file's values are no one's to fix by hand: the fix is another file)."""
@@ -185,8 +219,9 @@ class GGUFModel:
             problem = str(e).removeprefix("config.json").lstrip(" :").rsplit("; ", 1)[0]
             for hf_key in sorted(set(self.arch.keys.values()), key=len, reverse=True):
                 problem = re.sub(rf"\b{hf_key}\b", self.metadata_key(hf_key), problem)
+            arch = str(self.arch_name)  # one of ARCHS' names: nothing a pattern or a replacement reads
             for derived, source in _DERIVED_KEYS:  # config.json keys made from the file's, named by those
-                problem = re.sub(derived, source.format(arch=self.arch_name), problem)
+                problem = re.sub(derived.replace("{arch}", arch), source.replace("{arch}", arch), problem)
             raise ModelLoadError(
                 f"{self.path}: its metadata does not describe a model tiankong can build ({problem}); "
                 "the file is damaged or was converted wrongly: use another file"

@@ -7,13 +7,14 @@ Each damaged file is built here: a tiny model (tiny_models.make_model) written a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 import torch
-from gguf_files import write_gguf
+from gguf_files import hf_logits, write_gguf
 from helpers import cli
 from tiny_models import make_model
 
@@ -82,6 +83,28 @@ def test_generate_counts_prompts_times_n_and_lets_the_largest_run_through(tmp_pa
     assert code == 2 and "--n 400000 with 3 prompts makes 1200000 rows" in err, err
     with pytest.raises(_Loaded):  # exactly the bound: on to the model
         cli(monkeypatch, capsys, "generate", "-p", "hi", "--n", 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "fix"),
+    [
+        ("big.jsonl", 4, "split -l 250000 --additional-suffix=.jsonl big.jsonl part-"),
+        ("big", 1, "split -l 1000000 big part-"),
+    ],
+)
+def test_generate_refusing_too_many_rows_says_how_to_split_the_input(name, n, fix, tmp_path, monkeypatch, capsys):
+    """A 5-million-line file was told to "split the input into several runs": not how many lines a
+    run takes, nor that a .jsonl part must keep its suffix (read as text, a JSON string line keeps
+    its quotes), nor that the parts need one --seed for each row to keep its seed."""
+    prompts = tmp_path / name
+    prompts.write_text("a\n", encoding="utf-8")
+    monkeypatch.setattr(cli_generate, "read_jobs", lambda *a: [("line", {"prompt": "a"})] * 1_000_001)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(monkeypatch, capsys, "generate", "--input", name, "--n", n)
+    line = " ".join(err.split())  # one line, wrapped by no terminal
+    assert code == 2 and out == "", err
+    assert f"{1_000_001 * n} rows" in line and f"at most {1_000_000 // n:,} lines ({fix})" in line, line
+    assert "its own --output and the same --seed" in line and ("lower --n" in line) == (n > 1), line
 
 
 # ---------------------------------------------- 10: chat and compare refuse an unbuildable GGUF file
@@ -201,3 +224,112 @@ def test_a_derived_config_key_is_named_by_the_file_keys_it_comes_from(hf, tmp_pa
     said = str(e.value)
     assert "phi3.rope.dimension_count / the head size is 0" in said and "partial_rotary_factor" not in said
     assert "use another file" in said
+
+
+@pytest.mark.parametrize(
+    "arch, key, value, said",
+    [
+        ("gemma3", "gemma3.rope.scaling.factor", float("nan"), "gemma3.rope.scaling.factor is nan, but it must be"),
+        ("phi3", "phi3.rope.scaling.attn_factor", 0.0, "phi3.rope.scaling.attn_factor is 0.0, but it must be"),
+        ("phi3", "phi3.rope.scaling.attn_factor", float("inf"), "phi3.rope.scaling.attn_factor is inf, but it must be"),
+        (
+            "gpt2",
+            "gpt2.embedding_length",
+            3,
+            "gpt2.embedding_length (3) must be divisible by gpt2.attention.head_count (4))",
+        ),
+    ],
+)
+def test_a_rope_scaling_value_is_named_by_its_file_key(hf, tmp_path, arch, key, value, said):
+    """QA: gemma3.rope.scaling.factor = nan was said as "rope_scaling: factor is nan"; a GPT-2 file
+    whose width the heads do not divide was told "or head_dim must be given", a key it cannot have."""
+    folder = hf[arch] if arch in hf else make_model(tmp_path / arch, arch)
+    path = with_metadata(write_gguf(folder, tmp_path / f"{arch}.gguf", "f32"), **{key: value})
+    with pytest.raises(ModelLoadError) as e:
+        load_model(path, device="cpu")
+    assert said in str(e.value) and "use another file" in str(e.value), str(e.value)
+    assert not {"rope_scaling", "factor is", "head_dim", "attention_factor"} & set(_words(str(e.value))), str(e.value)
+
+
+def _words(line: str) -> list[str]:
+    """The config.json words a GGUF message must not hold: its keys as words, and "factor is"."""
+    words = line.replace("(", " ").replace(")", " ").replace(",", " ").split()
+    return words + [" ".join(p) for p in zip(words, words[1:], strict=False)]
+
+
+@pytest.mark.parametrize("which", ["long", "short"])
+def test_phi3_rope_factors_are_named_as_the_files_tensors(hf, tmp_path, which):
+    """QA: a damaged rope_factors_long.weight was said as "rope_scaling: long_factor must be a list",
+    config.json's key for what a GGUF file holds as a tensor."""
+    path = write_gguf(hf["phi3"], tmp_path / "phi3.gguf", "f32")
+    reader = gguf.GGUFReader(path, "r+")
+    next(t for t in reader.tensors if t.name == f"rope_factors_{which}.weight").data[0] = float("nan")
+    reader.data.flush()
+    with pytest.raises(ModelLoadError) as e:
+        load_model(path, device="cpu")
+    assert f"(rope_factors_{which}.weight must hold 6 positive numbers (one per rotated pair" in str(e.value)
+    assert f"{which}_factor" not in str(e.value) and "rope_scaling" not in str(e.value)
+
+
+# ------------------------------------------------------- 15: Phi-3's rope.scaling.attn_factor, read
+
+
+@pytest.fixture(scope="module")
+def phi3_same_factors(tmp_path_factory) -> Path:
+    """A Phi-3 whose long and short factors are the same, and whose config.json has an
+    attention_factor (2.0) of its own: llama.cpp picks long or short by its context size, not by
+    position, and its converter drops the attention_factor (it writes sqrt(1 + ln 16 / ln 16): 256
+    positions over 16)."""
+    from tiny_models import phi3_long_rope
+
+    rope = phi3_long_rope(torch.Generator().manual_seed(0))
+    rope.update(long_factor=rope["short_factor"], attention_factor=2.0)
+    return make_model(tmp_path_factory.mktemp("phi3-af") / "hf", "phi3", rope_parameters=rope)
+
+
+def test_phi3_attn_factor_is_the_files_as_transformers_takes_a_configs(phi3_same_factors, tmp_path):
+    """The attention factor was computed from the context lengths, whatever the file said: a file
+    whose rope.scaling.attn_factor is the checkpoint's own (2.0) ran with sqrt(2) all the same."""
+    path = write_gguf(phi3_same_factors, tmp_path / "phi3.gguf", "f32")
+    written = gguf.GGUFReader(path).fields["phi3.rope.scaling.attn_factor"].parts[-1][0]
+    cfg = json.loads((phi3_same_factors / "config.json").read_text())
+    scale = cfg["max_position_embeddings"] / cfg["original_max_position_embeddings"]
+    assert scale == 16 and written == pytest.approx(2**0.5)  # llama.cpp's converter's sqrt(1 + ln scale / ln 16)
+    with_metadata(path, **{"phi3.rope.scaling.attn_factor": 2.0})
+    model, _ = load_model(path, device="cpu", dtype="float32")
+    with torch.no_grad():
+        ours = model(torch.tensor([_IDS]), torch.arange(len(_IDS))[None])[0]
+    torch.testing.assert_close(ours, hf_logits(phi3_same_factors, _IDS), atol=2e-5, rtol=1e-5)
+
+
+def test_phi3_attn_factor_is_the_one_llama_cpp_runs(phi3_same_factors, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = with_metadata(
+        write_gguf(phi3_same_factors, tmp_path / "phi3.gguf", "f32"), **{"phi3.rope.scaling.attn_factor": 2.0}
+    )
+    llm = llama_cpp.Llama(str(path), n_ctx=32, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
+    llm.eval(_IDS)
+    theirs = np.array(llm.scores[: len(_IDS)])
+    model, _ = load_model(path, device="cpu", dtype="float32")
+    with torch.no_grad():
+        ours = model(torch.tensor([_IDS]), torch.arange(len(_IDS))[None])[0].numpy()
+    assert np.abs(theirs).max() > 5 and np.abs(ours - theirs).max() < 1e-3
+
+
+def test_an_attn_factor_without_long_rope_is_refused(hf, tmp_path):
+    """llama.cpp scales RoPE by the key in any model; tiankong only with long-rope: refused, not dropped."""
+    path = with_metadata(write_gguf(hf["phi3"], tmp_path / "p.gguf", "f32"), **{"phi3.rope.scaling.attn_factor": 2.0})
+    reader = gguf.GGUFReader(path, "r+")
+    for t in reader.tensors:  # the long-rope factors renamed away: a Phi-3 without long-rope
+        if t.name.startswith("rope_factors_"):
+            t.field.parts[1][-1] = ord("X")
+    reader.data.flush()
+    with pytest.raises(ModelLoadError) as e:
+        load_model(path, device="cpu")
+    assert str(e.value) == (
+        f"{path}: phi3.rope.scaling.attn_factor is 2.0, a scale on RoPE that tiankong applies only with "
+        "long-rope factors (rope_factors_long.weight); use the model's Hugging Face folder or another file"
+    )
+
+
+_IDS = [1, 5, 300, 17, 42, 99, 250, 7, 120, 64, 33, 2, 310, 8]  # under 16: short factors (llama.cpp's too)

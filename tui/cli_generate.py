@@ -169,7 +169,8 @@ def generate(
         "--n",
         "-n",
         min=1,
-        help="Independent samples per prompt (-n under torchrun, whose own flags take --n); prompts x n at most 1,000,000.",
+        help="Independent samples per prompt (-n under torchrun, whose own flags take --n); prompts x n at most 1,000,000 "
+        "a run (a bigger input: split it, and give each part the same --seed).",
     ),
     top_logprobs: int = typer.Option(
         0, "--top-logprobs", min=0, help="Record every token with its top K candidates (--format jsonl)."
@@ -206,7 +207,7 @@ def generate(
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError("under torchrun, generate needs --output FILE (the processes' records are merged there)")
     jobs = read_jobs(prompt, input)
-    _check_rows(len(jobs), n)  # before the seed check: an n past 2**64 is said as too many rows
+    _check_rows(len(jobs), n, input)  # before the seed check: an n past 2**64 is said as too many rows
     flags = dict(
         temperature=temperature,
         top_k=top_k,
@@ -387,16 +388,37 @@ def _join(device: str) -> Any:
 MAX_ROWS = 1_000_000  # (prompt, sample) rows of one run: each is held, encoded, before the first is generated
 
 
-def _check_rows(prompts: int, n: int) -> None:
+def _check_rows(prompts: int, n: int, input: Optional[str] = None) -> None:
     """Refuse a run of more rows than MAX_ROWS, before the model loads. _encode_rows builds every row
     up front (about 400 bytes each, plus the prompt's ids): --n 10**20 grew memory without end and
-    said nothing. The bound also keeps a drawn base seed (below 2**31) + n - 1 under 2**64."""
-    if prompts * n > MAX_ROWS:
-        what = f"--n {n} with {prompts} prompt{'s' if prompts != 1 else ''}" if n > 1 else f"{prompts} prompts"
-        raise InputError(
-            f"{what} makes {prompts * n} rows, more than generate runs at once ({MAX_ROWS:,}); "
-            "lower --n or split the input into several runs"
+    said nothing. The bound also keeps a drawn base seed (below 2**31) + n - 1 under 2**64.
+
+    Rows are not streamed: the run checks every prompt against the context before the first answer,
+    resumes by an index of every row (tui/shards.py) and reads stdin once, so a bigger input is split
+    into runs. The message says how: the prompts a run takes at this --n, a `split` command that
+    keeps the file's suffix (a .jsonl part read as text would keep a JSON string line's quotes), and
+    --seed, so that each row's seed is the one a single run would give it (sample i: seed + i)."""
+    if prompts * n <= MAX_ROWS:
+        return
+    what = f"--n {n} with {prompts} prompt{'s' if prompts != 1 else ''}" if n > 1 else f"{prompts} prompts"
+    said = f"{what} makes {prompts * n} rows, more than one generate run takes ({MAX_ROWS:,}"
+    said += ", each prepared before the first is generated)"
+    per_run = MAX_ROWS // n
+    if per_run == 0:
+        fix = f"lower --n to {MAX_ROWS:,} or fewer"
+    elif input is None:
+        fix = f"give at most {per_run:,} --prompt flags a run, or lower --n"
+    else:
+        import shlex
+
+        suffix = Path(input).suffix if input != "-" else ""
+        keep = f" --additional-suffix={shlex.quote(suffix)}" if suffix else ""
+        fix = (
+            f"split the input into parts of at most {per_run:,} lines (split -l {per_run}{keep} "
+            f"{shlex.quote(input)} part-) and run each part with its own --output and the same --seed (so each "
+            "row keeps its seed), then join the outputs in order" + (", or lower --n" if n > 1 else "")
         )
+    raise InputError(f"{said}; {fix}")
 
 
 def _base_seed(params: Any, dist: Any) -> int:
