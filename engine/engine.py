@@ -41,13 +41,10 @@ from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
 
-# GGUF architectures whose quantized matrices the packed form and the compiled step take as they
-# are (Phi-3's fused q/k/v and gate/up are split at load, which needs floats; Gemma has no step).
-# GGUF architectures the compiled step runs (Phi-3: fused parts split by rows): their blocks stay
-# quantized on the CPU and an F16 file's halves stay halves. Gemma's blocks stay quantized too, each
-# linear one compiled product (CompiledQLinear); its F16 halves are widened (no float16 product).
-_STEP_ARCHS = ("llama", "qwen2", "qwen3", "phi3")
-_BLOCK_ARCHS = (*_STEP_ARCHS, "gemma2", "gemma3")
+# GGUF architectures the compiled step runs (Phi-3: fused parts split by rows; Gemma 2/3: PackedGemma):
+# their blocks stay quantized on the CPU and an F16 file's halves stay halves.
+_STEP_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+_BLOCK_ARCHS = _STEP_ARCHS
 
 
 def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:
@@ -61,7 +58,7 @@ def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dty
 
 
 _FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
-# Engine.decode_path's words for the compiled step, and for a quantized model without it (Gemma) on the CPU
+# Engine.decode_path's words for the compiled step, and for a quantized model without it (GPT-2) on the CPU
 COMPILED_STEP = "compiled step (csrc/decode.c)"
 COMPILED_PRODUCTS = "torch, each quantized linear a compiled product (csrc/decode.c)"
 
@@ -97,9 +94,9 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
     (from its header: nothing read), else None. F16 weights on the CPU that the compiled step does
     not take (an architecture without it, or no C compiler) are widened to float32: twice the file
     in memory and read per token; quantized blocks it does not take are dequantized to float32 (a
-    Q4_K_M Gemma: ~6.5x the file). A quantized file given --dtype q8_0 (etc.) is dequantized and
+    Q4_K_M file: ~6.5x its size). A quantized file given --dtype q8_0 (etc.) is dequantized and
     quantized again: a second rounding (llama-quantize refuses it without --allow-requantize); said,
-    not refused, since for a file whose blocks are dequantized at load anyway (Gemma, a GPU) it
+    not refused, since for a file whose blocks are dequantized at load anyway (GPT-2, a GPU) it
     saves memory."""
     dtype = dtype_name(dtype)
     if not is_gguf(path):

@@ -44,6 +44,8 @@ step runs here.
 
 The forward signature is Llama's, so `generate` runs either; tests pin this form's logits to
 transformers'. Built by `model.prepare_for_inference`; forward only, under inference mode.
+Gemma's form (gemma_packed.PackedGemma) is this one with its gains, blocks and forward swapped in
+through the hooks marked so below.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .gemma import Block as GemmaBlock
+from .gemma import Gemma
 from .kv_cache import KVCache, Runs, attend_runs, build_mask, sdpa, visible_runs
 from .llama import Block, Llama
 from .native import library as native_lib
@@ -122,10 +126,15 @@ def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, i
     return native_matmul(lib, w, *parts, x)
 
 
+def query_scale(cfg: ModelConfig) -> float:
+    """The attention's query scale: 1/sqrt(hd), or Gemma's query_pre_attn_scalar ** -0.5."""
+    return 1.0 / math.sqrt(cfg.head_dim) if cfg.attn_scale is None else cfg.attn_scale
+
+
 def _quantized_q_scale(cfg: ModelConfig, q_norm: bool) -> float:
-    """The scale quantized weights apply to the query heads: 1/sqrt(hd), or 1 with Qwen3's q-norm
+    """The scale quantized weights apply to the query heads: query_scale, or 1 with Qwen3's q-norm
     (its gain takes it). Long-rope's attention factor is RoPE's magnitude instead (rope_mag)."""
-    return 1.0 if q_norm else 1.0 / math.sqrt(cfg.head_dim)
+    return 1.0 if q_norm else query_scale(cfg)
 
 
 class PackedBlock(nn.Module):
@@ -185,6 +194,14 @@ class PackedBlock(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return sdpa(q, k, v, mask, self.q_scale)
 
+    # Hooks (gemma_packed.PackedGemmaBlock): an attention or feed-forward output y before the
+    # residual add, and the gate's activation.
+    def _branch(self, y: torch.Tensor, which: str) -> torch.Tensor:
+        return y
+
+    def _gate(self, gate: torch.Tensor) -> torch.Tensor:
+        return F.silu(gate)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -220,11 +237,11 @@ class PackedBlock(nn.Module):
         y = attend_runs(self._attend, qkv[:, :, :H].transpose(1, 2), kv[:, :H_kv], kv[:, H_kv:], mask)  # (B, H, T, hd)
         # The residual adds go in place: measured, oneDNN's fused "add" post-op costs more (~5 us
         # a call) than a separate add.
-        x = self._mm(y.transpose(1, 2).reshape(B, T, H * hd), "wo", self.bo).add_(x)
+        x = self._branch(self._mm(y.transpose(1, 2).reshape(B, T, H * hd), "wo", self.bo), "attn").add_(x)
         h = F.rms_norm(x, (self.dim,), self.ffn_norm, self.eps)
         gate_up = self._mm(h, "w13")  # (B, T, 2F)
-        act = torch.mul(F.silu(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim :])
-        return self._mm(act, "w2").add_(x)
+        act = torch.mul(self._gate(gate_up[..., : self.ffn_dim]), gate_up[..., self.ffn_dim :])
+        return self._branch(self._mm(act, "w2"), "ffn").add_(x)
 
 
 # What each packed tensor of a block was in the checkpoint, for messages about a weight: the
@@ -240,6 +257,8 @@ _PART_ROLES = {
     "k_norm": "per-head key norm",
     "attn_norm": "attention norm",
     "ffn_norm": "feed-forward norm",
+    "post_attn_norm": "attention output norm",
+    "post_ffn_norm": "feed-forward output norm",
 }
 
 
@@ -258,8 +277,17 @@ class PackedLlama(nn.Module):
     inv_freq: torch.Tensor  # buffers, registered in __init__ (see PackedBlock)
     inv_freq_long: torch.Tensor | None
     norm_weight: torch.Tensor
+    _BLOCK: type[PackedBlock] = PackedBlock  # hook: the blocks' class
 
-    def __init__(self, model: Llama, native: bool | None = None) -> None:
+    @staticmethod
+    def _norm_gain(weight: torch.Tensor) -> torch.Tensor:
+        """Hook: an RMSNorm's gain from its weight (Gemma's is 1 + w)."""
+        return weight.detach()
+
+    def _register_extras(self, model: nn.Module) -> None:
+        """Hook: buffers a subclass's step reads, registered before anything is packed."""
+
+    def __init__(self, model: Llama | Gemma, native: bool | None = None) -> None:
         """native: decode steps through the compiled step (native.py) with plain weights; None uses
         it when it builds (weights on CPU, float32, bfloat16 or float16), False never (weights
         packed for oneDNN; not float16, which only the compiled step reads)."""
@@ -271,8 +299,9 @@ class PackedLlama(nn.Module):
         self.register_buffer("inv_freq", _padded(model.inv_freq, cfg.head_dim), persistent=False)
         long = getattr(model, "inv_freq_long", None)
         self.register_buffer("inv_freq_long", None if long is None else _padded(long, cfg.head_dim), persistent=False)
-        norm = model.norm.weight.detach()  # (D,); float32 where float16 weights compute in float32
+        norm = self._norm_gain(model.norm.weight)  # (D,); float32 where float16 weights compute in float32
         self.register_buffer("norm_weight", norm.float() if norm.dtype == torch.float16 else norm, persistent=False)
+        self._register_extras(model)
         self.rope_mag = 1.0  # long-rope's factor where RoPE carries it (quantized weights); else in wqkv's rows
         self.quantized = is_quantized(model)
         if self.quantized:
@@ -309,7 +338,7 @@ class PackedLlama(nn.Module):
             assert not isinstance(own, WeightBuffer) or own.used == own.data.numel()
         self._native = None if lib is None else NativeStep(lib, self)
 
-    def _init_quantized(self, model: Llama) -> None:
+    def _init_quantized(self, model: Llama | Gemma) -> None:
         """QTensor weights, kept quantized for the compiled step (see the module docstring): the
         head as its rows, each layer's weights as uint8 rows of their types, `wtypes` (n_layers, 7)."""
         lib = native_lib()
@@ -350,21 +379,23 @@ class PackedLlama(nn.Module):
         self._native = NativeStep(lib, self)
 
     @staticmethod
-    def _layers_bytes(model: Llama) -> int:
+    def _layers_bytes(model: Llama | Gemma) -> int:
         """Bytes of the layers' seven weights as pack_rows lays them out."""
         total = 0
         for layer in model.layers:
-            assert isinstance(layer, Block)  # Llama.layers holds llama.Block (typed nn.Module by ModuleList)
+            assert isinstance(layer, (Block, GemmaBlock))  # (typed nn.Module by ModuleList)
             a, f = layer.attn, layer.ffn
             total += packed_bytes([weight_of(m) for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2)])
         return total
 
-    @staticmethod
-    def _pack_layer_quantized(cfg: ModelConfig, layer: nn.Module, own: WeightBuffer) -> tuple[PackedBlock, list[int]]:
+    @classmethod
+    def _pack_layer_quantized(
+        cls, cfg: ModelConfig, layer: nn.Module, own: WeightBuffer
+    ) -> tuple[PackedBlock, list[int]]:
         """One layer of QTensor (or float) weights as the compiled step reads them, and the ggml
         types of wq, wk, wv, wo, gate, up, down. Nothing is folded: gains and the query scale stay
         separate; q/k rows (and biases) go into RoPE-pair order."""
-        assert isinstance(layer, Block)  # Llama.layers holds llama.Block (typed nn.Module by ModuleList)
+        assert isinstance(layer, (Block, GemmaBlock))  # (typed nn.Module by ModuleList)
         H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         a, f = layer.attn, layer.ffn
 
@@ -373,8 +404,8 @@ class PackedLlama(nn.Module):
 
         q_norm = k_norm = None
         if a.q_norm is not None and a.k_norm is not None:  # Qwen3: the query scale goes into the q-norm gain
-            q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul(1.0 / math.sqrt(hd))
-            k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
+            q_norm = _pairs_adjacent(cls._norm_gain(a.q_norm.weight).float(), 1, hd).mul(query_scale(cfg))
+            k_norm = _pairs_adjacent(cls._norm_gain(a.k_norm.weight).float(), 1, hd)
         D, F = cfg.dim, cfg.ffn_dim
         weights = [weight_of(m) for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2)]
 
@@ -397,11 +428,11 @@ class PackedLlama(nn.Module):
         bo = None if a.wo.bias is None else a.wo.bias.detach().float()
         quantized = dict(
             layouts=dict(wqkv=l_qkv, wo=l_o, w13=l_13, w2=l_2),
-            attn_norm=layer.attn_norm.weight.detach().float(),
-            ffn_norm=layer.ffn_norm.weight.detach().float(),
+            attn_norm=cls._norm_gain(layer.attn_norm.weight).float(),
+            ffn_norm=cls._norm_gain(layer.ffn_norm.weight).float(),
             q_scale=_quantized_q_scale(cfg, q_norm is not None),
         )
-        block = PackedBlock(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm, quantized)
+        block = cls._BLOCK(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm, quantized)
         return block, ggml_types(l_qkv) + ggml_types(l_o) + ggml_types(l_13) + ggml_types(l_2)
 
     @staticmethod
@@ -410,18 +441,18 @@ class PackedLlama(nn.Module):
         D, q = cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         return cfg.vocab_size * D + cfg.n_layers * (q * D + D * cfg.n_heads * cfg.head_dim + 3 * cfg.ffn_dim * D)
 
-    @staticmethod
-    def _pack_layer(cfg: ModelConfig, layer: nn.Module, own=pack_weight) -> PackedBlock:
+    @classmethod
+    def _pack_layer(cls, cfg: ModelConfig, layer: nn.Module, own=pack_weight) -> PackedBlock:
         """One layer's folded weights, each handed to `own` (oneDNN packing, or a copy into the
         compiled step's buffer), which returns the weight the block keeps."""
-        assert isinstance(layer, Block)  # Llama.layers holds llama.Block (typed nn.Module by ModuleList)
+        assert isinstance(layer, (Block, GemmaBlock))  # (typed nn.Module by ModuleList)
         H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         a, f = layer.attn, layer.ffn
-        dt, scale = a.wq.weight.dtype, 1.0 / math.sqrt(hd)
+        dt, scale = a.wq.weight.dtype, query_scale(cfg)
         q_norm = k_norm = None
         if a.q_norm is not None and a.k_norm is not None:  # Qwen3: the query scale moves into the norm's gain, after
-            q_norm = _pairs_adjacent(a.q_norm.weight.float(), 1, hd).mul_(scale)
-            k_norm = _pairs_adjacent(a.k_norm.weight.float(), 1, hd)
+            q_norm = _pairs_adjacent(cls._norm_gain(a.q_norm.weight).float(), 1, hd).mul_(scale)
+            k_norm = _pairs_adjacent(cls._norm_gain(a.k_norm.weight).float(), 1, hd)
             scale = 1.0
 
         def rope_rows(w: torch.Tensor, heads: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -448,7 +479,8 @@ class PackedLlama(nn.Module):
 
         # In the order the step reads them (the buffer's order): wqkv, wo, w13, w2. Each element
         # goes through the same float32 operations in the same order whichever way (same bits).
-        attn_gain, ffn_gain = layer.attn_norm.weight.float(), layer.ffn_norm.weight.float()
+        gain = cls._norm_gain
+        attn_gain, ffn_gain = gain(layer.attn_norm.weight).float(), gain(layer.ffn_norm.weight).float()
         wqkv = fused(q + 2 * kv)  # (H + 2 H_kv) hd x D
         rope_rows(a.wq.weight, H, wqkv[:q]).mul_(scale).mul_(attn_gain)
         rope_rows(a.wk.weight, H_kv, wqkv[q : q + kv]).mul_(attn_gain)
@@ -465,7 +497,7 @@ class PackedLlama(nn.Module):
         w13 = keep(w13)
         bo = None if a.wo.bias is None else a.wo.bias.detach().clone()
         w2 = own(f.w2.weight)
-        block = PackedBlock(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm)
+        block = cls._BLOCK(cfg, wqkv, bqkv, wo, w13, w2, bo, q_norm, k_norm)
         release_pages([p for p in layer.parameters() if p.dim() == 2])
         trim_heap()  # the fused float32 temporaries
         return block
@@ -492,12 +524,7 @@ class PackedLlama(nn.Module):
         if mask is None and window is not None and start + T > window:
             pad = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             mask = build_mask(pad, start, T, start + T, window)
-        inv_freq = long_rope_freqs(self.cfg, positions, self.inv_freq, self.inv_freq_long)
-        angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
-        mag = torch.ones_like(angles)
-        if self.rope_mag != 1.0:  # on the pairs that turn: those past a partial rotary_dim pass through
-            mag = torch.where(inv_freq != 0, self.rope_mag, 1.0).expand_as(angles)
-        freqs = torch.polar(mag, angles)[:, :, None]  # (B, T, 1, hd/2) complex64
+        freqs = self._freqs(positions, long_rope_freqs(self.cfg, positions, self.inv_freq, self.inv_freq_long))
         if cache is not None:
             assert start + T <= cache.max_len, f"KV cache overflow: {start + T} > {cache.max_len}"
         runs = visible_runs(mask, tokens)  # a decode step's mask as each row's run of slots
@@ -506,8 +533,18 @@ class PackedLlama(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = F.rms_norm(x, (x.shape[-1],), self.norm_weight, self.cfg.norm_eps)
-        if hidden:
-            return x
+        return x if hidden else self._logits(x, last_only)
+
+    def _freqs(self, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+        """RoPE's e^{i pos theta} for positions (B, T) -> (B, T, 1, hd/2) complex64 (rope_mag its magnitude)."""
+        angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
+        mag = torch.ones_like(angles)
+        if self.rope_mag != 1.0:  # on the pairs that turn: those past a partial rotary_dim pass through
+            mag = torch.where(inv_freq != 0, self.rope_mag, 1.0).expand_as(angles)
+        return torch.polar(mag, angles)[:, :, None]
+
+    def _logits(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """The vocabulary head on the normalised x (B, T, D) -> (B, T, V)."""
         if self.quantized:
             return _quantized_mm(x, self.output, self.out_parts)
         if last_only and self._native is not None:  # a prompt's last tokens: the step's product

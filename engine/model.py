@@ -11,6 +11,7 @@ from torch import nn
 from . import gemma, gpt2, llama
 from .config import ModelConfig
 from .errors import InputError, ModelLoadError, quoted
+from .gemma_packed import PackedGemma
 from .gguf_model import GGUFModel, is_gguf
 from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
@@ -176,29 +177,34 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     """The fastest forward-only form of a loaded model on its device; consumes `model`.
 
     On CPU (float32, or bfloat16 where the CPU has it, or quantized, or float16 where the compiled step
-    builds: only it reads float16 fast) the Llama family becomes a PackedLlama, and
-    GPT-2 a PackedGPT2 where the compiled decode step builds (native.py) or else gets oneDNN-packed
-    linears (packed.py); elsewhere the model comes back as it is.
+    builds: only it reads float16 fast) the Llama family becomes a PackedLlama; Gemma a PackedGemma
+    and GPT-2 a PackedGPT2 where the compiled decode step builds (native.py), or else they get
+    oneDNN-packed linears (packed.py); elsewhere the model comes back as it is.
     """
     p = next(model.parameters())
     if is_quantized(model):
         # QTensor weights decode through the compiled step, which reads their blocks; a model without
-        # one (Gemma) runs in torch with each linear one compiled product over its blocks; without the
-        # library, and on GPUs, the plain module dequantizes each weight as it runs (quant.QLinear).
+        # one (GPT-2 given --dtype q8_0) runs in torch with each linear one compiled product over its
+        # blocks; without the library, and on GPUs, the plain module dequantizes each weight as it
+        # runs (quant.QLinear).
         if p.device.type != "cpu" or native_library() is None:
             return model
-        return PackedLlama(model) if isinstance(model, llama.Llama) else compile_qlinears(model)
-    if p.dtype == torch.float16 and p.device.type == "cpu" and isinstance(model, llama.Llama):
-        return PackedLlama(model) if native_library() is not None else model
+        if isinstance(model, llama.Llama):
+            return PackedLlama(model)
+        return PackedGemma(model) if isinstance(model, gemma.Gemma) else compile_qlinears(model)
+    if p.dtype == torch.float16 and p.device.type == "cpu" and isinstance(model, (llama.Llama, gemma.Gemma)):
+        if native_library() is None:
+            return model
+        return PackedLlama(model) if isinstance(model, llama.Llama) else PackedGemma(model)
     if not can_pack(p.device, p.dtype):
         return model
     if isinstance(model, llama.Llama):
         return PackedLlama(model)
-    # Gemma's extra norms, soft-capping and two kinds of layer have no packed form or compiled step
-    # yet: its linears are packed for oneDNN in place, the rest runs as in the plain module.
+    if isinstance(model, gemma.Gemma) and native_library() is not None:
+        return PackedGemma(model)
     if isinstance(model, gpt2.GPT2) and (lib := native_library()) is not None:
         return PackedGPT2(model, lib)
-    return pack_linears(model)
+    return pack_linears(model)  # Gemma without the compiled step: its linears packed for oneDNN in place
 
 
 def save_pretrained(

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from . import gpt2, llama
+from . import gemma, gpt2, llama
 from .config import ModelConfig
 from .engine import (
     COMPILED_PRODUCTS,
@@ -125,18 +125,19 @@ class _MetaReads(NameTable):
 def _decode_path(model: nn.Module, cfg: ModelConfig, dev: torch.device) -> str:
     """Engine.decode_path of prepare_for_inference(model) on `dev`, from the tests it makes, in its
     order (so the compiled step is built, or found missing, exactly where the load would)."""
-    if is_quantized(model):  # PackedLlama where the step builds, compiled products (Gemma); else the plain module
+    # PackedLlama, PackedGemma where the step builds, compiled products (GPT-2); else the plain module
+    if is_quantized(model):
         if dev.type != "cpu" or native_library() is None:
             return "torch"
-        return compiled_step_path(cfg) if isinstance(model, llama.Llama) else COMPILED_PRODUCTS
+        return compiled_step_path(cfg) if isinstance(model, (llama.Llama, gemma.Gemma)) else COMPILED_PRODUCTS
     dtype = next(model.parameters()).dtype
-    if dtype == torch.float16 and dev.type == "cpu" and isinstance(model, llama.Llama):  # the step, or torch
-        return compiled_step_path(cfg) if native_library() is not None else "torch"
+    if dtype == torch.float16 and dev.type == "cpu" and isinstance(model, (llama.Llama, gemma.Gemma)):
+        return compiled_step_path(cfg) if native_library() is not None else "torch"  # the step, or torch
     if not can_pack(dev, dtype):
         return "torch"
-    if isinstance(model, (llama.Llama, gpt2.GPT2)) and native_library() is not None:
+    if isinstance(model, (llama.Llama, gemma.Gemma, gpt2.GPT2)) and native_library() is not None:
         return compiled_step_path(cfg)
-    why = native_reason()  # PackedLlama with oneDNN-packed weights, or packed.pack_linears (Gemma)
+    why = native_reason()  # PackedLlama with oneDNN-packed weights, or packed.pack_linears (Gemma, GPT-2)
     return f"torch, oneDNN-packed weights; compiled step unavailable: {why}" if why else "torch, oneDNN-packed weights"
 
 

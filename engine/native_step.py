@@ -3,7 +3,8 @@
 WeightBuffer holds the weights the step streams, in the order it reads them; NativeStep fills
 decode.c's Model struct with pointers into them and calls tk_decode_step once per one-token step.
 Apart from engine/native.py, which builds and loads the library and is needed by everything that
-calls into it, while this is needed only by the packed models (engine/llama_packed.py, gpt2_packed.py).
+calls into it, while this is needed only by the packed models (engine/llama_packed.py, gemma_packed.py,
+gpt2_packed.py).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ _KV_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 FLOAT_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 30}
 
 
+# The blocks' optional per-layer float32 vectors: biases, per-head norm gains, unfolded norm gains
+# (quantized weights), the norms' gains on the branch outputs (Gemma).
+_VECTORS = ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm", "attn_norm", "ffn_norm", "post_attn_norm", "post_ffn_norm")
+
+
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     """A small vector as the step reads it: float32, contiguous (a copy the caller keeps alive)."""
     return None if t is None else t.detach().float().contiguous()
@@ -87,10 +93,12 @@ class PackedModel(Protocol):
 class NativeStep:
     """A prepared model's weights bound to tk_decode_step: one call per one-token decode step.
 
-    The model (PackedLlama or PackedGPT2) provides `cfg`, `output` (V, D), `norm_weight` (D,),
+    The model (PackedLlama, PackedGemma or PackedGPT2) provides `cfg`, `output` (V, D), `norm_weight` (D,),
     optionally `norm_bias` and `inv_freq`, and `layers` whose blocks hold plain (out, in) weights
     `wqkv`, `wo`, `w13`, `w2` (all float32, all bfloat16 or all float16), optional biases `bqkv`, `bo`, `b13`,
     `b2` and optional per-head norm gains `q_norm`, `k_norm`; see csrc/decode.c for their layout. It owns every tensor the pointers point into.
+    Gemma's (PackedGemma) adds `geglu`, `local_layers` (n_layers,) int32 flags with `inv_freq_local`, and
+    blocks with `post_attn_norm`, `post_ffn_norm` gains; cfg gives the local window and the soft-cap.
 
     A quantized model (PackedLlama of QTensor weights) has `wtypes` (n_layers, 7) int32 (the ggml
     types of wq, wk, wv, wo, gate, up, down), `out_type`, `q_scale`, and blocks whose weights are
@@ -117,16 +125,11 @@ class NativeStep:
             assert wtypes.shape == (cfg.n_layers, 7), wtypes.shape
             self.keep.append(wtypes)
         float_type = FLOAT_TYPES[float_dtype]
+        names = ("norm", "norm_bias", "inv_freq", "local_inv_freq")
         vectors = [
-            _f32(model.norm_weight),
-            _f32(getattr(model, "norm_bias", None)),
-            _f32(getattr(model, "inv_freq", None)),
+            _f32(getattr(model, name, None)) for name in ("norm_weight", "norm_bias", "inv_freq", "inv_freq_local")
         ]
         self.keep += [arrays, vectors]
-
-        def ptr(t: torch.Tensor | None) -> int | None:
-            return None if t is None else t.data_ptr()
-
         values = dict(
             n_layers=cfg.n_layers,
             dim=cfg.dim,
@@ -148,14 +151,28 @@ class NativeStep:
             out=model.output.data_ptr(),
             same_row=None,  # set in each call's copy, as kv_type is (KVCache.share_prompt)
             same_len=0,
+            **self._gemma_fields(model),
             **arrays,
-            **dict(zip(("norm", "norm_bias", "inv_freq"), map(ptr, vectors), strict=True)),
+            **{name: None if v is None else v.data_ptr() for name, v in zip(names, vectors, strict=True)},
         )
         # Every field of the C struct is set by name: a field added in decode.c and not here fails now.
         missing = {field[0] for field in lib.Model._fields_} ^ set(values)
         assert not missing, f"decode.c's Model and NativeStep disagree on {sorted(missing)}"
         self.struct = lib.Model(**values)
         self.threads: threads.ThreadChoice | None = None  # None: the process's (threads.CHOICE)
+
+    def _gemma_fields(self, model: PackedModel) -> dict[str, Any]:
+        """Gemma's fields (PackedGemma), which leave the others' steps as they were: its GeGLU, its
+        attention soft-cap, and its local layers' flags ((n_layers,) int32, kept) and window."""
+        cfg, local = model.cfg, getattr(model, "local_layers", None)
+        assert local is None or (local.dtype == torch.int32 and local.shape == (cfg.n_layers,))
+        self.keep.append(local)
+        return dict(
+            geglu=int(getattr(model, "geglu", False)),
+            attn_softcap=cfg.attn_softcap or 0.0,
+            local=None if local is None else local.data_ptr(),
+            local_window=(cfg.local_window or 0) if local is not None else 0,
+        )
 
     def _layer_arrays(self, layers: torch.nn.ModuleList, weight_dtype: torch.dtype) -> dict[str, Any]:
         """Per block tensor name, a C array of the layers' pointers to it (None where the blocks lack
@@ -166,7 +183,7 @@ class NativeStep:
             for t in ts:
                 assert t.is_contiguous() and t.dtype == weight_dtype, (name, t.dtype)
             arrays[name] = _pointers(ts)
-        for name in ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm", "attn_norm", "ffn_norm"):
+        for name in _VECTORS:
             vs = [_f32(getattr(layer, name, None)) for layer in layers]
             arrays[name] = None if vs[0] is None else _pointers(vs)
             self.keep.append(vs)

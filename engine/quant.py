@@ -293,7 +293,7 @@ class QLinear(nn.Module):
 class CompiledQLinear(QLinear):
     """A QLinear whose product is the compiled tk_matmul over its blocks as they lie (csrc/decode.c,
     inputs rounded to 8 bits as the decode step rounds them: llama.cpp's scheme), for inference on
-    the CPU where a model has no packed form (Gemma; GPT-2 given --dtype q8_0): no float copy of
+    the CPU where a model has no packed form for them (GPT-2 given --dtype q8_0): no float copy of
     the weight, where QLinear widens all of it on every call. The same bytes (qdata is shared)."""
 
     def __init__(self, linear: QLinear) -> None:

@@ -104,7 +104,9 @@ def test_the_bundled_model_gives_a_row_the_same_bits_alone_and_in_a_batch(kind, 
         ("mistral", dict(sliding_window=8), "compiled"),  # windows shorter than the rows
         ("mistral", dict(sliding_window=8), "torch"),
         ("gpt2", {}, "compiled"),
-        ("gemma2", {}, "torch"),  # soft-capped attention, local and global layers
+        ("gemma2", {}, "compiled"),  # soft-capped attention, local and global layers
+        ("gemma2", {}, "torch"),
+        ("gemma3", {}, "compiled"),  # q/k norms, the local layers' own RoPE base
     ],
 )
 def test_other_families_give_a_row_the_same_bits_alone_and_in_a_batch(tmp_path, arch, overrides, path):

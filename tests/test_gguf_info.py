@@ -145,11 +145,11 @@ def test_info_reads_a_dtype_in_any_case(folders):
 def test_a_widened_f16_file_and_a_quantized_one_quantized_again_are_said(gguf_file, monkeypatch, capsys):
     """QA: an F16 GGUF on the CPU became float32 in silence (twice the file in memory); --dtype q8_0 on
     a Q4_K_M file rounded its weights twice in silence (llama-quantize refuses it without
-    --allow-requantize). A llama file's halves now stay halves for the compiled step
-    (test_native_f16.py): only a file the step does not run (Gemma) is widened, and said."""
+    --allow-requantize). A llama (or Gemma) file's halves now stay halves for the compiled step
+    (test_native_f16.py): only a file the step does not run (GPT-2) is widened, and said."""
     from tiankong.engine.engine import load_note
 
-    f16, q8 = gguf_file("gemma3", "f16"), gguf_file("llama", "q8_0")
+    f16, q8 = gguf_file("gpt2", "f16"), gguf_file("llama", "q8_0")
     widened = load_note(f16, "cpu", "auto")
     assert widened is not None and "F16 weights are widened to float32" in widened and "--dtype q8_0" in widened
     assert loaded_facts(f16)["dtype"] == "float32"  # what the note says
@@ -158,6 +158,7 @@ def test_a_widened_f16_file_and_a_quantized_one_quantized_again_are_said(gguf_fi
     kept = gguf_file("llama", "f16")  # float16 as it is: nothing to say
     for path, dtype in (
         (kept, "auto"),
+        (gguf_file("gemma3", "f16"), "auto"),
         (f16, "bfloat16"),
         (f16, "q8_0"),
         (q8, "auto"),
@@ -175,7 +176,7 @@ def test_a_quantized_file_dequantized_to_float32_is_said(gguf_file, monkeypatch,
     """A quantized file whose blocks nothing compiled reads (GPT-2's, whose matrices GGUF stores
     transposed) is dequantized to float32 at load, several times the file: said as the widened F16
     note is, with the way to half of it. Gemma's stayed float32 in silence (a Gemma 3 4B Q4_K_M of
-    2.5 GB took ~16 GB); its blocks are kept now (compiled products), as the step's families' are:
+    2.5 GB took ~16 GB); its blocks are kept now (the compiled step), as the other step families' are:
     nothing to say."""
     from tiankong.engine import native
     from tiankong.engine.engine import load_note

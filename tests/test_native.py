@@ -52,6 +52,15 @@ def need_native() -> None:
         # original_max_position_embeddings: past it the long factors run on the torch path).
         ("phi3", dict(original_max_position_embeddings=64), None),
         ("phi3", dict(rope_parameters=None, partial_rotary_factor=1.0, sliding_window=8), None),
+        # Gemma (tiny_models: local layers' window of 6, shorter than the rows; (1 + w) gains drawn
+        # at random): Gemma 2's soft-caps on the scores and the logits, GeGLU, the norms on the
+        # branch outputs; Gemma 3's q/k norms and local RoPE base; q/k/v and o biases with an untied
+        # head; head_dim 64 (attention's vector kernels, groups of 3 + 1) and 256 (Gemma 3's own).
+        ("gemma2", {}, None),
+        ("gemma3", {}, None),
+        ("gemma3", dict(attention_bias=True, tie_word_embeddings=False), None),
+        ("gemma2", dict(head_dim=64, num_key_value_heads=1), 1),
+        ("gemma3", dict(head_dim=256, num_key_value_heads=1), 1),
     ],
 )
 def test_native_decode_steps_equal_transformers(tmp_path, arch, overrides, threads):
@@ -96,7 +105,7 @@ def check_decode_steps(AutoModelForCausalLM, folder) -> None:
             logits = eng.model(chosen[:, None], (slot - pad)[:, None], mask, cache, slot)[:, -1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gpt2", "gemma2", "gemma3"])
 def test_native_bfloat16_decode_is_as_close_to_float32_as_transformers_bfloat16(tmp_path, arch):
     # bfloat16 weights and cache, float32 activations: the decode steps' logits must be no further
     # from the float32 truth than transformers' own bfloat16 run (which rounds activations too).
@@ -290,6 +299,43 @@ def test_switched_off_by_environment(tmp_path):
     assert json.loads(out.stdout)["decode"] == (
         "torch, oneDNN-packed weights; compiled step unavailable: switched off by TIANKONG_NATIVE=0"
     )
+
+
+def test_gemma_decodes_in_the_step_and_switched_off_in_torch_with_the_same_tokens(tmp_path):
+    """A Gemma folder decodes through the compiled step (PackedGemma), and `tiankong info` (read from
+    the header alone: model_facts) says so; TIANKONG_NATIVE=0 keeps the torch path it had (the plain
+    module with oneDNN-packed linears), and greedy tokens past the local window are the same."""
+    need_native()
+    script = """
+import sys
+from tiankong.engine.engine import Engine
+from tiankong.engine.model_facts import model_facts
+from tiankong.engine.sampling import SamplingParams
+from tiankong.engine.events import TokenEvent
+e = Engine.load(sys.argv[1], device="cpu", dtype="float32")
+print(type(e.model).__name__)
+print(e.decode_path)
+print(model_facts(sys.argv[1], device="cpu", dtype="float32")["decode"])
+evs = e.generate([e.encode("The dog", raw=True)], [SamplingParams(temperature=0, max_new_tokens=16, seed=0)])
+print([ev.id for ev in evs if isinstance(ev, TokenEvent)])
+"""
+    folder = make_model(tmp_path / "m", "gemma2")
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(folder)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TIANKONG_NATIVE": off},
+            timeout=300,
+        )
+        for off in ("1", "0")
+    ]
+    assert [o.returncode for o in outs] == [0, 0], [o.stderr for o in outs]
+    (kind, path, facts, ids), (torch_kind, torch_path, torch_facts, torch_ids) = (o.stdout.splitlines() for o in outs)
+    assert kind == "PackedGemma" and path == facts == "compiled step (csrc/decode.c)"
+    off = "torch, oneDNN-packed weights; compiled step unavailable: switched off by TIANKONG_NATIVE=0"
+    assert torch_kind == "Gemma" and torch_path == torch_facts == off
+    assert ids == torch_ids and len(json.loads(ids)) == 16
 
 
 def test_the_source_ships_with_the_package():

@@ -47,9 +47,13 @@ def step_against_torch(eng: Engine, kv: torch.dtype) -> None:
     assert (steps - full).abs().max() <= 1e-4 * full.abs().max(), ((steps - full).abs().max(), full.abs().max())
 
 
-@pytest.mark.parametrize("arch, overrides", [("llama", dict(tie_word_embeddings=True)), ("qwen2", {}), ("qwen3", {})])
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [("llama", dict(tie_word_embeddings=True)), ("qwen2", {}), ("qwen3", {}), ("gemma2", {}), ("gemma3", {})],
+)
 def test_an_f16_file_decodes_its_halves_in_the_compiled_step(tmp_path, arch, overrides):
-    """QA: an F16 GGUF on the CPU was widened to float32 (twice the file in memory and read per token)."""
+    """QA: an F16 GGUF on the CPU was widened to float32 (twice the file in memory and read per token).
+    Gemma (PackedGemma) too: its window of 6 is shorter than the sequence."""
     path = f16_file(tmp_path, arch, **overrides)
     eng = Engine.load(path, device="cpu")
     assert eng.dtype == torch.float16 and eng.decode_path.startswith("compiled step"), (eng.dtype, eng.decode_path)

@@ -45,8 +45,6 @@ def engine(folder, path: str) -> Engine:
     if path == "plain":
         return Engine.load(folder, device="cpu", dtype="float32", pack=False)
     eng = Engine.load(folder, device="cpu", dtype="float32")
-    if path == "native" and eng.cfg.family == "gemma":
-        pytest.skip("Gemma has no compiled decode step")
     if path == "torch":
         if not can_pack(torch.device("cpu"), torch.float32):
             pytest.skip("oneDNN packing is unavailable here")

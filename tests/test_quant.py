@@ -357,6 +357,30 @@ def test_quantized_decode_steps_equal_the_torch_path(tmp_path, arch, qtype, kv):
     check_steps(plain, cfg, kv=kv)
 
 
+# Gemma (PackedGemma): (1 + w) gains unfolded, the norms on the branch outputs, GeGLU, Gemma 2's
+# soft-caps, local layers' window (6, shorter than the 14 slots) and RoPE base. Left out: Gemma 2
+# q4_0 with the float16 cache, where one key landing a half-ulp apart in layer 2 flips 8-bit
+# roundings of that layer's next input (91 of its new keys/values move, by up to 0.07) and one
+# step's logits by 2.8e-2 of their scale, past check_steps' bound (measured; the steps before and
+# after agree to 4e-7); the same model with a float32 cache checks its products.
+@pytest.mark.parametrize(
+    "arch, qtype, kv",
+    [
+        ("gemma2", "q8_0", torch.float16),
+        ("gemma2", "q8_0", torch.float32),
+        ("gemma2", "q4_0", torch.float32),
+        ("gemma3", "q8_0", torch.float16),
+        ("gemma3", "q8_0", torch.float32),
+        ("gemma3", "q4_0", torch.float16),
+    ],
+)
+def test_quantized_gemma_decode_steps_equal_the_torch_path(tmp_path, arch, qtype, kv):
+    need_native()
+    plain, cfg = load_model(make_model(tmp_path / "m", arch), "cpu", qtype)
+    assert isinstance(plain.layers[0].attn.wq, QLinear) and cfg.local_window == 6
+    check_steps(plain, cfg, kv=kv)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_mixed_types_decode_steps_equal_the_torch_path(tmp_path, arch):
     """A Q4_K_M-like mix: every type, q/k/v and gate/up of different types (so the step splits

@@ -84,11 +84,13 @@ def step_logits(eng: Engine, threads: int, rows: int = 3, slots: int = 70) -> to
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("source", ["stories", "llama-ffn-100", "gpt2", "q8_0"])
+@pytest.mark.parametrize("source", ["stories", "llama-ffn-100", "gpt2", "q8_0", "gemma2", "gemma3 q8_0"])
 def test_a_step_gives_the_same_bits_on_any_number_of_threads(source, tmp_path):
     """Attention's slot ranges and the activations' last partial vector do not depend on where a
     thread's share begins, so the busy-machine fallback to one thread changes no output. q8_0:
-    quantized weights and their float16 cache, at head_dim 64 (attention's vector kernels)."""
+    quantized weights and their float16 cache, at head_dim 64 (attention's vector kernels). Gemma:
+    local layers' windows (6 of the 71 slots), soft-caps, and the norms on the branch outputs, which
+    every thread computes whole and adds its share of."""
     if native.library() is None:
         pytest.skip(f"no compiled decode step here: {native.reason()}")
     if source == "stories":
@@ -99,10 +101,13 @@ def test_a_step_gives_the_same_bits_on_any_number_of_threads(source, tmp_path):
         folder = make_model(tmp_path, "gpt2")
     elif source == "q8_0":
         folder = make_model(tmp_path, "llama", hidden_size=256, intermediate_size=512)
+    elif source.startswith("gemma"):
+        folder = make_model(tmp_path, source.split()[0])
     else:  # an FFN width whose thread shares end mid-vector
         folder = make_model(tmp_path, "llama", intermediate_size=100)
-    eng = Engine.load(folder, device="cpu", dtype="q8_0" if source == "q8_0" else "float32")
-    assert eng.model._native.dtype == (torch.float16 if source == "q8_0" else torch.float32)
+    quantized = source.endswith("q8_0")
+    eng = Engine.load(folder, device="cpu", dtype="q8_0" if quantized else "float32")
+    assert eng.model._native.dtype == (torch.float16 if quantized else torch.float32)
     one = step_logits(eng, 1)
     for threads in (2, 3):
         assert torch.equal(step_logits(eng, threads), one), f"{threads} threads differ from one"

@@ -11,7 +11,7 @@
 #define MAX_PARTS 16
 
 static int window_start(const Step *s) {
-    const int window = s->m->window;
+    const int window = s->window; /* the layer's: a local layer's (Gemma) or the model's */
     return window > 0 && s->slot - window + 1 > 0 ? s->slot - window + 1 : 0;
 }
 
@@ -282,6 +282,9 @@ static void attention_range(const Step *s, int l, int p, float *scores) {
             for (int i = 0; i < nr; i++) {
                 const int r = rows[i];
                 float *sc = scores + (int64_t)i * group * n;
+                const float cap = s->m->attn_softcap;
+                for (int j = 0; cap != 0.f && j < group * n; j++) /* Gemma 2: each score soft-capped */
+                    sc[j] = cap * tanhf(sc[j] / cap);
                 const uint8_t *vis = s->mask ? s->mask + r * s->mask_stride + ja : NULL;
                 for (int j = 0; vis && j < n; j++)
                     for (int k = 0; k < group && !vis[j]; k++)

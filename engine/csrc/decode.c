@@ -1,4 +1,4 @@
-/* One decode step of the Llama family (Llama, Mistral, Qwen2, Qwen3, Phi-3) or GPT-2 on CPU for B rows: weights
+/* One decode step of the Llama family (Llama, Mistral, Qwen2, Qwen3, Phi-3), Gemma 2/3 or GPT-2 on CPU for B rows: weights
  * in float32, bfloat16 or float16 (an F16 GGUF file's, kept as they are), or quantized; KV cache in
  * float32, bfloat16 or float16; activations in float32.
  *
@@ -22,6 +22,13 @@
  * GPT-2 (gpt2_packed.py, m->gpt2): LayerNorm instead of RMSNorm (gain and shift folded into the next
  * matmul's columns and bias), no RoPE (the caller adds the position embedding to x), w13 holds
  * the fc rows only (F, D) and the MLP is GELU(fc h + b13); wo, w13 and w2 have biases.
+ * Gemma (gemma_packed.py): the Llama layout with (1 + w) norm gains and query_pre_attn_scalar^-0.5
+ * folded as above, plus: post_attn_norm, post_ffn_norm (D,) gains of the RMSNorms on the attention
+ * and feed-forward outputs before each residual add (x += norm(wo att) g: no weight can take them);
+ * geglu (the gate through GELU, gelu_tanh saying which, not SiLU); attn_softcap (scores s ->
+ * c tanh(s / c) before the softmax, Gemma 2); local (n_layers,) flags of the sliding-window layers,
+ * which attend over local_window slots and turn by local_inv_freq (Gemma 3's own base; NULL: the
+ * global inv_freq). The embedding's sqrt(D) and the final logit soft-cap are applied by the caller.
  * The KV cache is kv_cache.KVCache's buffer (n_layers, B, 2 H_kv, max_len, hd): keys, then values.
  * Quantized weights (GGUF blocks, quant.h; llama_packed.py's _pack_layer_quantized): wtypes gives
  * each layer's (wq, wk, wv, wo, gate, up, down) ggml types and out_type the head's; a fused weight
@@ -340,7 +347,13 @@ enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
     X(PTR, out)                                                                                     \
     X(FPTR, norm) X(FPTR, norm_bias) X(FPTR, inv_freq) /* norm_bias (GPT-2), inv_freq (RoPE): or NULL */   \
     X(IPTR, same_row) /* per call: (B,) a row whose cache slots 0..same_len-1 equal this row's, or NULL */  \
-    X(INT, same_len)
+    X(INT, same_len)                                                                               \
+    X(FPTRS, post_attn_norm) X(FPTRS, post_ffn_norm) /* per layer (D,) gains on the branch outputs (Gemma), or NULL */\
+    X(INT, geglu)     /* the feed-forward's gate through GELU (gelu_tanh: which), not SiLU (Gemma) */ \
+    X(FLOAT, attn_softcap) /* attention scores s -> c tanh(s / c) before the softmax (Gemma 2), 0 for none */ \
+    X(IPTR, local)    /* (n_layers,) 1 for a local layer: local_window, local_inv_freq (Gemma), or NULL */ \
+    X(INT, local_window) /* the local layers' sliding window, 0 for none */                         \
+    X(FPTR, local_inv_freq) /* the local layers' RoPE frequencies, or NULL: inv_freq */
 
 #define KIND_INT int
 #define KIND_FLOAT float
@@ -575,10 +588,13 @@ static void cache_write(void *dst, int kvt, const float *src, int n) {
     }
 }
 
-/* What every stage of one step shares: the model, the batch, the cache and the scratch buffers. */
+/* What every stage of one step shares: the model, the batch, the cache and the scratch buffers.
+ * A model with local layers (Gemma) has two: one for its global layers, one for its local ones,
+ * alike but for the window, the rows' slot ranges and RoPE's angles (step_setup). */
 typedef struct {
     const Model *m;
     int B, D, H, Hkv, hd, F, Q, S, group, ft, slot;
+    int window;                       /* the layers' sliding window, 0 for none */
     int kvt;                          /* the cache's element type (KV_F32, KV_BF16, KV_F16) */
     int parts;                        /* attention's slot ranges: the most any row has */
     int *first, *range, *nparts;      /* (B,) each row's first visible slot, slots per range, ranges */
@@ -588,6 +604,7 @@ typedef struct {
     const uint8_t *mask;              /* (B, mask_stride) visible slots, or NULL */
     int64_t mask_stride;
     float *qkv, *att, *act, *upb;     /* (B, Q), (B, H hd), (B, F), (B, F) */
+    float *branch;                    /* (B, D): wo's or w2's output where a norm follows (Gemma) */
     float *cs, *sn;                   /* (B, hd/2) each: RoPE's cos and sin at each row's position */
     float *partial;                   /* (parts, B, H, hd + 2): each slot range's partial softmax */
 } Step;
@@ -660,44 +677,84 @@ static void feed_forward_in(const Step *s, int l, const float *h, Act *a, int t,
         matvec_any(m->w13[l], tg, NULL, h, a, s->act, B, F, D, F, 0, t, nt, NULL);
         const char *up = (const char *)m->w13[l] + F * row_bytes(tg, D);
         matvec_any(up, wtype(s, l, 5), NULL, h, a, s->upb, B, F, D, F, 0, t, nt, NULL);
-        for (int b = 0; b < B; b++)
-            silu_mul(s->act + (int64_t)b * F + lo, s->act + (int64_t)b * F + lo, s->upb + (int64_t)b * F + lo, hi - lo);
+        for (int b = 0; b < B; b++) {
+            float *act = s->act + (int64_t)b * F + lo;
+            const float *upb = s->upb + (int64_t)b * F + lo;
+            if (m->geglu) { /* gelu(gate) * up, as torch's two ops */
+                gelu(act, hi - lo, m->gelu_tanh);
+                for (int i = 0; i < hi - lo; i++)
+                    act[i] *= upb[i];
+            } else {
+                silu_mul(act, act, upb, hi - lo);
+            }
+        }
     }
 }
 
-/* The shared scratch (one allocation, freed by the caller via s->qkv) and RoPE's angles. */
-static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *pos, void *kv, int max_len, int slot,
-                      const uint8_t *mask, int64_t mask_stride, int n_threads) {
+/* RoPE's cos and sin (B, hd/2) each at each row's position, for frequencies inv_freq (NULL: none). */
+static void rope_angles(const Model *m, const float *inv_freq, int B, int hd, const int64_t *pos, float *cs,
+                        float *sn) {
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < hd / 2; i++) {
+            float a = inv_freq ? (float)pos[b] * inv_freq[i] : 0.f; /* float32, as torch computes it */
+            /* A pair that turns is scaled by rope_mag, long-rope's attention factor where quantized
+             * weights cannot fold it in; one with inv_freq 0 (past a partial rotary's) passes through. */
+            const float mag = inv_freq && inv_freq[i] != 0.f ? m->rope_mag : 1.f;
+            cs[b * hd / 2 + i] = mag * cosf(a);
+            sn[b * hd / 2 + i] = mag * sinf(a);
+        }
+}
+
+/* The shared scratch (one allocation, freed by the caller via s->qkv) and RoPE's angles; with
+ * local layers (m->local), *loc is the step of those: s but for its window, ranges and angles. */
+static int step_setup(Step *s, Step *loc, const Model *m, int B, float *x, const int64_t *pos, void *kv, int max_len,
+                      int slot, const uint8_t *mask, int64_t mask_stride, int n_threads) {
     const int D = m->dim, H = m->n_heads, Hkv = m->n_kv_heads, hd = m->head_dim, F = m->ffn_dim;
     *s = (Step){.m = m, .B = B, .D = D, .H = H, .Hkv = Hkv, .hd = hd, .F = F, .Q = (H + 2 * Hkv) * hd,
-                .S = slot + 1, .group = H / Hkv, .ft = m->ftype, .kvt = m->kv_type, .slot = slot, .x = x, .kv = kv,
-                .head_stride = (int64_t)max_len * hd, .mask = mask, .mask_stride = mask_stride};
+                .S = slot + 1, .group = H / Hkv, .ft = m->ftype, .kvt = m->kv_type, .slot = slot, .window = m->window,
+                .x = x, .kv = kv, .head_stride = (int64_t)max_len * hd, .mask = mask, .mask_stride = mask_stride};
     s->row_stride = 2 * Hkv * s->head_stride;
     s->layer_stride = B * s->row_stride;
-    s->qkv = malloc(sizeof(float) * ((size_t)B * s->Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * hd +
-                                     (size_t)MAX_PARTS * B * H * (hd + 2)) +
-                    sizeof(int) * 3 * (size_t)B);
+    const int views = m->local ? 2 : 1; /* each with its own angles (B hd floats) and ranges (3 B ints) */
+    s->qkv = malloc(sizeof(float) * ((size_t)B * s->Q + (size_t)B * H * hd + (size_t)2 * B * F + (size_t)B * D +
+                                     (size_t)views * B * hd + (size_t)MAX_PARTS * B * H * (hd + 2)) +
+                    sizeof(int) * 3 * (size_t)views * B);
     if (!s->qkv)
         return -1;
     s->att = s->qkv + (size_t)B * s->Q;
     s->act = s->att + (size_t)B * H * hd;
     s->upb = s->act + (size_t)B * F;
-    s->cs = s->upb + (size_t)B * F;
+    s->branch = s->upb + (size_t)B * F;
+    s->cs = s->branch + (size_t)B * D;
     s->sn = s->cs + (size_t)B * hd / 2;
     s->partial = s->sn + (size_t)B * hd / 2;
     s->first = (int *)(s->partial + (size_t)MAX_PARTS * B * H * (hd + 2));
     s->range = s->first + B, s->nparts = s->range + B;
     row_ranges(s);
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < hd / 2; i++) {
-            float a = m->inv_freq ? (float)pos[b] * m->inv_freq[i] : 0.f; /* float32, as torch computes it */
-            /* A pair that turns is scaled by rope_mag, long-rope's attention factor where quantized
-             * weights cannot fold it in; one with inv_freq 0 (past a partial rotary's) passes through. */
-            const float mag = m->inv_freq && m->inv_freq[i] != 0.f ? m->rope_mag : 1.f;
-            s->cs[b * hd / 2 + i] = mag * cosf(a);
-            s->sn[b * hd / 2 + i] = mag * sinf(a);
+    rope_angles(m, m->inv_freq, B, hd, pos, s->cs, s->sn);
+    if (m->local) {
+        *loc = *s;
+        loc->window = m->local_window;
+        loc->first = s->nparts + B, loc->range = loc->first + B, loc->nparts = loc->range + B;
+        row_ranges(loc);
+        if (m->local_inv_freq) { /* its own angles after the partial softmaxes' floats */
+            loc->cs = (float *)(loc->nparts + B), loc->sn = loc->cs + (size_t)B * hd / 2;
+            rope_angles(m, m->local_inv_freq, B, hd, pos, loc->cs, loc->sn);
         }
+    }
     return 0;
+}
+
+/* x += norm(y) gain for the branch output y (B, D) (Gemma's post-attention and post-feed-forward
+ * norms): every thread normalises all of y into its own h (the same bits in each), then adds its
+ * share of the elements. */
+static void add_normed(const Step *s, const float *gain, float *h, int t, int nt) {
+    int lo, hi;
+    share(s->D, t, nt, &lo, &hi);
+    norm(s->branch, gain, NULL, h, s->B, s->D, s->m->eps, 0);
+    for (int b = 0; b < s->B; b++)
+        for (int i = lo; i < hi; i++)
+            s->x[(int64_t)b * s->D + i] += h[(int64_t)b * s->D + i];
 }
 
 /*
@@ -710,8 +767,8 @@ static int step_setup(Step *s, const Model *m, int B, float *x, const int64_t *p
  */
 int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv, int max_len, int slot,
                    const uint8_t *mask, int64_t mask_stride, float *logits, int n_threads) {
-    Step s;
-    if (step_setup(&s, m, B, x, pos, kv, max_len, slot, mask, mask_stride, n_threads) != 0)
+    Step s, loc; /* loc: the local layers' (m->local) */
+    if (step_setup(&s, &loc, m, B, x, pos, kv, max_len, slot, mask, mask_stride, n_threads) != 0)
         return -1;
     const int D = s.D;
     int failed = 0;
@@ -723,7 +780,9 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
          * heads of a group (B group, range) and the quantized input of a product (for
          * quantized weights). */
         const int widest = D > s.F ? (D > s.H * s.hd ? D : s.H * s.hd) : (s.F > s.H * s.hd ? s.F : s.H * s.hd);
-        const int range = range_slots(s.S - window_start(&s)); /* the longest any row's can be */
+        int range = range_slots(s.S - window_start(&s)); /* the longest any row's can be */
+        if (m->local && range_slots(s.S - window_start(&loc)) > range)
+            range = range_slots(s.S - window_start(&loc));
         float *h = malloc(sizeof(float) * ((size_t)B * D + (size_t)B * s.group * range) + act_bytes(B, widest));
         if (!h) {
 #pragma omp atomic write
@@ -735,30 +794,42 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
             Act a;
             act_init(&a, scores + (size_t)B * s.group * range, B, widest);
             for (int l = 0; l < m->n_layers; l++) {
+                const Step *sl = m->local && m->local[l] ? &loc : &s; /* this layer's window and angles */
+                /* Gemma's norms on the branch outputs: the product into sl->branch, normalised, added */
+                const float *post_attn = m->post_attn_norm ? m->post_attn_norm[l] : NULL;
+                const float *post_ffn = m->post_ffn_norm ? m->post_ffn_norm[l] : NULL;
                 /* Each stage reads what the one before wrote for other threads: a barrier between.
                  * Norm gains (and GPT-2's biases) are folded into wqkv and w13 unless given. */
                 norm(x, m->attn_norm ? m->attn_norm[l] : NULL, NULL, h, B, D, m->eps, m->gpt2);
                 a.kind = 0; /* a new input: quantize it again */
-                qkv_in(&s, l, h, &a, t, nt);
+                qkv_in(sl, l, h, &a, t, nt);
 #pragma omp barrier
-                rope_and_cache(&s, l, t, nt);
+                rope_and_cache(sl, l, t, nt);
 #pragma omp barrier
-                attention_share(&s, l, t, nt, scores);
+                attention_share(sl, l, t, nt, scores);
 #pragma omp barrier
-                merge_attention(&s, t, nt);
+                merge_attention(sl, t, nt);
 #pragma omp barrier
                 a.kind = 0;
-                matvec_any(m->wo[l], wtype(&s, l, 3), m->bo ? m->bo[l] : NULL, s.att, &a, x, B, D, s.H * s.hd, D, 1, t,
-                           nt, NULL); /* x += attn */
+                matvec_any(m->wo[l], wtype(sl, l, 3), m->bo ? m->bo[l] : NULL, sl->att, &a, post_attn ? sl->branch : x,
+                           B, D, s.H * s.hd, D, !post_attn, t, nt, NULL); /* x += attn */
 #pragma omp barrier
+                if (post_attn) { /* uniform across threads: every thread meets the barrier or none */
+                    add_normed(sl, post_attn, h, t, nt);
+#pragma omp barrier
+                }
                 norm(x, m->ffn_norm ? m->ffn_norm[l] : NULL, NULL, h, B, D, m->eps, m->gpt2);
                 a.kind = 0;
-                feed_forward_in(&s, l, h, &a, t, nt);
+                feed_forward_in(sl, l, h, &a, t, nt);
 #pragma omp barrier
                 a.kind = 0;
-                matvec_any(m->w2[l], wtype(&s, l, 6), m->b2 ? m->b2[l] : NULL, s.act, &a, x, B, D, s.F, D, 1, t,
-                           nt, NULL); /* x += MLP out */
+                matvec_any(m->w2[l], wtype(sl, l, 6), m->b2 ? m->b2[l] : NULL, sl->act, &a, post_ffn ? sl->branch : x,
+                           B, D, s.F, D, !post_ffn, t, nt, NULL); /* x += MLP out */
 #pragma omp barrier
+                if (post_ffn) {
+                    add_normed(sl, post_ffn, h, t, nt);
+#pragma omp barrier
+                }
             }
             norm(x, m->norm, m->norm_bias, h, B, D, m->eps, m->gpt2);
             a.kind = 0;
