@@ -3,13 +3,15 @@
     python bench/quant.py                      # q8_0, q4_0, Q4_K_M; 3 rounds of 3 runs
     python bench/quant.py --types q8_0 --rounds 1 --runs 2
     python bench/quant.py --shape 1b --types q4_0 --new-tokens 16   # the 1B-class shape
+    python bench/quant.py --shape gemma3                             # Gemma 3 270M's shape
 
 What it does, top to bottom:
   1. setup   — --shape 135m: bench/decode.py's random SmolLM-135M-shaped Llama (safetensors, F32
                GGUF); --shape 1b: a TinyLlama-shaped one (hidden 2048, 22 layers, 32/4 heads, FFN
-               5632, vocabulary 32000), random seeded weights written straight to an F16 GGUF
-               with gguf-py's writer (and a SentencePiece-style vocabulary of placeholder
-               pieces). Then llama.cpp's own quantizer (llama_cpp.llama_model_quantize) makes
+               5632, vocabulary 32000); --shape gemma3: Gemma 3 270M's (hidden 640, 18 layers,
+               4/1 heads of 256, FFN 2048, vocabulary 262144, tied head, local window 512);
+               random seeded weights written straight to an F16 GGUF with gguf-py's writer (and
+               a SentencePiece-style vocabulary of placeholder pieces). Then llama.cpp's own quantizer (llama_cpp.llama_model_quantize) makes
                Q8_0, Q4_0 and Q4_K_M files. Cached in bench/out/.
   2. engines — for each type: tiankong on the GGUF file (the weights llama.cpp runs; where the GGUF
                loader keeps blocks quantized the step reads them as they are, else they are
@@ -26,7 +28,7 @@ What it does, top to bottom:
                moves one row's time by up to 2x between minutes), and the time to prefill the
                32-token prompt (tiankong: the model call of the prompt into a KV cache;
                llama.cpp: `llm.reset(); llm.eval(prompt)`) with its ratio to llama.cpp's; also
-               bench/out/quant.json (quant-1b.json for --shape 1b).
+               bench/out/quant.json (quant-1b.json, quant-gemma3.json for the other shapes).
 """
 
 from __future__ import annotations
@@ -45,14 +47,44 @@ FTYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M
 # tiankong's time over llama.cpp's (at most 1.2).
 TARGETS = dict(vs_llamacpp=1.0, batch4_ratio=1.5, prefill_vs_llamacpp=1.2)
 
-# TinyLlama-1.1B's shape (the 1B-class one); only the weights are random.
-SHAPE_1B = dict(dim=2048, layers=22, heads=32, kv_heads=4, ffn=5632, vocab=32000)
-GGUF_1B = OUT / "tinyllama-1b-random-f16.gguf"
+# The shapes written here with random weights (the 135m one is bench/decode.py's): TinyLlama-1.1B's
+# (the 1B-class one) and Gemma 3 270M's (its real vocabulary: the tied head is 62 % of the weights).
+BUILT = {
+    "1b": dict(
+        arch="llama",
+        name="tinyllama-1b-random",
+        dim=2048,
+        layers=22,
+        heads=32,
+        kv_heads=4,
+        head_dim=64,
+        ffn=5632,
+        vocab=32000,
+    ),
+    "gemma3": dict(
+        arch="gemma3",
+        name="gemma3-270m-random",
+        dim=640,
+        layers=18,
+        heads=4,
+        kv_heads=1,
+        head_dim=256,
+        ffn=2048,
+        vocab=262144,
+    ),
+}
+SHAPES = ("135m", *BUILT)
+SHAPE_HELP = "SmolLM-135M's shape, TinyLlama's (1b) or Gemma 3 270M's (gemma3)"
+
+
+def f16_gguf(shape: str) -> Path:
+    """The built shape's random F16 GGUF (written on first use)."""
+    return OUT / f"{BUILT[shape]['name']}-f16.gguf"
 
 
 def quantized_gguf(qtype: str, shape: str) -> Path:
-    """The shape's F32 (135m) or F16 (1b) GGUF quantized by llama.cpp's own tool to `qtype` (made once)."""
-    source, stem = (GGUF_PATH, "smollm-135m-random") if shape == "135m" else (GGUF_1B, "tinyllama-1b-random")
+    """The shape's F32 (135m) or F16 (built shapes) GGUF quantized by llama.cpp's own tool to `qtype` (made once)."""
+    source, stem = (GGUF_PATH, "smollm-135m-random") if shape == "135m" else (f16_gguf(shape), BUILT[shape]["name"])
     path = OUT / f"{stem}-{qtype}.gguf"
     if not path.is_file():
         import llama_cpp
@@ -86,7 +118,7 @@ def variants_parser(doc: str, shapes: bool = False) -> argparse.ArgumentParser:
     this script's files (hugepages.py, rows16.py); `shapes`: the 1B-class shape too."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=Help)
     if shapes:
-        ap.add_argument("--shape", default="135m", choices=("135m", "1b"), help="SmolLM-135M's shape or TinyLlama's")
+        ap.add_argument("--shape", default="135m", choices=SHAPES, help=SHAPE_HELP)
     ap.add_argument("--type", default="q4_0", choices=("q8_0", "q4_0", "q4_k_m"), help="which of quant.py's files")
     ap.add_argument("--model", type=Path, help="another model, a folder or GGUF file (default: quant.py's --type file)")
     ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
@@ -102,10 +134,11 @@ def variants_source(args, console) -> tuple[Path, str]:
     at load, and a note says so)."""
     if args.model is not None:
         return args.model, "auto"
-    if getattr(args, "shape", "135m") == "1b":
-        if not GGUF_1B.is_file():
-            build_1b_gguf()
-        return quantized_gguf(args.type, "1b"), "auto"
+    shape = getattr(args, "shape", "135m")
+    if shape != "135m":
+        if not f16_gguf(shape).is_file():
+            build_gguf(shape)
+        return quantized_gguf(args.type, shape), "auto"
     args.skip_llamacpp = False
     setup(args, console)  # decode.py's model and its F32 GGUF, for llama.cpp's quantizer
     return gguf_or_at_load(args.type, lambda note: console.print(note, style="yellow", markup=False))
@@ -116,26 +149,33 @@ def median_and_range(ratios: list[float]) -> tuple[float, float, float] | None:
     return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else None
 
 
-def build_1b_gguf(path: Path = GGUF_1B, seed: int = 0) -> None:
-    """A TinyLlama-shaped Llama with random weights (std 0.02, norm gains 1, seeded), straight to an
-    F16 GGUF: llama.cpp's tensor names and metadata, and a SentencePiece-style vocabulary (3
-    specials, 256 byte tokens, placeholder pieces) that both engines load; the prompt is ids, so
-    the pieces never matter."""
+def build_gguf(shape: str, seed: int = 0) -> None:
+    """A random model of a built shape (std 0.02 weights, seeded; norm gains 1), straight to an F16
+    GGUF: llama.cpp's tensor names and metadata, and a SentencePiece-style vocabulary (3 specials,
+    256 byte tokens, placeholder pieces) that both engines load; the prompt is ids, so the pieces
+    never matter. Gemma 3: norm tensors hold the converter's 1 + w (so 1 is a gain of 1), the head
+    is the embedding (tied), every sixth layer global as llama.cpp assumes."""
     import gguf
     import numpy as np
 
-    s, rng = SHAPE_1B, np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path.with_suffix(".tmp")), "llama")
-    w.add_name("tinyllama-1b-random")
+    s, rng, path = BUILT[shape], np.random.default_rng(seed), f16_gguf(shape)
+    gemma = s["arch"] == "gemma3"
+    w = gguf.GGUFWriter(str(path.with_suffix(".tmp")), s["arch"])
+    w.add_name(s["name"])
     w.add_context_length(2048)
     w.add_embedding_length(s["dim"])
     w.add_block_count(s["layers"])
     w.add_feed_forward_length(s["ffn"])
     w.add_head_count(s["heads"])
     w.add_head_count_kv(s["kv_heads"])
-    w.add_rope_dimension_count(s["dim"] // s["heads"])
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
+    w.add_key_length(s["head_dim"])
+    w.add_value_length(s["head_dim"])
+    w.add_rope_dimension_count(s["head_dim"])
+    w.add_rope_freq_base(1e6 if gemma else 1e4)
+    w.add_layer_norm_rms_eps(1e-6 if gemma else 1e-5)
+    if gemma:
+        w.add_sliding_window(512)
+        w.add_rope_freq_base_swa(1e4)
     w.add_vocab_size(s["vocab"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
@@ -150,26 +190,31 @@ def build_1b_gguf(path: Path = GGUF_1B, seed: int = 0) -> None:
     w.add_unk_token_id(0)
     w.add_add_bos_token(False)
 
-    def normal(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+    def normal(*dims: int) -> np.ndarray:
+        return (rng.standard_normal(dims, dtype=np.float32) * 0.02).astype(np.float16)
 
-    D, F, hd = s["dim"], s["ffn"], s["dim"] // s["heads"]
+    D, F, hd, ones = s["dim"], s["ffn"], s["head_dim"], np.ones(s["dim"], dtype=np.float32)
+    norms = ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm") if gemma else ("attn_norm", "ffn_norm")
     w.add_tensor("token_embd.weight", normal(s["vocab"], D))
     for i in range(s["layers"]):
-        for name, shape in (
-            ("attn_q", (D, D)),
+        for name, dims in (
+            ("attn_q", (s["heads"] * hd, D)),
             ("attn_k", (s["kv_heads"] * hd, D)),
             ("attn_v", (s["kv_heads"] * hd, D)),
-            ("attn_output", (D, D)),
+            ("attn_output", (D, s["heads"] * hd)),
             ("ffn_gate", (F, D)),
             ("ffn_up", (F, D)),
             ("ffn_down", (D, F)),
         ):
-            w.add_tensor(f"blk.{i}.{name}.weight", normal(*shape))
-        for name in ("attn_norm", "ffn_norm"):
-            w.add_tensor(f"blk.{i}.{name}.weight", np.ones(D, dtype=np.float32))
-    w.add_tensor("output_norm.weight", np.ones(D, dtype=np.float32))
-    w.add_tensor("output.weight", normal(s["vocab"], D))
+            w.add_tensor(f"blk.{i}.{name}.weight", normal(*dims))
+        for name in norms:
+            w.add_tensor(f"blk.{i}.{name}.weight", ones)
+        if gemma:  # per-head q/k RMSNorm
+            for name in ("attn_q_norm", "attn_k_norm"):
+                w.add_tensor(f"blk.{i}.{name}.weight", np.ones(hd, dtype=np.float32))
+    w.add_tensor("output_norm.weight", ones)
+    if not gemma:
+        w.add_tensor("output.weight", normal(s["vocab"], D))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -178,11 +223,11 @@ def build_1b_gguf(path: Path = GGUF_1B, seed: int = 0) -> None:
 
 
 def prompt_for(shape: str, n: int) -> list[int]:
-    """decode.py's fixed prompt ids, or for the 1b shape the same recipe over its vocabulary
+    """decode.py's fixed prompt ids, or for a built shape the same recipe over its vocabulary
     (past the specials and byte tokens)."""
     if shape == "135m":
         return prompt_ids(n)
-    return [259 + (1234 + 7919 * i) % (SHAPE_1B["vocab"] - 259) for i in range(n)]
+    return [259 + (1234 + 7919 * i) % (BUILT[shape]["vocab"] - 259) for i in range(n)]
 
 
 def presets(rows: int, n: int) -> list:
@@ -280,7 +325,7 @@ def llamacpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
-    ap.add_argument("--shape", choices=("135m", "1b"), default="135m", help="SmolLM-135M's shape or TinyLlama's")
+    ap.add_argument("--shape", choices=SHAPES, default="135m", help=SHAPE_HELP)
     ap.add_argument("--types", default="q8_0,q4_0,q4_k_m", help="block types, comma-separated")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per run")
     ap.add_argument("--prompt-tokens", type=int, default=32, help="length of the fixed prompt")
@@ -300,10 +345,12 @@ def main() -> None:
             console.print(note, style="yellow", markup=False)  # [bench] is no markup
         setup(args, console)
     elif llamacpp_missing():
-        raise SystemExit(llamacpp_note("--shape 1b needs gguf to write the model and llama.cpp to quantize it"))
-    elif not GGUF_1B.is_file():
-        console.print("[dim]writing the random TinyLlama-shaped F16 GGUF...[/]")
-        build_1b_gguf()
+        raise SystemExit(
+            llamacpp_note(f"--shape {args.shape} needs gguf to write the model and llama.cpp to quantize it")
+        )
+    elif not f16_gguf(args.shape).is_file():
+        console.print(f"[dim]writing the random {BUILT[args.shape]['name']} F16 GGUF...[/]")
+        build_gguf(args.shape)
     torch.set_num_threads(args.threads)
     prompt, n_new = prompt_for(args.shape, args.prompt_tokens), args.new_tokens
     engines = make_engines(args, prompt, n_new)
