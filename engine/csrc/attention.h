@@ -86,7 +86,7 @@ static Prefetch kv_prefetch(const Step *s, int l, int t, int nt, int64_t *lo, in
 static inline __attribute__((always_inline)) void weigh_values(const void *val, int64_t stride, const float *p, int n,
                                                                const int hd, const int kvt, const int nh, float *acc,
                                                                int64_t astride) {
-    v16 sum[3][8] = {{{0}}}; /* nh <= 3, hd <= 128 */
+    v16 sum[3][16] = {{{0}}}; /* nh <= 3, hd <= 256; nh hd / 16 <= 16 sums (registers) */
     for (int j = 0; j < n; j++) {
         int weighed = 0;
         for (int k = 0; k < nh; k++)
@@ -142,7 +142,7 @@ static inline __attribute__((always_inline)) void score_keys(const void *key, co
         __m512 v[MAX_Q][16];
         for (int k = 0; k < 16; k++) {
             const int64_t a = (int64_t)(j + k) * hd;
-            v16 kv[8]; /* hd <= 128 */
+            v16 kv[16]; /* hd <= 256 */
             for (int i = 0; i < hd; i += 16)
                 kv[i / 16] = load16_kv(key, a + i, kvt);
             for (int h = 0; h < nq; h++) {
@@ -168,11 +168,11 @@ static inline __attribute__((always_inline)) void score_keys(const void *key, co
  * of type kvt); nq <= MAX_Q. */
 static void keys_scores(const void *key0, int kvt, const float *const *qs, int nq, int n, int hd, float *scores) {
 #if defined(__AVX512F__)
-    if (kvt != KV_BF16 && (hd == 64 || hd == 128)) { /* hd and kvt as constants in score_keys */
-        if (kvt == KV_F16)
-            hd == 64 ? score_keys(key0, qs, nq, n, 64, KV_F16, scores, n) : score_keys(key0, qs, nq, n, 128, KV_F16, scores, n);
-        else
-            hd == 64 ? score_keys(key0, qs, nq, n, 64, KV_F32, scores, n) : score_keys(key0, qs, nq, n, 128, KV_F32, scores, n);
+    if (kvt != KV_BF16 && (hd == 64 || hd == 128 || hd == 256)) { /* hd and kvt as constants in score_keys */
+#define SCORE(HD) \
+    (kvt == KV_F16 ? score_keys(key0, qs, nq, n, HD, KV_F16, scores, n) : score_keys(key0, qs, nq, n, HD, KV_F32, scores, n))
+        hd == 64 ? SCORE(64) : hd == 128 ? SCORE(128) : SCORE(256);
+#undef SCORE
         return;
     }
 #endif
@@ -209,9 +209,10 @@ static void group_softmax(float *scores, int group, int n, int hd, float *parts)
 /* Each head's part values += its weights (scores (group, n)) times the n values from val0
  * (elements of type kvt). */
 static void group_values(const void *val0, int kvt, const float *scores, int group, int n, int hd, float *parts) {
-    if (kvt != KV_BF16 && (hd == 64 || hd == 128)) {
-        /* Three heads at a time at hd 64 (12 sums), two at 128 (16): hd, kvt and nh as constants. */
-        const int chunk = hd == 64 ? 3 : 2, as = hd + 2;
+    if (kvt != KV_BF16 && (hd == 64 || hd == 128 || hd == 256)) {
+        /* Three heads at a time at hd 64 (12 sums), two at 128 (16), one at 256 (Gemma's, 16): hd,
+         * kvt and nh as constants. */
+        const int chunk = hd == 64 ? 3 : hd == 128 ? 2 : 1, as = hd + 2;
         for (int k = 0; k < group; k += chunk) {
             const int nh = group - k < chunk ? group - k : chunk;
             const float *p = scores + (int64_t)k * n;
@@ -220,7 +221,10 @@ static void group_values(const void *val0, int kvt, const float *scores, int gro
     (nh == 3   ? weigh_values(val0, HD, p, n, HD, KVT, 3, acc, as) \
      : nh == 2 ? weigh_values(val0, HD, p, n, HD, KVT, 2, acc, as) \
                : weigh_values(val0, HD, p, n, HD, KVT, 1, acc, as))
-            if (kvt == KV_F16)
+            if (hd == 256) /* one head at a time: only nh 1 is made */
+                kvt == KV_F16 ? weigh_values(val0, 256, p, n, 256, KV_F16, 1, acc, as)
+                              : weigh_values(val0, 256, p, n, 256, KV_F32, 1, acc, as);
+            else if (kvt == KV_F16)
                 hd == 64 ? WEIGH(64, KV_F16) : WEIGH(128, KV_F16);
             else
                 hd == 64 ? WEIGH(64, KV_F32) : WEIGH(128, KV_F32);
@@ -330,11 +334,13 @@ static void merge_attention(const Step *s, int t, int nt) {
             den += part[0] == -INFINITY ? 0.f : w[u] * part[1];
         }
         const float *vals = s->partial + (int64_t)it * (hd + 2) + 2; /* part u's values: u BH (hd + 2) on */
-        if (hd == 64 || hd == 128) /* the sums in registers, as attention's own (weigh_values) */
+        if (hd == 64 || hd == 128 || hd == 256) /* the sums in registers, as attention's own (weigh_values) */
             if (hd == 64)
                 weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 64, KV_F32, 1, y, 0);
-            else
+            else if (hd == 128)
                 weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 128, KV_F32, 1, y, 0);
+            else
+                weigh_values(vals, (int64_t)BH * (hd + 2), w, n_parts, 256, KV_F32, 1, y, 0);
         else {
             memset(y, 0, sizeof(float) * hd);
             for (int u = 0; u < n_parts; u++)
