@@ -92,7 +92,7 @@ class ChatTemplate:
             self._template = _environment().from_string(source)
         except jinja2.TemplateSyntaxError as error:
             raise ChatTemplateError(
-                f"chat template has a syntax error on line {error.lineno}: {quoted(error.message or '')}; {TEMPLATE_FIX}"
+                f"chat template has a syntax error on line {error.lineno}: {quoted(error.message or '').rstrip('.')}; {TEMPLATE_FIX}"
             ) from error
         except (RecursionError, MemoryError, SyntaxError, ValueError, OverflowError) as error:
             # Blocks or expressions nested too deeply for the parser or for Python's compiler.
@@ -228,7 +228,7 @@ class ChatTemplate:
     def _failed(self, problem: str) -> ChatTemplateFault:
         """The one line for a template that failed on its own, naming where it came from."""
         where = f" ({self.origin})" if self.origin is not None else ""
-        return ChatTemplateFault(f"chat template failed{where}: {problem}; {TEMPLATE_FIX}")
+        return ChatTemplateFault(f"chat template failed{where}: {problem}; {TEMPLATE_FIX}", problem)
 
     def _render(self, variables: dict[str, Any]) -> str:
         # Streamed, so that a template writing a huge prompt stops at the limit instead of at the

@@ -36,7 +36,7 @@ from .native import reason as native_reason
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
 from .quant import QUANTIZABLE, CompiledQLinear, weight_summary
-from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists
+from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists, token_ids
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
@@ -282,7 +282,7 @@ class Engine:
         """Token ids (a list, or a 1-D array or tensor) -> their text, as the tokenizer decodes them:
         e.g. a Finished's token_ids, or encode's ids. skip_special_tokens leaves out the tokenizer's
         special tokens (BOS, EOS)."""
-        ids = token_id_lists([ids], self.cfg.vocab_size)[0]
+        ids = token_ids(ids, self.cfg.vocab_size, "decode's ids")  # named as decode's argument, not prompts[0]
         return self.tokenizer.decode(ids, skip_special_tokens=check_flag("skip_special_tokens", skip_special_tokens))
 
     def fit(

@@ -29,7 +29,12 @@ class ChatTemplateFault(ChatTemplateError):
     """The chat template itself failed (a bug in it, a limit it broke, text it wrote that is not text),
     not the messages it was given. A server answers it as its own error (500: the template is the one
     it loaded), where a plain ChatTemplateError, the template's raise_exception() refusing the
-    messages, is the request's (400)."""
+    messages, is the request's (400). `problem`: what the template did wrong, without where it came
+    from or the fix (both the operator's to read, not an API client's)."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = message if problem is None else problem
 
 
 class InputError(TiankongError):

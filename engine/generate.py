@@ -163,8 +163,8 @@ def _setup_rows(
     for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
         if len(ids) == 0:
             raise InputError(
-                f"prompts[{i}] is empty; a prompt needs at least one token: pass eng.encode(text), which"
-                " starts an empty text from the model's BOS token"
+                f"prompts[{i}] is empty; a prompt needs at least one token: pass eng.encode(text, raw=True),"
+                " which starts an empty text from the model's BOS token"
             )
         if len(ids) >= ctx:
             raise InputError(

@@ -18,7 +18,8 @@ import torch
 from .errors import InputError, quoted
 from .params import SamplingParams
 
-_ENCODE = "pass token ids from eng.encode(text)"
+# encode(text) goes through the model's chat template: plain text needs raw=True.
+_ENCODE = "pass token ids from eng.encode(text, raw=True) (or eng.encode(messages=...) for a chat)"
 
 # One prompt's token ids as generate takes them: a list (eng.encode's), or a 1-D integer array or tensor.
 TokenIds = Union[Sequence[int], np.ndarray, torch.Tensor]

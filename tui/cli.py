@@ -19,7 +19,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.errors import ChatTemplateError, InputError, TiankongError
 from tiankong.engine.files import stdout_errors
 from tiankong.presets import DEFAULT_PRESET, get_preset
 
@@ -287,6 +287,7 @@ def serve(
     from tiankong.presets import load_presets
     from tiankong.tui.serve import ServeConfig, listen
     from tiankong.tui.serve import serve as run_server
+    from tiankong.tui.serve_routes import for_serve
     from tiankong.tui.serve_run import LoadingAnswers
 
     cfg = ServeConfig(
@@ -307,7 +308,10 @@ def serve(
     for problem in presets.broken.values():  # a request naming one is refused with this line
         err.print(f"warning: preset not loaded: {escape(problem)}", highlight=False, soft_wrap=True)
     with LoadingAnswers(socks):  # meanwhile a request gets a 503 "model is loading", not a refused connection
-        eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
+        try:
+            eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
+        except ChatTemplateError as e:  # a --chat-template file: the fix without generate's raw mode
+            raise ChatTemplateError(for_serve(str(e))) from None
     cli_generate.say_decode_notice(eng)  # no compiled step: several times slower (tui/cli_env.py)
     run_server(eng, cfg, presets=presets, sockets=socks)  # says "serving ... on ..."
 

@@ -61,7 +61,6 @@ class Job:
     include_usage: bool  # stream_options.include_usage
     top_logprobs: int  # candidates per token (0 = none)
     logprobs: bool  # whether to return logprobs at all
-    max_tokens_given: bool
     id: str  # chatcmpl-... or cmpl-...
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -200,10 +199,8 @@ def parse_request(
     required = "messages" if chat else "prompt"
     if required not in given:
         raise ApiError(400, f"{required} is required", required)
-    params = _sampling_params(given, max_tokens_cap, preset)
-    n = given.get("n", 1)
-    if not 1 <= n <= max_rows:
-        raise ApiError(400, f"n must be in [1, {max_rows}], got {n}", "n")
+    params = _sampling_params(given, chat, max_tokens_cap, preset)
+    n = _n(given.get("n", 1), max_rows)
     if params.seed is not None and params.seed + n - 1 > MAX_SEED:  # row j's seed is seed + j: none wraps to 0
         raise ApiError(
             400, f"seed must be at most {MAX_SEED - n + 1} with n={n} (row j uses seed + j, up to {MAX_SEED})", "seed"
@@ -212,6 +209,8 @@ def parse_request(
         raise ApiError(400, "best_of is not supported (it must equal n)", "best_of")
     top, logprobs = _logprobs(given, chat)
     options = given.get("stream_options") or {}
+    if "stream_options" in given and not given.get("stream"):  # OpenAI's answer too
+        raise ApiError(400, "stream_options is only allowed with stream: true; send both or neither", "stream_options")
     if set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool):
         raise ApiError(400, 'stream_options takes only {"include_usage": true|false}', "stream_options")
     prompts = [_messages(given["messages"])] if chat else _prompts(given["prompt"])
@@ -224,19 +223,24 @@ def parse_request(
         bool(options.get("include_usage", False)),
         top,
         logprobs,
-        "max_tokens" in given or "max_completion_tokens" in given,
         f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
     )
 
 
-def _sampling_params(given: dict[str, Any], max_tokens_cap: int, preset: Callable) -> SamplingParams:
-    """The preset's parameters (OpenAI's defaults without one), overlaid with the request's."""
-    base = OPENAI_DEFAULTS
+def _sampling_params(given: dict[str, Any], chat: bool, max_tokens_cap: int, preset: Callable) -> SamplingParams:
+    """The preset's parameters (OpenAI's defaults without one), overlaid with the request's.
+
+    Without max_tokens the answer's length is the preset's max_new_tokens (as `generate --preset`
+    runs it), capped at max_tokens_cap; without a preset, OpenAI's defaults: a chat answer as long as
+    the context allows (the cap), a completion 16 tokens."""
     if "preset" in given:
         try:
             base = preset(given["preset"])
         except TiankongError as e:
             raise ApiError(400, str(e), "preset") from None
+        base = base.replace(max_new_tokens=min(base.max_new_tokens, max_tokens_cap))
+    else:
+        base = OPENAI_DEFAULTS.replace(max_new_tokens=max_tokens_cap if chat else min(16, max_tokens_cap))
     changes = {name: given[name] for name in _SAMPLING_FIELDS if name in given}
     # max_completion_tokens is OpenAI's newer name for max_tokens: where both are given, it wins.
     for name in ("max_tokens", "max_completion_tokens"):
@@ -256,6 +260,20 @@ def _sampling_params(given: dict[str, Any], max_tokens_cap: int, preset: Callabl
         except TiankongError as e:  # max_new_tokens was checked above, against the cap
             raise ApiError(400, str(e), name) from None
     return base
+
+
+def _n(n: int, max_rows: int) -> int:
+    """n, checked: at least 1, at most the rows the server decodes at once."""
+    if n < 1:
+        raise ApiError(400, f"n must be at least 1, got {n}", "n")
+    if n > max_rows:
+        raise ApiError(
+            400,
+            f"n is {n}, but this server decodes at most {max_rows} rows at once (its --max-rows); ask for at most "
+            f"{max_rows} and send another request for the rest",
+            "n",
+        )
+    return n
 
 
 def _logprobs(given: dict[str, Any], chat: bool) -> tuple[int, bool]:
@@ -331,7 +349,8 @@ def _json_name(value: Any) -> str:
 
 
 def _json_type(value: Any) -> str:
-    return f"{_json_name(value)} {value!r}"[:80]
+    """The value's JSON type and the value as JSON writes it (true, not Python's True)."""
+    return f"{_json_name(value)} {json.dumps(value, ensure_ascii=False)}"[:80]
 
 
 # --------------------------------------------------------------------------------------- responses

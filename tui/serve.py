@@ -19,7 +19,8 @@ Limits: a bounded queue (429 with Retry-After when full; with max_queue 0, when 
 needs are not free), a cap on requests handled at once, counted from when their body has come (the
 same 429, answered by the app before uvicorn's own plain-text 503 could be), a body size cap (413), a
 body that stops coming dropped after body_timeout_s (408), a max_tokens cap (the context, by
-default), a per-request timeout (rows still running are cancelled), 400 with OpenAI's error JSON
+default), a per-request timeout (rows still running are cancelled; a request whose answer had not begun
+gets a 503), 400 with OpenAI's error JSON
 naming the field for anything malformed, a request that could never be queued whole included.
 Presets are read once, when the server starts: a broken preset file is one error then, not a 400
 blaming every client that names a preset. The server binds 127.0.0.1 unless
@@ -54,8 +55,8 @@ from tiankong.engine.batcher import Batcher
 from tiankong.engine.engine import Engine
 from tiankong.presets import Preset, load_presets
 from tiankong.tui import openai_format as fmt
-from tiankong.tui.serve_routes import NO_TEMPLATE, _Server
-from tiankong.tui.serve_run import check_bind, http_server, listen, unbracketed
+from tiankong.tui.serve_routes import NO_TEMPLATE, _Server, for_serve
+from tiankong.tui.serve_run import check_api_key, check_bind, http_server, listen, unbracketed
 
 __all__ = ["ServeConfig", "build_app", "check_bind", "listen", "new_batcher", "serve", "unbracketed"]
 
@@ -81,6 +82,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         self.host = unbracketed(self.host)  # [::1], as URLs write it, binds ::1
+        if self.api_key:
+            check_api_key(self.api_key)
 
 
 # ------------------------------------------------------------------------------------- the app
@@ -163,7 +166,8 @@ class _Slashless:
 
 class _RequestLog:
     """--log-requests: one line per request once it is answered, "POST /v1/completions 200 16 tokens
-    41 ms" (tokens: those generated, where it generated any; ms: until the last byte was sent)."""
+    41 ms" (tokens: those generated, where it generated any; ms: until the last byte was sent), and
+    why it ended early where it did: "... 200 3 tokens 1000 ms (timed out)", "(client left)"."""
 
     def __init__(self, app: ASGIApp, announce: Callable[[str], None]) -> None:
         self.app, self.announce = app, announce
@@ -185,8 +189,10 @@ class _RequestLog:
         finally:
             stream = scope.get("tiankong.stream")  # serve_routes sets it on requests that generate
             tokens = f" {stream.tokens} tokens" if stream is not None else ""
+            # Why it ended early (timed out, client left, shutting down): its status may still be 200.
+            why = f" ({stream.why_ended()})" if stream is not None and stream.why_ended() else ""
             ms = (time.monotonic() - start) * 1000
-            self.announce(f"{scope['method']} {path} {status or '-'}{tokens} {ms:.0f} ms")
+            self.announce(f"{scope['method']} {path} {status or '-'}{tokens} {ms:.0f} ms{why}")
 
 
 class _InFlight:
@@ -256,7 +262,8 @@ def serve(
 ) -> None:
     """Run the server until SIGINT/SIGTERM (blocking); the batcher stops with it, and SIGINT ends in
     KeyboardInterrupt after "stopped (Ctrl+C)". The address is bound before `announce` gets the
-    "serving ..." line, so that line is never followed by a bind error; the shutdown's progress
+    "serving ..." line, so that line is never followed by a bind error, and it comes once uvicorn
+    handles SIGINT (a script that sends one after it stops the server); the shutdown's progress
     lines go there too. presets: as load_presets() gives them (read
     now when not given). sockets: listen(cfg)'s, bound before the model loaded (bound now when not
     given; closed when the server stops). InputError for an address refused, a port in use or a
@@ -266,13 +273,20 @@ def serve(
         presets = load_presets()
     if engine.template is None:  # said once here; each chat answer says it too (its X-Tiankong-Warning)
         announce(f"warning: {NO_TEMPLATE}; give --chat-template FILE")
+    elif engine.template.broken is not None:  # the model's own template: a chat request gets a 500 naming none of it
+        announce(f"warning: {for_serve(engine.template.broken)}; until then every chat request gets a 500")
     batcher = new_batcher(engine, cfg)
     try:
         server = http_server(build_app(engine, batcher, cfg, presets=presets, announce=announce), cfg)
         host, port = cfg.host, socks[0].getsockname()[1]  # the port bound, where --port was 0
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
-        announce(f"serving {server.api.name} on {url}; decode: {engine.decode_path}")
+        server.ready = lambda: announce(f"serving {server.api.name} on {url}; decode: {engine.decode_path}")
         server.run(sockets=socks)
+        # uvicorn raises the SIGINT it held again once drained, as KeyboardInterrupt only where SIGINT
+        # had Python's handler: started from a script in the background, SIGINT is ignored (the
+        # shell's job control), and the server stopped all the same. Same ending, same exit code.
+        if server.interrupted:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:  # uvicorn, done draining, raises the Ctrl+C it held: the caller exits 130
         announce("stopped (Ctrl+C)")
         raise

@@ -13,14 +13,14 @@ import json
 import time
 import weakref
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tiankong.engine.batcher import Batcher, QueueFull
 from tiankong.engine.batcher import Request as BatcherRequest
-from tiankong.engine.chat import no_template_note
+from tiankong.engine.chat import RAW_MODE_FIX, no_template_note
 from tiankong.engine.engine import Engine, draw_seed
 from tiankong.engine.errors import ChatTemplateFault, ContextOverflow, InputError, TiankongError
 from tiankong.engine.events import Event
@@ -121,7 +121,7 @@ class _Server:
         except fmt.ApiError as e:
             return _error(e)
         except ChatTemplateFault as e:  # the server's own template failed: not the request's fault
-            return JSONResponse(fmt.ApiError(500, str(e)).body(), status_code=500)
+            return _error(self._template_fault(e))
         except TiankongError as e:
             err = fmt.ApiError(400, str(e), "messages" if chat else "prompt")
             return JSONResponse(err.body(), status_code=400)
@@ -216,7 +216,7 @@ class _Server:
         if running := self._running():
             self.announce(f"cancelling {_plural(len(running), 'running request')} {when}")
         for stream in list(self.streams):
-            stream.cancel()
+            stream.cancel("cancelled: shutting down")
 
     # ---------------------------------------------------------------- one request
 
@@ -248,8 +248,13 @@ class _Server:
         request.scope["tiankong.stream"] = stream  # for --log-requests (serve.py, _RequestLog)
         warn = {"X-Tiankong-Warning": NO_TEMPLATE} if chat and self.engine.template is None else {}
         if job.stream:
+            chunks = stream.sse(request)
+            try:  # waits for the first token: until then an error can still be an HTTP status
+                first = await anext(chunks)
+            except fmt.ApiError as e:
+                return _error(e)
             return StreamingResponse(
-                stream.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **warn}
+                _chained(first, chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **warn}
             )
         response = await stream.collect(request)
         response.headers.update(warn)
@@ -334,10 +339,22 @@ class _Server:
         except ContextOverflow as e:  # OpenAI's code for it, which clients test for
             raise fmt.ApiError(400, str(e), param, "context_length_exceeded") from None
         except ChatTemplateFault as e:  # the template the server loaded failed (a 400 is raise_exception's)
-            raise fmt.ApiError(500, str(e)) from None
+            raise self._template_fault(e) from None
         except TiankongError as e:
             raise fmt.ApiError(400, str(e), param) from None
         return ids
+
+    def _template_fault(self, e: ChatTemplateFault) -> fmt.ApiError:
+        """The server's chat template failed on a request: the operator gets the whole line on stderr
+        (where the template came from, the fix), the client only what the template did, without the
+        server's paths or command-line advice. A template broken from the start was said at startup."""
+        template = self.engine.template
+        if template is not None and template.broken is not None:
+            return fmt.ApiError(
+                500, "the server's chat template cannot be used (its error was reported when the server started)"
+            )
+        self.announce(f"error: {for_serve(str(e))}")
+        return fmt.ApiError(500, f"the server's chat template failed on this request: {e.problem}")
 
     def _submit(self, job: fmt.Job, ids: list[list[int]], queue: asyncio.Queue) -> list:
         """One batcher request per prompt (n rows each, seeds seed, seed + 1, ...); all or none."""
@@ -347,11 +364,18 @@ class _Server:
         p = job.params
         if p.seed is None:
             p = p.replace(seed=draw_seed())
-        if not job.max_tokens_given and job.chat:  # OpenAI's chat default: as long as the context allows
-            p = p.replace(max_new_tokens=self.max_tokens)
-        elif not job.max_tokens_given:
-            p = p.replace(max_new_tokens=16)  # OpenAI's completions default
-        if not self.cfg.max_queue:  # no waiting line: run now, in rows that are free, or 429
+        waiting, places = self.batcher.pending, self.cfg.max_queue
+        if places and waiting + len(ids) > places:  # checked first, so the batcher's own refusal never comes
+            if len(ids) == 1 or waiting >= places:
+                raise QueueFull(
+                    f"the server's queue is full ({_plural(waiting, 'request')} waiting for a row; its --max-queue "
+                    f"is {places}); retry shortly"
+                )
+            raise QueueFull(
+                f"the server's queue has room for {_plural(places - waiting, 'more request')} and this one needs "
+                f"{len(ids)}, one per prompt (its --max-queue is {places}); retry shortly, or send fewer prompts"
+            )
+        if not places:  # no waiting line: run now, in rows that are free, or 429
             self.live = [r for r in self.live if r.rows_left]
             busy, need = sum(r.rows_left for r in self.live), len(ids) * job.n
             if busy + need > self.cfg.max_rows:
@@ -379,12 +403,23 @@ class _Server:
         return reqs
 
 
+def for_serve(line: str) -> str:
+    """A chat template's error line as a server's operator reads it: without generate's raw mode."""
+    return line.replace(RAW_MODE_FIX, "")
+
+
 def _error(e: fmt.ApiError) -> JSONResponse:
     """`e` as OpenAI's error JSON. After a body cut short (408: it stopped coming; 413: too big) the
     connection cannot carry another request, so the answer closes it (else uvicorn held it open for
     its keep-alive timeout, 5 s, before the client saw it end)."""
     close = {"Connection": "close"} if e.status in (408, 413) else None
     return JSONResponse(e.body(), status_code=e.status, headers=close)
+
+
+async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _nested_too_deeply() -> fmt.ApiError:

@@ -15,7 +15,7 @@ import selectors
 import signal
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -56,6 +56,27 @@ def check_bind(host: str, api_key: str | None, addresses: list[str] | None = Non
     if not loopback:
         raise InputError(
             f"--host {_shown(host)} exposes the server beyond this machine; set --api-key (or TIANKONG_API_KEY)"
+        )
+
+
+def check_api_key(key: str) -> None:
+    """Refuse a key no client could send: HTTP strips the spaces around a header's value (so the key
+    as it arrives never matches one with them) and carries only printable ASCII in it (httpx, under
+    the openai client, refuses to send anything else)."""
+    if not key.strip():
+        raise InputError(
+            "--api-key (or TIANKONG_API_KEY) is only whitespace, which an Authorization header cannot carry, so no "
+            "client could authenticate; give a key of letters, digits and punctuation"
+        )
+    if key != key.strip():
+        raise InputError(
+            "--api-key (or TIANKONG_API_KEY) begins or ends with whitespace, which an Authorization header cannot "
+            "carry, so no client could authenticate; give the key without it"
+        )
+    if bad := next((c for c in key if not " " <= c <= "~"), None):
+        raise InputError(
+            f"--api-key (or TIANKONG_API_KEY) holds {ascii(bad)}, not printable ASCII, which an Authorization "
+            "header cannot carry, so no client could authenticate; give a key of letters, digits and punctuation"
         )
 
 
@@ -201,10 +222,19 @@ class _Uvicorn(uvicorn.Server):
         self.api = api
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hurried = False  # a second signal came: the running requests are being cancelled
+        self.interrupted = False  # a SIGINT stopped it (serve() then says so and exits 130)
+        self.ready: Callable[[], None] | None = None  # called once its signal handlers are in place
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         await super().serve(sockets=sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's signal handlers are in place by now (capture_signals): a "serving" line said here
+        # means a SIGINT stops the server properly, even one whose SIGINT was ignored until then.
+        if self.ready is not None:
+            self.ready()
+        await super().startup(sockets=sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.api.begin_shutdown()
@@ -216,6 +246,7 @@ class _Uvicorn(uvicorn.Server):
         them now instead, each ending its answer "cancelled" within a decode step. Only a third
         quits at once, as uvicorn does."""
         again = self.should_exit
+        self.interrupted = self.interrupted or sig == signal.SIGINT
         if not again:  # the stopping line says how to hurry it: the same key or signal again
             self.api.again = "Ctrl+C" if sig == signal.SIGINT else f"{signal.Signals(sig).name}"
         super().handle_exit(sig, frame)

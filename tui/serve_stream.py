@@ -35,6 +35,9 @@ class _Stream:
         self.deadline = time.monotonic() + server.cfg.timeout_s
         self.started: set[int] = set()  # prompts with an event already
         self.refused = False  # shutdown came before any prompt started: 503
+        self.timed_out = False  # the deadline passed and the rows were cancelled
+        self.ending: str | None = None  # why it ended before its rows did, for the request log
+        self.watch: Request | None = None  # whose client to look for while no response is under way
         self.tokens = 0  # generated so far, every row (the request log's count)
         server.streams.add(self)
 
@@ -44,24 +47,26 @@ class _Stream:
     def seed(self, row: int) -> int:
         return self.reqs[0].params[row].seed
 
-    async def events(self, request: Request | None = None) -> AsyncIterator[tuple[int, Event]]:
-        """Every (prompt, event) until all rows finished; past the deadline, or when the client of a
-        collected request is gone (looked at every LOOK_S, tokens coming or not), the rows are
-        cancelled (they then finish "cancelled")."""
+    async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        """Every (prompt, event) until all rows finished; past the deadline, or when the client of
+        `watch` is gone (looked at every LOOK_S, tokens coming or not), the rows are cancelled (they
+        then finish "cancelled")."""
         looked = time.monotonic()
         try:
             while self.left:
                 now = time.monotonic()
                 wait = self.deadline - now
-                if wait <= 0:
-                    self.cancel()  # idempotent; the rows' Finished events come within a step
+                if wait <= 0 and not self.timed_out:
+                    self.timed_out = True
+                    self.cancel("timed out")  # the rows' Finished events come within a step
+                request = self.watch  # None once a streamed response is under way: it notices on its own
                 if request is not None and now - looked >= LOOK_S:
                     looked = now
                     if await request.is_disconnected():
-                        self.cancel()
+                        self.cancel("client left")
                 try:
                     # Wake to notice the deadline (once a second) or a gone client (every LOOK_S).
-                    every = 1.0 if request is None else LOOK_S
+                    every = 1.0 if self.watch is None else LOOK_S
                     i, ev = await asyncio.wait_for(self.queue.get(), timeout=min(wait, every) if wait > 0 else every)
                 except asyncio.TimeoutError:
                     continue
@@ -72,9 +77,16 @@ class _Stream:
         finally:
             self.server.streams.discard(self)
             if self.left:  # the client went away (or the server is stopping): free the rows now
-                self.cancel()
+                self.cancel("client left")
 
-    def cancel(self) -> None:
+    def why_ended(self) -> str | None:
+        """Why it ended before its rows did, for the request log; a stream whose rows are still left
+        once its response is over lost its client (its generator may not have been closed yet)."""
+        return self.ending or ("client left" if self.left else None)
+
+    def cancel(self, why: str = "cancelled") -> None:
+        """Cancel every row; `why` is what the request log says of it (the first reason given)."""
+        self.ending = self.ending or why
         for r in self.reqs:
             r.cancel()
 
@@ -82,6 +94,8 @@ class _Stream:
         """At shutdown: cancel the prompts with nothing generated yet (queued, or their prompt being
         read), so their client is answered now instead of after the running requests."""
         self.refused = not self.started
+        if self.refused:
+            self.ending = self.ending or "shutting down"
         for i, r in enumerate(self.reqs):
             if i not in self.started:
                 r.cancel()
@@ -93,35 +107,61 @@ class _Stream:
 
     # ---------------------------------------------------------------- streaming
 
-    async def sse(self) -> AsyncIterator[bytes]:
+    async def sse(self, request: Request) -> AsyncIterator[bytes]:
+        """The answer as server-sent events. Nothing is sent before the first token comes (or every
+        row has ended), so that a request whose --timeout passes before its answer begins can still be
+        answered with an HTTP error: the first `anext` raises that ApiError (status 503), before any
+        header went out. Meanwhile the request's client is looked for as a collected one's is."""
         job, name = self.job, self.server.name
-        completion_tokens = 0
+        events, held = self.events(), []
+        self.watch = request
+        async for item in events:
+            held.append(item)
+            if isinstance(item[1], TokenEvent):
+                break
+        self.watch = None  # the streamed response notices a gone client on its own
+        if self.timed_out and not self.tokens and not self.refused:
+            raise self.timeout_error()
         if job.chat:  # OpenAI's first chunk carries the role only
             delta = {"role": "assistant", "content": ""}
-            first = [{"index": c, "delta": delta, "logprobs": None, "finish_reason": None} for c in range(self.left)]
+            n = len(self.reqs) * job.n
+            first = [{"index": c, "delta": delta, "logprobs": None, "finish_reason": None} for c in range(n)]
             yield _sse(fmt.envelope(job, name, first, chunk=True))
         out: dict[int, _Choice] = {}
-        async for i, ev in self.events():
-            c = self.choice_index(i, ev)
-            if c not in out:
-                out[c] = _Choice(self.reqs[i].params[ev.row].stop, job.logprobs)
-            choice = out[c]
-            if isinstance(ev, TokenEvent):
-                completion_tokens += 1
-                chunks = [self._text_chunk(c, choice, text) for text in choice.token(ev)]
-            else:
-                chunks = [self._text_chunk(c, choice, text) for text in choice.end(ev)]
-                chunks.append(self._final_chunk_choice(c, ev))
-            for chunk in chunks:
-                yield _sse(fmt.envelope(job, name, [chunk], chunk=True))
+        for i, ev in held:
+            for chunk in self._chunks(out, i, ev):
+                yield chunk
+        async for i, ev in events:  # where the loop above stopped, at the first token
+            for chunk in self._chunks(out, i, ev):
+                yield chunk
         if job.include_usage:
             prompt_tokens = sum(len(x) for x in self.ids)
             cached = sum(r.cached_tokens for r in self.reqs)
-            usage = fmt.envelope(job, name, [], chunk=True) | {
-                "usage": fmt.usage(prompt_tokens, completion_tokens, cached)
-            }
+            usage = fmt.envelope(job, name, [], chunk=True) | {"usage": fmt.usage(prompt_tokens, self.tokens, cached)}
             yield _sse(usage)
         yield b"data: [DONE]\n\n"
+
+    def _chunks(self, out: dict[int, _Choice], i: int, ev: Event) -> list[bytes]:
+        """The SSE chunks one event of prompt i sends; out: the choices streaming, by index."""
+        c = self.choice_index(i, ev)
+        if c not in out:
+            out[c] = _Choice(self.reqs[i].params[ev.row].stop, self.job.logprobs)
+        choice = out[c]
+        if isinstance(ev, TokenEvent):
+            chunks = [self._text_chunk(c, choice, text) for text in choice.token(ev)]
+        else:
+            chunks = [self._text_chunk(c, choice, text) for text in choice.end(ev)]
+            chunks.append(self._final_chunk_choice(c, ev))
+        return [_sse(fmt.envelope(self.job, self.server.name, [chunk], chunk=True)) for chunk in chunks]
+
+    def timeout_error(self) -> fmt.ApiError:
+        """A request whose --timeout passed before its answer began: the server was too busy for it."""
+        return fmt.ApiError(
+            503,
+            f"the request timed out before its answer began: it waited {self.server.cfg.timeout_s:g} s (the "
+            "server's --timeout) for the requests ahead of it; retry later (the server's operator can give a "
+            "longer --timeout or more --max-rows)",
+        )
 
     def _text_chunk(self, c: int, choice: _Choice, text: str) -> dict[str, Any]:
         """A chunk of text, with the logprobs of the tokens it completes (those whose text it sends)."""
@@ -158,14 +198,15 @@ class _Stream:
         n_choices = len(self.reqs) * job.n
         texts: dict[int, Finished] = {}
         tokens: list[list[TokenEvent]] = [[] for _ in range(n_choices)]
-        async for i, ev in self.events(request):
+        self.watch = request
+        async for i, ev in self.events():
             c = self.choice_index(i, ev)
             if isinstance(ev, Finished):
                 texts[c] = ev
             elif job.logprobs:
                 tokens[c].append(ev)
-        if self.refused:
-            err = _shutting_down()
+        if self.refused or (self.timed_out and not self.tokens):
+            err = _shutting_down() if self.refused else self.timeout_error()
             return JSONResponse(err.body(), status_code=err.status)
         if all(f.finish_reason == "error" for f in texts.values()):
             err = fmt.ApiError(500, next(iter(texts.values())).message or "generation failed")
