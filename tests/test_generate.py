@@ -215,8 +215,11 @@ def test_token_ids_outside_the_vocabulary_are_refused_by_the_call(engines):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda eng, ids: eng.generate(["Once upon"], [GREEDY]), r"prompts\[0\] is a str.*eng\.encode\(text\)"),
-        (lambda eng, ids: eng.generate("Once upon", [GREEDY]), r"prompts is a str.*eng\.encode\(text\)"),
+        (
+            lambda eng, ids: eng.generate(["Once upon"], [GREEDY]),
+            r"prompts\[0\] is a str.*eng\.encode\(text, raw=True\)",
+        ),
+        (lambda eng, ids: eng.generate("Once upon", [GREEDY]), r"prompts is a str.*eng\.encode\(text, raw=True\)"),
         (lambda eng, ids: eng.generate(ids, [GREEDY]), r"prompts\[0\] is one int.*e\.g\. \[ids\]"),
         (lambda eng, ids: eng.generate([[1.0, 2.5]], [GREEDY]), r"prompts\[0\] has a float \(1\.0\) at index 0"),
         (lambda eng, ids: eng.generate([np.array([1.5, 2])], [GREEDY]), r"1-D array of integer token ids"),
@@ -261,7 +264,7 @@ def test_load_arguments_empty_prompts_roles_and_held_text(engines, tmp_path):
             Engine.load(folder, device="cpu", **bad)
     assert Engine.load(folder, device="cpu", dtype=torch.bfloat16, pack=False).dtype == torch.bfloat16
     # An empty prompt is named, and the fix given (this model has a BOS: encode("") starts from it).
-    with pytest.raises(InputError, match=r"prompts\[1\] is empty; .*eng\.encode\(text\)"):
+    with pytest.raises(InputError, match=r"prompts\[1\] is empty; .*eng\.encode\(text, raw=True\)"):
         run(eng, [eng.encode("Once", raw=True), []], [GREEDY, GREEDY])
     assert eng.encode("", raw=True) == [eng.tokenizer.bos_id]
     # OpenAI's "developer" is the system message, as serve reads it.
