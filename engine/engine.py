@@ -10,6 +10,7 @@ The CLI, the TUI and the trainers all go through this class.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .model import dtype_name, load_model, prepare_for_inference, resolve_device
 from .model_list import human_bytes
 from .native import library as native_library
 from .native import reason as native_reason
+from .native import switched_off as native_switched_off
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
 from .quant import QUANTIZABLE, CompiledQLinear, weight_summary
@@ -91,13 +93,14 @@ def gguf_load_dtype(path: Path, keeps_blocks: bool, dtype: str | torch.dtype | N
 
 def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
     """A line to say before loading a GGUF file where the load costs what the file does not show
-    (from its header: nothing read), else None. F16 weights on the CPU that the compiled step does
-    not take (an architecture without it, or no C compiler) are widened to float32: twice the file
-    in memory and read per token; quantized blocks it does not take are dequantized to float32 (a
-    Q4_K_M file: ~6.5x its size). A quantized file given --dtype q8_0 (etc.) is dequantized and
-    quantized again: a second rounding (llama-quantize refuses it without --allow-requantize); said,
-    not refused, since for a file whose blocks are dequantized at load anyway (GPT-2, a GPU) it
-    saves memory."""
+    (from its header: no tensor read), else None. On the CPU: F16 weights that the compiled step
+    does not take are widened to float32 (twice the file in memory and read per token), quantized
+    blocks it does not take are dequantized to float32 (a Q4_K_M file: ~6.5x its size), each with
+    why it does not take them (the decode row's reason: _step_absent) and the fix; a --dtype of
+    floats dequantizes blocks the step would keep (_float_dtype_note). A quantized file given
+    --dtype q8_0 (etc.) is dequantized and quantized again: a second rounding (llama-quantize
+    refuses it without --allow-requantize); said, not refused, since for a file whose blocks are
+    dequantized at load anyway (GPT-2, a GPU) it saves memory."""
     dtype = dtype_name(dtype)
     if not is_gguf(path):
         return None
@@ -107,22 +110,79 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
             f"note: the file is {kind} already; --dtype {dtype} dequantizes its blocks and rounds them "
             f"again ({dtype} from {kind}: no more exact than {kind}); leave out --dtype to keep the file's own"
         )
-    if kind is None or dtype not in (None, "auto") or resolve_device(device).type != "cpu":
+    if kind is None or resolve_device(device).type != "cpu":
         return None
-    keeps = _keeps_blocks(path, device, dtype, True)
-    if kind == "F16" and gguf_load_dtype(path, keeps, dtype) != "float16":
+    if dtype not in (None, "auto"):
+        return _float_dtype_note(path, kind, str(dtype))
+    absent = _step_absent(path)
+    if absent is None or (kind in _FLOAT_FILES and kind != "F16"):
+        return None
+    why, switch = absent
+    if kind == "F16":
         return (
-            "note: the file's F16 weights are widened to float32 on the CPU (no compiled step for this file: "
-            "twice the file in memory, "
-            "and read per token); --dtype q8_0 holds them in about half the file's bytes, --dtype bfloat16 in as many"
+            f"note: the file's F16 weights are widened to float32 on the CPU ({why}): twice the file in memory "
+            f"and read per token; {switch + ' to keep the halves; ' if switch else ''}--dtype q8_0 holds them "
+            "in about half the file's bytes, --dtype bfloat16 in as many"
         )
-    if kind not in _FLOAT_FILES and not keeps:
-        return (
-            f"note: the file's {kind} blocks are dequantized to float32 on the CPU (no compiled step for this file: "
-            "4 bytes a weight in memory and read per token, several times the file; `tiankong info` shows how "
-            "many); --dtype bfloat16 holds them in half that"
-        )
-    return None
+    return (
+        f"note: the file's {kind} blocks are dequantized to float32 on the CPU ({why}): {_widened(path, 4)}; "
+        f"{switch + ' to keep the blocks; ' if switch else ''}--dtype bfloat16 holds them in half that"
+    )
+
+
+def _step_absent(path: Path) -> tuple[str, str] | None:
+    """(why, switch) where the compiled step does not read this GGUF file's blocks and halves on
+    the CPU, else None. For an architecture it takes, why is the decode row's reason
+    (native.reason(): switched off by TIANKONG_NATIVE=0, no C compiler, a failed build, the last
+    two with their fix), and switch the fix for the first ("unset TIANKONG_NATIVE", else ""); for
+    another, that no compiled step takes its files."""
+    arch = peek(path, ("general.architecture",)).get("general.architecture")
+    if arch not in _BLOCK_ARCHS:
+        return f"no compiled step for {quoted(arch, 40)} files", ""
+    if native_library() is not None:
+        return None
+    return f"compiled step unavailable: {native_reason()}", "unset TIANKONG_NATIVE" if native_switched_off() else ""
+
+
+def _float_dtype_note(path: Path, kind: str, dtype: str) -> str | None:
+    """load_note for --dtype float32, bfloat16 or float16 on the CPU: said where leaving --dtype out
+    would keep the file's blocks (or F16 halves) for the compiled step, or where bfloat16 would
+    halve the float32 it asks for; None where the float it names is the least the file can take
+    (GPT-2's blocks in bfloat16) or costs no more than the file (an F16 file in bfloat16)."""
+    size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
+    if size is None or (kind in _FLOAT_FILES and (kind != "F16" or size == 2)):
+        return None
+    what, keep = ("F16 weights", "halves") if kind == "F16" else (f"{kind} blocks", "blocks")
+    absent = _step_absent(path)
+    why, switch = absent or ("", "")
+    if absent is None:
+        fix = f"leave out --dtype to keep the {keep} (the compiled step reads them as they are)"
+    elif switch:  # the step, switched off, would keep them
+        fix = f"{switch} and leave out --dtype to keep the {keep} ({why})"
+    else:
+        fix = ""
+    if size == 4:
+        fix += f"{'; ' if fix else ''}--dtype bfloat16 holds them in half that"
+    return (
+        f"note: --dtype {dtype} turns the file's {what} into {dtype} at load: {_widened(path, size)}; {fix}"
+        if fix
+        else None
+    )
+
+
+def _widened(path: Path, size: int) -> str:
+    """The weights of a GGUF file (all its parts) at `size` bytes an element, as a line says them:
+    how many bytes, and how many times the file."""
+    from .gguf_header import parameter_count
+    from .gguf_split import part_paths
+    from .model_list import weight_bytes
+
+    counts = [parameter_count(p) for p in part_paths(path)]
+    file = weight_bytes(path)
+    if None in counts or not file:
+        return f"{size} bytes a weight in memory, several times the file"
+    n = sum(c for c in counts if c is not None) * size
+    return f"about {human_bytes(n)} in memory, {n / file:.1f}x the file"
 
 
 def tokenizer_and_template(
@@ -165,6 +225,24 @@ def _checkpoint_dtype(value: Any, folder: Path) -> Any:
     if value is None or is_gguf(folder) or isinstance(getattr(torch, str(value), None), torch.dtype):
         return value
     return f"{quoted(value, 40)} (not a dtype torch knows; each weight's own type is used)"
+
+
+_IMAGE_TEXT = "Gemma3ForConditionalGeneration"  # the one architecture whose text model alone loads
+
+
+def _attention_rows(c: ModelConfig) -> dict[str, Any]:
+    """Engine.info's rows for the attention and logit settings a config has apart from the usual,
+    only where set (so that a GGUF file's can be seen to be read): Gemma's query_pre_attn_scalar
+    where it is not head_dim (queries scale by its -1/2 power), and the soft-caps (Gemma 2's)."""
+    rows: dict[str, Any] = {}
+    if c.family == "gemma" and c.attn_scale is not None and not math.isclose(c.attn_scale, c.head_dim**-0.5):
+        scalar = round(c.attn_scale**-2, 6)  # attn_scale is scalar ** -0.5
+        rows["query_pre_attn_scalar"] = int(scalar) if scalar.is_integer() else scalar
+    if c.attn_softcap is not None:
+        rows["attn_logit_softcapping"] = c.attn_softcap
+    if c.final_softcap is not None:
+        rows["final_logit_softcapping"] = c.final_softcap
+    return rows
 
 
 def _chars(texts: Sequence[Any]) -> int:
@@ -420,7 +498,10 @@ class Engine:
         kv_bytes = c.n_layers * 2 * c.n_kv_heads * c.head_dim * kv.itemsize
         return {
             "folder": str(self.folder),
-            "architecture": c.architecture,
+            # Gemma 3 image-text checkpoints load their text model alone (config.text_prefix)
+            "architecture": f"{_IMAGE_TEXT} (its text model; the vision tower is not loaded)"
+            if c.text_prefix
+            else c.architecture,
             "parameters": self.n_params,
             "layers": c.n_layers,
             "hidden_size": c.dim,
@@ -428,6 +509,7 @@ class Engine:
             "kv_heads": c.n_kv_heads,
             "head_dim": c.head_dim,
             "ffn_size": c.ffn_dim,
+            **_attention_rows(c),
             "positional_encoding": c.positional,
             "context_length": c.max_seq_len,
             "vocab_size": c.vocab_size,

@@ -46,6 +46,13 @@ FIELDS = [  # Engine.info()'s keys, in the order `tiankong info` prints them
     "bos_id",
     "eos_ids",
 ]
+# Rows Engine.info() adds after ffn_size only where a model sets them (Gemma's)
+SET_ROWS = ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping")
+
+
+def keys(facts: dict) -> list[str]:
+    """facts' keys less the rows only some models have: FIELDS, in order."""
+    return [k for k in facts if k not in SET_ROWS]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +62,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     out["llama"] = make_model(tmp_path_factory.mktemp("llama"), "llama", tie_word_embeddings=True)
     out["gemma3"] = make_model(tmp_path_factory.mktemp("gemma3"), "gemma3", sliding_window_pattern=6)
     out["phi3"] = make_model(tmp_path_factory.mktemp("phi3"), "phi3")
+    out["gemma2"] = make_model(tmp_path_factory.mktemp("gemma2"), "gemma2")
+    out["gemma3-vision"] = make_model(tmp_path_factory.mktemp("gemma3-vision"), "gemma3-vision")
     return out
 
 
@@ -79,7 +88,7 @@ def loaded_facts(path: Path, dtype: str = "auto") -> dict:
 def test_gguf_facts_are_the_loaded_models(gguf_file, arch, qtype):
     path = gguf_file(arch, qtype)
     facts = model_facts(path, device="cpu")
-    assert list(facts) == FIELDS and facts == loaded_facts(path)
+    assert keys(facts) == FIELDS and facts == loaded_facts(path)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma3"])
@@ -87,7 +96,7 @@ def test_gguf_facts_are_the_loaded_models(gguf_file, arch, qtype):
 def test_folder_facts_are_the_loaded_models(folders, arch, dtype):
     """A safetensors folder: as it loads, quantized at load (--dtype q8_0), and cast."""
     facts = model_facts(folders[arch], device="cpu", dtype=dtype)
-    assert list(facts) == FIELDS and facts == loaded_facts(folders[arch], dtype)
+    assert keys(facts) == FIELDS and facts == loaded_facts(folders[arch], dtype)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
@@ -191,3 +200,104 @@ def test_a_quantized_file_dequantized_to_float32_is_said(gguf_file, monkeypatch,
             assert load_note(gguf_file(arch, qtype), "cpu", "auto") is None, arch
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", gpt2, "-p", "hi", "-n", "1")
     assert code == 0 and note in " ".join(err.split()), err
+
+
+def file_figure(path: Path, size: int) -> str:
+    """How a load note gives the weights at `size` bytes each: from info's parameter count and the
+    file's size on disk."""
+    n = model_facts(path, device="cpu", dtype="bfloat16")["parameters"] * size
+    return f"about {human_bytes(n)} in memory, {n / path.stat().st_size:.1f}x the file"
+
+
+@pytest.mark.parametrize(
+    "reason, switched_off",
+    [("switched off by TIANKONG_NATIVE=0", True), ("no C compiler found (set CC, or install gcc)", False)],
+)
+def test_the_dequantize_note_gives_the_decode_rows_reason(gguf_file, monkeypatch, capsys, reason, switched_off):
+    """QA: under TIANKONG_NATIVE=0 a q8_0/Q4_K_M file's note said "no compiled step for this file"
+    while info's decode row said "switched off by TIANKONG_NATIVE=0". The note gives the decode
+    row's reason (no C compiler, ...), the figure, and for the switch its fix; F16 files too.
+    GPT-2, which has no compiled step, is told apart."""
+    from tiankong.engine.engine import load_note
+
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_reason", reason)
+    monkeypatch.setenv("TIANKONG_NATIVE", "0" if switched_off else "1")
+    for arch, qtype in (("llama", "q8_0"), ("gemma3", "q4_0"), ("llama", "f16")):
+        path = gguf_file(arch, qtype)
+        decode = model_facts(path, device="cpu")["decode"]
+        assert decode.endswith(f"; compiled step unavailable: {reason}"), decode
+        note = load_note(path, "cpu", "auto")
+        assert note is not None and f"on the CPU (compiled step unavailable: {reason}): " in note, note
+        assert "no compiled step for" not in note and ("unset TIANKONG_NATIVE to keep the" in note) == switched_off
+        if qtype != "f16":
+            assert f"{file_figure(path, 4)}; " in note and note.endswith("--dtype bfloat16 holds them in half that")
+    gpt2 = load_note(gguf_file("gpt2", "q8_0"), "cpu", "auto")
+    assert gpt2 is not None and "(no compiled step for gpt2 files)" in gpt2 and "TIANKONG_NATIVE" not in gpt2
+    path = gguf_file("gemma3", "q4_0")
+    code, _, err = cli(monkeypatch, capsys, "info", "-m", path, "--format", "json")
+    assert code == 0 and load_note(path, "cpu", "auto") in " ".join(err.split()), err
+
+
+def test_a_dtype_of_floats_on_a_quantized_file_is_said(gguf_file, monkeypatch, capsys):
+    """QA: --dtype float32 (or bfloat16) on a Gemma 3 Q4_K_M file dequantized its blocks (4.3x the
+    file) in silence, where README says generate, serve and info say it in a line. Said with the
+    figure and the fix: leave out --dtype to keep the blocks (halves, for an F16 file); GPT-2, whose
+    blocks no step keeps, to use bfloat16; under TIANKONG_NATIVE=0, unset it too."""
+    from tiankong.engine.engine import load_note
+
+    if native.library() is not None:
+        for arch, qtype, dtype in (("gemma3", "q4_0", "float32"), ("llama", "q8_0", "bfloat16")):
+            path = gguf_file(arch, qtype)
+            note = load_note(path, "cpu", dtype)
+            want = f"note: --dtype {dtype} turns the file's {qtype.upper()} blocks into {dtype} at load: "
+            want += file_figure(path, 4 if dtype == "float32" else 2)
+            assert note is not None and note.startswith(want + "; leave out --dtype to keep the blocks"), note
+            assert note.endswith("--dtype bfloat16 holds them in half that") == (dtype == "float32")
+        f16 = load_note(gguf_file("gemma3", "f16"), "cpu", "float32")
+        assert f16 is not None and "F16 weights into float32" in f16 and "leave out --dtype to keep the halves" in f16
+        path = gguf_file("gemma3", "q4_0")
+        code, _, err = cli(monkeypatch, capsys, "generate", "-m", path, "--dtype", "float32", "-p", "hi", "-n", "1")
+        assert code == 0 and load_note(path, "cpu", "float32") in " ".join(err.split()), err
+    gpt2 = load_note(gguf_file("gpt2", "q8_0"), "cpu", "float32")
+    assert (
+        gpt2 is not None and "keep the blocks" not in gpt2 and gpt2.endswith("--dtype bfloat16 holds them in half that")
+    )
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_reason", "switched off by TIANKONG_NATIVE=0")
+    monkeypatch.setenv("TIANKONG_NATIVE", "0")
+    off = load_note(gguf_file("gemma3", "q4_0"), "cpu", "bfloat16")
+    assert off is not None and off.endswith(
+        "unset TIANKONG_NATIVE and leave out --dtype to keep the blocks "
+        "(compiled step unavailable: switched off by TIANKONG_NATIVE=0)"
+    ), off
+
+
+def test_info_shows_soft_caps_and_a_query_scalar_where_set(folders, gguf_file, monkeypatch, capsys):
+    """QA: info on Gemma 2 never showed its soft-caps or query_pre_attn_scalar, so whether a GGUF
+    file's caps were read could not be seen. Rows where set, with config.json's values; a GGUF
+    file's query scalar is head_dim's (llama.cpp's reading): no row. Other models: no rows."""
+    hf = json.loads((folders["gemma2"] / "config.json").read_text())
+    facts = model_facts(folders["gemma2"], device="cpu")
+    want = {k: hf[k] for k in SET_ROWS}
+    assert {k: facts[k] for k in SET_ROWS if k in facts} == want and want["query_pre_attn_scalar"] != hf["head_dim"]
+    assert list(facts)[list(facts).index("ffn_size") + 1 :][:3] == list(SET_ROWS)
+    from_file = model_facts(write_gguf(folders["gemma2"], folders["gemma2"].parent / "g2.gguf", "q8_0"), "cpu")
+    assert {k: from_file[k] for k in SET_ROWS if k in from_file} == {k: want[k] for k in SET_ROWS[1:]}
+    assert not set(SET_ROWS) & set(model_facts(gguf_file("llama", "q8_0"), device="cpu"))
+    code, out, err = cli(monkeypatch, capsys, "info", "-m", folders["gemma2"])
+    rows = {r[0].strip(): r[1].strip() for r in (line.split("│") for line in out.splitlines() if "│" in line)}
+    assert code == 0 and rows["attn logit softcapping"] == "3.0" and rows["query pre attn scalar"] == "20", out
+
+
+def test_info_names_an_image_text_checkpoint_as_such(folders):
+    """QA: info on a Gemma3ForConditionalGeneration folder said Gemma3ForCausalLM: the text model it
+    loads, without a word about the vision tower left out."""
+    hf = json.loads((folders["gemma3-vision"] / "config.json").read_text())
+    assert hf["architectures"] == ["Gemma3ForConditionalGeneration"]
+    facts = model_facts(folders["gemma3-vision"], device="cpu")
+    assert facts == loaded_facts(folders["gemma3-vision"])
+    want = "Gemma3ForConditionalGeneration (its text model; the vision tower is not loaded)"
+    assert (
+        facts["architecture"] == want and model_facts(folders["gemma3"], "cpu")["architecture"] == "Gemma3ForCausalLM"
+    )
