@@ -26,9 +26,11 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     **dict.fromkeys(("num_attention_heads", "n_head", "num_key_value_heads"), (int, 1, 1 << 12)),
     "head_dim": (int, 1, 1 << 14),
     **dict.fromkeys(
-        ("max_position_embeddings", "n_positions", "sliding_window", "original_max_position_embeddings"),
+        ("sliding_window", "original_max_position_embeddings"),
         (int, 1, 1 << 27),
     ),
+    # a context holds at least a prompt token and an answer token
+    **dict.fromkeys(("max_position_embeddings", "n_positions"), (int, 2, 1 << 27)),
     "max_window_layers": (int, 0, 1 << 12),
     "sliding_window_pattern": (int, 1, 1 << 12),
     **dict.fromkeys(("rope_theta", "rope_local_base_freq"), (float, 0, 1e12)),
@@ -89,8 +91,20 @@ def check_not_quantized(cfg: Mapping[str, Any], where: str = "config.json") -> N
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A config.json value as a message shows it, cut to 40 characters."""
+    text = _spelled(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _spelled(value: Any) -> str:
+    """repr, but null, true and false as config.json writes them (not None, True, False)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_spelled(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_spelled(k)}: {_spelled(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def check_values(cfg: Mapping[str, Any], where: str = "config.json") -> None:

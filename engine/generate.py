@@ -43,7 +43,7 @@ from .config import ModelConfig
 from .context import PromptCache
 from .errors import InputError
 from .events import Candidate, Event, Finished, TokenEvent
-from .kv_cache import build_mask
+from .kv_cache import build_mask, kv_dtype
 from .prefill import _Batch, _long_rope_rereads_a_row, _prefill, _reread_long_rope, _Row
 from .request_checks import TokenIds, a_type, check_cancel, check_params, check_top_logprobs, token_id_lists
 from .sampling import Draw, SamplingParams
@@ -349,6 +349,10 @@ def nonfinite_reason(model: nn.Module) -> str:
     unchecked = False  # quantized blocks are bytes; their scales are not read here
     with torch.inference_mode():
         for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if t.is_mkldnn:  # a oneDNN-packed weight (packed.py): isfinite has no kernel for its layout
+                t = t.to_dense()
+                if name.endswith(".packed"):  # PackedLinear's buffer: name it as the Linear's weight
+                    name = name.removesuffix(".packed") + ".weight"
             if not t.is_floating_point():
                 unchecked = unchecked or t.dtype == torch.uint8
             elif not bool(torch.isfinite(t).all()):
@@ -364,8 +368,17 @@ def nonfinite_reason(model: nn.Module) -> str:
         if unchecked
         else ("the weights are finite")
     )
+    # Quantized weights computing in float32 keep a float16 KV cache (kv_cache.kv_dtype), where a
+    # key or value above 65504 becomes inf though the model's own dtype is float32. Loading the
+    # weights as float32 keeps a float32 cache too.
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    where = (
+        "in the float16 KV cache that quantized weights use"
+        if kv_dtype(model) == torch.float16 and first is not None and first.dtype == torch.float32
+        else "(common in float16)"
+    )
     return (
-        f"{weights}, so an activation overflowed (common in float16: load float32, --dtype float32 or dtype='float32' in Python) "
+        f"{weights}, so an activation overflowed {where}: load float32, --dtype float32 or dtype='float32' in Python; "
         "or a config value such as rope_theta or rope_scaling is wrong"
     )
 

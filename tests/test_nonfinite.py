@@ -83,6 +83,28 @@ def test_poisoned_layer_ends_rows_with_error(tmp_path, clean_folder, pack, value
             assert "layer 1's feed-forward down projection" in fin.message
 
 
+@pytest.mark.parametrize("arch, named", [("llama", "layer 0's attention"), ("gemma3", "layers.0.attn.wq.weight")])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nan_in_a_packed_weight_without_the_compiled_step(tmp_path, monkeypatch, arch, named, dtype):
+    """QA: under TIANKONG_NATIVE=0 (no compiled step) the weights are oneDNN-packed tensors, which
+    torch.isfinite cannot read: a NaN weight gave a NotImplementedError traceback, not the one-line
+    error naming the tensor that the compiled step's run gives."""
+    from tiankong.engine import native, packed
+
+    if not packed.can_pack(torch.device("cpu"), getattr(torch, dtype)):
+        pytest.skip(f"no oneDNN packing for {dtype} on this CPU")
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_reason", "switched off by TIANKONG_NATIVE=0")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    folder = poison(make_model(tmp_path / arch, arch), name, lambda t: t.__setitem__((3, 0), float("nan")))
+    eng = Engine.load(folder, device="cpu", dtype=dtype)
+    assert any(t.is_mkldnn for t in eng.model.buffers())  # the torch path's packed form, not the compiled step's
+    _, done = run(eng, [eng.encode("Once upon a time", raw=True)], [GREEDY])
+    message = done[0].message
+    assert done[0].finish_reason == "error" and "\n" not in message
+    assert "weight layers.0." in message and named in message and "holds NaN values" in message
+
+
 def test_finite_weights_that_overflow_say_so(tmp_path, clean_folder):
     folder = poison(copy_model(clean_folder, tmp_path / "m"), "lm_head.weight", lambda t: t.copy_(t.sign() * 3e38))
     eng = Engine.load(folder, device="cpu", dtype="float32")
