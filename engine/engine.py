@@ -27,162 +27,27 @@ from .errors import ContextOverflow, InputError, quoted
 from .events import Event
 from .files import check_text
 from .generate import generate
-from .gguf_model import GGUFModel, is_gguf, peek, quantization_name
+from .gguf_load import (  # noqa: F401 (load_note, COMPILED_STEP: the engine's public names too)
+    COMPILED_PRODUCTS,
+    COMPILED_STEP,
+    compiled_step_path,
+    gguf_load_dtype,
+    keeps_blocks,
+    load_note,
+)
+from .gguf_model import GGUFModel, is_gguf
 from .kv_cache import kv_dtype
 from .llama_packed import PackedLlama
-from .model import dtype_name, load_model, prepare_for_inference, resolve_device
+from .model import dtype_name, load_model, prepare_for_inference
 from .model_list import human_bytes
-from .native import library as native_library
 from .native import reason as native_reason
-from .native import switched_off as native_switched_off
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
-from .quant import QUANTIZABLE, CompiledQLinear, weight_summary
+from .quant import CompiledQLinear, weight_summary
 from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists, token_ids
 from .resolve import resolve_model
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
-
-# GGUF architectures the compiled step runs (Phi-3: fused parts split by rows; Gemma 2/3: PackedGemma):
-# their blocks stay quantized on the CPU and an F16 file's halves stay halves.
-_STEP_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
-_BLOCK_ARCHS = _STEP_ARCHS
-
-
-def _keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:
-    """Whether a GGUF file's quantized matrices stay in their blocks: packed on the CPU, no dtype asked
-    for, one of _BLOCK_ARCHS and the compiled step built. Elsewhere QLinear would dequantize every
-    weight on every forward, so they are dequantized once at load instead."""
-    if not (pack and dtype in (None, "auto") and resolve_device(device).type == "cpu"):
-        return False
-    arch = peek(path, ("general.architecture",)).get("general.architecture")
-    return arch in _BLOCK_ARCHS and native_library() is not None
-
-
-_FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
-# Engine.decode_path's words for the compiled step, and for a quantized model without it (GPT-2) on the CPU
-COMPILED_STEP = "compiled step (csrc/decode.c)"
-COMPILED_PRODUCTS = "torch, each quantized linear a compiled product (csrc/decode.c)"
-
-
-def compiled_step_path(cfg: ModelConfig) -> str:
-    """Engine.decode_path's words for a model the compiled step decodes: with long-rope (Phi-3),
-    the positions from the original context on run in torch, the step holding the short factors."""
-    s = cfg.rope_scaling
-    if s and s.get("rope_type") == "longrope":
-        return f"{COMPILED_STEP}; from position {s['original_max_position_embeddings']} in torch (long-rope's long factors)"
-    return COMPILED_STEP
-
-
-def _file_kind(path: Path) -> str | None:
-    """A GGUF file's general.file_type as people write it (F16, Q4_K_M), or None."""
-    return quantization_name(peek(path, ("general.file_type",)).get("general.file_type"))
-
-
-def gguf_load_dtype(path: Path, keeps_blocks: bool, dtype: str | torch.dtype | None) -> str | torch.dtype | None:
-    """The dtype a GGUF file loads in: float16 for an F16 file whose matrices the compiled step reads
-    as they are (keeps_blocks: _keeps_blocks' answer), as llama.cpp keeps them: half the memory and
-    the bytes per token of widening them to float32; else `dtype`. Engine.load and model_facts both
-    ask here."""
-    if not keeps_blocks:
-        return dtype
-    head = peek(path, ("general.architecture", "general.file_type"))
-    f16 = quantization_name(head.get("general.file_type")) == "F16"
-    return "float16" if f16 and head.get("general.architecture") in _STEP_ARCHS else dtype
-
-
-def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
-    """A line to say before loading a GGUF file where the load costs what the file does not show
-    (from its header: no tensor read), else None. On the CPU: F16 weights that the compiled step
-    does not take are widened to float32 (twice the file in memory and read per token), quantized
-    blocks it does not take are dequantized to float32 (a Q4_K_M file: ~6.5x its size), each with
-    why it does not take them (the decode row's reason: _step_absent) and the fix; a --dtype of
-    floats dequantizes blocks the step would keep (_float_dtype_note). A quantized file given
-    --dtype q8_0 (etc.) is dequantized and quantized again: a second rounding (llama-quantize
-    refuses it without --allow-requantize); said, not refused, since for a file whose blocks are
-    dequantized at load anyway (GPT-2, a GPU) it saves memory."""
-    dtype = dtype_name(dtype)
-    if not is_gguf(path):
-        return None
-    kind = _file_kind(path)
-    if isinstance(dtype, str) and dtype in QUANTIZABLE and kind not in (None, *_FLOAT_FILES):
-        return (
-            f"note: the file is {kind} already; --dtype {dtype} dequantizes its blocks and rounds them "
-            f"again ({dtype} from {kind}: no more exact than {kind}); leave out --dtype to keep the file's own"
-        )
-    if kind is None or resolve_device(device).type != "cpu":
-        return None
-    if dtype not in (None, "auto"):
-        return _float_dtype_note(path, kind, str(dtype))
-    absent = _step_absent(path)
-    if absent is None or (kind in _FLOAT_FILES and kind != "F16"):
-        return None
-    why, switch = absent
-    if kind == "F16":
-        return (
-            f"note: the file's F16 weights are widened to float32 on the CPU ({why}): twice the file in memory "
-            f"and read per token; {switch + ' to keep the halves; ' if switch else ''}--dtype q8_0 holds them "
-            "in about half the file's bytes, --dtype bfloat16 in as many"
-        )
-    return (
-        f"note: the file's {kind} blocks are dequantized to float32 on the CPU ({why}): {_widened(path, 4)}; "
-        f"{switch + ' to keep the blocks; ' if switch else ''}--dtype bfloat16 holds them in half that"
-    )
-
-
-def _step_absent(path: Path) -> tuple[str, str] | None:
-    """(why, switch) where the compiled step does not read this GGUF file's blocks and halves on
-    the CPU, else None. For an architecture it takes, why is the decode row's reason
-    (native.reason(): switched off by TIANKONG_NATIVE=0, no C compiler, a failed build, the last
-    two with their fix), and switch the fix for the first ("unset TIANKONG_NATIVE", else ""); for
-    another, that no compiled step takes its files."""
-    arch = peek(path, ("general.architecture",)).get("general.architecture")
-    if arch not in _BLOCK_ARCHS:
-        return f"no compiled step for {quoted(arch, 40)} files", ""
-    if native_library() is not None:
-        return None
-    return f"compiled step unavailable: {native_reason()}", "unset TIANKONG_NATIVE" if native_switched_off() else ""
-
-
-def _float_dtype_note(path: Path, kind: str, dtype: str) -> str | None:
-    """load_note for --dtype float32, bfloat16 or float16 on the CPU: said where leaving --dtype out
-    would keep the file's blocks (or F16 halves) for the compiled step, or where bfloat16 would
-    halve the float32 it asks for; None where the float it names is the least the file can take
-    (GPT-2's blocks in bfloat16) or costs no more than the file (an F16 file in bfloat16)."""
-    size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
-    if size is None or (kind in _FLOAT_FILES and (kind != "F16" or size == 2)):
-        return None
-    what, keep = ("F16 weights", "halves") if kind == "F16" else (f"{kind} blocks", "blocks")
-    absent = _step_absent(path)
-    why, switch = absent or ("", "")
-    if absent is None:
-        fix = f"leave out --dtype to keep the {keep} (the compiled step reads them as they are)"
-    elif switch:  # the step, switched off, would keep them
-        fix = f"{switch} and leave out --dtype to keep the {keep} ({why})"
-    else:
-        fix = ""
-    if size == 4:
-        fix += f"{'; ' if fix else ''}--dtype bfloat16 holds them in half that"
-    return (
-        f"note: --dtype {dtype} turns the file's {what} into {dtype} at load: {_widened(path, size)}; {fix}"
-        if fix
-        else None
-    )
-
-
-def _widened(path: Path, size: int) -> str:
-    """The weights of a GGUF file (all its parts) at `size` bytes an element, as a line says them:
-    how many bytes, and how many times the file."""
-    from .gguf_header import parameter_count
-    from .gguf_split import part_paths
-    from .model_list import weight_bytes
-
-    counts = [parameter_count(p) for p in part_paths(path)]
-    file = weight_bytes(path)
-    if None in counts or not file:
-        return f"{size} bytes a weight in memory, several times the file"
-    n = sum(c for c in counts if c is not None) * size
-    return f"about {human_bytes(n)} in memory, {n / file:.1f}x the file"
 
 
 def tokenizer_and_template(
@@ -285,7 +150,7 @@ class Engine:
         oneDNN-packed weights; the model then runs forward only, in inference mode. False keeps the
         plain modules. chat_template: the path of a template file (Jinja, or JSON with "chat_template")
         used instead of the model's own; template text is refused, to be saved to a file. A GGUF file's
-        quantized matrices stay quantized where the compiled step reads them (_keeps_blocks), else they
+        quantized matrices stay quantized where the compiled step reads them (keeps_blocks), else they
         are dequantized to `dtype` at load. tokenizer: the model's tokenizer, loaded from this folder or
         file already (load_checked_tokenizer), which is then not loaded again: the playground loads it
         before its screen opens, so that one that is refused stops the command there.
@@ -296,12 +161,12 @@ class Engine:
         _check_template_path(chat_template)
         if chat_template is not None:  # read and compiled now, not after the weights
             ChatTemplate.check_file(chat_template)
-        dtype = dtype_name(dtype)  # "Q8_0" as "q8_0" (_keeps_blocks reads it too)
+        dtype = dtype_name(dtype)  # "Q8_0" as "q8_0" (keeps_blocks reads it too)
         folder = resolve_model(folder)
         # One reader for weights, tokenizer and template; blocks kept where the compiled step reads them.
         gguf = None
         if is_gguf(folder):
-            keeps = _keeps_blocks(folder, device, dtype, pack)
+            keeps = keeps_blocks(folder, device, dtype, pack)
             gguf = GGUFModel(folder, keeps)
             dtype = gguf_load_dtype(folder, keeps, dtype)  # an F16 file's halves as they are, for the step
         model, cfg = load_model(gguf or folder, device, dtype)

@@ -26,14 +26,8 @@ from torch import nn
 
 from . import gemma, gpt2, llama
 from .config import ModelConfig
-from .engine import (
-    COMPILED_PRODUCTS,
-    Engine,
-    _keeps_blocks,
-    compiled_step_path,
-    gguf_load_dtype,
-    tokenizer_and_template,
-)
+from .engine import Engine, tokenizer_and_template
+from .gguf_load import COMPILED_PRODUCTS, compiled_step_path, gguf_load_dtype, keeps_blocks
 from .gguf_model import GGUFModel, is_gguf
 from .model import build_model, check_folder, dtype_name, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
@@ -61,7 +55,7 @@ def model_facts(
     folder = resolve_model(folder)
     gguf = None
     if is_gguf(folder):
-        keeps = _keeps_blocks(folder, device, dtype, True)
+        keeps = keeps_blocks(folder, device, dtype, True)
         gguf = GGUFModel(folder, keeps)
         dtype = gguf_load_dtype(folder, keeps, dtype)
     model, cfg, dev = _meta_model(gguf or folder, device, dtype)
