@@ -61,8 +61,8 @@ from .gemma import Block as GemmaBlock
 from .gemma import Gemma
 from .kv_cache import KVCache, Runs, attend_runs, build_mask, sdpa, visible_runs
 from .llama import Block, Llama
+from .native import blocks_matmul
 from .native import library as native_lib
-from .native import matmul as native_matmul
 from .native import reason as native_reason
 from .native_step import NativeStep, WeightBuffer
 from .packed import pack_weight, release_pages, trim_heap
@@ -121,9 +121,7 @@ _GGML_F16 = 1  # ggml's type number of float16 rows (quant.h's T_F16)
 def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, int]) -> torch.Tensor:
     """x (..., I) W^T for W the uint8 rows of pack_rows (parts: _parts of its layout): the compiled
     matrix product (csrc/decode.c's tk_matmul), which every quantized model has (_init_quantized)."""
-    lib = native_lib()
-    assert lib is not None
-    return native_matmul(lib, w, *parts, x)
+    return blocks_matmul(w, *parts, x)
 
 
 def query_scale(cfg: ModelConfig) -> float:

@@ -338,6 +338,14 @@ def matmul(lib: Library, w: torch.Tensor, parts: torch.Tensor, out_features: int
     return y.view(*x.shape[:-1], out_features)
 
 
+def blocks_matmul(w: torch.Tensor, parts: torch.Tensor, out_features: int, x: torch.Tensor) -> torch.Tensor:
+    """matmul on this process's library, for the modules made only where it loads (the packed
+    Llama/Gemma prompts' quantized and float16 linears, quant.CompiledQLinear)."""
+    lib = library()
+    assert lib is not None, "made only where the compiled library loads"
+    return matmul(lib, w, parts, out_features, x)
+
+
 def dequantize_rows(lib: Library, type_: int, data: torch.Tensor, n: int, ids: torch.Tensor) -> torch.Tensor:
     """Rows ids (B,) of a quantized weight, `data` its uint8 bytes (rows, row bytes) in ggml type
     `type_` (plain layout, rows of n elements) -> (B, n) float32: quant.py's dequantization, the same

@@ -302,11 +302,9 @@ class CompiledQLinear(QLinear):
         self.parts = torch.tensor([[self.weight.ggml_type, self.out_features]], dtype=torch.int32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import native  # here, not at the top: the engine's import order stays free of cycles
+        from .native import blocks_matmul  # here, not at the top: the engine's import order stays free of cycles
 
-        lib = native.library()
-        assert lib is not None, "made only where the compiled library loads (compile_qlinears)"
-        y = native.matmul(lib, self.qdata, self.parts, self.out_features, x)  # (..., out) float32
+        y = blocks_matmul(self.qdata, self.parts, self.out_features, x)  # (..., out) float32
         return y if self.bias is None else y + self.bias
 
 
