@@ -68,9 +68,6 @@ class PackedGemma(PackedLlama):
     inv_freq_local: torch.Tensor  # (hd/2,) buffers, registered in _register_extras
     local_layers: torch.Tensor  # (n_layers,) int32, 1 for a local layer
 
-    def __init__(self, model: Gemma, native: bool | None = None) -> None:
-        super().__init__(model, native)
-
     @staticmethod
     def _norm_gain(weight: torch.Tensor) -> torch.Tensor:
         return 1.0 + weight.detach().float()  # as gemma.RMSNorm computes it

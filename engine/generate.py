@@ -371,12 +371,8 @@ def nonfinite_reason(model: nn.Module) -> str:
     # Quantized weights computing in float32 keep a float16 KV cache (kv_cache.kv_dtype), where a
     # key or value above 65504 becomes inf though the model's own dtype is float32. Loading the
     # weights as float32 keeps a float32 cache too.
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
-    where = (
-        "in the float16 KV cache that quantized weights use"
-        if kv_dtype(model) == torch.float16 and first is not None and first.dtype == torch.float32
-        else "(common in float16)"
-    )
+    half_cache = kv_dtype(model) == torch.float16 and next(model.parameters()).dtype == torch.float32
+    where = "in the float16 KV cache that quantized weights use" if half_cache else "(common in float16)"
     return (
         f"{weights}, so an activation overflowed {where}: load float32, --dtype float32 or dtype='float32' in Python; "
         "or a config value such as rope_theta or rope_scaling is wrong"

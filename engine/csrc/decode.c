@@ -727,7 +727,8 @@ static int step_setup(Step *s, Step *loc, const Model *m, int B, float *x, const
     s->branch = s->upb + (size_t)B * F;
     s->cs = s->branch + (size_t)B * D;
     s->sn = s->cs + (size_t)B * hd / 2;
-    s->partial = s->sn + (size_t)B * hd / 2;
+    float *local_angles = s->sn + (size_t)B * hd / 2; /* the local view's cos and sin, where there is one */
+    s->partial = s->cs + (size_t)views * B * hd;
     s->first = (int *)(s->partial + (size_t)MAX_PARTS * B * H * (hd + 2));
     s->range = s->first + B, s->nparts = s->range + B;
     row_ranges(s);
@@ -737,8 +738,8 @@ static int step_setup(Step *s, Step *loc, const Model *m, int B, float *x, const
         loc->window = m->local_window;
         loc->first = s->nparts + B, loc->range = loc->first + B, loc->nparts = loc->range + B;
         row_ranges(loc);
-        if (m->local_inv_freq) { /* its own angles after the partial softmaxes' floats */
-            loc->cs = (float *)(loc->nparts + B), loc->sn = loc->cs + (size_t)B * hd / 2;
+        if (m->local_inv_freq) { /* its own angles (Gemma 3's base) */
+            loc->cs = local_angles, loc->sn = loc->cs + (size_t)B * hd / 2;
             rope_angles(m, m->local_inv_freq, B, hd, pos, loc->cs, loc->sn);
         }
     }
