@@ -219,7 +219,7 @@ class Batcher:
             if self._closing:
                 raise QueueFull("the server is shutting down", retry_after=5)
             if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"{len(self._pending)} requests are already waiting; retry shortly")
+                raise QueueFull(f"the queue is full ({len(self._pending)} waiting for a row); retry shortly")
             self._pending.append(req)
             self._cond.notify()
         return req
