@@ -28,7 +28,6 @@ from .events import Event
 from .files import check_text
 from .generate import generate
 from .gguf_load import (  # noqa: F401 (load_note, COMPILED_STEP: the engine's public names too)
-    COMPILED_PRODUCTS,
     COMPILED_STEP,
     compiled_step_path,
     gguf_load_dtype,
@@ -43,7 +42,7 @@ from .model_list import human_bytes
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
-from .quant import CompiledQLinear, weight_summary
+from .quant import weight_summary
 from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists, token_ids
 from .resolve import resolve_model
 from .sampling import SamplingParams
@@ -349,8 +348,6 @@ class Engine:
         """How decode steps run: the compiled step, or torch (and why not compiled, when it was tried)."""
         if getattr(self.model, "native", False):
             return compiled_step_path(self.cfg)
-        if any(isinstance(m, CompiledQLinear) for m in self.model.modules()):
-            return COMPILED_PRODUCTS
         packed = any(isinstance(m, (PackedLlama, PackedLinear)) for m in self.model.modules())
         path = "torch, oneDNN-packed weights" if packed else "torch"
         why = native_reason()  # set when the step was wanted (a packed model) and did not build

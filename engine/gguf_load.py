@@ -23,9 +23,11 @@ from .native import reason as native_reason
 from .native import switched_off as native_switched_off
 from .quant import QUANTIZABLE
 
-# GGUF architectures the compiled step runs (Phi-3: fused parts split by rows; Gemma 2/3: PackedGemma):
-# their blocks stay quantized on the CPU and an F16 file's halves stay halves.
-_STEP_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+# GGUF architectures the compiled step runs (Phi-3: fused parts split by rows; Gemma 2/3: PackedGemma;
+# GPT-2: PackedGPT2): their blocks stay quantized on the CPU, and an F16 file's halves stay halves
+# but for GPT-2's (_HALF_ARCHS: its float prompts run on oneDNN, which has no float16 products).
+_STEP_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt2")
+_HALF_ARCHS = tuple(arch for arch in _STEP_ARCHS if arch != "gpt2")
 
 
 def keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:
@@ -39,9 +41,8 @@ def keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtyp
 
 
 _FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
-# Engine.decode_path's words for the compiled step, and for a quantized model without it (GPT-2) on the CPU
+# Engine.decode_path's words for the compiled step
 COMPILED_STEP = "compiled step (csrc/decode.c)"
-COMPILED_PRODUCTS = "torch, each quantized linear a compiled product (csrc/decode.c)"
 
 
 def compiled_step_path(cfg: ModelConfig) -> str:
@@ -67,7 +68,7 @@ def gguf_load_dtype(path: Path, keeps_blocks: bool, dtype: str | torch.dtype | N
         return dtype
     head = peek(path, ("general.architecture", "general.file_type"))
     f16 = quantization_name(head.get("general.file_type")) == "F16"
-    return "float16" if f16 and head.get("general.architecture") in _STEP_ARCHS else dtype
+    return "float16" if f16 and head.get("general.architecture") in _HALF_ARCHS else dtype
 
 
 def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
@@ -79,7 +80,7 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
     floats dequantizes blocks the step would keep (_float_dtype_note). A quantized file given
     --dtype q8_0 (etc.) is dequantized and quantized again: a second rounding (llama-quantize
     refuses it without --allow-requantize); said, not refused, since for a file whose blocks are
-    dequantized at load anyway (GPT-2, a GPU) it saves memory."""
+    dequantized at load anyway (a GPU, no compiled step) it saves memory."""
     dtype = dtype_name(dtype)
     if not is_gguf(path):
         return None
@@ -93,7 +94,7 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
         return None
     if dtype not in (None, "auto"):
         return _float_dtype_note(path, kind, str(dtype))
-    absent = _step_absent(path)
+    absent = _step_absent(path, kind)
     if absent is None or (kind in _FLOAT_FILES and kind != "F16"):
         return None
     why, switch = absent
@@ -109,15 +110,17 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
     )
 
 
-def _step_absent(path: Path) -> tuple[str, str] | None:
-    """(why, switch) where the compiled step does not read this GGUF file's blocks and halves on
-    the CPU, else None. For an architecture it takes, why is the decode row's reason
-    (native.reason(): switched off by TIANKONG_NATIVE=0, no C compiler, a failed build, the last
-    two with their fix), and switch the fix for the first ("unset TIANKONG_NATIVE", else ""); for
-    another, that no compiled step takes its files."""
+def _step_absent(path: Path, kind: str | None) -> tuple[str, str] | None:
+    """(why, switch) where the compiled step does not read this GGUF file's blocks or halves (kind:
+    its _file_kind) on the CPU, else None. For an architecture it takes, why is the decode row's
+    reason (native.reason(): switched off by TIANKONG_NATIVE=0, no C compiler, a failed build, the
+    last two with their fix), and switch the fix for the first ("unset TIANKONG_NATIVE", else "");
+    for another, that no compiled step takes its files (or their halves)."""
     arch = peek(path, ("general.architecture",)).get("general.architecture")
     if arch not in _STEP_ARCHS:
         return f"no compiled step for {quoted(arch, 40)} files", ""
+    if kind == "F16" and arch not in _HALF_ARCHS:
+        return f"the compiled step reads no {quoted(arch, 40)} file's halves", ""
     if native_library() is not None:
         return None
     return f"compiled step unavailable: {native_reason()}", "unset TIANKONG_NATIVE" if native_switched_off() else ""
@@ -127,12 +130,12 @@ def _float_dtype_note(path: Path, kind: str, dtype: str) -> str | None:
     """load_note for --dtype float32, bfloat16 or float16 on the CPU: said where leaving --dtype out
     would keep the file's blocks (or F16 halves) for the compiled step, or where bfloat16 would
     halve the float32 it asks for; None where the float it names is the least the file can take
-    (GPT-2's blocks in bfloat16) or costs no more than the file (an F16 file in bfloat16)."""
+    (blocks no step keeps, in bfloat16) or costs no more than the file (an F16 file in bfloat16)."""
     size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
     if size is None or (kind in _FLOAT_FILES and (kind != "F16" or size == 2)):
         return None
     what, keep = ("F16 weights", "halves") if kind == "F16" else (f"{kind} blocks", "blocks")
-    absent = _step_absent(path)
+    absent = _step_absent(path, kind)
     why, switch = absent or ("", "")
     if absent is None:
         fix = f"leave out --dtype to keep the {keep} (the compiled step reads them as they are)"

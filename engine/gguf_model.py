@@ -384,7 +384,7 @@ class GGUFModel:
         return {
             hf_name: qtype
             for t, hf_name, shape, transpose in self._entries()
-            if transpose is not None and (qtype := self.kept_type(t, shape, transpose))
+            if transpose is not None and (qtype := self.kept_type(t, shape))
         }
 
     def _entries(self) -> Iterator[tuple[gguf.ReaderTensor, str, tuple[int, ...], bool | None]]:
@@ -411,8 +411,11 @@ class GGUFModel:
         read: Callable[[], Any]
         if self.arch.norm_shift and hf_name.endswith("norm.weight"):
             read = lambda: _read(t, rows, transpose) - self.arch.norm_shift  # noqa: E731
-        elif self.kept_type(t, shape, transpose):
-            read = lambda: _read_blocks(t, rows, shape)  # noqa: E731
+        elif self.kept_type(t, shape):
+            # A Conv1D weight (GPT-2) is (in, out) in HF form; its file rows are nn.Linear's (out, in),
+            # which a QTensor keeps (the loader transposes only floats).
+            kept = (shape[1], shape[0]) if transpose else shape
+            read = lambda: _read_blocks(t, rows, kept)  # noqa: E731
         else:  # a matrix packed next can stay in the mapping (see __init__)
             read = lambda: _read(t, rows, transpose, copy=not (self.keep_quantized and len(shape) == 2))  # noqa: E731
 
@@ -423,11 +426,12 @@ class GGUFModel:
 
         return read_and_release
 
-    def kept_type(self, t: gguf.ReaderTensor, shape: tuple[int, ...], transpose: bool = False) -> str | None:
+    def kept_type(self, t: gguf.ReaderTensor, shape: tuple[int, ...]) -> str | None:
         """The quant.QTYPES name of a tensor read as a QTensor (keep_quantized: a matrix in a block
-        type the engine runs, not transposed), else None (read as floats)."""
+        type the engine runs; a transposed one, GPT-2's Conv1D, as its file rows), else None (read
+        as floats)."""
         name = t.tensor_type.name.lower()
-        keep = self.keep_quantized and len(shape) == 2 and not transpose and name in _quant_types()
+        keep = self.keep_quantized and len(shape) == 2 and name in _quant_types()
         return name if keep else None
 
     def _release(self, t: gguf.ReaderTensor) -> None:

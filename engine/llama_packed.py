@@ -124,6 +124,25 @@ def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, i
     return blocks_matmul(w, *parts, x)
 
 
+def head_bytes(out: QTensor | torch.Tensor) -> int:
+    """The bytes place_head takes from the step's buffer for the vocabulary head `out`."""
+    return out.nbytes if isinstance(out, QTensor) else 0
+
+
+def place_head(out: QTensor | torch.Tensor, own: WeightBuffer, dim: int) -> tuple[torch.Tensor, int, tuple]:
+    """A quantized model's vocabulary head as the step and tk_matmul read it: (the head, its type
+    for the step, its parts for tk_matmul). A QTensor's blocks go into the step's buffer `own`, rows
+    8 or 16 at a time (V, row bytes), and its file pages back (a tied embedding's lookups fault rows
+    back in); a float head stays a float32 (V, D) tensor of its own."""
+    if isinstance(out, QTensor):
+        head, layout = place_rows([out], own.take(out.nbytes), dim, types=REPACKED)
+        release_pages([out.data], only_file_mapped=True)
+        head = head.view(out.shape[0], -1)
+    else:
+        head, layout = out.float().contiguous(), (("float32", out.shape[0]),)
+    return head, ggml_types(layout)[0], _parts(layout)
+
+
 def query_scale(cfg: ModelConfig) -> float:
     """The attention's query scale: 1/sqrt(hd), or Gemma's query_pre_attn_scalar ** -0.5."""
     return 1.0 / math.sqrt(cfg.head_dim) if cfg.attn_scale is None else cfg.attn_scale
@@ -355,15 +374,8 @@ class PackedLlama(nn.Module):
         # The weights the step streams, in one buffer of huge pages (native_step.WeightBuffer): a
         # quantized head, then each layer's packed bytes, each copied once, from where the loader
         # left it (a GGUF file's mapping), into its place, and its rows interleaved there.
-        own = WeightBuffer(self._layers_bytes(model) + (out.nbytes if isinstance(out, QTensor) else 0), torch.uint8)
-        if isinstance(out, QTensor):  # (V, row bytes), rows 8 or 16 at a time; the embedding may share the source
-            head, layout = place_rows([out], own.take(out.nbytes), self.cfg.dim, types=REPACKED)
-            self.output = head.view(out.shape[0], -1)
-            release_pages([out.data], only_file_mapped=True)  # a tied embedding's lookups fault rows back in
-        else:  # (V, D)
-            self.output, layout = out.float().contiguous(), (("float32", out.shape[0]),)
-        self.out_type = ggml_types(layout)[0]
-        self.out_parts = _parts(layout)  # for the torch path's tk_matmul
+        own = WeightBuffer(self._layers_bytes(model) + head_bytes(out), torch.uint8)
+        self.output, self.out_type, self.out_parts = place_head(out, own, self.cfg.dim)
         # Long-rope scales the turning part of q and k (transformers: cos and sin times the factor);
         # float weights carry it in their rows (_pack_layer), quantized ones in RoPE's magnitude.
         self.rope_mag = rope_attention_factor(self.cfg)

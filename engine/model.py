@@ -17,7 +17,7 @@ from .gpt2_packed import PackedGPT2
 from .llama_packed import PackedLlama
 from .native import library as native_library
 from .packed import can_pack, pack_linears
-from .quant import QUANTIZABLE, compile_qlinears, is_quantized, quantize_model
+from .quant import QUANTIZABLE, is_quantized, quantize_model
 from .request_checks import check_flag
 from .rope import rope_buffers
 from .weight_names import NameTable
@@ -183,15 +183,16 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     """
     p = next(model.parameters())
     if is_quantized(model):
-        # QTensor weights decode through the compiled step, which reads their blocks; a model without
-        # one (GPT-2 given --dtype q8_0) runs in torch with each linear one compiled product over its
-        # blocks; without the library, and on GPUs, the plain module dequantizes each weight as it
-        # runs (quant.QLinear).
-        if p.device.type != "cpu" or native_library() is None:
+        # QTensor weights decode through the compiled step, which reads their blocks; without the
+        # library, and on GPUs, the plain module dequantizes each weight as it runs (quant.QLinear).
+        if p.device.type != "cpu" or (lib := native_library()) is None:
             return model
         if isinstance(model, llama.Llama):
             return PackedLlama(model)
-        return PackedGemma(model) if isinstance(model, gemma.Gemma) else compile_qlinears(model)
+        if isinstance(model, gemma.Gemma):
+            return PackedGemma(model)
+        assert isinstance(model, gpt2.GPT2), type(model)  # FAMILIES' third
+        return PackedGPT2(model, lib)
     if p.dtype == torch.float16 and p.device.type == "cpu" and isinstance(model, (llama.Llama, gemma.Gemma)):
         if native_library() is None:
             return model

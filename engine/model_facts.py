@@ -27,7 +27,7 @@ from torch import nn
 from . import gemma, gpt2, llama
 from .config import ModelConfig
 from .engine import Engine, tokenizer_and_template
-from .gguf_load import COMPILED_PRODUCTS, compiled_step_path, gguf_load_dtype, keeps_blocks
+from .gguf_load import compiled_step_path, gguf_load_dtype, keeps_blocks
 from .gguf_model import GGUFModel, is_gguf
 from .model import build_model, check_folder, dtype_name, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
@@ -111,7 +111,9 @@ class _MetaReads(NameTable):
         for file, name, shape, _ in super().split(tensors, file_name):
             qtype = self.blocks.get(self.fused_name(name))  # a fused tensor's parts (Phi-3) keep its type
             if qtype is not None and len(shape) == 2:
-                yield file, name, shape, lambda q=qtype, s=shape: meta_qtensor(q, (s[0], s[1]))
+                hit = self.target(name)  # a Conv1D weight (GPT-2): its QTensor is (out, in), as its file rows
+                rows, cols = (shape[1], shape[0]) if hit is not None and hit[1] else (shape[0], shape[1])
+                yield file, name, shape, lambda q=qtype, s=(rows, cols): meta_qtensor(q, s)
             else:
                 yield file, name, shape, lambda s=shape: torch.empty(s, device=META)
 
@@ -119,11 +121,9 @@ class _MetaReads(NameTable):
 def _decode_path(model: nn.Module, cfg: ModelConfig, dev: torch.device) -> str:
     """Engine.decode_path of prepare_for_inference(model) on `dev`, from the tests it makes, in its
     order (so the compiled step is built, or found missing, exactly where the load would)."""
-    # PackedLlama, PackedGemma where the step builds, compiled products (GPT-2); else the plain module
+    # PackedLlama, PackedGemma, PackedGPT2 where the step builds; else the plain module
     if is_quantized(model):
-        if dev.type != "cpu" or native_library() is None:
-            return "torch"
-        return compiled_step_path(cfg) if isinstance(model, (llama.Llama, gemma.Gemma)) else COMPILED_PRODUCTS
+        return compiled_step_path(cfg) if dev.type == "cpu" and native_library() is not None else "torch"
     dtype = next(model.parameters()).dtype
     if dtype == torch.float16 and dev.type == "cpu" and isinstance(model, (llama.Llama, gemma.Gemma)):
         return compiled_step_path(cfg) if native_library() is not None else "torch"  # the step, or torch

@@ -65,8 +65,21 @@ FLOAT_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 30}
 
 
 # The blocks' optional per-layer float32 vectors: biases, per-head norm gains, unfolded norm gains
-# (quantized weights), the norms' gains on the branch outputs (Gemma).
-_VECTORS = ("bqkv", "bo", "b13", "b2", "q_norm", "k_norm", "attn_norm", "ffn_norm", "post_attn_norm", "post_ffn_norm")
+# and LayerNorm shifts (quantized weights), the norms' gains on the branch outputs (Gemma).
+_VECTORS = (
+    "bqkv",
+    "bo",
+    "b13",
+    "b2",
+    "q_norm",
+    "k_norm",
+    "attn_norm",
+    "ffn_norm",
+    "attn_norm_bias",
+    "ffn_norm_bias",
+    "post_attn_norm",
+    "post_ffn_norm",
+)
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -100,9 +113,11 @@ class NativeStep:
     Gemma's (PackedGemma) adds `geglu`, `local_layers` (n_layers,) int32 flags with `inv_freq_local`, and
     blocks with `post_attn_norm`, `post_ffn_norm` gains; cfg gives the local window and the soft-cap.
 
-    A quantized model (PackedLlama of QTensor weights) has `wtypes` (n_layers, 7) int32 (the ggml
-    types of wq, wk, wv, wo, gate, up, down), `out_type`, `q_scale`, and blocks whose weights are
-    uint8 tensors of rows of those types back to back, with norm gains `attn_norm`, `ffn_norm`.
+    A quantized model (PackedLlama, PackedGemma or PackedGPT2 of QTensor weights) has `wtypes`
+    (n_layers, 7) int32 (the ggml types of wq, wk, wv, wo, gate, up, down), `out_type`, `q_scale`
+    (GPT-2: `layer_q_scale` (n_layers,), its scale by layer), and blocks whose weights are uint8
+    tensors of rows of those types back to back, with norm gains `attn_norm`, `ffn_norm` (GPT-2's
+    LayerNorms also their shifts `attn_norm_bias`, `ffn_norm_bias`).
 
     `dtype` is the KV cache's the engine makes for the model (kv_cache.kv_dtype): float16 for
     quantized weights, else the weights' own float32, bfloat16 or float16. A call reads any of the three
@@ -125,9 +140,10 @@ class NativeStep:
             assert wtypes.shape == (cfg.n_layers, 7), wtypes.shape
             self.keep.append(wtypes)
         float_type = FLOAT_TYPES[float_dtype]
-        names = ("norm", "norm_bias", "inv_freq", "local_inv_freq")
+        names = ("norm", "norm_bias", "inv_freq", "local_inv_freq", "layer_q_scale")
         vectors = [
-            _f32(getattr(model, name, None)) for name in ("norm_weight", "norm_bias", "inv_freq", "inv_freq_local")
+            _f32(getattr(model, name, None))
+            for name in ("norm_weight", "norm_bias", "inv_freq", "inv_freq_local", "layer_q_scale")
         ]
         self.keep += [arrays, vectors]
         values = dict(

@@ -290,33 +290,6 @@ class QLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype}"
 
 
-class CompiledQLinear(QLinear):
-    """A QLinear whose product is the compiled tk_matmul over its blocks as they lie (csrc/decode.c,
-    inputs rounded to 8 bits as the decode step rounds them: llama.cpp's scheme), for inference on
-    the CPU where a model has no packed form for them (GPT-2 given --dtype q8_0): no float copy of
-    the weight, where QLinear widens all of it on every call. The same bytes (qdata is shared)."""
-
-    def __init__(self, linear: QLinear) -> None:
-        super().__init__(linear.weight, linear.bias)
-        # tk_matmul's parts: (1, 2) int32, the one part's (ggml type, rows)
-        self.parts = torch.tensor([[self.weight.ggml_type, self.out_features]], dtype=torch.int32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .native import blocks_matmul  # here, not at the top: the engine's import order stays free of cycles
-
-        y = blocks_matmul(self.qdata, self.parts, self.out_features, x)  # (..., out) float32
-        return y if self.bias is None else y + self.bias
-
-
-def compile_qlinears(model: nn.Module) -> nn.Module:
-    """Every QLinear of `model` (on the CPU) as a CompiledQLinear, in place; returns the model."""
-    for part in list(model.modules()):
-        for name, child in list(part.named_children()):
-            if type(child) is QLinear:
-                setattr(part, name, CompiledQLinear(child))
-    return model
-
-
 class QEmbedding(nn.Module):
     """An embedding table held as a QTensor: a lookup dequantizes only the rows it reads."""
 
@@ -524,8 +497,6 @@ __all__ = [
     "QTYPES",
     "QTensor",
     "QUANTIZABLE",
-    "CompiledQLinear",
-    "compile_qlinears",
     "Layout",
     "cat_rows",
     "ggml_types",

@@ -671,6 +671,57 @@ def test_a_quantized_gemma_keeps_its_blocks_for_the_compiled_step(files, arch, q
     assert len(greedy(eng, "Once upon a time", 6)[0]) == 6
 
 
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_a_quantized_gpt2_keeps_its_blocks_for_the_compiled_step(files, hf, qtype):
+    """A quantized GPT-2 file's blocks stay as they are (its Conv1D matrices are the file's (out, in)
+    rows, which the step reads), where they were once dequantized to float32 at load: nothing is
+    folded (the LayerNorms' gains and shifts and the query scale are applied as vectors), prompts run
+    each linear as one compiled product, decode steps through the compiled step (PackedGPT2). Its
+    logits, prompt and decode steps, equal the plain module's whose quantized layers dequantize and
+    see their inputs rounded as the compiled products round them, within the Gemma test's bounds
+    (same reasons, float32 caches). Each step starts from the step's own cache, copied into the
+    reference's (GPT-2's keys are in the same order in both): an 8-bit rounding tie that the two
+    round apart moves the key and value of one slot (measured here: q8_0, position 8, 1e-2 of
+    the logits' scale), and would move every later step of a shared history. `--dtype q8_0` on the
+    folder takes the same path (it was torch with one compiled product per linear)."""
+    from test_quant import rounding_reference
+
+    from tiankong.engine import native
+    from tiankong.engine.engine import COMPILED_STEP
+    from tiankong.engine.gguf_model import GGUFModel
+    from tiankong.engine.gpt2_packed import PackedGPT2
+    from tiankong.engine.kv_cache import KVCache, kv_dtype
+    from tiankong.engine.model import prepare_for_inference
+
+    path = files("gpt2", qtype)[0]
+    eng = Engine.load(path, device="cpu")
+    if native.library() is None:  # no compiled step: dequantized once at load
+        assert qtype not in eng.weights["types"]
+        return
+    assert isinstance(eng.model, PackedGPT2) and eng.decode_path == COMPILED_STEP
+    assert eng.weights["types"][qtype] == 9  # token embedding (tied head) and 4 matrices a layer
+    plain, cfg = load_model(GGUFModel(path, keep_quantized=True), "cpu", "auto")
+    ref, model = rounding_reference(plain), prepare_for_inference(plain)
+    assert model.native and model.quantized and kv_dtype(model) == torch.float16
+    tokens, positions = torch.tensor([IDS]), torch.arange(len(IDS))[None]
+
+    caches = [KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(IDS), cfg.head_dim, torch.float32, "cpu") for _ in "mr"]
+    with torch.no_grad():  # (1, 16, V) each: a prompt of 8, then one position at a time
+        got, want = [model(tokens[:, :8], positions[:, :8], cache=caches[0], start=0)], []
+        want.append(ref(tokens[:, :8], positions[:, :8], cache=caches[1], start=0))
+        for t in range(8, 16):
+            caches[1].kv.copy_(caches[0].kv)
+            got.append(model(tokens[:, t : t + 1], positions[:, t : t + 1], cache=caches[0], start=t))
+            want.append(ref(tokens[:, t : t + 1], positions[:, t : t + 1], cache=caches[1], start=t))
+    got, want = torch.cat(got, 1)[0], torch.cat(want, 1)[0]  # (16, V)
+    errors = ((got - want).abs().amax(-1) / want.abs().amax(-1)).tolist()
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert max(errors) < 2e-2 and sum(e < 1e-4 for e in errors) >= 0.75 * len(errors), errors
+    assert len(greedy(eng, "Once upon a time", 6)[0]) == 6
+    folder_eng = Engine.load(hf["gpt2"], device="cpu", dtype=qtype)  # its position embedding quantized too
+    assert isinstance(folder_eng.model, PackedGPT2) and folder_eng.decode_path == COMPILED_STEP
+
+
 def test_a_quantized_phi3_keeps_its_blocks_and_long_rope_scales_what_turns(files):
     """A Q8_0 Phi-3 keeps its blocks (the fused q/k/v and gate/up split by rows) for the compiled
     step. Long-rope's attention factor (sqrt 2 here) scales the turning 3/4 of each head's q and k,

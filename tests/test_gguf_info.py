@@ -181,25 +181,25 @@ def test_a_widened_f16_file_and_a_quantized_one_quantized_again_are_said(gguf_fi
     assert code == 0 and lines[0].startswith("loading ") and again in " ".join(err.split()), err
 
 
-def test_a_quantized_file_dequantized_to_float32_is_said(gguf_file, monkeypatch, capsys):
-    """A quantized file whose blocks nothing compiled reads (GPT-2's, whose matrices GGUF stores
-    transposed) is dequantized to float32 at load, several times the file: said as the widened F16
-    note is, with the way to half of it. Gemma's stayed float32 in silence (a Gemma 3 4B Q4_K_M of
-    2.5 GB took ~16 GB); its blocks are kept now (the compiled step), as the other step families' are:
-    nothing to say."""
-    from tiankong.engine import native
+def test_a_quantized_file_keeps_its_blocks_in_silence(gguf_file, monkeypatch, capsys):
+    """Every architecture's quantized blocks are kept for the compiled step: nothing to say. Gemma's
+    stayed float32 in silence once (a Gemma 3 4B Q4_K_M of 2.5 GB took ~16 GB) and GPT-2's were
+    dequantized to float32 with a note (several times the file); PackedGPT2 reads them now. Its F16
+    halves are still widened (test_a_widened_f16_file_...), with that reason."""
     from tiankong.engine.engine import load_note
 
+    if native.library() is None:  # dequantized at load: test_the_dequantize_note_gives_the_decode_rows_reason
+        return
+    for arch, qtype in (("llama", "q8_0"), ("phi3", "q8_0"), ("gemma3", "q4_0"), ("gpt2", "q8_0")):
+        path = gguf_file(arch, qtype)
+        assert load_note(path, "cpu", "auto") is None, arch
+        assert loaded_facts(path)["dtype"] == f"float32 (quantized weights: {qtype})", arch
     gpt2 = gguf_file("gpt2", "q8_0")
-    note = load_note(gpt2, "cpu", "auto")
-    assert note is not None and "Q8_0 blocks are dequantized to float32" in note and "--dtype bfloat16" in note
-    assert loaded_facts(gpt2)["dtype"] == "float32" and loaded_facts(gpt2, "bfloat16")["dtype"] == "bfloat16"
-    assert load_note(gpt2, "cpu", "bfloat16") is None
-    if native.library() is not None:  # kept in blocks: nothing to say
-        for arch, qtype in (("llama", "q8_0"), ("phi3", "q8_0"), ("gemma3", "q4_0")):
-            assert load_note(gguf_file(arch, qtype), "cpu", "auto") is None, arch
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", gpt2, "-p", "hi", "-n", "1")
-    assert code == 0 and note in " ".join(err.split()), err
+    assert code == 0 and "note:" not in err, err
+    assert "(the compiled step reads no gpt2 file's halves)" in (
+        load_note(gguf_file("gpt2", "f16"), "cpu", "auto") or ""
+    )
 
 
 def file_figure(path: Path, size: int) -> str:
@@ -217,13 +217,13 @@ def test_the_dequantize_note_gives_the_decode_rows_reason(gguf_file, monkeypatch
     """QA: under TIANKONG_NATIVE=0 a q8_0/Q4_K_M file's note said "no compiled step for this file"
     while info's decode row said "switched off by TIANKONG_NATIVE=0". The note gives the decode
     row's reason (no C compiler, ...), the figure, and for the switch its fix; F16 files too.
-    GPT-2, which has no compiled step, is told apart."""
+    GPT-2's blocks too, since PackedGPT2 keeps them."""
     from tiankong.engine.engine import load_note
 
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_reason", reason)
     monkeypatch.setenv("TIANKONG_NATIVE", "0" if switched_off else "1")
-    for arch, qtype in (("llama", "q8_0"), ("gemma3", "q4_0"), ("llama", "f16")):
+    for arch, qtype in (("llama", "q8_0"), ("gemma3", "q4_0"), ("llama", "f16"), ("gpt2", "q8_0")):
         path = gguf_file(arch, qtype)
         decode = model_facts(path, device="cpu")["decode"]
         assert decode.endswith(f"; compiled step unavailable: {reason}"), decode
@@ -232,8 +232,6 @@ def test_the_dequantize_note_gives_the_decode_rows_reason(gguf_file, monkeypatch
         assert "no compiled step for" not in note and ("unset TIANKONG_NATIVE to keep the" in note) == switched_off
         if qtype != "f16":
             assert f"{file_figure(path, 4)}; " in note and note.endswith("--dtype bfloat16 holds them in half that")
-    gpt2 = load_note(gguf_file("gpt2", "q8_0"), "cpu", "auto")
-    assert gpt2 is not None and "(no compiled step for gpt2 files)" in gpt2 and "TIANKONG_NATIVE" not in gpt2
     path = gguf_file("gemma3", "q4_0")
     code, _, err = cli(monkeypatch, capsys, "info", "-m", path, "--format", "json")
     assert code == 0 and load_note(path, "cpu", "auto") in " ".join(err.split()), err
@@ -242,8 +240,8 @@ def test_the_dequantize_note_gives_the_decode_rows_reason(gguf_file, monkeypatch
 def test_a_dtype_of_floats_on_a_quantized_file_is_said(gguf_file, monkeypatch, capsys):
     """QA: --dtype float32 (or bfloat16) on a Gemma 3 Q4_K_M file dequantized its blocks (4.3x the
     file) in silence, where README says generate, serve and info say it in a line. Said with the
-    figure and the fix: leave out --dtype to keep the blocks (halves, for an F16 file); GPT-2, whose
-    blocks no step keeps, to use bfloat16; under TIANKONG_NATIVE=0, unset it too."""
+    figure and the fix: leave out --dtype to keep the blocks (halves, for an F16 file; GPT-2's, which
+    the step does not read, bfloat16); under TIANKONG_NATIVE=0, unset it too."""
     from tiankong.engine.engine import load_note
 
     if native.library() is not None:
@@ -259,10 +257,13 @@ def test_a_dtype_of_floats_on_a_quantized_file_is_said(gguf_file, monkeypatch, c
         path = gguf_file("gemma3", "q4_0")
         code, _, err = cli(monkeypatch, capsys, "generate", "-m", path, "--dtype", "float32", "-p", "hi", "-n", "1")
         assert code == 0 and load_note(path, "cpu", "float32") in " ".join(err.split()), err
-    gpt2 = load_note(gguf_file("gpt2", "q8_0"), "cpu", "float32")
-    assert (
-        gpt2 is not None and "keep the blocks" not in gpt2 and gpt2.endswith("--dtype bfloat16 holds them in half that")
-    )
+        gpt2 = load_note(gguf_file("gpt2", "f16"), "cpu", "float32")
+        assert (
+            gpt2 is not None
+            and "keep the halves" not in gpt2
+            and gpt2.endswith("--dtype bfloat16 holds them in half that")
+        )
+        assert "leave out --dtype to keep the blocks" in (load_note(gguf_file("gpt2", "q8_0"), "cpu", "float32") or "")
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_reason", "switched off by TIANKONG_NATIVE=0")
     monkeypatch.setenv("TIANKONG_NATIVE", "0")

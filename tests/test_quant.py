@@ -326,6 +326,8 @@ def check_steps(plain: torch.nn.Module, cfg, steps: int = 8, kv: torch.dtype = t
     caches = [KVCache(cfg.n_layers, B, cfg.n_kv_heads, P + steps, cfg.head_dim, kv, "cpu") for _ in "ab"]
     H, hd = cfg.n_kv_heads, cfg.head_dim
     pairs = torch.arange(hd).view(2, hd // 2).t().reshape(-1)  # the step's key element i is the reference's pairs[i]
+    if cfg.family == "gpt2":  # no RoPE: its keys in the same order in both
+        pairs = torch.arange(hd)
     errors = []  # (step, row) -> max |logit difference| / max |logit|
     with torch.inference_mode():
         positions = (torch.arange(P)[None] - pad[:, None]).clamp(min=0)
@@ -345,6 +347,23 @@ def check_steps(plain: torch.nn.Module, cfg, steps: int = 8, kv: torch.dtype = t
             )
     assert max(errors) < 2e-2, errors
     assert sum(e < 1e-4 for e in errors) >= 0.75 * len(errors), errors
+
+
+@pytest.mark.parametrize("kv", [torch.float16, torch.float32])
+@pytest.mark.parametrize("by_layer", [False, True])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_quantized_gpt2_decode_steps_equal_the_torch_path(tmp_path, qtype, by_layer, kv):
+    """GPT-2 with quantized weights through the compiled step (PackedGPT2, nothing folded: LayerNorm
+    gains and shifts as vectors, the query scale applied to the query heads), against the plain
+    module on the same blocks; by_layer: scale_attn_by_inverse_layer_idx, a query scale per layer."""
+    need_native()
+    plain, cfg = load_model(make_model(tmp_path / "m", "gpt2", scale_attn_by_inverse_layer_idx=by_layer), "cpu", qtype)
+    assert isinstance(plain.layers[0].attn.qkv, QLinear) and cfg.attn_scale_by_layer == by_layer
+    with torch.no_grad():  # shifts that matter: the checkpoint's are zeros
+        for name, p in plain.named_parameters():
+            if name.endswith(("ln1.bias", "ln2.bias")):
+                p.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(6))
+    check_steps(plain, cfg, kv=kv)
 
 
 @pytest.mark.parametrize("kv", [torch.float16, torch.float32])

@@ -20,7 +20,7 @@
  *   wo (D, H hd), w13 (2F, D) (gate rows then up rows, norm gain folded), w2 (D, F)
  *   out (V, D) the vocabulary head; norm (D,) the final norm gain, applied here.
  * GPT-2 (gpt2_packed.py, m->gpt2): LayerNorm instead of RMSNorm (gain and shift folded into the next
- * matmul's columns and bias), no RoPE (the caller adds the position embedding to x), w13 holds
+ * matmul's columns and bias, or given where the weights are quantized), no RoPE (the caller adds the position embedding to x), w13 holds
  * the fc rows only (F, D) and the MLP is GELU(fc h + b13); wo, w13 and w2 have biases.
  * Gemma (gemma_packed.py): the Llama layout with (1 + w) norm gains and query_pre_attn_scalar^-0.5
  * folded as above, plus: post_attn_norm, post_ffn_norm (D,) gains of the RMSNorms on the attention
@@ -36,9 +36,10 @@
  * H_kv hd v rows; w13: F gate rows, F up rows), float parts as float32; q8_0, q4_0, q5_0, q4_k and
  * q6_k parts have their rows interleaved eight or sixteen at a time (type + T_X8 / T_X16: repack.h,
  * repack16.h), which is why the threads share a product's rows in groups of 16 (share_rows).
- * Nothing is folded: the norm gains come as attn_norm, ffn_norm (D,), the query scale as q_scale and
- * long-rope's attention factor as rope_mag (RoPE's magnitude); the q/k rows are still in RoPE-pair
- * order. The KV cache is then float16 (kv_type 2, as llama.cpp's default): the cache is
+ * Nothing is folded: the norm gains come as attn_norm, ffn_norm (D,) (GPT-2's LayerNorm shifts as
+ * attn_norm_bias, ffn_norm_bias), the query scale as q_scale (GPT-2's, which may differ by layer:
+ * layer_q_scale) and long-rope's attention factor as rope_mag (RoPE's magnitude); the q/k rows are
+ * still in RoPE-pair order. The KV cache is then float16 (kv_type 2, as llama.cpp's default): the cache is
  * most of what attention reads, and at four rows or a long context it is a fifth to a half of all
  * a step streams (135M, f32: 46 KB per token and row against 90 MB of q8_0 weights).
  *
@@ -353,7 +354,9 @@ enum { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2 };
     X(FLOAT, attn_softcap) /* attention scores s -> c tanh(s / c) before the softmax (Gemma 2), 0 for none */ \
     X(IPTR, local)    /* (n_layers,) 1 for a local layer: local_window, local_inv_freq (Gemma), or NULL */ \
     X(INT, local_window) /* the local layers' sliding window, 0 for none */                         \
-    X(FPTR, local_inv_freq) /* the local layers' RoPE frequencies, or NULL: inv_freq */
+    X(FPTR, local_inv_freq) /* the local layers' RoPE frequencies, or NULL: inv_freq */             \
+    X(FPTRS, attn_norm_bias) X(FPTRS, ffn_norm_bias) /* per layer (D,) LayerNorm shifts not folded (GPT-2), or NULL */\
+    X(FPTR, layer_q_scale) /* (n_layers,) each layer's query scale where not folded (GPT-2), or NULL: q_scale */
 
 #define KIND_INT int
 #define KIND_FLOAT float
@@ -620,9 +623,10 @@ static void rope_and_cache(const Step *s, int l, int t, int nt) {
         const float *const *gains = hh < s->H ? s->m->q_norm : s->m->k_norm;
         if (gains)
             norm(head, gains[l], NULL, head, 1, hd, s->m->eps, 0); /* in place */
-        if (hh < s->H && s->m->q_scale != 1.f)
+        const float q_scale = s->m->layer_q_scale ? s->m->layer_q_scale[l] : s->m->q_scale;
+        if (hh < s->H && q_scale != 1.f)
             for (int i = 0; i < hd; i++)
-                head[i] *= s->m->q_scale;
+                head[i] *= q_scale;
         if (!s->m->gpt2)
             rope(head, 1, hd, s->cs + b * hd / 2, s->sn + b * hd / 2);
         if (hh >= s->H) {
@@ -801,7 +805,8 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                 const float *post_ffn = m->post_ffn_norm ? m->post_ffn_norm[l] : NULL;
                 /* Each stage reads what the one before wrote for other threads: a barrier between.
                  * Norm gains (and GPT-2's biases) are folded into wqkv and w13 unless given. */
-                norm(x, m->attn_norm ? m->attn_norm[l] : NULL, NULL, h, B, D, m->eps, m->gpt2);
+                norm(x, m->attn_norm ? m->attn_norm[l] : NULL, m->attn_norm_bias ? m->attn_norm_bias[l] : NULL, h, B, D, m->eps,
+                     m->gpt2);
                 a.kind = 0; /* a new input: quantize it again */
                 qkv_in(sl, l, h, &a, t, nt);
 #pragma omp barrier
@@ -819,7 +824,8 @@ int tk_decode_step(const Model *m, int B, float *x, const int64_t *pos, void *kv
                     add_normed(sl, post_attn, h, t, nt);
 #pragma omp barrier
                 }
-                norm(x, m->ffn_norm ? m->ffn_norm[l] : NULL, NULL, h, B, D, m->eps, m->gpt2);
+                norm(x, m->ffn_norm ? m->ffn_norm[l] : NULL, m->ffn_norm_bias ? m->ffn_norm_bias[l] : NULL, h, B, D, m->eps,
+                     m->gpt2);
                 a.kind = 0;
                 feed_forward_in(sl, l, h, &a, t, nt);
 #pragma omp barrier
