@@ -24,10 +24,8 @@ from .native import switched_off as native_switched_off
 from .quant import QUANTIZABLE
 
 # GGUF architectures the compiled step runs (Phi-3: fused parts split by rows; Gemma 2/3: PackedGemma;
-# GPT-2: PackedGPT2): their blocks stay quantized on the CPU, and an F16 file's halves stay halves
-# but for GPT-2's (_HALF_ARCHS: its float prompts run on oneDNN, which has no float16 products).
+# GPT-2: PackedGPT2): their blocks stay quantized on the CPU and an F16 file's halves stay halves.
 _STEP_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt2")
-_HALF_ARCHS = tuple(arch for arch in _STEP_ARCHS if arch != "gpt2")
 
 
 def keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtype | None, pack: bool) -> bool:
@@ -68,7 +66,7 @@ def gguf_load_dtype(path: Path, keeps_blocks: bool, dtype: str | torch.dtype | N
         return dtype
     head = peek(path, ("general.architecture", "general.file_type"))
     f16 = quantization_name(head.get("general.file_type")) == "F16"
-    return "float16" if f16 and head.get("general.architecture") in _HALF_ARCHS else dtype
+    return "float16" if f16 and head.get("general.architecture") in _STEP_ARCHS else dtype
 
 
 def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype | None) -> str | None:
@@ -94,7 +92,7 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
         return None
     if dtype not in (None, "auto"):
         return _float_dtype_note(path, kind, str(dtype))
-    absent = _step_absent(path, kind)
+    absent = _step_absent(path)
     if absent is None or (kind in _FLOAT_FILES and kind != "F16"):
         return None
     why, switch = absent
@@ -110,17 +108,15 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
     )
 
 
-def _step_absent(path: Path, kind: str | None) -> tuple[str, str] | None:
-    """(why, switch) where the compiled step does not read this GGUF file's blocks or halves (kind:
-    its _file_kind) on the CPU, else None. For an architecture it takes, why is the decode row's
-    reason (native.reason(): switched off by TIANKONG_NATIVE=0, no C compiler, a failed build, the
-    last two with their fix), and switch the fix for the first ("unset TIANKONG_NATIVE", else "");
-    for another, that no compiled step takes its files (or their halves)."""
+def _step_absent(path: Path) -> tuple[str, str] | None:
+    """(why, switch) where the compiled step does not read this GGUF file's blocks and halves on
+    the CPU, else None. For an architecture it takes, why is the decode row's reason
+    (native.reason(): switched off by TIANKONG_NATIVE=0, no C compiler, a failed build, the last
+    two with their fix), and switch the fix for the first ("unset TIANKONG_NATIVE", else ""); for
+    another, that no compiled step takes its files."""
     arch = peek(path, ("general.architecture",)).get("general.architecture")
     if arch not in _STEP_ARCHS:
         return f"no compiled step for {quoted(arch, 40)} files", ""
-    if kind == "F16" and arch not in _HALF_ARCHS:
-        return f"the compiled step reads no {quoted(arch, 40)} file's halves", ""
     if native_library() is not None:
         return None
     return f"compiled step unavailable: {native_reason()}", "unset TIANKONG_NATIVE" if native_switched_off() else ""
@@ -135,7 +131,7 @@ def _float_dtype_note(path: Path, kind: str, dtype: str) -> str | None:
     if size is None or (kind in _FLOAT_FILES and (kind != "F16" or size == 2)):
         return None
     what, keep = ("F16 weights", "halves") if kind == "F16" else (f"{kind} blocks", "blocks")
-    absent = _step_absent(path, kind)
+    absent = _step_absent(path)
     why, switch = absent or ("", "")
     if absent is None:
         fix = f"leave out --dtype to keep the {keep} (the compiled step reads them as they are)"

@@ -20,7 +20,8 @@ to the query heads, and q, k and v are three parts of wqkv's rows, each laid out
 (tk_matmul), and the KV cache is float16 (kv_cache.kv_dtype).
 
 One-token decode steps are one call into csrc/decode.c; prefill runs here in torch (oneDNN on the
-plain weights). Same forward signature as GPT2; forward only, under inference mode.
+plain weights; float16 ones, an F16 file's, through tk_matmul, as llama_packed.py's). Same forward
+signature as GPT2; forward only, under inference mode.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 from .config import ModelConfig
 from .gpt2 import GPT2, Block
 from .kv_cache import KVCache, Runs, attend_runs, sdpa, visible_runs
-from .llama_packed import _parts, _quantized_mm, head_bytes, place_head
+from .llama_packed import _half_mm, _parts, _quantized_mm, head_bytes, place_head
 from .native_step import NativeStep, WeightBuffer
 from .packed import release_pages, trim_heap
 from .quant import QTensor, ggml_types, is_quantized, packed_bytes, weight_of
@@ -78,9 +79,11 @@ class PackedGPT2Block(nn.Module):
     def _mm(self, x: torch.Tensor, name: str, b: torch.Tensor | None) -> torch.Tensor:
         """x W^T + b for the block's weight `name` (quantized rows: the compiled product over all of
         x's rows at once, reading the blocks as they are)."""
-        if self.layouts is None:
-            return _linear(x, getattr(self, name), b, "none", [], "")
-        y = _quantized_mm(x, getattr(self, name), self.parts[name])
+        w = getattr(self, name)
+        if self.layouts is None and w.dtype != torch.float16:
+            return _linear(x, w, b, "none", [], "")
+        # oneDNN has no float16 product on most CPUs: the halves through tk_matmul, as the step reads them
+        y = _quantized_mm(x, w, self.parts[name]) if self.layouts is not None else _half_mm(x, w)
         return y if b is None else y.add_(b)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -126,6 +129,8 @@ class PackedGPT2(nn.Module):
             self._init_quantized(model, lib)
             return
         self.register_buffer("norm_weight", model.norm.weight.detach(), persistent=False)
+        if self.norm_weight.dtype == torch.float16:  # float16 weights compute in float32, as the step does
+            self.norm_weight, self.norm_bias = self.norm_weight.float(), self.norm_bias.float()
         dt = model.tok_emb.weight.dtype
         D, F_ = cfg.dim, cfg.ffn_dim
         own = WeightBuffer(cfg.vocab_size * D + cfg.n_layers * (4 * D * D + 2 * F_ * D), dt)
@@ -202,6 +207,7 @@ class PackedGPT2(nn.Module):
         assert isinstance(block, Block)  # GPT2.layers holds gpt2.Block (typed as nn.Module by ModuleList)
         a, m = block.attn, block.mlp
         dt, D = a.qkv.weight.dtype, cfg.dim
+        bias_dt = torch.float32 if dt == torch.float16 else dt  # folded biases: float32 beside float16 weights
 
         def fold(linear: nn.Linear, ln: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
             # In float32: W' = W diag g, b' = b + W beta.
@@ -214,17 +220,23 @@ class PackedGPT2(nn.Module):
         w13, b13 = fold(m.fc, block.ln2)  # (F, D), (F,)
         weights = dict(
             wqkv=own(wqkv.to(dt)),
-            bqkv=bqkv.to(dt),
+            bqkv=bqkv.to(bias_dt),
             wo=own(a.proj.weight.detach()),
-            bo=a.proj.bias.detach().clone(),
+            bo=a.proj.bias.detach().to(bias_dt, copy=True),
             w13=own(w13.to(dt)),
-            b13=b13.to(dt),
+            b13=b13.to(bias_dt),
             w2=own(m.proj.weight.detach()),
-            b2=m.proj.bias.detach().clone(),
+            b2=m.proj.bias.detach().to(bias_dt, copy=True),
         )
         release_pages([p for p in block.parameters() if p.dim() == 2])
         trim_heap()
         return PackedGPT2Block(cfg, weights)
+
+    def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The token's and the position's embeddings summed; float16 ones (an F16 file's) in float32,
+        as the step and the products compute."""
+        x, p = self.tok_emb(tokens), self.pos_emb(positions)
+        return x.float() + p.float() if x.dtype == torch.float16 else x + p
 
     def forward(
         self,
@@ -238,9 +250,8 @@ class PackedGPT2(nn.Module):
     ) -> torch.Tensor:
         """Same contract as GPT2.forward: tokens, positions (B, T) -> logits (B, T or 1, V)."""
         if tokens.shape[1] == 1 and cache is not None and not hidden:
-            x = self.tok_emb(tokens.reshape(-1)) + self.pos_emb(positions.reshape(-1))  # (B, D)
-            return self._native(x, positions, mask, cache, start)
-        x = self.tok_emb(tokens) + self.pos_emb(positions)  # (B, T, D)
+            return self._native(self._embed(tokens.reshape(-1), positions.reshape(-1)), positions, mask, cache, start)
+        x = self._embed(tokens, positions)  # (B, T, D)
         runs = visible_runs(mask, tokens)  # (none from generate: a step with a cache runs above)
         for i, layer in enumerate(self.layers):
             x = layer(x, runs, None if cache is None else cache.kv[i], start)
@@ -251,6 +262,8 @@ class PackedGPT2(nn.Module):
             return x
         if self.quantized:
             return _quantized_mm(x, self.output, self.out_parts)
+        if self.output.dtype == torch.float16 and not last_only:
+            return _half_mm(x, self.output)
         if last_only:  # a prompt's last tokens: the step's product, a row's bits at any batch size
             return self._native.head(x.view(x.shape[0], -1)).unsqueeze(1)  # (B, 1, V)
         return _linear(x, self.output, None, "none", [], "")

@@ -193,9 +193,11 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
             return PackedGemma(model)
         assert isinstance(model, gpt2.GPT2), type(model)  # FAMILIES' third
         return PackedGPT2(model, lib)
-    if p.dtype == torch.float16 and p.device.type == "cpu" and isinstance(model, (llama.Llama, gemma.Gemma)):
-        if native_library() is None:
+    if p.dtype == torch.float16 and p.device.type == "cpu":
+        if (lib := native_library()) is None:
             return model
+        if isinstance(model, gpt2.GPT2):
+            return PackedGPT2(model, lib)
         return PackedLlama(model) if isinstance(model, llama.Llama) else PackedGemma(model)
     if not can_pack(p.device, p.dtype):
         return model

@@ -125,7 +125,7 @@ def _decode_path(model: nn.Module, cfg: ModelConfig, dev: torch.device) -> str:
     if is_quantized(model):
         return compiled_step_path(cfg) if dev.type == "cpu" and native_library() is not None else "torch"
     dtype = next(model.parameters()).dtype
-    if dtype == torch.float16 and dev.type == "cpu" and isinstance(model, (llama.Llama, gemma.Gemma)):
+    if dtype == torch.float16 and dev.type == "cpu":
         return compiled_step_path(cfg) if native_library() is not None else "torch"  # the step, or torch
     if not can_pack(dev, dtype):
         return "torch"

@@ -49,11 +49,12 @@ def step_against_torch(eng: Engine, kv: torch.dtype) -> None:
 
 @pytest.mark.parametrize(
     "arch, overrides",
-    [("llama", dict(tie_word_embeddings=True)), ("qwen2", {}), ("qwen3", {}), ("gemma2", {}), ("gemma3", {})],
+    [("llama", dict(tie_word_embeddings=True)), ("qwen2", {}), ("qwen3", {}), ("gemma2", {}), ("gemma3", {})]
+    + [("gpt2", {})],
 )
 def test_an_f16_file_decodes_its_halves_in_the_compiled_step(tmp_path, arch, overrides):
     """QA: an F16 GGUF on the CPU was widened to float32 (twice the file in memory and read per token).
-    Gemma (PackedGemma) too: its window of 6 is shorter than the sequence."""
+    Gemma (PackedGemma) too: its window of 6 is shorter than the sequence; GPT-2 (PackedGPT2) too."""
     path = f16_file(tmp_path, arch, **overrides)
     eng = Engine.load(path, device="cpu")
     assert eng.dtype == torch.float16 and eng.decode_path.startswith("compiled step"), (eng.dtype, eng.decode_path)
@@ -70,6 +71,29 @@ def test_an_f16_file_decodes_its_halves_in_the_compiled_step(tmp_path, arch, ove
     with torch.inference_mode():
         logits = eng.model(ids, torch.arange(ids.shape[1])[None], None, cache, 0)[0]
     assert list(out) == logits[len(prompt) - 1 : -1].argmax(-1).tolist()
+
+
+def test_an_f16_gpt2_file_gives_transformers_logits_on_its_halves(tmp_path):
+    """GPT-2's halves (PackedGPT2: embeddings summed in float32, the prompt's products through
+    tk_matmul) against transformers in float32 on the same halves widened, prompt and decode steps
+    alike. Folding a LayerNorm's gain into the rows rounds them to halves a second time, as the
+    Llama family's F16 rows are: ~1e-3 of the logits' scale (measured 9.4e-4); a dropped shift or
+    query scale moves them by tenths."""
+    from gguf_files import dequantized_folder, hf_logits
+
+    hf = make_model(tmp_path / "gpt2", "gpt2")
+    path = write_gguf(hf, tmp_path / "gpt2-f16.gguf", "f16")
+    eng, want = Engine.load(path, device="cpu"), None
+    ids = [1, 5, 300, 17, 42, 99, 250, 7, 120, 64, 33, 2]
+    want = hf_logits(dequantized_folder(hf, tmp_path / "ref", "f16"), ids)  # (12, V)
+    cfg = eng.cfg
+    cache = KVCache(cfg.n_layers, 1, cfg.n_kv_heads, len(ids), cfg.head_dim, torch.float32, "cpu")
+    tokens, positions = torch.tensor([ids]), torch.arange(len(ids))[None]
+    with torch.inference_mode():
+        got = [eng.model(tokens[:, :6], positions[:, :6], None, cache, 0)[0]]
+        got += [eng.model(tokens[:, t : t + 1], positions[:, t : t + 1], None, cache, t)[0] for t in range(6, 12)]
+    err = (torch.cat(got) - want).abs().max() / want.abs().max()
+    assert err < 2e-3, err
 
 
 def test_info_on_an_f16_file_says_float16_and_its_bytes(tmp_path):
