@@ -187,18 +187,9 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
         # library, and on GPUs, the plain module dequantizes each weight as it runs (quant.QLinear).
         if p.device.type != "cpu" or (lib := native_library()) is None:
             return model
-        if isinstance(model, llama.Llama):
-            return PackedLlama(model)
-        if isinstance(model, gemma.Gemma):
-            return PackedGemma(model)
-        assert isinstance(model, gpt2.GPT2), type(model)  # FAMILIES' third
-        return PackedGPT2(model, lib)
-    if p.dtype == torch.float16 and p.device.type == "cpu":
-        if (lib := native_library()) is None:
-            return model
-        if isinstance(model, gpt2.GPT2):
-            return PackedGPT2(model, lib)
-        return PackedLlama(model) if isinstance(model, llama.Llama) else PackedGemma(model)
+        return _step_form(model, lib)
+    if p.dtype == torch.float16 and p.device.type == "cpu":  # only the compiled step reads float16 fast
+        return model if (lib := native_library()) is None else _step_form(model, lib)
     if not can_pack(p.device, p.dtype):
         return model
     if isinstance(model, llama.Llama):
@@ -208,6 +199,16 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     if isinstance(model, gpt2.GPT2) and (lib := native_library()) is not None:
         return PackedGPT2(model, lib)
     return pack_linears(model)  # Gemma without the compiled step: its linears packed for oneDNN in place
+
+
+def _step_form(model: nn.Module, lib) -> nn.Module:
+    """The compiled step's form of a model of any family: PackedLlama, PackedGemma or PackedGPT2."""
+    if isinstance(model, llama.Llama):
+        return PackedLlama(model)
+    if isinstance(model, gemma.Gemma):
+        return PackedGemma(model)
+    assert isinstance(model, gpt2.GPT2), type(model)  # FAMILIES' third
+    return PackedGPT2(model, lib)
 
 
 def save_pretrained(
