@@ -903,3 +903,33 @@ def test_prefs_stats_and_export_read_a_read_only_copy(monkeypatch, capsys, tmp_p
     finally:
         _writable_again(data)
     assert sorted(p.name for p in data.iterdir()) == [DB_NAME]
+
+
+def test_a_stores_own_trl_export_imported_back_adds_nothing(monkeypatch, capsys, tmp_path):
+    """QA54: `prefs export --format trl` then `prefs import` of that file into the same store doubled every
+    vote (18 -> 34: a TRL row is a pair of a vote, so no vote's content hash matched it). A row is now a
+    duplicate when it is one of the pairs of the stored vote its vote_id names; another store's ids name
+    other votes, so its rows still go in."""
+    turns = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    data, other = tmp_path / "data", tmp_path / "other"
+    with Store(data / DB_NAME) as s:
+        s.add_vote(vote(THREE, ranking=[1, 2, 0]))  # three rows
+        s.add_vote(vote(THREE[:2], conversation=turns, ranking=[1, 0]))  # makes the export conversational
+        s.add_vote(vote(THREE[1:], outcome="tie"))
+    with Store(other / DB_NAME) as s:  # votes 1-3 there too, on another prompt
+        for _ in range(3):
+            s.add_vote(vote(THREE[:2], prompt="Name a fruit."))
+    path = tmp_path / "prefs.jsonl"
+    code, _, err = cli(monkeypatch, capsys, "prefs", "export", "--include-ties", "-o", path, "--data-dir", data)
+    assert code == 0 and len(path.read_text().splitlines()) == 5, err
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", path, "--data-dir", data)
+    assert code == 0 and "imported 0 votes" in err and "5 duplicates skipped" in err, err
+    with Store(data / DB_NAME) as s:
+        assert len(s.list_votes(limit=None)) == 3
+    code, _, err = cli(monkeypatch, capsys, "prefs", "import", path, "--data-dir", other)
+    assert code == 0 and "imported 5 votes" in err and "duplicate" not in err, err

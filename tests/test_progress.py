@@ -35,7 +35,7 @@ def test_plain_lines_in_a_log_every_ten_seconds_and_tenth(monkeypatch):
         assert log.getvalue() == ""
         now[0] = 12.0
         advance()
-        assert log.getvalue() == "generating 6/1000 (0%)  0:00:12  eta 0:33:08\n"
+        assert log.getvalue() == "generating 6/1000 (1%)  0:00:12  eta 0:33:08\n"  # 0.6%, to the nearest
         for _ in range(94):  # to 100, a tenth, with no time passing: one line a second at most
             advance()
         now[0] = 13.0
@@ -75,9 +75,10 @@ def test_the_eta_counts_down_between_items_and_an_item_can_move_the_bar(monkeypa
 def test_a_spinner_shows_slow_setup_on_a_terminal_and_gives_way_to_a_bar(monkeypatch):
     # QA: PPO showed a blank terminal for 30-100 s (models loading, the answer-length probe).
     from tiankong.trainers.progress import status
+    from tiankong.tui import generate_input
 
-    screen = io.StringIO()
-    monkeypatch.setattr(progress_module, "Console", lambda **kw: Console(file=screen, force_terminal=True, width=80))
+    screen = io.StringIO()  # the spinner is drawn on the console the trainers' lines are said on
+    monkeypatch.setattr(generate_input, "err", Console(file=screen, force_terminal=True, width=80))
     with status("ppo: loading the models and data") as say:
         say("ppo: finding the answer length: 3/32 probe answers")
         # A bar started meanwhile (pretrain's tokenizing) must not fail: rich draws one live display at a time.
@@ -86,7 +87,19 @@ def test_a_spinner_shows_slow_setup_on_a_terminal_and_gives_way_to_a_bar(monkeyp
             advance()
     assert "loading the models" in screen.getvalue()
     quiet = io.StringIO()
-    monkeypatch.setattr(progress_module, "Console", lambda **kw: Console(file=quiet, width=80))  # a log
+    monkeypatch.setattr(generate_input, "err", Console(file=quiet, width=80))  # a log
     with status("ppo: loading the models and data") as say:
         say("anything")
     assert quiet.getvalue() == ""  # a log gets the lines the work prints itself
+
+
+def test_plain_lines_give_the_percentage_to_the_nearest_and_100_only_when_done():
+    """QA54: "reward 6/7 (85%)" (85.7% rounded down); to the nearest now, but never 100% before the end."""
+    log = io.StringIO()
+    with progress("reward", 7, console=Console(file=log, width=200)) as advance:
+        advance(steps=6)
+    assert log.getvalue().startswith("reward 6/7 (86%)")
+    log = io.StringIO()
+    with progress("ppo", 200, console=Console(file=log, width=200)) as advance:
+        advance(steps=199)
+    assert log.getvalue().startswith("ppo 199/200 (99%)")

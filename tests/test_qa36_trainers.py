@@ -125,21 +125,28 @@ def choose_threads_saying(monkeypatch) -> SimpleNamespace:
     from tiankong.trainers import cpu_threads
 
     monkeypatch.setattr(cpu_threads, "choose_threads", lambda: NOTE)
-    return SimpleNamespace(device="cpu", dist=SimpleNamespace(is_main=True))
+    return SimpleNamespace(device="cpu", dist=SimpleNamespace(is_main=True), start_notes=[])
+
+
+def say_thread_note(monkeypatch) -> None:
+    """The note _choose_threads leaves the trainer, said as the trainer says it once it trains (common.py)."""
+    from tiankong.tui.train_cli import _choose_threads
+
+    trainer = choose_threads_saying(monkeypatch)
+    _choose_threads(trainer)
+    assert trainer.start_notes == [NOTE]
+    for note in trainer.start_notes:
+        generate_input.say(note)
 
 
 def test_the_thread_note_wraps_between_words_on_a_terminal(monkeypatch, terminal):
-    from tiankong.tui.train_cli import _choose_threads
-
-    _choose_threads(choose_threads_saying(monkeypatch))
+    say_thread_note(monkeypatch)
     lines = wrapped(terminal, 50)
     assert len(lines) > 2 and whole_words(lines, NOTE), lines
 
 
 def test_the_thread_note_in_a_log_stays_one_line(monkeypatch, log):
-    from tiankong.tui.train_cli import _choose_threads
-
-    _choose_threads(choose_threads_saying(monkeypatch))
+    say_thread_note(monkeypatch)
     assert log.getvalue() == NOTE + "\n"
 
 

@@ -256,3 +256,27 @@ def test_a_signal_checkpoints_and_the_printed_command_resumes_to_the_same_result
     )
     assert resumed.returncode == 0, resumed.stderr
     same_run(uninterrupted, out)
+
+
+def test_the_same_command_again_after_a_stop_is_told_the_step_and_the_resume_command(tmp_path, monkeypatch):
+    # QA54: the command stopped by Ctrl+C, run again as it was, got the refusal of any full folder
+    # ("already holds checkpoints, config.json, ..."), where `tiankong info` knew "step 3 of 20" and the command.
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs/ppo")
+    (out / ckpt.CHECKPOINTS / "step-000003").mkdir(parents=True)
+    command = "tiankong train ppo --reward runs/rm --prompts prompts.txt --output runs/ppo --resume"
+    record = {"steps": 20, "resume_command": command, "started_in": str(tmp_path)}
+    (out / "train_config.json").write_text(json.dumps(record))
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(InputError) as refused:
+        ckpt.check_output(out, resume=False, overwrite=False)
+    assert str(refused.value) == (
+        "--output runs/ppo holds an unfinished run (step 3 of 20): choose a new folder, add --overwrite to "
+        f"replace it, or continue it with: {command}"
+    )
+    (out / "train_config.json").write_text(json.dumps({**record, "started_in": "/elsewhere"}))
+    with pytest.raises(InputError, match=r"continue it with: .* --resume \(in /elsewhere\)$"):
+        ckpt.check_output(out, resume=False, overwrite=False)
+    (out / ckpt.CHECKPOINTS / "step-000020").mkdir()  # finished: what it holds, as before
+    with pytest.raises(InputError, match="already holds checkpoints, metrics.jsonl, train_config.json; choose"):
+        ckpt.check_output(out, resume=False, overwrite=False)

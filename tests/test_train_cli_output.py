@@ -193,3 +193,15 @@ def test_busy_cores_reads_the_other_programs_share_of_each_core(monkeypatch):
     monkeypatch.undo()
     if sys.platform == "linux":  # this machine's own /proc/stat reads
         assert len(cpu_threads._cpu_times([0]) or []) == 1
+
+
+def test_plot_labels_the_step_axis_with_whole_steps(monkeypatch, capsys, tmp_path):
+    # QA54: `train plot runs/ppo` labelled 20 steps "1.0 4.2 7.3 10.5 13.7 16.8 20.0".
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 21)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = cli(monkeypatch, capsys, "train", "plot", tmp_path)
+    assert code == 0, err
+    lines = out.splitlines()
+    labels = lines[next(i for i, line in enumerate(lines) if "└" in line) + 1].split()
+    assert labels[0] == "1" and labels[-1] == "20" and all(label.isdigit() for label in labels), labels
+    assert 3 <= len(labels) <= 7

@@ -121,3 +121,21 @@ def test_one_preset_on_two_models_is_counted_per_model():
     one_model = {("balanced", "/runs/sft"): stats[("balanced", "/runs/sft")]}
     (table,) = stats_tables(one_model)  # one model: one table, as before
     assert table.title == "Presets"
+
+
+def test_per_model_tables_say_they_count_what_prefs_stats_does_not():
+    """QA54: the panel's "balanced 23 votes, 5 wins, 15 losses" on tiankong-mini and `prefs stats`'s
+    "balanced 23 votes, 4 wins, 12 losses" disagreed, unexplained: prefs stats counts by preset alone, so
+    a pair of balanced on two models is neither a win nor a loss there. The per-model tables now say so."""
+    votes = [two_way("p", ("balanced", "/runs/sft"), ("balanced", "/runs/ppo"))]
+    stats = summarise(votes, [1], by=lambda r: (r.preset, r.model))[0]
+    console = Console(width=300, record=True, file=io.StringIO())
+    for table in stats_tables(stats):
+        console.print(table)
+    text = " ".join(console.export_text().split())
+    assert (
+        "win rate = wins ÷ (wins + losses), over ranked pairs; counted by preset and model, so a pair of one "
+        "preset on two models counts here and in neither column of `tiankong prefs stats`"
+    ) in text
+    (one,) = stats_tables({("balanced", "/runs/sft"): stats[("balanced", "/runs/sft")]})
+    assert one.caption == "win rate = wins ÷ (wins + losses), over ranked pairs"  # one model: nothing differs

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -149,6 +150,9 @@ def check_output(out: Path, resume: bool, overwrite: bool, protect: Sequence[tup
     if not held or leftovers:  # a run stopped before its first save left nothing worth keeping
         return False
     if not overwrite:
+        stopped = _unfinished(out)
+        if stopped is not None:  # most often: the command that was stopped, run again as it was
+            raise InputError(f"--output {out} holds an unfinished run {stopped}")
         raise InputError(
             f"--output {out} already holds {_shown(held)}; choose a new folder, add --resume to continue "
             "its run, or --overwrite to replace it"
@@ -165,6 +169,28 @@ def check_output(out: Path, resume: bool, overwrite: bool, protect: Sequence[tup
             f"or {CHECKPOINTS}/); choose another --output"
         )
     return False
+
+
+def _unfinished(out: Path) -> str | None:
+    """Where a run stopped before its last step stands and the choices, its continuation last ("(step 3
+    of 20): choose a new folder, add --overwrite to replace it, or continue it with: tiankong train ...
+    --resume", the command its train_config.json recorded, as a command opening the folder says it:
+    engine/resolve.py unfinished_run); None for a finished run or a folder without that record."""
+    last = latest(out)
+    try:
+        record = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    steps = record.get("steps") if isinstance(record, dict) else None
+    match = _STEP_DIR.match(last.name) if last is not None else None
+    if match is None or type(steps) is not int or int(match.group(1)) >= steps:
+        return None
+    command, started_in = record.get("resume_command"), record.get("started_in")
+    head = f"(step {int(match.group(1))} of {steps}): choose a new folder, add --overwrite to replace it, or"
+    if not isinstance(command, str) or not command:  # a run of the Python API: no command recorded
+        return f"{head} add --resume to continue it"
+    where = f" (in {started_in})" if isinstance(started_in, str) and started_in != os.getcwd() else ""
+    return f"{head} continue it with: {command}{where}"
 
 
 def _set_aside(out: Path) -> Path | None:

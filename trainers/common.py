@@ -76,6 +76,9 @@ class Trainer:
         # How to continue this run (the CLI's `tiankong train ... --resume`), kept in train_config.json
         # so that a command opening the unfinished run can say it (engine/resolve.py's unfinished_run).
         self.resume_command = ""
+        # Lines about how the run will train (the CLI's CPU thread note), said once it is known to train:
+        # not before "already finished; nothing to train".
+        self.start_notes: list[str] = []
 
     # ---- what subclasses provide
     def setup(self) -> None:
@@ -138,6 +141,8 @@ class Trainer:
         self.fingerprint = self.data_fingerprint() if self.dist.is_main else {}
         if cfg.resume and not self._resume_check():
             return self.out  # finished, verdict and all: nothing to do
+        for note in self.start_notes if self.dist.is_main else ():
+            say_line(note)
         seed_everything(cfg.seed)
         shown = cfg.progress and self.dist.is_main
         with status(

@@ -123,6 +123,7 @@ def _plot(plt, xs: list, ys: list, title: str, width: int, height: int) -> str:
         plt.plotsize(width, height)
         plt.theme("clear")
         plt.plot(xs, ys, marker="braille")
+        plt.xticks(ticks := step_ticks(xs), [str(t) for t in ticks])
         plt.title(title)
         plt.xlabel("step")
         return plt.build()
@@ -131,6 +132,16 @@ def _plot(plt, xs: list, ys: list, title: str, width: int, height: int) -> str:
     fig.plot_size(width, height)
     fig.theme("colorless")
     fig.draw(fig.signal(xs, ys, marker="braille").lines())
+    fig.ruler("x").ticks(ticks := step_ticks(xs), [str(t) for t in ticks])
     fig.title(title)
     fig.label("step", axis="x")
     return plt.uncolorize(fig.build())
+
+
+def step_ticks(steps: Sequence[int], most: int = 7) -> list[int]:
+    """Where the step axis is labelled: whole steps, the first and last included, at most `most` of
+    them spread evenly (plotext's own ticks read "1.0 4.2 7.3 10.5" on a run of 20 steps)."""
+    lo, hi = int(min(steps)), int(max(steps))
+    if hi - lo < most:
+        return list(range(lo, hi + 1))
+    return sorted({round(lo + i * (hi - lo) / (most - 1)) for i in range(most)})

@@ -61,6 +61,7 @@ from .optim import SEED_STRIDE
 from .ppo_rollout import PPORollouts, token_logprobs
 from .preferences import CHAT_TEMPLATE_HELP, Encoder, check_template_flags
 from .reward import RewardModel
+from .verdict import reward_model_doubts
 
 # ---------------------------------------------------------------- the PPO losses, as pure functions
 
@@ -239,6 +240,11 @@ class PPOTrainer(PPORollouts, Trainer):
             self.reward_model = RewardModel.load(cfg.reward, self.device, cfg.dtype).requires_grad_(False)
         self.check_finite(self.ref, cfg.model)  # the policy's start too
         self.check_finite(self.reward_model, cfg.reward, "the --reward model")
+        # Said at start and again in this run's verdict: PPO's own figures cannot tell a reward model
+        # that learned nothing (its score rises all the same).
+        self.reward_doubts = reward_model_doubts(cfg.reward)
+        if self.reward_doubts and self.dist.is_main:
+            say_line(f"warning: {self.reward_doubts}")
         if self.reward_model.cfg.vocab_size != self.mcfg.vocab_size:
             raise InputError(
                 f"the reward model's vocabulary ({self.reward_model.cfg.vocab_size}) differs from the "

@@ -143,7 +143,7 @@ class progress:
 
     def _line(self) -> None:
         assert self.lines is not None
-        pct = f" ({100 * self.done // self.total}%)" if self.total > 0 else ""
+        pct = f" ({_percent(self.done, self.total)}%)" if self.total > 0 else ""
         elapsed = _clock(time.monotonic() - self.start)
         line = f"{self.label} {self.done}/{self.total}{pct}  {elapsed}  {self._eta()}"
         line += f"  {self.info}" if self.info else ""
@@ -182,8 +182,14 @@ def status(text: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
     """A spinner with `text` on stderr while work of unknown length runs (loading models, PPO's answer
     length probe), so a slow start is not a blank terminal; yields a function that changes the text.
     Only on a terminal: a log gets the lines the work prints itself. Lines printed to stderr meanwhile
-    go above the spinner; stdout is left alone (it is the caller's data)."""
-    console = Console(stderr=True)
+    go above the spinner; stdout is left alone (it is the caller's data).
+
+    Drawn on the console the trainers' lines are said on (tui/generate_input.py's `say`): rich hands
+    another console the terminal itself (it unwraps the spinner's stderr proxy), so a line said there
+    went on after the spinner's text ("...31/32 probe answersppo: auto settings ...")."""
+    from tiankong.tui import generate_input
+
+    console = generate_input.err
     if not enabled or not console.is_terminal or console.is_dumb_terminal:
         yield lambda _text: None
         return
@@ -209,6 +215,12 @@ def _same_terminal(a: IO[str], b: IO[str]) -> bool:
         return a.isatty() and b.isatty() and os.path.samestat(os.fstat(a.fileno()), os.fstat(b.fileno()))
     except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (captured)
         return False
+
+
+def _percent(done: int, total: int) -> int:
+    """done of total in whole percent, to the nearest (6 of 7 is 86%, not 85%), but 100 only when done
+    (199 of 200 is 99%)."""
+    return 100 if done >= total else min(99, int(100 * done / total + 0.5))
 
 
 def _clock(seconds: float) -> str:

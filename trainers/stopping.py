@@ -136,7 +136,13 @@ class _StopRequests:
             signal.set_wakeup_fd(self._old_wakeup)
             r, w = self._pipe
             self._pipe = None
-            os.write(w, b"\0")  # wakes the watcher, which sees _closed and ends
+            try:
+                os.write(w, b"\0")  # wakes the watcher, which sees _closed and ends
+            except BrokenPipeError:
+                # The watcher has already left and closed its end (it saw the second Ctrl+C, and the main
+                # thread's KeyboardInterrupt within GRACE): nothing to wake. Raised here, the error would
+                # replace that KeyboardInterrupt and read as a closed stdout (exit 141, nothing said).
+                pass
             os.close(w)  # the watcher closes its end as it leaves (closing it under a blocked read is not safe)
         for sig, old in self._old.items():
             signal.signal(sig, old)

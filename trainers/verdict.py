@@ -9,7 +9,9 @@
             script than their prompt (language drift: Chinese in answers to English requests); warns
             when the score rises while the answers collapse (repeats, lengths at the limit), when the
             answers drift into another language, or when nothing moved; and shows a few answers
-            side by side, each prompt as written.
+            side by side, each prompt as written. PPO's also carries the --reward model's own failed
+            verdict (reward_model_doubts); DPO's also has reward's warnings on its votes (vote_warnings),
+            its held-out accuracy being that of its implicit reward.
     sft     first and last training loss, and the held-out loss when there is one.
 
 `verdict_for(trainer, advance)` computes it from the trainer object the run leaves (models still
@@ -125,6 +127,8 @@ def verdict_for(trainer: Any, advance: Callable[[], None] | None = None) -> Verd
         v = policy_verdict(trainer, advance)
     else:
         v = reward_verdict(trainer) if trainer.name == "reward" else loss_verdict(trainer)
+    if trainer.name == "ppo" and getattr(trainer, "reward_doubts", None):  # its scores were the target
+        v.warnings.append(trainer.reward_doubts)
     resolved = getattr(trainer, "auto", None)
     if resolved is not None:
         v.settings = dict(resolved.values)
@@ -156,21 +160,25 @@ def diverged_verdict(trainer: Any, step: int) -> Verdict:
 def reward_verdict(trainer: Any) -> Verdict:
     n_pairs = trainer.data.n_pairs
     n_eval = sum(len(g.pairs) for g in trainer.eval_groups)
-    ev = getattr(trainer, "last_eval", {}) or {}
+    ev = held_out(trainer)
     return accuracy_verdict(n_pairs, n_eval, ev.get("eval_accuracy"), ev.get("eval_margin"))
+
+
+def held_out(trainer: Any) -> dict[str, Any]:
+    """The run's last held-out evaluation (eval_*): this process's, else metrics.jsonl's last (a run
+    resumed only to write its verdict evaluates nothing)."""
+    ev = getattr(trainer, "last_eval", {}) or {}
+    if ev:
+        return ev
+    rows = [r for r in _metric_rows(trainer) if any(k.startswith("eval_") for k in r)]
+    return rows[-1] if rows else {}
 
 
 def accuracy_verdict(n_pairs: int, n_eval: int, accuracy: float | None, margin: float | None = None) -> Verdict:
     """Held-out pairwise accuracy with its interval, in words, and the warnings."""
     figures: dict[str, Any] = {"pairs": n_pairs, "held_out_pairs": n_eval}
-    warnings = []
-    if n_pairs < FEW_VOTES:
-        warnings.append(f"only {n_pairs} pairs: too few votes to learn or to judge a taste; rank a few hundred")
+    warnings = vote_warnings(n_pairs, n_eval, accuracy)
     if not n_eval or accuracy is None:
-        warnings.append(
-            "no held-out pairs (--eval-fraction 0, or a single ranking), so nothing says whether "
-            "the reward model learned your taste"
-        )
         return Verdict("reward", "accuracy unknown: nothing was held out.", figures, warnings)
     lo, hi = wilson(accuracy * n_eval, n_eval)
     figures.update(held_out_accuracy=float(accuracy), ci95=[lo, hi])
@@ -182,16 +190,61 @@ def accuracy_verdict(n_pairs: int, n_eval: int, accuracy: float | None, margin: 
         f"95% CI {lo:.2f}-{hi:.2f})"
     )
     if lo <= 0.5:
-        warnings.append(
-            f"at chance: the 95% interval {lo:.2f}-{hi:.2f} includes 0.5, so this reward model may "
-            "rank answers no better than a coin; give more (or more consistent) votes"
-        )
         summary = words + "; that is not distinguishable from chance."
     elif lo >= 0.7:
         summary = words + "; it has learned the taste in these votes."
     else:
         summary = words + "; better than chance, but not reliable yet (more votes would tell)."
     return Verdict("reward", summary, figures, warnings)
+
+
+def vote_warnings(
+    n_pairs: int,
+    n_eval: int,
+    accuracy: float | None,
+    ranker: str = "this reward model",
+    learner: str = "the reward model",
+) -> list[str]:
+    """The warnings of a run trained on votes (train reward's, and DPO's with its implicit reward as the
+    `ranker`): too few pairs; nothing held out; a held-out accuracy whose 95% interval includes 0.5."""
+    warnings = []
+    if n_pairs < FEW_VOTES:
+        warnings.append(f"only {n_pairs} pairs: too few votes to learn or to judge a taste; rank a few hundred")
+    if not n_eval or accuracy is None:
+        warnings.append(
+            "no held-out pairs (--eval-fraction 0, or a single ranking), so nothing says whether "
+            f"{learner} learned your taste"
+        )
+        return warnings
+    lo, hi = wilson(accuracy * n_eval, n_eval)
+    if lo <= 0.5:
+        warnings.append(
+            f"at chance: the 95% interval {lo:.2f}-{hi:.2f} includes 0.5, so {ranker} may "
+            "rank answers no better than a coin; give more (or more consistent) votes"
+        )
+    return warnings
+
+
+def reward_model_doubts(folder: str | Path) -> str | None:
+    """One line for a --reward model whose own verdict (verdict.json in its folder) failed: its
+    warnings' heads ("only 16 pairs", "at chance") and the fix, or None (no verdict there, or ok).
+    PPO trains towards that model's scores whatever they are worth, so it says this at start and
+    carries it into its own verdict."""
+    path = Path(folder) / "verdict.json"
+    try:
+        own = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a checkpoint folder, or a reward model from elsewhere: nothing to go on
+    warnings = own.get("warnings") if isinstance(own, dict) else None
+    if not isinstance(warnings, list) or not warnings or own.get("trainer") != "reward":
+        return None
+    heads = "; ".join(str(w).split(":")[0] for w in warnings)
+    votes = any(str(w).startswith(("only ", "at chance")) for w in warnings)
+    fix = "give more (or more consistent) votes, then run `tiankong train reward` again" if votes else f"see {path}"
+    return (
+        f"the --reward model {folder} failed its own verdict ({heads}; {path}), so its scores may not "
+        f"follow your taste and this run learns them anyway; {fix}"
+    )
 
 
 # ---------------------------------------------------------------- ppo and dpo
@@ -290,6 +343,14 @@ def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> V
     for key, (b_share, a_share) in drift.items():
         figures.update({f"{key}_before": b_share, f"{key}_after": a_share})
     warnings += drift_warning(name, drift, kl, cfg.lr)
+    if name == "dpo":  # trained on votes, as a reward model is: the same warnings on how many, how telling
+        n_eval = sum(len(g.pairs) for g in trainer.eval_groups)
+        accuracy = held_out(trainer).get("eval_reward_accuracy")
+        figures.update(pairs=trainer.data.n_pairs, held_out_pairs=n_eval)
+        if n_eval and accuracy is not None:
+            figures.update(held_out_reward_accuracy=float(accuracy), ci95=list(wilson(accuracy * n_eval, n_eval)))
+        ranker, learner = "the tuned model's implicit reward", "the tuned model"
+        warnings += vote_warnings(trainer.data.n_pairs, n_eval, accuracy, ranker, learner)
     shown = range(min(len(prompts), N_SHOWN))
     examples = [{"prompt": prompt_text(i), "before": decode(before[i]), "after": decode(after[i])} for i in shown]
     return Verdict(name, summary, figures, warnings, examples)

@@ -49,7 +49,7 @@ from tiankong.trainers.records import not_a_file
 from tiankong.tui.cli_app import data_folder, epilog, output_file
 from tiankong.tui.leaderboard import MIN_VOTES, leaderboards, standings_table
 from tiankong.tui.prefs_import import import_file as import_file  # part of this module's interface
-from tiankong.tui.prefs_import import read_votes
+from tiankong.tui.prefs_import import read_votes, stored_pairs
 from tiankong.tui.stops import Stops, Terminated
 from tiankong.tui.store import DB_NAME, Response, Store, StoreError, Vote, data_dir
 from tiankong.tui.store_base import refuse_in_the_way
@@ -335,7 +335,7 @@ def _export(
         "tiankong prefs export --format rankings -o votes.jsonl\ntiankong prefs import votes.jsonl --data-dir ~/other",
         notes="""Rows may be TRL preference records (standard, conversational, or with an implicit prompt) or Anthropic HH rows, each becoming a ranked vote of two answers, chosen first; or the records of `prefs export --format rankings`, each becoming the vote it was (its answers' models, presets, params and seeds, its ranking groups, tie or both-bad, rater, prompt id), so export and import move votes between stores without loss.
 
-Every row is checked before anything is stored: one bad row stops the import with its line number, and nothing is imported. The votes then go in as batches of 1000, each kept once written: an import stopped part-way (Ctrl+C, a kill, a full disk) says how many votes it kept, and the same command again imports the rest. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing.""",
+Every row is checked before anything is stored: one bad row stops the import with its line number, and nothing is imported. The votes then go in as batches of 1000, each kept once written: an import stopped part-way (Ctrl+C, a kill, a full disk) says how many votes it kept, and the same command again imports the rest. Rows already in the store are skipped and counted as duplicates, so importing a file again changes nothing; so are the rows of the store's own TRL export (each names its vote_id).""",
     ),
 )
 def import_(
@@ -353,13 +353,16 @@ def import_(
     if not file.is_file():  # checked before opening (and perhaps creating) the database
         raise InputError(f"{file} {not_a_file(file)}; give a JSONL (or JSON array) file of preference pairs")
     margins: list[str] = []
+    origins: list[int | None] = []
     with Stops() as stops:  # SIGTERM as Ctrl+C: either says what was kept
         try:
-            votes = read_votes(file, rater=rater, margins=margins)  # every row checked before the database opens
+            # every row checked before the database opens
+            votes = read_votes(file, rater=rater, margins=margins, origins=origins)
         except KeyboardInterrupt as stop:
             _say_stopped(stop, f"while reading {file}, before any vote was stored; nothing was imported")
         with _store(data_dir) as store:
-            added = _import(store, votes, stops)
+            known = stored_pairs(store, votes, origins)  # this store's own TRL export, come back
+            added = _import(store, [v for i, v in enumerate(votes) if i not in known], stops, len(known))
             duplicates = len(votes) - added
             dup = f"; {duplicates} duplicate{'' if duplicates == 1 else 's'} skipped" if duplicates else ""
             _err().print(
@@ -379,10 +382,11 @@ def import_(
         )
 
 
-def _import(store: Store, votes: list[Vote], stops: Stops) -> int:
+def _import(store: Store, votes: list[Vote], stops: Stops, known: int = 0) -> int:
     """Store the votes a batch at a time, with progress on stderr past one batch (a bar on a terminal,
     else a line now and then); -> how many were added. A stop (Ctrl+C, SIGTERM) or a write that fails
-    part-way ends the command with one line saying how many votes are kept and what to run."""
+    part-way ends the command with one line saying how many votes are kept and what to run, counting
+    the `known` rows already left out as duplicates (stored_pairs) among those gone through."""
     added = done = 0
     batches = store.import_batches(votes, batch_size=IMPORT_BATCH)
     try:
@@ -396,9 +400,9 @@ def _import(store: Store, votes: list[Vote], stops: Stops) -> int:
                         advance()
                     added, done = step
     except KeyboardInterrupt as stop:  # the bar has ended: the line goes under it
-        _say_stopped(stop, _kept(added, done, len(votes), store))
+        _say_stopped(stop, _kept(added, done + known, len(votes) + known, store))
     except StoreError as e:  # a full disk, a lock held too long: the batches before it are kept
-        raise StoreError(f"{e}; {_kept(added, done, len(votes), store)}") from None
+        raise StoreError(f"{e}; {_kept(added, done + known, len(votes) + known, store)}") from None
     return added
 
 

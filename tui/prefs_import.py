@@ -10,7 +10,10 @@ and the records of `tiankong prefs export --format rankings`.
 
 One bad row stops the import with its line number and nothing is imported. Each imported vote carries a
 content hash, so rows already in the store (a file imported twice, one that overlaps, a store's own
-rankings export) are skipped and reported as duplicates.
+rankings export) are skipped and reported as duplicates. A store's own TRL export is too: its rows are
+pairs of votes, not votes (a ranking of four answers is six rows), so no hash matches them; each names
+its vote (vote_id), and a row that is one of the pairs of the stored vote of that id is a duplicate
+(`stored_pairs`). Another store's ids name other votes there, whose pairs are not these.
 
 Every row is parsed and checked here, before the database is opened; storing them (a batch at a time,
 skipping duplicates) is the store's (VoteStore.import_batches), and the command around both is prefs.py's.
@@ -18,6 +21,7 @@ skipping duplicates) is the store's (VoteStore.import_batches), and the command 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -37,14 +41,19 @@ def import_file(store: Store, path: Path, rater: str | None = None) -> int:
     """Add every row of a TRL preference or Anthropic HH file (JSONL or a JSON array) as a ranked
     2-response vote, chosen first, and every record of `export --format rankings` as the vote it was;
     rows already stored are skipped. Returns how many votes were added. rater: see read_votes."""
-    return store.import_votes(read_votes(path, rater))[0]
+    origins: list[int | None] = []
+    votes = read_votes(path, rater, origins=origins)
+    known = stored_pairs(store, votes, origins)
+    return store.import_votes([v for i, v in enumerate(votes) if i not in known])[0]
 
 
-def read_votes(path: Path, rater: str | None = None, margins: list[str] | None = None) -> list[Vote]:
+def read_votes(
+    path: Path, rater: str | None = None, margins: list[str] | None = None, origins: list[int | None] | None = None
+) -> list[Vote]:
     """Every row of the file as a vote; one bad row raises InputError naming it (nothing is imported).
     rater: the name every vote is stored under; None keeps a rankings record's own rater and names the
     votes of other rows "import". A vote has no margin, so the rows that carry a "margin" are noted in
-    `margins` (their places)."""
+    `margins` (their places). `origins` gets each vote's row's vote_id (a TRL export's), else None."""
     path = Path(path)
     rows = _read_rows(path)
     source = f"import:{path.name}"
@@ -57,13 +66,47 @@ def read_votes(path: Path, rater: str | None = None, margins: list[str] | None =
                 )
             if is_ranking_record(row):
                 votes.append(_ranking_vote(row, rater, source))
+                if origins is not None:
+                    origins.append(None)  # its content hash finds it (store_votes.import_batches)
                 continue
             votes.append(_row_vote(row, rater or IMPORT_RATER, source))
+            if origins is not None:
+                vote_id = row.get("vote_id")
+                origins.append(vote_id if isinstance(vote_id, int) and not isinstance(vote_id, bool) else None)
             if margins is not None and isinstance(row, dict) and row.get("margin") is not None:
                 margins.append(where)
         except InputError as e:
             raise InputError(f"{path} {where}: {e}; fix that row (nothing was imported)") from None
     return votes
+
+
+def stored_pairs(store: Store, votes: list[Vote], origins: list[int | None]) -> set[int]:
+    """The indices of the votes (TRL rows, read by read_votes with their `origins`) that are one of the
+    pairs of the stored vote their row's vote_id names: the store's own TRL export coming back, each pair
+    compared as both sides read it (through vote_pairs, then _row_vote), ties and both-bad included."""
+    from tiankong.tui.prefs import vote_pairs  # prefs.py imports this module
+
+    stored = store.votes_by_id({i for i in origins if i is not None})
+    pairs: dict[int, set[tuple]] = {}
+    for vote_id, vote in stored.items():
+        keys = pairs.setdefault(vote_id, set())
+        for conversational in (False, True):  # an export is conversational when any vote in it needs it
+            for rec in vote_pairs(vote, include_ties=True, include_both_bad=True, conversational=conversational):
+                try:
+                    keys.add(_pair_content(_row_vote(rec, IMPORT_RATER, "")))
+                except InputError:  # a pair no row could give (the same text twice): nothing to match
+                    pass
+    return {
+        i
+        for i, (vote, vote_id) in enumerate(zip(votes, origins, strict=True))
+        if vote_id in pairs and _pair_content(vote) in pairs[vote_id]
+    }
+
+
+def _pair_content(vote: Vote) -> tuple[str, str, str, str]:
+    """What a TRL row says of a 2-answer vote: the conversation, chosen, rejected, and the outcome."""
+    conversation = json.dumps(vote.conversation, sort_keys=True, ensure_ascii=False)
+    return conversation, vote.responses[0].text, vote.responses[1].text, vote.outcome
 
 
 def _read_rows(path: Path) -> list[tuple[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter
 from typing import Any
 
@@ -201,6 +201,24 @@ class VoteStore(StoreBase):
             if limit is not None and len(votes) >= limit:
                 break
         return votes
+
+    def votes_by_id(self, ids: Iterable[int]) -> dict[int, Vote]:
+        """The readable votes among `ids`, by id (ids not stored, or rows not readable, are left out)."""
+        wanted, found = sorted(set(ids)), {}
+        for start in range(0, len(wanted), 500):  # under SQLite's limit on a statement's parameters
+            chunk = wanted[start : start + 500]
+            try:
+                rows = self._read(f"SELECT * FROM votes WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            except sqlite3.OperationalError:  # text that is not UTF-8 in one of them: that page is not read
+                continue
+            for row in rows:
+                try:
+                    v = _vote(row)
+                    validate_vote(v)
+                except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                    continue
+                found[row["id"]] = v
+        return found
 
     def iter_votes(self, *, oldest_first: bool = False, skipped: list[tuple[int, str]] | None = None) -> Iterator[Vote]:
         """Every readable vote, newest first (or oldest first), read a page at a time: memory stays

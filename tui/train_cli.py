@@ -270,8 +270,8 @@ def _choose_threads(trainer: Any) -> None:
     from tiankong.trainers.cpu_threads import choose_threads
 
     note = choose_threads()
-    if note and trainer.dist.is_main:
-        say(note)
+    if note:  # said by the trainer once it is known to train (a finished run's --resume trains nothing)
+        trainer.start_notes.append(note)
 
 
 def _stopped_at_once(out_dir: Path) -> str:

@@ -131,7 +131,17 @@ def win_rate(s: dict[str, int]) -> float | None:
     return s.get("wins", 0) / decided if decided else None
 
 
-def stats_table(stats: dict[str, dict[str, int]], title: str = "Presets", caption: bool = True) -> RenderableType:
+WIN_RATE = "win rate = wins ÷ (wins + losses), over ranked pairs"
+# Under one table per model, a pair of one preset on two models (a --models round) is a win and a loss
+# here, where `tiankong prefs stats` (by preset alone) counts it as neither: said, as the counts differ.
+BY_MODEL = (
+    "; counted by preset and model, so a pair of one preset on two models counts here and in neither column "
+    "of `tiankong prefs stats`"
+)
+
+
+def stats_table(stats: dict[str, dict[str, int]], title: str = "Presets", caption: bool | str = True) -> RenderableType:
+    """One table of per-preset counts; caption: True for the win rate's line, a str for that line and it."""
     if not stats:
         return Text("No votes yet.", style="dim")
     table = Table(
@@ -141,7 +151,7 @@ def stats_table(stats: dict[str, dict[str, int]], title: str = "Presets", captio
         title=title,
         title_justify="left",
         title_style="bold",
-        caption="win rate = wins ÷ (wins + losses), over ranked pairs" if caption else None,
+        caption=WIN_RATE + (caption if isinstance(caption, str) else "") if caption else None,
         caption_justify="left",
         caption_style="dim",
     )
@@ -178,7 +188,7 @@ def stats_tables(stats: dict[tuple[str, str], dict[str, int]]) -> list[Renderabl
     for n, model in enumerate(models):
         mine = {p: s for (p, m), s in stats.items() if m == model}
         tables += [Text("")] if n else []
-        tables.append(stats_table(mine, title=f"Presets on {short[model]}", caption=n == last))  # one caption
+        tables.append(stats_table(mine, title=f"Presets on {short[model]}", caption=n == last and BY_MODEL))
     return tables
 
 
