@@ -42,6 +42,18 @@ def answer_room(max_new_tokens: int, context: int) -> int:
     return max(1, min(max_new_tokens, context // 4))
 
 
+def too_long(tokens: int, context: int, max_new_tokens: int | None = None) -> ContextOverflow:
+    """The error for a prompt of `tokens` that fills the context: the most it may hold to leave the
+    answer its room (answer_room of max_new_tokens, as a chat's prompt leaves; None: unknown, one
+    token). "at most 511" of 512 for a 20-token answer pointed at a prompt that left it one."""
+    room = answer_room(max_new_tokens, context) if max_new_tokens is not None else 1
+    leaving = f", which leaves {room} for the answer" if max_new_tokens is not None else ""
+    return ContextOverflow(
+        f"prompt is {tokens} tokens but the model's context is {context}; shorten it to at most {context - room} tokens"
+        f"{leaving}"
+    )
+
+
 def turn_starts(messages: Messages) -> list[int]:
     """Index of the first message of every turn: each user message (and anything before the first
     one that is not a system message) starts a turn."""

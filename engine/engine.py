@@ -22,7 +22,7 @@ from torch import nn
 
 from .chat import ChatTemplate, render_prompt
 from .config import ModelConfig
-from .context import PromptCache, answer_room, fit_messages
+from .context import PromptCache, answer_room, fit_messages, too_long
 from .errors import ContextOverflow, InputError, quoted
 from .events import Event
 from .files import check_text
@@ -250,13 +250,12 @@ class Engine:
             max_chars=self._char_limit() if long else None,
         )
 
-    def check_fits(self, ids: Sequence[int]) -> None:
-        """Raise InputError unless the prompt leaves room for at least one new token in the context."""
+    def check_fits(self, ids: Sequence[int], max_new_tokens: int | None = None) -> None:
+        """Raise ContextOverflow unless the prompt leaves room for at least one new token in the
+        context; with max_new_tokens, the length it names as the fix leaves the answer its room."""
         ctx = self.cfg.max_seq_len
         if len(ids) >= ctx:
-            raise ContextOverflow(
-                f"prompt is {len(ids)} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens"
-            )
+            raise too_long(len(ids), ctx, max_new_tokens)
 
     def _check_text(self, texts: Sequence[Any]) -> None:
         ctx = self.cfg.max_seq_len

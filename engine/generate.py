@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .context import PromptCache
+from .context import PromptCache, too_long
 from .errors import InputError
 from .events import Candidate, Event, Finished, TokenEvent
 from .kv_cache import build_mask, kv_dtype
@@ -167,9 +167,7 @@ def _setup_rows(
                 " which starts an empty text from the model's BOS token"
             )
         if len(ids) >= ctx:
-            raise InputError(
-                f"prompt is {len(ids)} tokens but the model's context is {ctx}; shorten it to at most {ctx - 1} tokens"
-            )
+            raise too_long(len(ids), ctx, p.max_new_tokens)
         assert p.seed is not None, "the caller draws a seed for rows that have none"
         max_new = min(p.max_new_tokens, ctx - len(ids))
         rows.append(_Row(i, len(ids), p, max_new, IncrementalDecoder(tokenizer, ids), prompt=ids))

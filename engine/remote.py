@@ -42,12 +42,18 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's cap; servers refuse more
 UNKNOWN_CONTEXT = 1 << 20  # a server that does not say: nothing is trimmed here, the server decides
 POLL_S = 0.05  # how often a waiting generate() looks at its cancel event
 MESSAGE_OVERHEAD = 4  # template tokens around each message, for the estimate
+_HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")  # a repository's page, not an API (router.* is one)
 _NEUTRAL = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}  # tiankong's own fields, sent only when set
 
 
 def is_remote(model: Any) -> bool:
-    """Whether a --model value names a server (http:// or https://) rather than a model on disk."""
-    return isinstance(model, str) and model.lower().startswith(("http://", "https://"))
+    """Whether a --model value names a server (http:// or https://) rather than a model on disk. The hub's
+    own address of a repository (https://huggingface.co/ORG/NAME, hf.co/ORG/NAME) is no server: it names
+    ORG/NAME, which engine/resolve.py looks up in the Hugging Face cache, offline."""
+    if not (isinstance(model, str) and model.lower().startswith(("http://", "https://"))):
+        return False
+    host = (urlsplit(model).hostname or "").lower()  # lowercased, without a port or user
+    return host not in _HUB_HOSTS
 
 
 @dataclass(frozen=True)
@@ -173,10 +179,14 @@ class RemoteEngine:
             lambda m: self.encode(messages=m, raw=raw), messages, budget, at_least=at_least, slack=slack
         )
 
-    def check_fits(self, prompt: Sequence[Any]) -> None:
+    def check_fits(self, prompt: Sequence[Any], max_new_tokens: int | None = None) -> None:
+        """As Engine.check_fits, on the prompt's count (the server's, or estimated)."""
         ctx = self.cfg.max_seq_len
         if len(prompt) >= ctx:
-            raise ContextOverflow(f"prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it")
+            most = ctx - (answer_room(max_new_tokens, ctx) if max_new_tokens is not None else 1)
+            raise ContextOverflow(
+                f"prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it to about {most} tokens"
+            )
 
     def _count(self, msgs: tuple[Mapping[str, Any], ...]) -> int | None:
         """The server's token count for these messages (vLLM's and tiankong serve's POST /tokenize),

@@ -115,7 +115,16 @@ def test_switching_branch_shows_the_last_token_of_the_branch_switched_to(tiny, s
 
 def stored_long_answer(store, chat, n_tokens: int) -> tuple[int, list[dict]]:
     """A stored chat: "hi", then an answer of n_tokens real tokens of the model, each with two candidates."""
-    eng = chat.engine
+    tokens = answer_tokens(chat.engine, n_tokens)
+    chat_id = store.create_chat(chat.model_id, "balanced", "", "a full context")
+    store.add_message(chat_id, "user", "hi")
+    text = "".join(t["text"] for t in tokens)
+    store.add_message(chat_id, "assistant", text, finish_reason="context", seed=1, tokens=tokens)
+    return chat_id, tokens
+
+
+def answer_tokens(eng, n_tokens: int) -> list[dict]:
+    """n_tokens real tokens of the model, as an answer stores them, each with two candidates."""
     sentence = eng.encode(prompt="Once upon a time there was a little girl named Lily. ", raw=True)
     ids = ([i for i in sentence if i not in eng.tokenizer.special_ids] * 40)[:n_tokens]
     tokens = [
@@ -132,11 +141,7 @@ def stored_long_answer(store, chat, n_tokens: int) -> tuple[int, list[dict]]:
         }
         for i in ids
     ]
-    chat_id = store.create_chat(chat.model_id, "balanced", "", "a full context")
-    store.add_message(chat_id, "user", "hi")
-    text = "".join(t["text"] for t in tokens)
-    store.add_message(chat_id, "assistant", text, finish_reason="context", seed=1, tokens=tokens)
-    return chat_id, tokens
+    return tokens
 
 
 def test_b_where_the_context_is_full_is_refused_in_words_and_keeps_the_answer(tiny, store, tmp_path):
@@ -177,6 +182,40 @@ def test_b_where_the_context_is_full_is_refused_in_words_and_keeps_the_answer(ti
     assert len(messages) == 2 and "Once upon a time" in messages[1]
     assert any("the engine refused" in m for m in failed)
     assert shown == messages and same_tokens  # the old answer, back
+
+
+def test_b_where_an_answer_filled_the_context_counts_the_prompt_that_answer_had(tiny, store, tmp_path):
+    # QA: an answer whose prompt kept an earlier turn filled the context; the next message would go
+    # without that turn (the status line: "1 turn out"). `b` at the answer's end counted the room
+    # with the next message's count, found some, and the branch, sent with the answer's own prompt,
+    # got the engine's "prompt is 256 tokens but the model's context is 256; shorten it to at most
+    # 255 tokens". It is the prompt the branch goes out with that counts.
+    async def go():
+        async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
+            eng, earlier = chat.engine, SENTENCE * 3
+            asked = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": earlier}]
+            asked.append({"role": "user", "content": "more"})
+            prompt = len(eng.encode(messages=asked))  # within the prompt's room (256 less 64): nothing dropped
+            tokens = answer_tokens(eng, 256 - prompt)
+            chat_id = store.create_chat(chat.model_id, "balanced", "", "a full context, a turn out")
+            store.add_message(chat_id, "user", "hi")
+            store.add_message(chat_id, "assistant", earlier, finish_reason="length", seed=1)
+            store.add_message(chat_id, "user", "more")
+            text = "".join(t["text"] for t in tokens)
+            store.add_message(chat_id, "assistant", text, finish_reason="context", seed=1, tokens=tokens)
+            await chat.open_chat(chat_id)
+            await pilot.pause()
+            out, said = chat.dropped_turns, []
+            chat.notify = lambda message, *a, **kw: said.append(message)
+            await pilot.press("f5", "end", "b")
+            await pilot.pause()
+            return prompt, out, type(app.screen).__name__, said, len(chat.messages)
+
+    prompt, out, screen, said, shown = run(go())
+    assert prompt < 192 and out >= 1  # the next message goes without the first turn; this answer's prompt had it
+    assert screen == "ChatScreen" and shown == 4  # no picker, the answer still there
+    assert len(said) == 1 and said[0].startswith("no room to continue from here: the context is full"), said
+    assert f"a {prompt}-token prompt and {256 - prompt} tokens of the answer fill the 256-token context" in said[0]
 
 
 # ---------------------------------------------------------------- 80x24
@@ -297,20 +336,79 @@ def test_the_status_line_and_ctrl_t_say_how_full_the_context_is(tiny, store, tmp
             chat_id = store_chat(store, chat.model_id, [1, 1, 4])
             await chat.open_chat(chat_id)
             await pilot.pause()
+            out = chat.dropped_turns  # (the status line's count)
             await pilot.press("ctrl+t")
             await pilot.pause()
             region = app.screen.query_one("#tokens-head").region
             shown = " ".join(line.strip() for line in screen_lines(app)[region.y : region.bottom])
-            return full, head, shown, screen_lines(app)
+            return full, head, (out, shown), screen_lines(app)
 
-    (line, prompt), (head, n), shown, screen = run(go())
+    (line, prompt), (head, n), (out, shown), screen = run(go())
     assert any("architecture  LlamaForCausalLM " in row for row in screen)  # the model panel: not "…CausalL / M"
     # Counted as ctrl+t counts it, of the whole context, and where turns go: "context 88% full" (of the
     # prompt's room) read as a share of the context, beside ctrl+t's "prompt 168/256" (66%).
     assert prompt <= 192 and f"ready · prompt {prompt}/256 · old turns go past 192" in line
-    # ctrl+t counts the prompt as it stands (the box empty: the chat alone) and the room after it.
+    # ctrl+t counts the next message's prompt (the box empty: an empty message after the chat, as the
+    # status line does; it counted the chat alone, 5 tokens fewer than the status line on a chat
+    # template) and the room after it.
+    assert n == prompt
     assert head.startswith(f" {n} tokens   prompt {n}/256 · answer room {256 - n} (max tokens 256)")  # capped
-    assert shown.endswith("without the chat's first 2 turns, which no longer fit the context"), shown
+    assert out == 3 and shown.endswith("without the chat's first 3 turns, which no longer fit the context"), shown
+
+
+def test_the_status_line_keeps_the_model_name_where_the_states_long_words_do_not_fit():
+    # QA: at 120x40 the line read "填空  ready · 2 turns out · prompt 369/512 │ balanced T0.7 ...": the
+    # model name went to make room for the state's long words, which did not fit all the same. Where
+    # they fit (140 columns), they are shown; where not, the short state beside the model name.
+    from textual.app import App
+
+    from tiankong.engine.params import SamplingParams
+    from tiankong.tui.widgets.status import StatusBar, params_summary
+
+    class Bar(App):
+        def compose(self):
+            yield StatusBar()
+
+    long = "ready · next message: 2 turns out of context · prompt 369/512 · old turns go past 384"
+
+    async def go(width: int) -> str:
+        app = Bar()
+        async with app.run_test(size=(width, 3)) as pilot:
+            bar = app.query_one(StatusBar)
+            params = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, max_new_tokens=512)
+            bar.set(model="tiankong-mini", preset="balanced", settings=params_summary(params, 512))
+            bar.set(state=long, short_state="ready · 2 turns out · prompt 369/512")
+            await pilot.pause()
+            return str(bar.render())
+
+    narrow, wide = run(go(120)), run(go(140))
+    assert narrow.startswith(" 填空  tiankong-mini │ ready · 2 turns out · prompt 369/512 │ balanced "), narrow
+    assert narrow.endswith("seed random") and len(narrow) <= 120
+    assert wide.startswith(f" 填空  {long} │ balanced "), wide  # README's words
+    assert wide.endswith("seed random") and len(wide) <= 140
+
+
+def test_ctrl_t_leaves_out_every_turn_the_next_message_leaves_out(tiny, store, tmp_path):
+    # QA: each answer filled the context, so the next message goes without every turn ("4 turns
+    # out"); ctrl+t fitted the chat as it stood, ending in the last answer: that turn cannot go, the
+    # fit failed, and the whole chat showed, "prompt 540/128", with no turn left out.
+    async def go():
+        app = make_app(tiny, store, tmp_path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            chat = await loaded(pilot)
+            await chat.open_chat(store_chat(store, chat.model_id, [6, 6, 6, 6]))  # each turn past 192 tokens
+            await pilot.pause()
+            line, counted = status(chat), chat.next_prompt
+            await pilot.press("ctrl+t")
+            await pilot.pause()
+            screen = app.screen
+            return line, counted, str(screen.query_one("#tokens-head").render()), len(screen.ids), screen.messages
+
+    line, counted, head, n, messages = run(go())
+    assert "next message: 4 turns out of context" in line
+    assert n == counted < 192 and f"prompt {n}/256" in head  # what the next message goes out with
+    assert "without the chat's first 4 turns, which no longer fit the context" in head
+    assert messages == [{"role": "user", "content": ""}]  # the box is empty: an empty message of the user's
 
 
 def test_the_ctrl_t_head_breaks_between_its_phrases_at_80_and_120_columns(tiny, store, tmp_path):
@@ -334,7 +432,7 @@ def test_the_ctrl_t_head_breaks_between_its_phrases_at_80_and_120_columns(tiny, 
         phrases = [
             f"prompt {n}/256 · answer room {256 - n} (max tokens 256)",  # the preset's 512, capped
             "the next answer's prompt, as plain text (no chat template)",  # (the tiny model has none)
-            "without the chat's first 2 turns, which no longer fit the context",
+            "without the chat's first 3 turns, which no longer fit the context",  # (an empty message to come)
         ]
         for phrase in phrases:  # each whole on one line
             assert any(phrase in line for line in lines), (width, lines)

@@ -79,4 +79,5 @@ def test_thirty_turns_drop_old_turns_and_keep_answering(store, tmp_path):
     assert n == dropped[-1] and f"{n} turns out" in reopened_status  # what it said live
     head, n_ids, messages = shown
     assert f"without the chat's first {n} turns" in head and n_ids <= 512
-    assert len(messages) == 2 * (30 - n)  # the kept turns, each a request and its answer
+    # The kept turns, each a request and its answer, and the next message (the box is empty: an empty one).
+    assert len(messages) == 2 * (30 - n) + 1 and messages[-1] == {"role": "user", "content": ""}

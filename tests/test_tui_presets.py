@@ -153,8 +153,33 @@ def test_the_editor_on_80x24_keeps_every_error_reachable(tiny, tmp_path, presets
     (lines, inside), help_line, seed_hint = run(go())
     assert inside and len(lines) == 3
     assert lines[0].startswith("temperature must be a number") and lines[2].startswith("… and 7 more: each red field")
-    assert help_line == "max_new_tokens must be an integer in [1, 1000000], got 'x'"
+    assert help_line == "max_new_tokens must be an integer in [1, 256], got 'x'"  # the model's range, as its hint
     assert seed_hint == "[0, 18446744073709551615]"  # as the engine's own error says it
+
+
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ("", "max_new_tokens must be an integer in [1, 256], got ''"),
+        ("0", "max_new_tokens must be in [1, 256], got 0"),
+        ("2.5", "max_new_tokens must be an integer in [1, 256], got 2.5"),
+        ("257", "max_new_tokens must be in [1, 256], got 257 (no answer is longer than the model's 256-token context)"),
+    ],
+)
+def test_the_editor_refuses_max_tokens_in_the_range_its_hint_shows(tiny, tmp_path, presets_dir, typed, said):
+    # QA: max tokens cleared said "must be an integer in [1, 1000000], got ''" beside a hint of
+    # "[1, 256]" (the tiny model's context): one range, the model's.
+    async def go():
+        with Store(tmp_path / DB_NAME) as store:
+            async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
+                editor = await edit(pilot, max_new_tokens=typed)
+                await pilot.press("enter")
+                await pilot.pause()
+                hint = [str(w.render()) for w in editor.query(".field-hint")][FIELDS.index("max_new_tokens")]
+                return app.screen is editor, str(editor.query_one("#editor-error").render()), hint
+
+    still, error, hint = run(go())
+    assert still and error == said and hint.startswith("[1, 256]")
 
 
 def test_the_editor_refuses_what_is_no_plain_number():

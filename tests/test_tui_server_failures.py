@@ -202,7 +202,7 @@ def test_ctrl_t_on_a_server_counts_the_prompt_the_chat_sends_without_the_dropped
             notes = await notes_of(chat)
             await pilot.press("ctrl+t")
             await wait_for(pilot, lambda: notes)
-            msgs = chat.conversation()
+            msgs = [*chat.conversation(), {"role": "user", "content": ""}]  # the next message's (the box empty)
             want = len(app.engine.encode(messages=drop_turns(msgs, chat._fit(msgs)[1])))
             return notes[0], chat.dropped_turns, want
 

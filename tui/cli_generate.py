@@ -105,7 +105,7 @@ read, and a warning names them), or plain text (a text prompt that starts with "
 In a .jsonl file a line that is a JSON string is the prompt's text, and other JSON (42, [1,2], null) is refused;
 in a text file or on stdin each line that does not start with "{" is text as it stands.
 A bad line stops the run before the model loads, naming the line; a prompt longer than the context stops it
-before anything is generated. A model without a chat template joins a "messages" line's contents without
+before anything is generated (every such line counted, the first few named). A model without a chat template joins a "messages" line's contents without
 roles (said once; --raw does so on purpose).
 
 --format text writes each answer followed by a blank line; with several prompts or --n, a line before each
@@ -114,7 +114,8 @@ answer says which ("--- prompt 2, sample 1 of 4, seed 7 ---", with the line's "i
 --context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
 message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
 context), and records how many in "dropped_turns". An answer cut short by the context ends with
-finish_reason "context" (the max-new-tokens limit is "length").
+finish_reason "context" (the max-new-tokens limit is "length"); a --max-new-tokens above the context is
+not refused, and a note on stderr says the most an answer gets.
 
 --output is replaced only when the run ends: on an error it is left as it was (and it may not be the
 --input file). Finished records are kept in OUTPUT.part-* as they come (one per process), so after a
@@ -236,6 +237,8 @@ def generate(
             say_decode_notice(eng)  # no compiled step: several times slower, said once (rank 0)
             _say_no_template(eng, jobs, raw, dist.is_main)
             rows = _encode_rows(eng, jobs, params, n, raw, context_overflow, _base_seed(params, dist))
+            if dist.is_main and max_new_tokens:  # asked for: a preset's own (creative's 1024) goes unsaid
+                _say_past_context(eng, params, rows, "--max-new-tokens")
             from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
 
             show = input is not None and dist.is_main
@@ -435,11 +438,15 @@ def _base_seed(params: Any, dist: Any) -> int:
     return int(dist.all_reduce_sum({"seed": float(drawn)})["seed"])
 
 
+SHOWN_REFUSALS = 3  # input lines a refused run names with their errors; the rest are counted
+
+
 def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow: str, base: int) -> list[_Row]:
     """Every (prompt, sample) row with the row's seed (`base` + the sample's index), every prompt
     encoded and checked against the context before any output. The seed depends only on the sample
-    index, never on batching or on which process generates the row."""
-    rows = []
+    index, never on batching or on which process generates the row. Lines that do not encode or fit
+    are all found before the run stops: it named the first, and the next run the second."""
+    rows, refused = [], []
     for where, job in jobs:
         dropped = 0
         try:
@@ -447,15 +454,41 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
                 ids, dropped = eng.fit(job["messages"], params.max_new_tokens, raw=raw)
             else:
                 ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
-                eng.check_fits(ids)
+                eng.check_fits(ids, params.max_new_tokens)
         except InputError as e:
             helps = overflow != "truncate" and _truncation_helps(eng, job, e, params, raw)
             hint = " (or pass --context-overflow truncate to drop its oldest turns)" if helps else ""
-            raise InputError(f"{where}: {e}{hint}") from None
+            refused.append(f"{where}: {e}{hint}")
+            continue
         for i in range(n):
             # In range: generate() checked --seed + n - 1; a drawn base is below 2**31
             rows.append(_Row(len(rows), i, job, ids, params.replace(seed=base + i), dropped))
+    if len(refused) == 1:
+        raise InputError(refused[0])
+    if refused:
+        more = len(refused) - SHOWN_REFUSALS
+        rest = f"; and {more} more" if more > 0 else ""
+        raise InputError(f"{len(refused)} prompts were refused: " + "; ".join(refused[:SHOWN_REFUSALS]) + rest)
     return rows
+
+
+def _say_past_context(eng: Any, params: Any, rows: list[_Row], given: str) -> None:
+    """One note where max new tokens is more than the model's context holds: no answer can be that
+    long, each stops where its prompt and it fill the context (finish_reason "context", said nowhere
+    in --format text). Not refused, as chat's f3 refuses it: a script may pass a large value on
+    purpose. given: whose value it is (the flag, or the preset's field)."""
+    ctx, most = eng.cfg.max_seq_len, params.max_new_tokens
+    if most <= ctx or not rows or not getattr(eng.cfg, "context_known", True):
+        return
+    sizes = sorted({len(r.ids) for r in rows})
+    if len(sizes) == 1:
+        cap = f"at most {ctx - sizes[0]} new tokens after the {sizes[0]}-token prompt"
+    else:
+        cap = f"at most {ctx} less its prompt's tokens, {ctx - sizes[-1]} to {ctx - sizes[0]} new tokens here"
+    _say(
+        f"note: {given} {most} is more than the model's {ctx}-token context holds: an answer stops where "
+        f'its prompt and it fill the context, {cap} (finish_reason "context")'
+    )
 
 
 def _truncation_helps(eng: Any, job: dict, error: InputError, params: Any, raw: bool) -> bool:

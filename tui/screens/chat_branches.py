@@ -38,10 +38,11 @@ class ChatBranches:
         # The lines after the last message kept were about the messages taken out: context notices,
         # and a "not answered" warning under the message taken out.
         children = list(self.transcript.children)
-        kept = children.index(msgs[index - 1]) if index else -1
-        notes = [w for w in children[kept + 1 :] if isinstance(w, (ContextNotice, NotAnswered))]
+        kept = msgs[index - 1] if index else None
+        after = children.index(kept) + 1 if kept is not None else 0
+        notes = [w for w in children[after:] if isinstance(w, (ContextNotice, NotAnswered))]
         await self.transcript.remove_children(notes)
-        self.dropped_turns = max((w.dropped for w in self.transcript.query(ContextNotice)), default=0)
+        self.dropped_turns = self._dropped_through(kept)
 
     async def action_regenerate(self) -> None:
         if not self._can_generate():

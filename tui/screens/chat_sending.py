@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from rich.text import Text
+from textual.widget import Widget
 from textual.widgets import Input, Static
 
 from tiankong.engine.chat import RAW_MODE_FIX
@@ -168,23 +169,25 @@ class ChatSending:
             await self.transcript.mount(ContextNotice(dropped, self.engine.cfg.max_seq_len))
         self.dropped_turns = dropped
 
+    def _dropped_through(self, widget: Widget | None) -> int:
+        """The turns out of context by the transcript's notices up to `widget` (None: before the first
+        message): the count the chat goes back to when what follows `widget` leaves it (_remove_from)."""
+        children = list(self.transcript.children)
+        end = children.index(widget) + 1 if widget is not None else 0
+        return max((w.dropped for w in children[:end] if isinstance(w, ContextNotice)), default=0)
+
     async def _show_dropped(self) -> None:
         """What the next message will not see, and how full its prompt is, said in the transcript (a
         ContextNotice where more turns go than before) and the status line: after an answer, for a
         chat opened, a branch switched to. One count throughout: the next message's, with a message
         of the user's to come (an empty one: the least it can be), so that the last answer is among
         the turns that can go. A chat whose last message has no answer says so under it."""
-        msgs = self.conversation()
-        unanswered = bool(msgs) and msgs[-1]["role"] == "user"
-        if msgs and not unanswered:
-            msgs.append({"role": "user", "content": ""})
-        # At least what the last answer's prompt left out, as right after it was written: a chat
-        # reopened counted afresh, and could say another number than it said live.
-        last = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)
-        at_least = max(self.dropped_turns, (last.dropped or 0) if last is not None else 0)
+        chat = self.conversation()
+        unanswered = bool(chat) and chat[-1]["role"] == "user"
+        msgs = self.next_conversation()
         refused = None
         try:
-            ids, dropped = self._fit(msgs, at_least)
+            ids, dropped = self._fit(msgs, self._next_at_least())
             self.next_prompt = len(ids)
         except TiankongError as e:  # the system prompt and the last message alone are too long
             dropped, refused = self.dropped_turns, self._how_to_fit(e, msgs)
@@ -193,6 +196,22 @@ class ChatSending:
         if unanswered and not self.generating and not self._not_answered_last():
             await self.transcript.mount(NotAnswered(refused or "no answer is stored for it; ctrl+r answers it"))
         self._status()
+
+    def next_conversation(self, text: str = "") -> list[dict[str, str]]:
+        """The conversation the next message goes out with: the chat and `text` (the message box's) as
+        a message of the user's; an empty one where the chat ends in an answer (the least the next
+        prompt can be), none where it ends in a message not answered yet (ctrl+r answers that)."""
+        msgs = self.conversation()
+        if text.strip() or (msgs and msgs[-1]["role"] != "user"):
+            msgs.append({"role": "user", "content": text if text.strip() else ""})
+        return msgs
+
+    def _next_at_least(self) -> int:
+        """The fewest oldest turns the next prompt leaves out: those out now, and at least what the
+        last answer's prompt left out, as right after it was written (a chat reopened counted afresh,
+        and could say another number than it said live)."""
+        last = next((w for w in reversed(self.messages) if isinstance(w, AssistantMessage)), None)
+        return max(self.dropped_turns, (last.dropped or 0) if last is not None else 0)
 
     def _how_to_fit(self, error: TiankongError, msgs: list[dict[str, str]]) -> str:
         """Why `msgs` cannot be answered (`error`: ContextOverflow's words, or the chat template's
@@ -268,10 +287,14 @@ class ChatSending:
         filled the context, at its last tokens). The engine would refuse the prompt in words meant
         for its API, after the old answer had left the screen."""
         assert self.engine is not None
+        at = self.messages.index(answer)
         msgs = self.conversation()
-        msgs = msgs[: len(msgs) - (len(self.messages) - self.messages.index(answer))]  # up to the user's message
+        msgs = msgs[: len(msgs) - (len(self.messages) - at)]  # up to the user's message
+        # The prompt _answer will build once the answer leaves the transcript, with the turns out as
+        # they are then: the count the next message would go with drops more (the last answer among
+        # them), and left room here for a branch the engine then refused.
         try:
-            prompt = len(self._fit(msgs)[0])
+            prompt = len(self._fit(msgs, self._dropped_through(self.messages[at - 1] if at else None))[0])
         except TiankongError:  # the message alone is too long: _answer says so
             return None
         ctx = self.engine.cfg.max_seq_len

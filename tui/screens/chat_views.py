@@ -191,14 +191,15 @@ class ChatViews:
             return
         if self.still_opening():
             return
-        msgs = self.conversation()
-        pending = self.query_one("#prompt", PromptInput).text
-        if pending.strip():
-            msgs.append({"role": "user", "content": pending})
+        # The next message's prompt, as the status line counts it: the box's text (empty: the least
+        # the prompt can be) after the chat, without the turns that no longer fit, a server's too.
+        # Without a message to come, a chat whose every turn was out showed whole: its last answer,
+        # the last turn, could not go.
+        msgs = self.next_conversation(self.query_one("#prompt", PromptInput).text)
         dropped = 0
-        if msgs:  # the prompt the chat would send: without the turns that no longer fit, a server's too
+        if msgs:
             with contextlib.suppress(TiankongError):  # the last message alone too long: shown whole, with the count
-                dropped = self._fit(msgs)[1]
+                dropped = self._fit(msgs, self._next_at_least())[1]
             msgs = drop_turns(msgs, dropped)
         if isinstance(self.engine, RemoteEngine):  # no tokenizer here: the count, and what the server said
             prompt, ctx = self.engine.encode(messages=msgs), self.engine.cfg

@@ -38,6 +38,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
+from tiankong.engine.errors import ContextOverflow
 from tiankong.engine.events import Event, Finished, TokenEvent
 from tiankong.engine.params import draw_seed
 from tiankong.engine.remote import RemoteEngine
@@ -204,9 +205,12 @@ you stopped).
         """The worker is done with a round; `error` is set when the round failed to start, `failed`
         holds why each column whose engine failed part-way did (the others ran to their end)."""
 
-        def __init__(self, number: int, error: str | None = None, failed: dict[int, str] | None = None) -> None:
+        def __init__(
+            self, number: int, error: str | None = None, failed: dict[int, str] | None = None, retry: bool = True
+        ) -> None:
+            """retry: whether running the round again may end otherwise (not for a prompt too long for the context)."""
             super().__init__()
-            self.number, self.error, self.failed = number, error, failed or {}
+            self.number, self.error, self.failed, self.retry = number, error, failed or {}, retry
 
     def __init__(
         self,
@@ -432,16 +436,21 @@ you stopped).
             by_engine.setdefault(id(ent.engine), []).append(c)
         groups = list(by_engine.values())
         texts, finish, stats = list(rnd.texts), list(rnd.finish), list(rnd.stats)
+        too_long: list[bool] = []  # a prompt too long for an engine's context: r would fail alike
 
         def start() -> list[Iterator[Event]]:
             streams, dropped = [], 0
             for cols in groups:
                 engine = rnd.entrants[cols[0]].engine
                 params = [rnd.params[c] for c in cols]
-                # A chat longer than the context loses its oldest turns, as the chat does (room for the longest answer).
-                ids, n = fit_prompt(engine, rnd.conversation, max(p.max_new_tokens for p in params))
+                try:
+                    # A chat longer than the context loses its oldest turns, as the chat does (room for the longest answer).
+                    ids, n = fit_prompt(engine, rnd.conversation, max(p.max_new_tokens for p in params))
+                    events = engine.generate([ids] * len(cols), params, top_logprobs=0, cancel=rnd.cancel)
+                except ContextOverflow:
+                    too_long.append(True)
+                    raise
                 dropped = max(dropped, n)
-                events = engine.generate([ids] * len(cols), params, top_logprobs=0, cancel=rnd.cancel)
                 # A server's stream is read in its own thread: one that stalls holds no other column back.
                 streams.append(Apart(events) if isinstance(engine, RemoteEngine) else events)
             if dropped:
@@ -461,7 +470,7 @@ you stopped).
 
         errors = stream_events(start, post, rnd.cancel)
         failed = {c: why for s, why in errors.items() if s != START for c in groups[s]}
-        self.post_message(self.Ended(rnd.number, errors.get(START), failed))
+        self.post_message(self.Ended(rnd.number, errors.get(START), failed, retry=not too_long))
 
     def on_compare_screen_streamed(self, message: Streamed) -> None:
         rnd = self.round
@@ -489,7 +498,7 @@ you stopped).
         if not message.error:
             self._leave_out_failed(rnd)
         if message.error:
-            rnd.error = message.error  # nothing to vote on; n / r start again
+            rnd.error, rnd.retry = message.error, message.retry  # nothing to vote on; n / r start again
         if rnd.error:
             self.notify(rnd.error, title="Generation failed", severity="error", markup=False)
         # Columns cut short say why: stopped (esc, skip, a new round) or failed with the round.

@@ -87,8 +87,10 @@ class CompareActions:
             return (
                 not self.answers_only and not self.queue_active and self.focused is not self.query_one("#prompt-input")
             )
-        if action == "rerun":
-            return not self.answers_only
+        if action == "rerun":  # not where it can only fail as it did (a prompt too long for the context)
+            return not self.answers_only and not (
+                self.state == "failed" and self.round is not None and not self.round.retry
+            )
         return True
 
     def _can_vote(self) -> bool:

@@ -67,6 +67,7 @@ class Round:
     revealed: bool = False
     vote_id: int | None = None
     error: str | None = None  # generation failed: nothing to vote on
+    retry: bool = True  # after an error, whether r may help: not for a prompt too long for the context
     # Columns whose generation failed (their engine raised part-way, or their logits went non-finite)
     # -> why: shown, marked, and never stored in a vote; the others are ranked when two or more are left.
     failed: dict[int, str] = field(default_factory=dict)

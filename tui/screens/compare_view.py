@@ -246,7 +246,9 @@ class CompareView:
             return Text.assemble(
                 ("Generation failed: ", "bold red"),
                 (rnd.error or "", "red"),
-                (" · n new prompt" if not self.queue_active else "") + " · r retry" + " · ".join(["", *skip]),
+                (" · n new prompt" if not self.queue_active else "")
+                + (" · r retry" if rnd.retry else "")
+                + " · ".join(["", *skip]),
             )
         if state == "voted":
             line = Text.assemble(("✓ ", "bold green"), (f"Vote #{rnd.vote_id} saved: {rnd.verdict}", "green"))

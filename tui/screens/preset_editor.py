@@ -110,15 +110,16 @@ def field_text(name: str, value: Any) -> str:
     return "" if value is None else num(value)
 
 
-def parse_field(name: str, text: str) -> Any:
+def parse_field(name: str, text: str, allowed: tuple[float, float] | None = None) -> Any:
     """Input text -> value for SamplingParams.replace (which checks the range); InputError if not a
-    number (or, for stop, not a list of quoted strings: parse_stop)."""
+    number (or, for stop, not a list of quoted strings: parse_stop). allowed: the range the error
+    names (the editor's for max tokens, no more than the model's context); SamplingParams' by default."""
     if name == "stop":
         return parse_stop(text)
     text = text.strip()
     if name == "seed" and text == "":
         return None
-    lo, hi, _ = SamplingParams.RANGES[name]
+    lo, hi = allowed or SamplingParams.RANGES[name][:2]
     if not _NUMBER.fullmatch(text):
         kind = "an integer" if name in _INTS else "a number"
         empty = " (empty = random)" if name == "seed" else ""
@@ -220,16 +221,18 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
             return self.context
         return value
 
-    def _over_context(self, name: str, value: Any) -> Any:
-        """A parsed field's value for SamplingParams: max tokens over the context refused as out of
-        range; the capped value shown for a preset's larger one, that one (it is what was there)."""
+    def _value(self, name: str, text: str) -> Any:
+        """A field's text as its value for SamplingParams, refused in the range the field shows: for max
+        tokens, the model's context (an empty field said "[1, 1000000]" beside "[1, 512]"). The capped
+        value shown for a preset's larger max tokens is that one (it is what was there)."""
+        value = parse_field(name, text, self._allowed(name) if name in FIELDS else None)
         if name != "max_new_tokens" or not self.context:
             return value
-        if value > self.context:
-            raise InputError(
-                f"max_new_tokens must be in [1, {self.context}], got {num(value)} "
-                f"(no answer is longer than the model's {self.context}-token context)"
-            )
+        lo, hi = self._allowed(name)
+        if not lo <= value <= hi or value != int(value):
+            why = f" (no answer is longer than the model's {self.context}-token context)" if value > hi else ""
+            kind = " an integer" if value != int(value) else ""
+            raise InputError(f"max_new_tokens must be{kind} in [{num(lo)}, {num(hi)}], got {num(value)}{why}")
         return self._capped if self._capped is not None and value == self.context else value
 
     def _recommended(self, name: str) -> tuple[float, float] | None:
@@ -338,7 +341,7 @@ class PresetEditor(ModalScreen["SamplingParams | Preset | None"]):
         errors: list[str] = []
         for name in EDITED:
             try:
-                changes[name] = self._over_context(name, parse_field(name, self._input(name).value))
+                changes[name] = self._value(name, self._input(name).value)
                 self.params.replace(**{name: changes[name]})  # this field's range alone
             except InputError as e:
                 errors.append(str(e))

@@ -1,8 +1,9 @@
 """The tokens view: how the current prompt splits into tokens, and what the model is made of.
 
 "The current prompt" is exactly what the next answer would be conditioned on: the system
-prompt, the chat so far and the text in the input box, through the chat template when the model
-has one (plain text joined by blank lines otherwise).
+prompt, the chat so far and the text in the input box (empty, an empty message: the least the next
+prompt can be, as the chat's status line counts it), without the oldest turns that no longer fit,
+through the chat template when the model has one (plain text joined by blank lines otherwise).
 """
 
 from __future__ import annotations

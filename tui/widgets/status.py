@@ -69,10 +69,12 @@ class StatusBar(Static):
     Everything is kept at any width: when the line does not fit, the settings lose their separators,
     then the model name goes, then the settings take their short names ("T0.7 k40 p0.9 max512
     seed random"), then the state its short form (`short_state`: "ready · 5 turns out" for "ready ·
-    next message: 5 turns out of context"), then a long preset name is cut ("a-very-long-na…
+    next message: 5 turns out of context"), the model name back where it fits beside that (it went
+    to make room for the long words only: at 120 columns a chat past three quarters of its context
+    showed the short state and no model), then a long preset name is cut ("a-very-long-na…
     (edited)", at least PRESET_MIN cells of it kept, and a shorter name whole), then the state (at
-    least STATE_MIN cells kept; an error is kept whole); only then is the end cut with "…". A preset name never takes more
-    than PRESET_MAX cells."""
+    least STATE_MIN cells kept; an error is kept whole); only then is the end cut with "…". A preset
+    name never takes more than PRESET_MAX cells."""
 
     DEFAULT_CSS = "StatusBar { height: 1; width: 1fr; }"
     PRESET_MAX = 40  # cells of a preset name shown at most, " (edited)" included: the rest of the line stays
@@ -117,6 +119,7 @@ class StatusBar(Static):
             self._line(True, compact, state),
             self._line(False, compact, state),
             self._line(False, short, state),
+            self._line(True, short, self._parts["short_state"]),
             self._line(False, short, self._parts["short_state"]),
         ]
         fits = next((line for line in lines if line.cell_len <= self.size.width), None)
