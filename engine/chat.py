@@ -30,11 +30,15 @@ from .tokenizer import Tokenizer
 RAW_MESSAGE_SEPARATOR = "\n\n"
 
 
-def no_template_note(reader: str) -> str:
+def no_template_note(reader: str, folder: str | Path | None = None) -> str:
     """What a model without a chat template does to a chat, as `reader` (a route, a command) says it:
-    one wording for `tiankong serve` (at its start and in each chat answer's X-Tiankong-Warning) and
-    `tiankong generate` (given "messages"), so the two never drift apart."""
-    return f"no chat template: {reader} joins the messages' contents without roles"
+    one wording for `tiankong serve` (at its start and in each chat answer's X-Tiankong-Warning),
+    `tiankong generate` (given "messages") and the playground, so they never drift apart. With the
+    model's `folder`: why, where it is Ollama's (its template layer is not read)."""
+    from .ollama import GO_TEMPLATE, go_template
+
+    why = f" ({GO_TEMPLATE})" if folder is not None and go_template(folder) else ""
+    return f"no chat template: {reader} joins the messages' contents without roles{why}"
 
 
 # The fix for a template that cannot be used, the model's own or a --chat-template file. Raw mode is

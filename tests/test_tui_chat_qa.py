@@ -387,3 +387,31 @@ def test_a_message_the_chat_template_refuses_is_named_with_the_way_out(tiny, sto
     assert new_answer is not None and new_refusals == []  # answered (stored)
     assert edited_answer is not None and edit_refusals == []
     assert system == [f'{refused} (the system prompt "boom: be brief"): edit it (tab goes to it)']
+
+
+def test_a_model_without_a_chat_template_is_said_when_the_chat_opens(tiny, store, tmp_path):
+    """QA: `tiankong chat -m ollama:NAME` on a model without a chat template (Ollama's is a Go template,
+    not read) opened in silence and joined the messages without roles, where generate, serve and the
+    trainers say it. Said as they say it, with the fix; a model with a template: nothing."""
+    import json
+    import shutil
+
+    bare = tmp_path / "bare-llama"
+    shutil.copytree(tiny, bare)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+
+    async def opened(model) -> list[str]:
+        async with chat_app(model, store, tmp_path) as (app, pilot, chat):
+            await pilot.pause()
+            return notices(app)
+
+    templated = tmp_path / "templated-llama"
+    shutil.copytree(bare, templated)
+    (templated / "chat_template.jinja").write_text(BOOM_TEMPLATE.replace("{% if 'boom' in m.content %}", "{% if 0 %}"))
+    said = run(opened(bare))
+    want = "no chat template: the chat joins the messages' contents without roles; give --chat-template FILE"
+    assert want in said, said
+    assert not any("no chat template" in n for n in run(opened(templated)))

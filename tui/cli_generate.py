@@ -725,16 +725,13 @@ def _say_no_template(eng: Any, jobs: list, raw: bool, say: bool) -> None:
     (engine/chat.py's raw mode): said once, as `serve` says it. --raw asks for that; a server
     (--model http://...) applies its own template."""
     from tiankong.engine.chat import no_template_note
-    from tiankong.engine.ollama import GO_TEMPLATE, go_template
     from tiankong.engine.remote import RemoteEngine
 
     if not say or raw or eng.template is not None or isinstance(eng, RemoteEngine):
         return
     if any("messages" in job for _, job in jobs):
-        why = f" ({GO_TEMPLATE})" if go_template(eng.folder) else ""
-        _say(
-            f"warning: {no_template_note('generate')}{why}; give --chat-template FILE, or --raw to join them on purpose"
-        )
+        note = no_template_note("generate", eng.folder)
+        _say(f"warning: {note}; give --chat-template FILE, or --raw to join them on purpose")
 
 
 def _stop_code(stop: KeyboardInterrupt) -> int:
