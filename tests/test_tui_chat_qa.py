@@ -13,7 +13,7 @@ import pytest
 from screen_text import screen_lines
 from test_tui_chat import answered, chat_app, loaded, make_app, open_newest_chat, run, send, slow_down, wait_for
 from textual.widgets import Input
-from tiny_models import make_model
+from tiny_models import make_model, with_template
 
 from tiankong.tui.screens.branch import CandidatePicker
 from tiankong.tui.screens.chat_sending import NotAnswered
@@ -24,7 +24,8 @@ from tiankong.tui.widgets.status import StatusBar
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return make_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama")
+    """A tiny Llama with a chat template (without one, the chat opens with a notice saying so)."""
+    return with_template(make_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama"))
 
 
 @pytest.fixture(scope="module")
@@ -408,10 +409,7 @@ def test_a_model_without_a_chat_template_is_said_when_the_chat_opens(tiny, store
             await pilot.pause()
             return notices(app)
 
-    templated = tmp_path / "templated-llama"
-    shutil.copytree(bare, templated)
-    (templated / "chat_template.jinja").write_text(BOOM_TEMPLATE.replace("{% if 'boom' in m.content %}", "{% if 0 %}"))
     said = run(opened(bare))
     want = "no chat template: the chat joins the messages' contents without roles; give --chat-template FILE"
     assert want in said, said
-    assert not any("no chat template" in n for n in run(opened(templated)))
+    assert not any("no chat template" in n for n in run(opened(tiny)))

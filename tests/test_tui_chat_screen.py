@@ -13,7 +13,7 @@ from screen_text import screen_lines
 from test_tui_chat import answered, chat_app, loaded, make_app, run, wait_for
 from textual.geometry import Region
 from textual.widgets import Input
-from tiny_models import make_model
+from tiny_models import make_model, with_template
 
 from tiankong.tui.widgets.candidates import CandidatesPanel
 
@@ -222,10 +222,14 @@ def test_b_where_an_answer_filled_the_context_counts_the_prompt_that_answer_had(
 
 
 def test_at_80x24_notices_leave_the_branch_pickers_title_alone(tiny, store, tmp_path):
+    import shutil
+
     from textual.widgets._toast import Toast, ToastRack
 
+    model = with_template(shutil.copytree(tiny, tmp_path / "templated"))  # no "no chat template" notice
+
     async def go():
-        app = make_app(tiny, store, tmp_path)
+        app = make_app(model, store, tmp_path)
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
             chat = await loaded(pilot)
             chat_id, _ = stored_long_answer(store, chat, 40)

@@ -17,7 +17,7 @@ from textual.geometry import Region
 from textual.widgets import Input
 from textual.widgets._footer import FooterKey
 from textual.widgets._toast import Toast, ToastRack
-from tiny_models import make_model
+from tiny_models import make_model, with_template
 
 from tiankong.presets import load_presets
 from tiankong.tui.screens.chat_sending import TITLE_CHARS, chat_title
@@ -36,7 +36,7 @@ CHINESE = (
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return make_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama")
+    return with_template(make_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama"))
 
 
 def short_presets(max_new_tokens: int = 10) -> dict:

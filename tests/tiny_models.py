@@ -179,3 +179,17 @@ def phi3_long_rope(gen: torch.Generator, head_dim: int = 16, partial: float = 0.
         "short_factor": (1 + torch.rand(pairs, generator=gen) * 0.2).tolist(),
         "long_factor": (1 + torch.rand(pairs, generator=gen) * 8).tolist(),
     }
+
+
+# A plain chat template for the playground's tiny models: without one the chat opens with a notice
+# saying so (tui/app.py), which tests of the screen's own notices and layout do not want.
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def with_template(folder: Path) -> Path:
+    """`folder` with PLAIN_TEMPLATE as its chat_template.jinja."""
+    (folder / "chat_template.jinja").write_text(PLAIN_TEMPLATE)
+    return folder
