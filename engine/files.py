@@ -185,15 +185,15 @@ def download_fix(repo_folder: Path, repo: str) -> str:
     ) + f"download {repo} again (`hf download {repo}`)"
 
 
-def broken_link_fix(path: Path) -> str:
-    """What mends a broken link: in a Hugging Face cache snapshot (models--ORG--NAME/snapshots/<hash>/)
-    a blob the download never finished or one deleted since, so downloading the repo again
-    (download_fix); anywhere else, copying the real file in."""
+def broken_link_fix(path: Path, elsewhere: str = "copy the real file into the folder") -> str:
+    """What mends a broken link (or another damaged file): in a Hugging Face cache snapshot
+    (models--ORG--NAME/snapshots/<hash>/) a blob the download never finished or one deleted since, so
+    downloading the repo again (download_fix); anywhere else, `elsewhere`."""
     parts = path.parts
     for i in range(len(parts) - 3, 0, -1):
         if parts[i + 1] == "snapshots" and parts[i].startswith("models--"):
             return download_fix(Path(*parts[: i + 1]), parts[i].removeprefix("models--").replace("--", "/", 1))
-    return "copy the real file into the folder"
+    return elsewhere
 
 
 def open_regular(path: str | Path, error: type[Exception] = ModelLoadError) -> int:

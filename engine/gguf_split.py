@@ -127,14 +127,20 @@ def _set_paths(first: Path, reader: gguf.GGUFReader, count: int) -> list[Path]:
             f"llama-gguf-split gave them (NAME-00001-of-{count:05d}.gguf, NAME-00002-of-{count:05d}.gguf, ...)"
         )
     paths = [_part(first, named[0], k, count) for k in range(1, count + 1)]
+    check_parts_there(first, paths)
+    return paths
+
+
+def check_parts_there(first: Path, paths: list[Path]) -> None:
+    """ModelLoadError naming the first missing part of the set `first` begins (its `paths`, by name),
+    as loading and `tiankong models` both say it; nothing when every part is there."""
     missing = [p for p in paths[1:] if not os.path.exists(p)]  # a broken link (a cache's missing blob) too
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelLoadError(
-            f"{first} is the first of {count} parts of a split GGUF, and part {paths.index(missing[0]) + 1}, "
+            f"{first} is the first of {len(paths)} parts of a split GGUF, and part {paths.index(missing[0]) + 1}, "
             f"{missing[0]}, is missing{more}; download every part of the set into {first.parent}"
         )
-    return paths
 
 
 def _open_later_parts(

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .errors import ModelLoadError, TiankongError
 from .files import download_fix, model_file, open_regular, parse_json, read_model_object, unfinished_download
-from .gguf_split import part_paths
+from .gguf_split import check_parts_there, part_paths
 from .model_places import (
     _Denied,
     _gguf_files,
@@ -37,9 +37,11 @@ from .model_places import (
     bundled_dir,
     hf_hub_cache,
     lmstudio_dirs,
+    missing_set_folders,
     ollama_dir,
 )
 from .ollama import _manifest, _model_digest, _ollama_config, _ollama_config_digest, _ollama_digest_path, _ollama_name
+from .repo_lookup import missing_snapshot, no_revisions
 
 _QUANT = re.compile(r"(?i)(?:^|[-._])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=[-._]|$)")  # in GGUF file names
 # Tensors some checkpoints hold that are no parameters (RoPE frequencies, GPT-2's attention masks):
@@ -65,19 +67,24 @@ class FoundModel:
         return asdict(self)
 
 
-def list_models(skipped: list[str] | None = None) -> list[FoundModel]:
+def list_models(skipped: list[str] | None = None, places: list[str] | None = None) -> list[FoundModel]:
     """Every model the places `resolve_model` searches hold: the bundled model first.
 
     A place that cannot be read (a folder without permission, a damaged manifest, a FIFO named
-    *.gguf) is left out and, when `skipped` is given, appended to it as one line saying why.
+    *.gguf) is left out and, when `skipped` is given, appended to it as one line saying why. A line
+    about a place itself, not about something in it (a folder an environment variable or LM Studio's
+    settings name that does not exist, a settings file that cannot be used), goes to `places`, or
+    with `places` None to `skipped` too.
     """
     notes: list[str] = [] if skipped is None else skipped
+    about: list[str] = notes if places is None else places
+    about += missing_set_folders()
     found: list[FoundModel] = []
     bundled = bundled_dir()
     if os.path.isfile(bundled / "config.json"):
         found.append(_describe("tiankong-mini", "bundled", bundled))
     found += _hf_entries(hf_hub_cache(), notes)
-    for root in lmstudio_dirs(notes):  # a settings file of LM Studio's that cannot be used: noted
+    for root in lmstudio_dirs(about):  # a settings file of LM Studio's that cannot be used: noted
         for org in _lmstudio_orgs(root, notes):
             for folder in _scan_or_note(org, notes) if os.path.isdir(org) else ():
                 if os.path.isdir(folder):
@@ -146,6 +153,8 @@ def _hf_repo_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundMod
             notes.append(str(e))
             if not refs:  # not the one snapshot taken as main below: the other refs still listed
                 return []
+    if not refs and not snapshots:  # `--model ORG/NAME` refuses it with this line
+        raise no_revisions(repo, folder)
     if not refs:
         refs = {"main": snapshots[0]} if len(snapshots) == 1 else {s[:10]: s for s in snapshots}
     # A download that did not finish leaves its blob as blobs/<hash>.incomplete and no link to it.
@@ -153,13 +162,16 @@ def _hf_repo_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundMod
     out: list[FoundModel] = []
     for rev, sha in refs.items():
         name, snapshot = (repo if rev == "main" else f"{repo}@{rev}"), folder / "snapshots" / sha
-        if not os.path.isdir(snapshot):
-            continue  # a ref to a missing snapshot: resolving it says so
+        if not os.path.isdir(snapshot):  # a ref to a missing snapshot: skipped with resolving's line
+            notes.append(str(missing_snapshot(name, repo, snapshot)))
+            continue
         if _is_file(snapshot / "config.json"):
             out += _noting(notes, _folder_entry, name, "huggingface", snapshot, fix)
-        elif rev == "main":
-            ggufs = _gguf_entries(repo, "huggingface", snapshot, notes)
-            if not ggufs and partial:
+            # A .gguf file beside the folder's weights (a repo of both): ORG/NAME[@REV]/FILE.gguf takes it.
+            out += _gguf_entries(name, "huggingface", snapshot, notes, by_file=True)
+        else:
+            ggufs = _gguf_entries(name, "huggingface", snapshot, notes)
+            if not ggufs and partial and rev == "main":
                 notes.append(f"{repo} ({snapshot}) holds no config.json and no .gguf file; {fix}")
             out += ggufs
     return out
@@ -295,10 +307,10 @@ def _lmstudio_entries(repo: str, folder: Path, notes: list[str]) -> list[FoundMo
     return _gguf_entries(repo, "lmstudio", folder, notes)
 
 
-def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> list[FoundModel]:
+def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str], by_file: bool = False) -> list[FoundModel]:
     """A folder's .gguf files (subfolders included), with architecture and quantization read from each
-    header (bounded); named ORG/NAME when it is the only one, else ORG/NAME/[SUB/]FILE.gguf (what
-    --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened;
+    header (bounded); named ORG/NAME when it is the only one (and not `by_file`: the folder's own
+    model has that name), else ORG/NAME/[SUB/]FILE.gguf (what --model takes). A file that is not a regular one (a FIFO, a broken link) is noted, never opened;
     so is one loading refuses on its header alone (_checked_gguf)."""
     files = _gguf_files(folder)
     out = []
@@ -312,7 +324,7 @@ def _gguf_entries(repo: str, source: str, folder: Path, notes: list[str]) -> lis
         quant = _quantization(facts)
         if quant is None and (hit := _QUANT.search(gguf.stem)):
             quant = hit[1].upper()  # older files may lack general.file_type: the file name says it
-        name = repo if len(files) == 1 else f"{repo}/{gguf.relative_to(folder).as_posix()}"
+        name = repo if len(files) == 1 and not by_file else f"{repo}/{gguf.relative_to(folder).as_posix()}"
         parts = part_paths(gguf)  # a split set's files (its first part is listed), else [gguf]
         size = sum(_size(p) for p in parts)
         arch = facts.get("general.architecture")
@@ -331,15 +343,17 @@ def _checked_gguf(gguf: Path, again: str = "download it again") -> tuple[dict[st
     its parts' counts summed); ModelLoadError with loading's own line for what loading refuses from
     the header alone: a damaged header, tensor data past the end or overlapping, dims no file has, a
     tensor type or an architecture tiankong cannot read. Cost: one walk of each header, no weights.
-    A set's missing part leaves the count unknown (loading names the part)."""
+    A set with a part missing is refused with loading's line naming the part."""
     from .gguf_arch import arch_of
     from .gguf_header import check_header, peek
 
-    counts = [check_header(part, again) if os.path.lexists(part) else None for part in part_paths(gguf)]
+    parts = part_paths(gguf)
+    check_parts_there(gguf, parts)
+    counts = [check_header(part, again) for part in parts]
     facts = peek(gguf)
     if facts.get("general.architecture") is not None:  # none: a header of nothing, listed (loading says why not)
         arch_of(gguf, facts["general.architecture"])
-    return facts, None if None in counts else sum(c for c in counts if c is not None)
+    return facts, sum(counts)
 
 
 def _ollama_entries(root: Path, notes: list[str]) -> list[FoundModel]:
@@ -369,9 +383,10 @@ def _ollama_entry(root: Path, name: str, manifest: Path) -> list[FoundModel]:
     except ModelLoadError as e:
         raise ModelLoadError(f"{name}: {e}") from None
     facts = _ollama_config(root, _ollama_config_digest(data), manifest)
-    arch, quant = facts.get("model_family"), facts.get("file_type")
-    arch = arch if isinstance(arch, str) else header.get("general.architecture")  # no config blob:
-    quant = quant if isinstance(quant, str) else _quantization(header)  # the file's header says
+    # The architecture is the header's, read above anyway and what loading goes by (a config blob's
+    # model_family may say llama of a qwen2 file); the config's only where the header names none.
+    arch, quant = header.get("general.architecture") or facts.get("model_family"), facts.get("file_type")
+    quant = quant if isinstance(quant, str) else _quantization(header)  # no config blob: the file's header says
     return [
         FoundModel(
             name,

@@ -72,7 +72,8 @@ def _carries(spec: object) -> bool:
 
 def display_name(model: str | Path) -> str:
     """A model's short name for screens: the name an Ollama model was given (ollama:NAME:TAG),
-    ORG/NAME for a Hugging Face cache snapshot (whose folder name is a commit hash), ORG/NAME/FILE.gguf
+    ORG/NAME[@REV] for a Hugging Face cache snapshot (whose folder name is a commit hash; @REV where
+    it is not main's), ORG/NAME[@REV]/FILE.gguf
     for a GGUF file in one (never its blob's hash), lmstudio:ORG/NAME[/FILE.gguf] for a model in LM
     Studio's folders (its file's name alone said neither where it was nor how to load it again),
     general.name for an Ollama blob stored before names were kept, else the folder's (or file's) name."""
@@ -85,7 +86,7 @@ def display_name(model: str | Path) -> str:
         i = len(parts) - 1 - parts[::-1].index("snapshots")
         if i >= 1 and parts[i - 1].startswith("models--"):
             repo = parts[i - 1].removeprefix("models--").replace("--", "/", 1)
-            return "/".join([repo, *parts[i + 2 :]])
+            return "/".join([repo + _revision(Path(*parts[:i]), parts[i + 1]), *parts[i + 2 :]])
     lmstudio = _lmstudio_name(path)
     if lmstudio is not None:
         return lmstudio
@@ -95,6 +96,18 @@ def display_name(model: str | Path) -> str:
         name = peek(path, ("general.name",)).get("general.name")
         return name if isinstance(name, str) and name else path.name
     return path.name or str(model)
+
+
+def _revision(repo_folder: Path, sha: str) -> str:
+    """ "@REV" for a cached snapshot that is not the repo's main (another revision is another model, as
+    `tiankong models` lists it: ORG/NAME@REV): a ref naming it (v2, refs/pr/1), else its hash's first
+    10 digits; "" for main's snapshot, and for a repo with no refs to tell (the cache's one snapshot)."""
+    from .model_places import _refs
+
+    refs = dict(_refs(repo_folder))
+    if not refs or refs.get("main") == sha:
+        return ""
+    return "@" + next((rev for rev, to in refs.items() if to == sha), sha[:10])
 
 
 def _lmstudio_name(path: Path) -> str | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ModelLoadError, TiankongError
-from .files import LINK_RULE, kind_of, link_out, open_regular, read_regular_bytes
+from .files import LINK_RULE, broken_link_fix, kind_of, link_out, open_regular, read_regular_bytes
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # one part of a repo id (the hub's own rule, roughly)
 _HASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -51,6 +51,21 @@ def hf_hub_cache() -> Path:
     if env.get("HF_HOME"):
         return Path(env["HF_HOME"]).expanduser() / "hub"
     return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface" / "hub"
+
+
+def missing_set_folders() -> list[str]:
+    """A line for each store folder an environment variable names that does not exist (a typo, a drive
+    not mounted): its models are silently absent otherwise. The defaults are not said: most people
+    have only some of the stores."""
+    env = os.environ
+    hf_var = next((v for v in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME") if env.get(v)), None)
+    places = [(hf_var, hf_hub_cache(), "the Hugging Face cache"), ("OLLAMA_MODELS", ollama_dir(), "Ollama's store")]
+    return [
+        f"{var} is set ({env[var]}), but {folder} does not exist, so nothing in {what} is found; "
+        f"set {var} to the folder that holds it, or unset it for the default"
+        for var, folder, what in places
+        if var is not None and env.get(var) and not os.path.lexists(folder)
+    ]
 
 
 def lmstudio_dirs(notes: list[str] | None = None) -> list[Path]:
@@ -150,7 +165,8 @@ def _lmstudio_folder_or_note(folder: Path, settings: Path, notes: list[str] | No
     """The Models Directory LM Studio's settings name, unless something other than a folder is there
     (a file, a FIFO, /dev/zero, a broken link): then None, and one line in `notes`. A folder that
     cannot be read stays (a lookup goes on past it and says so); one that does not exist stays too,
-    as the default folders do (a disk not mounted yet)."""
+    as the default folders do (a disk not mounted yet), with a line in `notes`: its models are
+    missing from every list until it is back, and a person should hear why."""
     try:
         st = _stat(folder)
     except _Denied:
@@ -158,9 +174,16 @@ def _lmstudio_folder_or_note(folder: Path, settings: Path, notes: list[str] | No
     except ModelLoadError as e:  # a broken link
         problem = str(e).partition("; ")[0]
     else:
-        if st is not None and stat.S_ISDIR(st.st_mode) and _system(folder):
+        if st is None:
+            if notes is not None:
+                notes.append(
+                    f"LM Studio's Models Directory {folder} (downloadsFolder in {settings}) does not exist, so "
+                    "none of its models are found; connect its drive, or choose the folder again in LM Studio (My Models)"
+                )
+            return folder
+        if stat.S_ISDIR(st.st_mode) and _system(folder):
             problem = f"{folder} is a system folder (pseudo-files, no models)"
-        elif st is None or stat.S_ISDIR(st.st_mode):
+        elif stat.S_ISDIR(st.st_mode):
             return folder
         else:
             problem = f"{folder} is {'a file' if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode)}, not a folder"
@@ -232,10 +255,9 @@ def _stat(path: Path) -> os.stat_result | None:
     except (FileNotFoundError, NotADirectoryError):
         if os.path.islink(path):
             target = os.readlink(path)
-            raise ModelLoadError(
-                f"{path} is a broken link (to {target}, which does not exist); "
-                "restore the file (download it again) or remove the link"
-            ) from None
+            # In the Hugging Face cache the repo's download command (removing config.json's link breaks the model).
+            fix = broken_link_fix(path, "restore the file (download it again) or remove the link")
+            raise ModelLoadError(f"{path} is a broken link (to {target}, which does not exist); {fix}") from None
         return None
     except OSError as e:
         raise _unreadable(path, e) from None
@@ -324,6 +346,9 @@ def _regular(path: Path) -> Path:
     st = _stat(path)
     if st is None:
         raise ModelLoadError(f"{path} does not exist; pass a model folder or a .gguf file")
+    if stat.S_ISDIR(st.st_mode) and path.suffix.lower() == ".gguf":  # no one names a folder so: a broken download
+        fix = broken_link_fix(path, "remove it and download the file again")
+        raise ModelLoadError(f"{path} is a folder named like a GGUF file, not one: the download is damaged; {fix}")
     if not stat.S_ISREG(st.st_mode):
         raise ModelLoadError(
             f"{path} is {kind_of(st.st_mode)}, not a regular file; pass a model folder or a .gguf file"

@@ -56,7 +56,14 @@ def ollama_canonical(name: str) -> str | None:
 
 
 def _manifest(path: Path) -> dict[str, Any]:
-    data = parse_json(read_regular_bytes(path, _SMALL).decode("utf-8", "replace"), str(path))
+    try:
+        data = parse_json(read_regular_bytes(path, _SMALL).decode("utf-8", "replace"), str(path))
+    except ModelLoadError as e:  # a folder, not JSON: a manifest is Ollama's to write, so pulling mends it
+        problem, _, fix = str(e).rpartition("; ")
+        if fix not in ("give the path of a real file", "fix or re-copy the file") or len(path.parts) < 4:
+            raise
+        pull = _ollama_name(*path.parts[-4:]).removeprefix("ollama:").removesuffix(":latest")
+        raise ModelLoadError(f"{problem}; run `ollama pull {pull}` to fetch the model again") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} is not an Ollama manifest (not a JSON object)")
     return data

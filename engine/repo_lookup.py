@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .files import download_fix
 from .model_names import _model_path
 from .model_places import (
     _PART,
@@ -121,6 +122,14 @@ def _noted(found: Path, text: str, repo: str, sub: str | None) -> Path:
 # --- a file or subfolder of a repository by name ---------------------------------------------------
 
 
+def _holds_weights(snapshot: Path) -> bool:
+    """Whether a cached snapshot with config.json has a file its weights can be in: a safetensors or
+    PyTorch file, or a .gguf file (the loader then says what it makes of each)."""
+    return any(
+        any(snapshot.glob(p)) for p in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.gguf")
+    )
+
+
 def _one_gguf(label: str, folder: Path, by_name: bool = True) -> Path | None:
     """The one .gguf file of a folder (None if it has none); several: one line naming them and how
     to choose (`label`: the name, or with by_name False the path, the folder was given by)."""
@@ -213,7 +222,9 @@ def _hf_snapshot(repo: str, revision: str | None) -> Path | None:
     ):
         sha = hits[0]
     else:
-        have = ", ".join(sorted(r for r, _ in _refs(folder)) + [s[:10] for s in snapshots]) or "nothing"
+        have = ", ".join(sorted(r for r, _ in _refs(folder)) + [s[:10] for s in snapshots])
+        if not have:
+            raise no_revisions(repo, folder)
         # Fewer hex characters are not taken as a hash prefix: say so, or @cccc reads as a typo of the list.
         short = (
             f" (a commit hash needs at least {_MIN_PREFIX} hex characters)"
@@ -226,15 +237,33 @@ def _hf_snapshot(repo: str, revision: str | None) -> Path | None:
     return folder / "snapshots" / sha
 
 
+def no_revisions(repo: str, folder: Path) -> ModelLoadError:
+    """A cached repo's folder with no ref and no snapshot: nothing of it is there to load."""
+    return ModelLoadError(
+        f"{repo} is in the Hugging Face cache ({folder}) but holds no revision (no refs, no snapshots): "
+        f"the cache is damaged; {download_fix(folder, repo)}"
+    )
+
+
+def missing_snapshot(label: str, repo: str, snapshot: Path) -> ModelLoadError:
+    """A ref (`label`: ORG/NAME[@REV]) naming a snapshot folder that is not there."""
+    return ModelLoadError(
+        f"{label}: the Hugging Face cache names snapshot {snapshot.name}, which is missing ({snapshot}); "
+        f"the cache is damaged: {download_fix(snapshot.parent.parent, repo)}"
+    )
+
+
 def _hf_model(repo: str, revision: str | None, snapshot: Path) -> Path:
     """The model of a cached snapshot: the folder (config.json), else its one .gguf file."""
     label = repo if revision is None else f"{repo}@{revision}"
     if not _is_dir(snapshot):
-        raise ModelLoadError(
-            f"{label}: the Hugging Face cache names snapshot {snapshot.name}, which is missing ({snapshot}); "
-            f"the cache is damaged: download {repo} again"
-        )
+        raise missing_snapshot(label, repo, snapshot)
     if _is_file(snapshot / "config.json"):
+        if not _holds_weights(snapshot):  # `hf download` stopped before its weights (or fetched some files only)
+            raise ModelLoadError(
+                f"{label} ({snapshot}) holds no weights (*.safetensors, pytorch_model*.bin); "
+                + download_fix(snapshot.parent.parent, repo)
+            )
         return snapshot
     try:
         gguf = _one_gguf(label, snapshot)

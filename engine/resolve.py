@@ -55,6 +55,7 @@ from .model_places import (
     _is_dir,
     _is_file,
     _regular,
+    _repo_dir,
     _scan,
     _starts_gguf,
     _stat,
@@ -67,6 +68,7 @@ from .model_places import (
 )
 from .ollama import _manifest, _model_digest, _ollama_digest_path, _ollama_name, _ollama_parts
 from .repo_lookup import (
+    _REV,
     LMSTUDIO,
     _hf_folders,
     _hf_model,
@@ -81,8 +83,11 @@ from .repo_lookup import (
 )
 
 # llama.cpp's names for a hub repo: its address in front (hf.co/ORG/NAME), a quantization behind (ORG/NAME:Q8_0).
-_HUB_PREFIX = re.compile(r"^(?:https?://)?(?:hf\.co|(?:www\.)?huggingface\.co)/")
-_QUANT = re.compile(rf"(?P<repo>{_PART}/{_PART}):(?P<quant>[A-Za-z0-9][A-Za-z0-9_]{{0,31}})")
+_HUB_PREFIX = re.compile(r"^(?:https?://)?(?:hf\.co|(?:www\.)?huggingface\.co)/", re.IGNORECASE)  # hosts: any case
+# A revision before the quantization (ORG/NAME@REV:QUANT): a git ref holds no ":", so the last one ends it.
+_QUANT = re.compile(
+    rf"(?P<repo>{_PART}/{_PART})(?:@(?P<rev>{_REV.pattern}))?:(?P<quant>[A-Za-z0-9][A-Za-z0-9_]{{0,31}})"
+)
 _SUGGEST = contextvars.ContextVar("_SUGGEST", default=True)  # off while list_models checks its own names
 # A name not found is matched against every listed name; the stores' walk for it gives up past these (a
 # hundred models in each store are a few thousand entries, listed in well under a second).
@@ -134,7 +139,13 @@ def _local(path: Path, text: str) -> Path | None:
         if _is_file(path / "config.json"):
             note = unfinished_run(path)
             return _model_path(path, None, note) if note else path
-        return _one_gguf(text, path, by_name=False) or path  # else the loader names what the folder lacks
+        found = _one_gguf(text, path, by_name=False)
+        if found is None and (hidden := _hidden_name(text)) is not None:
+            raise ModelLoadError(
+                f"{text} is a folder here ({path.absolute()}) with no config.json and no .gguf file, and a path "
+                f"wins over a name, so {hidden[0]} is not looked at; give --model {hidden[1]} for that one"
+            )
+        return found or path  # else the loader names what the folder lacks
     if not stat.S_ISREG(st.st_mode):
         raise ModelLoadError(
             f"{path} is {kind_of(st.st_mode)}, not a regular file; pass a model folder or a .gguf file"
@@ -145,6 +156,23 @@ def _local(path: Path, text: str) -> Path | None:
             "magic); pass the folder that holds config.json, or a .gguf file"
         )
     return path
+
+
+def _hidden_name(text: str) -> tuple[str, str] | None:
+    """(the place, the name that reaches it) where `text`, a folder here that holds no model, is also
+    ORG/NAME of the Hugging Face cache or LM Studio: the person most likely meant that model. None
+    for a path that is no such name, and where neither place has it."""
+    parsed = _parse(text)
+    if parsed is None or "/" not in parsed[0] or text.startswith(("/", ".", "~")):
+        return None
+    try:
+        if _repo_dir(hf_hub_cache(), parsed[0]) is not None:
+            return f"the Hugging Face cache's {text}", f"hf.co/{text}"
+        if parsed[1] is None and lmstudio_repos(parsed[0])[0]:
+            return f"LM Studio's {text}", f"{LMSTUDIO}{text}"
+    except TiankongError:  # a place that cannot be read: the folder's own line then
+        return None
+    return None
 
 
 def unfinished_run(folder: Path) -> str | None:
@@ -201,7 +229,7 @@ def _by_name(text: str, path: Path) -> Path:
     llama.cpp's spellings of one: hf.co/ORG/NAME (or https://huggingface.co/ORG/NAME), ORG/NAME:QUANT."""
     text = _HUB_PREFIX.sub("", text)  # the hub's address in front of ORG/NAME names the same repo
     if (quant := _QUANT.fullmatch(text)) is not None:
-        return _by_quant(text, quant["repo"], quant["quant"])
+        return _by_quant(text, quant["repo"], quant["quant"], quant["rev"])
     parsed = _parse(text)
     if parsed is None:  # no Hugging Face name; LM Studio's folders may still be named so
         loose = _parse_lmstudio(text)
@@ -238,14 +266,14 @@ def _by_name(text: str, path: Path) -> Path:
     raise _not_found(text, path, searched_hf=True, searched_lmstudio=lmstudio, bare="/" not in repo)
 
 
-def _by_quant(text: str, repo: str, quant: str) -> Path:
-    """ORG/NAME:QUANT (llama.cpp's -hf REPO:QUANT): the one .gguf file of the repo (its Hugging Face
-    snapshot, else its LM Studio folder) whose name holds QUANT as a word, in any case; one line
-    naming the files when several or none do."""
-    lmstudio, denied = lmstudio_repos(repo)
-    folders = _hf_folders(repo, None) or lmstudio
+def _by_quant(text: str, repo: str, quant: str, rev: str | None = None) -> Path:
+    """ORG/NAME[@REV]:QUANT (llama.cpp's -hf REPO:QUANT): the one .gguf file of the repo (its Hugging
+    Face snapshot at REV, else main's; without REV, else its LM Studio folder) whose name holds QUANT as
+    a word, in any case; one line naming the files when several or none do."""
+    lmstudio, denied = lmstudio_repos(repo) if rev is None else ([], None)  # LM Studio keeps no revisions
+    folders = _hf_folders(repo, rev) or lmstudio
     if not folders:
-        raise denied or _not_found(text, Path(text), searched_hf=True, searched_lmstudio=True)
+        raise denied or _not_found(text, Path(text), searched_hf=True, searched_lmstudio=rev is None)
     folder = folders[0]
     word = re.compile(rf"(?:^|[-._]){re.escape(quant.lower())}(?:[-.]|$)")  # Q4_K is not Q4_K_M
     files = [f.relative_to(folder).as_posix() for f in _gguf_files(folder)]
@@ -254,8 +282,9 @@ def _by_quant(text: str, repo: str, quant: str) -> Path:
         return _gguf_in(folder, folder / hits[0])
     shown = ", ".join((hits or files)[:8]) or "none"
     what = f"{len(hits)} .gguf files of quantization {quant}" if hits else f"no .gguf file of quantization {quant}"
-    choose = f"; choose one: --model {repo}/{(hits or files)[0]}" if files else ""
-    raise ModelLoadError(f"{text}: {repo} ({folder}) holds {what} (its .gguf files: {shown}){choose}")
+    at = "" if rev is None else f"@{rev}"
+    choose = f"; choose one: --model {repo}{at}/{(hits or files)[0]}" if files else ""
+    raise ModelLoadError(f"{text}: {repo}{at} ({folder}) holds {what} (its .gguf files: {shown}){choose}")
 
 
 def _lmstudio_name(text: str, path: Path) -> Path:
@@ -272,7 +301,7 @@ def _lmstudio_name(text: str, path: Path) -> Path:
         return found
     close = _closest(text)
     raise ModelLoadError(
-        f"no model {text!r}: LM Studio ({', '.join(map(str, lmstudio_dirs()))}) has no {name}; "
+        f"no model {text!r}: {_lmstudio_searched()} has no {name}; "
         + (f"did you mean {close}? " if close else "")
         + "(`tiankong models` lists the names found)"
     )
@@ -294,44 +323,63 @@ def _not_found(
         return ModelLoadError(
             f"no model {text!r}: {path} does not exist; {hint}; or pass a model folder or a .gguf file"
         )
-    where = [f"a file or folder {text} here", f"the Hugging Face cache ({hf_hub_cache()})"]
+    where = ["a path here", f"the Hugging Face cache ({hf_hub_cache()})"]
     if searched_lmstudio:
-        where.append(f"LM Studio ({', '.join(map(str, lmstudio_dirs()))})")
+        where.append(_lmstudio_searched())
     note = (
         " (a NAME without ORG/ is looked up only there; LM Studio's names are ORG/NAME, Ollama's ollama:NAME[:TAG])"
         if bare
         else ""
     )
+    searched = f"searched {', '.join(where)}{note}"
+    if close:  # most likely a typo: the name first, where it looked after
+        return ModelLoadError(f"no model {text!r}: did you mean {close}? ({searched}; {listed})")
     # tiankong never downloads; a new user's first "no model" is most often a model not fetched yet.
     repo, _, rev = text.partition("@")
     fetch = "ORG/NAME"
     if searched_hf and not bare and repo.count("/") == 1 and "/" not in rev:  # not ORG/NAME@REV/FILE.gguf
         fetch = f"{repo} --revision {rev}" if rev else repo
     return ModelLoadError(
-        f"no model {text!r}: searched {', '.join(where)}{note}; {hint}; or pass --model DIR (a model folder) "
-        f"or FILE.gguf; tiankong never downloads: `hf download {fetch}` (or `huggingface-cli download {fetch}`) "
-        "puts a model in the Hugging Face cache"
+        f"no model {text!r}: {searched}; {listed}, or pass a model folder or FILE.gguf; "
+        f"tiankong never downloads: `hf download {fetch}` puts a model in the Hugging Face cache"
     )
 
 
+def _lmstudio_searched() -> str:
+    """LM Studio's folders as a not-found line names them, with what its settings files make unusable
+    (a Models Directory that does not exist, a settings.json that is not JSON): the likelier reason
+    a model it holds is not found."""
+    notes: list[str] = []
+    dirs = lmstudio_dirs(notes)
+    return f"LM Studio ({'; '.join([', '.join(map(str, dirs)), *notes])})"
+
+
 def _closest(text: str) -> str | None:
-    """The listed name `text` most likely meant: an Ollama name typed without ollama: (or without its
-    host, as hf.co/...), a repository named without its ORG/ (each place's where several hold it: the
-    Hugging Face cache's TestOrg/NAME and lmstudio:TestOrg/NAME, a repo whose files are listed one by
-    one as ORG/NAME/FILE.gguf included), else the closest spelling; None when nothing is close or
-    nothing can be listed."""
+    """The listed name `text` most likely meant, as a person types it: an Ollama name typed without
+    ollama: (or without its host, as hf.co/...), a repository named without its ORG/ (each place's
+    where several hold it: the Hugging Face cache's TestOrg/NAME and lmstudio:TestOrg/NAME, a repo
+    whose files are listed one by one as ORG/NAME/FILE.gguf included), else the closest spelling,
+    a repo's ORG/NAME among them (lmstudio:ORG/NAME for a name typed so). An Ollama name's :latest is
+    left out unless `text` gave a tag (Ollama takes the bare name for it). None when nothing is close
+    or nothing can be listed."""
     if not _SUGGEST.get():
         return None
     try:
         with bounded_walk(_SUGGEST_ENTRIES, _SUGGEST_SECONDS):
-            names = [m.name for m in list_models()]
+            found = list_models()
     except (TiankongError, OSError, WalkTooLong):  # no suggestion beats a long silence before the line
         return None
+    names = [m.name for m in found]
     key = _HUB_PREFIX.sub("", text).lower().removeprefix("ollama:")
+    tagged = ":" in key  # an Ollama tag, or llama.cpp's ORG/NAME:QUANT: suggested with one
+
+    def typed(name: str) -> str:  # ollama:NAME:latest as Ollama's own commands take it
+        return name if tagged or not name.startswith("ollama:") else name.removesuffix(":latest")
+
     for name in names:
         short = name.lower().removeprefix("ollama:")
         if short in (key, f"{key}:latest") or (name.startswith("ollama:") and short.endswith(f"/{key}")):
-            return name
+            return typed(name)
     # The repositories the listed names are in: ORG/NAME (a file of it listed as ORG/NAME/FILE.gguf).
     repos = {n.lower(): n for n in names}
     for name in names:
@@ -342,8 +390,23 @@ def _closest(text: str) -> str | None:
         held = [n for k, n in repos.items() if k.split(":")[-1].endswith(f"/{key}") and k.count("/") == 1]
         if held:
             return " or ".join(sorted(held, key=lambda n: n.startswith(LMSTUDIO))[:3])
-    close = difflib.get_close_matches(text, names, n=1, cutoff=0.75)
-    return close[0] if close else None
+    pool: dict[str, str] = {}  # a spelling to match -> the name suggested
+    if text.startswith(LMSTUDIO):  # LM Studio's own names (and their repos), suggested as typed
+        key = text.removeprefix(LMSTUDIO).lower()
+        for m in found:
+            name = m.name.removeprefix(LMSTUDIO)
+            if m.source == "lmstudio" and not os.path.isabs(name):  # not one listed by its path
+                for n in (name, "/".join(name.split("/")[:2])):
+                    pool.setdefault(n.lower(), LMSTUDIO + n)
+    else:
+        key = text.lower()
+        for name in [*names, *repos.values()]:
+            pool.setdefault(typed(name).lower(), typed(name))
+        for name in [*names, *repos.values()]:  # a bare NAME: the Ollama name or repo it may have meant
+            if "/" not in key and name.count("/") <= 1:
+                pool.setdefault(typed(name).lower().removeprefix("ollama:").split("/")[-1], typed(name))
+    close = difflib.get_close_matches(key, list(pool), n=1, cutoff=0.75)
+    return pool[close[0]] if close else None
 
 
 def reaches(name: str, path: str | Path) -> bool:
@@ -367,6 +430,26 @@ def taken_by(name: str) -> Path | None:
 # --- Ollama's names --------------------------------------------------------------------------------
 
 
+def _any_case(root: Path, parts: list[str]) -> list[str] | None:
+    """`parts` under `root` as the folder spells them, matched ignoring case (one match a level,
+    the exact one first); None where a level has none, or several."""
+    found: list[str] = []
+    try:
+        for part in parts:
+            here = root.joinpath(*found)
+            hits = (
+                [part]
+                if _stat(here / part) is not None
+                else [p.name for p in _scan(here) if p.name.lower() == part.lower()]
+            )
+            if len(hits) != 1:
+                return None
+            found.append(hits[0])
+    except ModelLoadError:  # not readable, a broken link: the exact path's line says it
+        return None
+    return found
+
+
 def _ollama_blob(name: str) -> Path:
     """The GGUF blob an Ollama name points at (manifests/HOST/NS/NAME/TAG -> blobs/sha256-HEX)."""
     root = ollama_dir()
@@ -379,10 +462,16 @@ def _ollama_blob(name: str) -> Path:
         raise ModelLoadError(f"ollama:{name}: no Ollama store at {root}; set OLLAMA_MODELS to Ollama's models folder")
     model_dir = root / "manifests" / Path(*parts)
     manifest = model_dir / tag
+    if _stat(manifest) is None and (stored := _any_case(root / "manifests", [*parts, tag])) is not None:
+        *parts, tag = stored  # Ollama's names ignore case (it lowercases them): the store's spelling
+        host, namespace, model = parts
+        model_dir, manifest = root / "manifests" / Path(*parts), root / "manifests" / Path(*stored)
+        pull = _ollama_name(host, namespace, model, tag).removeprefix("ollama:").removesuffix(":latest")
     if _stat(manifest) is None:
         tags = [p.name for p in _scan(model_dir)]
-        if tags:
-            short = _ollama_name(host, namespace, model, tags[0]).removeprefix("ollama:")
+        if tags:  # the closest tag (q4 -> q4_0), else the first; :latest left out, as Ollama takes it
+            near = difflib.get_close_matches(tag.lower(), tags, n=1, cutoff=0.6) or tags
+            short = _ollama_name(host, namespace, model, near[0]).removeprefix("ollama:").removesuffix(":latest")
             raise ModelLoadError(
                 f"ollama:{name}: not in the Ollama store: it has no tag {tag!r}, only {', '.join(tags)}; "
                 f"e.g. --model ollama:{short}"

@@ -249,8 +249,9 @@ def test_models_and_info_write_a_parameter_count_alike():
 
     got = [human_params(n) for n in (260_032, 3_145_728, 134_515_008, 1_235_814_400, 7_241_732_096)]
     assert got == ["0.26M", "3.15M", "135M", "1.24B", "7.24B"]
-    m = SimpleNamespace(parameters=3_145_728, bytes=0, name="x", architecture="A", format="hf", dtype="float32")
-    assert _cells(m)[2] == "3.15M params" and fact_text("parameters", 3_145_728) == "3,145,728 (3.15M)"
+    m = SimpleNamespace(parameters=3_145_728, bytes=571_200, name="x", architecture="A", format="hf", dtype="float32")
+    # `models` gives every model's size in bytes (QA56-14: a .bin-only repo's bytes beside others' params)
+    assert _cells(m)[2] == "571.2 KB" and fact_text("parameters", 3_145_728) == "3,145,728 (3.15M)"
 
 
 # ---------------------------------------------------------------- serve

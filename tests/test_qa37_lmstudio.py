@@ -36,7 +36,14 @@ def home(tmp_path, monkeypatch) -> Path:
     tiny = home / ".lmstudio" / "models" / "org" / "tiny"
     tiny.mkdir(parents=True)
     (tiny / "tiny-Q8_0.gguf").write_bytes(EMPTY_GGUF)
+    (home / "hf" / "hub").mkdir(parents=True)  # empty stores, there: a folder set and missing is said
+    (home / "ollama").mkdir()
     return home
+
+
+def searched(e: pytest.ExceptionInfo) -> str:
+    """The LM Studio folders a not-found line lists as searched (before the notes on its settings)."""
+    return str(e.value).partition("LM Studio (")[2].partition(";")[0]
 
 
 def settings(home: Path, text: str | dict) -> Path:
@@ -110,7 +117,7 @@ def test_proc_as_the_models_directory_is_named_once_and_not_listed_as_searched(h
     ]
     with pytest.raises(ModelLoadError) as e:
         resolve_model("org/nothere")
-    assert "/proc" not in str(e.value)
+    assert "/proc" not in searched(e) and "/proc is a system folder" in str(e.value)
 
 
 def test_the_close_name_walk_gives_up_past_its_entries(home, scans, monkeypatch):
@@ -184,15 +191,16 @@ def test_a_models_directory_that_is_no_folder_is_said_and_not_listed_as_searched
     assert place not in lmstudio_dirs()
     with pytest.raises(ModelLoadError) as e:
         resolve_model("org/nothere")
-    assert f"LM Studio ({home / '.lmstudio' / 'models'}, " in str(e.value) and str(place) not in str(e.value)
+    assert f"LM Studio ({home / '.lmstudio' / 'models'}, " in str(e.value) and str(place) not in searched(e)
+    assert f"{place} is {what}, not a folder" in str(e.value)  # why it was not searched
 
 
 def test_models_prints_the_settings_line_once_on_stderr(home, monkeypatch, capsys):
     conf = settings(home, "junk{")
     code, out, err = cli(monkeypatch, capsys, "models", "--format", "json")
     assert code == 0 and [m["name"] for m in json.loads(out)] == ["tiankong-mini", "org/tiny"]
-    assert [line for line in err.splitlines() if line.startswith("skipped:")] == [
-        f"skipped: {conf} is not JSON (Expecting value: line 1 column 1 (char 0)), so LM Studio's Models "
+    assert [line for line in err.splitlines() if line.startswith(("skipped:", "note:"))] == [
+        f"note: {conf} is not JSON (Expecting value: line 1 column 1 (char 0)), so LM Studio's Models "
         "Directory is not searched; fix it, or choose the folder again in LM Studio (My Models)"
     ]
 

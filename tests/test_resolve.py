@@ -399,7 +399,8 @@ def test_not_found_messages_name_the_places_and_what_exists(stores, tmp_path):
     assert "has no typo.gguf; its GGUF files: only-gguf-Q4_K_M.gguf" in message("gguf-org/only-gguf/typo.gguf")
     assert "did you mean ollama:tinyllm:latest?" in message("tinyllm:latest")  # Ollama's own spelling
     bare = message("tinyllm")
-    assert "did you mean ollama:tinyllm:latest?" in bare and "without ORG/ is looked up only there" in bare
+    # as Ollama takes it: its :latest left out (QA56-16)
+    assert "did you mean ollama:tinyllm?" in bare and "without ORG/ is looked up only there" in bare
     assert "LM Studio (" not in bare  # not searched for a bare name, so not named as searched
     assert "it has no tag 'nosuch', only latest" in message("ollama:tinyllm:nosuch")
     assert message("ollama:tinyllm:bad tag").startswith("ollama:tinyllm:bad tag: not an Ollama model name")

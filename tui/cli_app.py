@@ -11,6 +11,8 @@ torchrun starts it) a second copy of cli.py with an app of its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Optional
@@ -18,9 +20,10 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from typer.core import TyperOption
 
-from tiankong.engine.errors import InputError
+from tiankong.engine.errors import InputError, ModelLoadError, RemoteError
 
 # Every command's help also answers to -h (subcommands inherit the context's help option names).
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -150,11 +153,51 @@ def _model_dir(model: Optional[Path | str]) -> Path:
     hold gets its note on stderr here, so every command says it (once: under torchrun, rank 0)."""
     from tiankong.engine.resolve import resolve_model
 
-    path = resolve_model(model)
+    with _naming_env(model):
+        path = resolve_model(model)
     note = getattr(path, "note", None)
     if note and getattr(model, "note", None) != note and os.environ.get("RANK", "0") == "0":  # not said yet
-        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        say_lines(err, "note", [note])
     return path
+
+
+def say_lines(con: Console, label: str, lines: list[str]) -> None:
+    """Each line as "LABEL: line" on `con`: in a terminal wrapped between words to its width (the
+    terminal's own wrap split words and paths anywhere), else one line each (grep, a log)."""
+    for line in lines:
+        con.print(Text(f"{label}: {line}"), highlight=False, soft_wrap=not con.is_terminal)
+
+
+MODEL_ENV = "TIANKONG_MODEL"
+
+
+def _from_env(model: Any) -> bool:
+    """Whether `model` is TIANKONG_MODEL's value rather than a --model the command line gave: typer
+    reads the variable into the option (its source then says ENVIRONMENT); `train` reads it itself (the
+    option's source says DEFAULT). A --model typed with the same value is the command line's."""
+    try:  # typer carries its own copy of click (see cli.py), whose context stack is not click's
+        from typer._click.globals import get_current_context
+    except ImportError:  # a typer that uses click itself
+        from click import get_current_context
+
+    value = os.environ.get(MODEL_ENV)
+    if model is None or not value or str(model) != value:
+        return False
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source("model") if ctx is not None else None
+    return getattr(source, "name", None) != "COMMANDLINE"
+
+
+@contextmanager
+def _naming_env(model: Any) -> Iterator[None]:
+    """A model that cannot be found or loaded, named by TIANKONG_MODEL: its error says so, with the
+    fix, where it would name only the value (a variable set long ago, in a shell profile, is forgotten)."""
+    try:
+        yield
+    except (ModelLoadError, RemoteError) as e:
+        if not _from_env(model):
+            raise
+        raise type(e)(f"{e} [{MODEL_ENV} names this model: fix the variable, unset it, or pass --model]") from None
 
 
 def _playground_model(model: Optional[Path | str], api_key: Optional[str]) -> Any:
@@ -204,8 +247,11 @@ def _load(
 
     _local_only([model], device, dtype, chat_template)
     if is_remote(model):  # a server: its own device, dtype and chat template
-        return RemoteEngine.connect(str(model), api_key)
+        with _naming_env(model):
+            return RemoteEngine.connect(str(model), api_key)
     from tiankong.tui.cli_env import announce_builds
 
     announce_builds()  # the first load on a machine compiles the decode step: seconds, said on stderr
-    return Engine.load(_model_dir(model), device=device, dtype=dtype, chat_template=_template_file(chat_template))
+    path = _model_dir(model)
+    with _naming_env(model):
+        return Engine.load(path, device=device, dtype=dtype, chat_template=_template_file(chat_template))

@@ -18,14 +18,15 @@ from typing import Any, Optional
 import typer
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from tiankong.engine.errors import InputError
 from tiankong.engine.files import check_text, stdout_errors
-from tiankong.engine.model_list import human_bytes, human_params
+from tiankong.engine.model_list import human_bytes
 from tiankong.presets import DEFAULT_PRESET, get_preset, load_presets
-from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_dir, app, epilog, err
+from tiankong.tui.cli_app import DeviceOpt, DtypeOpt, ModelOpt, _load, _model_dir, app, epilog, err, say_lines
 
 
 @app.command(
@@ -150,7 +151,8 @@ def info(
         if k == "folder" or (k == "parts" and v == 1):  # the folder is the path's row
             continue
         label = ("folder" if os.path.isdir(v) else "file") if k == "path" else k.replace("_", " ")
-        table.add_row(label, Text(fact_text(k, v)))  # Text: a model's name or path is not markup
+        # Text: a model's name or path is not markup; an unknown fact (a model with no BOS token) as a word
+        table.add_row(label, Text("none" if v is None else fact_text(k, v)))
     print_table(Console(emoji=False), table)
 
 
@@ -176,7 +178,8 @@ def _named(path: Path, facts: dict) -> dict:
         notes="Searched, offline: the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else "
         "~/.cache/huggingface/hub), LM Studio (the Models Directory of its settings, ~/.lmstudio/models, "
         "~/.cache/lm-studio/models) and Ollama ($OLLAMA_MODELS, else ~/.ollama/models; as ollama:NAME:TAG). A place that cannot be read is skipped "
-        "and named on stderr. tiankong never downloads: `hf download ORG/NAME` (or `huggingface-cli download "
+        "and named on stderr, as is a folder a variable or LM Studio's settings name that is not there, and, "
+        "when nothing but the bundled model is found, where it looked. The size is the weight files' on disk. tiankong never downloads: `hf download ORG/NAME` (or `huggingface-cli download "
         "ORG/NAME`) puts a model in the Hugging Face cache, and `--model ORG/NAME` then opens it.",
     )
 )
@@ -188,13 +191,29 @@ def models(format: str = typer.Option("table", "--format", help="table, or json:
         # jsonl would mean a model a line, which this is not: named, not taken
         raise InputError(f"unknown --format {format!r}; use table or json (one JSON list of the models, on one line)")
     skipped: list[str] = []
-    found = list_models(skipped)
-    for note in skipped:  # stderr: the JSON on stdout stays whole
-        err.print(f"skipped: {note}", highlight=False, markup=False, soft_wrap=True)
+    places: list[str] = []
+    found = list_models(skipped, places)
+    # stderr: the JSON on stdout stays whole
+    say_lines(err, "note", places)  # about a place (a folder named that is not there), not a model
+    say_lines(err, "skipped", skipped)
     if format == "json":
         print(json.dumps([m.to_json() for m in found], ensure_ascii=False))
-        return
-    print_models(Console(emoji=False), found)
+    else:
+        print_models(Console(emoji=False), found)
+    if all(m.source == "bundled" for m in found):  # an empty list says nothing of where it looked: below it
+        say_lines(err, "note", [_searched()])
+
+
+def _searched() -> str:
+    """Where `models` looked, for a list of the bundled model alone: the places a person's models
+    would be in, each folder named (a cache moved by a variable, an app that keeps its own)."""
+    from tiankong.engine.model_places import hf_hub_cache, lmstudio_dirs, ollama_dir
+
+    return (
+        f"no models found besides the bundled one; searched the Hugging Face cache ({_home(str(hf_hub_cache()))}), "
+        f"LM Studio ({', '.join(_home(str(d)) for d in lmstudio_dirs())}) and Ollama ({_home(str(ollama_dir()))}); "
+        "`hf download ORG/NAME` puts a model in the Hugging Face cache, `ollama pull NAME` in Ollama's"
+    )
 
 
 def print_table(con: Console, table: Table) -> None:
@@ -212,49 +231,74 @@ def print_table(con: Console, table: Table) -> None:
 
 
 def print_models(con: Console, found: list) -> None:
-    """The models table for `con`: a terminal's width kept to (rich reads a pipe as 80 columns, and
-    a path cut every few characters took each model 15-35 lines), a pipe's not."""
-    if not con.is_terminal:  # piped: one line a model, paths whole (grep, less -S; JSON for scripts)
-        print_table(con, _models_table(found, None))
-    elif con.width - _fixed_width(found) < _MIN_WHERE:  # names too long for a row beside the rest
-        _print_records(con, found)
-    else:
-        con.print(_models_table(found, con.width))
+    """The models table for `con`: a terminal's width kept to (a path cut every few characters took
+    each model 15-35 lines), or COLUMNS where it is set; piped without it, a row a model, paths whole.
+    Where the where column would be narrow, the path goes under the name (two lines a model); where
+    even the longest name does not fit beside the other columns, a record a model."""
+    if not con.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
+        print_table(con, _models_table(found, None))  # grep, less -S; JSON for scripts
+        return
+    room = con.width - _fixed_width(found)  # the where column's
+    beside = room + _longest_name(found) + 3  # the name column's, where stacked in it (its own rule and padding)
+    with stdout_errors():  # COLUMNS set and `> /dev/full`: one line, not a traceback (cli.py)
+        if room >= _MIN_WHERE:
+            con.print(_models_table(found, room))
+        elif beside >= max(_longest_name(found), _MIN_UNDER):
+            con.print(_models_table(found, beside, under=True))
+        else:
+            _print_records(con, found)
 
 
 _MIN_WHERE = 60  # the where column's least: less cuts a file's name (a short table reads worse than records)
+_MIN_UNDER = 40  # the name column's least with the path under the name
+_SIZE_HELP = "size: the weight files on disk"
 
 
-def _cells(m: Any) -> tuple[Text, str, str, str]:
-    """A model's name, architecture, size and dtype as `tiankong models` shows them."""
-    size = f"{human_params(m.parameters)} params" if m.parameters else human_bytes(m.bytes)  # as `info` says them
+def _cells(m: Any) -> tuple[Text, Text, str, str]:
+    """A model's name, architecture, size and dtype as `tiankong models` shows them. The size is the
+    weight files' bytes, as Ollama and LM Studio list theirs: known for every model (a parameter count
+    is not, in a pytorch_model.bin), and the one a person checks against a disk or memory;
+    `tiankong info` counts the parameters."""
     arch = Text(m.architecture or "?").append(" (GGUF)" if m.format == "gguf" else "", style="dim")
-    return Text(m.name), arch, size, m.dtype or "?"
+    return Text(m.name), arch, human_bytes(m.bytes), m.dtype or "?"
 
 
-def _where(m: Any, width: int | None) -> Text:
+def _where(m: Any, width: int | None, indent: str = "") -> Text:
     """Where a model is: whole when piped (width None), else shortened (~, hashes cut to 8) and cut
-    in the middle to `width`, keeping the file's name; its note below, wrapped."""
+    in the middle to `width`, keeping the file's name; its note on the next line, after `indent`."""
     parts = f" ({m.parts} parts)" if m.parts > 1 else ""
     path = m.path if width is None else _short_path(m.path)
     where = Text(f"{m.source}: ") + Text(_middle(path, width - len(m.source) - 2 - len(parts)) if width else path)
     where.append(parts)
-    return where.append(f"\n{m.note}", style="dim") if m.note else where
+    return where.append(f"\n{indent}{m.note}", style="dim") if m.note else where
 
 
-def _models_table(found: list, width: int | None) -> Table:
+def _models_table(found: list, room: int | None, under: bool = False) -> Table:
     """The models, a row each: name, architecture, size and dtype never wrapped (a folded tag,
-    ollama:tk:la|test, misreads), where in the width left (width None: unbounded)."""
+    ollama:tk:la|test, misreads), where in the `room` left (None: unbounded). `under`: where goes
+    below the name, indented, in a name column `room` wide."""
     title = f"{len(found)} model{'' if len(found) == 1 else 's'}"
     # piped, the table is as wide as its longest path: a title centred over it starts far right
-    table = Table(title=title, show_edge=False, title_justify="center" if width else "left")
-    for col in ("name", "architecture", "size", "dtype"):
-        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
-    table.add_column("where", no_wrap=width is None)
-    room = None if width is None else width - _fixed_width(found)
+    table = Table(title=title, show_edge=False, title_justify="center" if room else "left", caption=_SIZE_HELP)
+    table.add_column("name", no_wrap=not under, width=room if under else None)
+    table.add_column("architecture", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("dtype", no_wrap=True)
+    if not under:
+        table.add_column("where", no_wrap=room is None)
     for m in found:
-        table.add_row(*_cells(m), _where(m, room))
+        name, *facts = _cells(m)
+        if under:
+            assert room is not None  # a terminal's
+            table.add_row(Text.assemble(name, "\n  ", _where(m, room - 2, "  ")), *facts)
+        else:
+            table.add_row(name, *facts, _where(m, room))
     return table
+
+
+def _longest_name(found: list) -> int:
+    """The name column's: its longest name, or its heading."""
+    return max([len("name"), *(cell_len(m.name) for m in found)])
 
 
 def _fixed_width(found: list) -> int:
@@ -269,13 +313,17 @@ def _fixed_width(found: list) -> int:
 
 def _print_records(con: Console, found: list) -> None:
     """The models for a terminal too narrow for the table: the name on a line of its own (wrapped
-    by the terminal, never cut), then its facts, then where it is, cut to the width."""
+    by the terminal, never cut), then its facts, then where it is, cut to the width, its note below."""
     con.print(f"{len(found)} model{'' if len(found) == 1 else 's'}", style="bold")
     for m in found:
         name, arch, size, dtype = _cells(m)
         con.print(name, style="bold", soft_wrap=True)
         con.print(Text("  ").append(arch).append(f", {size}, {dtype}"), soft_wrap=True)
-        con.print(Text("  ").append(_where(m, con.width - 2)))
+        where = _where(m, con.width - 2)
+        con.print(Text("  ").append(where.split("\n")[0]))
+        if m.note:  # indented as its model's, wrapped between words
+            con.print(Padding(Text(m.note, style="dim"), (0, 0, 0, 2), expand=False))
+    con.print(_SIZE_HELP, style="dim")
 
 
 def _short_path(path: str) -> str:
