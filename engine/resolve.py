@@ -21,7 +21,8 @@ A name both places hold is the Hugging Face cache's, and the ModelPath says so i
 for the CLI to show (the engine never prints); so does a training run's output folder that has not
 reached its last step (`unfinished_run`, with the run's own --resume command; `run_state` gives the
 step its model is at).
-Nothing found: one line naming every place searched and the name that comes closest.
+Nothing found: one line naming every place searched and the name that comes closest (a name whose
+folder part is a folder here, runs/ of runs/sft, is said as the missing path it then most likely is).
 `list_models` (engine/model_list.py) is what `tiankong models` shows; every name it lists resolves.
 
 Where models live and how their places are probed (every probe through `_stat` and `_scan`, so
@@ -315,7 +316,8 @@ def _lmstudio_lookup(repo: str, sub: str | None) -> Path | None:
 def _not_found(
     text: str, path: Path, searched_hf: bool = False, searched_lmstudio: bool = False, bare: bool = False
 ) -> ModelLoadError:
-    """One line: the places searched, and the listed name closest to `text` when one is close."""
+    """One line: the places searched, and the listed name closest to `text` when one is close. A name
+    whose folder part is a folder here (runs/sft with runs/ here) is said as the missing path it is."""
     close = _closest(text)
     listed = "`tiankong models` lists the names found"
     hint = f"did you mean {close}? ({listed})" if close else listed
@@ -334,6 +336,8 @@ def _not_found(
     searched = f"searched {', '.join(where)}{note}"
     if close:  # most likely a typo: the name first, where it looked after
         return ModelLoadError(f"no model {text!r}: did you mean {close}? ({searched}; {listed})")
+    if searched_hf and (as_path := _missing_path(text, path)) is not None:
+        return ModelLoadError(as_path)
     # tiankong never downloads; a new user's first "no model" is most often a model not fetched yet.
     repo, _, rev = text.partition("@")
     fetch = "ORG/NAME"
@@ -342,6 +346,38 @@ def _not_found(
     return ModelLoadError(
         f"no model {text!r}: {searched}; {listed}, or pass a model folder or FILE.gguf; "
         f"tiankong never downloads: `hf download {fetch}` puts a model in the Hugging Face cache"
+    )
+
+
+# `tiankong train`'s commands (tui/train_cli.py's TRAINERS): a run folder named after one was most likely made by it.
+_TRAIN_COMMANDS = ("pretrain", "sft", "reward", "ppo", "dpo")
+
+
+def _missing_path(text: str, path: Path) -> str | None:
+    """The line for ORG/NAME[/...] that no place holds as a name and whose folder part is a folder here
+    (runs/ of runs/sft, a run folder not trained yet or mistyped): a path, most likely, and its fix is a
+    folder, not `hf download`. None where no folder on its way is here (then it reads as a hub name)."""
+    if path.is_absolute() or "@" in text:  # absolute: never a name; @REV: a hub name's
+        return None
+    try:
+        here = next((p for p in path.parents if p != Path(".") and _is_dir(p)), None)
+        if here is None:
+            return None
+        child = path.relative_to(here).parts[0]  # the first part that is not here
+        near = difflib.get_close_matches(child, [p.name for p in _scan(here) if _is_dir(p)], n=1, cutoff=0.75)
+    except TiankongError:  # a folder on the way that cannot be read: the name's line then
+        return None
+    reads = (
+        f"{here}/ is a folder here, so {text} reads as a path; neither the Hugging Face cache nor LM Studio holds it"
+    )
+    if near:  # mistyped: the folder that is there, with the rest of the path as typed
+        meant = here / near[0] / path.relative_to(here / child)
+        return f"no model {text!r}: no folder {path} here; did you mean {meant}? ({reads})"
+    word = re.match(r"[a-z]+", path.name.lower())
+    command = word[0] if word and word[0] in _TRAIN_COMMANDS else "METHOD"
+    return (
+        f"no model {text!r}: no folder {path} here ({reads}); give an existing model folder, or train one "
+        f"there first (`tiankong train {command} --output {text}`)"
     )
 
 

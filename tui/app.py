@@ -34,7 +34,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from tiankong.engine.errors import InputError, TiankongError
+from tiankong.engine.errors import InputError, ModelLoadError, RemoteError, TiankongError
 from tiankong.engine.model_names import model_key
 from tiankong.engine.remote import RemoteModel
 from tiankong.presets import DEFAULT_PRESET, Preset, load_presets
@@ -57,14 +57,32 @@ def default_rater() -> str:
         return "anonymous"
 
 
-def checked_tokenizers(models: list[Path | RemoteModel]) -> list[Any]:
+def checked_tokenizers(models: list[Path | RemoteModel], env_model: Path | RemoteModel | None = None) -> list[Any]:
     """Each local model's tokenizer, loaded and checked (load_checked_tokenizer) before the app opens,
     None for a server's: a tokenizer that is refused stops the command with its one line, as in
     `generate`, not an app that can only say "model not loaded"; so does a config (or a GGUF file's
-    metadata) that builds no model. The app's load takes the tokenizers over."""
+    metadata) that builds no model. The app's load takes the tokenizers over. `env_model`: the model
+    TIANKONG_MODEL named, whose line names the variable (_failure_line)."""
     from tiankong.engine.tokenizer import load_checked_tokenizer
 
-    return [None if isinstance(m, RemoteModel) else load_checked_tokenizer(m, config=True) for m in models]
+    tokenizers = []
+    for m in models:
+        try:
+            tokenizers.append(None if isinstance(m, RemoteModel) else load_checked_tokenizer(m, config=True))
+        except TiankongError as e:
+            raise type(e)(_failure_line(e, m, env_model)) from None
+    return tokenizers
+
+
+def _failure_line(e: TiankongError, model: Path | RemoteModel, env_model: Path | RemoteModel | None) -> str:
+    """`e`'s line about `model`, which could not be loaded (or connected to); where TIANKONG_MODEL named
+    it (`env_model`, not a --model typed), with the variable and the fix, as the CLI says it: a variable
+    set long ago, in a shell profile, is forgotten."""
+    if env_model is None or model != env_model or not isinstance(e, (ModelLoadError, RemoteError)):
+        return str(e)
+    from tiankong.tui.cli_app import named_by_env
+
+    return named_by_env(str(e))
 
 
 def check_templates(models: list[Path | RemoteModel], tokenizers: list[Any]) -> None:
@@ -145,8 +163,10 @@ class TiankongApp(App[None]):
         presets: dict[str, Preset] | None = None,
         chat_template: Path | None = None,
         tokenizers: list[Any] | None = None,
+        env_model: Path | RemoteModel | None = None,
     ) -> None:
         super().__init__()
+        self.env_model = env_model  # the model TIANKONG_MODEL named, if one: its load failure says so
         self.chat_template = chat_template  # --chat-template: used instead of each model's own
         self.presets = presets if presets is not None else load_presets()
         if preset not in self.presets:
@@ -256,7 +276,7 @@ class TiankongApp(App[None]):
             except TiankongError as e:
                 if self._leaving.is_set():  # quitting: nothing left to tell
                     return
-                self.call_from_thread(self._load_failed, str(e))
+                self.call_from_thread(self._load_failed, _failure_line(e, folder, self.env_model))
                 return
             except Exception as e:  # not a user error, but the app stays up to say so
                 self.call_from_thread(self._load_failed, f"could not load {folder}: {type(e).__name__}: {e}")
@@ -418,16 +438,18 @@ def run_app(
     compare_models: list[Path | RemoteModel] | None = None,
     rater: str | None = None,
     chat_template: Path | None = None,
+    env_model: Path | RemoteModel | None = None,
 ) -> None:
     """Open the store and load the models' tokenizers (a StoreError or a refused tokenizer stops here,
-    before the UI), then run the playground."""
+    before the UI), then run the playground. `env_model`: the one of the models that TIANKONG_MODEL
+    named (not a --model typed), whose failure to load says so."""
     from tiankong.tui.store import DB_NAME, Store
     from tiankong.tui.store import data_dir as resolve_data_dir
 
     store = Store(resolve_data_dir(data_dir) / DB_NAME)
     try:
         models = compare_models or ([model_dir] if model_dir is not None else [])
-        tokenizers = checked_tokenizers(models)
+        tokenizers = checked_tokenizers(models, env_model)
         if chat_template is None:
             check_templates(models, tokenizers)
         run_until_exit(
@@ -443,6 +465,7 @@ def run_app(
                 rater=rater,
                 chat_template=chat_template,
                 tokenizers=tokenizers,
+                env_model=env_model,
             ),
             mode,
         )

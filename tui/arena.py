@@ -83,10 +83,11 @@ def run_compare_queue(
     rater: str | None = None,
     restart: bool = False,
     chat_template: Path | None = None,
+    env_model: Path | None = None,
 ) -> None:
     store = _open_store(data_dir)
     try:
-        tokenizers = checked_tokenizers(models or [model_dir])  # a refused one stops here, before the UI
+        tokenizers = checked_tokenizers(models or [model_dir], env_model)  # a refused one stops here, before the UI
         if chat_template is None:  # so does a model's own template that cannot be used
             check_templates(models or [model_dir], tokenizers)
         run_until_exit(
@@ -104,6 +105,7 @@ def run_compare_queue(
                 restart=restart,
                 chat_template=chat_template,
                 tokenizers=tokenizers,
+                env_model=env_model,
             ),
             "compare",
         )

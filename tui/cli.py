@@ -33,6 +33,7 @@ from tiankong.tui.cli_app import (
     ModelOpt,
     ModelOrServerOpt,
     TemplateOpt,
+    _from_env,
     _load,
     _local_only,
     _playground_model,
@@ -82,8 +83,9 @@ def chat(
 
     preset = get_preset(preset).name  # fail fast, before the screen opens; spelt as listed ("Creative": creative)
     _local_only([model], device, dtype, chat_template)
+    folder = _playground_model(model, api_key)
     run_app(
-        _playground_model(model, api_key),
+        folder,
         preset=preset,
         data_dir=data_dir,
         device=device,
@@ -91,6 +93,7 @@ def chat(
         mode="chat",
         rater=rater,
         chat_template=_template_file(chat_template),
+        env_model=folder if _from_env(model) else None,
     )
 
 
@@ -110,7 +113,7 @@ def _compare_lineup(
     specs = [m.strip() for m in models.split(",") if m.strip()] if models else []
     if models and not 1 <= len(specs) <= 2:  # counted before any is looked up: the count is the mistake
         raise InputError(f"--models takes one or two folders, got {len(specs)}; e.g. --models ./sft,./ppo")
-    model_dirs = [_playground_model(m, api_key) for m in specs] if models else None
+    model_dirs = [_playground_model(m, api_key, "--models") for m in specs] if models else None
     if model_dirs is not None:
         if len(model_dirs) == 1:  # one folder: against --model (by default the bundled model)
             model_dirs.insert(0, _playground_model(model, api_key))
@@ -182,6 +185,9 @@ def compare(
     chat_template = _local_only([model, *(models or "").split(",")], device, dtype, chat_template)
     names, model_dirs = _compare_lineup(model, presets, models, api_key)
     first = model_dirs[0] if model_dirs else _playground_model(model, api_key)
+    # --model plays unless --models named both: first is then its model, and TIANKONG_MODEL's where that gave it
+    plays = model_dirs is None or len([m for m in (models or "").split(",") if m.strip()]) == 1
+    env_model = first if plays and _from_env(model) else None
     if prompts is None:
         if repeat != 1 or restart:
             raise InputError("--repeat and --restart apply to a prompt file; add --prompts FILE")
@@ -196,6 +202,7 @@ def compare(
             compare_models=model_dirs,
             rater=rater,
             chat_template=chat_template,
+            env_model=env_model,
         )
         return
     from tiankong.tui.arena import run_compare_queue
@@ -213,6 +220,7 @@ def compare(
         rater=rater,
         restart=restart,
         chat_template=chat_template,
+        env_model=env_model,
     )
 
 

@@ -147,13 +147,14 @@ TemplateOpt = typer.Option(
 )
 
 
-def _model_dir(model: Optional[Path | str]) -> Path:
+def _model_dir(model: Optional[Path | str], option: str = "--model") -> Path:
     """--model, else $TIANKONG_MODEL (typer reads it), else the bundled tiankong-mini; names are
     looked up offline (engine/resolve.py), a local path winning over a name. A name that two places
-    hold gets its note on stderr here, so every command says it (once: under torchrun, rank 0)."""
+    hold gets its note on stderr here, so every command says it (once: under torchrun, rank 0).
+    `option`: the option that gave `model` where it is not --model (compare's --models), named in its error."""
     from tiankong.engine.resolve import resolve_model
 
-    with _naming_env(model):
+    with _naming_env(model, option):
         path = resolve_model(model)
     note = getattr(path, "note", None)
     if note and getattr(model, "note", None) != note and os.environ.get("RANK", "0") == "0":  # not said yet
@@ -188,24 +189,32 @@ def _from_env(model: Any) -> bool:
     return getattr(source, "name", None) != "COMMANDLINE"
 
 
+def named_by_env(message: str) -> str:
+    """An error about TIANKONG_MODEL's model, with the variable named and the fix (the app's load says it too)."""
+    return f"{message} [{MODEL_ENV} names this model: fix the variable, unset it, or pass --model]"
+
+
 @contextmanager
-def _naming_env(model: Any) -> Iterator[None]:
+def _naming_env(model: Any, option: str = "--model") -> Iterator[None]:
     """A model that cannot be found or loaded, named by TIANKONG_MODEL: its error says so, with the
-    fix, where it would name only the value (a variable set long ago, in a shell profile, is forgotten)."""
+    fix, where it would name only the value (a variable set long ago, in a shell profile, is forgotten).
+    One that another option gave (compare's --models) is that option's, whatever the variable holds."""
     try:
         yield
     except (ModelLoadError, RemoteError) as e:
+        if option != "--model":
+            raise type(e)(f"{option}: {e}") from None
         if not _from_env(model):
             raise
-        raise type(e)(f"{e} [{MODEL_ENV} names this model: fix the variable, unset it, or pass --model]") from None
+        raise type(e)(named_by_env(str(e))) from None
 
 
-def _playground_model(model: Optional[Path | str], api_key: Optional[str]) -> Any:
-    """chat's and compare's --model: a server (http://HOST:PORT/v1, engine/remote.py) with its key,
-    else a model folder as _model_dir finds it."""
+def _playground_model(model: Optional[Path | str], api_key: Optional[str], option: str = "--model") -> Any:
+    """chat's and compare's --model (or an entry of the `option` named): a server (http://HOST:PORT/v1,
+    engine/remote.py) with its key, else a model folder as _model_dir finds it."""
     from tiankong.engine.remote import RemoteModel, is_remote
 
-    return RemoteModel(str(model), api_key) if is_remote(model) else _model_dir(model)
+    return RemoteModel(str(model), api_key) if is_remote(model) else _model_dir(model, option)
 
 
 def _local_only(models: list[Any], device: str, dtype: str, chat_template: Optional[Path]) -> Optional[Path]:

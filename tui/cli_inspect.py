@@ -151,8 +151,7 @@ def info(
         if k == "folder" or (k == "parts" and v == 1):  # the folder is the path's row
             continue
         label = ("folder" if os.path.isdir(v) else "file") if k == "path" else k.replace("_", " ")
-        # Text: a model's name or path is not markup; an unknown fact (a model with no BOS token) as a word
-        table.add_row(label, Text("none" if v is None else fact_text(k, v)))
+        table.add_row(label, Text(fact_text(k, v)))  # Text: a model's name or path is not markup
     print_table(Console(emoji=False), table)
 
 

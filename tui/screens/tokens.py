@@ -39,7 +39,10 @@ def prompt_pieces(eng: Any, ids: list[int]) -> Text:
 
 
 def fact_text(key: str, value: Any) -> str:
-    """One fact of Engine.info() as people read it; `tiankong info` and the f-key view share it."""
+    """One fact of Engine.info() as people read it; `tiankong info` and the f-key view share it. An
+    unknown fact (a model with no BOS token) is the word none, not Python's None."""
+    if value is None:
+        return "none"
     if key == "parameters":
         from tiankong.engine.model_list import human_params  # `tiankong models` says them so too
 
