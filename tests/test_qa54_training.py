@@ -14,12 +14,13 @@ import sys
 import pytest
 import torch
 from helpers import cli, one_thread  # noqa: F401 (one_thread is an autouse fixture)
+from test_train_ppo import ppo_config
 from tiny_models import make_model
 
 from tiankong.engine.model import load_model
 from tiankong.trainers import verdict
 from tiankong.trainers.dpo import DPOConfig, DPOTrainer
-from tiankong.trainers.ppo import PPOConfig, PPOTrainer
+from tiankong.trainers.ppo import PPOTrainer
 from tiankong.trainers.preferences import Encoder
 from tiankong.trainers.reward import RewardModel
 
@@ -78,23 +79,8 @@ def rm_dir(llama_dir, tmp_path_factory):
 def ppo(llama_dir, rm, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once upon a time\nThe quick brown fox\n")
-    return PPOTrainer(
-        PPOConfig(
-            model=str(llama_dir),
-            reward=str(rm),
-            prompts=str(prompts),
-            output=str(tmp_path / "ppo"),
-            steps=1,
-            batch_size=2,
-            num_mini_batches=1,
-            ppo_epochs=1,
-            response_length=4,
-            lr=1e-3,
-            device="cpu",
-            progress=False,
-            raw=True,
-        )
-    )
+    small = dict(steps=1, batch_size=2, num_mini_batches=1, ppo_epochs=1, response_length=4)
+    return PPOTrainer(ppo_config(llama_dir, rm, prompts, tmp_path / "ppo", **small))
 
 
 def test_ppo_says_at_start_and_in_its_verdict_that_its_reward_model_failed_its_own(
