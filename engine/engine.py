@@ -29,6 +29,7 @@ from .files import check_text
 from .generate import generate
 from .gguf_load import (  # noqa: F401 (load_note, COMPILED_STEP: the engine's public names too)
     COMPILED_STEP,
+    QUANTIZED_TORCH,
     compiled_step_path,
     gguf_load_dtype,
     keeps_blocks,
@@ -42,7 +43,7 @@ from .model_list import human_bytes
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
-from .quant import weight_summary
+from .quant import is_quantized, weight_summary
 from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists, token_ids
 from .resolve import resolve_model
 from .sampling import SamplingParams
@@ -348,9 +349,10 @@ class Engine:
         if getattr(self.model, "native", False):
             return compiled_step_path(self.cfg)
         packed = any(isinstance(m, (PackedLlama, PackedLinear)) for m in self.model.modules())
-        path = "torch, oneDNN-packed weights" if packed else "torch"
-        why = native_reason()  # set when the step was wanted (a packed model) and did not build
-        return f"{path}; compiled step unavailable: {why}" if why and packed else path
+        quantized = self.device.type == "cpu" and is_quantized(self.model)  # QLinear: dequantized every step
+        path = "torch, oneDNN-packed weights" if packed else QUANTIZED_TORCH if quantized else "torch"
+        why = native_reason()  # set when the step was wanted (a packed or quantized model) and did not build
+        return f"{path}; compiled step unavailable: {why}" if why and (packed or quantized) else path
 
     def info(self) -> dict[str, Any]:
         """What the model is made of, for `tiankong info` and the TUI."""

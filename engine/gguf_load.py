@@ -39,8 +39,9 @@ def keeps_blocks(path: Path, device: str | torch.device, dtype: str | torch.dtyp
 
 
 _FLOAT_FILES = ("F32", "F16", "BF16")  # GGUF file types whose weights are floats, not blocks
-# Engine.decode_path's words for the compiled step
+# Engine.decode_path's words for the compiled step, and for quantized weights on the CPU without it
 COMPILED_STEP = "compiled step (csrc/decode.c)"
+QUANTIZED_TORCH = "torch, every quantized weight dequantized at each step (several times slower)"
 
 
 def compiled_step_path(cfg: ModelConfig) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 from . import gemma, gpt2, llama
 from .config import ModelConfig
 from .engine import Engine, tokenizer_and_template
-from .gguf_load import compiled_step_path, gguf_load_dtype, keeps_blocks
+from .gguf_load import QUANTIZED_TORCH, compiled_step_path, gguf_load_dtype, keeps_blocks
 from .gguf_model import GGUFModel, is_gguf
 from .model import build_model, check_folder, dtype_name, name_table, resolve_device, resolve_dtype
 from .native import library as native_library
@@ -123,7 +123,14 @@ def _decode_path(model: nn.Module, cfg: ModelConfig, dev: torch.device) -> str:
     order (so the compiled step is built, or found missing, exactly where the load would)."""
     # PackedLlama, PackedGemma, PackedGPT2 where the step builds; else the plain module
     if is_quantized(model):
-        return compiled_step_path(cfg) if dev.type == "cpu" and native_library() is not None else "torch"
+        if dev.type != "cpu":
+            return "torch"
+        why = native_reason()
+        return (
+            compiled_step_path(cfg)
+            if native_library() is not None
+            else f"{QUANTIZED_TORCH}; compiled step unavailable: {why}"
+        )
     dtype = next(model.parameters()).dtype
     if dtype == torch.float16 and dev.type == "cpu":
         return compiled_step_path(cfg) if native_library() is not None else "torch"  # the step, or torch

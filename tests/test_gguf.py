@@ -683,7 +683,8 @@ def test_a_quantized_gpt2_keeps_its_blocks_for_the_compiled_step(files, hf, qtyp
     reference's (GPT-2's keys are in the same order in both): an 8-bit rounding tie that the two
     round apart moves the key and value of one slot (measured here: q8_0, position 8, 1e-2 of
     the logits' scale), and would move every later step of a shared history. `--dtype q8_0` on the
-    folder takes the same path (it was torch with one compiled product per linear)."""
+    folder takes the same path (it was torch with one compiled product per linear) with the same
+    bytes."""
     from test_quant import rounding_reference
 
     from tiankong.engine import native
@@ -718,8 +719,15 @@ def test_a_quantized_gpt2_keeps_its_blocks_for_the_compiled_step(files, hf, qtyp
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert max(errors) < 2e-2 and sum(e < 1e-4 for e in errors) >= 0.75 * len(errors), errors
     assert len(greedy(eng, "Once upon a time", 6)[0]) == 6
-    folder_eng = Engine.load(hf["gpt2"], device="cpu", dtype=qtype)  # its position embedding quantized too
+    # --dtype on the folder: the same path, and the same bytes (the position embedding stays float32, as
+    # llama.cpp keeps it in every type; it was quantized too), so the same tokens
+    folder_eng = Engine.load(hf["gpt2"], device="cpu", dtype=qtype)
     assert isinstance(folder_eng.model, PackedGPT2) and folder_eng.decode_path == COMPILED_STEP
+    if qtype == "q8_0":  # (q4_0: the folder's head is q8_0, as llama.cpp's; the test file's q4_0)
+        assert folder_eng.weights == eng.weights
+        tokens_, logprobs = greedy(eng, "Once upon a time")
+        want_tokens, want_logprobs = greedy(folder_eng, "Once upon a time")
+        assert tokens_ == want_tokens and logprobs == pytest.approx(want_logprobs, abs=1e-5)
 
 
 def test_a_quantized_phi3_keeps_its_blocks_and_long_rope_scales_what_turns(files):

@@ -293,3 +293,18 @@ def test_info_names_an_image_text_checkpoint_as_such(folders):
     assert (
         facts["architecture"] == want and model_facts(folders["gemma3"], "cpu")["architecture"] == "Gemma3ForCausalLM"
     )
+
+
+def test_quantized_weights_on_the_torch_path_say_so_and_why(folders, monkeypatch):
+    """QA57: TIANKONG_NATIVE=0 with --dtype q8_0 decoded ~10x slower than float32 on the same path
+    (every quantized weight dequantized at each step) while info said only "torch"; the other torch
+    rows give the reason. Engine and info say it alike, with why."""
+    from tiankong.engine.engine import QUANTIZED_TORCH
+
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_reason", "switched off by TIANKONG_NATIVE=0")
+    monkeypatch.setenv("TIANKONG_NATIVE", "0")
+    want = f"{QUANTIZED_TORCH}; compiled step unavailable: switched off by TIANKONG_NATIVE=0"
+    for arch in ("gpt2", "qwen2"):
+        assert Engine.load(folders[arch], device="cpu", dtype="q8_0").decode_path == want, arch
+        assert model_facts(folders[arch], device="cpu", dtype="q8_0")["decode"] == want, arch
