@@ -348,9 +348,10 @@ def _check_gguf_ids(tokenizer: Tokenizer, rows: int, path: str | Path) -> None:
     to edit (no config.json, no tokenizer files), so the fix is another conversion of the model."""
     beyond = f"beyond the {rows} embedding rows of its token_embd.weight"
     fix = "the file was converted wrongly: convert the model to GGUF again, or use another GGUF file of it"
-    if tokenizer.vocab_size > rows:
+    if tokenizer.vocab_size != rows:  # fewer: the rows past it are ids no token is (llama.cpp refuses both)
+        more = "more" if tokenizer.vocab_size > rows else "fewer"
         raise TokenizerError(
-            f"{path}: its vocabulary (tokenizer.ggml.tokens) has {tokenizer.vocab_size} tokens, more than the "
+            f"{path}: its vocabulary (tokenizer.ggml.tokens) has {tokenizer.vocab_size} tokens, {more} than the "
             f"{rows} embedding rows of its token_embd.weight; {fix}"
         )
     for where, token_id in tokenizer.own_ids:

@@ -96,10 +96,29 @@ def set_fields(writer: gguf.GGUFWriter, fields: dict[str, Any]) -> None:
             writer.add_array(key, value)
 
 
+def _rows(folder: Path) -> int:
+    """config.json's vocab_size (the embedding's rows), 0 where it gives none."""
+    import json
+
+    config = folder / "config.json"
+    return int(json.loads(config.read_text()).get("vocab_size") or 0) if config.is_file() else 0
+
+
+def _pad(folder: Path, tokens: tuple, scores: tuple, types: tuple) -> tuple[list, list, list]:
+    """The converter's padding of a SentencePiece vocabulary to config.json's vocab_size: [PADi]
+    tokens of score -1000 and type UNUSED (llama.cpp refuses a vocabulary shorter than the embedding)."""
+    extra = range(len(tokens), max(len(tokens), _rows(folder)))
+    return (
+        [*tokens, *(f"[PAD{i}]" for i in extra)],
+        [*scores, *(-1000.0 for _ in extra)],
+        [*types, *(gguf.TokenType.UNUSED for _ in extra)],
+    )
+
+
 def _add_sentencepiece(writer: gguf.GGUFWriter, folder: Path) -> None:
     """convert_hf_to_gguf's _set_vocab_sentencepiece: tokenizer.model pieces, scores and types."""
     vocab = gguf.SentencePieceVocab(folder)
-    tokens, scores, types = zip(*vocab.all_tokens(), strict=True)
+    tokens, scores, types = _pad(folder, *zip(*vocab.all_tokens(), strict=True))
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(list(tokens))
@@ -111,7 +130,7 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, folder: Path) -> None:
 def _add_llama_hf(writer: gguf.GGUFWriter, folder: Path) -> None:
     """convert_hf_to_gguf's _set_vocab_llama_hf, but with score -id (see the module docstring)."""
     vocab = gguf.LlamaHfVocab(folder)
-    tokens, _, types = zip(*vocab.all_tokens(), strict=True)
+    tokens, _, types = _pad(folder, *zip(*vocab.all_tokens(), strict=True))
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(list(tokens))
@@ -130,7 +149,7 @@ def _add_byte_level(writer: gguf.GGUFWriter, folder: Path, pre: str) -> None:
     added = tokenizer.get_added_vocab()
     decoder = tokenizer.added_tokens_decoder
     tokens, types = [], []
-    for i in range(max(reverse) + 1):
+    for i in range(max(max(reverse) + 1, _rows(folder))):  # the converter pads to config.json's vocab_size
         if i not in reverse:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)

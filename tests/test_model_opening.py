@@ -352,3 +352,31 @@ def test_a_short_commit_prefix_says_the_minimum(stores):  # noqa: F811 - the fix
     with pytest.raises(ModelLoadError) as error:
         resolve_model("tiny-org/Tiny-Llama@nosuch")
     assert "hex characters" not in str(error.value)  # not a hash: no word about hashes
+
+
+def test_a_gguf_embedding_past_its_vocabulary_is_refused_as_llama_cpp_refuses_it(tmp_path, monkeypatch):
+    """QA57: 520 embedding rows under 512 tokens (llama.cpp refuses the file): the rows past the
+    vocabulary are ids no token is, and a sampled one was an empty piece in the answer. Refused in one
+    line, as the opposite case is; llama.cpp's converter pads the vocabulary to the rows ([PADi])."""
+    import gguf_vocab
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tiankong.engine.engine import Engine
+
+    folder = copy_stories(tmp_path / "hf")
+    tensors = load_file(folder / "model.safetensors")
+    emb = tensors["model.embed_tokens.weight"]
+    tensors["model.embed_tokens.weight"] = torch.cat([emb, emb[:8]]).contiguous()
+    save_file(tensors, folder / "model.safetensors")
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "vocab_size": 520}))
+    padded = write_gguf(folder, tmp_path / "padded.gguf")  # as the converter writes it: loads
+    assert Engine.load(padded, device="cpu", pack=False).cfg.vocab_size == 520
+    monkeypatch.setattr(gguf_vocab, "_rows", lambda folder: 0)  # a converter that does not pad
+    path = write_gguf(folder, tmp_path / "long.gguf")
+    with pytest.raises(TokenizerError) as error:
+        Engine.load(path, device="cpu", pack=False)
+    line = str(error.value)
+    assert line.startswith(f"{path}: its vocabulary (tokenizer.ggml.tokens) has 512 tokens, fewer than the 520")
+    assert "convert the model to GGUF again" in line
