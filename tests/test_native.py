@@ -539,3 +539,23 @@ def test_a_float_row_in_a_batch_gets_the_bits_it_gets_alone():
         alone = torch.cat([native.matvec(lib, w, 0, x[b : b + 1]) for b in range(4)])
         for B in (2, 3, 4):
             assert torch.equal(native.matvec(lib, w, 0, x[:B]), alone[:B]), (n, B)
+
+
+@pytest.mark.parametrize("dtype, ggml", [(torch.float32, 0), (torch.bfloat16, 30), (torch.float16, 1)])
+@pytest.mark.parametrize("width", [2048, 3072, 5632])
+def test_a_rows_product_is_the_same_bits_at_any_number_of_rows(dtype, ggml, width):
+    """QA57: the float products of rows too long for four input rows to stay in L1 beside them
+    (tile4) summed in one chain, where one input row sums in dot's two: a 768-wide GPT-2's
+    log-probs moved by 1.9e-6 between --batch-size 1 and 4 (its feed-forward down projection, 3,072
+    wide). README promises the same text at any batch size: each row's product is dot's, bit for bit.
+    (The tiny models of test_batch_invariance never reach tile4.)"""
+    lib = native.library()
+    if lib is None:
+        pytest.skip(f"no compiled decode step here: {native.reason()}")
+    g = torch.Generator().manual_seed(width)
+    w = (torch.randn(96, width, generator=g) * 0.02).to(dtype)
+    x = torch.randn(4, width, generator=g)
+    alone = torch.cat([native.matvec(lib, w, ggml, x[b : b + 1], 2) for b in range(4)])
+    for rows in (2, 3, 4):
+        together = native.matvec(lib, w, ggml, x[:rows], 2)
+        assert torch.equal(together, alone[:rows]), (rows, (together - alone[:rows]).abs().max())
