@@ -491,6 +491,8 @@ def weight_summary(model: nn.Module) -> dict:
         embedding = isinstance(module, (nn.Embedding, QEmbedding))
         per_token += data.nbytes // shape[0] if embedding else data.nbytes
     others = sum(p.numel() for p in model.parameters() if p.dim() != 2)  # norm gains, biases
+    # a QLinear's bias is a buffer, not a parameter (GPT-2's every linear, Qwen2's q/k/v)
+    others += sum(m.bias.numel() for m in model.modules() if isinstance(m, QLinear) and m.bias is not None)
     return dict(types=types, parameters=params + others, bytes_per_token=per_token)
 
 

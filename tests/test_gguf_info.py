@@ -308,3 +308,13 @@ def test_quantized_weights_on_the_torch_path_say_so_and_why(folders, monkeypatch
     for arch in ("gpt2", "qwen2"):
         assert Engine.load(folders[arch], device="cpu", dtype="q8_0").decode_path == want, arch
         assert model_facts(folders[arch], device="cpu", dtype="q8_0")["decode"] == want, arch
+
+
+def test_a_quantized_files_parameters_count_its_layers_biases(gguf_file):
+    """QA57: info counted a quantized GPT-2's parameters 9,216 short of its F32 file's and of
+    transformers' (a QLinear's bias is a buffer, not a parameter); Qwen2's q/k/v biases alike."""
+    for arch in ("gpt2", "qwen2"):
+        want = model_facts(gguf_file(arch, "f32"), device="cpu")["parameters"]
+        for qtype in ("q8_0", "q4_0"):
+            assert model_facts(gguf_file(arch, qtype), device="cpu")["parameters"] == want, (arch, qtype)
+            assert loaded_facts(gguf_file(arch, qtype))["parameters"] == want, (arch, qtype)
