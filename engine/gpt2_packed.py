@@ -35,7 +35,7 @@ from torch import nn
 from .config import ModelConfig
 from .gpt2 import GPT2, Block
 from .kv_cache import KVCache, Runs, attend_runs, sdpa, visible_runs
-from .llama_packed import _half_mm, _parts, _quantized_mm, head_bytes, place_head
+from .llama_packed import _half_mm, _parts, _quantized_mm, block_mm, head_bytes, place_head
 from .native_step import NativeStep, WeightBuffer
 from .packed import release_pages, trim_heap
 from .quant import QTensor, ggml_types, is_quantized, packed_bytes, weight_of
@@ -79,12 +79,7 @@ class PackedGPT2Block(nn.Module):
     def _mm(self, x: torch.Tensor, name: str, b: torch.Tensor | None) -> torch.Tensor:
         """x W^T + b for the block's weight `name` (quantized rows: the compiled product over all of
         x's rows at once, reading the blocks as they are)."""
-        w = getattr(self, name)
-        if self.layouts is None and w.dtype != torch.float16:
-            return _linear(x, w, b, "none", [], "")
-        # oneDNN has no float16 product on most CPUs: the halves through tk_matmul, as the step reads them
-        y = _quantized_mm(x, w, self.parts[name]) if self.layouts is not None else _half_mm(x, w)
-        return y if b is None else y.add_(b)
+        return block_mm(x, getattr(self, name), self.parts.get(name), b)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return sdpa(q, k, v, mask, self.q_scale)

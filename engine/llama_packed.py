@@ -124,6 +124,18 @@ def _quantized_mm(x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, i
     return blocks_matmul(w, *parts, x)
 
 
+def block_mm(
+    x: torch.Tensor, w: torch.Tensor, parts: tuple[torch.Tensor, int] | None, b: torch.Tensor | None
+) -> torch.Tensor:
+    """x W^T + b for a packed block's weight w: quantized rows (parts: their _parts) and float16
+    halves through the compiled product over all of x's rows at once (oneDNN has no float16 product
+    on most CPUs), other floats through oneDNN. PackedBlock's and PackedGPT2Block's."""
+    if parts is None and w.dtype != torch.float16:
+        return _linear(x, w, b, "none", [], "")
+    y = _quantized_mm(x, w, parts) if parts is not None else _half_mm(x, w)
+    return y if b is None else y.add_(b)
+
+
 def head_bytes(out: QTensor | torch.Tensor) -> int:
     """The bytes place_head takes from the step's buffer for the vocabulary head `out`."""
     return out.nbytes if isinstance(out, QTensor) else 0
@@ -202,11 +214,7 @@ class PackedBlock(nn.Module):
     def _mm(self, x: torch.Tensor, name: str, b: torch.Tensor | None = None) -> torch.Tensor:
         """x W^T + b for the block's weight `name` (quantized rows: the compiled matrix product
         over all of x's rows at once, reading the blocks as they are)."""
-        w = getattr(self, name)
-        if self.layouts is not None or w.dtype == torch.float16:
-            y = _quantized_mm(x, w, self.parts[name]) if self.layouts is not None else _half_mm(x, w)
-            return y if b is None else y.add_(b)
-        return _linear(x, w, b, "none", [], "")
+        return block_mm(x, getattr(self, name), self.parts.get(name), b)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return sdpa(q, k, v, mask, self.q_scale)
