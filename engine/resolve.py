@@ -184,17 +184,23 @@ def unfinished_run(folder: Path) -> str | None:
     state = run_state(folder)
     if state is None or state[0] >= state[1]:
         return None
-    record = _train_record(folder) or {}
-    command, started_in = record.get("resume_command"), record.get("started_in")
-    if isinstance(command, str) and command:
-        where = f" (in {started_in})" if isinstance(started_in, str) and started_in != os.getcwd() else ""
-        finish = f"finish it with: {command}{where}"
-    else:  # a run of the Python API, or of a tiankong that did not record its command
-        finish = "finish it with its `tiankong train` command and --resume"
+    command = resume_command(folder)
+    # without one: a run of the Python API, or of a tiankong that did not record its command
+    finish = f"finish it with: {command}" if command else "finish it with its `tiankong train` command and --resume"
     return (
         f"{folder} is an unfinished training run (step {state[0]} of {state[1]}): its model is that step's "
         f"checkpoint; {finish}"
     )
+
+
+def resume_command(folder: Path) -> str | None:
+    """The command that continues a `tiankong train` run in `folder`, as its train_config.json recorded
+    it, with "(in DIR)" where it was started elsewhere than here; None where none was recorded."""
+    record = _train_record(folder) or {}
+    command, started_in = record.get("resume_command"), record.get("started_in")
+    if not isinstance(command, str) or not command:
+        return None
+    return command + (f" (in {started_in})" if isinstance(started_in, str) and started_in != os.getcwd() else "")
 
 
 def run_state(folder: Path) -> tuple[int, int] | None:

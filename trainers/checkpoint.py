@@ -176,6 +176,8 @@ def _unfinished(out: Path) -> str | None:
     of 20): choose a new folder, add --overwrite to replace it, or continue it with: tiankong train ...
     --resume", the command its train_config.json recorded, as a command opening the folder says it:
     engine/resolve.py unfinished_run); None for a finished run or a folder without that record."""
+    from tiankong.engine.resolve import resume_command
+
     last = latest(out)
     try:
         record = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
@@ -185,12 +187,9 @@ def _unfinished(out: Path) -> str | None:
     match = _STEP_DIR.match(last.name) if last is not None else None
     if match is None or type(steps) is not int or int(match.group(1)) >= steps:
         return None
-    command, started_in = record.get("resume_command"), record.get("started_in")
     head = f"(step {int(match.group(1))} of {steps}): choose a new folder, add --overwrite to replace it, or"
-    if not isinstance(command, str) or not command:  # a run of the Python API: no command recorded
-        return f"{head} add --resume to continue it"
-    where = f" (in {started_in})" if isinstance(started_in, str) and started_in != os.getcwd() else ""
-    return f"{head} continue it with: {command}{where}"
+    command = resume_command(out)  # None: a run of the Python API, no command recorded
+    return f"{head} continue it with: {command}" if command else f"{head} add --resume to continue it"
 
 
 def _set_aside(out: Path) -> Path | None:
