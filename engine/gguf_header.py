@@ -144,6 +144,18 @@ def check_header(path: Path, again: str = _AGAIN) -> int:
     stays at a few MB. `again`: the fix for a damaged file where a re-download is not how one gets
     it again (an Ollama blob: `ollama pull NAME`).
     """
+    infos = _checked_infos(path, again)
+    return sum(math.prod(dims) for name, dims, _, _ in infos if name not in ROPE_DIVISORS)
+
+
+def tensor_infos(path: Path) -> list[tuple[str, list[int], int]]:
+    """(name, dims ne0 first, ggml type number) of every tensor, from the header check_header walks
+    (load_note: which matrices a load widens, nothing read); ModelLoadError as check_header's."""
+    return [(name, dims, kind) for name, dims, kind, _ in _checked_infos(path, _AGAIN)]
+
+
+def _checked_infos(path: Path, again: str) -> list[tuple[str, list[int], int, int]]:
+    """check_header's walk: the tensor infos (name, dims, type, offset), or its one-line error."""
     try:
         with _mapped(path) as buf:
             if len(buf) < 24:
@@ -162,7 +174,7 @@ def check_header(path: Path, again: str = _AGAIN) -> int:
         raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
 
 
-def _walk(cur: _Cursor, size: int) -> int:
+def _walk(cur: _Cursor, size: int) -> list[tuple[str, list[int], int, int]]:
     if cur.take("4s") != b"GGUF":
         raise _Bad(
             "it does not start with the GGUF magic, so it is not a GGUF file",
@@ -220,7 +232,7 @@ def _walk(cur: _Cursor, size: int) -> int:
     for name, dims, kind, offset in infos:
         spans.append((offset, _check_tensor(name, dims, kind, offset, alignment, size - data_start), name))
     _check_disjoint(spans)
-    return sum(math.prod(dims) for name, dims, _, _ in infos if name not in ROPE_DIVISORS)
+    return infos
 
 
 def _check_disjoint(spans: list[tuple[int, int, str]]) -> None:

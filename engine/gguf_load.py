@@ -9,19 +9,20 @@ words for a model the step decodes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig
-from .errors import quoted
+from .errors import ModelLoadError, quoted
 from .gguf_model import is_gguf, peek, quantization_name
 from .model import dtype_name, resolve_device
 from .model_list import human_bytes
 from .native import library as native_library
 from .native import reason as native_reason
 from .native import switched_off as native_switched_off
-from .quant import QUANTIZABLE
+from .quant import QTYPES, QUANTIZABLE
 
 # GGUF architectures the compiled step runs (Phi-3: fused parts split by rows; Gemma 2/3: PackedGemma;
 # GPT-2: PackedGPT2): their blocks stay quantized on the CPU and an F16 file's halves stay halves.
@@ -94,6 +95,8 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
     if dtype not in (None, "auto"):
         return _float_dtype_note(path, kind, str(dtype))
     absent = _step_absent(path)
+    if absent is None and kind not in _FLOAT_FILES:
+        return _widened_halves(path, kind)
     if absent is None or (kind in _FLOAT_FILES and kind != "F16"):
         return None
     why, switch = absent
@@ -106,6 +109,39 @@ def load_note(path: Path, device: str | torch.device, dtype: str | torch.dtype |
     return (
         f"note: the file's {kind} blocks are dequantized to float32 on the CPU ({why}): {_widened(path, 4)}; "
         f"{switch + ' to keep the blocks; ' if switch else ''}--dtype bfloat16 holds them in half that"
+    )
+
+
+def _widened_halves(path: Path, kind: str) -> str | None:
+    """load_note for a quantized file whose blocks the compiled step keeps: the matrices it holds in
+    F16 or BF16 (llama-quantize keeps some, and falls back to F16 for rows its type cannot split),
+    which GGUFModel.kept_type reads as floats and the model holds in float32; None where it has none."""
+    import gguf
+
+    from .gguf_header import tensor_infos
+    from .gguf_split import part_paths
+
+    kept = {number for _, _, number in QTYPES.values()} | {0}  # blocks the step keeps, and F32
+    try:
+        infos = [info for part in part_paths(path) for info in tensor_infos(part)]
+    except ModelLoadError:  # a damaged file: the load says so
+        return None
+    widened = [
+        (name, math.prod(dims), gguf.GGMLQuantizationType(number).name)
+        for name, dims, number in infos
+        if len(dims) == 2 and number not in kept
+    ]
+    if not widened:
+        return None
+    names = ", ".join(name for name, _, _ in widened[:3]) + (
+        f" and {len(widened) - 3} more" if len(widened) > 3 else ""
+    )
+    types = "/".join(sorted({t for _, _, t in widened}))
+    more = human_bytes(sum(n for _, n, _ in widened) * 2)  # 4 bytes an element where the file has 2
+    what = "matrix" if len(widened) == 1 else "matrices"
+    return (
+        f"note: the {kind} file holds {len(widened)} {types} {what} ({names}), widened to float32 at load "
+        f"(the compiled step keeps only the blocks as they are): {more} more in memory than in the file"
     )
 
 

@@ -158,9 +158,7 @@ class GGUFModel:
         if emb is None:
             raise ModelLoadError(f"{self.path} has no token_embd.weight; it is not a complete model")
         cfg["vocab_size"] = int(emb.shape[1]) if len(emb.shape) == 2 else 0
-        down = self.tensors.get("blk.0.ffn_down.weight")  # ne0: its input, the feed-forward size
-        if down is not None and len(down.shape) == 2:
-            cfg["n_inner" if p == "gpt2" else "intermediate_size"] = int(down.shape[0])
+        self._feed_forward_size(cfg)
         cfg["tie_word_embeddings"] = "output.weight" not in self.tensors
         cfg.update(self._rope_scaling(cfg))
         if "rope_freqs.weight" in self.tensors:
@@ -178,6 +176,25 @@ class GGUFModel:
             if isinstance(value, int):
                 cfg[name] = value
         return cfg
+
+    def _feed_forward_size(self, cfg: dict[str, Any]) -> None:
+        """The feed-forward size from blk.0.ffn_down.weight (ne0: its input). GPT-2's converter writes
+        feed_forward_length as 4 * n_embd whatever n_inner is (and tiankong's GPT-2 keys skip it), so
+        there the tensor decides; elsewhere a file whose feed_forward_length disagrees with the tensor
+        is refused, as llama.cpp refuses it (it builds the tensor's shape from the key)."""
+        down = self.tensors.get("blk.0.ffn_down.weight")
+        if down is None or len(down.shape) != 2:
+            return  # the shape checks name what is missing or wrong
+        size, key = int(down.shape[0]), "n_inner" if self.arch_name == "gpt2" else "intermediate_size"
+        said = cfg.get(key)
+        if isinstance(said, int) and not isinstance(said, bool) and said != size:
+            shape = [int(d) for d in reversed(down.shape.tolist())]
+            raise ModelLoadError(
+                f"{self.path}: metadata {self.metadata_key(key)} is {said}, but tensor blk.0.ffn_down.weight "
+                f"has shape {shape} (a feed-forward size of {size}); the file is damaged or was converted "
+                "wrongly: convert it again or use another file"
+            )
+        cfg[key] = size
 
     def _floats(self, name: str) -> list[float]:
         """A small F32 vector tensor as a list (RoPE factors); one line if it is not one."""
@@ -239,6 +256,12 @@ class GGUFModel:
         from .weight_names import NameTable
 
         return NameTable(self.arch.tensors).checkpoint_name(hf_name)
+
+    def stored_type(self, hf_name: str) -> str | None:
+        """The GGML type (F32, F16, Q4_K, ...) the file stores a tensor in, by its Hugging Face name;
+        None for a name it does not hold."""
+        t = self.tensors.get(self.file_tensor_name(hf_name))
+        return None if t is None else t.tensor_type.name
 
     def _rope_scaling(self, cfg: dict[str, Any]) -> dict[str, Any]:
         kind = self.meta(f"{self.arch_name}.rope.scaling.type")

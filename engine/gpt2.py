@@ -89,7 +89,8 @@ class GPT2(nn.Module):
         hidden: bool = False,
     ) -> torch.Tensor:
         """Same contract as `Llama.forward`: (B, T) tokens and positions -> (B, T, V) logits."""
-        x = self.tok_emb(tokens) + self.pos_emb(positions)  # (B, T, D)
+        x = self.tok_emb(tokens)  # (B, T, D)
+        x = x + self.pos_emb(positions).to(x.dtype)  # a float32 one beside float16 weights (weights._float_dtype)
         runs = visible_runs(mask, tokens)  # a decode step's mask as each row's run of slots
         for i, layer in enumerate(self.layers):
             x = layer(x, runs, cache, i, start)

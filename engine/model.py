@@ -169,8 +169,33 @@ def load_model(
         # Every linear weight and the embedding in that type; the head in q8_0, as llama.cpp keeps
         # the head at more bits than the layers (its q6_k, which only GGUF files bring).
         quantize_model(model, dtype, head_qtype="q8_0")
+        if isinstance(folder, Path):  # a GGUF file's floats are copies already
+            _own_floats(model)
     model = set_rope_buffers(model, cfg, dev)
     return (model.requires_grad_(True).train() if trainable else model.eval()), cfg
+
+
+def _own_floats(model: nn.Module) -> None:
+    """The float tensors a quantized load of a folder leaves (norm gains, biases, GPT-2's position
+    embedding, weights whose rows are no whole blocks) copied out of the checkpoint: a float32
+    safetensors file's tensors are views of its mapping, and any one left there kept the whole file
+    mapped, every page quantizing read still resident (a --dtype q8_0 load's memory was float32's).
+    The blocks (uint8, made by quantizing) stay; tied tensors stay tied."""
+    copies: dict[int, torch.Tensor] = {}
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        if id(t) not in copies:
+            copy = t.detach().clone()
+            copies[id(t)] = nn.Parameter(copy, t.requires_grad) if isinstance(t, nn.Parameter) else copy
+        return copies[id(t)]
+
+    for module in model.modules():
+        for tensors in (module._parameters, module._buffers):
+            for name, t in list(tensors.items()):
+                if t is not None:
+                    tensors[name] = own(t)  # type: ignore[assignment]
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:

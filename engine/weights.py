@@ -53,6 +53,8 @@ class TensorSource(Protocol):
 
     def metadata_key(self, hf_key: str) -> str: ...
 
+    def stored_type(self, hf_name: str) -> str | None: ...
+
 
 # Floats of 4 to 8 bits (safetensors' F8_E4M3, F8_E5M2, F6_E2M3, F4; torch's float8_e4m3fn): a
 # quantized checkpoint's weights, whose scales are separate tensors the loader does not apply.
@@ -197,7 +199,7 @@ def load_weights(
         _check_dtype(name, file, str(t.dtype).removeprefix("torch."))  # check_checkpoint saw the headers; the rest
         if transpose:
             t = t.t()
-        t = t.to(device=device, dtype=dtype).contiguous()
+        t = t.to(device=device, dtype=_float_dtype(folder, name, target, dtype)).contiguous()
         module_name, _, param_name = target.rpartition(".")
         module = model.get_submodule(module_name)
         if param_name in module._buffers:  # a QLinear's bias
@@ -207,6 +209,17 @@ def load_weights(
     _check_all_matched(folder, cfg, table, set(expected) - loaded, unexpected)
     if tied and isinstance(model.output, nn.Linear):  # a quantized embedding's head was tied by set_quantized
         model.output.weight = cast(nn.Embedding, model.tok_emb).weight  # (nn.Module attributes type as Tensor | Module)
+
+
+def _float_dtype(folder: Path | TensorSource, name: str, target: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a float tensor loads in: `dtype`, but float32 for GPT-2's position embedding where a
+    GGUF file stores it F32 and the load is float16 (an F16 file's): llama.cpp keeps it F32 in every
+    file type (quant.quantize_model keeps it float too), and rounding it to halves moved an F16 file's
+    log-probs 4.7e-3 from llama.cpp's, against 2.6e-3 for its F32 file. PackedGPT2 adds it in float32
+    (the plain module rounds its rows to the weights' dtype as it adds them)."""
+    if dtype != torch.float16 or target != "pos_emb.weight" or isinstance(folder, Path):
+        return dtype
+    return torch.float32 if folder.stored_type(name) == "F32" else dtype
 
 
 def _check_all_matched(

@@ -99,9 +99,11 @@ def llama3_divisors(cfg: dict, rope: dict) -> np.ndarray:
     return np.where(wavelength < orig / high, 1.0, np.where(wavelength > orig / low, factor, blend)).astype(np.float32)
 
 
-def _qtype_of(name: str, w: np.ndarray, qtype: str) -> gguf.GGMLQuantizationType:
+def _qtype_of(name: str, w: np.ndarray, qtype: str, types: dict[str, str] | None = None) -> gguf.GGMLQuantizationType:
     """The converter's rule: 1-D tensors, norms and position embeddings stay F32; matrices get the
-    requested type."""
+    requested type, or their own in `types` (GGUF name -> qtype: llama-quantize's F16 fallbacks)."""
+    if types and name in types:
+        return QTYPES[types[name]]
     if w.ndim == 1 or name.endswith("_norm.weight") or name == "position_embd.weight":
         return gguf.GGMLQuantizationType.F32
     return QTYPES[qtype]
@@ -171,8 +173,11 @@ def _phi3_metadata(writer: gguf.GGUFWriter, cfg: dict) -> None:
         writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0)
 
 
-def write_gguf(hf_folder: Path, path: Path, qtype: str = "f32", tokenizer: bool = True) -> Path:
-    """Write the tiny HF model in `hf_folder` as a GGUF file at `path` (see the module docstring)."""
+def write_gguf(
+    hf_folder: Path, path: Path, qtype: str = "f32", tokenizer: bool = True, types: dict[str, str] | None = None
+) -> Path:
+    """Write the tiny HF model in `hf_folder` as a GGUF file at `path` (see the module docstring);
+    types: GGUF name -> qtype for tensors of another type than qtype (a quantized file's F16 ones)."""
     hf_folder, path = Path(hf_folder), Path(path)
     cfg = json.loads((hf_folder / "config.json").read_text())
     arch, _ = GGUF_ARCHS[cfg["architectures"][0]]
@@ -186,7 +191,7 @@ def write_gguf(hf_folder: Path, path: Path, qtype: str = "f32", tokenizer: bool 
         else:
             add_tokenizer(writer, hf_folder)
     for name, w in _gguf_tensors(cfg, _hf_state(hf_folder)):
-        kind = _qtype_of(name, w, qtype)
+        kind = _qtype_of(name, w, qtype, types)
         data = gguf.quants.quantize(w, kind) if kind != gguf.GGMLQuantizationType.F32 else w
         writer.add_tensor(name, data, raw_dtype=kind)
     writer.write_header_to_file()
@@ -196,9 +201,10 @@ def write_gguf(hf_folder: Path, path: Path, qtype: str = "f32", tokenizer: bool 
     return path
 
 
-def dequantized_folder(hf_folder: Path, out: Path, qtype: str) -> Path:
+def dequantized_folder(hf_folder: Path, out: Path, qtype: str, types: dict[str, str] | None = None) -> Path:
     """A copy of the HF folder whose weights went through qtype's quantize -> dequantize round trip
-    (in the GGUF layout, so quantization blocks run along the same rows as in the file)."""
+    (in the GGUF layout, so quantization blocks run along the same rows as in the file); types as
+    write_gguf's."""
     from safetensors.numpy import save_file
 
     hf_folder, out = Path(hf_folder), Path(out)
@@ -209,7 +215,8 @@ def dequantized_folder(hf_folder: Path, out: Path, qtype: str) -> Path:
     new = {}
     for name, w in _hf_state(hf_folder).items():
         g = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if g is None or _qtype_of(g, w, qtype) == gguf.GGMLQuantizationType.F32:
+        kind = None if g is None else _qtype_of(g, w, qtype, types)
+        if kind is None or kind == gguf.GGMLQuantizationType.F32:
             new[name] = w
             continue
         # Conv1D weights are quantized along their GGUF rows, i.e. HF columns.
@@ -218,7 +225,6 @@ def dequantized_folder(hf_folder: Path, out: Path, qtype: str) -> Path:
             if arch == gguf.MODEL_ARCH.GPT2 and name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight"))
             else w
         )
-        kind = QTYPES[qtype]
         r = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(t), kind), kind)
         new[name] = np.ascontiguousarray(r.T if t is not w else r)
     save_file(new, out / "model.safetensors", metadata={"format": "pt"})

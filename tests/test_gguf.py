@@ -398,6 +398,13 @@ def _metadata_case(tmp_path: Path, hf_folder: Path, **changes) -> Path:
         ("llama.block_count", 7, "llama.block_count is 7"),
         ("llama.embedding_length", 1 << 30, "llama.embedding_length"),
         ("llama.rope.freq_base", float("nan"), "llama.rope.freq_base"),
+        # llama.cpp builds blk.N.ffn_down's shape from the key and refuses the file (the tiny model's is 96)
+        (
+            "llama.feed_forward_length",
+            128,
+            r"metadata llama\.feed_forward_length is 128, but tensor blk\.0\.ffn_down\.weight has shape "
+            r"\[64, 96\] \(a feed-forward size of 96\); .*: convert it again",
+        ),
     ],
 )
 def test_lying_metadata_is_one_line(hf, tmp_path, key, value, words):
@@ -406,6 +413,16 @@ def test_lying_metadata_is_one_line(hf, tmp_path, key, value, words):
         load_model(path, device="cpu")
     assert str(path) in str(e.value) and "\n" not in str(e.value)
     assert "config.json" not in str(e.value) and "use another file" in str(e.value)
+
+
+def test_gpt2_feed_forward_length_is_4_n_embd_whatever_the_tensors(hf, tmp_path):
+    """GPT-2's converter writes feed_forward_length 4 * n_embd whatever n_inner is: the tensors give
+    the size, and a GPT-2 whose n_inner is not 4 * n_embd still loads."""
+    from tiankong.engine.gguf_model import GGUFModel
+
+    path = _metadata_case(tmp_path, hf["gpt2"], **{"gpt2.feed_forward_length": 7})
+    assert GGUFModel(path).config().ffn_dim == 4 * 64  # the tiny GPT-2's n_inner: None, so 4 * n_embd
+    load_model(path, device="cpu")
 
 
 def test_split_gguf_part_is_one_line(hf, tmp_path):
@@ -728,6 +745,24 @@ def test_a_quantized_gpt2_keeps_its_blocks_for_the_compiled_step(files, hf, qtyp
         tokens_, logprobs = greedy(eng, "Once upon a time")
         want_tokens, want_logprobs = greedy(folder_eng, "Once upon a time")
         assert tokens_ == want_tokens and logprobs == pytest.approx(want_logprobs, abs=1e-5)
+
+
+def test_an_f16_gpt2_keeps_its_f32_position_embedding(files):
+    """QA: an F16 GPT-2 file's position embedding, which the converter (as llama.cpp's) stores F32, was
+    rounded to halves with the float16 weights (log-probs 4.7e-3 from llama.cpp's, against 2.6e-3 for
+    the F32 file). It stays the file's float32 values, bit for bit, in the engine's model and in a
+    float16 load of the plain module, which still runs."""
+    path, _ = files("gpt2", "f16")
+    file = next(t for t in gguf.GGUFReader(path).tensors if t.name == "position_embd.weight")
+    assert file.tensor_type == gguf.GGMLQuantizationType.F32
+    stored = torch.from_numpy(np.array(file.data)).reshape(-1, file.shape[0])  # (positions, D)
+    eng = Engine.load(path, device="cpu")
+    assert eng.model.pos_emb.weight.dtype == torch.float32 and torch.equal(eng.model.pos_emb.weight, stored)
+    plain, _ = load_model(path, device="cpu", dtype="float16")
+    assert plain.tok_emb.weight.dtype == torch.float16 and torch.equal(plain.pos_emb.weight, stored)
+    with torch.no_grad():  # halves beside a float32 table: its rows are added as halves
+        ours = plain(torch.tensor([IDS]), torch.arange(len(IDS))[None])[0]
+    assert ours.dtype == torch.float16 and torch.isfinite(ours).all()
 
 
 def test_a_quantized_phi3_keeps_its_blocks_and_long_rope_scales_what_turns(files):

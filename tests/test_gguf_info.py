@@ -83,7 +83,7 @@ def loaded_facts(path: Path, dtype: str = "auto") -> dict:
 @pytest.mark.parametrize(
     "arch, qtype",
     [("llama", "q8_0"), ("llama", "f32"), ("qwen2", "q4_0"), ("qwen2", "f16"), ("gpt2", "q8_0"), ("gemma3", "q4_0")]
-    + [("phi3", "q8_0")],
+    + [("phi3", "q8_0"), ("gpt2", "f16")],  # (GPT-2's F16 file: float16 weights, its F32 position table kept)
 )
 def test_gguf_facts_are_the_loaded_models(gguf_file, arch, qtype):
     path = gguf_file(arch, qtype)
@@ -318,3 +318,38 @@ def test_a_quantized_files_parameters_count_its_layers_biases(gguf_file):
         for qtype in ("q8_0", "q4_0"):
             assert model_facts(gguf_file(arch, qtype), device="cpu")["parameters"] == want, (arch, qtype)
             assert loaded_facts(gguf_file(arch, qtype))["parameters"] == want, (arch, qtype)
+
+
+def test_f16_matrices_of_a_quantized_file_are_said_widened(folders, tmp_path, monkeypatch, capsys):
+    """QA: llama-quantize keeps some matrices F16 (and falls back to F16 for rows its type cannot
+    split); the load widens them to float32 beside the kept blocks, which was said nowhere. generate
+    and info say it, naming them and the memory; the mixed model's logits are transformers' on the
+    same weights (each matrix's quantize -> dequantize round trip in its own type)."""
+    import gguf
+    import torch
+    from gguf_files import dequantized_folder, hf_logits
+
+    from tiankong.engine.engine import load_note
+    from tiankong.engine.gguf_model import GGUFModel
+    from tiankong.engine.model import load_model
+
+    types = {"blk.0.ffn_down.weight": "f16", "blk.1.attn_v.weight": "f16"}
+    path = write_gguf(folders["llama"], tmp_path / "mixed.gguf", "q8_0", types=types)
+    note = load_note(path, "cpu", "auto")
+    if native.library() is not None:  # else every block is dequantized, and the note says that
+        n = sum(int(t.n_elements) for t in gguf.GGUFReader(path).tensors if t.name in types)
+        assert note == (
+            "note: the Q8_0 file holds 2 F16 matrices (blk.0.ffn_down.weight, blk.1.attn_v.weight), widened "
+            "to float32 at load (the compiled step keeps only the blocks as they are): "
+            f"{human_bytes(2 * n)} more in memory than in the file"
+        )
+        facts = loaded_facts(path)
+        assert "float32 x2, q8_0 x" in facts["weight_types"] and facts == model_facts(path, device="cpu")
+        code, _, err = cli(monkeypatch, capsys, "info", "-m", path, "--format", "json")
+        assert code == 0 and note in " ".join(err.split()), err
+    model, _ = load_model(GGUFModel(path, keep_quantized=True), device="cpu", dtype="float32")
+    ids = [1, 5, 300, 17, 42, 99, 250, 7]
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0]
+    ref = dequantized_folder(folders["llama"], tmp_path / "reference", "q8_0", types=types)
+    torch.testing.assert_close(ours, hf_logits(ref, ids), atol=2e-5, rtol=1e-5)

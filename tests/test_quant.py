@@ -449,3 +449,28 @@ def test_a_bad_quantized_tensor_is_one_line():
         QTensor("q3_k", (2, 256), torch.zeros(2, 110, dtype=torch.uint8))
     with pytest.raises(ValueError, match="cannot quantize"):
         quantize(torch.zeros(2, 256), "q4_k")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux's /proc/self/maps lists the file mappings")
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_folder_quantized_at_load_lets_its_file_go(tmp_path, arch):
+    """QA: --dtype q8_0 on a float32 safetensors folder kept the file mapped (its norm gains, biases
+    and GPT-2's position embedding were views of the mapping), so every page quantizing read stayed
+    resident: the load's memory was float32's. Once loaded, nothing of the model is in the file's
+    mapping, which the kernel's list shows gone; a float32 load, whose weights are the mapping, still
+    holds it (the check sees a mapping where there is one). Tied weights stay tied."""
+    import gc
+
+    folder = make_model(tmp_path / arch, arch, tie_word_embeddings=True)
+
+    def mapped() -> list[str]:
+        gc.collect()
+        return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(folder) in line]
+
+    model, _ = load_model(folder, device="cpu", dtype="float32")
+    assert mapped()
+    del model
+    assert not mapped()
+    model, _ = load_model(folder, device="cpu", dtype="q8_0")
+    assert not mapped()
+    assert model.output.qdata is model.tok_emb.qdata  # the head is the embedding's blocks
