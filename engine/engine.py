@@ -5,27 +5,26 @@
     for ev in eng.generate([ids], [SamplingParams(temperature=0.7, seed=1)], top_logprobs=5):
         ...                                            # TokenEvent per token, Finished per row
 
-The CLI, the TUI and the trainers all go through this class.
+The CLI, the TUI and the trainers all go through this class. encode, fit and check_fits are
+prompter.PromptEncoder's: `load_prompter` gives them without the weights, to check prompts first.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .chat import ChatTemplate, render_prompt
+from .chat import ChatTemplate
 from .config import ModelConfig
-from .context import PromptCache, answer_room, fit_messages, too_long
-from .errors import ContextOverflow, InputError, quoted
+from .context import PromptCache
+from .errors import InputError, quoted
 from .events import Event
-from .files import check_text
 from .generate import generate
 from .gguf_load import (  # noqa: F401 (load_note, COMPILED_STEP: the engine's public names too)
     COMPILED_STEP,
@@ -43,44 +42,17 @@ from .model_list import human_bytes
 from .native import reason as native_reason
 from .packed import PackedLinear
 from .params import draw_seed, with_seeds  # noqa: F401 (here too: the engine's public names)
+from .prompter import (  # noqa: F401 (tokenizer_and_template: the engine's public name too)
+    PromptEncoder,
+    check_template_path,
+    check_tokenizer,
+    tokenizer_and_template,
+)
 from .quant import is_quantized, weight_summary
-from .request_checks import TokenIds, a_type, check_count, check_flag, check_params, token_id_lists, token_ids
+from .request_checks import TokenIds, check_count, check_flag, check_params, token_id_lists, token_ids
 from .resolve import resolve_model
 from .sampling import SamplingParams
-from .tokenizer import Tokenizer, check_token_ids, load_tokenizer
-
-
-def tokenizer_and_template(
-    folder: Path,
-    gguf: GGUFModel | None,
-    cfg: ModelConfig,
-    chat_template: str | Path | None,
-    tokenizer: Tokenizer | None = None,
-) -> tuple[Tokenizer, ChatTemplate | None]:
-    """A model's tokenizer (checked against its vocabulary) and chat template: the GGUF file's
-    metadata or the folder's files; `chat_template`, a file, replaces the model's template.
-    `tokenizer`: the model's own, loaded already (Engine.load's argument), so not loaded again."""
-    if tokenizer is None:
-        tokenizer = gguf.tokenizer() if gguf else load_tokenizer(folder)
-    check_token_ids(tokenizer, cfg.vocab_size, folder)
-    if chat_template is not None:
-        return tokenizer, ChatTemplate.from_file(chat_template, tokenizer)
-    return tokenizer, gguf.chat_template(tokenizer) if gguf else ChatTemplate.from_folder(folder, tokenizer)
-
-
-def _check_template_path(chat_template: object) -> None:
-    """chat_template is a path (str or Path) or None; template text in its place is refused by name
-    (it would otherwise be read as a file name, "cannot read {% for ...")."""
-    if chat_template is None:
-        return
-    if not isinstance(chat_template, (str, Path)):
-        raise InputError(f"chat_template must be a file path (str or Path), got {a_type(chat_template)}")
-    text = str(chat_template)
-    if ("{%" in text or "{{" in text or "\n" in text) and not os.path.exists(os.path.expanduser(text)):
-        raise InputError(
-            "chat_template is the path of a template file, not the template's text; "
-            "save the template to a file (e.g. template.jinja) and pass its path"
-        )
+from .tokenizer import Tokenizer
 
 
 def _checkpoint_dtype(value: Any, folder: Path) -> Any:
@@ -110,13 +82,8 @@ def _attention_rows(c: ModelConfig) -> dict[str, Any]:
     return rows
 
 
-def _chars(texts: Sequence[Any]) -> int:
-    """Characters of the texts among `texts` (a message's content may be something else)."""
-    return sum(len(t) for t in texts if isinstance(t, str))
-
-
 @dataclass
-class Engine:
+class Engine(PromptEncoder):
     model: nn.Module
     cfg: ModelConfig
     tokenizer: Tokenizer
@@ -156,9 +123,8 @@ class Engine:
         before its screen opens, so that one that is refused stops the command there.
         """
         pack = check_flag("pack", pack)
-        if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
-            raise InputError(f"tokenizer must be a Tokenizer (load_checked_tokenizer) or None, got {a_type(tokenizer)}")
-        _check_template_path(chat_template)
+        check_tokenizer(tokenizer)
+        check_template_path(chat_template)
         if chat_template is not None:  # read and compiled now, not after the weights
             ChatTemplate.check_file(chat_template)
         dtype = dtype_name(dtype)  # "Q8_0" as "q8_0" (keeps_blocks reads it too)
@@ -195,99 +161,12 @@ class Engine:
         floats = {"float64", "float32", "bfloat16", "float16"}
         return sorted(k for k in self.weights.get("types", {}) if k not in floats)
 
-    def encode(
-        self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None, raw: bool = False
-    ) -> list[int]:
-        """Prompt text or chat messages -> ids, through the chat template unless raw (or none).
-
-        Text that is not text (lone surrogates: bytes that were not UTF-8) is refused, and so is a
-        prompt too long in characters for any tokenization of it to fit the context: that is counted
-        before the template and the tokenizer run, so a 50 MB prompt costs no gigabytes to refuse.
-        """
-        raw = check_flag("raw", raw)
-        self._check_text(
-            [prompt] if messages is None else [m.get("content") for m in messages if isinstance(m, Mapping)]
-        )
-        ids = render_prompt(self.template, self.tokenizer, prompt=prompt, messages=messages, raw=raw)
-        if not ids:
-            # Tokenizers that add no BOS (GPT-2) still have a start-of-text token to begin from.
-            start = (
-                self.tokenizer.bos_id
-                if self.tokenizer.bos_id is not None
-                else next(iter(sorted(self.tokenizer.eos_ids)), None)
-            )
-            if start is None:
-                raise InputError("empty prompt and the model has no BOS token to start from; give some text")
-            ids = [start]
-        return ids
-
     def decode(self, ids: TokenIds, skip_special_tokens: bool = False) -> str:
         """Token ids (a list, or a 1-D array or tensor) -> their text, as the tokenizer decodes them:
         e.g. a Finished's token_ids, or encode's ids. skip_special_tokens leaves out the tokenizer's
         special tokens (BOS, EOS)."""
         ids = token_ids(ids, self.cfg.vocab_size, "decode's ids")  # named as decode's argument, not prompts[0]
         return self.tokenizer.decode(ids, skip_special_tokens=check_flag("skip_special_tokens", skip_special_tokens))
-
-    def fit(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        max_new_tokens: int,
-        *,
-        at_least: int = 0,
-        slack: int = 0,
-        raw: bool = False,
-    ) -> tuple[list[int], int]:
-        """Chat messages -> (ids, oldest turns dropped) so that the prompt leaves the answer its room
-        (context.answer_room); see context.fit_messages for at_least and slack."""
-        ctx = self.cfg.max_seq_len
-        # Turns that encode would refuse unread go by their characters first (a 27 MB chat is never encoded whole).
-        long = _chars([m.get("content") for m in messages if isinstance(m, Mapping)]) > 16 * ctx
-        return fit_messages(
-            lambda m: self.encode(messages=m, raw=raw),
-            messages,
-            ctx - answer_room(check_count("max_new_tokens", max_new_tokens, 1), ctx),
-            at_least=check_count("at_least", at_least, 0),
-            slack=check_count("slack", slack, 0),
-            max_chars=self._char_limit() if long else None,
-        )
-
-    def check_fits(self, ids: Sequence[int], max_new_tokens: int | None = None) -> None:
-        """Raise ContextOverflow unless the prompt leaves room for at least one new token in the
-        context; with max_new_tokens, the length it names as the fix leaves the answer its room."""
-        ctx = self.cfg.max_seq_len
-        if len(ids) >= ctx:
-            raise too_long(len(ids), ctx, max_new_tokens)
-
-    def _check_text(self, texts: Sequence[Any]) -> None:
-        ctx = self.cfg.max_seq_len
-        chars = _chars(texts)
-        if chars > 16 * ctx and chars > self._char_limit():
-            raise ContextOverflow(
-                f"the prompt is {chars:,} characters, far more than the model's context of {ctx} "
-                f"tokens can hold; shorten it"
-            )
-        for t in texts:
-            if isinstance(t, str):
-                check_text(t)
-
-    def _char_limit(self) -> int:
-        """Characters past which a prompt cannot fit the context, refused before it is tokenized: no
-        token stands for more characters than its longest vocabulary entry (x2: a normalizer may merge
-        characters). Up to 16 per token is let through whatever the vocabulary: cheap to tokenize."""
-        ctx = self.cfg.max_seq_len
-        return max(16 * ctx, 2 * ctx * self._max_token_chars())
-
-    def _max_token_chars(self) -> int:
-        """The longest vocabulary entry in characters (measured once; an upper bound on a token's text)."""
-        if not self._longest_token:
-            longest = 1
-            for i in range(self.tokenizer.vocab_size):
-                try:
-                    longest = max(longest, len(self.tokenizer.id_to_piece(i)))
-                except (IndexError, KeyError, TypeError):  # ids the tokenizer leaves unassigned
-                    continue
-            self._longest_token = longest
-        return self._longest_token
 
     def generate(
         self,

@@ -17,6 +17,7 @@ from test_tui_chat import answered, chat_app, run, slow_down, wait_for
 from tiny_models import make_model
 
 import tiankong.engine.engine as engine_module
+import tiankong.engine.prompter as prompter_module
 import tiankong.tui.app as app_module
 import tiankong.tui.arena as arena_module
 from tiankong.engine.errors import InputError
@@ -120,7 +121,7 @@ def test_a_normal_start_loads_each_tokenizer_once_and_the_app_uses_it(tiny, stor
     def again(*args, **kwargs):
         raise AssertionError("the tokenizer was loaded a second time")
 
-    monkeypatch.setattr(engine_module, "load_tokenizer", again)
+    monkeypatch.setattr(prompter_module, "load_tokenizer", again)
     app = TiankongApp(tiny, store=store, export_dir=tmp_path, show_timing=False, tokenizers=tokenizers)
 
     async def go():

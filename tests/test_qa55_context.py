@@ -110,3 +110,32 @@ def test_every_input_line_too_long_is_reported_in_one_run(monkeypatch, capsys, m
     src.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": LONG}) + "\n")
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "-i", src, "--max-new-tokens", "4")
     assert code == 2 and f"error: {src} line 2: prompt is" in one_line(err) and "refused" not in err
+
+
+def test_too_long_input_lines_are_reported_before_the_weights_load(monkeypatch, capsys, model_dir, tmp_path):
+    # QA: "too-long input lines found only after model loads": a model of some GB took its minutes to
+    # load before the run said that the file was bad. The lines are checked with the tokenizer and
+    # chat template alone (engine.prompter), before any weight is read and before "loading …" is said.
+    import tiankong.engine.engine as engine_module
+    import tiankong.engine.prompter as prompter_module
+
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["hi", LONG, LONG]))
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the input lines were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(engine_module, "load_model", no_weights)
+        code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "-i", src, "--max-new-tokens", "4")
+    said = one_line(err)
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert f"2 prompts were refused: {src} line 2: prompt is" in said and f"{src} line 3: prompt is" in said, said
+    assert "loading" not in said, said  # nothing was loading
+    # A good file: the tokenizer that checked the lines is the one that generates (loaded once).
+    loads = []
+    real = prompter_module.load_tokenizer
+    monkeypatch.setattr(prompter_module, "load_tokenizer", lambda *a, **k: loads.append(a) or real(*a, **k))
+    src.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": "Once upon a time"}) + "\n")
+    code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "-i", src, "--max-new-tokens", "4")
+    assert code == 0 and len(out.splitlines()) == 2 and len(loads) == 1, err

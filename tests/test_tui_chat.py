@@ -834,7 +834,6 @@ async def _answer_once_upon(pilot) -> None:
     chat.params = chat.params.replace(max_new_tokens=40)
     await send(pilot, "Once upon a time")
     await answered(pilot, chat)
-    pilot.app.clear_notifications()  # stories260K has no chat template: its notice would cover the candidates
 
 
 @needs_stories
@@ -853,8 +852,6 @@ def test_snapshot_inspect_mode_candidates(snap_compare, snapshot_app):
 def test_snapshot_tokens_view(snap_compare, snapshot_app):
     async def before(pilot):
         await loaded(pilot)
-        await wait_for(pilot, lambda: pilot.app._notifications)  # stories260K's "no chat template" notice
-        pilot.app.clear_notifications()
         pilot.app.screen.query_one("#prompt", Input).value = "Once upon a time, 小猫 😀"
         await pilot.press("ctrl+t")
 

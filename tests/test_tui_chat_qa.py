@@ -390,12 +390,17 @@ def test_a_message_the_chat_template_refuses_is_named_with_the_way_out(tiny, sto
     assert system == [f'{refused} (the system prompt "boom: be brief"): edit it (tab goes to it)']
 
 
-def test_a_model_without_a_chat_template_is_said_when_the_chat_opens(tiny, store, tmp_path):
+def test_a_model_without_a_chat_template_is_said_in_a_line_that_stays(tiny, store, tmp_path):
     """QA: `tiankong chat -m ollama:NAME` on a model without a chat template (Ollama's is a Go template,
     not read) opened in silence and joined the messages without roles, where generate, serve and the
-    trainers say it. Said as they say it, with the fix; a model with a template: nothing."""
+    trainers say it. Said as they say it, with the fix; a model with a template: nothing. Then QA
+    again: said in a 15 s notification, it covered the top of the candidates panel just as one first
+    looks there (stories260K, which has no template). Now a line under the system prompt, beside the
+    panel rather than over it, that a new chat keeps; compare says it under its head line."""
     import json
     import shutil
+
+    from tiankong.tui.screens.compare import CompareScreen
 
     bare = tmp_path / "bare-llama"
     shutil.copytree(tiny, bare)
@@ -404,12 +409,42 @@ def test_a_model_without_a_chat_template_is_said_when_the_chat_opens(tiny, store
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
     (bare / "chat_template.jinja").unlink(missing_ok=True)
 
-    async def opened(model) -> list[str]:
+    def left_text(app, panel_x: int) -> str:
+        """The words left of the candidates panel, from the third row (under the status line and the
+        system prompt) to the first blank one, joined as one line."""
+        words = []
+        for row in screen_lines(app)[2:]:
+            if not row[:panel_x].strip():
+                break
+            words.append(row[:panel_x].strip())
+        return " ".join(words)
+
+    async def opened(model) -> tuple[list[str], str, str, str]:
         async with chat_app(model, store, tmp_path) as (app, pilot, chat):
             await pilot.pause()
-            return notices(app)
+            panel = chat.candidates.region
+            panel_top = screen_lines(app)[panel.y][panel.x : panel.right]  # its border and title, not covered
+            first = left_text(app, panel.x)
+            await pilot.press("ctrl+n")
+            await pilot.pause()
+            return notices(app), first, panel_top, left_text(app, panel.x)
 
-    said = run(opened(bare))
-    want = "no chat template: the chat joins the messages' contents without roles; give --chat-template FILE"
-    assert want in said, said
-    assert not any("no chat template" in n for n in run(opened(tiny)))
+    said, first, panel_top, kept = run(opened(bare))
+    want = "⚠ no chat template: the chat joins the messages' contents without roles; give --chat-template FILE"
+    assert first == want
+    assert panel_top.startswith("╭─ candidates ─") and panel_top.endswith("╮"), panel_top
+    assert not any("no chat template" in n for n in said), said  # no notification over the panel
+    assert kept == want  # a new chat: still said
+    said, first, _, _ = run(opened(tiny))
+    assert "no chat template" not in first and not any("no chat template" in n for n in said)
+
+    async def compared() -> tuple[list[str], list[str]]:
+        app = make_app(bare, store, tmp_path, mode="compare")
+        async with app.run_test(size=(160, 45)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+            await pilot.pause()
+            return notices(app), screen_lines(app)
+
+    said, rows = run(compared())
+    assert rows[1].strip() == want.replace("the chat joins", "compare joins"), rows[:3]  # under the head
+    assert "╭" in rows[2] and not any("no chat template" in n for n in said), said

@@ -124,20 +124,6 @@ terminal.install()
 QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def _no_template_line(engines: list[Any]) -> str | None:
-    """The notice for the first local model without a chat template (common with Ollama's, whose
-    template layer is not read), as generate and serve say it; a server applies its own."""
-    from tiankong.engine.chat import no_template_note
-    from tiankong.engine.model_names import display_name
-    from tiankong.engine.remote import RemoteEngine
-
-    for eng in engines:
-        if eng.template is None and not isinstance(eng, RemoteEngine):
-            where = f"{display_name(eng.folder)}: " if len(engines) > 1 else ""
-            return f"{where}{no_template_note('the chat', eng.folder)}; give --chat-template FILE"
-    return None
-
-
 class TiankongApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "tiankong 填空"
@@ -307,8 +293,7 @@ class TiankongApp(App[None]):
         notice = next((n for n in map(decode_notice, engines) if n), None)
         if notice:  # the first local model's: the reason is the same for all
             self.notify(notice, title="slower decoding", severity="warning", timeout=20, markup=False)
-        if line := _no_template_line(engines):
-            self.notify(line, title="no chat template", severity="warning", timeout=15, markup=False)
+        # (No chat template: the chat and compare say so in a line of their own, TemplateNote.)
         for folder in self.model_dirs:  # resolve's notes (an unfinished training run, a name two places hold):
             note = getattr(folder, "note", None)  # on stderr too, but that is hidden until the app ends
             if note:

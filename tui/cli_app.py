@@ -244,13 +244,33 @@ def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
     return chat_template
 
 
+def _load_text(
+    model: Optional[Path | str], device: str = "auto", dtype: str = "auto", chat_template: Optional[Path] = None
+) -> Any:
+    """A local model's text side (engine.prompter.Prompter: config, tokenizer and chat template, no
+    weights), to check prompts with before the weights load (seconds to minutes); None for a server,
+    which encodes with its own. Refused as _load refuses the model, with the same lines."""
+    from tiankong.engine.prompter import load_prompter
+    from tiankong.engine.remote import is_remote
+
+    _local_only([model], device, dtype, chat_template)
+    if is_remote(model):
+        return None
+    path = _model_dir(model)
+    with _naming_env(model):
+        return load_prompter(path, chat_template=_template_file(chat_template))
+
+
 def _load(
     model: Optional[Path | str],
     device: str = "auto",
     dtype: str = "auto",
     chat_template: Optional[Path] = None,
     api_key: Optional[str] = None,
+    tokenizer: Any = None,
 ):
+    """The model loaded (Engine), or a server connected to (RemoteEngine). `tokenizer`: the local
+    model's, loaded already (_load_text), so not loaded again."""
     from tiankong.engine.engine import Engine
     from tiankong.engine.remote import RemoteEngine, is_remote
 
@@ -263,4 +283,6 @@ def _load(
     announce_builds()  # the first load on a machine compiles the decode step: seconds, said on stderr
     path = _model_dir(model)
     with _naming_env(model):
-        return Engine.load(path, device=device, dtype=dtype, chat_template=_template_file(chat_template))
+        return Engine.load(
+            path, device=device, dtype=dtype, chat_template=_template_file(chat_template), tokenizer=tokenizer
+        )

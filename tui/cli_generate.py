@@ -15,7 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, List, NamedTuple, Optional
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional
 
 import typer
 from rich.markup import escape
@@ -30,6 +30,7 @@ from tiankong.tui.cli_app import (
     ModelOrServerOpt,
     TemplateOpt,
     _load,
+    _load_text,
     _local_only,
     _model_dir,
     app,
@@ -231,12 +232,12 @@ def generate(
         dist = _join(device)  # imports torch
         device = str(dist.device) if dist.enabled else device
         with _claim(output, dist):  # one run at a time writes OUTPUT: a second is refused before its model loads
-            eng = _load(
-                _say_loading(model, device, dtype, chat_template, dist.is_main), device, dtype, chat_template, api_key
+            base = _base_seed(params, dist)
+            eng, rows = _load_encoded(
+                _Loading(model, device, dtype, chat_template, api_key, dist.is_main),
+                lambda text: _encode_rows(text, jobs, params, n, raw, context_overflow, base),
             )
-            say_decode_notice(eng)  # no compiled step: several times slower, said once (rank 0)
             _say_no_template(eng, jobs, raw, dist.is_main)
-            rows = _encode_rows(eng, jobs, params, n, raw, context_overflow, _base_seed(params, dist))
             if dist.is_main and max_new_tokens:  # asked for: a preset's own (creative's 1024) goes unsaid
                 _say_past_context(eng, params, rows, "--max-new-tokens")
             from tiankong.tui.screens.compare_rounds import model_identity  # the engine's (torch) imports: here
@@ -438,12 +439,39 @@ def _base_seed(params: Any, dist: Any) -> int:
     return int(dist.all_reduce_sum({"seed": float(drawn)})["seed"])
 
 
+class _Loading(NamedTuple):
+    """What loads the model: generate's options."""
+
+    model: Optional[str]
+    device: str
+    dtype: str
+    chat_template: Optional[Path]
+    api_key: Optional[str]
+    say: bool  # the first process (torchrun's rank 0), which says what loads
+
+
+def _load_encoded(how: _Loading, encode: Callable[[Any], list[_Row]]) -> tuple[Any, list[_Row]]:
+    """The model loaded and the rows encoded (`encode`, given what encodes): for a local model the
+    rows first, with its tokenizer and chat template loaded without the weights (_load_text), so that
+    every input line too long for the context (or refused otherwise) is said at once, not after the
+    weights of a model of some GB have loaded; then the weights, with that tokenizer. A server
+    (--model http://...) encodes with its own tokenizer: once connected."""
+    text = _load_text(how.model, how.device, how.dtype, how.chat_template)
+    rows = encode(text) if text is not None else None
+    target = _say_loading(text.folder if text else how.model, how.device, how.dtype, how.chat_template, how.say)
+    tokenizer = text.tokenizer if text else None
+    eng = _load(target, how.device, how.dtype, how.chat_template, how.api_key, tokenizer=tokenizer)
+    say_decode_notice(eng)  # no compiled step: several times slower, said once (rank 0)
+    return eng, rows if rows is not None else encode(eng)
+
+
 SHOWN_REFUSALS = 3  # input lines a refused run names with their errors; the rest are counted
 
 
 def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow: str, base: int) -> list[_Row]:
     """Every (prompt, sample) row with the row's seed (`base` + the sample's index), every prompt
-    encoded and checked against the context before any output. The seed depends only on the sample
+    encoded and checked against the context before any output (`eng`: the Engine, or the local
+    model's Prompter before its weights load). The seed depends only on the sample
     index, never on batching or on which process generates the row. Lines that do not encode or fit
     are all found before the run stops: it named the first, and the next run the second."""
     rows, refused = [], []

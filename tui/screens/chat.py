@@ -58,6 +58,7 @@ from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.message import AssistantMessage, SwitchBranch, UserMessage
 from tiankong.tui.widgets.prompt import PromptInput
 from tiankong.tui.widgets.status import StatusBar, finish_words, params_summary, plural
+from tiankong.tui.widgets.template_note import TemplateNote
 from tiankong.tui.widgets.transcript import Transcript
 
 T = TypeVar("T")
@@ -247,6 +248,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
                     yield Input(
                         placeholder="system prompt (optional)", id="system", compact=True, select_on_focus=False
                     )
+                yield TemplateNote(id="template-note")  # under the system prompt: both are read without roles
                 with Transcript(id="transcript"):
                     yield Static(Text(INTRO), id="intro")
             panel = CandidatesPanel(id="candidates")
@@ -336,6 +338,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         if isinstance(engine, RemoteEngine):  # chats name the server's model id at its URL
             self.model_id, self.model_name = engine.folder, engine.name
         self.candidates.loading = False
+        self.query_one(TemplateNote).show_for([engine], "the chat")
         if self.opening:  # a long chat still coming in: its worker counts and sends once it is whole
             return
         if self.chat_id is not None and self.messages and not self.generating:  # opened while it loaded

@@ -60,6 +60,7 @@ from tiankong.tui.store import Store
 from tiankong.tui.streaming import START, Apart, Batch, stream_events
 from tiankong.tui.widgets.footer import FittingFooter
 from tiankong.tui.widgets.prompt import PromptInput
+from tiankong.tui.widgets.template_note import TemplateNote
 
 if TYPE_CHECKING:  # the engine module imports torch, which `tiankong rank` (answers from a file) never needs
     from tiankong.engine.engine import Engine
@@ -269,6 +270,7 @@ you stopped).
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-head")
+        yield TemplateNote(id="template-note")
         yield Static(id="queue-prompt")  # a queue's prompt (free prompts show in the input below)
         with VerticalScroll(id="columns"):
             for _ in range(self.n_columns):
@@ -287,6 +289,7 @@ you stopped).
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.display = not self.answers_only
         self.query_one("#queue-prompt").display = self.queue is not None
+        self.query_one(TemplateNote).show_for(self.engines, "compare")
         if self.queue is not None:
             self._open_queue()
         elif self.initial_prompt is not None:
@@ -305,6 +308,15 @@ you stopped).
     def on_resize(self, event: events.Resize) -> None:
         self._relayout()
         self.call_after_refresh(self._refresh_bars)  # the head and vote bar fit the new width
+
+    @property
+    def engines(self) -> list[Engine | RemoteEngine]:
+        """The columns' engines, each once, in column order (none for answers read from a file)."""
+        engines: list[Engine | RemoteEngine] = []
+        for e in self.entrants:
+            if not any(e.engine is seen for seen in engines):
+                engines.append(e.engine)
+        return engines
 
     @property
     def k(self) -> int:
