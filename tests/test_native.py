@@ -209,7 +209,9 @@ def test_native_and_onednn_paths_agree_on_the_real_checkpoint():
                 logits = model(nxt, torch.tensor([[slot]]), None, cache, slot)[:, -1]
                 steps.append(logits)
         out.append(torch.cat(steps))
-    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
+    # 5e-5: oneDNN's float32 products sum in another order on each CPU (on an Intel Xeon with AMX,
+    # 40 greedy steps drifted 1.1e-5 apart, logits of scale ~10); a wrong kernel is off by far more.
+    torch.testing.assert_close(out[0], out[1], atol=5e-5, rtol=1e-5)
 
 
 def test_without_a_compiler_the_torch_path_runs(tmp_path):
@@ -542,7 +544,7 @@ def test_a_float_row_in_a_batch_gets_the_bits_it_gets_alone():
 
 
 @pytest.mark.parametrize("dtype, ggml", [(torch.float32, 0), (torch.bfloat16, 30), (torch.float16, 1)])
-@pytest.mark.parametrize("width", [2048, 3072, 5632])
+@pytest.mark.parametrize("width", [2048, 3072, 5632, 2056, 1000])
 def test_a_rows_product_is_the_same_bits_at_any_number_of_rows(dtype, ggml, width):
     """QA57: the float products of rows too long for four input rows to stay in L1 beside them
     (tile4) summed in one chain, where one input row sums in dot's two: a 768-wide GPT-2's
