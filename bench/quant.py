@@ -19,7 +19,8 @@ What it does, top to bottom:
                (--dtype q8_0 / q4_0; Q4_K_M has no such path) and llama.cpp (llama-cpp-python) on
                the file. All in this process, taking turns run by run, so the shared machine's
                drift hits every engine alike; the best run of each is reported (others only add
-               time).
+               time). Where llama.cpp would die on the files (a native build's AMX kernels on some
+               CPUs: bench/README.md), a note says so and only tiankong's rows run.
   3. report  — decode tok/s (batch 1, greedy, 32-token prompt, 128 new tokens, 2 threads), the
                ratio to llama.cpp, tiankong's 4-row step time (the four bundled presets that
                `tiankong compare` runs: balanced, creative, precise, chat, with their top-k/top-p/
@@ -35,7 +36,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +79,15 @@ BUILT = {
 }
 SHAPES = ("135m", *BUILT)
 SHAPE_HELP = "SmolLM-135M's shape, TinyLlama's (1b) or Gemma 3 270M's (gemma3)"
+# llama.cpp evaluating the GGUF file argv[1] on 16 tokens (more than one: ggml's AMX kernels take
+# the products of several rows), run in a child process by llamacpp_crash_note.
+LLAMACPP_EVAL = (
+    "import sys, llama_cpp; llama_cpp.Llama(sys.argv[1], n_ctx=32, n_threads=1, verbose=False).eval(list(range(1, 17)))"
+)
+LLAMACPP_WITHOUT_AMX = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" '
+    "pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python"
+)
 
 
 def f16_gguf(shape: str) -> Path:
@@ -97,6 +110,24 @@ def quantized_gguf(qtype: str, shape: str) -> Path:
             raise RuntimeError(f"llama.cpp could not quantize {source} to {qtype}")
         tmp.rename(path)
     return path
+
+
+def llamacpp_crash_note(path: Path) -> str | None:
+    """One line saying that llama.cpp dies evaluating the quantized file `path` (so its rows are left
+    out) and how to build it so it does not; None where it runs. A native build on a CPU with AMX
+    runs ggml's AMX kernels, which die by SIGILL on some machines and take the process along: only
+    such a build tries the file, in a child process."""
+    import llama_cpp
+
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        return None  # no AMX kernels: nothing to try
+    code = subprocess.run([sys.executable, "-c", LLAMACPP_EVAL, str(path)], capture_output=True).returncode
+    if code >= 0:
+        return None
+    return (
+        f"llama.cpp (llama-cpp-python with ggml's AMX kernels) died by {signal.Signals(-code).name} on "
+        f"{path.name}: no llama.cpp rows; rebuild it without them: {LLAMACPP_WITHOUT_AMX}"
+    )
 
 
 def gguf_or_at_load(qtype: str, say: Callable[[str], None]) -> tuple[Path, str]:
@@ -353,7 +384,7 @@ def main() -> None:
         build_gguf(args.shape)
     torch.set_num_threads(args.threads)
     prompt, n_new = prompt_for(args.shape, args.prompt_tokens), args.new_tokens
-    engines = make_engines(args, prompt, n_new)
+    engines = make_engines(args, prompt, n_new, lambda note: console.print(note, style="yellow", markup=False))
     best: dict[tuple[str, int | str], float] = {}  # (engine, rows or "prefill") -> best seconds
     # engine -> each run's 4-row step over the 1-row step run just before it: the box's memory
     # speed moves by 2x from minute to minute, one row (bound by memory) with it and four rows
@@ -383,16 +414,22 @@ def main() -> None:
     report(engines, best, pairs, args, console)
 
 
-def make_engines(args, prompt: list[int], n_new: int) -> dict[str, tuple]:
-    """name -> (run, prefill, decode rows to measure, weight types) for every engine of the types."""
+def make_engines(args, prompt: list[int], n_new: int, say: Callable[[str], None]) -> dict[str, tuple]:
+    """name -> (run, prefill, decode rows to measure, weight types) for every engine of the types;
+    llama.cpp's only where it is installed and runs the first quantized file (else `say` tells why)."""
     engines: dict[str, tuple] = {}
     batch = (1,) if args.no_batch else (1, 4)
-    for qtype in args.types.split(","):
-        path = None if llamacpp_missing() else quantized_gguf(qtype, args.shape)
-        if path is not None:
+    qtypes = args.types.split(",")
+    paths = {} if llamacpp_missing() else {qtype: quantized_gguf(qtype, args.shape) for qtype in qtypes}
+    crash = llamacpp_crash_note(paths[qtypes[0]]) if paths else None
+    if crash:
+        say(crash)
+    for qtype in qtypes:
+        if (path := paths.get(qtype)) is not None:
             run, prefill, types = tiankong_runner(path, "auto", prompt, n_new)
             engines[f"tiankong {qtype} gguf"] = (run, prefill, batch, types)
-            engines[f"llama.cpp {qtype} gguf"] = (*llamacpp_runner(path, prompt, n_new, args.threads), (1,), "")
+            if crash is None:
+                engines[f"llama.cpp {qtype} gguf"] = (*llamacpp_runner(path, prompt, n_new, args.threads), (1,), "")
         if qtype != "q4_k_m" and args.shape == "135m":  # quantized at load: from the safetensors
             run, prefill, types = tiankong_runner(MODEL_DIR, qtype, prompt, n_new)
             engines[f"tiankong {qtype} at load"] = (run, prefill, batch, types)

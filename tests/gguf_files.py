@@ -10,17 +10,27 @@ metadata keys the converter sets. The tokenizer is written by tests/gguf_vocab.p
 `dequantized_folder(hf_folder, out, qtype)` writes the same HF model with every weight that
 write_gguf quantizes replaced by its quantize -> dequantize round trip: the reference a quantized
 GGUF must equal.
+
+`llama_cpp_for_quantized()` is llama-cpp-python for tests that evaluate quantized files with it, or a
+skip where that would kill the test process (ggml's AMX kernels in a native build on some CPUs).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import gguf
 import numpy as np
+import pytest
 import torch
 
 QTYPES = {
@@ -238,3 +248,46 @@ def hf_logits(folder: Path, ids: list[int]) -> torch.Tensor:
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0]
+
+
+# llama.cpp evaluating the GGUF file argv[1] on 16 tokens (more than one: ggml's AMX kernels take
+# the products of several rows), run in a child process.
+LLAMA_CPP_EVAL = (
+    "import sys, llama_cpp; llama_cpp.Llama(sys.argv[1], n_ctx=32, n_threads=1, verbose=False).eval(list(range(1, 17)))"
+)
+LLAMA_CPP_WITHOUT_AMX = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" '
+    "pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python"
+)
+
+
+def llama_cpp_for_quantized() -> ModuleType:
+    """llama_cpp, for a test that evaluates a quantized GGUF file with it; a skip where it is not
+    installed, or where it would die on such a file (the reason names the build that does not)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if (reason := _llama_cpp_dies_on_quantized()) is not None:
+        pytest.skip(reason)
+    return llama_cpp
+
+
+@functools.cache
+def _llama_cpp_dies_on_quantized() -> str | None:
+    """Why llama.cpp cannot evaluate quantized files here, or None. A native build on a CPU with AMX
+    runs ggml's AMX kernels, which die by SIGILL on some machines and take the process along: only
+    such a build tries a tiny Q8_0 file (rows of 256, as the AMX kernels take) in a child process."""
+    import llama_cpp
+
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        return None  # no AMX kernels: nothing to try
+    from tiny_models import make_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_model(Path(tmp) / "hf", "llama", hidden_size=256, intermediate_size=512)
+        path = write_gguf(folder, Path(tmp) / "q8_0.gguf", "q8_0")
+        code = subprocess.run([sys.executable, "-c", LLAMA_CPP_EVAL, str(path)], capture_output=True).returncode
+    if code >= 0:
+        return None
+    return (
+        f"llama.cpp (llama-cpp-python with ggml's AMX kernels) died by {signal.Signals(-code).name} evaluating a "
+        f"quantized GGUF; rebuild it without them: {LLAMA_CPP_WITHOUT_AMX}"
+    )

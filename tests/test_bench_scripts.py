@@ -1,13 +1,15 @@
 """The benchmark scripts' own logic (bench/*.py), run cheaply: no benchmark is run here.
 
 --help of every script (each option explained, with its default, and nothing run), the notes that
-name what is missing when llama-cpp-python or its server is not installed, the progress a worker
-tells while the machine is busy, child processes ended when a benchmark gets SIGTERM, quant.py's
-median, train.py's readable summaries and train_vs_trl.py's data step.
+name what is missing when llama-cpp-python or its server is not installed, quant.py's note where
+llama.cpp would die on its files (ggml's AMX kernels), the progress a worker tells while the
+machine is busy, child processes ended when a benchmark gets SIGTERM, quant.py's median, train.py's
+readable summaries and train_vs_trl.py's data step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,6 +18,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,6 +120,69 @@ def test_quant_falls_back_to_tiankong_quantizing_at_load_and_says_so(bench_path,
         quant.gguf_or_at_load("q4_k_m", said.append)
     (tmp_path / "smollm-135m-random-q8_0.gguf").write_bytes(b"")  # made earlier: used as it is
     assert quant.gguf_or_at_load("q8_0", said.append) == (tmp_path / "smollm-135m-random-q8_0.gguf", "auto")
+
+
+@pytest.fixture
+def quant_engines(bench_path, monkeypatch, tmp_path):
+    """quant.make_engines on fake runners and files (nothing loaded), llama-cpp-python reporting
+    ggml's AMX kernels as a native build on such a CPU does; returns (quant, args)."""
+    import quant
+
+    info = b"CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | "
+    monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(llama_print_system_info=lambda: info))
+    monkeypatch.setattr(quant, "llamacpp_missing", list)
+    monkeypatch.setattr(quant, "quantized_gguf", lambda qtype, shape: tmp_path / f"{qtype}.gguf")
+    monkeypatch.setattr(quant, "tiankong_runner", lambda *a: (None, None, "q8_0"))
+    monkeypatch.setattr(quant, "llamacpp_runner", lambda *a: (None, None))
+    monkeypatch.setattr(quant, "OUT", tmp_path)
+    args = SimpleNamespace(types="q8_0,q4_0", shape="1b", no_batch=True, threads=2, prompt_tokens=3, new_tokens=4)
+    return quant, args
+
+
+def test_quant_leaves_llamacpp_out_where_it_would_die_and_says_why(quant_engines, monkeypatch, tmp_path):
+    """llama.cpp's child dies by SIGILL on the first quantized file (simulated: it kills itself), as a
+    native build's AMX kernels do on some CPUs: one note naming the signal, the file and the build
+    without them; tiankong's rows only, their ratio columns empty; llama.cpp never in this process."""
+    quant, args = quant_engines
+    monkeypatch.setattr(quant, "LLAMACPP_EVAL", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    monkeypatch.setattr(quant, "llamacpp_runner", lambda *a: pytest.fail("llama.cpp ran in the bench's process"))
+    said: list[str] = []
+    engines = quant.make_engines(args, [1, 2, 3], 4, said.append)
+    assert list(engines) == ["tiankong q8_0 gguf", "tiankong q4_0 gguf"]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert "SIGILL on q8_0.gguf: no llama.cpp rows" in said[0]
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"' in said[0]
+    best = {(name, key): 0.01 for name in engines for key in (1, "prefill")}
+    from rich.console import Console
+
+    quant.report(engines, best, {}, args, Console(quiet=True))
+    rows = json.loads((tmp_path / "quant-1b.json").read_text())["rows"]
+    assert [(r["engine"], r["vs_llamacpp"], r["prefill_vs_llamacpp"]) for r in rows] == [
+        ("tiankong q8_0 gguf", None, None),
+        ("tiankong q4_0 gguf", None, None),
+    ]
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_quant_runs_llamacpp_where_its_child_lives_or_it_has_no_amx(quant_engines, monkeypatch, amx):
+    """With AMX kernels a child tries the first file once and, living, every type gets its llama.cpp
+    row; without them no child is started."""
+    quant, args = quant_engines
+    if not amx:
+        monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(llama_print_system_info=lambda: b"AVX2 = 1 |"))
+    run, children = subprocess.run, []
+    monkeypatch.setattr(quant, "LLAMACPP_EVAL", "import sys; assert sys.argv[1].endswith('q8_0.gguf')")
+
+    def recorded(*a, **kw) -> subprocess.CompletedProcess:
+        done = run(*a, **kw)
+        children.append(done.returncode)
+        return done
+
+    monkeypatch.setattr(subprocess, "run", recorded)
+    said: list[str] = []
+    engines = quant.make_engines(args, [1, 2, 3], 4, said.append)
+    assert sorted(engines) == sorted(f"{e} {q} gguf" for e in ("tiankong", "llama.cpp") for q in ("q8_0", "q4_0"))
+    assert said == [] and children == ([0] if amx else [])
 
 
 def test_tui_stream_says_why_it_runs_stories260k(bench_path, no_llamacpp, monkeypatch, tmp_path):

@@ -14,13 +14,15 @@ import shutil
 import struct
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import gguf
+import gguf_files
 import numpy as np
 import pytest
 import torch
-from gguf_files import dequantized_folder, hf_logits, write_gguf
+from gguf_files import dequantized_folder, hf_logits, llama_cpp_for_quantized, write_gguf
 from helpers import cli, one_thread, tiankong  # noqa: F401 - one_thread applies to this module
 from tiny_models import make_model
 
@@ -617,12 +619,55 @@ def test_quantized_gguf_logits_follow_llama_cpp(k_files, qtype):
     the dequantized weights' by more than float error. Stated tolerance: our logits are within a third
     (RMS) of what quantizing moved llama.cpp's own logits (f32 file -> this file), i.e. we decode the
     same blocks (Q8_0, Q4_K, Q5_K, Q6_K here): a wrong scale or nibble order lands at the full distance."""
+    llama_cpp_for_quantized()  # skips where llama.cpp would die on these files
     path = k_files["llama", qtype]
     theirs, ours, float_theirs = _llama_cpp_logits(path), _ours(path), _llama_cpp_logits(k_files["llama", "f32"])
     moved = np.sqrt(((theirs - float_theirs) ** 2).mean())
     assert moved > 0.3  # quantizing did change llama.cpp's logits
     assert np.sqrt(((ours - theirs) ** 2).mean()) < moved / 3
     assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.9
+
+
+AMX_BUILD = b"CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | "  # what a native build on such a CPU reports
+
+
+@pytest.fixture
+def fresh_probe():
+    """llama_cpp_for_quantized's probe not yet run in this process (it runs once per process)."""
+    gguf_files._llama_cpp_dies_on_quantized.cache_clear()
+    yield
+    gguf_files._llama_cpp_dies_on_quantized.cache_clear()
+
+
+def test_quantized_llama_cpp_tests_skip_with_the_fix_where_llama_cpp_dies(fresh_probe, monkeypatch):
+    """A build with AMX kernels whose child dies by SIGILL on the tiny Q8_0 file (simulated: the child
+    kills itself): a skip naming the signal and the build without them, not a dead test worker."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(llama_print_system_info=lambda: AMX_BUILD))
+    monkeypatch.setattr(gguf_files, "LLAMA_CPP_EVAL", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    with pytest.raises(pytest.skip.Exception) as e:
+        llama_cpp_for_quantized()
+    reason = str(e.value)
+    assert "\n" not in reason and "SIGILL" in reason and "AMX" in reason
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"' in reason
+
+
+def test_quantized_llama_cpp_tests_run_where_the_probe_passes_or_there_is_no_amx(fresh_probe, monkeypatch):
+    """With AMX kernels reported, a child evaluates the tiny Q8_0 file once; where it lives, llama_cpp is
+    returned (this build has none, so it lives). Without AMX nothing is tried."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    run, codes = subprocess.run, []
+
+    def recorded(*args, **kwargs):
+        codes.append(run(*args, **kwargs).returncode)
+        return types.SimpleNamespace(returncode=codes[-1])
+
+    monkeypatch.setattr(subprocess, "run", recorded)
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: AMX_BUILD)
+    assert llama_cpp_for_quantized() is llama_cpp and llama_cpp_for_quantized() is llama_cpp
+    assert codes == [0]  # one child per process, and it evaluated the file
+    gguf_files._llama_cpp_dies_on_quantized.cache_clear()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: AMX_BUILD.replace(b"AMX_INT8 = 1", b""))
+    assert llama_cpp_for_quantized() is llama_cpp and codes == [0]
 
 
 def test_bulk_metadata_reader_reads_what_ggufreader_reads(files):

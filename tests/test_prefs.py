@@ -591,6 +591,9 @@ def test_a_trl_row_gets_the_prompt_id_a_queue_round_of_that_prompt_gets(store, t
 
 _STOP_AT = """
 import os, signal, sys
+# Ctrl+C at its default, as a shell starts a command: an ignored SIGINT inherited from the test
+# runner would be left ignored (Stops takes only signals at their defaults) and never stop it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from tiankong.tui import store_votes
 from tiankong.tui.cli import main
 real, calls = store_votes.vote_hash, [0]
