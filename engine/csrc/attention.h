@@ -190,9 +190,7 @@ static void keys_scores(const void *key0, int kvt, const float *const *qs, int n
 static void group_softmax(float *scores, int group, int n, int hd, float *parts) {
     for (int k = 0; k < group; k++) {
         float *sc = scores + (int64_t)k * n, *part = parts + (int64_t)k * (hd + 2);
-        float mx = -INFINITY;
-        for (int j = 0; j < n; j++)
-            mx = sc[j] > mx ? sc[j] : mx;
+        const float mx = scan_max(sc, n, NULL); /* a scalar loop here was ~0.6 % of a four-row step */
         part[0] = mx;
         /* Masked slots hold -inf and come out of the exponential as exactly 0; a share
          * with no visible slot (or none at all) weighs nothing. */

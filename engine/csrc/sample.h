@@ -208,39 +208,6 @@ static float select_cut(const float *y, const float *w, int n, float floor, doub
     return m ? buf[m - 1].y : a; /* rounding kept the sum a hair below t: keep the whole range */
 }
 
-/* The largest of x[0..n), NaN skipped; nonfinite (or NULL): set where x holds NaN or +inf. Four
- * running maxima: one compare-and-select chain waited on its latency (6 us a 49k row, now 3). */
-static inline __attribute__((always_inline)) float scan_max(const float *x, int n, int *nonfinite) {
-    v16 mx[4] = {splat(-INFINITY), splat(-INFINITY), splat(-INFINITY), splat(-INFINITY)};
-    v16i bad = {0};
-    int i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int k = 0; k < 4; k++) {
-            const v16 v = load16(x + i + 16 * k);
-            if (nonfinite)
-                bad |= (v != v) | (v == splat(INFINITY));
-            mx[k] = select16(v > mx[k], v, mx[k]);
-        }
-    for (; i + 16 <= n; i += 16) {
-        const v16 v = load16(x + i);
-        if (nonfinite)
-            bad |= (v != v) | (v == splat(INFINITY));
-        mx[0] = select16(v > mx[0], v, mx[0]);
-    }
-    float m = -INFINITY;
-    int odd = 0;
-    for (int j = 0; j < 16; j++)
-        odd |= bad[j];
-    for (int k = 0; k < 4; k++)
-        for (int j = 0; j < 16; j++)
-            m = mx[k][j] > m ? mx[k][j] : m;
-    for (; i < n; i++)
-        odd |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
-    if (nonfinite)
-        *nonfinite = odd;
-    return m;
-}
-
 static float max_of(const float *x, int n) { return scan_max(x, n, NULL); }
 
 /* The largest of a row's sampling logits z: the stats' max mx where z is the row's logits x. */
