@@ -465,15 +465,21 @@ static inline void prefetch_region(Prefetch *p, int r) {
         p->off = p->lo[r / p->per_row], p->end = p->hi[r / p->per_row];
 }
 
-/* Ask for the next `bytes` of p (into L2: prefetcht1), as far as any are left. */
+/* Ask for the next `bytes` of p (into L2: prefetcht1), as far as any are left. A region's lines in
+ * a loop of locals: updating p a line at a time (a store and reload each) was ~2 % of a four-row
+ * step, where the rows' keys and values are four times one row's. */
 static inline void prefetch_more(Prefetch *p, int64_t bytes) {
     while (bytes > 0 && p->r < p->n) {
         if (p->off >= p->end) { /* region r done (or nothing of it to ask for): the next one */
             prefetch_region(p, p->r + 1);
             continue;
         }
-        __builtin_prefetch(p->base + p->r * p->stride + p->off, 0, 2);
-        p->off += 64, bytes -= 64;
+        const char *at = p->base + p->r * p->stride;
+        const int64_t stop = p->end - p->off < bytes ? p->end : p->off + bytes;
+        int64_t off = p->off;
+        for (; off < stop; off += 64)
+            __builtin_prefetch(at + off, 0, 2);
+        bytes -= off - p->off, p->off = off;
     }
 }
 
