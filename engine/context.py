@@ -46,12 +46,29 @@ def too_long(tokens: int, context: int, max_new_tokens: int | None = None) -> Co
     """The error for a prompt of `tokens` that fills the context: the most it may hold to leave the
     answer its room (answer_room of max_new_tokens, as a chat's prompt leaves; None: unknown, one
     token). "at most 511" of 512 for a 20-token answer pointed at a prompt that left it one."""
+    return ContextOverflow(
+        f"the prompt is {tokens} tokens but the model's context is {context}; "
+        f"{_shorten(context, max_new_tokens, 'at most')}"
+    )
+
+
+def too_many_chars(
+    chars: int, context: int, max_new_tokens: int | None = None, what: str = "the prompt"
+) -> ContextOverflow:
+    """The error for a prompt refused by its characters before it is tokenized (`what`: "the
+    prompt", or "the conversation" for chat messages), with the length to aim for as too_long names
+    it: "about", since how many tokens its text makes is not counted."""
+    return ContextOverflow(
+        f"{what} is {chars:,} characters, far more than the model's context of {context} tokens can hold; "
+        f"{_shorten(context, max_new_tokens, 'about')}"
+    )
+
+
+def _shorten(context: int, max_new_tokens: int | None, bound: str) -> str:
+    """The fix for a prompt too long for `context`: the tokens it may hold, leaving the answer its room."""
     room = answer_room(max_new_tokens, context) if max_new_tokens is not None else 1
     leaving = f", which leaves {room} for the answer" if max_new_tokens is not None else ""
-    return ContextOverflow(
-        f"prompt is {tokens} tokens but the model's context is {context}; shorten it to at most {context - room} tokens"
-        f"{leaving}"
-    )
+    return f"shorten it to {bound} {context - room} tokens{leaving}"
 
 
 def turn_starts(messages: Messages) -> list[int]:

@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 
 from .chat import ChatTemplate, render_prompt
 from .config import ModelConfig
-from .context import answer_room, fit_messages, too_long
-from .errors import ContextOverflow, InputError
+from .context import answer_room, fit_messages, too_long, too_many_chars
+from .errors import InputError
 from .files import check_text
 from .gguf_model import GGUFModel, is_gguf
 from .request_checks import a_type, check_count, check_flag
@@ -62,18 +62,28 @@ class PromptEncoder:
     _longest_token: int  # characters; 0 = not measured yet
 
     def encode(
-        self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None, raw: bool = False
+        self,
+        prompt: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        raw: bool = False,
+        *,
+        max_new_tokens: int | None = None,
     ) -> list[int]:
         """Prompt text or chat messages -> ids, through the chat template unless raw (or none).
 
         Text that is not text (lone surrogates: bytes that were not UTF-8) is refused, and so is a
         prompt too long in characters for any tokenization of it to fit the context: that is counted
         before the template and the tokenizer run, so a 50 MB prompt costs no gigabytes to refuse.
+        max_new_tokens: the answer's length, for the length that refusal names as the fix (as check_fits).
         """
         raw = check_flag("raw", raw)
-        self._check_text(
-            [prompt] if messages is None else [m.get("content") for m in messages if isinstance(m, Mapping)]
-        )
+        if max_new_tokens is not None:
+            max_new_tokens = check_count("max_new_tokens", max_new_tokens, 1)
+        if messages is None:
+            self._check_text([prompt], max_new_tokens, "the prompt")
+        else:
+            contents = [m.get("content") for m in messages if isinstance(m, Mapping)]
+            self._check_text(contents, max_new_tokens, "the conversation")
         ids = render_prompt(self.template, self.tokenizer, prompt=prompt, messages=messages, raw=raw)
         if not ids:
             # Tokenizers that add no BOS (GPT-2) still have a start-of-text token to begin from.
@@ -102,7 +112,7 @@ class PromptEncoder:
         # Turns that encode would refuse unread go by their characters first (a 27 MB chat is never encoded whole).
         long = _chars([m.get("content") for m in messages if isinstance(m, Mapping)]) > 16 * ctx
         return fit_messages(
-            lambda m: self.encode(messages=m, raw=raw),
+            lambda m: self.encode(messages=m, raw=raw, max_new_tokens=max_new_tokens),
             messages,
             ctx - answer_room(check_count("max_new_tokens", max_new_tokens, 1), ctx),
             at_least=check_count("at_least", at_least, 0),
@@ -117,14 +127,11 @@ class PromptEncoder:
         if len(ids) >= ctx:
             raise too_long(len(ids), ctx, max_new_tokens)
 
-    def _check_text(self, texts: Sequence[Any]) -> None:
+    def _check_text(self, texts: Sequence[Any], max_new_tokens: int | None, what: str) -> None:
         ctx = self.cfg.max_seq_len
         chars = _chars(texts)
         if chars > 16 * ctx and chars > self._char_limit():
-            raise ContextOverflow(
-                f"the prompt is {chars:,} characters, far more than the model's context of {ctx} "
-                f"tokens can hold; shorten it"
-            )
+            raise too_many_chars(chars, ctx, max_new_tokens, what)
         for t in texts:
             if isinstance(t, str):
                 check_text(t)
@@ -187,7 +194,9 @@ def load_prompter(
     """A model's Prompter, from its config (config.json or a GGUF file's metadata), tokenizer and chat
     template, as Engine.load reads them, without reading a byte of the weights. `folder`, `chat_template`
     and `tokenizer` as Engine.load takes them; pass `tokenizer=prompter.tokenizer` to Engine.load after,
-    so that it is not loaded twice. Raises ModelLoadError (or a tokenizer's or template's error) in one line."""
+    so that it is not loaded twice. Raises ModelLoadError (or a tokenizer's or template's error) in one line;
+    a folder without weight files as Engine.load does (their names only are looked at): `tiankong generate`
+    said an input file's refused lines first, and only the run after them that the model cannot load."""
     check_tokenizer(tokenizer)
     check_template_path(chat_template)
     folder = resolve_model(folder)
@@ -196,6 +205,8 @@ def load_prompter(
         cfg = gguf.config()
     else:
         from .model import check_folder  # (torch: imported only here)
+        from .weight_files import checkpoint_files
 
         cfg = ModelConfig.from_folder(check_folder(folder))
+        checkpoint_files(folder)  # after the config, in Engine.load's order
     return Prompter(cfg, *tokenizer_and_template(folder, gguf, cfg, chat_template, tokenizer), folder)

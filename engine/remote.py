@@ -185,7 +185,7 @@ class RemoteEngine:
         if len(prompt) >= ctx:
             most = ctx - (answer_room(max_new_tokens, ctx) if max_new_tokens is not None else 1)
             raise ContextOverflow(
-                f"prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it to about {most} tokens"
+                f"the prompt is about {len(prompt)} tokens but the server's context is {ctx}; shorten it to about {most} tokens"
             )
 
     def _count(self, msgs: tuple[Mapping[str, Any], ...]) -> int | None:

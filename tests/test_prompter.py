@@ -12,7 +12,7 @@ import pytest
 from gguf_files import write_gguf
 from tiny_models import make_model, with_template
 
-from tiankong.engine.errors import ContextOverflow, InputError
+from tiankong.engine.errors import ContextOverflow, InputError, ModelLoadError
 from tiankong.engine.prompter import load_prompter
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon a time"}]
@@ -20,14 +20,16 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    """A tiny Llama with a chat template, and a copy of it without its weights file."""
+    """A tiny Llama with a chat template, and a copy of it whose weights file holds no weights: a
+    Prompter that read a byte of it would fail."""
     folder = with_template(make_model(tmp_path_factory.mktemp("prompter") / "tiny-llama", "llama"))
     bare = tmp_path_factory.mktemp("bare") / "tiny-llama"
     shutil.copytree(folder, bare, ignore=shutil.ignore_patterns("*.safetensors"))
+    (bare / "model.safetensors").write_bytes(b"not a safetensors file")
     return folder, bare
 
 
-def test_a_folder_without_weights_encodes_and_checks_as_transformers_says(llama):
+def test_a_folder_whose_weights_go_unread_encodes_and_checks_as_transformers_says(llama):
     from transformers import AutoTokenizer
 
     folder, bare = llama
@@ -60,3 +62,17 @@ def test_its_arguments_are_checked_as_engine_load_checks_them(llama):
         load_prompter(bare, tokenizer="tokenizer.json")
     with pytest.raises(InputError, match="not the template's text"):
         load_prompter(bare, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
+
+
+def test_a_folder_without_weight_files_is_refused_as_engine_load_refuses_it(llama, tmp_path):
+    # QA58: generate said an input file's refused lines first, and the run after them "no weights in".
+    from tiankong.engine.engine import Engine
+
+    folder, _ = llama
+    empty = tmp_path / "no-weights"
+    shutil.copytree(folder, empty, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(ModelLoadError, match="no weights in") as engine_error:
+        Engine.load(empty, device="cpu")
+    with pytest.raises(ModelLoadError) as prompter_error:
+        load_prompter(empty)
+    assert str(prompter_error.value) == str(engine_error.value)

@@ -103,13 +103,13 @@ def test_every_input_line_too_long_is_reported_in_one_run(monkeypatch, capsys, m
     assert code == 2 and out == ""
     assert "5 prompts were refused:" in said, said
     for n in (1, 3, 4):  # the first three, each with its error
-        assert f"{src} line {n}: prompt is" in said, said
+        assert f"{src} line {n}: the prompt is" in said, said
     assert f"{src} line 2" not in said and f"{src} line 5" not in said
     assert said.endswith("; and 2 more"), said
     # One line too long: said as it was, alone.
     src.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": LONG}) + "\n")
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "-i", src, "--max-new-tokens", "4")
-    assert code == 2 and f"error: {src} line 2: prompt is" in one_line(err) and "refused" not in err
+    assert code == 2 and f"error: {src} line 2: the prompt is" in one_line(err) and "refused" not in err
 
 
 def test_too_long_input_lines_are_reported_before_the_weights_load(monkeypatch, capsys, model_dir, tmp_path):
@@ -130,7 +130,9 @@ def test_too_long_input_lines_are_reported_before_the_weights_load(monkeypatch, 
         code, out, err = cli(monkeypatch, capsys, "generate", "-m", model_dir, "-i", src, "--max-new-tokens", "4")
     said = one_line(err)
     assert code == 2 and out == "" and "Traceback" not in err, err
-    assert f"2 prompts were refused: {src} line 2: prompt is" in said and f"{src} line 3: prompt is" in said, said
+    assert f"2 prompts were refused: {src} line 2: the prompt is" in said and f"{src} line 3: the prompt is" in said, (
+        said
+    )
     assert "loading" not in said, said  # nothing was loading
     # A good file: the tokenizer that checked the lines is the one that generates (loaded once).
     loads = []

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.text import Text
 from typer.core import TyperOption
 
-from tiankong.engine.errors import InputError, ModelLoadError, RemoteError
+from tiankong.engine.errors import ChatTemplateError, InputError, ModelLoadError, RemoteError
 
 # Every command's help also answers to -h (subcommands inherit the context's help option names).
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -245,20 +245,43 @@ def _template_file(chat_template: Optional[Path]) -> Optional[Path]:
 
 
 def _load_text(
-    model: Optional[Path | str], device: str = "auto", dtype: str = "auto", chat_template: Optional[Path] = None
+    model: Optional[Path | str],
+    device: str = "auto",
+    dtype: str = "auto",
+    chat_template: Optional[Path] = None,
+    raw: bool = False,
 ) -> Any:
     """A local model's text side (engine.prompter.Prompter: config, tokenizer and chat template, no
     weights), to check prompts with before the weights load (seconds to minutes); None for a server,
-    which encodes with its own. Refused as _load refuses the model, with the same lines."""
+    which encodes with its own. Refused as _load refuses the model, with the same lines. raw: generate
+    --raw, whose broken --chat-template is not told to use raw mode (it is on)."""
+    from tiankong.engine.chat import RAW_MODE_FIX
     from tiankong.engine.prompter import load_prompter
     from tiankong.engine.remote import is_remote
 
     _local_only([model], device, dtype, chat_template)
     if is_remote(model):
         return None
+    known_dtype(dtype)
     path = _model_dir(model)
     with _naming_env(model):
-        return load_prompter(path, chat_template=_template_file(chat_template))
+        try:
+            return load_prompter(path, chat_template=_template_file(chat_template))
+        except ChatTemplateError as e:
+            if not raw:
+                raise
+            raise type(e)(str(e).replace(RAW_MODE_FIX, "")) from None
+
+
+def known_dtype(dtype: str) -> None:
+    """--dtype checked against the engine's own names (resolve_dtype) before anything loads or is
+    said loading, as --device is: an unknown one was refused after the "loading" line."""
+    if dtype != "auto":
+        import torch
+
+        from tiankong.engine.model import resolve_dtype
+
+        resolve_dtype(dtype, torch.device("cpu"))  # the device matters only to "auto"
 
 
 def _load(

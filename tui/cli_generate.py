@@ -36,6 +36,7 @@ from tiankong.tui.cli_app import (
     app,
     epilog,
     err,
+    known_dtype,
     output_file,
 )
 from tiankong.tui.cli_env import say_decode_notice
@@ -57,6 +58,7 @@ def _say_loading(model: Any, device: str, dtype: str, chat_template: Optional[Pa
     _local_only([model], device, dtype, chat_template)  # a flag the model refuses, before "loading"
     if is_remote(model):
         return model
+    known_dtype(dtype)
     path = _model_dir(model)  # says the note, if any
     if say:
         _say(f"loading {display_name(path)} ({human_bytes(weight_bytes(path))})…")  # units as `info` and `models`
@@ -234,7 +236,7 @@ def generate(
         with _claim(output, dist):  # one run at a time writes OUTPUT: a second is refused before its model loads
             base = _base_seed(params, dist)
             eng, rows = _load_encoded(
-                _Loading(model, device, dtype, chat_template, api_key, dist.is_main),
+                _Loading(model, device, dtype, chat_template, api_key, dist.is_main, raw),
                 lambda text: _encode_rows(text, jobs, params, n, raw, context_overflow, base),
             )
             _say_no_template(eng, jobs, raw, dist.is_main)
@@ -448,6 +450,7 @@ class _Loading(NamedTuple):
     chat_template: Optional[Path]
     api_key: Optional[str]
     say: bool  # the first process (torchrun's rank 0), which says what loads
+    raw: bool  # --raw: the chat template goes unused
 
 
 def _load_encoded(how: _Loading, encode: Callable[[Any], list[_Row]]) -> tuple[Any, list[_Row]]:
@@ -456,7 +459,7 @@ def _load_encoded(how: _Loading, encode: Callable[[Any], list[_Row]]) -> tuple[A
     every input line too long for the context (or refused otherwise) is said at once, not after the
     weights of a model of some GB have loaded; then the weights, with that tokenizer. A server
     (--model http://...) encodes with its own tokenizer: once connected."""
-    text = _load_text(how.model, how.device, how.dtype, how.chat_template)
+    text = _load_text(how.model, how.device, how.dtype, how.chat_template, how.raw)
     rows = encode(text) if text is not None else None
     target = _say_loading(text.folder if text else how.model, how.device, how.dtype, how.chat_template, how.say)
     tokenizer = text.tokenizer if text else None
@@ -481,7 +484,7 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
             if overflow == "truncate" and job.get("messages") is not None:
                 ids, dropped = eng.fit(job["messages"], params.max_new_tokens, raw=raw)
             else:
-                ids = eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw)
+                ids = _encode(eng, job, raw, params.max_new_tokens)
                 eng.check_fits(ids, params.max_new_tokens)
         except InputError as e:
             helps = overflow != "truncate" and _truncation_helps(eng, job, e, params, raw)
@@ -498,6 +501,15 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
         rest = f"; and {more} more" if more > 0 else ""
         raise InputError(f"{len(refused)} prompts were refused: " + "; ".join(refused[:SHOWN_REFUSALS]) + rest)
     return rows
+
+
+def _encode(eng: Any, job: dict, raw: bool, max_new_tokens: int) -> Any:
+    """One input line encoded; a local model's encode is told the answer's length, which its refusal
+    of a line too long in characters names as the fix as check_fits does (a server's counts no characters)."""
+    from tiankong.engine.prompter import PromptEncoder
+
+    answer = {"max_new_tokens": max_new_tokens} if isinstance(eng, PromptEncoder) else {}
+    return eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw, **answer)
 
 
 def _say_past_context(eng: Any, params: Any, rows: list[_Row], given: str) -> None:
