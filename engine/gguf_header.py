@@ -144,14 +144,40 @@ def check_header(path: Path, again: str = _AGAIN) -> int:
     stays at a few MB. `again`: the fix for a damaged file where a re-download is not how one gets
     it again (an Ollama blob: `ollama pull NAME`).
     """
-    infos = _checked_infos(path, again)
-    return sum(math.prod(dims) for name, dims, _, _ in infos if name not in ROPE_DIVISORS)
+    return weight_elements(tensor_infos(path, again))
 
 
-def tensor_infos(path: Path) -> list[tuple[str, list[int], int]]:
+def weight_elements(infos: list[tuple[str, list[int], int]]) -> int:
+    """The elements of the weights among tensor_infos' tensors (RoPE divisors left out)."""
+    return sum(math.prod(dims) for name, dims, _ in infos if name not in ROPE_DIVISORS)
+
+
+def tensor_infos(path: Path, again: str = _AGAIN) -> list[tuple[str, list[int], int]]:
     """(name, dims ne0 first, ggml type number) of every tensor, from the header check_header walks
     (load_note: which matrices a load widens, nothing read); ModelLoadError as check_header's."""
-    return [(name, dims, kind) for name, dims, kind, _ in _checked_infos(path, _AGAIN)]
+    return [(name, dims, kind) for name, dims, kind, _ in _checked_infos(path, again)]
+
+
+FFN_DOWN = "blk.0.ffn_down.weight"  # the matrix whose input size is the feed-forward size
+
+
+def feed_forward_size(path: Path, arch: object, said: object, down: list[int] | None) -> int | None:
+    """The feed-forward size tensor blk.0.ffn_down.weight gives (`down`: its dims, ne0 first; ne0 is
+    its input), None without such a matrix (the shape checks name what is missing or wrong).
+    ModelLoadError (one line) when the file's {arch}.feed_forward_length (`said`) disagrees: llama.cpp
+    builds the tensor's shape from the key and refuses such a file. GPT-2 is exempt: its converter
+    writes 4 * n_embd whatever n_inner is, so there the tensor decides. The one rule GGUFModel and
+    `tiankong models` (which lists such a file as skipped, with this line) both ask."""
+    if down is None or len(down) != 2:
+        return None
+    size = int(down[0])
+    if arch != "gpt2" and isinstance(said, int) and not isinstance(said, bool) and said != size:
+        raise ModelLoadError(
+            f"{path}: metadata {arch}.feed_forward_length is {said}, but tensor {FFN_DOWN} has shape "
+            f"{[int(d) for d in reversed(down)]} (a feed-forward size of {size}); the file is damaged or was "
+            "converted wrongly: convert it again or use another file"
+        )
+    return size
 
 
 def _checked_infos(path: Path, again: str) -> list[tuple[str, list[int], int, int]]:

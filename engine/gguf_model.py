@@ -37,7 +37,16 @@ import numpy as np
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_arch import ARCHS, Arch, arch_of
-from .gguf_header import ROPE_DIVISORS, check_header, is_gguf, open_reader, peek, quantization_name
+from .gguf_header import (
+    FFN_DOWN,
+    ROPE_DIVISORS,
+    check_header,
+    feed_forward_size,
+    is_gguf,
+    open_reader,
+    peek,
+    quantization_name,
+)
 from .gguf_split import open_parts
 from .gguf_tensors import _hf_row_order, _never_read, _quant_types, _read, _read_blocks
 
@@ -178,23 +187,14 @@ class GGUFModel:
         return cfg
 
     def _feed_forward_size(self, cfg: dict[str, Any]) -> None:
-        """The feed-forward size from blk.0.ffn_down.weight (ne0: its input). GPT-2's converter writes
-        feed_forward_length as 4 * n_embd whatever n_inner is (and tiankong's GPT-2 keys skip it), so
-        there the tensor decides; elsewhere a file whose feed_forward_length disagrees with the tensor
-        is refused, as llama.cpp refuses it (it builds the tensor's shape from the key)."""
-        down = self.tensors.get("blk.0.ffn_down.weight")
-        if down is None or len(down.shape) != 2:
-            return  # the shape checks name what is missing or wrong
-        size, key = int(down.shape[0]), "n_inner" if self.arch_name == "gpt2" else "intermediate_size"
-        said = cfg.get(key)
-        if isinstance(said, int) and not isinstance(said, bool) and said != size:
-            shape = [int(d) for d in reversed(down.shape.tolist())]
-            raise ModelLoadError(
-                f"{self.path}: metadata {self.metadata_key(key)} is {said}, but tensor blk.0.ffn_down.weight "
-                f"has shape {shape} (a feed-forward size of {size}); the file is damaged or was converted "
-                "wrongly: convert it again or use another file"
-            )
-        cfg[key] = size
+        """The feed-forward size from blk.0.ffn_down.weight; a file whose feed_forward_length
+        disagrees is refused (gguf_header.feed_forward_size: the rule, GPT-2 exempt)."""
+        down = self.tensors.get(FFN_DOWN)
+        dims = [int(d) for d in down.shape] if down is not None else None
+        said = self.meta(f"{self.arch_name}.feed_forward_length")
+        size = feed_forward_size(self.path, self.arch_name, said, dims)
+        if size is not None:
+            cfg["n_inner" if self.arch_name == "gpt2" else "intermediate_size"] = size
 
     def _floats(self, name: str) -> list[float]:
         """A small F32 vector tensor as a list (RoPE factors); one line if it is not one."""

@@ -342,18 +342,23 @@ def _checked_gguf(gguf: Path, again: str = "download it again") -> tuple[dict[st
     """(architecture and file type, parameter count) of a GGUF file (a split set by its first part,
     its parts' counts summed); ModelLoadError with loading's own line for what loading refuses from
     the header alone: a damaged header, tensor data past the end or overlapping, dims no file has, a
-    tensor type or an architecture tiankong cannot read. Cost: one walk of each header, no weights.
-    A set with a part missing is refused with loading's line naming the part."""
+    tensor type or an architecture tiankong cannot read, a feed_forward_length its tensors disagree
+    with. Cost: one walk of each header, no weights. A set with a part missing is refused with
+    loading's line naming the part."""
     from .gguf_arch import arch_of
-    from .gguf_header import check_header, peek
+    from .gguf_header import FFN_DOWN, feed_forward_size, peek, tensor_infos, weight_elements
 
     parts = part_paths(gguf)
     check_parts_there(gguf, parts)
-    counts = [check_header(part, again) for part in parts]
+    infos = [tensor_infos(part, again) for part in parts]
     facts = peek(gguf)
-    if facts.get("general.architecture") is not None:  # none: a header of nothing, listed (loading says why not)
-        arch_of(gguf, facts["general.architecture"])
-    return facts, sum(counts)
+    arch = facts.get("general.architecture")
+    if arch is not None:  # none: a header of nothing, listed (loading says why not)
+        arch_of(gguf, arch)
+        said = peek(gguf, (f"{arch}.feed_forward_length",)).get(f"{arch}.feed_forward_length")
+        down = next((dims for part in infos for name, dims, _ in part if name == FFN_DOWN), None)
+        feed_forward_size(gguf, arch, said, down)
+    return facts, sum(weight_elements(part) for part in infos)
 
 
 def _ollama_entries(root: Path, notes: list[str]) -> list[FoundModel]:

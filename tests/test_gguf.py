@@ -421,10 +421,12 @@ def test_gpt2_feed_forward_length_is_4_n_embd_whatever_the_tensors(hf, tmp_path)
     """GPT-2's converter writes feed_forward_length 4 * n_embd whatever n_inner is: the tensors give
     the size, and a GPT-2 whose n_inner is not 4 * n_embd still loads."""
     from tiankong.engine.gguf_model import GGUFModel
+    from tiankong.engine.model_list import _checked_gguf
 
     path = _metadata_case(tmp_path, hf["gpt2"], **{"gpt2.feed_forward_length": 7})
     assert GGUFModel(path).config().ffn_dim == 4 * 64  # the tiny GPT-2's n_inner: None, so 4 * n_embd
     load_model(path, device="cpu")
+    _checked_gguf(path)  # `tiankong models` asks the same rule (QA58): listed, not skipped
 
 
 def test_split_gguf_part_is_one_line(hf, tmp_path):

@@ -353,3 +353,34 @@ def test_f16_matrices_of_a_quantized_file_are_said_widened(folders, tmp_path, mo
         ours = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0]
     ref = dequantized_folder(folders["llama"], tmp_path / "reference", "q8_0", types=types)
     torch.testing.assert_close(ours, hf_logits(ref, ids), atol=2e-5, rtol=1e-5)
+
+
+def test_the_playground_says_the_load_note_generate_and_info_say(folders, tmp_path, monkeypatch, capsys, store):
+    """QA58: `tiankong chat` of a Q8_0 file holding F16 matrices (widened to float32 at load) said
+    nothing, where `info` and `generate` print the note: the app says info's line in a notification."""
+    import asyncio
+
+    from tiankong.tui.app import TiankongApp
+
+    types = {"blk.0.ffn_down.weight": "f16", "blk.1.attn_v.weight": "f16"}
+    path = write_gguf(folders["llama"], tmp_path / "mixed.gguf", "q8_0", types=types)
+    code, _, err = cli(monkeypatch, capsys, "info", "-m", path, "--device", "cpu", "--format", "json")
+    said = " ".join(err.split())
+    assert code == 0 and "note: " in said, err
+
+    async def go() -> list[tuple[str | None, str]]:
+        app = TiankongApp(path, store=store, export_dir=tmp_path, show_timing=False, device="cpu")
+        async with app.run_test(size=(100, 32)) as pilot:
+            for _ in range(1500):  # 30 s at most
+                if app.engine is not None or app.engine_error is not None:
+                    break
+                await pilot.pause(0.02)
+            await pilot.pause(0.1)
+            assert app.engine_error is None, app.engine_error
+            return [(n.title, str(n.message)) for n in app._notifications]
+
+    notes = [message for title, message in asyncio.run(go()) if title == "about this load"]
+    assert len(notes) == 1 and f"note: {notes[0]}" in said, (notes, said)  # info's very line
+    if native.library() is not None:  # else every block is dequantized, and the note says that
+        held = "the Q8_0 file holds 2 F16 matrices (blk.0.ffn_down.weight, blk.1.attn_v.weight), widened"
+        assert notes[0].startswith(held), notes

@@ -174,6 +174,13 @@ def _damaged(good: bytes) -> dict[str, tuple[bytes, str]]:
         check_header(Path(f.name))  # the good file passes
         t = gguf.GGUFReader(f.name).tensors[0]
         at = t.field.offset + 8 + len(bytes(t.field.parts[1]))  # tensor 0's n_dims
+        # QA58: a feed_forward_length its blk.0.ffn_down.weight disagrees with (the tiny model's is 96)
+        lying = gguf.GGUFReader(f.name, "r+")
+        lying.fields["llama.feed_forward_length"].parts[-1][0] = 128
+        lying.data.flush()
+        del lying
+        f.seek(0)
+        ffn = f.read()
     n_dims = struct.unpack_from("<I", good, at)[0]
     type_at = at + 4 + 8 * n_dims
 
@@ -188,6 +195,7 @@ def _damaged(good: bytes) -> dict[str, tuple[bytes, str]]:
         "absurd dims": (put(at + 4, "<Q", 1 << 40), "outside the file"),
         "unknown tensor type": (put(type_at, "<I", 99), "unknown type 99"),
         "unsupported architecture": (good[:arch] + b"mamba" + good[arch + 5 :], "architecture 'mamba'"),
+        "lying feed_forward_length": (ffn, "llama.feed_forward_length is 128, but tensor blk.0.ffn_down.weight"),
     }
 
 

@@ -438,13 +438,21 @@ def test_a_model_without_a_chat_template_is_said_in_a_line_that_stays(tiny, stor
     said, first, _, _ = run(opened(tiny))
     assert "no chat template" not in first and not any("no chat template" in n for n in said)
 
-    async def compared() -> tuple[list[str], list[str]]:
-        app = make_app(bare, store, tmp_path, mode="compare")
+    async def compared(**kw) -> tuple[list[str], list[str]]:
+        app = make_app(bare, store, tmp_path, mode="compare", **kw)
         async with app.run_test(size=(160, 45)) as pilot:
             await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
             await pilot.pause()
             return notices(app), screen_lines(app)
 
     said, rows = run(compared())
-    assert rows[1].strip() == want.replace("the chat joins", "compare joins"), rows[:3]  # under the head
+    in_compare = want.replace("the chat joins", "compare joins")
+    assert rows[1].strip() == in_compare, rows[:3]  # under the head
     assert "╭" in rows[2] and not any("no chat template" in n for n in said), said
+    # QA58: two models without a template named only the first, as if the second had one. Each one
+    # without is named, in one line; one with a template is not.
+    also = tmp_path / "also-bare"
+    shutil.copytree(bare, also)
+    _, rows = run(compared(compare_models=[bare, tiny, also]))
+    assert rows[1].strip() == in_compare.replace("⚠ ", "⚠ bare-llama, also-bare: "), rows[:3]
+    assert "╭" in rows[2], rows[:3]

@@ -267,7 +267,22 @@ class TiankongApp(App[None]):
             except Exception as e:  # not a user error, but the app stays up to say so
                 self.call_from_thread(self._load_failed, f"could not load {folder}: {type(e).__name__}: {e}")
                 return
-        self.call_from_thread(self._loaded, engines)
+        self.call_from_thread(self._loaded, engines, self._load_notes())
+
+    def _load_notes(self) -> list[str]:
+        """load_note's line for each local GGUF model that has one (F16 matrices widened, blocks
+        dequantized: what generate and info say before loading, which the playground said nowhere),
+        "note: " left to the notification's title; named where several models load (compare)."""
+        from tiankong.engine.engine import load_note
+        from tiankong.engine.model_names import display_name
+
+        notes = []
+        for folder in self.model_dirs:
+            note = None if isinstance(folder, RemoteModel) else load_note(folder, self.device, self.dtype)
+            if note is not None:
+                line = note.removeprefix("note: ")
+                notes.append(f"{display_name(folder)}: {line}" if len(self.model_dirs) > 1 else line)
+        return notes
 
     def _say_builds(self) -> None:
         """The chat's status says so while the compiled decode step builds (seconds, once per machine)."""
@@ -279,7 +294,7 @@ class TiankongApp(App[None]):
 
         native.on_build(building)
 
-    async def _loaded(self, engines: list[Any]) -> None:
+    async def _loaded(self, engines: list[Any], load_notes: Iterable[str] = ()) -> None:
         # Exempt what exists now (torch, Textual, the models: some 330k objects, all there to stay)
         # from the cyclic garbage collector until the app ends; later objects are collected as usual.
         # Otherwise every full collection walks them all, 200-450 ms with the UI stopped: a few times
@@ -293,6 +308,8 @@ class TiankongApp(App[None]):
         notice = next((n for n in map(decode_notice, engines) if n), None)
         if notice:  # the first local model's: the reason is the same for all
             self.notify(notice, title="slower decoding", severity="warning", timeout=20, markup=False)
+        for note in load_notes:  # a one-off fact about memory, as generate and info say it
+            self.notify(note, title="about this load", severity="information", timeout=20, markup=False)
         # (No chat template: the chat and compare say so in a line of their own, TemplateNote.)
         for folder in self.model_dirs:  # resolve's notes (an unfinished training run, a name two places hold):
             note = getattr(folder, "note", None)  # on stderr too, but that is hidden until the app ends

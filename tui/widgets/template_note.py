@@ -9,18 +9,22 @@ from textual.widgets import Static
 
 
 def no_template_line(engines: list[Any], reader: str) -> str | None:
-    """The notice for the first local model among `engines` without a chat template (common with
-    Ollama's, whose template layer is not read), as generate and serve say it, with the fix; None
-    when every one has a template. A server applies its own template, so it is never named."""
+    """The notice for the local models among `engines` without a chat template (common with Ollama's,
+    whose template layer is not read), as generate and serve say it, with the fix; None when every
+    one has a template. Beside another model, each one without is named (QA58: compare named the
+    first only, as if the other had one), in one line; the reason Ollama's lack one is said where it
+    holds for all of them. A server applies its own template, so it is never named."""
     from tiankong.engine.chat import no_template_note
     from tiankong.engine.model_names import display_name
     from tiankong.engine.remote import RemoteEngine
 
-    for eng in engines:
-        if eng.template is None and not isinstance(eng, RemoteEngine):
-            where = f"{display_name(eng.folder)}: " if len(engines) > 1 else ""
-            return f"{where}{no_template_note(reader, eng.folder)}; give --chat-template FILE"
-    return None
+    bare = [eng.folder for eng in engines if eng.template is None and not isinstance(eng, RemoteEngine)]
+    if not bare:
+        return None
+    notes = {no_template_note(reader, folder) for folder in bare}
+    note = notes.pop() if len(notes) == 1 else no_template_note(reader)
+    names = f"{', '.join(display_name(folder) for folder in bare)}: " if len(engines) > 1 else ""
+    return f"{names}{note}; give --chat-template FILE"
 
 
 class TemplateNote(Static):
