@@ -151,9 +151,17 @@ class RemoteEngine:
     # ------------------------------------------------------------------ prompts
 
     def encode(
-        self, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None, raw: bool = False
+        self,
+        prompt: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        raw: bool = False,
+        *,
+        max_new_tokens: int | None = None,
     ) -> ChatPrompt:
-        """Messages (or one user message of prompt text) -> a ChatPrompt for the chat endpoint."""
+        """Messages (or one user message of prompt text) -> a ChatPrompt for the chat endpoint.
+        max_new_tokens: Engine.encode's (its refusal by characters names the room); unused here, where
+        the length is checked by check_fits once the server's count is known."""
+        del max_new_tokens
         if raw:
             raise InputError("a remote model takes chat messages only; raw prompts need a local --model")
         msgs = tuple(messages) if messages is not None else ({"role": "user", "content": prompt or ""},)

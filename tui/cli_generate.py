@@ -484,7 +484,13 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
             if overflow == "truncate" and job.get("messages") is not None:
                 ids, dropped = eng.fit(job["messages"], params.max_new_tokens, raw=raw)
             else:
-                ids = _encode(eng, job, raw, params.max_new_tokens)
+                # the answer's length: a refusal of a line too long in characters names the room, as check_fits
+                ids = eng.encode(
+                    prompt=job.get("prompt"),
+                    messages=job.get("messages"),
+                    raw=raw,
+                    max_new_tokens=params.max_new_tokens,
+                )
                 eng.check_fits(ids, params.max_new_tokens)
         except InputError as e:
             helps = overflow != "truncate" and _truncation_helps(eng, job, e, params, raw)
@@ -501,15 +507,6 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
         rest = f"; and {more} more" if more > 0 else ""
         raise InputError(f"{len(refused)} prompts were refused: " + "; ".join(refused[:SHOWN_REFUSALS]) + rest)
     return rows
-
-
-def _encode(eng: Any, job: dict, raw: bool, max_new_tokens: int) -> Any:
-    """One input line encoded; a local model's encode is told the answer's length, which its refusal
-    of a line too long in characters names as the fix as check_fits does (a server's counts no characters)."""
-    from tiankong.engine.prompter import PromptEncoder
-
-    answer = {"max_new_tokens": max_new_tokens} if isinstance(eng, PromptEncoder) else {}
-    return eng.encode(prompt=job.get("prompt"), messages=job.get("messages"), raw=raw, **answer)
 
 
 def _say_past_context(eng: Any, params: Any, rows: list[_Row], given: str) -> None:
