@@ -45,6 +45,50 @@ static void attention_slots(const Step *s, int b, int p, int *ja, int *n) {
     *ja = j0 + lo, *n = lo + len < s->S - j0 ? len : s->S - j0 - lo;
 }
 
+/* The row whose copy of its range p row b reads: a range inside the slots b shares with an
+ * earlier row (the same prompt, prefilled once: the same bits, and the same first slot) reads the
+ * first such row's copy, once for all of them; otherwise b itself. */
+static int reads_row(const Step *s, int b, int p) {
+    const int32_t *same = s->m->same_row;
+    int ja, n;
+    attention_slots(s, b, p, &ja, &n);
+    return same && same[b] != b && s->first[same[b]] == s->first[b] && ja + n <= s->m->same_len ? same[b] : b;
+}
+
+/* This thread's ranges [p0, p1) of attention's: consecutive ranges holding about 1 / nt of the
+ * whole cost (a range goes to the thread whose share holds its middle). A range's cost, per row
+ * and slot: 1 for scoring the row's queries, 2 more for reading its keys and values where the row
+ * reads its own copy (a prompt shared by several rows is read once for them; measured at four
+ * rows on 135M, the cost mostly the memory). An equal count of ranges gave the first thread the
+ * shared prompt and the last one every row's own newest slots: at four rows the first waited
+ * ~40 % of the stage for the last. Which thread scores a range does not change its bits (ranges
+ * depend on each row's own context alone). */
+static void range_share(const Step *s, int t, int nt, int *p0, int *p1) {
+    int64_t cost[MAX_PARTS], total = 0;
+    for (int p = 0; p < s->parts; p++) {
+        cost[p] = 0;
+        for (int b = 0; b < s->B; b++) {
+            int ja, n;
+            attention_slots(s, b, p, &ja, &n);
+            cost[p] += n > 0 ? (reads_row(s, b, p) == b ? 3 : 1) * n : 0;
+        }
+        total += cost[p];
+    }
+    *p0 = *p1 = s->parts;
+    int64_t before = 0;
+    for (int p = 0; p < s->parts; before += cost[p], p++) {
+        const int64_t mid2 = 2 * before + cost[p]; /* twice the range's middle */
+        if (*p0 == s->parts && mid2 * nt >= 2 * total * t)
+            *p0 = p;
+        if (*p1 == s->parts && mid2 * nt >= 2 * total * (t + 1))
+            *p1 = p;
+    }
+    if (t == nt - 1)
+        *p1 = s->parts;
+    if (*p0 > *p1)
+        *p0 = *p1;
+}
+
 /* The cached keys and values attention_share will read in layer l on this thread: for every row
  * and kv head (the B 2 Hkv heads of a layer lie head_stride apart: keys, then values, row by row),
  * the slots of its ranges (hd elements each), less those a row reads from another row's copy
@@ -54,7 +98,7 @@ static void attention_slots(const Step *s, int b, int p, int *ja, int *n) {
  * lo, hi: (B,) scratch of the thread's. */
 static Prefetch kv_prefetch(const Step *s, int l, int t, int nt, int64_t *lo, int64_t *hi) {
     int p0, p1;
-    share(s->parts, t, nt, &p0, &p1);
+    range_share(s, t, nt, &p0, &p1);
     const int64_t esize = s->kvt == KV_F32 ? 4 : 2, slot = (int64_t)s->hd * esize;
     int64_t total = 0;
     for (int b = 0; b < s->B; b++) {
@@ -246,16 +290,6 @@ static void group_values(const void *val0, int kvt, const float *scores, int gro
     }
 }
 
-/* The row whose copy of its range p row b reads: a range inside the slots b shares with an
- * earlier row (the same prompt, prefilled once: the same bits, and the same first slot) reads the
- * first such row's copy, once for all of them; otherwise b itself. */
-static int reads_row(const Step *s, int b, int p) {
-    const int32_t *same = s->m->same_row;
-    int ja, n;
-    attention_slots(s, b, p, &ja, &n);
-    return same && same[b] != b && s->first[same[b]] == s->first[b] && ja + n <= s->m->same_len ? same[b] : b;
-}
-
 /* Range p's partial softmaxes (attention_share), for every row that has a range p. scores:
  * (B group, n) scratch. */
 static void attention_range(const Step *s, int l, int p, float *scores) {
@@ -307,7 +341,7 @@ static void attention_range(const Step *s, int l, int p, float *scores) {
  * scratch. */
 static void attention_share(const Step *s, int l, int t, int nt, float *scores) {
     int p0, p1;
-    share(s->parts, t, nt, &p0, &p1);
+    range_share(s, t, nt, &p0, &p1);
     for (int p = p0; p < p1; p++)
         attention_range(s, l, p, scores);
 }

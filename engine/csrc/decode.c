@@ -664,13 +664,20 @@ static inline __attribute__((always_inline)) float scan_max(const float *x, int 
             bad |= (v != v) | (v == splat(INFINITY));
         mx[0] = select16(v > mx[0], v, mx[0]);
     }
-    float m = -INFINITY;
     int odd = 0;
     for (int j = 0; j < 16; j++)
         odd |= bad[j];
-    for (int k = 0; k < 4; k++)
-        for (int j = 0; j < 16; j++)
-            m = mx[k][j] > m ? mx[k][j] : m;
+    /* The four maxima into one, then its lanes by halves: 64 scalar compares from the stack were
+     * most of a 16-slot range's softmax (attention calls this per row, head and range). */
+    v16 v = select16(mx[1] > mx[0], mx[1], mx[0]), w = select16(mx[3] > mx[2], mx[3], mx[2]);
+    v = select16(w > v, w, v);
+    w = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v = select16(w > v, w, v);
+    w = __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    v = select16(w > v, w, v);
+    w = __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    v = select16(w > v, w, v);
+    float m = v[0] > v[1] ? v[0] : v[1];
     for (; i < n; i++)
         odd |= x[i] != x[i] || x[i] == INFINITY, m = x[i] > m ? x[i] : m;
     if (nonfinite)
