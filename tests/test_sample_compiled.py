@@ -193,6 +193,23 @@ def test_top_k_rows_keep_the_torch_chains_set(lib, monkeypatch, vocab, scale, ti
     assert ours.tokens.tolist() == ref.tokens.tolist()
 
 
+def test_top_k_skips_blocks_by_the_unscaled_logit_yet_keeps_each_tie(lib, monkeypatch):
+    """The one pass skips a block of 16 whose logits z all lie under the running k-th largest times
+    the temperature, before dividing. z = 0.7933669 divided by 0.7 rounds to a quotient y whose
+    product y * 0.7 rounds above z again (so a floor of exactly y T would skip it): its second copy,
+    after 39 larger values and a copy of itself have set the k-th largest to y, is a tie with the
+    cut, and the torch chain keeps it (41 tokens for k = 40)."""
+    z, temperature, vocab = 0.7933669, 0.7, 4096
+    y = torch.tensor(z) / temperature
+    assert torch.tensor(z) < (y.double() * temperature).float(), "no longer a value a floor of y T would skip"
+    x = torch.full((1, vocab), -3.0)
+    x[0, :39], x[0, 39], x[0, 3000] = 5.0, z, z  # the room fills, thins to the cut y, then its tie
+    settings = [dict(temperature=temperature, top_k=40)]
+    ours, ref = make(settings, vocab).draw(x, vocab), reference(monkeypatch, make(settings, vocab), x, vocab)
+    assert ours.top is not None and ref.top is not None
+    assert kept(ours) == kept(ref) == [*range(40), 3000]
+
+
 def test_a_row_of_nan_gets_nan_stats_and_minus_inf_entries_do_not(lib):
     x = torch.randn(2, 50)
     x[0, 7] = math.nan
