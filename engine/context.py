@@ -48,7 +48,7 @@ def too_long(tokens: int, context: int, max_new_tokens: int | None = None) -> Co
     token). "at most 511" of 512 for a 20-token answer pointed at a prompt that left it one."""
     return ContextOverflow(
         f"the prompt is {tokens} tokens but the model's context is {context}; "
-        f"{_shorten(context, max_new_tokens, 'at most')}"
+        f"{_shorten(context, _room(max_new_tokens, context), 'at most')}"
     )
 
 
@@ -58,17 +58,29 @@ def too_many_chars(
     """The error for a prompt refused by its characters before it is tokenized (`what`: "the
     prompt", or "the conversation" for chat messages), with the length to aim for as too_long names
     it: "about", since how many tokens its text makes is not counted."""
+    return _chars_refusal(f"{what} is {chars:,} characters", context, _room(max_new_tokens, context))
+
+
+def _chars_refusal(size: str, context: int, room: int | None, part: str = "it") -> ContextOverflow:
+    """The refusal by characters, one wording for a prompt (too_many_chars) and for the part of a
+    conversation that always stays (fit_messages): `size` says what holds how many characters,
+    `part` what to shorten, to the length `_shorten` names."""
     return ContextOverflow(
-        f"{what} is {chars:,} characters, far more than the model's context of {context} tokens can hold; "
-        f"{_shorten(context, max_new_tokens, 'about')}"
+        f"{size}, far more than the model's context of {context} tokens can hold; "
+        f"{_shorten(context, room, 'about', part)}"
     )
 
 
-def _shorten(context: int, max_new_tokens: int | None, bound: str) -> str:
-    """The fix for a prompt too long for `context`: the tokens it may hold, leaving the answer its room."""
-    room = answer_room(max_new_tokens, context) if max_new_tokens is not None else 1
-    leaving = f", which leaves {room} for the answer" if max_new_tokens is not None else ""
-    return f"shorten it to {bound} {context - room} tokens{leaving}"
+def _room(max_new_tokens: int | None, context: int) -> int | None:
+    """The answer's room (answer_room), None where max_new_tokens is unknown."""
+    return answer_room(max_new_tokens, context) if max_new_tokens is not None else None
+
+
+def _shorten(context: int, room: int | None, bound: str, part: str = "it") -> str:
+    """The fix for a prompt too long for `context`: the tokens `part` may hold, leaving the answer its
+    `room` (None: unknown, one token, not said)."""
+    leaving = f", which leaves {room} for the answer" if room is not None else ""
+    return f"shorten {part} to {bound} {context - (room or 1)} tokens{leaving}"
 
 
 def turn_starts(messages: Messages) -> list[int]:
@@ -102,6 +114,7 @@ def fit_messages(
     at_least: int = 0,
     slack: int = 0,
     max_chars: int | None = None,
+    context: int | None = None,
 ) -> tuple[P, int]:
     """Messages -> (prompt ids of at most `budget` tokens, number of oldest turns dropped).
 
@@ -112,6 +125,8 @@ def fit_messages(
     next few turns fit without dropping again (each drop re-reads the whole prompt once).
     max_chars: messages holding more characters than this cannot fit (encode refuses them
     unencoded); turns go by that count first, so that a 27 MB conversation is never encoded whole.
+    context: the model's context, of which the budget is the prompt's part and the rest the answer's;
+    given with max_chars, for the length that its refusal names (as too_many_chars names it).
     Raises ContextOverflow when the system messages and the last turn alone do not fit.
     """
     messages = list(messages)
@@ -119,7 +134,9 @@ def fit_messages(
     droppable = max(0, len(starts) - 1)
     at_least = min(at_least, droppable)
     if max_chars is not None:
-        at_least = _fewest_within(messages, starts, at_least, max_chars)
+        if context is None:
+            raise ValueError("fit_messages: max_chars needs context (the model's), for the length its refusal names")
+        at_least = _fewest_within(messages, starts, at_least, max_chars, (context, context - budget))
 
     def without(k: int) -> P:  # the prompt without the k oldest turns
         return encode(drop_turns(messages, k))
@@ -149,9 +166,10 @@ def _chars(m: Any) -> int:
     return len(content) if isinstance(content, str) else 0
 
 
-def _fewest_within(messages: list, starts: list[int], at_least: int, max_chars: int) -> int:
+def _fewest_within(messages: list, starts: list[int], at_least: int, max_chars: int, limit: tuple[int, int]) -> int:
     """The fewest oldest turns (at least at_least) to drop for the rest to hold at most max_chars
-    characters; ContextOverflow when the system messages and the last turn alone hold more."""
+    characters; ContextOverflow when the system messages and the last turn alone hold more, naming
+    the length to shorten them to by `limit` (the model's context, the answer's room in it)."""
     sizes = [_chars(m) for m in messages]
     head = sum(sizes[: starts[0]]) if starts else sum(sizes)
     rest = sum(sizes[starts[0] :]) if starts else 0  # the turns kept when none is dropped
@@ -161,10 +179,7 @@ def _fewest_within(messages: list, starts: list[int], at_least: int, max_chars: 
         k += 1
     if head + rest > max_chars:
         parts = _Parts(messages, starts, head, rest)
-        raise ContextOverflow(
-            f"{parts.subject} {head + rest:,} characters{parts.split}, far more than the context can hold; "
-            f"shorten {parts.which(max_chars)}"
-        )
+        raise _chars_refusal(f"{parts.subject} {head + rest:,} characters{parts.split}", *limit, parts.which(max_chars))
     return k
 
 

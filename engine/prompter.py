@@ -118,6 +118,7 @@ class PromptEncoder:
             at_least=check_count("at_least", at_least, 0),
             slack=check_count("slack", slack, 0),
             max_chars=self._char_limit() if long else None,
+            context=ctx,
         )
 
     def check_fits(self, ids: Sequence[int], max_new_tokens: int | None = None) -> None:

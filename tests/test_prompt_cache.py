@@ -291,14 +291,18 @@ def test_fit_drops_turns_by_characters_before_encoding():
             for ms in map(drop_turns, [msgs] * 40, range(40))
         ]
         want = fits.index(True, at_least)
-        ids, dropped = fit_messages(capped, msgs, budget, at_least=at_least, max_chars=150)
+        ids, dropped = fit_messages(capped, msgs, budget, at_least=at_least, max_chars=150, context=budget + 8)
         assert dropped == want and ids == words(drop_turns(msgs, want))
     assert max(seen) <= 150
+    # QA: the refusal said no length to aim for; now the budget (40 - 10), and the answer's room past it.
     with pytest.raises(
         ContextOverflow,
-        match=r"are 236 characters \(the system message 200, the last message 36\).*; shorten the system message$",
+        match=r"are 236 characters \(the system message 200, the last message 36\), far more than the model's "
+        r"context of 40 tokens can hold; shorten the system message to about 30 tokens, which leaves 10 for the answer$",
     ):
-        fit_messages(capped, [{"role": "system", "content": "s" * 200}, *msgs[-3:]], 30, max_chars=150)
+        fit_messages(capped, [{"role": "system", "content": "s" * 200}, *msgs[-3:]], 30, max_chars=150, context=40)
+    with pytest.raises(ValueError, match="max_chars needs context"):
+        fit_messages(capped, msgs, 30, max_chars=150)
 
 
 def test_fit_names_the_part_too_long():
@@ -384,6 +388,29 @@ def test_generate_truncates_a_conversation_of_any_length(monkeypatch, capsys, fo
     assert code == 2 and "--context-overflow truncate" not in err
     code, out, err = cli(monkeypatch, capsys, *args, "--context-overflow", "truncate")
     assert code == 2 and err.rstrip().endswith("shorten the system message")
+
+
+def test_generate_truncate_refusal_by_characters_names_the_length_to_aim_for(monkeypatch, capsys, folders, tmp_path):
+    # QA: under --context-overflow truncate, a last message too long in characters to tokenize said
+    # only "shorten the last message", where a prompt refused the same way names the tokens to aim
+    # for. The length: the context in config.json less the answer's room (max new tokens, at most a
+    # quarter of the context: README, "context-overflow").
+    import json
+
+    from helpers import cli
+
+    ctx = json.loads((folders["llama"] / "config.json").read_text())["max_position_embeddings"]
+    msgs = [*chat(3), {"role": "user", "content": "word " * (100 * ctx)}]
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"messages": msgs}) + "\n")
+    for new, room in [(8, 8), (4 * ctx, ctx // 4)]:
+        args = ("generate", "-m", folders["llama"], "-i", src, "--max-new-tokens", str(new), "--context-overflow")
+        code, out, err = cli(monkeypatch, capsys, *args, "truncate")
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.rstrip().endswith(
+            f"the last message {len(msgs[-1]['content']):,}), far more than the model's context of {ctx} tokens can hold; "
+            f"shorten the last message to about {ctx - room} tokens, which leaves {room} for the answer"
+        ), err
 
 
 def test_ppo_prompts_drop_oldest_turns(tmp_path, capsys):

@@ -397,17 +397,11 @@ def test_a_model_without_a_chat_template_is_said_in_a_line_that_stays(tiny, stor
     again: said in a 15 s notification, it covered the top of the candidates panel just as one first
     looks there (stories260K, which has no template). Now a line under the system prompt, beside the
     panel rather than over it, that a new chat keeps; compare says it under its head line."""
-    import json
     import shutil
 
     from tiankong.tui.screens.compare import CompareScreen
 
-    bare = tmp_path / "bare-llama"
-    shutil.copytree(tiny, bare)
-    config = json.loads((bare / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (bare / "tokenizer_config.json").write_text(json.dumps(config))
-    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    bare = without_template(tiny, tmp_path / "bare-llama")
 
     def left_text(app, panel_x: int) -> str:
         """The words left of the candidates panel, from the third row (under the status line and the
@@ -430,7 +424,7 @@ def test_a_model_without_a_chat_template_is_said_in_a_line_that_stays(tiny, stor
             return notices(app), first, panel_top, left_text(app, panel.x)
 
     said, first, panel_top, kept = run(opened(bare))
-    want = "⚠ no chat template: the chat joins the messages' contents without roles; give --chat-template FILE"
+    want = "⚠ no chat template (--chat-template FILE)"  # one row beside the panel (the whole sentence: below)
     assert first == want
     assert panel_top.startswith("╭─ candidates ─") and panel_top.endswith("╮"), panel_top
     assert not any("no chat template" in n for n in said), said  # no notification over the panel
@@ -446,13 +440,54 @@ def test_a_model_without_a_chat_template_is_said_in_a_line_that_stays(tiny, stor
             return notices(app), screen_lines(app)
 
     said, rows = run(compared())
-    in_compare = want.replace("the chat joins", "compare joins")
-    assert rows[1].strip() == in_compare, rows[:3]  # under the head
+    assert rows[1].strip() == want, rows[:3]  # under the head
     assert "╭" in rows[2] and not any("no chat template" in n for n in said), said
     # QA58: two models without a template named only the first, as if the second had one. Each one
     # without is named, in one line; one with a template is not.
     also = tmp_path / "also-bare"
     shutil.copytree(bare, also)
     _, rows = run(compared(compare_models=[bare, tiny, also]))
-    assert rows[1].strip() == in_compare.replace("⚠ ", "⚠ bare-llama, also-bare: "), rows[:3]
+    assert rows[1].strip() == want.replace("⚠ ", "⚠ bare-llama, also-bare: "), rows[:3]
     assert "╭" in rows[2], rows[:3]
+
+
+def without_template(model: Path, dest: Path) -> Path:
+    """A copy of `model` at `dest` without a chat template (a base model's folder)."""
+    import json
+    import shutil
+
+    shutil.copytree(model, dest)
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    (dest / "chat_template.jinja").unlink(missing_ok=True)
+    return dest
+
+
+def test_the_no_template_line_is_one_row_at_80_columns_and_says_the_rest_on_hover(tiny, store, tmp_path):
+    # QA: at 80x24 the line took three rows of the chat's column beside the candidates panel (44
+    # characters wide) and two of compare's: the whole sentence generate and serve say. Now one row,
+    # with the fix; the sentence, as generate says it (tests/test_cli_fixes.py), on hover.
+    from tiankong.tui.screens.compare import CompareScreen
+    from tiankong.tui.widgets.template_note import TemplateNote
+
+    bare = without_template(tiny, tmp_path / "bare-llama")
+    also = without_template(tiny, tmp_path / "also-bare")
+
+    async def shown(mode: str, **kw) -> tuple[int, str, list[str], object]:
+        app = make_app(bare, store, tmp_path, **({"mode": mode} if mode == "compare" else {}), **kw)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = CompareScreen if mode == "compare" else type(app.chat)
+            await wait_for(pilot, lambda: isinstance(app.screen, screen) and app.screen.query_one(TemplateNote).display)
+            await pilot.pause()
+            note = app.screen.query_one(TemplateNote)
+            return note.region.height, str(note.render()), screen_lines(app), note.tooltip
+
+    for mode, kw, reader in [("chat", {}, "the chat"), ("compare", {}, "compare")] + [
+        ("compare", {"compare_models": [bare, also]}, "compare")
+    ]:
+        height, line, rows, tip = run(shown(mode, **kw))
+        assert height == 1, (mode, kw, line)
+        assert line.endswith("no chat template (--chat-template FILE)")
+        assert any(line in row for row in rows), rows[:4]  # whole on the screen: the fix is not cut
+        assert tip == f"no chat template: {reader} joins the messages' contents without roles"

@@ -488,6 +488,31 @@ def test_a_message_too_long_says_how_to_shorten_it_and_is_marked_unanswered_when
     ]
 
 
+def test_a_message_too_long_to_tokenize_says_the_length_to_aim_for(tiny, store, tmp_path):
+    # QA: a message refused by its characters, before it is tokenized, said "far more than the
+    # context can hold; shorten the last message" and no length. The length: the context in
+    # config.json less the answer's room (max tokens, at most a quarter of the context: README).
+    import json
+
+    ctx = json.loads((tiny / "config.json").read_text())["max_position_embeddings"]
+    text = "word " * (100 * ctx)
+
+    async def go():
+        async with chat_app(tiny, store, tmp_path) as (app, pilot, chat):
+            chat.query_one("#prompt").value = text
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: bool(notices(chat)))
+            return notices(chat), chat.params.max_new_tokens
+
+    (said,), new = run(go())
+    room = min(new, ctx // 4)
+    assert said == (
+        f"⚠ not answered: the last message is {len(text):,} characters, far more than the model's context of "
+        f"{ctx} tokens can hold; shorten the last message to about {ctx - room} tokens, which leaves {room} for "
+        "the answer: ctrl+l edits the last message"
+    )
+
+
 # ---------------------------------------------------------------- opening a long chat
 
 

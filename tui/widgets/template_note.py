@@ -8,27 +8,41 @@ from rich.text import Text
 from textual.widgets import Static
 
 
-def no_template_line(engines: list[Any], reader: str) -> str | None:
+def no_template_line(engines: list[Any]) -> str | None:
     """The notice for the local models among `engines` without a chat template (common with Ollama's,
-    whose template layer is not read), as generate and serve say it, with the fix; None when every
-    one has a template. Beside another model, each one without is named (QA58: compare named the
-    first only, as if the other had one), in one line; the reason Ollama's lack one is said where it
-    holds for all of them. A server applies its own template, so it is never named."""
-    from tiankong.engine.chat import no_template_note
+    whose template layer is not read), with the fix; None when every one has a template. One row at
+    80 columns: the chat's column beside the candidates panel holds 44 characters, where the whole
+    sentence generate and serve say (no_template_why) took three rows. Beside another model, each one
+    without is named (QA58: compare named the first only, as if the other had one). A server applies
+    its own template, so it is never named."""
     from tiankong.engine.model_names import display_name
-    from tiankong.engine.remote import RemoteEngine
 
-    bare = [eng.folder for eng in engines if eng.template is None and not isinstance(eng, RemoteEngine)]
+    bare = _bare(engines)
     if not bare:
         return None
-    notes = {no_template_note(reader, folder) for folder in bare}
-    note = notes.pop() if len(notes) == 1 else no_template_note(reader)
     names = f"{', '.join(display_name(folder) for folder in bare)}: " if len(engines) > 1 else ""
-    return f"{names}{note}; give --chat-template FILE"
+    return f"{names}no chat template (--chat-template FILE)"
+
+
+def no_template_why(engines: list[Any], reader: str) -> str:
+    """What no_template_line means, as generate and serve say it (engine/chat.py no_template_note): what
+    `reader` does without a template, and why, said where it holds for every model without one."""
+    from tiankong.engine.chat import no_template_note
+
+    notes = {no_template_note(reader, folder) for folder in _bare(engines)}
+    return notes.pop() if len(notes) == 1 else no_template_note(reader)
+
+
+def _bare(engines: list[Any]) -> list[Any]:
+    """The folders of the local models among `engines` that have no chat template."""
+    from tiankong.engine.remote import RemoteEngine
+
+    return [eng.folder for eng in engines if eng.template is None and not isinstance(eng, RemoteEngine)]
 
 
 class TemplateNote(Static):
-    """`show_for(engines, reader)`: the no_template_line of these engines, or nothing (hidden).
+    """`show_for(engines, reader)`: the no_template_line of these engines, or nothing (hidden); what it
+    means (no_template_why, `reader`: what joins the messages) on hover.
 
     A line on the screen rather than a notification: a notification, drawn at the top right for
     seconds, covered the chat's candidates panel (and compare's right column) right when the model
@@ -37,6 +51,8 @@ class TemplateNote(Static):
     DEFAULT_CSS = "TemplateNote { height: auto; display: none; }"
 
     def show_for(self, engines: list[Any], reader: str) -> None:
-        line = no_template_line(engines, reader)
+        line = no_template_line(engines)
         self.display = line is not None
         self.update(Text(f"⚠ {line}" if line else "", style="italic"))
+        # The whole sentence on hover: the line has room for the fix only.
+        self.tooltip = no_template_why(engines, reader) if line else None
