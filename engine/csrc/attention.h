@@ -229,8 +229,8 @@ static void keys_scores(const void *key0, int kvt, const float *const *qs, int n
     }
 }
 
-/* Each head's scores (n) in place -> e^(score - max), its part (hd + 2 floats, parts) <- max, sum
- * and zeroed values. */
+/* Each head's scores (n) in place -> e^(score - max), its part (hd + 2 floats, parts) <- max and
+ * sum (group_values writes the values). */
 static void group_softmax(float *scores, int group, int n, int hd, float *parts) {
     for (int k = 0; k < group; k++) {
         float *sc = scores + (int64_t)k * n, *part = parts + (int64_t)k * (hd + 2);
@@ -244,12 +244,11 @@ static void group_softmax(float *scores, int group, int n, int hd, float *parts)
         } else {
             part[1] = exp_shifted(sc, n, mx);
         }
-        memset(part + 2, 0, sizeof(float) * hd);
     }
 }
 
-/* Each head's part values += its weights (scores (group, n)) times the n values from val0
- * (elements of type kvt). */
+/* Each head's part values = its weights (scores (group, n)) times the n values from val0
+ * (elements of type kvt), summed. */
 static void group_values(const void *val0, int kvt, const float *scores, int group, int n, int hd, float *parts) {
     if (kvt != KV_BF16 && (hd == 64 || hd == 128 || hd == 256)) {
         /* Three heads at a time at hd 64 (12 sums), two at 128 (16), one at 256 (Gemma's, 16): hd,
@@ -274,6 +273,8 @@ static void group_values(const void *val0, int kvt, const float *scores, int gro
         }
         return;
     }
+    for (int k = 0; k < group; k++) /* the sums by axpy start at 0 (weigh_values stores its own) */
+        memset(parts + (int64_t)k * (hd + 2) + 2, 0, sizeof(float) * hd);
     for (int j = 0; j < n; j++) {
         const void *val = kv_at(val0, kvt, (int64_t)j * hd);
         for (int k = 0; k < group; k++) {
