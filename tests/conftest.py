@@ -134,8 +134,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 @pytest.fixture(autouse=True)
 def _torch_threads_kept():
-    """A training command run in-process may lower torch's thread count for a busy machine
-    (trainers/cpu_threads.py); the next test starts with the count it had."""
+    """A training command run in-process sets torch's thread count (--threads, or the count a resumed
+    run started on: trainers/cpu_threads.py); the next test starts with the count it had."""
     import torch
 
     threads = torch.get_num_threads()

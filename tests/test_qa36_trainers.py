@@ -115,39 +115,32 @@ def log(monkeypatch):
     return out
 
 
-NOTE = (
-    "note: training on 1 CPU thread, not 2: other programs keep about 1.2 of the 2 cores busy, and a thread "
-    "sharing a busy core holds up all the others (set OMP_NUM_THREADS to choose)"
-)
+def thread_note(monkeypatch) -> str:
+    """The note a new CPU run says on a 2-core machine whose other programs keep 1.2 cores busy
+    (trainers/cpu_threads.py: the run keeps both threads, and the note says fewer may be faster)."""
+    import torch
 
-
-def choose_threads_saying(monkeypatch) -> SimpleNamespace:
     from tiankong.trainers import cpu_threads
 
-    monkeypatch.setattr(cpu_threads, "choose_threads", lambda: NOTE)
-    return SimpleNamespace(device="cpu", dist=SimpleNamespace(is_main=True), start_notes=[])
-
-
-def say_thread_note(monkeypatch) -> None:
-    """The note _choose_threads leaves the trainer, said as the trainer says it once it trains (common.py)."""
-    from tiankong.tui.train_cli import _choose_threads
-
-    trainer = choose_threads_saying(monkeypatch)
-    _choose_threads(trainer)
-    assert trainer.start_notes == [NOTE]
-    for note in trainer.start_notes:
-        generate_input.say(note)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_threads, "cores", lambda: [0, 1])
+    torch.set_num_threads(2)
+    threads, note = cpu_threads.settle(0, 0, hint=True, busy=lambda cpus: 1.2)
+    assert threads == 2 and note is not None and "--threads 1 may be" in note
+    return note
 
 
 def test_the_thread_note_wraps_between_words_on_a_terminal(monkeypatch, terminal):
-    say_thread_note(monkeypatch)
+    note = thread_note(monkeypatch)
+    generate_input.say(note)  # as the trainer says it once it trains (common.py)
     lines = wrapped(terminal, 50)
-    assert len(lines) > 2 and whole_words(lines, NOTE), lines
+    assert len(lines) > 2 and whole_words(lines, note), lines
 
 
 def test_the_thread_note_in_a_log_stays_one_line(monkeypatch, log):
-    say_thread_note(monkeypatch)
-    assert log.getvalue() == NOTE + "\n"
+    note = thread_note(monkeypatch)
+    generate_input.say(note)
+    assert log.getvalue() == note + "\n"
 
 
 def test_a_trainers_own_note_wraps_between_words_on_a_terminal(tmp_path, monkeypatch, terminal):

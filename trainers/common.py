@@ -45,6 +45,7 @@ from tiankong.engine.model_names import given_name
 from tiankong.tui.generate_input import say as say_line
 
 from . import checkpoint as ckpt
+from . import cpu_threads
 from .config import TrainConfig
 from .distributed import Dist, init_distributed, swapped
 from .metrics import MetricsWriter, read_metrics
@@ -76,9 +77,13 @@ class Trainer:
         # How to continue this run (the CLI's `tiankong train ... --resume`), kept in train_config.json
         # so that a command opening the unfinished run can say it (engine/resolve.py's unfinished_run).
         self.resume_command = ""
-        # Lines about how the run will train (the CLI's CPU thread note), said once it is known to train:
+        # Lines about how the run will train (the CPU thread note), said once it is known to train:
         # not before "already finished; nothing to train".
         self.start_notes: list[str] = []
+        # A new CPU run looks at the machine's load, only to suggest fewer threads in a note (the CLI's runs:
+        # the look takes half a second); the count itself never depends on it (cpu_threads.py).
+        self.threads_hint = False
+        self.started_threads = 0  # the CPU thread count a --resume'd run started on (0: none recorded)
 
     # ---- what subclasses provide
     def setup(self) -> None:
@@ -141,8 +146,7 @@ class Trainer:
         self.fingerprint = self.data_fingerprint() if self.dist.is_main else {}
         if cfg.resume and not self._resume_check():
             return self.out  # finished, verdict and all: nothing to do
-        for note in self.start_notes if self.dist.is_main else ():
-            say_line(note)
+        self._set_threads()
         seed_everything(cfg.seed)
         shown = cfg.progress and self.dist.is_main
         with status(
@@ -192,6 +196,16 @@ class Trainer:
         self.dist.gather(self.model)  # FSDP: whole again on every rank, so rank 0 alone may run it (the verdict)
         self.dist.barrier()
         return self.out
+
+    def _set_threads(self) -> None:
+        """A CPU run's thread count (cpu_threads.py), kept in cfg.threads and so in train_config.json, then
+        the lines about how the run trains, said now that it is known to train."""
+        if self.device.type == "cpu":
+            hint = self.threads_hint and self.dist.is_main
+            self.cfg.threads, note = cpu_threads.settle(self.cfg.threads, self.started_threads, hint)
+            self.start_notes += [note] if note else []
+        for note in self.start_notes if self.dist.is_main else ():
+            say_line(note)
 
     def _agree(self, flag: bool) -> bool:
         """Whether any process was asked to stop (all ranks must stop after the same step)."""
@@ -341,6 +355,8 @@ class Trainer:
         state = read_state_json(folder)
         old = state.get("config") if isinstance(state.get("config"), dict) else {}
         self._keep_auto(old)
+        threads = old.get("threads")  # none (recorded before runs kept it) or no count: this machine's default
+        self.started_threads = threads if type(threads) is int and threads > 0 else 0
         self._check_same_run(state)
         done, steps = int(state.get("step", 0)), self.cfg.steps
         say = say_line if self.dist.is_main else _silent
@@ -437,6 +453,7 @@ def _span(first: int, last: int) -> str:
 _FREE_ON_RESUME = frozenset(
     {"output", "resume", "overwrite", "progress", "device", "save_every", "save_minutes", "eval_every"}
     | {"micro_batch_size", "sharding"}
+    | {"threads"}  # changes the result's bits, not the run: honored on a --resume, with a note (cpu_threads.py)
 )
 
 

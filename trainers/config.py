@@ -46,6 +46,11 @@ class TrainConfig:
     # --- runtime
     device: str = opt("auto", "cpu, cuda, mps or auto.")
     dtype: str = opt("float32", "Parameter dtype: float32 or bfloat16.")
+    threads: int = opt(
+        0,
+        "CPU threads of a run on the CPU; 0 = this machine's default (torch's: one per core, or OMP_NUM_THREADS), "
+        "whatever else runs. The result depends on the count: the run keeps it, and --resume uses it.",
+    )
     sharding: str = opt(
         "ddp",
         "Under torchrun: ddp (a whole model per process) or fsdp (parameters, gradients and optimizer state split "
@@ -86,6 +91,8 @@ class TrainConfig:
             self.refuse("min_lr_ratio", "must be in [0, 1] (a fraction of --lr)")
         if not self.weight_decay >= 0:
             self.refuse("weight_decay", "must be >= 0")
+        if self.threads < 0:
+            self.refuse("threads", "must be >= 0 (0 = this machine's default)")
         if not self.save_minutes >= 0:
             self.refuse("save_minutes", "must be >= 0")
         if self.resume and self.overwrite:

@@ -1,15 +1,23 @@
-"""How many CPU threads a training run takes: torch's default (one per core), less the cores that other
-programs keep busy when the run starts.
+"""How many CPU threads a training run on the CPU takes: this machine's default, whatever else runs.
 
-Why: a training step is many OpenMP regions, each ending in a barrier. A thread that shares its core
-with another busy process runs only part of the time, and every barrier waits for it. Measured on a
-2-core machine that other work kept busy (load 2-5), `tiankong train reward` on the bundled model,
-6 steps: one thread 14.2 and 16.8 s (5.6-5.8 CPU-s), two threads (torch's default) 67.0, 44.2, 43.0
-and 17.4 s (15-25 CPU-s, much of it spinning at barriers); this choice 9.4 s (it took one thread) and
-5.9 s (a quiet moment: it took both). On an idle machine every core is free and torch's default stands. engine/threads.py makes the same choice step by step for decoding; a training step
-is long and steady, so one look at the start does.
+The default is torch's thread count as the run starts: one per core, or OMP_NUM_THREADS (or what a
+program calling the trainers set with torch.set_num_threads); `--threads N` chooses another. The
+count is kept in the run's settings (train_config.json and the checkpoint), and `--resume` trains on
+it again.
 
-OMP_NUM_THREADS, when set, is the user's (or torchrun's) choice and is left alone.
+Why fixed: torch's CPU kernels (matmul, sums, softmax) split their work by thread, so the thread
+count sets the order of the float sums, and so the result's bits. A QA run of `train ppo` on one
+thread and on two agreed for 2 steps, then parted at step 3 (reward -0.0450 against -0.0398) and
+ended 4.33 against 3.08 nats of KL. This module used to take fewer threads when other programs kept
+cores busy as the run started: the same command then gave other results on a busy machine, and a
+--resume could go another way than the run it continued.
+
+The load still matters for speed: a training step is many OpenMP regions, each ending in a barrier,
+and a thread sharing its core with a busy process holds up the others. Measured on a 2-core machine
+that other work kept busy (load 2-5), `tiankong train reward` on the bundled model, 6 steps: one
+thread 14.2 and 16.8 s, two threads (torch's default) 67.0, 44.2, 43.0 and 17.4 s. So a new run
+started from the command line looks at the load only to say, in a note, that fewer threads may be
+faster (`--threads N`: the run's result is then that count's, as it is on any machine).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Callable
 
 import torch
 
-SAMPLE_S = 0.5  # how long the other programs' use of the cores is watched
+SAMPLE_S = 0.5  # how long the other programs' use of the cores is watched (for the note only)
 
 
 def cores() -> list[int]:
@@ -65,22 +73,47 @@ def _cpu_times(cpus: list[int]) -> list[tuple[int, int]] | None:
         return None
 
 
-def choose_threads(busy: Callable[[list[int]], float | None] | None = None) -> str | None:
-    """Set torch's thread count for a CPU training run (see the module docstring); returns a line
-    for the user when it took fewer threads than torch's default, else None."""
-    full = torch.get_num_threads()
-    if full <= 1 or os.environ.get("OMP_NUM_THREADS"):
-        return None
+def settle(
+    given: int, started: int, hint: bool = False, busy: Callable[[list[int]], float | None] | None = None
+) -> tuple[int, str | None]:
+    """Set torch's thread count for a CPU run: `given` (--threads; 0 = auto), else `started` (what the
+    resumed run started on, kept in its settings; 0 = a new run), else torch's count (the machine's
+    default: its cores, never its load). Returns the count (the run records it) and a line for the
+    user, or None. `hint` (a new run started from the command line) looks at the load only to suggest
+    fewer threads: see the module docstring."""
+    machine = torch.get_num_threads()
+    threads = given or started or machine
+    torch.set_num_threads(threads)
+    if given and started and given != started:
+        return threads, (
+            f"note: --threads {given} is not the {started} this run started on: from here its result differs from "
+            "an uninterrupted run's (the thread count sets the order of the float sums)"
+        )
+    if not given and started and started != machine:
+        return threads, (
+            f"note: training on {_threads(started)} as the run started, though this machine's default is "
+            f"{machine}, so it continues to an uninterrupted run's result (--threads N chooses, with another result)"
+        )
+    if given or started or not hint or os.environ.get("OMP_NUM_THREADS"):  # a count chosen, or kept
+        return threads, None
+    return threads, _busy_note(threads, busy or busy_cores)
+
+
+def _busy_note(threads: int, busy: Callable[[list[int]], float | None]) -> str | None:
+    """A new run's note where other programs keep cores busy: fewer threads may be faster."""
     cpus = cores()
-    taken = (busy or busy_cores)(cpus)
+    taken = busy(cpus) if threads > 1 else None
     if taken is None:
         return None
-    threads = max(1, min(full, len(cpus) - int(taken + 0.5)))
-    if threads >= full:
+    free = max(1, min(threads, len(cpus) - int(taken + 0.5)))
+    if free >= threads:
         return None
-    torch.set_num_threads(threads)
     return (
-        f"note: training on {threads} CPU thread{'' if threads == 1 else 's'}, not {full}: other programs keep "
-        f"about {taken:.1f} of the {len(cpus)} cores busy, and a thread sharing a busy core holds up all the "
-        f"others (set OMP_NUM_THREADS to choose)"
+        f"note: training on {_threads(threads)}, this machine's default whatever else runs, so the same command "
+        f"gives the same result; other programs keep about {taken:.1f} of the {len(cpus)} cores busy, and a thread "
+        f"sharing a busy core holds up the others: --threads {free} may be several times faster (with that count's result)"
     )
+
+
+def _threads(n: int) -> str:
+    return f"{n} CPU thread{'' if n == 1 else 's'}"

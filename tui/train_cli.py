@@ -223,7 +223,7 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
         return _stopped_at_once(out_dir) if trainer.dist.is_main else ""
 
     trainer.at_once_note = at_once
-    _choose_threads(trainer)
+    trainer.threads_hint = True  # a new CPU run on a busy machine says that fewer threads may be faster
     trainer.resume_command = _resume_command()
     if votes_default:  # and no file yet for the claim to keep out of the output folder
         cfg.data = ""
@@ -259,19 +259,6 @@ def _train(name: str, cfg_cls: type, trainer_cls: type, config: Path | None, fla
                     f"the model is saved in {out}; `{_resume_command()}` writes the verdict"
                 )
                 raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
-
-
-def _choose_threads(trainer: Any) -> None:
-    """A CPU run takes fewer threads than cores when other programs keep some busy (trainers/cpu_threads.py)."""
-    import torch
-
-    if torch.device(trainer.device).type != "cpu":  # a torch.device, or its name
-        return
-    from tiankong.trainers.cpu_threads import choose_threads
-
-    note = choose_threads()
-    if note:  # said by the trainer once it is known to train (a finished run's --resume trains nothing)
-        trainer.start_notes.append(note)
 
 
 def _stopped_at_once(out_dir: Path) -> str:
