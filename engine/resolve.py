@@ -20,7 +20,7 @@ quantization in one: ORG/NAME/Q8_0/FILE.gguf). A vision projector (mmproj-*.gguf
 A name both places hold is the Hugging Face cache's, and the ModelPath says so in `note`, a line
 for the CLI to show (the engine never prints); so does a training run's output folder that has not
 reached its last step (`unfinished_run`, with the run's own --resume command; `run_state` gives the
-step its model is at).
+step its model is at), and a reward model's folder, which loads as a chat model too (`reward_model`).
 Nothing found: one line naming every place searched and the name that comes closest (a name whose
 folder part is a folder here, runs/ of runs/sft, is said as the missing path it then most likely is).
 `list_models` (engine/model_list.py) is what `tiankong models` shows; every name it lists resolves.
@@ -138,7 +138,7 @@ def _local(path: Path, text: str) -> Path | None:
     assert st is not None  # lstat found it, so _stat found its target or raised (a broken link)
     if stat.S_ISDIR(st.st_mode):
         if _is_file(path / "config.json"):
-            note = unfinished_run(path)
+            note = "; ".join(n for n in (unfinished_run(path), reward_model(path)) if n)
             return _model_path(path, None, note) if note else path
         found = _one_gguf(text, path, by_name=False)
         if found is None and (hidden := _hidden_name(text)) is not None:
@@ -190,6 +190,20 @@ def unfinished_run(folder: Path) -> str | None:
     return (
         f"{folder} is an unfinished training run (step {state[0]} of {state[1]}): its model is that step's "
         f"checkpoint; {finish}"
+    )
+
+
+def reward_model(folder: Path) -> str | None:
+    """A note when `folder` is the output of `tiankong train reward` (it holds reward_config.json, as
+    does PPO's value/): its weights load as a chat model, but were trained to score answers, not to write
+    them, so a chat with it reads as a broken model. None for any other folder."""
+    if not _is_file(folder / "reward_config.json"):
+        return None
+    base = (_train_record(folder) or {}).get("model")
+    started = f"the model it was trained from ({base}), " if isinstance(base, str) and base else ""
+    return (
+        f"{folder} is a reward model (it holds reward_config.json): it scores answers and was not trained to "
+        f"write them; chat with {started}or the output of `tiankong train ppo --reward {folder}`"
     )
 
 

@@ -289,6 +289,15 @@ def test_resume_says_where_it_resumes_and_a_finished_run_has_nothing_to_train(
     assert out_text == ""  # no plots either
 
 
+def reward_note(out, base) -> str:
+    """What the note on a reward model's folder adds after the unfinished run's (QA59)."""
+    return (
+        f"; {out} is a reward model (it holds reward_config.json): it scores answers and was not trained to "
+        f"write them; chat with the model it was trained from ({base}), or the output of "
+        f"`tiankong train ppo --reward {out}`"
+    )
+
+
 def test_a_stopped_run_is_named_unfinished_wherever_it_is_opened(llama_dir, prefs, tmp_path, monkeypatch, capsys):
     # QA: after Ctrl+C at step 3 of 20, runs/ppo held a top-level model.safetensors and chat/compare opened
     # it as if it were the trained model. Every command that opens it now says so, in one note line.
@@ -311,7 +320,7 @@ def test_a_stopped_run_is_named_unfinished_wherever_it_is_opened(llama_dir, pref
     with pytest.raises(Stop):
         Interrupted(cfg(llama_dir, prefs, out, steps=3)).train()
     note = f"{out} is an unfinished training run (step 1 of 3): its model is that step's checkpoint; "
-    note += "finish it with its `tiankong train` command and --resume"
+    note += "finish it with its `tiankong train` command and --resume" + reward_note(out, llama_dir)
     assert resolve_model(out).note == note and resolve_model(str(out)).note == note
     # votes and chats name the checkpoint, so they never count for the finished run (QA31)
     assert model_key(out) == f"{out.resolve()}@step-1" and model_key(llama_dir) == str(Path(llama_dir).resolve())
@@ -319,7 +328,7 @@ def test_a_stopped_run_is_named_unfinished_wherever_it_is_opened(llama_dir, pref
     code, text, err = cli(monkeypatch, capsys, "tokenize", "hi", "--model", out, "--format", "jsonl")
     assert code == 0 and err == f"note: {note}\n" and json.loads(text)["ids"]  # a notice, not an error
     RewardTrainer(cfg(llama_dir, prefs, out, steps=3, resume=True)).train()
-    assert getattr(resolve_model(out), "note", None) is None  # finished
+    assert resolve_model(out).note == reward_note(out, llama_dir).removeprefix("; ")  # finished: a reward model still
     assert model_key(out) == str(out.resolve())
     assert getattr(resolve_model(llama_dir), "note", None) is None  # not a run at all
 
@@ -352,16 +361,16 @@ def test_an_unfinished_runs_note_gives_the_command_that_finishes_it(llama_dir, p
     printed = err.strip().splitlines()[-1].removeprefix("resume with: ")
     assert printed.startswith("tiankong train reward ") and printed.endswith(" --resume")
     note = f"{out} is an unfinished training run (step 1 of 3): its model is that step's checkpoint; "
-    assert resolve_model(out).note == note + f"finish it with: {printed}"
+    assert resolve_model(out).note == note + f"finish it with: {printed}" + reward_note(out, llama_dir)
     assert run_state(out) == (1, 3)
     started = os.getcwd()
     monkeypatch.chdir(tmp_path)  # the command's paths are those of where it was typed: said
-    assert resolve_model(out).note == note + f"finish it with: {printed} (in {started})"
+    assert resolve_model(out).note == note + f"finish it with: {printed} (in {started})" + reward_note(out, llama_dir)
     monkeypatch.chdir(started)
     monkeypatch.setattr(RewardTrainer, "checkpoint", checkpoint)
     code, _, err = cli(monkeypatch, capsys, *shlex.split(printed)[1:])  # the note's command finishes the run
     assert code == 0, err
-    assert getattr(resolve_model(out), "note", None) is None and run_state(out) == (3, 3)
+    assert resolve_model(out).note == reward_note(out, llama_dir).removeprefix("; ") and run_state(out) == (3, 3)
 
 
 def test_tie_votes_left_out_of_the_playgrounds_votes_are_counted_and_soft_keeps_them(

@@ -59,6 +59,9 @@ class Verdict:
     warnings: list[str] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)  # prompt, before, after
     settings: dict[str, Any] = field(default_factory=dict)  # what "auto" resolved to
+    # How the examples were sampled, in the table's title: a reader who chats at a preset's filters took
+    # pure temperature-1 answers of the starting model for a broken model.
+    sampled: str = ""
 
     @property
     def ok(self) -> bool:
@@ -86,7 +89,8 @@ class Verdict:
         for w in self.warnings:
             out.append(Text(f"warning: {w}", style="bold yellow"))
         if self.examples:
-            table = Table(title="fresh answers, same prompt and seed", show_lines=True, expand=True)
+            how = f", sampled at {self.sampled}" if self.sampled else ""
+            table = Table(title=f"fresh answers, same prompt and seed{how}", show_lines=True, expand=True)
             for col in ("prompt", "before", "after"):
                 table.add_column(col, overflow="fold", ratio=1 if col == "prompt" else 3)
             for ex in self.examples:
@@ -353,7 +357,9 @@ def policy_verdict(trainer: Any, advance: Callable[[], None] | None = None) -> V
         warnings += vote_warnings(trainer.data.n_pairs, n_eval, accuracy, ranker, learner)
     shown = range(min(len(prompts), N_SHOWN))
     examples = [{"prompt": prompt_text(i), "before": decode(before[i]), "after": decode(after[i])} for i in shown]
-    return Verdict(name, summary, figures, warnings, examples)
+    # ppo_rollout.sample draws from softmax(logits / T) alone: no top-k, top-p, min-p or penalty
+    sampled = f"temperature {temperature:g}, no filters (no top-k, top-p, min-p or penalties)"
+    return Verdict(name, summary, figures, warnings, examples, sampled=sampled)
 
 
 def collapse_warning(

@@ -112,7 +112,8 @@ before anything is generated (every such line counted, the first few named). A m
 roles (said once; --raw does so on purpose).
 
 --format text writes each answer followed by a blank line; with several prompts or --n, a line before each
-answer says which ("--- prompt 2, sample 1 of 4, seed 7 ---", with the line's "id" if it has one).
+answer says which ("--- prompt 2, sample 1 of 4, seed 7 ---", with the line's "id" if it has one; the
+number is the input's line number, blank lines counted).
 
 --context-overflow truncate instead drops the oldest turns of a "messages" conversation (never a system
 message or the last turn) until it leaves room for the answer (max-new-tokens, at most a quarter of the
@@ -143,7 +144,7 @@ def generate(
     model: Optional[str] = ModelOrServerOpt,
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt; repeat for several."),
     input: Optional[str] = typer.Option(
-        None, "--input", "-i", help="File of prompts (JSONL or text lines); - reads stdin."
+        None, "--input", "-i", help="File of prompts (JSONL or text lines; blank lines are skipped); - reads stdin."
     ),
     presets: List[str] = typer.Option(  # a list only to refuse a second --preset (typer kept the last)
         [DEFAULT_PRESET], "--preset", metavar="<str>", help="Sampling preset (see `tiankong presets`); one per run."
@@ -265,6 +266,7 @@ def generate(
 class _Row(NamedTuple):
     index: int  # in input order: prompt p's sample i is row p * n + i
     sample: int
+    number: int  # the prompt's --prompt flag or input line (read_jobs), as --format text's head names it
     job: dict
     ids: list
     params: Any  # SamplingParams with the row's seed
@@ -478,7 +480,7 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
     index, never on batching or on which process generates the row. Lines that do not encode or fit
     are all found before the run stops: it named the first, and the next run the second."""
     rows, refused = [], []
-    for where, job in jobs:
+    for number, where, job in jobs:
         dropped = 0
         try:
             if overflow == "truncate" and job.get("messages") is not None:
@@ -499,7 +501,7 @@ def _encode_rows(eng: Any, jobs: list, params: Any, n: int, raw: bool, overflow:
             continue
         for i in range(n):
             # In range: generate() checked --seed + n - 1; a drawn base is below 2**31
-            rows.append(_Row(len(rows), i, job, ids, params.replace(seed=base + i), dropped))
+            rows.append(_Row(len(rows), i, number, job, ids, params.replace(seed=base + i), dropped))
     if len(refused) == 1:
         raise InputError(refused[0])
     if refused:
@@ -750,7 +752,7 @@ def _generate_batch(run: _Run, batch: list[_Row], bar: Any, tally: _Tally, strea
 def _text_head(row: _Row, n: int) -> str:
     """--format text's line before an answer of a run with several: which prompt (and its "id", as
     JSON: no id can break the line), which sample of --n, which seed; the answers alone did not say."""
-    where = f"prompt {row.index // n + 1}"
+    where = f"prompt {row.number}"
     if "id" in row.job:
         where += f" (id {json.dumps(row.job['id'], ensure_ascii=False)})"
     sample = f", sample {row.sample + 1} of {n}" if n > 1 else ""
@@ -766,7 +768,7 @@ def _say_no_template(eng: Any, jobs: list, raw: bool, say: bool) -> None:
 
     if not say or raw or eng.template is not None or isinstance(eng, RemoteEngine):
         return
-    if any("messages" in job for _, job in jobs):
+    if any("messages" in job for *_, job in jobs):
         note = no_template_note("generate", eng.folder)
         _say(f"warning: {note}; give --chat-template FILE, or --raw to join them on purpose")
 

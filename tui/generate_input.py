@@ -22,9 +22,10 @@ def say(line: str | Text) -> None:
     err.print(line, highlight=False, markup=False, soft_wrap=not err.is_terminal)
 
 
-def read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, prompt record) pairs from --prompt flags or an input file (JSON lines or plain text lines);
-    where names the flag or line for errors.
+def read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(number, where, prompt record) for each --prompt flag or line of an input file (JSON lines or plain
+    text lines): number is the flag's place or the line's number (a blank line is skipped but counted, so
+    --format text's "--- prompt 4" is the file's line 4), where names the flag or line for errors.
 
     Every line is checked before anything runs: one bad line stops the run with its line number
     and nothing is written, so a fixed file can simply be run again.
@@ -35,9 +36,9 @@ def read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[
         from tiankong.engine.files import check_text
 
         flags = [
-            ("--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p}) for i, p in enumerate(prompts, 1)
+            (i, "--prompt" if len(prompts) == 1 else f"--prompt {i}", {"prompt": p}) for i, p in enumerate(prompts, 1)
         ]
-        for where, job in flags:
+        for _, where, job in flags:
             check_text(job["prompt"], where)  # bytes that are not UTF-8: said before the model loads
         return flags
     if input is None:
@@ -46,13 +47,13 @@ def read_jobs(prompts: List[str], input: Optional[str]) -> list[tuple[str, dict[
     from tiankong.trainers.records import read_prompt_records
 
     jobs = []
-    for _, where, job in read_prompt_records(input):
+    for number, where, job in read_prompt_records(input):
         if "messages" in job:
             try:
                 job["messages"] = validate_messages(job["messages"])
             except InputError as e:
                 raise InputError(f"{where}: {e}") from None
-        jobs.append((where, job))
+        jobs.append((number, where, job))
     _warn_unread_keys(jobs)
     return jobs
 
@@ -79,12 +80,12 @@ _SAMPLING_KEYS = {
 }
 
 
-def _warn_unread_keys(jobs: list[tuple[str, dict[str, Any]]]) -> None:
+def _warn_unread_keys(jobs: list[tuple[int, str, dict[str, Any]]]) -> None:
     """One warning on stderr for the keys of input lines that generate does not read (a typo of
     "messages", a per-line "temperature"), naming the first line that has one; nothing is refused."""
     first, lines = "", 0
     keys: dict[str, None] = {}  # in the order first met
-    for where, job in jobs:
+    for _, where, job in jobs:
         extra = [k for k in job if k not in _READ_KEYS]
         if extra:
             first, lines = first or where, lines + 1

@@ -219,6 +219,7 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         self.chat_id: int | None = None
         self.generating = False
         self._cancel: threading.Event | None = None
+        self._stop_asked = False  # ctrl+c came between enter and the answer's start: it starts stopped
         self._answering: Answering | None = None  # the answer the worker is generating
         self._saved_system = ""
         self.editing_id: int | None = None  # the user message being edited (ctrl+l)
@@ -258,8 +259,9 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         yield Static(heat_legend(), id="heat-legend")
         yield PromptInput(placeholder=prompt_hint(self.esc_means()), id="prompt", select_on_focus=False)
         # Narrow terminals leave out these keys, first to last, until the footer fits (f1 lists them all).
-        # The preset keys go last: nothing else on screen tells of them (the intro names f5 and f6).
-        yield FittingFooter(drop=("heatmap", "compare", "inspect", "regenerate", "next_preset", "edit_preset"))
+        # The preset keys go last: nothing else on screen tells of them. f5 outlasts ctrl+r: the intro
+        # tells a new user to press it, and at 80 columns it went while ^r regenerate stayed.
+        yield FittingFooter(drop=("heatmap", "compare", "regenerate", "inspect", "next_preset", "edit_preset"))
 
     def on_mount(self) -> None:
         self.query_one("#heat-legend").display = False
@@ -363,7 +365,10 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
 
     @on(Input.Submitted, "#prompt")
     async def _prompt_submitted(self, event: Input.Submitted) -> None:
-        await self.send(event.value)
+        try:
+            await self.send(event.value)
+        finally:  # the answer streams now, or none was started: ctrl+c is the streaming answer's or the app's
+            self.query_one("#prompt", PromptInput).sent = self._stop_asked = False
 
     @on(Input.Submitted, "#system")
     def _system_submitted(self, event: Input.Submitted) -> None:
@@ -591,8 +596,12 @@ class ChatScreen(ChatSending, ChatBranches, ChatHistory, ChatViews, Screen[None]
         return True
 
     def action_interrupt(self) -> None:
-        if not self._stop_streaming():
-            raise SkipAction()  # the app's ctrl+c: "press ctrl+q to quit"
+        if self._stop_streaming():
+            return
+        if self.query_one("#prompt", PromptInput).sent:  # enter was pressed; its answer has not started yet
+            self._stop_asked = True
+            return
+        raise SkipAction()  # the app's ctrl+c: "press ctrl+q to quit"
 
     def esc_means(self) -> str:
         """What esc does now: "stop" an answer, go "back" from inspect mode, cancel an "edit", or go to

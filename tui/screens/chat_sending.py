@@ -337,6 +337,8 @@ class ChatSending:
         self.transcript.scroll_end(animate=False)
         self.transcript.anchor()
         self._cancel = threading.Event()
+        if self._stop_asked:  # ctrl+c straight after enter: the answer stops at once, as it would streaming
+            self._cancel.set()
         self.generating = True  # after _cancel: its watcher asks esc_means, which wants both
         self._status()
         self._generate(ids, params, self.preset.name + edited, answer, self._cancel)  # stored as shown

@@ -30,6 +30,10 @@ class PromptInput(Input):
 
     BINDINGS = [Binding("ctrl+j", "submit", "send", show=False)]
 
+    # Sent (enter, ctrl+j) and not yet taken up by the screen, which clears it: an answer is asked for
+    # before its Submitted message arrives, and a ctrl+c typed straight after enter arrives first.
+    sent = False
+
     @property
     def text(self) -> str:
         """The message as typed and pasted, line breaks included."""
@@ -52,4 +56,5 @@ class PromptInput(Input):
 
     async def action_submit(self) -> None:
         # Input's own, with the line breaks given back (no validators are set on the prompt).
+        self.sent = True
         self.post_message(self.Submitted(self, self.text, None))
