@@ -26,8 +26,12 @@ slow down while it is read instead of stopping.
 Each row draws from its own seeded generator, so a seed gives the same draws whatever else is in
 the batch. On the CPU the logits are a lone run's too, bit for bit, whatever the rows beside it
 (each row attends over its own slots: tests/test_batch_invariance.py). A prompt read on from a
-stored prefix is the exception: its prefill rounds in the last bits as the shorter read does, which
-changes a token only where two candidates tie to within float rounding.
+stored prefix is the exception: its prefill rounds in the last bits as the shorter read does (SDPA
+sums a query's scores in another order for another number of queries; tk_matmul's rows do not
+move). On float weights that changes a token only where two candidates tie to within float
+rounding; on quantized ones each product rounds its input to 8 bits, which turns those last bits
+into ~0.02 in the logits (QA62: 135M q8_0, a prompt of 17 read on from 4 or 13 tokens), and a
+repeated seeded request can part from its first answer. prefix_bytes=0 reads every prompt whole.
 
 Events reach a request through `sink`, called on the batcher's thread (it must not block); the
 default sink queues them for iteration. Nothing here prints or knows about HTTP (tui/serve.py).
