@@ -89,9 +89,12 @@ class ChatPrompt:
 
 
 class RemoteEngine:
-    def __init__(self, http: _Http, model: str, cfg: RemoteConfig, owner: str = "") -> None:
+    def __init__(self, http: _Http, model: str, cfg: RemoteConfig, owner: str = "", warning: str | None = None) -> None:
         self.http, self.base_url, self.model, self.cfg, self.owner = http, http.base, model, cfg, owner
         self.template = None  # the server applies its own
+        # What the server warns of in its model list (tiankong serve: it has no chat template), as it says
+        # it; the chat and compare screens show it in their TemplateNote line.
+        self.warning = warning
         self.tokenizer = None  # token ids and pieces stay on the server
         self.n_params = 0
         self._lock = threading.Lock()
@@ -108,7 +111,8 @@ class RemoteEngine:
         Setting `cancel` (from any thread) ends a request that waits on the server at once."""
         http = _Http(url, api_key)
         with _aborted_on(cancel, http):
-            card = _choose(http, _models(http, api_key))
+            cards, warning = _models(http, api_key)
+            card = _choose(http, cards)
             ctx = next((card[k] for k in ("context_length", "max_model_len") if isinstance(card.get(k), int)), None)
             if ctx is None and isinstance(card.get("meta"), dict):  # llama.cpp's server: its slots' context
                 ctx = _llama_cpp_context(http)
@@ -118,7 +122,7 @@ class RemoteEngine:
             cfg = RemoteConfig(ctx, True)
         else:
             cfg = RemoteConfig(UNKNOWN_CONTEXT, False)
-        return cls(http, card["id"], cfg, str(card.get("owned_by", "")))
+        return cls(http, card["id"], cfg, str(card.get("owned_by", "")), warning)
 
     # ------------------------------------------------------------------ naming
 

@@ -21,6 +21,9 @@ CONNECT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 15.0  # GET /models, /props, POST /tokenize: small answers; a server silent this long is stuck
 READ_TIMEOUT_S = 120.0  # between two chunks of a stream (a long prompt's prefill on a slow server)
 _ROUTES = ("/chat/completions", "/completions", "/models")  # a route pasted with its base: the base is meant
+# tiankong serve's warning about the model it serves (it has no chat template), sent with its model
+# list and each chat answer (tui/serve_routes.py): kept, so the playground says it as for a local model.
+WARNING_HEADER = "X-Tiankong-Warning"
 
 http_client_errors = http.client.HTTPException
 
@@ -65,6 +68,13 @@ class _Http:
         self, conn: http.client.HTTPConnection, method: str, route: str, body: Any = None, root: bool = False
     ) -> tuple[int, bytes]:
         """A request on an open connection (closed after) -> (status, body bytes); abort() ends it."""
+        status, _, data = self.answer(conn, method, route, body, root)
+        return status, data
+
+    def answer(
+        self, conn: http.client.HTTPConnection, method: str, route: str, body: Any = None, root: bool = False
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """As exchange, with the answer's headers -> (status, headers, body bytes)."""
         sock = conn.sock  # kept: http.client drops conn.sock when an answer is read until close
         with self._lock:
             self._open.add(sock)
@@ -72,7 +82,7 @@ class _Http:
                 shut(sock)
         try:
             resp = self.send(conn, method, route, body, root)
-            return resp.status, resp.read()
+            return resp.status, resp.headers, resp.read()
         finally:
             with self._lock:
                 self._open.discard(sock)
@@ -124,8 +134,8 @@ def _parse(url: str) -> tuple[Any, str, str | None]:
     return parts, path or "/v1", model  # no path: OpenAI's /v1
 
 
-def _models(http: _Http, api_key: str | None) -> list[Any]:
-    """GET /models -> the listed cards. One line for each way it fails: no server there, a server
+def _models(http: _Http, api_key: str | None) -> tuple[list[Any], str | None]:
+    """GET /models -> (the listed cards, the server's WARNING_HEADER or None). One line for each way it fails: no server there, a server
     that takes the connection but does not answer (not OpenAI's API, or stuck), a refused key."""
     where, asked = f"{http.base}/models", f"GET {http.path}/models"
     try:
@@ -133,7 +143,7 @@ def _models(http: _Http, api_key: str | None) -> list[Any]:
     except (OSError, http_client_errors) as e:
         raise ModelLoadError(f"cannot reach {http.base}: {_reason(e)}; is the server running?") from None
     try:
-        status, body = http.exchange(conn, "GET", "/models")
+        status, headers, body = http.answer(conn, "GET", "/models")
     except (OSError, http_client_errors) as e:
         if http.aborted:
             raise ModelLoadError(f"connecting to {http.base} was cancelled") from None
@@ -149,7 +159,8 @@ def _models(http: _Http, api_key: str | None) -> list[Any]:
     if status != 200:
         raise ModelLoadError(f"{where} answered {_error_line(status, body)}{_key_hint(status, api_key)}")
     cards = _json(body, where).get("data")
-    return cards if isinstance(cards, list) else []
+    warning = " ".join(headers.get(WARNING_HEADER, "").split()) or None  # one line, whatever the server sent
+    return (cards if isinstance(cards, list) else []), warning
 
 
 def _llama_cpp_context(http: _Http) -> int | None:

@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from tiny_models import make_model
+from tiny_models import make_model, with_template
 
 from tiankong.engine.engine import Engine
 from tiankong.engine.errors import InputError, ModelLoadError, RemoteError
@@ -31,7 +31,7 @@ MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    """A tiny random Llama with a chat template: the served model."""
+    """A tiny random Llama, without a chat template: the served model."""
     return Engine.load(make_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama"), device="cpu")
 
 
@@ -491,3 +491,38 @@ def test_local_model_options_with_a_server_are_refused_not_ignored(args):
     code, err, _ = tiankong(*args, timeout=60)
     assert code == 2 and len(err) == 1, err
     assert args[3] in err[0] and "local models" in err[0]
+
+
+def test_a_servers_missing_chat_template_shows_in_the_chat_and_compare_line(engine, serving, tmp_path):
+    # QA: tiankong serve warned (X-Tiankong-Warning) of a model without a chat template, but a chat on
+    # it showed nothing, where the same model opened locally showed the TemplateNote line. The server
+    # now warns with its model list too; the line names the server's fix, in one row at 80 columns.
+    from screen_text import screen_lines
+
+    from tiankong.tui.app import TiankongApp
+    from tiankong.tui.screens.compare import CompareScreen
+    from tiankong.tui.widgets.template_note import TemplateNote
+
+    sentence = "no chat template: /v1/chat/completions joins the messages' contents without roles"  # serve's
+    assert engine.template is None  # the served model: its server warns
+    templated = Engine.load(with_template(make_model(tmp_path / "chat-llama", "llama")), device="cpu")
+    with serving(templated) as (url, _, _):
+        assert RemoteEngine.connect(url).warning is None
+
+    async def shown(url: str, mode: str) -> tuple[int, str, list[str], object]:
+        kw = {"mode": "compare", "compare_presets": ["balanced", "creative"]} if mode == "compare" else {}
+        app = TiankongApp(RemoteModel(url), store=None, export_dir=tmp_path, show_timing=False, **kw)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = CompareScreen if mode == "compare" else type(app.chat)
+            await wait_for(pilot, lambda: isinstance(app.screen, screen) and app.screen.query_one(TemplateNote).display)
+            await pilot.pause()
+            note = app.screen.query_one(TemplateNote)
+            return note.region.height, str(note.render()), screen_lines(app), note.tooltip
+
+    with serving(engine) as (url, _, _):
+        assert RemoteEngine.connect(url).warning == sentence
+        for mode in ("chat", "compare"):
+            height, line, rows, tip = asyncio.run(shown(url, mode))
+            assert height == 1 and line == "⚠ no chat template (serve --chat-template)", (mode, line)
+            assert any(line in row for row in rows), rows[:4]
+            assert tip == f"the server says: {sentence}"

@@ -328,3 +328,19 @@ def test_a_failing_chat_template_is_the_servers_fault_unless_it_refuses_the_mess
         body = json.dumps({"messages": [{"role": "user", "content": "boom"}], "max_tokens": 2}).encode()
         got, _, out = post(base, "/chat/completions", body)
     assert got == status and out["error"]["type"] == kind, out
+
+
+def test_serve_refuses_a_file_that_is_no_gguf_before_saying_it_loads(monkeypatch, capsys, tmp_path):
+    # QA: serve said "loading notgguf.gguf (61.5 KB)…" and then refused the file; generate and info
+    # refuse it at once. serve now checks the model as generate does, before the loading line.
+    fake = tmp_path / "notgguf.gguf"
+    fake.write_text("not a model, only text\n" * 2000)
+    said = {}
+    for command in (["serve", "--port", 0], ["generate", "-p", "hi"], ["info"]):
+        code, out, err = cli(monkeypatch, capsys, *command, "-m", fake)
+        said[command[0]] = err
+        assert code == 2 and out == "", (command, out, err)
+        assert err == f"error: {fake} is not a usable GGUF file: it does not start with the GGUF magic, " + (
+            "so it is not a GGUF file; pass a .gguf file (llama.cpp, Ollama, LM Studio)\n"
+        ), (command, err)
+    assert said["serve"] == said["generate"] == said["info"]

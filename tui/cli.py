@@ -35,6 +35,7 @@ from tiankong.tui.cli_app import (
     TemplateOpt,
     _from_env,
     _load,
+    _load_text,
     _local_only,
     _playground_model,
     _template_file,
@@ -295,7 +296,6 @@ def serve(
     from tiankong.presets import load_presets
     from tiankong.tui.serve import ServeConfig, listen
     from tiankong.tui.serve import serve as run_server
-    from tiankong.tui.serve_routes import for_serve
     from tiankong.tui.serve_run import LoadingAnswers
 
     cfg = ServeConfig(
@@ -316,12 +316,24 @@ def serve(
     for problem in presets.broken.values():  # a request naming one is refused with this line
         err.print(f"warning: preset not loaded: {escape(problem)}", highlight=False, soft_wrap=True)
     with LoadingAnswers(socks):  # meanwhile a request gets a 503 "model is loading", not a refused connection
-        try:
-            eng = _load(cli_generate._say_loading(model, device, dtype, chat_template), device, dtype, chat_template)
-        except ChatTemplateError as e:  # a --chat-template file: the fix without generate's raw mode
-            raise ChatTemplateError(for_serve(str(e))) from None
+        eng = _serve_engine(model, device, dtype, chat_template)
     cli_generate.say_decode_notice(eng)  # no compiled step: several times slower (tui/cli_env.py)
     run_server(eng, cfg, presets=presets, sockets=socks)  # says "serving ... on ..."
+
+
+def _serve_engine(model: Optional[str], device: str, dtype: str, chat_template: Optional[Path]) -> Any:
+    """serve's model, loaded as generate loads it (cli_generate._load_encoded): its text side first
+    (config, tokenizer, chat template; no weights), so that a file that is no model (a text file named
+    .gguf) or a broken template is refused before "loading NAME (SIZE)…" is said; then the weights,
+    with that tokenizer."""
+    from tiankong.tui.serve_routes import for_serve
+
+    try:
+        text = _load_text(model, device, dtype, chat_template)
+        target = cli_generate._say_loading(text.folder if text else model, device, dtype, chat_template)
+        return _load(target, device, dtype, chat_template, tokenizer=text.tokenizer if text else None)
+    except ChatTemplateError as e:  # a --chat-template file: the fix without generate's raw mode
+        raise ChatTemplateError(for_serve(str(e))) from None
 
 
 # Commands that build their options from the trainers' config classes, whose modules import torch.

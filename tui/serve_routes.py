@@ -43,7 +43,8 @@ IN_FLIGHT_MARGIN = 16
 MAX_JSON_DEPTH = 64
 
 # A model without a chat template reads a chat as plain text (engine/chat.py, raw mode): said once at
-# startup and on every chat answer, in an X-Tiankong-Warning header, where the roles were dropped.
+# startup and on every chat answer, in an X-Tiankong-Warning header, where the roles were dropped; and
+# with the model list, where a client (tiankong chat -m URL, engine/remote.py) learns it before any chat.
 NO_TEMPLATE = no_template_note("/v1/chat/completions")
 
 
@@ -80,7 +81,7 @@ class _Server:
     async def models(self, request: Request) -> Response:
         if (denied := self._auth(request)) is not None:
             return denied
-        return JSONResponse({"object": "list", "data": [self._card()]})
+        return JSONResponse({"object": "list", "data": [self._card()]}, headers=self._warning(chat=True))
 
     async def model(self, request: Request) -> Response:
         """GET /v1/models/{id}: the served model's card (openai's client.models.retrieve)."""
@@ -90,7 +91,7 @@ class _Server:
         if not self._serves(model):
             err = self._unknown_model(model)
             return JSONResponse(err.body(), status_code=err.status)
-        return JSONResponse(self._card())
+        return JSONResponse(self._card(), headers=self._warning(chat=True))
 
     async def chat(self, request: Request) -> Response:
         return await self._complete(request, chat=True)
@@ -246,7 +247,7 @@ class _Server:
             return JSONResponse(err.body(), status_code=429, headers={"Retry-After": str(e.retry_after)})
         stream = _Stream(self, job, ids, reqs, queue)
         request.scope["tiankong.stream"] = stream  # for --log-requests (serve.py, _RequestLog)
-        warn = {"X-Tiankong-Warning": NO_TEMPLATE} if chat and self.engine.template is None else {}
+        warn = self._warning(chat)
         if job.stream:
             chunks = stream.sse(request)
             try:  # waits for the first token: until then an error can still be an HTTP status
@@ -259,6 +260,10 @@ class _Server:
         response = await stream.collect(request)
         response.headers.update(warn)
         return response
+
+    def _warning(self, chat: bool) -> dict[str, str]:
+        """The X-Tiankong-Warning header of an answer that is (or lists what answers) a chat."""
+        return {"X-Tiankong-Warning": NO_TEMPLATE} if chat and self.engine.template is None else {}
 
     def _auth(self, request: Request) -> Response | None:
         key = self.cfg.api_key
