@@ -4,7 +4,8 @@ shows, and every name it lists resolves.
 Apart from engine/resolve.py, which needs one model and stops there: listing walks every store
 whole and describes each model it finds (architecture, dtype or quantization, size) from its
 config.json, its GGUF header or Ollama's config blob, noting each place it cannot read; a GGUF file
-(or Ollama blob) loading would refuse from its header alone is noted too, with loading's line. The
+(or Ollama blob) loading would refuse from its header alone is noted too, with loading's line, and
+so is a safetensors file whose header does not match its size (safetensors_damage: cut short). The
 parameter count comes from the tensor shapes in the weight files' headers (safetensors' JSON header,
 GGUF's tensor infos), never from the weights themselves: listing stays fast whatever their size.
 """
@@ -21,7 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ModelLoadError, TiankongError
-from .files import download_fix, model_file, open_regular, parse_json, read_model_object, unfinished_download
+from .files import (
+    broken_link_fix,
+    download_fix,
+    model_file,
+    open_regular,
+    parse_json,
+    read_model_object,
+    unfinished_download,
+)
 from .gguf_split import check_parts_there, part_paths
 from .model_places import (
     _Denied,
@@ -192,7 +201,19 @@ def _folder_entry(name: str, source: str, folder: Path, fix: str) -> list[FoundM
             model_file(folder, file.name)
         except ModelLoadError as e:
             raise ModelLoadError(f"{name}: {e}") from None
+    if files[0].suffix == ".safetensors" and (damage := _damaged(folder)) is not None:
+        raise ModelLoadError(f"{name}: {damage}")  # listed, it loaded no better than a truncated GGUF file
     return [_describe(name, source, folder)]
+
+
+def _damaged(folder: Path) -> str | None:
+    """safetensors_damage's line for the first safetensors file loading reads that is cut short or
+    damaged; None when all are whole (or the index cannot say which: loading then says why)."""
+    try:
+        loaded = _loaded_safetensors(folder) or []
+    except TiankongError:
+        return None
+    return next((d for f in loaded if f is not None and (d := safetensors_damage(f)) is not None), None)
 
 
 def _size(path: Path) -> int:
@@ -251,21 +272,12 @@ def human_params(n: int) -> str:
 
 def _safetensors_parameters(folder: Path) -> int | None:
     """The elements of the tensors the loader reads, from the JSON headers of the safetensors files it
-    reads (model.safetensors, else the index's shards, else every *.safetensors); None if one of them
-    cannot be read or its header is damaged (the model then fails to load with the reason)."""
+    reads (_loaded_safetensors); None if one of them cannot be read or its header is damaged (the
+    model then fails to load with the reason)."""
     try:
-        if model_file(folder, "model.safetensors") is not None:
-            names = ["model.safetensors"]
-        elif model_file(folder, "model.safetensors.index.json") is not None:
-            weight_map = read_model_object(folder, "model.safetensors.index.json").get("weight_map")
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                return None
-            names = list(dict.fromkeys(weight_map.values()))
-        else:
-            names = [p.name for p in sorted(folder.glob("*.safetensors"))]
+        paths = _loaded_safetensors(folder)
         total = 0
-        for name in names:
-            path = model_file(folder, name)
+        for path in [None] if paths is None else paths:
             count = _header_parameters(path) if path is not None else None
             if count is None:
                 return None
@@ -275,9 +287,25 @@ def _safetensors_parameters(folder: Path) -> int | None:
     return total
 
 
-def _header_parameters(path: Path) -> int | None:
-    """Elements of the tensors in one safetensors file, buffers left out, read from its header only
-    (8 bytes of length, then that much JSON)."""
+def _loaded_safetensors(folder: Path) -> list[Path | None] | None:
+    """The safetensors files loading reads (engine/weight_files.checkpoint_files' choice):
+    model.safetensors, else the index's shards, else every *.safetensors; None for an index whose
+    weight_map is no map of file names, None in the list for a file not there (loading says why)."""
+    if model_file(folder, "model.safetensors") is not None:
+        names = ["model.safetensors"]
+    elif model_file(folder, "model.safetensors.index.json") is not None:
+        weight_map = read_model_object(folder, "model.safetensors.index.json").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            return None
+        names = list(dict.fromkeys(weight_map.values()))
+    else:
+        names = [p.name for p in sorted(folder.glob("*.safetensors"))]
+    return [model_file(folder, name) for name in names]
+
+
+def _safetensors_header(path: Path) -> tuple[int, dict[str, Any]] | None:
+    """(its length, the JSON header) of one safetensors file, read alone (8 bytes of length, then that
+    much JSON, never the weights); None when it cannot be read or is no JSON object."""
     try:
         with os.fdopen(open_regular(path), "rb") as f:
             head = f.read(8)
@@ -288,10 +316,36 @@ def _header_parameters(path: Path) -> int | None:
         header = parse_json(text.decode("utf-8"), str(path)) if len(text) == n else None
     except (TiankongError, OSError, UnicodeDecodeError):
         return None
-    if not isinstance(header, dict):
+    return (n, header) if isinstance(header, dict) else None
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why loading refuses a safetensors file, from its header and size alone (no weights read): a
+    header that cannot be read, or tensor data that does not end where the file does (a download cut
+    short: safetensors says "incomplete metadata, file not fully covered"); None when it is whole.
+    One line naming the file and the fix, so that listing skips it as it skips a broken GGUF file."""
+    fix = broken_link_fix(path, "download it again")  # in the Hugging Face cache: the repo's command
+    read = _safetensors_header(path)
+    if read is None:
+        return f"{path} is truncated or corrupt (no readable safetensors header); {fix}"
+    n, header = read
+    spans = [i.get("data_offsets") if isinstance(i, dict) else None for k, i in header.items() if k != "__metadata__"]
+    ends = [e[1] for e in spans if isinstance(e, list) and len(e) == 2 and all(type(x) is int and x >= 0 for x in e)]
+    if len(ends) != len(spans):
+        return f"{path} is truncated or corrupt (its header's data offsets are damaged); {fix}"
+    need, size = 8 + n + max(ends, default=0), _size(path)
+    if need != size:  # safetensors refuses a file its tensors do not cover exactly
+        return f"{path} is truncated or corrupt (its header describes {need:,} bytes, the file holds {size:,}); {fix}"
+    return None
+
+
+def _header_parameters(path: Path) -> int | None:
+    """Elements of the tensors in one safetensors file, buffers left out, read from its header only."""
+    read = _safetensors_header(path)
+    if read is None:
         return None
     total = 0
-    for name, info in header.items():
+    for name, info in read[1].items():
         if name == "__metadata__" or _BUFFERS.search(name):
             continue
         shape = info.get("shape") if isinstance(info, dict) else None

@@ -137,9 +137,44 @@ def _one_gguf(label: str, folder: Path, by_name: bool = True) -> Path | None:
     if len(files) > 1:
         rel = [f.relative_to(folder).as_posix() for f in files]
         shown = ", ".join(rel[:6]) + (f" and {len(rel) - 6} more" if len(rel) > 6 else "")
-        choose = f"--model {label}/{rel[0]} or --model {files[0]}" if by_name else f"--model {files[0]}"
-        raise ModelLoadError(f"{label} holds {len(files)} GGUF files ({shown}); choose one: {choose}")
+        pick = usable_gguf(folder, files)
+        by = f"--model {label}/{pick.relative_to(folder).as_posix()} or " if pick and by_name else ""
+        choose = f"choose one: {by}--model {pick}" if pick else NONE_USABLE
+        raise ModelLoadError(f"{label} holds {len(files)} GGUF files ({shown}); {choose}")
     return _gguf_in(folder, files[0]) if files else None
+
+
+# Where a folder holds .gguf files but none that `tiankong models` lists: naming one to choose led to
+# the next error (a truncated copy's), so the line says there is none instead.
+NONE_USABLE = (
+    "none of them is usable (damaged or of a kind tiankong cannot read; `tiankong models` says why of each): "
+    "download one again"
+)
+
+
+def usable_gguf(folder: Path, files: list[Path]) -> Path | None:
+    """The first of `files` (.gguf files of `folder`) that `tiankong models` lists, by the same checks
+    (engine/model_list._gguf_entries: the folder's link rules, then loading's checks of the header
+    alone): what a "choose one" hint may name. Cost: the headers read up to the first usable file."""
+    from .model_list import _checked_gguf
+
+    for gguf in files:
+        try:
+            _gguf_in(folder, gguf)
+            _checked_gguf(gguf)
+        except ModelLoadError:
+            continue
+        return gguf
+    return None
+
+
+def choose_hint(label: str, folder: Path, files: list[Path]) -> str:
+    """The hint ending a line that names a folder's .gguf files: "; choose one: --model LABEL/FILE" for
+    the first usable of `files` (usable_gguf), else "; " and NONE_USABLE; "" with no files at all."""
+    pick = usable_gguf(folder, files)
+    if pick is not None:
+        return f"; choose one: --model {label}/{pick.relative_to(folder).as_posix()}"
+    return f"; {NONE_USABLE}" if files else ""
 
 
 def _in_repo(repo: str, rev: str | None, sub: str, hf: bool = True, lmstudio: bool = True) -> Path | None:
@@ -163,9 +198,10 @@ def _in_repo(repo: str, rev: str | None, sub: str, hf: bool = True, lmstudio: bo
             return _noted(found, f"{label}/{sub}", repo, sub) if cached and lmstudio else found
     if places:
         label, folder, _ = places[0]
-        have = [f.relative_to(folder).as_posix() for f in _gguf_files(folder)]
+        files = _gguf_files(folder)
+        have = [f.relative_to(folder).as_posix() for f in files]
         shown = ", ".join(have[:8]) + (f" and {len(have) - 8} more" if len(have) > 8 else "")
-        choose = f"; choose one: --model {label}/{have[0]}" if have else ""
+        choose = choose_hint(label, folder, files)
         raise ModelLoadError(f"{label} ({folder}) has no {sub}; its GGUF files: {shown or 'none'}{choose}")
     if denied is not None:
         raise denied

@@ -80,6 +80,7 @@ from .repo_lookup import (
     _one_gguf,
     _parse,
     _parse_lmstudio,
+    choose_hint,
     lmstudio_repos,
 )
 
@@ -304,7 +305,7 @@ def _by_quant(text: str, repo: str, quant: str, rev: str | None = None) -> Path:
     shown = ", ".join((hits or files)[:8]) or "none"
     what = f"{len(hits)} .gguf files of quantization {quant}" if hits else f"no .gguf file of quantization {quant}"
     at = "" if rev is None else f"@{rev}"
-    choose = f"; choose one: --model {repo}{at}/{(hits or files)[0]}" if files else ""
+    choose = choose_hint(f"{repo}{at}", folder, [folder / f for f in hits or files])
     raise ModelLoadError(f"{text}: {repo}{at} ({folder}) holds {what} (its .gguf files: {shown}){choose}")
 
 

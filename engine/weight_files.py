@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 from .errors import ModelLoadError, quoted
-from .files import model_file, open_regular, read_model_object
+from .files import broken_link_fix, model_file, open_regular, read_model_object
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -82,14 +82,21 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[]
         return
     from safetensors import SafetensorError, safe_open
 
+    from .model_list import safetensors_damage
+
+    # Checked first from the header and the file's size: safetensors' own words for a file cut short
+    # ("incomplete metadata, file not fully covered") say neither which file nor what to do.
+    if (damage := safetensors_damage(path)) is not None:
+        raise ModelLoadError(damage)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             names = list(f.keys())
             for name in names:
                 shape = tuple(f.get_slice(name).get_shape())
                 yield name, shape, functools.partial(f.get_tensor, name)
-    except SafetensorError as e:
-        raise ModelLoadError(f"{path.name} is truncated or corrupt ({e}); download it again") from None
+    except SafetensorError:
+        fix = broken_link_fix(path, "download it again")
+        raise ModelLoadError(f"{path} is truncated or corrupt (safetensors cannot read its tensors); {fix}") from None
     except OSError as e:
         raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
 
