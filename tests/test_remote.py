@@ -497,11 +497,9 @@ def test_a_servers_missing_chat_template_shows_in_the_chat_and_compare_line(engi
     # QA: tiankong serve warned (X-Tiankong-Warning) of a model without a chat template, but a chat on
     # it showed nothing, where the same model opened locally showed the TemplateNote line. The server
     # now warns with its model list too; the line names the server's fix, in one row at 80 columns.
-    from screen_text import screen_lines
+    from screen_text import template_note_shown
 
     from tiankong.tui.app import TiankongApp
-    from tiankong.tui.screens.compare import CompareScreen
-    from tiankong.tui.widgets.template_note import TemplateNote
 
     sentence = "no chat template: /v1/chat/completions joins the messages' contents without roles"  # serve's
     assert engine.template is None  # the served model: its server warns
@@ -512,12 +510,7 @@ def test_a_servers_missing_chat_template_shows_in_the_chat_and_compare_line(engi
     async def shown(url: str, mode: str) -> tuple[int, str, list[str], object]:
         kw = {"mode": "compare", "compare_presets": ["balanced", "creative"]} if mode == "compare" else {}
         app = TiankongApp(RemoteModel(url), store=None, export_dir=tmp_path, show_timing=False, **kw)
-        async with app.run_test(size=(80, 24)) as pilot:
-            screen = CompareScreen if mode == "compare" else type(app.chat)
-            await wait_for(pilot, lambda: isinstance(app.screen, screen) and app.screen.query_one(TemplateNote).display)
-            await pilot.pause()
-            note = app.screen.query_one(TemplateNote)
-            return note.region.height, str(note.render()), screen_lines(app), note.tooltip
+        return await template_note_shown(app, mode == "compare")
 
     with serving(engine) as (url, _, _):
         assert RemoteEngine.connect(url).warning == sentence

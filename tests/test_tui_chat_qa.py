@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from screen_text import screen_lines
+from screen_text import screen_lines, template_note_shown
 from test_tui_chat import answered, chat_app, loaded, make_app, open_newest_chat, run, send, slow_down, wait_for
 from textual.widgets import Input
 from tiny_models import make_model, with_template
@@ -468,20 +468,13 @@ def test_the_no_template_line_is_one_row_at_80_columns_and_says_the_rest_on_hove
     # QA: at 80x24 the line took three rows of the chat's column beside the candidates panel (44
     # characters wide) and two of compare's: the whole sentence generate and serve say. Now one row,
     # with the fix; the sentence, as generate says it (tests/test_cli_fixes.py), on hover.
-    from tiankong.tui.screens.compare import CompareScreen
-    from tiankong.tui.widgets.template_note import TemplateNote
 
     bare = without_template(tiny, tmp_path / "bare-llama")
     also = without_template(tiny, tmp_path / "also-bare")
 
     async def shown(mode: str, **kw) -> tuple[int, str, list[str], object]:
         app = make_app(bare, store, tmp_path, **({"mode": mode} if mode == "compare" else {}), **kw)
-        async with app.run_test(size=(80, 24)) as pilot:
-            screen = CompareScreen if mode == "compare" else type(app.chat)
-            await wait_for(pilot, lambda: isinstance(app.screen, screen) and app.screen.query_one(TemplateNote).display)
-            await pilot.pause()
-            note = app.screen.query_one(TemplateNote)
-            return note.region.height, str(note.render()), screen_lines(app), note.tooltip
+        return await template_note_shown(app, mode == "compare")
 
     for mode, kw, reader in [("chat", {}, "the chat"), ("compare", {}, "compare")] + [
         ("compare", {"compare_models": [bare, also]}, "compare")
