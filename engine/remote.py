@@ -143,7 +143,8 @@ class RemoteEngine:
             "model": self.model,
             "owned_by": self.owner or "unknown",
             "context_length": self.cfg.max_seq_len if self.cfg.context_known else "unknown (not trimmed here)",
-            "chat_template": "the server's",
+            # the server's own, unless it warned it has none (tiankong serve: X-Tiankong-Warning)
+            "chat_template": f"none (the server says: {self.warning})" if self.warning else "the server's",
             "prompt_tokens": "not counted yet"
             if self._can_tokenize is None
             else "counted by the server"

@@ -514,6 +514,8 @@ def test_a_servers_missing_chat_template_shows_in_the_chat_and_compare_line(engi
 
     with serving(engine) as (url, _, _):
         assert RemoteEngine.connect(url).warning == sentence
+        # the info table said "the server's" template here too (QA62)
+        assert RemoteEngine.connect(url).info()["chat_template"] == f"none (the server says: {sentence})"
         for mode in ("chat", "compare"):
             height, line, rows, tip = asyncio.run(shown(url, mode))
             assert height == 1 and line == "⚠ no chat template (serve --chat-template)", (mode, line)
