@@ -172,9 +172,10 @@ def test_three_way_ranking_shown_live(stories, store):
 
 
 def test_tie_rerun_both_bad_and_undo(stories, store):
-    # creative hotter than its own: with seeds drawn at random, its 16 tokens must not come out as the
-    # greedy ones, which would make "2 enter" a tie (identical answers are no preference)
-    presets = [preset("deterministic"), preset("creative", temperature=1.8)]
+    # creative hotter than its own and unfiltered: with seeds drawn at random, its 16 tokens must not come
+    # out as the greedy ones, which would make "2 enter" a tie (identical answers are no preference); at
+    # 1.8 with its min-p and top-p they once did in CI (2026-12-08)
+    presets = [preset("deterministic"), preset("creative", temperature=1.8, min_p=0.0, top_p=1.0)]
     screen = CompareScreen([stories], presets, store, rater="carol", prompt=PROMPT)
 
     async def run():
